@@ -1,0 +1,155 @@
+"""Reading corpora and the Reasoning protocols of ``../shared/data``.
+
+Corpus formats (chosen by file suffix, or explicitly):
+
+* ``.jsonl`` — one JSON object per line, the prompt in a text field (``text``);
+* ``.txt`` — one prompt per non-empty line;
+* ``.parquet`` — a string column (``text``), read batch by batch.
+
+The Reasoning protocols (all leakage-free: no test prompt is ever fitted on):
+
+* ``xdata`` — fit math on gsm8k train, multilingual on m_arc train, coding on
+  MBPP train+validation+prompt and instruction following on Alpaca; test on
+  gsm8k test, m_arc test, HumanEval and IFEval: every coding/instruction test
+  prompt comes from a dataset the router never saw.
+* ``2fold`` — as ``xdata`` for math and multilingual; coding and instruction
+  following are fitted on one seeded half of HumanEval / IFEval and tested on
+  the other half (``fold`` 0 or 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import EmptyInputError, IR3DEError
+
+__all__ = ["FORMATS", "default_data_dir", "read_corpus", "read_jsonl", "reasoning_split"]
+
+FORMATS = ("jsonl", "text", "parquet")
+CorpusFormat = Literal["jsonl", "text", "parquet"]
+
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "text",
+                   ".text": "text", ".parquet": "parquet", ".pq": "parquet"}
+
+REASONING_TEST = {"math": ["gsm8k/test"], "multilingual": ["m_arc/test"],
+                  "coding": ["humaneval/test"], "instruction_following": ["ifeval/test"]}
+REASONING_FIT = {"math": ["gsm8k/train"], "multilingual": ["m_arc/train"],
+                 "coding": ["mbpp/train", "mbpp/validation", "mbpp/prompt"],
+                 "instruction_following": ["alpaca/train"]}
+_TWO_FOLD = ("coding", "instruction_following")
+
+
+def default_data_dir() -> Path:
+    """``$IR3DE_DATA`` if set, else ``../shared/data`` relative to the working directory."""
+    return Path(os.environ.get("IR3DE_DATA", "../shared/data"))
+
+
+def infer_format(path: Path) -> CorpusFormat:
+    """Corpus format from the file suffix."""
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise IR3DEError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+                         f"pass --format ({', '.join(FORMATS)})")
+    return fmt  # type: ignore[return-value]
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict]:
+    """JSON objects of a JSONL file, with the line number in every error."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IR3DEError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise IR3DEError(f"{path}:{lineno}: expected a JSON object")
+            yield record
+
+
+def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,
+                text_field: str = "text") -> Iterator[str]:
+    """Stream the prompts of a corpus file (see the module docs for formats)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IR3DEError(f"{path}: no such file")
+    fmt = fmt or infer_format(path)
+    if fmt == "jsonl":
+        for lineno, record in enumerate(read_jsonl(path), 1):
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                raise IR3DEError(f"{path}: record {lineno} has no string field {text_field!r}")
+            yield text
+    elif fmt == "text":
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.rstrip("\n")
+    elif fmt == "parquet":
+        yield from _read_parquet(path, text_field)
+    else:
+        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IR3DEError(f"{path}: not a readable Parquet file ({exc})") from None
+    if text_field not in pf.schema_arrow.names:
+        raise IR3DEError(f"{path}: no column {text_field!r} (columns: "
+                         f"{', '.join(pf.schema_arrow.names)})")
+    if not pa.types.is_string(pf.schema_arrow.field(text_field).type) and \
+            not pa.types.is_large_string(pf.schema_arrow.field(text_field).type):
+        raise IR3DEError(f"{path}: column {text_field!r} is not a string column")
+    for batch in pf.iter_batches(columns=[text_field]):
+        yield from (t for t in batch.column(0).to_pylist() if t is not None)
+
+
+def _texts(data_dir: Path, names: list[str]) -> list[dict]:
+    records = []
+    for name in names:
+        path = data_dir / "reasoning" / f"{name}.jsonl"
+        if not path.is_file():
+            raise IR3DEError(f"{path}: missing; is {data_dir} the shared data folder?")
+        records.extend(read_jsonl(path))
+    if not records:
+        raise EmptyInputError(f"{', '.join(names)}: no records")
+    return records
+
+
+def _halves(records: list[dict], seed: int) -> tuple[list[str], list[str]]:
+    ids = sorted(r["id"] for r in records)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    first = {ids[i] for i in perm[: len(ids) // 2]}
+    return ([r["text"] for r in records if r["id"] in first],
+            [r["text"] for r in records if r["id"] not in first])
+
+
+def reasoning_split(data_dir: str | os.PathLike[str] | None = None, *,
+                    protocol: Literal["xdata", "2fold"] = "xdata", fold: int = 0,
+                    seed: int = 0) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``(fit, test)`` prompts per domain for a leakage-free Reasoning protocol."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    fit = {d: [r["text"] for r in _texts(data_dir, n)] for d, n in REASONING_FIT.items()}
+    test = {d: [r["text"] for r in _texts(data_dir, n)] for d, n in REASONING_TEST.items()}
+    if protocol == "2fold":
+        if fold not in (0, 1):
+            raise IR3DEError(f"fold must be 0 or 1, got {fold}")
+        for domain in _TWO_FOLD:
+            halves = _halves(_texts(data_dir, REASONING_TEST[domain]), seed)
+            fit[domain], test[domain] = halves[fold], halves[1 - fold]
+    elif protocol != "xdata":
+        raise IR3DEError(f"unknown protocol {protocol!r}; choose 'xdata' or '2fold'")
+    return fit, test

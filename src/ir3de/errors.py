@@ -1,0 +1,28 @@
+"""Exceptions raised by ir3de.
+
+Every error a user can cause (bad file, bad shape, mismatched embedding, unknown
+expert, …) is an :class:`IR3DEError` with a message that names the culprit, so
+that the CLI and the gateway can report it without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class IR3DEError(ValueError):
+    """Base class of every user-facing ir3de error."""
+
+
+class FingerprintMismatchError(IR3DEError):
+    """Statistics, routers or embedders made with different embeddings were mixed."""
+
+
+class StatsFormatError(IR3DEError):
+    """A statistics or router file is missing, corrupt, or has wrong shapes or values."""
+
+
+class EmptyInputError(IR3DEError):
+    """A corpus or prompt holds no countable token."""
+
+
+class ExpertError(IR3DEError):
+    """An expert (domain) name is unknown, duplicated or invalid."""

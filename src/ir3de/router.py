@@ -1,0 +1,369 @@
+"""The IR3DE router: statistics in, routing decisions out.
+
+Example:
+    >>> from ir3de import Router
+    >>> router = Router().fit(
+    ...     ["What is 12 * 7?", "Solve 3x + 2 = 11.", "def add(a, b):", "import numpy as np"],
+    ...     ["math", "math", "code", "code"])
+    >>> router.route("Compute 5 * 8.").expert
+    'math'
+    >>> router.save("router.safetensors")            # doctest: +SKIP
+    >>> Router.load("router.safetensors").predict(["for i in range(3):"])  # doctest: +SKIP
+    ['code']
+
+A router keeps every expert's statistics. Changing the set of experts or the
+ridge settings re-solves W from them (milliseconds at h = 256), so
+``add_expert``/``remove_expert`` give exactly the router a full refit gives.
+Each re-solve builds a new immutable state and swaps it in with one assignment:
+a concurrent reader routes either entirely on the old or on the new router.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
+from .errors import ExpertError, FingerprintMismatchError, IR3DEError, StatsFormatError
+from .selector import SELECTORS, VocabScores, select, vocab_scores
+from .solver import DEFAULT_LAMBDA, design, solve
+from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
+from .store import read_safetensors, write_safetensors
+
+__all__ = ["DEFAULT_K", "PRESETS", "Decision", "Router", "RouterConfig", "VotingToken",
+           "read_router_meta"]
+
+# Defaults were chosen on a held-out 20 % of the fit sets, never on test prompts
+# (benchmarks/choose_defaults.py, BENCHMARKS.md "Choosing the defaults"): with
+# balancing, the avg selector was best (97.3 % balanced) and k = 50 the best topk;
+# without balancing (the paper), k = 10.
+DEFAULT_K = 50
+PAPER_K = 10
+
+ROUTER_FORMAT = "ir3de-router"
+ROUTER_VERSION = 1
+_RESOLVE_KEYS = frozenset({"lam", "balance", "normalize", "regularize_bias"})
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Router settings. Only ``lam``, ``balance``, ``normalize`` and ``regularize_bias``
+    change W; ``k``, ``selector`` and ``max_tokens`` act at routing time."""
+
+    lam: float = DEFAULT_LAMBDA
+    k: int = DEFAULT_K
+    selector: str = "avg"
+    balance: bool = True
+    normalize: bool = True
+    regularize_bias: bool = True
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k <= 0:
+            raise IR3DEError(f"k must be a positive integer, got {self.k!r}")
+        if not isinstance(self.lam, (int, float)) or not np.isfinite(self.lam) or self.lam < 0:
+            raise IR3DEError(f"λ must be a finite number ≥ 0, got {self.lam!r}")
+        if self.selector not in SELECTORS:
+            raise IR3DEError(f"unknown selector {self.selector!r}; "
+                             f"choose one of {', '.join(SELECTORS)}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise IR3DEError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> RouterConfig:
+        """A named configuration: ``default`` (measured best) or ``paper`` (paper-faithful:
+        unbalanced ridge, entropy top-k selector)."""
+        if name not in PRESETS:
+            raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise IR3DEError(f"unknown router setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+PRESETS: dict[str, RouterConfig] = {
+    "default": RouterConfig(),
+    "paper": RouterConfig(k=PAPER_K, selector="topk", balance=False),
+}
+
+
+@dataclass(frozen=True)
+class VotingToken:
+    """A token that took part in a decision (for explanations)."""
+
+    token: str
+    position: int
+    expert: str
+    entropy: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision.
+
+    ``confidence`` is the winner's vote share (topk/all) or mean probability
+    (avg). ``scores`` (per expert, same meaning) and ``tokens`` (the voters) are
+    filled when routing with ``explain=True``.
+    """
+
+    expert: str
+    confidence: float
+    scores: dict[str, float] | None = None
+    tokens: list[VotingToken] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (omits the explanation fields when absent)."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    experts: tuple[str, ...]
+    stats: Mapping[str, DomainStats]
+    W: np.ndarray
+    table: VocabScores
+
+
+class Router:
+    """Linear token router solved in closed form from additive statistics.
+
+    Args:
+        embedder: an :class:`~ir3de.embedding.Embedder` or anything
+            :func:`~ir3de.embedding.load_embedder` accepts (default: WordLlama).
+        config: a :class:`RouterConfig`; keyword arguments override its fields
+            (``lam``, ``k``, ``selector``, ``balance``, ``normalize``,
+            ``regularize_bias``, ``max_tokens``).
+    """
+
+    def __init__(self, embedder: Embedder | str | os.PathLike[str] | None = None,
+                 config: RouterConfig | None = None, **settings: Any) -> None:
+        self.embedder = embedder if isinstance(embedder, Embedder) else load_embedder(embedder)
+        base = config or RouterConfig()
+        self.config = replace(base, **settings) if settings else base
+        self._state: _State | None = None
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, texts: Sequence[str], domains: Sequence[str], *,
+            progress: bool = False) -> Router:
+        """Fit from labelled prompts (one statistics pass per domain)."""
+        if len(texts) != len(domains):
+            raise IR3DEError(f"{len(texts)} texts but {len(domains)} domain labels")
+        groups: dict[str, list[str]] = {}
+        for text, domain in zip(texts, domains, strict=True):
+            groups.setdefault(domain, []).append(text)
+        return self.fit_stats([
+            compute_stats(self.embedder, group, domain=domain,
+                          max_tokens=self.config.max_tokens, progress=progress)
+            for domain, group in groups.items()])
+
+    def fit_stats(self, stats: Mapping[str, DomainStats] | Iterable[DomainStats]) -> Router:
+        """Fit from per-domain statistics: a mapping expert → stats, or stats named by domain."""
+        if isinstance(stats, Mapping):
+            named = list(stats.items())
+        else:
+            named = [(s.domain, s) for s in stats]
+        table: dict[str, DomainStats] = {}
+        for name, s in named:
+            validate_domain_name(name, s.source)
+            if name in table:
+                raise ExpertError(f"duplicate expert {name!r} ({table[name].source} and "
+                                  f"{s.source}); merge shards of one domain first")
+            table[name] = s if s.domain == name else s.renamed(name)
+        self._check_compatible(table.values())
+        self._state = self._solve(tuple(table), table, self.config)
+        return self
+
+    def _check_compatible(self, stats: Iterable[DomainStats]) -> None:
+        stats = list(stats)
+        check_same_embedder(stats)
+        for s in stats:
+            if s.fingerprint != self.embedder.fingerprint:
+                raise FingerprintMismatchError(
+                    f"{s.source} ({s.domain}) was made with embedding {s.fingerprint[:12]} but "
+                    f"this router uses {self.embedder.name} ({self.embedder.fingerprint[:12]})")
+            if s.n_tokens == 0:
+                raise StatsFormatError(f"{s.source} ({s.domain}) holds no tokens")
+
+    def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
+               config: RouterConfig) -> _State:
+        A, B = design(stats, experts, balance=config.balance)
+        W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
+                  normalize=config.normalize)
+        return _State(experts, dict(stats), W, vocab_scores(self.embedder, W))
+
+    @property
+    def _fitted(self) -> _State:
+        if self._state is None:
+            raise IR3DEError("this router has no experts yet: fit it or load one")
+        return self._state
+
+    # ------------------------------------------------------------- experts
+    @property
+    def experts(self) -> list[str]:
+        """Expert names, in column order."""
+        return list(self._fitted.experts)
+
+    @property
+    def stats(self) -> dict[str, DomainStats]:
+        """Each expert's statistics (what ``remove_expert`` would take away)."""
+        return dict(self._fitted.stats)
+
+    @property
+    def W(self) -> np.ndarray:
+        """The solved weights, shape (h+1, number of experts); last row is the bias."""
+        return self._fitted.W
+
+    def add_expert(self, name: str, stats: DomainStats) -> Router:
+        """Add an expert from its statistics and re-solve; the others are untouched."""
+        state = self._fitted
+        validate_domain_name(name, stats.source)
+        if name in state.stats:
+            raise ExpertError(f"expert {name!r} already exists; remove it first")
+        self._check_compatible([*state.stats.values(), stats])
+        new = {**state.stats, name: stats if stats.domain == name else stats.renamed(name)}
+        self._state = self._solve((*state.experts, name), new, self.config)
+        return self
+
+    def remove_expert(self, name: str) -> DomainStats:
+        """Remove an expert, re-solve, and return its statistics."""
+        state = self._fitted
+        if name not in state.stats:
+            raise ExpertError(f"unknown expert {name!r}; experts are: "
+                              f"{', '.join(state.experts)}")
+        if len(state.experts) == 1:
+            raise ExpertError(f"cannot remove {name!r}: it is the router's only expert")
+        new = {n: s for n, s in state.stats.items() if n != name}
+        self._state = self._solve(tuple(n for n in state.experts if n != name), new,
+                                  self.config)
+        return state.stats[name]
+
+    def set_params(self, **settings: Any) -> Router:
+        """Change settings (sklearn-style); re-solves only if λ/balancing/normalisation change."""
+        config = replace(self.config, **settings)
+        if self._state is not None and any(
+                getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
+            self._state = self._solve(self._state.experts, self._state.stats, config)
+        self.config = config
+        return self
+
+    # ------------------------------------------------------------- routing
+    def route(self, prompt: str, *, explain: bool = False) -> Decision:
+        """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
+        return self.route_batch([prompt], explain=explain)[0]
+
+    def route_batch(self, prompts: Sequence[str], *, explain: bool = False) -> list[Decision]:
+        """Route many prompts at once (tokenised in parallel, selected vectorised)."""
+        state, config = self._fitted, self.config
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise IR3DEError(f"prompt #{i} is a {type(p).__name__}, not a string")
+        ids = self.embedder.encode_batch(prompts, config.max_tokens)
+        sel = select(ids, state.table, selector=config.selector, k=config.k)
+        experts = state.experts
+        decisions = []
+        for i in range(len(prompts)):
+            scores = tokens = None
+            if explain:
+                scores = dict(zip(experts, sel.scores[i].tolist(), strict=True))
+                pos = sel.voters[i]
+                tok_ids = ids[i][pos]
+                tokens = [VotingToken(token=t, position=int(p), expert=experts[v],
+                                      entropy=float(e))
+                          for t, p, v, e in zip(self.embedder.tokens(tok_ids), pos,
+                                                state.table.vote[tok_ids],
+                                                state.table.entropy[tok_ids], strict=True)]
+            decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
+                                      scores, tokens))
+        return decisions
+
+    def predict(self, prompts: Sequence[str]) -> list[str]:
+        """Expert name for each prompt (sklearn-style)."""
+        state = self._fitted
+        ids = self.embedder.encode_batch(prompts, self.config.max_tokens)
+        choice = select(ids, state.table, selector=self.config.selector, k=self.config.k).choice
+        return [state.experts[c] for c in choice]
+
+    # ------------------------------------------------------------ persistence
+    def describe(self) -> dict[str, Any]:
+        """What ``ir3de inspect`` prints: experts, counts, settings, embedder."""
+        state = self._fitted
+        return _describe(self.config, self.embedder.name, self.embedder.fingerprint,
+                         self.embedder.spec, self.embedder.dim,
+                         [_expert_meta(n, state.stats[n]) for n in state.experts])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save as one safetensors file (statistics + JSON settings), atomically."""
+        state = self._fitted
+        tensors = {"A": np.stack([state.stats[n].A for n in state.experts]),
+                   "b": np.stack([state.stats[n].b for n in state.experts])}
+        write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
+                                          **self.describe()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *,
+             embedder: Embedder | str | os.PathLike[str] | None = None) -> Router:
+        """Load a saved router; its embedder is reloaded from the recorded recipe
+        (or ``embedder``) and must have the recorded fingerprint."""
+        tensors, meta = read_safetensors(path)
+        meta = _check_router_meta(meta, str(path))
+        emb = embedder if isinstance(embedder, Embedder) else load_embedder(
+            embedder if embedder is not None else meta["embedder"])
+        if emb.fingerprint != meta["fingerprint"]:
+            raise FingerprintMismatchError(
+                f"{path} was built with embedding {meta['fingerprint'][:12]} but "
+                f"{emb.name} has {emb.fingerprint[:12]}")
+        experts = meta["experts"]
+        A, b = tensors.get("A"), tensors.get("b")
+        h1 = emb.dim + 1
+        if A is None or b is None or A.shape != (len(experts), h1, h1) or \
+                b.shape != (len(experts), h1):
+            raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
+                                   f"of width {h1}")
+        stats = {e["name"]: DomainStats(
+            domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
+            n_tokens=int(e["n_tokens"]), n_prompts=int(e["n_prompts"]),
+            fingerprint=meta["fingerprint"], embedder=meta["embedder"],
+            max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}")
+            for i, e in enumerate(experts)}
+        router = cls(emb, RouterConfig.from_dict(meta["config"]))
+        return router.fit_stats(stats)
+
+
+def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
+    return {"name": name, "n_tokens": s.n_tokens, "n_prompts": s.n_prompts,
+            "max_tokens": s.max_tokens}
+
+
+def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
+              dim: int, experts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"config": asdict(config), "embedder_name": name, "fingerprint": fingerprint,
+            "embedder": spec, "dim": dim, "experts": experts}
+
+
+def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    if meta.get("format") != ROUTER_FORMAT:
+        raise StatsFormatError(f"{where}: not an ir3de router file (format {meta.get('format')!r})")
+    if meta.get("version") != ROUTER_VERSION:
+        raise StatsFormatError(f"{where}: router format version {meta.get('version')} is not "
+                               f"supported (this ir3de reads {ROUTER_VERSION})")
+    for key in ("config", "fingerprint", "embedder", "experts", "dim"):
+        if key not in meta:
+            raise StatsFormatError(f"{where}: router metadata lacks {key!r}")
+    return meta
+
+
+def read_router_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A saved router's description, without loading its embedder."""
+    _, meta = read_safetensors(path)
+    return _check_router_meta(meta, str(path))

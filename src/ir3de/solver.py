@@ -1,0 +1,87 @@
+"""Closed-form ridge solve of the token router: ``W = (A + λI)⁻¹ B``.
+
+The design is assembled from per-domain statistics in a canonical order (sorted
+by expert name), so a router that gained and then lost an expert, or that was
+built from files given in any order, solves exactly the same system as a full
+refit and gets bit-identical weights.
+
+Example:
+    >>> import numpy as np
+    >>> from ir3de.solver import solve
+    >>> A = np.eye(3) * 10; B = np.ones((3, 2))
+    >>> np.round(solve(A, B, lam=0.0), 3).tolist()
+    [[0.577, 0.577], [0.577, 0.577], [0.577, 0.577]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .errors import IR3DEError
+from .statistics import DomainStats
+
+__all__ = ["DEFAULT_LAMBDA", "design", "domain_weights", "solve"]
+
+DEFAULT_LAMBDA = 1e-2
+
+
+def domain_weights(stats: Mapping[str, DomainStats], balance: bool) -> dict[str, float]:
+    """Weight of each domain in the ridge objective.
+
+    Unbalanced (the paper): every token weighs 1. Balanced: every domain's
+    tokens weigh ``n̄ / n_d`` (n̄ = mean tokens per domain), so each domain
+    contributes the same total weight whatever its size, while the overall scale
+    (and therefore the meaning of λ) stays that of the unbalanced problem. The
+    weighted problem is still a sum of per-domain statistics.
+    """
+    if not balance:
+        return dict.fromkeys(stats, 1.0)
+    mean = float(np.mean([s.n_tokens for s in stats.values()]))
+    return {name: mean / s.n_tokens for name, s in stats.items()}
+
+
+def design(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
+           balance: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``A = Σ_d w_d A_d`` (summed in sorted-name order), ``B = [w_d b_d]`` in ``experts`` order."""
+    if not experts:
+        raise IR3DEError("a router needs at least one expert")
+    weights = domain_weights(stats, balance)
+    names = sorted(experts)
+    A = np.sum([weights[n] * stats[n].A for n in names], axis=0)
+    B = np.stack([weights[n] * stats[n].b for n in experts], axis=1)
+    return A, B
+
+
+def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
+          regularize_bias: bool = True, normalize: bool = True) -> np.ndarray:
+    """Solve ``(A + λI) W = B`` for W of shape (h+1, D).
+
+    Args:
+        A: (h+1, h+1) summed second moments (last row/column = bias).
+        B: (h+1, D) one column of summed features per domain.
+        lam: ridge penalty λ ≥ 0 (the reference code uses 1e-2).
+        regularize_bias: penalise the bias row too, as the reference code does.
+        normalize: scale every domain column of W to unit L2 norm (reference code).
+    """
+    if lam < 0 or not np.isfinite(lam):
+        raise IR3DEError(f"λ must be a finite number ≥ 0, got {lam}")
+    h1 = A.shape[0]
+    penalty = np.full(h1, float(lam))
+    if not regularize_bias:
+        penalty[-1] = 0.0
+    reg = A + np.diag(penalty)
+    try:
+        W = np.linalg.solve(reg, B)
+    except np.linalg.LinAlgError:
+        raise IR3DEError("the ridge system is singular: use λ > 0 or fit on more data") from None
+    if not np.all(np.isfinite(W)):
+        raise IR3DEError("the ridge solve produced NaN/Inf: the system is ill-conditioned; "
+                         "increase λ")
+    if normalize:
+        norms = np.linalg.norm(W, axis=0)
+        if np.any(norms == 0):
+            raise IR3DEError("a domain column of W is zero: that domain has no data")
+        W = W / norms
+    return W

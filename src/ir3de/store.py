@@ -1,0 +1,152 @@
+"""Persistence: atomic writes, safetensors with JSON metadata, memory-mapped tensors.
+
+Arrays are stored with safetensors and metadata as JSON inside the safetensors
+header (or beside it), never with pickle, so a file from an untrusted party can
+be opened safely. Every write goes to a temporary file in the target folder and
+is renamed into place, so a crash mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as _st_save
+
+from .errors import StatsFormatError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_finite",
+    "read_safetensors",
+    "safetensors_names",
+    "safetensors_tensor",
+    "write_safetensors",
+]
+
+# safetensors dtype names -> numpy dtypes we can memory-map directly. BF16 has no
+# numpy dtype: it is mapped as uint16 and widened by the caller (see _widen).
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+}
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_finite(name: str, array: np.ndarray, source: str) -> None:
+    """Raise :class:`StatsFormatError` if ``array`` holds NaN or Inf."""
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise StatsFormatError(f"{source}: tensor {name!r} holds {bad} NaN/Inf value(s)")
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> None:
+    """Save ``tensors`` with ``meta`` (JSON) in the header, atomically."""
+    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    data = _st_save(contiguous, metadata={"ir3de": json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(path, data)
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load every tensor of an ir3de safetensors file and its JSON metadata.
+
+    Raises :class:`StatsFormatError` for a missing, truncated, corrupt or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StatsFormatError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            header = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise StatsFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    if "ir3de" not in header:
+        raise StatsFormatError(f"{path}: safetensors file without ir3de metadata")
+    try:
+        meta = json.loads(header["ir3de"])
+    except json.JSONDecodeError as exc:
+        raise StatsFormatError(f"{path}: corrupt ir3de metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise StatsFormatError(f"{path}: ir3de metadata is not a JSON object")
+    return tensors, meta
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise StatsFormatError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise StatsFormatError(f"{path}: implausible safetensors header size {n}")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StatsFormatError(f"{path}: corrupt safetensors header") from None
+    return header, 8 + n
+
+
+def safetensors_names(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the tensors in a safetensors file, read from its header only."""
+    header, _ = _header(Path(path))
+    return [k for k in header if k != "__metadata__"]
+
+
+def safetensors_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
+    """Memory-map one tensor of a safetensors file without reading the others.
+
+    safetensors' own numpy loader copies whole tensors and cannot represent
+    bfloat16; model shards are often several GB of bf16, of which we need only
+    the embedding table, so we map the bytes ourselves from the documented
+    header (8-byte length, JSON, raw little-endian data). BF16 comes back as
+    ``uint16`` raw bits; :func:`ir3de.embedding` widens it to float32.
+    """
+    path = Path(path)
+    header, start = _header(path)
+    if name not in header or name == "__metadata__":
+        raise StatsFormatError(f"{path}: no tensor named {name!r}")
+    info = header[name]
+    dtype = _ST_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise StatsFormatError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')}")
+    begin, end = info["data_offsets"]
+    shape = tuple(int(s) for s in info["shape"])
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if end - begin != expected or start + end > path.stat().st_size:
+        raise StatsFormatError(f"{path}: tensor {name!r} is truncated or malformed")
+    return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
+                     offset=start + begin, shape=shape)
