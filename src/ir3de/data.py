@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,8 @@ import numpy as np
 
 from .errors import EmptyInputError, IR3DEError
 
-__all__ = ["FORMATS", "default_data_dir", "read_corpus", "read_jsonl", "reasoning_split"]
+__all__ = ["FORMATS", "default_data_dir", "parse_jsonl", "read_corpus", "read_jsonl",
+           "reasoning_split"]
 
 FORMATS = ("jsonl", "text", "parquet")
 CorpusFormat = Literal["jsonl", "text", "parquet"]
@@ -59,20 +60,27 @@ def infer_format(path: Path) -> CorpusFormat:
     return fmt  # type: ignore[return-value]
 
 
+def parse_jsonl(lines: Iterable[str], where: str) -> Iterator[dict]:
+    """JSON objects of JSONL lines (blank lines skipped); errors say ``where:line``."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IR3DEError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise IR3DEError(f"{where}:{lineno}: expected a JSON object")
+        yield record
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict]:
     """JSON objects of a JSONL file, with the line number in every error."""
     path = Path(path)
+    if not path.is_file():
+        raise IR3DEError(f"{path}: no such file")
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IR3DEError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise IR3DEError(f"{path}:{lineno}: expected a JSON object")
-            yield record
+        yield from parse_jsonl(fh, str(path))
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
-from .errors import ExpertError, FingerprintMismatchError, IR3DEError, StatsFormatError
+from .errors import (
+    EmptyInputError,
+    ExpertError,
+    FingerprintMismatchError,
+    IR3DEError,
+    StatsFormatError,
+)
 from .selector import SELECTORS, VocabScores, select, vocab_scores
 from .solver import DEFAULT_LAMBDA, design, solve
 from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
@@ -178,7 +184,7 @@ class Router:
             validate_domain_name(name, s.source)
             if name in table:
                 raise ExpertError(f"duplicate expert {name!r} ({table[name].source} and "
-                                  f"{s.source}); merge shards of one domain first")
+                                  f"{s.source}); merge shards of one domain first, or rename one")
             table[name] = s if s.domain == name else s.renamed(name)
         self._check_compatible(table.values())
         self._state = self._solve(tuple(table), table, self.config)
@@ -265,10 +271,7 @@ class Router:
     def route_batch(self, prompts: Sequence[str], *, explain: bool = False) -> list[Decision]:
         """Route many prompts at once (tokenised in parallel, selected vectorised)."""
         state, config = self._fitted, self.config
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise IR3DEError(f"prompt #{i} is a {type(p).__name__}, not a string")
-        ids = self.embedder.encode_batch(prompts, config.max_tokens)
+        ids = self._encode(prompts)
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
         decisions = []
@@ -287,10 +290,18 @@ class Router:
                                       scores, tokens))
         return decisions
 
+    def _encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise IR3DEError(f"prompt #{i} is a {type(p).__name__}, not a string")
+            if not p.strip():
+                raise EmptyInputError(f"prompt #{i} is empty")
+        return self.embedder.encode_batch(prompts, self.config.max_tokens)
+
     def predict(self, prompts: Sequence[str]) -> list[str]:
         """Expert name for each prompt (sklearn-style)."""
         state = self._fitted
-        ids = self.embedder.encode_batch(prompts, self.config.max_tokens)
+        ids = self._encode(prompts)
         choice = select(ids, state.table, selector=self.config.selector, k=self.config.k).choice
         return [state.experts[c] for c in choice]
 

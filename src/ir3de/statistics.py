@@ -184,18 +184,20 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def token_counts(embedder: Embedder, texts: Iterable[str], *,
-                 max_tokens: int = DEFAULT_MAX_TOKENS,
-                 progress: bool = False) -> tuple[np.ndarray, int]:
+                 max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
+                 desc: str = "counting tokens") -> tuple[np.ndarray, int]:
     """Histogram of token ids over ``texts`` (int64, length vocab) and the prompt count.
 
-    Each prompt contributes at most ``max_tokens`` tokens; special tokens never count.
+    Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
+    blank (whitespace-only) prompts are skipped.
     ``progress`` shows a bar with tokens/s.
     """
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
-    bar = tqdm(unit="tok", unit_scale=True, desc="counting tokens", disable=not progress)
+    bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress)
+    # Blank records carry no domain signal (only whitespace tokens): skip them.
     with bar:
-        for batch in _batches(texts, _BATCH):
+        for batch in _batches((t for t in texts if t.strip()), _BATCH):
             ids = embedder.encode_batch(batch, max_tokens)
             flat = np.concatenate(ids)
             counts += np.bincount(flat, minlength=embedder.vocab_size)
@@ -240,7 +242,8 @@ def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
-    counts, n_prompts = token_counts(embedder, texts, max_tokens=max_tokens, progress=progress)
+    counts, n_prompts = token_counts(embedder, texts, max_tokens=max_tokens, progress=progress,
+                                     desc=f"counting {domain}")
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")

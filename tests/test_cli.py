@@ -1,0 +1,257 @@
+"""The ``ir3de`` command line: the workflow end to end and every bad input's clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ir3de import DomainStats, Router, load_embedder
+from ir3de.cli import main
+from ir3de.store import write_safetensors
+
+MATH = ["What is 12 times 7?", "Solve 3x + 2 = 11 for x.", "A train travels 60 miles per hour "
+        "for 3 hours. How far does it go?", "Compute the sum of 17 and 25."]
+CODE = ["def add(a, b):\n    return a + b", "import numpy as np\nx = np.zeros(3)",
+        "for i in range(10):\n    print(i)", "class Stack:\n    def push(self, x): ..."]
+LAW = ["The court held that the contract was void.", "The defendant appealed the verdict."]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+@pytest.fixture()
+def corpora(tmp_path: Path) -> dict[str, Path]:
+    return {"math": write_jsonl(tmp_path / "math.jsonl", MATH),
+            "coding": write_jsonl(tmp_path / "code.jsonl", CODE),
+            "law": write_jsonl(tmp_path / "law.jsonl", LAW)}
+
+
+@pytest.fixture()
+def built(tmp_path: Path, corpora: dict[str, Path], capsys) -> dict[str, Path]:
+    files = {}
+    for domain, corpus in corpora.items():
+        files[domain] = tmp_path / f"{domain}.safetensors"
+        code, _, err = run(capsys, "stats", corpus, "--domain", domain, "-o", files[domain], "-q")
+        assert code == 0, err
+    router = tmp_path / "router.safetensors"
+    code, _, err = run(capsys, "build", files["math"], files["coding"], "-o", router)
+    assert code == 0, err
+    files["router"] = router
+    return files
+
+
+def test_workflow_matches_library(built: dict[str, Path], corpora, capsys) -> None:
+    emb = load_embedder()
+    expected = Router(emb).fit(MATH + CODE, ["math"] * 4 + ["coding"] * 4)
+    loaded = Router.load(built["router"])
+    np.testing.assert_array_equal(loaded.W, expected.W)
+
+    code, out, _ = run(capsys, "route", built["router"], "What is 5 plus 9?",
+                       "def mul(a, b):\n    return a * b")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["expert"] for r in rows] == ["math", "coding"]
+    assert all(0 < r["confidence"] <= 1 for r in rows)
+
+
+def test_experts_add_remove_roundtrip(built: dict[str, Path], capsys) -> None:
+    before = Router.load(built["router"]).W
+    assert run(capsys, "experts", "add", built["router"], built["law"])[0] == 0
+    code, out, _ = run(capsys, "experts", "list", built["router"])
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == \
+        ["math", "coding", "law"]
+    assert run(capsys, "experts", "remove", built["router"], "law")[0] == 0
+    np.testing.assert_array_equal(Router.load(built["router"]).W, before)
+
+
+def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "renamed.safetensors"
+    code, _, err = run(capsys, "build", f"arithmetic={built['math']}", built["coding"],
+                       "-o", out, "--preset", "paper", "--k", "7")
+    assert code == 0, err
+    code, text, _ = run(capsys, "inspect", out, "--json")
+    info = json.loads(text)
+    assert [e["name"] for e in info["experts"]] == ["arithmetic", "coding"]
+    assert info["config"]["k"] == 7 and info["config"]["balance"] is False
+    code, text, _ = run(capsys, "inspect", built["math"])
+    assert code == 0 and "math" in text and "4 prompts" in text
+
+
+def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
+                               monkeypatch) -> None:
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", ["How much is 3 + 4?", "print('hi')"])
+    code, out, _ = run(capsys, "route", built["router"], "--input", prompts, "--explain")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["id"] for r in rows] == [0, 1]
+    assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-9 and rows[0]["tokens"]
+
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("How much is 3 + 4?\n\nprint('hi')\n"))
+    code, out, _ = run(capsys, "route", built["router"])
+    assert code == 0 and len(out.splitlines()) == 2
+
+
+def test_merge_of_shards_equals_one_fit(corpora, tmp_path: Path, capsys) -> None:
+    half1 = write_jsonl(tmp_path / "m1.jsonl", MATH[:2])
+    half2 = write_jsonl(tmp_path / "m2.jsonl", MATH[2:])
+    for name, corpus in (("s1", half1), ("s2", half2), ("whole", corpora["math"])):
+        assert run(capsys, "stats", corpus, "--domain", "math", "-o",
+                   tmp_path / f"{name}.st", "-q")[0] == 0
+    assert run(capsys, "merge", tmp_path / "s1.st", tmp_path / "s2.st",
+               "-o", tmp_path / "merged.st")[0] == 0
+    merged = DomainStats.load(tmp_path / "merged.st")
+    whole = DomainStats.load(tmp_path / "whole.st")
+    np.testing.assert_allclose(merged.A, whole.A, rtol=1e-9)
+    assert (merged.n_tokens, merged.n_prompts) == (whole.n_tokens, whole.n_prompts)
+
+
+def test_text_and_parquet_corpora(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "c.txt").write_text("def add(a, b): return a + b\n\nimport numpy as np\n")
+    pq.write_table(pa.table({"text": MATH}), tmp_path / "m.parquet")
+    assert run(capsys, "stats", tmp_path / "c.txt", "--domain", "coding", "-o",
+               tmp_path / "c.st", "-q")[0] == 0
+    assert DomainStats.load(tmp_path / "c.st").n_prompts == 2
+    assert run(capsys, "stats", tmp_path / "m.parquet", "--domain", "math", "-o",
+               tmp_path / "m.st", "-q")[0] == 0
+    assert DomainStats.load(tmp_path / "m.st").n_prompts == 4
+
+
+# ----------------------------------------------------------------------------- bad input
+def _other_embedder(tmp_path: Path) -> tuple[Path, Path]:
+    """A tokenizer.json with a different (random) table: a different fingerprint."""
+    emb = load_embedder()
+    tok = tmp_path / "tokenizer.json"
+    shutil.copy(emb._tokenizer_path, tok)
+    table = tmp_path / "table.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(emb.vocab_size, 8)).astype(np.float32))
+    return tok, table
+
+
+@pytest.mark.parametrize("case", [
+    "missing_corpus", "empty_corpus", "bad_json", "no_text_field", "unknown_suffix",
+    "missing_stats", "nan_stats", "wrong_shape_stats", "not_safetensors", "fingerprints",
+    "duplicate_domain", "unknown_expert", "duplicate_expert", "empty_prompt", "merge_two_domains",
+    "output_exists", "bad_domain_name",
+])
+def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path,
+                               capsys) -> None:
+    router = built["router"]
+    router_bytes = router.read_bytes()
+    out = tmp_path / "out.safetensors"
+    emb = load_embedder()
+    h1 = emb.dim + 1
+    meta = {"format": "ir3de-stats", "version": 1, "domain": "x", "n_tokens": 3, "n_prompts": 1,
+            "dim": emb.dim, "max_tokens": 1024, "fingerprint": emb.fingerprint,
+            "embedder": emb.spec}
+    if case == "missing_corpus":
+        argv, needle = ["stats", tmp_path / "nope.jsonl", "--domain", "d", "-o", out], "no such"
+    elif case == "empty_corpus":
+        write_jsonl(tmp_path / "empty.jsonl", ["", "   "])
+        argv, needle = ["stats", tmp_path / "empty.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "no countable token"
+    elif case == "bad_json":
+        (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
+        argv, needle = ["stats", tmp_path / "bad.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "bad.jsonl:2: invalid JSON"
+    elif case == "no_text_field":
+        (tmp_path / "nf.jsonl").write_text('{"prompt": "hello"}\n')
+        argv, needle = ["stats", tmp_path / "nf.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "no string field 'text'"
+    elif case == "unknown_suffix":
+        (tmp_path / "c.docx").write_text("hello")
+        argv, needle = ["stats", tmp_path / "c.docx", "--domain", "d", "-o", out, "-q"], \
+            "--format"
+    elif case == "missing_stats":
+        argv, needle = ["build", tmp_path / "none.st", "-o", out], "no such file"
+    elif case == "nan_stats":
+        A = np.eye(h1)
+        A[0, 0] = np.nan
+        write_safetensors(tmp_path / "nan.st", {"A": A, "b": np.full(h1, 3.0)}, meta)
+        argv, needle = ["build", tmp_path / "nan.st", "-o", out], "NaN/Inf"
+    elif case == "wrong_shape_stats":
+        write_safetensors(tmp_path / "shape.st", {"A": np.eye(5), "b": np.ones(h1)}, meta)
+        argv, needle = ["build", tmp_path / "shape.st", "-o", out], "shape"
+    elif case == "not_safetensors":
+        (tmp_path / "junk.st").write_bytes(b"\x00" * 20)
+        argv, needle = ["build", tmp_path / "junk.st", "-o", out], "junk.st"
+    elif case == "fingerprints":
+        tok, table = _other_embedder(tmp_path)
+        write_jsonl(tmp_path / "o.jsonl", LAW)
+        assert run(capsys, "stats", tmp_path / "o.jsonl", "--domain", "law", "-o",
+                   tmp_path / "other.st", "-q", "--embedder", tok, "--table", table)[0] == 0
+        argv, needle = ["build", built["math"], tmp_path / "other.st", "-o", out], \
+            "fingerprints differ"
+    elif case == "duplicate_domain":
+        argv, needle = ["build", built["math"], built["math"], "-o", out], "duplicate expert"
+    elif case == "unknown_expert":
+        argv, needle = ["experts", "remove", router, "physics"], "unknown expert 'physics'"
+    elif case == "duplicate_expert":
+        argv, needle = ["experts", "add", router, built["math"]], "already exists"
+    elif case == "empty_prompt":
+        argv, needle = ["route", router, "fine prompt", "  "], "prompt #1 is empty"
+    elif case == "merge_two_domains":
+        argv, needle = ["merge", built["math"], built["coding"], "-o", out], "ONE domain"
+    elif case == "output_exists":
+        out.write_bytes(b"precious")
+        argv, needle = ["build", built["math"], "-o", out], "--force"
+    else:
+        argv, needle = ["stats", built["router"], "--domain", " x", "-o", out, "-q",
+                        "--format", "text"], "invalid domain name"
+    code, stdout, err = run(capsys, *argv)
+    assert code == 1
+    assert needle in err and err.splitlines()[-1].startswith("ir3de: error:")
+    assert "Traceback" not in err and stdout == ""
+    # Nothing was written or changed.
+    assert router.read_bytes() == router_bytes
+    if case != "output_exists":
+        assert not out.exists()
+    else:
+        assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("argv", [["route", "R", "--k", "0", "x"], ["build", "f", "-o", "o",
+                                                                     "--lam", "-1"],
+                                  ["route", "R", "--selector", "best"], ["stats"]])
+def test_malformed_command_line_exits_2(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_installed_entry_point_help_and_error(tmp_path: Path) -> None:
+    """The console script runs in its own process: --help teaches, errors exit 1 cleanly."""
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    helped = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    for command in ("stats", "merge", "build", "route", "experts", "inspect", "demo"):
+        assert command in helped.stdout
+    failed = subprocess.run([exe, "inspect", str(tmp_path / "missing.st")], capture_output=True,
+                            text=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "missing.st: no such file" in failed.stderr
+
+
+def test_demo_end_to_end(data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "router.safetensors"
+    code, text, err = run(capsys, "demo", "--data", data_dir, "-o", out, "-q")
+    assert code == 0, err
+    balanced = float(text.split("balanced accuracy")[1].split("%")[0])
+    assert balanced >= 70.0
+    assert Router.load(out).experts == ["math", "multilingual", "coding", "instruction_following"]
