@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,13 @@ EMBEDDING_TENSOR_NAMES = (
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight",
                        "embed_in.weight", "tok_embeddings.weight")
 _HASH_CHUNK = 1 << 24
+# A run of spaces plus the following non-space run: the unit a SentencePiece-style BPE never
+# merges across (checked per tokenizer by _chunkable).
+_CHUNK_RE = re.compile(r" *[^ ]+| +")
+_CHUNK_CACHE_SIZE = 1 << 18
+# Batches up to this size are tokenised through the chunk cache; larger ones go to the
+# tokenizer's own multi-threaded batch encoder.
+_CACHED_BATCH = 16
 
 
 class Embedder:
@@ -84,6 +92,7 @@ class Embedder:
         # Padding and truncation would add pad ids or cut prompts behind our back.
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        config = json.loads(Path(tokenizer_path).read_text(encoding="utf-8"))
         n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
         if n_vocab > table.shape[0]:
             raise IR3DEError(f"{name}: tokenizer has {n_vocab} ids but the table only "
@@ -95,11 +104,13 @@ class Embedder:
         self._tokenizer_path = Path(tokenizer_path)
         self._bf16 = bf16
         self._special = np.zeros(table.shape[0], dtype=bool)
-        for tok in json.loads(self._tokenizer_path.read_text(encoding="utf-8")).get(
-                "added_tokens", []):
+        for tok in config.get("added_tokens", []):
             if tok.get("special") and 0 <= int(tok["id"]) < table.shape[0]:
                 self._special[int(tok["id"])] = True
         self.special_ids = np.flatnonzero(self._special)
+        self._added = tuple(tok["content"] for tok in config.get("added_tokens", []))
+        self._chunk_cache: dict[str, list[int]] | None = {} if _chunkable(config) else None
+        self._space_id = tokenizer.token_to_id("▁")
 
     @property
     def vocab_size(self) -> int:
@@ -135,14 +146,52 @@ class Embedder:
         """
         if max_tokens <= 0:
             raise IR3DEError(f"max_tokens must be positive, got {max_tokens}")
-        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        if self._chunk_cache is not None and len(texts) <= _CACHED_BATCH:
+            raw = [self._encode_chunked(t) for t in texts]
+        else:
+            raw = [e.ids for e in
+                   self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
         out = []
         special = self._special
-        for enc in encodings:
-            ids = np.asarray(enc.ids, dtype=np.int32)
+        for seq in raw:
+            ids = np.asarray(seq, dtype=np.int32)
             ids = ids[~special[ids]]
             out.append(ids[:max_tokens])
         return out
+
+    def _encode_chunked(self, text: str) -> list[int]:
+        """Token ids of ``text`` assembled from cached per-chunk encodings.
+
+        Exact for the tokenizers :func:`_chunkable` accepts: their BPE never merges
+        across the start of a space run, so the ids of the whole text are the
+        concatenation of the ids of its chunks. Texts holding a literal "▁" or an
+        added token's text take the plain path, where that argument does not hold.
+        Repeated words then cost a dict look-up instead of a BPE pass (~4x faster on
+        a 200-token prompt, which is what single-request routing latency is made of).
+        """
+        if "▁" in text or any(tok in text for tok in self._added):
+            return self.tokenizer.encode(text, add_special_tokens=False).ids
+        cache = self._chunk_cache
+        assert cache is not None
+        chunks = _CHUNK_RE.findall(text)
+        if not chunks:
+            return []
+        # The normaliser prepends "▁" to the whole text: the first chunk carries it.
+        chunks[0] = " " + chunks[0]
+        missing = [c for c in dict.fromkeys(chunks) if c not in cache]
+        if missing:
+            if len(cache) + len(missing) > _CHUNK_CACHE_SIZE:
+                cache.clear()
+                missing = list(dict.fromkeys(chunks))
+            # Encoding a chunk without its first space gives it back through the normaliser,
+            # except a lone trailing space: the normaliser prepends nothing to "".
+            for chunk, enc in zip(missing, self.tokenizer.encode_batch_fast(
+                    [c[1:] for c in missing], add_special_tokens=False), strict=True):
+                cache[chunk] = enc.ids if chunk != " " else [self._space_id]
+        ids: list[int] = []
+        for chunk in chunks:
+            ids += cache[chunk]
+        return ids
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Embeddings of ``ids`` as float64, shape ``(len(ids), h)``."""
@@ -163,6 +212,26 @@ class Embedder:
     def __repr__(self) -> str:
         return (f"Embedder({self.name!r}, vocab={self.vocab_size}, h={self.dim}, "
                 f"fingerprint={self.fingerprint[:12]})")
+
+
+def _chunkable(config: dict[str, Any]) -> bool:
+    """True for SentencePiece-style BPE tokenizers (Llama-2 and kin) whose encoding of a
+    text is the concatenation of the encodings of its space-led chunks.
+
+    That holds when the only normalisation is "prepend ▁, spaces → ▁", nothing
+    pre-tokenises, and no vocabulary entry has a "▁" after another character (so
+    no merge can span a chunk boundary).
+    """
+    model = config.get("model") or {}
+    normalizer = config.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else []
+    expected = [{"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+    if model.get("type") != "BPE" or model.get("dropout") or config.get("pre_tokenizer") \
+            or steps != expected:
+        return False
+    vocab = model.get("vocab") or {}
+    return "▁" in vocab and not any(re.search("[^▁]▁", token) for token in vocab)
 
 
 def _package_dir(package: str, extra: str) -> Path:
