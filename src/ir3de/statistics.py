@@ -80,6 +80,11 @@ class DomainStats:
         if self.n_tokens < 0 or self.n_prompts < 0:
             raise StatsFormatError(f"{self.source}: negative counts "
                                    f"({self.n_tokens} tokens, {self.n_prompts} prompts)")
+        # The bias entries are sums of 1.0 per token, exact in float64 below 2^53: they must
+        # equal the token count to the bit. A cheap check against corruption and tampering
+        # (the counts set the balanced weights).
+        if self.A[-1, -1] != self.n_tokens or self.b[-1] != self.n_tokens:
+            raise StatsFormatError(f"{self.source}: A/b disagree with n_tokens={self.n_tokens}")
 
     @property
     def dim(self) -> int:
@@ -147,14 +152,10 @@ class DomainStats:
         b = tensors["b"].astype(np.float64)
         if b.shape != (fields["dim"] + 1,):
             raise StatsFormatError(f"{where}: b has shape {b.shape} but dim is {fields['dim']}")
-        stats = cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
-                    n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
-                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
-                    source=where)
-        # The bias entries are the token count itself: a cheap tamper/corruption check.
-        if not (np.isclose(A[-1, -1], stats.n_tokens) and np.isclose(b[-1], stats.n_tokens)):
-            raise StatsFormatError(f"{where}: A/b disagree with n_tokens={stats.n_tokens}")
-        return stats
+        return cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
+                   n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
+                   embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
+                   source=where)
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
@@ -226,10 +227,15 @@ def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_
         X[:, :-1] = embedder.rows(ids)
         X[:, -1] = 1.0
         c = counts[ids].astype(np.float64)
-        A += (X * c[:, None]).T @ X
         b += X.T @ c
-    # Symmetrise away the last-bit asymmetry of the blocked product so A is exactly symmetric.
+        # Bias column first scaled by sqrt(c) then squared: A's bias entries stay exact
+        # integers only if taken from c directly, so they are set after the product.
+        Xs = X * np.sqrt(c)[:, None]
+        A += Xs.T @ Xs
+    # (√c X)ᵀ(√c X) is a Gram matrix: symmetric up to the last bit; make it exactly so, and
+    # put the exact counts in the bias row/column (√c·√c is not always c in floating point).
     A = (A + A.T) / 2
+    A[-1, :] = A[:, -1] = b
     return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
                        n_prompts=int(n_prompts), fingerprint=embedder.fingerprint,
                        embedder=embedder.spec, max_tokens=max_tokens)
@@ -262,7 +268,8 @@ def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
     A = np.zeros((h1, h1))
     b = np.zeros(h1)
     n_tokens = n_prompts = 0
-    for batch in _batches(texts, _BATCH):
+    # Blank prompts are skipped, exactly as token_counts does.
+    for batch in _batches((t for t in texts if t.strip()), _BATCH):
         for ids in embedder.encode_batch(batch, max_tokens):
             X = np.empty((ids.size, h1))
             X[:, :-1] = embedder.rows(ids)

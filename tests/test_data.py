@@ -1,0 +1,178 @@
+"""Corpus readers and the leakage-free Reasoning protocols."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import jsonl_texts
+
+from ir3de import IR3DEError
+from ir3de.data import default_data_dir, read_corpus, read_jsonl, reasoning_split
+
+TEXTS = ["What is 2 + 2?", "def f(x):\n    return x", "Ünïcödé ✓ and emoji 😀", "  padded  "]
+
+
+def write_jsonl(path: Path, records: list[object], blank_after: int | None = None) -> Path:
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    if blank_after is not None:
+        lines.insert(blank_after, "")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ jsonl
+
+
+def test_jsonl_corpus(tmp_path: Path) -> None:
+    records = [{"id": i, "text": t, "domain": "x"} for i, t in enumerate(TEXTS)]
+    path = write_jsonl(tmp_path / "c.jsonl", records, blank_after=2)
+    assert list(read_corpus(path)) == TEXTS
+    for suffix in (".json", ".ndjson", ".JSONL"):
+        other = path.with_name(f"c{suffix}")
+        other.write_bytes(path.read_bytes())
+        assert list(read_corpus(other)) == TEXTS
+    # Another text field, and an explicit format overriding the suffix.
+    write_jsonl(tmp_path / "q.data", [{"prompt": t} for t in TEXTS])
+    assert list(read_corpus(tmp_path / "q.data", fmt="jsonl", text_field="prompt")) == TEXTS
+    assert [r["id"] for r in read_jsonl(path)] == [0, 1, 2, 3]
+
+
+def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n\n{"text": "fine"}\n{"text": broken}\n{"text": "x"}\n')
+    reader = read_corpus(path)
+    assert next(reader) == "ok" and next(reader) == "fine"  # streamed up to the bad line
+    with pytest.raises(IR3DEError, match=rf"{path}:4: invalid JSON"):
+        next(reader)
+    path.write_text('{"text": "ok"}\n["not", "an", "object"]\n')
+    with pytest.raises(IR3DEError, match=rf"{path}:2: expected a JSON object"):
+        list(read_corpus(path))
+
+
+def test_jsonl_missing_text_field(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "ok"}, {"question": "where?"}])
+    with pytest.raises(IR3DEError, match=r"c\.jsonl: record 2 has no string field 'text'"):
+        list(read_corpus(path))
+    path = write_jsonl(tmp_path / "n.jsonl", [{"text": 42}])
+    with pytest.raises(IR3DEError, match="no string field"):
+        list(read_corpus(path))
+    with pytest.raises(IR3DEError, match="'prompt'"):
+        list(read_corpus(tmp_path / "c.jsonl", text_field="prompt"))
+
+
+# ------------------------------------------------------------------ text and parquet
+
+
+def test_text_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("first prompt\n\n   \nsecond  prompt  \nlast without newline", encoding="utf-8")
+    assert list(read_corpus(path)) == ["first prompt", "second  prompt  ",
+                                       "last without newline"]
+    crlf = tmp_path / "w.text"
+    crlf.write_bytes(b"one\r\ntwo\r\n")
+    assert list(read_corpus(crlf)) == ["one", "two"]
+    assert list(read_corpus(tmp_path / "c.txt", fmt="text")) == list(read_corpus(path))
+
+
+def test_parquet_corpus(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = [f"prompt number {i}" for i in range(2500)] + [None, "tail"]
+    table = pa.table({"id": list(range(len(texts))), "text": texts,
+                      "question": [f"q{i}" for i in range(len(texts))]})
+    pq.write_table(table, tmp_path / "c.parquet", row_group_size=1000)  # several row groups
+    got = list(read_corpus(tmp_path / "c.parquet"))
+    assert got == [t for t in texts if t is not None]
+    assert list(read_corpus(tmp_path / "c.parquet", text_field="question"))[:2] == ["q0", "q1"]
+    pq.write_table(pa.table({"text": pa.array(["a", "b"], type=pa.large_string())}),
+                   tmp_path / "large.pq")
+    assert list(read_corpus(tmp_path / "large.pq")) == ["a", "b"]
+    with pytest.raises(IR3DEError, match=r"no column 'prompt' \(columns: id, text, question\)"):
+        list(read_corpus(tmp_path / "c.parquet", text_field="prompt"))
+    with pytest.raises(IR3DEError, match="'id' is not a string column"):
+        list(read_corpus(tmp_path / "c.parquet", text_field="id"))
+    (tmp_path / "fake.parquet").write_text("not parquet at all")
+    with pytest.raises(IR3DEError, match="not a readable Parquet file"):
+        list(read_corpus(tmp_path / "fake.parquet"))
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_unknown_suffix_format_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("text\nhello\n")
+    with pytest.raises(IR3DEError, match=r"suffix '\.csv'.*--format"):
+        list(read_corpus(tmp_path / "c.csv"))
+    (tmp_path / "noext").write_text("hello\n")
+    with pytest.raises(IR3DEError, match="suffix ''"):
+        list(read_corpus(tmp_path / "noext"))
+    with pytest.raises(IR3DEError, match="unknown corpus format 'csv'"):
+        list(read_corpus(tmp_path / "c.csv", fmt="csv"))  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match="no such file"):
+        list(read_corpus(tmp_path / "absent.jsonl"))
+    with pytest.raises(IR3DEError, match="no such file"):
+        list(read_jsonl(tmp_path / "absent.jsonl"))
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IR3DE_DATA", str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv("IR3DE_DATA")
+    assert default_data_dir() == Path("../shared/data")
+
+
+# ------------------------------------------------------------------ Reasoning protocols
+
+
+README_SIZES = {"gsm8k/train": 7473, "gsm8k/test": 1319, "m_arc/train": 3720,
+                "m_arc/test": 1860, "humaneval/test": 164, "ifeval/test": 541,
+                "mbpp/train": 374, "mbpp/validation": 90, "mbpp/prompt": 10,
+                "alpaca/train": 2000}
+
+
+def test_xdata_protocol(data_dir: Path) -> None:
+    fit, test = reasoning_split(data_dir, protocol="xdata")
+    domains = ["math", "multilingual", "coding", "instruction_following"]
+    assert list(fit) == domains and list(test) == domains
+    n = README_SIZES
+    assert {d: len(v) for d, v in fit.items()} == {
+        "math": n["gsm8k/train"], "multilingual": n["m_arc/train"],
+        "coding": n["mbpp/train"] + n["mbpp/validation"] + n["mbpp/prompt"],
+        "instruction_following": n["alpaca/train"]}
+    assert {d: len(v) for d, v in test.items()} == {
+        "math": n["gsm8k/test"], "multilingual": n["m_arc/test"],
+        "coding": n["humaneval/test"], "instruction_following": n["ifeval/test"]}
+    assert test["coding"] == jsonl_texts(data_dir / "reasoning" / "humaneval" / "test.jsonl")
+    all_fit = {t for v in fit.values() for t in v}
+    assert not all_fit & {t for v in test.values() for t in v}  # no test prompt is fitted on
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_two_fold_protocol(data_dir: Path, seed: int) -> None:
+    fit0, test0 = reasoning_split(data_dir, protocol="2fold", fold=0, seed=seed)
+    fit1, test1 = reasoning_split(data_dir, protocol="2fold", fold=1, seed=seed)
+    xfit, xtest = reasoning_split(data_dir, protocol="xdata")
+    for domain, source in (("coding", "humaneval/test"), ("instruction_following",
+                                                          "ifeval/test")):
+        full = jsonl_texts(data_dir / "reasoning" / f"{source}.jsonl")
+        assert fit0[domain] == test1[domain] and fit1[domain] == test0[domain]
+        assert not set(fit0[domain]) & set(test0[domain])
+        assert sorted(fit0[domain] + test0[domain]) == sorted(full)
+        assert len(fit0[domain]) == len(full) // 2
+    for domain in ("math", "multilingual"):  # as in xdata
+        assert fit0[domain] == xfit[domain] and test1[domain] == xtest[domain]
+    again, _ = reasoning_split(data_dir, protocol="2fold", fold=0, seed=seed)
+    assert again == fit0  # deterministic
+    other, _ = reasoning_split(data_dir, protocol="2fold", fold=0, seed=seed + 1)
+    assert other["coding"] != fit0["coding"]
+
+
+def test_reasoning_split_errors(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(IR3DEError, match="fold must be 0 or 1"):
+        reasoning_split(data_dir, protocol="2fold", fold=2)
+    with pytest.raises(IR3DEError, match="unknown protocol 'loo'"):
+        reasoning_split(data_dir, protocol="loo")  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"missing; is .* the shared data folder"):
+        reasoning_split(tmp_path)

@@ -1,0 +1,299 @@
+"""Embedders: fingerprints, encoding rules and every way of loading a table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    CORPORA,
+    TINY_SPECIAL,
+    TINY_WORDS,
+    jsonl_texts,
+    to_bf16,
+    write_raw_safetensors,
+    write_tiny_tokenizer,
+)
+
+from ir3de import Embedder, IR3DEError, load_embedder
+from ir3de.embedding import resolve_spec
+
+# ------------------------------------------------------------------ fingerprint
+
+
+def test_fingerprint_is_stable(emb: Embedder) -> None:
+    fp = emb.fingerprint
+    assert len(fp) == 64 and int(fp, 16) >= 0
+    # A fresh Embedder over the same tokenizer and table has the same fingerprint ...
+    again = Embedder(emb._tokenizer_path, np.asarray(emb.table), spec=emb.spec, name="copy")
+    assert again.fingerprint == fp
+    # ... and so does a fresh process (no hash randomisation or address in it).
+    code = "from ir3de import load_embedder; print(load_embedder().fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == fp
+
+
+def test_fingerprint_differs_for_a_different_table_or_tokenizer(emb: Embedder,
+                                                                 tmp_path: Path) -> None:
+    table = np.array(emb.table[:100])
+    tok = tmp_path / "tokenizer.json"
+    write_tiny_tokenizer(tok)
+    base = Embedder(tok, table, spec={}, name="a")
+    changed = table.copy()
+    changed[57, 3] = np.nextafter(changed[57, 3], np.inf)  # one bit of one value
+    assert Embedder(tok, changed, spec={}, name="b").fingerprint != base.fingerprint
+    assert Embedder(tok, table[:, :-1], spec={}, name="c").fingerprint != base.fingerprint
+    assert Embedder(tok, table.astype(np.float64), spec={},
+                    name="d").fingerprint != base.fingerprint
+    other_tok = tmp_path / "other.json"
+    write_tiny_tokenizer(other_tok, n_extra=1)
+    assert Embedder(other_tok, table, spec={}, name="e").fingerprint != base.fingerprint
+    assert base.fingerprint != emb.fingerprint
+
+
+def test_fingerprint_wordllama_vs_minilm(emb: Embedder, minilm: Embedder) -> None:
+    assert emb.fingerprint != minilm.fingerprint
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def test_encode_drops_literal_special_tokens(emb: Embedder) -> None:
+    assert set(emb.special_ids.tolist()) >= {1, 2}  # <s>, </s>
+    texts = ["</s>", "<s> What is 2+2? </s>", "hello</s>world<s><unk>", "</s></s></s>",
+             "Q: 1+1?</s>A: 2"]
+    for text in texts:
+        ids = emb.encode(text)
+        assert not np.isin(ids, emb.special_ids).any(), text
+    # The multi-threaded batch path (more than the cached batch size) drops them too.
+    batch = emb.encode_batch(texts * 10)
+    assert all(not np.isin(ids, emb.special_ids).any() for ids in batch)
+    # and the text around the special token is still encoded
+    assert emb.encode("hello</s>world").size > 0
+    assert emb.encode("</s>").size == 0 or set(emb.tokens(emb.encode("</s>"))) <= {"▁"}
+
+
+def test_encode_drops_special_tokens_minilm(minilm: Embedder) -> None:
+    ids = minilm.encode("[CLS] hello [SEP] [PAD] world [MASK] [UNK]")
+    assert minilm.tokens(ids) == ["hello", "world"]
+    assert not np.isin(ids, minilm.special_ids).any()
+
+
+def test_encode_output_type_and_ids_in_range(emb: Embedder) -> None:
+    ids = emb.encode("What is 2+2?")
+    assert ids.dtype == np.int32 and ids.ndim == 1
+    assert ids.tolist()[:3] == [1724, 338, 29871]  # the documented example
+    assert ids.min() >= 0 and ids.max() < emb.vocab_size
+    assert emb.encode("").size == 0
+
+
+def test_max_tokens_cap(emb: Embedder) -> None:
+    text = " ".join(f"word{i}" for i in range(400))
+    full = emb.encode(text, max_tokens=10_000)
+    assert full.size > 400
+    for cap in (1, 7, 400):
+        capped = emb.encode(text, max_tokens=cap)
+        assert capped.size == cap
+        np.testing.assert_array_equal(capped, full[:cap])
+    assert emb.encode(text).size == 1024  # the default cap
+    assert emb.encode("short", max_tokens=50).size < 50
+    for bad in (0, -3):
+        with pytest.raises(IR3DEError, match="max_tokens"):
+            emb.encode("x", max_tokens=bad)
+
+
+def test_cap_applies_after_dropping_special_tokens(emb: Embedder) -> None:
+    capped = emb.encode("</s> </s> </s> alpha beta gamma", max_tokens=3)
+    assert capped.size == 3 and not np.isin(capped, emb.special_ids).any()
+
+
+def test_chunk_cached_encoding_equals_the_tokenizer(emb: Embedder, data_dir: Path) -> None:
+    """The per-chunk cache (small batches) must give exactly the tokenizer's own ids."""
+    texts = []
+    for path in sorted(data_dir.glob("*/*/*.jsonl")):
+        texts += jsonl_texts(path, limit=40)
+    texts += [t for group in CORPORA.values() for t in group]
+    texts += ["", " ", "  two leading", "trailing  ", "a  b   c", "\n\tx\n", "tab\tsep",
+              "x▁y", "emoji 😀 ok", "日本語のテキスト", "  ", "a</s>b", "<s>", "don't stop"]
+    special = set(emb.special_ids.tolist())
+    emb._chunk_cache.clear()
+    # First pass: misses file whole-text encodings under their chunks; second pass: hits.
+    for _ in range(2):
+        for text in texts:
+            expected = emb.tokenizer.encode(text, add_special_tokens=False).ids
+            expected = [i for i in expected if i not in special]
+            assert emb.encode(text, max_tokens=1 << 30).tolist() == expected, repr(text[:80])
+    # The batch path (large batches skip the cache) agrees as well.
+    batched = emb.encode_batch(texts)
+    for text, ids in zip(texts, batched, strict=True):
+        np.testing.assert_array_equal(ids, emb.encode(text))
+
+
+def test_rows_are_float64_table_values(emb: Embedder) -> None:
+    ids = np.array([5, 100, 31999, 5])
+    rows = emb.rows(ids)
+    assert rows.dtype == np.float64 and rows.shape == (4, emb.dim)
+    np.testing.assert_array_equal(rows, np.asarray(emb.table[ids], dtype=np.float64))
+    starts = [start for start, _ in emb.blocks(block=10_000)]
+    assert starts == [0, 10_000, 20_000, 30_000]
+    last_start, last = list(emb.blocks(block=10_000))[-1]
+    np.testing.assert_array_equal(last, emb.rows(np.arange(last_start, emb.vocab_size)))
+
+
+def test_minilm_padding_and_truncation_off(minilm: Embedder) -> None:
+    config = json.loads(minilm._tokenizer_path.read_text())
+    assert config["padding"] is not None and config["truncation"]["max_length"] == 128
+    text = " ".join(["the cat sat on the mat and looked at the dog"] * 30)
+    ids = minilm.encode(text)
+    assert ids.size > 128
+    pad = minilm.tokenizer.token_to_id("[PAD]")
+    assert pad not in ids.tolist()
+    short = minilm.encode("hello world")
+    assert short.size == 2  # no padding up to 128
+    assert minilm.tokenizer.padding is None and minilm.tokenizer.truncation is None
+
+
+def test_minilm_loads_without_torch(minilm: Embedder) -> None:
+    code = ("import sys; from ir3de import load_embedder; e = load_embedder('minilm'); "
+            "print(e.dim, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(minilm.dim), "False"]
+
+
+# ------------------------------------------------------------------ loaders
+
+
+def _check_tiny(embedder: Embedder, table: np.ndarray) -> None:
+    assert embedder.table.dtype == np.uint16  # bf16 stays raw and memory-mapped
+    np.testing.assert_array_equal(embedder.rows(np.arange(table.shape[0])),
+                                  table.astype(np.float64))
+    assert embedder.vocab_size == table.shape[0] and embedder.dim == table.shape[1]
+    assert embedder.special_ids.tolist() == [0, 1, 2]
+    # Padding (length 8) and truncation (4) set in the file are switched off, specials dropped.
+    words = TINY_WORDS[:6]
+    ids = embedder.encode(" ".join(["[PAD]", *words, "</s>", "unknownword"]))
+    assert ids.tolist() == [len(TINY_SPECIAL) + i for i in range(6)]
+
+
+def test_hf_folder_bf16(make_model_folder) -> None:
+    folder, table = make_model_folder()
+    with np.errstate(over="ignore"):
+        assert not np.array_equal(table, table.astype(np.float16))  # really needs bf16 bits
+    embedder = load_embedder(folder)
+    _check_tiny(embedder, table)
+    assert embedder.spec == {"kind": "hf", "path": str(folder.resolve()),
+                             "tensor": "model.embed_tokens.weight"}
+    assert embedder.name == folder.name
+    # The recorded recipe loads the same embedder again.
+    assert load_embedder(embedder.spec).fingerprint == embedder.fingerprint
+
+
+def test_hf_folder_sharded_with_index(make_model_folder) -> None:
+    folder, table = make_model_folder(sharded=True)
+    assert not (folder / "model.safetensors").exists()
+    embedder = load_embedder(folder)
+    _check_tiny(embedder, table)
+    assert embedder.spec["tensor"] == "model.embed_tokens.weight"
+    with pytest.raises(IR3DEError, match=r"nope.*candidates.*model\.norm\.weight"):
+        load_embedder(folder, tensor="nope")
+
+
+def test_hf_folder_explicit_tensor(make_model_folder) -> None:
+    folder, table = make_model_folder(tensor="encoder.token_table")
+    # Not a usual name: the error lists the candidates and points to --tensor.
+    with pytest.raises(IR3DEError, match="--tensor") as info:
+        load_embedder(folder)
+    assert "encoder.token_table" in str(info.value) and "lm_head.weight" in str(info.value)
+    embedder = load_embedder(folder, tensor="encoder.token_table")
+    _check_tiny(embedder, table)
+    assert embedder.spec["tensor"] == "encoder.token_table"
+    # An explicit name that does not exist names itself and the candidates.
+    with pytest.raises(IR3DEError, match=r"missing\.weight") as info:
+        load_embedder(folder, tensor="missing.weight")
+    assert "encoder.token_table" in str(info.value)
+
+
+def test_hf_folder_explicit_tensor_sharded(make_model_folder) -> None:
+    folder, table = make_model_folder(tensor="encoder.token_table", sharded=True)
+    with pytest.raises(IR3DEError, match=r"encoder\.token_table"):
+        load_embedder(folder)
+    _check_tiny(load_embedder(folder, tensor="encoder.token_table"), table)
+
+
+def test_hf_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(IR3DEError, match="unknown embedder"):
+        load_embedder(tmp_path / "does-not-exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IR3DEError, match=r"tokenizer\.json"):
+        load_embedder(empty)
+    write_tiny_tokenizer(empty / "tokenizer.json")
+    with pytest.raises(IR3DEError, match=r"no \.safetensors"):
+        load_embedder(empty)
+    (empty / "model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(IR3DEError, match="too short"):
+        load_embedder(empty)
+
+
+def test_tokenizer_json_with_npy_table(tmp_path: Path) -> None:
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    table = np.random.default_rng(1).normal(size=(vocab, 5)).astype(np.float32)
+    np.save(tmp_path / "table.npy", table)
+    embedder = load_embedder(tok, table=tmp_path / "table.npy")
+    np.testing.assert_array_equal(embedder.rows(np.arange(vocab)), table.astype(np.float64))
+    assert embedder.spec["kind"] == "files" and embedder.spec["tensor"] == "array"
+    assert embedder.encode("hello world").tolist() == [3, 4]
+    # A table with more rows than the tokenizer has ids is fine (padding rows) ...
+    np.save(tmp_path / "wide.npy", np.zeros((vocab + 3, 5), np.float32))
+    assert load_embedder(tok, table=tmp_path / "wide.npy").vocab_size == vocab + 3
+
+
+def test_tokenizer_json_with_safetensors_table(tmp_path: Path) -> None:
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    data, table = to_bf16(np.random.default_rng(2).normal(size=(vocab, 4)).astype(np.float32))
+    write_raw_safetensors(tmp_path / "t.safetensors",
+                          {"a.weight": ("F32", (2,), b"\0" * 8),
+                           "my_table": ("BF16", (vocab, 4), data)})
+    with pytest.raises(IR3DEError, match="my_table"):
+        load_embedder(tok, table=tmp_path / "t.safetensors")
+    embedder = load_embedder(tok, table=tmp_path / "t.safetensors", tensor="my_table")
+    np.testing.assert_array_equal(embedder.rows(np.arange(vocab)), table.astype(np.float64))
+    with pytest.raises(IR3DEError, match=r"no tensor named 'other'.*my_table"):
+        load_embedder(tok, table=tmp_path / "t.safetensors", tensor="other")
+
+
+def test_tokenizer_with_more_ids_than_rows(tmp_path: Path) -> None:
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    np.save(tmp_path / "small.npy", np.zeros((vocab - 1, 4), np.float32))
+    with pytest.raises(IR3DEError, match=f"{vocab} ids but the table only {vocab - 1} rows"):
+        load_embedder(tok, table=tmp_path / "small.npy")
+
+
+def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    np.save(tmp_path / "ints.npy", np.zeros((vocab, 4), np.int64))
+    with pytest.raises(IR3DEError, match="not floating point"):
+        load_embedder(tok, table=tmp_path / "ints.npy")
+    np.save(tmp_path / "flat.npy", np.zeros(vocab, np.float32))
+    with pytest.raises(IR3DEError, match="2-D"):
+        load_embedder(tok, table=tmp_path / "flat.npy")
+    with pytest.raises(IR3DEError, match="no such embedding table"):
+        load_embedder(tok, table=tmp_path / "missing.npy")
+    (tmp_path / "bad.json").write_text("{not json")
+    np.save(tmp_path / "ok.npy", np.zeros((vocab, 4), np.float32))
+    with pytest.raises(IR3DEError, match=r"not a Hugging Face tokenizer\.json"):
+        load_embedder(tmp_path / "bad.json", table=tmp_path / "ok.npy")
+    with pytest.raises(IR3DEError, match=r"needs its tokenizer\.json"):
+        resolve_spec(None, table=tmp_path / "ok.npy")
+    with pytest.raises(IR3DEError, match="unknown embedder kind"):
+        load_embedder({"kind": "nonsense"})

@@ -1,0 +1,390 @@
+"""The router: exact expert add/remove, persistence, settings, errors, and accuracy on the
+Reasoning data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPORA
+
+from ir3de import (
+    DomainStats,
+    Embedder,
+    EmptyInputError,
+    ExpertError,
+    FingerprintMismatchError,
+    IR3DEError,
+    Router,
+    RouterConfig,
+    StatsFormatError,
+    compute_stats,
+    load_embedder,
+)
+from ir3de.data import reasoning_split
+from ir3de.router import read_router_meta
+from ir3de.store import read_safetensors, write_safetensors
+
+PROMPTS = ["What is 15 divided by 3?", "def square(x):\n    return x * x",
+           "The appellate court reversed the judgment.", "¿Qué planeta es el más grande?",
+           "Compute 3 + 4 and explain.", "import os\nprint(os.getcwd())"]
+
+
+def fit(emb: Embedder, stats: dict[str, DomainStats], names: list[str], **settings) -> Router:
+    return Router(emb, **settings).fit_stats({n: stats[n] for n in names})
+
+
+def assert_same_state(a: Router, b: Router) -> None:
+    assert a.experts == b.experts
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a._state.table.probs, b._state.table.probs)
+
+
+# ------------------------------------------------------------------ experts
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_add_then_remove_restores_w_exactly(emb: Embedder, toy_stats, balance: bool) -> None:
+    router = fit(emb, toy_stats, ["math", "coding", "law"], balance=balance)
+    before = router.W.copy()
+    router.add_expert("multilingual", toy_stats["multilingual"])
+    assert router.experts == ["math", "coding", "law", "multilingual"]
+    assert router.W.shape == (emb.dim + 1, 4)
+    assert not np.array_equal(router.W[:, :3], before)  # the others' columns did move
+    removed = router.remove_expert("multilingual")
+    assert removed is toy_stats["multilingual"]
+    assert router.experts == ["math", "coding", "law"]
+    assert np.array_equal(router.W, before)
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_add_expert_equals_full_refit(emb: Embedder, toy_stats, balance: bool) -> None:
+    router = fit(emb, toy_stats, ["math", "coding", "law"], balance=balance)
+    router.add_expert("multilingual", toy_stats["multilingual"])
+    same_order = fit(emb, toy_stats, ["math", "coding", "law", "multilingual"], balance=balance)
+    assert_same_state(router, same_order)  # bitwise
+    other_order = fit(emb, toy_stats, ["multilingual", "law", "math", "coding"],
+                      balance=balance)
+    perm = [other_order.experts.index(e) for e in router.experts]
+    np.testing.assert_allclose(other_order.W[:, perm], router.W, rtol=1e-12, atol=1e-14)
+    assert router.predict(PROMPTS) == other_order.predict(PROMPTS)
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_remove_expert_equals_refit_without_it(emb: Embedder, toy_stats,
+                                               balance: bool) -> None:
+    router = fit(emb, toy_stats, list(toy_stats), balance=balance)
+    router.remove_expert("coding")
+    assert_same_state(router, fit(emb, toy_stats, ["math", "law", "multilingual"],
+                                  balance=balance))
+    router.remove_expert("math")
+    assert_same_state(router, fit(emb, toy_stats, ["law", "multilingual"], balance=balance))
+
+
+def test_add_expert_under_a_new_name(emb: Embedder, toy_stats) -> None:
+    router = fit(emb, toy_stats, ["math", "coding"])
+    router.add_expert("legal", toy_stats["law"])
+    assert router.experts == ["math", "coding", "legal"]
+    assert router.stats["legal"].domain == "legal"
+    renamed = {"math": toy_stats["math"], "coding": toy_stats["coding"],
+               "legal": toy_stats["law"]}
+    assert_same_state(router, Router(emb).fit_stats(renamed))
+
+
+def test_expert_errors(emb: Embedder, toy_stats) -> None:
+    router = fit(emb, toy_stats, ["math", "coding"])
+    W = router.W
+    with pytest.raises(ExpertError, match=r"unknown expert 'law'.*math, coding"):
+        router.remove_expert("law")
+    with pytest.raises(ExpertError, match="already exists"):
+        router.add_expert("math", toy_stats["math"])
+    with pytest.raises(ExpertError, match="invalid domain name"):
+        router.add_expert(" law", toy_stats["law"])
+    foreign = dataclasses.replace(toy_stats["law"], fingerprint="f" * 64, source="foreign.st")
+    with pytest.raises(FingerprintMismatchError, match=r"foreign\.st"):
+        router.add_expert("law", foreign)
+    assert router.W is W and router.experts == ["math", "coding"]  # failed calls change nothing
+    router.remove_expert("coding")
+    with pytest.raises(ExpertError, match="only expert"):
+        router.remove_expert("math")
+    assert router.experts == ["math"]
+    with pytest.raises(ExpertError, match="duplicate expert 'math'"):
+        Router(emb).fit_stats([toy_stats["math"], toy_stats["math"]])
+    with pytest.raises(IR3DEError, match="at least one expert"):
+        Router(emb).fit_stats([])
+
+
+def test_unfitted_router(emb: Embedder) -> None:
+    router = Router(emb)
+    for call in (lambda: router.W, lambda: router.experts, lambda: router.route("hi"),
+                 lambda: router.remove_expert("x"), lambda: router.describe()):
+        with pytest.raises(IR3DEError, match="no experts yet"):
+            call()
+    router.set_params(lam=0.5)  # allowed before fitting
+    assert router.config.lam == 0.5
+
+
+def test_fit_from_texts_equals_fit_from_stats(emb: Embedder, toy_stats) -> None:
+    texts = [t for group in CORPORA.values() for t in group]
+    labels = [d for d, group in CORPORA.items() for _ in group]
+    assert_same_state(Router(emb).fit(texts, labels), Router(emb).fit_stats(toy_stats))
+    with pytest.raises(IR3DEError, match="labels"):
+        Router(emb).fit(texts, labels[:-1])
+
+
+def test_stats_from_another_embedder_are_rejected(emb: Embedder, toy_stats,
+                                                  make_model_folder) -> None:
+    folder, _ = make_model_folder()
+    tiny = load_embedder(folder)
+    with pytest.raises(FingerprintMismatchError, match=tiny.name):
+        Router(tiny).fit_stats(toy_stats)
+    mixed = [toy_stats["math"], compute_stats(tiny, ["hello world"], domain="greeting")]
+    with pytest.raises(FingerprintMismatchError):
+        Router(emb).fit_stats(mixed)
+
+
+# ------------------------------------------------------------------ persistence
+
+
+def test_save_load_round_trip(emb: Embedder, toy_stats, tmp_path: Path) -> None:
+    router = Router(emb, RouterConfig.preset("paper", k=7)).fit_stats(toy_stats)
+    router.add_expert("legal2", toy_stats["law"])
+    router.remove_expert("coding")
+    path = tmp_path / "router.safetensors"
+    router.save(path)
+    loaded = Router.load(path)
+    assert loaded.embedder.fingerprint == emb.fingerprint  # reloaded from the recipe
+    assert loaded.config == router.config
+    assert_same_state(loaded, router)
+    for name, s in router.stats.items():
+        t = loaded.stats[name]
+        np.testing.assert_array_equal(t.A, s.A)
+        assert (t.n_tokens, t.n_prompts, t.max_tokens) == (s.n_tokens, s.n_prompts,
+                                                           s.max_tokens)
+    assert loaded.route_batch(PROMPTS, explain=True) == router.route_batch(PROMPTS, explain=True)
+    assert loaded.describe() == router.describe()
+    meta = read_router_meta(path)
+    assert [e["name"] for e in meta["experts"]] == router.experts
+    assert meta["fingerprint"] == emb.fingerprint and meta["config"]["k"] == 7
+    # Loaded routers keep working as routers: remove gives the refit.
+    loaded.remove_expert("legal2")
+    assert_same_state(loaded, Router(emb, router.config).fit_stats(
+        {n: toy_stats[n] for n in ("math", "law", "multilingual")}))
+
+
+def test_load_with_a_different_embedder(toy_router: Router, tmp_path: Path,
+                                        make_model_folder) -> None:
+    path = tmp_path / "router.safetensors"
+    toy_router.save(path)
+    folder, _ = make_model_folder()
+    with pytest.raises(FingerprintMismatchError, match=str(path)):
+        Router.load(path, embedder=load_embedder(folder))
+    with pytest.raises(FingerprintMismatchError):
+        Router.load(path, embedder=folder)
+
+
+def test_load_with_minilm_mismatch(toy_router: Router, tmp_path: Path,
+                                   minilm: Embedder) -> None:
+    path = tmp_path / "router.safetensors"
+    toy_router.save(path)
+    with pytest.raises(FingerprintMismatchError, match="all-MiniLM-L6-v2"):
+        Router.load(path, embedder=minilm)
+
+
+def test_load_rejects_bad_router_files(toy_router: Router, toy_stats,
+                                       tmp_path: Path) -> None:
+    path = tmp_path / "router.safetensors"
+    toy_router.save(path)
+    tensors, meta = read_safetensors(path)
+
+    def rewrite(name: str, new_tensors=None, **meta_changes) -> Path:
+        out = tmp_path / name
+        write_safetensors(out, new_tensors if new_tensors is not None else tensors,
+                          {**meta, **meta_changes})
+        return out
+
+    nan_A = tensors["A"].copy()
+    nan_A[1, 5, 5] = np.nan
+    with pytest.raises(StatsFormatError, match="NaN/Inf"):
+        Router.load(rewrite("nan.st", {"A": nan_A, "b": tensors["b"]}))
+    with pytest.raises(StatsFormatError, match="do not match"):
+        Router.load(rewrite("shape.st", {"A": tensors["A"][:3], "b": tensors["b"][:3]}))
+    with pytest.raises(StatsFormatError, match="do not match"):
+        Router.load(rewrite("missing.st", {"A": tensors["A"]}))
+    with pytest.raises(StatsFormatError, match="version"):
+        Router.load(rewrite("version.st", version=99))
+    with pytest.raises(StatsFormatError, match="lacks 'experts'"):
+        Router.load(_without(tmp_path / "lacks.st", tensors, meta, "experts"))
+    with pytest.raises(IR3DEError, match="unknown router setting"):
+        Router.load(rewrite("config.st", config={**meta["config"], "temperature": 2.0}))
+    # Tampered token counts would silently change the balanced weights.
+    experts = [dict(e) for e in meta["experts"]]
+    experts[0]["n_tokens"] += 1
+    with pytest.raises(StatsFormatError, match="n_tokens"):
+        Router.load(rewrite("tampered.st", experts=experts))
+    # A statistics file is not a router, and a router is not a statistics file.
+    toy_stats["math"].save(tmp_path / "math.st")
+    with pytest.raises(StatsFormatError, match="not an ir3de router file"):
+        Router.load(tmp_path / "math.st")
+    with pytest.raises(StatsFormatError, match="not an ir3de router file"):
+        read_router_meta(tmp_path / "math.st")
+    with pytest.raises(StatsFormatError, match="not an ir3de statistics file"):
+        DomainStats.load(path)
+    with pytest.raises(StatsFormatError, match="no such file"):
+        Router.load(tmp_path / "absent.st")
+
+
+def _without(path: Path, tensors, meta, key: str) -> Path:
+    write_safetensors(path, tensors, {k: v for k, v in meta.items() if k != key})
+    return path
+
+
+# ------------------------------------------------------------------ routing and settings
+
+
+def test_empty_and_special_only_prompts(toy_router: Router) -> None:
+    for bad in ("", "   ", "\n\t"):
+        with pytest.raises(EmptyInputError, match="prompt #0 is empty"):
+            toy_router.route(bad)
+    for special in ("</s>", "<s></s>", "<s>"):
+        with pytest.raises(EmptyInputError, match="no token"):
+            toy_router.route(special)
+    with pytest.raises(EmptyInputError, match="prompt #1"):
+        toy_router.route_batch(["What is 2 + 2?", "</s>"])
+    with pytest.raises(EmptyInputError, match="prompt #2"):
+        toy_router.predict(["a", "b", ""])
+    with pytest.raises(IR3DEError, match="not a string"):
+        toy_router.route_batch(["ok", 42])  # type: ignore[list-item]
+    assert toy_router.route_batch([]) == []
+
+
+def test_bad_settings(emb: Embedder, toy_stats) -> None:
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(IR3DEError, match="k must be a positive integer"):
+            RouterConfig(k=bad)
+        with pytest.raises(IR3DEError, match="k must be"):
+            Router(emb, k=bad)
+    router = Router(emb).fit_stats(toy_stats)
+    config = router.config
+    with pytest.raises(IR3DEError, match="k must be"):
+        router.set_params(k=0)
+    with pytest.raises(IR3DEError, match="unknown selector 'best'"):
+        router.set_params(selector="best")
+    with pytest.raises(IR3DEError, match="λ"):
+        router.set_params(lam=-1.0)
+    with pytest.raises(IR3DEError, match="max_tokens"):
+        RouterConfig(max_tokens=0)
+    assert router.config is config  # failed changes leave the router as it was
+    with pytest.raises(IR3DEError, match="unknown preset"):
+        RouterConfig.preset("fastest")
+    with pytest.raises(IR3DEError, match="unknown router setting"):
+        RouterConfig.from_dict({"k": 3, "beam": 2})
+    with pytest.raises(TypeError):
+        router.set_params(temperature=1.0)
+
+
+def test_presets() -> None:
+    assert RouterConfig.preset("default") == RouterConfig()
+    paper = RouterConfig.preset("paper")
+    assert (paper.selector, paper.k, paper.balance, paper.lam) == ("topk", 10, False, 1e-2)
+    assert RouterConfig.preset("paper", k=3).k == 3
+    assert RouterConfig.from_dict(dataclasses.asdict(paper)) == paper
+
+
+def test_set_params_resolves_only_when_needed(emb: Embedder, toy_stats) -> None:
+    router = Router(emb).fit_stats(toy_stats)
+    state = router._state
+    router.set_params(k=3, selector="topk", max_tokens=64)
+    assert router._state is state  # routing-time settings: no re-solve
+    assert router.config.k == 3 and router.config.max_tokens == 64
+    router.set_params(lam=router.config.lam, balance=router.config.balance)
+    assert router._state is state  # unchanged values: no re-solve
+    for change in ({"lam": 0.5}, {"balance": False}, {"normalize": False},
+                   {"regularize_bias": False}):
+        router.set_params(**change)
+        assert router._state is not state, change
+        state = router._state
+        # The re-solved router is exactly a fresh fit with the same settings.
+        assert_same_state(router, Router(emb, router.config).fit_stats(toy_stats))
+
+
+def test_max_tokens_setting_caps_routing(emb: Embedder, toy_stats) -> None:
+    router = Router(emb, selector="all").fit_stats(toy_stats)
+    text = "Solve 3x + 2 = 11. " + "def f(x): return x " * 40
+    full = router.route(text, explain=True)
+    router.set_params(max_tokens=6)
+    capped = router.route(text, explain=True)
+    assert len(capped.tokens) == 6 < len(full.tokens)
+    assert max(t.position for t in capped.tokens) == 5
+
+
+@pytest.mark.parametrize("selector", ["topk", "all", "avg"])
+def test_explain(toy_router: Router, emb: Embedder, toy_stats, selector: str) -> None:
+    router = Router(emb, selector=selector, k=5).fit_stats(toy_stats)
+    table = router._state.table
+    for prompt in [*PROMPTS, "x"]:
+        dec = router.route(prompt, explain=True)
+        assert set(dec.scores) == set(router.experts)
+        assert sum(dec.scores.values()) == pytest.approx(1.0, abs=1e-12)
+        assert dec.scores[dec.expert] == pytest.approx(dec.confidence, rel=1e-15)
+        assert dec.scores[dec.expert] == max(dec.scores.values())
+        assert 0 < dec.confidence <= 1
+        ids = emb.encode(prompt)
+        n_voters = min(5, ids.size) if selector == "topk" else ids.size
+        assert len(dec.tokens) == n_voters
+        for tok in dec.tokens:
+            assert 0 <= tok.position < ids.size
+            assert tok.token == emb.tokens([ids[tok.position]])[0]
+            assert tok.expert == router.experts[table.vote[ids[tok.position]]]
+            assert tok.entropy == table.entropy[ids[tok.position]]
+        if selector != "avg":
+            entropies = [t.entropy for t in dec.tokens]
+            assert entropies == sorted(entropies)
+        plain = router.route(prompt)
+        assert (plain.expert, plain.confidence) == (dec.expert, dec.confidence)
+        assert plain.scores is None and plain.tokens is None
+        assert set(plain.to_dict()) == {"expert", "confidence"}
+        assert set(dec.to_dict()) == {"expert", "confidence", "scores", "tokens"}
+
+
+def test_describe(toy_router: Router, emb: Embedder, toy_stats) -> None:
+    info = toy_router.describe()
+    assert info["experts"] == [{"name": n, "n_tokens": s.n_tokens, "n_prompts": s.n_prompts,
+                                "max_tokens": s.max_tokens} for n, s in toy_stats.items()]
+    assert info["fingerprint"] == emb.fingerprint and info["dim"] == emb.dim
+    assert info["config"] == dataclasses.asdict(toy_router.config)
+
+
+# ------------------------------------------------------------------ accuracy on real data
+
+
+def balanced_accuracy(router: Router, test: dict[str, list[str]]) -> float:
+    per_domain = []
+    for domain, prompts in test.items():
+        predicted = router.predict(prompts)
+        per_domain.append(np.mean([p == domain for p in predicted]))
+    return float(np.mean(per_domain))
+
+
+@pytest.fixture(scope="module", params=[("xdata", 0), ("2fold", 0), ("2fold", 1)],
+                ids=["xdata", "2fold-0", "2fold-1"])
+def reasoning(request: pytest.FixtureRequest, data_dir: Path, emb: Embedder):
+    protocol, fold = request.param
+    fit_texts, test = reasoning_split(data_dir, protocol=protocol, fold=fold)
+    stats = [compute_stats(emb, texts, domain=d) for d, texts in fit_texts.items()]
+    return protocol, stats, test
+
+
+THRESHOLDS = {"xdata": 0.70, "2fold": 0.88}
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_reasoning_accuracy(reasoning, preset: str) -> None:
+    protocol, stats, test = reasoning
+    router = Router() if preset == "default" else Router(config=RouterConfig.preset("paper"))
+    router.fit_stats(stats)
+    assert router.experts == ["math", "multilingual", "coding", "instruction_following"]
+    acc = balanced_accuracy(router, test)
+    assert acc >= THRESHOLDS[protocol], f"{preset} {protocol}: balanced accuracy {acc:.3f}"

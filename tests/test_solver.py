@@ -1,0 +1,106 @@
+"""The closed-form ridge solve and the design it is assembled from."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ir3de import DomainStats, IR3DEError
+from ir3de.solver import DEFAULT_LAMBDA, design, domain_weights, solve
+
+
+def reference_solve(A: np.ndarray, B: np.ndarray, lam: float, regularize_bias: bool = True,
+                    normalize: bool = True) -> np.ndarray:
+    reg = A.copy()
+    n = A.shape[0] if regularize_bias else A.shape[0] - 1
+    for i in range(n):
+        reg[i, i] += lam
+    W = np.linalg.inv(reg) @ B
+    if normalize:
+        W = W / np.sqrt((W ** 2).sum(axis=0))
+    return W
+
+
+def test_solve_matches_the_formula(toy_stats: dict[str, DomainStats]) -> None:
+    names = list(toy_stats)
+    A = sum(toy_stats[n].A for n in names)
+    B = np.stack([toy_stats[n].b for n in names], axis=1)
+    for lam in (1e-3, DEFAULT_LAMBDA, 1.0):
+        for regularize_bias in (True, False):
+            for normalize in (True, False):
+                W = solve(A, B, lam=lam, regularize_bias=regularize_bias, normalize=normalize)
+                ref = reference_solve(A, B, lam, regularize_bias, normalize)
+                assert W.shape == (A.shape[0], len(names))
+                np.testing.assert_allclose(W, ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max())
+                # The defining equation holds to working precision.
+                if not normalize:
+                    penalty = np.full(A.shape[0], lam)
+                    if not regularize_bias:
+                        penalty[-1] = 0
+                    resid = (A + np.diag(penalty)) @ W - B
+                    assert np.abs(resid).max() <= 1e-8 * np.abs(B).max()
+    W = solve(A, B)
+    np.testing.assert_allclose(np.linalg.norm(W, axis=0), 1.0, rtol=1e-14)
+
+
+def test_docstring_example() -> None:
+    W = solve(np.eye(3) * 10, np.ones((3, 2)), lam=0.0)
+    np.testing.assert_allclose(W, np.full((3, 2), 1 / np.sqrt(3)), rtol=1e-15)
+
+
+def test_solve_errors() -> None:
+    A, B = np.eye(3), np.ones((3, 2))
+    for lam in (-1e-3, np.nan, np.inf):
+        with pytest.raises(IR3DEError, match="λ"):
+            solve(A, B, lam=lam)
+    with pytest.raises(IR3DEError, match="singular"):
+        solve(np.zeros((3, 3)), B, lam=0.0)
+    with pytest.raises(IR3DEError, match="zero"):
+        solve(A, np.array([[1.0, 0.0]] * 3), lam=0.1)
+    # Without normalisation a zero column is allowed (and stays zero).
+    assert np.all(solve(A, np.array([[1.0, 0.0]] * 3), normalize=False)[:, 1] == 0)
+
+
+def test_design_is_order_independent(toy_stats: dict[str, DomainStats]) -> None:
+    names = list(toy_stats)
+    A1, B1 = design(toy_stats, names)
+    for balance in (False, True):  # balanced weights make the sums inexact: order matters
+        A1, B1 = design(toy_stats, names, balance=balance)
+        for perm in itertools.permutations(range(len(names))):
+            A2, B2 = design(toy_stats, [names[i] for i in perm], balance=balance)
+            np.testing.assert_array_equal(A2, A1)  # summed in sorted-name order: bitwise
+            np.testing.assert_array_equal(B2, B1[:, list(perm)])  # columns: experts' order
+    A1, B1 = design(toy_stats, names)
+    for j, n in enumerate(names):
+        np.testing.assert_array_equal(B1[:, j], toy_stats[n].b)
+    np.testing.assert_allclose(A1, sum(s.A for s in toy_stats.values()), rtol=1e-14,
+                               atol=1e-14 * np.abs(A1).max())
+    # A subset of experts uses only their statistics.
+    A3, B3 = design(toy_stats, names[:2])
+    np.testing.assert_allclose(A3, toy_stats[names[0]].A + toy_stats[names[1]].A, rtol=1e-14,
+                               atol=1e-14 * np.abs(A3).max())
+    assert B3.shape[1] == 2
+    with pytest.raises(IR3DEError, match="at least one expert"):
+        design(toy_stats, [])
+
+
+def test_balanced_design(toy_stats: dict[str, DomainStats]) -> None:
+    names = list(toy_stats)
+    n = {k: s.n_tokens for k, s in toy_stats.items()}
+    assert len(set(n.values())) > 1  # the toy domains really differ in size
+    w = domain_weights(toy_stats, balance=True)
+    mean = np.mean(list(n.values()))
+    for k in names:
+        assert w[k] == pytest.approx(mean / n[k], rel=1e-15)
+    # Every domain carries the same total weight; the overall weight is unchanged.
+    assert {round(w[k] * n[k], 9) for k in names} == {round(mean, 9)}
+    assert sum(w[k] * n[k] for k in names) == pytest.approx(sum(n.values()), rel=1e-12)
+    assert domain_weights(toy_stats, balance=False) == dict.fromkeys(names, 1.0)
+    A, B = design(toy_stats, names, balance=True)
+    np.testing.assert_allclose(A, sum(w[k] * toy_stats[k].A for k in names), rtol=1e-13,
+                               atol=1e-13 * np.abs(A).max())
+    np.testing.assert_allclose(B, np.stack([w[k] * toy_stats[k].b for k in names], axis=1),
+                               rtol=1e-15)
+    assert A[-1, -1] == pytest.approx(sum(n.values()), rel=1e-12)

@@ -1,0 +1,234 @@
+"""Per-domain statistics: the histogram shortcut equals the paper's streaming sums, and
+statistics add, merge and subtract like the sums they are."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPORA, jsonl_texts
+
+import ir3de.statistics as statistics
+from ir3de import (
+    DomainStats,
+    Embedder,
+    EmptyInputError,
+    ExpertError,
+    FingerprintMismatchError,
+    StatsFormatError,
+    compute_stats,
+    merge,
+)
+from ir3de.statistics import (
+    load_stats_files,
+    stats_from_counts,
+    streaming_stats,
+    token_counts,
+)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def assert_stats_close(got: DomainStats, want: DomainStats, rtol: float = 1e-9) -> None:
+    assert rel_err(got.A, want.A) <= rtol
+    assert rel_err(got.b, want.b) <= rtol
+    assert (got.n_tokens, got.n_prompts) == (want.n_tokens, want.n_prompts)
+    assert (got.domain, got.fingerprint, got.max_tokens) == \
+        (want.domain, want.fingerprint, want.max_tokens)
+
+
+@pytest.fixture(scope="module")
+def real_prompts(data_dir: Path) -> list[str]:
+    """A mixed subsample of real prompts (several scripts, code, long texts)."""
+    r = data_dir / "reasoning"
+    texts = (jsonl_texts(r / "gsm8k" / "train.jsonl", 150)
+             + jsonl_texts(r / "m_arc" / "train.jsonl", 150)
+             + jsonl_texts(r / "mbpp" / "train.jsonl", 60)
+             + jsonl_texts(r / "ifeval" / "test.jsonl", 60)
+             + jsonl_texts(data_dir / "domains" / "code_python" / "all.jsonl", 8))
+    return [*texts, "   ", "", "</s>"]  # blank and special-only prompts too
+
+
+def test_histogram_equals_streaming_on_real_prompts(emb: Embedder,
+                                                    real_prompts: list[str]) -> None:
+    fast = compute_stats(emb, real_prompts, domain="mixed")
+    slow = streaming_stats(emb, real_prompts, domain="mixed")
+    assert fast.n_tokens > 20_000  # long code files hit the 1024-token cap
+    assert_stats_close(fast, slow)
+    # A few prompts, a small cap: still equal (the cap applies per prompt in both).
+    few = real_prompts[400:430]
+    assert_stats_close(compute_stats(emb, few, domain="d", max_tokens=16),
+                       streaming_stats(emb, few, domain="d", max_tokens=16))
+
+
+def test_histogram_blocks_do_not_change_the_result(emb: Embedder, real_prompts: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = compute_stats(emb, real_prompts, domain="mixed")
+    counts, _ = token_counts(emb, real_prompts)
+    assert np.count_nonzero(counts) > 1000
+    monkeypatch.setattr(statistics, "_ROW_BLOCK", 257)  # many row blocks
+    assert_stats_close(compute_stats(emb, real_prompts, domain="mixed"), whole, rtol=1e-12)
+
+
+def test_stats_structure(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    s = toy_stats["math"]
+    h1 = emb.dim + 1
+    assert s.A.shape == (h1, h1) and s.b.shape == (h1,) and s.dim == emb.dim
+    assert s.A.dtype == np.float64 and s.b.dtype == np.float64
+    np.testing.assert_array_equal(s.A, s.A.T)
+    assert s.A[-1, -1] == s.n_tokens == s.b[-1]
+    np.testing.assert_allclose(s.A[-1, :-1], s.b[:-1], rtol=1e-12)
+    assert s.n_prompts == len(CORPORA["math"])
+    assert s.n_tokens == sum(emb.encode(t).size for t in CORPORA["math"])
+    assert s.fingerprint == emb.fingerprint and s.embedder == emb.spec
+    assert np.all(np.linalg.eigvalsh(s.A) > -1e-9 * np.abs(s.A).max())  # PSD
+
+
+def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
+    rng = np.random.default_rng(3)
+    counts = np.zeros(emb.vocab_size, dtype=np.int64)
+    ids = rng.choice(np.arange(3, emb.vocab_size), size=40, replace=False)
+    counts[ids] = rng.integers(1, 50, size=40)
+    s = stats_from_counts(emb, counts, domain="d", n_prompts=7)
+    A = np.zeros((emb.dim + 1, emb.dim + 1))
+    b = np.zeros(emb.dim + 1)
+    for i in range(emb.vocab_size):  # Σ_t c_t x̃_t x̃_tᵀ over the whole vocabulary
+        if counts[i]:
+            x = np.append(emb.rows(np.array([i]))[0], 1.0)
+            A += counts[i] * np.outer(x, x)
+            b += counts[i] * x
+    np.testing.assert_allclose(s.A, A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
+    np.testing.assert_allclose(s.b, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+    assert (s.n_tokens, s.n_prompts) == (int(counts.sum()), 7)
+    with pytest.raises(StatsFormatError, match="shape"):
+        stats_from_counts(emb, counts[:-1], domain="d", n_prompts=1)
+    bad = counts.copy()
+    bad[ids[0]] = -1
+    with pytest.raises(StatsFormatError, match="non-negative"):
+        stats_from_counts(emb, bad, domain="d", n_prompts=1)
+
+
+def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
+    texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
+             "", "\n", "x"]
+    counts, n_prompts = token_counts(emb, texts, max_tokens=5)
+    assert n_prompts == 3  # blank prompts are skipped
+    assert counts[emb.special_ids].sum() == 0
+    assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if t.strip())
+    assert counts.dtype == np.int64 and counts.shape == (emb.vocab_size,)
+
+
+def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
+    with pytest.raises(EmptyInputError, match="math"):
+        compute_stats(emb, [], domain="math")
+    with pytest.raises(EmptyInputError):
+        compute_stats(emb, ["  ", "\n"], domain="math")
+    with pytest.raises(EmptyInputError):
+        compute_stats(emb, ["</s>", "<s></s>"], domain="math")
+    for bad in ("", " math", "math ", "  "):
+        with pytest.raises(ExpertError, match="invalid domain name"):
+            compute_stats(emb, ["1 + 1"], domain=bad)
+
+
+# ------------------------------------------------------------------ additivity
+
+
+def test_merge_of_shards_equals_one_fit(emb: Embedder, real_prompts: list[str]) -> None:
+    texts = real_prompts[:300]
+    whole = compute_stats(emb, texts, domain="mixed")
+    shards = [compute_stats(emb, texts[i::3], domain="mixed") for i in range(3)]
+    merged = merge(shards)
+    assert list(merged) == ["mixed"]
+    assert_stats_close(merged["mixed"], whole)
+    # The canonical summation order makes the result independent of the input order.
+    again = merge(shards[::-1])["mixed"]
+    np.testing.assert_array_equal(again.A, merged["mixed"].A)
+    np.testing.assert_array_equal(again.b, merged["mixed"].b)
+    # Several domains at once, kept apart and in order of first appearance.
+    other = compute_stats(emb, CORPORA["law"], domain="law")
+    multi = merge([shards[0], other, shards[1], shards[2]])
+    assert list(multi) == ["mixed", "law"]
+    assert multi["law"] is other
+    assert_stats_close(multi["mixed"], whole)
+
+
+def test_two_nodes_merged_equal_central_fit(emb: Embedder, data_dir: Path,
+                                            tmp_path: Path) -> None:
+    """Two machines each fit half of a domain corpus, ship files, and the merge equals one
+    central fit."""
+    corpus = jsonl_texts(data_dir / "domains" / "legalbench" / "train.jsonl", 300)
+    half = len(corpus) // 2
+    central = compute_stats(emb, corpus, domain="legal")
+    for node, part in enumerate((corpus[:half], corpus[half:])):
+        compute_stats(emb, part, domain="legal").save(tmp_path / f"node{node}.safetensors")
+    loaded = load_stats_files([tmp_path / "node0.safetensors", tmp_path / "node1.safetensors"])
+    merged = merge(loaded)["legal"]
+    assert_stats_close(merged, central)
+    assert merged.n_prompts == len(corpus)
+
+
+def test_add_subtract_round_trip(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    a = toy_stats["math"]
+    b = compute_stats(emb, ["How many apples are left if I eat 3 of 10?"] * 3, domain="math")
+    total = a + b
+    assert (total.n_tokens, total.n_prompts) == (a.n_tokens + b.n_tokens,
+                                                 a.n_prompts + b.n_prompts)
+    np.testing.assert_array_equal(total.A, a.A + b.A)
+    back = total - b
+    assert (back.n_tokens, back.n_prompts) == (a.n_tokens, a.n_prompts)
+    np.testing.assert_allclose(back.A, a.A, rtol=1e-12, atol=1e-12 * np.abs(a.A).max())
+    np.testing.assert_allclose(back.b, a.b, rtol=1e-12, atol=1e-12 * np.abs(a.b).max())
+    assert back.source == "<combined>" and a.source == "<memory>"  # operands untouched
+    # Sum of the texts' stats equals the stats of the concatenated corpus.
+    joint = compute_stats(emb, CORPORA["math"] + ["How many apples are left if I eat 3 of 10?"]
+                          * 3, domain="math")
+    assert_stats_close(total, joint)
+
+
+def test_subtracting_what_was_never_added(toy_stats: dict[str, DomainStats],
+                                          emb: Embedder) -> None:
+    a = toy_stats["math"]
+    bigger = a + compute_stats(emb, ["Solve 2x = 8."], domain="math")
+    with pytest.raises(StatsFormatError, match="never part of them"):
+        a - bigger
+    with pytest.raises(StatsFormatError, match="never part"):
+        compute_stats(emb, ["x"], domain="math") - a
+
+
+def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    math, law = toy_stats["math"], toy_stats["law"]
+    with pytest.raises(ExpertError, match=r"'math'.*'law'"):
+        math + law
+    capped = compute_stats(emb, CORPORA["math"], domain="math", max_tokens=8)
+    with pytest.raises(StatsFormatError, match="caps prompts"):
+        math + capped
+    foreign = dataclasses.replace(math, fingerprint="0" * 64, source="other.safetensors")
+    with pytest.raises(FingerprintMismatchError, match=r"other\.safetensors"):
+        math + foreign
+    with pytest.raises(FingerprintMismatchError):
+        merge([math, foreign])
+
+
+def test_renamed_keeps_the_numbers(toy_stats: dict[str, DomainStats]) -> None:
+    s = toy_stats["math"].renamed("arithmetic")
+    assert s.domain == "arithmetic" and s.A is toy_stats["math"].A
+    with pytest.raises(ExpertError):
+        toy_stats["math"].renamed(" bad")
+
+
+def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> None:
+    s = toy_stats["math"]
+    with pytest.raises(StatsFormatError, match="shape"):
+        dataclasses.replace(s, A=s.A[:-1])
+    with pytest.raises(StatsFormatError, match="shape"):
+        dataclasses.replace(s, b=s.b[:-1])
+    bad = s.A.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(StatsFormatError, match="NaN/Inf"):
+        dataclasses.replace(s, A=bad)
+    with pytest.raises(StatsFormatError, match="negative"):
+        dataclasses.replace(s, n_tokens=-1)

@@ -1,0 +1,254 @@
+"""Statistics files: round trips, atomic writes, and every kind of bad file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_raw_safetensors
+from safetensors.numpy import save_file
+
+import ir3de.store as store
+from ir3de import DomainStats, ExpertError, FingerprintMismatchError, StatsFormatError, merge
+from ir3de.statistics import load_stats_files
+from ir3de.store import (
+    atomic_write_bytes,
+    atomic_write_text,
+    read_safetensors,
+    safetensors_names,
+    safetensors_tensor,
+    write_safetensors,
+)
+
+
+@pytest.fixture()
+def saved(toy_stats: dict[str, DomainStats], tmp_path: Path) -> tuple[Path, DomainStats]:
+    path = tmp_path / "math.safetensors"
+    toy_stats["math"].save(path)
+    return path, toy_stats["math"]
+
+
+def rewrite(src: Path, dst: Path, tensors: dict | None = None, drop: str | None = None,
+            **meta_changes) -> Path:
+    """Copy an ir3de file with some tensors or metadata changed."""
+    old_tensors, meta = read_safetensors(src)
+    meta = {k: v for k, v in {**meta, **meta_changes}.items() if k != drop}
+    write_safetensors(dst, tensors if tensors is not None else old_tensors, meta)
+    return dst
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_stats_round_trip(saved: tuple[Path, DomainStats]) -> None:
+    path, stats = saved
+    loaded = DomainStats.load(path)
+    np.testing.assert_array_equal(loaded.A, stats.A)
+    np.testing.assert_array_equal(loaded.b, stats.b)
+    for f in dataclasses.fields(DomainStats):
+        if f.name not in ("A", "b", "source"):
+            assert getattr(loaded, f.name) == getattr(stats, f.name), f.name
+    assert loaded.source == str(path)
+    loaded.save(path.with_name("again.safetensors"))
+    assert path.with_name("again.safetensors").read_bytes() == path.read_bytes()  # stable bytes
+    assert leftovers(path.parent) == []
+
+
+def test_safetensors_round_trip_and_header(tmp_path: Path) -> None:
+    tensors = {"x": np.arange(6, dtype=np.float64).reshape(2, 3),
+               "y": np.asfortranarray(np.ones((3, 2), dtype=np.float32))}
+    meta = {"format": "anything", "nested": {"a": [1, 2]}, "text": "λ ≥ 0"}
+    write_safetensors(tmp_path / "t.st", tensors, meta)
+    got, got_meta = read_safetensors(tmp_path / "t.st")
+    assert got_meta == meta
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(got[name], arr)
+        assert got[name].dtype == arr.dtype
+    assert sorted(safetensors_names(tmp_path / "t.st")) == ["x", "y"]
+    mapped = safetensors_tensor(tmp_path / "t.st", "x")
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, tensors["x"])
+    # The metadata is plain JSON in the header: never pickle.
+    (n,) = struct.unpack("<Q", (tmp_path / "t.st").read_bytes()[:8])
+    header = json.loads((tmp_path / "t.st").read_bytes()[8:8 + n])
+    assert json.loads(header["__metadata__"]["ir3de"]) == meta
+
+
+def test_atomic_text(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "sub" / "f.json", "héllo")
+    assert (tmp_path / "sub" / "f.json").read_text(encoding="utf-8") == "héllo"
+    atomic_write_text(tmp_path / "sub" / "f.json", "new")
+    assert (tmp_path / "sub" / "f.json").read_text() == "new"
+    assert leftovers(tmp_path / "sub") == []
+
+
+@pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()])
+def test_crash_in_rename_keeps_old_file(saved, toy_stats, monkeypatch: pytest.MonkeyPatch,
+                                        exc: BaseException) -> None:
+    path, _ = saved
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        assert Path(src).exists() and Path(src).parent == path.parent  # temp file beside it
+        raise exc
+
+    monkeypatch.setattr(store.os, "replace", crash)
+    with pytest.raises(type(exc)):
+        toy_stats["law"].save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert leftovers(path.parent) == []
+    assert DomainStats.load(path).domain == "math"
+
+
+def test_crash_mid_write_keeps_old_file(saved, toy_stats,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = saved
+    before = path.read_bytes()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(store.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        toy_stats["law"].save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert leftovers(path.parent) == []
+    # A crash before anything existed leaves nothing at all.
+    monkeypatch.setattr(store.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path.parent / "new.bin", b"data")
+    monkeypatch.undo()
+    assert not (path.parent / "new.bin").exists() and leftovers(path.parent) == []
+
+
+def test_nan_or_inf_is_rejected(saved, tmp_path: Path) -> None:
+    path, stats = saved
+    A = stats.A.copy()
+    A[0, 0] = np.nan
+    with pytest.raises(StatsFormatError, match=r"'A' holds 1 NaN/Inf"):
+        DomainStats.load(rewrite(path, tmp_path / "nan.st", {"A": A, "b": stats.b}))
+    b = stats.b.copy()
+    b[2] = -np.inf
+    with pytest.raises(StatsFormatError, match=r"nan2\.st.*'b'"):
+        DomainStats.load(rewrite(path, tmp_path / "nan2.st", {"A": stats.A, "b": b}))
+
+
+def test_wrong_shapes_are_rejected(saved, tmp_path: Path) -> None:
+    path, stats = saved
+    cases = {
+        "a_square.st": {"A": stats.A[:-1, :-1], "b": stats.b},
+        "a_rect.st": {"A": stats.A[:, :-1], "b": stats.b},
+        "b_long.st": {"A": stats.A, "b": np.append(stats.b, 1.0)},
+        "b_2d.st": {"A": stats.A, "b": stats.b[:, None]},
+        "missing.st": {"A": stats.A},
+    }
+    for name, tensors in cases.items():
+        with pytest.raises(StatsFormatError, match=r"shape|missing"):
+            DomainStats.load(rewrite(path, tmp_path / name, tensors))
+    with pytest.raises(StatsFormatError, match="dim"):
+        DomainStats.load(rewrite(path, tmp_path / "dim.st", dim=stats.dim + 1))
+
+
+@pytest.mark.parametrize("keep", [0, 4, 8, 100, -8, -1])
+def test_truncated_file_is_rejected(saved, tmp_path: Path, keep: int) -> None:
+    path, _ = saved
+    data = path.read_bytes()
+    bad = tmp_path / "cut.st"
+    bad.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    with pytest.raises(StatsFormatError, match=r"cut\.st"):
+        DomainStats.load(bad)
+
+
+def test_garbage_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "junk.st").write_bytes(os.urandom(64))
+    with pytest.raises(StatsFormatError):
+        DomainStats.load(tmp_path / "junk.st")
+    (tmp_path / "text.st").write_text("A,b\n1,2\n")
+    with pytest.raises(StatsFormatError):
+        DomainStats.load(tmp_path / "text.st")
+    with pytest.raises(StatsFormatError, match="no such file"):
+        DomainStats.load(tmp_path / "absent.st")
+    with pytest.raises(StatsFormatError, match="no such file"):
+        DomainStats.load(tmp_path)
+
+
+def test_foreign_safetensors_are_rejected(saved, tmp_path: Path) -> None:
+    path, stats = saved
+    save_file({"A": stats.A, "b": stats.b}, str(tmp_path / "plain.st"))
+    with pytest.raises(StatsFormatError, match="without ir3de metadata"):
+        DomainStats.load(tmp_path / "plain.st")
+    save_file({"A": stats.A, "b": stats.b}, str(tmp_path / "other.st"),
+              metadata={"format": "pt"})
+    with pytest.raises(StatsFormatError, match="without ir3de metadata"):
+        DomainStats.load(tmp_path / "other.st")
+    save_file({"A": stats.A}, str(tmp_path / "badjson.st"), metadata={"ir3de": "{oops"})
+    with pytest.raises(StatsFormatError, match="corrupt ir3de metadata"):
+        DomainStats.load(tmp_path / "badjson.st")
+    save_file({"A": stats.A}, str(tmp_path / "list.st"), metadata={"ir3de": "[1, 2]"})
+    with pytest.raises(StatsFormatError, match="not a JSON object"):
+        DomainStats.load(tmp_path / "list.st")
+    with pytest.raises(StatsFormatError, match="not an ir3de statistics file"):
+        DomainStats.load(rewrite(path, tmp_path / "fmt.st", format="ir3de-router"))
+    with pytest.raises(StatsFormatError, match="version 2"):
+        DomainStats.load(rewrite(path, tmp_path / "ver.st", version=2))
+    with pytest.raises(StatsFormatError, match="lacks 'fingerprint'"):
+        DomainStats.load(rewrite(path, tmp_path / "nofp.st", drop="fingerprint"))
+
+
+def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
+    path, stats = saved
+    for n_tokens in (stats.n_tokens + 1, stats.n_tokens * 2, 0):
+        with pytest.raises(StatsFormatError, match="n_tokens"):
+            DomainStats.load(rewrite(path, tmp_path / "n.st", n_tokens=n_tokens))
+    with pytest.raises(StatsFormatError, match="negative"):
+        DomainStats.load(rewrite(path, tmp_path / "neg.st", n_prompts=-1))
+    with pytest.raises(ExpertError, match="invalid domain name"):
+        DomainStats.load(rewrite(path, tmp_path / "dom.st", domain=""))
+
+
+def test_mismatched_fingerprints_name_both_files(toy_stats, tmp_path: Path) -> None:
+    a, b = tmp_path / "node_a.safetensors", tmp_path / "node_b.safetensors"
+    toy_stats["math"].save(a)
+    dataclasses.replace(toy_stats["math"], fingerprint="0" * 64).save(b)
+    with pytest.raises(FingerprintMismatchError) as info:
+        load_stats_files([a, b])
+    assert str(a) in str(info.value) and str(b) in str(info.value)
+    with pytest.raises(FingerprintMismatchError) as info:
+        merge([DomainStats.load(a), DomainStats.load(b)])
+    assert str(a) in str(info.value) and str(b) in str(info.value)
+    with pytest.raises(FingerprintMismatchError, match="node_b"):
+        DomainStats.load(a) + DomainStats.load(b)
+
+
+def test_safetensors_tensor_errors(tmp_path: Path) -> None:
+    write_raw_safetensors(tmp_path / "t.st", {"ok": ("F32", (2, 2), b"\0" * 16),
+                                              "ints": ("I32", (2,), b"\0" * 8),
+                                              "short": ("F64", (4,), b"\0" * 8)})
+    np.testing.assert_array_equal(safetensors_tensor(tmp_path / "t.st", "ok"), np.zeros((2, 2)))
+    with pytest.raises(StatsFormatError, match="unsupported dtype I32"):
+        safetensors_tensor(tmp_path / "t.st", "ints")
+    with pytest.raises(StatsFormatError, match="truncated or malformed"):
+        safetensors_tensor(tmp_path / "t.st", "short")
+    with pytest.raises(StatsFormatError, match="no tensor named '__metadata__'"):
+        safetensors_tensor(tmp_path / "t.st", "__metadata__")
+    with pytest.raises(StatsFormatError, match="no tensor named 'nope'"):
+        safetensors_tensor(tmp_path / "t.st", "nope")
+    # Data cut short after the header.
+    write_raw_safetensors(tmp_path / "one.st", {"ok": ("F32", (2, 2), b"\0" * 16)})
+    (tmp_path / "cut.st").write_bytes((tmp_path / "one.st").read_bytes()[:-4])
+    with pytest.raises(StatsFormatError, match="truncated"):
+        safetensors_tensor(tmp_path / "cut.st", "ok")
+    (tmp_path / "huge.st").write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(StatsFormatError, match="implausible"):
+        safetensors_names(tmp_path / "huge.st")
+    (tmp_path / "badhdr.st").write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{[")
+    with pytest.raises(StatsFormatError, match="corrupt safetensors header"):
+        safetensors_names(tmp_path / "badhdr.st")
