@@ -122,8 +122,9 @@ def test_chunk_cached_encoding_equals_the_tokenizer(emb: Embedder, data_dir: Pat
               "x▁y", "emoji 😀 ok", "日本語のテキスト", "  ", "a</s>b", "<s>", "don't stop"]
     special = set(emb.special_ids.tolist())
     emb._chunk_cache.clear()
-    # First pass: misses file whole-text encodings under their chunks; second pass: hits.
-    for _ in range(2):
+    # Mostly-unseen texts take the whole-text path and learn a few words per call, so
+    # later passes move more and more texts onto the assembled-from-cache path.
+    for _ in range(3):
         for text in texts:
             expected = emb.tokenizer.encode(text, add_special_tokens=False).ids
             expected = [i for i in expected if i not in special]
@@ -132,6 +133,19 @@ def test_chunk_cached_encoding_equals_the_tokenizer(emb: Embedder, data_dir: Pat
     batched = emb.encode_batch(texts)
     for text, ids in zip(texts, batched, strict=True):
         np.testing.assert_array_equal(ids, emb.encode(text))
+
+
+def test_chunk_cache_fills_a_few_missing_words_exactly(emb: Embedder) -> None:
+    """Few unseen words: they are encoded one by one and the text assembled from the cache."""
+    emb._chunk_cache.clear()
+    base = "the cat sat on the mat and then it ran to the old red barn"
+    for _ in range(3):  # learns up to 8 words per call until every word is cached
+        emb.encode(base)
+    assert " cat" in emb._chunk_cache and " barn" in emb._chunk_cache
+    text = base + " quickly"  # one unseen word in 16
+    expected = emb.tokenizer.encode(text, add_special_tokens=False).ids
+    assert emb.encode(text).tolist() == expected
+    assert " quickly" in emb._chunk_cache
 
 
 def test_rows_are_float64_table_values(emb: Embedder) -> None:
