@@ -255,3 +255,55 @@ def test_demo_end_to_end(data_dir: Path, tmp_path: Path, capsys) -> None:
     balanced = float(text.split("balanced accuracy")[1].split("%")[0])
     assert balanced >= 70.0
     assert Router.load(out).experts == ["math", "multilingual", "coding", "instruction_following"]
+
+
+def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
+                       "--max-fit", 100, "--max-test", 20, "--embedder", "wordllama",
+                       "--baselines", "random", "--out", out, "-q")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["command"].startswith("ir3de eval --setting reasoning-xdata")
+    (setting,) = results["settings"]
+    assert {r["name"] for r in setting["routers"]} >= {"random", "IR3DE avg [wordllama, default]"}
+    assert "## reasoning-xdata" in (out / "report.md").read_text()
+
+
+def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{t} #{i}", "domain": d}) + "\n"
+                            for d, texts in (("math", MATH), ("coding", CODE))
+                            for i in range(3) for t in texts))
+    code, _, err = run(capsys, "eval", "--fit", data, "--embedder", "wordllama",
+                       "--baselines", "--no-plots", "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    (setting,) = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    assert setting["setting"] == "custom" and setting["domains"] == ["math", "coding"]
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--test", "t.jsonl"], "--test needs --fit"),
+    (["--data", "no/such/folder"], "no such data folder"),
+    (["--embedder", "nope"], "unknown embedder 'nope'"),
+    (["--fit", "no/such.jsonl"], "no/such.jsonl: no such file or folder"),
+])
+def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    code, _, err = run(capsys, "eval", "--out", tmp_path / "out", "--baselines", *extra)
+    assert code == 1 and err.startswith("ir3de: error:") and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"id": "x", "expert": "math"}\n')
+    code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
+                       "--scores", scores, "--baselines", "--out", tmp_path / "out")
+    assert code == 1 and "record 1 needs 'id', 'expert' and a numeric 'score'" in err

@@ -319,6 +319,90 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _eval_embedders(names: Sequence[str], explicit: bool) -> list:
+    embedders = []
+    for name in names:
+        try:
+            embedders.append(load_embedder(name))
+        except IR3DEError as exc:
+            if explicit:
+                raise
+            print(f"ir3de: skipping embedder {name!r}: {exc}", file=sys.stderr)
+    if not embedders:
+        raise IR3DEError("no embedder could be loaded")
+    return embedders
+
+
+def _eval_baselines(names: Sequence[str], explicit: bool) -> list[str]:
+    if not names:
+        return []
+    from .baselines import available_baselines
+
+    reasons = available_baselines()
+    usable = []
+    for name in names:
+        if reasons.get(name):
+            if explicit:
+                raise IR3DEError(f"baseline {name!r} unavailable: {reasons[name]}")
+            print(f"ir3de: skipping baseline {name!r}: {reasons[name]}", file=sys.stderr)
+        else:
+            usable.append(name)
+    return usable
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import datetime
+    import os
+    import platform
+
+    from .eval import SETTINGS, custom_setting, evaluate, load_setting, read_scores, write_report
+    from .eval.harness import DEFAULT_BASELINES, make_baselines
+
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise IR3DEError("ir3de eval needs scikit-learn and matplotlib: "
+                         "pip install 'ir3de[eval]'") from None
+    if args.test and not args.fit:
+        raise IR3DEError("--test needs --fit (the fit data of your own setting)")
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    caps = {"seed": args.seed, "max_fit": args.max_fit, "max_test": args.max_test}
+    if args.fit:
+        names = ["custom"]
+    else:
+        names = list(SETTINGS) if "all" in args.setting else list(dict.fromkeys(args.setting))
+    # Load every setting before the slow part, so a bad path fails at once.
+    settings = [custom_setting(args.fit, args.test, **caps) if name == "custom"
+                else load_setting(name, data_dir, **caps) for name in names]
+    scores = read_scores(args.scores) if args.scores else None
+    embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
+    baselines = _eval_baselines(args.baselines if args.baselines is not None
+                                else DEFAULT_BASELINES, args.baselines is not None)
+    factories = make_baselines(baselines, seed=args.seed, progress=not args.quiet)
+    results = []
+    for setting in settings:
+        start = time.perf_counter()
+        results.append(evaluate(setting, embedders=embedders, baselines=factories,
+                                scores=scores, score_kind=args.score_kind,
+                                progress=not args.quiet))
+        if not args.quiet:
+            best = max(results[-1]["routers"], key=lambda r: r["balanced"])
+            print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
+                  f"{time.perf_counter() - start:.0f} s; best balanced accuracy "
+                  f"{100 * best['balanced']:.1f}% ({best['name']})", file=sys.stderr)
+    meta = {"command": "ir3de " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+                       f"Python {platform.python_version()}",
+            "data_dir": str(data_dir), "seed": args.seed, "max_fit": args.max_fit,
+            "max_test": args.max_test, "ir3de": __version__,
+            "embedders": [e.name for e in embedders], "baselines": baselines}
+    report = write_report({"meta": meta, "settings": results}, args.out, plots=not args.no_plots)
+    print(f"{report}: report written (results.json and plots beside it)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -418,6 +502,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_router_args(p)
     _add_embedder_args(p, "wordllama")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "eval", formatter_class=fmt, help="compare IR3DE with baselines, write a report",
+        description="Reproduce the paper's experiments: fit IR3DE (every embedder, the "
+                    "'default' and 'paper' presets, topk k in {1,...,500}, all, avg) and the "
+                    "baselines on the same split, then write report.md, results.json and "
+                    "PNG plots to --out.\n\nsettings:\n"
+                    "  reasoning-paper  the paper's protocol; LEAKS HumanEval/IFEval test "
+                    "prompts into the fit\n"
+                    "  reasoning-2fold  HumanEval/IFEval halves: fit on one, test on the other\n"
+                    "  reasoning-xdata  coding fitted on MBPP, instructions on Alpaca\n"
+                    "  domains          nine domain corpora, seeded 70/30 split by id\n"
+                    "  --fit DIR        your own JSONL data ('domain' field or one file per "
+                    "domain)\n\nbaselines: random; knn (all-MiniLM-L6-v2 sentence "
+                    "embeddings, cosine, k=1,5,10); tfidf (TF-IDF + logistic regression); modem "
+                    "(fine-tuned MiniLM classifier, slow, opt-in). knn and modem need the "
+                    "minilm extra.",
+        epilog="example:\n  ir3de eval --setting all --out results/\n"
+               "  ir3de eval --setting reasoning-xdata --max-fit 500 --max-test 100 "
+               "--baselines random tfidf --out quick/")
+    p.add_argument("--setting", nargs="+", default=["all"], metavar="SETTING",
+                   choices=["all", "reasoning-paper", "reasoning-2fold", "reasoning-xdata",
+                            "domains"], help="settings to run: all (default) or some of "
+                                             "those above")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
+    p.add_argument("--fit", help="your own fit data: a JSONL file or folder (replaces --setting)")
+    p.add_argument("--test", help="your own test data (default: 30%% of --fit, by id)")
+    p.add_argument("--embedder", nargs="+", metavar="NAME",
+                   help="embedders for IR3DE (default: wordllama and, if installed, minilm)")
+    p.add_argument("--baselines", nargs="*", metavar="NAME",
+                   choices=["random", "knn", "tfidf", "modem"],
+                   help="baselines to run (default: random knn tfidf, those installed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits and subsamples")
+    p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
+    p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
+    p.add_argument("--scores", help="JSONL of per-prompt expert scores "
+                                    '({"id", "expert", "score"}) for normalized performance')
+    p.add_argument("--score-kind", choices=["task", "perplexity"], default="task",
+                   help="task: higher is better; perplexity: lower is better")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval, argv=None)
     return parser
 
 
@@ -425,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ir3de`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is not None:
+        args.argv = list(argv)
     try:
         return args.func(args)
     except IR3DEError as exc:

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import EmptyInputError, IR3DEError
 
 __all__ = ["FORMATS", "default_data_dir", "parse_jsonl", "read_corpus", "read_jsonl",
-           "reasoning_split"]
+           "reasoning_records", "reasoning_split", "seeded_split"]
 
 FORMATS = ("jsonl", "text", "parquet")
 CorpusFormat = Literal["jsonl", "text", "parquet"]
@@ -125,7 +125,10 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
 
-def _texts(data_dir: Path, names: list[str]) -> list[dict]:
+def reasoning_records(data_dir: str | os.PathLike[str], names: Iterable[str]) -> list[dict]:
+    """Records (``id``, ``text``, …) of Reasoning sets such as ``"gsm8k/test"``, in order."""
+    data_dir = Path(data_dir)
+    names = list(names)
     records = []
     for name in names:
         path = data_dir / "reasoning" / f"{name}.jsonl"
@@ -137,12 +140,16 @@ def _texts(data_dir: Path, names: list[str]) -> list[dict]:
     return records
 
 
-def _halves(records: list[dict], seed: int) -> tuple[list[str], list[str]]:
+def seeded_split(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split records by a seeded shuffle of their sorted ``id``s: ``fraction`` go first.
+
+    Sorting first makes the split independent of file order; both parts keep file order.
+    """
     ids = sorted(r["id"] for r in records)
     perm = np.random.default_rng(seed).permutation(len(ids))
-    first = {ids[i] for i in perm[: len(ids) // 2]}
-    return ([r["text"] for r in records if r["id"] in first],
-            [r["text"] for r in records if r["id"] not in first])
+    first = {ids[i] for i in perm[: int(len(ids) * fraction)]}
+    return ([r for r in records if r["id"] in first],
+            [r for r in records if r["id"] not in first])
 
 
 def reasoning_split(data_dir: str | os.PathLike[str] | None = None, *,
@@ -150,13 +157,16 @@ def reasoning_split(data_dir: str | os.PathLike[str] | None = None, *,
                     seed: int = 0) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """``(fit, test)`` prompts per domain for a leakage-free Reasoning protocol."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    fit = {d: [r["text"] for r in _texts(data_dir, n)] for d, n in REASONING_FIT.items()}
-    test = {d: [r["text"] for r in _texts(data_dir, n)] for d, n in REASONING_TEST.items()}
+    fit = {d: [r["text"] for r in reasoning_records(data_dir, n)]
+           for d, n in REASONING_FIT.items()}
+    test = {d: [r["text"] for r in reasoning_records(data_dir, n)]
+            for d, n in REASONING_TEST.items()}
     if protocol == "2fold":
         if fold not in (0, 1):
             raise IR3DEError(f"fold must be 0 or 1, got {fold}")
         for domain in _TWO_FOLD:
-            halves = _halves(_texts(data_dir, REASONING_TEST[domain]), seed)
+            halves = [[r["text"] for r in part] for part in
+                      seeded_split(reasoning_records(data_dir, REASONING_TEST[domain]), 0.5, seed)]
             fit[domain], test[domain] = halves[fold], halves[1 - fold]
     elif protocol != "xdata":
         raise IR3DEError(f"unknown protocol {protocol!r}; choose 'xdata' or '2fold'")

@@ -1,0 +1,211 @@
+"""Run routers on evaluation settings and collect comparable results.
+
+Every router of a run sees the same splits and is timed on the same machine in the same
+process: *fit time* is the wall time to go from the fit prompts to a usable router (for
+IR3DE: counting statistics plus the solve), *routing time* the wall time of one batch call
+over all test prompts divided by their number, tokenisation or sentence encoding included.
+
+IR3DE settings are never chosen here: each embedder is run with the named presets
+(``default``: balanced ridge, chosen on held-out fit data; ``paper``: the reference
+configuration) over the whole selector grid, and the report shows every figure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..embedding import Embedder
+from ..errors import IR3DEError
+from ..router import PRESETS, Router, RouterConfig
+from ..statistics import compute_stats
+from .metrics import ScoreKind, normalized_performance, routing_metrics
+from .settings import Setting, Split
+
+__all__ = ["BASELINES", "K_GRID", "Candidate", "evaluate", "make_baselines"]
+
+K_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+KNN_K = (1, 5, 10)
+# Baseline families; "modem" fine-tunes a transformer on CPU, so it is opt-in.
+BASELINES = ("random", "knn", "tfidf", "modem")
+DEFAULT_BASELINES = ("random", "knn", "tfidf")
+_SELECTORS = [("topk", k) for k in K_GRID] + [("all", None), ("avg", None)]
+
+
+@dataclass
+class Candidate:
+    """Metrics of one router on one setting, pooled over its splits."""
+
+    name: str
+    family: str  # "ir3de", "random", "knn", "tfidf", "modem"
+    params: dict[str, Any]
+    split_metrics: list[dict[str, Any]] = field(default_factory=list)
+    fit_s: list[float] = field(default_factory=list)
+    route_s_per_prompt: list[float] = field(default_factory=list)
+
+    def summary(self, domains: Sequence[str]) -> dict[str, Any]:
+        """Pooled metrics: confusion matrices summed over splits, times averaged."""
+        cm = np.sum([np.asarray(m["confusion"]) for m in self.split_metrics], axis=0)
+        support = cm.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.diag(cm) / support
+        return {
+            "name": self.name, "family": self.family, **self.params,
+            "balanced": float(np.nanmean(recall)), "micro": float(np.trace(cm) / cm.sum()),
+            # None (JSON null) for a domain without test prompts.
+            "per_domain": {d: float(r) if n else None
+                           for d, r, n in zip(domains, recall, support, strict=True)},
+            "confusion": cm.tolist(),
+            "splits": [{"split": m["split"], "balanced": m["balanced"], "micro": m["micro"]}
+                       for m in self.split_metrics],
+            "fit_s": float(np.mean(self.fit_s)),
+            "route_us": 1e6 * float(np.mean(self.route_s_per_prompt)),
+        }
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _baseline_times(model: Any, fn: Callable[[], Any], texts: Sequence[str]) -> tuple[Any, float]:
+    """Wall time of ``fn``, with memoised sentence encodings charged at their real cost.
+
+    The kNN baselines share one memoising encoder across k and settings; without this
+    correction a prompt encoded in an earlier setting would look free. The encoder
+    records what encoding each text cost (``cost``) and its total encoding time
+    (``spent``): the time is the call's wall time, minus the encoding it really did,
+    plus the recorded encoding cost of all of ``texts``.
+    """
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or not hasattr(encoder, "spent"):
+        return _timed(fn)
+    spent = encoder.spent
+    out, wall = _timed(fn)
+    return out, wall - (encoder.spent - spent) + encoder.cost(texts)
+
+
+def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = False
+                   ) -> list[tuple[str, Callable[[], Any]]]:
+    """``(family, factory)`` pairs for :func:`evaluate`; kNN runs k = 1, 5, 10 on one
+    shared, memoising sentence encoder."""
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise IR3DEError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    out: list[tuple[str, Callable[[], Any]]] = []
+    if not names:
+        return out
+    from .. import baselines as bl
+
+    for name in names:
+        if name == "random":
+            out.append(("random", lambda: bl.RandomRouter(seed=seed)))
+        elif name == "knn":
+            encoder = bl.SentenceEncoder(show_progress=progress)
+            out += [("knn", lambda k=k, e=encoder: bl.KNNRouter(k, encoder=e)) for k in KNN_K]
+        elif name == "tfidf":
+            out.append(("tfidf", lambda: bl.TfidfLogReg(seed=seed)))
+        else:
+            out.append(("modem", lambda: bl.ModemClassifier(seed=seed, show_progress=progress)))
+    return out
+
+
+def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
+                      tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
+    # Built-ins by their CLI name ("wordllama", "minilm"), others by the embedder's name.
+    short = embedder.spec.get("kind") if embedder.spec.get("kind") in ("wordllama", "minilm") \
+        else embedder.name
+    stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d)
+                                     for d, texts in split.fit.items()])
+    out = []
+    for preset in presets:
+        base = RouterConfig.preset(preset)
+        router, solve_s = _timed(lambda base=base: Router(embedder, base).fit_stats(stats))
+        for selector, k in _SELECTORS:
+            router.set_params(selector=selector, k=k or base.k)
+            routed, route_s = _timed(lambda r=router: r.predict(split.test_texts))
+            label = f"topk k={k}" if selector == "topk" else selector
+            is_preset = selector == base.selector and (selector != "topk" or k == base.k)
+            cand = Candidate(f"IR3DE {label} [{short}, {preset}]",
+                             "ir3de", {"embedder": short, "embedder_name": embedder.name,
+                                       "preset": preset,
+                                       "selector": selector, "k": k, "is_preset": is_preset})
+            cand.fit_s.append(stats_s + solve_s)
+            cand.route_s_per_prompt.append(route_s / len(split.test_texts))
+            out.append((cand, routed))
+            tick()
+    return out
+
+
+def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
+             baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
+             presets: Sequence[str] = ("default", "paper"),
+             scores: Mapping[tuple[str, str], float] | None = None,
+             score_kind: ScoreKind = "task", progress: bool = True) -> dict[str, Any]:
+    """Evaluate IR3DE (per embedder and preset, full selector grid) and baselines.
+
+    ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
+    object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``. ``scores`` (see
+    :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
+    Returns a JSON-ready dict with one entry per router under ``"routers"``.
+    """
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise IR3DEError(f"unknown presets {unknown}; choose from {', '.join(PRESETS)}")
+    per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines)
+    bar = tqdm(total=per_split * len(setting.splits), desc=setting.name, unit="router",
+               disable=not progress, leave=False)
+    candidates: dict[str, Candidate] = {}
+    normalized: dict[str, Any] = {}
+
+    def record(cand: Candidate, routed: list[str], split: Split) -> None:
+        metrics = routing_metrics(split.test_labels, routed, setting.domains).to_dict()
+        metrics["split"] = split.name
+        kept = candidates.setdefault(cand.name, cand)
+        if kept is not cand:
+            kept.fit_s += cand.fit_s
+            kept.route_s_per_prompt += cand.route_s_per_prompt
+        kept.split_metrics.append(metrics)
+
+    for split in setting.splits:
+        decisions: dict[str, list[str]] = {}
+        for embedder in embedders:
+            for cand, routed in _ir3de_candidates(split, embedder, presets, bar.update):
+                record(cand, routed, split)
+                if cand.params["is_preset"]:
+                    decisions[cand.name] = routed
+        for family, factory in baselines:
+            model = factory()
+            bar.set_postfix_str(model.name)
+            _, fit_s = _baseline_times(
+                model, lambda m=model, s=split: m.fit(s.fit_texts, s.fit_labels), split.fit_texts)
+            routed, route_s = _baseline_times(
+                model, lambda m=model, s=split: m.predict(s.test_texts), split.test_texts)
+            cand = Candidate(model.name, family, {})
+            cand.fit_s.append(fit_s)
+            cand.route_s_per_prompt.append(route_s / len(split.test_texts))
+            record(cand, list(routed), split)
+            decisions[model.name] = list(routed)
+            bar.update()
+        if scores is not None:
+            normalized[split.name] = normalized_performance(
+                scores, split.test_ids, split.test_labels, decisions, kind=score_kind,
+                experts=setting.domains)
+    bar.close()
+    return {
+        "setting": setting.name, "description": setting.description,
+        "leaks_test": setting.leaks_test, "domains": setting.domains,
+        "sources": setting.sources,
+        "splits": [{"name": s.name, "fit": {d: len(t) for d, t in s.fit.items()},
+                    "test": {d: s.test_labels.count(d) for d in setting.domains}}
+                   for s in setting.splits],
+        "routers": [c.summary(setting.domains) for c in candidates.values()],
+        "normalized_performance": normalized or None,
+        "score_kind": score_kind if scores is not None else None,
+    }

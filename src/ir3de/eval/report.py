@@ -1,0 +1,150 @@
+"""Write an evaluation run to a folder: ``report.md``, ``results.json`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..store import atomic_write_text
+from .harness import K_GRID
+
+__all__ = ["render_markdown", "write_report"]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f}"  # no test prompts: no figure
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _mark_best(rows: list[list[str]], values: list[list[float]], higher: Sequence[bool]) -> None:
+    """Bold the best value of every column (ties all bold)."""
+    for j, up in enumerate(higher):
+        col = [v[j] for v in values if v[j] == v[j]]
+        if not col:
+            continue
+        best = max(col) if up else min(col)
+        for row, v in zip(rows, values, strict=True):
+            if v[j] == best:
+                row[j + 1] = f"**{row[j + 1]}**"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _main_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Preset IR3DE routers, their all/avg variants, then every baseline."""
+    ir3de = [r for r in result["routers"] if r["family"] == "ir3de"]
+    shown = [r for r in ir3de if r["is_preset"] or r["selector"] in ("all", "avg")]
+    return shown + [r for r in result["routers"] if r["family"] != "ir3de"]
+
+
+def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
+    domains = result["domains"]
+    lines = [f"## {result['setting']}", "", result["description"], ""]
+    if result["leaks_test"]:
+        lines += ["> **Leaks test prompts into the fit** (the paper's protocol): use it to "
+                  "compare with the paper, not to judge generalisation.", ""]
+    for split in result["splits"]:
+        fit = ", ".join(f"{d} {n}" for d, n in split["fit"].items())
+        test = ", ".join(f"{d} {n}" for d, n in split["test"].items())
+        lines.append(f"* split `{split['name']}`: fit {fit}; test {test}")
+    lines += ["", "Routing accuracy (%), pooled over splits; time per prompt of one batch call "
+              "over the test set (tokenisation / sentence encoding included); best per column "
+              "in bold. Rows marked ★ are the named presets.", ""]
+    multi = len(result["splits"]) > 1
+    header = ["router", *domains, "balanced", "micro"]
+    header += ["balanced per split"] if multi else []
+    header += ["route µs/prompt", "fit s"]
+    rows, values = [], []
+    for r in _main_rows(result):
+        star = " ★" if r.get("is_preset") else ""
+        row = [r["name"] + star, *(_pct(r["per_domain"][d]) for d in domains),
+               _pct(r["balanced"]), _pct(r["micro"])]
+        vals = [*(_num(r["per_domain"][d]) for d in domains), r["balanced"], r["micro"]]
+        if multi:
+            row.append(" / ".join(_pct(s["balanced"]) for s in r["splits"]))
+            vals.append(float("nan"))
+        row += [f"{r['route_us']:.0f}", f"{r['fit_s']:.2f}"]
+        vals += [r["route_us"], r["fit_s"]]
+        rows.append(row)
+        values.append(vals)
+    _mark_best(rows, values, [True] * (len(domains) + 2 + multi) + [False, False])
+    lines += _table(header, rows)
+
+    lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row in "
+              "bold):", ""]
+    grid = [f"k={k}" for k in K_GRID] + ["all", "avg"]
+    rows, values = [], []
+    for emb, preset in dict.fromkeys((r["embedder"], r["preset"]) for r in result["routers"]
+                                     if r["family"] == "ir3de"):
+        cells = {(r["selector"], r["k"]): r["balanced"] for r in result["routers"]
+                 if r["family"] == "ir3de" and r["embedder"] == emb and r["preset"] == preset}
+        vals = [cells[("topk", k)] for k in K_GRID] + [cells[("all", None)],
+                                                        cells[("avg", None)]]
+        row = [f"{emb}, {preset}", *(_pct(v) for v in vals)]
+        best = max(vals)
+        rows.append([c if v != best or i == 0 else f"**{c}**"
+                     for i, (c, v) in enumerate(zip(row, [None, *vals], strict=True))])
+        values.append(vals)
+    lines += _table(["embedder, preset", *grid], rows)
+
+    if result.get("normalized_performance"):
+        kind = result["score_kind"]
+        lines += ["", f"Normalized performance ({kind} scores; 1.0 = the domain expert, higher "
+                  "is better):", ""]
+        for split, table in result["normalized_performance"].items():
+            cols = [c for c in next(iter(table.values())) if c != "average"] + ["average"]
+            lines += [f"split `{split}`:", ""]
+            lines += _table(["method", *cols],
+                            [[name, *(f"{row[c]:.3f}" for c in cols)]
+                             for name, row in table.items()])
+            lines.append("")
+    lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots), ""]
+    return lines
+
+
+def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) -> str:
+    """The report: a summary across settings, then one section per setting."""
+    meta = results["meta"]
+    lines = ["# IR3DE evaluation report", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+             f"Machine: {meta['machine']}  ", f"Data: `{meta['data_dir']}`, seed {meta['seed']}"
+             + (f", at most {meta['max_fit']} fit / {meta['max_test']} test prompts per domain"
+                if meta.get("max_fit") or meta.get("max_test") else ""), "",
+             "## Summary: balanced routing accuracy (%)", ""]
+    settings = results["settings"]
+    names = list(dict.fromkeys(r["name"] for s in settings for r in _main_rows(s)
+                               if r.get("is_preset") or r["family"] != "ir3de"))
+    rows, values = [], []
+    for name in names:
+        found = [next((r for r in s["routers"] if r["name"] == name), None) for s in settings]
+        rows.append([name, *(_pct(r["balanced"]) if r else "-" for r in found)])
+        values.append([r["balanced"] if r else float("nan") for r in found])
+    _mark_best(rows, values, [True] * len(settings))
+    lines += _table(["router", *(s["setting"] for s in settings)], rows)
+    for result in settings:
+        lines += ["", *_setting_section(result, plots.get(result["setting"], []))]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
+    """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[str]] = {}
+    if plots:
+        from .plots import plot_setting
+
+        for result in results["settings"]:
+            written[result["setting"]] = [str(p) for p in plot_setting(result, out)]
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, allow_nan=False))
+    report = out / "report.md"
+    atomic_write_text(report, render_markdown(results, written))
+    return report

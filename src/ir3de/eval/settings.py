@@ -1,0 +1,219 @@
+"""Evaluation settings: which prompts a router is fitted on and which it is tested on.
+
+Built-in settings, read from the shared data folder (``../shared/data`` or ``$IR3DE_DATA``):
+
+* ``reasoning-paper`` — the paper's own protocol: fit on gsm8k train, m_arc train and the
+  HumanEval and IFEval prompts themselves, test on gsm8k test, m_arc test, HumanEval and
+  IFEval. **It leaks test prompts into the fit** (those two sets have no train split); it
+  is here to compare with the paper, not to judge generalisation.
+* ``reasoning-2fold`` — as above, but HumanEval and IFEval are split in two seeded halves:
+  fit on one, test on the other, both ways (two splits).
+* ``reasoning-xdata`` — coding fitted on MBPP, instruction following on Alpaca: no test
+  prompt, nor its dataset, is ever fitted on.
+* ``domains`` — the nine domain corpora of ``domains/``, a seeded 70/30 split by ``id``.
+
+User data (:func:`custom_setting`): a folder of JSONL files whose records carry a
+``domain`` field, or one JSONL file per domain (the file name is the domain).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import (
+    REASONING_FIT,
+    REASONING_TEST,
+    default_data_dir,
+    read_jsonl,
+    reasoning_records,
+    seeded_split,
+)
+from ..errors import EmptyInputError, IR3DEError
+
+__all__ = ["SETTINGS", "Setting", "Split", "custom_setting", "load_setting"]
+
+SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
+_DESCRIPTIONS = {
+    "reasoning-paper": "The paper's protocol: HumanEval and IFEval prompts are fitted on AND "
+                       "tested on (test prompts leak into the fit).",
+    "reasoning-2fold": "HumanEval / IFEval split in two seeded halves: fit on one, test on the "
+                       "other, both ways; math and multilingual from their train/test splits.",
+    "reasoning-xdata": "Coding fitted on MBPP, instruction following on Alpaca: the HumanEval "
+                       "and IFEval test prompts come from datasets never fitted on.",
+    "domains": "Nine domain corpora, seeded 70/30 split by id (test texts that also occur "
+               "in the fit part under another id are dropped).",
+}
+_PAPER_FIT = {**REASONING_FIT, "coding": ["humaneval/test"],
+              "instruction_following": ["ifeval/test"]}
+_TWO_FOLD = ("coding", "instruction_following")
+_DOMAINS_TRAIN_FRACTION = 0.7
+
+
+@dataclass(frozen=True)
+class Split:
+    """One fit/test split: fit prompts per domain, test prompts with ids and gold domains."""
+
+    name: str
+    fit: dict[str, list[str]]
+    test_ids: list[str]
+    test_texts: list[str]
+    test_labels: list[str]
+
+    @property
+    def fit_texts(self) -> list[str]:
+        return [t for texts in self.fit.values() for t in texts]
+
+    @property
+    def fit_labels(self) -> list[str]:
+        return [d for d, texts in self.fit.items() for _ in texts]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A named evaluation setting: its domains and one or more splits."""
+
+    name: str
+    description: str
+    domains: list[str]
+    splits: list[Split]
+    leaks_test: bool = False
+    sources: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def _subsample(records: list[dict], limit: int | None, rng: np.random.Generator) -> list[dict]:
+    if limit is None or len(records) <= limit:
+        return records
+    keep = np.sort(rng.choice(len(records), size=limit, replace=False))
+    return [records[i] for i in keep]
+
+
+def _split(name: str, fit: dict[str, list[dict]], test: dict[str, list[dict]], *,
+           max_fit: int | None, max_test: int | None, seed: int,
+           leak: bool = False) -> Split:
+    rng = np.random.default_rng(seed)
+    fit_texts, ids, texts, labels = {}, [], [], []
+    for domain in fit:
+        fit_texts[domain] = [r["text"] for r in _subsample(fit[domain], max_fit, rng)]
+        if not fit_texts[domain]:
+            raise EmptyInputError(f"setting split {name!r}: domain {domain!r} has no fit prompts")
+    # Some corpora hold the same text under two ids: a test prompt whose exact text was
+    # fitted on is dropped, unless the setting leaks on purpose.
+    seen = set() if leak else {t for group in fit_texts.values() for t in group}
+    for domain in test:
+        chosen = _subsample([r for r in test[domain] if r["text"] not in seen], max_test, rng)
+        if not chosen:
+            raise EmptyInputError(f"setting split {name!r}: domain {domain!r} has no test prompts")
+        ids += [str(r["id"]) for r in chosen]
+        texts += [r["text"] for r in chosen]
+        labels += [domain] * len(chosen)
+    return Split(name, fit_texts, ids, texts, labels)
+
+
+def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, seed: int = 0,
+                 max_fit: int | None = None, max_test: int | None = None) -> Setting:
+    """Load a built-in setting (see the module docs).
+
+    ``max_fit`` / ``max_test`` cap the prompts per domain (a seeded subsample, for quick
+    runs and tests); ``seed`` also drives the HumanEval/IFEval halves and the domain split.
+
+    >>> s = load_setting("reasoning-xdata", max_fit=100, max_test=20)  # doctest: +SKIP
+    >>> s.domains
+    ['math', 'multilingual', 'coding', 'instruction_following']
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not data_dir.is_dir():
+        raise IR3DEError(f"{data_dir}: no such data folder (pass --data or set IR3DE_DATA)")
+    caps = {"max_fit": max_fit, "max_test": max_test, "seed": seed}
+    if name == "domains":
+        return _domains(data_dir, **caps)
+    if name not in SETTINGS:
+        raise IR3DEError(f"unknown setting {name!r}; choose one of {', '.join(SETTINGS)}, "
+                         "or give your own data with --fit")
+    load = {d: reasoning_records(data_dir, names) for d, names in REASONING_TEST.items()}
+    if name == "reasoning-paper":
+        fit_sources = _PAPER_FIT
+        fit = {d: reasoning_records(data_dir, names) for d, names in fit_sources.items()}
+        splits = [_split("all", fit, load, **caps, leak=True)]
+    elif name == "reasoning-xdata":
+        fit_sources = REASONING_FIT
+        fit = {d: reasoning_records(data_dir, names) for d, names in fit_sources.items()}
+        splits = [_split("all", fit, load, **caps)]
+    else:
+        fit_sources = _PAPER_FIT
+        base = {d: reasoning_records(data_dir, names) for d, names in REASONING_FIT.items()}
+        halves = {d: seeded_split(load[d], 0.5, seed) for d in _TWO_FOLD}
+        splits = []
+        for fold in (0, 1):
+            fit = {d: halves[d][fold] if d in halves else base[d] for d in load}
+            test = {d: halves[d][1 - fold] if d in halves else load[d] for d in load}
+            splits.append(_split(f"fold{fold}", fit, test, **caps))
+    return Setting(name, _DESCRIPTIONS[name], list(load), splits,
+                   leaks_test=name == "reasoning-paper",
+                   sources={"fit": {d: list(v) for d, v in fit_sources.items()},
+                            "test": {d: list(v) for d, v in REASONING_TEST.items()}})
+
+
+def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
+             seed: int) -> Setting:
+    folder = data_dir / "domains"
+    files = sorted(folder.glob("*/*.jsonl"))
+    if not files:
+        raise IR3DEError(f"{folder}: no domain corpora (*/*.jsonl)")
+    fit, test = {}, {}
+    for path in files:
+        domain = path.parent.name
+        fit[domain], test[domain] = seeded_split(list(read_jsonl(path)),
+                                                 _DOMAINS_TRAIN_FRACTION, seed)
+    split = _split("70/30", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
+    return Setting("domains", _DESCRIPTIONS["domains"], list(fit), [split],
+                   sources={"fit": {p.parent.name: [str(p.relative_to(data_dir))]
+                                    for p in files}})
+
+
+def _labelled_records(path: Path) -> dict[str, list[dict]]:
+    """Records per domain from a JSONL file or folder (``domain`` field, else file name)."""
+    if not path.exists():
+        raise IR3DEError(f"{path}: no such file or folder")
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise IR3DEError(f"{path}: no *.jsonl files")
+    out: dict[str, list[dict]] = {}
+    for file in files:
+        for lineno, record in enumerate(read_jsonl(file), 1):
+            text = record.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise IR3DEError(f"{file}: record {lineno} has no non-empty string field 'text'")
+            domain = record.get("domain", file.stem)
+            if not isinstance(domain, str) or not domain:
+                raise IR3DEError(f"{file}: record {lineno}: 'domain' must be a non-empty string")
+            record.setdefault("id", f"{file.stem}-{lineno}")
+            out.setdefault(domain, []).append(record)
+    return out
+
+
+def custom_setting(fit_path: str | os.PathLike[str],
+                   test_path: str | os.PathLike[str] | None = None, *, name: str = "custom",
+                   seed: int = 0, max_fit: int | None = None,
+                   max_test: int | None = None) -> Setting:
+    """A setting from user JSONL data; without ``test_path``, a seeded 70/30 split by id."""
+    fit = _labelled_records(Path(fit_path))
+    if test_path is None:
+        pairs = {d: seeded_split(records, _DOMAINS_TRAIN_FRACTION, seed)
+                 for d, records in fit.items()}
+        fit = {d: p[0] for d, p in pairs.items()}
+        test = {d: p[1] for d, p in pairs.items()}
+    else:
+        test = _labelled_records(Path(test_path))
+        unknown = sorted(set(test) - set(fit))
+        if unknown:
+            raise IR3DEError(f"{test_path}: test domains {unknown} have no fit data in {fit_path}")
+    if len(fit) < 2:
+        raise IR3DEError(f"{fit_path}: need at least two domains, found {sorted(fit)}")
+    test = {d: test.get(d, []) for d in fit if test.get(d)}
+    split = _split("all", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
+    return Setting(name, f"User data: fit {fit_path}, test {test_path or '30% of the fit data'}.",
+                   list(fit), [split])

@@ -1,0 +1,86 @@
+"""The evaluation harness end to end on seeded subsamples of every setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ir3de import Embedder
+
+pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
+pytest.importorskip("matplotlib", reason="the evaluation harness needs pip install 'ir3de[eval]'")
+
+from ir3de.eval import K_GRID, SETTINGS, evaluate, load_setting, write_report
+from ir3de.eval.harness import make_baselines
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def results(data_dir: Path, emb: Embedder) -> dict[str, dict]:
+    """Every setting on a seeded subsample: IR3DE (WordLlama) plus the random baseline.
+
+    reasoning-2fold keeps its whole fit data so its accuracy can be held to the bar.
+    """
+    out = {}
+    for name in SETTINGS:
+        max_fit = None if name == "reasoning-2fold" else 300
+        setting = load_setting(name, data_dir, seed=0, max_fit=max_fit, max_test=150)
+        out[name] = evaluate(setting, embedders=[emb], baselines=make_baselines(["random"]),
+                             progress=False)
+    return out
+
+
+def _router(result: dict, name: str) -> dict:
+    return next(r for r in result["routers"] if r["name"] == name)
+
+
+def test_every_router_of_the_grid_is_reported(results: dict[str, dict]) -> None:
+    for result in results.values():
+        ir3de = [r for r in result["routers"] if r["family"] == "ir3de"]
+        assert len(ir3de) == 2 * (len(K_GRID) + 2)  # two presets x (topk grid, all, avg)
+        assert sum(r["is_preset"] for r in ir3de) == 2
+        for r in result["routers"]:
+            assert 0.0 <= r["balanced"] <= 1.0 and r["route_us"] > 0 and r["fit_s"] >= 0
+            assert sum(map(sum, r["confusion"])) == sum(
+                sum(s["test"].values()) for s in result["splits"])
+
+
+def test_random_is_near_one_over_the_number_of_domains(results: dict[str, dict]) -> None:
+    for name, result in results.items():
+        chance = 1 / len(result["domains"])
+        assert _router(result, "random")["balanced"] == pytest.approx(chance, abs=0.07), name
+
+
+def test_default_ir3de_on_two_fold_is_at_least_90_percent(results: dict[str, dict]) -> None:
+    result = results["reasoning-2fold"]
+    default = next(r for r in result["routers"] if r["family"] == "ir3de"
+                   and r["preset"] == "default" and r["is_preset"])
+    assert default["balanced"] >= 0.90, default["per_domain"]
+    assert [s["split"] for s in default["splits"]] == ["fold0", "fold1"]
+
+
+def test_ir3de_beats_random_everywhere(results: dict[str, dict]) -> None:
+    for name, result in results.items():
+        best_preset = max(r["balanced"] for r in result["routers"] if r.get("is_preset"))
+        assert best_preset > _router(result, "random")["balanced"] + 0.4, name
+
+
+def test_report_results_and_plots_are_written(results: dict[str, dict], tmp_path: Path) -> None:
+    meta = {"command": "pytest", "date": "today", "machine": "here", "data_dir": "data",
+            "seed": 0, "max_fit": 300, "max_test": 150}
+    report = write_report({"meta": meta, "settings": list(results.values())}, tmp_path)
+    text = report.read_text()
+    for name in SETTINGS:
+        assert f"## {name}" in text
+        for kind in ("accuracy_vs_k", "confusion", "cost"):
+            png = tmp_path / f"{kind}_{name}.png"
+            assert png.read_bytes().startswith(PNG) and png.stat().st_size > 5000
+            assert f"]({png.name})" in text
+    assert "Leaks test prompts" in text
+    loaded = json.loads((tmp_path / "results.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert [s["setting"] for s in loaded["settings"]] == list(SETTINGS)
+    assert not list(tmp_path.glob("*.tmp*"))

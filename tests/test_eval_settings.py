@@ -1,0 +1,115 @@
+"""Evaluation settings: what each fits and tests on, leakage, seeded splits, user data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ir3de.errors import IR3DEError
+from ir3de.eval.settings import SETTINGS, custom_setting, load_setting
+
+
+def test_reasoning_paper_leaks_and_says_so(data_dir: Path) -> None:
+    s = load_setting("reasoning-paper", data_dir)
+    (split,) = s.splits
+    assert s.leaks_test and "leak" in s.description
+    fit = set(split.fit_texts)
+    for domain in ("coding", "instruction_following"):
+        tested = [t for t, d in zip(split.test_texts, split.test_labels, strict=True)
+                  if d == domain]
+        assert tested and all(t in fit for t in tested)
+    assert len(split.test_texts) == 1319 + 1860 + 164 + 541
+
+
+def test_xdata_and_2fold_never_fit_a_test_prompt(data_dir: Path) -> None:
+    for name in ("reasoning-xdata", "reasoning-2fold", "domains"):
+        s = load_setting(name, data_dir)
+        assert not s.leaks_test
+        for split in s.splits:
+            assert not set(split.fit_texts) & set(split.test_texts), (name, split.name)
+            assert len(set(split.test_ids)) == len(split.test_ids)
+
+
+def test_two_folds_are_complementary_halves(data_dir: Path) -> None:
+    s = load_setting("reasoning-2fold", data_dir, seed=3)
+    f0, f1 = s.splits
+    for domain, total in (("coding", 164), ("instruction_following", 541)):
+        t0 = {i for i, d in zip(f0.test_ids, f0.test_labels, strict=True) if d == domain}
+        t1 = {i for i, d in zip(f1.test_ids, f1.test_labels, strict=True) if d == domain}
+        assert not t0 & t1 and len(t0 | t1) == total
+        assert abs(len(t0) - len(t1)) <= 1
+        assert len(f0.fit[domain]) == len(t1) and len(f1.fit[domain]) == len(t0)
+    other = load_setting("reasoning-2fold", data_dir, seed=4).splits[0]
+    assert other.test_ids != f0.test_ids  # the seed moves the halves
+
+
+def test_domains_split_is_70_30_by_id_and_seeded(data_dir: Path) -> None:
+    a = load_setting("domains", data_dir, seed=0).splits[0]
+    b = load_setting("domains", data_dir, seed=0).splits[0]
+    c = load_setting("domains", data_dir, seed=1).splits[0]
+    assert a.test_ids == b.test_ids and a.test_ids != c.test_ids
+    n_fit = len(a.fit_texts)
+    assert n_fit / (n_fit + len(a.test_texts)) == pytest.approx(0.7, abs=0.01)
+    assert len(set(a.test_labels)) == 9
+
+
+def test_subsample_caps_per_domain(data_dir: Path) -> None:
+    s = load_setting("reasoning-xdata", data_dir, max_fit=30, max_test=7)
+    (split,) = s.splits
+    assert all(len(t) == 30 for t in split.fit.values())
+    assert [split.test_labels.count(d) for d in s.domains] == [7] * 4
+
+
+def test_unknown_setting_and_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(IR3DEError, match="unknown setting 'nope'"):
+        load_setting("nope", tmp_path)
+    with pytest.raises(IR3DEError, match="no such data folder"):
+        load_setting(SETTINGS[0], tmp_path / "missing")
+    with pytest.raises(IR3DEError, match="missing"):
+        load_setting("reasoning-xdata", tmp_path)
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_custom_setting_from_domain_field_and_from_file_names(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    _write(folder / "all.jsonl", [{"id": f"m{i}", "text": f"sum {i} and {i + 1}",
+                                   "domain": "math"} for i in range(20)]
+           + [{"id": f"c{i}", "text": f"def f{i}(): pass", "domain": "code"} for i in range(10)])
+    s = custom_setting(folder, seed=1)
+    (split,) = s.splits
+    assert s.domains == ["math", "code"]
+    assert len(split.fit["math"]) == 14 and split.test_labels.count("math") == 6
+    per_file = tmp_path / "per_file"
+    per_file.mkdir()
+    _write(per_file / "math.jsonl", [{"text": f"what is 2 + {i}"} for i in range(3)])
+    _write(per_file / "code.jsonl", [{"text": f"import os{i}"} for i in range(3)])
+    test_file = tmp_path / "test.jsonl"
+    _write(test_file, [{"text": "what is 2 + 1", "domain": "math"},  # fitted on: dropped
+                       {"text": "what is 9 + 9", "domain": "math"},
+                       {"text": "import sys", "domain": "code"}])
+    s = custom_setting(per_file, test_file)
+    assert sorted(s.domains) == ["code", "math"]
+    assert sorted(s.splits[0].test_texts) == ["import sys", "what is 9 + 9"]
+
+
+def test_custom_setting_errors(tmp_path: Path) -> None:
+    with pytest.raises(IR3DEError, match="no such file or folder"):
+        custom_setting(tmp_path / "missing")
+    (tmp_path / "one.jsonl").write_text('{"text": "a", "domain": "x"}\n')
+    with pytest.raises(IR3DEError, match="at least two domains"):
+        custom_setting(tmp_path / "one.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"text": ""}\n')
+    with pytest.raises(IR3DEError, match="record 1 has no non-empty string field 'text'"):
+        custom_setting(tmp_path / "bad.jsonl")
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, [{"text": "a", "domain": "x"}, {"text": "b", "domain": "y"}])
+    test = tmp_path / "test.jsonl"
+    _write(test, [{"text": "c", "domain": "z"}])
+    with pytest.raises(IR3DEError, match=r"test domains \['z'\] have no fit data"):
+        custom_setting(fit, test)
