@@ -403,6 +403,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import create_app, load_config
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise IR3DEError("the gateway needs its extra: pip install 'ir3de[serve]'") from None
+    app = create_app(load_config(args.config))  # config and router errors surface here
+    import logging
+
+    access = logging.getLogger("ir3de.access")  # one JSON line per request, on stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=False)  # ir3de logs one structured line per request instead
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -544,6 +564,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval, argv=None)
+
+    p = sub.add_parser(
+        "serve", formatter_class=fmt, help="OpenAI-compatible routing gateway",
+        description="Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, "
+                    "/v1/models, /healthz, /metrics) that routes each request to the right "
+                    "expert server (vLLM, Ollama, llama.cpp, TGI, any OpenAI-compatible "
+                    "endpoint). Needs the extra ir3de[serve]. The YAML config names the "
+                    "router, the experts' endpoints, the fallback expert, the routing text "
+                    "policy and the confidence threshold; see the README.",
+        epilog="example:\n  IR3DE_ADMIN_TOKEN=secret ir3de serve --config gateway.yaml "
+               "--port 8000\n  curl localhost:8000/v1/chat/completions -d "
+               "'{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "
+               "\"content\": \"What is 17 * 23?\"}]}'")
+    p.add_argument("--config", required=True, help="gateway YAML config")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,552 @@
+"""An OpenAI-compatible gateway that routes each request to a domain-expert LLM server.
+
+``ir3de serve --config gateway.yaml`` (extra ``ir3de[serve]``) starts an ASGI app in front
+of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
+
+* ``POST /v1/chat/completions`` and ``POST /v1/completions``: with ``model`` set to the
+  gateway's name the prompt is routed; with an expert's name it goes straight there. The
+  upstream answer is passed through unchanged (``stream: true`` as SSE, chunk by chunk)
+  with headers ``x-ir3de-expert`` and ``x-ir3de-confidence``.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+* ``/admin/...`` behind a bearer token (from the environment variable named in the
+  config; unset -> the admin API is off): list, add and remove experts, change k, λ,
+  selector or the confidence threshold. Every change re-solves the router off the event
+  loop, swaps it in one assignment (requests in flight finish on the router they started
+  with) and persists it atomically to ``state_dir``, which a restart loads back.
+
+Failures: a connection failure or timeout is retried once, then the request goes to the
+fallback expert; an upstream HTTP error is returned as is; the gateway's own errors use
+OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``).
+
+Example config::
+
+    name: ir3de
+    router: {path: router.safetensors}        # or {stats: [math.stats, code.stats]}
+    experts:
+      math:   {url: http://127.0.0.1:8001/v1, model: qwen-math}
+      coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
+    fallback: math
+    policy: last_user          # all_user | conversation
+    threshold: 0.0             # below this confidence, use the fallback
+    state_dir: gateway-state   # where admin changes persist
+"""
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import IR3DEError
+
+__all__ = ["create_app", "load_config"]
+
+log = logging.getLogger("ir3de.access")
+
+_ROUTER_FILE = "router.safetensors"
+_EXPERTS_FILE = "experts.json"
+
+
+def _pydantic() -> Any:
+    try:
+        import pydantic
+    except ImportError:
+        raise IR3DEError("the gateway needs its extra: pip install 'ir3de[serve]'") from None
+    return pydantic
+
+
+def _models() -> tuple[type, type, type]:
+    """The config models (built lazily: pydantic is an optional dependency)."""
+    pd = _pydantic()
+
+    class ExpertConfig(pd.BaseModel):
+        model_config = pd.ConfigDict(extra="forbid")
+        url: str = pd.Field(description="base URL of the OpenAI-compatible API, e.g. "
+                                        "http://host:8000/v1")
+        model: str | None = pd.Field(None, description="upstream model name (default: the "
+                                                       "expert's name)")
+        api_key_env: str | None = None
+        timeout: float = pd.Field(60.0, gt=0)
+
+        @pd.field_validator("url")
+        @classmethod
+        def _http(cls, v: str) -> str:
+            if not v.startswith(("http://", "https://")):
+                raise ValueError(f"url must start with http:// or https://, got {v!r}")
+            return v.rstrip("/")
+
+    class RouterSource(pd.BaseModel):
+        model_config = pd.ConfigDict(extra="forbid")
+        path: str | None = None
+        stats: list[str] | None = None
+        embedder: str | None = None
+        preset: str = "default"
+
+        @pd.model_validator(mode="after")
+        def _one(self) -> "RouterSource":
+            if (self.path is None) == (self.stats is None):
+                raise ValueError("give exactly one of router.path (a saved router) and "
+                                 "router.stats (statistics files)")
+            return self
+
+    class GatewayConfig(pd.BaseModel):
+        model_config = pd.ConfigDict(extra="forbid")
+        name: str = "ir3de"
+        router: RouterSource
+        experts: dict[str, ExpertConfig]
+        fallback: str | None = None
+        policy: Literal["last_user", "all_user", "conversation"] = "last_user"
+        threshold: float = pd.Field(0.0, ge=0.0, le=1.0)
+        max_body_bytes: int = pd.Field(1_000_000, gt=0)
+        admin_token_env: str | None = "IR3DE_ADMIN_TOKEN"
+        state_dir: str | None = None
+
+        @pd.model_validator(mode="after")
+        def _consistent(self) -> "GatewayConfig":
+            if not self.experts:
+                raise ValueError("experts: at least one expert endpoint is needed")
+            if self.fallback is not None and self.fallback not in self.experts:
+                raise ValueError(f"fallback {self.fallback!r} is not one of the experts "
+                                 f"({', '.join(self.experts)})")
+            if self.name in self.experts:
+                raise ValueError(f"name {self.name!r} is also an expert's name")
+            return self
+
+    return ExpertConfig, RouterSource, GatewayConfig
+
+
+def load_config(path: str | os.PathLike[str]) -> Any:
+    """Read and validate a YAML gateway config; errors name the file and the field."""
+    import yaml
+
+    pd = _pydantic()
+    path = Path(path)
+    if not path.is_file():
+        raise IR3DEError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise IR3DEError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise IR3DEError(f"{path}: expected a mapping at the top level")
+    base = path.parent
+    try:
+        config = _models()[2].model_validate(data)
+    except pd.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
+                             for e in exc.errors())
+        raise IR3DEError(f"{path}: invalid config: {problems}") from None
+    # Relative paths in the config are relative to the config file.
+    src = config.router
+    if src.path is not None:
+        src.path = str(base / src.path)
+    if src.stats is not None:
+        src.stats = [str(base / s) for s in src.stats]
+    if config.state_dir is not None:
+        config.state_dir = str(base / config.state_dir)
+    return config
+
+
+# --------------------------------------------------------------------------- state
+class _State:
+    """The router and expert endpoints in use; replaced whole, never mutated."""
+
+    def __init__(self, router: Any, experts: dict[str, Any], threshold: float) -> None:
+        self.router = router
+        self.experts = experts
+        self.threshold = threshold
+
+
+def _initial_state(config: Any) -> _State:
+    from .router import Router, RouterConfig
+    from .statistics import load_stats_files
+
+    state_dir = Path(config.state_dir) if config.state_dir else None
+    if state_dir is not None and (state_dir / _ROUTER_FILE).is_file():
+        # A restart comes back with what the admin API last persisted.
+        router = Router.load(state_dir / _ROUTER_FILE)
+        saved = json.loads((state_dir / _EXPERTS_FILE).read_text(encoding="utf-8"))
+        expert_cls = _models()[0]
+        experts = {n: expert_cls.model_validate(e) for n, e in saved["experts"].items()}
+        state = _State(router, experts, float(saved["threshold"]))
+    else:
+        src = config.router
+        if src.path is not None:
+            router = Router.load(src.path, embedder=src.embedder)
+        else:
+            stats = load_stats_files(src.stats)
+            embedder = stats[0].embedder if src.embedder is None else src.embedder
+            router = Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
+        state = _State(router, dict(config.experts), config.threshold)
+    missing = [e for e in state.router.experts if e not in state.experts]
+    if missing:
+        raise IR3DEError(f"router experts {missing} have no endpoint under 'experts' in the "
+                         "config")
+    return state
+
+
+def _persist(state: _State, state_dir: str | None) -> None:
+    if state_dir is None:
+        return
+    from .store import atomic_write_text
+
+    folder = Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Router first, endpoints second: both are atomic renames, and the endpoints file is
+    # what names the experts a restarted gateway will serve.
+    state.router.save(folder / _ROUTER_FILE)
+    atomic_write_text(folder / _EXPERTS_FILE, json.dumps(
+        {"experts": {n: e.model_dump() for n, e in state.experts.items()},
+         "threshold": state.threshold}, indent=1))
+
+
+# --------------------------------------------------------------------------- helpers
+def _error(status: int, message: str, kind: str = "invalid_request_error",
+           code: str | None = None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code}}, status_code=status, headers=headers)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "\n".join(p.get("text", "") for p in content
+                         if isinstance(p, dict) and p.get("type") == "text"
+                         and isinstance(p.get("text"), str))
+    return ""
+
+
+def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
+    """The text the router sees, per the policy; raises ValueError on malformed input."""
+    if not chat:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return "\n".join(prompt)
+        raise ValueError("'prompt' must be a string or a list of strings")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or \
+            not all(isinstance(m, dict) for m in messages):
+        raise ValueError("'messages' must be a non-empty list of message objects")
+    if policy == "conversation":
+        return "\n".join(_content_text(m.get("content")) for m in messages)
+    users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    if not users:
+        raise ValueError("'messages' has no user message to route on")
+    return users[-1] if policy == "last_user" else "\n".join(users)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        import prometheus_client as pc
+
+        self.registry = pc.CollectorRegistry()
+        r = self.registry
+        self.requests = pc.Counter("ir3de_requests", "Requests by expert and status code",
+                                   ["expert", "status"], registry=r)
+        self.errors = pc.Counter("ir3de_upstream_errors", "Upstream failures by expert "
+                                 "and kind", ["expert", "kind"], registry=r)
+        self.fallbacks = pc.Counter("ir3de_fallbacks", "Requests sent to the fallback "
+                                    "expert, by reason", ["reason"], registry=r)
+        self.routing = pc.Histogram("ir3de_routing_seconds", "Routing decision time",
+                                    buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3,
+                                             5e-3, 2e-2), registry=r)
+        self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time to response "
+                                     "headers", ["expert"], registry=r)
+        self.in_flight = pc.Gauge("ir3de_in_flight", "Requests being served", registry=r)
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(config: Any) -> Any:
+    """The ASGI app for a validated gateway config (see :func:`load_config`).
+
+    (This module does not use postponed annotations: FastAPI reads the handlers'
+    ``Request`` annotations at definition time, and fastapi is imported lazily here.)
+    """
+    import httpx
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    from .errors import IR3DEError as _Err
+
+    holder = {"state": _initial_state(config)}
+    metrics = _Metrics()
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
+                                                   max_keepalive_connections=200))
+    # An unset or empty token variable turns the admin API off.
+    admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
+        else None
+    admin_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    async def _send(expert_name: str, endpoint: Any, path: str, body: dict[str, Any],
+                    stream: bool) -> httpx.Response:
+        payload = {**body, "model": endpoint.model or expert_name}
+        headers = {"content-type": "application/json"}
+        if endpoint.api_key_env and os.environ.get(endpoint.api_key_env):
+            headers["authorization"] = f"Bearer {os.environ[endpoint.api_key_env]}"
+        request = client.build_request("POST", endpoint.url + path, json=payload,
+                                       headers=headers, timeout=endpoint.timeout)
+        for attempt in (0, 1):
+            start = time.perf_counter()
+            try:
+                response = await client.send(request, stream=stream)
+            except httpx.ConnectError:
+                metrics.errors.labels(expert_name, "connect").inc()
+                if attempt == 1:
+                    raise
+                continue  # one retry: the connection may have been a stale keep-alive
+            metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
+            return response
+        raise AssertionError("unreachable")
+
+    async def _proxy(request: Request, path: str, chat: bool) -> Any:
+        raw = await request.body()
+        if len(raw) > config.max_body_bytes:
+            return _error(413, f"request body of {len(raw)} bytes exceeds the limit of "
+                               f"{config.max_body_bytes}", code="body_too_large")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"request body is not valid JSON ({exc})")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object")
+        state = holder["state"]  # this request finishes on the router it started with
+        model = body.get("model", config.name)
+        try:
+            text = _routing_text(body, chat, config.policy)
+        except ValueError as exc:
+            return _error(400, str(exc), param="messages" if chat else "prompt")
+        confidence: float | None = None
+        if model == config.name:
+            if not text.strip():
+                return _error(400, "the prompt to route is empty", param="messages")
+            start = time.perf_counter()
+            try:
+                decision = state.router.route(text)
+            except _Err as exc:
+                return _error(400, f"cannot route this prompt: {exc}")
+            metrics.routing.observe(time.perf_counter() - start)
+            expert, confidence = decision.expert, decision.confidence
+            if confidence < state.threshold and config.fallback:
+                metrics.fallbacks.labels("low_confidence").inc()
+                expert = config.fallback
+        elif model in state.experts:
+            expert = model
+        else:
+            return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
+                               f"route or one of {sorted(state.experts)}",
+                          code="model_not_found", param="model")
+        stream = bool(body.get("stream"))
+        tried = expert
+        try:
+            response = await _send(expert, state.experts[expert], path, body, stream)
+        except httpx.TransportError as exc:
+            fallback = config.fallback if config.fallback in state.experts else None
+            if fallback is None or fallback == expert:
+                metrics.requests.labels(expert, "502").inc()
+                return _error(502, f"expert {expert!r} is unreachable "
+                                   f"({type(exc).__name__})", kind="upstream_error")
+            metrics.errors.labels(expert, type(exc).__name__).inc()
+            metrics.fallbacks.labels("upstream_failure").inc()
+            expert = fallback
+            try:
+                response = await _send(expert, state.experts[expert], path, body, stream)
+            except httpx.TransportError as exc2:
+                metrics.requests.labels(expert, "502").inc()
+                return _error(502, f"experts {tried!r} and fallback {expert!r} are "
+                                   f"unreachable ({type(exc2).__name__})", kind="upstream_error")
+        headers = {"x-ir3de-expert": expert}
+        if confidence is not None:
+            headers["x-ir3de-confidence"] = f"{confidence:.4f}"
+        metrics.requests.labels(expert, str(response.status_code)).inc()
+        log.info(json.dumps({"path": path, "model": model, "expert": expert, "routed_to": tried,
+                             "confidence": confidence, "status": response.status_code,
+                             "stream": stream}))
+        media = response.headers.get("content-type", "application/json")
+        if not stream or response.status_code >= 400:
+            content = await response.aread() if stream else response.content
+            if stream:
+                await response.aclose()
+            return Response(content, status_code=response.status_code, media_type=media,
+                            headers=headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+
+        return StreamingResponse(chunks(), status_code=response.status_code,
+                                 media_type=media, headers=headers)
+
+    async def _counted(request: Request, path: str, chat: bool) -> Any:
+        metrics.in_flight.inc()
+        try:
+            return await _proxy(request, path, chat)
+        finally:
+            metrics.in_flight.dec()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await _counted(request, "/chat/completions", True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await _counted(request, "/completions", False)
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        state = holder["state"]
+        now = int(time.time())
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": now, "owned_by": "ir3de"}
+            for name in [config.name, *state.experts]]}
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        state = holder["state"]
+        return {"status": "ok", "experts": state.router.experts}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        import prometheus_client as pc
+
+        return Response(pc.generate_latest(metrics.registry), media_type=pc.CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------- admin API
+    def _auth(request: Request) -> Any:
+        if admin_token is None:
+            return _error(404, "the admin API is off (no admin token configured)",
+                          code="admin_disabled")
+        if request.headers.get("authorization") != f"Bearer {admin_token}":
+            return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
+                          headers={"www-authenticate": "Bearer"})
+        return None
+
+    def _describe(state: _State) -> dict[str, Any]:
+        counts = {n: s.n_tokens for n, s in state.router.stats.items()}
+        return {"experts": [{"name": n, "url": e.url, "model": e.model or n,
+                             "routed": n in counts, "tokens": counts.get(n)}
+                            for n, e in state.experts.items()],
+                "threshold": state.threshold, "k": state.router.config.k,
+                "lam": state.router.config.lam, "selector": state.router.config.selector}
+
+    async def _swap(build: Any) -> Any:
+        """Build the next state off the event loop, persist it, then swap it in."""
+        async with admin_lock:
+            try:
+                new = await run_in_threadpool(build, holder["state"])
+                await run_in_threadpool(_persist, new, config.state_dir)
+            except (_Err, ValueError, TypeError) as exc:
+                return _error(400, str(exc))
+            holder["state"] = new
+            return JSONResponse(_describe(new))
+
+    @app.get("/admin/experts")
+    async def admin_list(request: Request) -> Any:
+        return _auth(request) or _describe(holder["state"])
+
+    @app.post("/admin/experts")
+    async def admin_add(request: Request) -> Any:
+        denied = _auth(request)
+        if denied:
+            return denied
+        from .statistics import DomainStats
+
+        form = await request.form()
+        upload, name, url = form.get("stats"), form.get("name"), form.get("url")
+        if upload is None or not hasattr(upload, "read") or not isinstance(url, str):
+            return _error(400, "send multipart fields 'stats' (a statistics file) and 'url' "
+                               "(the expert's base URL), optionally 'name', 'model', "
+                               "'api_key_env', 'timeout'")
+        data = await upload.read()
+        expert_cls = _models()[0]
+        pd = _pydantic()
+        try:
+            endpoint = expert_cls(url=url, model=form.get("model") or None,
+                                  api_key_env=form.get("api_key_env") or None,
+                                  timeout=float(form.get("timeout") or 60.0))
+        except (pd.ValidationError, ValueError) as exc:
+            return _error(400, f"invalid expert endpoint: {exc}")
+
+        def build(state: _State) -> _State:
+            with tempfile.TemporaryDirectory() as tmp:  # DomainStats reads from a path
+                path = Path(tmp) / "upload.stats"
+                path.write_bytes(data)
+                stats = DomainStats.load(path)
+            expert = name if isinstance(name, str) and name else stats.domain
+            router = _copy_router(state.router)
+            router.add_expert(expert, stats)
+            return _State(router, {**state.experts, expert: endpoint}, state.threshold)
+
+        return await _swap(build)
+
+    @app.delete("/admin/experts/{name}")
+    async def admin_remove(name: str, request: Request) -> Any:
+        denied = _auth(request)
+        if denied:
+            return denied
+
+        def build(state: _State) -> _State:
+            if name == config.fallback:
+                raise _Err(f"cannot remove {name!r}: it is the fallback expert")
+            router = _copy_router(state.router)
+            router.remove_expert(name)
+            return _State(router, {n: e for n, e in state.experts.items() if n != name},
+                          state.threshold)
+
+        return await _swap(build)
+
+    @app.patch("/admin/settings")
+    async def admin_settings(request: Request) -> Any:
+        denied = _auth(request)
+        if denied:
+            return denied
+        try:
+            changes = json.loads(await request.body())
+        except json.JSONDecodeError as exc:
+            return _error(400, f"request body is not valid JSON ({exc})")
+        allowed = {"k", "lam", "selector", "threshold"}
+        if not isinstance(changes, dict) or not changes or set(changes) - allowed:
+            return _error(400, f"send a JSON object with some of {sorted(allowed)}")
+
+        def build(state: _State) -> _State:
+            threshold = float(changes.get("threshold", state.threshold))
+            if not 0.0 <= threshold <= 1.0:
+                raise _Err(f"threshold must be in [0, 1], got {threshold}")
+            router = _copy_router(state.router)
+            router.set_params(**{k: v for k, v in changes.items() if k != "threshold"})
+            return _State(router, state.experts, threshold)
+
+        return await _swap(build)
+
+    return app
+
+
+def _copy_router(router: Any) -> Any:
+    """A router that can be changed without touching ``router``.
+
+    A shallow copy suffices: a Router's solved state and statistics are never mutated in
+    place, every change assigns new ones, so the copy's changes stay its own.
+    """
+    return copy.copy(router)

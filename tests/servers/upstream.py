@@ -1,0 +1,66 @@
+"""A small OpenAI-compatible server for the gateway tests: answers with its own name.
+
+Run: python tests/servers/upstream.py NAME PORT. Streaming answers send five SSE chunks
+0.2 s apart, so a test can see chunks arrive before the upstream has finished. A request
+with ``"force_status": N`` gets an OpenAI-style error with that status.
+``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+NAME = sys.argv[1]
+CHUNKS = 5
+DELAY = float(os.environ.get("UPSTREAM_CHUNK_DELAY", "0.2"))
+
+
+def _text(body: dict) -> str:
+    return f"answer from {NAME} to model {body.get('model')}"
+
+
+async def completion(request: Request) -> object:
+    body = await request.json()
+    if "force_status" in body:
+        error = {"message": f"{NAME} refuses", "type": "invalid_request_error", "param": None,
+                 "code": None}
+        return JSONResponse({"error": error}, status_code=int(body["force_status"]))
+    chat = request.url.path.endswith("/chat/completions")
+    if not body.get("stream"):
+        choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
+                   "finish_reason": "stop"} if chat else
+                  {"index": 0, "text": _text(body), "finish_reason": "stop"})
+        return JSONResponse({"id": "x", "object": "chat.completion" if chat else
+                             "text_completion", "created": int(time.time()),
+                             "model": f"{NAME}-upstream", "choices": [choice],
+                             "auth": request.headers.get("authorization")})
+
+    async def events():
+        for i in range(CHUNKS):
+            delta = {"content": f"{NAME}-{i} "} if chat else None
+            chunk = {"id": "x", "object": "chat.completion.chunk", "model": f"{NAME}-upstream",
+                     "choices": [{"index": 0, "delta": delta} if chat else
+                                 {"index": 0, "text": f"{NAME}-{i} "}],
+                     "sent_at": time.time()}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            await asyncio.sleep(DELAY)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+app = Starlette(routes=[Route("/v1/chat/completions", completion, methods=["POST"]),
+                        Route("/v1/completions", completion, methods=["POST"])])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

@@ -1,0 +1,360 @@
+"""The gateway as real processes on 127.0.0.1: routing, streaming, fallback, admin, bad input.
+
+Upstreams are tests/servers/upstream.py (a small OpenAI-compatible server answering with its
+own name); the gateway runs under uvicorn through ``python -m ir3de.cli serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from ir3de import Embedder, compute_stats
+from ir3de.cli import main
+from ir3de.data import read_jsonl
+
+for module in ("fastapi", "uvicorn", "httpx", "yaml", "prometheus_client", "multipart"):
+    pytest.importorskip(module, reason="the gateway needs pip install 'ir3de[serve]'")
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+UPSTREAM = Path(__file__).parent / "servers" / "upstream.py"
+MATH = "Natalia sold clips to 48 of her friends in April, and then she sold half as many " \
+       "clips in May. How many clips did Natalia sell altogether in April and May?"
+CODE = "Write a python function to find the first repeated character in a given string."
+LEGAL = "Does the clause grant the licensee an exclusive license to the licensed patents?"
+TOKEN = "s3cret-admin"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(proc: subprocess.Popen, url: str, log: IO[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}: "
+                               f"{log.read().decode(errors='replace')}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url}: not up after {timeout} s")
+
+
+class Proc:
+    """A server process on a free port, stopped at teardown."""
+
+    def __init__(self, argv: list[str], health: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or _free_port()
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {**os.environ, **(env or {})}
+        self.health = health
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # stderr to a file, not a pipe: an unread pipe fills up with access-log lines
+        # and blocks the server.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
+        _wait(self.proc, self.url + self.health, self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _upstream(name: str) -> Proc:
+    return Proc([sys.executable, str(UPSTREAM), name, "{port}"], "/v1/models")
+
+
+@pytest.fixture(scope="module")
+def stats_files(data_dir: Path, emb: Embedder, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("stats")
+    sources = {"math": "reasoning/gsm8k/train.jsonl", "coding": "reasoning/mbpp/train.jsonl",
+               "law": "domains/legalbench/train.jsonl"}
+    out = {}
+    for domain, rel in sources.items():
+        texts = [r["text"] for r in read_jsonl(data_dir / rel)][:300]
+        out[domain] = folder / f"{domain}.stats"
+        compute_stats(emb, texts, domain=domain).save(out[domain])
+    return out
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, Proc]]:
+    procs = {name: _upstream(name) for name in ("math", "coding", "law")}
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc], **extra) -> Path:
+    config = {"name": "ir3de",
+              "router": {"stats": [str(stats["math"]), str(stats["coding"])]},
+              "experts": {"math": {"url": ups["math"].url + "/v1", "model": "qwen-math",
+                                   "timeout": 5},
+                          "coding": {"url": ups["coding"].url + "/v1", "timeout": 5}},
+              "fallback": "math", "max_body_bytes": 20_000,
+              "state_dir": str(folder / "state"), **extra}
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _gateway(config: Path, token: str | None = TOKEN) -> Proc:
+    env = {"IR3DE_ADMIN_TOKEN": token} if token else {"IR3DE_ADMIN_TOKEN": ""}
+    return Proc([sys.executable, "-m", "ir3de.cli", "serve", "--config", str(config),
+                 "--port", "{port}", "--log-level", "warning"], "/healthz", env=env)
+
+
+@pytest.fixture(scope="module")
+def gateway(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    proc = _gateway(_config(tmp_path_factory.mktemp("gw"), stats_files, upstreams))
+    yield proc
+    proc.stop()
+
+
+def _chat(text: str, model: str = "ir3de", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": text}], **extra}
+
+
+def test_routes_math_and_code_to_their_experts(gateway: Proc) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH))
+    assert r.status_code == 200
+    assert r.headers["x-ir3de-expert"] == "math"
+    assert 0 < float(r.headers["x-ir3de-confidence"]) <= 1
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "answer from math to model qwen-math"
+    assert body["model"] == "math-upstream"  # passed through as upstream reports it
+    r = httpx.post(gateway.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE})
+    assert r.headers["x-ir3de-expert"] == "coding"
+    assert r.json()["choices"][0]["text"] == "answer from coding to model coding"
+
+
+def test_explicit_expert_model_goes_straight_there(gateway: Proc) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, model="coding"))
+    assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "coding"
+    assert "x-ir3de-confidence" not in r.headers
+
+
+def test_streaming_arrives_chunk_by_chunk(gateway: Proc) -> None:
+    arrivals = []
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                      json=_chat(MATH, stream=True)) as r:
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.monotonic(), line[6:]))
+    assert arrivals[-1][1] == "[DONE]"
+    chunks = [json.loads(d) for _, d in arrivals[:-1]]
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == \
+        [f"math-{i} " for i in range(5)]
+    # The upstream spaces its chunks 0.2 s apart: the first reached us long before the last.
+    assert arrivals[-1][0] - arrivals[0][0] > 0.6
+
+
+def test_models_health_and_metrics(gateway: Proc) -> None:
+    models = httpx.get(gateway.url + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["ir3de", "math", "coding"]
+    assert httpx.get(gateway.url + "/healthz").json()["status"] == "ok"
+    httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH))
+    text = httpx.get(gateway.url + "/metrics").text
+    assert 'ir3de_requests_total{expert="math",status="200"}' in text
+    assert "ir3de_routing_seconds_count" in text and "ir3de_in_flight" in text
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (json.dumps({"model": "ir3de"}).encode(), 400, "'messages' must be a non-empty list"),
+    (json.dumps({"model": "ir3de", "messages": [{"role": "system", "content": "x"}]}).encode(),
+     400, "no user message"),
+    (json.dumps(_chat("   ")).encode(), 400, "empty"),
+    (json.dumps(_chat("x" * 30_000)).encode(), 413, "exceeds the limit"),
+    (json.dumps(_chat(MATH, model="gpt-5")).encode(), 404, "model 'gpt-5' does not exist"),
+])
+def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
+                                        message: str) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert message in error["message"] and {"type", "param", "code"} <= set(error)
+    assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+def test_upstream_4xx_is_returned_as_is(gateway: Proc) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, force_status=422))
+    assert r.status_code == 422 and r.json()["error"]["message"] == "math refuses"
+    assert r.headers["x-ir3de-expert"] == "math"
+
+
+def test_500_requests_at_50_concurrent(gateway: Proc) -> None:
+    async def run() -> list[int]:
+        limit = asyncio.Semaphore(50)
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=50)) as c:
+            async def one(i: int) -> int:
+                async with limit:
+                    r = await c.post(gateway.url + "/v1/chat/completions",
+                                     json=_chat(MATH if i % 2 else CODE))
+                    return r.status_code
+            return await asyncio.gather(*(one(i) for i in range(500)))
+
+    statuses = asyncio.run(run())
+    assert statuses.count(200) == 500
+
+
+def test_dead_upstream_falls_back_without_hanging(stats_files, upstreams, tmp_path) -> None:
+    coder = _upstream("coding")
+    gw = _gateway(_config(tmp_path, stats_files, {**upstreams, "coding": coder}))
+    try:
+        assert httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE}
+                          ).headers["x-ir3de-expert"] == "coding"
+        coder.stop()
+        start = time.monotonic()
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE},
+                       timeout=20)
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+        assert time.monotonic() - start < 5
+        assert 'ir3de_fallbacks_total{reason="upstream_failure"}' in httpx.get(
+            gw.url + "/metrics").text
+        # Asked by name, a dead expert also falls back; with the fallback dead too: 502.
+        upstreams_dead = _config(tmp_path, stats_files, {
+            "math": coder, "coding": coder, "law": coder})
+        gw2 = _gateway(upstreams_dead)
+        try:
+            r = httpx.post(gw2.url + "/v1/chat/completions", json=_chat(MATH), timeout=20)
+            assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+        finally:
+            gw2.stop()
+    finally:
+        gw.stop()
+        coder.stop()
+
+
+def _admin(token: str = TOKEN) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
+                                               data_dir: Path) -> None:
+    config = _config(tmp_path, stats_files, upstreams)
+    gw = _gateway(config)
+    try:
+        assert httpx.get(gw.url + "/admin/experts").status_code == 401
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin("wrong")).status_code == 401
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+
+        bad = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                         data={"url": upstreams["law"].url + "/v1"},
+                         files={"stats": ("law.stats", b"garbage bytes")})
+        assert bad.status_code == 400 and "error" in bad.json()
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
+
+        law = stats_files["law"].read_bytes()
+        added = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1"},
+                           files={"stats": ("law.stats", law)})
+        assert added.status_code == 200, added.text
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
+        assert r.headers["x-ir3de-expert"] == "law"
+        again = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1"},
+                           files={"stats": ("law.stats", law)})
+        assert again.status_code == 400 and "already exists" in again.json()["error"]["message"]
+
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                        json={"k": 7, "selector": "topk"})
+        assert s.status_code == 200 and s.json()["k"] == 7
+        assert httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                           json={"k": 0}).status_code == 400
+
+        assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
+        assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
+                          ).headers["x-ir3de-expert"] != "law"
+        assert httpx.delete(gw.url + "/admin/experts/math", headers=_admin()
+                            ).status_code == 400  # the fallback stays
+        httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                   data={"url": upstreams["law"].url + "/v1", "name": "legal"},
+                   files={"stats": ("law.stats", law)}).raise_for_status()
+    finally:
+        gw.stop()
+    gw = _gateway(config)  # a restart comes back with the persisted state
+    try:
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding", "legal"]
+        assert listed["k"] == 7 and listed["selector"] == "topk"
+        assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
+                          ).headers["x-ir3de-expert"] == "legal"
+    finally:
+        gw.stop()
+
+
+def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> None:
+    gw = _gateway(_config(tmp_path, stats_files, upstreams), token=None)
+    try:
+        r = httpx.get(gw.url + "/admin/experts", headers=_admin())
+        assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"router": {"stats": ["x.stats"]}}, "experts: Field required"),
+    ({"router": {}, "experts": {"a": {"url": "http://x"}}}, "exactly one of router.path"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "ftp://x"}}}, "must start with http"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "fallback": "b"},
+     "fallback 'b' is not one of the experts"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "threshold": 2},
+     "threshold"),
+    ({"router": {"path": "missing.safetensors"}, "experts": {"a": {"url": "http://x"}}},
+     "missing.safetensors"),
+])
+def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
+                                           capsys) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["serve", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("ir3de: error:") and message in err, err
+
+
+def test_router_expert_without_endpoint_is_refused(stats_files, tmp_path, capsys) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"router": {"stats": [str(stats_files["math"]),
+                                                         str(stats_files["coding"])]},
+                                    "experts": {"math": {"url": "http://127.0.0.1:9/v1"}}}))
+    assert main(["serve", "--config", str(path)]) == 1
+    assert "router experts ['coding'] have no endpoint" in capsys.readouterr().err
