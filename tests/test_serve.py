@@ -358,3 +358,15 @@ def test_router_expert_without_endpoint_is_refused(stats_files, tmp_path, capsys
                                     "experts": {"math": {"url": "http://127.0.0.1:9/v1"}}}))
     assert main(["serve", "--config", str(path)]) == 1
     assert "router experts ['coding'] have no endpoint" in capsys.readouterr().err
+
+
+def test_huge_chunked_body_without_length_is_refused(gateway: Proc) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "ir3de", "messages": [{"role": "user", "content": "'
+        yield b"x" * 30_000
+        yield b'"}]}'
+
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=body(),
+                   headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"

@@ -319,8 +319,13 @@ def create_app(config: Any) -> Any:
         raise AssertionError("unreachable")
 
     async def _proxy(request: Request, path: str, chat: bool) -> Any:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > config.max_body_bytes:
+            # Refused before reading: a huge body never reaches memory.
+            return _error(413, f"request body of {declared} bytes exceeds the limit of "
+                               f"{config.max_body_bytes}", code="body_too_large")
         raw = await request.body()
-        if len(raw) > config.max_body_bytes:
+        if len(raw) > config.max_body_bytes:  # chunked uploads declare no length
             return _error(413, f"request body of {len(raw)} bytes exceeds the limit of "
                                f"{config.max_body_bytes}", code="body_too_large")
         try:
