@@ -122,6 +122,10 @@ def _check_output(path: Path, force: bool) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force)
+    if args.sign:
+        from .signing import load_private_key
+
+        load_private_key(Path(args.sign))  # a bad key fails now, not after the corpus
     for path in map(Path, args.corpus):  # fail before the progress bar starts
         if not path.is_file():
             raise IR3DEError(f"{path}: no such file")
@@ -137,6 +141,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
                           progress=not args.quiet)
     seconds = time.perf_counter() - start
+    if args.sign:
+        from .signing import sign
+
+        stats = sign(stats, args.sign)
     stats.save(out)
     if not args.quiet:
         print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} "
@@ -153,6 +161,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "
                          f"{len(merged)}: {', '.join(merged)}; build a router from them instead")
     (stats,) = merged.values()
+    if args.sign:
+        from .signing import sign
+
+        stats = sign(stats, args.sign)
     stats.save(out)
     print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} tokens "
           f"from {len(args.stats)} file(s)", file=sys.stderr)
@@ -176,6 +188,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force)
     named = _named_stats(args.stats)
+    if args.trust:
+        from .signing import load_trusted, verify
+
+        trusted = load_trusted(args.trust)
+        for _, stats in named:  # every file, before anything is written
+            verify(stats, trusted)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
     router = Router(embedder, _config_from_args(args)).fit_stats(
@@ -350,6 +368,16 @@ def _eval_baselines(names: Sequence[str], explicit: bool) -> list[str]:
     return usable
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
+
+    public = generate_key(args.output, force=args.force)
+    print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
+          f"{args.output}); {public}: public key (give it to router builders: "
+          "ir3de build --trust DIR)", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import datetime
     import os
@@ -449,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_embedder_args(p, "wordllama")
+    p.add_argument("--sign", metavar="KEY", help="sign the file with this private key "
+                                                 "(ir3de keygen; extra ir3de[sign])")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("merge", formatter_class=fmt, help="sum shards of one domain",
@@ -457,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stats", nargs="+", help="statistics files of one domain")
     p.add_argument("-o", "--output", required=True, help="statistics file to write")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.add_argument("--sign", metavar="KEY", help="sign the merged file with this private key")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("build", formatter_class=fmt, help="statistics files -> router",
@@ -469,7 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
     _add_router_args(p)
     _add_embedder_args(p, None)
+    p.add_argument("--trust", metavar="DIR",
+                   help="accept only statistics signed by a public key (*.pub) in DIR; an "
+                        "unsigned, untrusted or altered file is refused, nothing is written")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("keygen", formatter_class=fmt, help="create a signing key pair",
+                       description="Create an Ed25519 key pair for signing statistics files: "
+                                   "KEY (private, owner-only) and KEY with suffix .pub "
+                                   "(public, for router builders' --trust folder). Needs the "
+                                   "extra ir3de[sign].")
+    p.add_argument("-o", "--output", required=True, metavar="KEY", help="private key file")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("route", formatter_class=fmt, help="prompts -> JSONL decisions",
                        description="Route prompts given as arguments, in a JSONL file "

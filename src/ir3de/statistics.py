@@ -68,6 +68,8 @@ class DomainStats:
     embedder: dict[str, Any]
     max_tokens: int = DEFAULT_MAX_TOKENS
     source: str = field(default="<memory>", compare=False)
+    # Ed25519 signature metadata (see ir3de.signing); any derived statistics drop it.
+    signature: dict[str, str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
@@ -107,7 +109,8 @@ class DomainStats:
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
                                    "negative counts: it was never part of them")
         return replace(self, A=self.A + sign * other.A, b=self.b + sign * other.b,
-                       n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>")
+                       n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>",
+                       signature=None)
 
     def __add__(self, other: DomainStats) -> DomainStats:
         return self._combine(other, +1)
@@ -117,16 +120,22 @@ class DomainStats:
 
     def renamed(self, domain: str) -> DomainStats:
         """The same statistics under another domain name."""
-        return replace(self, domain=domain)
+        return replace(self, domain=domain, signature=None)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a safetensors file with JSON metadata, atomically."""
-        meta = {
+    def metadata(self) -> dict[str, Any]:
+        """The JSON metadata saved with the arrays (without the signature)."""
+        return {
             "format": STATS_FORMAT, "version": STATS_VERSION, "domain": self.domain,
             "n_tokens": self.n_tokens, "n_prompts": self.n_prompts, "dim": self.dim,
             "max_tokens": self.max_tokens, "fingerprint": self.fingerprint,
             "embedder": self.embedder,
         }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a safetensors file with JSON metadata, atomically."""
+        meta = self.metadata()
+        if self.signature:
+            meta["signature"] = self.signature
         write_safetensors(path, {"A": self.A, "b": self.b}, meta)
 
     @classmethod
@@ -155,7 +164,7 @@ class DomainStats:
         return cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
                    n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
-                   source=where)
+                   source=where, signature=meta.get("signature"))
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:

@@ -1,0 +1,158 @@
+"""Ed25519 signatures on statistics files, for federations of parties that do not trust
+each other (extra ``ir3de[sign]``: the ``cryptography`` package).
+
+A party creates a key pair once (``ir3de keygen -o party.key`` writes ``party.key``, the
+private key, and ``party.pub``, the public key to hand to whoever builds routers), signs
+what it ships (``ir3de stats ... --sign party.key``), and a builder accepts only files
+signed by keys it trusts (``ir3de build ... --trust KEYS_DIR``, a folder of ``*.pub``).
+
+What is signed: the SHA-256 of the statistics' metadata (canonical JSON: domain, counts,
+embedder fingerprint, format) followed by the bytes of ``A`` and ``b`` as little-endian
+float64. Any change to the numbers, the counts or the domain name breaks the signature.
+The signature, the signer's public key and the algorithm are stored in the file's metadata.
+
+>>> generate_key("party.key")                      # doctest: +SKIP
+>>> signed = sign(stats, "party.key"); signed.save("math.stats")   # doctest: +SKIP
+>>> verify(DomainStats.load("math.stats"), load_trusted("keys/"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import IR3DEError
+from .statistics import DomainStats
+from .store import atomic_write_bytes
+
+__all__ = ["digest", "generate_key", "load_private_key", "load_trusted", "sign", "verify"]
+
+_ALG = "ed25519"
+_HINT = "signing needs the cryptography package: pip install 'ir3de[sign]'"
+
+
+def _ed25519() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise IR3DEError(_HINT) from None
+    return ed25519
+
+
+def _serialization() -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization
+
+
+def digest(stats: DomainStats) -> bytes:
+    """SHA-256 over the canonical metadata and the arrays (what a signature covers)."""
+    meta = json.dumps(stats.metadata(), sort_keys=True, separators=(",", ":"))
+    h = hashlib.sha256(meta.encode())
+    h.update(np.ascontiguousarray(stats.A, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(stats.b, dtype="<f8").tobytes())
+    return h.digest()
+
+
+def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write a new private key to ``path`` (PEM, owner-only) and its public key beside it
+    (``.pub``); returns the public key's path."""
+    ed = _ed25519()
+    ser = _serialization()
+    path = Path(path)
+    public_path = path.with_suffix(".pub")
+    for p in (path, public_path):
+        if p.exists() and not force:
+            raise IR3DEError(f"{p} exists; pass --force to overwrite it")
+    key = ed.Ed25519PrivateKey.generate()
+    private = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
+                                ser.NoEncryption())
+    public = key.public_key().public_bytes(ser.Encoding.PEM,
+                                           ser.PublicFormat.SubjectPublicKeyInfo)
+    atomic_write_bytes(path, private)
+    os.chmod(path, 0o600)  # a private key readable by others is not private
+    atomic_write_bytes(public_path, public)
+    return public_path
+
+
+def load_private_key(path: Path) -> Any:
+    """The Ed25519 private key of a PEM file (checked before long work starts)."""
+    ed = _ed25519()
+    ser = _serialization()
+    if not path.is_file():
+        raise IR3DEError(f"{path}: no such key file")
+    try:
+        key = ser.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise IR3DEError(f"{path}: not a PEM private key ({exc})") from None
+    if not isinstance(key, ed.Ed25519PrivateKey):
+        raise IR3DEError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def _raw_public(key: Any) -> str:
+    ser = _serialization()
+    return key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex()
+
+
+def sign(stats: DomainStats, key_path: str | os.PathLike[str]) -> DomainStats:
+    """``stats`` with a signature by the private key at ``key_path``."""
+    key = load_private_key(Path(key_path))
+    signature = {"alg": _ALG, "public_key": _raw_public(key.public_key()),
+                 "signature": key.sign(digest(stats)).hex()}
+    return replace(stats, signature=signature)
+
+
+def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """Trusted public keys of a folder of ``*.pub`` files: ``{raw key hex: file name}``."""
+    ed = _ed25519()
+    ser = _serialization()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IR3DEError(f"{folder}: no such folder of trusted keys")
+    trusted = {}
+    for path in sorted(folder.glob("*.pub")):
+        try:
+            key = ser.load_pem_public_key(path.read_bytes())
+        except ValueError as exc:
+            raise IR3DEError(f"{path}: not a PEM public key ({exc})") from None
+        if not isinstance(key, ed.Ed25519PublicKey):
+            raise IR3DEError(f"{path}: not an Ed25519 public key")
+        trusted[_raw_public(key)] = path.name
+    if not trusted:
+        raise IR3DEError(f"{folder}: no *.pub trusted keys")
+    return trusted
+
+
+def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
+    """Check ``stats`` is signed by a trusted key and untouched; returns the key's file name.
+
+    Errors name the statistics file and say what is wrong: unsigned, signed by an
+    unknown key, or changed after signing.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    ed = _ed25519()
+    sig = stats.signature
+    if not sig:
+        raise IR3DEError(f"{stats.source}: not signed (sign it with ir3de stats --sign KEY)")
+    if sig.get("alg") != _ALG or not isinstance(sig.get("public_key"), str) \
+            or not isinstance(sig.get("signature"), str):
+        raise IR3DEError(f"{stats.source}: malformed signature metadata")
+    name = trusted.get(sig["public_key"])
+    if name is None:
+        raise IR3DEError(f"{stats.source}: signed by a key that is not trusted "
+                         f"(public key {sig['public_key'][:16]}…)")
+    try:
+        key = ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig["public_key"]))
+        key.verify(bytes.fromhex(sig["signature"]), digest(stats))
+    except (InvalidSignature, ValueError):
+        raise IR3DEError(f"{stats.source}: signature does not match its contents: the file "
+                         "was changed after it was signed") from None
+    return name

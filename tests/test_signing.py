@@ -1,0 +1,134 @@
+"""Signed statistics for federations: keygen, sign, verify, and refusals that name the file."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPORA
+
+from ir3de import DomainStats, Embedder, Router, compute_stats
+from ir3de.cli import main
+from ir3de.errors import IR3DEError
+from ir3de.store import read_safetensors, write_safetensors
+
+pytest.importorskip("cryptography", reason="signing needs pip install 'ir3de[sign]'")
+
+from ir3de.signing import digest, generate_key, load_trusted, sign, verify
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> dict[str, Path]:
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    out = {}
+    for party in ("alice", "bob", "mallory"):
+        out[party] = tmp_path / f"{party}.key"
+        public = generate_key(out[party])
+        if party != "mallory":
+            public.rename(trusted / public.name)
+    out["trusted"] = trusted
+    return out
+
+
+def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Path) -> None:
+    public = generate_key(tmp_path / "p.key")
+    assert public == tmp_path / "p.pub" and b"PUBLIC KEY" in public.read_bytes()
+    assert stat.S_IMODE((tmp_path / "p.key").stat().st_mode) == 0o600
+    with pytest.raises(IR3DEError, match="exists; pass --force"):
+        generate_key(tmp_path / "p.key")
+
+
+def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:
+    stats = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
+    stats.save(tmp_path / "math.stats")
+    loaded = DomainStats.load(tmp_path / "math.stats")
+    assert verify(loaded, load_trusted(keys["trusted"])) == "alice.pub"
+    assert digest(loaded) == digest(stats)
+    # Derived statistics are new data: they carry no signature.
+    assert loaded.renamed("arithmetic").signature is None
+    assert (loaded + loaded).signature is None
+
+
+def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
+                                                          tmp_path: Path) -> None:
+    trusted = load_trusted(keys["trusted"])
+    base = compute_stats(emb, CORPORA["law"], domain="law")
+    base.save(tmp_path / "unsigned.stats")
+    with pytest.raises(IR3DEError, match=r"unsigned.stats: not signed"):
+        verify(DomainStats.load(tmp_path / "unsigned.stats"), trusted)
+    sign(base, keys["mallory"]).save(tmp_path / "mallory.stats")
+    with pytest.raises(IR3DEError, match=r"mallory.stats: signed by a key that is not trusted"):
+        verify(DomainStats.load(tmp_path / "mallory.stats"), trusted)
+    # Tamper: inflate the counts consistently (A, b and n_tokens x 100) and keep the
+    # signature: the file still parses but no longer matches what was signed.
+    sign(base, keys["bob"]).save(tmp_path / "law.stats")
+    tensors, meta = read_safetensors(tmp_path / "law.stats")
+    meta["n_tokens"] *= 100
+    write_safetensors(tmp_path / "law.stats", {k: v * 100 for k, v in tensors.items()}, meta)
+    with pytest.raises(IR3DEError, match=r"law.stats: signature does not match"):
+        verify(DomainStats.load(tmp_path / "law.stats"), trusted)
+
+
+def test_cli_keygen_sign_and_build_with_trust(keys, tmp_path: Path, capsys) -> None:
+    corpora = {}
+    for domain in ("math", "coding"):
+        corpora[domain] = tmp_path / f"{domain}.txt"
+        corpora[domain].write_text("\n".join(CORPORA[domain]))
+    assert main(["keygen", "-o", str(tmp_path / "cli.key")]) == 0
+    (tmp_path / "cli.pub").rename(keys["trusted"] / "cli.pub")
+    files = []
+    for domain, path in corpora.items():
+        files.append(tmp_path / f"{domain}.stats")
+        assert main(["stats", str(path), "--domain", domain, "-o", str(files[-1]), "-q",
+                     "--sign", str(tmp_path / "cli.key")]) == 0
+    out = tmp_path / "router.safetensors"
+    assert main(["build", *map(str, files), "--trust", str(keys["trusted"]), "-o",
+                 str(out)]) == 0
+    assert Router.load(out).experts == ["math", "coding"]
+    capsys.readouterr()
+    # One unsigned file in the set: refused, named, and no router written.
+    assert main(["stats", str(corpora["math"]), "--domain", "extra", "-o",
+                 str(tmp_path / "extra.stats"), "-q"]) == 0
+    out2 = tmp_path / "router2.safetensors"
+    code = main(["build", *map(str, files), str(tmp_path / "extra.stats"), "--trust",
+                 str(keys["trusted"]), "-o", str(out2)])
+    assert code == 1 and "extra.stats: not signed" in capsys.readouterr().err
+    assert not out2.exists()
+    # A key file that is not a key fails before the corpus is read.
+    (tmp_path / "bad.key").write_text("nope")
+    assert main(["stats", str(corpora["math"]), "--domain", "m", "-o",
+                 str(tmp_path / "m.stats"), "-q", "--sign", str(tmp_path / "bad.key")]) == 1
+    assert "bad.key: not a PEM private key" in capsys.readouterr().err
+    assert not (tmp_path / "m.stats").exists()
+
+
+def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
+                                                             data_dir: Path) -> None:
+    """Poisoning guard: a party shipping 100x inflated (but self-consistent) statistics."""
+    from ir3de.data import read_jsonl
+
+    fit, test = {}, {}
+    for domain, rel in (("math", "reasoning/gsm8k"), ("multilingual", "reasoning/m_arc"),
+                        ("coding", "reasoning/mbpp")):
+        fit[domain] = [r["text"] for r in read_jsonl(data_dir / f"{rel}/train.jsonl")][:300]
+        test[domain] = [r["text"] for r in read_jsonl(data_dir / f"{rel}/test.jsonl")][:100]
+    stats = {d: compute_stats(emb, t, domain=d) for d, t in fit.items()}
+    honest = stats["coding"]
+    stats["coding"] = DomainStats(domain="coding", A=honest.A * 100, b=honest.b * 100,
+                                  n_tokens=honest.n_tokens * 100,
+                                  n_prompts=honest.n_prompts * 100,
+                                  fingerprint=honest.fingerprint, embedder=honest.embedder)
+
+    def share_to_coding(router: Router) -> dict[str, float]:
+        return {d: float(np.mean([p == "coding" for p in router.predict(t)]))
+                for d, t in test.items() if d != "coding"}
+
+    unbalanced = share_to_coding(Router(emb, balance=False, selector="all").fit_stats(stats))
+    balanced = share_to_coding(Router(emb, balance=True, selector="all").fit_stats(stats))
+    # Unbalanced, the inflated domain swallows the math prompts (other scripts resist);
+    # balanced, it weighs what every domain weighs and takes (almost) nothing.
+    assert unbalanced["math"] > 0.9, unbalanced
+    assert max(balanced.values()) < 0.05, balanced
