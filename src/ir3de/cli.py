@@ -640,6 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IR3DEError as exc:
         print(f"ir3de: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``ir3de route ... | head``): not an error of ours.
+        sys.stderr.close()
+        return 0
     except OSError as exc:
         print(f"ir3de: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
