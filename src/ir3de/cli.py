@@ -126,11 +126,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         from .signing import load_private_key
 
         load_private_key(Path(args.sign))  # a bad key fails now, not after the corpus
-    for path in map(Path, args.corpus):  # fail before the progress bar starts
-        if not path.is_file():
-            raise IR3DEError(f"{path}: no such file")
-        if args.format is None:
-            infer_format(path)
+    if args.engine == "local":
+        for path in map(Path, args.corpus):  # fail before the progress bar starts
+            if not path.is_file():
+                raise IR3DEError(f"{path}: no such file")
+            if args.format is None:
+                infer_format(path)
     emb = _embedder_from_args(args)
 
     def texts() -> Iterator[str]:
@@ -138,8 +139,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
             yield from read_corpus(path, fmt=args.format, text_field=args.text_field)
 
     start = time.perf_counter()
-    stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
+    if args.engine == "ray":
+        from .distributed import ray_stats
+
+        stats = ray_stats(args.corpus, emb, domain=args.domain, fmt=args.format,
+                          text_field=args.text_field, max_tokens=args.max_tokens,
+                          address=args.address, workers=args.workers,
                           progress=not args.quiet)
+    else:
+        stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
+                              progress=not args.quiet)
     seconds = time.perf_counter() - start
     if args.sign:
         from .signing import sign
@@ -467,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Count the token ids of one domain's corpus and save its "
                                    "sufficient statistics. Only A_d = Σ x̃x̃ᵀ and b_d = Σ x̃ "
                                    "leave the machine, never the text.")
-    p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or Parquet")
+    p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or "
+                                             "Parquet; with --engine ray also globs and URLs")
     p.add_argument("--domain", required=True, help="the domain (expert) name")
     p.add_argument("-o", "--output", required=True, help="statistics file to write")
     p.add_argument("--format", choices=FORMATS, help="corpus format (default: from the suffix)")
@@ -479,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p, "wordllama")
     p.add_argument("--sign", metavar="KEY", help="sign the file with this private key "
                                                  "(ir3de keygen; extra ir3de[sign])")
+    g = p.add_argument_group("distributed counting (extra ir3de[ray])")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data workers count blocks "
+                        "and the driver sums them (same file, bit for bit)")
+    g.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    g.add_argument("--workers", type=_positive_int,
+                   help="counting workers (default: one per cluster CPU)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("merge", formatter_class=fmt, help="sum shards of one domain",
