@@ -232,3 +232,35 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
         dataclasses.replace(s, A=bad)
     with pytest.raises(StatsFormatError, match="negative"):
         dataclasses.replace(s, n_tokens=-1)
+
+
+def test_three_parties_federation_is_exact(emb: Embedder, data_dir: Path, tmp_path: Path,
+                                           capsys) -> None:
+    """Three parties fit privately; the router built from their files equals a central fit,
+    removing a party equals a fit without it, and a truncated file in the set fails the
+    build with the file named and nothing written."""
+    from ir3de import Router
+    from ir3de.cli import main
+
+    parties = {"math": jsonl_texts(data_dir / "reasoning" / "gsm8k" / "train.jsonl", 200),
+               "coding": jsonl_texts(data_dir / "reasoning" / "mbpp" / "train.jsonl", 200),
+               "law": jsonl_texts(data_dir / "domains" / "legalbench" / "train.jsonl", 200)}
+    files = []
+    for domain, texts in parties.items():
+        files.append(tmp_path / f"{domain}.stats")
+        compute_stats(emb, texts, domain=domain).save(files[-1])
+    texts = [t for group in parties.values() for t in group]
+    labels = [d for d, group in parties.items() for _ in group]
+    central = Router(emb).fit(texts, labels)
+    federated = Router(emb).fit_stats(load_stats_files(files))
+    np.testing.assert_array_equal(federated.W, central.W)
+    federated.remove_expert("law")
+    without = Router(emb).fit(texts[:400], labels[:400])
+    np.testing.assert_array_equal(federated.W, without.W)
+
+    truncated = tmp_path / "truncated.stats"
+    truncated.write_bytes(files[2].read_bytes()[:-100])
+    out = tmp_path / "router.safetensors"
+    code = main(["build", str(files[0]), str(files[1]), str(truncated), "-o", str(out)])
+    assert code == 1 and "truncated.stats" in capsys.readouterr().err
+    assert not out.exists()
