@@ -104,3 +104,39 @@ def test_balanced_design(toy_stats: dict[str, DomainStats]) -> None:
     np.testing.assert_allclose(B, np.stack([w[k] * toy_stats[k].b for k in names], axis=1),
                                rtol=1e-15)
     assert A[-1, -1] == pytest.approx(sum(n.values()), rel=1e-12)
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_identity_solve_equals_the_full_joint_ridge(emb, toy_stats, balance: bool) -> None:
+    """The Schur-complement solve equals a direct ridge on [x̃_t, one-hot(t)] features,
+    restricted to the token ids that occur (unseen ids get U = 0 either way)."""
+    from ir3de.solver import domain_weights, solve_identity
+
+    mu, lam = 3.0, 1e-2
+    experts = list(toy_stats)
+    W, U = solve_identity(toy_stats, experts, emb, mu=mu, lam=lam, balance=balance)
+    weights = domain_weights(toy_stats, balance)
+    seen = np.flatnonzero(sum(s.counts for s in toy_stats.values()))
+    X = np.hstack([emb.rows(seen), np.ones((seen.size, 1))])
+    Z = np.hstack([X, np.eye(seen.size)])  # one row per distinct seen token
+    c = np.stack([weights[n] * toy_stats[n].counts[seen] for n in experts], axis=1)
+    gram = Z.T @ (Z * c.sum(axis=1)[:, None])
+    rhs = Z.T @ c
+    penalty = np.r_[np.full(X.shape[1], lam), np.full(seen.size, mu)]
+    theta = np.linalg.solve(gram + np.diag(penalty), rhs)
+    np.testing.assert_allclose(W, theta[:X.shape[1]], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(U[seen], theta[X.shape[1]:], rtol=1e-7, atol=1e-9)
+    unseen = np.setdiff1d(np.arange(emb.vocab_size), seen)
+    assert np.all(U[unseen] == 0)
+
+
+def test_identity_needs_counts_and_a_positive_mu(emb, toy_stats) -> None:
+    from dataclasses import replace
+
+    from ir3de.solver import solve_identity
+
+    with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
+        solve_identity(toy_stats, list(toy_stats), emb, mu=0.0)
+    old = {n: replace(s, counts=None) for n, s in toy_stats.items()}
+    with pytest.raises(IR3DEError, match="carry no token counts"):
+        solve_identity(old, list(old), emb, mu=1.0)

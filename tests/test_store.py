@@ -51,8 +51,10 @@ def test_stats_round_trip(saved: tuple[Path, DomainStats]) -> None:
     loaded = DomainStats.load(path)
     np.testing.assert_array_equal(loaded.A, stats.A)
     np.testing.assert_array_equal(loaded.b, stats.b)
+    np.testing.assert_array_equal(loaded.counts, stats.counts)
+    assert loaded.counts.dtype == np.int64
     for f in dataclasses.fields(DomainStats):
-        if f.name not in ("A", "b", "source"):
+        if f.name not in ("A", "b", "counts", "source"):
             assert getattr(loaded, f.name) == getattr(stats, f.name), f.name
     assert loaded.source == str(path)
     loaded.save(path.with_name("again.safetensors"))

@@ -80,7 +80,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("router settings (default: --preset default)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': balanced domains + avg selector (best on held-out fit data); "
-                        "'paper': the paper's unbalanced ridge with entropy top-k, k=10")
+                        "'paper': the paper's unbalanced ridge with entropy top-k, k=10; "
+                        "'identity': default + token-identity features (experimental)")
     g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -92,11 +93,15 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="scale each domain column of W to unit norm (reference code: on)")
     g.add_argument("--regularize-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="penalise the bias row too (reference code: on)")
+    g.add_argument("--identity", type=_non_negative_float, metavar="MU",
+                   help="add token-identity features with ridge MU > 0 (preset 'identity': "
+                        "10); needs statistics with token counts")
 
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
     overrides = {key: getattr(args, key) for key in
-                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias")
+                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias",
+                  "identity")
                  if getattr(args, key, None) is not None}
     if getattr(args, "max_tokens", None) is not None:
         overrides["max_tokens"] = args.max_tokens

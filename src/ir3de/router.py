@@ -36,7 +36,7 @@ from .errors import (
     StatsFormatError,
 )
 from .selector import SELECTORS, VocabScores, select, vocab_scores
-from .solver import DEFAULT_LAMBDA, design, solve
+from .solver import DEFAULT_LAMBDA, design, solve, solve_identity
 from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
 from .store import read_safetensors, write_safetensors
 
@@ -52,7 +52,7 @@ PAPER_K = 10
 
 ROUTER_FORMAT = "ir3de-router"
 ROUTER_VERSION = 1
-_RESOLVE_KEYS = frozenset({"lam", "balance", "normalize", "regularize_bias"})
+_RESOLVE_KEYS = frozenset({"lam", "balance", "normalize", "regularize_bias", "identity"})
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,15 @@ class RouterConfig:
     normalize: bool = True
     regularize_bias: bool = True
     max_tokens: int = DEFAULT_MAX_TOKENS
+    # Ridge μ of token-identity features (see solver.solve_identity); None: dense only.
+    identity: float | None = None
 
     def __post_init__(self) -> None:
+        if self.identity is not None and (not isinstance(self.identity, (int, float))
+                                          or not np.isfinite(self.identity)
+                                          or self.identity <= 0):
+            raise IR3DEError(f"identity μ must be a finite number > 0 (or None), "
+                             f"got {self.identity!r}")
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k <= 0:
             raise IR3DEError(f"k must be a positive integer, got {self.k!r}")
         if not isinstance(self.lam, (int, float)) or not np.isfinite(self.lam) or self.lam < 0:
@@ -100,6 +107,9 @@ class RouterConfig:
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
     "paper": RouterConfig(k=PAPER_K, selector="topk", balance=False),
+    # Work in progress (issue 6): token-identity features, μ = 10 chosen on held-out fit
+    # data (benchmarks/explore_identity.py); not yet the default.
+    "identity": RouterConfig(identity=10.0),
 }
 
 
@@ -203,6 +213,11 @@ class Router:
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig) -> _State:
+        if config.identity is not None:
+            W, U = solve_identity(stats, experts, self.embedder, mu=config.identity,
+                                  lam=config.lam, balance=config.balance,
+                                  regularize_bias=config.regularize_bias)
+            return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U))
         A, B = design(stats, experts, balance=config.balance)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
                   normalize=config.normalize)
@@ -318,6 +333,8 @@ class Router:
         state = self._fitted
         tensors = {"A": np.stack([state.stats[n].A for n in state.experts]),
                    "b": np.stack([state.stats[n].b for n in state.experts])}
+        if all(state.stats[n].counts is not None for n in state.experts):
+            tensors["counts"] = np.stack([state.stats[n].counts for n in state.experts])
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
                                           **self.describe()})
 
@@ -341,11 +358,16 @@ class Router:
                 b.shape != (len(experts), h1):
             raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
                                    f"of width {h1}")
+        counts = tensors.get("counts")
+        if counts is not None and counts.shape != (len(experts), emb.vocab_size):
+            raise StatsFormatError(f"{path}: token counts do not match {len(experts)} experts "
+                                   f"and a vocabulary of {emb.vocab_size}")
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
             n_tokens=int(e["n_tokens"]), n_prompts=int(e["n_prompts"]),
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
-            max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}")
+            max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}",
+            counts=None if counts is None else counts[i].astype(np.int64))
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         return router.fit_stats(stats)

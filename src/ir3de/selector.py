@@ -59,14 +59,18 @@ class VocabScores:
         return cls(probs=probs, entropy=entropy, vote=probs.argmax(axis=1), rank=rank)
 
 
-def vocab_scores(embedder: Embedder, W: np.ndarray) -> VocabScores:
-    """Softmax probabilities, entropy and argmax vote of every token id under ``W``."""
+def vocab_scores(embedder: Embedder, W: np.ndarray,
+                 offset: np.ndarray | None = None) -> VocabScores:
+    """Softmax probabilities, entropy and argmax vote of every token id under ``W``
+    (plus ``offset[t]``, the per-token scores of identity features, when given)."""
     V, D = embedder.vocab_size, W.shape[1]
     probs = np.empty((V, D))
     entropy = np.empty(V)
     # Small blocks keep the temporaries in cache (faster at h = 4096, same result).
     for start, rows in embedder.blocks(512):
         logits = rows @ W[:-1] + W[-1]
+        if offset is not None:
+            logits += offset[start:start + rows.shape[0]]
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         p = np.exp(logp)

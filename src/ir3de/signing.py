@@ -8,7 +8,8 @@ signed by keys it trusts (``ir3de build ... --trust KEYS_DIR``, a folder of ``*.
 
 What is signed: the SHA-256 of the statistics' metadata (canonical JSON: domain, counts,
 embedder fingerprint, format) followed by the bytes of ``A`` and ``b`` as little-endian
-float64. Any change to the numbers, the counts or the domain name breaks the signature.
+float64 and, when the file has them, the token-id counts as little-endian int64. Any
+change to the numbers, the counts or the domain name breaks the signature.
 The signature, the signer's public key and the algorithm are stored in the file's metadata.
 
 >>> generate_key("party.key")                      # doctest: +SKIP
@@ -57,6 +58,8 @@ def digest(stats: DomainStats) -> bytes:
     h = hashlib.sha256(meta.encode())
     h.update(np.ascontiguousarray(stats.A, dtype="<f8").tobytes())
     h.update(np.ascontiguousarray(stats.b, dtype="<f8").tobytes())
+    if stats.counts is not None:  # routers with identity features read them: sign them too
+        h.update(np.ascontiguousarray(stats.counts, dtype="<i8").tobytes())
     return h.digest()
 
 

@@ -19,10 +19,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import IR3DEError
+from .embedding import Embedder
+from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_LAMBDA", "design", "domain_weights", "solve"]
+__all__ = ["DEFAULT_LAMBDA", "design", "domain_weights", "solve", "solve_identity"]
 
 DEFAULT_LAMBDA = 1e-2
 
@@ -87,3 +88,56 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
             raise IR3DEError("a domain column of W is zero: that domain has no data")
         W = W / norms
     return W
+
+
+def solve_identity(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                   embedder: Embedder, *, mu: float, lam: float = DEFAULT_LAMBDA,
+                   balance: bool = False,
+                   regularize_bias: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Joint ridge on token features ``[x̃_t, one-hot(t)]``: returns ``(W, U)``.
+
+    A token's scores are ``x̃_t W + U[t]``. The identity block of the normal equations is
+    diagonal (``diag(c) + μI`` with ``c`` the weighted token counts), so eliminating it
+    leaves an (h+1)-square system, the Schur complement:
+
+        (Ẽᵀ diag(cμ/(c+μ)) Ẽ + λI) W = Ẽᵀ diag(μ/(c+μ)) C,   U = (C - diag(c) Ẽ W) / (c+μ)
+
+    with ``C = [w_d c_d]``. Only per-domain token counts are needed, so the model stays a
+    sum of per-domain statistics. ``μ`` is the identity block's ridge: large μ gives back
+    the dense model, small μ lets frequent tokens carry their own domain evidence.
+    Columns are not rescaled (a unit-norm W would break the joint solution).
+    """
+    if not mu > 0 or not np.isfinite(mu):
+        raise IR3DEError(f"the identity ridge μ must be a finite number > 0, got {mu}")
+    missing = [n for n in experts if stats[n].counts is None]
+    if missing:
+        raise StatsFormatError(f"statistics of {missing} carry no token counts (made by an "
+                               "older ir3de?): recompute them to use identity features")
+    weights = domain_weights(stats, balance)
+    names = sorted(experts)  # canonical order: add/remove gives a refit's exact sums
+    c = weights[names[0]] * stats[names[0]].counts.astype(np.float64)
+    for n in names[1:]:
+        c += weights[n] * stats[n].counts
+    if c.shape != (embedder.vocab_size,):
+        raise StatsFormatError(f"token counts have length {c.shape[0]}, the embedder's "
+                               f"vocabulary {embedder.vocab_size}")
+    C = np.stack([weights[n] * stats[n].counts.astype(np.float64) for n in experts], axis=1)
+    h1 = embedder.dim + 1
+    M = np.zeros((h1, h1))
+    R = np.zeros((h1, len(experts)))
+    keep = mu / (c + mu)
+    for start, rows in embedder.blocks():
+        stop = start + rows.shape[0]
+        X = np.empty((rows.shape[0], h1))
+        X[:, :-1] = rows
+        X[:, -1] = 1.0
+        M += X.T @ (X * (c[start:stop] * keep[start:stop])[:, None])
+        R += X.T @ (C[start:stop] * keep[start:stop, None])
+    W = solve((M + M.T) / 2, R, lam=lam, regularize_bias=regularize_bias, normalize=False)
+    U = np.empty_like(C)
+    for start, rows in embedder.blocks():
+        stop = start + rows.shape[0]
+        dense = rows @ W[:-1] + W[-1]
+        U[start:stop] = (C[start:stop] - c[start:stop, None] * dense) / \
+            (c[start:stop] + mu)[:, None]
+    return W, U

@@ -70,6 +70,9 @@ class DomainStats:
     source: str = field(default="<memory>", compare=False)
     # Ed25519 signature metadata (see ir3de.signing); any derived statistics drop it.
     signature: dict[str, str] | None = field(default=None, compare=False)
+    # The token-id histogram (int64, one entry per vocabulary id) A and b were formed from;
+    # needed by routers with token-identity features. None in files that lack it.
+    counts: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
@@ -87,6 +90,10 @@ class DomainStats:
         # (the counts set the balanced weights).
         if self.A[-1, -1] != self.n_tokens or self.b[-1] != self.n_tokens:
             raise StatsFormatError(f"{self.source}: A/b disagree with n_tokens={self.n_tokens}")
+        if self.counts is not None and (self.counts.ndim != 1 or np.any(self.counts < 0)
+                                        or int(self.counts.sum()) != self.n_tokens):
+            raise StatsFormatError(f"{self.source}: token counts disagree with "
+                                   f"n_tokens={self.n_tokens}")
 
     @property
     def dim(self) -> int:
@@ -108,9 +115,12 @@ class DomainStats:
         if n_tokens < 0 or n_prompts < 0:
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
                                    "negative counts: it was never part of them")
+        counts = None
+        if self.counts is not None and other.counts is not None:
+            counts = self.counts + sign * other.counts
         return replace(self, A=self.A + sign * other.A, b=self.b + sign * other.b,
                        n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>",
-                       signature=None)
+                       signature=None, counts=counts)
 
     def __add__(self, other: DomainStats) -> DomainStats:
         return self._combine(other, +1)
@@ -136,7 +146,10 @@ class DomainStats:
         meta = self.metadata()
         if self.signature:
             meta["signature"] = self.signature
-        write_safetensors(path, {"A": self.A, "b": self.b}, meta)
+        tensors = {"A": self.A, "b": self.b}
+        if self.counts is not None:
+            tensors["counts"] = np.asarray(self.counts, dtype=np.int64)
+        write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DomainStats:
@@ -164,7 +177,8 @@ class DomainStats:
         return cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
                    n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
-                   source=where, signature=meta.get("signature"))
+                   source=where, signature=meta.get("signature"),
+                   counts=tensors["counts"].astype(np.int64) if "counts" in tensors else None)
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
@@ -247,7 +261,8 @@ def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_
     A[-1, :] = A[:, -1] = b
     return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
                        n_prompts=int(n_prompts), fingerprint=embedder.fingerprint,
-                       embedder=embedder.spec, max_tokens=max_tokens)
+                       embedder=embedder.spec, max_tokens=max_tokens,
+                       counts=counts.astype(np.int64))
 
 
 def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
