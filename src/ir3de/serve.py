@@ -34,6 +34,7 @@ Example config::
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -61,8 +62,9 @@ def _pydantic() -> Any:
     return pydantic
 
 
+@functools.cache
 def _models() -> tuple[type, type, type]:
-    """The config models (built lazily: pydantic is an optional dependency)."""
+    """The config models (built lazily, once: pydantic is an optional dependency)."""
     pd = _pydantic()
 
     class ExpertConfig(pd.BaseModel):

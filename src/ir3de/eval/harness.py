@@ -24,7 +24,12 @@ from ..embedding import Embedder
 from ..errors import IR3DEError
 from ..router import PRESETS, Router, RouterConfig
 from ..statistics import compute_stats
-from .metrics import ScoreKind, normalized_performance, routing_metrics
+from .metrics import (
+    ScoreKind,
+    metrics_from_confusion,
+    normalized_performance,
+    routing_metrics,
+)
 from .settings import Setting, Split
 
 __all__ = ["BASELINES", "K_GRID", "Candidate", "evaluate", "make_baselines"]
@@ -50,17 +55,14 @@ class Candidate:
 
     def summary(self, domains: Sequence[str]) -> dict[str, Any]:
         """Pooled metrics: confusion matrices summed over splits, times averaged."""
-        cm = np.sum([np.asarray(m["confusion"]) for m in self.split_metrics], axis=0)
-        support = cm.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.diag(cm) / support
+        pooled = metrics_from_confusion(
+            np.sum([np.asarray(m["confusion"]) for m in self.split_metrics], axis=0), domains)
         return {
             "name": self.name, "family": self.family, **self.params,
-            "balanced": float(np.nanmean(recall)), "micro": float(np.trace(cm) / cm.sum()),
+            "balanced": pooled.balanced, "micro": pooled.micro,
             # None (JSON null) for a domain without test prompts.
-            "per_domain": {d: float(r) if n else None
-                           for d, r, n in zip(domains, recall, support, strict=True)},
-            "confusion": cm.tolist(),
+            "per_domain": {d: None if np.isnan(r) else r for d, r in pooled.per_domain.items()},
+            "confusion": pooled.confusion.tolist(),
             "splits": [{"split": m["split"], "balanced": m["balanced"], "micro": m["micro"]}
                        for m in self.split_metrics],
             "fit_s": float(np.mean(self.fit_s)),

@@ -28,7 +28,8 @@ import numpy as np
 from ..data import read_jsonl
 from ..errors import IR3DEError
 
-__all__ = ["RoutingMetrics", "normalized_performance", "read_scores", "routing_metrics"]
+__all__ = ["RoutingMetrics", "metrics_from_confusion", "normalized_performance",
+           "read_scores", "routing_metrics"]
 
 ScoreKind = Literal["perplexity", "task"]
 
@@ -69,12 +70,18 @@ def routing_metrics(gold: Sequence[str], routed: Sequence[str],
     unknown = sorted(set(routed) - set(domains) | set(gold) - set(domains))
     if unknown:
         raise IR3DEError(f"labels {unknown} are not among the domains {domains}")
-    cm = confusion_matrix(list(gold), list(routed), labels=domains)
-    support = cm.sum(axis=1)
+    return metrics_from_confusion(confusion_matrix(list(gold), list(routed), labels=domains),
+                                  domains)
+
+
+def metrics_from_confusion(cm: np.ndarray, domains: Sequence[str]) -> RoutingMetrics:
+    """Micro, balanced and per-domain accuracy of a confusion matrix (gold rows); a domain
+    without test prompts gets NaN and stays out of the balanced mean."""
+    cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.diag(cm) / support
+        recall = np.diag(cm) / cm.sum(axis=1)
     per_domain = {d: float(r) for d, r in zip(domains, recall, strict=True)}
-    return RoutingMetrics(domains, cm, float(np.trace(cm) / cm.sum()),
+    return RoutingMetrics(list(domains), cm, float(np.trace(cm) / cm.sum()),
                           float(np.nanmean(recall)), per_domain)
 
 
