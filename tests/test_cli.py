@@ -307,3 +307,15 @@ def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) ->
     code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
                        "--scores", scores, "--baselines", "--out", tmp_path / "out")
     assert code == 1 and "record 1 needs 'id', 'expert' and a numeric 'score'" in err
+
+
+def test_build_with_identity_features_and_a_bad_mu(built: dict[str, Path], tmp_path: Path,
+                                                    capsys) -> None:
+    out = tmp_path / "identity.safetensors"
+    assert run(capsys, "build", built["math"], built["coding"], "--preset", "identity", "-o",
+               out)[0] == 0
+    assert Router.load(out).config.identity == 10.0
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--identity", "0",
+                       "-o", tmp_path / "bad.safetensors")
+    assert code == 1 and "identity μ must be a finite number > 0" in err
+    assert not (tmp_path / "bad.safetensors").exists()
