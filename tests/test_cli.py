@@ -228,7 +228,8 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
 
 @pytest.mark.parametrize("argv", [["route", "R", "--k", "0", "x"], ["build", "f", "-o", "o",
                                                                      "--lam", "-1"],
-                                  ["route", "R", "--selector", "best"], ["stats"]])
+                                  ["route", "R", "--selector", "best"], ["stats"],
+                                  ["build", "f", "-o", "o", "--identity", "0"]])
 def test_malformed_command_line_exits_2(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -309,13 +310,19 @@ def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) ->
     assert code == 1 and "record 1 needs 'id', 'expert' and a numeric 'score'" in err
 
 
-def test_build_with_identity_features_and_a_bad_mu(built: dict[str, Path], tmp_path: Path,
-                                                    capsys) -> None:
-    out = tmp_path / "identity.safetensors"
-    assert run(capsys, "build", built["math"], built["coding"], "--preset", "identity", "-o",
-               out)[0] == 0
-    assert Router.load(out).config.identity == 10.0
-    code, _, err = run(capsys, "build", built["math"], built["coding"], "--identity", "0",
-                       "-o", tmp_path / "bad.safetensors")
-    assert code == 1 and "identity μ must be a finite number > 0" in err
-    assert not (tmp_path / "bad.safetensors").exists()
+def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Default build: identity features with μ chosen automatically (shown by inspect);
+    --preset dense / --identity none drop them; --identity MU fixes μ."""
+    cases = [([], "auto"), (["--preset", "dense"], None), (["--identity", "none"], None),
+             (["--identity", "3"], 3.0)]
+    for i, (argv, identity) in enumerate(cases):
+        out = tmp_path / f"r{i}.safetensors"
+        assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
+        assert Router.load(out).config.identity == identity
+        code, info, _ = run(capsys, "inspect", out, "--json")
+        mu = json.loads(info)["identity_mu"]
+        assert code == 0 and (mu is None) == (identity is None)
+        assert mu == (identity if identity != "auto" else Router.load(out).identity_mu)
+        text = run(capsys, "inspect", out)[1]
+        assert ("identity     off" in text) == (identity is None)
+        assert ("leave-one-out" in text) == (identity == "auto")

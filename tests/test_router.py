@@ -25,6 +25,7 @@ from ir3de import (
 )
 from ir3de.data import reasoning_split
 from ir3de.router import read_router_meta
+from ir3de.solver import MU_GRID, choose_identity_mu
 from ir3de.store import read_safetensors, write_safetensors
 
 PROMPTS = ["What is 15 divided by 3?", "def square(x):\n    return x * x",
@@ -411,18 +412,22 @@ def test_identity_add_remove_save_load_are_exact(emb: Embedder, toy_stats,
 def test_identity_setting_is_validated_and_re_solves(emb: Embedder, toy_stats) -> None:
     with pytest.raises(IR3DEError, match="identity μ must be a finite number > 0"):
         Router(emb, identity=-1.0)
-    router = fit(emb, toy_stats, list(toy_stats))
+    with pytest.raises(IR3DEError, match="identity μ must be a finite number > 0, 'auto'"):
+        Router(emb, identity="best")
+    router = fit(emb, toy_stats, list(toy_stats), identity=None)
+    assert router.identity_mu is None
     dense = router.W.copy()
     router.set_params(identity=1.0)
+    assert router.identity_mu == 1.0
     assert not np.array_equal(router.W, dense)
     router.set_params(identity=None)
     np.testing.assert_array_equal(router.W, dense)
 
 
 def test_identity_features_generalise_across_datasets(emb: Embedder, data_dir: Path) -> None:
-    """reasoning-xdata (coding fitted on MBPP, instructions on Alpaca): identity features
-    (μ = 10, chosen on held-out fit data by benchmarks/explore_identity.py) route the unseen
-    HumanEval / IFEval prompts better than the dense default."""
+    """reasoning-xdata (coding fitted on MBPP, instructions on Alpaca): the default router
+    (identity features, μ by leave-one-out on the statistics) routes the unseen HumanEval /
+    IFEval prompts better than the same router without identity features."""
     fit_texts, test = reasoning_split(data_dir, protocol="xdata")
     stats = [compute_stats(emb, texts, domain=d) for d, texts in fit_texts.items()]
 
@@ -430,6 +435,27 @@ def test_identity_features_generalise_across_datasets(emb: Embedder, data_dir: P
         return float(np.mean([np.mean([p == d for p in router.predict(t)])
                               for d, t in test.items()]))
 
-    dense = balanced(Router(emb).fit_stats(stats))
-    ident = balanced(Router(emb, identity=10.0).fit_stats(stats))
+    dense = balanced(Router(emb, identity=None).fit_stats(stats))
+    router = Router(emb).fit_stats(stats)
+    ident = balanced(router)
     assert ident >= 0.95 and ident > dense + 0.03, (ident, dense)
+    assert router.identity_mu in MU_GRID and router.describe()["identity_mu"] == router.identity_mu
+
+
+def test_automatic_mu_is_exact_under_add_remove(emb: Embedder, toy_stats, tmp_path: Path) -> None:
+    """μ is a function of the summed statistics: an expert joining and leaving gives the
+    μ and weights of a full refit, and a saved router re-chooses the same μ on load."""
+    router = fit(emb, toy_stats, ["math", "coding", "law"])
+    before = fit(emb, toy_stats, ["math", "coding", "law"])
+    mu, _ = choose_identity_mu(before.stats, before.experts, emb, balance=True)
+    assert router.identity_mu == mu
+    router.add_expert("multilingual", toy_stats["multilingual"])
+    full = fit(emb, toy_stats, ["math", "coding", "law", "multilingual"])
+    assert router.identity_mu == full.identity_mu
+    assert_same_state(router, full)
+    router.remove_expert("multilingual")
+    assert_same_state(router, before)
+    router.save(tmp_path / "r.safetensors")
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config.identity == "auto" and loaded.identity_mu == mu
+    assert_same_state(loaded, router)

@@ -76,8 +76,9 @@ def assert_matches(sel: Selection, ref: Reference, prompts: list[np.ndarray], se
 
 @pytest.fixture(scope="module")
 def router(emb: Embedder, toy_stats: dict[str, DomainStats]) -> Router:
-    """A private router (tests below change its selector and k)."""
-    return Router(emb).fit_stats(toy_stats)
+    """A private router (tests below change its selector and k); embedding features only,
+    which the reference implements (identity scores go through the same tables)."""
+    return Router(emb, identity=None).fit_stats(toy_stats)
 
 
 @pytest.fixture(scope="module")

@@ -120,15 +120,19 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
     stats["coding"] = DomainStats(domain="coding", A=honest.A * 100, b=honest.b * 100,
                                   n_tokens=honest.n_tokens * 100,
                                   n_prompts=honest.n_prompts * 100,
-                                  fingerprint=honest.fingerprint, embedder=honest.embedder)
+                                  fingerprint=honest.fingerprint, embedder=honest.embedder,
+                                  counts=honest.counts * 100)
 
     def share_to_coding(router: Router) -> dict[str, float]:
         return {d: float(np.mean([p == "coding" for p in router.predict(t)]))
                 for d, t in test.items() if d != "coding"}
 
-    unbalanced = share_to_coding(Router(emb, balance=False, selector="all").fit_stats(stats))
-    balanced = share_to_coding(Router(emb, balance=True, selector="all").fit_stats(stats))
+    dense = {"selector": "all", "identity": None}
+    unbalanced = share_to_coding(Router(emb, balance=False, **dense).fit_stats(stats))
+    balanced = share_to_coding(Router(emb, balance=True, **dense).fit_stats(stats))
+    default = share_to_coding(Router(emb).fit_stats(stats))
     # Unbalanced, the inflated domain swallows the math prompts (other scripts resist);
     # balanced, it weighs what every domain weighs and takes (almost) nothing.
     assert unbalanced["math"] > 0.9, unbalanced
     assert max(balanced.values()) < 0.05, balanced
+    assert max(default.values()) < 0.05, default  # the default preset balances too

@@ -140,3 +140,48 @@ def test_identity_needs_counts_and_a_positive_mu(emb, toy_stats) -> None:
     old = {n: replace(s, counts=None) for n, s in toy_stats.items()}
     with pytest.raises(IR3DEError, match="carry no token counts"):
         solve_identity(old, list(old), emb, mu=1.0)
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_identity_loo_equals_brute_force_leave_one_out(emb, toy_stats, balance: bool) -> None:
+    """The closed-form PRESS error equals refitting without each training token in turn
+    (domain weights held fixed, as PRESS assumes), on the direct joint ridge."""
+    from ir3de.solver import domain_weights, identity_loo
+
+    mu, lam = 2.0, 1e-2
+    experts = list(toy_stats)
+    weights = domain_weights(toy_stats, balance)
+    w = np.array([weights[n] for n in experts])
+    seen = np.flatnonzero(sum(s.counts for s in toy_stats.values()))
+    raw = np.stack([toy_stats[n].counts[seen] for n in experts], axis=1).astype(float)
+    X = np.hstack([emb.rows(seen), np.ones((seen.size, 1))])
+    Z = np.hstack([X, np.eye(seen.size)])
+    penalty = np.diag(np.r_[np.full(X.shape[1], lam), np.full(seen.size, mu)])
+
+    def scores(c: np.ndarray) -> np.ndarray:
+        theta = np.linalg.solve(Z.T @ (Z * c.sum(axis=1)[:, None]) + penalty, Z.T @ c)
+        return Z @ theta
+
+    total = 0.0
+    for v, d in zip(*np.nonzero(raw), strict=True):
+        c = raw * w
+        c[v, d] -= w[d]  # one token of id seen[v] in domain d left out
+        s = scores(c)[v]
+        total += raw[v, d] * w[d] * (np.sum(s ** 2) - 2 * s[d] + 1.0)
+    expected = total / (raw * w).sum()
+    got = identity_loo(toy_stats, experts, emb, mu=mu, lam=lam, balance=balance)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_choose_identity_mu_picks_the_lowest_loo_error(emb, toy_stats) -> None:
+    from ir3de.solver import choose_identity_mu, identity_loo
+
+    experts = list(toy_stats)
+    mu, errors = choose_identity_mu(toy_stats, experts, emb, grid=(0.5, 5.0, 500.0))
+    assert set(errors) == {0.5, 5.0, 500.0}
+    assert errors[mu] == min(errors.values())
+    assert errors[5.0] == identity_loo(toy_stats, experts, emb, mu=5.0)
+    with pytest.raises(IR3DEError, match="grid is empty"):
+        choose_identity_mu(toy_stats, experts, emb, grid=())
+    with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
+        choose_identity_mu(toy_stats, experts, emb, grid=(1.0, -2.0))

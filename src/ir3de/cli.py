@@ -63,6 +63,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _identity_mu(text: str) -> float | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a number > 0, "
+                                         f"got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the identity ridge must be a finite number > 0, "
+                                         f"got {text}")
+    return value
+
+
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--embedder", default=default, metavar="NAME|DIR|TOKENIZER",
@@ -79,9 +93,10 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
 def _add_router_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("router settings (default: --preset default)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': balanced domains + avg selector (best on held-out fit data); "
-                        "'paper': the paper's unbalanced ridge with entropy top-k, k=10; "
-                        "'identity': default + token-identity features (experimental)")
+                   help="'default': token-identity features (μ by leave-one-out), balanced "
+                        "domains, avg selector (the measured best); 'dense': the same without "
+                        "identity features (for statistics without token counts); 'paper': "
+                        "the paper's unbalanced ridge with entropy top-k, k=10")
     g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -93,16 +108,19 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="scale each domain column of W to unit norm (reference code: on)")
     g.add_argument("--regularize-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="penalise the bias row too (reference code: on)")
-    g.add_argument("--identity", type=_non_negative_float, metavar="MU",
-                   help="add token-identity features with ridge MU > 0 (preset 'identity': "
-                        "10); needs statistics with token counts")
+    g.add_argument("--identity", type=_identity_mu, metavar="MU|auto|none",
+                   default=argparse.SUPPRESS,
+                   help="ridge of the token-identity features: a number > 0, 'auto' (chosen "
+                        "by closed-form leave-one-out; preset 'default') or 'none' (embedding "
+                        "features only); needs statistics with token counts")
 
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
     overrides = {key: getattr(args, key) for key in
-                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias",
-                  "identity")
+                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias")
                  if getattr(args, key, None) is not None}
+    if hasattr(args, "identity"):  # 'none' is an explicit choice, unlike an absent option
+        overrides["identity"] = args.identity
     if getattr(args, "max_tokens", None) is not None:
         overrides["max_tokens"] = args.max_tokens
     return RouterConfig.preset(args.preset, **overrides)
@@ -302,6 +320,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  settings     λ={c['lam']:g}  selector={c['selector']}  k={c['k']}  "
               f"balance={c['balance']}  normalize={c['normalize']}  "
               f"regularize_bias={c['regularize_bias']}  max_tokens={c['max_tokens']}")
+        mu = info.get("identity_mu")
+        print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
+              + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))
         print(f"  experts      {len(info['experts'])}")
         for e in info["experts"]:
             print(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from .errors import (
     StatsFormatError,
 )
 from .selector import SELECTORS, VocabScores, select, vocab_scores
-from .solver import DEFAULT_LAMBDA, design, solve, solve_identity
+from .solver import DEFAULT_LAMBDA, choose_identity_mu, design, solve, solve_identity
 from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
 from .store import read_safetensors, write_safetensors
 
@@ -57,8 +57,14 @@ _RESOLVE_KEYS = frozenset({"lam", "balance", "normalize", "regularize_bias", "id
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Router settings. Only ``lam``, ``balance``, ``normalize`` and ``regularize_bias``
-    change W; ``k``, ``selector`` and ``max_tokens`` act at routing time."""
+    """Router settings. ``lam``, ``balance``, ``normalize``, ``regularize_bias`` and
+    ``identity`` change W; ``k``, ``selector`` and ``max_tokens`` act at routing time.
+
+    ``identity`` adds token-identity features (embedding ⊕ one-hot token id, see
+    :func:`~ir3de.solver.solve_identity`) with ridge μ: a number, ``"auto"`` (μ chosen per
+    router by closed-form leave-one-out error on the statistics themselves,
+    :func:`~ir3de.solver.choose_identity_mu`) or ``None`` (embedding features only, with the
+    reference code's unit-norm columns when ``normalize``)."""
 
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
@@ -67,14 +73,13 @@ class RouterConfig:
     normalize: bool = True
     regularize_bias: bool = True
     max_tokens: int = DEFAULT_MAX_TOKENS
-    # Ridge μ of token-identity features (see solver.solve_identity); None: dense only.
-    identity: float | None = None
+    identity: float | Literal["auto"] | None = "auto"
 
     def __post_init__(self) -> None:
-        if self.identity is not None and (not isinstance(self.identity, (int, float))
-                                          or not np.isfinite(self.identity)
-                                          or self.identity <= 0):
-            raise IR3DEError(f"identity μ must be a finite number > 0 (or None), "
+        if self.identity is not None and self.identity != "auto" and (
+                not isinstance(self.identity, (int, float)) or isinstance(self.identity, bool)
+                or not np.isfinite(self.identity) or self.identity <= 0):
+            raise IR3DEError(f"identity μ must be a finite number > 0, 'auto' or None, "
                              f"got {self.identity!r}")
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k <= 0:
             raise IR3DEError(f"k must be a positive integer, got {self.k!r}")
@@ -88,8 +93,10 @@ class RouterConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
-        """A named configuration: ``default`` (measured best) or ``paper`` (paper-faithful:
-        unbalanced ridge, entropy top-k selector)."""
+        """A named configuration: ``default`` (measured best: identity features with μ
+        chosen by leave-one-out, balanced domains, avg selector), ``dense`` (the same
+        without identity features) or ``paper`` (paper-faithful: unbalanced ridge on the
+        embedding only, unit-norm columns, entropy top-k selector)."""
         if name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
@@ -106,10 +113,8 @@ class RouterConfig:
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "paper": RouterConfig(k=PAPER_K, selector="topk", balance=False),
-    # Work in progress (issue 6): token-identity features, μ = 10 chosen on held-out fit
-    # data (benchmarks/explore_identity.py); not yet the default.
-    "identity": RouterConfig(identity=10.0),
+    "dense": RouterConfig(identity=None),
+    "paper": RouterConfig(k=PAPER_K, selector="topk", balance=False, identity=None),
 }
 
 
@@ -149,6 +154,7 @@ class _State:
     stats: Mapping[str, DomainStats]
     W: np.ndarray
     table: VocabScores
+    mu: float | None  # the identity ridge in use (chosen when the config says "auto")
 
 
 class Router:
@@ -213,15 +219,18 @@ class Router:
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig) -> _State:
+        ridge = {"lam": config.lam, "balance": config.balance,
+                 "regularize_bias": config.regularize_bias}
         if config.identity is not None:
-            W, U = solve_identity(stats, experts, self.embedder, mu=config.identity,
-                                  lam=config.lam, balance=config.balance,
-                                  regularize_bias=config.regularize_bias)
-            return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U))
+            mu = config.identity
+            if mu == "auto":
+                mu = choose_identity_mu(stats, experts, self.embedder, **ridge)[0]
+            W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
+            return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U), mu)
         A, B = design(stats, experts, balance=config.balance)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
                   normalize=config.normalize)
-        return _State(experts, dict(stats), W, vocab_scores(self.embedder, W))
+        return _State(experts, dict(stats), W, vocab_scores(self.embedder, W), None)
 
     @property
     def _fitted(self) -> _State:
@@ -239,6 +248,11 @@ class Router:
     def stats(self) -> dict[str, DomainStats]:
         """Each expert's statistics (what ``remove_expert`` would take away)."""
         return dict(self._fitted.stats)
+
+    @property
+    def identity_mu(self) -> float | None:
+        """The identity ridge μ in use (the chosen one when ``identity="auto"``), or None."""
+        return self._fitted.mu
 
     @property
     def W(self) -> np.ndarray:
@@ -326,7 +340,8 @@ class Router:
         state = self._fitted
         return _describe(self.config, self.embedder.name, self.embedder.fingerprint,
                          self.embedder.spec, self.embedder.dim,
-                         [_expert_meta(n, state.stats[n]) for n in state.experts])
+                         [_expert_meta(n, state.stats[n]) for n in state.experts],
+                         state.mu)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as one safetensors file (statistics + JSON settings), atomically."""
@@ -379,9 +394,9 @@ def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
 
 
 def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
-              dim: int, experts: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"config": asdict(config), "embedder_name": name, "fingerprint": fingerprint,
-            "embedder": spec, "dim": dim, "experts": experts}
+              dim: int, experts: list[dict[str, Any]], mu: float | None) -> dict[str, Any]:
+    return {"config": asdict(config), "identity_mu": mu, "embedder_name": name,
+            "fingerprint": fingerprint, "embedder": spec, "dim": dim, "experts": experts}
 
 
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:

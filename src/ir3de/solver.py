@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_LAMBDA", "design", "domain_weights", "solve", "solve_identity"]
+__all__ = ["DEFAULT_LAMBDA", "MU_GRID", "choose_identity_mu", "design", "domain_weights",
+           "identity_loo", "solve", "solve_identity"]
 
 DEFAULT_LAMBDA = 1e-2
 
@@ -70,11 +72,7 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
     """
     if lam < 0 or not np.isfinite(lam):
         raise IR3DEError(f"λ must be a finite number ≥ 0, got {lam}")
-    h1 = A.shape[0]
-    penalty = np.full(h1, float(lam))
-    if not regularize_bias:
-        penalty[-1] = 0.0
-    reg = A + np.diag(penalty)
+    reg = A + _penalty(A.shape[0], lam, regularize_bias)
     try:
         W = np.linalg.solve(reg, B)
     except np.linalg.LinAlgError:
@@ -88,6 +86,96 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
             raise IR3DEError("a domain column of W is zero: that domain has no data")
         W = W / norms
     return W
+
+
+# Grid of identity ridges searched by choose_identity_mu (log-spaced; wide enough that on
+# every built-in setting the pick is interior, BENCHMARKS.md "Choosing μ").
+MU_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+_ROWS_CACHE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, eq=False)
+class _IdentitySums:
+    """Weighted token counts of the identity problem: ``c`` (V,) all domains, ``C`` (V, D)."""
+
+    c: np.ndarray
+    C: np.ndarray
+    weights: np.ndarray  # (D,) per-token weight of each domain, in ``experts`` order
+    seen: np.ndarray  # ids with c > 0
+    _cache: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def blocks(self, embedder: Embedder) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, X̃)`` over the observed ids. A μ search visits them ~20 times, so they are
+        kept in memory when that costs at most _ROWS_CACHE_BYTES (h ≲ 1000 for a 32k
+        vocabulary); wider tables are re-read block by block instead."""
+        if self._cache:
+            return self._cache
+        if self.seen.size * (embedder.dim + 1) * 8 > _ROWS_CACHE_BYTES:
+            return _seen_blocks(self.seen, embedder)
+        self._cache.extend(_seen_blocks(self.seen, embedder))
+        return self._cache
+
+
+def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                   embedder: Embedder, balance: bool) -> _IdentitySums:
+    if not experts:
+        raise IR3DEError("a router needs at least one expert")
+    missing = [n for n in experts if stats[n].counts is None]
+    if missing:
+        raise StatsFormatError(f"statistics of {missing} carry no token counts (made by an "
+                               "older ir3de?): recompute them to use identity features, or "
+                               "use the 'dense' preset")
+    weights = domain_weights(stats, balance)
+    names = sorted(experts)  # canonical order: add/remove gives a refit's exact sums
+    c = weights[names[0]] * stats[names[0]].counts.astype(np.float64)
+    for n in names[1:]:
+        c += weights[n] * stats[n].counts
+    if c.shape != (embedder.vocab_size,):
+        raise StatsFormatError(f"token counts have length {c.shape[0]}, the embedder's "
+                               f"vocabulary {embedder.vocab_size}")
+    C = np.stack([weights[n] * stats[n].counts.astype(np.float64) for n in experts], axis=1)
+    return _IdentitySums(c, C, np.array([weights[n] for n in experts]), np.flatnonzero(c))
+
+
+def _penalty(h1: int, lam: float, regularize_bias: bool) -> np.ndarray:
+    penalty = np.full(h1, float(lam))
+    if not regularize_bias:
+        penalty[-1] = 0.0
+    return np.diag(penalty)
+
+
+def _seen_blocks(seen: np.ndarray, embedder: Embedder,
+                 block: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, X̃)`` over the token ids that occur, in blocks (bounded memory at large h)."""
+    for start in range(0, seen.size, block):
+        ids = seen[start:start + block]
+        X = np.empty((ids.size, embedder.dim + 1))
+        X[:, :-1] = embedder.rows(ids)
+        X[:, -1] = 1.0
+        yield ids, X
+
+
+def _identity_solve(sums: _IdentitySums, embedder: Embedder, mu: float, lam: float,
+                    regularize_bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Schur-complement solve: ``(W, U, S)`` with ``S`` the regularised (h+1)-square system.
+
+    Token ids that never occur contribute nothing to the system and get ``U = 0``, so only
+    the observed ones are visited.
+    """
+    c, C = sums.c, sums.C
+    h1 = embedder.dim + 1
+    M = np.zeros((h1, h1))
+    R = np.zeros((h1, C.shape[1]))
+    keep = mu / (c + mu)
+    for ids, X in sums.blocks(embedder):
+        M += X.T @ (X * (c[ids] * keep[ids])[:, None])
+        R += X.T @ (C[ids] * keep[ids, None])
+    M = (M + M.T) / 2
+    W = solve(M, R, lam=lam, regularize_bias=regularize_bias, normalize=False)
+    U = np.zeros_like(C)
+    for ids, X in sums.blocks(embedder):
+        U[ids] = (C[ids] - c[ids, None] * (X @ W)) / (c[ids] + mu)[:, None]
+    return W, U, M + _penalty(h1, lam, regularize_bias)
 
 
 def solve_identity(stats: Mapping[str, DomainStats], experts: Sequence[str],
@@ -104,40 +192,71 @@ def solve_identity(stats: Mapping[str, DomainStats], experts: Sequence[str],
 
     with ``C = [w_d c_d]``. Only per-domain token counts are needed, so the model stays a
     sum of per-domain statistics. ``μ`` is the identity block's ridge: large μ gives back
-    the dense model, small μ lets frequent tokens carry their own domain evidence.
+    the dense model, small μ lets frequent tokens carry their own domain evidence
+    (:func:`choose_identity_mu` picks it from the statistics alone).
     Columns are not rescaled (a unit-norm W would break the joint solution).
     """
+    _check_mu(mu)
+    sums = _identity_sums(stats, experts, embedder, balance)
+    W, U, _ = _identity_solve(sums, embedder, mu, lam, regularize_bias)
+    return W, U
+
+
+def _check_mu(mu: float) -> None:
     if not mu > 0 or not np.isfinite(mu):
         raise IR3DEError(f"the identity ridge μ must be a finite number > 0, got {mu}")
-    missing = [n for n in experts if stats[n].counts is None]
-    if missing:
-        raise StatsFormatError(f"statistics of {missing} carry no token counts (made by an "
-                               "older ir3de?): recompute them to use identity features")
-    weights = domain_weights(stats, balance)
-    names = sorted(experts)  # canonical order: add/remove gives a refit's exact sums
-    c = weights[names[0]] * stats[names[0]].counts.astype(np.float64)
-    for n in names[1:]:
-        c += weights[n] * stats[n].counts
-    if c.shape != (embedder.vocab_size,):
-        raise StatsFormatError(f"token counts have length {c.shape[0]}, the embedder's "
-                               f"vocabulary {embedder.vocab_size}")
-    C = np.stack([weights[n] * stats[n].counts.astype(np.float64) for n in experts], axis=1)
-    h1 = embedder.dim + 1
-    M = np.zeros((h1, h1))
-    R = np.zeros((h1, len(experts)))
-    keep = mu / (c + mu)
-    for start, rows in embedder.blocks():
-        stop = start + rows.shape[0]
-        X = np.empty((rows.shape[0], h1))
-        X[:, :-1] = rows
-        X[:, -1] = 1.0
-        M += X.T @ (X * (c[start:stop] * keep[start:stop])[:, None])
-        R += X.T @ (C[start:stop] * keep[start:stop, None])
-    W = solve((M + M.T) / 2, R, lam=lam, regularize_bias=regularize_bias, normalize=False)
-    U = np.empty_like(C)
-    for start, rows in embedder.blocks():
-        stop = start + rows.shape[0]
-        dense = rows @ W[:-1] + W[-1]
-        U[start:stop] = (C[start:stop] - c[start:stop, None] * dense) / \
-            (c[start:stop] + mu)[:, None]
-    return W, U
+
+
+def identity_loo(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                 embedder: Embedder, *, mu: float, lam: float = DEFAULT_LAMBDA,
+                 balance: bool = False, regularize_bias: bool = True) -> float:
+    """Exact leave-one-out squared error of the identity ridge, per unit of token weight.
+
+    Every training token is one observation ``(φ_t, y_t)``; the closed-form PRESS residual
+    of observation i is ``r_i / (1 - h_i)`` with leverage ``h_i = w_i φ_iᵀ (G + Λ)⁻¹ φ_i``.
+    Tokens with the same id share ``φ``, and the block inverse gives
+    ``φ_vᵀ (G + Λ)⁻¹ φ_v = 1/(c_v+μ) + (μ/(c_v+μ))² x̃_vᵀ S⁻¹ x̃_v`` (S the Schur system), so
+    the whole sum costs one pass over the observed vocabulary: no text, no refits.
+    """
+    _check_mu(mu)
+    sums = _identity_sums(stats, experts, embedder, balance)
+    return _loo(sums, embedder, mu, lam, regularize_bias)
+
+
+def _loo(sums: _IdentitySums, embedder: Embedder, mu: float, lam: float,
+         regularize_bias: bool) -> float:
+    W, U, S = _identity_solve(sums, embedder, mu, lam, regularize_bias)
+    S_inv = np.linalg.inv(S)
+    total = 0.0
+    for ids, X in sums.blocks(embedder):
+        scores = X @ W + U[ids]
+        c = sums.c[ids]
+        q = 1.0 / (c + mu) + (mu / (c + mu)) ** 2 * np.einsum("ij,ij->i", X @ S_inv, X)
+        lev = q[:, None] * sums.weights[None, :]  # (ids, D): leverage of a token in domain d
+        # ||e_d - s_v||² for every (v, d) without forming the one-hot targets.
+        sq = (scores ** 2).sum(axis=1, keepdims=True) - 2 * scores + 1.0
+        total += float((sums.C[ids] * sq / (1.0 - lev) ** 2).sum())
+    return total / float(sums.c.sum())
+
+
+def choose_identity_mu(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                       embedder: Embedder, *, lam: float = DEFAULT_LAMBDA,
+                       balance: bool = False, regularize_bias: bool = True,
+                       grid: Sequence[float] = MU_GRID) -> tuple[float, dict[float, float]]:
+    """The μ of ``grid`` with the lowest :func:`identity_loo` error, and every grid error.
+
+    Deterministic in the summed statistics, so a router that gained and lost an expert
+    picks the same μ as a full refit. Ties go to the larger μ (the smoother model).
+
+    Example:
+        >>> mu, errors = choose_identity_mu(router.stats, router.experts,
+        ...                                 router.embedder)  # doctest: +SKIP
+    """
+    if not grid:
+        raise IR3DEError("the μ grid is empty")
+    for mu in grid:
+        _check_mu(mu)
+    sums = _identity_sums(stats, experts, embedder, balance)
+    errors = {float(mu): _loo(sums, embedder, float(mu), lam, regularize_bias) for mu in grid}
+    best = min(errors, key=lambda m: (errors[m], -m))
+    return best, errors
