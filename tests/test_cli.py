@@ -281,10 +281,14 @@ def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
                             for d, texts in (("math", MATH), ("coding", CODE))
                             for i in range(3) for t in texts))
     code, _, err = run(capsys, "eval", "--fit", data, "--embedder", "wordllama",
-                       "--baselines", "--no-plots", "--out", tmp_path / "out", "-q")
+                       "--baselines", "--presets", "dense", "default", "--no-plots",
+                       "--out", tmp_path / "out", "-q")
     assert code == 0, err
-    (setting,) = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (setting,) = results["settings"]
     assert setting["setting"] == "custom" and setting["domains"] == ["math", "coding"]
+    assert results["meta"]["presets"] == ["dense", "default"]
+    assert {r["preset"] for r in setting["routers"]} == {"dense", "default"}
     assert not list((tmp_path / "out").glob("*.png"))
 
 

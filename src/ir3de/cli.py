@@ -447,8 +447,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for setting in settings:
         start = time.perf_counter()
         results.append(evaluate(setting, embedders=embedders, baselines=factories,
-                                scores=scores, score_kind=args.score_kind,
-                                progress=not args.quiet))
+                                presets=args.presets, scores=scores,
+                                score_kind=args.score_kind, progress=not args.quiet))
         if not args.quiet:
             best = max(results[-1]["routers"], key=lambda r: r["balanced"])
             print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
@@ -460,7 +460,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        f"Python {platform.python_version()}",
             "data_dir": str(data_dir), "seed": args.seed, "max_fit": args.max_fit,
             "max_test": args.max_test, "ir3de": __version__,
-            "embedders": [e.name for e in embedders], "baselines": baselines}
+            "embedders": [e.name for e in embedders], "presets": args.presets,
+            "baselines": baselines}
     report = write_report({"meta": meta, "settings": results}, args.out, plots=not args.no_plots)
     print(f"{report}: report written (results.json and plots beside it)", file=sys.stderr)
     return 0
@@ -640,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", metavar="NAME",
                    choices=["random", "knn", "tfidf", "modem"],
                    help="baselines to run (default: random knn tfidf, those installed)")
+    p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
+                   metavar="PRESET", help="router presets to evaluate, each over the whole "
+                   f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits and subsamples")
     p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
