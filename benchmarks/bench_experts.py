@@ -44,8 +44,9 @@ import numpy as np
 
 from ir3de import Router, RouterConfig, load_embedder
 from ir3de.embedding import Embedder
+from ir3de.router import PRESETS
 from ir3de.selector import vocab_scores
-from ir3de.solver import design, solve
+from ir3de.solver import choose_identity_mu, design, solve, solve_identity
 from ir3de.statistics import DomainStats, stats_from_counts
 
 VOCAB = 32000
@@ -122,6 +123,9 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
     W4 = router.W.copy()
     times: dict[str, list[float]] = {k: [] for k in (
         "add", "remove", "refit5", "refit4", "refit5_hist", "design", "solve", "scores")}
+    five = {n: stats[n] for n in [*base, new]}
+    ridge = {"lam": config.lam, "balance": config.balance,
+             "regularize_bias": config.regularize_bias}
     same_remove = same_add = True
     diff_remove = diff_add = 0.0
     for rnd in range(args.repeats + 1):  # round 0 is the warm-up
@@ -132,10 +136,19 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
         t_r5, ref5 = timed(lambda: refit([*base, new]))
         t_r4, _ = timed(lambda: refit(base))
         t_hist = timed(lambda: refit_hist([*base, new]))[0] if rnd < 2 or args.hist_every else 0.0
-        t_design, (A, B) = timed(design, stats, [*base, new], balance=config.balance)
-        t_solve, W = timed(solve, A, B, lam=config.lam, normalize=config.normalize,
-                           regularize_bias=config.regularize_bias)
-        t_scores, _ = timed(vocab_scores, emb, W)
+        if config.identity is None:
+            t_design, (A, B) = timed(design, stats, [*base, new], balance=config.balance)
+            t_solve, W = timed(solve, A, B, lam=config.lam, normalize=config.normalize,
+                               regularize_bias=config.regularize_bias)
+            t_scores, _ = timed(vocab_scores, emb, W)
+        else:  # "design" is the μ search here, "solve" the Schur solve at the chosen μ
+            mu = config.identity
+            if mu == "auto":
+                t_design, (mu, _) = timed(choose_identity_mu, five, list(five), emb, **ridge)
+            else:
+                t_design = 0.0
+            t_solve, (W, U) = timed(solve_identity, five, list(five), emb, mu=mu, **ridge)
+            t_scores, _ = timed(vocab_scores, emb, W, U)
         same_remove &= bool(np.array_equal(W4b, W4))
         same_add &= bool(np.array_equal(W5, ref5.W))
         diff_remove = max(diff_remove, float(np.abs(W4b - W4).max()))
@@ -151,6 +164,8 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
     add_b, rm_b = min(times["add"]), min(times["remove"])
     r5_b, r4_b, rh_b = min(times["refit5"]), min(times["refit4"]), min(times["refit5_hist"])
     d = args.domains
+    parts = ("design", "solve") if config.identity is None else \
+        ("choose_identity_mu", "solve_identity")
     rows = [
         f"| {h} | `add_expert` ({d} → {d + 1}) | {summary(times['add'])} | "
         f"{add_b / r5_b:.2f} x refit from stats; {rh_b / add_b:.0f}x faster than refit "
@@ -162,9 +177,9 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
         f"| {h} | baseline: refit from stats, {d} domains | {summary(times['refit4'])} | |",
         f"| {h} | baseline: refit from histograms, {d + 1} domains | "
         f"{summary(times['refit5_hist'])} | {rh_b / r5_b:.1f} x refit from stats |",
-        f"| {h} | of one re-solve ({d + 1} domains): `design` | {summary(times['design'])} | "
-        f"{100 * min(times['design']) / r5_b:.0f} % |",
-        f"| {h} | of one re-solve: `solve` | {summary(times['solve'])} | "
+        f"| {h} | of one re-solve ({d + 1} domains): `{parts[0]}` | "
+        f"{summary(times['design'])} | {100 * min(times['design']) / r5_b:.0f} % |",
+        f"| {h} | of one re-solve: `{parts[1]}` | {summary(times['solve'])} | "
         f"{100 * min(times['solve']) / r5_b:.0f} % |",
         f"| {h} | of one re-solve: `vocab_scores` | {summary(times['scores'])} | "
         f"{100 * min(times['scores']) / r5_b:.0f} % |",
@@ -191,7 +206,7 @@ def main() -> int:
     ap.add_argument("--nnz", type=int, default=4000,
                     help="distinct token ids per domain histogram (default 4000)")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    ap.add_argument("--preset", choices=["default", "paper"], default="default",
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
                     help="router settings (default: default, i.e. balanced)")
     ap.add_argument("--hist-every", action="store_true",
                     help="time the refit from histograms every round (default: 1 round, "
