@@ -1,6 +1,6 @@
 """Issue 6 exploration: token-identity features (embedding ⊕ one-hot token id), solved in
 closed form from per-domain token counts via a Schur complement (``ir3de.solver.
-solve_identity``; ``Router(identity=μ)``, the experimental ``identity`` preset).
+solve_identity``; ``Router(identity=μ)``; the ``default`` preset chooses μ itself).
 
 μ (the identity block's ridge) is chosen per split on a held-out 20 % of that split's FIT
 data, never on test prompts; μ = ∞ is the dense-only model (balanced ridge, avg selector,
