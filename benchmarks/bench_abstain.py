@@ -1,0 +1,76 @@
+"""Accuracy vs coverage when the router may abstain (send a prompt to the fallback expert).
+
+The default router's decision score is the winner's mean probability (``avg`` selector);
+its margin over the runner-up is the confidence used here. A threshold is chosen on a
+held-out 20 % of each split's FIT data as the margin quantile that keeps the target
+coverage there, then applied unchanged to the test prompts (never tuned on them). The
+gateway's ``confidence_threshold`` applies the same kind of cut to ``Decision.confidence``.
+
+Run:  python benchmarks/bench_abstain.py [--embedder wordllama] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from ir3de import Router, compute_stats, load_embedder
+from ir3de.eval import load_setting
+
+COVERAGES = (1.0, 0.95, 0.9, 0.8)
+
+
+def _margins(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted expert index and top-1 minus top-2 mean probability, per prompt."""
+    decisions = router.route_batch(texts, explain=True)
+    scores = np.array([[d.scores[e] for e in router.experts] for d in decisions])
+    top = np.sort(scores, axis=1)
+    return scores.argmax(axis=1), top[:, -1] - top[:, -2]
+
+
+def _balanced(pred: np.ndarray, gold: np.ndarray, keep: np.ndarray) -> float:
+    return float(np.mean([np.mean(pred[keep & (gold == d)] == d)
+                          for d in np.unique(gold) if (keep & (gold == d)).any()]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--embedder", default="wordllama")
+    ap.add_argument("--data", default="../shared/data")
+    args = ap.parse_args()
+    emb = load_embedder(args.embedder)
+    print(f"embedder {emb.name}, default preset; balanced accuracy (%) on the prompts the "
+          "router keeps; in brackets the test coverage overall and of the least-covered domain\n")
+    print("| setting / split | " + " | ".join(f"target coverage {100 * c:.0f} %"
+                                             for c in COVERAGES) + " |")
+    print("|---|" + "---|" * len(COVERAGES))
+    for name in ("reasoning-2fold", "reasoning-xdata", "domains"):
+        for split in load_setting(name, args.data).splits:
+            rng = np.random.default_rng(0)
+            inner, held_t = [], []
+            for d, texts in split.fit.items():
+                perm = rng.permutation(len(texts))
+                cut = int(0.8 * len(texts))
+                inner.append(compute_stats(emb, [texts[i] for i in perm[:cut]], domain=d))
+                held_t += [texts[i] for i in perm[cut:]]
+            _, held_margin = _margins(Router(emb).fit_stats(inner), held_t)
+            router = Router(emb).fit_stats(
+                [compute_stats(emb, t, domain=d) for d, t in split.fit.items()])
+            pred, margin = _margins(router, split.test_texts)
+            gold = np.array([router.experts.index(d) for d in split.test_labels])
+            cells = []
+            for cov in COVERAGES:
+                threshold = np.quantile(held_margin, 1 - cov) if cov < 1 else -np.inf
+                keep = margin >= threshold
+                worst = min(keep[gold == d].mean() for d in np.unique(gold))
+                cells.append(f"{100 * _balanced(pred, gold, keep):.1f} "
+                             f"({100 * keep.mean():.0f} %, ≥ {100 * worst:.0f} %)")
+            print(f"| {name} / {split.name} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
