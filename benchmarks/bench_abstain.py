@@ -15,6 +15,7 @@ import argparse
 import sys
 
 import numpy as np
+from _holdout import flatten, holdout
 
 from ir3de import Router, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -49,14 +50,9 @@ def main() -> int:
     print("|---|" + "---|" * len(COVERAGES))
     for name in ("reasoning-2fold", "reasoning-xdata", "domains"):
         for split in load_setting(name, args.data).splits:
-            rng = np.random.default_rng(0)
-            inner, held_t = [], []
-            for d, texts in split.fit.items():
-                perm = rng.permutation(len(texts))
-                cut = int(0.8 * len(texts))
-                inner.append(compute_stats(emb, [texts[i] for i in perm[:cut]], domain=d))
-                held_t += [texts[i] for i in perm[cut:]]
-            _, held_margin = _margins(Router(emb).fit_stats(inner), held_t)
+            inner, held = holdout(split.fit)
+            stats = [compute_stats(emb, t, domain=d) for d, t in inner.items()]
+            _, held_margin = _margins(Router(emb).fit_stats(stats), flatten(held)[0])
             router = Router(emb).fit_stats(
                 [compute_stats(emb, t, domain=d) for d, t in split.fit.items()])
             pred, margin = _margins(router, split.test_texts)

@@ -18,6 +18,7 @@ import argparse
 import sys
 
 import numpy as np
+from _holdout import holdout
 
 from ir3de import Router, compute_stats, load_embedder
 from ir3de.data import reasoning_split
@@ -40,13 +41,7 @@ def main() -> int:
     fit_all, _ = reasoning_split(args.data, protocol="xdata")  # test half ignored on purpose
     results: dict[tuple[bool, str, int], list[float]] = {}
     for seed in range(args.seeds):
-        rng = np.random.default_rng(seed)
-        fit, held = {}, {}
-        for domain, texts in fit_all.items():
-            perm = rng.permutation(len(texts))
-            cut = int(0.8 * len(texts))
-            fit[domain] = [texts[i] for i in perm[:cut]]
-            held[domain] = [texts[i] for i in perm[cut:]]
+        fit, held = holdout(fit_all, seed)
         stats = [compute_stats(emb, t, domain=d) for d, t in fit.items()]
         for balance in (False, True):
             router = Router(emb, balance=balance, identity=None).fit_stats(stats)

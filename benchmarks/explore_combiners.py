@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from _holdout import TokenizedSplit
 
 from ir3de import load_embedder
 from ir3de.eval import load_setting
@@ -113,28 +114,15 @@ def main() -> int:
     for name in args.settings:
         setting = load_setting(name, args.data)
         for split in setting.splits:
-            domains = list(split.fit)
-            rng = np.random.default_rng(0)
-            inner, held_ids, held_y = {}, [], []
-            full = {}
-            for j, d in enumerate(domains):
-                ids = [x for x in emb.encode_batch(split.fit[d]) if x.size]
-                full[d] = ids
-                perm = rng.permutation(len(ids))
-                cut = int(0.8 * len(ids))
-                inner[d] = [ids[i] for i in perm[:cut]]
-                held_ids += [ids[i] for i in perm[cut:]]
-                held_y += [j] * (len(ids) - cut)
-            test_ids = emb.encode_batch(split.test_texts)
-            test_y = np.array([domains.index(d) for d in split.test_labels])
-            inner_stats, full_stats = _fit_stats(emb, inner), _fit_stats(emb, full)
+            data = TokenizedSplit(emb, split)
+            inner_stats, full_stats = _fit_stats(emb, data.inner), _fit_stats(emb, data.fit)
             rows = []
             for mu in MUS:
-                held = _variants(_scores(emb, inner_stats, mu), held_ids)
-                test = _variants(_scores(emb, full_stats, mu), test_ids)
+                held = _variants(_scores(emb, inner_stats, mu), data.held)
+                test = _variants(_scores(emb, full_stats, mu), data.test)
                 for v in held:
-                    rows.append((f"μ={mu:g} {v}", _balanced(held[v], np.array(held_y)),
-                                 _balanced(test[v], test_y)))
+                    rows.append((f"μ={mu:g} {v}", _balanced(held[v], data.held_y),
+                                 _balanced(test[v], data.test_y)))
             best = max(rows, key=lambda r: r[1])
             print(f"## {name} / {split.name}: chosen on held-out fit: {best[0]} "
                   f"({100 * best[1]:.1f} → test {100 * best[2]:.1f})")

@@ -27,34 +27,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from _holdout import TokenizedSplit
 
 from ir3de import load_embedder
 from ir3de.eval import load_setting
 from ir3de.solver import solve
 
 LAM = 1e-2
-
-
-class Data:
-    """One split tokenised once: per-domain fit prompts with an inner 80/20 split, test."""
-
-    def __init__(self, emb, split) -> None:
-        self.domains = list(split.fit)
-        rng = np.random.default_rng(0)
-        self.fit: dict[str, list[np.ndarray]] = {}
-        self.inner: dict[str, list[np.ndarray]] = {}
-        self.held, held_y = [], []
-        for j, d in enumerate(self.domains):
-            ids = [x for x in emb.encode_batch(split.fit[d]) if x.size]
-            perm = rng.permutation(len(ids))
-            cut = int(0.8 * len(ids))
-            self.fit[d] = ids
-            self.inner[d] = [ids[i] for i in perm[:cut]]
-            self.held += [ids[i] for i in perm[cut:]]
-            held_y += [j] * (len(ids) - cut)
-        self.held_y = np.array(held_y)
-        self.test = emb.encode_batch(split.test_texts)
-        self.test_y = np.array([self.domains.index(d) for d in split.test_labels])
 
 
 def _balanced(scores: np.ndarray, gold: np.ndarray) -> float:
@@ -215,7 +194,7 @@ def main() -> int:
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
     for name in args.settings:
         for split in load_setting(name, args.data).splits:
-            data = Data(emb, split)
+            data = TokenizedSplit(emb, split)
             best: dict[str, tuple[str, float, float]] = {}
             print(f"## {name} / {split.name}")
             for label, make in _grid().items():

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 import numpy as np
+from _holdout import flatten, holdout
 
 from ir3de import Router, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -49,14 +50,9 @@ def main() -> int:
     for name in ("reasoning-2fold", "reasoning-xdata", "domains"):
         setting = load_setting(name, args.data)
         for split in setting.splits:
-            rng = np.random.default_rng(0)
-            inner, held_t, held_y = [], [], []
-            for d, texts in split.fit.items():
-                perm = rng.permutation(len(texts))
-                cut = int(0.8 * len(texts))
-                inner.append(compute_stats(emb, [texts[i] for i in perm[:cut]], domain=d))
-                held_t += [texts[i] for i in perm[cut:]]
-                held_y += [d] * (len(texts) - cut)
+            inner_texts, held_texts = holdout(split.fit)
+            inner = [compute_stats(emb, t, domain=d) for d, t in inner_texts.items()]
+            held_t, held_y = flatten(held_texts)
             held = {mu: _balanced(_router(emb, inner, mu), held_t, held_y) for mu in MUS}
             best = max(MUS, key=lambda m: (round(held[m], 4), -MUS.index(m)))
             full = [compute_stats(emb, t, domain=d) for d, t in split.fit.items()]
