@@ -17,7 +17,10 @@ Measured per h, best and median of ``--repeats`` rounds after a warm-up round:
   system without stored statistics would redo;
 * where the time of one re-solve goes: ``solver.design`` (sum of the A_d),
   ``solver.solve`` (LU solve of the (h+1) x (h+1) system) and
-  ``selector.vocab_scores`` (per-vocabulary probabilities/entropy/votes).
+  ``selector.vocab_scores`` (per-vocabulary probabilities/entropy/votes); with identity
+  features, ``solver.solve_identity_auto`` (the μ search, which keeps its solve at the
+  chosen μ; what the router runs), one ``solver.solve_identity`` at that μ alone (what a
+  fixed μ would cost instead) and ``vocab_scores``.
 
 It also checks (and prints) that add-then-remove gives back bit-identical W, and
 that add gives the W of a full refit on the 5 domains.
@@ -46,7 +49,7 @@ from ir3de import Router, RouterConfig, load_embedder
 from ir3de.embedding import Embedder
 from ir3de.router import PRESETS
 from ir3de.selector import vocab_scores
-from ir3de.solver import choose_identity_mu, design, solve, solve_identity
+from ir3de.solver import design, solve, solve_identity, solve_identity_auto
 from ir3de.statistics import DomainStats, stats_from_counts
 
 VOCAB = 32000
@@ -141,10 +144,11 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
             t_solve, W = timed(solve, A, B, lam=config.lam, normalize=config.normalize,
                                regularize_bias=config.regularize_bias)
             t_scores, _ = timed(vocab_scores, emb, W)
-        else:  # "design" is the μ search here, "solve" the Schur solve at the chosen μ
+        else:  # "design": the μ search (with its solve at the best μ); "solve": one solve
             mu = config.identity
             if mu == "auto":
-                t_design, (mu, _) = timed(choose_identity_mu, five, list(five), emb, **ridge)
+                t_design, (_, _, mu) = timed(solve_identity_auto, five, list(five), emb,
+                                             **ridge)
             else:
                 t_design = 0.0
             t_solve, (W, U) = timed(solve_identity, five, list(five), emb, mu=mu, **ridge)
@@ -165,7 +169,7 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
     r5_b, r4_b, rh_b = min(times["refit5"]), min(times["refit4"]), min(times["refit5_hist"])
     d = args.domains
     parts = ("design", "solve") if config.identity is None else \
-        ("choose_identity_mu", "solve_identity")
+        ("solve_identity_auto", "solve_identity")
     rows = [
         f"| {h} | `add_expert` ({d} → {d + 1}) | {summary(times['add'])} | "
         f"{add_b / r5_b:.2f} x refit from stats; {rh_b / add_b:.0f}x faster than refit "

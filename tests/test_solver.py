@@ -174,7 +174,12 @@ def test_identity_loo_equals_brute_force_leave_one_out(emb, toy_stats, balance: 
 
 
 def test_choose_identity_mu_picks_the_lowest_loo_error(emb, toy_stats) -> None:
-    from ir3de.solver import choose_identity_mu, identity_loo
+    from ir3de.solver import (
+        choose_identity_mu,
+        identity_loo,
+        solve_identity,
+        solve_identity_auto,
+    )
 
     experts = list(toy_stats)
     mu, errors = choose_identity_mu(toy_stats, experts, emb, grid=(0.5, 5.0, 500.0))
@@ -183,5 +188,12 @@ def test_choose_identity_mu_picks_the_lowest_loo_error(emb, toy_stats) -> None:
     assert errors[5.0] == identity_loo(toy_stats, experts, emb, mu=5.0)
     with pytest.raises(IR3DEError, match="grid is empty"):
         choose_identity_mu(toy_stats, experts, emb, grid=())
+    # The router's path keeps the search's solve at the chosen μ: the same arrays as
+    # solving again at that μ.
+    W, U, chosen = solve_identity_auto(toy_stats, experts, emb, grid=(0.5, 5.0, 500.0))
+    assert chosen == mu
+    W2, U2 = solve_identity(toy_stats, experts, emb, mu=mu)
+    np.testing.assert_array_equal(W, W2)
+    np.testing.assert_array_equal(U, U2)
     with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
         choose_identity_mu(toy_stats, experts, emb, grid=(1.0, -2.0))

@@ -36,7 +36,7 @@ from .errors import (
     StatsFormatError,
 )
 from .selector import SELECTORS, VocabScores, select, vocab_scores
-from .solver import DEFAULT_LAMBDA, choose_identity_mu, design, solve, solve_identity
+from .solver import DEFAULT_LAMBDA, design, solve, solve_identity, solve_identity_auto
 from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
 from .store import read_safetensors, write_safetensors
 
@@ -224,8 +224,9 @@ class Router:
         if config.identity is not None:
             mu = config.identity
             if mu == "auto":
-                mu = choose_identity_mu(stats, experts, self.embedder, **ridge)[0]
-            W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
+                W, U, mu = solve_identity_auto(stats, experts, self.embedder, **ridge)
+            else:
+                W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
             return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U), mu)
         A, B = design(stats, experts, balance=config.balance)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,

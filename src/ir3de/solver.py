@@ -25,7 +25,7 @@ from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
 __all__ = ["DEFAULT_LAMBDA", "MU_GRID", "choose_identity_mu", "design", "domain_weights",
-           "identity_loo", "solve", "solve_identity"]
+           "identity_loo", "solve", "solve_identity", "solve_identity_auto"]
 
 DEFAULT_LAMBDA = 1e-2
 
@@ -220,12 +220,12 @@ def identity_loo(stats: Mapping[str, DomainStats], experts: Sequence[str],
     """
     _check_mu(mu)
     sums = _identity_sums(stats, experts, embedder, balance)
-    return _loo(sums, embedder, mu, lam, regularize_bias)
+    return _loo(sums, embedder, mu, *_identity_solve(sums, embedder, mu, lam, regularize_bias))
 
 
-def _loo(sums: _IdentitySums, embedder: Embedder, mu: float, lam: float,
-         regularize_bias: bool) -> float:
-    W, U, S = _identity_solve(sums, embedder, mu, lam, regularize_bias)
+def _loo(sums: _IdentitySums, embedder: Embedder, mu: float, W: np.ndarray, U: np.ndarray,
+         S: np.ndarray) -> float:
+    """PRESS error of the identity ridge solved at ``mu`` as ``(W, U, S)``."""
     S_inv = np.linalg.inv(S)
     total = 0.0
     for ids, X in sums.blocks(embedder):
@@ -252,11 +252,36 @@ def choose_identity_mu(stats: Mapping[str, DomainStats], experts: Sequence[str],
         >>> mu, errors = choose_identity_mu(router.stats, router.experts,
         ...                                 router.embedder)  # doctest: +SKIP
     """
+    mu, errors, _, _ = _search(_identity_sums(stats, experts, embedder, balance), embedder,
+                               grid, lam, regularize_bias)
+    return mu, errors
+
+
+def solve_identity_auto(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                        embedder: Embedder, *, lam: float = DEFAULT_LAMBDA,
+                        balance: bool = False, regularize_bias: bool = True,
+                        grid: Sequence[float] = MU_GRID
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(W, U, μ)``: :func:`solve_identity` at the μ :func:`choose_identity_mu` picks,
+    reusing the search's own solve at that μ instead of solving once more."""
+    mu, _, W, U = _search(_identity_sums(stats, experts, embedder, balance), embedder, grid,
+                          lam, regularize_bias)
+    return W, U, mu
+
+
+def _search(sums: _IdentitySums, embedder: Embedder, grid: Sequence[float], lam: float,
+            regularize_bias: bool) -> tuple[float, dict[float, float], np.ndarray, np.ndarray]:
+    """Best μ of ``grid`` (ties to the larger μ), every error, and ``(W, U)`` at the best."""
     if not grid:
         raise IR3DEError("the μ grid is empty")
     for mu in grid:
         _check_mu(mu)
-    sums = _identity_sums(stats, experts, embedder, balance)
-    errors = {float(mu): _loo(sums, embedder, float(mu), lam, regularize_bias) for mu in grid}
-    best = min(errors, key=lambda m: (errors[m], -m))
-    return best, errors
+    errors: dict[float, float] = {}
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for mu in map(float, grid):
+        W, U, S = _identity_solve(sums, embedder, mu, lam, regularize_bias)
+        errors[mu] = _loo(sums, embedder, mu, W, U, S)
+        if best is None or (errors[mu], -mu) < (errors[best[0]], -best[0]):
+            best = (mu, W, U)  # only the best solve is kept: U is vocabulary-sized
+    assert best is not None
+    return best[0], errors, best[1], best[2]
