@@ -2,15 +2,20 @@
 
 Every script that picks a setting (selector, k, μ, pooling, threshold) does it on a seeded
 20 % of each domain's FIT prompts, never on test prompts; this module is that split, so
-they all hold out the same prompts for a seed.
+they all hold out the same prompts for a seed. The ``explore_*`` scripts also share their
+command line, the loop over tokenised splits, the balanced accuracy and the per-family
+choice from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import argparse
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+
+from ir3de.eval import load_setting
 
 T = TypeVar("T")
 
@@ -49,3 +54,41 @@ class TokenizedSplit:
         self.held_y = np.array([self.domains.index(d) for d in held_labels])
         self.test = emb.encode_batch(split.test_texts)
         self.test_y = np.array([self.domains.index(d) for d in split.test_labels])
+
+
+def explore_args(doc: str, settings: Sequence[str]) -> argparse.Namespace:
+    """The command line of every ``explore_*`` script: ``--embedder``, ``--data``,
+    ``--settings`` (default ``settings``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--embedder", default="wordllama")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--settings", nargs="+", default=list(settings))
+    return ap.parse_args()
+
+
+def tokenized_splits(emb, names: Sequence[str],
+                     data_dir: str) -> Iterator[tuple[str, TokenizedSplit]]:
+    """``("setting / split", TokenizedSplit)`` for every split of every named setting."""
+    for name in names:
+        for split in load_setting(name, data_dir).splits:
+            yield f"{name} / {split.name}", TokenizedSplit(emb, split)
+
+
+def balanced(scores: np.ndarray, gold: np.ndarray) -> float:
+    """Balanced accuracy of the argmax of per-prompt ``scores`` (P, D) against ``gold``."""
+    pred = scores.argmax(axis=1)
+    return float(np.mean([np.mean(pred[gold == d] == d) for d in np.unique(gold)]))
+
+
+def best_per_family(rows: Sequence[tuple[str, float, float]]
+                    ) -> dict[str, tuple[str, float, float, int]]:
+    """For ``(label, held, test)`` rows, the first row with the highest held-out score of each
+    family (the label's first word), and how many rows of that family tie with it."""
+    best: dict[str, tuple[str, float, float, int]] = {}
+    for label, held, test in rows:
+        family = label.split()[0]
+        if family not in best or held > best[family][1]:
+            best[family] = (label, held, test, 1)
+        elif held == best[family][1]:
+            best[family] = (*best[family][:3], best[family][3] + 1)
+    return best

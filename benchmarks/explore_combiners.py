@@ -23,15 +23,13 @@ Run:  python benchmarks/explore_combiners.py [--embedder wordllama] [--data ../s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 import numpy as np
-from _holdout import TokenizedSplit
+from _holdout import balanced, explore_args, tokenized_splits
 
 from ir3de import load_embedder
-from ir3de.eval import load_setting
 from ir3de.solver import design, solve, solve_identity
 from ir3de.statistics import stats_from_counts
 
@@ -88,11 +86,6 @@ def _variants(s: np.ndarray, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def _balanced(pooled: np.ndarray, gold: np.ndarray) -> float:
-    pred = pooled.argmax(axis=1)
-    return float(np.mean([np.mean(pred[gold == d] == d) for d in np.unique(gold)]))
-
-
 def _fit_stats(emb, groups: dict[str, list[np.ndarray]]) -> dict:
     out = {}
     for d, ids in groups.items():
@@ -102,33 +95,25 @@ def _fit_stats(emb, groups: dict[str, list[np.ndarray]]) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--settings", nargs="+",
-                    default=["reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains"])
-    args = ap.parse_args()
+    args = explore_args(__doc__, ["reasoning-paper", "reasoning-2fold", "reasoning-xdata",
+                                  "domains"])
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
-    for name in args.settings:
-        setting = load_setting(name, args.data)
-        for split in setting.splits:
-            data = TokenizedSplit(emb, split)
-            inner_stats, full_stats = _fit_stats(emb, data.inner), _fit_stats(emb, data.fit)
-            rows = []
-            for mu in MUS:
-                held = _variants(_scores(emb, inner_stats, mu), data.held)
-                test = _variants(_scores(emb, full_stats, mu), data.test)
-                for v in held:
-                    rows.append((f"μ={mu:g} {v}", _balanced(held[v], data.held_y),
-                                 _balanced(test[v], data.test_y)))
-            best = max(rows, key=lambda r: r[1])
-            print(f"## {name} / {split.name}: chosen on held-out fit: {best[0]} "
-                  f"({100 * best[1]:.1f} → test {100 * best[2]:.1f})")
-            for label, h, t in rows:
-                print(f"  {label:28s} {100 * h:5.1f} → {100 * t:5.1f}")
-            sys.stdout.flush()
+    for name, data in tokenized_splits(emb, args.settings, args.data):
+        inner_stats, full_stats = _fit_stats(emb, data.inner), _fit_stats(emb, data.fit)
+        rows = []
+        for mu in MUS:
+            held = _variants(_scores(emb, inner_stats, mu), data.held)
+            test = _variants(_scores(emb, full_stats, mu), data.test)
+            for v in held:
+                rows.append((f"μ={mu:g} {v}", balanced(held[v], data.held_y),
+                             balanced(test[v], data.test_y)))
+        best = max(rows, key=lambda r: r[1])
+        print(f"## {name}: chosen on held-out fit: {best[0]} "
+              f"({100 * best[1]:.1f} → test {100 * best[2]:.1f})")
+        for label, h, t in rows:
+            print(f"  {label:28s} {100 * h:5.1f} → {100 * t:5.1f}")
+        sys.stdout.flush()
     return 0
 
 

@@ -26,20 +26,17 @@ Run:  python benchmarks/explore_counts.py [--embedder wordllama] [--settings dom
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import TokenizedSplit
+from _holdout import balanced, best_per_family, explore_args, tokenized_splits
 from explore_combiners import _fit_stats, _scores
 from explore_document import _default_table
-from explore_dropped import _balanced
 
 from ir3de import load_embedder
-from ir3de.eval import load_setting
 
 PAIR_BUCKETS = 1 << 20
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -75,15 +72,12 @@ class _Counts:
     def __init__(self, groups: Groups, tf: str, n_features: int, bigram: bool) -> None:
         mats = [_features(ids, tf, n_features, bigram) for ids in groups.values()]
         self.C = np.stack([np.asarray(M.sum(axis=0)).ravel() for M in mats], axis=1)
-        self.df = sum(np.asarray((M > 0).sum(axis=0)).ravel() for M in mats)
-        self.n_docs = sum(M.shape[0] for M in mats)
-
-    def idf(self) -> np.ndarray:
-        return np.log(self.n_docs / np.maximum(self.df, 1))
+        df = sum(np.asarray((M > 0).sum(axis=0)).ravel() for M in mats)
+        self.idf = np.log(sum(M.shape[0] for M in mats) / np.maximum(df, 1))
 
     def table(self, alpha: float, idf: bool = False, comp: bool = False,
               wn: bool = False, pseudo: np.ndarray | None = None) -> np.ndarray:
-        C = self.C * self.idf()[:, None] if idf else self.C
+        C = self.C * self.idf[:, None] if idf else self.C
         if comp:  # complement NB: evidence against every other domain
             C = C.sum(axis=1, keepdims=True) - C
         num = C + alpha + (0 if pseudo is None else pseudo)
@@ -95,12 +89,10 @@ class _Counts:
         return L - L.mean(axis=1, keepdims=True)
 
 
-def _embedding_prior(emb, groups: Groups, n_features: int) -> np.ndarray:
+def _embedding_prior(emb, groups: Groups) -> np.ndarray:
     """Balanced embedding-only ridge posterior of each token id (clipped, renormalised)."""
     p = np.clip(_scores(emb, _fit_stats(emb, groups), np.inf), 1e-3, None)
-    out = np.zeros((n_features, p.shape[1]))
-    out[:p.shape[0]] = p / p.sum(axis=1, keepdims=True)
-    return out
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def _variants(emb, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -108,14 +100,14 @@ def _variants(emb, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarr
     V = emb.vocab_size
     out: dict[str, np.ndarray] = {}
     default = _default_table(emb, fit)
-    prior = _embedding_prior(emb, fit, V)
+    prior = _embedding_prior(emb, fit)
     for tf in ("raw", "log", "bin"):
         counts = _Counts(fit, tf, V, bigram=False)
         M = _features(ids, tf, V, bigram=False)
+        weighted = (M, M @ sp.diags(counts.idf))  # without / with IDF weights
         for idf, comp, wn, alpha in itertools.product((0, 1), (0, 1), (0, 1), ALPHAS):
             L = counts.table(alpha, bool(idf), bool(comp), bool(wn))
-            Mi = M @ sp.diags(counts.idf()) if idf else M
-            out[f"nb {tf} idf={idf} comp={comp} wn={wn} a={alpha:g}"] = Mi @ L
+            out[f"nb {tf} idf={idf} comp={comp} wn={wn} a={alpha:g}"] = weighted[idf] @ L
         weight = np.asarray(M.sum(axis=1))
         for alpha in ALPHAS[1:4]:
             L = counts.table(alpha)
@@ -134,35 +126,23 @@ def _variants(emb, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarr
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--settings", nargs="+",
-                    default=["reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains"])
-    args = ap.parse_args()
+    args = explore_args(__doc__, ["reasoning-paper", "reasoning-2fold", "reasoning-xdata",
+                                  "domains"])
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
-    for name in args.settings:
-        for split in load_setting(name, args.data).splits:
-            data = TokenizedSplit(emb, split)
-            held = _variants(emb, data.inner, data.held)
-            test = _variants(emb, data.fit, data.test)
-            print(f"## {name} / {split.name}")
-            best: dict[str, tuple[str, float, float, int]] = {}
-            for label in held:
-                h = _balanced(held[label], data.held_y)
-                t = _balanced(test[label], data.test_y)
-                print(f"  {label:40s} {100 * h:5.1f} → {100 * t:5.1f}")
-                family = label.split()[0]
-                if family not in best or h > best[family][1]:
-                    best[family] = (label, h, t, 1)
-                elif h == best[family][1]:
-                    best[family] = (*best[family][:3], best[family][3] + 1)
-            for family, (label, h, t, ties) in best.items():
-                print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f}; "
-                      f"{ties} variant(s) tie on held-out)")
-            print(flush=True)
+    for name, data in tokenized_splits(emb, args.settings, args.data):
+        held = _variants(emb, data.inner, data.held)
+        test = _variants(emb, data.fit, data.test)
+        print(f"## {name}")
+        rows = []
+        for label in held:
+            h, t = balanced(held[label], data.held_y), balanced(test[label], data.test_y)
+            print(f"  {label:40s} {100 * h:5.1f} → {100 * t:5.1f}")
+            rows.append((label, h, t))
+        for family, (label, h, t, ties) in best_per_family(rows).items():
+            print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f}; "
+                  f"{ties} variant(s) tie on held-out)")
+        print(flush=True)
     return 0
 
 

@@ -29,36 +29,28 @@ Run:  python benchmarks/explore_document.py [--embedder wordllama] [--settings d
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import TokenizedSplit, flatten, holdout
-from explore_dropped import _balanced, _mean_features, _table
+from _holdout import balanced, best_per_family, explore_args, flatten, holdout, tokenized_splits
+from explore_combiners import _fit_stats, _pool
+from explore_dropped import _bag, _mean_features, _table
 from sklearn.cluster import KMeans
 
 from ir3de import load_embedder
-from ir3de.eval import load_setting
 from ir3de.selector import vocab_scores
 from ir3de.solver import solve_identity_auto
-from ir3de.statistics import stats_from_counts
 
 BUCKETS = 4096
 Groups = dict[str, list[np.ndarray]]
 Scorer = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
-def _pool(table: np.ndarray, ids: Sequence[np.ndarray]) -> np.ndarray:
-    return np.stack([table[x].mean(axis=0) for x in ids])
-
-
 def _default_table(emb, groups: Groups) -> np.ndarray:
     """Per-token probabilities of the ``default`` preset (identity features, μ by LOO)."""
-    stats = {d: stats_from_counts(emb, np.bincount(np.concatenate(ids),
-                                                   minlength=emb.vocab_size),
-                                  domain=d, n_prompts=len(ids)) for d, ids in groups.items()}
+    stats = _fit_stats(emb, groups)
     W, U, _ = solve_identity_auto(stats, list(stats), emb, balance=True)
     return vocab_scores(emb, W, U).probs
 
@@ -82,10 +74,7 @@ class _Doc:
                                     shape=(V, BUCKETS))
 
     def _features(self, docs: Sequence[np.ndarray]) -> np.ndarray:
-        rows = np.repeat(np.arange(len(docs)), [x.size for x in docs])
-        vals = np.concatenate([np.full(x.size, 1.0 / x.size) for x in docs])
-        bag = sp.csr_matrix((vals, (rows, np.concatenate(docs))),
-                            shape=(len(docs), self.X.shape[0]))
+        bag = _bag(docs, self.X.shape[0])
         return np.hstack([np.asarray(bag @ self.X), (bag @ self.hasher).toarray()])
 
     def table(self, groups: Groups, lam: float, w: int | None = None) -> np.ndarray:
@@ -125,10 +114,10 @@ def _blends(emb, doc: _Doc, fit: Groups) -> tuple[dict[str, Scorer], np.ndarray,
     """The default and its blends with ``doc`` (λ = 1e-2), fitted on ``fit``; also returns
     both per-token tables."""
     base, discriminative = _default_table(emb, fit), doc.table(fit, 1e-2)
-    out: dict[str, Scorer] = {"default (gamma=0)": lambda ids: _pool(base, ids)}
+    out: dict[str, Scorer] = {"default (gamma=0)": lambda ids: _pool(ids, base)}
     for gamma in (0.03, 0.1, 0.3, 1.0):
         blended = base + gamma * discriminative
-        out[f"blend gamma={gamma:g}"] = lambda ids, T=blended: _pool(T, ids)
+        out[f"blend gamma={gamma:g}"] = lambda ids, T=blended: _pool(ids, T)
     return out, base, discriminative
 
 
@@ -138,11 +127,11 @@ def _candidates(emb, X: np.ndarray, doc: _Doc, fit: Groups) -> dict[str, Scorer]
     out, base, discriminative = _blends(emb, doc, fit)
     for lam in (1e-2, 1.0, 100.0, 1e4):
         T = discriminative if lam == 1e-2 else doc.table(fit, lam)
-        out[f"doc λ={lam:g}"] = lambda ids, T=T: _pool(T, ids)
+        out[f"doc λ={lam:g}"] = lambda ids, T=T: _pool(ids, T)
     for w in (8, 32):
         for lam in (1e-2, 1.0):
             T = doc.table(fit, lam, w)
-            out[f"window w={w} λ={lam:g}"] = lambda ids, T=T: _pool(T, ids)
+            out[f"window w={w} λ={lam:g}"] = lambda ids, T=T: _pool(ids, T)
     sub, rest = holdout(fit, seed=1)
     distance = _gate(X, sub)
     near = distance(flatten(rest)[0])
@@ -151,8 +140,7 @@ def _candidates(emb, X: np.ndarray, doc: _Doc, fit: Groups) -> dict[str, Scorer]
 
         def gated(ids, threshold=threshold):
             inside = distance(ids) <= threshold
-            # doc scores are ~one-hot, so x100 makes an in-distribution prompt follow doc
-            return np.where(inside[:, None], 100 * _pool(discriminative, ids), _pool(base, ids))
+            return np.where(inside[:, None], _pool(ids, discriminative), _pool(ids, base))
         out[f"gate q={q:g}"] = gated
     return out
 
@@ -176,42 +164,33 @@ def _cluster_folds(X: np.ndarray, groups: Groups, k: int = 5) -> list[tuple[Grou
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--settings", nargs="+", default=["domains", "reasoning-xdata"])
-    args = ap.parse_args()
+    args = explore_args(__doc__, ["domains", "reasoning-xdata"])
     emb = load_embedder(args.embedder)
     X = _table(emb)
     doc = _Doc(X)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test "
           "[leave-one-cluster-out for blend]\n")
-    for name in args.settings:
-        for split in load_setting(name, args.data).splits:
-            data = TokenizedSplit(emb, split)
-            held = _candidates(emb, X, doc, data.inner)
-            test = _candidates(emb, X, doc, data.fit)
-            clustered: dict[str, list[float]] = {}
-            for fit, ids, gold in _cluster_folds(X, data.fit):
-                for label, score in _blends(emb, doc, fit)[0].items():
-                    clustered.setdefault(label, []).append(_balanced(score(ids), gold))
-            print(f"## {name} / {split.name}")
-            best: dict[str, tuple[str, float, float]] = {}
-            for label in held:
-                h = _balanced(held[label](data.held), data.held_y)
-                t = _balanced(test[label](data.test), data.test_y)
-                extra = (f" [{100 * np.mean(clustered[label]):5.1f}]"
-                         if label in clustered else "")
-                print(f"  {label:24s} {100 * h:5.1f} → {100 * t:5.1f}{extra}", flush=True)
-                family = label.split()[0]
-                if family not in best or h > best[family][1]:
-                    best[family] = (label, h, t)
-            for family, (label, h, t) in best.items():
-                print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f})")
-            pick = max(clustered, key=lambda lab: np.mean(clustered[lab]))
-            print(f"  chosen by cluster hold-out among default/blend: {pick} "
-                  f"(test {100 * _balanced(test[pick](data.test), data.test_y):.1f})\n")
+    for name, data in tokenized_splits(emb, args.settings, args.data):
+        held = _candidates(emb, X, doc, data.inner)
+        test = _candidates(emb, X, doc, data.fit)
+        clustered: dict[str, list[float]] = {}
+        for fit, ids, gold in _cluster_folds(X, data.fit):
+            for label, score in _blends(emb, doc, fit)[0].items():
+                clustered.setdefault(label, []).append(balanced(score(ids), gold))
+        print(f"## {name}")
+        rows = []
+        for label in held:
+            h = balanced(held[label](data.held), data.held_y)
+            t = balanced(test[label](data.test), data.test_y)
+            extra = f" [{100 * np.mean(clustered[label]):5.1f}]" if label in clustered else ""
+            print(f"  {label:24s} {100 * h:5.1f} → {100 * t:5.1f}{extra}", flush=True)
+            rows.append((label, h, t))
+        for family, (label, h, t, _) in best_per_family(rows).items():
+            print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f})")
+        pick = max(clustered, key=lambda lab: np.mean(clustered[lab]))
+        test_of = {label: t for label, _, t in rows}
+        print(f"  chosen by cluster hold-out among default/blend: {pick} "
+              f"(test {100 * test_of[pick]:.1f})\n")
     return 0
 
 

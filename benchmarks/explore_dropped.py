@@ -21,24 +21,17 @@ Run:  python benchmarks/explore_dropped.py [--embedder wordllama] [--settings do
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import TokenizedSplit
+from _holdout import balanced, best_per_family, explore_args, tokenized_splits
 
 from ir3de import load_embedder
-from ir3de.eval import load_setting
 from ir3de.solver import solve
 
 LAM = 1e-2
-
-
-def _balanced(scores: np.ndarray, gold: np.ndarray) -> float:
-    pred = scores.argmax(axis=1)
-    return float(np.mean([np.mean(pred[gold == d] == d) for d in np.unique(gold)]))
 
 
 def _table(emb) -> np.ndarray:
@@ -135,11 +128,15 @@ def _weighted(X: np.ndarray, groups: dict[str, list[np.ndarray]], mu: float, kin
 
 
 # ---------------------------------------------------------------- doc level
-def _mean_features(X: np.ndarray, ids: Sequence[np.ndarray]) -> np.ndarray:
+def _bag(ids: Sequence[np.ndarray], V: int) -> sp.csr_matrix:
+    """Prompts x vocabulary: each token's share of its prompt (rows sum to 1)."""
     rows = np.repeat(np.arange(len(ids)), [x.size for x in ids])
     vals = np.concatenate([np.full(x.size, 1.0 / x.size) for x in ids])
-    bow = sp.csr_matrix((vals, (rows, np.concatenate(ids))), shape=(len(ids), X.shape[0]))
-    return np.asarray(bow @ X)
+    return sp.csr_matrix((vals, (rows, np.concatenate(ids))), shape=(len(ids), V))
+
+
+def _mean_features(X: np.ndarray, ids: Sequence[np.ndarray]) -> np.ndarray:
+    return np.asarray(_bag(ids, X.shape[0]) @ X)
 
 
 def _doc(X: np.ndarray, groups: dict[str, list[np.ndarray]], lam: float,
@@ -183,29 +180,20 @@ def _grid() -> dict[str, Callable]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--settings", nargs="+", default=["domains", "reasoning-xdata"])
-    args = ap.parse_args()
+    args = explore_args(__doc__, ["domains", "reasoning-xdata"])
     emb = load_embedder(args.embedder)
     X = _table(emb)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
-    for name in args.settings:
-        for split in load_setting(name, args.data).splits:
-            data = TokenizedSplit(emb, split)
-            best: dict[str, tuple[str, float, float]] = {}
-            print(f"## {name} / {split.name}")
-            for label, make in _grid().items():
-                held = _balanced(make(X, data.inner)(data.held), data.held_y)
-                test = _balanced(make(X, data.fit)(data.test), data.test_y)
-                print(f"  {label:36s} {100 * held:5.1f} → {100 * test:5.1f}", flush=True)
-                family = label.split()[0]
-                if family not in best or held > best[family][1]:
-                    best[family] = (label, held, test)
-            for family, (label, held, test) in best.items():
-                print(f"  chosen {family}: {label} ({100 * held:.1f} → test {100 * test:.1f})")
+    for name, data in tokenized_splits(emb, args.settings, args.data):
+        print(f"## {name}")
+        rows = []
+        for label, make in _grid().items():
+            held = balanced(make(X, data.inner)(data.held), data.held_y)
+            test = balanced(make(X, data.fit)(data.test), data.test_y)
+            print(f"  {label:36s} {100 * held:5.1f} → {100 * test:5.1f}", flush=True)
+            rows.append((label, held, test))
+        for family, (label, held, test, _) in best_per_family(rows).items():
+            print(f"  chosen {family}: {label} ({100 * held:.1f} → test {100 * test:.1f})")
     return 0
 
 
