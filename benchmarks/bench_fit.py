@@ -136,11 +136,12 @@ def bench(emb: Embedder, corpus_name: str, corpus: dict[str, list[str]], args) -
     counted = {d: token_counts(emb, texts, max_tokens=mt) for d, texts in corpus.items()}
 
     def products() -> int:
-        return sum(stats_from_counts(emb, c, domain=d, n_prompts=p, max_tokens=mt).n_tokens
-                   for d, (c, p) in counted.items())
+        return sum(stats_from_counts(emb, c.counts, domain=d, n_prompts=c.n_prompts,
+                                     max_tokens=mt, doc_counts=c.doc_counts).n_tokens
+                   for d, c in counted.items())
 
     t.update(interleaved({"product": products}, args.repeats))
-    nnz = sum(int(np.count_nonzero(c)) for c, _ in counted.values())
+    nnz = sum(int(np.count_nonzero(c.counts)) for c in counted.values())
 
     # Streaming (paper) on a subset; compute_stats on the same subset for a same-texts ratio.
     sub = subset(corpus, args.stream_prompts)

@@ -315,10 +315,11 @@ def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) ->
 
 
 def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """Default build: identity features with μ chosen automatically (shown by inspect);
+    """--preset identity: identity features with μ chosen automatically (shown by inspect);
     --preset dense / --identity none drop them; --identity MU fixes μ."""
-    cases = [([], "auto"), (["--preset", "dense"], None), (["--identity", "none"], None),
-             (["--identity", "3"], 3.0)]
+    ident = ["--preset", "identity"]
+    cases = [(ident, "auto"), (["--preset", "dense"], None), ([*ident, "--identity", "none"], None),
+             ([*ident, "--identity", "3"], 3.0)]
     for i, (argv, identity) in enumerate(cases):
         out = tmp_path / f"r{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
@@ -330,3 +331,26 @@ def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys)
         text = run(capsys, "inspect", out)[1]
         assert ("identity     off" in text) == (identity is None)
         assert ("leave-one-out" in text) == (identity == "auto")
+        assert "model        ridge  λ=0.01" in text
+
+
+def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """The default build is the nb model (α shown by inspect); --alpha and --model change it."""
+    for argv, model, alpha in (([], "nb", 0.1), (["--alpha", "0.5"], "nb", 0.5),
+                               (["--model", "ridge", "--selector", "avg"], "ridge", 0.1)):
+        out = tmp_path / f"{model}{alpha}.safetensors"
+        assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
+        config = Router.load(out).config
+        assert (config.model, config.alpha) == (model, alpha)
+        text = run(capsys, "inspect", out)[1]
+        assert (f"model        nb (Naive-Bayes, binary token features)  α={alpha:g}" in text) \
+            == (model == "nb")
+    for bad in ("0", "-1", "nan", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["build", str(built["math"]), str(built["coding"]), "--alpha", bad,
+                  "-o", str(tmp_path / "bad.safetensors")])
+        assert exc.value.code == 2 and "argument --alpha" in capsys.readouterr().err
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--no-balance",
+                       "-o", tmp_path / "bad.safetensors")
+    assert code != 0 and "'nb' model weighs every domain the same" in err
+    assert not (tmp_path / "bad.safetensors").exists()

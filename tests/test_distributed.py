@@ -57,6 +57,8 @@ def _assert_same(a: DomainStats, b: DomainStats) -> None:
         (b.domain, b.n_tokens, b.n_prompts, b.fingerprint)
     np.testing.assert_array_equal(a.A, b.A)  # bit for bit, not just to 1e-12
     np.testing.assert_array_equal(a.b, b.b)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.doc_counts, b.doc_counts)  # what the nb router reads
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "text", "parquet"])

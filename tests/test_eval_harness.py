@@ -40,7 +40,7 @@ def _router(result: dict, name: str) -> dict:
 def test_every_router_of_the_grid_is_reported(results: dict[str, dict]) -> None:
     for result in results.values():
         ir3de = [r for r in result["routers"] if r["family"] == "ir3de"]
-        assert len(ir3de) == 2 * (len(K_GRID) + 2)  # two presets x (topk grid, all, avg)
+        assert len(ir3de) == 2 * (len(K_GRID) + 3)  # two presets x (topk grid, all, avg, geo)
         assert sum(r["is_preset"] for r in ir3de) == 2
         for r in result["routers"]:
             assert 0.0 <= r["balanced"] <= 1.0 and r["route_us"] > 0 and r["fit_s"] >= 0

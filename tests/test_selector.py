@@ -52,6 +52,15 @@ class Reference:
             mean = [math.fsum(p[d] for p in probs) / n for d in range(D)]
             choice = max(range(D), key=lambda d: (mean[d], -d))
             return choice, mean[choice], mean, list(range(n))
+        if selector == "geo":  # each distinct token once, at its first position
+            first = sorted({int(t): i for i, t in reversed(list(enumerate(ids)))}.values())
+            logmean = [math.fsum(math.log(probs[i][d]) for i in first) / len(first)
+                       for d in range(D)]
+            m = max(logmean)
+            z = math.fsum(math.exp(v - m) for v in logmean)
+            geo = [math.exp(v - m) / z for v in logmean]
+            choice = max(range(D), key=lambda d: (geo[d], -d))
+            return choice, geo[choice], geo, first
         order = sorted(range(n), key=lambda i: (self.token(ids[i])[1], i))
         voters = order[:k] if selector == "topk" else order
         votes = Counter(self.vote(ids[i]) for i in voters)
@@ -78,7 +87,7 @@ def assert_matches(sel: Selection, ref: Reference, prompts: list[np.ndarray], se
 def router(emb: Embedder, toy_stats: dict[str, DomainStats]) -> Router:
     """A private router (tests below change its selector and k); embedding features only,
     which the reference implements (identity scores go through the same tables)."""
-    return Router(emb, identity=None).fit_stats(toy_stats)
+    return Router(emb, model="ridge", identity=None).fit_stats(toy_stats)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +158,7 @@ def test_topk_matches_reference(router: Router, ref: Reference,
                    "topk", k)
 
 
-@pytest.mark.parametrize("selector", ["all", "avg"])
+@pytest.mark.parametrize("selector", ["all", "avg", "geo"])
 def test_all_and_avg_match_reference(router: Router, ref: Reference,
                                      random_prompts: list[np.ndarray], selector: str) -> None:
     table = router._state.table
@@ -158,7 +167,7 @@ def test_all_and_avg_match_reference(router: Router, ref: Reference,
                        random_prompts, selector, k=10**9)
 
 
-@pytest.mark.parametrize("selector", ["topk", "all", "avg"])
+@pytest.mark.parametrize("selector", ["topk", "all", "avg", "geo"])
 def test_single_prompt_path_equals_batch(router: Router, random_prompts: list[np.ndarray],
                                          selector: str) -> None:
     table = router._state.table
@@ -223,7 +232,7 @@ def test_rule_1_with_identical_columns(emb: Embedder, router: Router) -> None:
     np.testing.assert_array_equal(table.probs[:, 0], table.probs[:, 1])
     assert not np.any(table.vote == 1) and np.any(table.vote == 0)
     ids = [emb.encode(t) for group in CORPORA.values() for t in group]
-    for selector in ("topk", "all", "avg"):
+    for selector in ("topk", "all", "avg", "geo"):
         assert not np.any(select(ids, table, selector=selector, k=5).choice == 1)
 
 
@@ -288,7 +297,8 @@ def route_prompts(data_dir: Path | None) -> list[str]:
 
 
 @pytest.mark.parametrize(("selector", "k"), [("topk", 1), ("topk", 3), ("topk", 10),
-                                             ("topk", 50), ("all", 10), ("avg", 10)])
+                                             ("topk", 50), ("all", 10), ("avg", 10),
+                                             ("geo", 10)])
 def test_route_batch_matches_reference(router: Router, ref: Reference, selector: str,
                                        k: int, request: pytest.FixtureRequest) -> None:
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import CORPORA
 
-from ir3de import DomainStats, Embedder, Router, compute_stats
+from ir3de import DomainStats, Embedder, Router, RouterConfig, compute_stats
 from ir3de.cli import main
 from ir3de.errors import IR3DEError
 from ir3de.store import read_safetensors, write_safetensors
@@ -67,6 +67,7 @@ def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
     sign(base, keys["bob"]).save(tmp_path / "law.stats")
     tensors, meta = read_safetensors(tmp_path / "law.stats")
     meta["n_tokens"] *= 100
+    meta["n_prompts"] *= 100
     write_safetensors(tmp_path / "law.stats", {k: v * 100 for k, v in tensors.items()}, meta)
     with pytest.raises(IR3DEError, match=r"law.stats: signature does not match"):
         verify(DomainStats.load(tmp_path / "law.stats"), trusted)
@@ -121,13 +122,14 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
                                   n_tokens=honest.n_tokens * 100,
                                   n_prompts=honest.n_prompts * 100,
                                   fingerprint=honest.fingerprint, embedder=honest.embedder,
-                                  counts=honest.counts * 100)
+                                  counts=honest.counts * 100,
+                                  doc_counts=honest.doc_counts * 100)
 
     def share_to_coding(router: Router) -> dict[str, float]:
         return {d: float(np.mean([p == "coding" for p in router.predict(t)]))
                 for d, t in test.items() if d != "coding"}
 
-    dense = {"selector": "all", "identity": None}
+    dense = {"model": "ridge", "selector": "all", "identity": None}
     unbalanced = share_to_coding(Router(emb, balance=False, **dense).fit_stats(stats))
     balanced = share_to_coding(Router(emb, balance=True, **dense).fit_stats(stats))
     default = share_to_coding(Router(emb).fit_stats(stats))
@@ -135,4 +137,6 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
     # balanced, it weighs what every domain weighs and takes (almost) nothing.
     assert unbalanced["math"] > 0.9, unbalanced
     assert max(balanced.values()) < 0.05, balanced
-    assert max(default.values()) < 0.05, default  # the default preset balances too
+    assert max(default.values()) < 0.05, default  # the default (nb) weighs domains equally
+    identity = share_to_coding(Router(emb, RouterConfig.preset("identity")).fit_stats(stats))
+    assert max(identity.values()) < 0.05, identity

@@ -39,6 +39,9 @@ def assert_stats_close(got: DomainStats, want: DomainStats, rtol: float = 1e-9) 
     assert (got.n_tokens, got.n_prompts) == (want.n_tokens, want.n_prompts)
     assert (got.domain, got.fingerprint, got.max_tokens) == \
         (want.domain, want.fingerprint, want.max_tokens)
+    for key in ("counts", "doc_counts"):  # integers: exact
+        if getattr(want, key) is not None:
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_histogram_equals_streaming_on_real_prompts(emb: Embedder,
 def test_histogram_blocks_do_not_change_the_result(emb: Embedder, real_prompts: list[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     whole = compute_stats(emb, real_prompts, domain="mixed")
-    counts, _ = token_counts(emb, real_prompts)
+    counts = token_counts(emb, real_prompts).counts
     assert np.count_nonzero(counts) > 1000
     monkeypatch.setattr(statistics, "_ROW_BLOCK", 257)  # many row blocks
     assert_stats_close(compute_stats(emb, real_prompts, domain="mixed"), whole, rtol=1e-12)
@@ -115,8 +118,15 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
              "", "\n", "x"]
-    counts, n_prompts = token_counts(emb, texts, max_tokens=5)
+    counts, doc_counts, n_prompts = token_counts(emb, texts, max_tokens=5)
     assert n_prompts == 3  # blank prompts are skipped
+    # Per id, the prompts it occurs in (after the cap): "</s> one </s> two <s>" counts
+    # "one" and "two" once each; tokens repeated within a prompt count once.
+    kept = [emb.encode(t)[:5] for t in texts if t.strip()]
+    expected = np.bincount(np.concatenate([np.unique(x) for x in kept]),
+                           minlength=emb.vocab_size)
+    np.testing.assert_array_equal(doc_counts, expected)
+    assert doc_counts.max() <= n_prompts and np.all(doc_counts <= counts)
     assert counts[emb.special_ids].sum() == 0
     assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if t.strip())
     assert counts.dtype == np.int64 and counts.shape == (emb.vocab_size,)

@@ -51,10 +51,11 @@ def test_stats_round_trip(saved: tuple[Path, DomainStats]) -> None:
     loaded = DomainStats.load(path)
     np.testing.assert_array_equal(loaded.A, stats.A)
     np.testing.assert_array_equal(loaded.b, stats.b)
-    np.testing.assert_array_equal(loaded.counts, stats.counts)
-    assert loaded.counts.dtype == np.int64
+    for key in ("counts", "doc_counts"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(stats, key))
+        assert getattr(loaded, key).dtype == np.int64
     for f in dataclasses.fields(DomainStats):
-        if f.name not in ("A", "b", "counts", "source"):
+        if f.name not in ("A", "b", "counts", "doc_counts", "source"):
             assert getattr(loaded, f.name) == getattr(stats, f.name), f.name
     assert loaded.source == str(path)
     loaded.save(path.with_name("again.safetensors"))
@@ -214,6 +215,18 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
         DomainStats.load(rewrite(path, tmp_path / "neg.st", n_prompts=-1))
     with pytest.raises(ExpertError, match="invalid domain name"):
         DomainStats.load(rewrite(path, tmp_path / "dom.st", domain=""))
+    # Document frequencies must fit the token counts and the prompt count.
+    tensors, _ = read_safetensors(path)
+    for bad in (stats.counts + 1,                                  # above the token counts
+                np.where(stats.counts > 0, 0, stats.doc_counts),   # zero where a token occurs
+                -stats.doc_counts,
+                stats.doc_counts[:-1]):
+        with pytest.raises(StatsFormatError, match="document frequencies disagree"):
+            DomainStats.load(rewrite(path, tmp_path / "df.st",
+                                     tensors={**tensors, "doc_counts": bad}))
+    assert stats.doc_counts.max() > 1  # so one prompt cannot hold them
+    with pytest.raises(StatsFormatError, match="document frequencies disagree"):
+        DomainStats.load(rewrite(path, tmp_path / "np.st", n_prompts=1))
 
 
 def test_mismatched_fingerprints_name_both_files(toy_stats, tmp_path: Path) -> None:

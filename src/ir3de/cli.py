@@ -27,7 +27,7 @@ from .data import (
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder
 from .errors import IR3DEError, StatsFormatError
-from .router import PRESETS, Router, RouterConfig, read_router_meta
+from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge
 from .store import read_safetensors
@@ -63,6 +63,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a finite number > 0, got 0")
+    return value
+
+
 def _identity_mu(text: str) -> float | str | None:
     if text in ("auto", "none"):
         return None if text == "none" else text
@@ -93,15 +100,23 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
 def _add_router_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("router settings (default: --preset default)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': token-identity features (μ by leave-one-out), balanced "
-                        "domains, avg selector (the measured best); 'dense': the same without "
-                        "identity features (for statistics without token counts); 'paper': "
-                        "the paper's unbalanced ridge with entropy top-k, k=10")
+                   help="'default': Naive-Bayes log-likelihoods of binary token features "
+                        "(α=0.1) pooled by the geo selector (the measured best); 'identity': "
+                        "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
+                        "avg selector; 'dense': the same without identity features (for "
+                        "statistics without token counts); 'paper': the paper's unbalanced "
+                        "ridge with entropy top-k, k=10")
+    g.add_argument("--model", choices=MODELS,
+                   help="nb: log-likelihoods from per-domain document frequencies; ridge: "
+                        "closed-form ridge on the embedding (λ, --identity, --balance apply)")
+    g.add_argument("--alpha", type=_positive_float,
+                   help="Laplace smoothing of the nb model (default 0.1)")
     g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
                    help="topk: k lowest-entropy tokens vote; all: every token votes; "
-                        "avg: argmax of the mean token probabilities")
+                        "avg: argmax of the mean token probabilities; geo: argmax of the "
+                        "geometric mean over distinct tokens (the Naive-Bayes decision)")
     g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="weigh every domain equally whatever its token count")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
@@ -117,7 +132,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
     overrides = {key: getattr(args, key) for key in
-                 ("lam", "k", "selector", "balance", "normalize", "regularize_bias")
+                 ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
+                  "regularize_bias")
                  if getattr(args, key, None) is not None}
     if hasattr(args, "identity"):  # 'none' is an explicit choice, unlike an absent option
         overrides["identity"] = args.identity
@@ -317,12 +333,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
-        print(f"  settings     λ={c['lam']:g}  selector={c['selector']}  k={c['k']}  "
-              f"balance={c['balance']}  normalize={c['normalize']}  "
-              f"regularize_bias={c['regularize_bias']}  max_tokens={c['max_tokens']}")
-        mu = info.get("identity_mu")
-        print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
-              + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))
+        model = c.get("model", "ridge")  # routers saved before 'nb' existed are ridge ones
+        if model == "nb":
+            print(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
+            print(f"  settings     selector={c['selector']}  k={c['k']}  "
+                  f"max_tokens={c['max_tokens']}")
+        else:
+            print(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
+                  f"normalize={c['normalize']}  regularize_bias={c['regularize_bias']}")
+            print(f"  settings     selector={c['selector']}  k={c['k']}  "
+                  f"max_tokens={c['max_tokens']}")
+            mu = info.get("identity_mu")
+            print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
+                  + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))
         print(f"  experts      {len(info['experts'])}")
         for e in info["experts"]:
             print(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
@@ -612,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", formatter_class=fmt, help="compare IR3DE with baselines, write a report",
         description="Reproduce the paper's experiments: fit IR3DE (every embedder, the "
-                    "'default' and 'paper' presets, topk k in {1,...,500}, all, avg) and the "
+                    "'default' and 'paper' presets, topk k in {1,...,500}, all, avg, geo) and the "
                     "baselines on the same split, then write report.md, results.json and "
                     "PNG plots to --out.\n\nsettings:\n"
                     "  reasoning-paper  the paper's protocol; LEAKS HumanEval/IFEval test "

@@ -79,9 +79,9 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: 
         raise IR3DEError(f"a record has no string field {column!r}")
     if fmt == "text":
         texts = [t.rstrip("\r") for t in texts]
-    counts, n_prompts = token_counts(embedder, [t for t in texts if t is not None],
-                                     max_tokens=max_tokens)
-    return {"counts": counts[None, :], "n_prompts": np.array([n_prompts])}
+    counted = token_counts(embedder, [t for t in texts if t is not None], max_tokens=max_tokens)
+    return {"counts": counted.counts[None, :], "doc_counts": counted.doc_counts[None, :],
+            "n_prompts": np.array([counted.n_prompts])}
 
 
 def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
@@ -127,9 +127,11 @@ def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
             fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint,
                        "column": column, "fmt": fmt, "max_tokens": max_tokens})
         counts = np.zeros(embedder.vocab_size, dtype=np.int64)
+        doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
         n_prompts = 0
         for batch in counted.iter_batches(batch_size=None, batch_format="numpy"):
             counts += batch["counts"].sum(axis=0, dtype=np.int64)
+            doc_counts += batch["doc_counts"].sum(axis=0, dtype=np.int64)
             n_prompts += int(batch["n_prompts"].sum())
     except ray.exceptions.RayError as exc:
         # A worker's IR3DEError arrives wrapped: surface its own message.
@@ -142,4 +144,4 @@ def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
-                             max_tokens=max_tokens)
+                             max_tokens=max_tokens, doc_counts=doc_counts)

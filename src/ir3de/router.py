@@ -36,12 +36,20 @@ from .errors import (
     StatsFormatError,
 )
 from .selector import SELECTORS, VocabScores, select, vocab_scores
-from .solver import DEFAULT_LAMBDA, design, solve, solve_identity, solve_identity_auto
+from .solver import (
+    DEFAULT_ALPHA,
+    DEFAULT_LAMBDA,
+    design,
+    solve,
+    solve_identity,
+    solve_identity_auto,
+    solve_nb,
+)
 from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
 from .store import read_safetensors, write_safetensors
 
-__all__ = ["DEFAULT_K", "PRESETS", "Decision", "Router", "RouterConfig", "VotingToken",
-           "read_router_meta"]
+__all__ = ["DEFAULT_K", "MODELS", "PRESETS", "Decision", "Router", "RouterConfig",
+           "VotingToken", "read_router_meta"]
 
 # Defaults were chosen on a held-out 20 % of the fit sets, never on test prompts
 # (benchmarks/choose_defaults.py, BENCHMARKS.md "Choosing the defaults"): with
@@ -52,23 +60,36 @@ PAPER_K = 10
 
 ROUTER_FORMAT = "ir3de-router"
 ROUTER_VERSION = 1
-_RESOLVE_KEYS = frozenset({"lam", "balance", "normalize", "regularize_bias", "identity"})
+_RESOLVE_KEYS = frozenset({"model", "alpha", "lam", "balance", "normalize", "regularize_bias",
+                           "identity"})
+MODELS: tuple[str, ...] = ("nb", "ridge")
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Router settings. ``lam``, ``balance``, ``normalize``, ``regularize_bias`` and
-    ``identity`` change W; ``k``, ``selector`` and ``max_tokens`` act at routing time.
+    """Router settings. ``model`` and its parameters change the per-token table; ``k``,
+    ``selector`` and ``max_tokens`` act at routing time.
 
-    ``identity`` adds token-identity features (embedding ⊕ one-hot token id, see
-    :func:`~ir3de.solver.solve_identity`) with ridge μ: a number, ``"auto"`` (μ chosen per
-    router by closed-form leave-one-out error on the statistics themselves,
-    :func:`~ir3de.solver.choose_identity_mu`) or ``None`` (embedding features only, with the
-    reference code's unit-norm columns when ``normalize``)."""
+    ``model`` is how the per-token table is solved from the statistics:
 
+    * ``"nb"`` (default): Naive-Bayes log-likelihoods of binary token features from each
+      domain's document frequencies, Laplace smoothing ``alpha``
+      (:func:`~ir3de.solver.solve_nb`); every domain weighs the same (``balance`` must
+      stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not apply.
+    * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
+      with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
+      token-identity features (embedding ⊕ one-hot token id, see
+      :func:`~ir3de.solver.solve_identity`) with ridge μ: a number, ``"auto"`` (μ chosen per
+      router by closed-form leave-one-out error on the statistics themselves,
+      :func:`~ir3de.solver.choose_identity_mu`) or ``None`` (embedding features only, with
+      the reference code's unit-norm columns when ``normalize``).
+    """
+
+    model: Literal["nb", "ridge"] = "nb"
+    alpha: float = DEFAULT_ALPHA
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
-    selector: str = "avg"
+    selector: str = "geo"
     balance: bool = True
     normalize: bool = True
     regularize_bias: bool = True
@@ -76,6 +97,14 @@ class RouterConfig:
     identity: float | Literal["auto"] | None = "auto"
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise IR3DEError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not np.isfinite(self.alpha) or self.alpha <= 0:
+            raise IR3DEError(f"the smoothing α must be a finite number > 0, got {self.alpha!r}")
+        if self.model == "nb" and not self.balance:
+            raise IR3DEError("the 'nb' model weighs every domain the same (a uniform prior); "
+                             "balance=False applies to model='ridge' only")
         if self.identity is not None and self.identity != "auto" and (
                 not isinstance(self.identity, (int, float)) or isinstance(self.identity, bool)
                 or not np.isfinite(self.identity) or self.identity <= 0):
@@ -93,10 +122,11 @@ class RouterConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
-        """A named configuration: ``default`` (measured best: identity features with μ
-        chosen by leave-one-out, balanced domains, avg selector), ``dense`` (the same
-        without identity features) or ``paper`` (paper-faithful: unbalanced ridge on the
-        embedding only, unit-norm columns, entropy top-k selector)."""
+        """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
+        of binary token features, α = 0.1, ``geo`` selector), ``identity`` (balanced ridge
+        on the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
+        ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
+        unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
         if name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
@@ -113,8 +143,10 @@ class RouterConfig:
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "dense": RouterConfig(identity=None),
-    "paper": RouterConfig(k=PAPER_K, selector="topk", balance=False, identity=None),
+    "identity": RouterConfig(model="ridge", selector="avg"),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None),
+    "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
+                          identity=None),
 }
 
 
@@ -132,9 +164,9 @@ class VotingToken:
 class Decision:
     """One routing decision.
 
-    ``confidence`` is the winner's vote share (topk/all) or mean probability
-    (avg). ``scores`` (per expert, same meaning) and ``tokens`` (the voters) are
-    filled when routing with ``explain=True``.
+    ``confidence`` is the winner's vote share (topk/all), mean probability (avg) or
+    normalised geometric mean probability (geo). ``scores`` (per expert, same meaning)
+    and ``tokens`` (the voters) are filled when routing with ``explain=True``.
     """
 
     expert: str
@@ -152,7 +184,7 @@ class Decision:
 class _State:
     experts: tuple[str, ...]
     stats: Mapping[str, DomainStats]
-    W: np.ndarray
+    W: np.ndarray  # ridge: (h+1, D) weights; nb: (V, D) log-likelihoods
     table: VocabScores
     mu: float | None  # the identity ridge in use (chosen when the config says "auto")
 
@@ -219,6 +251,13 @@ class Router:
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig) -> _State:
+        if config.model == "nb":
+            L = solve_nb(stats, experts, alpha=config.alpha)
+            if L.shape[0] != self.embedder.vocab_size:
+                raise StatsFormatError(f"document frequencies cover {L.shape[0]} token ids, "
+                                       f"the embedder's vocabulary {self.embedder.vocab_size}")
+            # from_logits normalises its argument in place: W keeps the column-exact L.
+            return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy()), None)
         ridge = {"lam": config.lam, "balance": config.balance,
                  "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -257,7 +296,9 @@ class Router:
 
     @property
     def W(self) -> np.ndarray:
-        """The solved weights, shape (h+1, number of experts); last row is the bias."""
+        """The solved linear model, one column per expert: for ``model="ridge"`` the
+        weights on x̃ (shape (h+1, D), last row the bias); for ``model="nb"`` the weights
+        on one-hot token ids, i.e. the log-likelihoods ``log p(t | d)`` (shape (V, D))."""
         return self._fitted.W
 
     def add_expert(self, name: str, stats: DomainStats) -> Router:
@@ -285,7 +326,8 @@ class Router:
         return state.stats[name]
 
     def set_params(self, **settings: Any) -> Router:
-        """Change settings (sklearn-style); re-solves only if λ/balancing/normalisation change."""
+        """Change settings (sklearn-style); re-solves only if the model or its parameters
+        change (model, α, λ, balancing, normalisation, identity)."""
         config = replace(self.config, **settings)
         if self._state is not None and any(
                 getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
@@ -349,8 +391,9 @@ class Router:
         state = self._fitted
         tensors = {"A": np.stack([state.stats[n].A for n in state.experts]),
                    "b": np.stack([state.stats[n].b for n in state.experts])}
-        if all(state.stats[n].counts is not None for n in state.experts):
-            tensors["counts"] = np.stack([state.stats[n].counts for n in state.experts])
+        for key in ("counts", "doc_counts"):
+            if all(getattr(state.stats[n], key) is not None for n in state.experts):
+                tensors[key] = np.stack([getattr(state.stats[n], key) for n in state.experts])
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
                                           **self.describe()})
 
@@ -374,18 +417,22 @@ class Router:
                 b.shape != (len(experts), h1):
             raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
                                    f"of width {h1}")
-        counts = tensors.get("counts")
-        if counts is not None and counts.shape != (len(experts), emb.vocab_size):
-            raise StatsFormatError(f"{path}: token counts do not match {len(experts)} experts "
-                                   f"and a vocabulary of {emb.vocab_size}")
+        counts, doc_counts = tensors.get("counts"), tensors.get("doc_counts")
+        for name, arr in (("token counts", counts), ("document frequencies", doc_counts)):
+            if arr is not None and arr.shape != (len(experts), emb.vocab_size):
+                raise StatsFormatError(f"{path}: {name} do not match {len(experts)} experts "
+                                       f"and a vocabulary of {emb.vocab_size}")
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
             n_tokens=int(e["n_tokens"]), n_prompts=int(e["n_prompts"]),
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
             max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}",
-            counts=None if counts is None else counts[i].astype(np.int64))
+            counts=None if counts is None else counts[i].astype(np.int64),
+            doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64))
             for i, e in enumerate(experts)}
-        router = cls(emb, RouterConfig.from_dict(meta["config"]))
+        # Routers saved before the 'nb' model existed were ridge routers: their settings
+        # lack 'model' and must not pick up today's default.
+        router = cls(emb, RouterConfig.from_dict({"model": "ridge", **meta["config"]}))
         return router.fit_stats(stats)
 
 

@@ -10,6 +10,11 @@ Selectors (``P`` prompts are processed together, vectorised):
   argmax domain; majority wins. Prompts shorter than k let every token vote.
 * ``all``: every token (at most the prompt cap, 1024 by default) votes.
 * ``avg``: argmax of the mean of the tokens' probability vectors.
+* ``geo``: argmax of the geometric mean of the probability vectors of the prompt's
+  *distinct* tokens (each counts once however often it repeats). On a Naive-Bayes table
+  (the ``nb`` router, whose per-token probabilities are ``p(t | d)`` normalised over the
+  domains) this is exactly the Naive-Bayes decision with a uniform prior over binary
+  token features.
 
 Tie-breaking (deterministic):
 
@@ -18,10 +23,11 @@ Tie-breaking (deterministic):
 2. tokens of equal entropy are taken in prompt order (earlier first);
 3. domains with equal votes are separated by the sum of their probabilities
    over the voting tokens, then by expert order (first listed wins);
-4. ``avg`` ties go to the expert listed first.
+4. ``avg`` and ``geo`` ties go to the expert listed first.
 
-Confidence is the winner's vote share (``topk``/``all``) or its mean
-probability (``avg``).
+Confidence is the winner's vote share (``topk``/``all``), its mean probability
+(``avg``) or its normalised geometric mean probability (``geo``: the softmax of the
+mean log-probabilities, so, like ``avg``, between 1/D and 1).
 """
 
 from __future__ import annotations
@@ -37,47 +43,61 @@ from .errors import EmptyInputError, IR3DEError
 
 __all__ = ["SELECTORS", "Selection", "SelectorName", "VocabScores", "select", "vocab_scores"]
 
-SelectorName = Literal["topk", "all", "avg"]
-SELECTORS: tuple[str, ...] = ("topk", "all", "avg")
+SelectorName = Literal["topk", "all", "avg", "geo"]
+SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
 
 
 @dataclass(frozen=True, eq=False)
 class VocabScores:
-    """Per-vocabulary routing tables: ``probs`` (V, D), ``entropy`` (V,), ``vote`` (V,) and
-    ``rank`` (V,), the dense rank of each entropy (equal entropies share a rank), which lets
-    a batch be ordered by one integer sort instead of a two-key lexsort."""
+    """Per-vocabulary routing tables: ``probs`` (V, D), their logarithms ``logp``,
+    ``entropy`` (V,), ``vote`` (V,) and ``rank`` (V,), the dense rank of each entropy (equal
+    entropies share a rank), which lets a batch be ordered by one integer sort instead of a
+    two-key lexsort."""
 
     probs: np.ndarray
+    logp: np.ndarray
     entropy: np.ndarray
     vote: np.ndarray
     rank: np.ndarray
 
     @classmethod
-    def build(cls, probs: np.ndarray, entropy: np.ndarray) -> VocabScores:
-        """Derive votes (argmax, first expert on ties) and entropy ranks."""
+    def build(cls, probs: np.ndarray, entropy: np.ndarray,
+              logp: np.ndarray | None = None) -> VocabScores:
+        """Derive votes (argmax, first expert on ties) and entropy ranks (``logp`` defaults
+        to ``log(probs)``)."""
+        if logp is None:
+            with np.errstate(divide="ignore"):
+                logp = np.log(probs)
         rank = np.unique(entropy, return_inverse=True)[1].reshape(-1)
-        return cls(probs=probs, entropy=entropy, vote=probs.argmax(axis=1), rank=rank)
+        return cls(probs=probs, logp=logp, entropy=entropy, vote=probs.argmax(axis=1),
+                   rank=rank)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray) -> VocabScores:
+        """The tables of per-token scores ``logits`` (V, D), normalised by a softmax per
+        token (in place: ``logits`` is consumed)."""
+        V = logits.shape[0]
+        probs, entropy = np.empty_like(logits), np.empty(V)
+        # Blocks keep the temporaries in cache (faster at large vocabularies, same result).
+        for start in range(0, V, 512):
+            z = logits[start:start + 512]
+            z -= z.max(axis=1, keepdims=True)
+            z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+            p = probs[start:start + 512] = np.exp(z)
+            entropy[start:start + 512] = -(p * z).sum(axis=1)
+        return cls.build(probs, entropy, logits)
 
 
 def vocab_scores(embedder: Embedder, W: np.ndarray,
                  offset: np.ndarray | None = None) -> VocabScores:
     """Softmax probabilities, entropy and argmax vote of every token id under ``W``
     (plus ``offset[t]``, the per-token scores of identity features, when given)."""
-    V, D = embedder.vocab_size, W.shape[1]
-    probs = np.empty((V, D))
-    entropy = np.empty(V)
-    # Small blocks keep the temporaries in cache (faster at h = 4096, same result).
+    logits = np.empty((embedder.vocab_size, W.shape[1]))
     for start, rows in embedder.blocks(512):
-        logits = rows @ W[:-1] + W[-1]
-        if offset is not None:
-            logits += offset[start:start + rows.shape[0]]
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        p = np.exp(logp)
-        stop = start + rows.shape[0]
-        probs[start:stop] = p
-        entropy[start:stop] = -(p * logp).sum(axis=1)
-    return VocabScores.build(probs, entropy)
+        logits[start:start + rows.shape[0]] = rows @ W[:-1] + W[-1]
+    if offset is not None:
+        logits += offset
+    return VocabScores.from_logits(logits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +144,21 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
         voters = [np.arange(n) for n in lengths]
         return Selection(choice, scores[rows, choice], scores, voters)
 
+    if selector == "geo":
+        # Distinct (prompt, token) pairs, ordered by first occurrence: prompt-major, so each
+        # prompt's pairs are one contiguous run for reduceat.
+        V = table.logp.shape[0]
+        _, first = np.unique(pid * V + flat, return_index=True)
+        first.sort()
+        upid = pid[first]
+        n_distinct = np.bincount(upid, minlength=P)
+        ustarts = np.cumsum(n_distinct) - n_distinct
+        mean = np.add.reduceat(table.logp[flat[first]], ustarts, axis=0) / n_distinct[:, None]
+        scores = _softmax(mean)
+        choice = scores.argmax(axis=1)
+        voters = np.split(first - starts[upid], np.cumsum(n_distinct)[:-1])
+        return Selection(choice, scores[rows, choice], scores, voters)
+
     if selector == "all":
         k = int(lengths.max())
     # Primary key prompt, secondary entropy rank; the sort is stable, so equal entropies
@@ -151,6 +186,11 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
         choice = int(scores.argmax())
         return Selection(np.array([choice]), scores[[choice]], scores[None, :],
                          [np.arange(x.size)])
+    if selector == "geo":
+        first = np.sort(np.unique(x, return_index=True)[1])
+        scores = _softmax(table.logp[x[first]].mean(axis=0))
+        choice = int(scores.argmax())
+        return Selection(np.array([choice]), scores[[choice]], scores[None, :], [first])
     order = np.argsort(table.entropy[x], kind="stable")
     if selector == "topk":
         order = order[:k]
@@ -160,3 +200,8 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     choice = int(np.where(counts == best, table.probs[tokens].sum(axis=0), -np.inf).argmax())
     return Selection(np.array([choice]), np.array([best / order.size]),
                      counts[None, :] / order.size, [order])
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)

@@ -455,7 +455,8 @@ def create_app(config: Any) -> Any:
         return {"experts": [{"name": n, "url": e.url, "model": e.model or n,
                              "routed": n in counts, "tokens": counts.get(n)}
                             for n, e in state.experts.items()],
-                "threshold": state.threshold, "k": state.router.config.k,
+                "threshold": state.threshold, "model": state.router.config.model,
+                "alpha": state.router.config.alpha, "k": state.router.config.k,
                 "lam": state.router.config.lam, "selector": state.router.config.selector}
 
     async def _swap(build: Any) -> Any:
@@ -533,7 +534,7 @@ def create_app(config: Any) -> Any:
             changes = json.loads(await request.body())
         except json.JSONDecodeError as exc:
             return _error(400, f"request body is not valid JSON ({exc})")
-        allowed = {"k", "lam", "selector", "threshold"}
+        allowed = {"alpha", "k", "lam", "selector", "threshold"}
         if not isinstance(changes, dict) or not changes or set(changes) - allowed:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
 

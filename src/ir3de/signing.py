@@ -60,6 +60,8 @@ def digest(stats: DomainStats) -> bytes:
     h.update(np.ascontiguousarray(stats.b, dtype="<f8").tobytes())
     if stats.counts is not None:  # routers with identity features read them: sign them too
         h.update(np.ascontiguousarray(stats.counts, dtype="<i8").tobytes())
+    if stats.doc_counts is not None:  # and the nb router reads these
+        h.update(np.ascontiguousarray(stats.doc_counts, dtype="<i8").tobytes())
     return h.digest()
 
 

@@ -24,10 +24,14 @@ from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_LAMBDA", "MU_GRID", "choose_identity_mu", "design", "domain_weights",
-           "identity_loo", "solve", "solve_identity", "solve_identity_auto"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "MU_GRID", "choose_identity_mu", "design",
+           "domain_weights", "identity_loo", "solve", "solve_identity", "solve_identity_auto",
+           "solve_nb"]
 
 DEFAULT_LAMBDA = 1e-2
+# Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
+# evaluation splits (benchmarks/explore_counts.py; EVALUATION.md), never on test prompts.
+DEFAULT_ALPHA = 0.1
 
 
 def domain_weights(stats: Mapping[str, DomainStats], balance: bool) -> dict[str, float]:
@@ -285,3 +289,37 @@ def _search(sums: _IdentitySums, embedder: Embedder, grid: Sequence[float], lam:
             best = (mu, W, U)  # only the best solve is kept: U is vocabulary-sized
     assert best is not None
     return best[0], errors, best[1], best[2]
+
+
+def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
+             alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """Naive-Bayes log-likelihoods of binary token features, shape (V, D) in ``experts`` order.
+
+    ``L[t, d] = log((df[t, d] + α) / (n_d + α V))`` with ``df[t, d]`` the number of domain
+    d's prompts that contain token t and ``n_d = Σ_t df[t, d]`` (Laplace smoothing α over a
+    vocabulary of V ids). This is the closed-form maximum-a-posteriori fit of a linear model
+    on one-hot token features; each column depends on its own domain's statistics only, so
+    adding or removing an expert leaves every other column bit-identical. Summed over a
+    prompt's distinct tokens (the ``geo`` selector), it is the Naive-Bayes decision with a
+    uniform prior: every domain weighs the same whatever its size.
+
+    Example:
+        >>> L = solve_nb(router.stats, router.experts, alpha=0.1)  # doctest: +SKIP
+    """
+    if not experts:
+        raise IR3DEError("a router needs at least one expert")
+    if not alpha > 0 or not np.isfinite(alpha):
+        raise IR3DEError(f"the smoothing α must be a finite number > 0, got {alpha}")
+    missing = [n for n in experts if stats[n].doc_counts is None]
+    if missing:
+        raise StatsFormatError(f"statistics of {missing} carry no document frequencies (made "
+                               "by an older ir3de?): recompute them to use the 'nb' model, or "
+                               "use the 'identity' or 'dense' preset")
+    V = {stats[n].doc_counts.shape[0] for n in experts}
+    if len(V) != 1:
+        raise StatsFormatError(f"document frequencies of different lengths {sorted(V)}")
+    L = np.empty((V.pop(), len(experts)))
+    for j, name in enumerate(experts):
+        df = stats[name].doc_counts.astype(np.float64)
+        L[:, j] = np.log(df + alpha) - np.log(df.sum() + alpha * df.size)
+    return L

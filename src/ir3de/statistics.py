@@ -7,8 +7,10 @@ For a domain d with training tokens t (x̃_t = [E[t], 1]), the router needs only
 Because E is a lookup table, both are functions of the token-id histogram c_d:
 ``A_d = Ẽᵀ diag(c_d) Ẽ`` and ``b_d = Ẽᵀ c_d`` (Ẽ = table with a column of ones).
 Fitting is one counting pass over the corpus plus one (nnz x (h+1))² product,
-instead of an (h+1)² update per token. Statistics add and subtract, so shards
-of one domain computed on different machines are merged with ``+``.
+instead of an (h+1)² update per token. The same pass also counts, per token id, the
+prompts it occurs in (document frequencies): the ``nb`` router's statistics. Statistics
+add and subtract, so shards of one domain computed on different machines are merged
+with ``+``.
 
 Example:
     >>> from ir3de import load_embedder, compute_stats
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -37,6 +39,7 @@ from .store import check_finite, read_safetensors, write_safetensors
 __all__ = [
     "STATS_FORMAT",
     "DomainStats",
+    "TokenCounts",
     "check_same_embedder",
     "compute_stats",
     "merge",
@@ -73,6 +76,9 @@ class DomainStats:
     # The token-id histogram (int64, one entry per vocabulary id) A and b were formed from;
     # needed by routers with token-identity features. None in files that lack it.
     counts: np.ndarray | None = field(default=None, compare=False)
+    # Per token id, the number of prompts it occurs in (int64): the statistics of the
+    # count-based (``nb``) router. None in files made before ir3de counted them.
+    doc_counts: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
@@ -94,6 +100,18 @@ class DomainStats:
                                         or int(self.counts.sum()) != self.n_tokens):
             raise StatsFormatError(f"{self.source}: token counts disagree with "
                                    f"n_tokens={self.n_tokens}")
+        if self.doc_counts is not None:
+            self._check_doc_counts()
+
+    def _check_doc_counts(self) -> None:
+        # A token occurs in a prompt at least once and in at most every prompt: document
+        # frequencies bounded by the token counts and the prompt count, zero exactly where
+        # the counts are, catch files whose arrays do not belong together.
+        df, c = self.doc_counts, self.counts
+        if c is None or df.shape != c.shape or np.any(df < 0) or np.any(df > c) \
+                or np.any(df > self.n_prompts) or np.any((df > 0) != (c > 0)):
+            raise StatsFormatError(f"{self.source}: document frequencies disagree with the "
+                                   f"token counts and n_prompts={self.n_prompts}")
 
     @property
     def dim(self) -> int:
@@ -115,12 +133,14 @@ class DomainStats:
         if n_tokens < 0 or n_prompts < 0:
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
                                    "negative counts: it was never part of them")
-        counts = None
+        counts = doc_counts = None
         if self.counts is not None and other.counts is not None:
             counts = self.counts + sign * other.counts
+            if self.doc_counts is not None and other.doc_counts is not None:
+                doc_counts = self.doc_counts + sign * other.doc_counts
         return replace(self, A=self.A + sign * other.A, b=self.b + sign * other.b,
                        n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>",
-                       signature=None, counts=counts)
+                       signature=None, counts=counts, doc_counts=doc_counts)
 
     def __add__(self, other: DomainStats) -> DomainStats:
         return self._combine(other, +1)
@@ -149,6 +169,8 @@ class DomainStats:
         tensors = {"A": self.A, "b": self.b}
         if self.counts is not None:
             tensors["counts"] = np.asarray(self.counts, dtype=np.int64)
+        if self.doc_counts is not None:
+            tensors["doc_counts"] = np.asarray(self.doc_counts, dtype=np.int64)
         write_safetensors(path, tensors, meta)
 
     @classmethod
@@ -178,7 +200,12 @@ class DomainStats:
                    n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
                    source=where, signature=meta.get("signature"),
-                   counts=tensors["counts"].astype(np.int64) if "counts" in tensors else None)
+                   counts=_int_tensor(tensors, "counts"),
+                   doc_counts=_int_tensor(tensors, "doc_counts"))
+
+
+def _int_tensor(tensors: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    return tensors[name].astype(np.int64) if name in tensors else None
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
@@ -207,16 +234,26 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+class TokenCounts(NamedTuple):
+    """What one counting pass yields: the token-id histogram, per id the number of prompts
+    it occurs in (both int64, length vocab), and the prompt count."""
+
+    counts: np.ndarray
+    doc_counts: np.ndarray
+    n_prompts: int
+
+
 def token_counts(embedder: Embedder, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
-                 desc: str = "counting tokens") -> tuple[np.ndarray, int]:
-    """Histogram of token ids over ``texts`` (int64, length vocab) and the prompt count.
+                 desc: str = "counting tokens") -> TokenCounts:
+    """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
     blank (whitespace-only) prompts are skipped.
     ``progress`` shows a bar with tokens/s.
     """
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
+    doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
     bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress)
     # Blank records carry no domain signal (only whitespace tokens): skip them.
@@ -225,14 +262,18 @@ def token_counts(embedder: Embedder, texts: Iterable[str], *,
             ids = embedder.encode_batch(batch, max_tokens)
             flat = np.concatenate(ids)
             counts += np.bincount(flat, minlength=embedder.vocab_size)
+            doc_counts += np.bincount(np.concatenate([np.unique(x) for x in ids]),
+                                      minlength=embedder.vocab_size)
             n_prompts += len(batch)
             bar.update(int(flat.size))
-    return counts, n_prompts
+    return TokenCounts(counts, doc_counts, n_prompts)
 
 
 def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_prompts: int,
-                      max_tokens: int = DEFAULT_MAX_TOKENS) -> DomainStats:
-    """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram."""
+                      max_tokens: int = DEFAULT_MAX_TOKENS,
+                      doc_counts: np.ndarray | None = None) -> DomainStats:
+    """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
+    document frequencies, when given, for the ``nb`` router)."""
     counts = np.asarray(counts)
     if counts.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"counts have shape {counts.shape}, expected "
@@ -262,7 +303,9 @@ def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_
     return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
                        n_prompts=int(n_prompts), fingerprint=embedder.fingerprint,
                        embedder=embedder.spec, max_tokens=max_tokens,
-                       counts=counts.astype(np.int64))
+                       counts=counts.astype(np.int64),
+                       doc_counts=None if doc_counts is None else
+                       np.asarray(doc_counts).astype(np.int64))
 
 
 def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
@@ -272,13 +315,13 @@ def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
-    counts, n_prompts = token_counts(embedder, texts, max_tokens=max_tokens, progress=progress,
-                                     desc=f"counting {domain}")
+    counts, doc_counts, n_prompts = token_counts(embedder, texts, max_tokens=max_tokens,
+                                                 progress=progress, desc=f"counting {domain}")
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
-                             max_tokens=max_tokens)
+                             max_tokens=max_tokens, doc_counts=doc_counts)
 
 
 def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,

@@ -6,8 +6,9 @@ IR3DE: counting statistics plus the solve), *routing time* the wall time of one 
 over all test prompts divided by their number, tokenisation or sentence encoding included.
 
 IR3DE settings are never chosen here: each embedder is run with the named presets
-(``default``: balanced ridge, chosen on held-out fit data; ``paper``: the reference
-configuration) over the whole selector grid, and the report shows every figure.
+(``default``: Naive-Bayes token log-likelihoods, chosen on held-out fit data;
+``identity``/``dense``: balanced ridge; ``paper``: the reference configuration) over the
+whole selector grid, and the report shows every figure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from ..embedding import Embedder
 from ..errors import IR3DEError
 from ..router import PRESETS, Router, RouterConfig
+from ..selector import SELECTORS
 from ..statistics import compute_stats
 from .metrics import (
     ScoreKind,
@@ -39,7 +41,7 @@ KNN_K = (1, 5, 10)
 # Baseline families; "modem" fine-tunes a transformer on CPU, so it is opt-in.
 BASELINES = ("random", "knn", "tfidf", "modem")
 DEFAULT_BASELINES = ("random", "knn", "tfidf")
-_SELECTORS = [("topk", k) for k in K_GRID] + [("all", None), ("avg", None)]
+_SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
 
 
 @dataclass

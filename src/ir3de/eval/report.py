@@ -7,8 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..selector import SELECTORS
 from ..store import atomic_write_text
 from .harness import K_GRID
+
+# Selectors without k: one column each in the grid, one row each in the main tables.
+_POOLED = tuple(s for s in SELECTORS if s != "topk")
 
 __all__ = ["render_markdown", "write_report"]
 
@@ -41,7 +45,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _main_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Preset IR3DE routers, their all/avg variants, then every baseline."""
     ir3de = [r for r in result["routers"] if r["family"] == "ir3de"]
-    shown = [r for r in ir3de if r["is_preset"] or r["selector"] in ("all", "avg")]
+    shown = [r for r in ir3de if r["is_preset"] or r["selector"] in _POOLED]
     return shown + [r for r in result["routers"] if r["family"] != "ir3de"]
 
 
@@ -80,14 +84,13 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
 
     lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row in "
               "bold):", ""]
-    grid = [f"k={k}" for k in K_GRID] + ["all", "avg"]
+    grid = [f"k={k}" for k in K_GRID] + list(_POOLED)
     rows, values = [], []
     for emb, preset in dict.fromkeys((r["embedder"], r["preset"]) for r in result["routers"]
                                      if r["family"] == "ir3de"):
         cells = {(r["selector"], r["k"]): r["balanced"] for r in result["routers"]
                  if r["family"] == "ir3de" and r["embedder"] == emb and r["preset"] == preset}
-        vals = [cells[("topk", k)] for k in K_GRID] + [cells[("all", None)],
-                                                        cells[("avg", None)]]
+        vals = [cells[("topk", k)] for k in K_GRID] + [cells[(sel, None)] for sel in _POOLED]
         row = [f"{emb}, {preset}", *(_pct(v) for v in vals)]
         best = max(vals)
         rows.append([c if v != best or i == 0 else f"**{c}**"
