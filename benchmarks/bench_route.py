@@ -1,6 +1,8 @@
 """Routing throughput and latency of a router fitted on the Reasoning fit data.
 
-Two sections, per embedder and per selector (topk, all, avg):
+Two sections, per embedder and per selector (topk, all, avg, geo), on the default
+(nb) router; every selector reads the same per-token tables whichever model filled them,
+so avg on this router costs what the ridge presets' avg costs:
 
 * **batch** -- real prompts (the Reasoning test sets, shuffled, never fitted on) routed
   one at a time with ``Router.route`` and in batches of 32 and 1024 with
@@ -53,7 +55,7 @@ from pathlib import Path
 
 THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS")
-SELECTORS = ("topk", "all", "avg")
+SELECTORS = ("topk", "all", "avg", "geo")
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 
@@ -289,7 +291,8 @@ def run_single(args: argparse.Namespace) -> None:
     print(f"* {args.single_iters} timed calls per figure after one warm-up call; `cold` clears "
           "the chunk cache before every call (untimed)")
     print(f"\n## Real prompts one at a time, first seen (chunk cache warmed on {WARM_PROMPTS} "
-          f"fit prompts), selector avg -- {thread_note(args)}\n")
+          f"fit prompts), default selector ({_imports()[2]().selector}) -- "
+          f"{thread_note(args)}\n")
     print("| embedder | prompts | mean tokens | `route` p50 | `route` p99 | `encode_batch([p])` "
           "p50 | p99 | plain HF `tokenizer.encode` p50 | p99 | route / HF tokenizer (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -299,7 +302,7 @@ def run_single(args: argparse.Namespace) -> None:
 
 def single_real(np, router, emb, prompts: list[str], warm: list[str]) -> list[str]:
     """Distinct test prompts routed one by one; each path starts from the same cache state."""
-    router.set_params(selector="avg")
+    router.set_params(selector=_imports()[2]().selector)  # RouterConfig's default
     out = {}
     for label, fn in (("route", router.route),
                       ("encode", lambda p: emb.encode_batch([p])),
