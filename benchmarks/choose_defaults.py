@@ -44,7 +44,7 @@ def main() -> int:
         fit, held = holdout(fit_all, seed)
         stats = [compute_stats(emb, t, domain=d) for d, t in fit.items()]
         for balance in (False, True):
-            router = Router(emb, balance=balance, identity=None).fit_stats(stats)
+            router = Router(emb, model="ridge", balance=balance, identity=None).fit_stats(stats)
             for selector, k in GRID:
                 router.set_params(selector=selector, k=max(k, 1))
                 results.setdefault((balance, selector, k), []).append(

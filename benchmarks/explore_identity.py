@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from _holdout import flatten, holdout
 
-from ir3de import Router, compute_stats, load_embedder
+from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
 
 MUS = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, np.inf)
@@ -32,7 +32,8 @@ def _balanced(router: Router, texts: list[str], labels: list[str]) -> float:
 
 
 def _router(emb, stats: list, mu: float) -> Router:
-    return Router(emb, normalize=False, identity=None if np.isinf(mu) else mu).fit_stats(stats)
+    return Router(emb, model="ridge", selector="avg", normalize=False,
+                  identity=None if np.isinf(mu) else mu).fit_stats(stats)
 
 
 def main() -> int:
@@ -59,7 +60,7 @@ def main() -> int:
             test = (split.test_texts, split.test_labels)
             dense = _balanced(_router(emb, full, np.inf), *test)
             ident = _balanced(_router(emb, full, best), *test)
-            router = Router(emb).fit_stats(full)
+            router = Router(emb, RouterConfig.preset("identity")).fit_stats(full)
             lib = _balanced(router, *test)
             print(f"| {name} / {split.name} | {best:g} | "
                   + " / ".join(f"{100 * held[m]:.1f}" for m in MUS)
