@@ -9,7 +9,7 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
   with headers ``x-ir3de-expert`` and ``x-ir3de-confidence``.
 * ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
-  config; unset -> the admin API is off): list, add and remove experts, change k, λ,
+  config; unset -> the admin API is off): list, add and remove experts, change α, k, λ,
   selector or the confidence threshold. Every change re-solves the router off the event
   loop, swaps it in one assignment (requests in flight finish on the router they started
   with) and persists it atomically to ``state_dir``, which a restart loads back.
