@@ -80,6 +80,24 @@ def balanced(scores: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[gold == d] == d) for d in np.unique(gold)]))
 
 
+def report_split(name: str, held: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                 data: TokenizedSplit) -> list[tuple[str, float, float]]:
+    """Print every variant's held-out → test balanced accuracy for one split (``held`` and
+    ``test``: per-variant scores of ``data.held`` / ``data.test``), then the per-family
+    choice; returns the ``(label, held, test)`` rows."""
+    print(f"## {name}")
+    rows = []
+    for label in held:
+        h, t = balanced(held[label], data.held_y), balanced(test[label], data.test_y)
+        print(f"  {label:40s} {100 * h:5.1f} → {100 * t:5.1f}")
+        rows.append((label, h, t))
+    for family, (label, h, t, ties) in best_per_family(rows).items():
+        print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f}; "
+              f"{ties} variant(s) tie on held-out)")
+    print(flush=True)
+    return rows
+
+
 def best_per_family(rows: Sequence[tuple[str, float, float]]
                     ) -> dict[str, tuple[str, float, float, int]]:
     """For ``(label, held, test)`` rows, the first row with the highest held-out score of each

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import balanced, best_per_family, explore_args, tokenized_splits
+from _holdout import explore_args, report_split, tokenized_splits
 from explore_combiners import _fit_stats, _scores
 from explore_document import _default_table
 
@@ -131,18 +131,8 @@ def main() -> int:
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
     for name, data in tokenized_splits(emb, args.settings, args.data):
-        held = _variants(emb, data.inner, data.held)
-        test = _variants(emb, data.fit, data.test)
-        print(f"## {name}")
-        rows = []
-        for label in held:
-            h, t = balanced(held[label], data.held_y), balanced(test[label], data.test_y)
-            print(f"  {label:40s} {100 * h:5.1f} → {100 * t:5.1f}")
-            rows.append((label, h, t))
-        for family, (label, h, t, ties) in best_per_family(rows).items():
-            print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f}; "
-                  f"{ties} variant(s) tie on held-out)")
-        print(flush=True)
+        report_split(name, _variants(emb, data.inner, data.held),
+                     _variants(emb, data.fit, data.test), data)
     return 0
 
 

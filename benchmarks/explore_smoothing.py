@@ -64,7 +64,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import balanced, best_per_family, explore_args, tokenized_splits
+from _holdout import explore_args, report_split, tokenized_splits
 from explore_counts import PAIR_BUCKETS, _Counts, _features
 
 from ir3de import load_embedder
@@ -484,19 +484,8 @@ def main() -> int:
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
     per_split: dict[str, Rows] = {}
     for name, data in tokenized_splits(emb, args.settings, args.data):
-        held = _variants(V, data.inner, data.held, want)
-        test = _variants(V, data.fit, data.test, want)
-        print(f"## {name}")
-        rows = []
-        for label in held:
-            h, t = balanced(held[label], data.held_y), balanced(test[label], data.test_y)
-            print(f"  {label:40s} {100 * h:5.1f} → {100 * t:5.1f}")
-            rows.append((label, h, t))
-        for family, (label, h, t, ties) in best_per_family(rows).items():
-            print(f"  chosen {family}: {label} ({100 * h:.1f} → test {100 * t:.1f}; "
-                  f"{ties} variant(s) tie on held-out)")
-        print(flush=True)
-        per_split[name] = rows
+        per_split[name] = report_split(name, _variants(V, data.inner, data.held, want),
+                                       _variants(V, data.fit, data.test, want), data)
     if per_split:
         _one_configuration(per_split)
     return 0
