@@ -546,6 +546,7 @@ def test_routers_saved_before_nb_load_as_ridge(toy_stats, emb: Embedder,
     write_safetensors(tmp_path / "old.safetensors", tensors, meta)
     loaded = Router.load(tmp_path / "old.safetensors")
     assert loaded.config.model == "ridge"
+    assert read_router_meta(tmp_path / "old.safetensors")["config"]["model"] == "ridge"
     assert_same_state(loaded, ridge)
 
 

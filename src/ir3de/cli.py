@@ -333,16 +333,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
-        model = c.get("model", "ridge")  # routers saved before 'nb' existed are ridge ones
-        if model == "nb":
+        if c["model"] == "nb":
             print(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
-            print(f"  settings     selector={c['selector']}  k={c['k']}  "
-                  f"max_tokens={c['max_tokens']}")
         else:
             print(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   f"normalize={c['normalize']}  regularize_bias={c['regularize_bias']}")
-            print(f"  settings     selector={c['selector']}  k={c['k']}  "
-                  f"max_tokens={c['max_tokens']}")
+        print(f"  settings     selector={c['selector']}  k={c['k']}  max_tokens={c['max_tokens']}")
+        if c["model"] == "ridge":
             mu = info.get("identity_mu")
             print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
                   + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))

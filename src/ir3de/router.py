@@ -430,9 +430,7 @@ class Router:
             counts=None if counts is None else counts[i].astype(np.int64),
             doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64))
             for i, e in enumerate(experts)}
-        # Routers saved before the 'nb' model existed were ridge routers: their settings
-        # lack 'model' and must not pick up today's default.
-        router = cls(emb, RouterConfig.from_dict({"model": "ridge", **meta["config"]}))
+        router = cls(emb, RouterConfig.from_dict(meta["config"]))
         return router.fit_stats(stats)
 
 
@@ -456,6 +454,10 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("config", "fingerprint", "embedder", "experts", "dim"):
         if key not in meta:
             raise StatsFormatError(f"{where}: router metadata lacks {key!r}")
+    if isinstance(meta["config"], dict):
+        # Routers saved before the 'nb' model existed were ridge routers: their settings
+        # lack 'model' and must not pick up today's default (on load or in `inspect`).
+        meta["config"] = {"model": "ridge", **meta["config"]}
     return meta
 
 
