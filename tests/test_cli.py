@@ -89,6 +89,10 @@ def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsy
     assert info["config"]["k"] == 7 and info["config"]["balance"] is False
     code, text, _ = run(capsys, "inspect", built["math"])
     assert code == 0 and "math" in text and "4 prompts" in text
+    n_pairs = DomainStats.load(built["math"]).pairs.keys.size
+    assert f"holds        A, b, token counts, document frequencies, {n_pairs} token pairs" in text
+    info = json.loads(run(capsys, "inspect", built["math"], "--json")[1])
+    assert (info["n_pairs"], info["has_counts"], info["has_doc_counts"]) == (n_pairs, True, True)
 
 
 def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
@@ -335,21 +339,32 @@ def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys)
 
 
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """The default build is the nb model (α shown by inspect); --alpha and --model change it."""
-    for argv, model, alpha in (([], "nb", 0.1), (["--alpha", "0.5"], "nb", 0.5),
-                               (["--model", "ridge", "--selector", "avg"], "ridge", 0.1)):
-        out = tmp_path / f"{model}{alpha}.safetensors"
+    """The default build is the nb model with pair features (α and the pair mass shown by
+    inspect); --alpha, --pairs, --preset and --model change it."""
+    pairs_line = "model        nb (Naive-Bayes, binary token and token-pair features)  α={:g}  " \
+        "pair mass={:g}"
+    for argv, model, alpha, pairs in (
+            ([], "nb", 0.03, 1e5), (["--alpha", "0.5", "--pairs", "1e3"], "nb", 0.5, 1e3),
+            (["--preset", "unigram"], "nb", 0.1, None), (["--pairs", "none"], "nb", 0.03, None),
+            (["--model", "ridge", "--selector", "avg"], "ridge", 0.03, 1e5)):
+        out = tmp_path / f"{model}{alpha}{pairs}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
         config = Router.load(out).config
-        assert (config.model, config.alpha) == (model, alpha)
+        assert (config.model, config.alpha, config.pairs) == (model, alpha, pairs)
         text = run(capsys, "inspect", out)[1]
         assert (f"model        nb (Naive-Bayes, binary token features)  α={alpha:g}" in text) \
-            == (model == "nb")
+            == (model == "nb" and pairs is None)
+        assert (model == "nb" and pairs is not None) == \
+            (pairs is not None and pairs_line.format(alpha, pairs) in text)
     for bad in ("0", "-1", "nan", "x"):
         with pytest.raises(SystemExit) as exc:
             main(["build", str(built["math"]), str(built["coding"]), "--alpha", bad,
                   "-o", str(tmp_path / "bad.safetensors")])
         assert exc.value.code == 2 and "argument --alpha" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exc:
+            main(["build", str(built["math"]), str(built["coding"]), "--pairs", bad,
+                  "-o", str(tmp_path / "bad.safetensors")])
+        assert exc.value.code == 2 and "argument --pairs" in capsys.readouterr().err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--no-balance",
                        "-o", tmp_path / "bad.safetensors")
     assert code != 0 and "'nb' model weighs every domain the same" in err

@@ -59,6 +59,8 @@ def _assert_same(a: DomainStats, b: DomainStats) -> None:
     np.testing.assert_array_equal(a.b, b.b)
     np.testing.assert_array_equal(a.counts, b.counts)
     np.testing.assert_array_equal(a.doc_counts, b.doc_counts)  # what the nb router reads
+    np.testing.assert_array_equal(a.pairs.keys, b.pairs.keys)  # and its pair features
+    np.testing.assert_array_equal(a.pairs.counts, b.pairs.counts)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "text", "parquet"])

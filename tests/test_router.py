@@ -4,6 +4,7 @@ Reasoning data."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,11 @@ def assert_same_state(a: Router, b: Router) -> None:
     assert a.experts == b.experts
     np.testing.assert_array_equal(a.W, b.W)
     np.testing.assert_array_equal(a._state.table.probs, b._state.table.probs)
+    pa, pb = a._state.table.pairs, b._state.table.pairs
+    assert (pa is None) == (pb is None)
+    if pa is not None:
+        np.testing.assert_array_equal(pa.keys, pb.keys)
+        np.testing.assert_array_equal(pa.logp, pb.logp)
 
 
 # ------------------------------------------------------------------ experts
@@ -298,7 +304,11 @@ def test_bad_settings(emb: Embedder, toy_stats) -> None:
 def test_presets() -> None:
     assert RouterConfig.preset("default") == RouterConfig()
     default = RouterConfig()
-    assert (default.model, default.alpha, default.selector) == ("nb", 0.1, "geo")
+    assert (default.model, default.alpha, default.pairs, default.selector) == \
+        ("nb", 0.03, 1e5, "geo")
+    unigram = RouterConfig.preset("unigram")
+    assert (unigram.model, unigram.alpha, unigram.pairs, unigram.selector) == \
+        ("nb", 0.1, None, "geo")
     identity = RouterConfig.preset("identity")
     assert (identity.model, identity.identity, identity.selector) == ("ridge", "auto", "avg")
     assert RouterConfig.preset("dense").identity is None
@@ -480,18 +490,38 @@ def test_automatic_mu_is_exact_under_add_remove(emb: Embedder, toy_stats, tmp_pa
 # ------------------------------------------------------------ the nb model (default)
 
 
-def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats) -> None:
-    """The default router is multinomial Naive Bayes over binary token features with a
-    uniform prior, computed here directly from the corpora (no statistics files)."""
-    router = Router(emb).fit_stats(toy_stats)
-    alpha, V = router.config.alpha, emb.vocab_size
+def _pairs_of(ids: np.ndarray, V: int) -> set[tuple[int, int]]:
+    return set(zip([V, *ids[:-1].tolist()], ids.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("preset", ["default", "unigram"])
+def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
+                                                       preset: str) -> None:
+    """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
+    features with a uniform prior (``unigram``: tokens only), computed here directly from
+    the corpora with Python sets (no statistics files)."""
+    router = Router(emb, RouterConfig.preset(preset)).fit_stats(toy_stats)
+    alpha, m, V = router.config.alpha, router.config.pairs, emb.vocab_size
     df = {d: np.zeros(V) for d in CORPORA}
+    pair_df: dict[str, Counter[tuple[int, int]]] = {d: Counter() for d in CORPORA}
     for d, texts in CORPORA.items():
         for text in texts:
-            df[d][np.unique(emb.encode(text))] += 1
+            ids = emb.encode(text)
+            df[d][np.unique(ids)] += 1
+            pair_df[d].update(_pairs_of(ids, V))
+    seen = set().union(*pair_df.values())
+    pooled = {p: sum(pair_df[d][p] for d in router.experts) + 0.01 for p in seen}
+    norm = sum(pooled.values()) + 0.01  # + the slot every unseen pair shares
+
+    def pair_loglik(d: str, p: tuple[int, int]) -> float:
+        q = pooled.get(p, 0.01) / norm
+        return float(np.log((pair_df[d][p] + m * q) / (sum(pair_df[d].values()) + m)))
+
     for text in PROMPTS:
-        distinct = np.unique(emb.encode(text))
+        ids = emb.encode(text)
+        distinct = np.unique(ids)
         loglik = [np.log((df[d][distinct] + alpha) / (df[d].sum() + alpha * V)).sum()
+                  + (0 if m is None else sum(pair_loglik(d, p) for p in _pairs_of(ids, V)))
                   for d in router.experts]
         dec = router.route(text, explain=True)
         assert dec.expert == router.experts[int(np.argmax(loglik))], text
@@ -526,11 +556,18 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
 
 
 def test_nb_needs_document_frequencies(emb: Embedder, toy_stats) -> None:
-    old = {n: dataclasses.replace(s, doc_counts=None) for n, s in toy_stats.items()}
+    old = {n: dataclasses.replace(s, doc_counts=None, pairs=None) for n, s in toy_stats.items()}
     with pytest.raises(StatsFormatError, match=r"carry no document frequencies.*'identity' or "
                                                r"'dense' preset"):
-        Router(emb).fit_stats(old)
+        Router(emb, RouterConfig.preset("unigram")).fit_stats(old)
     Router(emb, RouterConfig.preset("identity")).fit_stats(old)  # ridge presets still work
+    # Files with document frequencies but no pair frequencies feed the unigram preset.
+    no_pairs = {n: dataclasses.replace(s, pairs=None) for n, s in toy_stats.items()}
+    with pytest.raises(StatsFormatError, match=r"carry no token-pair frequencies.*'unigram'"):
+        Router(emb).fit_stats(no_pairs)
+    Router(emb, RouterConfig.preset("unigram")).fit_stats(no_pairs)
+    with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
+        dataclasses.replace(toy_stats["math"], doc_counts=None)  # pairs without their tokens
 
 
 def test_routers_saved_before_nb_load_as_ridge(toy_stats, emb: Embedder,
@@ -540,14 +577,41 @@ def test_routers_saved_before_nb_load_as_ridge(toy_stats, emb: Embedder,
     ridge = fit(emb, toy_stats, list(toy_stats))
     ridge.save(tmp_path / "new.safetensors")
     tensors, meta = read_safetensors(tmp_path / "new.safetensors")
-    for key in ("model", "alpha"):
+    for key in ("model", "alpha", "pairs"):
         del meta["config"][key]
-    tensors.pop("doc_counts")
+    for key in ("doc_counts", "pair_keys", "pair_counts", "pair_offsets"):
+        tensors.pop(key)
     write_safetensors(tmp_path / "old.safetensors", tensors, meta)
     loaded = Router.load(tmp_path / "old.safetensors")
     assert loaded.config.model == "ridge"
     assert read_router_meta(tmp_path / "old.safetensors")["config"]["model"] == "ridge"
     assert_same_state(loaded, ridge)
+
+
+def test_nb_routers_saved_before_pairs_load_without_them(toy_stats, emb: Embedder,
+                                                         tmp_path: Path) -> None:
+    """An nb router file from before pair features (no 'pairs' setting, no pair tensors)
+    loads as the token-only nb router it was, and can gain pairs only from new statistics."""
+    unigram = fit(emb, toy_stats, list(toy_stats), **dataclasses.asdict(
+        RouterConfig.preset("unigram")))
+    unigram.save(tmp_path / "new.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "new.safetensors")
+    del meta["config"]["pairs"]
+    for key in ("pair_keys", "pair_counts", "pair_offsets"):
+        tensors.pop(key)
+    write_safetensors(tmp_path / "old.safetensors", tensors, meta)
+    loaded = Router.load(tmp_path / "old.safetensors")
+    assert (loaded.config.model, loaded.config.pairs) == ("nb", None)
+    assert_same_state(loaded, unigram)
+    with pytest.raises(StatsFormatError, match="carry no token-pair frequencies"):
+        loaded.set_params(pairs=1e5)
+    assert loaded.config.pairs is None  # the failed change left it as it was
+    # Pair tensors that do not add up are refused, not guessed at.
+    tensors, meta = read_safetensors(tmp_path / "new.safetensors")
+    tensors["pair_offsets"] = tensors["pair_offsets"][:-1]
+    write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(StatsFormatError, match="token-pair tensors do not match"):
+        Router.load(tmp_path / "bad.safetensors")
 
 
 def test_nb_generalises_across_datasets(emb: Embedder, data_dir: Path) -> None:

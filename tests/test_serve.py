@@ -304,6 +304,11 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert s.status_code == 200 and (s.json()["model"], s.json()["alpha"]) == ("nb", 0.5)
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": -1})
         assert bad.status_code == 400 and "α must be" in bad.json()["error"]["message"]
+        assert s.json()["pairs"] == 1e5
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
+        assert s.status_code == 200 and s.json()["pairs"] is None
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
+        assert bad.status_code == 400 and "pair Dirichlet mass" in bad.json()["error"]["message"]
 
         assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
         assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)

@@ -12,6 +12,7 @@ from conftest import CORPORA
 from ir3de import DomainStats, Embedder, Router, RouterConfig, compute_stats
 from ir3de.cli import main
 from ir3de.errors import IR3DEError
+from ir3de.statistics import PairCounts
 from ir3de.store import read_safetensors, write_safetensors
 
 pytest.importorskip("cryptography", reason="signing needs pip install 'ir3de[sign]'")
@@ -68,7 +69,8 @@ def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
     tensors, meta = read_safetensors(tmp_path / "law.stats")
     meta["n_tokens"] *= 100
     meta["n_prompts"] *= 100
-    write_safetensors(tmp_path / "law.stats", {k: v * 100 for k, v in tensors.items()}, meta)
+    write_safetensors(tmp_path / "law.stats",
+                      {k: v if k == "pair_keys" else v * 100 for k, v in tensors.items()}, meta)
     with pytest.raises(IR3DEError, match=r"law.stats: signature does not match"):
         verify(DomainStats.load(tmp_path / "law.stats"), trusted)
 
@@ -123,7 +125,8 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
                                   n_prompts=honest.n_prompts * 100,
                                   fingerprint=honest.fingerprint, embedder=honest.embedder,
                                   counts=honest.counts * 100,
-                                  doc_counts=honest.doc_counts * 100)
+                                  doc_counts=honest.doc_counts * 100,
+                                  pairs=PairCounts(honest.pairs.keys, honest.pairs.counts * 100))
 
     def share_to_coding(router: Router) -> dict[str, float]:
         return {d: float(np.mean([p == "coding" for p in router.predict(t)]))

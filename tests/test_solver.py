@@ -137,7 +137,7 @@ def test_identity_needs_counts_and_a_positive_mu(emb, toy_stats) -> None:
 
     with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
         solve_identity(toy_stats, list(toy_stats), emb, mu=0.0)
-    old = {n: replace(s, counts=None, doc_counts=None) for n, s in toy_stats.items()}
+    old = {n: replace(s, counts=None, doc_counts=None, pairs=None) for n, s in toy_stats.items()}
     with pytest.raises(IR3DEError, match="carry no token counts"):
         solve_identity(old, list(old), emb, mu=1.0)
 

@@ -4,6 +4,7 @@ statistics add, merge and subtract like the sums they are."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ir3de import (
     merge,
 )
 from ir3de.statistics import (
+    PairCounts,
     load_stats_files,
     stats_from_counts,
     streaming_stats,
@@ -42,6 +44,9 @@ def assert_stats_close(got: DomainStats, want: DomainStats, rtol: float = 1e-9) 
     for key in ("counts", "doc_counts"):  # integers: exact
         if getattr(want, key) is not None:
             np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+    if want.pairs is not None:
+        for g, w in zip(got.pairs, want.pairs, strict=True):
+            np.testing.assert_array_equal(g, w)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,18 @@ def test_histogram_equals_streaming_on_real_prompts(emb: Embedder,
     few = real_prompts[400:430]
     assert_stats_close(compute_stats(emb, few, domain="d", max_tokens=16),
                        streaming_stats(emb, few, domain="d", max_tokens=16))
+
+
+def test_pair_folding_does_not_change_the_result(emb: Embedder, real_prompts: list[str],
+                                                 monkeypatch) -> None:
+    """Large corpora fold their pair keys into the table batch by batch: the same table."""
+    whole = token_counts(emb, real_prompts)
+    monkeypatch.setattr(statistics, "_BATCH", 7)
+    monkeypatch.setattr(statistics, "_PAIR_FOLD", 1)
+    folded = token_counts(emb, real_prompts)
+    for got, want in zip(folded.pairs, whole.pairs, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert whole.pairs.counts.sum() > whole.pairs.keys.size  # shared pairs were summed
 
 
 def test_histogram_blocks_do_not_change_the_result(emb: Embedder, real_prompts: list[str],
@@ -118,7 +135,7 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
              "", "\n", "x"]
-    counts, doc_counts, n_prompts = token_counts(emb, texts, max_tokens=5)
+    counts, doc_counts, n_prompts, pairs = token_counts(emb, texts, max_tokens=5)
     assert n_prompts == 3  # blank prompts are skipped
     # Per id, the prompts it occurs in (after the cap): "</s> one </s> two <s>" counts
     # "one" and "two" once each; tokens repeated within a prompt count once.
@@ -130,6 +147,13 @@ def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     assert counts[emb.special_ids].sum() == 0
     assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if t.strip())
     assert counts.dtype == np.int64 and counts.shape == (emb.vocab_size,)
+    # Pairs: (previous id or the start V, id) within the cap, each prompt's distinct pairs once.
+    V = emb.vocab_size
+    brute: Counter[tuple[int, int]] = Counter()
+    for x in kept:
+        brute.update(set(zip([V, *x[:-1].tolist()], x.tolist(), strict=True)))
+    got = {(int(k) // (V + 1), int(k) % (V + 1)): int(c) for k, c in zip(*pairs, strict=True)}
+    assert got == dict(brute)
 
 
 def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
@@ -193,6 +217,8 @@ def test_add_subtract_round_trip(toy_stats: dict[str, DomainStats], emb: Embedde
     np.testing.assert_allclose(back.A, a.A, rtol=1e-12, atol=1e-12 * np.abs(a.A).max())
     np.testing.assert_allclose(back.b, a.b, rtol=1e-12, atol=1e-12 * np.abs(a.b).max())
     assert back.source == "<combined>" and a.source == "<memory>"  # operands untouched
+    for got, want in zip(back.pairs, a.pairs, strict=True):  # b's own pairs are gone again
+        np.testing.assert_array_equal(got, want)
     # Sum of the texts' stats equals the stats of the concatenated corpus.
     joint = compute_stats(emb, CORPORA["math"] + ["How many apples are left if I eat 3 of 10?"]
                           * 3, domain="math")
@@ -242,6 +268,16 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
         dataclasses.replace(s, A=bad)
     with pytest.raises(StatsFormatError, match="negative"):
         dataclasses.replace(s, n_tokens=-1)
+    keys, counts = s.pairs
+    V = s.doc_counts.size
+    for bad_pairs in (PairCounts(keys[::-1], counts[::-1]),  # not sorted
+                      PairCounts(keys, counts * 0),  # not positive
+                      PairCounts(keys, counts + s.n_prompts),  # more prompts than hold a token
+                      PairCounts(keys[1:], counts[1:]),  # a token occurrence without its pair
+                      PairCounts(np.append(keys, (V + 1) ** 2), np.append(counts, 1)),
+                      PairCounts(keys.astype(np.float64), counts)):
+        with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
+            dataclasses.replace(s, pairs=bad_pairs)
 
 
 def test_three_parties_federation_is_exact(emb: Embedder, data_dir: Path, tmp_path: Path,

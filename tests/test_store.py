@@ -54,8 +54,11 @@ def test_stats_round_trip(saved: tuple[Path, DomainStats]) -> None:
     for key in ("counts", "doc_counts"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(stats, key))
         assert getattr(loaded, key).dtype == np.int64
+    for got, want in zip(loaded.pairs, stats.pairs, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.int64
     for f in dataclasses.fields(DomainStats):
-        if f.name not in ("A", "b", "counts", "doc_counts", "source"):
+        if f.name not in ("A", "b", "counts", "doc_counts", "pairs", "source"):
             assert getattr(loaded, f.name) == getattr(stats, f.name), f.name
     assert loaded.source == str(path)
     loaded.save(path.with_name("again.safetensors"))
@@ -158,6 +161,13 @@ def test_wrong_shapes_are_rejected(saved, tmp_path: Path) -> None:
             DomainStats.load(rewrite(path, tmp_path / name, tensors))
     with pytest.raises(StatsFormatError, match="dim"):
         DomainStats.load(rewrite(path, tmp_path / "dim.st", dim=stats.dim + 1))
+    tensors = read_safetensors(path)[0]
+    del tensors["pair_counts"]
+    with pytest.raises(StatsFormatError, match="only one of the tensors pair_keys and pair_counts"):
+        DomainStats.load(rewrite(path, tmp_path / "half_pairs.st", tensors))
+    tensors["pair_counts"] = np.ones((3, 2), dtype=np.int64)
+    with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
+        DomainStats.load(rewrite(path, tmp_path / "pairs_2d.st", tensors))
 
 
 @pytest.mark.parametrize("keep", [0, 4, 8, 100, -8, -1])

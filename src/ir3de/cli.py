@@ -84,6 +84,20 @@ def _identity_mu(text: str) -> float | str | None:
     return value
 
 
+def _pair_mass(text: str) -> float | None:
+    if text == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none' or a number > 0, "
+                                         f"got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the pair Dirichlet mass must be a finite number > 0, "
+                                         f"got {text}")
+    return value
+
+
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--embedder", default=default, metavar="NAME|DIR|TOKENIZER",
@@ -100,8 +114,10 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
 def _add_router_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("router settings (default: --preset default)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': Naive-Bayes log-likelihoods of binary token features "
-                        "(α=0.1) pooled by the geo selector (the measured best); 'identity': "
+                   help="'default': Naive-Bayes log-likelihoods of binary token and "
+                        "adjacent-token-pair features (α=0.03, pair mass 1e5) pooled by the geo "
+                        "selector (the measured best); 'unigram': the same without pairs "
+                        "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
                         "avg selector; 'dense': the same without identity features (for "
                         "statistics without token counts); 'paper': the paper's unbalanced "
@@ -110,7 +126,11 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="nb: log-likelihoods from per-domain document frequencies; ridge: "
                         "closed-form ridge on the embedding (λ, --identity, --balance apply)")
     g.add_argument("--alpha", type=_positive_float,
-                   help="Laplace smoothing of the nb model (default 0.1)")
+                   help="Laplace smoothing of the nb model's tokens (default 0.03)")
+    g.add_argument("--pairs", type=_pair_mass, metavar="MASS|none", default=argparse.SUPPRESS,
+                   help="nb model: Dirichlet mass that smooths each domain's token-pair "
+                        "frequencies towards the pooled ones (default 1e5), or 'none' for "
+                        "token features only; pairs enter the geo selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -126,7 +146,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--identity", type=_identity_mu, metavar="MU|auto|none",
                    default=argparse.SUPPRESS,
                    help="ridge of the token-identity features: a number > 0, 'auto' (chosen "
-                        "by closed-form leave-one-out; preset 'default') or 'none' (embedding "
+                        "by closed-form leave-one-out; preset 'identity') or 'none' (embedding "
                         "features only); needs statistics with token counts")
 
 
@@ -135,8 +155,9 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
                   "regularize_bias")
                  if getattr(args, key, None) is not None}
-    if hasattr(args, "identity"):  # 'none' is an explicit choice, unlike an absent option
-        overrides["identity"] = args.identity
+    for key in ("identity", "pairs"):  # 'none' is an explicit choice, unlike no option
+        if hasattr(args, key):
+            overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
         overrides["max_tokens"] = args.max_tokens
     return RouterConfig.preset(args.preset, **overrides)
@@ -321,7 +342,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info = read_router_meta(args.file)
     elif kind == "ir3de-stats":
         info = {k: v for k, v in meta.items() if k != "format"}
-        DomainStats.load(args.file)  # validates shapes and values, not just the header
+        stats = DomainStats.load(args.file)  # validates shapes and values, not the header only
+        # What the file can feed: every preset needs A/b; identity the token counts, the nb
+        # presets the document frequencies, the default also the pair frequencies.
+        info["n_pairs"] = None if stats.pairs is None else int(stats.pairs.keys.size)
+        info["has_counts"] = stats.counts is not None
+        info["has_doc_counts"] = stats.doc_counts is not None
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
     if args.json:
@@ -333,8 +359,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
-        if c["model"] == "nb":
+        if c["model"] == "nb" and c["pairs"] is None:
             print(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
+        elif c["model"] == "nb":
+            print(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
+                  f"α={c['alpha']:g}  pair mass={c['pairs']:g}")
         else:
             print(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   f"normalize={c['normalize']}  regularize_bias={c['regularize_bias']}")
@@ -350,6 +379,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  domain       {info['domain']}")
         print(f"  counts       {info['n_prompts']} prompts, {info['n_tokens']} tokens "
               f"(prompts capped at {info['max_tokens']} tokens)")
+        held = [name for name, present in (("token counts", info["has_counts"]),
+                                           ("document frequencies", info["has_doc_counts"]))
+                if present]
+        if info["n_pairs"] is not None:
+            held.append(f"{info['n_pairs']} token pairs")
+        print("  holds        " + ", ".join(["A, b", *held]))
     return 0
 
 

@@ -3,7 +3,8 @@
 ``ir3de stats --engine ray [--address ...]`` (extra ``ir3de[ray]``) reads JSONL, Parquet or
 text files (local paths, globs, or any filesystem pyarrow/fsspec understands, such as
 ``s3://``) with Ray Data, tokenizes and counts token ids per block on the workers, and
-sums the counts on the driver, which then forms ``A_d`` and ``b_d``. Token counts are
+sums the counts (and the blocks' token-pair tables) on the driver, which then forms ``A_d``
+and ``b_d``. Token counts are
 integers and their sum does not depend on how the corpus was split, so the result is the
 same statistics file, bit for bit, as the single-process path on the same texts.
 
@@ -27,7 +28,13 @@ import numpy as np
 from .data import FORMATS, CorpusFormat, infer_format
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
 from .errors import EmptyInputError, FingerprintMismatchError, IR3DEError
-from .statistics import DomainStats, stats_from_counts, token_counts, validate_domain_name
+from .statistics import (
+    DomainStats,
+    stats_from_counts,
+    sum_pairs,
+    token_counts,
+    validate_domain_name,
+)
 
 __all__ = ["ray_stats"]
 
@@ -80,8 +87,12 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: 
     if fmt == "text":
         texts = [t.rstrip("\r") for t in texts]
     counted = token_counts(embedder, [t for t in texts if t is not None], max_tokens=max_tokens)
+    # The block's pair table is ragged: one object cell holding keys then counts, which Ray
+    # Data carries as a variable-shaped tensor column.
+    pairs = np.empty(1, dtype=object)
+    pairs[0] = np.concatenate(counted.pairs)
     return {"counts": counted.counts[None, :], "doc_counts": counted.doc_counts[None, :],
-            "n_prompts": np.array([counted.n_prompts])}
+            "n_prompts": np.array([counted.n_prompts]), "pairs": pairs}
 
 
 def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
@@ -129,10 +140,15 @@ def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
         counts = np.zeros(embedder.vocab_size, dtype=np.int64)
         doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
         n_prompts = 0
+        keys, pair_counts = [], []
         for batch in counted.iter_batches(batch_size=None, batch_format="numpy"):
             counts += batch["counts"].sum(axis=0, dtype=np.int64)
             doc_counts += batch["doc_counts"].sum(axis=0, dtype=np.int64)
             n_prompts += int(batch["n_prompts"].sum())
+            for cell in batch["pairs"]:
+                half = len(cell) // 2
+                keys.append(np.asarray(cell[:half], dtype=np.int64))
+                pair_counts.append(np.asarray(cell[half:], dtype=np.int64))
     except ray.exceptions.RayError as exc:
         # A worker's IR3DEError arrives wrapped: surface its own message.
         cause = exc.cause if isinstance(getattr(exc, "cause", None), IR3DEError) else None
@@ -144,4 +160,5 @@ def ray_stats(paths: Sequence[str], embedder: Embedder, *, domain: str,
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
-                             max_tokens=max_tokens, doc_counts=doc_counts)
+                             max_tokens=max_tokens, doc_counts=doc_counts,
+                             pairs=sum_pairs(np.concatenate(keys), np.concatenate(pair_counts)))

@@ -20,6 +20,7 @@ a concurrent reader routes either entirely on the old or on the new router.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -35,17 +36,26 @@ from .errors import (
     IR3DEError,
     StatsFormatError,
 )
-from .selector import SELECTORS, VocabScores, select, vocab_scores
+from .selector import SELECTORS, PairScores, VocabScores, select, vocab_scores
 from .solver import (
     DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
+    DEFAULT_PAIRS,
+    UNIGRAM_ALPHA,
     design,
     solve,
     solve_identity,
     solve_identity_auto,
     solve_nb,
+    solve_pairs,
 )
-from .statistics import DomainStats, check_same_embedder, compute_stats, validate_domain_name
+from .statistics import (
+    DomainStats,
+    PairCounts,
+    check_same_embedder,
+    compute_stats,
+    validate_domain_name,
+)
 from .store import read_safetensors, write_safetensors
 
 __all__ = ["DEFAULT_K", "MODELS", "PRESETS", "Decision", "Router", "RouterConfig",
@@ -60,8 +70,8 @@ PAPER_K = 10
 
 ROUTER_FORMAT = "ir3de-router"
 ROUTER_VERSION = 1
-_RESOLVE_KEYS = frozenset({"model", "alpha", "lam", "balance", "normalize", "regularize_bias",
-                           "identity"})
+_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normalize",
+                           "regularize_bias", "identity"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
 
 
@@ -74,8 +84,12 @@ class RouterConfig:
 
     * ``"nb"`` (default): Naive-Bayes log-likelihoods of binary token features from each
       domain's document frequencies, Laplace smoothing ``alpha``
-      (:func:`~ir3de.solver.solve_nb`); every domain weighs the same (``balance`` must
-      stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not apply.
+      (:func:`~ir3de.solver.solve_nb`), plus, unless ``pairs`` is None, binary features
+      of adjacent token pairs smoothed towards the pooled pair distribution with Dirichlet
+      mass ``pairs`` (:func:`~ir3de.solver.solve_pairs`; the ``geo`` selector uses them,
+      the per-token voting selectors do not); every domain weighs the same (``balance``
+      must stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not
+      apply.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -87,6 +101,7 @@ class RouterConfig:
 
     model: Literal["nb", "ridge"] = "nb"
     alpha: float = DEFAULT_ALPHA
+    pairs: float | None = DEFAULT_PAIRS
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: str = "geo"
@@ -102,6 +117,11 @@ class RouterConfig:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
                 or not np.isfinite(self.alpha) or self.alpha <= 0:
             raise IR3DEError(f"the smoothing α must be a finite number > 0, got {self.alpha!r}")
+        if self.pairs is not None and (
+                isinstance(self.pairs, bool) or not isinstance(self.pairs, (int, float))
+                or not np.isfinite(self.pairs) or self.pairs <= 0):
+            raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0 or None, "
+                             f"got {self.pairs!r}")
         if self.model == "nb" and not self.balance:
             raise IR3DEError("the 'nb' model weighs every domain the same (a uniform prior); "
                              "balance=False applies to model='ridge' only")
@@ -123,7 +143,8 @@ class RouterConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
-        of binary token features, α = 0.1, ``geo`` selector), ``identity`` (balanced ridge
+        of binary token and adjacent-token-pair features, α = 0.03, pair mass 1e5, ``geo``
+        selector), ``unigram`` (the same without pairs, α = 0.1), ``identity`` (balanced ridge
         on the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
@@ -143,10 +164,11 @@ class RouterConfig:
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "identity": RouterConfig(model="ridge", selector="avg"),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None),
+                          identity=None, pairs=None),
 }
 
 
@@ -256,8 +278,12 @@ class Router:
             if L.shape[0] != self.embedder.vocab_size:
                 raise StatsFormatError(f"document frequencies cover {L.shape[0]} token ids, "
                                        f"the embedder's vocabulary {self.embedder.vocab_size}")
+            pairs = None
+            if config.pairs is not None:
+                pairs = PairScores.from_logits(*solve_pairs(stats, experts, mass=config.pairs))
             # from_logits normalises its argument in place: W keeps the column-exact L.
-            return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy()), None)
+            return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
+                          None)
         ridge = {"lam": config.lam, "balance": config.balance,
                  "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -394,6 +420,12 @@ class Router:
         for key in ("counts", "doc_counts"):
             if all(getattr(state.stats[n], key) is not None for n in state.experts):
                 tensors[key] = np.stack([getattr(state.stats[n], key) for n in state.experts])
+        if all(state.stats[n].pairs is not None for n in state.experts):
+            # Ragged per expert: concatenated, with each expert's start in pair_offsets.
+            parts = [state.stats[n].pairs for n in state.experts]
+            tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
+            tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
+            tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
                                           **self.describe()})
 
@@ -422,16 +454,34 @@ class Router:
             if arr is not None and arr.shape != (len(experts), emb.vocab_size):
                 raise StatsFormatError(f"{path}: {name} do not match {len(experts)} experts "
                                        f"and a vocabulary of {emb.vocab_size}")
+        pairs = _router_pairs(tensors, len(experts), str(path))
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
             n_tokens=int(e["n_tokens"]), n_prompts=int(e["n_prompts"]),
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
             max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}",
             counts=None if counts is None else counts[i].astype(np.int64),
-            doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64))
+            doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64),
+            pairs=pairs[i])
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         return router.fit_stats(stats)
+
+
+def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
+                  where: str) -> list[PairCounts | None]:
+    """Each expert's pair frequencies from a router file (None for each if it has none)."""
+    names = ("pair_keys", "pair_counts", "pair_offsets")
+    present = [name in tensors for name in names]
+    if not any(present):
+        return [None] * n_experts
+    keys, counts, offsets = (tensors.get(name) for name in names)
+    if not all(present) or keys.ndim != 1 or counts.shape != keys.shape or \
+            offsets.shape != (n_experts + 1,) or offsets[0] != 0 or \
+            offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+        raise StatsFormatError(f"{where}: token-pair tensors do not match {n_experts} experts")
+    keys, counts = keys.astype(np.int64), counts.astype(np.int64)
+    return [PairCounts(keys[a:b], counts[a:b]) for a, b in itertools.pairwise(offsets)]
 
 
 def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
@@ -455,9 +505,10 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         if key not in meta:
             raise StatsFormatError(f"{where}: router metadata lacks {key!r}")
     if isinstance(meta["config"], dict):
-        # Routers saved before the 'nb' model existed were ridge routers: their settings
-        # lack 'model' and must not pick up today's default (on load or in `inspect`).
-        meta["config"] = {"model": "ridge", **meta["config"]}
+        # Settings a router was saved without did not exist then: they take the behaviour
+        # of that time, not today's defaults (on load or in `inspect`). Before the 'nb'
+        # model, routers were ridge routers; before pair features, nb used none.
+        meta["config"] = {"model": "ridge", "pairs": None, **meta["config"]}
     return meta
 
 

@@ -33,18 +33,45 @@ mean log-probabilities, so, like ``avg``, between 1/D and 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from .embedding import Embedder
 from .errors import EmptyInputError, IR3DEError
+from .statistics import pair_keys
 
-__all__ = ["SELECTORS", "Selection", "SelectorName", "VocabScores", "select", "vocab_scores"]
+__all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores", "select",
+           "vocab_scores"]
 
 SelectorName = Literal["topk", "all", "avg", "geo"]
 SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
+
+
+@dataclass(frozen=True, eq=False)
+class PairScores:
+    """Per-pair routing table: ``keys`` (K,), the sorted pair keys
+    (:class:`~ir3de.statistics.PairCounts`), and ``logp`` (K + 1, D), each pair's
+    log-probabilities over the domains (normalised per row), the last row for every pair
+    not among ``keys``."""
+
+    keys: np.ndarray
+    logp: np.ndarray
+
+    @classmethod
+    def from_logits(cls, keys: np.ndarray, logits: np.ndarray) -> PairScores:
+        """Normalise per-pair scores (K + 1, D) by a log-softmax per row (in place)."""
+        logits -= logits.max(axis=1, keepdims=True)
+        logits -= np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return cls(keys, logits)
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """The row of each pair key: its own, or the last one when unseen."""
+        pos = np.searchsorted(self.keys, keys)
+        found = pos < self.keys.size
+        found[found] = self.keys[pos[found]] == keys[found]
+        return np.where(found, pos, self.keys.size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,13 +79,14 @@ class VocabScores:
     """Per-vocabulary routing tables: ``probs`` (V, D), their logarithms ``logp``,
     ``entropy`` (V,), ``vote`` (V,) and ``rank`` (V,), the dense rank of each entropy (equal
     entropies share a rank), which lets a batch be ordered by one integer sort instead of a
-    two-key lexsort."""
+    two-key lexsort. ``pairs``: the token-pair table the ``geo`` selector adds, if any."""
 
     probs: np.ndarray
     logp: np.ndarray
     entropy: np.ndarray
     vote: np.ndarray
     rank: np.ndarray
+    pairs: PairScores | None = None
 
     @classmethod
     def build(cls, probs: np.ndarray, entropy: np.ndarray,
@@ -73,9 +101,9 @@ class VocabScores:
                    rank=rank)
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray) -> VocabScores:
+    def from_logits(cls, logits: np.ndarray, pairs: PairScores | None = None) -> VocabScores:
         """The tables of per-token scores ``logits`` (V, D), normalised by a softmax per
-        token (in place: ``logits`` is consumed)."""
+        token (in place: ``logits`` is consumed), with the pair table ``pairs``."""
         V = logits.shape[0]
         probs, entropy = np.empty_like(logits), np.empty(V)
         # Blocks keep the temporaries in cache (faster at large vocabularies, same result).
@@ -85,7 +113,7 @@ class VocabScores:
             z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
             p = probs[start:start + 512] = np.exp(z)
             entropy[start:start + 512] = -(p * z).sum(axis=1)
-        return cls.build(probs, entropy, logits)
+        return replace(cls.build(probs, entropy, logits), pairs=pairs)
 
 
 def vocab_scores(embedder: Embedder, W: np.ndarray,
@@ -153,8 +181,10 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
         upid = pid[first]
         n_distinct = np.bincount(upid, minlength=P)
         ustarts = np.cumsum(n_distinct) - n_distinct
-        mean = np.add.reduceat(table.logp[flat[first]], ustarts, axis=0) / n_distinct[:, None]
-        scores = _softmax(mean)
+        total = np.add.reduceat(table.logp[flat[first]], ustarts, axis=0)
+        if table.pairs is not None:
+            total += _pair_sums(ids, table.pairs, V, P)
+        scores = _softmax(total / n_distinct[:, None])
         choice = scores.argmax(axis=1)
         voters = np.split(first - starts[upid], np.cumsum(n_distinct)[:-1])
         return Selection(choice, scores[rows, choice], scores, voters)
@@ -188,7 +218,11 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
                          [np.arange(x.size)])
     if selector == "geo":
         first = np.sort(np.unique(x, return_index=True)[1])
-        scores = _softmax(table.logp[x[first]].mean(axis=0))
+        total = table.logp[x[first]].sum(axis=0)
+        if table.pairs is not None:
+            keys = np.unique(pair_keys(x, table.logp.shape[0]))
+            total += table.pairs.logp[table.pairs.rows(keys)].sum(axis=0)
+        scores = _softmax(total / first.size)
         choice = int(scores.argmax())
         return Selection(np.array([choice]), scores[[choice]], scores[None, :], [first])
     order = np.argsort(table.entropy[x], kind="stable")
@@ -200,6 +234,21 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     choice = int(np.where(counts == best, table.probs[tokens].sum(axis=0), -np.inf).argmax())
     return Selection(np.array([choice]), np.array([best / order.size]),
                      counts[None, :] / order.size, [order])
+
+
+def _pair_sums(ids: Sequence[np.ndarray], pairs: PairScores, V: int, P: int) -> np.ndarray:
+    """(P, D): per prompt, the sum of the pair log-probabilities of its distinct pairs."""
+    keys = np.concatenate([pair_keys(x, V) for x in ids])
+    pid = np.repeat(np.arange(P), [x.size for x in ids])
+    # Distinct (prompt, pair) without forming prompt * (V + 1)² + key, which could overflow
+    # for large batches: sort by prompt then key and keep the first of each run.
+    order = np.lexsort((keys, pid))
+    keys, pid = keys[order], pid[order]
+    new = np.ones(keys.size, dtype=bool)
+    new[1:] = (keys[1:] != keys[:-1]) | (pid[1:] != pid[:-1])
+    n_pairs = np.bincount(pid[new], minlength=P)  # ≥ 1: every prompt has a token
+    return np.add.reduceat(pairs.logp[pairs.rows(keys[new])], np.cumsum(n_pairs) - n_pairs,
+                           axis=0)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

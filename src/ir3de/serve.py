@@ -456,7 +456,8 @@ def create_app(config: Any) -> Any:
                              "routed": n in counts, "tokens": counts.get(n)}
                             for n, e in state.experts.items()],
                 "threshold": state.threshold, "model": state.router.config.model,
-                "alpha": state.router.config.alpha, "k": state.router.config.k,
+                "alpha": state.router.config.alpha, "pairs": state.router.config.pairs,
+                "k": state.router.config.k,
                 "lam": state.router.config.lam, "selector": state.router.config.selector}
 
     async def _swap(build: Any) -> Any:
@@ -534,7 +535,7 @@ def create_app(config: Any) -> Any:
             changes = json.loads(await request.body())
         except json.JSONDecodeError as exc:
             return _error(400, f"request body is not valid JSON ({exc})")
-        allowed = {"alpha", "k", "lam", "selector", "threshold"}
+        allowed = {"alpha", "k", "lam", "pairs", "selector", "threshold"}
         if not isinstance(changes, dict) or not changes or set(changes) - allowed:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
 

@@ -8,7 +8,8 @@ signed by keys it trusts (``ir3de build ... --trust KEYS_DIR``, a folder of ``*.
 
 What is signed: the SHA-256 of the statistics' metadata (canonical JSON: domain, counts,
 embedder fingerprint, format) followed by the bytes of ``A`` and ``b`` as little-endian
-float64 and, when the file has them, the token-id counts as little-endian int64. Any
+float64 and, when the file has them, the token-id counts, document frequencies and token-pair
+keys and frequencies as little-endian int64. Any
 change to the numbers, the counts or the domain name breaks the signature.
 The signature, the signer's public key and the algorithm are stored in the file's metadata.
 
@@ -62,6 +63,9 @@ def digest(stats: DomainStats) -> bytes:
         h.update(np.ascontiguousarray(stats.counts, dtype="<i8").tobytes())
     if stats.doc_counts is not None:  # and the nb router reads these
         h.update(np.ascontiguousarray(stats.doc_counts, dtype="<i8").tobytes())
+    if stats.pairs is not None:  # and, with pair features, these
+        for arr in stats.pairs:
+            h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
     return h.digest()
 
 

@@ -24,14 +24,21 @@ from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "MU_GRID", "choose_identity_mu", "design",
-           "domain_weights", "identity_loo", "solve", "solve_identity", "solve_identity_auto",
-           "solve_nb"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "MU_GRID", "UNIGRAM_ALPHA",
+           "choose_identity_mu", "design", "domain_weights", "identity_loo", "solve",
+           "solve_identity", "solve_identity_auto", "solve_nb", "solve_pairs"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
 # evaluation splits (benchmarks/explore_counts.py; EVALUATION.md), never on test prompts.
-DEFAULT_ALPHA = 0.1
+# With pair features, α = 0.03 and a Dirichlet mass of 1e5 (explore_smoothing.py, the same
+# rule); without them, α = 0.1 (explore_counts.py).
+DEFAULT_ALPHA = 0.03
+UNIGRAM_ALPHA = 0.1
+DEFAULT_PAIRS = 1e5
+# Pseudo-count of every pair (the unseen one included) in the pooled background, so that
+# the background gives every pair a positive probability.
+_PAIR_EPS = 1e-2
 
 
 def domain_weights(stats: Mapping[str, DomainStats], balance: bool) -> dict[str, float]:
@@ -323,3 +330,44 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
         df = stats[name].doc_counts.astype(np.float64)
         L[:, j] = np.log(df + alpha) - np.log(df.sum() + alpha * df.size)
     return L
+
+
+def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
+                mass: float = DEFAULT_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """Naive-Bayes log-likelihoods of binary token-pair features: ``(keys, T)``.
+
+    ``keys`` (K,) are the pairs seen in any expert's statistics (sorted, see
+    :class:`~ir3de.statistics.PairCounts`); ``T`` (K + 1, D), in ``experts`` order, has one
+    row per key and a last row shared by every pair none of them holds:
+
+        T[p, d] = log((df[p, d] + m q[p]) / (n_d + m)),   q[p] ∝ Σ_d df[p, d] + ε
+
+    with ``df[p, d]`` the number of domain d's prompts that hold pair p, ``n_d = Σ_p df[p, d]``
+    and ``m`` the Dirichlet ``mass``: a domain's pair distribution is smoothed towards the
+    pooled one (ε = 0.01 keeps unseen pairs possible), so a pair a domain has never shown
+    is judged by how common it is overall. The table depends on the summed statistics only
+    (integers, exactly the same in any order), so adding or removing an expert and
+    re-solving equals a full refit.
+
+    Example:
+        >>> keys, T = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
+    """
+    if not experts:
+        raise IR3DEError("a router needs at least one expert")
+    if not mass > 0 or not np.isfinite(mass):
+        raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, got {mass}")
+    missing = [n for n in experts if stats[n].pairs is None]
+    if missing:
+        raise StatsFormatError(f"statistics of {missing} carry no token-pair frequencies (made "
+                               "by an older ir3de?): recompute them to use pair features, or "
+                               "use the 'unigram', 'identity' or 'dense' preset")
+    keys = np.unique(np.concatenate([stats[n].pairs.keys for n in experts]))
+    C = np.zeros((keys.size + 1, len(experts)))
+    for j, name in enumerate(experts):
+        own = stats[name].pairs
+        C[np.searchsorted(keys, own.keys), j] = own.counts
+    q = C.sum(axis=1) + _PAIR_EPS
+    q /= q.sum()
+    T = np.log(C + mass * q[:, None])
+    T -= np.log(C.sum(axis=0) + mass)
+    return keys, T

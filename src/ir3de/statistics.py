@@ -8,9 +8,10 @@ Because E is a lookup table, both are functions of the token-id histogram c_d:
 ``A_d = Ẽᵀ diag(c_d) Ẽ`` and ``b_d = Ẽᵀ c_d`` (Ẽ = table with a column of ones).
 Fitting is one counting pass over the corpus plus one (nnz x (h+1))² product,
 instead of an (h+1)² update per token. The same pass also counts, per token id, the
-prompts it occurs in (document frequencies): the ``nb`` router's statistics. Statistics
-add and subtract, so shards of one domain computed on different machines are merged
-with ``+``.
+prompts it occurs in (document frequencies), and, per adjacent token pair (previous id,
+id), with a start-of-prompt id ``V`` before the first token, the prompts it occurs in: the
+``nb`` router's statistics. Statistics add and subtract, so shards of one domain computed
+on different machines are merged with ``+``.
 
 Example:
     >>> from ir3de import load_embedder, compute_stats
@@ -39,12 +40,15 @@ from .store import check_finite, read_safetensors, write_safetensors
 __all__ = [
     "STATS_FORMAT",
     "DomainStats",
+    "PairCounts",
     "TokenCounts",
     "check_same_embedder",
     "compute_stats",
     "merge",
+    "pair_keys",
     "stats_from_counts",
     "streaming_stats",
+    "sum_pairs",
     "token_counts",
 ]
 
@@ -52,6 +56,36 @@ STATS_FORMAT = "ir3de-stats"
 STATS_VERSION = 1
 _BATCH = 1024
 _ROW_BLOCK = 8192
+_PAIR_FOLD = 1 << 22  # pending pair keys folded into the running table beyond this many
+
+
+class PairCounts(NamedTuple):
+    """Document frequencies of adjacent token pairs: ``keys`` (sorted, distinct int64) encode
+    a pair as ``prev * (V + 1) + id``, ``prev = V`` standing for the start of a prompt;
+    ``counts`` (int64, > 0) are the numbers of prompts holding each pair."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+
+
+def pair_keys(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The pair key of every position of one prompt's token ids (see :class:`PairCounts`)."""
+    ids = ids.astype(np.int64)
+    prev = np.empty_like(ids)
+    prev[:1] = vocab_size
+    prev[1:] = ids[:-1]
+    return prev * (vocab_size + 1) + ids
+
+
+def sum_pairs(keys: np.ndarray, counts: np.ndarray) -> PairCounts:
+    """Pair frequencies summed over equal ``keys`` (in any order, repeats allowed), e.g. the
+    tables of several shards concatenated; pairs whose sum is zero are dropped (a pair
+    subtracted away is gone)."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    total = np.zeros(unique.size, dtype=np.int64)
+    np.add.at(total, inverse, counts)
+    keep = total != 0
+    return PairCounts(unique[keep], total[keep])
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +113,9 @@ class DomainStats:
     # Per token id, the number of prompts it occurs in (int64): the statistics of the
     # count-based (``nb``) router. None in files made before ir3de counted them.
     doc_counts: np.ndarray | None = field(default=None, compare=False)
+    # Document frequencies of adjacent token pairs (the ``nb`` router's pair features).
+    # None in files made before ir3de counted them.
+    pairs: PairCounts | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
@@ -102,6 +139,8 @@ class DomainStats:
                                    f"n_tokens={self.n_tokens}")
         if self.doc_counts is not None:
             self._check_doc_counts()
+        if self.pairs is not None:
+            self._check_pairs()
 
     def _check_doc_counts(self) -> None:
         # A token occurs in a prompt at least once and in at most every prompt: document
@@ -112,6 +151,29 @@ class DomainStats:
                 or np.any(df > self.n_prompts) or np.any((df > 0) != (c > 0)):
             raise StatsFormatError(f"{self.source}: document frequencies disagree with the "
                                    f"token counts and n_prompts={self.n_prompts}")
+
+    def _check_pairs(self) -> None:
+        # Every occurrence of a token closes exactly one pair, so the pairs that end in t
+        # exist exactly where t's document frequency is positive and their frequencies sum
+        # to at least it; a pair's frequency is bounded by both of its tokens'.
+        keys, counts = self.pairs
+        df = self.doc_counts
+        fail = df is None or keys.ndim != 1 or keys.shape != counts.shape \
+            or keys.dtype != np.int64 or counts.dtype != np.int64
+        if not fail:
+            base = df.size + 1
+            prev, last = np.divmod(keys, base)
+            fail = bool(np.any(keys < 0) or np.any(prev >= base) or np.any(last >= df.size)
+                        or np.any(np.diff(keys) <= 0) or np.any(counts <= 0)
+                        or np.any(counts > df[last])
+                        or np.any(counts > _prev_bound(prev, df, self.n_prompts)))
+            if not fail:
+                ending = np.bincount(last, weights=counts, minlength=df.size)
+                fail = bool(np.any(ending < df) or np.any((ending > 0) != (df > 0)))
+        if fail:
+            raise StatsFormatError(f"{self.source}: token-pair frequencies disagree with the "
+                                   "document frequencies (keys must be sorted, distinct and "
+                                   "inside the vocabulary, counts positive)")
 
     @property
     def dim(self) -> int:
@@ -133,14 +195,18 @@ class DomainStats:
         if n_tokens < 0 or n_prompts < 0:
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
                                    "negative counts: it was never part of them")
-        counts = doc_counts = None
+        counts = doc_counts = pairs = None
         if self.counts is not None and other.counts is not None:
             counts = self.counts + sign * other.counts
             if self.doc_counts is not None and other.doc_counts is not None:
                 doc_counts = self.doc_counts + sign * other.doc_counts
+                if self.pairs is not None and other.pairs is not None:
+                    pairs = sum_pairs(np.concatenate([self.pairs.keys, other.pairs.keys]),
+                                       np.concatenate([self.pairs.counts,
+                                                       sign * other.pairs.counts]))
         return replace(self, A=self.A + sign * other.A, b=self.b + sign * other.b,
                        n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>",
-                       signature=None, counts=counts, doc_counts=doc_counts)
+                       signature=None, counts=counts, doc_counts=doc_counts, pairs=pairs)
 
     def __add__(self, other: DomainStats) -> DomainStats:
         return self._combine(other, +1)
@@ -171,6 +237,8 @@ class DomainStats:
             tensors["counts"] = np.asarray(self.counts, dtype=np.int64)
         if self.doc_counts is not None:
             tensors["doc_counts"] = np.asarray(self.doc_counts, dtype=np.int64)
+        if self.pairs is not None:
+            tensors["pair_keys"], tensors["pair_counts"] = self.pairs
         write_safetensors(path, tensors, meta)
 
     @classmethod
@@ -201,11 +269,26 @@ class DomainStats:
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
                    source=where, signature=meta.get("signature"),
                    counts=_int_tensor(tensors, "counts"),
-                   doc_counts=_int_tensor(tensors, "doc_counts"))
+                   doc_counts=_int_tensor(tensors, "doc_counts"),
+                   pairs=_pair_tensors(tensors, where))
+
+
+def _prev_bound(prev: np.ndarray, df: np.ndarray, n_prompts: int) -> np.ndarray:
+    """A pair's bound from its first token: that token's document frequency, or the prompt
+    count for the start-of-prompt id."""
+    return np.where(prev < df.size, df[np.minimum(prev, df.size - 1)], n_prompts)
 
 
 def _int_tensor(tensors: dict[str, np.ndarray], name: str) -> np.ndarray | None:
     return tensors[name].astype(np.int64) if name in tensors else None
+
+
+def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | None:
+    keys, counts = _int_tensor(tensors, "pair_keys"), _int_tensor(tensors, "pair_counts")
+    if (keys is None) != (counts is None):
+        raise StatsFormatError(f"{where}: holds only one of the tensors pair_keys and "
+                               "pair_counts")
+    return None if keys is None else PairCounts(keys, counts)
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
@@ -236,11 +319,25 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
 
 class TokenCounts(NamedTuple):
     """What one counting pass yields: the token-id histogram, per id the number of prompts
-    it occurs in (both int64, length vocab), and the prompt count."""
+    it occurs in (both int64, length vocab), the prompt count, and the document frequencies
+    of adjacent token pairs."""
 
     counts: np.ndarray
     doc_counts: np.ndarray
     n_prompts: int
+    pairs: PairCounts
+
+
+def _distinct_pairs(ids: list[np.ndarray], vocab_size: int) -> np.ndarray:
+    """The pair keys of a batch of prompts, each prompt's distinct pairs once."""
+    keys = [pair_keys(x, vocab_size) for x in ids if x.size]
+    if not keys:
+        return np.zeros(0, dtype=np.int64)
+    # One sort for the whole batch: the prompt's index above every key (a batch holds at
+    # most _BATCH prompts, so the product stays far inside int64 for any real vocabulary).
+    span = np.int64(vocab_size + 1) ** 2
+    tagged = np.concatenate([i * span + k for i, k in enumerate(keys)])
+    return np.unique(tagged) % span
 
 
 def token_counts(embedder: Embedder, texts: Iterable[str], *,
@@ -255,6 +352,8 @@ def token_counts(embedder: Embedder, texts: Iterable[str], *,
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
+    pairs = PairCounts(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    pending: list[np.ndarray] = []
     bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress)
     # Blank records carry no domain signal (only whitespace tokens): skip them.
     with bar:
@@ -264,16 +363,30 @@ def token_counts(embedder: Embedder, texts: Iterable[str], *,
             counts += np.bincount(flat, minlength=embedder.vocab_size)
             doc_counts += np.bincount(np.concatenate([np.unique(x) for x in ids]),
                                       minlength=embedder.vocab_size)
+            pending.append(_distinct_pairs(ids, embedder.vocab_size))
+            # Folding the pending keys in only when they outgrow the table keeps the
+            # number of sorts logarithmic in the corpus size and the memory bounded.
+            if sum(k.size for k in pending) > max(pairs.keys.size, _PAIR_FOLD):
+                pairs = _fold(pairs, pending)
             n_prompts += len(batch)
             bar.update(int(flat.size))
-    return TokenCounts(counts, doc_counts, n_prompts)
+    return TokenCounts(counts, doc_counts, n_prompts, _fold(pairs, pending))
+
+
+def _fold(pairs: PairCounts, pending: list[np.ndarray]) -> PairCounts:
+    """``pairs`` plus one count per pending key; empties ``pending``."""
+    keys = np.concatenate([pairs.keys, *pending])
+    ones = np.ones(keys.size - pairs.keys.size, dtype=np.int64)
+    pending.clear()
+    return sum_pairs(keys, np.concatenate([pairs.counts, ones]))
 
 
 def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_prompts: int,
                       max_tokens: int = DEFAULT_MAX_TOKENS,
-                      doc_counts: np.ndarray | None = None) -> DomainStats:
+                      doc_counts: np.ndarray | None = None,
+                      pairs: PairCounts | None = None) -> DomainStats:
     """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
-    document frequencies, when given, for the ``nb`` router)."""
+    document frequencies of tokens and token pairs, when given, for the ``nb`` router)."""
     counts = np.asarray(counts)
     if counts.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"counts have shape {counts.shape}, expected "
@@ -305,7 +418,9 @@ def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_
                        embedder=embedder.spec, max_tokens=max_tokens,
                        counts=counts.astype(np.int64),
                        doc_counts=None if doc_counts is None else
-                       np.asarray(doc_counts).astype(np.int64))
+                       np.asarray(doc_counts).astype(np.int64),
+                       pairs=None if pairs is None else
+                       PairCounts(*(np.asarray(a).astype(np.int64) for a in pairs)))
 
 
 def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
@@ -315,13 +430,13 @@ def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
-    counts, doc_counts, n_prompts = token_counts(embedder, texts, max_tokens=max_tokens,
-                                                 progress=progress, desc=f"counting {domain}")
+    counts, doc_counts, n_prompts, pairs = token_counts(
+        embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}")
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
-                             max_tokens=max_tokens, doc_counts=doc_counts)
+                             max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs)
 
 
 def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
