@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import CORPORA, jsonl_texts
 
 from ir3de import DomainStats, Embedder, EmptyInputError, IR3DEError, Router
 from ir3de.selector import Selection, VocabScores, select, vocab_scores
+from ir3de.statistics import pair_keys
 
 K_VALUES = (1, 2, 3, 5, 10, 50)
 
@@ -179,6 +181,48 @@ def test_single_prompt_path_equals_batch(router: Router, random_prompts: list[np
             assert one.voters[0].tolist() == batch.voters[i].tolist()
             np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=1e-12)
             assert one.confidence[0] == pytest.approx(batch.confidence[i], rel=1e-12)
+
+
+def test_geo_with_pairs_matches_reference(router: Router, random_prompts: list[np.ndarray],
+                                         monkeypatch) -> None:
+    """geo with a pair table: each distinct token's and each distinct (previous id, id)
+    pair's log-probabilities (unseen pairs: the last row), summed in float64, over the
+    number of distinct tokens; batched (also sorted in several chunks) and one by one."""
+    import ir3de.selector as selector_module
+    from ir3de.selector import PairScores
+
+    base = router._state.table
+    V, D = base.logp.shape
+    rng = np.random.default_rng(7)
+    seen = np.unique(np.concatenate([pair_keys(x, V) for x in random_prompts]))
+    keys = np.sort(rng.choice(seen, size=seen.size // 2, replace=False))  # half are unseen
+    pairs = PairScores.from_logits(keys, rng.normal(size=(keys.size + 1, D)))
+    table = dataclasses.replace(base, pairs=pairs)
+    row = {int(k): i for i, k in enumerate(keys)}
+
+    def reference(ids: np.ndarray) -> list[float]:
+        distinct = list(dict.fromkeys(ids.tolist()))
+        grams = set(pair_keys(ids, V).tolist())
+        total = [math.fsum([*(base.logp[t, d] for t in distinct),
+                            *(pairs.logp[row.get(g, keys.size), d] for g in grams)])
+                 / len(distinct) for d in range(D)]
+        m = max(total)
+        z = math.fsum(math.exp(v - m) for v in total)
+        return [math.exp(v - m) / z for v in total]
+
+    batch = select(random_prompts, table, selector="geo")
+    monkeypatch.setattr(selector_module, "_TAG_LIMIT", 7 * (V + 1) ** 2)  # 6 prompts a sort
+    chunked = select(random_prompts, table, selector="geo")
+    np.testing.assert_array_equal(chunked.scores, batch.scores)
+    changed = 0
+    for i, ids in enumerate(random_prompts):
+        want = reference(ids)
+        np.testing.assert_allclose(batch.scores[i], want, rtol=1e-9, atol=1e-15)
+        one = select([ids], table, selector="geo")
+        np.testing.assert_allclose(one.scores[0], want, rtol=1e-9, atol=1e-15)
+        assert batch.choice[i] == one.choice[0] == int(np.argmax(want))
+        changed += int(np.argmax(want) != select([ids], base, selector="geo").choice[0])
+    assert changed > 0  # the pair table really took part in decisions
 
 
 def test_vote_ties_are_really_exercised(router: Router, ref: Reference,
