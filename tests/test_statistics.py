@@ -27,6 +27,7 @@ from ir3de.statistics import (
     load_stats_files,
     stats_from_counts,
     streaming_stats,
+    sum_pairs,
     token_counts,
 )
 
@@ -83,6 +84,22 @@ def test_pair_folding_does_not_change_the_result(emb: Embedder, real_prompts: li
     for got, want in zip(folded.pairs, whole.pairs, strict=True):
         np.testing.assert_array_equal(got, want)
     assert whole.pairs.counts.sum() > whole.pairs.keys.size  # shared pairs were summed
+
+
+def test_sum_pairs_matches_a_dictionary() -> None:
+    """Repeated keys in any order sum exactly; a pair subtracted to zero disappears."""
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 50, 400).astype(np.int64)
+    counts = rng.integers(-3, 4, 400).astype(np.int64)
+    want: Counter[int] = Counter()
+    for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+        want[k] += c
+    got = sum_pairs(keys, counts)
+    assert dict(zip(got.keys.tolist(), got.counts.tolist(), strict=True)) == {
+        k: c for k, c in want.items() if c != 0}
+    assert np.all(np.diff(got.keys) > 0) and any(c == 0 for c in want.values())
+    empty = sum_pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert empty.keys.size == 0 and empty.counts.size == 0
 
 
 def test_histogram_blocks_do_not_change_the_result(emb: Embedder, real_prompts: list[str],

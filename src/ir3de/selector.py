@@ -40,7 +40,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import EmptyInputError, IR3DEError
-from .statistics import pair_keys
+from .statistics import _run_starts, pair_keys
 
 __all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores", "select",
            "vocab_scores"]
@@ -227,7 +227,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
         total = table.logp[x[first]].sum(axis=0)
         if table.pairs is not None:
             keys = np.sort(pair_keys(x, table.logp.shape[0]))
-            keys = keys[_run_starts(keys)]  # distinct (np.unique is slower on short arrays)
+            keys = keys[_run_starts(keys)]  # distinct
             total += table.pairs.logp[table.pairs.rows(keys)].sum(axis=0)
         scores = _softmax(total / first.size)
         choice = int(scores.argmax())
@@ -269,14 +269,6 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
         out.append(np.add.reduceat(pairs.logp[pairs.rows(tagged % span)],
                                    np.cumsum(n_pairs) - n_pairs, axis=0))
     return np.concatenate(out)
-
-
-def _run_starts(a: np.ndarray) -> np.ndarray:
-    """Mask of the first element of each run of equal values of a sorted, non-empty array."""
-    starts = np.empty(a.size, dtype=bool)
-    starts[0] = True
-    np.not_equal(a[1:], a[:-1], out=starts[1:])
-    return starts
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
