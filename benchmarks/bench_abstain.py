@@ -1,12 +1,14 @@
 """Accuracy vs coverage when the router may abstain (send a prompt to the fallback expert).
 
-The default router's decision score is the winner's mean probability (``avg`` selector);
-its margin over the runner-up is the confidence used here. A threshold is chosen on a
-held-out 20 % of each split's FIT data as the margin quantile that keeps the target
-coverage there, then applied unchanged to the test prompts (never tuned on them). The
+The router's decision scores are its per-expert confidences (``Decision.scores``: the mean
+probability for ``avg``, the softmax of the mean log-likelihood for ``geo``, the default's
+selector); the winner's margin over the runner-up is the confidence used here. A threshold
+is chosen on a held-out 20 % of each split's FIT data as the margin quantile that keeps the
+target coverage there, then applied unchanged to the test prompts (never tuned on them). The
 gateway's ``confidence_threshold`` applies the same kind of cut to ``Decision.confidence``.
 
-Run:  python benchmarks/bench_abstain.py [--embedder wordllama] [--data ../shared/data]
+Run:  python benchmarks/bench_abstain.py [--embedder wordllama] [--preset default]
+                                        [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ def main() -> int:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--embedder", default="wordllama")
     ap.add_argument("--data", default="../shared/data")
-    # The figures in EVALUATION.md were measured on the identity ridge (the default then).
-    ap.add_argument("--preset", default="identity", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     args = ap.parse_args()
     emb = load_embedder(args.embedder)
     config = RouterConfig.preset(args.preset)

@@ -1,8 +1,9 @@
 """Routing throughput and latency of a router fitted on the Reasoning fit data.
 
-Two sections, per embedder and per selector (topk, all, avg, geo), on the default
-(nb) router; every selector reads the same per-token tables whichever model filled them,
-so avg on this router costs what the ridge presets' avg costs:
+Two sections, per embedder and per selector (topk, all, avg, geo, and geo without the
+pair features: the ``unigram`` preset), on the default (nb) router; every selector reads
+the same per-token tables whichever model filled them, so avg on this router costs what
+the ridge presets' avg costs:
 
 * **batch** -- real prompts (the Reasoning test sets, shuffled, never fitted on) routed
   one at a time with ``Router.route`` and in batches of 32 and 1024 with
@@ -55,7 +56,11 @@ from pathlib import Path
 
 THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS")
-SELECTORS = ("topk", "all", "avg", "geo")
+# (label, router settings): the selectors, and geo without pairs (one table look-up per
+# token instead of a token and a pair look-up).
+VARIANTS = (("topk", {"selector": "topk"}), ("all", {"selector": "all"}),
+            ("avg", {"selector": "avg"}), ("geo", {"selector": "geo"}),
+            ("geo, no pairs", {"selector": "geo", "pairs": None}))
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 
@@ -190,8 +195,9 @@ def run_batch(args: argparse.Namespace) -> None:
     for name in args.embedder:
         router, emb, prompts, warm, _ = fitted_router(name, args)
         n_tok = np.mean([x.size for x in emb.encode_batch(prompts)])
-        for sel in SELECTORS:
-            router.set_params(selector=sel)
+        pairs = router.config.pairs
+        for sel, settings in VARIANTS:
+            router.set_params(**{"pairs": pairs, **settings})
             for bs in args.batch_sizes:
                 calls = max(20, args.prompts // bs)
                 batches = [[prompts[(i * bs + j) % len(prompts)] for j in range(bs)]
@@ -263,16 +269,17 @@ def run_single(args: argparse.Namespace) -> None:
         prompt = prompt_of(emb, test["math"], 200)
         ids = emb.encode_batch([prompt])
         n = ids[0].size
-        table = router._fitted.table
         has_cache = getattr(emb, "_chunk_cache", None) is not None
         raw = timeit_us(np, partial(emb.tokenizer.encode, prompt, add_special_tokens=False),
                         args.single_iters)
         notes.append(f"{emb.name}: prompt of {n} tokens ({len(prompt)} characters); plain "
                      f"Hugging Face `tokenizer.encode` p50 {pct(np, raw, 50):.0f} µs, "
                      f"p99 {pct(np, raw, 99):.0f} µs")
-        for sel in SELECTORS:
-            router.set_params(selector=sel)
-            s = timeit_us(np, partial(select, ids, table, selector=sel, k=router.config.k),
+        pairs = router.config.pairs
+        for sel, settings in VARIANTS:
+            router.set_params(**{"pairs": pairs, **settings})
+            s = timeit_us(np, partial(select, ids, router._fitted.table,
+                                      selector=router.config.selector, k=router.config.k),
                           args.single_iters)
             for state in ["warm", "cold"] if has_cache else ["warm"]:
                 before = partial(reset_cache, emb, None) if state == "cold" else None
@@ -284,6 +291,7 @@ def run_single(args: argparse.Namespace) -> None:
                 print(f"| {emb.name} | {sel} | {state} | {r50:.0f} µs | {pct(np, r, 99):.0f} µs"
                       f" | {t50:.0f} µs | {s50:.0f} µs | {max(r50 - t50 - s50, 0):.0f} µs | "
                       f"{100 * t50 / r50:.0f} % | {r50 / t50:.2f} | {ok} |", flush=True)
+        router.set_params(pairs=pairs)
         real_rows += single_real(np, router, emb, prompts[:args.single_iters], warm)
     print()
     for note in notes:
