@@ -123,6 +123,24 @@ def test_merge_of_shards_equals_one_fit(corpora, tmp_path: Path, capsys) -> None
     assert (merged.n_tokens, merged.n_prompts) == (whole.n_tokens, whole.n_prompts)
 
 
+def test_stats_without_pairs(corpora, tmp_path: Path, capsys) -> None:
+    """--no-pairs keeps word order out of the file: the token-only presets still build from
+    it, the default says what is missing."""
+    files = []
+    for domain in ("math", "coding"):
+        files.append(tmp_path / f"{domain}.st")
+        assert run(capsys, "stats", corpora[domain], "--domain", domain, "-o", files[-1],
+                   "--no-pairs", "-q")[0] == 0
+        stats = DomainStats.load(files[-1])
+        assert stats.pairs is None and stats.doc_counts is not None
+    code, _, err = run(capsys, "build", *files, "-o", tmp_path / "r.st")
+    assert code != 0 and "token-pair" in err and "unigram" in err
+    assert not (tmp_path / "r.st").exists()
+    assert run(capsys, "build", *files, "-o", tmp_path / "r.st", "--preset", "unigram")[0] == 0
+    code, out, _ = run(capsys, "route", tmp_path / "r.st", "What is 5 plus 9?")
+    assert code == 0 and json.loads(out)["expert"] == "math"
+
+
 def test_text_and_parquet_corpora(tmp_path: Path, capsys) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

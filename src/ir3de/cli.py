@@ -8,6 +8,7 @@ nothing is written when a command fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -210,6 +211,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
                               progress=not args.quiet)
     seconds = time.perf_counter() - start
+    if args.no_pairs:
+        stats = dataclasses.replace(stats, pairs=None)
     if args.sign:
         from .signing import sign
 
@@ -556,8 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", formatter_class=fmt,
                        help="domain corpus -> statistics file (A_d, b_d, counts)",
                        description="Count the token ids of one domain's corpus and save its "
-                                   "sufficient statistics. Only A_d = Σ x̃x̃ᵀ and b_d = Σ x̃ "
-                                   "leave the machine, never the text.")
+                                   "sufficient statistics: A_d = Σ x̃x̃ᵀ, b_d = Σ x̃, the "
+                                   "token-id counts and document frequencies, and the "
+                                   "document frequencies of adjacent token pairs. The texts "
+                                   "never leave the machine; the pairs do reveal local word "
+                                   "order (--no-pairs leaves them out).")
     p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or "
                                              "Parquet; with --engine ray also globs and URLs")
     p.add_argument("--domain", required=True, help="the domain (expert) name")
@@ -566,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="JSON field / Parquet column (text)")
     p.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS,
                    help=f"tokens counted per prompt at most (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--no-pairs", action="store_true",
+                   help="leave out the adjacent-token-pair counts (they reveal local word "
+                        "order): the file then serves the unigram, identity, dense and paper "
+                        "presets, not the default")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_embedder_args(p, "wordllama")
