@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,32 +71,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _identity_mu(text: str) -> float | str | None:
-    if text in ("auto", "none"):
-        return None if text == "none" else text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a number > 0, "
-                                         f"got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the identity ridge must be a finite number > 0, "
-                                         f"got {text}")
-    return value
+def _number_or(words: dict[str, str | None],
+               what: str) -> Callable[[str], float | str | None]:
+    """An argparse type: one of ``words`` (mapped to its value) or a finite number > 0."""
+    choices = " or ".join(f"'{w}'" for w in words)
+
+    def parse(text: str) -> float | str | None:
+        if text in words:
+            return words[text]
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {choices} or a number > 0, "
+                                             f"got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0, got {text}")
+        return value
+
+    return parse
 
 
-def _pair_mass(text: str) -> float | None:
-    if text == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'none' or a number > 0, "
-                                         f"got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the pair Dirichlet mass must be a finite number > 0, "
-                                         f"got {text}")
-    return value
+_identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
+_pair_mass = _number_or({"none": None}, "the pair Dirichlet mass")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:

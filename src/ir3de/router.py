@@ -114,20 +114,16 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise IR3DEError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not np.isfinite(self.alpha) or self.alpha <= 0:
+        if not _positive_number(self.alpha):
             raise IR3DEError(f"the smoothing α must be a finite number > 0, got {self.alpha!r}")
-        if self.pairs is not None and (
-                isinstance(self.pairs, bool) or not isinstance(self.pairs, (int, float))
-                or not np.isfinite(self.pairs) or self.pairs <= 0):
+        if self.pairs is not None and not _positive_number(self.pairs):
             raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0 or None, "
                              f"got {self.pairs!r}")
         if self.model == "nb" and not self.balance:
             raise IR3DEError("the 'nb' model weighs every domain the same (a uniform prior); "
                              "balance=False applies to model='ridge' only")
-        if self.identity is not None and self.identity != "auto" and (
-                not isinstance(self.identity, (int, float)) or isinstance(self.identity, bool)
-                or not np.isfinite(self.identity) or self.identity <= 0):
+        if self.identity is not None and self.identity != "auto" \
+                and not _positive_number(self.identity):
             raise IR3DEError(f"identity μ must be a finite number > 0, 'auto' or None, "
                              f"got {self.identity!r}")
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k <= 0:
@@ -160,6 +156,12 @@ class RouterConfig:
         if unknown:
             raise IR3DEError(f"unknown router setting(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+def _positive_number(value: Any) -> bool:
+    """A finite real number > 0 (not a bool, which Python counts as an int)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)) and value > 0)
 
 
 PRESETS: dict[str, RouterConfig] = {

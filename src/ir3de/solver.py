@@ -127,15 +127,22 @@ class _IdentitySums:
         return self._cache
 
 
-def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
-                   embedder: Embedder, balance: bool) -> _IdentitySums:
+def _require(stats: Mapping[str, DomainStats], experts: Sequence[str], field: str,
+             what: str, use: str) -> None:
+    """At least one expert, and every expert's statistics carry ``field`` (older files may
+    not): the error names the experts, what is missing and what to do instead."""
     if not experts:
         raise IR3DEError("a router needs at least one expert")
-    missing = [n for n in experts if stats[n].counts is None]
+    missing = [n for n in experts if getattr(stats[n], field) is None]
     if missing:
-        raise StatsFormatError(f"statistics of {missing} carry no token counts (made by an "
-                               "older ir3de?): recompute them to use identity features, or "
-                               "use the 'dense' preset")
+        raise StatsFormatError(f"statistics of {missing} carry no {what} (made by an older "
+                               f"ir3de?): recompute them to {use}")
+
+
+def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                   embedder: Embedder, balance: bool) -> _IdentitySums:
+    _require(stats, experts, "counts", "token counts",
+             "use identity features, or use the 'dense' preset")
     weights = domain_weights(stats, balance)
     names = sorted(experts)  # canonical order: add/remove gives a refit's exact sums
     c = weights[names[0]] * stats[names[0]].counts.astype(np.float64)
@@ -313,15 +320,10 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> L = solve_nb(router.stats, router.experts, alpha=0.1)  # doctest: +SKIP
     """
-    if not experts:
-        raise IR3DEError("a router needs at least one expert")
+    _require(stats, experts, "doc_counts", "document frequencies",
+             "use the 'nb' model, or use the 'identity' or 'dense' preset")
     if not alpha > 0 or not np.isfinite(alpha):
         raise IR3DEError(f"the smoothing α must be a finite number > 0, got {alpha}")
-    missing = [n for n in experts if stats[n].doc_counts is None]
-    if missing:
-        raise StatsFormatError(f"statistics of {missing} carry no document frequencies (made "
-                               "by an older ir3de?): recompute them to use the 'nb' model, or "
-                               "use the 'identity' or 'dense' preset")
     V = {stats[n].doc_counts.shape[0] for n in experts}
     if len(V) != 1:
         raise StatsFormatError(f"document frequencies of different lengths {sorted(V)}")
@@ -352,15 +354,10 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> keys, T = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
     """
-    if not experts:
-        raise IR3DEError("a router needs at least one expert")
+    _require(stats, experts, "pairs", "token-pair frequencies",
+             "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
     if not mass > 0 or not np.isfinite(mass):
         raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, got {mass}")
-    missing = [n for n in experts if stats[n].pairs is None]
-    if missing:
-        raise StatsFormatError(f"statistics of {missing} carry no token-pair frequencies (made "
-                               "by an older ir3de?): recompute them to use pair features, or "
-                               "use the 'unigram', 'identity' or 'dense' preset")
     keys = np.unique(np.concatenate([stats[n].pairs.keys for n in experts]))
     C = np.zeros((keys.size + 1, len(experts)))
     for j, name in enumerate(experts):
