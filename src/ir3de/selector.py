@@ -40,7 +40,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import EmptyInputError, IR3DEError
-from .statistics import _run_starts, pair_keys
+from .statistics import _distinct, _flat_pair_keys, pair_keys
 
 __all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores", "select",
            "vocab_scores"]
@@ -226,8 +226,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
         first = np.sort(np.unique(x, return_index=True)[1])
         total = table.logp[x[first]].sum(axis=0)
         if table.pairs is not None:
-            keys = np.sort(pair_keys(x, table.logp.shape[0]))
-            keys = keys[_run_starts(keys)]  # distinct
+            keys = _distinct(pair_keys(x, table.logp.shape[0]))
             total += table.pairs.logp[table.pairs.rows(keys)].sum(axis=0)
         scores = _softmax(total / first.size)
         choice = int(scores.argmax())
@@ -249,10 +248,7 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
     pair log-probabilities of its distinct pairs."""
     P = starts.size
     lengths = np.diff(np.append(starts, flat.size))
-    prev = np.empty(flat.size, dtype=np.int64)
-    prev[1:] = flat[:-1]
-    prev[starts] = V
-    keys = prev * (V + 1) + flat
+    keys = _flat_pair_keys(flat, starts, V)
     # Distinct (prompt, pair): one sort of prompt * span + key (a two-key lexsort is ~25x
     # slower), over as many prompts at a time as int64 can tag (all of them for any real
     # vocabulary and batch).
@@ -263,8 +259,7 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
         hi = min(P, lo + step)
         a, b = starts[lo], starts[hi - 1] + lengths[hi - 1]
         pid = np.repeat(np.arange(hi - lo, dtype=np.int64), lengths[lo:hi])
-        tagged = np.sort(pid * span + keys[a:b])
-        tagged = tagged[_run_starts(tagged)]
+        tagged = _distinct(pid * span + keys[a:b])
         n_pairs = np.bincount(tagged // span, minlength=hi - lo)  # ≥ 1: no empty prompt
         out.append(np.add.reduceat(pairs.logp[pairs.rows(tagged % span)],
                                    np.cumsum(n_pairs) - n_pairs, axis=0))

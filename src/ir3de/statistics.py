@@ -70,11 +70,17 @@ class PairCounts(NamedTuple):
 
 def pair_keys(ids: np.ndarray, vocab_size: int) -> np.ndarray:
     """The pair key of every position of one prompt's token ids (see :class:`PairCounts`)."""
-    ids = ids.astype(np.int64)
-    prev = np.empty_like(ids)
-    prev[:1] = vocab_size
-    prev[1:] = ids[:-1]
-    return prev * (vocab_size + 1) + ids
+    return _flat_pair_keys(ids, np.arange(min(ids.size, 1)), vocab_size)
+
+
+def _flat_pair_keys(flat: np.ndarray, starts: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The pair key of every position of prompts concatenated in ``flat``, the non-empty
+    ones starting at ``starts``: each prompt's first token follows the start id V."""
+    flat = flat.astype(np.int64, copy=False)
+    prev = np.empty_like(flat)
+    prev[1:] = flat[:-1]
+    prev[starts] = vocab_size
+    return prev * (vocab_size + 1) + flat
 
 
 def sum_pairs(keys: np.ndarray, counts: np.ndarray) -> PairCounts:
@@ -341,19 +347,18 @@ def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.nda
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     flat = np.concatenate(ids).astype(np.int64)
     starts = np.cumsum(lengths) - lengths
-    prev = np.empty_like(flat)
-    prev[1:] = flat[:-1]
-    prev[starts[lengths > 0]] = vocab_size  # every prompt's first token follows the start id
     prompt = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
     # One sort per batch, the prompt's index above every id or key (a batch holds at most
     # _BATCH prompts, so the product stays far inside int64 for any real vocabulary), and a
     # run mask: both several times faster than np.unique per prompt.
     span = np.int64(vocab_size + 1) ** 2
     return (_distinct(prompt * vocab_size + flat) % vocab_size,
-            _distinct(prompt * span + prev * (vocab_size + 1) + flat) % span)
+            _distinct(prompt * span + _flat_pair_keys(flat, starts[lengths > 0], vocab_size))
+            % span)
 
 
 def _distinct(tagged: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (one sort and a run mask)."""
     tagged = np.sort(tagged)
     return tagged[_run_starts(tagged)]
 
