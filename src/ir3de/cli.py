@@ -74,7 +74,7 @@ def _positive_float(text: str) -> float:
 def _number_or(words: dict[str, str | None],
                what: str) -> Callable[[str], float | str | None]:
     """An argparse type: one of ``words`` (mapped to its value) or a finite number > 0."""
-    choices = " or ".join(f"'{w}'" for w in words)
+    choices = ", ".join(f"'{w}'" for w in words)
 
     def parse(text: str) -> float | str | None:
         if text in words:
