@@ -222,7 +222,12 @@ def test_geo_with_pairs_matches_reference(router: Router, random_prompts: list[n
         np.testing.assert_allclose(one.scores[0], want, rtol=1e-9, atol=1e-15)
         assert batch.choice[i] == one.choice[0] == int(np.argmax(want))
         changed += int(np.argmax(want) != select([ids], base, selector="geo").choice[0])
+        grams = set(pair_keys(ids, V).tolist())
+        coverage = sum(g in row for g in grams) / len(grams)
+        assert batch.coverage[i] == chunked.coverage[i] == one.coverage[0] == coverage
     assert changed > 0  # the pair table really took part in decisions
+    assert ((batch.coverage > 0) & (batch.coverage < 1)).any()  # seen and unseen pairs
+    assert select(random_prompts, base, selector="geo").coverage is None  # no pair table
 
 
 def test_vote_ties_are_really_exercised(router: Router, ref: Reference,

@@ -20,7 +20,7 @@ from typing import IO
 
 import pytest
 
-from ir3de import Embedder, compute_stats
+from ir3de import DomainStats, Embedder, Router, compute_stats
 from ir3de.cli import main
 from ir3de.data import read_jsonl
 
@@ -331,6 +331,39 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         gw.stop()
 
 
+def test_low_coverage_goes_to_the_fallback(stats_files, upstreams, tmp_path,
+                                          emb: Embedder) -> None:
+    """min_coverage: a prompt whose token pairs the math and coding statistics mostly lack
+    (a legal question) goes to the fallback; the header reports the router's coverage."""
+    router = Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math",
+                                                                              "coding")])
+    code, legal = router.route(CODE), router.route(LEGAL)
+    assert legal.coverage < code.coverage
+    cut = (legal.coverage + code.coverage) / 2
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, fallback="coding",
+                          min_coverage=cut))
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE))
+        assert r.headers["x-ir3de-expert"] == "coding"
+        assert r.headers["x-ir3de-coverage"] == f"{code.coverage:.4f}"
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
+        assert r.headers["x-ir3de-coverage"] == f"{legal.coverage:.4f}"
+        assert r.headers["x-ir3de-expert"] == "coding"
+        assert 'ir3de_fallbacks_total{reason="low_coverage"} 1.0' in httpx.get(
+            gw.url + "/metrics").text
+        for bad, message in (({"min_coverage": 1.5}, "min_coverage must be a number in [0, 1]"),
+                             ({"min_coverage": "x"}, "min_coverage must be a number"),
+                             ({"selector": "avg"}, "min_coverage needs a router whose")):
+            r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json=bad)
+            assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"min_coverage": 0})
+        assert r.status_code == 200 and r.json()["min_coverage"] == 0.0
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
+        assert r.headers["x-ir3de-expert"] == legal.expert
+    finally:
+        gw.stop()
+
+
 def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> None:
     gw = _gateway(_config(tmp_path, stats_files, upstreams), token=None)
     try:
@@ -348,6 +381,8 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "fallback 'b' is not one of the experts"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "threshold": 2},
      "threshold"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "min_coverage": 0.5},
+     "min_coverage sends prompts to the fallback expert: set fallback too"),
     ({"router": {"path": "missing.safetensors"}, "experts": {"a": {"url": "http://x"}}},
      "missing.safetensors"),
 ])

@@ -622,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("route", formatter_class=fmt, help="prompts -> JSONL decisions",
                        description="Route prompts given as arguments, in a JSONL file "
                                    "(--input, '-' for stdin) or one per line on stdin. Prints "
-                                   "one JSON object per prompt: id, expert, confidence.")
+                                   "one JSON object per prompt: id, expert, confidence and, with a "
+                                   "token-pair table (the default preset), coverage: the "
+                                   "share of the prompt's token pairs seen in the fit data.")
     p.add_argument("router", help="router file")
     p.add_argument("prompt", nargs="*", help="prompts to route")
     p.add_argument("--input", metavar="FILE", help="JSONL with a text field ('-': stdin)")

@@ -189,14 +189,18 @@ class Decision:
     """One routing decision.
 
     ``confidence`` is the winner's vote share (topk/all), mean probability (avg) or
-    normalised geometric mean probability (geo). ``scores`` (per expert, same meaning)
-    and ``tokens`` (the voters) are filled when routing with ``explain=True``.
+    normalised geometric mean probability (geo). ``coverage`` is the share of the prompt's
+    distinct token pairs seen in the fit data (routers with a pair table, i.e. the
+    ``default`` preset; None otherwise): low coverage means the prompt is unlike every
+    expert's data. ``scores`` (per expert, same meaning as ``confidence``) and ``tokens``
+    (the voters) are filled when routing with ``explain=True``.
     """
 
     expert: str
     confidence: float
     scores: dict[str, float] | None = None
     tokens: list[VotingToken] | None = field(default=None)
+    coverage: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (omits the explanation fields when absent)."""
@@ -364,6 +368,11 @@ class Router:
         return self
 
     # ------------------------------------------------------------- routing
+    @property
+    def reports_coverage(self) -> bool:
+        """Whether decisions carry ``coverage``: the ``geo`` selector on a pair table."""
+        return self.config.selector == "geo" and self._fitted.table.pairs is not None
+
     def route(self, prompt: str, *, explain: bool = False) -> Decision:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
         return self.route_batch([prompt], explain=explain)[0]
@@ -386,8 +395,9 @@ class Router:
                           for t, p, v, e in zip(self.embedder.tokens(tok_ids), pos,
                                                 state.table.vote[tok_ids],
                                                 state.table.entropy[tok_ids], strict=True)]
+            coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
-                                      scores, tokens))
+                                      scores, tokens, coverage))
         return decisions
 
     def _encode(self, prompts: Sequence[str]) -> list[np.ndarray]:

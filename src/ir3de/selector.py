@@ -28,6 +28,12 @@ Tie-breaking (deterministic):
 Confidence is the winner's vote share (``topk``/``all``), its mean probability
 (``avg``) or its normalised geometric mean probability (``geo``: the softmax of the
 mean log-probabilities, so, like ``avg``, between 1/D and 1).
+
+Coverage (``geo`` with a token-pair table only) is the share of the prompt's distinct
+token pairs that occur in the fit data: how much of the prompt the experts' statistics have
+seen. Unlike the confidence, it does not compare experts, so it drops for a prompt unlike
+every expert's data (a domain no expert covers, or a shifted dataset); the gateway can send
+such prompts to its fallback expert (``min_coverage``).
 """
 
 from __future__ import annotations
@@ -141,13 +147,16 @@ class Selection:
     ``choice`` (P,) expert indices; ``confidence`` (P,); ``scores`` (P, D) vote
     shares or mean probabilities; ``voters`` per prompt, the positions (in the
     prompt's token ids) of the tokens that voted, lowest entropy first (for
-    ``avg``, every position in prompt order).
+    ``avg``, every position in prompt order). ``coverage`` (P,): the share of each
+    prompt's distinct token pairs seen in the fit data (``geo`` with a pair table; None
+    otherwise).
     """
 
     choice: np.ndarray
     confidence: np.ndarray
     scores: np.ndarray
     voters: list[np.ndarray]
+    coverage: np.ndarray | None = None
 
 
 def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "topk",
@@ -188,12 +197,14 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
         n_distinct = np.bincount(upid, minlength=P)
         ustarts = np.cumsum(n_distinct) - n_distinct
         total = np.add.reduceat(table.logp[flat[first]], ustarts, axis=0)
+        coverage = None
         if table.pairs is not None:
-            total += _pair_sums(flat, starts, table.pairs, V)
+            pair_total, coverage = _pair_sums(flat, starts, table.pairs, V)
+            total += pair_total
         scores = _softmax(total / n_distinct[:, None])
         choice = scores.argmax(axis=1)
         voters = np.split(first - starts[upid], np.cumsum(n_distinct)[:-1])
-        return Selection(choice, scores[rows, choice], scores, voters)
+        return Selection(choice, scores[rows, choice], scores, voters, coverage)
 
     if selector == "all":
         k = int(lengths.max())
@@ -225,12 +236,15 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     if selector == "geo":
         first = np.sort(np.unique(x, return_index=True)[1])
         total = table.logp[x[first]].sum(axis=0)
+        coverage = None
         if table.pairs is not None:
-            keys = _distinct(pair_keys(x, table.logp.shape[0]))
-            total += table.pairs.logp[table.pairs.rows(keys)].sum(axis=0)
+            rows = table.pairs.rows(_distinct(pair_keys(x, table.logp.shape[0])))
+            total += table.pairs.logp[rows].sum(axis=0)
+            coverage = np.array([np.mean(rows < table.pairs.keys.size)])
         scores = _softmax(total / first.size)
         choice = int(scores.argmax())
-        return Selection(np.array([choice]), scores[[choice]], scores[None, :], [first])
+        return Selection(np.array([choice]), scores[[choice]], scores[None, :], [first],
+                         coverage)
     order = np.argsort(table.entropy[x], kind="stable")
     if selector == "topk":
         order = order[:k]
@@ -243,9 +257,10 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
 
 
 def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
-               V: int) -> np.ndarray:
-    """(P, D): per prompt (its tokens ``flat[starts[i]:starts[i + 1]]``), the sum of the
-    pair log-probabilities of its distinct pairs."""
+               V: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt (its tokens ``flat[starts[i]:starts[i + 1]]``): the sum of the pair
+    log-probabilities of its distinct pairs (P, D), and the share of them seen in the fit
+    data (P,)."""
     P = starts.size
     lengths = np.diff(np.append(starts, flat.size))
     keys = _flat_pair_keys(flat, starts, V)
@@ -254,16 +269,19 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
     # vocabulary and batch).
     span = (V + 1) ** 2
     step = max(1, _TAG_LIMIT // span - 1)
-    out = []
+    out, seen = [], []
     for lo in range(0, P, step):
         hi = min(P, lo + step)
         a, b = starts[lo], starts[hi - 1] + lengths[hi - 1]
         pid = np.repeat(np.arange(hi - lo, dtype=np.int64), lengths[lo:hi])
         tagged = _distinct(pid * span + keys[a:b])
-        n_pairs = np.bincount(tagged // span, minlength=hi - lo)  # ≥ 1: no empty prompt
-        out.append(np.add.reduceat(pairs.logp[pairs.rows(tagged % span)],
-                                   np.cumsum(n_pairs) - n_pairs, axis=0))
-    return np.concatenate(out)
+        owner = tagged // span
+        n_pairs = np.bincount(owner, minlength=hi - lo)  # ≥ 1: no empty prompt
+        rows = pairs.rows(tagged % span)
+        out.append(np.add.reduceat(pairs.logp[rows], np.cumsum(n_pairs) - n_pairs, axis=0))
+        seen.append(np.bincount(owner, weights=rows < pairs.keys.size,
+                                minlength=hi - lo) / n_pairs)
+    return np.concatenate(out), np.concatenate(seen)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

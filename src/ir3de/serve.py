@@ -6,13 +6,15 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
 * ``POST /v1/chat/completions`` and ``POST /v1/completions``: with ``model`` set to the
   gateway's name the prompt is routed; with an expert's name it goes straight there. The
   upstream answer is passed through unchanged (``stream: true`` as SSE, chunk by chunk)
-  with headers ``x-ir3de-expert`` and ``x-ir3de-confidence``.
+  with headers ``x-ir3de-expert``, ``x-ir3de-confidence`` and (routers with a pair table)
+  ``x-ir3de-coverage``.
 * ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
   config; unset -> the admin API is off): list, add and remove experts, change α, k, λ,
-  selector or the confidence threshold. Every change re-solves the router off the event
-  loop, swaps it in one assignment (requests in flight finish on the router they started
-  with) and persists it atomically to ``state_dir``, which a restart loads back.
+  selector, the confidence threshold or the minimum coverage. Every change re-solves the
+  router off the event loop, swaps it in one assignment (requests in flight finish on the
+  router they started with) and persists it atomically to ``state_dir``, which a restart
+  loads back.
 
 Failures: a connection failure or timeout is retried once, then the request goes to the
 fallback expert; an upstream HTTP error is returned as is; the gateway's own errors use
@@ -28,6 +30,7 @@ Example config::
     fallback: math
     policy: last_user          # all_user | conversation
     threshold: 0.0             # below this confidence, use the fallback
+    min_coverage: 0.0          # below this share of seen token pairs, use the fallback
     state_dir: gateway-state   # where admin changes persist
 """
 
@@ -41,6 +44,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +109,7 @@ def _models() -> tuple[type, type, type]:
         fallback: str | None = None
         policy: Literal["last_user", "all_user", "conversation"] = "last_user"
         threshold: float = pd.Field(0.0, ge=0.0, le=1.0)
+        min_coverage: float = pd.Field(0.0, ge=0.0, le=1.0)
         max_body_bytes: int = pd.Field(1_000_000, gt=0)
         admin_token_env: str | None = "IR3DE_ADMIN_TOKEN"
         state_dir: str | None = None
@@ -116,6 +121,9 @@ def _models() -> tuple[type, type, type]:
             if self.fallback is not None and self.fallback not in self.experts:
                 raise ValueError(f"fallback {self.fallback!r} is not one of the experts "
                                  f"({', '.join(self.experts)})")
+            if self.min_coverage > 0 and self.fallback is None:
+                raise ValueError("min_coverage sends prompts to the fallback expert: set "
+                                 "fallback too")
             if self.name in self.experts:
                 raise ValueError(f"name {self.name!r} is also an expert's name")
             return self
@@ -156,13 +164,19 @@ def load_config(path: str | os.PathLike[str]) -> Any:
 
 
 # --------------------------------------------------------------------------- state
+@dataclass(frozen=True)
 class _State:
-    """The router and expert endpoints in use; replaced whole, never mutated."""
+    """The router, expert endpoints and fallback cuts in use; replaced whole, never mutated."""
 
-    def __init__(self, router: Any, experts: dict[str, Any], threshold: float) -> None:
-        self.router = router
-        self.experts = experts
-        self.threshold = threshold
+    router: Any
+    experts: dict[str, Any]
+    threshold: float
+    min_coverage: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.min_coverage > 0 and not self.router.reports_coverage:
+            raise IR3DEError("min_coverage needs a router whose decisions report coverage: "
+                             "the 'geo' selector on a token-pair table (the default preset)")
 
 
 def _initial_state(config: Any) -> _State:
@@ -176,7 +190,9 @@ def _initial_state(config: Any) -> _State:
         saved = json.loads((state_dir / _EXPERTS_FILE).read_text(encoding="utf-8"))
         expert_cls = _models()[0]
         experts = {n: expert_cls.model_validate(e) for n, e in saved["experts"].items()}
-        state = _State(router, experts, float(saved["threshold"]))
+        # min_coverage: absent from state folders written before it existed
+        state = _State(router, experts, float(saved["threshold"]),
+                       float(saved.get("min_coverage", 0.0)))
     else:
         src = config.router
         if src.path is not None:
@@ -185,7 +201,7 @@ def _initial_state(config: Any) -> _State:
             stats = load_stats_files(src.stats)
             embedder = stats[0].embedder if src.embedder is None else src.embedder
             router = Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
-        state = _State(router, dict(config.experts), config.threshold)
+        state = _State(router, dict(config.experts), config.threshold, config.min_coverage)
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
         raise IR3DEError(f"router experts {missing} have no endpoint under 'experts' in the "
@@ -205,7 +221,7 @@ def _persist(state: _State, state_dir: str | None) -> None:
     state.router.save(folder / _ROUTER_FILE)
     atomic_write_text(folder / _EXPERTS_FILE, json.dumps(
         {"experts": {n: e.model_dump() for n, e in state.experts.items()},
-         "threshold": state.threshold}, indent=1))
+         "threshold": state.threshold, "min_coverage": state.min_coverage}, indent=1))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -342,7 +358,7 @@ def create_app(config: Any) -> Any:
             text = _routing_text(body, chat, config.policy)
         except ValueError as exc:
             return _error(400, str(exc), param="messages" if chat else "prompt")
-        confidence: float | None = None
+        confidence = coverage = None
         if model == config.name:
             if not text.strip():
                 return _error(400, "the prompt to route is empty", param="messages")
@@ -353,7 +369,11 @@ def create_app(config: Any) -> Any:
                 return _error(400, f"cannot route this prompt: {exc}")
             metrics.routing.observe(time.perf_counter() - start)
             expert, confidence = decision.expert, decision.confidence
-            if confidence < state.threshold and config.fallback:
+            coverage = decision.coverage
+            if config.fallback and coverage is not None and coverage < state.min_coverage:
+                metrics.fallbacks.labels("low_coverage").inc()  # unlike every expert's data
+                expert = config.fallback
+            elif confidence < state.threshold and config.fallback:
                 metrics.fallbacks.labels("low_confidence").inc()
                 expert = config.fallback
         elif model in state.experts:
@@ -384,9 +404,12 @@ def create_app(config: Any) -> Any:
         headers = {"x-ir3de-expert": expert}
         if confidence is not None:
             headers["x-ir3de-confidence"] = f"{confidence:.4f}"
+        if coverage is not None:
+            headers["x-ir3de-coverage"] = f"{coverage:.4f}"
         metrics.requests.labels(expert, str(response.status_code)).inc()
         log.info(json.dumps({"path": path, "model": model, "expert": expert, "routed_to": tried,
-                             "confidence": confidence, "status": response.status_code,
+                             "confidence": confidence, "coverage": coverage,
+                             "status": response.status_code,
                              "stream": stream}))
         media = response.headers.get("content-type", "application/json")
         if not stream or response.status_code >= 400:
@@ -455,7 +478,8 @@ def create_app(config: Any) -> Any:
         return {"experts": [{"name": n, "url": e.url, "model": e.model or n,
                              "routed": n in counts, "tokens": counts.get(n)}
                             for n, e in state.experts.items()],
-                "threshold": state.threshold, "model": state.router.config.model,
+                "threshold": state.threshold, "min_coverage": state.min_coverage,
+                "model": state.router.config.model,
                 "alpha": state.router.config.alpha, "pairs": state.router.config.pairs,
                 "k": state.router.config.k,
                 "lam": state.router.config.lam, "selector": state.router.config.selector}
@@ -506,7 +530,7 @@ def create_app(config: Any) -> Any:
             expert = name if isinstance(name, str) and name else stats.domain
             router = _copy_router(state.router)
             router.add_expert(expert, stats)
-            return _State(router, {**state.experts, expert: endpoint}, state.threshold)
+            return replace(state, router=router, experts={**state.experts, expert: endpoint})
 
         return await _swap(build)
 
@@ -521,8 +545,8 @@ def create_app(config: Any) -> Any:
                 raise _Err(f"cannot remove {name!r}: it is the fallback expert")
             router = _copy_router(state.router)
             router.remove_expert(name)
-            return _State(router, {n: e for n, e in state.experts.items() if n != name},
-                          state.threshold)
+            return replace(state, router=router,
+                           experts={n: e for n, e in state.experts.items() if n != name})
 
         return await _swap(build)
 
@@ -535,17 +559,22 @@ def create_app(config: Any) -> Any:
             changes = json.loads(await request.body())
         except json.JSONDecodeError as exc:
             return _error(400, f"request body is not valid JSON ({exc})")
-        allowed = {"alpha", "k", "lam", "pairs", "selector", "threshold"}
+        cuts = ("threshold", "min_coverage")
+        allowed = {"alpha", "k", "lam", "pairs", "selector", *cuts}
         if not isinstance(changes, dict) or not changes or set(changes) - allowed:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
 
         def build(state: _State) -> _State:
-            threshold = float(changes.get("threshold", state.threshold))
-            if not 0.0 <= threshold <= 1.0:
-                raise _Err(f"threshold must be in [0, 1], got {threshold}")
+            values = {}
+            for cut in cuts:
+                value = changes.get(cut, getattr(state, cut))
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not 0.0 <= value <= 1.0:
+                    raise _Err(f"{cut} must be a number in [0, 1], got {value!r}")
+                values[cut] = float(value)
             router = _copy_router(state.router)
-            router.set_params(**{k: v for k, v in changes.items() if k != "threshold"})
-            return _State(router, state.experts, threshold)
+            router.set_params(**{k: v for k, v in changes.items() if k not in cuts})
+            return replace(state, router=router, **values)
 
         return await _swap(build)
 
