@@ -5,7 +5,7 @@ probability for ``avg``, the softmax of the mean log-likelihood for ``geo``, the
 selector); the winner's margin over the runner-up is the confidence used here. A threshold
 is chosen on a held-out 20 % of each split's FIT data as the margin quantile that keeps the
 target coverage there, then applied unchanged to the test prompts (never tuned on them). The
-gateway's ``confidence_threshold`` applies the same kind of cut to ``Decision.confidence``.
+gateway's ``threshold`` applies the same kind of cut to ``Decision.confidence``.
 
 Run:  python benchmarks/bench_abstain.py [--embedder wordllama] [--preset default]
                                         [--data ../shared/data]
