@@ -1,20 +1,28 @@
-"""Issue 6 exploration: longer context on top of the default, smoothed like its pairs.
+"""Issue 6 exploration: unseen keys and longer contexts in the default's count tables.
 
-The default adds to the unigram table a table of exact (previous id, id) pairs smoothed
-towards the pooled pair distribution (Dirichlet, m = 1e5). ``explore_smoothing`` measured
-triples only with additive smoothing (``tri``: `domains` 97.8, `reasoning-xdata` 98.6).
-This script measures the same Dirichlet smoothing for two longer contexts, each as one more
-additive table of per-domain document frequencies (exact keys, integer counts, so it would
-stay additive and exact under add / remove like the pairs):
+The default scores a prompt by a binary NB unigram table (Laplace α = 0.03) plus a table of
+exact (previous id, id) pairs smoothed towards the pooled pair distribution (Dirichlet,
+m = 1e5); every distinct pair of the prompt that no fit prompt contains adds one shared
+OOV row, ``log(m q_oov / (n_d + m))``, and every token no fit prompt contains adds
+``log(α / (n_d + αV))``. Both are larger for domains with fewer fit prompts / pairs
+(``n_d``), the Bayesian reading of "a small domain has seen less", so a prompt made mostly
+of unseen keys leans towards the small domains whatever it says. This script measures:
 
-* ``tri-dir w m``: + w x exact (id[i-2], id[i-1], id[i]) triples, Dirichlet towards the
-  pooled triple distribution with mass m;
-* ``skip-dir w m``: + w x exact skip pairs (id[i-2], id[i]), smoothed the same way (word
-  order evidence that survives one inserted token);
+* ``oov``: what an unseen key adds: ``each`` (today: the OOV row once per distinct unseen
+  key), ``once`` (the OOV row once per prompt if it has any unseen key) or ``none`` (nothing:
+  an unseen key is evidence for no domain); ``uni``: the same for tokens no fit prompt
+  contains (``each`` today, or ``none``);
+* longer contexts as one more exact, additive table of per-domain document frequencies,
+  Dirichlet-smoothed towards its pooled distribution like the pairs (``explore_smoothing``
+  tried triples only with additive smoothing): ``tri`` triples (id[i-2], id[i-1], id[i]),
+  ``skip`` skip pairs (id[i-2], id[i]), weight w ∈ {0.25, 0.5, 1}, mass m ∈ {1e4, 1e5, 1e6},
+  with the same ``oov`` treatment as the pairs.
 
-w ∈ {0.25, 0.5, 1}, m ∈ {1e4, 1e5, 1e6}; BOS ids pad the start. Same rule as every
-exploration: one configuration per family by the mean held-out-fit accuracy over the five
-splits (``explore_smoothing._one_configuration``), test prompts only scored.
+Families (a label's first word): ``pair uni oov m`` (m ∈ {1e4, 1e5, 1e6}; ``uni=each
+oov=each m=1e5`` is today's default, reproduced to the digit), ``tri`` and ``skip`` (pairs
+at m = 1e5). Same rule as every exploration: one configuration per family by the mean
+held-out-fit accuracy over the five splits (``explore_smoothing._one_configuration``), test
+prompts only scored; then every configuration with two decimals.
 
 Run:  python benchmarks/explore_longer.py [--embedder wordllama] [--settings domains ...]
 """
@@ -37,6 +45,7 @@ from ir3de import load_embedder
 
 WEIGHTS = (0.25, 0.5, 1.0)
 MASSES = (1e4, 1e5, 1e6)
+OOV = ("each", "once", "none")
 Groups = dict[str, list[np.ndarray]]
 
 
@@ -57,42 +66,53 @@ class _Grams:
         pos = np.minimum(np.searchsorted(self.vocab, keys), self.vocab.size - 1)
         return np.where(self.vocab[pos] == keys, pos, self.K - 1)
 
-    def matrix(self, ids: Sequence[np.ndarray]) -> sp.csr_matrix:
-        """Prompts x keys, binary (every unseen key of a prompt lands on the OOV slot once)."""
-        cols = [np.unique(self.index(np.unique(self.keys_of(x)))) for x in ids]
-        rows = [np.full(c.size, i) for i, c in enumerate(cols)]
-        return sp.csr_matrix((np.ones(sum(c.size for c in cols)),
-                              (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(len(ids), self.K))
-
-    def dirichlet(self, ids: Sequence[np.ndarray]) -> dict[float, np.ndarray]:
-        """Per mass m: each prompt's summed Dirichlet log-likelihoods of its distinct keys,
+    def scores(self, ids: Sequence[np.ndarray]) -> dict[tuple[str, float], np.ndarray]:
+        """Per (oov, m): each prompt's summed Dirichlet log-likelihoods of its distinct keys,
         smoothed towards the pooled key distribution (as ``solver.solve_pairs``)."""
+        cols = [self.index(np.unique(self.keys_of(x))) for x in ids]
+        rows = np.concatenate([np.full(c.size, i) for i, c in enumerate(cols)])
+        M = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(cols))),
+                          shape=(len(ids), self.K))
+        M.sum_duplicates()  # the OOV column holds the number of distinct unseen keys
+        unseen = M[:, -1].toarray()
         q = self.C.sum(axis=1) + EPS
         q /= q.sum()
-        M = self.matrix(ids)
-        return {m: M @ np.log((self.C + m * q[:, None]) / (self.C.sum(axis=0) + m))
-                for m in MASSES}
+        out = {}
+        for m in MASSES:
+            T = np.log((self.C + m * q[:, None]) / (self.C.sum(axis=0) + m))
+            each = M @ T
+            seen = each - unseen * T[-1]
+            out["each", m] = each
+            out["once", m] = seen + (unseen > 0) * T[-1]
+            out["none", m] = seen
+        return out
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     Mb = _features(ids, "bin", V, bigram=False)
-    base = _pairs(V, fit, ids, {"bin": Unigrams(fit, "bin", V)}, Mb,
-                  lambda family: family == "pair-dir")[PAIR_DIR]
-    out = {PAIR_DIR: base}
-    base_ = V + 1
-
-    def triples(x: np.ndarray) -> np.ndarray:
-        return _ngram_keys(x, V, 3)
+    unigrams = Unigrams(fit, "bin", V)
+    L = unigrams.additive(0.03)
+    L_none = np.where(unigrams.C.sum(axis=1, keepdims=True) > 0, L, 0.0)
+    uni = {"each": Mb @ L, "none": Mb @ L_none}
+    reference = _pairs(V, fit, ids, {"bin": unigrams}, Mb,
+                       lambda family: family == "pair-dir")[PAIR_DIR]
+    base = V + 1
 
     def skips(x: np.ndarray) -> np.ndarray:  # the triple key without its middle id
         k = _ngram_keys(x, V, 3)
-        return (k // base_**2) * base_ + k % base_
+        return (k // base**2) * base + k % base
 
-    for family, keys_of in (("tri-dir", triples), ("skip-dir", skips)):
-        tables = _Grams(fit, keys_of).dirichlet(ids)
-        for w, m in itertools.product(WEIGHTS, MASSES):
-            out[f"{family} w={w:g} m={m:g}"] = base + w * tables[m]
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids)
+    out = {}
+    for u, oov, m in itertools.product(uni, OOV, MASSES):
+        out[f"pair uni={u} oov={oov} m={m:g}"] = uni[u] + pairs[oov, m]
+    # today's default, through _pairs: the check that this script scores it the same way
+    assert np.allclose(out["pair uni=each oov=each m=100000"], reference)
+    for family, keys_of in (("tri", lambda x: _ngram_keys(x, V, 3)), ("skip", skips)):
+        longer = _Grams(fit, keys_of).scores(ids)
+        for u, oov, w, m in itertools.product(uni, OOV, WEIGHTS, MASSES):
+            out[f"{family} uni={u} oov={oov} w={w:g} m={m:g}"] = (
+                uni[u] + pairs[oov, 1e5] + w * longer[oov, m])
     return out
 
 
