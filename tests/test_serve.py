@@ -340,8 +340,8 @@ def test_low_coverage_goes_to_the_fallback(stats_files, upstreams, tmp_path,
     code, legal = router.route(CODE), router.route(LEGAL)
     assert legal.coverage < code.coverage
     cut = (legal.coverage + code.coverage) / 2
-    gw = _gateway(_config(tmp_path, stats_files, upstreams, fallback="coding",
-                          min_coverage=cut))
+    config = _config(tmp_path, stats_files, upstreams, fallback="coding", min_coverage=cut)
+    gw = _gateway(config)
     try:
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE))
         assert r.headers["x-ir3de-expert"] == "coding"
@@ -360,6 +360,14 @@ def test_low_coverage_goes_to_the_fallback(stats_files, upstreams, tmp_path,
         assert r.status_code == 200 and r.json()["min_coverage"] == 0.0
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
         assert r.headers["x-ir3de-expert"] == legal.expert
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"min_coverage": 0.25})
+        assert r.status_code == 200
+    finally:
+        gw.stop()
+    gw = _gateway(config)  # a restart comes back with the persisted cut, not the config's
+    try:
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json()[
+            "min_coverage"] == 0.25
     finally:
         gw.stop()
 
