@@ -56,14 +56,36 @@ class TokenizedSplit:
         self.test_y = np.array([self.domains.index(d) for d in split.test_labels])
 
 
-def explore_args(doc: str, settings: Sequence[str]) -> argparse.Namespace:
-    """The command line of every ``explore_*`` script: ``--embedder``, ``--data``,
-    ``--settings`` (default ``settings``)."""
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every script on one embedder and the shared data takes: ``--embedder``
+    (default wordllama) and ``--data`` (default ../shared/data)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--embedder", default="wordllama")
     ap.add_argument("--data", default="../shared/data")
+    return ap
+
+
+def explore_args(doc: str, settings: Sequence[str]) -> argparse.Namespace:
+    """The command line of every ``explore_*`` script: :func:`script_parser`'s options and
+    ``--settings`` (default ``settings``)."""
+    ap = script_parser(doc)
     ap.add_argument("--settings", nargs="+", default=list(settings))
     return ap.parse_args()
+
+
+def decision_margins(experts: Sequence[str], decisions: Sequence) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """Predicted expert index and the winner's confidence minus the runner-up's, per
+    decision (``Router.route_batch(..., explain=True)``, whose ``scores`` name ``experts``)."""
+    scores = np.array([[d.scores[e] for e in experts] for d in decisions])
+    top = np.sort(scores, axis=1)
+    return scores.argmax(axis=1), top[:, -1] - top[:, -2]
+
+
+def kept_balanced(pred: np.ndarray, gold: np.ndarray, keep: np.ndarray) -> float:
+    """Balanced accuracy over the prompts ``keep`` marks (domains with none kept left out)."""
+    return float(np.mean([np.mean(pred[keep & (gold == d)] == d)
+                          for d in np.unique(gold) if (keep & (gold == d)).any()]))
 
 
 def tokenized_splits(emb, names: Sequence[str],

@@ -13,11 +13,10 @@ Run:  python benchmarks/bench_abstain.py [--embedder wordllama] [--preset defaul
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
-from _holdout import flatten, holdout
+from _holdout import decision_margins, flatten, holdout, kept_balanced, script_parser
 
 from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -27,23 +26,12 @@ COVERAGES = (1.0, 0.95, 0.9, 0.8)
 
 
 def _margins(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted expert index and top-1 minus top-2 mean probability, per prompt."""
-    decisions = router.route_batch(texts, explain=True)
-    scores = np.array([[d.scores[e] for e in router.experts] for d in decisions])
-    top = np.sort(scores, axis=1)
-    return scores.argmax(axis=1), top[:, -1] - top[:, -2]
-
-
-def _balanced(pred: np.ndarray, gold: np.ndarray, keep: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[keep & (gold == d)] == d)
-                          for d in np.unique(gold) if (keep & (gold == d)).any()]))
+    """Predicted expert index and top-1 minus top-2 confidence, per prompt."""
+    return decision_margins(router.experts, router.route_batch(texts, explain=True))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
+    ap = script_parser(__doc__)
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     args = ap.parse_args()
     emb = load_embedder(args.embedder)
@@ -68,7 +56,7 @@ def main() -> int:
                 threshold = np.quantile(held_margin, 1 - cov) if cov < 1 else -np.inf
                 keep = margin >= threshold
                 worst = min(keep[gold == d].mean() for d in np.unique(gold))
-                cells.append(f"{100 * _balanced(pred, gold, keep):.1f} "
+                cells.append(f"{100 * kept_balanced(pred, gold, keep):.1f} "
                              f"({100 * keep.mean():.0f} %, ≥ {100 * worst:.0f} %)")
             print(f"| {name} / {split.name} | " + " | ".join(cells) + " |", flush=True)
     return 0

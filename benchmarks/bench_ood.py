@@ -21,11 +21,10 @@ Run:  python benchmarks/bench_ood.py [--embedder wordllama] [--data ../shared/da
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
-from _holdout import flatten, holdout
+from _holdout import decision_margins, flatten, holdout, kept_balanced, script_parser
 from sklearn.metrics import roc_auc_score
 
 from ir3de import Router, compute_stats, load_embedder
@@ -44,9 +43,7 @@ HELD_OUT_DOMAINS = ("dailydialog", "legalbench", "philosophy_texts")
 def _signals(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted expert index, margin and coverage of every prompt."""
     decisions = router.route_batch(texts, explain=True)
-    scores = np.array([[d.scores[e] for e in router.experts] for d in decisions])
-    top = np.sort(scores, axis=1)
-    return (scores.argmax(axis=1), top[:, -1] - top[:, -2],
+    return (*decision_margins(router.experts, decisions),
             np.array([d.coverage for d in decisions]))
 
 
@@ -65,8 +62,7 @@ def _scenario(name: str, emb, fit: dict[str, list[str]], inside: list[str],
                                             (held_cov, cov, out_cov)):
         cut = np.quantile(held_values, QUANTILE)
         keep = values >= cut
-        kept_acc = np.mean([np.mean(pred[keep & (gold == d)] == d)
-                            for d in np.unique(gold) if (keep & (gold == d)).any()])
+        kept_acc = kept_balanced(pred, gold, keep)
         cells.append(f"{roc_auc_score(y, np.r_[values, out_values]):.3f} | "
                      f"{100 * keep.mean():.0f} % ({100 * kept_acc:.1f}) | "
                      f"{100 * np.mean(out_values < cut):.0f} %")
@@ -75,11 +71,7 @@ def _scenario(name: str, emb, fit: dict[str, list[str]], inside: list[str],
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    args = ap.parse_args()
+    args = script_parser(__doc__).parse_args()
     emb = load_embedder(args.embedder)
     domains = load_setting("domains", args.data).splits[0]
     rng = np.random.default_rng(0)

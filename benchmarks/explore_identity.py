@@ -13,11 +13,10 @@ Run:  python benchmarks/explore_identity.py [--embedder wordllama] [--data ../sh
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
-from _holdout import flatten, holdout
+from _holdout import flatten, holdout, script_parser
 
 from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -37,11 +36,7 @@ def _router(emb, stats: list, mu: float) -> Router:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--embedder", default="wordllama")
-    ap.add_argument("--data", default="../shared/data")
-    args = ap.parse_args()
+    args = script_parser(__doc__).parse_args()
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%), avg selector\n")
     print("| setting / split | μ chosen on held-out fit | held-out fit acc per μ "

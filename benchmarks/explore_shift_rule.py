@@ -13,19 +13,18 @@ to the plain held-out rule's pick. The configurations are those of ``explore_lon
 ``explore_blend`` (the pair table blended with a prompt-level ridge; ``--grid blend``,
 11 min).
 
-Run:  python benchmarks/explore_shift_rule.py [--grid longer|blend]
+Run:  python benchmarks/explore_shift_rule.py [--grid longer|blend] [--embedder wordllama]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import explore_blend
 import explore_longer
 import numpy as np
-from _holdout import balanced, tokenized_splits
+from _holdout import balanced, script_parser, tokenized_splits
 from explore_gate import _coverage, _pair_set
 from explore_smoothing import SETTINGS
 
@@ -36,12 +35,10 @@ QUARTER = 0.25
 
 def main() -> int:
     start = time.perf_counter()
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument("--grid", choices=("longer", "blend"), default="longer")
-    ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
-    emb = load_embedder("wordllama")
+    emb = load_embedder(args.embedder)
     V = emb.vocab_size
     if args.grid == "blend":
         prompts = explore_blend._Prompts(emb)
