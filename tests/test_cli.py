@@ -286,13 +286,18 @@ def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsy
     out = tmp_path / "results"
     code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
                        "--max-fit", 100, "--max-test", 20, "--embedder", "wordllama",
-                       "--baselines", "random", "--out", out, "-q")
+                       "--baselines", "random", "--resamples", 300, "--level", 0.9,
+                       "--out", out, "-q")
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["meta"]["command"].startswith("ir3de eval --setting reasoning-xdata")
     (setting,) = results["settings"]
     assert {r["name"] for r in setting["routers"]} >= {"random", "IR3DE avg [wordllama, default]"}
     assert "## reasoning-xdata" in (out / "report.md").read_text()
+    # Intervals at the requested level; random is no baseline to compare with.
+    assert setting["comparison"]["level"] == 0.9 and setting["comparison"]["resamples"] == 300
+    assert setting["comparison"]["baseline"] is None and not setting["comparison"]["differences"]
+    assert "balanced 90 % CI" in (out / "report.md").read_text()
 
 
 def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
@@ -324,6 +329,20 @@ def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, 
     pytest.importorskip("sklearn")
     code, _, err = run(capsys, "eval", "--out", tmp_path / "out", "--baselines", *extra)
     assert code == 1 and err.startswith("ir3de: error:") and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--resamples", "-1"], "must be >= 0, got -1"),
+    (["--level", "95"], "must be in (0, 1), got 95.0"),
+    (["--level", "x"], "expected a number in (0, 1), got 'x'"),
+])
+def test_eval_bad_interval_options_exit_2(extra: list[str], message: str, tmp_path: Path,
+                                          capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ir3de import Embedder
+from ir3de.errors import IR3DEError
 
 pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
 pytest.importorskip("matplotlib", reason="the evaluation harness needs pip install 'ir3de[eval]'")
@@ -20,7 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def results(data_dir: Path, emb: Embedder) -> dict[str, dict]:
-    """Every setting on a seeded subsample: IR3DE (WordLlama) plus the random baseline.
+    """Every setting on a seeded subsample: IR3DE (WordLlama), random and TF-IDF + LR.
 
     reasoning-2fold keeps its whole fit data so its accuracy can be held to the bar.
     """
@@ -28,8 +29,8 @@ def results(data_dir: Path, emb: Embedder) -> dict[str, dict]:
     for name in SETTINGS:
         max_fit = None if name == "reasoning-2fold" else 300
         setting = load_setting(name, data_dir, seed=0, max_fit=max_fit, max_test=150)
-        out[name] = evaluate(setting, embedders=[emb], baselines=make_baselines(["random"]),
-                             progress=False)
+        out[name] = evaluate(setting, embedders=[emb],
+                             baselines=make_baselines(["random", "tfidf"]), progress=False)
     return out
 
 
@@ -68,11 +69,47 @@ def test_ir3de_beats_random_everywhere(results: dict[str, dict]) -> None:
         assert best_preset > _router(result, "random")["balanced"] + 0.4, name
 
 
+def test_intervals_bracket_the_figures_and_the_gap_to_the_best_baseline(
+        results: dict[str, dict]) -> None:
+    for name, result in results.items():
+        kept = [r for r in result["routers"] if "balanced_ci" in r]
+        # Preset routers and baselines get intervals; the rest of the selector grid does not.
+        assert {r["name"] for r in kept} == {r["name"] for r in result["routers"]
+                                             if r.get("is_preset") or r["family"] != "ir3de"}
+        for r in kept:
+            low, high = r["balanced_ci"]
+            assert low <= r["balanced"] <= high and high - low < 0.3, (name, r["name"])
+        comparison = result["comparison"]
+        assert comparison["baseline"] == "TF-IDF+LR" and comparison["level"] == 0.95
+        tfidf = next(r for r in result["routers"] if r["name"] == "TF-IDF+LR")
+        assert len(comparison["differences"]) == 2  # the two presets
+        for router, d in comparison["differences"].items():
+            own = next(r for r in result["routers"] if r["name"] == router)
+            assert d["difference"] == pytest.approx(own["balanced"] - tfidf["balanced"])
+            assert d["low"] <= d["difference"] <= d["high"], (name, router)
+    # Clear gaps on these subsamples must come out as such, not as noise: the paper preset's
+    # top-k vote is far below TF-IDF + LR on domains, the default far above it on xdata.
+    differences = {name: r["comparison"]["differences"] for name, r in results.items()}
+    assert differences["domains"]["IR3DE topk k=10 [wordllama, paper]"]["high"] < 0
+    assert differences["reasoning-xdata"]["IR3DE geo [wordllama, default]"]["low"] > 0
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"resamples": -1}, "resamples must be >= 0"),
+                                               ({"level": 1.0}, "level must be in")])
+def test_interval_settings_are_checked_before_running(kwargs, match, data_dir: Path,
+                                                      emb: Embedder) -> None:
+    setting = load_setting("reasoning-xdata", data_dir, max_fit=5, max_test=5)
+    with pytest.raises(IR3DEError, match=match):
+        evaluate(setting, embedders=[emb], progress=False, **kwargs)
+
+
 def test_report_results_and_plots_are_written(results: dict[str, dict], tmp_path: Path) -> None:
     meta = {"command": "pytest", "date": "today", "machine": "here", "data_dir": "data",
             "seed": 0, "max_fit": 300, "max_test": 150}
     report = write_report({"meta": meta, "settings": list(results.values())}, tmp_path)
     text = report.read_text()
+    assert "## Preset routers against the best baseline (points, 95 % interval)" in text
+    assert "balanced 95 % CI" in text
     for name in SETTINGS:
         assert f"## {name}" in text
         for kind in ("accuracy_vs_k", "confusion", "cost"):

@@ -13,7 +13,13 @@ from ir3de.errors import IR3DEError
 
 pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
 
-from ir3de.eval.metrics import normalized_performance, read_scores, routing_metrics
+from ir3de.eval.metrics import (
+    bootstrap_balanced,
+    normalized_performance,
+    percentile_interval,
+    read_scores,
+    routing_metrics,
+)
 
 DOMAINS = ["math", "code", "law"]
 
@@ -107,3 +113,64 @@ def test_read_scores(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(IR3DEError, match=match):
             read_scores(path)
+
+
+def test_bootstrap_keeps_domains_apart_and_matches_the_binomial_width() -> None:
+    # Domain a: 400 prompts, all right; domain b: 400 prompts, half right. Stratified
+    # resampling keeps a at 1.0, so balanced = (1 + p_b) / 2 with sd sqrt(.25 / 400) / 2.
+    gold = ["a"] * 400 + ["b"] * 400
+    correct = np.array([[True] * 400 + [True, False] * 200])
+    samples = bootstrap_balanced(correct, gold, resamples=4000, seed=1)
+    assert samples.shape == (1, 4000)
+    low, high = percentile_interval(samples[0])
+    assert low < 0.75 < high
+    assert high - low == pytest.approx(2 * 1.96 * 0.0125, rel=0.1)
+    assert samples.min() >= 0.5  # domain a never loses a prompt to domain b's draws
+
+
+def test_bootstrap_pairs_routers_on_the_same_resamples() -> None:
+    rng = np.random.default_rng(0)
+    gold = ["a"] * 300 + ["b"] * 100
+    a = rng.random(400) < 0.9
+    b = a.copy()
+    b[:30] = False  # b = a with up to 30 more errors
+    samples = bootstrap_balanced(np.array([a, a, b]), gold, resamples=1000)
+    np.testing.assert_array_equal(samples[0], samples[1])  # same router, same resamples
+    assert (samples[0] >= samples[2]).all()  # paired: b never beats a on any resample
+    low, high = percentile_interval(samples[0] - samples[2])
+    assert 0 < low < high
+
+
+def test_bootstrap_draws_repeated_prompts_together() -> None:
+    # Every prompt tested twice (e.g. once per fold) is still one observation: with ids the
+    # resamples equal those of the prompts counted once; without, the interval is too narrow.
+    rng = np.random.default_rng(2)
+    gold = ["a"] * 200 + ["b"] * 200
+    ids = [f"p{i}" for i in range(400)]
+    once = rng.random((2, 400)) < 0.8
+    twice = np.concatenate([once, once], axis=1)
+    base = bootstrap_balanced(once, gold, resamples=800, seed=3)
+    np.testing.assert_allclose(bootstrap_balanced(twice, gold * 2, ids * 2, resamples=800,
+                                                  seed=3), base)
+    naive = bootstrap_balanced(twice, gold * 2, resamples=800, seed=3)
+    width = np.subtract(*percentile_interval(base[0])[::-1])
+    assert np.subtract(*percentile_interval(naive[0])[::-1]) < 0.85 * width
+
+
+@pytest.mark.parametrize(("correct", "gold", "ids", "kwargs", "match"), [
+    (np.ones(3, bool), ["a"] * 3, None, {}, "boolean matrix"),
+    (np.ones((1, 3)), ["a"] * 3, None, {}, "boolean matrix"),
+    (np.ones((1, 3), bool), ["a"] * 2, None, {}, "3 decisions per router but 2 gold"),
+    (np.ones((1, 2), bool), ["a"] * 2, ["x"], {}, "and 1 ids"),
+    (np.ones((1, 0), bool), [], None, {}, "no test prompts"),
+    (np.ones((1, 2), bool), ["a"] * 2, None, {"resamples": 0}, "resamples must be >= 1"),
+])
+def test_bootstrap_errors(correct, gold, ids, kwargs, match) -> None:
+    with pytest.raises(IR3DEError, match=match):
+        bootstrap_balanced(correct, gold, ids, **kwargs)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5])
+def test_percentile_interval_level_errors(level: float) -> None:
+    with pytest.raises(IR3DEError, match="level must be in"):
+        percentile_interval(np.arange(10.0), level)

@@ -44,6 +44,26 @@ typical workflow:
 """
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -502,7 +522,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         results.append(evaluate(setting, embedders=embedders, baselines=factories,
                                 presets=args.presets, scores=scores,
-                                score_kind=args.score_kind, progress=not args.quiet))
+                                score_kind=args.score_kind, resamples=args.resamples,
+                                level=args.level, progress=not args.quiet))
         if not args.quiet:
             best = max(results[-1]["routers"], key=lambda r: r["balanced"])
             print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
@@ -714,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     '({"id", "expert", "score"}) for normalized performance')
     p.add_argument("--score-kind", choices=["task", "perplexity"], default="task",
                    help="task: higher is better; perplexity: lower is better")
+    p.add_argument("--resamples", type=_non_negative_int, default=2000,
+                   help="bootstrap resamples of the test prompts for the intervals of "
+                        "balanced accuracy and of each preset's gap to the best baseline "
+                        "(0: no intervals)")
+    p.add_argument("--level", type=_open_fraction, default=0.95,
+                   help="coverage of those intervals")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval, argv=None)

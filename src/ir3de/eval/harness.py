@@ -28,8 +28,10 @@ from ..selector import SELECTORS
 from ..statistics import compute_stats
 from .metrics import (
     ScoreKind,
+    bootstrap_balanced,
     metrics_from_confusion,
     normalized_performance,
+    percentile_interval,
     routing_metrics,
 )
 from .settings import Setting, Split
@@ -41,6 +43,8 @@ KNN_K = (1, 5, 10)
 # Baseline families; "modem" fine-tunes a transformer on CPU, so it is opt-in.
 BASELINES = ("random", "knn", "tfidf", "modem")
 DEFAULT_BASELINES = ("random", "knn", "tfidf")
+# Fixed, so a report's intervals do not change between runs of the same routers.
+_BOOTSTRAP_SEED = 0
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
 
 
@@ -147,26 +151,70 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
     return out
 
 
+def _comparison(summaries: list[dict[str, Any]], correct: Mapping[str, list[bool]],
+                gold: list[str], ids: list[str], resamples: int, level: float
+                ) -> dict[str, Any] | None:
+    """Bootstrap intervals of the kept routers' balanced accuracy (``balanced_ci``, set on
+    their summaries) and of each preset IR3DE router minus the best baseline (random does
+    not count; no differences without another baseline)."""
+    if resamples == 0:
+        return None
+    names = list(correct)
+    samples = bootstrap_balanced(np.array([correct[n] for n in names]), gold, ids,
+                                 resamples=resamples, seed=_BOOTSTRAP_SEED)
+    row = {n: i for i, n in enumerate(names)}
+    by_name = {r["name"]: r for r in summaries}
+    for name in names:
+        by_name[name]["balanced_ci"] = list(percentile_interval(samples[row[name]], level))
+    baselines = [r for r in summaries if r["family"] not in ("ir3de", "random")]
+    best = max(baselines, key=lambda r: r["balanced"]) if baselines else None
+    differences = {}
+    for r in summaries:
+        if best and r["family"] == "ir3de" and r["is_preset"]:
+            low, high = percentile_interval(samples[row[r["name"]]] - samples[row[best["name"]]],
+                                            level)
+            differences[r["name"]] = {"difference": r["balanced"] - best["balanced"],
+                                      "low": low, "high": high}
+    return {"baseline": best and best["name"], "level": level, "resamples": resamples,
+            "differences": differences}
+
+
 def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
              baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
              presets: Sequence[str] = ("default", "paper"),
              scores: Mapping[tuple[str, str], float] | None = None,
-             score_kind: ScoreKind = "task", progress: bool = True) -> dict[str, Any]:
+             score_kind: ScoreKind = "task", resamples: int = 2000, level: float = 0.95,
+             progress: bool = True) -> dict[str, Any]:
     """Evaluate IR3DE (per embedder and preset, full selector grid) and baselines.
 
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
     object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``. ``scores`` (see
     :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
     Returns a JSON-ready dict with one entry per router under ``"routers"``.
+
+    Preset IR3DE routers and baselines also get ``balanced_ci``, a ``level`` stratified
+    bootstrap interval of their balanced accuracy over ``resamples`` resamples of the test
+    prompts, and ``"comparison"`` holds each preset's paired bootstrap interval of its
+    difference to the best baseline (``resamples=0`` skips both): a gap whose interval
+    contains 0 is within what another draw of test prompts could reverse.
     """
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise IR3DEError(f"unknown presets {unknown}; choose from {', '.join(PRESETS)}")
+    # Checked before the slow part, not after every router has run.
+    if resamples < 0:
+        raise IR3DEError(f"resamples must be >= 0, got {resamples}")
+    if not 0 < level < 1:
+        raise IR3DEError(f"level must be in (0, 1), got {level}")
     per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines)
     bar = tqdm(total=per_split * len(setting.splits), desc=setting.name, unit="router",
                disable=not progress, leave=False)
     candidates: dict[str, Candidate] = {}
     normalized: dict[str, Any] = {}
+    # Per-prompt hits of the routers that get intervals, pooled over splits.
+    correct: dict[str, list[bool]] = {}
+    gold: list[str] = []
+    ids: list[str] = []
 
     def record(cand: Candidate, routed: list[str], split: Split) -> None:
         metrics = routing_metrics(split.test_labels, routed, setting.domains).to_dict()
@@ -201,7 +249,14 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             normalized[split.name] = normalized_performance(
                 scores, split.test_ids, split.test_labels, decisions, kind=score_kind,
                 experts=setting.domains)
+        for name, routed in decisions.items():
+            correct.setdefault(name, []).extend(
+                r == g for r, g in zip(routed, split.test_labels, strict=True))
+        gold += split.test_labels
+        ids += split.test_ids
     bar.close()
+    summaries = [c.summary(setting.domains) for c in candidates.values()]
+    comparison = _comparison(summaries, correct, gold, ids, resamples, level)
     return {
         "setting": setting.name, "description": setting.description,
         "leaks_test": setting.leaks_test, "domains": setting.domains,
@@ -209,7 +264,8 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         "splits": [{"name": s.name, "fit": {d: len(t) for d, t in s.fit.items()},
                     "test": {d: s.test_labels.count(d) for d in setting.domains}}
                    for s in setting.splits],
-        "routers": [c.summary(setting.domains) for c in candidates.values()],
+        "routers": summaries,
+        "comparison": comparison,
         "normalized_performance": normalized or None,
         "score_kind": score_kind if scores is not None else None,
     }

@@ -28,8 +28,8 @@ import numpy as np
 from ..data import read_jsonl
 from ..errors import IR3DEError
 
-__all__ = ["RoutingMetrics", "metrics_from_confusion", "normalized_performance",
-           "read_scores", "routing_metrics"]
+__all__ = ["RoutingMetrics", "bootstrap_balanced", "metrics_from_confusion",
+           "normalized_performance", "percentile_interval", "read_scores", "routing_metrics"]
 
 ScoreKind = Literal["perplexity", "task"]
 
@@ -83,6 +83,67 @@ def metrics_from_confusion(cm: np.ndarray, domains: Sequence[str]) -> RoutingMet
     per_domain = {d: float(r) for d, r in zip(domains, recall, strict=True)}
     return RoutingMetrics(list(domains), cm, float(np.trace(cm) / cm.sum()),
                           float(np.nanmean(recall)), per_domain)
+
+
+def bootstrap_balanced(correct: np.ndarray, gold: Sequence[str], ids: Sequence[str] | None = None,
+                       *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Balanced accuracies of several routers on the same stratified bootstrap resamples.
+
+    ``correct`` is a (routers, prompts) boolean matrix: whether each router sent each test
+    prompt to its gold domain. Every resample draws, within each gold domain, as many
+    prompts as the domain has, with replacement, so each domain keeps its size and the
+    balanced mean stays a mean of the same domains (scipy's ``bootstrap`` cannot stratify).
+    All routers share the resamples, so ``samples[a] - samples[b]`` is a *paired* bootstrap
+    of their difference. With ``ids``, occurrences of one prompt (the same id and gold
+    domain, e.g. a test prompt of every fold) are drawn together: they are one observation.
+    Returns a (routers, resamples) array.
+
+    >>> correct = np.array([[1, 1, 0, 1], [1, 1, 1, 1]], bool)
+    >>> samples = bootstrap_balanced(correct, ["a", "a", "b", "b"], resamples=500)
+    >>> samples.shape, bool((samples[1] == 1).all()), bool((samples[0] <= 1).all())
+    ((2, 500), True, True)
+    """
+    correct = np.asarray(correct)
+    if correct.ndim != 2 or correct.dtype != bool:
+        raise IR3DEError(f"correct must be a (routers, prompts) boolean matrix, got "
+                         f"{correct.dtype} of shape {correct.shape}")
+    if correct.shape[1] != len(gold) or (ids is not None and len(ids) != len(gold)):
+        raise IR3DEError(f"{correct.shape[1]} decisions per router but {len(gold)} gold labels"
+                         + ("" if ids is None else f" and {len(ids)} ids"))
+    if not len(gold):
+        raise IR3DEError("no test prompts to resample")
+    if resamples < 1:
+        raise IR3DEError(f"resamples must be >= 1, got {resamples}")
+    keys = list(zip(gold, ids, strict=True)) if ids is not None else list(range(len(gold)))
+    # Units: distinct (gold, id) pairs, each with its hits per router and its occurrences.
+    unit_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    unit = np.fromiter((unit_of[k] for k in keys), np.int64, len(keys))
+    hits = np.zeros((correct.shape[0], len(unit_of)))
+    np.add.at(hits.T, unit, correct.T.astype(float))
+    size = np.bincount(unit, minlength=len(unit_of)).astype(float)
+    unit_gold = np.empty(len(unit_of), object)
+    unit_gold[unit] = list(gold)
+    rng = np.random.default_rng(seed)
+    per_domain = []
+    for domain in dict.fromkeys(gold):
+        members = np.flatnonzero(unit_gold == domain)
+        # Multinomial counts: how often each unit is drawn in each resample.
+        draws = rng.multinomial(members.size, np.full(members.size, 1 / members.size),
+                                size=resamples).astype(float)
+        per_domain.append((draws @ hits[:, members].T) / (draws @ size[members])[:, None])
+    return np.mean(per_domain, axis=0).T
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``samples``.
+
+    >>> percentile_interval(np.arange(101), 0.5)
+    (25.0, 75.0)
+    """
+    if not 0 < level < 1:
+        raise IR3DEError(f"level must be in (0, 1), got {level}")
+    low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:

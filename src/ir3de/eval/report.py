@@ -21,6 +21,40 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}"  # no test prompts: no figure
 
 
+def _ci(r: dict[str, Any]) -> str:
+    ci = r.get("balanced_ci")
+    return "-" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _difference(d: dict[str, float]) -> str:
+    """A gap in points with its interval; ▲/▼ when the interval excludes 0."""
+    mark = " ▲" if d["low"] > 0 else " ▼" if d["high"] < 0 else ""
+    return (f"{100 * d['difference']:+.2f} ({100 * d['low']:+.2f} to "
+            f"{100 * d['high']:+.2f}){mark}")
+
+
+def _comparison_lines(settings: list[dict[str, Any]]) -> list[str]:
+    """Summary table: each preset router minus each setting's best baseline."""
+    shown = [s for s in settings if s.get("comparison") and s["comparison"]["differences"]]
+    if not shown:
+        return []
+    level = shown[0]["comparison"]["level"]
+    resamples = shown[0]["comparison"]["resamples"]
+    names = list(dict.fromkeys(n for s in shown for n in s["comparison"]["differences"]))
+    rows = [[name, *(_difference(s["comparison"]["differences"][name])
+                     if name in s["comparison"]["differences"] else "-" for s in shown)]
+            for name in names]
+    return ["", f"## Preset routers against the best baseline (points, {100 * level:.0f} % "
+            "interval)", "",
+            "Balanced accuracy of the router minus that of the setting's best baseline, with "
+            f"a paired, stratified bootstrap interval ({resamples} resamples of the test "
+            "prompts within each domain, one prompt counted once however many splits test "
+            "it). ▲ / ▼: the interval lies above / below 0; without a mark, another draw of "
+            "test prompts of the same size could reverse the order.", "",
+            *_table(["router", *(f"{s['setting']} (vs {s['comparison']['baseline']})"
+                                 for s in shown)], rows)]
+
+
 def _num(x: float | None) -> float:
     return float("nan") if x is None else x
 
@@ -65,6 +99,8 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     multi = len(result["splits"]) > 1
     header = ["router", *domains, "balanced", "micro"]
     header += ["balanced per split"] if multi else []
+    if result.get("comparison"):
+        header += [f"balanced {100 * result['comparison']['level']:.0f} % CI"]
     header += ["route µs/prompt", "fit s"]
     rows, values = [], []
     for r in _main_rows(result):
@@ -75,11 +111,15 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         if multi:
             row.append(" / ".join(_pct(s["balanced"]) for s in r["splits"]))
             vals.append(float("nan"))
+        if result.get("comparison"):
+            row.append(_ci(r))
+            vals.append(float("nan"))
         row += [f"{r['route_us']:.0f}", f"{r['fit_s']:.2f}"]
         vals += [r["route_us"], r["fit_s"]]
         rows.append(row)
         values.append(vals)
-    _mark_best(rows, values, [True] * (len(domains) + 2 + multi) + [False, False])
+    _mark_best(rows, values, [True] * (len(domains) + 2 + multi + bool(result.get("comparison")))
+               + [False, False])
     lines += _table(header, rows)
 
     lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row in "
@@ -132,6 +172,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
         values.append([r["balanced"] if r else float("nan") for r in found])
     _mark_best(rows, values, [True] * len(settings))
     lines += _table(["router", *(s["setting"] for s in settings)], rows)
+    lines += _comparison_lines(settings)
     for result in settings:
         lines += ["", *_setting_section(result, plots.get(result["setting"], []))]
     return "\n".join(lines).rstrip() + "\n"
