@@ -300,6 +300,25 @@ def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsy
     assert "balanced 90 % CI" in (out / "report.md").read_text()
 
 
+def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data_dir,
+                       "--max-fit", 50, "--max-test", 10, "--embedder", "wordllama",
+                       "--presets", "default", "--baselines", "random", "--seed", 3, 4,
+                       "--no-plots", "--out", out, "-q")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["seeds"] == [3, 4] and results["meta"]["seed"] == 3
+    (setting,) = results["settings"]
+    assert [s["name"] for s in setting["splits"]] == ["seed3/70/30", "seed4/70/30"]
+    default = next(r for r in setting["routers"] if r["name"] == "IR3DE geo [wordllama, default]")
+    assert sum(map(sum, default["confusion"])) == 2 * 9 * 10  # both seeds' test prompts pooled
+    assert "seeds 3, 4 (seeded splits repeated once per seed and pooled)" in \
+        (out / "report.md").read_text()
+
+
 def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ir3de.errors import IR3DEError
-from ir3de.eval.settings import SETTINGS, custom_setting, load_setting
+from ir3de.eval.settings import SETTINGS, custom_setting, load_setting, repeat_setting
 
 
 def test_reasoning_paper_leaks_and_says_so(data_dir: Path) -> None:
@@ -113,3 +113,24 @@ def test_custom_setting_errors(tmp_path: Path) -> None:
     _write(test, [{"text": "c", "domain": "z"}])
     with pytest.raises(IR3DEError, match=r"test domains \['z'\] have no fit data"):
         custom_setting(fit, test)
+
+
+def test_repeated_seeds_pool_the_splits_the_seed_changes(data_dir: Path) -> None:
+    domains = repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [0, 1])
+    assert [s.name for s in domains.splits] == ["seed0/70/30", "seed1/70/30"]
+    assert domains.splits[0].test_ids != domains.splits[1].test_ids
+    seed1 = load_setting("domains", data_dir, seed=1).splits[0]
+    assert domains.splits[1].test_ids == seed1.test_ids and domains.splits[1].fit == seed1.fit
+    folds = repeat_setting(lambda seed: load_setting("reasoning-2fold", data_dir, seed=seed),
+                           [3, 4])
+    assert [s.name for s in folds.splits] == ["seed3/fold0", "seed3/fold1", "seed4/fold0",
+                                              "seed4/fold1"]
+    # reasoning-xdata in full does not depend on the seed: its one split is kept once.
+    xdata = repeat_setting(lambda seed: load_setting("reasoning-xdata", data_dir, seed=seed),
+                           [0, 1, 2])
+    assert [s.name for s in xdata.splits] == ["seed0/all"]
+    # One seed (or the same seed twice) is the plain setting.
+    once = repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [2, 2])
+    assert [s.name for s in once.splits] == ["70/30"]
+    with pytest.raises(IR3DEError, match="no seeds"):
+        repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [])

@@ -492,7 +492,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import os
     import platform
 
-    from .eval import SETTINGS, custom_setting, evaluate, load_setting, read_scores, write_report
+    from .eval import (
+        SETTINGS,
+        Setting,
+        custom_setting,
+        evaluate,
+        load_setting,
+        read_scores,
+        repeat_setting,
+        write_report,
+    )
     from .eval.harness import DEFAULT_BASELINES, make_baselines
 
     try:
@@ -504,19 +513,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.test and not args.fit:
         raise IR3DEError("--test needs --fit (the fit data of your own setting)")
     data_dir = Path(args.data) if args.data else default_data_dir()
-    caps = {"seed": args.seed, "max_fit": args.max_fit, "max_test": args.max_test}
+    caps = {"max_fit": args.max_fit, "max_test": args.max_test}
     if args.fit:
         names = ["custom"]
     else:
         names = list(SETTINGS) if "all" in args.setting else list(dict.fromkeys(args.setting))
+
+    def load(name: str, seed: int) -> Setting:
+        if name == "custom":
+            return custom_setting(args.fit, args.test, seed=seed, **caps)
+        return load_setting(name, data_dir, seed=seed, **caps)
+
     # Load every setting before the slow part, so a bad path fails at once.
-    settings = [custom_setting(args.fit, args.test, **caps) if name == "custom"
-                else load_setting(name, data_dir, **caps) for name in names]
+    settings = [repeat_setting(lambda seed, name=name: load(name, seed), args.seed)
+                for name in names]
     scores = read_scores(args.scores) if args.scores else None
     embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
     baselines = _eval_baselines(args.baselines if args.baselines is not None
                                 else DEFAULT_BASELINES, args.baselines is not None)
-    factories = make_baselines(baselines, seed=args.seed, progress=not args.quiet)
+    factories = make_baselines(baselines, seed=args.seed[0], progress=not args.quiet)
     results = []
     for setting in settings:
         start = time.perf_counter()
@@ -533,7 +548,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
                        f"Python {platform.python_version()}",
-            "data_dir": str(data_dir), "seed": args.seed, "max_fit": args.max_fit,
+            "data_dir": str(data_dir), "seed": args.seed[0], "seeds": args.seed,
+            "max_fit": args.max_fit,
             "max_test": args.max_test, "ir3de": __version__,
             "embedders": [e.name for e in embedders], "presets": args.presets,
             "baselines": baselines}
@@ -728,7 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits and subsamples")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="seed of splits, subsamples and baselines; several seeds repeat the "
+                        "seeded splits (domains, reasoning-2fold, subsamples) once per seed "
+                        "and pool them, so a gap is not one split's luck (baselines use the "
+                        "first)")
     p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
     p.add_argument("--scores", help="JSONL of per-prompt expert scores "

@@ -20,7 +20,7 @@ Metrics need scikit-learn and plots matplotlib: ``pip install 'ir3de[eval]'``.
 from .harness import K_GRID, evaluate
 from .metrics import RoutingMetrics, normalized_performance, read_scores, routing_metrics
 from .report import render_markdown, write_report
-from .settings import SETTINGS, Setting, Split, custom_setting, load_setting
+from .settings import SETTINGS, Setting, Split, custom_setting, load_setting, repeat_setting
 
 __all__ = [
     "K_GRID",
@@ -34,6 +34,7 @@ __all__ = [
     "normalized_performance",
     "read_scores",
     "render_markdown",
+    "repeat_setting",
     "routing_metrics",
     "write_report",
 ]

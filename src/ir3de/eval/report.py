@@ -55,6 +55,14 @@ def _comparison_lines(settings: list[dict[str, Any]]) -> list[str]:
                                  for s in shown)], rows)]
 
 
+def _seeds(meta: dict[str, Any]) -> str:
+    seeds = meta.get("seeds") or [meta["seed"]]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return (f"seeds {', '.join(map(str, seeds))} (seeded splits repeated once per seed and "
+            "pooled)")
+
+
 def _num(x: float | None) -> float:
     return float("nan") if x is None else x
 
@@ -158,7 +166,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
     meta = results["meta"]
     lines = ["# IR3DE evaluation report", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             f"Machine: {meta['machine']}  ", f"Data: `{meta['data_dir']}`, seed {meta['seed']}"
+             f"Machine: {meta['machine']}  ", f"Data: `{meta['data_dir']}`, " + _seeds(meta)
              + (f", at most {meta['max_fit']} fit / {meta['max_test']} test prompts per domain"
                 if meta.get("max_fit") or meta.get("max_test") else ""), "",
              "## Summary: balanced routing accuracy (%)", ""]

@@ -19,7 +19,8 @@ User data (:func:`custom_setting`): a folder of JSONL files whose records carry 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from ..data import (
 )
 from ..errors import EmptyInputError, IR3DEError
 
-__all__ = ["SETTINGS", "Setting", "Split", "custom_setting", "load_setting"]
+__all__ = ["SETTINGS", "Setting", "Split", "custom_setting", "load_setting", "repeat_setting"]
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 _DESCRIPTIONS = {
@@ -155,6 +156,35 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
                    leaks_test=name == "reasoning-paper",
                    sources={"fit": {d: list(v) for d, v in fit_sources.items()},
                             "test": {d: list(v) for d, v in REASONING_TEST.items()}})
+
+
+def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Setting:
+    """One setting whose splits are those of ``load(seed)`` for every seed.
+
+    A gap of a few tenths of a point can be one split's luck; repeating the seeded split
+    (and pooling, as the harness pools folds) measures the router rather than the draw.
+    Splits are named ``seed{s}/{name}``; a split equal to one already kept (a setting, or a
+    subsample, that the seed does not change, e.g. ``reasoning-xdata`` in full) is kept
+    once, so only what the seed really changes is repeated.
+
+    >>> s = repeat_setting(lambda seed: load_setting("domains", seed=seed), [0, 1])
+    ... # doctest: +SKIP
+    >>> [split.name for split in s.splits]  # doctest: +SKIP
+    ['seed0/70/30', 'seed1/70/30']
+    """
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds:
+        raise IR3DEError("no seeds to repeat the setting with")
+    settings = [load(seed) for seed in seeds]
+    if len(seeds) == 1:
+        return settings[0]
+    splits: list[Split] = []
+    for seed, setting in zip(seeds, settings, strict=True):
+        for split in setting.splits:
+            if not any(split.fit == kept.fit and split.test_ids == kept.test_ids
+                       for kept in splits):
+                splits.append(replace(split, name=f"seed{seed}/{split.name}"))
+    return replace(settings[0], splits=splits)
 
 
 def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
