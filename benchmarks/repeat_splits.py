@@ -7,7 +7,8 @@ script runs the harness's `evaluate` for each seed with the `default` preset (ea
 embedder given) and the TF-IDF + LR baseline, and prints per seed the two balanced
 accuracies and the paired 95 % bootstrap interval of the gap, then the gap's mean and
 standard deviation over the seeds. Nothing is chosen here: the seeds are fixed in advance
-(0-4) and every one is reported.
+(0-4) and every one is reported. (`ir3de eval --seed 0 1 2 3 4` gives the pooled figure and
+its interval; this script shows how the gap varies from one seed to the next.)
 
 Run:  python benchmarks/repeat_splits.py [--settings domains reasoning-2fold]
                                          [--seeds 0 1 2 3 4] [--embedders wordllama minilm]
