@@ -306,7 +306,7 @@ def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> N
     out = tmp_path / "results"
     code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data_dir,
                        "--max-fit", 50, "--max-test", 10, "--embedder", "wordllama",
-                       "--presets", "default", "--baselines", "random", "--seed", 3, 4,
+                       "--presets", "default", "--baselines", "random", "--seed", 3, 4, 3,
                        "--no-plots", "--out", out, "-q")
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())

@@ -514,6 +514,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise IR3DEError("--test needs --fit (the fit data of your own setting)")
     data_dir = Path(args.data) if args.data else default_data_dir()
     caps = {"max_fit": args.max_fit, "max_test": args.max_test}
+    seeds = list(dict.fromkeys(args.seed))
     if args.fit:
         names = ["custom"]
     else:
@@ -525,13 +526,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return load_setting(name, data_dir, seed=seed, **caps)
 
     # Load every setting before the slow part, so a bad path fails at once.
-    settings = [repeat_setting(lambda seed, name=name: load(name, seed), args.seed)
+    settings = [repeat_setting(lambda seed, name=name: load(name, seed), seeds)
                 for name in names]
     scores = read_scores(args.scores) if args.scores else None
     embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
     baselines = _eval_baselines(args.baselines if args.baselines is not None
                                 else DEFAULT_BASELINES, args.baselines is not None)
-    factories = make_baselines(baselines, seed=args.seed[0], progress=not args.quiet)
+    factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet)
     results = []
     for setting in settings:
         start = time.perf_counter()
@@ -548,7 +549,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
                        f"Python {platform.python_version()}",
-            "data_dir": str(data_dir), "seed": args.seed[0], "seeds": args.seed,
+            "data_dir": str(data_dir), "seed": seeds[0], "seeds": seeds,
             "max_fit": args.max_fit,
             "max_test": args.max_test, "ir3de": __version__,
             "embedders": [e.name for e in embedders], "presets": args.presets,
