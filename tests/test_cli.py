@@ -352,8 +352,8 @@ def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, 
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--resamples", "-1"], "must be >= 0, got -1"),
-    (["--level", "95"], "must be in (0, 1), got 95.0"),
+    (["--resamples", "-1"], "must be an integer >= 0, got -1"),
+    (["--level", "95"], "must be a number in (0, 1), got 95.0"),
     (["--level", "x"], "expected a number in (0, 1), got 'x'"),
 ])
 def test_eval_bad_interval_options_exit_2(extra: list[str], message: str, tmp_path: Path,
