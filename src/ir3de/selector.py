@@ -85,6 +85,10 @@ class PairScores:
         pos = np.searchsorted(self.keys, keys)
         return np.where(self._padded[pos] == keys, pos, self.keys.size)
 
+    def seen(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each row of :meth:`rows` is a pair of the fit data (not the unseen row)."""
+        return rows < self.keys.size
+
 
 @dataclass(frozen=True, eq=False)
 class VocabScores:
@@ -241,7 +245,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
             rows = table.pairs.rows(_distinct(pair_keys(x, table.logp.shape[0])))
             total += table.pairs.logp[rows].sum(axis=0)
             # count_nonzero: np.mean costs 3 µs here, a tenth of the whole selector
-            coverage = np.array([np.count_nonzero(rows < table.pairs.keys.size) / rows.size])
+            coverage = np.array([np.count_nonzero(table.pairs.seen(rows)) / rows.size])
         scores = _softmax(total / first.size)
         choice = int(scores.argmax())
         return Selection(np.array([choice]), scores[[choice]], scores[None, :], [first],
@@ -280,7 +284,7 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
         n_pairs = np.bincount(owner, minlength=hi - lo)  # ≥ 1: no empty prompt
         rows = pairs.rows(tagged % span)
         out.append(np.add.reduceat(pairs.logp[rows], np.cumsum(n_pairs) - n_pairs, axis=0))
-        seen.append(np.bincount(owner, weights=rows < pairs.keys.size,
+        seen.append(np.bincount(owner, weights=pairs.seen(rows),
                                 minlength=hi - lo) / n_pairs)
     return np.concatenate(out), np.concatenate(seen)
 
