@@ -89,15 +89,17 @@ def _check(emb, name: str, data_dir: str) -> dict[str, float]:
     correct = np.array([preds[r] == gold for r in preds])
     labels = [domains[g] for g in gold]
     samples = bootstrap_balanced(correct, labels, ids, resamples=2000, seed=0)
-    print(f"## {name}: {', '.join(f'{d} {len(test[d])}' for d in domains)} test prompts")
+    print(f"## {name}: {', '.join(f'{d} {len(test[d])}' for d in domains)} test prompts "
+          "(* fresh)")
     out = {}
     for i, router in enumerate(preds):
         recall = {d: correct[i][gold == k].mean() for k, d in enumerate(domains)}
         out[router] = float(np.mean(list(recall.values())))
         low, high = percentile_interval(samples[i])
-        fresh = ", ".join(f"{d} {100 * recall[d]:.2f}" for d in FRESH[name])
+        each = ", ".join(f"{d}{'*' * (d in FRESH[name])} {100 * recall[d]:.2f}"
+                         for d in domains)
         print(f"  {router:10s} {100 * out[router]:6.2f} ({100 * low:.2f} to {100 * high:.2f}); "
-              f"fresh recall: {fresh}")
+              f"recall: {each}")
     for i, router in enumerate(preds):
         if router != "default":
             low, high = percentile_interval(samples[i] - samples[0])
