@@ -298,6 +298,7 @@ def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsy
     assert setting["comparison"]["level"] == 0.9 and setting["comparison"]["resamples"] == 300
     assert setting["comparison"]["baseline"] is None and not setting["comparison"]["differences"]
     assert "balanced 90 % CI" in (out / "report.md").read_text()
+    assert not (out / "decisions.jsonl").exists()  # only with --decisions
 
 
 def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> None:
@@ -307,7 +308,7 @@ def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> N
     code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data_dir,
                        "--max-fit", 50, "--max-test", 10, "--embedder", "wordllama",
                        "--presets", "default", "--baselines", "random", "--seed", 3, 4, 3,
-                       "--no-plots", "--out", out, "-q")
+                       "--decisions", "--no-plots", "--out", out, "-q")
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["meta"]["seeds"] == [3, 4] and results["meta"]["seed"] == 3
@@ -317,6 +318,18 @@ def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> N
     assert sum(map(sum, default["confusion"])) == 2 * 9 * 10  # both seeds' test prompts pooled
     assert "seeds 3, 4 (seeded splits repeated once per seed and pooled)" in \
         (out / "report.md").read_text()
+    # Every test prompt's decisions, kept out of results.json, add up to its confusion matrix.
+    assert "decisions" not in setting
+    decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) == 2 * 9 * 10
+    assert {d["split"] for d in decisions} == {"seed3/70/30", "seed4/70/30"}
+    assert all(d["setting"] == "domains" and set(d["routed"]) == {default["name"], "random"}
+               for d in decisions)
+    domains = setting["domains"]
+    confusion = np.zeros((len(domains), len(domains)), int)
+    for d in decisions:
+        confusion[domains.index(d["gold"]), domains.index(d["routed"][default["name"]])] += 1
+    assert confusion.tolist() == default["confusion"]
 
 
 def test_eval_on_user_data(tmp_path: Path, capsys) -> None:

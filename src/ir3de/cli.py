@@ -531,7 +531,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results.append(evaluate(setting, embedders=embedders, baselines=factories,
                                 presets=args.presets, scores=scores,
                                 score_kind=args.score_kind, resamples=args.resamples,
-                                level=args.level, progress=not args.quiet))
+                                level=args.level, keep_decisions=args.decisions,
+                                progress=not args.quiet))
         if not args.quiet:
             best = max(results[-1]["routers"], key=lambda r: r["balanced"])
             print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
@@ -547,7 +548,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "embedders": [e.name for e in embedders], "presets": args.presets,
             "baselines": baselines}
     report = write_report({"meta": meta, "settings": results}, args.out, plots=not args.no_plots)
-    print(f"{report}: report written (results.json and plots beside it)", file=sys.stderr)
+    beside = "results.json, plots and decisions.jsonl" if args.decisions else \
+        "results.json and plots"
+    print(f"{report}: report written ({beside} beside it)", file=sys.stderr)
     return 0
 
 
@@ -754,6 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: no intervals)")
     p.add_argument("--level", type=_open_fraction, default=0.95,
                    help="coverage of those intervals")
+    p.add_argument("--decisions", action="store_true",
+                   help="also write decisions.jsonl: every test prompt's gold domain and "
+                        "where each preset router and baseline sent it (error analysis; "
+                        "pairs this run with another of the same setting and seed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval, argv=None)

@@ -184,7 +184,7 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
              presets: Sequence[str] = ("default", "paper"),
              scores: Mapping[tuple[str, str], float] | None = None,
              score_kind: ScoreKind = "task", resamples: int = 2000, level: float = 0.95,
-             progress: bool = True) -> dict[str, Any]:
+             keep_decisions: bool = False, progress: bool = True) -> dict[str, Any]:
     """Evaluate IR3DE (per embedder and preset, full selector grid) and baselines.
 
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
@@ -197,6 +197,11 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     prompts, and ``"comparison"`` holds each preset's paired bootstrap interval of its
     difference to the best baseline (``resamples=0`` skips both): a gap whose interval
     contains 0 is within what another draw of test prompts could reverse.
+
+    With ``keep_decisions``, ``"decisions"`` lists every test prompt of every split
+    (``split``, ``id``, ``gold``) with the domain each preset router and baseline sent it to
+    (``routed``): what error analysis, and pairing this run with another run of the same
+    setting and seed, need.
     """
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
@@ -215,6 +220,7 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     correct: dict[str, list[bool]] = {}
     gold: list[str] = []
     ids: list[str] = []
+    kept_decisions: list[dict[str, Any]] = []
 
     def record(cand: Candidate, routed: list[str], split: Split) -> None:
         metrics = routing_metrics(split.test_labels, routed, setting.domains).to_dict()
@@ -252,12 +258,18 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         for name, routed in decisions.items():
             correct.setdefault(name, []).extend(
                 r == g for r, g in zip(routed, split.test_labels, strict=True))
+        if keep_decisions:
+            kept_decisions += [
+                {"split": split.name, "id": pid, "gold": g,
+                 "routed": {name: routed[i] for name, routed in decisions.items()}}
+                for i, (pid, g) in enumerate(zip(split.test_ids, split.test_labels,
+                                                 strict=True))]
         gold += split.test_labels
         ids += split.test_ids
     bar.close()
     summaries = [c.summary(setting.domains) for c in candidates.values()]
     comparison = _comparison(summaries, correct, gold, ids, resamples, level)
-    return {
+    result = {
         "setting": setting.name, "description": setting.description,
         "leaks_test": setting.leaks_test, "domains": setting.domains,
         "sources": setting.sources,
@@ -269,3 +281,6 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         "normalized_performance": normalized or None,
         "score_kind": score_kind if scores is not None else None,
     }
+    if keep_decisions:
+        result["decisions"] = kept_decisions
+    return result

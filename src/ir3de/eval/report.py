@@ -1,4 +1,5 @@
-"""Write an evaluation run to a folder: ``report.md``, ``results.json`` and PNG plots."""
+"""Write an evaluation run to a folder: ``report.md``, ``results.json``, PNG plots and, when
+kept, ``decisions.jsonl``."""
 
 from __future__ import annotations
 
@@ -187,9 +188,20 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
-    """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md."""
+    """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md.
+
+    Settings evaluated with ``keep_decisions`` have their per-prompt decisions written to
+    ``decisions.jsonl`` instead (one line per setting, split and test prompt), which keeps
+    results.json small enough to read.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if any("decisions" in r for r in results["settings"]):
+        lines = [json.dumps({"setting": r["setting"], **d}, ensure_ascii=False)
+                 for r in results["settings"] for d in r.get("decisions", ())]
+        atomic_write_text(out / "decisions.jsonl", "".join(f"{line}\n" for line in lines))
+        results = {**results, "settings": [{k: v for k, v in r.items() if k != "decisions"}
+                                           for r in results["settings"]]}
     written: dict[str, list[str]] = {}
     if plots:
         from .plots import plot_setting
