@@ -1,10 +1,12 @@
 """Gaps of the `default` preset to MoDEM-style, whose runs kept no per-prompt decisions.
 
 The MoDEM-style baseline ran separately (docs/evaluation/modem*/), so `ir3de eval` could not
-pair its decisions with IR3DE's. This script rebuilds, from each router's pooled confusion
-matrix, which prompts of each domain it got right (their order is unknown, so the two
-routers are resampled independently: an *unpaired* interval, wider than a paired one) and
-prints `default` minus MoDEM-style with a 95 % stratified bootstrap interval.
+pair its decisions with those of the main run's routers. This script rebuilds, from each
+router's pooled confusion matrix, which prompts of each domain it got right (their order is
+unknown, so the two routers are resampled independently: an *unpaired* interval, wider than
+a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
+interval; where the MoDEM-style run itself evaluated the same router (docs/evaluation/modem-
+reasoning, WordLlama), it also prints that run's paired interval.
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -44,7 +46,13 @@ def main() -> None:
                 low, high = percentile_interval(
                     bootstrap_balanced(*_hits(ours, domains), seed=0)[0] - theirs)
                 print(f"{name} [{emb}]: {100 * (ours['balanced'] - modem['balanced']):+.2f} "
-                      f"({100 * low:+.2f} to {100 * high:+.2f})")
+                      f"({100 * low:+.2f} to {100 * high:+.2f}) unpaired", end="")
+                # A MoDEM-style run made beside this router has the paired interval itself.
+                paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
+                    ours["name"])
+                print("" if paired is None else
+                      f"; paired in {folder.name}: {100 * paired['difference']:+.2f} "
+                      f"({100 * paired['low']:+.2f} to {100 * paired['high']:+.2f})")
 
 
 if __name__ == "__main__":
