@@ -5,8 +5,8 @@ pair its decisions with those of the main run's routers. This script rebuilds, f
 router's pooled confusion matrix, which prompts of each domain it got right (their order is
 unknown, so the two routers are resampled independently: an *unpaired* interval, wider than
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
-interval; where the MoDEM-style run itself evaluated the same router (docs/evaluation/modem-
-reasoning, WordLlama), it also prints that run's paired interval.
+interval; where the MoDEM-style run itself evaluated the same router
+(docs/evaluation/modem-reasoning, WordLlama), it also prints that run's paired interval.
 
 Run:  python benchmarks/modem_gaps.py
 """
