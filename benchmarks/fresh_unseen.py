@@ -25,8 +25,10 @@ one-domain test would reward whichever treatment leans towards that domain). Two
 Routers: today's ``default`` (pairs, ``uni=each oov=each m=1e5``) and the one candidate,
 the same with ``oov=none`` (the minimal change; ``explore_longer``'s
 ``pair uni=each oov=none m=1e5``), both through ``explore_longer``'s scoring, which
-reproduces the default to the digit; TF-IDF + LR (the best baseline of the in-distribution
-settings) for context. Test texts that also occur in the fit data are dropped.
+reproduces the default to the digit; for context, TF-IDF + LR (the best baseline of the
+in-distribution settings) and, with ``--baselines tfidf knn``, the kNN baselines (added after
+the decision, which they do not enter). Test texts that also occur in the fit data are
+dropped.
 
 Decision rule: the candidate becomes the default if and only if its balanced accuracy,
 averaged over F1 and F2, is higher than today's default's. Paired 95 % stratified
@@ -34,6 +36,7 @@ bootstrap intervals of the differences are printed with it, and the per-domain r
 the fresh domains.
 
 Run:  python benchmarks/fresh_unseen.py [--embedder wordllama] [--data ../shared/data]
+                                        [--baselines tfidf knn]
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ from _holdout import script_parser
 from explore_longer import _variants
 
 from ir3de import load_embedder
-from ir3de.baselines import TfidfLogReg
 from ir3de.data import REASONING_FIT, REASONING_TEST, reasoning_records
+from ir3de.eval.harness import make_baselines
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
 DEFAULT = "pair uni=each oov=each m=100000"
@@ -67,7 +70,7 @@ def _texts(data_dir: str, sets: dict[str, list[str]]) -> dict[str, list[dict]]:
     return {d: reasoning_records(data_dir, names) for d, names in sets.items()}
 
 
-def _check(emb, name: str, data_dir: str) -> dict[str, float]:
+def _check(emb, name: str, data_dir: str, baselines: list) -> dict[str, float]:
     fit_sets, test_sets = CHECKS[name]
     fit = {d: [r["text"] for r in records] for d, records in _texts(data_dir, fit_sets).items()}
     seen = {t for texts in fit.values() for t in texts}
@@ -82,9 +85,10 @@ def _check(emb, name: str, data_dir: str) -> dict[str, float]:
     scores = _variants(emb.vocab_size, groups, emb.encode_batch(texts))
     preds = {"default": scores[DEFAULT].argmax(axis=1),
              "oov=none": scores[CANDIDATE].argmax(axis=1)}
-    lr = TfidfLogReg().fit([t for d in domains for t in fit[d]],
-                           [d for d in domains for _ in fit[d]])
-    preds["TF-IDF+LR"] = np.array([domains.index(p) for p in lr.predict(texts)])
+    for _, factory in baselines:
+        model = factory().fit([t for d in domains for t in fit[d]],
+                              [d for d in domains for _ in fit[d]])
+        preds[model.name] = np.array([domains.index(p) for p in model.predict(texts)])
 
     correct = np.array([preds[r] == gold for r in preds])
     labels = [domains[g] for g in gold]
@@ -98,7 +102,7 @@ def _check(emb, name: str, data_dir: str) -> dict[str, float]:
         low, high = percentile_interval(samples[i])
         each = ", ".join(f"{d}{'*' * (d in FRESH[name])} {100 * recall[d]:.2f}"
                          for d in domains)
-        print(f"  {router:10s} {100 * out[router]:6.2f} ({100 * low:.2f} to {100 * high:.2f}); "
+        print(f"  {router:12s} {100 * out[router]:6.2f} ({100 * low:.2f} to {100 * high:.2f}); "
               f"recall: {each}")
     for i, router in enumerate(preds):
         if router != "default":
@@ -111,10 +115,13 @@ def _check(emb, name: str, data_dir: str) -> dict[str, float]:
 def main() -> int:
     start = time.perf_counter()
     ap = script_parser(__doc__)
+    ap.add_argument("--baselines", nargs="*", default=["tfidf"],
+                    help="baselines for context (harness names: tfidf, knn, random, modem)")
     args = ap.parse_args()
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%) with 95 % intervals\n", flush=True)
-    results = {name: _check(emb, name, args.data) for name in CHECKS}
+    baselines = make_baselines(args.baselines)
+    results = {name: _check(emb, name, args.data, baselines) for name in CHECKS}
     mean = {r: np.mean([results[c][r] for c in CHECKS]) for r in results[next(iter(CHECKS))]}
     print("\nmean over the checks: "
           + ", ".join(f"{r} {100 * v:.2f}" for r, v in mean.items()))
