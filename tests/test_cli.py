@@ -280,16 +280,20 @@ def test_demo_end_to_end(data_dir: Path, tmp_path: Path, capsys) -> None:
     assert Router.load(out).experts == ["math", "multilingual", "coding", "instruction_following"]
 
 
-def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsys) -> None:
+def run_eval(capsys, out: Path, *argv: str) -> dict:
+    """``ir3de eval ARGV --out OUT -q`` (skipped without the eval extra): its results.json."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    out = tmp_path / "results"
-    code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
-                       "--max-fit", 100, "--max-test", 20, "--embedder", "wordllama",
-                       "--baselines", "random", "--resamples", 300, "--level", 0.9,
-                       "--out", out, "-q")
+    code, _, err = run(capsys, "eval", *argv, "--out", out, "-q")
     assert code == 0, err
-    results = json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())
+
+
+def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results"
+    results = run_eval(capsys, out, "--setting", "reasoning-xdata", "--data", data_dir,
+                       "--max-fit", 100, "--max-test", 20, "--embedder", "wordllama",
+                       "--baselines", "random", "--resamples", 300, "--level", 0.9)
     assert results["meta"]["command"].startswith("ir3de eval --setting reasoning-xdata")
     (setting,) = results["settings"]
     assert {r["name"] for r in setting["routers"]} >= {"random", "IR3DE avg [wordllama, default]"}
@@ -302,15 +306,11 @@ def test_eval_writes_report_on_a_subsample(data_dir: Path, tmp_path: Path, capsy
 
 
 def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> None:
-    pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
     out = tmp_path / "results"
-    code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data_dir,
+    results = run_eval(capsys, out, "--setting", "domains", "--data", data_dir,
                        "--max-fit", 50, "--max-test", 10, "--embedder", "wordllama",
                        "--presets", "default", "--baselines", "random", "--seed", 3, 4, 3,
-                       "--decisions", "--no-plots", "--out", out, "-q")
-    assert code == 0, err
-    results = json.loads((out / "results.json").read_text())
+                       "--decisions", "--no-plots")
     assert results["meta"]["seeds"] == [3, 4] and results["meta"]["seed"] == 3
     (setting,) = results["settings"]
     assert [s["name"] for s in setting["splits"]] == ["seed3/70/30", "seed4/70/30"]
@@ -333,17 +333,12 @@ def test_eval_repeats_seeded_splits(data_dir: Path, tmp_path: Path, capsys) -> N
 
 
 def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"text": f"{t} #{i}", "domain": d}) + "\n"
                             for d, texts in (("math", MATH), ("coding", CODE))
                             for i in range(3) for t in texts))
-    code, _, err = run(capsys, "eval", "--fit", data, "--embedder", "wordllama",
-                       "--baselines", "--presets", "dense", "default", "--no-plots",
-                       "--out", tmp_path / "out", "-q")
-    assert code == 0, err
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = run_eval(capsys, tmp_path / "out", "--fit", data, "--embedder", "wordllama",
+                       "--baselines", "--presets", "dense", "default", "--no-plots")
     (setting,) = results["settings"]
     assert setting["setting"] == "custom" and setting["domains"] == ["math", "coding"]
     assert results["meta"]["presets"] == ["dense", "default"]
