@@ -5,8 +5,9 @@ pair its decisions with those of the main run's routers. This script rebuilds, f
 router's pooled confusion matrix, which prompts of each domain it got right (their order is
 unknown, so the two routers are resampled independently: an *unpaired* interval, wider than
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
-interval; where the MoDEM-style run itself evaluated the same router
-(docs/evaluation/modem-reasoning, WordLlama), it also prints that run's paired interval.
+interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
+evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
+that run's paired interval.
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -32,28 +33,42 @@ def _hits(router: dict, domains: list[str]) -> tuple[np.ndarray, list[str]]:
     return hits[None, :], gold
 
 
+def _seeds(run: dict) -> list[int]:
+    """The split seeds of a run (runs made before ``--seed S…`` record one ``seed``)."""
+    return run["meta"].get("seeds", [run["meta"]["seed"]])
+
+
 def main() -> None:
-    main_run = {s["setting"]: s for s in json.loads((RUNS / "results.json").read_text())
-                ["settings"]}
+    main_run = json.loads((RUNS / "results.json").read_text())
+    ours_by_setting = {s["setting"]: s for s in main_run["settings"]}
     for folder in sorted(RUNS.glob("modem*")):
-        for setting in json.loads((folder / "results.json").read_text())["settings"]:
+        run = json.loads((folder / "results.json").read_text())
+        # Only a run on the main run's seeds tests the same prompts as its routers.
+        same_splits = _seeds(run) == _seeds(main_run)
+        for setting in run["settings"]:
             name, domains = setting["setting"], setting["domains"]
             modem = next(r for r in setting["routers"] if r["name"] == "MoDEM-style")
             theirs = bootstrap_balanced(*_hits(modem, domains), seed=1)[0]
             for emb in ("wordllama", "minilm"):
-                ours = next(r for r in main_run[name]["routers"]
-                            if r["name"] == f"IR3DE geo [{emb}, default]")
-                low, high = percentile_interval(
-                    bootstrap_balanced(*_hits(ours, domains), seed=0)[0] - theirs)
-                print(f"{name} [{emb}]: {100 * (ours['balanced'] - modem['balanced']):+.2f} "
-                      f"({100 * low:+.2f} to {100 * high:+.2f}) unpaired", end="")
+                label = f"IR3DE geo [{emb}, default]"
                 # A MoDEM-style run made beside this router has the paired interval itself.
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    ours["name"])
-                print("" if paired is None else
-                      f"; paired in {folder.name}: {100 * paired['difference']:+.2f} "
-                      f"({100 * paired['low']:+.2f} to {100 * paired['high']:+.2f})")
-
+                    label)
+                parts = []
+                if same_splits:
+                    ours = next(r for r in ours_by_setting[name]["routers"]
+                                if r["name"] == label)
+                    low, high = percentile_interval(
+                        bootstrap_balanced(*_hits(ours, domains), seed=0)[0] - theirs)
+                    parts.append(f"{100 * (ours['balanced'] - modem['balanced']):+.2f} "
+                                 f"({100 * low:+.2f} to {100 * high:+.2f}) unpaired")
+                if paired is not None:
+                    parts.append(f"paired in {folder.name} (seeds "
+                                 f"{', '.join(map(str, _seeds(run)))}): "
+                                 f"{100 * paired['difference']:+.2f} "
+                                 f"({100 * paired['low']:+.2f} to {100 * paired['high']:+.2f})")
+                if parts:
+                    print(f"{name} [{emb}]: " + "; ".join(parts))
 
 if __name__ == "__main__":
     main()
