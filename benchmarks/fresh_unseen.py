@@ -70,7 +70,12 @@ def _texts(data_dir: str, sets: dict[str, list[str]]) -> dict[str, list[dict]]:
     return {d: reasoning_records(data_dir, names) for d, names in sets.items()}
 
 
-def _check(emb, name: str, data_dir: str, baselines: list) -> dict[str, float]:
+def _check(emb, name: str, data_dir: str, baselines: list, variants=_variants,
+           routers: dict[str, str] | None = None) -> dict[str, float]:
+    """One check's balanced accuracies: ``routers`` (name → configuration label of
+    ``variants``, default: today's default and ``oov=none``) and ``baselines``, with paired
+    intervals of each against the first router."""
+    routers = routers or {"default": DEFAULT, "oov=none": CANDIDATE}
     fit_sets, test_sets = CHECKS[name]
     fit = {d: [r["text"] for r in records] for d, records in _texts(data_dir, fit_sets).items()}
     seen = {t for texts in fit.values() for t in texts}
@@ -82,9 +87,8 @@ def _check(emb, name: str, data_dir: str, baselines: list) -> dict[str, float]:
     gold = np.array([domains.index(d) for d in domains for _ in test[d]])
 
     groups = {d: [x for x in emb.encode_batch(fit[d]) if x.size] for d in domains}
-    scores = _variants(emb.vocab_size, groups, emb.encode_batch(texts))
-    preds = {"default": scores[DEFAULT].argmax(axis=1),
-             "oov=none": scores[CANDIDATE].argmax(axis=1)}
+    scores = variants(emb.vocab_size, groups, emb.encode_batch(texts))
+    preds = {router: scores[label].argmax(axis=1) for router, label in routers.items()}
     for _, factory in baselines:
         model = factory().fit([t for d in domains for t in fit[d]],
                               [d for d in domains for _ in fit[d]])
