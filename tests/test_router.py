@@ -290,8 +290,12 @@ def test_bad_settings(emb: Embedder, toy_stats) -> None:
         RouterConfig.preset("fastest")
     with pytest.raises(IR3DEError, match="unknown router setting"):
         RouterConfig.from_dict({"k": 3, "beam": 2})
-    with pytest.raises(TypeError):
+    with pytest.raises(IR3DEError, match=r"unknown router setting.*temperature; known: model"):
         router.set_params(temperature=1.0)
+    with pytest.raises(IR3DEError, match=r"preset.*RouterConfig\.preset\(name\)"):
+        Router(router.embedder, preset="paper")
+    with pytest.raises(IR3DEError, match=r"unknown router setting.*beam"):
+        RouterConfig.preset("paper", beam=2)
     for bad in (0, -0.5, float("nan"), float("inf"), True, "0.1"):
         with pytest.raises(IR3DEError, match="smoothing α must be a finite number > 0"):
             RouterConfig(alpha=bad)

@@ -146,16 +146,34 @@ class RouterConfig:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
         if name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return PRESETS[name].with_settings(**overrides)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
         """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise IR3DEError(f"unknown router setting(s): {', '.join(sorted(unknown))}")
+        _check_settings(data)
         return cls(**data)
+
+    def with_settings(self, **settings: Any) -> RouterConfig:
+        """A copy with ``settings`` changed (validated like a new config).
+
+        Example:
+            >>> RouterConfig.preset("unigram").with_settings(alpha=0.3).alpha
+            0.3
+        """
+        _check_settings(settings)
+        return replace(self, **settings)
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    """Unknown setting names are an :class:`IR3DEError` that lists the known ones (a bare
+    dataclass would raise a TypeError naming ``RouterConfig.__init__``)."""
+    unknown = sorted(set(settings) - {f.name for f in fields(RouterConfig)})
+    if unknown:
+        hint = (" (a named configuration is RouterConfig.preset(name), or --preset on the "
+                "command line)" if "preset" in unknown else "")
+        raise IR3DEError(f"unknown router setting(s): {', '.join(unknown)}; known: "
+                         f"{', '.join(f.name for f in fields(RouterConfig))}{hint}")
 
 
 def _positive_number(value: Any) -> bool:
@@ -223,16 +241,17 @@ class Router:
     Args:
         embedder: an :class:`~ir3de.embedding.Embedder` or anything
             :func:`~ir3de.embedding.load_embedder` accepts (default: WordLlama).
-        config: a :class:`RouterConfig`; keyword arguments override its fields
-            (``lam``, ``k``, ``selector``, ``balance``, ``normalize``,
-            ``regularize_bias``, ``max_tokens``).
+        config: a :class:`RouterConfig` (default: the ``default`` preset; others by
+            ``RouterConfig.preset(name)``); keyword arguments override its fields
+            (``model``, ``alpha``, ``pairs``, ``lam``, ``k``, ``selector``, ``balance``,
+            ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``).
     """
 
     def __init__(self, embedder: Embedder | str | os.PathLike[str] | None = None,
                  config: RouterConfig | None = None, **settings: Any) -> None:
         self.embedder = embedder if isinstance(embedder, Embedder) else load_embedder(embedder)
         base = config or RouterConfig()
-        self.config = replace(base, **settings) if settings else base
+        self.config = base.with_settings(**settings) if settings else base
         self._state: _State | None = None
 
     # ----------------------------------------------------------------- fitting
@@ -360,7 +379,7 @@ class Router:
     def set_params(self, **settings: Any) -> Router:
         """Change settings (sklearn-style); re-solves only if the model or its parameters
         change (model, α, λ, balancing, normalisation, identity)."""
-        config = replace(self.config, **settings)
+        config = self.config.with_settings(**settings)
         if self._state is not None and any(
                 getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
             self._state = self._solve(self._state.experts, self._state.stats, config)
