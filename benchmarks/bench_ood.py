@@ -14,7 +14,10 @@ telling inside from outside, and what a cut does when it is chosen the way the R
 recommends, on held-out FIT data only: the 5 % quantile of the signal over a held-out 20 %
 of the fit prompts (router fitted on the other 80 %), applied unchanged: the share of
 inside prompts kept, their balanced accuracy, and the share of outside prompts sent to the
-fallback.
+fallback. Last, where the outside prompts go when nothing is cut, beside each expert's
+number of fit prompts, and the same for the third scenario with one expert (arxiv_math)
+fitted on fewer prompts: unseen tokens and pairs lean towards the experts with the least
+fit data, and this isolates how much.
 
 Run:  python benchmarks/bench_ood.py [--embedder wordllama] [--data ../shared/data]
 """
@@ -25,9 +28,9 @@ import sys
 
 import numpy as np
 from _holdout import decision_margins, flatten, holdout, kept_balanced, script_parser
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from ir3de import Router, compute_stats, load_embedder
+from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
 
 PER_CORPUS = 300
@@ -38,6 +41,9 @@ OUTSIDE_REASONING = ("arxiv_physics", "dailydialog", "history_speeches", "legalb
                      "philosophy_texts", "pubmedqa")
 # Corpora held out of a `domains` router in the third scenario.
 HELD_OUT_DOMAINS = ("dailydialog", "legalbench", "philosophy_texts")
+# The expert fitted on fewer prompts in the last table, and its sizes (then all its prompts).
+SMALL_EXPERT, SMALL_SIZES = "arxiv_math", (25, 50, 100, 200, 400)
+DESTINATIONS: list[str] = []  # per scenario: where the outside prompts go without a cut
 
 
 def _signals(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,6 +74,12 @@ def _scenario(name: str, emb, fit: dict[str, list[str]], inside: list[str],
                      f"{100 * np.mean(out_values < cut):.0f} %")
     print(f"| {name} | {len(inside)} / {len(outside)} | " + " | ".join(cells) + " |",
           flush=True)
+    # Without a cut every outside prompt still reaches an expert; unseen tokens and pairs
+    # lean towards the experts with the least fit data, so this shows where they go.
+    sent = np.bincount(_signals(router, outside)[0], minlength=len(router.experts))
+    DESTINATIONS.append(f"| {name} | " + ", ".join(
+        f"{e} {len(fit[e])}: {100 * c / len(outside):.0f} %"
+        for e, c in zip(router.experts, sent, strict=True)) + " |")
 
 
 def main() -> int:
@@ -95,12 +107,49 @@ def main() -> int:
         split = load_setting(setting, args.data).splits[0]
         _scenario(f"{setting} / {split.name} → {len(OUTSIDE_REASONING)} domain corpora", emb,
                   split.fit, split.test_texts, split.test_labels, outside_reasoning)
+    outside_domains = sample(HELD_OUT_DOMAINS)
     kept = [i for i, d in enumerate(domains.test_labels) if d not in HELD_OUT_DOMAINS]
-    _scenario(f"domains without {', '.join(HELD_OUT_DOMAINS)} → those 3", emb,
-              {d: t for d, t in domains.fit.items() if d not in HELD_OUT_DOMAINS},
-              [domains.test_texts[i] for i in kept], [domains.test_labels[i] for i in kept],
-              sample(HELD_OUT_DOMAINS))
+    fit = {d: t for d, t in domains.fit.items() if d not in HELD_OUT_DOMAINS}
+    inside = [domains.test_texts[i] for i in kept]
+    inside_labels = [domains.test_labels[i] for i in kept]
+    _scenario(f"domains without {', '.join(HELD_OUT_DOMAINS)} → those 3", emb, fit, inside,
+              inside_labels, outside_domains)
+    print("\nWithout a cut: expert, its fit prompts: share of the outside prompts it gets\n")
+    print("| experts → outside prompts | destinations |\n|---|---|")
+    print("\n".join(DESTINATIONS))
+    _small_expert(emb, fit, inside, inside_labels, outside_domains, SMALL_EXPERT)
     return 0
+
+
+def _small_expert(emb, fit: dict[str, list[str]], inside: list[str], inside_labels: list[str],
+                  outside: list[str], expert: str) -> None:
+    """The lean, isolated: the same experts with one of them fitted on fewer prompts; the
+    share of the outside prompts it gets from the default (without and with the coverage
+    cut, chosen on held-out fit prompts as above) and from the identity ridge, whose
+    embedding features give unseen tokens no such lean; and each router's balanced
+    accuracy on the inside prompts (where the lean is what brings the small expert its
+    own prompts)."""
+    print(f"\nFewer fit prompts for {expert} (the other experts unchanged): share of the "
+          f"outside prompts sent to {expert}; balanced accuracy on the inside prompts\n")
+    print("| fit prompts | default | default, coverage cut | identity ridge | inside: default "
+          "| inside: identity ridge |\n|---|---|---|---|---|---|")
+    for size in (*SMALL_SIZES, len(fit[expert])):
+        shrunk = {**fit, expert: fit[expert][:size]}
+        inner, held = holdout(shrunk)
+        probe = Router(emb).fit_stats([compute_stats(emb, t, domain=d)
+                                       for d, t in inner.items()])
+        cut = np.quantile(_signals(probe, flatten(held)[0])[2], QUANTILE)
+        stats = [compute_stats(emb, t, domain=d) for d, t in shrunk.items()]
+        cells, accuracy = [], []
+        for preset in ("default", "identity"):
+            router = Router(emb, RouterConfig.preset(preset)).fit_stats(stats)
+            decisions = router.route_batch(outside)
+            cuts = (False, True) if preset == "default" else (False,)
+            cells += [np.mean([d.expert == expert and not (use_cut and d.coverage < cut)
+                               for d in decisions]) for use_cut in cuts]
+            accuracy.append(balanced_accuracy_score(inside_labels, router.predict(inside)))
+        print(f"| {size} | " + " | ".join(f"{100 * c:.0f} %" for c in cells) + " | "
+              + " | ".join(f"{100 * a:.1f}" for a in accuracy) + " |", flush=True)
 
 
 if __name__ == "__main__":
