@@ -424,7 +424,9 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
         with pytest.raises(SystemExit) as exc:
             main(["build", str(built["math"]), str(built["coding"]), "--alpha", bad,
                   "-o", str(tmp_path / "bad.safetensors")])
-        assert exc.value.code == 2 and "argument --alpha" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "argument --alpha" in err
+        assert "a finite number > 0" in err  # not the ≥ 0 of --lam
         with pytest.raises(SystemExit) as exc:
             main(["build", str(built["math"]), str(built["coding"]), "--pairs", bad,
                   "-o", str(tmp_path / "bad.safetensors")])

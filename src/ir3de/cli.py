@@ -66,21 +66,9 @@ _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be a finite number > 0, got 0")
-    return value
+# NaN fails both comparisons, so it is refused too
+_non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a finite number ≥ 0")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def _number_or(words: dict[str, str | None],
