@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,11 @@ def test_unknown_suffix_format_and_missing_file(tmp_path: Path) -> None:
         list(read_corpus(tmp_path / "absent.jsonl"))
     with pytest.raises(IR3DEError, match="no such file"):
         list(read_jsonl(tmp_path / "absent.jsonl"))
+    with pytest.raises(IR3DEError, match="is a directory"):
+        list(read_corpus(tmp_path))
+    if os.path.exists(os.devnull):  # a device exists but is not a file to read a corpus from
+        with pytest.raises(IR3DEError, match="not a regular file"):
+            list(read_jsonl(os.devnull))
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from .data import (
     reasoning_split,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder
-from .errors import IR3DEError, StatsFormatError
+from .errors import IR3DEError, StatsFormatError, require_file
 from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge
@@ -185,8 +185,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         load_private_key(Path(args.sign))  # a bad key fails now, not after the corpus
     if args.engine == "local":
         for path in map(Path, args.corpus):  # fail before the progress bar starts
-            if not path.is_file():
-                raise IR3DEError(f"{path}: no such file")
+            require_file(path)
             if args.format is None:
                 infer_format(path)
     emb = _embedder_from_args(args)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import EmptyInputError, IR3DEError
+from .errors import EmptyInputError, IR3DEError, require_file
 
 __all__ = ["FORMATS", "default_data_dir", "parse_jsonl", "read_corpus", "read_jsonl",
            "reasoning_records", "reasoning_split", "seeded_split"]
@@ -77,8 +77,7 @@ def parse_jsonl(lines: Iterable[str], where: str) -> Iterator[dict]:
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict]:
     """JSON objects of a JSONL file, with the line number in every error."""
     path = Path(path)
-    if not path.is_file():
-        raise IR3DEError(f"{path}: no such file")
+    require_file(path)
     with path.open(encoding="utf-8") as fh:
         yield from parse_jsonl(fh, str(path))
 
@@ -87,8 +86,7 @@ def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None
                 text_field: str = "text") -> Iterator[str]:
     """Stream the prompts of a corpus file (see the module docs for formats)."""
     path = Path(path)
-    if not path.is_file():
-        raise IR3DEError(f"{path}: no such file")
+    require_file(path)
     fmt = fmt or infer_format(path)
     if fmt == "jsonl":
         for lineno, record in enumerate(read_jsonl(path), 1):

@@ -7,6 +7,8 @@ that the CLI and the gateway can report it without a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class IR3DEError(ValueError):
     """Base class of every user-facing ir3de error."""
@@ -26,3 +28,13 @@ class EmptyInputError(IR3DEError):
 
 class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
+
+
+def require_file(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
+    """Raise ``error`` saying why ``path`` cannot be read as a file (missing, a directory,
+    a device or pipe), unless it is a regular file."""
+    if path.is_file():
+        return
+    reason = ("is a directory" if path.is_dir() else
+              "not a regular file" if path.exists() else "no such file")
+    raise error(f"{path}: {reason}")

@@ -20,7 +20,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _st_save
 
-from .errors import StatsFormatError
+from .errors import StatsFormatError, require_file
 
 __all__ = [
     "atomic_write_bytes",
@@ -85,8 +85,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     Raises :class:`StatsFormatError` for a missing, truncated, corrupt or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise StatsFormatError(f"{path}: no such file")
+    require_file(path, StatsFormatError)
     try:
         with safe_open(str(path), framework="np") as fh:
             header = fh.metadata() or {}
