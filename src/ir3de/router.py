@@ -168,12 +168,13 @@ class RouterConfig:
 def _check_settings(settings: Mapping[str, Any]) -> None:
     """Unknown setting names are an :class:`IR3DEError` that lists the known ones (a bare
     dataclass would raise a TypeError naming ``RouterConfig.__init__``)."""
-    unknown = sorted(set(settings) - {f.name for f in fields(RouterConfig)})
+    known = [f.name for f in fields(RouterConfig)]
+    unknown = sorted(set(settings) - set(known))
     if unknown:
         hint = (" (a named configuration is RouterConfig.preset(name), or --preset on the "
                 "command line)" if "preset" in unknown else "")
         raise IR3DEError(f"unknown router setting(s): {', '.join(unknown)}; known: "
-                         f"{', '.join(f.name for f in fields(RouterConfig))}{hint}")
+                         f"{', '.join(known)}{hint}")
 
 
 def _positive_number(value: Any) -> bool:
