@@ -10,7 +10,8 @@ choice from here.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -94,6 +95,23 @@ def tokenized_splits(emb, names: Sequence[str],
     for name in names:
         for split in load_setting(name, data_dir).splits:
             yield f"{name} / {split.name}", TokenizedSplit(emb, split)
+
+
+def report_splits(emb, names: Sequence[str], data_dir: str,
+                  variants: Callable[[Mapping[str, list[np.ndarray]], Sequence[np.ndarray]],
+                                     Mapping[str, np.ndarray]],
+                  start: float | None = None) -> dict[str, list[tuple[str, float, float]]]:
+    """:func:`report_split` for every split of every named setting, the variants scored by
+    ``variants(fit groups, prompt ids)`` fitted on the inner 80 % (held-out scores) and on
+    the whole fit data (test scores); with ``start`` (a ``time.perf_counter()``), the
+    elapsed time after each split. Returns the rows per split."""
+    per_split = {}
+    for name, data in tokenized_splits(emb, names, data_dir):
+        per_split[name] = report_split(name, variants(data.inner, data.held),
+                                       variants(data.fit, data.test), data)
+        if start is not None:
+            print(f"  [{time.perf_counter() - start:.0f} s]\n", flush=True)
+    return per_split
 
 
 def balanced(scores: np.ndarray, gold: np.ndarray) -> float:

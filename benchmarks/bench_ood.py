@@ -60,7 +60,7 @@ def _scenario(name: str, emb, fit: dict[str, list[str]], inside: list[str],
     _, held_margin, held_cov = _signals(probe, flatten(held)[0])
     router = Router(emb).fit_stats([compute_stats(emb, t, domain=d) for d, t in fit.items()])
     pred, margin, cov = _signals(router, inside)
-    _, out_margin, out_cov = _signals(router, outside)
+    out_pred, out_margin, out_cov = _signals(router, outside)
     gold = np.array([router.experts.index(d) for d in inside_labels])
     y = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
     cells = []
@@ -76,7 +76,7 @@ def _scenario(name: str, emb, fit: dict[str, list[str]], inside: list[str],
           flush=True)
     # Without a cut every outside prompt still reaches an expert; unseen tokens and pairs
     # lean towards the experts with the least fit data, so this shows where they go.
-    sent = np.bincount(_signals(router, outside)[0], minlength=len(router.experts))
+    sent = np.bincount(out_pred, minlength=len(router.experts))
     DESTINATIONS.append(f"| {name} | " + ", ".join(
         f"{e} {len(fit[e])}: {100 * c / len(outside):.0f} %"
         for e, c in zip(router.experts, sent, strict=True)) + " |")
@@ -133,13 +133,17 @@ def _small_expert(emb, fit: dict[str, list[str]], inside: list[str], inside_labe
           f"outside prompts sent to {expert}; balanced accuracy on the inside prompts\n")
     print("| fit prompts | default | default, coverage cut | identity ridge | inside: default "
           "| inside: identity ridge |\n|---|---|---|---|---|---|")
+    # the other experts' full statistics are the same at every size (their held-out
+    # split is not: holdout draws one generator through every domain in turn)
+    full = {d: compute_stats(emb, t, domain=d) for d, t in fit.items() if d != expert}
     for size in (*SMALL_SIZES, len(fit[expert])):
         shrunk = {**fit, expert: fit[expert][:size]}
         inner, held = holdout(shrunk)
         probe = Router(emb).fit_stats([compute_stats(emb, t, domain=d)
                                        for d, t in inner.items()])
         cut = np.quantile(_signals(probe, flatten(held)[0])[2], QUANTILE)
-        stats = [compute_stats(emb, t, domain=d) for d, t in shrunk.items()]
+        stats = [full[d] if d != expert else compute_stats(emb, shrunk[d], domain=d)
+                 for d in shrunk]
         cells, accuracy = [], []
         for preset in ("default", "identity"):
             router = Router(emb, RouterConfig.preset(preset)).fit_stats(stats)

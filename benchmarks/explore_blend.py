@@ -67,7 +67,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import explore_args, report_split, tokenized_splits
+from _holdout import explore_args, report_splits
 from explore_counts import _features
 from explore_document import BUCKETS, _Doc
 from explore_dropped import _table
@@ -246,12 +246,9 @@ def main() -> int:
     emb = load_embedder(args.embedder)
     prompts = _Prompts(emb)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
-    per_split: dict[str, Rows] = {}
-    for name, data in tokenized_splits(emb, args.settings, args.data):
-        per_split[name] = report_split(
-            name, _variants(prompts, emb.vocab_size, data.inner, data.held),
-            _variants(prompts, emb.vocab_size, data.fit, data.test), data)
-        print(f"  [{time.perf_counter() - start:.0f} s]\n", flush=True)
+    per_split = report_splits(emb, args.settings, args.data,
+                              lambda fit, ids: _variants(prompts, emb.vocab_size, fit, ids),
+                              start)
     if per_split:
         _one_configuration(per_split)
         print("\n# per feature map (every NORM, λ and gamma of the map)")

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import explore_args, report_split, tokenized_splits
+from _holdout import explore_args, report_splits
 from explore_combiners import _fit_stats, _scores
 from explore_document import _default_table
 
@@ -130,9 +130,7 @@ def main() -> int:
                                   "domains"])
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n")
-    for name, data in tokenized_splits(emb, args.settings, args.data):
-        report_split(name, _variants(emb, data.inner, data.held),
-                     _variants(emb, data.fit, data.test), data)
+    report_splits(emb, args.settings, args.data, lambda fit, ids: _variants(emb, fit, ids))
     return 0
 
 

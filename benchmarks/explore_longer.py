@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from _holdout import explore_args, report_split, tokenized_splits
+from _holdout import explore_args, report_splits
 from explore_blend import PAIR_DIR
 from explore_counts import _features
 from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys, _one_configuration, _pairs
@@ -66,14 +66,20 @@ class _Grams:
         pos = np.minimum(np.searchsorted(self.vocab, keys), self.vocab.size - 1)
         return np.where(self.vocab[pos] == keys, pos, self.K - 1)
 
-    def scores(self, ids: Sequence[np.ndarray]) -> dict[tuple[str, float], np.ndarray]:
-        """Per (oov, m): each prompt's summed Dirichlet log-likelihoods of its distinct keys,
-        smoothed towards the pooled key distribution (as ``solver.solve_pairs``)."""
+    def matrix(self, ids: Sequence[np.ndarray]) -> sp.csr_matrix:
+        """(P, K) binary indicators of each prompt's distinct keys; the OOV column holds the
+        number of distinct unseen keys, so ``M @ T`` adds the OOV row once per such key."""
         cols = [self.index(np.unique(self.keys_of(x))) for x in ids]
         rows = np.concatenate([np.full(c.size, i) for i, c in enumerate(cols)])
         M = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(cols))),
                           shape=(len(ids), self.K))
-        M.sum_duplicates()  # the OOV column holds the number of distinct unseen keys
+        M.sum_duplicates()
+        return M
+
+    def scores(self, ids: Sequence[np.ndarray]) -> dict[tuple[str, float], np.ndarray]:
+        """Per (oov, m): each prompt's summed Dirichlet log-likelihoods of its distinct keys,
+        smoothed towards the pooled key distribution (as ``solver.solve_pairs``)."""
+        M = self.matrix(ids)
         unseen = M[:, -1].toarray()
         q = self.C.sum(axis=1) + EPS
         q /= q.sum()
@@ -135,11 +141,8 @@ def main() -> int:
     args = explore_args(__doc__, SETTINGS)
     emb = load_embedder(args.embedder)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
-    per_split = {}
-    for name, data in tokenized_splits(emb, args.settings, args.data):
-        per_split[name] = report_split(name, _variants(emb.vocab_size, data.inner, data.held),
-                                       _variants(emb.vocab_size, data.fit, data.test), data)
-        print(f"  [{time.perf_counter() - start:.0f} s]\n", flush=True)
+    per_split = report_splits(emb, args.settings, args.data,
+                              lambda fit, ids: _variants(emb.vocab_size, fit, ids), start)
     if per_split:
         _one_configuration(per_split)
         _precise(per_split)

@@ -18,7 +18,7 @@ an earlier script (``explore_smoothing`` tried absolute discounting on unigrams 
   to [1e-6, 0.99]), N1_d = the number of pairs exactly one of domain d's prompts holds,
   ``log((1 - λ_d) df / n_d + λ_d q)``;
 * ``pair``: today's Dirichlet (m ∈ {1e4, 1e5, 1e6}; m = 1e5 is the default, checked to
-  reproduce ``explore_longer``'s scoring).
+  reproduce ``explore_smoothing``'s scoring of it, as ``explore_longer`` does).
 
 Every row adds today's unigram table (binary NB, Laplace α = 0.03) and sums the pair table
 over the prompt's distinct pairs, the shared OOV row once per distinct unseen pair, as the
@@ -49,12 +49,11 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
-from _holdout import report_split, script_parser, tokenized_splits
+from _holdout import report_splits, script_parser
+from explore_blend import PAIR_DIR
 from explore_counts import _features
 from explore_longer import _Grams, _precise
-from explore_longer import _variants as _longer_variants
-from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys, _one_configuration
+from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys, _one_configuration, _pairs
 
 from ir3de import load_embedder
 
@@ -94,16 +93,14 @@ def _tables(C: np.ndarray) -> dict[str, np.ndarray]:
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Per configuration, each prompt's unigram + pair score (P, D)."""
-    uni = _features(ids, "bin", V, bigram=False) @ Unigrams(fit, "bin", V).additive(0.03)
+    Mb = _features(ids, "bin", V, bigram=False)
+    unigrams = Unigrams(fit, "bin", V)
     grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
-    cols = [grams.index(np.unique(grams.keys_of(x))) for x in ids]
-    rows = np.concatenate([np.full(c.size, i) for i, c in enumerate(cols)])
-    # duplicate entries of the OOV column sum: one OOV row per distinct unseen pair
-    M = sp.csr_matrix((np.ones(rows.size), (rows, np.concatenate(cols))),
-                      shape=(len(ids), grams.K))
-    out = {label: uni + M @ T for label, T in _tables(grams.C).items()}
-    assert np.allclose(out[DEFAULT],
-                       _longer_variants(V, fit, ids)["pair uni=each oov=each m=100000"])
+    M = grams.matrix(ids)
+    out = {label: Mb @ unigrams.additive(0.03) + M @ T for label, T in _tables(grams.C).items()}
+    # today's default, through explore_smoothing's scoring (as explore_longer checks it)
+    assert np.allclose(out[DEFAULT], _pairs(V, fit, ids, {"bin": unigrams}, Mb,
+                                            lambda family: family == "pair-dir")[PAIR_DIR])
     return out
 
 
@@ -132,11 +129,8 @@ def main() -> int:
     if args.fresh is not None:
         return _fresh(emb, args.fresh, args.data)
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
-    per_split = {}
-    for name, data in tokenized_splits(emb, args.settings, args.data):
-        per_split[name] = report_split(name, _variants(emb.vocab_size, data.inner, data.held),
-                                       _variants(emb.vocab_size, data.fit, data.test), data)
-        print(f"  [{time.perf_counter() - start:.0f} s]\n", flush=True)
+    per_split = report_splits(emb, args.settings, args.data,
+                              lambda fit, ids: _variants(emb.vocab_size, fit, ids), start)
     if per_split:
         _one_configuration(per_split)
         _precise(per_split)
