@@ -45,17 +45,14 @@ Run:  python benchmarks/explore_unseen_mass.py [--embedder wordllama] [--setting
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 
+import fresh_unseen
 import numpy as np
-from _holdout import report_splits, script_parser
 from explore_blend import PAIR_DIR
 from explore_counts import _features
-from explore_longer import _Grams, _precise
-from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys, _one_configuration, _pairs
-
-from ir3de import load_embedder
+from explore_longer import _Grams
+from explore_smoothing import EPS, Unigrams, _ngram_keys, _pairs
 
 DEFAULT = "pair m=100000"
 GRID = {
@@ -104,39 +101,5 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
     return out
 
 
-def _fresh(emb, candidate: str, data_dir: str) -> int:
-    """Step 3 of the rule: the candidate against the default on the fresh checks."""
-    import fresh_unseen
-
-    results = {name: fresh_unseen._check(emb, name, data_dir, [], _variants,
-                                         {"default": DEFAULT, candidate: candidate})
-               for name in fresh_unseen.CHECKS}
-    mean = {r: np.mean([results[c][r] for c in results]) for r in ("default", candidate)}
-    print("\nmean over the checks: " + ", ".join(f"{r} {100 * v:.2f}" for r, v in mean.items()))
-    verdict = "adopt" if mean[candidate] > mean["default"] else "keep today's default"
-    print(f"decision rule ({candidate} higher on the mean): {verdict}")
-    return 0
-
-
-def main() -> int:
-    start = time.perf_counter()
-    ap = script_parser(__doc__)
-    ap.add_argument("--settings", nargs="+", default=SETTINGS)
-    ap.add_argument("--fresh", metavar="LABEL",
-                    help="step 3 of the rule: judge this configuration on the fresh checks")
-    args = ap.parse_args()
-    emb = load_embedder(args.embedder)
-    if args.fresh is not None:
-        return _fresh(emb, args.fresh, args.data)
-    print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
-    per_split = report_splits(emb, args.settings, args.data,
-                              lambda fit, ids: _variants(emb.vocab_size, fit, ids), start)
-    if per_split:
-        _one_configuration(per_split)
-        _precise(per_split)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fresh_unseen.rule_main(__doc__, _variants, DEFAULT))

@@ -45,8 +45,9 @@ import sys
 import time
 
 import numpy as np
-from _holdout import script_parser
-from explore_longer import _variants
+from _holdout import report_splits, script_parser
+from explore_longer import _precise, _variants
+from explore_smoothing import SETTINGS, _one_configuration
 
 from ir3de import load_embedder
 from ir3de.data import REASONING_FIT, REASONING_TEST, reasoning_records
@@ -114,6 +115,42 @@ def _check(emb, name: str, data_dir: str, baselines: list, variants=_variants,
             print(f"  {router} - default: {100 * (out[router] - out['default']):+.2f} "
                   f"({100 * low:+.2f} to {100 * high:+.2f})")
     return out
+
+
+def judge(emb, data_dir: str, variants, default: str, candidate: str) -> int:
+    """Step 3 of the selection rule of ``explore_unseen_mass`` / ``explore_backoff``: the
+    ``candidate`` configuration of ``variants`` against the ``default`` one on both checks;
+    it wins if its balanced accuracy averaged over the checks is higher."""
+    results = {name: _check(emb, name, data_dir, [], variants,
+                            {"default": default, candidate: candidate}) for name in CHECKS}
+    mean = {r: np.mean([results[c][r] for c in results]) for r in ("default", candidate)}
+    print("\nmean over the checks: " + ", ".join(f"{r} {100 * v:.2f}" for r, v in mean.items()))
+    verdict = "adopt" if mean[candidate] > mean["default"] else "keep today's default"
+    print(f"decision rule ({candidate} higher on the mean): {verdict}")
+    return 0
+
+
+def rule_main(doc: str, variants, default: str) -> int:
+    """The command line of a script under that rule: score every configuration of
+    ``variants`` on the evaluation splits (held-out fit → test, one pick per family), or
+    with ``--fresh LABEL`` judge that configuration against ``default`` (:func:`judge`)."""
+    start = time.perf_counter()
+    ap = script_parser(doc)
+    ap.add_argument("--settings", nargs="+", default=SETTINGS)
+    ap.add_argument("--fresh", metavar="LABEL",
+                    help="step 3 of the rule: judge this configuration on the fresh checks")
+    args = ap.parse_args()
+    emb = load_embedder(args.embedder)
+    if args.fresh is not None:
+        return judge(emb, args.data, variants, default, args.fresh)
+    print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
+    per_split = report_splits(emb, args.settings, args.data,
+                              lambda fit, ids: variants(emb.vocab_size, fit, ids), start)
+    if per_split:
+        _one_configuration(per_split)
+        _precise(per_split)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def main() -> int:
