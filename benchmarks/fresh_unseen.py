@@ -35,6 +35,9 @@ averaged over F1 and F2, is higher than today's default's. Paired 95 % stratifie
 bootstrap intervals of the differences are printed with it, and the per-domain recalls of
 the fresh domains.
 
+The later explorations that judge a candidate on these checks (``explore_unseen_mass``,
+``explore_backoff``, ``explore_components``) run through :func:`rule_main` and :func:`judge`.
+
 Run:  python benchmarks/fresh_unseen.py [--embedder wordllama] [--data ../shared/data]
                                         [--baselines tfidf knn]
 """
