@@ -203,6 +203,13 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (json.dumps(_chat("   ")).encode(), 400, "empty"),
     (json.dumps(_chat("x" * 30_000)).encode(), 413, "exceeds the limit"),
     (json.dumps(_chat(MATH, model="gpt-5")).encode(), 404, "model 'gpt-5' does not exist"),
+    # valid JSON that cannot be forwarded as JSON: an unpaired surrogate, NaN
+    (json.dumps(_chat("\ud800 hi")).encode(), 400, "not valid JSON"),
+    (json.dumps(_chat(MATH, model="math", temperature=float("nan"))).encode(), 400,
+     "NaN is not a JSON number"),
+    (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
+    (json.dumps(_chat(MATH, model=["math"])).encode(), 400, "'model' must be a string"),
+    (json.dumps(_chat(MATH, stream="false")).encode(), 400, "'stream' must be true or false"),
 ])
 def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
                                         message: str) -> None:
@@ -212,6 +219,21 @@ def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
     error = r.json()["error"]
     assert message in error["message"] and {"type", "param", "code"} <= set(error)
     assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+def test_gateway_errors_name_the_field_and_use_openai_json(gateway: Proc) -> None:
+    r = httpx.post(gateway.url + "/v1/completions", json={"model": "ir3de", "prompt": [" "]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    for r, status in ((httpx.get(gateway.url + "/v1/nowhere"), 404),
+                      (httpx.get(gateway.url + "/v1/chat/completions"), 405)):
+        assert r.status_code == status and r.json()["error"]["message"], r.text
+    assert httpx.head(gateway.url + "/healthz").status_code == 200
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    r = httpx.post(gateway.url + "/v1/chat/completions",  # nothing to route: the fallback
+                   json={"model": "ir3de", "messages": [{"role": "user", "content": image}]})
+    assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+    assert 'ir3de_requests_total{expert="(gateway)",status="400"}' in httpx.get(
+        gateway.url + "/metrics").text
 
 
 def test_upstream_4xx_is_returned_as_is(gateway: Proc) -> None:
@@ -261,6 +283,40 @@ def test_dead_upstream_falls_back_without_hanging(stats_files, upstreams, tmp_pa
     finally:
         gw.stop()
         coder.stop()
+
+
+def test_timeouts_and_broken_streams_are_reported(gateway: Proc, stats_files, upstreams,
+                                                   tmp_path) -> None:
+    # A stream the upstream breaks off ends with an SSE error event, not a bare cut; the
+    # request counts as in flight until then.
+    events = []
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                      json=_chat(MATH, stream=True, die_after=2)) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and not events:
+                gauge = httpx.get(gateway.url + "/metrics").text
+                assert "ir3de_in_flight 1.0" in gauge
+            if line:
+                events.append(line)
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert events[-2] == "event: error" and "broke off the stream" in error["message"]
+    assert sum(e.startswith("data: {") for e in events) == 3  # two chunks and the error
+    assert 'kind="stream_RemoteProtocolError"' in httpx.get(gateway.url + "/metrics").text
+
+    # An expert that does not answer in time: 504 naming its timeout (math is the
+    # fallback, so there is nowhere else to go).
+    config = _config(tmp_path, stats_files, upstreams)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["math"]["timeout"] = 0.5
+    config.write_text(yaml.safe_dump(data))
+    gw = _gateway(config)
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, hang=2), timeout=10)
+        assert r.status_code == 504, r.text
+        assert "did not answer within 0.5 s (ReadTimeout)" in r.json()["error"]["message"]
+    finally:
+        gw.stop()
 
 
 def _admin(token: str = TOKEN) -> dict[str, str]:
@@ -318,6 +374,27 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         httpx.post(gw.url + "/admin/experts", headers=_admin(),
                    data={"url": upstreams["law"].url + "/v1", "name": "legal"},
                    files={"stats": ("law.stats", law)}).raise_for_status()
+
+        for fields, files, message in (
+                ({"name": "ir3de"}, {}, "the gateway's own name"),
+                ({"name": " x"}, {}, "invalid expert name"),
+                ({"url": "http://"}, {}, "url names no host"),
+                ({}, {"timeout": ("t", b"5")}, "'timeout' as text fields"),
+                ({"name": "other"}, {"stats": ("law.stats", b"junk")},
+                 "the uploaded 'stats' file")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1", **fields},
+                           files={"stats": ("law.stats", law), **files})
+            assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), content=b'{"k": "\xff"}')
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        # model names like org/model can be added and removed by name
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                       data={"url": upstreams["law"].url + "/v1", "name": "org/law"},
+                       files={"stats": ("law.stats", law)})
+        assert r.status_code == 200, r.text
+        assert httpx.delete(gw.url + "/admin/experts/org/law", headers=_admin()
+                            ).status_code == 200
     finally:
         gw.stop()
     gw = _gateway(config)  # a restart comes back with the persisted state
@@ -370,6 +447,37 @@ def test_low_coverage_goes_to_the_fallback(stats_files, upstreams, tmp_path,
             "min_coverage"] == 0.25
     finally:
         gw.stop()
+
+
+def test_admin_removes_endpoints_and_keeps_state_it_cannot_save(stats_files, upstreams,
+                                                                tmp_path) -> None:
+    spare = {"url": upstreams["law"].url + "/v1"}  # an endpoint the router does not route to
+    config = _config(tmp_path, stats_files, upstreams)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["spare"] = spare
+    config.write_text(yaml.safe_dump(data))
+    gw = _gateway(config)
+    try:
+        r = httpx.delete(gw.url + "/admin/experts/spare", headers=_admin())
+        assert r.status_code == 200, r.text
+        assert sorted(e["name"] for e in r.json()["experts"]) == ["coding", "math"]
+        # a change that cannot be persisted is not applied either
+        saved = tmp_path / "state" / "router.safetensors"
+        saved.unlink()  # written by the removal above
+        saved.mkdir()
+        before = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"k": 3})
+        assert r.status_code == 500 and "was not applied" in r.json()["error"]["message"]
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == before
+    finally:
+        gw.stop()
+
+
+def test_state_dir_that_is_a_file_is_refused(stats_files, upstreams, tmp_path,
+                                            capsys) -> None:
+    (tmp_path / "state").write_text("not a folder")
+    assert main(["serve", "--config", str(_config(tmp_path, stats_files, upstreams))]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
 
 
 def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> None:

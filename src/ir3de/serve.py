@@ -16,9 +16,12 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
   router they started with) and persists it atomically to ``state_dir``, which a restart
   loads back.
 
-Failures: a connection failure or timeout is retried once, then the request goes to the
-fallback expert; an upstream HTTP error is returned as is; the gateway's own errors use
-OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``).
+Failures: a refused connection is retried once (it may be a stale keep-alive); a second
+failure, or a timeout, sends the request to the fallback expert, and without one the
+client gets 502 (504 for a timeout). An upstream HTTP error is returned as is; a stream
+cut by the upstream ends with an SSE ``error`` event. The gateway's own errors, unknown
+routes included, use OpenAI's error JSON (``{"error": {"message", "type", "param",
+"code"}}``).
 
 Example config::
 
@@ -83,8 +86,12 @@ def _models() -> tuple[type, type, type]:
         @pd.field_validator("url")
         @classmethod
         def _http(cls, v: str) -> str:
+            from urllib.parse import urlsplit
+
             if not v.startswith(("http://", "https://")):
                 raise ValueError(f"url must start with http:// or https://, got {v!r}")
+            if not urlsplit(v).hostname:
+                raise ValueError(f"url names no host: {v!r}")
             return v.rstrip("/")
 
     class RouterSource(pd.BaseModel):
@@ -184,6 +191,9 @@ def _initial_state(config: Any) -> _State:
     from .statistics import load_stats_files
 
     state_dir = Path(config.state_dir) if config.state_dir else None
+    if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
+        # found now rather than at the first admin change, which could not be saved
+        raise IR3DEError(f"state_dir {state_dir} exists and is not a folder")
     if state_dir is not None and (state_dir / _ROUTER_FILE).is_file():
         # A restart comes back with what the admin API last persisted.
         router = Router.load(state_dir / _ROUTER_FILE)
@@ -202,6 +212,8 @@ def _initial_state(config: Any) -> _State:
             embedder = stats[0].embedder if src.embedder is None else src.embedder
             router = Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
         state = _State(router, dict(config.experts), config.threshold, config.min_coverage)
+    for name in state.experts:
+        _check_expert_name(name, config.name)
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
         raise IR3DEError(f"router experts {missing} have no endpoint under 'experts' in the "
@@ -225,6 +237,34 @@ def _persist(state: _State, state_dir: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_expert_name(name: str, gateway: str) -> None:
+    """An expert name must be a usable ``model``: not the gateway's own (which routes)."""
+    if not name.strip() or name != name.strip():
+        raise IR3DEError(f"invalid expert name {name!r}: it must be non-empty, without "
+                         "surrounding whitespace")
+    if name == gateway:
+        raise IR3DEError(f"expert name {name!r} is the gateway's own name, which routes; "
+                         "choose another")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The request body as JSON, or ValueError with the reason. Beyond ``json.loads``: NaN
+    and Infinity are refused (the forwarded body must be valid JSON), as are unpaired
+    surrogates (\\ud800), which no UTF-8 encoder accepts, and nesting too deep to parse."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ValueError(f"request body is not valid JSON ({reason})") from None
+    return body
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error",
            code: str | None = None, param: str | None = None,
            headers: dict[str, str] | None = None) -> Any:
@@ -242,6 +282,12 @@ def _content_text(content: Any) -> str:
                          if isinstance(p, dict) and p.get("type") == "text"
                          and isinstance(p.get("text"), str))
     return ""
+
+
+def _has_media(messages: list[dict[str, Any]]) -> bool:
+    """Whether some message has a content part that is not text (an image, audio...)."""
+    return any(isinstance(p, dict) and p.get("type") != "text"
+               for m in messages if isinstance(m.get("content"), list) for p in m["content"])
 
 
 def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
@@ -296,6 +342,7 @@ def create_app(config: Any) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .errors import IR3DEError as _Err
 
@@ -315,6 +362,11 @@ def create_app(config: Any) -> Any:
 
     app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
+        # unknown routes, wrong methods, unparsable forms: OpenAI's error JSON too
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
     async def _send(expert_name: str, endpoint: Any, path: str, body: dict[str, Any],
                     stream: bool) -> httpx.Response:
         payload = {**body, "model": endpoint.model or expert_name}
@@ -327,9 +379,9 @@ def create_app(config: Any) -> Any:
             start = time.perf_counter()
             try:
                 response = await client.send(request, stream=stream)
-            except httpx.ConnectError:
-                metrics.errors.labels(expert_name, "connect").inc()
-                if attempt == 1:
+            except httpx.TransportError as exc:
+                metrics.errors.labels(expert_name, type(exc).__name__).inc()
+                if attempt == 1 or not isinstance(exc, httpx.ConnectError):
                     raise
                 continue  # one retry: the connection may have been a stale keep-alive
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
@@ -347,21 +399,33 @@ def create_app(config: Any) -> Any:
             return _error(413, f"request body of {len(raw)} bytes exceeds the limit of "
                                f"{config.max_body_bytes}", code="body_too_large")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, f"request body is not valid JSON ({exc})")
+            body = _parse_json(raw)
+        except ValueError as exc:
+            return _error(400, str(exc))
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
         state = holder["state"]  # this request finishes on the router it started with
         model = body.get("model", config.name)
+        if not isinstance(model, str):
+            return _error(400, f"'model' must be a string, got {type(model).__name__}",
+                          param="model")
+        if not isinstance(body.get("stream", False), bool):
+            # bool("false") is True: guessing would stream to a client that asked not to
+            return _error(400, "'stream' must be true or false", param="stream")
+        param = "messages" if chat else "prompt"
         try:
             text = _routing_text(body, chat, config.policy)
         except ValueError as exc:
-            return _error(400, str(exc), param="messages" if chat else "prompt")
+            return _error(400, str(exc), param=param)
         confidence = coverage = None
-        if model == config.name:
+        if model == config.name and not text.strip() and config.fallback \
+                and chat and _has_media(body["messages"]):
+            # an image-only message: nothing to route on, but an expert can answer it
+            metrics.fallbacks.labels("no_text").inc()
+            expert = config.fallback
+        elif model == config.name:
             if not text.strip():
-                return _error(400, "the prompt to route is empty", param="messages")
+                return _error(400, "the prompt to route is empty", param=param)
             start = time.perf_counter()
             try:
                 decision = state.router.route(text)
@@ -382,25 +446,21 @@ def create_app(config: Any) -> Any:
             return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
                                f"route or one of {sorted(state.experts)}",
                           code="model_not_found", param="model")
-        stream = bool(body.get("stream"))
+        stream = body.get("stream", False)
         tried = expert
         try:
             response = await _send(expert, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:
             fallback = config.fallback if config.fallback in state.experts else None
             if fallback is None or fallback == expert:
-                metrics.requests.labels(expert, "502").inc()
-                return _error(502, f"expert {expert!r} is unreachable "
-                                   f"({type(exc).__name__})", kind="upstream_error")
-            metrics.errors.labels(expert, type(exc).__name__).inc()
+                return _upstream_failed(expert, state.experts[expert], exc)
             metrics.fallbacks.labels("upstream_failure").inc()
             expert = fallback
             try:
                 response = await _send(expert, state.experts[expert], path, body, stream)
             except httpx.TransportError as exc2:
-                metrics.requests.labels(expert, "502").inc()
-                return _error(502, f"experts {tried!r} and fallback {expert!r} are "
-                                   f"unreachable ({type(exc2).__name__})", kind="upstream_error")
+                return _upstream_failed(expert, state.experts[expert], exc2,
+                                        f"expert {tried!r} failed ({type(exc).__name__}); ")
         headers = {"x-ir3de-expert": expert}
         if confidence is not None:
             headers["x-ir3de-confidence"] = f"{confidence:.4f}"
@@ -420,21 +480,43 @@ def create_app(config: Any) -> Any:
                             headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
+            metrics.in_flight.inc()  # until the last chunk, not until the headers
             try:
                 async for chunk in response.aiter_raw():
                     yield chunk
+            except httpx.TransportError as exc:
+                # The status line is long gone: the one way left to tell the client is an
+                # SSE event, which OpenAI clients raise as an APIError.
+                metrics.errors.labels(expert, f"stream_{type(exc).__name__}").inc()
+                message = f"expert {expert!r} broke off the stream ({type(exc).__name__})"
+                yield b"event: error\ndata: " + json.dumps({"error": {
+                    "message": message, "type": "upstream_error", "param": None,
+                    "code": None}}).encode() + b"\n\n"
             finally:
+                metrics.in_flight.dec()
                 await response.aclose()
 
         return StreamingResponse(chunks(), status_code=response.status_code,
                                  media_type=media, headers=headers)
 
+    def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "") -> Any:
+        if isinstance(exc, httpx.TimeoutException):
+            status, what = 504, f"did not answer within {endpoint.timeout:g} s"
+        else:
+            status, what = 502, "is unreachable"
+        metrics.requests.labels(expert, str(status)).inc()
+        return _error(status, f"{before}expert {expert!r} {what} ({type(exc).__name__})",
+                      kind="upstream_error")
+
     async def _counted(request: Request, path: str, chat: bool) -> Any:
         metrics.in_flight.inc()
         try:
-            return await _proxy(request, path, chat)
+            response = await _proxy(request, path, chat)
         finally:
             metrics.in_flight.dec()
+        if "x-ir3de-expert" not in response.headers and response.status_code < 500:
+            metrics.requests.labels("(gateway)", str(response.status_code)).inc()
+        return response
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -452,7 +534,7 @@ def create_app(config: Any) -> Any:
             {"id": name, "object": "model", "created": now, "owned_by": "ir3de"}
             for name in [config.name, *state.experts]]}
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> Any:
         state = holder["state"]
         return {"status": "ok", "experts": state.router.experts}
@@ -489,9 +571,14 @@ def create_app(config: Any) -> Any:
         async with admin_lock:
             try:
                 new = await run_in_threadpool(build, holder["state"])
-                await run_in_threadpool(_persist, new, config.state_dir)
             except (_Err, ValueError, TypeError) as exc:
                 return _error(400, str(exc))
+            try:
+                await run_in_threadpool(_persist, new, config.state_dir)
+            except OSError as exc:
+                # not swapped in: what serves requests is what a restart would load
+                return _error(500, f"the change was not applied: cannot save the gateway "
+                                   f"state to {config.state_dir} ({exc})", kind="server_error")
             holder["state"] = new
             return JSONResponse(_describe(new))
 
@@ -512,6 +599,15 @@ def create_app(config: Any) -> Any:
             return _error(400, "send multipart fields 'stats' (a statistics file) and 'url' "
                                "(the expert's base URL), optionally 'name', 'model', "
                                "'api_key_env', 'timeout'")
+        files = [f for f in ("name", "model", "api_key_env", "timeout")
+                 if f in form and not isinstance(form[f], str)]
+        if files:
+            return _error(400, f"send {', '.join(map(repr, files))} as text fields, not files")
+        if name:
+            try:
+                _check_expert_name(name, config.name)
+            except _Err as exc:
+                return _error(400, str(exc), param="name")
         data = await upload.read()
         expert_cls = _models()[0]
         pd = _pydantic()
@@ -526,15 +622,20 @@ def create_app(config: Any) -> Any:
             with tempfile.TemporaryDirectory() as tmp:  # DomainStats reads from a path
                 path = Path(tmp) / "upload.stats"
                 path.write_bytes(data)
-                stats = DomainStats.load(path)
-            expert = name if isinstance(name, str) and name else stats.domain
+                try:
+                    stats = DomainStats.load(path)
+                except _Err as exc:  # the temporary path would only confuse the client
+                    raise _Err(str(exc).replace(str(path), "the uploaded 'stats' file")) \
+                        from None
+            expert = name or stats.domain
+            _check_expert_name(expert, config.name)
             router = _copy_router(state.router)
             router.add_expert(expert, stats)
             return replace(state, router=router, experts={**state.experts, expert: endpoint})
 
         return await _swap(build)
 
-    @app.delete("/admin/experts/{name}")
+    @app.delete("/admin/experts/{name:path}")  # :path: model names like org/model
     async def admin_remove(name: str, request: Request) -> Any:
         denied = _auth(request)
         if denied:
@@ -543,8 +644,13 @@ def create_app(config: Any) -> Any:
         def build(state: _State) -> _State:
             if name == config.fallback:
                 raise _Err(f"cannot remove {name!r}: it is the fallback expert")
-            router = _copy_router(state.router)
-            router.remove_expert(name)
+            if name not in state.experts:
+                raise _Err(f"unknown expert {name!r}; experts are: "
+                           f"{', '.join(state.experts)}")
+            router = state.router
+            if name in router.experts:  # an endpoint the router does not route to has none
+                router = _copy_router(router)
+                router.remove_expert(name)
             return replace(state, router=router,
                            experts={n: e for n, e in state.experts.items() if n != name})
 
@@ -556,9 +662,9 @@ def create_app(config: Any) -> Any:
         if denied:
             return denied
         try:
-            changes = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            return _error(400, f"request body is not valid JSON ({exc})")
+            changes = _parse_json(await request.body())
+        except ValueError as exc:
+            return _error(400, str(exc))
         cuts = ("threshold", "min_coverage")
         allowed = {"alpha", "k", "lam", "pairs", "selector", *cuts}
         if not isinstance(changes, dict) or not changes or set(changes) - allowed:

@@ -2,7 +2,9 @@
 
 Run: python tests/servers/upstream.py NAME PORT. Streaming answers send five SSE chunks
 0.2 s apart, so a test can see chunks arrive before the upstream has finished. A request
-with ``"force_status": N`` gets an OpenAI-style error with that status.
+with ``"force_status": N`` gets an OpenAI-style error with that status; ``"hang": S``
+waits S seconds before answering (a timeout); ``"die_after": K`` streams K chunks and then
+drops the connection mid-stream (a crashed server).
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
 """
 
@@ -35,6 +37,7 @@ async def completion(request: Request) -> object:
         error = {"message": f"{NAME} refuses", "type": "invalid_request_error", "param": None,
                  "code": None}
         return JSONResponse({"error": error}, status_code=int(body["force_status"]))
+    await asyncio.sleep(float(body.get("hang", 0)))
     chat = request.url.path.endswith("/chat/completions")
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
@@ -47,6 +50,8 @@ async def completion(request: Request) -> object:
 
     async def events():
         for i in range(CHUNKS):
+            if i == body.get("die_after"):
+                raise ConnectionAbortedError("upstream dies mid-stream")
             delta = {"content": f"{NAME}-{i} "} if chat else None
             chunk = {"id": "x", "object": "chat.completion.chunk", "model": f"{NAME}-upstream",
                      "choices": [{"index": 0, "delta": delta} if chat else
