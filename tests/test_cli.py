@@ -104,9 +104,20 @@ def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-9 and rows[0]["tokens"]
 
     import io
-    monkeypatch.setattr(sys, "stdin", io.StringIO("How much is 3 + 4?\n\nprint('hi')\n"))
+
+    def stdin(data: bytes) -> None:  # bytes underneath, as a real standard input
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    stdin(b"How much is 3 + 4?\n\nprint('hi')\n")
     code, out, _ = run(capsys, "route", built["router"])
     assert code == 0 and len(out.splitlines()) == 2
+    stdin(b"How much is 3 + 4?\r\n")  # CRLF: the "\r" is no token of the prompt
+    lf, crlf = json.loads(out.splitlines()[0]), json.loads(run(capsys, "route", built["router"])[1])
+    assert crlf["coverage"] == lf["coverage"]
+    assert crlf["confidence"] == pytest.approx(lf["confidence"], rel=1e-12)
+    stdin(b"fine\nnot \xff utf-8\n")
+    code, _, err = run(capsys, "route", built["router"])
+    assert code == 1 and "standard input, line 2: not valid UTF-8" in err
 
 
 def test_merge_of_shards_equals_one_fit(corpora, tmp_path: Path, capsys) -> None:
@@ -170,7 +181,9 @@ def _other_embedder(tmp_path: Path) -> tuple[Path, Path]:
     "missing_corpus", "empty_corpus", "bad_json", "no_text_field", "unknown_suffix",
     "missing_stats", "nan_stats", "wrong_shape_stats", "not_safetensors", "fingerprints",
     "duplicate_domain", "unknown_expert", "duplicate_expert", "empty_prompt", "merge_two_domains",
-    "output_exists", "bad_domain_name",
+    "output_exists", "bad_domain_name", "not_utf8", "gzip_named_jsonl", "surrogate",
+    "output_is_input", "same_file_twice", "experts_output_not_router", "experts_empty_name",
+    "output_under_a_file", "output_is_dir",
 ])
 def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path,
                                capsys) -> None:
@@ -233,15 +246,49 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
     elif case == "output_exists":
         out.write_bytes(b"precious")
         argv, needle = ["build", built["math"], "-o", out], "--force"
+    elif case == "not_utf8":
+        (tmp_path / "l1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "hello \xff"}\n')
+        argv, needle = ["stats", tmp_path / "l1.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "l1.jsonl:2: not valid UTF-8 (byte 0xff"
+    elif case == "gzip_named_jsonl":
+        import gzip
+
+        (tmp_path / "gz.jsonl").write_bytes(gzip.compress(b'{"text": "hi"}\n'))
+        argv, needle = ["stats", tmp_path / "gz.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "is the file compressed"
+    elif case == "surrogate":
+        (tmp_path / "s.jsonl").write_text('{"text": "\\ud83d\\ude00 ok"}\n'
+                                          '{"text": "\\ud800 x"}\n')
+        argv, needle = ["stats", tmp_path / "s.jsonl", "--domain", "d", "-o", out, "-q"], \
+            "s.jsonl:2: holds an unpaired surrogate"
+    elif case == "output_is_input":
+        argv, needle = ["merge", built["math"], "-o", built["math"], "--force"], \
+            "also an input of this command"
+    elif case == "same_file_twice":
+        argv, needle = ["merge", built["math"], built["math"], "-o", out], "given twice"
+    elif case == "experts_output_not_router":
+        argv, needle = ["experts", "add", router, built["law"], "--name", "law2", "-o",
+                        built["math"]], "is not an ir3de router; pass --force"
+    elif case == "experts_empty_name":
+        argv, needle = ["experts", "add", router, built["law"], "--name", "", "-o", out], \
+            "invalid domain name ''"
+    elif case == "output_under_a_file":
+        argv, needle = ["merge", built["math"], "-o", built["coding"] / "x.st"], \
+            "is not a directory"
+    elif case == "output_is_dir":
+        argv, needle = ["experts", "add", router, built["law"], "-o", tmp_path], \
+            "is a directory"
     else:
         argv, needle = ["stats", built["router"], "--domain", " x", "-o", out, "-q",
                         "--format", "text"], "invalid domain name"
+    files = {p: p.read_bytes() for p in built.values()}
     code, stdout, err = run(capsys, *argv)
     assert code == 1
     assert needle in err and err.splitlines()[-1].startswith("ir3de: error:")
     assert "Traceback" not in err and stdout == ""
     # Nothing was written or changed.
     assert router.read_bytes() == router_bytes
+    assert all(p.read_bytes() == data for p, data in files.items())
     if case != "output_exists":
         assert not out.exists()
     else:
@@ -251,8 +298,11 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
 @pytest.mark.parametrize("argv", [["route", "R", "--k", "0", "x"], ["build", "f", "-o", "o",
                                                                      "--lam", "-1"],
                                   ["route", "R", "--selector", "best"], ["stats"],
-                                  ["build", "f", "-o", "o", "--identity", "0"]])
+                                  ["build", "f", "-o", "o", "--identity", "0"],
+                                  ["eval", "--out", "o", "--seed", "-1"],
+                                  ["serve", "--config", "c", "--port", "70000"]])
 def test_malformed_command_line_exits_2(argv: list[str], capsys) -> None:
+    """(Further cases: a negative seed, a port past 65535.)"""
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -357,6 +407,14 @@ def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, 
     code, _, err = run(capsys, "eval", "--out", tmp_path / "out", "--baselines", *extra)
     assert code == 1 and err.startswith("ir3de: error:") and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    (tmp_path / "afile").write_text("keep")
+    code, _, err = run(capsys, "eval", "--out", tmp_path / "afile" / "sub", "--baselines")
+    assert code == 1 and "afile is not a directory" in err, err
+    assert (tmp_path / "afile").read_text() == "keep"
 
 
 @pytest.mark.parametrize(("extra", "message"), [

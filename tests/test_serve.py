@@ -480,6 +480,19 @@ def test_state_dir_that_is_a_file_is_refused(stats_files, upstreams, tmp_path,
     assert "exists and is not a folder" in capsys.readouterr().err
 
 
+def test_corrupt_saved_state_is_named(stats_files, upstreams, tmp_path, emb: Embedder,
+                                      capsys) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math", "coding")]
+                          ).save(state / "router.safetensors")
+    for saved in ("{bad", "[]", '{"experts": {}}'):
+        (state / "experts.json").write_text(saved)
+        assert main(["serve", "--config", str(_config(tmp_path, stats_files, upstreams))]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ir3de: error:") and "experts.json" in err, err
+
+
 def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> None:
     gw = _gateway(_config(tmp_path, stats_files, upstreams), token=None)
     try:
@@ -501,6 +514,8 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "min_coverage sends prompts to the fallback expert: set fallback too"),
     ({"router": {"path": "missing.safetensors"}, "experts": {"a": {"url": "http://x"}}},
      "missing.safetensors"),
+    ({"router": {"stats": []}, "experts": {"a": {"url": "http://x"}}}, "router.stats"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://"}}}, "url names no host"),
 ])
 def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
                                            capsys) -> None:

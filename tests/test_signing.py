@@ -40,6 +40,10 @@ def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Pa
     assert stat.S_IMODE((tmp_path / "p.key").stat().st_mode) == 0o600
     with pytest.raises(IR3DEError, match="exists; pass --force"):
         generate_key(tmp_path / "p.key")
+    # a .pub name would make the public key overwrite the private one
+    with pytest.raises(IR3DEError, match=r"name the private key, not a \.pub file"):
+        generate_key(tmp_path / "q.pub", force=True)
+    assert not (tmp_path / "q.pub").exists()
 
 
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:

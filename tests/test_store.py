@@ -221,8 +221,15 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
     for n_tokens in (stats.n_tokens + 1, stats.n_tokens * 2, 0):
         with pytest.raises(StatsFormatError, match="n_tokens"):
             DomainStats.load(rewrite(path, tmp_path / "n.st", n_tokens=n_tokens))
-    with pytest.raises(StatsFormatError, match="negative"):
-        DomainStats.load(rewrite(path, tmp_path / "neg.st", n_prompts=-1))
+    # hand-edited metadata: the field and the value, not int()'s complaint
+    for field, value in (("n_prompts", -1), ("n_prompts", None), ("n_tokens", "abc"),
+                         ("max_tokens", "x"), ("max_tokens", 1.5)):
+        with pytest.raises(StatsFormatError, match=f"'{field}' must be an integer ≥ 0"):
+            DomainStats.load(rewrite(path, tmp_path / "neg.st", **{field: value}))
+    with pytest.raises(StatsFormatError, match="'max_tokens' must be > 0"):
+        DomainStats.load(rewrite(path, tmp_path / "cap.st", max_tokens=0))
+    with pytest.raises(StatsFormatError, match="'embedder' must be an object"):
+        DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder="wordllama"))
     with pytest.raises(ExpertError, match="invalid domain name"):
         DomainStats.load(rewrite(path, tmp_path / "dom.st", domain=""))
     # Document frequencies must fit the token counts and the prompt count.

@@ -27,10 +27,10 @@ from .data import (
     reasoning_split,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder
-from .errors import IR3DEError, StatsFormatError, require_file
+from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
 from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
-from .statistics import DomainStats, compute_stats, load_stats_files, merge
+from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
 from .store import read_safetensors
 
 EPILOG = """\
@@ -63,6 +63,7 @@ def _checked(convert: Callable[[str], float], ok: Callable[[float], bool],
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
@@ -168,17 +169,50 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-def _check_output(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise IR3DEError(f"{path} exists; pass --force to overwrite it")
+def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
+    """Refuse an output that would overwrite a file without --force, a directory, a path
+    under a file, or one of the command's own ``inputs`` (even with --force: that would
+    destroy the data the output is made from). Checked before any work is done."""
+    if any(Path(i).exists() and path.exists() and path.samefile(i) for i in inputs):
+        raise IR3DEError(f"{path} is also an input of this command; write elsewhere")
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
+    if path.exists() and not force:
+        raise IR3DEError(f"{path} exists; pass --force to overwrite it")
+    require_creatable(path)
+
+
+def _refuse_repeats(paths: Sequence[str]) -> None:
+    """The same file given twice would be counted twice: refuse it."""
+    seen: dict[Any, str] = {}
+    for p in paths:
+        key = Path(p).resolve() if Path(p).exists() else p  # URLs (Ray) as given
+        if key in seen:
+            raise IR3DEError(f"{p} is given twice (also as {seen[key]}); it would be "
+                             "counted twice")
+        seen[key] = p
+
+
+def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
+    """:func:`_check_output` for commands that rewrite routers in place by design: an
+    existing ir3de router may be replaced, any other file only with --force."""
+    if path.is_file() and not force and not any(
+            Path(i).exists() and path.samefile(i) for i in inputs):
+        try:
+            read_router_meta(path)
+        except IR3DEError:
+            raise IR3DEError(f"{path} exists and is not an ir3de router; pass --force to "
+                             "overwrite it") from None
+        force = True
+    _check_output(path, force, inputs)
 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_stats(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force)
+    _check_output(out, args.force, args.corpus)
+    validate_domain_name(args.domain, "--domain")  # now, not after the corpus
+    _refuse_repeats(args.corpus)
     if args.sign:
         from .signing import load_private_key
 
@@ -222,7 +256,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force)
+    _check_output(out, args.force, args.stats)
+    _refuse_repeats(args.stats)
     merged = merge(load_stats_files(args.stats))
     if len(merged) != 1:
         raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "
@@ -253,7 +288,7 @@ def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force)
+    _check_output(out, args.force, [s.partition("=")[2] or s for s in args.stats])
     named = _named_stats(args.stats)
     if args.trust:
         from .signing import load_trusted, verify
@@ -287,7 +322,15 @@ def _prompts(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
     if sys.stdin.isatty():
         raise IR3DEError("no prompts: pass them as arguments, with --input FILE.jsonl, or on "
                          "standard input (one per line)")
-    yield from enumerate(line.rstrip("\n") for line in sys.stdin if line.strip())
+    lines = []
+    for lineno, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")  # CRLF: "\r" would be a token
+        except UnicodeDecodeError:
+            raise IR3DEError(f"standard input, line {lineno}: not valid UTF-8") from None
+        if line.strip():
+            lines.append(line)
+    yield from enumerate(lines)
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -318,11 +361,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
         for e in meta["experts"]:
             print(f"{e['name']}\t{e['n_prompts']} prompts\t{e['n_tokens']} tokens")
         return 0
-    router = Router.load(args.router)
     out = Path(args.output or args.router)
+    # the router itself is the output of an in-place update; its statistics never are
+    _check_router_output(out, args.force or args.output is None,
+                         [args.stats] if args.action == "add" else [])
+    router = Router.load(args.router)
     if args.action == "add":
         stats = DomainStats.load(args.stats)
-        name = args.name or stats.domain
+        name = stats.domain if args.name is None else args.name
         router.add_expert(name, stats)
         message = f"added expert {name!r}"
     else:
@@ -391,6 +437,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data / "reasoning").is_dir():
         raise IR3DEError(f"{data}: no reasoning/ folder; point --data at the shared data folder")
     out = Path(args.output)
+    _check_router_output(out, args.force)  # a previous demo's router is replaced
     emb = _embedder_from_args(args)
     fit, test = reasoning_split(data, protocol="xdata")
     print(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
@@ -491,6 +538,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "pip install 'ir3de[eval]'") from None
     if args.test and not args.fit:
         raise IR3DEError("--test needs --fit (the fit data of your own setting)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after the whole run
+        raise IR3DEError(f"--out {out} is not a directory")
+    require_creatable(out)
     data_dir = Path(args.data) if args.data else default_data_dir()
     caps = {"max_fit": args.max_fit, "max_test": args.max_test}
     seeds = list(dict.fromkeys(args.seed))
@@ -667,10 +718,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("stats", help="statistics file")
     e.add_argument("--name", help="expert name (default: the file's domain)")
     e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    e.add_argument("--force", action="store_true",
+                   help="let --output replace a file that is not an ir3de router")
     e = esub.add_parser("remove", help="remove an expert")
     e.add_argument("router")
     e.add_argument("name", help="expert to remove")
     e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    e.add_argument("--force", action="store_true",
+                   help="let --output replace a file that is not an ir3de router")
     p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
@@ -686,7 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Reasoning fit sets, save it, route example prompts and "
                                    "print the routing accuracy on the held-out test sets.")
     p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
-    p.add_argument("-o", "--output", default="router.safetensors", help="router file to write")
+    p.add_argument("-o", "--output", default="router.safetensors",
+                   help="router file to write (an existing router is replaced)")
+    p.add_argument("--force", action="store_true",
+                   help="let --output replace a file that is not an ir3de router")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
     _add_router_args(p)
@@ -727,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
+    p.add_argument("--seed", type=_non_negative_int, nargs="+", default=[0], metavar="SEED",
                    help="seed of splits, subsamples and baselines; several seeds repeat the "
                         "seeded splits (domains, reasoning-2fold, subsamples) once per seed "
                         "and pool them, so a gap is not one split's luck (baselines use the "
@@ -766,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
                "\"content\": \"What is 17 * 23?\"}]}'")
     p.add_argument("--config", required=True, help="gateway YAML config")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    p.add_argument("--port", type=_positive_int, default=8000, help="port to listen on")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

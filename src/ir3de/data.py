@@ -67,19 +67,38 @@ def parse_jsonl(lines: Iterable[str], where: str) -> Iterator[dict]:
             continue
         try:
             record = json.loads(line)
+            if "\\ud" in line or "\\uD" in line:
+                # an escaped unpaired surrogate ("\\ud800") parses, but no tokenizer takes
+                # it; paired ones (escaped emoji) parse into one character and pass
+                json.dumps(record, ensure_ascii=False).encode("utf-8")
         except json.JSONDecodeError as exc:
             raise IR3DEError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+        except UnicodeEncodeError:
+            raise IR3DEError(f"{where}:{lineno}: holds an unpaired surrogate (\\ud800-"
+                             "\\udfff), which is not text") from None
         if not isinstance(record, dict):
             raise IR3DEError(f"{where}:{lineno}: expected a JSON object")
         yield record
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file; bytes that are not UTF-8 are an error naming the
+    line (a gzip file with a .jsonl name ends here too)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise IR3DEError(f"{path}:{lineno}: not valid UTF-8 (byte "
+                                 f"0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                 "is the file compressed or in another encoding?") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict]:
     """JSON objects of a JSONL file, with the line number in every error."""
     path = Path(path)
     require_file(path)
-    with path.open(encoding="utf-8") as fh:
-        yield from parse_jsonl(fh, str(path))
+    yield from parse_jsonl(_utf8_lines(path), str(path))
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,
@@ -95,10 +114,9 @@ def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None
                 raise IR3DEError(f"{path}: record {lineno} has no string field {text_field!r}")
             yield text
     elif fmt == "text":
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield line.rstrip("\n")
+        for line in _utf8_lines(path):
+            if line.strip():
+                yield line.rstrip("\r\n")
     elif fmt == "parquet":
         yield from _read_parquet(path, text_field)
     else:

@@ -148,11 +148,25 @@ class Embedder:
         """
         if max_tokens <= 0:
             raise IR3DEError(f"max_tokens must be positive, got {max_tokens}")
-        if self._chunk_cache is not None and len(texts) <= _CACHED_BATCH:
-            raw = [self._encode_chunked(t) for t in texts]
-        else:
-            raw = [e.ids for e in
-                   self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        try:
+            if self._chunk_cache is not None and len(texts) <= _CACHED_BATCH:
+                raw = [self._encode_chunked(t) for t in texts]
+            else:
+                raw = [e.ids for e in
+                       self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
+        except TypeError:
+            # the tokenizer's message ("TextInputSequence must be str") names neither the
+            # text nor the reason; found only on failure, so routing pays nothing for it
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise IR3DEError(f"text #{i} is a {type(text).__name__}, not a "
+                                     "string") from None
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise IR3DEError(f"text #{i} holds an unpaired surrogate "
+                                     "(\\ud800-\\udfff), which is not text") from None
+            raise
         out = []
         special = self._special
         for seq in raw:

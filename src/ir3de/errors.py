@@ -38,3 +38,11 @@ def require_file(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
     reason = ("is a directory" if path.is_dir() else
               "not a regular file" if path.exists() else "no such file")
     raise error(f"{path}: {reason}")
+
+
+def require_creatable(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
+    """Raise ``error`` if ``path`` cannot be created because an existing part of it is a
+    file (``mkdir`` would only say "File exists", naming the wrong thing)."""
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise error(f"{path}: {blocker} is not a directory")

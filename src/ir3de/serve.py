@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import IR3DEError
+from .errors import IR3DEError, require_file
 
 __all__ = ["create_app", "load_config"]
 
@@ -97,7 +97,7 @@ def _models() -> tuple[type, type, type]:
     class RouterSource(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
         path: str | None = None
-        stats: list[str] | None = None
+        stats: list[str] | None = pd.Field(None, min_length=1)
         embedder: str | None = None
         preset: str = "default"
 
@@ -144,12 +144,13 @@ def load_config(path: str | os.PathLike[str]) -> Any:
 
     pd = _pydantic()
     path = Path(path)
-    if not path.is_file():
-        raise IR3DEError(f"{path}: no such config file")
+    require_file(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise IR3DEError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise IR3DEError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
         raise IR3DEError(f"{path}: expected a mapping at the top level")
     base = path.parent
@@ -197,12 +198,19 @@ def _initial_state(config: Any) -> _State:
     if state_dir is not None and (state_dir / _ROUTER_FILE).is_file():
         # A restart comes back with what the admin API last persisted.
         router = Router.load(state_dir / _ROUTER_FILE)
-        saved = json.loads((state_dir / _EXPERTS_FILE).read_text(encoding="utf-8"))
+        saved_file = state_dir / _EXPERTS_FILE
         expert_cls = _models()[0]
-        experts = {n: expert_cls.model_validate(e) for n, e in saved["experts"].items()}
-        # min_coverage: absent from state folders written before it existed
-        state = _State(router, experts, float(saved["threshold"]),
-                       float(saved.get("min_coverage", 0.0)))
+        try:
+            saved = json.loads(saved_file.read_text(encoding="utf-8"))
+            experts = {n: expert_cls.model_validate(e) for n, e in saved["experts"].items()}
+            # min_coverage: absent from state folders written before it existed
+            state = _State(router, experts, float(saved["threshold"]),
+                           float(saved.get("min_coverage", 0.0)))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # (pydantic's ValidationError is a ValueError)
+            raise IR3DEError(f"{saved_file}: not the gateway state this ir3de writes "
+                             f"({type(exc).__name__}: {exc}); move {state_dir} away to start "
+                             "from the config") from None
     else:
         src = config.router
         if src.path is not None:
@@ -216,8 +224,10 @@ def _initial_state(config: Any) -> _State:
         _check_expert_name(name, config.name)
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
-        raise IR3DEError(f"router experts {missing} have no endpoint under 'experts' in the "
-                         "config")
+        where = f"{state_dir / _EXPERTS_FILE} (the saved state, which replaces the config's " \
+            "experts)" if state_dir is not None and (state_dir / _ROUTER_FILE).is_file() \
+            else "'experts' in the config"
+        raise IR3DEError(f"router experts {missing} have no endpoint under {where}")
     return state
 
 
@@ -575,7 +585,7 @@ def create_app(config: Any) -> Any:
                 return _error(400, str(exc))
             try:
                 await run_in_threadpool(_persist, new, config.state_dir)
-            except OSError as exc:
+            except (OSError, _Err) as exc:
                 # not swapped in: what serves requests is what a restart would load
                 return _error(500, f"the change was not applied: cannot save the gateway "
                                    f"state to {config.state_dir} ({exc})", kind="server_error")

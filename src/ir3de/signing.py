@@ -76,6 +76,9 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     ser = _serialization()
     path = Path(path)
     public_path = path.with_suffix(".pub")
+    if public_path == path:  # the public key would overwrite the private one
+        raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. "
+                         f"{path.with_suffix('.key')}); its public key goes beside it as .pub")
     for p in (path, public_path):
         if p.exists() and not force:
             raise IR3DEError(f"{p} exists; pass --force to overwrite it")
@@ -151,7 +154,8 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
     sig = stats.signature
     if not sig:
         raise IR3DEError(f"{stats.source}: not signed (sign it with ir3de stats --sign KEY)")
-    if sig.get("alg") != _ALG or not isinstance(sig.get("public_key"), str) \
+    if not isinstance(sig, dict) or sig.get("alg") != _ALG \
+            or not isinstance(sig.get("public_key"), str) \
             or not isinstance(sig.get("signature"), str):
         raise IR3DEError(f"{stats.source}: malformed signature metadata")
     name = trusted.get(sig["public_key"])

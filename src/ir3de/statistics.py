@@ -271,6 +271,20 @@ class DomainStats:
                                            "embedder", "max_tokens", "dim")}
         except KeyError as exc:
             raise StatsFormatError(f"{where}: metadata lacks {exc}") from None
+        try:  # hand-edited or corrupt metadata: say which field, not int()'s complaint
+            for key in ("n_tokens", "n_prompts", "max_tokens", "dim"):
+                value = fields[key]
+                if isinstance(value, bool) or int(value) != value or value < 0:
+                    raise ValueError
+                fields[key] = int(value)
+        except (ValueError, TypeError):
+            raise StatsFormatError(f"{where}: metadata field {key!r} must be an integer "
+                                   f"≥ 0, got {fields[key]!r}") from None
+        if fields["max_tokens"] == 0:
+            raise StatsFormatError(f"{where}: metadata field 'max_tokens' must be > 0")
+        if not isinstance(fields["embedder"], dict):
+            raise StatsFormatError(f"{where}: metadata field 'embedder' must be an object, "
+                                   f"got {fields['embedder']!r}")
         A = tensors["A"].astype(np.float64)
         b = tensors["b"].astype(np.float64)
         if b.shape != (fields["dim"] + 1,):

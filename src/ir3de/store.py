@@ -20,7 +20,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _st_save
 
-from .errors import StatsFormatError, require_file
+from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
 
 __all__ = [
     "atomic_write_bytes",
@@ -45,6 +45,9 @@ _ST_DTYPES = {
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
+    if path.is_dir():  # os.replace would report the temporary file's name
+        raise IR3DEError(f"{path} is a directory")
+    require_creatable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
