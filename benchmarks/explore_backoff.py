@@ -31,18 +31,9 @@ the start id counts as u = 1 in every domain; a, b: the pair's two ids):
 m ∈ {1e3, 1e4, 1e5, 1e6}, w ∈ {0.25, 0.5, 1}. Every row adds today's unigram table over the
 prompt's distinct tokens and sums the pair term over its distinct pairs.
 
-Decision rule (fixed, with this file committed, before its first run; the rule of
-``explore_unseen_mass.py``):
-
-1. one configuration per family by the mean held-out-fit accuracy over the five splits
-   (``explore_smoothing._one_configuration``; first in grid order on ties);
-2. the family pick with the highest mean held-out accuracy is the candidate; if it is not
-   strictly higher than today's default (``pair m=1e5``), the default stays;
-3. otherwise ``--fresh`` judges it on ``fresh_unseen.py``'s two checks (MBPP ``test``,
-   Alpaca), and it replaces the default only if its balanced accuracy averaged over the two
-   checks is higher.
-
-Test accuracy is printed for every configuration (reporting), and never enters the rule.
+Decision rule: ``fresh_unseen.py``'s selection rule (held-out pick per family, strictly
+above today's default on held-out, then higher on the mean of the two fresh checks), fixed
+with this file committed before its first run.
 
 Run:  python benchmarks/explore_backoff.py [--embedder wordllama] [--settings ...]
       python benchmarks/explore_backoff.py --fresh "own m=1e+04 w=0.5"   (step 3)

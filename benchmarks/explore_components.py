@@ -24,19 +24,11 @@ table's Dirichlet mass m ∈ {1e4, 1e5}; α = 0.03 for the token table, as the d
 * ``bag``: components by k-means on each prompt's L2-normalised binary bag of token ids;
 * ``pair m``: today's default (one component per domain), m ∈ {1e4, 1e5, 1e6}.
 
-Decision rule (fixed, with this file committed, before its first run; the rule of
-``explore_unseen_mass.py`` / ``explore_backoff.py``):
-
-1. one configuration per family by the mean held-out-fit accuracy over the five splits
-   (``explore_smoothing._one_configuration``; first in grid order on ties);
-2. the family pick with the highest mean held-out accuracy is the candidate; if it is not
-   strictly higher than today's default (``pair m=1e5``), the default stays;
-3. otherwise ``--fresh`` judges it on ``fresh_unseen.py``'s two checks (MBPP ``test``,
-   Alpaca), and it replaces the default only if its balanced accuracy averaged over the two
-   checks is higher (and then only if ``bench_route.py`` finds it within twice today's
-   routing time, the issue's cost bound).
-
-Test accuracy is printed for every configuration (reporting), and never enters the rule.
+Decision rule: ``fresh_unseen.py``'s selection rule (held-out pick per family, strictly
+above today's default on held-out, then higher on the mean of the two fresh checks), plus
+one condition: a winner is adopted only if ``bench_route.py`` finds it within twice
+today's routing time, the issue's cost bound. Fixed with this file committed before its
+first run.
 
 Run:  python benchmarks/explore_components.py [--embedder wordllama] [--settings ...]
       python benchmarks/explore_components.py --fresh "emb s=500 m=1e+05"   (step 3)

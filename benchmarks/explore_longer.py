@@ -136,17 +136,25 @@ def _precise(per_split: dict[str, list[tuple[str, float, float]]]) -> None:
               + " ".join(f"{100 * t:6.2f}" for _, t in ht))
 
 
-def main() -> int:
-    start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS)
-    emb = load_embedder(args.embedder)
+def score_all(emb, settings: Sequence[str], data_dir: str, variants,
+              start: float) -> None:
+    """Score every configuration of ``variants(V, fit, ids)`` on the splits of
+    ``settings`` (held-out fit → test), then print the one pick per family and every
+    configuration with two decimals: the body of this script and of the scripts that run
+    through ``fresh_unseen.rule_main``."""
     print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
-    per_split = report_splits(emb, args.settings, args.data,
-                              lambda fit, ids: _variants(emb.vocab_size, fit, ids), start)
+    per_split = report_splits(emb, settings, data_dir,
+                              lambda fit, ids: variants(emb.vocab_size, fit, ids), start)
     if per_split:
         _one_configuration(per_split)
         _precise(per_split)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+def main() -> int:
+    start = time.perf_counter()
+    args = explore_args(__doc__, SETTINGS)
+    score_all(load_embedder(args.embedder), args.settings, args.data, _variants, start)
     return 0
 
 

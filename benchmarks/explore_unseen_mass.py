@@ -26,17 +26,9 @@ default does. Idea and grid were fixed before any run; the motivation is on reco
 EVALUATION.md (the default's remaining Reasoning misses are prompts sent to the smallest
 fit set by their unseen pairs), and the rule below never reads a test prompt.
 
-Decision rule (fixed, with this file committed, before its first run):
-
-1. one configuration per family by the mean held-out-fit accuracy over the five splits
-   (``explore_smoothing._one_configuration``; first in grid order on ties);
-2. the family pick with the highest mean held-out accuracy is the candidate; if it is not
-   strictly higher than today's default (``pair m=1e5``), the default stays;
-3. otherwise ``--fresh`` judges it on ``fresh_unseen.py``'s two checks (MBPP ``test``,
-   Alpaca), and it replaces the default only if its balanced accuracy averaged over the two
-   checks is higher.
-
-Test accuracy is printed for every configuration (reporting), and never enters the rule.
+Decision rule: ``fresh_unseen.py``'s selection rule (held-out pick per family, strictly
+above today's default on held-out, then higher on the mean of the two fresh checks), fixed
+with this file committed before its first run.
 
 Run:  python benchmarks/explore_unseen_mass.py [--embedder wordllama] [--settings ...]
       python benchmarks/explore_unseen_mass.py --fresh "wb κ=1"   (step 3, the candidate)

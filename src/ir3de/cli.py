@@ -169,12 +169,16 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
+def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
+    if any(Path(i).exists() and path.exists() and path.samefile(i) for i in inputs):
+        raise IR3DEError(f"{path} is also an input of this command; write elsewhere")
+
+
 def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
     """Refuse an output that would overwrite a file without --force, a directory, a path
     under a file, or one of the command's own ``inputs`` (even with --force: that would
     destroy the data the output is made from). Checked before any work is done."""
-    if any(Path(i).exists() and path.exists() and path.samefile(i) for i in inputs):
-        raise IR3DEError(f"{path} is also an input of this command; write elsewhere")
+    _refuse_input_as_output(path, inputs)
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
     if path.exists() and not force:
@@ -196,15 +200,15 @@ def _refuse_repeats(paths: Sequence[str]) -> None:
 def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
     """:func:`_check_output` for commands that rewrite routers in place by design: an
     existing ir3de router may be replaced, any other file only with --force."""
-    if path.is_file() and not force and not any(
-            Path(i).exists() and path.samefile(i) for i in inputs):
+    _refuse_input_as_output(path, inputs)
+    if path.is_file() and not force:
         try:
             read_router_meta(path)
         except IR3DEError:
             raise IR3DEError(f"{path} exists and is not an ir3de router; pass --force to "
                              "overwrite it") from None
         force = True
-    _check_output(path, force, inputs)
+    _check_output(path, force)
 
 
 # ----------------------------------------------------------------------------- commands
