@@ -1,13 +1,20 @@
 """Write an evaluation run to a folder: ``report.md``, ``results.json``, PNG plots and, when
-kept, ``decisions.jsonl``."""
+kept, ``decisions.jsonl``.
+
+``results.json`` lists the files a run wrote under ``"outputs"``; the next run into the same
+folder removes those of them it does not write again, so the folder never shows one run's
+report beside another run's plots or decisions. Other files are left alone.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import IR3DEError
 from ..selector import SELECTORS
 from ..store import atomic_write_text
 from .harness import K_GRID
@@ -187,19 +194,90 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
     return "\n".join(lines).rstrip() + "\n"
 
 
+# The only names an evaluation run writes (see plots.plot_setting), hence the only ones a
+# later run may remove.
+_FIXED_OUTPUTS = ("report.md", "results.json", "decisions.jsonl")
+_PLOT_NAME = re.compile(r"(?:accuracy_vs_k|confusion|cost)_.+\.png")
+
+
+def _is_output_name(name: object) -> bool:
+    """Whether ``name`` is a bare file name of the evaluation's own outputs."""
+    return (isinstance(name, str) and Path(name).name == name and "\\" not in name
+            and (name in _FIXED_OUTPUTS or _PLOT_NAME.fullmatch(name) is not None))
+
+
+def _plot_names(setting: str) -> list[str]:
+    return [f"{kind}_{setting}.png" for kind in ("accuracy_vs_k", "confusion", "cost")]
+
+
+def _previous_outputs(out: Path) -> set[str]:
+    """The files the previous run into ``out`` wrote, as its ``results.json`` lists them.
+
+    A ``results.json`` written before the list was kept ("outputs" missing) yields the plots
+    of its settings, and ``decisions.jsonl`` when that file's first line is one of their
+    decisions. Nothing when there is no readable ``results.json`` of an evaluation.
+    """
+    try:
+        previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(previous, dict):
+        return set()
+    if isinstance(previous.get("outputs"), list):
+        return {n for n in previous["outputs"] if _is_output_name(n)}
+    settings = previous.get("settings")
+    if not isinstance(previous.get("meta"), dict) or not isinstance(settings, list):
+        return set()
+    names = {s["setting"] for s in settings
+             if isinstance(s, dict) and isinstance(s.get("setting"), str)}
+    found = {n for s in names for n in _plot_names(s) if _is_output_name(n)}
+    try:
+        with (out / "decisions.jsonl").open(encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+        if isinstance(first, dict) and first.get("setting") in names and "routed" in first:
+            found.add("decisions.jsonl")
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _remove_stale(out: Path, stale: Iterable[str]) -> None:
+    """Remove the previous run's outputs that this run did not write again."""
+    for name in sorted(stale):
+        path = out / name
+        if not _is_output_name(name) or path.is_symlink() or not path.is_file():
+            continue  # never written by ir3de as such: a user's
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise IR3DEError(f"cannot remove {path}, left from the previous evaluation "
+                             f"in {out}: {exc}") from exc
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
     """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md.
 
     Settings evaluated with ``keep_decisions`` have their per-prompt decisions written to
     ``decisions.jsonl`` instead (one line per setting, split and test prompt), which keeps
     results.json small enough to read.
+
+    ``results.json`` lists the names of the files written under ``"outputs"``. Once every
+    file is written, those the previous run into ``out_dir`` listed (plots of settings not
+    run now, a ``decisions.jsonl`` not kept now, plots after ``plots=False``) are removed,
+    so the folder holds exactly this run's outputs; no other file is touched, and a run
+    that fails before then leaves the previous run's files as they were.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_outputs(out)
+    outputs: list[str] = []
     if any("decisions" in r for r in results["settings"]):
         lines = [json.dumps({"setting": r["setting"], **d}, ensure_ascii=False)
                  for r in results["settings"] for d in r.get("decisions", ())]
         atomic_write_text(out / "decisions.jsonl", "".join(f"{line}\n" for line in lines))
+        outputs.append("decisions.jsonl")
         results = {**results, "settings": [{k: v for k, v in r.items() if k != "decisions"}
                                            for r in results["settings"]]}
     written: dict[str, list[str]] = {}
@@ -207,8 +285,17 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
         from .plots import plot_setting
 
         for result in results["settings"]:
-            written[result["setting"]] = [str(p) for p in plot_setting(result, out)]
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, allow_nan=False))
+            paths = plot_setting(result, out)
+            written[result["setting"]] = [str(p) for p in paths]
+            outputs += [p.name for p in paths]
+    outputs += ["results.json", "report.md"]
+    results = {**results, "outputs": outputs}
+    # Both rendered before either is written: results.json, whose list the next run trusts,
+    # and report.md then only fail on I/O.
+    text = json.dumps(results, indent=1, allow_nan=False)
+    markdown = render_markdown(results, written)
+    atomic_write_text(out / "results.json", text)
     report = out / "report.md"
-    atomic_write_text(report, render_markdown(results, written))
+    atomic_write_text(report, markdown)
+    _remove_stale(out, previous - set(outputs))
     return report

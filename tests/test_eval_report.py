@@ -1,0 +1,122 @@
+"""write_report into a folder that already holds an earlier run: no stale outputs survive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ir3de import Embedder
+from ir3de.errors import IR3DEError
+
+pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
+pytest.importorskip("matplotlib", reason="the evaluation harness needs pip install 'ir3de[eval]'")
+
+from conftest import CORPORA
+
+from ir3de.eval import custom_setting, evaluate, write_report
+from ir3de.eval.harness import make_baselines
+
+META = {"command": "pytest", "date": "today", "machine": "here", "data_dir": "data", "seed": 0}
+KINDS = ("accuracy_vs_k", "confusion", "cost")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory, emb: Embedder) -> dict:
+    """One tiny evaluation (inline corpora), decisions kept."""
+    data = tmp_path_factory.mktemp("data") / "fit.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n"
+                            for d, texts in CORPORA.items() for t in texts))
+    return evaluate(custom_setting(data), embedders=[emb], presets=["default"],
+                    baselines=make_baselines(["random"]), resamples=0, keep_decisions=True,
+                    progress=False)
+
+
+def _run(result: dict, out: Path, names: list[str], *, decisions: bool,
+         plots: bool = True) -> Path:
+    drop = () if decisions else ("decisions",)
+    settings = [{**{k: v for k, v in result.items() if k not in drop}, "setting": n}
+                for n in names]
+    return write_report({"meta": META, "settings": settings}, out, plots=plots)
+
+
+def _plots(*names: str) -> set[str]:
+    return {f"{kind}_{n}.png" for n in names for kind in KINDS}
+
+
+def test_second_run_removes_the_first_runs_stale_outputs(result: dict, tmp_path: Path) -> None:
+    _run(result, tmp_path, ["alpha", "beta"], decisions=True)
+    assert {p.name for p in tmp_path.iterdir()} == (
+        _plots("alpha", "beta") | {"decisions.jsonl", "results.json", "report.md"})
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "confusion_mine.png").write_bytes(b"mine")  # looks like a plot, never written
+    report = _run(result, tmp_path, ["alpha"], decisions=False)
+    assert {p.name for p in tmp_path.iterdir()} == (
+        _plots("alpha") | {"results.json", "report.md", "notes.txt", "confusion_mine.png"})
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "confusion_mine.png").read_bytes() == b"mine"
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert set(loaded["outputs"]) == _plots("alpha") | {"results.json", "report.md"}
+    assert "beta" not in report.read_text()
+
+
+def test_a_run_without_plots_removes_the_previous_plots(result: dict, tmp_path: Path) -> None:
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    _run(result, tmp_path, ["alpha"], decisions=True, plots=False)
+    assert {p.name for p in tmp_path.iterdir()} == {"decisions.jsonl", "results.json",
+                                                   "report.md"}
+
+
+def test_only_the_eval_output_names_listed_are_removed(result: dict, tmp_path: Path) -> None:
+    """A tampered list never removes a user's file nor anything outside the folder."""
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"x")
+    out = tmp_path / "out"
+    _run(result, out, ["alpha"], decisions=False)
+    loaded = json.loads((out / "results.json").read_text())
+    loaded["outputs"] += ["notes.txt", "../outside.png", "../cost_x.png", "cost_link.png"]
+    (out / "results.json").write_text(json.dumps(loaded))
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "cost_x.png").write_bytes(b"x")
+    (out / "cost_link.png").symlink_to(outside)
+    _run(result, out, ["alpha"], decisions=False)
+    assert (out / "notes.txt").exists() and outside.exists() and (tmp_path / "cost_x.png").exists()
+    assert (out / "cost_link.png").is_symlink()
+
+
+def test_results_json_without_a_list_still_cleans_up(result: dict, tmp_path: Path) -> None:
+    """A folder written before the list was kept: its settings' plots and decisions go."""
+    _run(result, tmp_path, ["alpha", "beta"], decisions=True)
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    del loaded["outputs"]
+    (tmp_path / "results.json").write_text(json.dumps(loaded))
+    (tmp_path / "confusion_mine.png").write_bytes(b"mine")
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    assert {p.name for p in tmp_path.iterdir()} == (
+        _plots("alpha") | {"results.json", "report.md", "confusion_mine.png"})
+
+
+def test_a_users_decisions_jsonl_is_kept_without_a_list(result: dict, tmp_path: Path) -> None:
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    del loaded["outputs"]
+    (tmp_path / "results.json").write_text(json.dumps(loaded))
+    (tmp_path / "decisions.jsonl").write_text('{"mine": 1}\n')
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    assert (tmp_path / "decisions.jsonl").read_text() == '{"mine": 1}\n'
+
+
+def test_a_failed_run_keeps_the_previous_outputs(result: dict, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(result, tmp_path, ["alpha", "beta"], decisions=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise IR3DEError("disk full")
+
+    monkeypatch.setattr("ir3de.eval.report.render_markdown", fail)
+    with pytest.raises(IR3DEError, match="disk full"):
+        _run(result, tmp_path, ["alpha"], decisions=False)
+    assert {p.name for p in tmp_path.iterdir()} == set(before)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
