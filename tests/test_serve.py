@@ -31,6 +31,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 UPSTREAM = Path(__file__).parent / "servers" / "upstream.py"
+ASGI24 = Path(__file__).parent / "servers" / "asgi24.py"
 MATH = "Natalia sold clips to 48 of her friends in April, and then she sold half as many " \
        "clips in May. How many clips did Natalia sell altogether in April and May?"
 CODE = "Write a python function to find the first repeated character in a given string."
@@ -317,6 +318,69 @@ def test_timeouts_and_broken_streams_are_reported(gateway: Proc, stats_files, up
         assert "did not answer within 0.5 s (ReadTimeout)" in r.json()["error"]["message"]
     finally:
         gw.stop()
+
+
+def _wait_for(probe, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return True
+        time.sleep(0.05)
+    return probe()
+
+
+@pytest.fixture(scope="module")
+def gateway24(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    """The gateway served the ASGI 2.4 way (a send to a gone client raises OSError)."""
+    config = _config(tmp_path_factory.mktemp("gw24"), stats_files, upstreams)
+    proc = Proc([sys.executable, str(ASGI24), str(config), "{port}"], "/healthz")
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "asgi24"])
+@pytest.mark.parametrize("when", ["before_first_chunk", "stalled_mid_stream", "idle"])
+def test_client_gone_closes_the_upstream_stream(request, upstreams: dict[str, Proc],
+                                                server: str, when: str) -> None:
+    # A long upstream stream (100 chunks, 20 s) whose client leaves: the gateway must close
+    # its upstream connection at once and stop counting the stream as in flight, however
+    # far the relay had got, under uvicorn and the ASGI 2.4 way:
+    # * before_first_chunk: the client leaves while the gateway waits for the upstream's
+    #   headers (held 0.3 s), so nothing has been relayed when the response starts (under
+    #   ASGI 2.4 its first send fails: the body generator is never started);
+    # * stalled_mid_stream: 4 MB chunks the client does not read: the gateway is stuck
+    #   sending one when the client leaves;
+    # * idle: the client reads the first chunk and leaves while the gateway waits for the
+    #   next one from the upstream.
+    gateway = request.getfixturevalue("gateway" if server == "uvicorn" else "gateway24")
+    tag = f"{server}-{when}-{time.monotonic_ns()}"
+    stream = _chat(MATH, stream=True, chunks=100, tag=tag)
+    if when == "before_first_chunk":
+        stream["hang"] = 0.3
+    elif when == "stalled_mid_stream":
+        stream["pad"] = 4_000_000
+    body = json.dumps(stream).encode()
+    state = upstreams["math"].url + f"/streams/{tag}"
+    with socket.socket() as raw:
+        raw.settimeout(5)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up at once
+        raw.connect(("127.0.0.1", gateway.port))
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                    b"content-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body) + body)
+        if when == "before_first_chunk":
+            time.sleep(0.1)
+        elif when == "stalled_mid_stream":
+            assert _wait_for(lambda: httpx.get(state).json()["state"] == "open")
+            time.sleep(0.2)  # the gateway is stuck sending the first chunk
+        else:
+            received = b""
+            while b"data: {" not in received:
+                received += raw.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200")
+    assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected"), \
+        httpx.get(state).json()
+    assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gateway.url + "/metrics").text)
 
 
 def _admin(token: str = TOKEN) -> dict[str, str]:

@@ -348,6 +348,7 @@ def create_app(config: Any) -> Any:
     (This module does not use postponed annotations: FastAPI reads the handlers'
     ``Request`` annotations at definition time, and fastapi is imported lazily here.)
     """
+    import anyio
     import httpx
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
@@ -483,14 +484,19 @@ def create_app(config: Any) -> Any:
                              "stream": stream}))
         media = response.headers.get("content-type", "application/json")
         if not stream or response.status_code >= 400:
-            content = await response.aread() if stream else response.content
-            if stream:
-                await response.aclose()
+            if not stream:
+                content = response.content
+            else:
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
             return Response(content, status_code=response.status_code, media_type=media,
                             headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
-            metrics.in_flight.inc()  # until the last chunk, not until the headers
+            # (no cleanup here: _Relay closes the upstream response, whether or not this
+            # generator ever started)
             try:
                 async for chunk in response.aiter_raw():
                     yield chunk
@@ -502,12 +508,41 @@ def create_app(config: Any) -> Any:
                 yield b"event: error\ndata: " + json.dumps({"error": {
                     "message": message, "type": "upstream_error", "param": None,
                     "code": None}}).encode() + b"\n\n"
-            finally:
-                metrics.in_flight.dec()
-                await response.aclose()
 
-        return StreamingResponse(chunks(), status_code=response.status_code,
-                                 media_type=media, headers=headers)
+        return _Relay(chunks(), response, status_code=response.status_code,
+                      media_type=media, headers=headers)
+
+    class _Relay(StreamingResponse):
+        """An upstream stream relayed to the client. However the response ends (last
+        chunk, client gone, error, cancellation) the upstream response is closed and the
+        stream stops counting as in flight, once, as the response ends.
+
+        The body generator's own ``finally`` could not promise that: Starlette does not
+        close a body iterator it stops iterating, nor run ``background`` when the send
+        fails. Under ASGI >= 2.4 a client gone before the first chunk makes the first send
+        (the headers) raise ClientDisconnect before the generator has started, so its
+        ``finally`` never runs, not even when it is garbage-collected; a client gone
+        mid-stream leaves it suspended at a ``yield`` until garbage collection. Meanwhile
+        the upstream would generate for nobody and hold a pooled connection.
+        """
+
+        def __init__(self, content: Any, upstream: httpx.Response, **kwargs: Any) -> None:
+            super().__init__(content, **kwargs)
+            self.chunks = content
+            self.upstream = upstream
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            metrics.in_flight.inc()  # until the last chunk, not until the headers
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                try:
+                    # shielded: a cancelled request must still let go of its upstream
+                    with anyio.CancelScope(shield=True):
+                        await self.chunks.aclose()  # a no-op once finished or unstarted
+                        await self.upstream.aclose()  # a no-op once closed
+                finally:
+                    metrics.in_flight.dec()
 
     def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "") -> Any:
         if isinstance(exc, httpx.TimeoutException):

@@ -4,7 +4,11 @@ Run: python tests/servers/upstream.py NAME PORT. Streaming answers send five SSE
 0.2 s apart, so a test can see chunks arrive before the upstream has finished. A request
 with ``"force_status": N`` gets an OpenAI-style error with that status; ``"hang": S``
 waits S seconds before answering (a timeout); ``"die_after": K`` streams K chunks and then
-drops the connection mid-stream (a crashed server).
+drops the connection mid-stream (a crashed server); ``"chunks": N`` streams N chunks instead
+of five; ``"pad": N`` adds N bytes to each streamed chunk, enough to fill socket buffers. A
+streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
+``{"state": "open"}`` while it is sent, then ``"finished"`` once its last byte is sent or
+``"disconnected"`` when the client closed the connection before that.
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
 """
 
@@ -21,10 +25,39 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 NAME = sys.argv[1]
 CHUNKS = 5
 DELAY = float(os.environ.get("UPSTREAM_CHUNK_DELAY", "0.2"))
+STREAMS: dict[str, str] = {}  # tag -> open | finished | disconnected
+
+
+class TrackedStream(StreamingResponse):
+    """A StreamingResponse that records in STREAMS whether its client stayed to the end."""
+
+    def __init__(self, content: object, tag: str | None, **kwargs: object) -> None:
+        super().__init__(content, **kwargs)
+        self.tag = tag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.tag is None:
+            return await super().__call__(scope, receive, send)
+        tag = self.tag
+        STREAMS[tag] = "open"
+
+        async def sent(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                STREAMS[tag] = "finished"
+
+        async def received() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and STREAMS[tag] == "open":
+                STREAMS[tag] = "disconnected"
+            return message
+
+        await super().__call__(scope, received, sent)
 
 
 def _text(body: dict) -> str:
@@ -39,6 +72,7 @@ async def completion(request: Request) -> object:
         return JSONResponse({"error": error}, status_code=int(body["force_status"]))
     await asyncio.sleep(float(body.get("hang", 0)))
     chat = request.url.path.endswith("/chat/completions")
+    pad = {"pad": "x" * int(body["pad"])} if "pad" in body else {}
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
@@ -49,23 +83,28 @@ async def completion(request: Request) -> object:
                              "auth": request.headers.get("authorization")})
 
     async def events():
-        for i in range(CHUNKS):
+        for i in range(int(body.get("chunks", CHUNKS))):
             if i == body.get("die_after"):
                 raise ConnectionAbortedError("upstream dies mid-stream")
             delta = {"content": f"{NAME}-{i} "} if chat else None
             chunk = {"id": "x", "object": "chat.completion.chunk", "model": f"{NAME}-upstream",
                      "choices": [{"index": 0, "delta": delta} if chat else
                                  {"index": 0, "text": f"{NAME}-{i} "}],
-                     "sent_at": time.time()}
+                     "sent_at": time.time(), **pad}
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             await asyncio.sleep(DELAY)
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return TrackedStream(events(), body.get("tag"), media_type="text/event-stream")
+
+
+async def stream_state(request: Request) -> object:
+    return JSONResponse({"state": STREAMS.get(request.path_params["tag"])})
 
 
 app = Starlette(routes=[Route("/v1/chat/completions", completion, methods=["POST"]),
-                        Route("/v1/completions", completion, methods=["POST"])])
+                        Route("/v1/completions", completion, methods=["POST"]),
+                        Route("/streams/{tag}", stream_state)])
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
