@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from ir3de import DomainStats, Router, load_embedder
 from ir3de.cli import main
-from ir3de.store import write_safetensors
+from ir3de.store import read_safetensors, write_safetensors
 
 MATH = ["What is 12 times 7?", "Solve 3x + 2 = 11 for x.", "A train travels 60 miles per hour "
         "for 3 hours. How far does it go?", "Compute the sum of 17 and 25."]
@@ -493,3 +494,161 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
                        "-o", tmp_path / "bad.safetensors")
     assert code != 0 and "'nb' model weighs every domain the same" in err
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- contradictions
+@pytest.mark.parametrize(("options", "message"), [
+    (["--lam", "1"], "--lam applies to --model ridge only; preset 'default' uses the nb model"),
+    (["--identity", "3"],
+     "--identity applies to --model ridge only; preset 'default' uses the nb model"),
+    (["--preset", "unigram", "--no-normalize"],
+     "--no-normalize applies to --model ridge only; preset 'unigram' uses the nb model"),
+    (["--regularize-bias"],
+     "--regularize-bias applies to --model ridge only; preset 'default' uses the nb model"),
+    (["--model", "ridge", "--alpha", "0.5"],
+     "--alpha applies to --model nb only, not --model ridge"),
+    (["--preset", "paper", "--pairs", "none"],
+     "--pairs applies to --model nb only; preset 'paper' uses the ridge model"),
+    (["--k", "5"], "--k applies to --selector topk only; preset 'default' uses the geo selector"),
+    (["--preset", "paper", "--selector", "avg", "--k", "5"],
+     "--k applies to --selector topk only, not --selector avg"),
+    (["--preset", "identity", "--normalize"],
+     "--normalize applies to --model ridge without identity features only (--identity none); "
+     "preset 'identity' gives identity μ auto"),
+])
+def test_build_refuses_options_that_do_not_apply(options: list[str], message: str,
+                                                 built: dict[str, Path], tmp_path: Path,
+                                                 capsys) -> None:
+    """An option the resolved model or selector would ignore is refused, not dropped."""
+    out = tmp_path / "r.safetensors"
+    code, stdout, err = run(capsys, "build", built["math"], built["coding"], *options, "-o", out)
+    assert (code, stdout, err) == (1, "", f"ir3de: error: {message}\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--preset", "paper", "--k", "7", "--lam", "0.1", "--no-normalize"],
+     {"model": "ridge", "k": 7, "lam": 0.1, "normalize": False}),
+    (["--selector", "topk", "--k", "5", "--alpha", "0.5", "--pairs", "none", "--balance"],
+     {"model": "nb", "k": 5, "alpha": 0.5, "pairs": None}),
+    (["--preset", "identity", "--identity", "none", "--normalize", "--no-regularize-bias"],
+     {"model": "ridge", "identity": None, "normalize": True, "regularize_bias": False}),
+    (["--model", "ridge", "--selector", "all", "--identity", "2", "--lam", "0"],
+     {"model": "ridge", "identity": 2.0, "lam": 0.0}),
+])
+def test_build_accepts_options_that_apply(options: list[str], expected: dict,
+                                          built: dict[str, Path], tmp_path: Path,
+                                          capsys) -> None:
+    out = tmp_path / "r.safetensors"
+    code, _, err = run(capsys, "build", built["math"], built["coding"], *options, "-o", out)
+    assert code == 0, err
+    config = dataclasses.asdict(Router.load(out).config)
+    assert {key: config[key] for key in expected} == expected
+
+
+def test_demo_refuses_options_that_do_not_apply_before_the_fit(tmp_path: Path, capsys) -> None:
+    # An empty reasoning/ folder: a fit would fail on its missing files, so the option
+    # error shows the options are checked first.
+    (tmp_path / "data" / "reasoning").mkdir(parents=True)
+    out = tmp_path / "router.safetensors"
+    code, _, err = run(capsys, "demo", "--data", tmp_path / "data", "--lam", "1", "-o", out, "-q")
+    assert code == 1
+    assert err == "ir3de: error: --lam applies to --model ridge only; preset 'default' uses " \
+                  "the nb model\n"
+    assert not out.exists()
+
+
+def test_route_refuses_contradictory_input(built: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    """--k without the topk selector, prompts both as arguments and --input, and a record
+    without text (named by its line, blank lines counted) are refused."""
+    router = built["router"]  # the default preset: the geo selector
+    code, out, err = run(capsys, "route", router, "What is 5 plus 9?", "--k", "3")
+    assert (code, out) == (1, "")
+    assert err == f"ir3de: error: --k applies to --selector topk only; {router} uses the geo " \
+                  "selector\n"
+    code, out, err = run(capsys, "route", router, "What is 5 plus 9?", "--k", "3",
+                         "--selector", "avg")
+    assert (code, out, err) == (1, "", "ir3de: error: --k applies to --selector topk only, "
+                                       "not --selector avg\n")
+    code, out, _ = run(capsys, "route", router, "What is 5 plus 9?", "--k", "3",
+                       "--selector", "topk")
+    assert code == 0 and json.loads(out)["expert"] == "math"
+    prompts = write_jsonl(tmp_path / "p.jsonl", ["print('hi')"])
+    code, out, err = run(capsys, "route", router, "What is 5 plus 9?", "--input", prompts)
+    assert (code, out) == (1, "")
+    assert "prompts given both as arguments and with --input" in err
+    (tmp_path / "blank.jsonl").write_text('{"text": "hi"}\n\n{"prompt": "x"}\n')
+    code, out, err = run(capsys, "route", router, "--input", tmp_path / "blank.jsonl")
+    assert (code, out) == (1, "")
+    assert f"{tmp_path / 'blank.jsonl'}:3: record has no string field 'text'" in err
+
+
+def test_merge_refuses_shards_with_and_without_pairs(corpora: dict[str, Path], tmp_path: Path,
+                                                     capsys) -> None:
+    """Mixing shards made with and without --no-pairs is refused (pairs would vanish without a
+    word); merge --no-pairs drops them from all; build then names the real causes."""
+    halves = [write_jsonl(tmp_path / f"m{i}.jsonl", part)
+              for i, part in enumerate((MATH[:2], MATH[2:]))]
+    shards = [tmp_path / "with.st", tmp_path / "without.st"]
+    assert run(capsys, "stats", halves[0], "--domain", "math", "-o", shards[0], "-q")[0] == 0
+    assert run(capsys, "stats", halves[1], "--domain", "math", "-o", shards[1], "-q",
+               "--no-pairs")[0] == 0
+    out = tmp_path / "merged.st"
+    code, _, err = run(capsys, "merge", *shards, "-o", out)
+    assert code == 1 and not out.exists()
+    assert f"{shards[1]}: no token-pair counts" in err and f"{shards[0]}:" not in err
+    assert "count them again without --no-pairs" in err and "ir3de merge --no-pairs" in err
+    assert run(capsys, "merge", *shards, "-o", out, "--no-pairs")[0] == 0
+    whole = tmp_path / "whole.st"
+    assert run(capsys, "stats", corpora["math"], "--domain", "math", "-o", whole, "-q",
+               "--no-pairs")[0] == 0
+    merged, expected = DomainStats.load(out), DomainStats.load(whole)
+    assert merged.pairs is None
+    np.testing.assert_array_equal(merged.doc_counts, expected.doc_counts)
+    coding = tmp_path / "coding.st"
+    assert run(capsys, "stats", corpora["coding"], "--domain", "coding", "-o", coding,
+               "-q")[0] == 0
+    router = tmp_path / "r.st"
+    code, _, err = run(capsys, "build", out, coding, "-o", router)
+    assert code == 1 and not router.exists()
+    assert f"statistics {out} (math) carry no token-pair frequencies: made with ir3de stats " \
+           "--no-pairs, merged from such files, or by an ir3de before pairs were counted; " \
+           "build without pair features (--preset unigram or --pairs none" in err
+    assert run(capsys, "build", out, coding, "-o", router, "--pairs", "none")[0] == 0
+
+
+def test_build_and_experts_add_refuse_different_token_caps(built: dict[str, Path],
+                                                           corpora: dict[str, Path],
+                                                           tmp_path: Path, capsys) -> None:
+    capped = tmp_path / "law8.st"
+    assert run(capsys, "stats", corpora["law"], "--domain", "law", "-o", capped, "-q",
+               "--max-tokens", "8")[0] == 0
+    out = tmp_path / "r.st"
+    code, _, err = run(capsys, "build", built["math"], capped, "-o", out)
+    assert code == 1 and not out.exists()
+    assert f"token caps differ: {built['math']} (math) caps prompts at 1024 tokens but " \
+           f"{capped} (law) at 8" in err
+    before = built["router"].read_bytes()
+    code, _, err = run(capsys, "experts", "add", built["router"], capped)
+    assert code == 1 and f"{capped} (law) at 8" in err
+    assert built["router"].read_bytes() == before
+
+
+def test_inspect_refuses_what_route_refuses(built: dict[str, Path], tmp_path: Path,
+                                            capsys) -> None:
+    """inspect loads a router as route does: a corrupt file fails both with the same error
+    (after the header, which names the embedder)."""
+    tensors, meta = read_safetensors(built["router"])
+    nan_a = tensors["A"].copy()
+    nan_a[0, 0, 0] = np.nan
+    broken = {"nan.st": {**tensors, "A": nan_a},
+              "short_counts.st": {**tensors, "doc_counts": tensors["doc_counts"][:, :-1].copy()},
+              "no_pair_offsets.st": {k: v for k, v in tensors.items() if k != "pair_offsets"}}
+    for name, bad in broken.items():
+        write_safetensors(tmp_path / name, bad, meta)
+        route = run(capsys, "route", tmp_path / name, "What is 5 plus 9?")
+        code, out, err = run(capsys, "inspect", tmp_path / name)
+        assert code == 1 and route == (code, "", err)
+        assert out.startswith(f"{tmp_path / name}: router")
+        assert err.startswith(f"ir3de: error: {tmp_path / name}")

@@ -54,13 +54,25 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_jsonl_missing_text_field(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": "ok"}, {"question": "where?"}])
-    with pytest.raises(IR3DEError, match=r"c\.jsonl: record 2 has no string field 'text'"):
+    with pytest.raises(IR3DEError, match=r"c\.jsonl:2: record has no string field 'text'"):
         list(read_corpus(path))
     path = write_jsonl(tmp_path / "n.jsonl", [{"text": 42}])
     with pytest.raises(IR3DEError, match="no string field"):
         list(read_corpus(path))
     with pytest.raises(IR3DEError, match="'prompt'"):
         list(read_corpus(tmp_path / "c.jsonl", text_field="prompt"))
+
+
+def test_jsonl_errors_name_the_line_after_blank_lines(tmp_path: Path) -> None:
+    """Blank lines are skipped but counted: an error names the line an editor shows, as the
+    invalid-JSON and non-UTF-8 errors do, not the record number."""
+    path = write_jsonl(tmp_path / "b.jsonl", [{"text": "ok"}, {"question": "where?"}],
+                       blank_after=1)  # the second record is on line 3
+    with pytest.raises(IR3DEError, match=r"b\.jsonl:3: record has no string field 'text'"):
+        list(read_corpus(path))
+    with pytest.raises(IR3DEError, match=r"b\.jsonl:3: record has no string field 'text'"):
+        list(read_jsonl(path, text_field="text"))
+    assert len(list(read_jsonl(path))) == 2  # without text_field any object passes
 
 
 # ------------------------------------------------------------------ text and parquet

@@ -125,6 +125,24 @@ def test_expert_errors(emb: Embedder, toy_stats) -> None:
         Router(emb).fit_stats([])
 
 
+def test_statistics_with_different_token_caps_are_refused(emb: Embedder, toy_stats) -> None:
+    """Experts counted with different caps saw different parts of long prompts: neither a
+    fit nor an added expert may mix them (the same check as merge)."""
+    capped = compute_stats(emb, CORPORA["law"], domain="law", max_tokens=8)
+    capped = dataclasses.replace(capped, source="capped.st")
+    with pytest.raises(StatsFormatError, match=r"token caps differ: <memory> \(math\) caps "
+                                               r"prompts at 1024 tokens but capped\.st \(law\) "
+                                               r"at 8"):
+        Router(emb).fit_stats([toy_stats["math"], capped])
+    router = Router(emb).fit_stats([toy_stats["math"], toy_stats["coding"]])
+    W = router.W
+    with pytest.raises(StatsFormatError, match=r"capped\.st \(law\) at 8"):
+        router.add_expert("law", capped)
+    assert router.W is W and router.experts == ["math", "coding"]
+    # The routing cap is a setting, not a property of the statistics: any value goes.
+    assert Router(emb, max_tokens=8).fit_stats([toy_stats["math"], toy_stats["law"]])
+
+
 def test_unfitted_router(emb: Embedder) -> None:
     router = Router(emb)
     for call in (lambda: router.W, lambda: router.experts, lambda: router.route("hi"),
@@ -573,6 +591,14 @@ def test_nb_needs_document_frequencies(emb: Embedder, toy_stats) -> None:
     no_pairs = {n: dataclasses.replace(s, pairs=None) for n, s in toy_stats.items()}
     with pytest.raises(StatsFormatError, match=r"carry no token-pair frequencies.*'unigram'"):
         Router(emb).fit_stats(no_pairs)
+    # Only the statistics without pairs are named, with every way a file comes to lack them.
+    one_bare = {**toy_stats, "law": dataclasses.replace(toy_stats["law"], pairs=None,
+                                                         source="law.st")}
+    with pytest.raises(StatsFormatError, match=r"statistics law\.st \(law\) carry no token-pair "
+                                               r"frequencies: made with ir3de stats --no-pairs, "
+                                               r"merged from such files, or by an ir3de before "
+                                               r"pairs were counted; .*--pairs none"):
+        Router(emb).fit_stats(one_bare)
     Router(emb, RouterConfig.preset("unigram")).fit_stats(no_pairs)
     with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
         dataclasses.replace(toy_stats["math"], doc_counts=None)  # pairs without their tokens

@@ -259,11 +259,42 @@ def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Em
     capped = compute_stats(emb, CORPORA["math"], domain="math", max_tokens=8)
     with pytest.raises(StatsFormatError, match="caps prompts"):
         math + capped
+    capped = dataclasses.replace(capped, source="capped.st")
+    with pytest.raises(StatsFormatError, match=r"token caps differ: capped\.st \(math\) caps "
+                                               r"prompts at 8 tokens but <memory> \(math\) "
+                                               r"at 1024; count them again"):
+        merge([math, capped])  # summed smallest first: the capped shard is named first
     foreign = dataclasses.replace(math, fingerprint="0" * 64, source="other.safetensors")
     with pytest.raises(FingerprintMismatchError, match=r"other\.safetensors"):
         math + foreign
     with pytest.raises(FingerprintMismatchError):
         merge([math, foreign])
+
+
+def test_shards_with_and_without_pairs_are_not_summed(toy_stats: dict[str, DomainStats],
+                                                      emb: Embedder) -> None:
+    """A shard without pair counts would silently strip the pairs from the whole sum: merge
+    and + refuse it, naming every such shard; drop_pairs=True is the explicit way out."""
+    math = dataclasses.replace(toy_stats["math"], source="with.st")
+    extra = compute_stats(emb, ["Solve 2x = 8.", "What is 9 * 9?"], domain="math")
+    bare = [dataclasses.replace(extra, pairs=None, source=f"bare{i}.st") for i in (1, 2)]
+    with pytest.raises(StatsFormatError, match=r"bare1\.st, bare2\.st: no token-pair counts"
+                                               r".*--no-pairs.*drop_pairs=True"):
+        merge([math, *bare])
+    with pytest.raises(StatsFormatError, match=r"bare1\.st: no token-pair counts"):
+        math + bare[0]
+    with pytest.raises(StatsFormatError, match=r"bare1\.st: no token-pair counts"):
+        bare[0] - math
+    signed = dataclasses.replace(math, signature={"key": "k", "signature": "s"})
+    dropped = merge([signed, *bare], drop_pairs=True)["math"]
+    assert dropped.pairs is None and dropped.signature is None
+    assert dropped.n_prompts == math.n_prompts + 2 * extra.n_prompts
+    np.testing.assert_array_equal(dropped.doc_counts,
+                                  math.doc_counts + 2 * extra.doc_counts)
+    # A lone shard is dropped too: the file merge writes never holds pairs then.
+    assert merge([math], drop_pairs=True)["math"].pairs is None
+    # Shards that agree (all with, or all without, pairs) merge as before.
+    assert merge(bare)["math"].n_prompts == 2 * extra.n_prompts
 
 
 def test_renamed_keeps_the_numbers(toy_stats: dict[str, DomainStats]) -> None:

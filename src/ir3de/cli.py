@@ -110,7 +110,9 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("router settings (default: --preset default)")
+    g = p.add_argument_group("router settings (default: --preset default)",
+                             "an option the resulting model or selector does not read is "
+                             "refused")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features (α=0.03, pair mass 1e5) pooled by the geo "
@@ -129,7 +131,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
                         "frequencies towards the pooled ones (default 1e5), or 'none' for "
                         "token features only; pairs enter the geo selector")
-    g.add_argument("--lam", type=_non_negative_float, help="ridge penalty λ (default 1e-2)")
+    g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
                    help="topk: k lowest-entropy tokens vote; all: every token votes; "
@@ -138,9 +140,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="weigh every domain equally whatever its token count")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="scale each domain column of W to unit norm (reference code: on)")
+                   help="ridge model without identity features: scale each domain column "
+                        "of W to unit norm (reference code: on)")
     g.add_argument("--regularize-bias", action=argparse.BooleanOptionalAction, default=None,
-                   help="penalise the bias row too (reference code: on)")
+                   help="ridge model: penalise the bias row too (reference code: on)")
     g.add_argument("--identity", type=_identity_mu, metavar="MU|auto|none",
                    default=argparse.SUPPRESS,
                    help="ridge of the token-identity features: a number > 0, 'auto' (chosen "
@@ -148,7 +151,15 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "features only); needs statistics with token counts")
 
 
+# Router options that one model only reads: given for the other they would be ignored
+# without a word, so they are refused (see _refuse_unused).
+_MODEL_OPTIONS = {"alpha": "nb", "pairs": "nb", "lam": "ridge", "identity": "ridge",
+                  "normalize": "ridge", "regularize_bias": "ridge"}
+
+
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
+    """The preset with the router options given on the command line applied; an option
+    the resulting configuration does not read is refused."""
     overrides = {key: getattr(args, key) for key in
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
                   "regularize_bias")
@@ -158,7 +169,39 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
         overrides["max_tokens"] = args.max_tokens
-    return RouterConfig.preset(args.preset, **overrides)
+    config = RouterConfig.preset(args.preset, **overrides)
+    _refuse_unused(overrides, config, f"preset {args.preset!r}")
+    return config
+
+
+def _refuse_unused(given: dict[str, Any], config: RouterConfig, source: str) -> None:
+    """Refuse an option in ``given`` that ``config`` (``source`` with ``given`` applied)
+    does not read, naming the option and what makes it inapplicable."""
+    for key, value in given.items():
+        model = _MODEL_OPTIONS.get(key)
+        if model is None or config.model == model:
+            continue
+        option = f"--{'no-' if value is False else ''}{key.replace('_', '-')}"
+        where = (f", not --model {config.model}" if "model" in given
+                 else f"; {source} uses the {config.model} model")
+        raise IR3DEError(f"{option} applies to --model {model} only{where}")
+    if "normalize" in given and config.identity is not None:
+        # the identity solve has no unit-norm columns (solver.solve_identity)
+        option = f"--{'' if given['normalize'] else 'no-'}normalize"
+        where = "--identity" if "identity" in given else source
+        raise IR3DEError(f"{option} applies to --model ridge without identity features only "
+                         f"(--identity none); {where} gives identity μ {config.identity}")
+    if "k" in given:
+        _refuse_k(config.selector, "selector" in given, source)
+
+
+def _refuse_k(selector: str, chosen: bool, source: str) -> None:
+    """--k is read by the topk selector only; ``chosen``: the selector was given as
+    --selector, else ``source`` (a preset, a router file) uses it."""
+    if selector != "topk":
+        where = f", not --selector {selector}" if chosen else \
+            f"; {source} uses the {selector} selector"
+        raise IR3DEError(f"--k applies to --selector topk only{where}")
 
 
 def _embedder_from_args(args: argparse.Namespace):
@@ -262,7 +305,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force, args.stats)
     _refuse_repeats(args.stats)
-    merged = merge(load_stats_files(args.stats))
+    merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs)
     if len(merged) != 1:
         raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "
                          f"{len(merged)}: {', '.join(merged)}; build a router from them instead")
@@ -293,6 +336,7 @@ def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
 def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force, [s.partition("=")[2] or s for s in args.stats])
+    config = _config_from_args(args)  # contradictory options fail before any file is read
     named = _named_stats(args.stats)
     if args.trust:
         from .signing import load_trusted, verify
@@ -302,8 +346,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             verify(stats, trusted)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
-    router = Router(embedder, _config_from_args(args)).fit_stats(
-        [s.renamed(name) for name, s in named])
+    router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
     router.save(out)
     print(f"{out}: router with {len(router.experts)} experts ({', '.join(router.experts)})",
           file=sys.stderr)
@@ -315,12 +358,9 @@ def _prompts(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
         yield from enumerate(args.prompt)
         return
     if args.input:
-        records = (parse_jsonl(sys.stdin, "<stdin>") if args.input == "-"
-                   else read_jsonl(args.input))
+        records = (parse_jsonl(sys.stdin, "<stdin>", text_field=args.text_field)
+                   if args.input == "-" else read_jsonl(args.input, text_field=args.text_field))
         for i, rec in enumerate(records):
-            if not isinstance(rec.get(args.text_field), str):
-                raise IR3DEError(f"{args.input}: record {i + 1} has no string field "
-                                 f"{args.text_field!r}")
             yield rec.get("id", i), rec[args.text_field]
         return
     if sys.stdin.isatty():
@@ -338,8 +378,14 @@ def _prompts(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    if args.prompt and args.input is not None:
+        raise IR3DEError("prompts given both as arguments and with --input; give one or the "
+                         "other")
     router = Router.load(args.router)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
+    if args.k is not None:
+        _refuse_k(args.selector or router.config.selector, args.selector is not None,
+                  args.router)
     if overrides:
         router.set_params(**overrides)
     items = list(_prompts(args))
@@ -400,8 +446,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
     if args.json:
         _print_json({"kind": kind, **info})
-        return 0
-    print(f"{args.file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
+    else:
+        _print_inspected(args.file, kind, info)
+    if kind == "ir3de-router":
+        # Then loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
+        # that route would refuse fails here with the same error, not only a bad header. The
+        # header is printed first: it names the embedder a user may have to install.
+        Router.load(args.file)
+    return 0
+
+
+def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
+    print(f"{file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
     print(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
           f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
     print(f"  fingerprint  {info['fingerprint']}")
@@ -433,7 +489,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if info["n_pairs"] is not None:
             held.append(f"{info['n_pairs']} token pairs")
         print("  holds        " + ", ".join(["A, b", *held]))
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -442,6 +497,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise IR3DEError(f"{data}: no reasoning/ folder; point --data at the shared data folder")
     out = Path(args.output)
     _check_router_output(out, args.force)  # a previous demo's router is replaced
+    config = _config_from_args(args)  # contradictory options fail before the fit
     emb = _embedder_from_args(args)
     fit, test = reasoning_split(data, protocol="xdata")
     print(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
@@ -449,7 +505,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stats = [compute_stats(emb, texts, domain=d, progress=not args.quiet)
              for d, texts in fit.items()]
-    router = Router(emb, _config_from_args(args)).fit_stats(stats)
+    router = Router(emb, config).fit_stats(stats)
     router.save(out)
     n_tokens = sum(s.n_tokens for s in stats)
     print(f"fitted {len(stats)} experts on {n_tokens:,} tokens in "
@@ -667,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stats", nargs="+", help="statistics files of one domain")
     p.add_argument("-o", "--output", required=True, help="statistics file to write")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.add_argument("--no-pairs", action="store_true",
+                   help="leave the token-pair counts out of the merged file (needed to merge "
+                        "shards made with and without stats --no-pairs; it then serves the "
+                        "presets stats --no-pairs serves)")
     p.add_argument("--sign", metavar="KEY", help="sign the merged file with this private key")
     p.set_defaults(func=cmd_merge)
 

@@ -60,8 +60,13 @@ def infer_format(path: Path) -> CorpusFormat:
     return fmt  # type: ignore[return-value]
 
 
-def parse_jsonl(lines: Iterable[str], where: str) -> Iterator[dict]:
-    """JSON objects of JSONL lines (blank lines skipped); errors say ``where:line``."""
+def parse_jsonl(lines: Iterable[str], where: str, *,
+                text_field: str | None = None) -> Iterator[dict]:
+    """JSON objects of JSONL lines (blank lines skipped); errors say ``where:line``.
+
+    With ``text_field``, a record without a string in that field is an error too (named by
+    its line, which blank lines make differ from its record number).
+    """
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -78,6 +83,8 @@ def parse_jsonl(lines: Iterable[str], where: str) -> Iterator[dict]:
                              "\\udfff), which is not text") from None
         if not isinstance(record, dict):
             raise IR3DEError(f"{where}:{lineno}: expected a JSON object")
+        if text_field is not None and not isinstance(record.get(text_field), str):
+            raise IR3DEError(f"{where}:{lineno}: record has no string field {text_field!r}")
         yield record
 
 
@@ -94,11 +101,12 @@ def _utf8_lines(path: Path) -> Iterator[str]:
                                  "is the file compressed or in another encoding?") from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict]:
-    """JSON objects of a JSONL file, with the line number in every error."""
+def read_jsonl(path: str | os.PathLike[str], *, text_field: str | None = None) -> Iterator[dict]:
+    """JSON objects of a JSONL file, with the line number in every error (``text_field``: as
+    in :func:`parse_jsonl`)."""
     path = Path(path)
     require_file(path)
-    yield from parse_jsonl(_utf8_lines(path), str(path))
+    yield from parse_jsonl(_utf8_lines(path), str(path), text_field=text_field)
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,
@@ -108,11 +116,8 @@ def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None
     require_file(path)
     fmt = fmt or infer_format(path)
     if fmt == "jsonl":
-        for lineno, record in enumerate(read_jsonl(path), 1):
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                raise IR3DEError(f"{path}: record {lineno} has no string field {text_field!r}")
-            yield text
+        for record in read_jsonl(path, text_field=text_field):
+            yield record[text_field]
     elif fmt == "text":
         for line in _utf8_lines(path):
             if line.strip():

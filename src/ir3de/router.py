@@ -53,6 +53,7 @@ from .statistics import (
     DomainStats,
     PairCounts,
     check_same_embedder,
+    check_same_max_tokens,
     compute_stats,
     validate_domain_name,
 )
@@ -289,6 +290,7 @@ class Router:
     def _check_compatible(self, stats: Iterable[DomainStats]) -> None:
         stats = list(stats)
         check_same_embedder(stats)
+        check_same_max_tokens(stats)
         for s in stats:
             if s.fingerprint != self.embedder.fingerprint:
                 raise FingerprintMismatchError(
@@ -306,6 +308,7 @@ class Router:
                                        f"the embedder's vocabulary {self.embedder.vocab_size}")
             pairs = None
             if config.pairs is not None:
+                _require_pairs(stats, experts)
                 pairs = PairScores.from_logits(*solve_pairs(stats, experts, mass=config.pairs))
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
@@ -498,6 +501,19 @@ class Router:
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         return router.fit_stats(stats)
+
+
+def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:
+    """Pair features need every expert's pair counts; the error names the statistics that
+    lack them, every way they can have come to lack them, and the way out."""
+    missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].pairs is None]
+    if missing:
+        raise StatsFormatError(
+            f"statistics {', '.join(missing)} carry no token-pair frequencies: made with "
+            "ir3de stats --no-pairs, merged from such files, or by an ir3de before pairs "
+            "were counted; build without pair features (--preset unigram or --pairs none; "
+            "RouterConfig.preset('unigram') or pairs=None), or count them again without "
+            "--no-pairs")
 
 
 def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,

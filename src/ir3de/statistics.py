@@ -43,6 +43,7 @@ __all__ = [
     "PairCounts",
     "TokenCounts",
     "check_same_embedder",
+    "check_same_max_tokens",
     "compute_stats",
     "merge",
     "pair_keys",
@@ -198,9 +199,8 @@ class DomainStats:
         if other.domain != self.domain:
             raise ExpertError(f"cannot combine statistics of domain {self.domain!r} "
                               f"({self.source}) with {other.domain!r} ({other.source})")
-        if other.max_tokens != self.max_tokens:
-            raise StatsFormatError(f"{self.source} caps prompts at {self.max_tokens} tokens but "
-                                   f"{other.source} at {other.max_tokens}")
+        check_same_max_tokens([self, other])
+        _check_same_pairs([self, other])
         n_tokens = self.n_tokens + sign * other.n_tokens
         n_prompts = self.n_prompts + sign * other.n_prompts
         if n_tokens < 0 or n_prompts < 0:
@@ -334,6 +334,34 @@ def check_same_embedder(items: Iterable[DomainStats]) -> None:
                 f"embedding fingerprints differ: {first.source} ({first.domain}) was made with "
                 f"{first.fingerprint[:12]} but {other.source} ({other.domain}) with "
                 f"{other.fingerprint[:12]}; statistics must come from the same embedder")
+
+
+def check_same_max_tokens(items: Iterable[DomainStats]) -> None:
+    """Raise :class:`StatsFormatError` naming the files whose token caps differ.
+
+    Statistics counted with different ``max_tokens`` saw different parts of long prompts:
+    summed (merge) or set side by side (one router) they would weigh those parts unevenly.
+    """
+    items = list(items)
+    for other in items[1:]:
+        if other.max_tokens != items[0].max_tokens:
+            first = items[0]
+            raise StatsFormatError(
+                f"token caps differ: {first.source} ({first.domain}) caps prompts at "
+                f"{first.max_tokens} tokens but {other.source} ({other.domain}) at "
+                f"{other.max_tokens}; count them again with the same ir3de stats --max-tokens")
+
+
+def _check_same_pairs(items: list[DomainStats]) -> None:
+    """Shards with and without token-pair counts cannot be summed into statistics with
+    pairs; summing them without would drop every shard's pairs unseen, so it is refused."""
+    without = [s.source for s in items if s.pairs is None]
+    if without and len(without) < len(items):
+        raise StatsFormatError(
+            f"{', '.join(without)}: no token-pair counts (made with ir3de stats --no-pairs, "
+            "or by an ir3de before pairs were counted), but the other shard(s) have them; "
+            "count them again without --no-pairs, or drop the pairs of every shard "
+            "(ir3de merge --no-pairs; merge(..., drop_pairs=True))")
 
 
 def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -513,20 +541,25 @@ def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
                        max_tokens=max_tokens)
 
 
-def merge(stats: Iterable[DomainStats]) -> dict[str, DomainStats]:
+def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str, DomainStats]:
     """Sum statistics shard-wise per domain: the result equals one fit over all the data.
 
     Returns ``{domain: stats}`` in order of first appearance. Shards are summed in
     a canonical order (by token and prompt count, then source) so the result does
-    not depend on the order the files were given in.
+    not depend on the order the files were given in. Shards of one domain with and
+    without token-pair counts are refused (the sum could hold no pairs) unless
+    ``drop_pairs``, which leaves the pairs out of every result.
     """
     stats = list(stats)
+    if drop_pairs:  # derived statistics: any signature no longer covers them
+        stats = [replace(s, pairs=None, signature=None) for s in stats]
     check_same_embedder(stats)
     groups: dict[str, list[DomainStats]] = {}
     for s in stats:
         groups.setdefault(s.domain, []).append(s)
     merged = {}
     for domain, parts in groups.items():
+        _check_same_pairs(parts)  # up front, to name every shard without pairs at once
         parts.sort(key=lambda s: (s.n_tokens, s.n_prompts, s.source))
         total = parts[0]
         for part in parts[1:]:
