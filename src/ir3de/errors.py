@@ -46,3 +46,17 @@ def require_creatable(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise error(f"{path}: {blocker} is not a directory")
+
+
+def refuse_lone_text(texts: object, what: str = "prompts") -> None:
+    """Raise :class:`IR3DEError` unless ``texts`` is an iterable of texts rather than one text.
+
+    A ``str`` is itself an iterable of strings, so a lone prompt where a list is expected
+    would otherwise be taken as one prompt per character, silently.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise IR3DEError(f"{what} must be a list (or other iterable) of strings, not a "
+                         f"single {type(texts).__name__} (pass a one-item list for one)")
+    if not hasattr(texts, "__iter__"):
+        raise IR3DEError(f"{what} must be a list (or other iterable) of strings, not "
+                         f"{type(texts).__name__}")
