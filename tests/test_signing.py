@@ -79,6 +79,19 @@ def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
         verify(DomainStats.load(tmp_path / "law.stats"), trusted)
 
 
+def test_verify_says_what_it_expects(emb: Embedder, keys) -> None:
+    """A folder where load_trusted's keys belong, or a path where statistics belong."""
+    stats = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
+    with pytest.raises(IR3DEError, match=r"verify: trusted must be the keys "
+                                         r"load_trusted\(folder\) returns, not str 'keys/'"):
+        verify(stats, "keys/")
+    with pytest.raises(IR3DEError, match=r"verify: stats must be DomainStats "
+                                         r"\(DomainStats\.load\(path\)\), not str"):
+        verify("math.stats", load_trusted(keys["trusted"]))
+    with pytest.raises(IR3DEError, match=r"sign: stats must be DomainStats"):
+        sign("math.stats", keys["alice"])
+
+
 def test_cli_keygen_sign_and_build_with_trust(keys, tmp_path: Path, capsys) -> None:
     corpora = {}
     for domain in ("math", "coding"):

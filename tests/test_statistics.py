@@ -18,6 +18,7 @@ from ir3de import (
     EmptyInputError,
     ExpertError,
     FingerprintMismatchError,
+    IR3DEError,
     StatsFormatError,
     compute_stats,
     merge,
@@ -185,6 +186,60 @@ def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
             compute_stats(emb, ["1 + 1"], domain=bad)
 
 
+@pytest.mark.parametrize("count", [compute_stats, streaming_stats])
+def test_texts_must_be_an_iterable_of_strings(emb: Embedder, count) -> None:
+    """A lone string would be counted one character per prompt; a non-string item is named
+    by its index and type, when the stream reaches it (never read twice, never listed)."""
+    with pytest.raises(IR3DEError, match=r"texts must be a list .*not a single str"):
+        count(emb, "import os", domain="x")
+    with pytest.raises(IR3DEError, match=r"texts must be a list .*not int"):
+        count(emb, 7, domain="x")
+    for bad, name in ((None, "NoneType"), (1, "int"), (b"import os", "bytes")):
+        pulled = []
+
+        def stream(bad=bad, pulled=pulled):
+            for text in ["1 + 1", "  ", bad, "2 + 2"]:
+                pulled.append(text)
+                yield text
+
+        with pytest.raises(IR3DEError, match=rf"item 2 of texts is {name}, not a string"):
+            count(emb, stream(), domain="x")
+        assert pulled == ["1 + 1", "  ", bad]  # stopped at the culprit
+
+
+@pytest.mark.parametrize("bad", ["5", 2.5, True, 0, -3, None, np.float64(4.0)])
+def test_max_tokens_must_be_a_positive_integer(emb: Embedder, bad) -> None:
+    for count in (compute_stats, streaming_stats):
+        with pytest.raises(IR3DEError, match=r"max_tokens must be a positive integer, got "):
+            count(emb, ["1 + 1"], domain="x", max_tokens=bad)
+    with pytest.raises(IR3DEError, match=r"max_tokens must be a positive integer"):
+        token_counts(emb, ["1 + 1"], max_tokens=bad)
+
+
+def test_numpy_integer_max_tokens_is_a_plain_int(emb: Embedder, tmp_path: Path) -> None:
+    """A numpy integer is a fine cap, but the saved file's JSON metadata needs an int."""
+    texts = ["alpha beta gamma delta epsilon zeta"]
+    for count in (compute_stats, streaming_stats):
+        s = count(emb, texts, domain="x", max_tokens=np.int64(3))
+        assert type(s.max_tokens) is int and s.max_tokens == 3 and s.n_tokens == 3
+        s.save(tmp_path / "x.stats")
+        assert DomainStats.load(tmp_path / "x.stats").max_tokens == 3
+
+
+def test_the_embedder_may_be_named_as_for_a_router(emb: Embedder) -> None:
+    """Router(\"wordllama\") loads the embedder by name; so do the statistics functions."""
+    texts = ["What is 7 * 6?", "Solve 2x = 10."]
+    by_name = compute_stats("wordllama", texts, domain="math")
+    np.testing.assert_array_equal(by_name.A, compute_stats(emb, texts, domain="math").A)
+    assert streaming_stats("wordllama", texts, domain="math").n_tokens == by_name.n_tokens
+    assert compute_stats(by_name.embedder, texts, domain="math").fingerprint == emb.fingerprint
+    for count in (compute_stats, streaming_stats):
+        for bad in (None, 3, emb.vocab_size):
+            with pytest.raises(IR3DEError, match=r"embedder must be an Embedder "
+                                                 r"\(load_embedder\(\.\.\.\)\) or its name"):
+                count(bad, texts, domain="math")
+
+
 # ------------------------------------------------------------------ additivity
 
 
@@ -252,6 +307,87 @@ def test_subtracting_what_was_never_added(toy_stats: dict[str, DomainStats],
         compute_stats(emb, ["x"], domain="math") - a
 
 
+def test_subtracting_a_stranger_names_it_before_any_consistency_check(
+        toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    """Negative token, document or pair counts, or document frequencies that no longer fit
+    the token counts, prove the subtracted statistics were never part of the others: said
+    so, rather than a consistency complaint about "<combined>"."""
+    a = dataclasses.replace(toy_stats["math"], source="math.st")
+    stranger = dataclasses.replace(compute_stats(emb, ["zebra giraffe"], domain="math"),
+                                   source="zoo.st")
+    assert stranger.n_tokens < a.n_tokens and stranger.n_prompts < a.n_prompts
+    with pytest.raises(StatsFormatError, match=r"subtracting zoo\.st from math\.st leaves "
+                                               r"negative counts: it was never part of them"):
+        a - stranger
+    for drop in ({"doc_counts": None, "pairs": None}, {"pairs": None}):
+        with pytest.raises(StatsFormatError, match=r"zoo\.st from math\.st leaves negative"):
+            dataclasses.replace(a, **drop) - dataclasses.replace(stranger, **drop)
+    # Token counts that stay non-negative, but a token left in more prompts than remain.
+    with pytest.raises(StatsFormatError, match=r"leaves counts that disagree \(.*document "
+                                               r"frequencies.*\): it was never part of them"):
+        compute_stats(emb, ["cat dog cat dog"], domain="math") - \
+            compute_stats(emb, ["cat dog"], domain="math")
+
+
+def test_subtracting_without_counts_checks_the_diagonal(emb: Embedder) -> None:
+    """Without token counts only A's diagonal (sums of squares) can expose a stranger: it
+    must not go negative. What was added comes back off, up to the rounding of the sums."""
+    math, law = CORPORA["math"], CORPORA["law"][:3]
+    whole, part = streaming_stats(emb, math, domain="d"), streaming_stats(emb, law, domain="d")
+    assert part.n_tokens < whole.n_tokens and part.counts is None
+    with pytest.raises(StatsFormatError, match=r"leaves a negative diagonal in A: it was "
+                                               r"never part of them"):
+        whole - part
+    joint = streaming_stats(emb, math + law, domain="d")  # summed in another order
+    back = joint - part
+    assert back.n_tokens == whole.n_tokens
+    np.testing.assert_allclose(back.A, whole.A, rtol=1e-9, atol=1e-9 * np.abs(whole.A).max())
+    assert (joint - joint).n_tokens == 0
+
+
+def test_sum_of_shards(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    """sum() starts at 0: 0 + stats is the stats themselves."""
+    shards = [compute_stats(emb, CORPORA["math"][i::3], domain="math") for i in range(3)]
+    total = sum(shards)
+    assert isinstance(total, DomainStats)
+    np.testing.assert_array_equal(total.A, (shards[0] + shards[1] + shards[2]).A)
+    assert total.n_prompts == toy_stats["math"].n_prompts
+    assert sum(shards[:1]) is shards[0]
+    with pytest.raises(TypeError):
+        1 + shards[0]
+
+
+def test_merge_refuses_what_is_not_a_list_of_shards(toy_stats: dict[str, DomainStats]) -> None:
+    a = toy_stats["math"]
+    with pytest.raises(IR3DEError, match=r"not a single DomainStats \(pass \[stats\]\)"):
+        merge(a)
+    with pytest.raises(IR3DEError, match=r"merge takes an iterable of DomainStats, not int"):
+        merge(3)
+    with pytest.raises(IR3DEError, match=r"merge: item 1 is str, not DomainStats"):
+        merge([a, "x"])
+
+
+def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
+                                          tmp_path: Path, monkeypatch) -> None:
+    """The same shard twice would be counted twice (the CLI refuses a file given twice):
+    the same object, or one file loaded twice, under any spelling of its path."""
+    a, law = toy_stats["math"], toy_stats["law"]
+    with pytest.raises(IR3DEError, match=r"merge: items 0 and 2 are the same statistics "
+                                         r"\(<memory>\).*counted twice"):
+        merge([a, law, a])
+    with pytest.raises(IR3DEError, match="counted twice"):
+        merge([a, a], drop_pairs=True)
+    a.save(tmp_path / "a.stats")
+    monkeypatch.chdir(tmp_path)
+    twice = [DomainStats.load("a.stats"), DomainStats.load(tmp_path / "." / "a.stats")]
+    with pytest.raises(IR3DEError, match=r"items 0 and 1 are the same statistics "
+                                         r"\(.*a\.stats\)"):
+        merge(twice)
+    # One file under two domain names is two domains, and derived statistics are new data.
+    assert list(merge([twice[0], twice[1].renamed("arithmetic")])) == ["math", "arithmetic"]
+    assert merge([a, a + a])["math"].n_prompts == 3 * a.n_prompts
+
+
 def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
     math, law = toy_stats["math"], toy_stats["law"]
     with pytest.raises(ExpertError, match=r"'math'.*'law'"):
@@ -316,6 +452,16 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
         dataclasses.replace(s, A=bad)
     with pytest.raises(StatsFormatError, match="negative"):
         dataclasses.replace(s, n_tokens=-1)
+    for field, value in (("A", s.A.tolist()), ("b", s.b.tolist()), ("A", None),
+                         ("counts", s.counts.tolist()), ("doc_counts", s.doc_counts.tolist()),
+                         ("A", s.A.astype(object)), ("b", s.b.astype(str))):
+        with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be a numpy "
+                                                   r"array of numbers, got "):
+            dataclasses.replace(s, **{field: value})
+    with pytest.raises(StatsFormatError, match=r"pair_keys must be a numpy array"):
+        dataclasses.replace(s, pairs=PairCounts(s.pairs.keys.tolist(), s.pairs.counts))
+    with pytest.raises(StatsFormatError, match=r"pairs must be a PairCounts"):
+        dataclasses.replace(s, pairs=s.pairs.keys)
     keys, counts = s.pairs
     V = s.doc_counts.size
     for bad_pairs in (PairCounts(keys[::-1], counts[::-1]),  # not sorted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from conftest import write_raw_safetensors
 from safetensors.numpy import save_file
 
 import ir3de.store as store
-from ir3de import DomainStats, ExpertError, FingerprintMismatchError, StatsFormatError, merge
+from ir3de import (
+    DomainStats,
+    ExpertError,
+    FingerprintMismatchError,
+    IR3DEError,
+    StatsFormatError,
+    merge,
+)
 from ir3de.statistics import load_stats_files
 from ir3de.store import (
     atomic_write_bytes,
@@ -105,7 +113,11 @@ def test_crash_in_rename_keeps_old_file(saved, toy_stats, monkeypatch: pytest.Mo
         raise exc
 
     monkeypatch.setattr(store.os, "replace", crash)
-    with pytest.raises(type(exc)):
+    # An OS error names the target, not the temporary file; an interrupt goes through.
+    disk_error = isinstance(exc, OSError)
+    with pytest.raises(IR3DEError if disk_error else type(exc),
+                       match=f"^cannot write {re.escape(str(path))}: disk full$" if disk_error
+                       else None):
         toy_stats["law"].save(path)
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -122,17 +134,33 @@ def test_crash_mid_write_keeps_old_file(saved, toy_stats,
         raise OSError("I/O error")
 
     monkeypatch.setattr(store.os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="I/O error"):
+    with pytest.raises(IR3DEError, match=f"cannot write {re.escape(str(path))}: I/O error"):
         toy_stats["law"].save(path)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert leftovers(path.parent) == []
     # A crash before anything existed leaves nothing at all.
     monkeypatch.setattr(store.os, "fsync", failing_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(IR3DEError, match=r"new\.bin: I/O error"):
         atomic_write_bytes(path.parent / "new.bin", b"data")
     monkeypatch.undo()
     assert not (path.parent / "new.bin").exists() and leftovers(path.parent) == []
+
+
+def test_unwritable_target_is_named(toy_stats, tmp_path: Path) -> None:
+    """The temporary file cannot even be created: the error names the target and why."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, where no file can be created")
+    with pytest.raises(IR3DEError, match=r"^cannot write /proc/r\.st: No such file or "
+                                         r"directory$"):
+        toy_stats["math"].save("/proc/r.st")
+    assert leftovers(Path("/proc")) == []
+    # Directories and paths under files keep their own messages.
+    with pytest.raises(IR3DEError, match=rf"^{re.escape(str(tmp_path))} is a directory$"):
+        atomic_write_bytes(tmp_path, b"x")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(IR3DEError, match=r"f/g\.st: .*/f is not a directory$"):
+        atomic_write_bytes(tmp_path / "f" / "g.st", b"x")
 
 
 def test_nan_or_inf_is_rejected(saved, tmp_path: Path) -> None:
@@ -222,12 +250,12 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
         with pytest.raises(StatsFormatError, match="n_tokens"):
             DomainStats.load(rewrite(path, tmp_path / "n.st", n_tokens=n_tokens))
     # hand-edited metadata: the field and the value, not int()'s complaint
-    for field, value in (("n_prompts", -1), ("n_prompts", None), ("n_tokens", "abc"),
-                         ("max_tokens", "x"), ("max_tokens", 1.5)):
-        with pytest.raises(StatsFormatError, match=f"'{field}' must be an integer ≥ 0"):
+    for field, value, minimum in (("n_prompts", -1, 0), ("n_prompts", None, 0),
+                                  ("n_tokens", "abc", 0), ("n_tokens", float("inf"), 0),
+                                  ("max_tokens", "x", 1), ("max_tokens", 1.5, 1),
+                                  ("max_tokens", 0, 1)):
+        with pytest.raises(StatsFormatError, match=f"'{field}' must be an integer ≥ {minimum}"):
             DomainStats.load(rewrite(path, tmp_path / "neg.st", **{field: value}))
-    with pytest.raises(StatsFormatError, match="'max_tokens' must be > 0"):
-        DomainStats.load(rewrite(path, tmp_path / "cap.st", max_tokens=0))
     with pytest.raises(StatsFormatError, match="'embedder' must be an object"):
         DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder="wordllama"))
     with pytest.raises(ExpertError, match="invalid domain name"):

@@ -113,8 +113,15 @@ def _raw_public(key: Any) -> str:
     return key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex()
 
 
+def _require_stats(stats: object, caller: str) -> None:
+    if not isinstance(stats, DomainStats):
+        raise IR3DEError(f"{caller}: stats must be DomainStats (DomainStats.load(path)), not "
+                         f"{type(stats).__name__}")
+
+
 def sign(stats: DomainStats, key_path: str | os.PathLike[str]) -> DomainStats:
     """``stats`` with a signature by the private key at ``key_path``."""
+    _require_stats(stats, "sign")
     key = load_private_key(Path(key_path))
     signature = {"alg": _ALG, "public_key": _raw_public(key.public_key()),
                  "signature": key.sign(digest(stats)).hex()}
@@ -145,9 +152,14 @@ def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
 def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
     """Check ``stats`` is signed by a trusted key and untouched; returns the key's file name.
 
+    ``trusted`` is what :func:`load_trusted` returns for a folder of public keys.
     Errors name the statistics file and say what is wrong: unsigned, signed by an
     unknown key, or changed after signing.
     """
+    _require_stats(stats, "verify")
+    if not isinstance(trusted, dict):  # e.g. the folder itself, which load_trusted reads
+        raise IR3DEError(f"verify: trusted must be the keys load_trusted(folder) returns, "
+                         f"not {type(trusted).__name__} {trusted!r}")
     from cryptography.exceptions import InvalidSignature
 
     ed = _ed25519()

@@ -11,7 +11,7 @@ instead of an (h+1)² update per token. The same pass also counts, per token id,
 prompts it occurs in (document frequencies), and, per adjacent token pair (previous id,
 id), with a start-of-prompt id ``V`` before the first token, the prompts it occurs in: the
 ``nb`` router's statistics. Statistics add and subtract, so shards of one domain computed
-on different machines are merged with ``+``.
+on different machines are merged with ``+`` (or ``sum``).
 
 Example:
     >>> from ir3de import load_embedder, compute_stats
@@ -33,8 +33,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder
-from .errors import EmptyInputError, ExpertError, FingerprintMismatchError, StatsFormatError
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
+from .errors import (
+    EmptyInputError,
+    ExpertError,
+    FingerprintMismatchError,
+    IR3DEError,
+    StatsFormatError,
+    refuse_lone_text,
+)
 from .store import check_finite, read_safetensors, write_safetensors
 
 __all__ = [
@@ -58,6 +65,11 @@ STATS_VERSION = 1
 _BATCH = 1024
 _ROW_BLOCK = 8192
 _PAIR_FOLD = 1 << 22  # pending pair keys folded into the running table beyond this many
+# What the functions below accept as an embedder, as a Router does (see _embedder).
+EmbedderLike = Embedder | str | os.PathLike[str] | dict[str, Any]
+# Relative rounding allowed on A's diagonal when subtracting statistics summed in another
+# order: orders of magnitude above the rounding of float64 sums.
+_SUBTRACT_RTOL = 1e-6
 
 
 class PairCounts(NamedTuple):
@@ -106,6 +118,10 @@ class DomainStats:
 
     They do not depend on λ or on any other router setting. ``source`` names
     where they came from (a file path), for error messages only.
+
+    Statistics of one domain add (``s1 + s2``, ``sum(shards)``: the statistics of both
+    corpora) and subtract (``total - s2``: ``total`` without ``s2``'s corpus, which must
+    have been part of it); see :meth:`__add__` and :meth:`__sub__`.
     """
 
     domain: str
@@ -131,6 +147,7 @@ class DomainStats:
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
+        self._check_array_types()
         h1 = self.b.shape[0] if self.b.ndim == 1 else -1
         if self.A.ndim != 2 or self.A.shape != (h1, h1):
             raise StatsFormatError(f"{self.source}: A has shape {self.A.shape} and b "
@@ -153,6 +170,24 @@ class DomainStats:
             self._check_doc_counts()
         if self.pairs is not None:
             self._check_pairs()
+
+    def _check_array_types(self) -> None:
+        # Lists or object arrays would fail deep inside numpy (no .ndim, isfinite on
+        # objects): refuse them here, naming the field.
+        arrays = {"A": self.A, "b": self.b, "counts": self.counts,
+                  "doc_counts": self.doc_counts}
+        if self.pairs is not None:
+            if not isinstance(self.pairs, tuple) or len(self.pairs) != 2:
+                raise StatsFormatError(f"{self.source}: pairs must be a PairCounts(keys, "
+                                       f"counts), got {type(self.pairs).__name__}")
+            arrays["pair_keys"], arrays["pair_counts"] = self.pairs
+        for name, value in arrays.items():
+            if (value is not None or name in ("A", "b")) and not (
+                    isinstance(value, np.ndarray) and value.dtype.kind in "iuf"):
+                got = f"array of {value.dtype}" if isinstance(value, np.ndarray) \
+                    else type(value).__name__
+                raise StatsFormatError(f"{self.source}: {name} must be a numpy array of "
+                                       f"numbers, got {got}")
 
     def _check_doc_counts(self) -> None:
         # A token occurs in a prompt at least once and in at most every prompt: document
@@ -203,9 +238,6 @@ class DomainStats:
         _check_same_pairs([self, other])
         n_tokens = self.n_tokens + sign * other.n_tokens
         n_prompts = self.n_prompts + sign * other.n_prompts
-        if n_tokens < 0 or n_prompts < 0:
-            raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
-                                   "negative counts: it was never part of them")
         counts = doc_counts = pairs = None
         if self.counts is not None and other.counts is not None:
             counts = self.counts + sign * other.counts
@@ -215,14 +247,64 @@ class DomainStats:
                     pairs = sum_pairs(np.concatenate([self.pairs.keys, other.pairs.keys]),
                                        np.concatenate([self.pairs.counts,
                                                        sign * other.pairs.counts]))
-        return replace(self, A=self.A + sign * other.A, b=self.b + sign * other.b,
-                       n_tokens=n_tokens, n_prompts=n_prompts, source="<combined>",
-                       signature=None, counts=counts, doc_counts=doc_counts, pairs=pairs)
+        A = self.A + sign * other.A
+        if sign < 0:
+            self._check_subtracted(other, A, [n_tokens, n_prompts, counts, doc_counts,
+                                              None if pairs is None else pairs.counts])
+        try:
+            return replace(self, A=A, b=self.b + sign * other.b, n_tokens=n_tokens,
+                           n_prompts=n_prompts, source="<combined>", signature=None,
+                           counts=counts, doc_counts=doc_counts, pairs=pairs)
+        except StatsFormatError as exc:
+            if sign > 0:  # two valid statistics always add up to valid ones
+                raise
+            # The difference of valid statistics and a part of them is the valid rest: counts
+            # that disagree are as sure a sign of a stranger as negative ones.
+            raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
+                                   f"counts that disagree ({exc}): it was never part of "
+                                   "them") from None
+
+    def _check_subtracted(self, other: DomainStats, A: np.ndarray,
+                          counts: list[int | np.ndarray | None]) -> None:
+        """Refuse a difference that could not come from removing a part: a negative count
+        (exact integers), or, what is left to tell when there are no counts, a negative
+        diagonal of ``A`` (sums of squares) beyond the rounding of the sums. b's bias entry
+        is the token count, checked with it."""
+        if any(c is not None and np.any(c < 0) for c in counts):
+            what = "negative counts"
+        elif np.any(np.diagonal(A) < -_SUBTRACT_RTOL * (np.abs(np.diagonal(self.A))
+                                                        + np.abs(np.diagonal(other.A)))):
+            what = "a negative diagonal in A"
+        else:
+            return
+        raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves {what}: "
+                               "it was never part of them")
 
     def __add__(self, other: DomainStats) -> DomainStats:
+        """The statistics of both corpora (same domain, embedder and token cap; both with
+        or both without pair counts). Counts are summed exactly; ``A`` and ``b`` in floating
+        point. Token, document and pair counts are kept only where both sides have them.
+        The result carries no signature and no file (``source`` is ``"<combined>"``)."""
         return self._combine(other, +1)
 
+    def __radd__(self, other: object) -> DomainStats:
+        """``0 + stats`` is ``stats``: what ``sum(shards)`` starts with."""
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self
+        return NotImplemented
+
     def __sub__(self, other: DomainStats) -> DomainStats:
+        """These statistics without ``other``'s corpus, which must have been part of them.
+
+        What proves it was not is refused: with token-id counts on both sides, any count
+        (tokens, prompts, token ids, document or pair frequencies) going negative or out of
+        agreement with the others; without them, the token or prompt count or a diagonal
+        entry of ``A`` (a sum of squares) going negative beyond rounding. A stranger that
+        fits inside these statistics cannot be told from a part and is accepted: with
+        counts, one whose counts all fit within these; without, also one whose every
+        coordinate's sum of squares stays below these statistics' own (the difference is
+        then the statistics of no corpus; its ``A`` need not be positive semi-definite).
+        """
         return self._combine(other, -1)
 
     def renamed(self, domain: str) -> DomainStats:
@@ -271,17 +353,8 @@ class DomainStats:
                                            "embedder", "max_tokens", "dim")}
         except KeyError as exc:
             raise StatsFormatError(f"{where}: metadata lacks {exc}") from None
-        try:  # hand-edited or corrupt metadata: say which field, not int()'s complaint
-            for key in ("n_tokens", "n_prompts", "max_tokens", "dim"):
-                value = fields[key]
-                if isinstance(value, bool) or int(value) != value or value < 0:
-                    raise ValueError
-                fields[key] = int(value)
-        except (ValueError, TypeError):
-            raise StatsFormatError(f"{where}: metadata field {key!r} must be an integer "
-                                   f"≥ 0, got {fields[key]!r}") from None
-        if fields["max_tokens"] == 0:
-            raise StatsFormatError(f"{where}: metadata field 'max_tokens' must be > 0")
+        for key, minimum in (("n_tokens", 0), ("n_prompts", 0), ("max_tokens", 1), ("dim", 1)):
+            fields[key] = meta_int(fields[key], minimum, where, key)
         if not isinstance(fields["embedder"], dict):
             raise StatsFormatError(f"{where}: metadata field 'embedder' must be an object, "
                                    f"got {fields['embedder']!r}")
@@ -336,6 +409,19 @@ def check_same_embedder(items: Iterable[DomainStats]) -> None:
                 f"{other.fingerprint[:12]}; statistics must come from the same embedder")
 
 
+def meta_int(value: Any, minimum: int, where: str, name: str) -> int:
+    """A metadata integer ≥ ``minimum`` of a statistics or router file, else a
+    :class:`StatsFormatError` naming the field: hand-edited or corrupt metadata should say
+    which field is wrong, not ``int()``'s complaint. JSON may hold it as 3.0; a bool, a
+    string, NaN or Infinity is refused."""
+    integral = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+    if not integral or value < minimum:
+        raise StatsFormatError(f"{where}: metadata field {name!r} must be an integer "
+                               f"≥ {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_same_max_tokens(items: Iterable[DomainStats]) -> None:
     """Raise :class:`StatsFormatError` naming the files whose token caps differ.
 
@@ -362,6 +448,36 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
             "or by an ir3de before pairs were counted), but the other shard(s) have them; "
             "count them again without --no-pairs, or drop the pairs of every shard "
             "(ir3de merge --no-pairs; merge(..., drop_pairs=True))")
+
+
+def _embedder(embedder: EmbedderLike) -> Embedder:
+    """An :class:`Embedder`, or one loaded (cached) by name, folder or recipe (a statistics
+    file's ``embedder``), as a Router takes."""
+    if isinstance(embedder, Embedder):
+        return embedder
+    if isinstance(embedder, (str, os.PathLike, dict)):
+        return load_embedder(embedder)
+    raise IR3DEError(f"embedder must be an Embedder (load_embedder(...)) or its name, folder "
+                     f"or recipe ('wordllama', 'minilm', …), got {type(embedder).__name__}")
+
+
+def _max_tokens(max_tokens: object) -> int:
+    """``max_tokens`` as a plain int, checked before any text is read: a bool is no cap and a
+    numpy integer would not survive the JSON metadata of a saved file."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
+            or max_tokens <= 0:
+        raise IR3DEError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    return int(max_tokens)
+
+
+def _nonblank(texts: Iterable[str]) -> Iterator[str]:
+    """The texts that are not blank (whitespace-only records carry no domain signal),
+    each checked as it streams by: the corpus may be a generator too large to list."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise IR3DEError(f"item {i} of texts is {type(text).__name__}, not a string")
+        if text.strip():
+            yield text
 
 
 def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -413,24 +529,25 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
     return first
 
 
-def token_counts(embedder: Embedder, texts: Iterable[str], *,
+def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                  desc: str = "counting tokens") -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
-    blank (whitespace-only) prompts are skipped.
+    blank (whitespace-only) prompts are skipped; ``texts`` is read once, as a stream.
     ``progress`` shows a bar with tokens/s.
     """
+    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    refuse_lone_text(texts, "texts")
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
     pairs = PairCounts(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     pending: list[np.ndarray] = []
     bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress)
-    # Blank records carry no domain signal (only whitespace tokens): skip them.
     with bar:
-        for batch in _batches((t for t in texts if t.strip()), _BATCH):
+        for batch in _batches(_nonblank(texts), _BATCH):
             ids = embedder.encode_batch(batch, max_tokens)
             flat = np.concatenate(ids)
             counts += np.bincount(flat, minlength=embedder.vocab_size)
@@ -457,12 +574,13 @@ def _fold(pairs: PairCounts, pending: list[np.ndarray]) -> PairCounts:
                      np.concatenate([pairs.counts, np.diff(starts, append=keys.size)]))
 
 
-def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_prompts: int,
-                      max_tokens: int = DEFAULT_MAX_TOKENS,
+def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str,
+                      n_prompts: int, max_tokens: int = DEFAULT_MAX_TOKENS,
                       doc_counts: np.ndarray | None = None,
                       pairs: PairCounts | None = None) -> DomainStats:
     """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
     document frequencies of tokens and token pairs, when given, for the ``nb`` router)."""
+    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
     counts = np.asarray(counts)
     if counts.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"counts have shape {counts.shape}, expected "
@@ -499,13 +617,18 @@ def stats_from_counts(embedder: Embedder, counts: np.ndarray, *, domain: str, n_
                        PairCounts(*(np.asarray(a).astype(np.int64) for a in pairs)))
 
 
-def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
+def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                   max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
+    ``embedder`` is an :class:`Embedder` or, as for a Router, what
+    :func:`~ir3de.embedding.load_embedder` takes (a name, folder or recipe); ``texts`` an
+    iterable of strings, read once as a stream (a lone string is refused, not split into
+    characters).
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
+    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
     counts, doc_counts, n_prompts, pairs = token_counts(
         embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}")
     if counts.sum() == 0:
@@ -515,19 +638,22 @@ def compute_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
                              max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs)
 
 
-def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
+def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                     max_tokens: int = DEFAULT_MAX_TOKENS) -> DomainStats:
     """The paper's reference accumulation ``A += X̃ᵀX̃`` over every prompt's token rows.
 
     Kept as the ground truth that :func:`compute_stats` is tested and benchmarked
-    against; it costs O(tokens · h²) instead of O(distinct tokens · h²).
+    against; it costs O(tokens · h²) instead of O(distinct tokens · h²). Takes the same
+    arguments; the result has no token, document or pair counts.
     """
+    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    refuse_lone_text(texts, "texts")
     h1 = embedder.dim + 1
     A = np.zeros((h1, h1))
     b = np.zeros(h1)
     n_tokens = n_prompts = 0
     # Blank prompts are skipped, exactly as token_counts does.
-    for batch in _batches((t for t in texts if t.strip()), _BATCH):
+    for batch in _batches(_nonblank(texts), _BATCH):
         for ids in embedder.encode_batch(batch, max_tokens):
             X = np.empty((ids.size, h1))
             X[:, :-1] = embedder.rows(ids)
@@ -542,15 +668,33 @@ def streaming_stats(embedder: Embedder, texts: Iterable[str], *, domain: str,
 
 
 def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str, DomainStats]:
-    """Sum statistics shard-wise per domain: the result equals one fit over all the data.
+    """Sum statistics shard-wise per domain: the statistics of one pass over all the data.
+
+    Exact are the integers: token and prompt counts, token-id counts, document and pair
+    frequencies (and so ``A``'s and ``b``'s bias entries, which are token counts); the rest
+    of ``A`` and ``b`` is summed in floating point and equals one pass's to rounding
+    (~1e-15 relative), not to the bit. Routers read only the counts for the ``default``,
+    ``unigram`` and ``identity`` presets (the identity ridge rebuilds its system from the
+    token-id counts), so those are the very routers of a central fit; the ``paper`` and
+    ``dense`` presets solve with ``A`` and ``b`` and agree to rounding.
 
     Returns ``{domain: stats}`` in order of first appearance. Shards are summed in
     a canonical order (by token and prompt count, then source) so the result does
     not depend on the order the files were given in. Shards of one domain with and
     without token-pair counts are refused (the sum could hold no pairs) unless
-    ``drop_pairs``, which leaves the pairs out of every result.
+    ``drop_pairs``, which leaves the pairs out of every result. A shard given twice
+    (the same object, or one file loaded twice) is refused: it would be counted twice.
     """
+    if isinstance(stats, DomainStats):
+        raise IR3DEError("merge takes an iterable of DomainStats, not a single DomainStats "
+                         "(pass [stats])")
+    if not hasattr(stats, "__iter__"):
+        raise IR3DEError(f"merge takes an iterable of DomainStats, not {type(stats).__name__}")
     stats = list(stats)
+    for i, s in enumerate(stats):
+        if not isinstance(s, DomainStats):
+            raise IR3DEError(f"merge: item {i} is {type(s).__name__}, not DomainStats")
+    _refuse_repeats(stats)
     if drop_pairs:  # derived statistics: any signature no longer covers them
         stats = [replace(s, pairs=None, signature=None) for s in stats]
     check_same_embedder(stats)
@@ -566,6 +710,24 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
             total = total + part
         merged[domain] = total
     return merged
+
+
+def _refuse_repeats(stats: list[DomainStats]) -> None:
+    """Refuse a shard of a domain given twice, as the CLI refuses a file given twice: the
+    same object, or the same file (``source`` is the path it was loaded from; in-memory and
+    derived statistics, ``"<…>"``, are told apart by identity only)."""
+    seen: dict[tuple[str, object], int] = {}
+    for i, s in enumerate(stats):
+        keys: list[object] = [id(s)]
+        if s.source and not s.source.startswith("<"):
+            path = Path(s.source)
+            keys.append(path.resolve() if path.is_file() else s.source)
+        for key in keys:
+            first = seen.setdefault((s.domain, key), i)
+            if first != i:
+                raise IR3DEError(f"merge: items {first} and {i} are the same statistics "
+                                 f"({s.source}) of domain {s.domain!r}: they would be "
+                                 "counted twice")
 
 
 def load_stats_files(paths: Iterable[str | os.PathLike[str]]) -> list[DomainStats]:

@@ -43,21 +43,29 @@ _ST_DTYPES = {
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot be written;
+    the temporary file is removed then.
+    """
     path = Path(path)
     if path.is_dir():  # os.replace would report the temporary file's name
         raise IR3DEError(f"{path} is a directory")
     require_creatable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # its own message would name the temporary file
+            raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
