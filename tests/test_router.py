@@ -4,6 +4,7 @@ Reasoning data."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ir3de import (
 from ir3de.data import reasoning_split
 from ir3de.router import read_router_meta
 from ir3de.solver import MU_GRID, choose_identity_mu
-from ir3de.statistics import pair_keys
+from ir3de.statistics import pair_keys, streaming_stats
 from ir3de.store import read_safetensors, write_safetensors
 
 PROMPTS = ["What is 15 divided by 3?", "def square(x):\n    return x * x",
@@ -263,6 +264,76 @@ def test_load_rejects_bad_router_files(toy_router: Router, toy_stats,
         Router.load(tmp_path / "absent.st")
 
 
+def _expert(meta, **changes) -> list:
+    """The metadata's experts with the first one changed (a key set to None is removed)."""
+    first = {k: v for k, v in {**meta["experts"][0], **changes}.items() if v is not None}
+    return [first, *meta["experts"][1:]]
+
+
+# Hand-edited or corrupt metadata: each is refused naming the file and the field, not by a
+# KeyError/TypeError from inside loading, nor loaded wrongly (duplicates merged silently).
+BAD_METADATA = {
+    "duplicate": (lambda m: {"experts": [m["experts"][0], m["experts"][0]]},
+                  StatsFormatError, r"duplicate expert 'math'"),
+    "no name": (lambda m: {"experts": _expert(m, name=None)},
+                StatsFormatError, r"field 'experts\[0\]' lacks 'name'"),
+    "bad name": (lambda m: {"experts": _expert(m, name=" math")},
+                 ExpertError, r"experts\[0\]: invalid domain name"),
+    "n_tokens": (lambda m: {"experts": _expert(m, n_tokens="abc")},
+                 StatsFormatError, r"'experts\[0\]\.n_tokens' must be an integer ≥ 0, got 'abc'"),
+    "n_prompts": (lambda m: {"experts": _expert(m, n_prompts=1.5)},
+                  StatsFormatError, r"'experts\[0\]\.n_prompts' must be an integer"),
+    "max_tokens": (lambda m: {"experts": _expert(m, max_tokens=False)},
+                   StatsFormatError, r"'experts\[0\]\.max_tokens' must be an integer ≥ 1"),
+    "expert strings": (lambda m: {"experts": ["math", "coding"]},
+                       StatsFormatError, r"'experts\[0\]' must be an object, got 'math'"),
+    "no experts": (lambda m: {"experts": []},
+                   StatsFormatError, r"'experts' must be a non-empty list"),
+    "config null": (lambda m: {"config": None},
+                    StatsFormatError, r"'config' must be an object of router settings, got None"),
+    "config name": (lambda m: {"config": "default"},
+                    StatsFormatError, r"'config' must be an object .* got 'default'"),
+    "config bool": (lambda m: {"config": {**m["config"], "balance": "no"}},
+                    StatsFormatError, r"'config': balance must be True or False, got 'no'"),
+    "embedder": (lambda m: {"embedder": {}},
+                 StatsFormatError, r"'embedder' must be an embedder recipe .*got \{\}"),
+    "embedder kind": (lambda m: {"embedder": {"kind": 3}},
+                      StatsFormatError, r"'embedder' must be an embedder recipe"),
+    "fingerprint": (lambda m: {"fingerprint": None},
+                    StatsFormatError, r"'fingerprint' must be a non-empty string, got None"),
+    "dim": (lambda m: {"dim": "256"},
+            StatsFormatError, r"'dim' must be an integer ≥ 1, got '256'"),
+    "identity_mu": (lambda m: {"identity_mu": "auto"},
+                    StatsFormatError, r"'identity_mu' must be a number > 0 or null"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METADATA))
+def test_load_rejects_malformed_metadata(toy_router: Router, tmp_path: Path, case: str) -> None:
+    path = tmp_path / "router.safetensors"
+    toy_router.save(path)
+    tensors, meta = read_safetensors(path)
+    change, error, message = BAD_METADATA[case]
+    bad = tmp_path / "bad.safetensors"
+    write_safetensors(bad, tensors, {**meta, **change(meta)})
+    for read in (Router.load, read_router_meta):  # `inspect` reads the header alone
+        with pytest.raises(error, match=rf"^{re.escape(str(bad))}: .*{message}"):
+            read(bad)
+
+
+def test_legacy_config_is_completed_in_the_header(toy_stats, emb: Embedder,
+                                                  tmp_path: Path) -> None:
+    """read_router_meta gives the settings a router loads with, every one of them (inspect
+    prints them all), also for a file saved before some settings existed."""
+    Router(emb, "paper").fit_stats(toy_stats).save(tmp_path / "r.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "r.safetensors")
+    del meta["config"]["identity"], meta["config"]["model"]
+    write_safetensors(tmp_path / "old.safetensors", tensors, meta)
+    header = read_router_meta(tmp_path / "old.safetensors")["config"]
+    assert header == dataclasses.asdict(Router.load(tmp_path / "old.safetensors").config)
+    assert header["model"] == "ridge" and header["identity"] == "auto"
+
+
 def _without(path: Path, tensors, meta, key: str) -> Path:
     write_safetensors(path, tensors, {k: v for k, v in meta.items() if k != key})
     return path
@@ -285,6 +356,132 @@ def test_empty_and_special_only_prompts(toy_router: Router) -> None:
     with pytest.raises(IR3DEError, match="not a string"):
         toy_router.route_batch(["ok", 42])  # type: ignore[list-item]
     assert toy_router.route_batch([]) == []
+
+
+def test_a_lone_text_is_refused_where_texts_are_expected(emb: Embedder,
+                                                         toy_router: Router) -> None:
+    """A str is itself an iterable of strings: it used to be routed or fitted character by
+    character (three decisions for "abc", experts 'm', 'a', 't', 'h')."""
+    with pytest.raises(IR3DEError, match=r"prompts must be a list .* not a single str"):
+        toy_router.predict("abc")
+    with pytest.raises(IR3DEError, match=r"prompts must be a list .* not a single str"):
+        toy_router.route_batch("import os")
+    with pytest.raises(IR3DEError, match=r"domain labels must be a list .* not a single str"):
+        Router(emb).fit(["1+1", "2*3"], "math")
+    with pytest.raises(IR3DEError, match=r"texts must be a list .* not a single str"):
+        Router(emb).fit("ab", ["math", "coding"])
+    with pytest.raises(IR3DEError, match=r"prompts must be a list .* not int"):
+        toy_router.predict(3)  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match="text #1 is a int, not a string"):
+        Router(emb).fit(["1+1", 3], ["math", "math"])  # type: ignore[list-item]
+    with pytest.raises(ExpertError, match=r"domain label #0: invalid domain name \['m'\]"):
+        Router(emb).fit(["1+1", "2*3"], [["m"], "math"])  # type: ignore[list-item]
+
+
+def test_generators_are_read_once(emb: Embedder, toy_router: Router, toy_stats) -> None:
+    """Validating a generator used to consume it: predict routed nothing."""
+    assert toy_router.predict(p for p in PROMPTS) == toy_router.predict(PROMPTS)
+    assert toy_router.route_batch(p for p in PROMPTS) == toy_router.route_batch(PROMPTS)
+    texts = [t for group in CORPORA.values() for t in group]
+    labels = [d for d, group in CORPORA.items() for _ in group]
+    assert_same_state(Router(emb).fit(iter(texts), (d for d in labels)),
+                      Router(emb).fit_stats(toy_stats))
+    assert_same_state(Router(emb).fit_stats(s for s in toy_stats.values()), toy_router)
+
+
+def test_wrong_argument_types_are_named(emb: Embedder, toy_router: Router, toy_stats) -> None:
+    router = Router(emb).fit_stats(toy_stats)
+    for bad in (["The court held"], None):
+        with pytest.raises(IR3DEError, match=rf"add_expert\('legal', stats\): stats is a "
+                                             rf"{type(bad).__name__}, not a DomainStats"):
+            router.add_expert("legal", bad)  # type: ignore[arg-type]
+    math = toy_stats["math"]
+    with pytest.raises(IR3DEError, match="item #1 is a str, not a DomainStats"):
+        Router(emb).fit_stats([math, "x"])  # type: ignore[list-item]
+    with pytest.raises(IR3DEError, match="'a' is a str, not a DomainStats"):
+        Router(emb).fit_stats({"a": "x"})  # type: ignore[dict-item]
+    with pytest.raises(IR3DEError, match=r"not a single DomainStats \(pass \[stats\]"):
+        Router(emb).fit_stats(math)  # type: ignore[arg-type]
+    for bad in (3, "math"):
+        with pytest.raises(IR3DEError, match=rf"fit_stats takes a list of DomainStats .*, "
+                                             rf"got {type(bad).__name__}"):
+            Router(emb).fit_stats(bad)  # type: ignore[arg-type]
+
+
+def test_config_and_embedder_arguments(emb: Embedder) -> None:
+    """A preset name is short for RouterConfig.preset(name); anything else that is not a
+    RouterConfig or an embedder source is refused when the router is made (it used to fail
+    on first use with an AttributeError, or inside pathlib)."""
+    assert Router(emb, "paper").config == RouterConfig.preset("paper")
+    assert Router(emb, "paper", k=3).config == RouterConfig.preset("paper", k=3)
+    with pytest.raises(IR3DEError, match="unknown preset 'fastest'"):
+        Router(emb, "fastest")
+    with pytest.raises(IR3DEError, match=r"config must be a RouterConfig or a preset name "
+                                         r"\(default, .*got dict \(RouterConfig\.from_dict"):
+        Router(emb, {"k": 5})  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"embedder must be an Embedder.*got RouterConfig "
+                                         r"\(a RouterConfig is the second argument"):
+        Router(RouterConfig.preset("paper"))  # type: ignore[arg-type]
+    for bad, shown in ((3, "int"), ({}, r"\{\}"), ({"kind": None}, r"\{'kind': None\}")):
+        with pytest.raises(IR3DEError, match=rf"embedder must be an Embedder.*got {shown}$"):
+            Router(bad)  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"unknown preset \['default'\]"):
+        RouterConfig.preset(["default"])  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"router settings must be a mapping .* got NoneType"):
+        RouterConfig.from_dict(None)  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"unknown router setting\(s\): 1, beam; known"):
+        RouterConfig.from_dict({1: 2, "beam": 3})  # type: ignore[dict-item]
+
+
+def test_settings_are_real_booleans_and_numbers(emb: Embedder, toy_stats,
+                                                tmp_path: Path) -> None:
+    """bool("False") is True: a string (or 2) given for a switch is refused, and a bool given
+    for a number; numpy scalars are stored as the Python numbers they hold (JSON knows no
+    others, so a router with k = np.int64(3) could not be saved)."""
+    for name in ("balance", "normalize", "regularize_bias"):
+        for bad in ("False", "no", 2, None):
+            with pytest.raises(IR3DEError, match=rf"{name} must be True or False, got "):
+                RouterConfig(model="ridge", **{name: bad})
+    router = Router(emb).fit_stats(toy_stats)
+    with pytest.raises(IR3DEError, match="normalize must be True or False, got 'no'"):
+        router.set_params(normalize="no")
+    with pytest.raises(IR3DEError, match="λ must be a finite number ≥ 0, got True"):
+        router.set_params(lam=True)
+    with pytest.raises(IR3DEError, match="max_tokens must be a positive integer, got True"):
+        router.set_params(max_tokens=True)
+    with pytest.raises(IR3DEError, match=r"pair Dirichlet mass must be .* got True"):
+        router.set_params(pairs=True)
+    with pytest.raises(IR3DEError, match=r"identity μ must be .* got False"):
+        RouterConfig(model="ridge", identity=False)
+    config = RouterConfig(model="ridge", k=np.int64(3), max_tokens=np.int32(512),
+                          alpha=np.float32(0.25), lam=np.float64(0.5), identity=np.int64(2),
+                          balance=np.bool_(False))
+    assert [type(getattr(config, f)) for f in ("k", "max_tokens", "alpha", "lam", "identity",
+                                               "balance")] == [int, int, float, float, int, bool]
+    assert (config.k, config.max_tokens, config.alpha, config.identity) == (3, 512, 0.25, 2)
+    with pytest.raises(IR3DEError, match="k must be a positive integer"):
+        RouterConfig(k=np.bool_(True))
+    path = tmp_path / "r.safetensors"
+    Router(emb, k=np.int64(3)).fit_stats(toy_stats).save(path)
+    assert Router.load(path).config.k == 3
+
+
+def test_extreme_settings_are_refused_not_routed_with_nan(emb: Embedder, toy_stats) -> None:
+    """An accepted but extreme setting used to give a table of NaN: every prompt went to
+    the first expert with confidence NaN. It is refused, naming the setting."""
+    with pytest.raises(IR3DEError, match=r"α=1e\+305 is too large: the token table is not "
+                                         r"finite"):
+        Router(emb, alpha=1e305).fit_stats(toy_stats)
+    with pytest.raises(IR3DEError, match=r"pair Dirichlet mass 4\.94066e-324 is too small: "
+                                         r"the pair table is not finite"):
+        Router(emb, pairs=5e-324).fit_stats(toy_stats)
+    # A huge λ leaves tiny weights whose squares underflow: the column norm is still taken
+    # exactly (no "that domain has no data"), and the router routes by the class means.
+    huge = Router(emb, model="ridge", identity=None, lam=1e300).fit_stats(toy_stats)
+    np.testing.assert_allclose(np.linalg.norm(huge.W, axis=0), 1.0, rtol=1e-12)
+    decisions = huge.route_batch(PROMPTS, explain=True)
+    assert all(np.isfinite(d.confidence) for d in decisions)
+    assert {d.expert for d in decisions} != {huge.experts[0]}
 
 
 def test_bad_settings(emb: Embedder, toy_stats) -> None:
@@ -579,6 +776,22 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
     router.set_params(alpha=1.0)  # a model parameter: re-solved
     assert not np.array_equal(router.W, before)
     assert_same_state(router, fit(emb, toy_stats, three, model="nb", alpha=1.0))
+
+
+def test_statistics_from_streaming_stats_name_the_cause(emb: Embedder, toy_stats) -> None:
+    """streaming_stats (current, the reference accumulation) keeps A and b only: the error
+    names it as well as older files, and the presets that can use such statistics."""
+    streamed = {**toy_stats, "math": streaming_stats(emb, CORPORA["math"], domain="math")}
+    with pytest.raises(StatsFormatError, match=r"statistics <memory> \(math\) carry no document "
+                                               r"frequencies: made by streaming_stats .* or by "
+                                               r"an older ir3de .*compute_stats \(ir3de stats\)"
+                                               r" .*'dense' or 'paper' preset$"):
+        Router(emb).fit_stats(streamed)
+    with pytest.raises(StatsFormatError, match=r"carry no token counts: made by streaming_stats"
+                                               r".*'dense' preset$"):
+        Router(emb, "identity").fit_stats(streamed)
+    Router(emb, "dense").fit_stats(streamed)
+    Router(emb, "paper").fit_stats(streamed)
 
 
 def test_nb_needs_document_frequencies(emb: Embedder, toy_stats) -> None:

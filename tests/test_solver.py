@@ -59,6 +59,11 @@ def test_solve_errors() -> None:
         solve(np.zeros((3, 3)), B, lam=0.0)
     with pytest.raises(IR3DEError, match="zero"):
         solve(A, np.array([[1.0, 0.0]] * 3), lam=0.1)
+    # A huge λ: the tiny weights are normalised exactly (their squares would underflow);
+    # only weights that underflow themselves are refused, naming λ, not "no data".
+    np.testing.assert_allclose(solve(A, B, lam=1e300), 1 / np.sqrt(3), rtol=1e-15)
+    with pytest.raises(IR3DEError, match=r"λ=1e\+300 is too large: the weights underflow"):
+        solve(A, B * 1e-300, lam=1e300)
     # Without normalisation a zero column is allowed (and stays zero).
     assert np.all(solve(A, np.array([[1.0, 0.0]] * 3), normalize=False)[:, 1] == 0)
 

@@ -35,6 +35,7 @@ from .errors import (
     FingerprintMismatchError,
     IR3DEError,
     StatsFormatError,
+    refuse_lone_text,
 )
 from .selector import SELECTORS, PairScores, VocabScores, select, vocab_scores
 from .solver import (
@@ -55,6 +56,7 @@ from .statistics import (
     check_same_embedder,
     check_same_max_tokens,
     compute_stats,
+    meta_int,
     validate_domain_name,
 )
 from .store import read_safetensors, write_safetensors
@@ -113,6 +115,16 @@ class RouterConfig:
     identity: float | Literal["auto"] | None = "auto"
 
     def __post_init__(self) -> None:
+        # numpy scalars (np.int64 k taken from an array, np.float32 α) stand for the Python
+        # numbers they hold, and are stored as those: JSON (save) knows no numpy types.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (np.integer, np.floating, np.bool_)):
+                object.__setattr__(self, f.name, value.item())
+        for name in ("balance", "normalize", "regularize_bias"):
+            # bool("False") and bool(2) are True: anything but a bool is a mistake
+            if not isinstance(getattr(self, name), bool):
+                raise IR3DEError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.model not in MODELS:
             raise IR3DEError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if not _positive_number(self.alpha):
@@ -127,14 +139,14 @@ class RouterConfig:
                 and not _positive_number(self.identity):
             raise IR3DEError(f"identity μ must be a finite number > 0, 'auto' or None, "
                              f"got {self.identity!r}")
-        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k <= 0:
+        if not _positive_int(self.k):
             raise IR3DEError(f"k must be a positive integer, got {self.k!r}")
-        if not isinstance(self.lam, (int, float)) or not np.isfinite(self.lam) or self.lam < 0:
+        if not _finite_number(self.lam) or self.lam < 0:
             raise IR3DEError(f"λ must be a finite number ≥ 0, got {self.lam!r}")
         if self.selector not in SELECTORS:
             raise IR3DEError(f"unknown selector {self.selector!r}; "
                              f"choose one of {', '.join(SELECTORS)}")
-        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+        if not _positive_int(self.max_tokens):
             raise IR3DEError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
 
     @classmethod
@@ -145,13 +157,16 @@ class RouterConfig:
         on the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name].with_settings(**overrides)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
         """Build from a dict, rejecting unknown keys."""
+        if not isinstance(data, Mapping):
+            raise IR3DEError(f"router settings must be a mapping of setting names to values, "
+                             f"got {type(data).__name__}")
         _check_settings(data)
         return cls(**data)
 
@@ -170,7 +185,7 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
     """Unknown setting names are an :class:`IR3DEError` that lists the known ones (a bare
     dataclass would raise a TypeError naming ``RouterConfig.__init__``)."""
     known = [f.name for f in fields(RouterConfig)]
-    unknown = sorted(set(settings) - set(known))
+    unknown = sorted(str(key) for key in settings if key not in known)
     if unknown:
         hint = (" (a named configuration is RouterConfig.preset(name), or --preset on the "
                 "command line)" if "preset" in unknown else "")
@@ -178,10 +193,20 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
                          f"{', '.join(known)}{hint}")
 
 
-def _positive_number(value: Any) -> bool:
-    """A finite real number > 0 (not a bool, which Python counts as an int)."""
+def _finite_number(value: Any) -> bool:
+    """A finite real number (not a bool, which Python counts as an int)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and bool(np.isfinite(value)) and value > 0)
+            and bool(np.isfinite(value)))
+
+
+def _positive_number(value: Any) -> bool:
+    """A finite real number > 0 (not a bool)."""
+    return _finite_number(value) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    """An int > 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 PRESETS: dict[str, RouterConfig] = {
@@ -243,25 +268,41 @@ class Router:
     Args:
         embedder: an :class:`~ir3de.embedding.Embedder` or anything
             :func:`~ir3de.embedding.load_embedder` accepts (default: WordLlama).
-        config: a :class:`RouterConfig` (default: the ``default`` preset; others by
-            ``RouterConfig.preset(name)``); keyword arguments override its fields
+        config: a :class:`RouterConfig` or the name of a preset, short for
+            ``RouterConfig.preset(name)`` (default: ``"default"``); keyword arguments
+            override its fields
             (``model``, ``alpha``, ``pairs``, ``lam``, ``k``, ``selector``, ``balance``,
             ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``).
     """
 
     def __init__(self, embedder: Embedder | str | os.PathLike[str] | None = None,
-                 config: RouterConfig | None = None, **settings: Any) -> None:
-        self.embedder = embedder if isinstance(embedder, Embedder) else load_embedder(embedder)
-        base = config or RouterConfig()
+                 config: RouterConfig | str | None = None, **settings: Any) -> None:
+        if config is None:
+            base = RouterConfig()
+        elif isinstance(config, str):
+            base = RouterConfig.preset(config)
+        elif isinstance(config, RouterConfig):
+            base = config
+        else:  # anything else would fail later, on first use, with an AttributeError
+            hint = (" (RouterConfig.from_dict(settings), or the settings as keyword arguments)"
+                    if isinstance(config, Mapping) else "")
+            raise IR3DEError(f"config must be a RouterConfig or a preset name "
+                             f"({', '.join(PRESETS)}), got {type(config).__name__}{hint}")
         self.config = base.with_settings(**settings) if settings else base
+        self.embedder = _embedder(embedder)
         self._state: _State | None = None
 
     # ----------------------------------------------------------------- fitting
-    def fit(self, texts: Sequence[str], domains: Sequence[str], *,
+    def fit(self, texts: Iterable[str], domains: Iterable[str], *,
             progress: bool = False) -> Router:
         """Fit from labelled prompts (one statistics pass per domain)."""
+        texts = _texts(texts, "texts", "text")
+        refuse_lone_text(domains, "domain labels")
+        domains = list(domains)
         if len(texts) != len(domains):
             raise IR3DEError(f"{len(texts)} texts but {len(domains)} domain labels")
+        for i, domain in enumerate(domains):  # before grouping: a list label is unhashable
+            validate_domain_name(domain, f"domain label #{i}")
         groups: dict[str, list[str]] = {}
         for text, domain in zip(texts, domains, strict=True):
             groups.setdefault(domain, []).append(text)
@@ -272,10 +313,21 @@ class Router:
 
     def fit_stats(self, stats: Mapping[str, DomainStats] | Iterable[DomainStats]) -> Router:
         """Fit from per-domain statistics: a mapping expert → stats, or stats named by domain."""
+        expected = "a list of DomainStats or a mapping of expert names to DomainStats"
+        if isinstance(stats, DomainStats):
+            raise IR3DEError(f"fit_stats takes {expected}, not a single DomainStats (pass "
+                             "[stats] for a router with one expert)")
         if isinstance(stats, Mapping):
+            for name, s in stats.items():
+                _require_stats(s, f"fit_stats takes {expected}; {name!r} is")
             named = list(stats.items())
-        else:
+        elif isinstance(stats, Iterable) and not isinstance(stats, (str, bytes)):
+            stats = list(stats)
+            for i, s in enumerate(stats):
+                _require_stats(s, f"fit_stats takes {expected}; item #{i} is")
             named = [(s.domain, s) for s in stats]
+        else:
+            raise IR3DEError(f"fit_stats takes {expected}, got {type(stats).__name__}")
         table: dict[str, DomainStats] = {}
         for name, s in named:
             validate_domain_name(name, s.source)
@@ -359,6 +411,7 @@ class Router:
     def add_expert(self, name: str, stats: DomainStats) -> Router:
         """Add an expert from its statistics and re-solve; the others are untouched."""
         state = self._fitted
+        _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
         if name in state.stats:
             raise ExpertError(f"expert {name!r} already exists; remove it first")
@@ -400,14 +453,14 @@ class Router:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
         return self.route_batch([prompt], explain=explain)[0]
 
-    def route_batch(self, prompts: Sequence[str], *, explain: bool = False) -> list[Decision]:
+    def route_batch(self, prompts: Iterable[str], *, explain: bool = False) -> list[Decision]:
         """Route many prompts at once (tokenised in parallel, selected vectorised)."""
         state, config = self._fitted, self.config
         ids = self._encode(prompts)
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
         decisions = []
-        for i in range(len(prompts)):
+        for i in range(len(ids)):
             scores = tokens = None
             if explain:
                 scores = dict(zip(experts, sel.scores[i].tolist(), strict=True))
@@ -423,15 +476,14 @@ class Router:
                                       scores, tokens, coverage))
         return decisions
 
-    def _encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+    def _encode(self, prompts: Iterable[str]) -> list[np.ndarray]:
+        prompts = _texts(prompts, "prompts", "prompt")
         for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise IR3DEError(f"prompt #{i} is a {type(p).__name__}, not a string")
             if not p.strip():
                 raise EmptyInputError(f"prompt #{i} is empty")
         return self.embedder.encode_batch(prompts, self.config.max_tokens)
 
-    def predict(self, prompts: Sequence[str]) -> list[str]:
+    def predict(self, prompts: Iterable[str]) -> list[str]:
         """Expert name for each prompt (sklearn-style)."""
         state = self._fitted
         ids = self._encode(prompts)
@@ -471,8 +523,7 @@ class Router:
         (or ``embedder``) and must have the recorded fingerprint."""
         tensors, meta = read_safetensors(path)
         meta = _check_router_meta(meta, str(path))
-        emb = embedder if isinstance(embedder, Embedder) else load_embedder(
-            embedder if embedder is not None else meta["embedder"])
+        emb = _embedder(embedder if embedder is not None else meta["embedder"])
         if emb.fingerprint != meta["fingerprint"]:
             raise FingerprintMismatchError(
                 f"{path} was built with embedding {meta['fingerprint'][:12]} but "
@@ -492,15 +543,53 @@ class Router:
         pairs = _router_pairs(tensors, len(experts), str(path))
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
-            n_tokens=int(e["n_tokens"]), n_prompts=int(e["n_prompts"]),
+            n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
-            max_tokens=int(e["max_tokens"]), source=f"{path}:{e['name']}",
+            max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
             counts=None if counts is None else counts[i].astype(np.int64),
             doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64),
             pairs=pairs[i])
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         return router.fit_stats(stats)
+
+
+def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
+    """``texts`` as a list, read once (a generator validated first would be empty after);
+    one text where many are expected, or an item that is not a string, is refused."""
+    refuse_lone_text(texts, what)
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise IR3DEError(f"{item} #{i} is a {type(text).__name__}, not a string")
+    return texts
+
+
+def _require_stats(value: object, context: str) -> None:
+    """Refuse anything but statistics (it would fail later with an AttributeError)."""
+    if not isinstance(value, DomainStats):
+        raise IR3DEError(f"{context} a {type(value).__name__}, not a DomainStats (made by "
+                         "compute_stats or read by DomainStats.load)")
+
+
+def _is_recipe(value: object) -> bool:
+    """An embedder recipe as stored in files (Embedder.spec): an object naming its kind."""
+    return isinstance(value, dict) and isinstance(value.get("kind"), str)
+
+
+def _embedder(source: object) -> Embedder:
+    """The embedder a router is given: an Embedder, or what load_embedder loads one from.
+    Other values are refused here, where the error can say what was expected (pathlib or
+    a recipe lookup would fail deep inside load_embedder)."""
+    if isinstance(source, Embedder):
+        return source
+    if source is None or isinstance(source, (str, os.PathLike)) or _is_recipe(source):
+        return load_embedder(source)  # type: ignore[arg-type]
+    shown = repr(source) if isinstance(source, dict) else type(source).__name__
+    hint = (" (a RouterConfig is the second argument, or config=...)"
+            if isinstance(source, RouterConfig) else "")
+    raise IR3DEError(f"embedder must be an Embedder, 'wordllama', 'minilm', a model folder or "
+                     f"an embedder recipe with a 'kind', got {shown}{hint}")
 
 
 def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:
@@ -552,11 +641,51 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     for key in ("config", "fingerprint", "embedder", "experts", "dim"):
         if key not in meta:
             raise StatsFormatError(f"{where}: router metadata lacks {key!r}")
-    if isinstance(meta["config"], dict):
-        # Settings a router was saved without did not exist then: they take the behaviour
-        # of that time, not today's defaults (on load or in `inspect`). Before the 'nb'
-        # model, routers were ridge routers; before pair features, nb used none.
-        meta["config"] = {"model": "ridge", "pairs": None, **meta["config"]}
+    # Hand-edited or corrupt metadata is refused here, naming the field, rather than by a
+    # KeyError or TypeError deep inside loading (and `inspect` prints only checked fields).
+    if not isinstance(meta["config"], dict):
+        raise StatsFormatError(f"{where}: metadata field 'config' must be an object of "
+                               f"router settings, got {meta['config']!r}")
+    # Settings a router was saved without did not exist then: they take the behaviour of
+    # that time, not today's defaults (on load or in `inspect`). Before the 'nb' model,
+    # routers were ridge routers; before pair features, nb used none.
+    try:
+        config = RouterConfig.from_dict({"model": "ridge", "pairs": None, **meta["config"]})
+    except IR3DEError as exc:
+        raise StatsFormatError(f"{where}: metadata field 'config': {exc}") from None
+    meta["config"] = asdict(config)
+    if not isinstance(meta["fingerprint"], str) or not meta["fingerprint"]:
+        raise StatsFormatError(f"{where}: metadata field 'fingerprint' must be a non-empty "
+                               f"string, got {meta['fingerprint']!r}")
+    if not _is_recipe(meta["embedder"]):
+        raise StatsFormatError(f"{where}: metadata field 'embedder' must be an embedder recipe "
+                               f"(an object with a string 'kind'), got {meta['embedder']!r}")
+    meta["dim"] = meta_int(meta["dim"], 1, where, "dim")
+    mu = meta.get("identity_mu")
+    if mu is not None and not _positive_number(mu):
+        raise StatsFormatError(f"{where}: metadata field 'identity_mu' must be a number > 0 "
+                               f"or null, got {mu!r}")
+    experts = meta["experts"]
+    if not isinstance(experts, list) or not experts:
+        raise StatsFormatError(f"{where}: metadata field 'experts' must be a non-empty list "
+                               f"of objects, got {experts!r}")
+    checked: dict[str, dict[str, Any]] = {}
+    for i, e in enumerate(experts):
+        field_name = f"experts[{i}]"
+        if not isinstance(e, dict):
+            raise StatsFormatError(f"{where}: metadata field {field_name!r} must be an object, "
+                                   f"got {e!r}")
+        for key in ("name", "n_tokens", "n_prompts", "max_tokens"):
+            if key not in e:
+                raise StatsFormatError(f"{where}: metadata field {field_name!r} lacks {key!r}")
+        validate_domain_name(e["name"], f"{where}: {field_name}")
+        if e["name"] in checked:  # a dict keyed by name would merge them silently
+            raise StatsFormatError(f"{where}: duplicate expert {e['name']!r}")
+        checked[e["name"]] = {
+            **e, "n_tokens": meta_int(e["n_tokens"], 0, where, f"{field_name}.n_tokens"),
+            "n_prompts": meta_int(e["n_prompts"], 0, where, f"{field_name}.n_prompts"),
+            "max_tokens": meta_int(e["max_tokens"], 1, where, f"{field_name}.max_tokens")}
+    meta["experts"] = list(checked.values())
     return meta
 
 

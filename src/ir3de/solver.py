@@ -92,9 +92,16 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
         raise IR3DEError("the ridge solve produced NaN/Inf: the system is ill-conditioned; "
                          "increase λ")
     if normalize:
-        norms = np.linalg.norm(W, axis=0)
+        # Each column is scaled by a power of two (exactly) before it is squared: at a
+        # large λ the weights are tiny (≈ B/λ) and their squares would underflow to a zero
+        # norm, though the column itself is not zero.
+        _, exp = np.frexp(np.abs(W).max(axis=0))
+        scale = np.ldexp(1.0, exp - 1)
+        norms = np.linalg.norm(W / scale, axis=0) * scale
         if np.any(norms == 0):
-            raise IR3DEError("a domain column of W is zero: that domain has no data")
+            if np.any(~B.any(axis=0) & (norms == 0)):
+                raise IR3DEError("a domain column of W is zero: that domain has no data")
+            raise IR3DEError(f"λ={lam:g} is too large: the weights underflow to zero")
         W = W / norms
     return W
 
@@ -133,10 +140,20 @@ def _require(stats: Mapping[str, DomainStats], experts: Sequence[str], field: st
     not): the error names the experts, what is missing and what to do instead."""
     if not experts:
         raise IR3DEError("a router needs at least one expert")
-    missing = [n for n in experts if getattr(stats[n], field) is None]
+    missing = [f"{stats[n].source} ({n})" for n in experts if getattr(stats[n], field) is None]
     if missing:
-        raise StatsFormatError(f"statistics of {missing} carry no {what} (made by an older "
-                               f"ir3de?): recompute them to {use}")
+        raise StatsFormatError(
+            f"statistics {', '.join(missing)} carry no {what}: made by streaming_stats (the "
+            "reference accumulation, which keeps A and b only) or by an older ir3de that did "
+            f"not count them; count them again with compute_stats (ir3de stats) to {use}")
+
+
+def _require_finite(table: np.ndarray, setting: str, what: str) -> None:
+    """An accepted but extreme setting can overflow or underflow a table to ±inf (and the
+    selectors' normalisation then to NaN): refuse it, naming the setting, rather than route
+    every prompt to the first expert with confidence NaN."""
+    if not np.all(np.isfinite(table)):
+        raise IR3DEError(f"{setting}: the {what} is not finite")
 
 
 def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
@@ -320,8 +337,11 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> L = solve_nb(router.stats, router.experts, alpha=0.1)  # doctest: +SKIP
     """
+    # The ridge presets need A and b only ('identity' also the token counts).
+    ridge = ("'identity' or 'dense'" if all(stats[n].counts is not None for n in experts)
+             else "'dense' or 'paper'")
     _require(stats, experts, "doc_counts", "document frequencies",
-             "use the 'nb' model, or use the 'identity' or 'dense' preset")
+             f"use the 'nb' model, or use the {ridge} preset")
     if not alpha > 0 or not np.isfinite(alpha):
         raise IR3DEError(f"the smoothing α must be a finite number > 0, got {alpha}")
     V = {stats[n].doc_counts.shape[0] for n in experts}
@@ -331,6 +351,8 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     for j, name in enumerate(experts):
         df = stats[name].doc_counts.astype(np.float64)
         L[:, j] = np.log(df + alpha) - np.log(df.sum() + alpha * df.size)
+    # Only a huge α overflows (α V → inf); a tiny one leaves log(α) finite.
+    _require_finite(L, f"α={alpha:g} is too large", "token table")
     return L
 
 
@@ -365,6 +387,10 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
         C[np.searchsorted(keys, own.keys), j] = own.counts
     q = C.sum(axis=1) + _PAIR_EPS
     q /= q.sum()
-    T = np.log(C + mass * q[:, None])
+    # Only a tiny mass underflows (m q → 0 gives log 0 for pairs a domain lacks): checked
+    # below, with an error naming it rather than numpy's warning.
+    with np.errstate(divide="ignore"):
+        T = np.log(C + mass * q[:, None])
     T -= np.log(C.sum(axis=0) + mass)
+    _require_finite(T, f"the pair Dirichlet mass {mass:g} is too small", "pair table")
     return keys, T
