@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,186 @@ def test_chunk_cache_fills_a_few_missing_words_exactly(emb: Embedder) -> None:
     expected = emb.tokenizer.encode(text, add_special_tokens=False).ids
     assert emb.encode(text).tolist() == expected
     assert " quickly" in emb._chunk_cache
+
+
+# ------------------------------------------------------------------ long texts
+
+
+def _uncut(embedder: Embedder, text: str, cap: int) -> list[int]:
+    """The old definition: the whole text through the tokenizer, specials dropped, then cut."""
+    ids = embedder.tokenizer.encode(text, add_special_tokens=False).ids
+    return [i for i in ids if not embedder._special[i]][:cap]
+
+
+def _limit(embedder: Embedder, cap: int) -> int:
+    return (cap + embedder._cut_margin) * embedder._piece_chars
+
+
+def _adversarial(limit: int) -> dict[str, str]:
+    """Texts of ~3 cut lengths whose cut falls in every awkward place."""
+    rng = random.Random(7)
+    n = 3 * limit
+    words = " ".join(rng.choice(["alpha", "beta", "ünïcode", "x1y2", "don't", "日本"])
+                     for _ in range(n // 5))
+    return {
+        "one huge word": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=n)),
+        "one letter": "a" * n,
+        "dots": "." * n,
+        "digits": "".join(rng.choices("0123456789", k=n)),
+        "emoji": "😀🎉👍🏽" * (n // 4),
+        "cjk": "日本語のテキスト中文汉字" * (n // 10),
+        "words": words,
+        "cut mid-word": "x" * (limit - 3) + " internationalization" * (n // 20),
+        "cut mid-emoji": "x" * (limit - 1) + "👍🏽" * n,
+        "special flood": "</s>" * limit + " then real words" * (limit // 8),
+        "specials between": "a</s>b<s>c <unk>d " * (n // 16),
+        "specials glued": "</s>word" * (n // 8),
+        "space runs": "   " * limit + "word  " * limit,
+        "literal ▁": "▁x ▁▁y" * (n // 6),
+        "newlines": "\n".join(f"line {i}\tcol" for i in range(n // 12)),
+        "mixed": "".join(rng.choices("abcXYZ019.,;-_😀日本é \n\t▁", k=n)),
+        "latin-1 run": "ß" * n,
+        "wordpiece [UNK] words": ("." + "ß" * 40 + "q" * 1500) * (n // 1500),
+    }
+
+
+def _check_long(embedder: Embedder, caps: tuple[int, ...]) -> int:
+    checked = 0
+    for cap in caps:
+        for name, text in _adversarial(_limit(embedder, cap)).items():
+            assert len(text) > _limit(embedder, cap), name
+            want = _uncut(embedder, text, cap)
+            if embedder._chunk_cache is not None:
+                embedder._chunk_cache.clear()
+            # one text (chunk-cache path where there is one) and a batch over 16 (the
+            # tokenizer's batch encoder), with a short text beside it
+            assert embedder.encode(text, cap).tolist() == want, (name, cap)
+            batch = embedder.encode_batch([text, "short"] * 9, cap)
+            assert all(ids.tolist() == want for ids in batch[::2]), (name, cap)
+            assert batch[1].tolist() == _uncut(embedder, "short", cap)
+            checked += 1
+    return checked
+
+
+def test_long_texts_are_cut_to_the_same_ids(emb: Embedder) -> None:
+    """A long text is tokenised from a prefix; the ids are those of the whole text."""
+    assert _check_long(emb, (1024, 64, 1)) == 3 * len(_adversarial(10))
+
+
+def test_long_texts_are_cut_to_the_same_ids_minilm(minilm: Embedder) -> None:
+    """WordPiece (no exact cuts): word-boundary and mid-word cuts with the id margin."""
+    assert minilm._cut_rules is None
+    assert _check_long(minilm, (64, 1)) > 0
+
+
+def test_long_texts_on_a_word_level_tokenizer(tmp_path: Path) -> None:
+    """Unknown words give dropped [UNK]s: the prefix grows until it holds enough ids."""
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    embedder = Embedder(tok, np.zeros((vocab, 2), np.float32), spec={}, name="tiny")
+    text = "unknownword " * 20_000 + " ".join(TINY_WORDS * 300)
+    for cap in (1024, 10):
+        assert len(text) > _limit(embedder, cap)
+        want = _uncut(embedder, text, cap)
+        assert len(want) == cap
+        assert embedder.encode(text, cap).tolist() == want
+        assert all(ids.tolist() == want for ids in embedder.encode_batch([text] * 17, cap))
+
+
+def test_no_exact_cuts_where_the_proof_does_not_hold(emb: Embedder, tmp_path: Path) -> None:
+    """An added token that swallows spaces (rstrip) voids the barrier argument: the
+    tokenizer is cut like any other (word boundaries, id margin), ids still the same."""
+    config = json.loads(emb._tokenizer_path.read_text(encoding="utf-8"))
+    config["added_tokens"][2]["rstrip"] = True  # </s>
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(json.dumps(config), encoding="utf-8")
+    other = Embedder(tok, np.asarray(emb.table), spec={}, name="rstrip")
+    assert other._chunk_cache is not None and other._cut_rules is None
+    texts = _adversarial(_limit(other, 64))
+    for name in ("words", "special flood", "specials between", "one huge word", "digits"):
+        assert other.encode(texts[name], 64).tolist() == _uncut(other, texts[name], 64), name
+
+
+def test_exact_cuts_are_prefixes_of_the_whole_tokenisation(emb: Embedder) -> None:
+    """What exactness rests on: at every barrier, the prefix's ids start the text's ids."""
+    rules = emb._cut_rules
+    assert rules is not None
+    rng = random.Random(3)
+    ids = emb.tokenizer.encode
+    n_cuts = 0
+    for text in list(_adversarial(400).values()) + [
+            "".join(rng.choices(["</s>", "<s>", "a", " ", "1", "😀", "▁", "</", "s>", "ab"],
+                                k=300)) for _ in range(20)]:
+        text = text[:3000]
+        full = ids(text, add_special_tokens=False).ids
+        barriers = [i for i in range(1, len(text))
+                    if rules.barrier(text, i) and not emb._added_spans(text, i)]
+        for i in rng.sample(barriers, min(25, len(barriers))):
+            prefix = ids(text[:i], add_special_tokens=False).ids
+            assert prefix == full[:len(prefix)], (text[:40], i)
+            n_cuts += 1
+    assert n_cuts > 300
+    # a space after a non-space, a digit pair and an emoji edge are barriers; a letter
+    # pair inside a word and an added token's text are not
+    assert rules.barrier("ab cd", 2) and rules.barrier("1234", 2)
+    assert rules.barrier("a😀b", 2) and not rules.barrier("abcd", 2)
+    assert emb._added_spans("ab</s>cd", 4) and not emb._added_spans("ab</s>cd", 2)
+
+
+def test_long_text_tokenises_a_bounded_prefix(emb: Embedder,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost no longer grows with the text: the tokenizer sees a bounded prefix."""
+    seen: list[int] = []
+    chunked = emb._encode_chunked
+
+    def spy(text: str) -> list[int]:
+        seen.append(len(text))
+        return chunked(text)
+
+    monkeypatch.setattr(emb, "_encode_chunked", spy)
+    limit = _limit(emb, 1024)
+    assert limit == (1024 + 64) * 16  # 16: "▁implementations", the longest WordLlama entry
+    rng = random.Random(5)
+    for text in ("word " * 200_000, "".join(rng.choices("abc", k=500_000)),
+                 "7" * 1_000_000, "😀" * 500_000):
+        seen.clear()
+        assert emb.encode(text).size == 1024
+        assert seen and max(seen) <= limit + 1024, seen
+    # A flood of literal special tokens gives no ids: the prefix grows past it, with each
+    # run of them shrunk to one, so the tokenizer still sees little text.
+    for flood in ("</s>" * 100_000, "<s></s><unk>" * 40_000, "a" + "</s>" * 60_000):
+        text = flood + " then words" * 2000
+        seen.clear()
+        assert emb.encode(text).tolist() == _uncut(emb, text, 1024)
+        assert max(seen) <= 4 * (limit + 1024), seen
+    # At most the limit: exactly today's path, the text itself goes to the tokenizer.
+    text = ("abc " * limit)[:limit]
+    seen.clear()
+    monkeypatch.setattr(emb, "_cut", None)  # would fail if called
+    emb.encode(text)
+    assert seen == [limit]
+
+
+def test_long_text_errors_are_unchanged(emb: Embedder) -> None:
+    """A surrogate past the cut is refused as before, and names the first bad text."""
+    long = "word " * 10_000 + "\ud800"
+    with pytest.raises(IR3DEError, match=r"text #0 holds an unpaired surrogate"):
+        emb.encode(long)
+    with pytest.raises(IR3DEError, match=r"text #1 holds an unpaired surrogate"):
+        emb.encode_batch(["ok", "\udfff", long])
+    with pytest.raises(IR3DEError, match=r"text #1 is a int"):
+        emb.encode_batch([long.replace("\ud800", ""), 5, long])
+
+
+def test_long_texts_from_the_data_are_cut_to_the_same_ids(emb: Embedder,
+                                                          data_dir: Path) -> None:
+    """Each data file joined into one line: exact cuts on real text, every cap."""
+    for path in sorted(data_dir.glob("*/*/*.jsonl"))[::3]:
+        text = " ".join(jsonl_texts(path, limit=300))
+        full = _uncut(emb, text, 1 << 30)
+        for cap in (1024, 64, 5):
+            if len(text) > _limit(emb, cap):
+                assert emb.encode(text, cap).tolist() == full[:cap], (path.name, cap)
 
 
 def test_rows_are_float64_table_values(emb: Embedder) -> None:
@@ -309,5 +490,12 @@ def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:
         load_embedder(tmp_path / "bad.json", table=tmp_path / "ok.npy")
     with pytest.raises(IR3DEError, match=r"needs its tokenizer\.json"):
         resolve_spec(None, table=tmp_path / "ok.npy")
-    with pytest.raises(IR3DEError, match="unknown embedder kind"):
-        load_embedder({"kind": "nonsense"})
+    # recipes come from files a user may have edited: each field named, no KeyError
+    for recipe, message in (({"kind": "nonsense"}, "'kind' must be one of"),
+                            ({}, "'kind' must be one of"),
+                            ({"kind": "hf"}, "kind 'hf' needs a string 'path'"),
+                            ({"kind": "files", "tokenizer": "t.json"},
+                             "kind 'files' needs a string 'table'"),
+                            ({"kind": "wordllama", "tensor": 3}, "'tensor' must be a string")):
+        with pytest.raises(IR3DEError, match=message):
+            load_embedder(recipe)
