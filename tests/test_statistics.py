@@ -355,6 +355,9 @@ def test_sum_of_shards(toy_stats: dict[str, DomainStats], emb: Embedder) -> None
     assert sum(shards[:1]) is shards[0]
     with pytest.raises(TypeError):
         1 + shards[0]
+    for twice in (lambda: shards[0] + shards[0], lambda: sum([shards[0], shards[0]])):
+        with pytest.raises(IR3DEError, match="added to itself; it would be counted twice"):
+            twice()
 
 
 def test_merge_refuses_what_is_not_a_list_of_shards(toy_stats: dict[str, DomainStats]) -> None:
@@ -385,7 +388,7 @@ def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
         merge(twice)
     # One file under two domain names is two domains, and derived statistics are new data.
     assert list(merge([twice[0], twice[1].renamed("arithmetic")])) == ["math", "arithmetic"]
-    assert merge([a, a + a])["math"].n_prompts == 3 * a.n_prompts
+    assert merge([a, a + twice[0]])["math"].n_prompts == 3 * a.n_prompts
 
 
 def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:

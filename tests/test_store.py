@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -312,3 +313,18 @@ def test_safetensors_tensor_errors(tmp_path: Path) -> None:
     (tmp_path / "badhdr.st").write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{[")
     with pytest.raises(StatsFormatError, match="corrupt safetensors header"):
         safetensors_names(tmp_path / "badhdr.st")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """A new file gets what open() would give it (0o666 minus the umask), not the 0o600 of
+    the temporary file; a replaced file keeps its mode; an explicit mode wins."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    new = tmp_path / "new.json"
+    atomic_write_text(new, "{}")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask
+    new.chmod(0o640)
+    atomic_write_text(new, "[]")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_text() == "[]"
+    atomic_write_bytes(tmp_path / "key", b"secret", mode=0o600)
+    assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600

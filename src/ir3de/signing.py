@@ -87,8 +87,7 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
                                 ser.NoEncryption())
     public = key.public_key().public_bytes(ser.Encoding.PEM,
                                            ser.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write_bytes(path, private)
-    os.chmod(path, 0o600)  # a private key readable by others is not private
+    atomic_write_bytes(path, private, mode=0o600)  # readable by others, it is not private
     atomic_write_bytes(public_path, public)
     return public_path
 

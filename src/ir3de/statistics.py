@@ -284,7 +284,12 @@ class DomainStats:
         """The statistics of both corpora (same domain, embedder and token cap; both with
         or both without pair counts). Counts are summed exactly; ``A`` and ``b`` in floating
         point. Token, document and pair counts are kept only where both sides have them.
-        The result carries no signature and no file (``source`` is ``"<combined>"``)."""
+        The result carries no signature and no file (``source`` is ``"<combined>"``).
+        ``stats + stats`` (the same object) is refused, as :func:`merge` refuses a shard
+        given twice: it would count one corpus twice."""
+        if other is self:
+            raise IR3DEError(f"{self.source} ({self.domain}) is added to itself; it would be "
+                             "counted twice")
         return self._combine(other, +1)
 
     def __radd__(self, other: object) -> DomainStats:

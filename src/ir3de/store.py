@@ -8,8 +8,10 @@ is renamed into place, so a crash mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -42,11 +44,24 @@ _ST_DTYPES = {
 }
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+@functools.cache
+def _umask() -> int:
+    # The umask can only be read by setting it; read once (it is a process setting, and
+    # setting it briefly in a threaded gateway would be a race).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
+                       mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename.
 
-    Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot be written;
-    the temporary file is removed then.
+    The file gets permissions ``mode``; by default those of the file it replaces, else
+    what ``open()`` would give a new file (0o666 minus the umask): the temporary file is
+    created 0o600, which would make every router, statistics file and report private to
+    its writer. Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot
+    be written; the temporary file is removed then.
     """
     path = Path(path)
     if path.is_dir():  # os.replace would report the temporary file's name
@@ -56,6 +71,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if mode is None:
+            mode = (stat.S_IMODE(path.stat().st_mode) if path.is_file()
+                    else 0o666 & ~_umask())
+        os.fchmod(fd, mode)  # before any byte is written: a private key is never exposed
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
