@@ -419,17 +419,120 @@ def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> N
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--resamples", "-1"], "must be an integer >= 0, got -1"),
+    (["--resamples", "-1"], "must be 0 (no intervals) or an integer >= 100, got -1"),
+    # one resample gave zero-width intervals, every gap marked significant
+    (["--resamples", "1"], "must be 0 (no intervals) or an integer >= 100, got 1"),
+    # --setting beside --fit was ignored; an empty --out meant the current folder
+    (["--setting", "domains", "--fit", "x.jsonl"], "not allowed with argument --setting"),
+    (["--fit", "x.jsonl", "--setting", "all"], "not allowed with argument --fit"),
+    (["--out", ""], "expected a folder, got an empty path"),
     (["--level", "95"], "must be a number in (0, 1), got 95.0"),
     (["--level", "x"], "expected a number in (0, 1), got 'x'"),
 ])
-def test_eval_bad_interval_options_exit_2(extra: list[str], message: str, tmp_path: Path,
+def test_eval_malformed_options_exit_2(extra: list[str], message: str, tmp_path: Path,
                                           capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def user_data(tmp_path: Path) -> Path:
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{t} #{i}", "domain": d}) + "\n"
+                            for d, texts in (("math", MATH), ("coding", CODE))
+                            for i in range(3) for t in texts))
+    return data
+
+
+@pytest.fixture()
+def no_run(monkeypatch) -> None:
+    """Any router run fails the test: the error must come before the (long) run."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr("ir3de.eval.evaluate", lambda *a, **k: pytest.fail("the run started"))
+
+
+def test_eval_scores_not_covering_a_setting_fail_before_the_run(user_data: Path, tmp_path: Path,
+                                                                capsys, no_run) -> None:
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"id": "mine-1", "expert": "math", "score": 1}\n')
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--scores", scores, "--baselines",
+                       "--out", out)
+    assert code == 1 and err.startswith(f"ir3de: error: {scores}: setting 'custom', split "
+                                        "'all': "), err
+    assert "(id, expert) scores missing, e.g. id" in err and not out.exists()
+
+
+def test_eval_out_that_cannot_be_created_fails_before_the_run(user_data: Path, tmp_path: Path,
+                                                              capsys, no_run) -> None:
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, where no folder can be created")
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--baselines", "--out",
+                       "/proc/nope/x")
+    assert code == 1 and err == ("ir3de: error: --out /proc/nope/x: cannot create the folder "
+                                 "(No such file or directory)\n"), err
+
+
+@pytest.mark.parametrize(("name", "content"), [("report.md", "# my notes\n"),
+                                               ("results.json", '{"my": "data"}\n'),
+                                               ("decisions.jsonl", '{"mine": 1}\n')])
+def test_eval_refuses_files_it_did_not_write_without_force(
+        name: str, content: str, user_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(content)
+    argv = ["eval", "--fit", user_data, "--embedder", "wordllama", "--baselines", "--presets",
+            "default", "--no-plots", "--decisions", "--resamples", "0", "-q", "--out", out]
+    with monkeypatch.context() as patch:
+        patch.setattr("ir3de.eval.evaluate", lambda *a, **k: pytest.fail("the run started"))
+        code, _, err = run(capsys, *argv)
+    assert code == 1 and err == (f"ir3de: error: {out} holds {name}, not written by ir3de "
+                                 "eval; pass --force to replace them, or choose another "
+                                 "--out\n"), err
+    assert (out / name).read_text() == content
+    # Without --decisions a decisions.jsonl is not an output: left alone, no --force needed.
+    if name == "decisions.jsonl":
+        assert run(capsys, *[a for a in argv if a != "--decisions"])[0] == 0
+        assert (out / name).read_text() == content
+    assert run(capsys, *argv, "--force")[0] == 0
+    assert json.loads((out / "results.json").read_text())["outputs"]
+    # A previous evaluation's outputs are replaced without --force, an old-style one's too.
+    assert run(capsys, *argv)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    del results["outputs"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert run(capsys, *argv)[0] == 0
+
+
+def test_eval_empty_test_file_exits_1(user_data: Path, tmp_path: Path, capsys, no_run) -> None:
+    """It used to end in a ZeroDivisionError traceback after the fit."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--test", empty, "--baselines",
+                       "--out", tmp_path / "out")
+    assert code == 1 and err == f"ir3de: error: {empty}: no records\n", err
+
+
+def test_eval_says_what_it_wrote(user_data: Path, tmp_path: Path, capsys) -> None:
+    """--no-plots used to say "results.json and plots beside it"."""
+    pytest.importorskip("sklearn")
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"text": MATH[0] + " #0", "domain": "math"}) + "\n"
+                    + json.dumps({"text": "What is 5 + 5?", "domain": "math"}) + "\n"
+                    + json.dumps({"text": "print(5)", "domain": "coding"}) + "\n")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--test", test, "--embedder",
+                       "wordllama", "--baselines", "--presets", "default", "--no-plots",
+                       "--resamples", "0", "-q", "--out", out)
+    assert code == 0, err
+    assert err == f"{out / 'report.md'}: report written (results.json beside it)\n"
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["fit"] == str(user_data) and results["meta"]["test"] == str(test)
+    assert results["settings"][0]["splits"][0]["dropped"] == {"math": 1, "coding": 0}
 
 
 def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) -> None:

@@ -13,8 +13,8 @@ from ir3de.errors import IR3DEError
 pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
 pytest.importorskip("matplotlib", reason="the evaluation harness needs pip install 'ir3de[eval]'")
 
-from ir3de.eval import K_GRID, SETTINGS, evaluate, load_setting, write_report
-from ir3de.eval.harness import make_baselines
+from ir3de.eval import K_GRID, SETTINGS, Setting, Split, evaluate, load_setting, write_report
+from ir3de.eval.harness import check_scores, make_baselines
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -94,8 +94,11 @@ def test_intervals_bracket_the_figures_and_the_gap_to_the_best_baseline(
     assert differences["reasoning-xdata"]["IR3DE geo [wordllama, default]"]["low"] > 0
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"resamples": -1}, "resamples must be >= 0"),
-                                               ({"level": 1.0}, "level must be in")])
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"resamples": -1}, "resamples must be 0 .no intervals. or at least 100, got -1"),
+    # One resample gave a zero-width interval, so every gap was marked significant.
+    ({"resamples": 1}, "resamples must be 0 .no intervals. or at least 100, got 1"),
+    ({"level": 1.0}, "level must be in")])
 def test_interval_settings_are_checked_before_running(kwargs, match, data_dir: Path,
                                                       emb: Embedder) -> None:
     setting = load_setting("reasoning-xdata", data_dir, max_fit=5, max_test=5)
@@ -121,3 +124,42 @@ def test_report_results_and_plots_are_written(results: dict[str, dict], tmp_path
                         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert [s["setting"] for s in loaded["settings"]] == list(SETTINGS)
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _never_run() -> None:
+    pytest.fail("a router ran although the input was bad")
+
+
+def _tiny(test_ids: list[str]) -> Setting:
+    return Setting("tiny", "two domains", ["a", "b"],
+                   [Split("all", {"a": ["one plus one"], "b": ["def f(): pass"]}, test_ids,
+                          [f"prompt {i}" for i in test_ids], ["a", "b"][:len(test_ids)])])
+
+
+def test_a_split_without_test_prompts_is_refused_before_running(emb: Embedder) -> None:
+    """It used to fail with a ZeroDivisionError after the fit (time per test prompt)."""
+    with pytest.raises(IR3DEError, match=r"setting 'tiny', split 'all': no test prompts"):
+        evaluate(_tiny([]), embedders=[emb], baselines=[("random", _never_run)],
+                 progress=False)
+
+
+def test_missing_scores_are_found_before_running(emb: Embedder) -> None:
+    """They used to be found after every router had run, without naming the setting."""
+    scores = {("p1", "a"): 1.0, ("p1", "b"): 0.5, ("p2", "a"): 0.5}
+    with pytest.raises(IR3DEError, match=r"^s.jsonl: setting 'tiny', split 'all': 1 \(id, "
+                                         r"expert\) scores missing, e.g. id 'p2' for expert 'b'"):
+        check_scores(_tiny(["p1", "p2"]), scores, "task", source="s.jsonl")
+    with pytest.raises(IR3DEError, match=r"^setting 'tiny', split 'all': 1 \(id, expert\)"):
+        evaluate(_tiny(["p1", "p2"]), embedders=[emb], baselines=[("random", _never_run)],
+                 scores=scores, progress=False)
+    check_scores(_tiny(["p1"]), scores, "task")
+
+
+def test_test_prompts_dropped_as_fit_prompts_are_reported(data_dir: Path) -> None:
+    """The domains corpora hold a few texts under two ids: the results count them."""
+    setting = load_setting("domains", data_dir, max_test=5)  # the whole fit part
+    result = evaluate(setting, embedders=[], baselines=make_baselines(["random"]),
+                      resamples=0, progress=False)
+    (split,) = result["splits"]
+    assert split["dropped"] == setting.splits[0].dropped
+    assert set(split["dropped"]) == set(setting.domains) and sum(split["dropped"].values()) > 0

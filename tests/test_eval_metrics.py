@@ -19,6 +19,7 @@ from ir3de.eval.metrics import (
     percentile_interval,
     read_scores,
     routing_metrics,
+    validate_scores,
 )
 
 DOMAINS = ["math", "code", "law"]
@@ -98,6 +99,58 @@ def test_normalized_performance_errors() -> None:
     with pytest.raises(IR3DEError, match="1 decisions for 2 prompts"):
         normalized_performance(_scores(), ["p1", "p2"], ["math", "math"], {"r": ["math"]},
                                kind="task", experts=["math", "code"])
+
+
+@pytest.mark.parametrize(("kind", "bad", "match"), [
+    # A negative perplexity made random routing "beat" the domain expert (1.82 > 1.0).
+    ("perplexity", -4.0, r"perplexity scores must be > 0 .* id 'p1' for expert 'code' has -4.0"),
+    ("perplexity", 0.0, "perplexity scores must be > 0"),  # was a ZeroDivisionError
+    ("task", -0.5, r"task scores must be >= 0 .* id 'p1' for expert 'code' has -0.5"),
+])
+def test_scores_that_make_the_ratio_meaningless_are_refused(kind, bad, match) -> None:
+    scores = {k: v + 1 for k, v in _scores().items()}
+    scores[("p1", "code")] = bad
+    ids, gold = ["p1", "p2", "p3"], ["math", "math", "code"]
+    with pytest.raises(IR3DEError, match=match):
+        normalized_performance(scores, ids, gold, {"r": ["code", "code", "math"]}, kind=kind,
+                               experts=["math", "code"])
+    with pytest.raises(IR3DEError, match="^s.jsonl: " + match):
+        validate_scores(scores, kind, source="s.jsonl")
+
+
+def test_task_scores_need_a_non_zero_domain_expert() -> None:
+    # The code expert scores 0 on the only code prompt: method / expert divided by zero.
+    scores = {**_scores(), ("p3", "code"): 0.0}
+    ids, gold = ["p1", "p2", "p3"], ["math", "math", "code"]
+    with pytest.raises(IR3DEError, match=r"expert 'code' scores 0 on all 1 test prompts .*p3"):
+        normalized_performance(scores, ids, gold, {"r": ["math", "code", "math"]},
+                               kind="task", experts=["math", "code"])
+    validate_scores(scores, "task")  # zeros alone are fine: they are only a method's score
+    out = normalized_performance({**_scores(), ("p2", "code"): 0.0}, ids, gold,
+                                 {"r": ["code", "code", "code"]}, kind="task",
+                                 experts=["math", "code"])
+    assert out["r"]["math"] == pytest.approx(0.1 / 0.7)  # a method's zero score is fine
+
+
+def test_validate_scores_against_test_prompts() -> None:
+    validate_scores(_scores(), "task", ids=["p1", "p3"], gold=["math", "code"],
+                    experts=["math", "code"])
+    with pytest.raises(IR3DEError, match=r"f.jsonl: 1 \(id, expert\) scores missing.*'p4'"):
+        validate_scores(_scores(), "task", source="f.jsonl", ids=["p1", "p4"],
+                        gold=["math", "math"], experts=["math"])
+    with pytest.raises(IR3DEError, match=r"gold domains \['law'\] have no expert"):
+        validate_scores(_scores(), "task", ids=["p1"], gold=["law"], experts=["math", "code"])
+    with pytest.raises(IR3DEError, match="needs ids, gold and experts"):
+        validate_scores(_scores(), "task", ids=["p1"])
+    for value in (float("inf"), float("nan"), "high", None):
+        with pytest.raises(IR3DEError, match="perplexity scores must be > 0"):
+            validate_scores({("p1", "math"): value}, "perplexity")  # type: ignore[dict-item]
+
+
+def test_routing_to_an_expert_without_scores_is_refused() -> None:
+    with pytest.raises(IR3DEError, match=r"r: routed to \['law'\], not among the experts"):
+        normalized_performance(_scores(), ["p1"], ["math"], {"r": ["law"]}, kind="task",
+                               experts=["math", "code"])
 
 
 def test_read_scores(tmp_path: Path) -> None:

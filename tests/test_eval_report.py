@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ pytest.importorskip("matplotlib", reason="the evaluation harness needs pip insta
 
 from conftest import CORPORA
 
-from ir3de.eval import custom_setting, evaluate, write_report
+from ir3de.eval import custom_setting, evaluate, render_markdown, write_report
 from ir3de.eval.harness import make_baselines
 
 META = {"command": "pytest", "date": "today", "machine": "here", "data_dir": "data", "seed": 0}
@@ -120,3 +121,98 @@ def test_a_failed_run_keeps_the_previous_outputs(result: dict, tmp_path: Path,
         _run(result, tmp_path, ["alpha"], decisions=False)
     assert {p.name for p in tmp_path.iterdir()} == set(before)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    """The markdown's tables, each as its lines; a table's rows must follow without a gap."""
+    tables: list[list[str]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if previous.startswith("|"):
+                tables[-1].append(line)
+            else:
+                tables.append([line])
+        else:
+            assert not previous.startswith("|") or not line, f"row broken: {line!r}"
+        previous = line
+    return tables
+
+
+def test_table_cells_escape_pipes_and_line_breaks(tmp_path: Path, emb: Embedder) -> None:
+    """A domain named with ``|`` or a line break keeps every table's columns aligned."""
+    names = {"math": "ma|th", "coding": "cod\ning"}
+    data = tmp_path / "fit.jsonl"
+    records = [{"id": f"{d}{i}", "text": t, "domain": names.get(d, d)}
+               for d, texts in CORPORA.items() for i, t in enumerate(texts)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    experts = [names.get(d, d) for d in CORPORA]
+    scores = {(r["id"], e): 1.0 + (e == r["domain"]) for r in records for e in experts}
+    res = evaluate(custom_setting(data), embedders=[emb], presets=["default"],
+                   baselines=make_baselines(["random"]), resamples=0, scores=scores,
+                   score_kind="task", progress=False)
+    markdown = render_markdown({"meta": META, "settings": [res]}, {})
+    tables = _tables(markdown)
+    assert len(tables) == 4  # summary, accuracy, selector grid, normalized performance
+    for table in tables:
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in table}
+        assert len(widths) == 1, table
+    assert r"ma\|th" in tables[1][0] and "cod ing" in tables[1][0]
+    assert r"ma\|th" in tables[3][0]
+
+
+def test_data_line_shows_what_the_run_read(result: dict) -> None:
+    def data_line(meta: dict, **changes: object) -> str:
+        markdown = render_markdown({"meta": meta, "settings": [{**result, **changes}]}, {})
+        return next(line for line in markdown.splitlines() if line.startswith("Data: "))
+
+    # A custom setting reads no data folder: the default one is not named as if it had.
+    assert "`data`" not in data_line(META)
+    assert data_line({**META, "fit": "mine/fit.jsonl", "test": None}).startswith(
+        "Data: fit `mine/fit.jsonl`, test 30 % of the fit data (by id), seed 0")
+    assert data_line({**META, "fit": "f.jsonl", "test": "t.jsonl"}).startswith(
+        "Data: fit `f.jsonl`, test `t.jsonl`, seed 0")
+    # A built-in setting lists the shared files it read under "sources".
+    assert data_line(META, sources={"fit": {"math": ["gsm8k.jsonl"]}}).startswith(
+        "Data: `data`, seed 0")
+
+
+@pytest.mark.parametrize("panels", [3, 6])
+def test_confusion_figure_text_does_not_overlap(result: dict, panels: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suptitle clears the panel titles, and no panel's tick labels reach its neighbour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ir3de.eval import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    baseline = next(r for r in result["routers"] if r["family"] == "random")
+    shown = [r for r in result["routers"] if r["family"] == "ir3de" and r["is_preset"]]
+    extra = [{**baseline, "name": f"baseline {i}"} for i in range(panels - len(shown))]
+    plots._confusions({**result, "routers": shown + extra}, Path("unused.png"))
+    fig, = figures
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    assert len(axes) == panels
+    suptitle = fig._suptitle.get_window_extent(renderer)
+    for ax in axes:
+        assert not suptitle.overlaps(ax.title.get_window_extent(renderer))
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+
+
+def test_plots_print_dollar_signs_in_names(result: dict, tmp_path: Path) -> None:
+    """A domain named like mathtext was parsed as such and failed (ValueError) at savefig."""
+    from ir3de.eval.plots import plot_setting
+
+    names = {d: f"$\\{d}$" for d in result["domains"]}
+    routers = [{**r, "per_domain": {names[d]: v for d, v in r["per_domain"].items()}}
+               for r in result["routers"]]
+    renamed = {**result, "domains": list(names.values()), "routers": routers}
+    paths = plot_setting(renamed, tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)

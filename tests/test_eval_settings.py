@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,96 @@ def test_repeated_seeds_pool_the_splits_the_seed_changes(data_dir: Path) -> None
     assert [s.name for s in once.splits] == ["70/30"]
     with pytest.raises(IR3DEError, match="no seeds"):
         repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [])
+
+
+def _two_domains(n: int = 4) -> list[dict]:
+    return [{"text": f"{word} {i}", "domain": d} for d, word in (("math", "sum"), ("code", "def"))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("ident", "shown"), [(None, "null"), ([1], "[1]"), (True, "true"),
+                                              (1.5, "1.5")])
+def test_custom_ids_must_be_strings_or_integers(ident, shown, tmp_path: Path) -> None:
+    """null, lists and floats used to fail with a TypeError; a boolean is no id either."""
+    data = tmp_path / "mine.jsonl"
+    _write(data, [*_two_domains(), {"id": ident, "text": "x", "domain": "math"}])
+    with pytest.raises(IR3DEError, match=rf"mine.jsonl: record 9: 'id' must be a string or an "
+                                         rf"integer, got {re.escape(shown)}$"):
+        custom_setting(data)
+
+
+def test_custom_integer_ids_are_their_decimal_strings(tmp_path: Path) -> None:
+    """Mixed int and str ids used to fail sorting in the 70/30 split."""
+    data = tmp_path / "mine.jsonl"
+    _write(data, [{**r, "id": i if i % 2 else f"s{i}"} for i, r in enumerate(_two_domains())])
+    (split,) = custom_setting(data).splits
+    assert all(isinstance(i, str) for i in split.test_ids)
+    assert set(split.test_ids) <= {str(i) if i % 2 else f"s{i}" for i in range(8)}
+
+
+@pytest.mark.parametrize("repeat", ["a", 7])
+def test_custom_repeated_ids_are_refused(repeat, tmp_path: Path) -> None:
+    """A repeated id used to count as one prompt in the bootstrap (and share scores); 7 and
+    "7" are the same id."""
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    test = tmp_path / "test.jsonl"
+    _write(test, [{"id": "a" if repeat == "a" else "7", "text": "sum 9", "domain": "math"},
+                  {"id": repeat, "text": "def 9", "domain": "code"}])
+    with pytest.raises(IR3DEError, match=rf"test.jsonl: record 2 repeats id '{repeat}' of "
+                                         r".*test.jsonl: record 1; ids must be unique"):
+        custom_setting(fit, test)
+    # Across the files of a folder too: files of one folder are one data set.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write(folder / "math.jsonl", [{"id": "x", "text": "sum 1"}, {"text": "sum 2"}])
+    _write(folder / "code.jsonl", [{"id": "x", "text": "def 1"}, {"text": "def 2"}])
+    with pytest.raises(IR3DEError, match=r"math.jsonl: record 1 repeats id 'x' of .*code.jsonl"):
+        custom_setting(folder)
+
+
+def test_custom_records_without_id_are_named_by_file_and_record(tmp_path: Path) -> None:
+    """``<file stem>-<n>``, n the record's 1-based number in its file (blank lines skipped)."""
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "sum 9", "domain": "math"}\n\n{"text": "def 9", "domain": "code"}\n'
+                    '{"id": 5, "text": "sum 8", "domain": "math"}\n')
+    (split,) = custom_setting(fit, test).splits
+    assert split.test_ids == ["test-1", "5", "test-2"]
+
+
+def test_custom_empty_or_too_small_data_say_why(tmp_path: Path) -> None:
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    # An empty test set used to end in a ZeroDivisionError after the fit.
+    with pytest.raises(IR3DEError, match=r"empty.jsonl: no records$"):
+        custom_setting(fit, empty)
+    one = tmp_path / "one.jsonl"
+    _write(one, [*_two_domains(), {"text": "lone", "domain": "law"}])
+    with pytest.raises(IR3DEError, match=r"one.jsonl: domain 'law' has 1 prompt\(s\): the 70/30 "
+                                         "split by id leaves it no fit prompts"):
+        custom_setting(one)
+    nodomain = tmp_path / "nodomain.jsonl"
+    _write(nodomain, [{"text": f"t {i}"} for i in range(4)])
+    with pytest.raises(IR3DEError, match=r"found \['nodomain'\] \(a record's domain is its "
+                                         r"'domain' field, else its file's name\)"):
+        custom_setting(nodomain)
+
+
+def test_test_prompts_that_are_fit_prompts_are_counted(tmp_path: Path) -> None:
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    same = tmp_path / "same.jsonl"
+    _write(same, _two_domains())
+    with pytest.raises(IR3DEError, match=r"setting 'custom', split 'all': domain 'math' has no "
+                                         r"test prompts: all 4 are also fit prompts \(the same "
+                                         r"text\) and were dropped"):
+        custom_setting(fit, same)
+    partial = tmp_path / "partial.jsonl"
+    _write(partial, [*_two_domains(2), {"text": "sum 9", "domain": "math"},
+                     {"text": "def 9", "domain": "code"}])
+    (split,) = custom_setting(fit, partial).splits
+    assert split.dropped == {"math": 2, "code": 2} and split.test_texts == ["sum 9", "def 9"]

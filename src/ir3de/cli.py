@@ -92,6 +92,21 @@ def _number_or(words: dict[str, str | None],
     return parse
 
 
+def _resamples(text: str) -> int:
+    """An argparse type: bootstrap resamples, 0 (no intervals) or enough for an interval."""
+    from .eval.harness import MIN_RESAMPLES  # the harness's own rule, found at parse time
+
+    return int(_checked(int, lambda v: v == 0 or v >= MIN_RESAMPLES,
+                        f"0 (no intervals) or an integer >= {MIN_RESAMPLES}")(text))
+
+
+def _folder(text: str) -> str:
+    """An argparse type: a folder path; '' would silently mean the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    return text
+
+
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
 _pair_mass = _number_or({"none": None}, "the pair Dirichlet mass")
 
@@ -573,6 +588,55 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_out(out: Path, force: bool, writes: Sequence[str]) -> None:
+    """Refuse, before the run, to replace files of ``out`` named as the run's outputs
+    (``writes``) that no previous evaluation wrote, unless ``force``: a previous
+    evaluation's outputs are replaced, as ``demo`` replaces its router. That evaluation's
+    results.json and report.md are its own, another name only if it lists it."""
+    for name in writes:  # in the way even with --force: found now, not when writing
+        if (out / name).is_dir():
+            raise IR3DEError(f"{out / name} is a directory")
+    if force or not out.is_dir():
+        return
+    from .eval.report import previous_outputs
+
+    own = previous_outputs(out)
+    foreign = [name for name in writes if (out / name).exists() and name not in own]
+    if foreign:
+        raise IR3DEError(f"{out} holds {', '.join(foreign)}, not written by ir3de eval; pass "
+                         "--force to replace them, or choose another --out")
+
+
+def _make_out_dir(out: Path) -> list[Path]:
+    """Create ``out`` and prove a file can be written in it, before the run, not after it.
+    Returns the folders created, innermost first, for :func:`_remove_empty`."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_empty(created)
+        raise IR3DEError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") \
+            from None
+    try:
+        import tempfile
+
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        _remove_empty(created)
+        raise IR3DEError(f"--out {out}: cannot write files there ({exc.strerror or exc})") \
+            from None
+    return created
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed command created, innermost first, while empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import datetime
     import os
@@ -588,7 +652,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         repeat_setting,
         write_report,
     )
-    from .eval.harness import DEFAULT_BASELINES, make_baselines
+    from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
 
     try:
         import matplotlib  # noqa: F401
@@ -602,13 +666,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():  # found now, not after the whole run
         raise IR3DEError(f"--out {out} is not a directory")
     require_creatable(out)
+    _check_eval_out(out, args.force,
+                    ["report.md", "results.json", *(["decisions.jsonl"] * args.decisions)])
     data_dir = Path(args.data) if args.data else default_data_dir()
     caps = {"max_fit": args.max_fit, "max_test": args.max_test}
     seeds = list(dict.fromkeys(args.seed))
     if args.fit:
         names = ["custom"]
+    elif args.setting is None or "all" in args.setting:
+        names = list(SETTINGS)
     else:
-        names = list(SETTINGS) if "all" in args.setting else list(dict.fromkeys(args.setting))
+        names = list(dict.fromkeys(args.setting))
 
     def load(name: str, seed: int) -> Setting:
         if name == "custom":
@@ -619,35 +687,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = [repeat_setting(lambda seed, name=name: load(name, seed), seeds)
                 for name in names]
     scores = read_scores(args.scores) if args.scores else None
+    for setting in settings if scores is not None else ():  # every setting, before any runs
+        check_scores(setting, scores, args.score_kind, source=args.scores)
     embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
     baselines = _eval_baselines(args.baselines if args.baselines is not None
                                 else DEFAULT_BASELINES, args.baselines is not None)
     factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet)
-    results = []
-    for setting in settings:
-        start = time.perf_counter()
-        results.append(evaluate(setting, embedders=embedders, baselines=factories,
-                                presets=args.presets, scores=scores,
-                                score_kind=args.score_kind, resamples=args.resamples,
-                                level=args.level, keep_decisions=args.decisions,
-                                progress=not args.quiet))
-        if not args.quiet:
-            best = max(results[-1]["routers"], key=lambda r: r["balanced"])
-            print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
-                  f"{time.perf_counter() - start:.0f} s; best balanced accuracy "
-                  f"{100 * best['balanced']:.1f}% ({best['name']})", file=sys.stderr)
-    meta = {"command": "ir3de " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
-                       f"Python {platform.python_version()}",
-            "data_dir": str(data_dir), "seed": seeds[0], "seeds": seeds,
-            "max_fit": args.max_fit,
-            "max_test": args.max_test, "ir3de": __version__,
-            "embedders": [e.name for e in embedders], "presets": args.presets,
-            "baselines": baselines}
-    report = write_report({"meta": meta, "settings": results}, args.out, plots=not args.no_plots)
-    beside = "results.json, plots and decisions.jsonl" if args.decisions else \
-        "results.json and plots"
+    created = _make_out_dir(out)
+    try:
+        results = []
+        for setting in settings:
+            start = time.perf_counter()
+            results.append(evaluate(setting, embedders=embedders, baselines=factories,
+                                    presets=args.presets, scores=scores,
+                                    score_kind=args.score_kind, resamples=args.resamples,
+                                    level=args.level, keep_decisions=args.decisions,
+                                    progress=not args.quiet))
+            if not args.quiet:
+                best = max(results[-1]["routers"], key=lambda r: r["balanced"])
+                print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
+                      f"{time.perf_counter() - start:.0f} s; best balanced accuracy "
+                      f"{100 * best['balanced']:.1f}% ({best['name']})", file=sys.stderr)
+        meta = {"command": "ir3de " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+                    "%Y-%m-%d %H:%M UTC"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+                           f"Python {platform.python_version()}",
+                # The data read: the shared folder (built-in settings) or the user's files.
+                "data_dir": str(data_dir), "fit": args.fit, "test": args.test,
+                "seed": seeds[0], "seeds": seeds, "max_fit": args.max_fit,
+                "max_test": args.max_test, "ir3de": __version__,
+                "embedders": [e.name for e in embedders], "presets": args.presets,
+                "baselines": baselines}
+        report = write_report({"meta": meta, "settings": results}, args.out,
+                              plots=not args.no_plots)
+    except BaseException:
+        _remove_empty(created)  # a failed or interrupted run leaves no empty --out behind
+        raise
+    written = ["results.json", *(["decisions.jsonl"] * args.decisions),
+               *(["PNG plots"] * (not args.no_plots))]  # what was written, no more
+    beside = written[0] if len(written) == 1 else f"{', '.join(written[:-1])} and {written[-1]}"
     print(f"{report}: report written ({beside} beside it)", file=sys.stderr)
     return 0
 
@@ -833,13 +912,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  ir3de eval --setting all --out results/\n"
                "  ir3de eval --setting reasoning-xdata --max-fit 500 --max-test 100 "
                "--baselines random tfidf --out quick/")
-    p.add_argument("--setting", nargs="+", default=["all"], metavar="SETTING",
-                   choices=["all", "reasoning-paper", "reasoning-2fold", "reasoning-xdata",
-                            "domains"], help="settings to run: all (default) or some of "
-                                             "those above")
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    # --fit makes its own setting: with --setting too, one of them would be ignored.
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--setting", nargs="+", metavar="SETTING",
+                       choices=["all", "reasoning-paper", "reasoning-2fold", "reasoning-xdata",
+                                "domains"], help="settings to run: all (default) or some of "
+                                                 "those above")
+    p.add_argument("--out", required=True, type=_folder,
+                   help="output folder (created if missing); a previous eval's outputs in it "
+                        "are replaced, other files of the same names only with --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace a report.md, results.json or decisions.jsonl in --out that "
+                        "ir3de eval did not write")
     p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
-    p.add_argument("--fit", help="your own fit data: a JSONL file or folder (replaces --setting)")
+    which.add_argument("--fit", help="your own fit data: a JSONL file or folder (instead of "
+                                     "--setting)")
     p.add_argument("--test", help="your own test data (default: 30%% of --fit, by id)")
     p.add_argument("--embedder", nargs="+", metavar="NAME",
                    help="embedders for IR3DE (default: wordllama and, if installed, minilm)")
@@ -860,10 +947,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     '({"id", "expert", "score"}) for normalized performance')
     p.add_argument("--score-kind", choices=["task", "perplexity"], default="task",
                    help="task: higher is better; perplexity: lower is better")
-    p.add_argument("--resamples", type=_non_negative_int, default=2000,
+    p.add_argument("--resamples", type=_resamples, default=2000,
                    help="bootstrap resamples of the test prompts for the intervals of "
                         "balanced accuracy and of each preset's gap to the best baseline "
-                        "(0: no intervals)")
+                        "(0: no intervals, else at least 100)")
     p.add_argument("--level", type=_open_fraction, default=0.95,
                    help="coverage of those intervals")
     p.add_argument("--decisions", action="store_true",

@@ -18,7 +18,13 @@ Metrics need scikit-learn and plots matplotlib: ``pip install 'ir3de[eval]'``.
 """
 
 from .harness import K_GRID, evaluate
-from .metrics import RoutingMetrics, normalized_performance, read_scores, routing_metrics
+from .metrics import (
+    RoutingMetrics,
+    normalized_performance,
+    read_scores,
+    routing_metrics,
+    validate_scores,
+)
 from .report import render_markdown, write_report
 from .settings import SETTINGS, Setting, Split, custom_setting, load_setting, repeat_setting
 
@@ -36,5 +42,6 @@ __all__ = [
     "render_markdown",
     "repeat_setting",
     "routing_metrics",
+    "validate_scores",
     "write_report",
 ]

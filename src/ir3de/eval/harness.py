@@ -13,6 +13,7 @@ whole selector grid, and the report shows every figure.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,12 @@ from .metrics import (
     normalized_performance,
     percentile_interval,
     routing_metrics,
+    validate_scores,
 )
 from .settings import Setting, Split
 
-__all__ = ["BASELINES", "K_GRID", "Candidate", "evaluate", "make_baselines"]
+__all__ = ["BASELINES", "K_GRID", "MIN_RESAMPLES", "Candidate", "check_scores", "evaluate",
+           "make_baselines"]
 
 K_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 KNN_K = (1, 5, 10)
@@ -45,6 +48,9 @@ BASELINES = ("random", "knn", "tfidf", "modem")
 DEFAULT_BASELINES = ("random", "knn", "tfidf")
 # Fixed, so a report's intervals do not change between runs of the same routers.
 _BOOTSTRAP_SEED = 0
+# Fewer resamples give intervals of a few points (one resample: a point) that exclude 0
+# by chance, so a gap would be marked significant; 0 skips the intervals.
+MIN_RESAMPLES = 100
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
 
 
@@ -179,6 +185,19 @@ def _comparison(summaries: list[dict[str, Any]], correct: Mapping[str, list[bool
             "differences": differences}
 
 
+def check_scores(setting: Setting, scores: Mapping[tuple[str, str], float],
+                 kind: ScoreKind, *, source: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`IR3DEError` unless ``scores`` of ``kind`` cover every test prompt of
+    every split of ``setting`` for each of its experts, with usable values
+    (:func:`ir3de.eval.metrics.validate_scores`); the message names ``source`` (the score
+    file), the setting and the split. Known once the setting is built, so checked before
+    any router runs, not after all of them."""
+    for split in setting.splits:
+        where = f"setting {setting.name!r}, split {split.name!r}"
+        validate_scores(scores, kind, source=where if source is None else f"{source}: {where}",
+                        ids=split.test_ids, gold=split.test_labels, experts=setting.domains)
+
+
 def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
              baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
              presets: Sequence[str] = ("default", "paper"),
@@ -207,10 +226,16 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     if unknown:
         raise IR3DEError(f"unknown presets {unknown}; choose from {', '.join(PRESETS)}")
     # Checked before the slow part, not after every router has run.
-    if resamples < 0:
-        raise IR3DEError(f"resamples must be >= 0, got {resamples}")
+    if resamples != 0 and resamples < MIN_RESAMPLES:
+        raise IR3DEError(f"resamples must be 0 (no intervals) or at least {MIN_RESAMPLES}, "
+                         f"got {resamples}")
     if not 0 < level < 1:
         raise IR3DEError(f"level must be in (0, 1), got {level}")
+    for split in setting.splits:  # routing time is per test prompt: none would divide by 0
+        if not split.test_texts:
+            raise IR3DEError(f"setting {setting.name!r}, split {split.name!r}: no test prompts")
+    if scores is not None:
+        check_scores(setting, scores, score_kind)
     per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines)
     bar = tqdm(total=per_split * len(setting.splits), desc=setting.name, unit="router",
                disable=not progress, leave=False)
@@ -273,8 +298,10 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         "setting": setting.name, "description": setting.description,
         "leaks_test": setting.leaks_test, "domains": setting.domains,
         "sources": setting.sources,
+        # "dropped": test prompts per domain left out as their text is also a fit prompt.
         "splits": [{"name": s.name, "fit": {d: len(t) for d, t in s.fit.items()},
-                    "test": {d: s.test_labels.count(d) for d in setting.domains}}
+                    "test": {d: s.test_labels.count(d) for d in setting.domains},
+                    "dropped": dict(s.dropped)}
                    for s in setting.splits],
         "routers": summaries,
         "comparison": comparison,

@@ -13,6 +13,9 @@ domain's prompts to; it is normalized by the *domain expert* (the expert of the 
 gold domain): ``expert / method`` for perplexity, ``method / expert`` for task scores, so
 1.0 is the domain expert and higher is better in both. The *experts average* row is the
 mean over experts of each expert's normalized performance when it gets every prompt.
+Those ratios only rank methods when perplexities are > 0 and task scores >= 0 with a
+domain expert's mean above 0 (:func:`validate_scores`): a negative score flips the order,
+a zero one divides by zero.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from ..data import read_jsonl
 from ..errors import IR3DEError
 
 __all__ = ["RoutingMetrics", "bootstrap_balanced", "metrics_from_confusion",
-           "normalized_performance", "percentile_interval", "read_scores", "routing_metrics"]
+           "normalized_performance", "percentile_interval", "read_scores", "routing_metrics",
+           "validate_scores"]
 
 ScoreKind = Literal["perplexity", "task"]
 
@@ -167,6 +171,71 @@ def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:
     return scores
 
 
+def validate_scores(scores: Mapping[tuple[str, str], float], kind: ScoreKind, *,
+                    source: str | os.PathLike[str] | None = None,
+                    ids: Sequence[str] | None = None, gold: Sequence[str] | None = None,
+                    experts: Sequence[str] | None = None) -> None:
+    """Raise :class:`IR3DEError` unless ``scores`` of ``kind`` give meaningful ratios.
+
+    Every score must be a finite number, a perplexity > 0 and a task score >= 0: normalized
+    performance divides by them (``expert / method``, ``method / expert``), so a negative
+    score would rank a worse method above the domain expert and a zero one divide by zero.
+    With the test prompts ``ids``, their ``gold`` domains and the ``experts``, it also checks
+    that every (prompt, expert) score is there and that each domain expert's mean task score
+    over its domain's prompts (the ratio's denominator) is not 0. ``source`` (the score
+    file) prefixes the messages.
+
+    >>> validate_scores({("p1", "math"): -2.0}, "perplexity", source="s.jsonl")
+    Traceback (most recent call last):
+    ...
+    ir3de.errors.IR3DEError: s.jsonl: perplexity scores must be > 0 (normalized performance is \
+a ratio of them), but id 'p1' for expert 'math' has -2.0
+    """
+    where = "" if source is None else f"{source}: "
+    if kind not in ("perplexity", "task"):
+        raise IR3DEError(f"score kind must be 'perplexity' or 'task', got {kind!r}")
+    rule = "perplexity scores must be > 0" if kind == "perplexity" else \
+        "task scores must be >= 0"
+
+    def acceptable(value: object) -> bool:
+        try:
+            value = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        return math.isfinite(value) and (value > 0 if kind == "perplexity" else value >= 0)
+
+    bad = [(k, v) for k, v in scores.items() if not acceptable(v)]
+    if bad:
+        (pid, expert), value = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise IR3DEError(f"{where}{rule} (normalized performance is a ratio of them), but id "
+                         f"{pid!r} for expert {expert!r} has {value!r}{more}")
+    if ids is None and gold is None and experts is None:
+        return
+    if ids is None or gold is None or experts is None:
+        raise IR3DEError(f"{where}checking scores against test prompts needs ids, gold and "
+                         "experts")
+    if len(ids) != len(gold):
+        raise IR3DEError(f"{where}{len(ids)} test ids but {len(gold)} gold labels")
+    no_expert = sorted(set(gold) - set(experts))
+    if no_expert:
+        raise IR3DEError(f"{where}gold domains {no_expert} have no expert among "
+                         f"{list(experts)}")
+    missing = [(i, e) for i in ids for e in experts if (i, e) not in scores]
+    if missing:
+        raise IR3DEError(f"{where}{len(missing)} (id, expert) scores missing, e.g. id "
+                         f"{missing[0][0]!r} for expert {missing[0][1]!r}")
+    if kind == "task":
+        for domain in dict.fromkeys(gold):
+            own = [i for i, g in zip(ids, gold, strict=True) if g == domain]
+            # Scores are >= 0 here, so a zero mean means every one of them is 0.
+            if not any(scores[(i, domain)] for i in own):
+                raise IR3DEError(
+                    f"{where}expert {domain!r} scores 0 on all {len(own)} test prompts of its "
+                    f"domain (e.g. id {own[0]!r}): task scores are normalized by the domain "
+                    "expert's mean, which must not be 0")
+
+
 def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequence[str],
                            gold: Sequence[str], routed: Mapping[str, Sequence[str]], *,
                            kind: ScoreKind, experts: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -181,12 +250,7 @@ def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequenc
     >>> out["r"]["a"], out["r"]["b"]
     (1.0, 0.5)
     """
-    if kind not in ("perplexity", "task"):
-        raise IR3DEError(f"score kind must be 'perplexity' or 'task', got {kind!r}")
-    missing = [(i, e) for i in ids for e in experts if (i, e) not in scores]
-    if missing:
-        raise IR3DEError(f"{len(missing)} (id, expert) scores missing, e.g. id "
-                         f"{missing[0][0]!r} for expert {missing[0][1]!r}")
+    validate_scores(scores, kind, ids=ids, gold=gold, experts=experts)
     domains = list(dict.fromkeys(gold))
 
     def mean_score(choice: Sequence[str], domain: str) -> float:
@@ -201,6 +265,10 @@ def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequenc
     for name, choice in routed.items():
         if len(choice) != len(ids):
             raise IR3DEError(f"{name}: {len(choice)} decisions for {len(ids)} prompts")
+        unknown = sorted(set(choice) - set(experts))
+        if unknown:  # they have no scores
+            raise IR3DEError(f"{name}: routed to {unknown}, not among the experts "
+                             f"{list(experts)}")
         rows[name] = {d: normalize(mean_score(choice, d), expert_ref[d]) for d in domains}
     rows["experts average"] = {
         d: float(np.mean([normalize(mean_score([e] * len(ids), d), expert_ref[d])

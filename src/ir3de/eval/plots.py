@@ -83,7 +83,10 @@ def _confusions(result: dict[str, Any], path: Path) -> None:
     cols = min(4, len(shown))
     rows = -(-len(shown) // cols)
     size = 1.0 + 0.45 * len(domains)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    # Constrained layout makes room for the suptitle above the panels' two-line titles and
+    # for each panel's y tick labels beside its left neighbour; fixed spacing overlapped both.
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, r in zip(axes.flat, shown, strict=False):
@@ -135,6 +138,9 @@ def plot_setting(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     name = result["setting"]
     paths = [out / f"accuracy_vs_k_{name}.png", out / f"confusion_{name}.png",
              out / f"cost_{name}.png"]
-    for draw, path in zip((_accuracy_vs_k, _confusions, _cost), paths, strict=True):
-        draw(result, path)
+    # Domain and router names are the user's: a "$" in one must print as itself, not start
+    # mathtext (or TeX) that fails to parse after the whole run.
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        for draw, path in zip((_accuracy_vs_k, _confusions, _cost), paths, strict=True):
+            draw(result, path)
     return paths

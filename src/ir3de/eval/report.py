@@ -22,7 +22,7 @@ from .harness import K_GRID
 # Selectors without k: one column each in the grid, one row each in the main tables.
 _POOLED = tuple(s for s in SELECTORS if s != "topk")
 
-__all__ = ["render_markdown", "write_report"]
+__all__ = ["previous_outputs", "render_markdown", "write_report"]
 
 
 def _pct(x: float | None) -> str:
@@ -71,6 +71,19 @@ def _seeds(meta: dict[str, Any]) -> str:
             "pooled)")
 
 
+def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
+    """The data the run read: the user's ``fit``/``test`` files when ``meta`` names them, and
+    the shared data folder only when a built-in setting (one with ``sources``) read it."""
+    parts = []
+    if meta.get("fit"):
+        test = f"`{meta['test']}`" if meta.get("test") else "30 % of the fit data (by id)"
+        parts.append(f"fit `{meta['fit']}`, test {test}")
+    if meta.get("data_dir") and any(s.get("sources") for s in settings):
+        parts.append(f"`{meta['data_dir']}`")
+    # A custom setting's description names its files when meta does not.
+    return "; ".join(parts) or "user data (see each setting below)"
+
+
 def _num(x: float | None) -> float:
     return float("nan") if x is None else x
 
@@ -87,9 +100,17 @@ def _mark_best(rows: list[list[str]], values: list[list[float]], higher: Sequenc
                 row[j + 1] = f"**{row[j + 1]}**"
 
 
+def _cell(text: object) -> str:
+    """A table cell's text: a ``|`` or a line break in it (a domain or router name) would
+    end the cell or the row, so pipes are escaped and line breaks become spaces."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(map(_cell, cells)) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *map(line, rows)]
 
 
 def _main_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,7 +195,8 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
     meta = results["meta"]
     lines = ["# IR3DE evaluation report", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             f"Machine: {meta['machine']}  ", f"Data: `{meta['data_dir']}`, " + _seeds(meta)
+             f"Machine: {meta['machine']}  ",
+             f"Data: {_data(meta, results['settings'])}, " + _seeds(meta)
              + (f", at most {meta['max_fit']} fit / {meta['max_test']} test prompts per domain"
                 if meta.get("max_fit") or meta.get("max_test") else ""), "",
              "## Summary: balanced routing accuracy (%)", ""]
@@ -210,12 +232,13 @@ def _plot_names(setting: str) -> list[str]:
     return [f"{kind}_{setting}.png" for kind in ("accuracy_vs_k", "confusion", "cost")]
 
 
-def _previous_outputs(out: Path) -> set[str]:
+def previous_outputs(out: Path) -> set[str]:
     """The files the previous run into ``out`` wrote, as its ``results.json`` lists them.
 
-    A ``results.json`` written before the list was kept ("outputs" missing) yields the plots
-    of its settings, and ``decisions.jsonl`` when that file's first line is one of their
-    decisions. Nothing when there is no readable ``results.json`` of an evaluation.
+    A ``results.json`` written before the list was kept ("outputs" missing) yields itself,
+    ``report.md``, the plots of its settings, and ``decisions.jsonl`` when that file's
+    first line is one of their decisions. Nothing when there is no readable
+    ``results.json`` of an evaluation. ``ir3de eval`` replaces these without ``--force``.
     """
     try:
         previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -230,7 +253,8 @@ def _previous_outputs(out: Path) -> set[str]:
         return set()
     names = {s["setting"] for s in settings
              if isinstance(s, dict) and isinstance(s.get("setting"), str)}
-    found = {n for s in names for n in _plot_names(s) if _is_output_name(n)}
+    found = {"results.json", "report.md"}
+    found |= {n for s in names for n in _plot_names(s) if _is_output_name(n)}
     try:
         with (out / "decisions.jsonl").open(encoding="utf-8") as fh:
             first = json.loads(fh.readline())
@@ -271,7 +295,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_outputs(out)
+    previous = previous_outputs(out)
     outputs: list[str] = []
     if any("decisions" in r for r in results["settings"]):
         lines = [json.dumps({"setting": r["setting"], **d}, ensure_ascii=False)

@@ -13,11 +13,15 @@ Built-in settings, read from the shared data folder (``../shared/data`` or ``$IR
 * ``domains`` — the nine domain corpora of ``domains/``, a seeded 70/30 split by ``id``.
 
 User data (:func:`custom_setting`): a folder of JSONL files whose records carry a
-``domain`` field, or one JSONL file per domain (the file name is the domain).
+``domain`` field, or one JSONL file per domain (the file name is the domain). Ids are
+strings or integers (an integer is its decimal string), unique within the fit data and
+within the test data; a record without one is ``<file stem>-<n>``, ``n`` its 1-based
+record number in the file (blank lines not counted).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,6 +67,8 @@ class Split:
     test_ids: list[str]
     test_texts: list[str]
     test_labels: list[str]
+    # Test prompts per domain left out because their exact text is also a fit prompt.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def fit_texts(self) -> list[str]:
@@ -92,26 +98,31 @@ def _subsample(records: list[dict], limit: int | None, rng: np.random.Generator)
     return [records[i] for i in keep]
 
 
-def _split(name: str, fit: dict[str, list[dict]], test: dict[str, list[dict]], *,
-           max_fit: int | None, max_test: int | None, seed: int,
+def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, list[dict]],
+           *, max_fit: int | None, max_test: int | None, seed: int,
            leak: bool = False) -> Split:
     rng = np.random.default_rng(seed)
-    fit_texts, ids, texts, labels = {}, [], [], []
+    where = f"setting {setting!r}, split {name!r}"
+    fit_texts, ids, texts, labels, dropped = {}, [], [], [], {}
     for domain in fit:
         fit_texts[domain] = [r["text"] for r in _subsample(fit[domain], max_fit, rng)]
         if not fit_texts[domain]:
-            raise EmptyInputError(f"setting split {name!r}: domain {domain!r} has no fit prompts")
+            raise EmptyInputError(f"{where}: domain {domain!r} has no fit prompts")
     # Some corpora hold the same text under two ids: a test prompt whose exact text was
     # fitted on is dropped, unless the setting leaks on purpose.
     seen = set() if leak else {t for group in fit_texts.values() for t in group}
     for domain in test:
-        chosen = _subsample([r for r in test[domain] if r["text"] not in seen], max_test, rng)
+        unseen = [r for r in test[domain] if r["text"] not in seen]
+        dropped[domain] = len(test[domain]) - len(unseen)
+        chosen = _subsample(unseen, max_test, rng)
         if not chosen:
-            raise EmptyInputError(f"setting split {name!r}: domain {domain!r} has no test prompts")
+            why = (f": all {dropped[domain]} are also fit prompts (the same text) and were "
+                   "dropped" if dropped[domain] else "")
+            raise EmptyInputError(f"{where}: domain {domain!r} has no test prompts{why}")
         ids += [str(r["id"]) for r in chosen]
         texts += [r["text"] for r in chosen]
         labels += [domain] * len(chosen)
-    return Split(name, fit_texts, ids, texts, labels)
+    return Split(name, fit_texts, ids, texts, labels, dropped)
 
 
 def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, seed: int = 0,
@@ -122,7 +133,7 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     runs and tests); ``seed`` also drives the HumanEval/IFEval halves and the domain split.
 
     >>> s = load_setting("reasoning-xdata", max_fit=100, max_test=20)  # doctest: +SKIP
-    >>> s.domains
+    >>> s.domains  # doctest: +SKIP
     ['math', 'multilingual', 'coding', 'instruction_following']
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -138,11 +149,11 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     if name == "reasoning-paper":
         fit_sources = _PAPER_FIT
         fit = {d: reasoning_records(data_dir, names) for d, names in fit_sources.items()}
-        splits = [_split("all", fit, load, **caps, leak=True)]
+        splits = [_split(name, "all", fit, load, **caps, leak=True)]
     elif name == "reasoning-xdata":
         fit_sources = REASONING_FIT
         fit = {d: reasoning_records(data_dir, names) for d, names in fit_sources.items()}
-        splits = [_split("all", fit, load, **caps)]
+        splits = [_split(name, "all", fit, load, **caps)]
     else:
         fit_sources = _PAPER_FIT
         base = {d: reasoning_records(data_dir, names) for d, names in REASONING_FIT.items()}
@@ -151,7 +162,7 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
         for fold in (0, 1):
             fit = {d: halves[d][fold] if d in halves else base[d] for d in load}
             test = {d: halves[d][1 - fold] if d in halves else load[d] for d in load}
-            splits.append(_split(f"fold{fold}", fit, test, **caps))
+            splits.append(_split(name, f"fold{fold}", fit, test, **caps))
     return Setting(name, _DESCRIPTIONS[name], list(load), splits,
                    leaks_test=name == "reasoning-paper",
                    sources={"fit": {d: list(v) for d, v in fit_sources.items()},
@@ -198,20 +209,25 @@ def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
         domain = path.parent.name
         fit[domain], test[domain] = seeded_split(list(read_jsonl(path)),
                                                  _DOMAINS_TRAIN_FRACTION, seed)
-    split = _split("70/30", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
+    split = _split("domains", "70/30", fit, test, max_fit=max_fit, max_test=max_test,
+                   seed=seed)
     return Setting("domains", _DESCRIPTIONS["domains"], list(fit), [split],
                    sources={"fit": {p.parent.name: [str(p.relative_to(data_dir))]
                                     for p in files}})
 
 
 def _labelled_records(path: Path) -> dict[str, list[dict]]:
-    """Records per domain from a JSONL file or folder (``domain`` field, else file name)."""
+    """Records per domain from a JSONL file or folder (``domain`` field, else file name),
+    each with a string ``id`` unique across ``path`` (see the module docs)."""
     if not path.exists():
         raise IR3DEError(f"{path}: no such file or folder")
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
         raise IR3DEError(f"{path}: no *.jsonl files")
     out: dict[str, list[dict]] = {}
+    # Scores and decisions name a test prompt by its id alone, the split sorts and draws
+    # ids, and the bootstrap counts an id once: a repeated id would merge two prompts.
+    first_seen: dict[str, str] = {}
     for file in files:
         for lineno, record in enumerate(read_jsonl(file), 1):
             text = record.get("text")
@@ -220,8 +236,20 @@ def _labelled_records(path: Path) -> dict[str, list[dict]]:
             domain = record.get("domain", file.stem)
             if not isinstance(domain, str) or not domain:
                 raise IR3DEError(f"{file}: record {lineno}: 'domain' must be a non-empty string")
-            record.setdefault("id", f"{file.stem}-{lineno}")
+            ident = record.get("id", f"{file.stem}-{lineno}")
+            # An integer id is its decimal string, so 7 and "7" are one id and mixed ids sort.
+            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+                raise IR3DEError(f"{file}: record {lineno}: 'id' must be a string or an "
+                                 f"integer, got {json.dumps(ident)}")
+            record["id"] = str(ident)
+            here = f"{file}: record {lineno}"
+            if record["id"] in first_seen:
+                raise IR3DEError(f"{here} repeats id {record['id']!r} of "
+                                 f"{first_seen[record['id']]}; ids must be unique")
+            first_seen[record["id"]] = here
             out.setdefault(domain, []).append(record)
+    if not out:
+        raise IR3DEError(f"{path}: no records")
     return out
 
 
@@ -231,9 +259,17 @@ def custom_setting(fit_path: str | os.PathLike[str],
                    max_test: int | None = None) -> Setting:
     """A setting from user JSONL data; without ``test_path``, a seeded 70/30 split by id."""
     fit = _labelled_records(Path(fit_path))
+    if len(fit) < 2:
+        raise IR3DEError(f"{fit_path}: need at least two domains, found {sorted(fit)} (a "
+                         "record's domain is its 'domain' field, else its file's name)")
     if test_path is None:
         pairs = {d: seeded_split(records, _DOMAINS_TRAIN_FRACTION, seed)
                  for d, records in fit.items()}
+        for domain, (part, _) in pairs.items():
+            if not part:  # int(0.7 n) is 0 for n = 1 only; the test part is never empty
+                raise IR3DEError(f"{fit_path}: domain {domain!r} has {len(fit[domain])} "
+                                 "prompt(s): the 70/30 split by id leaves it no fit prompts "
+                                 "(give it more, or separate test data)")
         fit = {d: p[0] for d, p in pairs.items()}
         test = {d: p[1] for d, p in pairs.items()}
     else:
@@ -241,9 +277,7 @@ def custom_setting(fit_path: str | os.PathLike[str],
         unknown = sorted(set(test) - set(fit))
         if unknown:
             raise IR3DEError(f"{test_path}: test domains {unknown} have no fit data in {fit_path}")
-    if len(fit) < 2:
-        raise IR3DEError(f"{fit_path}: need at least two domains, found {sorted(fit)}")
     test = {d: test.get(d, []) for d in fit if test.get(d)}
-    split = _split("all", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
+    split = _split(name, "all", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
     return Setting(name, f"User data: fit {fit_path}, test {test_path or '30% of the fit data'}.",
                    list(fit), [split])
