@@ -54,7 +54,7 @@ def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Pat
     assert digest(loaded) == digest(stats)
     # Derived statistics are new data: they carry no signature.
     assert loaded.renamed("arithmetic").signature is None
-    assert (loaded + loaded).signature is None
+    assert (loaded + stats).signature is None
 
 
 def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
