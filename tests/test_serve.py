@@ -415,6 +415,12 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
                            files={"stats": ("law.stats", law)})
         assert again.status_code == 400 and "already exists" in again.json()["error"]["message"]
 
+        for ignored, message in (({"k": 7}, "k applies to selector topk only; the router "
+                                              "would use selector geo"),
+                                 ({"lam": 1.0}, "lam applies to model ridge only; the router "
+                                                "would use model nb")):
+            r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json=ignored)
+            assert r.status_code == 400 and r.json()["error"]["message"] == message, r.text
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
                         json={"k": 7, "selector": "topk"})
         assert s.status_code == 200 and s.json()["k"] == 7
@@ -530,7 +536,7 @@ def test_admin_removes_endpoints_and_keeps_state_it_cannot_save(stats_files, ups
         saved.unlink()  # written by the removal above
         saved.mkdir()
         before = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
-        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"k": 3})
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": 0.5})
         assert r.status_code == 500 and "was not applied" in r.json()["error"]["message"]
         assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == before
     finally:

@@ -166,12 +166,6 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "features only); needs statistics with token counts")
 
 
-# Router options that one model only reads: given for the other they would be ignored
-# without a word, so they are refused (see _refuse_unused).
-_MODEL_OPTIONS = {"alpha": "nb", "pairs": "nb", "lam": "ridge", "identity": "ridge",
-                  "normalize": "ridge", "regularize_bias": "ridge"}
-
-
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
     """The preset with the router options given on the command line applied; an option
     the resulting configuration does not read is refused."""
@@ -191,32 +185,20 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 def _refuse_unused(given: dict[str, Any], config: RouterConfig, source: str) -> None:
     """Refuse an option in ``given`` that ``config`` (``source`` with ``given`` applied)
-    does not read, naming the option and what makes it inapplicable."""
-    for key, value in given.items():
-        model = _MODEL_OPTIONS.get(key)
-        if model is None or config.model == model:
-            continue
-        option = f"--{'no-' if value is False else ''}{key.replace('_', '-')}"
-        where = (f", not --model {config.model}" if "model" in given
-                 else f"; {source} uses the {config.model} model")
-        raise IR3DEError(f"{option} applies to --model {model} only{where}")
-    if "normalize" in given and config.identity is not None:
-        # the identity solve has no unit-norm columns (solver.solve_identity)
-        option = f"--{'' if given['normalize'] else 'no-'}normalize"
+    does not read (:meth:`RouterConfig.ignored`), naming the option and why."""
+    found = config.ignored(given)
+    if found is None:
+        return
+    key, setting, needed = found
+    option = f"--{'no-' if given[key] is False else ''}{key.replace('_', '-')}"
+    actual = getattr(config, setting)
+    if needed is None:  # the identity solve has no unit-norm columns (solver.solve_identity)
         where = "--identity" if "identity" in given else source
         raise IR3DEError(f"{option} applies to --model ridge without identity features only "
-                         f"(--identity none); {where} gives identity μ {config.identity}")
-    if "k" in given:
-        _refuse_k(config.selector, "selector" in given, source)
-
-
-def _refuse_k(selector: str, chosen: bool, source: str) -> None:
-    """--k is read by the topk selector only; ``chosen``: the selector was given as
-    --selector, else ``source`` (a preset, a router file) uses it."""
-    if selector != "topk":
-        where = f", not --selector {selector}" if chosen else \
-            f"; {source} uses the {selector} selector"
-        raise IR3DEError(f"--k applies to --selector topk only{where}")
+                         f"(--identity none); {where} gives identity μ {actual}")
+    where = (f", not --{setting} {actual}" if setting in given
+             else f"; {source} uses the {actual} {setting}")
+    raise IR3DEError(f"{option} applies to --{setting} {needed} only{where}")
 
 
 def _embedder_from_args(args: argparse.Namespace):
@@ -398,10 +380,8 @@ def cmd_route(args: argparse.Namespace) -> int:
                          "other")
     router = Router.load(args.router)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
-    if args.k is not None:
-        _refuse_k(args.selector or router.config.selector, args.selector is not None,
-                  args.router)
     if overrides:
+        _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)
         router.set_params(**overrides)
     items = list(_prompts(args))
     for index, (_, text) in enumerate(items):

@@ -78,6 +78,12 @@ _RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normali
 MODELS: tuple[str, ...] = ("nb", "ridge")
 
 
+# Settings that one model only reads (see RouterConfig): given for the other model they
+# would change nothing.
+_MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "lam": "ridge", "identity": "ridge",
+               "normalize": "ridge", "regularize_bias": "ridge"}
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """Router settings. ``model`` and its parameters change the per-token table; ``k``,
@@ -169,6 +175,28 @@ class RouterConfig:
                              f"got {type(data).__name__}")
         _check_settings(data)
         return cls(**data)
+
+    def ignored(self, names: Iterable[str]) -> tuple[str, str, str | None] | None:
+        """The first of the setting ``names`` this configuration would not read, as
+        ``(name, setting, needed)``: ``name`` is read only when ``setting`` is ``needed``
+        (``("lam", "model", "ridge")``, ``("k", "selector", "topk")``, ``("normalize",
+        "identity", None)``: unit-norm columns exist only without identity features).
+        None when every one is read. Front ends refuse such settings instead of dropping
+        them without a word.
+
+        >>> RouterConfig().ignored(["alpha", "k"])
+        ('k', 'selector', 'topk')
+        """
+        names = list(names)
+        for name in names:
+            model = _MODEL_ONLY.get(name)
+            if model is not None and model != self.model:
+                return name, "model", model
+        if "normalize" in names and self.identity is not None:
+            return "normalize", "identity", None
+        if "k" in names and self.selector != "topk":
+            return "k", "selector", "topk"
+        return None
 
     def with_settings(self, **settings: Any) -> RouterConfig:
         """A copy with ``settings`` changed (validated like a new config).

@@ -723,8 +723,15 @@ def create_app(config: Any) -> Any:
                         or not 0.0 <= value <= 1.0:
                     raise _Err(f"{cut} must be a number in [0, 1], got {value!r}")
                 values[cut] = float(value)
+            params = {k: v for k, v in changes.items() if k not in cuts}
+            config = state.router.config.with_settings(**params)
+            ignored = config.ignored(params)
+            if ignored is not None:  # accepted, it would change nothing: say so instead
+                key, setting, needed = ignored
+                raise _Err(f"{key} applies to {setting} {needed} only; the router would use "
+                           f"{setting} {getattr(config, setting)}")
             router = _copy_router(state.router)
-            router.set_params(**{k: v for k, v in changes.items() if k not in cuts})
+            router.set_params(**params)
             return replace(state, router=router, **values)
 
         return await _swap(build)
