@@ -541,7 +541,7 @@ def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) ->
     scores.write_text('{"id": "x", "expert": "math"}\n')
     code, _, err = run(capsys, "eval", "--setting", "reasoning-xdata", "--data", data_dir,
                        "--scores", scores, "--baselines", "--out", tmp_path / "out")
-    assert code == 1 and "record 1 needs 'id', 'expert' and a numeric 'score'" in err
+    assert code == 1 and ":1: record needs 'id', 'expert' and a numeric 'score'" in err
 
 
 def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -106,7 +106,7 @@ def test_custom_setting_errors(tmp_path: Path) -> None:
     with pytest.raises(IR3DEError, match="at least two domains"):
         custom_setting(tmp_path / "one.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"text": ""}\n')
-    with pytest.raises(IR3DEError, match="record 1 has no non-empty string field 'text'"):
+    with pytest.raises(IR3DEError, match=":1: record has no non-empty string field 'text'"):
         custom_setting(tmp_path / "bad.jsonl")
     fit = tmp_path / "fit.jsonl"
     _write(fit, [{"text": "a", "domain": "x"}, {"text": "b", "domain": "y"}])
@@ -148,7 +148,7 @@ def test_custom_ids_must_be_strings_or_integers(ident, shown, tmp_path: Path) ->
     """null, lists and floats used to fail with a TypeError; a boolean is no id either."""
     data = tmp_path / "mine.jsonl"
     _write(data, [*_two_domains(), {"id": ident, "text": "x", "domain": "math"}])
-    with pytest.raises(IR3DEError, match=rf"mine.jsonl: record 9: 'id' must be a string or an "
+    with pytest.raises(IR3DEError, match=rf"mine.jsonl:9: 'id' must be a string or an "
                                          rf"integer, got {re.escape(shown)}$"):
         custom_setting(data)
 
@@ -171,15 +171,15 @@ def test_custom_repeated_ids_are_refused(repeat, tmp_path: Path) -> None:
     test = tmp_path / "test.jsonl"
     _write(test, [{"id": "a" if repeat == "a" else "7", "text": "sum 9", "domain": "math"},
                   {"id": repeat, "text": "def 9", "domain": "code"}])
-    with pytest.raises(IR3DEError, match=rf"test.jsonl: record 2 repeats id '{repeat}' of "
-                                         r".*test.jsonl: record 1; ids must be unique"):
+    with pytest.raises(IR3DEError, match=rf"test.jsonl:2: repeats id '{repeat}' of "
+                                         r".*test.jsonl:1; ids must be unique"):
         custom_setting(fit, test)
     # Across the files of a folder too: files of one folder are one data set.
     folder = tmp_path / "folder"
     folder.mkdir()
     _write(folder / "math.jsonl", [{"id": "x", "text": "sum 1"}, {"text": "sum 2"}])
     _write(folder / "code.jsonl", [{"id": "x", "text": "def 1"}, {"text": "def 2"}])
-    with pytest.raises(IR3DEError, match=r"math.jsonl: record 1 repeats id 'x' of .*code.jsonl"):
+    with pytest.raises(IR3DEError, match=r"math.jsonl:1: repeats id 'x' of .*code.jsonl"):
         custom_setting(folder)
 
 
@@ -228,3 +228,17 @@ def test_test_prompts_that_are_fit_prompts_are_counted(tmp_path: Path) -> None:
                      {"text": "def 9", "domain": "code"}])
     (split,) = custom_setting(fit, partial).splits
     assert split.dropped == {"math": 2, "code": 2} and split.test_texts == ["sum 9", "def 9"]
+
+
+def test_custom_errors_name_the_line_and_ids_count_records(tmp_path: Path) -> None:
+    """Blank lines make a record's line differ from its number: errors name the line (to
+    find it in an editor), default ids the record number (as documented)."""
+    data = tmp_path / "mine.jsonl"
+    lines = [json.dumps(r) for r in _two_domains()]
+    data.write_text("\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    (split,) = custom_setting(data).splits
+    assert split.test_ids and set(split.test_ids) <= {f"mine-{n}" for n in range(1, 9)}
+    data.write_text("\n\n" + "\n".join([*lines, json.dumps({"text": "x", "domain": ""})]),
+                    encoding="utf-8")
+    with pytest.raises(IR3DEError, match=r"mine.jsonl:11: 'domain' must be a non-empty string"):
+        custom_setting(data)

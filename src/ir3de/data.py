@@ -30,7 +30,7 @@ import numpy as np
 from .errors import EmptyInputError, IR3DEError, require_file
 
 __all__ = ["FORMATS", "default_data_dir", "parse_jsonl", "read_corpus", "read_jsonl",
-           "reasoning_records", "reasoning_split", "seeded_split"]
+           "read_numbered_jsonl", "reasoning_records", "reasoning_split", "seeded_split"]
 
 FORMATS = ("jsonl", "text", "parquet")
 CorpusFormat = Literal["jsonl", "text", "parquet"]
@@ -67,6 +67,12 @@ def parse_jsonl(lines: Iterable[str], where: str, *,
     With ``text_field``, a record without a string in that field is an error too (named by
     its line, which blank lines make differ from its record number).
     """
+    for _, record in _numbered_jsonl(lines, where, text_field):
+        yield record
+
+
+def _numbered_jsonl(lines: Iterable[str], where: str,
+                    text_field: str | None = None) -> Iterator[tuple[int, dict]]:
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -85,7 +91,7 @@ def parse_jsonl(lines: Iterable[str], where: str, *,
             raise IR3DEError(f"{where}:{lineno}: expected a JSON object")
         if text_field is not None and not isinstance(record.get(text_field), str):
             raise IR3DEError(f"{where}:{lineno}: record has no string field {text_field!r}")
-        yield record
+        yield lineno, record
 
 
 def _utf8_lines(path: Path) -> Iterator[str]:
@@ -107,6 +113,14 @@ def read_jsonl(path: str | os.PathLike[str], *, text_field: str | None = None) -
     path = Path(path)
     require_file(path)
     yield from parse_jsonl(_utf8_lines(path), str(path), text_field=text_field)
+
+
+def read_numbered_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each record of a JSONL file, for callers that check
+    the records themselves and should name the line of a bad one."""
+    path = Path(path)
+    require_file(path)
+    yield from _numbered_jsonl(_utf8_lines(path), str(path))
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..data import read_jsonl
+from ..data import read_numbered_jsonl
 from ..errors import IR3DEError
 
 __all__ = ["RoutingMetrics", "bootstrap_balanced", "metrics_from_confusion",
@@ -153,17 +153,17 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:
     """``{(prompt id, expert): score}`` from a JSONL score file; duplicates are errors."""
     scores: dict[tuple[str, str], float] = {}
-    for lineno, record in enumerate(read_jsonl(path), 1):
+    for lineno, record in read_numbered_jsonl(path):
         try:
             key = (str(record["id"]), str(record["expert"]))
             score = float(record["score"])
         except (KeyError, TypeError, ValueError):
-            raise IR3DEError(f"{path}: record {lineno} needs 'id', 'expert' and a numeric "
+            raise IR3DEError(f"{path}:{lineno}: record needs 'id', 'expert' and a numeric "
                              "'score'") from None
         if not math.isfinite(score):
-            raise IR3DEError(f"{path}: record {lineno} has a non-finite score")
+            raise IR3DEError(f"{path}:{lineno}: record has a non-finite score")
         if key in scores:
-            raise IR3DEError(f"{path}: record {lineno} repeats id {key[0]!r} for expert "
+            raise IR3DEError(f"{path}:{lineno}: record repeats id {key[0]!r} for expert "
                              f"{key[1]!r}")
         scores[key] = score
     if not scores:

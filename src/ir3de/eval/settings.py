@@ -34,6 +34,7 @@ from ..data import (
     REASONING_TEST,
     default_data_dir,
     read_jsonl,
+    read_numbered_jsonl,
     reasoning_records,
     seeded_split,
 )
@@ -229,22 +230,23 @@ def _labelled_records(path: Path) -> dict[str, list[dict]]:
     # ids, and the bootstrap counts an id once: a repeated id would merge two prompts.
     first_seen: dict[str, str] = {}
     for file in files:
-        for lineno, record in enumerate(read_jsonl(file), 1):
+        # n, the record number, names records without an id (documented); errors name lines
+        for n, (lineno, record) in enumerate(read_numbered_jsonl(file), 1):
             text = record.get("text")
             if not isinstance(text, str) or not text.strip():
-                raise IR3DEError(f"{file}: record {lineno} has no non-empty string field 'text'")
+                raise IR3DEError(f"{file}:{lineno}: record has no non-empty string field 'text'")
             domain = record.get("domain", file.stem)
             if not isinstance(domain, str) or not domain:
-                raise IR3DEError(f"{file}: record {lineno}: 'domain' must be a non-empty string")
-            ident = record.get("id", f"{file.stem}-{lineno}")
+                raise IR3DEError(f"{file}:{lineno}: 'domain' must be a non-empty string")
+            ident = record.get("id", f"{file.stem}-{n}")
             # An integer id is its decimal string, so 7 and "7" are one id and mixed ids sort.
             if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-                raise IR3DEError(f"{file}: record {lineno}: 'id' must be a string or an "
+                raise IR3DEError(f"{file}:{lineno}: 'id' must be a string or an "
                                  f"integer, got {json.dumps(ident)}")
             record["id"] = str(ident)
-            here = f"{file}: record {lineno}"
+            here = f"{file}:{lineno}"
             if record["id"] in first_seen:
-                raise IR3DEError(f"{here} repeats id {record['id']!r} of "
+                raise IR3DEError(f"{here}: repeats id {record['id']!r} of "
                                  f"{first_seen[record['id']]}; ids must be unique")
             first_seen[record["id"]] = here
             out.setdefault(domain, []).append(record)
