@@ -455,6 +455,13 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
         dataclasses.replace(s, A=bad)
     with pytest.raises(StatsFormatError, match="negative"):
         dataclasses.replace(s, n_tokens=-1)
+    # a bool or a float would be saved into a file that cannot be loaded back
+    for field, value in (("max_tokens", True), ("max_tokens", 0), ("n_prompts", 2.0),
+                         ("n_tokens", "9")):
+        with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be"):
+            dataclasses.replace(s, **{field: value})
+    same = dataclasses.replace(s, max_tokens=np.int64(s.max_tokens))
+    assert type(same.max_tokens) is int and same.max_tokens == s.max_tokens
     for field, value in (("A", s.A.tolist()), ("b", s.b.tolist()), ("A", None),
                          ("counts", s.counts.tolist()), ("doc_counts", s.doc_counts.tolist()),
                          ("A", s.A.astype(object)), ("b", s.b.astype(str))):

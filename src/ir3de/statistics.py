@@ -154,6 +154,17 @@ class DomainStats:
                                    f"{self.b.shape}; expected (h+1, h+1) and (h+1,)")
         check_finite("A", self.A, self.source)
         check_finite("b", self.b, self.source)
+        # Integers as plain ints (JSON metadata takes no numpy scalar); a bool or a float
+        # would save a file that cannot be loaded back.
+        for name in ("n_tokens", "n_prompts", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise StatsFormatError(f"{self.source}: {name} must be an integer, got "
+                                       f"{value!r}")
+            object.__setattr__(self, name, int(value))  # frozen: the one normalising write
+        if self.max_tokens <= 0:
+            raise StatsFormatError(f"{self.source}: max_tokens must be > 0, got "
+                                   f"{self.max_tokens}")
         if self.n_tokens < 0 or self.n_prompts < 0:
             raise StatsFormatError(f"{self.source}: negative counts "
                                    f"({self.n_tokens} tokens, {self.n_prompts} prompts)")
