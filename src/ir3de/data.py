@@ -29,8 +29,18 @@ import numpy as np
 
 from .errors import EmptyInputError, IR3DEError, require_file
 
-__all__ = ["FORMATS", "default_data_dir", "parse_jsonl", "read_corpus", "read_jsonl",
-           "read_numbered_jsonl", "reasoning_records", "reasoning_split", "seeded_split"]
+__all__ = [
+    "FORMATS",
+    "decode_lines",
+    "default_data_dir",
+    "parse_jsonl",
+    "read_corpus",
+    "read_jsonl",
+    "read_numbered_jsonl",
+    "reasoning_records",
+    "reasoning_split",
+    "seeded_split",
+]
 
 FORMATS = ("jsonl", "text", "parquet")
 CorpusFormat = Literal["jsonl", "text", "parquet"]
@@ -98,13 +108,19 @@ def _utf8_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file; bytes that are not UTF-8 are an error naming the
     line (a gzip file with a .jsonl name ends here too)."""
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise IR3DEError(f"{path}:{lineno}: not valid UTF-8 (byte "
-                                 f"0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                                 "is the file compressed or in another encoding?") from None
+        yield from decode_lines(fh, str(path))
+
+
+def decode_lines(lines: Iterable[bytes], where: str) -> Iterator[str]:
+    """Byte lines decoded as UTF-8; bytes that are not UTF-8 are an error naming
+    ``where:line`` (what the local reader and the Ray engine's workers both say)."""
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IR3DEError(f"{where}:{lineno}: not valid UTF-8 (byte "
+                             f"0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                             "is the file compressed or in another encoding?") from None
 
 
 def read_jsonl(path: str | os.PathLike[str], *, text_field: str | None = None) -> Iterator[dict]:
