@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 from .errors import IR3DEError
 from .store import safetensors_names, safetensors_tensor
 
-__all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "load_embedder"]
+__all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "as_embedder", "load_embedder"]
 
 DEFAULT_EMBEDDER = "wordllama"
 DEFAULT_MAX_TOKENS = 1024
@@ -622,6 +622,22 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
         return {"kind": "hf", "path": str(path.resolve()), "tensor": tensor}
     raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a Hugging "
                      "Face model folder, or a tokenizer.json together with a table file")
+
+
+def as_embedder(source: object, *, default: bool = False) -> Embedder:
+    """``source`` if it is an :class:`Embedder`, else the one :func:`load_embedder` loads
+    from a name, folder or recipe (an object with a string ``kind``), and from None too when
+    ``default``. Other values are refused here, where the error can say what was expected:
+    pathlib or a recipe lookup would fail deep inside :func:`load_embedder`."""
+    if isinstance(source, Embedder):
+        return source
+    if (source is None and default) or isinstance(source, (str, os.PathLike)) or (
+            isinstance(source, dict) and isinstance(source.get("kind"), str)):
+        return load_embedder(source)  # type: ignore[arg-type]
+    shown = repr(source) if isinstance(source, dict) else type(source).__name__
+    raise IR3DEError(f"embedder must be an Embedder (load_embedder(...)) or its name, folder "
+                     f"or recipe ('wordllama', 'minilm', a model folder, an object with a "
+                     f"string 'kind'), got {shown}")
 
 
 def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None, *,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, as_embedder
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -606,18 +606,15 @@ def _is_recipe(value: object) -> bool:
 
 
 def _embedder(source: object) -> Embedder:
-    """The embedder a router is given: an Embedder, or what load_embedder loads one from.
-    Other values are refused here, where the error can say what was expected (pathlib or
-    a recipe lookup would fail deep inside load_embedder)."""
-    if isinstance(source, Embedder):
-        return source
-    if source is None or isinstance(source, (str, os.PathLike)) or _is_recipe(source):
-        return load_embedder(source)  # type: ignore[arg-type]
-    shown = repr(source) if isinstance(source, dict) else type(source).__name__
-    hint = (" (a RouterConfig is the second argument, or config=...)"
-            if isinstance(source, RouterConfig) else "")
-    raise IR3DEError(f"embedder must be an Embedder, 'wordllama', 'minilm', a model folder or "
-                     f"an embedder recipe with a 'kind', got {shown}{hint}")
+    """The embedder a router is given (:func:`~ir3de.embedding.as_embedder`; None: the
+    default), with a hint for the likeliest mistake, a config given first."""
+    try:
+        return as_embedder(source, default=True)
+    except IR3DEError as exc:
+        if isinstance(source, RouterConfig):
+            raise IR3DEError(f"{exc} (a RouterConfig is the second argument, or "
+                             "config=...)") from None
+        raise
 
 
 def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, as_embedder
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -466,17 +466,6 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
             "(ir3de merge --no-pairs; merge(..., drop_pairs=True))")
 
 
-def _embedder(embedder: EmbedderLike) -> Embedder:
-    """An :class:`Embedder`, or one loaded (cached) by name, folder or recipe (a statistics
-    file's ``embedder``), as a Router takes."""
-    if isinstance(embedder, Embedder):
-        return embedder
-    if isinstance(embedder, (str, os.PathLike, dict)):
-        return load_embedder(embedder)
-    raise IR3DEError(f"embedder must be an Embedder (load_embedder(...)) or its name, folder "
-                     f"or recipe ('wordllama', 'minilm', …), got {type(embedder).__name__}")
-
-
 def _max_tokens(max_tokens: object) -> int:
     """``max_tokens`` as a plain int, checked before any text is read: a bool is no cap and a
     numpy integer would not survive the JSON metadata of a saved file."""
@@ -554,7 +543,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     blank (whitespace-only) prompts are skipped; ``texts`` is read once, as a stream.
     ``progress`` shows a bar with tokens/s.
     """
-    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     refuse_lone_text(texts, "texts")
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
@@ -596,7 +585,7 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
                       pairs: PairCounts | None = None) -> DomainStats:
     """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
     document frequencies of tokens and token pairs, when given, for the ``nb`` router)."""
-    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts = np.asarray(counts)
     if counts.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"counts have shape {counts.shape}, expected "
@@ -644,7 +633,7 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
-    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts, doc_counts, n_prompts, pairs = token_counts(
         embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}")
     if counts.sum() == 0:
@@ -662,7 +651,7 @@ def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str
     against; it costs O(tokens · h²) instead of O(distinct tokens · h²). Takes the same
     arguments; the result has no token, document or pair counts.
     """
-    embedder, max_tokens = _embedder(embedder), _max_tokens(max_tokens)
+    embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     refuse_lone_text(texts, "texts")
     h1 = embedder.dim + 1
     A = np.zeros((h1, h1))
