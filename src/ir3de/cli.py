@@ -25,6 +25,7 @@ from .data import (
     read_corpus,
     read_jsonl,
     reasoning_split,
+    refuse_repeated_paths,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder
 from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
@@ -226,17 +227,6 @@ def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
     require_creatable(path)
 
 
-def _refuse_repeats(paths: Sequence[str]) -> None:
-    """The same file given twice would be counted twice: refuse it."""
-    seen: dict[Any, str] = {}
-    for p in paths:
-        key = Path(p).resolve() if Path(p).exists() else p  # URLs (Ray) as given
-        if key in seen:
-            raise IR3DEError(f"{p} is given twice (also as {seen[key]}); it would be "
-                             "counted twice")
-        seen[key] = p
-
-
 def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
     """:func:`_check_output` for commands that rewrite routers in place by design: an
     existing ir3de router may be replaced, any other file only with --force."""
@@ -256,7 +246,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force, args.corpus)
     validate_domain_name(args.domain, "--domain")  # now, not after the corpus
-    _refuse_repeats(args.corpus)
+    refuse_repeated_paths(args.corpus)
     if args.sign:
         from .signing import load_private_key
 
@@ -301,7 +291,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force, args.stats)
-    _refuse_repeats(args.stats)
+    refuse_repeated_paths(args.stats)
     merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs)
     if len(merged) != 1:
         raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,6 +39,7 @@ __all__ = [
     "read_numbered_jsonl",
     "reasoning_records",
     "reasoning_split",
+    "refuse_repeated_paths",
     "seeded_split",
 ]
 
@@ -137,6 +138,18 @@ def read_numbered_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
     path = Path(path)
     require_file(path)
     yield from _numbered_jsonl(_utf8_lines(path), str(path))
+
+
+def refuse_repeated_paths(paths: Iterable[str]) -> None:
+    """Refuse a corpus file named twice (under any spelling of a local path; URLs as
+    given): it would be counted twice."""
+    seen: dict[Any, str] = {}
+    for p in paths:
+        key = Path(p).resolve() if Path(p).exists() else p
+        if key in seen:
+            raise IR3DEError(f"{p} is given twice (also as {seen[key]}); it would be "
+                             "counted twice")
+        seen[key] = p
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import errors
-from .data import FORMATS, CorpusFormat, decode_lines, infer_format
+from .data import FORMATS, CorpusFormat, decode_lines, infer_format, refuse_repeated_paths
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
 from .errors import EmptyInputError, FingerprintMismatchError, IR3DEError, refuse_lone_text
 from .statistics import (
@@ -80,13 +80,7 @@ def _expand(paths: Sequence[str]) -> list[str]:
             raise IR3DEError(f"{path}: no such file")
         else:
             out.append(path)
-    seen: dict[Any, str] = {}
-    for path in out:
-        key = Path(path).resolve() if "://" not in path else path
-        if key in seen:
-            raise IR3DEError(f"{path} is given twice (also as {seen[key]}); it would be "
-                             "counted twice")
-        seen[key] = path
+    refuse_repeated_paths(out)
     return out
 
 
