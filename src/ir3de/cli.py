@@ -93,6 +93,16 @@ def _number_or(words: dict[str, str | None],
     return parse
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device name of the MiniLM-based baselines (not resolved)."""
+    from .baselines import check_device
+
+    try:
+        return check_device(text)
+    except IR3DEError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _resamples(text: str) -> int:
     """An argparse type: bootstrap resamples, 0 (no intervals) or enough for an interval."""
     from .eval.harness import MIN_RESAMPLES  # the harness's own rule, found at parse time
@@ -548,6 +558,20 @@ def _eval_baselines(names: Sequence[str], explicit: bool) -> list[str]:
     return usable
 
 
+def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
+    """The resolved torch device of the MiniLM-based baselines (None when none runs), found
+    before the run so a missing GPU is reported at once."""
+    from .baselines import resolve_device
+
+    torch_based = [b for b in baselines if b in ("knn", "modem")]
+    if not torch_based:
+        if device is not None:
+            raise IR3DEError("--device is read only by the knn and modem baselines, and "
+                             "neither runs")
+        return None
+    return resolve_device(device or "auto")
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .signing import generate_key
 
@@ -612,6 +636,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import os
     import platform
 
+    from .baselines import device_label
     from .eval import (
         SETTINGS,
         Setting,
@@ -662,7 +687,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
     baselines = _eval_baselines(args.baselines if args.baselines is not None
                                 else DEFAULT_BASELINES, args.baselines is not None)
-    factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet)
+    device = _eval_device(args.device, baselines)
+    factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet,
+                               device=device or "cpu")
     created = _make_out_dir(out)
     try:
         results = []
@@ -682,7 +709,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime(
                     "%Y-%m-%d %H:%M UTC"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
-                           f"Python {platform.python_version()}",
+                           f"Python {platform.python_version()}"
+                           + (f", kNN / MoDEM-style on {device_label(device)}" if device else ""),
                 # The data read: the shared folder (built-in settings) or the user's files.
                 "data_dir": str(data_dir), "fit": args.fit, "test": args.test,
                 "seed": seeds[0], "seeds": seeds, "max_fit": args.max_fit,
@@ -903,6 +931,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", metavar="NAME",
                    choices=["random", "knn", "tfidf", "modem"],
                    help="baselines to run (default: random knn tfidf, those installed)")
+    p.add_argument("--device", type=_device, metavar="DEVICE",
+                   help="torch device of the knn and modem baselines: auto (default: the "
+                        "first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")

@@ -105,10 +105,11 @@ def _baseline_times(model: Any, fn: Callable[[], Any], texts: Sequence[str]) -> 
     return out, wall - (encoder.spent - spent) + encoder.cost(texts)
 
 
-def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = False
-                   ) -> list[tuple[str, Callable[[], Any]]]:
+def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = False,
+                   device: str = "auto") -> list[tuple[str, Callable[[], Any]]]:
     """``(family, factory)`` pairs for :func:`evaluate`; kNN runs k = 1, 5, 10 on one
-    shared, memoising sentence encoder."""
+    shared, memoising sentence encoder; kNN and MoDEM-style run on the torch ``device``
+    (:func:`ir3de.baselines.resolve_device`)."""
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise IR3DEError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
@@ -121,12 +122,13 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
         if name == "random":
             out.append(("random", lambda: bl.RandomRouter(seed=seed)))
         elif name == "knn":
-            encoder = bl.SentenceEncoder(show_progress=progress)
+            encoder = bl.SentenceEncoder(show_progress=progress, device=device)
             out += [("knn", lambda k=k, e=encoder: bl.KNNRouter(k, encoder=e)) for k in KNN_K]
         elif name == "tfidf":
             out.append(("tfidf", lambda: bl.TfidfLogReg(seed=seed)))
         else:
-            out.append(("modem", lambda: bl.ModemClassifier(seed=seed, show_progress=progress)))
+            out.append(("modem", lambda: bl.ModemClassifier(seed=seed, show_progress=progress,
+                                                            device=device)))
     return out
 
 
