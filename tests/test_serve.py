@@ -615,3 +615,263 @@ def test_huge_chunked_body_without_length_is_refused(gateway: Proc) -> None:
                    headers={"content-type": "application/json"})
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+# ----------------------------------------------------------------- the OpenAI Python SDK
+# The gateway driven by the official client, as its users will: what the SDK parses,
+# raises and reads from headers is the compatibility that matters.
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway: Proc):
+    """An ``openai.OpenAI`` client on the gateway (no retries: each call is one request)."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=20)
+    yield client
+    client.close()
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_sdk_chat_completions_and_routing_headers(sdk) -> None:
+    r = sdk.chat.completions.with_raw_response.create(model="ir3de", messages=_user(MATH))
+    assert r.headers["x-ir3de-expert"] == "math"
+    assert 0 < float(r.headers["x-ir3de-confidence"]) <= 1
+    assert 0 <= float(r.headers["x-ir3de-coverage"]) <= 1
+    assert r.parse().choices[0].message.content == "answer from math to model qwen-math"
+    direct = sdk.chat.completions.with_raw_response.create(model="coding",
+                                                           messages=_user(MATH))
+    assert direct.headers["x-ir3de-expert"] == "coding"
+    assert "x-ir3de-confidence" not in direct.headers
+    done = sdk.completions.create(model="ir3de", prompt=CODE)
+    assert done.choices[0].text == "answer from coding to model coding"
+    # Every parameter reaches the expert unchanged; only "model" becomes the expert's.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": CODE}, image]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f",
+                                                                  "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    params = {"temperature": 0.3, "max_tokens": 17, "stop": ["\n"], "n": 2, "seed": 5,
+              "user": "u1", "tools": [tool], "response_format": {"type": "json_object"}}
+    r = sdk.chat.completions.with_raw_response.create(
+        model="ir3de", messages=messages, extra_body={"top_k": 3, "echo": True}, **params)
+    assert r.headers["x-ir3de-expert"] == "coding"  # routed on the text part
+    assert r.parse().model_extra["received"] == {"model": "coding", "messages": messages,
+                                                 "top_k": 3, "echo": True, **params}
+
+
+def test_sdk_streams(sdk, upstreams: dict[str, Proc]) -> None:
+    stream = sdk.chat.completions.create(model="ir3de", messages=_user(MATH), stream=True,
+                                         stream_options={"include_usage": True},
+                                         extra_body={"chunks": 2})
+    chunks = list(stream)
+    assert [c.choices[0].delta.content for c in chunks[:-1]] == ["math-0 ", "math-1 "]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 9
+    with sdk.completions.with_streaming_response.create(
+            model="ir3de", prompt=CODE, stream=True, extra_body={"chunks": 2}) as r:
+        assert r.headers["x-ir3de-expert"] == "coding"
+        assert [c.choices[0].text for c in r.parse()] == ["coding-0 ", "coding-1 "]
+    # A stream the client closes early: the gateway lets go of the upstream's.
+    tag = f"sdk-{time.monotonic_ns()}"
+    stream = sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
+                                         extra_body={"chunks": 100, "tag": tag})
+    assert next(iter(stream)).choices[0].delta.content == "math-0 "
+    stream.close()
+    state = upstreams["math"].url + f"/streams/{tag}"
+    assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected")
+
+
+def test_sdk_async_client(gateway: Proc) -> None:
+    openai = pytest.importorskip("openai")
+
+    async def run() -> tuple:
+        async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused",
+                                      max_retries=0, timeout=20) as client:
+            answer = await client.chat.completions.create(model="ir3de", messages=_user(CODE))
+            stream = await client.chat.completions.create(
+                model="ir3de", messages=_user(MATH), stream=True, extra_body={"chunks": 2})
+            deltas = [c.choices[0].delta.content async for c in stream]
+            models = [m.id async for m in client.models.list()]
+            return answer.choices[0].message.content, deltas, models
+
+    assert asyncio.run(run()) == ("answer from coding to model coding",
+                                  ["math-0 ", "math-1 "], ["ir3de", "math", "coding"])
+
+
+def test_sdk_models_list_and_retrieve(sdk) -> None:
+    """client.models.retrieve() is GET /v1/models/{id}: it was a bare 404 Not Found."""
+    openai = pytest.importorskip("openai")
+    assert [m.id for m in sdk.models.list()] == ["ir3de", "math", "coding"]
+    assert sdk.models.retrieve("math").id == "math"
+    assert sdk.models.retrieve("ir3de").owned_by == "ir3de"
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.models.retrieve("gpt-9")
+    assert caught.value.code == "model_not_found"
+    assert "model 'gpt-9' does not exist" in caught.value.message
+
+
+def test_sdk_raises_the_right_error_with_its_message(sdk) -> None:
+    openai = pytest.importorskip("openai")
+    with pytest.raises(openai.NotFoundError) as caught:  # as OpenAI answers an unknown model
+        sdk.chat.completions.create(model="gpt-9", messages=_user(MATH))
+    assert "model 'gpt-9' does not exist" in caught.value.message
+    assert caught.value.body == {"message": caught.value.body["message"], "param": "model",
+                                 "type": "invalid_request_error", "code": "model_not_found"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="ir3de", messages=_user(""))
+    assert "the prompt to route is empty" in caught.value.message
+    assert caught.value.param == "messages"
+    for status, error in ((400, openai.BadRequestError), (404, openai.NotFoundError),
+                          (422, openai.UnprocessableEntityError),
+                          (500, openai.InternalServerError)):
+        for stream in (False, True):  # (a streamed request fails before its first chunk)
+            with pytest.raises(error) as caught:
+                sdk.chat.completions.create(model="ir3de", messages=_user(MATH),
+                                            stream=stream, extra_body={"force_status": status})
+            assert caught.value.status_code == status
+            assert caught.value.body["message"] == "math refuses"  # the upstream's
+            assert "math refuses" in caught.value.message
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        list(sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
+                                         extra_body={"die_after": 1}))
+
+
+def test_sdk_reads_the_upstream_retry_and_request_id_headers(sdk) -> None:
+    """retry-after, x-should-retry and x-request-id reach the client: the SDK times its
+    retries by them and reports the request id. They were dropped."""
+    openai = pytest.importorskip("openai")
+    headers = {"retry-after": "7", "x-should-retry": "false", "x-request-id": "req-1",
+               "x-ratelimit-remaining-requests": "0", "alt-svc": 'h3=":443"'}
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model="ir3de", messages=_user(MATH),
+                                    extra_body={"force_status": 429, "headers": headers})
+    relayed = caught.value.response.headers
+    assert relayed["x-ir3de-expert"] == "math"
+    assert {k: relayed.get(k) for k in headers} == {**headers, "alt-svc": None}
+    answer = sdk.chat.completions.create(model="ir3de", messages=_user(MATH),
+                                         extra_body={"headers": {"x-request-id": "req-2"}})
+    assert answer._request_id == "req-2"
+
+
+def test_sdk_stream_null_is_not_streaming(sdk) -> None:
+    """OpenAI's API reads "stream": null (what the SDK sends for stream=None) as not
+    streaming; the gateway refused it with 400."""
+    answer = sdk.chat.completions.create(model="ir3de", messages=_user(CODE), stream=None)
+    assert answer.choices[0].message.content == "answer from coding to model coding"
+
+
+def test_sdk_token_id_prompts(sdk) -> None:
+    """A completions prompt of token ids is valid OpenAI input: routed, it has no text to
+    read and goes to the fallback; to an expert by name it is forwarded. Both were 400s."""
+    for prompt in ([1, 2, 3], [[1, 2], [3]]):
+        r = sdk.completions.with_raw_response.create(model="ir3de", prompt=prompt,
+                                                     extra_body={"echo": True})
+        assert r.headers["x-ir3de-expert"] == "math"  # the fallback
+        assert r.parse().model_extra["received"]["prompt"] == prompt
+        r = sdk.completions.with_raw_response.create(model="coding", prompt=prompt,
+                                                     extra_body={"echo": True})
+        assert r.headers["x-ir3de-expert"] == "coding"
+        assert r.parse().model_extra["received"]["prompt"] == prompt
+
+
+def test_sdk_expert_by_name_is_forwarded_as_is(sdk) -> None:
+    """Messages without a user turn cannot be routed, but an expert asked by name answers
+    them: the gateway refused them with 400 ("no user message to route on")."""
+    system = [{"role": "system", "content": "Say hello."}]
+    answer = sdk.chat.completions.create(model="coding", messages=system,
+                                         extra_body={"echo": True})
+    assert answer.model_extra["received"]["messages"] == system
+    openai = pytest.importorskip("openai")
+    with pytest.raises(openai.BadRequestError, match="no user message to route on"):
+        sdk.chat.completions.create(model="ir3de", messages=system)
+
+
+def test_sdk_parses_a_gzipped_upstream_stream(sdk) -> None:
+    """A gzipped upstream stream reached the client still compressed but without its
+    content-encoding: UnicodeDecodeError in the SDK."""
+    stream = sdk.chat.completions.create(model="ir3de", messages=_user(MATH), stream=True,
+                                         extra_body={"chunks": 2, "gzip": True})
+    assert [c.choices[0].delta.content for c in stream] == ["math-0 ", "math-1 "]
+
+
+def test_sdk_stream_cut_mid_event_raises_api_error(sdk) -> None:
+    """An upstream that broke off in the middle of an event left half an event for the
+    gateway's error event to run into: JSONDecodeError in the SDK instead of the APIError
+    naming the expert."""
+    openai = pytest.importorskip("openai")
+    deltas = []
+    with pytest.raises(openai.APIError, match="expert 'math' broke off the stream"):
+        for c in sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
+                                             extra_body={"die_after": 1, "half_event": True}):
+            deltas.append(c.choices[0].delta.content)
+    assert deltas == ["math-0 "]
+
+
+def test_sdk_undecodable_upstream_answer_is_a_502(sdk) -> None:
+    """An answer whose body its content-encoding does not describe (here: plain JSON said
+    to be gzip) was a traceback and a text/plain 500 "Internal Server Error"; now it is a
+    502 in OpenAI's error JSON naming the expert, streamed request or not."""
+    openai = pytest.importorskip("openai")
+    lying = {"headers": {"content-encoding": "gzip"}}
+    for extra, stream in ((lying, False), ({**lying, "force_status": 400}, False),
+                          ({**lying, "force_status": 400}, True)):
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk.chat.completions.create(model="math", messages=_user(MATH), stream=stream,
+                                        extra_body=extra)
+        assert caught.value.status_code == 502
+        message = "expert 'math' sent an answer its content-encoding does not describe " \
+                  "(DecodingError)"
+        assert caught.value.body["message"] == message and message in caught.value.message
+        assert caught.value.body["type"] == "upstream_error"
+    # (a stream that turns out undecodable after its status line ends with an error event)
+    with pytest.raises(openai.APIError, match=r"expert 'math' broke off the stream"):
+        list(sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
+                                         extra_body={**lying, "chunks": 1}))
+
+
+def test_sse_event_ends_with_any_line_ending() -> None:
+    """The relay cuts an upstream stream after whole events only, whatever its line
+    endings, and finds an event end split across two chunks."""
+    from ir3de.serve import _whole_events
+
+    for eol in (b"\n", b"\r", b"\r\n"):
+        event = b"data: {}" + eol + eol
+        assert _whole_events(bytearray(event * 2 + event[:-1]), 0) == 2 * len(event)
+        assert _whole_events(bytearray(event[:-1]), 0) == 0
+        assert _whole_events(bytearray(b"data: {}" + eol + b"event: x" + eol), 0) == 0
+        split = bytearray(event[:-1])  # the chunk so far, then its last byte arrives
+        start = max(len(split) - 2, 0)
+        split += event[-1:]
+        assert _whole_events(split, start) == len(event)
+
+
+def test_sdk_upstream_down_and_timeout(stats_files, upstreams, tmp_path) -> None:
+    """A dead expert falls back; the fallback timing out has nowhere to go: 504, which the
+    SDK raises as InternalServerError with the gateway's message."""
+    openai = pytest.importorskip("openai")
+    config = _config(tmp_path, stats_files, upstreams)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["coding"]["url"] = f"http://127.0.0.1:{_free_port()}/v1"  # nobody there
+    data["experts"]["math"]["timeout"] = 0.5
+    config.write_text(yaml.safe_dump(data))
+    gw = _gateway(config)
+    try:
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=20) as client:
+            r = client.completions.with_raw_response.create(model="ir3de", prompt=CODE)
+            assert r.headers["x-ir3de-expert"] == "math"
+            assert r.parse().choices[0].text == "answer from math to model qwen-math"
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.chat.completions.create(model="math", messages=_user(MATH),
+                                               stream=True, extra_body={"hang": 2})
+            assert caught.value.status_code == 504
+            assert "expert 'math' did not answer within 0.5 s" in caught.value.message
+            assert caught.value.body["type"] == "upstream_error"
+    finally:
+        gw.stop()

@@ -5,10 +5,12 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
 
 * ``POST /v1/chat/completions`` and ``POST /v1/completions``: with ``model`` set to the
   gateway's name the prompt is routed; with an expert's name it goes straight there. The
-  upstream answer is passed through unchanged (``stream: true`` as SSE, chunk by chunk)
+  upstream answer is passed through unchanged (``stream: true`` as SSE, event by event)
   with headers ``x-ir3de-expert``, ``x-ir3de-confidence`` and (routers with a pair table)
-  ``x-ir3de-coverage``.
-* ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+  ``x-ir3de-coverage``, and the upstream's headers that OpenAI clients act on
+  (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits).
+* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, ``GET /metrics``
+  (Prometheus).
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
   config; unset -> the admin API is off): list, add and remove experts, change α, k, λ,
   selector, the confidence threshold or the minimum coverage. Every change re-solves the
@@ -18,8 +20,9 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
 
 Failures: a refused connection is retried once (it may be a stale keep-alive); a second
 failure, or a timeout, sends the request to the fallback expert, and without one the
-client gets 502 (504 for a timeout). An upstream HTTP error is returned as is; a stream
-cut by the upstream ends with an SSE ``error`` event. The gateway's own errors, unknown
+client gets 502 (504 for a timeout; 502 too for an answer that cannot be decoded). An
+upstream HTTP error is returned as is; a stream cut by the upstream ends with an SSE
+``error`` event, after the last whole event. The gateway's own errors, unknown
 routes included, use OpenAI's error JSON (``{"error": {"message", "type", "param",
 "code"}}``).
 
@@ -300,6 +303,43 @@ def _has_media(messages: list[dict[str, Any]]) -> bool:
                for m in messages if isinstance(m.get("content"), list) for p in m["content"])
 
 
+def _is_token_ids(prompt: Any) -> bool:
+    """Whether a completions ``prompt`` is token ids (a list of ints, or a list of such
+    lists), which OpenAI's API accepts: no text the router could read."""
+    def ids(p: Any) -> bool:
+        return isinstance(p, list) and bool(p) and \
+            all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+
+    return ids(prompt) or (isinstance(prompt, list) and bool(prompt) and all(map(ids, prompt)))
+
+
+# Upstream response headers that OpenAI clients act on, relayed with the answer: the SDK
+# waits retry-after(-ms) and obeys x-should-retry before retrying, reports x-request-id, and
+# rate-limit headers are how a client paces itself. Other headers describe the upstream's
+# own connection and framing (length, encoding, alt-svc...) and would be wrong from here.
+_RELAYED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry",
+                              "x-request-id"})
+_RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
+
+
+def _relayed_headers(upstream: Any) -> dict[str, str]:
+    """The headers of an upstream answer that go on to the client (see _RELAYED_HEADERS)."""
+    return {k: v for k, v in upstream.headers.items()
+            if k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES)}
+
+
+# The ways an SSE event can end (a blank line), whatever the line endings: \r\n\r\n ends
+# with \n\r\n.
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r\n")
+
+
+def _whole_events(buffer: bytearray, start: int) -> int:
+    """The length of the longest prefix of ``buffer`` made of whole SSE events, looking for
+    event ends from ``start`` on (the bytes before it hold none); 0 if there is none."""
+    return max((i + len(end) for end in _EVENT_ENDS
+                if (i := buffer.rfind(end, start)) >= 0), default=0)
+
+
 def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     """The text the router sees, per the policy; raises ValueError on malformed input."""
     if not chat:
@@ -308,7 +348,9 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
             return prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             return "\n".join(prompt)
-        raise ValueError("'prompt' must be a string or a list of strings")
+        if _is_token_ids(prompt):
+            return ""  # no text to route on
+        raise ValueError("'prompt' must be a string, a list of strings or token ids")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or \
             not all(isinstance(m, dict) for m in messages):
@@ -390,7 +432,8 @@ def create_app(config: Any) -> Any:
             start = time.perf_counter()
             try:
                 response = await client.send(request, stream=stream)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # (DecodingError: a body that its content-encoding does not describe)
                 metrics.errors.labels(expert_name, type(exc).__name__).inc()
                 if attempt == 1 or not isinstance(exc, httpx.ConnectError):
                     raise
@@ -420,23 +463,37 @@ def create_app(config: Any) -> Any:
         if not isinstance(model, str):
             return _error(400, f"'model' must be a string, got {type(model).__name__}",
                           param="model")
-        if not isinstance(body.get("stream", False), bool):
+        stream = body.get("stream")
+        if stream is None:  # OpenAI's API reads "stream": null as not streaming
+            stream = False
+        if not isinstance(stream, bool):
             # bool("false") is True: guessing would stream to a client that asked not to
             return _error(400, "'stream' must be true or false", param="stream")
+        routed = model == config.name
+        if not routed and model not in state.experts:
+            return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
+                               f"route or one of {sorted(state.experts)}",
+                          code="model_not_found", param="model")
         param = "messages" if chat else "prompt"
         try:
-            text = _routing_text(body, chat, config.policy)
+            # Only routing reads the prompt: a request that names an expert is forwarded
+            # as is, with whatever that expert accepts (token ids, no user message...).
+            text = _routing_text(body, chat, config.policy) if routed else ""
         except ValueError as exc:
             return _error(400, str(exc), param=param)
+        # an image-only message or a prompt of token ids: nothing to route on, but an
+        # expert can answer it
+        textless = routed and not text.strip() and \
+            (_has_media(body["messages"]) if chat else _is_token_ids(body["prompt"]))
         confidence = coverage = None
-        if model == config.name and not text.strip() and config.fallback \
-                and chat and _has_media(body["messages"]):
-            # an image-only message: nothing to route on, but an expert can answer it
+        if textless and config.fallback:
             metrics.fallbacks.labels("no_text").inc()
             expert = config.fallback
-        elif model == config.name:
+        elif routed:
             if not text.strip():
-                return _error(400, "the prompt to route is empty", param=param)
+                return _error(400, "the prompt has no text to route on; name an expert as "
+                                   "'model' or configure a fallback" if textless else
+                              "the prompt to route is empty", param=param)
             start = time.perf_counter()
             try:
                 decision = state.router.route(text)
@@ -451,13 +508,8 @@ def create_app(config: Any) -> Any:
             elif confidence < state.threshold and config.fallback:
                 metrics.fallbacks.labels("low_confidence").inc()
                 expert = config.fallback
-        elif model in state.experts:
-            expert = model
         else:
-            return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
-                               f"route or one of {sorted(state.experts)}",
-                          code="model_not_found", param="model")
-        stream = body.get("stream", False)
+            expert = model
         tried = expert
         try:
             response = await _send(expert, state.experts[expert], path, body, stream)
@@ -469,10 +521,21 @@ def create_app(config: Any) -> Any:
             expert = fallback
             try:
                 response = await _send(expert, state.experts[expert], path, body, stream)
-            except httpx.TransportError as exc2:
+            except (httpx.TransportError, httpx.DecodingError) as exc2:
                 return _upstream_failed(expert, state.experts[expert], exc2,
                                         f"expert {tried!r} failed ({type(exc).__name__}); ")
-        headers = {"x-ir3de-expert": expert}
+        except httpx.DecodingError as exc:  # it did answer: no fallback
+            return _upstream_failed(expert, state.experts[expert], exc)
+        if stream and response.status_code >= 400:
+            # An error comes whole, not as a stream: read it now, so that one the gateway
+            # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
+            try:
+                await response.aread()
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                return _upstream_failed(expert, state.experts[expert], exc)
+            finally:
+                await response.aclose()
+        headers = {**_relayed_headers(response), "x-ir3de-expert": expert}
         if confidence is not None:
             headers["x-ir3de-confidence"] = f"{confidence:.4f}"
         if coverage is not None:
@@ -483,24 +546,29 @@ def create_app(config: Any) -> Any:
                              "status": response.status_code,
                              "stream": stream}))
         media = response.headers.get("content-type", "application/json")
-        if not stream or response.status_code >= 400:
-            if not stream:
-                content = response.content
-            else:
-                try:
-                    content = await response.aread()
-                finally:
-                    await response.aclose()
-            return Response(content, status_code=response.status_code, media_type=media,
-                            headers=headers)
+        if not stream or response.status_code >= 400:  # read whole above or by _send
+            return Response(response.content, status_code=response.status_code,
+                            media_type=media, headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
             # (no cleanup here: _Relay closes the upstream response, whether or not this
             # generator ever started)
+            # Decoded bytes (aiter_bytes, not aiter_raw): a gzipped upstream stream would
+            # reach the client compressed, without its content-encoding. Relayed event by
+            # event: should the upstream break off in the middle of one, the half sent
+            # would run into the error event below and the client could parse neither.
+            pending = bytearray()
             try:
-                async for chunk in response.aiter_raw():
-                    yield chunk
-            except httpx.TransportError as exc:
+                async for chunk in response.aiter_bytes():
+                    start = max(len(pending) - 2, 0)  # an event end may span two chunks
+                    pending += chunk
+                    end = _whole_events(pending, start)
+                    if end:
+                        yield bytes(pending[:end])
+                        del pending[:end]
+                if pending:  # an upstream that ends without a blank line: keep it all
+                    yield bytes(pending)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
                 # The status line is long gone: the one way left to tell the client is an
                 # SSE event, which OpenAI clients raise as an APIError.
                 metrics.errors.labels(expert, f"stream_{type(exc).__name__}").inc()
@@ -547,6 +615,8 @@ def create_app(config: Any) -> Any:
     def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "") -> Any:
         if isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
+        elif isinstance(exc, httpx.DecodingError):
+            status, what = 502, "sent an answer its content-encoding does not describe"
         else:
             status, what = 502, "is unreachable"
         metrics.requests.labels(expert, str(status)).inc()
@@ -571,13 +641,22 @@ def create_app(config: Any) -> Any:
     async def completions(request: Request) -> Any:
         return await _counted(request, "/completions", False)
 
+    def _model_card(name: str, now: int) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": now, "owned_by": "ir3de"}
+
     @app.get("/v1/models")
     async def models() -> Any:
         state = holder["state"]
         now = int(time.time())
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": now, "owned_by": "ir3de"}
-            for name in [config.name, *state.experts]]}
+        return {"object": "list", "data": [_model_card(name, now)
+                                           for name in [config.name, *state.experts]]}
+
+    @app.get("/v1/models/{model:path}")  # client.models.retrieve(); :path: org/model names
+    async def model_info(model: str) -> Any:
+        if model != config.name and model not in holder["state"].experts:
+            return _error(404, f"model {model!r} does not exist", code="model_not_found",
+                          param="model")
+        return _model_card(model, int(time.time()))
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> Any:

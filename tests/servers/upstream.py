@@ -9,6 +9,13 @@ of five; ``"pad": N`` adds N bytes to each streamed chunk, enough to fill socket
 streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
 ``{"state": "open"}`` while it is sent, then ``"finished"`` once its last byte is sent or
 ``"disconnected"`` when the client closed the connection before that.
+A request with ``"echo": true`` gets the body received back under ``"received"`` (in the
+first chunk of a stream), so a test can see what the gateway forwarded (off by default: the
+benchmarks' answers stay small). ``"stream_options": {"include_usage":
+true}`` ends a stream with a usage chunk, as OpenAI does. ``"headers": {...}`` adds response
+headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
+(``content-encoding: gzip``, one flush per chunk); ``"half_event": true`` makes ``die_after``
+send the first half of the next event before it drops the connection.
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
 """
 
@@ -19,6 +26,7 @@ import json
 import os
 import sys
 import time
+import zlib
 
 import uvicorn
 from starlette.applications import Starlette
@@ -66,13 +74,16 @@ def _text(body: dict) -> str:
 
 async def completion(request: Request) -> object:
     body = await request.json()
+    headers = body.get("headers") or {}
     if "force_status" in body:
         error = {"message": f"{NAME} refuses", "type": "invalid_request_error", "param": None,
                  "code": None}
-        return JSONResponse({"error": error}, status_code=int(body["force_status"]))
+        return JSONResponse({"error": error}, status_code=int(body["force_status"]),
+                            headers=headers)
     await asyncio.sleep(float(body.get("hang", 0)))
     chat = request.url.path.endswith("/chat/completions")
     pad = {"pad": "x" * int(body["pad"])} if "pad" in body else {}
+    echo = {"received": body} if body.get("echo") else {}
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
@@ -80,22 +91,46 @@ async def completion(request: Request) -> object:
         return JSONResponse({"id": "x", "object": "chat.completion" if chat else
                              "text_completion", "created": int(time.time()),
                              "model": f"{NAME}-upstream", "choices": [choice],
-                             "auth": request.headers.get("authorization")})
+                             "auth": request.headers.get("authorization"), **echo},
+                            headers=headers)
+
+    def event(i: int) -> bytes:
+        delta = {"content": f"{NAME}-{i} "} if chat else None
+        chunk = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion",
+                 "created": int(time.time()), "model": f"{NAME}-upstream",
+                 "choices": [{"index": 0, "delta": delta} if chat else
+                             {"index": 0, "text": f"{NAME}-{i} "}],
+                 "sent_at": time.time(), **(echo if i == 0 else {}), **pad}
+        return f"data: {json.dumps(chunk)}\n\n".encode()
 
     async def events():
-        for i in range(int(body.get("chunks", CHUNKS))):
+        n = int(body.get("chunks", CHUNKS))
+        for i in range(n):
             if i == body.get("die_after"):
+                if body.get("half_event"):  # a crash in the middle of writing an event
+                    yield event(i)[:40]
+                    await asyncio.sleep(DELAY)
                 raise ConnectionAbortedError("upstream dies mid-stream")
-            delta = {"content": f"{NAME}-{i} "} if chat else None
-            chunk = {"id": "x", "object": "chat.completion.chunk", "model": f"{NAME}-upstream",
-                     "choices": [{"index": 0, "delta": delta} if chat else
-                                 {"index": 0, "text": f"{NAME}-{i} "}],
-                     "sent_at": time.time(), **pad}
-            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield event(i)
             await asyncio.sleep(DELAY)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+            last = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": int(time.time()),
+                    "model": f"{NAME}-upstream", "choices": [], "usage": usage}
+            yield f"data: {json.dumps(last)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
-    return TrackedStream(events(), body.get("tag"), media_type="text/event-stream")
+    async def gzipped():
+        packer = zlib.compressobj(wbits=31)  # the gzip format
+        async for chunk in events():
+            yield packer.compress(chunk) + packer.flush(zlib.Z_SYNC_FLUSH)
+        yield packer.flush()
+
+    if body.get("gzip"):
+        headers = {**headers, "content-encoding": "gzip"}
+    return TrackedStream(gzipped() if body.get("gzip") else events(), body.get("tag"),
+                         media_type="text/event-stream", headers=headers)
 
 
 async def stream_state(request: Request) -> object:
