@@ -131,8 +131,9 @@ def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc], **extra)
     return path
 
 
-def _gateway(config: Path, token: str | None = TOKEN) -> Proc:
-    env = {"IR3DE_ADMIN_TOKEN": token} if token else {"IR3DE_ADMIN_TOKEN": ""}
+def _gateway(config: Path, token: str | None = TOKEN,
+             env: dict[str, str] | None = None) -> Proc:
+    env = {"IR3DE_ADMIN_TOKEN": token or "", **(env or {})}
     return Proc([sys.executable, "-m", "ir3de.cli", "serve", "--config", str(config),
                  "--port", "{port}", "--log-level", "warning"], "/healthz", env=env)
 
@@ -439,8 +440,9 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
         assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
                           ).headers["x-ir3de-expert"] != "law"
-        assert httpx.delete(gw.url + "/admin/experts/math", headers=_admin()
-                            ).status_code == 400  # the fallback stays
+        r = httpx.delete(gw.url + "/admin/experts/math", headers=_admin())
+        assert r.status_code == 400 and "it is the fallback expert" in r.json()["error"][
+            "message"]  # the fallback stays
         httpx.post(gw.url + "/admin/experts", headers=_admin(),
                    data={"url": upstreams["law"].url + "/v1", "name": "legal"},
                    files={"stats": ("law.stats", law)}).raise_for_status()
@@ -563,6 +565,70 @@ def test_corrupt_saved_state_is_named(stats_files, upstreams, tmp_path, emb: Emb
         assert err.startswith("ir3de: error:") and "experts.json" in err, err
 
 
+def test_admin_refuses_non_finite_timeouts(stats_files, upstreams, tmp_path) -> None:
+    """POST /admin/experts with timeout=inf was accepted and saved to experts.json as
+    Infinity (not JSON); nan and junk were 400s whose param did not name the field."""
+    gw = _gateway(_config(tmp_path, stats_files, upstreams))
+    saved = tmp_path / "state" / "experts.json"
+    law = stats_files["law"].read_bytes()
+    try:
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        for timeout, message in (("inf", "Input should be a finite number"),
+                                 ("-inf", "Input should be a finite number"),
+                                 ("nan", "Input should be a finite number"),
+                                 ("1e400", "Input should be a finite number"),
+                                 ("0", "Input should be greater than 0"),
+                                 ("-3", "Input should be greater than 0"),
+                                 ("soon", "Input should be a valid number")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1", "timeout": timeout},
+                           files={"stats": ("law.stats", law)})
+            assert r.status_code == 400, (timeout, r.text)
+            error = r.json()["error"]
+            assert error["message"].startswith(f"invalid expert endpoint: timeout: {message}")
+            assert error["param"] == "timeout" and error["type"] == "invalid_request_error"
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
+        assert not saved.exists()  # nothing was changed, so nothing was saved
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                       data={"url": upstreams["law"].url + "/v1", "timeout": "2.5"},
+                       files={"stats": ("law.stats", law)})
+        assert r.status_code == 200, r.text
+
+        def strict(name: str) -> None:
+            raise AssertionError(f"{name} in experts.json")
+
+        state = json.loads(saved.read_text(), parse_constant=strict)
+        assert state["experts"]["law"]["timeout"] == 2.5
+    finally:
+        gw.stop()
+
+
+def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path) -> None:
+    """DELETE /admin/experts/NAME of an expert that does not exist was a 400; the real
+    refusals (the fallback, the router's last expert) stay 400s."""
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, fallback=None))
+    try:
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        for name in ("nobody", "org/nobody"):
+            r = httpx.delete(gw.url + f"/admin/experts/{name}", headers=_admin())
+            assert r.status_code == 404, r.text
+            assert r.json()["error"] == {
+                "message": f"unknown expert {name!r}; experts are: math, coding",
+                "type": "invalid_request_error", "param": None, "code": "expert_not_found"}
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
+        assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
+        assert httpx.delete(gw.url + "/admin/experts/coding", headers=_admin()
+                            ).status_code == 200
+        r = httpx.delete(gw.url + "/admin/experts/math", headers=_admin())  # the last one
+        assert r.status_code == 400 and r.json()["error"]["message"] == \
+            "cannot remove 'math': it is the router's only expert", r.text
+        r = httpx.delete(gw.url + "/admin/experts/coding", headers=_admin())  # gone now
+        assert r.status_code == 404 and r.json()["error"]["code"] == "expert_not_found"
+        assert httpx.delete(gw.url + "/admin/experts/nobody").status_code == 401  # no token
+    finally:
+        gw.stop()
+
+
 def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> None:
     gw = _gateway(_config(tmp_path, stats_files, upstreams), token=None)
     try:
@@ -586,6 +652,15 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "missing.safetensors"),
     ({"router": {"stats": []}, "experts": {"a": {"url": "http://x"}}}, "router.stats"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://"}}}, "url names no host"),
+    # an infinite timeout was accepted (and saved to experts.json as Infinity, not JSON)
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "timeout": float("inf")}}},
+     "experts.a.timeout: Input should be a finite number"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "timeout": float("nan")}}},
+     "experts.a.timeout: Input should be a finite number"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "timeout": 0}}},
+     "experts.a.timeout: Input should be greater than 0"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "api_keys_env": ""},
+     "api_keys_env: String should have at least 1 character"),
 ])
 def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
                                            capsys) -> None:
@@ -594,6 +669,59 @@ def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path:
     code = main(["serve", "--config", str(path)])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("ir3de: error:") and message in err, err
+
+
+def test_infinite_timeout_in_saved_state_is_refused(stats_files, upstreams, tmp_path,
+                                                   emb: Embedder) -> None:
+    """A state folder whose experts.json holds "timeout": Infinity (which the admin API
+    wrote for timeout=inf) is refused by name, not served with a timeout that never ends."""
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _initial_state, load_config
+
+    state = tmp_path / "state"
+    state.mkdir()
+    Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math", "coding")]
+                          ).save(state / "router.safetensors")
+    experts = {"math": {"url": upstreams["math"].url + "/v1", "timeout": "Infinity"},
+               "coding": {"url": upstreams["coding"].url + "/v1"}}
+    (state / "experts.json").write_text(json.dumps({"experts": experts, "threshold": 0.0}
+                                                   ).replace('"Infinity"', "Infinity"))
+    config = load_config(_config(tmp_path, stats_files, upstreams))
+    with pytest.raises(IR3DEError, match=r"experts\.json: .*timeout: Input should be a "
+                                         r"finite number"):
+        _initial_state(config)
+
+
+KEYS_ENV = "IR3DE_TEST_CLIENT_KEYS"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (None, f"api_keys_env: the environment variable {KEYS_ENV} is not set"),
+    ("", f"api_keys_env: the environment variable {KEYS_ENV} is empty"),
+    ("  ", f"api_keys_env: the environment variable {KEYS_ENV} is empty"),
+    ("k1,,k2", f"api_keys_env: key 2 of 3 in {KEYS_ENV} is empty"),
+    ("k1, ", f"api_keys_env: key 2 of 2 in {KEYS_ENV} is empty"),
+    ("k1,my key", f"api_keys_env: key 2 of 2 in {KEYS_ENV} holds a space"),
+    ("k1,cl\u00e9", f"api_keys_env: key 2 of 2 in {KEYS_ENV} holds a space or a character "
+                    "outside printable ASCII"),
+])
+def test_api_keys_env_without_usable_keys_refuses_to_start(
+        value: str | None, message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A gateway its operator meant to protect must not start open: an unset or empty
+    variable, or an empty key, stops it with a config error (before the router loads:
+    this router file does not exist). The message never shows the keys."""
+    if value is None:
+        monkeypatch.delenv(KEYS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEYS_ENV, value)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"router": {"path": "missing.safetensors"},
+                                    "experts": {"a": {"url": "http://127.0.0.1:9/v1"}},
+                                    "api_keys_env": KEYS_ENV}))
+    assert main(["serve", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ir3de: error:") and message in err, err
+    assert "k1" not in err and "my key" not in err
 
 
 def test_router_expert_without_endpoint_is_refused(stats_files, tmp_path, capsys) -> None:
@@ -875,3 +1003,136 @@ def test_sdk_upstream_down_and_timeout(stats_files, upstreams, tmp_path) -> None
             assert caught.value.body["type"] == "upstream_error"
     finally:
         gw.stop()
+
+
+# ----------------------------------------------------------------- client API keys
+# api_keys_env: /v1 needs one of the keys; /healthz, /metrics and the admin API do not.
+
+CLIENT_KEYS = ("key-one", "key-two")
+
+
+@pytest.fixture(scope="module")
+def keyed(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    """A gateway with client keys (spaces around them in the variable: ignored) whose
+    coding expert has a key of its own."""
+    config = _config(tmp_path_factory.mktemp("keyed"), stats_files, upstreams,
+                     api_keys_env=KEYS_ENV)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["coding"]["api_key_env"] = "IR3DE_TEST_CODER_KEY"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _gateway(config, env={KEYS_ENV: f" {CLIENT_KEYS[0]} , {CLIENT_KEYS[1]}",
+                                 "IR3DE_TEST_CODER_KEY": "expert-secret"})
+    yield proc
+    proc.stop()
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_client_keys_guard_v1(keyed: Proc) -> None:
+    """Without api_keys_env anyone who could reach the gateway used every expert, whatever
+    its Authorization header said."""
+    chat = keyed.url + "/v1/chat/completions"
+    for headers, message, reason in (
+            ({}, "no API key: send one of the gateway's client keys as 'Authorization: "
+                 "Bearer <key>'", "missing"),
+            ({"authorization": "Bearer"}, "no API key", "missing"),
+            ({"authorization": f"Basic {CLIENT_KEYS[0]}"},
+             "the Authorization header must be 'Bearer <key>'", "malformed"),
+            (_bearer("sk-wrong-123"), "invalid API key: not one of the gateway's client keys",
+             "invalid"),
+            (_bearer(f"{CLIENT_KEYS[0]},{CLIENT_KEYS[1]}"), "invalid API key", "invalid"),
+            (_bearer(CLIENT_KEYS[0][:-1]), "invalid API key", "invalid")):
+        r = httpx.post(chat, json=_chat(MATH), headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        error = r.json()["error"]
+        assert message in error["message"] and "wrong" not in error["message"]
+        assert {k: v for k, v in error.items() if k != "message"} == {
+            "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "x-ir3de-expert" not in r.headers
+        metrics = httpx.get(keyed.url + "/metrics").text
+        assert f'ir3de_unauthorized_total{{reason="{reason}"}}' in metrics
+    assert 'ir3de_requests_total{expert="(gateway)",status="401"}' in metrics
+    # either key, the scheme in any case; refused before the body is read (no 413)
+    for key, scheme in zip(CLIENT_KEYS, ("Bearer", "bearer"), strict=True):
+        r = httpx.post(chat, json=_chat(MATH), headers={"authorization": f"{scheme} {key}"})
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math", r.text
+    assert httpx.post(chat, json=_chat("x" * 30_000)).status_code == 401
+    assert httpx.post(chat, json=_chat("x" * 30_000), headers=_bearer(CLIENT_KEYS[0])
+                      ).status_code == 413
+    # every /v1 route, unknown ones included; the probes and the admin API are open
+    for method, path in (("GET", "/v1/models"), ("GET", "/v1/models/math"),
+                         ("POST", "/v1/completions"), ("GET", "/v1/nowhere"),
+                         ("GET", "/v1/chat/completions"), ("GET", "/nowhere")):
+        assert httpx.request(method, keyed.url + path).status_code == 401, path
+    assert httpx.get(keyed.url + "/v1/models", headers=_bearer(CLIENT_KEYS[1])
+                     ).status_code == 200
+    assert httpx.get(keyed.url + "/v1/nowhere", headers=_bearer(CLIENT_KEYS[1])
+                     ).status_code == 404
+    assert httpx.get(keyed.url + "/healthz").status_code == 200
+    assert httpx.head(keyed.url + "/healthz").status_code == 200
+    assert httpx.get(keyed.url + "/metrics").status_code == 200
+    assert httpx.get(keyed.url + "/admin/experts", headers=_admin()).status_code == 200
+    r = httpx.get(keyed.url + "/admin/experts", headers=_bearer(CLIENT_KEYS[0]))
+    assert r.status_code == 401 and "admin bearer token" in r.json()["error"]["message"]
+
+
+def test_client_key_is_not_forwarded_to_experts(keyed: Proc) -> None:
+    """Experts get their own api_key_env, never the client's key."""
+    key = _bearer(CLIENT_KEYS[0])
+    r = httpx.post(keyed.url + "/v1/chat/completions", json=_chat(MATH), headers=key)
+    assert r.headers["x-ir3de-expert"] == "math" and r.json()["auth"] is None
+    r = httpx.post(keyed.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE},
+                   headers=key)
+    assert r.headers["x-ir3de-expert"] == "coding"
+    assert r.json()["auth"] == "Bearer expert-secret"
+    for model, auth in (("math", None), ("coding", "Bearer expert-secret")):
+        with httpx.stream("POST", keyed.url + "/v1/chat/completions", headers=key,
+                          json=_chat(MATH, model=model, stream=True, chunks=1,
+                                     echo=True)) as r:
+            first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["auth"] == auth
+
+
+def test_sdk_client_keys(keyed: Proc) -> None:
+    """The openai SDK sends its api_key as the bearer token: a wrong or missing one is the
+    SDK's AuthenticationError, a right one works, streaming and async included."""
+    openai = pytest.importorskip("openai")
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0,
+                             timeout=20)
+
+    with client("sk-wrong-123") as sdk:
+        for stream in (False, True):
+            with pytest.raises(openai.AuthenticationError) as caught:
+                sdk.chat.completions.create(model="ir3de", messages=_user(MATH),
+                                            stream=stream)
+            assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+            assert caught.value.body["type"] == "invalid_request_error"
+            assert "invalid API key" in caught.value.message
+            assert "sk-wrong-123" not in caught.value.message
+        with pytest.raises(openai.AuthenticationError):
+            sdk.models.list()
+        with pytest.raises(openai.AuthenticationError, match="no API key"):
+            sdk.completions.create(model="ir3de", prompt=CODE,  # no Authorization at all
+                                   extra_headers={"Authorization": openai.Omit()})
+    with client(CLIENT_KEYS[1]) as sdk:
+        r = sdk.chat.completions.with_raw_response.create(model="ir3de", messages=_user(MATH))
+        assert r.headers["x-ir3de-expert"] == "math"
+        assert r.parse().choices[0].message.content == "answer from math to model qwen-math"
+        stream = sdk.chat.completions.create(model="ir3de", messages=_user(MATH), stream=True,
+                                             extra_body={"chunks": 2})
+        assert [c.choices[0].delta.content for c in stream] == ["math-0 ", "math-1 "]
+        assert [m.id for m in sdk.models.list()] == ["ir3de", "math", "coding"]
+        assert sdk.models.retrieve("coding").id == "coding"
+
+    async def run() -> str:
+        async with openai.AsyncOpenAI(base_url=keyed.url + "/v1", api_key=CLIENT_KEYS[0],
+                                      max_retries=0, timeout=20) as sdk:
+            answer = await sdk.completions.create(model="ir3de", prompt=CODE)
+            return answer.choices[0].text
+
+    assert asyncio.run(run()) == "answer from coding to model coding"

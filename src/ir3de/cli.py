@@ -969,7 +969,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "expert server (vLLM, Ollama, llama.cpp, TGI, any OpenAI-compatible "
                     "endpoint). Needs the extra ir3de[serve]. The YAML config names the "
                     "router, the experts' endpoints, the fallback expert, the routing text "
-                    "policy and the confidence threshold; see the README.",
+                    "policy and the confidence threshold, and optionally api_keys_env: the "
+                    "environment variable holding the client API keys (comma-separated) that "
+                    "requests must send as 'Authorization: Bearer <key>' (unset or empty: "
+                    "the gateway refuses to start); see the README.",
         epilog="example:\n  IR3DE_ADMIN_TOKEN=secret ir3de serve --config gateway.yaml "
                "--port 8000\n  curl localhost:8000/v1/chat/completions -d "
                "'{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "

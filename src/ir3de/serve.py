@@ -11,6 +11,12 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
   (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits).
 * ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, ``GET /metrics``
   (Prometheus).
+* Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
+  or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
+  admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
+  or gets a 401 (``code: invalid_api_key``, the SDK's ``AuthenticationError``). An unset
+  or empty variable, or an empty key in it, stops the gateway at startup. The client's
+  ``Authorization`` header is never forwarded: experts get their own ``api_key_env``.
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
   config; unset -> the admin API is off): list, add and remove experts, change α, k, λ,
   selector, the confidence threshold or the minimum coverage. Every change re-solves the
@@ -38,12 +44,16 @@ Example config::
     threshold: 0.0             # below this confidence, use the fallback
     min_coverage: 0.0          # below this share of seen token pairs, use the fallback
     state_dir: gateway-state   # where admin changes persist
+    api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
+    admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
 """
 
 import asyncio
 import contextlib
 import copy
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -84,7 +94,10 @@ def _models() -> tuple[type, type, type]:
         model: str | None = pd.Field(None, description="upstream model name (default: the "
                                                        "expert's name)")
         api_key_env: str | None = None
-        timeout: float = pd.Field(60.0, gt=0)
+        # finite: an infinite timeout would be saved to experts.json as Infinity, which
+        # is not JSON
+        timeout: float = pd.Field(60.0, gt=0, allow_inf_nan=False,
+                                  description="seconds to wait for the expert's answer")
 
         @pd.field_validator("url")
         @classmethod
@@ -122,6 +135,9 @@ def _models() -> tuple[type, type, type]:
         min_coverage: float = pd.Field(0.0, ge=0.0, le=1.0)
         max_body_bytes: int = pd.Field(1_000_000, gt=0)
         admin_token_env: str | None = "IR3DE_ADMIN_TOKEN"
+        api_keys_env: str | None = pd.Field(None, min_length=1,
+                                            description="environment variable holding the "
+                                                        "client API keys, comma-separated")
         state_dir: str | None = None
 
         @pd.model_validator(mode="after")
@@ -139,6 +155,12 @@ def _models() -> tuple[type, type, type]:
             return self
 
     return ExpertConfig, RouterSource, GatewayConfig
+
+
+def _problems(exc: Any) -> str:
+    """A pydantic ValidationError on one line: ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
+                     for e in exc.errors())
 
 
 def load_config(path: str | os.PathLike[str]) -> Any:
@@ -160,9 +182,7 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     try:
         config = _models()[2].model_validate(data)
     except pd.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise IR3DEError(f"{path}: invalid config: {problems}") from None
+        raise IR3DEError(f"{path}: invalid config: {_problems(exc)}") from None
     # Relative paths in the config are relative to the config file.
     src = config.router
     if src.path is not None:
@@ -211,9 +231,10 @@ def _initial_state(config: Any) -> _State:
                            float(saved.get("min_coverage", 0.0)))
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # (pydantic's ValidationError is a ValueError)
+            reason = _problems(exc) if isinstance(exc, _pydantic().ValidationError) else exc
             raise IR3DEError(f"{saved_file}: not the gateway state this ir3de writes "
-                             f"({type(exc).__name__}: {exc}); move {state_dir} away to start "
-                             "from the config") from None
+                             f"({type(exc).__name__}: {reason}); move {state_dir} away to "
+                             "start from the config") from None
     else:
         src = config.router
         if src.path is not None:
@@ -244,9 +265,12 @@ def _persist(state: _State, state_dir: str | None) -> None:
     # Router first, endpoints second: both are atomic renames, and the endpoints file is
     # what names the experts a restarted gateway will serve.
     state.router.save(folder / _ROUTER_FILE)
+    # allow_nan=False: a non-finite number would be written as NaN or Infinity, which is
+    # not JSON (ValueError instead: the change is not applied)
     atomic_write_text(folder / _EXPERTS_FILE, json.dumps(
         {"experts": {n: e.model_dump() for n, e in state.experts.items()},
-         "threshold": state.threshold, "min_coverage": state.min_coverage}, indent=1))
+         "threshold": state.threshold, "min_coverage": state.min_coverage}, indent=1,
+        allow_nan=False))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -328,6 +352,98 @@ def _relayed_headers(upstream: Any) -> dict[str, str]:
             if k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES)}
 
 
+# --------------------------------------------------------------------------- client keys
+def _client_keys(env: str | None) -> tuple[bytes, ...] | None:
+    """The SHA-256 digests of the client API keys held by the variable ``env`` names, or
+    None when no keys are configured (``env`` is None).
+
+    Raises IR3DEError when the variable is unset or empty, or holds an empty key or one that
+    a bearer token cannot carry: a gateway its operator meant to protect must not start
+    open, nor with a key no client could send.
+    """
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None or not value.strip():
+        problem = "is not set" if value is None else "is empty"
+        raise IR3DEError(f"api_keys_env: the environment variable {env} {problem}; set it "
+                         "to the client API keys (comma-separated), or remove api_keys_env "
+                         "from the config to serve without keys")
+    keys = [k.strip() for k in value.split(",")]
+    for i, key in enumerate(keys, 1):
+        if not key:
+            raise IR3DEError(f"api_keys_env: key {i} of {len(keys)} in {env} is empty; "
+                             "separate the keys with single commas, none at either end")
+        if not all("!" <= c <= "~" for c in key):
+            raise IR3DEError(f"api_keys_env: key {i} of {len(keys)} in {env} holds a space "
+                             "or a character outside printable ASCII, which an "
+                             "'Authorization: Bearer' header cannot carry")
+    # Digests are what requests are compared with: all of one length, so the time a
+    # comparison takes tells neither a key nor its length.
+    return tuple(hashlib.sha256(k.encode("ascii")).digest() for k in keys)
+
+
+# Open without a client key: probes and scrapers; the admin API has its own token.
+_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def _route_path(scope: Any) -> str:
+    """The path the app routes on: ``path`` less the ``root_path`` a proxy may mount the
+    app under (as Starlette's router reads it)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
+class _ClientKeys:
+    """ASGI middleware: every request but the open paths and the admin API must carry
+    ``Authorization: Bearer <a client key>``, or gets a 401 in OpenAI's error JSON, before
+    its body is read. Unknown paths need a key too (closed by default: a route added later
+    is not open by mistake).
+
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which would run the relayed
+    streams in a task of its own: requests let through reach the app untouched.
+    """
+
+    def __init__(self, app: Any, digests: tuple[bytes, ...], refused: Any) -> None:
+        self.app, self.digests, self.refused = app, digests, refused
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = _route_path(scope)
+            if path not in _OPEN_PATHS and path != "/admin" and not path.startswith("/admin/"):
+                problem = self._problem(scope["headers"])
+                if problem is not None:
+                    reason, message = problem
+                    self.refused(path, reason)
+                    response = _error(401, message, code="invalid_api_key",
+                                      headers={"www-authenticate": "Bearer"})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    def _problem(self, headers: Any) -> tuple[str, str] | None:
+        """None for a request with a valid key, else (metrics reason, message). The
+        message never repeats what the client sent."""
+        value = next((v for k, v in headers if k == b"authorization"), b"")
+        parts = value.split(None, 1)
+        if not parts or (parts[0].lower() == b"bearer" and len(parts) == 1):
+            return "missing", "no API key: send one of the gateway's client keys as " \
+                              "'Authorization: Bearer <key>'"
+        if parts[0].lower() != b"bearer":
+            return "malformed", "the Authorization header must be 'Bearer <key>', with " \
+                                "one of the gateway's client keys"
+        digest = hashlib.sha256(parts[1].strip()).digest()
+        # compared with every key, matched or not: the time taken does not say which
+        matched = False
+        for key in self.digests:
+            matched |= hmac.compare_digest(digest, key)
+        if not matched:
+            return "invalid", "invalid API key: not one of the gateway's client keys"
+        return None
+
+
 # The ways an SSE event can end (a blank line), whatever the line endings: \r\n\r\n ends
 # with \n\r\n.
 _EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r\n")
@@ -381,6 +497,9 @@ class _Metrics:
         self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time to response "
                                      "headers", ["expert"], registry=r)
         self.in_flight = pc.Gauge("ir3de_in_flight", "Requests being served", registry=r)
+        self.unauthorized = pc.Counter("ir3de_unauthorized", "Requests refused for a "
+                                       "missing, malformed or invalid client API key, by "
+                                       "reason", ["reason"], registry=r)
 
 
 # --------------------------------------------------------------------------- the app
@@ -399,6 +518,7 @@ def create_app(config: Any) -> Any:
 
     from .errors import IR3DEError as _Err
 
+    client_keys = _client_keys(config.api_keys_env)  # before the (slower) router loads
     holder = {"state": _initial_state(config)}
     metrics = _Metrics()
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
@@ -414,6 +534,15 @@ def create_app(config: Any) -> Any:
         await client.aclose()
 
     app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    def _refused(path: str, reason: str) -> None:
+        metrics.unauthorized.labels(reason).inc()
+        if path in ("/v1/chat/completions", "/v1/completions"):  # as _counted counts them
+            metrics.requests.labels("(gateway)", "401").inc()
+        log.info(json.dumps({"path": path, "status": 401, "refused": reason}))
+
+    if client_keys is not None:
+        app.add_middleware(_ClientKeys, digests=client_keys, refused=_refused)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
@@ -674,7 +803,9 @@ def create_app(config: Any) -> Any:
         if admin_token is None:
             return _error(404, "the admin API is off (no admin token configured)",
                           code="admin_disabled")
-        if request.headers.get("authorization") != f"Bearer {admin_token}":
+        presented = request.headers.get("authorization", "").encode()
+        # constant time: the comparison must not tell an attacker how much of a guess matched
+        if not hmac.compare_digest(presented, f"Bearer {admin_token}".encode()):
             return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
                           headers={"www-authenticate": "Bearer"})
         return None
@@ -695,11 +826,13 @@ def create_app(config: Any) -> Any:
         async with admin_lock:
             try:
                 new = await run_in_threadpool(build, holder["state"])
+            except _UnknownExpert as exc:
+                return _error(404, str(exc), code="expert_not_found")
             except (_Err, ValueError, TypeError) as exc:
                 return _error(400, str(exc))
             try:
                 await run_in_threadpool(_persist, new, config.state_dir)
-            except (OSError, _Err) as exc:
+            except (OSError, ValueError, _Err) as exc:  # ValueError: a number JSON lacks
                 # not swapped in: what serves requests is what a restart would load
                 return _error(500, f"the change was not applied: cannot save the gateway "
                                    f"state to {config.state_dir} ({exc})", kind="server_error")
@@ -736,11 +869,14 @@ def create_app(config: Any) -> Any:
         expert_cls = _models()[0]
         pd = _pydantic()
         try:
+            # timeout as sent: the model parses it, refusing inf, nan and numbers <= 0
             endpoint = expert_cls(url=url, model=form.get("model") or None,
                                   api_key_env=form.get("api_key_env") or None,
-                                  timeout=float(form.get("timeout") or 60.0))
-        except (pd.ValidationError, ValueError) as exc:
-            return _error(400, f"invalid expert endpoint: {exc}")
+                                  timeout=form.get("timeout") or 60.0)
+        except pd.ValidationError as exc:
+            fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            return _error(400, f"invalid expert endpoint: {_problems(exc)}",
+                          param=fields.pop() if len(fields) == 1 else None)
 
         def build(state: _State) -> _State:
             with tempfile.TemporaryDirectory() as tmp:  # DomainStats reads from a path
@@ -766,11 +902,11 @@ def create_app(config: Any) -> Any:
             return denied
 
         def build(state: _State) -> _State:
+            if name not in state.experts:  # 404; the refusals below are 400s
+                raise _UnknownExpert(f"unknown expert {name!r}; experts are: "
+                                     f"{', '.join(state.experts)}")
             if name == config.fallback:
                 raise _Err(f"cannot remove {name!r}: it is the fallback expert")
-            if name not in state.experts:
-                raise _Err(f"unknown expert {name!r}; experts are: "
-                           f"{', '.join(state.experts)}")
             router = state.router
             if name in router.experts:  # an endpoint the router does not route to has none
                 router = _copy_router(router)
@@ -816,6 +952,10 @@ def create_app(config: Any) -> Any:
         return await _swap(build)
 
     return app
+
+
+class _UnknownExpert(IR3DEError):
+    """An admin change names an expert the gateway does not have (a 404, not a 400)."""
 
 
 def _copy_router(router: Any) -> Any:

@@ -9,8 +9,9 @@ of five; ``"pad": N`` adds N bytes to each streamed chunk, enough to fill socket
 streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
 ``{"state": "open"}`` while it is sent, then ``"finished"`` once its last byte is sent or
 ``"disconnected"`` when the client closed the connection before that.
-A request with ``"echo": true`` gets the body received back under ``"received"`` (in the
-first chunk of a stream), so a test can see what the gateway forwarded (off by default: the
+A request with ``"echo": true`` gets the body received back under ``"received"`` and its
+``Authorization`` header under ``"auth"`` (in the first chunk of a stream; a whole answer
+always has ``"auth"``), so a test can see what the gateway forwarded (off by default: the
 benchmarks' answers stay small). ``"stream_options": {"include_usage":
 true}`` ends a stream with a usage chunk, as OpenAI does. ``"headers": {...}`` adds response
 headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
@@ -83,7 +84,8 @@ async def completion(request: Request) -> object:
     await asyncio.sleep(float(body.get("hang", 0)))
     chat = request.url.path.endswith("/chat/completions")
     pad = {"pad": "x" * int(body["pad"])} if "pad" in body else {}
-    echo = {"received": body} if body.get("echo") else {}
+    echo = {"received": body, "auth": request.headers.get("authorization")} \
+        if body.get("echo") else {}
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
