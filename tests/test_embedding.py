@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import subprocess
@@ -37,6 +38,13 @@ def test_fingerprint_is_stable(emb: Embedder) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == fp
+
+
+def test_copies_share_the_embedder(emb: Embedder) -> None:
+    """A deep copy (scikit-learn makes one of every parameter-grid value) shares the
+    read-only embedder instead of copying its table."""
+    copied = copy.deepcopy({"embedder": emb, "alpha": [0.03]})
+    assert copied["embedder"] is emb
 
 
 def test_fingerprint_differs_for_a_different_table_or_tokenizer(emb: Embedder,

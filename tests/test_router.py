@@ -895,3 +895,166 @@ def test_coverage_flags_prompts_unlike_every_expert(emb: Embedder, data_dir: Pat
     ids = emb.encode(outside[0])
     distinct = np.unique(pair_keys(ids, emb.vocab_size))
     assert router.route(outside[0]).coverage == np.isin(distinct, keys).mean() == cov[len(inside)]
+
+
+# ------------------------------------------------------------ scikit-learn model selection
+TEXTS = [t for group in CORPORA.values() for t in group]
+LABELS = [d for d, group in CORPORA.items() for _ in group]
+SETTINGS = [f.name for f in dataclasses.fields(RouterConfig)]
+
+
+def test_get_params_are_the_constructor_arguments_and_the_settings(emb: Embedder) -> None:
+    """get_params gives the constructor's embedder and config, the very objects the router
+    holds, and each setting; a router made from them holds those same objects (what
+    sklearn's clone checks), and set_params takes all of them back."""
+    router = Router(emb, "paper", k=7)
+    params = router.get_params()
+    assert list(params) == ["embedder", "config", *SETTINGS]
+    assert params["embedder"] is emb and params["config"] is router.config
+    assert {name: params[name] for name in SETTINGS} == dataclasses.asdict(router.config)
+    assert params == router.get_params(deep=False)
+    again = Router(**params)
+    assert all(again.get_params()[name] is value for name, value in params.items())
+    other = Router(emb)
+    assert other.set_params(**params) is other
+    assert other.config == router.config and other.embedder is emb
+    # config: every setting not named beside it is taken from it, as in the constructor
+    assert other.set_params(config="default").config == RouterConfig()
+    assert other.set_params(config="paper", k=3).config == RouterConfig.preset("paper", k=3)
+    assert other.set_params(config=RouterConfig(alpha=0.1)).get_params()["alpha"] == 0.1
+    assert other.set_params(alpha=0.3).get_params()["config"] == RouterConfig(alpha=0.3)
+    # Router(): the default embedder, loaded once and shared
+    default = Router()
+    assert Router(**default.get_params()).embedder is default.embedder
+
+
+def test_set_params_on_a_fitted_router(emb: Embedder, toy_stats, make_model_folder) -> None:
+    """A new config re-solves (exactly a fresh fit); an embedder must be the one the
+    statistics were made with, until the router is refitted."""
+    router = Router(emb).fit_stats(toy_stats)
+    router.set_params(config="paper")
+    assert_same_state(router, Router(emb, "paper").fit_stats(toy_stats))
+    state = router._state
+    router.set_params(embedder=emb, config=router.config)
+    assert router._state is state  # nothing changed: no re-solve
+    tiny = load_embedder(make_model_folder()[0])
+    with pytest.raises(FingerprintMismatchError, match=rf"fitted with embedding .* not "
+                                                       rf"{re.escape(tiny.name)}"):
+        router.set_params(embedder=tiny, k=3)
+    assert router.embedder is emb and router.config.k == 10 and router._state is state
+    assert Router(emb).set_params(embedder=tiny).embedder is tiny  # unfitted: any embedder
+
+
+def test_set_params_refuses_bad_names_and_values(emb: Embedder, toy_stats) -> None:
+    router = Router(emb).fit_stats(toy_stats)
+    config, state = router.config, router._state
+    with pytest.raises(ValueError, match=r"unknown router setting\(s\): temperature; known: "
+                                         r"model, .*, identity; set_params also takes "
+                                         r"embedder and config"):
+        router.set_params(alpha=0.1, temperature=1.0)
+    with pytest.raises(IR3DEError, match=r"unknown router setting\(s\): preset.*config"):
+        router.set_params(preset="paper")
+    with pytest.raises(IR3DEError, match="unknown preset 'fastest'"):
+        router.set_params(config="fastest")
+    with pytest.raises(IR3DEError, match="config must be a RouterConfig or a preset name"):
+        router.set_params(config={"k": 5})
+    with pytest.raises(IR3DEError, match="embedder must be an Embedder"):
+        router.set_params(embedder=3)
+    with pytest.raises(IR3DEError, match="k must be a positive integer"):
+        router.set_params(config="paper", k=0)
+    assert router.config is config and router._state is state and router.embedder is emb
+
+
+def test_score_is_balanced_accuracy(toy_router: Router) -> None:
+    """score is the mean per-domain accuracy (the project's figure), not plain accuracy:
+    here the math prompt labelled "coding" costs coding a third of its score."""
+    labels = ["math", "coding", "law", "multilingual", "coding", "coding"]
+    routed = toy_router.predict(PROMPTS)
+    assert routed == ["math", "coding", "law", "multilingual", "math", "coding"]
+    assert toy_router.score(PROMPTS, labels) == pytest.approx((1 + 2 / 3 + 1 + 1) / 4)
+    assert toy_router.score(iter(PROMPTS), tuple(labels)) == toy_router.score(PROMPTS, labels)
+    assert toy_router.score(PROMPTS[:2], ["math", "law"]) == 0.5  # no expert "law": a miss
+    with pytest.raises(IR3DEError, match="6 texts but 5 domain labels"):
+        toy_router.score(PROMPTS, labels[:-1])
+    with pytest.raises(IR3DEError, match="domain labels must be a list"):
+        toy_router.score(PROMPTS[:1], "math")
+    with pytest.raises(IR3DEError, match="domain label #1 is a list, not a string"):
+        toy_router.score(PROMPTS[:2], ["math", ["coding"]])
+    with pytest.raises(IR3DEError, match="no texts to score"):
+        toy_router.score([], [])
+
+
+def test_classes_and_fitted_state(emb: Embedder, toy_router: Router) -> None:
+    assert not hasattr(Router(emb), "classes_")
+    assert not Router(emb).__sklearn_is_fitted__() and toy_router.__sklearn_is_fitted__()
+    np.testing.assert_array_equal(toy_router.classes_, toy_router.experts)
+
+
+def test_sklearn_clone(emb: Embedder, toy_stats) -> None:
+    """A clone has the same parameters and shares the embedder (its table is not copied);
+    a fitted router's clone is unfitted, and the original keeps its experts."""
+    base = pytest.importorskip("sklearn.base")
+    from sklearn.utils.validation import check_is_fitted
+
+    for router in (Router(emb), Router(emb, "paper", k=3),
+                   Router(emb, "unigram").fit_stats(toy_stats)):
+        copy = base.clone(router)
+        assert type(copy) is Router and copy is not router
+        assert copy.get_params() == router.get_params()
+        assert copy.embedder is emb and copy.embedder.table is emb.table
+        assert copy.config is router.config
+        assert copy._state is None and not hasattr(copy, "classes_")
+        with pytest.raises(IR3DEError, match="no experts yet"):
+            copy.predict(PROMPTS)
+    check_is_fitted(router)
+    assert router.experts == list(toy_stats)
+    assert base.is_classifier(router)
+
+
+def test_cross_val_score_and_predict(emb: Embedder) -> None:
+    """Each fold fits its own router on its training part: cross_val_predict is exactly a
+    router per stratified fold, and the default score is balanced accuracy."""
+    pytest.importorskip("sklearn")
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
+
+    scores = cross_val_score(Router(emb), TEXTS, LABELS, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.6, scores  # chance: 0.25
+    np.testing.assert_allclose(
+        scores, cross_val_score(Router(emb), TEXTS, LABELS, cv=3, scoring="balanced_accuracy"))
+    accuracy = cross_val_score(Router(emb, "paper"), TEXTS, LABELS, cv=3, scoring="accuracy")
+    assert accuracy.shape == (3,) and 0 <= accuracy.min() <= accuracy.max() <= 1
+    predicted = cross_val_predict(Router(emb), TEXTS, LABELS, cv=3)
+    expected = np.empty(len(TEXTS), dtype=object)
+    for train, test in StratifiedKFold(3).split(TEXTS, LABELS):
+        expected[test] = Router(emb).fit([TEXTS[i] for i in train],
+                                         [LABELS[i] for i in train]).predict(
+                                             [TEXTS[i] for i in test])
+    assert predicted.tolist() == expected.tolist()
+
+
+def test_grid_search_over_settings(emb: Embedder) -> None:
+    """GridSearchCV searches the router's settings (and presets, as config) and refits the
+    best on all the data; the router it was given stays unfitted."""
+    pytest.importorskip("sklearn")
+    from sklearn.model_selection import GridSearchCV
+
+    base = Router(emb)
+    grid = {"alpha": [0.01, 0.03, 0.1], "selector": ["geo", "avg"]}
+    search = GridSearchCV(base, grid, cv=3).fit(TEXTS, LABELS)
+    best = search.best_estimator_
+    assert search.best_params_["alpha"] in grid["alpha"]
+    assert search.best_params_["selector"] in grid["selector"]
+    assert (best.config.alpha, best.config.selector) == \
+        (search.best_params_["alpha"], search.best_params_["selector"])
+    assert search.best_score_ == max(search.cv_results_["mean_test_score"]) > 0.6
+    assert best.embedder is emb and best.experts == list(CORPORA)
+    assert best.route("Compute 3 + 4 and explain.").expert == "math"
+    assert search.predict(PROMPTS[:2]) == ["math", "coding"]
+    assert base._state is None and base.config == RouterConfig()
+    presets = GridSearchCV(base, {"config": ["default", "paper"]}, cv=3).fit(TEXTS, LABELS)
+    first, second = presets.cv_results_["mean_test_score"]
+    assert first != second  # each candidate routed with its own preset
+    assert presets.best_estimator_.config == RouterConfig.preset(presets.best_params_["config"])
+    # a grid that names the embedder: sklearn deep-copies grid values, not the table
+    named = GridSearchCV(base, {"embedder": [emb], "alpha": [0.03]}, cv=3).fit(TEXTS, LABELS)
+    assert named.best_estimator_.embedder is emb

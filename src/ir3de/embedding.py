@@ -388,6 +388,12 @@ class Embedder:
         return (f"Embedder({self.name!r}, vocab={self.vocab_size}, h={self.dim}, "
                 f"fingerprint={self.fingerprint[:12]})")
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
+        # An embedder is read-only once built (its memo of encoded chunks only speeds up
+        # encoding), so copies share it: scikit-learn deep-copies every value of a parameter
+        # grid, which would otherwise copy the embedding table per candidate and fold.
+        return self
+
 
 class _CutRules:
     """What :meth:`Embedder._cut` needs to find exact cuts (see its docstring)."""

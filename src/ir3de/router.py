@@ -221,6 +221,31 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
                          f"{', '.join(known)}{hint}")
 
 
+def _base_config(config: object) -> RouterConfig:
+    """The configuration a router is given: a :class:`RouterConfig`, a preset name, or None
+    (the default)."""
+    if config is None:
+        return RouterConfig()
+    if isinstance(config, str):
+        return RouterConfig.preset(config)
+    if isinstance(config, RouterConfig):
+        return config
+    # anything else would fail later, on first use, with an AttributeError
+    hint = (" (RouterConfig.from_dict(settings), or the settings as keyword arguments)"
+            if isinstance(config, Mapping) else "")
+    raise IR3DEError(f"config must be a RouterConfig or a preset name "
+                     f"({', '.join(PRESETS)}), got {type(config).__name__}{hint}")
+
+
+def _configure(base: RouterConfig, settings: Mapping[str, Any]) -> RouterConfig:
+    """``base`` with ``settings`` changed; ``base`` itself when each setting is the very
+    object ``base`` holds (so ``Router(**router.get_params())``, which sklearn's ``clone``
+    does, keeps the config object it is given, as clone checks)."""
+    if all(k in _SETTING_NAMES and getattr(base, k) is v for k, v in settings.items()):
+        return base
+    return base.with_settings(**settings)
+
+
 def _finite_number(value: Any) -> bool:
     """A finite real number (not a bool, which Python counts as an int)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -236,6 +261,8 @@ def _positive_int(value: Any) -> bool:
     """An int > 0 (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
+
+_SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
@@ -301,22 +328,23 @@ class Router:
             override its fields
             (``model``, ``alpha``, ``pairs``, ``lam``, ``k``, ``selector``, ``balance``,
             ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``).
+
+    It is a scikit-learn estimator without importing scikit-learn (an optional extra):
+    ``get_params``/``set_params`` (the settings included), ``fit``, ``predict``, ``score``
+    (*balanced* accuracy) and ``classes_`` let ``clone``, ``cross_val_score``,
+    ``cross_val_predict`` and ``GridSearchCV`` choose settings on held-out data; clones
+    share the embedder object. A setting the router would not read changes nothing in a
+    grid (``k`` is read by ``selector="topk"`` only; see :meth:`RouterConfig.ignored`)::
+
+        from sklearn.model_selection import GridSearchCV
+        search = GridSearchCV(Router(emb), {"alpha": [0.01, 0.03, 0.1],
+                                            "selector": ["geo", "avg"]}, cv=3)
+        search.fit(texts, labels).best_params_        # then search.best_estimator_.route(...)
     """
 
     def __init__(self, embedder: Embedder | str | os.PathLike[str] | None = None,
                  config: RouterConfig | str | None = None, **settings: Any) -> None:
-        if config is None:
-            base = RouterConfig()
-        elif isinstance(config, str):
-            base = RouterConfig.preset(config)
-        elif isinstance(config, RouterConfig):
-            base = config
-        else:  # anything else would fail later, on first use, with an AttributeError
-            hint = (" (RouterConfig.from_dict(settings), or the settings as keyword arguments)"
-                    if isinstance(config, Mapping) else "")
-            raise IR3DEError(f"config must be a RouterConfig or a preset name "
-                             f"({', '.join(PRESETS)}), got {type(config).__name__}{hint}")
-        self.config = base.with_settings(**settings) if settings else base
+        self.config = _configure(_base_config(config), settings)
         self.embedder = _embedder(embedder)
         self._state: _State | None = None
 
@@ -461,15 +489,115 @@ class Router:
                                   self.config)
         return state.stats[name]
 
-    def set_params(self, **settings: Any) -> Router:
-        """Change settings (sklearn-style); re-solves only if the model or its parameters
-        change (model, α, λ, balancing, normalisation, identity)."""
-        config = self.config.with_settings(**settings)
+    def set_params(self, **params: Any) -> Router:
+        """Change settings (sklearn-style) and return the router; re-solves only if the
+        model or its parameters change (model, α, λ, balancing, normalisation, identity).
+
+        Takes every name :meth:`get_params` gives: the settings, ``config`` (a
+        :class:`RouterConfig` or a preset name, as in the constructor: each setting not
+        named in the same call is taken from it) and ``embedder`` (as in the constructor;
+        a fitted router takes only one with the same fingerprint, since its statistics
+        were made with this one). A failed change leaves the router as it was.
+
+        >>> Router().set_params(config="paper", k=5).get_params()["k"]
+        5
+        """
+        settings = {k: v for k, v in params.items() if k not in ("embedder", "config")}
+        try:
+            _check_settings(settings)
+        except IR3DEError as exc:
+            raise IR3DEError(f"{exc}; set_params also takes embedder and config (a "
+                             f"RouterConfig or a preset name)") from None
+        base = _base_config(params["config"]) if "config" in params else self.config
+        config = _configure(base, settings)
+        embedder = _embedder(params["embedder"]) if "embedder" in params else self.embedder
+        if self._state is not None and embedder.fingerprint != self.embedder.fingerprint:
+            raise FingerprintMismatchError(
+                f"this router was fitted with embedding {self.embedder.name} "
+                f"({self.embedder.fingerprint[:12]}), not {embedder.name} "
+                f"({embedder.fingerprint[:12]}), and its statistics only fit that one; set "
+                f"the embedder on an unfitted router (sklearn.base.clone(router) is one) and "
+                f"fit it")
         if self._state is not None and any(
                 getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
             self._state = self._solve(self._state.experts, self._state.stats, config)
         self.config = config
+        self.embedder = embedder
         return self
+
+    # --------------------------------------------------------- scikit-learn
+    # What scikit-learn's model selection (clone, cross_val_score, cross_val_predict,
+    # GridSearchCV) needs of an estimator; none of it imports scikit-learn.
+    _estimator_type = "classifier"  # scikit-learn < 1.6 reads this instead of the tags
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The router's parameters (sklearn-style): the constructor's ``embedder`` (the
+        loaded :class:`~ir3de.embedding.Embedder` itself, so clones share it and its table
+        is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
+        that config's settings on its own (``model``, ``alpha``, ``pairs``, ``lam``,
+        ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
+        ``max_tokens``, ``identity``), which a parameter grid can name. ``deep`` changes
+        nothing: a router holds no other estimator.
+
+        >>> params = Router("wordllama", "paper").get_params()
+        >>> params["model"], params["k"], params["config"] == RouterConfig.preset("paper")
+        ('ridge', 10, True)
+        """
+        return {"embedder": self.embedder, "config": self.config,
+                **{f.name: getattr(self.config, f.name) for f in fields(RouterConfig)}}
+
+    def __sklearn_clone__(self) -> Router:
+        """What ``sklearn.base.clone`` returns: an unfitted router with the same parameters
+        and the same embedder object (clone's default would deep-copy the embedding table)."""
+        return type(self)(**self.get_params(deep=False))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether the router has experts (scikit-learn's ``check_is_fitted`` asks this)."""
+        return self._state is not None
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags (1.6 and later): a classifier of lists of strings
+        (the prompts), which needs its labels to fit. Only scikit-learn calls this, so
+        only then is scikit-learn imported."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(),
+                    input_tags=InputTags(one_d_array=True, two_d_array=False, string=True))
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The experts as a numpy array, in column order (as :attr:`experts`, not sorted);
+        scikit-learn's scorers read it. Like scikit-learn's fitted attributes it does not
+        exist (AttributeError) before the router is fitted."""
+        if self._state is None:
+            raise AttributeError("classes_: this router has no experts yet: fit it or load one")
+        return np.array(self._state.experts)
+
+    def score(self, texts: Iterable[str], labels: Iterable[str]) -> float:
+        """**Balanced** accuracy of routing ``texts`` against their gold ``labels``: the
+        mean over the gold domains of the share of that domain's prompts routed to its own
+        expert, the figure this project reports everywhere (:mod:`ir3de.eval.metrics`), so
+        that a large domain cannot hide a weak one. scikit-learn classifiers' ``score`` is
+        plain accuracy instead; ``cross_val_score`` and ``GridSearchCV`` use this method
+        when given no ``scoring``, and ``scoring="accuracy"`` gives plain accuracy.
+        A gold label that is no expert counts as misrouted.
+
+        >>> router = Router().fit(["What is 2 + 2?", "Solve x + 1 = 3.", "import os"],
+        ...                       ["math", "math", "code"])
+        >>> router.score(["What is 3 + 5?", "import sys", "def f(): pass"],
+        ...              ["math", "code", "math"])  # (math 1/2 + code 1/1) / 2; accuracy 2/3
+        0.75
+        """
+        texts = _texts(texts, "texts", "text")
+        labels = _texts(labels, "domain labels", "domain label")
+        if len(texts) != len(labels):
+            raise IR3DEError(f"{len(texts)} texts but {len(labels)} domain labels")
+        if not texts:
+            raise IR3DEError("no texts to score")
+        gold = np.array(labels, dtype=object)
+        hit = gold == np.array(self.predict(texts), dtype=object)
+        return float(np.mean([hit[gold == domain].mean() for domain in dict.fromkeys(labels)]))
 
     # ------------------------------------------------------------- routing
     @property
