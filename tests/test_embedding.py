@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -45,6 +46,31 @@ def test_copies_share_the_embedder(emb: Embedder) -> None:
     read-only embedder instead of copying its table."""
     copied = copy.deepcopy({"embedder": emb, "alpha": [0.03]})
     assert copied["embedder"] is emb
+
+
+def test_pickles_as_its_recipe(emb: Embedder, tmp_path: Path) -> None:
+    """Pickled (multiprocessing, joblib) by recipe and fingerprint, not by its table; a
+    recipe whose files changed in between is refused, not silently another embedder."""
+    blob = pickle.dumps(emb)
+    assert len(blob) < 10_000 and pickle.loads(blob) is emb  # the cached one of this process
+    vocab = {"[UNK]": 0, "a": 1, "b": 2}
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(json.dumps({"version": "1.0", "added_tokens": [], "normalizer": None,
+                               "pre_tokenizer": {"type": "Whitespace"},
+                               "post_processor": None, "decoder": None,
+                               "model": {"type": "WordLevel", "vocab": vocab,
+                                         "unk_token": "[UNK]"}}))
+    table = tmp_path / "table.npy"
+    np.save(table, np.eye(3, dtype=np.float32))
+    blob = pickle.dumps(load_embedder(tok, table=table))
+    # another process, as multiprocessing's workers are: it loads the recipe's files
+    load = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).dim)"
+    done = subprocess.run([sys.executable, "-c", load], input=blob, capture_output=True)
+    assert done.returncode == 0 and done.stdout.strip() == b"3", done.stderr
+    np.save(table, 2 * np.eye(3, dtype=np.float32))
+    done = subprocess.run([sys.executable, "-c", load], input=blob, capture_output=True)
+    assert done.returncode != 0 and b"FingerprintMismatchError" in done.stderr
+    assert b"is not the one that was pickled" in done.stderr
 
 
 def test_fingerprint_differs_for_a_different_table_or_tokenizer(emb: Embedder,

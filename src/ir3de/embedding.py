@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import IR3DEError
+from .errors import FingerprintMismatchError, IR3DEError
 from .store import safetensors_names, safetensors_tensor
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "as_embedder", "load_embedder"]
@@ -388,11 +388,28 @@ class Embedder:
         return (f"Embedder({self.name!r}, vocab={self.vocab_size}, h={self.dim}, "
                 f"fingerprint={self.fingerprint[:12]})")
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], str]]:
+        # Pickled (multiprocessing, joblib's n_jobs > 1) as its recipe, not its table: the
+        # receiving process loads the same embedder from its own files (once per recipe)
+        # instead of receiving 16 MB or more with every task, and checks the fingerprint.
+        return _unpickled, (self.spec, self.fingerprint)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
         # An embedder is read-only once built (its memo of encoded chunks only speeds up
         # encoding), so copies share it: scikit-learn deep-copies every value of a parameter
         # grid, which would otherwise copy the embedding table per candidate and fold.
         return self
+
+
+def _unpickled(spec: dict[str, Any], fingerprint: str) -> Embedder:
+    """The embedder a pickle names: loaded from its recipe, refused if what the recipe
+    loads here is not the embedder that was pickled (another table, another version)."""
+    embedder = load_embedder(spec)
+    if embedder.fingerprint != fingerprint:
+        raise FingerprintMismatchError(
+            f"{embedder.name}: the embedder loaded here ({embedder.fingerprint[:12]}) is not "
+            f"the one that was pickled ({fingerprint[:12]}): its files differ in this process")
+    return embedder
 
 
 class _CutRules:
