@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
@@ -273,13 +274,22 @@ def test_dead_upstream_falls_back_without_hanging(stats_files, upstreams, tmp_pa
         assert time.monotonic() - start < 5
         assert 'ir3de_fallbacks_total{reason="upstream_failure"}' in httpx.get(
             gw.url + "/metrics").text
-        # Asked by name, a dead expert also falls back; with the fallback dead too: 502.
+        # Asked by name, a dead expert also falls back; with the fallback dead too: 502,
+        # every time with cooldowns off (failures are counted all the same).
         upstreams_dead = _config(tmp_path, stats_files, {
-            "math": coder, "coding": coder, "law": coder})
+            "math": coder, "coding": coder, "law": coder}, cooldown_failures=0)
         gw2 = _gateway(upstreams_dead)
         try:
-            r = httpx.post(gw2.url + "/v1/chat/completions", json=_chat(MATH), timeout=20)
-            assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+            for _ in range(4):  # the default would have started a cooldown after 3
+                r = httpx.post(gw2.url + "/v1/chat/completions", json=_chat(MATH), timeout=20)
+                assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+            assert httpx.get(gw2.url + "/healthz").json()["cooling_down"] == {}
+            math = _experts(gw2)["math"]
+            assert (math["state"], math["consecutive_failures"], math["cooldowns"]) == \
+                ("ok", 4, 0)
+            metrics = _metrics(gw2)
+            assert metrics["ir3de_experts_cooling_down"] == 0
+            assert not any(k.startswith("ir3de_cooldowns_total") for k in metrics)
         finally:
             gw2.stop()
     finally:
@@ -661,6 +671,19 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "experts.a.timeout: Input should be greater than 0"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "api_keys_env": ""},
      "api_keys_env: String should have at least 1 character"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_failures": -1},
+     "cooldown_failures: Input should be greater than or equal to 0"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_failures": 2.5},
+     "cooldown_failures: Input should be a valid integer"),
+    # YAML's yes/true: not quietly 1 failure
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_failures": True},
+     "cooldown_failures: Input should be a valid integer"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": 0},
+     "cooldown_seconds: Input should be greater than 0"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "cooldown_seconds": float("inf")}, "cooldown_seconds: Input should be a finite number"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": "1"},
+     "cooldown_seconds: Input should be a valid number"),
 ])
 def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
                                            capsys) -> None:
@@ -1136,3 +1159,309 @@ def test_sdk_client_keys(keyed: Proc) -> None:
             return answer.choices[0].text
 
     assert asyncio.run(run()) == "answer from coding to model coding"
+
+
+# ----------------------------------------------------------------- cooldowns
+# An expert that keeps failing (refused connections, timeouts) gets no requests for a while:
+# routed ones go to the fallback, those that name it get a 503 with retry-after.
+
+
+def _with_experts(config: Path, **experts: dict) -> Path:
+    """``config`` with these experts' settings changed (or these experts added)."""
+    data = yaml.safe_load(config.read_text())
+    for name, settings in experts.items():
+        data["experts"].setdefault(name, {}).update(settings)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+def _closed_url() -> str:
+    return f"http://127.0.0.1:{_free_port()}/v1"  # nobody listens there: refused
+
+
+def _experts(gw: Proc) -> dict[str, dict]:
+    listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+    return {e["name"]: e for e in listed["experts"]}
+
+
+def _health(gw: Proc, name: str) -> tuple[str, int, int]:
+    """An expert's (state, consecutive failures, cooldowns started), from the admin API."""
+    e = _experts(gw)[name]
+    return e["state"], e["consecutive_failures"], e["cooldowns"]
+
+
+def _metrics(gw: Proc) -> dict[str, float]:
+    """The gateway's samples as ``{'name{labels}': value}``."""
+    samples = (line.rsplit(" ", 1) for line in httpx.get(gw.url + "/metrics").text.splitlines()
+               if line and not line.startswith("#"))
+    return {key: float(value) for key, value in samples}
+
+
+def _log_events(proc: Proc) -> list[dict]:
+    """The JSON log lines with an "event" that the process has written so far (read
+    without moving the offset it writes at)."""
+    text = os.pread(proc.log.fileno(), 1 << 22, 0).decode(errors="replace")
+    return [json.loads(line[line.index("{"):]) for line in text.splitlines()
+            if '{"event": ' in line]
+
+
+def _routed(gw: Proc, n: int = 1, **extra) -> list[httpx.Response]:
+    """``n`` routed completions of CODE (the router picks coding), all at once."""
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=20) as c:
+            return await asyncio.gather(*(
+                c.post(gw.url + "/v1/completions",
+                       json={"model": "ir3de", "prompt": CODE, **extra}) for _ in range(n)))
+
+    return asyncio.run(run())
+
+
+def _experts_of(responses: list[httpx.Response]) -> set[tuple[int, str]]:
+    return {(r.status_code, r.headers.get("x-ir3de-expert")) for r in responses}
+
+
+def test_cooldown_spares_requests_an_expert_that_refuses_connections(
+        stats_files, upstreams, tmp_path) -> None:
+    """Each request to a dead expert paid a refused connection and its retry before going
+    to the fallback. After cooldown_failures of them in a row the expert is not tried until
+    its cooldown is over; then one request finds it back up."""
+    port = _free_port()
+    spare_url = _closed_url()
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=2,
+                                   cooldown_seconds=1.5),
+                           coding={"url": f"http://127.0.0.1:{port}/v1", "timeout": 0.2},
+                           spare={"url": spare_url})  # an endpoint the router does not use
+    gw = _gateway(config)
+    revived = None
+    try:
+        for _ in range(2):  # refused, and again on the retry: the fallback answers
+            assert _experts_of(_routed(gw)) == {(200, "math")}
+        assert _experts_of(_routed(gw)) == {(200, "math")}  # cooling down: not even tried
+        metrics = _metrics(gw)
+        assert metrics['ir3de_upstream_errors_total{expert="coding",kind="ConnectError"}'] == 4
+        assert metrics['ir3de_fallbacks_total{reason="upstream_failure"}'] == 2
+        assert metrics['ir3de_fallbacks_total{reason="expert_down"}'] == 1
+        assert metrics['ir3de_cooldowns_total{expert="coding"}'] == 1
+        assert metrics["ir3de_experts_cooling_down"] == 1
+
+        # Asked for by name: a 503 saying when to come back.
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+        assert r.status_code == 503 and r.headers["retry-after"] in ("1", "2"), r.text
+        assert r.json()["error"] == {
+            "message": "expert 'coding' is unavailable: it failed 2 times in a row "
+                       "(connection errors or timeouts) and will be tried again in "
+                       f"{r.headers['retry-after']} s",
+            "type": "upstream_error", "param": None, "code": "expert_unavailable"}
+        assert 'ir3de_requests_total{expert="coding",status="503"}' in httpx.get(
+            gw.url + "/metrics").text
+
+        health = httpx.get(gw.url + "/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert list(health.json()["cooling_down"]) == ["coding"]
+        assert 0 < health.json()["cooling_down"]["coding"] <= 1.5
+        coding, math = _experts(gw)["coding"], _experts(gw)["math"]
+        assert _health(gw, "coding") == ("cooling_down", 2, 1)
+        assert 0 < coding["retry_in"] <= 1.5
+        until = datetime.fromisoformat(coding["cooling_down_until"])
+        assert 0 < (until - datetime.now(timezone.utc)).total_seconds() <= 1.5
+        assert {k: math[k] for k in ("state", "consecutive_failures", "cooling_down_until",
+                                     "retry_in", "cooldowns")} == {
+            "state": "ok", "consecutive_failures": 0, "cooling_down_until": None,
+            "retry_in": None, "cooldowns": 0}
+
+        # A removed expert's failures are forgotten: added again, it starts clean.
+        for _ in range(2):  # (named, it falls back on failure)
+            r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="spare"))
+            assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+        assert _health(gw, "spare") == ("cooling_down", 2, 1)
+        assert httpx.delete(gw.url + "/admin/experts/spare", headers=_admin()
+                            ).status_code == 200
+        assert "spare" not in httpx.get(gw.url + "/healthz").json()["cooling_down"]
+        added = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": spare_url, "name": "spare"},
+                           files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+        assert added.status_code == 200, added.text
+        spare = {e["name"]: e for e in added.json()["experts"]}["spare"]
+        assert (spare["state"], spare["consecutive_failures"], spare["cooldowns"]) == \
+            ("ok", 0, 0)
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="spare"))
+        assert r.status_code == 200  # tried (and refused) rather than a 503
+        assert _metrics(gw)['ir3de_upstream_errors_total{expert="spare",kind="ConnectError"}'] \
+            == 6
+
+        # The cooldown over, the next request tries coding, which is back: it answers.
+        revived = Proc([sys.executable, str(UPSTREAM), "coding", "{port}"], "/v1/models",
+                       port=port)
+        assert _wait_for(lambda: _health(gw, "coding")[0] == "half_open", timeout=5)
+        assert _experts_of(_routed(gw)) == {(200, "coding")}
+        assert _health(gw, "coding") == ("ok", 0, 1)
+        assert httpx.get(gw.url + "/healthz").json()["cooling_down"] == {}
+        assert _metrics(gw)["ir3de_experts_cooling_down"] == 0
+        events = [(e["event"], e["expert"], e.get("reason")) for e in _log_events(gw)]
+        assert events == [("cooldown_start", "coding", None), ("cooldown_start", "spare", None),
+                          ("cooldown_end", "spare", "removed"),
+                          ("cooldown_end", "coding", "answered")], events
+    finally:
+        gw.stop()
+        if revived is not None:
+            revived.stop()
+
+
+def test_cooldown_after_timeouts_probes_with_one_request(stats_files, upstreams,
+                                                        tmp_path) -> None:
+    """An expert that accepts requests but does not answer in time made every request wait
+    its whole timeout. Counted failures reset on any answer (an HTTP error included); once
+    it cools down no request reaches it, however many arrive at once; after the cooldown
+    one request tries it while the others still go to the fallback, and its failure starts
+    the next cooldown at once."""
+    slow = _upstream("coding")
+
+    def control(**settings) -> int:  # the requests slow has received
+        return httpx.post(slow.url + "/control", json=settings).json()["requests"] \
+            if settings else httpx.get(slow.url + "/control").json()["requests"]
+
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=3,
+                                   cooldown_seconds=0.8),
+                           coding={"url": slow.url + "/v1", "timeout": 0.2})
+    gw = _gateway(config)
+    try:
+        control(hang=0.5)  # > the 0.2 s timeout; short: stopping slow waits for it
+        for _ in range(2):
+            assert _experts_of(_routed(gw)) == {(200, "math")}  # after coding's 0.2 s
+        assert _health(gw, "coding") == ("ok", 2, 0)
+        control(hang=0)
+        r, = _routed(gw, force_status=500)  # an answer, error or not: the count resets
+        assert (r.status_code, r.headers["x-ir3de-expert"]) == (500, "coding")
+        assert _health(gw, "coding") == ("ok", 0, 0)
+
+        control(hang=0.5)
+        assert _experts_of(_routed(gw, 3)) == {(200, "math")}  # the third failure...
+        assert _health(gw, "coding")[::2] == ("cooling_down", 1)  # ...starts a cooldown
+        seen = control()
+        assert seen == 6
+        # Concurrent requests once it cools down: none reaches coding or waits for it.
+        assert _experts_of(_routed(gw, 20)) == {(200, "math")}
+        assert control() == seen
+        metrics = _metrics(gw)
+        assert metrics['ir3de_fallbacks_total{reason="expert_down"}'] == 20
+        assert metrics['ir3de_fallbacks_total{reason="upstream_failure"}'] == 5
+
+        # Cooldown over: of ten requests at once, one tries coding (and times out); the
+        # others are not held up behind it.
+        assert _wait_for(lambda: _health(gw, "coding")[0] == "half_open", timeout=5)
+        assert _experts_of(_routed(gw, 10)) == {(200, "math")}
+        assert control() == seen + 1
+        assert _health(gw, "coding") == ("cooling_down", 4, 2)  # again, at once
+        metrics = _metrics(gw)
+        assert metrics['ir3de_fallbacks_total{reason="expert_down"}'] == 29
+        assert metrics['ir3de_fallbacks_total{reason="upstream_failure"}'] == 6
+        assert metrics['ir3de_cooldowns_total{expert="coding"}'] == 2
+
+        control(hang=0)  # recovered: the next probe gets an answer and resets the count
+        assert _wait_for(lambda: _health(gw, "coding")[0] == "half_open", timeout=5)
+        assert _experts_of(_routed(gw)) == {(200, "coding")}
+        assert _health(gw, "coding") == ("ok", 0, 2)
+        assert _experts_of(_routed(gw, 5)) == {(200, "coding")}
+    finally:
+        gw.stop()
+        slow.stop()
+
+
+def test_cooldown_without_a_usable_fallback_is_a_503(stats_files, upstreams,
+                                                     tmp_path) -> None:
+    """A routed request whose expert cools down, and whose fallback is that same expert or
+    cools down too, gets the 503; so does the openai SDK, as InternalServerError."""
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=1,
+                                   cooldown_seconds=30),
+                           math={"url": _closed_url()}, coding={"url": _closed_url()})
+    gw = _gateway(config)
+    try:
+        r, = _routed(gw)  # coding refuses, then so does the fallback: both cool down
+        assert r.status_code == 502 and r.json()["error"]["message"] == \
+            "expert 'coding' failed (ConnectError); expert 'math' is unreachable (ConnectError)"
+        why = "it failed 1 time in a row (connection errors or timeouts) and will be tried " \
+              "again in {} s"
+        r, = _routed(gw)
+        wait = r.headers["retry-after"]  # 30 s, less the time taken so far
+        assert r.status_code == 503 and 20 <= int(wait) <= 30, r.text
+        assert r.json()["error"]["message"] == \
+            f"expert 'coding' is unavailable: {why.format(wait)}; so is the fallback " \
+            f"expert 'math': {why.format(wait)}"
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH))  # math's own
+        assert r.status_code == 503 and r.json()["error"]["message"] == \
+            f"expert 'math' is unavailable: {why.format(r.headers['retry-after'])}"
+        assert sorted(httpx.get(gw.url + "/healthz").json()["cooling_down"]) == \
+            ["coding", "math"]
+        metrics = _metrics(gw)
+        assert metrics["ir3de_experts_cooling_down"] == 2
+        assert metrics['ir3de_requests_total{expert="math",status="503"}'] == 1
+        assert 'ir3de_fallbacks_total{reason="expert_down"}' not in metrics
+
+        openai = pytest.importorskip("openai")
+        # max_retries=0: the SDK retries a 503 by default, after retry-after
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=20) as client, \
+                pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="coding", messages=_user(CODE))
+        error = caught.value
+        assert error.status_code == 503 and error.code == "expert_unavailable"
+        assert error.body["type"] == "upstream_error"
+        assert "expert 'coding' is unavailable: it failed 1 time in a row" in error.message
+        assert 1 <= int(error.response.headers["retry-after"]) <= 30
+    finally:
+        gw.stop()
+
+
+def test_cooldown_bookkeeping() -> None:
+    """What real servers make hard to time: a failure of a request sent before the
+    cooldown began neither counts nor restarts it; one probe at a time, released when it is
+    cancelled; a removed expert's in-flight requests do not touch its new record."""
+    from ir3de.serve import _Cooldowns, _Down, _Ticket
+
+    now = [0.0]
+    cooldowns = _Cooldowns(2, 10.0, clock=lambda: now[0])
+    cooldowns.sync(["a"])
+    early = [cooldowns.admit("a") for _ in range(4)]  # four requests in flight
+    assert all(isinstance(t, _Ticket) and not t.probe for t in early)
+    cooldowns.done(early[0], False)
+    cooldowns.done(early[1], False)  # the second failure in a row: cooling down
+    assert cooldowns.admit("a") == _Down("a", 2, 10.0)
+    now[0] = 9.0
+    cooldowns.done(early[2], False)  # out of date: no new cooldown
+    assert cooldowns.describe("a")["retry_in"] == 1.0
+    now[0] = 10.0
+    assert cooldowns.describe("a")["state"] == "half_open"
+    probe = cooldowns.admit("a")
+    assert isinstance(probe, _Ticket) and probe.probe
+    assert cooldowns.admit("a") == _Down("a", 2, 0.0)  # one probe at a time
+    assert _Down("a", 2, 0.0).why() == "it failed 2 times in a row (connection errors or " \
+                                       "timeouts) and a request is trying it again now"
+    assert cooldowns.refusing() == {"a": 0.0}
+    cooldowns.done(early[3], False)  # out of date too: the probe decides
+    assert cooldowns.describe("a")["state"] == "probing"
+    cooldowns.done(probe, None)  # cancelled: the next request probes
+    probe = cooldowns.admit("a")
+    assert isinstance(probe, _Ticket) and probe.probe
+    cooldowns.done(probe, False)  # a failed probe: the next cooldown at once
+    assert cooldowns.describe("a")["state"] == "cooling_down"
+    assert (cooldowns.describe("a")["consecutive_failures"], cooldowns.describe("a")[
+        "cooldowns"]) == (3, 2)
+    now[0] = 20.0
+    probe = cooldowns.admit("a")
+    cooldowns.done(probe, True)
+    assert cooldowns.describe("a") == {"state": "ok", "consecutive_failures": 0,
+                                       "cooling_down_until": None, "retry_in": None,
+                                       "cooldowns": 2}
+    in_flight = cooldowns.admit("a")
+    cooldowns.sync([])  # removed...
+    cooldowns.sync(["a"])  # ...and added again
+    cooldowns.done(in_flight, False)
+    assert cooldowns.describe("a")["consecutive_failures"] == 0
+
+    off = _Cooldowns(0, 10.0, clock=lambda: now[0])  # cooldown_failures: 0
+    off.sync(["a"])
+    for _ in range(5):
+        ticket = off.admit("a")
+        assert isinstance(ticket, _Ticket)
+        off.done(ticket, False)
+    assert off.describe("a")["consecutive_failures"] == 5 and off.refusing() == {}

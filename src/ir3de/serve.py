@@ -9,8 +9,8 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
   with headers ``x-ir3de-expert``, ``x-ir3de-confidence`` and (routers with a pair table)
   ``x-ir3de-coverage``, and the upstream's headers that OpenAI clients act on
   (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits).
-* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, ``GET /metrics``
-  (Prometheus).
+* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the
+  experts cooling down), ``GET /metrics`` (Prometheus).
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
@@ -18,7 +18,8 @@ of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
   or empty variable, or an empty key in it, stops the gateway at startup. The client's
   ``Authorization`` header is never forwarded: experts get their own ``api_key_env``.
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
-  config; unset -> the admin API is off): list, add and remove experts, change α, k, λ,
+  config; unset -> the admin API is off): list experts (with their cooldown state), add
+  and remove them (a removed expert's failures are forgotten), change α, k, λ,
   selector, the confidence threshold or the minimum coverage. Every change re-solves the
   router off the event loop, swaps it in one assignment (requests in flight finish on the
   router they started with) and persists it atomically to ``state_dir``, which a restart
@@ -31,6 +32,16 @@ upstream HTTP error is returned as is; a stream cut by the upstream ends with an
 ``error`` event, after the last whole event. The gateway's own errors, unknown
 routes included, use OpenAI's error JSON (``{"error": {"message", "type", "param",
 "code"}}``).
+
+Cooldowns: finding out that an expert is down costs each request a refused connection
+and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
+failures in a row (upstream HTTP errors are answers and do not count), the expert gets
+no requests for ``cooldown_seconds``: routed ones go straight to the fallback (reason
+``expert_down``), and those that name it, or have no fallback that is not itself
+cooling down, get a 503 (``code: expert_unavailable``) with ``retry-after``. Then one
+request tries it: an answer brings it back, a failure starts the next cooldown at once,
+and the other requests are treated as during the cooldown until then. Any answer resets
+the count. ``cooldown_failures: 0`` turns cooldowns off.
 
 Example config::
 
@@ -46,20 +57,24 @@ Example config::
     state_dir: gateway-state   # where admin changes persist
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
+    cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
+    cooldown_seconds: 30       # ... for this long
 """
 
 import asyncio
 import contextlib
 import copy
+import datetime
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +154,14 @@ def _models() -> tuple[type, type, type]:
                                             description="environment variable holding the "
                                                         "client API keys, comma-separated")
         state_dir: str | None = None
+        # strict: YAML reads `yes` as true, which would otherwise pass as 1 failure or 1 s
+        cooldown_failures: int = pd.Field(3, ge=0, strict=True,
+                                          description="consecutive failures (refused "
+                                                      "connections, timeouts) after which "
+                                                      "an expert cools down; 0: never")
+        cooldown_seconds: float = pd.Field(30.0, gt=0, allow_inf_nan=False, strict=True,
+                                           description="how long an expert that keeps "
+                                                       "failing gets no requests")
 
         @pd.model_validator(mode="after")
         def _consistent(self) -> "GatewayConfig":
@@ -479,6 +502,163 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     return users[-1] if policy == "last_user" else "\n".join(users)
 
 
+# --------------------------------------------------------------------------- cooldowns
+@dataclass(eq=False)
+class _Health:
+    """One expert's consecutive failures and cooldowns. Changed in place, on the event loop
+    only, by :class:`_Cooldowns`."""
+
+    failures: int = 0  # consecutive failures counted since it last answered
+    until: float = 0.0  # (monotonic) end of its last cooldown; 0.0: none since it answered
+    probing: bool = False  # the cooldown is over and one request is trying the expert
+    cooldowns: int = 0  # cooldowns started; also the epoch of the requests admitted
+    down_since: float = 0.0  # (monotonic) start of the first cooldown of this outage
+
+
+@dataclass(frozen=True, eq=False)
+class _Ticket:
+    """Leave to send one request to an expert; its outcome goes to :meth:`_Cooldowns.done`.
+    It holds the record it was issued from: should the expert be removed (and perhaps
+    added again) meanwhile, the outcome lands on the dropped record, not the new one."""
+
+    expert: str
+    health: _Health
+    epoch: int  # the record's cooldowns when issued
+    probe: bool  # the request that tries the expert after a cooldown
+
+
+@dataclass(frozen=True)
+class _Down:
+    """An expert that refuses requests now: its consecutive failures, and the seconds until
+    it is tried again (0.0 while a request is trying it)."""
+
+    expert: str
+    failures: int
+    retry_in: float
+
+    def why(self) -> str:
+        times = "time" if self.failures == 1 else "times"
+        when = f"will be tried again in {math.ceil(self.retry_in)} s" if self.retry_in > 0 \
+            else "a request is trying it again now"
+        return f"it failed {self.failures} {times} in a row (connection errors or " \
+               f"timeouts) and {when}"
+
+
+class _Cooldowns:
+    """Consecutive failures per expert, and the cooldowns they start.
+
+    A failure is what sends a request on to the fallback: a connection error (after the
+    retry) or a timeout. Any answer, an HTTP error included, resets the count and ends a
+    cooldown. After ``limit`` consecutive failures the expert *cools down* for ``seconds``:
+    :meth:`admit` refuses it every request. After that one request is let through, the
+    probe: its answer brings the expert back, its failure starts the next cooldown at once,
+    and the others are refused while it is under way (each would otherwise wait for the
+    same timeout). ``limit`` 0 counts failures but never starts a cooldown.
+
+    No lock: every method is synchronous and runs on the event loop, so each sees and
+    leaves a consistent record. What may change while a request awaits its expert, between
+    :meth:`admit` and :meth:`done`, is handled by the ticket's epoch: a request admitted
+    before the expert's latest cooldown began fails with news that is out of date (the
+    expert was already known to be failing; it may be back by now), so its failure neither
+    counts nor starts a cooldown. Once a cooldown has started, then, the probe is the only
+    request whose failure counts until the expert answers again.
+    """
+
+    def __init__(self, limit: int, seconds: float, started: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.seconds, self.started, self.clock = limit, seconds, started, clock
+        self.records: dict[str, _Health] = {}
+
+    def sync(self, experts: Iterable[str]) -> None:
+        """Keep records for exactly these experts: a removed expert's record is dropped
+        (ending its cooldown), an added one starts clean."""
+        keep = set(experts)
+        for name in [n for n in self.records if n not in keep]:
+            if self.records.pop(name).until:
+                log.info(json.dumps({"event": "cooldown_end", "expert": name,
+                                     "reason": "removed"}))
+        for name in keep:
+            self.records.setdefault(name, _Health())
+
+    def _record(self, expert: str) -> _Health:
+        # An expert without a record is no longer the gateway's (a request that started
+        # before its removal): an untracked record, so that nothing is kept for it.
+        return self.records.get(expert) or _Health()
+
+    def admit(self, expert: str) -> _Ticket | _Down:
+        """A ticket to send a request to ``expert``, or why it refuses requests now."""
+        record = self._record(expert)
+        left = record.until - self.clock()
+        if left > 0:
+            return _Down(expert, record.failures, left)
+        probe = record.until > 0  # the cooldown is over: one request at a time tries it
+        if probe:
+            if record.probing:
+                return _Down(expert, record.failures, 0.0)
+            record.probing = True
+        return _Ticket(expert, record, record.cooldowns, probe)
+
+    def done(self, ticket: _Ticket, answered: bool | None) -> None:
+        """Record how a ticket's request went: ``True`` the expert answered, ``False`` it
+        failed, ``None`` neither (cancelled, or the gateway's own connection limit)."""
+        record, now = ticket.health, self.clock()
+        current = ticket.epoch == record.cooldowns
+        probe = ticket.probe and current and record.probing  # still this cooldown's probe
+        if probe:
+            record.probing = False  # over; without an outcome, the next request probes
+        if answered:
+            if record.until and record is self.records.get(ticket.expert):
+                log.info(json.dumps({"event": "cooldown_end", "expert": ticket.expert,
+                                     "reason": "answered",
+                                     "down_seconds": round(now - record.down_since, 3)}))
+            record.failures, record.until, record.probing, record.down_since = 0, 0.0, \
+                False, 0.0
+        elif answered is False and current:
+            record.failures += 1
+            if self.limit and (probe or record.failures >= self.limit):
+                self._start(ticket.expert, record, now)
+
+    def _start(self, expert: str, record: _Health, now: float) -> None:
+        record.down_since = record.down_since or now
+        record.until = now + self.seconds
+        record.cooldowns += 1  # requests admitted before now are out of date
+        record.probing = False
+        if record is not self.records.get(expert):
+            return  # a removed expert's record: nobody sees it
+        if self.started is not None:
+            self.started.labels(expert).inc()
+        log.warning(json.dumps({"event": "cooldown_start", "expert": expert,
+                                "failures": record.failures, "seconds": self.seconds,
+                                "until": _wall_clock(self.seconds)}))
+
+    def refusing(self) -> dict[str, float]:
+        """The experts that refuse requests now, with the seconds until each is tried again
+        (0.0 while a request is trying it)."""
+        now = self.clock()
+        return {name: max(r.until - now, 0.0) for name, r in self.records.items()
+                if r.until > now or (r.until and r.probing)}
+
+    def describe(self, expert: str) -> dict[str, Any]:
+        """An expert's state for the admin API: ``ok``; ``cooling_down`` (refusing requests
+        until ``cooling_down_until``); ``half_open`` (the cooldown is over: the next request
+        tries the expert) or ``probing`` (a request is trying it)."""
+        record = self._record(expert)
+        left = record.until - self.clock()
+        state = "ok" if not record.until else "cooling_down" if left > 0 else \
+            "probing" if record.probing else "half_open"
+        return {"state": state, "consecutive_failures": record.failures,
+                "cooling_down_until": _wall_clock(left) if left > 0 else None,
+                "retry_in": round(left, 3) if left > 0 else None,
+                "cooldowns": record.cooldowns}
+
+
+def _wall_clock(seconds_from_now: float) -> str:
+    """The UTC time ``seconds_from_now`` from now, ISO 8601, to the millisecond."""
+    moment = datetime.datetime.now(datetime.timezone.utc) + \
+        datetime.timedelta(seconds=seconds_from_now)
+    return moment.isoformat(timespec="milliseconds")
+
+
 class _Metrics:
     def __init__(self) -> None:
         import prometheus_client as pc
@@ -500,6 +680,13 @@ class _Metrics:
         self.unauthorized = pc.Counter("ir3de_unauthorized", "Requests refused for a "
                                        "missing, malformed or invalid client API key, by "
                                        "reason", ["reason"], registry=r)
+        self.cooldowns = pc.Counter("ir3de_cooldowns", "Cooldowns started (an expert "
+                                    "that kept failing gets no requests for a while), by "
+                                    "expert", ["expert"], registry=r)
+        # read at each scrape (cooldowns run out with time, not on an event)
+        self.cooling = pc.Gauge("ir3de_experts_cooling_down", "Experts refusing requests "
+                                "now: cooling down, or being tried by one request after a "
+                                "cooldown", registry=r)
 
 
 # --------------------------------------------------------------------------- the app
@@ -521,6 +708,10 @@ def create_app(config: Any) -> Any:
     client_keys = _client_keys(config.api_keys_env)  # before the (slower) router loads
     holder = {"state": _initial_state(config)}
     metrics = _Metrics()
+    cooldowns = _Cooldowns(config.cooldown_failures, config.cooldown_seconds,
+                           started=metrics.cooldowns)
+    cooldowns.sync(holder["state"].experts)
+    metrics.cooling.set_function(lambda: len(cooldowns.refusing()))
     client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
                                                    max_keepalive_connections=200))
     # An unset or empty token variable turns the admin API off.
@@ -570,6 +761,39 @@ def create_app(config: Any) -> Any:
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
             return response
         raise AssertionError("unreachable")
+
+    async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: dict[str, Any],
+                       stream: bool) -> httpx.Response:
+        """:func:`_send` to the ticket's expert, its outcome recorded for cooldowns."""
+        answered: bool | None = None  # cancelled (the request or the server): no outcome
+        try:
+            response = await _send(ticket.expert, endpoint, path, body, stream)
+            answered = True
+            return response
+        except httpx.PoolTimeout:
+            # all of the gateway's connections busy: its own limit, which says nothing
+            # about this expert
+            raise
+        except httpx.TransportError:  # refused twice, timed out, cut off before answering
+            answered = False
+            raise
+        except httpx.DecodingError:  # an answer, in a body the gateway cannot decode
+            answered = True
+            raise
+        finally:
+            cooldowns.done(ticket, answered)
+
+    def _unavailable(down: _Down, fallback: _Down | None) -> Any:
+        """The 503 for a request whose expert (and fallback, if any) is cooling down, with
+        ``retry-after`` (whole seconds, at least 1: when one of them is tried again)."""
+        message = f"expert {down.expert!r} is unavailable: {down.why()}"
+        retry_in = down.retry_in
+        if fallback is not None:
+            message += f"; so is the fallback expert {fallback.expert!r}: {fallback.why()}"
+            retry_in = min(retry_in, fallback.retry_in)
+        metrics.requests.labels(down.expert, "503").inc()
+        return _error(503, message, kind="upstream_error", code="expert_unavailable",
+                      headers={"retry-after": str(max(1, math.ceil(retry_in)))})
 
     async def _proxy(request: Request, path: str, chat: bool) -> Any:
         declared = request.headers.get("content-length", "")
@@ -640,16 +864,32 @@ def create_app(config: Any) -> Any:
         else:
             expert = model
         tried = expert
+        fallback = config.fallback if config.fallback in state.experts else None
+        ticket = cooldowns.admit(expert)
+        if isinstance(ticket, _Down):
+            # An expert that keeps failing is not tried: a routed request goes on to the
+            # fallback, one that names the expert gets a 503 saying when to come back.
+            other = cooldowns.admit(fallback) if routed and fallback not in (None, expert) \
+                else None
+            if not isinstance(other, _Ticket):
+                return _unavailable(ticket, other)
+            metrics.fallbacks.labels("expert_down").inc()
+            expert, ticket = fallback, other
         try:
-            response = await _send(expert, state.experts[expert], path, body, stream)
+            response = await _attempt(ticket, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:
-            fallback = config.fallback if config.fallback in state.experts else None
             if fallback is None or fallback == expert:
-                return _upstream_failed(expert, state.experts[expert], exc)
+                before = f"expert {tried!r} is cooling down; " if expert != tried else ""
+                return _upstream_failed(expert, state.experts[expert], exc, before)
+            second = cooldowns.admit(fallback)
+            if isinstance(second, _Down):
+                return _upstream_failed(expert, state.experts[expert], exc,
+                                        after=f"; the fallback expert {fallback!r} is "
+                                              f"unavailable: {second.why()}")
             metrics.fallbacks.labels("upstream_failure").inc()
             expert = fallback
             try:
-                response = await _send(expert, state.experts[expert], path, body, stream)
+                response = await _attempt(second, state.experts[expert], path, body, stream)
             except (httpx.TransportError, httpx.DecodingError) as exc2:
                 return _upstream_failed(expert, state.experts[expert], exc2,
                                         f"expert {tried!r} failed ({type(exc).__name__}); ")
@@ -741,7 +981,8 @@ def create_app(config: Any) -> Any:
                 finally:
                     metrics.in_flight.dec()
 
-    def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "") -> Any:
+    def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "",
+                         after: str = "") -> Any:
         if isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.DecodingError):
@@ -749,8 +990,8 @@ def create_app(config: Any) -> Any:
         else:
             status, what = 502, "is unreachable"
         metrics.requests.labels(expert, str(status)).inc()
-        return _error(status, f"{before}expert {expert!r} {what} ({type(exc).__name__})",
-                      kind="upstream_error")
+        return _error(status, f"{before}expert {expert!r} {what} ({type(exc).__name__})"
+                              f"{after}", kind="upstream_error")
 
     async def _counted(request: Request, path: str, chat: bool) -> Any:
         metrics.in_flight.inc()
@@ -790,7 +1031,10 @@ def create_app(config: Any) -> Any:
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> Any:
         state = holder["state"]
-        return {"status": "ok", "experts": state.router.experts}
+        # 200 all the same: the gateway is up, and serves what it can; the experts that
+        # refuse requests now, with the seconds until each is tried again
+        return {"status": "ok", "experts": state.router.experts,
+                "cooling_down": {n: round(s, 3) for n, s in cooldowns.refusing().items()}}
 
     @app.get("/metrics")
     async def prometheus() -> Any:
@@ -813,7 +1057,8 @@ def create_app(config: Any) -> Any:
     def _describe(state: _State) -> dict[str, Any]:
         counts = {n: s.n_tokens for n, s in state.router.stats.items()}
         return {"experts": [{"name": n, "url": e.url, "model": e.model or n,
-                             "routed": n in counts, "tokens": counts.get(n)}
+                             "routed": n in counts, "tokens": counts.get(n),
+                             **cooldowns.describe(n)}
                             for n, e in state.experts.items()],
                 "threshold": state.threshold, "min_coverage": state.min_coverage,
                 "model": state.router.config.model,
@@ -837,6 +1082,7 @@ def create_app(config: Any) -> Any:
                 return _error(500, f"the change was not applied: cannot save the gateway "
                                    f"state to {config.state_dir} ({exc})", kind="server_error")
             holder["state"] = new
+            cooldowns.sync(new.experts)  # (no await in between: no request sees one alone)
             return JSONResponse(_describe(new))
 
     @app.get("/admin/experts")

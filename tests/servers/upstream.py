@@ -18,6 +18,10 @@ headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
 (``content-encoding: gzip``, one flush per chunk); ``"half_event": true`` makes ``die_after``
 send the first half of the next event before it drops the connection.
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
+``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
+before anything else (a server that accepts requests but answers none in time, whatever
+they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /control`` says
+``{"requests": N, "hang": S}``, N the completion requests received so far.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ NAME = sys.argv[1]
 CHUNKS = 5
 DELAY = float(os.environ.get("UPSTREAM_CHUNK_DELAY", "0.2"))
 STREAMS: dict[str, str] = {}  # tag -> open | finished | disconnected
+CONTROL = {"requests": 0, "hang": 0.0}  # see /control
 
 
 class TrackedStream(StreamingResponse):
@@ -74,6 +79,9 @@ def _text(body: dict) -> str:
 
 
 async def completion(request: Request) -> object:
+    CONTROL["requests"] += 1
+    if CONTROL["hang"]:  # (no sleep(0) otherwise: the benchmarks time this server)
+        await asyncio.sleep(CONTROL["hang"])
     body = await request.json()
     headers = body.get("headers") or {}
     if "force_status" in body:
@@ -139,9 +147,16 @@ async def stream_state(request: Request) -> object:
     return JSONResponse({"state": STREAMS.get(request.path_params["tag"])})
 
 
+async def control(request: Request) -> object:
+    if request.method == "POST":
+        CONTROL["hang"] = float((await request.json())["hang"])
+    return JSONResponse(CONTROL)
+
+
 app = Starlette(routes=[Route("/v1/chat/completions", completion, methods=["POST"]),
                         Route("/v1/completions", completion, methods=["POST"]),
-                        Route("/streams/{tag}", stream_state)])
+                        Route("/streams/{tag}", stream_state),
+                        Route("/control", control, methods=["GET", "POST"])])
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
