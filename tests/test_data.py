@@ -10,7 +10,13 @@ import pytest
 from conftest import jsonl_texts
 
 from ir3de import IR3DEError
-from ir3de.data import default_data_dir, read_corpus, read_jsonl, reasoning_split
+from ir3de.data import (
+    JSONL_SUFFIXES,
+    default_data_dir,
+    read_corpus,
+    read_jsonl,
+    reasoning_split,
+)
 
 TEXTS = ["What is 2 + 2?", "def f(x):\n    return x", "Ünïcödé ✓ and emoji 😀", "  padded  "]
 
@@ -194,3 +200,12 @@ def test_reasoning_split_errors(data_dir: Path, tmp_path: Path) -> None:
         reasoning_split(data_dir, protocol="loo")  # type: ignore[arg-type]
     with pytest.raises(IR3DEError, match=r"missing; is .* the shared data folder"):
         reasoning_split(tmp_path)
+
+
+def test_jsonl_suffixes_are_what_read_corpus_reads_as_jsonl(tmp_path: Path) -> None:
+    """ir3de eval --fit DIR reads these (any case); ir3de stats must read the same files."""
+    assert set(JSONL_SUFFIXES) == {".jsonl", ".ndjson", ".json"}
+    for suffix in JSONL_SUFFIXES:
+        path = tmp_path / f"x{suffix.upper()}"
+        path.write_text('{"text": "hello"}\n')
+        assert list(read_corpus(path)) == ["hello"]

@@ -163,3 +163,53 @@ def test_test_prompts_dropped_as_fit_prompts_are_reported(data_dir: Path) -> Non
     (split,) = result["splits"]
     assert split["dropped"] == setting.splits[0].dropped
     assert set(split["dropped"]) == set(setting.domains) and sum(split["dropped"].values()) > 0
+
+
+def _three_domain_split(name: str, tests: dict[str, int], dropped: dict[str, int]) -> Split:
+    ids = [f"{d}{i}" for d, n in tests.items() for i in range(n)]
+    return Split(name, {"a": ["one plus one"], "b": ["def f(): pass"], "c": ["the court"]},
+                 ids, [f"prompt {i}" for i in ids], [i[0] for i in ids], dropped)
+
+
+def test_dropped_and_too_few_test_prompts_are_warned_about_before_the_run(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Both used to go unsaid: results.json alone counted the dropped prompts, and one test
+    prompt per domain got a "95 % CI [100.0, 100.0]" without a word."""
+    setting = Setting("tiny", "three domains", ["a", "b", "c"],
+                      [_three_domain_split("all", {"a": 1, "b": 25}, {"a": 2, "b": 0, "c": 0})])
+    with caplog.at_level("WARNING", logger="ir3de.eval"):
+        result = evaluate(setting, embedders=[], baselines=make_baselines(["random"]),
+                          resamples=0, progress=False)
+    expected = ["setting 'tiny': 2 test prompts left out because the same text is also a fit "
+                "prompt (a 2)",
+                "setting 'tiny': fewer than 20 test prompts in a (1), c (0); their accuracies "
+                "and the bootstrap intervals are not meaningful (a domain with 0 is never "
+                "tested and not in the balanced mean)"]
+    assert caplog.messages == [f"ir3de: warning: {w}" for w in expected]
+    assert [r.name for r in caplog.records] == ["ir3de.eval.harness"] * 2
+    assert result["warnings"] == expected
+    assert result["test_prompts"] == {"a": 1, "b": 25, "c": 0}
+
+
+def test_test_prompts_are_counted_once_over_splits_and_drops_per_split(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Two folds testing the same 10 prompts of "a": 10 prompts, not 20, for the bootstrap.
+    setting = Setting("folds", "three domains", ["a", "b", "c"],
+                      [_three_domain_split("fold0", {"a": 10, "b": 20, "c": 20}, {"a": 1}),
+                       _three_domain_split("fold1", {"a": 10, "b": 20, "c": 20}, {"c": 3})])
+    with caplog.at_level("WARNING", logger="ir3de.eval"):
+        result = evaluate(setting, embedders=[], baselines=make_baselines(["random"]),
+                          resamples=0, progress=False)
+    assert result["test_prompts"] == {"a": 10, "b": 20, "c": 20}
+    assert result["warnings"] == [
+        "setting 'folds': 4 test prompts left out because the same text is also a fit prompt "
+        "(split 'fold0': a 1; split 'fold1': c 3)",
+        "setting 'folds': fewer than 20 test prompts in a (10); their accuracies and the "
+        "bootstrap intervals are not meaningful"]
+    caplog.clear()
+    enough = Setting("enough", "three domains", ["a", "b", "c"],
+                     [_three_domain_split("all", {"a": 20, "b": 20, "c": 20}, {"a": 0})])
+    with caplog.at_level("WARNING", logger="ir3de.eval"):
+        assert evaluate(enough, embedders=[], baselines=make_baselines(["random"]),
+                        resamples=0, progress=False)["warnings"] == []
+    assert caplog.messages == []

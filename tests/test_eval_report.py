@@ -216,3 +216,101 @@ def test_plots_print_dollar_signs_in_names(result: dict, tmp_path: Path) -> None
     renamed = {**result, "domains": list(names.values()), "routers": routers}
     paths = plot_setting(renamed, tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def _section(markdown: str, setting: str) -> str:
+    return markdown[markdown.index(f"## {setting}\n"):]
+
+
+def test_report_says_what_was_dropped_and_where_test_prompts_are_too_few(result: dict) -> None:
+    """Dropped prompts were counted in results.json only; one test prompt per domain gave a
+    "95 % CI [100.0, 100.0]" and a domain without test prompts a bare "-", without a note."""
+    (split,) = result["splits"]
+    name = "IR3DE geo [wordllama, default]"
+    comparison = {"baseline": "TF-IDF+LR", "level": 0.95, "resamples": 100,
+                  "differences": {name: {"difference": 0.0, "low": 0.0, "high": 0.0}}}
+    routers = [{**r, "per_domain": {**r["per_domain"], "law": None}} for r in result["routers"]]
+    odd = {**result, "setting": "odd", "routers": routers, "comparison": comparison,
+           "splits": [{**split, "test": {**split["test"], "law": 0},
+                       "dropped": {**split["dropped"], "math": 2, "law": 5}}],
+           "test_prompts": {**result["test_prompts"], "law": 0}}
+    markdown = render_markdown({"meta": META, "settings": [odd]}, {})
+    text = _section(markdown, "odd")
+    assert "; test math 3, coding 3, law 0, multilingual 2; dropped (text also a fit prompt) " \
+           "math 2, law 5\n" in text
+    assert "> **7 test prompts left out** (\"dropped\" above): the exact text is also a fit " \
+           "prompt" in text
+    assert "> **Too few test prompts to judge by**: math 3, coding 3, law 0, multilingual 2 " \
+           "(fewer than 20). Each prompt there is worth at least 33 points" in text
+    assert "the balanced accuracy's intervals and the gaps to the best baseline are not " \
+           "meaningful" in text
+    assert "> **Not tested: law** (\"-\" in the tables): no test prompt has that gold domain" \
+        in text
+    assert '"-": no figure (a domain without test prompts' in text
+    # The summary's gaps to the best baseline carry the caveat too.
+    summary = markdown[:markdown.index("## odd\n")]
+    assert "**Not meaningful for `odd`**: a domain there has fewer than 20 test prompts" \
+        in summary
+    # Enough test prompts, none dropped: no note at all.
+    fine = {**odd, "setting": "fine", "splits": [split],
+            "test_prompts": {d: 20 for d in result["domains"]}}
+    markdown = render_markdown({"meta": META, "settings": [fine]}, {})
+    assert "left out" not in markdown and "Too few" not in markdown
+    assert "Not tested" not in markdown and "Not meaningful" not in markdown
+
+
+def _drawn(result: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The figures plot_setting draws, by kind, drawn (so tick labels exist), not saved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ir3de.eval import plots
+
+    figures: dict[str, object] = {}
+
+    def keep(fig: object, path: Path) -> None:
+        fig.canvas.draw()  # type: ignore[attr-defined]
+        figures[path.name.split("_custom")[0]] = fig
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_setting({**result, "setting": "custom"}, Path("unused"))
+    return figures
+
+
+def _tick_labels(axis: object) -> list[str]:
+    return [t.get_text() for t in axis.get_ticklabels(which="both")  # type: ignore[attr-defined]
+            if t.get_text()]
+
+
+def test_log_axes_have_plain_tick_labels(result: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With math parsing off (for "$" in names), matplotlib's own log tick labels printed
+    as raw TeX: $\\mathdefault{10^{1}}$, overlapping one another."""
+    figures = _drawn(result, monkeypatch)
+    k_axis = figures["accuracy_vs_k"].axes[0].xaxis  # type: ignore[attr-defined]
+    assert _tick_labels(k_axis) == ["1", "2", "5", "10", "20", "50", "100", "200", "500", "avg"]
+    cost_axis = figures["cost"].axes[0].xaxis  # type: ignore[attr-defined]
+    labels = _tick_labels(cost_axis)
+    assert labels and all(re.fullmatch(r"[0-9.e+-]+", t) for t in labels), labels
+    for fig in figures.values():
+        for ax in fig.axes:  # type: ignore[attr-defined]
+            for t in _tick_labels(ax.xaxis) + _tick_labels(ax.yaxis):
+                assert "$" not in t and "mathdefault" not in t, t
+
+
+def test_cost_plot_places_a_zero_cost_router_and_labels_every_named_router(
+        result: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A router at 0 µs was clipped to an arbitrary left edge; point labels overlapped."""
+    import numpy as np
+
+    routers = [{**r, "route_us": 0.0} if r["family"] == "random" else r
+               for r in result["routers"]]
+    ax = _drawn({**result, "routers": routers}, monkeypatch)["cost"].axes[0]  # type: ignore
+    assert not ax.texts  # names in the legend, not on the points
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    named = [r for r in routers if r["family"] != "ir3de" or r["is_preset"]]
+    assert legend[0].startswith("IR3DE, other selectors")
+    assert "random (0 µs: drawn at the left end)" in legend
+    assert len(legend) == 1 + len(named)
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections])
+    positive = [r["route_us"] for r in routers if r["route_us"] > 0]
+    assert xs.min() == pytest.approx(min(positive) / 2) and ax.get_xlim()[0] < xs.min()

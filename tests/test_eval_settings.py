@@ -242,3 +242,47 @@ def test_custom_errors_name_the_line_and_ids_count_records(tmp_path: Path) -> No
                     encoding="utf-8")
     with pytest.raises(IR3DEError, match=r"mine.jsonl:11: 'domain' must be a non-empty string"):
         custom_setting(data)
+
+
+def test_custom_folder_reads_jsonl_in_any_case_and_ndjson(tmp_path: Path) -> None:
+    """tax.JSONL used to be skipped without a word: the run had a domain fewer."""
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    for name in ("astronomy.jsonl", "tax.JSONL", "cooking.ndjson", "law.Json"):
+        _write(folder / name, [{"text": f"{name} prompt {i}"} for i in range(10)])
+    (folder / ".DS_Store").write_bytes(b"\0\1")  # hidden: ignored
+    (folder / "notes").mkdir()  # a subfolder: ignored
+    (folder / "notes" / "readme.txt").write_text("mine")
+    s = custom_setting(folder)
+    assert sorted(s.domains) == ["astronomy", "cooking", "law", "tax"]
+    assert {i.rsplit("-", 1)[0] for i in s.splits[0].test_ids} == set(s.domains)
+
+
+@pytest.mark.parametrize("role", ["fit", "test"])
+def test_custom_folder_with_other_files_is_refused(role: str, tmp_path: Path) -> None:
+    """A tax.txt in the folder used to be skipped without a word."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write(folder / "astronomy.jsonl", [{"text": f"star {i}"} for i in range(10)])
+    _write(folder / "cooking.jsonl", [{"text": f"soup {i}"} for i in range(10)])
+    (folder / "tax.txt").write_text("Can I deduct my home office?\n")
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, [{"text": f"{w} {i}", "domain": d} for i in range(10)
+                 for w, d in (("planet", "astronomy"), ("stew", "cooking"))])
+    args = (folder,) if role == "fit" else (fit, folder)
+    message = (f"{folder}: a {role} data folder may hold only JSONL files (*.jsonl, *.json, "
+               "*.ndjson, in any case; hidden files are ignored), not tax.txt: convert it to "
+               "JSONL or move it out")
+    with pytest.raises(IR3DEError) as exc:
+        custom_setting(*args)
+    assert str(exc.value) == message
+    for i in range(6):
+        (folder / f"extra{i}.csv").write_text("x\n")
+    with pytest.raises(IR3DEError, match=r"not extra0\.csv, extra1\.csv, extra2\.csv, "
+                                         r"extra3\.csv, extra4\.csv and 2 more: convert them"):
+        custom_setting(*args)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IR3DEError, match=r"empty: no JSONL files \(\*\.jsonl, \*\.json, "
+                                         r"\*\.ndjson, any case\)"):
+        custom_setting(empty)

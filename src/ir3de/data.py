@@ -1,10 +1,11 @@
 """Reading corpora and the Reasoning protocols of ``../shared/data``.
 
-Corpus formats (chosen by file suffix, or explicitly):
+Corpus formats (chosen by file suffix, in any case, or explicitly):
 
-* ``.jsonl`` — one JSON object per line, the prompt in a text field (``text``);
-* ``.txt`` — one prompt per non-empty line;
-* ``.parquet`` — a string column (``text``), read batch by batch.
+* ``.jsonl`` (also ``.ndjson``, ``.json``: :data:`JSONL_SUFFIXES`) — one JSON object per
+  line, the prompt in a text field (``text``);
+* ``.txt`` (``.text``) — one prompt per non-empty line;
+* ``.parquet`` (``.pq``) — a string column (``text``), read batch by batch.
 
 The Reasoning protocols (all leakage-free: no test prompt is ever fitted on):
 
@@ -31,6 +32,7 @@ from .errors import EmptyInputError, IR3DEError, require_file
 
 __all__ = [
     "FORMATS",
+    "JSONL_SUFFIXES",
     "decode_lines",
     "default_data_dir",
     "parse_jsonl",
@@ -48,6 +50,8 @@ CorpusFormat = Literal["jsonl", "text", "parquet"]
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "text",
                    ".text": "text", ".parquet": "parquet", ".pq": "parquet"}
+# File suffixes read as JSONL (compared in lower case: ``.JSONL`` is JSONL too).
+JSONL_SUFFIXES = tuple(s for s, f in _SUFFIX_FORMATS.items() if f == "jsonl")
 
 REASONING_TEST = {"math": ["gsm8k/test"], "multilingual": ["m_arc/test"],
                   "coding": ["humaneval/test"], "instruction_following": ["ifeval/test"]}

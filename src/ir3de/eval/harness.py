@@ -13,6 +13,7 @@ whole selector grid, and the report shows every figure.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,8 +39,13 @@ from .metrics import (
 )
 from .settings import Setting, Split
 
-__all__ = ["BASELINES", "K_GRID", "MIN_RESAMPLES", "Candidate", "check_scores", "evaluate",
-           "make_baselines"]
+__all__ = ["BASELINES", "K_GRID", "MIN_RESAMPLES", "MIN_TEST_PROMPTS", "Candidate",
+           "check_scores", "data_warnings", "evaluate", "make_baselines", "test_prompt_counts"]
+
+# Warnings about the data (test prompts dropped, too few test prompts): with no logging
+# configured, Python prints them on stderr as they are, one line each (ir3de eval, even
+# with -q); a program that configures logging gets them as "ir3de.eval.harness" records.
+log = logging.getLogger(__name__)
 
 K_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 KNN_K = (1, 5, 10)
@@ -51,6 +57,10 @@ _BOOTSTRAP_SEED = 0
 # Fewer resamples give intervals of a few points (one resample: a point) that exclude 0
 # by chance, so a gap would be marked significant; 0 skips the intervals.
 MIN_RESAMPLES = 100
+# A domain with fewer distinct test prompts than this gets a warning: its accuracy moves by
+# 5 points or more per prompt, and a stratified bootstrap that redraws a handful of prompts
+# (one prompt: always the same) gives intervals far narrower than the real uncertainty.
+MIN_TEST_PROMPTS = 20
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
 
 
@@ -187,6 +197,41 @@ def _comparison(summaries: list[dict[str, Any]], correct: Mapping[str, list[bool
             "differences": differences}
 
 
+def test_prompt_counts(setting: Setting) -> dict[str, int]:
+    """Distinct test prompts per domain of ``setting``, over all its splits (a prompt that
+    several splits test counts once, as the bootstrap counts it); 0 for a domain that is
+    routed to but never tested."""
+    seen: dict[str, set[str]] = {d: set() for d in setting.domains}
+    for split in setting.splits:
+        for pid, gold in zip(split.test_ids, split.test_labels, strict=True):
+            seen.setdefault(gold, set()).add(pid)
+    return {d: len(ids) for d, ids in seen.items()}
+
+
+def data_warnings(setting: Setting) -> list[str]:
+    """One-line warnings about ``setting``'s test data, also shown in the report: test
+    prompts left out because their exact text is also a fit prompt, and domains with fewer
+    than :data:`MIN_TEST_PROMPTS` test prompts, whose figures and intervals mean little."""
+    out = []
+    dropped = [(s.name, {d: n for d, n in s.dropped.items() if n}) for s in setting.splits]
+    total = sum(n for _, per in dropped for n in per.values())
+    if total:
+        parts = "; ".join((f"split {name!r}: " if len(setting.splits) > 1 else "")
+                          + ", ".join(f"{d} {n}" for d, n in per.items())
+                          for name, per in dropped if per)
+        out.append(f"setting {setting.name!r}: {total} test prompt{'s' * (total != 1)} left "
+                   f"out because the same text is also a fit prompt ({parts})")
+    few = {d: n for d, n in test_prompt_counts(setting).items() if n < MIN_TEST_PROMPTS}
+    if few:
+        untested = " (a domain with 0 is never tested and not in the balanced mean)" \
+            if 0 in few.values() else ""
+        out.append(f"setting {setting.name!r}: fewer than {MIN_TEST_PROMPTS} test prompts in "
+                   + ", ".join(f"{d} ({n})" for d, n in few.items())
+                   + "; their accuracies and the bootstrap intervals are not "
+                   f"meaningful{untested}")
+    return out
+
+
 def check_scores(setting: Setting, scores: Mapping[tuple[str, str], float],
                  kind: ScoreKind, *, source: str | os.PathLike[str] | None = None) -> None:
     """Raise :class:`IR3DEError` unless ``scores`` of ``kind`` cover every test prompt of
@@ -219,6 +264,10 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     difference to the best baseline (``resamples=0`` skips both): a gap whose interval
     contains 0 is within what another draw of test prompts could reverse.
 
+    :func:`data_warnings` (test prompts dropped as fit prompts, domains with fewer than
+    :data:`MIN_TEST_PROMPTS` test prompts) are logged as warnings before the run and kept
+    under ``"warnings"``; ``"test_prompts"`` counts the distinct test prompts per domain.
+
     With ``keep_decisions``, ``"decisions"`` lists every test prompt of every split
     (``split``, ``id``, ``gold``) with the domain each preset router and baseline sent it to
     (``routed``): what error analysis, and pairing this run with another run of the same
@@ -238,6 +287,9 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             raise IR3DEError(f"setting {setting.name!r}, split {split.name!r}: no test prompts")
     if scores is not None:
         check_scores(setting, scores, score_kind)
+    notes = data_warnings(setting)
+    for note in notes:  # before the run, not after it
+        log.warning("ir3de: warning: %s", note)
     per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines)
     bar = tqdm(total=per_split * len(setting.splits), desc=setting.name, unit="router",
                disable=not progress, leave=False)
@@ -305,6 +357,9 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
                     "test": {d: s.test_labels.count(d) for d in setting.domains},
                     "dropped": dict(s.dropped)}
                    for s in setting.splits],
+        # Distinct test prompts per domain over all splits, what the figures rest on.
+        "test_prompts": test_prompt_counts(setting),
+        "warnings": notes,
         "routers": summaries,
         "comparison": comparison,
         "normalized_performance": normalized or None,

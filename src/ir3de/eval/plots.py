@@ -1,14 +1,19 @@
 """PNG plots of evaluation results (matplotlib, headless).
 
 * ``accuracy_vs_k_<setting>.png`` — balanced accuracy of IR3DE topk against k, one line
-  per embedder and preset, ``all``/``avg`` and the baselines as horizontal lines (the
-  paper's Figure 3).
+  per embedder and preset, the ``avg`` selector as a square at the axis' ``avg`` tick, and
+  the baselines as horizontal lines (the paper's Figure 3).
 * ``confusion_<setting>.png`` — row-normalised confusion matrices of the preset IR3DE
   routers and the baselines.
 * ``cost_<setting>.png`` — balanced accuracy against routing time per prompt (log scale)
-  for every router.
+  for every router; the preset IR3DE routers and the baselines have their own markers in
+  the legend (no labels on the points, which overlapped), a router that took no
+  measurable time sits at the axis' left end with a ``<`` marker.
 
-Each figure is written atomically (temporary file, then rename).
+User text (domain, router and setting names) is drawn as itself: math parsing is off, so a
+``$`` prints as a dollar, and the log axes use plain-number tick labels (``1``, ``10``,
+``100``), not matplotlib's mathtext ``10^{1}``. Legends sit beside the axes, never on the
+data. Each figure is written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ __all__ = ["plot_setting"]
 
 _FAMILY_COLORS = {"ir3de": "tab:blue", "random": "tab:gray", "knn": "tab:green",
                   "tfidf": "tab:orange", "modem": "tab:red"}
+# IR3DE lines and points in colours no baseline family uses, one per (embedder, preset),
+# the same in the accuracy-vs-k and the cost plot.
+_IR3DE_COLORS = ["tab:blue", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink"]
+_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "h", "p", ">"]
+# Beside the axes (the figure is saved with a tight bounding box): never over a line.
+_LEGEND = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
+           "borderaxespad": 0.0}
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -40,22 +52,38 @@ def _short(name: str) -> str:
     return name.replace("IR3DE ", "").replace("[", "").replace("]", "")
 
 
+def _ir3de_lines(routers: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted({(r["embedder"], r["preset"]) for r in routers if r["family"] == "ir3de"})
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Plain-number labels on a log axis (``10``, ``100``, ``0.5``): matplotlib's own are
+    mathtext (``$\\mathdefault{10^{1}}$``), which prints as raw TeX with math parsing off."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
 def _accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     routers = result["routers"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    lines = sorted({(r["embedder"], r["preset"]) for r in routers if r["family"] == "ir3de"})
     styles = ["-", "--", "-.", ":"]
-    # IR3DE lines in colours no baseline family uses, so a line never reads as a baseline.
-    colors = ["tab:blue", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink"]
-    for i, (emb, preset) in enumerate(lines):
+    grid: set[int] = set()
+    avg_at = None
+    for i, (emb, preset) in enumerate(_ir3de_lines(routers)):
         topk = sorted((r["k"], r["balanced"]) for r in routers if r["family"] == "ir3de"
                       and r["embedder"] == emb and r["preset"] == preset
                       and r["selector"] == "topk")
         ks, acc = zip(*topk, strict=True)
+        grid.update(ks)
+        avg_at = max(avg_at or 0, ks[-1] * 1.6)
         line, = ax.plot(ks, 100 * np.array(acc), styles[i % 4], marker="o", ms=3,
-                        color=colors[i % len(colors)], label=f"topk {emb}, {preset}")
+                        color=_IR3DE_COLORS[i % len(_IR3DE_COLORS)],
+                        label=f"topk {emb}, {preset}")
         for r in routers:
             if r["family"] == "ir3de" and r["embedder"] == emb and r["preset"] == preset \
                     and r["selector"] == "avg":
@@ -66,11 +94,18 @@ def _accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
             ax.axhline(100 * r["balanced"], color=_FAMILY_COLORS.get(r["family"], "k"),
                        lw=0.9, ls=":", label=r["name"])
     ax.set_xscale("log")
+    if grid:  # one labelled tick per k of the grid, and "avg" under the squares
+        ticks = sorted(grid)
+        ax.set_xticks([*ticks, avg_at], [*map(str, ticks), "avg"])
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("k (lowest-entropy tokens that vote); squares: avg selector")
     ax.set_ylabel("balanced routing accuracy (%)")
     ax.set_title(f"{result['setting']}: accuracy vs k")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**_LEGEND)
     _save(fig, path)
 
 
@@ -109,23 +144,47 @@ def _confusions(result: dict[str, Any], path: Path) -> None:
 
 def _cost(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    routers = result["routers"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for family in dict.fromkeys(r["family"] for r in result["routers"]):
-        pts = [r for r in result["routers"] if r["family"] == family]
-        ax.scatter([r["route_us"] for r in pts], [100 * r["balanced"] for r in pts],
-                   s=[30 if r.get("is_preset", True) else 10 for r in pts],
-                   color=_FAMILY_COLORS.get(family, "k"), label=family, alpha=0.8)
-        for r in pts:
-            if r.get("is_preset", True):
-                ax.annotate(_short(r["name"]), (r["route_us"], 100 * r["balanced"]),
-                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+    # No measurable time (a random pick on a coarse clock): log scale cannot place 0, and
+    # matplotlib would clip it to an arbitrary left edge, so it goes at a stated floor.
+    positive = [r["route_us"] for r in routers if r["route_us"] > 0]
+    floor = min(positive) / 2 if positive else 1.0
+    colors = {line: _IR3DE_COLORS[i % len(_IR3DE_COLORS)]
+              for i, line in enumerate(_ir3de_lines(routers))}
+
+    def color(r: dict[str, Any]) -> str:
+        if r["family"] == "ir3de":
+            return colors[(r["embedder"], r["preset"])]
+        return _FAMILY_COLORS.get(r["family"], "k")
+
+    handles = []
+    others = [r for r in routers if r["family"] == "ir3de" and not r.get("is_preset", True)]
+    if others:  # the rest of the selector grid: small dots, one (neutral) legend entry
+        ax.scatter([max(r["route_us"], floor) for r in others],
+                   [100 * r["balanced"] for r in others], s=9, alpha=0.45,
+                   color=[color(r) for r in others], zorder=2)
+        handles.append(Line2D([], [], ls="", marker="o", ms=3, color="0.55",
+                              label="IR3DE, other selectors (colour of their preset)"))
+    named = [r for r in routers if r["family"] != "ir3de" or r.get("is_preset", True)]
+    for i, r in enumerate(named):  # each in the legend, with its own marker
+        zero = r["route_us"] <= 0
+        label = _short(r["name"]) if r["family"] == "ir3de" else r["name"]
+        ax.scatter([max(r["route_us"], floor)], [100 * r["balanced"]], s=40, alpha=0.85,
+                   marker="<" if zero else _MARKERS[i % len(_MARKERS)], color=color(r),
+                   edgecolors="black", linewidths=0.4, zorder=3,
+                   label=f"{label} (0 µs: drawn at the left end)" if zero else label)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("routing time per prompt (µs, batch call, log scale)")
     ax.set_ylabel("balanced routing accuracy (%)")
     ax.set_title(f"{result['setting']}: accuracy vs routing cost")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    handles += ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, **_LEGEND)
     _save(fig, path)
 
 
@@ -139,8 +198,10 @@ def plot_setting(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     paths = [out / f"accuracy_vs_k_{name}.png", out / f"confusion_{name}.png",
              out / f"cost_{name}.png"]
     # Domain and router names are the user's: a "$" in one must print as itself, not start
-    # mathtext (or TeX) that fails to parse after the whole run.
-    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+    # mathtext (or TeX) that fails to parse after the whole run. Nothing we draw needs math:
+    # the log axes get plain-number tick labels (_plain_log_ticks), not mathtext ones.
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False,
+                                "axes.formatter.use_mathtext": False}):
         for draw, path in zip((_accuracy_vs_k, _confusions, _cost), paths, strict=True):
             draw(result, path)
     return paths

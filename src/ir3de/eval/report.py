@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import IR3DEError
 from ..selector import SELECTORS
 from ..store import atomic_write_text
-from .harness import K_GRID
+from .harness import K_GRID, MIN_TEST_PROMPTS
 
 # Selectors without k: one column each in the grid, one row each in the main tables.
 _POOLED = tuple(s for s in SELECTORS if s != "topk")
@@ -52,6 +52,10 @@ def _comparison_lines(settings: list[dict[str, Any]]) -> list[str]:
     rows = [[name, *(_difference(s["comparison"]["differences"][name])
                      if name in s["comparison"]["differences"] else "-" for s in shown)]
             for name in names]
+    few = [s["setting"] for s in shown if _few_test_prompts(s)]
+    caveat = ["", f"**Not meaningful for {', '.join(f'`{n}`' for n in few)}**: a domain there "
+              f"has fewer than {MIN_TEST_PROMPTS} test prompts (see the setting's section)."] \
+        if few else []
     return ["", f"## Preset routers against the best baseline (points, {100 * level:.0f} % "
             "interval)", "",
             "Balanced accuracy of the router minus that of the setting's best baseline, with "
@@ -60,7 +64,49 @@ def _comparison_lines(settings: list[dict[str, Any]]) -> list[str]:
             "it). ▲ / ▼: the interval lies above / below 0; without a mark, another draw of "
             "test prompts of the same size could reverse the order.", "",
             *_table(["router", *(f"{s['setting']} (vs {s['comparison']['baseline']})"
-                                 for s in shown)], rows)]
+                                 for s in shown)], rows), *caveat]
+
+
+def _test_prompts(result: dict[str, Any]) -> dict[str, int]:
+    """Distinct test prompts per domain (summed over splits for results without the count)."""
+    if isinstance(result.get("test_prompts"), dict):
+        return result["test_prompts"]
+    return {d: sum(s["test"].get(d, 0) for s in result["splits"]) for d in result["domains"]}
+
+
+def _few_test_prompts(result: dict[str, Any]) -> dict[str, int]:
+    return {d: n for d, n in _test_prompts(result).items() if n < MIN_TEST_PROMPTS}
+
+
+def _data_notes(result: dict[str, Any]) -> list[str]:
+    """Notes on the test data under a setting's split lines: test prompts dropped as fit
+    prompts, domains with too few test prompts for their figures to mean much, and what a
+    "-" in a domain's column means."""
+    lines = []
+    dropped = sum(n for s in result["splits"] for n in s.get("dropped", {}).values())
+    if dropped:
+        over = ", summed over splits" if len(result["splits"]) > 1 else ""
+        lines += [f"> **{dropped} test prompt{'s' * (dropped != 1)} left out** (\"dropped\" "
+                  f"above{over}): the exact text is also a fit prompt, and a router tested on a "
+                  "prompt it was fitted on is tested on memory, not on routing.", ""]
+    few = _few_test_prompts(result)
+    if few:
+        counts = ", ".join(f"{d} {n}" for d, n in few.items())
+        worth = (f"Each prompt there is worth at least {100 // max(few.values())} points "
+                 "of its domain's accuracy, and the" if max(few.values()) else "The")
+        lines += [f"> **Too few test prompts to judge by**: {counts} (fewer than "
+                  f"{MIN_TEST_PROMPTS}). {worth} bootstrap intervals, which redraw the same "
+                  "few prompts, are far narrower than the real uncertainty: the figures of "
+                  "these domains, the balanced accuracy's intervals and the gaps to the best "
+                  "baseline are not meaningful. Give each domain more test prompts "
+                  "(`--test`, or more data).", ""]
+    if 0 in few.values():
+        none = ", ".join(d for d, n in few.items() if n == 0)
+        lines += [f"> **Not tested: {none}** (\"-\" in the tables): no test prompt has that "
+                  "gold domain, so it has no accuracy and is left out of the balanced mean; "
+                  "the routers may still send other domains' prompts to it, which counts "
+                  "against those domains.", ""]
+    return lines
 
 
 def _seeds(meta: dict[str, Any]) -> str:
@@ -129,10 +175,14 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     for split in result["splits"]:
         fit = ", ".join(f"{d} {n}" for d, n in split["fit"].items())
         test = ", ".join(f"{d} {n}" for d, n in split["test"].items())
-        lines.append(f"* split `{split['name']}`: fit {fit}; test {test}")
-    lines += ["", "Routing accuracy (%), pooled over splits; time per prompt of one batch call "
+        gone = ", ".join(f"{d} {n}" for d, n in split.get("dropped", {}).items() if n)
+        dropped = f"; dropped (text also a fit prompt) {gone}" if gone else ""
+        lines.append(f"* split `{split['name']}`: fit {fit}; test {test}{dropped}")
+    lines += ["", *_data_notes(result)]
+    lines += ["Routing accuracy (%), pooled over splits; time per prompt of one batch call "
               "over the test set (tokenisation / sentence encoding included); best per column "
-              "in bold. Rows marked ★ are the named presets.", ""]
+              "in bold. Rows marked ★ are the named presets; \"-\": no figure (a domain "
+              "without test prompts, a router without an interval).", ""]
     multi = len(result["splits"]) > 1
     header = ["router", *domains, "balanced", "micro"]
     header += ["balanced per split"] if multi else []

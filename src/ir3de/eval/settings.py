@@ -13,7 +13,10 @@ Built-in settings, read from the shared data folder (``../shared/data`` or ``$IR
 * ``domains`` — the nine domain corpora of ``domains/``, a seeded 70/30 split by ``id``.
 
 User data (:func:`custom_setting`): a folder of JSONL files whose records carry a
-``domain`` field, or one JSONL file per domain (the file name is the domain). Ids are
+``domain`` field, or one JSONL file per domain (the file name is the domain). A folder is
+read as its ``*.jsonl`` files (also ``*.ndjson`` and ``*.json``, suffixes in any case);
+any other visible file in it is an error, not skipped (hidden files and subfolders are
+ignored). Ids are
 strings or integers (an integer is its decimal string), unique within the fit data and
 within the test data; a record without one is ``<file stem>-<n>``, ``n`` its 1-based
 record number in the file (blank lines not counted).
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import (
+    JSONL_SUFFIXES,
     REASONING_FIT,
     REASONING_TEST,
     default_data_dir,
@@ -217,14 +221,36 @@ def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
                                     for p in files}})
 
 
-def _labelled_records(path: Path) -> dict[str, list[dict]]:
+def _jsonl_files(folder: Path, role: str) -> list[Path]:
+    """The JSONL files of ``folder`` (:data:`~ir3de.data.JSONL_SUFFIXES`, in any case),
+    sorted by name. Any other visible file is refused rather than skipped: a ``tax.txt``
+    left out would silently make a run with one domain fewer. Hidden files (``.name``) and
+    subfolders are ignored."""
+    files, others = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        (files if entry.suffix.lower() in JSONL_SUFFIXES else others).append(entry)
+    kinds = ", ".join(f"*{s}" for s in JSONL_SUFFIXES)
+    if others:
+        names = ", ".join(p.name for p in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        them = "it" if len(others) == 1 else "them"
+        raise IR3DEError(f"{folder}: a {role} data folder may hold only JSONL files ({kinds}, "
+                         f"in any case; hidden files are ignored), not {names}{more}: convert "
+                         f"{them} to JSONL or move {them} out")
+    if not files:
+        raise IR3DEError(f"{folder}: no JSONL files ({kinds}, any case)")
+    return files
+
+
+def _labelled_records(path: Path, role: str = "data") -> dict[str, list[dict]]:
     """Records per domain from a JSONL file or folder (``domain`` field, else file name),
-    each with a string ``id`` unique across ``path`` (see the module docs)."""
+    each with a string ``id`` unique across ``path`` (see the module docs); ``role``
+    (``fit``, ``test``) names the folder in errors."""
     if not path.exists():
         raise IR3DEError(f"{path}: no such file or folder")
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    if not files:
-        raise IR3DEError(f"{path}: no *.jsonl files")
+    files = _jsonl_files(path, role) if path.is_dir() else [path]
     out: dict[str, list[dict]] = {}
     # Scores and decisions name a test prompt by its id alone, the split sorts and draws
     # ids, and the bootstrap counts an id once: a repeated id would merge two prompts.
@@ -260,7 +286,7 @@ def custom_setting(fit_path: str | os.PathLike[str],
                    seed: int = 0, max_fit: int | None = None,
                    max_test: int | None = None) -> Setting:
     """A setting from user JSONL data; without ``test_path``, a seeded 70/30 split by id."""
-    fit = _labelled_records(Path(fit_path))
+    fit = _labelled_records(Path(fit_path), "fit")
     if len(fit) < 2:
         raise IR3DEError(f"{fit_path}: need at least two domains, found {sorted(fit)} (a "
                          "record's domain is its 'domain' field, else its file's name)")
@@ -275,7 +301,7 @@ def custom_setting(fit_path: str | os.PathLike[str],
         fit = {d: p[0] for d, p in pairs.items()}
         test = {d: p[1] for d, p in pairs.items()}
     else:
-        test = _labelled_records(Path(test_path))
+        test = _labelled_records(Path(test_path), "test")
         unknown = sorted(set(test) - set(fit))
         if unknown:
             raise IR3DEError(f"{test_path}: test domains {unknown} have no fit data in {fit_path}")
