@@ -118,7 +118,7 @@ def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
     assert crlf["confidence"] == pytest.approx(lf["confidence"], rel=1e-12)
     stdin(b"fine\nnot \xff utf-8\n")
     code, _, err = run(capsys, "route", built["router"])
-    assert code == 1 and "standard input, line 2: not valid UTF-8" in err
+    assert code == 1 and "<stdin>:2: not valid UTF-8" in err
 
 
 def test_merge_of_shards_equals_one_fit(corpora, tmp_path: Path, capsys) -> None:
@@ -241,7 +241,7 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
     elif case == "duplicate_expert":
         argv, needle = ["experts", "add", router, built["math"]], "already exists"
     elif case == "empty_prompt":
-        argv, needle = ["route", router, "fine prompt", "  "], "prompt #1 is empty"
+        argv, needle = ["route", router, "fine prompt", "  "], "prompt argument 2: empty prompt"
     elif case == "merge_two_domains":
         argv, needle = ["merge", built["math"], built["coding"], "-o", out], "ONE domain"
     elif case == "output_exists":
@@ -539,6 +539,52 @@ def test_eval_says_what_it_wrote(user_data: Path, tmp_path: Path, capsys) -> Non
     assert results["settings"][0]["splits"][0]["dropped"] == {"math": 1, "coding": 0}
 
 
+def test_eval_warns_on_stderr_about_dropped_and_few_test_prompts(user_data: Path,
+                                                                 tmp_path: Path) -> None:
+    """Dropped test prompts were only counted in results.json, and one test prompt per
+    domain gave intervals without a word; -q silences bars, not warnings."""
+    pytest.importorskip("sklearn")
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"text": MATH[0] + " #0", "domain": "math"}) + "\n"
+                    + json.dumps({"text": "What is 5 + 5?", "domain": "math"}) + "\n"
+                    + json.dumps({"text": "print(5)", "domain": "coding"}) + "\n")
+    out = tmp_path / "out"
+    done = subprocess.run([exe, "eval", "--fit", str(user_data), "--test", str(test),
+                           "--embedder", "wordllama", "--baselines", "--presets", "default",
+                           "--no-plots", "--resamples", "0", "-q", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "ir3de: warning: setting 'custom': 1 test prompt left out because the same text is "
+        "also a fit prompt (math 1)",
+        "ir3de: warning: setting 'custom': fewer than 20 test prompts in math (1), coding (1); "
+        "their accuracies and the bootstrap intervals are not meaningful",
+        f"{out / 'report.md'}: report written (results.json beside it)"]
+    report = (out / "report.md").read_text()
+    assert "; dropped (text also a fit prompt) math 1\n" in report
+    assert "> **1 test prompt left out**" in report
+    assert "> **Too few test prompts to judge by**: math 1, coding 1 (fewer than 20)" in report
+
+
+@pytest.mark.parametrize("option", ["--fit", "--test"])
+def test_eval_folder_with_files_it_cannot_read_exits_1(option: str, user_data: Path,
+                                                       tmp_path: Path, capsys, no_run) -> None:
+    """A tax.txt in a --fit folder was skipped: the run had one domain fewer, unsaid."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "math.JSONL").write_text(json.dumps({"text": "What is 2 + 2?"}) + "\n")
+    (folder / "tax.txt").write_text("Can I deduct my home office?\n")
+    data = ["--fit", folder] if option == "--fit" else ["--fit", user_data, "--test", folder]
+    code, _, err = run(capsys, "eval", *data, "--baselines", "--out", tmp_path / "out")
+    role = option.lstrip("-")
+    assert code == 1 and err == (f"ir3de: error: {folder}: a {role} data folder may hold only "
+                                 "JSONL files (*.jsonl, *.json, *.ndjson, in any case; hidden "
+                                 "files are ignored), not tax.txt: convert it to JSONL or "
+                                 "move it out\n"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_gpu_that_torch_cannot_use_fails_before_the_run(user_data: Path, tmp_path: Path,
                                                              capsys, no_run) -> None:
     torch = pytest.importorskip("torch")
@@ -560,6 +606,8 @@ def test_eval_names_the_device_of_the_minilm_baselines(user_data: Path, tmp_path
                        "--baselines", "knn", "--presets", "default", "--no-plots",
                        "--resamples", "0", "-q", "--out", out)
     assert code == 0, err
+    # -q: no bar at all, transformers' own "Loading weights" one included
+    assert err == f"{out / 'report.md'}: report written (results.json beside it)\n", err
     machine = json.loads((out / "results.json").read_text())["meta"]["machine"]
     if torch.cuda.is_available():
         assert machine.endswith(f", kNN / MoDEM-style on cuda:0 "
@@ -627,10 +675,12 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
             main(["build", str(built["math"]), str(built["coding"]), "--pairs", bad,
                   "-o", str(tmp_path / "bad.safetensors")])
         assert exc.value.code == 2 and "argument --pairs" in capsys.readouterr().err
-    code, _, err = run(capsys, "build", built["math"], built["coding"], "--no-balance",
-                       "-o", tmp_path / "bad.safetensors")
-    assert code != 0 and "'nb' model weighs every domain the same" in err
-    assert not (tmp_path / "bad.safetensors").exists()
+    for balance in ("--balance", "--no-balance"):  # the nb model has no choice to make
+        code, _, err = run(capsys, "build", built["math"], built["coding"], balance,
+                           "-o", tmp_path / "bad.safetensors")
+        assert (code, err) == (1, f"ir3de: error: {balance} applies to --model ridge only; "
+                                  "preset 'default' uses the nb model\n")
+        assert not (tmp_path / "bad.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- contradictions
@@ -652,6 +702,11 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
     (["--preset", "identity", "--normalize"],
      "--normalize applies to --model ridge without identity features only (--identity none); "
      "preset 'identity' gives identity μ auto"),
+    # the nb model always weighs every domain the same: --balance was accepted, a no-op
+    (["--preset", "unigram", "--balance"],
+     "--balance applies to --model ridge only; preset 'unigram' uses the nb model"),
+    (["--model", "nb", "--preset", "paper", "--no-balance"],
+     "--no-balance applies to --model ridge only, not --model nb"),
 ])
 def test_build_refuses_options_that_do_not_apply(options: list[str], message: str,
                                                  built: dict[str, Path], tmp_path: Path,
@@ -666,8 +721,13 @@ def test_build_refuses_options_that_do_not_apply(options: list[str], message: st
 @pytest.mark.parametrize(("options", "expected"), [
     (["--preset", "paper", "--k", "7", "--lam", "0.1", "--no-normalize"],
      {"model": "ridge", "k": 7, "lam": 0.1, "normalize": False}),
-    (["--selector", "topk", "--k", "5", "--alpha", "0.5", "--pairs", "none", "--balance"],
+    (["--selector", "topk", "--k", "5", "--alpha", "0.5", "--pairs", "none"],
      {"model": "nb", "k": 5, "alpha": 0.5, "pairs": None}),
+    (["--preset", "identity", "--no-balance"], {"model": "ridge", "balance": False}),
+    (["--preset", "paper", "--balance"], {"model": "ridge", "balance": True}),
+    # paper's own balance=False gives way: the nb model always weighs domains the same
+    (["--preset", "paper", "--model", "nb"],
+     {"model": "nb", "balance": True, "selector": "topk", "k": 10}),
     (["--preset", "identity", "--identity", "none", "--normalize", "--no-regularize-bias"],
      {"model": "ridge", "identity": None, "normalize": True, "regularize_bias": False}),
     (["--model", "ridge", "--selector", "all", "--identity", "2", "--lam", "0"],
@@ -719,6 +779,196 @@ def test_route_refuses_contradictory_input(built: dict[str, Path], tmp_path: Pat
     code, out, err = run(capsys, "route", router, "--input", tmp_path / "blank.jsonl")
     assert (code, out) == (1, "")
     assert f"{tmp_path / 'blank.jsonl'}:3: record has no string field 'text'" in err
+
+
+def test_options_may_come_between_and_after_positionals(built: dict[str, Path],
+                                                        corpora: dict[str, Path],
+                                                        tmp_path: Path, capsys) -> None:
+    """argparse alone took a command's variable positionals (prompts, statistics files,
+    corpora) only before the first option: `route R --explain PROMPT` failed as
+    "unrecognized arguments: PROMPT"."""
+    router = built["router"]
+    code, out, err = run(capsys, "route", router, "--explain", "What is 5 plus 9?")
+    assert code == 0 and json.loads(out)["tokens"], err
+    code, out, err = run(capsys, "route", router, "--selector", "avg", "What is 5 plus 9?",
+                         "--explain", "def mul(a, b):\n    return a * b")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["id"] for r in rows] == [0, 1], err
+    assert [r["expert"] for r in rows] == ["math", "coding"] and "scores" in rows[1]
+    code, out, err = run(capsys, "route", router, "--selector", "topk", "--k", "5", "Solve x.")
+    assert code == 0 and json.loads(out)["expert"] == "math", err
+    prompts = write_jsonl(tmp_path / "p.jsonl", ["print('hi')"])
+    code, out, err = run(capsys, "route", router, "--input", prompts, "What is 5 plus 9?")
+    assert (code, out) == (1, "") and "prompts given both as arguments and with --input" in err
+    # build, merge and stats take their files wherever they stand too.
+    out = tmp_path / "r.st"
+    code, _, err = run(capsys, "build", built["math"], "-o", out, "--preset", "paper",
+                       built["coding"])
+    assert code == 0 and Router.load(out).experts == ["math", "coding"], err
+    halves = [write_jsonl(tmp_path / f"m{i}.jsonl", part)
+              for i, part in enumerate((MATH[:2], MATH[2:]))]
+    assert run(capsys, "stats", halves[0], "--domain", "math", halves[1], "-q",
+               "-o", tmp_path / "m.st")[0] == 0
+    assert DomainStats.load(tmp_path / "m.st").n_prompts == len(MATH)
+    shards = [tmp_path / "s0.st", tmp_path / "s1.st"]
+    for half, shard in zip(halves, shards, strict=True):
+        assert run(capsys, "stats", half, "--domain", "math", "-o", shard, "-q")[0] == 0
+    assert run(capsys, "merge", shards[0], "-o", tmp_path / "merged.st", shards[1])[0] == 0
+    assert DomainStats.load(tmp_path / "merged.st").n_prompts == len(MATH)
+
+
+@pytest.mark.parametrize("argv", [
+    ["route", "R", "--", "-x"], ["route", "R", "a", "--explain"], ["route", "--k", "3", "R", "a"],
+    ["build", "-o", "x", "a", "b"], ["experts", "add", "R", "--name", "n", "s"],
+    ["eval", "--out", "o", "--baselines", "random", "tfidf"],
+])
+def test_command_lines_argparse_took_parse_as_before(argv: list[str], monkeypatch) -> None:
+    from ir3de import cli
+
+    parsed = cli.build_parser().parse_args(argv)
+    monkeypatch.setattr(cli._Parser, "_intermixing", True)  # plain argparse: no fallback
+    assert parsed == cli.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["route", "R", "--bogus", "p"], "unrecognized arguments: --bogus"),
+    (["route", "R", "p", "--bogus"], "unrecognized arguments: --bogus"),
+    (["inspect", "f", "g"], "unrecognized arguments: g"),
+    (["experts", "add", "R", "s", "t"], "unrecognized arguments: t"),
+    (["stats", "c", "--domain", "d"], "the following arguments are required: -o/--output"),
+])
+def test_what_argparse_refused_is_still_refused(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_route_refuses_an_empty_prompt_before_routing_any(built: dict[str, Path],
+                                                          tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    """An empty record used to fail the call as "prompt #1 is empty" (0-based, no line):
+    every source now names it as stats errors do (file:line, 1-based, blank lines counted)
+    before anything is routed."""
+    router = built["router"]
+    file = tmp_path / "p.jsonl"
+    file.write_text('{"text": "What is 5 plus 9?"}\n\n{"text": "  "}\n{"text": "import os"}\n')
+    code, out, err = run(capsys, "route", router, "--input", file)
+    assert (code, out, err) == (1, "", f"ir3de: error: {file}:3: empty prompt; nothing was "
+                                       "routed\n")
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(file.read_bytes())))
+    code, out, err = run(capsys, "route", router, "--input", "-")
+    assert (code, out, err) == (1, "", "ir3de: error: <stdin>:3: empty prompt; nothing was "
+                                       "routed\n")
+    code, out, err = run(capsys, "route", router, "What is 5 plus 9?", "")
+    assert (code, out, err) == (1, "", "ir3de: error: prompt argument 2: empty prompt; nothing "
+                                       "was routed\n")
+
+
+def test_route_ids_are_unique(built: dict[str, Path], tmp_path: Path, capsys,
+                              monkeypatch) -> None:
+    """A record's id is its 'id' field as given, else <file stem>-<n> (n its record number,
+    from 1, blank lines not counted), as ir3de eval names records: a generated id no longer
+    repeats an explicit one ({"id": 1} then a record without id both printed id 1), and
+    ids that repeat are refused."""
+    router = built["router"]
+    file = tmp_path / "q.jsonl"
+    file.write_text('{"id": 1, "text": "What is 5 plus 9?"}\n{"text": "import os"}\n\n'
+                    '{"id": "a", "text": "Solve x."}\n{"text": "print(1)"}\n')
+    code, out, err = run(capsys, "route", router, "--input", file)
+    assert code == 0, err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [1, "q-2", "a", "q-4"]
+    for records, message in (
+            (['{"text": "x"}', '{"id": "q-1", "text": "y"}'],
+             f"{file}:2: id 'q-1' repeats the id of {file}:1 (a record without 'id'); ids must "
+             "be unique (a record without 'id' is q-N, N its record number)"),
+            (['{"id": 7, "text": "x"}', '', '{"id": "7", "text": "y"}'],
+             f"{file}:3: id '7' repeats the id of {file}:1; ids must be unique"),
+            (['{"id": 1.5, "text": "x"}'], f"{file}:1: 'id' must be a string or an integer, "
+                                           "got 1.5"),
+            (['{"id": null, "text": "x"}'], f"{file}:1: 'id' must be a string or an integer, "
+                                            "got null")):
+        file.write_text("\n".join(records) + "\n")
+        code, out, err = run(capsys, "route", router, "--input", file)
+        assert (code, out) == (1, "") and err.startswith(f"ir3de: error: {message}"), err
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "import os"}\n')))
+    code, out, _ = run(capsys, "route", router, "--input", "-")
+    assert code == 0 and json.loads(out)["id"] == "stdin-1"
+
+
+def test_route_input_of_plain_text_says_how_to_route_it(built: dict[str, Path], tmp_path: Path,
+                                                         capsys) -> None:
+    text = tmp_path / "tax.txt"
+    text.write_text("Is my Roth conversion taxable?\n42\n")
+    code, out, err = run(capsys, "route", built["router"], "--input", text)
+    assert (code, out) == (1, "")
+    assert err == (f"ir3de: error: {text}:1: invalid JSON (Expecting value) (--input reads "
+                   "JSONL, one JSON object per line; pipe plain text, one prompt per line, on "
+                   "standard input without --input: ir3de route ROUTER < FILE)\n")
+    text.write_text("42\n")
+    err = run(capsys, "route", built["router"], "--input", text)[2]
+    assert f"{text}:1: expected a JSON object (--input reads JSONL" in err
+
+
+def test_build_merge_and_experts_add_refuse_identical_statistics(built: dict[str, Path],
+                                                                 tmp_path: Path,
+                                                                 capsys) -> None:
+    """One file under two expert names (two experts that tie on every prompt), or a copy of
+    a shard merged with it (counted twice), is refused; nothing is written."""
+    copy = tmp_path / "math_copy.st"
+    shutil.copy(built["math"], copy)
+    out = tmp_path / "out.st"
+    code, _, err = run(capsys, "build", built["math"], f"other={built['math']}", "-o", out)
+    assert code == 1 and not out.exists()
+    assert err == (f"ir3de: error: identical statistics: experts 'math' ({built['math']}) and "
+                   f"'other' ({built['math']}) hold exactly the same counts (the same corpus "
+                   "twice?); each expert needs the statistics of its own corpus\n")
+    code, _, err = run(capsys, "merge", built["math"], copy, "-o", out)
+    assert code == 1 and not out.exists()
+    assert err == (f"ir3de: error: merge: items 0 and 1 ({built['math']} and {copy}) of domain "
+                   "'math' hold identical statistics (the same corpus twice?): it would be "
+                   "counted twice\n")
+    before = built["router"].read_bytes()
+    code, _, err = run(capsys, "experts", "add", built["router"], copy, "--name", "sums")
+    assert code == 1 and built["router"].read_bytes() == before
+    assert "identical statistics: the new expert 'sums' holds exactly the counts of expert " \
+           "'math'" in err
+
+
+def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    out = tmp_path / "one.st"
+    code, _, err = run(capsys, "build", built["math"], "-o", out)
+    assert (code, err) == (0, f"{out}: router with 1 expert (math)\n")
+
+
+def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],
+                                                          tmp_path: Path, capsys) -> None:
+    """k is read by topk only, α and the pair mass by nb only, λ, balancing and the rest by
+    ridge only, unit-norm columns without identity features only."""
+    reads = {"default": {"model", "alpha", "pairs", "selector", "max_tokens"},
+             "identity": {"model", "lam", "balance", "regularize_bias", "identity", "selector",
+                          "max_tokens"},
+             "dense": {"model", "lam", "balance", "normalize", "regularize_bias", "identity",
+                       "selector", "max_tokens"},
+             "paper": {"model", "lam", "balance", "normalize", "regularize_bias", "identity",
+                       "k", "selector", "max_tokens"}}
+    for preset, keys in reads.items():
+        out = tmp_path / f"{preset}.st"
+        assert run(capsys, "build", built["math"], built["coding"], "--preset", preset,
+                   "-o", out)[0] == 0
+        code, text, _ = run(capsys, "inspect", out, "--json")
+        assert code == 0 and set(json.loads(text)["config"]) == keys, preset
+        text = run(capsys, "inspect", out)[1]
+        assert ("k=10" in text) == (preset == "paper") and ("k=" in text) == (preset == "paper")
+        assert ("normalize=" in text) == ("normalize" in keys)
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    helped = capsys.readouterr().out
+    assert "Print domains, counts, λ, k" not in helped and "k (topk only)" in helped
 
 
 def test_merge_refuses_shards_with_and_without_pairs(corpora: dict[str, Path], tmp_path: Path,

@@ -126,6 +126,62 @@ def test_expert_errors(emb: Embedder, toy_stats) -> None:
         Router(emb).fit_stats([])
 
 
+def test_identical_statistics_under_two_names_are_refused(emb: Embedder, toy_stats,
+                                                          tmp_path: Path) -> None:
+    """One corpus as two experts would tie on every prompt: refused by content (a copy of
+    the file, the same statistics renamed), by fit_stats and add_expert alike."""
+    math = toy_stats["math"]
+    math.save(tmp_path / "math.st")
+    copy = DomainStats.load(tmp_path / "math.st").renamed("arithmetic")  # another object
+    with pytest.raises(ExpertError, match=r"^identical statistics: experts 'math' \(<memory>\) "
+                                          r"and 'arithmetic' \(.*math\.st\) hold exactly the "
+                                          r"same counts \(the same corpus twice\?\)"):
+        Router(emb).fit_stats([math, toy_stats["law"], copy])
+    with pytest.raises(ExpertError, match="identical statistics"):
+        Router(emb, "paper").fit_stats({"math": math, "again": math})
+    with pytest.raises(ExpertError, match="identical statistics"):  # the texts of two labels
+        Router(emb).fit(["What is 2 + 2?", "import os"] * 2, ["a", "b", "c", "d"])
+    router = fit(emb, toy_stats, ["math", "coding"])
+    W = router.W
+    with pytest.raises(ExpertError, match=r"^identical statistics: the new expert 'arithmetic' "
+                                          r"holds exactly the counts of expert 'math' \(the "
+                                          r"same corpus twice\?\); to rename 'math', remove it "
+                                          r"first$"):
+        router.add_expert("arithmetic", copy)
+    assert router.W is W and router.experts == ["math", "coding"]
+    # Different corpora of one domain are different experts, whatever their names.
+    halves = [compute_stats(emb, part, domain="math")
+              for part in (CORPORA["math"][:3], CORPORA["math"][3:])]
+    assert Router(emb).fit_stats({"m1": halves[0], "m2": halves[1]}).experts == ["m1", "m2"]
+
+
+def test_routers_saved_with_identical_experts_still_load(emb: Embedder, toy_stats,
+                                                         tmp_path: Path, monkeypatch) -> None:
+    """A router file built before identical experts were refused loads (and serves) as
+    before; only building or changing one refuses them."""
+    with monkeypatch.context() as patch:
+        patch.setattr("ir3de.router.find_identical", lambda stats: None)
+        old = Router(emb).fit_stats({"law": toy_stats["law"], "legal": toy_stats["law"]})
+    old.save(tmp_path / "old.st")
+    loaded = Router.load(tmp_path / "old.st")
+    assert loaded.experts == ["law", "legal"]
+    loaded.add_expert("math", toy_stats["math"])  # a new expert is compared with the others
+    with pytest.raises(ExpertError, match="the new expert 'again' holds exactly the counts "
+                                          "of expert 'law'"):
+        loaded.add_expert("again", toy_stats["law"])
+    loaded.remove_expert("legal")
+    assert loaded.experts == ["law", "math"]
+
+
+def test_nb_reads_no_balance_setting() -> None:
+    """The nb model always weighs every domain the same: balance is a ridge setting, so a
+    front end refuses it for nb like λ (balance=False is refused by the config itself)."""
+    assert RouterConfig().ignored(["balance"]) == ("balance", "model", "ridge")
+    assert RouterConfig.preset("identity").ignored(["balance"]) is None
+    with pytest.raises(IR3DEError, match="balance=False applies to model='ridge' only"):
+        RouterConfig(balance=False)
+
+
 def test_statistics_with_different_token_caps_are_refused(emb: Embedder, toy_stats) -> None:
     """Experts counted with different caps saw different parts of long prompts: neither a
     fit nor an added expert may mix them (the same check as merge)."""
@@ -178,7 +234,7 @@ def test_stats_from_another_embedder_are_rejected(emb: Embedder, toy_stats,
 
 def test_save_load_round_trip(emb: Embedder, toy_stats, tmp_path: Path) -> None:
     router = Router(emb, RouterConfig.preset("paper", k=7)).fit_stats(toy_stats)
-    router.add_expert("legal2", toy_stats["law"])
+    router.add_expert("legal2", compute_stats(emb, CORPORA["law"][:3], domain="law"))
     router.remove_expert("coding")
     path = tmp_path / "router.safetensors"
     router.save(path)

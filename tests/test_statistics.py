@@ -391,6 +391,45 @@ def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
     assert merge([a, a + twice[0]])["math"].n_prompts == 3 * a.n_prompts
 
 
+def test_merge_refuses_identical_statistics(toy_stats: dict[str, DomainStats], emb: Embedder,
+                                            tmp_path: Path) -> None:
+    """A copy of a shard's file (another path, another object) holds the same counts: the
+    same corpus twice, refused like the same file twice; so is a shard counted again."""
+    math = toy_stats["math"]
+    math.save(tmp_path / "a.stats")
+    (tmp_path / "a_copy.stats").write_bytes((tmp_path / "a.stats").read_bytes())
+    shards = load_stats_files([tmp_path / "a.stats", tmp_path / "a_copy.stats"])
+    with pytest.raises(IR3DEError, match=r"^merge: items 0 and 1 \(.*a\.stats and .*a_copy\."
+                                         r"stats\) of domain 'math' hold identical statistics "
+                                         r"\(the same corpus twice\?\): it would be counted "
+                                         r"twice$"):
+        merge(shards)
+    again = compute_stats(emb, CORPORA["math"], domain="math")  # counted again, no pairs kept
+    with pytest.raises(IR3DEError, match=r"items 1 and 2 .* hold identical statistics"):
+        merge([toy_stats["law"], math, dataclasses.replace(again, pairs=None)],
+              drop_pairs=True)
+    # Other domains, and shards that differ, merge as before.
+    assert list(merge([shards[0], shards[1].renamed("arithmetic")])) == ["math", "arithmetic"]
+    halves = [compute_stats(emb, part, domain="math")
+              for part in (CORPORA["math"][:3], CORPORA["math"][3:])]
+    assert merge(halves)["math"].n_prompts == math.n_prompts
+
+
+def test_find_identical_compares_counts_not_names_or_files(toy_stats: dict[str, DomainStats],
+                                                          emb: Embedder) -> None:
+    math, law = toy_stats["math"], toy_stats["law"]
+    assert statistics.find_identical([math, law]) is None
+    assert statistics.find_identical([law, math, math.renamed("x")]) == (1, 2)
+    # Statistics without a histogram are compared by A and b.
+    streamed = streaming_stats(emb, CORPORA["law"], domain="law")
+    assert statistics.find_identical([math, streamed, streamed.renamed("y")]) == (1, 2)
+    assert statistics.find_identical([law, streamed]) is None  # only one has a histogram
+    # One corpus merged from its shards is that corpus.
+    halves = [compute_stats(emb, part, domain="math")
+              for part in (CORPORA["math"][:3], CORPORA["math"][3:])]
+    assert statistics.find_identical([math, merge(halves)["math"]]) == (0, 1)
+
+
 def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
     math, law = toy_stats["math"], toy_stats["law"]
     with pytest.raises(ExpertError, match=r"'math'.*'law'"):
@@ -415,8 +454,10 @@ def test_shards_with_and_without_pairs_are_not_summed(toy_stats: dict[str, Domai
     """A shard without pair counts would silently strip the pairs from the whole sum: merge
     and + refuse it, naming every such shard; drop_pairs=True is the explicit way out."""
     math = dataclasses.replace(toy_stats["math"], source="with.st")
-    extra = compute_stats(emb, ["Solve 2x = 8.", "What is 9 * 9?"], domain="math")
-    bare = [dataclasses.replace(extra, pairs=None, source=f"bare{i}.st") for i in (1, 2)]
+    extras = [compute_stats(emb, texts, domain="math") for texts in
+              (["Solve 2x = 8.", "What is 9 * 9?"], ["Is 91 prime?", "Compute 3 + 4."])]
+    bare = [dataclasses.replace(extra, pairs=None, source=f"bare{i}.st")
+            for i, extra in enumerate(extras, 1)]
     with pytest.raises(StatsFormatError, match=r"bare1\.st, bare2\.st: no token-pair counts"
                                                r".*--no-pairs.*drop_pairs=True"):
         merge([math, *bare])
@@ -427,13 +468,13 @@ def test_shards_with_and_without_pairs_are_not_summed(toy_stats: dict[str, Domai
     signed = dataclasses.replace(math, signature={"key": "k", "signature": "s"})
     dropped = merge([signed, *bare], drop_pairs=True)["math"]
     assert dropped.pairs is None and dropped.signature is None
-    assert dropped.n_prompts == math.n_prompts + 2 * extra.n_prompts
+    assert dropped.n_prompts == math.n_prompts + sum(e.n_prompts for e in extras)
     np.testing.assert_array_equal(dropped.doc_counts,
-                                  math.doc_counts + 2 * extra.doc_counts)
+                                  math.doc_counts + sum(e.doc_counts for e in extras))
     # A lone shard is dropped too: the file merge writes never holds pairs then.
     assert merge([math], drop_pairs=True)["math"].pairs is None
     # Shards that agree (all with, or all without, pairs) merge as before.
-    assert merge(bare)["math"].n_prompts == 2 * extra.n_prompts
+    assert merge(bare)["math"].n_prompts == sum(e.n_prompts for e in extras)
 
 
 def test_renamed_keeps_the_numbers(toy_stats: dict[str, DomainStats]) -> None:

@@ -8,6 +8,7 @@ nothing is written when a command fails.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -19,11 +20,11 @@ from typing import Any
 from . import __version__
 from .data import (
     FORMATS,
+    decode_lines,
     default_data_dir,
     infer_format,
     parse_jsonl,
     read_corpus,
-    read_jsonl,
     reasoning_split,
     refuse_repeated_paths,
 )
@@ -43,6 +44,47 @@ typical workflow:
   ir3de experts add router.safetensors law.stats             # a new expert joins
   ir3de demo                                                # the whole job on ../shared/data
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand parser whose positionals may come between options: ``route ROUTER
+    --explain PROMPT``, ``build a.stats -o r.st b.stats``.
+
+    argparse alone fills a ``*`` or ``+`` positional only from the arguments before the
+    first option and calls later ones "unrecognized". A command line it parses by itself
+    is parsed as before (same result, same errors, same help); only one it leaves
+    arguments over from is parsed again with options and positionals intermixed
+    (:meth:`~argparse.ArgumentParser.parse_known_intermixed_args`), which gives every
+    positional its arguments wherever they stand. What is still left over (an unknown
+    option) is reported as before.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing or not self._intermixable():
+            return super().parse_known_args(args, namespace)
+        args = sys.argv[1:] if args is None else list(args)
+        parsed, extras = super().parse_known_args(args, copy.copy(namespace))
+        if not extras:
+            return parsed, extras
+        # Python < 3.12 implements the intermixed parse with two parse_known_args calls of
+        # its own: those must be plain ones.
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def _intermixable(self) -> bool:
+        """Whether a positional takes a variable number of arguments, and none of them is
+        a subcommand, REMAINDER or in a mutually exclusive group (which
+        parse_known_intermixed_args refuses)."""
+        positionals = self._get_positional_actions()
+        grouped = {a for g in self._mutually_exclusive_groups for a in g._group_actions}
+        return (any(a.nargs in ("*", "+", "?") for a in positionals)
+                and not any(a.nargs in (argparse.PARSER, argparse.REMAINDER) or a in grouped
+                            for a in positionals))
 
 
 def _checked(convert: Callable[[str], float], ok: Callable[[float], bool],
@@ -149,8 +191,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "statistics without token counts); 'paper': the paper's unbalanced "
                         "ridge with entropy top-k, k=10")
     g.add_argument("--model", choices=MODELS,
-                   help="nb: log-likelihoods from per-domain document frequencies; ridge: "
-                        "closed-form ridge on the embedding (λ, --identity, --balance apply)")
+                   help="nb: log-likelihoods from per-domain document frequencies (--alpha, "
+                        "--pairs apply); ridge: closed-form ridge on the embedding (--lam, "
+                        "--identity, --balance, --normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_positive_float,
                    help="Laplace smoothing of the nb model's tokens (default 0.03)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|none", default=argparse.SUPPRESS,
@@ -164,7 +207,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "avg: argmax of the mean token probabilities; geo: argmax of the "
                         "geometric mean over distinct tokens (the Naive-Bayes decision)")
     g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
-                   help="weigh every domain equally whatever its token count")
+                   help="ridge model: weigh every domain equally whatever its token count "
+                        "(on in the identity and dense presets, off in paper; the nb model "
+                        "always weighs them equally)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="ridge model without identity features: scale each domain column "
                         "of W to unit norm (reference code: on)")
@@ -189,9 +234,15 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
         overrides["max_tokens"] = args.max_tokens
-    config = RouterConfig.preset(args.preset, **overrides)
+    # Balance is set last: the nb model reads no balance (it always weighs every domain
+    # the same), so --balance and --no-balance are refused with it like any option it does
+    # not read, and a preset's own balance=False (paper) gives way to --model nb.
+    settings = {k: v for k, v in overrides.items() if k != "balance"}
+    if settings.get("model", PRESETS[args.preset].model) == "nb":
+        settings["balance"] = True
+    config = RouterConfig.preset(args.preset, **settings)
     _refuse_unused(overrides, config, f"preset {args.preset!r}")
-    return config
+    return config.with_settings(**{k: v for k, v in overrides.items() if k == "balance"})
 
 
 def _refuse_unused(given: dict[str, Any], config: RouterConfig, source: str) -> None:
@@ -214,6 +265,11 @@ def _refuse_unused(given: dict[str, Any], config: RouterConfig, source: str) -> 
 
 def _embedder_from_args(args: argparse.Namespace):
     return load_embedder(args.embedder, table=args.table, tensor=args.tensor)
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 expert", "2 experts"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _print_json(obj: Any) -> None:
@@ -292,8 +348,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = sign(stats, args.sign)
     stats.save(out)
     if not args.quiet:
-        print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} "
-              f"tokens ({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s), "
+        print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
+              f"{_count(stats.n_tokens, 'token')} "
+              f"({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s), "
               f"embedder {emb.name} [{emb.fingerprint[:12]}]", file=sys.stderr)
     return 0
 
@@ -312,8 +369,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         stats = sign(stats, args.sign)
     stats.save(out)
-    print(f"{out}: domain {stats.domain!r}, {stats.n_prompts} prompts, {stats.n_tokens} tokens "
-          f"from {len(args.stats)} file(s)", file=sys.stderr)
+    print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
+          f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}",
+          file=sys.stderr)
     return 0
 
 
@@ -345,33 +403,88 @@ def cmd_build(args: argparse.Namespace) -> int:
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
     router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
     router.save(out)
-    print(f"{out}: router with {len(router.experts)} experts ({', '.join(router.experts)})",
-          file=sys.stderr)
+    print(f"{out}: router with {_count(len(router.experts), 'expert')} "
+          f"({', '.join(router.experts)})", file=sys.stderr)
     return 0
 
 
-def _prompts(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+# Said with an --input error that a plain text file would cause.
+_INPUT_HINT = ("--input reads JSONL, one JSON object per line; pipe plain text, one prompt "
+               "per line, on standard input without --input: ir3de route ROUTER < FILE")
+
+
+def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
+    """Every prompt to route as ``(id, text, where)``, ``where`` naming it in errors; all
+    read and checked before any is routed, so a bad one fails the call with nothing
+    printed. Ids: a prompt argument's or standard-input line's 0-based position; for
+    --input records, see :func:`_jsonl_prompts`."""
     if args.prompt:
-        yield from enumerate(args.prompt)
-        return
-    if args.input:
-        records = (parse_jsonl(sys.stdin, "<stdin>", text_field=args.text_field)
-                   if args.input == "-" else read_jsonl(args.input, text_field=args.text_field))
-        for i, rec in enumerate(records):
-            yield rec.get("id", i), rec[args.text_field]
-        return
-    if sys.stdin.isatty():
+        items = [(i, text, f"prompt argument {i + 1}") for i, text in enumerate(args.prompt)]
+    elif args.input is not None:
+        items = _jsonl_prompts(args.input, args.text_field)
+    elif sys.stdin.isatty():
         raise IR3DEError("no prompts: pass them as arguments, with --input FILE.jsonl, or on "
                          "standard input (one per line)")
-    lines = []
-    for lineno, raw in enumerate(sys.stdin.buffer, 1):
+    else:
+        lines = [(line.rstrip("\r\n"), f"<stdin>:{lineno}")  # CRLF: "\r" would be a token
+                 for lineno, line in enumerate(decode_lines(sys.stdin.buffer, "<stdin>"), 1)
+                 if line.strip()]  # blank lines are skipped, as in plain text corpora
+        items = [(i, text, where) for i, (text, where) in enumerate(lines)]
+    for _, text, where in items:
+        if not text.strip():
+            raise IR3DEError(f"{where}: empty prompt; nothing was routed")
         try:
-            line = raw.decode("utf-8").rstrip("\r\n")  # CRLF: "\r" would be a token
-        except UnicodeDecodeError:
-            raise IR3DEError(f"standard input, line {lineno}: not valid UTF-8") from None
-        if line.strip():
-            lines.append(line)
-    yield from enumerate(lines)
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # an argument the shell passed as bytes not UTF-8
+            raise IR3DEError(f"{where}: not valid UTF-8 text") from None
+    return items
+
+
+def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
+    """The records of the JSONL file ``source`` ('-': standard input) as ``(id, text,
+    where)``. A record's id is its ``id`` field (a string or an integer, printed as
+    given), else ``<file stem>-<n>`` (``stdin-<n>`` on standard input), n its 1-based
+    record number, blank lines not counted, as ``ir3de eval`` names records. Ids are
+    unique: 7 and "7" are one id, as for ``ir3de eval``, and a repeat is refused."""
+    if source == "-":
+        where, stem, raw = "<stdin>", "stdin", sys.stdin.buffer
+    else:
+        path = Path(source)
+        require_file(path)
+        where, stem, raw = str(path), path.stem, path.open("rb")
+    lineno = 0  # the last line parse_jsonl read: the line of the record it yields
+
+    def lines() -> Iterator[str]:
+        nonlocal lineno
+        for line in decode_lines(raw, where):
+            lineno += 1
+            yield line
+
+    items: list[tuple[Any, str, str]] = []
+    seen: dict[str, str] = {}  # id -> the record that has it
+    try:
+        for n, record in enumerate(parse_jsonl(lines(), where, text_field=text_field), 1):
+            here = f"{where}:{lineno}"
+            explicit = "id" in record
+            ident = record["id"] if explicit else f"{stem}-{n}"
+            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+                raise IR3DEError(f"{here}: 'id' must be a string or an integer, got "
+                                 f"{json.dumps(ident)}")
+            key = str(ident)
+            if key in seen:
+                raise IR3DEError(f"{here}: id {key!r} repeats the id of {seen[key]}; ids must "
+                                 f"be unique (a record without 'id' is {stem}-N, N its "
+                                 "record number)")
+            seen[key] = here if explicit else f"{here} (a record without 'id')"
+            items.append((ident, record[text_field], here))
+    except IR3DEError as exc:
+        if ": invalid JSON" in str(exc) or ": expected a JSON object" in str(exc):
+            raise IR3DEError(f"{exc} ({_INPUT_HINT})") from None
+        raise
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+    return items
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -383,19 +496,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     if overrides:
         _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)
         router.set_params(**overrides)
-    items = list(_prompts(args))
-    for index, (_, text) in enumerate(items):
-        if not text.strip():
-            raise IR3DEError(f"prompt #{index} is empty")
+    items = _prompts(args)
     # Route everything before printing anything: a bad prompt fails the whole call.
     decisions = []
     for start in range(0, len(items), args.batch_size):
         batch = items[start:start + args.batch_size]
         try:
-            decisions += router.route_batch([t for _, t in batch], explain=args.explain)
+            decisions += router.route_batch([t for _, t, _ in batch], explain=args.explain)
         except IR3DEError as exc:
-            raise IR3DEError(f"batch starting at prompt #{start}: {exc}") from None
-    for (ident, _), decision in zip(items, decisions, strict=True):
+            raise IR3DEError(f"the batch of {len(batch)} prompt(s) from {batch[0][2]}: "
+                             f"{exc}") from None
+    for (ident, _, _), decision in zip(items, decisions, strict=True):
         _print_json({"id": ident, **decision.to_dict()})
     return 0
 
@@ -439,6 +550,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["has_doc_counts"] = stats.doc_counts is not None
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
+    if kind == "ir3de-router":  # only what the router reads: no k without topk, no α for ridge
+        info["config"] = _read_settings(info["config"])
     if args.json:
         _print_json({"kind": kind, **info})
     else:
@@ -449,6 +562,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # header is printed first: it names the embedder a user may have to install.
         Router.load(args.file)
     return 0
+
+
+def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The router settings ``settings`` (checked ones, as read_router_meta gives them)
+    without those the router does not read (:meth:`RouterConfig.ignored`)."""
+    config = RouterConfig.from_dict(settings)
+    return {key: value for key, value in settings.items() if config.ignored([key]) is None}
 
 
 def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
@@ -465,8 +585,10 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
                   f"α={c['alpha']:g}  pair mass={c['pairs']:g}")
         else:
             print(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
-                  f"normalize={c['normalize']}  regularize_bias={c['regularize_bias']}")
-        print(f"  settings     selector={c['selector']}  k={c['k']}  max_tokens={c['max_tokens']}")
+                  + (f"normalize={c['normalize']}  " if "normalize" in c else "")
+                  + f"regularize_bias={c['regularize_bias']}")
+        print(f"  settings     selector={c['selector']}  "
+              + (f"k={c['k']}  " if "k" in c else "") + f"max_tokens={c['max_tokens']}")
         if c["model"] == "ridge":
             mu = info.get("identity_mu")
             print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
@@ -476,7 +598,8 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
             print(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
     else:
         print(f"  domain       {info['domain']}")
-        print(f"  counts       {info['n_prompts']} prompts, {info['n_tokens']} tokens "
+        print(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
+              f"{_count(info['n_tokens'], 'token')} "
               f"(prompts capped at {info['max_tokens']} tokens)")
         held = [name for name, present in (("token counts", info["has_counts"]),
                                            ("document frequencies", info["has_doc_counts"]))
@@ -503,7 +626,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     router = Router(emb, config).fit_stats(stats)
     router.save(out)
     n_tokens = sum(s.n_tokens for s in stats)
-    print(f"fitted {len(stats)} experts on {n_tokens:,} tokens in "
+    print(f"fitted {_count(len(stats), 'expert')} on {n_tokens:,} tokens in "
           f"{time.perf_counter() - start:.1f} s; saved {out}")
     examples = ["Natalia sold 48 clips in April and half as many in May. How many in total?",
                 "Quelle est la capitale de l'Australie ?\nA. Sydney\nB. Canberra\nC. Melbourne",
@@ -758,7 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "linear token router solved in closed form from additive per-domain "
                     "statistics.")
     parser.add_argument("--version", action="version", version=f"ir3de {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # _Parser: positionals and options in any order (experts' subcommands inherit it)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("stats", formatter_class=fmt,
                        help="domain corpus -> statistics file (A_d, b_d, counts)",
@@ -833,13 +958,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("route", formatter_class=fmt, help="prompts -> JSONL decisions",
                        description="Route prompts given as arguments, in a JSONL file "
-                                   "(--input, '-' for stdin) or one per line on stdin. Prints "
-                                   "one JSON object per prompt: id, expert, confidence and, with a "
-                                   "token-pair table (the default preset), coverage: the "
-                                   "share of the prompt's token pairs seen in the fit data.")
+                                   "(--input, '-' for stdin) or one per line on stdin (blank "
+                                   "lines skipped). Prints one JSON object per prompt: id, "
+                                   "expert, confidence and, with a token-pair table (the "
+                                   "default preset), coverage: the share of the prompt's "
+                                   "token pairs seen in the fit data. Options may come "
+                                   "before, between or after the prompts.\n\n"
+                                   "ids: a prompt argument's or stdin line's position, from 0; "
+                                   "a JSONL record's 'id' field (a string or an integer, "
+                                   "printed as given), else <file stem>-<n> (stdin-<n> with "
+                                   "--input -), n its record number from 1, blank lines not "
+                                   "counted: the ids ir3de eval gives. Ids must be unique (7 "
+                                   "and \"7\" are one id).\n\n"
+                                   "Every prompt is read and checked first: an empty prompt, "
+                                   "a bad record or a repeated id fails the call, naming it, "
+                                   "and nothing is printed.")
     p.add_argument("router", help="router file")
     p.add_argument("prompt", nargs="*", help="prompts to route")
-    p.add_argument("--input", metavar="FILE", help="JSONL with a text field ('-': stdin)")
+    p.add_argument("--input", metavar="FILE",
+                   help="JSONL, one object per line with the prompt in a text field and "
+                        "optionally an id ('-': stdin); plain text goes on stdin without "
+                        "--input")
     p.add_argument("--text-field", default="text", help="JSON field holding the prompt")
     p.add_argument("--explain", action="store_true",
                    help="add per-expert scores and the voting tokens")
@@ -870,8 +1009,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
-                       description="Print domains, counts, λ, k, selector, embedder and "
-                                   "fingerprint of a router or statistics file.")
+                       description="Print what a router or statistics file holds: its "
+                                   "embedder and fingerprint; a router's experts and their "
+                                   "counts, its model with the settings it reads (nb: α and "
+                                   "the token-pair mass; ridge: λ, balancing, normalisation, "
+                                   "bias penalty and the identity μ in use), its selector, k "
+                                   "(topk only) and token cap; a statistics file's domain, "
+                                   "counts and tables. A router is then loaded as route "
+                                   "loads it.")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)

@@ -56,6 +56,7 @@ from .statistics import (
     check_same_embedder,
     check_same_max_tokens,
     compute_stats,
+    find_identical,
     meta_int,
     validate_domain_name,
 )
@@ -79,9 +80,10 @@ MODELS: tuple[str, ...] = ("nb", "ridge")
 
 
 # Settings that one model only reads (see RouterConfig): given for the other model they
-# would change nothing.
+# would change nothing. The nb model always weighs every domain the same: balance=True is
+# no choice of its (and balance=False is refused).
 _MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "lam": "ridge", "identity": "ridge",
-               "normalize": "ridge", "regularize_bias": "ridge"}
+               "normalize": "ridge", "regularize_bias": "ridge", "balance": "ridge"}
 
 
 @dataclass(frozen=True)
@@ -391,7 +393,14 @@ class Router:
                 raise ExpertError(f"duplicate expert {name!r} ({table[name].source} and "
                                   f"{s.source}); merge shards of one domain first, or rename one")
             table[name] = s if s.domain == name else s.renamed(name)
+        return self._fit_table(table, refuse_identical=True)
+
+    def _fit_table(self, table: dict[str, DomainStats], *, refuse_identical: bool) -> Router:
+        """Solve for the experts of ``table`` (checked names), refusing incompatible
+        statistics and, with ``refuse_identical``, two experts with identical ones."""
         self._check_compatible(table.values())
+        if refuse_identical:
+            _refuse_identical(list(table.items()))
         self._state = self._solve(tuple(table), table, self.config)
         return self
 
@@ -472,6 +481,7 @@ class Router:
         if name in state.stats:
             raise ExpertError(f"expert {name!r} already exists; remove it first")
         self._check_compatible([*state.stats.values(), stats])
+        _refuse_identical([*state.stats.items(), (name, stats)], new=True)
         new = {**state.stats, name: stats if stats.domain == name else stats.renamed(name)}
         self._state = self._solve((*state.experts, name), new, self.config)
         return self
@@ -707,7 +717,9 @@ class Router:
             pairs=pairs[i])
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
-        return router.fit_stats(stats)
+        # Names were checked with the metadata. Identical experts are refused when a router
+        # is built or changed, not here: a file saved before that rule still loads.
+        return router._fit_table(stats, refuse_identical=False)
 
 
 def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
@@ -743,6 +755,28 @@ def _embedder(source: object) -> Embedder:
             raise IR3DEError(f"{exc} (a RouterConfig is the second argument, or "
                              "config=...)") from None
         raise
+
+
+def _refuse_identical(named: Sequence[tuple[str, DomainStats]], new: bool = False) -> None:
+    """Refuse two experts with identical statistics (:func:`~ir3de.statistics.find_identical`):
+    one corpus under two names would tie on every prompt. With ``new``, the last of
+    ``named`` is an expert being added: only it is compared with the others (a router
+    saved before this rule keeps working), and it is named without its file (the
+    gateway's upload has only a temporary one)."""
+    if new:
+        name, stats = named[-1]
+        for other, s in named[:-1]:
+            if find_identical([s, stats]) is not None:
+                raise ExpertError(f"identical statistics: the new expert {name!r} holds "
+                                  f"exactly the counts of expert {other!r} (the same corpus "
+                                  f"twice?); to rename {other!r}, remove it first")
+        return
+    found = find_identical([s for _, s in named])
+    if found is not None:
+        (first, a), (second, b) = named[found[0]], named[found[1]]
+        raise ExpertError(f"identical statistics: experts {first!r} ({a.source}) and "
+                          f"{second!r} ({b.source}) hold exactly the same counts (the same "
+                          "corpus twice?); each expert needs the statistics of its own corpus")
 
 
 def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:

@@ -23,9 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -237,6 +239,23 @@ class DomainStats:
     def dim(self) -> int:
         """Embedding width h."""
         return int(self.b.shape[0] - 1)
+
+    @cached_property
+    def _content(self) -> bytes:
+        """A digest of what these statistics counted, whatever their name, file, signature
+        or pair table: the token and prompt counts, the cap and the token-id histogram
+        (exact integers, equal for one corpus counted twice, merged from its shards, or
+        counted with and without pairs), or ``A`` and ``b`` for statistics without a
+        histogram. Computed once per object (a router keeps its experts' statistics)."""
+        digest = hashlib.sha256(repr((self.n_tokens, self.n_prompts, self.max_tokens,
+                                      self.fingerprint, self.counts is None)).encode())
+        arrays = [(self.A, "<f8"), (self.b, "<f8")] if self.counts is None \
+            else [(self.counts, "<i8")]
+        for array, dtype in arrays:
+            array = np.ascontiguousarray(array, dtype=dtype)
+            digest.update(repr(array.shape).encode())
+            digest.update(array.data)
+        return digest.digest()
 
     def _combine(self, other: DomainStats, sign: int) -> DomainStats:
         if not isinstance(other, DomainStats):
@@ -688,7 +707,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     not depend on the order the files were given in. Shards of one domain with and
     without token-pair counts are refused (the sum could hold no pairs) unless
     ``drop_pairs``, which leaves the pairs out of every result. A shard given twice
-    (the same object, or one file loaded twice) is refused: it would be counted twice.
+    (the same object, one file loaded twice, or identical statistics such as a copy of
+    the file: :func:`find_identical`) is refused: it would be counted twice.
     """
     if isinstance(stats, DomainStats):
         raise IR3DEError("merge takes an iterable of DomainStats, not a single DomainStats "
@@ -717,10 +737,27 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     return merged
 
 
+def find_identical(stats: Sequence[DomainStats]) -> tuple[int, int] | None:
+    """The positions ``(i, j)``, ``i < j``, of the first two of ``stats`` that hold
+    identical statistics, whatever their names or files: equal token-id histograms and
+    token and prompt counts (``A`` and ``b`` for statistics without a histogram); None if
+    there are none. That is one corpus counted twice (a file and its copy, or a file
+    given under two expert names): two corpora with exactly the same counts are all but
+    impossible. Cheap: one hash per statistics object, kept with it."""
+    seen: dict[bytes, int] = {}
+    for j, s in enumerate(stats):
+        i = seen.setdefault(s._content, j)
+        if i != j:
+            return i, j
+    return None
+
+
 def _refuse_repeats(stats: list[DomainStats]) -> None:
     """Refuse a shard of a domain given twice, as the CLI refuses a file given twice: the
     same object, or the same file (``source`` is the path it was loaded from; in-memory and
-    derived statistics, ``"<…>"``, are told apart by identity only)."""
+    derived statistics, ``"<…>"``, are told apart by identity only), or identical
+    statistics (:func:`find_identical`: a copy of the file, the same corpus counted
+    twice)."""
     seen: dict[tuple[str, object], int] = {}
     for i, s in enumerate(stats):
         keys: list[object] = [id(s)]
@@ -733,6 +770,14 @@ def _refuse_repeats(stats: list[DomainStats]) -> None:
                 raise IR3DEError(f"merge: items {first} and {i} are the same statistics "
                                  f"({s.source}) of domain {s.domain!r}: they would be "
                                  "counted twice")
+    for domain in dict.fromkeys(s.domain for s in stats):
+        indices = [i for i, s in enumerate(stats) if s.domain == domain]
+        found = find_identical([stats[i] for i in indices])
+        if found is not None:
+            i, j = (indices[k] for k in found)
+            raise IR3DEError(f"merge: items {i} and {j} ({stats[i].source} and "
+                             f"{stats[j].source}) of domain {domain!r} hold identical "
+                             "statistics (the same corpus twice?): it would be counted twice")
 
 
 def load_stats_files(paths: Iterable[str | os.PathLike[str]]) -> list[DomainStats]:
