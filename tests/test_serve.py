@@ -213,6 +213,18 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
     (json.dumps(_chat(MATH, model=["math"])).encode(), 400, "'model' must be a string"),
     (json.dumps(_chat(MATH, stream="false")).encode(), 400, "'stream' must be true or false"),
+    # content neither a string nor a list: named, not "the prompt to route is empty"
+    (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": 5}]}).encode(), 400,
+     "'messages[0].content' must be a string or a list of content parts, got int"),
+    (json.dumps({"model": "ir3de", "messages": [
+        {"role": "system", "content": {"text": "x"}}, {"role": "user", "content": MATH}]}
+    ).encode(), 400, "'messages[0].content' must be a string or a list of content parts, "
+                     "got dict"),
+    (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": 5}]}]}).encode(), 400,
+     "'messages[0].content[0].text' must be a string"),
+    (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": ["hi"]}]}).encode(),
+     400, "'messages[0].content[0]' must be a content part object, got str"),
 ])
 def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
                                         message: str) -> None:
@@ -274,8 +286,8 @@ def test_dead_upstream_falls_back_without_hanging(stats_files, upstreams, tmp_pa
         assert time.monotonic() - start < 5
         assert 'ir3de_fallbacks_total{reason="upstream_failure"}' in httpx.get(
             gw.url + "/metrics").text
-        # Asked by name, a dead expert also falls back; with the fallback dead too: 502,
-        # every time with cooldowns off (failures are counted all the same).
+        # Routed to a dead expert whose fallback is dead too: 502, every time with
+        # cooldowns off (failures are counted all the same).
         upstreams_dead = _config(tmp_path, stats_files, {
             "math": coder, "coding": coder, "law": coder}, cooldown_failures=0)
         gw2 = _gateway(upstreams_dead)
@@ -399,7 +411,7 @@ def _admin(token: str = TOKEN) -> dict[str, str]:
 
 
 def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
-                                               data_dir: Path) -> None:
+                                               data_dir: Path, emb: Embedder) -> None:
     config = _config(tmp_path, stats_files, upstreams)
     gw = _gateway(config)
     try:
@@ -424,7 +436,11 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         again = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                            data={"url": upstreams["law"].url + "/v1"},
                            files={"stats": ("law.stats", law)})
-        assert again.status_code == 400 and "already exists" in again.json()["error"]["message"]
+        assert again.status_code == 409, again.text  # Conflict, as for an unrouted endpoint
+        assert again.json()["error"] == {
+            "message": "expert 'law' already exists; remove it first (DELETE "
+                       "/admin/experts/law)",
+            "type": "invalid_request_error", "param": "name", "code": "expert_exists"}
 
         for ignored, message in (({"k": 7}, "k applies to selector topk only; the router "
                                               "would use selector geo"),
@@ -470,10 +486,14 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
             assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
         r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), content=b'{"k": "\xff"}')
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-        # model names like org/model can be added and removed by name
+        # model names like org/model can be added and removed by name (statistics of
+        # their own: the router refuses a copy of legal's)
+        org = tmp_path / "org.stats"
+        compute_stats(emb, [LEGAL, "The tenant sued the landlord for the deposit."],
+                      domain="org").save(org)
         r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                        data={"url": upstreams["law"].url + "/v1", "name": "org/law"},
-                       files={"stats": ("law.stats", law)})
+                       files={"stats": ("org.stats", org.read_bytes())})
         assert r.status_code == 200, r.text
         assert httpx.delete(gw.url + "/admin/experts/org/law", headers=_admin()
                             ).status_code == 200
@@ -503,11 +523,16 @@ def test_low_coverage_goes_to_the_fallback(stats_files, upstreams, tmp_path,
     gw = _gateway(config)
     try:
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE))
-        assert r.headers["x-ir3de-expert"] == "coding"
+        assert r.headers["x-ir3de-expert"] == r.headers["x-ir3de-routed-to"] == "coding"
         assert r.headers["x-ir3de-coverage"] == f"{code.coverage:.4f}"
+        assert "x-ir3de-fallback" not in r.headers
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
         assert r.headers["x-ir3de-coverage"] == f"{legal.coverage:.4f}"
         assert r.headers["x-ir3de-expert"] == "coding"
+        # the router's own pick and confidence stay visible: the fallback says why
+        assert (r.headers["x-ir3de-routed-to"], r.headers["x-ir3de-fallback"],
+                r.headers["x-ir3de-confidence"]) == (legal.expert, "low_coverage",
+                                                     f"{legal.confidence:.4f}")
         assert 'ir3de_fallbacks_total{reason="low_coverage"} 1.0' in httpx.get(
             gw.url + "/metrics").text
         for bad, message in (({"min_coverage": 1.5}, "min_coverage must be a number in [0, 1]"),
@@ -540,6 +565,16 @@ def test_admin_removes_endpoints_and_keeps_state_it_cannot_save(stats_files, ups
     config.write_text(yaml.safe_dump(data))
     gw = _gateway(config)
     try:
+        # Adding an expert under a name in use is a 409 Conflict, whether the router
+        # routes to it (coding) or not (spare, whose URL it silently replaced).
+        for name in ("spare", "coding"):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["math"].url + "/v1", "name": name},
+                           files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "expert_exists"
+            assert f"expert {name!r} already exists" in r.json()["error"]["message"]
+        assert _experts(gw)["spare"]["url"] == spare["url"]
         r = httpx.delete(gw.url + "/admin/experts/spare", headers=_admin())
         assert r.status_code == 200, r.text
         assert sorted(e["name"] for e in r.json()["experts"]) == ["coding", "math"]
@@ -625,6 +660,25 @@ def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path)
             assert r.json()["error"] == {
                 "message": f"unknown expert {name!r}; experts are: math, coding",
                 "type": "invalid_request_error", "param": None, "code": "expert_not_found"}
+        # Without a fallback a cut would be accepted, saved, and do nothing: refused, as
+        # in the config.
+        for cuts in ({"threshold": 0.5, "min_coverage": 0.5}, {"threshold": 0.5},
+                     {"min_coverage": 0.1}):
+            r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json=cuts)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"] == \
+                f"{next(iter(cuts))} sends prompts to the fallback expert, and this gateway " \
+                "has none: set fallback in the config first"
+        # An unknown key is named (it was "send a JSON object with some of [...]").
+        allowed = "['alpha', 'k', 'lam', 'min_coverage', 'pairs', 'selector', 'threshold']"
+        for changes, message, param in (
+                ({"bogus": 1}, f"unknown setting 'bogus'; send a JSON object with some of "
+                               f"{allowed}", "bogus"),
+                ({"alpha": 0.5, "bogus": 1, "nope": 2}, "unknown settings 'bogus', 'nope'; ",
+                 None)):
+            r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json=changes)
+            assert r.status_code == 400 and r.json()["error"]["message"].startswith(message)
+            assert r.json()["error"]["param"] == param
         assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
         assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
         assert httpx.delete(gw.url + "/admin/experts/coding", headers=_admin()
@@ -658,6 +712,9 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "threshold"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "min_coverage": 0.5},
      "min_coverage sends prompts to the fallback expert: set fallback too"),
+    # accepted, it did nothing
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "threshold": 0.99},
+     "threshold sends prompts to the fallback expert: set fallback too"),
     ({"router": {"path": "missing.safetensors"}, "experts": {"a": {"url": "http://x"}}},
      "missing.safetensors"),
     ({"router": {"stats": []}, "experts": {"a": {"url": "http://x"}}}, "router.stats"),
@@ -1270,9 +1327,9 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
             "retry_in": None, "cooldowns": 0}
 
         # A removed expert's failures are forgotten: added again, it starts clean.
-        for _ in range(2):  # (named, it falls back on failure)
+        for _ in range(2):  # (named: a 502, never another expert's answer)
             r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="spare"))
-            assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+            assert r.status_code == 502 and "x-ir3de-expert" not in r.headers, r.text
         assert _health(gw, "spare") == ("cooling_down", 2, 1)
         assert httpx.delete(gw.url + "/admin/experts/spare", headers=_admin()
                             ).status_code == 200
@@ -1285,7 +1342,7 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
         assert (spare["state"], spare["consecutive_failures"], spare["cooldowns"]) == \
             ("ok", 0, 0)
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="spare"))
-        assert r.status_code == 200  # tried (and refused) rather than a 503
+        assert r.status_code == 502  # tried (and refused) rather than a 503
         assert _metrics(gw)['ir3de_upstream_errors_total{expert="spare",kind="ConnectError"}'] \
             == 6
 
@@ -1297,7 +1354,8 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
         assert _health(gw, "coding") == ("ok", 0, 1)
         assert httpx.get(gw.url + "/healthz").json()["cooling_down"] == {}
         assert _metrics(gw)["ir3de_experts_cooling_down"] == 0
-        events = [(e["event"], e["expert"], e.get("reason")) for e in _log_events(gw)]
+        events = [(e["event"], e["expert"], e.get("reason")) for e in _log_events(gw)
+                  if e["event"].startswith("cooldown")]
         assert events == [("cooldown_start", "coding", None), ("cooldown_start", "spare", None),
                           ("cooldown_end", "spare", "removed"),
                           ("cooldown_end", "coding", "answered")], events
@@ -1408,6 +1466,12 @@ def test_cooldown_without_a_usable_fallback_is_a_503(stats_files, upstreams,
         assert error.body["type"] == "upstream_error"
         assert "expert 'coding' is unavailable: it failed 1 time in a row" in error.message
         assert 1 <= int(error.response.headers["retry-after"]) <= 30
+        # one access-log line each, which a 502, 503 or 504 did not get
+        assert [(e["model"], e["expert"], e["fallback"], e["status"])
+                for e in _access_log(gw)] == [("ir3de", "math", "upstream_failure", 502),
+                                              ("ir3de", "coding", None, 503),
+                                              ("ir3de", "math", None, 503),
+                                              ("coding", "coding", None, 503)]
     finally:
         gw.stop()
 
@@ -1465,3 +1529,323 @@ def test_cooldown_bookkeeping() -> None:
         assert isinstance(ticket, _Ticket)
         off.done(ticket, False)
     assert off.describe("a")["consecutive_failures"] == 5 and off.refusing() == {}
+
+
+# ----------------------------------------------------------------- what a request gets, and logs
+# A request that names its expert never gets another's answer; routed ones that fall back
+# say what the router picked and why another expert answered; one access-log line each.
+
+
+def _access_log(proc: Proc) -> list[dict]:
+    """The access-log lines (one per completions request) the process has written so far."""
+    text = os.pread(proc.log.fileno(), 1 << 22, 0).decode(errors="replace")
+    return [json.loads(line[line.index("{"):]) for line in text.splitlines()
+            if '{"path": ' in line]
+
+
+def _requests_seen(upstream: Proc) -> int:
+    return httpx.get(upstream.url + "/control").json()["requests"]
+
+
+def test_named_expert_that_fails_is_an_error_not_the_fallbacks_answer(
+        stats_files, upstreams, tmp_path) -> None:
+    """A request naming an expert that was down or timed out got the fallback's answer
+    (200, x-ir3de-expert: math), though it may carry what that expert alone accepts (and
+    a 503 once the expert cooled down). Now: 502/504 naming the expert, the fallback never
+    sees it; a routed request still falls back. Each gets its access-log line, which a
+    502/503/504 did not."""
+    openai = pytest.importorskip("openai")
+    slow = _upstream("coding")
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=0),
+                           coding={"url": slow.url + "/v1", "timeout": 0.3},
+                           spare={"url": _closed_url()})
+    gw = _gateway(config)
+    try:
+        httpx.post(slow.url + "/control", json={"hang": 1})  # > coding's 0.3 s
+        seen = _requests_seen(upstreams["math"])
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+        assert r.status_code == 504 and "x-ir3de-expert" not in r.headers
+        assert r.json()["error"] == {
+            "message": "expert 'coding' did not answer within 0.3 s (ReadTimeout)",
+            "type": "upstream_error", "param": None, "code": None}
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0,
+                           timeout=20) as client, \
+                pytest.raises(openai.InternalServerError) as caught:
+            client.completions.create(model="spare", prompt=[1, 2, 3])  # token ids
+        assert caught.value.status_code == 502
+        assert caught.value.body["message"] == "expert 'spare' is unreachable (ConnectError)"
+        assert _requests_seen(upstreams["math"]) == seen  # the fallback saw neither
+        r, = _routed(gw)  # routed: the fallback answers, and says why
+        assert r.status_code == 200
+        assert {k: r.headers.get(k) for k in ("x-ir3de-expert", "x-ir3de-routed-to",
+                                              "x-ir3de-fallback")} == {
+            "x-ir3de-expert": "math", "x-ir3de-routed-to": "coding",
+            "x-ir3de-fallback": "upstream_failure"}
+        assert 0 < float(r.headers["x-ir3de-confidence"]) <= 1
+        assert _requests_seen(upstreams["math"]) == seen + 1
+        lines = _access_log(gw)
+        assert [(e["path"], e["model"], e["expert"], e["routed_to"], e["fallback"],
+                 e["status"], e.get("error")) for e in lines] == [
+            ("/chat/completions", "coding", "coding", None, None, 504,
+             "expert 'coding' did not answer within 0.3 s (ReadTimeout)"),
+            ("/completions", "spare", "spare", None, None, 502,
+             "expert 'spare' is unreachable (ConnectError)"),
+            ("/completions", "ir3de", "math", "coding", "upstream_failure", 200, None)]
+        assert lines[2]["confidence"] == pytest.approx(float(r.headers["x-ir3de-confidence"]),
+                                                       abs=1e-4)
+    finally:
+        gw.stop()
+        slow.stop()
+
+
+def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(
+        stats_files, upstreams, tmp_path) -> None:
+    """A low-confidence fallback answered with x-ir3de-expert: math and the confidence of
+    the router's pick (coding), which appeared nowhere; the log's routed_to was the
+    fallback here but the failed expert after an upstream failure. Admin changes were not
+    logged at all; an api_key_env naming an unset variable was accepted."""
+    key_env = "IR3DE_TEST_LAW_KEY"
+    gw = _gateway(_config(tmp_path, stats_files, upstreams),
+                  env={key_env: "law-secret", "IR3DE_TEST_EMPTY_KEY": ""})
+    try:
+        picked = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE})
+        assert picked.headers["x-ir3de-expert"] == picked.headers["x-ir3de-routed-to"] == \
+            "coding"
+        assert "x-ir3de-fallback" not in picked.headers
+        r = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"threshold": 0.9999})
+        assert r.status_code == 200, r.text
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE})
+        assert {k: r.headers.get(k) for k in ("x-ir3de-expert", "x-ir3de-routed-to",
+                                              "x-ir3de-fallback", "x-ir3de-confidence")} == {
+            "x-ir3de-expert": "math", "x-ir3de-routed-to": "coding",
+            "x-ir3de-fallback": "low_confidence",
+            "x-ir3de-confidence": picked.headers["x-ir3de-confidence"]}
+        image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+        r = httpx.post(gw.url + "/v1/chat/completions",
+                       json={"model": "ir3de", "messages": [{"role": "user", "content": image}]})
+        assert (r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == ("math",
+                                                                                 "no_text")
+        assert "x-ir3de-routed-to" not in r.headers and "x-ir3de-confidence" not in r.headers
+        assert httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                           json={"threshold": 0}).status_code == 200
+        assert [(e["expert"], e["routed_to"], e["fallback"], e["status"])
+                for e in _access_log(gw)] == [("coding", "coding", None, 200),
+                                              ("math", "coding", "low_confidence", 200),
+                                              ("math", None, "no_text", 200)]
+
+        law = {"stats": ("law.stats", stats_files["law"].read_bytes())}
+        url = upstreams["law"].url.replace("http://", "http://user:pass-word@") + "/v1"
+        for env, problem in (("IR3DE_TEST_UNSET_KEY", "is not set"),
+                             ("IR3DE_TEST_EMPTY_KEY", "is empty")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                           data={"url": url, "name": "law", "api_key_env": env})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "api_key_env"
+            assert r.json()["error"]["message"].startswith(
+                f"api_key_env: the environment variable {env} {problem}")
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                       data={"url": url, "name": "law", "api_key_env": key_env})
+        assert r.status_code == 200, r.text
+        assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
+        events = [e for e in _log_events(gw) if e["event"] == "admin"]
+        assert events == [
+            {"event": "admin", "action": "settings",
+             "settings": {"threshold": {"from": 0.0, "to": 0.9999}}, "client": "127.0.0.1"},
+            {"event": "admin", "action": "settings",
+             "settings": {"threshold": {"from": 0.9999, "to": 0}}, "client": "127.0.0.1"},
+            {"event": "admin", "action": "add_expert", "expert": "law",
+             "url": upstreams["law"].url + "/v1", "model": None, "api_key_env": key_env,
+             "timeout": 60.0, "client": "127.0.0.1"},
+            {"event": "admin", "action": "remove_expert", "expert": "law", "routed": True,
+             "client": "127.0.0.1"}]
+        log = os.pread(gw.log.fileno(), 1 << 22, 0).decode()
+        assert "pass-word" not in log and "law-secret" not in log and TOKEN not in log
+    finally:
+        gw.stop()
+
+
+def test_upstream_answer_keeps_its_content_type(gateway: Proc) -> None:
+    """An upstream error without a content type reached the client as application/json,
+    though its body was plain text."""
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   json=_chat(MATH, model="math", plain="upstream exploded", force_status=500))
+    assert (r.status_code, r.text) == (500, "upstream exploded")
+    assert "content-type" not in r.headers and r.headers["x-ir3de-expert"] == "math"
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   json=_chat(MATH, plain="busy", force_status=503,
+                              headers={"content-type": "text/plain"}))
+    assert (r.status_code, r.text, r.headers["content-type"]) == (503, "busy", "text/plain")
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH))
+    assert r.headers["content-type"] == "application/json"
+
+
+# ----------------------------------------------------------------- config and saved state
+# A restart merges the saved state with gateway.yaml: what the file changed since wins, the
+# admin API's changes otherwise stay; each disagreement is a warning line.
+
+
+def _disagreements(proc: Proc) -> list[tuple[str, str]]:
+    return [(e["field"], e["using"]) for e in _log_events(proc)
+            if e["event"] == "config_vs_state"]
+
+
+def test_config_edits_take_effect_and_admin_changes_survive_restarts(
+        stats_files, upstreams, tmp_path) -> None:
+    """Once state_dir existed, edits to gateway.yaml (an expert's URL, min_coverage) were
+    ignored on restart without a word. /v1/models' created changed on every call."""
+    config = _config(tmp_path, stats_files, upstreams)
+    gw = _gateway(config)
+    try:
+        start = time.monotonic()
+        created = {m["id"]: m["created"] for m in httpx.get(gw.url + "/v1/models").json()["data"]}
+        assert httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                           json={"threshold": 0.3}).status_code == 200
+        assert httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                          data={"url": upstreams["law"].url + "/v1"},
+                          files={"stats": ("law.stats", stats_files["law"].read_bytes())}
+                          ).status_code == 200
+        time.sleep(max(0.0, 1.1 - (time.monotonic() - start)))
+        now = {m["id"]: m["created"] for m in httpx.get(gw.url + "/v1/models").json()["data"]}
+        assert now == {**created, "law": now["law"]} and now["law"] >= created["math"]
+        assert _disagreements(gw) == []
+    finally:
+        gw.stop()
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["coding"].update(url=upstreams["law"].url + "/v1", timeout=7)
+    data["min_coverage"] = 0.01
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    gw = _gateway(config)
+    try:
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        urls = {e["name"]: e["url"] for e in listed["experts"]}
+        assert urls == {"math": upstreams["math"].url + "/v1",
+                        "coding": upstreams["law"].url + "/v1",  # the file's edit
+                        "law": upstreams["law"].url + "/v1"}  # the admin API's
+        assert (listed["threshold"], listed["min_coverage"]) == (0.3, 0.01)
+        saved = json.loads((tmp_path / "state" / "experts.json").read_text())
+        assert saved["experts"]["coding"]["timeout"] == 7.0
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "coding", "prompt": CODE})
+        assert r.json()["choices"][0]["text"] == "answer from law to model coding"
+        assert sorted(_disagreements(gw)) == [
+            ("experts.coding.timeout", "config"), ("experts.coding.url", "config"),
+            ("min_coverage", "config"), ("threshold", "saved")]
+        threshold = next(e for e in _log_events(gw) if e.get("field") == "threshold")
+        assert (threshold["config"], threshold["saved"]) == (0.0, 0.3)
+        assert threshold["message"].startswith("threshold: using the saved state's 0.3, not "
+                                               "gateway.yaml's 0.0 (saved by the admin API")
+        assert f"removing {tmp_path / 'state'} starts from gateway.yaml alone" in \
+            threshold["message"]
+    finally:
+        gw.stop()
+    gw = _gateway(config)  # nothing edited since: the admin API's threshold alone differs
+    try:
+        assert _disagreements(gw) == [("threshold", "saved")]
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json()["threshold"] == 0.3
+    finally:
+        gw.stop()
+
+
+def test_changed_config_router_is_rebuilt_with_the_admin_changes(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """The router in gateway.yaml changed since the state was saved: it is rebuilt from the
+    file, and the experts the admin API added and the settings it changed are applied to it
+    again. A state folder from before gateway.yaml's values were saved beside it keeps its
+    values, with warnings, and has them from then on."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    router = _copy_router(state.router)  # what the admin API would have saved
+    router.add_expert("law", DomainStats.load(stats_files["law"]))
+    router.set_params(alpha=0.5)
+    law = state.experts["coding"].model_copy(update={"url": upstreams["law"].url + "/v1"})
+    _persist(replace(state, router=router, experts={**state.experts, "law": law}),
+             str(tmp_path / "state"), base)
+    data = yaml.safe_load(config.read_text())  # gateway.yaml drops coding
+    data["router"]["stats"] = [str(stats_files["math"])]
+    del data["experts"]["coding"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.router.experts == ["math", "law"] and list(state.experts) == ["math", "law"]
+    assert state.router.config.alpha == 0.5
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert [(e["field"], e["using"]) for e in lines] == [
+        ("router", "config"), ("router.alpha", "saved"), ("experts.coding", "config")]
+    assert lines[2]["message"] == "experts.coding: dropped, as gateway.yaml no longer lists " \
+                                  "it (edited since the gateway last started)"
+
+    saved_file = tmp_path / "state" / "experts.json"  # as an older ir3de wrote it
+    saved = json.loads(saved_file.read_text())
+    del saved["config"]
+    saved_file.write_text(json.dumps(saved))
+    data["threshold"] = 0.2
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.threshold == 0.0 and state.router.experts == ["math", "law"]
+    assert [(json.loads(r.getMessage())["field"], json.loads(r.getMessage())["using"])
+            for r in caplog.records] == [("router.alpha", "saved"), ("threshold", "saved")]
+    assert json.loads(saved_file.read_text())["config"]["threshold"] == 0.2
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (None, "is not set"), ("", "is empty"), (" ", "is empty"),
+    ("my key", "holds a space or a character outside printable ASCII")])
+def test_expert_api_key_env_without_a_key_refuses_to_start(
+        value: str | None, problem: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """An expert's api_key_env naming an unset variable was ignored: the expert got no key.
+    Now a config error, found before the router loads (this router file does not exist)."""
+    env = "IR3DE_TEST_EXPERT_KEY"
+    if value is None:
+        monkeypatch.delenv(env, raising=False)
+    else:
+        monkeypatch.setenv(env, value)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"router": {"path": "missing.safetensors"}, "experts": {
+        "a": {"url": "http://127.0.0.1:9/v1", "api_key_env": env}}}))
+    assert main(["serve", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ir3de: error: experts.a.api_key_env: the environment variable "
+                          f"{env} {problem}"), err
+    assert "my key" not in err
+
+
+def test_broken_yaml_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+    """Broken YAML printed PyYAML's multi-line message naming "<unicode string>"."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text("name: ir3de\nrouter: {path: r.safetensors\nexperts:\n  a: {url: x}\n")
+    assert main(["serve", "--config", str(path)]) == 1
+    assert capsys.readouterr().err == \
+        f"ir3de: error: {path}:3:8: not valid YAML: expected ',' or '}}', but got ':' " \
+        "(while parsing a flow mapping)\n"
+
+
+def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstreams,
+                                                          tmp_path) -> None:
+    """A port in use: uvicorn logged "startup complete", then [Errno 98], and exited with 3.
+    serve() (what `ir3de serve` runs) binds it before starting uvicorn: one line."""
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import serve
+
+    config = _config(tmp_path, stats_files, upstreams)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(IR3DEError) as caught:
+            serve(config, host="127.0.0.1", port=port)
+    assert str(caught.value) == f"127.0.0.1:{port}: address already in use"
+    code = "import sys; from ir3de.serve import serve; " \
+           "serve(sys.argv[1], port=int(sys.argv[2]), log_level='warning')"
+    gw = Proc([sys.executable, "-c", code, str(config), "{port}"], "/healthz")
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH))
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+        assert [e["expert"] for e in _access_log(gw)] == ["math"]
+    finally:
+        gw.stop()

@@ -853,23 +853,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import create_app, load_config
+    from .serve import serve
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise IR3DEError("the gateway needs its extra: pip install 'ir3de[serve]'") from None
-    app = create_app(load_config(args.config))  # config and router errors surface here
-    import logging
-
-    access = logging.getLogger("ir3de.access")  # one JSON line per request, on stderr
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False)  # ir3de logs one structured line per request instead
-    return 0
+    return serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,37 +1,62 @@
 """An OpenAI-compatible gateway that routes each request to a domain-expert LLM server.
 
-``ir3de serve --config gateway.yaml`` (extra ``ir3de[serve]``) starts an ASGI app in front
-of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI, ...):
+``ir3de serve --config gateway.yaml`` (extra ``ir3de[serve]``; :func:`serve`) starts an
+ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.cpp, TGI,
+...):
 
 * ``POST /v1/chat/completions`` and ``POST /v1/completions``: with ``model`` set to the
-  gateway's name the prompt is routed; with an expert's name it goes straight there. The
-  upstream answer is passed through unchanged (``stream: true`` as SSE, event by event)
-  with headers ``x-ir3de-expert``, ``x-ir3de-confidence`` and (routers with a pair table)
-  ``x-ir3de-coverage``, and the upstream's headers that OpenAI clients act on
-  (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits).
-* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the
-  experts cooling down), ``GET /metrics`` (Prometheus).
+  gateway's name the prompt is routed; with an expert's name it goes straight there, and
+  only there. The upstream answer is passed through unchanged (``stream: true`` as SSE,
+  event by event; its content type as the upstream sent it, or none) with headers
+  ``x-ir3de-expert`` (the expert that answered), and for routed requests
+  ``x-ir3de-routed-to`` (the router's pick), ``x-ir3de-confidence`` (the router's
+  confidence in that pick) and (routers with a pair table) ``x-ir3de-coverage``; when the
+  fallback expert answered instead, ``x-ir3de-fallback`` says why: ``low_confidence``,
+  ``low_coverage``, ``no_text`` (nothing to route on: no ``x-ir3de-routed-to`` then),
+  ``expert_down`` (the pick is cooling down) or ``upstream_failure`` (the pick failed),
+  the reasons of ``ir3de_fallbacks_total``. The upstream's headers that OpenAI clients act
+  on (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits) are relayed.
+* ``GET /v1/models`` (``created``: when the gateway started, or the admin API added the
+  expert), ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the experts
+  cooling down), ``GET /metrics`` (Prometheus).
+* One JSON access-log line per completions request, whatever its status (401s, 4xx and
+  5xx included): ``path``, ``model``, ``expert``, ``routed_to``, ``fallback``,
+  ``confidence``, ``coverage``, ``stream``, ``status``, and ``error`` for the gateway's own
+  error answers.
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
   or gets a 401 (``code: invalid_api_key``, the SDK's ``AuthenticationError``). An unset
   or empty variable, or an empty key in it, stops the gateway at startup. The client's
-  ``Authorization`` header is never forwarded: experts get their own ``api_key_env``.
+  ``Authorization`` header is never forwarded: experts get their own ``api_key_env``,
+  whose variable must be set (and not empty) too: at startup, and when the admin API adds
+  the expert (a 400 otherwise).
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
   config; unset -> the admin API is off): list experts (with their cooldown state), add
-  and remove them (a removed expert's failures are forgotten), change α, k, λ,
-  selector, the confidence threshold or the minimum coverage. Every change re-solves the
+  (an existing name, routed or not, is a 409) and remove them (a removed expert's
+  failures are forgotten), change α, k, λ, selector, the confidence threshold or the
+  minimum coverage (above 0 only with a fallback expert). Every change re-solves the
   router off the event loop, swaps it in one assignment (requests in flight finish on the
-  router they started with) and persists it atomically to ``state_dir``, which a restart
-  loads back.
+  router they started with), persists it atomically to ``state_dir`` and is logged (one
+  JSON line, ``"event": "admin"``, with no secret).
 
-Failures: a refused connection is retried once (it may be a stale keep-alive); a second
-failure, or a timeout, sends the request to the fallback expert, and without one the
-client gets 502 (504 for a timeout; 502 too for an answer that cannot be decoded). An
-upstream HTTP error is returned as is; a stream cut by the upstream ends with an SSE
-``error`` event, after the last whole event. The gateway's own errors, unknown
-routes included, use OpenAI's error JSON (``{"error": {"message", "type", "param",
-"code"}}``).
+Config and saved state: a restart loads ``state_dir`` back and merges it with
+gateway.yaml, three ways (see :func:`_reconcile`): a value edited in gateway.yaml since the
+gateway last started wins; any other value the saved state holds (an admin API change)
+is kept. That covers ``threshold``, ``min_coverage``, the expert endpoints and each of
+their fields, and the router: one whose section or files changed is rebuilt from
+gateway.yaml, with the admin API's changes applied to it again. Every disagreement is
+logged as a warning (``"event": "config_vs_state"``) naming the field, both values and
+the one used. Removing ``state_dir`` starts from gateway.yaml alone.
+
+Failures: a refused connection is retried once (it may be a stale keep-alive). For a
+routed request, a second failure or a timeout sends the request to the fallback expert. A
+request that names its expert may carry what that expert alone accepts: it never goes to
+another one, and gets a 502 (504 for a timeout) naming the expert, as routed requests do
+without a fallback (502 too for an answer that cannot be decoded). An upstream HTTP error
+is returned as is; a stream cut by the upstream ends with an SSE ``error`` event, after
+the last whole event. The gateway's own errors, unknown routes included, use OpenAI's
+error JSON (``{"error": {"message", "type", "param", "code"}}``).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -52,7 +77,7 @@ Example config::
       coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
     fallback: math
     policy: last_user          # all_user | conversation
-    threshold: 0.0             # below this confidence, use the fallback
+    threshold: 0.0             # below this confidence, use the fallback (> 0: needs one)
     min_coverage: 0.0          # below this share of seen token pairs, use the fallback
     state_dir: gateway-state   # where admin changes persist
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
@@ -81,12 +106,14 @@ from typing import Any, Literal
 
 from .errors import IR3DEError, require_file
 
-__all__ = ["create_app", "load_config"]
+__all__ = ["create_app", "load_config", "serve"]
 
 log = logging.getLogger("ir3de.access")
 
 _ROUTER_FILE = "router.safetensors"
 _EXPERTS_FILE = "experts.json"
+# the key in experts.json under which gateway.yaml's values are saved (see _reconcile)
+_BASE_KEY = "config"
 
 
 def _pydantic() -> Any:
@@ -170,9 +197,11 @@ def _models() -> tuple[type, type, type]:
             if self.fallback is not None and self.fallback not in self.experts:
                 raise ValueError(f"fallback {self.fallback!r} is not one of the experts "
                                  f"({', '.join(self.experts)})")
-            if self.min_coverage > 0 and self.fallback is None:
-                raise ValueError("min_coverage sends prompts to the fallback expert: set "
-                                 "fallback too")
+            for cut in ("threshold", "min_coverage"):
+                if getattr(self, cut) > 0 and self.fallback is None:
+                    # without a fallback the cut would be accepted and do nothing
+                    raise ValueError(f"{cut} sends prompts to the fallback expert: set "
+                                     "fallback too")
             if self.name in self.experts:
                 raise ValueError(f"name {self.name!r} is also an expert's name")
             return self
@@ -196,7 +225,7 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise IR3DEError(f"{path}: not valid YAML ({exc})") from None
+        raise IR3DEError(_yaml_problem(path, exc)) from None
     except UnicodeDecodeError:
         raise IR3DEError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
@@ -217,6 +246,17 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     return config
 
 
+def _yaml_problem(path: Path, exc: Any) -> str:
+    """A YAML error on one line, ``FILE:LINE:COL: not valid YAML: problem`` (PyYAML's own
+    message spans several lines and names its input "<unicode string>", not the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{problem} ({context})" if context else problem
+    return f"{where}: not valid YAML: {' '.join(text.split())}"
+
+
 # --------------------------------------------------------------------------- state
 @dataclass(frozen=True)
 class _State:
@@ -233,16 +273,312 @@ class _State:
                              "the 'geo' selector on a token-pair table (the default preset)")
 
 
-def _initial_state(config: Any) -> _State:
+def _build_router(config: Any) -> Any:
+    """The router gateway.yaml describes (``router.path`` loaded, or ``router.stats`` fitted)."""
     from .router import Router, RouterConfig
     from .statistics import load_stats_files
+
+    src = config.router
+    if src.path is not None:
+        return Router.load(src.path, embedder=src.embedder)
+    stats = load_stats_files(src.stats)
+    embedder = stats[0].embedder if src.embedder is None else src.embedder
+    return Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
+
+
+def _file_digest(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None  # (missing: it differs from any digest saved; the rebuild names it)
+    return digest.hexdigest()
+
+
+def _router_source(config: Any) -> dict[str, Any]:
+    """gateway.yaml's ``router`` section (absolute paths) and a digest of each file it
+    names: what tells whether the config's router changed since the gateway last read it
+    (a statistics file refitted in place changes it too)."""
+    section = config.router.model_dump()
+    if section["path"] is not None:
+        section["path"] = os.path.abspath(section["path"])
+        files = [section["path"]]
+    else:
+        section["stats"] = files = [os.path.abspath(f) for f in section["stats"]]
+    return {"section": section, "digests": {f: _file_digest(f) for f in files}}
+
+
+def _router_settings(router: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(router.config)
+
+
+def _snapshot(config: Any, router: dict[str, Any]) -> dict[str, Any]:
+    """What gateway.yaml sets that the saved state holds too, as saved beside the state
+    (``router``: its source, and the experts and settings of the router it builds)."""
+    return {"threshold": config.threshold, "min_coverage": config.min_coverage,
+            "experts": {n: e.model_dump() for n, e in config.experts.items()},
+            "router": router}
+
+
+def _safe_url(url: Any) -> Any:
+    """``url`` without the user and password it may carry (for logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_ABSENT = object()
+
+
+class _Reconciled:
+    """The warnings of :func:`_reconcile`: one log line per field on which the saved state
+    and gateway.yaml disagree, naming both values and the one used."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.lines: list[dict[str, Any]] = []
+
+    def removed(self, field: str) -> None:
+        """An expert gateway.yaml lists that the admin API removed: it stays removed."""
+        self(field, "present", _ABSENT, "saved",
+             message=f"{field}: kept removed, though gateway.yaml lists it (removed through "
+                     "the admin API, whose changes outlast restarts; POST /admin/experts "
+                     f"adds it back; removing {self.state_dir} starts from gateway.yaml "
+                     "alone)")
+
+    def __call__(self, field: str, config: Any, saved: Any, using: str,
+                 why: str | None = None, message: str | None = None) -> None:
+        shown = {k: "absent" if v is _ABSENT else _safe_url(v) if field.endswith(".url")
+                 else v for k, v in (("config", config), ("saved", saved))}
+        if why is None and using == "config":
+            why = "edited in gateway.yaml since the gateway last started"
+        elif why is None:
+            if field.startswith("router.experts."):
+                how = "POST /admin/experts adds it back"
+            elif field.startswith("experts."):
+                how = "the admin API changes it (DELETE, then POST /admin/experts), and so " \
+                      "does editing it in gateway.yaml"
+            elif field.startswith("router."):
+                how = "PATCH /admin/settings changes it"
+            else:
+                how = "PATCH /admin/settings changes it, and so does editing it in " \
+                      "gateway.yaml"
+            why = f"saved by the admin API, whose changes outlast restarts; {how}; " \
+                  f"removing {self.state_dir} starts from gateway.yaml alone"
+        value = shown["config"] if using == "config" else shown["saved"]
+        other = shown["saved"] if using == "config" else shown["config"]
+        source = "gateway.yaml's" if using == "config" else "the saved state's"
+        other_source = "the saved state's" if using == "config" else "gateway.yaml's"
+        self.lines.append({
+            "event": "config_vs_state", "field": field, "config": shown["config"],
+            "saved": shown["saved"], "using": using,
+            "message": message or f"{field}: using {source} {json.dumps(value)}, not "
+                                  f"{other_source} {json.dumps(other)} ({why})"})
+
+
+def _reconcile(config: Any, state_dir: Path, saved: _State,
+               base: dict[str, Any] | None) -> tuple[_State, dict[str, Any], bool, list]:
+    """The state to serve from the saved state and gateway.yaml, and what to save as the
+    config's values next to it.
+
+    The rule, a three-way merge (as ``kubectl apply`` does with its last-applied
+    configuration): ``base`` holds what gateway.yaml set when the gateway last started or
+    saved. A value that gateway.yaml now sets differently from ``base`` was edited in the
+    file since, and wins: an operator who edits the file and restarts gets what the file
+    says. Any other value the saved state has kept since is an admin API change, and
+    stays: the admin API's changes survive restarts. Neither side is silently dropped:
+    each disagreement is logged, naming both values and the one used. What this merges:
+    ``threshold``, ``min_coverage``, each expert endpoint's fields, endpoints added to or
+    removed from the file, and the router: a router section, or a file it names, changed
+    since is rebuilt from the file, and the experts the admin API added or removed and the
+    settings it changed are applied to it again.
+
+    ``base`` None: a state folder from before this was saved; it is taken as made from
+    today's gateway.yaml (the saved values win, with a warning each), and ``base`` is
+    saved from now on. Returns (state, base to save, whether the state folder needs
+    writing, the log lines).
+    """
+    from .router import Router, RouterConfig
+
+    note = _Reconciled(state_dir)
+    source = _router_source(config)
+    old_base = base
+    if base is None:
+        try:
+            built = _build_router(config)
+            router_base = {"experts": built.experts, "settings": _router_settings(built)}
+        except (IR3DEError, OSError):  # it served from its state so far: it still can
+            router_base = {"experts": saved.router.experts,
+                           "settings": _router_settings(saved.router)}
+        base = _snapshot(config, {**source, **router_base})
+    # -- the router
+    base_router = base["router"]
+    saved_settings = _router_settings(saved.router)
+    if base_router["section"] == source["section"] and \
+            base_router["digests"] == source["digests"]:
+        router, rebuilt, router_base = saved.router, False, base_router
+        for expert in base_router["experts"]:
+            if expert not in saved.router.experts:
+                note.removed(f"router.experts.{expert}")
+        for key, value in base_router["settings"].items():
+            if saved_settings.get(key, _ABSENT) != value:
+                note(f"router.{key}", value, saved_settings.get(key, _ABSENT), "saved")
+    else:
+        try:
+            built = _build_router(config)
+        except IR3DEError as exc:
+            raise IR3DEError(f"{exc} (gateway.yaml's router changed since the gateway last "
+                             f"started, so it is rebuilt over the state in {state_dir})") \
+                from None
+        built_settings = _router_settings(built)
+        router_base = {**source, "experts": built.experts, "settings": built_settings}
+        note.lines.append({
+            "event": "config_vs_state", "field": "router", "using": "config",
+            "message": "router: gateway.yaml's router section or a file it names changed "
+                       "since the gateway last started: the router is rebuilt from it, and "
+                       "the admin API's changes to the saved router are applied to it again"})
+        known, saved_stats = set(base_router["experts"]), saved.router.stats
+        stats = {}
+        for expert, expert_stats in built.stats.items():
+            if expert in known and expert not in saved_stats:  # removed by the admin API
+                note.removed(f"router.experts.{expert}")
+                continue
+            if expert not in known and expert in saved_stats:  # the admin API added it
+                note(f"router.experts.{expert}", "present", "present", "config",
+                     message=f"router.experts.{expert}: gateway.yaml's router now has an "
+                             f"expert {expert!r} too, whose statistics replace those the "
+                             "admin API added")
+            stats[expert] = expert_stats
+        for expert in saved.router.experts:
+            if expert not in known and expert not in stats:  # added by the admin API
+                stats[expert] = saved_stats[expert]
+        settings = {}
+        for key, value in built_settings.items():
+            was, kept = base_router["settings"].get(key, _ABSENT), saved_settings[key]
+            settings[key] = value if value != was else kept
+            if kept != value:
+                note(f"router.{key}", value, kept, "config" if value != was else "saved")
+        if not stats:
+            raise IR3DEError(f"the saved state in {state_dir} removed every expert of "
+                             "gateway.yaml's router; move it away to start from the config")
+        if list(stats) == built.experts and settings == built_settings:
+            router = built
+        else:
+            try:
+                router = Router(built.embedder, RouterConfig(**settings)).fit_stats(stats)
+            except IR3DEError as exc:
+                raise IR3DEError(f"cannot apply the admin API's changes saved in {state_dir} "
+                                 f"to gateway.yaml's changed router ({exc}); move "
+                                 f"{state_dir} away to start from the config") from None
+        rebuilt = True
+    # -- the expert endpoints
+    expert_cls = _models()[0]
+    wanted = {n: e.model_dump() for n, e in config.experts.items()}
+    had = {n: e.model_dump() for n, e in saved.experts.items()}
+    experts = {}
+    for name in dict.fromkeys([*had, *wanted, *base["experts"]]):
+        c, b, s = wanted.get(name), base["experts"].get(name), had.get(name)
+        field = f"experts.{name}"
+        if c is None and b is None:  # never in gateway.yaml: the admin API's
+            if s is not None:
+                experts[name] = saved.experts[name]
+            continue
+        if c is None:  # removed from gateway.yaml since
+            if s is not None:
+                note(field, _ABSENT, "present", "config",
+                     message=f"{field}: dropped, as gateway.yaml no longer lists it (edited "
+                             "since the gateway last started)")
+            continue
+        if s is None:
+            if b is not None and name != config.fallback:  # removed by the admin API
+                note.removed(field)
+                continue
+            if b is not None:
+                note(field, "present", _ABSENT, "config",
+                     message=f"{field}: restored from gateway.yaml, though removed through "
+                             "the admin API: it is the fallback expert, which needs an "
+                             "endpoint")
+            experts[name] = config.experts[name]
+            continue
+        value = {}
+        for key, wanted_value in c.items():
+            edited = b is None or wanted_value != b.get(key, _ABSENT)
+            value[key] = wanted_value if edited else s.get(key)
+            if s.get(key) != wanted_value:
+                note(f"{field}.{key}", wanted_value, s.get(key),
+                     "config" if edited else "saved")
+        experts[name] = expert_cls.model_validate(value)
+    # -- the fallback cuts
+    cuts = {}
+    for cut in ("threshold", "min_coverage"):
+        c, b, s = getattr(config, cut), base[cut], getattr(saved, cut)
+        cuts[cut] = c if c != b else s
+        if cuts[cut] > 0 and config.fallback is None:  # (c is 0: the config needs one)
+            note(cut, c, s, "config", f"{cut} sends prompts to the fallback expert, which "
+                                      "gateway.yaml no longer names")
+            cuts[cut] = c
+        elif s != c:
+            note(cut, c, s, "config" if c != b else "saved")
+    state = _State(router, experts, cuts["threshold"], cuts["min_coverage"])
+    new_base = _snapshot(config, router_base)
+    changed = rebuilt or new_base != old_base or cuts != {
+        "threshold": saved.threshold, "min_coverage": saved.min_coverage} or \
+        {n: e.model_dump() for n, e in experts.items()} != had
+    return state, new_base, changed, note.lines
+
+
+def _key_env_problem(env: str) -> str | None:
+    """What is wrong with the environment variable an expert's ``api_key_env`` names, or
+    None: an expert configured with a key must not be sent requests without one."""
+    value = os.environ.get(env)
+    if value is None or not value.strip():
+        return f"the environment variable {env} is {'not set' if value is None else 'empty'}"
+    if not all("!" <= c <= "~" for c in value.strip()):
+        return f"the environment variable {env} holds a space or a character outside " \
+               "printable ASCII, which an 'Authorization: Bearer' header cannot carry"
+    return None
+
+
+def _check_key_envs(experts: dict[str, Any], config: Any, state_dir: Path | None) -> None:
+    for name, endpoint in experts.items():
+        if endpoint.api_key_env is None:
+            continue
+        problem = _key_env_problem(endpoint.api_key_env)
+        if problem is None:
+            continue
+        mine = config.experts.get(name)
+        where = "; set it to the key the expert expects, or remove api_key_env from the " \
+                "config" if mine is not None and mine.api_key_env == endpoint.api_key_env \
+            else f" (as the admin API saved it in {state_dir}); set it to the key the " \
+                 "expert expects"
+        raise IR3DEError(f"experts.{name}.api_key_env: {problem}{where}")
+
+
+def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
+    """The state to serve, and gateway.yaml's values to save beside it (see _reconcile)."""
+    from .router import Router
 
     state_dir = Path(config.state_dir) if config.state_dir else None
     if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
         # found now rather than at the first admin change, which could not be saved
         raise IR3DEError(f"state_dir {state_dir} exists and is not a folder")
-    if state_dir is not None and (state_dir / _ROUTER_FILE).is_file():
-        # A restart comes back with what the admin API last persisted.
+    restored = state_dir is not None and (state_dir / _ROUTER_FILE).is_file()
+    if restored:
+        # A restart comes back with what the admin API last persisted, merged with the
+        # config (see _reconcile).
         router = Router.load(state_dir / _ROUTER_FILE)
         saved_file = state_dir / _EXPERTS_FILE
         expert_cls = _models()[0]
@@ -252,33 +588,47 @@ def _initial_state(config: Any) -> _State:
             # min_coverage: absent from state folders written before it existed
             state = _State(router, experts, float(saved["threshold"]),
                            float(saved.get("min_coverage", 0.0)))
+            base = saved.get(_BASE_KEY)  # absent from state folders written before it
+            if base is not None and not (
+                    {"threshold", "min_coverage", "experts", "router"} <= set(base)
+                    and {"section", "digests", "experts", "settings"} <= set(base["router"])):
+                raise KeyError(f"{_BASE_KEY} (gateway.yaml's values when it was saved)")
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # (pydantic's ValidationError is a ValueError)
             reason = _problems(exc) if isinstance(exc, _pydantic().ValidationError) else exc
             raise IR3DEError(f"{saved_file}: not the gateway state this ir3de writes "
                              f"({type(exc).__name__}: {reason}); move {state_dir} away to "
                              "start from the config") from None
+        state, base, changed, lines = _reconcile(config, state_dir, state, base)
+        for line in lines:
+            log.warning(json.dumps(line))
     else:
-        src = config.router
-        if src.path is not None:
-            router = Router.load(src.path, embedder=src.embedder)
-        else:
-            stats = load_stats_files(src.stats)
-            embedder = stats[0].embedder if src.embedder is None else src.embedder
-            router = Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
+        _check_key_envs(config.experts, config, state_dir)  # before the (slower) router
+        router = _build_router(config)
         state = _State(router, dict(config.experts), config.threshold, config.min_coverage)
+        base = _snapshot(config, {**_router_source(config), "experts": router.experts,
+                                  "settings": _router_settings(router)})
+        changed = False
     for name in state.experts:
         _check_expert_name(name, config.name)
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
-        where = f"{state_dir / _EXPERTS_FILE} (the saved state, which replaces the config's " \
-            "experts)" if state_dir is not None and (state_dir / _ROUTER_FILE).is_file() \
-            else "'experts' in the config"
+        where = f"'experts' in the config or {state_dir / _EXPERTS_FILE} (the saved state)" \
+            if restored else "'experts' in the config"
         raise IR3DEError(f"router experts {missing} have no endpoint under {where}")
-    return state
+    _check_key_envs(state.experts, config, state_dir)
+    if changed:  # what the next start compares gateway.yaml with
+        try:
+            _persist(state, config.state_dir, base, router=state.router is not router)
+        except (OSError, ValueError) as exc:
+            raise IR3DEError(f"cannot save the gateway state to {state_dir} ({exc})") from None
+    return state, base
 
 
-def _persist(state: _State, state_dir: str | None) -> None:
+def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
+             router: bool = True) -> None:
+    """Save the state (the router only when ``router``) with gateway.yaml's values
+    ``base`` beside it (see _reconcile)."""
     if state_dir is None:
         return
     from .store import atomic_write_text
@@ -287,13 +637,14 @@ def _persist(state: _State, state_dir: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # Router first, endpoints second: both are atomic renames, and the endpoints file is
     # what names the experts a restarted gateway will serve.
-    state.router.save(folder / _ROUTER_FILE)
+    if router:
+        state.router.save(folder / _ROUTER_FILE)
     # allow_nan=False: a non-finite number would be written as NaN or Infinity, which is
     # not JSON (ValueError instead: the change is not applied)
     atomic_write_text(folder / _EXPERTS_FILE, json.dumps(
         {"experts": {n: e.model_dump() for n, e in state.experts.items()},
-         "threshold": state.threshold, "min_coverage": state.min_coverage}, indent=1,
-        allow_nan=False))
+         "threshold": state.threshold, "min_coverage": state.min_coverage,
+         _BASE_KEY: base}, indent=1, allow_nan=False))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -334,14 +685,26 @@ def _error(status: int, message: str, kind: str = "invalid_request_error",
                                    "code": code}}, status_code=status, headers=headers)
 
 
-def _content_text(content: Any) -> str:
+def _content_text(content: Any, where: str) -> str:
+    """A message's text; ValueError naming ``where`` (``messages[i].content``) for content
+    that OpenAI's API would not take either (rather than routing it as empty)."""
+    if content is None:  # an assistant message with tool calls, say
+        return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        return "\n".join(p.get("text", "") for p in content
-                         if isinstance(p, dict) and p.get("type") == "text"
-                         and isinstance(p.get("text"), str))
-    return ""
+    if not isinstance(content, list):
+        raise ValueError(f"'{where}' must be a string or a list of content parts, got "
+                         f"{type(content).__name__}")
+    texts = []  # OpenAI content parts: keep the text ones
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise ValueError(f"'{where}[{j}]' must be a content part object, got "
+                             f"{type(part).__name__}")
+        if part.get("type") == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"'{where}[{j}].text' must be a string")
+            texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _has_media(messages: list[dict[str, Any]]) -> bool:
@@ -494,9 +857,11 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     if not isinstance(messages, list) or not messages or \
             not all(isinstance(m, dict) for m in messages):
         raise ValueError("'messages' must be a non-empty list of message objects")
+    texts = [_content_text(m.get("content"), f"messages[{i}].content")
+             for i, m in enumerate(messages)]
     if policy == "conversation":
-        return "\n".join(_content_text(m.get("content")) for m in messages)
-    users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        return "\n".join(texts)
+    users = [t for t, m in zip(texts, messages, strict=True) if m.get("role") == "user"]
     if not users:
         raise ValueError("'messages' has no user message to route on")
     return users[-1] if policy == "last_user" else "\n".join(users)
@@ -706,7 +1071,12 @@ def create_app(config: Any) -> Any:
     from .errors import IR3DEError as _Err
 
     client_keys = _client_keys(config.api_keys_env)  # before the (slower) router loads
-    holder = {"state": _initial_state(config)}
+    initial, base = _initial_state(config)
+    holder = {"state": initial}
+    # /v1/models' "created": when the gateway started, or when the admin API added the
+    # expert (stable from one call to the next, as OpenAI's)
+    started = int(time.time())
+    created = dict.fromkeys([config.name, *initial.experts], started)
     metrics = _Metrics()
     cooldowns = _Cooldowns(config.cooldown_failures, config.cooldown_seconds,
                            started=metrics.cooldowns)
@@ -744,8 +1114,9 @@ def create_app(config: Any) -> Any:
                     stream: bool) -> httpx.Response:
         payload = {**body, "model": endpoint.model or expert_name}
         headers = {"content-type": "application/json"}
-        if endpoint.api_key_env and os.environ.get(endpoint.api_key_env):
-            headers["authorization"] = f"Bearer {os.environ[endpoint.api_key_env]}"
+        if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
+            key = os.environ.get(endpoint.api_key_env, "").strip()
+            headers["authorization"] = f"Bearer {key}"
         request = client.build_request("POST", endpoint.url + path, json=payload,
                                        headers=headers, timeout=endpoint.timeout)
         for attempt in (0, 1):
@@ -795,7 +1166,9 @@ def create_app(config: Any) -> Any:
         return _error(503, message, kind="upstream_error", code="expert_unavailable",
                       headers={"retry-after": str(max(1, math.ceil(retry_in)))})
 
-    async def _proxy(request: Request, path: str, chat: bool) -> Any:
+    async def _proxy(request: Request, path: str, chat: bool, info: dict[str, Any]) -> Any:
+        """The answer to one completions request; ``info`` gets what its access-log line
+        reports (see _counted)."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > config.max_body_bytes:
             # Refused before reading: a huge body never reaches memory.
@@ -816,12 +1189,14 @@ def create_app(config: Any) -> Any:
         if not isinstance(model, str):
             return _error(400, f"'model' must be a string, got {type(model).__name__}",
                           param="model")
+        info["model"] = model
         stream = body.get("stream")
         if stream is None:  # OpenAI's API reads "stream": null as not streaming
             stream = False
         if not isinstance(stream, bool):
             # bool("false") is True: guessing would stream to a client that asked not to
             return _error(400, "'stream' must be true or false", param="stream")
+        info["stream"] = stream
         routed = model == config.name
         if not routed and model not in state.experts:
             return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
@@ -838,10 +1213,10 @@ def create_app(config: Any) -> Any:
         # expert can answer it
         textless = routed and not text.strip() and \
             (_has_media(body["messages"]) if chat else _is_token_ids(body["prompt"]))
-        confidence = coverage = None
+        # routed_to: the router's pick; reason: why another expert, the fallback, answers
+        confidence = coverage = routed_to = reason = None
         if textless and config.fallback:
-            metrics.fallbacks.labels("no_text").inc()
-            expert = config.fallback
+            expert, reason = config.fallback, "no_text"
         elif routed:
             if not text.strip():
                 return _error(400, "the prompt has no text to route on; name an expert as "
@@ -853,17 +1228,19 @@ def create_app(config: Any) -> Any:
             except _Err as exc:
                 return _error(400, f"cannot route this prompt: {exc}")
             metrics.routing.observe(time.perf_counter() - start)
-            expert, confidence = decision.expert, decision.confidence
-            coverage = decision.coverage
+            expert = routed_to = decision.expert
+            confidence, coverage = decision.confidence, decision.coverage
             if config.fallback and coverage is not None and coverage < state.min_coverage:
-                metrics.fallbacks.labels("low_coverage").inc()  # unlike every expert's data
-                expert = config.fallback
+                expert, reason = config.fallback, "low_coverage"  # unlike all the fit data
             elif confidence < state.threshold and config.fallback:
-                metrics.fallbacks.labels("low_confidence").inc()
-                expert = config.fallback
+                expert, reason = config.fallback, "low_confidence"
         else:
             expert = model
-        tried = expert
+        if reason is not None:
+            metrics.fallbacks.labels(reason).inc()
+        info.update(expert=expert, routed_to=routed_to, fallback=reason,
+                    confidence=confidence, coverage=coverage)
+        chosen = expert
         fallback = config.fallback if config.fallback in state.experts else None
         ticket = cooldowns.admit(expert)
         if isinstance(ticket, _Down):
@@ -873,26 +1250,30 @@ def create_app(config: Any) -> Any:
                 else None
             if not isinstance(other, _Ticket):
                 return _unavailable(ticket, other)
-            metrics.fallbacks.labels("expert_down").inc()
-            expert, ticket = fallback, other
+            expert, ticket, reason = fallback, other, "expert_down"
+            metrics.fallbacks.labels(reason).inc()
+            info.update(expert=expert, fallback=reason)
         try:
             response = await _attempt(ticket, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:
-            if fallback is None or fallback == expert:
-                before = f"expert {tried!r} is cooling down; " if expert != tried else ""
+            # A request that names its expert may carry what that expert alone accepts:
+            # it is never sent to another one. Routed requests go to the fallback.
+            if not routed or fallback is None or fallback == expert:
+                before = f"expert {chosen!r} is cooling down; " if expert != chosen else ""
                 return _upstream_failed(expert, state.experts[expert], exc, before)
             second = cooldowns.admit(fallback)
             if isinstance(second, _Down):
                 return _upstream_failed(expert, state.experts[expert], exc,
                                         after=f"; the fallback expert {fallback!r} is "
                                               f"unavailable: {second.why()}")
-            metrics.fallbacks.labels("upstream_failure").inc()
-            expert = fallback
+            failed, expert, reason = expert, fallback, "upstream_failure"
+            metrics.fallbacks.labels(reason).inc()
+            info.update(expert=expert, fallback=reason)
             try:
                 response = await _attempt(second, state.experts[expert], path, body, stream)
             except (httpx.TransportError, httpx.DecodingError) as exc2:
                 return _upstream_failed(expert, state.experts[expert], exc2,
-                                        f"expert {tried!r} failed ({type(exc).__name__}); ")
+                                        f"expert {failed!r} failed ({type(exc).__name__}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
         if stream and response.status_code >= 400:
@@ -905,19 +1286,22 @@ def create_app(config: Any) -> Any:
             finally:
                 await response.aclose()
         headers = {**_relayed_headers(response), "x-ir3de-expert": expert}
+        if routed_to is not None:
+            headers["x-ir3de-routed-to"] = routed_to
+        if reason is not None:
+            headers["x-ir3de-fallback"] = reason
         if confidence is not None:
             headers["x-ir3de-confidence"] = f"{confidence:.4f}"
         if coverage is not None:
             headers["x-ir3de-coverage"] = f"{coverage:.4f}"
+        # The upstream's content type, or none when it sent none: a plain-text error
+        # labelled JSON would send a client's parser astray.
+        if "content-type" in response.headers:
+            headers["content-type"] = response.headers["content-type"]
         metrics.requests.labels(expert, str(response.status_code)).inc()
-        log.info(json.dumps({"path": path, "model": model, "expert": expert, "routed_to": tried,
-                             "confidence": confidence, "coverage": coverage,
-                             "status": response.status_code,
-                             "stream": stream}))
-        media = response.headers.get("content-type", "application/json")
         if not stream or response.status_code >= 400:  # read whole above or by _send
             return Response(response.content, status_code=response.status_code,
-                            media_type=media, headers=headers)
+                            headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
             # (no cleanup here: _Relay closes the upstream response, whether or not this
@@ -946,8 +1330,7 @@ def create_app(config: Any) -> Any:
                     "message": message, "type": "upstream_error", "param": None,
                     "code": None}}).encode() + b"\n\n"
 
-        return _Relay(chunks(), response, status_code=response.status_code,
-                      media_type=media, headers=headers)
+        return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
 
     class _Relay(StreamingResponse):
         """An upstream stream relayed to the client. However the response ends (last
@@ -994,13 +1377,31 @@ def create_app(config: Any) -> Any:
                               f"{after}", kind="upstream_error")
 
     async def _counted(request: Request, path: str, chat: bool) -> Any:
+        """:func:`_proxy`, counted, and logged: one JSON line per request, whatever its
+        outcome (a stream's when its headers are sent). ``expert``: the expert that
+        answered, or failed last; ``routed_to``: the router's pick (null for a request
+        that names its expert, or has no text to route on); ``fallback``: why the fallback
+        expert answered instead (``low_confidence``, ``low_coverage``, ``no_text``,
+        ``expert_down``, ``upstream_failure``), or null; ``error``: the gateway's own error
+        message, for the answers it makes itself."""
         metrics.in_flight.inc()
+        info: dict[str, Any] = {"path": path, "model": None, "expert": None,
+                                "routed_to": None, "fallback": None, "confidence": None,
+                                "coverage": None, "stream": None}
         try:
-            response = await _proxy(request, path, chat)
+            response = await _proxy(request, path, chat, info)
         finally:
             metrics.in_flight.dec()
-        if "x-ir3de-expert" not in response.headers and response.status_code < 500:
+        own = "x-ir3de-expert" not in response.headers  # not an upstream's answer
+        if own and response.status_code < 500:  # (5xx: counted under the expert)
             metrics.requests.labels("(gateway)", str(response.status_code)).inc()
+        line = {**info, "status": response.status_code}
+        if own:
+            try:  # (every answer of its own is _error's JSON)
+                line["error"] = json.loads(response.body)["error"]["message"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                line["error"] = None
+        log.info(json.dumps(line))
         return response
 
     @app.post("/v1/chat/completions")
@@ -1011,14 +1412,14 @@ def create_app(config: Any) -> Any:
     async def completions(request: Request) -> Any:
         return await _counted(request, "/completions", False)
 
-    def _model_card(name: str, now: int) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": now, "owned_by": "ir3de"}
+    def _model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created.get(name, started),
+                "owned_by": "ir3de"}
 
     @app.get("/v1/models")
     async def models() -> Any:
         state = holder["state"]
-        now = int(time.time())
-        return {"object": "list", "data": [_model_card(name, now)
+        return {"object": "list", "data": [_model_card(name)
                                            for name in [config.name, *state.experts]]}
 
     @app.get("/v1/models/{model:path}")  # client.models.retrieve(); :path: org/model names
@@ -1026,7 +1427,7 @@ def create_app(config: Any) -> Any:
         if model != config.name and model not in holder["state"].experts:
             return _error(404, f"model {model!r} does not exist", code="model_not_found",
                           param="model")
-        return _model_card(model, int(time.time()))
+        return _model_card(model)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> Any:
@@ -1066,23 +1467,34 @@ def create_app(config: Any) -> Any:
                 "k": state.router.config.k,
                 "lam": state.router.config.lam, "selector": state.router.config.selector}
 
-    async def _swap(build: Any) -> Any:
-        """Build the next state off the event loop, persist it, then swap it in."""
+    async def _swap(build: Any, request: Request, action: str) -> Any:
+        """Build the next state off the event loop, persist it, then swap it in and log the
+        change: one line naming the ``action`` and what ``build`` says it changed (never a
+        secret: api_key_env is a variable's name, URLs lose their user and password)."""
         async with admin_lock:
             try:
-                new = await run_in_threadpool(build, holder["state"])
+                new, changed = await run_in_threadpool(build, holder["state"])
             except _UnknownExpert as exc:
                 return _error(404, str(exc), code="expert_not_found")
+            except _ExpertExists as exc:
+                return _error(409, str(exc), code="expert_exists", param="name")
             except (_Err, ValueError, TypeError) as exc:
                 return _error(400, str(exc))
             try:
-                await run_in_threadpool(_persist, new, config.state_dir)
+                await run_in_threadpool(_persist, new, config.state_dir, base)
             except (OSError, ValueError, _Err) as exc:  # ValueError: a number JSON lacks
                 # not swapped in: what serves requests is what a restart would load
                 return _error(500, f"the change was not applied: cannot save the gateway "
                                    f"state to {config.state_dir} ({exc})", kind="server_error")
             holder["state"] = new
             cooldowns.sync(new.experts)  # (no await in between: no request sees one alone)
+            for name in [n for n in created if n != config.name and n not in new.experts]:
+                del created[name]
+            now = int(time.time())
+            for name in new.experts:
+                created.setdefault(name, now)
+            log.info(json.dumps({"event": "admin", "action": action, **changed,
+                                 "client": request.client.host if request.client else None}))
             return JSONResponse(_describe(new))
 
     @app.get("/admin/experts")
@@ -1123,8 +1535,13 @@ def create_app(config: Any) -> Any:
             fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
             return _error(400, f"invalid expert endpoint: {_problems(exc)}",
                           param=fields.pop() if len(fields) == 1 else None)
+        problem = endpoint.api_key_env and _key_env_problem(endpoint.api_key_env)
+        if problem:  # the expert would get requests without the key it was given
+            return _error(400, f"api_key_env: {problem} in the gateway's environment; set "
+                               "it before the gateway starts, or leave api_key_env out",
+                          param="api_key_env")
 
-        def build(state: _State) -> _State:
+        def build(state: _State) -> tuple[_State, dict[str, Any]]:
             with tempfile.TemporaryDirectory() as tmp:  # DomainStats reads from a path
                 path = Path(tmp) / "upload.stats"
                 path.write_bytes(data)
@@ -1135,11 +1552,16 @@ def create_app(config: Any) -> Any:
                         from None
             expert = name or stats.domain
             _check_expert_name(expert, config.name)
+            if expert in state.experts:  # routed or not: replacing it takes a DELETE first
+                raise _ExpertExists(f"expert {expert!r} already exists; remove it first "
+                                    f"(DELETE /admin/experts/{expert})")
             router = _copy_router(state.router)
             router.add_expert(expert, stats)
-            return replace(state, router=router, experts={**state.experts, expert: endpoint})
+            return replace(state, router=router, experts={**state.experts, expert: endpoint}), \
+                {"expert": expert, "url": _safe_url(endpoint.url), "model": endpoint.model,
+                 "api_key_env": endpoint.api_key_env, "timeout": endpoint.timeout}
 
-        return await _swap(build)
+        return await _swap(build, request, "add_expert")
 
     @app.delete("/admin/experts/{name:path}")  # :path: model names like org/model
     async def admin_remove(name: str, request: Request) -> Any:
@@ -1147,20 +1569,22 @@ def create_app(config: Any) -> Any:
         if denied:
             return denied
 
-        def build(state: _State) -> _State:
+        def build(state: _State) -> tuple[_State, dict[str, Any]]:
             if name not in state.experts:  # 404; the refusals below are 400s
                 raise _UnknownExpert(f"unknown expert {name!r}; experts are: "
                                      f"{', '.join(state.experts)}")
             if name == config.fallback:
                 raise _Err(f"cannot remove {name!r}: it is the fallback expert")
             router = state.router
-            if name in router.experts:  # an endpoint the router does not route to has none
+            routed = name in router.experts
+            if routed:  # an endpoint the router does not route to has none
                 router = _copy_router(router)
                 router.remove_expert(name)
             return replace(state, router=router,
-                           experts={n: e for n, e in state.experts.items() if n != name})
+                           experts={n: e for n, e in state.experts.items() if n != name}), \
+                {"expert": name, "routed": routed}
 
-        return await _swap(build)
+        return await _swap(build, request, "remove_expert")
 
     @app.patch("/admin/settings")
     async def admin_settings(request: Request) -> Any:
@@ -1173,29 +1597,40 @@ def create_app(config: Any) -> Any:
             return _error(400, str(exc))
         cuts = ("threshold", "min_coverage")
         allowed = {"alpha", "k", "lam", "pairs", "selector", *cuts}
-        if not isinstance(changes, dict) or not changes or set(changes) - allowed:
+        if not isinstance(changes, dict) or not changes:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
+        unknown = [key for key in changes if key not in allowed]
+        if unknown:
+            return _error(400, f"unknown setting{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(map(repr, unknown))}; send a JSON object with "
+                               f"some of {sorted(allowed)}",
+                          param=unknown[0] if len(unknown) == 1 else None)
 
-        def build(state: _State) -> _State:
+        def build(state: _State) -> tuple[_State, dict[str, Any]]:
             values = {}
             for cut in cuts:
                 value = changes.get(cut, getattr(state, cut))
                 if isinstance(value, bool) or not isinstance(value, (int, float)) \
                         or not 0.0 <= value <= 1.0:
                     raise _Err(f"{cut} must be a number in [0, 1], got {value!r}")
+                if value > 0 and config.fallback is None:  # accepted, it would do nothing
+                    raise _Err(f"{cut} sends prompts to the fallback expert, and this gateway "
+                               "has none: set fallback in the config first")
                 values[cut] = float(value)
             params = {k: v for k, v in changes.items() if k not in cuts}
-            config = state.router.config.with_settings(**params)
-            ignored = config.ignored(params)
+            settings = state.router.config.with_settings(**params)
+            ignored = settings.ignored(params)
             if ignored is not None:  # accepted, it would change nothing: say so instead
                 key, setting, needed = ignored
                 raise _Err(f"{key} applies to {setting} {needed} only; the router would use "
-                           f"{setting} {getattr(config, setting)}")
+                           f"{setting} {getattr(settings, setting)}")
             router = _copy_router(state.router)
             router.set_params(**params)
-            return replace(state, router=router, **values)
+            before = {**{c: getattr(state, c) for c in cuts}, **_router_settings(state.router)}
+            return replace(state, router=router, **values), {"settings": {
+                key: {"from": before.get(key), "to": value} for key, value in changes.items()}}
 
-        return await _swap(build)
+        return await _swap(build, request, "settings")
 
     return app
 
@@ -1204,6 +1639,9 @@ class _UnknownExpert(IR3DEError):
     """An admin change names an expert the gateway does not have (a 404, not a 400)."""
 
 
+class _ExpertExists(IR3DEError):
+    """An admin change adds an expert the gateway has already (a 409 Conflict)."""
+
 def _copy_router(router: Any) -> Any:
     """A router that can be changed without touching ``router``.
 
@@ -1211,3 +1649,72 @@ def _copy_router(router: Any) -> Any:
     place, every change assigns new ones, so the copy's changes stay its own.
     """
     return copy.copy(router)
+
+
+# --------------------------------------------------------------------------- running it
+def _bind(host: str, port: int) -> list[Any]:
+    """Sockets bound to ``host``:``port`` (every address it resolves to, as asyncio's
+    create_server would bind), or IR3DEError naming the address: uvicorn binding it itself
+    would log "startup complete" first, then the error, and exit with status 3."""
+    import errno
+    import socket
+
+    sockets: list[Any] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # the IPv4 address gets a socket of its own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else \
+            exc.strerror or str(exc)
+        raise IR3DEError(f"{where}: {reason}") from None
+    return sockets
+
+
+def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "info") -> int:
+    """Run the gateway until it is stopped: what ``ir3de serve`` does. The access log goes
+    to stderr (one JSON line per request), the app is built (config, state and router
+    errors are IR3DEErrors), the port bound (one in use is an IR3DEError too, with no
+    server started), then uvicorn serves the app on it."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise IR3DEError("the gateway needs its extra: pip install 'ir3de[serve]'") from None
+    config = load_config(config_path)
+    # before the app: the warnings of loading the state (see _reconcile) go there too
+    if not any(getattr(h, "_ir3de", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler._ir3de = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    app = create_app(config)
+    sockets = _bind(host, port)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # (uvicorn says where it listens only when it binds)
+                where = f"[{host}]" if ":" in host else host
+                logging.getLogger("uvicorn.error").info(
+                    "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where, port)
+
+    try:
+        # access_log off: ir3de logs one structured line per request instead
+        Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                              access_log=False)).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return 0

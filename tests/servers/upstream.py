@@ -22,6 +22,8 @@ send the first half of the next event before it drops the connection.
 before anything else (a server that accepts requests but answers none in time, whatever
 they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /control`` says
 ``{"requests": N, "hang": S}``, N the completion requests received so far.
+``"plain": TEXT`` answers TEXT as is, with the status ``force_status`` (default 200) and no
+content type unless ``headers`` gives one (a server whose errors are not JSON).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import zlib
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
@@ -84,6 +86,9 @@ async def completion(request: Request) -> object:
         await asyncio.sleep(CONTROL["hang"])
     body = await request.json()
     headers = body.get("headers") or {}
+    if "plain" in body:  # (Response sets no content type without a media type)
+        return Response(body["plain"].encode(), status_code=int(body.get("force_status", 200)),
+                        headers=headers)
     if "force_status" in body:
         error = {"message": f"{NAME} refuses", "type": "invalid_request_error", "param": None,
                  "code": None}
