@@ -479,7 +479,7 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
                 ({"url": "http://"}, {}, "url names no host"),
                 ({}, {"timeout": ("t", b"5")}, "'timeout' as text fields"),
                 ({"name": "other"}, {"stats": ("law.stats", b"junk")},
-                 "the uploaded 'stats' file")):
+                 "the uploaded stats file 'law.stats'")):
             r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                            data={"url": upstreams["law"].url + "/v1", **fields},
                            files={"stats": ("law.stats", law), **files})
@@ -506,6 +506,40 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert listed["k"] == 7 and listed["selector"] == "topk"
         assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
                           ).headers["x-ir3de-expert"] == "legal"
+    finally:
+        gw.stop()
+
+
+def test_admin_api_shows_no_url_password_nor_temporary_path(stats_files, upstreams, tmp_path,
+                                                           data_dir: Path,
+                                                           emb: Embedder) -> None:
+    """GET /admin/experts showed an expert URL's user:password (the log lines did not);
+    POST /admin/experts errors named the server's temporary copy of the upload."""
+    config = _with_experts(_config(tmp_path, stats_files, upstreams), coding={
+        "url": upstreams["coding"].url.replace("//", "//user:pa55word@") + "/v1"})
+    capped = tmp_path / "capped.stats"
+    texts = [r["text"] for r in read_jsonl(data_dir / "domains/legalbench/train.jsonl")][:50]
+    compute_stats(emb, texts, domain="capped", max_tokens=64).save(capped)
+    gw = _gateway(config)
+    try:
+        r = httpx.get(gw.url + "/admin/experts", headers=_admin())
+        assert "pa55word" not in r.text and "user" not in r.text
+        assert _experts(gw)["coding"]["url"] == upstreams["coding"].url + "/v1"
+        for filename, content, message in (
+                ("my law.stats", b"junk", "the uploaded stats file 'my law.stats': not a "
+                                          "readable safetensors file"),
+                ("copy.stats", stats_files["math"].read_bytes(),
+                 "identical statistics: the new expert 'copy' holds exactly the counts"),
+                ("capped.stats", capped.read_bytes(),
+                 "but the uploaded stats file 'capped.stats' (capped) at 64")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1", "name": "copy"},
+                           files={"stats": (filename, content)})
+            error = r.json()["error"]["message"]
+            assert r.status_code == 400 and message in error, error
+            # (tempfile.TemporaryDirectory's folders are named tmp*)
+            assert "upload.stats" not in error, error
+            assert os.path.join(tempfile.gettempdir(), "tmp") not in error, error
     finally:
         gw.stop()
 
@@ -1176,6 +1210,20 @@ def test_client_key_is_not_forwarded_to_experts(keyed: Proc) -> None:
         assert json.loads(first.removeprefix("data: "))["auth"] == auth
 
 
+def test_refused_requests_are_logged_under_the_same_path(keyed: Proc) -> None:
+    """The access-log line of a request refused for its key said "/v1/chat/completions",
+    every other line "/chat/completions"."""
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = _chat(MATH) if "chat" in path else {"model": "ir3de", "prompt": MATH}
+        assert httpx.post(keyed.url + path, json=body).status_code == 401
+        assert httpx.post(keyed.url + path, json=body, headers=_bearer(CLIENT_KEYS[0])
+                          ).status_code == 200
+        refused, served = _access_log(keyed)[-2:]
+        assert refused["refused"] == "missing" and "refused" not in served
+        assert refused["path"] == served["path"] == path.removeprefix("/v1"), (refused,
+                                                                             served)
+
+
 def test_sdk_client_keys(keyed: Proc) -> None:
     """The openai SDK sends its api_key as the bearer token: a wrong or missing one is the
     SDK's AuthenticationError, a right one works, streaming and async included."""
@@ -1791,6 +1839,40 @@ def test_changed_config_router_is_rebuilt_with_the_admin_changes(
     assert [(json.loads(r.getMessage())["field"], json.loads(r.getMessage())["using"])
             for r in caplog.records] == [("router.alpha", "saved"), ("threshold", "saved")]
     assert json.loads(saved_file.read_text())["config"]["threshold"] == 0.2
+
+
+def test_no_warning_for_saved_settings_the_router_does_not_read(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """A saved k that differs from gateway.yaml's was warned about at startup though the
+    geo selector does not read k; settings that matter still are, in both merges."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+
+    def disagreements(**settings) -> list[tuple[str, str]]:
+        router = _copy_router(state.router)  # what the admin API would have saved
+        router.set_params(**settings)
+        _persist(replace(state, router=router), str(tmp_path / "state"), base)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+            _initial_state(load_config(config))
+        lines = [json.loads(r.getMessage()) for r in caplog.records]
+        return [(e["field"], e["using"]) for e in lines]
+
+    assert disagreements(k=7) == []  # selector geo: k is not read
+    assert disagreements(k=7, lam=2.0, alpha=0.5) == [("router.alpha", "saved")]
+    assert disagreements(k=7, selector="topk") == [("router.k", "saved"),
+                                                   ("router.selector", "saved")]
+    data = yaml.safe_load(config.read_text())  # gateway.yaml's router changes: rebuilt
+    data["router"]["stats"] = [*data["router"]["stats"], str(stats_files["law"])]
+    data["experts"]["law"] = {"url": upstreams["law"].url + "/v1"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert disagreements(k=7, lam=2.0) == [("router", "config")]
+    assert disagreements(k=7, alpha=0.5) == [("router", "config"), ("router.alpha", "saved")]
 
 
 @pytest.mark.parametrize(("value", "problem"), [

@@ -434,7 +434,9 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
             if expert not in saved.router.experts:
                 note.removed(f"router.experts.{expert}")
         for key, value in base_router["settings"].items():
-            if saved_settings.get(key, _ABSENT) != value:
+            # (a setting the router in use does not read changes nothing: no warning)
+            if saved_settings.get(key, _ABSENT) != value and \
+                    saved.router.config.ignored([key]) is None:
                 note(f"router.{key}", value, saved_settings.get(key, _ABSENT), "saved")
     else:
         try:
@@ -465,12 +467,20 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         for expert in saved.router.experts:
             if expert not in known and expert not in stats:  # added by the admin API
                 stats[expert] = saved_stats[expert]
-        settings = {}
+        settings, differ = {}, []
         for key, value in built_settings.items():
             was, kept = base_router["settings"].get(key, _ABSENT), saved_settings[key]
             settings[key] = value if value != was else kept
             if kept != value:
-                note(f"router.{key}", value, kept, "config" if value != was else "saved")
+                differ.append((key, value, kept, "config" if value != was else "saved"))
+        try:
+            used: Any = RouterConfig(**settings)
+        except IR3DEError:  # refused below, where the router is built: warn of them all
+            used = None
+        for key, value, kept, using in differ:
+            # (a setting the router in use does not read changes nothing: no warning)
+            if used is None or used.ignored([key]) is None:
+                note(f"router.{key}", value, kept, using)
         if not stats:
             raise IR3DEError(f"the saved state in {state_dir} removed every expert of "
                              "gateway.yaml's router; move it away to start from the config")
@@ -1098,7 +1108,9 @@ def create_app(config: Any) -> Any:
 
     def _refused(path: str, reason: str) -> None:
         metrics.unauthorized.labels(reason).inc()
-        if path in ("/v1/chat/completions", "/v1/completions"):  # as _counted counts them
+        # the path as the other access-log lines name it: without the /v1 prefix
+        path = path[len("/v1"):] if path.startswith("/v1/") else path
+        if path in ("/chat/completions", "/completions"):  # as _counted counts them
             metrics.requests.labels("(gateway)", "401").inc()
         log.info(json.dumps({"path": path, "status": 401, "refused": reason}))
 
@@ -1457,7 +1469,7 @@ def create_app(config: Any) -> Any:
 
     def _describe(state: _State) -> dict[str, Any]:
         counts = {n: s.n_tokens for n, s in state.router.stats.items()}
-        return {"experts": [{"name": n, "url": e.url, "model": e.model or n,
+        return {"experts": [{"name": n, "url": _safe_url(e.url), "model": e.model or n,
                              "routed": n in counts, "tokens": counts.get(n),
                              **cooldowns.describe(n)}
                             for n, e in state.experts.items()],
@@ -1524,6 +1536,10 @@ def create_app(config: Any) -> Any:
             except _Err as exc:
                 return _error(400, str(exc), param="name")
         data = await upload.read()
+        # errors name the file as the client knows it, never the server's temporary copy
+        filename = getattr(upload, "filename", None)
+        label = f"the uploaded stats file {filename!r}" if filename \
+            else "the uploaded stats file"
         expert_cls = _models()[0]
         pd = _pydantic()
         try:
@@ -1544,12 +1560,21 @@ def create_app(config: Any) -> Any:
         def build(state: _State) -> tuple[_State, dict[str, Any]]:
             with tempfile.TemporaryDirectory() as tmp:  # DomainStats reads from a path
                 path = Path(tmp) / "upload.stats"
-                path.write_bytes(data)
                 try:
-                    stats = DomainStats.load(path)
-                except _Err as exc:  # the temporary path would only confuse the client
-                    raise _Err(str(exc).replace(str(path), "the uploaded 'stats' file")) \
-                        from None
+                    path.write_bytes(data)
+                    return _build(state, DomainStats.load(path))
+                except (_Err, ValueError, TypeError) as exc:
+                    # the temporary path would only confuse the client: name the file
+                    # it sent instead
+                    message = str(exc).replace(str(path), label).replace(tmp, label)
+                    if message == str(exc):
+                        raise
+                    raise _Err(message) from None
+
+        def _build(state: _State, stats: Any) -> tuple[_State, dict[str, Any]]:
+            # the router's errors name statistics by their source: the client's file name,
+            # for now and for later uploads that clash with this one
+            stats = replace(stats, source=label)
             expert = name or stats.domain
             _check_expert_name(expert, config.name)
             if expert in state.experts:  # routed or not: replacing it takes a DELETE first
