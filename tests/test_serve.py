@@ -210,6 +210,12 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (json.dumps(_chat("\ud800 hi")).encode(), 400, "not valid JSON"),
     (json.dumps(_chat(MATH, model="math", temperature=float("nan"))).encode(), 400,
      "NaN is not a JSON number"),
+    # too large for a float: inf, which the body forwarded could not hold (was a text 500)
+    (b'{"model": "ir3de", "messages": [{"role": "user", "content": "hi"}], '
+     b'"temperature": 1e999}', 400, "1e999 is beyond a float's range: NaN and Infinity "
+                                    "cannot be forwarded as JSON"),
+    (b'{"model": "math", "messages": [{"role": "user", "content": "hi"}], '
+     b'"temperature": -1E+400}', 400, "cannot be forwarded as JSON"),
     (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
     (json.dumps(_chat(MATH, model=["math"])).encode(), 400, "'model' must be a string"),
     (json.dumps(_chat(MATH, stream="false")).encode(), 400, "'stream' must be true or false"),
@@ -624,6 +630,56 @@ def test_admin_removes_endpoints_and_keeps_state_it_cannot_save(stats_files, ups
         gw.stop()
 
 
+def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, tmp_path,
+                                                       monkeypatch) -> None:
+    """The router file was saved, then experts.json failed: the change answered 500 "not
+    applied", but the folder held the new router beside the old endpoints, and a restart
+    failed ("router experts ['law'] have no endpoint")."""
+    from starlette.testclient import TestClient
+
+    import ir3de.store
+    from ir3de.serve import create_app, load_config
+
+    monkeypatch.setenv("IR3DE_ADMIN_TOKEN", TOKEN)
+    config = _config(tmp_path, stats_files, upstreams)
+    state = tmp_path / "state"
+    write = ir3de.store.atomic_write_text
+
+    def failing(path, text) -> None:
+        raise OSError(28, "No space left on device")
+
+    def add_law(client: TestClient) -> httpx.Response:
+        return client.post("/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1"},
+                           files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+
+    with TestClient(create_app(load_config(config))) as client:
+        # the first save (nothing on disk yet), then one over a saved state
+        monkeypatch.setattr(ir3de.store, "atomic_write_text", failing)
+        r = add_law(client)
+        assert r.status_code == 500 and "was not applied" in r.json()["error"]["message"]
+        assert not (state / "router.safetensors").exists()
+        monkeypatch.setattr(ir3de.store, "atomic_write_text", write)
+        r = client.patch("/admin/settings", headers=_admin(), json={"threshold": 0.25})
+        assert r.status_code == 200, r.text
+        saved = {p.name: p.read_bytes() for p in state.iterdir()}
+        monkeypatch.setattr(ir3de.store, "atomic_write_text", failing)
+        r = add_law(client)
+        assert r.status_code == 500 and "was not applied" in r.json()["error"]["message"]
+        monkeypatch.setattr(ir3de.store, "atomic_write_text", write)
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == saved
+    with TestClient(create_app(load_config(config))) as client:  # restarts on it
+        listed = client.get("/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+        assert listed["threshold"] == 0.25
+        r = add_law(client)  # and saves a whole change again
+        assert r.status_code == 200, r.text
+    with TestClient(create_app(load_config(config))) as client:
+        listed = client.get("/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding", "law"]
+    assert sorted(p.name for p in state.iterdir()) == ["experts.json", "router.safetensors"]
+
+
 def test_state_dir_that_is_a_file_is_refused(stats_files, upstreams, tmp_path,
                                             capsys) -> None:
     (tmp_path / "state").write_text("not a folder")
@@ -857,6 +913,48 @@ def test_huge_chunked_body_without_length_is_refused(gateway: Proc) -> None:
                    headers={"content-type": "application/json"})
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def _raw_request(gateway: Proc, head: bytes, body: bytes) -> socket.socket:
+    """A socket to the gateway that has sent ``head`` (the request line and headers, without
+    the blank line) and the start of ``body``, and nothing more."""
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+    sock.sendall(head + b"\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\r\n"
+                 + body)
+    return sock
+
+
+def test_client_gone_mid_upload_is_logged_as_499(gateway: Proc) -> None:
+    """request.body() raised ClientDisconnect: an ASGI traceback in the log and no
+    access-log line."""
+    before = len(_access_log(gateway))
+    sock = _raw_request(gateway, b"POST /v1/chat/completions HTTP/1.1\r\n"
+                                 b"content-length: 5000", b'{"model": "ir3de", ')
+    time.sleep(0.3)
+    sock.close()
+    assert _wait_for(lambda: len(_access_log(gateway)) > before)
+    line = _access_log(gateway)[before]
+    assert (line["status"], line["path"]) == (499, "/chat/completions")
+    assert "disconnected" in line["error"]
+    assert "Traceback" not in os.pread(gateway.log.fileno(), 1 << 22, 0).decode()
+    assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+def test_chunked_body_is_refused_once_past_the_limit(gateway: Proc) -> None:
+    """A chunked body was read whole before its size was checked: the 413 came only once
+    the client had sent all of it (here never)."""
+    part = b'{"model": "ir3de", "messages": [{"role": "user", "content": "' + b"x" * 25_000
+    sock = _raw_request(gateway, b"POST /v1/chat/completions HTTP/1.1\r\n"
+                                 b"transfer-encoding: chunked",
+                        f"{len(part):x}\r\n".encode() + part + b"\r\n")
+    with sock:
+        answer = b""
+        while b"\r\n\r\n" not in answer:  # no rest, no last chunk: the 413 regardless
+            data = sock.recv(65536)  # (times out after 5 s, when the gateway waits on)
+            assert data, answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert _wait_for(lambda: _access_log(gateway)[-1]["status"] == 413)
 
 
 # ----------------------------------------------------------------- the OpenAI Python SDK
@@ -1708,6 +1806,46 @@ def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(
              "client": "127.0.0.1"}]
         log = os.pread(gw.log.fileno(), 1 << 22, 0).decode()
         assert "pass-word" not in log and "law-secret" not in log and TOKEN not in log
+    finally:
+        gw.stop()
+
+
+def test_headers_beyond_latin1_are_encoded_or_dropped(stats_files, upstreams,
+                                                     tmp_path) -> None:
+    """An expert named 数学 or an upstream x-request-id of € made building the reply raise
+    UnicodeEncodeError (Starlette encodes header values as Latin-1) after the upstream had
+    answered: a text/plain 500, no access-log line, and a stream never closed."""
+    from urllib.parse import unquote
+
+    config = _config(tmp_path, stats_files, upstreams, threshold=1.0, fallback="数学")
+    gw = _gateway(_with_experts(config, **{"数学": {"url": upstreams["math"].url + "/v1"}}))
+    try:
+        url = gw.url + "/v1/chat/completions"
+        for stream in (False, True):
+            r = httpx.post(url, json=_chat(CODE, stream=stream))  # low confidence: 数学
+            assert r.status_code == 200, r.text
+            assert r.headers["x-ir3de-expert"] == "%E6%95%B0%E5%AD%A6"
+            assert unquote(r.headers["x-ir3de-expert"]) == "数学"
+            assert r.headers["x-ir3de-routed-to"] == "coding"
+            assert r.headers["x-ir3de-fallback"] == "low_confidence"
+            r = httpx.post(url, json=_chat(MATH, model="数学", stream=stream))
+            assert r.status_code == 200, r.text
+            assert ("math-4" if stream else "answer from math") in r.text
+            assert unquote(r.headers["x-ir3de-expert"]) == "数学"
+            tag = f"euro-{stream}"
+            r = httpx.post(url, json=_chat(MATH, model="math", stream=stream, tag=tag,
+                                           utf8_headers={"x-request-id": "€"},
+                                           headers={"x-ratelimit-limit-requests": "9"}))
+            assert r.status_code == 200, r.text
+            assert "x-request-id" not in r.headers  # dropped: no header can carry it
+            assert r.headers["x-ratelimit-limit-requests"] == "9"
+            if stream:
+                state = upstreams["math"].url + f"/streams/{tag}"
+                assert _wait_for(lambda s=state: httpx.get(s).json()["state"] == "finished")
+        lines = [line for line in _access_log(gw) if line["path"] == "/chat/completions"]
+        assert [(line["status"], line["expert"]) for line in lines] == \
+            [(200, "数学"), (200, "数学"), (200, "math")] * 2
+        assert "Traceback" not in os.pread(gw.log.fileno(), 1 << 22, 0).decode()
     finally:
         gw.stop()
 

@@ -14,15 +14,20 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   fallback expert answered instead, ``x-ir3de-fallback`` says why: ``low_confidence``,
   ``low_coverage``, ``no_text`` (nothing to route on: no ``x-ir3de-routed-to`` then),
   ``expert_down`` (the pick is cooling down) or ``upstream_failure`` (the pick failed),
-  the reasons of ``ir3de_fallbacks_total``. The upstream's headers that OpenAI clients act
-  on (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits) are relayed.
+  the reasons of ``ir3de_fallbacks_total``. An expert name that is not printable ASCII is
+  percent-encoded (UTF-8) in these headers: ``数学`` as ``%E6%95%B0%E5%AD%A6``
+  (``urllib.parse.unquote`` gives it back). The upstream's headers that OpenAI clients act
+  on (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits) are relayed,
+  but for a value outside Latin-1, which no header can carry (it is dropped).
 * ``GET /v1/models`` (``created``: when the gateway started, or the admin API added the
   expert), ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the experts
   cooling down), ``GET /metrics`` (Prometheus).
 * One JSON access-log line per completions request, whatever its status (401s, 4xx and
   5xx included): ``path``, ``model``, ``expert``, ``routed_to``, ``fallback``,
   ``confidence``, ``coverage``, ``stream``, ``status``, and ``error`` for the gateway's own
-  error answers.
+  error answers; ``status`` 499 (as nginx logs it) for a client gone before its whole body
+  arrived, which is sent nothing. A body over ``max_body_bytes`` is a 413 as soon as it
+  says so (``content-length``) or, chunked, once past the limit, without the rest.
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
@@ -645,16 +650,42 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
     folder = Path(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    # Router first, endpoints second: both are atomic renames, and the endpoints file is
-    # what names the experts a restarted gateway will serve.
-    if router:
-        state.router.save(folder / _ROUTER_FILE)
     # allow_nan=False: a non-finite number would be written as NaN or Infinity, which is
     # not JSON (ValueError instead: the change is not applied)
-    atomic_write_text(folder / _EXPERTS_FILE, json.dumps(
-        {"experts": {n: e.model_dump() for n, e in state.experts.items()},
-         "threshold": state.threshold, "min_coverage": state.min_coverage,
-         _BASE_KEY: base}, indent=1, allow_nan=False))
+    text = json.dumps({"experts": {n: e.model_dump() for n, e in state.experts.items()},
+                       "threshold": state.threshold, "min_coverage": state.min_coverage,
+                       _BASE_KEY: base}, indent=1, allow_nan=False)
+    if not router:
+        atomic_write_text(folder / _EXPERTS_FILE, text)
+        return
+    # Router first, endpoints second: both are atomic renames, and the endpoints file is
+    # what names the experts a restarted gateway will serve. They go as a pair: should the
+    # endpoints fail to save, the previous router file (kept under a second name, a hard
+    # link where the file system has them) comes back, or, on a first save, the new one
+    # goes, so that the folder a restart reads is never half of a change.
+    target, previous = folder / _ROUTER_FILE, folder / f"{_ROUTER_FILE}.previous"
+    with contextlib.suppress(FileNotFoundError):
+        previous.unlink()
+    had = target.is_file()
+    if had:
+        try:
+            os.link(target, previous)
+        except OSError:
+            import shutil
+
+            shutil.copy2(target, previous)
+    try:
+        state.router.save(target)
+        atomic_write_text(folder / _EXPERTS_FILE, text)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if had:
+                os.replace(previous, target)
+            else:
+                target.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        previous.unlink()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -672,12 +703,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: inf, which json.dumps would write as Infinity
+        raise ValueError(f"{text} is beyond a float's range: NaN and Infinity cannot be "
+                         "forwarded as JSON")
+    return value
+
+
 def _parse_json(raw: bytes) -> Any:
     """The request body as JSON, or ValueError with the reason. Beyond ``json.loads``: NaN
-    and Infinity are refused (the forwarded body must be valid JSON), as are unpaired
-    surrogates (\\ud800), which no UTF-8 encoder accepts, and nesting too deep to parse."""
+    and Infinity are refused (the forwarded body must be valid JSON), numbers too large for
+    a float (1e999) included, as are unpaired surrogates (\\ud800), which no UTF-8 encoder
+    accepts, and nesting too deep to parse."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError, RecursionError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -743,9 +783,35 @@ _RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
 
 
 def _relayed_headers(upstream: Any) -> dict[str, str]:
-    """The headers of an upstream answer that go on to the client (see _RELAYED_HEADERS)."""
+    """The headers of an upstream answer that go on to the client (see _RELAYED_HEADERS),
+    less those whose value a header cannot carry (see _latin1)."""
     return {k: v for k, v in upstream.headers.items()
-            if k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES)}
+            if (k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES)) and _latin1(v)}
+
+
+def _latin1(value: str) -> bool:
+    """Whether a header value can be sent as is: Starlette encodes them as Latin-1."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# what stays as is in a percent-encoded header value: printable ASCII but "%"
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) not in "%")
+
+
+def _header_name(name: str) -> str:
+    """An expert name as the ``x-ir3de-expert`` and ``x-ir3de-routed-to`` headers carry
+    it: as is when it is printable ASCII, else percent-encoded UTF-8 (``数学`` ->
+    ``%E6%95%B0%E5%AD%A6``; ``urllib.parse.unquote`` gives it back), as header values are
+    bytes that clients decode in different ways, or not at all."""
+    if name.isascii() and name.isprintable():
+        return name
+    from urllib.parse import quote
+
+    return quote(name, safe=_HEADER_SAFE)
 
 
 # --------------------------------------------------------------------------- client keys
@@ -1077,6 +1143,7 @@ def create_app(config: Any) -> Any:
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     from .errors import IR3DEError as _Err
 
@@ -1186,12 +1253,24 @@ def create_app(config: Any) -> Any:
             # Refused before reading: a huge body never reaches memory.
             return _error(413, f"request body of {declared} bytes exceeds the limit of "
                                f"{config.max_body_bytes}", code="body_too_large")
-        raw = await request.body()
-        if len(raw) > config.max_body_bytes:  # chunked uploads declare no length
-            return _error(413, f"request body of {len(raw)} bytes exceeds the limit of "
-                               f"{config.max_body_bytes}", code="body_too_large")
+        raw = bytearray()
         try:
-            body = _parse_json(raw)
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > config.max_body_bytes:
+                    # chunked uploads declare no length: refused once past the limit,
+                    # without reading (nor waiting for) the rest
+                    return _error(413, f"request body of more than {config.max_body_bytes}"
+                                       f" bytes exceeds the limit of "
+                                       f"{config.max_body_bytes}", code="body_too_large")
+        except ClientDisconnect:
+            # nobody to answer: logged as nginx does (499), nothing sent
+            return _Unsent({"error": {"message": "the client disconnected before sending "
+                                                 "the whole request body",
+                                      "type": "invalid_request_error", "param": None,
+                                      "code": "client_disconnected"}}, status_code=499)
+        try:
+            body = _parse_json(bytes(raw))
         except ValueError as exc:
             return _error(400, str(exc))
         if not isinstance(body, dict):
@@ -1297,9 +1376,9 @@ def create_app(config: Any) -> Any:
                 return _upstream_failed(expert, state.experts[expert], exc)
             finally:
                 await response.aclose()
-        headers = {**_relayed_headers(response), "x-ir3de-expert": expert}
+        headers = {**_relayed_headers(response), "x-ir3de-expert": _header_name(expert)}
         if routed_to is not None:
-            headers["x-ir3de-routed-to"] = routed_to
+            headers["x-ir3de-routed-to"] = _header_name(routed_to)
         if reason is not None:
             headers["x-ir3de-fallback"] = reason
         if confidence is not None:
@@ -1308,9 +1387,25 @@ def create_app(config: Any) -> Any:
             headers["x-ir3de-coverage"] = f"{coverage:.4f}"
         # The upstream's content type, or none when it sent none: a plain-text error
         # labelled JSON would send a client's parser astray.
-        if "content-type" in response.headers:
+        if "content-type" in response.headers and _latin1(response.headers["content-type"]):
             headers["content-type"] = response.headers["content-type"]
+        try:
+            reply = _reply(response, stream, headers, expert)
+        except Exception as exc:  # the upstream answered: let go of it
+            # Should the answer not make a reply after all (a header no client can be
+            # sent), the upstream is let go and the client gets OpenAI's error JSON.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            metrics.requests.labels(expert, "502").inc()
+            return _error(502, f"expert {expert!r} answered, but its answer cannot be "
+                               f"relayed ({type(exc).__name__}: {exc})",
+                          kind="upstream_error")
         metrics.requests.labels(expert, str(response.status_code)).inc()
+        return reply
+
+    def _reply(response: httpx.Response, stream: bool, headers: dict[str, str],
+               expert: str) -> Any:
+        """The client's answer from the upstream's (read whole unless a 2xx stream)."""
         if not stream or response.status_code >= 400:  # read whole above or by _send
             return Response(response.content, status_code=response.status_code,
                             headers=headers)
@@ -1343,6 +1438,12 @@ def create_app(config: Any) -> Any:
                     "code": None}}).encode() + b"\n\n"
 
         return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
+
+    class _Unsent(JSONResponse):
+        """The answer to a client already gone: logged and counted, never sent."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            return None
 
     class _Relay(StreamingResponse):
         """An upstream stream relayed to the client. However the response ends (last

@@ -24,6 +24,8 @@ they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /con
 ``{"requests": N, "hang": S}``, N the completion requests received so far.
 ``"plain": TEXT`` answers TEXT as is, with the status ``force_status`` (default 200) and no
 content type unless ``headers`` gives one (a server whose errors are not JSON).
+``"utf8_headers": {...}`` adds response headers whose values are sent as UTF-8 bytes
+(``"headers"`` must be Latin-1: Starlette encodes them so), such as ``x-request-id: €``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,13 @@ def _text(body: dict) -> str:
 
 
 async def completion(request: Request) -> object:
+    response = await _completion(request)
+    for key, value in ((await request.json()).get("utf8_headers") or {}).items():
+        response.raw_headers.append((key.lower().encode(), value.encode("utf-8")))
+    return response
+
+
+async def _completion(request: Request) -> Response:
     CONTROL["requests"] += 1
     if CONTROL["hang"]:  # (no sleep(0) otherwise: the benchmarks time this server)
         await asyncio.sleep(CONTROL["hang"])
