@@ -1099,6 +1099,32 @@ def test_sdk_reads_the_upstream_retry_and_request_id_headers(sdk) -> None:
     assert answer._request_id == "req-2"
 
 
+def test_no_openapi_schema_nor_upstream_organisation(gateway: Proc) -> None:
+    """/openapi.json listed the admin routes to anyone; openai-organization (the operator's
+    own upstream account) was relayed with the other openai-* headers."""
+    assert httpx.get(gateway.url + "/openapi.json").status_code == 404
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   json=_chat(MATH, headers={"openai-organization": "org-operator",
+                                             "openai-processing-ms": "12"}))
+    assert r.status_code == 200 and r.headers["openai-processing-ms"] == "12"
+    assert "openai-organization" not in r.headers
+
+
+def test_admin_token_scheme_any_case_and_utf8_token(stats_files, upstreams, tmp_path) -> None:
+    """The scheme was matched case-sensitively (client keys took any case), and a non-ASCII
+    token could never match (header bytes decoded as Latin-1, token encoded as UTF-8)."""
+    token = "s3cret-ädmin"
+    gw = _gateway(_config(tmp_path, stats_files, upstreams), token=token)
+    try:
+        raw = {"authorization": b"bearer " + token.encode()}
+        assert httpx.get(gw.url + "/admin/experts", headers=raw).status_code == 200
+        for wrong in (b"Bearer " + token[:-1].encode(), b"Basic " + token.encode(), b"Bearer"):
+            r = httpx.get(gw.url + "/admin/experts", headers={"authorization": wrong})
+            assert r.status_code == 401, wrong
+    finally:
+        gw.stop()
+
+
 def test_sdk_stream_null_is_not_streaming(sdk) -> None:
     """OpenAI's API reads "stream": null (what the SDK sends for stream=None) as not
     streaming; the gateway refused it with 400."""

@@ -780,13 +780,16 @@ def _is_token_ids(prompt: Any) -> bool:
 _RELAYED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry",
                               "x-request-id"})
 _RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
+# ... but not the organisation of the operator's own upstream OpenAI account
+_NOT_RELAYED = frozenset({"openai-organization"})
 
 
 def _relayed_headers(upstream: Any) -> dict[str, str]:
     """The headers of an upstream answer that go on to the client (see _RELAYED_HEADERS),
     less those whose value a header cannot carry (see _latin1)."""
     return {k: v for k, v in upstream.headers.items()
-            if (k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES)) and _latin1(v)}
+            if (k in _RELAYED_HEADERS or k.startswith(_RELAYED_PREFIXES))
+            and k not in _NOT_RELAYED and _latin1(v)}
 
 
 def _latin1(value: str) -> bool:
@@ -1164,6 +1167,9 @@ def create_app(config: Any) -> Any:
     # An unset or empty token variable turns the admin API off.
     admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
         else None
+    # (os.environ decodes with surrogateescape: this gives back the variable's own bytes)
+    admin_digest = hashlib.sha256(admin_token.encode("utf-8", "surrogateescape")).digest() \
+        if admin_token is not None else b""
     admin_lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
@@ -1171,7 +1177,9 @@ def create_app(config: Any) -> Any:
         yield
         await client.aclose()
 
-    app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # no docs and no OpenAPI schema: the schema would list the admin routes to anyone
+    app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
 
     def _refused(path: str, reason: str) -> None:
         metrics.unauthorized.labels(reason).inc()
@@ -1561,9 +1569,12 @@ def create_app(config: Any) -> Any:
         if admin_token is None:
             return _error(404, "the admin API is off (no admin token configured)",
                           code="admin_disabled")
-        presented = request.headers.get("authorization", "").encode()
-        # constant time: the comparison must not tell an attacker how much of a guess matched
-        if not hmac.compare_digest(presented, f"Bearer {admin_token}".encode()):
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        # Digests compared in constant time, as for the client keys: the timing tells neither
+        # how much of a guess matched nor the token's length. Starlette decodes header bytes
+        # as Latin-1, so re-encoding that way gives back the bytes sent (a UTF-8 token too).
+        digest = hashlib.sha256(presented.strip().encode("latin-1")).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, admin_digest):
             return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
                           headers={"www-authenticate": "Bearer"})
         return None
