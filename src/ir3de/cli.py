@@ -23,9 +23,10 @@ from .data import (
     decode_lines,
     default_data_dir,
     infer_format,
-    parse_jsonl,
+    parse_numbered_jsonl,
     read_corpus,
     reasoning_split,
+    record_id,
     refuse_repeated_paths,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder
@@ -452,24 +453,14 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
         path = Path(source)
         require_file(path)
         where, stem, raw = str(path), path.stem, path.open("rb")
-    lineno = 0  # the last line parse_jsonl read: the line of the record it yields
-
-    def lines() -> Iterator[str]:
-        nonlocal lineno
-        for line in decode_lines(raw, where):
-            lineno += 1
-            yield line
-
     items: list[tuple[Any, str, str]] = []
     seen: dict[str, str] = {}  # id -> the record that has it
     try:
-        for n, record in enumerate(parse_jsonl(lines(), where, text_field=text_field), 1):
+        records = parse_numbered_jsonl(decode_lines(raw, where), where, text_field=text_field)
+        for n, (lineno, record) in enumerate(records, 1):
             here = f"{where}:{lineno}"
             explicit = "id" in record
-            ident = record["id"] if explicit else f"{stem}-{n}"
-            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-                raise IR3DEError(f"{here}: 'id' must be a string or an integer, got "
-                                 f"{json.dumps(ident)}")
+            ident = record_id(record, f"{stem}-{n}", here)
             key = str(ident)
             if key in seen:
                 raise IR3DEError(f"{here}: id {key!r} repeats the id of {seen[key]}; ids must "

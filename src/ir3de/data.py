@@ -36,11 +36,13 @@ __all__ = [
     "decode_lines",
     "default_data_dir",
     "parse_jsonl",
+    "parse_numbered_jsonl",
     "read_corpus",
     "read_jsonl",
     "read_numbered_jsonl",
     "reasoning_records",
     "reasoning_split",
+    "record_id",
     "refuse_repeated_paths",
     "seeded_split",
 ]
@@ -82,12 +84,14 @@ def parse_jsonl(lines: Iterable[str], where: str, *,
     With ``text_field``, a record without a string in that field is an error too (named by
     its line, which blank lines make differ from its record number).
     """
-    for _, record in _numbered_jsonl(lines, where, text_field):
+    for _, record in parse_numbered_jsonl(lines, where, text_field=text_field):
         yield record
 
 
-def _numbered_jsonl(lines: Iterable[str], where: str,
-                    text_field: str | None = None) -> Iterator[tuple[int, dict]]:
+def parse_numbered_jsonl(lines: Iterable[str], where: str, *,
+                         text_field: str | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each record of JSONL lines: :func:`parse_jsonl` for
+    callers that check the records themselves and should name the line of a bad one."""
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -141,7 +145,19 @@ def read_numbered_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
     the records themselves and should name the line of a bad one."""
     path = Path(path)
     require_file(path)
-    yield from _numbered_jsonl(_utf8_lines(path), str(path))
+    yield from parse_numbered_jsonl(_utf8_lines(path), str(path))
+
+
+def record_id(record: dict, default: str, where: str) -> str | int:
+    """A JSONL record's id as ir3de names records (``ir3de eval``, ``ir3de route``): its
+    ``id`` field, a string or an integer, else ``default`` (``<file stem>-<n>``); ``where``
+    (``file:line``) names the record in the error. ``str(id)`` is the key callers keep ids
+    unique by, so 7 and "7" are one id."""
+    ident = record.get("id", default)
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+        raise IR3DEError(f"{where}: 'id' must be a string or an integer, got "
+                         f"{json.dumps(ident)}")
+    return ident
 
 
 def refuse_repeated_paths(paths: Iterable[str]) -> None:

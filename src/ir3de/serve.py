@@ -555,15 +555,25 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
     return state, new_base, changed, note.lines
 
 
+# Why a key that _bearer_safe refuses cannot be used, said by both key checks.
+_NOT_BEARER_SAFE = ("holds a space or a character outside printable ASCII, which an "
+                    "'Authorization: Bearer' header cannot carry")
+
+
+def _bearer_safe(key: str) -> bool:
+    """Whether ``key`` can travel as ``Authorization: Bearer <key>``: printable ASCII,
+    no space."""
+    return all("!" <= c <= "~" for c in key)
+
+
 def _key_env_problem(env: str) -> str | None:
     """What is wrong with the environment variable an expert's ``api_key_env`` names, or
     None: an expert configured with a key must not be sent requests without one."""
     value = os.environ.get(env)
     if value is None or not value.strip():
         return f"the environment variable {env} is {'not set' if value is None else 'empty'}"
-    if not all("!" <= c <= "~" for c in value.strip()):
-        return f"the environment variable {env} holds a space or a character outside " \
-               "printable ASCII, which an 'Authorization: Bearer' header cannot carry"
+    if not _bearer_safe(value.strip()):
+        return f"the environment variable {env} {_NOT_BEARER_SAFE}"
     return None
 
 
@@ -839,10 +849,9 @@ def _client_keys(env: str | None) -> tuple[bytes, ...] | None:
         if not key:
             raise IR3DEError(f"api_keys_env: key {i} of {len(keys)} in {env} is empty; "
                              "separate the keys with single commas, none at either end")
-        if not all("!" <= c <= "~" for c in key):
-            raise IR3DEError(f"api_keys_env: key {i} of {len(keys)} in {env} holds a space "
-                             "or a character outside printable ASCII, which an "
-                             "'Authorization: Bearer' header cannot carry")
+        if not _bearer_safe(key):
+            raise IR3DEError(f"api_keys_env: key {i} of {len(keys)} in {env} "
+                             f"{_NOT_BEARER_SAFE}")
     # Digests are what requests are compared with: all of one length, so the time a
     # comparison takes tells neither a key nor its length.
     return tuple(hashlib.sha256(k.encode("ascii")).digest() for k in keys)

@@ -24,7 +24,6 @@ record number in the file (blank lines not counted).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from ..data import (
     read_jsonl,
     read_numbered_jsonl,
     reasoning_records,
+    record_id,
     seeded_split,
 )
 from ..errors import EmptyInputError, IR3DEError
@@ -264,13 +264,9 @@ def _labelled_records(path: Path, role: str = "data") -> dict[str, list[dict]]:
             domain = record.get("domain", file.stem)
             if not isinstance(domain, str) or not domain:
                 raise IR3DEError(f"{file}:{lineno}: 'domain' must be a non-empty string")
-            ident = record.get("id", f"{file.stem}-{n}")
-            # An integer id is its decimal string, so 7 and "7" are one id and mixed ids sort.
-            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-                raise IR3DEError(f"{file}:{lineno}: 'id' must be a string or an "
-                                 f"integer, got {json.dumps(ident)}")
-            record["id"] = str(ident)
             here = f"{file}:{lineno}"
+            # An integer id is its decimal string, so 7 and "7" are one id and mixed ids sort.
+            record["id"] = str(record_id(record, f"{file.stem}-{n}", here))
             if record["id"] in first_seen:
                 raise IR3DEError(f"{here}: repeats id {record['id']!r} of "
                                  f"{first_seen[record['id']]}; ids must be unique")
