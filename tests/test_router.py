@@ -229,6 +229,54 @@ def test_stats_from_another_embedder_are_rejected(emb: Embedder, toy_stats,
         Router(emb).fit_stats(mixed)
 
 
+def test_statistics_of_another_size_are_refused(emb: Embedder, toy_stats) -> None:
+    """The fingerprint names the embedder, not the arrays: statistics whose arrays do not
+    fit its vocabulary or width are refused by every model, not left to numpy."""
+    math = toy_stats["math"]
+    pad = lambda a: np.concatenate([a, np.zeros(5, a.dtype)])  # noqa: E731
+    long = dataclasses.replace(math, counts=pad(math.counts), doc_counts=pad(math.doc_counts),
+                               pairs=None, source="long.st")
+    coding = dataclasses.replace(toy_stats["coding"], pairs=None)
+    for preset in ("default", "unigram", "identity", "dense", "paper"):
+        with pytest.raises(StatsFormatError, match=r"long\.st \(math\): token counts cover "
+                                                   r"32005 token ids, the embedder's "
+                                                   r"vocabulary 32000"):
+            Router(emb, preset, **({"pairs": None} if preset == "default" else {})
+                   ).fit_stats([long, coding])
+    h = emb.dim + 2
+    A = np.eye(h)
+    A[-1, -1] = math.n_tokens
+    wide = dataclasses.replace(math, A=A, b=np.r_[np.zeros(h - 1), math.n_tokens],
+                               source="wide.st")
+    with pytest.raises(StatsFormatError, match=r"wide\.st \(math\): A \(258, 258\) and b "
+                                               r"\(258,\) do not fit embedding width 256"):
+        Router(emb, "dense").fit_stats([wide, toy_stats["coding"]])
+
+
+def test_numpy_labels_make_plain_string_experts(emb: Embedder) -> None:
+    texts = [t for group in CORPORA.values() for t in group]
+    labels = np.array([d for d, group in CORPORA.items() for _ in group])
+    router = Router(emb).fit(texts, labels)
+    assert all(type(e) is str for e in router.experts)
+    assert type(router.route("What is 2 + 2?").expert) is str
+
+
+def test_wrong_types_for_paths_and_names(toy_router: Router) -> None:
+    for call, message in ((lambda: toy_router.save(None), "Router.save takes a file path"),
+                          (lambda: Router.load(5), "Router.load takes a file path")):
+        with pytest.raises(IR3DEError, match=rf"{message} \(str or os.PathLike\), got"):
+            call()
+    with pytest.raises(ExpertError, match=r"unknown expert \['math'\]; experts are"):
+        toy_router.remove_expert(["math"])
+
+
+def test_a_refused_new_expert_is_named_by_its_new_name(emb: Embedder, toy_stats) -> None:
+    capped = compute_stats(emb, CORPORA["law"], domain="law", max_tokens=5)
+    router = Router(emb).fit_stats([toy_stats["math"], toy_stats["coding"]])
+    with pytest.raises(StatsFormatError, match=r"<memory> \(m5\) at 5"):
+        router.add_expert("m5", capped)
+
+
 # ------------------------------------------------------------------ persistence
 
 
@@ -375,6 +423,17 @@ def test_load_rejects_malformed_metadata(toy_router: Router, tmp_path: Path, cas
     for read in (Router.load, read_router_meta):  # `inspect` reads the header alone
         with pytest.raises(error, match=rf"^{re.escape(str(bad))}: .*{message}"):
             read(bad)
+
+
+def test_load_refuses_a_dim_other_than_the_embedders(toy_router: Router,
+                                                    tmp_path: Path) -> None:
+    """inspect reports the recorded dim: it must be the width the router routes with."""
+    toy_router.save(tmp_path / "r.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "r.safetensors")
+    write_safetensors(tmp_path / "bad.safetensors", tensors, {**meta, "dim": 100})
+    with pytest.raises(StatsFormatError, match=r"bad\.safetensors: metadata says dim 100 but "
+                                               r"its embedder wordllama\S* has width 256"):
+        Router.load(tmp_path / "bad.safetensors")
 
 
 def test_legacy_config_is_completed_in_the_header(toy_stats, emb: Embedder,

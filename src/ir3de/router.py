@@ -361,6 +361,8 @@ class Router:
             raise IR3DEError(f"{len(texts)} texts but {len(domains)} domain labels")
         for i, domain in enumerate(domains):  # before grouping: a list label is unhashable
             validate_domain_name(domain, f"domain label #{i}")
+        # numpy labels (np.str_) would become expert names that print as np.str_('x').
+        domains = [str(d) for d in domains]
         groups: dict[str, list[str]] = {}
         for text, domain in zip(texts, domains, strict=True):
             groups.setdefault(domain, []).append(text)
@@ -415,6 +417,18 @@ class Router:
                     f"this router uses {self.embedder.name} ({self.embedder.fingerprint[:12]})")
             if s.n_tokens == 0:
                 raise StatsFormatError(f"{s.source} ({s.domain}) holds no tokens")
+            # The fingerprint names the embedder, not the arrays: a hand-made or damaged
+            # file can carry the right one with arrays of another size.
+            h1, V = self.embedder.dim + 1, self.embedder.vocab_size
+            if s.A.shape != (h1, h1) or s.b.shape != (h1,):
+                raise StatsFormatError(f"{s.source} ({s.domain}): A {s.A.shape} and b "
+                                       f"{s.b.shape} do not fit embedding width {h1 - 1}")
+            for what, arr in (("token counts", s.counts), ("document frequencies",
+                                                             s.doc_counts)):
+                if arr is not None and arr.shape != (V,):
+                    raise StatsFormatError(f"{s.source} ({s.domain}): {what} cover "
+                                           f"{arr.shape[0]} token ids, the embedder's "
+                                           f"vocabulary {V}")
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig) -> _State:
@@ -480,16 +494,18 @@ class Router:
         validate_domain_name(name, stats.source)
         if name in state.stats:
             raise ExpertError(f"expert {name!r} already exists; remove it first")
+        # Renamed first, so a refusal names the expert being added, not the stats' domain.
+        stats = stats if stats.domain == name else stats.renamed(name)
         self._check_compatible([*state.stats.values(), stats])
         _refuse_identical([*state.stats.items(), (name, stats)], new=True)
-        new = {**state.stats, name: stats if stats.domain == name else stats.renamed(name)}
+        new = {**state.stats, name: stats}
         self._state = self._solve((*state.experts, name), new, self.config)
         return self
 
     def remove_expert(self, name: str) -> DomainStats:
         """Remove an expert, re-solve, and return its statistics."""
         state = self._fitted
-        if name not in state.stats:
+        if not isinstance(name, str) or name not in state.stats:
             raise ExpertError(f"unknown expert {name!r}; experts are: "
                               f"{', '.join(state.experts)}")
         if len(state.experts) == 1:
@@ -667,6 +683,7 @@ class Router:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as one safetensors file (statistics + JSON settings), atomically."""
+        _require_path(path, "save")
         state = self._fitted
         tensors = {"A": np.stack([state.stats[n].A for n in state.experts]),
                    "b": np.stack([state.stats[n].b for n in state.experts])}
@@ -687,6 +704,7 @@ class Router:
              embedder: Embedder | str | os.PathLike[str] | None = None) -> Router:
         """Load a saved router; its embedder is reloaded from the recorded recipe
         (or ``embedder``) and must have the recorded fingerprint."""
+        _require_path(path, "load")
         tensors, meta = read_safetensors(path)
         meta = _check_router_meta(meta, str(path))
         emb = _embedder(embedder if embedder is not None else meta["embedder"])
@@ -694,6 +712,9 @@ class Router:
             raise FingerprintMismatchError(
                 f"{path} was built with embedding {meta['fingerprint'][:12]} but "
                 f"{emb.name} has {emb.fingerprint[:12]}")
+        if meta["dim"] != emb.dim:  # what inspect reports must be what routes
+            raise StatsFormatError(f"{path}: metadata says dim {meta['dim']} but its "
+                                   f"embedder {emb.name} has width {emb.dim}")
         experts = meta["experts"]
         A, b = tensors.get("A"), tensors.get("b")
         h1 = emb.dim + 1
@@ -731,6 +752,13 @@ def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
         if not isinstance(text, str):
             raise IR3DEError(f"{item} #{i} is a {type(text).__name__}, not a string")
     return texts
+
+
+def _require_path(path: object, action: str) -> None:
+    """Refuse a path that is not one (None, a number) before it reaches ``open``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise IR3DEError(f"Router.{action} takes a file path (str or os.PathLike), "
+                         f"got {type(path).__name__}")
 
 
 def _require_stats(value: object, context: str) -> None:
