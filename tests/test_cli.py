@@ -1039,3 +1039,319 @@ def test_inspect_refuses_what_route_refuses(built: dict[str, Path], tmp_path: Pa
         assert code == 1 and route == (code, "", err)
         assert out.startswith(f"{tmp_path / name}: router")
         assert err.startswith(f"ir3de: error: {tmp_path / name}")
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_build_never_replaces_an_input_whose_name_holds_equals(built: dict[str, Path],
+                                                               tmp_path: Path,
+                                                               capsys) -> None:
+    """The input check read k=v.st as NAME=FILE (file v.st) while loading took the
+    existing file k=v.st: --force replaced that input with the router."""
+    odd = tmp_path / "k=v.st"
+    shutil.copy(built["coding"], odd)
+    before = odd.read_bytes()
+    code, out, err = run(capsys, "build", built["math"], odd, "-o", odd, "--force")
+    assert (code, out, err) == (1, "", f"ir3de: error: {odd} is also an input of this "
+                                       "command; write elsewhere\n")
+    assert odd.read_bytes() == before
+    router = tmp_path / "r.st"
+    assert run(capsys, "build", built["math"], odd, "-o", router)[0] == 0
+    assert Router.load(router).experts == ["math", "coding"]  # k=v.st itself, unnamed
+
+
+@pytest.mark.parametrize(("option", "inside"), [("--fit", False), ("--fit", True),
+                                                ("--test", False), ("--test", True)])
+def test_eval_out_in_a_data_folder_is_refused(option: str, inside: bool, user_data: Path,
+                                             tmp_path: Path, capsys, no_run) -> None:
+    """report.md, results.json and decisions.jsonl were written among the data files,
+    which the next run read as data."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if option == "--fit":
+        shutil.copy(user_data, folder / "mine.jsonl")
+        data = ["--fit", folder]
+    else:  # prompts of their own: none is dropped as a copy of a fit prompt
+        (folder / "mine.jsonl").write_text(
+            json.dumps({"text": "What is 5 + 5?", "domain": "math"}) + "\n"
+            + json.dumps({"text": "print(5)", "domain": "coding"}) + "\n")
+        data = ["--fit", user_data, "--test", folder]
+    out = folder / "results" if inside else folder
+    code, _, err = run(capsys, "eval", *data, "--baselines", "--out", out)
+    where = "lies inside" if inside else "is"
+    assert (code, err) == (1, f"ir3de: error: --out {out} {where} the {option} folder "
+                              f"{folder}, whose JSONL files are all read as data; choose "
+                              "another --out\n")
+    assert [p.name for p in folder.iterdir()] == ["mine.jsonl"]
+
+
+def test_experts_add_trust_refuses_unsigned_statistics(built: dict[str, Path],
+                                                      corpora: dict[str, Path],
+                                                      tmp_path: Path, capsys) -> None:
+    """A router built with build --trust took unsigned statistics from experts add."""
+    pytest.importorskip("cryptography")
+    keys = tmp_path / "keys"
+    assert run(capsys, "keygen", "-o", keys / "alice.key")[0] == 0
+    router = built["router"]
+    before = router.read_bytes()
+    code, out, err = run(capsys, "experts", "add", router, built["law"], "--trust", keys)
+    assert (code, out, err) == (1, "", f"ir3de: error: {built['law']}: not signed (sign it "
+                                       "with ir3de stats --sign KEY)\n")
+    assert router.read_bytes() == before
+    signed = tmp_path / "law_signed.st"
+    assert run(capsys, "stats", corpora["law"], "--domain", "law", "-o", signed, "-q",
+               "--sign", keys / "alice.key")[0] == 0
+    code, _, err = run(capsys, "experts", "add", router, signed, "--trust", keys)
+    assert code == 0, err
+    assert Router.load(router).experts == ["math", "coding", "law"]
+
+
+@pytest.mark.parametrize(("command", "options", "message"), [
+    # build used the embedder recorded in the statistics: --table was dropped unsaid
+    ("build", ["--table", "nosuch.npy"],
+     "--table needs --embedder TOKENIZER_JSON: the tokenizer.json whose token ids index the "
+     "table's rows"),
+    ("stats", ["--table", "nosuch.npy"],  # was "…/wordllama: no such tokenizer file"
+     "--table needs --embedder TOKENIZER_JSON: the tokenizer.json whose token ids index the "
+     "table's rows"),
+    ("stats", ["--tensor", "foo"],  # was ignored by the bundled embedder
+     "--tensor needs --embedder HF_FOLDER (a Hugging Face model folder) or --table "
+     "FILE.safetensors: the file it names a tensor of"),
+    ("build", ["--embedder", "wordllama", "--tensor", "foo"],
+     "--tensor needs --embedder HF_FOLDER (a Hugging Face model folder) or --table "
+     "FILE.safetensors: the file it names a tensor of"),
+    ("stats", ["--embedder", "TOK", "--table", "TABLE", "--tensor", "foo"],
+     "--tensor names a tensor of a .safetensors file, but --table TABLE is an .npy array"),
+])
+def test_table_and_tensor_need_an_embedder_they_apply_to(command: str, options: list[str],
+                                                         message: str,
+                                                         built: dict[str, Path],
+                                                         corpora: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    tok, table = _other_embedder(tmp_path)
+    options = [str(tok) if o == "TOK" else str(table) if o == "TABLE" else o for o in options]
+    message = message.replace("TABLE", str(table))
+    out = tmp_path / "out.st"
+    inputs = ([corpora["math"], "--domain", "math", "-q"] if command == "stats"
+              else [built["math"], built["coding"]])
+    code, stdout, err = run(capsys, command, *inputs, "-o", out, *options)
+    assert (code, stdout, err) == (1, "", f"ir3de: error: {message}\n")
+    assert not out.exists()
+
+
+def _unwritable_folder() -> tuple[Path, str]:
+    """/sys, where no file can be created, not even by root (whom chmod does not stop),
+    and the system's reason."""
+    import tempfile
+
+    folder = Path("/sys")
+    if not folder.is_dir():
+        pytest.skip("needs /sys, where no file can be created")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return folder, exc.strerror
+    pytest.skip("/sys takes files here")
+
+
+@pytest.mark.parametrize("command", ["stats", "merge", "build", "experts", "keygen", "demo"])
+def test_unwritable_output_fails_before_any_work(command: str, built: dict[str, Path],
+                                                 corpora: dict[str, Path], tmp_path: Path,
+                                                 capsys, monkeypatch) -> None:
+    """An output folder that cannot be written was found only when writing, after the
+    corpus was counted or the router solved."""
+    folder, reason = _unwritable_folder()
+    out = folder / "missing" / "x.st" if command == "merge" else folder / "x.st"
+    monkeypatch.setattr("ir3de.cli.compute_stats", lambda *a, **k: pytest.fail("work began"))
+    monkeypatch.setattr(Router, "fit_stats", lambda *a, **k: pytest.fail("work began"))
+    monkeypatch.setattr(Router, "add_expert", lambda *a, **k: pytest.fail("work began"))
+    (tmp_path / "data" / "reasoning").mkdir(parents=True)
+    argv = {"stats": ["stats", corpora["math"], "--domain", "math", "-q"],
+            "merge": ["merge", built["math"]],
+            "build": ["build", built["math"], built["coding"], "--preset", "identity"],
+            "experts": ["experts", "add", built["router"], built["law"]],
+            "keygen": ["keygen"],
+            "demo": ["demo", "--data", tmp_path / "data", "-q"]}[command]
+    code, stdout, err = run(capsys, *argv, "-o", out)
+    assert (code, stdout, err) == (1, "", f"ir3de: error: {out}: cannot write in {folder} "
+                                          f"({reason})\n")
+
+
+@pytest.mark.parametrize(("stdin", "argv", "empty"), [
+    (None, [], "none given as arguments, and standard input is a terminal"),
+    (b"", [], "none given as arguments, and standard input holds only blank lines or nothing"),
+    (b"\n  \n\n", [], "none given as arguments, and standard input holds only blank lines "
+                      "or nothing"),
+    (b"", ["--input", "-"], "standard input (--input -) holds no records"),
+    (b"", ["--input", "FILE"], "FILE holds no records"),
+])
+def test_route_without_prompts_is_an_error(stdin: bytes | None, argv: list[str], empty: str,
+                                           built: dict[str, Path], tmp_path: Path, capsys,
+                                           monkeypatch) -> None:
+    """Empty or blank input exited 0 with nothing printed, as if every prompt had been
+    routed; only a terminal on stdin (None here) said "no prompts", another way."""
+    import io
+
+    class Terminal(io.BytesIO):
+        def isatty(self) -> bool:
+            return True
+
+    file = tmp_path / "empty.jsonl"
+    file.write_text("\n")
+    argv = [str(file) if a == "FILE" else a for a in argv]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(Terminal() if stdin is None
+                                                       else io.BytesIO(stdin)))
+    code, out, err = run(capsys, "route", built["router"], *argv)
+    assert (code, out) == (1, "")
+    assert err == (f"ir3de: error: no prompts: {empty.replace('FILE', str(file))}; pass them "
+                   "as arguments, with --input FILE.jsonl, or on standard input (one per "
+                   "line)\n")
+
+
+def test_route_prints_each_batch_as_it_is_routed(built: dict[str, Path], capsys,
+                                                 monkeypatch) -> None:
+    """Every decision used to be printed at the end: `| head` waited for the whole run."""
+    printed = []
+    route_batch = Router.route_batch
+
+    def spy(self, prompts, **kwargs):
+        printed.append(sys.stdout.getvalue().count("\n"))  # lines out before this batch
+        return route_batch(self, prompts, **kwargs)
+
+    monkeypatch.setattr(Router, "route_batch", spy)
+    code, out, err = run(capsys, "route", built["router"], *MATH, "print(1)", "--batch-size", 2)
+    assert code == 0, err
+    assert printed == [0, 2, 4]
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [0, 1, 2, 3, 4]
+    assert err == ""  # no bar where stderr is no terminal
+
+
+def test_route_shows_a_progress_bar_on_a_terminal(built: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    prompts = write_jsonl(tmp_path / "p.jsonl", MATH * 50)
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        done = subprocess.run([exe, "route", str(built["router"]), "--input", str(prompts),
+                               "--batch-size", "50"], stdout=subprocess.PIPE,
+                              stderr=terminal, timeout=120)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal is closed and read out
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0
+    assert len(done.stdout.decode().splitlines()) == len(MATH) * 50  # stdout: JSON only
+    assert b"routing:" in shown and b"/200" in shown
+
+
+def test_slow_solves_say_so_first(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """build --preset identity and experts on such a router were silent for seconds."""
+    out = tmp_path / "identity.st"
+    code, stdout, err = run(capsys, "build", built["math"], built["coding"], "--preset",
+                            "identity", "-o", out)
+    notice = "choosing the identity μ by leave-one-out…\n"
+    assert (code, stdout, err) == (0, "", f"{notice}{out}: router with 2 experts "
+                                          "(math, coding)\n")
+    code, stdout, err = run(capsys, "experts", "add", out, built["law"])
+    assert (code, stdout, err) == (0, "", f"{notice}{out}: added expert 'law'; experts now "
+                                          "math, coding, law\n")
+    # the nb model solves in a blink: nothing to announce
+    assert run(capsys, "experts", "remove", built["router"], "coding")[2] == \
+        f"{built['router']}: removed expert 'coding'; experts now math\n"
+
+
+def test_experts_list_and_inspect_json_refuse_what_route_refuses(built: dict[str, Path],
+                                                                 tmp_path: Path,
+                                                                 capsys) -> None:
+    """experts list read the header only; inspect --json printed a whole JSON document
+    for a router it then refused."""
+    tensors, meta = read_safetensors(built["router"])
+    nan_a = tensors["A"].copy()
+    nan_a[0, 0, 0] = np.nan
+    broken = tmp_path / "nan.st"
+    write_safetensors(broken, {**tensors, "A": nan_a}, meta)
+    code, _, err = run(capsys, "route", broken, "What is 5 plus 9?")
+    assert code == 1 and err.startswith(f"ir3de: error: {broken}")
+    assert run(capsys, "experts", "list", broken) == (1, "", err)
+    assert run(capsys, "inspect", broken, "--json") == (1, "", err)
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_failed_write_to_stdout_names_standard_output(unbuffered: str,
+                                                      built: dict[str, Path]) -> None:
+    """It said "ir3de: error: : No space left on device" (no file name), or, with a
+    buffered stdout, the interpreter's "Exception ignored" and exit status 120."""
+    import os
+
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([exe, "route", str(built["router"]), "What is 5 plus 9?"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    assert (done.returncode, done.stderr) == (
+        1, "ir3de: error: writing to standard output: No space left on device\n")
+
+
+def test_text_field_is_refused_where_it_is_not_read(built: dict[str, Path], tmp_path: Path,
+                                                    capsys, monkeypatch) -> None:
+    import io
+
+    text = tmp_path / "c.txt"
+    text.write_text("What is 5 plus 9?\n")
+    out = tmp_path / "c.st"
+    code, _, err = run(capsys, "stats", text, "--domain", "math", "-o", out, "-q",
+                       "--text-field", "body")
+    assert (code, err) == (1, "ir3de: error: --text-field applies to JSONL and Parquet "
+                              "corpora only; plain text is read one prompt per line\n")
+    assert not out.exists()
+    refused = ("ir3de: error: --text-field applies to --input (JSONL records) only; prompts "
+               "given as arguments or as plain text on standard input are read whole\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"What is 5 plus 9?\n")))
+    assert run(capsys, "route", built["router"], "--text-field", "body") == (1, "", refused)
+    assert run(capsys, "route", built["router"], "x", "--text-field", "body") == \
+        (1, "", refused)
+    # where it is read, it is taken
+    body = tmp_path / "b.jsonl"
+    body.write_text(json.dumps({"body": "What is 5 plus 9?"}) + "\n")
+    code, stdout, _ = run(capsys, "route", built["router"], "--input", body,
+                          "--text-field", "body")
+    assert code == 0 and json.loads(stdout)["expert"] == "math"
+    code, _, err = run(capsys, "stats", body, "--domain", "math", "-o", out, "-q",
+                       "--text-field", "body")
+    assert code == 0, err
+
+
+def test_keygen_and_experts_name_the_real_problem(built: dict[str, Path], tmp_path: Path,
+                                                  capsys) -> None:
+    """keygen -o DIR said "DIR exists; pass --force", then with --force "is a directory";
+    -o alice.key.pub suggested alice.key.key; --name "" was blamed on the statistics file."""
+    for force in ([], ["--force"]):
+        assert run(capsys, "keygen", "-o", tmp_path, *force) == \
+            (1, "", f"ir3de: error: {tmp_path} is a directory\n")
+    pub = tmp_path / "alice.key.pub"
+    assert run(capsys, "keygen", "-o", pub) == (
+        1, "", f"ir3de: error: {pub}: name the private key, not a .pub file (e.g. "
+               f"{tmp_path / 'alice.key'}, whose public key goes beside it as "
+               f"{tmp_path / 'alice.pub'})\n")
+    before = built["router"].read_bytes()
+    assert run(capsys, "experts", "add", built["router"], built["law"], "--name", "") == \
+        (1, "", "ir3de: error: --name: invalid domain name ''\n")
+    assert built["router"].read_bytes() == before

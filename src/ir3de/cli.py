@@ -11,11 +11,15 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from . import __version__
 from .data import (
@@ -172,10 +176,13 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
                         "Hugging Face model folder, or a tokenizer.json used with --table"
                         + ("" if default else "; default: the one recorded in the input files"))
     g.add_argument("--table", metavar="FILE",
-                   help="embedding table (.safetensors or .npy) paired with --embedder TOKENIZER")
+                   help="embedding table (.safetensors or .npy) paired with --embedder "
+                        "TOKENIZER (a tokenizer.json); refused with any other --embedder")
     g.add_argument("--tensor", metavar="NAME",
-                   help="name of the input-embedding tensor when it is not one of the usual "
-                        "names (model.embed_tokens.weight, embeddings.word_embeddings.weight, …)")
+                   help="with --embedder DIR or a .safetensors --table: the name of the "
+                        "input-embedding tensor when it is not one of the usual names "
+                        "(model.embed_tokens.weight, embeddings.word_embeddings.weight, …); "
+                        "refused otherwise")
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
@@ -264,8 +271,59 @@ def _refuse_unused(given: dict[str, Any], config: RouterConfig, source: str) -> 
     raise IR3DEError(f"{option} applies to --{setting} {needed} only{where}")
 
 
+def _check_embedder_args(args: argparse.Namespace) -> None:
+    """Refuse --table and --tensor where --embedder names nothing they apply to, before any
+    work: the named embedders ignore both, a model folder holds its own table, an .npy table
+    has no tensor names, and build without --embedder reloads the embedder recorded in the
+    statistics, so either would be dropped without a word or misreported as a missing
+    tokenizer file."""
+    source = args.embedder
+    named = source in (None, "wordllama", "minilm")
+    folder = not named and Path(source).is_dir()
+    if args.table is not None and (named or folder):
+        raise IR3DEError("--table needs --embedder TOKENIZER_JSON: the tokenizer.json whose "
+                         "token ids index the table's rows"
+                         + (f" (--embedder {source} is a model folder, which holds its own "
+                            "table: leave --table out)" if folder else ""))
+    if args.tensor is None:
+        return
+    if args.table is not None and Path(args.table).suffix == ".npy":
+        raise IR3DEError(f"--tensor names a tensor of a .safetensors file, but --table "
+                         f"{args.table} is an .npy array")
+    if args.table is None and not folder:
+        raise IR3DEError("--tensor needs --embedder HF_FOLDER (a Hugging Face model folder) "
+                         "or --table FILE.safetensors: the file it names a tensor of")
+
+
 def _embedder_from_args(args: argparse.Namespace):
     return load_embedder(args.embedder, table=args.table, tensor=args.tensor)
+
+
+def _announce_solve(config: RouterConfig) -> None:
+    """Say on stderr that a slow solve starts: choosing the identity μ solves the router
+    once per grid value (seconds to minutes on large statistics), where every other solve
+    takes about a second and says nothing."""
+    if config.model == "ridge" and config.identity == "auto":
+        print("choosing the identity μ by leave-one-out…", file=sys.stderr)
+
+
+def _load_router(path: str) -> Router:
+    """:meth:`Router.load` for the experts commands; loading re-solves the router, so a
+    slow solve is announced first."""
+    _announce_solve(RouterConfig.from_dict(read_router_meta(path)["config"]))
+    return Router.load(path)
+
+
+def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
+    """With ``--trust DIR``, refuse statistics that are not signed by a key in DIR (build
+    and experts add alike), every one checked before anything is solved or written."""
+    if trust is None:
+        return
+    from .signing import load_trusted, verify
+
+    trusted = load_trusted(trust)
+    for s in stats:
+        verify(s, trusted)
 
 
 def _count(n: int, noun: str) -> str:
@@ -273,8 +331,56 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _write_stdout(text: str) -> None:
+    """Write ``text`` to standard output. A failed write raises an OSError without a file
+    name (a full disk: "ir3de: error: : No space left on device"); it is reported as
+    writing to standard output. A reader that went away is left to :func:`main`."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _stdout_failed(exc) from None
+
+
+def _flush_stdout() -> None:
+    """Flush standard output, a failure reported as :func:`_write_stdout` reports it: a
+    buffered write fails only here."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _stdout_failed(exc) from None
+
+
+def _stdout_failed(exc: OSError) -> IR3DEError:
+    """The error for a failed write to standard output. What stayed in its buffer would
+    fail again when the interpreter exits ("Exception ignored …", exit status 120), so
+    standard output is pointed at the null device first (Python's own advice for a closed
+    pipe); a stream without a file descriptor (a test's capture) has no such buffer."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if fd is not None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    return IR3DEError(f"writing to standard output: {exc.strerror or exc}")
+
+
+def _echo(text: str) -> None:
+    """print() to standard output, a failed write reported by :func:`_write_stdout`."""
+    _write_stdout(text + "\n")
+
+
+def _json_line(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    _write_stdout(_json_line(obj))
 
 
 def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
@@ -284,14 +390,31 @@ def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
 
 def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
     """Refuse an output that would overwrite a file without --force, a directory, a path
-    under a file, or one of the command's own ``inputs`` (even with --force: that would
-    destroy the data the output is made from). Checked before any work is done."""
+    under a file, one of the command's own ``inputs`` (even with --force: that would
+    destroy the data the output is made from), or one in a folder that cannot be written.
+    Checked before any work is done."""
     _refuse_input_as_output(path, inputs)
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
     if path.exists() and not force:
         raise IR3DEError(f"{path} exists; pass --force to overwrite it")
     require_creatable(path)
+    _require_writable(path)
+
+
+def _require_writable(path: Path) -> None:
+    """Prove that ``path`` can be written by creating (and at once removing) a temporary
+    file in its folder or, when that folder is still missing (writing creates it), in the
+    nearest one above it that exists. ``os.access`` would not do: it lets root pass on a
+    read-only mount's folders and everyone on /sys, where creating a file fails."""
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is None:  # not even the current folder exists: writing reports it
+        return
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise IR3DEError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") \
+            from None
 
 
 def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
@@ -309,11 +432,27 @@ def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) ->
 
 
 # ----------------------------------------------------------------------------- commands
+def _plain_text_only(corpus: Sequence[str], fmt: str | None) -> bool:
+    """Whether every corpus file is read as plain text (``fmt``, else each suffix's
+    format): then no JSON field or Parquet column is read."""
+    if fmt is not None:
+        return fmt == "text"
+    try:
+        return all(infer_format(Path(c)) == "text" for c in corpus)
+    except IR3DEError:  # a suffix that tells no format: reading reports it with a hint
+        return False
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output(out, args.force, args.corpus)
     validate_domain_name(args.domain, "--domain")  # now, not after the corpus
     refuse_repeated_paths(args.corpus)
+    _check_embedder_args(args)
+    if args.text_field is not None and _plain_text_only(args.corpus, args.format):
+        raise IR3DEError("--text-field applies to JSONL and Parquet corpora only; plain text "
+                         "is read one prompt per line")
+    text_field = "text" if args.text_field is None else args.text_field
     if args.sign:
         from .signing import load_private_key
 
@@ -327,14 +466,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     def texts() -> Iterator[str]:
         for path in args.corpus:
-            yield from read_corpus(path, fmt=args.format, text_field=args.text_field)
+            yield from read_corpus(path, fmt=args.format, text_field=text_field)
 
     start = time.perf_counter()
     if args.engine == "ray":
         from .distributed import ray_stats
 
         stats = ray_stats(args.corpus, emb, domain=args.domain, fmt=args.format,
-                          text_field=args.text_field, max_tokens=args.max_tokens,
+                          text_field=text_field, max_tokens=args.max_tokens,
                           address=args.address, workers=args.workers,
                           progress=not args.quiet)
     else:
@@ -376,32 +515,32 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_named(item: str) -> tuple[str, str]:
+    """``(name, file)`` of a build argument ``[NAME=]FILE``, name "" when none is given;
+    an existing file whose name holds ``=`` is that file, unnamed. The output check and
+    the loading both use it, so the file refused as an output is the very file read."""
+    name, sep, path = item.partition("=")
+    if not sep or Path(item).exists():
+        return "", item
+    return name, path
+
+
 def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
-    named = []
-    paths = []
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or Path(item).exists():
-            name, path = "", item
-        paths.append(path)
-        named.append(name)
-    loaded = load_stats_files(paths)
-    return [(name or s.domain, s) for name, s in zip(named, loaded, strict=True)]
+    named = [_split_named(item) for item in items]
+    loaded = load_stats_files([path for _, path in named])
+    return [(name or s.domain, s) for (name, _), s in zip(named, loaded, strict=True)]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force, [s.partition("=")[2] or s for s in args.stats])
+    _check_output(out, args.force, [_split_named(item)[1] for item in args.stats])
     config = _config_from_args(args)  # contradictory options fail before any file is read
+    _check_embedder_args(args)
     named = _named_stats(args.stats)
-    if args.trust:
-        from .signing import load_trusted, verify
-
-        trusted = load_trusted(args.trust)
-        for _, stats in named:  # every file, before anything is written
-            verify(stats, trusted)
+    _verify_trusted([stats for _, stats in named], args.trust)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
+    _announce_solve(config)
     router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
     router.save(out)
     print(f"{out}: router with {_count(len(router.experts), 'expert')} "
@@ -422,15 +561,21 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     if args.prompt:
         items = [(i, text, f"prompt argument {i + 1}") for i, text in enumerate(args.prompt)]
     elif args.input is not None:
-        items = _jsonl_prompts(args.input, args.text_field)
+        items = _jsonl_prompts(args.input, "text" if args.text_field is None
+                               else args.text_field)
+        if not items:
+            where = "standard input (--input -)" if args.input == "-" else args.input
+            raise _no_prompts(f"{where} holds no records")
     elif sys.stdin.isatty():
-        raise IR3DEError("no prompts: pass them as arguments, with --input FILE.jsonl, or on "
-                         "standard input (one per line)")
+        raise _no_prompts("none given as arguments, and standard input is a terminal")
     else:
         lines = [(line.rstrip("\r\n"), f"<stdin>:{lineno}")  # CRLF: "\r" would be a token
                  for lineno, line in enumerate(decode_lines(sys.stdin.buffer, "<stdin>"), 1)
                  if line.strip()]  # blank lines are skipped, as in plain text corpora
         items = [(i, text, where) for i, (text, where) in enumerate(lines)]
+        if not items:
+            raise _no_prompts("none given as arguments, and standard input holds only blank "
+                              "lines or nothing")
     for _, text, where in items:
         if not text.strip():
             raise IR3DEError(f"{where}: empty prompt; nothing was routed")
@@ -439,6 +584,13 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
         except UnicodeEncodeError:  # an argument the shell passed as bytes not UTF-8
             raise IR3DEError(f"{where}: not valid UTF-8 text") from None
     return items
+
+
+def _no_prompts(why: str) -> IR3DEError:
+    """No prompt to route, wherever the call looked: an error, as an empty output would
+    pass for a successful run."""
+    return IR3DEError(f"no prompts: {why}; pass them as arguments, with --input FILE.jsonl, "
+                      "or on standard input (one per line)")
 
 
 def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
@@ -482,43 +634,58 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.prompt and args.input is not None:
         raise IR3DEError("prompts given both as arguments and with --input; give one or the "
                          "other")
+    if args.text_field is not None and args.input is None:
+        raise IR3DEError("--text-field applies to --input (JSONL records) only; prompts given "
+                         "as arguments or as plain text on standard input are read whole")
     router = Router.load(args.router)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
         _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)
         router.set_params(**overrides)
-    items = _prompts(args)
-    # Route everything before printing anything: a bad prompt fails the whole call.
-    decisions = []
-    for start in range(0, len(items), args.batch_size):
-        batch = items[start:start + args.batch_size]
-        try:
-            decisions += router.route_batch([t for _, t, _ in batch], explain=args.explain)
-        except IR3DEError as exc:
-            raise IR3DEError(f"the batch of {len(batch)} prompt(s) from {batch[0][2]}: "
-                             f"{exc}") from None
-    for (ident, _, _), decision in zip(items, decisions, strict=True):
-        _print_json({"id": ident, **decision.to_dict()})
+    items = _prompts(args)  # every prompt read and checked: a bad one fails before any output
+    # Each batch's decisions are printed (and flushed) as soon as it is routed, so a reader
+    # (`| head`) gets them early; the bar goes to stderr, shown on a terminal only.
+    with tqdm(total=len(items), unit="prompt", desc="routing", disable=None,
+              leave=False) as bar:
+        for start in range(0, len(items), args.batch_size):
+            batch = items[start:start + args.batch_size]
+            try:
+                decisions = router.route_batch([t for _, t, _ in batch], explain=args.explain)
+            except IR3DEError as exc:
+                raise IR3DEError(f"the batch of {len(batch)} prompt(s) from {batch[0][2]}: "
+                                 f"{exc}") from None
+            lines = "".join(_json_line({"id": ident, **decision.to_dict()})
+                            for (ident, _, _), decision in zip(batch, decisions, strict=True))
+            with bar.external_write_mode(file=sys.stdout):  # the bar steps aside meanwhile
+                _write_stdout(lines)
+                _flush_stdout()
+            bar.update(len(batch))
     return 0
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
     if args.action == "list":
-        meta = read_router_meta(args.router)
-        for e in meta["experts"]:
-            print(f"{e['name']}\t{e['n_prompts']} prompts\t{e['n_tokens']} tokens")
+        # loaded as route and inspect load it: a router they refuse is refused here too
+        router = _load_router(args.router)
+        for name in router.experts:
+            s = router.stats[name]
+            _echo(f"{name}\t{s.n_prompts} prompts\t{s.n_tokens} tokens")
         return 0
     out = Path(args.output or args.router)
     # the router itself is the output of an in-place update; its statistics never are
     _check_router_output(out, args.force or args.output is None,
                          [args.stats] if args.action == "add" else [])
-    router = Router.load(args.router)
     if args.action == "add":
+        if args.name is not None:
+            validate_domain_name(args.name, "--name")  # now, not after loading the router
         stats = DomainStats.load(args.stats)
+        _verify_trusted([stats], args.trust)
         name = stats.domain if args.name is None else args.name
+        router = _load_router(args.router)
         router.add_expert(name, stats)
         message = f"added expert {name!r}"
     else:
+        router = _load_router(args.router)
         router.remove_expert(args.name)
         message = f"removed expert {args.name!r}"
     router.save(out)
@@ -543,15 +710,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
     if kind == "ir3de-router":  # only what the router reads: no k without topk, no α for ridge
         info["config"] = _read_settings(info["config"])
-    if args.json:
-        _print_json({"kind": kind, **info})
-    else:
+    if not args.json:
+        # The header first: it names the embedder a user may have to install.
         _print_inspected(args.file, kind, info)
     if kind == "ir3de-router":
-        # Then loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
-        # that route would refuse fails here with the same error, not only a bad header. The
-        # header is printed first: it names the embedder a user may have to install.
+        # Loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
+        # that route would refuse fails here with the same error, not only a bad header.
         Router.load(args.file)
+    if args.json:  # only now: a JSON reader gets a router that loads or no document at all
+        _print_json({"kind": kind, **info})
     return 0
 
 
@@ -563,33 +730,33 @@ def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
-    print(f"{file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
-    print(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
+    _echo(f"{file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
+    _echo(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
           f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
-    print(f"  fingerprint  {info['fingerprint']}")
+    _echo(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
         if c["model"] == "nb" and c["pairs"] is None:
-            print(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
+            _echo(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
         elif c["model"] == "nb":
-            print(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
+            _echo(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
                   f"α={c['alpha']:g}  pair mass={c['pairs']:g}")
         else:
-            print(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
+            _echo(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   + (f"normalize={c['normalize']}  " if "normalize" in c else "")
                   + f"regularize_bias={c['regularize_bias']}")
-        print(f"  settings     selector={c['selector']}  "
+        _echo(f"  settings     selector={c['selector']}  "
               + (f"k={c['k']}  " if "k" in c else "") + f"max_tokens={c['max_tokens']}")
         if c["model"] == "ridge":
             mu = info.get("identity_mu")
-            print(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
+            _echo(f"  identity     {'off' if mu is None else f'μ={mu:g}'}"
                   + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))
-        print(f"  experts      {len(info['experts'])}")
+        _echo(f"  experts      {len(info['experts'])}")
         for e in info["experts"]:
-            print(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
+            _echo(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
     else:
-        print(f"  domain       {info['domain']}")
-        print(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
+        _echo(f"  domain       {info['domain']}")
+        _echo(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
               f"{_count(info['n_tokens'], 'token')} "
               f"(prompts capped at {info['max_tokens']} tokens)")
         held = [name for name, present in (("token counts", info["has_counts"]),
@@ -597,7 +764,7 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
                 if present]
         if info["n_pairs"] is not None:
             held.append(f"{info['n_pairs']} token pairs")
-        print("  holds        " + ", ".join(["A, b", *held]))
+        _echo("  holds        " + ", ".join(["A, b", *held]))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -607,25 +774,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_router_output(out, args.force)  # a previous demo's router is replaced
     config = _config_from_args(args)  # contradictory options fail before the fit
+    _check_embedder_args(args)
     emb = _embedder_from_args(args)
     fit, test = reasoning_split(data, protocol="xdata")
-    print(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
+    _echo(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
           "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
     start = time.perf_counter()
     stats = [compute_stats(emb, texts, domain=d, progress=not args.quiet)
              for d, texts in fit.items()]
+    if not args.quiet:
+        _announce_solve(config)
     router = Router(emb, config).fit_stats(stats)
     router.save(out)
     n_tokens = sum(s.n_tokens for s in stats)
-    print(f"fitted {_count(len(stats), 'expert')} on {n_tokens:,} tokens in "
+    _echo(f"fitted {_count(len(stats), 'expert')} on {n_tokens:,} tokens in "
           f"{time.perf_counter() - start:.1f} s; saved {out}")
     examples = ["Natalia sold 48 clips in April and half as many in May. How many in total?",
                 "Quelle est la capitale de l'Australie ?\nA. Sydney\nB. Canberra\nC. Melbourne",
                 "def fibonacci(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
                 "Write a haiku about autumn. Do not use any commas and end with a question."]
     for text, d in zip(examples, router.route_batch(examples), strict=True):
-        print(f"  {d.expert:<22} {d.confidence:5.2f}  {text.splitlines()[0][:60]}")
-    print("routing accuracy on the held-out test prompts:")
+        _echo(f"  {d.expert:<22} {d.confidence:5.2f}  {text.splitlines()[0][:60]}")
+    _echo("routing accuracy on the held-out test prompts:")
     accs = {}
     start = time.perf_counter()
     n = 0
@@ -633,9 +803,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         preds = router.predict(texts)
         n += len(texts)
         accs[domain] = sum(p == domain for p in preds) / len(texts)
-        print(f"  {domain:<22} {100 * accs[domain]:5.1f}%  ({len(texts)} prompts)")
+        _echo(f"  {domain:<22} {100 * accs[domain]:5.1f}%  ({len(texts)} prompts)")
     elapsed = time.perf_counter() - start
-    print(f"  {'balanced accuracy':<22} {100 * sum(accs.values()) / len(accs):5.1f}%  "
+    _echo(f"  {'balanced accuracy':<22} {100 * sum(accs.values()) / len(accs):5.1f}%  "
           f"({1e6 * elapsed / n:.0f} µs per prompt incl. tokenization)")
     return 0
 
@@ -689,7 +859,15 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .signing import generate_key
 
-    public = generate_key(args.output, force=args.force)
+    private = Path(args.output)
+    if private.suffix == ".pub":  # its public key, KEY with suffix .pub, would overwrite it
+        name = private.with_suffix("").with_suffix(".key")
+        raise IR3DEError(f"{private}: name the private key, not a .pub file (e.g. {name}, "
+                         f"whose public key goes beside it as {name.with_suffix('.pub')})")
+    # Both files checked before either is written: a directory is said to be one at once.
+    _check_output(private, args.force)
+    _check_output(private.with_suffix(".pub"), args.force)
+    public = generate_key(private, force=args.force)
     print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
           f"{args.output}); {public}: public key (give it to router builders: "
           "ir3de build --trust DIR)", file=sys.stderr)
@@ -726,8 +904,6 @@ def _make_out_dir(out: Path) -> list[Path]:
         raise IR3DEError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") \
             from None
     try:
-        import tempfile
-
         tempfile.TemporaryFile(dir=out).close()
     except OSError as exc:
         _remove_empty(created)
@@ -747,7 +923,6 @@ def _remove_empty(folders: Sequence[Path]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import datetime
-    import os
     import platform
 
     from .baselines import device_label
@@ -774,6 +949,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole run
         raise IR3DEError(f"--out {out} is not a directory")
+    for option, data in (("--fit", args.fit), ("--test", args.test)):
+        # Every JSONL file of a data folder is data: the next run would read the report's
+        # results.json and decisions.jsonl as prompts.
+        folder = Path(data).resolve() if data and Path(data).is_dir() else None
+        if folder is not None and folder in (out.resolve(), *out.resolve().parents):
+            where = "is" if folder == out.resolve() else "lies inside"
+            raise IR3DEError(f"--out {out} {where} the {option} folder {data}, whose JSONL "
+                             "files are all read as data; choose another --out")
     require_creatable(out)
     _check_eval_out(out, args.force,
                     ["report.md", "results.json", *(["decisions.jsonl"] * args.decisions)])
@@ -873,9 +1056,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or "
                                              "Parquet; with --engine ray also globs and URLs")
     p.add_argument("--domain", required=True, help="the domain (expert) name")
-    p.add_argument("-o", "--output", required=True, help="statistics file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="statistics file to write (missing folders are created)")
     p.add_argument("--format", choices=FORMATS, help="corpus format (default: from the suffix)")
-    p.add_argument("--text-field", default="text", help="JSON field / Parquet column (text)")
+    p.add_argument("--text-field", metavar="FIELD",
+                   help="JSON field / Parquet column holding the text (default: text); refused "
+                        "for plain text corpora, which have none")
     p.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS,
                    help=f"tokens counted per prompt at most (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--no-pairs", action="store_true",
@@ -900,7 +1086,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sum statistics files of the SAME domain (computed on "
                                    "different machines or corpus parts): equal to one fit.")
     p.add_argument("stats", nargs="+", help="statistics files of one domain")
-    p.add_argument("-o", "--output", required=True, help="statistics file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="statistics file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("--no-pairs", action="store_true",
                    help="leave the token-pair counts out of the merged file (needed to merge "
@@ -914,7 +1101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Write NAME=FILE to give an expert another name than its "
                                    "file's domain.")
     p.add_argument("stats", nargs="+", metavar="[NAME=]FILE", help="statistics files")
-    p.add_argument("-o", "--output", required=True, help="router file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="router file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
     _add_router_args(p)
@@ -929,7 +1117,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "KEY (private, owner-only) and KEY with suffix .pub "
                                    "(public, for router builders' --trust folder). Needs the "
                                    "extra ir3de[sign].")
-    p.add_argument("-o", "--output", required=True, metavar="KEY", help="private key file")
+    p.add_argument("-o", "--output", required=True, metavar="KEY",
+                   help="private key file, not named .pub (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=cmd_keygen)
 
@@ -949,14 +1138,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and \"7\" are one id).\n\n"
                                    "Every prompt is read and checked first: an empty prompt, "
                                    "a bad record or a repeated id fails the call, naming it, "
-                                   "and nothing is printed.")
+                                   "and nothing is printed; so does finding no prompt at all. "
+                                   "Then each batch's decisions are printed as soon as it is "
+                                   "routed, with a progress bar on stderr when that is a "
+                                   "terminal.")
     p.add_argument("router", help="router file")
     p.add_argument("prompt", nargs="*", help="prompts to route")
     p.add_argument("--input", metavar="FILE",
                    help="JSONL, one object per line with the prompt in a text field and "
                         "optionally an id ('-': stdin); plain text goes on stdin without "
                         "--input")
-    p.add_argument("--text-field", default="text", help="JSON field holding the prompt")
+    p.add_argument("--text-field", metavar="FIELD",
+                   help="JSON field of the --input records holding the prompt (default: text)")
     p.add_argument("--explain", action="store_true",
                    help="add per-expert scores and the voting tokens")
     p.add_argument("--k", type=_positive_int, help="override the router's k")
@@ -974,13 +1167,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("router")
     e.add_argument("stats", help="statistics file")
     e.add_argument("--name", help="expert name (default: the file's domain)")
-    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place "
+                                          "(missing folders are created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
+    e.add_argument("--trust", metavar="DIR",
+                   help="accept the statistics only if signed by a public key (*.pub) in DIR, "
+                        "as build --trust; an unsigned, untrusted or altered file is refused, "
+                        "nothing is written")
     e = esub.add_parser("remove", help="remove an expert")
     e.add_argument("router")
     e.add_argument("name", help="expert to remove")
-    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place")
+    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place "
+                                          "(missing folders are created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
     p.set_defaults(func=cmd_experts)
@@ -995,7 +1194,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "counts and tables. A router is then loaded as route "
                                    "loads it.")
     p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output, printed once a router has loaded (nothing "
+                        "on stdout for one that fails)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", formatter_class=fmt,
@@ -1005,7 +1206,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "print the routing accuracy on the held-out test sets.")
     p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
     p.add_argument("-o", "--output", default="router.safetensors",
-                   help="router file to write (an existing router is replaced)")
+                   help="router file to write (an existing router is replaced; missing "
+                        "folders are created)")
     p.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -1039,8 +1241,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "domains"], help="settings to run: all (default) or some of "
                                                  "those above")
     p.add_argument("--out", required=True, type=_folder,
-                   help="output folder (created if missing); a previous eval's outputs in it "
-                        "are replaced, other files of the same names only with --force")
+                   help="output folder (created if missing; neither a --fit or --test "
+                        "folder nor inside one); a previous eval's outputs in it are "
+                        "replaced, other files of the same names only with --force")
     p.add_argument("--force", action="store_true",
                    help="replace a report.md, results.json or decisions.jsonl in --out that "
                         "ir3de eval did not write")
@@ -1115,7 +1318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is not None:
         args.argv = list(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        _flush_stdout()  # a buffered write fails here, reported as any error, not at exit
+        return code
     except IR3DEError as exc:
         print(f"ir3de: error: {exc}", file=sys.stderr)
         return 1
@@ -1124,7 +1329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as exc:
-        print(f"ir3de: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ir3de: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ir3de: interrupted", file=sys.stderr)
