@@ -773,6 +773,25 @@ def test_identity_add_remove_save_load_are_exact(emb: Embedder, toy_stats,
     assert loaded.predict(PROMPTS) == router.predict(PROMPTS)
 
 
+def test_loading_an_auto_identity_router_reuses_its_chosen_mu(emb: Embedder, toy_stats,
+                                                              tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Loading solves once at the saved μ (the search costs one solve per grid value),
+    and gives the searched router bit for bit; a change of experts searches again."""
+    router = Router(emb, "identity").fit_stats(toy_stats)
+    router.save(tmp_path / "r.safetensors")
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the μ search ran again on load")
+
+    monkeypatch.setattr("ir3de.router.solve_identity_auto", no_search)
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config.identity == "auto" and loaded.identity_mu == router.identity_mu
+    assert_same_state(loaded, router)
+    with pytest.raises(AssertionError, match="search ran again"):
+        loaded.remove_expert("law")
+
+
 def test_identity_setting_is_validated_and_re_solves(emb: Embedder, toy_stats) -> None:
     with pytest.raises(IR3DEError, match="identity μ must be a finite number > 0"):
         Router(emb, identity=-1.0)

@@ -397,13 +397,15 @@ class Router:
             table[name] = s if s.domain == name else s.renamed(name)
         return self._fit_table(table, refuse_identical=True)
 
-    def _fit_table(self, table: dict[str, DomainStats], *, refuse_identical: bool) -> Router:
+    def _fit_table(self, table: dict[str, DomainStats], *, refuse_identical: bool,
+                   chosen_mu: float | None = None) -> Router:
         """Solve for the experts of ``table`` (checked names), refusing incompatible
-        statistics and, with ``refuse_identical``, two experts with identical ones."""
+        statistics and, with ``refuse_identical``, two experts with identical ones;
+        ``chosen_mu``: the identity μ ``"auto"`` already chose for these statistics."""
         self._check_compatible(table.values())
         if refuse_identical:
             _refuse_identical(list(table.items()))
-        self._state = self._solve(tuple(table), table, self.config)
+        self._state = self._solve(tuple(table), table, self.config, chosen_mu)
         return self
 
     def _check_compatible(self, stats: Iterable[DomainStats]) -> None:
@@ -431,7 +433,7 @@ class Router:
                                            f"vocabulary {V}")
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
-               config: RouterConfig) -> _State:
+               config: RouterConfig, chosen_mu: float | None = None) -> _State:
         if config.model == "nb":
             L = solve_nb(stats, experts, alpha=config.alpha)
             if L.shape[0] != self.embedder.vocab_size:
@@ -448,7 +450,13 @@ class Router:
                  "regularize_bias": config.regularize_bias}
         if config.identity is not None:
             mu = config.identity
-            if mu == "auto":
+            if mu == "auto" and chosen_mu is not None:
+                # A saved router's μ: the search would pick it again from the same
+                # statistics, and solving at it gives the search's own (W, U) bit for bit
+                # at a fraction of the cost (one solve instead of one per grid value).
+                mu = chosen_mu
+                W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
+            elif mu == "auto":
                 W, U, mu = solve_identity_auto(stats, experts, self.embedder, **ridge)
             else:
                 W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
@@ -740,7 +748,8 @@ class Router:
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         # Names were checked with the metadata. Identical experts are refused when a router
         # is built or changed, not here: a file saved before that rule still loads.
-        return router._fit_table(stats, refuse_identical=False)
+        return router._fit_table(stats, refuse_identical=False,
+                                 chosen_mu=meta.get("identity_mu"))
 
 
 def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
