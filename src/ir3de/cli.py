@@ -308,9 +308,12 @@ def _announce_solve(config: RouterConfig) -> None:
 
 
 def _load_router(path: str) -> Router:
-    """:meth:`Router.load` for the experts commands; loading re-solves the router, so a
-    slow solve is announced first."""
-    _announce_solve(RouterConfig.from_dict(read_router_meta(path)["config"]))
+    """:meth:`Router.load` for the experts commands, announcing a slow solve first: a
+    router saved with its identity μ is solved once at it, one saved without (older files)
+    searches again."""
+    meta = read_router_meta(path)
+    if meta.get("identity_mu") is None:
+        _announce_solve(RouterConfig.from_dict(meta["config"]))
     return Router.load(path)
 
 
@@ -682,10 +685,13 @@ def cmd_experts(args: argparse.Namespace) -> int:
         _verify_trusted([stats], args.trust)
         name = stats.domain if args.name is None else args.name
         router = _load_router(args.router)
+        _announce_solve(router.config)  # a new expert: μ is chosen again
         router.add_expert(name, stats)
         message = f"added expert {name!r}"
     else:
         router = _load_router(args.router)
+        if args.name in router.experts and len(router.experts) > 1:  # else refused at once
+            _announce_solve(router.config)
         router.remove_expert(args.name)
         message = f"removed expert {args.name!r}"
     router.save(out)
