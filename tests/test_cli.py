@@ -928,7 +928,7 @@ def test_build_merge_and_experts_add_refuse_identical_statistics(built: dict[str
                    "twice?); each expert needs the statistics of its own corpus\n")
     code, _, err = run(capsys, "merge", built["math"], copy, "-o", out)
     assert code == 1 and not out.exists()
-    assert err == (f"ir3de: error: merge: items 0 and 1 ({built['math']} and {copy}) of domain "
+    assert err == (f"ir3de: error: merge: items #1 and #2 ({built['math']} and {copy}) of domain "
                    "'math' hold identical statistics (the same corpus twice?): it would be "
                    "counted twice\n")
     before = built["router"].read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ from conftest import jsonl_texts
 from ir3de import IR3DEError
 from ir3de.data import (
     JSONL_SUFFIXES,
+    decode_lines,
     default_data_dir,
     read_corpus,
     read_jsonl,
     reasoning_split,
+    refuse_repeated_paths,
 )
 
 TEXTS = ["What is 2 + 2?", "def f(x):\n    return x", "Ünïcödé ✓ and emoji 😀", "  padded  "]
@@ -209,3 +212,57 @@ def test_jsonl_suffixes_are_what_read_corpus_reads_as_jsonl(tmp_path: Path) -> N
         path = tmp_path / f"x{suffix.upper()}"
         path.write_text('{"text": "hello"}\n')
         assert list(read_corpus(path)) == ["hello"]
+
+
+# ------------------------------------------------------------------ byte-order marks
+
+
+BOM = "\ufeff".encode()
+
+
+def test_a_bom_at_the_start_is_dropped_by_every_reader(tmp_path: Path) -> None:
+    """Windows editors start UTF-8 files with a byte-order mark: JSONL used to be refused
+    ("decode using utf-8-sig") and plain text counted U+FEFF as part of the first prompt."""
+    jsonl = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
+    jsonl.write_bytes(BOM + jsonl.read_bytes())
+    assert list(read_corpus(jsonl)) == TEXTS
+    assert [r["text"] for r in read_jsonl(jsonl)] == TEXTS
+    text = tmp_path / "c.txt"
+    text.write_bytes(BOM + b"first prompt\r\nsecond\n")
+    assert list(read_corpus(text)) == ["first prompt", "second"]
+    # standard input and the Ray engine's workers read through decode_lines too
+    assert list(decode_lines(iter([BOM + b"one\n", b"two\n"]), "<stdin>")) == ["one\n",
+                                                                            "two\n"]
+    assert list(decode_lines([BOM], "<stdin>")) == [""]
+
+
+def test_a_bom_elsewhere_is_text(tmp_path: Path) -> None:
+    """Only the very start of the first line is a byte-order mark; later it is a character
+    (a zero-width no-break space) of the text, and the line numbers stay the file's."""
+    assert list(decode_lines([b"a\n", BOM + b"b\n"], "x")) == ["a\n", "\ufeffb\n"]
+    assert list(decode_lines([b"x" + BOM], "x")) == ["x\ufeff"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(BOM + b'{"text": "ok"}\n{"text": \xff}\n')
+    with pytest.raises(IR3DEError, match=r"bad\.jsonl:2: not valid UTF-8 \(byte 0xff"):
+        list(read_corpus(bad))
+
+
+# ------------------------------------------------------------------ repeated paths
+
+
+def test_a_corpus_named_twice_is_refused_under_any_name(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hard link to the same file used to be read twice (its resolved path differs)."""
+    corpus = write_jsonl(tmp_path / "math.jsonl", [{"text": t} for t in TEXTS])
+    os.link(corpus, tmp_path / "hl.jsonl")
+    (tmp_path / "sym.jsonl").symlink_to(corpus)
+    monkeypatch.chdir(tmp_path)
+    for again in ("hl.jsonl", "sym.jsonl", "./math.jsonl", str(corpus)):
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(again)} is given twice \(also as "
+                                             r"math\.jsonl\); it would be counted twice$"):
+            refuse_repeated_paths(["math.jsonl", again])
+    # a copy is another file; URLs and missing paths are compared as given
+    (tmp_path / "copy.jsonl").write_bytes(corpus.read_bytes())
+    refuse_repeated_paths(["math.jsonl", "copy.jsonl", "s3://b/math.jsonl", "missing.jsonl"])
+    with pytest.raises(IR3DEError, match="given twice"):
+        refuse_repeated_paths(["s3://b/math.jsonl", "s3://b/math.jsonl"])

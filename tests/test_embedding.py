@@ -6,6 +6,7 @@ import copy
 import json
 import pickle
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -533,3 +534,75 @@ def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:
                             ({"kind": "wordllama", "tensor": 3}, "'tensor' must be a string")):
         with pytest.raises(IR3DEError, match=message):
             load_embedder(recipe)
+
+
+def test_malformed_checkpoint_index_is_named(make_model_folder) -> None:
+    """A hand-edited or truncated model.safetensors.index.json used to end in a traceback
+    (JSONDecodeError, KeyError, TypeError)."""
+    folder, _ = make_model_folder(sharded=True)
+    index = folder / "model.safetensors.index.json"
+    for content, message in (
+            ("{bad", r"not valid JSON \(Expecting property name enclosed in double quotes at "
+                     r"line 1 column 2\)"),
+            ("{}", r"no 'weight_map' object \(tensor name → shard file\)"),
+            ("[1, 2]", r"no 'weight_map' object"),
+            ('{"weight_map": ["model.embed_tokens.weight"]}', r"no 'weight_map' object"),
+            ('{"weight_map": {"foo.weight": 5}}', r"'weight_map' entry 'foo\.weight' is 5, "
+                                                  r"not a shard file name"),
+            ('{"weight_map": {"model.embed_tokens.weight": null}}',
+             r"'weight_map' entry 'model\.embed_tokens\.weight' is null")):
+        index.write_text(content)
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(str(index))}: {message}"):
+            load_embedder(folder)
+    index.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(IR3DEError, match=rf"^{re.escape(str(index))}: cannot be read"):
+        load_embedder(folder)
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", ">f4", "<f8"])
+def test_nan_or_inf_in_a_table_is_refused_at_load(tmp_path: Path, dtype: str) -> None:
+    """Found when the embedder loads, naming the table, the count and the first row; it
+    used to surface only as NaN/Inf in statistics built from it, blaming them."""
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok, n_extra=4000)
+    # Over 1 MiB: the bad rows lie in a later block of the pass than the first.
+    table = np.ones((vocab, 128), dtype=dtype)
+    table[3001, 7] = np.nan
+    table[3500, :2] = np.inf
+    table[3900, 0] = -np.inf
+    np.save(tmp_path / "t.npy", table)
+    with pytest.raises(IR3DEError, match=rf"^embedding table {re.escape(str(tmp_path))}/t\.npy "
+                                         r"holds 4 NaN/Inf value\(s\) \(first at row 3001\)$"):
+        load_embedder(tok, table=tmp_path / "t.npy")
+    table[[3001, 3500, 3900]] = 1e-3 if dtype != "<f2" else 65504.0  # float16's largest
+    np.save(tmp_path / "t.npy", table)
+    assert load_embedder(tok, table=tmp_path / "t.npy").rows(np.array([3500]))[0, 0] == \
+        float(table[3500, 0])
+
+
+def test_nan_in_a_bf16_checkpoint_is_refused_at_load(make_model_folder) -> None:
+    folder, table = make_model_folder(sharded=True)
+    shard = folder / "model-00002-of-00002.safetensors"
+    data, _ = to_bf16(np.where(np.arange(table.size).reshape(table.shape) == 13, np.nan,
+                               table).astype(np.float32))
+    write_raw_safetensors(shard, {"model.embed_tokens.weight": ("BF16", table.shape, data)})
+    with pytest.raises(IR3DEError, match=rf"^embedding table {re.escape(str(shard))} \(tensor "
+                                         r"'model\.embed_tokens\.weight'\) holds 1 NaN/Inf "
+                                         rf"value\(s\) \(first at row {13 // table.shape[1]}\)"):
+        load_embedder(folder)
+
+
+def test_a_table_must_hold_floats(emb: Embedder) -> None:
+    with pytest.raises(IR3DEError, match=r"^x: embedding table must hold float16, float32 or "
+                                         r"float64 numbers \(or bfloat16 bits as uint16\), "
+                                         r"got int64$"):
+        Embedder(emb._tokenizer_path, np.ones((emb.vocab_size, 2), np.int64), spec={}, name="x")
+
+
+def test_encode_batch_names_texts_by_the_callers_positions(emb: Embedder) -> None:
+    with pytest.raises(IR3DEError, match=r"^text #1 holds an unpaired surrogate"):
+        emb.encode_batch(["ok", "a\ud800"])
+    with pytest.raises(IR3DEError, match=r"^text #1031 holds an unpaired surrogate"):
+        emb.encode_batch(["ok", "a\ud800"], positions=[1030, 1031])
+    with pytest.raises(IR3DEError, match=r"^text #17 is a int, not a string"):
+        emb.encode_batch(["ok", 5], positions=(3, 17))

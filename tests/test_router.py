@@ -436,6 +436,25 @@ def test_load_refuses_a_dim_other_than_the_embedders(toy_router: Router,
         Router.load(tmp_path / "bad.safetensors")
 
 
+def test_load_refuses_count_tensors_stored_as_floats(toy_router: Router,
+                                                     tmp_path: Path) -> None:
+    """A cast would truncate them: refused as statistics files refuse them."""
+    toy_router.save(tmp_path / "r.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "r.safetensors")
+    for name in ("counts", "doc_counts", "pair_counts"):
+        bad = tmp_path / f"{name}.safetensors"
+        write_safetensors(bad, {**tensors, name: tensors[name] + 0.5}, meta)
+        with pytest.raises(StatsFormatError, match=rf"{name}\.safetensors: tensor '{name}' "
+                                                   r"holds float64 values; counts must be "
+                                                   r"stored as integers"):
+            Router.load(bad)
+
+
+def test_fit_names_a_bad_text_by_its_place_in_texts(emb: Embedder) -> None:
+    with pytest.raises(IR3DEError, match=r"text #3 "):
+        Router(emb).fit(["a", "b", "c", "\ud800x"], ["m", "m", "c", "c"])
+
+
 def test_legacy_config_is_completed_in_the_header(toy_stats, emb: Embedder,
                                                   tmp_path: Path) -> None:
     """read_router_meta gives the settings a router loads with, every one of them (inspect

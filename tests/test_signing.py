@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import stat
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import CORPORA
 
-from ir3de import DomainStats, Embedder, Router, RouterConfig, compute_stats
+from ir3de import DomainStats, Embedder, Router, RouterConfig, compute_stats, merge
 from ir3de.cli import main
 from ir3de.errors import IR3DEError
 from ir3de.statistics import PairCounts
@@ -38,7 +40,9 @@ def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Pa
     public = generate_key(tmp_path / "p.key")
     assert public == tmp_path / "p.pub" and b"PUBLIC KEY" in public.read_bytes()
     assert stat.S_IMODE((tmp_path / "p.key").stat().st_mode) == 0o600
-    with pytest.raises(IR3DEError, match="exists; pass --force"):
+    # The library's own spelling first (the CLI shares the message: --force there)
+    with pytest.raises(IR3DEError, match=r"p\.key exists; pass force=True \(--force on "
+                                         r"the command line\) to overwrite it"):
         generate_key(tmp_path / "p.key")
     # a .pub name would make the public key overwrite the private one
     with pytest.raises(IR3DEError, match=r"name the private key, not a \.pub file"):
@@ -160,3 +164,50 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
     assert max(default.values()) < 0.05, default  # the default (nb) weighs domains equally
     identity = share_to_coding(Router(emb, RouterConfig.preset("identity")).fit_stats(stats))
     assert max(identity.values()) < 0.05, identity
+
+
+def test_malformed_signatures_are_named_as_such(emb: Embedder, keys) -> None:
+    """A signature that is not hex used to read as "the file was changed after it was
+    signed"."""
+    trusted = load_trusted(keys["trusted"])
+    signed = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
+    for field, bad, digits in (("signature", "zz" * 64, 128), ("signature", "ab" * 63, 128),
+                               ("signature", "ab " * 42 + "ab", 128), ("signature", 5, 128),
+                               ("public_key", "g" * 64, 64), ("public_key", None, 64)):
+        forged = dataclasses.replace(signed, signature={**signed.signature, field: bad},
+                                     source="forged.stats")
+        with pytest.raises(IR3DEError, match=rf"^forged\.stats: malformed signature metadata: "
+                                             rf"'{field}' must be {digits} hexadecimal "
+                                             r"digits$"):
+            verify(forged, trusted)
+    with pytest.raises(IR3DEError, match=r"^forged\.stats: malformed signature metadata "
+                                         r"\(expected an object with alg 'ed25519'\)$"):
+        verify(dataclasses.replace(signed, signature="abc", source="forged.stats"), trusted)
+    assert verify(signed, trusted) == "alice.pub"
+
+
+def test_trusted_keys_must_be_a_folder(keys) -> None:
+    pub = keys["trusted"] / "alice.pub"
+    with pytest.raises(IR3DEError, match=rf"^{pub}: a file, not a folder of trusted keys"):
+        load_trusted(pub)
+    with pytest.raises(IR3DEError, match=r": no such folder of trusted keys"):
+        load_trusted(keys["trusted"] / "missing")
+
+
+def test_derived_statistics_say_their_signature_was_dropped(emb: Embedder, keys,
+                                                            tmp_path: Path) -> None:
+    """A renamed signed file used to be reported as "not signed", as if never signed."""
+    trusted = load_trusted(keys["trusted"])
+    sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"]).save(
+        tmp_path / "math.stats")
+    loaded = DomainStats.load(tmp_path / "math.stats")
+    other = compute_stats(emb, ["What is 2 + 2?"], domain="math")
+    for derived, why in ((loaded.renamed("x"), "it was renamed from 'math' to 'x'"),
+                         (loaded + other, r"it was combined \(\+, -, sum or merge\) from "
+                                          "signed statistics"),
+                         (merge([loaded], drop_pairs=True)["math"],
+                          r"its token-pair counts were dropped \(merge with drop_pairs=True\)")):
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(derived.source)}: not signed any "
+                                             rf"more: the signature was dropped when {why}"):
+            verify(derived, trusted)
+    assert verify(loaded, trusted) == "alice.pub"

@@ -202,7 +202,7 @@ def test_texts_must_be_an_iterable_of_strings(emb: Embedder, count) -> None:
                 pulled.append(text)
                 yield text
 
-        with pytest.raises(IR3DEError, match=rf"item 2 of texts is {name}, not a string"):
+        with pytest.raises(IR3DEError, match=rf"text #2 is a {name}, not a string"):
             count(emb, stream(), domain="x")
         assert pulled == ["1 + 1", "  ", bad]  # stopped at the culprit
 
@@ -375,7 +375,7 @@ def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
     """The same shard twice would be counted twice (the CLI refuses a file given twice):
     the same object, or one file loaded twice, under any spelling of its path."""
     a, law = toy_stats["math"], toy_stats["law"]
-    with pytest.raises(IR3DEError, match=r"merge: items 0 and 2 are the same statistics "
+    with pytest.raises(IR3DEError, match=r"merge: items #1 and #3 are the same statistics "
                                          r"\(<memory>\).*counted twice"):
         merge([a, law, a])
     with pytest.raises(IR3DEError, match="counted twice"):
@@ -383,7 +383,7 @@ def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
     a.save(tmp_path / "a.stats")
     monkeypatch.chdir(tmp_path)
     twice = [DomainStats.load("a.stats"), DomainStats.load(tmp_path / "." / "a.stats")]
-    with pytest.raises(IR3DEError, match=r"items 0 and 1 are the same statistics "
+    with pytest.raises(IR3DEError, match=r"items #1 and #2 are the same statistics "
                                          r"\(.*a\.stats\)"):
         merge(twice)
     # One file under two domain names is two domains, and derived statistics are new data.
@@ -399,13 +399,13 @@ def test_merge_refuses_identical_statistics(toy_stats: dict[str, DomainStats], e
     math.save(tmp_path / "a.stats")
     (tmp_path / "a_copy.stats").write_bytes((tmp_path / "a.stats").read_bytes())
     shards = load_stats_files([tmp_path / "a.stats", tmp_path / "a_copy.stats"])
-    with pytest.raises(IR3DEError, match=r"^merge: items 0 and 1 \(.*a\.stats and .*a_copy\."
+    with pytest.raises(IR3DEError, match=r"^merge: items #1 and #2 \(.*a\.stats and .*a_copy\."
                                          r"stats\) of domain 'math' hold identical statistics "
                                          r"\(the same corpus twice\?\): it would be counted "
                                          r"twice$"):
         merge(shards)
     again = compute_stats(emb, CORPORA["math"], domain="math")  # counted again, no pairs kept
-    with pytest.raises(IR3DEError, match=r"items 1 and 2 .* hold identical statistics"):
+    with pytest.raises(IR3DEError, match=r"items #2 and #3 .* hold identical statistics"):
         merge([toy_stats["law"], math, dataclasses.replace(again, pairs=None)],
               drop_pairs=True)
     # Other domains, and shards that differ, merge as before.
@@ -504,13 +504,24 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
     same = dataclasses.replace(s, max_tokens=np.int64(s.max_tokens))
     assert type(same.max_tokens) is int and same.max_tokens == s.max_tokens
     for field, value in (("A", s.A.tolist()), ("b", s.b.tolist()), ("A", None),
-                         ("counts", s.counts.tolist()), ("doc_counts", s.doc_counts.tolist()),
                          ("A", s.A.astype(object)), ("b", s.b.astype(str))):
         with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be a numpy "
                                                    r"array of numbers, got "):
             dataclasses.replace(s, **{field: value})
+    # Counts are integers: float ones would be truncated when saved.
+    for field, value, got in (("counts", s.counts.tolist(), "list"),
+                              ("doc_counts", s.doc_counts.tolist(), "list"),
+                              ("counts", s.counts.astype(np.float64), "array of float64"),
+                              ("doc_counts", s.doc_counts.astype(np.float32),
+                               "array of float32")):
+        with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be a numpy "
+                                                   rf"array of integers, got {got}$"):
+            dataclasses.replace(s, **{field: value})
     with pytest.raises(StatsFormatError, match=r"pair_keys must be a numpy array"):
         dataclasses.replace(s, pairs=PairCounts(s.pairs.keys.tolist(), s.pairs.counts))
+    with pytest.raises(StatsFormatError, match=r"pair_counts must be a numpy array of "
+                                               r"integers, got array of float64"):
+        dataclasses.replace(s, pairs=PairCounts(s.pairs.keys, s.pairs.counts * 1.0))
     with pytest.raises(StatsFormatError, match=r"pairs must be a PairCounts"):
         dataclasses.replace(s, pairs=s.pairs.keys)
     keys, counts = s.pairs
@@ -519,10 +530,15 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
                       PairCounts(keys, counts * 0),  # not positive
                       PairCounts(keys, counts + s.n_prompts),  # more prompts than hold a token
                       PairCounts(keys[1:], counts[1:]),  # a token occurrence without its pair
-                      PairCounts(np.append(keys, (V + 1) ** 2), np.append(counts, 1)),
-                      PairCounts(keys.astype(np.float64), counts)):
+                      PairCounts(keys.astype(np.int32), counts)):
         with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
             dataclasses.replace(s, pairs=bad_pairs)
+    # A key past the vocabulary is named as what it is: a key of another vocabulary size.
+    with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {(V + 1) ** 2}, is "
+                                               rf"one of a vocabulary of {V + 1} ids, but "
+                                               rf"doc_counts has {V} entries"):
+        dataclasses.replace(s, pairs=PairCounts(np.append(keys, (V + 1) ** 2),
+                                                np.append(counts, 1)))
 
 
 def test_three_parties_federation_is_exact(emb: Embedder, data_dir: Path, tmp_path: Path,
@@ -555,3 +571,131 @@ def test_three_parties_federation_is_exact(emb: Embedder, data_dir: Path, tmp_pa
     code = main(["build", str(files[0]), str(files[1]), str(truncated), "-o", str(out)])
     assert code == 1 and "truncated.stats" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------ refusals that name the cause
+
+
+def _padded(array: np.ndarray, extra: int = 5) -> np.ndarray:
+    return np.concatenate([array, np.zeros(extra, dtype=array.dtype)])
+
+
+def test_combining_arrays_of_different_lengths_names_both(toy_stats: dict[str, DomainStats],
+                                                         emb: Embedder) -> None:
+    """Hand-made statistics whose count vectors do not fit the vocabulary (under one
+    fingerprint) used to fail inside numpy's broadcasting, naming neither side."""
+    math = dataclasses.replace(toy_stats["math"], pairs=None, source="padded.st")
+    padded = dataclasses.replace(math, counts=_padded(math.counts),
+                                 doc_counts=_padded(math.doc_counts))
+    other = dataclasses.replace(compute_stats(emb, ["What is 2 + 2?"], domain="math"),
+                                pairs=None, source="other.st")
+    V = emb.vocab_size
+    want = (rf"cannot combine padded\.st \(math\) with other\.st: their arrays differ in "
+            rf"length \(counts {V + 5} entries vs {V} entries; doc_counts {V + 5} entries vs "
+            rf"{V} entries\)")
+    for combine in (lambda: padded + other, lambda: padded - other):
+        with pytest.raises(StatsFormatError, match=want):
+            combine()
+    # merge sums the smaller shard first
+    for combine in (lambda: other + padded, lambda: merge([padded, other])):
+        with pytest.raises(StatsFormatError, match=r"other\.st \(math\) with padded\.st: .*"
+                                                   rf"counts {V} entries vs {V + 5} entries"):
+            combine()
+    # A/b of another width under the same fingerprint are named with their shapes.
+    wide = dataclasses.replace(other, counts=None, doc_counts=None,
+                               A=np.pad(other.A, ((1, 0), (1, 0))),
+                               b=np.pad(other.b, (1, 0)))
+    with pytest.raises(StatsFormatError, match=rf"A \({emb.dim + 1}, {emb.dim + 1}\) vs "
+                                               rf"\({emb.dim + 2}, {emb.dim + 2}\); b "
+                                               rf"{emb.dim + 1} entries vs {emb.dim + 2}"):
+        dataclasses.replace(math, counts=None, doc_counts=None) + wide
+
+
+def test_pairs_of_another_vocabulary_are_named_as_a_length_problem(
+        toy_stats: dict[str, DomainStats]) -> None:
+    """Counts padded but pairs kept: the pair keys encode the true vocabulary size, which is
+    what the error names (not "token-pair frequencies disagree")."""
+    s = toy_stats["math"]
+    V = s.counts.size
+    with pytest.raises(StatsFormatError, match=rf"<memory>: the largest token-pair key, "
+                                               rf"\d+, is one of a vocabulary of {V} ids, "
+                                               rf"but doc_counts has {V + 5} entries"):
+        dataclasses.replace(s, counts=_padded(s.counts), doc_counts=_padded(s.doc_counts))
+    with pytest.raises(StatsFormatError, match=rf"doc_counts has shape \({V + 5},\) but "
+                                               rf"counts \({V},\)"):
+        dataclasses.replace(s, doc_counts=_padded(s.doc_counts))
+
+
+@pytest.mark.parametrize("count", [compute_stats, streaming_stats])
+def test_a_bad_text_is_named_by_its_place_in_the_callers_sequence(emb: Embedder,
+                                                                  count) -> None:
+    """Texts are encoded in batches of 1024 non-blank ones: a surrogate in a later batch,
+    or after blank texts, used to be named by its index within its batch."""
+    texts = ["ok", "  "] * 1030 + ["a\ud800"]
+    with pytest.raises(IR3DEError, match=r"^text #2060 holds an unpaired surrogate"):
+        count(emb, texts, domain="x")
+    with pytest.raises(IR3DEError, match=r"^text #1030 holds an unpaired surrogate"):
+        count(emb, ["ok"] * 1030 + ["a\ud800"], domain="x")
+
+
+def test_positions_name_texts_of_a_longer_sequence(emb: Embedder) -> None:
+    """One label's texts of a labelled sequence (as Router.fit counts them) are named by
+    their place in that sequence."""
+    texts, positions = ["ok", " ", 7, "a\ud800"], [1, 4, 6, 9]
+    with pytest.raises(IR3DEError, match=r"^text #6 is a int, not a string"):
+        compute_stats(emb, texts, domain="x", positions=positions)
+    with pytest.raises(IR3DEError, match=r"^text #9 holds an unpaired surrogate"):
+        compute_stats(emb, ["ok", " ", "ok", "a\ud800"], domain="x", positions=positions)
+    with pytest.raises(IR3DEError, match=r"^positions covers the first 2 text\(s\) only"):
+        token_counts(emb, ["a", "b", "c"], positions=[0, 1])
+    assert compute_stats(emb, ["ok", "fine"], domain="x", positions=[3, 8]).n_prompts == 2
+
+
+def test_stats_from_counts_refuses_fractional_counts(emb: Embedder) -> None:
+    """A float histogram used to be truncated to int64 (2.5 counted as 2)."""
+    counts = np.zeros(emb.vocab_size)
+    counts[100] = 2.5
+    with pytest.raises(StatsFormatError, match=r"^counts must be whole numbers, got 2\.5 at "
+                                               r"index 100$"):
+        stats_from_counts(emb, counts, domain="d", n_prompts=1)
+    with pytest.raises(StatsFormatError, match=r"^counts must be integers, got an array of "):
+        stats_from_counts(emb, counts.astype(str), domain="d", n_prompts=1)
+    counts[100] = 3.0  # whole numbers in a float array are counts
+    s = stats_from_counts(emb, counts, domain="d", n_prompts=1)
+    assert s.n_tokens == 3 and s.counts.dtype == np.int64
+
+
+def test_derived_statistics_remember_their_signature_was_dropped(
+        toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
+    signed = dataclasses.replace(toy_stats["math"], signature={"alg": "ed25519"})
+    assert "renamed from 'math' to 'x'" in signed.renamed("x").signature_dropped
+    other = compute_stats(emb, ["What is 2 + 2?"], domain="math")
+    assert "combined" in (signed + other).signature_dropped
+    assert "drop_pairs=True" in merge([signed], drop_pairs=True)["math"].signature_dropped
+    # Unsigned statistics lose nothing; any other replace() forgets the note.
+    assert toy_stats["math"].renamed("x").signature_dropped is None
+    assert (toy_stats["math"] + other).signature_dropped is None
+    assert dataclasses.replace(signed.renamed("x"), domain="y").signature_dropped is None
+
+
+def test_merge_order_changes_only_ties_of_in_memory_float_sums(emb: Embedder,
+                                                               tmp_path: Path) -> None:
+    """What merge's docstring promises: counts exact in every order, A and b canonical for
+    files; in-memory shards of equal token and prompt counts are summed as given."""
+    import itertools
+
+    texts = ["What is 7 * 6?", "What is 8 * 6?", "What is 9 * 6?"]
+    shards = [compute_stats(emb, [t], domain="m") for t in texts]
+    assert len({(s.n_tokens, s.n_prompts) for s in shards}) == 1  # all tie
+    for i, s in enumerate(shards):
+        s.save(tmp_path / f"s{i}.st")
+    files = [DomainStats.load(tmp_path / f"s{i}.st") for i in range(3)]
+    orders = list(itertools.permutations(range(3)))
+    for group in (shards, files):
+        merged = [merge([group[i] for i in order])["m"] for order in orders]
+        for m in merged[1:]:
+            np.testing.assert_array_equal(m.counts, merged[0].counts)
+            np.testing.assert_array_equal(m.doc_counts, merged[0].doc_counts)
+            np.testing.assert_allclose(m.A, merged[0].A, rtol=1e-14, atol=1e-14)
+            if group is files:  # distinct sources: one canonical order, to the bit
+                np.testing.assert_array_equal(m.A, merged[0].A)

@@ -265,11 +265,14 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
     tensors, _ = read_safetensors(path)
     for bad in (stats.counts + 1,                                  # above the token counts
                 np.where(stats.counts > 0, 0, stats.doc_counts),   # zero where a token occurs
-                -stats.doc_counts,
-                stats.doc_counts[:-1]):
+                -stats.doc_counts):
         with pytest.raises(StatsFormatError, match="document frequencies disagree"):
             DomainStats.load(rewrite(path, tmp_path / "df.st",
                                      tensors={**tensors, "doc_counts": bad}))
+    with pytest.raises(StatsFormatError, match=r"doc_counts has shape \(31999,\) but counts "
+                                               r"\(32000,\)"):
+        DomainStats.load(rewrite(path, tmp_path / "df.st",
+                                 tensors={**tensors, "doc_counts": stats.doc_counts[:-1]}))
     assert stats.doc_counts.max() > 1  # so one prompt cannot hold them
     with pytest.raises(StatsFormatError, match="document frequencies disagree"):
         DomainStats.load(rewrite(path, tmp_path / "np.st", n_prompts=1))
@@ -328,3 +331,64 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_text() == "[]"
     atomic_write_bytes(tmp_path / "key", b"secret", mode=0o600)
     assert stat.S_IMODE((tmp_path / "key").stat().st_mode) == 0o600
+
+
+def test_writing_through_a_symlink_updates_its_target(saved, toy_stats,
+                                                      tmp_path: Path) -> None:
+    """A deployment path linked to a versioned file keeps pointing there: os.replace onto
+    the link used to replace the link itself with a regular file."""
+    path, _ = saved
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    target = releases / "math-v1.safetensors"
+    path.rename(target)
+    target.chmod(0o640)
+    link = tmp_path / "deployed" / "math.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(os.path.relpath(target, link.parent))
+    toy_stats["law"].save(link)
+    assert link.is_symlink() and link.resolve() == target
+    assert DomainStats.load(target).domain == "law"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the target's mode, kept
+    # the temporary file lived beside the target (one file system), and is gone
+    assert leftovers(releases) == [] and leftovers(link.parent) == []
+    # a link to a link, and a link whose target does not exist yet
+    chain = tmp_path / "chain.json"
+    chain.symlink_to(link)
+    atomic_write_text(chain, "{}")
+    assert chain.is_symlink() and link.is_symlink() and target.read_text() == "{}"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(releases / "new.json")
+    atomic_write_text(dangling, "[]")
+    assert dangling.is_symlink() and (releases / "new.json").read_text() == "[]"
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(IR3DEError, match=r"cannot write .*loop\.json"):
+        atomic_write_text(loop, "x")
+
+
+def test_fingerprint_metadata_must_be_a_non_empty_string(saved, tmp_path: Path) -> None:
+    """As router files require: 5, None or "" used to be turned into strings."""
+    path, stats = saved
+    for value in (5, None, "", ["x"]):
+        want = rf"'fingerprint' must be a non-empty string, got {re.escape(repr(value))}$"
+        with pytest.raises(StatsFormatError, match=want):
+            DomainStats.load(rewrite(path, tmp_path / "fp.st", fingerprint=value))
+    assert DomainStats.load(rewrite(path, tmp_path / "fp.st")).fingerprint == stats.fingerprint
+
+
+@pytest.mark.parametrize("name", ["counts", "doc_counts", "pair_counts", "pair_keys"])
+def test_count_tensors_stored_as_floats_are_refused(saved, tmp_path: Path, name: str) -> None:
+    """Floats used to be truncated to int64 on load (2.5 tokens read as 2)."""
+    path, _ = saved
+    tensors, _ = read_safetensors(path)
+    for dtype in (np.float64, np.float32):
+        bad = {**tensors, name: tensors[name].astype(dtype)}
+        with pytest.raises(StatsFormatError, match=rf"fl\.st: tensor '{name}' holds "
+                                                   rf"{np.dtype(dtype).name} values; counts "
+                                                   r"must be stored as integers$"):
+            DomainStats.load(rewrite(path, tmp_path / "fl.st", tensors=bad))
+    # other integer widths are counts still
+    narrow = {**tensors, name: tensors[name].astype(np.int32 if name != "pair_keys"
+                                                    else np.int64)}
+    assert DomainStats.load(rewrite(path, tmp_path / "i32.st", tensors=narrow)).n_tokens > 0

@@ -20,6 +20,7 @@ The Reasoning protocols (all leakage-free: no test prompt is ever fitted on):
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -122,8 +123,12 @@ def _utf8_lines(path: Path) -> Iterator[str]:
 
 def decode_lines(lines: Iterable[bytes], where: str) -> Iterator[str]:
     """Byte lines decoded as UTF-8; bytes that are not UTF-8 are an error naming
-    ``where:line`` (what the local reader and the Ray engine's workers both say)."""
+    ``where:line`` (what the local reader and the Ray engine's workers both say). A UTF-8
+    byte-order mark at the very start (Windows editors write one) is dropped: JSON would
+    refuse the line and plain text would count it as a token; elsewhere it is text."""
     for lineno, raw in enumerate(lines, 1):
+        if lineno == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -161,11 +166,18 @@ def record_id(record: dict, default: str, where: str) -> str | int:
 
 
 def refuse_repeated_paths(paths: Iterable[str]) -> None:
-    """Refuse a corpus file named twice (under any spelling of a local path; URLs as
-    given): it would be counted twice."""
+    """Refuse a corpus file named twice (under any spelling of a local path, a symbolic
+    or hard link to it included; URLs and paths that do not exist as given): it would be
+    counted twice."""
     seen: dict[Any, str] = {}
     for p in paths:
-        key = Path(p).resolve() if Path(p).exists() else p
+        # The file's identity (device, inode): a hard link has no other spelling in common
+        # with the file it links to, so resolving the path would not tell them apart.
+        try:
+            st = os.stat(p)
+            key: Any = (st.st_dev, st.st_ino)
+        except (OSError, ValueError):  # a URL, a glob, a missing file, a NUL in the name
+            key = p
         if key in seen:
             raise IR3DEError(f"{p} is given twice (also as {seen[key]}); it would be "
                              "counted twice")

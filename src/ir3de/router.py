@@ -57,6 +57,7 @@ from .statistics import (
     check_same_max_tokens,
     compute_stats,
     find_identical,
+    int_tensor,
     meta_int,
     validate_domain_name,
 )
@@ -364,10 +365,12 @@ class Router:
         # numpy labels (np.str_) would become expert names that print as np.str_('x').
         domains = [str(d) for d in domains]
         groups: dict[str, list[str]] = {}
-        for text, domain in zip(texts, domains, strict=True):
+        where: dict[str, list[int]] = {}  # so an error names a text by its place in `texts`
+        for i, (text, domain) in enumerate(zip(texts, domains, strict=True)):
             groups.setdefault(domain, []).append(text)
+            where.setdefault(domain, []).append(i)
         return self.fit_stats([
-            compute_stats(self.embedder, group, domain=domain,
+            compute_stats(self.embedder, group, domain=domain, positions=where[domain],
                           max_tokens=self.config.max_tokens, progress=progress)
             for domain, group in groups.items()])
 
@@ -730,7 +733,8 @@ class Router:
                 b.shape != (len(experts), h1):
             raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
                                    f"of width {h1}")
-        counts, doc_counts = tensors.get("counts"), tensors.get("doc_counts")
+        counts, doc_counts = (int_tensor(tensors, name, str(path))
+                              for name in ("counts", "doc_counts"))
         for name, arr in (("token counts", counts), ("document frequencies", doc_counts)):
             if arr is not None and arr.shape != (len(experts), emb.vocab_size):
                 raise StatsFormatError(f"{path}: {name} do not match {len(experts)} experts "
@@ -741,8 +745,8 @@ class Router:
             n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
             max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
-            counts=None if counts is None else counts[i].astype(np.int64),
-            doc_counts=None if doc_counts is None else doc_counts[i].astype(np.int64),
+            counts=None if counts is None else counts[i],
+            doc_counts=None if doc_counts is None else doc_counts[i],
             pairs=pairs[i])
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
@@ -836,12 +840,11 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
     present = [name in tensors for name in names]
     if not any(present):
         return [None] * n_experts
-    keys, counts, offsets = (tensors.get(name) for name in names)
+    keys, counts, offsets = (int_tensor(tensors, name, where) for name in names)
     if not all(present) or keys.ndim != 1 or counts.shape != keys.shape or \
             offsets.shape != (n_experts + 1,) or offsets[0] != 0 or \
             offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
         raise StatsFormatError(f"{where}: token-pair tensors do not match {n_experts} experts")
-    keys, counts = keys.astype(np.int64), counts.astype(np.int64)
     return [PairCounts(keys[a:b], counts[a:b]) for a, b in itertools.pairwise(offsets)]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from .store import atomic_write_bytes
 __all__ = ["digest", "generate_key", "load_private_key", "load_trusted", "sign", "verify"]
 
 _ALG = "ed25519"
+_KEY_BYTES = 32  # an Ed25519 public key
+_SIGNATURE_BYTES = 64  # an Ed25519 signature
 _HINT = "signing needs the cryptography package: pip install 'ir3de[sign]'"
 
 
@@ -80,8 +83,9 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
         raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. "
                          f"{path.with_suffix('.key')}); its public key goes beside it as .pub")
     for p in (path, public_path):
-        if p.exists() and not force:
-            raise IR3DEError(f"{p} exists; pass --force to overwrite it")
+        if p.exists() and not force:  # shared by the CLI: name both spellings
+            raise IR3DEError(f"{p} exists; pass force=True (--force on the command line) "
+                             "to overwrite it")
     key = ed.Ed25519PrivateKey.generate()
     private = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
                                 ser.NoEncryption())
@@ -112,6 +116,13 @@ def _raw_public(key: Any) -> str:
     return key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex()
 
 
+def _is_hex(value: object, n_bytes: int) -> bool:
+    """Whether ``value`` is ``n_bytes`` bytes written as hexadecimal digits (bytes.fromhex
+    alone would also take spaces)."""
+    return isinstance(value, str) and re.fullmatch(f"[0-9a-fA-F]{{{2 * n_bytes}}}",
+                                                   value) is not None
+
+
 def _require_stats(stats: object, caller: str) -> None:
     if not isinstance(stats, DomainStats):
         raise IR3DEError(f"{caller}: stats must be DomainStats (DomainStats.load(path)), not "
@@ -133,7 +144,8 @@ def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
     ser = _serialization()
     folder = Path(folder)
     if not folder.is_dir():
-        raise IR3DEError(f"{folder}: no such folder of trusted keys")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise IR3DEError(f"{folder}: {what} of trusted keys (*.pub)")
     trusted = {}
     for path in sorted(folder.glob("*.pub")):
         try:
@@ -163,12 +175,19 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
 
     ed = _ed25519()
     sig = stats.signature
+    if not sig and stats.signature_dropped:
+        raise IR3DEError(f"{stats.source}: not signed any more: the signature was dropped when "
+                         f"{stats.signature_dropped} (derived statistics are new data); "
+                         "verify the signed statistics before deriving others from them")
     if not sig:
         raise IR3DEError(f"{stats.source}: not signed (sign it with ir3de stats --sign KEY)")
-    if not isinstance(sig, dict) or sig.get("alg") != _ALG \
-            or not isinstance(sig.get("public_key"), str) \
-            or not isinstance(sig.get("signature"), str):
-        raise IR3DEError(f"{stats.source}: malformed signature metadata")
+    if not isinstance(sig, dict) or sig.get("alg") != _ALG:
+        raise IR3DEError(f"{stats.source}: malformed signature metadata (expected an object "
+                         f"with alg {_ALG!r})")
+    for field, n_bytes in (("public_key", _KEY_BYTES), ("signature", _SIGNATURE_BYTES)):
+        if not _is_hex(sig.get(field), n_bytes):
+            raise IR3DEError(f"{stats.source}: malformed signature metadata: {field!r} must "
+                             f"be {2 * n_bytes} hexadecimal digits")
     name = trusted.get(sig["public_key"])
     if name is None:
         raise IR3DEError(f"{stats.source}: signed by a key that is not trusted "
@@ -176,7 +195,7 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
     try:
         key = ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig["public_key"]))
         key.verify(bytes.fromhex(sig["signature"]), digest(stats))
-    except (InvalidSignature, ValueError):
+    except InvalidSignature:
         raise IR3DEError(f"{stats.source}: signature does not match its contents: the file "
                          "was changed after it was signed") from None
     return name

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -146,6 +147,11 @@ class DomainStats:
     # Document frequencies of adjacent token pairs (the ``nb`` router's pair features).
     # None in files made before ir3de counted them.
     pairs: PairCounts | None = field(default=None, compare=False)
+    # Why statistics derived from signed ones (renamed, combined, stripped of their pairs)
+    # carry no signature: verify says so instead of "not signed". Set by the derivations
+    # only (never saved; any other replace() resets it).
+    signature_dropped: str | None = field(default=None, init=False, compare=False,
+                                          repr=False)
 
     def __post_init__(self) -> None:
         validate_domain_name(self.domain, self.source)
@@ -195,19 +201,24 @@ class DomainStats:
                                        f"counts), got {type(self.pairs).__name__}")
             arrays["pair_keys"], arrays["pair_counts"] = self.pairs
         for name, value in arrays.items():
+            # Counts are integers: saved as int64, floats would be truncated unseen.
+            kinds, what = ("iuf", "numbers") if name in ("A", "b") else ("iu", "integers")
             if (value is not None or name in ("A", "b")) and not (
-                    isinstance(value, np.ndarray) and value.dtype.kind in "iuf"):
+                    isinstance(value, np.ndarray) and value.dtype.kind in kinds):
                 got = f"array of {value.dtype}" if isinstance(value, np.ndarray) \
                     else type(value).__name__
                 raise StatsFormatError(f"{self.source}: {name} must be a numpy array of "
-                                       f"numbers, got {got}")
+                                       f"{what}, got {got}")
 
     def _check_doc_counts(self) -> None:
         # A token occurs in a prompt at least once and in at most every prompt: document
         # frequencies bounded by the token counts and the prompt count, zero exactly where
         # the counts are, catch files whose arrays do not belong together.
         df, c = self.doc_counts, self.counts
-        if c is None or df.shape != c.shape or np.any(df < 0) or np.any(df > c) \
+        if c is not None and df.shape != c.shape:
+            raise StatsFormatError(f"{self.source}: doc_counts has shape {df.shape} but "
+                                   f"counts {c.shape}: one entry per token id each")
+        if c is None or np.any(df < 0) or np.any(df > c) \
                 or np.any(df > self.n_prompts) or np.any((df > 0) != (c > 0)):
             raise StatsFormatError(f"{self.source}: document frequencies disagree with the "
                                    f"token counts and n_prompts={self.n_prompts}")
@@ -230,6 +241,17 @@ class DomainStats:
             if not fail:
                 ending = np.bincount(last, weights=counts, minlength=df.size)
                 fail = bool(np.any(ending < df) or np.any((ending > 0) != (df > 0)))
+        if fail and df is not None and keys.ndim == 1 and keys.size \
+                and keys.dtype == np.int64 and keys.min() >= 0:
+            # Every prompt's first pair starts at the start id V, the largest first id, so
+            # the largest key V·(V+1) + id (id < V) tells the vocabulary the keys encode:
+            # V = isqrt(key). A token table of another length is the problem to name then.
+            largest = int(keys.max())
+            if math.isqrt(largest) != df.size:
+                raise StatsFormatError(f"{self.source}: the largest token-pair key, "
+                                       f"{largest}, is one of a vocabulary of "
+                                       f"{math.isqrt(largest)} ids, but doc_counts has "
+                                       f"{df.size} entries, one per token id")
         if fail:
             raise StatsFormatError(f"{self.source}: token-pair frequencies disagree with the "
                                    "document frequencies (keys must be sorted, distinct and "
@@ -266,6 +288,7 @@ class DomainStats:
                               f"({self.source}) with {other.domain!r} ({other.source})")
         check_same_max_tokens([self, other])
         _check_same_pairs([self, other])
+        self._check_same_lengths(other)
         n_tokens = self.n_tokens + sign * other.n_tokens
         n_prompts = self.n_prompts + sign * other.n_prompts
         counts = doc_counts = pairs = None
@@ -282,9 +305,9 @@ class DomainStats:
             self._check_subtracted(other, A, [n_tokens, n_prompts, counts, doc_counts,
                                               None if pairs is None else pairs.counts])
         try:
-            return replace(self, A=A, b=self.b + sign * other.b, n_tokens=n_tokens,
-                           n_prompts=n_prompts, source="<combined>", signature=None,
-                           counts=counts, doc_counts=doc_counts, pairs=pairs)
+            combined = replace(self, A=A, b=self.b + sign * other.b, n_tokens=n_tokens,
+                               n_prompts=n_prompts, source="<combined>", signature=None,
+                               counts=counts, doc_counts=doc_counts, pairs=pairs)
         except StatsFormatError as exc:
             if sign > 0:  # two valid statistics always add up to valid ones
                 raise
@@ -293,6 +316,34 @@ class DomainStats:
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
                                    f"counts that disagree ({exc}): it was never part of "
                                    "them") from None
+        if any(s.signature or s.signature_dropped for s in (self, other)):
+            combined._note_dropped("it was combined (+, -, sum or merge) from signed "
+                                   "statistics")
+        return combined
+
+    def _unsigned(self, why: str, **changes: Any) -> DomainStats:
+        """``replace(self, **changes)`` without the signature, noting ``why`` it was dropped
+        when these statistics had one (or came from ones that had)."""
+        derived = replace(self, signature=None, **changes)
+        if self.signature or self.signature_dropped:
+            derived._note_dropped(why)
+        return derived
+
+    def _note_dropped(self, why: str) -> None:
+        object.__setattr__(self, "signature_dropped", why)  # frozen: set once, when derived
+
+    def _check_same_lengths(self, other: DomainStats) -> None:
+        """Refuse arrays of different shapes (hand-made or damaged statistics under one
+        fingerprint): numpy would fail to broadcast them, naming neither file."""
+        shapes = [(name, getattr(self, name), getattr(other, name))
+                  for name in ("counts", "doc_counts", "A", "b")]
+        differ = [f"{name} {_shape(x)} vs {_shape(y)}" for name, x, y in shapes
+                  if x is not None and y is not None and x.shape != y.shape]
+        if differ:
+            raise StatsFormatError(f"cannot combine {self.source} ({self.domain}) with "
+                                   f"{other.source}: their arrays differ in length "
+                                   f"({'; '.join(differ)}); statistics of one embedder "
+                                   "have one vocabulary and one width")
 
     def _check_subtracted(self, other: DomainStats, A: np.ndarray,
                           counts: list[int | np.ndarray | None]) -> None:
@@ -344,7 +395,8 @@ class DomainStats:
 
     def renamed(self, domain: str) -> DomainStats:
         """The same statistics under another domain name."""
-        return replace(self, domain=domain, signature=None)
+        return self._unsigned(f"it was renamed from {self.domain!r} to {domain!r}",
+                              domain=domain)
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata saved with the arrays (without the signature)."""
@@ -390,6 +442,9 @@ class DomainStats:
             raise StatsFormatError(f"{where}: metadata lacks {exc}") from None
         for key, minimum in (("n_tokens", 0), ("n_prompts", 0), ("max_tokens", 1), ("dim", 1)):
             fields[key] = meta_int(fields[key], minimum, where, key)
+        if not isinstance(fields["fingerprint"], str) or not fields["fingerprint"]:
+            raise StatsFormatError(f"{where}: metadata field 'fingerprint' must be a non-empty "
+                                   f"string, got {fields['fingerprint']!r}")
         if not isinstance(fields["embedder"], dict):
             raise StatsFormatError(f"{where}: metadata field 'embedder' must be an object, "
                                    f"got {fields['embedder']!r}")
@@ -398,12 +453,17 @@ class DomainStats:
         if b.shape != (fields["dim"] + 1,):
             raise StatsFormatError(f"{where}: b has shape {b.shape} but dim is {fields['dim']}")
         return cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
-                   n_prompts=int(fields["n_prompts"]), fingerprint=str(fields["fingerprint"]),
+                   n_prompts=int(fields["n_prompts"]), fingerprint=fields["fingerprint"],
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
                    source=where, signature=meta.get("signature"),
-                   counts=_int_tensor(tensors, "counts"),
-                   doc_counts=_int_tensor(tensors, "doc_counts"),
+                   counts=int_tensor(tensors, "counts", where),
+                   doc_counts=int_tensor(tensors, "doc_counts", where),
                    pairs=_pair_tensors(tensors, where))
+
+
+def _shape(array: np.ndarray) -> str:
+    """A 1-D array's length, else its shape, for error messages."""
+    return f"{array.size} entries" if array.ndim == 1 else str(array.shape)
 
 
 def _prev_bound(prev: np.ndarray, df: np.ndarray, n_prompts: int) -> np.ndarray:
@@ -412,12 +472,20 @@ def _prev_bound(prev: np.ndarray, df: np.ndarray, n_prompts: int) -> np.ndarray:
     return np.where(prev < df.size, df[np.minimum(prev, df.size - 1)], n_prompts)
 
 
-def _int_tensor(tensors: dict[str, np.ndarray], name: str) -> np.ndarray | None:
-    return tensors[name].astype(np.int64) if name in tensors else None
+def int_tensor(tensors: dict[str, np.ndarray], name: str, where: str) -> np.ndarray | None:
+    """A count tensor of a file as int64 (None if absent). Counts are saved as integers:
+    floats would be truncated by the cast, so they are refused, whatever their values."""
+    if name not in tensors:
+        return None
+    tensor = tensors[name]
+    if tensor.dtype.kind not in "iu":
+        raise StatsFormatError(f"{where}: tensor {name!r} holds {tensor.dtype} values; "
+                               "counts must be stored as integers")
+    return tensor.astype(np.int64)
 
 
 def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | None:
-    keys, counts = _int_tensor(tensors, "pair_keys"), _int_tensor(tensors, "pair_counts")
+    keys, counts = (int_tensor(tensors, name, where) for name in ("pair_keys", "pair_counts"))
     if (keys is None) != (counts is None):
         raise StatsFormatError(f"{where}: holds only one of the tensors pair_keys and "
                                "pair_counts")
@@ -494,20 +562,30 @@ def _max_tokens(max_tokens: object) -> int:
     return int(max_tokens)
 
 
-def _nonblank(texts: Iterable[str]) -> Iterator[str]:
-    """The texts that are not blank (whitespace-only records carry no domain signal),
-    each checked as it streams by: the corpus may be a generator too large to list."""
+def _nonblank(texts: Iterable[str],
+              positions: Sequence[int] | None) -> Iterator[tuple[int, str]]:
+    """The texts that are not blank (whitespace-only records carry no domain signal), each
+    with its position (its index in ``texts``, or ``positions[index]``: what errors name),
+    checked as it streams by: the corpus may be a generator too large to list."""
     for i, text in enumerate(texts):
+        if positions is not None and i >= len(positions):
+            raise IR3DEError(f"positions covers the first {len(positions)} text(s) only; "
+                             "it needs one entry per text")
+        n = i if positions is None else positions[i]
         if not isinstance(text, str):
-            raise IR3DEError(f"item {i} of texts is {type(text).__name__}, not a string")
+            raise IR3DEError(f"text #{n} is a {type(text).__name__}, not a string")
         if text.strip():
-            yield text
+            yield n, text
 
 
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(texts)
+def _batches(texts: Iterable[str], positions: Sequence[int] | None,
+             size: int) -> Iterator[tuple[tuple[int, ...], tuple[str, ...]]]:
+    """The non-blank texts in batches of ``size``, with their positions (see _nonblank):
+    errors in a later batch name the text's place in the caller's sequence."""
+    it = _nonblank(texts, positions)
     while batch := list(islice(it, size)):
-        yield batch
+        where, chunk = zip(*batch, strict=True)
+        yield where, chunk
 
 
 class TokenCounts(NamedTuple):
@@ -555,12 +633,15 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
 
 def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
-                 desc: str = "counting tokens") -> TokenCounts:
+                 desc: str = "counting tokens",
+                 positions: Sequence[int] | None = None) -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
     blank (whitespace-only) prompts are skipped; ``texts`` is read once, as a stream.
-    ``progress`` shows a bar with tokens/s.
+    ``progress`` shows a bar with tokens/s. A bad text (not a string, an unpaired
+    surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
+    ``positions[N]`` where ``texts`` are part of the caller's own sequence.
     """
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     refuse_lone_text(texts, "texts")
@@ -571,8 +652,8 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     pending: list[np.ndarray] = []
     bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress)
     with bar:
-        for batch in _batches(_nonblank(texts), _BATCH):
-            ids = embedder.encode_batch(batch, max_tokens)
+        for where, batch in _batches(texts, positions, _BATCH):
+            ids = embedder.encode_batch(batch, max_tokens, positions=where)
             flat = np.concatenate(ids)
             counts += np.bincount(flat, minlength=embedder.vocab_size)
             doc_ids, pair_ids = _distinct_per_prompt(ids, embedder.vocab_size)
@@ -605,7 +686,7 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
     """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
     document frequencies of tokens and token pairs, when given, for the ``nb`` router)."""
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
-    counts = np.asarray(counts)
+    counts = _as_counts(counts, "counts")
     if counts.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"counts have shape {counts.shape}, expected "
                                f"({embedder.vocab_size},)")
@@ -634,27 +715,48 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
     return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
                        n_prompts=int(n_prompts), fingerprint=embedder.fingerprint,
                        embedder=embedder.spec, max_tokens=max_tokens,
-                       counts=counts.astype(np.int64),
+                       counts=counts,
                        doc_counts=None if doc_counts is None else
-                       np.asarray(doc_counts).astype(np.int64),
+                       _as_counts(doc_counts, "doc_counts"),
                        pairs=None if pairs is None else
-                       PairCounts(*(np.asarray(a).astype(np.int64) for a in pairs)))
+                       PairCounts(*(_as_counts(a, name)
+                                    for a, name in zip(pairs, ("pair keys", "pair counts"),
+                                                       strict=True))))
+
+
+def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as int64; floats only where they are whole numbers (a float histogram,
+    e.g. np.bincount with weights): the cast would truncate 2.5 to 2 unseen."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        fractional = ~(np.isfinite(array) & (array == np.round(array)))
+        if np.any(fractional):
+            i = np.unravel_index(np.argmax(fractional), array.shape)
+            raise StatsFormatError(f"{name} must be whole numbers, got {array[i].item()} at "
+                                   f"index {i[0] if array.ndim == 1 else i}")
+    elif array.dtype.kind not in "iu":
+        raise StatsFormatError(f"{name} must be integers, got an array of {array.dtype}")
+    return array.astype(np.int64)
 
 
 def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
-                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False) -> DomainStats:
+                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
+                  positions: Sequence[int] | None = None) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
     ``embedder`` is an :class:`Embedder` or, as for a Router, what
     :func:`~ir3de.embedding.load_embedder` takes (a name, folder or recipe); ``texts`` an
     iterable of strings, read once as a stream (a lone string is refused, not split into
-    characters).
+    characters). A bad text is named ``text #N``: its 0-based index in ``texts``, or
+    ``positions[N]`` when ``texts`` are the one domain's part of a longer sequence (as
+    ``Router.fit`` counts each label's texts).
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts, doc_counts, n_prompts, pairs = token_counts(
-        embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}")
+        embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}",
+        positions=positions)
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
@@ -677,8 +779,8 @@ def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str
     b = np.zeros(h1)
     n_tokens = n_prompts = 0
     # Blank prompts are skipped, exactly as token_counts does.
-    for batch in _batches(_nonblank(texts), _BATCH):
-        for ids in embedder.encode_batch(batch, max_tokens):
+    for where, batch in _batches(texts, None, _BATCH):
+        for ids in embedder.encode_batch(batch, max_tokens, positions=where):
             X = np.empty((ids.size, h1))
             X[:, :-1] = embedder.rows(ids)
             X[:, -1] = 1.0
@@ -702,11 +804,17 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     token-id counts), so those are the very routers of a central fit; the ``paper`` and
     ``dense`` presets solve with ``A`` and ``b`` and agree to rounding.
 
-    Returns ``{domain: stats}`` in order of first appearance. Shards are summed in
-    a canonical order (by token and prompt count, then source) so the result does
-    not depend on the order the files were given in. Shards of one domain with and
-    without token-pair counts are refused (the sum could hold no pairs) unless
-    ``drop_pairs``, which leaves the pairs out of every result. A shard given twice
+    Returns ``{domain: stats}`` in order of first appearance. The integer counts are
+    exact sums, the same whatever the order the shards are given in, and so are the
+    routers of the ``default``, ``unigram`` and ``identity`` presets, which read only
+    them. ``A`` and ``b`` are float sums, taken in a canonical order (by token and prompt
+    count, then source) so that they do not depend on that order either, except between
+    shards that tie on all three (in-memory statistics, all ``"<memory>"``, with equal
+    token and prompt counts): those are summed in the order given, which can change the
+    last bits of ``A`` and ``b`` (and so the ``paper`` and ``dense`` routers, to
+    rounding). Shards of one domain with and without token-pair counts are refused (the
+    sum could hold no pairs) unless ``drop_pairs``, which leaves the pairs out of every
+    result. A shard given twice
     (the same object, one file loaded twice, or identical statistics such as a copy of
     the file: :func:`find_identical`) is refused: it would be counted twice.
     """
@@ -721,7 +829,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
             raise IR3DEError(f"merge: item {i} is {type(s).__name__}, not DomainStats")
     _refuse_repeats(stats)
     if drop_pairs:  # derived statistics: any signature no longer covers them
-        stats = [replace(s, pairs=None, signature=None) for s in stats]
+        stats = [s._unsigned("its token-pair counts were dropped (merge with "
+                             "drop_pairs=True)", pairs=None) for s in stats]
     check_same_embedder(stats)
     groups: dict[str, list[DomainStats]] = {}
     for s in stats:
@@ -767,7 +876,7 @@ def _refuse_repeats(stats: list[DomainStats]) -> None:
         for key in keys:
             first = seen.setdefault((s.domain, key), i)
             if first != i:
-                raise IR3DEError(f"merge: items {first} and {i} are the same statistics "
+                raise IR3DEError(f"merge: items #{first + 1} and #{i + 1} are the same statistics "
                                  f"({s.source}) of domain {s.domain!r}: they would be "
                                  "counted twice")
     for domain in dict.fromkeys(s.domain for s in stats):
@@ -775,7 +884,7 @@ def _refuse_repeats(stats: list[DomainStats]) -> None:
         found = find_identical([stats[i] for i in indices])
         if found is not None:
             i, j = (indices[k] for k in found)
-            raise IR3DEError(f"merge: items {i} and {j} ({stats[i].source} and "
+            raise IR3DEError(f"merge: items #{i + 1} and #{j + 1} ({stats[i].source} and "
                              f"{stats[j].source}) of domain {domain!r} hold identical "
                              "statistics (the same corpus twice?): it would be counted twice")
 

@@ -60,10 +60,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
     The file gets permissions ``mode``; by default those of the file it replaces, else
     what ``open()`` would give a new file (0o666 minus the umask): the temporary file is
     created 0o600, which would make every router, statistics file and report private to
-    its writer. Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot
-    be written; the temporary file is removed then.
+    its writer. A symbolic link is followed: its target gets the new content and the link
+    stays (a deployment path linked to a versioned file keeps pointing where it did).
+    Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot be written;
+    the temporary file is removed then.
     """
     path = Path(path)
+    if path.is_symlink():
+        # os.replace onto the link would replace the link itself with a regular file; the
+        # temporary file goes beside the target, as the rename must not cross file systems.
+        try:
+            path = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # a loop of links (3.13: OSError)
+            raise IR3DEError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
     if path.is_dir():  # os.replace would report the temporary file's name
         raise IR3DEError(f"{path} is a directory")
     require_creatable(path)
