@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +88,7 @@ def test_glob_and_errors(cluster, corpus, emb: Embedder, tmp_path: Path) -> None
         ray_stats([str(tmp_path / "missing.jsonl")], emb, domain="x", progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n')
-    with pytest.raises(IR3DEError, match="no field 'text'"):
+    with pytest.raises(IR3DEError, match=r"bad\.jsonl:1: record has no string field 'text'"):
         ray_stats([str(bad)], emb, domain="x", progress=False)
 
 
@@ -112,10 +116,11 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
     # a glob overlapping an explicit file would count it twice
     refused("given twice", str(tmp_path / "*.jsonl"), a)
     refused("given twice", str(tmp_path / "*.jsonl"), str(tmp_path / "a.*"))
-    # one format for all files: a .txt among .jsonl is refused, as is a --format its
-    # suffix contradicts
-    refused(r"a\.jsonl is jsonl but .*b\.txt is text", a, str(tmp_path / "b.txt"))
-    refused("means jsonl, not the --format text", a, fmt="text")
+    # a suffix that means no format, a folder, an unknown --format
+    (tmp_path / "c.csv").write_text("one\n")
+    refused(r"c\.csv: cannot tell the format from the suffix '\.csv'", str(tmp_path / "c.csv"))
+    refused(f"^{tmp_path}: is a directory$", str(tmp_path))
+    refused("unknown corpus format 'csv'", a, fmt="csv")
     # arguments checked before Ray is started (workers=0 hung in ray.init)
     refused("workers must be a positive integer", a, workers=0)
     refused("workers must be a positive integer", a, workers=True)
@@ -179,4 +184,150 @@ def test_empty_files_and_worker_errors(cluster, emb: Embedder, tmp_path: Path) -
     ints.write_text('{"text": 3}\n')
     with pytest.raises(IR3DEError) as info:
         ray_stats([str(ints)], emb, domain="x", progress=False)
-    assert str(info.value) == "a record has no string field 'text'"  # no traceback, no ANSI
+    assert str(info.value) == f"{ints}:1: record has no string field 'text'"  # one line
+
+
+def _same_outcome(emb: Embedder, paths: list[Path], **kwargs: Any) -> str | None:
+    """Assert that ray_stats gives the local engine's statistics on ``paths``, or fails with
+    its exact one-line error; return that error (None when both succeed)."""
+    fmt, text_field = kwargs.get("fmt"), kwargs.get("text_field", "text")
+    try:
+        local: DomainStats | IR3DEError = compute_stats(
+            emb, [t for p in paths for t in read_corpus(p, fmt=fmt, text_field=text_field)],
+            domain="d")
+    except IR3DEError as exc:
+        local = exc  # Ray is run outside this handler: nothing of it may leak into Ray's error
+    if isinstance(local, IR3DEError):
+        with pytest.raises(IR3DEError) as info:
+            ray_stats([str(p) for p in paths], emb, domain="d", progress=False, **kwargs)
+        assert (type(info.value), str(info.value)) == (type(local), str(local))
+        assert "\n" not in str(info.value)
+        return str(local)
+    _assert_same(ray_stats([str(p) for p in paths], emb, domain="d", progress=False,
+                           **kwargs), local)
+    return None
+
+
+def test_jsonl_read_by_the_local_reader(cluster, emb: Embedder, tmp_path: Path) -> None:
+    # Valid JSONL that Arrow's type inference refused: fields of changing types, duplicate
+    # keys, big integers; and CRLF, blank lines, a .json suffix.
+    files = {"types.jsonl": '{"id": 1, "text": "one two"}\n{"id": "x", "text": "three"}\n',
+             "shapes.jsonl": '{"m": {"a": 1}, "text": "alpha beta"}\n'
+                             '{"m": [1, 2], "text": "gamma"}\n',
+             "keys.jsonl": '{"text": "first", "text": "second wins"}\n'
+                           '{"n": 123456789012345678901234567890, "text": "big"}\n',
+             "crlf.json": '{"text": "delta"}\r\n\r\n   \n{"text": "epsilon zeta"}\r\n'}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content.encode())
+    assert _same_outcome(emb, sorted(tmp_path.iterdir())) is None
+    # A UTF-8 BOM: whatever decode_lines makes of it, both engines make the same
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "bom first"}\n')
+    _same_outcome(emb, [tmp_path / "bom.jsonl"])
+
+
+@pytest.mark.parametrize(("name", "content", "error"), [
+    ("array.json", b'[{"text": "a"}, {"text": "b"}]\n', ":1: expected a JSON object"),
+    ("pretty.json", b'{\n  "text": "a"\n}\n', ":1: invalid JSON"),
+    ("lines.jsonl", b'{"text": "a"}\n\n[1]\n', ":3: expected a JSON object"),
+    ("utf8.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', ":2: not valid UTF-8"),
+    ("broken.jsonl", b'{"text": "a"}\n{"text" "b"}\n', ":2: invalid JSON"),
+    ("missing.jsonl", b'{"text": "a"}\n{"id": 2}\n', ":2: record has no string field"),
+    ("number.jsonl", b'{"text": "a"}\n{"text": 3}\n', ":2: record has no string field"),
+    ("null.jsonl", b'{"text": null}\n', ":1: record has no string field"),
+    ("surrogate.jsonl", b'{"text": "\\ud800"}\n', ":1: holds an unpaired surrogate"),
+    ("junk.parquet", b"not parquet", ": not a readable Parquet file"),
+])
+def test_invalid_files_fail_as_local(cluster, emb: Embedder, tmp_path: Path, name: str,
+                                     content: bytes, error: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    assert error in (_same_outcome(emb, [tmp_path / name]) or "")
+
+
+def test_parquet_columns_checked_as_local(cluster, emb: Embedder, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [b"a b", b"c"]}), tmp_path / "binary.parquet")
+    pq.write_table(pa.table({"body": ["a b"]}), tmp_path / "other.parquet")
+    assert _same_outcome(emb, [tmp_path / "binary.parquet"]).endswith(
+        "binary.parquet: column 'text' is not a string column")
+    assert "other.parquet: no column 'text' (columns: body)" in \
+        _same_outcome(emb, [tmp_path / "other.parquet"])
+
+
+def test_suffixless_files_and_mixed_formats(cluster, corpus, emb: Embedder,
+                                            tmp_path: Path) -> None:
+    (tmp_path / "records").write_text('{"text": "one two"}\n{"text": "three"}\n')
+    (tmp_path / "table").write_bytes(corpus["parquet"][0].read_bytes())
+    assert _same_outcome(emb, [tmp_path / "records"], fmt="jsonl") is None
+    assert _same_outcome(emb, [tmp_path / "table"], fmt="parquet") is None
+    assert "cannot tell the format from the suffix ''" in \
+        _same_outcome(emb, [tmp_path / "records"])
+    # Each file in its own format, as locally
+    assert _same_outcome(emb, [corpus["jsonl"][0], corpus["text"][0],
+                               corpus["parquet"][0]]) is None
+
+
+def test_paths_taken_as_the_local_engine_takes_them(cluster, emb: Embedder,
+                                                    tmp_path: Path) -> None:
+    # An existing name with glob characters is that file, not the glob's match
+    (tmp_path / "corpus[1].jsonl").write_text('{"text": "bracket one two"}\n')
+    (tmp_path / "corpus1.jsonl").write_text('{"text": "plain"}\n{"text": "other"}\n')
+    assert _same_outcome(emb, [tmp_path / "corpus[1].jsonl"]) is None
+    # A folder is refused, not read recursively (nor a file in it counted twice)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "a"}\n')
+    assert _same_outcome(emb, [folder, folder / "a.jsonl"]) == f"{folder}: is a directory"
+    with pytest.raises(IR3DEError, match=f"^{folder.as_uri()}: is a directory$"):
+        ray_stats([folder.as_uri()], emb, domain="d", progress=False)
+
+
+def test_file_url_globs_expanded(cluster, emb: Embedder, tmp_path: Path) -> None:
+    for name, text in (("b.jsonl", "bee"), ("a.jsonl", "ant"), (".hidden.jsonl", "no")):
+        (tmp_path / name).write_text(json.dumps({"text": f"{text} one two"}) + "\n")
+    (tmp_path / "c.txt").write_text("cat\n")
+    local = compute_stats(emb, ["ant one two", "bee one two"], domain="d")
+    _assert_same(ray_stats([f"{tmp_path.as_uri()}/*.jsonl"], emb, domain="d",
+                           progress=False), local)
+    both = ray_stats([f"{tmp_path.as_uri()}/[ab].jsonl", (tmp_path / "c.txt").as_uri()], emb,
+                     domain="d", progress=False)
+    assert both.n_prompts == 3
+    for pattern, error in (("*.csv", "no file matches"),
+                           ("*/a.jsonl", "a glob may only be in the last path component")):
+        with pytest.raises(IR3DEError, match=f"^{tmp_path.as_uri()}/{re.escape(pattern)}: "
+                                             f"{error}"):
+            ray_stats([f"{tmp_path.as_uri()}/{pattern}"], emb, domain="d", progress=False)
+
+
+def test_ray_failures_are_one_line(cluster, emb: Embedder, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ir3de import distributed
+
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n')
+
+    def failing_job(*args: object, **kwargs: object) -> None:
+        def fail(batch: object) -> None:
+            raise KeyError("a key\nover two lines")
+
+        ray.data.range(1).map_batches(fail).take_all()
+
+    monkeypatch.setattr(distributed, "_run", failing_job)
+    with pytest.raises(IR3DEError) as info:
+        ray_stats([tmp_path / "a.jsonl"], emb, domain="d", progress=False)
+    assert str(info.value) == "Ray job failed: KeyError: 'a key\\nover two lines'"
+    # a file gone between the check and Ray's listing
+    monkeypatch.undo()
+    monkeypatch.setattr(distributed, "_expand", lambda paths: ([str(tmp_path / "gone")], {}))
+    with pytest.raises(IR3DEError, match=r"^Ray job failed: FileNotFoundError: .*gone$"):
+        ray_stats([tmp_path / "a.jsonl"], emb, domain="d", fmt="jsonl", progress=False)
+
+
+def test_quiet_cli_run_prints_nothing(emb: Embedder, tmp_path: Path) -> None:
+    # Ray started (and stopped) by the run itself, as `ir3de stats` does: neither its
+    # token-authentication banner, nor its log lines, nor the progress-bar warning.
+    (tmp_path / "a.jsonl").write_text('{"text": "one two"}\n')
+    run = subprocess.run([sys.executable, "-m", "ir3de.cli", "stats", str(tmp_path / "a.jsonl"),
+                          "--domain", "d", "-o", str(tmp_path / "a.stats"), "-q", "--engine",
+                          "ray", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")

@@ -493,7 +493,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
               f"{_count(stats.n_tokens, 'token')} "
-              f"({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s), "
+              f"({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s"
+              f"{', Ray start-up included' if args.engine == 'ray' else ''}), "
               f"embedder {emb.name} [{emb.fingerprint[:12]}]", file=sys.stderr)
     return 0
 
@@ -1081,8 +1082,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(ir3de keygen; extra ir3de[sign])")
     g = p.add_argument_group("distributed counting (extra ir3de[ray])")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data workers count blocks "
-                        "and the driver sums them (same file, bit for bit)")
+                   help="local: this process (default); ray: Ray Data workers count files "
+                        "(one task each) and the driver sums them (same file, bit for bit)")
     g.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     g.add_argument("--workers", type=_positive_int,
                    help="counting workers (default: one per cluster CPU)")

@@ -21,11 +21,12 @@ The Reasoning protocols (all leakage-free: no test prompt is ever fitted on):
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from .errors import EmptyInputError, IR3DEError, require_file
 __all__ = [
     "FORMATS",
     "JSONL_SUFFIXES",
+    "corpus_texts",
     "decode_lines",
     "default_data_dir",
     "parse_jsonl",
@@ -190,33 +192,52 @@ def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None
     path = Path(path)
     require_file(path)
     fmt = fmt or infer_format(path)
-    if fmt == "jsonl":
-        for record in read_jsonl(path, text_field=text_field):
-            yield record[text_field]
-    elif fmt == "text":
-        for line in _utf8_lines(path):
-            if line.strip():
-                yield line.rstrip("\r\n")
-    elif fmt == "parquet":
-        yield from _read_parquet(path, text_field)
+    if fmt == "parquet":
+        yield from _parquet_texts(path, str(path), text_field)
     else:
-        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        with path.open("rb") as fh:
+            yield from _line_texts(fh, str(path), fmt, text_field)
 
 
-def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+def corpus_texts(data: bytes, name: str, fmt: CorpusFormat,
+                 text_field: str = "text") -> Iterator[str]:
+    """The prompts of a corpus file's bytes, read as :func:`read_corpus` reads the file
+    (the same readers, so the same ``name:line: …`` errors): what the Ray engine's
+    workers do with the files they are given."""
+    if fmt == "parquet":
+        import pyarrow as pa
+
+        return _parquet_texts(pa.BufferReader(data), name, text_field)
+    return _line_texts(io.BytesIO(data), name, fmt, text_field)
+
+
+def _line_texts(fh: BinaryIO, name: str, fmt: str, text_field: str) -> Iterator[str]:
+    """The prompts of a JSONL or text file open in binary mode (lines end at \\n only)."""
+    lines = decode_lines(fh, name)
+    if fmt == "jsonl":
+        return (record[text_field] for record in parse_jsonl(lines, name,
+                                                             text_field=text_field))
+    if fmt == "text":
+        return (line.rstrip("\r\n") for line in lines if line.strip())
+    raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
+    """The non-null strings of a Parquet file's ``text_field`` column; ``source`` is a path
+    or a pyarrow buffer reader, ``name`` what errors call it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise IR3DEError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise IR3DEError(f"{name}: not a readable Parquet file ({exc})") from None
     if text_field not in pf.schema_arrow.names:
-        raise IR3DEError(f"{path}: no column {text_field!r} (columns: "
+        raise IR3DEError(f"{name}: no column {text_field!r} (columns: "
                          f"{', '.join(pf.schema_arrow.names)})")
-    if not pa.types.is_string(pf.schema_arrow.field(text_field).type) and \
-            not pa.types.is_large_string(pf.schema_arrow.field(text_field).type):
-        raise IR3DEError(f"{path}: column {text_field!r} is not a string column")
+    kind = pf.schema_arrow.field(text_field).type
+    if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
+        raise IR3DEError(f"{name}: column {text_field!r} is not a string column")
     for batch in pf.iter_batches(columns=[text_field]):
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 

@@ -1,17 +1,27 @@
 """Statistics of corpora too large for one machine, counted on a Ray cluster.
 
-``ir3de stats --engine ray [--address ...]`` (extra ``ir3de[ray]``) reads JSONL, Parquet or
-text files (local paths, globs, or any filesystem pyarrow/fsspec understands, such as
-``s3://``) with Ray Data, tokenizes and counts token ids per block on the workers, and
-sums the counts (and the blocks' token-pair tables) on the driver, which then forms ``A_d``
-and ``b_d``. Token counts are
-integers and their sum does not depend on how the corpus was split, so the result is the
-same statistics file, bit for bit, as the single-process path on the same texts.
+``ir3de stats --engine ray [--address ...]`` (extra ``ir3de[ray]``) counts JSONL, Parquet or
+text files given as local paths, local globs, or URLs of any filesystem pyarrow understands
+(``s3://``, ``gs://``, ``file://``, fsspec ones; a glob in a URL's last path component is
+expanded too, with ``*`` and ``[…]``: in a URL ``?`` begins the query). Ray Data hands
+each file, read whole as bytes, to one task, which parses it with the local engine's own
+readers (:mod:`ir3de.data`), tokenizes its prompts and counts token ids; the driver sums
+the counts (and the token-pair tables) and forms ``A_d`` and ``b_d``. A corpus should
+therefore be many files, each well within a worker's memory, which is how such corpora are
+stored. Token counts are integers and their sum does not depend on how the corpus was
+split, so the result is the same statistics file, bit for bit, as the local engine on the
+same files.
+
+Files are taken and read as the local engine takes and reads them: a path that exists is
+taken as it is (``corpus[1].jsonl``) and only a missing one is expanded as a glob; a folder
+is refused; each file's format is ``fmt`` or else its suffix's; the JSONL text field, the
+Parquet text column, or one prompt per non-blank line of a text file; blank prompts are
+skipped and each prompt is capped at ``max_tokens``. A bad file fails with the local
+engine's one-line error (``file:line: …``); when several files are bad, the first one a
+worker reports is named.
 
 Without ``--address`` a local Ray instance is started (and stopped) for the run; with one,
-the job joins that cluster. Texts are read as the local path reads them: the JSONL or
-Parquet ``text`` field, or one prompt per non-blank line of a text file (with Windows line
-ends normalised); blank prompts are skipped and each prompt is capped at ``max_tokens``.
+the job joins that cluster.
 """
 
 from __future__ import annotations
@@ -19,19 +29,37 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import posixpath
+import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from . import errors
-from .data import FORMATS, CorpusFormat, decode_lines, infer_format, refuse_repeated_paths
+from .data import (
+    FORMATS,
+    CorpusFormat,
+    corpus_texts,
+    infer_format,
+    refuse_repeated_paths,
+)
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
-from .errors import EmptyInputError, FingerprintMismatchError, IR3DEError, refuse_lone_text
+from .errors import (
+    EmptyInputError,
+    FingerprintMismatchError,
+    IR3DEError,
+    refuse_lone_text,
+    require_file,
+)
 from .statistics import (
     DomainStats,
+    TokenCounts,
     _max_tokens,
     stats_from_counts,
     sum_pairs,
@@ -41,7 +69,20 @@ from .statistics import (
 
 __all__ = ["ray_stats"]
 
-_BATCH = 1024
+_WILDCARDS = "*?["
+# In a URL ``?`` begins the query (pyarrow's S3 options live there): not a wildcard.
+_URL_WILDCARDS = "*["
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# "KeyError: 'x'", "pyarrow.lib.ArrowInvalid: …" at the start of a traceback's line
+_EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Invalid): ")
+# What Ray prints of its own in a quiet run, muted while ray_stats runs (levels restored).
+_QUIET_LEVELS = {
+    "ray.data": logging.WARNING,  # an INFO line per dataset execution
+    # "Progress bars disabled": what a quiet run asked for
+    "ray.data._internal.progress": logging.ERROR,
+    # ray.init's token-authentication banner, about a cluster this call starts and stops
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+}
 
 
 def _ray() -> Any:
@@ -66,47 +107,112 @@ def _paths(paths: Any) -> list[str]:
     return out
 
 
-def _expand(paths: Sequence[str]) -> list[str]:
-    """Local globs expanded (sorted); URLs and plain paths passed to Ray as they are. A file
-    named twice (also through overlapping globs) would be counted twice: refused."""
-    out: list[str] = []
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _expand(paths: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The files ``paths`` name, globs expanded (sorted), each checked to be a regular file,
+    and, for those given as URLs, ``{path Ray reports: URL}``. A file named twice (also
+    through overlapping globs) would be counted twice: refused."""
+    files: list[str] = []
+    urls: dict[str, str] = {}
     for path in paths:
-        if "://" not in path and any(c in path for c in "*?["):
-            matched = sorted(glob.glob(path))
-            if not matched:
-                raise IR3DEError(f"{path}: no file matches")
-            out += matched
-        elif "://" not in path and not os.path.exists(path):
-            raise IR3DEError(f"{path}: no such file")
-        else:
-            out.append(path)
-    refuse_repeated_paths(out)
+        if not _is_url(path):
+            files += _expand_local(path)
+            continue
+        for url, inner in _expand_url(path):
+            files.append(url)
+            urls[inner] = url
+    refuse_repeated_paths(files)
+    return files, urls
+
+
+def _expand_local(path: str) -> list[str]:
+    """``[path]`` if it exists (``corpus[1].jsonl`` is a file name, as for the local
+    engine), else its glob matches, sorted."""
+    matched = [path]
+    if not os.path.exists(path) and any(c in path for c in _WILDCARDS):
+        matched = sorted(glob.glob(path))
+        if not matched:
+            raise IR3DEError(f"{path}: no file matches")
+    for file in matched:
+        require_file(Path(file))  # the local engine's "is a directory", "no such file"
+    return matched
+
+
+def _url_filesystem(url: str) -> tuple[Any, str]:
+    """pyarrow's filesystem of ``url`` and the path in it (also how Ray names the file)."""
+    from pyarrow import fs
+
+    try:
+        return fs.FileSystem.from_uri(url)
+    except (ValueError, ImportError, OSError) as exc:
+        raise IR3DEError(f"{url}: cannot open this URL ({_one_line(exc)})") from None
+
+
+def _require_url_file(url: str, kind: Any) -> None:
+    """:func:`~ir3de.errors.require_file` for a URL, given its pyarrow ``FileType``: Ray
+    would read a folder recursively, whatever its files' formats."""
+    from pyarrow import fs
+
+    if kind != fs.FileType.File:
+        reason = {fs.FileType.Directory: "is a directory",
+                  fs.FileType.NotFound: "no such file"}.get(kind, "not a regular file")
+        raise IR3DEError(f"{url}: {reason}")
+
+
+def _expand_url(url: str) -> list[tuple[str, str]]:
+    """``(URL, path in its filesystem)`` of each file ``url`` names: itself, or the files of
+    its folder whose names match its last path component, sorted (a name matching it
+    literally is taken as it is, as for a local path)."""
+    from pyarrow import fs
+
+    parts = urlsplit(url)
+    if not any(c in parts.path for c in _URL_WILDCARDS):
+        filesystem, inner = _url_filesystem(url)
+        try:
+            kind = filesystem.get_file_info(inner).type
+        except OSError as exc:
+            raise IR3DEError(f"{url}: {_one_line(exc)}") from None
+        _require_url_file(url, kind)
+        return [(url, inner)]
+    folder, _, pattern = parts.path.rpartition("/")
+    if any(c in folder for c in _URL_WILDCARDS):
+        raise IR3DEError(f"{url}: a glob may only be in the last path component of a URL")
+    filesystem, inner = _url_filesystem(urlunsplit(parts._replace(path=folder or "/",
+                                                                  fragment="")))
+    try:
+        listed = filesystem.get_file_info(fs.FileSelector(inner, allow_not_found=True))
+    except OSError as exc:
+        raise IR3DEError(f"{url}: cannot list its folder ({_one_line(exc)})") from None
+    # as glob.glob: a wildcard does not match a leading dot
+    matched = [info for info in listed if info.base_name == pattern] or \
+        [info for info in listed if fnmatchcase(info.base_name, pattern)
+         and (pattern.startswith(".") or not info.base_name.startswith("."))]
+    if not matched:
+        raise IR3DEError(f"{url}: no file matches")
+    out = []
+    for info in sorted(matched, key=lambda info: info.base_name):
+        file = urlunsplit(parts._replace(path=posixpath.join(folder or "/", info.base_name),
+                                         fragment=""))
+        _require_url_file(file, info.type)
+        out.append((file, info.path))
     return out
 
 
-def _format(files: Sequence[str], fmt: str | None) -> CorpusFormat:
-    """The one format of all ``files``: each file's suffix must imply the same one (an
-    explicit ``fmt`` is taken for files whose suffix implies none)."""
-    if fmt is not None and fmt not in FORMATS:
-        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    first: tuple[str, str] | None = None
-    for file in files:
-        path = Path(file.split("?")[0])
-        try:
-            implied = infer_format(path)
-        except IR3DEError:
-            if fmt is None:
-                raise
-            continue
-        if fmt is not None and implied != fmt:
-            raise IR3DEError(f"{file}: its suffix {path.suffix!r} means {implied}, not the "
-                             f"--format {fmt} (the Ray engine reads all files in one format)")
-        if first is not None and implied != first[1]:
-            raise IR3DEError(f"{first[0]} is {first[1]} but {file} is {implied}: the Ray "
-                             "engine reads all files in one format; count them separately "
-                             "and merge the statistics")
-        first = first or (file, implied)
-    return fmt or first[1]  # type: ignore[index,return-value]
+def _file_format(name: str, fmt: CorpusFormat | None) -> CorpusFormat:
+    """The format ``name`` is read in, as the local engine decides it: ``fmt`` if given,
+    else the suffix's (of a URL's path: its query is no suffix)."""
+    if fmt is not None:
+        return fmt
+    if not _is_url(name):
+        return infer_format(Path(name))
+    try:
+        return infer_format(Path(urlsplit(name).path))
+    except IR3DEError:
+        raise IR3DEError(f"{name}: cannot tell the format from its suffix; pass --format "
+                         f"({', '.join(FORMATS)})") from None
 
 
 def _check_reachable(address: str | None) -> None:
@@ -125,38 +231,46 @@ def _check_reachable(address: str | None) -> None:
                          f"({exc.strerror or exc})") from None
 
 
-def _user_error(exc: BaseException) -> IR3DEError | None:
-    """The IR3DEError a Ray error wraps (through ``cause``/``__cause__``), if any."""
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, IR3DEError):
-            return err
-        todo += [getattr(err, "cause", None), err.__cause__, err.__context__]
-    return None
+def _one_line(exc: BaseException) -> str:
+    """The gist of ``exc`` on one line, without ANSI colour codes: a Ray error's text is the
+    whole coloured traceback of a task, chained causes first, so its first exception line
+    that is not Ray's own names the root cause; another error is its type and first line."""
+    text = _ANSI.sub("", str(exc))
+    lines = [line for line in text.splitlines() if line.strip()]
+    gist = next((line for line in lines
+                 if _EXCEPTION_LINE.match(line) and not line.startswith("ray.")), None)
+    if gist is None:
+        gist = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return gist if len(gist) <= 300 else gist[:299] + "…"
 
 
-def _text_lines(data: bytes, path: str) -> list[str]:
-    """The prompts of a text file's bytes, as :func:`ir3de.data.read_corpus` reads them:
-    lines end at ``\n`` only, a trailing ``\r`` is dropped, blank lines are skipped."""
-    return [line.rstrip("\r") for line in decode_lines(data.split(b"\n"), path)
-            if line.strip()]
+@contextmanager
+def _quiet_ray(quiet: bool) -> Iterator[None]:
+    """Ray's own log lines of :data:`_QUIET_LEVELS` muted while the block runs, when
+    ``quiet``; the loggers' levels are restored after it."""
+    muted = {logging.getLogger(name): level for name, level in _QUIET_LEVELS.items()} \
+        if quiet else {}
+    saved = {logger: logger.level for logger in muted}
+    for logger, level in muted.items():
+        logger.setLevel(max(level, logger.getEffectiveLevel()))  # never louder
+    try:
+        yield
+    finally:
+        for logger, level in saved.items():
+            logger.setLevel(level)
 
 
-def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: str, fmt: str,
+def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
+                 fmt: CorpusFormat | None, text_field: str, urls: dict[str, str],
                  max_tokens: int, vocab_size: int) -> dict[str, np.ndarray]:
-    """Ray Data map_batches task: the token counts of one block of texts.
+    """Ray Data map_batches task: the token counts of one block of files.
 
     A task, not an actor pool: actors would hold every CPU of a small cluster and starve
     the read tasks. The embedder is cached per worker process by ``load_embedder``.
     """
     try:
-        counted = _count_texts(batch, spec=spec, fingerprint=fingerprint, column=column,
-                               fmt=fmt, max_tokens=max_tokens)
+        counted = _count_files(batch, spec=spec, fingerprint=fingerprint, fmt=fmt,
+                               text_field=text_field, urls=urls, max_tokens=max_tokens)
     except IR3DEError as exc:
         # Returned, not raised: Ray does not carry a task's exception (its cause) back to
         # the driver, only a traceback text. The driver re-raises it with its own message.
@@ -175,8 +289,10 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: 
             "error": np.array([""])}
 
 
-def _count_texts(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: str,
-                 fmt: str, max_tokens: int) -> Any:
+def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
+                 fmt: CorpusFormat | None, text_field: str, urls: dict[str, str],
+                 max_tokens: int) -> TokenCounts:
+    """The token counts of a block of ``(path, bytes)`` rows, each a whole file."""
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
         # A worker with other package versions would count with another table.
@@ -184,16 +300,49 @@ def _count_texts(batch: Any, *, spec: dict[str, Any], fingerprint: str, column: 
             f"a Ray worker loaded embedder {embedder.name} with fingerprint "
             f"{embedder.fingerprint[:12]}, the driver has {fingerprint[:12]}: "
             "install the same ir3de and embedding packages on every node")
-    if fmt == "text":
-        texts = [line for path, data in zip(batch.column("path").to_pylist(),
-                                            batch.column("bytes").to_pylist(), strict=True)
-                 for line in _text_lines(data, path)]
-    else:
-        texts = batch.column(column).to_pylist()
-        if any(t is not None and not isinstance(t, str) for t in texts) or \
-                (fmt == "jsonl" and any(t is None for t in texts)):
-            raise IR3DEError(f"a record has no string field {column!r}")
-    return token_counts(embedder, [t for t in texts if t is not None], max_tokens=max_tokens)
+
+    def texts() -> Iterator[str]:
+        for row, path in enumerate(batch.column("path").to_pylist()):
+            # named as the caller named it: a URL, or the local path as read_corpus says it
+            name = urls.get(path) or str(Path(path))
+            yield from corpus_texts(batch.column("bytes")[row].as_py(), name,
+                                    _file_format(name, fmt), text_field)
+
+    return token_counts(embedder, texts(), max_tokens=max_tokens)
+
+
+def _run(ray: Any, files: list[str], urls: dict[str, str], embedder: Embedder, *,
+         fmt: CorpusFormat | None, text_field: str, max_tokens: int,
+         workers: int | None) -> tuple[np.ndarray, np.ndarray, int, list[np.ndarray],
+                                       list[np.ndarray]]:
+    """The Ray Data job: counts, document counts, prompt count and pair-table parts."""
+    # One block per file: each is parsed whole by one task. No extension filter: formats
+    # were checked above, a suffix-less file with an explicit format included.
+    ds = ray.data.read_binary_files(files, include_paths=True, override_num_blocks=len(files))
+    pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    counted = ds.map_batches(
+        _count_block, batch_size=None, batch_format="pyarrow",
+        # no more tasks than files: Ray warns of a pool it cannot fill
+        compute=ray.data.TaskPoolStrategy(size=min(pool, len(files))),
+        fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint, "fmt": fmt,
+                   "text_field": text_field, "urls": urls, "max_tokens": max_tokens,
+                   "vocab_size": embedder.vocab_size})
+    counts = np.zeros(embedder.vocab_size, dtype=np.int64)
+    doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
+    n_prompts = 0
+    keys, pair_counts = [], []
+    for batch in counted.iter_batches(batch_size=1, batch_format="numpy"):
+        if batch["error"][0]:
+            name, _, message = str(batch["error"][0]).partition(":")
+            raise getattr(errors, name, IR3DEError)(message)
+        counts += batch["counts"].sum(axis=0, dtype=np.int64)
+        doc_counts += batch["doc_counts"].sum(axis=0, dtype=np.int64)
+        n_prompts += int(batch["n_prompts"].sum())
+        for cell in batch["pairs"]:
+            half = len(cell) // 2
+            keys.append(np.asarray(cell[:half], dtype=np.int64))
+            pair_counts.append(np.asarray(cell[half:], dtype=np.int64))
+    return counts, doc_counts, n_prompts, keys, pair_counts
 
 
 def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, domain: str,
@@ -204,7 +353,8 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
 
     ``workers`` is the number of counting tasks at a time (default: one per cluster CPU);
     without ``address`` and with Ray not yet initialised, a local instance with
-    ``workers`` CPUs is started for the call and shut down after it.
+    ``workers`` CPUs is started for the call and shut down after it. ``progress=False``
+    also mutes Ray's own log lines for the call.
 
     >>> ray_stats(["corpus/*.jsonl"], load_embedder(), domain="math")  # doctest: +SKIP
     """
@@ -213,71 +363,36 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers <= 0):
         raise IR3DEError(f"workers must be a positive integer, got {workers!r}")
-    files = _expand(_paths(paths))
-    fmt = _format(files, fmt)
+    if fmt is not None and fmt not in FORMATS:
+        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    files, urls = _expand(_paths(paths))
+    for file in files:  # a suffix that means no format fails now, not on a worker
+        _file_format(file, fmt)
     ray = _ray()
-    started = not ray.is_initialized()
-    if started:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, num_cpus=workers if address is None else None,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise IR3DEError(f"cannot reach the Ray cluster at {address} ({exc})") from None
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        if not progress:  # quiet runs stay quiet: Ray Data logs every execution at INFO
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        # Suffixes were checked above: let Ray's extension filter pass them all (.ndjson, .pq)
-        suffixes = sorted({Path(f.split("?")[0]).suffix.lower() for f in files} - {""}
-                          | {".json", ".jsonl", ".ndjson", ".parquet", ".pq"})
-        if fmt == "jsonl":
-            ds = ray.data.read_json(files, file_extensions=suffixes)
-        elif fmt == "parquet":
-            ds = ray.data.read_parquet(files, file_extensions=suffixes)
-        else:  # whole files, split into lines as the local reader does (\n only)
-            ds = ray.data.read_binary_files(files, include_paths=True)
-        column = "text" if fmt == "text" else text_field
-        columns = ds.columns()
-        if not columns:  # only empty or blank files: Ray found no record, hence no schema
-            raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
-                                  "(0 prompt(s) read)")
-        if fmt != "text" and column not in columns:
-            raise IR3DEError(f"{', '.join(files)}: no field {column!r} (fields: "
-                             f"{', '.join(columns)})")
-        if fmt == "parquet":
-            ds = ds.select_columns([column])
-        pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        counted = ds.map_batches(
-            _count_block, batch_size=None if fmt == "text" else _BATCH, batch_format="pyarrow",
-            compute=ray.data.TaskPoolStrategy(size=pool),
-            fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint,
-                       "column": column, "fmt": fmt, "max_tokens": max_tokens,
-                       "vocab_size": embedder.vocab_size})
-        counts = np.zeros(embedder.vocab_size, dtype=np.int64)
-        doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
-        n_prompts = 0
-        keys, pair_counts = [], []
-        for batch in counted.iter_batches(batch_size=1, batch_format="numpy"):
-            if batch["error"][0]:
-                name, _, message = str(batch["error"][0]).partition(":")
-                raise getattr(errors, name, IR3DEError)(message)
-            counts += batch["counts"].sum(axis=0, dtype=np.int64)
-            doc_counts += batch["doc_counts"].sum(axis=0, dtype=np.int64)
-            n_prompts += int(batch["n_prompts"].sum())
-            for cell in batch["pairs"]:
-                half = len(cell) // 2
-                keys.append(np.asarray(cell[:half], dtype=np.int64))
-                pair_counts.append(np.asarray(cell[half:], dtype=np.int64))
-    except ray.exceptions.RayError as exc:
-        # A worker's IR3DEError arrives wrapped (in a UserCodeException): re-raise it.
-        cause = _user_error(exc)
-        if cause is not None:
-            raise type(cause)(str(cause)) from None
-        raise IR3DEError(f"Ray job failed: {exc}") from None
-    finally:
+    with _quiet_ray(not progress):
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            _check_reachable(address)
+            try:
+                ray.init(address=address, num_cpus=workers if address is None else None,
+                         include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except ConnectionError as exc:
+                raise IR3DEError(f"cannot reach the Ray cluster at {address} ({exc})") from None
+        context = ray.data.DataContext.get_current()
+        bars = context.enable_progress_bars
+        context.enable_progress_bars = progress
+        try:
+            counts, doc_counts, n_prompts, keys, pair_counts = _run(
+                ray, files, urls, embedder, fmt=fmt, text_field=text_field,
+                max_tokens=max_tokens, workers=workers)
+        except (ray.exceptions.RayError, OSError) as exc:  # OSError: Ray's listing, on the driver
+            # Not one of ours (those come back as rows): Ray's own, or the system's
+            raise IR3DEError(f"Ray job failed: {_one_line(exc)}") from None
+        finally:
+            context.enable_progress_bars = bars
+            if started:
+                ray.shutdown()
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read)")
