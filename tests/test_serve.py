@@ -537,7 +537,8 @@ def test_admin_api_shows_no_url_password_nor_temporary_path(stats_files, upstrea
                 ("copy.stats", stats_files["math"].read_bytes(),
                  "identical statistics: the new expert 'copy' holds exactly the counts"),
                 ("capped.stats", capped.read_bytes(),
-                 "but the uploaded stats file 'capped.stats' (capped) at 64")):
+                 # named as the expert it would become, not by the domain it was counted as
+                 "but the uploaded stats file 'capped.stats' (copy) at 64")):
             r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                            data={"url": upstreams["law"].url + "/v1", "name": "copy"},
                            files={"stats": (filename, content)})
