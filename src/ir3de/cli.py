@@ -864,17 +864,14 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from .signing import generate_key
+    from .signing import generate_key, public_key_path
 
     private = Path(args.output)
-    if private.suffix == ".pub":  # its public key, KEY with suffix .pub, would overwrite it
-        name = private.with_suffix("").with_suffix(".key")
-        raise IR3DEError(f"{private}: name the private key, not a .pub file (e.g. {name}, "
-                         f"whose public key goes beside it as {name.with_suffix('.pub')})")
+    public = public_key_path(private)  # first: a .pub name is the mistake to report
     # Both files checked before either is written: a directory is said to be one at once.
     _check_output(private, args.force)
-    _check_output(private.with_suffix(".pub"), args.force)
-    public = generate_key(private, force=args.force)
+    _check_output(public, args.force)
+    generate_key(private, force=args.force)
     print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
           f"{args.output}); {public}: public key (give it to router builders: "
           "ir3de build --trust DIR)", file=sys.stderr)

@@ -47,6 +47,7 @@ __all__ = [
     "reasoning_split",
     "record_id",
     "refuse_repeated_paths",
+    "require_format",
     "seeded_split",
 ]
 
@@ -69,6 +70,12 @@ _TWO_FOLD = ("coding", "instruction_following")
 def default_data_dir() -> Path:
     """``$IR3DE_DATA`` if set, else ``../shared/data`` relative to the working directory."""
     return Path(os.environ.get("IR3DE_DATA", "../shared/data"))
+
+
+def require_format(fmt: str) -> None:
+    """Refuse a corpus format ``fmt`` that is not one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def infer_format(path: Path) -> CorpusFormat:
@@ -192,6 +199,7 @@ def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None
     path = Path(path)
     require_file(path)
     fmt = fmt or infer_format(path)
+    require_format(fmt)
     if fmt == "parquet":
         yield from _parquet_texts(path, str(path), text_field)
     else:
@@ -204,6 +212,7 @@ def corpus_texts(data: bytes, name: str, fmt: CorpusFormat,
     """The prompts of a corpus file's bytes, read as :func:`read_corpus` reads the file
     (the same readers, so the same ``name:line: …`` errors): what the Ray engine's
     workers do with the files they are given."""
+    require_format(fmt)
     if fmt == "parquet":
         import pyarrow as pa
 
@@ -212,14 +221,13 @@ def corpus_texts(data: bytes, name: str, fmt: CorpusFormat,
 
 
 def _line_texts(fh: BinaryIO, name: str, fmt: str, text_field: str) -> Iterator[str]:
-    """The prompts of a JSONL or text file open in binary mode (lines end at \\n only)."""
+    """The prompts of a JSONL or (any other ``fmt``) text file open in binary mode (lines
+    end at \\n only)."""
     lines = decode_lines(fh, name)
     if fmt == "jsonl":
         return (record[text_field] for record in parse_jsonl(lines, name,
                                                              text_field=text_field))
-    if fmt == "text":
-        return (line.rstrip("\r\n") for line in lines if line.strip())
-    raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return (line.rstrip("\r\n") for line in lines if line.strip())
 
 
 def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:

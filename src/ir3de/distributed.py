@@ -48,6 +48,7 @@ from .data import (
     corpus_texts,
     infer_format,
     refuse_repeated_paths,
+    require_format,
 )
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
 from .errors import (
@@ -363,8 +364,8 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers <= 0):
         raise IR3DEError(f"workers must be a positive integer, got {workers!r}")
-    if fmt is not None and fmt not in FORMATS:
-        raise IR3DEError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt is not None:
+        require_format(fmt)
     files, urls = _expand(_paths(paths))
     for file in files:  # a suffix that means no format fails now, not on a worker
         _file_format(file, fmt)

@@ -34,7 +34,8 @@ from .errors import IR3DEError
 from .statistics import DomainStats
 from .store import atomic_write_bytes
 
-__all__ = ["digest", "generate_key", "load_private_key", "load_trusted", "sign", "verify"]
+__all__ = ["digest", "generate_key", "load_private_key", "load_trusted", "public_key_path",
+           "sign", "verify"]
 
 _ALG = "ed25519"
 _KEY_BYTES = 32  # an Ed25519 public key
@@ -72,16 +73,25 @@ def digest(stats: DomainStats) -> bytes:
     return h.digest()
 
 
+def public_key_path(path: str | os.PathLike[str]) -> Path:
+    """Where :func:`generate_key` puts the public key of private key ``path``: beside it,
+    with the suffix ``.pub``. A ``.pub`` private key name is refused: its public key would
+    overwrite it."""
+    path = Path(path)
+    if path.suffix == ".pub":
+        name = path.with_suffix("").with_suffix(".key")
+        raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. {name}, "
+                         f"whose public key goes beside it as {name.with_suffix('.pub')})")
+    return path.with_suffix(".pub")
+
+
 def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write a new private key to ``path`` (PEM, owner-only) and its public key beside it
     (``.pub``); returns the public key's path."""
     ed = _ed25519()
     ser = _serialization()
     path = Path(path)
-    public_path = path.with_suffix(".pub")
-    if public_path == path:  # the public key would overwrite the private one
-        raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. "
-                         f"{path.with_suffix('.key')}); its public key goes beside it as .pub")
+    public_path = public_key_path(path)
     for p in (path, public_path):
         if p.exists() and not force:  # shared by the CLI: name both spellings
             raise IR3DEError(f"{p} exists; pass force=True (--force on the command line) "
