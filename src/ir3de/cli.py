@@ -8,6 +8,7 @@ nothing is written when a command fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -334,27 +335,30 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _write_stdout(text: str) -> None:
-    """Write ``text`` to standard output. A failed write raises an OSError without a file
-    name (a full disk: "ir3de: error: : No space left on device"); it is reported as
-    writing to standard output. A reader that went away is left to :func:`main`."""
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    """A failed write or flush of standard output raises an OSError without a file name (a
+    full disk: "ir3de: error: : No space left on device"): reported as writing to standard
+    output. A reader that went away is left to :func:`main`."""
     try:
-        sys.stdout.write(text)
+        yield
     except BrokenPipeError:
         raise
     except OSError as exc:
         raise _stdout_failed(exc) from None
+
+
+def _write_stdout(text: str) -> None:
+    """Write ``text`` to standard output (see :func:`_stdout_errors`)."""
+    with _stdout_errors():
+        sys.stdout.write(text)
 
 
 def _flush_stdout() -> None:
-    """Flush standard output, a failure reported as :func:`_write_stdout` reports it: a
-    buffered write fails only here."""
-    try:
+    """Flush standard output: a buffered write fails only here (see
+    :func:`_stdout_errors`)."""
+    with _stdout_errors():
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise _stdout_failed(exc) from None
 
 
 def _stdout_failed(exc: OSError) -> IR3DEError:
