@@ -349,6 +349,56 @@ def test_timeouts_and_broken_streams_are_reported(gateway: Proc, stats_files, up
         gw.stop()
 
 
+def test_all_connections_busy_is_a_503_not_an_expert_timeout(stats_files, upstreams,
+                                                             tmp_path) -> None:
+    """A request that waited its expert's timeout for one of the gateway's own connections
+    was answered 504 "expert did not answer within ... (PoolTimeout)", blaming the expert,
+    and counted towards its cooldown; routed, it waited again for the fallback."""
+    config = _config(tmp_path, stats_files, upstreams, max_connections=1,
+                     cooldown_failures=1)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["coding"]["timeout"] = 0.5
+    config.write_text(yaml.safe_dump(data))
+    gw = _gateway(config)
+    try:
+        # a stream of 20 chunks, 0.2 s apart, holds the one connection for 4 s
+        with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                          json=_chat(MATH, model="math", stream=True, chunks=20)) as held:
+            assert held.status_code == 200
+            start = time.monotonic()
+            r = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE},
+                           timeout=10)
+            waited = time.monotonic() - start
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            error = r.json()["error"]
+            assert error["code"] == "gateway_busy"
+            assert error["message"] == (
+                "the request to expert 'coding' was not sent: all 1 of the gateway's "
+                "upstream connections stayed busy for 0.5 s (max_connections)")
+            assert waited < 2  # the fallback (math) was not waited for too
+        # not the expert's failure: coding is not cooling down, and answers once free
+        assert httpx.get(gw.url + "/healthz").json()["cooling_down"] == {}
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE})
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "coding"
+    finally:
+        gw.stop()
+
+
+def test_logged_urls_hide_credential_query_parameters(stats_files, upstreams,
+                                                      tmp_path) -> None:
+    """GET /admin/experts showed ?api-key=... of an expert URL as given."""
+    url = upstreams["coding"].url + "/v1?api-key=s3cr3t&api-version=2024-02-01&sig=a%2Fb"
+    gw = _gateway(_with_experts(_config(tmp_path, stats_files, upstreams),
+                                coding={"url": url}))
+    try:
+        listed = _experts(gw)["coding"]["url"]
+        assert listed == (upstreams["coding"].url
+                          + "/v1?api-key=***&api-version=2024-02-01&sig=***")
+    finally:
+        gw.stop()
+
+
 def _wait_for(probe, timeout: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

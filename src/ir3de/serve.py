@@ -58,7 +58,11 @@ Failures: a refused connection is retried once (it may be a stale keep-alive). F
 routed request, a second failure or a timeout sends the request to the fallback expert. A
 request that names its expert may carry what that expert alone accepts: it never goes to
 another one, and gets a 502 (504 for a timeout) naming the expert, as routed requests do
-without a fallback (502 too for an answer that cannot be decoded). An upstream HTTP error
+without a fallback (502 too for an answer that cannot be decoded). A request that waits
+its expert's whole ``timeout`` for one of the ``max_connections`` upstream connections is
+not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``), without trying the fallback
+(it would wait for the same connections) and without counting against the expert's
+cooldown. An upstream HTTP error
 is returned as is; a stream cut by the upstream ends with an SSE ``error`` event, after
 the last whole event. The gateway's own errors, unknown routes included, use OpenAI's
 error JSON (``{"error": {"message", "type", "param", "code"}}``).
@@ -89,6 +93,7 @@ Example config::
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
+    max_connections: 1000      # upstream connections open at once, over all experts
 """
 
 import asyncio
@@ -102,6 +107,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -181,6 +187,9 @@ def _models() -> tuple[type, type, type]:
         threshold: float = pd.Field(0.0, ge=0.0, le=1.0)
         min_coverage: float = pd.Field(0.0, ge=0.0, le=1.0)
         max_body_bytes: int = pd.Field(1_000_000, gt=0)
+        max_connections: int = pd.Field(1000, gt=0, strict=True,
+                                        description="upstream connections open at once, "
+                                                    "over all experts")
         admin_token_env: str | None = "IR3DE_ADMIN_TOKEN"
         api_keys_env: str | None = pd.Field(None, min_length=1,
                                             description="environment variable holding the "
@@ -329,20 +338,33 @@ def _snapshot(config: Any, router: dict[str, Any]) -> dict[str, Any]:
             "router": router}
 
 
+# query parameters whose values are credentials in common deployments (?api-key=, ?key=,
+# ?token=, presigned ?sig= / X-Amz-Signature=, ?code= of Azure Functions)
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|cred|session|code", re.I)
+
+
 def _safe_url(url: Any) -> Any:
-    """``url`` without the user and password it may carry (for logs)."""
+    """``url`` without the user and password it may carry, and with the values of query
+    parameters that look like credentials replaced by ``***`` (for logs and listings)."""
     from urllib.parse import urlsplit, urlunsplit
 
     if not isinstance(url, str):
         return url
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port is not None
+                               else host)
+    if parts.query:
+        # split by hand rather than parse_qsl + urlencode, which would re-encode (and so
+        # change) every parameter that is not redacted
+        fields = [f"{name}=***" if value and _SECRET_PARAM.search(name) else field
+                  for field in parts.query.split("&")
+                  for name, _, value in [field.partition("=")]]
+        parts = parts._replace(query="&".join(fields))
+    return urlunsplit(parts)
 
 
 _ABSENT = object()
@@ -1171,8 +1193,9 @@ def create_app(config: Any) -> Any:
                            started=metrics.cooldowns)
     cooldowns.sync(holder["state"].experts)
     metrics.cooling.set_function(lambda: len(cooldowns.refusing()))
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
-                                                   max_keepalive_connections=200))
+    client = httpx.AsyncClient(limits=httpx.Limits(
+        max_connections=config.max_connections,
+        max_keepalive_connections=min(200, config.max_connections)))
     # An unset or empty token variable turns the admin API off.
     admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
         else None
@@ -1365,8 +1388,11 @@ def create_app(config: Any) -> Any:
             response = await _attempt(ticket, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:
             # A request that names its expert may carry what that expert alone accepts:
-            # it is never sent to another one. Routed requests go to the fallback.
-            if not routed or fallback is None or fallback == expert:
+            # it is never sent to another one. Routed requests go to the fallback, unless
+            # the gateway's own connections were all busy: the fallback would wait for
+            # the same pool.
+            if not routed or fallback is None or fallback == expert \
+                    or isinstance(exc, httpx.PoolTimeout):
                 before = f"expert {chosen!r} is cooling down; " if expert != chosen else ""
                 return _upstream_failed(expert, state.experts[expert], exc, before)
             second = cooldowns.admit(fallback)
@@ -1496,6 +1522,14 @@ def create_app(config: Any) -> Any:
 
     def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "",
                          after: str = "") -> Any:
+        if isinstance(exc, httpx.PoolTimeout):
+            # the gateway's limit, not the expert's failure: a 503 the client may retry
+            metrics.requests.labels(expert, "503").inc()
+            return _error(503, f"{before}the request to expert {expert!r} was not sent: all "
+                               f"{config.max_connections} of the gateway's upstream "
+                               f"connections stayed busy for {endpoint.timeout:g} s "
+                               "(max_connections)", kind="upstream_error", code="gateway_busy",
+                          headers={"retry-after": "1"})
         if isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.DecodingError):
