@@ -606,3 +606,58 @@ def test_encode_batch_names_texts_by_the_callers_positions(emb: Embedder) -> Non
         emb.encode_batch(["ok", "a\ud800"], positions=[1030, 1031])
     with pytest.raises(IR3DEError, match=r"^text #17 is a int, not a string"):
         emb.encode_batch(["ok", 5], positions=(3, 17))
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_table_and_tensor_are_refused_where_they_would_be_ignored(tmp_path: Path) -> None:
+    """load_embedder dropped a tensor or table it could not use without a word (the bundled
+    embedders, a recipe), misreported a table beside a model folder as a missing tokenizer
+    file, and let a non-path source fail with a TypeError: refused as the CLI refuses them."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    tok = tmp_path / "tokenizer.json"
+    write_tiny_tokenizer(tok)
+    for call, message in (
+            (lambda: load_embedder("wordllama", tensor="nope"),
+             r"^tensor needs a Hugging Face model folder as source, or table=FILE\.safetensors: "
+             r"the file it names a tensor of$"),
+            (lambda: load_embedder({"kind": "minilm"}, table="/nonexistent.npy"),
+             r"^table and tensor apply to a tokenizer\.json or a model folder; a recipe is "
+             r"complete as it is"),
+            (lambda: load_embedder({"kind": "wordllama"}, tensor="x"), r"^table and tensor"),
+            (lambda: load_embedder(folder, table=tmp_path / "t.npy"),
+             rf"^table needs its tokenizer\.json as source: the tokenizer\.json whose token "
+             rf"ids index the table's rows \({re.escape(str(folder))} is a model folder, which "
+             rf"holds its own table: leave table out\)$"),
+            (lambda: load_embedder("minilm", table=tmp_path / "t.npy"),
+             r"^table needs its tokenizer\.json as source: .* rows$"),
+            (lambda: load_embedder(tok, table=tmp_path / "t.npy", tensor="x"),
+             rf"^tensor names a tensor of a \.safetensors file, but table "
+             rf"{re.escape(str(tmp_path / 't.npy'))} is an \.npy array$"),
+            (lambda: load_embedder(5),  # type: ignore[arg-type]
+             r"^embedder source must be 'wordllama', 'minilm', a model folder, a "
+             r"tokenizer\.json \(with table\) or a recipe dict, got int$"),
+            (lambda: load_embedder(tok, table=3),  # type: ignore[arg-type]
+             r"^table must be a file path \(str or os\.PathLike\), got int$"),
+            (lambda: load_embedder(folder, tensor=["x"]),  # type: ignore[arg-type]
+             r"^tensor must be a tensor name \(str\), got list$"),
+            (lambda: load_embedder(tmp_path / "nope", tensor="x"), "unknown embedder")):
+        with pytest.raises(IR3DEError, match=message):
+            call()
+
+
+def test_encode_batch_takes_iterables_of_texts_and_checks_max_tokens(emb: Embedder) -> None:
+    """A lone string was split into characters, a generator failed on len(), and a max_tokens
+    of the wrong type failed on a comparison (TypeError)."""
+    with pytest.raises(IR3DEError, match=r"^texts must be a list \(or other iterable\) of "
+                                         r"strings, not a single str"):
+        emb.encode_batch("abc")
+    texts = ["What is 2 + 2?", "import os"]
+    expected = emb.encode_batch(texts)
+    for got in (emb.encode_batch(t for t in texts), emb.encode_batch(tuple(texts))):
+        assert [x.tolist() for x in got] == [x.tolist() for x in expected]
+    for bad in ("3", 0, -1, 2.0, True, None):
+        with pytest.raises(IR3DEError, match=rf"^max_tokens must be a positive integer, got "
+                                             rf"{re.escape(repr(bad))}$"):
+            emb.encode("hello", bad)  # type: ignore[arg-type]
+    assert emb.encode("hello world", np.int64(1)).size == 1

@@ -227,3 +227,17 @@ def test_bootstrap_errors(correct, gold, ids, kwargs, match) -> None:
 def test_percentile_interval_level_errors(level: float) -> None:
     with pytest.raises(IR3DEError, match="level must be in"):
         percentile_interval(np.arange(10.0), level)
+
+
+def test_numpy_inputs_and_empty_samples() -> None:
+    """Labels in numpy arrays used to fail on `if not gold` (an array has no truth value),
+    and an empty sample array with numpy's IndexError."""
+    m = routing_metrics(np.array(["a", "b"]), np.array(["a", "a"]), np.array(["a", "b"]))
+    assert (m.micro, m.balanced, m.domains) == (0.5, 0.5, ["a", "b"])
+    with pytest.raises(IR3DEError, match=r"^labels \['c'\] are not among the domains "
+                                         r"\['a', 'b'\]$"):
+        routing_metrics(np.array(["a", "c"]), np.array(["a", "a"]), ["a", "b"])
+    with pytest.raises(IR3DEError, match="no test prompts to score"):
+        routing_metrics(np.array([]), np.array([]), ["a"])
+    with pytest.raises(ValueError, match="no bootstrap samples to take a percentile interval"):
+        percentile_interval(np.array([]))

@@ -160,7 +160,7 @@ def test_routers_saved_with_identical_experts_still_load(emb: Embedder, toy_stat
     """A router file built before identical experts were refused loads (and serves) as
     before; only building or changing one refuses them."""
     with monkeypatch.context() as patch:
-        patch.setattr("ir3de.router.find_identical", lambda stats: None)
+        patch.setattr("ir3de.router.find_identical", lambda stats, **_: None)
         old = Router(emb).fit_stats({"law": toy_stats["law"], "legal": toy_stats["law"]})
     old.save(tmp_path / "old.st")
     loaded = Router.load(tmp_path / "old.st")
@@ -1211,3 +1211,161 @@ def test_grid_search_over_settings(emb: Embedder) -> None:
     # a grid that names the embedder: sklearn deep-copies grid values, not the table
     named = GridSearchCV(base, {"embedder": [emb], "alpha": [0.03]}, cv=3).fit(TEXTS, LABELS)
     assert named.best_estimator_.embedder is emb
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def assert_same_arrays(got: DomainStats, want: DomainStats) -> None:
+    """``got`` holds exactly ``want``'s numbers, and the same optional arrays."""
+    np.testing.assert_array_equal(got.A, want.A)
+    np.testing.assert_array_equal(got.b, want.b)
+    assert (got.n_tokens, got.n_prompts) == (want.n_tokens, want.n_prompts)
+    for key in ("counts", "doc_counts"):
+        assert (getattr(got, key) is None) == (getattr(want, key) is None), key
+        if getattr(want, key) is not None:
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+    assert (got.pairs is None) == (want.pairs is None)
+    if want.pairs is not None:
+        for a, b in zip(got.pairs, want.pairs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_save_keeps_each_experts_arrays_as_it_has_them(emb: Embedder, toy_stats,
+                                                       tmp_path: Path) -> None:
+    """An expert without pairs (or counts) used to cost every other expert theirs in the
+    saved file: the loaded router could then not take back pair features."""
+    mixed = {"math": toy_stats["math"],
+             "coding": dataclasses.replace(toy_stats["coding"], pairs=None),
+             "law": streaming_stats(emb, CORPORA["law"], domain="law")}
+    router = Router(emb, "dense").fit_stats(mixed)
+    router.save(tmp_path / "mixed.st")
+    loaded = Router.load(tmp_path / "mixed.st")
+    for name, stats in mixed.items():
+        assert_same_arrays(loaded.stats[name], stats)
+    assert_same_state(loaded, router)
+    # The probe's scenario: with the expert without pairs gone, the others take them back.
+    law = dataclasses.replace(toy_stats["law"], pairs=None)
+    router = Router(emb, "unigram").fit_stats([toy_stats["math"], toy_stats["coding"], law])
+    router.save(tmp_path / "u.st")
+    loaded = Router.load(tmp_path / "u.st")
+    for r in (router, loaded):
+        r.remove_expert("law")
+        r.set_params(config="default")
+    assert_same_state(loaded, router)
+    # Where every expert has an array, the file is as before (older ir3de reads it).
+    toy_router_file = tmp_path / "all.st"
+    Router(emb).fit_stats(toy_stats).save(toy_router_file)
+    tensors, _ = read_safetensors(toy_router_file)
+    assert not {"counts_experts", "doc_counts_experts", "pair_experts"} & tensors.keys()
+
+
+def test_load_refuses_bad_expert_lists_of_arrays(emb: Embedder, toy_stats,
+                                                 tmp_path: Path) -> None:
+    mixed = {"math": toy_stats["math"],
+             "coding": dataclasses.replace(toy_stats["coding"], pairs=None)}
+    Router(emb, "unigram").fit_stats(mixed).save(tmp_path / "ok.st")
+    tensors, meta = read_safetensors(tmp_path / "ok.st")
+    assert tensors["pair_experts"].tolist() == [0]
+    for bad, message in (
+            ({"pair_experts": np.array([1, 0])}, "'pair_experts' must list distinct expert "
+                                                 "indices in ascending order, each below 2"),
+            ({"pair_experts": np.array([2])}, "'pair_experts' must list distinct"),
+            ({"pair_experts": np.array([0, 1])}, "token-pair tensors do not match 2 experts"),
+            ({"counts_experts": np.array([1])}, r"token counts do not match 1 experts and a "
+                                                r"vocabulary of 32000")):
+        write_safetensors(tmp_path / "bad.st", {**tensors, **bad}, meta)
+        with pytest.raises(StatsFormatError, match=rf"bad\.st: .*{message}"):
+            Router.load(tmp_path / "bad.st")
+    without = {k: v for k, v in tensors.items() if not k.startswith("pair_") or k == "pair_experts"}
+    write_safetensors(tmp_path / "bad.st", without, meta)
+    with pytest.raises(StatsFormatError, match="holds 'pair_experts' but no token-pair tensors"):
+        Router.load(tmp_path / "bad.st")
+
+
+def test_word_order_tells_experts_apart_where_pairs_are_read(emb: Embedder) -> None:
+    """The same tokens in another order have the same token counts but not the same pairs:
+    the default router (which reads pairs) tells them apart; a router that reads no pairs
+    would tie on every prompt and refuses them, saying why."""
+    texts, labels = ["dog bites man", "man bites dog"], ["news", "gossip"]
+    router = Router(emb).fit(texts, labels)
+    assert router.predict(texts) == labels
+    why = (r"hold exactly the same counts of tokens and differ only in token pairs, which "
+           r"these settings do not read .*: they would tie on every prompt")
+    with pytest.raises(ExpertError, match=why):
+        Router(emb, "unigram").fit(texts, labels)
+    with pytest.raises(ExpertError, match=why):
+        router.set_params(selector="avg")
+    assert router.config.selector == "geo"  # the refused change left it as it was
+    alone = Router(emb).fit([texts[0], "What is 2 + 2?"], ["news", "math"])
+    gossip = compute_stats(emb, texts[1:], domain="gossip")
+    alone.add_expert("gossip", gossip)
+    with pytest.raises(ExpertError, match=r"the new expert 'g' holds exactly the counts of "
+                                          r"expert 'news' of tokens and differ"):
+        Router(emb, "unigram").fit(texts[:1], ["news"]).add_expert("g", gossip)
+
+
+def test_ignored_refuses_a_lone_setting_name() -> None:
+    """A str is an iterable of its characters: ignored("alpha") checked 'a', 'l', ….
+    It is refused as everywhere else a list is expected."""
+    with pytest.raises(IR3DEError, match=r"setting names must be a list .* not a single str"):
+        RouterConfig.preset("paper").ignored("alpha")
+    assert RouterConfig.preset("paper").ignored(["alpha"]) == ("alpha", "model", "nb")
+
+
+def test_prompts_of_unknown_tokens_say_so(make_model_folder) -> None:
+    """A WordPiece or WordLevel tokenizer turns what it does not know into [UNK], a special
+    token that is dropped: the prompt was reported as "empty or only special tokens"."""
+    folder, _ = make_model_folder()
+    router = Router(folder).fit(["hello world", "math code"], ["greeting", "tech"])
+    with pytest.raises(EmptyInputError, match=r"^prompt #1 has no token to route on \(the "
+                                              r"tokenizer of tiny does not know its characters "
+                                              r"or words: they become \[UNK\], which carries "
+                                              r"no routing signal\)$"):
+        router.route_batch(["hello", "zebra giraffe"])
+    with pytest.raises(EmptyInputError, match=r"^prompt #0 has no token to route on \(empty "
+                                              r"or only special tokens\)$"):
+        router.route("</s> [PAD]")
+
+
+def test_minilm_prompts_of_unknown_tokens_say_so(minilm: Embedder) -> None:
+    """The probe's case: emoji and runes are [UNK] to MiniLM's WordPiece vocabulary."""
+    router = Router(minilm).fit(["What is 2+2?", "import os"], ["math", "code"])
+    with pytest.raises(EmptyInputError, match=r"^prompt #0 has no token to route on \(the "
+                                              r"tokenizer of all-MiniLM-L6-v2 does not know"):
+        router.route("🤖🤖 ᚠᚢᚦ")
+
+
+def test_embedder_arguments_take_what_load_embedder_takes() -> None:
+    """Router accepts an embedder recipe (a dict), as compute_stats and load_embedder do:
+    its annotations say so, and methods that return the router are typed as its class."""
+    import typing
+
+    hints = typing.get_type_hints(Router.__init__)
+    assert dict[str, typing.Any] in typing.get_args(hints["embedder"])
+    assert typing.get_type_hints(Router.load)["embedder"] == hints["embedder"]
+    for method in (Router.fit, Router.fit_stats, Router.add_expert, Router.set_params,
+                   Router.load):
+        returned = typing.get_type_hints(method)["return"]
+        assert isinstance(returned, typing.TypeVar) and returned.__bound__ is not None, method
+    assert isinstance(Router({"kind": "wordllama"}).embedder, Embedder)
+
+
+def test_public_types_and_the_typed_marker() -> None:
+    """Decision.tokens holds VotingTokens and DomainStats.pairs a PairCounts (which the README
+    passes to dataclasses.replace): both are importable from ir3de. `from ir3de.errors
+    import *` gives the exceptions only, and the package ships its py.typed marker."""
+    import ir3de
+    from ir3de import PairCounts, VotingToken
+    from ir3de.router import VotingToken as RouterVotingToken
+    from ir3de.statistics import PairCounts as StatsPairCounts
+
+    assert VotingToken is RouterVotingToken and PairCounts is StatsPairCounts
+    assert {"VotingToken", "PairCounts"} <= set(ir3de.__all__)
+    namespace: dict[str, object] = {}
+    exec("from ir3de.errors import *", namespace)
+    assert sorted(k for k in namespace if not k.startswith("__")) == [
+        "EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
+        "StatsFormatError"]
+    assert (Path(ir3de.__file__).parent / "py.typed").is_file()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["ir3de"]

@@ -386,9 +386,12 @@ def test_merge_refuses_a_shard_given_twice(toy_stats: dict[str, DomainStats],
     with pytest.raises(IR3DEError, match=r"items #1 and #2 are the same statistics "
                                          r"\(.*a\.stats\)"):
         merge(twice)
-    # One file under two domain names is two domains, and derived statistics are new data.
+    # One file under two domain names is two domains; a sum holds the shards it was summed
+    # from.
     assert list(merge([twice[0], twice[1].renamed("arithmetic")])) == ["math", "arithmetic"]
-    assert merge([a, a + twice[0]])["math"].n_prompts == 3 * a.n_prompts
+    with pytest.raises(IR3DEError, match=r"items #1 and #2 of domain 'math' both hold one "
+                                         r"shard's statistics .*counted twice"):
+        merge([a, a + twice[0]])
 
 
 def test_merge_refuses_identical_statistics(toy_stats: dict[str, DomainStats], emb: Embedder,
@@ -699,3 +702,55 @@ def test_merge_order_changes_only_ties_of_in_memory_float_sums(emb: Embedder,
             np.testing.assert_allclose(m.A, merged[0].A, rtol=1e-14, atol=1e-14)
             if group is files:  # distinct sources: one canonical order, to the bit
                 np.testing.assert_array_equal(m.A, merged[0].A)
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_save_and_load_name_a_path_that_is_none(toy_stats: dict[str, DomainStats]) -> None:
+    """As Router.save and Router.load do, instead of open()'s TypeError."""
+    with pytest.raises(IR3DEError, match=r"^DomainStats\.save takes a file path \(str or "
+                                         r"os\.PathLike\), got NoneType$"):
+        toy_stats["math"].save(None)  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match=r"^DomainStats\.load takes a file path \(str or "
+                                         r"os\.PathLike\), got int$"):
+        DomainStats.load(3)  # type: ignore[arg-type]
+
+
+def test_a_shard_summed_in_twice_is_refused(emb: Embedder) -> None:
+    """sum([a, b, a]) counted a twice where merge([a, b, a]) refuses: a sum remembers the
+    shard objects it was summed from. Subtracting a shard takes it out again."""
+    a, b, c = (compute_stats(emb, [text], domain="math")
+               for text in ("What is 2 + 2?", "Solve x + 1 = 3.", "Is 7 prime?"))
+    twice = r"both hold one shard's statistics \(summed into them with \+ or sum\); it would " \
+            r"be counted twice"
+    for repeat in (lambda: sum([a, b, a]), lambda: (a + b) + (c + a), lambda: b + (a + b),
+                   lambda: (a + b).renamed("m").renamed("math") + a):
+        with pytest.raises(IR3DEError, match=twice):
+            repeat()
+    back = a + b - b + b  # b was taken out before it was added again
+    assert back.n_prompts == 2 and np.array_equal(back.counts, (a + b).counts)
+    total = sum([a, b, c])
+    assert (total - (a + c)).n_prompts == 1
+    with pytest.raises(IR3DEError, match=twice):
+        total - b + a
+    # A difference from other statistics than a sum of the same objects starts afresh.
+    central = compute_stats(emb, ["What is 2 + 2?", "Solve x + 1 = 3."], domain="math")
+    assert (central - b + b).n_prompts == 2
+    # merge refuses the same, naming the items.
+    with pytest.raises(IR3DEError, match=r"merge: items #1 and #2 of domain 'math' both hold "
+                                         r"one shard's statistics"):
+        merge([a + b, a + c])
+
+
+def test_find_identical_compares_pairs_where_both_have_them(emb: Embedder) -> None:
+    """The same tokens in another order: equal token counts, different pairs."""
+    news, gossip = (compute_stats(emb, [text], domain="d")
+                    for text in ("dog bites man", "man bites dog"))
+    assert np.array_equal(news.counts, gossip.counts)
+    assert statistics.find_identical([news, gossip]) is None
+    assert statistics.find_identical([news, gossip], pairs=False) == (0, 1)
+    assert statistics.find_identical([news, dataclasses.replace(gossip, pairs=None)]) == (0, 1)
+    assert statistics.find_identical([news, gossip, news.renamed("x")]) == (0, 2)
+    # merge tells them apart by their pairs, unless it drops them.
+    assert merge([news, gossip])["d"].n_prompts == 2
+    with pytest.raises(IR3DEError, match="hold identical statistics"):
+        merge([news, gossip], drop_pairs=True)

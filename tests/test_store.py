@@ -392,3 +392,43 @@ def test_count_tensors_stored_as_floats_are_refused(saved, tmp_path: Path, name:
     narrow = {**tensors, name: tensors[name].astype(np.int32 if name != "pair_keys"
                                                     else np.int64)}
     assert DomainStats.load(rewrite(path, tmp_path / "i32.st", tensors=narrow)).n_tokens > 0
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ([1, 2, 3], r"corrupt safetensors header \(a JSON list, not an object of tensor entries\)"),
+    ({"model.embed_tokens.weight": "x"}, r"malformed safetensors header: tensor "
+                                         r"'model\.embed_tokens\.weight' is \"x\", not an object"),
+    ({"model.embed_tokens.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0]}},
+     r"malformed safetensors header: tensor 'model\.embed_tokens\.weight' has data_offsets "
+     r"\[0\], not \[begin, end\] with 0 ≤ begin ≤ end"),
+    ({"t": {"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}},
+     r"malformed safetensors header: tensor 't' has dtype \[\"F32\"\], not a string"),
+    ({"t": {"dtype": "F32", "shape": [2, -2], "data_offsets": [0, 16]}},
+     r"malformed safetensors header: tensor 't' has shape \[2, -2\], not a list of sizes"),
+    ({"t": {"dtype": "F32", "shape": [2, 2], "data_offsets": [16, 0]}},
+     r"malformed safetensors header: tensor 't' has data_offsets \[16, 0\], not \[begin, "
+     r"end\] with 0 ≤ begin ≤ end"),
+])
+def test_malformed_safetensors_headers_are_named(tmp_path: Path, header: object,
+                                                 message: str) -> None:
+    """A header that is JSON but not a safetensors header used to fail with an
+    AttributeError or ValueError (a model folder's weights, an embedding table)."""
+    from conftest import write_tiny_tokenizer
+
+    from ir3de import load_embedder
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_tiny_tokenizer(folder / "tokenizer.json")
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw
+                                               + b"\0" * 64)
+    where = re.escape(str(folder / "model.safetensors"))
+    with pytest.raises(StatsFormatError, match=rf"^{where}: {message}$"):
+        safetensors_names(folder / "model.safetensors")
+    with pytest.raises(StatsFormatError, match=rf"^{where}: {message}$"):
+        safetensors_tensor(folder / "model.safetensors", "t")
+    with pytest.raises(StatsFormatError, match=rf"^{where}: {message}$"):
+        load_embedder(folder)
+    with pytest.raises(StatsFormatError, match=rf"^{where}: {message}$"):
+        load_embedder(folder / "tokenizer.json", table=folder / "model.safetensors")

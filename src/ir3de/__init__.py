@@ -20,8 +20,8 @@ from .errors import (
     IR3DEError,
     StatsFormatError,
 )
-from .router import DEFAULT_K, Decision, Router, RouterConfig
-from .statistics import DomainStats, compute_stats, merge
+from .router import DEFAULT_K, Decision, Router, RouterConfig, VotingToken
+from .statistics import DomainStats, PairCounts, compute_stats, merge
 
 __all__ = [
     "DEFAULT_K",
@@ -32,9 +32,11 @@ __all__ = [
     "ExpertError",
     "FingerprintMismatchError",
     "IR3DEError",
+    "PairCounts",
     "Router",
     "RouterConfig",
     "StatsFormatError",
+    "VotingToken",
     "compute_stats",
     "load_embedder",
     "merge",

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import FingerprintMismatchError, IR3DEError
+from .errors import FingerprintMismatchError, IR3DEError, refuse_lone_text
 from .store import safetensors_names, safetensors_tensor
 
-__all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "as_embedder", "load_embedder"]
+__all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "EmbedderLike", "as_embedder",
+           "load_embedder"]
 
 DEFAULT_EMBEDDER = "wordllama"
 DEFAULT_MAX_TOKENS = 1024
@@ -139,6 +140,10 @@ class Embedder:
         self._added = tuple(tok["content"] for tok in config.get("added_tokens", []))
         self._chunk_cache: dict[str, list[int]] | None = {} if _chunkable(config) else None
         self._space_id = tokenizer.token_to_id("▁")
+        # The id of what the tokenizer does not know ([UNK]): it is usually a special token,
+        # dropped like them, so a prompt of unknown words has no token; errors say why.
+        unk = (config.get("model") or {}).get("unk_token")
+        self._unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
         self._piece_chars = _longest_piece(config)
         # WordPiece turns a word longer than max_input_chars_per_word into one [UNK]: a cut
         # into such a word leaves a fragment of at most that many characters, so at most
@@ -197,13 +202,15 @@ class Embedder:
         """Token ids of ``text`` without special tokens, capped at ``max_tokens``."""
         return self.encode_batch([text], max_tokens)[0]
 
-    def encode_batch(self, texts: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS, *,
+    def encode_batch(self, texts: Iterable[str], max_tokens: int = DEFAULT_MAX_TOKENS, *,
                      positions: Sequence[int] | None = None) -> list[np.ndarray]:
         """Token ids (int32) of each text, special tokens dropped, capped at ``max_tokens``.
 
-        A text that is not a string, or holds an unpaired surrogate, is refused as
-        ``text #N`` (0-based): its index in ``texts``, or ``positions[index]`` when the
-        caller encodes a part of its own sequence (a batch of it, its non-blank texts).
+        ``texts`` is any iterable of strings (a lone string is refused, not split into
+        characters); ``max_tokens`` a positive integer. A text that is not a string, or
+        holds an unpaired surrogate, is refused as ``text #N`` (0-based): its index in
+        ``texts``, or ``positions[index]`` when the caller encodes a part of its own
+        sequence (a batch of it, its non-blank texts).
 
         Special tokens are dropped even when they occur literally in the text
         (``"</s>"``), so they can never be counted or vote. A text longer than
@@ -212,8 +219,12 @@ class Embedder:
         first ``max_tokens`` ids (see :meth:`_cut`), so its cost does not grow with its
         length.
         """
-        if max_tokens <= 0:
-            raise IR3DEError(f"max_tokens must be positive, got {max_tokens}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
+                or max_tokens <= 0:
+            raise IR3DEError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        refuse_lone_text(texts, "texts")
+        if not isinstance(texts, (list, tuple)):
+            texts = list(texts)  # read once: it is indexed below (a generator could not be)
         limit = (max_tokens + self._cut_margin) * self._piece_chars
         cuts: dict[int, tuple[int, bool]] | None = None
         prefixes: list[str] = []
@@ -411,6 +422,17 @@ class Embedder:
             cache[chunk] = encode(chunk[1:], add_special_tokens=False).ids if chunk != " " \
                 else [self._space_id]
 
+    def why_no_token(self, text: str) -> str:
+        """Why :meth:`encode` gives ``text`` no token id, for error messages: its tokens are
+        all unknown to the tokenizer (``[UNK]``, dropped as a special token), or it is empty
+        or holds only special tokens."""
+        raw = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self._unk_id is not None and self._unk_id in raw:
+            unk = self.tokenizer.id_to_token(self._unk_id)
+            return (f"the tokenizer of {self.name} does not know its characters or words: "
+                    f"they become {unk}, which carries no routing signal")
+        return "empty or only special tokens"
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Embeddings of ``ids`` as float64, shape ``(len(ids), h)``."""
         raw = np.asarray(self.table[np.asarray(ids)])
@@ -442,6 +464,11 @@ class Embedder:
         # encoding), so copies share it: scikit-learn deep-copies every value of a parameter
         # grid, which would otherwise copy the embedding table per candidate and fold.
         return self
+
+
+# What the library accepts as an embedder (Router, compute_stats, …): one, or what
+# load_embedder loads one from (a name, a model folder, a recipe as in Embedder.spec).
+EmbedderLike = Embedder | str | os.PathLike[str] | dict[str, Any]
 
 
 def _unpickled(spec: dict[str, Any], fingerprint: str) -> Embedder:
@@ -701,23 +728,51 @@ def _checked_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
 def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, *,
                  table: str | os.PathLike[str] | None = None,
                  tensor: str | None = None) -> dict[str, Any]:
-    """Turn a user's embedder choice into the JSON recipe stored in files."""
+    """Turn a user's embedder choice into the JSON recipe stored in files.
+
+    ``table`` and ``tensor`` are refused where they would be ignored or misread: ``table``
+    pairs with a tokenizer.json only (a named embedder or a model folder has its own, a
+    recipe names its own), ``tensor`` with a model folder or a ``.safetensors`` table.
+    """
+    if source is not None and not isinstance(source, (str, os.PathLike, dict)):
+        raise IR3DEError(f"embedder source must be 'wordllama', 'minilm', a model folder, a "
+                         f"tokenizer.json (with table) or a recipe dict, got "
+                         f"{type(source).__name__}")
+    if table is not None and not isinstance(table, (str, os.PathLike)):
+        raise IR3DEError(f"table must be a file path (str or os.PathLike), got "
+                         f"{type(table).__name__}")
+    if tensor is not None and not isinstance(tensor, str):
+        raise IR3DEError(f"tensor must be a tensor name (str), got {type(tensor).__name__}")
     if isinstance(source, dict):
+        if table is not None or tensor is not None:
+            raise IR3DEError("table and tensor apply to a tokenizer.json or a model folder; a "
+                             "recipe is complete as it is (a 'files' recipe names its "
+                             "'table', an 'hf' or 'files' one its 'tensor')")
         return _checked_recipe(source)
+    source = DEFAULT_EMBEDDER if source is None else source
+    named = str(source) in ("wordllama", "minilm")
+    folder = not named and Path(source).is_dir()
     if table is not None:
-        if source is None:
-            raise IR3DEError("an explicit table needs its tokenizer.json as well")
+        if named or folder:
+            raise IR3DEError("table needs its tokenizer.json as source: the tokenizer.json "
+                             "whose token ids index the table's rows"
+                             + (f" ({source} is a model folder, which holds its own table: "
+                                "leave table out)" if folder else ""))
+        if tensor is not None and Path(table).suffix == ".npy":
+            raise IR3DEError(f"tensor names a tensor of a .safetensors file, but table "
+                             f"{table} is an .npy array")
         return {"kind": "files", "tokenizer": str(Path(source).resolve()),
                 "table": str(Path(table).resolve()), "tensor": tensor}
-    if source is None or str(source) == "wordllama":
-        return {"kind": "wordllama"}
-    if str(source) == "minilm":
-        return {"kind": "minilm"}
-    path = Path(source)
-    if path.is_dir():
-        return {"kind": "hf", "path": str(path.resolve()), "tensor": tensor}
-    raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a Hugging "
-                     "Face model folder, or a tokenizer.json together with a table file")
+    if not (named or folder):
+        raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a "
+                         "Hugging Face model folder, or a tokenizer.json together with a "
+                         "table file")
+    if tensor is not None and not folder:
+        raise IR3DEError("tensor needs a Hugging Face model folder as source, or "
+                         "table=FILE.safetensors: the file it names a tensor of")
+    if named:
+        return {"kind": str(source)}
+    return {"kind": "hf", "path": str(Path(source).resolve()), "tensor": tensor}
 
 
 def as_embedder(source: object, *, default: bool = False) -> Embedder:
@@ -746,9 +801,10 @@ def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None,
             folder, a ``tokenizer.json`` path (with ``table``), or a recipe dict
             as stored in ``Embedder.spec``.
         table: a ``.safetensors`` or ``.npy`` embedding table to pair with a
-            tokenizer.json given as ``source``.
-        tensor: the name of the embedding tensor inside a safetensors file,
-            when it is not one of the usual names.
+            tokenizer.json given as ``source`` (refused with any other source).
+        tensor: the name of the embedding tensor inside a model folder's or a
+            ``.safetensors`` table's file, when it is not one of the usual names
+            (refused where there is no such file).
     """
     spec = resolve_spec(source, table=table, tensor=tensor)
     return _load_cached(json.dumps(spec, sort_keys=True))

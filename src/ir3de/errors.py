@@ -7,7 +7,12 @@ that the CLI and the gateway can report it without a traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The exceptions; the helpers below are for ir3de's own modules.
+__all__ = ["EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
+           "StatsFormatError"]
 
 
 class IR3DEError(ValueError):
@@ -28,6 +33,15 @@ class EmptyInputError(IR3DEError):
 
 class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
+
+
+def require_path(path: object, what: str) -> None:
+    """Raise :class:`IR3DEError` unless ``path`` is a path (``str`` or ``os.PathLike``):
+    None or a number would reach ``open`` and fail with a TypeError naming no argument.
+    ``what`` is the function taking it (``"Router.save"``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise IR3DEError(f"{what} takes a file path (str or os.PathLike), "
+                         f"got {type(path).__name__}")
 
 
 def require_file(path: Path, error: type[IR3DEError] = IR3DEError) -> None:

@@ -24,11 +24,11 @@ import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, as_embedder
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, EmbedderLike, as_embedder
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -36,6 +36,7 @@ from .errors import (
     IR3DEError,
     StatsFormatError,
     refuse_lone_text,
+    require_path,
 )
 from .selector import SELECTORS, PairScores, VocabScores, select, vocab_scores
 from .solver import (
@@ -78,6 +79,13 @@ ROUTER_VERSION = 1
 _RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normalize",
                            "regularize_bias", "identity"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
+# The type of the router a method returns itself as (typing.Self needs Python 3.11): a
+# subclass's fit() is typed as that subclass.
+_RouterT = TypeVar("_RouterT", bound="Router")
+# A router file's optional per-expert arrays, each with the tensor that lists the experts
+# its rows belong to when only some experts have it (see Router.save).
+_RAGGED_ROWS = {"counts": "counts_experts", "doc_counts": "doc_counts_experts",
+                "pairs": "pair_experts"}
 
 
 # Settings that one model only reads (see RouterConfig): given for the other model they
@@ -190,6 +198,7 @@ class RouterConfig:
         >>> RouterConfig().ignored(["alpha", "k"])
         ('k', 'selector', 'topk')
         """
+        refuse_lone_text(names, "setting names")
         names = list(names)
         for name in names:
             model = _MODEL_ONLY.get(name)
@@ -345,15 +354,15 @@ class Router:
         search.fit(texts, labels).best_params_        # then search.best_estimator_.route(...)
     """
 
-    def __init__(self, embedder: Embedder | str | os.PathLike[str] | None = None,
+    def __init__(self, embedder: EmbedderLike | None = None,
                  config: RouterConfig | str | None = None, **settings: Any) -> None:
         self.config = _configure(_base_config(config), settings)
         self.embedder = _embedder(embedder)
         self._state: _State | None = None
 
     # ----------------------------------------------------------------- fitting
-    def fit(self, texts: Iterable[str], domains: Iterable[str], *,
-            progress: bool = False) -> Router:
+    def fit(self: _RouterT, texts: Iterable[str], domains: Iterable[str], *,
+            progress: bool = False) -> _RouterT:
         """Fit from labelled prompts (one statistics pass per domain)."""
         texts = _texts(texts, "texts", "text")
         refuse_lone_text(domains, "domain labels")
@@ -374,7 +383,8 @@ class Router:
                           max_tokens=self.config.max_tokens, progress=progress)
             for domain, group in groups.items()])
 
-    def fit_stats(self, stats: Mapping[str, DomainStats] | Iterable[DomainStats]) -> Router:
+    def fit_stats(self: _RouterT,
+                  stats: Mapping[str, DomainStats] | Iterable[DomainStats]) -> _RouterT:
         """Fit from per-domain statistics: a mapping expert → stats, or stats named by domain."""
         expected = "a list of DomainStats or a mapping of expert names to DomainStats"
         if isinstance(stats, DomainStats):
@@ -400,14 +410,14 @@ class Router:
             table[name] = s if s.domain == name else s.renamed(name)
         return self._fit_table(table, refuse_identical=True)
 
-    def _fit_table(self, table: dict[str, DomainStats], *, refuse_identical: bool,
-                   chosen_mu: float | None = None) -> Router:
+    def _fit_table(self: _RouterT, table: dict[str, DomainStats], *, refuse_identical: bool,
+                   chosen_mu: float | None = None) -> _RouterT:
         """Solve for the experts of ``table`` (checked names), refusing incompatible
         statistics and, with ``refuse_identical``, two experts with identical ones;
         ``chosen_mu``: the identity μ ``"auto"`` already chose for these statistics."""
         self._check_compatible(table.values())
         if refuse_identical:
-            _refuse_identical(list(table.items()))
+            _refuse_identical(list(table.items()), pairs=_reads_pairs(self.config))
         self._state = self._solve(tuple(table), table, self.config, chosen_mu)
         return self
 
@@ -498,7 +508,7 @@ class Router:
         on one-hot token ids, i.e. the log-likelihoods ``log p(t | d)`` (shape (V, D))."""
         return self._fitted.W
 
-    def add_expert(self, name: str, stats: DomainStats) -> Router:
+    def add_expert(self: _RouterT, name: str, stats: DomainStats) -> _RouterT:
         """Add an expert from its statistics and re-solve; the others are untouched."""
         state = self._fitted
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
@@ -508,7 +518,8 @@ class Router:
         # Renamed first, so a refusal names the expert being added, not the stats' domain.
         stats = stats if stats.domain == name else stats.renamed(name)
         self._check_compatible([*state.stats.values(), stats])
-        _refuse_identical([*state.stats.items(), (name, stats)], new=True)
+        _refuse_identical([*state.stats.items(), (name, stats)], new=True,
+                          pairs=_reads_pairs(self.config))
         new = {**state.stats, name: stats}
         self._state = self._solve((*state.experts, name), new, self.config)
         return self
@@ -526,7 +537,7 @@ class Router:
                                   self.config)
         return state.stats[name]
 
-    def set_params(self, **params: Any) -> Router:
+    def set_params(self: _RouterT, **params: Any) -> _RouterT:
         """Change settings (sklearn-style) and return the router; re-solves only if the
         model or its parameters change (model, α, λ, balancing, normalisation, identity).
 
@@ -555,6 +566,10 @@ class Router:
                 f"({embedder.fingerprint[:12]}), and its statistics only fit that one; set "
                 f"the embedder on an unfitted router (sklearn.base.clone(router) is one) and "
                 f"fit it")
+        if self._state is not None and _reads_pairs(self.config) \
+                and not _reads_pairs(config):
+            # Experts told apart by their token pairs alone would tie on every prompt.
+            _refuse_identical(list(self._state.stats.items()), pairs=False)
         if self._state is not None and any(
                 getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
             self._state = self._solve(self._state.experts, self._state.stats, config)
@@ -583,7 +598,7 @@ class Router:
         return {"embedder": self.embedder, "config": self.config,
                 **{f.name: getattr(self.config, f.name) for f in fields(RouterConfig)}}
 
-    def __sklearn_clone__(self) -> Router:
+    def __sklearn_clone__(self: _RouterT) -> _RouterT:
         """What ``sklearn.base.clone`` returns: an unfitted router with the same parameters
         and the same embedder object (clone's default would deep-copy the embedding table)."""
         return type(self)(**self.get_params(deep=False))
@@ -674,7 +689,12 @@ class Router:
         for i, p in enumerate(prompts):
             if not p.strip():
                 raise EmptyInputError(f"prompt #{i} is empty")
-        return self.embedder.encode_batch(prompts, self.config.max_tokens)
+        ids = self.embedder.encode_batch(prompts, self.config.max_tokens)
+        for i, x in enumerate(ids):
+            if not x.size:  # said here, where the text is at hand to tell why
+                raise EmptyInputError(f"prompt #{i} has no token to route on "
+                                      f"({self.embedder.why_no_token(prompts[i])})")
+        return ids
 
     def predict(self, prompts: Iterable[str]) -> list[str]:
         """Expert name for each prompt (sklearn-style)."""
@@ -694,28 +714,38 @@ class Router:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as one safetensors file (statistics + JSON settings), atomically."""
-        _require_path(path, "save")
+        require_path(path, "Router.save")
         state = self._fitted
-        tensors = {"A": np.stack([state.stats[n].A for n in state.experts]),
-                   "b": np.stack([state.stats[n].b for n in state.experts])}
-        for key in ("counts", "doc_counts"):
-            if all(getattr(state.stats[n], key) is not None for n in state.experts):
-                tensors[key] = np.stack([getattr(state.stats[n], key) for n in state.experts])
-        if all(state.stats[n].pairs is not None for n in state.experts):
-            # Ragged per expert: concatenated, with each expert's start in pair_offsets.
-            parts = [state.stats[n].pairs for n in state.experts]
-            tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
-            tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
-            tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
+        stats = [state.stats[n] for n in state.experts]
+        tensors = {"A": np.stack([s.A for s in stats]), "b": np.stack([s.b for s in stats])}
+        # Each expert's optional arrays are saved as it has them: experts without them must
+        # not cost the others theirs (a router is rebuilt from the file, e.g. when an
+        # expert is removed and the model changed). When only some experts have an array,
+        # its rows are theirs, listed in <key>_experts; without that tensor, the rows are
+        # every expert's (files written before it existed).
+        for key, rows in _RAGGED_ROWS.items():
+            have = [i for i, s in enumerate(stats) if getattr(s, key) is not None]
+            if not have:
+                continue
+            if len(have) < len(stats):
+                tensors[rows] = np.array(have, dtype=np.int64)
+            if key == "pairs":
+                # Ragged per expert: concatenated, with each expert's start in pair_offsets.
+                parts = [stats[i].pairs for i in have]
+                tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
+                tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
+                tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
+            else:
+                tensors[key] = np.stack([getattr(stats[i], key) for i in have])
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
                                           **self.describe()})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *,
-             embedder: Embedder | str | os.PathLike[str] | None = None) -> Router:
+    def load(cls: type[_RouterT], path: str | os.PathLike[str], *,
+             embedder: EmbedderLike | None = None) -> _RouterT:
         """Load a saved router; its embedder is reloaded from the recorded recipe
         (or ``embedder``) and must have the recorded fingerprint."""
-        _require_path(path, "load")
+        require_path(path, "Router.load")
         tensors, meta = read_safetensors(path)
         meta = _check_router_meta(meta, str(path))
         emb = _embedder(embedder if embedder is not None else meta["embedder"])
@@ -733,21 +763,17 @@ class Router:
                 b.shape != (len(experts), h1):
             raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
                                    f"of width {h1}")
-        counts, doc_counts = (int_tensor(tensors, name, str(path))
-                              for name in ("counts", "doc_counts"))
-        for name, arr in (("token counts", counts), ("document frequencies", doc_counts)):
-            if arr is not None and arr.shape != (len(experts), emb.vocab_size):
-                raise StatsFormatError(f"{path}: {name} do not match {len(experts)} experts "
-                                       f"and a vocabulary of {emb.vocab_size}")
+        counts, doc_counts = (
+            _router_rows(tensors, name, what, len(experts), emb.vocab_size, str(path))
+            for name, what in (("counts", "token counts"),
+                               ("doc_counts", "document frequencies")))
         pairs = _router_pairs(tensors, len(experts), str(path))
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
             n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
             fingerprint=meta["fingerprint"], embedder=meta["embedder"],
             max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
-            counts=None if counts is None else counts[i],
-            doc_counts=None if doc_counts is None else doc_counts[i],
-            pairs=pairs[i])
+            counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i])
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         # Names were checked with the metadata. Identical experts are refused when a router
@@ -765,13 +791,6 @@ def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
         if not isinstance(text, str):
             raise IR3DEError(f"{item} #{i} is a {type(text).__name__}, not a string")
     return texts
-
-
-def _require_path(path: object, action: str) -> None:
-    """Refuse a path that is not one (None, a number) before it reaches ``open``."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise IR3DEError(f"Router.{action} takes a file path (str or os.PathLike), "
-                         f"got {type(path).__name__}")
 
 
 def _require_stats(value: object, context: str) -> None:
@@ -798,26 +817,46 @@ def _embedder(source: object) -> Embedder:
         raise
 
 
-def _refuse_identical(named: Sequence[tuple[str, DomainStats]], new: bool = False) -> None:
+def _reads_pairs(config: RouterConfig) -> bool:
+    """Whether routing with ``config`` reads the experts' token-pair counts: the nb model
+    with pair features and the ``geo`` selector (the other selectors vote per token)."""
+    return config.model == "nb" and config.pairs is not None and config.selector == "geo"
+
+
+def _refuse_identical(named: Sequence[tuple[str, DomainStats]], new: bool = False, *,
+                      pairs: bool) -> None:
     """Refuse two experts with identical statistics (:func:`~ir3de.statistics.find_identical`):
-    one corpus under two names would tie on every prompt. With ``new``, the last of
-    ``named`` is an expert being added: only it is compared with the others (a router
-    saved before this rule keeps working), and it is named without its file (the
-    gateway's upload has only a temporary one)."""
+    one corpus under two names would tie on every prompt. ``pairs``: whether the router
+    reads token pairs, which then tell apart experts with the same tokens in another order.
+    With ``new``, the last of ``named`` is an expert being added: only it is compared with
+    the others (a router saved before this rule keeps working), and it is named without its
+    file (the gateway's upload has only a temporary one)."""
     if new:
         name, stats = named[-1]
         for other, s in named[:-1]:
-            if find_identical([s, stats]) is not None:
+            if find_identical([s, stats], pairs=pairs) is not None:
                 raise ExpertError(f"identical statistics: the new expert {name!r} holds "
-                                  f"exactly the counts of expert {other!r} (the same corpus "
-                                  f"twice?); to rename {other!r}, remove it first")
+                                  f"exactly the counts of expert {other!r}"
+                                  f"{_why_identical(s, stats)}; to rename {other!r}, remove "
+                                  "it first")
         return
-    found = find_identical([s for _, s in named])
+    found = find_identical([s for _, s in named], pairs=pairs)
     if found is not None:
         (first, a), (second, b) = named[found[0]], named[found[1]]
         raise ExpertError(f"identical statistics: experts {first!r} ({a.source}) and "
-                          f"{second!r} ({b.source}) hold exactly the same counts (the same "
-                          "corpus twice?); each expert needs the statistics of its own corpus")
+                          f"{second!r} ({b.source}) hold exactly the same counts"
+                          f"{_why_identical(a, b)}; each expert needs the statistics of its "
+                          "own corpus")
+
+
+def _why_identical(a: DomainStats, b: DomainStats) -> str:
+    """The likely cause of two experts' identical counts, or, when only their pair tables
+    differ, that the router at hand does not read those: they would tie all the same."""
+    if find_identical([a, b], pairs=True) is not None:
+        return " (the same corpus twice?)"
+    return (" of tokens and differ only in token pairs, which these settings do not read "
+            "(the nb model with pairs and the geo selector does): they would tie on every "
+            "prompt")
 
 
 def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:
@@ -833,19 +872,61 @@ def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> 
             "--no-pairs")
 
 
+def _row_experts(tensors: dict[str, np.ndarray], key: str, n_experts: int,
+                 where: str) -> np.ndarray:
+    """The experts (indices) the rows of the optional array ``key`` of a router file belong
+    to: those its ``<key>_experts`` tensor lists (distinct, ascending), else every one."""
+    name = _RAGGED_ROWS[key]
+    rows = int_tensor(tensors, name, where)
+    if rows is None:
+        return np.arange(n_experts)
+    if rows.ndim != 1 or not rows.size or np.any(np.diff(rows) <= 0) or rows[0] < 0 \
+            or rows[-1] >= n_experts:
+        raise StatsFormatError(f"{where}: tensor {name!r} must list distinct expert indices "
+                               f"in ascending order, each below {n_experts}")
+    return rows
+
+
+def _router_rows(tensors: dict[str, np.ndarray], key: str, what: str, n_experts: int,
+                 vocab_size: int, where: str) -> list[np.ndarray | None]:
+    """Each expert's token or document counts ``key`` from a router file (None for the
+    experts that have none)."""
+    array = int_tensor(tensors, key, where)
+    if array is None:
+        if _RAGGED_ROWS[key] in tensors:
+            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS[key]!r} but no {key!r}")
+        return [None] * n_experts
+    rows = _row_experts(tensors, key, n_experts, where)
+    if array.shape != (rows.size, vocab_size):
+        raise StatsFormatError(f"{where}: {what} do not match {rows.size} experts and a "
+                               f"vocabulary of {vocab_size}")
+    out: list[np.ndarray | None] = [None] * n_experts
+    for row, expert in enumerate(rows):
+        out[expert] = array[row]
+    return out
+
+
 def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
                   where: str) -> list[PairCounts | None]:
-    """Each expert's pair frequencies from a router file (None for each if it has none)."""
+    """Each expert's pair frequencies from a router file (None for the experts that have
+    none)."""
     names = ("pair_keys", "pair_counts", "pair_offsets")
     present = [name in tensors for name in names]
     if not any(present):
+        if _RAGGED_ROWS["pairs"] in tensors:
+            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS['pairs']!r} but no "
+                                   "token-pair tensors")
         return [None] * n_experts
+    rows = _row_experts(tensors, "pairs", n_experts, where)
     keys, counts, offsets = (int_tensor(tensors, name, where) for name in names)
     if not all(present) or keys.ndim != 1 or counts.shape != keys.shape or \
-            offsets.shape != (n_experts + 1,) or offsets[0] != 0 or \
+            offsets.shape != (rows.size + 1,) or offsets[0] != 0 or \
             offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
-        raise StatsFormatError(f"{where}: token-pair tensors do not match {n_experts} experts")
-    return [PairCounts(keys[a:b], counts[a:b]) for a, b in itertools.pairwise(offsets)]
+        raise StatsFormatError(f"{where}: token-pair tensors do not match {rows.size} experts")
+    out: list[PairCounts | None] = [None] * n_experts
+    for expert, (a, b) in zip(rows, itertools.pairwise(offsets), strict=True):
+        out[expert] = PairCounts(keys[a:b], counts[a:b])
+    return out
 
 
 def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:

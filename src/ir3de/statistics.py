@@ -11,7 +11,8 @@ instead of an (h+1)² update per token. The same pass also counts, per token id,
 prompts it occurs in (document frequencies), and, per adjacent token pair (previous id,
 id), with a start-of-prompt id ``V`` before the first token, the prompts it occurs in: the
 ``nb`` router's statistics. Statistics add and subtract, so shards of one domain computed
-on different machines are merged with ``+`` (or ``sum``).
+on different machines are merged with :func:`merge` (or ``+`` and ``sum``, which refuse a
+shard object summed in twice but, unlike ``merge``, not a copy of one).
 
 Example:
     >>> from ir3de import load_embedder, compute_stats
@@ -31,12 +32,12 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, as_embedder
+from .embedding import DEFAULT_MAX_TOKENS, EmbedderLike, as_embedder
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -44,6 +45,7 @@ from .errors import (
     IR3DEError,
     StatsFormatError,
     refuse_lone_text,
+    require_path,
 )
 from .store import check_finite, read_safetensors, write_safetensors
 
@@ -68,8 +70,6 @@ STATS_VERSION = 1
 _BATCH = 1024
 _ROW_BLOCK = 8192
 _PAIR_FOLD = 1 << 22  # pending pair keys folded into the running table beyond this many
-# What the functions below accept as an embedder, as a Router does (see _embedder).
-EmbedderLike = Embedder | str | os.PathLike[str] | dict[str, Any]
 # Relative rounding allowed on A's diagonal when subtracting statistics summed in another
 # order: orders of magnitude above the rounding of float64 sums.
 _SUBTRACT_RTOL = 1e-6
@@ -152,8 +152,15 @@ class DomainStats:
     # only (never saved; any other replace() resets it).
     signature_dropped: str | None = field(default=None, init=False, compare=False,
                                           repr=False)
+    if TYPE_CHECKING:
+        # The shard objects these statistics were summed from (+, sum), each stood for by
+        # a token object of its own (unique, unlike id(), even across pickles): a shard
+        # summed in twice is refused (see __add__). A new object (made, loaded,
+        # replace()d) is one shard. Not a field: it is no part of the statistics' data.
+        _parts: frozenset[object]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_parts", frozenset({object()}))  # frozen: set once here
         validate_domain_name(self.domain, self.source)
         self._check_array_types()
         h1 = self.b.shape[0] if self.b.ndim == 1 else -1
@@ -268,16 +275,20 @@ class DomainStats:
         or pair table: the token and prompt counts, the cap and the token-id histogram
         (exact integers, equal for one corpus counted twice, merged from its shards, or
         counted with and without pairs), or ``A`` and ``b`` for statistics without a
-        histogram. Computed once per object (a router keeps its experts' statistics)."""
-        digest = hashlib.sha256(repr((self.n_tokens, self.n_prompts, self.max_tokens,
-                                      self.fingerprint, self.counts is None)).encode())
+        histogram. Computed once per object (a router keeps its experts' statistics).
+        The pair table has its own digest, :attr:`_pair_content`."""
         arrays = [(self.A, "<f8"), (self.b, "<f8")] if self.counts is None \
             else [(self.counts, "<i8")]
-        for array, dtype in arrays:
-            array = np.ascontiguousarray(array, dtype=dtype)
-            digest.update(repr(array.shape).encode())
-            digest.update(array.data)
-        return digest.digest()
+        return _digest((self.n_tokens, self.n_prompts, self.max_tokens, self.fingerprint,
+                        self.counts is None), arrays)
+
+    @cached_property
+    def _pair_content(self) -> bytes | None:
+        """A digest of the token-pair table (None without one): corpora with the same
+        tokens in another order have the same :attr:`_content` but not the same pairs."""
+        if self.pairs is None:
+            return None
+        return _digest((), [(self.pairs.keys, "<i8"), (self.pairs.counts, "<i8")])
 
     def _combine(self, other: DomainStats, sign: int) -> DomainStats:
         if not isinstance(other, DomainStats):
@@ -319,12 +330,20 @@ class DomainStats:
         if any(s.signature or s.signature_dropped for s in (self, other)):
             combined._note_dropped("it was combined (+, -, sum or merge) from signed "
                                    "statistics")
+        if sign > 0:
+            object.__setattr__(combined, "_parts", self._parts | other._parts)
+        elif other._parts <= self._parts:
+            # What was summed in comes off again; a difference from anything else (a shard
+            # of a central count) is a shard of its own, as it got in __post_init__.
+            object.__setattr__(combined, "_parts", self._parts - other._parts)
         return combined
 
     def _unsigned(self, why: str, **changes: Any) -> DomainStats:
         """``replace(self, **changes)`` without the signature, noting ``why`` it was dropped
-        when these statistics had one (or came from ones that had)."""
+        when these statistics had one (or came from ones that had). Renamed or stripped of
+        their pairs, they are still summed from the same shards."""
         derived = replace(self, signature=None, **changes)
+        object.__setattr__(derived, "_parts", self._parts)  # frozen: set once, when derived
         if self.signature or self.signature_dropped:
             derived._note_dropped(why)
         return derived
@@ -366,11 +385,21 @@ class DomainStats:
         or both without pair counts). Counts are summed exactly; ``A`` and ``b`` in floating
         point. Token, document and pair counts are kept only where both sides have them.
         The result carries no signature and no file (``source`` is ``"<combined>"``).
-        ``stats + stats`` (the same object) is refused, as :func:`merge` refuses a shard
-        given twice: it would count one corpus twice."""
+
+        A sum remembers the shard objects it was summed from, so a shard object summed in
+        twice is refused, as :func:`merge` refuses a shard given twice: ``stats + stats``,
+        ``sum([a, b, a])``, ``(a + b) + (a + c)``. What was subtracted (the same object) may
+        be added again: ``a + b - b + b``. Unlike :func:`merge`, ``+`` and ``sum`` cannot
+        tell a *copy* from other data (one file loaded twice, the same corpus counted
+        twice: equal counts in another object); :func:`merge` refuses those too and is the
+        checked way to sum shards."""
         if other is self:
             raise IR3DEError(f"{self.source} ({self.domain}) is added to itself; it would be "
                              "counted twice")
+        if isinstance(other, DomainStats) and self._parts & other._parts:
+            raise IR3DEError(f"{other.source} ({other.domain}) and {self.source} both hold "
+                             "one shard's statistics (summed into them with + or sum); it "
+                             "would be counted twice (merge refuses the same)")
         return self._combine(other, +1)
 
     def __radd__(self, other: object) -> DomainStats:
@@ -409,6 +438,7 @@ class DomainStats:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a safetensors file with JSON metadata, atomically."""
+        require_path(path, "DomainStats.save")
         meta = self.metadata()
         if self.signature:
             meta["signature"] = self.signature
@@ -424,6 +454,7 @@ class DomainStats:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DomainStats:
         """Read and validate a statistics file (shapes, finiteness, counts, format)."""
+        require_path(path, "DomainStats.load")
         tensors, meta = read_safetensors(path)
         where = str(path)
         if meta.get("format") != STATS_FORMAT:
@@ -459,6 +490,16 @@ class DomainStats:
                    counts=int_tensor(tensors, "counts", where),
                    doc_counts=int_tensor(tensors, "doc_counts", where),
                    pairs=_pair_tensors(tensors, where))
+
+
+def _digest(head: tuple[object, ...], arrays: list[tuple[np.ndarray, str]]) -> bytes:
+    """SHA-256 of ``head`` (its repr) and each array's shape and bytes as ``dtype``."""
+    digest = hashlib.sha256(repr(head).encode())
+    for array, dtype in arrays:
+        array = np.ascontiguousarray(array, dtype=dtype)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.data)
+    return digest.digest()
 
 
 def _shape(array: np.ndarray) -> str:
@@ -815,8 +856,10 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     rounding). Shards of one domain with and without token-pair counts are refused (the
     sum could hold no pairs) unless ``drop_pairs``, which leaves the pairs out of every
     result. A shard given twice
-    (the same object, one file loaded twice, or identical statistics such as a copy of
-    the file: :func:`find_identical`) is refused: it would be counted twice.
+    (the same object, one file loaded twice, a shard object summed with ``+`` or ``sum``
+    into two of the items, or identical statistics such as a copy of the file:
+    :func:`find_identical`, which tells shards apart by their pair counts unless they are
+    dropped) is refused: it would be counted twice.
     """
     if isinstance(stats, DomainStats):
         raise IR3DEError("merge takes an iterable of DomainStats, not a single DomainStats "
@@ -831,6 +874,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     if drop_pairs:  # derived statistics: any signature no longer covers them
         stats = [s._unsigned("its token-pair counts were dropped (merge with "
                              "drop_pairs=True)", pairs=None) for s in stats]
+    # After the drop: shards told apart by their pairs only are the same without them.
+    _refuse_identical_shards(stats)
     check_same_embedder(stats)
     groups: dict[str, list[DomainStats]] = {}
     for s in stats:
@@ -846,39 +891,55 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     return merged
 
 
-def find_identical(stats: Sequence[DomainStats]) -> tuple[int, int] | None:
+def find_identical(stats: Sequence[DomainStats], *,
+                   pairs: bool = True) -> tuple[int, int] | None:
     """The positions ``(i, j)``, ``i < j``, of the first two of ``stats`` that hold
     identical statistics, whatever their names or files: equal token-id histograms and
-    token and prompt counts (``A`` and ``b`` for statistics without a histogram); None if
-    there are none. That is one corpus counted twice (a file and its copy, or a file
-    given under two expert names): two corpora with exactly the same counts are all but
-    impossible. Cheap: one hash per statistics object, kept with it."""
-    seen: dict[bytes, int] = {}
+    token and prompt counts (``A`` and ``b`` for statistics without a histogram) and, with
+    ``pairs`` and where both have them, equal token-pair tables (the same tokens in
+    another order are another corpus to a reader of the pairs; ``pairs=False`` for one that
+    reads none); None if there are none. That is one corpus counted twice (a file and its
+    copy, or a file given under two expert names): two corpora with exactly the same counts
+    are all but impossible. Cheap: one or two hashes per statistics object, kept with it."""
+    seen: dict[bytes, list[int]] = {}
     for j, s in enumerate(stats):
-        i = seen.setdefault(s._content, j)
-        if i != j:
-            return i, j
+        same = seen.setdefault(s._content, [])
+        for i in same:
+            other = stats[i]
+            if not pairs or None in (s.pairs, other.pairs) \
+                    or s._pair_content == other._pair_content:
+                return i, j
+        same.append(j)
     return None
 
 
 def _refuse_repeats(stats: list[DomainStats]) -> None:
     """Refuse a shard of a domain given twice, as the CLI refuses a file given twice: the
     same object, or the same file (``source`` is the path it was loaded from; in-memory and
-    derived statistics, ``"<…>"``, are told apart by identity only), or identical
-    statistics (:func:`find_identical`: a copy of the file, the same corpus counted
-    twice)."""
+    derived statistics, ``"<…>"``, are told apart by identity only), or a shard object
+    summed into two of them (``a`` and ``a + b``: see :meth:`DomainStats.__add__`)."""
     seen: dict[tuple[str, object], int] = {}
     for i, s in enumerate(stats):
-        keys: list[object] = [id(s)]
+        keys: list[object] = list(s._parts)
         if s.source and not s.source.startswith("<"):
             path = Path(s.source)
             keys.append(path.resolve() if path.is_file() else s.source)
         for key in keys:
             first = seen.setdefault((s.domain, key), i)
-            if first != i:
-                raise IR3DEError(f"merge: items #{first + 1} and #{i + 1} are the same statistics "
-                                 f"({s.source}) of domain {s.domain!r}: they would be "
-                                 "counted twice")
+            if first == i:
+                continue
+            if stats[first] is s or key not in s._parts:
+                raise IR3DEError(f"merge: items #{first + 1} and #{i + 1} are the same "
+                                 f"statistics ({s.source}) of domain {s.domain!r}: they "
+                                 "would be counted twice")
+            raise IR3DEError(f"merge: items #{first + 1} and #{i + 1} of domain "
+                             f"{s.domain!r} both hold one shard's statistics (summed into "
+                             "them with + or sum): it would be counted twice")
+
+
+def _refuse_identical_shards(stats: list[DomainStats]) -> None:
+    """Refuse two shards of a domain with identical statistics (:func:`find_identical`: a
+    copy of a file, the same corpus counted twice)."""
     for domain in dict.fromkeys(s.domain for s in stats):
         indices = [i for i, s in enumerate(stats) if s.domain == domain]
         found = find_identical([stats[i] for i in indices])

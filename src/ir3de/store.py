@@ -156,7 +156,40 @@ def _header(path: Path) -> tuple[dict[str, Any], int]:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise StatsFormatError(f"{path}: corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise StatsFormatError(f"{path}: corrupt safetensors header (a JSON "
+                               f"{type(header).__name__}, not an object of tensor entries)")
+    # The entries are read by name later (which tensor is the embedding, its dtype, shape
+    # and byte range): a malformed one is refused here, named, not met as an AttributeError.
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_entry(path, name, info)
     return header, 8 + n
+
+
+def _check_entry(path: Path, name: str, info: object) -> None:
+    """Refuse a header entry that is not ``{"dtype": str, "shape": [int ≥ 0, …],
+    "data_offsets": [begin, end]}`` with ``0 ≤ begin ≤ end`` (the safetensors format)."""
+    def natural(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def shown(value: object) -> str:  # a damaged entry can be long: show its start
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "…"
+
+    if not isinstance(info, dict):
+        problem = f"is {shown(info)}, not an object"
+    elif not isinstance(info.get("dtype"), str):
+        problem = f"has dtype {shown(info.get('dtype'))}, not a string"
+    elif not isinstance(info.get("shape"), list) or not all(map(natural, info["shape"])):
+        problem = f"has shape {shown(info.get('shape'))}, not a list of sizes"
+    elif not (isinstance(offsets := info.get("data_offsets"), list) and len(offsets) == 2
+              and all(map(natural, offsets)) and offsets[0] <= offsets[1]):
+        problem = (f"has data_offsets {shown(info.get('data_offsets'))}, not "
+                   "[begin, end] with 0 ≤ begin ≤ end")
+    else:
+        return
+    raise StatsFormatError(f"{path}: malformed safetensors header: tensor {name!r} {problem}")
 
 
 def safetensors_names(path: str | os.PathLike[str]) -> list[str]:

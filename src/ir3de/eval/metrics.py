@@ -58,7 +58,7 @@ def routing_metrics(gold: Sequence[str], routed: Sequence[str],
     """Confusion matrix, micro, balanced and per-domain accuracy.
 
     Domains without test prompts are left out of the balanced mean (their accuracy is
-    NaN). A routed label outside ``domains`` is an error.
+    NaN). A routed label outside ``domains`` is an error. Lists and numpy arrays alike.
 
     >>> m = routing_metrics(["a", "a", "b"], ["a", "b", "b"], ["a", "b"])
     >>> m.micro, m.balanced
@@ -66,16 +66,18 @@ def routing_metrics(gold: Sequence[str], routed: Sequence[str],
     """
     from sklearn.metrics import confusion_matrix
 
+    # Plain lists of Python strings: a numpy array has no truth value, and its np.str_
+    # items would print as np.str_('x') in the errors.
+    gold, routed, domains = ([v.item() if isinstance(v, np.generic) else v for v in x]
+                             for x in (gold, routed, domains))
     if len(gold) != len(routed):
         raise IR3DEError(f"{len(gold)} gold labels but {len(routed)} routing decisions")
     if not gold:
         raise IR3DEError("no test prompts to score")
-    domains = list(domains)
     unknown = sorted(set(routed) - set(domains) | set(gold) - set(domains))
     if unknown:
         raise IR3DEError(f"labels {unknown} are not among the domains {domains}")
-    return metrics_from_confusion(confusion_matrix(list(gold), list(routed), labels=domains),
-                                  domains)
+    return metrics_from_confusion(confusion_matrix(gold, routed, labels=domains), domains)
 
 
 def metrics_from_confusion(cm: np.ndarray, domains: Sequence[str]) -> RoutingMetrics:
@@ -146,6 +148,8 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     """
     if not 0 < level < 1:
         raise IR3DEError(f"level must be in (0, 1), got {level}")
+    if not np.size(samples):  # np.quantile would fail with an IndexError
+        raise IR3DEError("no bootstrap samples to take a percentile interval of")
     low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
