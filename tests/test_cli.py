@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -432,6 +434,8 @@ def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> N
     (["--level", "95"], "must be a number in (0, 1), got 95.0"),
     (["--level", "x"], "expected a number in (0, 1), got 'x'"),
     (["--device", "gpu"], "device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    # scikit-learn refused it only after the IR3DE routers had run
+    (["--seed", "4294967296"], "must be an integer in 0..4294967295, got 4294967296"),
 ])
 def test_eval_malformed_options_exit_2(extra: list[str], message: str, tmp_path: Path,
                                           capsys) -> None:
@@ -1355,3 +1359,122 @@ def test_keygen_and_experts_name_the_real_problem(built: dict[str, Path], tmp_pa
     assert run(capsys, "experts", "add", built["router"], built["law"], "--name", "") == \
         (1, "", "ir3de: error: --name: invalid domain name ''\n")
     assert built["router"].read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- eval probe fixes
+def test_eval_file_names_and_arguments_not_utf8_fail_before_the_run(
+        user_data: Path, tmp_path: Path, capsys, no_run) -> None:
+    """b"caf\\xe9.jsonl" in --fit ended in a traceback after the whole run, and left a
+    half-written --out."""
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    shutil.copy(user_data, folder / "mine.jsonl")
+    try:
+        (folder / os.fsdecode(b"caf\xe9.jsonl")).write_text(
+            json.dumps({"text": "An espresso, please.", "domain": "math"}) + "\n")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", folder, "--baselines", "--out", out)
+    assert (code, err) == (1, f"ir3de: error: {folder}/caf\\xe9.jsonl: the name is not valid "
+                              "UTF-8 (the report could not name it); rename it\n")
+    odd = tmp_path / os.fsdecode(b"r\xe9sultats")
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--baselines", "--out", odd)
+    assert (code, err) == (1, f"ir3de: error: argument {tmp_path}/r\\xe9sultats is not valid "
+                              "UTF-8, so the report could not record the command line; rename "
+                              "the file or folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fit", "mine.jsonl"])
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_eval_checks_every_plot_path_before_the_run(force: bool, user_data: Path,
+                                                    tmp_path: Path, capsys, no_run) -> None:
+    """A folder named cost_custom.png failed after the run, beside a half-replaced report;
+    a user's own cost_custom.png was replaced without --force."""
+    out = tmp_path / "out"
+    out.mkdir()
+    plot = out / "cost_custom.png"
+    plot.mkdir()
+    argv = ["eval", "--fit", user_data, "--baselines", "--out", out, *["--force"] * force]
+    assert run(capsys, *argv) == (1, "", f"ir3de: error: {plot} is a directory\n")
+    plot.rmdir()
+    plot.write_bytes(b"mine")
+    if not force:
+        assert run(capsys, *argv) == (1, "", f"ir3de: error: {out} holds cost_custom.png, not "
+                                             "written by ir3de eval; pass --force to replace "
+                                             "them, or choose another --out\n")
+    assert plot.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--score-kind", "perplexity"], "--score-kind is read only with --scores, which is not "
+                                     "given"),
+    (["--resamples", "0", "--level", "0.9"], "--level is read only for the bootstrap "
+                                             "intervals, and --resamples 0 turns them off"),
+    (["--data", "somewhere"], "--data is read only by the built-in settings, and --fit "
+                              "replaces them"),
+])
+def test_eval_options_that_would_do_nothing_are_refused(extra: list[str], message: str,
+                                                        user_data: Path, tmp_path: Path,
+                                                        capsys, no_run) -> None:
+    """They were accepted without a word, while --device without knn was refused."""
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--baselines", *extra, "--out",
+                       tmp_path / "out")
+    assert (code, err) == (1, f"ir3de: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def _data_folder(root: Path, extra: str = "") -> Path:
+    """A shared data folder with two small domain corpora, ``extra`` appended to one."""
+    for domain, texts in (("math", MATH), ("law", LAW)):
+        (root / "domains" / domain).mkdir(parents=True)
+        (root / "domains" / domain / "all.jsonl").write_text(
+            "".join(json.dumps({"id": f"{domain}{i}", "text": t}) + "\n"
+                    for i, t in enumerate(texts)) + extra * (domain == "math"))
+    return root
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_eval_out_in_the_data_folder_is_refused(inside: bool, tmp_path: Path, capsys,
+                                               no_run) -> None:
+    """A decisions.jsonl written in domains/x/ was read as a domain by the next run."""
+    data = _data_folder(tmp_path / "data")
+    out = data / "domains" / "results" if inside else data
+    code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data, "--baselines",
+                       "--out", out)
+    where = "lies inside" if inside else "is"
+    assert (code, err) == (1, f"ir3de: error: --out {out} {where} the data folder {data}, whose "
+                              "JSONL files are read as data; choose another --out\n")
+    assert not (data / "domains" / "results").exists()
+
+
+def test_eval_builtin_record_without_text_names_its_line(tmp_path: Path, capsys,
+                                                         no_run) -> None:
+    """It was a raw KeyError: 'text'."""
+    data = _data_folder(tmp_path / "data", extra='{"id": "m9"}\n')
+    code, _, err = run(capsys, "eval", "--setting", "domains", "--data", data, "--baselines",
+                       "--out", tmp_path / "out")
+    path = data / "domains" / "math" / "all.jsonl"
+    assert (code, err) == (1, f"ir3de: error: {path}:5: record has no non-empty string field "
+                              "'text'\n")
+
+
+def test_eval_repeated_names_run_once_and_the_command_is_quoted(user_data: Path,
+                                                                tmp_path: Path,
+                                                                capsys) -> None:
+    """Repeats pooled every figure twice; the command was joined with spaces, so a path
+    with one could not be pasted back."""
+    out = tmp_path / "my out"
+    argv = ["--fit", str(user_data), "--embedder", "wordllama", "wordllama", "--presets",
+            "default", "default", "--baselines", "random", "random", "--resamples", "0",
+            "--no-plots"]
+    results = run_eval(capsys, out, *argv)
+    meta = results["meta"]
+    assert meta["command"] == "ir3de " + shlex.join(["eval", *argv, "--out", str(out), "-q"])
+    assert "'" in meta["command"]  # the space is quoted
+    assert (meta["presets"], meta["baselines"], len(meta["embedders"])) == (
+        ["default"], ["random"], 1)
+    (setting,) = results["settings"]
+    tested = sum(setting["splits"][0]["test"].values())
+    for r in setting["routers"]:
+        assert sum(map(sum, r["confusion"])) == tested and len(r["splits"]) == 1, r["name"]

@@ -17,6 +17,7 @@ from ir3de.data import (
     default_data_dir,
     read_corpus,
     read_jsonl,
+    reasoning_records,
     reasoning_split,
     refuse_repeated_paths,
 )
@@ -203,6 +204,26 @@ def test_reasoning_split_errors(data_dir: Path, tmp_path: Path) -> None:
         reasoning_split(data_dir, protocol="loo")  # type: ignore[arg-type]
     with pytest.raises(IR3DEError, match=r"missing; is .* the shared data folder"):
         reasoning_split(tmp_path)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"id": "gsm-9"}, ":3: record has no non-empty string field 'text'"),
+    ({"text": "What is 9 + 9?"}, r":3: record has no 'id' \(a string or an integer\)"),
+    ({"id": "gsm-0", "text": "What is 9 + 9?"}, r":3: repeats id 'gsm-0' of .*test.jsonl:1")])
+def test_reasoning_records_name_the_line_of_a_bad_record(bad: dict, message: str,
+                                                         tmp_path: Path) -> None:
+    """The built-in settings read 'text' and split by 'id': a record without either was a
+    bare KeyError."""
+    path = tmp_path / "reasoning" / "gsm8k" / "test.jsonl"
+    path.parent.mkdir(parents=True)
+    write_jsonl(path, [{"id": "gsm-0", "text": "What is 2 + 2?"},
+                       {"id": 7, "text": "What is 3 + 3?"}, bad])
+    with pytest.raises(IR3DEError, match=rf"^{re.escape(str(path))}{message}"):
+        reasoning_records(tmp_path, ["gsm8k/test"])
+    write_jsonl(path, [{"id": "gsm-0", "text": "What is 2 + 2?"},
+                       {"id": 7, "text": "What is 3 + 3?"}])
+    # An integer id is its decimal string, as for ir3de eval's own data.
+    assert [r["id"] for r in reasoning_records(tmp_path, ["gsm8k/test"])] == ["gsm-0", "7"]
 
 
 def test_jsonl_suffixes_are_what_read_corpus_reads_as_jsonl(tmp_path: Path) -> None:

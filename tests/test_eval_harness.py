@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,112 @@ def test_test_prompts_are_counted_once_over_splits_and_drops_per_split(
         assert evaluate(enough, embedders=[], baselines=make_baselines(["random"]),
                         resamples=0, progress=False)["warnings"] == []
     assert caplog.messages == []
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_nothing_to_evaluate_is_refused_up_front() -> None:
+    """No embedder and no baseline ended in an internal message about a boolean matrix."""
+    with pytest.raises(IR3DEError, match=r"^nothing to evaluate: no IR3DE embedder \(with a "
+                                         r"preset\) and no baseline$"):
+        evaluate(_tiny(["p1", "p2"]), embedders=[], baselines=[], progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Setting:
+    """The inline corpora as a custom setting (30 % of each domain tested)."""
+    from conftest import CORPORA
+
+    from ir3de.eval import custom_setting
+
+    data = tmp_path_factory.mktemp("small") / "fit.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n"
+                            for d, texts in CORPORA.items() for t in texts))
+    return custom_setting(data)
+
+
+def test_repeated_presets_embedders_and_baselines_count_once(small: Setting,
+                                                             emb: Embedder) -> None:
+    """Each repeat pooled every figure twice: confusion sums doubled, splits listed twice."""
+    result = evaluate(small, embedders=[emb, emb], presets=["default", "default"],
+                      baselines=make_baselines(["random", "random"]), resamples=0,
+                      progress=False)
+    tested = len(small.splits[0].test_texts)
+    names = [r["name"] for r in result["routers"]]
+    assert len(names) == len(set(names)) == len(K_GRID) + 3 + 1
+    for r in result["routers"]:
+        assert sum(map(sum, r["confusion"])) == tested and len(r["splits"]) == 1, r["name"]
+    from ir3de.baselines import RandomRouter
+
+    with pytest.raises(IR3DEError, match=r"baselines \['random'\] are given twice"):
+        evaluate(small, embedders=[], baselines=[("random", RandomRouter)] * 2, progress=False)
+    # Two different tables under one name would pool into one row: refused, not merged.
+    from types import SimpleNamespace
+
+    twins = [SimpleNamespace(spec={}, name="mine", fingerprint=f) for f in ("f1", "f2")]
+    with pytest.raises(IR3DEError, match=r"two different embedders are both named 'mine'"):
+        evaluate(small, embedders=twins, progress=False)  # type: ignore[arg-type]
+
+
+def test_a_seed_scikit_learn_refuses_is_refused_before_the_run() -> None:
+    """2**32 failed in LogisticRegression, after the IR3DE routers had run."""
+    with pytest.raises(IR3DEError, match=r"seed must be an integer in 0\.\.4294967295, got "
+                                         r"4294967296"):
+        make_baselines(["tfidf"], seed=2**32)
+    assert len(make_baselines(["tfidf"], seed=2**32 - 1)) == 1
+
+
+def test_a_hand_built_setting_is_checked_before_running(emb: Embedder) -> None:
+    """Twin domains failed in the router ("identical statistics ... <memory>"), and a
+    setting name such as "a/b" made plot subfolders."""
+    twins = Setting("twins", "two domains", ["a", "b"],
+                    [Split("all", {"a": ["one plus one"], "b": ["one plus one"]}, ["p1"],
+                           ["prompt"], ["a"])])
+    with pytest.raises(IR3DEError, match=r"^setting 'twins', split 'all': domains 'a' and 'b' "
+                                         r"have the same fit prompts, so no router"):
+        evaluate(twins, embedders=[emb], baselines=[("random", _never_run)], progress=False)
+    bad = Setting("a/b", "two domains", _tiny(["p1"]).domains, _tiny(["p1"]).splits)
+    with pytest.raises(IR3DEError, match=r"setting name 'a/b': use letters"):
+        evaluate(bad, embedders=[emb], baselines=[("random", _never_run)], progress=False)
+
+
+def test_the_kNN_model_load_is_charged_to_no_router() -> None:
+    """The encoder loads its model on first use, outside its encoding time: k=1's fit time
+    held the whole load, k=5's and k=10's none of it."""
+    from types import SimpleNamespace
+
+    from ir3de.eval.harness import _baseline_times
+
+    class SlowLoad:  # loads in 0.3 s on first use; encoding itself is free
+        def __init__(self) -> None:
+            self.spent, self.load_s = 0.0, 0.0
+
+        def encode(self, texts: list[str]) -> None:
+            if not self.load_s:
+                time.sleep(0.3)
+                self.load_s = 0.3
+
+        def cost(self, texts: list[str]) -> float:
+            return 0.0
+
+    encoder = SlowLoad()
+    model = SimpleNamespace(encoder=encoder)
+    times = [_baseline_times(model, lambda: encoder.encode(["a"]), ["a"])[1] for _ in range(2)]
+    assert encoder.load_s and all(t < 0.1 for t in times), times
+
+
+def test_warnings_list_five_domains_then_how_many_more(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The few-test-prompts warning listed all 340 domains on one line."""
+    domains = [f"d{i}" for i in range(8)]
+    ids = [f"{d}-0" for d in domains]
+    setting = Setting("many", "eight domains", domains,
+                      [Split("all", {d: [f"text of {d}"] for d in domains}, ids,
+                             [f"prompt {i}" for i in ids], domains, dict.fromkeys(domains, 1))])
+    with caplog.at_level("WARNING", logger="ir3de.eval"):
+        result = evaluate(setting, embedders=[], baselines=make_baselines(["random"]),
+                          resamples=0, progress=False)
+    assert result["warnings"] == [
+        "setting 'many': 8 test prompts left out because the same text is also a fit prompt "
+        "(d0 1, d1 1, d2 1, d3 1, d4 1 and 3 more)",
+        "setting 'many': fewer than 20 test prompts in d0 (1), d1 (1), d2 (1), d3 (1), d4 (1) "
+        "and 3 more; their accuracies and the bootstrap intervals are not meaningful"]

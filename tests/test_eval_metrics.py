@@ -69,22 +69,33 @@ def test_normalized_performance_task_scores_by_hand() -> None:
                                  kind="task", experts=["math", "code"])
     # math: router mean (0.8 + 0.4) / 2 = 0.6; domain expert (0.8 + 0.6) / 2 = 0.7 -> 6/7.
     # code: router 0.1; domain expert 0.9 -> 1/9.
-    assert out["router"]["math"] == pytest.approx(0.6 / 0.7)
-    assert out["router"]["code"] == pytest.approx(0.1 / 0.9)
+    assert out["router"]["domains"]["math"] == pytest.approx(0.6 / 0.7)
+    assert out["router"]["domains"]["code"] == pytest.approx(0.1 / 0.9)
     assert out["router"]["average"] == pytest.approx((0.6 / 0.7 + 0.1 / 0.9) / 2)
     # Experts average: math expert everywhere -> math 1.0, code 0.1/0.9;
     #                  code expert everywhere -> math 0.3/0.7, code 1.0.
-    assert out["experts average"]["math"] == pytest.approx((1.0 + 0.3 / 0.7) / 2)
-    assert out["experts average"]["code"] == pytest.approx((0.1 / 0.9 + 1.0) / 2)
-    assert out["domain expert"] == {"math": 1.0, "code": 1.0, "average": 1.0}
+    assert out["experts average"]["domains"]["math"] == pytest.approx((1.0 + 0.3 / 0.7) / 2)
+    assert out["experts average"]["domains"]["code"] == pytest.approx((0.1 / 0.9 + 1.0) / 2)
+    assert out["domain expert"] == {"domains": {"math": 1.0, "code": 1.0}, "average": 1.0}
 
 
 def test_normalized_performance_perplexity_is_expert_over_method() -> None:
     scores = {("a", "x"): 10.0, ("a", "y"): 20.0, ("b", "x"): 40.0, ("b", "y"): 8.0}
     out = normalized_performance(scores, ["a", "b"], ["x", "y"], {"r": ["y", "y"]},
                                  kind="perplexity", experts=["x", "y"])
-    assert out["r"]["x"] == pytest.approx(10.0 / 20.0)  # routed to the worse expert
-    assert out["r"]["y"] == pytest.approx(1.0)
+    assert out["r"]["domains"]["x"] == pytest.approx(10.0 / 20.0)  # routed to the worse expert
+    assert out["r"]["domains"]["y"] == pytest.approx(1.0)
+
+
+def test_a_domain_named_average_keeps_its_own_column() -> None:
+    """The row mean was stored under "average" beside the domains, so a domain of that
+    name was overwritten by it (in results.json and in the report's table)."""
+    scores = {("a", "average"): 1.0, ("a", "y"): 0.5, ("b", "average"): 0.2, ("b", "y"): 0.8}
+    out = normalized_performance(scores, ["a", "b"], ["average", "y"],
+                                 {"r": ["average", "average"]}, kind="task",
+                                 experts=["average", "y"])
+    assert out["r"]["domains"] == {"average": 1.0, "y": pytest.approx(0.25)}
+    assert out["r"]["average"] == pytest.approx(0.625)
 
 
 def test_normalized_performance_errors() -> None:
@@ -129,7 +140,7 @@ def test_task_scores_need_a_non_zero_domain_expert() -> None:
     out = normalized_performance({**_scores(), ("p2", "code"): 0.0}, ids, gold,
                                  {"r": ["code", "code", "code"]}, kind="task",
                                  experts=["math", "code"])
-    assert out["r"]["math"] == pytest.approx(0.1 / 0.7)  # a method's zero score is fine
+    assert out["r"]["domains"]["math"] == pytest.approx(0.1 / 0.7)  # a method's zero score is fine
 
 
 def test_validate_scores_against_test_prompts() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -186,13 +187,10 @@ def test_confusion_figure_text_does_not_overlap(result: dict, panels: int,
     matplotlib.use("Agg")
     from ir3de.eval import plots
 
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     baseline = next(r for r in result["routers"] if r["family"] == "random")
     shown = [r for r in result["routers"] if r["family"] == "ir3de" and r["is_preset"]]
     extra = [{**baseline, "name": f"baseline {i}"} for i in range(panels - len(shown))]
-    plots._confusions({**result, "routers": shown + extra}, Path("unused.png"))
-    fig, = figures
+    fig = plots._confusions({**result, "routers": shown + extra})
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.has_data()]
@@ -206,16 +204,16 @@ def test_confusion_figure_text_does_not_overlap(result: dict, panels: int,
             assert not a.overlaps(b)
 
 
-def test_plots_print_dollar_signs_in_names(result: dict, tmp_path: Path) -> None:
+def test_plots_print_dollar_signs_in_names(result: dict) -> None:
     """A domain named like mathtext was parsed as such and failed (ValueError) at savefig."""
-    from ir3de.eval.plots import plot_setting
+    from ir3de.eval.plots import render_plots
 
     names = {d: f"$\\{d}$" for d in result["domains"]}
     routers = [{**r, "per_domain": {names[d]: v for d, v in r["per_domain"].items()}}
                for r in result["routers"]]
     renamed = {**result, "domains": list(names.values()), "routers": routers}
-    paths = plot_setting(renamed, tmp_path)
-    assert all(p.stat().st_size > 0 for p in paths)
+    pngs = render_plots(renamed)
+    assert len(pngs) == 3 and all(png.startswith(b"\x89PNG") for png in pngs.values())
 
 
 def _section(markdown: str, setting: str) -> str:
@@ -260,21 +258,22 @@ def test_report_says_what_was_dropped_and_where_test_prompts_are_too_few(result:
 
 
 def _drawn(result: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """The figures plot_setting draws, by kind, drawn (so tick labels exist), not saved."""
+    """The figures render_plots draws, by kind, drawn (so tick labels exist), not saved."""
     import matplotlib
 
     matplotlib.use("Agg")
     from ir3de.eval import plots
 
-    figures: dict[str, object] = {}
+    figures: list[object] = []
 
-    def keep(fig: object, path: Path) -> None:
+    def keep(fig: object) -> bytes:
         fig.canvas.draw()  # type: ignore[attr-defined]
-        figures[path.name.split("_custom")[0]] = fig
+        figures.append(fig)
+        return b""
 
-    monkeypatch.setattr(plots, "_save", keep)
-    plots.plot_setting({**result, "setting": "custom"}, Path("unused"))
-    return figures
+    monkeypatch.setattr(plots, "_png", keep)
+    names = plots.render_plots({**result, "setting": "custom"})
+    return {name.split("_custom")[0]: fig for name, fig in zip(names, figures, strict=True)}
 
 
 def _tick_labels(axis: object) -> list[str]:
@@ -314,3 +313,179 @@ def test_cost_plot_places_a_zero_cost_router_and_labels_every_named_router(
     xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections])
     positive = [r["route_us"] for r in routers if r["route_us"] > 0]
     assert xs.min() == pytest.approx(min(positive) / 2) and ax.get_xlim()[0] < xs.min()
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_an_output_in_the_way_fails_before_anything_is_written(result: dict,
+                                                               tmp_path: Path) -> None:
+    """A folder named like a plot failed after decisions.jsonl and the first plots were
+    written beside the previous report."""
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    (tmp_path / "cost_alpha.png").unlink()
+    (tmp_path / "cost_alpha.png").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(IR3DEError, match=r"cost_alpha.png is a directory$"):
+        _run(result, tmp_path, ["alpha"], decisions=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["cost_alpha.png"]
+
+
+def test_a_move_cut_short_is_known_to_the_next_run(result: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files a failed run had moved in were "not written by ir3de eval" to the next one."""
+    from ir3de.eval.report import previous_outputs
+
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    real, moved = os.replace, []
+
+    def cut(src: str | Path, dst: str | Path) -> None:
+        staged = Path(src).parent.name.startswith(".ir3de-eval-staging-")
+        if staged and Path(dst).parent == tmp_path:
+            moved.append(Path(dst).name)
+            if len(moved) == 2:
+                raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", cut)
+    with pytest.raises(IR3DEError, match=r"accuracy_vs_k_alpha.png: No space left on device"):
+        _run(result, tmp_path, ["alpha"], decisions=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert moved == ["decisions.jsonl", "accuracy_vs_k_alpha.png"]
+    # The old results.json does not list decisions.jsonl; the pending list does.
+    assert "decisions.jsonl" in previous_outputs(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no staging folder left
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    assert {p.name for p in tmp_path.iterdir()} == _plots("alpha") | {"results.json",
+                                                                      "report.md"}
+
+
+def test_write_report_checks_results_before_writing_and_defaults_meta(
+        result: dict, tmp_path: Path) -> None:
+    """The documented {"meta": {...}} crashed with KeyError 'command' after the plots."""
+    out = tmp_path / "bad"
+    bare = {k: v for k, v in result.items() if k != "decisions"}
+    with pytest.raises(IR3DEError, match=r"^write_report: settings\[0\] is not a result of "
+                                         r"evaluate\(\): it lacks description, leaks_test"):
+        write_report({"meta": {}, "settings": [{"setting": "x", "domains": []}]}, out)
+    with pytest.raises(IR3DEError, match=r"two settings are named 'custom'"):
+        write_report({"settings": [bare, bare]}, out)
+    with pytest.raises(IR3DEError, match=r"setting name 'a b': use letters"):
+        write_report({"settings": [{**bare, "setting": "a b"}]}, out)
+    assert not out.exists()
+    text = write_report({"meta": {}, "settings": [bare]}, tmp_path / "ok",
+                        plots=False).read_text()
+    assert "Command:" not in text and re.search(r"^Date: \d{4}-\d\d-\d\d \d\d:\d\d UTC  $",
+                                                text, re.M)
+    assert re.search(r"^Machine: .*CPUs.*Python", text, re.M)
+    meta = json.loads((tmp_path / "ok" / "results.json").read_text())["meta"]
+    assert set(meta) == {"date", "machine"}
+
+
+def test_text_that_is_not_utf8_fails_before_anything_is_written(result: dict,
+                                                                 tmp_path: Path) -> None:
+    """A domain from a file name that is not UTF-8 failed in matplotlib after the run."""
+    odd = "caf\udce9"
+    routers = [{**r, "per_domain": {odd if d == "law" else d: v
+                                    for d, v in r["per_domain"].items()}}
+               for r in result["routers"]]
+    bad = {**result, "domains": [odd if d == "law" else d for d in result["domains"]],
+           "routers": routers}
+    with pytest.raises(IR3DEError, match=r"cannot write report.md: the results hold "
+                                         r"'\\udce9', which is not UTF-8 text"):
+        write_report({"meta": META, "settings": [bad]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _many(n: int) -> dict:
+    """A result with ``n`` domains, as much as the confusion plot reads."""
+    import numpy as np
+
+    confusion = np.eye(n, dtype=int).tolist()
+    routers = [{"name": f"IR3DE geo [wordllama, {p}]", "family": "ir3de", "is_preset": True,
+                "confusion": confusion, "balanced": 1.0} for p in ("default", "paper")]
+    routers.append({"name": "random", "family": "random", "confusion": confusion,
+                    "balanced": 1 / n})
+    return {"setting": "many", "domains": [f"domain_{i:03d}" for i in range(n)],
+            "routers": routers}
+
+
+def test_confusion_figure_size_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """120 domains drew a 24212 x 6057 pixel figure (3 GB), 340 one of 573 megapixels."""
+    import struct
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ir3de.eval import plots
+
+    small = plots._confusions(_many(4))
+    assert tuple(small.get_size_inches()) == pytest.approx((3 * 2.8, 2.8))  # as before
+    assert len(small.axes[0].get_xticklabels()) == 4
+    big = plots._confusions(_many(120))
+    assert tuple(big.get_size_inches()) == pytest.approx((3 * 6.0, 6.0))
+    assert not big.axes[0].get_xticklabels() and not big.axes[0].get_yticklabels()
+    assert "120 domains in the order of results.json, unlabelled" in big._suptitle.get_text()
+    width, height = struct.unpack(">II", plots._png(big)[16:24])
+    assert width * height < 4e6, (width, height)
+
+
+def test_report_says_when_the_confusion_plot_is_unlabelled(result: dict) -> None:
+    extra = [f"x{i}" for i in range(41)]
+    routers = [{**r, "per_domain": {**r["per_domain"], **dict.fromkeys(extra)}}
+               for r in result["routers"]]
+    many = {**result, "domains": result["domains"] + extra, "routers": routers}
+    plots = {"custom": [f"{k}_custom.png" for k in KINDS]}
+    note = "The confusion plot's axes are not labelled: 45 domains are more than 40"
+    assert note in render_markdown({"meta": META, "settings": [many]}, plots)
+    assert "not labelled" not in render_markdown({"meta": META, "settings": [result]}, plots)
+
+
+def test_confusion_labels_are_cut_with_an_ellipsis_and_stay_distinct() -> None:
+    """Labels were cut to 10 characters: two "customer_s", one "instructio"."""
+    from ir3de.eval.plots import _tick_labels
+
+    domains = ["customer_support_tickets_en", "customer_support_tickets_fr",
+               "instruction_following", "math", "a\nb", "a b"]
+    labels = _tick_labels(domains)
+    assert labels == ["customer_support…kets_en", "customer_support…kets_fr",
+                      "instruction_following", "math", "a b #5", "a b #6"]
+    same = ["x" * 30 + "a" + "y" * 10, "x" * 30 + "b" + "y" * 10]
+    assert _tick_labels(same) == ["xxxxxxxxxxxxxxxx…yyyyyyy #1", "xxxxxxxxxxxxxxxx…yyyyyyy #2"]
+
+
+def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:
+    """A custom setting with its own test data ran one split, not one per seed."""
+    def data_line(*settings: dict) -> str:
+        meta = {**META, "seeds": [0, 1, 2]}
+        markdown = render_markdown({"meta": meta, "settings": list(settings)}, {})
+        return next(line for line in markdown.splitlines() if line.startswith("Data: "))
+
+    fixed = {**result, "seeds": [0]}
+    pooled = {**result, "setting": "domains", "seeds": [0, 1, 2]}
+    assert data_line(fixed).endswith("seeds 0, 1, 2 (custom: one split, which the seed does "
+                                     "not change, run with seed 0)")
+    assert data_line(pooled, fixed).endswith(
+        "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled for domains; custom: "
+        "one split, which the seed does not change, run with seed 0)")
+    assert data_line(pooled).endswith("seeds 0, 1, 2 (seeded splits repeated once per seed "
+                                      "and pooled)")
+
+
+def test_command_line_is_a_code_span_no_backtick_ends(result: dict) -> None:
+    def command(line: str) -> str:
+        markdown = render_markdown({"meta": {**META, "command": line}, "settings": [result]},
+                                   {})
+        return next(row for row in markdown.splitlines() if row.startswith("Command: "))
+
+    assert command("ir3de eval --out x") == "Command: `ir3de eval --out x`  "
+    assert command("ir3de eval --out 'a`b'") == "Command: ``ir3de eval --out 'a`b'``  "
+    assert command("`x``") == "Command: ``` `x`` ```  "
+    assert command("ir3de eval --fit 'a\nb'") == "Command: `ir3de eval --fit 'a b'`  "
+
+
+def test_split_line_stays_one_line_with_a_line_break_in_a_domain(result: dict) -> None:
+    (split,) = result["splits"]
+    odd = {**result, "splits": [{**split, "fit": {"cod\ning": 3, **split["fit"]}}]}
+    markdown = render_markdown({"meta": META, "settings": [odd]}, {})
+    bullet = next(line for line in markdown.splitlines() if line.startswith("* split"))
+    assert bullet.startswith("* split `all`: fit cod ing 3, ") and "; test " in bullet

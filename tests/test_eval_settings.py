@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -286,3 +287,120 @@ def test_custom_folder_with_other_files_is_refused(role: str, tmp_path: Path) ->
     with pytest.raises(IR3DEError, match=r"empty: no JSONL files \(\*\.jsonl, \*\.json, "
                                          r"\*\.ndjson, any case\)"):
         custom_setting(empty)
+
+
+# ----------------------------------------------------------------------------- probe fixes
+def test_a_file_name_that_is_not_utf8_is_refused_before_the_run(tmp_path: Path) -> None:
+    """b"caf\\xe9.jsonl" made the domain 'caf\\udce9': the plots, report.md and
+    decisions.jsonl failed to encode it after the whole run."""
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    _write(folder / "math.jsonl", [{"text": f"sum {i}"} for i in range(4)])
+    odd = folder / os.fsdecode(b"caf\xe9.jsonl")
+    try:
+        _write(odd, [{"text": f"espresso {i}"} for i in range(4)])
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with pytest.raises(IR3DEError) as exc:
+        custom_setting(folder)
+    assert str(exc.value) == (f"{folder}/caf\\xe9.jsonl: the name is not valid UTF-8 (the "
+                              "report could not name it); rename it")
+    # Even with a 'domain' field in every record: the default ids come from the name.
+    _write(odd, [{"text": f"espresso {i}", "domain": "coffee"} for i in range(4)])
+    with pytest.raises(IR3DEError, match="the name is not valid UTF-8"):
+        custom_setting(folder)
+    with pytest.raises(IR3DEError, match="the name is not valid UTF-8"):
+        custom_setting(odd)
+
+
+def _data_folder(root: Path, bad: dict | None, where: str) -> Path:
+    """A shared data folder with two domain corpora, ``bad`` (if any) appended to
+    ``where`` (``domains/<name>/<file>``)."""
+    for domain, word in (("law", "court"), ("math", "sum")):
+        (root / "domains" / domain).mkdir(parents=True)
+        _write(root / "domains" / domain / "all.jsonl",
+               [{"id": f"{domain}{i}", "text": f"{word} {i}"} for i in range(10)])
+    if bad is not None:
+        with (root / where).open("a") as fh:
+            fh.write(json.dumps(bad) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"id": "x"}, ":11: record has no non-empty string field 'text'"),
+    ({"text": "sum 99"}, r":11: record has no 'id' \(a string or an integer\)"),
+    ({"id": 1.5, "text": "sum 99"}, ":11: 'id' must be a string or an integer, got 1.5"),
+    ({"id": "math3", "text": "sum 99"}, ":11: repeats id 'math3' of .*all.jsonl:4; ids must "
+                                        "be unique")])
+def test_builtin_settings_name_the_line_of_a_bad_record(bad: dict, message: str,
+                                                        tmp_path: Path) -> None:
+    """A record without 'text' or 'id' failed with a bare KeyError in the split."""
+    data = _data_folder(tmp_path, bad, "domains/math/all.jsonl")
+    with pytest.raises(IR3DEError, match=rf"^{re.escape(str(data))}/domains/math/all.jsonl"
+                                         f"{message}$"):
+        load_setting("domains", data)
+    assert load_setting("domains", _data_folder(tmp_path / "good", None, "")).domains == [
+        "law", "math"]
+
+
+def test_empty_files_and_broken_links_in_a_folder_are_refused(tmp_path: Path) -> None:
+    """Either left its domain out of the run without a word."""
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    for domain, word in (("law", "court"), ("math", "sum"), ("code", "def")):
+        _write(folder / f"{domain}.jsonl", [{"text": f"{word} {i}"} for i in range(4)])
+    (folder / "cooking.jsonl").write_text("\n")
+    with pytest.raises(IR3DEError) as exc:
+        custom_setting(folder)
+    assert str(exc.value) == f"{folder / 'cooking.jsonl'}: no records"
+    (folder / "cooking.jsonl").unlink()
+    (folder / "tax.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(IR3DEError) as exc:
+        custom_setting(folder)
+    assert str(exc.value) == (f"{folder / 'tax.jsonl'}: a broken symbolic link in the fit data "
+                              "folder (its domain would be left out); fix it or move it out")
+    (folder / "tax.jsonl").unlink()
+    assert sorted(custom_setting(folder).domains) == ["code", "law", "math"]
+
+
+def test_setting_names_must_be_safe_file_names(tmp_path: Path) -> None:
+    """'a/b' made plot subfolders, '../x' wrote beside --out, a space broke the links."""
+    data = tmp_path / "mine.jsonl"
+    _write(data, _two_domains())
+    for name in ("a/b", "../x", "my data", "", ".hidden", "x" * 101):
+        with pytest.raises(IR3DEError, match=r"setting name .*: use letters, digits"):
+            custom_setting(data, name=name)
+    assert custom_setting(data, name="my-data_v2.1").name == "my-data_v2.1"
+
+
+def test_domains_with_the_same_fit_prompts_are_refused_naming_their_files(
+        tmp_path: Path) -> None:
+    """They failed after the run had started with "identical statistics: experts 'a'
+    (<memory>) and 'b' (<memory>)"."""
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        word = "def" if name == "c" else "sum"
+        _write(folder / f"{name}.jsonl", [{"text": f"{word} {i}"} for i in range(4)])
+    test = tmp_path / "test.jsonl"
+    _write(test, [{"text": "sum 9", "domain": "a"}, {"text": "def 9", "domain": "c"}])
+    with pytest.raises(IR3DEError) as exc:
+        custom_setting(folder, test)
+    assert str(exc.value) == (f"setting 'custom', split 'all': domains 'a' and 'b' have the "
+                              f"same fit prompts (from {folder / 'a.jsonl'}, "
+                              f"{folder / 'b.jsonl'}), so no router can tell them apart; "
+                              "remove one or give it prompts of its own")
+
+
+def test_a_setting_records_the_seeds_that_gave_its_splits(tmp_path: Path) -> None:
+    """The report said "seeded splits repeated once per seed and pooled" of a custom
+    setting with its own test data, whose one split no seed changes."""
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    test = tmp_path / "test.jsonl"
+    _write(test, [{"text": "sum 9", "domain": "math"}, {"text": "def 9", "domain": "code"}])
+    fixed = repeat_setting(lambda seed: custom_setting(fit, test, seed=seed), [0, 1, 2])
+    assert fixed.seeds == [0] and len(fixed.splits) == 1
+    drawn = repeat_setting(lambda seed: custom_setting(fit, seed=seed), [3, 4])
+    assert drawn.seeds == [3, 4] and len(drawn.splits) == 2
+    assert custom_setting(fit, seed=5).seeds == [5]

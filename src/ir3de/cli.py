@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -111,7 +112,6 @@ def _checked(convert: Callable[[str], float], ok: Callable[[float], bool],
 
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
@@ -157,6 +157,15 @@ def _resamples(text: str) -> int:
 
     return int(_checked(int, lambda v: v == 0 or v >= MIN_RESAMPLES,
                         f"0 (no intervals) or an integer >= {MIN_RESAMPLES}")(text))
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed of ``ir3de eval``, one scikit-learn takes (0 .. 2**32 - 1):
+    a larger one failed only when TF-IDF + LR was fitted, after the IR3DE routers ran."""
+    from .eval.harness import MAX_SEED  # the harness's own rule, found at parse time
+
+    return int(_checked(int, lambda v: 0 <= v <= MAX_SEED,
+                        f"an integer in 0..{MAX_SEED}")(text))
 
 
 def _folder(text: str) -> str:
@@ -883,22 +892,52 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _check_eval_out(out: Path, force: bool, writes: Sequence[str]) -> None:
-    """Refuse, before the run, to replace files of ``out`` named as the run's outputs
-    (``writes``) that no previous evaluation wrote, unless ``force``: a previous
-    evaluation's outputs are replaced, as ``demo`` replaces its router. That evaluation's
-    results.json and report.md are its own, another name only if it lists it."""
-    for name in writes:  # in the way even with --force: found now, not when writing
-        if (out / name).is_dir():
-            raise IR3DEError(f"{out / name} is a directory")
+    """Refuse, before the run, an output of ``out`` (``writes``: every name the run will
+    write, plots included, all known from the settings' names) that cannot be written (a
+    directory in the way, even with ``force``), and to replace files named as the run's
+    outputs that no previous evaluation wrote, unless ``force``: a previous evaluation's
+    outputs are replaced, as ``demo`` replaces its router. That evaluation's results.json
+    and report.md are its own, another name only if it lists it or if it stopped while
+    moving that file in (:func:`ir3de.eval.report.previous_outputs`)."""
+    from .eval.report import check_outputs, previous_outputs
+
+    check_outputs(out, writes)
     if force or not out.is_dir():
         return
-    from .eval.report import previous_outputs
-
     own = previous_outputs(out)
     foreign = [name for name in writes if (out / name).exists() and name not in own]
     if foreign:
-        raise IR3DEError(f"{out} holds {', '.join(foreign)}, not written by ir3de eval; pass "
-                         "--force to replace them, or choose another --out")
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise IR3DEError(f"{out} holds {', '.join(foreign[:5])}{more}, not written by ir3de "
+                         "eval; pass --force to replace them, or choose another --out")
+
+
+def _refuse_non_utf8(argv: Sequence[str]) -> None:
+    """Refuse a command-line argument that is not valid UTF-8 (a file name in another
+    encoding): the report records the command line and could not be written, after the
+    run."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            raise IR3DEError(f"argument {shown} is not valid UTF-8, so the report could not "
+                             "record the command line; rename the file or folder") from None
+
+
+def _refuse_idle_eval_options(args: argparse.Namespace) -> None:
+    """Refuse an option that this run would not read, as ``--device`` without a baseline
+    that reads it is refused: it was accepted without a word and changed nothing."""
+    if args.test and not args.fit:
+        raise IR3DEError("--test needs --fit (the fit data of your own setting)")
+    if args.data is not None and args.fit:
+        raise IR3DEError("--data is read only by the built-in settings, and --fit replaces "
+                         "them")
+    if args.score_kind is not None and not args.scores:
+        raise IR3DEError("--score-kind is read only with --scores, which is not given")
+    if args.level is not None and args.resamples == 0:
+        raise IR3DEError("--level is read only for the bootstrap intervals, and --resamples "
+                         "0 turns them off")
 
 
 def _make_out_dir(out: Path) -> list[Path]:
@@ -931,7 +970,6 @@ def _remove_empty(folders: Sequence[Path]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import datetime
-    import platform
 
     from .baselines import device_label
     from .eval import (
@@ -945,6 +983,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_report,
     )
     from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
+    from .eval.report import machine, output_names
 
     try:
         import matplotlib  # noqa: F401
@@ -952,8 +991,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ImportError:
         raise IR3DEError("ir3de eval needs scikit-learn and matplotlib: "
                          "pip install 'ir3de[eval]'") from None
-    if args.test and not args.fit:
-        raise IR3DEError("--test needs --fit (the fit data of your own setting)")
+    argv = [str(a) for a in (sys.argv[1:] if args.argv is None else args.argv)]
+    _refuse_non_utf8(argv)
+    _refuse_idle_eval_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole run
         raise IR3DEError(f"--out {out} is not a directory")
@@ -965,18 +1005,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
             where = "is" if folder == out.resolve() else "lies inside"
             raise IR3DEError(f"--out {out} {where} the {option} folder {data}, whose JSONL "
                              "files are all read as data; choose another --out")
-    require_creatable(out)
-    _check_eval_out(out, args.force,
-                    ["report.md", "results.json", *(["decisions.jsonl"] * args.decisions)])
     data_dir = Path(args.data) if args.data else default_data_dir()
+    if not args.fit and data_dir.resolve() in (out.resolve(), *out.resolve().parents):
+        # The domains setting reads every domains/*/*.jsonl: a decisions.jsonl written
+        # there would be read as a domain by the next run.
+        where = "is" if data_dir.resolve() == out.resolve() else "lies inside"
+        raise IR3DEError(f"--out {out} {where} the data folder {data_dir}, whose JSONL files "
+                         "are read as data; choose another --out")
     caps = {"max_fit": args.max_fit, "max_test": args.max_test}
+    # A name given twice would pool each figure twice (or load an embedder twice).
     seeds = list(dict.fromkeys(args.seed))
+    presets = list(dict.fromkeys(args.presets))
     if args.fit:
         names = ["custom"]
     elif args.setting is None or "all" in args.setting:
         names = list(SETTINGS)
     else:
         names = list(dict.fromkeys(args.setting))
+    # Every output, the plots included, is named from the settings: all checked now (and
+    # that --out is not under a file).
+    _check_eval_out(out, args.force, output_names(names, plots=not args.no_plots,
+                                                  decisions=args.decisions))
 
     def load(name: str, seed: int) -> Setting:
         if name == "custom":
@@ -987,11 +1036,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = [repeat_setting(lambda seed, name=name: load(name, seed), seeds)
                 for name in names]
     scores = read_scores(args.scores) if args.scores else None
+    score_kind = args.score_kind or "task"
     for setting in settings if scores is not None else ():  # every setting, before any runs
-        check_scores(setting, scores, args.score_kind, source=args.scores)
-    embedders = _eval_embedders(args.embedder or ["wordllama", "minilm"], bool(args.embedder))
-    baselines = _eval_baselines(args.baselines if args.baselines is not None
-                                else DEFAULT_BASELINES, args.baselines is not None)
+        check_scores(setting, scores, score_kind, source=args.scores)
+    embedders = _eval_embedders(list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])),
+                                bool(args.embedder))
+    baselines = _eval_baselines(list(dict.fromkeys(args.baselines if args.baselines is not None
+                                                   else DEFAULT_BASELINES)),
+                                args.baselines is not None)
     device = _eval_device(args.device, baselines)
     factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet,
                                device=device or "cpu")
@@ -1001,26 +1053,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for setting in settings:
             start = time.perf_counter()
             results.append(evaluate(setting, embedders=embedders, baselines=factories,
-                                    presets=args.presets, scores=scores,
-                                    score_kind=args.score_kind, resamples=args.resamples,
-                                    level=args.level, keep_decisions=args.decisions,
-                                    progress=not args.quiet))
+                                    presets=presets, scores=scores, score_kind=score_kind,
+                                    resamples=args.resamples,
+                                    level=0.95 if args.level is None else args.level,
+                                    keep_decisions=args.decisions, progress=not args.quiet))
             if not args.quiet:
                 best = max(results[-1]["routers"], key=lambda r: r["balanced"])
                 print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
                       f"{time.perf_counter() - start:.0f} s; best balanced accuracy "
                       f"{100 * best['balanced']:.1f}% ({best['name']})", file=sys.stderr)
-        meta = {"command": "ir3de " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        # Quoted as a shell takes it: the report's command can be pasted to run again.
+        meta = {"command": "ir3de " + shlex.join(argv),
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime(
                     "%Y-%m-%d %H:%M UTC"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
-                           f"Python {platform.python_version()}"
+                "machine": machine()
                            + (f", kNN / MoDEM-style on {device_label(device)}" if device else ""),
                 # The data read: the shared folder (built-in settings) or the user's files.
                 "data_dir": str(data_dir), "fit": args.fit, "test": args.test,
                 "seed": seeds[0], "seeds": seeds, "max_fit": args.max_fit,
                 "max_test": args.max_test, "ir3de": __version__,
-                "embedders": [e.name for e in embedders], "presets": args.presets,
+                "embedders": [e.name for e in embedders], "presets": presets,
                 "baselines": baselines}
         report = write_report({"meta": meta, "settings": results}, args.out,
                               plots=not args.no_plots)
@@ -1249,13 +1301,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "domains"], help="settings to run: all (default) or some of "
                                                  "those above")
     p.add_argument("--out", required=True, type=_folder,
-                   help="output folder (created if missing; neither a --fit or --test "
+                   help="output folder (created if missing; not a --fit, --test or data "
                         "folder nor inside one); a previous eval's outputs in it are "
                         "replaced, other files of the same names only with --force")
     p.add_argument("--force", action="store_true",
-                   help="replace a report.md, results.json or decisions.jsonl in --out that "
-                        "ir3de eval did not write")
-    p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
+                   help="replace a report.md, results.json, decisions.jsonl or plot in --out "
+                        "that ir3de eval did not write")
+    p.add_argument("--data", help="shared data folder of the built-in settings (default: "
+                                  "$IR3DE_DATA or ../shared/data; not with --fit)")
     which.add_argument("--fit", help="your own fit data: a JSONL file or folder (instead of "
                                      "--setting)")
     p.add_argument("--test", help="your own test data (default: 30%% of --fit, by id)")
@@ -1270,8 +1323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
-    p.add_argument("--seed", type=_non_negative_int, nargs="+", default=[0], metavar="SEED",
-                   help="seed of splits, subsamples and baselines; several seeds repeat the "
+    p.add_argument("--seed", type=_seed, nargs="+", default=[0], metavar="SEED",
+                   help="seed of splits, subsamples and baselines (0 to 2**32 - 1); several "
+                        "seeds repeat the "
                         "seeded splits (domains, reasoning-2fold, subsamples) once per seed "
                         "and pool them, so a gap is not one split's luck (baselines use the "
                         "first)")
@@ -1279,14 +1333,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
     p.add_argument("--scores", help="JSONL of per-prompt expert scores "
                                     '({"id", "expert", "score"}) for normalized performance')
-    p.add_argument("--score-kind", choices=["task", "perplexity"], default="task",
-                   help="task: higher is better; perplexity: lower is better")
+    p.add_argument("--score-kind", choices=["task", "perplexity"],
+                   help="of the --scores: task (default): higher is better; perplexity: lower "
+                        "is better")
     p.add_argument("--resamples", type=_resamples, default=2000,
                    help="bootstrap resamples of the test prompts for the intervals of "
                         "balanced accuracy and of each preset's gap to the best baseline "
                         "(0: no intervals, else at least 100)")
-    p.add_argument("--level", type=_open_fraction, default=0.95,
-                   help="coverage of those intervals")
+    p.add_argument("--level", type=_open_fraction,
+                   help="coverage of those intervals (default 0.95)")
     p.add_argument("--decisions", action="store_true",
                    help="also write decisions.jsonl: every test prompt's gold domain and "
                         "where each preset router and baseline sent it (error analysis; "

@@ -43,6 +43,7 @@ __all__ = [
     "read_corpus",
     "read_jsonl",
     "read_numbered_jsonl",
+    "read_records",
     "reasoning_records",
     "reasoning_split",
     "record_id",
@@ -250,16 +251,45 @@ def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
 
+def read_records(path: str | os.PathLike[str],
+                 seen: dict[str, str] | None = None) -> list[dict]:
+    """The records of a JSONL file of prompts with ids, checked as ``ir3de eval`` checks
+    user data: each has a non-blank string ``text`` and an ``id``, a string or an integer
+    (kept as its decimal string, so 7 and "7" are one id and mixed ids sort), unique within
+    the file and among ``seen`` (id -> ``file:line`` that has it; updated). Errors name
+    ``file:line``: the seeded splits sort and draw ids and the splits read ``text``, so a
+    record without them would otherwise fail there with a bare KeyError.
+    """
+    seen = {} if seen is None else seen
+    records = []
+    for lineno, record in read_numbered_jsonl(path):
+        here = f"{path}:{lineno}"
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise IR3DEError(f"{here}: record has no non-empty string field 'text'")
+        if "id" not in record:
+            raise IR3DEError(f"{here}: record has no 'id' (a string or an integer)")
+        record["id"] = str(record_id(record, "", here))
+        if record["id"] in seen:
+            raise IR3DEError(f"{here}: repeats id {record['id']!r} of {seen[record['id']]}; "
+                             "ids must be unique")
+        seen[record["id"]] = here
+        records.append(record)
+    return records
+
+
 def reasoning_records(data_dir: str | os.PathLike[str], names: Iterable[str]) -> list[dict]:
-    """Records (``id``, ``text``, …) of Reasoning sets such as ``"gsm8k/test"``, in order."""
+    """Records (``id``, ``text``, …) of Reasoning sets such as ``"gsm8k/test"``, in order,
+    checked by :func:`read_records` (ids unique across the sets)."""
     data_dir = Path(data_dir)
     names = list(names)
-    records = []
+    records: list[dict] = []
+    seen: dict[str, str] = {}
     for name in names:
         path = data_dir / "reasoning" / f"{name}.jsonl"
         if not path.is_file():
             raise IR3DEError(f"{path}: missing; is {data_dir} the shared data folder?")
-        records.extend(read_jsonl(path))
+        records.extend(read_records(path, seen))
     if not records:
         raise EmptyInputError(f"{', '.join(names)}: no records")
     return records

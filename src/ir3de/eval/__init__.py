@@ -12,7 +12,10 @@ The command line front end is ``ir3de eval``; in Python::
     setting = load_setting("reasoning-xdata", max_fit=500, max_test=100)
     result = evaluate(setting, embedders=[load_embedder()],
                       baselines=[("tfidf", TfidfLogReg)])
-    write_report({"meta": {...}, "settings": [result]}, "results/")
+    write_report({"meta": {"command": "my_script.py"}, "settings": [result]}, "results/")
+
+Every ``meta`` key is optional (``write_report`` lists them; ``date`` and ``machine``
+default to now and this machine); the results are checked before anything is written.
 
 Metrics need scikit-learn and plots matplotlib: ``pip install 'ir3de[eval]'``.
 """

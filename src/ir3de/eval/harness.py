@@ -4,6 +4,10 @@ Every router of a run sees the same splits and is timed on the same machine in t
 process: *fit time* is the wall time to go from the fit prompts to a usable router (for
 IR3DE: counting statistics plus the solve), *routing time* the wall time of one batch call
 over all test prompts divided by their number, tokenisation or sentence encoding included.
+One-off model loads are charged to no router: the IR3DE embedders are loaded before the
+run, and the MiniLM encoder the kNN routers share is loaded by whichever runs first, so its
+load time is taken out (:func:`_baseline_times`); MoDEM-style loads the weights it
+fine-tunes in every fit, which is part of that fit.
 
 IR3DE settings are never chosen here: each embedder is run with the named presets
 (``default``: Naive-Bayes token log-likelihoods, chosen on held-out fit data;
@@ -37,7 +41,7 @@ from .metrics import (
     routing_metrics,
     validate_scores,
 )
-from .settings import Setting, Split
+from .settings import Setting, Split, check_setting_name, refuse_identical_fit
 
 __all__ = ["BASELINES", "K_GRID", "MIN_RESAMPLES", "MIN_TEST_PROMPTS", "Candidate",
            "check_scores", "data_warnings", "evaluate", "make_baselines", "test_prompt_counts"]
@@ -62,6 +66,10 @@ MIN_RESAMPLES = 100
 # (one prompt: always the same) gives intervals far narrower than the real uncertainty.
 MIN_TEST_PROMPTS = 20
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
+# Seeds of the baselines: scikit-learn's random_state takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Names a one-line warning lists before "and N more" (as the unknown-files error does).
+_LISTED = 5
 
 
 @dataclass
@@ -103,32 +111,41 @@ def _baseline_times(model: Any, fn: Callable[[], Any], texts: Sequence[str]) -> 
 
     The kNN baselines share one memoising encoder across k and settings; without this
     correction a prompt encoded in an earlier setting would look free. The encoder
-    records what encoding each text cost (``cost``) and its total encoding time
-    (``spent``): the time is the call's wall time, minus the encoding it really did,
-    plus the recorded encoding cost of all of ``texts``.
+    records what encoding each text cost (``cost``), its total encoding time (``spent``)
+    and the time it took to load its model (``load_s``): the time is the call's wall time,
+    minus the encoding it really did, plus the recorded encoding cost of all of ``texts``,
+    minus the model load if this call did it. The load is charged to no router, as the
+    IR3DE embedders' loads are not: charged to the first kNN router alone, it made k=1's
+    fit look seconds slower than k=5's and k=10's.
     """
     encoder = getattr(model, "encoder", None)
     if encoder is None or not hasattr(encoder, "spent"):
         return _timed(fn)
-    spent = encoder.spent
+    spent, loaded = encoder.spent, encoder.load_s
     out, wall = _timed(fn)
-    return out, wall - (encoder.spent - spent) + encoder.cost(texts)
+    return out, (wall - (encoder.spent - spent) - (encoder.load_s - loaded)
+                 + encoder.cost(texts))
 
 
 def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = False,
                    device: str = "auto") -> list[tuple[str, Callable[[], Any]]]:
     """``(family, factory)`` pairs for :func:`evaluate`; kNN runs k = 1, 5, 10 on one
     shared, memoising sentence encoder; kNN and MoDEM-style run on the torch ``device``
-    (:func:`ir3de.baselines.resolve_device`)."""
+    (:func:`ir3de.baselines.resolve_device`). A name given twice is run once; ``seed``
+    (0 .. :data:`MAX_SEED`) seeds random, TF-IDF + LR and MoDEM-style."""
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise IR3DEError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    # Found now: scikit-learn would refuse it only when TF-IDF + LR is fitted, after the
+    # IR3DE routers have run.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise IR3DEError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     out: list[tuple[str, Callable[[], Any]]] = []
     if not names:
         return out
     from .. import baselines as bl
 
-    for name in names:
+    for name in dict.fromkeys(names):  # twice would pool each split's figures twice
         if name == "random":
             out.append(("random", lambda: bl.RandomRouter(seed=seed)))
         elif name == "knn":
@@ -142,11 +159,16 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
     return out
 
 
+def _short_name(embedder: Embedder) -> str:
+    """What router names call ``embedder``: a built-in by its CLI name (``wordllama``,
+    ``minilm``), any other by its own name."""
+    kind = embedder.spec.get("kind")
+    return kind if kind in ("wordllama", "minilm") else embedder.name
+
+
 def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
                       tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
-    # Built-ins by their CLI name ("wordllama", "minilm"), others by the embedder's name.
-    short = embedder.spec.get("kind") if embedder.spec.get("kind") in ("wordllama", "minilm") \
-        else embedder.name
+    short = _short_name(embedder)
     stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d)
                                      for d, texts in split.fit.items()])
     out = []
@@ -208,16 +230,25 @@ def test_prompt_counts(setting: Setting) -> dict[str, int]:
     return {d: len(ids) for d, ids in seen.items()}
 
 
+def _listed(items: Sequence[str]) -> str:
+    """``items`` joined by commas, the first :data:`_LISTED` of them and "and N more": a
+    one-line warning about 340 domains must stay readable."""
+    more = f" and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return ", ".join(items[:_LISTED]) + more
+
+
 def data_warnings(setting: Setting) -> list[str]:
     """One-line warnings about ``setting``'s test data, also shown in the report: test
     prompts left out because their exact text is also a fit prompt, and domains with fewer
-    than :data:`MIN_TEST_PROMPTS` test prompts, whose figures and intervals mean little."""
+    than :data:`MIN_TEST_PROMPTS` test prompts, whose figures and intervals mean little.
+    Each lists at most five domains (per split), then how many more; the report lists
+    them all."""
     out = []
     dropped = [(s.name, {d: n for d, n in s.dropped.items() if n}) for s in setting.splits]
     total = sum(n for _, per in dropped for n in per.values())
     if total:
         parts = "; ".join((f"split {name!r}: " if len(setting.splits) > 1 else "")
-                          + ", ".join(f"{d} {n}" for d, n in per.items())
+                          + _listed([f"{d} {n}" for d, n in per.items()])
                           for name, per in dropped if per)
         out.append(f"setting {setting.name!r}: {total} test prompt{'s' * (total != 1)} left "
                    f"out because the same text is also a fit prompt ({parts})")
@@ -226,7 +257,7 @@ def data_warnings(setting: Setting) -> list[str]:
         untested = " (a domain with 0 is never tested and not in the balanced mean)" \
             if 0 in few.values() else ""
         out.append(f"setting {setting.name!r}: fewer than {MIN_TEST_PROMPTS} test prompts in "
-                   + ", ".join(f"{d} ({n})" for d, n in few.items())
+                   + _listed([f"{d} ({n})" for d, n in few.items()])
                    + "; their accuracies and the bootstrap intervals are not "
                    f"meaningful{untested}")
     return out
@@ -245,6 +276,19 @@ def check_scores(setting: Setting, scores: Mapping[tuple[str, str], float],
                         ids=split.test_ids, gold=split.test_labels, experts=setting.domains)
 
 
+def _distinct_embedders(embedders: Sequence[Embedder]) -> list[Embedder]:
+    """``embedders`` with repeats (the same table, by fingerprint) left out, in order; two
+    different embedders under one name are refused: their routers would share names, and
+    each figure would pool both."""
+    kept: dict[str, Embedder] = {}
+    for embedder in embedders:
+        other = kept.setdefault(_short_name(embedder), embedder)
+        if other.fingerprint != embedder.fingerprint:
+            raise IR3DEError(f"two different embedders are both named "
+                             f"{_short_name(embedder)!r}; give them distinct names")
+    return list(kept.values())
+
+
 def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
              baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
              presets: Sequence[str] = ("default", "paper"),
@@ -256,7 +300,11 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
     object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``. ``scores`` (see
     :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
-    Returns a JSON-ready dict with one entry per router under ``"routers"``.
+    Returns a JSON-ready dict with one entry per router under ``"routers"``. An embedder or
+    preset given twice is run once; two baselines of one name are refused (each figure
+    would pool both); so are a setting name that cannot name files
+    (:func:`~ir3de.eval.settings.check_setting_name`) and two domains with the same fit
+    prompts. All of this is checked before any router runs.
 
     Preset IR3DE routers and baselines also get ``balanced_ci``, a ``level`` stratified
     bootstrap interval of their balanced accuracy over ``resamples`` resamples of the test
@@ -273,9 +321,15 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     (``routed``): what error analysis, and pairing this run with another run of the same
     setting and seed, need.
     """
+    check_setting_name(setting.name)
+    presets = list(dict.fromkeys(presets))  # twice would pool each figure twice
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise IR3DEError(f"unknown presets {unknown}; choose from {', '.join(PRESETS)}")
+    embedders = _distinct_embedders(embedders)
+    if not (embedders and presets) and not baselines:
+        raise IR3DEError("nothing to evaluate: no IR3DE embedder (with a preset) and no "
+                         "baseline")
     # Checked before the slow part, not after every router has run.
     if resamples != 0 and resamples < MIN_RESAMPLES:
         raise IR3DEError(f"resamples must be 0 (no intervals) or at least {MIN_RESAMPLES}, "
@@ -283,10 +337,17 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     if not 0 < level < 1:
         raise IR3DEError(f"level must be in (0, 1), got {level}")
     for split in setting.splits:  # routing time is per test prompt: none would divide by 0
+        where = f"setting {setting.name!r}, split {split.name!r}"
         if not split.test_texts:
-            raise IR3DEError(f"setting {setting.name!r}, split {split.name!r}: no test prompts")
+            raise IR3DEError(f"{where}: no test prompts")
+        refuse_identical_fit(where, split.fit)  # a setting built by hand, unchecked so far
     if scores is not None:
         check_scores(setting, scores, score_kind)
+    # Fresh, unfitted objects are cheap to make; their names are what results are kept by.
+    names = [factory().name for _, factory in baselines]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise IR3DEError(f"baselines {twice} are given twice; each figure would pool both")
     notes = data_warnings(setting)
     for note in notes:  # before the run, not after it
         log.warning("ir3de: warning: %s", note)
@@ -350,6 +411,8 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     comparison = _comparison(summaries, correct, gold, ids, resamples, level)
     result = {
         "setting": setting.name, "description": setting.description,
+        # The seeds whose splits were run: with several, only those that changed the split.
+        "seeds": setting.seeds,
         "leaks_test": setting.leaks_test, "domains": setting.domains,
         "sources": setting.sources,
         # "dropped": test prompts per domain left out as their text is also a fit prompt.

@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -242,8 +242,9 @@ a ratio of them), but id 'p1' for expert 'math' has -2.0
 
 def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequence[str],
                            gold: Sequence[str], routed: Mapping[str, Sequence[str]], *,
-                           kind: ScoreKind, experts: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Normalized performance per row and domain, plus the row's ``"average"``.
+                           kind: ScoreKind, experts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Normalized performance per row: ``{"domains": {domain: value}, "average": mean}``
+    (the mean apart from the domains, which may have any name, ``"average"`` included).
 
     ``routed`` maps a method name to its decisions for ``ids``. Rows returned: every
     method, ``"experts average"`` and ``"domain expert"`` (1.0 by construction).
@@ -251,8 +252,8 @@ def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequenc
     >>> s = {("p1", "a"): 2.0, ("p1", "b"): 4.0, ("p2", "a"): 8.0, ("p2", "b"): 4.0}
     >>> out = normalized_performance(s, ["p1", "p2"], ["a", "b"], {"r": ["a", "a"]},
     ...                              kind="perplexity", experts=["a", "b"])
-    >>> out["r"]["a"], out["r"]["b"]
-    (1.0, 0.5)
+    >>> out["r"]["domains"], out["r"]["average"]
+    ({'a': 1.0, 'b': 0.5}, 0.75)
     """
     validate_scores(scores, kind, ids=ids, gold=gold, experts=experts)
     domains = list(dict.fromkeys(gold))
@@ -278,6 +279,5 @@ def normalized_performance(scores: Mapping[tuple[str, str], float], ids: Sequenc
         d: float(np.mean([normalize(mean_score([e] * len(ids), d), expert_ref[d])
                           for e in experts])) for d in domains}
     rows["domain expert"] = dict.fromkeys(domains, 1.0)
-    for row in rows.values():
-        row["average"] = float(np.mean([row[d] for d in domains]))
-    return rows
+    return {name: {"domains": row, "average": float(np.mean([row[d] for d in domains]))}
+            for name, row in rows.items()}

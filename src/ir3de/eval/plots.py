@@ -4,7 +4,12 @@
   per embedder and preset, the ``avg`` selector as a square at the axis' ``avg`` tick, and
   the baselines as horizontal lines (the paper's Figure 3).
 * ``confusion_<setting>.png`` — row-normalised confusion matrices of the preset IR3DE
-  routers and the baselines.
+  routers and the baselines. Panels grow with the number of domains up to a cap (6 inches),
+  so hundreds of domains make a figure of a few megapixels, not of hundreds; the cells hold
+  their percentages up to 9 domains, the axes name the domains up to
+  :data:`MAX_LABELLED_DOMAINS` (longer names cut in the middle with an ellipsis, names that
+  would then look alike numbered by their place in the domain order), and beyond that the
+  axes are unlabelled and the report says so.
 * ``cost_<setting>.png`` — balanced accuracy against routing time per prompt (log scale)
   for every router; the preset IR3DE routers and the baselines have their own markers in
   the legend (no labels on the points, which overlapped), a router that took no
@@ -13,20 +18,32 @@
 User text (domain, router and setting names) is drawn as itself: math parsing is off, so a
 ``$`` prints as a dollar, and the log axes use plain-number tick labels (``1``, ``10``,
 ``100``), not matplotlib's mathtext ``10^{1}``. Legends sit beside the axes, never on the
-data. Each figure is written atomically (temporary file, then rename).
+data. :func:`render_plots` returns the PNG files' bytes; the report writes them
+(:func:`ir3de.eval.report.write_report`).
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..store import atomic_write_bytes
+__all__ = ["MAX_LABELLED_DOMAINS", "plot_names", "render_plots"]
 
-__all__ = ["plot_setting"]
+# The confusion plot names its domains on the axes up to this many; beyond, 6-inch panels
+# leave less than ~10 points per label and the labels overlap.
+MAX_LABELLED_DOMAINS = 40
+# Cells carry their percentage up to this many domains.
+_ANNOTATED_DOMAINS = 9
+# A confusion panel's side: 1 inch plus 0.45 per domain, at most this (figures of 120
+# domains were 24212 x 6057 pixels and took 3 GB to draw).
+_MAX_PANEL_INCHES = 6.0
+# A tick label longer than this is cut in the middle: "customer_support_en" and
+# "customer_support_fr" differ at the end, "legal_contracts" and "legal_opinions" early on.
+_LABEL_CHARS = 24
 
 _FAMILY_COLORS = {"ir3de": "tab:blue", "random": "tab:gray", "knn": "tab:green",
                   "tfidf": "tab:orange", "modem": "tab:red"}
@@ -39,13 +56,39 @@ _LEGEND = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
            "borderaxespad": 0.0}
 
 
-def _save(fig: Any, path: Path) -> None:
+def plot_names(setting: str) -> list[str]:
+    """The file names of a setting's plots, as :func:`render_plots` names them."""
+    return [f"{kind}_{setting}.png" for kind in ("accuracy_vs_k", "confusion", "cost")]
+
+
+def _png(fig: Any) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _tick_labels(domains: list[str]) -> list[str]:
+    """Axis labels of ``domains``: on one line, a long name cut in the middle with an
+    ellipsis (the first 10 characters left no ellipsis and made ``customer_s`` of two
+    domains), and labels that still coincide given their 1-based place in the domain order
+    (``#2``), so no two domains ever share a label."""
+    def cut(name: str) -> str:
+        flat = " ".join(name.split())  # a line break would make a two-line label
+        if len(flat) <= _LABEL_CHARS:
+            return flat
+        tail = (_LABEL_CHARS - 1) // 3
+        return f"{flat[:_LABEL_CHARS - 1 - tail]}…{flat[-tail:]}"
+
+    labels = [cut(d) for d in domains]
+    while len(set(labels)) < len(labels):  # a second pass only if "x #2" was a real name
+        counts = Counter(labels)
+        labels = [f"{label} #{i + 1}" if counts[label] > 1 else label
+                  for i, label in enumerate(labels)]
+    return labels
 
 
 def _short(name: str) -> str:
@@ -65,7 +108,7 @@ def _plain_log_ticks(axis: Any) -> None:
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
 
 
-def _accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
+def _accuracy_vs_k(result: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
@@ -106,10 +149,10 @@ def _accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**_LEGEND)
-    _save(fig, path)
+    return fig
 
 
-def _confusions(result: dict[str, Any], path: Path) -> None:
+def _confusions(result: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     shown = [r for r in result["routers"]
@@ -117,7 +160,8 @@ def _confusions(result: dict[str, Any], path: Path) -> None:
     domains = result["domains"]
     cols = min(4, len(shown))
     rows = -(-len(shown) // cols)
-    size = 1.0 + 0.45 * len(domains)
+    size = min(1.0 + 0.45 * len(domains), _MAX_PANEL_INCHES)
+    labels = _tick_labels(domains) if len(domains) <= MAX_LABELLED_DOMAINS else None
     # Constrained layout makes room for the suptitle above the panels' two-line titles and
     # for each panel's y tick labels beside its left neighbour; fixed spacing overlapped both.
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False,
@@ -129,20 +173,25 @@ def _confusions(result: dict[str, Any], path: Path) -> None:
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         ax.set_title(f"{_short(r['name'])}\nbalanced {100 * r['balanced']:.1f}%", fontsize=7)
-        ticks = range(len(domains))
-        ax.set_xticks(ticks, [d[:10] for d in domains], rotation=90, fontsize=6)
-        ax.set_yticks(ticks, [d[:10] for d in domains], fontsize=6)
-        if len(domains) <= 9:
+        if labels is None:  # too many to read: no ticks (the report says so)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.set_xticks(range(len(domains)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(domains)), labels, fontsize=6)
+        if len(domains) <= _ANNOTATED_DOMAINS:
             for (i, j), v in np.ndenumerate(norm):
                 if v >= 0.005:
                     ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=5,
                             color="white" if v > 0.5 else "black")
-    fig.suptitle(f"{result['setting']}: confusion (rows: gold domain, columns: routed)",
+    order = "" if labels is not None else \
+        f"; {len(domains)} domains in the order of results.json, unlabelled"
+    fig.suptitle(f"{result['setting']}: confusion (rows: gold domain, columns: routed{order})",
                  fontsize=9)
-    _save(fig, path)
+    return fig
 
 
-def _cost(result: dict[str, Any], path: Path) -> None:
+def _cost(result: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -185,23 +234,22 @@ def _cost(result: dict[str, Any], path: Path) -> None:
     handles += ax.get_legend_handles_labels()[0]
     if handles:
         ax.legend(handles=handles, **_LEGEND)
-    _save(fig, path)
+    return fig
 
 
-def plot_setting(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the three plots of one setting's result; returns their paths."""
+_DRAW: tuple[Callable[[dict[str, Any]], Any], ...] = (_accuracy_vs_k, _confusions, _cost)
+
+
+def render_plots(result: dict[str, Any]) -> dict[str, bytes]:
+    """The three plots of one setting's result: file name (:func:`plot_names`) -> PNG
+    bytes. Nothing is written: the report writes every output once all are rendered."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a display
-    out = Path(out_dir)
-    name = result["setting"]
-    paths = [out / f"accuracy_vs_k_{name}.png", out / f"confusion_{name}.png",
-             out / f"cost_{name}.png"]
     # Domain and router names are the user's: a "$" in one must print as itself, not start
     # mathtext (or TeX) that fails to parse after the whole run. Nothing we draw needs math:
     # the log axes get plain-number tick labels (_plain_log_ticks), not mathtext ones.
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False,
                                 "axes.formatter.use_mathtext": False}):
-        for draw, path in zip((_accuracy_vs_k, _confusions, _cost), paths, strict=True):
-            draw(result, path)
-    return paths
+        return {name: _png(draw(result))
+                for name, draw in zip(plot_names(result["setting"]), _DRAW, strict=True)}

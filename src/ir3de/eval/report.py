@@ -4,25 +4,69 @@ kept, ``decisions.jsonl``.
 ``results.json`` lists the files a run wrote under ``"outputs"``; the next run into the same
 folder removes those of them it does not write again, so the folder never shows one run's
 report beside another run's plots or decisions. Other files are left alone.
+
+Every output is rendered in memory and written to a hidden staging folder inside the output
+folder before any file of the folder changes; only then are the files moved in (renames,
+which need no space), ``report.md`` and ``results.json`` last. A failure while rendering or
+writing (bad results, a full disk) leaves the previous run's files as they were. While the
+files are moved in, a hidden ``.ir3de-eval-pending.json`` lists them, and stays if the move
+is cut short (a signal, a rename refused), so that the next run knows them as its own
+(:func:`previous_outputs`) rather than as files it must not replace.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
 import re
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import IR3DEError
+from ..errors import IR3DEError, require_creatable
 from ..selector import SELECTORS
-from ..store import atomic_write_text
+from ..store import atomic_write_bytes, atomic_write_text
 from .harness import K_GRID, MIN_TEST_PROMPTS
+from .plots import MAX_LABELLED_DOMAINS, plot_names
+from .settings import check_setting_name
 
 # Selectors without k: one column each in the grid, one row each in the main tables.
 _POOLED = tuple(s for s in SELECTORS if s != "topk")
+# What write_report needs of each setting's result (evaluate() returns all of them).
+_RESULT_KEYS = ("setting", "description", "leaks_test", "domains", "splits", "routers")
+# Lists the files a write is moving into the output folder until it has finished.
+_PENDING = ".ir3de-eval-pending.json"
 
-__all__ = ["previous_outputs", "render_markdown", "write_report"]
+__all__ = ["check_outputs", "machine", "output_names", "previous_outputs", "render_markdown",
+           "write_report"]
+
+
+def machine() -> str:
+    """This machine as the report's *Machine* line describes it."""
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+            f"Python {platform.python_version()}")
+
+
+def _inline(text: object) -> str:
+    """``text`` on one line: a line break in a domain name would end a bullet or a note."""
+    return " ".join(str(text).splitlines())
+
+
+def _code(text: object) -> str:
+    """``text`` as a markdown code span, on one line: fenced by one backtick more than the
+    longest run of backticks inside (a lone backtick in a path or argument ended the span),
+    and padded with a space when it starts or ends with a backtick, or has a space at both
+    ends: markdown strips one space from each end of such a span."""
+    flat = _inline(text)
+    fence = "`" * (max(map(len, re.findall("`+", flat)), default=0) + 1)
+    pad = " " if flat[:1] == "`" or flat[-1:] == "`" or (flat[:1] == flat[-1:] == " ") \
+        else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _pct(x: float | None) -> str:
@@ -91,7 +135,7 @@ def _data_notes(result: dict[str, Any]) -> list[str]:
                   "prompt it was fitted on is tested on memory, not on routing.", ""]
     few = _few_test_prompts(result)
     if few:
-        counts = ", ".join(f"{d} {n}" for d, n in few.items())
+        counts = ", ".join(f"{_inline(d)} {n}" for d, n in few.items())
         worth = (f"Each prompt there is worth at least {100 // max(few.values())} points "
                  "of its domain's accuracy, and the" if max(few.values()) else "The")
         lines += [f"> **Too few test prompts to judge by**: {counts} (fewer than "
@@ -101,7 +145,7 @@ def _data_notes(result: dict[str, Any]) -> list[str]:
                   "baseline are not meaningful. Give each domain more test prompts "
                   "(`--test`, or more data).", ""]
     if 0 in few.values():
-        none = ", ".join(d for d, n in few.items() if n == 0)
+        none = ", ".join(_inline(d) for d, n in few.items() if n == 0)
         lines += [f"> **Not tested: {none}** (\"-\" in the tables): no test prompt has that "
                   "gold domain, so it has no accuracy and is left out of the balanced mean; "
                   "the routers may still send other domains' prompts to it, which counts "
@@ -109,12 +153,30 @@ def _data_notes(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _seeds(meta: dict[str, Any]) -> str:
-    seeds = meta.get("seeds") or [meta["seed"]]
+def _seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str | None:
+    """The seeds of the run, and with several what each setting did with them: a split the
+    seed does not change (a custom setting with its own test data, say) is run once, which
+    "repeated once per seed" would misstate. None when neither meta nor the settings say."""
+    seeds = meta.get("seeds") or ([meta["seed"]] if "seed" in meta else []) or list(
+        dict.fromkeys(seed for r in settings for seed in r.get("seeds") or ()))
+    if not seeds:
+        return None
     if len(seeds) == 1:
         return f"seed {seeds[0]}"
-    return (f"seeds {', '.join(map(str, seeds))} (seeded splits repeated once per seed and "
-            "pooled)")
+    pooled, others = [], []
+    for r in settings:
+        used = r.get("seeds") or seeds  # a result from before "seeds" was kept: all
+        if list(used) == list(seeds):
+            pooled.append(r["setting"])
+        elif len(used) == 1:
+            others.append(f"{r['setting']}: one split, which the seed does not change, run "
+                          f"with seed {used[0]}")
+        else:
+            others.append(f"{r['setting']}: the splits of seeds {', '.join(map(str, used))} "
+                          "only, the others' being the same, pooled")
+    which = f" for {', '.join(pooled)}" if others else ""
+    parts = [f"seeded splits repeated once per seed and pooled{which}"] if pooled else []
+    return f"seeds {', '.join(map(str, seeds))} ({'; '.join(parts + others)})"
 
 
 def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
@@ -122,10 +184,10 @@ def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
     the shared data folder only when a built-in setting (one with ``sources``) read it."""
     parts = []
     if meta.get("fit"):
-        test = f"`{meta['test']}`" if meta.get("test") else "30 % of the fit data (by id)"
-        parts.append(f"fit `{meta['fit']}`, test {test}")
+        test = _code(meta["test"]) if meta.get("test") else "30 % of the fit data (by id)"
+        parts.append(f"fit {_code(meta['fit'])}, test {test}")
     if meta.get("data_dir") and any(s.get("sources") for s in settings):
-        parts.append(f"`{meta['data_dir']}`")
+        parts.append(_code(meta["data_dir"]))
     # A custom setting's description names its files when meta does not.
     return "; ".join(parts) or "user data (see each setting below)"
 
@@ -168,21 +230,25 @@ def _main_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     domains = result["domains"]
-    lines = [f"## {result['setting']}", "", result["description"], ""]
+    lines = [f"## {result['setting']}", "", _inline(result["description"]), ""]
     if result["leaks_test"]:
         lines += ["> **Leaks test prompts into the fit** (the paper's protocol): use it to "
                   "compare with the paper, not to judge generalisation.", ""]
     for split in result["splits"]:
-        fit = ", ".join(f"{d} {n}" for d, n in split["fit"].items())
-        test = ", ".join(f"{d} {n}" for d, n in split["test"].items())
-        gone = ", ".join(f"{d} {n}" for d, n in split.get("dropped", {}).items() if n)
+        # A line break in a domain name would end the bullet mid-list.
+        fit = ", ".join(f"{_inline(d)} {n}" for d, n in split["fit"].items())
+        test = ", ".join(f"{_inline(d)} {n}" for d, n in split["test"].items())
+        gone = ", ".join(f"{_inline(d)} {n}" for d, n in split.get("dropped", {}).items() if n)
         dropped = f"; dropped (text also a fit prompt) {gone}" if gone else ""
-        lines.append(f"* split `{split['name']}`: fit {fit}; test {test}{dropped}")
+        lines.append(f"* split {_code(split['name'])}: fit {fit}; test {test}{dropped}")
     lines += ["", *_data_notes(result)]
     lines += ["Routing accuracy (%), pooled over splits; time per prompt of one batch call "
-              "over the test set (tokenisation / sentence encoding included); best per column "
-              "in bold. Rows marked ★ are the named presets; \"-\": no figure (a domain "
-              "without test prompts, a router without an interval).", ""]
+              "over the test set (tokenisation / sentence encoding included); fit s: from "
+              "the fit prompts to a usable router, one-off model loads (the IR3DE embedders, "
+              "the MiniLM encoder the kNN routers share) charged to none (MoDEM-style's fit "
+              "includes loading the weights it fine-tunes); best per column in bold. Rows "
+              "marked ★ are the named presets; \"-\": no figure (a domain without test "
+              "prompts, a router without an interval).", ""]
     multi = len(result["splits"]) > 1
     header = ["router", *domains, "balanced", "micro"]
     header += ["balanced per split"] if multi else []
@@ -230,27 +296,39 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         lines += ["", f"Normalized performance ({kind} scores; 1.0 = the domain expert, higher "
                   "is better):", ""]
         for split, table in result["normalized_performance"].items():
-            cols = [c for c in next(iter(table.values())) if c != "average"] + ["average"]
-            lines += [f"split `{split}`:", ""]
-            lines += _table(["method", *cols],
-                            [[name, *(f"{row[c]:.3f}" for c in cols)]
-                             for name, row in table.items()])
+            domains = list(next(iter(table.values()))["domains"])
+            lines += [f"split {_code(split)}:", ""]
+            lines += _table(["method", *domains, "average"],
+                            [[name, *(f"{row['domains'][d]:.3f}" for d in domains),
+                              f"{row['average']:.3f}"] for name, row in table.items()])
             lines.append("")
     lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots), ""]
+    if plots and len(domains) > MAX_LABELLED_DOMAINS:
+        lines += [f"The confusion plot's axes are not labelled: {len(domains)} domains are "
+                  f"more than {MAX_LABELLED_DOMAINS} can be named legibly. Its rows and "
+                  "columns follow the order of `domains` in results.json; each domain's "
+                  "accuracy is in the table above.", ""]
     return lines
 
 
 def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) -> str:
-    """The report: a summary across settings, then one section per setting."""
-    meta = results["meta"]
-    lines = ["# IR3DE evaluation report", "",
-             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
-             f"Machine: {meta['machine']}  ",
-             f"Data: {_data(meta, results['settings'])}, " + _seeds(meta)
-             + (f", at most {meta['max_fit']} fit / {meta['max_test']} test prompts per domain"
-                if meta.get("max_fit") or meta.get("max_test") else ""), "",
-             "## Summary: balanced routing accuracy (%)", ""]
+    """The report: a summary across settings, then one section per setting. ``plots`` maps
+    a setting to its plot files' names. A *Command*, *Date* or *Machine* line is left out
+    when ``results["meta"]`` lacks it (see :func:`write_report`)."""
+    meta = results.get("meta") or {}
     settings = results["settings"]
+    data = [_data(meta, settings), _seeds(meta, settings)]
+    caps = [f"{meta[f'max_{role}']} {role}" for role in ("fit", "test")
+            if meta.get(f"max_{role}")]
+    if caps:
+        data.append(f"at most {' / '.join(caps)} prompts per domain")
+    lines = ["# IR3DE evaluation report", ""]
+    # The command as a shell would take it, in a code span no backtick in it can end.
+    lines += [f"Command: {_code(meta['command'])}  "] if meta.get("command") else []
+    lines += [f"{key.title()}: {_inline(meta[key])}  " for key in ("date", "machine")
+              if meta.get(key)]
+    lines += [f"Data: {', '.join(part for part in data if part)}", "",
+              "## Summary: balanced routing accuracy (%)", ""]
     names = list(dict.fromkeys(r["name"] for s in settings for r in _main_rows(s)
                                if r.get("is_preset") or r["family"] != "ir3de"))
     rows, values = [], []
@@ -266,7 +344,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) ->
     return "\n".join(lines).rstrip() + "\n"
 
 
-# The only names an evaluation run writes (see plots.plot_setting), hence the only ones a
+# The only names an evaluation run writes (see plots.plot_names), hence the only ones a
 # later run may remove.
 _FIXED_OUTPUTS = ("report.md", "results.json", "decisions.jsonl")
 _PLOT_NAME = re.compile(r"(?:accuracy_vs_k|confusion|cost)_.+\.png")
@@ -278,18 +356,54 @@ def _is_output_name(name: object) -> bool:
             and (name in _FIXED_OUTPUTS or _PLOT_NAME.fullmatch(name) is not None))
 
 
-def _plot_names(setting: str) -> list[str]:
-    return [f"{kind}_{setting}.png" for kind in ("accuracy_vs_k", "confusion", "cost")]
+def output_names(settings: Sequence[str], *, plots: bool, decisions: bool) -> list[str]:
+    """The files a run of ``settings`` (their names) writes, in the order they are moved
+    in: what ``ir3de eval`` checks in ``--out`` before the run, all known by then."""
+    names = ["decisions.jsonl"] if decisions else []
+    names += [n for s in settings for n in plot_names(s)] if plots else []
+    return [*names, "results.json", "report.md"]
+
+
+def check_outputs(out: Path, names: Iterable[str]) -> None:
+    """Raise :class:`~ir3de.errors.IR3DEError` when ``out``, or an output ``names`` of it,
+    cannot be written as a file: ``out`` a file or under one, an output a directory or
+    something else that is not a regular file (a FIFO). Found before the run, not after."""
+    if out.exists() and not out.is_dir():
+        raise IR3DEError(f"{out} is not a directory")
+    require_creatable(out)
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            raise IR3DEError(f"{path} is a directory")
+        if path.exists() and not path.is_file():
+            raise IR3DEError(f"{path} is not a regular file")
+
+
+def _pending(out: Path) -> set[str]:
+    """The output names a write that stopped while moving them in listed (none when the
+    last write finished)."""
+    try:
+        names = json.loads((out / _PENDING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if _is_output_name(n)} if isinstance(names, list) else set()
 
 
 def previous_outputs(out: Path) -> set[str]:
-    """The files the previous run into ``out`` wrote, as its ``results.json`` lists them.
+    """The files the previous run into ``out`` wrote, as its ``results.json`` lists them,
+    and those a run that stopped while moving its files in had listed as pending.
 
     A ``results.json`` written before the list was kept ("outputs" missing) yields itself,
     ``report.md``, the plots of its settings, and ``decisions.jsonl`` when that file's
-    first line is one of their decisions. Nothing when there is no readable
-    ``results.json`` of an evaluation. ``ir3de eval`` replaces these without ``--force``.
+    first line is one of their decisions. Nothing but the pending files when there is no
+    readable ``results.json`` of an evaluation. ``ir3de eval`` replaces these without
+    ``--force``.
     """
+    return _listed_outputs(out) | _pending(out)
+
+
+def _listed_outputs(out: Path) -> set[str]:
+    """The outputs the ``results.json`` of ``out`` names (see :func:`previous_outputs`)."""
     try:
         previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -304,7 +418,7 @@ def previous_outputs(out: Path) -> set[str]:
     names = {s["setting"] for s in settings
              if isinstance(s, dict) and isinstance(s.get("setting"), str)}
     found = {"results.json", "report.md"}
-    found |= {n for s in names for n in _plot_names(s) if _is_output_name(n)}
+    found |= {n for s in names for n in plot_names(s) if _is_output_name(n)}
     try:
         with (out / "decisions.jsonl").open(encoding="utf-8") as fh:
             first = json.loads(fh.readline())
@@ -330,46 +444,120 @@ def _remove_stale(out: Path, stale: Iterable[str]) -> None:
                              f"in {out}: {exc}") from exc
 
 
+def _checked(results: object) -> dict[str, Any]:
+    """``results`` with ``meta`` completed (``date``: now, ``machine``: this one, when
+    missing), after checking it is what :func:`write_report` can write: a dict whose
+    ``settings`` are results of :func:`~ir3de.eval.harness.evaluate` with distinct names
+    that can name files. Checked before anything is written or drawn."""
+    if not isinstance(results, dict) or not isinstance(results.get("settings"), list) \
+            or not results["settings"]:
+        raise IR3DEError('write_report needs {"meta": {...}, "settings": [results of '
+                         "evaluate(), at least one]}")
+    meta = results.get("meta", {})
+    if not isinstance(meta, dict):
+        raise IR3DEError(f"write_report: 'meta' must be a dict, got {type(meta).__name__}")
+    seen: set[str] = set()
+    for i, result in enumerate(results["settings"]):
+        missing = [k for k in _RESULT_KEYS if not isinstance(result, dict) or k not in result]
+        if missing:
+            raise IR3DEError(f"write_report: settings[{i}] is not a result of evaluate(): "
+                             f"it lacks {', '.join(missing)}")
+        name = check_setting_name(result["setting"])
+        if name in seen:  # the second's plots would overwrite the first's
+            raise IR3DEError(f"write_report: two settings are named {name!r}")
+        seen.add(name)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {**results, "meta": {"date": now, "machine": machine(), **meta}}
+
+
+def _utf8(name: str, text: str) -> bytes:
+    """``text`` encoded for the file ``name``; text that is not UTF-8 (a surrogate from a
+    file name that is not) is an error naming it, raised before anything is written."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise IR3DEError(f"cannot write {name}: the results hold "
+                         f"{exc.object[exc.start:exc.end]!a}, which is not UTF-8 text (from "
+                         "a file name that is not UTF-8?)") from None
+
+
+def _move_in(out: Path, files: dict[str, bytes], previous: set[str]) -> None:
+    """Write ``files`` (name -> bytes) into ``out`` as the module docs describe: staged in a
+    hidden folder of ``out`` (the same file system, so moving in is a rename), then moved
+    in in order, the previous run's other outputs (``previous``) removed, and the pending
+    list dropped. The staging folder is removed however this ends."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".ir3de-eval-staging-", dir=out))
+    except OSError as exc:
+        raise IR3DEError(f"cannot write in {out}: {exc.strerror or exc}") from None
+    try:
+        for name, data in files.items():
+            target = out / name
+            # The permissions of the file replaced, as atomic_write_bytes keeps them.
+            mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else None
+            atomic_write_bytes(staging / name, data, mode=mode)
+        atomic_write_text(out / _PENDING, json.dumps(sorted(set(files) | _pending(out))))
+        for name in files:
+            target = out / name
+            if target.is_symlink():  # written through, as atomic_write_bytes does
+                atomic_write_bytes(target, files[name])
+                continue
+            try:
+                os.replace(staging / name, target)
+            except OSError as exc:
+                raise IR3DEError(f"cannot write {target}: {exc.strerror or exc}") from None
+        _remove_stale(out, previous - set(files))
+        (out / _PENDING).unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
     """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md.
+
+    ``results`` is ``{"meta": {...}, "settings": [...]}``, the settings results of
+    :func:`~ir3de.eval.harness.evaluate` with distinct names. Every ``meta`` key is
+    optional and goes to results.json as given: ``command`` (the *Command* line), ``date``
+    and ``machine`` (default: now, and this machine), ``seed`` / ``seeds``, ``data_dir``,
+    ``fit`` / ``test`` and ``max_fit`` / ``max_test`` (the *Data* line); ``ir3de eval``
+    also records its version, embedders, presets and baselines.
 
     Settings evaluated with ``keep_decisions`` have their per-prompt decisions written to
     ``decisions.jsonl`` instead (one line per setting, split and test prompt), which keeps
     results.json small enough to read.
 
-    ``results.json`` lists the names of the files written under ``"outputs"``. Once every
-    file is written, those the previous run into ``out_dir`` listed (plots of settings not
+    ``results.json`` lists the names of the files written under ``"outputs"``. Everything
+    is rendered and staged before the folder changes (see the module docs); once every
+    file is in place, those the previous run into ``out_dir`` listed (plots of settings not
     run now, a ``decisions.jsonl`` not kept now, plots after ``plots=False``) are removed,
     so the folder holds exactly this run's outputs; no other file is touched, and a run
-    that fails before then leaves the previous run's files as they were.
+    that fails leaves the previous run's files as they were.
     """
+    results = _checked(results)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = previous_outputs(out)
-    outputs: list[str] = []
-    if any("decisions" in r for r in results["settings"]):
+    settings = results["settings"]
+    decisions = any("decisions" in r for r in settings)
+    names = output_names([r["setting"] for r in settings], plots=plots, decisions=decisions)
+    check_outputs(out, names)
+    files: dict[str, bytes] = {}
+    if decisions:
         lines = [json.dumps({"setting": r["setting"], **d}, ensure_ascii=False)
-                 for r in results["settings"] for d in r.get("decisions", ())]
-        atomic_write_text(out / "decisions.jsonl", "".join(f"{line}\n" for line in lines))
-        outputs.append("decisions.jsonl")
-        results = {**results, "settings": [{k: v for k, v in r.items() if k != "decisions"}
-                                           for r in results["settings"]]}
-    written: dict[str, list[str]] = {}
+                 for r in settings for d in r.get("decisions", ())]
+        files["decisions.jsonl"] = _utf8("decisions.jsonl",
+                                         "".join(f"{line}\n" for line in lines))
+        settings = [{k: v for k, v in r.items() if k != "decisions"} for r in settings]
+    results = {**results, "settings": settings, "outputs": names}
+    shown = {r["setting"]: plot_names(r["setting"]) for r in settings} if plots else {}
+    # Text first, the plots (slow) after: results that cannot be written fail at once.
+    text = {"results.json": json.dumps(results, indent=1, allow_nan=False),
+            "report.md": render_markdown(results, shown)}
+    encoded = {name: _utf8(name, t) for name, t in text.items()}
     if plots:
-        from .plots import plot_setting
+        from .plots import render_plots
 
-        for result in results["settings"]:
-            paths = plot_setting(result, out)
-            written[result["setting"]] = [str(p) for p in paths]
-            outputs += [p.name for p in paths]
-    outputs += ["results.json", "report.md"]
-    results = {**results, "outputs": outputs}
-    # Both rendered before either is written: results.json, whose list the next run trusts,
-    # and report.md then only fail on I/O.
-    text = json.dumps(results, indent=1, allow_nan=False)
-    markdown = render_markdown(results, written)
-    atomic_write_text(out / "results.json", text)
-    report = out / "report.md"
-    atomic_write_text(report, markdown)
-    _remove_stale(out, previous - set(outputs))
-    return report
+        for result in settings:
+            files.update(render_plots(result))
+    files.update(encoded)  # last: report.md and results.json are moved in after the rest
+    _move_in(out, files, previous_outputs(out))
+    return out / "report.md"

@@ -15,16 +15,23 @@ Built-in settings, read from the shared data folder (``../shared/data`` or ``$IR
 User data (:func:`custom_setting`): a folder of JSONL files whose records carry a
 ``domain`` field, or one JSONL file per domain (the file name is the domain). A folder is
 read as its ``*.jsonl`` files (also ``*.ndjson`` and ``*.json``, suffixes in any case);
-any other visible file in it is an error, not skipped (hidden files and subfolders are
-ignored). Ids are
+any other visible file in it (a ``tax.txt``, a broken symbolic link) is an error, not
+skipped, and so is a file without records: either would silently leave a domain out
+(hidden files and subfolders are ignored). File and folder names must be valid UTF-8 (a
+file's name is its domain and its records' default ids, which the report prints). Ids are
 strings or integers (an integer is its decimal string), unique within the fit data and
 within the test data; a record without one is ``<file stem>-<n>``, ``n`` its 1-based
-record number in the file (blank lines not counted).
+record number in the file (blank lines not counted). Two domains with the same fit prompts
+are refused: no router can tell them apart.
+
+A setting's name names its plot files and the report's links to them, so it is made of
+letters, digits, ``.``, ``_`` and ``-`` (:func:`check_setting_name`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,15 +43,16 @@ from ..data import (
     REASONING_FIT,
     REASONING_TEST,
     default_data_dir,
-    read_jsonl,
     read_numbered_jsonl,
+    read_records,
     reasoning_records,
     record_id,
     seeded_split,
 )
 from ..errors import EmptyInputError, IR3DEError
 
-__all__ = ["SETTINGS", "Setting", "Split", "custom_setting", "load_setting", "repeat_setting"]
+__all__ = ["SETTINGS", "Setting", "Split", "check_setting_name", "custom_setting",
+           "load_setting", "refuse_identical_fit", "repeat_setting"]
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 _DESCRIPTIONS = {
@@ -61,6 +69,9 @@ _PAPER_FIT = {**REASONING_FIT, "coding": ["humaneval/test"],
               "instruction_following": ["ifeval/test"]}
 _TWO_FOLD = ("coding", "instruction_following")
 _DOMAINS_TRAIN_FRACTION = 0.7
+# Safe in a file name on every system and in a markdown link without escaping; long
+# enough for any name, short enough that "accuracy_vs_k_<name>.png" stays a legal name.
+_SETTING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,59 @@ class Setting:
     splits: list[Split]
     leaks_test: bool = False
     sources: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # The seeds whose splits these are (several after repeat_setting: only those that gave
+    # a split of their own); empty when not known (a setting built by hand).
+    seeds: list[int] = field(default_factory=list)
+
+
+def check_setting_name(name: object) -> str:
+    """``name`` if it can name a setting, else :class:`~ir3de.errors.IR3DEError`: it names
+    the plot files (``confusion_<name>.png``) and the report's links to them, so ``a/b``
+    would make a subfolder, ``../x`` write outside the output folder and a space break the
+    link; letters, digits, ``.``, ``_`` and ``-``, at most 100, the first a letter or digit.
+
+    >>> check_setting_name("my-data_v2")
+    'my-data_v2'
+    """
+    if not isinstance(name, str) or not _SETTING_NAME.fullmatch(name):
+        raise IR3DEError(f"setting name {name!r}: use letters, digits, '.', '_' and '-' (at "
+                         "most 100, the first a letter or digit): it names the plot files")
+    return name
+
+
+def _shown(path: object) -> str:
+    """``path`` as an error message can print it: bytes that are not UTF-8 (which a file
+    name may hold, as surrogates) are shown escaped (``caf\\xe9``), not printed raw."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _require_utf8_name(path: Path) -> None:
+    """Refuse a file or folder name that is not valid UTF-8: the domain and default ids
+    taken from it, and the report that names them, could not be written, after the run."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise IR3DEError(f"{_shown(path)}: the name is not valid UTF-8 (the report could not "
+                         "name it); rename it") from None
+
+
+def refuse_identical_fit(where: str, fit: dict[str, list[str]],
+                         origins: dict[str, list[str]] | None = None) -> None:
+    """Raise :class:`~ir3de.errors.IR3DEError` when two domains of ``fit`` have the same fit
+    prompts (in any order): their statistics are identical, which the router refuses only
+    once the run has started, naming neither file. ``where`` starts the message;
+    ``origins`` (domain -> its files) names the files."""
+    first: dict[tuple[str, ...], str] = {}
+    for domain, texts in fit.items():
+        other = first.setdefault(tuple(sorted(texts)), domain)
+        if other == domain:
+            continue
+        files = list(dict.fromkeys([*(origins or {}).get(other, []),
+                                    *(origins or {}).get(domain, [])]))
+        named = f" (from {', '.join(files)})" if files else ""
+        raise IR3DEError(f"{where}: domains {other!r} and {domain!r} have the same fit "
+                         f"prompts{named}, so no router can tell them apart; remove one or "
+                         "give it prompts of its own")
 
 
 def _subsample(records: list[dict], limit: int | None, rng: np.random.Generator) -> list[dict]:
@@ -105,7 +169,8 @@ def _subsample(records: list[dict], limit: int | None, rng: np.random.Generator)
 
 def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, list[dict]],
            *, max_fit: int | None, max_test: int | None, seed: int,
-           leak: bool = False) -> Split:
+           leak: bool = False, origins: dict[str, list[str]] | None = None) -> Split:
+    """One split; ``origins`` (domain -> its fit files) names the files in errors."""
     rng = np.random.default_rng(seed)
     where = f"setting {setting!r}, split {name!r}"
     fit_texts, ids, texts, labels, dropped = {}, [], [], [], {}
@@ -113,6 +178,7 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
         fit_texts[domain] = [r["text"] for r in _subsample(fit[domain], max_fit, rng)]
         if not fit_texts[domain]:
             raise EmptyInputError(f"{where}: domain {domain!r} has no fit prompts")
+    refuse_identical_fit(where, fit_texts, origins)
     # Some corpora hold the same text under two ids: a test prompt whose exact text was
     # fitted on is dropped, unless the setting leaks on purpose.
     seen = set() if leak else {t for group in fit_texts.values() for t in group}
@@ -171,7 +237,8 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     return Setting(name, _DESCRIPTIONS[name], list(load), splits,
                    leaks_test=name == "reasoning-paper",
                    sources={"fit": {d: list(v) for d, v in fit_sources.items()},
-                            "test": {d: list(v) for d, v in REASONING_TEST.items()}})
+                            "test": {d: list(v) for d, v in REASONING_TEST.items()}},
+                   seeds=[seed])
 
 
 def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Setting:
@@ -181,7 +248,8 @@ def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Sett
     (and pooling, as the harness pools folds) measures the router rather than the draw.
     Splits are named ``seed{s}/{name}``; a split equal to one already kept (a setting, or a
     subsample, that the seed does not change, e.g. ``reasoning-xdata`` in full) is kept
-    once, so only what the seed really changes is repeated.
+    once, so only what the seed really changes is repeated. The setting's ``seeds`` are
+    those that gave a split of their own, which is what the report says was repeated.
 
     >>> s = repeat_setting(lambda seed: load_setting("domains", seed=seed), [0, 1])
     ... # doctest: +SKIP
@@ -195,12 +263,14 @@ def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Sett
     if len(seeds) == 1:
         return settings[0]
     splits: list[Split] = []
+    used: list[int] = []
     for seed, setting in zip(seeds, settings, strict=True):
         for split in setting.splits:
             if not any(split.fit == kept.fit and split.test_ids == kept.test_ids
                        for kept in splits):
                 splits.append(replace(split, name=f"seed{seed}/{split.name}"))
-    return replace(settings[0], splits=splits)
+                used += [seed] if seed not in used else []
+    return replace(settings[0], splits=splits, seeds=used)
 
 
 def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
@@ -212,28 +282,34 @@ def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
     fit, test = {}, {}
     for path in files:
         domain = path.parent.name
-        fit[domain], test[domain] = seeded_split(list(read_jsonl(path)),
+        fit[domain], test[domain] = seeded_split(read_records(path),
                                                  _DOMAINS_TRAIN_FRACTION, seed)
+    sources = {p.parent.name: [str(p.relative_to(data_dir))] for p in files}
     split = _split("domains", "70/30", fit, test, max_fit=max_fit, max_test=max_test,
-                   seed=seed)
+                   seed=seed, origins={d: [str(data_dir / f) for f in fs]
+                                       for d, fs in sources.items()})
     return Setting("domains", _DESCRIPTIONS["domains"], list(fit), [split],
-                   sources={"fit": {p.parent.name: [str(p.relative_to(data_dir))]
-                                    for p in files}})
+                   sources={"fit": sources}, seeds=[seed])
 
 
 def _jsonl_files(folder: Path, role: str) -> list[Path]:
     """The JSONL files of ``folder`` (:data:`~ir3de.data.JSONL_SUFFIXES`, in any case),
     sorted by name. Any other visible file is refused rather than skipped: a ``tax.txt``
-    left out would silently make a run with one domain fewer. Hidden files (``.name``) and
+    left out would silently make a run with one domain fewer, and so would a broken
+    symbolic link or anything else that is not a regular file. Hidden files (``.name``) and
     subfolders are ignored."""
     files, others = [], []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or entry.is_dir():
             continue
+        if not entry.is_file():
+            what = "a broken symbolic link" if entry.is_symlink() else "not a regular file"
+            raise IR3DEError(f"{_shown(entry)}: {what} in the {role} data folder (its "
+                             "domain would be left out); fix it or move it out")
         (files if entry.suffix.lower() in JSONL_SUFFIXES else others).append(entry)
     kinds = ", ".join(f"*{s}" for s in JSONL_SUFFIXES)
     if others:
-        names = ", ".join(p.name for p in others[:5])
+        names = ", ".join(_shown(p.name) for p in others[:5])
         more = f" and {len(others) - 5} more" if len(others) > 5 else ""
         them = "it" if len(others) == 1 else "them"
         raise IR3DEError(f"{folder}: a {role} data folder may hold only JSONL files ({kinds}, "
@@ -244,18 +320,24 @@ def _jsonl_files(folder: Path, role: str) -> list[Path]:
     return files
 
 
-def _labelled_records(path: Path, role: str = "data") -> dict[str, list[dict]]:
+def _labelled_records(path: Path, role: str = "data"
+                      ) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
     """Records per domain from a JSONL file or folder (``domain`` field, else file name),
-    each with a string ``id`` unique across ``path`` (see the module docs); ``role``
-    (``fit``, ``test``) names the folder in errors."""
+    each with a string ``id`` unique across ``path`` (see the module docs), and the files
+    each domain's records came from; ``role`` (``fit``, ``test``) names the folder in
+    errors. A file without records is refused: it would leave its domain out unsaid."""
+    _require_utf8_name(path)
     if not path.exists():
         raise IR3DEError(f"{path}: no such file or folder")
     files = _jsonl_files(path, role) if path.is_dir() else [path]
     out: dict[str, list[dict]] = {}
+    origins: dict[str, list[str]] = {}
     # Scores and decisions name a test prompt by its id alone, the split sorts and draws
     # ids, and the bootstrap counts an id once: a repeated id would merge two prompts.
     first_seen: dict[str, str] = {}
     for file in files:
+        _require_utf8_name(file)
+        n = 0
         # n, the record number, names records without an id (documented); errors name lines
         for n, (lineno, record) in enumerate(read_numbered_jsonl(file), 1):
             text = record.get("text")
@@ -272,17 +354,21 @@ def _labelled_records(path: Path, role: str = "data") -> dict[str, list[dict]]:
                                  f"{first_seen[record['id']]}; ids must be unique")
             first_seen[record["id"]] = here
             out.setdefault(domain, []).append(record)
-    if not out:
-        raise IR3DEError(f"{path}: no records")
-    return out
+            if str(file) not in origins.setdefault(domain, []):
+                origins[domain].append(str(file))
+        if n == 0:
+            raise IR3DEError(f"{file}: no records")
+    return out, origins
 
 
 def custom_setting(fit_path: str | os.PathLike[str],
                    test_path: str | os.PathLike[str] | None = None, *, name: str = "custom",
                    seed: int = 0, max_fit: int | None = None,
                    max_test: int | None = None) -> Setting:
-    """A setting from user JSONL data; without ``test_path``, a seeded 70/30 split by id."""
-    fit = _labelled_records(Path(fit_path), "fit")
+    """A setting from user JSONL data; without ``test_path``, a seeded 70/30 split by id.
+    ``name`` must pass :func:`check_setting_name`."""
+    check_setting_name(name)
+    fit, origins = _labelled_records(Path(fit_path), "fit")
     if len(fit) < 2:
         raise IR3DEError(f"{fit_path}: need at least two domains, found {sorted(fit)} (a "
                          "record's domain is its 'domain' field, else its file's name)")
@@ -297,11 +383,12 @@ def custom_setting(fit_path: str | os.PathLike[str],
         fit = {d: p[0] for d, p in pairs.items()}
         test = {d: p[1] for d, p in pairs.items()}
     else:
-        test = _labelled_records(Path(test_path), "test")
+        test, _ = _labelled_records(Path(test_path), "test")
         unknown = sorted(set(test) - set(fit))
         if unknown:
             raise IR3DEError(f"{test_path}: test domains {unknown} have no fit data in {fit_path}")
     test = {d: test.get(d, []) for d in fit if test.get(d)}
-    split = _split(name, "all", fit, test, max_fit=max_fit, max_test=max_test, seed=seed)
+    split = _split(name, "all", fit, test, max_fit=max_fit, max_test=max_test, seed=seed,
+                   origins=origins)
     return Setting(name, f"User data: fit {fit_path}, test {test_path or '30% of the fit data'}.",
-                   list(fit), [split])
+                   list(fit), [split], seeds=[seed])
