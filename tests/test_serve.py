@@ -462,6 +462,29 @@ def test_client_gone_closes_the_upstream_stream(request, upstreams: dict[str, Pr
     assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gateway.url + "/metrics").text)
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "asgi24"])
+def test_client_gone_cancels_a_whole_answer(request, upstreams: dict[str, Proc],
+                                            server: str) -> None:
+    """A client that left during a non-streaming request left the upstream request
+    running for nobody, up to the expert's timeout, and then logged with status 200; the
+    request counted as in flight all the while."""
+    gateway = request.getfixturevalue("gateway" if server == "uvicorn" else "gateway24")
+    tag = f"whole-{server}-{time.monotonic_ns()}"
+    body = json.dumps(_chat(MATH, model="math", hang=4, tag=tag)).encode()
+    state = upstreams["math"].url + f"/streams/{tag}"
+    with _raw_request(gateway, b"POST /v1/chat/completions HTTP/1.1\r\n"
+                               b"content-length: %d" % len(body), body):
+        assert _wait_for(lambda: httpx.get(state).json()["state"] == "open")
+        assert "ir3de_in_flight 1.0" in httpx.get(gateway.url + "/metrics").text
+    assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected", 2), \
+        httpx.get(state).json()
+    assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gateway.url + "/metrics").text)
+    if server == "uvicorn":  # (the ASGI 2.4 server of the tests writes no access log)
+        line = _access_log(gateway)[-1]
+        assert (line["status"], line["expert"], line["error"]) == (
+            499, "math", "the client disconnected before the answer was ready")
+
+
 def _admin(token: str = TOKEN) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -860,6 +883,19 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "missing.safetensors"),
     ({"router": {"stats": []}, "experts": {"a": {"url": "http://x"}}}, "router.stats"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://"}}}, "url names no host"),
+    # what follows # was never sent; the API path went after it
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x/v1#frag"}}},
+     "experts.a.url: Value error, url must not hold a fragment ('#...')"),
+    # a name the admin API could not remove (no route matches a newline)
+    ({"router": {"path": "r"}, "experts": {"a\nb": {"url": "http://x"}}},
+     "expert name 'a\\nb' holds a control character (U+000A)"),
+    # the gateway's own secrets never go to an expert
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_env": "K"}},
+      "api_keys_env": "K"},
+     "experts.a.api_key_env: K is the gateway's own api_keys_env, which is never sent"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "admin_key_envs": ["A", "IR3DE_ADMIN_TOKEN"]},
+     "admin_key_envs[1]: IR3DE_ADMIN_TOKEN is the gateway's own admin_token_env"),
     # an infinite timeout was accepted (and saved to experts.json as Infinity, not JSON)
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "timeout": float("inf")}}},
      "experts.a.timeout: Input should be a finite number"),
@@ -1150,15 +1186,17 @@ def test_sdk_reads_the_upstream_retry_and_request_id_headers(sdk) -> None:
     assert answer._request_id == "req-2"
 
 
-def test_no_openapi_schema_nor_upstream_organisation(gateway: Proc) -> None:
-    """/openapi.json listed the admin routes to anyone; openai-organization (the operator's
-    own upstream account) was relayed with the other openai-* headers."""
+def test_no_openapi_schema_nor_upstream_account(gateway: Proc) -> None:
+    """/openapi.json listed the admin routes to anyone; openai-organization and
+    openai-project (the operator's own upstream account) were relayed with the other
+    openai-* headers."""
     assert httpx.get(gateway.url + "/openapi.json").status_code == 404
     r = httpx.post(gateway.url + "/v1/chat/completions",
                    json=_chat(MATH, headers={"openai-organization": "org-operator",
+                                             "openai-project": "proj_operator",
                                              "openai-processing-ms": "12"}))
     assert r.status_code == 200 and r.headers["openai-processing-ms"] == "12"
-    assert "openai-organization" not in r.headers
+    assert "openai-organization" not in r.headers and "openai-project" not in r.headers
 
 
 def test_admin_token_scheme_any_case_and_utf8_token(stats_files, upstreams, tmp_path) -> None:
@@ -1759,11 +1797,17 @@ def test_cooldown_bookkeeping() -> None:
 # say what the router picked and why another expert answered; one access-log line each.
 
 
-def _access_log(proc: Proc) -> list[dict]:
-    """The access-log lines (one per completions request) the process has written so far."""
+def _request_log(proc: Proc) -> list[dict]:
+    """The access-log lines (one per request) the process has written so far."""
     text = os.pread(proc.log.fileno(), 1 << 22, 0).decode(errors="replace")
     return [json.loads(line[line.index("{"):]) for line in text.splitlines()
             if '{"path": ' in line]
+
+
+def _access_log(proc: Proc) -> list[dict]:
+    """The access-log lines of the completions requests the process has served so far."""
+    return [line for line in _request_log(proc)
+            if line["path"] in ("/chat/completions", "/completions")]
 
 
 def _requests_seen(upstream: Proc) -> int:
@@ -1828,7 +1872,8 @@ def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(
     fallback here but the failed expert after an upstream failure. Admin changes were not
     logged at all; an api_key_env naming an unset variable was accepted."""
     key_env = "IR3DE_TEST_LAW_KEY"
-    gw = _gateway(_config(tmp_path, stats_files, upstreams),
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, admin_key_envs=[
+        key_env, "IR3DE_TEST_UNSET_KEY", "IR3DE_TEST_EMPTY_KEY"]),
                   env={key_env: "law-secret", "IR3DE_TEST_EMPTY_KEY": ""})
     try:
         picked = httpx.post(gw.url + "/v1/completions", json={"model": "ir3de", "prompt": CODE})
@@ -1940,6 +1985,287 @@ def test_upstream_answer_keeps_its_content_type(gateway: Proc) -> None:
     assert (r.status_code, r.text, r.headers["content-type"]) == (503, "busy", "text/plain")
     r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH))
     assert r.headers["content-type"] == "application/json"
+
+
+# ----------------------------------------------------------------- misbehaving upstreams
+# tests/servers/raw.py answers what no HTTP framework would send: a body byte by byte, a
+# status of 999, a truncated body, bytes that are not HTTP.
+RAW = Path(__file__).parent / "servers" / "raw.py"
+
+
+@pytest.fixture(scope="module")
+def odd(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    """A gateway whose coding expert is tests/servers/raw.py (timeout 1 s; cooldowns off),
+    with an expert "azure" whose URL has a query, one whose name holds a %, and "stuck",
+    a server that never accepts a connection."""
+    raw = Proc([sys.executable, str(RAW), "{port}"], "/")
+    # a listening socket whose backlog is full: connections to it are never made
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    waiting = [socket.socket() for _ in range(3)]
+    for sock in waiting:
+        sock.setblocking(False)
+        sock.connect_ex(stuck.getsockname())
+    config = _with_experts(
+        _config(tmp_path_factory.mktemp("odd"), stats_files, upstreams, cooldown_failures=0),
+        coding={"url": raw.url + "/v1", "timeout": 1},
+        azure={"url": upstreams["math"].url + "/v1/?api-version=2024-02-01"},
+        stuck={"url": f"http://127.0.0.1:{stuck.getsockname()[1]}/v1", "timeout": 0.5},
+        **{"cs%2Fv2": {"url": upstreams["math"].url + "/v1"}})
+    proc = _gateway(config)
+    yield proc
+    proc.stop()
+    raw.stop()
+    for sock in [stuck, *waiting]:
+        sock.close()
+
+
+def test_expert_url_keeps_its_query(odd: Proc, upstreams: dict[str, Proc]) -> None:
+    """An expert URL with a query (Azure's ?api-version=) had the API path appended to
+    the query: POST /v1/?api-version=2024-02-01/chat/completions. A fragment was sent as the
+    path's end: POST /v1 (refused now, here and in the config)."""
+    r = httpx.post(odd.url + "/v1/chat/completions", json=_chat(MATH, model="azure", echo=True))
+    assert r.status_code == 200, r.text
+    assert r.json()["query"] == "api-version=2024-02-01"
+    r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
+                   data={"url": upstreams["law"].url + "/v1#frag"},
+                   files={"stats": ("law.stats", b"unread")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "url", r.text
+    assert "url must not hold a fragment ('#...')" in r.json()["error"]["message"]
+
+
+def test_timeout_bounds_a_whole_answer(odd: Proc) -> None:
+    """timeout bounded each read, not the answer: a body sent a byte every 0.3 s held a
+    non-streaming request for a minute with timeout 1."""
+    start = time.monotonic()
+    r = httpx.post(odd.url + "/v1/chat/completions", timeout=10,
+                   json=_chat(CODE, model="coding", mode="trickle"))
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["message"] == \
+        "expert 'coding' did not answer within 1 s (ReadTimeout)"
+    assert time.monotonic() - start < 3
+    r = httpx.post(odd.url + "/v1/chat/completions", timeout=10,  # routed: the fallback
+                   json=_chat(CODE, mode="trickle"))
+    assert (r.status_code, r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == \
+        (200, "math", "upstream_failure")
+    assert time.monotonic() - start < 6
+    r = httpx.post(odd.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+    assert (r.status_code, r.json()["model"]) == (200, "raw")  # a whole answer in time
+
+
+def test_upstream_status_beyond_http_is_a_502(odd: Proc) -> None:
+    """An upstream status line "HTTP/1.1 999 X" made uvicorn fail to send the reply
+    (KeyError in its status phrases): the client got an empty reply."""
+    for status in (999, 600):
+        r = httpx.post(odd.url + "/v1/chat/completions",
+                       json=_chat(CODE, model="coding", mode="status", status=status))
+        assert r.status_code == 502, (status, r.text)
+        assert r.json()["error"] == {
+            "message": f"expert 'coding' answered with status {status}, which is not an "
+                       "HTTP status (100-599)", "type": "upstream_error", "param": None,
+            "code": None}
+    r = httpx.post(odd.url + "/v1/chat/completions",
+                   json=_chat(CODE, model="coding", mode="status", status=599))
+    assert r.status_code == 599 and r.json()["model"] == "raw"
+
+
+def test_broken_answer_is_told_from_an_unreachable_expert(odd: Proc) -> None:
+    """An upstream that answered with a truncated body or with bytes that are not HTTP was
+    "unreachable (RemoteProtocolError)"; one never connected to "did not answer"."""
+    for mode in ("truncated", "garbage"):
+        r = httpx.post(odd.url + "/v1/chat/completions",
+                       json=_chat(CODE, model="coding", mode=mode))
+        assert r.status_code == 502, (mode, r.text)
+        assert r.json()["error"]["message"] == (
+            "expert 'coding' was reached, but sent a malformed or truncated answer or closed "
+            "the connection without one (RemoteProtocolError)")
+    r = httpx.post(odd.url + "/v1/chat/completions", json=_chat(CODE, model="stuck"))
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["message"] == \
+        "expert 'stuck' is unreachable: no connection within 0.5 s (ConnectTimeout)"
+
+
+def test_expert_header_with_a_percent_decodes_back(odd: Proc) -> None:
+    """An expert named cs%2Fv2 was sent as is in x-ir3de-expert, which unquote reads as
+    cs/v2."""
+    from urllib.parse import unquote
+
+    r = httpx.post(odd.url + "/v1/chat/completions", json=_chat(MATH, model="cs%2Fv2"))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ir3de-expert"] == "cs%252Fv2"
+    assert unquote(r.headers["x-ir3de-expert"]) == "cs%2Fv2"
+
+
+def test_expert_names_with_control_characters_are_refused(odd: Proc) -> None:
+    """An expert named "a\\nb" could be added through the admin API and never removed
+    (DELETE /admin/experts/a%0Ab was a 404)."""
+    before = httpx.get(odd.url + "/admin/experts", headers=_admin()).json()
+    for name, code in (("a\nb", "000A"), ("a\tb", "0009"), ("a\x7fb", "007F"),
+                       ("a\x85b", "0085")):
+        r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
+                       data={"url": "http://127.0.0.1:9/v1", "name": name},
+                       files={"stats": ("law.stats", b"unread")})
+        assert r.status_code == 400, (name, r.text)
+        assert r.json()["error"]["message"] == \
+            f"invalid expert name {name!r}: it holds a control character (U+{code})"
+        assert r.json()["error"]["param"] == "name"
+    assert httpx.get(odd.url + "/admin/experts", headers=_admin()).json() == before
+
+
+def test_saved_expert_name_with_a_control_character_is_named(stats_files, upstreams,
+                                                            tmp_path) -> None:
+    """An expert named with a newline that an older ir3de's admin API saved: the restart
+    names the state folder it comes from."""
+    from dataclasses import replace
+
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    _persist(replace(state, experts={**state.experts, "a\nb": state.experts["math"]}),
+             str(tmp_path / "state"), base)
+    with pytest.raises(IR3DEError) as caught:
+        _initial_state(load_config(config))
+    assert str(caught.value) == (
+        "invalid expert name 'a\\nb': it holds a control character (U+000A) (an expert the "
+        f"admin API saved in {tmp_path / 'state'}); move {tmp_path / 'state'} away to start "
+        "from the config")
+
+
+def test_every_request_is_logged_and_admin_refusals_counted(odd: Proc) -> None:
+    """Admin requests (their 401s included), /v1/models and unknown routes left no
+    access-log line; refused admin tokens were counted nowhere."""
+    before = len(_request_log(odd))
+    for method, path, headers, status in (
+            ("GET", "/admin/experts", {}, 401),
+            ("GET", "/admin/experts", _admin("wrong-token-123"), 401),
+            ("DELETE", "/admin/experts/math", {"authorization": f"Basic {TOKEN}"}, 401),
+            ("GET", "/admin/experts", _admin(), 200),
+            ("DELETE", "/admin/experts/nobody", _admin(), 404),
+            ("GET", "/v1/models", {}, 200),
+            ("GET", "/v1/models/nobody", {}, 404),
+            ("GET", "/nowhere", {}, 404)):
+        assert httpx.request(method, odd.url + path, headers=headers).status_code == status
+    lines = _request_log(odd)[before:]
+    assert [(e["path"], e["method"], e["status"], e.get("refused")) for e in lines] == [
+        ("/admin/experts", "GET", 401, "missing"),
+        ("/admin/experts", "GET", 401, "invalid"),
+        ("/admin/experts/math", "DELETE", 401, "malformed"),
+        ("/admin/experts", "GET", 200, None),
+        ("/admin/experts/nobody", "DELETE", 404, None),
+        ("/models", "GET", 200, None),
+        ("/models/nobody", "GET", 404, None),
+        ("/nowhere", "GET", 404, None)]
+    metrics = _metrics(odd)
+    for reason in ("missing", "invalid", "malformed"):
+        assert metrics[f'ir3de_admin_unauthorized_total{{reason="{reason}"}}'] >= 1
+    log = os.pread(odd.log.fileno(), 1 << 22, 0).decode()
+    assert "wrong-token-123" not in log and TOKEN not in log
+
+
+def test_admin_may_send_only_the_key_variables_the_config_names(
+        stats_files, upstreams, tmp_path, monkeypatch) -> None:
+    """POST /admin/experts with api_key_env=IR3DE_API_KEYS (or any variable) sent its
+    value, the client keys, to whatever URL the admin gave: holding the admin token
+    revealed every secret of the gateway's environment."""
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _initial_state, load_config
+
+    config = _with_experts(
+        _config(tmp_path, stats_files, upstreams, api_keys_env=KEYS_ENV,
+                admin_key_envs=["IR3DE_TEST_SPARE_KEY"]),
+        coding={"api_key_env": "IR3DE_TEST_CODER_KEY"})
+    gw = _gateway(config, env={KEYS_ENV: "client-key", "IR3DE_TEST_CODER_KEY": "coder-key",
+                               "IR3DE_TEST_SPARE_KEY": "spare-key",
+                               "IR3DE_TEST_OTHER_SECRET": "other"})
+    law = {"stats": ("law.stats", stats_files["law"].read_bytes())}
+    try:
+        for env in ("IR3DE_TEST_OTHER_SECRET", KEYS_ENV, "IR3DE_ADMIN_TOKEN",
+                    "IR3DE_TEST_UNSET_KEY"):  # (not "is not set": nothing told of it)
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                           data={"url": upstreams["law"].url + "/v1", "api_key_env": env})
+            assert r.status_code == 400, (env, r.text)
+            assert r.json()["error"] == {
+                "message": f"api_key_env: {env} is not allowed: the admin API may only name "
+                           "a variable that gateway.yaml names as an expert's api_key_env or "
+                           "lists under admin_key_envs (IR3DE_TEST_CODER_KEY, "
+                           "IR3DE_TEST_SPARE_KEY)",
+                "type": "invalid_request_error", "param": "api_key_env", "code": None}
+        for env, key in (("IR3DE_TEST_SPARE_KEY", "spare-key"),
+                         ("IR3DE_TEST_CODER_KEY", "coder-key")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                           data={"url": upstreams["law"].url + "/v1", "api_key_env": env})
+            assert r.status_code == 200, r.text
+            r = httpx.post(gw.url + "/v1/completions", headers=_bearer("client-key"),
+                           json={"model": "law", "prompt": LEGAL})
+            assert r.json()["auth"] == f"Bearer {key}"
+            assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()
+                                ).status_code == 200
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                       data={"url": upstreams["law"].url + "/v1",
+                             "api_key_env": "IR3DE_TEST_SPARE_KEY"})
+        assert r.status_code == 200, r.text
+    finally:
+        gw.stop()
+    # gateway.yaml no longer allows the variable the admin API saved: not sent on
+    data = yaml.safe_load(config.read_text())
+    del data["admin_key_envs"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("IR3DE_TEST_CODER_KEY", "coder-key")
+    with pytest.raises(IR3DEError) as caught:
+        _initial_state(load_config(config))
+    assert str(caught.value).startswith(
+        f"experts.law.api_key_env: IR3DE_TEST_SPARE_KEY, saved by the admin API in "
+        f"{tmp_path / 'state'}, is not allowed: the admin API may only name a variable")
+
+
+def test_saved_min_coverage_yields_to_a_router_without_coverage(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """A min_coverage set through the admin API, then a preset without pairs edited into
+    gateway.yaml: the restart failed with "min_coverage needs a router whose decisions
+    report coverage", naming neither the saved state nor a way out. The edit wins, as edits
+    of the file do in the merge: the saved value goes, with a warning. A min_coverage that
+    gateway.yaml sets itself on such a router stays an error, naming the saved state."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    _persist(replace(state, min_coverage=0.1), str(tmp_path / "state"), base)  # PATCHed
+    data = yaml.safe_load(config.read_text())
+    data["router"]["preset"] = "unigram"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.min_coverage == 0.0 and not state.router.reports_coverage
+    lines = {e["field"]: e for e in map(json.loads, (r.getMessage() for r in caplog.records))}
+    assert lines["min_coverage"]["using"] == "config"
+    assert lines["min_coverage"]["message"] == (
+        "min_coverage: using gateway.yaml's 0.0, not the saved state's 0.1 (the saved value "
+        "needs a router whose decisions report coverage, and the router in use (rebuilt from "
+        "gateway.yaml's changed router section) reports none)")
+
+    del data["router"]["preset"]  # the admin API turned the selector off the pairs ...
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, base = _initial_state(load_config(config))
+    router = _copy_router(state.router)
+    router.set_params(selector="avg")
+    _persist(replace(state, router=router, min_coverage=0.0), str(tmp_path / "state"), base)
+    data["min_coverage"] = 0.2  # ... and gateway.yaml sets a cut since
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(IR3DEError) as caught:
+        _initial_state(load_config(config))
+    assert str(caught.value) == (
+        "gateway.yaml's min_coverage 0.2: min_coverage needs a router whose decisions report "
+        "coverage: the 'geo' selector on a token-pair table (the default preset); the router "
+        f"in use (gateway.yaml's, with the admin API's changes saved in {tmp_path / 'state'}: "
+        "selector 'avg') reports none: set min_coverage to 0 in gateway.yaml, or move "
+        f"{tmp_path / 'state'} away to start from the config alone")
 
 
 # ----------------------------------------------------------------- config and saved state

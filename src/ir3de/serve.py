@@ -14,20 +14,24 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   fallback expert answered instead, ``x-ir3de-fallback`` says why: ``low_confidence``,
   ``low_coverage``, ``no_text`` (nothing to route on: no ``x-ir3de-routed-to`` then),
   ``expert_down`` (the pick is cooling down) or ``upstream_failure`` (the pick failed),
-  the reasons of ``ir3de_fallbacks_total``. An expert name that is not printable ASCII is
-  percent-encoded (UTF-8) in these headers: ``数学`` as ``%E6%95%B0%E5%AD%A6``
-  (``urllib.parse.unquote`` gives it back). The upstream's headers that OpenAI clients act
-  on (``retry-after``, ``x-should-retry``, ``x-request-id``, rate limits) are relayed,
-  but for a value outside Latin-1, which no header can carry (it is dropped).
+  the reasons of ``ir3de_fallbacks_total``. An expert name that is not printable ASCII, or
+  holds a ``%``, is percent-encoded (UTF-8) in these headers: ``数学`` as
+  ``%E6%95%B0%E5%AD%A6``, ``cs%2Fv2`` as ``cs%252Fv2`` (``urllib.parse.unquote`` gives every
+  name back). The upstream's headers that OpenAI clients act on (``retry-after``,
+  ``x-should-retry``, ``x-request-id``, rate limits, ``openai-*`` but the operator's
+  ``openai-organization`` and ``openai-project``) are relayed, but for a value outside
+  Latin-1, which no header can carry (it is dropped).
 * ``GET /v1/models`` (``created``: when the gateway started, or the admin API added the
   expert), ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the experts
   cooling down), ``GET /metrics`` (Prometheus).
-* One JSON access-log line per completions request, whatever its status (401s, 4xx and
-  5xx included): ``path``, ``model``, ``expert``, ``routed_to``, ``fallback``,
-  ``confidence``, ``coverage``, ``stream``, ``status``, and ``error`` for the gateway's own
-  error answers; ``status`` 499 (as nginx logs it) for a client gone before its whole body
-  arrived, which is sent nothing. A body over ``max_body_bytes`` is a 413 as soon as it
-  says so (``content-length``) or, chunked, once past the limit, without the rest.
+* One JSON access-log line per request, whatever its route and status (see
+  :class:`_AccessLog`): ``path`` (less ``/v1``), ``method``, ``status``, and ``refused``
+  (the reason) for a 401; a completions request's also has ``model``, ``expert``,
+  ``routed_to``, ``fallback``, ``confidence``, ``coverage``, ``stream``, and ``error`` for
+  the gateway's own error answers; ``status`` 499 (as nginx logs it) for a client gone
+  before its whole body arrived, or before its answer (the upstream request is cancelled
+  then), which is sent nothing. A body over ``max_body_bytes`` is a 413 as soon as it says
+  so (``content-length``) or, chunked, once past the limit, without the rest.
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
@@ -35,15 +39,21 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   or empty variable, or an empty key in it, stops the gateway at startup. The client's
   ``Authorization`` header is never forwarded: experts get their own ``api_key_env``,
   whose variable must be set (and not empty) too: at startup, and when the admin API adds
-  the expert (a 400 otherwise).
+  the expert (a 400 otherwise). The admin API may name only a variable that gateway.yaml
+  names as an expert's ``api_key_env`` or lists under ``admin_key_envs`` (else a 400, and
+  a saved one no longer allowed stops a restart): its token must not reveal every secret
+  of the gateway's environment. The gateway's own ``api_keys_env`` and
+  ``admin_token_env`` are never an expert's key.
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
-  config; unset -> the admin API is off): list experts (with their cooldown state), add
-  (an existing name, routed or not, is a 409) and remove them (a removed expert's
-  failures are forgotten), change α, k, λ, selector, the confidence threshold or the
-  minimum coverage (above 0 only with a fallback expert). Every change re-solves the
-  router off the event loop, swaps it in one assignment (requests in flight finish on the
-  router they started with), persists it atomically to ``state_dir`` and is logged (one
-  JSON line, ``"event": "admin"``, with no secret).
+  config; unset -> the admin API is off; refusals counted in
+  ``ir3de_admin_unauthorized_total``): list experts (with their cooldown state), add
+  (an existing name, routed or not, is a 409; a name with a control character, such as
+  a newline, is a 400, as it is a startup error in the config) and remove them (a
+  removed expert's failures are forgotten), change α, k, λ, selector, the confidence
+  threshold or the minimum coverage (above 0 only with a fallback expert). Every change
+  re-solves the router off the event loop, swaps it in one assignment (requests in
+  flight finish on the router they started with), persists it atomically to
+  ``state_dir`` and is logged (one JSON line, ``"event": "admin"``, with no secret).
 
 Config and saved state: a restart loads ``state_dir`` back and merges it with
 gateway.yaml, three ways (see :func:`_reconcile`): a value edited in gateway.yaml since the
@@ -52,20 +62,27 @@ is kept. That covers ``threshold``, ``min_coverage``, the expert endpoints and e
 their fields, and the router: one whose section or files changed is rebuilt from
 gateway.yaml, with the admin API's changes applied to it again. Every disagreement is
 logged as a warning (``"event": "config_vs_state"``) naming the field, both values and
-the one used. Removing ``state_dir`` starts from gateway.yaml alone.
+the one used. A saved ``min_coverage`` that the router gateway.yaml has changed to cannot
+use (one without coverage, such as ``preset: unigram``) goes, with such a warning: the
+file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone.
 
 Failures: a refused connection is retried once (it may be a stale keep-alive). For a
 routed request, a second failure or a timeout sends the request to the fallback expert. A
 request that names its expert may carry what that expert alone accepts: it never goes to
 another one, and gets a 502 (504 for a timeout) naming the expert, as routed requests do
-without a fallback (502 too for an answer that cannot be decoded). A request that waits
-its expert's whole ``timeout`` for one of the ``max_connections`` upstream connections is
-not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``), without trying the fallback
-(it would wait for the same connections) and without counting against the expert's
-cooldown. An upstream HTTP error
-is returned as is; a stream cut by the upstream ends with an SSE ``error`` event, after
-the last whole event. The gateway's own errors, unknown routes included, use OpenAI's
-error JSON (``{"error": {"message", "type", "param", "code"}}``).
+without a fallback; the message tells an expert that is unreachable (no connection) from
+one that sent a malformed or truncated answer (or closed the connection without one).
+An expert's ``timeout`` bounds the wait for a connection and, for a whole (non-streaming)
+answer, the answer itself: all of it must arrive within ``timeout`` of the request being
+sent; a stream's headers, and then each of its reads, must come within ``timeout``. An
+answer that cannot be decoded, or whose status is beyond 599 (``HTTP/1.1 999``), is a
+502 (no fallback: the expert did answer). A request that waits its expert's whole
+``timeout`` for one of the ``max_connections`` upstream connections is not sent: a 503
+(``code: gateway_busy``, ``retry-after: 1``), without trying the fallback (it would wait
+for the same connections) and without counting against the expert's cooldown. An
+upstream HTTP error is returned as is; a stream cut by the upstream ends with an SSE
+``error`` event, after the last whole event. The gateway's own errors, unknown routes
+included, use OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -81,7 +98,7 @@ Example config::
 
     name: ir3de
     router: {path: router.safetensors}        # or {stats: [math.stats, code.stats]}
-    experts:
+    experts:                   # url: a query (?api-version=...) is kept; no #fragment
       math:   {url: http://127.0.0.1:8001/v1, model: qwen-math}
       coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
     fallback: math
@@ -91,6 +108,7 @@ Example config::
     state_dir: gateway-state   # where admin changes persist
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
+    admin_key_envs: [SPARE_KEY]   # api_key_env the admin API may name, beyond the experts'
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
@@ -110,7 +128,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -155,13 +173,18 @@ def _models() -> tuple[type, type, type]:
         @pd.field_validator("url")
         @classmethod
         def _http(cls, v: str) -> str:
-            from urllib.parse import urlsplit
+            from urllib.parse import urlsplit, urlunsplit
 
             if not v.startswith(("http://", "https://")):
                 raise ValueError(f"url must start with http:// or https://, got {v!r}")
-            if not urlsplit(v).hostname:
+            parts = urlsplit(v)
+            if not parts.hostname:
                 raise ValueError(f"url names no host: {v!r}")
-            return v.rstrip("/")
+            if "#" in v:  # a fragment is never sent: what follows # would be lost
+                raise ValueError(f"url must not hold a fragment ('#...'), got {_safe_url(v)!r}")
+            # the API paths are appended to the URL's path, before its query (kept:
+            # ?api-version= and the like), so a trailing slash on the path goes
+            return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
 
     class RouterSource(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
@@ -194,6 +217,12 @@ def _models() -> tuple[type, type, type]:
         api_keys_env: str | None = pd.Field(None, min_length=1,
                                             description="environment variable holding the "
                                                         "client API keys, comma-separated")
+        # The admin API may send only these variables, and those the experts above name
+        # as api_key_env, to the URL it gives: holding the admin token must not reveal
+        # every secret in the gateway's environment.
+        admin_key_envs: list[str] = pd.Field([], description="further environment "
+                                             "variables POST /admin/experts may name as "
+                                             "api_key_env")
         state_dir: str | None = None
         # strict: YAML reads `yes` as true, which would otherwise pass as 1 failure or 1 s
         cooldown_failures: int = pd.Field(3, ge=0, strict=True,
@@ -218,7 +247,26 @@ def _models() -> tuple[type, type, type]:
                                      "fallback too")
             if self.name in self.experts:
                 raise ValueError(f"name {self.name!r} is also an expert's name")
+            for name in self.experts:
+                problem = _control_character(name)
+                if problem:
+                    raise ValueError(f"expert name {name!r} {problem}")
+            # The gateway's own secrets never go to an expert: its client keys and admin
+            # token would be sent to whoever runs that expert.
+            own = {self.api_keys_env: "api_keys_env", self.admin_token_env: "admin_token_env"}
+            named = [(f"experts.{n}.api_key_env", e.api_key_env)
+                     for n, e in self.experts.items()] + \
+                [(f"admin_key_envs[{i}]", env) for i, env in enumerate(self.admin_key_envs)]
+            for where, env in named:
+                if env is not None and env in own:
+                    raise ValueError(f"{where}: {env} is the gateway's own {own[env]}, "
+                                     "which is never sent to an expert")
             return self
+
+        def key_envs(self) -> set[str]:
+            """The variables the admin API may name as an expert's api_key_env."""
+            return {e.api_key_env for e in self.experts.values() if e.api_key_env} | \
+                set(self.admin_key_envs)
 
     return ExpertConfig, RouterSource, GatewayConfig
 
@@ -365,6 +413,15 @@ def _safe_url(url: Any) -> Any:
                   for name, _, value in [field.partition("=")]]
         parts = parts._replace(query="&".join(fields))
     return urlunsplit(parts)
+
+
+def _upstream_url(base: str, path: str) -> str:
+    """The URL of the API ``path`` (``/chat/completions``) of an expert whose base URL is
+    ``base``: the path appended to the base's path, its query (``?api-version=...``) kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
 _ABSENT = object()
@@ -567,9 +624,25 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
             note(cut, c, s, "config", f"{cut} sends prompts to the fallback expert, which "
                                       "gateway.yaml no longer names")
             cuts[cut] = c
+        elif cut == "min_coverage" and cuts[cut] > 0 and c == b and \
+                not router.reports_coverage:
+            # The saved value was set for the router of its time: a router gateway.yaml
+            # has changed since (a preset without pairs) wins, as every edit of the file
+            # does, and takes the file's value with it.
+            note(cut, c, s, "config", "the saved value needs a router whose decisions report "
+                                      "coverage, and the router in use (rebuilt from "
+                                      "gateway.yaml's changed router section) reports none")
+            cuts[cut] = c
         elif s != c:
             note(cut, c, s, "config" if c != b else "saved")
-    state = _State(router, experts, cuts["threshold"], cuts["min_coverage"])
+    try:
+        state = _State(router, experts, cuts["threshold"], cuts["min_coverage"])
+    except IR3DEError as exc:  # gateway.yaml's min_coverage on the router in use
+        raise IR3DEError(f"gateway.yaml's min_coverage {cuts['min_coverage']:g}: {exc}; the "
+                         f"router in use (gateway.yaml's, with the admin API's changes saved "
+                         f"in {state_dir}: selector {router.config.selector!r}) reports none: "
+                         "set min_coverage to 0 in gateway.yaml, or move "
+                         f"{state_dir} away to start from the config alone") from None
     new_base = _snapshot(config, router_base)
     changed = rebuilt or new_base != old_base or cuts != {
         "threshold": saved.threshold, "min_coverage": saved.min_coverage} or \
@@ -599,10 +672,24 @@ def _key_env_problem(env: str) -> str | None:
     return None
 
 
+def _key_envs_rule(config: Any) -> str:
+    """Which variables the admin API may name as an expert's ``api_key_env`` (see
+    GatewayConfig.admin_key_envs), said by its refusals."""
+    allowed = ", ".join(sorted(config.key_envs())) or "none"
+    return "the admin API may only name a variable that gateway.yaml names as an " \
+           f"expert's api_key_env or lists under admin_key_envs ({allowed})"
+
+
 def _check_key_envs(experts: dict[str, Any], config: Any, state_dir: Path | None) -> None:
     for name, endpoint in experts.items():
         if endpoint.api_key_env is None:
             continue
+        if endpoint.api_key_env not in config.key_envs():
+            # (gateway.yaml's own are allowed: this one was saved by the admin API)
+            raise IR3DEError(f"experts.{name}.api_key_env: {endpoint.api_key_env}, saved by "
+                             f"the admin API in {state_dir}, is not allowed: "
+                             f"{_key_envs_rule(config)}; add it to admin_key_envs to keep "
+                             f"it, or move {state_dir} away to start from the config")
         problem = _key_env_problem(endpoint.api_key_env)
         if problem is None:
             continue
@@ -657,7 +744,14 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
                                   "settings": _router_settings(router)})
         changed = False
     for name in state.experts:
-        _check_expert_name(name, config.name)
+        try:
+            _check_expert_name(name, config.name)
+        except IR3DEError as exc:
+            if name in config.experts:
+                raise
+            # added through the admin API before this ir3de refused such names
+            raise IR3DEError(f"{exc} (an expert the admin API saved in {state_dir}); move "
+                             f"{state_dir} away to start from the config") from None
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
         where = f"'experts' in the config or {state_dir / _EXPERTS_FILE} (the saved state)" \
@@ -721,11 +815,25 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
+def _control_character(name: str) -> str | None:
+    """Why ``name`` cannot name an expert for holding a control character (Unicode
+    category Cc: a newline, a tab, DEL...), or None. Such a name could be added but not
+    used again: a route matches no newline (``DELETE /admin/experts/a%0Ab`` finds
+    nothing), and a name is printed in log lines and headers."""
+    import unicodedata
+
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    return None if bad is None else f"holds a control character (U+{ord(bad):04X})"
+
+
 def _check_expert_name(name: str, gateway: str) -> None:
     """An expert name must be a usable ``model``: not the gateway's own (which routes)."""
     if not name.strip() or name != name.strip():
         raise IR3DEError(f"invalid expert name {name!r}: it must be non-empty, without "
                          "surrounding whitespace")
+    problem = _control_character(name)
+    if problem:
+        raise IR3DEError(f"invalid expert name {name!r}: it {problem}")
     if name == gateway:
         raise IR3DEError(f"expert name {name!r} is the gateway's own name, which routes; "
                          "choose another")
@@ -812,8 +920,9 @@ def _is_token_ids(prompt: Any) -> bool:
 _RELAYED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry",
                               "x-request-id"})
 _RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
-# ... but not the organisation of the operator's own upstream OpenAI account
-_NOT_RELAYED = frozenset({"openai-organization"})
+# ... but not those naming the operator's own upstream OpenAI account: its organisation
+# and project
+_NOT_RELAYED = frozenset({"openai-organization", "openai-project"})
 
 
 def _relayed_headers(upstream: Any) -> dict[str, str]:
@@ -839,10 +948,11 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) not in "%")
 
 def _header_name(name: str) -> str:
     """An expert name as the ``x-ir3de-expert`` and ``x-ir3de-routed-to`` headers carry
-    it: as is when it is printable ASCII, else percent-encoded UTF-8 (``数学`` ->
-    ``%E6%95%B0%E5%AD%A6``; ``urllib.parse.unquote`` gives it back), as header values are
-    bytes that clients decode in different ways, or not at all."""
-    if name.isascii() and name.isprintable():
+    it: as is when it is printable ASCII without ``%``, else percent-encoded UTF-8 (``数学``
+    -> ``%E6%95%B0%E5%AD%A6``, ``cs%2Fv2`` -> ``cs%252Fv2``), as header values are bytes
+    that clients decode in different ways, or not at all. Either way
+    ``urllib.parse.unquote`` gives the name back: it changes nothing but ``%`` escapes."""
+    if "%" not in name and name.isascii() and name.isprintable():
         return name
     from urllib.parse import quote
 
@@ -892,6 +1002,49 @@ def _route_path(scope: Any) -> str:
     return path
 
 
+# The scope key under which a request's handler adds to its access-log line (see _AccessLog)
+_ACCESS = "ir3de.access"
+
+
+class _AccessLog:
+    """ASGI middleware: one JSON access-log line per HTTP request, whatever answered it
+    (a route, the client-key check, an unknown path, a failure): ``path`` (less the
+    ``/v1`` prefix), ``method``, ``status``, and what the handler added under
+    ``scope[_ACCESS]`` (a completion's routing, a refusal's reason). Never a header or a
+    body: nothing secret. Logged as the response starts, before the client has any of it;
+    or, for an answer never sent (a client gone), once the app returns, with the status
+    the handler gave (499)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        fields = scope[_ACCESS] = {
+            "path": path[len("/v1"):] if path.startswith("/v1/") else path,
+            "method": scope["method"]}
+        logged = False
+
+        def write(status: int) -> None:
+            nonlocal logged
+            logged = True
+            log.info(json.dumps({**fields, "status": status}))
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start" and not logged:
+                write(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if not logged:  # (an exception: Starlette answers it with a 500)
+                write(fields.get("status", 500))
+
+
 class _ClientKeys:
     """ASGI middleware: every request but the open paths and the admin API must carry
     ``Authorization: Bearer <a client key>``, or gets a 401 in OpenAI's error JSON, before
@@ -912,7 +1065,7 @@ class _ClientKeys:
                 problem = self._problem(scope["headers"])
                 if problem is not None:
                     reason, message = problem
-                    self.refused(path, reason)
+                    self.refused(scope, path, reason)
                     response = _error(401, message, code="invalid_api_key",
                                       headers={"www-authenticate": "Bearer"})
                     await response(scope, receive, send)
@@ -1152,6 +1305,10 @@ class _Metrics:
         self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time to response "
                                      "headers", ["expert"], registry=r)
         self.in_flight = pc.Gauge("ir3de_in_flight", "Requests being served", registry=r)
+        self.admin_unauthorized = pc.Counter("ir3de_admin_unauthorized", "Admin API "
+                                             "requests refused for a missing, malformed or "
+                                             "wrong admin token, by reason", ["reason"],
+                                             registry=r)
         self.unauthorized = pc.Counter("ir3de_unauthorized", "Requests refused for a "
                                        "missing, malformed or invalid client API key, by "
                                        "reason", ["reason"], registry=r)
@@ -1213,16 +1370,15 @@ def create_app(config: Any) -> Any:
     app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
 
-    def _refused(path: str, reason: str) -> None:
+    def _refused(scope: Any, path: str, reason: str) -> None:
         metrics.unauthorized.labels(reason).inc()
-        # the path as the other access-log lines name it: without the /v1 prefix
-        path = path[len("/v1"):] if path.startswith("/v1/") else path
-        if path in ("/chat/completions", "/completions"):  # as _counted counts them
+        if path in ("/v1/chat/completions", "/v1/completions"):  # as _counted counts them
             metrics.requests.labels("(gateway)", "401").inc()
-        log.info(json.dumps({"path": path, "status": 401, "refused": reason}))
+        scope[_ACCESS]["refused"] = reason
 
     if client_keys is not None:
         app.add_middleware(_ClientKeys, digests=client_keys, refused=_refused)
+    app.add_middleware(_AccessLog)  # (added last: the outermost, it sees every answer)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
@@ -1236,12 +1392,30 @@ def create_app(config: Any) -> Any:
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
             headers["authorization"] = f"Bearer {key}"
-        request = client.build_request("POST", endpoint.url + path, json=payload,
+        request = client.build_request("POST", _upstream_url(endpoint.url, path), json=payload,
                                        headers=headers, timeout=endpoint.timeout)
         for attempt in (0, 1):
             start = time.perf_counter()
+            # httpx's timeout bounds each wait (for a connection, for each read), not the
+            # whole answer: an expert sending a byte now and then would hold a request for
+            # ever. A whole answer must come within the timeout of the request being sent
+            # (a connection in hand: a wait for one of the gateway's own is not the
+            # expert's); a stream, relayed as it comes, keeps httpx's bound alone.
+            deadline = anyio.CancelScope()
+
+            async def sent(event: str, _: Any,
+                           deadline: anyio.CancelScope = deadline) -> None:
+                if event.endswith(".send_request_headers.started"):
+                    deadline.deadline = anyio.current_time() + endpoint.timeout
+
+            if not stream:
+                request.extensions["trace"] = sent
             try:
-                response = await client.send(request, stream=stream)
+                with deadline:
+                    response = await client.send(request, stream=stream)
+                if deadline.cancelled_caught:
+                    raise httpx.ReadTimeout(f"no whole answer within {endpoint.timeout:g} s",
+                                            request=request)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 # (DecodingError: a body that its content-encoding does not describe)
                 metrics.errors.labels(expert_name, type(exc).__name__).inc()
@@ -1264,7 +1438,7 @@ def create_app(config: Any) -> Any:
             # all of the gateway's connections busy: its own limit, which says nothing
             # about this expert
             raise
-        except httpx.TransportError:  # refused twice, timed out, cut off before answering
+        except httpx.TransportError:  # refused twice, timed out, cut off, garbled
             answered = False
             raise
         except httpx.DecodingError:  # an answer, in a body the gateway cannot decode
@@ -1309,8 +1483,36 @@ def create_app(config: Any) -> Any:
                                                  "the whole request body",
                                       "type": "invalid_request_error", "param": None,
                                       "code": "client_disconnected"}}, status_code=499)
+        return await _while_connected(request, _forward(bytes(raw), path, chat, info))
+
+    async def _while_connected(request: Request, answer: Awaitable[Any]) -> Any:
+        """``answer``, unless the client disconnects first: then it is cancelled (with the
+        upstream request it is waiting for, which would otherwise run to its timeout for
+        nobody) and the answer is a 499, logged as for a client gone mid-upload.
+
+        (A stream relayed after this is watched by Starlette, see _Relay.)"""
+        result = None
+        async with anyio.create_task_group() as watch:
+            async def gone() -> None:
+                # After the body, the server's next message is the client's disconnect.
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                watch.cancel_scope.cancel()
+
+            watch.start_soon(gone)
+            result = await answer
+            watch.cancel_scope.cancel()  # (no await since: the answer is kept)
+        if result is None:
+            return _Unsent({"error": {"message": "the client disconnected before the answer "
+                                                 "was ready", "type": "invalid_request_error",
+                                      "param": None, "code": "client_disconnected"}},
+                           status_code=499)
+        return result
+
+    async def _forward(raw: bytes, path: str, chat: bool, info: dict[str, Any]) -> Any:
+        """The answer to a completions request whose body is ``raw`` (see _proxy)."""
         try:
-            body = _parse_json(bytes(raw))
+            body = _parse_json(raw)
         except ValueError as exc:
             return _error(400, str(exc))
         if not isinstance(body, dict):
@@ -1410,6 +1612,16 @@ def create_app(config: Any) -> Any:
                                         f"expert {failed!r} failed ({type(exc).__name__}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
+        if response.status_code > 599:
+            # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
+            # are not final answers): uvicorn would fail to send it, and the client get
+            # an empty reply
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            metrics.requests.labels(expert, "502").inc()
+            return _error(502, f"expert {expert!r} answered with status "
+                               f"{response.status_code}, which is not an HTTP status "
+                               "(100-599)", kind="upstream_error")
         if stream and response.status_code >= 400:
             # An error comes whole, not as a stream: read it now, so that one the gateway
             # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
@@ -1418,7 +1630,9 @@ def create_app(config: Any) -> Any:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 return _upstream_failed(expert, state.experts[expert], exc)
             finally:
-                await response.aclose()
+                # shielded: a client gone meanwhile cancels this (see _while_connected)
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
         headers = {**_relayed_headers(response), "x-ir3de-expert": _header_name(expert)}
         if routed_to is not None:
             headers["x-ir3de-routed-to"] = _header_name(routed_to)
@@ -1530,26 +1744,32 @@ def create_app(config: Any) -> Any:
                                f"connections stayed busy for {endpoint.timeout:g} s "
                                "(max_connections)", kind="upstream_error", code="gateway_busy",
                           headers={"retry-after": "1"})
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout):
+            status, what = 504, f"is unreachable: no connection within {endpoint.timeout:g} s"
+        elif isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.DecodingError):
             status, what = 502, "sent an answer its content-encoding does not describe"
-        else:
+        elif isinstance(exc, httpx.ConnectError):
             status, what = 502, "is unreachable"
+        else:  # connected, then the answer broke off or was not HTTP (or never came)
+            status, what = 502, "was reached, but sent a malformed or truncated answer " \
+                                "or closed the connection without one"
         metrics.requests.labels(expert, str(status)).inc()
         return _error(status, f"{before}expert {expert!r} {what} ({type(exc).__name__})"
                               f"{after}", kind="upstream_error")
 
     async def _counted(request: Request, path: str, chat: bool) -> Any:
-        """:func:`_proxy`, counted, and logged: one JSON line per request, whatever its
-        outcome (a stream's when its headers are sent). ``expert``: the expert that
-        answered, or failed last; ``routed_to``: the router's pick (null for a request
-        that names its expert, or has no text to route on); ``fallback``: why the fallback
-        expert answered instead (``low_confidence``, ``low_coverage``, ``no_text``,
-        ``expert_down``, ``upstream_failure``), or null; ``error``: the gateway's own error
-        message, for the answers it makes itself."""
+        """:func:`_proxy`, counted, with what its access-log line (see _AccessLog) says of
+        it: ``model``; ``expert``: the expert that answered, or failed last;
+        ``routed_to``: the router's pick (null for a request that names its expert, or has
+        no text to route on); ``fallback``: why the fallback expert answered instead
+        (``low_confidence``, ``low_coverage``, ``no_text``, ``expert_down``,
+        ``upstream_failure``), or null; ``confidence``, ``coverage``, ``stream``,
+        ``status``; ``error``: the gateway's own error message, for the answers it makes
+        itself."""
         metrics.in_flight.inc()
-        info: dict[str, Any] = {"path": path, "model": None, "expert": None,
+        info: dict[str, Any] = {"model": None, "expert": None,
                                 "routed_to": None, "fallback": None, "confidence": None,
                                 "coverage": None, "stream": None}
         try:
@@ -1565,7 +1785,7 @@ def create_app(config: Any) -> Any:
                 line["error"] = json.loads(response.body)["error"]["message"]
             except (ValueError, KeyError, TypeError, AttributeError):
                 line["error"] = None
-        log.info(json.dumps(line))
+        request.scope[_ACCESS].update(line)
         return response
 
     @app.post("/v1/chat/completions")
@@ -1617,10 +1837,17 @@ def create_app(config: Any) -> Any:
         # how much of a guess matched nor the token's length. Starlette decodes header bytes
         # as Latin-1, so re-encoding that way gives back the bytes sent (a UTF-8 token too).
         digest = hashlib.sha256(presented.strip().encode("latin-1")).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, admin_digest):
-            return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
-                          headers={"www-authenticate": "Bearer"})
-        return None
+        if scheme.lower() == "bearer" and hmac.compare_digest(digest, admin_digest):
+            return None
+        # counted and logged by reason (as client keys are): someone guessing the token
+        # shows in the metrics
+        reason = "missing" if not scheme.strip() or (scheme.lower() == "bearer" and
+                                                     not presented.strip()) else \
+            "malformed" if scheme.lower() != "bearer" else "invalid"
+        metrics.admin_unauthorized.labels(reason).inc()
+        request.scope[_ACCESS]["refused"] = reason
+        return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
+                      headers={"www-authenticate": "Bearer"})
 
     def _describe(state: _State) -> dict[str, Any]:
         counts = {n: s.n_tokens for n, s in state.router.stats.items()}
@@ -1706,6 +1933,10 @@ def create_app(config: Any) -> Any:
             fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
             return _error(400, f"invalid expert endpoint: {_problems(exc)}",
                           param=fields.pop() if len(fields) == 1 else None)
+        if endpoint.api_key_env and endpoint.api_key_env not in config.key_envs():
+            # checked before whether it is set, which would tell about any variable
+            return _error(400, f"api_key_env: {endpoint.api_key_env} is not allowed: "
+                               f"{_key_envs_rule(config)}", param="api_key_env")
         problem = endpoint.api_key_env and _key_env_problem(endpoint.api_key_env)
         if problem:  # the expert would get requests without the key it was given
             return _error(400, f"api_key_env: {problem} in the gateway's environment; set "

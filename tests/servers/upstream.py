@@ -8,8 +8,11 @@ drops the connection mid-stream (a crashed server); ``"chunks": N`` streams N ch
 of five; ``"pad": N`` adds N bytes to each streamed chunk, enough to fill socket buffers. A
 streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
 ``{"state": "open"}`` while it is sent, then ``"finished"`` once its last byte is sent or
-``"disconnected"`` when the client closed the connection before that.
-A request with ``"echo": true`` gets the body received back under ``"received"`` and its
+``"disconnected"`` when the client closed the connection before that; so has a request for
+a whole answer with ``"tag"`` and ``"hang"``: ``"disconnected"`` if the client leaves during
+the hang (it is answered nothing then), ``"finished"`` once it is answered.
+A request with ``"echo": true`` gets the body received back under ``"received"``, the query
+string of its URL under ``"query"`` and its
 ``Authorization`` header under ``"auth"`` (in the first chunk of a stream; a whole answer
 always has ``"auth"``), so a test can see what the gateway forwarded (off by default: the
 benchmarks' answers stay small). ``"stream_options": {"include_usage":
@@ -103,11 +106,22 @@ async def _completion(request: Request) -> Response:
                  "code": None}
         return JSONResponse({"error": error}, status_code=int(body["force_status"]),
                             headers=headers)
-    await asyncio.sleep(float(body.get("hang", 0)))
+    tag = body.get("tag")
+    if tag is not None and not body.get("stream"):
+        STREAMS[tag] = "open"
+        deadline = time.monotonic() + float(body.get("hang", 0))
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                STREAMS[tag] = "disconnected"
+                return Response(status_code=499)  # (nobody receives it)
+            await asyncio.sleep(0.05)
+        STREAMS[tag] = "finished"
+    else:
+        await asyncio.sleep(float(body.get("hang", 0)))
     chat = request.url.path.endswith("/chat/completions")
     pad = {"pad": "x" * int(body["pad"])} if "pad" in body else {}
-    echo = {"received": body, "auth": request.headers.get("authorization")} \
-        if body.get("echo") else {}
+    echo = {"received": body, "query": request.url.query,
+            "auth": request.headers.get("authorization")} if body.get("echo") else {}
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
