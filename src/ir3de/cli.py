@@ -35,7 +35,7 @@ from .data import (
     record_id,
     refuse_repeated_paths,
 )
-from .embedding import DEFAULT_MAX_TOKENS, load_embedder
+from .embedding import DEFAULT_MAX_TOKENS, load_embedder, misplaced_table_or_tensor
 from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
 from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
@@ -287,20 +287,17 @@ def _check_embedder_args(args: argparse.Namespace) -> None:
     has no tensor names, and build without --embedder reloads the embedder recorded in the
     statistics, so either would be dropped without a word or misreported as a missing
     tokenizer file."""
-    source = args.embedder
-    named = source in (None, "wordllama", "minilm")
-    folder = not named and Path(source).is_dir()
-    if args.table is not None and (named or folder):
+    misplaced = misplaced_table_or_tensor(args.embedder, args.table, args.tensor)
+    if misplaced in ("table", "table beside a folder"):
         raise IR3DEError("--table needs --embedder TOKENIZER_JSON: the tokenizer.json whose "
                          "token ids index the table's rows"
-                         + (f" (--embedder {source} is a model folder, which holds its own "
-                            "table: leave --table out)" if folder else ""))
-    if args.tensor is None:
-        return
-    if args.table is not None and Path(args.table).suffix == ".npy":
+                         + (f" (--embedder {args.embedder} is a model folder, which holds "
+                            "its own table: leave --table out)"
+                            if misplaced == "table beside a folder" else ""))
+    if misplaced == "tensor of an .npy table":
         raise IR3DEError(f"--tensor names a tensor of a .safetensors file, but --table "
                          f"{args.table} is an .npy array")
-    if args.table is None and not folder:
+    if misplaced == "tensor without a file":
         raise IR3DEError("--tensor needs --embedder HF_FOLDER (a Hugging Face model folder) "
                          "or --table FILE.safetensors: the file it names a tensor of")
 

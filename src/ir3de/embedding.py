@@ -750,29 +750,49 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
                              "'table', an 'hf' or 'files' one its 'tensor')")
         return _checked_recipe(source)
     source = DEFAULT_EMBEDDER if source is None else source
-    named = str(source) in ("wordllama", "minilm")
-    folder = not named and Path(source).is_dir()
+    misplaced = misplaced_table_or_tensor(source, table, tensor)
+    if misplaced in ("table", "table beside a folder"):
+        raise IR3DEError("table needs its tokenizer.json as source: the tokenizer.json "
+                         "whose token ids index the table's rows"
+                         + (f" ({source} is a model folder, which holds its own table: "
+                            "leave table out)" if misplaced == "table beside a folder" else ""))
+    if misplaced == "tensor of an .npy table":
+        raise IR3DEError(f"tensor names a tensor of a .safetensors file, but table "
+                         f"{table} is an .npy array")
     if table is not None:
-        if named or folder:
-            raise IR3DEError("table needs its tokenizer.json as source: the tokenizer.json "
-                             "whose token ids index the table's rows"
-                             + (f" ({source} is a model folder, which holds its own table: "
-                                "leave table out)" if folder else ""))
-        if tensor is not None and Path(table).suffix == ".npy":
-            raise IR3DEError(f"tensor names a tensor of a .safetensors file, but table "
-                             f"{table} is an .npy array")
         return {"kind": "files", "tokenizer": str(Path(source).resolve()),
                 "table": str(Path(table).resolve()), "tensor": tensor}
-    if not (named or folder):
+    if str(source) in ("wordllama", "minilm"):
+        if misplaced == "tensor without a file":
+            raise IR3DEError("tensor needs a Hugging Face model folder as source, or "
+                             "table=FILE.safetensors: the file it names a tensor of")
+        return {"kind": str(source)}
+    if not Path(source).is_dir():  # (checked before the tensor: an unknown source says so)
         raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a "
                          "Hugging Face model folder, or a tokenizer.json together with a "
                          "table file")
-    if tensor is not None and not folder:
-        raise IR3DEError("tensor needs a Hugging Face model folder as source, or "
-                         "table=FILE.safetensors: the file it names a tensor of")
-    if named:
-        return {"kind": str(source)}
     return {"kind": "hf", "path": str(Path(source).resolve()), "tensor": tensor}
+
+
+def misplaced_table_or_tensor(source: str | os.PathLike[str] | None,
+                              table: str | os.PathLike[str] | None,
+                              tensor: str | None) -> str | None:
+    """Which of ``table`` and ``tensor`` the embedder ``source`` (None: the default) would
+    ignore or misread, for :func:`resolve_spec` and the command line to refuse in their own
+    words: ``"table"`` (a named embedder has its own), ``"table beside a folder"`` (so has a
+    model folder), ``"tensor of an .npy table"`` (an array has no tensor names), ``"tensor
+    without a file"`` (no model folder nor table to name a tensor of), or None."""
+    named = source is None or str(source) in ("wordllama", "minilm")
+    folder = not named and Path(source).is_dir()
+    if table is not None and (named or folder):
+        return "table beside a folder" if folder else "table"
+    if tensor is None:
+        return None
+    if table is not None and Path(table).suffix == ".npy":
+        return "tensor of an .npy table"
+    if table is None and not folder:
+        return "tensor without a file"
+    return None
 
 
 def as_embedder(source: object, *, default: bool = False) -> Embedder:
