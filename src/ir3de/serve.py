@@ -1478,11 +1478,7 @@ def create_app(config: Any) -> Any:
                                        f" bytes exceeds the limit of "
                                        f"{config.max_body_bytes}", code="body_too_large")
         except ClientDisconnect:
-            # nobody to answer: logged as nginx does (499), nothing sent
-            return _Unsent({"error": {"message": "the client disconnected before sending "
-                                                 "the whole request body",
-                                      "type": "invalid_request_error", "param": None,
-                                      "code": "client_disconnected"}}, status_code=499)
+            return _client_gone("sending the whole request body")
         return await _while_connected(request, _forward(bytes(raw), path, chat, info))
 
     async def _while_connected(request: Request, answer: Awaitable[Any]) -> Any:
@@ -1502,12 +1498,7 @@ def create_app(config: Any) -> Any:
             watch.start_soon(gone)
             result = await answer
             watch.cancel_scope.cancel()  # (no await since: the answer is kept)
-        if result is None:
-            return _Unsent({"error": {"message": "the client disconnected before the answer "
-                                                 "was ready", "type": "invalid_request_error",
-                                      "param": None, "code": "client_disconnected"}},
-                           status_code=499)
-        return result
+        return _client_gone("the answer was ready") if result is None else result
 
     async def _forward(raw: bytes, path: str, chat: bool, info: dict[str, Any]) -> Any:
         """The answer to a completions request whose body is ``raw`` (see _proxy)."""
@@ -1701,6 +1692,13 @@ def create_app(config: Any) -> Any:
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             return None
+
+    def _client_gone(before: str) -> Any:
+        """The answer to a client that disconnected ``before`` something: nobody to answer,
+        so it is logged as nginx does (499) and nothing is sent."""
+        return _Unsent({"error": {"message": f"the client disconnected before {before}",
+                                  "type": "invalid_request_error", "param": None,
+                                  "code": "client_disconnected"}}, status_code=499)
 
     class _Relay(StreamingResponse):
         """An upstream stream relayed to the client. However the response ends (last
