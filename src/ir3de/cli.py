@@ -36,7 +36,7 @@ from .data import (
     refuse_repeated_paths,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder, misplaced_table_or_tensor
-from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
+from .errors import IR3DEError, StatsFormatError, listed, require_creatable, require_file
 from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
@@ -904,8 +904,7 @@ def _check_eval_out(out: Path, force: bool, writes: Sequence[str]) -> None:
     own = previous_outputs(out)
     foreign = [name for name in writes if (out / name).exists() and name not in own]
     if foreign:
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise IR3DEError(f"{out} holds {', '.join(foreign[:5])}{more}, not written by ir3de "
+        raise IR3DEError(f"{out} holds {listed(foreign)}, not written by ir3de "
                          "eval; pass --force to replace them, or choose another --out")
 
 

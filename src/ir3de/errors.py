@@ -8,6 +8,7 @@ that the CLI and the gateway can report it without a traceback.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 # The exceptions; the helpers below are for ir3de's own modules.
@@ -33,6 +34,13 @@ class EmptyInputError(IR3DEError):
 
 class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
+
+
+def listed(items: Sequence[str], limit: int = 5) -> str:
+    """``items`` joined by commas, at most ``limit`` of them and then "and N more": a
+    one-line message about hundreds of files or domains must stay readable."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def require_path(path: object, what: str) -> None:

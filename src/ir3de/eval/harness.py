@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedding import Embedder
-from ..errors import IR3DEError
+from ..errors import IR3DEError, listed
 from ..router import PRESETS, Router, RouterConfig
 from ..selector import SELECTORS
 from ..statistics import compute_stats
@@ -68,8 +68,6 @@ MIN_TEST_PROMPTS = 20
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
 # Seeds of the baselines: scikit-learn's random_state takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
-# Names a one-line warning lists before "and N more" (as the unknown-files error does).
-_LISTED = 5
 
 
 @dataclass
@@ -230,13 +228,6 @@ def test_prompt_counts(setting: Setting) -> dict[str, int]:
     return {d: len(ids) for d, ids in seen.items()}
 
 
-def _listed(items: Sequence[str]) -> str:
-    """``items`` joined by commas, the first :data:`_LISTED` of them and "and N more": a
-    one-line warning about 340 domains must stay readable."""
-    more = f" and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
-    return ", ".join(items[:_LISTED]) + more
-
-
 def data_warnings(setting: Setting) -> list[str]:
     """One-line warnings about ``setting``'s test data, also shown in the report: test
     prompts left out because their exact text is also a fit prompt, and domains with fewer
@@ -248,7 +239,7 @@ def data_warnings(setting: Setting) -> list[str]:
     total = sum(n for _, per in dropped for n in per.values())
     if total:
         parts = "; ".join((f"split {name!r}: " if len(setting.splits) > 1 else "")
-                          + _listed([f"{d} {n}" for d, n in per.items()])
+                          + listed([f"{d} {n}" for d, n in per.items()])
                           for name, per in dropped if per)
         out.append(f"setting {setting.name!r}: {total} test prompt{'s' * (total != 1)} left "
                    f"out because the same text is also a fit prompt ({parts})")
@@ -257,7 +248,7 @@ def data_warnings(setting: Setting) -> list[str]:
         untested = " (a domain with 0 is never tested and not in the balanced mean)" \
             if 0 in few.values() else ""
         out.append(f"setting {setting.name!r}: fewer than {MIN_TEST_PROMPTS} test prompts in "
-                   + _listed([f"{d} ({n})" for d, n in few.items()])
+                   + listed([f"{d} ({n})" for d, n in few.items()])
                    + "; their accuracies and the bootstrap intervals are not "
                    f"meaningful{untested}")
     return out

@@ -49,7 +49,7 @@ from ..data import (
     record_id,
     seeded_split,
 )
-from ..errors import EmptyInputError, IR3DEError
+from ..errors import EmptyInputError, IR3DEError, listed
 
 __all__ = ["SETTINGS", "Setting", "Split", "check_setting_name", "custom_setting",
            "load_setting", "refuse_identical_fit", "repeat_setting"]
@@ -309,11 +309,10 @@ def _jsonl_files(folder: Path, role: str) -> list[Path]:
         (files if entry.suffix.lower() in JSONL_SUFFIXES else others).append(entry)
     kinds = ", ".join(f"*{s}" for s in JSONL_SUFFIXES)
     if others:
-        names = ", ".join(_shown(p.name) for p in others[:5])
-        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        names = listed([_shown(p.name) for p in others])
         them = "it" if len(others) == 1 else "them"
         raise IR3DEError(f"{folder}: a {role} data folder may hold only JSONL files ({kinds}, "
-                         f"in any case; hidden files are ignored), not {names}{more}: convert "
+                         f"in any case; hidden files are ignored), not {names}: convert "
                          f"{them} to JSONL or move {them} out")
     if not files:
         raise IR3DEError(f"{folder}: no JSONL files ({kinds}, any case)")
