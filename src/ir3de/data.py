@@ -24,7 +24,7 @@ import codecs
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -251,25 +251,31 @@ def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
 
-def read_records(path: str | os.PathLike[str],
-                 seen: dict[str, str] | None = None) -> list[dict]:
+def read_records(path: str | os.PathLike[str], seen: dict[str, str] | None = None, *,
+                 default_id: str | None = None,
+                 check: Callable[[dict, str], None] | None = None) -> list[dict]:
     """The records of a JSONL file of prompts with ids, checked as ``ir3de eval`` checks
-    user data: each has a non-blank string ``text`` and an ``id``, a string or an integer
+    its data: each has a non-blank string ``text`` and an ``id``, a string or an integer
     (kept as its decimal string, so 7 and "7" are one id and mixed ids sort), unique within
-    the file and among ``seen`` (id -> ``file:line`` that has it; updated). Errors name
-    ``file:line``: the seeded splits sort and draw ids and the splits read ``text``, so a
-    record without them would otherwise fail there with a bare KeyError.
+    the file and among ``seen`` (id -> ``file:line`` that has it; updated). A record
+    without an id is refused, or with ``default_id`` named ``<default_id>-<n>``, ``n`` its
+    1-based record number. ``check(record, "file:line")``, when given, checks more of
+    each record, after its text. Errors name ``file:line``: the seeded splits sort and draw
+    ids and the splits read ``text``, so a record without them would otherwise fail there
+    with a bare KeyError.
     """
     seen = {} if seen is None else seen
     records = []
-    for lineno, record in read_numbered_jsonl(path):
+    for n, (lineno, record) in enumerate(read_numbered_jsonl(path), 1):
         here = f"{path}:{lineno}"
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             raise IR3DEError(f"{here}: record has no non-empty string field 'text'")
-        if "id" not in record:
+        if check is not None:
+            check(record, here)
+        if default_id is None and "id" not in record:
             raise IR3DEError(f"{here}: record has no 'id' (a string or an integer)")
-        record["id"] = str(record_id(record, "", here))
+        record["id"] = str(record_id(record, f"{default_id}-{n}", here))
         if record["id"] in seen:
             raise IR3DEError(f"{here}: repeats id {record['id']!r} of {seen[record['id']]}; "
                              "ids must be unique")

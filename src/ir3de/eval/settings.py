@@ -43,10 +43,8 @@ from ..data import (
     REASONING_FIT,
     REASONING_TEST,
     default_data_dir,
-    read_numbered_jsonl,
     read_records,
     reasoning_records,
-    record_id,
     seeded_split,
 )
 from ..errors import EmptyInputError, IR3DEError, listed
@@ -336,27 +334,21 @@ def _labelled_records(path: Path, role: str = "data"
     first_seen: dict[str, str] = {}
     for file in files:
         _require_utf8_name(file)
-        n = 0
-        # n, the record number, names records without an id (documented); errors name lines
-        for n, (lineno, record) in enumerate(read_numbered_jsonl(file), 1):
-            text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise IR3DEError(f"{file}:{lineno}: record has no non-empty string field 'text'")
+
+        def check_domain(record: dict, here: str, file: Path = file) -> None:
             domain = record.get("domain", file.stem)
             if not isinstance(domain, str) or not domain:
-                raise IR3DEError(f"{file}:{lineno}: 'domain' must be a non-empty string")
-            here = f"{file}:{lineno}"
-            # An integer id is its decimal string, so 7 and "7" are one id and mixed ids sort.
-            record["id"] = str(record_id(record, f"{file.stem}-{n}", here))
-            if record["id"] in first_seen:
-                raise IR3DEError(f"{here}: repeats id {record['id']!r} of "
-                                 f"{first_seen[record['id']]}; ids must be unique")
-            first_seen[record["id"]] = here
+                raise IR3DEError(f"{here}: 'domain' must be a non-empty string")
+
+        # records without an id are <file stem>-<n> (documented); errors name lines
+        records = read_records(file, first_seen, default_id=file.stem, check=check_domain)
+        if not records:
+            raise IR3DEError(f"{file}: no records")
+        for record in records:
+            domain = record.get("domain", file.stem)
             out.setdefault(domain, []).append(record)
             if str(file) not in origins.setdefault(domain, []):
                 origins[domain].append(str(file))
-        if n == 0:
-            raise IR3DEError(f"{file}: no records")
     return out, origins
 
 
