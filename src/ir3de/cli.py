@@ -36,7 +36,14 @@ from .data import (
     refuse_repeated_paths,
 )
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder, misplaced_table_or_tensor
-from .errors import IR3DEError, StatsFormatError, listed, require_creatable, require_file
+from .errors import (
+    IR3DEError,
+    StatsFormatError,
+    listed,
+    require_creatable,
+    require_file,
+    shown_path,
+)
 from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
@@ -916,9 +923,9 @@ def _refuse_non_utf8(argv: Sequence[str]) -> None:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
-            raise IR3DEError(f"argument {shown} is not valid UTF-8, so the report could not "
-                             "record the command line; rename the file or folder") from None
+            raise IR3DEError(f"argument {shown_path(arg)} is not valid UTF-8, so the report "
+                             "could not record the command line; rename the file or folder"
+                             ) from None
 
 
 def _refuse_idle_eval_options(args: argparse.Namespace) -> None:

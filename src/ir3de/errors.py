@@ -36,6 +36,12 @@ class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
 
 
+def shown_path(path: object) -> str:
+    """``path`` as an error message can print it: bytes of a file name that are not UTF-8
+    (held as surrogates) shown escaped (``caf\\xe9``), not printed raw."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def listed(items: Sequence[str], limit: int = 5) -> str:
     """``items`` joined by commas, at most ``limit`` of them and then "and N more": a
     one-line message about hundreds of files or domains must stay readable."""

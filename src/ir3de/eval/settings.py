@@ -47,7 +47,7 @@ from ..data import (
     reasoning_records,
     seeded_split,
 )
-from ..errors import EmptyInputError, IR3DEError, listed
+from ..errors import EmptyInputError, IR3DEError, listed, shown_path
 
 __all__ = ["SETTINGS", "Setting", "Split", "check_setting_name", "custom_setting",
            "load_setting", "refuse_identical_fit", "repeat_setting"]
@@ -123,19 +123,13 @@ def check_setting_name(name: object) -> str:
     return name
 
 
-def _shown(path: object) -> str:
-    """``path`` as an error message can print it: bytes that are not UTF-8 (which a file
-    name may hold, as surrogates) are shown escaped (``caf\\xe9``), not printed raw."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-
-
 def _require_utf8_name(path: Path) -> None:
     """Refuse a file or folder name that is not valid UTF-8: the domain and default ids
     taken from it, and the report that names them, could not be written, after the run."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise IR3DEError(f"{_shown(path)}: the name is not valid UTF-8 (the report could not "
+        raise IR3DEError(f"{shown_path(path)}: the name is not valid UTF-8 (the report could not "
                          "name it); rename it") from None
 
 
@@ -302,12 +296,12 @@ def _jsonl_files(folder: Path, role: str) -> list[Path]:
             continue
         if not entry.is_file():
             what = "a broken symbolic link" if entry.is_symlink() else "not a regular file"
-            raise IR3DEError(f"{_shown(entry)}: {what} in the {role} data folder (its "
+            raise IR3DEError(f"{shown_path(entry)}: {what} in the {role} data folder (its "
                              "domain would be left out); fix it or move it out")
         (files if entry.suffix.lower() in JSONL_SUFFIXES else others).append(entry)
     kinds = ", ".join(f"*{s}" for s in JSONL_SUFFIXES)
     if others:
-        names = listed([_shown(p.name) for p in others])
+        names = listed([shown_path(p.name) for p in others])
         them = "it" if len(others) == 1 else "them"
         raise IR3DEError(f"{folder}: a {role} data folder may hold only JSONL files ({kinds}, "
                          f"in any case; hidden files are ignored), not {names}: convert "
