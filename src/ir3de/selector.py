@@ -233,17 +233,17 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     """:func:`select` for a single prompt with fewer numpy calls: single-request latency is
     what a gateway pays on every request. Same results as the batched path (tested)."""
     if selector == "avg":
-        scores = table.probs[x].mean(axis=0)
+        scores = _total(table.probs[x]) / x.size
         choice = int(scores.argmax())
         return Selection(np.array([choice]), scores[[choice]], scores[None, :],
                          [np.arange(x.size)])
     if selector == "geo":
         first = np.sort(np.unique(x, return_index=True)[1])
-        total = table.logp[x[first]].sum(axis=0)
+        total = _total(table.logp[x[first]])
         coverage = None
         if table.pairs is not None:
             rows = table.pairs.rows(_distinct(pair_keys(x, table.logp.shape[0])))
-            total += table.pairs.logp[rows].sum(axis=0)
+            total += _total(table.pairs.logp[rows])
             # count_nonzero: np.mean costs 3 µs here, a tenth of the whole selector
             coverage = np.array([np.count_nonzero(table.pairs.seen(rows)) / rows.size])
         scores = _softmax(total / first.size)
@@ -256,9 +256,16 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     tokens = x[order]
     counts = np.bincount(table.vote[tokens], minlength=table.probs.shape[1])
     best = counts.max()
-    choice = int(np.where(counts == best, table.probs[tokens].sum(axis=0), -np.inf).argmax())
+    choice = int(np.where(counts == best, _total(table.probs[tokens]), -np.inf).argmax())
     return Selection(np.array([choice]), np.array([best / order.size]),
                      counts[None, :] / order.size, [order])
+
+
+def _total(rows: np.ndarray) -> np.ndarray:
+    """The sum of ``rows`` (n ≥ 1, D) as :func:`select` sums one prompt's segment: with
+    ``np.add.reduceat``, whose order of additions differs from ``sum(axis=0)``'s, so a
+    prompt routed alone gets the very digits it gets in a batch."""
+    return np.add.reduceat(rows, [0], axis=0)[0]
 
 
 def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
