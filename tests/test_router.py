@@ -182,6 +182,17 @@ def test_nb_reads_no_balance_setting() -> None:
         RouterConfig(balance=False)
 
 
+def test_pairs_are_read_by_the_geo_selector_only() -> None:
+    """Only geo pools pair log-likelihoods: a pair mass given with a voting selector
+    would change nothing, so front ends refuse it; turning pairs off is always read."""
+    assert RouterConfig().ignored(["pairs"]) is None
+    for selector in ("avg", "topk", "all"):
+        config = RouterConfig(selector=selector)
+        assert config.ignored(["pairs"]) == ("pairs", "selector", "geo")
+        assert config.with_settings(pairs=None).ignored(["pairs"]) is None
+    assert RouterConfig.preset("dense").ignored(["pairs"]) == ("pairs", "model", "nb")
+
+
 def test_statistics_with_different_token_caps_are_refused(emb: Embedder, toy_stats) -> None:
     """Experts counted with different caps saw different parts of long prompts: neither a
     fit nor an added expert may mix them (the same check as merge)."""
@@ -213,7 +224,9 @@ def test_unfitted_router(emb: Embedder) -> None:
 def test_fit_from_texts_equals_fit_from_stats(emb: Embedder, toy_stats) -> None:
     texts = [t for group in CORPORA.values() for t in group]
     labels = [d for d, group in CORPORA.items() for _ in group]
-    assert_same_state(Router(emb).fit(texts, labels), Router(emb).fit_stats(toy_stats))
+    # fit orders the experts by name; fit_stats keeps the given order
+    by_name = {name: toy_stats[name] for name in sorted(toy_stats)}
+    assert_same_state(Router(emb).fit(texts, labels), Router(emb).fit_stats(by_name))
     with pytest.raises(IR3DEError, match="labels"):
         Router(emb).fit(texts, labels[:-1])
 
@@ -519,7 +532,7 @@ def test_generators_are_read_once(emb: Embedder, toy_router: Router, toy_stats) 
     texts = [t for group in CORPORA.values() for t in group]
     labels = [d for d, group in CORPORA.items() for _ in group]
     assert_same_state(Router(emb).fit(iter(texts), (d for d in labels)),
-                      Router(emb).fit_stats(toy_stats))
+                      Router(emb).fit_stats({n: toy_stats[n] for n in sorted(toy_stats)}))
     assert_same_state(Router(emb).fit_stats(s for s in toy_stats.values()), toy_router)
 
 
@@ -1185,6 +1198,40 @@ def test_cross_val_score_and_predict(emb: Embedder) -> None:
     assert predicted.tolist() == expected.tolist()
 
 
+def test_fit_orders_experts_by_name_whatever_the_sample_order(emb: Embedder) -> None:
+    """As scikit-learn's np.unique(y): shuffled samples give the same router, ties and
+    confidence digits included."""
+    order = np.random.default_rng(0).permutation(len(TEXTS))
+    for preset in ("default", "unigram", "dense", "paper"):
+        router = Router(emb, preset).fit(TEXTS, LABELS)
+        shuffled = Router(emb, preset).fit([TEXTS[i] for i in order],
+                                           [LABELS[i] for i in order])
+        assert router.experts == shuffled.experts == sorted(set(LABELS))
+        assert [router.route(t).confidence for t in PROMPTS] == \
+            [shuffled.route(t).confidence for t in PROMPTS]
+
+
+@pytest.mark.parametrize("preset", ["default", "unigram", "identity", "dense", "paper"])
+def test_predict_proba_is_the_routing_scores(emb: Embedder, preset: str) -> None:
+    """One row per prompt, one column per expert in classes_ order, rows summing to 1:
+    the scores route(explain=True) reports, and their argmax the prediction (votes of
+    topk may tie; their tie-break is not a column's maximum)."""
+    router = Router(emb, preset).fit(TEXTS, LABELS)
+    proba = router.predict_proba(PROMPTS)
+    assert proba.shape == (len(PROMPTS), len(router.classes_))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    for row, prompt in zip(proba, PROMPTS, strict=True):
+        scores = router.route(prompt, explain=True).scores
+        assert list(scores) == list(router.classes_)
+        np.testing.assert_array_equal(row, list(scores.values()))
+    if router.config.selector != "topk":
+        assert router.classes_[proba.argmax(axis=1)].tolist() == router.predict(PROMPTS)
+    with pytest.raises(IR3DEError, match="prompt #1 is empty"):
+        router.predict_proba(["fine", " "])
+    log_loss = pytest.importorskip("sklearn.metrics").log_loss
+    assert np.isfinite(log_loss(LABELS, router.predict_proba(TEXTS), labels=router.classes_))
+
+
 def test_grid_search_over_settings(emb: Embedder) -> None:
     """GridSearchCV searches the router's settings (and presets, as config) and refits the
     best on all the data; the router it was given stays unfitted."""
@@ -1200,7 +1247,7 @@ def test_grid_search_over_settings(emb: Embedder) -> None:
     assert (best.config.alpha, best.config.selector) == \
         (search.best_params_["alpha"], search.best_params_["selector"])
     assert search.best_score_ == max(search.cv_results_["mean_test_score"]) > 0.6
-    assert best.embedder is emb and best.experts == list(CORPORA)
+    assert best.embedder is emb and best.experts == sorted(CORPORA)
     assert best.route("Compute 3 + 4 and explain.").expert == "math"
     assert search.predict(PROMPTS[:2]) == ["math", "coding"]
     assert base._state is None and base.config == RouterConfig()

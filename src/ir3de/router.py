@@ -190,8 +190,9 @@ class RouterConfig:
     def ignored(self, names: Iterable[str]) -> tuple[str, str, str | None] | None:
         """The first of the setting ``names`` this configuration would not read, as
         ``(name, setting, needed)``: ``name`` is read only when ``setting`` is ``needed``
-        (``("lam", "model", "ridge")``, ``("k", "selector", "topk")``, ``("normalize",
-        "identity", None)``: unit-norm columns exist only without identity features).
+        (``("lam", "model", "ridge")``, ``("k", "selector", "topk")``, ``("pairs",
+        "selector", "geo")``, ``("normalize", "identity", None)``: unit-norm columns exist
+        only without identity features).
         None when every one is read. Front ends refuse such settings instead of dropping
         them without a word.
 
@@ -208,6 +209,9 @@ class RouterConfig:
             return "normalize", "identity", None
         if "k" in names and self.selector != "topk":
             return "k", "selector", "topk"
+        # Only geo pools pair log-likelihoods; the voting selectors read tokens alone.
+        if "pairs" in names and self.pairs is not None and self.selector != "geo":
+            return "pairs", "selector", "geo"
         return None
 
     def with_settings(self, **settings: Any) -> RouterConfig:
@@ -363,7 +367,12 @@ class Router:
     # ----------------------------------------------------------------- fitting
     def fit(self: _RouterT, texts: Iterable[str], domains: Iterable[str], *,
             progress: bool = False) -> _RouterT:
-        """Fit from labelled prompts (one statistics pass per domain)."""
+        """Fit from labelled prompts (one statistics pass per domain).
+
+        The experts are the distinct labels in sorted order (as scikit-learn's
+        ``np.unique(y)``), so the fitted router does not depend on the order of the
+        samples; blank texts are skipped, as blank lines of a corpus are.
+        """
         texts = _texts(texts, "texts", "text")
         refuse_lone_text(domains, "domain labels")
         domains = list(domains)
@@ -381,7 +390,7 @@ class Router:
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
                           max_tokens=self.config.max_tokens, progress=progress)
-            for domain, group in groups.items()])
+            for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,
                   stats: Mapping[str, DomainStats] | Iterable[DomainStats]) -> _RouterT:
@@ -619,7 +628,8 @@ class Router:
 
     @property
     def classes_(self) -> np.ndarray:
-        """The experts as a numpy array, in column order (as :attr:`experts`, not sorted);
+        """The experts as a numpy array, in column order (as :attr:`experts`: sorted after
+        :meth:`fit`, in the given order after :meth:`fit_stats`, an added expert last);
         scikit-learn's scorers read it. Like scikit-learn's fitted attributes it does not
         exist (AttributeError) before the router is fitted."""
         if self._state is None:
@@ -702,6 +712,24 @@ class Router:
         ids = self._encode(prompts)
         choice = select(ids, state.table, selector=self.config.selector, k=self.config.k).choice
         return [state.experts[c] for c in choice]
+
+    def predict_proba(self, prompts: Iterable[str]) -> np.ndarray:
+        """Each prompt's score per expert, shape (prompts, experts) in :attr:`classes_`
+        order, each row summing to 1 (sklearn-style, for probability scorers such as
+        ``log_loss`` or ``roc_auc_score``): the softmax of the mean log-likelihood (``geo``),
+        the mean token probabilities (``avg``) or the voters' shares (``topk``, ``all``);
+        what ``route(..., explain=True)`` reports as ``scores``. A row's argmax is the
+        prediction, except where votes tie: the voters' summed probabilities break that.
+
+        Example:
+            >>> router.classes_  # doctest: +SKIP
+            array(['math', 'multilingual', 'coding', 'instruction_following'], dtype='<U21')
+            >>> router.predict_proba(["What is 17 * 23?"]).round(2)  # doctest: +SKIP
+            array([[0.59, 0.01, 0.16, 0.24]])
+        """
+        state = self._fitted
+        ids = self._encode(prompts)
+        return select(ids, state.table, selector=self.config.selector, k=self.config.k).scores
 
     # ------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:

@@ -800,7 +800,7 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
         positions=positions)
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
-                              f"({n_prompts} prompt(s) read)")
+                              f"({n_prompts} prompt(s) read; blank ones are skipped)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
                              max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs)
 
