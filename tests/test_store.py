@@ -21,6 +21,7 @@ from ir3de import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    OutputExistsError,
     StatsFormatError,
     merge,
 )
@@ -146,6 +147,43 @@ def test_crash_mid_write_keeps_old_file(saved, toy_stats,
         atomic_write_bytes(path.parent / "new.bin", b"data")
     monkeypatch.undo()
     assert not (path.parent / "new.bin").exists() and leftovers(path.parent) == []
+
+
+def test_no_overwrite_leaves_a_file_that_appears_meanwhile(toy_stats, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """overwrite=False: a file another process creates while this one writes (after any
+    check a command made before its long job) is kept, and nothing else is left behind."""
+    path = tmp_path / "late.stats"
+    toy_stats["math"].save(path, overwrite=False)  # a new name is written
+    assert DomainStats.load(path).domain == "math"
+    path.write_text("precious")
+    real_fsync = store.os.fsync
+
+    def appears(fd: int) -> None:  # between the check and the rename
+        real_fsync(fd)
+        (tmp_path / "late2.stats").write_text("precious too")
+
+    for saving, target in [(lambda: toy_stats["law"].save(path, overwrite=False), path),
+                           (lambda: toy_stats["law"].save(tmp_path / "late2.stats",
+                                                          overwrite=False),
+                            tmp_path / "late2.stats")]:
+        monkeypatch.setattr(store.os, "fsync", appears)
+        with pytest.raises(OutputExistsError, match=rf"^{re.escape(str(target))} exists now; it was "
+                                                    "left as it is and nothing was written"):
+            saving()
+        monkeypatch.undo()
+    assert path.read_text() == "precious"
+    assert (tmp_path / "late2.stats").read_text() == "precious too"
+    assert leftovers(tmp_path) == []
+    # Without hard links (some file systems): checked, then renamed.
+    monkeypatch.setattr(store.os, "link", lambda *a: (_ for _ in ()).throw(
+        PermissionError(1, "Operation not permitted")))
+    with pytest.raises(OutputExistsError):
+        toy_stats["law"].save(path, overwrite=False)
+    toy_stats["law"].save(tmp_path / "fresh.stats", overwrite=False)
+    assert DomainStats.load(tmp_path / "fresh.stats").domain == "law"
+    assert path.read_text() == "precious" and leftovers(tmp_path) == []
 
 
 def test_unwritable_target_is_named(toy_stats, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from .errors import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    OutputExistsError,
     StatsFormatError,
 )
 from .router import DEFAULT_K, Decision, Router, RouterConfig, VotingToken
@@ -32,6 +33,7 @@ __all__ = [
     "ExpertError",
     "FingerprintMismatchError",
     "IR3DEError",
+    "OutputExistsError",
     "PairCounts",
     "Router",
     "RouterConfig",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # The exceptions; the helpers below are for ir3de's own modules.
 __all__ = ["EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
-           "StatsFormatError"]
+           "OutputExistsError", "StatsFormatError"]
 
 
 class IR3DEError(ValueError):
@@ -34,6 +34,10 @@ class EmptyInputError(IR3DEError):
 
 class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
+
+
+class OutputExistsError(IR3DEError):
+    """A file to be written without overwriting (``overwrite=False``) exists."""
 
 
 def shown_path(path: object) -> str:

@@ -740,8 +740,10 @@ class Router:
                          [_expert_meta(n, state.stats[n]) for n in state.experts],
                          state.mu)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Save as one safetensors file (statistics + JSON settings), atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+        """Save as one safetensors file (statistics + JSON settings), atomically; with
+        ``overwrite=False`` an existing file (also one created meanwhile by another
+        process) is left as it is: :class:`~ir3de.errors.OutputExistsError`."""
         require_path(path, "Router.save")
         state = self._fitted
         stats = [state.stats[n] for n in state.experts]
@@ -766,7 +768,7 @@ class Router:
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
-                                          **self.describe()})
+                                          **self.describe()}, overwrite=overwrite)
 
     @classmethod
     def load(cls: type[_RouterT], path: str | os.PathLike[str], *,

@@ -436,8 +436,10 @@ class DomainStats:
             "embedder": self.embedder,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a safetensors file with JSON metadata, atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+        """Write a safetensors file with JSON metadata, atomically; with
+        ``overwrite=False`` an existing file (also one created meanwhile by another
+        process) is left as it is: :class:`~ir3de.errors.OutputExistsError`."""
         require_path(path, "DomainStats.save")
         meta = self.metadata()
         if self.signature:
@@ -449,7 +451,7 @@ class DomainStats:
             tensors["doc_counts"] = np.asarray(self.doc_counts, dtype=np.int64)
         if self.pairs is not None:
             tensors["pair_keys"], tensors["pair_counts"] = self.pairs
-        write_safetensors(path, tensors, meta)
+        write_safetensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DomainStats:

@@ -22,7 +22,13 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _st_save
 
-from .errors import IR3DEError, StatsFormatError, require_creatable, require_file
+from .errors import (
+    IR3DEError,
+    OutputExistsError,
+    StatsFormatError,
+    require_creatable,
+    require_file,
+)
 
 __all__ = [
     "atomic_write_bytes",
@@ -54,8 +60,12 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
-                       mode: int | None = None) -> None:
+                       mode: int | None = None, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    With ``overwrite=False`` an existing ``path`` is never replaced, also one that another
+    process creates while this one writes (a check before a long job cannot see that):
+    :class:`OutputExistsError` then, and nothing is written.
 
     The file gets permissions ``mode``; by default those of the file it replaces, else
     what ``open()`` would give a new file (0o666 minus the umask): the temporary file is
@@ -89,13 +99,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_new(tmp, path)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise OutputExistsError(f"{path} exists now; it was left as it is and nothing "
+                                    "was written (--force, or overwrite=True, replaces it)"
+                                    ) from None
         if isinstance(exc, OSError):  # its own message would name the temporary file
             raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _rename_new(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless ``path`` exists (FileExistsError): a hard link is
+    atomic and fails on an existing name, where a rename would replace it. File systems
+    without hard links get a check and a rename (a narrow race)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -111,12 +144,14 @@ def check_finite(name: str, array: np.ndarray, source: str) -> None:
 
 
 def write_safetensors(
-    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+    *, overwrite: bool = True,
 ) -> None:
-    """Save ``tensors`` with ``meta`` (JSON) in the header, atomically."""
+    """Save ``tensors`` with ``meta`` (JSON) in the header, atomically (``overwrite``: see
+    :func:`atomic_write_bytes`)."""
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     data = _st_save(contiguous, metadata={"ir3de": json.dumps(meta, sort_keys=True)})
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, overwrite=overwrite)
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
