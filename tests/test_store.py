@@ -169,8 +169,8 @@ def test_no_overwrite_leaves_a_file_that_appears_meanwhile(toy_stats, tmp_path: 
                                                           overwrite=False),
                             tmp_path / "late2.stats")]:
         monkeypatch.setattr(store.os, "fsync", appears)
-        with pytest.raises(OutputExistsError, match=rf"^{re.escape(str(target))} exists now; it was "
-                                                    "left as it is and nothing was written"):
+        with pytest.raises(OutputExistsError, match=rf"^{re.escape(str(target))} exists "
+                                                    "now; it was left as it is and nothing"):
             saving()
         monkeypatch.undo()
     assert path.read_text() == "precious"
