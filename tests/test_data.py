@@ -278,12 +278,18 @@ def test_a_corpus_named_twice_is_refused_under_any_name(tmp_path: Path,
     os.link(corpus, tmp_path / "hl.jsonl")
     (tmp_path / "sym.jsonl").symlink_to(corpus)
     monkeypatch.chdir(tmp_path)
-    for again in ("hl.jsonl", "sym.jsonl", "./math.jsonl", str(corpus)):
+    # file:// URLs (the Ray engine reads them) name the file at their decoded path
+    (tmp_path / "a b.jsonl").symlink_to(corpus)
+    for again in ("hl.jsonl", "sym.jsonl", "./math.jsonl", str(corpus), corpus.as_uri(),
+                  f"file://{tmp_path}//math.jsonl", (tmp_path / "sym.jsonl").as_uri(),
+                  (tmp_path / "a b.jsonl").as_uri()):
         with pytest.raises(IR3DEError, match=rf"^{re.escape(again)} is given twice \(also as "
                                              r"math\.jsonl\); it would be counted twice$"):
             refuse_repeated_paths(["math.jsonl", again])
-    # a copy is another file; URLs and missing paths are compared as given
+    # a copy is another file; other URLs and missing paths are compared as given
     (tmp_path / "copy.jsonl").write_bytes(corpus.read_bytes())
-    refuse_repeated_paths(["math.jsonl", "copy.jsonl", "s3://b/math.jsonl", "missing.jsonl"])
+    refuse_repeated_paths(["math.jsonl", "copy.jsonl", "s3://b/math.jsonl", "missing.jsonl",
+                           "file:///missing.jsonl"])
+    refuse_repeated_paths(["math.jsonl", (tmp_path / "copy.jsonl").as_uri()])
     with pytest.raises(IR3DEError, match="given twice"):
         refuse_repeated_paths(["s3://b/math.jsonl", "s3://b/math.jsonl"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -113,9 +114,11 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
         with pytest.raises(IR3DEError, match=match):
             ray_stats(list(paths), emb, domain="x", progress=False, **kwargs)
 
-    # a glob overlapping an explicit file would count it twice
+    # a glob overlapping an explicit file would count it twice, as would a file URL of it
     refused("given twice", str(tmp_path / "*.jsonl"), a)
     refused("given twice", str(tmp_path / "*.jsonl"), str(tmp_path / "a.*"))
+    refused(rf"^{(tmp_path / 'a.jsonl').as_uri()} is given twice", a,
+            (tmp_path / "a.jsonl").as_uri())
     # a suffix that means no format, a folder, an unknown --format
     (tmp_path / "c.csv").write_text("one\n")
     refused(r"c\.csv: cannot tell the format from the suffix '\.csv'", str(tmp_path / "c.csv"))
@@ -142,8 +145,30 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
     def no_cluster(**kwargs: object) -> None:
         raise ConnectionError("Could not find any running Ray instance.")
 
-    monkeypatch.setattr(ray, "init", no_cluster)
-    refused(r"^cannot reach the Ray cluster at auto \(Could not find", a, address="auto")
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "init", no_cluster)
+        refused(r"^cannot reach the Ray cluster at auto \(Could not find", a, address="auto")
+    # addresses ray.init itself refuses, where something listens: one line, not a traceback
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        # (Ray's own texts, over several lines, joined into one)
+        refused(rf"^cannot join the Ray cluster at http://127\.0\.0\.1:{port} \(Invalid Ray "
+                r"address: .*\)$", a, address=f"http://127.0.0.1:{port}")
+        refused(rf"^cannot join the Ray cluster at nosuchmodule://127\.0\.0\.1:{port} "
+                r"\(Module: nosuchmodule does not exist\. .*\)$", a,
+                address=f"nosuchmodule://127.0.0.1:{port}")
+
+        def no_client(**kwargs: object) -> None:  # what Ray says without ray[client]
+            raise ValueError("Ray Client requires pip package `ray[client]`. If you "
+                             "installed the minimal Ray (e.g. `pip install ray`), please "
+                             "reinstall by executing `pip install ray[client]`.")
+
+        monkeypatch.setattr(ray, "init", no_client)
+        refused(rf"^cannot join the Ray cluster at ray://127\.0\.0\.1:{port} \(Ray Client "
+                r"requires pip package `ray\[client\]`\. .*\)$", a,
+                address=f"ray://127.0.0.1:{port}")
 
 
 def test_text_lines_split_like_local(cluster, emb: Embedder, tmp_path: Path) -> None:
@@ -172,7 +197,8 @@ def test_empty_files_and_worker_errors(cluster, emb: Embedder, tmp_path: Path) -
 
     for name, content in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("blank.txt", " \n\n")):
         (tmp_path / name).write_text(content)
-        with pytest.raises(EmptyInputError, match=r"no countable token \(0 prompt\(s\) read\)"):
+        with pytest.raises(EmptyInputError, match=r"no countable token \(0 prompt\(s\) "
+                                                  r"read; blank ones are skipped\)"):
             ray_stats([str(tmp_path / name)], emb, domain="x", progress=False)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("ok line\ncaf\u00e9\n".encode("latin-1"))
@@ -266,6 +292,15 @@ def test_suffixless_files_and_mixed_formats(cluster, corpus, emb: Embedder,
     # Each file in its own format, as locally
     assert _same_outcome(emb, [corpus["jsonl"][0], corpus["text"][0],
                                corpus["parquet"][0]]) is None
+    # Bytes as stored, as locally: Ray Data decompressed a .gz file by its suffix
+    (tmp_path / "z.jsonl.gz").write_bytes(gzip.compress(b'{"text": "one two"}\n'))
+    assert "z.jsonl.gz:1: not valid UTF-8" in \
+        _same_outcome(emb, [tmp_path / "z.jsonl.gz"], fmt="jsonl")
+    fake = tmp_path / "fake.jsonl.gz"
+    fake.write_text('{"text": "one two"}\n')
+    assert _same_outcome(emb, [fake], fmt="jsonl") is None
+    _assert_same(ray_stats([fake.as_uri()], emb, domain="d", fmt="jsonl", progress=False),
+                 compute_stats(emb, read_corpus(fake, fmt="jsonl"), domain="d"))
 
 
 def test_paths_taken_as_the_local_engine_takes_them(cluster, emb: Embedder,
@@ -316,10 +351,10 @@ def test_ray_failures_are_one_line(cluster, emb: Embedder, tmp_path: Path,
     with pytest.raises(IR3DEError) as info:
         ray_stats([tmp_path / "a.jsonl"], emb, domain="d", progress=False)
     assert str(info.value) == "Ray job failed: KeyError: 'a key\\nover two lines'"
-    # a file gone between the check and Ray's listing
+    # a file gone between the check and its reading, on a worker
     monkeypatch.undo()
-    monkeypatch.setattr(distributed, "_expand", lambda paths: ([str(tmp_path / "gone")], {}))
-    with pytest.raises(IR3DEError, match=r"^Ray job failed: FileNotFoundError: .*gone$"):
+    monkeypatch.setattr(distributed, "_expand", lambda paths: [str(tmp_path / "gone")])
+    with pytest.raises(IR3DEError, match=rf"^{tmp_path}/gone: No such file or directory$"):
         ray_stats([tmp_path / "a.jsonl"], emb, domain="d", fmt="jsonl", progress=False)
 
 

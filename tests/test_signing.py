@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import stat
 from pathlib import Path
@@ -19,7 +20,34 @@ from ir3de.store import read_safetensors, write_safetensors
 
 pytest.importorskip("cryptography", reason="signing needs pip install 'ir3de[sign]'")
 
-from ir3de.signing import digest, generate_key, load_trusted, sign, verify
+from ir3de.signing import (
+    digest,
+    generate_key,
+    load_private_key,
+    load_trusted,
+    public_key_path,
+    sign,
+    verify,
+)
+
+# Keys cryptography cannot load (UnsupportedAlgorithm), made with openssl: genpkey
+# -algorithm SM2, and ecparam -name brainpoolP160r1 -genkey (private, then -pubout).
+SM2_PRIVATE = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqBHM9VAYItBG0wawIBAQQgcfM3b8K1ku6vtz3C
+uFuFfyDVYvsAugLEQibZqsC5J5mhRANCAARj6kx1zYV8Sltkf0xki1J231Z/yS51
+aDI9Yc5U8dSuk8RG3iqJHA0a1xuaSYQxKZPt4RPZoZjxzJKGk/nkKxys
+-----END PRIVATE KEY-----
+"""
+BRAINPOOL_PRIVATE = """-----BEGIN EC PRIVATE KEY-----
+MFQCAQEEFJMLoK//xELbVm4JvzrY6xHUGGyWoAsGCSskAwMCCAEBAaEsAyoABEbP
+QnDfIv+Aa8HsBiLPyhUz1ikYYDU7Fi1Kx7SXI5sXv6rP+eoykOM=
+-----END EC PRIVATE KEY-----
+"""
+BRAINPOOL_PUBLIC = """-----BEGIN PUBLIC KEY-----
+MEIwFAYHKoZIzj0CAQYJKyQDAwIIAQEBAyoABEbPQnDfIv+Aa8HsBiLPyhUz1ikY
+YDU7Fi1Kx7SXI5sXv6rP+eoykOM=
+-----END PUBLIC KEY-----
+"""
 
 
 @pytest.fixture()
@@ -48,6 +76,35 @@ def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Pa
     with pytest.raises(IR3DEError, match=r"name the private key, not a \.pub file"):
         generate_key(tmp_path / "q.pub", force=True)
     assert not (tmp_path / "q.pub").exists()
+    # a name that is no file name (pathlib's "has an empty name" escaped as a ValueError)
+    for name in ("", ".", "/", ".."):
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(repr(name))} is not a file name: "
+                                             r"name the private key file \(e\.g\. party\.key"):
+            public_key_path(name)
+    assert main(["keygen", "-o", "/"]) == 1
+
+
+def test_keygen_racing_another_keeps_a_whole_pair(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without force, a key file that appears after the check (another keygen writing the
+    same names) is not replaced, and no half of a pair is left behind."""
+    import ir3de.signing as signing_module
+    import ir3de.store as store_module
+
+    real = store_module.atomic_write_bytes
+
+    def other_keygen_meanwhile(path, data, **kwargs):
+        if Path(path).suffix == ".pub":
+            Path(path).write_bytes(b"the other keygen's public key")
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(signing_module, "atomic_write_bytes", other_keygen_meanwhile)
+    with pytest.raises(IR3DEError, match=r"p\.pub exists now; it was left as it is"):
+        generate_key(tmp_path / "p.key")
+    assert not (tmp_path / "p.key").exists()
+    assert (tmp_path / "p.pub").read_bytes() == b"the other keygen's public key"
+    generate_key(tmp_path / "p.key", force=True)  # force: both replaced
+    assert b"PUBLIC KEY" in (tmp_path / "p.pub").read_bytes()
 
 
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:
@@ -186,12 +243,45 @@ def test_malformed_signatures_are_named_as_such(emb: Embedder, keys) -> None:
     assert verify(signed, trusted) == "alice.pub"
 
 
-def test_trusted_keys_must_be_a_folder(keys) -> None:
+def test_trusted_keys_must_be_a_folder(keys, monkeypatch: pytest.MonkeyPatch) -> None:
     pub = keys["trusted"] / "alice.pub"
     with pytest.raises(IR3DEError, match=rf"^{pub}: a file, not a folder of trusted keys"):
         load_trusted(pub)
     with pytest.raises(IR3DEError, match=r": no such folder of trusted keys"):
         load_trusted(keys["trusted"] / "missing")
+    # An unreadable folder used to read as one without keys ("no *.pub trusted keys")
+    folder = keys["trusted"]
+    folder.chmod(0)
+    try:
+        if os.access(folder, os.R_OK):  # root reads it anyway: fail the listing as for a user
+            def denied(self: Path) -> None:
+                raise PermissionError(13, "Permission denied", str(self))
+
+            monkeypatch.setattr(Path, "iterdir", denied)
+        with pytest.raises(IR3DEError, match=rf"^{folder}: cannot list this folder of trusted "
+                                             r"keys \(Permission denied\)$"):
+            load_trusted(folder)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_keys_that_are_not_key_files_or_of_other_types(emb: Embedder, keys,
+                                                       tmp_path: Path) -> None:
+    stats = compute_stats(emb, CORPORA["math"], domain="math")
+    # a folder given as the key used to be "no such key file"
+    with pytest.raises(IR3DEError, match=rf"^{tmp_path}: is a directory$"):
+        sign(stats, tmp_path)
+    # key types cryptography does not support escaped as UnsupportedAlgorithm tracebacks
+    supported = r"; ir3de signs with Ed25519 keys only \(ir3de keygen makes them\)$"
+    for name, pem in (("sm2.key", SM2_PRIVATE), ("brainpool.key", BRAINPOOL_PRIVATE)):
+        (tmp_path / name).write_text(pem)
+        with pytest.raises(IR3DEError, match=rf"^{tmp_path / name}: unsupported key type "
+                                             rf"\(.*\){supported}"):
+            load_private_key(tmp_path / name)
+    (keys["trusted"] / "brainpool.pub").write_text(BRAINPOOL_PUBLIC)
+    with pytest.raises(IR3DEError, match=rf"^{keys['trusted'] / 'brainpool.pub'}: unsupported "
+                                         rf"key type \(.*\){supported}"):
+        load_trusted(keys["trusted"])
 
 
 def test_derived_statistics_say_their_signature_was_dropped(emb: Embedder, keys,
@@ -211,3 +301,12 @@ def test_derived_statistics_say_their_signature_was_dropped(emb: Embedder, keys,
                                              rf"more: the signature was dropped when {why}"):
             verify(derived, trusted)
     assert verify(loaded, trusted) == "alice.pub"
+    # A saved file does not record why it has no signature: the message says how a merged
+    # or renamed file gets one (it said only "sign it with ir3de stats --sign KEY")
+    merge([loaded, other])["math"].save(tmp_path / "merged.stats")
+    with pytest.raises(IR3DEError) as info:
+        verify(DomainStats.load(tmp_path / "merged.stats"), trusted)
+    assert str(info.value) == (f"{tmp_path / 'merged.stats'}: not signed (sign it with ir3de "
+                               "stats --sign KEY, or a merged file with ir3de merge --sign "
+                               "KEY: merging or renaming signed statistics drops their "
+                               "signature)")

@@ -176,22 +176,40 @@ def record_id(record: dict, default: str, where: str) -> str | int:
 
 
 def refuse_repeated_paths(paths: Iterable[str]) -> None:
-    """Refuse a corpus file named twice (under any spelling of a local path, a symbolic
-    or hard link to it included; URLs and paths that do not exist as given): it would be
-    counted twice."""
+    """Refuse a corpus file named twice (under any spelling of a local path or of a
+    ``file://`` URL, a symbolic or hard link to it included; other URLs and paths that do
+    not exist as given): it would be counted twice."""
     seen: dict[Any, str] = {}
     for p in paths:
-        # The file's identity (device, inode): a hard link has no other spelling in common
-        # with the file it links to, so resolving the path would not tell them apart.
-        try:
-            st = os.stat(p)
-            key: Any = (st.st_dev, st.st_ino)
-        except (OSError, ValueError):  # a URL, a glob, a missing file, a NUL in the name
-            key = p
+        key = _file_identity(p)
         if key in seen:
             raise IR3DEError(f"{p} is given twice (also as {seen[key]}); it would be "
                              "counted twice")
         seen[key] = p
+
+
+def _file_identity(path: str) -> Any:
+    """The identity (device, inode) of the local file ``path`` names, a ``file://`` URL
+    naming the file at its decoded path (as pyarrow reads it for the Ray engine); else
+    ``path`` itself (another URL, a glob, a missing file, a NUL in the name).
+
+    A hard link has no other spelling in common with the file it links to, so resolving
+    the path would not tell them apart.
+    """
+    local = path
+    if "://" in path:  # what the Ray engine takes as a URL
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        parts = urlsplit(path)
+        if parts.scheme != "file":
+            return path
+        local = url2pathname(parts.path)
+    try:
+        st = os.stat(local)
+    except (OSError, ValueError):
+        return path
+    return (st.st_dev, st.st_ino)
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,

@@ -4,7 +4,8 @@
 text files given as local paths, local globs, or URLs of any filesystem pyarrow understands
 (``s3://``, ``gs://``, ``file://``, fsspec ones; a glob in a URL's last path component is
 expanded too, with ``*`` and ``[…]``: in a URL ``?`` begins the query). Ray Data hands
-each file, read whole as bytes, to one task, which parses it with the local engine's own
+each file to one task, which reads it whole, its bytes as stored (a ``.gz`` file is not
+decompressed, as the local engine does not either), parses it with the local engine's own
 readers (:mod:`ir3de.data`), tokenizes its prompts and counts token ids; the driver sums
 the counts (and the token-pair tables) and forms ``A_d`` and ``b_d``. A corpus should
 therefore be many files, each well within a worker's memory, which is how such corpora are
@@ -112,21 +113,14 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _expand(paths: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The files ``paths`` name, globs expanded (sorted), each checked to be a regular file,
-    and, for those given as URLs, ``{path Ray reports: URL}``. A file named twice (also
-    through overlapping globs) would be counted twice: refused."""
+def _expand(paths: Sequence[str]) -> list[str]:
+    """The files ``paths`` name, globs expanded (sorted), each checked to be a regular file.
+    A file named twice (also through overlapping globs) would be counted twice: refused."""
     files: list[str] = []
-    urls: dict[str, str] = {}
     for path in paths:
-        if not _is_url(path):
-            files += _expand_local(path)
-            continue
-        for url, inner in _expand_url(path):
-            files.append(url)
-            urls[inner] = url
+        files += _expand_url(path) if _is_url(path) else _expand_local(path)
     refuse_repeated_paths(files)
-    return files, urls
+    return files
 
 
 def _expand_local(path: str) -> list[str]:
@@ -143,7 +137,7 @@ def _expand_local(path: str) -> list[str]:
 
 
 def _url_filesystem(url: str) -> tuple[Any, str]:
-    """pyarrow's filesystem of ``url`` and the path in it (also how Ray names the file)."""
+    """pyarrow's filesystem of ``url`` and the path in it."""
     from pyarrow import fs
 
     try:
@@ -163,10 +157,10 @@ def _require_url_file(url: str, kind: Any) -> None:
         raise IR3DEError(f"{url}: {reason}")
 
 
-def _expand_url(url: str) -> list[tuple[str, str]]:
-    """``(URL, path in its filesystem)`` of each file ``url`` names: itself, or the files of
-    its folder whose names match its last path component, sorted (a name matching it
-    literally is taken as it is, as for a local path)."""
+def _expand_url(url: str) -> list[str]:
+    """The URL of each file ``url`` names: itself, or the files of its folder whose names
+    match its last path component, sorted (a name matching it literally is taken as it is,
+    as for a local path)."""
     from pyarrow import fs
 
     parts = urlsplit(url)
@@ -177,7 +171,7 @@ def _expand_url(url: str) -> list[tuple[str, str]]:
         except OSError as exc:
             raise IR3DEError(f"{url}: {_one_line(exc)}") from None
         _require_url_file(url, kind)
-        return [(url, inner)]
+        return [url]
     folder, _, pattern = parts.path.rpartition("/")
     if any(c in folder for c in _URL_WILDCARDS):
         raise IR3DEError(f"{url}: a glob may only be in the last path component of a URL")
@@ -198,7 +192,7 @@ def _expand_url(url: str) -> list[tuple[str, str]]:
         file = urlunsplit(parts._replace(path=posixpath.join(folder or "/", info.base_name),
                                          fragment=""))
         _require_url_file(file, info.type)
-        out.append((file, info.path))
+        out.append(file)
     return out
 
 
@@ -262,16 +256,16 @@ def _quiet_ray(quiet: bool) -> Iterator[None]:
 
 
 def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
-                 fmt: CorpusFormat | None, text_field: str, urls: dict[str, str],
-                 max_tokens: int, vocab_size: int) -> dict[str, np.ndarray]:
+                 fmt: CorpusFormat | None, text_field: str, max_tokens: int,
+                 vocab_size: int) -> dict[str, np.ndarray]:
     """Ray Data map_batches task: the token counts of one block of files.
 
-    A task, not an actor pool: actors would hold every CPU of a small cluster and starve
-    the read tasks. The embedder is cached per worker process by ``load_embedder``.
+    A task, not an actor pool: the embedder is cached per worker process by
+    ``load_embedder``, so an actor would keep nothing that a task does not.
     """
     try:
         counted = _count_files(batch, spec=spec, fingerprint=fingerprint, fmt=fmt,
-                               text_field=text_field, urls=urls, max_tokens=max_tokens)
+                               text_field=text_field, max_tokens=max_tokens)
     except IR3DEError as exc:
         # Returned, not raised: Ray does not carry a task's exception (its cause) back to
         # the driver, only a traceback text. The driver re-raises it with its own message.
@@ -291,9 +285,8 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
 
 
 def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
-                 fmt: CorpusFormat | None, text_field: str, urls: dict[str, str],
-                 max_tokens: int) -> TokenCounts:
-    """The token counts of a block of ``(path, bytes)`` rows, each a whole file."""
+                 fmt: CorpusFormat | None, text_field: str, max_tokens: int) -> TokenCounts:
+    """The token counts of a block of ``(name, path)`` rows, each a whole file."""
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
         # A worker with other package versions would count with another table.
@@ -303,30 +296,50 @@ def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
             "install the same ir3de and embedding packages on every node")
 
     def texts() -> Iterator[str]:
-        for row, path in enumerate(batch.column("path").to_pylist()):
-            # named as the caller named it: a URL, or the local path as read_corpus says it
-            name = urls.get(path) or str(Path(path))
-            yield from corpus_texts(batch.column("bytes")[row].as_py(), name,
-                                    _file_format(name, fmt), text_field)
+        for name, path in zip(batch.column("name").to_pylist(),
+                              batch.column("path").to_pylist(), strict=True):
+            yield from corpus_texts(_read_file(path, name), name, _file_format(name, fmt),
+                                    text_field)
 
     return token_counts(embedder, texts(), max_tokens=max_tokens)
 
 
-def _run(ray: Any, files: list[str], urls: dict[str, str], embedder: Embedder, *,
+def _read_file(path: str, name: str) -> bytes:
+    """The bytes of the file at ``path`` (absolute, or a URL) as stored, as the local
+    engine reads them: Ray Data's ``read_binary_files`` would decompress a ``.gz`` or
+    ``.bz2`` file by its suffix, and its ``arrow_open_stream_args={"compression": None}``
+    means "detect" there (Ray 2.60). Errors name the file as ``name``."""
+    from pyarrow import fs
+
+    try:
+        if not _is_url(path):
+            return Path(path).read_bytes()
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        with filesystem.open_input_stream(inner, compression=None) as stream:
+            return stream.readall()
+    except OSError as exc:  # gone or unreadable since the driver checked it
+        raise IR3DEError(f"{name}: {exc.strerror or _one_line(exc)}") from None
+
+
+def _run(ray: Any, files: list[str], embedder: Embedder, *,
          fmt: CorpusFormat | None, text_field: str, max_tokens: int,
          workers: int | None) -> tuple[np.ndarray, np.ndarray, int, list[np.ndarray],
                                        list[np.ndarray]]:
     """The Ray Data job: counts, document counts, prompt count and pair-table parts."""
-    # One block per file: each is parsed whole by one task. No extension filter: formats
-    # were checked above, a suffix-less file with an explicit format included.
-    ds = ray.data.read_binary_files(files, include_paths=True, override_num_blocks=len(files))
+    # One block per file: each is read and parsed whole by one task. Named as the caller
+    # named it (a URL, or the local path as read_corpus says it); a worker may run in
+    # another folder, so it reads a local file by its absolute path.
+    ds = ray.data.from_items(
+        [{"name": file if _is_url(file) else str(Path(file)),
+          "path": file if _is_url(file) else os.path.abspath(file)} for file in files],
+        override_num_blocks=len(files))
     pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     counted = ds.map_batches(
         _count_block, batch_size=None, batch_format="pyarrow",
         # no more tasks than files: Ray warns of a pool it cannot fill
         compute=ray.data.TaskPoolStrategy(size=min(pool, len(files))),
         fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint, "fmt": fmt,
-                   "text_field": text_field, "urls": urls, "max_tokens": max_tokens,
+                   "text_field": text_field, "max_tokens": max_tokens,
                    "vocab_size": embedder.vocab_size})
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
@@ -366,7 +379,7 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
         raise IR3DEError(f"workers must be a positive integer, got {workers!r}")
     if fmt is not None:
         require_format(fmt)
-    files, urls = _expand(_paths(paths))
+    files = _expand(_paths(paths))
     for file in files:  # a suffix that means no format fails now, not on a worker
         _file_format(file, fmt)
     ray = _ray()
@@ -379,16 +392,24 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
                          include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
             except ConnectionError as exc:
-                raise IR3DEError(f"cannot reach the Ray cluster at {address} ({exc})") from None
+                at = f" at {address}" if address else ""
+                raise IR3DEError(f"cannot reach the Ray cluster{at} ({exc})") from None
+            except (ValueError, RuntimeError) as exc:
+                # What ray.init raises for an address it cannot use (the one given, or
+                # else $RAY_ADDRESS): a malformed or HTTP address, or ray:// without the
+                # ray[client] package (ValueError); a scheme naming no Ray client module
+                # (RuntimeError). Its text may span lines.
+                what = f"join the Ray cluster at {address}" if address else "start Ray"
+                raise IR3DEError(f"cannot {what} ({' '.join(str(exc).split())})") from None
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
         context.enable_progress_bars = progress
         try:
             counts, doc_counts, n_prompts, keys, pair_counts = _run(
-                ray, files, urls, embedder, fmt=fmt, text_field=text_field,
+                ray, files, embedder, fmt=fmt, text_field=text_field,
                 max_tokens=max_tokens, workers=workers)
-        except (ray.exceptions.RayError, OSError) as exc:  # OSError: Ray's listing, on the driver
-            # Not one of ours (those come back as rows): Ray's own, or the system's
+        except ray.exceptions.RayError as exc:
+            # Not one of ours (those come back as rows): Ray's own
             raise IR3DEError(f"Ray job failed: {_one_line(exc)}") from None
         finally:
             context.enable_progress_bars = bars
@@ -396,7 +417,7 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
                 ray.shutdown()
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
-                              f"({n_prompts} prompt(s) read)")
+                              f"({n_prompts} prompt(s) read; blank ones are skipped)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
                              max_tokens=max_tokens, doc_counts=doc_counts,
                              pairs=sum_pairs(np.concatenate(keys), np.concatenate(pair_counts)))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IR3DEError
+from .errors import IR3DEError, require_file
 from .statistics import DomainStats
 from .store import atomic_write_bytes
 
@@ -77,7 +77,11 @@ def public_key_path(path: str | os.PathLike[str]) -> Path:
     """Where :func:`generate_key` puts the public key of private key ``path``: beside it,
     with the suffix ``.pub``. A ``.pub`` private key name is refused: its public key would
     overwrite it."""
+    given = os.fspath(path)
     path = Path(path)
+    if path.name in ("", ".."):  # "", ".", "/", "..": a folder or nothing, not a file name
+        raise IR3DEError(f"{given!r} is not a file name: name the private key file (e.g. "
+                         "party.key, whose public key goes beside it as party.pub)")
     if path.suffix == ".pub":
         name = path.with_suffix("").with_suffix(".key")
         raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. {name}, "
@@ -101,8 +105,14 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
                                 ser.NoEncryption())
     public = key.public_key().public_bytes(ser.Encoding.PEM,
                                            ser.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write_bytes(path, private, mode=0o600)  # readable by others, it is not private
-    atomic_write_bytes(public_path, public)
+    # Without force neither file replaces one that appeared since the check (another
+    # keygen racing): a key pair is written whole or not at all.
+    atomic_write_bytes(path, private, mode=0o600, overwrite=force)  # 0o600: it is private
+    try:
+        atomic_write_bytes(public_path, public, overwrite=force)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a private key whose public key is someone else's
+        raise
     return public_path
 
 
@@ -110,15 +120,25 @@ def load_private_key(path: Path) -> Any:
     """The Ed25519 private key of a PEM file (checked before long work starts)."""
     ed = _ed25519()
     ser = _serialization()
-    if not path.is_file():
-        raise IR3DEError(f"{path}: no such key file")
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    require_file(path)  # a folder is said to be one (it is there, just not a key file)
     try:
         key = ser.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
         raise IR3DEError(f"{path}: not a PEM private key ({exc})") from None
+    except UnsupportedAlgorithm as exc:  # e.g. an SM2 key or one on a brainpoolP160r1 curve
+        raise IR3DEError(f"{path}: {_unsupported(exc)}") from None
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise IR3DEError(f"{path}: not an Ed25519 private key")
     return key
+
+
+def _unsupported(exc: Exception) -> str:
+    """Why ``cryptography`` cannot load a key (``UnsupportedAlgorithm`` ``exc``), and what
+    ir3de signs with."""
+    return (f"unsupported key type ({exc}); ir3de signs with Ed25519 keys only "
+            "(ir3de keygen makes them)")
 
 
 def _raw_public(key: Any) -> str:
@@ -156,12 +176,22 @@ def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
     if not folder.is_dir():
         what = "a file, not a folder" if folder.exists() else "no such folder"
         raise IR3DEError(f"{folder}: {what} of trusted keys (*.pub)")
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        # Listed with iterdir, not glob: glob takes an unreadable folder for an empty one
+        public = sorted(p for p in folder.iterdir() if p.name.endswith(".pub"))
+    except OSError as exc:
+        raise IR3DEError(f"{folder}: cannot list this folder of trusted keys "
+                         f"({exc.strerror or exc})") from None
     trusted = {}
-    for path in sorted(folder.glob("*.pub")):
+    for path in public:
         try:
             key = ser.load_pem_public_key(path.read_bytes())
         except ValueError as exc:
             raise IR3DEError(f"{path}: not a PEM public key ({exc})") from None
+        except UnsupportedAlgorithm as exc:
+            raise IR3DEError(f"{path}: {_unsupported(exc)}") from None
         if not isinstance(key, ed.Ed25519PublicKey):
             raise IR3DEError(f"{path}: not an Ed25519 public key")
         trusted[_raw_public(key)] = path.name
@@ -190,7 +220,11 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
                          f"{stats.signature_dropped} (derived statistics are new data); "
                          "verify the signed statistics before deriving others from them")
     if not sig:
-        raise IR3DEError(f"{stats.source}: not signed (sign it with ir3de stats --sign KEY)")
+        # A file does not record that a signature was dropped (merging or renaming signed
+        # statistics makes new data), so the message says how either comes about.
+        raise IR3DEError(f"{stats.source}: not signed (sign it with ir3de stats --sign KEY, "
+                         "or a merged file with ir3de merge --sign KEY: merging or renaming "
+                         "signed statistics drops their signature)")
     if not isinstance(sig, dict) or sig.get("alg") != _ALG:
         raise IR3DEError(f"{stats.source}: malformed signature metadata (expected an object "
                          f"with alg {_ALG!r})")
