@@ -26,7 +26,8 @@ It also checks (and prints) that add-then-remove gives back bit-identical W, and
 that add gives the W of a full refit on the 5 domains.
 
 Run:
-    python benchmarks/bench_experts.py                 # h = 384 and 4096
+    python benchmarks/bench_experts.py                 # h = 384 and 4096, preset dense
+    python benchmarks/bench_experts.py --preset identity --dims 384   # with the μ search
     python benchmarks/bench_experts.py --dims 384 1024 4096 --repeats 5
     python benchmarks/bench_experts.py --quick         # 2 repeats, smaller histograms
 """
@@ -216,8 +217,13 @@ def main() -> int:
     ap.add_argument("--nnz", type=int, default=4000,
                     help="distinct token ids per domain histogram (default 4000)")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                    help="router settings (default: default, i.e. balanced)")
+    # Statistics made from token-id histograms carry no token-pair counts, which the
+    # presets whose nb model reads pairs need.
+    ap.add_argument("--preset", choices=sorted(p for p, c in PRESETS.items()
+                                               if c.model != "nb" or c.pairs is None),
+                    default="dense",
+                    help="router settings (default: dense, the balanced ridge on the "
+                         "embedding)")
     ap.add_argument("--hist-every", action="store_true",
                     help="time the refit from histograms every round (default: 1 round, "
                          "it is the slow baseline)")

@@ -1232,6 +1232,22 @@ def test_predict_proba_is_the_routing_scores(emb: Embedder, preset: str) -> None
     assert np.isfinite(log_loss(LABELS, router.predict_proba(TEXTS), labels=router.classes_))
 
 
+def test_route_batch_takes_the_token_ids_encode_gave(toy_router: Router) -> None:
+    """Tokenised once (a caller checking every prompt first), routed as if tokenised by
+    route_batch itself; ids that cannot be what encode gives are refused."""
+    ids = toy_router.encode(PROMPTS)
+    assert toy_router.route_batch(PROMPTS, token_ids=ids, explain=True) == \
+        toy_router.route_batch(PROMPTS, explain=True)
+    vocab = toy_router.embedder.vocab_size
+    for bad, match in [(ids[:-1], f"{len(PROMPTS) - 1} token-id arrays for {len(PROMPTS)}"),
+                       ([*ids[:-1], ids[-1].tolist()], r"token ids #\d+: expected a 1-D"),
+                       ([*ids[:-1], ids[-1].astype(float)], "expected a 1-D integer"),
+                       ([*ids[:-1], ids[-1][:0]], r"prompt #\d+ has no token"),
+                       ([*ids[:-1], ids[-1] + vocab], rf"ids must be in \[0, {vocab}\)")]:
+        with pytest.raises(IR3DEError, match=match):
+            toy_router.route_batch(PROMPTS, token_ids=bad)
+
+
 def test_grid_search_over_settings(emb: Embedder) -> None:
     """GridSearchCV searches the router's settings (and presets, as config) and refits the
     best on all the data; the router it was given stays unfitted."""
@@ -1411,7 +1427,7 @@ def test_public_types_and_the_typed_marker() -> None:
     exec("from ir3de.errors import *", namespace)
     assert sorted(k for k in namespace if not k.startswith("__")) == [
         "EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
-        "StatsFormatError"]
+        "OutputExistsError", "StatsFormatError"]
     assert (Path(ir3de.__file__).parent / "py.typed").is_file()
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import glob
 import json
 import os
 import shlex
@@ -20,7 +21,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -44,7 +48,15 @@ from .errors import (
     require_file,
     shown_path,
 )
-from .router import MODELS, PRESETS, Router, RouterConfig, read_router_meta
+from .router import (
+    MODELS,
+    PRESETS,
+    Decision,
+    Router,
+    RouterConfig,
+    _reads_pairs,
+    read_router_meta,
+)
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
 from .store import read_safetensors
@@ -175,11 +187,24 @@ def _seed(text: str) -> int:
                         f"an integer in 0..{MAX_SEED}")(text))
 
 
-def _folder(text: str) -> str:
-    """An argparse type: a folder path; '' would silently mean the current folder."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
-    return text
+def _path(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path to ``kind`` ("a file", "a folder"), '' refused. pathlib
+    takes '' for the current folder (``--trust ''`` would trust every key there) and a
+    test of the option's value for no option at all (``--sign ''`` wrote an unsigned
+    file)."""
+
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got an empty path")
+        return text
+
+    return parse
+
+
+_file = _path("a file")
+_folder = _path("a folder")
+_file_or_folder = _path("a file or folder")
+_embedder_source = _path("an embedder name, model folder or tokenizer.json")
 
 
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
@@ -189,10 +214,11 @@ _pair_mass = _number_or({"none": None}, "the pair Dirichlet mass")
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--embedder", default=default, metavar="NAME|DIR|TOKENIZER",
+                   type=_embedder_source,
                    help="'wordllama' (bundled default), 'minilm' (extra ir3de[minilm]), a local "
                         "Hugging Face model folder, or a tokenizer.json used with --table"
                         + ("" if default else "; default: the one recorded in the input files"))
-    g.add_argument("--table", metavar="FILE",
+    g.add_argument("--table", metavar="FILE", type=_file,
                    help="embedding table (.safetensors or .npy) paired with --embedder "
                         "TOKENIZER (a tokenizer.json); refused with any other --embedder")
     g.add_argument("--tensor", metavar="NAME",
@@ -343,9 +369,10 @@ def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
         verify(s, trusted)
 
 
-def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1: "1 expert", "2 experts"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _count(n: int, noun: str, width: int = 0) -> str:
+    """``n`` (right-aligned in ``width`` characters, for columns) and ``noun``, plural
+    unless ``n`` is 1: "1 expert", "2 experts"."""
+    return f"{n:>{width}} {noun}{'' if n == 1 else 's'}"
 
 
 @contextlib.contextmanager
@@ -408,11 +435,13 @@ def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
         raise IR3DEError(f"{path} is also an input of this command; write elsewhere")
 
 
-def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
+def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     """Refuse an output that would overwrite a file without --force, a directory, a path
     under a file, one of the command's own ``inputs`` (even with --force: that would
     destroy the data the output is made from), or one in a folder that cannot be written.
-    Checked before any work is done."""
+    Checked before any work is done. Returns whether the write may replace a file: a file
+    that appears meanwhile (a long job, another process) is otherwise left alone
+    (``overwrite=False`` of the save functions)."""
     _refuse_input_as_output(path, inputs)
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
@@ -420,6 +449,7 @@ def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
         raise IR3DEError(f"{path} exists; pass --force to overwrite it")
     require_creatable(path)
     _require_writable(path)
+    return force
 
 
 def _require_writable(path: Path) -> None:
@@ -437,7 +467,7 @@ def _require_writable(path: Path) -> None:
             from None
 
 
-def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
+def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     """:func:`_check_output` for commands that rewrite routers in place by design: an
     existing ir3de router may be replaced, any other file only with --force."""
     _refuse_input_as_output(path, inputs)
@@ -448,7 +478,7 @@ def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) ->
             raise IR3DEError(f"{path} exists and is not an ir3de router; pass --force to "
                              "overwrite it") from None
         force = True
-    _check_output(path, force)
+    return _check_output(path, force)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -463,9 +493,38 @@ def _plain_text_only(corpus: Sequence[str], fmt: str | None) -> bool:
         return False
 
 
+def _corpus_files(corpus: Sequence[str], engine: str) -> list[str]:
+    """The local files the ``corpus`` arguments name, for the output check: the local
+    engine reads each argument as it is; the Ray engine (:mod:`ir3de.distributed`)
+    expands a local path that does not exist as a glob and reads a ``file://`` URL as its
+    local path (globbed the same way). A URL of another filesystem (``s3://``) is no
+    local file the output could be."""
+    if engine != "ray":
+        return list(corpus)
+    files = []
+    for item in corpus:
+        if "://" in item:  # how the Ray engine tells a URL
+            parts = urlsplit(item)
+            if parts.scheme.lower() != "file":
+                continue
+            item = url2pathname(parts.path)
+        files += [item] if os.path.exists(item) else glob.glob(item)
+    return files
+
+
+def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
+    """Refuse --address and --workers without --engine ray: the local engine counts in
+    this process and would ignore them without a word."""
+    for option, value in (("--address", args.address), ("--workers", args.workers)):
+        if value is not None and args.engine != "ray":
+            raise IR3DEError(f"{option} applies to --engine ray only; the local engine "
+                             "(the default) counts in this process")
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    _refuse_idle_ray_options(args)
     out = Path(args.output)
-    _check_output(out, args.force, args.corpus)
+    replace = _check_output(out, args.force, _corpus_files(args.corpus, args.engine))
     validate_domain_name(args.domain, "--domain")  # now, not after the corpus
     refuse_repeated_paths(args.corpus)
     _check_embedder_args(args)
@@ -506,7 +565,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         from .signing import sign
 
         stats = sign(stats, args.sign)
-    stats.save(out)
+    stats.save(out, overwrite=replace)
     if not args.quiet:
         print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
               f"{_count(stats.n_tokens, 'token')} "
@@ -518,7 +577,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force, args.stats)
+    replace = _check_output(out, args.force, args.stats)
     refuse_repeated_paths(args.stats)
     merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs)
     if len(merged) != 1:
@@ -529,7 +588,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         from .signing import sign
 
         stats = sign(stats, args.sign)
-    stats.save(out)
+    stats.save(out, overwrite=replace)
     print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
           f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}",
           file=sys.stderr)
@@ -554,7 +613,7 @@ def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _check_output(out, args.force, [_split_named(item)[1] for item in args.stats])
+    replace = _check_output(out, args.force, [_split_named(item)[1] for item in args.stats])
     config = _config_from_args(args)  # contradictory options fail before any file is read
     _check_embedder_args(args)
     named = _named_stats(args.stats)
@@ -563,7 +622,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
     _announce_solve(config)
     router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
-    router.save(out)
+    router.save(out, overwrite=replace)
     print(f"{out}: router with {_count(len(router.experts), 'expert')} "
           f"({', '.join(router.experts)})", file=sys.stderr)
     return 0
@@ -580,7 +639,9 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     printed. Ids: a prompt argument's or standard-input line's 0-based position; for
     --input records, see :func:`_jsonl_prompts`."""
     if args.prompt:
-        items = [(i, text, f"prompt argument {i + 1}") for i, text in enumerate(args.prompt)]
+        # Numbered from 1 as the shell's arguments are, with the id (from 0) beside it.
+        items = [(i, text, f"prompt argument {i + 1} (id {i})")
+                 for i, text in enumerate(args.prompt)]
     elif args.input is not None:
         items = _jsonl_prompts(args.input, "text" if args.text_field is None
                                else args.text_field)
@@ -651,6 +712,26 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
     return items
 
 
+def _token_ids(router: Router, items: Sequence[tuple[Any, str, str]],
+               batch_size: int) -> list[np.ndarray]:
+    """Every prompt's token ids, as routing encodes them, in batches of ``batch_size``; a
+    prompt without a token to route on (only special tokens such as "<s>", or characters
+    the tokenizer drops) fails the call, naming it, before any decision is printed."""
+    embedder, ids = router.embedder, []
+    with tqdm(total=len(items), unit="prompt", desc="tokenizing", disable=None,
+              leave=False) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            encoded = embedder.encode_batch([t for _, t, _ in batch], router.config.max_tokens)
+            for (_, text, where), x in zip(batch, encoded, strict=True):
+                if not x.size:
+                    raise IR3DEError(f"{where}: no token to route on "
+                                     f"({embedder.why_no_token(text)}); nothing was routed")
+            ids += encoded
+            bar.update(len(batch))
+    return ids
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     if args.prompt and args.input is not None:
         raise IR3DEError("prompts given both as arguments and with --input; give one or the "
@@ -664,18 +745,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)
         router.set_params(**overrides)
     items = _prompts(args)  # every prompt read and checked: a bad one fails before any output
+    ids = _token_ids(router, items, args.batch_size)  # ... and every one has a token
     # Each batch's decisions are printed (and flushed) as soon as it is routed, so a reader
     # (`| head`) gets them early; the bar goes to stderr, shown on a terminal only.
     with tqdm(total=len(items), unit="prompt", desc="routing", disable=None,
               leave=False) as bar:
         for start in range(0, len(items), args.batch_size):
             batch = items[start:start + args.batch_size]
-            try:
-                decisions = router.route_batch([t for _, t, _ in batch], explain=args.explain)
-            except IR3DEError as exc:
-                raise IR3DEError(f"the batch of {len(batch)} prompt(s) from {batch[0][2]}: "
-                                 f"{exc}") from None
-            lines = "".join(_json_line({"id": ident, **decision.to_dict()})
+            # --scores: the scores --explain gives, without its voting tokens
+            decisions = router.route_batch([t for _, t, _ in batch],
+                                           explain=args.explain or args.scores,
+                                           token_ids=ids[start:start + args.batch_size])
+            lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain)})
                             for (ident, _, _), decision in zip(batch, decisions, strict=True))
             with bar.external_write_mode(file=sys.stdout):  # the bar steps aside meanwhile
                 _write_stdout(lines)
@@ -684,17 +765,25 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decision(decision: Decision, explain: bool) -> dict[str, Any]:
+    """A decision as printed: with its voting tokens only for --explain."""
+    out = decision.to_dict()
+    if not explain:
+        out.pop("tokens", None)
+    return out
+
+
 def cmd_experts(args: argparse.Namespace) -> int:
     if args.action == "list":
         # loaded as route and inspect load it: a router they refuse is refused here too
         router = _load_router(args.router)
         for name in router.experts:
             s = router.stats[name]
-            _echo(f"{name}\t{s.n_prompts} prompts\t{s.n_tokens} tokens")
+            _echo(f"{name}\t{_count(s.n_prompts, 'prompt')}\t{_count(s.n_tokens, 'token')}")
         return 0
     out = Path(args.output or args.router)
     # the router itself is the output of an in-place update; its statistics never are
-    _check_router_output(out, args.force or args.output is None,
+    replace = _check_router_output(out, args.force or args.output is None,
                          [args.stats] if args.action == "add" else [])
     if args.action == "add":
         if args.name is not None:
@@ -712,7 +801,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
             _announce_solve(router.config)
         router.remove_expert(args.name)
         message = f"removed expert {args.name!r}"
-    router.save(out)
+    router.save(out, overwrite=replace)
     print(f"{out}: {message}; experts now {', '.join(router.experts)}", file=sys.stderr)
     return 0
 
@@ -732,11 +821,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["has_doc_counts"] = stats.doc_counts is not None
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
+    # An nb router's token pairs are read by the geo selector only: said so, as a router
+    # built with another selector still holds them.
+    unread_pairs = kind == "ir3de-router" and info["config"]["model"] == "nb" \
+        and info["config"]["pairs"] is not None \
+        and not _reads_pairs(RouterConfig.from_dict(info["config"]))
     if kind == "ir3de-router":  # only what the router reads: no k without topk, no α for ridge
         info["config"] = _read_settings(info["config"])
     if not args.json:
         # The header first: it names the embedder a user may have to install.
-        _print_inspected(args.file, kind, info)
+        _print_inspected(args.file, kind, info, unread_pairs)
     if kind == "ir3de-router":
         # Loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
         # that route would refuse fails here with the same error, not only a bad header.
@@ -753,18 +847,22 @@ def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if config.ignored([key]) is None}
 
 
-def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
+def _print_inspected(file: str, kind: str, info: dict[str, Any],
+                     unread_pairs: bool = False) -> None:
     _echo(f"{file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
     _echo(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
           f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
     _echo(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
-        if c["model"] == "nb" and c["pairs"] is None:
-            _echo(f"  model        nb (Naive-Bayes, binary token features)  α={c['alpha']:g}")
-        elif c["model"] == "nb":
+        if c["model"] == "nb" and c.get("pairs") is not None and not unread_pairs:
             _echo(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
                   f"α={c['alpha']:g}  pair mass={c['pairs']:g}")
+        elif c["model"] == "nb":
+            unread = (f"; the token pairs it holds are read by the geo selector only, not "
+                      f"{c['selector']}" if unread_pairs else "")
+            _echo(f"  model        nb (Naive-Bayes, binary token features{unread})  "
+                  f"α={c['alpha']:g}")
         else:
             _echo(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   + (f"normalize={c['normalize']}  " if "normalize" in c else "")
@@ -777,7 +875,9 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any]) -> None:
                   + ("  (chosen by leave-one-out)" if c.get("identity") == "auto" else ""))
         _echo(f"  experts      {len(info['experts'])}")
         for e in info["experts"]:
-            _echo(f"    {e['name']:<24} {e['n_prompts']:>9} prompts {e['n_tokens']:>12} tokens")
+            # padded to the plural's width, so the token counts stay in one column
+            _echo(f"    {e['name']:<24} {_count(e['n_prompts'], 'prompt', 9):<17} "
+                  f"{_count(e['n_tokens'], 'token', 12)}")
     else:
         _echo(f"  domain       {info['domain']}")
         _echo(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
@@ -796,7 +896,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data / "reasoning").is_dir():
         raise IR3DEError(f"{data}: no reasoning/ folder; point --data at the shared data folder")
     out = Path(args.output)
-    _check_router_output(out, args.force)  # a previous demo's router is replaced
+    replace = _check_router_output(out, args.force)  # a previous demo's router is replaced
     config = _config_from_args(args)  # contradictory options fail before the fit
     _check_embedder_args(args)
     emb = _embedder_from_args(args)
@@ -809,7 +909,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         _announce_solve(config)
     router = Router(emb, config).fit_stats(stats)
-    router.save(out)
+    router.save(out, overwrite=replace)
     n_tokens = sum(s.n_tokens for s in stats)
     _echo(f"fitted {_count(len(stats), 'expert')} on {n_tokens:,} tokens in "
           f"{time.perf_counter() - start:.1f} s; saved {out}")
@@ -1119,7 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or "
                                              "Parquet; with --engine ray also globs and URLs")
     p.add_argument("--domain", required=True, help="the domain (expert) name")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=_file,
                    help="statistics file to write (missing folders are created)")
     p.add_argument("--format", choices=FORMATS, help="corpus format (default: from the suffix)")
     p.add_argument("--text-field", metavar="FIELD",
@@ -1134,29 +1234,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_embedder_args(p, "wordllama")
-    p.add_argument("--sign", metavar="KEY", help="sign the file with this private key "
+    p.add_argument("--sign", metavar="KEY", type=_file,
+                   help="sign the file with this private key "
                                                  "(ir3de keygen; extra ir3de[sign])")
     g = p.add_argument_group("distributed counting (extra ir3de[ray])")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data workers count files "
                         "(one task each) and the driver sums them (same file, bit for bit)")
-    g.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    g.add_argument("--address", help="--engine ray: Ray cluster to join (default: start a "
+                                     "local one)")
     g.add_argument("--workers", type=_positive_int,
-                   help="counting workers (default: one per cluster CPU)")
+                   help="--engine ray: counting workers (default: one per cluster CPU)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("merge", formatter_class=fmt, help="sum shards of one domain",
                        description="Sum statistics files of the SAME domain (computed on "
                                    "different machines or corpus parts): equal to one fit.")
     p.add_argument("stats", nargs="+", help="statistics files of one domain")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=_file,
                    help="statistics file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("--no-pairs", action="store_true",
                    help="leave the token-pair counts out of the merged file (needed to merge "
                         "shards made with and without stats --no-pairs; it then serves the "
                         "presets stats --no-pairs serves)")
-    p.add_argument("--sign", metavar="KEY", help="sign the merged file with this private key")
+    p.add_argument("--sign", metavar="KEY", type=_file,
+                   help="sign the merged file with this private key")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("build", formatter_class=fmt, help="statistics files -> router",
@@ -1164,13 +1267,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Write NAME=FILE to give an expert another name than its "
                                    "file's domain.")
     p.add_argument("stats", nargs="+", metavar="[NAME=]FILE", help="statistics files")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=_file,
                    help="router file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
     _add_router_args(p)
     _add_embedder_args(p, None)
-    p.add_argument("--trust", metavar="DIR",
+    p.add_argument("--trust", metavar="DIR", type=_folder,
                    help="accept only statistics signed by a public key (*.pub) in DIR; an "
                         "unsigned, untrusted or altered file is refused, nothing is written")
     p.set_defaults(func=cmd_build)
@@ -1180,7 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "KEY (private, owner-only) and KEY with suffix .pub "
                                    "(public, for router builders' --trust folder). Needs the "
                                    "extra ir3de[sign].")
-    p.add_argument("-o", "--output", required=True, metavar="KEY",
+    p.add_argument("-o", "--output", required=True, metavar="KEY", type=_file,
                    help="private key file, not named .pub (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=cmd_keygen)
@@ -1191,8 +1294,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lines skipped). Prints one JSON object per prompt: id, "
                                    "expert, confidence and, with a token-pair table (the "
                                    "default preset), coverage: the share of the prompt's "
-                                   "token pairs seen in the fit data. Options may come "
-                                   "before, between or after the prompts.\n\n"
+                                   "token pairs seen in the fit data; --scores adds each "
+                                   "expert's score, --explain also the tokens that voted. "
+                                   "Options may come before, between or after the "
+                                   "prompts.\n\n"
                                    "ids: a prompt argument's or stdin line's position, from 0; "
                                    "a JSONL record's 'id' field (a string or an integer, "
                                    "printed as given), else <file stem>-<n> (stdin-<n> with "
@@ -1200,21 +1305,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "counted: the ids ir3de eval gives. Ids must be unique (7 "
                                    "and \"7\" are one id).\n\n"
                                    "Every prompt is read and checked first: an empty prompt, "
-                                   "a bad record or a repeated id fails the call, naming it, "
-                                   "and nothing is printed; so does finding no prompt at all. "
+                                   "one without a token to route on (only special tokens "
+                                   "such as <s>, or characters the tokenizer drops), a bad "
+                                   "record or a repeated id fails the call, naming it (a "
+                                   "prompt argument by its number from 1 and its id), and "
+                                   "nothing is printed; so does finding no prompt at all. "
                                    "Then each batch's decisions are printed as soon as it is "
                                    "routed, with a progress bar on stderr when that is a "
                                    "terminal.")
     p.add_argument("router", help="router file")
     p.add_argument("prompt", nargs="*", help="prompts to route")
-    p.add_argument("--input", metavar="FILE",
+    p.add_argument("--input", metavar="FILE", type=_file,
                    help="JSONL, one object per line with the prompt in a text field and "
                         "optionally an id ('-': stdin); plain text goes on stdin without "
                         "--input")
     p.add_argument("--text-field", metavar="FIELD",
                    help="JSON field of the --input records holding the prompt (default: text)")
-    p.add_argument("--explain", action="store_true",
-                   help="add per-expert scores and the voting tokens")
+    # --explain already holds the scores: with --scores too, one of them would do nothing
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--explain", action="store_true",
+                       help="add per-expert scores and the voting tokens")
+    shown.add_argument("--scores", action="store_true",
+                       help="add each expert's score (what confidence is for the winner: its "
+                            "vote share, mean probability or normalised geometric mean "
+                            "probability), without the voting tokens")
     p.add_argument("--k", type=_positive_int, help="override the router's k")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024, help="prompts per batch")
@@ -1230,19 +1344,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("router")
     e.add_argument("stats", help="statistics file")
     e.add_argument("--name", help="expert name (default: the file's domain)")
-    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place "
-                                          "(missing folders are created)")
+    e.add_argument("-o", "--output", type=_file,
+                   help="write here instead of updating ROUTER in place (missing folders are "
+                        "created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
-    e.add_argument("--trust", metavar="DIR",
+    e.add_argument("--trust", metavar="DIR", type=_folder,
                    help="accept the statistics only if signed by a public key (*.pub) in DIR, "
                         "as build --trust; an unsigned, untrusted or altered file is refused, "
                         "nothing is written")
     e = esub.add_parser("remove", help="remove an expert")
     e.add_argument("router")
     e.add_argument("name", help="expert to remove")
-    e.add_argument("-o", "--output", help="write here instead of updating ROUTER in place "
-                                          "(missing folders are created)")
+    e.add_argument("-o", "--output", type=_file,
+                   help="write here instead of updating ROUTER in place (missing folders are "
+                        "created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
     p.set_defaults(func=cmd_experts)
@@ -1250,8 +1366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
                        description="Print what a router or statistics file holds: its "
                                    "embedder and fingerprint; a router's experts and their "
-                                   "counts, its model with the settings it reads (nb: α and "
-                                   "the token-pair mass; ridge: λ, balancing, normalisation, "
+                                   "counts, its model with the settings it reads (nb: α and, "
+                                   "with the geo selector, the token-pair mass; ridge: λ, "
+                                   "balancing, normalisation, "
                                    "bias penalty and the identity μ in use), its selector, k "
                                    "(topk only) and token cap; a statistics file's domain, "
                                    "counts and tables. A router is then loaded as route "
@@ -1267,8 +1384,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The whole job end to end: fit a router on the leakage-free "
                                    "Reasoning fit sets, save it, route example prompts and "
                                    "print the routing accuracy on the held-out test sets.")
-    p.add_argument("--data", help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
-    p.add_argument("-o", "--output", default="router.safetensors",
+    p.add_argument("--data", type=_folder,
+                   help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
+    p.add_argument("-o", "--output", default="router.safetensors", type=_file,
                    help="router file to write (an existing router is replaced; missing "
                         "folders are created)")
     p.add_argument("--force", action="store_true",
@@ -1310,12 +1428,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace a report.md, results.json, decisions.jsonl or plot in --out "
                         "that ir3de eval did not write")
-    p.add_argument("--data", help="shared data folder of the built-in settings (default: "
-                                  "$IR3DE_DATA or ../shared/data; not with --fit)")
-    which.add_argument("--fit", help="your own fit data: a JSONL file or folder (instead of "
-                                     "--setting)")
-    p.add_argument("--test", help="your own test data (default: 30%% of --fit, by id)")
-    p.add_argument("--embedder", nargs="+", metavar="NAME",
+    p.add_argument("--data", type=_folder,
+                   help="shared data folder of the built-in settings (default: $IR3DE_DATA or "
+                        "../shared/data; not with --fit)")
+    which.add_argument("--fit", type=_file_or_folder,
+                       help="your own fit data: a JSONL file or folder (instead of --setting)")
+    p.add_argument("--test", type=_file_or_folder,
+                   help="your own test data (default: 30%% of --fit, by id)")
+    p.add_argument("--embedder", nargs="+", metavar="NAME", type=_embedder_source,
                    help="embedders for IR3DE (default: wordllama and, if installed, minilm)")
     p.add_argument("--baselines", nargs="*", metavar="NAME",
                    choices=["random", "knn", "tfidf", "modem"],
@@ -1334,7 +1454,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first)")
     p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
-    p.add_argument("--scores", help="JSONL of per-prompt expert scores "
+    p.add_argument("--scores", type=_file, help="JSONL of per-prompt expert scores "
                                     '({"id", "expert", "score"}) for normalized performance')
     p.add_argument("--score-kind", choices=["task", "perplexity"],
                    help="of the --scores: task (default): higher is better; perplexity: lower "
@@ -1364,11 +1484,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment variable holding the client API keys (comma-separated) that "
                     "requests must send as 'Authorization: Bearer <key>' (unset or empty: "
                     "the gateway refuses to start); see the README.",
-        epilog="example:\n  IR3DE_ADMIN_TOKEN=secret ir3de serve --config gateway.yaml "
-               "--port 8000\n  curl localhost:8000/v1/chat/completions -d "
-               "'{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "
+        epilog="example with the README's gateway.yaml, whose coding expert's api_key_env "
+               "(CODER_KEY)\nand api_keys_env (IR3DE_API_KEYS) must be set:\n"
+               "  CODER_KEY=sk-coder IR3DE_API_KEYS=key1,key2 IR3DE_ADMIN_TOKEN=secret \\\n"
+               "    ir3de serve --config gateway.yaml --port 8000\n"
+               "  curl localhost:8000/v1/chat/completions -H 'content-type: application/json' "
+               "\\\n    -H 'authorization: Bearer key1' \\\n"
+               "    -d '{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "
                "\"content\": \"What is 17 * 23?\"}]}'")
-    p.add_argument("--config", required=True, help="gateway YAML config")
+    p.add_argument("--config", required=True, type=_file, help="gateway YAML config")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on")
     p.add_argument("--log-level", default="info",

@@ -671,10 +671,19 @@ class Router:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
         return self.route_batch([prompt], explain=explain)[0]
 
-    def route_batch(self, prompts: Iterable[str], *, explain: bool = False) -> list[Decision]:
-        """Route many prompts at once (tokenised in parallel, selected vectorised)."""
+    def route_batch(self, prompts: Iterable[str], *, explain: bool = False,
+                    token_ids: Sequence[np.ndarray] | None = None) -> list[Decision]:
+        """Route many prompts at once (tokenised in parallel, selected vectorised).
+
+        ``token_ids``: the prompts' token ids as :meth:`encode` gives them, to route
+        without tokenising them again (a caller that checked every prompt first); they
+        must be one non-empty integer array per prompt, below the vocabulary size.
+        """
         state, config = self._fitted, self.config
-        ids = self._encode(prompts)
+        if token_ids is None:
+            ids = self.encode(prompts)
+        else:
+            ids = self._checked_ids(_texts(prompts, "prompts", "prompt"), token_ids)
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
         decisions = []
@@ -694,7 +703,35 @@ class Router:
                                       scores, tokens, coverage))
         return decisions
 
-    def _encode(self, prompts: Iterable[str]) -> list[np.ndarray]:
+    def _checked_ids(self, prompts: list[str], token_ids: Sequence[np.ndarray]
+                     ) -> list[np.ndarray]:
+        """``token_ids`` given to :meth:`route_batch`, refused unless they can be what
+        :meth:`encode` gives for ``prompts`` (an id outside the vocabulary would index
+        another token's row, or fail deep in numpy)."""
+        ids = list(token_ids)
+        if len(ids) != len(prompts):
+            raise IR3DEError(f"{len(ids)} token-id arrays for {len(prompts)} prompts")
+        vocab = self.embedder.vocab_size
+        for i, x in enumerate(ids):
+            if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind not in "iu":
+                raise IR3DEError(f"token ids #{i}: expected a 1-D integer numpy array, as "
+                                 "Router.encode gives")
+            if not x.size:
+                raise EmptyInputError(f"prompt #{i} has no token to route on")
+            if x.min() < 0 or x.max() >= vocab:
+                raise IR3DEError(f"token ids #{i}: ids must be in [0, {vocab}), the "
+                                 f"vocabulary of {self.embedder.name}")
+        return ids
+
+    def encode(self, prompts: Iterable[str]) -> list[np.ndarray]:
+        """Each prompt's token ids as routing reads them (capped at ``max_tokens``,
+        special tokens dropped); an empty prompt or one without a token to route on is an
+        :class:`~ir3de.errors.EmptyInputError` naming it (``prompt #i``, from 0).
+
+        Example:
+            >>> [x.size for x in router.encode(["What is 17 * 23?"])]  # doctest: +SKIP
+            [10]
+        """
         prompts = _texts(prompts, "prompts", "prompt")
         for i, p in enumerate(prompts):
             if not p.strip():
@@ -709,7 +746,7 @@ class Router:
     def predict(self, prompts: Iterable[str]) -> list[str]:
         """Expert name for each prompt (sklearn-style)."""
         state = self._fitted
-        ids = self._encode(prompts)
+        ids = self.encode(prompts)
         choice = select(ids, state.table, selector=self.config.selector, k=self.config.k).choice
         return [state.experts[c] for c in choice]
 
@@ -728,7 +765,7 @@ class Router:
             array([[0.59, 0.01, 0.16, 0.24]])
         """
         state = self._fitted
-        ids = self._encode(prompts)
+        ids = self.encode(prompts)
         return select(ids, state.table, selector=self.config.selector, k=self.config.k).scores
 
     # ------------------------------------------------------------ persistence
