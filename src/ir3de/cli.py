@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -87,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
     _intermixing = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if self._intermixing or not self._intermixable():
             return super().parse_known_args(args, namespace)
         args = sys.argv[1:] if args is None else list(args)
@@ -1086,6 +1087,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_report,
     )
     from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
+    from .eval.metrics import ScoreKind
     from .eval.report import machine, output_names
 
     try:
@@ -1136,12 +1138,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return load_setting(name, data_dir, seed=seed, **caps)
 
     # Load every setting before the slow part, so a bad path fails at once.
-    settings = [repeat_setting(lambda seed, name=name: load(name, seed), seeds)
-                for name in names]
+    settings = [repeat_setting(functools.partial(load, name), seeds) for name in names]
     scores = read_scores(args.scores) if args.scores else None
-    score_kind = args.score_kind or "task"
-    for setting in settings if scores is not None else ():  # every setting, before any runs
-        check_scores(setting, scores, score_kind, source=args.scores)
+    score_kind: ScoreKind = args.score_kind or "task"  # argparse checked its choices
+    if scores is not None:
+        for setting in settings:  # every setting, before any runs
+            check_scores(setting, scores, score_kind, source=args.scores)
     embedders = _eval_embedders(list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])),
                                 bool(args.embedder))
     baselines = _eval_baselines(list(dict.fromkeys(args.baselines if args.baselines is not None

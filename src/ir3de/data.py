@@ -55,8 +55,9 @@ __all__ = [
 FORMATS = ("jsonl", "text", "parquet")
 CorpusFormat = Literal["jsonl", "text", "parquet"]
 
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "text",
-                   ".text": "text", ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIX_FORMATS: dict[str, CorpusFormat] = {
+    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "text", ".text": "text",
+    ".parquet": "parquet", ".pq": "parquet"}
 # File suffixes read as JSONL (compared in lower case: ``.JSONL`` is JSONL too).
 JSONL_SUFFIXES = tuple(s for s, f in _SUFFIX_FORMATS.items() if f == "jsonl")
 
@@ -85,7 +86,7 @@ def infer_format(path: Path) -> CorpusFormat:
     if fmt is None:
         raise IR3DEError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
                          f"pass --format ({', '.join(FORMATS)})")
-    return fmt  # type: ignore[return-value]
+    return fmt
 
 
 def parse_jsonl(lines: Iterable[str], where: str, *,

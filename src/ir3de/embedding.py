@@ -186,7 +186,7 @@ class Embedder:
         n_bad, first = 0, -1
         for start in range(0, table.shape[0], rows):
             block = np.ascontiguousarray(table[start:start + rows])
-            h.update(block.reshape(-1).view(np.uint8))  # the bytes, in C order
+            h.update(block.reshape(-1).view(np.uint8).data)  # the bytes, in C order
             exponent = block.view(bits) & mask
             if np.any(exponent == mask):  # rare: only then count and locate
                 bad = exponent == mask
@@ -233,11 +233,12 @@ class Embedder:
                 if len(text) > limit:
                     if cuts is None:
                         cuts, prefixes = {}, list(texts)
-                    cut = cuts[i] = self._cut(text, limit)
+                    cuts[i] = self._cut(text, limit)
+                    cut = cuts[i][0]
                     # the whole text used to reach the tokenizer, which refuses surrogates
-                    if not text.isascii() and _SURROGATE_RE.search(text, cut[0]):
+                    if not text.isascii() and _SURROGATE_RE.search(text, cut):
                         raise TypeError("unpaired surrogate")
-                    prefixes[i] = text[:cut[0]]
+                    prefixes[i] = text[:cut]
             work = texts if cuts is None else prefixes
             if self._chunk_cache is not None and len(work) <= _CACHED_BATCH:
                 raw = [self._encode_chunked(t) for t in work]
@@ -410,9 +411,10 @@ class Embedder:
         return self.tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
     def _learn(self, chunks: list[str]) -> None:
-        cache = self._chunk_cache
+        cache, space = self._chunk_cache, self._space_id
         if not chunks or cache is None:
             return
+        assert space is not None  # a chunk cache means "▁" is in the vocabulary (_chunkable)
         # Encoding a chunk without its first space gives it back through the normaliser,
         # except a lone trailing space: the normaliser prepends nothing to "".
         # One call per chunk: a multi-text batch call costs ~10 µs per text in thread-pool
@@ -420,7 +422,7 @@ class Embedder:
         encode = self.tokenizer.encode
         for chunk in chunks:
             cache[chunk] = encode(chunk[1:], add_special_tokens=False).ids if chunk != " " \
-                else [self._space_id]
+                else [space]
 
     def why_no_token(self, text: str) -> str:
         """Why :meth:`encode` gives ``text`` no token id, for error messages: its tokens are
@@ -783,7 +785,7 @@ def misplaced_table_or_tensor(source: str | os.PathLike[str] | None,
     model folder), ``"tensor of an .npy table"`` (an array has no tensor names), ``"tensor
     without a file"`` (no model folder nor table to name a tensor of), or None."""
     named = source is None or str(source) in ("wordllama", "minilm")
-    folder = not named and Path(source).is_dir()
+    folder = source is not None and not named and Path(source).is_dir()
     if table is not None and (named or folder):
         return "table beside a folder" if folder else "table"
     if tensor is None:
@@ -804,7 +806,7 @@ def as_embedder(source: object, *, default: bool = False) -> Embedder:
         return source
     if (source is None and default) or isinstance(source, (str, os.PathLike)) or (
             isinstance(source, dict) and isinstance(source.get("kind"), str)):
-        return load_embedder(source)  # type: ignore[arg-type]
+        return load_embedder(source)
     shown = repr(source) if isinstance(source, dict) else type(source).__name__
     raise IR3DEError(f"embedder must be an Embedder (load_embedder(...)) or its name, folder "
                      f"or recipe ('wordllama', 'minilm', a model folder, an object with a "

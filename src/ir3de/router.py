@@ -24,7 +24,7 @@ import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
 
@@ -86,6 +86,14 @@ _RouterT = TypeVar("_RouterT", bound="Router")
 # its rows belong to when only some experts have it (see Router.save).
 _RAGGED_ROWS = {"counts": "counts_experts", "doc_counts": "doc_counts_experts",
                 "pairs": "pair_experts"}
+
+
+class _Ridge(TypedDict):
+    """The settings the identity solvers share with the dense ridge, as keywords."""
+
+    lam: float
+    balance: bool
+    regularize_bias: bool
 
 
 # Settings that one model only reads (see RouterConfig): given for the other model they
@@ -468,8 +476,8 @@ class Router:
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
                           None)
-        ridge = {"lam": config.lam, "balance": config.balance,
-                 "regularize_bias": config.regularize_bias}
+        ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
+                         "regularize_bias": config.regularize_bias}
         if config.identity is not None:
             mu = config.identity
             if mu == "auto" and chosen_mu is not None:
@@ -798,7 +806,7 @@ class Router:
                 tensors[rows] = np.array(have, dtype=np.int64)
             if key == "pairs":
                 # Ragged per expert: concatenated, with each expert's start in pair_offsets.
-                parts = [stats[i].pairs for i in have]
+                parts = [s.pairs for s in stats if s.pairs is not None]
                 tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
                 tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
                 tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
@@ -986,9 +994,9 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
         return [None] * n_experts
     rows = _row_experts(tensors, "pairs", n_experts, where)
     keys, counts, offsets = (int_tensor(tensors, name, where) for name in names)
-    if not all(present) or keys.ndim != 1 or counts.shape != keys.shape or \
-            offsets.shape != (rows.size + 1,) or offsets[0] != 0 or \
-            offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+    if keys is None or counts is None or offsets is None or keys.ndim != 1 or \
+            counts.shape != keys.shape or offsets.shape != (rows.size + 1,) or \
+            offsets[0] != 0 or offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
         raise StatsFormatError(f"{where}: token-pair tensors do not match {rows.size} experts")
     out: list[PairCounts | None] = [None] * n_experts
     for expert, (a, b) in zip(rows, itertools.pairwise(offsets), strict=True):

@@ -177,8 +177,8 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
         return _select_one(ids[0], table, selector, int(k))
     lengths = np.fromiter((x.size for x in ids), dtype=np.int64, count=P)
     if np.any(lengths == 0):
-        first = int(np.flatnonzero(lengths == 0)[0])
-        raise EmptyInputError(f"prompt #{first} has no token to route on (empty or only "
+        empty = int(np.flatnonzero(lengths == 0)[0])
+        raise EmptyInputError(f"prompt #{empty} has no token to route on (empty or only "
                               "special tokens)")
     flat = np.concatenate(ids)
     starts = np.cumsum(lengths) - lengths

@@ -154,9 +154,12 @@ def _pydantic() -> Any:
 
 
 @functools.cache
-def _models() -> tuple[type, type, type]:
-    """The config models (built lazily, once: pydantic is an optional dependency)."""
-    pd = _pydantic()
+def _models() -> tuple[type[Any], type[Any], type[Any]]:
+    """The config models (built lazily, once: pydantic is an optional dependency). Made in
+    here, they have no name an annotation could use: the configs they validate are Any
+    throughout this module."""
+    _pydantic()  # refuses, naming the extra, when pydantic is missing
+    import pydantic as pd
 
     class ExpertConfig(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
@@ -711,6 +714,7 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
         raise IR3DEError(f"state_dir {state_dir} exists and is not a folder")
     restored = state_dir is not None and (state_dir / _ROUTER_FILE).is_file()
     if restored:
+        assert state_dir is not None  # restored implies it
         # A restart comes back with what the admin API last persisted, merged with the
         # config (see _reconcile).
         router = Router.load(state_dir / _ROUTER_FILE)
@@ -754,7 +758,7 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
                              f"{state_dir} away to start from the config") from None
     missing = [e for e in state.router.experts if e not in state.experts]
     if missing:
-        where = f"'experts' in the config or {state_dir / _EXPERTS_FILE} (the saved state)" \
+        where = f"'experts' in the config or {saved_file} (the saved state)" \
             if restored else "'experts' in the config"
         raise IR3DEError(f"router experts {missing} have no endpoint under {where}")
     _check_key_envs(state.experts, config, state_dir)
@@ -1910,6 +1914,7 @@ def create_app(config: Any) -> Any:
                  if f in form and not isinstance(form[f], str)]
         if files:
             return _error(400, f"send {', '.join(map(repr, files))} as text fields, not files")
+        assert name is None or isinstance(name, str)  # a file as 'name' was refused above
         if name:
             try:
                 _check_expert_name(name, config.name)
@@ -2036,7 +2041,8 @@ def create_app(config: Any) -> Any:
             router = _copy_router(state.router)
             router.set_params(**params)
             before = {**{c: getattr(state, c) for c in cuts}, **_router_settings(state.router)}
-            return replace(state, router=router, **values), {"settings": {
+            return replace(state, router=router, threshold=values["threshold"],
+                           min_coverage=values["min_coverage"]), {"settings": {
                 key: {"from": before.get(key), "to": value} for key, value in changes.items()}}
 
         return await _swap(build, request, "settings")

@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,6 +40,8 @@ DEFAULT_PAIRS = 1e5
 # Pseudo-count of every pair (the unseen one included) in the pooled background, so that
 # the background gives every pair a positive probability.
 _PAIR_EPS = 1e-2
+
+_T = TypeVar("_T")
 
 
 def domain_weights(stats: Mapping[str, DomainStats], balance: bool) -> dict[str, float]:
@@ -134,18 +137,21 @@ class _IdentitySums:
         return self._cache
 
 
-def _require(stats: Mapping[str, DomainStats], experts: Sequence[str], field: str,
-             what: str, use: str) -> None:
-    """At least one expert, and every expert's statistics carry ``field`` (older files may
-    not): the error names the experts, what is missing and what to do instead."""
+def _require(stats: Mapping[str, DomainStats], experts: Sequence[str],
+             get: Callable[[DomainStats], _T | None], what: str, use: str) -> dict[str, _T]:
+    """At least one expert, and every expert's statistics carry what ``get`` reads (older
+    files may not): returns it per expert. The error names the experts, what is missing and
+    what to do instead."""
     if not experts:
         raise IR3DEError("a router needs at least one expert")
-    missing = [f"{stats[n].source} ({n})" for n in experts if getattr(stats[n], field) is None]
+    found = {n: get(stats[n]) for n in experts}
+    missing = [f"{stats[n].source} ({n})" for n in experts if found[n] is None]
     if missing:
         raise StatsFormatError(
             f"statistics {', '.join(missing)} carry no {what}: made by streaming_stats (the "
             "reference accumulation, which keeps A and b only) or by an older ir3de that did "
             f"not count them; count them again with compute_stats (ir3de stats) to {use}")
+    return {n: value for n, value in found.items() if value is not None}
 
 
 def _require_finite(table: np.ndarray, setting: str, what: str) -> None:
@@ -158,17 +164,17 @@ def _require_finite(table: np.ndarray, setting: str, what: str) -> None:
 
 def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
                    embedder: Embedder, balance: bool) -> _IdentitySums:
-    _require(stats, experts, "counts", "token counts",
-             "use identity features, or use the 'dense' preset")
+    counts = _require(stats, experts, lambda s: s.counts, "token counts",
+                      "use identity features, or use the 'dense' preset")
     weights = domain_weights(stats, balance)
     names = sorted(experts)  # canonical order: add/remove gives a refit's exact sums
-    c = weights[names[0]] * stats[names[0]].counts.astype(np.float64)
+    c = weights[names[0]] * counts[names[0]].astype(np.float64)
     for n in names[1:]:
-        c += weights[n] * stats[n].counts
+        c += weights[n] * counts[n]
     if c.shape != (embedder.vocab_size,):
         raise StatsFormatError(f"token counts have length {c.shape[0]}, the embedder's "
                                f"vocabulary {embedder.vocab_size}")
-    C = np.stack([weights[n] * stats[n].counts.astype(np.float64) for n in experts], axis=1)
+    C = np.stack([weights[n] * counts[n].astype(np.float64) for n in experts], axis=1)
     return _IdentitySums(c, C, np.array([weights[n] for n in experts]), np.flatnonzero(c))
 
 
@@ -340,16 +346,16 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     # The ridge presets need A and b only ('identity' also the token counts).
     ridge = ("'identity' or 'dense'" if all(stats[n].counts is not None for n in experts)
              else "'dense' or 'paper'")
-    _require(stats, experts, "doc_counts", "document frequencies",
-             f"use the 'nb' model, or use the {ridge} preset")
+    doc_counts = _require(stats, experts, lambda s: s.doc_counts, "document frequencies",
+                          f"use the 'nb' model, or use the {ridge} preset")
     if not alpha > 0 or not np.isfinite(alpha):
         raise IR3DEError(f"the smoothing α must be a finite number > 0, got {alpha}")
-    V = {stats[n].doc_counts.shape[0] for n in experts}
+    V = {doc_counts[n].shape[0] for n in experts}
     if len(V) != 1:
         raise StatsFormatError(f"document frequencies of different lengths {sorted(V)}")
     L = np.empty((V.pop(), len(experts)))
     for j, name in enumerate(experts):
-        df = stats[name].doc_counts.astype(np.float64)
+        df = doc_counts[name].astype(np.float64)
         L[:, j] = np.log(df + alpha) - np.log(df.sum() + alpha * df.size)
     # Only a huge α overflows (α V → inf); a tiny one leaves log(α) finite.
     _require_finite(L, f"α={alpha:g} is too large", "token table")
@@ -376,14 +382,14 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> keys, T = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
     """
-    _require(stats, experts, "pairs", "token-pair frequencies",
-             "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
+    pairs = _require(stats, experts, lambda s: s.pairs, "token-pair frequencies",
+                     "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
     if not mass > 0 or not np.isfinite(mass):
         raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, got {mass}")
-    keys = np.unique(np.concatenate([stats[n].pairs.keys for n in experts]))
+    keys = np.unique(np.concatenate([pairs[n].keys for n in experts]))
     C = np.zeros((keys.size + 1, len(experts)))
     for j, name in enumerate(experts):
-        own = stats[name].pairs
+        own = pairs[name]
         C[np.searchsorted(keys, own.keys), j] = own.counts
     q = C.sum(axis=1) + _PAIR_EPS
     q /= q.sum()

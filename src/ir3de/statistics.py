@@ -156,8 +156,10 @@ class DomainStats:
         # The shard objects these statistics were summed from (+, sum), each stood for by
         # a token object of its own (unique, unlike id(), even across pickles): a shard
         # summed in twice is refused (see __add__). A new object (made, loaded,
-        # replace()d) is one shard. Not a field: it is no part of the statistics' data.
-        _parts: frozenset[object]
+        # replace()d) is one shard. Not a field: it is no part of the statistics' data
+        # (declared as one outside __init__ only because type checkers take every
+        # annotation of a dataclass for a field).
+        _parts: frozenset[object] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_parts", frozenset({object()}))  # frozen: set once here
@@ -193,9 +195,9 @@ class DomainStats:
             raise StatsFormatError(f"{self.source}: token counts disagree with "
                                    f"n_tokens={self.n_tokens}")
         if self.doc_counts is not None:
-            self._check_doc_counts()
+            self._check_doc_counts(self.doc_counts)
         if self.pairs is not None:
-            self._check_pairs()
+            self._check_pairs(self.pairs)
 
     def _check_array_types(self) -> None:
         # Lists or object arrays would fail deep inside numpy (no .ndim, isfinite on
@@ -217,11 +219,11 @@ class DomainStats:
                 raise StatsFormatError(f"{self.source}: {name} must be a numpy array of "
                                        f"{what}, got {got}")
 
-    def _check_doc_counts(self) -> None:
+    def _check_doc_counts(self, df: np.ndarray) -> None:
         # A token occurs in a prompt at least once and in at most every prompt: document
         # frequencies bounded by the token counts and the prompt count, zero exactly where
         # the counts are, catch files whose arrays do not belong together.
-        df, c = self.doc_counts, self.counts
+        c = self.counts
         if c is not None and df.shape != c.shape:
             raise StatsFormatError(f"{self.source}: doc_counts has shape {df.shape} but "
                                    f"counts {c.shape}: one entry per token id each")
@@ -230,15 +232,15 @@ class DomainStats:
             raise StatsFormatError(f"{self.source}: document frequencies disagree with the "
                                    f"token counts and n_prompts={self.n_prompts}")
 
-    def _check_pairs(self) -> None:
+    def _check_pairs(self, pairs: PairCounts) -> None:
         # Every occurrence of a token closes exactly one pair, so the pairs that end in t
         # exist exactly where t's document frequency is positive and their frequencies sum
         # to at least it; a pair's frequency is bounded by both of its tokens'.
-        keys, counts = self.pairs
+        keys, counts = pairs
         df = self.doc_counts
         fail = df is None or keys.ndim != 1 or keys.shape != counts.shape \
             or keys.dtype != np.int64 or counts.dtype != np.int64
-        if not fail:
+        if df is not None and not fail:
             base = df.size + 1
             prev, last = np.divmod(keys, base)
             fail = bool(np.any(keys < 0) or np.any(prev >= base) or np.any(last >= df.size)
@@ -529,10 +531,12 @@ def int_tensor(tensors: dict[str, np.ndarray], name: str, where: str) -> np.ndar
 
 def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | None:
     keys, counts = (int_tensor(tensors, name, where) for name in ("pair_keys", "pair_counts"))
-    if (keys is None) != (counts is None):
+    if keys is None and counts is None:
+        return None
+    if keys is None or counts is None:
         raise StatsFormatError(f"{where}: holds only one of the tensors pair_keys and "
                                "pair_counts")
-    return None if keys is None else PairCounts(keys, counts)
+    return PairCounts(keys, counts)
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:

@@ -17,6 +17,7 @@ whole selector grid, and the report shows every figure.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -148,7 +149,7 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
             out.append(("random", lambda: bl.RandomRouter(seed=seed)))
         elif name == "knn":
             encoder = bl.SentenceEncoder(show_progress=progress, device=device)
-            out += [("knn", lambda k=k, e=encoder: bl.KNNRouter(k, encoder=e)) for k in KNN_K]
+            out += [("knn", functools.partial(bl.KNNRouter, k, encoder=encoder)) for k in KNN_K]
         elif name == "tfidf":
             out.append(("tfidf", lambda: bl.TfidfLogReg(seed=seed)))
         else:
@@ -172,10 +173,12 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
     out = []
     for preset in presets:
         base = RouterConfig.preset(preset)
-        router, solve_s = _timed(lambda base=base: Router(embedder, base).fit_stats(stats))
+        start = time.perf_counter()
+        router = Router(embedder, base).fit_stats(stats)
+        solve_s = time.perf_counter() - start
         for selector, k in _SELECTORS:
             router.set_params(selector=selector, k=k or base.k)
-            routed, route_s = _timed(lambda r=router: r.predict(split.test_texts))
+            routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
             label = f"topk k={k}" if selector == "topk" else selector
             is_preset = selector == base.selector and (selector != "topk" or k == base.k)
             cand = Candidate(f"IR3DE {label} [{short}, {preset}]",
@@ -373,9 +376,10 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             model = factory()
             bar.set_postfix_str(model.name)
             _, fit_s = _baseline_times(
-                model, lambda m=model, s=split: m.fit(s.fit_texts, s.fit_labels), split.fit_texts)
+                model, functools.partial(model.fit, split.fit_texts, split.fit_labels),
+                split.fit_texts)
             routed, route_s = _baseline_times(
-                model, lambda m=model, s=split: m.predict(s.test_texts), split.test_texts)
+                model, functools.partial(model.predict, split.test_texts), split.test_texts)
             cand = Candidate(model.name, family, {})
             cand.fit_s.append(fit_s)
             cand.route_s_per_prompt.append(route_s / len(split.test_texts))

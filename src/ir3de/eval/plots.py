@@ -27,9 +27,12 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib itself is imported where it draws (the eval extra)
+    from matplotlib.artist import Artist
 
 __all__ = ["MAX_LABELLED_DOMAINS", "plot_names", "render_plots"]
 
@@ -52,8 +55,8 @@ _FAMILY_COLORS = {"ir3de": "tab:blue", "random": "tab:gray", "knn": "tab:green",
 _IR3DE_COLORS = ["tab:blue", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink"]
 _MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "h", "p", ">"]
 # Beside the axes (the figure is saved with a tight bounding box): never over a line.
-_LEGEND = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
-           "borderaxespad": 0.0}
+_LEGEND: dict[str, Any] = {"fontsize": 7, "loc": "upper left",
+                           "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
 
 
 def plot_names(setting: str) -> list[str]:
@@ -116,14 +119,14 @@ def _accuracy_vs_k(result: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = ["-", "--", "-.", ":"]
     grid: set[int] = set()
-    avg_at = None
+    avg_at = 0.0  # where the avg squares go: right of every line's largest k
     for i, (emb, preset) in enumerate(_ir3de_lines(routers)):
         topk = sorted((r["k"], r["balanced"]) for r in routers if r["family"] == "ir3de"
                       and r["embedder"] == emb and r["preset"] == preset
                       and r["selector"] == "topk")
         ks, acc = zip(*topk, strict=True)
         grid.update(ks)
-        avg_at = max(avg_at or 0, ks[-1] * 1.6)
+        avg_at = max(avg_at, ks[-1] * 1.6)
         line, = ax.plot(ks, 100 * np.array(acc), styles[i % 4], marker="o", ms=3,
                         color=_IR3DE_COLORS[i % len(_IR3DE_COLORS)],
                         label=f"topk {emb}, {preset}")
@@ -209,7 +212,7 @@ def _cost(result: dict[str, Any]) -> Any:
             return colors[(r["embedder"], r["preset"])]
         return _FAMILY_COLORS.get(r["family"], "k")
 
-    handles = []
+    handles: list[Artist] = []
     others = [r for r in routers if r["family"] == "ir3de" and not r.get("is_preset", True)]
     if others:  # the rest of the selector grid: small dots, one (neutral) legend entry
         ax.scatter([max(r["route_us"], floor) for r in others],

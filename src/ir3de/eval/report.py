@@ -24,7 +24,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +311,7 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict[str, Any], plots: dict[str, Sequence[str]]) -> str:
+def render_markdown(results: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> str:
     """The report: a summary across settings, then one section per setting. ``plots`` maps
     a setting to its plot files' names. A *Command*, *Date* or *Machine* line is left out
     when ``results["meta"]`` lacks it (see :func:`write_report`)."""

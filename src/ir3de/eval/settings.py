@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -188,6 +189,14 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
     return Split(name, fit_texts, ids, texts, labels, dropped)
 
 
+class _Caps(TypedDict):
+    """The prompt caps and seed every built-in setting's splits take."""
+
+    max_fit: int | None
+    max_test: int | None
+    seed: int
+
+
 def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, seed: int = 0,
                  max_fit: int | None = None, max_test: int | None = None) -> Setting:
     """Load a built-in setting (see the module docs).
@@ -202,7 +211,7 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if not data_dir.is_dir():
         raise IR3DEError(f"{data_dir}: no such data folder (pass --data or set IR3DE_DATA)")
-    caps = {"max_fit": max_fit, "max_test": max_test, "seed": seed}
+    caps: _Caps = {"max_fit": max_fit, "max_test": max_test, "seed": seed}
     if name == "domains":
         return _domains(data_dir, **caps)
     if name not in SETTINGS:
@@ -290,7 +299,8 @@ def _jsonl_files(folder: Path, role: str) -> list[Path]:
     left out would silently make a run with one domain fewer, and so would a broken
     symbolic link or anything else that is not a regular file. Hidden files (``.name``) and
     subfolders are ignored."""
-    files, others = [], []
+    files: list[Path] = []
+    others: list[Path] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.is_dir():
             continue
