@@ -1697,14 +1697,18 @@ def test_an_output_that_appears_during_the_run_is_kept(tmp_path: Path, corpora,
     or a second command writing the same output) is not overwritten without --force."""
     import ir3de.cli as cli_module
 
+    def created_during(step: str, path: Path) -> None:
+        """``path`` appears while the command runs its ``step`` (after the output check)."""
+        real = getattr(cli_module, step)
+
+        def meanwhile(*args, **kwargs):
+            path.write_text("precious")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cli_module, step, meanwhile)
+
     late = tmp_path / "late.stats"
-    real = cli_module.compute_stats
-
-    def meanwhile(*args, **kwargs):
-        late.write_text("precious")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cli_module, "compute_stats", meanwhile)
+    created_during("compute_stats", late)
     code, _, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", late, "-q")
     assert code == 1 and late.read_text() == "precious"
     assert err == f"ir3de: error: {late} exists now; it was left as it is and nothing was " \
@@ -1717,12 +1721,6 @@ def test_an_output_that_appears_during_the_run_is_kept(tmp_path: Path, corpora,
     assert DomainStats.load(late).domain == "math"
     # a router output that did not exist when checked is protected the same way
     router = tmp_path / "late.safetensors"
-    real_load = cli_module.load_stats_files
-
-    def loading(*args, **kwargs):
-        router.write_text("precious")
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(cli_module, "load_stats_files", loading)
+    created_during("load_stats_files", router)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o", router)
     assert code == 1 and "exists now" in err and router.read_text() == "precious"
