@@ -661,3 +661,91 @@ def test_encode_batch_takes_iterables_of_texts_and_checks_max_tokens(emb: Embedd
                                              rf"{re.escape(repr(bad))}$"):
             emb.encode("hello", bad)  # type: ignore[arg-type]
     assert emb.encode("hello world", np.int64(1)).size == 1
+
+
+def test_a_folder_changed_since_it_was_loaded_is_loaded_again(make_model_folder,
+                                                             tmp_path: Path) -> None:
+    """The cache is keyed by the files' state too: a table replaced (or rewritten in place)
+    after a first load gives a new embedder with a new fingerprint in the same process, so a
+    router built on the old one is refused as it is in a fresh process."""
+    from ir3de import FingerprintMismatchError, Router, compute_stats
+
+    folder, _ = make_model_folder("model")
+    other, _ = make_model_folder("other", seed=1)
+    first = load_embedder(folder)
+    assert load_embedder(folder) is first  # unchanged: served from the cache
+    stats = [compute_stats(first, [" ".join(TINY_WORDS[:3])], domain="a"),
+             compute_stats(first, [" ".join(TINY_WORDS[3:6])], domain="b")]
+    Router(first).fit_stats(stats).save(tmp_path / "r.safetensors")
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    changed = load_embedder(folder)
+    assert changed is not first and changed.fingerprint != first.fingerprint
+    with pytest.raises(FingerprintMismatchError, match="was built with embedding"):
+        Router.load(tmp_path / "r.safetensors")
+
+
+def test_a_usual_tensor_name_in_a_later_file_wins(make_model_folder) -> None:
+    """Without an index, every file's names are read before one pick: a lone tensor or a
+    1-D one in a file that sorts first no longer wins over the usual name (or fails)."""
+    folder, table = make_model_folder()
+    vocab, dim = table.shape
+    head, _ = to_bf16(np.ones((vocab, dim), np.float32))
+    write_raw_safetensors(folder / "a_extra.safetensors",
+                          {"lm_head.weight": ("BF16", (vocab, dim), head)})
+    write_raw_safetensors(folder / "a_scale.safetensors",
+                          {"scale": ("F32", (dim,), np.ones(dim, "<f4").tobytes())})
+    embedder = load_embedder(folder)
+    assert embedder.spec["tensor"] == "model.embed_tokens.weight"
+    np.testing.assert_array_equal(embedder.rows(np.arange(vocab)), table.astype(np.float64))
+
+
+def test_a_path_object_is_always_a_path(make_model_folder,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Path("minilm") prints as "minilm": as an os.PathLike it is the user's folder, never
+    the bundled embedder of that name (a string still names the bundled one)."""
+    folder, table = make_model_folder("minilm")
+    monkeypatch.chdir(folder.parent)
+    embedder = load_embedder(Path("minilm"))
+    assert embedder.spec["kind"] == "hf" and embedder.dim == table.shape[1]
+    assert resolve_spec("minilm") == {"kind": "minilm"}
+
+
+def test_special_tokens_are_the_ids_the_tokenizer_gives_them(tmp_path: Path) -> None:
+    """An added special token declared with an id that leaves a gap is renumbered by the
+    tokenizers library: the id it really gets is the one dropped."""
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    config = json.loads(tok.read_text())
+    config["added_tokens"].append({"id": vocab + 50, "content": "<eot>", "single_word": False,
+                                   "lstrip": False, "rstrip": False, "normalized": False,
+                                   "special": True})
+    tok.write_text(json.dumps(config))
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(vocab + 1, 4)))
+    embedder = load_embedder(tok, table=tmp_path / "t.npy")
+    given = embedder.tokenizer.token_to_id("<eot>")
+    assert given == vocab and given in embedder.special_ids.tolist()
+    words = TINY_WORDS[:2]
+    assert embedder.tokens(embedder.encode(f"{words[0]} <eot> {words[1]}")) == words
+
+
+def test_table_and_folder_messages_say_what_is_wrong(make_model_folder,
+                                                     tmp_path: Path) -> None:
+    """numpy's advice to unpickle an object array is not passed on; a broken link to the
+    tokenizer (as in the Hugging Face cache) says so; the library's own call is named."""
+    tok = tmp_path / "tokenizer.json"
+    vocab = write_tiny_tokenizer(tok)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * vocab, dtype=object),
+            allow_pickle=True)
+    with pytest.raises(IR3DEError, match=r"objects\.npy: not a readable \.npy table \(numpy "
+                                         r"would have to unpickle it, which ir3de never does"):
+        load_embedder(tok, table=tmp_path / "objects.npy")
+    folder, _ = make_model_folder("linked")
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to("../blobs/0123abcd")
+    with pytest.raises(IR3DEError, match=r"tokenizer\.json: a broken link \(to "
+                                         r"\.\./blobs/0123abcd\)"):
+        load_embedder(folder)
+    odd, _ = make_model_folder("odd", tensor="encoder.token_table")
+    with pytest.raises(IR3DEError, match=r"name it with tensor= \(--tensor on the command "
+                                         r"line\)$"):
+        load_embedder(odd)

@@ -133,9 +133,11 @@ class Embedder:
         self._tokenizer_path = Path(tokenizer_path)
         self._bf16 = bf16
         self._special = np.zeros(table.shape[0], dtype=bool)
-        for tok in config.get("added_tokens", []):
-            if tok.get("special") and 0 <= int(tok["id"]) < table.shape[0]:
-                self._special[int(tok["id"])] = True
+        # The ids the loaded tokenizer gives its added tokens, not the file's "id" fields:
+        # tokenizers renumbers an added token whose declared id leaves a gap.
+        for tid, tok in tokenizer.get_added_tokens_decoder().items():
+            if tok.special and 0 <= tid < table.shape[0]:
+                self._special[tid] = True
         self.special_ids = np.flatnonzero(self._special)
         self._added = tuple(tok["content"] for tok in config.get("added_tokens", []))
         self._chunk_cache: dict[str, list[int]] | None = {} if _chunkable(config) else None
@@ -591,7 +593,10 @@ def _load_table(path: Path, tensor: str | None) -> tuple[np.ndarray, bool, str]:
         try:
             table = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
-            raise IR3DEError(f"{path}: not a readable .npy table ({exc})") from None
+            # numpy's message for an object array suggests unpickling it: never here
+            reason = ("numpy would have to unpickle it, which ir3de never does"
+                      if "pickle" in str(exc) or "Python objects" in str(exc) else str(exc))
+            raise IR3DEError(f"{path}: not a readable .npy table ({reason})") from None
         if table.dtype.kind != "f" or table.dtype.itemsize not in _FLOAT_EXPONENT:
             raise IR3DEError(f"{path}: table dtype {table.dtype} is not floating point")
         return table, False, "array"
@@ -609,6 +614,9 @@ def _table_source(path: Path, tensor: str) -> str:
     return str(path) if path.suffix == ".npy" else f"{path} (tensor {tensor!r})"
 
 
+_NAME_IT = "name it with tensor= (--tensor on the command line)"
+
+
 def _pick_tensor(names: Sequence[str], where: str) -> str:
     for candidate in EMBEDDING_TENSOR_NAMES:
         if candidate in names:
@@ -619,7 +627,7 @@ def _pick_tensor(names: Sequence[str], where: str) -> str:
     if len(names) == 1:
         return names[0]
     raise IR3DEError(f"{where}: cannot tell which tensor is the input embedding "
-                     f"(candidates: {matches or list(names)[:10]}); name it with --tensor")
+                     f"(candidates: {matches or list(names)[:10]}); {_NAME_IT}")
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -645,6 +653,8 @@ def _weight_map(index: Path) -> dict[str, str]:
 def _hf_folder(folder: Path, tensor: str | None) -> tuple[Path, Path, str]:
     tok = folder / "tokenizer.json"
     if not tok.is_file():
+        if tok.is_symlink():  # as in the Hugging Face cache, whose blob may be gone
+            raise IR3DEError(f"{tok}: a broken link (to {os.readlink(tok)})")
         raise IR3DEError(f"{folder}: no tokenizer.json in this model folder")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -657,25 +667,46 @@ def _hf_folder(folder: Path, tensor: str | None) -> tuple[Path, Path, str]:
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise IR3DEError(f"{folder}: no .safetensors weights in this model folder")
-    seen: list[str] = []
+    # Every shard's names first, then one pick over all of them: a usual name in a later
+    # shard must win over a weak match (a lone tensor, a suffix) in an earlier one.
+    holder: dict[str, Path] = {}
     for shard in shards:
-        names = safetensors_names(shard)
-        seen += names
-        if tensor is not None:
-            if tensor in names:
-                return tok, shard, tensor
-            continue
+        for name in safetensors_names(shard):
+            holder.setdefault(name, shard)
+    if tensor is not None:
+        if tensor not in holder:
+            raise IR3DEError(f"{folder}: no tensor named {tensor!r} in {len(shards)} "
+                             f"shard(s) (candidates: {list(holder)[:10]})")
+        return tok, holder[tensor], tensor
+    name = _pick_tensor(list(holder), f"{folder} ({len(shards)} shard(s))")
+    return tok, holder[name], name
+
+
+def _file_state(spec: dict[str, Any]) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, inode, size, modification time) of every file a recipe reads: part of the
+    cache key, so a model folder or table changed since it was loaded is loaded again
+    (and fingerprinted again) instead of served from the cache. The bundled embedders'
+    package files are not watched."""
+    if spec["kind"] == "hf":
+        folder = Path(spec["path"])
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+    elif spec["kind"] == "files":
+        files = [Path(spec["tokenizer"]), Path(spec["table"])]
+    else:
+        return ()
+    state = []
+    for file in files:
         try:
-            return tok, shard, _pick_tensor(names, str(shard))
-        except IR3DEError:
+            st = file.stat()  # through links, as the loader reads them
+        except OSError:  # missing or a broken link: the loader names it
             continue
-    what = f"no tensor named {tensor!r}" if tensor is not None else "no input-embedding tensor"
-    raise IR3DEError(f"{folder}: {what} found in {len(shards)} shard(s) "
-                     f"(candidates: {seen[:10]}); name it with --tensor")
+        state.append((file.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec_json: str) -> Embedder:
+def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -> Embedder:
+    """The embedder of a recipe; ``state`` (:func:`_file_state`) is only part of the key."""
     spec = json.loads(spec_json)
     kind = spec["kind"]
     if kind == "wordllama":
@@ -764,7 +795,7 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
     if table is not None:
         return {"kind": "files", "tokenizer": str(Path(source).resolve()),
                 "table": str(Path(table).resolve()), "tensor": tensor}
-    if str(source) in ("wordllama", "minilm"):
+    if _named(source):
         if misplaced == "tensor without a file":
             raise IR3DEError("tensor needs a Hugging Face model folder as source, or "
                              "table=FILE.safetensors: the file it names a tensor of")
@@ -776,6 +807,12 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
     return {"kind": "hf", "path": str(Path(source).resolve()), "tensor": tensor}
 
 
+def _named(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` names a bundled embedder: only as a string; a path object is a
+    path (``Path("./minilm")`` prints as ``minilm``, the user's folder of that name)."""
+    return isinstance(source, str) and source in ("wordllama", "minilm")
+
+
 def misplaced_table_or_tensor(source: str | os.PathLike[str] | None,
                               table: str | os.PathLike[str] | None,
                               tensor: str | None) -> str | None:
@@ -784,7 +821,7 @@ def misplaced_table_or_tensor(source: str | os.PathLike[str] | None,
     words: ``"table"`` (a named embedder has its own), ``"table beside a folder"`` (so has a
     model folder), ``"tensor of an .npy table"`` (an array has no tensor names), ``"tensor
     without a file"`` (no model folder nor table to name a tensor of), or None."""
-    named = source is None or str(source) in ("wordllama", "minilm")
+    named = source is None or _named(source)
     folder = source is not None and not named and Path(source).is_dir()
     if table is not None and (named or folder):
         return "table beside a folder" if folder else "table"
@@ -816,7 +853,7 @@ def as_embedder(source: object, *, default: bool = False) -> Embedder:
 def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None, *,
                   table: str | os.PathLike[str] | None = None,
                   tensor: str | None = None) -> Embedder:
-    """Load an embedder (cached per recipe).
+    """Load an embedder (cached per recipe, until a file it was read from changes).
 
     Args:
         source: ``"wordllama"`` (default), ``"minilm"``, a Hugging Face model
@@ -829,4 +866,4 @@ def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None,
             (refused where there is no such file).
     """
     spec = resolve_spec(source, table=table, tensor=tensor)
-    return _load_cached(json.dumps(spec, sort_keys=True))
+    return _load_cached(json.dumps(spec, sort_keys=True), _file_state(spec))
