@@ -55,7 +55,6 @@ from .router import (
     Decision,
     Router,
     RouterConfig,
-    _reads_pairs,
     read_router_meta,
 )
 from .selector import SELECTORS
@@ -826,7 +825,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # built with another selector still holds them.
     unread_pairs = kind == "ir3de-router" and info["config"]["model"] == "nb" \
         and info["config"]["pairs"] is not None \
-        and not _reads_pairs(RouterConfig.from_dict(info["config"]))
+        and not RouterConfig.from_dict(info["config"]).reads_pairs
     if kind == "ir3de-router":  # only what the router reads: no k without topk, no α for ridge
         info["config"] = _read_settings(info["config"])
     if not args.json:

@@ -222,6 +222,13 @@ class RouterConfig:
             return "pairs", "selector", "geo"
         return None
 
+    @property
+    def reads_pairs(self) -> bool:
+        """Whether routing with this configuration reads the experts' token-pair counts:
+        the nb model with pair features and the ``geo`` selector (the other selectors vote
+        per token)."""
+        return self.model == "nb" and self.pairs is not None and self.selector == "geo"
+
     def with_settings(self, **settings: Any) -> RouterConfig:
         """A copy with ``settings`` changed (validated like a new config).
 
@@ -434,7 +441,7 @@ class Router:
         ``chosen_mu``: the identity μ ``"auto"`` already chose for these statistics."""
         self._check_compatible(table.values())
         if refuse_identical:
-            _refuse_identical(list(table.items()), pairs=_reads_pairs(self.config))
+            _refuse_identical(list(table.items()), pairs=self.config.reads_pairs)
         self._state = self._solve(tuple(table), table, self.config, chosen_mu)
         return self
 
@@ -536,7 +543,7 @@ class Router:
         stats = stats if stats.domain == name else stats.renamed(name)
         self._check_compatible([*state.stats.values(), stats])
         _refuse_identical([*state.stats.items(), (name, stats)], new=True,
-                          pairs=_reads_pairs(self.config))
+                          pairs=self.config.reads_pairs)
         new = {**state.stats, name: stats}
         self._state = self._solve((*state.experts, name), new, self.config)
         return self
@@ -583,8 +590,8 @@ class Router:
                 f"({embedder.fingerprint[:12]}), and its statistics only fit that one; set "
                 f"the embedder on an unfitted router (sklearn.base.clone(router) is one) and "
                 f"fit it")
-        if self._state is not None and _reads_pairs(self.config) \
-                and not _reads_pairs(config):
+        if self._state is not None and self.config.reads_pairs \
+                and not config.reads_pairs:
             # Experts told apart by their token pairs alone would tie on every prompt.
             _refuse_identical(list(self._state.stats.items()), pairs=False)
         if self._state is not None and any(
@@ -890,12 +897,6 @@ def _embedder(source: object) -> Embedder:
             raise IR3DEError(f"{exc} (a RouterConfig is the second argument, or "
                              "config=...)") from None
         raise
-
-
-def _reads_pairs(config: RouterConfig) -> bool:
-    """Whether routing with ``config`` reads the experts' token-pair counts: the nb model
-    with pair features and the ``geo`` selector (the other selectors vote per token)."""
-    return config.model == "nb" and config.pairs is not None and config.selector == "geo"
 
 
 def _refuse_identical(named: Sequence[tuple[str, DomainStats]], new: bool = False, *,
