@@ -2472,3 +2472,39 @@ def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstream
         assert [e["expert"] for e in _access_log(gw)] == ["math"]
     finally:
         gw.stop()
+
+
+def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
+                                                       tmp_path: Path) -> None:
+    """On SIGTERM the gateway stops taking connections and lets requests in flight finish;
+    shutdown_seconds caps that wait (without it, a 20 s answer holds the stop 20 s)."""
+    import concurrent.futures
+
+    config = _config(tmp_path, stats_files, upstreams, shutdown_seconds=1,
+                     keep_alive_seconds=2)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["math"]["timeout"] = 60
+    config.write_text(yaml.safe_dump(data))
+    proc = _gateway(config)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, proc.url + "/v1/chat/completions",
+                                 json=_chat(MATH, model="math", hang=20), timeout=30)
+            time.sleep(1.0)  # the request is in flight, hanging upstream
+            start = time.monotonic()
+            proc.proc.terminate()
+            proc.proc.wait(10)
+            assert time.monotonic() - start < 5
+            with pytest.raises(httpx.HTTPError):
+                answer.result()
+    finally:
+        proc.stop()
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import load_config
+
+    for key, value, message in (("shutdown_seconds", 0, "greater than 0"),
+                                ("shutdown_seconds", "yes", "valid number"),
+                                ("shutdown_seconds", float("inf"), "finite number"),
+                                ("keep_alive_seconds", 1.5, "valid integer")):
+        with pytest.raises(IR3DEError, match=rf"{key}: Input should be .*{message}"):
+            load_config(_config(tmp_path, stats_files, upstreams, **{key: value}))

@@ -112,6 +112,8 @@ Example config::
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
+    keep_alive_seconds: 5      # an idle client connection is closed after this long
+    shutdown_seconds: 60       # on SIGTERM, streams in flight may run this long (unset: no limit)
 """
 
 import asyncio
@@ -235,6 +237,17 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         cooldown_seconds: float = pd.Field(30.0, gt=0, allow_inf_nan=False, strict=True,
                                            description="how long an expert that keeps "
                                                        "failing gets no requests")
+        # uvicorn's own defaults (5 s; wait for every request) unless set: an LLM stream
+        # may run for minutes, so a deployment chooses how long a stop may take.
+        keep_alive_seconds: int = pd.Field(5, gt=0, strict=True,
+                                           description="how long an idle client "
+                                                       "connection is kept open (s)")
+        shutdown_seconds: float | None = pd.Field(None, gt=0, allow_inf_nan=False,
+                                                  strict=True,
+                                                  description="on SIGTERM or Ctrl-C, how long "
+                                                              "requests and streams in flight "
+                                                              "may still run (unset: until "
+                                                              "they end)")
 
         @pd.model_validator(mode="after")
         def _consistent(self) -> "GatewayConfig":
@@ -2128,7 +2141,9 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
     try:
         # access_log off: ir3de logs one structured line per request instead
         Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                              access_log=False)).run(sockets=sockets)
+                              access_log=False, timeout_keep_alive=config.keep_alive_seconds,
+                              timeout_graceful_shutdown=config.shutdown_seconds)
+               ).run(sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
