@@ -754,6 +754,48 @@ def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, t
     assert sorted(p.name for p in state.iterdir()) == ["experts.json", "router.safetensors"]
 
 
+def test_a_change_cut_by_a_crash_is_undone_at_restart(stats_files, upstreams, tmp_path,
+                                                       monkeypatch, emb: Embedder) -> None:
+    """A crash (kill -9) between a change's two writes leaves the new router beside the
+    endpoints of the old state: experts.json records the digest of its router file, so a
+    restart brings the previous router back instead of failing or serving a mix. A first
+    change cut that way (a router file and no experts.json) starts from the config."""
+    from starlette.testclient import TestClient
+
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import create_app, load_config
+
+    monkeypatch.setenv("IR3DE_ADMIN_TOKEN", TOKEN)
+    config = _config(tmp_path, stats_files, upstreams)
+    state = tmp_path / "state"
+    with TestClient(create_app(load_config(config))) as client:
+        r = client.patch("/admin/settings", headers=_admin(), json={"threshold": 0.25})
+        assert r.status_code == 200, r.text
+    saved = {p.name: p.read_bytes() for p in state.iterdir()}
+    # the crash: the router of a change (law added) renamed in, the old one kept aside
+    router = state / "router.safetensors"
+    router.rename(state / "router.safetensors.previous")
+    Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math", "coding", "law")]
+                          ).save(router)
+    with TestClient(create_app(load_config(config))) as client:
+        listed = client.get("/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+        assert listed["threshold"] == 0.25
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == saved
+    # a router file that matches neither is named, not served
+    Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math", "law")]
+                          ).save(router)
+    with pytest.raises(IR3DEError, match=r"router\.safetensors is not the router .*experts"
+                                         r"\.json was saved with"):
+        create_app(load_config(config))
+    # a first change cut short: no experts.json yet
+    (state / "experts.json").unlink()
+    with TestClient(create_app(load_config(config))) as client:
+        listed = client.get("/admin/experts", headers=_admin()).json()
+        assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+        assert listed["threshold"] == 0.0  # the config's
+
+
 def test_state_dir_that_is_a_file_is_refused(stats_files, upstreams, tmp_path,
                                             capsys) -> None:
     (tmp_path / "state").write_text("not a folder")

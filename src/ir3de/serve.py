@@ -53,7 +53,8 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   threshold or the minimum coverage (above 0 only with a fallback expert). Every change
   re-solves the router off the event loop, swaps it in one assignment (requests in
   flight finish on the router they started with), persists it atomically to
-  ``state_dir`` and is logged (one JSON line, ``"event": "admin"``, with no secret).
+  ``state_dir`` (a change a crash cuts between its two files is undone at the restart:
+  :func:`_recover_router`) and is logged (one JSON line, ``"event": "admin"``, with no secret).
 
 Config and saved state: a restart loads ``state_dir`` back and merges it with
 gateway.yaml, three ways (see :func:`_reconcile`): a value edited in gateway.yaml since the
@@ -143,6 +144,7 @@ log = logging.getLogger("ir3de.access")
 
 _ROUTER_FILE = "router.safetensors"
 _EXPERTS_FILE = "experts.json"
+_ROUTER_DIGEST = "router_sha256"  # in experts.json: the router file it was saved with
 # the key in experts.json under which gateway.yaml's values are saved (see _reconcile)
 _BASE_KEY = "config"
 
@@ -725,7 +727,7 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
     if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
         # found now rather than at the first admin change, which could not be saved
         raise IR3DEError(f"state_dir {state_dir} exists and is not a folder")
-    restored = state_dir is not None and (state_dir / _ROUTER_FILE).is_file()
+    restored = state_dir is not None and _recover_router(state_dir)
     if restored:
         assert state_dir is not None  # restored implies it
         # A restart comes back with what the admin API last persisted, merged with the
@@ -783,6 +785,46 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
     return state, base
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(functools.partial(fh.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recover_router(state_dir: Path) -> bool:
+    """Whether ``state_dir`` holds a saved state to restart on, after undoing a change
+    that a crash (kill -9, power loss) cut between its two writes (see _persist): the new
+    router file without the endpoints that name it. experts.json records the digest of
+    the router file it goes with; the previous router file is kept until experts.json is
+    written, so it comes back. A first save cut that way left a router file and no
+    experts.json: the gateway starts from the config, as if nothing was saved."""
+    target, saved = state_dir / _ROUTER_FILE, state_dir / _EXPERTS_FILE
+    previous = state_dir / f"{_ROUTER_FILE}.previous"
+    if not target.is_file():
+        return False
+    if not saved.exists() and not previous.exists():  # (the next change replaces it)
+        log.warning(json.dumps({"event": "state_recovered", "detail":
+                                f"{target} has no {_EXPERTS_FILE} beside it (a first change "
+                                "cut short): starting from the config"}))
+        return False
+    try:
+        want = json.loads(saved.read_text(encoding="utf-8")).get(_ROUTER_DIGEST)
+    except (OSError, ValueError, AttributeError):
+        return True  # _initial_state names what is wrong with the file
+    if want is None or _sha256(target) == want:  # (None: saved before digests were kept)
+        return True
+    if previous.is_file() and _sha256(previous) == want:
+        os.replace(previous, target)
+        log.warning(json.dumps({"event": "state_recovered", "detail":
+                                f"the last change to {state_dir} was cut short: its previous "
+                                "router file is back"}))
+        return True
+    raise IR3DEError(f"{target} is not the router {saved} was saved with (sha256 "
+                     f"{want[:12]}); move {state_dir} away to start from the config")
+
+
 def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
              router: bool = True) -> None:
     """Save the state (the router only when ``router``) with gateway.yaml's values
@@ -793,13 +835,18 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
     folder = Path(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    # allow_nan=False: a non-finite number would be written as NaN or Infinity, which is
-    # not JSON (ValueError instead: the change is not applied)
-    text = json.dumps({"experts": {n: e.model_dump() for n, e in state.experts.items()},
-                       "threshold": state.threshold, "min_coverage": state.min_coverage,
-                       _BASE_KEY: base}, indent=1, allow_nan=False)
+
+    def endpoints() -> str:
+        # allow_nan=False: a non-finite number would be written as NaN or Infinity, which
+        # is not JSON (ValueError instead: the change is not applied). The router file's
+        # digest makes this file the commit point of a change (see _recover_router).
+        return json.dumps({"experts": {n: e.model_dump() for n, e in state.experts.items()},
+                           "threshold": state.threshold, "min_coverage": state.min_coverage,
+                           _ROUTER_DIGEST: _sha256(folder / _ROUTER_FILE), _BASE_KEY: base},
+                          indent=1, allow_nan=False)
+
     if not router:
-        atomic_write_text(folder / _EXPERTS_FILE, text)
+        atomic_write_text(folder / _EXPERTS_FILE, endpoints())
         return
     # Router first, endpoints second: both are atomic renames, and the endpoints file is
     # what names the experts a restarted gateway will serve. They go as a pair: should the
@@ -819,7 +866,7 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
             shutil.copy2(target, previous)
     try:
         state.router.save(target)
-        atomic_write_text(folder / _EXPERTS_FILE, text)
+        atomic_write_text(folder / _EXPERTS_FILE, endpoints())
     except BaseException:
         with contextlib.suppress(OSError):
             if had:
