@@ -119,7 +119,9 @@ def upstreams() -> Iterator[dict[str, Proc]]:
         p.stop()
 
 
-def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc], **extra) -> Path:
+def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc],
+            timeouts: dict[str, float] | None = None, **extra) -> Path:
+    """gateway.yaml with math and coding (each ``timeout`` 5 s unless ``timeouts`` says)."""
     config = {"name": "ir3de",
               "router": {"stats": [str(stats["math"]), str(stats["coding"])]},
               "experts": {"math": {"url": ups["math"].url + "/v1", "model": "qwen-math",
@@ -127,6 +129,8 @@ def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc], **extra)
                           "coding": {"url": ups["coding"].url + "/v1", "timeout": 5}},
               "fallback": "math", "max_body_bytes": 20_000,
               "state_dir": str(folder / "state"), **extra}
+    for name, seconds in (timeouts or {}).items():
+        config["experts"][name]["timeout"] = seconds
     path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -336,11 +340,7 @@ def test_timeouts_and_broken_streams_are_reported(gateway: Proc, stats_files, up
 
     # An expert that does not answer in time: 504 naming its timeout (math is the
     # fallback, so there is nowhere else to go).
-    config = _config(tmp_path, stats_files, upstreams)
-    data = yaml.safe_load(config.read_text())
-    data["experts"]["math"]["timeout"] = 0.5
-    config.write_text(yaml.safe_dump(data))
-    gw = _gateway(config)
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, {"math": 0.5}))
     try:
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, hang=2), timeout=10)
         assert r.status_code == 504, r.text
@@ -354,11 +354,8 @@ def test_all_connections_busy_is_a_503_not_an_expert_timeout(stats_files, upstre
     """A request that waited its expert's timeout for one of the gateway's own connections
     was answered 504 "expert did not answer within ... (PoolTimeout)", blaming the expert,
     and counted towards its cooldown; routed, it waited again for the fallback."""
-    config = _config(tmp_path, stats_files, upstreams, max_connections=1,
+    config = _config(tmp_path, stats_files, upstreams, {"coding": 0.5}, max_connections=1,
                      cooldown_failures=1)
-    data = yaml.safe_load(config.read_text())
-    data["experts"]["coding"]["timeout"] = 0.5
-    config.write_text(yaml.safe_dump(data))
     gw = _gateway(config)
     try:
         # a stream of 20 chunks, 0.2 s apart, holds the one connection for 4 s
@@ -1352,10 +1349,9 @@ def test_sdk_upstream_down_and_timeout(stats_files, upstreams, tmp_path) -> None
     """A dead expert falls back; the fallback timing out has nowhere to go: 504, which the
     SDK raises as InternalServerError with the gateway's message."""
     openai = pytest.importorskip("openai")
-    config = _config(tmp_path, stats_files, upstreams)
+    config = _config(tmp_path, stats_files, upstreams, {"math": 0.5})
     data = yaml.safe_load(config.read_text())
     data["experts"]["coding"]["url"] = f"http://127.0.0.1:{_free_port()}/v1"  # nobody there
-    data["experts"]["math"]["timeout"] = 0.5
     config.write_text(yaml.safe_dump(data))
     gw = _gateway(config)
     try:
@@ -2522,11 +2518,8 @@ def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
     shutdown_seconds caps that wait (without it, a 20 s answer holds the stop 20 s)."""
     import concurrent.futures
 
-    config = _config(tmp_path, stats_files, upstreams, shutdown_seconds=1,
+    config = _config(tmp_path, stats_files, upstreams, {"math": 60}, shutdown_seconds=1,
                      keep_alive_seconds=2)
-    data = yaml.safe_load(config.read_text())
-    data["experts"]["math"]["timeout"] = 60
-    config.write_text(yaml.safe_dump(data))
     proc = _gateway(config)
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
