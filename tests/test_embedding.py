@@ -674,6 +674,8 @@ def test_a_folder_changed_since_it_was_loaded_is_loaded_again(make_model_folder,
     other, _ = make_model_folder("other", seed=1)
     first = load_embedder(folder)
     assert load_embedder(folder) is first  # unchanged: served from the cache
+    (folder / "README.md").write_text("a file the loader does not read")
+    assert load_embedder(folder) is first
     stats = [compute_stats(first, [" ".join(TINY_WORDS[:3])], domain="a"),
              compute_stats(first, [" ".join(TINY_WORDS[3:6])], domain="b")]
     Router(first).fit_stats(stats).save(tmp_path / "r.safetensors")

@@ -785,12 +785,18 @@ def test_a_change_cut_by_a_crash_is_undone_at_restart(stats_files, upstreams, tm
     with pytest.raises(IR3DEError, match=r"router\.safetensors is not the router .*experts"
                                          r"\.json was saved with"):
         create_app(load_config(config))
-    # a first change cut short: no experts.json yet
+    experts = json.loads((state / "experts.json").read_text())
+    (state / "experts.json").write_text(json.dumps({**experts, "router_sha256": 5}))
+    with pytest.raises(IR3DEError, match=r"experts\.json: router_sha256 is 5, not a SHA-256"):
+        create_app(load_config(config))
+    # a first change cut short: no experts.json yet (and after a second one, a .previous)
     (state / "experts.json").unlink()
-    with TestClient(create_app(load_config(config))) as client:
-        listed = client.get("/admin/experts", headers=_admin()).json()
-        assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
-        assert listed["threshold"] == 0.0  # the config's
+    for _ in range(2):
+        with TestClient(create_app(load_config(config))) as client:
+            listed = client.get("/admin/experts", headers=_admin()).json()
+            assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+            assert listed["threshold"] == 0.0  # the config's
+        (state / "router.safetensors.previous").write_bytes(router.read_bytes())
 
 
 def test_state_dir_that_is_a_file_is_refused(stats_files, upstreams, tmp_path,

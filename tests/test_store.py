@@ -184,6 +184,12 @@ def test_no_overwrite_leaves_a_file_that_appears_meanwhile(toy_stats, tmp_path: 
     toy_stats["law"].save(tmp_path / "fresh.stats", overwrite=False)
     assert DomainStats.load(tmp_path / "fresh.stats").domain == "law"
     assert path.read_text() == "precious" and leftovers(tmp_path) == []
+    # Only the final rename says "exists now": a folder on the way that cannot be made
+    # (a dangling link) is a plain write error, also with overwrite=True.
+    (tmp_path / "dangling").symlink_to("nowhere")
+    for overwrite in (True, False):
+        with pytest.raises(IR3DEError, match=r"^cannot write .*dangling/x\.bin: File exists"):
+            atomic_write_bytes(tmp_path / "dangling" / "x.bin", b"x", overwrite=overwrite)
 
 
 def test_unwritable_target_is_named(toy_stats, tmp_path: Path) -> None:

@@ -688,8 +688,11 @@ def _file_state(spec: dict[str, Any]) -> tuple[tuple[str, int, int, int], ...]:
     (and fingerprinted again) instead of served from the cache. The bundled embedders'
     package files are not watched."""
     if spec["kind"] == "hf":
+        # the files the loader reads, not the whole folder: a README or lock file
+        # written there changes no embedder
         folder = Path(spec["path"])
-        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        files = [folder / "tokenizer.json", folder / "model.safetensors.index.json",
+                 *sorted(folder.glob("*.safetensors"))]
     elif spec["kind"] == "files":
         files = [Path(spec["tokenizer"]), Path(spec["table"])]
     else:

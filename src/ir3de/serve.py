@@ -804,7 +804,7 @@ def _recover_router(state_dir: Path) -> bool:
     previous = state_dir / f"{_ROUTER_FILE}.previous"
     if not target.is_file():
         return False
-    if not saved.exists() and not previous.exists():  # (the next change replaces it)
+    if not saved.exists():  # (the next change replaces it, and any .previous)
         log.warning(json.dumps({"event": "state_recovered", "detail":
                                 f"{target} has no {_EXPERTS_FILE} beside it (a first change "
                                 "cut short): starting from the config"}))
@@ -815,6 +815,9 @@ def _recover_router(state_dir: Path) -> bool:
         return True  # _initial_state names what is wrong with the file
     if want is None or _sha256(target) == want:  # (None: saved before digests were kept)
         return True
+    if not isinstance(want, str):
+        raise IR3DEError(f"{saved}: {_ROUTER_DIGEST} is {json.dumps(want)}, not a SHA-256; "
+                         f"move {state_dir} away to start from the config")
     if previous.is_file() and _sha256(previous) == want:
         os.replace(previous, target)
         log.warning(json.dumps({"event": "state_recovered", "detail":

@@ -106,29 +106,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, FileExistsError):
-            raise OutputExistsError(f"{path} exists now; it was left as it is and nothing "
-                                    "was written (--force, or overwrite=True, replaces it)"
-                                    ) from None
         if isinstance(exc, OSError):  # its own message would name the temporary file
             raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
 def _rename_new(tmp: str, path: Path) -> None:
-    """Rename ``tmp`` to ``path`` unless ``path`` exists (FileExistsError): a hard link is
+    """Rename ``tmp`` to ``path`` unless ``path`` exists (OutputExistsError): a hard link is
     atomic and fails on an existing name, where a rename would replace it. File systems
     without hard links get a check and a rename (a narrow race)."""
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise
+        raise _exists(path) from None
     except OSError:
         if os.path.lexists(path):
-            raise FileExistsError(path) from None
+            raise _exists(path) from None
         os.replace(tmp, path)
     else:
         os.unlink(tmp)
+
+
+def _exists(path: Path) -> OutputExistsError:
+    return OutputExistsError(f"{path} exists now; it was left as it is and nothing was "
+                             "written (--force, or overwrite=True, replaces it)")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
