@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,6 +32,7 @@ from .data import (
     decode_lines,
     default_data_dir,
     infer_format,
+    local_path,
     parse_numbered_jsonl,
     read_corpus,
     reasoning_split,
@@ -503,12 +502,9 @@ def _corpus_files(corpus: Sequence[str], engine: str) -> list[str]:
         return list(corpus)
     files = []
     for item in corpus:
-        if "://" in item:  # how the Ray engine tells a URL
-            parts = urlsplit(item)
-            if parts.scheme.lower() != "file":
-                continue
-            item = url2pathname(parts.path)
-        files += [item] if os.path.exists(item) else glob.glob(item)
+        local = local_path(item)
+        if local is not None:
+            files += [local] if os.path.exists(local) else glob.glob(local)
     return files
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "corpus_texts",
     "decode_lines",
     "default_data_dir",
+    "local_path",
     "parse_jsonl",
     "parse_numbered_jsonl",
     "read_corpus",
@@ -190,27 +191,34 @@ def refuse_repeated_paths(paths: Iterable[str]) -> None:
 
 
 def _file_identity(path: str) -> Any:
-    """The identity (device, inode) of the local file ``path`` names, a ``file://`` URL
-    naming the file at its decoded path (as pyarrow reads it for the Ray engine); else
-    ``path`` itself (another URL, a glob, a missing file, a NUL in the name).
+    """The identity (device, inode) of the local file ``path`` names (see
+    :func:`local_path`); else ``path`` itself (another URL, a glob, a missing file, a NUL in
+    the name).
 
     A hard link has no other spelling in common with the file it links to, so resolving
     the path would not tell them apart.
     """
-    local = path
-    if "://" in path:  # what the Ray engine takes as a URL
-        from urllib.parse import urlsplit
-        from urllib.request import url2pathname
-
-        parts = urlsplit(path)
-        if parts.scheme != "file":
-            return path
-        local = url2pathname(parts.path)
+    local = local_path(path)
+    if local is None:
+        return path
     try:
         st = os.stat(local)
     except (OSError, ValueError):
         return path
     return (st.st_dev, st.st_ino)
+
+
+def local_path(path: str) -> str | None:
+    """The local path a corpus argument names: itself, or a ``file://`` URL's decoded path
+    (as pyarrow reads it for the Ray engine); None for a URL of another filesystem
+    (``s3://``), which is no local file."""
+    if "://" not in path:  # what the Ray engine takes as a URL
+        return path
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(path)
+    return url2pathname(parts.path) if parts.scheme == "file" else None
 
 
 def read_corpus(path: str | os.PathLike[str], *, fmt: CorpusFormat | None = None,

@@ -38,7 +38,7 @@ from .errors import (
     refuse_lone_text,
     require_path,
 )
-from .selector import SELECTORS, PairScores, VocabScores, select, vocab_scores
+from .selector import SELECTORS, PairScores, Selection, VocabScores, select, vocab_scores
 from .solver import (
     DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
@@ -760,10 +760,7 @@ class Router:
 
     def predict(self, prompts: Iterable[str]) -> list[str]:
         """Expert name for each prompt (sklearn-style)."""
-        state = self._fitted
-        ids = self.encode(prompts)
-        choice = select(ids, state.table, selector=self.config.selector, k=self.config.k).choice
-        return [state.experts[c] for c in choice]
+        return [self._fitted.experts[c] for c in self._select(prompts).choice]
 
     def predict_proba(self, prompts: Iterable[str]) -> np.ndarray:
         """Each prompt's score per expert, shape (prompts, experts) in :attr:`classes_`
@@ -779,9 +776,14 @@ class Router:
             >>> router.predict_proba(["What is 17 * 23?"]).round(2)  # doctest: +SKIP
             array([[0.59, 0.01, 0.16, 0.24]])
         """
-        state = self._fitted
-        ids = self.encode(prompts)
-        return select(ids, state.table, selector=self.config.selector, k=self.config.k).scores
+        return self._select(prompts).scores
+
+    def _select(self, prompts: Iterable[str]) -> Selection:
+        """The configured selector's decisions for ``prompts`` (checked and encoded, after
+        the router is known to be fitted)."""
+        table = self._fitted.table
+        return select(self.encode(prompts), table, selector=self.config.selector,
+                      k=self.config.k)
 
     # ------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:

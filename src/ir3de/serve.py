@@ -366,7 +366,7 @@ def _build_router(config: Any) -> Any:
     return Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
 
 
-def _file_digest(path: str) -> str | None:
+def _file_digest(path: str | os.PathLike[str]) -> str | None:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -785,14 +785,6 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
     return state, base
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(functools.partial(fh.read, 1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recover_router(state_dir: Path) -> bool:
     """Whether ``state_dir`` holds a saved state to restart on, after undoing a change
     that a crash (kill -9, power loss) cut between its two writes (see _persist): the new
@@ -813,12 +805,12 @@ def _recover_router(state_dir: Path) -> bool:
         want = json.loads(saved.read_text(encoding="utf-8")).get(_ROUTER_DIGEST)
     except (OSError, ValueError, AttributeError):
         return True  # _initial_state names what is wrong with the file
-    if want is None or _sha256(target) == want:  # (None: saved before digests were kept)
+    if want is None or _file_digest(target) == want:  # (None: saved before digests were kept)
         return True
     if not isinstance(want, str):
         raise IR3DEError(f"{saved}: {_ROUTER_DIGEST} is {json.dumps(want)}, not a SHA-256; "
                          f"move {state_dir} away to start from the config")
-    if previous.is_file() and _sha256(previous) == want:
+    if previous.is_file() and _file_digest(previous) == want:
         os.replace(previous, target)
         log.warning(json.dumps({"event": "state_recovered", "detail":
                                 f"the last change to {state_dir} was cut short: its previous "
@@ -845,7 +837,7 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
         # digest makes this file the commit point of a change (see _recover_router).
         return json.dumps({"experts": {n: e.model_dump() for n, e in state.experts.items()},
                            "threshold": state.threshold, "min_coverage": state.min_coverage,
-                           _ROUTER_DIGEST: _sha256(folder / _ROUTER_FILE), _BASE_KEY: base},
+                           _ROUTER_DIGEST: _file_digest(folder / _ROUTER_FILE), _BASE_KEY: base},
                           indent=1, allow_nan=False)
 
     if not router:
