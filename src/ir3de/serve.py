@@ -113,7 +113,8 @@ Example config::
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
-    keep_alive_seconds: 5      # an idle client connection is closed after this long
+    keep_alive_seconds: 75     # an idle client connection is closed after this long
+    upstream_keep_alive_seconds: 4  # an idle upstream connection is reused this long
     shutdown_seconds: 60       # on SIGTERM, streams in flight may run this long (unset: no limit)
 """
 
@@ -239,11 +240,24 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         cooldown_seconds: float = pd.Field(30.0, gt=0, allow_inf_nan=False, strict=True,
                                            description="how long an expert that keeps "
                                                        "failing gets no requests")
-        # uvicorn's own defaults (5 s; wait for every request) unless set: an LLM stream
-        # may run for minutes, so a deployment chooses how long a stop may take.
-        keep_alive_seconds: int = pd.Field(5, gt=0, strict=True,
+        # Longer than the idle expiry of the clients and proxies in front (httpx and the
+        # openai SDK: 5 s; AWS ALB, nginx upstream keep-alive: 60 s), so that they close an
+        # idle connection first: a server closing it as a client reuses it fails that
+        # request (uvicorn's own 5 s met httpx's 5 s: bench_keepalive.py).
+        keep_alive_seconds: int = pd.Field(75, gt=0, strict=True,
                                            description="how long an idle client "
                                                        "connection is kept open (s)")
+        # The same race the other way round: the experts' servers close idle connections
+        # after 5 s (uvicorn, so vLLM; llama.cpp's server; Node), and a connection the
+        # gateway reuses as one closes it fails that request with a 502 (bench_keepalive.py).
+        # Dropping idle connections before the server does avoids it.
+        upstream_keep_alive_seconds: float = pd.Field(4.0, gt=0, allow_inf_nan=False,
+                                                      strict=True,
+                                                      description="how long the gateway "
+                                                                  "reuses an idle upstream "
+                                                                  "connection (s)")
+        # uvicorn's own default unless set (wait for every request): an LLM stream may run
+        # for minutes, so a deployment chooses how long a stop may take.
         shutdown_seconds: float | None = pd.Field(None, gt=0, allow_inf_nan=False,
                                                   strict=True,
                                                   description="on SIGTERM or Ctrl-C, how long "
@@ -1411,7 +1425,8 @@ def create_app(config: Any) -> Any:
     metrics.cooling.set_function(lambda: len(cooldowns.refusing()))
     client = httpx.AsyncClient(limits=httpx.Limits(
         max_connections=config.max_connections,
-        max_keepalive_connections=min(200, config.max_connections)))
+        max_keepalive_connections=min(200, config.max_connections),
+        keepalive_expiry=config.upstream_keep_alive_seconds))
     # An unset or empty token variable turns the admin API off.
     admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
         else None
@@ -1480,7 +1495,7 @@ def create_app(config: Any) -> Any:
                 metrics.errors.labels(expert_name, type(exc).__name__).inc()
                 if attempt == 1 or not isinstance(exc, httpx.ConnectError):
                     raise
-                continue  # one retry: the connection may have been a stale keep-alive
+                continue  # one retry: a refused connection may be a restart in progress
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
             return response
         raise AssertionError("unreachable")
