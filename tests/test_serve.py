@@ -280,8 +280,7 @@ def test_500_requests_at_50_concurrent(gateway: Proc) -> None:
 
     outcomes = asyncio.run(run())
     failed = [repr(o) for o in outcomes if o != 200]
-    gateway.log.seek(0)  # (what the gateway said about them, should any fail)
-    assert not failed, (failed[:5], gateway.log.read().decode(errors="replace")[-3000:])
+    assert not failed, (failed[:5], _log_text(gateway)[-3000:])  # (what the gateway said)
 
 
 def test_keep_alive_defaults_outlast_clients_and_not_experts(stats_files, upstreams,
@@ -1865,10 +1864,15 @@ def test_cooldown_bookkeeping() -> None:
 # say what the router picked and why another expert answered; one access-log line each.
 
 
+def _log_text(proc: Proc) -> str:
+    """What the process has written to stderr so far. (pread: the process writes through a
+    copy of this descriptor, so a seek here would move where its next line lands.)"""
+    return os.pread(proc.log.fileno(), 1 << 22, 0).decode(errors="replace")
+
+
 def _request_log(proc: Proc) -> list[dict]:
     """The access-log lines (one per request) the process has written so far."""
-    text = os.pread(proc.log.fileno(), 1 << 22, 0).decode(errors="replace")
-    return [json.loads(line[line.index("{"):]) for line in text.splitlines()
+    return [json.loads(line[line.index("{"):]) for line in _log_text(proc).splitlines()
             if '{"path": ' in line]
 
 
