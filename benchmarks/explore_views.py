@@ -1,0 +1,95 @@
+"""Issue 6 exploration: a second view of the same prompt, the lowercased text.
+
+The default's tables count token ids as the tokenizer gives them, so ``Theorem`` and
+``theorem`` (or ``▁The`` and ``▁the``) are separate features with separate, sparser counts.
+This family adds a second set of static token features: the ids (and adjacent id pairs) of
+the prompt's text after a normalisation (``lower``: ``str.lower``; ``fold``: NFKC +
+casefold), counted and solved exactly like the default's (binary NB, α = 0.03, pairs
+Dirichlet-smoothed with m = 1e5), so statistics stay per-domain sums and add/remove stays
+exact. A prompt's score is the default's mean log-likelihood + w times the normalised view's
+(``w`` = 0 is the default; ``only`` scores the normalised view alone). Routing would
+tokenise each prompt twice.
+
+Rule, as everywhere in issue 6: fitted on the inner 80 % of each split's fit data and
+scored on the held-out 20 %; ONE configuration for all splits by the highest mean held-out
+balanced accuracy; test prompts are only scored.
+
+Run:  python benchmarks/explore_views.py [--embedder wordllama] [--settings ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from _holdout import balanced, explore_args, flatten, holdout
+
+from ir3de import Router, RouterConfig, compute_stats, load_embedder
+from ir3de.eval import load_setting
+
+SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
+NORMALISE: dict[str, Callable[[str], str]] = {
+    "lower": str.lower,
+    "fold": lambda s: unicodedata.normalize("NFKC", s).casefold(),
+}
+WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+
+
+def _log_scores(emb, fit: Mapping[str, Sequence[str]], texts: Sequence[str],
+                view: Callable[[str], str] | None) -> np.ndarray:
+    """Per-prompt mean log-likelihoods (up to a per-prompt constant) of the default router
+    fitted on ``fit``, both through ``view`` when given."""
+    def v(items: Sequence[str]) -> list[str]:
+        return [view(t) for t in items] if view else list(items)
+    stats = [compute_stats(emb, v(items), domain=d) for d, items in fit.items()]
+    router = Router(emb, RouterConfig.preset("default")).fit_stats(stats)
+    order = [list(router.experts).index(d) for d in fit]
+    with np.errstate(divide="ignore"):
+        return np.log(router.predict_proba(v(texts)))[:, order]
+
+
+def main() -> int:
+    args = explore_args(__doc__, SETTINGS)
+    emb = load_embedder(args.embedder)
+    labels = ["default"] + [f"{n} only" for n in NORMALISE] + \
+        [f"{n} w={w:g}" for n in NORMALISE for w in WEIGHTS]
+    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+    names = []
+    for setting in args.settings:
+        for split in load_setting(setting, args.data).splits:
+            names.append(f"{setting} / {split.name}")
+            domains = list(split.fit)
+            inner, held = holdout(split.fit)
+            held_texts, held_labels = flatten(held)
+            gold = {"held": np.array([domains.index(d) for d in held_labels]),
+                    "test": np.array([domains.index(d) for d in split.test_labels])}
+            scores = {}
+            for part, fit, texts in (("held", inner, held_texts),
+                                     ("test", split.fit, split.test_texts)):
+                base = _log_scores(emb, fit, texts, None)
+                scores[part, "default"] = base
+                for n, f in NORMALISE.items():
+                    other = _log_scores(emb, fit, texts, f)
+                    scores[part, f"{n} only"] = other
+                    for w in WEIGHTS:
+                        scores[part, f"{n} w={w:g}"] = base + w * other
+            print(f"## {names[-1]}")
+            for label in labels:
+                h = 100 * balanced(scores["held", label], gold["held"])
+                t = 100 * balanced(scores["test", label], gold["test"])
+                rows[label].append((h, t))
+                print(f"  {label:14s} {h:6.2f} → {t:6.2f}", flush=True)
+    print("\n| variant | mean held-out | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    best = max(labels, key=lambda g: np.mean([h for h, _ in rows[g]]))
+    for label in labels:
+        mark = " (chosen)" if label == best else ""
+        print(f"| {label}{mark} | {np.mean([h for h, _ in rows[label]]):.3f} | "
+              + " | ".join(f"{t:.2f}" for _, t in rows[label]) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
