@@ -10,11 +10,15 @@ exact. A prompt's score is the default's mean log-likelihood + w times the norma
 (``w`` = 0 is the default; ``only`` scores the normalised view alone). Routing would
 tokenise each prompt twice.
 
+``--second EMBEDDER`` adds a third view: the same default router on another tokenizer
+(e.g. ``minilm``: all-MiniLM-L6-v2's uncased WordPiece, an extra), the original text.
+
 Rule, as everywhere in issue 6: fitted on the inner 80 % of each split's fit data and
 scored on the held-out 20 %; ONE configuration for all splits by the highest mean held-out
 balanced accuracy; test prompts are only scored.
 
-Run:  python benchmarks/explore_views.py [--embedder wordllama] [--settings ...]
+Run:  python benchmarks/explore_views.py [--embedder wordllama] [--second minilm]
+      [--settings ...]
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from _holdout import balanced, explore_args, flatten, holdout
+from _holdout import balanced, flatten, holdout, script_parser
 
 from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -51,10 +55,15 @@ def _log_scores(emb, fit: Mapping[str, Sequence[str]], texts: Sequence[str],
 
 
 def main() -> int:
-    args = explore_args(__doc__, SETTINGS)
+    ap = script_parser(__doc__)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--second", help="another embedder whose tokenizer is a third view")
+    args = ap.parse_args()
     emb = load_embedder(args.embedder)
-    labels = ["default"] + [f"{n} only" for n in NORMALISE] + \
-        [f"{n} w={w:g}" for n in NORMALISE for w in WEIGHTS]
+    second = load_embedder(args.second) if args.second else None
+    views = [*NORMALISE, *([args.second] if second else [])]
+    labels = ["default"] + [f"{n} only" for n in views] + \
+        [f"{n} w={w:g}" for n in views for w in WEIGHTS]
     rows: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     names = []
     for setting in args.settings:
@@ -70,8 +79,11 @@ def main() -> int:
                                      ("test", split.fit, split.test_texts)):
                 base = _log_scores(emb, fit, texts, None)
                 scores[part, "default"] = base
-                for n, f in NORMALISE.items():
-                    other = _log_scores(emb, fit, texts, f)
+                others = {n: (emb, f) for n, f in NORMALISE.items()}
+                if second is not None:
+                    others[args.second] = (second, None)
+                for n, (e, f) in others.items():
+                    other = _log_scores(e, fit, texts, f)
                     scores[part, f"{n} only"] = other
                     for w in WEIGHTS:
                         scores[part, f"{n} w={w:g}"] = base + w * other
