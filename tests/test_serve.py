@@ -298,6 +298,20 @@ def test_keep_alive_defaults_outlast_clients_and_not_experts(stats_files, upstre
     assert config.keep_alive_seconds > httpx.Limits().keepalive_expiry
     server_side = uvicorn.Config(app=None).timeout_keep_alive  # type: ignore[arg-type]
     assert config.upstream_keep_alive_seconds < server_side
+    # and the gateway does drop them: an idle connection older than the setting is not reused
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, upstream_keep_alive_seconds=0.5))
+    try:
+        def port() -> int:
+            r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, model="math"))
+            assert r.status_code == 200
+            return httpx.get(upstreams["math"].url + "/control").json()["client_port"]
+
+        first = port()
+        assert port() == first  # reused at once
+        time.sleep(1.0)
+        assert port() != first  # idle 1 s > 0.5 s: a new connection (httpx's default: 5 s)
+    finally:
+        gw.stop()
     for value, message in ((0, "greater than 0"), ("4", "valid number"),
                            (float("nan"), "finite number")):
         with pytest.raises(IR3DEError, match=rf"upstream_keep_alive_seconds: .*{message}"):

@@ -24,7 +24,8 @@ send the first half of the next event before it drops the connection.
 ``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
 before anything else (a server that accepts requests but answers none in time, whatever
 they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /control`` says
-``{"requests": N, "hang": S}``, N the completion requests received so far.
+``{"requests": N, "hang": S, "client_port": P}``, N the completion requests received so far
+and P the client port of the last one (a new port: a new connection).
 ``"plain": TEXT`` answers TEXT as is, with the status ``force_status`` (default 200) and no
 content type unless ``headers`` gives one (a server whose errors are not JSON).
 ``"utf8_headers": {...}`` adds response headers whose values are sent as UTF-8 bytes
@@ -51,7 +52,7 @@ NAME = sys.argv[1]
 CHUNKS = 5
 DELAY = float(os.environ.get("UPSTREAM_CHUNK_DELAY", "0.2"))
 STREAMS: dict[str, str] = {}  # tag -> open | finished | disconnected
-CONTROL = {"requests": 0, "hang": 0.0}  # see /control
+CONTROL = {"requests": 0, "hang": 0.0, "client_port": None}  # see /control
 
 
 class TrackedStream(StreamingResponse):
@@ -94,6 +95,7 @@ async def completion(request: Request) -> object:
 
 async def _completion(request: Request) -> Response:
     CONTROL["requests"] += 1
+    CONTROL["client_port"] = request.client.port if request.client else None
     if CONTROL["hang"]:  # (no sleep(0) otherwise: the benchmarks time this server)
         await asyncio.sleep(CONTROL["hang"])
     body = await request.json()
