@@ -150,3 +150,18 @@ def best_per_family(rows: Sequence[tuple[str, float, float]]
         elif held == best[family][1]:
             best[family] = (*best[family][:3], best[family][3] + 1)
     return best
+
+
+def print_mean_choice(title: str, names: Sequence[str],
+                      rows: Mapping[str, Sequence[tuple[float, float]]]) -> str:
+    """Print a Markdown table of every variant's mean held-out accuracy and its test accuracy
+    per split (``rows``: label → one ``(held, test)`` per split of ``names``), marking the
+    one configuration chosen for all splits, the highest mean held-out; returns its label."""
+    best = max(rows, key=lambda label: np.mean([h for h, _ in rows[label]]))
+    print(f"\n| {title} | mean held-out | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for label, cells in rows.items():
+        mark = " (chosen)" if label == best else ""
+        print(f"| {label}{mark} | {np.mean([h for h, _ in cells]):.3f} | "
+              + " | ".join(f"{t:.2f}" for _, t in cells) + " |")
+    return best

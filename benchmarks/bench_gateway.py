@@ -60,6 +60,27 @@ def _start(argv: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
     raise RuntimeError(f"{url} did not come up")
 
 
+def fit_stats(data: str, folder: Path) -> list[Path]:
+    """Statistics files of the benchmark router (300 gsm8k and 300 MBPP fit prompts,
+    WordLlama) written into ``folder``: math, coding."""
+    emb = load_embedder()
+    stats = []
+    for domain, rel in (("math", "reasoning/gsm8k/train.jsonl"),
+                        ("coding", "reasoning/mbpp/train.jsonl")):
+        texts = [r["text"] for r in read_jsonl(Path(data) / rel)][:300]
+        stats.append(folder / f"{domain}.stats")
+        compute_stats(emb, texts, domain=domain).save(stats[-1])
+    return stats
+
+
+def start_upstream() -> tuple[str, subprocess.Popen]:
+    """The test upstream (chunk delay 0) on a free port: its ``/v1`` base URL and process."""
+    port = _port()
+    proc = _start([sys.executable, str(ROOT / "tests/servers/upstream.py"), "expert",
+                   str(port)], f"http://127.0.0.1:{port}/", {"UPSTREAM_CHUNK_DELAY": "0"})
+    return f"http://127.0.0.1:{port}/v1", proc
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
@@ -71,18 +92,9 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    emb = load_embedder()
-    stats = []
-    for domain, rel in (("math", "reasoning/gsm8k/train.jsonl"),
-                        ("coding", "reasoning/mbpp/train.jsonl")):
-        texts = [r["text"] for r in read_jsonl(Path(args.data) / rel)][:300]
-        stats.append(tmp / f"{domain}.stats")
-        compute_stats(emb, texts, domain=domain).save(stats[-1])
-    up_port, gw_port = _port(), _port()
-    upstream = _start([sys.executable, str(ROOT / "tests/servers/upstream.py"), "expert",
-                       str(up_port)], f"http://127.0.0.1:{up_port}/",
-                      {"UPSTREAM_CHUNK_DELAY": "0"})
-    direct = f"http://127.0.0.1:{up_port}/v1"
+    stats = fit_stats(args.data, tmp)
+    gw_port = _port()
+    direct, upstream = start_upstream()
     config = {"router": {"stats": [str(s) for s in stats]},
               "experts": {"math": {"url": direct}, "coding": {"url": direct}}}
     (tmp / "gw.yaml").write_text(yaml.safe_dump(config))

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from bench_gateway import ROOT, _port, _start
+from bench_gateway import _port, _start, fit_stats, start_upstream
 
-from ir3de import compute_stats, load_embedder
-from ir3de.data import read_jsonl
 from ir3de.serve import load_config
 
 
@@ -47,18 +45,8 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    emb = load_embedder()
-    stats = []
-    for domain, rel in (("math", "reasoning/gsm8k/train.jsonl"),
-                        ("coding", "reasoning/mbpp/train.jsonl")):
-        texts = [r["text"] for r in read_jsonl(Path(args.data) / rel)][:300]
-        stats.append(tmp / f"{domain}.stats")
-        compute_stats(emb, texts, domain=domain).save(stats[-1])
-    up_port = _port()
-    upstream = _start([sys.executable, str(ROOT / "tests/servers/upstream.py"), "expert",
-                       str(up_port)], f"http://127.0.0.1:{up_port}/",
-                      {"UPSTREAM_CHUNK_DELAY": "0"})
-    direct = f"http://127.0.0.1:{up_port}/v1"
+    stats = fit_stats(args.data, tmp)
+    direct, upstream = start_upstream()
     config = {"router": {"stats": [str(s) for s in stats]},
               "experts": {"math": {"url": direct}, "coding": {"url": direct}}}
     defaults = load_config(_write(tmp / "defaults.yaml", config))

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from _holdout import explore_args, flatten, holdout
+from _holdout import explore_args, flatten, holdout, print_mean_choice
 
 import ir3de.router
 from ir3de import DomainStats, Router, RouterConfig, compute_stats, load_embedder
@@ -84,14 +84,8 @@ def main() -> int:
                 rows[(background, mass)].append((h, t))
                 print(f"  {background:8s} m={mass:<8g} {h:6.2f} → {t:6.2f}", flush=True)
     ir3de.router.solve_pairs = solve_pairs
-    print("\n| background, m | mean held-out | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
-    best = max(grid, key=lambda g: np.mean([h for h, _ in rows[g]]))
-    for g in grid:
-        held_mean = np.mean([h for h, _ in rows[g]])
-        mark = " (chosen)" if g == best else ""
-        print(f"| {g[0]}, {g[1]:g}{mark} | {held_mean:.3f} | "
-              + " | ".join(f"{t:.2f}" for _, t in rows[g]) + " |")
+    print_mean_choice("background, m", names,
+                      {f"{bg}, {m:g}": cells for (bg, m), cells in rows.items()})
     return 0
 
 

@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from _holdout import balanced, flatten, holdout, script_parser
+from _holdout import balanced, flatten, holdout, print_mean_choice, script_parser
 
 from ir3de import Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
@@ -93,13 +93,7 @@ def main() -> int:
                 t = 100 * balanced(scores["test", label], gold["test"])
                 rows[label].append((h, t))
                 print(f"  {label:14s} {h:6.2f} → {t:6.2f}", flush=True)
-    print("\n| variant | mean held-out | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
-    best = max(labels, key=lambda g: np.mean([h for h, _ in rows[g]]))
-    for label in labels:
-        mark = " (chosen)" if label == best else ""
-        print(f"| {label}{mark} | {np.mean([h for h, _ in rows[label]]):.3f} | "
-              + " | ".join(f"{t:.2f}" for _, t in rows[label]) + " |")
+    print_mean_choice("variant", names, rows)
     return 0
 
 
