@@ -77,9 +77,14 @@ def _features(prompts: Sequence[np.ndarray], weight: np.ndarray, buckets: int,
         if not u.size:  # (a prompt without tokens: a zero row, the bias alone)
             continue
         col, sign = _hashed(u, buckets)
-        value = sign if after is not None else weight[u] * sign
-        row = sp.csr_matrix((value, (np.zeros(u.size, int), col)), shape=(1, buckets))
-        row.sum_duplicates()  # (collisions summed before the norm)
+        if after is None:  # prototype: normalised per token, collisions summed after
+            value = weight[u] * sign
+            rows.append(np.full(u.size, i))
+            cols.append(col)
+            vals.append(value / np.linalg.norm(value))
+            continue
+        row = sp.csr_matrix((sign, (np.zeros(u.size, int), col)), shape=(1, buckets))
+        row.sum_duplicates()  # (exact: the norm of the vector the Gram matrix sums)
         rows.append(np.full(row.nnz, i))
         cols.append(row.indices)
         vals.append(row.data / np.linalg.norm(row.data))
