@@ -85,6 +85,9 @@ def _features(prompts: Sequence[np.ndarray], weight: np.ndarray, buckets: int,
             continue
         row = sp.csr_matrix((sign, (np.zeros(u.size, int), col)), shape=(1, buckets))
         row.sum_duplicates()  # (exact: the norm of the vector the Gram matrix sums)
+        row.eliminate_zeros()
+        if not row.nnz:  # (every token cancelled by a colliding one of opposite sign)
+            continue
         rows.append(np.full(row.nnz, i))
         cols.append(row.indices)
         vals.append(row.data / np.linalg.norm(row.data))
