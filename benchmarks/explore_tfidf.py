@@ -48,11 +48,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
-from _holdout import balanced, flatten, holdout, print_mean_choice, script_parser
+from _holdout import default_log_scores, held_and_test, script_parser
 from fresh_unseen import judge
 
-from ir3de import Router, RouterConfig, compute_stats, load_embedder
-from ir3de.eval import load_setting
+from ir3de import Router, RouterConfig, load_embedder
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 LAMBDAS = (1e-4, 1e-3, 1e-2)
@@ -178,38 +177,15 @@ def main() -> int:
     V = emb.vocab_size
     labels = ["default"] + [f"ridge λ={lam:g}" for lam in LAMBDAS] + \
         [f"blend λ={lam:g} g={g:g}" for lam in LAMBDAS for g in GAMMAS]
-    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
-    names = []
-    for setting in args.settings:
-        for split in load_setting(setting, args.data).splits:
-            names.append(f"{setting} / {split.name}")
-            domains = list(split.fit)
-            inner, held = holdout(split.fit)
-            held_texts, held_labels = flatten(held)
-            scores = {}
-            for part, fit, texts, gold in (
-                    ("held", inner, held_texts, held_labels),
-                    ("test", split.fit, split.test_texts, split.test_labels)):
-                router = Router(emb, RouterConfig.preset("default")).fit_stats(
-                    [compute_stats(emb, items, domain=d) for d, items in fit.items()])
-                order = [list(router.experts).index(d) for d in domains]
-                with np.errstate(divide="ignore"):
-                    base = np.log(router.predict_proba(texts))[:, order]
-                fit_ids = {d: [x for x in emb.encode_batch(items) if x.size]
-                           for d, items in fit.items()}
-                features, weights = _ridge(fit_ids, V, args.buckets, not args.no_idf, args.form)
-                y = np.array([domains.index(d) for d in gold])
-                scores[part, "default"] = (base, y)
-                for label, value in _blends(base, features, weights,
-                                            router.encode(texts)).items():
-                    scores[part, label] = (value, y)
-            print(f"## {names[-1]}")
-            for label in labels:
-                h = 100 * balanced(*scores["held", label])
-                t = 100 * balanced(*scores["test", label])
-                rows[label].append((h, t))
-                print(f"  {label:22s} {h:6.2f} → {t:6.2f}", flush=True)
-    print_mean_choice("variant", names, rows)
+
+    def scores_of(fit: Mapping[str, list[str]], texts: list[str]) -> dict[str, np.ndarray]:
+        base = default_log_scores(emb, fit, texts)
+        fit_ids = {d: [x for x in emb.encode_batch(items) if x.size] for d, items in fit.items()}
+        features, weights = _ridge(fit_ids, V, args.buckets, not args.no_idf, args.form)
+        prompts = Router(emb, RouterConfig.preset("default")).encode(texts)
+        return {"default": base, **_blends(base, features, weights, prompts)}
+
+    held_and_test(args.settings, args.data, labels, scores_of)
     return 0
 
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from _holdout import balanced, flatten, holdout, print_mean_choice, script_parser
+from _holdout import default_log_scores, held_and_test, script_parser
 
-from ir3de import Router, RouterConfig, compute_stats, load_embedder
-from ir3de.eval import load_setting
+from ir3de import load_embedder
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 NORMALISE: dict[str, Callable[[str], str]] = {
@@ -39,19 +38,6 @@ NORMALISE: dict[str, Callable[[str], str]] = {
     "fold": lambda s: unicodedata.normalize("NFKC", s).casefold(),
 }
 WEIGHTS = (0.25, 0.5, 1.0, 2.0)
-
-
-def _log_scores(emb, fit: Mapping[str, Sequence[str]], texts: Sequence[str],
-                view: Callable[[str], str] | None) -> np.ndarray:
-    """Per-prompt mean log-likelihoods (up to a per-prompt constant) of the default router
-    fitted on ``fit``, both through ``view`` when given."""
-    def v(items: Sequence[str]) -> list[str]:
-        return [view(t) for t in items] if view else list(items)
-    stats = [compute_stats(emb, v(items), domain=d) for d, items in fit.items()]
-    router = Router(emb, RouterConfig.preset("default")).fit_stats(stats)
-    order = [list(router.experts).index(d) for d in fit]
-    with np.errstate(divide="ignore"):
-        return np.log(router.predict_proba(v(texts)))[:, order]
 
 
 def main() -> int:
@@ -64,36 +50,21 @@ def main() -> int:
     views = [*NORMALISE, *([args.second] if second else [])]
     labels = ["default"] + [f"{n} only" for n in views] + \
         [f"{n} w={w:g}" for n in views for w in WEIGHTS]
-    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
-    names = []
-    for setting in args.settings:
-        for split in load_setting(setting, args.data).splits:
-            names.append(f"{setting} / {split.name}")
-            domains = list(split.fit)
-            inner, held = holdout(split.fit)
-            held_texts, held_labels = flatten(held)
-            gold = {"held": np.array([domains.index(d) for d in held_labels]),
-                    "test": np.array([domains.index(d) for d in split.test_labels])}
-            scores = {}
-            for part, fit, texts in (("held", inner, held_texts),
-                                     ("test", split.fit, split.test_texts)):
-                base = _log_scores(emb, fit, texts, None)
-                scores[part, "default"] = base
-                others = {n: (emb, f) for n, f in NORMALISE.items()}
-                if second is not None:
-                    others[args.second] = (second, None)
-                for n, (e, f) in others.items():
-                    other = _log_scores(e, fit, texts, f)
-                    scores[part, f"{n} only"] = other
-                    for w in WEIGHTS:
-                        scores[part, f"{n} w={w:g}"] = base + w * other
-            print(f"## {names[-1]}")
-            for label in labels:
-                h = 100 * balanced(scores["held", label], gold["held"])
-                t = 100 * balanced(scores["test", label], gold["test"])
-                rows[label].append((h, t))
-                print(f"  {label:14s} {h:6.2f} → {t:6.2f}", flush=True)
-    print_mean_choice("variant", names, rows)
+    others: dict[str, tuple] = {n: (emb, f) for n, f in NORMALISE.items()}
+    if second is not None:
+        others[args.second] = (second, None)
+
+    def scores_of(fit: Mapping[str, list[str]], texts: list[str]) -> dict[str, np.ndarray]:
+        base = default_log_scores(emb, fit, texts)
+        out = {"default": base}
+        for n, (e, f) in others.items():
+            other = default_log_scores(e, fit, texts, f)
+            out[f"{n} only"] = other
+            for w in WEIGHTS:
+                out[f"{n} w={w:g}"] = base + w * other
+        return out
+
+    held_and_test(args.settings, args.data, labels, scores_of)
     return 0
 
 
