@@ -18,8 +18,9 @@ weight 1/n_d), λ the ridge. Score: ``ridge λ`` the ridge alone; ``blend λ g``
 mean log-likelihood + g times the ridge scores.
 
 Rule, as everywhere in issue 6: fitted on the inner 80 % of each split's fit data and
-scored on the held-out 20 %; ONE configuration for all splits by the highest mean held-out
-balanced accuracy; test prompts are only scored.
+scored on the held-out 20 %; ONE configuration for all splits per family (``ridge``,
+``blend``) by the highest mean held-out balanced accuracy, through ``explore_longer``'s
+``score_all`` (the default scored on the same token ids); test prompts are only scored.
 
 ``--form exact`` is the form a router could ship: the signed presence vector is
 L2-normalised first and each bucket then scaled by ITS IDF (from the buckets' document
@@ -43,15 +44,17 @@ Run:  python benchmarks/explore_tfidf.py [--buckets 8192] [--no-idf] [--form exa
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
-from _holdout import default_log_scores, held_and_test, script_parser
+from _holdout import script_parser
+from explore_longer import score_all
 from fresh_unseen import judge
 
-from ir3de import Router, RouterConfig, load_embedder
+from ir3de import load_embedder
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 LAMBDAS = (1e-4, 1e-3, 1e-2)
@@ -64,10 +67,11 @@ def _hashed(u: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     return h % buckets, np.where((h >> 31) & 1, -1.0, 1.0)
 
 
-def _features(prompts: Sequence[np.ndarray], weight: np.ndarray, buckets: int,
+def _features(prompts: Sequence[np.ndarray], buckets: int, weight: np.ndarray | None = None,
               after: np.ndarray | None = None) -> sp.csr_matrix:
-    """Rows: the prompt's distinct tokens, signed-hashed, then a bias 1. ``prototype``
-    (``after`` None): each token weighted by ``weight`` (its IDF), then L2-normalised.
+    """Rows: the prompt's distinct tokens, signed-hashed, then a bias 1; one of ``weight``
+    and ``after`` is given. ``prototype``: each token weighted by ``weight`` (its IDF), then
+    L2-normalised.
     ``exact``: the signed presence vector L2-normalised, then each bucket scaled by
     ``after`` (the bucket's IDF), so the Gram matrix of the unscaled rows is a sum."""
     rows, cols, vals = [], [], []
@@ -76,7 +80,7 @@ def _features(prompts: Sequence[np.ndarray], weight: np.ndarray, buckets: int,
         if not u.size:  # (a prompt without tokens: a zero row, the bias alone)
             continue
         col, sign = _hashed(u, buckets)
-        if after is None:  # prototype: normalised per token, collisions summed after
+        if weight is not None:  # prototype: normalised per token, collisions summed after
             value = weight[u] * sign
             rows.append(np.full(u.size, i))
             cols.append(col)
@@ -109,7 +113,7 @@ def _ridge(fit: Mapping[str, Sequence[np.ndarray]], V: int, buckets: int,
         for x in prompts:
             df[np.unique(_hashed(np.unique(x), buckets)[0])] += 1
         after = np.log((N + 1) / (df + 1)) + 1 if idf else np.ones(buckets)
-        weight = np.ones(V)
+        weight = None
     else:
         df = np.zeros(V)
         for x in prompts:
@@ -118,7 +122,7 @@ def _ridge(fit: Mapping[str, Sequence[np.ndarray]], V: int, buckets: int,
         after = None
 
     def features(items: Sequence[np.ndarray]) -> sp.csr_matrix:
-        return _features(items, weight, buckets, after)
+        return _features(items, buckets, weight, after)
 
     F = features(prompts)
     sizes = [len(items) for items in fit.values()]
@@ -146,9 +150,10 @@ def _blends(base: np.ndarray, features, weights: dict[float, np.ndarray],
     return out
 
 
-def _fresh_variants(args) -> Callable:
-    """``fresh_unseen.judge``'s scorer: today's default (``explore_longer``'s scoring,
-    divided per distinct token as the ``geo`` selector divides) and every configuration."""
+def _variants_of(args) -> Callable:
+    """The scorer of ``explore_longer.score_all`` and ``fresh_unseen.judge``: today's
+    default (``explore_longer``'s scoring, divided per distinct token as the ``geo``
+    selector divides) and every configuration."""
     from explore_longer import _variants
 
     def variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
@@ -173,19 +178,8 @@ def main() -> int:
     args = ap.parse_args()
     emb = load_embedder(args.embedder)
     if args.fresh:
-        return judge(emb, args.data, _fresh_variants(args), "default", args.fresh)
-    V = emb.vocab_size
-    labels = ["default"] + [f"ridge λ={lam:g}" for lam in LAMBDAS] + \
-        [f"blend λ={lam:g} g={g:g}" for lam in LAMBDAS for g in GAMMAS]
-
-    def scores_of(fit: Mapping[str, list[str]], texts: list[str]) -> dict[str, np.ndarray]:
-        base = default_log_scores(emb, fit, texts)
-        fit_ids = {d: [x for x in emb.encode_batch(items) if x.size] for d, items in fit.items()}
-        features, weights = _ridge(fit_ids, V, args.buckets, not args.no_idf, args.form)
-        prompts = Router(emb, RouterConfig.preset("default")).encode(texts)
-        return {"default": base, **_blends(base, features, weights, prompts)}
-
-    held_and_test(args.settings, args.data, labels, scores_of)
+        return judge(emb, args.data, _variants_of(args), "default", args.fresh)
+    score_all(emb, args.settings, args.data, _variants_of(args), time.perf_counter())
     return 0
 
 

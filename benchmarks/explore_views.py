@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from _holdout import default_log_scores, held_and_test, script_parser
+from _holdout import balanced, flatten, holdout, print_mean_choice, script_parser
 
-from ir3de import load_embedder
+from ir3de import Router, RouterConfig, compute_stats, load_embedder
+from ir3de.eval import load_setting
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 NORMALISE: dict[str, Callable[[str], str]] = {
@@ -38,6 +39,51 @@ NORMALISE: dict[str, Callable[[str], str]] = {
     "fold": lambda s: unicodedata.normalize("NFKC", s).casefold(),
 }
 WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+
+
+def _log_scores(emb, fit: Mapping[str, Sequence[str]], texts: Sequence[str],
+                view: Callable[[str], str] | None = None) -> np.ndarray:
+    """Each text's log scores under today's ``default`` router fitted on ``fit`` (domains in
+    ``fit`` order): its mean log-likelihoods up to a per-prompt constant; with ``view``,
+    fit and texts both pass through it first."""
+    def seen(items: Sequence[str]) -> list[str]:
+        return [view(t) for t in items] if view else list(items)
+
+    router = Router(emb, RouterConfig.preset("default")).fit_stats(
+        [compute_stats(emb, seen(items), domain=d) for d, items in fit.items()])
+    order = [list(router.experts).index(d) for d in fit]
+    with np.errstate(divide="ignore"):
+        return np.log(router.predict_proba(seen(texts)))[:, order]
+
+
+def _held_and_test(settings: Sequence[str], data_dir: str, labels: Sequence[str],
+                   scores_of: Callable[[Mapping[str, list[str]], list[str]],
+                                       Mapping[str, np.ndarray]]) -> None:
+    """Score ``labels`` on every split of ``settings``: ``scores_of(fit texts per domain,
+    prompts)`` gives each label's (prompts, domains) scores, fitted on the inner 80 % for
+    the held-out 20 % and on the whole fit data for the test prompts; prints held-out → test
+    balanced accuracy per split, then ``print_mean_choice``."""
+    names: list[str] = []
+    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+    for setting in settings:
+        for split in load_setting(setting, data_dir).splits:
+            names.append(f"{setting} / {split.name}")
+            domains = list(split.fit)
+            inner, held = holdout(split.fit)
+            held_texts, held_labels = flatten(held)
+            accuracy = {}
+            for part, fit, texts, gold in (
+                    ("held", inner, held_texts, held_labels),
+                    ("test", split.fit, split.test_texts, split.test_labels)):
+                y = np.array([domains.index(d) for d in gold])
+                accuracy[part] = {label: 100 * balanced(value, y)
+                                  for label, value in scores_of(fit, list(texts)).items()}
+            print(f"## {names[-1]}")
+            for label in labels:
+                rows[label].append((accuracy["held"][label], accuracy["test"][label]))
+                print(f"  {label:24s} {rows[label][-1][0]:6.2f} → {rows[label][-1][1]:6.2f}",
+                      flush=True)
+    print_mean_choice("variant", names, rows)
 
 
 def main() -> int:
@@ -55,16 +101,16 @@ def main() -> int:
         others[args.second] = (second, None)
 
     def scores_of(fit: Mapping[str, list[str]], texts: list[str]) -> dict[str, np.ndarray]:
-        base = default_log_scores(emb, fit, texts)
+        base = _log_scores(emb, fit, texts)
         out = {"default": base}
         for n, (e, f) in others.items():
-            other = default_log_scores(e, fit, texts, f)
+            other = _log_scores(e, fit, texts, f)
             out[f"{n} only"] = other
             for w in WEIGHTS:
                 out[f"{n} w={w:g}"] = base + w * other
         return out
 
-    held_and_test(args.settings, args.data, labels, scores_of)
+    _held_and_test(args.settings, args.data, labels, scores_of)
     return 0
 
 
