@@ -5,9 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from ir3de.errors import IR3DEError
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'ir3de[ray]'")
 
+from ir3de import distributed  # noqa: E402
 from ir3de.distributed import ray_stats  # noqa: E402
 
 
@@ -134,7 +139,6 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
         ray_stats(a, emb, domain="x", progress=False)  # type: ignore[arg-type]
     # an address nothing listens on fails at once instead of retrying for ever
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -159,16 +163,6 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
         refused(rf"^cannot join the Ray cluster at nosuchmodule://127\.0\.0\.1:{port} "
                 r"\(Module: nosuchmodule does not exist\. .*\)$", a,
                 address=f"nosuchmodule://127.0.0.1:{port}")
-
-        def no_client(**kwargs: object) -> None:  # what Ray says without ray[client]
-            raise ValueError("Ray Client requires pip package `ray[client]`. If you "
-                             "installed the minimal Ray (e.g. `pip install ray`), please "
-                             "reinstall by executing `pip install ray[client]`.")
-
-        monkeypatch.setattr(ray, "init", no_client)
-        refused(rf"^cannot join the Ray cluster at ray://127\.0\.0\.1:{port} \(Ray Client "
-                r"requires pip package `ray\[client\]`\. .*\)$", a,
-                address=f"ray://127.0.0.1:{port}")
 
 
 def test_text_lines_split_like_local(cluster, emb: Embedder, tmp_path: Path) -> None:
@@ -366,3 +360,50 @@ def test_quiet_cli_run_prints_nothing(emb: Embedder, tmp_path: Path) -> None:
                           "--domain", "d", "-o", str(tmp_path / "a.stats"), "-q", "--engine",
                           "ray", "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_an_address_where_no_ray_answers_fails_fast(cluster, emb: Embedder, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # ray.init retries for minutes against a port that accepts but is not Ray's (a
+    # mistyped port, the dashboard's HTTP); the address is probed first.
+    (tmp_path / "a.jsonl").write_text('{"text": "one two"}\n')
+    a = str(tmp_path / "a.jsonl")
+    gcs = ray.get_runtime_context().gcs_address  # (the cluster's, before it is hidden)
+
+    def refused(match: str, address: str) -> None:
+        with pytest.raises(IR3DEError, match=match):
+            ray_stats([a], emb, domain="x", progress=False, address=address)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed, "_PROBE_SECONDS", 0.5)
+    not_ray = r"what listens there does not speak Ray's protocol \(gRPC\); give the head"
+    http = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    try:
+        for server in (http.server_address[1], silent.getsockname()[1]):
+            for address in (f"127.0.0.1:{server}", f"ray://127.0.0.1:{server}"):
+                started = time.monotonic()
+                refused(rf"^cannot join the Ray cluster at 127\.0\.0\.1:{server}: {not_ray}",
+                        address)
+                assert time.monotonic() - started < 5
+        # With Ray's TLS switch on the probe cannot speak first; ray.init is left to judge.
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        distributed._check_reachable(f"127.0.0.1:{http.server_address[1]}")
+    finally:
+        http.shutdown()
+        http.server_close()
+        silent.close()
+    # The real cluster's GCS passes the probe (so would a Ray Client server: gRPC too); a
+    # refusal of ray.init's own after it is one line, not a traceback.
+    monkeypatch.delenv("RAY_USE_TLS")
+    distributed._check_reachable(gcs)
+
+    def no_client(**kwargs: object) -> None:  # what Ray says without ray[client]
+        raise ValueError("Ray Client requires pip package `ray[client]`. If you "
+                         "installed the minimal Ray (e.g. `pip install ray`), please "
+                         "reinstall by executing `pip install ray[client]`.")
+
+    monkeypatch.setattr(ray, "init", no_client)
+    refused(rf"^cannot join the Ray cluster at ray://{re.escape(gcs)} \(Ray Client "
+            r"requires pip package `ray\[client\]`\. .*\)$", f"ray://{gcs}")

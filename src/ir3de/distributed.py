@@ -22,7 +22,8 @@ engine's one-line error (``file:line: …``); when several files are bad, the fi
 worker reports is named.
 
 Without ``--address`` a local Ray instance is started (and stopped) for the run; with one,
-the job joins that cluster.
+the job joins that cluster, after a probe that the address answers Ray's protocol (ray.init
+itself would retry for minutes against a port of another server).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ _URL_WILDCARDS = "*["
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # "KeyError: 'x'", "pyarrow.lib.ArrowInvalid: …" at the start of a traceback's line
 _EXCEPTION_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Invalid): ")
+# How long the address probe waits to connect and for each answer.
+_PROBE_SECONDS = 5.0
+
 # What Ray prints of its own in a quiet run, muted while ray_stats runs (levels restored).
 _QUIET_LEVELS = {
     "ray.data": logging.WARNING,  # an INFO line per dataset execution
@@ -89,6 +93,7 @@ _QUIET_LEVELS = {
 
 def _ray() -> Any:
     try:
+        import h2  # noqa: F401  (the address probe's; ships with the extra too)
         import ray
         import ray.data  # Ray Data ships with ray[data]
     except ImportError:
@@ -211,19 +216,52 @@ def _file_format(name: str, fmt: CorpusFormat | None) -> CorpusFormat:
 
 
 def _check_reachable(address: str | None) -> None:
-    """Fail fast when ``address`` is ``[ray://]host:port`` and nothing listens there
-    (``ray.init`` would retry for ever)."""
-    if address is None or address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[1] if "://" in address else address
+    """Fail fast when ``address`` is ``[ray://]host:port`` and nothing there speaks Ray's
+    protocol: ``ray.init`` would retry for ever against a closed port, and as long against
+    a server of another kind (a mistyped port, the dashboard's HTTP)."""
+    scheme, _, hostport = address.rpartition("://") if address else ("", "", "")
+    if scheme not in ("", "ray") or hostport in ("", "auto", "local"):
+        return  # (ray.init refuses other schemes itself, at once)
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=5).close()
+        sock = socket.create_connection((host.strip("[]") or "localhost", int(port)),
+                                        timeout=_PROBE_SECONDS)
     except OSError as exc:
         raise IR3DEError(f"cannot reach the Ray cluster at {hostport} "
                          f"({exc.strerror or exc})") from None
+    # Ray's GCS and its Ray Client server both speak gRPC, which is HTTP/2; with TLS on
+    # (Ray's own switch) the first bytes would be a TLS handshake, which this probe does
+    # not speak, so it is left to ray.init.
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        if not _answers_http2(sock):
+            raise IR3DEError(
+                f"cannot join the Ray cluster at {hostport}: what listens there does not "
+                "speak Ray's protocol (gRPC); give the head node's GCS address (port 6379 "
+                "by default) or ray://host:10001 for Ray Client")
+
+
+def _answers_http2(sock: socket.socket) -> bool:
+    """Whether the server behind ``sock`` opens an HTTP/2 connection: RFC 9113 makes a
+    SETTINGS frame the first thing a server sends after the client's preface."""
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    conn = h2.connection.H2Connection()
+    conn.initiate_connection()
+    try:
+        sock.sendall(conn.data_to_send())
+        while data := sock.recv(65536):  # (until a whole frame; b"": the server closed)
+            events = conn.receive_data(data)
+            if events:
+                return isinstance(events[0], h2.events.RemoteSettingsChanged)
+    except (OSError, h2.exceptions.ProtocolError):  # (a timeout is an OSError)
+        return False
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
