@@ -107,6 +107,34 @@ def test_keygen_racing_another_keeps_a_whole_pair(tmp_path: Path,
     assert b"PUBLIC KEY" in (tmp_path / "p.pub").read_bytes()
 
 
+def test_keygen_that_fails_halfway_keeps_the_previous_key(tmp_path: Path) -> None:
+    """The public key cannot be written: with --force the previous private key is put
+    back, not lost; without, the new one is removed. Through a symbolic link both act on
+    the link's target, and the link stays."""
+    public = generate_key(tmp_path / "p.key")
+    old = (tmp_path / "p.key").read_bytes()
+    public.unlink()
+    public.mkdir()
+    with pytest.raises(IR3DEError, match=r"p\.pub is a directory"):
+        generate_key(tmp_path / "p.key", force=True)
+    assert (tmp_path / "p.key").read_bytes() == old
+    assert (tmp_path / "p.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "keys").mkdir()
+    link = tmp_path / "link.key"
+    link.symlink_to(tmp_path / "keys" / "real.key")  # dangling: no key yet
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "link.pub").symlink_to(tmp_path / "a-file" / "link.pub")  # unwritable
+    with pytest.raises(IR3DEError, match=r"a-file"):
+        generate_key(link)
+    assert link.is_symlink() and not (tmp_path / "keys" / "real.key").exists()
+    (tmp_path / "link.pub").unlink()
+    (tmp_path / "link.pub").mkdir()
+    (tmp_path / "keys" / "real.key").write_bytes(old)
+    with pytest.raises(IR3DEError, match=r"link\.pub is a directory"):
+        generate_key(link, force=True)
+    assert link.is_symlink() and link.read_bytes() == old
+
+
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:
     stats = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
     stats.save(tmp_path / "math.stats")

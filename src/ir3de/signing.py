@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,26 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
                                 ser.NoEncryption())
     public = key.public_key().public_bytes(ser.Encoding.PEM,
                                            ser.PublicFormat.SubjectPublicKeyInfo)
-    # Without force neither file replaces one that appeared since the check (another
-    # keygen racing): a key pair is written whole or not at all.
+    # A key pair is written whole or not at all. Without force neither file replaces one
+    # that appeared since the check (another keygen racing); with it, a public key that
+    # cannot be written puts the previous private key back, as a key lost to a failed
+    # --force cannot be made again. (atomic_write_bytes writes through a symbolic link, so
+    # the undoing is done on its target and the link stays.)
+    target = path.resolve() if path.is_symlink() else path
+    previous = None
+    if force and target.is_file():
+        try:
+            previous = target.read_bytes(), stat.S_IMODE(target.stat().st_mode)
+        except OSError as exc:
+            raise IR3DEError(f"cannot replace {path}: {exc.strerror or exc}") from None
     atomic_write_bytes(path, private, mode=0o600, overwrite=force)  # 0o600: it is private
     try:
         atomic_write_bytes(public_path, public, overwrite=force)
     except BaseException:
-        path.unlink(missing_ok=True)  # a private key whose public key is someone else's
+        if previous is None:
+            target.unlink(missing_ok=True)  # a private key whose public key is someone else's
+        else:
+            atomic_write_bytes(target, previous[0], mode=previous[1])
         raise
     return public_path
 
