@@ -1238,12 +1238,17 @@ def test_route_batch_takes_the_token_ids_encode_gave(toy_router: Router) -> None
     ids = toy_router.encode(PROMPTS)
     assert toy_router.route_batch(PROMPTS, token_ids=ids, explain=True) == \
         toy_router.route_batch(PROMPTS, explain=True)
-    vocab = toy_router.embedder.vocab_size
+    vocab, cap = toy_router.embedder.vocab_size, toy_router.config.max_tokens
+    special = int(toy_router.embedder.special_ids[0])
     for bad, match in [(ids[:-1], f"{len(PROMPTS) - 1} token-id arrays for {len(PROMPTS)}"),
                        ([*ids[:-1], ids[-1].tolist()], r"token ids #\d+: expected a 1-D"),
                        ([*ids[:-1], ids[-1].astype(float)], "expected a 1-D integer"),
                        ([*ids[:-1], ids[-1][:0]], r"prompt #\d+ has no token"),
-                       ([*ids[:-1], ids[-1] + vocab], rf"ids must be in \[0, {vocab}\)")]:
+                       ([*ids[:-1], ids[-1] + vocab], rf"ids must be in \[0, {vocab}\)"),
+                       ([*ids[:-1], np.resize(ids[-1], cap + 1)],
+                        rf"{cap + 1} ids, more than this router's max_tokens \({cap}\)"),
+                       ([*ids[:-1], np.append(ids[-1], special)],
+                        rf"special token id\(s\) \[{special}\], which Router.encode drops")]:
         with pytest.raises(IR3DEError, match=match):
             toy_router.route_batch(PROMPTS, token_ids=bad)
 

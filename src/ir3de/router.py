@@ -692,7 +692,8 @@ class Router:
 
         ``token_ids``: the prompts' token ids as :meth:`encode` gives them, to route
         without tokenising them again (a caller that checked every prompt first); they
-        must be one non-empty integer array per prompt, below the vocabulary size.
+        must be one non-empty integer array per prompt, below the vocabulary size, at
+        most ``max_tokens`` long and without special ids.
         """
         state, config = self._fitted, self.config
         if token_ids is None:
@@ -722,11 +723,13 @@ class Router:
                      ) -> list[np.ndarray]:
         """``token_ids`` given to :meth:`route_batch`, refused unless they can be what
         :meth:`encode` gives for ``prompts`` (an id outside the vocabulary would index
-        another token's row, or fail deep in numpy)."""
+        another token's row, or fail deep in numpy; more ids than the cap, or special
+        ids, are what encode never gives)."""
         ids = list(token_ids)
         if len(ids) != len(prompts):
             raise IR3DEError(f"{len(ids)} token-id arrays for {len(prompts)} prompts")
-        vocab = self.embedder.vocab_size
+        vocab, cap = self.embedder.vocab_size, self.config.max_tokens
+        special = self.embedder.special_ids
         for i, x in enumerate(ids):
             if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind not in "iu":
                 raise IR3DEError(f"token ids #{i}: expected a 1-D integer numpy array, as "
@@ -736,6 +739,15 @@ class Router:
             if x.min() < 0 or x.max() >= vocab:
                 raise IR3DEError(f"token ids #{i}: ids must be in [0, {vocab}), the "
                                  f"vocabulary of {self.embedder.name}")
+            # (encode caps and drops these; ids that skip it would route on more, or on
+            # tokens no statistics file counts)
+            if x.size > cap:
+                raise IR3DEError(f"token ids #{i}: {x.size} ids, more than this router's "
+                                 f"max_tokens ({cap}); Router.encode caps them")
+            if special.size and np.isin(x, special).any():
+                raise IR3DEError(f"token ids #{i}: special token id(s) "
+                                 f"{sorted(set(x[np.isin(x, special)].tolist()))}, which "
+                                 "Router.encode drops")
         return ids
 
     def encode(self, prompts: Iterable[str]) -> list[np.ndarray]:
