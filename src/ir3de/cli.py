@@ -12,7 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import glob
 import json
 import os
 import shlex
@@ -39,6 +38,7 @@ from .data import (
     record_id,
     refuse_repeated_paths,
 )
+from .distributed import local_matches
 from .embedding import DEFAULT_MAX_TOKENS, load_embedder, misplaced_table_or_tensor
 from .errors import (
     IR3DEError,
@@ -494,17 +494,18 @@ def _plain_text_only(corpus: Sequence[str], fmt: str | None) -> bool:
 
 def _corpus_files(corpus: Sequence[str], engine: str) -> list[str]:
     """The local files the ``corpus`` arguments name, for the output check: the local
-    engine reads each argument as it is; the Ray engine (:mod:`ir3de.distributed`)
-    expands a local path that does not exist as a glob and reads a ``file://`` URL as its
-    local path (globbed the same way). A URL of another filesystem (``s3://``) is no
-    local file the output could be."""
+    engine reads each argument as it is; the Ray engine expands a local path by
+    :func:`ir3de.distributed.local_matches`, which is applied here to a ``file://`` URL's
+    local path too (the engine's URL expansion globs the last component only, so it names
+    no file this misses). A URL of another filesystem (``s3://``) is no local file the
+    output could be."""
     if engine != "ray":
         return list(corpus)
     files = []
     for item in corpus:
         local = local_path(item)
         if local is not None:
-            files += [local] if os.path.exists(local) else glob.glob(local)
+            files += local_matches(local)
     return files
 
 

@@ -128,14 +128,20 @@ def _expand(paths: Sequence[str]) -> list[str]:
     return files
 
 
+def local_matches(path: str) -> list[str]:
+    """What the local ``path`` names for this engine: ``[path]`` if it exists
+    (``corpus[1].jsonl`` is a file name, as for the local engine) or holds no wildcard,
+    else its glob matches, sorted (maybe none)."""
+    if os.path.exists(path) or not any(c in path for c in _WILDCARDS):
+        return [path]
+    return sorted(glob.glob(path))
+
+
 def _expand_local(path: str) -> list[str]:
-    """``[path]`` if it exists (``corpus[1].jsonl`` is a file name, as for the local
-    engine), else its glob matches, sorted."""
-    matched = [path]
-    if not os.path.exists(path) and any(c in path for c in _WILDCARDS):
-        matched = sorted(glob.glob(path))
-        if not matched:
-            raise IR3DEError(f"{path}: no file matches")
+    """:func:`local_matches`, each checked to be a regular file."""
+    matched = local_matches(path)
+    if not matched:
+        raise IR3DEError(f"{path}: no file matches")
     for file in matched:
         require_file(Path(file))  # the local engine's "is a directory", "no such file"
     return matched
