@@ -133,6 +133,11 @@ def test_keygen_that_fails_halfway_keeps_the_previous_key(tmp_path: Path) -> Non
     with pytest.raises(IR3DEError, match=r"link\.pub is a directory"):
         generate_key(link, force=True)
     assert link.is_symlink() and link.read_bytes() == old
+    # a loop of links is named, not a traceback
+    (tmp_path / "loop-a.key").symlink_to(tmp_path / "loop-b.key")
+    (tmp_path / "loop-b.key").symlink_to(tmp_path / "loop-a.key")
+    with pytest.raises(IR3DEError, match=r"cannot write .*loop-a\.key: .*loop"):
+        generate_key(tmp_path / "loop-a.key", force=True)
 
 
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:

@@ -111,7 +111,11 @@ def generate_key(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     # cannot be written puts the previous private key back, as a key lost to a failed
     # --force cannot be made again. (atomic_write_bytes writes through a symbolic link, so
     # the undoing is done on its target and the link stays.)
-    target = path.resolve() if path.is_symlink() else path
+    try:
+        target = path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError) as exc:  # a loop of links (3.13: OSError)
+        raise IR3DEError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+                         ) from None
     previous = None
     if force and target.is_file():
         try:
