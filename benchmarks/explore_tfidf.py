@@ -48,7 +48,8 @@ token features, so the statistics stay per-domain sums. Fixed before its first r
 forms at their committed bucket counts (prototype 8192, exact 4096), the same grid and rule;
 the exact form's pick goes to ``--fresh`` if it is above the default's 99.563, and it
 replaces the default only by winning there (and it would then still be judged on every
-setting's bar).
+setting's bar). It picked ``blend λ=0.001 g=4`` (99.63), which lost the fresh checks
+(97.87 against the default's 98.65): EVALUATION.md, *Issue 6*.
 
 Run:  python benchmarks/explore_tfidf.py [--buckets 8192] [--no-idf] [--form exact]
                                          [--words] [--settings ...] [--fresh LABEL]
