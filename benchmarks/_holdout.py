@@ -10,8 +10,10 @@ choice from here.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -35,6 +37,58 @@ def holdout(groups: Mapping[str, Sequence[T]], seed: int = 0,
     return inner, held
 
 
+# Where a data file's records say which sub-source they come from (the record's own field):
+# arXiv primary category, TheAlgorithms folder, president, LegalBench task, book, and the
+# multilingual ARC's language. The other sets have no such field: each prompt is its own.
+SOURCE_FIELDS: dict[str, Callable[[dict], str]] = {
+    "domains/arxiv_cs": lambda r: r["categories"].split()[0],
+    "domains/arxiv_math": lambda r: r["categories"].split()[0],
+    "domains/arxiv_physics": lambda r: r["categories"].split()[0],
+    "domains/code_python": lambda r: r["category"],
+    "domains/history_speeches": lambda r: r["speaker"],
+    "domains/legalbench": lambda r: r["task"],
+    "domains/philosophy_texts": lambda r: r["work"],
+    "reasoning/m_arc": lambda r: r["id"].split(":", 1)[0],
+}
+
+
+def source_of(data_dir: str) -> dict[str, str]:
+    """Each text of :data:`SOURCE_FIELDS`' files → its sub-source (``folder:value``)."""
+    out: dict[str, str] = {}
+    for folder, field in SOURCE_FIELDS.items():
+        for path in sorted(Path(data_dir, folder).glob("*.jsonl")):
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    record = json.loads(line)
+                    out.setdefault(record["text"], f"{folder}:{field(record)}")
+    return out
+
+
+def source_holdout(texts: Mapping[str, Sequence[str]], sources: Mapping[str, str],
+                   seed: int = 0, fraction: float = 0.8) -> tuple[dict[str, list[int]],
+                                                                  dict[str, list[int]]]:
+    """``(inner, held)`` item indices per domain, holding out WHOLE sub-sources: a seeded
+    shuffle of each domain's sources (a text without one is its own), taken while the
+    held-out part stays within 1.5 times its share (a source larger than that is never held
+    out) until it reaches ``1 - fraction`` of the domain's items."""
+    rng = np.random.default_rng(seed)
+    inner, held = {}, {}
+    for domain, items in texts.items():
+        members: dict[str, list[int]] = {}
+        for i, text in enumerate(items):
+            members.setdefault(sources.get(text, f"prompt:{i}"), []).append(i)
+        keys = list(members)
+        target, cap, out = (1 - fraction) * len(items), 1.5 * (1 - fraction) * len(items), []
+        for k in rng.permutation(len(keys)):
+            if len(out) >= target:
+                break
+            if len(out) + len(members[keys[k]]) <= cap:
+                out += members[keys[k]]
+        held[domain] = sorted(out)
+        inner[domain] = sorted(set(range(len(items))) - set(out))
+    return inner, held
+
+
 def flatten(groups: Mapping[str, Sequence[T]]) -> tuple[list[T], list[str]]:
     """Items of every domain in one list, with each item's domain."""
     return ([x for items in groups.values() for x in items],
@@ -46,11 +100,18 @@ class TokenizedSplit:
     80 % (``inner``), the held-out 20 % (``held``, gold domain indices ``held_y``) and the
     test prompts (``test``, ``test_y``); prompts without any token are left out of the fit."""
 
-    def __init__(self, emb, split) -> None:
+    def __init__(self, emb, split, sources: Mapping[str, str] | None = None) -> None:
         self.domains = list(split.fit)
-        self.fit = {d: [x for x in emb.encode_batch(split.fit[d]) if x.size]
-                    for d in self.domains}
-        self.inner, held = holdout(self.fit)
+        pairs = {d: [(t, x) for t, x in zip(split.fit[d], emb.encode_batch(split.fit[d]),
+                                            strict=True) if x.size] for d in self.domains}
+        texts = {d: [t for t, _ in pairs[d]] for d in self.domains}
+        self.fit = {d: [x for _, x in pairs[d]] for d in self.domains}
+        if sources is None:
+            self.inner, held = holdout(self.fit)
+        else:  # whole sub-sources held out (source_holdout)
+            inner_i, held_i = source_holdout(texts, sources)
+            self.inner = {d: [self.fit[d][i] for i in inner_i[d]] for d in self.domains}
+            held = {d: [self.fit[d][i] for i in held_i[d]] for d in self.domains}
         self.held, held_labels = flatten(held)
         self.held_y = np.array([self.domains.index(d) for d in held_labels])
         self.test = emb.encode_batch(split.test_texts)
@@ -66,11 +127,16 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def explore_args(doc: str, settings: Sequence[str]) -> argparse.Namespace:
+def explore_args(doc: str, settings: Sequence[str],
+                 by_source: bool = False) -> argparse.Namespace:
     """The command line of every ``explore_*`` script: :func:`script_parser`'s options and
-    ``--settings`` (default ``settings``)."""
+    ``--settings`` (default ``settings``); ``--by-source`` for a script that passes it on
+    to :func:`report_splits`."""
     ap = script_parser(doc)
     ap.add_argument("--settings", nargs="+", default=list(settings))
+    if by_source:
+        ap.add_argument("--by-source", action="store_true",
+                        help="hold out whole sub-sources of the fit data (source_holdout)")
     return ap.parse_args()
 
 
@@ -89,24 +155,28 @@ def kept_balanced(pred: np.ndarray, gold: np.ndarray, keep: np.ndarray) -> float
                           for d in np.unique(gold) if (keep & (gold == d)).any()]))
 
 
-def tokenized_splits(emb, names: Sequence[str],
-                     data_dir: str) -> Iterator[tuple[str, TokenizedSplit]]:
-    """``("setting / split", TokenizedSplit)`` for every split of every named setting."""
+def tokenized_splits(emb, names: Sequence[str], data_dir: str, by_source: bool = False
+                     ) -> Iterator[tuple[str, TokenizedSplit]]:
+    """``("setting / split", TokenizedSplit)`` for every split of every named setting (with
+    ``by_source``, whole sub-sources held out: :func:`source_holdout`)."""
+    sources = source_of(data_dir) if by_source else None
     for name in names:
         for split in load_setting(name, data_dir).splits:
-            yield f"{name} / {split.name}", TokenizedSplit(emb, split)
+            yield f"{name} / {split.name}", TokenizedSplit(emb, split, sources)
 
 
 def report_splits(emb, names: Sequence[str], data_dir: str,
                   variants: Callable[[Mapping[str, list[np.ndarray]], Sequence[np.ndarray]],
                                      Mapping[str, np.ndarray]],
-                  start: float | None = None) -> dict[str, list[tuple[str, float, float]]]:
+                  start: float | None = None, by_source: bool = False
+                  ) -> dict[str, list[tuple[str, float, float]]]:
     """:func:`report_split` for every split of every named setting, the variants scored by
     ``variants(fit groups, prompt ids)`` fitted on the inner 80 % (held-out scores) and on
     the whole fit data (test scores); with ``start`` (a ``time.perf_counter()``), the
-    elapsed time after each split. Returns the rows per split."""
+    elapsed time after each split; ``by_source``: whole sub-sources held out. Returns the
+    rows per split."""
     per_split = {}
-    for name, data in tokenized_splits(emb, names, data_dir):
+    for name, data in tokenized_splits(emb, names, data_dir, by_source):
         per_split[name] = report_split(name, variants(data.inner, data.held),
                                        variants(data.fit, data.test), data)
         if start is not None:

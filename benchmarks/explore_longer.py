@@ -24,7 +24,11 @@ at m = 1e5). Same rule as every exploration: one configuration per family by the
 held-out-fit accuracy over the five splits (``explore_smoothing._one_configuration``), test
 prompts only scored; then every configuration with two decimals.
 
+``--by-source`` holds out whole sub-sources of the fit data instead (the rule that
+``explore_tfidf.py --by-source`` describes).
+
 Run:  python benchmarks/explore_longer.py [--embedder wordllama] [--settings domains ...]
+                                          [--by-source]
 """
 
 from __future__ import annotations
@@ -137,14 +141,16 @@ def _precise(per_split: dict[str, list[tuple[str, float, float]]]) -> None:
 
 
 def score_all(emb, settings: Sequence[str], data_dir: str, variants,
-              start: float) -> None:
+              start: float, by_source: bool = False) -> None:
     """Score every configuration of ``variants(V, fit, ids)`` on the splits of
-    ``settings`` (held-out fit → test), then print the one pick per family and every
-    configuration with two decimals: the body of this script and of the scripts that run
-    through ``fresh_unseen.rule_main``."""
-    print(f"embedder {emb.name}; balanced accuracy (%): held-out fit → test\n", flush=True)
+    ``settings`` (held-out fit → test; ``by_source``: whole sub-sources held out), then
+    print the one pick per family and every configuration with two decimals: the body of
+    this script and of the scripts that run through ``fresh_unseen.rule_main``."""
+    held = "held-out sub-sources" if by_source else "held-out fit"
+    print(f"embedder {emb.name}; balanced accuracy (%): {held} → test\n", flush=True)
     per_split = report_splits(emb, settings, data_dir,
-                              lambda fit, ids: variants(emb.vocab_size, fit, ids), start)
+                              lambda fit, ids: variants(emb.vocab_size, fit, ids), start,
+                              by_source)
     if per_split:
         _one_configuration(per_split)
         _precise(per_split)
@@ -153,8 +159,9 @@ def score_all(emb, settings: Sequence[str], data_dir: str, variants,
 
 def main() -> int:
     start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS)
-    score_all(load_embedder(args.embedder), args.settings, args.data, _variants, start)
+    args = explore_args(__doc__, SETTINGS, by_source=True)
+    score_all(load_embedder(args.embedder), args.settings, args.data, _variants, start,
+              args.by_source)
     return 0
 
 
