@@ -127,16 +127,20 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def explore_args(doc: str, settings: Sequence[str],
-                 by_source: bool = False) -> argparse.Namespace:
+def explore_args(doc: str, settings: Sequence[str], by_source: bool = False,
+                 fresh: bool = False) -> argparse.Namespace:
     """The command line of every ``explore_*`` script: :func:`script_parser`'s options and
     ``--settings`` (default ``settings``); ``--by-source`` for a script that passes it on
-    to :func:`report_splits`."""
+    to :func:`report_splits`, ``--fresh LABEL`` for one that judges a configuration on
+    ``fresh_unseen.py``'s checks."""
     ap = script_parser(doc)
     ap.add_argument("--settings", nargs="+", default=list(settings))
     if by_source:
         ap.add_argument("--by-source", action="store_true",
                         help="hold out whole sub-sources of the fit data (source_holdout)")
+    if fresh:
+        ap.add_argument("--fresh", metavar="LABEL",
+                        help="judge this configuration on the fresh checks")
     return ap.parse_args()
 
 

@@ -25,10 +25,11 @@ held-out-fit accuracy over the five splits (``explore_smoothing._one_configurati
 prompts only scored; then every configuration with two decimals.
 
 ``--by-source`` holds out whole sub-sources of the fit data instead (the rule that
-``explore_tfidf.py --by-source`` describes).
+``explore_tfidf.py --by-source`` describes); ``--fresh LABEL`` judges one configuration
+against the default on ``fresh_unseen.py``'s fresh checks (step 3 of that rule).
 
 Run:  python benchmarks/explore_longer.py [--embedder wordllama] [--settings domains ...]
-                                          [--by-source]
+                                          [--by-source] [--fresh LABEL]
 """
 
 from __future__ import annotations
@@ -159,9 +160,13 @@ def score_all(emb, settings: Sequence[str], data_dir: str, variants,
 
 def main() -> int:
     start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS, by_source=True)
-    score_all(load_embedder(args.embedder), args.settings, args.data, _variants, start,
-              args.by_source)
+    args = explore_args(__doc__, SETTINGS, by_source=True, fresh=True)
+    emb = load_embedder(args.embedder)
+    if args.fresh is not None:
+        from fresh_unseen import DEFAULT, judge  # (fresh_unseen imports this module)
+
+        return judge(emb, args.data, _variants, DEFAULT, args.fresh)
+    score_all(emb, args.settings, args.data, _variants, start, args.by_source)
     return 0
 
 
