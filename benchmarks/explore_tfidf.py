@@ -66,7 +66,9 @@ each with and without ``--words``) and to ``explore_longer.py``'s grid, the defa
 family, every pick reported; the candidate for step 3 is the pick of an additive form
 (exact 4096, or ``explore_longer``) with the highest mean over the source-held-out parts,
 if that is above the default's mean on the same parts; it replaces the default only by
-winning the fresh checks.
+winning the fresh checks. Outcome: every TF-IDF run picked g = 8, ``explore_longer`` picked
+``skip uni=none oov=once w=0.5 m=100000`` (98.29 against the default's 95.08), the
+candidate, which lost the fresh checks (98.16 against 98.65): EVALUATION.md, *Issue 6*.
 
 Run:  python benchmarks/explore_tfidf.py [--buckets 8192] [--no-idf] [--form exact]
                                          [--words] [--by-source] [--settings ...]
