@@ -10,7 +10,6 @@ choice from here.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ir3de.data import read_jsonl
 from ir3de.eval import load_setting
 
 T = TypeVar("T")
@@ -57,10 +57,8 @@ def source_of(data_dir: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for folder, field in SOURCE_FIELDS.items():
         for path in sorted(Path(data_dir, folder).glob("*.jsonl")):
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    record = json.loads(line)
-                    out.setdefault(record["text"], f"{folder}:{field(record)}")
+            for record in read_jsonl(path):
+                out.setdefault(record["text"], f"{folder}:{field(record)}")
     return out
 
 

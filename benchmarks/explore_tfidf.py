@@ -174,7 +174,7 @@ def _ridge(fit: Mapping[str, Sequence[np.ndarray]], V: int, buckets: int,
             items = [x[keep[x]] for x in items]
         return _features(items, buckets, weight, after)
 
-    F = features(prompts)
+    F = _features(prompts, buckets, weight, after)  # (the fit prompts: filtered above)
     sizes = [len(items) for items in fit.values()]
     y = np.repeat(np.arange(len(sizes)), sizes)
     w = 1.0 / np.asarray(sizes, float)[y]
