@@ -36,6 +36,11 @@ one draw, for today's mass and the ``sqrt`` and ``prop`` rules; no test figure w
    test; a size rule then becomes a ``pairs`` setting of the router, a fixed mass is a
    ``--pairs`` value users can give today.
 
+Outcome (first run, 81 s): step 1 picked ``sqrt c=100`` (98.36 over the sizes against the
+default's 97.97), which step 2 refused (99.534 at full size); step 3 picked ``fixed m=1e+04``
+(+0.83 held-out, +0.90 test on the small sizes), now the README's advice for routers fitted
+on about 100 prompts per expert or fewer: EVALUATION.md, *Issue 6*.
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL]
 """
 
@@ -118,7 +123,9 @@ def main() -> int:
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held = {label: {s: [] for s in SIZES} for label in RULES}
     test = {label: {s: [] for s in SIZES} for label in RULES}
+    names = []
     for name, data in tokenized_splits(emb, ap_args.settings, ap_args.data):
+        names.append(name)
         for size in SIZES:
             for draw in range(1 if size == "full" else draws):
                 rng = np.random.default_rng(draw)
@@ -163,6 +170,14 @@ def main() -> int:
     print(f"## step 3 (sizes {', '.join(SMALL)}): {small}; minus the default: held-out "
           f"{100 * dh:+.2f}, test {100 * dt:+.2f} → "
           f"{'recommend for small fit sets' if dh > 0 and dt > 0 else 'no recommendation'}")
+    print(f"\n{small} minus the default on test, per split (mean over draws)\n")
+    print("| split | " + " | ".join(SMALL) + " |")
+    print("|---|" + "---|" * len(SMALL))
+    for i, name in enumerate(names):
+        # each size's list holds the splits in order, ``draws`` values each
+        cells = [np.mean(test[small][s][i * draws:(i + 1) * draws])
+                 - np.mean(test[DEFAULT][s][i * draws:(i + 1) * draws]) for s in SMALL]
+        print(f"| {name} | " + " | ".join(f"{100 * c:+.2f}" for c in cells) + " |")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
