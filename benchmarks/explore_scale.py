@@ -41,7 +41,14 @@ default's 97.97), which step 2 refused (99.534 at full size); step 3 picked ``fi
 (+0.83 held-out, +0.90 test on the small sizes), now the README's advice for routers fitted
 on about 100 prompts per expert or fewer: EVALUATION.md, *Issue 6*.
 
-Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL]
+``--fresh-small``, added after the run above and committed before its own first run: the
+step-3 advice judged on prompts no choice has read, ``fresh_unseen.py``'s two checks (F1: fit
+as ``reasoning-xdata``, test on MBPP ``test`` among others; F2: fit as ``reasoning-paper``,
+test on MBPP ``test`` and Alpaca) with every fit set cut to each small size (three draws as
+above). If ``fixed m=1e+04`` is not above the default on the mean over the checks, sizes and
+draws, the README's advice is withdrawn.
+
+Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from _holdout import balanced, explore_args, tokenized_splits
+from _holdout import balanced, script_parser, tokenized_splits
 from explore_counts import _features
 from explore_longer import _Grams
 from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
@@ -69,6 +76,8 @@ RULES: dict[str, tuple[str, float]] = {
 SIZES = ("f0.03", "f0.1", "f0.3", "n10", "n30", "n100", "n300", "full")
 SMALL = ("f0.03", "n10", "n30", "n100")
 FULL_DEFAULT_HELD = 0.99563  # today's default, mean held-out at full size (EVALUATION.md)
+DRAWS = 3
+ADVICE = "fixed m=1e+04"
 
 
 def _mass(rule: tuple[str, float], P: float) -> float:
@@ -110,15 +119,47 @@ def _row(title: str, cells: Sequence[float], mean: float) -> str:
     return f"| {title} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + f" | {100 * mean:.2f} |"
 
 
+def _fresh_small(emb, data_dir: str) -> int:
+    """``--fresh-small``: the advice against the default on ``fresh_unseen``'s checks with
+    every fit set cut to each small size."""
+    from fresh_unseen import CHECKS, _check
+
+    diffs: dict[str, list[float]] = {size: [] for size in SMALL}
+    for name in CHECKS:
+        for size in SMALL:
+            for draw in range(DRAWS):
+                def cut(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                        ids: Sequence[np.ndarray], size: str = size,
+                        draw: int = draw) -> dict[str, np.ndarray]:
+                    return _variants(V, _subsample(fit, size, np.random.default_rng(draw)), ids)
+
+                print(f"[{size}, draw {draw}]")
+                out = _check(emb, name, data_dir, [], cut, {"default": DEFAULT, ADVICE: ADVICE})
+                diffs[size].append(out[ADVICE] - out["default"])
+    print(f"\n{ADVICE} minus the default, mean over both checks and {DRAWS} draws: "
+          + ", ".join(f"{size} {100 * np.mean(d):+.2f}" for size, d in diffs.items()))
+    total = float(np.mean([d for ds in diffs.values() for d in ds]))
+    print(f"overall {100 * total:+.2f} → "
+          f"{'the advice stands' if total > 0 else 'withdraw the advice'}")
+    return 0
+
+
 def main() -> int:
     start = time.perf_counter()
-    ap_args = explore_args(__doc__, SETTINGS, fresh=True)
+    ap = script_parser(__doc__)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--fresh", metavar="LABEL",
+                    help="judge this configuration on the fresh checks (step 2)")
+    ap.add_argument("--fresh-small", action="store_true",
+                    help="judge the small-fit-set advice on the fresh checks, fit sets cut")
+    ap_args = ap.parse_args()
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
 
         return judge(emb, ap_args.data, _variants, DEFAULT, ap_args.fresh)
-    draws = 3
+    if ap_args.fresh_small:
+        return _fresh_small(emb, ap_args.data)
     V = emb.vocab_size
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held = {label: {s: [] for s in SIZES} for label in RULES}
@@ -127,7 +168,7 @@ def main() -> int:
     for name, data in tokenized_splits(emb, ap_args.settings, ap_args.data):
         names.append(name)
         for size in SIZES:
-            for draw in range(1 if size == "full" else draws):
+            for draw in range(1 if size == "full" else DRAWS):
                 rng = np.random.default_rng(draw)
                 inner, whole = _subsample(data.inner, size, rng), _subsample(data.fit, size, rng)
                 h, t = _variants(V, inner, data.held), _variants(V, whole, data.test)
@@ -174,9 +215,9 @@ def main() -> int:
     print("| split | " + " | ".join(SMALL) + " |")
     print("|---|" + "---|" * len(SMALL))
     for i, name in enumerate(names):
-        # each size's list holds the splits in order, ``draws`` values each
-        cells = [np.mean(test[small][s][i * draws:(i + 1) * draws])
-                 - np.mean(test[DEFAULT][s][i * draws:(i + 1) * draws]) for s in SMALL]
+        # each size's list holds the splits in order, DRAWS values each
+        cells = [np.mean(test[small][s][i * DRAWS:(i + 1) * DRAWS])
+                 - np.mean(test[DEFAULT][s][i * DRAWS:(i + 1) * DRAWS]) for s in SMALL]
         print(f"| {name} | " + " | ".join(f"{100 * c:+.2f}" for c in cells) + " |")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
