@@ -126,11 +126,13 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def explore_args(doc: str, settings: Sequence[str], by_source: bool = False,
-                 fresh: bool = False) -> argparse.Namespace:
+                 fresh: bool = False, flags: Sequence[tuple[str, str]] = ()
+                 ) -> argparse.Namespace:
     """The command line of every ``explore_*`` script: :func:`script_parser`'s options and
     ``--settings`` (default ``settings``); ``--by-source`` for a script that passes it on
     to :func:`report_splits`, ``--fresh LABEL`` for one that judges a configuration on
-    ``fresh_unseen.py``'s checks."""
+    ``fresh_unseen.py``'s checks; ``flags``: the script's own on/off options, as
+    ``(option, help)``."""
     ap = script_parser(doc)
     ap.add_argument("--settings", nargs="+", default=list(settings))
     if by_source:
@@ -139,6 +141,8 @@ def explore_args(doc: str, settings: Sequence[str], by_source: bool = False,
     if fresh:
         ap.add_argument("--fresh", metavar="LABEL",
                         help="judge this configuration on the fresh checks")
+    for option, help_text in flags:
+        ap.add_argument(option, action="store_true", help=help_text)
     return ap.parse_args()
 
 

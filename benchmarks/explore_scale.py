@@ -60,7 +60,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from _holdout import balanced, script_parser, tokenized_splits
+from _holdout import balanced, explore_args, tokenized_splits
 from explore_counts import _features
 from explore_longer import _Grams
 from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
@@ -148,13 +148,8 @@ def _fresh_small(emb, data_dir: str) -> int:
 
 def main() -> int:
     start = time.perf_counter()
-    ap = script_parser(__doc__)
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    ap.add_argument("--fresh", metavar="LABEL",
-                    help="judge this configuration on the fresh checks (step 2)")
-    ap.add_argument("--fresh-small", action="store_true",
-                    help="judge the small-fit-set advice on the fresh checks, fit sets cut")
-    ap_args = ap.parse_args()
+    ap_args = explore_args(__doc__, SETTINGS, fresh=True, flags=[
+        ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
