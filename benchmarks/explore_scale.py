@@ -63,7 +63,7 @@ import numpy as np
 from _holdout import balanced, explore_args, tokenized_splits
 from explore_counts import _features
 from explore_longer import _Grams
-from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
+from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys
 
 from ir3de import load_embedder
 
@@ -109,7 +109,7 @@ def _variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     tokens = _features(ids, "bin", V, bigram=False) @ Unigrams(fit, "bin", V).additive(ALPHA)
     grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
     M = grams.matrix(ids)
-    q = grams.C.sum(axis=1) + 1e-2  # (explore_smoothing.EPS: the default's background)
+    q = grams.C.sum(axis=1) + EPS  # the default's pooled background
     q /= q.sum()
     P = grams.C.sum()
     return {label: tokens + M @ np.log((grams.C + _mass(rule, P) * q[:, None])
