@@ -81,15 +81,17 @@ class _Grams:
         M.sum_duplicates()
         return M
 
-    def scores(self, ids: Sequence[np.ndarray]) -> dict[tuple[str, float], np.ndarray]:
-        """Per (oov, m): each prompt's summed Dirichlet log-likelihoods of its distinct keys,
-        smoothed towards the pooled key distribution (as ``solver.solve_pairs``)."""
+    def scores(self, ids: Sequence[np.ndarray], masses: Sequence[float] = MASSES
+               ) -> dict[tuple[str, float], np.ndarray]:
+        """Per (oov, m), m in ``masses``: each prompt's summed Dirichlet log-likelihoods of
+        its distinct keys, smoothed towards the pooled key distribution (as
+        ``solver.solve_pairs``)."""
         M = self.matrix(ids)
         unseen = M[:, -1].toarray()
         q = self.C.sum(axis=1) + EPS
         q /= q.sum()
         out = {}
-        for m in MASSES:
+        for m in masses:
             T = np.log((self.C + m * q[:, None]) / (self.C.sum(axis=0) + m))
             each = M @ T
             seen = each - unseen * T[-1]

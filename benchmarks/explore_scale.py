@@ -63,7 +63,7 @@ import numpy as np
 from _holdout import balanced, explore_args, tokenized_splits
 from explore_counts import _features
 from explore_longer import _Grams
-from explore_smoothing import EPS, SETTINGS, Unigrams, _ngram_keys
+from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
 
 from ir3de import load_embedder
 
@@ -108,13 +108,10 @@ def _variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     the pair table at the rule's mass, unseen keys as today)."""
     tokens = _features(ids, "bin", V, bigram=False) @ Unigrams(fit, "bin", V).additive(ALPHA)
     grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
-    M = grams.matrix(ids)
-    q = grams.C.sum(axis=1) + EPS  # the default's pooled background
-    q /= q.sum()
     P = grams.C.sum()
-    return {label: tokens + M @ np.log((grams.C + _mass(rule, P) * q[:, None])
-                                       / (grams.C.sum(axis=0) + _mass(rule, P)))
-            for label, rule in RULES.items()}
+    mass = {label: _mass(rule, P) for label, rule in RULES.items()}
+    pairs = grams.scores(ids, sorted(set(mass.values())))
+    return {label: tokens + pairs["each", m] for label, m in mass.items()}
 
 
 def _row(title: str, cells: Sequence[float], mean: float) -> str:
