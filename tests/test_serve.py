@@ -1000,6 +1000,27 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
       "cooldown_seconds": float("inf")}, "cooldown_seconds: Input should be a finite number"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": "1"},
      "cooldown_seconds: Input should be a valid number"),
+    # router settings: checked with the preset before any file is read
+    ({"router": {"stats": ["x.stats"], "settings": {"pairs": "1e4", "alpah": 1}},
+      "experts": {"a": {"url": "http://x"}}},
+     "router.settings.alpah: Extra inputs are not permitted"),
+    ({"router": {"stats": ["x.stats"], "settings": {"k": 5}}, "experts": {"a": {"url": "x"}}},
+     "router.settings.k applies to selector topk only; preset 'default' gives selector geo"),
+    ({"router": {"stats": ["x.stats"], "preset": "paper", "settings": {"alpha": 0.1}},
+      "experts": {"a": {"url": "http://x"}}},
+     "router.settings.alpha applies to model nb only; preset 'paper' gives model ridge"),
+    ({"router": {"stats": ["x.stats"], "settings": {"pairs": "-1"}},
+      "experts": {"a": {"url": "http://x"}}},
+     "the pair Dirichlet mass must be a finite number > 0 or None, got -1.0"),
+    ({"router": {"stats": ["x.stats"], "settings": {"k": True, "selector": "topk"}},
+      "experts": {"a": {"url": "http://x"}}}, "router.settings.k: Input should be a valid "
+                                              "integer"),
+    ({"router": {"stats": ["x.stats"], "preset": "fast"}, "experts": {"a": {"url": "x"}}},
+     "unknown preset 'fast'; choose one of"),
+    # read nowhere: a saved router keeps its own settings
+    ({"router": {"path": "r", "preset": "unigram"}, "experts": {"a": {"url": "http://x"}}},
+     "router.preset applies to router.stats only; a saved router (router.path) keeps the "
+     "settings it was built with, and router.settings changes them"),
 ])
 def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
                                            capsys) -> None:
@@ -2352,6 +2373,70 @@ def test_saved_min_coverage_yields_to_a_router_without_coverage(
         f"in use (gateway.yaml's, with the admin API's changes saved in {tmp_path / 'state'}: "
         "selector 'avg') reports none: set min_coverage to 0 in gateway.yaml, or move "
         f"{tmp_path / 'state'} away to start from the config alone")
+
+
+def test_router_settings_in_gateway_yaml(stats_files, upstreams, tmp_path, emb: Embedder,
+                                         caplog) -> None:
+    """gateway.yaml's router could only name a preset, so a router fitted there from
+    statistics could not take the README's advice for few fit prompts (pair mass 1e4).
+    ``router.settings`` applies settings over the preset (stats) or the saved router
+    (path); an edit of them rebuilds the router on restart, and a section without them is
+    the one states were saved with before, so those are not rebuilt."""
+    import logging
+
+    from ir3de import RouterConfig
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _initial_state, _persist, _router_source, load_config
+
+    prompts = [MATH, CODE, LEGAL, "Sort a list of numbers", "How many apples are left?"]
+    stats = [DomainStats.load(stats_files[d]) for d in ("math", "coding")]
+
+    def scores(pairs: float) -> list:
+        return Router(emb, RouterConfig(pairs=pairs)).fit_stats(stats).predict_proba(
+            prompts).tolist()
+
+    config = _config(tmp_path, stats_files, upstreams)
+    assert set(_router_source(load_config(config))["section"]) == {
+        "path", "stats", "embedder", "preset"}  # as saved before settings existed
+    data = yaml.safe_load(config.read_text())
+    # PyYAML reads 1e4 as text: taken as the number, as --pairs 1e4 is
+    config.write_text(yaml.safe_dump(data, sort_keys=False).replace(
+        "  stats:", "  settings: {pairs: 1e4}\n  stats:", 1))
+    state, base = _initial_state(load_config(config))
+    assert state.router.config == RouterConfig(pairs=1e4)
+    assert state.router.predict_proba(prompts).tolist() == scores(1e4) != scores(1e5)
+    _persist(state, str(tmp_path / "state"), base)
+
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))  # unchanged: the saved router
+    assert state.router.config.pairs == 1e4 and not caplog.records
+    data["router"]["settings"] = {"pairs": 3e4}  # edited since: rebuilt with it
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, base = _initial_state(load_config(config))
+    assert state.router.predict_proba(prompts).tolist() == scores(3e4)
+    lines = {e["field"]: e for e in map(json.loads, (r.getMessage() for r in caplog.records))}
+    assert lines["router"]["using"] == "config" and "router.pairs" in lines
+    _persist(state, str(tmp_path / "state"), base)
+    del data["router"]["settings"]  # removed: the preset's own mass again
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, _ = _initial_state(load_config(config))
+    assert state.router.predict_proba(prompts).tolist() == scores(1e5)
+
+    # over a saved router's settings; one it would not read is refused at start
+    saved = tmp_path / "router.safetensors"
+    Router(emb).fit_stats(stats).save(saved)
+    data = {**data, "router": {"path": str(saved), "settings": {"pairs": 1e4}}}
+    del data["state_dir"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, _ = _initial_state(load_config(config))
+    assert state.router.predict_proba(prompts).tolist() == scores(1e4)
+    data["router"]["settings"] = {"k": 5}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(IR3DEError) as caught:
+        _initial_state(load_config(config))
+    assert str(caught.value) == ("router.settings.k applies to selector topk only; the saved "
+                                 "router gives selector geo")
 
 
 # ----------------------------------------------------------------- config and saved state

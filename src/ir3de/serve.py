@@ -99,6 +99,8 @@ Example config::
 
     name: ir3de
     router: {path: router.safetensors}        # or {stats: [math.stats, code.stats]}
+    #   preset: default          # with stats: the named configuration
+    #   settings: {pairs: 1e4}   # RouterConfig's settings over the preset's or saved router's
     experts:                   # url: a query (?api-version=...) is kept; no #fragment
       math:   {url: http://127.0.0.1:8001/v1, model: qwen-math}
       coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
@@ -121,6 +123,7 @@ Example config::
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -132,6 +135,7 @@ import os
 import re
 import tempfile
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -194,19 +198,59 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
             # ?api-version= and the like), so a trailing slash on the path goes
             return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
 
+    from .router import RouterConfig
+
+    # Typed from RouterConfig itself, so every setting of the Python API is here under its
+    # name. Strict, so that YAML's `yes` is not taken for k = 1; but a number PyYAML reads
+    # as text (it reads 1e4 so) is taken for a setting that is a number (_command_words).
+    hints = typing.get_type_hints(RouterConfig)
+    numbers = {name for name, hint in hints.items() if float in typing.get_args(hint)
+               or hint is float}
+    settings: dict[str, Any] = {f.name: (hints[f.name] | None, None)
+                                for f in dataclasses.fields(RouterConfig)}
+    RouterSettings = pd.create_model(
+        "RouterSettings", __config__=pd.ConfigDict(extra="forbid", strict=True), **settings)
+
     class RouterSource(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
         path: str | None = None
         stats: list[str] | None = pd.Field(None, min_length=1)
         embedder: str | None = None
         preset: str = "default"
+        settings: RouterSettings | None = pd.Field(  # type: ignore[valid-type]
+            None, description="router settings over the preset's (stats) or the saved "
+                              "router's (path), e.g. {pairs: 1e4}; null for pairs or "
+                              "identity turns them off")
+
+        @pd.field_validator("settings", mode="before")
+        @classmethod
+        def _command_words(cls, value: Any) -> Any:
+            # the command line's words: "none" for off (--pairs none), numbers as 1e4
+            if isinstance(value, dict):
+                return {k: _setting_word(v) if k in numbers else v for k, v in value.items()}
+            return value
 
         @pd.model_validator(mode="after")
         def _one(self) -> "RouterSource":
             if (self.path is None) == (self.stats is None):
                 raise ValueError("give exactly one of router.path (a saved router) and "
                                  "router.stats (statistics files)")
+            if self.path is not None and "preset" in self.model_fields_set:
+                # (it was read nowhere: a saved router keeps the settings it was built with)
+                raise ValueError("router.preset applies to router.stats only; a saved router "
+                                 "(router.path) keeps the settings it was built with, and "
+                                 "router.settings changes them")
+            if self.stats is not None:
+                try:  # the settings and the preset they apply to, checked before any work
+                    _stats_config(self)
+                except IR3DEError as exc:
+                    raise ValueError(str(exc)) from None
             return self
+
+        def overrides(self) -> dict[str, Any]:
+            """The settings gateway.yaml names (an explicit null included)."""
+            return {} if self.settings is None else \
+                self.settings.model_dump(exclude_unset=True)
 
     class GatewayConfig(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
@@ -303,6 +347,19 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
     return ExpertConfig, RouterSource, GatewayConfig
 
 
+def _setting_word(value: Any) -> Any:
+    """A number setting of gateway.yaml's router as ``ir3de build`` reads it: text that
+    is a number (YAML reads 1e4 as text) is that number, and ``none`` is None."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value  # (refused by the model, naming the setting: "auto" is kept)
+
+
 def _problems(exc: Any) -> str:
     """A pydantic ValidationError on one line: ``field: message; ...``."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
@@ -369,15 +426,54 @@ class _State:
 
 def _build_router(config: Any) -> Any:
     """The router gateway.yaml describes (``router.path`` loaded, or ``router.stats`` fitted)."""
-    from .router import Router, RouterConfig
+    from .router import Router
     from .statistics import load_stats_files
 
     src = config.router
     if src.path is not None:
-        return Router.load(src.path, embedder=src.embedder)
+        router = Router.load(src.path, embedder=src.embedder)
+        overrides = src.overrides()
+        if overrides:
+            _refuse_unread(router.config.with_settings(**overrides), overrides,
+                           "the saved router")
+            router.set_params(**overrides)
+        return router
     stats = load_stats_files(src.stats)
     embedder = stats[0].embedder if src.embedder is None else src.embedder
-    return Router(embedder, RouterConfig.preset(src.preset)).fit_stats(stats)
+    return Router(embedder, _stats_config(src)).fit_stats(stats)
+
+
+def _stats_config(src: Any) -> Any:
+    """The RouterConfig of a ``router: {stats}`` section: its preset with its settings
+    applied; a setting the result would not read is refused, as ``ir3de build`` does."""
+    from .router import PRESETS, RouterConfig
+
+    overrides = src.overrides()
+    settings = dict(overrides)
+    # (as ir3de build does: a preset's own balance=False, paper's, gives way to the nb
+    # model, which always weighs every domain the same)
+    if src.preset in PRESETS and "balance" not in settings and \
+            settings.get("model", PRESETS[src.preset].model) == "nb":
+        settings["balance"] = True
+    config = RouterConfig.preset(src.preset, **settings)
+    _refuse_unread(config, overrides, f"preset {src.preset!r}")
+    return config
+
+
+def _refuse_unread(config: Any, given: dict[str, Any], source: str) -> None:
+    """Refuse a setting in ``given`` that ``config`` (``source`` with ``given`` applied)
+    does not read: it would change nothing without a word."""
+    found = config.ignored(given)
+    if found is None:
+        return
+    key, setting, needed = found
+    if needed is None:  # the identity solve has no unit-norm columns (solver.solve_identity)
+        raise IR3DEError(f"router.settings.{key} applies to the ridge model without "
+                         f"identity features only (identity: null); the router would use "
+                         f"identity {config.identity}")
+    where = "router.settings" if setting in given else source
+    raise IR3DEError(f"router.settings.{key} applies to {setting} {needed} only; {where} "
+                     f"gives {setting} {getattr(config, setting)}")
 
 
 def _file_digest(path: str | os.PathLike[str]) -> str | None:
@@ -395,7 +491,11 @@ def _router_source(config: Any) -> dict[str, Any]:
     """gateway.yaml's ``router`` section (absolute paths) and a digest of each file it
     names: what tells whether the config's router changed since the gateway last read it
     (a statistics file refitted in place changes it too)."""
-    section = config.router.model_dump()
+    section = config.router.model_dump(exclude={"settings"})
+    # Only the settings named (an explicit null differs from none given); with none, the
+    # section is as saved before gateway.yaml could give settings, so such states are kept.
+    if config.router.settings is not None:
+        section["settings"] = config.router.overrides()
     if section["path"] is not None:
         section["path"] = os.path.abspath(section["path"])
         files = [section["path"]]
