@@ -50,7 +50,18 @@ draws, the README's advice is withdrawn.
 Outcome: +1.55 overall, ahead in all 24 (check, size, draw) cells (+0.08 to +5.02): the
 advice stands (EVALUATION.md).
 
+``--alpha-small``, added after both runs above and committed before its own first run (a
+scratch run of one draw had shown held-out figures for α at 10 prompts per domain; no test
+or fresh figure of any α was read): the token table's α for small fit sets, jointly with
+the mass, α ∈ {0.003, 0.01, 0.03, 0.1} and m ∈ {3e3, 1e4, 3e4}, on the small sizes only
+(``f0.03``, ``n10``, ``n30``, ``n100``, three draws). Rule: the configuration with the
+highest mean held-out over those sizes replaces the README's advice (α 0.03, m 1e4) only if
+it is another one, beats the advice there on held-out AND on test, and then on the mean of
+the fresh checks cut to the same sizes (as ``--fresh-small``, run by this same command when
+the first two hold).
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
+      python benchmarks/explore_scale.py --alpha-small
 """
 
 from __future__ import annotations
@@ -80,6 +91,10 @@ SMALL = ("f0.03", "n10", "n30", "n100")
 FULL_DEFAULT_HELD = 0.99563  # today's default, mean held-out at full size (EVALUATION.md)
 DRAWS = 3
 ADVICE = "fixed m=1e+04"
+# --alpha-small: label → (α, m); the advice (α 0.03, m 1e4) is one of them
+ALPHA_GRID: dict[str, tuple[float, float]] = {
+    f"a={a:g} m={m:.0e}": (a, m) for a in (0.003, 0.01, 0.03, 0.1) for m in (3e3, 1e4, 3e4)}
+ALPHA_ADVICE = f"a={ALPHA:g} m={1e4:.0e}"
 
 
 def _mass(rule: tuple[str, float], P: float) -> float:
@@ -114,13 +129,25 @@ def _variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     return {label: tokens + pairs["each", m] for label, m in mass.items()}
 
 
+def _alpha_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                    ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every (α, m) of ``ALPHA_GRID``: the token table at α + the pair table at m."""
+    M = _features(ids, "bin", V, bigram=False)
+    unigrams = Unigrams(fit, "bin", V)
+    tokens = {a: M @ unigrams.additive(a) for a in {a for a, _ in ALPHA_GRID.values()}}
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(
+        ids, sorted({m for _, m in ALPHA_GRID.values()}))
+    return {label: tokens[a] + pairs["each", m] for label, (a, m) in ALPHA_GRID.items()}
+
+
 def _row(title: str, cells: Sequence[float], mean: float) -> str:
     return f"| {title} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + f" | {100 * mean:.2f} |"
 
 
-def _fresh_small(emb, data_dir: str) -> int:
-    """``--fresh-small``: the advice against the default on ``fresh_unseen``'s checks with
-    every fit set cut to each small size."""
+def _fresh_small(emb, data_dir: str, variants=_variants, base: str = DEFAULT,
+                 candidate: str = ADVICE) -> float:
+    """``--fresh-small``: ``candidate`` against ``base`` (the advice against the default)
+    on ``fresh_unseen``'s checks with every fit set cut to each small size; the mean gain."""
     from fresh_unseen import CHECKS, _check
 
     diffs: dict[str, list[float]] = {size: [] for size in SMALL}
@@ -130,89 +157,130 @@ def _fresh_small(emb, data_dir: str) -> int:
                 def cut(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                         ids: Sequence[np.ndarray], size: str = size,
                         draw: int = draw) -> dict[str, np.ndarray]:
-                    return _variants(V, _subsample(fit, size, np.random.default_rng(draw)), ids)
+                    return variants(V, _subsample(fit, size, np.random.default_rng(draw)), ids)
 
                 print(f"[{size}, draw {draw}]")
-                out = _check(emb, name, data_dir, [], cut, {"default": DEFAULT, ADVICE: ADVICE})
-                diffs[size].append(out[ADVICE] - out["default"])
-    print(f"\n{ADVICE} minus the default, mean over both checks and {DRAWS} draws: "
+                out = _check(emb, name, data_dir, [], cut, {"base": base, candidate: candidate})
+                diffs[size].append(out[candidate] - out["base"])
+    print(f"\n{candidate} minus {base}, mean over both checks and {DRAWS} draws: "
           + ", ".join(f"{size} {100 * np.mean(d):+.2f}" for size, d in diffs.items()))
     total = float(np.mean([d for ds in diffs.values() for d in ds]))
-    print(f"overall {100 * total:+.2f} → "
-          f"{'the advice stands' if total > 0 else 'withdraw the advice'}")
+    print(f"overall {100 * total:+.2f}")
+    return total
+
+
+def _grid(emb, args, variants, labels: Sequence[str], sizes: Sequence[str], start: float
+          ) -> tuple[dict, dict, list[str]]:
+    """Per label and size, one held-out and one test balanced accuracy per (split, draw),
+    and the split names."""
+    held = {label: {s: [] for s in sizes} for label in labels}
+    test = {label: {s: [] for s in sizes} for label in labels}
+    names = []
+    for name, data in tokenized_splits(emb, args.settings, args.data):
+        names.append(name)
+        for size in sizes:
+            for draw in range(1 if size == "full" else DRAWS):
+                rng = np.random.default_rng(draw)
+                inner, whole = _subsample(data.inner, size, rng), _subsample(data.fit, size, rng)
+                h = variants(emb.vocab_size, inner, data.held)
+                t = variants(emb.vocab_size, whole, data.test)
+                for label in labels:
+                    held[label][size].append(balanced(h[label], data.held_y))
+                    test[label][size].append(balanced(t[label], data.test_y))
+        print(f"{name} [{time.perf_counter() - start:.0f} s]", flush=True)
+    return held, test, names
+
+
+def _mean(table: dict, label: str, sizes: Sequence[str]) -> float:
+    return float(np.mean([np.mean(table[label][s]) for s in sizes]))
+
+
+def _print_tables(held: dict, test: dict, labels: Sequence[str], sizes: Sequence[str]) -> None:
+    for what, table in (("held-out", held), ("test", test)):
+        print(f"\n{what}: mean balanced accuracy (%) over splits and draws\n")
+        print("| rule | " + " | ".join(sizes) + " | mean |")
+        print("|---|" + "---|" * (len(sizes) + 1))
+        for label in labels:
+            print(_row(label, [np.mean(table[label][s]) for s in sizes],
+                       _mean(table, label, sizes)))
+
+
+def _per_split(test: dict, names: Sequence[str], label: str, base: str) -> None:
+    print(f"\n{label} minus {base} on test, per split (mean over draws)\n")
+    print("| split | " + " | ".join(SMALL) + " |")
+    print("|---|" + "---|" * len(SMALL))
+    for i, name in enumerate(names):
+        # each size's list holds the splits in order, DRAWS values each
+        cells = [np.mean(test[label][s][i * DRAWS:(i + 1) * DRAWS])
+                 - np.mean(test[base][s][i * DRAWS:(i + 1) * DRAWS]) for s in SMALL]
+        print(f"| {name} | " + " | ".join(f"{100 * c:+.2f}" for c in cells) + " |")
+
+
+def _alpha_small(emb, args, start: float) -> int:
+    """``--alpha-small``: α and m for small fit sets, under the rule in the docstring."""
+    labels = list(ALPHA_GRID)
+    held, test, names = _grid(emb, args, _alpha_variants, labels, SMALL, start)
+    _print_tables(held, test, labels, SMALL)
+    pick = max(labels, key=lambda label: _mean(held, label, SMALL))
+    dh = _mean(held, pick, SMALL) - _mean(held, ALPHA_ADVICE, SMALL)
+    dt = _mean(test, pick, SMALL) - _mean(test, ALPHA_ADVICE, SMALL)
+    print(f"\n## pick: {pick}; minus the advice {ALPHA_ADVICE}: held-out {100 * dh:+.2f}, "
+          f"test {100 * dt:+.2f}")
+    if pick == ALPHA_ADVICE or dh <= 0 or dt <= 0:
+        print("  → the advice stays")
+    else:
+        _per_split(test, names, pick, ALPHA_ADVICE)
+        print("\n## the fresh checks, fit sets cut to the small sizes")
+        gain = _fresh_small(emb, args.data, _alpha_variants, ALPHA_ADVICE, pick)
+        print(f"  → {'change the advice to ' + pick if gain > 0 else 'the advice stays'}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
 
 def main() -> int:
     start = time.perf_counter()
     ap_args = explore_args(__doc__, SETTINGS, fresh=True, flags=[
-        ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut")])
+        ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut"),
+        ("--alpha-small", "the token table's α with the mass for small fit sets")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
 
         return judge(emb, ap_args.data, _variants, DEFAULT, ap_args.fresh)
     if ap_args.fresh_small:
-        return _fresh_small(emb, ap_args.data)
-    V = emb.vocab_size
+        total = _fresh_small(emb, ap_args.data)
+        print(f"→ {'the advice stands' if total > 0 else 'withdraw the advice'}")
+        return 0
+    if ap_args.alpha_small:
+        return _alpha_small(emb, ap_args, start)
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
-    held = {label: {s: [] for s in SIZES} for label in RULES}
-    test = {label: {s: [] for s in SIZES} for label in RULES}
-    names = []
-    for name, data in tokenized_splits(emb, ap_args.settings, ap_args.data):
-        names.append(name)
-        for size in SIZES:
-            for draw in range(1 if size == "full" else DRAWS):
-                rng = np.random.default_rng(draw)
-                inner, whole = _subsample(data.inner, size, rng), _subsample(data.fit, size, rng)
-                h, t = _variants(V, inner, data.held), _variants(V, whole, data.test)
-                for label in RULES:
-                    held[label][size].append(balanced(h[label], data.held_y))
-                    test[label][size].append(balanced(t[label], data.test_y))
-        print(f"{name} [{time.perf_counter() - start:.0f} s]", flush=True)
-
-    def mean(table: dict, label: str, sizes: Sequence[str]) -> float:
-        return float(np.mean([np.mean(table[label][s]) for s in sizes]))
-
-    for what, table in (("held-out", held), ("test", test)):
-        print(f"\n{what}: mean balanced accuracy (%) over splits and draws\n")
-        print("| rule | " + " | ".join(SIZES) + " | mean |")
-        print("|---|" + "---|" * (len(SIZES) + 1))
-        for label in RULES:
-            print(_row(label, [np.mean(table[label][s]) for s in SIZES],
-                       mean(table, label, SIZES)))
+    held, test, names = _grid(emb, ap_args, _variants, list(RULES), SIZES, start)
+    _print_tables(held, test, list(RULES), SIZES)
     print("\n## step 1: one rule by mean held-out over every size")
     families: dict[str, str] = {}
     for label in RULES:
         family = label.split()[0]
-        if family not in families or mean(held, label, SIZES) > mean(held, families[family],
-                                                                     SIZES):
+        if family not in families or \
+                _mean(held, label, SIZES) > _mean(held, families[family], SIZES):
             families[family] = label
     for family, label in families.items():
-        print(f"  {family}: {label} ({100 * mean(held, label, SIZES):.2f})")
-    pick = max(RULES, key=lambda label: mean(held, label, SIZES))
+        print(f"  {family}: {label} ({100 * _mean(held, label, SIZES):.2f})")
+    pick = max(RULES, key=lambda label: _mean(held, label, SIZES))
     full = float(np.mean(held[pick]["full"]))
-    print(f"  overall: {pick}; default {100 * mean(held, DEFAULT, SIZES):.2f}")
+    print(f"  overall: {pick}; default {100 * _mean(held, DEFAULT, SIZES):.2f}")
     print("## step 2: replaces the default only if above it over sizes, above "
           f"{100 * FULL_DEFAULT_HELD:.3f} at full size ({100 * full:.3f}), and it wins the "
           "fresh checks")
-    go = pick != DEFAULT and mean(held, pick, SIZES) > mean(held, DEFAULT, SIZES) \
+    go = pick != DEFAULT and _mean(held, pick, SIZES) > _mean(held, DEFAULT, SIZES) \
         and full > FULL_DEFAULT_HELD
     print(f"  → {'run --fresh ' + repr(pick) if go else 'not a candidate for the default'}")
-    small = max(RULES, key=lambda label: mean(held, label, SMALL))
-    dh = mean(held, small, SMALL) - mean(held, DEFAULT, SMALL)
-    dt = mean(test, small, SMALL) - mean(test, DEFAULT, SMALL)
+    small = max(RULES, key=lambda label: _mean(held, label, SMALL))
+    dh = _mean(held, small, SMALL) - _mean(held, DEFAULT, SMALL)
+    dt = _mean(test, small, SMALL) - _mean(test, DEFAULT, SMALL)
     print(f"## step 3 (sizes {', '.join(SMALL)}): {small}; minus the default: held-out "
           f"{100 * dh:+.2f}, test {100 * dt:+.2f} → "
           f"{'recommend for small fit sets' if dh > 0 and dt > 0 else 'no recommendation'}")
-    print(f"\n{small} minus the default on test, per split (mean over draws)\n")
-    print("| split | " + " | ".join(SMALL) + " |")
-    print("|---|" + "---|" * len(SMALL))
-    for i, name in enumerate(names):
-        # each size's list holds the splits in order, DRAWS values each
-        cells = [np.mean(test[small][s][i * DRAWS:(i + 1) * DRAWS])
-                 - np.mean(test[DEFAULT][s][i * DRAWS:(i + 1) * DRAWS]) for s in SMALL]
-        print(f"| {name} | " + " | ".join(f"{100 * c:+.2f}" for c in cells) + " |")
+    _per_split(test, names, small, DEFAULT)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
