@@ -159,9 +159,10 @@ def _fresh_small(emb, data_dir: str, variants=_variants, base: str = DEFAULT,
                         draw: int = draw) -> dict[str, np.ndarray]:
                     return variants(V, _subsample(fit, size, np.random.default_rng(draw)), ids)
 
-                print(f"[{size}, draw {draw}]")
-                out = _check(emb, name, data_dir, [], cut, {"base": base, candidate: candidate})
-                diffs[size].append(out[candidate] - out["base"])
+                # (_check names its reference "default", whatever ``base`` is)
+                print(f"[{size}, draw {draw}; 'default' below is {base}]")
+                out = _check(emb, name, data_dir, [], cut, {"default": base, candidate: candidate})
+                diffs[size].append(out[candidate] - out["default"])
     print(f"\n{candidate} minus {base}, mean over both checks and {DRAWS} draws: "
           + ", ".join(f"{size} {100 * np.mean(d):+.2f}" for size, d in diffs.items()))
     total = float(np.mean([d for ds in diffs.values() for d in ds]))
