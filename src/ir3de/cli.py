@@ -245,11 +245,14 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "--pairs apply); ridge: closed-form ridge on the embedding (--lam, "
                         "--identity, --balance, --normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_positive_float,
-                   help="Laplace smoothing of the nb model's tokens (default 0.03)")
+                   help="Laplace smoothing of the nb model's tokens (default 0.03; 0.003, "
+                        "with --pairs 1e4, when every expert has about 100 fit prompts or "
+                        "fewer)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|none", default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
-                        "frequencies towards the pooled ones (default 1e5; 1e4 routes better "
-                        "when every expert has about 100 fit prompts or fewer), or 'none' "
+                        "frequencies towards the pooled ones (default 1e5; 1e4, with --alpha "
+                        "0.003, routes better when every expert has about 100 fit prompts or "
+                        "fewer), or 'none' "
                         "for token features only; pairs enter the geo selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
