@@ -661,6 +661,7 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
     for argv, model, alpha, pairs in (
             ([], "nb", 0.03, 1e5), (["--alpha", "0.5", "--pairs", "1e3"], "nb", 0.5, 1e3),
             (["--preset", "unigram"], "nb", 0.1, None), (["--pairs", "none"], "nb", 0.03, None),
+            (["--preset", "few"], "nb", 0.003, 1e4),
             (["--model", "ridge", "--selector", "avg"], "ridge", 0.03, 1e5)):
         out = tmp_path / f"{model}{alpha}{pairs}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0

@@ -1211,7 +1211,7 @@ def test_fit_orders_experts_by_name_whatever_the_sample_order(emb: Embedder) -> 
             [shuffled.route(t).confidence for t in PROMPTS]
 
 
-@pytest.mark.parametrize("preset", ["default", "unigram", "identity", "dense", "paper"])
+@pytest.mark.parametrize("preset", ["default", "few", "unigram", "identity", "dense", "paper"])
 def test_predict_proba_is_the_routing_scores(emb: Embedder, preset: str) -> None:
     """One row per prompt, one column per expert in classes_ order, rows summing to 1:
     the scores route(explain=True) reports, and their argmax the prediction (votes of

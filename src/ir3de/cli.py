@@ -234,7 +234,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features (α=0.03, pair mass 1e5) pooled by the geo "
-                        "selector (the measured best); 'unigram': the same without pairs "
+                        "selector (the measured best); 'few': the same with α=0.003 and pair "
+                        "mass 1e4 (for experts with about 100 fit prompts or fewer); "
+                        "'unigram': the same without pairs "
                         "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
                         "avg selector; 'dense': the same without identity features (for "
@@ -245,15 +247,12 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "--pairs apply); ridge: closed-form ridge on the embedding (--lam, "
                         "--identity, --balance, --normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_positive_float,
-                   help="Laplace smoothing of the nb model's tokens (default 0.03; 0.003, "
-                        "with --pairs 1e4, when every expert has about 100 fit prompts or "
-                        "fewer)")
+                   help="Laplace smoothing of the nb model's tokens (default 0.03; preset "
+                        "'few': 0.003)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|none", default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
-                        "frequencies towards the pooled ones (default 1e5; 1e4, with --alpha "
-                        "0.003, routes better when every expert has about 100 fit prompts or "
-                        "fewer), or 'none' "
-                        "for token features only; pairs enter the geo selector")
+                        "frequencies towards the pooled ones (default 1e5; preset 'few': 1e4), "
+                        "or 'none' for token features only; pairs enter the geo selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,

@@ -43,6 +43,8 @@ from .solver import (
     DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
     DEFAULT_PAIRS,
+    FEW_ALPHA,
+    FEW_PAIRS,
     UNIGRAM_ALPHA,
     design,
     solve,
@@ -178,8 +180,10 @@ class RouterConfig:
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, α = 0.03, pair mass 1e5, ``geo``
-        selector), ``unigram`` (the same without pairs, α = 0.1), ``identity`` (balanced ridge
-        on the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
+        selector), ``few`` (the same with lighter smoothing, α = 0.003 and pair mass 1e4,
+        for experts fitted on about 100 prompts or fewer each), ``unigram`` (the default
+        without pairs, α = 0.1), ``identity`` (balanced ridge on the embedding ⊕ one-hot
+        token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
         if not isinstance(name, str) or name not in PRESETS:
@@ -297,6 +301,7 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
+    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
     "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
     "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
     "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),

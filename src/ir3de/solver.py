@@ -25,9 +25,10 @@ from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "MU_GRID", "UNIGRAM_ALPHA",
-           "choose_identity_mu", "design", "domain_weights", "identity_loo", "solve",
-           "solve_identity", "solve_identity_auto", "solve_nb", "solve_pairs"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_PAIRS",
+           "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu", "design", "domain_weights",
+           "identity_loo", "solve", "solve_identity", "solve_identity_auto", "solve_nb",
+           "solve_pairs"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -37,6 +38,11 @@ DEFAULT_LAMBDA = 1e-2
 DEFAULT_ALPHA = 0.03
 UNIGRAM_ALPHA = 0.1
 DEFAULT_PAIRS = 1e5
+# For fit sets of about 100 prompts per domain or fewer (the `few` preset): chosen by the
+# same rule on the five splits with every fit set cut to 10 / 30 / 100 prompts per domain or
+# to 3 % of it, then checked on fresh prompts (benchmarks/explore_scale.py, EVALUATION.md).
+FEW_ALPHA = 0.003
+FEW_PAIRS = 1e4
 # Pseudo-count of every pair (the unseen one included) in the pooled background, so that
 # the background gives every pair a positive probability.
 _PAIR_EPS = 1e-2
