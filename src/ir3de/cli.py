@@ -236,7 +236,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "adjacent-token-pair features (α=0.03, pair mass 1e5) pooled by the geo "
                         "selector (the measured best); 'few': the same with α=0.003 and pair "
                         "mass 1e4 (for experts with about 100 fit prompts or fewer); "
-                        "'unigram': the same without pairs "
+                        "'unigram': the default without pairs "
                         "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
                         "avg selector; 'dense': the same without identity features (for "
