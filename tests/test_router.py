@@ -180,6 +180,10 @@ def test_nb_reads_no_balance_setting() -> None:
     assert RouterConfig.preset("identity").ignored(["balance"]) is None
     with pytest.raises(IR3DEError, match="balance=False applies to model='ridge' only"):
         RouterConfig(balance=False)
+    # a preset's own balance=False gives way to the nb model; one named is kept, so refused
+    assert RouterConfig.preset("paper", model="nb").balance is True
+    with pytest.raises(IR3DEError, match="balance=False applies to model='ridge' only"):
+        RouterConfig.preset("paper", model="nb", balance=False)
 
 
 def test_pairs_are_read_by_the_geo_selector_only() -> None:

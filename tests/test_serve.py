@@ -1015,6 +1015,10 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
     ({"router": {"stats": ["x.stats"], "settings": {"k": True, "selector": "topk"}},
       "experts": {"a": {"url": "http://x"}}}, "router.settings.k: Input should be a valid "
                                               "integer"),
+    ({"router": {"stats": ["x.stats"], "preset": "paper", "settings": {"model": "nb",
+                                                                       "balance": True}},
+      "experts": {"a": {"url": "http://x"}}},
+     "router.settings.balance applies to model ridge only; router.settings gives model nb"),
     ({"router": {"stats": ["x.stats"], "preset": "fast"}, "experts": {"a": {"url": "x"}}},
      "unknown preset 'fast'; choose one of"),
     # read nowhere: a saved router keeps its own settings

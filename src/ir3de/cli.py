@@ -289,10 +289,8 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
         overrides["max_tokens"] = args.max_tokens
     # Balance is set last: the nb model reads no balance (it always weighs every domain
     # the same), so --balance and --no-balance are refused with it like any option it does
-    # not read, and a preset's own balance=False (paper) gives way to --model nb.
+    # not read (RouterConfig.preset lets a preset's own balance=False give way to it).
     settings = {k: v for k, v in overrides.items() if k != "balance"}
-    if settings.get("model", PRESETS[args.preset].model) == "nb":
-        settings["balance"] = True
     config = RouterConfig.preset(args.preset, **settings)
     _refuse_unused(overrides, config, f"preset {args.preset!r}")
     return config.with_settings(**{k: v for k, v in overrides.items() if k == "balance"})

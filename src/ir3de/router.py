@@ -185,10 +185,20 @@ class RouterConfig:
         without pairs, α = 0.1), ``identity`` (balanced ridge on the embedding ⊕ one-hot
         token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
-        unbalanced ridge on the embedding only, unit-norm columns, entropy top-k)."""
+        unbalanced ridge on the embedding only, unit-norm columns, entropy top-k).
+
+        A preset's own ``balance=False`` (``paper``'s) gives way to ``model="nb"``, which
+        always weighs every domain the same; a ``balance`` named here is kept as given.
+
+        >>> RouterConfig.preset("paper", model="nb").balance
+        True
+        """
         if not isinstance(name, str) or name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return PRESETS[name].with_settings(**overrides)
+        base = PRESETS[name]
+        if "balance" not in overrides and overrides.get("model", base.model) == "nb":
+            overrides = {**overrides, "balance": True}
+        return base.with_settings(**overrides)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:

@@ -435,7 +435,7 @@ def _build_router(config: Any) -> Any:
         overrides = src.overrides()
         if overrides:
             _refuse_unread(router.config.with_settings(**overrides), overrides,
-                           "the saved router")
+                           "router.settings.", "the saved router gives", "router.settings gives")
             router.set_params(**overrides)
         return router
     stats = load_stats_files(src.stats)
@@ -446,34 +446,32 @@ def _build_router(config: Any) -> Any:
 def _stats_config(src: Any) -> Any:
     """The RouterConfig of a ``router: {stats}`` section: its preset with its settings
     applied; a setting the result would not read is refused, as ``ir3de build`` does."""
-    from .router import PRESETS, RouterConfig
+    from .router import RouterConfig
 
     overrides = src.overrides()
-    settings = dict(overrides)
-    # (as ir3de build does: a preset's own balance=False, paper's, gives way to the nb
-    # model, which always weighs every domain the same)
-    if src.preset in PRESETS and "balance" not in settings and \
-            settings.get("model", PRESETS[src.preset].model) == "nb":
-        settings["balance"] = True
-    config = RouterConfig.preset(src.preset, **settings)
-    _refuse_unread(config, overrides, f"preset {src.preset!r}")
+    config = RouterConfig.preset(src.preset, **overrides)
+    _refuse_unread(config, overrides, "router.settings.", f"preset {src.preset!r} gives",
+                   "router.settings gives")
     return config
 
 
-def _refuse_unread(config: Any, given: dict[str, Any], source: str) -> None:
-    """Refuse a setting in ``given`` that ``config`` (``source`` with ``given`` applied)
-    does not read: it would change nothing without a word."""
+def _refuse_unread(config: Any, given: dict[str, Any], prefix: str, source: str,
+                   given_source: str | None = None) -> None:
+    """Refuse a setting in ``given`` that ``config`` (with ``given`` applied) does not read:
+    it would change nothing without a word. The setting is named ``prefix`` + its name, and
+    the value that makes it unread is said to come from ``source`` (``given_source`` when
+    ``given`` sets it too): gateway.yaml's router and the admin API's PATCH."""
     found = config.ignored(given)
     if found is None:
         return
     key, setting, needed = found
     if needed is None:  # the identity solve has no unit-norm columns (solver.solve_identity)
-        raise IR3DEError(f"router.settings.{key} applies to the ridge model without "
-                         f"identity features only (identity: null); the router would use "
-                         f"identity {config.identity}")
-    where = "router.settings" if setting in given else source
-    raise IR3DEError(f"router.settings.{key} applies to {setting} {needed} only; {where} "
-                     f"gives {setting} {getattr(config, setting)}")
+        raise IR3DEError(f"{prefix}{key} applies to the ridge model without identity features "
+                         f"only (identity: null); the router would use identity "
+                         f"{config.identity}")
+    where = given_source if given_source is not None and setting in given else source
+    raise IR3DEError(f"{prefix}{key} applies to {setting} {needed} only; {where} {setting} "
+                     f"{getattr(config, setting)}")
 
 
 def _file_digest(path: str | os.PathLike[str]) -> str | None:
@@ -2202,12 +2200,9 @@ def create_app(config: Any) -> Any:
                                "has none: set fallback in the config first")
                 values[cut] = float(value)
             params = {k: v for k, v in changes.items() if k not in cuts}
-            settings = state.router.config.with_settings(**params)
-            ignored = settings.ignored(params)
-            if ignored is not None:  # accepted, it would change nothing: say so instead
-                key, setting, needed = ignored
-                raise _Err(f"{key} applies to {setting} {needed} only; the router would use "
-                           f"{setting} {getattr(settings, setting)}")
+            # accepted, it would change nothing: say so instead
+            _refuse_unread(state.router.config.with_settings(**params), params, "",
+                           "the router would use")
             router = _copy_router(state.router)
             router.set_params(**params)
             before = {**{c: getattr(state, c) for c in cuts}, **_router_settings(state.router)}
