@@ -81,18 +81,21 @@ class _Grams:
         M.sum_duplicates()
         return M
 
+    def table(self, m: float) -> np.ndarray:
+        """(K, D) Dirichlet log-likelihoods of the keys, mass ``m`` towards the pooled key
+        distribution (as ``solver.solve_pairs``)."""
+        q = self.C.sum(axis=1) + EPS
+        return np.log((self.C + m * (q / q.sum())[:, None]) / (self.C.sum(axis=0) + m))
+
     def scores(self, ids: Sequence[np.ndarray], masses: Sequence[float] = MASSES
                ) -> dict[tuple[str, float], np.ndarray]:
-        """Per (oov, m), m in ``masses``: each prompt's summed Dirichlet log-likelihoods of
-        its distinct keys, smoothed towards the pooled key distribution (as
-        ``solver.solve_pairs``)."""
+        """Per (oov, m), m in ``masses``: each prompt's summed :meth:`table` log-likelihoods
+        of its distinct keys."""
         M = self.matrix(ids)
         unseen = M[:, -1].toarray()
-        q = self.C.sum(axis=1) + EPS
-        q /= q.sum()
         out = {}
         for m in masses:
-            T = np.log((self.C + m * q[:, None]) / (self.C.sum(axis=0) + m))
+            T = self.table(m)
             each = M @ T
             seen = each - unseen * T[-1]
             out["each", m] = each

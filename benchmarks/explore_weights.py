@@ -46,7 +46,7 @@ import numpy as np
 from explore_blend import PAIR_DIR
 from explore_counts import _features
 from explore_longer import _Grams
-from explore_smoothing import EPS, Unigrams, _ngram_keys, _pairs
+from explore_smoothing import Unigrams, _ngram_keys, _pairs
 
 DEFAULT = "pair m=100000"
 MASS = 1e5
@@ -81,8 +81,7 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
     L = unigrams.additive(ALPHA)
     grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
     Mp = grams.matrix(ids)
-    q = grams.C.sum(axis=1) + EPS
-    T = np.log((grams.C + MASS * (q / q.sum())[:, None]) / (grams.C.sum(axis=0) + MASS))
+    T = grams.table(MASS)
     uni, pair = Mb @ L, Mp @ T
     out = {DEFAULT: uni + pair}
     assert np.allclose(out[DEFAULT], _pairs(V, fit, ids, {"bin": unigrams}, Mb,
