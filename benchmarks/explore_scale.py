@@ -60,8 +60,27 @@ it is another one, beats the advice there on held-out AND on test, and then on t
 the fresh checks cut to the same sizes (as ``--fresh-small``, run by this same command when
 the first two hold).
 
+``--auto``, added after every run above and committed before its own first run (only the
+per-domain prompt counts of each size had been printed; no accuracy): the choice between
+the default (α 0.03, m 1e5) and ``few`` (α 0.003, m 1e4) made by the router itself from its
+statistics, so that a user need not know the advice. A switch ``STAT <= T`` fits ``few``
+when STAT of the domains' prompt counts n_d (the binary statistics' document counts, summed
+like every other statistic, so add/remove stays exact) is at most T, else the default;
+STAT ∈ {min, median, mean}, T ∈ {30, 100, 300}, plus ``always`` (``few`` everywhere) and
+``never`` (the default). Every size of the main grid (``f0.03`` … ``full``), three draws.
+Rule:
+
+1. The switch with the highest mean held-out over every size; a tie goes to the switch that
+   fires on fewer fits.
+2. It becomes the default only if it is not ``never``, beats ``never`` on that mean, is not
+   below 99.563 held-out at full size (it may not fire there), beats ``never`` on the mean
+   test over every size, and then on the mean of the fresh checks with every fit set cut
+   to each size (at a size where it does not fire the difference is 0, which leaves the
+   sign of the mean alone).
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
+      python benchmarks/explore_scale.py --auto
 """
 
 from __future__ import annotations
@@ -95,6 +114,14 @@ ADVICE = "fixed m=1e+04"
 ALPHA_GRID: dict[str, tuple[float, float]] = {
     f"a={a:g} m={m:.0e}": (a, m) for a in (0.003, 0.01, 0.03, 0.1) for m in (3e3, 1e4, 3e4)}
 ALPHA_ADVICE = f"a={ALPHA:g} m={1e4:.0e}"
+# --auto: label → (statistic of the domains' prompt counts, the largest value that fits few)
+AUTO_GRID: dict[str, tuple[str, float]] = {
+    "never": ("min", -np.inf), "always": ("min", np.inf),
+    **{f"{stat} <= {t}": (stat, t) for stat in ("min", "median", "mean") for t in (30, 100, 300)}}
+AUTO_STATS = {"min": np.min, "median": np.median, "mean": np.mean}
+FEW = (0.003, 1e4)
+# how many fits each switch sent to few (its tie-break, rule step 1)
+_FIRES: dict[str, int] = dict.fromkeys(AUTO_GRID, 0)
 
 
 def _mass(rule: tuple[str, float], P: float) -> float:
@@ -140,20 +167,39 @@ def _alpha_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     return {label: tokens[a] + pairs["each", m] for label, (a, m) in ALPHA_GRID.items()}
 
 
+def _auto_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                   ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every switch of ``AUTO_GRID``: the default's scores or ``few``'s, by the fit set's
+    prompt counts."""
+    M = _features(ids, "bin", V, bigram=False)
+    unigrams = Unigrams(fit, "bin", V)
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
+    default = M @ unigrams.additive(ALPHA) + pairs["each", 1e5]
+    few = M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]]
+    n = np.array([len(items) for items in fit.values()])
+    out = {}
+    for label, (stat, t) in AUTO_GRID.items():
+        fires = bool(AUTO_STATS[stat](n) <= t)
+        _FIRES[label] += fires
+        out[label] = few if fires else default
+    return out
+
+
 def _row(title: str, cells: Sequence[float], mean: float) -> str:
     return f"| {title} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + f" | {100 * mean:.2f} |"
 
 
 def _fresh_small(emb, data_dir: str, variants=_variants, base: str = DEFAULT,
-                 candidate: str = ADVICE) -> float:
+                 candidate: str = ADVICE, sizes: Sequence[str] = SMALL) -> float:
     """``--fresh-small``: ``candidate`` against ``base`` (the advice against the default)
-    on ``fresh_unseen``'s checks with every fit set cut to each small size; the mean gain."""
+    on ``fresh_unseen``'s checks with every fit set cut to each of ``sizes``; the mean
+    gain."""
     from fresh_unseen import CHECKS, _check
 
-    diffs: dict[str, list[float]] = {size: [] for size in SMALL}
+    diffs: dict[str, list[float]] = {size: [] for size in sizes}
     for name in CHECKS:
-        for size in SMALL:
-            for draw in range(DRAWS):
+        for size in sizes:
+            for draw in range(1 if size == "full" else DRAWS):
                 def cut(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                         ids: Sequence[np.ndarray], size: str = size,
                         draw: int = draw) -> dict[str, np.ndarray]:
@@ -206,15 +252,45 @@ def _print_tables(held: dict, test: dict, labels: Sequence[str], sizes: Sequence
                        _mean(table, label, sizes)))
 
 
-def _per_split(test: dict, names: Sequence[str], label: str, base: str) -> None:
+def _per_split(test: dict, names: Sequence[str], label: str, base: str,
+               sizes: Sequence[str] = SMALL) -> None:
     print(f"\n{label} minus {base} on test, per split (mean over draws)\n")
-    print("| split | " + " | ".join(SMALL) + " |")
-    print("|---|" + "---|" * len(SMALL))
+    print("| split | " + " | ".join(sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
     for i, name in enumerate(names):
-        # each size's list holds the splits in order, DRAWS values each
-        cells = [np.mean(test[label][s][i * DRAWS:(i + 1) * DRAWS])
-                 - np.mean(test[base][s][i * DRAWS:(i + 1) * DRAWS]) for s in SMALL]
+        # each size's list holds the splits in order, DRAWS values each (one at full size)
+        cells = [np.mean(_of_split(test[label][s], s, i)) - np.mean(_of_split(test[base][s], s, i))
+                 for s in sizes]
         print(f"| {name} | " + " | ".join(f"{100 * c:+.2f}" for c in cells) + " |")
+
+
+def _of_split(values: Sequence[float], size: str, i: int) -> Sequence[float]:
+    draws = 1 if size == "full" else DRAWS
+    return values[i * draws:(i + 1) * draws]
+
+
+def _auto(emb, args, start: float) -> int:
+    """``--auto``: the router's own choice between the default and ``few``, under the rule
+    in the docstring."""
+    labels = list(AUTO_GRID)
+    held, test, names = _grid(emb, args, _auto_variants, labels, SIZES, start)
+    _print_tables(held, test, labels, SIZES)
+    print("\nfits sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    pick = max(labels, key=lambda label: (_mean(held, label, SIZES), -_FIRES[label]))
+    dh = _mean(held, pick, SIZES) - _mean(held, "never", SIZES)
+    dt = _mean(test, pick, SIZES) - _mean(test, "never", SIZES)
+    full = float(np.mean(held[pick]["full"]))
+    print(f"\n## pick: {pick}; minus never: held-out {100 * dh:+.2f}, test {100 * dt:+.2f}; "
+          f"held-out at full size {100 * full:.3f} (default {100 * FULL_DEFAULT_HELD:.3f})")
+    if pick == "never" or dh <= 0 or dt <= 0 or round(full, 5) < FULL_DEFAULT_HELD:
+        print("  → the default stays")
+    else:
+        _per_split(test, names, pick, "never", SIZES)
+        print("\n## the fresh checks, fit sets cut to every size")
+        gain = _fresh_small(emb, args.data, _auto_variants, "never", pick, SIZES)
+        print(f"  → {'the default becomes ' + pick if gain > 0 else 'the default stays'}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def _alpha_small(emb, args, start: float) -> int:
@@ -242,7 +318,8 @@ def main() -> int:
     start = time.perf_counter()
     ap_args = explore_args(__doc__, SETTINGS, fresh=True, flags=[
         ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut"),
-        ("--alpha-small", "the token table's α with the mass for small fit sets")])
+        ("--alpha-small", "the token table's α with the mass for small fit sets"),
+        ("--auto", "the router's own switch between the default and few, by prompt counts")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
@@ -254,6 +331,8 @@ def main() -> int:
         return 0
     if ap_args.alpha_small:
         return _alpha_small(emb, ap_args, start)
+    if ap_args.auto:
+        return _auto(emb, ap_args, start)
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held, test, names = _grid(emb, ap_args, _variants, list(RULES), SIZES, start)
     _print_tables(held, test, list(RULES), SIZES)
