@@ -653,36 +653,70 @@ def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys)
         assert "model        ridge  λ=0.01" in text
 
 
+def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    """The default's α and pair mass follow the experts' prompt counts: build says what
+    they chose, and experts add/remove say so when a change moves them (numbers given on
+    the command line are not "chosen", so nothing is said)."""
+    router = tmp_path / "r.st"
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "-o", router)
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average)"), err
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("".join(f"Translate sentence number {i} into French.\n"
+                              for i in range(400)))
+    big = tmp_path / "big.st"
+    assert run(capsys, "stats", corpus, "--domain", "translation", "-o", big, "-q")[0] == 0
+    code, _, err = run(capsys, "experts", "add", router, big)
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.03  pair mass=100000 (136 prompts per expert on average)"), err
+    code, _, err = run(capsys, "experts", "remove", router, "coding")  # 202 on average
+    assert code == 0 and "smoothing" not in err, err
+    assert Router.load(router).smoothing == (0.03, 1e5)
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
+                       "--pairs", "auto", "-o", tmp_path / "fixed.st")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing pair mass=10000 (4 prompts per expert on average)"), err
+
+
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """The default build is the nb model with pair features (α and the pair mass shown by
-    inspect); --alpha, --pairs, --preset and --model change it."""
-    pairs_line = "model        nb (Naive-Bayes, binary token and token-pair features)  α={:g}  " \
-        "pair mass={:g}"
-    for argv, model, alpha, pairs in (
-            ([], "nb", 0.03, 1e5), (["--alpha", "0.5", "--pairs", "1e3"], "nb", 0.5, 1e3),
-            (["--preset", "unigram"], "nb", 0.1, None), (["--pairs", "none"], "nb", 0.03, None),
-            (["--preset", "few"], "nb", 0.003, 1e4),
-            (["--model", "ridge", "--selector", "avg"], "ridge", 0.03, 1e5)):
-        out = tmp_path / f"{model}{alpha}{pairs}.safetensors"
+    """The default build is the nb model with pair features, α and the pair mass chosen from
+    the prompt counts (these experts hold a few prompts each: the small-fit-set values), as
+    inspect shows; --alpha, --pairs, --preset and --model change it."""
+    auto = " (auto, from the prompt counts)"
+    for i, (argv, model, settings, used) in enumerate((
+            ([], "nb", ("auto", "auto"), (0.003, 1e4)),
+            (["--alpha", "auto", "--pairs", "auto"], "nb", ("auto", "auto"), (0.003, 1e4)),
+            (["--alpha", "0.5", "--pairs", "1e3"], "nb", (0.5, 1e3), (0.5, 1e3)),
+            (["--preset", "unigram"], "nb", (0.1, None), (0.1, None)),
+            (["--pairs", "none"], "nb", ("auto", None), (0.003, None)),
+            (["--preset", "few"], "nb", (0.003, 1e4), (0.003, 1e4)),
+            (["--model", "ridge", "--selector", "avg"], "ridge", ("auto", "auto"), None))):
+        out = tmp_path / f"{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
-        config = Router.load(out).config
-        assert (config.model, config.alpha, config.pairs) == (model, alpha, pairs)
-        text = run(capsys, "inspect", out)[1]
-        assert (f"model        nb (Naive-Bayes, binary token features)  α={alpha:g}" in text) \
-            == (model == "nb" and pairs is None)
-        assert (model == "nb" and pairs is not None) == \
-            (pairs is not None and pairs_line.format(alpha, pairs) in text)
+        router = Router.load(out)
+        assert (router.config.model, router.config.alpha, router.config.pairs) == \
+            (model, *settings)
+        assert router.smoothing == used
+        (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
+                   if line.lstrip().startswith("model")]
+        if model == "ridge":
+            assert "α" not in line
+            continue
+        alpha = f"α={used[0]:g}{auto if settings[0] == 'auto' else ''}"
+        assert line.strip() == (
+            f"model        nb (Naive-Bayes, binary token features)  {alpha}"
+            if used[1] is None else
+            f"model        nb (Naive-Bayes, binary token and token-pair features)  {alpha}  "
+            f"pair mass={used[1]:g}{auto if settings[1] == 'auto' else ''}")
     for bad in ("0", "-1", "nan", "x"):
-        with pytest.raises(SystemExit) as exc:
-            main(["build", str(built["math"]), str(built["coding"]), "--alpha", bad,
-                  "-o", str(tmp_path / "bad.safetensors")])
-        err = capsys.readouterr().err
-        assert exc.value.code == 2 and "argument --alpha" in err
-        assert "a finite number > 0" in err  # not the ≥ 0 of --lam
-        with pytest.raises(SystemExit) as exc:
-            main(["build", str(built["math"]), str(built["coding"]), "--pairs", bad,
-                  "-o", str(tmp_path / "bad.safetensors")])
-        assert exc.value.code == 2 and "argument --pairs" in capsys.readouterr().err
+        for option in ("--alpha", "--pairs"):
+            with pytest.raises(SystemExit) as exc:
+                main(["build", str(built["math"]), str(built["coding"]), option, bad,
+                      "-o", str(tmp_path / "bad.safetensors")])
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and f"argument {option}" in err
+            assert "number > 0" in err  # not the ≥ 0 of --lam
     for balance in ("--balance", "--no-balance"):  # the nb model has no choice to make
         code, _, err = run(capsys, "build", built["math"], built["coding"], balance,
                            "-o", tmp_path / "bad.safetensors")
@@ -1660,9 +1694,11 @@ def test_inspect_says_only_geo_reads_the_token_pairs(selector: str, built: dict[
     (model,) = [line for line in out.splitlines() if line.lstrip().startswith("model")]
     assert model.split(None, 1)[1] == (f"nb (Naive-Bayes, binary token features; the token "
                                        f"pairs it holds are read by the geo selector only, "
-                                       f"not {selector})  α=0.03")
+                                       f"not {selector})  α=0.003 (auto, from the prompt "
+                                       f"counts)")
     geo = run(capsys, "inspect", built["router"])[1]
-    assert "binary token and token-pair features)  α=0.03  pair mass=100000" in geo
+    assert "binary token and token-pair features)  α=0.003 (auto, from the prompt counts)  " \
+        "pair mass=10000 (auto, from the prompt counts)" in geo
 
 
 def test_serve_help_example_matches_the_readme_gateway(capsys) -> None:

@@ -27,7 +27,14 @@ from ir3de import (
 )
 from ir3de.data import reasoning_split
 from ir3de.router import read_router_meta
-from ir3de.solver import MU_GRID, choose_identity_mu
+from ir3de.solver import (
+    DEFAULT_ALPHA,
+    DEFAULT_PAIRS,
+    FEW_ALPHA,
+    FEW_PAIRS,
+    MU_GRID,
+    choose_identity_mu,
+)
 from ir3de.statistics import pair_keys, streaming_stats
 from ir3de.store import read_safetensors, write_safetensors
 
@@ -676,7 +683,9 @@ def test_presets() -> None:
     assert RouterConfig.preset("default") == RouterConfig()
     default = RouterConfig()
     assert (default.model, default.alpha, default.pairs, default.selector) == \
-        ("nb", 0.03, 1e5, "geo")
+        ("nb", "auto", "auto", "geo")
+    few = RouterConfig.preset("few")
+    assert (few.model, few.alpha, few.pairs, few.selector) == ("nb", 0.003, 1e4, "geo")
     unigram = RouterConfig.preset("unigram")
     assert (unigram.model, unigram.alpha, unigram.pairs, unigram.selector) == \
         ("nb", 0.1, None, "geo")
@@ -894,7 +903,7 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
     features with a uniform prior (``unigram``: tokens only), computed here directly from
     the corpora with Python sets (no statistics files)."""
     router = Router(emb, RouterConfig.preset(preset)).fit_stats(toy_stats)
-    alpha, m, V = router.config.alpha, router.config.pairs, emb.vocab_size
+    (alpha, m), V = router.smoothing, emb.vocab_size
     df = {d: np.zeros(V) for d in CORPORA}
     pair_df: dict[str, Counter[tuple[int, int]]] = {d: Counter() for d in CORPORA}
     for d, texts in CORPORA.items():
@@ -946,6 +955,39 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
     router.set_params(alpha=1.0)  # a model parameter: re-solved
     assert not np.array_equal(router.W, before)
     assert_same_state(router, fit(emb, toy_stats, three, model="nb", alpha=1.0))
+
+
+def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_stats,
+                                                           tmp_path: Path) -> None:
+    """The default's α and pair mass ("auto") come from the summed prompt counts: the toy
+    experts (a few prompts each) get the small-fit-set values; an expert with many prompts
+    lifts the mean over 100 and brings the full-size values, as a full refit does, and
+    taking it away brings the small ones back."""
+    three = {n: toy_stats[n] for n in ("math", "coding", "law")}
+    router = Router(emb).fit_stats(three)
+    assert router.config.alpha == router.config.pairs == "auto"
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert_same_state(router, Router(emb, "few").fit_stats(three))
+    # n_prompts only: the same tokens counted as if they came from 1000 prompts
+    big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
+    router.add_expert("multilingual", big)
+    four = {**three, "multilingual": big}
+    assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
+    assert_same_state(router, Router(emb).fit_stats(four))
+    assert_same_state(router, Router(emb, alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS)
+                      .fit_stats(four))
+    router.save(tmp_path / "r.safetensors")
+    assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
+        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS}
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config == router.config and loaded.smoothing == router.smoothing
+    assert_same_state(loaded, router)
+    router.remove_expert("multilingual")
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert_same_state(router, Router(emb).fit_stats(three))
+    # a number is kept whatever the counts; None keeps pairs off
+    assert Router(emb, alpha=0.5, pairs=None).fit_stats(four).smoothing == (0.5, None)
+    assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 
 def test_statistics_from_streaming_stats_name_the_cause(emb: Embedder, toy_stats) -> None:

@@ -570,9 +570,15 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert s.status_code == 200 and (s.json()["model"], s.json()["alpha"]) == ("nb", 0.5)
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": -1})
         assert bad.status_code == 400 and "α must be" in bad.json()["error"]["message"]
-        assert s.json()["pairs"] == 1e5
+        # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size
+        assert s.json()["pairs"] == "auto"
+        assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": "auto"})
+        assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None}
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": "x"})
+        assert bad.status_code == 400 and "or 'auto'" in bad.json()["error"]["message"]
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
         assert bad.status_code == 400 and "pair Dirichlet mass" in bad.json()["error"]["message"]
 
@@ -1011,7 +1017,7 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "router.settings.alpha applies to model nb only; preset 'paper' gives model ridge"),
     ({"router": {"stats": ["x.stats"], "settings": {"pairs": "-1"}},
       "experts": {"a": {"url": "http://x"}}},
-     "the pair Dirichlet mass must be a finite number > 0 or None, got -1.0"),
+     "the pair Dirichlet mass must be a finite number > 0, 'auto' or None, got -1.0"),
     ({"router": {"stats": ["x.stats"], "settings": {"k": True, "selector": "topk"}},
       "experts": {"a": {"url": "http://x"}}}, "router.settings.k: Input should be a valid "
                                               "integer"),
@@ -2403,9 +2409,9 @@ def test_router_settings_in_gateway_yaml(stats_files, upstreams, tmp_path, emb: 
     assert set(_router_source(load_config(config))["section"]) == {
         "path", "stats", "embedder", "preset"}  # as saved before settings existed
     data = yaml.safe_load(config.read_text())
-    # PyYAML reads 1e4 as text: taken as the number, as --pairs 1e4 is
+    # PyYAML reads 1e4 as text: taken as the number, as --pairs 1e4 is; auto as --alpha auto
     config.write_text(yaml.safe_dump(data, sort_keys=False).replace(
-        "  stats:", "  settings: {pairs: 1e4}\n  stats:", 1))
+        "  stats:", "  settings: {pairs: 1e4, alpha: auto}\n  stats:", 1))
     state, base = _initial_state(load_config(config))
     assert state.router.config == RouterConfig(pairs=1e4)
     assert state.router.predict_proba(prompts).tolist() == scores(1e4) != scores(1e5)

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from ir3de import DomainStats, IR3DEError
-from ir3de.solver import DEFAULT_LAMBDA, design, domain_weights, solve
+from ir3de.solver import (
+    DEFAULT_ALPHA,
+    DEFAULT_LAMBDA,
+    DEFAULT_PAIRS,
+    FEW_ALPHA,
+    FEW_PAIRS,
+    FEW_PROMPTS,
+    design,
+    domain_weights,
+    nb_smoothing,
+    solve,
+)
 
 
 def reference_solve(A: np.ndarray, B: np.ndarray, lam: float, regularize_bias: bool = True,
@@ -202,3 +213,16 @@ def test_choose_identity_mu_picks_the_lowest_loo_error(emb, toy_stats) -> None:
     np.testing.assert_array_equal(U, U2)
     with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
         choose_identity_mu(toy_stats, experts, emb, grid=(1.0, -2.0))
+
+
+def test_nb_smoothing_switches_at_a_mean_of_few_prompts_per_expert() -> None:
+    """"auto" takes the small-fit-set values up to a mean of FEW_PROMPTS prompts per expert
+    (inclusive, exact in integers) and the full-size ones above; numbers and None stay."""
+    few, full = (FEW_ALPHA, FEW_PAIRS), (DEFAULT_ALPHA, DEFAULT_PAIRS)
+    assert nb_smoothing("auto", "auto", [FEW_PROMPTS] * 3) == few
+    assert nb_smoothing("auto", "auto", [FEW_PROMPTS] * 2 + [FEW_PROMPTS + 1]) == full
+    assert nb_smoothing("auto", "auto", [1, 2 * FEW_PROMPTS - 1]) == few  # the mean, not min
+    assert nb_smoothing("auto", "auto", [1, 2 * FEW_PROMPTS + 1]) == full
+    assert nb_smoothing(0.5, "auto", [10]) == (0.5, FEW_PAIRS)
+    assert nb_smoothing("auto", 3e3, [10_000]) == (DEFAULT_ALPHA, 3e3)
+    assert nb_smoothing("auto", None, [10]) == (FEW_ALPHA, None)

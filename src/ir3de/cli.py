@@ -136,7 +136,6 @@ _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 # NaN fails both comparisons, so it is refused too
 _non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a finite number ≥ 0")
-_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def _number_or(words: dict[str, str | None],
@@ -207,7 +206,8 @@ _embedder_source = _path("an embedder name, model folder or tokenizer.json")
 
 
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
-_pair_mass = _number_or({"none": None}, "the pair Dirichlet mass")
+_alpha = _number_or({"auto": "auto"}, "the smoothing α")
+_pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -233,9 +233,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                              "refused")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
-                        "adjacent-token-pair features (α=0.03, pair mass 1e5) pooled by the geo "
-                        "selector (the measured best); 'few': the same with α=0.003 and pair "
-                        "mass 1e4 (for experts with about 100 fit prompts or fewer); "
+                        "adjacent-token-pair features pooled by the geo selector (the measured "
+                        "best), α and pair mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the "
+                        "experts hold 100 prompts each or fewer on average; 'few': α=0.003 and "
+                        "pair mass 1e4 whatever the fit size; "
                         "'unigram': the default without pairs "
                         "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
@@ -246,13 +247,17 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="nb: log-likelihoods from per-domain document frequencies (--alpha, "
                         "--pairs apply); ridge: closed-form ridge on the embedding (--lam, "
                         "--identity, --balance, --normalize, --regularize-bias apply)")
-    g.add_argument("--alpha", type=_positive_float,
-                   help="Laplace smoothing of the nb model's tokens (default 0.03; preset "
-                        "'few': 0.003)")
-    g.add_argument("--pairs", type=_pair_mass, metavar="MASS|none", default=argparse.SUPPRESS,
+    g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
+                   help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
+                        "0.03, or 0.003 when the experts hold 100 prompts each or fewer on "
+                        "average; preset 'few': 0.003)")
+    g.add_argument("--pairs", type=_pair_mass, metavar="MASS|auto|none",
+                   default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
-                        "frequencies towards the pooled ones (default 1e5; preset 'few': 1e4), "
-                        "or 'none' for token features only; pairs enter the geo selector")
+                        "frequencies towards the pooled ones, 'auto' (the default: 1e5, or 1e4 "
+                        "when the experts hold 100 prompts each or fewer on average; preset "
+                        "'few': 1e4), or 'none' for token features only; pairs enter the geo "
+                        "selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -622,8 +627,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
     router.save(out, overwrite=replace)
     print(f"{out}: router with {_count(len(router.experts), 'expert')} "
-          f"({', '.join(router.experts)})", file=sys.stderr)
+          f"({', '.join(router.experts)}){_smoothing_note(router)}", file=sys.stderr)
     return 0
+
+
+def _smoothing_note(router: Router, before: tuple[float, float | None] | None = None) -> str:
+    """What ``auto`` α and pair mass chose from the prompt counts, for the line ``build``
+    prints (and ``experts add/remove`` when the change moved it from ``before``): the
+    smoothing follows the fit size, which a user should not have to find out by inspect."""
+    used, config = router.smoothing, router.config
+    if used is None or "auto" not in (config.alpha, config.pairs) or used == before:
+        return ""
+    n = sum(s.n_prompts for s in router.stats.values()) / len(router.experts)
+    values = "  ".join(f"{name}={value:g}" for name, value, setting in (
+        ("α", used[0], config.alpha), ("pair mass", used[1], config.pairs))
+        if setting == "auto" and value is not None)
+    return f"; auto smoothing {values} ({n:,.0f} prompts per expert on average)"
 
 
 # Said with an --input error that a plain text file would cause.
@@ -790,17 +809,20 @@ def cmd_experts(args: argparse.Namespace) -> int:
         _verify_trusted([stats], args.trust)
         name = stats.domain if args.name is None else args.name
         router = _load_router(args.router)
+        before = router.smoothing
         _announce_solve(router.config)  # a new expert: μ is chosen again
         router.add_expert(name, stats)
         message = f"added expert {name!r}"
     else:
         router = _load_router(args.router)
+        before = router.smoothing
         if args.name in router.experts and len(router.experts) > 1:  # else refused at once
             _announce_solve(router.config)
         router.remove_expert(args.name)
         message = f"removed expert {args.name!r}"
     router.save(out, overwrite=replace)
-    print(f"{out}: {message}; experts now {', '.join(router.experts)}", file=sys.stderr)
+    print(f"{out}: {message}; experts now {', '.join(router.experts)}"
+          f"{_smoothing_note(router, before)}", file=sys.stderr)
     return 0
 
 
@@ -838,6 +860,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chosen(setting: float | str, used: float) -> str:
+    """A smoothing setting as ``inspect`` prints it: the value, and where it was "auto"
+    that the prompt counts chose it."""
+    return f"{used:g}" + (" (auto, from the prompt counts)" if setting == "auto" else "")
+
+
 def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The router settings ``settings`` (checked ones, as read_router_meta gives them)
     without those the router does not read (:meth:`RouterConfig.ignored`)."""
@@ -853,14 +881,17 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
     _echo(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":
         c = info["config"]
-        if c["model"] == "nb" and c.get("pairs") is not None and not unread_pairs:
-            _echo(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
-                  f"α={c['alpha']:g}  pair mass={c['pairs']:g}")
-        elif c["model"] == "nb":
-            unread = (f"; the token pairs it holds are read by the geo selector only, not "
-                      f"{c['selector']}" if unread_pairs else "")
-            _echo(f"  model        nb (Naive-Bayes, binary token features{unread})  "
-                  f"α={c['alpha']:g}")
+        if c["model"] == "nb":
+            used = info["smoothing"]
+            smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
+            if c.get("pairs") is not None and not unread_pairs:
+                _echo(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
+                      f"{smoothing}  pair mass={_chosen(c['pairs'], used['pairs'])}")
+            else:
+                unread = (f"; the token pairs it holds are read by the geo selector only, "
+                          f"not {c['selector']}" if unread_pairs else "")
+                _echo(f"  model        nb (Naive-Bayes, binary token features{unread})  "
+                      f"{smoothing}")
         else:
             _echo(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   + (f"normalize={c['normalize']}  " if "normalize" in c else "")

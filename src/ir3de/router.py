@@ -40,13 +40,12 @@ from .errors import (
 )
 from .selector import SELECTORS, PairScores, Selection, VocabScores, select, vocab_scores
 from .solver import (
-    DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
-    DEFAULT_PAIRS,
     FEW_ALPHA,
     FEW_PAIRS,
     UNIGRAM_ALPHA,
     design,
+    nb_smoothing,
     solve,
     solve_identity,
     solve_identity_auto,
@@ -119,7 +118,10 @@ class RouterConfig:
       mass ``pairs`` (:func:`~ir3de.solver.solve_pairs`; the ``geo`` selector uses them,
       the per-token voting selectors do not); every domain weighs the same (``balance``
       must stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not
-      apply.
+      apply. ``alpha`` and ``pairs`` are numbers or ``"auto"`` (the default): chosen per
+      router from the experts' prompt counts, lighter smoothing for small fit sets
+      (:func:`~ir3de.solver.nb_smoothing`; :attr:`Router.smoothing` tells the values in
+      use).
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -130,8 +132,8 @@ class RouterConfig:
     """
 
     model: Literal["nb", "ridge"] = "nb"
-    alpha: float = DEFAULT_ALPHA
-    pairs: float | None = DEFAULT_PAIRS
+    alpha: float | Literal["auto"] = "auto"
+    pairs: float | Literal["auto"] | None = "auto"
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: str = "geo"
@@ -154,11 +156,12 @@ class RouterConfig:
                 raise IR3DEError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.model not in MODELS:
             raise IR3DEError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if not _positive_number(self.alpha):
-            raise IR3DEError(f"the smoothing α must be a finite number > 0, got {self.alpha!r}")
-        if self.pairs is not None and not _positive_number(self.pairs):
-            raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0 or None, "
-                             f"got {self.pairs!r}")
+        if self.alpha != "auto" and not _positive_number(self.alpha):
+            raise IR3DEError(f"the smoothing α must be a finite number > 0 or 'auto', "
+                             f"got {self.alpha!r}")
+        if self.pairs is not None and self.pairs != "auto" and not _positive_number(self.pairs):
+            raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, 'auto' or "
+                             f"None, got {self.pairs!r}")
         if self.model == "nb" and not self.balance:
             raise IR3DEError("the 'nb' model weighs every domain the same (a uniform prior); "
                              "balance=False applies to model='ridge' only")
@@ -179,9 +182,10 @@ class RouterConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
-        of binary token and adjacent-token-pair features, α = 0.03, pair mass 1e5, ``geo``
-        selector), ``few`` (the same with lighter smoothing, α = 0.003 and pair mass 1e4,
-        for experts fitted on about 100 prompts or fewer each), ``unigram`` (the default
+        of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
+        ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
+        fewer on average), ``few`` (α = 0.003 and pair mass 1e4 whatever the fit size),
+        ``unigram`` (the default
         without pairs, α = 0.1), ``identity`` (balanced ridge on the embedding ⊕ one-hot
         token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
@@ -361,6 +365,7 @@ class _State:
     W: np.ndarray  # ridge: (h+1, D) weights; nb: (V, D) log-likelihoods
     table: VocabScores
     mu: float | None  # the identity ridge in use (chosen when the config says "auto")
+    smoothing: tuple[float, float | None] | None = None  # nb: (α, pair mass) in use
 
 
 class Router:
@@ -487,17 +492,19 @@ class Router:
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
         if config.model == "nb":
-            L = solve_nb(stats, experts, alpha=config.alpha)
+            alpha, mass = nb_smoothing(config.alpha, config.pairs,
+                                       [stats[n].n_prompts for n in experts])
+            L = solve_nb(stats, experts, alpha=alpha)
             if L.shape[0] != self.embedder.vocab_size:
                 raise StatsFormatError(f"document frequencies cover {L.shape[0]} token ids, "
                                        f"the embedder's vocabulary {self.embedder.vocab_size}")
             pairs = None
-            if config.pairs is not None:
+            if mass is not None:
                 _require_pairs(stats, experts)
-                pairs = PairScores.from_logits(*solve_pairs(stats, experts, mass=config.pairs))
+                pairs = PairScores.from_logits(*solve_pairs(stats, experts, mass=mass))
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
-                          None)
+                          None, (alpha, mass))
         ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
                          "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -539,6 +546,13 @@ class Router:
     def identity_mu(self) -> float | None:
         """The identity ridge μ in use (the chosen one when ``identity="auto"``), or None."""
         return self._fitted.mu
+
+    @property
+    def smoothing(self) -> tuple[float, float | None] | None:
+        """The ``nb`` model's ``(α, pair mass)`` in use (the ones chosen from the experts'
+        prompt counts where the config says ``"auto"``; pair mass None without pairs), or
+        None for the ridge model."""
+        return self._fitted.smoothing
 
     @property
     def W(self) -> np.ndarray:
@@ -819,7 +833,7 @@ class Router:
         return _describe(self.config, self.embedder.name, self.embedder.fingerprint,
                          self.embedder.spec, self.embedder.dim,
                          [_expert_meta(n, state.stats[n]) for n in state.experts],
-                         state.mu)
+                         state.mu, state.smoothing)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
         """Save as one safetensors file (statistics + JSON settings), atomically; with
@@ -1040,9 +1054,13 @@ def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
 
 
 def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
-              dim: int, experts: list[dict[str, Any]], mu: float | None) -> dict[str, Any]:
-    return {"config": asdict(config), "identity_mu": mu, "embedder_name": name,
-            "fingerprint": fingerprint, "embedder": spec, "dim": dim, "experts": experts}
+              dim: int, experts: list[dict[str, Any]], mu: float | None,
+              smoothing: tuple[float, float | None] | None) -> dict[str, Any]:
+    return {"config": asdict(config), "identity_mu": mu,
+            "smoothing": None if smoothing is None else
+            {"alpha": smoothing[0], "pairs": smoothing[1]},
+            "embedder_name": name, "fingerprint": fingerprint, "embedder": spec, "dim": dim,
+            "experts": experts}
 
 
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -1099,6 +1117,12 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
             "n_prompts": meta_int(e["n_prompts"], 0, where, f"{field_name}.n_prompts"),
             "max_tokens": meta_int(e["max_tokens"], 1, where, f"{field_name}.max_tokens")}
     meta["experts"] = list(checked.values())
+    # Derived, not read: what the solve will use (files saved before "auto" lack it, and a
+    # hand-edited value would only mislead `inspect`).
+    smoothing = None if config.model != "nb" else nb_smoothing(
+        config.alpha, config.pairs, [e["n_prompts"] for e in meta["experts"]])
+    meta["smoothing"] = None if smoothing is None else {"alpha": smoothing[0],
+                                                        "pairs": smoothing[1]}
     return meta
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -26,9 +26,9 @@ from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_PAIRS",
-           "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu", "design", "domain_weights",
-           "identity_loo", "solve", "solve_identity", "solve_identity_auto", "solve_nb",
-           "solve_pairs"]
+           "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu", "design",
+           "domain_weights", "identity_loo", "nb_smoothing", "solve", "solve_identity",
+           "solve_identity_auto", "solve_nb", "solve_pairs"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -38,11 +38,17 @@ DEFAULT_LAMBDA = 1e-2
 DEFAULT_ALPHA = 0.03
 UNIGRAM_ALPHA = 0.1
 DEFAULT_PAIRS = 1e5
-# For fit sets of about 100 prompts per domain or fewer (the `few` preset): chosen by the
+# For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
+# picks for them, FEW_PROMPTS below): chosen by the
 # same rule on the five splits with every fit set cut to 10 / 30 / 100 prompts per domain or
 # to 3 % of it, then checked on fresh prompts (benchmarks/explore_scale.py, EVALUATION.md).
 FEW_ALPHA = 0.003
 FEW_PAIRS = 1e4
+# α and the pair mass "auto" (the default) take the FEW_ values when the experts hold this
+# many prompts each or fewer on average, else the DEFAULT_ ones: the switch with the best
+# held-out accuracy over fit sets from 10 prompts per domain to the full five splits, where
+# it never fires (benchmarks/explore_scale.py --auto, EVALUATION.md).
+FEW_PROMPTS = 100
 # Pseudo-count of every pair (the unseen one included) in the pooled background, so that
 # the background gives every pair a positive probability.
 _PAIR_EPS = 1e-2
@@ -332,6 +338,25 @@ def _search(sums: _IdentitySums, embedder: Embedder, grid: Sequence[float], lam:
             best = (mu, W, U)  # only the best solve is kept: U is vocabulary-sized
     assert best is not None
     return best[0], errors, best[1], best[2]
+
+
+def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] | None,
+                 n_prompts: Sequence[int]) -> tuple[float, float | None]:
+    """The token table's α and the pair mass in use for experts of ``n_prompts`` prompts
+    each: a number is kept, ``"auto"`` becomes ``FEW_ALPHA`` / ``FEW_PAIRS`` when the mean
+    prompt count is at most ``FEW_PROMPTS`` and ``DEFAULT_ALPHA`` / ``DEFAULT_PAIRS``
+    otherwise (None, no pairs, stays None). Prompt counts are summed statistics like any
+    other, so adding or removing an expert and re-solving still equals a full refit, even
+    where it moves the mean across the threshold.
+
+    >>> nb_smoothing("auto", "auto", [30, 80, 120])
+    (0.003, 10000.0)
+    >>> nb_smoothing("auto", None, [300, 5000])
+    (0.03, None)
+    """
+    few = sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)  # exact in integers: no rounding
+    return (((FEW_ALPHA if few else DEFAULT_ALPHA) if alpha == "auto" else alpha),
+            ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
 
 
 def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
