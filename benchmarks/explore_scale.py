@@ -78,6 +78,12 @@ Rule:
    to each size (at a size where it does not fire the difference is 0, which leaves the
    sign of the mean alone).
 
+Outcome (185 s): ``mean <= 100`` (tied with ``median <= 100`` on held-out, fewer fits), +0.50
+held-out, +0.59 test, +0.86 fresh, exactly the default at full size: the default's α and
+pair mass became ``"auto"`` (``solver.nb_smoothing``). With ``--embedder minilm`` (a check,
+not a choice; 99.563 is WordLlama's figure, so the full-size step compares with the run's
+own ``never`` there): the same pick, +0.72 held-out, +0.78 test, +1.14 fresh.
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --auto
@@ -279,10 +285,12 @@ def _auto(emb, args, start: float) -> int:
     pick = max(labels, key=lambda label: (_mean(held, label, SIZES), -_FIRES[label]))
     dh = _mean(held, pick, SIZES) - _mean(held, "never", SIZES)
     dt = _mean(test, pick, SIZES) - _mean(test, "never", SIZES)
-    full = float(np.mean(held[pick]["full"]))
+    # today's default at full size: 99.563 with WordLlama (FULL_DEFAULT_HELD), computed
+    # here so that another --embedder is held to its own figure
+    full, bar = float(np.mean(held[pick]["full"])), float(np.mean(held["never"]["full"]))
     print(f"\n## pick: {pick}; minus never: held-out {100 * dh:+.2f}, test {100 * dt:+.2f}; "
-          f"held-out at full size {100 * full:.3f} (default {100 * FULL_DEFAULT_HELD:.3f})")
-    if pick == "never" or dh <= 0 or dt <= 0 or round(full, 5) < FULL_DEFAULT_HELD:
+          f"held-out at full size {100 * full:.3f} (default {100 * bar:.3f})")
+    if pick == "never" or dh <= 0 or dt <= 0 or full < bar:
         print("  → the default stays")
     else:
         _per_split(test, names, pick, "never", SIZES)

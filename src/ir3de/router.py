@@ -185,9 +185,8 @@ class RouterConfig:
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
         fewer on average), ``few`` (α = 0.003 and pair mass 1e4 whatever the fit size),
-        ``unigram`` (the default
-        without pairs, α = 0.1), ``identity`` (balanced ridge on the embedding ⊕ one-hot
-        token ids, μ by leave-one-out, ``avg`` selector),
+        ``unigram`` (the default without pairs, α = 0.1), ``identity`` (balanced ridge on
+        the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k).
 
@@ -1056,11 +1055,14 @@ def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
 def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
               dim: int, experts: list[dict[str, Any]], mu: float | None,
               smoothing: tuple[float, float | None] | None) -> dict[str, Any]:
-    return {"config": asdict(config), "identity_mu": mu,
-            "smoothing": None if smoothing is None else
-            {"alpha": smoothing[0], "pairs": smoothing[1]},
+    return {"config": asdict(config), "identity_mu": mu, "smoothing": _smoothing(smoothing),
             "embedder_name": name, "fingerprint": fingerprint, "embedder": spec, "dim": dim,
             "experts": experts}
+
+
+def _smoothing(smoothing: tuple[float, float | None] | None) -> dict[str, Any] | None:
+    """``Router.smoothing`` as the JSON object of ``describe`` (and ``inspect --json``)."""
+    return None if smoothing is None else {"alpha": smoothing[0], "pairs": smoothing[1]}
 
 
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -1119,10 +1121,8 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     meta["experts"] = list(checked.values())
     # Derived, not read: what the solve will use (files saved before "auto" lack it, and a
     # hand-edited value would only mislead `inspect`).
-    smoothing = None if config.model != "nb" else nb_smoothing(
-        config.alpha, config.pairs, [e["n_prompts"] for e in meta["experts"]])
-    meta["smoothing"] = None if smoothing is None else {"alpha": smoothing[0],
-                                                        "pairs": smoothing[1]}
+    meta["smoothing"] = _smoothing(None if config.model != "nb" else nb_smoothing(
+        config.alpha, config.pairs, [e["n_prompts"] for e in meta["experts"]]))
     return meta
 
 

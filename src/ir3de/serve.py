@@ -2021,7 +2021,6 @@ def create_app(config: Any) -> Any:
 
     def _describe(state: _State) -> dict[str, Any]:
         counts = {n: s.n_tokens for n, s in state.router.stats.items()}
-        smoothing = state.router.smoothing
         return {"experts": [{"name": n, "url": _safe_url(e.url), "model": e.model or n,
                              "routed": n in counts, "tokens": counts.get(n),
                              **cooldowns.describe(n)}
@@ -2030,8 +2029,7 @@ def create_app(config: Any) -> Any:
                 "model": state.router.config.model,
                 "alpha": state.router.config.alpha, "pairs": state.router.config.pairs,
                 # what "auto" chose from the prompt counts (None for the ridge model)
-                "smoothing": None if smoothing is None else
-                {"alpha": smoothing[0], "pairs": smoothing[1]},
+                "smoothing": state.router.describe()["smoothing"],
                 "k": state.router.config.k,
                 "lam": state.router.config.lam, "selector": state.router.config.selector}
 
