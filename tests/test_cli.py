@@ -984,7 +984,8 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
                                            capsys) -> None:
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
-    assert (code, err) == (0, f"{out}: router with 1 expert (math)\n")
+    assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.003  "
+                              "pair mass=10000 (4 prompts per expert on average)\n")
 
 
 def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],
