@@ -50,14 +50,7 @@ from ir3de import Router, RouterConfig, load_embedder
 from ir3de.embedding import Embedder
 from ir3de.router import PRESETS
 from ir3de.selector import VocabScores, vocab_scores
-from ir3de.solver import (
-    design,
-    nb_smoothing,
-    solve,
-    solve_identity,
-    solve_identity_auto,
-    solve_nb,
-)
+from ir3de.solver import design, solve, solve_identity, solve_identity_auto, solve_nb
 from ir3de.statistics import DomainStats, stats_from_counts
 
 VOCAB = 32000
@@ -150,9 +143,8 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
         t_r4, _ = timed(lambda: refit(base))
         t_hist = timed(lambda: refit_hist([*base, new]))[0] if rnd < 2 or args.hist_every else 0.0
         if config.model == "nb":  # "design": the log-likelihood table; no linear solve
-            alpha, _ = nb_smoothing(config.alpha, config.pairs,
-                                    [s.n_prompts for s in five.values()])
-            t_design, L = timed(solve_nb, five, list(five), alpha=alpha)
+            # the α the five-expert refit resolved ("auto" follows the prompt counts)
+            t_design, L = timed(solve_nb, five, list(five), alpha=ref5.smoothing[0])
             t_solve = 0.0
             t_scores, _ = timed(VocabScores.from_logits, L)
         elif config.identity is None:
