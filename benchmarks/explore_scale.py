@@ -84,9 +84,32 @@ pair mass became ``"auto"`` (``solver.nb_smoothing``). With ``--embedder minilm`
 not a choice; 99.563 is WordLlama's figure, so the full-size step compares with the run's
 own ``never`` there): the same pick, +0.72 held-out, +0.78 test, +1.14 fresh.
 
+``--mixed``, added after every run above and committed before its own first run (only the
+grid and the rule below had been written; no accuracy of a mixed fit set had been seen):
+experts of very different sizes in one router. ``auto`` decides for the whole router, so a
+router of one big expert and a few tiny ones keeps the full-size values everywhere. A
+per-expert switch ``each <= T`` gives expert d ``few``'s α and pair mass when its own prompt
+count n_d is at most T, and the default's otherwise (a column of either table depends on
+its own α or mass only, the pooled pair background being shared, so add/remove would stay
+exact). Candidates: ``auto`` (today: mean <= 100, the whole router), ``min <= 100`` (the
+whole router, as soon as one expert is small), ``each <= T`` for T ∈ {30, 100, 300}. Mixed
+sizes: ``oneK`` (one domain of the split cut to K prompts, the others at full size) and
+``halfK`` (half of the domains, rounded down, cut to K), K ∈ {10, 30, 100}; which domains a
+draw cuts follows one seeded order of the domains, draw i starting at its i-th (the same
+for the inner 80 % and the whole fit data), three draws. The uniform sizes of the main grid
+are scored too. Rule:
+
+1. The candidate with the highest mean held-out over the six mixed sizes; a tie goes to
+   ``auto``, then to the candidate that sends fewer experts to ``few``.
+2. It replaces ``auto`` only if it is not ``auto``, beats ``auto`` on that mean and on the
+   mean test over the mixed sizes, is not below ``auto`` on the mean held-out over the
+   uniform sizes (nor at full size), and then beats ``auto`` on the mean of the fresh checks
+   with every fit set cut to each mixed size.
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --auto
+      python benchmarks/explore_scale.py --mixed
 """
 
 from __future__ import annotations
@@ -125,6 +148,11 @@ AUTO_GRID: dict[str, tuple[str, float]] = {
     "never": ("min", -np.inf), "always": ("min", np.inf),
     **{f"{stat} <= {t}": (stat, t) for stat in ("min", "median", "mean") for t in (30, 100, 300)}}
 AUTO_STATS = {"min": np.min, "median": np.median, "mean": np.mean}
+# --mixed: label → (scope, statistic, the largest value that fits few); "each" is per expert
+MIXED_GRID: dict[str, tuple[str, str, float]] = {
+    "auto": ("router", "mean", 100), "min <= 100": ("router", "min", 100),
+    **{f"each <= {t}": ("each", "n", t) for t in (30, 100, 300)}}
+MIXED = tuple(f"{how}{k}" for how in ("one", "half") for k in (10, 30, 100))
 FEW = (0.003, 1e4)
 # how many fits each switch sent to few (its tie-break, rule step 1)
 _FIRES: dict[str, int] = dict.fromkeys(AUTO_GRID, 0)
@@ -137,11 +165,23 @@ def _mass(rule: tuple[str, float], P: float) -> float:
 
 
 def _subsample(groups: Mapping[str, Sequence[np.ndarray]], size: str,
-               rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+               rng: np.random.Generator, draw: int) -> dict[str, list[np.ndarray]]:
     """Each domain's prompts cut to ``size`` (``fX``: a fraction, at least 3 prompts; ``nK``:
-    K prompts or all), a seeded draw without replacement."""
+    K prompts or all; ``oneK`` / ``halfK``: one / half of the domains cut to K, the others
+    whole), a seeded draw without replacement."""
     if size == "full":
         return {d: list(items) for d, items in groups.items()}
+    if size.startswith(("one", "half")):
+        # which domains are cut: a function of the draw alone, so the inner 80 % and the
+        # whole fit data of a draw cut the same ones; successive draws start one further
+        # along one seeded order, so three draws of ``one`` cut three different domains
+        names = list(groups)
+        count = 1 if size.startswith("one") else max(1, len(names) // 2)
+        order = np.random.default_rng(0).permutation(len(names))
+        cut = {names[order[(draw + j) % len(names)]] for j in range(count)}
+        k = int(size.lstrip("onehalf"))
+        return {d: [items[i] for i in rng.permutation(len(items))[:k]] if d in cut
+                else list(items) for d, items in groups.items()}
     out = {}
     for d, items in groups.items():
         k = max(3, round(float(size[1:]) * len(items))) if size[0] == "f" \
@@ -191,6 +231,24 @@ def _auto_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     return out
 
 
+def _mixed_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                    ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every candidate of ``MIXED_GRID``: per expert (a column of the scores), the
+    default's smoothing or ``few``'s."""
+    M = _features(ids, "bin", V, bigram=False)
+    unigrams = Unigrams(fit, "bin", V)
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
+    default = M @ unigrams.additive(ALPHA) + pairs["each", 1e5]
+    few = M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]]
+    n = np.array([len(items) for items in fit.values()])
+    out = {}
+    for label, (scope, stat, t) in MIXED_GRID.items():
+        fires = n <= t if scope == "each" else np.full(n.size, AUTO_STATS[stat](n) <= t)
+        _FIRES[label] = _FIRES.get(label, 0) + int(fires.sum())
+        out[label] = np.where(fires, few, default)
+    return out
+
+
 def _row(title: str, cells: Sequence[float], mean: float) -> str:
     return f"| {title} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + f" | {100 * mean:.2f} |"
 
@@ -209,7 +267,8 @@ def _fresh_small(emb, data_dir: str, variants=_variants, base: str = DEFAULT,
                 def cut(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                         ids: Sequence[np.ndarray], size: str = size,
                         draw: int = draw) -> dict[str, np.ndarray]:
-                    return variants(V, _subsample(fit, size, np.random.default_rng(draw)), ids)
+                    cut_fit = _subsample(fit, size, np.random.default_rng(draw), draw)
+                    return variants(V, cut_fit, ids)
 
                 # (_check names its reference "default", whatever ``base`` is)
                 print(f"[{size}, draw {draw}; 'default' below is {base}]")
@@ -234,7 +293,8 @@ def _grid(emb, args, variants, labels: Sequence[str], sizes: Sequence[str], star
         for size in sizes:
             for draw in range(1 if size == "full" else DRAWS):
                 rng = np.random.default_rng(draw)
-                inner, whole = _subsample(data.inner, size, rng), _subsample(data.fit, size, rng)
+                inner = _subsample(data.inner, size, rng, draw)
+                whole = _subsample(data.fit, size, rng, draw)
                 h = variants(emb.vocab_size, inner, data.held)
                 t = variants(emb.vocab_size, whole, data.test)
                 for label in labels:
@@ -301,6 +361,33 @@ def _auto(emb, args, start: float) -> int:
     return 0
 
 
+def _mixed(emb, args, start: float) -> int:
+    """``--mixed``: per-expert smoothing against ``auto``, under the rule in the
+    docstring."""
+    labels, sizes = list(MIXED_GRID), MIXED + SIZES
+    held, test, names = _grid(emb, args, _mixed_variants, labels, sizes, start)
+    _print_tables(held, test, labels, sizes)
+    print("\nexperts sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    pick = max(labels, key=lambda label: (_mean(held, label, MIXED), label == "auto",
+                                          -_FIRES[label]))
+    dh = _mean(held, pick, MIXED) - _mean(held, "auto", MIXED)
+    dt = _mean(test, pick, MIXED) - _mean(test, "auto", MIXED)
+    du = _mean(held, pick, SIZES) - _mean(held, "auto", SIZES)
+    df = float(np.mean(held[pick]["full"]) - np.mean(held["auto"]["full"]))
+    print(f"\n## pick: {pick}; minus auto on the mixed sizes: held-out {100 * dh:+.2f}, "
+          f"test {100 * dt:+.2f}; on the uniform sizes: held-out {100 * du:+.2f} "
+          f"(full size {100 * df:+.3f})")
+    if pick == "auto" or dh <= 0 or dt <= 0 or du < 0 or df < 0:
+        print("  → auto stays")
+    else:
+        _per_split(test, names, pick, "auto", MIXED)
+        print("\n## the fresh checks, fit sets cut to every mixed size")
+        gain = _fresh_small(emb, args.data, _mixed_variants, "auto", pick, MIXED)
+        print(f"  → {'auto becomes ' + pick if gain > 0 else 'auto stays'}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def _alpha_small(emb, args, start: float) -> int:
     """``--alpha-small``: α and m for small fit sets, under the rule in the docstring."""
     labels = list(ALPHA_GRID)
@@ -327,7 +414,8 @@ def main() -> int:
     ap_args = explore_args(__doc__, SETTINGS, fresh=True, flags=[
         ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut"),
         ("--alpha-small", "the token table's α with the mass for small fit sets"),
-        ("--auto", "the router's own switch between the default and few, by prompt counts")])
+        ("--auto", "the router's own switch between the default and few, by prompt counts"),
+        ("--mixed", "per-expert smoothing for experts of very different sizes")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
@@ -341,6 +429,8 @@ def main() -> int:
         return _alpha_small(emb, ap_args, start)
     if ap_args.auto:
         return _auto(emb, ap_args, start)
+    if ap_args.mixed:
+        return _mixed(emb, ap_args, start)
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held, test, names = _grid(emb, ap_args, _variants, list(RULES), SIZES, start)
     _print_tables(held, test, list(RULES), SIZES)
