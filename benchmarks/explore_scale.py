@@ -106,10 +106,33 @@ are scored too. Rule:
    uniform sizes (nor at full size), and then beats ``auto`` on the mean of the fresh checks
    with every fit set cut to each mixed size.
 
+Outcome (233 s): per-expert smoothing loses everywhere it differs (held-out over the mixed
+sizes: ``each <= 30 / 100 / 300`` 96.18 / 96.59 / 97.26 against ``auto``'s 97.86; giving a
+tiny column few's α shifts its unseen-token scores against the big columns'). The pick is
+``min <= 100``, +1.07 held-out and +0.88 test on the mixed sizes (+1.96 / +4.00 held-out at
+``one10`` / ``half10``), refused by step 2: -0.05 held-out on the uniform sizes (``f0.1``
+-0.28, ``f0.3`` -0.10) and -0.017 at full size, where it fires on ``reasoning-2fold``
+(HumanEval halves of 82 prompts). ``auto`` stays.
+
+``--mixed-or``, added after the ``--mixed`` run above (which printed held-out and test
+figures of its five candidates) and committed before its own first run: its gain sits at
+the smallest cut (``one10``, ``half10``) and its loss where every expert is moderately small
+or one is just under 100, so the follow-up widens ``auto`` by a minimum only:
+``auto or min <= T`` (``few`` when the mean is at most 100 or the smallest expert has at
+most T prompts), T ∈ {10, 20, 30, 50}, against ``auto``; every mixed and uniform size, three
+draws. Rule:
+
+1. The candidate with the highest mean held-out over all fourteen sizes (a tie goes to
+   ``auto``, then to fewer experts sent to ``few``).
+2. It replaces ``auto`` only if it is not ``auto``, beats it on that mean and on the mean
+   test over all fourteen sizes, is not below it held-out at full size, and then beats it
+   on the mean of the fresh checks with every fit set cut to each of the fourteen sizes.
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --auto
       python benchmarks/explore_scale.py --mixed
+      python benchmarks/explore_scale.py --mixed-or
 """
 
 from __future__ import annotations
@@ -152,6 +175,10 @@ AUTO_STATS = {"min": np.min, "median": np.median, "mean": np.mean}
 MIXED_GRID: dict[str, tuple[str, str, float]] = {
     "auto": ("router", "mean", 100), "min <= 100": ("router", "min", 100),
     **{f"each <= {t}": ("each", "n", t) for t in (30, 100, 300)}}
+# --mixed-or: the same form; "or" is auto (mean <= 100) or a minimum of at most t
+MIXED_OR_GRID: dict[str, tuple[str, str, float]] = {
+    "auto": ("router", "mean", 100), **{f"auto or min <= {t}": ("or", "min", t)
+                                        for t in (10, 20, 30, 50)}}
 MIXED = tuple(f"{how}{k}" for how in ("one", "half") for k in (10, 30, 100))
 FEW = (0.003, 1e4)
 # how many fits each switch sent to few (its tie-break, rule step 1)
@@ -232,9 +259,11 @@ def _auto_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
 
 
 def _mixed_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
-                    ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Every candidate of ``MIXED_GRID``: per expert (a column of the scores), the
-    default's smoothing or ``few``'s."""
+                    ids: Sequence[np.ndarray],
+                    grid: Mapping[str, tuple[str, str, float]] = MIXED_GRID
+                    ) -> dict[str, np.ndarray]:
+    """Every candidate of ``grid``: per expert (a column of the scores), the default's
+    smoothing or ``few``'s."""
     M = _features(ids, "bin", V, bigram=False)
     unigrams = Unigrams(fit, "bin", V)
     pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
@@ -242,8 +271,9 @@ def _mixed_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     few = M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]]
     n = np.array([len(items) for items in fit.values()])
     out = {}
-    for label, (scope, stat, t) in MIXED_GRID.items():
-        fires = n <= t if scope == "each" else np.full(n.size, AUTO_STATS[stat](n) <= t)
+    for label, (scope, stat, t) in grid.items():
+        fires = n <= t if scope == "each" else np.full(
+            n.size, AUTO_STATS[stat](n) <= t or (scope == "or" and np.mean(n) <= 100))
         _FIRES[label] = _FIRES.get(label, 0) + int(fires.sum())
         out[label] = np.where(fires, few, default)
     return out
@@ -388,6 +418,35 @@ def _mixed(emb, args, start: float) -> int:
     return 0
 
 
+def _mixed_or_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                       ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return _mixed_variants(V, fit, ids, MIXED_OR_GRID)
+
+
+def _mixed_or(emb, args, start: float) -> int:
+    """``--mixed-or``: ``auto`` widened by a minimum, under the rule in the docstring."""
+    labels, sizes = list(MIXED_OR_GRID), MIXED + SIZES
+    held, test, names = _grid(emb, args, _mixed_or_variants, labels, sizes, start)
+    _print_tables(held, test, labels, sizes)
+    print("\nexperts sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    pick = max(labels, key=lambda label: (_mean(held, label, sizes), label == "auto",
+                                          -_FIRES[label]))
+    dh = _mean(held, pick, sizes) - _mean(held, "auto", sizes)
+    dt = _mean(test, pick, sizes) - _mean(test, "auto", sizes)
+    df = float(np.mean(held[pick]["full"]) - np.mean(held["auto"]["full"]))
+    print(f"\n## pick: {pick}; minus auto over every size: held-out {100 * dh:+.2f}, "
+          f"test {100 * dt:+.2f}; held-out at full size {100 * df:+.3f}")
+    if pick == "auto" or dh <= 0 or dt <= 0 or df < 0:
+        print("  → auto stays")
+    else:
+        _per_split(test, names, pick, "auto", sizes)
+        print("\n## the fresh checks, fit sets cut to every size")
+        gain = _fresh_small(emb, args.data, _mixed_or_variants, "auto", pick, sizes)
+        print(f"  → {'auto becomes ' + pick if gain > 0 else 'auto stays'}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def _alpha_small(emb, args, start: float) -> int:
     """``--alpha-small``: α and m for small fit sets, under the rule in the docstring."""
     labels = list(ALPHA_GRID)
@@ -415,7 +474,8 @@ def main() -> int:
         ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut"),
         ("--alpha-small", "the token table's α with the mass for small fit sets"),
         ("--auto", "the router's own switch between the default and few, by prompt counts"),
-        ("--mixed", "per-expert smoothing for experts of very different sizes")])
+        ("--mixed", "per-expert smoothing for experts of very different sizes"),
+        ("--mixed-or", "auto widened by the smallest expert's prompt count")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
@@ -431,6 +491,8 @@ def main() -> int:
         return _auto(emb, ap_args, start)
     if ap_args.mixed:
         return _mixed(emb, ap_args, start)
+    if ap_args.mixed_or:
+        return _mixed_or(emb, ap_args, start)
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held, test, names = _grid(emb, ap_args, _variants, list(RULES), SIZES, start)
     _print_tables(held, test, list(RULES), SIZES)
