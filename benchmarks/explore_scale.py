@@ -128,6 +128,13 @@ draws. Rule:
    test over all fourteen sizes, is not below it held-out at full size, and then beats it
    on the mean of the fresh checks with every fit set cut to each of the fourteen sizes.
 
+Outcome (432 s with the fresh checks): ``auto or min <= 50`` (held-out 98.64 over the
+fourteen sizes, a hair above ``min <= 30``; ``auto`` 98.21), +0.44 held-out, +0.45 test,
+exactly ``auto`` at full size (the smallest full-size expert, a ``reasoning-2fold``
+HumanEval half, holds 82 prompts), +0.45 on the fresh checks (+1.23 / +4.19 / +1.98 at
+``one10`` / ``half10`` / ``f0.03``, -0.49 / -0.73 at ``one30`` / ``half30``): the default's
+``auto`` became "mean <= 100 or min <= 50" (``solver.FEW_MIN_PROMPTS``).
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --auto

@@ -658,25 +658,39 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     """The default's α and pair mass follow the experts' prompt counts: build says what
     they chose, and experts add/remove say so when a change moves them (numbers given on
     the command line are not "chosen", so nothing is said)."""
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "-o",
+                       tmp_path / "small.st")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "smallest)"), err
+    big = {}
+    for name, n in (("translation", 400), ("summary", 300)):
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text("".join(f"{name} of sentence number {i}, please.\n"
+                                  for i in range(n)))
+        big[name] = tmp_path / f"{name}.st"
+        assert run(capsys, "stats", corpus, "--domain", name, "-o", big[name], "-q")[0] == 0
     router = tmp_path / "r.st"
-    code, _, err = run(capsys, "build", built["math"], built["coding"], "-o", router)
+    code, _, err = run(capsys, "build", big["translation"], "-o", router)
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average)"), err
-    corpus = tmp_path / "big.txt"
-    corpus.write_text("".join(f"Translate sentence number {i} into French.\n"
-                              for i in range(400)))
-    big = tmp_path / "big.st"
-    assert run(capsys, "stats", corpus, "--domain", "translation", "-o", big, "-q")[0] == 0
-    code, _, err = run(capsys, "experts", "add", router, big)
-    assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.03  pair mass=100000 (136 prompts per expert on average)"), err
-    code, _, err = run(capsys, "experts", "remove", router, "coding")  # 202 on average
+        "; auto smoothing α=0.03  pair mass=100000 (400 prompts per expert on average, 400 in "
+        "the smallest)"), err
+    code, _, err = run(capsys, "experts", "add", router, big["summary"])  # still full size
     assert code == 0 and "smoothing" not in err, err
+    code, _, err = run(capsys, "experts", "add", router, built["math"])  # a tiny expert
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.003  pair mass=10000 (235 prompts per expert on average, 4 in "
+        "the smallest)"), err
+    code, _, err = run(capsys, "experts", "remove", router, "math")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.03  pair mass=100000 (350 prompts per expert on average, 300 in "
+        "the smallest)"), err
     assert Router.load(router).smoothing == (0.03, 1e5)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing pair mass=10000 (4 prompts per expert on average)"), err
+        "; auto smoothing pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "smallest)"), err
 
 
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -985,7 +999,8 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
     assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.003  "
-                              "pair mass=10000 (4 prompts per expert on average)\n")
+                              "pair mass=10000 (4 prompts per expert on average, 4 in the "
+                              "smallest)\n")
 
 
 def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],

@@ -959,16 +959,18 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
 
 def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_stats,
                                                            tmp_path: Path) -> None:
-    """The default's α and pair mass ("auto") come from the summed prompt counts: the toy
-    experts (a few prompts each) get the small-fit-set values; an expert with many prompts
-    lifts the mean over 100 and brings the full-size values, as a full refit does, and
-    taking it away brings the small ones back."""
-    three = {n: toy_stats[n] for n in ("math", "coding", "law")}
+    """The default's α and pair mass ("auto") come from the summed prompt counts: experts
+    of 60 prompts each get the small-fit-set values; an expert with many prompts lifts the
+    mean over 100 and brings the full-size values, as a full refit does, and taking it away
+    brings the small ones back; so does adding a tiny expert (a few prompts: the smallest
+    at most 50)."""
+    # n_prompts only: the same tokens counted as if they came from more prompts
+    three = {n: dataclasses.replace(toy_stats[n], n_prompts=60)
+             for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
     assert_same_state(router, Router(emb, "few").fit_stats(three))
-    # n_prompts only: the same tokens counted as if they came from 1000 prompts
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
     four = {**three, "multilingual": big}
@@ -982,6 +984,11 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
+    router.add_expert("tiny", toy_stats["law"])
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert_same_state(router, Router(emb, "few").fit_stats({**four, "tiny": toy_stats["law"]}))
+    router.remove_expert("tiny")
+    assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
     router.remove_expert("multilingual")
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
     assert_same_state(router, Router(emb).fit_stats(three))

@@ -13,6 +13,7 @@ from ir3de.solver import (
     DEFAULT_LAMBDA,
     DEFAULT_PAIRS,
     FEW_ALPHA,
+    FEW_MIN_PROMPTS,
     FEW_PAIRS,
     FEW_PROMPTS,
     design,
@@ -215,14 +216,18 @@ def test_choose_identity_mu_picks_the_lowest_loo_error(emb, toy_stats) -> None:
         choose_identity_mu(toy_stats, experts, emb, grid=(1.0, -2.0))
 
 
-def test_nb_smoothing_switches_at_a_mean_of_few_prompts_per_expert() -> None:
-    """"auto" takes the small-fit-set values up to a mean of FEW_PROMPTS prompts per expert
-    (inclusive, exact in integers) and the full-size ones above; numbers and None stay."""
+def test_nb_smoothing_switches_on_the_mean_or_the_smallest_prompt_count() -> None:
+    """"auto" takes the small-fit-set values up to a mean of FEW_PROMPTS prompts per expert,
+    or when the smallest expert holds FEW_MIN_PROMPTS or fewer (both inclusive, exact in
+    integers), and the full-size ones otherwise; numbers and None stay."""
     few, full = (FEW_ALPHA, FEW_PAIRS), (DEFAULT_ALPHA, DEFAULT_PAIRS)
+    small = FEW_MIN_PROMPTS + 1  # above the minimum's line
     assert nb_smoothing("auto", "auto", [FEW_PROMPTS] * 3) == few
     assert nb_smoothing("auto", "auto", [FEW_PROMPTS] * 2 + [FEW_PROMPTS + 1]) == full
-    assert nb_smoothing("auto", "auto", [1, 2 * FEW_PROMPTS - 1]) == few  # the mean, not min
-    assert nb_smoothing("auto", "auto", [1, 2 * FEW_PROMPTS + 1]) == full
+    assert nb_smoothing("auto", "auto", [small, 2 * FEW_PROMPTS - small]) == few  # the mean
+    assert nb_smoothing("auto", "auto", [small, 2 * FEW_PROMPTS - small + 1]) == full
+    assert nb_smoothing("auto", "auto", [FEW_MIN_PROMPTS, 10_000, 10_000]) == few  # the min
+    assert nb_smoothing("auto", "auto", [small, 10_000, 10_000]) == full
     assert nb_smoothing(0.5, "auto", [10]) == (0.5, FEW_PAIRS)
     assert nb_smoothing("auto", 3e3, [10_000]) == (DEFAULT_ALPHA, 3e3)
     assert nb_smoothing("auto", None, [10]) == (FEW_ALPHA, None)

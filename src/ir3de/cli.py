@@ -235,7 +235,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features pooled by the geo selector (the measured "
                         "best), α and pair mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the "
-                        "experts hold 100 prompts each or fewer on average; 'few': α=0.003 and "
+                        "experts hold 100 prompts each or fewer on average or the smallest 50 or "
+                        "fewer; 'few': α=0.003 and "
                         "pair mass 1e4 whatever the fit size; "
                         "'unigram': the default without pairs "
                         "(α=0.1; for statistics without pair counts); 'identity': "
@@ -250,12 +251,13 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
                    help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
                         "0.03, or 0.003 when the experts hold 100 prompts each or fewer on "
-                        "average; preset 'few': 0.003)")
+                        "average or the smallest 50 or fewer; preset 'few': 0.003)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
                         "frequencies towards the pooled ones, 'auto' (the default: 1e5, or 1e4 "
-                        "when the experts hold 100 prompts each or fewer on average; preset "
+                        "when the experts hold 100 prompts each or fewer on average or the "
+                        "smallest 50 or fewer; preset "
                         "'few': 1e4), or 'none' for token features only; pairs enter the geo "
                         "selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
@@ -638,11 +640,12 @@ def _smoothing_note(router: Router, before: tuple[float, float | None] | None = 
     used, config = router.smoothing, router.config
     if used is None or "auto" not in (config.alpha, config.pairs) or used == before:
         return ""
-    n = sum(s.n_prompts for s in router.stats.values()) / len(router.experts)
+    counts = [s.n_prompts for s in router.stats.values()]
     values = "  ".join(f"{name}={value:g}" for name, value, setting in (
         ("α", used[0], config.alpha), ("pair mass", used[1], config.pairs))
         if setting == "auto" and value is not None)
-    return f"; auto smoothing {values} ({n:,.0f} prompts per expert on average)"
+    return (f"; auto smoothing {values} ({sum(counts) / len(counts):,.0f} prompts per expert "
+            f"on average, {min(counts):,} in the smallest)")
 
 
 # Said with an --input error that a plain text file would cause.

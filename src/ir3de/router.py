@@ -184,7 +184,8 @@ class RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
-        fewer on average), ``few`` (α = 0.003 and pair mass 1e4 whatever the fit size),
+        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
+        mass 1e4 whatever the fit size),
         ``unigram`` (the default without pairs, α = 0.1), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:

@@ -25,9 +25,9 @@ from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .statistics import DomainStats
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_PAIRS",
-           "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu", "design",
-           "domain_weights", "identity_loo", "nb_smoothing", "solve", "solve_identity",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_MIN_PROMPTS",
+           "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu",
+           "design", "domain_weights", "identity_loo", "nb_smoothing", "solve", "solve_identity",
            "solve_identity_auto", "solve_nb", "solve_pairs"]
 
 DEFAULT_LAMBDA = 1e-2
@@ -44,11 +44,14 @@ DEFAULT_PAIRS = 1e5
 # to 3 % of it, then checked on fresh prompts (benchmarks/explore_scale.py, EVALUATION.md).
 FEW_ALPHA = 0.003
 FEW_PAIRS = 1e4
-# α and the pair mass "auto" (the default) take the FEW_ values when the experts hold this
-# many prompts each or fewer on average, else the DEFAULT_ ones: the switch with the best
-# held-out accuracy over fit sets from 10 prompts per domain to the full five splits, where
-# it never fires (benchmarks/explore_scale.py --auto, EVALUATION.md).
+# α and the pair mass "auto" (the default) take the FEW_ values when the experts hold
+# FEW_PROMPTS prompts each or fewer on average, or when the smallest holds FEW_MIN_PROMPTS or
+# fewer, else the DEFAULT_ ones: the switch with the best held-out accuracy over fit sets
+# from 10 prompts per domain to the full five splits, where it never fires, and then (the
+# minimum) over routers with one or half of their experts cut to 10-100 prompts
+# (benchmarks/explore_scale.py --auto and --mixed-or, EVALUATION.md).
 FEW_PROMPTS = 100
+FEW_MIN_PROMPTS = 50
 # Pseudo-count of every pair (the unseen one included) in the pooled background, so that
 # the background gives every pair a positive probability.
 _PAIR_EPS = 1e-2
@@ -344,17 +347,23 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
                  n_prompts: Sequence[int]) -> tuple[float, float | None]:
     """The token table's α and the pair mass in use for experts of ``n_prompts`` prompts
     each: a number is kept, ``"auto"`` becomes ``FEW_ALPHA`` / ``FEW_PAIRS`` when the mean
-    prompt count is at most ``FEW_PROMPTS`` and ``DEFAULT_ALPHA`` / ``DEFAULT_PAIRS``
-    otherwise (None, no pairs, stays None). Prompt counts are summed statistics like any
+    prompt count is at most ``FEW_PROMPTS`` or the smallest is at most ``FEW_MIN_PROMPTS``,
+    and ``DEFAULT_ALPHA`` / ``DEFAULT_PAIRS`` otherwise (None, no pairs, stays None). The
+    values are the router's, not a column's: a small α for a tiny expert's column alone
+    measured worse than either (EVALUATION.md). Prompt counts are summed statistics like any
     other, so adding or removing an expert and re-solving still equals a full refit, even
-    where it moves the mean across the threshold.
+    where it moves the router across the line.
 
     >>> nb_smoothing("auto", "auto", [30, 80, 120])
+    (0.003, 10000.0)
+    >>> nb_smoothing("auto", "auto", [20, 3000, 5000])
     (0.003, 10000.0)
     >>> nb_smoothing("auto", None, [300, 5000])
     (0.03, None)
     """
-    few = sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)  # exact in integers: no rounding
+    # exact in integers: no rounding
+    few = (sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)
+           or min(n_prompts, default=0) <= FEW_MIN_PROMPTS)
     return (((FEW_ALPHA if few else DEFAULT_ALPHA) if alpha == "auto" else alpha),
             ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
 
