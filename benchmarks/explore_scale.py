@@ -133,7 +133,9 @@ fourteen sizes, a hair above ``min <= 30``; ``auto`` 98.21), +0.44 held-out, +0.
 exactly ``auto`` at full size (the smallest full-size expert, a ``reasoning-2fold``
 HumanEval half, holds 82 prompts), +0.45 on the fresh checks (+1.23 / +4.19 / +1.98 at
 ``one10`` / ``half10`` / ``f0.03``, -0.49 / -0.73 at ``one30`` / ``half30``): the default's
-``auto`` became "mean <= 100 or min <= 50" (``solver.FEW_MIN_PROMPTS``).
+``auto`` became "mean <= 100 or min <= 50" (``solver.FEW_MIN_PROMPTS``). With ``--embedder
+minilm`` (a check, not a choice): the pick there is ``auto or min <= 30`` (level with 50 to two
+decimals), +0.41 held-out, +0.67 test, +0.56 fresh; T = 50 gives +0.41 / +0.69.
 
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
