@@ -374,84 +374,41 @@ def _of_split(values: Sequence[float], size: str, i: int) -> Sequence[float]:
     return values[i * draws:(i + 1) * draws]
 
 
-def _auto(emb, args, start: float) -> int:
-    """``--auto``: the router's own choice between the default and ``few``, under the rule
-    in the docstring."""
-    labels = list(AUTO_GRID)
-    held, test, names = _grid(emb, args, _auto_variants, labels, SIZES, start)
-    _print_tables(held, test, labels, SIZES)
-    print("\nfits sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
-    pick = max(labels, key=lambda label: (_mean(held, label, SIZES), -_FIRES[label]))
-    dh = _mean(held, pick, SIZES) - _mean(held, "never", SIZES)
-    dt = _mean(test, pick, SIZES) - _mean(test, "never", SIZES)
-    # today's default at full size: 99.563 with WordLlama (FULL_DEFAULT_HELD), computed
-    # here so that another --embedder is held to its own figure
-    full, bar = float(np.mean(held[pick]["full"])), float(np.mean(held["never"]["full"]))
-    print(f"\n## pick: {pick}; minus never: held-out {100 * dh:+.2f}, test {100 * dt:+.2f}; "
-          f"held-out at full size {100 * full:.3f} (default {100 * bar:.3f})")
-    if pick == "never" or dh <= 0 or dt <= 0 or full < bar:
-        print("  → the default stays")
-    else:
-        _per_split(test, names, pick, "never", SIZES)
-        print("\n## the fresh checks, fit sets cut to every size")
-        gain = _fresh_small(emb, args.data, _auto_variants, "never", pick, SIZES)
-        print(f"  → {'the default becomes ' + pick if gain > 0 else 'the default stays'}")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _mixed(emb, args, start: float) -> int:
-    """``--mixed``: per-expert smoothing against ``auto``, under the rule in the
-    docstring."""
-    labels, sizes = list(MIXED_GRID), MIXED + SIZES
-    held, test, names = _grid(emb, args, _mixed_variants, labels, sizes, start)
-    _print_tables(held, test, labels, sizes)
-    print("\nexperts sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
-    pick = max(labels, key=lambda label: (_mean(held, label, MIXED), label == "auto",
-                                          -_FIRES[label]))
-    dh = _mean(held, pick, MIXED) - _mean(held, "auto", MIXED)
-    dt = _mean(test, pick, MIXED) - _mean(test, "auto", MIXED)
-    du = _mean(held, pick, SIZES) - _mean(held, "auto", SIZES)
-    df = float(np.mean(held[pick]["full"]) - np.mean(held["auto"]["full"]))
-    print(f"\n## pick: {pick}; minus auto on the mixed sizes: held-out {100 * dh:+.2f}, "
-          f"test {100 * dt:+.2f}; on the uniform sizes: held-out {100 * du:+.2f} "
-          f"(full size {100 * df:+.3f})")
-    if pick == "auto" or dh <= 0 or dt <= 0 or du < 0 or df < 0:
-        print("  → auto stays")
-    else:
-        _per_split(test, names, pick, "auto", MIXED)
-        print("\n## the fresh checks, fit sets cut to every mixed size")
-        gain = _fresh_small(emb, args.data, _mixed_variants, "auto", pick, MIXED)
-        print(f"  → {'auto becomes ' + pick if gain > 0 else 'auto stays'}")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    return 0
-
-
 def _mixed_or_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                        ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return _mixed_variants(V, fit, ids, MIXED_OR_GRID)
 
 
-def _mixed_or(emb, args, start: float) -> int:
-    """``--mixed-or``: ``auto`` widened by a minimum, under the rule in the docstring."""
-    labels, sizes = list(MIXED_OR_GRID), MIXED + SIZES
-    held, test, names = _grid(emb, args, _mixed_or_variants, labels, sizes, start)
+def _challenge(emb, args, start: float, variants, labels: Sequence[str],
+               sizes: Sequence[str], choose: Sequence[str], base: str) -> int:
+    """A challenger of the switch ``base`` among ``labels``, chosen on ``choose`` of the
+    scored ``sizes``, under the rules in the docstring: ``--auto`` (base ``never``, every
+    uniform size), ``--mixed`` (base ``auto``, chosen on the mixed sizes; the uniform ones
+    must not lose) and ``--mixed-or`` (base ``auto``, chosen on every size)."""
+    held, test, names = _grid(emb, args, variants, labels, sizes, start)
     _print_tables(held, test, labels, sizes)
-    print("\nexperts sent to few: " + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
-    pick = max(labels, key=lambda label: (_mean(held, label, sizes), label == "auto",
+    print("\nsent to few (fits for --auto, experts otherwise): "
+          + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    pick = max(labels, key=lambda label: (_mean(held, label, choose), label == base,
                                           -_FIRES[label]))
-    dh = _mean(held, pick, sizes) - _mean(held, "auto", sizes)
-    dt = _mean(test, pick, sizes) - _mean(test, "auto", sizes)
-    df = float(np.mean(held[pick]["full"]) - np.mean(held["auto"]["full"]))
-    print(f"\n## pick: {pick}; minus auto over every size: held-out {100 * dh:+.2f}, "
-          f"test {100 * dt:+.2f}; held-out at full size {100 * df:+.3f}")
-    if pick == "auto" or dh <= 0 or dt <= 0 or df < 0:
-        print("  → auto stays")
+    dh = _mean(held, pick, choose) - _mean(held, base, choose)
+    dt = _mean(test, pick, choose) - _mean(test, base, choose)
+    # the uniform sizes must hold their own when they were not chosen on (--mixed)
+    du = 0.0 if set(SIZES) <= set(choose) else \
+        _mean(held, pick, SIZES) - _mean(held, base, SIZES)
+    # at full size the base's own figure (99.563 with WordLlama, FULL_DEFAULT_HELD), so
+    # that another --embedder is held to its own
+    df = float(np.mean(held[pick]["full"]) - np.mean(held[base]["full"]))
+    print(f"\n## pick: {pick}; minus {base} on the sizes chosen on: held-out {100 * dh:+.2f}, "
+          f"test {100 * dt:+.2f}; held-out on the uniform sizes otherwise {100 * du:+.2f}, "
+          f"at full size {100 * df:+.3f}")
+    if pick == base or dh <= 0 or dt <= 0 or du < 0 or df < 0:
+        print(f"  → {base} stays")
     else:
-        _per_split(test, names, pick, "auto", sizes)
-        print("\n## the fresh checks, fit sets cut to every size")
-        gain = _fresh_small(emb, args.data, _mixed_or_variants, "auto", pick, sizes)
-        print(f"  → {'auto becomes ' + pick if gain > 0 else 'auto stays'}")
+        _per_split(test, names, pick, base, choose)
+        print("\n## the fresh checks, fit sets cut to every size chosen on")
+        gain = _fresh_small(emb, args.data, variants, base, pick, choose)
+        print(f"  → {base + ' becomes ' + pick if gain > 0 else base + ' stays'}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -497,11 +454,14 @@ def main() -> int:
     if ap_args.alpha_small:
         return _alpha_small(emb, ap_args, start)
     if ap_args.auto:
-        return _auto(emb, ap_args, start)
+        return _challenge(emb, ap_args, start, _auto_variants, list(AUTO_GRID), SIZES, SIZES,
+                          "never")
     if ap_args.mixed:
-        return _mixed(emb, ap_args, start)
+        return _challenge(emb, ap_args, start, _mixed_variants, list(MIXED_GRID),
+                          MIXED + SIZES, MIXED, "auto")
     if ap_args.mixed_or:
-        return _mixed_or(emb, ap_args, start)
+        return _challenge(emb, ap_args, start, _mixed_or_variants, list(MIXED_OR_GRID),
+                          MIXED + SIZES, MIXED + SIZES, "auto")
     # held[label][size]: one balanced accuracy per (split, draw); test likewise
     held, test, names = _grid(emb, ap_args, _variants, list(RULES), SIZES, start)
     _print_tables(held, test, list(RULES), SIZES)
