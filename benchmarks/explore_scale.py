@@ -249,16 +249,22 @@ def _alpha_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
     return {label: tokens[a] + pairs["each", m] for label, (a, m) in ALPHA_GRID.items()}
 
 
+def _both(V: int, fit: Mapping[str, Sequence[np.ndarray]], ids: Sequence[np.ndarray]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The default's scores of ``ids``, ``few``'s, and the fit set's prompt counts."""
+    M = _features(ids, "bin", V, bigram=False)
+    unigrams = Unigrams(fit, "bin", V)
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
+    return (M @ unigrams.additive(ALPHA) + pairs["each", 1e5],
+            M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]],
+            np.array([len(items) for items in fit.values()]))
+
+
 def _auto_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                    ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Every switch of ``AUTO_GRID``: the default's scores or ``few``'s, by the fit set's
     prompt counts."""
-    M = _features(ids, "bin", V, bigram=False)
-    unigrams = Unigrams(fit, "bin", V)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
-    default = M @ unigrams.additive(ALPHA) + pairs["each", 1e5]
-    few = M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]]
-    n = np.array([len(items) for items in fit.values()])
+    default, few, n = _both(V, fit, ids)
     out = {}
     for label, (stat, t) in AUTO_GRID.items():
         fires = bool(AUTO_STATS[stat](n) <= t)
@@ -273,12 +279,7 @@ def _mixed_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                     ) -> dict[str, np.ndarray]:
     """Every candidate of ``grid``: per expert (a column of the scores), the default's
     smoothing or ``few``'s."""
-    M = _features(ids, "bin", V, bigram=False)
-    unigrams = Unigrams(fit, "bin", V)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW[1], 1e5])
-    default = M @ unigrams.additive(ALPHA) + pairs["each", 1e5]
-    few = M @ unigrams.additive(FEW[0]) + pairs["each", FEW[1]]
-    n = np.array([len(items) for items in fit.values()])
+    default, few, n = _both(V, fit, ids)
     out = {}
     for label, (scope, stat, t) in grid.items():
         fires = n <= t if scope == "each" else np.full(
