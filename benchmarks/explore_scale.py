@@ -215,7 +215,7 @@ def _subsample(groups: Mapping[str, Sequence[np.ndarray]], size: str,
         count = 1 if size.startswith("one") else max(1, len(names) // 2)
         order = np.random.default_rng(0).permutation(len(names))
         cut = {names[order[(draw + j) % len(names)]] for j in range(count)}
-        k = int(size.lstrip("onehalf"))
+        k = int(size.removeprefix("one").removeprefix("half"))
         return {d: [items[i] for i in rng.permutation(len(items))[:k]] if d in cut
                 else list(items) for d, items in groups.items()}
     out = {}
@@ -382,27 +382,31 @@ def _mixed_or_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
 
 def _challenge(emb, args, start: float, variants, labels: Sequence[str],
                sizes: Sequence[str], choose: Sequence[str], base: str) -> int:
-    """A challenger of the switch ``base`` among ``labels``, chosen on ``choose`` of the
-    scored ``sizes``, under the rules in the docstring: ``--auto`` (base ``never``, every
-    uniform size), ``--mixed`` (base ``auto``, chosen on the mixed sizes; the uniform ones
-    must not lose) and ``--mixed-or`` (base ``auto``, chosen on every size)."""
+    """A challenger of ``base`` among ``labels``, chosen on ``choose`` of the scored
+    ``sizes``, under the rules in the docstring: ``--alpha-small`` (base the advice, the
+    small sizes), ``--auto`` (base ``never``, every uniform size), ``--mixed`` (base
+    ``auto``, chosen on the mixed sizes; the uniform ones must not lose) and ``--mixed-or``
+    (base ``auto``, chosen on every size)."""
     held, test, names = _grid(emb, args, variants, labels, sizes, start)
     _print_tables(held, test, labels, sizes)
-    print("\nsent to few (fits for --auto, experts otherwise): "
-          + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    if any(label in _FIRES for label in labels):
+        print("\nsent to few (fits for --auto, experts otherwise): "
+              + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
+    # a tie goes to the base, then to the switch that sends fewer to few (grid order after)
     pick = max(labels, key=lambda label: (_mean(held, label, choose), label == base,
-                                          -_FIRES[label]))
+                                          -_FIRES.get(label, 0)))
     dh = _mean(held, pick, choose) - _mean(held, base, choose)
     dt = _mean(test, pick, choose) - _mean(test, base, choose)
-    # the uniform sizes must hold their own when they were not chosen on (--mixed)
-    du = 0.0 if set(SIZES) <= set(choose) else \
-        _mean(held, pick, SIZES) - _mean(held, base, SIZES)
+    # the scored sizes not chosen on (--mixed: the uniform ones) must hold their own
+    rest = [s for s in sizes if s not in choose]
+    du = _mean(held, pick, rest) - _mean(held, base, rest) if rest else 0.0
     # at full size the base's own figure (99.563 with WordLlama, FULL_DEFAULT_HELD), so
     # that another --embedder is held to its own
-    df = float(np.mean(held[pick]["full"]) - np.mean(held[base]["full"]))
+    df = float(np.mean(held[pick]["full"]) - np.mean(held[base]["full"])) \
+        if "full" in sizes else 0.0
     print(f"\n## pick: {pick}; minus {base} on the sizes chosen on: held-out {100 * dh:+.2f}, "
-          f"test {100 * dt:+.2f}; held-out on the uniform sizes otherwise {100 * du:+.2f}, "
-          f"at full size {100 * df:+.3f}")
+          f"test {100 * dt:+.2f}; held-out on the other sizes {100 * du:+.2f}, at full size "
+          f"{100 * df:+.3f}")
     if pick == base or dh <= 0 or dt <= 0 or du < 0 or df < 0:
         print(f"  → {base} stays")
     else:
@@ -410,27 +414,6 @@ def _challenge(emb, args, start: float, variants, labels: Sequence[str],
         print("\n## the fresh checks, fit sets cut to every size chosen on")
         gain = _fresh_small(emb, args.data, variants, base, pick, choose)
         print(f"  → {base + ' becomes ' + pick if gain > 0 else base + ' stays'}")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _alpha_small(emb, args, start: float) -> int:
-    """``--alpha-small``: α and m for small fit sets, under the rule in the docstring."""
-    labels = list(ALPHA_GRID)
-    held, test, names = _grid(emb, args, _alpha_variants, labels, SMALL, start)
-    _print_tables(held, test, labels, SMALL)
-    pick = max(labels, key=lambda label: _mean(held, label, SMALL))
-    dh = _mean(held, pick, SMALL) - _mean(held, ALPHA_ADVICE, SMALL)
-    dt = _mean(test, pick, SMALL) - _mean(test, ALPHA_ADVICE, SMALL)
-    print(f"\n## pick: {pick}; minus the advice {ALPHA_ADVICE}: held-out {100 * dh:+.2f}, "
-          f"test {100 * dt:+.2f}")
-    if pick == ALPHA_ADVICE or dh <= 0 or dt <= 0:
-        print("  → the advice stays")
-    else:
-        _per_split(test, names, pick, ALPHA_ADVICE)
-        print("\n## the fresh checks, fit sets cut to the small sizes")
-        gain = _fresh_small(emb, args.data, _alpha_variants, ALPHA_ADVICE, pick)
-        print(f"  → {'change the advice to ' + pick if gain > 0 else 'the advice stays'}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -453,7 +436,8 @@ def main() -> int:
         print(f"→ {'the advice stands' if total > 0 else 'withdraw the advice'}")
         return 0
     if ap_args.alpha_small:
-        return _alpha_small(emb, ap_args, start)
+        return _challenge(emb, ap_args, start, _alpha_variants, list(ALPHA_GRID), SMALL, SMALL,
+                          ALPHA_ADVICE)
     if ap_args.auto:
         return _challenge(emb, ap_args, start, _auto_variants, list(AUTO_GRID), SIZES, SIZES,
                           "never")

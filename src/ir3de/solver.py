@@ -39,9 +39,9 @@ DEFAULT_ALPHA = 0.03
 UNIGRAM_ALPHA = 0.1
 DEFAULT_PAIRS = 1e5
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
-# picks for them, FEW_PROMPTS below): chosen by the
-# same rule on the five splits with every fit set cut to 10 / 30 / 100 prompts per domain or
-# to 3 % of it, then checked on fresh prompts (benchmarks/explore_scale.py, EVALUATION.md).
+# picks for them, FEW_PROMPTS below): chosen by the same rule on the five splits with every
+# fit set cut to 10 / 30 / 100 prompts per domain or to 3 % of it, then checked on fresh
+# prompts (benchmarks/explore_scale.py, EVALUATION.md).
 FEW_ALPHA = 0.003
 FEW_PAIRS = 1e4
 # α and the pair mass "auto" (the default) take the FEW_ values when the experts hold
@@ -361,9 +361,9 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
     >>> nb_smoothing("auto", None, [300, 5000])
     (0.03, None)
     """
-    # exact in integers: no rounding
+    # exact in integers: no rounding (and no experts is "few" before min is asked)
     few = (sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)
-           or min(n_prompts, default=0) <= FEW_MIN_PROMPTS)
+           or min(n_prompts) <= FEW_MIN_PROMPTS)
     return (((FEW_ALPHA if few else DEFAULT_ALPHA) if alpha == "auto" else alpha),
             ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
 
