@@ -7,6 +7,7 @@ own name); the gateway runs under uvicorn through ``python -m ir3de.cli serve``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -2203,6 +2204,27 @@ def test_broken_answer_is_told_from_an_unreachable_expert(odd: Proc) -> None:
         "expert 'stuck' is unreachable: no connection within 0.5 s (ConnectTimeout)"
 
 
+def test_a_reused_connection_the_expert_closes_is_sent_again(odd: Proc) -> None:
+    """The keep-alive race towards an expert: the gateway reuses an idle connection just as
+    the expert closes it, and the request gets no answer. That was a 502 (the fallback for
+    a routed request); the request now goes again, once, on a new connection."""
+    def closed_errors() -> float:
+        key = 'ir3de_upstream_errors_total{expert="coding",kind="RemoteProtocolError"}'
+        return _metrics(odd).get(key, 0.0)
+
+    before = closed_errors()
+    for model in ("coding", "ir3de"):
+        # the first leaves an idle connection that has answered; the second reuses it
+        assert httpx.post(odd.url + "/v1/chat/completions",
+                          json=_chat(CODE, model="coding")).status_code == 200
+        r = httpx.post(odd.url + "/v1/chat/completions",
+                       json=_chat(CODE, model=model, mode="close_reused"))
+        assert (r.status_code, r.json()["model"]) == (200, "raw"), r.text
+        assert r.headers["x-ir3de-expert"] == "coding"
+        assert "x-ir3de-fallback" not in r.headers
+    assert closed_errors() == before + 2  # each closed attempt is still counted
+
+
 def test_expert_header_with_a_percent_decodes_back(odd: Proc) -> None:
     """An expert named cs%2Fv2 was sent as is in x-ir3de-expert, which unquote reads as
     cs/v2."""
@@ -2686,3 +2708,69 @@ def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
                                 ("keep_alive_seconds", 1.5, "valid integer")):
         with pytest.raises(IR3DEError, match=rf"{key}: Input should be .*{message}"):
             load_config(_config(tmp_path, stats_files, upstreams, **{key: value}))
+
+
+def test_trust_refuses_unsigned_statistics_at_startup_and_upload(
+        stats_files, upstreams, tmp_path: Path, capsys) -> None:
+    """`trust: DIR`: the gateway takes only statistics signed by a key in DIR, as `ir3de
+    build --trust` does: router.stats at startup, and POST /admin/experts uploads (a 403
+    that names the file and changes nothing). Before, an admin token holder could add any
+    file."""
+    pytest.importorskip("cryptography", reason="signing needs pip install 'ir3de[sign]'")
+    from ir3de.signing import generate_key, sign
+
+    generate_key(tmp_path / "alice.key")
+    generate_key(tmp_path / "mallory.key")
+    (tmp_path / "trusted").mkdir()
+    (tmp_path / "trusted" / "alice.pub").write_bytes((tmp_path / "alice.pub").read_bytes())
+    signed = {}
+    for domain in ("math", "coding", "law"):
+        signed[domain] = tmp_path / f"signed-{domain}.stats"
+        sign(DomainStats.load(stats_files[domain]), tmp_path / "alice.key").save(signed[domain])
+    # An unsigned router.stats file stops the gateway, naming the file.
+    unsigned_start = tmp_path / "unsigned"
+    unsigned_start.mkdir()
+    config = _config(unsigned_start, {**signed, "coding": stats_files["coding"]}, upstreams,
+                     trust=str(tmp_path / "trusted"))
+    assert main(["serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ir3de: error: {stats_files['coding']}: not signed"), err
+    assert not (unsigned_start / "state").exists()
+    # A trust folder without keys stops it too, even before a saved router is loaded.
+    (tmp_path / "empty").mkdir()
+    config = _config(unsigned_start, signed, upstreams, trust=str(tmp_path / "empty"))
+    assert main(["serve", "--config", str(config)]) == 1
+    assert "no *.pub trusted keys" in capsys.readouterr().err
+
+    gw = _gateway(_config(tmp_path, signed, upstreams, trust="trusted"))  # relative path
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE))
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "coding"
+        listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
+        sign(DomainStats.load(stats_files["law"]), tmp_path / "mallory.key").save(
+            tmp_path / "mallory.stats")
+        # renamed after signing: the signature is kept, and no longer matches
+        dataclasses.replace(DomainStats.load(signed["law"]), domain="contracts").save(
+            tmp_path / "changed.stats")
+        for blob, problem in (
+                (stats_files["law"].read_bytes(), "not signed"),
+                ((tmp_path / "mallory.stats").read_bytes(), "signed by a key that is not trusted"),
+                ((tmp_path / "changed.stats").read_bytes(),
+                 "signature does not match its contents")):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1"},
+                           files={"stats": ("law.stats", blob)})
+            assert r.status_code == 403, r.text
+            error = r.json()["error"]
+            assert error["message"].startswith(f"the uploaded stats file 'law.stats': {problem}")
+            assert (error["code"], error["param"]) == ("untrusted_stats", "stats")
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
+        assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                       data={"url": upstreams["law"].url + "/v1"},
+                       files={"stats": ("law.stats", signed["law"].read_bytes())})
+        assert r.status_code == 200, r.text
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
+        assert r.headers["x-ir3de-expert"] == "law"
+    finally:
+        gw.stop()

@@ -369,11 +369,9 @@ def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
     and experts add alike), every one checked before anything is solved or written."""
     if trust is None:
         return
-    from .signing import load_trusted, verify
+    from .signing import verify_all
 
-    trusted = load_trusted(trust)
-    for s in stats:
-        verify(s, trusted)
+    verify_all(stats, trust)
 
 
 def _count(n: int, noun: str, width: int = 0) -> str:

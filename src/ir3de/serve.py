@@ -48,7 +48,8 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   config; unset -> the admin API is off; refusals counted in
   ``ir3de_admin_unauthorized_total``): list experts (with their cooldown state), add
   (an existing name, routed or not, is a 409; a name with a control character, such as
-  a newline, is a 400, as it is a startup error in the config) and remove them (a
+  a newline, is a 400, as it is a startup error in the config; with ``trust`` set, an
+  upload not signed by one of its keys, or changed after signing, is a 403) and remove them (a
   removed expert's failures are forgotten), change α, k, λ, selector, the confidence
   threshold or the minimum coverage (above 0 only with a fallback expert). Every change
   re-solves the router off the event loop, swaps it in one assignment (requests in
@@ -67,23 +68,26 @@ the one used. A saved ``min_coverage`` that the router gateway.yaml has changed 
 use (one without coverage, such as ``preset: unigram``) goes, with such a warning: the
 file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone.
 
-Failures: a refused connection is retried once (it may be a stale keep-alive). For a
-routed request, a second failure or a timeout sends the request to the fallback expert. A
-request that names its expert may carry what that expert alone accepts: it never goes to
-another one, and gets a 502 (504 for a timeout) naming the expert, as routed requests do
-without a fallback; the message tells an expert that is unreachable (no connection) from
-one that sent a malformed or truncated answer (or closed the connection without one).
-An expert's ``timeout`` bounds the wait for a connection and, for a whole (non-streaming)
-answer, the answer itself: all of it must arrive within ``timeout`` of the request being
-sent; a stream's headers, and then each of its reads, must come within ``timeout``. An
-answer that cannot be decoded, or whose status is beyond 599 (``HTTP/1.1 999``), is a
-502 (no fallback: the expert did answer). A request that waits its expert's whole
-``timeout`` for one of the ``max_connections`` upstream connections is not sent: a 503
-(``code: gateway_busy``, ``retry-after: 1``), without trying the fallback (it would wait
-for the same connections) and without counting against the expert's cooldown. An
-upstream HTTP error is returned as is; a stream cut by the upstream ends with an SSE
-``error`` event, after the last whole event. The gateway's own errors, unknown routes
-included, use OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``).
+Failures: a refused connection is retried once (the expert may be restarting), and so is
+a request on a reused idle connection that the expert closed before answering (the
+keep-alive race; a request on a new connection, or answered even in part, is not sent
+twice). For a routed request, a second failure or a timeout sends the request to the
+fallback expert. A request that names its expert may carry what that expert alone
+accepts: it never goes to another one, and gets a 502 (504 for a timeout) naming the
+expert, as routed requests do without a fallback; the message tells an expert that is
+unreachable (no connection) from one that sent a malformed or truncated answer (or
+closed the connection without one). An expert's ``timeout`` bounds the wait for a
+connection and, for a whole (non-streaming) answer, the answer itself: all of it must
+arrive within ``timeout`` of the request being sent; a stream's headers, and then each
+of its reads, must come within ``timeout``. An answer that cannot be decoded, or whose
+status is beyond 599 (``HTTP/1.1 999``), is a 502 (no fallback: the expert did answer).
+A request that waits its expert's whole ``timeout`` for one of the ``max_connections``
+upstream connections is not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``),
+without trying the fallback (it would wait for the same connections) and without
+counting against the expert's cooldown. An upstream HTTP error is returned as is; a
+stream cut by the upstream ends with an SSE ``error`` event, after the last whole event.
+The gateway's own errors, unknown routes included, use OpenAI's error JSON (``{"error":
+{"message", "type", "param", "code"}}``).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -112,6 +116,7 @@ Example config::
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
     admin_key_envs: [SPARE_KEY]   # api_key_env the admin API may name, beyond the experts'
+    trust: trusted/            # statistics (router.stats, uploads) must be signed by a key here
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
@@ -276,6 +281,12 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                              "variables POST /admin/experts may name as "
                                              "api_key_env")
         state_dir: str | None = None
+        # The federation's guard at the gateway: without it an admin token holder could add
+        # any party's statistics, signed or not, where `ir3de build --trust` would refuse them.
+        trust: str | None = pd.Field(None, min_length=1,
+                                     description="folder of trusted public keys (*.pub): "
+                                                 "router.stats and statistics uploaded to "
+                                                 "POST /admin/experts must be signed by one")
         # strict: YAML reads `yes` as true, which would otherwise pass as 1 failure or 1 s
         cooldown_failures: int = pd.Field(3, ge=0, strict=True,
                                           description="consecutive failures (refused "
@@ -293,8 +304,9 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                                        "connection is kept open (s)")
         # The same race the other way round: the experts' servers close idle connections
         # after 5 s (uvicorn, so vLLM; llama.cpp's server; Node), and a connection the
-        # gateway reuses as one closes it fails that request with a 502 (bench_keepalive.py).
-        # Dropping idle connections before the server does avoids it.
+        # gateway reuses as one closes it fails that attempt (bench_keepalive.py; the
+        # request is then sent again, once: _retried). Dropping idle connections before the
+        # server does avoids the extra round trip.
         upstream_keep_alive_seconds: float = pd.Field(4.0, gt=0, allow_inf_nan=False,
                                                       strict=True,
                                                       description="how long the gateway "
@@ -394,6 +406,8 @@ def load_config(path: str | os.PathLike[str]) -> Any:
         src.stats = [str(base / s) for s in src.stats]
     if config.state_dir is not None:
         config.state_dir = str(base / config.state_dir)
+    if config.trust is not None:
+        config.trust = str(base / config.trust)
     return config
 
 
@@ -424,6 +438,35 @@ class _State:
                              "the 'geo' selector on a token-pair table (the default preset)")
 
 
+def _retried(exc: Exception, steps: set[str]) -> bool:
+    """Whether a failed upstream attempt gets the one retry: a refused connection (the
+    expert may be restarting), or an idle connection the expert closed just as the gateway
+    reused it, before any answer (the keep-alive race: ``steps``, the attempt's httpcore
+    trace events, show no new connection and no response headers). A request on a
+    connection opened for it, or one answered even in part, is not sent again."""
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError):
+        return True
+    reused = not any(step.endswith(".connect_tcp.started") for step in steps)
+    answered = any(step.endswith(".receive_response_headers.complete") for step in steps)
+    # httpcore's words for end-of-file before a byte of the answer; a reset is a ReadError
+    closed = isinstance(exc, httpx.ReadError) or (
+        isinstance(exc, httpx.RemoteProtocolError)
+        and "disconnected without sending a response" in str(exc))
+    return reused and not answered and closed
+
+
+def _trusted_keys(folder: str | None) -> dict[str, str] | None:
+    """The ``trust`` folder's public keys (:func:`ir3de.signing.load_trusted`), or None
+    when the config sets none (then statistics are taken signed or not)."""
+    if folder is None:
+        return None
+    from .signing import load_trusted
+
+    return load_trusted(folder)
+
+
 def _build_router(config: Any) -> Any:
     """The router gateway.yaml describes (``router.path`` loaded, or ``router.stats`` fitted)."""
     from .router import Router
@@ -439,6 +482,10 @@ def _build_router(config: Any) -> Any:
             router.set_params(**overrides)
         return router
     stats = load_stats_files(src.stats)
+    if config.trust is not None:  # every file checked before anything is solved
+        from .signing import verify_all
+
+        verify_all(stats, config.trust)
     embedder = stats[0].embedder if src.embedder is None else src.embedder
     return Router(embedder, _stats_config(src)).fit_stats(stats)
 
@@ -1510,6 +1557,8 @@ def create_app(config: Any) -> Any:
     from .errors import IR3DEError as _Err
 
     client_keys = _client_keys(config.api_keys_env)  # before the (slower) router loads
+    # read once, at start (a bad folder stops the gateway now, not at the first upload)
+    trusted = _trusted_keys(config.trust)
     initial, base = _initial_state(config)
     holder = {"state": initial}
     # /v1/models' "created": when the gateway started, or when the admin API added the
@@ -1574,14 +1623,15 @@ def create_app(config: Any) -> Any:
             # (a connection in hand: a wait for one of the gateway's own is not the
             # expert's); a stream, relayed as it comes, keeps httpx's bound alone.
             deadline = anyio.CancelScope()
+            steps: set[str] = set()  # httpcore's trace events of this attempt
 
-            async def sent(event: str, _: Any,
-                           deadline: anyio.CancelScope = deadline) -> None:
-                if event.endswith(".send_request_headers.started"):
+            async def trace(event: str, _: Any, deadline: anyio.CancelScope = deadline,
+                            steps: set[str] = steps) -> None:
+                steps.add(event)
+                if not stream and event.endswith(".send_request_headers.started"):
                     deadline.deadline = anyio.current_time() + endpoint.timeout
 
-            if not stream:
-                request.extensions["trace"] = sent
+            request.extensions["trace"] = trace
             try:
                 with deadline:
                     response = await client.send(request, stream=stream)
@@ -1591,9 +1641,9 @@ def create_app(config: Any) -> Any:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 # (DecodingError: a body that its content-encoding does not describe)
                 metrics.errors.labels(expert_name, type(exc).__name__).inc()
-                if attempt == 1 or not isinstance(exc, httpx.ConnectError):
+                if attempt == 1 or not _retried(exc, steps):
                     raise
-                continue  # one retry: a refused connection may be a restart in progress
+                continue
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
             return response
         raise AssertionError("unreachable")
@@ -2044,6 +2094,8 @@ def create_app(config: Any) -> Any:
                 return _error(404, str(exc), code="expert_not_found")
             except _ExpertExists as exc:
                 return _error(409, str(exc), code="expert_exists", param="name")
+            except _Untrusted as exc:
+                return _error(403, str(exc), code="untrusted_stats", param="stats")
             except (_Err, ValueError, TypeError) as exc:
                 return _error(400, str(exc))
             try:
@@ -2134,6 +2186,13 @@ def create_app(config: Any) -> Any:
             # the router's errors name statistics by their source: the client's file name,
             # for now and for later uploads that clash with this one
             stats = replace(stats, source=label)
+            if trusted is not None:  # before anything is solved
+                from .signing import verify
+
+                try:
+                    verify(stats, trusted)
+                except _Err as exc:
+                    raise _Untrusted(str(exc)) from None
             expert = name or stats.domain
             _check_expert_name(expert, config.name)
             if expert in state.experts:  # routed or not: replacing it takes a DELETE first
@@ -2223,6 +2282,11 @@ class _UnknownExpert(IR3DEError):
 
 class _ExpertExists(IR3DEError):
     """An admin change adds an expert the gateway has already (a 409 Conflict)."""
+
+
+class _Untrusted(IR3DEError):
+    """Uploaded statistics not signed by a key the gateway's ``trust`` folder holds, or
+    changed after signing (a 403: understood, and refused)."""
 
 def _copy_router(router: Any) -> Any:
     """A router that can be changed without touching ``router``.

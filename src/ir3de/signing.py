@@ -25,6 +25,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from .statistics import DomainStats
 from .store import atomic_write_bytes
 
 __all__ = ["digest", "generate_key", "load_private_key", "load_trusted", "public_key_path",
-           "sign", "verify"]
+           "sign", "verify", "verify_all"]
 
 _ALG = "ed25519"
 _KEY_BYTES = 32  # an Ed25519 public key
@@ -261,3 +262,13 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
         raise IR3DEError(f"{stats.source}: signature does not match its contents: the file "
                          "was changed after it was signed") from None
     return name
+
+
+def verify_all(stats: Iterable[DomainStats], folder: str | os.PathLike[str]) -> None:
+    """Check every statistics in ``stats`` is signed by a key of ``folder`` (a folder of
+    ``*.pub``) and untouched, raising :func:`verify`'s error for the first that is not:
+    what ``ir3de build --trust DIR`` and a gateway's ``trust`` run before anything is
+    solved or written."""
+    trusted = load_trusted(folder)
+    for s in stats:
+        verify(s, trusted)

@@ -9,7 +9,10 @@ wrong with ``"mode"``:
 * ``truncated``: a ``content-length`` 100 bytes more than the body sent, then the
   connection closed;
 * ``garbage``: bytes that are not HTTP, then the connection closed;
-* ``status``: the status line ``HTTP/1.1 <"status"> X`` (any three digits, 999 say).
+* ``status``: the status line ``HTTP/1.1 <"status"> X`` (any three digits, 999 say);
+* ``close_reused``: on a connection that has answered before, the connection closed
+  without an answer (what a server closing an idle connection as the client reuses it
+  does to that request); on a new connection, ``ok``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def _head(status: int, length: int) -> bytes:
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    answered = False
     try:
         while True:
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -36,6 +40,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                            if line.lower().startswith("content-length:")), 0)
             body = json.loads(await reader.readexactly(length)) if length else {}
             mode = body.get("mode", "ok") if head.startswith("POST ") else "health"
+            if mode == "close_reused":
+                if answered:
+                    return
+                mode = "ok"
             if mode == "health":
                 writer.write(_head(200, 2) + b"{}")
             elif mode == "ok":
@@ -57,6 +65,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif mode == "status":
                 writer.write(_head(int(body["status"]), len(ANSWER)) + ANSWER)
             await writer.drain()
+            answered = True
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the client left
     finally:
