@@ -1692,9 +1692,10 @@ def test_inspect_and_experts_list_say_one_prompt_and_one_token(built: dict[str, 
     assert out.splitlines()[0].startswith("math\t4 prompts\t")
     lines = run(capsys, "inspect", router)[1].splitlines()
     math, greeting = lines[-2:]
-    assert greeting.split() == ["greeting", "1", "prompt", "1", "token"]
+    assert greeting.split() == ["greeting", "1", "prompt", "1", "token", "unsigned"]
     assert math.split()[:3] == ["math", "4", "prompts"]
     assert greeting.index(" token") == math.index(" tokens")  # the counts stay in columns
+    assert greeting.index("unsigned") == math.index("unsigned")
 
 
 @pytest.mark.parametrize("selector", ["avg", "topk", "all"])

@@ -2766,11 +2766,35 @@ def test_trust_refuses_unsigned_statistics_at_startup_and_upload(
             assert (error["code"], error["param"]) == ("untrusted_stats", "stats")
         assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
         assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
+        # Renaming drops a signature: the restart could not check the expert again.
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                       data={"url": upstreams["law"].url + "/v1", "name": "contracts"},
+                       files={"stats": ("law.stats", signed["law"].read_bytes())})
+        assert r.status_code == 403 and "was signed as 'law'" in r.json()["error"]["message"]
         r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                        data={"url": upstreams["law"].url + "/v1"},
                        files={"stats": ("law.stats", signed["law"].read_bytes())})
         assert r.status_code == 200, r.text
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
         assert r.headers["x-ir3de-expert"] == "law"
+        # The saved router keeps the signatures: the restart checks them and serves it.
+        gw.stop()
+        gw.start()
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL))
+        assert r.headers["x-ir3de-expert"] == "law"
     finally:
         gw.stop()
+    # A saved router (router.path) with an unsigned expert is refused, naming it.
+    saved = tmp_path / "mixed.safetensors"
+    router = Router.load(tmp_path / "state" / "router.safetensors")
+    router.remove_expert("law")
+    router.add_expert("unsigned", DomainStats.load(stats_files["law"])).save(saved)
+    config = _config(unsigned_start, signed, upstreams, trust=str(tmp_path / "trusted"))
+    settings = yaml.safe_load(config.read_text())
+    settings["router"] = {"path": str(saved)}
+    settings["experts"]["unsigned"] = {"url": upstreams["law"].url + "/v1"}
+    config.write_text(yaml.safe_dump(settings))
+    assert main(["serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ir3de: error: {saved}:unsigned: not signed"), err
+    assert "trust takes a saved router only if every expert's statistics are signed" in err

@@ -343,3 +343,57 @@ def test_derived_statistics_say_their_signature_was_dropped(emb: Embedder, keys,
                                "stats --sign KEY, or a merged file with ir3de merge --sign "
                                "KEY: merging or renaming signed statistics drops their "
                                "signature)")
+
+
+def test_routers_keep_their_experts_signatures(emb: Embedder, keys, tmp_path: Path,
+                                               capsys) -> None:
+    """A saved router dropped its experts' signatures, so a router could not be checked
+    once built (by the gateway's `trust`, or `inspect --trust`). It keeps them now, with
+    the recipe they were signed with where it is not the router's own."""
+    trusted = load_trusted(keys["trusted"])
+    math = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
+    # same embedding (fingerprint), another recipe: the signature covers the recipe
+    other = dataclasses.replace(compute_stats(emb, CORPORA["coding"], domain="coding"),
+                                embedder={**emb.spec, "note": "bob's copy"})
+    coding = sign(other, keys["bob"])
+    law = compute_stats(emb, CORPORA["law"], domain="law")
+    path = tmp_path / "r.safetensors"
+    Router(emb).fit_stats([math, coding]).save(path)
+    loaded = Router.load(path)
+    assert [verify(loaded.stats[n], trusted) for n in ("math", "coding")] == \
+        ["alice.pub", "bob.pub"]
+    loaded.add_expert("law", law).save(path)  # add and remove keep the others' signatures
+    loaded = Router.load(path)
+    with pytest.raises(IR3DEError, match=rf"^{re.escape(str(path))}:law: not signed"):
+        verify(loaded.stats["law"], trusted)
+    loaded.remove_expert("law")
+    loaded.save(path)
+    assert verify(Router.load(path).stats["coding"], trusted) == "bob.pub"
+
+    assert main(["inspect", str(path), "--trust", str(keys["trusted"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].split()[0] == "math" and lines[-2].endswith("signed by alice.pub")
+    assert lines[-1].split()[0] == "coding" and lines[-1].endswith("signed by bob.pub")
+    assert main(["inspect", str(path)]) == 0  # without --trust: the key's first digits
+    key = coding.signature["public_key"]
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"signed, key {key[:16]}…")
+    # A number changed in the router file: that expert no longer verifies.
+    tensors, meta = read_safetensors(path)
+    tensors["b"] = tensors["b"].copy()
+    tensors["b"][1, 0] += 1.0
+    write_safetensors(path, tensors, meta)
+    with pytest.raises(IR3DEError, match=r":coding: signature does not match its contents"):
+        verify(Router.load(path).stats["coding"], trusted)
+    assert main(["inspect", str(path), "--trust", str(keys["trusted"])]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"{path}:coding: signature does not match its contents" in err
+    # A statistics file: its signature line.
+    math.save(tmp_path / "math.stats")
+    assert main(["inspect", str(tmp_path / "math.stats"), "--trust",
+                 str(keys["trusted"])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split() == \
+        ["signature", "signed", "by", "alice.pub"]
+    with pytest.raises(IR3DEError, match=r"'experts\[0\]\.signature' must be an object"):
+        meta["experts"][0]["signature"] = "alice"
+        write_safetensors(path, tensors, meta)
+        Router.load(path)

@@ -842,6 +842,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["has_doc_counts"] = stats.doc_counts is not None
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
+    router = None
+    if args.trust is not None:
+        # every expert (or the file) checked before anything is printed: a refusal names it
+        from .signing import load_trusted, verify
+
+        trusted = load_trusted(args.trust)
+        if kind == "ir3de-router":
+            router = Router.load(args.file)
+            for e in info["experts"]:
+                e["signed_by"] = verify(router.stats[e["name"]], trusted)
+        else:
+            info["signed_by"] = verify(stats, trusted)
     # An nb router's token pairs are read by the geo selector only: said so, as a router
     # built with another selector still holds them.
     unread_pairs = kind == "ir3de-router" and info["config"]["model"] == "nb" \
@@ -852,7 +864,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not args.json:
         # The header first: it names the embedder a user may have to install.
         _print_inspected(args.file, kind, info, unread_pairs)
-    if kind == "ir3de-router":
+    if kind == "ir3de-router" and router is None:
         # Loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
         # that route would refuse fails here with the same error, not only a bad header.
         Router.load(args.file)
@@ -907,7 +919,7 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         for e in info["experts"]:
             # padded to the plural's width, so the token counts stay in one column
             _echo(f"    {e['name']:<24} {_count(e['n_prompts'], 'prompt', 9):<17} "
-                  f"{_count(e['n_tokens'], 'token', 12)}")
+                  f"{_count(e['n_tokens'], 'token', 12):<19} {_signed(e)}")
     else:
         _echo(f"  domain       {info['domain']}")
         _echo(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
@@ -919,6 +931,19 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         if info["n_pairs"] is not None:
             held.append(f"{info['n_pairs']} token pairs")
         _echo("  holds        " + ", ".join(["A, b", *held]))
+        _echo(f"  signature    {_signed(info)}")
+
+
+def _signed(entry: dict[str, Any]) -> str:
+    """Who signed a statistics file or a router's expert, as ``inspect`` prints it: the
+    trusted key's file under ``--trust``, else the public key's first hex digits."""
+    if "signed_by" in entry:
+        return f"signed by {entry['signed_by']}"
+    signature = entry.get("signature")
+    if not signature:
+        return "unsigned"
+    key = signature.get("public_key") if isinstance(signature, dict) else None
+    return f"signed, key {key[:16]}…" if isinstance(key, str) else "signed (malformed)"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1396,18 +1421,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
                        description="Print what a router or statistics file holds: its "
-                                   "embedder and fingerprint; a router's experts and their "
-                                   "counts, its model with the settings it reads (nb: α and, "
-                                   "with the geo selector, the token-pair mass; ridge: λ, "
+                                   "embedder and fingerprint; a router's experts, their "
+                                   "counts and who signed their statistics, its model "
+                                   "with the settings it reads (nb: α and, with the geo "
+                                   "selector, the token-pair mass; ridge: λ, "
                                    "balancing, normalisation, "
                                    "bias penalty and the identity μ in use), its selector, k "
                                    "(topk only) and token cap; a statistics file's domain, "
-                                   "counts and tables. A router is then loaded as route "
+                                   "counts, tables and signature. A router is then loaded as route "
                                    "loads it.")
     p.add_argument("file")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output, printed once a router has loaded (nothing "
                         "on stdout for one that fails)")
+    p.add_argument("--trust", metavar="DIR", type=_folder,
+                   help="check that the statistics file, or every expert of the router, is "
+                        "signed by a key in DIR (a folder of *.pub) and unchanged since, and "
+                        "name the key; the first that is not is named, nothing is printed, "
+                        "and the exit status is 1")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", formatter_class=fmt,

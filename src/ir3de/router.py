@@ -832,7 +832,8 @@ class Router:
         state = self._fitted
         return _describe(self.config, self.embedder.name, self.embedder.fingerprint,
                          self.embedder.spec, self.embedder.dim,
-                         [_expert_meta(n, state.stats[n]) for n in state.experts],
+                         [_expert_meta(n, state.stats[n], self.embedder.spec)
+                          for n in state.experts],
                          state.mu, state.smoothing)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
@@ -896,9 +897,10 @@ class Router:
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
             n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
-            fingerprint=meta["fingerprint"], embedder=meta["embedder"],
+            fingerprint=meta["fingerprint"], embedder=e.get("embedder", meta["embedder"]),
             max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
-            counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i])
+            counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i],
+            signature=e.get("signature"))
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
         # Names were checked with the metadata. Identical experts are refused when a router
@@ -1048,9 +1050,17 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
     return out
 
 
-def _expert_meta(name: str, s: DomainStats) -> dict[str, Any]:
-    return {"name": name, "n_tokens": s.n_tokens, "n_prompts": s.n_prompts,
+def _expert_meta(name: str, s: DomainStats, spec: dict[str, Any]) -> dict[str, Any]:
+    """An expert's entry in a router's metadata. Signed statistics keep their signature,
+    and the embedder recipe they were signed with where it is not the router's (``spec``),
+    so that the loaded expert can still be verified (:func:`ir3de.signing.verify`)."""
+    meta = {"name": name, "n_tokens": s.n_tokens, "n_prompts": s.n_prompts,
             "max_tokens": s.max_tokens}
+    if s.signature:
+        meta["signature"] = s.signature
+        if s.embedder != spec:
+            meta["embedder"] = s.embedder
+    return meta
 
 
 def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
@@ -1113,6 +1123,13 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
             if key not in e:
                 raise StatsFormatError(f"{where}: metadata field {field_name!r} lacks {key!r}")
         validate_domain_name(e["name"], f"{where}: {field_name}")
+        # (what a signature holds is checked by verify, which names the expert)
+        if e.get("signature") is not None and not isinstance(e["signature"], dict):
+            raise StatsFormatError(f"{where}: metadata field '{field_name}.signature' must be "
+                                   f"an object, got {e['signature']!r}")
+        if "embedder" in e and not _is_recipe(e["embedder"]):
+            raise StatsFormatError(f"{where}: metadata field '{field_name}.embedder' must be "
+                                   f"an embedder recipe, got {e['embedder']!r}")
         if e["name"] in checked:  # a dict keyed by name would merge them silently
             raise StatsFormatError(f"{where}: duplicate expert {e['name']!r}")
         checked[e["name"]] = {

@@ -116,7 +116,7 @@ Example config::
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
     admin_key_envs: [SPARE_KEY]   # api_key_env the admin API may name, beyond the experts'
-    trust: trusted/            # statistics (router.stats, uploads) must be signed by a key here
+    trust: trusted/            # every expert (stats, saved router, uploads) signed by a key here
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
@@ -285,8 +285,9 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         # any party's statistics, signed or not, where `ir3de build --trust` would refuse them.
         trust: str | None = pd.Field(None, min_length=1,
                                      description="folder of trusted public keys (*.pub): "
-                                                 "router.stats and statistics uploaded to "
-                                                 "POST /admin/experts must be signed by one")
+                                                 "every expert's statistics (router.stats, a "
+                                                 "saved router, POST /admin/experts uploads) "
+                                                 "must be signed by one")
         # strict: YAML reads `yes` as true, which would otherwise pass as 1 failure or 1 s
         cooldown_failures: int = pd.Field(3, ge=0, strict=True,
                                           description="consecutive failures (refused "
@@ -467,6 +468,23 @@ def _trusted_keys(folder: str | None) -> dict[str, str] | None:
     return load_trusted(folder)
 
 
+def _verify_router(router: Any, folder: str | None) -> None:
+    """With ``trust``, refuse a saved router unless every expert still carries the
+    signature of a trusted key over its statistics (routers keep them), naming the first
+    that does not."""
+    if folder is None:
+        return
+    from .signing import verify_all
+
+    try:
+        verify_all(router.stats.values(), folder)
+    except IR3DEError as exc:
+        raise IR3DEError(f"{exc}; trust takes a saved router only if every expert's "
+                         "statistics are signed by a trusted key: rebuild it from signed "
+                         "statistics (ir3de build --trust; a router saved by an ir3de that did not "
+                         "keep signatures holds none)") from None
+
+
 def _build_router(config: Any) -> Any:
     """The router gateway.yaml describes (``router.path`` loaded, or ``router.stats`` fitted)."""
     from .router import Router
@@ -475,6 +493,7 @@ def _build_router(config: Any) -> Any:
     src = config.router
     if src.path is not None:
         router = Router.load(src.path, embedder=src.embedder)
+        _verify_router(router, config.trust)
         overrides = src.overrides()
         if overrides:
             _refuse_unread(router.config.with_settings(**overrides), overrides,
@@ -892,6 +911,7 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
         # A restart comes back with what the admin API last persisted, merged with the
         # config (see _reconcile).
         router = Router.load(state_dir / _ROUTER_FILE)
+        _verify_router(router, config.trust)
         saved_file = state_dir / _EXPERTS_FILE
         expert_cls = _models()[0]
         try:
@@ -2193,6 +2213,12 @@ def create_app(config: Any) -> Any:
                     verify(stats, trusted)
                 except _Err as exc:
                     raise _Untrusted(str(exc)) from None
+                if name and name != stats.domain:
+                    # renaming drops the signature, and the restart would refuse the expert
+                    raise _Untrusted(f"{label} was signed as {stats.domain!r}: with trust an "
+                                     "expert keeps the name its statistics were signed with "
+                                     "(a renamed expert holds no signature to check when the "
+                                     "gateway restarts); leave 'name' out")
             expert = name or stats.domain
             _check_expert_name(expert, config.name)
             if expert in state.experts:  # routed or not: replacing it takes a DELETE first
