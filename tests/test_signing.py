@@ -393,7 +393,7 @@ def test_routers_keep_their_experts_signatures(emb: Embedder, keys, tmp_path: Pa
                  str(keys["trusted"])]) == 0
     assert capsys.readouterr().out.splitlines()[-1].split() == \
         ["signature", "signed", "by", "alice.pub"]
+    meta["experts"][0]["signature"] = "alice"
+    write_safetensors(path, tensors, meta)
     with pytest.raises(IR3DEError, match=r"'experts\[0\]\.signature' must be an object"):
-        meta["experts"][0]["signature"] = "alice"
-        write_safetensors(path, tensors, meta)
         Router.load(path)

@@ -369,9 +369,9 @@ def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
     and experts add alike), every one checked before anything is solved or written."""
     if trust is None:
         return
-    from .signing import verify_all
+    from .signing import load_trusted, verify_all
 
-    verify_all(stats, trust)
+    verify_all(stats, load_trusted(trust))
 
 
 def _count(n: int, noun: str, width: int = 0) -> str:
@@ -845,15 +845,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     router = None
     if args.trust is not None:
         # every expert (or the file) checked before anything is printed: a refusal names it
-        from .signing import load_trusted, verify
+        from .signing import load_trusted, verify_all
 
         trusted = load_trusted(args.trust)
         if kind == "ir3de-router":
             router = Router.load(args.file)
-            for e in info["experts"]:
-                e["signed_by"] = verify(router.stats[e["name"]], trusted)
+            signers = verify_all([router.stats[e["name"]] for e in info["experts"]], trusted)
+            for e, signer in zip(info["experts"], signers, strict=True):
+                e["signed_by"] = signer
         else:
-            info["signed_by"] = verify(stats, trusted)
+            info["signed_by"] = verify_all([stats], trusted)[0]
     # An nb router's token pairs are read by the geo selector only: said so, as a router
     # built with another selector still holds them.
     unread_pairs = kind == "ir3de-router" and info["config"]["model"] == "nb" \

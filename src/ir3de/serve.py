@@ -49,7 +49,8 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   ``ir3de_admin_unauthorized_total``): list experts (with their cooldown state), add
   (an existing name, routed or not, is a 409; a name with a control character, such as
   a newline, is a 400, as it is a startup error in the config; with ``trust`` set, an
-  upload not signed by one of its keys, or changed after signing, is a 403) and remove them (a
+  upload not signed by one of its keys, changed after signing or renamed, is a 403, and
+  the router the gateway starts from must be signed throughout) and remove them (a
   removed expert's failures are forgotten), change α, k, λ, selector, the confidence
   threshold or the minimum coverage (above 0 only with a fallback expert). Every change
   re-solves the router off the event loop, swaps it in one assignment (requests in
@@ -474,10 +475,11 @@ def _verify_router(router: Any, folder: str | None) -> None:
     that does not."""
     if folder is None:
         return
-    from .signing import verify_all
+    from .signing import load_trusted, verify_all
 
+    trusted = load_trusted(folder)  # (its errors are the folder's: no hint about routers)
     try:
-        verify_all(router.stats.values(), folder)
+        verify_all(router.stats.values(), trusted)
     except IR3DEError as exc:
         raise IR3DEError(f"{exc}; trust takes a saved router only if every expert's "
                          "statistics are signed by a trusted key: rebuild it from signed "
@@ -502,9 +504,9 @@ def _build_router(config: Any) -> Any:
         return router
     stats = load_stats_files(src.stats)
     if config.trust is not None:  # every file checked before anything is solved
-        from .signing import verify_all
+        from .signing import load_trusted, verify_all
 
-        verify_all(stats, config.trust)
+        verify_all(stats, load_trusted(config.trust))
     embedder = stats[0].embedder if src.embedder is None else src.embedder
     return Router(embedder, _stats_config(src)).fit_stats(stats)
 
@@ -2313,6 +2315,7 @@ class _ExpertExists(IR3DEError):
 class _Untrusted(IR3DEError):
     """Uploaded statistics not signed by a key the gateway's ``trust`` folder holds, or
     changed after signing (a 403: understood, and refused)."""
+
 
 def _copy_router(router: Any) -> Any:
     """A router that can be changed without touching ``router``.

@@ -264,11 +264,10 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
     return name
 
 
-def verify_all(stats: Iterable[DomainStats], folder: str | os.PathLike[str]) -> None:
-    """Check every statistics in ``stats`` is signed by a key of ``folder`` (a folder of
-    ``*.pub``) and untouched, raising :func:`verify`'s error for the first that is not:
-    what ``ir3de build --trust DIR`` and a gateway's ``trust`` run before anything is
-    solved or written."""
-    trusted = load_trusted(folder)
-    for s in stats:
-        verify(s, trusted)
+def verify_all(stats: Iterable[DomainStats], trusted: dict[str, str]) -> list[str]:
+    """:func:`verify` each of ``stats`` in turn, raising its error for the first that is
+    not signed by a key of ``trusted`` (what :func:`load_trusted` returns) or was changed
+    since; returns the keys' file names in order. What ``ir3de build --trust DIR``,
+    ``ir3de inspect --trust DIR`` and a gateway's ``trust`` run before anything is solved,
+    written or printed."""
+    return [verify(s, trusted) for s in stats]
