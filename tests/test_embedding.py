@@ -184,6 +184,31 @@ def test_chunk_cache_fills_a_few_missing_words_exactly(emb: Embedder) -> None:
     assert " quickly" in emb._chunk_cache
 
 
+
+def test_a_full_chunk_cache_is_replaced_under_a_reader(emb: Embedder,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread may fill the cache between a call learning its words and reading them
+    back: that call must still get its ids (threads sharing a router raised KeyError)."""
+    import ir3de.embedding as embedding
+
+    monkeypatch.setattr(embedding, "_CHUNK_CACHE_SIZE", 40)
+    emb._chunk_cache.clear()
+    text = "the cat sat on the mat and then it ran to the old red barn"
+    for _ in range(3):
+        emb.encode(text)
+    learn = emb._learn
+    other = " ".join(f"w{i}x" for i in range(60))
+
+    def learn_then_interleave(cache: dict[str, list[int]], chunks: list[str]) -> None:
+        learn(cache, chunks)
+        monkeypatch.setattr(emb, "_learn", learn)
+        emb.encode(other)  # what another thread does at this point: the cache overflows
+
+    monkeypatch.setattr(emb, "_learn", learn_then_interleave)
+    expected = emb.tokenizer.encode(text + " quickly", add_special_tokens=False).ids
+    assert emb.encode(text + " quickly").tolist() == expected
+    assert " quickly" not in emb._chunk_cache  # the overflow started a new cache
+
 # ------------------------------------------------------------------ long texts
 
 

@@ -394,14 +394,16 @@ class Embedder:
         chunks[0] = " " + chunks[0]
         missing = [c for c in dict.fromkeys(chunks) if c not in cache]
         if len(cache) + len(missing) > _CHUNK_CACHE_SIZE:
-            cache.clear()
+            # A fresh dict, not cache.clear(): another thread may be between learning its
+            # chunks and reading them back from the old one (routers are shared by threads).
+            self._chunk_cache = cache = {}
             missing = list(dict.fromkeys(chunks))
         if len(missing) * 4 > len(chunks):
             # Mostly new words: one BPE pass over the whole text is cheaper than a call per
             # word; learn a few of them so the cache keeps up at a bounded cost.
-            self._learn(missing[:_LEARN_PER_CALL])
+            self._learn(cache, missing[:_LEARN_PER_CALL])
             return self._encode_plain(text)
-        self._learn(missing)
+        self._learn(cache, missing)
         ids: list[int] = []
         for chunk in chunks:
             ids += cache[chunk]
@@ -412,9 +414,9 @@ class Embedder:
         # ``encode`` for one text, same ids.
         return self.tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
-    def _learn(self, chunks: list[str]) -> None:
-        cache, space = self._chunk_cache, self._space_id
-        if not chunks or cache is None:
+    def _learn(self, cache: dict[str, list[int]], chunks: list[str]) -> None:
+        space = self._space_id
+        if not chunks:
             return
         assert space is not None  # a chunk cache means "▁" is in the vocabulary (_chunkable)
         # Encoding a chunk without its first space gives it back through the normaliser,
