@@ -754,3 +754,19 @@ def test_find_identical_compares_pairs_where_both_have_them(emb: Embedder) -> No
     assert merge([news, gossip])["d"].n_prompts == 2
     with pytest.raises(IR3DEError, match="hold identical statistics"):
         merge([news, gossip], drop_pairs=True)
+
+
+def test_statistics_arrays_cannot_be_changed_in_place(toy_stats: dict[str, DomainStats]) -> None:
+    """A router keeps statistics by reference: writing into them afterwards would break the
+    checks they passed and the exactness of add/remove, so their arrays are read-only."""
+    s = toy_stats["math"]
+    arrays = [s.A, s.b, s.counts, s.doc_counts, *(s.pairs or ())]
+    assert all(a is not None for a in arrays)
+    for a in arrays:
+        with pytest.raises(ValueError, match="read-only"):
+            a[...] = 0
+    # The caller's own arrays are not frozen: the statistics hold read-only views of them.
+    mine = s.doc_counts.copy()
+    made = dataclasses.replace(s, doc_counts=mine)
+    assert not made.doc_counts.flags.writeable and mine.flags.writeable
+    assert np.shares_memory(made.doc_counts, mine)

@@ -198,6 +198,26 @@ class DomainStats:
             self._check_doc_counts(self.doc_counts)
         if self.pairs is not None:
             self._check_pairs(self.pairs)
+        self._freeze_arrays()
+
+    def _freeze_arrays(self) -> None:
+        # Read-only views: routers keep statistics by reference, and an array changed in
+        # place afterwards would break both the checks above and the promise that removing
+        # an expert gives back the router a refit gives. Views, not copies: pair tables can
+        # be large, and the caller's own arrays stay as they were.
+        def frozen(a: np.ndarray) -> np.ndarray:
+            if not a.flags.writeable:  # derived statistics share their source's arrays
+                return a
+            view = a.view()
+            view.flags.writeable = False
+            return view
+
+        for name in ("A", "b", "counts", "doc_counts"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, frozen(value))  # frozen: set once, here
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", PairCounts(*map(frozen, self.pairs)))
 
     def _check_array_types(self) -> None:
         # Lists or object arrays would fail deep inside numpy (no .ndim, isfinite on
