@@ -86,7 +86,7 @@ def test_add_expert_equals_full_refit(emb: Embedder, toy_stats, balance: bool) -
                       balance=balance)
     perm = [other_order.experts.index(e) for e in router.experts]
     np.testing.assert_allclose(other_order.W[:, perm], router.W, rtol=1e-12, atol=1e-14)
-    assert router.predict(PROMPTS) == other_order.predict(PROMPTS)
+    assert router.predict(PROMPTS).tolist() == other_order.predict(PROMPTS).tolist()
 
 
 @pytest.mark.parametrize("balance", [False, True])
@@ -534,11 +534,14 @@ def test_a_lone_text_is_refused_where_texts_are_expected(emb: Embedder,
         Router(emb).fit(["1+1", 3], ["math", "math"])  # type: ignore[list-item]
     with pytest.raises(ExpertError, match=r"domain label #0: invalid domain name \['m'\]"):
         Router(emb).fit(["1+1", "2*3"], [["m"], "math"])  # type: ignore[list-item]
+    # scikit-learn label-encodes y for cross_val_predict(method="predict_proba")
+    with pytest.raises(ExpertError, match=r"domain label #1 is the number 0: .*method='predict'"):
+        Router(emb).fit(["1+1", "2*3"], ["math", np.int64(0)])  # type: ignore[list-item]
 
 
 def test_generators_are_read_once(emb: Embedder, toy_router: Router, toy_stats) -> None:
     """Validating a generator used to consume it: predict routed nothing."""
-    assert toy_router.predict(p for p in PROMPTS) == toy_router.predict(PROMPTS)
+    assert toy_router.predict(p for p in PROMPTS).tolist() == toy_router.predict(PROMPTS).tolist()
     assert toy_router.route_batch(p for p in PROMPTS) == toy_router.route_batch(PROMPTS)
     texts = [t for group in CORPORA.values() for t in group]
     labels = [d for d, group in CORPORA.items() for _ in group]
@@ -815,7 +818,7 @@ def test_identity_add_remove_save_load_are_exact(emb: Embedder, toy_stats,
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config.identity == 2.0
     assert_same_state(loaded, router)
-    assert loaded.predict(PROMPTS) == router.predict(PROMPTS)
+    assert loaded.predict(PROMPTS).tolist() == router.predict(PROMPTS).tolist()
 
 
 def test_loading_an_auto_identity_router_reuses_its_chosen_mu(emb: Embedder, toy_stats,
@@ -951,7 +954,7 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.config.model == "nb"
     assert_same_state(loaded, router)
-    assert loaded.predict(PROMPTS) == router.predict(PROMPTS)
+    assert loaded.predict(PROMPTS).tolist() == router.predict(PROMPTS).tolist()
     router.set_params(alpha=1.0)  # a model parameter: re-solved
     assert not np.array_equal(router.W, before)
     assert_same_state(router, fit(emb, toy_stats, three, model="nb", alpha=1.0))
@@ -1189,7 +1192,10 @@ def test_score_is_balanced_accuracy(toy_router: Router) -> None:
     here the math prompt labelled "coding" costs coding a third of its score."""
     labels = ["math", "coding", "law", "multilingual", "coding", "coding"]
     routed = toy_router.predict(PROMPTS)
-    assert routed == ["math", "coding", "law", "multilingual", "math", "coding"]
+    # an array, as scikit-learn's: compared with a list it gives one answer per prompt
+    assert isinstance(routed, np.ndarray) and routed.shape == (len(PROMPTS),)
+    assert (routed == ["math", "coding", "law", "multilingual", "math", "coding"]).all()
+    assert toy_router.predict([]).shape == (0,)
     assert toy_router.score(PROMPTS, labels) == pytest.approx((1 + 2 / 3 + 1 + 1) / 4)
     assert toy_router.score(iter(PROMPTS), tuple(labels)) == toy_router.score(PROMPTS, labels)
     assert toy_router.score(PROMPTS[:2], ["math", "law"]) == 0.5  # no expert "law": a miss
@@ -1278,7 +1284,7 @@ def test_predict_proba_is_the_routing_scores(emb: Embedder, preset: str) -> None
         assert list(scores) == list(router.classes_)
         np.testing.assert_array_equal(row, list(scores.values()))
     if router.config.selector != "topk":
-        assert router.classes_[proba.argmax(axis=1)].tolist() == router.predict(PROMPTS)
+        assert router.classes_[proba.argmax(axis=1)].tolist() == router.predict(PROMPTS).tolist()
     with pytest.raises(IR3DEError, match="prompt #1 is empty"):
         router.predict_proba(["fine", " "])
     log_loss = pytest.importorskip("sklearn.metrics").log_loss
@@ -1323,7 +1329,7 @@ def test_grid_search_over_settings(emb: Embedder) -> None:
     assert search.best_score_ == max(search.cv_results_["mean_test_score"]) > 0.6
     assert best.embedder is emb and best.experts == sorted(CORPORA)
     assert best.route("Compute 3 + 4 and explain.").expert == "math"
-    assert search.predict(PROMPTS[:2]) == ["math", "coding"]
+    assert search.predict(PROMPTS[:2]).tolist() == ["math", "coding"]
     assert base._state is None and base.config == RouterConfig()
     presets = GridSearchCV(base, {"config": ["default", "paper"]}, cv=3).fit(TEXTS, LABELS)
     first, second = presets.cv_results_["mean_test_score"]
@@ -1408,7 +1414,7 @@ def test_word_order_tells_experts_apart_where_pairs_are_read(emb: Embedder) -> N
     would tie on every prompt and refuses them, saying why."""
     texts, labels = ["dog bites man", "man bites dog"], ["news", "gossip"]
     router = Router(emb).fit(texts, labels)
-    assert router.predict(texts) == labels
+    assert router.predict(texts).tolist() == labels
     why = (r"hold exactly the same counts of tokens and differ only in token pairs, which "
            r"these settings do not read .*: they would tie on every prompt")
     with pytest.raises(ExpertError, match=why):
@@ -1490,3 +1496,10 @@ def test_public_types_and_the_typed_marker() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["ir3de"]
+
+
+def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb) -> None:
+    assert repr(Router(emb, "paper")) == (
+        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
+        f"balance=False, identity=None, experts=None)")
+    assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")

@@ -182,8 +182,14 @@ def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
     with pytest.raises(EmptyInputError):
         compute_stats(emb, ["</s>", "<s></s>"], domain="math")
     for bad in ("", " math", "math ", "  "):
-        with pytest.raises(ExpertError, match="invalid domain name"):
+        with pytest.raises(ExpertError, match=r"invalid domain name.*surrounding whitespace"):
             compute_stats(emb, ["1 + 1"], domain=bad)
+    # A newline or tab would break the tab-separated expert listings and HTTP headers.
+    for bad in ("a\nb", "a\tb", "a\x1bb", "a\u2028b"):
+        with pytest.raises(ExpertError, match=r"invalid domain name.*control character"):
+            compute_stats(emb, ["1 + 1"], domain=bad)
+    with pytest.raises(ExpertError, match="names are strings, got int"):
+        compute_stats(emb, ["1 + 1"], domain=2)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("count", [compute_stats, streaming_stats])
@@ -770,3 +776,24 @@ def test_statistics_arrays_cannot_be_changed_in_place(toy_stats: dict[str, Domai
     made = dataclasses.replace(s, doc_counts=mine)
     assert not made.doc_counts.flags.writeable and mine.flags.writeable
     assert np.shares_memory(made.doc_counts, mine)
+
+
+def test_repr_summarises_instead_of_printing_arrays(toy_stats: dict[str, DomainStats]) -> None:
+    s = toy_stats["math"]
+    text = repr(s)
+    assert len(text) < 300 and "array" not in text
+    assert text.startswith(f"DomainStats(domain='math', n_prompts={s.n_prompts}, "
+                           f"n_tokens={s.n_tokens}, h=256, pairs={s.pairs.keys.size}, ")
+
+
+def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats]) -> None:
+    """One changed entry of A (a flipped bit in a file) used to load and move W."""
+    s = toy_stats["math"]
+    A = s.A.copy()
+    A[3, 5] += 1e-3 * np.diagonal(A).max()
+    with pytest.raises(StatsFormatError, match=r"math\.stats: A is not symmetric"):
+        dataclasses.replace(s, A=A, source="math.stats")
+    # Rounding is not damage: sums formed in another order differ in the last bits.
+    A = s.A.copy()
+    A[3, 5] = np.nextafter(A[3, 5], np.inf)
+    assert dataclasses.replace(s, A=A).A[3, 5] != s.A[5, 3]

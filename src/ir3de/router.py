@@ -9,7 +9,7 @@ Example:
     'math'
     >>> router.save("router.safetensors")            # doctest: +SKIP
     >>> Router.load("router.safetensors").predict(["for i in range(3):"])  # doctest: +SKIP
-    ['code']
+    array(['code'], dtype='<U4')
 
 A router keeps every expert's statistics. Changing the set of experts or the
 ridge settings re-solves W from them (milliseconds at h = 256), so
@@ -399,6 +399,20 @@ class Router:
         self.embedder = _embedder(embedder)
         self._state: _State | None = None
 
+    def __repr__(self) -> str:
+        """The embedder, the settings that differ from the default and the experts, as
+        scikit-learn shows estimators.
+
+        >>> Router(selector="avg")
+        Router(embedder='wordllama-l2_supercat-256', selector='avg', experts=None)
+        """
+        default = RouterConfig()
+        changed = "".join(f", {f.name}={getattr(self.config, f.name)!r}"
+                          for f in fields(RouterConfig)
+                          if getattr(self.config, f.name) != getattr(default, f.name))
+        experts = list(self._state.experts) if self._state is not None else None
+        return f"Router(embedder={self.embedder.name!r}{changed}, experts={experts!r})"
+
     # ----------------------------------------------------------------- fitting
     def fit(self: _RouterT, texts: Iterable[str], domains: Iterable[str], *,
             progress: bool = False) -> _RouterT:
@@ -414,6 +428,14 @@ class Router:
         if len(texts) != len(domains):
             raise IR3DEError(f"{len(texts)} texts but {len(domains)} domain labels")
         for i, domain in enumerate(domains):  # before grouping: a list label is unhashable
+            if isinstance(domain, (int, np.integer)) and not isinstance(domain, bool):
+                # What scikit-learn passes when it label-encodes y itself, e.g.
+                # cross_val_predict(method="predict_proba"): say so, not just "not a string".
+                raise ExpertError(
+                    f"domain label #{i} is the number {domain}: labels name the experts and "
+                    f"must be strings (scikit-learn's cross_val_predict encodes labels as "
+                    f"numbers for method='predict_proba'; use method='predict', or "
+                    f"cross_val_score with a probability scorer)")
             validate_domain_name(domain, f"domain label #{i}")
         # numpy labels (np.str_) would become expert names that print as np.str_('x').
         domains = [str(d) for d in domains]
@@ -702,7 +724,7 @@ class Router:
         if not texts:
             raise IR3DEError("no texts to score")
         gold = np.array(labels, dtype=object)
-        hit = gold == np.array(self.predict(texts), dtype=object)
+        hit = gold == self.predict(texts).astype(object)
         return float(np.mean([hit[gold == domain].mean() for domain in dict.fromkeys(labels)]))
 
     # ------------------------------------------------------------- routing
@@ -799,9 +821,16 @@ class Router:
                                       f"({self.embedder.why_no_token(prompts[i])})")
         return ids
 
-    def predict(self, prompts: Iterable[str]) -> list[str]:
-        """Expert name for each prompt (sklearn-style)."""
-        return [self._fitted.experts[c] for c in self._select(prompts).choice]
+    def predict(self, prompts: Iterable[str]) -> np.ndarray:
+        """Expert name for each prompt, a numpy array of strings (as scikit-learn's
+        ``classes_[argmax]``), so ``router.predict(texts) == labels`` compares per prompt.
+
+        >>> router = Router().fit(["What is 12 * 7?", "def add(a, b):"], ["math", "code"])
+        >>> router.predict(["import os", "What is 2 + 2?"])
+        array(['code', 'math'], dtype='<U4')
+        """
+        choice = self._select(prompts).choice  # first: an unfitted router says so here
+        return self.classes_[choice]
 
     def predict_proba(self, prompts: Iterable[str]) -> np.ndarray:
         """Each prompt's score per expert, shape (prompts, experts) in :attr:`classes_`

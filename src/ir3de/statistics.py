@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -73,6 +74,12 @@ _PAIR_FOLD = 1 << 22  # pending pair keys folded into the running table beyond t
 # Relative rounding allowed on A's diagonal when subtracting statistics summed in another
 # order: orders of magnitude above the rounding of float64 sums.
 _SUBTRACT_RTOL = 1e-6
+# Asymmetry allowed in A relative to its largest diagonal entry, which bounds every entry
+# (Cauchy-Schwarz): float64 rounding of sums over even billions of tokens stays below it.
+_SYMMETRY_RTOL = 1e-6
+# Unicode categories refused in domain names: controls (newline, tab, escape) and the line
+# and paragraph separators.
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
 
 
 class PairCounts(NamedTuple):
@@ -171,6 +178,12 @@ class DomainStats:
                                    f"{self.b.shape}; expected (h+1, h+1) and (h+1,)")
         check_finite("A", self.A, self.source)
         check_finite("b", self.b, self.source)
+        # A sum of x̃x̃ᵀ is symmetric (to rounding, whoever formed it): a cheap check that
+        # catches damage to A in a file, which would otherwise load and move W.
+        scale = float(np.abs(np.diagonal(self.A)).max(initial=0.0))
+        if np.abs(self.A - self.A.T).max(initial=0.0) > _SYMMETRY_RTOL * scale:
+            raise StatsFormatError(f"{self.source}: A is not symmetric, so it is no sum of "
+                                   f"x̃x̃ᵀ (a damaged or hand-made file?)")
         # Integers as plain ints (JSON metadata takes no numpy scalar); a bool or a float
         # would save a file that cannot be loaded back.
         for name in ("n_tokens", "n_prompts", "max_tokens"):
@@ -199,6 +212,14 @@ class DomainStats:
         if self.pairs is not None:
             self._check_pairs(self.pairs)
         self._freeze_arrays()
+
+    def __repr__(self) -> str:
+        # The generated repr printed every array (kilobytes): a summary says what they are.
+        pairs = "None" if self.pairs is None else str(self.pairs.keys.size)
+        signed = "" if self.signature is None else ", signed"
+        return (f"DomainStats(domain={self.domain!r}, n_prompts={self.n_prompts}, "
+                f"n_tokens={self.n_tokens}, h={self.b.shape[0] - 1}, pairs={pairs}, "
+                f"fingerprint={self.fingerprint[:12]!r}, source={self.source!r}{signed})")
 
     def _freeze_arrays(self) -> None:
         # Read-only views: routers keep statistics by reference, and an array changed in
@@ -560,9 +581,19 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
-    """Domain/expert names are non-empty strings without surrounding whitespace."""
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ExpertError(f"{where}: invalid domain name {name!r}")
+    """Domain/expert names are non-empty strings without surrounding whitespace or control
+    characters (a newline or tab in a name would break every line- and tab-separated
+    listing of experts, and HTTP headers naming them)."""
+    if not isinstance(name, str):
+        raise ExpertError(f"{where}: invalid domain name {name!r}: names are strings, "
+                          f"got {type(name).__name__}")
+    if not name.strip() or name != name.strip():
+        raise ExpertError(f"{where}: invalid domain name {name!r}: empty or with "
+                          f"surrounding whitespace")
+    control = next((c for c in name if unicodedata.category(c) in _CONTROL), None)
+    if control is not None:
+        raise ExpertError(f"{where}: invalid domain name {name!r}: holds the control "
+                          f"character {control!r}")
 
 
 def check_same_embedder(items: Iterable[DomainStats]) -> None:
@@ -780,7 +811,7 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
     A = (A + A.T) / 2
     A[-1, :] = A[:, -1] = b
     return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
-                       n_prompts=int(n_prompts), fingerprint=embedder.fingerprint,
+                       n_prompts=n_prompts, fingerprint=embedder.fingerprint,
                        embedder=embedder.spec, max_tokens=max_tokens,
                        counts=counts,
                        doc_counts=None if doc_counts is None else
