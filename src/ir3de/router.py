@@ -584,7 +584,15 @@ class Router:
         return self._fitted.W
 
     def add_expert(self: _RouterT, name: str, stats: DomainStats) -> _RouterT:
-        """Add an expert from its statistics and re-solve; the others are untouched."""
+        """Add an expert from its statistics and re-solve: the router equals a full refit
+        on every expert's statistics.
+
+        The other experts' statistics are untouched, but their decisions can move: the
+        ridge solves all columns jointly, the pair table is smoothed towards the pooled pair
+        distribution, and ``"auto"`` smoothing switches to lighter values when the new
+        expert holds 50 prompts or fewer (:attr:`smoothing` tells the values in use; fix
+        ``alpha`` and ``pairs`` to keep them).
+        """
         state = self._fitted
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
