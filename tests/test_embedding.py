@@ -484,6 +484,10 @@ def test_hf_folder_explicit_tensor_sharded(make_model_folder) -> None:
 def test_hf_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(IR3DEError, match="unknown embedder"):
         load_embedder(tmp_path / "does-not-exist")
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    with pytest.raises(IR3DEError, match=r"is a tokenizer file: give the embedding table"):
+        load_embedder(tokenizer)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(IR3DEError, match=r"tokenizer\.json"):

@@ -806,6 +806,10 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
                              "table=FILE.safetensors: the file it names a tensor of")
         return {"kind": str(source)}
     if not Path(source).is_dir():  # (checked before the tensor: an unknown source says so)
+        if Path(source).is_file() and Path(source).suffix == ".json":
+            raise IR3DEError(f"{source} is a tokenizer file: give the embedding table that "
+                             f"goes with it too (table=FILE.safetensors or FILE.npy; "
+                             f"--table on the command line)")
         raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a "
                          "Hugging Face model folder, or a tokenizer.json together with a "
                          "table file")

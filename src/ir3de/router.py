@@ -38,7 +38,15 @@ from .errors import (
     refuse_lone_text,
     require_path,
 )
-from .selector import SELECTORS, PairScores, Selection, VocabScores, select, vocab_scores
+from .selector import (
+    SELECTORS,
+    PairScores,
+    Selection,
+    SelectorName,
+    VocabScores,
+    select,
+    vocab_scores,
+)
 from .solver import (
     DEFAULT_LAMBDA,
     FEW_ALPHA,
@@ -136,7 +144,7 @@ class RouterConfig:
     pairs: float | Literal["auto"] | None = "auto"
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
-    selector: str = "geo"
+    selector: SelectorName = "geo"
     balance: bool = True
     normalize: bool = True
     regularize_bias: bool = True
