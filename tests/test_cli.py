@@ -1607,6 +1607,15 @@ def test_stats_refuses_ray_options_without_the_ray_engine(option: str, value: st
     (["eval", "--setting", "domains", "--data", "", "--out", "OUT"], "--data", "a folder"),
     (["eval", "--fit", "CORPUS", "--scores", "", "--out", "OUT"], "--scores", "a file"),
     (["serve", "--config", ""], "--config", "a file"),
+    # positionals: '' was the current folder, "error: .: is a directory" with exit 1
+    (["route", "", "hi"], "router", "a file"),
+    (["inspect", ""], "file", "a file"),
+    (["experts", "list", ""], "router", "a file"),
+    (["experts", "add", "ROUTER", "", "-o", "OUT"], "stats", "a file"),
+    (["experts", "remove", "", "math"], "router", "a file"),
+    (["stats", "", "--domain", "x", "-o", "OUT"], "corpus", "a file"),
+    (["merge", "", "MATH", "-o", "OUT"], "stats", "a file"),
+    (["build", "", "MATH", "-o", "OUT"], "[NAME=]FILE", "a file"),
 ])
 def test_empty_path_options_are_refused(argv: list[str], option: str, kind: str,
                                         built: dict[str, Path], corpora: dict[str, Path],
@@ -1779,3 +1788,225 @@ def test_an_output_that_appears_during_the_run_is_kept(tmp_path: Path, corpora,
     created_during("load_stats_files", router)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o", router)
     assert code == 1 and "exists now" in err and router.read_text() == "precious"
+
+
+# ----------------------------------------------------------------------------- QA pass fixes
+@pytest.mark.parametrize("command", ["stats", "merge", "build", "experts", "keygen", "demo"])
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("link", [False, True])
+def test_an_output_that_is_a_fifo_is_never_replaced(command: str, force: list[str], link: bool,
+                                                    built: dict[str, Path],
+                                                    corpora: dict[str, Path], tmp_path: Path,
+                                                    capsys, monkeypatch) -> None:
+    """--force replaced a named pipe (and, run as root, /dev/null) with a regular file;
+    without --force the error suggested --force. A link to one is refused too."""
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = tmp_path / "link"
+    if link:
+        out.symlink_to(fifo)
+    else:
+        out = fifo
+    monkeypatch.setattr("ir3de.cli.compute_stats", lambda *a, **k: pytest.fail("work began"))
+    (tmp_path / "data" / "reasoning").mkdir(parents=True)
+    argv = {"stats": ["stats", corpora["math"], "--domain", "math", "-q"],
+            "merge": ["merge", built["math"]],
+            "build": ["build", built["math"], built["coding"]],
+            "experts": ["experts", "add", built["router"], built["law"]],
+            "keygen": ["keygen"],
+            "demo": ["demo", "--data", tmp_path / "data", "-q"]}[command]
+    router = built["router"].read_bytes()
+    code, stdout, err = run(capsys, *argv, "-o", out, *force)
+    shown = f"{out} (a link to {fifo})" if link else str(out)
+    assert (code, stdout, err) == (1, "", f"ir3de: error: {shown} is a named pipe (FIFO), not "
+                                          "a regular file; it is never replaced, even with "
+                                          "--force (overwrite=True), and nothing was "
+                                          "written\n")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and out.is_symlink() == link
+    assert built["router"].read_bytes() == router
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_build_keeps_the_signatures_of_statistics_it_does_not_rename(corpora: dict[str, Path],
+                                                                     tmp_path: Path,
+                                                                     capsys) -> None:
+    """build renamed every expert to its own name, which dropped every signature: inspect
+    --trust then refused the router it had just built with --trust."""
+    pytest.importorskip("cryptography")
+    trusted = tmp_path / "trusted"
+    assert run(capsys, "keygen", "-o", trusted / "alice.key")[0] == 0
+    signed = {}
+    for domain in ("math", "coding"):
+        signed[domain] = tmp_path / f"s{domain}.stats"
+        assert run(capsys, "stats", corpora[domain], "--domain", domain, "-o", signed[domain],
+                   "-q", "--sign", trusted / "alice.key")[0] == 0
+    router = tmp_path / "st.safetensors"
+    # NAME=FILE under the file's own domain is no rename either
+    code, _, err = run(capsys, "build", signed["math"], f"coding={signed['coding']}",
+                       "--trust", trusted, "-o", router)
+    assert code == 0, err
+    code, out, err = run(capsys, "inspect", router, "--trust", trusted, "--json")
+    assert code == 0, err
+    assert [(e["name"], e["signed_by"]) for e in json.loads(out)["experts"]] == \
+        [("math", "alice.pub"), ("coding", "alice.pub")]
+    # under another name the signature goes, as documented
+    renamed = tmp_path / "renamed.safetensors"
+    assert run(capsys, "build", signed["math"], f"code={signed['coding']}", "-o", renamed)[0] == 0
+    code, _, err = run(capsys, "inspect", renamed, "--trust", trusted)
+    assert code == 1 and f"{renamed}:code: not signed" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["build", "x=", "{math}"], "argument [NAME=]FILE: expected a file after 'x=', got an "
+                                "empty path"),
+    (["build", "={math}", "{coding}"], "argument [NAME=]FILE: no expert name before '=' in "
+                                       "'={math}'; write NAME=FILE, or FILE alone for the "
+                                       "expert to take its file's domain"),
+    (["stats", "-", "--domain", "d"], "argument corpus: standard input ('-') is not read by "
+                                      "stats; save the corpus to a file and name it (a file "
+                                      "named '-': ./-)"),
+    (["route", "{router}", "--input", "{p}", "--input", "{q}"],
+     "argument --input: given twice ('{p}', then '{q}'); it reads one file per call"),
+])
+def test_build_names_stats_stdin_and_repeated_input_are_usage_errors(
+        argv: list[str], message: str, built: dict[str, Path], tmp_path: Path,
+        capsys) -> None:
+    """build "x=" failed as "x=: no such file", build =FILE dropped the '=' without a word,
+    stats - said "-: no such file" (route reads '-' as stdin), and a second --input was
+    routed alone."""
+    out = tmp_path / "out.st"
+    names = {"math": built["math"], "coding": built["coding"], "router": built["router"],
+             "p": write_jsonl(tmp_path / "p.jsonl", ["1 + 1"]),
+             "q": write_jsonl(tmp_path / "q.jsonl", ["x"])}
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(**names) for a in argv]
+             + ([] if argv[0] == "route" else ["-o", str(out)]))
+    stdout, err = capsys.readouterr()
+    assert exc.value.code == 2 and stdout == ""
+    assert err.splitlines()[-1].endswith(f"error: {message.format(**names)}")
+    assert not out.exists()
+
+
+def test_route_warns_when_plain_text_on_stdin_looks_like_jsonl(built: dict[str, Path], capsys,
+                                                              monkeypatch) -> None:
+    """JSONL piped without --input - was routed as raw JSON text without a word; it still
+    is (the lines are prompts), with one warning line."""
+    import io
+
+    lines = ['{"id": "a", "text": "What is 5 plus 9?"}', '{"text": "import os"}']
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        "\n".join(lines).encode() + b"\n\n")))
+    code, out, err = run(capsys, "route", built["router"])
+    assert code == 0
+    assert err == ("ir3de: warning: standard input looks like JSONL (every line a JSON object "
+                   "with a 'text' field) but is routed as plain text, each line whole; pass "
+                   "--input - to route the records' text\n")
+    expected = [{"id": i, **d.to_dict()}
+                for i, d in enumerate(Router.load(built["router"]).route_batch(lines))]
+    assert [json.loads(line) for line in out.splitlines()] == expected
+    for plain in (b'What is 5 plus 9?\n{"text": "x"}\n', b'{"prompt": "x"}\n', b"[1]\n"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(plain)))
+        code, _, err = run(capsys, "route", built["router"])
+        assert (code, err) == (0, ""), plain
+
+
+def test_route_refuses_an_empty_id(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """"id": "" was printed as given: a decision no one could find by its id."""
+    file = tmp_path / "q.jsonl"
+    file.write_text('{"id": "a", "text": "What is 5 plus 9?"}\n{"id": "", "text": "import os"}\n')
+    assert run(capsys, "route", built["router"], "--input", file) == (
+        1, "", f"ir3de: error: {file}:2: empty 'id'; give a non-empty string or an integer, or "
+               "leave 'id' out (q-2 then)\n")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_stats_draws_its_progress_bar_on_a_terminal_only(terminal: bool,
+                                                         corpora: dict[str, Path],
+                                                         tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    """stats drew its bar into any standard error (`2> log` filled the log with frames),
+    where route draws one on a terminal only."""
+    out = tmp_path / "m.st"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out)
+    assert (code, stdout) == (0, ""), err
+    assert ("counting math" in err) == terminal
+    assert err.splitlines()[-1].startswith(f"{out}: domain 'math', 4 prompts, ")
+    if not terminal:
+        assert err.count("\n") == 1 and "\r" not in err
+
+
+def test_eval_draws_no_progress_bar_off_a_terminal(user_data: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--embedder", "wordllama",
+                       "--baselines", "--presets", "default", "--no-plots", "--resamples", "0",
+                       "--out", out)
+    assert code == 0, err
+    assert "\r" not in err and err.splitlines()[0].startswith("custom: "), err
+
+
+def test_every_option_and_positional_has_help_naming_its_default(capsys) -> None:
+    """route --batch-size, serve --host/--port/--log-level, demo -o and eval --seed/
+    --resamples did not say their defaults; inspect's file and the experts' router had no
+    help at all."""
+    import argparse
+
+    from ir3de.cli import build_parser
+
+    def actions(parser: argparse.ArgumentParser, name: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from actions(subparser, f"{name} {sub}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                yield name, action
+
+    for name, action in actions(build_parser(), "ir3de"):
+        where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help, f"{where}: no help"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in action.help, f"{where}: default {action.default!r} unsaid"
+    for argv, shown in ((["route", "--help"], "prompts per batch (default 1024)"),
+                        (["serve", "--help"], "interface to listen on (default 127.0.0.1)"),
+                        (["serve", "--help"], "port to listen on (default 8000)"),
+                        (["inspect", "--help"], "file router or statistics file")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert shown in " ".join(capsys.readouterr().out.split()), (argv, shown)
+
+
+def test_keygen_refuses_a_pub_name_in_any_case(tmp_path: Path, capsys) -> None:
+    """e.PUB was taken as a private key's name: its public key e.pub is the same file where
+    the file system ignores case."""
+    pub = tmp_path / "e.PUB"
+    assert run(capsys, "keygen", "-o", pub) == (
+        1, "", f"ir3de: error: {pub}: name the private key, not a .pub file (e.g. "
+               f"{tmp_path / 'e.key'}, whose public key goes beside it as "
+               f"{tmp_path / 'e.pub'})\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_scores_must_be_numbers_of_known_experts(user_data: Path, tmp_path: Path, capsys,
+                                                       no_run) -> None:
+    """{"score": "1.0"} was read as 1.0, and a row naming an expert no setting has (a
+    misspelt one) was never read, without a word."""
+    scores = tmp_path / "scores.jsonl"
+    out = tmp_path / "out"
+    for row, message in (
+            ({"id": "mine-2", "expert": "math", "score": "1.0"}, "'score' must be a number, "
+                                                                 'got "1.0"'),
+            ({"id": "mine-2", "expert": "math", "score": True}, "'score' must be a number, "
+                                                                "got true"),
+            ({"id": "mine-2", "expert": "maths", "score": 1}, "unknown expert 'maths'; the "
+                                                              "experts are coding, math")):
+        scores.write_text(json.dumps({"id": "mine-1", "expert": "math", "score": 1}) + "\n\n"
+                          + json.dumps(row) + "\n")
+        code, stdout, err = run(capsys, "eval", "--fit", user_data, "--scores", scores,
+                                "--baselines", "--out", out)
+        assert (code, stdout, err) == (1, "", f"ir3de: error: {scores}:3: {message}\n")
+        assert not out.exists()

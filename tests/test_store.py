@@ -355,11 +355,29 @@ def test_safetensors_tensor_errors(tmp_path: Path) -> None:
     with pytest.raises(StatsFormatError, match="truncated"):
         safetensors_tensor(tmp_path / "cut.st", "ok")
     (tmp_path / "huge.st").write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    with pytest.raises(StatsFormatError, match="implausible"):
+    # (a JSONL file given as a table failed as "implausible safetensors header size")
+    with pytest.raises(StatsFormatError, match=r"huge\.st: not a safetensors file "
+                                               r"\(implausible header size 1000000000000\)$"):
         safetensors_names(tmp_path / "huge.st")
     (tmp_path / "badhdr.st").write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{[")
     with pytest.raises(StatsFormatError, match="corrupt safetensors header"):
         safetensors_names(tmp_path / "badhdr.st")
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_fifo_is_never_replaced(toy_stats, tmp_path: Path, overwrite: bool) -> None:
+    """The rename put a regular file in place of a named pipe (run as root, of /dev/null),
+    also through a link to it."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    for path, shown in ((fifo, str(fifo)), (link, f"{link} (a link to {fifo})")):
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(shown)} is a named pipe \(FIFO\), "
+                                             "not a regular file; it is never replaced"):
+            toy_stats["math"].save(path, overwrite=overwrite)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
+    assert leftovers(tmp_path) == []
 
 
 def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .data import (
     local_path,
     parse_numbered_jsonl,
     read_corpus,
+    read_numbered_jsonl,
     reasoning_split,
     record_id,
     refuse_repeated_paths,
@@ -58,7 +59,7 @@ from .router import (
 )
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
-from .store import read_safetensors
+from .store import read_safetensors, refuse_special_file
 
 EPILOG = """\
 typical workflow:
@@ -203,6 +204,47 @@ _file = _path("a file")
 _folder = _path("a folder")
 _file_or_folder = _path("a file or folder")
 _embedder_source = _path("an embedder name, model folder or tokenizer.json")
+
+
+def _corpus(text: str) -> str:
+    """An argparse type: a corpus of ``stats``, '' refused as by :func:`_path`, and '-'
+    too: read as a file name it failed as "-: no such file", though route reads '-' as
+    standard input."""
+    if text == "-":
+        raise argparse.ArgumentTypeError("standard input ('-') is not read by stats; save "
+                                         "the corpus to a file and name it (a file named "
+                                         "'-': ./-)")
+    return _file(text)
+
+
+def _named_file(text: str) -> str:
+    """An argparse type: a build argument ``[NAME=]FILE`` with neither part empty, split
+    as :func:`_split_named` splits it (an existing file whose name holds '=' is taken
+    whole). ``=FILE`` gave the expert its file's domain without a word, ``NAME=`` failed
+    as "NAME=: no such file"."""
+    name, sep, path = _file(text).partition("=")
+    if sep and not Path(text).exists():
+        if not name:
+            raise argparse.ArgumentTypeError(
+                f"no expert name before '=' in {text!r}; write NAME=FILE, or FILE alone "
+                "for the expert to take its file's domain")
+        if not path:
+            raise argparse.ArgumentTypeError(f"expected a file after {name + '='!r}, got an "
+                                             "empty path")
+    return text
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: argparse keeps the last of repeated values, so
+    ``--input a.jsonl --input b.jsonl`` routed b.jsonl alone without a word."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            raise argparse.ArgumentError(self, f"given twice ({given!r}, then {values!r}); "
+                                               "it reads one file per call")
+        setattr(namespace, self.dest, values)
 
 
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
@@ -374,6 +416,16 @@ def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
     verify_all(stats, load_trusted(trust))
 
 
+def _show_progress(quiet: bool) -> bool:
+    """Whether to draw progress bars: not with -q, and only when standard error is a
+    terminal, as tqdm's ``disable=None`` decides for route's bars (a bar redrawn into a
+    file, ``2> log``, fills it with frames)."""
+    try:
+        return not quiet and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
 def _count(n: int, noun: str, width: int = 0) -> str:
     """``n`` (right-aligned in ``width`` characters, for columns) and ``noun``, plural
     unless ``n`` is 1: "1 expert", "2 experts"."""
@@ -441,15 +493,17 @@ def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
 
 
 def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
-    """Refuse an output that would overwrite a file without --force, a directory, a path
-    under a file, one of the command's own ``inputs`` (even with --force: that would
-    destroy the data the output is made from), or one in a folder that cannot be written.
-    Checked before any work is done. Returns whether the write may replace a file: a file
-    that appears meanwhile (a long job, another process) is otherwise left alone
-    (``overwrite=False`` of the save functions)."""
+    """Refuse an output that would overwrite a file without --force, a directory, a named
+    pipe, device or socket (even with --force: writing would put a regular file in its
+    place), a path under a file, one of the command's own ``inputs`` (even with --force:
+    that would destroy the data the output is made from), or one in a folder that cannot
+    be written. Checked before any work is done. Returns whether the write may replace a
+    file: a file that appears meanwhile (a long job, another process) is otherwise left
+    alone (``overwrite=False`` of the save functions)."""
     _refuse_input_as_output(path, inputs)
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
+    refuse_special_file(path)  # before the --force hint, which would not help
     if path.exists() and not force:
         raise IR3DEError(f"{path} exists; pass --force to overwrite it")
     require_creatable(path)
@@ -560,7 +614,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     else:
         stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
-                              progress=not args.quiet)
+                              progress=_show_progress(args.quiet))
     seconds = time.perf_counter() - start
     if args.no_pairs:
         stats = dataclasses.replace(stats, pairs=None)
@@ -624,7 +678,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
     _announce_solve(config)
-    router = Router(embedder, config).fit_stats([s.renamed(name) for name, s in named])
+    # Renamed only under another name: renaming drops a signature, which the router keeps.
+    router = Router(embedder, config).fit_stats(
+        [s if name == s.domain else s.renamed(name) for name, s in named])
     router.save(out, overwrite=replace)
     print(f"{out}: router with {_count(len(router.experts), 'expert')} "
           f"({', '.join(router.experts)}){_smoothing_note(router)}", file=sys.stderr)
@@ -676,6 +732,10 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
         if not items:
             raise _no_prompts("none given as arguments, and standard input holds only blank "
                               "lines or nothing")
+        if _looks_like_jsonl(text for text, _ in lines):
+            print("ir3de: warning: standard input looks like JSONL (every line a JSON object "
+                  "with a 'text' field) but is routed as plain text, each line whole; pass "
+                  "--input - to route the records' text", file=sys.stderr)
     for _, text, where in items:
         if not text.strip():
             raise IR3DEError(f"{where}: empty prompt; nothing was routed")
@@ -684,6 +744,19 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
         except UnicodeEncodeError:  # an argument the shell passed as bytes not UTF-8
             raise IR3DEError(f"{where}: not valid UTF-8 text") from None
     return items
+
+
+def _looks_like_jsonl(lines: Iterable[str]) -> bool:
+    """Whether every line is a JSON object with a string 'text' field: JSONL piped without
+    ``--input -``, which plain-text routing takes whole, braces and field names included."""
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # not JSON, or nested past what json reads
+            return False
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            return False
+    return True
 
 
 def _no_prompts(why: str) -> IR3DEError:
@@ -713,6 +786,9 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
             here = f"{where}:{lineno}"
             explicit = "id" in record
             ident = record_id(record, f"{stem}-{n}", here)
+            if ident == "":  # printed as "id": "", no name to find the decision by
+                raise IR3DEError(f"{here}: empty 'id'; give a non-empty string or an "
+                                 f"integer, or leave 'id' out ({stem}-{n} then)")
             key = str(ident)
             if key in seen:
                 raise IR3DEError(f"{here}: id {key!r} repeats the id of {seen[key]}; ids must "
@@ -960,7 +1036,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _echo(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
           "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
     start = time.perf_counter()
-    stats = [compute_stats(emb, texts, domain=d, progress=not args.quiet)
+    stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet))
              for d, texts in fit.items()]
     if not args.quiet:
         _announce_solve(config)
@@ -1040,7 +1116,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from .signing import generate_key, public_key_path
 
     private = Path(args.output)
-    public = public_key_path(private)  # first: a .pub name is the mistake to report
+    # .PUB too (public_key_path refuses .pub only): where a file system ignores case, the
+    # public key e.pub would overwrite the private key e.PUB.
+    if private.suffix.lower() == ".pub":
+        name = private.with_suffix("").with_suffix(".key")
+        raise IR3DEError(f"{private}: name the private key, not a .pub file (e.g. {name}, "
+                         f"whose public key goes beside it as {name.with_suffix('.pub')})")
+    public = public_key_path(private)  # first: a name of no file ('', '..') is the mistake
     # Both files checked before either is written: a directory is said to be one at once.
     _check_output(private, args.force)
     _check_output(public, args.force)
@@ -1097,6 +1179,21 @@ def _refuse_idle_eval_options(args: argparse.Namespace) -> None:
     if args.level is not None and args.resamples == 0:
         raise IR3DEError("--level is read only for the bootstrap intervals, and --resamples "
                          "0 turns them off")
+
+
+def _check_score_rows(path: str, experts: set[str]) -> None:
+    """Refuse, naming the line, what :func:`ir3de.eval.read_scores` (which has checked
+    the fields are there) lets through: a score that is not a JSON number (``"1.0"``,
+    which ``float`` reads, ``true``) and an expert no setting run has, whose row was never
+    read (a misspelt expert's scores went missing without a word)."""
+    for lineno, record in read_numbered_jsonl(path):
+        score, expert = record["score"], str(record["expert"])
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise IR3DEError(f"{path}:{lineno}: 'score' must be a number, got "
+                             f"{json.dumps(score)}")
+        if expert not in experts:
+            raise IR3DEError(f"{path}:{lineno}: unknown expert {expert!r}; the experts are "
+                             f"{listed(sorted(experts))}")
 
 
 def _make_out_dir(out: Path) -> list[Path]:
@@ -1197,6 +1294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scores = read_scores(args.scores) if args.scores else None
     score_kind: ScoreKind = args.score_kind or "task"  # argparse checked its choices
     if scores is not None:
+        _check_score_rows(args.scores, {d for setting in settings for d in setting.domains})
         for setting in settings:  # every setting, before any runs
             check_scores(setting, scores, score_kind, source=args.scores)
     embedders = _eval_embedders(list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])),
@@ -1205,7 +1303,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                    else DEFAULT_BASELINES)),
                                 args.baselines is not None)
     device = _eval_device(args.device, baselines)
-    factories = make_baselines(baselines, seed=seeds[0], progress=not args.quiet,
+    factories = make_baselines(baselines, seed=seeds[0], progress=_show_progress(args.quiet),
                                device=device or "cpu")
     created = _make_out_dir(out)
     try:
@@ -1216,7 +1314,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     presets=presets, scores=scores, score_kind=score_kind,
                                     resamples=args.resamples,
                                     level=0.95 if args.level is None else args.level,
-                                    keep_decisions=args.decisions, progress=not args.quiet))
+                                    keep_decisions=args.decisions,
+                                    progress=_show_progress(args.quiet)))
             if not args.quiet:
                 best = max(results[-1]["routers"], key=lambda r: r["balanced"])
                 print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
@@ -1273,8 +1372,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "document frequencies of adjacent token pairs. The texts "
                                    "never leave the machine; the pairs do reveal local word "
                                    "order (--no-pairs leaves them out).")
-    p.add_argument("corpus", nargs="+", help="JSONL, plain text (one prompt per line) or "
-                                             "Parquet; with --engine ray also globs and URLs")
+    p.add_argument("corpus", nargs="+", type=_corpus,
+                   help="JSONL, plain text (one prompt per line) or Parquet files, not "
+                        "standard input; with --engine ray also globs and URLs")
     p.add_argument("--domain", required=True, help="the domain (expert) name")
     p.add_argument("-o", "--output", required=True, type=_file,
                    help="statistics file to write (missing folders are created)")
@@ -1289,7 +1389,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "order): the file then serves the unigram, identity, dense and paper "
                         "presets, not the default")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (one is drawn only when stderr is a terminal) and no "
+                        "summary line")
     _add_embedder_args(p, "wordllama")
     p.add_argument("--sign", metavar="KEY", type=_file,
                    help="sign the file with this private key "
@@ -1307,7 +1409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", formatter_class=fmt, help="sum shards of one domain",
                        description="Sum statistics files of the SAME domain (computed on "
                                    "different machines or corpus parts): equal to one fit.")
-    p.add_argument("stats", nargs="+", help="statistics files of one domain")
+    p.add_argument("stats", nargs="+", type=_file, help="statistics files of one domain")
     p.add_argument("-o", "--output", required=True, type=_file,
                    help="statistics file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
@@ -1323,7 +1425,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Solve a router from one statistics file per expert. "
                                    "Write NAME=FILE to give an expert another name than its "
                                    "file's domain.")
-    p.add_argument("stats", nargs="+", metavar="[NAME=]FILE", help="statistics files")
+    p.add_argument("stats", nargs="+", metavar="[NAME=]FILE", type=_named_file,
+                   help="statistics files, each optionally with the expert's name (default: "
+                        "the file's domain)")
     p.add_argument("-o", "--output", required=True, type=_file,
                    help="router file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
@@ -1370,12 +1474,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Then each batch's decisions are printed as soon as it is "
                                    "routed, with a progress bar on stderr when that is a "
                                    "terminal.")
-    p.add_argument("router", help="router file")
+    p.add_argument("router", type=_file, help="router file")
     p.add_argument("prompt", nargs="*", help="prompts to route")
-    p.add_argument("--input", metavar="FILE", type=_file,
+    p.add_argument("--input", metavar="FILE", type=_file, action=_Once,
                    help="JSONL, one object per line with the prompt in a text field and "
-                        "optionally an id ('-': stdin); plain text goes on stdin without "
-                        "--input")
+                        "optionally an id ('-': stdin); one file per call; plain text goes "
+                        "on stdin without --input")
     p.add_argument("--text-field", metavar="FIELD",
                    help="JSON field of the --input records holding the prompt (default: text)")
     # --explain already holds the scores: with --scores too, one of them would do nothing
@@ -1388,7 +1492,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "probability), without the voting tokens")
     p.add_argument("--k", type=_positive_int, help="override the router's k")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
-    p.add_argument("--batch-size", type=_positive_int, default=1024, help="prompts per batch")
+    p.add_argument("--batch-size", type=_positive_int, default=1024,
+                   help="prompts per batch (default %(default)s)")
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("experts", formatter_class=fmt, help="list, add or remove experts",
@@ -1396,10 +1501,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from the statistics it keeps, exactly as a full refit.")
     esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     e = esub.add_parser("list", help="list the experts")
-    e.add_argument("router")
+    e.add_argument("router", type=_file, help="router file")
     e = esub.add_parser("add", help="add an expert from its statistics file")
-    e.add_argument("router")
-    e.add_argument("stats", help="statistics file")
+    e.add_argument("router", type=_file, help="router file, updated in place unless -o")
+    e.add_argument("stats", type=_file, help="statistics file")
     e.add_argument("--name", help="expert name (default: the file's domain)")
     e.add_argument("-o", "--output", type=_file,
                    help="write here instead of updating ROUTER in place (missing folders are "
@@ -1411,7 +1516,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "as build --trust; an unsigned, untrusted or altered file is refused, "
                         "nothing is written")
     e = esub.add_parser("remove", help="remove an expert")
-    e.add_argument("router")
+    e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("name", help="expert to remove")
     e.add_argument("-o", "--output", type=_file,
                    help="write here instead of updating ROUTER in place (missing folders are "
@@ -1431,7 +1536,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(topk only) and token cap; a statistics file's domain, "
                                    "counts, tables and signature. A router is then loaded as route "
                                    "loads it.")
-    p.add_argument("file")
+    p.add_argument("file", type=_file, help="router or statistics file")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output, printed once a router has loaded (nothing "
                         "on stdout for one that fails)")
@@ -1450,11 +1555,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_folder,
                    help="shared data folder (default: $IR3DE_DATA or ../shared/data)")
     p.add_argument("-o", "--output", default="router.safetensors", type=_file,
-                   help="router file to write (an existing router is replaced; missing "
-                        "folders are created)")
+                   help="router file to write (default %(default)s; an existing router is "
+                        "replaced; missing folders are created)")
     p.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (drawn only when stderr is a terminal)")
     p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
     _add_router_args(p)
     _add_embedder_args(p, "wordllama")
@@ -1510,11 +1616,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
     p.add_argument("--seed", type=_seed, nargs="+", default=[0], metavar="SEED",
-                   help="seed of splits, subsamples and baselines (0 to 2**32 - 1); several "
-                        "seeds repeat the "
-                        "seeded splits (domains, reasoning-2fold, subsamples) once per seed "
-                        "and pool them, so a gap is not one split's luck (baselines use the "
-                        "first)")
+                   help="seed of splits, subsamples and baselines (0 to 2**32 - 1; default "
+                        "0); several seeds repeat the seeded splits (domains, reasoning-2fold, "
+                        "subsamples) once per seed and pool them, so a gap is not one split's "
+                        "luck (baselines use the first)")
     p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
     p.add_argument("--scores", type=_file, help="JSONL of per-prompt expert scores "
@@ -1525,7 +1630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=_resamples, default=2000,
                    help="bootstrap resamples of the test prompts for the intervals of "
                         "balanced accuracy and of each preset's gap to the best baseline "
-                        "(0: no intervals, else at least 100)")
+                        "(default %(default)s; 0: no intervals, else at least 100)")
     p.add_argument("--level", type=_open_fraction,
                    help="coverage of those intervals (default 0.95)")
     p.add_argument("--decisions", action="store_true",
@@ -1533,7 +1638,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "where each preset router and baseline sent it (error analysis; "
                         "pairs this run with another of the same setting and seed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (drawn only when stderr is a terminal)")
     p.set_defaults(func=cmd_eval, argv=None)
 
     p = sub.add_parser(
@@ -1556,10 +1662,13 @@ def build_parser() -> argparse.ArgumentParser:
                "    -d '{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "
                "\"content\": \"What is 17 * 23?\"}]}'")
     p.add_argument("--config", required=True, type=_file, help="gateway YAML config")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    p.add_argument("--port", type=_port, default=8000, help="port to listen on")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default %(default)s)")
+    p.add_argument("--port", type=_port, default=8000,
+                   help="port to listen on (default %(default)s)")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="the gateway's log level (default %(default)s)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -636,8 +636,8 @@ def check_same_max_tokens(items: Iterable[DomainStats]) -> None:
             raise StatsFormatError(
                 f"token caps differ: {first.source} ({first.domain}) caps prompts at "
                 f"{first.max_tokens} tokens but {other.source} ({other.domain}) at "
-                f"{other.max_tokens}; count them again with the same cap (ir3de stats --max-tokens, "
-                f"compute_stats(max_tokens=...))")
+                f"{other.max_tokens}; count them again with the same cap "
+                f"(ir3de stats --max-tokens, compute_stats(max_tokens=...))")
 
 
 def _check_same_pairs(items: list[DomainStats]) -> None:

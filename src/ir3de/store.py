@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "check_finite",
     "read_safetensors",
+    "refuse_special_file",
     "safetensors_names",
     "safetensors_tensor",
     "write_safetensors",
@@ -71,11 +72,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
     what ``open()`` would give a new file (0o666 minus the umask): the temporary file is
     created 0o600, which would make every router, statistics file and report private to
     its writer. A symbolic link is followed: its target gets the new content and the link
-    stays (a deployment path linked to a versioned file keeps pointing where it did).
+    stays (a deployment path linked to a versioned file keeps pointing where it did). A
+    named pipe, device or socket at ``path``, also behind a link, is refused whatever
+    ``overwrite`` says (:func:`refuse_special_file`).
     Raises :class:`IR3DEError` naming ``path`` and the reason when it cannot be written;
     the temporary file is removed then.
     """
     path = Path(path)
+    refuse_special_file(path)
     if path.is_symlink():
         # os.replace onto the link would replace the link itself with a regular file; the
         # temporary file goes beside the target, as the rename must not cross file systems.
@@ -109,6 +113,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
         if isinstance(exc, OSError):  # its own message would name the temporary file
             raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def refuse_special_file(path: Path) -> None:
+    """Raise :class:`IR3DEError` if ``path`` (followed through symbolic links) exists as
+    something other than a regular file or a directory: a named pipe, a device, a socket.
+    The rename that writes a file would put a regular file in its place (``-o /dev/null
+    --force`` run as root replaced /dev/null), so no overwrite permission covers it."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError):  # missing or unreachable: writing reports what it must
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+            "a character device" if stat.S_ISCHR(mode) else
+            "a block device" if stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    shown = f"{path} (a link to {os.path.realpath(path)})" if path.is_symlink() else str(path)
+    raise IR3DEError(f"{shown} is {kind}, not a regular file; it is never replaced, even "
+                     "with --force (overwrite=True), and nothing was written")
 
 
 def _rename_new(tmp: str, path: Path) -> None:
@@ -186,7 +210,8 @@ def _header(path: Path) -> tuple[dict[str, Any], int]:
             raise StatsFormatError(f"{path}: too short to be a safetensors file")
         (n,) = struct.unpack("<Q", head)
         if n > 100_000_000:
-            raise StatsFormatError(f"{path}: implausible safetensors header size {n}")
+            raise StatsFormatError(f"{path}: not a safetensors file (implausible header "
+                                   f"size {n})")
         raw = fh.read(n)
     try:
         header = json.loads(raw)
