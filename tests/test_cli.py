@@ -1080,6 +1080,21 @@ def test_build_and_experts_add_refuse_different_token_caps(built: dict[str, Path
     assert built["router"].read_bytes() == before
 
 
+def test_build_routes_with_the_cap_the_statistics_were_counted_with(
+        corpora: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Without --max-tokens a router routed 1024 tokens of statistics counted at 8."""
+    stats = []
+    for domain in ("math", "law"):
+        stats.append(tmp_path / f"{domain}8.st")
+        assert run(capsys, "stats", corpora[domain], "--domain", domain, "-o", stats[-1], "-q",
+                   "--max-tokens", "8")[0] == 0
+    out = tmp_path / "r.st"
+    assert run(capsys, "build", *stats, "-o", out)[0] == 0
+    assert Router.load(out).config.max_tokens == 8
+    assert run(capsys, "build", *stats, "-o", out, "--force", "--max-tokens", "64")[0] == 0
+    assert Router.load(out).config.max_tokens == 64  # a routing cap of its own, when asked
+
+
 def test_inspect_refuses_what_route_refuses(built: dict[str, Path], tmp_path: Path,
                                             capsys) -> None:
     """inspect loads a router as route does: a corrupt file fails both with the same error

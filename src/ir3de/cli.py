@@ -675,6 +675,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     _check_embedder_args(args)
     named = _named_stats(args.stats)
     _verify_trusted([stats for _, stats in named], args.trust)
+    if args.max_tokens is None:
+        # Route the part of a prompt the statistics counted (fit_stats checks that every
+        # file has the same cap); a different routing cap is a choice, made with the option.
+        config = config.with_settings(max_tokens=named[0][1].max_tokens)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
     _announce_solve(config)
@@ -1431,7 +1435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=_file,
                    help="router file to write (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
-    p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
+    p.add_argument("--max-tokens", type=_positive_int,
+                   help="routing cap on prompt tokens (default: the cap the statistics were "
+                        "counted with, ir3de stats --max-tokens)")
     _add_router_args(p)
     _add_embedder_args(p, None)
     p.add_argument("--trust", metavar="DIR", type=_folder,
@@ -1561,7 +1567,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let --output replace a file that is not an ir3de router")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (drawn only when stderr is a terminal)")
-    p.add_argument("--max-tokens", type=_positive_int, help="routing cap on prompt tokens")
+    p.add_argument("--max-tokens", type=_positive_int,
+                   help=f"cap on prompt tokens, fitting and routing (default "
+                        f"{DEFAULT_MAX_TOKENS})")
     _add_router_args(p)
     _add_embedder_args(p, "wordllama")
     p.set_defaults(func=cmd_demo)
