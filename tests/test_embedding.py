@@ -548,6 +548,9 @@ def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:
         load_embedder(tok, table=tmp_path / "flat.npy")
     with pytest.raises(IR3DEError, match="no such embedding table"):
         load_embedder(tok, table=tmp_path / "missing.npy")
+    (tmp_path / "corpus.jsonl").write_text('{"text": "not a table"}\n')
+    with pytest.raises(IR3DEError, match=r"corpus\.jsonl: an embedding table is a \.npy or "):
+        load_embedder(tok, table=tmp_path / "corpus.jsonl")
     (tmp_path / "bad.json").write_text("{not json")
     np.save(tmp_path / "ok.npy", np.zeros((vocab, 4), np.float32))
     with pytest.raises(IR3DEError, match=r"not a Hugging Face tokenizer\.json"):

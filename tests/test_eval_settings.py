@@ -330,6 +330,8 @@ def _data_folder(root: Path, bad: dict | None, where: str) -> Path:
     ({"id": "x"}, ":11: record has no non-empty string field 'text'"),
     ({"text": "sum 99"}, r":11: record has no 'id' \(a string or an integer\)"),
     ({"id": 1.5, "text": "sum 99"}, ":11: 'id' must be a string or an integer, got 1.5"),
+    ({"id": "", "text": "sum 99"}, ":11: empty 'id'; give a non-empty string or an integer"
+                                   ".*"),
     ({"id": "math3", "text": "sum 99"}, ":11: repeats id 'math3' of .*all.jsonl:4; ids must "
                                         "be unique")])
 def test_builtin_settings_name_the_line_of_a_bad_record(bad: dict, message: str,

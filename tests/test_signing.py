@@ -76,6 +76,8 @@ def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Pa
     with pytest.raises(IR3DEError, match=r"name the private key, not a \.pub file"):
         generate_key(tmp_path / "q.pub", force=True)
     assert not (tmp_path / "q.pub").exists()
+    with pytest.raises(IR3DEError, match=r"name the private key, not a \.pub file"):
+        generate_key(tmp_path / "q.PUB", force=True)  # one file with q.pub where case folds
     # a name that is no file name (pathlib's "has an empty name" escaped as a ValueError)
     for name in ("", ".", "/", ".."):
         with pytest.raises(IR3DEError, match=rf"^{re.escape(repr(name))} is not a file name: "

@@ -790,9 +790,6 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
             here = f"{where}:{lineno}"
             explicit = "id" in record
             ident = record_id(record, f"{stem}-{n}", here)
-            if ident == "":  # printed as "id": "", no name to find the decision by
-                raise IR3DEError(f"{here}: empty 'id'; give a non-empty string or an "
-                                 f"integer, or leave 'id' out ({stem}-{n} then)")
             key = str(ident)
             if key in seen:
                 raise IR3DEError(f"{here}: id {key!r} repeats the id of {seen[key]}; ids must "
@@ -1120,12 +1117,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from .signing import generate_key, public_key_path
 
     private = Path(args.output)
-    # .PUB too (public_key_path refuses .pub only): where a file system ignores case, the
-    # public key e.pub would overwrite the private key e.PUB.
-    if private.suffix.lower() == ".pub":
-        name = private.with_suffix("").with_suffix(".key")
-        raise IR3DEError(f"{private}: name the private key, not a .pub file (e.g. {name}, "
-                         f"whose public key goes beside it as {name.with_suffix('.pub')})")
     public = public_key_path(private)  # first: a name of no file ('', '..') is the mistake
     # Both files checked before either is written: a directory is said to be one at once.
     _check_output(private, args.force)

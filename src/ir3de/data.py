@@ -174,6 +174,9 @@ def record_id(record: dict, default: str, where: str) -> str | int:
     if isinstance(ident, bool) or not isinstance(ident, (str, int)):
         raise IR3DEError(f"{where}: 'id' must be a string or an integer, got "
                          f"{json.dumps(ident)}")
+    if ident == "":  # printed as "id": "", no name to find the decision by
+        raise IR3DEError(f"{where}: empty 'id'; give a non-empty string or an integer, or "
+                         f"leave 'id' out ({default} then)")
     return ident
 
 

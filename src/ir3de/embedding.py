@@ -602,6 +602,8 @@ def _load_table(path: Path, tensor: str | None) -> tuple[np.ndarray, bool, str]:
         if table.dtype.kind != "f" or table.dtype.itemsize not in _FLOAT_EXPONENT:
             raise IR3DEError(f"{path}: table dtype {table.dtype} is not floating point")
         return table, False, "array"
+    if path.suffix != ".safetensors":
+        raise IR3DEError(f"{path}: an embedding table is a .npy or .safetensors file")
     names = safetensors_names(path)
     if tensor is None:
         tensor = _pick_tensor(names, str(path))

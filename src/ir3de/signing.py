@@ -84,7 +84,7 @@ def public_key_path(path: str | os.PathLike[str]) -> Path:
     if path.name in ("", ".."):  # "", ".", "/", "..": a folder or nothing, not a file name
         raise IR3DEError(f"{given!r} is not a file name: name the private key file (e.g. "
                          "party.key, whose public key goes beside it as party.pub)")
-    if path.suffix == ".pub":
+    if path.suffix.lower() == ".pub":  # e.PUB and e.pub are one file where case folds
         name = path.with_suffix("").with_suffix(".key")
         raise IR3DEError(f"{path}: name the private key, not a .pub file (e.g. {name}, "
                          f"whose public key goes beside it as {name.with_suffix('.pub')})")
