@@ -170,7 +170,11 @@ def test_read_scores(tmp_path: Path) -> None:
                               for (i, e), s in _scores().items()) + "\n")
     assert read_scores(path) == _scores()
     for bad, match in [('{"id": "p1", "expert": "math"}', "numeric 'score'"),
-                       ('{"id": "p1", "expert": "math", "score": "NaN"}', "non-finite"),
+                       ('{"id": "p1", "expert": "math", "score": NaN}', "non-finite"),
+                       ('{"id": "p1", "expert": "math", "score": "1.0"}',
+                        "'score' must be a number, got \"1.0\""),
+                       ('{"id": "p1", "expert": "math", "score": true}',
+                        "'score' must be a number, got true"),
                        ('{"id": "p1", "expert": "m", "score": 1}\n'
                         '{"id": "p1", "expert": "m", "score": 2}', "repeats id 'p1'"),
                        ("", "no scores"), ("{oops", "invalid JSON")]:

@@ -20,6 +20,7 @@ a zero one divides by zero.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -160,10 +161,16 @@ def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:
     for lineno, record in read_numbered_jsonl(path):
         try:
             key = (str(record["id"]), str(record["expert"]))
-            score = float(record["score"])
-        except (KeyError, TypeError, ValueError):
+            score = record["score"]
+        except KeyError:
             raise IR3DEError(f"{path}:{lineno}: record needs 'id', 'expert' and a numeric "
                              "'score'") from None
+        # A JSON number only: float() would also read "1.0" and true, which are mistakes
+        # in whatever wrote the file.
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise IR3DEError(f"{path}:{lineno}: 'score' must be a number, got "
+                             f"{json.dumps(score)}")
+        score = float(score)
         if not math.isfinite(score):
             raise IR3DEError(f"{path}:{lineno}: record has a non-finite score")
         if key in scores:
