@@ -1428,8 +1428,8 @@ def test_keygen_and_experts_name_the_real_problem(built: dict[str, Path], tmp_pa
                f"{tmp_path / 'alice.pub'})\n")
     before = built["router"].read_bytes()
     assert run(capsys, "experts", "add", built["router"], built["law"], "--name", "") == \
-        (1, "", "ir3de: error: --name: invalid domain name '': empty or with surrounding "
-         "whitespace\n")
+        (1, "", "ir3de: error: --name: invalid domain name '': it must be non-empty, "
+         "without surrounding whitespace\n")
     assert built["router"].read_bytes() == before
 
 

@@ -55,7 +55,8 @@ def _wait(proc: subprocess.Popen, url: str, log: IO[bytes], timeout: float = 60.
             raise RuntimeError(f"{url}: process exited with {proc.returncode}: "
                                f"{log.read().decode(errors='replace')}")
         try:
-            httpx.get(url, timeout=0.5)
+            # (verify=False: a TLS upstream's certificate comes from the test's own CA)
+            httpx.get(url, timeout=0.5, verify=False)
             return
         except httpx.TransportError:
             time.sleep(0.1)
@@ -66,8 +67,9 @@ class Proc:
     """A server process on a free port, stopped at teardown."""
 
     def __init__(self, argv: list[str], health: str, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, scheme: str = "http") -> None:
         self.port = port or _free_port()
+        self.scheme = scheme
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.env = {**os.environ, **(env or {})}
         self.health = health
@@ -75,7 +77,7 @@ class Proc:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         # stderr to a file, not a pipe: an unread pipe fills up with access-log lines
@@ -137,11 +139,11 @@ def _config(folder: Path, stats: dict[str, Path], ups: dict[str, Proc],
     return path
 
 
-def _gateway(config: Path, token: str | None = TOKEN,
-             env: dict[str, str] | None = None) -> Proc:
+def _gateway(config: Path, token: str | None = TOKEN, env: dict[str, str] | None = None,
+             log_level: str = "info") -> Proc:
     env = {"IR3DE_ADMIN_TOKEN": token or "", **(env or {})}
     return Proc([sys.executable, "-m", "ir3de.cli", "serve", "--config", str(config),
-                 "--port", "{port}", "--log-level", "warning"], "/healthz", env=env)
+                 "--port", "{port}", "--log-level", log_level], "/healthz", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -226,16 +228,21 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (json.dumps(_chat(MATH, stream="false")).encode(), 400, "'stream' must be true or false"),
     # content neither a string nor a list: named, not "the prompt to route is empty"
     (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": 5}]}).encode(), 400,
-     "'messages[0].content' must be a string or a list of content parts, got int"),
+     "'messages[0].content' must be a string or a list of content parts, got number"),
     (json.dumps({"model": "ir3de", "messages": [
         {"role": "system", "content": {"text": "x"}}, {"role": "user", "content": MATH}]}
     ).encode(), 400, "'messages[0].content' must be a string or a list of content parts, "
-                     "got dict"),
+                     "got object"),
     (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": [
         {"type": "text", "text": 5}]}]}).encode(), 400,
      "'messages[0].content[0].text' must be a string"),
     (json.dumps({"model": "ir3de", "messages": [{"role": "user", "content": ["hi"]}]}).encode(),
-     400, "'messages[0].content[0]' must be a content part object, got str"),
+     400, "'messages[0].content[0]' must be a content part object, got string"),
+    # JSON's type names, not Python's (was "got NoneType")
+    (json.dumps(_chat(MATH, model=None)).encode(), 400, "'model' must be a string, got null"),
+    (json.dumps(_chat(MATH, model=True)).encode(), 400, "'model' must be a string, got boolean"),
+    (json.dumps(_chat(MATH, model=["math"])).encode(), 400,
+     "'model' must be a string, got array"),
 ])
 def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
                                         message: str) -> None:
@@ -405,7 +412,7 @@ def test_all_connections_busy_is_a_503_not_an_expert_timeout(stats_files, upstre
                            timeout=10)
             waited = time.monotonic() - start
             assert r.status_code == 503, r.text
-            assert r.headers["retry-after"] == "1"
+            assert (r.headers["retry-after"], r.headers["x-ir3de-expert"]) == ("1", "coding")
             error = r.json()["error"]
             assert error["code"] == "gateway_busy"
             assert error["message"] == (
@@ -972,6 +979,31 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "missing.safetensors"),
     ({"router": {"stats": []}, "experts": {"a": {"url": "http://x"}}}, "router.stats"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://"}}}, "url names no host"),
+    # accepted, then every request to the expert was a text/plain 500 and a traceback
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:99999/v1"}}},
+     "experts.a.url: Value error, url has an invalid port (Port out of range 0-65535); a "
+     "port is a number from 1 to 65535"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:abc/v1"}}},
+     "experts.a.url: Value error, url has an invalid port (Port could not be cast to "
+     "integer value as 'abc')"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:0/v1"}}},
+     "experts.a.url: Value error, url has an invalid port (0); a port is a number from 1 "
+     "to 65535"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://[::1]x/v1"}}},
+     "experts.a.url: Value error, url is not one httpx can send to (Invalid port: 'x')"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:8000/v1 "}}},
+     "experts.a.url: Value error, url must not start or end with whitespace, got "
+     "'http://127.0.0.1:8000/v1 '"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": " http://127.0.0.1:8000/v1"}}},
+     "url must not start or end with whitespace"),
+    # names no client could send as its model, or not reliably
+    ({"router": {"path": "r"}, "experts": {"": {"url": "http://x"}}},
+     "Value error, expert name '' must be non-empty, without surrounding whitespace"),
+    ({"router": {"path": "r"}, "experts": {" a": {"url": "http://x"}}},
+     "Value error, expert name ' a' must be non-empty, without surrounding whitespace"),
+    ({"name": "", "router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}},
+     "name: Value error, the gateway's name '' must be non-empty, without surrounding "
+     "whitespace"),
     # what follows # was never sent; the API path went after it
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x/v1#frag"}}},
      "experts.a.url: Value error, url must not hold a fragment ('#...')"),
@@ -1007,6 +1039,11 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
       "cooldown_seconds": float("inf")}, "cooldown_seconds: Input should be a finite number"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": "1"},
      "cooldown_seconds: Input should be a valid number"),
+    # a count written as a float is taken only when it is a whole number
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "max_connections": 1.5},
+     "max_connections: Input should be a valid integer"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "max_body_bytes": True},
+     "max_body_bytes: Input should be a valid integer"),
     # router settings: checked with the preset before any file is read
     ({"router": {"stats": ["x.stats"], "settings": {"pairs": "1e4", "alpah": 1}},
       "experts": {"a": {"url": "http://x"}}},
@@ -1703,7 +1740,7 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
         # A removed expert's failures are forgotten: added again, it starts clean.
         for _ in range(2):  # (named: a 502, never another expert's answer)
             r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="spare"))
-            assert r.status_code == 502 and "x-ir3de-expert" not in r.headers, r.text
+            assert r.status_code == 502 and r.headers["x-ir3de-expert"] == "spare", r.text
         assert _health(gw, "spare") == ("cooling_down", 2, 1)
         assert httpx.delete(gw.url + "/admin/experts/spare", headers=_admin()
                             ).status_code == 200
@@ -1811,11 +1848,13 @@ def test_cooldown_without_a_usable_fallback_is_a_503(stats_files, upstreams,
         r, = _routed(gw)  # coding refuses, then so does the fallback: both cool down
         assert r.status_code == 502 and r.json()["error"]["message"] == \
             "expert 'coding' failed (ConnectError); expert 'math' is unreachable (ConnectError)"
+        assert r.headers["x-ir3de-expert"] == "math"  # (the last one tried)
         why = "it failed 1 time in a row (connection errors or timeouts) and will be tried " \
               "again in {} s"
         r, = _routed(gw)
         wait = r.headers["retry-after"]  # 30 s, less the time taken so far
         assert r.status_code == 503 and 20 <= int(wait) <= 30, r.text
+        assert r.headers["x-ir3de-expert"] == "coding"  # the router's pick
         assert r.json()["error"]["message"] == \
             f"expert 'coding' is unavailable: {why.format(wait)}; so is the fallback " \
             f"expert 'math': {why.format(wait)}"
@@ -1949,7 +1988,8 @@ def test_named_expert_that_fails_is_an_error_not_the_fallbacks_answer(
         httpx.post(slow.url + "/control", json={"hang": 1})  # > coding's 0.3 s
         seen = _requests_seen(upstreams["math"])
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
-        assert r.status_code == 504 and "x-ir3de-expert" not in r.headers
+        # the gateway's own error, but the expert it was meant for is named, as on an answer
+        assert r.status_code == 504 and r.headers["x-ir3de-expert"] == "coding"
         assert r.json()["error"] == {
             "message": "expert 'coding' did not answer within 0.3 s (ReadTimeout)",
             "type": "upstream_error", "param": None, "code": None}
@@ -2183,6 +2223,7 @@ def test_upstream_status_beyond_http_is_a_502(odd: Proc) -> None:
             "message": f"expert 'coding' answered with status {status}, which is not an "
                        "HTTP status (100-599)", "type": "upstream_error", "param": None,
             "code": None}
+        assert r.headers["x-ir3de-expert"] == "coding"
     r = httpx.post(odd.url + "/v1/chat/completions",
                    json=_chat(CODE, model="coding", mode="status", status=599))
     assert r.status_code == 599 and r.json()["model"] == "raw"
@@ -2667,7 +2708,7 @@ def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstream
             serve(config, host="127.0.0.1", port=port)
     assert str(caught.value) == f"127.0.0.1:{port}: address already in use"
     code = "import sys; from ir3de.serve import serve; " \
-           "serve(sys.argv[1], port=int(sys.argv[2]), log_level='warning')"
+           "serve(sys.argv[1], port=int(sys.argv[2]), log_level='info')"
     gw = Proc([sys.executable, "-c", code, str(config), "{port}"], "/healthz")
     try:
         r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH))
@@ -2798,3 +2839,315 @@ def test_trust_refuses_unsigned_statistics_at_startup_and_upload(
     err = capsys.readouterr().err
     assert err.startswith(f"ir3de: error: {saved}:unsigned: not signed"), err
     assert "trust takes a saved router only if every expert's statistics are signed" in err
+
+
+# ----------------------------------------------------------------- a QA pass over the gateway
+def test_admin_refuses_expert_urls_httpx_cannot_send_to(odd: Proc) -> None:
+    """POST /admin/experts took a URL with port 99999 or 'abc', or with a space around it;
+    every request to that expert was then a text/plain 500 with a traceback in the log."""
+    before = httpx.get(odd.url + "/admin/experts", headers=_admin()).json()
+    for url, message in (
+            ("http://127.0.0.1:99999/v1", "url has an invalid port (Port out of range "
+                                          "0-65535); a port is a number from 1 to 65535"),
+            ("http://127.0.0.1:abc/v1", "url has an invalid port (Port could not be cast to "
+                                        "integer value as 'abc')"),
+            ("http://127.0.0.1:8000/v1 ", "url must not start or end with whitespace"),
+            ("\thttp://127.0.0.1:8000/v1", "url must not start or end with whitespace")):
+        r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
+                       data={"url": url, "name": "law"},
+                       files={"stats": ("law.stats", b"unread")})
+        assert r.status_code == 400, (url, r.text)
+        error = r.json()["error"]
+        assert error["message"].startswith(f"invalid expert endpoint: url: Value error, "
+                                           f"{message}"), error
+        assert error["param"] == "url"
+    assert httpx.get(odd.url + "/admin/experts", headers=_admin()).json() == before
+
+
+def test_an_unexpected_error_reaching_an_expert_is_a_502_or_the_fallback(
+        stats_files, upstreams, tmp_path) -> None:
+    """An exception httpx does not map to its own (here an ExceptionGroup holding an
+    OverflowError: the environment's HTTP_PROXY has port 99999) was a text/plain 500 and a
+    traceback. It is an upstream failure now: a 502 naming the expert, the fallback for a
+    routed request, and a log line with the cause."""
+    math = upstreams["math"].url.replace("127.0.0.1", "localhost")  # not proxied: NO_PROXY
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=0),
+                           math={"url": math + "/v1"})
+    gw = _gateway(config, env={"HTTP_PROXY": "http://127.0.0.1:99999", "NO_PROXY": "localhost"})
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+        assert r.status_code == 502, r.text
+        assert r.json()["error"] == {
+            "message": "expert 'coding' was not reached: sending the request failed "
+                       "(OverflowError)", "type": "upstream_error", "param": None,
+            "code": None}
+        assert r.headers["x-ir3de-expert"] == "coding"
+        r, = _routed(gw)
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == \
+            ("math", "upstream_failure")
+        failures = [e for e in _log_events(gw) if e["event"] == "upstream_error"]
+        assert [(e["expert"], e["error"]) for e in failures] == [("coding", "OverflowError")] * 2
+        assert failures[0]["cause"].startswith("OverflowError: ")
+        assert _health(gw, "coding")[1] == 2  # counted as failures, for cooldowns
+        assert "Traceback" not in _log_text(gw)
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_redirect_is_a_502_naming_its_target(gateway: Proc, upstreams: dict[str, Proc],
+                                                      stream: bool) -> None:
+    """An upstream 3xx (an http -> https ingress, say) reached the client with an empty
+    body and no location. Not followed either: the request would go again, perhaps to
+    another host."""
+    https = "https://math.example/v1/chat/completions"
+    for status, location, target in (
+            (301, https + "?sig=s3cr3t&v=2", f"a redirect to '{https}?sig=***&v=2'"),
+            (302, https, f"a redirect to '{https}'"),
+            (307, https, f"a redirect to '{https}'"),
+            (308, "/v2/chat/completions",  # relative: to the expert's own host
+             f"a redirect to '{upstreams['math'].url}/v2/chat/completions'"),
+            (300, None, "a redirection without a location")):
+        headers = {"location": location} if location else {}
+        for model in ("math", "ir3de"):  # routed too: the expert did answer, no fallback
+            r = httpx.post(gateway.url + "/v1/chat/completions",
+                           json=_chat(MATH, model=model, stream=stream, force_status=status,
+                                      headers=headers))
+            assert r.status_code == 502, (status, r.text)
+            assert r.headers["x-ir3de-expert"] == "math"
+            assert "x-ir3de-fallback" not in r.headers
+            assert r.json()["error"] == {
+                "message": f"expert 'math' answered {status}, {target}, which the gateway "
+                           "does not follow: the expert's url needs updating",
+                "type": "upstream_error", "param": None, "code": None}
+
+
+def _private_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1: (CA file, certificate file,
+    key file), PEM, as a company's internal CA would issue for an expert's server."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(timezone.utc)
+
+    def issued(subject: str, key, issuer: str, signer, ca: bool) -> x509.Certificate:
+        builder = x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]),
+            issuer_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]),
+            public_key=key.public_key(), serial_number=x509.random_serial_number(),
+            not_valid_before=now, not_valid_after=now.replace(year=now.year + 1))
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                        critical=True)
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=not ca, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+            encipher_only=False, decipher_only=False), critical=True)
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False)
+        if not ca:
+            import ipaddress
+
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    files = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    pem = serialization.Encoding.PEM
+    files[0].write_bytes(issued("test CA", ca_key, "test CA", ca_key, True).public_bytes(pem))
+    files[1].write_bytes(issued("127.0.0.1", key, "test CA", ca_key, False).public_bytes(pem))
+    files[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
+def test_tls_failure_says_why_and_ssl_cert_file_trusts_a_private_ca(
+        stats_files, upstreams, tmp_path: Path, monkeypatch, capsys) -> None:
+    """An expert whose certificate the gateway could not verify was "unreachable
+    (ConnectError)", the cause (CERTIFICATE_VERIFY_FAILED) nowhere. SSL_CERT_FILE, as the
+    README says, makes the gateway trust a private CA; one that is not there stops it at
+    startup in one line (it was a traceback)."""
+    pytest.importorskip("cryptography")
+    ca, cert, key = _private_ca(tmp_path)
+    coder = Proc([sys.executable, str(UPSTREAM), "coding", "{port}"], "/v1/models",
+                 env={"UPSTREAM_TLS_CERT": str(cert), "UPSTREAM_TLS_KEY": str(key)},
+                 scheme="https")
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=0),
+                           coding={"url": coder.url + "/v1"})
+    try:
+        gw = _gateway(config)
+        try:
+            r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+            assert r.status_code == 502, r.text
+            assert r.json()["error"]["message"] == (
+                "expert 'coding' is unreachable: the TLS handshake failed, "
+                "CERTIFICATE_VERIFY_FAILED (ConnectError)")
+            failure, = [e for e in _log_events(gw) if e["event"] == "upstream_error"]
+            assert (failure["expert"], failure["error"]) == ("coding", "ConnectError")
+            assert failure["cause"].startswith("SSLCertVerificationError: [SSL: "
+                                               "CERTIFICATE_VERIFY_FAILED] certificate verify "
+                                               "failed: unable to get local issuer certificate")
+        finally:
+            gw.stop()
+        gw = _gateway(config, env={"SSL_CERT_FILE": str(ca)})
+        try:
+            r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == \
+                "answer from coding to model coding"
+        finally:
+            gw.stop()
+    finally:
+        coder.stop()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)  # (httpx reads SSL_CERT_FILE first)
+    assert main(["serve", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == (
+        "ir3de: error: cannot make the HTTP client for the experts from the environment "
+        f"(SSL_CERT_FILE={tmp_path / 'missing.pem'}): FileNotFoundError: [Errno 2] No such "
+        "file or directory\n")
+
+
+@pytest.mark.parametrize("content", ["<s>", "</s><s>", "<unk>"])
+def test_prompt_of_special_tokens_only_goes_to_the_fallback(
+        gateway: Proc, stats_files, upstreams, tmp_path, content: str) -> None:
+    """A prompt of special tokens only ("<s>") was a 400 "cannot route this prompt: prompt
+    #0 has no token to route on", though a fallback was configured: it has nothing to route
+    on, as an image-only prompt, which already went to the fallback."""
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   json={"model": "ir3de", "messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == ("math", "no_text")
+    assert "x-ir3de-routed-to" not in r.headers and "x-ir3de-confidence" not in r.headers
+    r = httpx.post(gateway.url + "/v1/completions", json={"model": "ir3de", "prompt": content})
+    assert (r.status_code, r.headers["x-ir3de-fallback"]) == (200, "no_text"), r.text
+    # without a fallback: the 400, worded for the client (no "prompt #0")
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, fallback=None))
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions",
+                       json={"model": "ir3de", "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 400, r.text
+        why = "empty or only special tokens" if content != "<unk>" else \
+            "the tokenizer of wordllama-l2_supercat-256 does not know its characters or " \
+            "words: they become <unk>, which carries no routing signal"
+        assert r.json()["error"] == {
+            "message": f"the prompt has no token to route on ({why}); name an expert as "
+                       "'model' or configure a fallback",
+            "type": "invalid_request_error", "param": "messages", "code": None}
+    finally:
+        gw.stop()
+
+
+def test_log_level_governs_the_access_log(stats_files, upstreams, tmp_path) -> None:
+    """`ir3de serve --log-level error` still wrote an INFO access-log line per request (the
+    access logger was always at INFO). It follows --log-level now: warning keeps the
+    gateway's warnings (a cooldown) without the per-request lines; error silences both."""
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=1),
+                           spare={"url": _closed_url()})
+    for level, events in (("warning", {"cooldown_start", "upstream_error"}), ("error", set())):
+        gw = _gateway(config, log_level=level)
+        try:
+            assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH)
+                              ).status_code == 200
+            assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, model="spare")
+                              ).status_code == 502
+            assert httpx.get(gw.url + "/v1/models").status_code == 200
+            assert httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                               json={"alpha": 0.5}).status_code == 200
+            assert _request_log(gw) == [], level
+            assert {e["event"] for e in _log_events(gw)} == events, level
+        finally:
+            gw.stop()
+    gw = _gateway(config, log_level="debug")  # as at info
+    try:
+        httpx.get(gw.url + "/v1/models")
+        assert [(e["path"], e["status"]) for e in _request_log(gw)
+                if e["path"] != "/healthz"] == [("/models", 200)]  # (/healthz: Proc's wait)
+    finally:
+        gw.stop()
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import serve
+
+    with pytest.raises(IR3DEError, match="unknown log level 'loud'; choose one of critical"):
+        serve(config, log_level="loud")
+
+
+def test_readme_gateway_yaml_runs_as_written(stats_files, upstreams, tmp_path: Path,
+                                             emb: Embedder) -> None:
+    """The README's gateway.yaml set `trust: trusted/` over a router built from unsigned
+    statistics (ir3de build math.stats coding.stats): the gateway refused to start. Run
+    as written, bar the experts' addresses, with its README command's environment."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    text = readme.split("```yaml\n# gateway.yaml", 1)[1].split("```", 1)[0]
+    for port, name in (("8001", "math"), ("8002", "coding")):
+        assert f"http://127.0.0.1:{port}/v1" in text
+        text = text.replace(f"http://127.0.0.1:{port}/v1", upstreams[name].url + "/v1")
+    (tmp_path / "gateway.yaml").write_text("# gateway.yaml" + text)
+    Router(emb).fit_stats([DomainStats.load(stats_files[d]) for d in ("math", "coding")]
+                          ).save(tmp_path / "router.safetensors")
+    command = next(line for line in readme.splitlines() if line.startswith("CODER_KEY="))
+    env = dict(word.split("=", 1) for word in command.split() if "=" in word)
+    assert set(env) == {"CODER_KEY", "IR3DE_API_KEYS", "IR3DE_ADMIN_TOKEN"}, command
+    gw = _gateway(tmp_path / "gateway.yaml", env=env)
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=_bearer("key1"),
+                       json={"model": "ir3de", "messages": [{"role": "user",
+                                                             "content": "What is 17 * 23?"}]})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-ir3de-expert"] in ("math", "coding")
+    finally:
+        gw.stop()
+
+
+def test_counts_and_seconds_may_be_written_in_exponent_notation(tmp_path: Path) -> None:
+    """`max_body_bytes: 1e6` and `cooldown_seconds: 1e2` were refused (PyYAML reads 1e6
+    as text), while an expert's `timeout: 1e2` was taken: YAML 1.2's numbers are read as
+    numbers now, and a count takes a float that is a whole number."""
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import load_config
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text("router: {path: r, settings: {pairs: 1e4}}\n"
+                    "experts: {a: {url: 'http://x', timeout: 1e2}}\n"
+                    "max_body_bytes: 1e6\nmax_connections: 1.0e3\ncooldown_failures: 5e0\n"
+                    "cooldown_seconds: 1e2\nkeep_alive_seconds: 7.5e1\n"
+                    "upstream_keep_alive_seconds: 2.5e0\nshutdown_seconds: 6E+1\n")
+    config = load_config(path)
+    values = {key: getattr(config, key) for key in (
+        "max_body_bytes", "max_connections", "cooldown_failures", "cooldown_seconds",
+        "keep_alive_seconds", "upstream_keep_alive_seconds", "shutdown_seconds")}
+    assert values == {"max_body_bytes": 1_000_000, "max_connections": 1000,
+                      "cooldown_failures": 5, "cooldown_seconds": 100.0,
+                      "keep_alive_seconds": 75, "upstream_keep_alive_seconds": 2.5,
+                      "shutdown_seconds": 60.0}
+    assert type(config.max_body_bytes) is int and type(config.keep_alive_seconds) is int
+    assert (config.experts["a"].timeout, config.router.overrides()) == (100.0, {"pairs": 1e4})
+    for line, message in (("max_connections: 2.5e0", "max_connections: Input should be a "
+                                                      "valid integer"),
+                          ("cooldown_failures: yes", "cooldown_failures: Input should be a "
+                                                     "valid integer"),
+                          ("max_body_bytes: '1000'", "max_body_bytes: Input should be a "
+                                                     "valid integer")):
+        path.write_text(f"router: {{path: r}}\nexperts: {{a: {{url: 'http://x'}}}}\n{line}\n")
+        with pytest.raises(IR3DEError, match=message):
+            load_config(path)
+
+
+def test_admin_refuses_an_empty_expert_name(odd: Proc) -> None:
+    """POST /admin/experts with `name=` (empty, as `-F name=$UNSET` sends it) added the
+    expert under its statistics' domain instead, without a word."""
+    r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
+                   data={"url": "http://127.0.0.1:9/v1", "name": ""},
+                   files={"stats": ("law.stats", b"unread")})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == \
+        "invalid expert name '': it must be non-empty, without surrounding whitespace"
+    assert r.json()["error"]["param"] == "name"

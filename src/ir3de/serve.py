@@ -12,9 +12,11 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   ``x-ir3de-routed-to`` (the router's pick), ``x-ir3de-confidence`` (the router's
   confidence in that pick) and (routers with a pair table) ``x-ir3de-coverage``; when the
   fallback expert answered instead, ``x-ir3de-fallback`` says why: ``low_confidence``,
-  ``low_coverage``, ``no_text`` (nothing to route on: no ``x-ir3de-routed-to`` then),
-  ``expert_down`` (the pick is cooling down) or ``upstream_failure`` (the pick failed),
-  the reasons of ``ir3de_fallbacks_total``. An expert name that is not printable ASCII, or
+  ``low_coverage``, ``no_text`` (nothing to route on, an image or special tokens such as
+  ``<s>`` alone: no ``x-ir3de-routed-to`` then; a 400 without a fallback), ``expert_down``
+  (the pick is cooling down) or ``upstream_failure`` (the pick failed), the reasons of
+  ``ir3de_fallbacks_total``. The gateway's own 502, 503 and 504 answers name the expert
+  they were meant for in ``x-ir3de-expert`` too. An expert name that is not printable ASCII, or
   holds a ``%``, is percent-encoded (UTF-8) in these headers: ``数学`` as
   ``%E6%95%B0%E5%AD%A6``, ``cs%2Fv2`` as ``cs%252Fv2`` (``urllib.parse.unquote`` gives every
   name back). The upstream's headers that OpenAI clients act on (``retry-after``,
@@ -24,8 +26,9 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
 * ``GET /v1/models`` (``created``: when the gateway started, or the admin API added the
   expert), ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the experts
   cooling down), ``GET /metrics`` (Prometheus).
-* One JSON access-log line per request, whatever its route and status (see
-  :class:`_AccessLog`): ``path`` (less ``/v1``), ``method``, ``status``, and ``refused``
+* One JSON access-log line per request (INFO: at ``--log-level`` info or debug),
+  whatever its route and status (see :class:`_AccessLog`): ``path`` (less ``/v1``),
+  ``method``, ``status``, and ``refused``
   (the reason) for a 401; a completions request's also has ``model``, ``expert``,
   ``routed_to``, ``fallback``, ``confidence``, ``coverage``, ``stream``, and ``error`` for
   the gateway's own error answers; ``status`` 499 (as nginx logs it) for a client gone
@@ -76,19 +79,25 @@ twice). For a routed request, a second failure or a timeout sends the request to
 fallback expert. A request that names its expert may carry what that expert alone
 accepts: it never goes to another one, and gets a 502 (504 for a timeout) naming the
 expert, as routed requests do without a fallback; the message tells an expert that is
-unreachable (no connection) from one that sent a malformed or truncated answer (or
-closed the connection without one). An expert's ``timeout`` bounds the wait for a
+unreachable (no connection; a TLS failure by its OpenSSL reason) from one that sent a
+malformed or truncated answer (or closed the connection without one). Any other error
+while sending is such a failure too, and each is logged with its whole cause (``"event":
+"upstream_error"``). An expert's ``timeout`` bounds the wait for a
 connection and, for a whole (non-streaming) answer, the answer itself: all of it must
 arrive within ``timeout`` of the request being sent; a stream's headers, and then each
 of its reads, must come within ``timeout``. An answer that cannot be decoded, or whose
-status is beyond 599 (``HTTP/1.1 999``), is a 502 (no fallback: the expert did answer).
+status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the request
+would go again, perhaps to another host; the 502 names where it points), is a 502 (no
+fallback: the expert did answer).
 A request that waits its expert's whole ``timeout`` for one of the ``max_connections``
 upstream connections is not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``),
 without trying the fallback (it would wait for the same connections) and without
 counting against the expert's cooldown. An upstream HTTP error is returned as is; a
 stream cut by the upstream ends with an SSE ``error`` event, after the last whole event.
 The gateway's own errors, unknown routes included, use OpenAI's error JSON (``{"error":
-{"message", "type", "param", "code"}}``).
+{"message", "type", "param", "code"}}``). An HTTPS expert's certificate is checked against
+certifi's CA bundle, or, when set, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's:
+httpx reads them when the gateway starts).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -117,7 +126,8 @@ Example config::
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
     admin_key_envs: [SPARE_KEY]   # api_key_env the admin API may name, beyond the experts'
-    trust: trusted/            # every expert (stats, saved router, uploads) signed by a key here
+    # trust: trusted/          # every expert (stats, saved router, uploads) signed by a key
+                               # here: for a router of signed statistics only
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
@@ -139,6 +149,7 @@ import logging
 import math
 import os
 import re
+import ssl
 import tempfile
 import time
 import typing
@@ -147,7 +158,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import IR3DEError, require_file
+from .errors import EmptyInputError, IR3DEError, require_file
+from .statistics import domain_name_problem
 
 __all__ = ["create_app", "load_config", "serve"]
 
@@ -193,22 +205,42 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         def _http(cls, v: str) -> str:
             from urllib.parse import urlsplit, urlunsplit
 
+            import httpx
+
+            # Refused here, naming the expert, rather than at its first request: httpx
+            # would send the spaces percent-encoded, as part of the host or path.
+            if v != v.strip():
+                raise ValueError(f"url must not start or end with whitespace, got {v!r}")
             if not v.startswith(("http://", "https://")):
                 raise ValueError(f"url must start with http:// or https://, got {v!r}")
             parts = urlsplit(v)
             if not parts.hostname:
                 raise ValueError(f"url names no host: {v!r}")
+            try:  # (httpx takes port 99999, and every request then failed with a traceback)
+                port = parts.port
+            except ValueError as exc:  # not a number, or above 65535
+                raise ValueError(f"url has an invalid port ({exc}); a port is a number "
+                                 "from 1 to 65535") from None
+            if port == 0:
+                raise ValueError("url has an invalid port (0); a port is a number from 1 to "
+                                 "65535")
             if "#" in v:  # a fragment is never sent: what follows # would be lost
                 raise ValueError(f"url must not hold a fragment ('#...'), got {_safe_url(v)!r}")
             # the API paths are appended to the URL's path, before its query (kept:
             # ?api-version= and the like), so a trailing slash on the path goes
-            return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+            url = urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+            try:  # whatever else httpx, which sends the requests, would refuse
+                httpx.URL(url)
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"url is not one httpx can send to ({exc})") from None
+            return url
 
     from .router import RouterConfig
 
     # Typed from RouterConfig itself, so every setting of the Python API is here under its
-    # name. Strict, so that YAML's `yes` is not taken for k = 1; but a number PyYAML reads
-    # as text (it reads 1e4 so) is taken for a setting that is a number (_command_words).
+    # name. Strict, so that YAML's `yes` is not taken for k = 1; but a number written as
+    # text ("1e4", as `ir3de build --pairs` takes it) is taken for a setting that is a
+    # number (_command_words).
     hints = typing.get_type_hints(RouterConfig)
     numbers = {name for name, hint in hints.items() if float in typing.get_args(hint)
                or hint is float}
@@ -258,17 +290,23 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
             return {} if self.settings is None else \
                 self.settings.model_dump(exclude_unset=True)
 
+    # A count in gateway.yaml may be written as a float that is a whole number (1e6, which
+    # _yaml_loader reads as a float): taken for that integer, where the field is strict
+    # (it refuses YAML's `yes`) and would refuse any float.
+    Whole = typing.Annotated[int, pd.BeforeValidator(
+        lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
     class GatewayConfig(pd.BaseModel):
         model_config = pd.ConfigDict(extra="forbid")
-        name: str = "ir3de"
+        name: str = pd.Field("ir3de", description="the model clients send to be routed")
         router: RouterSource
         experts: dict[str, ExpertConfig]
         fallback: str | None = None
         policy: Literal["last_user", "all_user", "conversation"] = "last_user"
         threshold: float = pd.Field(0.0, ge=0.0, le=1.0)
         min_coverage: float = pd.Field(0.0, ge=0.0, le=1.0)
-        max_body_bytes: int = pd.Field(1_000_000, gt=0)
-        max_connections: int = pd.Field(1000, gt=0, strict=True,
+        max_body_bytes: Whole = pd.Field(1_000_000, gt=0, strict=True)
+        max_connections: Whole = pd.Field(1000, gt=0, strict=True,
                                         description="upstream connections open at once, "
                                                     "over all experts")
         admin_token_env: str | None = "IR3DE_ADMIN_TOKEN"
@@ -290,7 +328,7 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                                  "saved router, POST /admin/experts uploads) "
                                                  "must be signed by one")
         # strict: YAML reads `yes` as true, which would otherwise pass as 1 failure or 1 s
-        cooldown_failures: int = pd.Field(3, ge=0, strict=True,
+        cooldown_failures: Whole = pd.Field(3, ge=0, strict=True,
                                           description="consecutive failures (refused "
                                                       "connections, timeouts) after which "
                                                       "an expert cools down; 0: never")
@@ -301,7 +339,7 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         # openai SDK: 5 s; AWS ALB, nginx upstream keep-alive: 60 s), so that they close an
         # idle connection first: a server closing it as a client reuses it fails that
         # request (uvicorn's own 5 s met httpx's 5 s: bench_keepalive.py).
-        keep_alive_seconds: int = pd.Field(75, gt=0, strict=True,
+        keep_alive_seconds: Whole = pd.Field(75, gt=0, strict=True,
                                            description="how long an idle client "
                                                        "connection is kept open (s)")
         # The same race the other way round: the experts' servers close idle connections
@@ -323,6 +361,14 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                                               "may still run (unset: until "
                                                               "they end)")
 
+        @pd.field_validator("name")
+        @classmethod
+        def _name(cls, v: str) -> str:
+            problem = domain_name_problem(v)
+            if problem:  # clients could not send it as their model, or not reliably
+                raise ValueError(f"the gateway's name {v!r} {problem}")
+            return v
+
         @pd.model_validator(mode="after")
         def _consistent(self) -> "GatewayConfig":
             if not self.experts:
@@ -338,7 +384,7 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
             if self.name in self.experts:
                 raise ValueError(f"name {self.name!r} is also an expert's name")
             for name in self.experts:
-                problem = _control_character(name)
+                problem = domain_name_problem(name)
                 if problem:
                     raise ValueError(f"expert name {name!r} {problem}")
             # The gateway's own secrets never go to an expert: its client keys and admin
@@ -363,7 +409,7 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
 
 def _setting_word(value: Any) -> Any:
     """A number setting of gateway.yaml's router as ``ir3de build`` reads it: text that
-    is a number (YAML reads 1e4 as text) is that number, and ``none`` is None."""
+    is a number (quoted, "1e4") is that number, and ``none`` is None."""
     if not isinstance(value, str):
         return value
     if value.strip().lower() == "none":
@@ -388,7 +434,7 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     require_file(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise IR3DEError(_yaml_problem(path, exc)) from None
     except UnicodeDecodeError:
@@ -411,6 +457,25 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     if config.trust is not None:
         config.trust = str(base / config.trust)
     return config
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, but reading a number in exponent notation (``1e6``,
+    ``1.5e6``) as a float, as YAML 1.2 does: PyYAML follows YAML 1.1, whose floats need a
+    dot and a signed exponent (``1.0e+6``), and reads the others as text, which a number
+    field then refuses."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # (checked after YAML 1.1's own resolvers: integers and 1.0e+6 are resolved as before)
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+    return Loader
 
 
 def _yaml_problem(path: Path, exc: Any) -> str:
@@ -438,6 +503,23 @@ class _State:
         if self.min_coverage > 0 and not self.router.reports_coverage:
             raise IR3DEError("min_coverage needs a router whose decisions report coverage: "
                              "the 'geo' selector on a token-pair table (the default preset)")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it, outermost first: down its causes (httpx's
+    errors wrap httpcore's, which wrap the OSError or ssl.SSLError that happened) and into
+    the first member of an exception group (anyio's connection attempts)."""
+    chain = [exc]
+    while True:
+        members = getattr(exc, "exceptions", None)  # an exception group's
+        # (the context too when it is suppressed: httpcore raises its errors "from None",
+        # and the ssl.SSLError is then the context alone)
+        inner = members[0] if isinstance(members, tuple) and members else \
+            exc.__cause__ or exc.__context__
+        if inner is None or any(inner is seen for seen in chain):
+            return chain
+        chain.append(inner)
+        exc = inner
 
 
 def _retried(exc: Exception, steps: set[str]) -> bool:
@@ -597,12 +679,9 @@ def _safe_url(url: Any) -> Any:
     if not isinstance(url, str):
         return url
     parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port is not None
-                               else host)
+    if "@" in parts.netloc:  # user:password@host:port -> host:port, as written (an
+        # upstream's redirect target may hold a port that parts.port would raise on)
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
     if parts.query:
         # split by hand rather than parse_qsl + urlencode, which would re-encode (and so
         # change) every parameter that is not redacted
@@ -1055,23 +1134,9 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
-def _control_character(name: str) -> str | None:
-    """Why ``name`` cannot name an expert for holding a control character (Unicode
-    category Cc: a newline, a tab, DEL...), or None. Such a name could be added but not
-    used again: a route matches no newline (``DELETE /admin/experts/a%0Ab`` finds
-    nothing), and a name is printed in log lines and headers."""
-    import unicodedata
-
-    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
-    return None if bad is None else f"holds a control character (U+{ord(bad):04X})"
-
-
 def _check_expert_name(name: str, gateway: str) -> None:
     """An expert name must be a usable ``model``: not the gateway's own (which routes)."""
-    if not name.strip() or name != name.strip():
-        raise IR3DEError(f"invalid expert name {name!r}: it must be non-empty, without "
-                         "surrounding whitespace")
-    problem = _control_character(name)
+    problem = domain_name_problem(name)
     if problem:
         raise IR3DEError(f"invalid expert name {name!r}: it {problem}")
     if name == gateway:
@@ -1115,6 +1180,20 @@ def _error(status: int, message: str, kind: str = "invalid_request_error",
                                    "code": code}}, status_code=status, headers=headers)
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed JSON value's type (``null``, not Python's ``NoneType``),
+    for the errors that tell a client what it sent."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 def _content_text(content: Any, where: str) -> str:
     """A message's text; ValueError naming ``where`` (``messages[i].content``) for content
     that OpenAI's API would not take either (rather than routing it as empty)."""
@@ -1124,12 +1203,12 @@ def _content_text(content: Any, where: str) -> str:
         return content
     if not isinstance(content, list):
         raise ValueError(f"'{where}' must be a string or a list of content parts, got "
-                         f"{type(content).__name__}")
+                         f"{_json_type(content)}")
     texts = []  # OpenAI content parts: keep the text ones
     for j, part in enumerate(content):
         if not isinstance(part, dict):
             raise ValueError(f"'{where}[{j}]' must be a content part object, got "
-                             f"{type(part).__name__}")
+                             f"{_json_type(part)}")
         if part.get("type") == "text":
             if not isinstance(part.get("text"), str):
                 raise ValueError(f"'{where}[{j}].text' must be a string")
@@ -1561,6 +1640,11 @@ class _Metrics:
                                 "cooldown", registry=r)
 
 
+# The environment variables httpx reads when the gateway makes its client (trust_env).
+_CLIENT_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+               "http_proxy", "https_proxy", "all_proxy")
+
+
 # --------------------------------------------------------------------------- the app
 def create_app(config: Any) -> Any:
     """The ASGI app for a validated gateway config (see :func:`load_config`).
@@ -1592,10 +1676,20 @@ def create_app(config: Any) -> Any:
                            started=metrics.cooldowns)
     cooldowns.sync(holder["state"].experts)
     metrics.cooling.set_function(lambda: len(cooldowns.refusing()))
-    client = httpx.AsyncClient(limits=httpx.Limits(
-        max_connections=config.max_connections,
-        max_keepalive_connections=min(200, config.max_connections),
-        keepalive_expiry=config.upstream_keep_alive_seconds))
+    try:
+        # trust_env: httpx reads SSL_CERT_FILE and SSL_CERT_DIR (the CAs that TLS experts'
+        # certificates are checked against) and the proxy variables, here
+        client = httpx.AsyncClient(limits=httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=min(200, config.max_connections),
+            keepalive_expiry=config.upstream_keep_alive_seconds))
+    except (OSError, ValueError, ImportError, httpx.InvalidURL) as exc:
+        # (ssl.SSLError is an OSError; ImportError: a socks5:// proxy without socksio)
+        # A proxy URL may hold a password: only its variable is named.
+        where = ", ".join(f"{v}={os.environ[v]}" if v.startswith("SSL_") else v
+                          for v in _CLIENT_ENV if os.environ.get(v))
+        raise IR3DEError(f"cannot make the HTTP client for the experts from the "
+                         f"environment ({where}): {type(exc).__name__}: {exc}") from None
     # An unset or empty token variable turns the admin API off.
     admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
         else None
@@ -1682,14 +1776,41 @@ def create_app(config: Any) -> Any:
             # all of the gateway's connections busy: its own limit, which says nothing
             # about this expert
             raise
-        except httpx.TransportError:  # refused twice, timed out, cut off, garbled
+        except httpx.TransportError as exc:  # refused twice, timed out, cut off, garbled
             answered = False
+            _log_failure(ticket.expert, exc)
             raise
-        except httpx.DecodingError:  # an answer, in a body the gateway cannot decode
+        except httpx.DecodingError as exc:  # an answer, in a body the gateway cannot decode
             answered = True
+            _log_failure(ticket.expert, exc)
             raise
+        except Exception as exc:
+            # What httpx lets through unmapped (an ExceptionGroup holding an OverflowError
+            # when the proxy of the environment's HTTP_PROXY has port 99999, say) fails the
+            # attempt as a transport error does: a 502 or the fallback, not a 500.
+            answered = False
+            metrics.errors.labels(ticket.expert, type(exc).__name__).inc()
+            _log_failure(ticket.expert, exc)
+            raise _Unexpected(str(exc)) from exc
         finally:
             cooldowns.done(ticket, answered)
+
+    def _log_failure(expert: str, exc: Exception) -> None:
+        """A warning line for an attempt that failed (after its retry, if any), with the
+        cause behind httpx's error, which the client's message names by type only (a TLS
+        failure's reason, a DNS error): what the operator needs to fix it."""
+        root = _chain(exc)[-1]
+        log.warning(json.dumps({"event": "upstream_error", "expert": expert,
+                                "error": _error_kind(exc),
+                                "cause": f"{type(root).__name__}: {root}"}))
+
+    def _error_kind(exc: Exception) -> str:
+        """An upstream failure's type as messages name it: httpx's error (ConnectError,
+        ReadTimeout...), or for another exception the innermost one behind it
+        (OverflowError, not the ExceptionGroup holding it)."""
+        if isinstance(exc, httpx.HTTPError) and not isinstance(exc, _Unexpected):
+            return type(exc).__name__
+        return type(_chain(exc)[-1]).__name__
 
     def _unavailable(down: _Down, fallback: _Down | None) -> Any:
         """The 503 for a request whose expert (and fallback, if any) is cooling down, with
@@ -1701,7 +1822,8 @@ def create_app(config: Any) -> Any:
             retry_in = min(retry_in, fallback.retry_in)
         metrics.requests.labels(down.expert, "503").inc()
         return _error(503, message, kind="upstream_error", code="expert_unavailable",
-                      headers={"retry-after": str(max(1, math.ceil(retry_in)))})
+                      headers={"retry-after": str(max(1, math.ceil(retry_in))),
+                               **_meant_for(down.expert)})
 
     async def _proxy(request: Request, path: str, chat: bool, info: dict[str, Any]) -> Any:
         """The answer to one completions request; ``info`` gets what its access-log line
@@ -1755,7 +1877,7 @@ def create_app(config: Any) -> Any:
         state = holder["state"]  # this request finishes on the router it started with
         model = body.get("model", config.name)
         if not isinstance(model, str):
-            return _error(400, f"'model' must be a string, got {type(model).__name__}",
+            return _error(400, f"'model' must be a string, got {_json_type(model)}",
                           param="model")
         info["model"] = model
         stream = body.get("stream")
@@ -1781,21 +1903,31 @@ def create_app(config: Any) -> Any:
         # expert can answer it
         textless = routed and not text.strip() and \
             (_has_media(body["messages"]) if chat else _is_token_ids(body["prompt"]))
+        decision = None
+        if routed and text.strip():
+            start = time.perf_counter()
+            try:
+                decision = state.router.route(text)
+            except EmptyInputError:
+                # text, but only special tokens ("<s>") or words the tokenizer does not
+                # know: nothing to route on either
+                textless = True
+            except _Err as exc:
+                return _error(400, f"cannot route this prompt: {exc}")
+            else:
+                metrics.routing.observe(time.perf_counter() - start)
         # routed_to: the router's pick; reason: why another expert, the fallback, answers
         confidence = coverage = routed_to = reason = None
         if textless and config.fallback:
             expert, reason = config.fallback, "no_text"
         elif routed:
-            if not text.strip():
-                return _error(400, "the prompt has no text to route on; name an expert as "
-                                   "'model' or configure a fallback" if textless else
-                              "the prompt to route is empty", param=param)
-            start = time.perf_counter()
-            try:
-                decision = state.router.route(text)
-            except _Err as exc:
-                return _error(400, f"cannot route this prompt: {exc}")
-            metrics.routing.observe(time.perf_counter() - start)
+            if decision is None:
+                if not textless:
+                    return _error(400, "the prompt to route is empty", param=param)
+                what = f"token to route on ({state.router.embedder.why_no_token(text)})" \
+                    if text.strip() else "text to route on"
+                return _error(400, f"the prompt has no {what}; name an expert as 'model' or "
+                                   "configure a fallback", param=param)
             expert = routed_to = decision.expert
             confidence, coverage = decision.confidence, decision.coverage
             if config.fallback and coverage is not None and coverage < state.min_coverage:
@@ -1844,19 +1976,27 @@ def create_app(config: Any) -> Any:
                 response = await _attempt(second, state.experts[expert], path, body, stream)
             except (httpx.TransportError, httpx.DecodingError) as exc2:
                 return _upstream_failed(expert, state.experts[expert], exc2,
-                                        f"expert {failed!r} failed ({type(exc).__name__}); ")
+                                        f"expert {failed!r} failed ({_error_kind(exc)}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
-        if response.status_code > 599:
-            # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
-            # are not final answers): uvicorn would fail to send it, and the client get
-            # an empty reply
+        if response.status_code > 599 or response.is_redirect:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
             metrics.requests.labels(expert, "502").inc()
+            if response.is_redirect:
+                # Not followed: the request, prompt and expert's key with it, would go
+                # again, perhaps to another host. Nor relayed: a client gets no location
+                # (not a relayed header), and its SDK would not follow a POST's redirect.
+                return _error(502, f"expert {expert!r} answered {response.status_code}, "
+                                   f"{_redirect(response)}, which the gateway does not "
+                                   "follow: the expert's url needs updating",
+                              kind="upstream_error", headers=_meant_for(expert))
+            # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
+            # are not final answers): uvicorn would fail to send it, and the client get
+            # an empty reply
             return _error(502, f"expert {expert!r} answered with status "
                                f"{response.status_code}, which is not an HTTP status "
-                               "(100-599)", kind="upstream_error")
+                               "(100-599)", kind="upstream_error", headers=_meant_for(expert))
         if stream and response.status_code >= 400:
             # An error comes whole, not as a stream: read it now, so that one the gateway
             # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
@@ -1891,9 +2031,20 @@ def create_app(config: Any) -> Any:
             metrics.requests.labels(expert, "502").inc()
             return _error(502, f"expert {expert!r} answered, but its answer cannot be "
                                f"relayed ({type(exc).__name__}: {exc})",
-                          kind="upstream_error")
+                          kind="upstream_error", headers=_meant_for(expert))
         metrics.requests.labels(expert, str(response.status_code)).inc()
         return reply
+
+    def _redirect(response: httpx.Response) -> str:
+        """Where an upstream's 3xx points, as its 502 says it: absolute, and without the
+        credentials a URL may hold (see _safe_url)."""
+        location = response.headers.get("location")
+        if location is None:
+            return "a redirection without a location"
+        try:
+            return f"a redirect to {_safe_url(str(response.url.join(location)))!r}"
+        except (httpx.InvalidURL, ValueError):
+            return "a redirect to a location that is not a URL"
 
     def _reply(response: httpx.Response, stream: bool, headers: dict[str, str],
                expert: str) -> Any:
@@ -1930,6 +2081,10 @@ def create_app(config: Any) -> Any:
                     "code": None}}).encode() + b"\n\n"
 
         return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
+
+    class _Unexpected(httpx.TransportError):
+        """An exception other than httpx's own while contacting an expert (its
+        ``__cause__``), turned into a transport error: see _attempt."""
 
     class _Unsent(JSONResponse):
         """The answer to a client already gone: logged and counted, never sent."""
@@ -1978,6 +2133,7 @@ def create_app(config: Any) -> Any:
 
     def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "",
                          after: str = "") -> Any:
+        headers = _meant_for(expert)
         if isinstance(exc, httpx.PoolTimeout):
             # the gateway's limit, not the expert's failure: a 503 the client may retry
             metrics.requests.labels(expert, "503").inc()
@@ -1985,21 +2141,35 @@ def create_app(config: Any) -> Any:
                                f"{config.max_connections} of the gateway's upstream "
                                f"connections stayed busy for {endpoint.timeout:g} s "
                                "(max_connections)", kind="upstream_error", code="gateway_busy",
-                          headers={"retry-after": "1"})
+                          headers={"retry-after": "1", **headers})
+        tls = next((e for e in _chain(exc) if isinstance(e, ssl.SSLError)), None)
         if isinstance(exc, httpx.ConnectTimeout):
             status, what = 504, f"is unreachable: no connection within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.DecodingError):
             status, what = 502, "sent an answer its content-encoding does not describe"
+        elif isinstance(exc, httpx.ConnectError) and tls is not None:
+            # OpenSSL's reason (CERTIFICATE_VERIFY_FAILED), not its whole message, which
+            # may name the expert's host (the log has it all: _log_failure)
+            status, what = 502, "is unreachable: the TLS handshake failed, " \
+                                f"{tls.reason or type(tls).__name__}"
         elif isinstance(exc, httpx.ConnectError):
             status, what = 502, "is unreachable"
+        elif isinstance(exc, _Unexpected):
+            status, what = 502, "was not reached: sending the request failed"
         else:  # connected, then the answer broke off or was not HTTP (or never came)
             status, what = 502, "was reached, but sent a malformed or truncated answer " \
                                 "or closed the connection without one"
         metrics.requests.labels(expert, str(status)).inc()
-        return _error(status, f"{before}expert {expert!r} {what} ({type(exc).__name__})"
-                              f"{after}", kind="upstream_error")
+        return _error(status, f"{before}expert {expert!r} {what} ({_error_kind(exc)})"
+                              f"{after}", kind="upstream_error", headers=headers)
+
+    def _meant_for(expert: str) -> dict[str, str]:
+        """The header of an error the gateway makes for a request it had chosen an expert
+        for (x-ir3de-expert, as on the expert's own answers): which one failed, or would
+        not take it."""
+        return {"x-ir3de-expert": _header_name(expert)}
 
     async def _counted(request: Request, path: str, chat: bool) -> Any:
         """:func:`_proxy`, counted, with what its access-log line (see _AccessLog) says of
@@ -2018,15 +2188,14 @@ def create_app(config: Any) -> Any:
             response = await _proxy(request, path, chat, info)
         finally:
             metrics.in_flight.dec()
-        own = "x-ir3de-expert" not in response.headers  # not an upstream's answer
+        # The gateway's own answers are OpenAI's error JSON (_error, _client_gone); an
+        # upstream's is relayed as a Response or a _Relay (x-ir3de-expert is on both kinds).
+        own = isinstance(response, JSONResponse)
         if own and response.status_code < 500:  # (5xx: counted under the expert)
             metrics.requests.labels("(gateway)", str(response.status_code)).inc()
         line = {**info, "status": response.status_code}
         if own:
-            try:  # (every answer of its own is _error's JSON)
-                line["error"] = json.loads(response.body)["error"]["message"]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                line["error"] = None
+            line["error"] = json.loads(response.body)["error"]["message"]
         request.scope[_ACCESS].update(line)
         return response
 
@@ -2159,7 +2328,7 @@ def create_app(config: Any) -> Any:
         if files:
             return _error(400, f"send {', '.join(map(repr, files))} as text fields, not files")
         assert name is None or isinstance(name, str)  # a file as 'name' was refused above
-        if name:
+        if name is not None:  # (sent empty it is refused: `-F name=$UNSET` names no expert)
             try:
                 _check_expert_name(name, config.name)
             except _Err as exc:
@@ -2359,13 +2528,17 @@ def _bind(host: str, port: int) -> list[Any]:
 def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> int:
     """Run the gateway until it is stopped: what ``ir3de serve`` does. The access log goes
-    to stderr (one JSON line per request), the app is built (config, state and router
-    errors are IR3DEErrors), the port bound (one in use is an IR3DEError too, with no
-    server started), then uvicorn serves the app on it."""
+    to stderr (one JSON line per request, at ``log_level`` info or debug), the app is built
+    (config, state and router errors are IR3DEErrors), the port bound (one in use is an
+    IR3DEError too, with no server started), then uvicorn serves the app on it."""
     try:
         import uvicorn
     except ImportError:
         raise IR3DEError("the gateway needs its extra: pip install 'ir3de[serve]'") from None
+    level = logging.getLevelName(log_level.upper())  # (uvicorn's "trace" included)
+    if not isinstance(level, int):
+        raise IR3DEError(f"unknown log level {log_level!r}; choose one of critical, error, "
+                         "warning, info, debug")
     config = load_config(config_path)
     # before the app: the warnings of loading the state (see _reconcile) go there too
     if not any(getattr(h, "_ir3de", False) for h in log.handlers):
@@ -2373,7 +2546,9 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         handler._ir3de = True  # type: ignore[attr-defined]
         log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    # The access lines and admin events are INFO, cooldowns and state warnings WARNING:
+    # --log-level warning keeps the latter, error and critical silence both.
+    log.setLevel(level)
     app = create_app(config)
     sockets = _bind(host, port)
 

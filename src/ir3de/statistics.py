@@ -580,20 +580,26 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
     return PairCounts(keys, counts)
 
 
-def validate_domain_name(name: object, where: str = "<memory>") -> None:
-    """Domain/expert names are non-empty strings without surrounding whitespace or control
-    characters (a newline or tab in a name would break every line- and tab-separated
-    listing of experts, and HTTP headers naming them)."""
+def domain_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a domain or an expert, or None. A name is a non-empty string
+    without surrounding whitespace (a client sending it as its ``model`` would have to match
+    it exactly) or control characters (a newline or tab would break every line- and
+    tab-separated listing of experts, log lines and HTTP headers naming them, and routes:
+    ``DELETE /admin/experts/a%0Ab`` finds nothing)."""
     if not isinstance(name, str):
-        raise ExpertError(f"{where}: invalid domain name {name!r}: names are strings, "
-                          f"got {type(name).__name__}")
+        return f"must be a string, not {type(name).__name__}"
     if not name.strip() or name != name.strip():
-        raise ExpertError(f"{where}: invalid domain name {name!r}: empty or with "
-                          f"surrounding whitespace")
+        return "must be non-empty, without surrounding whitespace"
     control = next((c for c in name if unicodedata.category(c) in _CONTROL), None)
-    if control is not None:
-        raise ExpertError(f"{where}: invalid domain name {name!r}: holds the control "
-                          f"character {control!r}")
+    return None if control is None else f"holds a control character (U+{ord(control):04X})"
+
+
+def validate_domain_name(name: object, where: str = "<memory>") -> None:
+    """Raise :class:`ExpertError` naming ``where`` unless ``name`` can name a domain
+    (:func:`domain_name_problem`)."""
+    problem = domain_name_problem(name)
+    if problem is not None:
+        raise ExpertError(f"{where}: invalid domain name {name!r}: it {problem}")
 
 
 def check_same_embedder(items: Iterable[DomainStats]) -> None:

@@ -20,7 +20,8 @@ true}`` ends a stream with a usage chunk, as OpenAI does. ``"headers": {...}`` a
 headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
 (``content-encoding: gzip``, one flush per chunk); ``"half_event": true`` makes ``die_after``
 send the first half of the next event before it drops the connection.
-``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0).
+``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0);
+``UPSTREAM_TLS_CERT`` and ``UPSTREAM_TLS_KEY`` (PEM files) serve HTTPS with that certificate.
 ``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
 before anything else (a server that accepts requests but answers none in time, whatever
 they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /control`` says
@@ -189,4 +190,6 @@ app = Starlette(routes=[Route("/v1/chat/completions", completion, methods=["POST
                         Route("/control", control, methods=["GET", "POST"])])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+                ssl_certfile=os.environ.get("UPSTREAM_TLS_CERT"),
+                ssl_keyfile=os.environ.get("UPSTREAM_TLS_KEY"))
