@@ -241,7 +241,13 @@ def test_custom_errors_name_the_line_and_ids_count_records(tmp_path: Path) -> No
     assert split.test_ids and set(split.test_ids) <= {f"mine-{n}" for n in range(1, 9)}
     data.write_text("\n\n" + "\n".join([*lines, json.dumps({"text": "x", "domain": ""})]),
                     encoding="utf-8")
-    with pytest.raises(IR3DEError, match=r"mine.jsonl:11: 'domain' must be a non-empty string"):
+    with pytest.raises(IR3DEError, match=r"mine\.jsonl:11: 'domain' \"\" must be non-empty"):
+        custom_setting(data)
+    # a line break would break the report's tables and every listing of experts
+    data.write_text("\n".join([*lines, json.dumps({"text": "x", "domain": "cod\ning"})]),
+                    encoding="utf-8")
+    with pytest.raises(IR3DEError, match=r"mine\.jsonl:9: 'domain' \"cod\\ning\" holds a "
+                                         r"control character \(U\+000A\)"):
         custom_setting(data)
 
 

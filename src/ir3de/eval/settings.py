@@ -30,6 +30,7 @@ letters, digits, ``.``, ``_`` and ``-`` (:func:`check_setting_name`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from ..data import (
     seeded_split,
 )
 from ..errors import EmptyInputError, IR3DEError, listed, shown_path
+from ..statistics import domain_name_problem
 
 __all__ = ["SETTINGS", "Setting", "Split", "check_setting_name", "custom_setting",
            "load_setting", "refuse_identical_fit", "repeat_setting"]
@@ -341,8 +343,9 @@ def _labelled_records(path: Path, role: str = "data"
 
         def check_domain(record: dict, here: str, file: Path = file) -> None:
             domain = record.get("domain", file.stem)
-            if not isinstance(domain, str) or not domain:
-                raise IR3DEError(f"{here}: 'domain' must be a non-empty string")
+            problem = domain_name_problem(domain)
+            if problem is not None:  # (here, naming the line, not when it is fitted)
+                raise IR3DEError(f"{here}: 'domain' {json.dumps(domain)} {problem}")
 
         # records without an id are <file stem>-<n> (documented); errors name lines
         records = read_records(file, first_seen, default_id=file.stem, check=check_domain)
