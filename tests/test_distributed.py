@@ -145,6 +145,11 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
         port = sock.getsockname()[1]
     refused(f"cannot reach the Ray cluster at 127.0.0.1:{port} ", a,
             address=f"127.0.0.1:{port}")
+    # ray.init joins $RAY_ADDRESS without an address: a stale one hung the run
+    with monkeypatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        refused(rf"cannot reach the Ray cluster at 127\.0\.0\.1:{port} \(from \$RAY_ADDRESS\) ",
+                a, workers=1)
 
     def no_cluster(**kwargs: object) -> None:
         raise ConnectionError("Could not find any running Ray instance.")

@@ -221,10 +221,11 @@ def _file_format(name: str, fmt: CorpusFormat | None) -> CorpusFormat:
                          f"({', '.join(FORMATS)})") from None
 
 
-def _check_reachable(address: str | None) -> None:
+def _check_reachable(address: str | None, origin: str = "") -> None:
     """Fail fast when ``address`` is ``[ray://]host:port`` and nothing there speaks Ray's
     protocol: ``ray.init`` would retry for ever against a closed port, and as long against
-    a server of another kind (a mistyped port, the dashboard's HTTP)."""
+    a server of another kind (a mistyped port, the dashboard's HTTP). ``origin`` says where
+    the address came from, for the messages (``" (from $RAY_ADDRESS)"``)."""
     scheme, _, hostport = address.rpartition("://") if address else ("", "", "")
     if scheme not in ("", "ray") or hostport in ("", "auto", "local"):
         return  # (ray.init refuses other schemes itself, at once)
@@ -235,7 +236,7 @@ def _check_reachable(address: str | None) -> None:
         sock = socket.create_connection((host.strip("[]") or "localhost", int(port)),
                                         timeout=_PROBE_SECONDS)
     except OSError as exc:
-        raise IR3DEError(f"cannot reach the Ray cluster at {hostport} "
+        raise IR3DEError(f"cannot reach the Ray cluster at {hostport}{origin} "
                          f"({exc.strerror or exc})") from None
     # Ray's GCS and its Ray Client server both speak gRPC, which is HTTP/2; with TLS on
     # (Ray's own switch) the first bytes would be a TLS handshake, which this probe does
@@ -245,9 +246,9 @@ def _check_reachable(address: str | None) -> None:
             return
         if not _answers_http2(sock):
             raise IR3DEError(
-                f"cannot join the Ray cluster at {hostport}: what listens there does not "
-                "speak Ray's protocol (gRPC); give the head node's GCS address (port 6379 "
-                "by default) or ray://host:10001 for Ray Client")
+                f"cannot join the Ray cluster at {hostport}{origin}: what listens there does "
+                "not speak Ray's protocol (gRPC); give the head node's GCS address (port "
+                "6379 by default) or ray://host:10001 for Ray Client")
 
 
 def _answers_http2(sock: socket.socket) -> bool:
@@ -430,20 +431,24 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
     with _quiet_ray(not progress):
         started = not ray.is_initialized()
         if started:
-            _check_reachable(address)
+            # Without an address ray.init joins $RAY_ADDRESS: probed as well (a stale one
+            # hung the run), and no worker count is passed to a cluster that exists.
+            target = address or os.environ.get("RAY_ADDRESS") or None
+            origin = " (from $RAY_ADDRESS)" if target is not None and address is None else ""
+            _check_reachable(target, origin)
             try:
-                ray.init(address=address, num_cpus=workers if address is None else None,
-                         include_dashboard=False, log_to_driver=False,
+                ray.init(address=address, num_cpus=workers if target in (None, "local")
+                         else None, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
             except ConnectionError as exc:
-                at = f" at {address}" if address else ""
+                at = f" at {target}{origin}" if target else ""
                 raise IR3DEError(f"cannot reach the Ray cluster{at} ({exc})") from None
             except (ValueError, RuntimeError) as exc:
                 # What ray.init raises for an address it cannot use (the one given, or
                 # else $RAY_ADDRESS): a malformed or HTTP address, or ray:// without the
                 # ray[client] package (ValueError); a scheme naming no Ray client module
                 # (RuntimeError). Its text may span lines.
-                what = f"join the Ray cluster at {address}" if address else "start Ray"
+                what = f"join the Ray cluster at {target}{origin}" if target else "start Ray"
                 raise IR3DEError(f"cannot {what} ({' '.join(str(exc).split())})") from None
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
