@@ -403,13 +403,9 @@ def test_eval_on_user_data(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--test", "t.jsonl"], "--test needs --fit"),
     (["--data", "no/such/folder"], "no such data folder"),
     (["--embedder", "nope"], "unknown embedder 'nope'"),
     (["--fit", "no/such.jsonl"], "no/such.jsonl: no such file or folder"),
-    # no baseline reads it: the GPU asked for would have gone unused without a word
-    (["--device", "cuda"], "--device is read only by the knn and modem baselines, and "
-                           "neither runs"),
 ])
 def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
     pytest.importorskip("sklearn")
@@ -519,6 +515,38 @@ def test_eval_refuses_files_it_did_not_write_without_force(
     assert run(capsys, *argv)[0] == 0
 
 
+def test_eval_prints_the_best_router_of_the_reports_summary(user_data: Path, tmp_path: Path,
+                                                            capsys, monkeypatch) -> None:
+    """The line after each setting named the best of the whole selector grid, a pick on the
+    test prompts that the report's summary (preset routers and baselines) does not show."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import ir3de.eval
+
+    evaluate = ir3de.eval.evaluate
+
+    def rigged(*args: object, **kwargs: object) -> dict:
+        result = evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        grid = "IR3DE topk k=2 [wordllama, default]"
+        assert grid in {r["name"] for r in result["routers"]}
+        for r in result["routers"]:  # a grid router ahead of the preset, the preset ahead
+            r["balanced"] = 0.99 if r["name"] == grid else 0.9 if r.get("is_preset") else 0.5
+        return result
+
+    monkeypatch.setattr("ir3de.eval.evaluate", rigged)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--embedder", "wordllama",
+                       "--baselines", "random", "--presets", "default", "--resamples", "0",
+                       "--no-plots", "--out", out)
+    assert code == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("custom: ")]
+    preset = "IR3DE geo [wordllama, default]"
+    assert line.endswith(f"; best balanced accuracy of the preset routers and baselines 90.0% "
+                         f"({preset})"), line
+    summary = (out / "report.md").read_text().split("## Summary")[1].split("\n## ")[0]
+    assert f"| {preset} | **90.0** |" in summary and "k=2" not in summary
+
+
 def test_eval_empty_test_file_exits_1(user_data: Path, tmp_path: Path, capsys, no_run) -> None:
     """It used to end in a ZeroDivisionError traceback after the fit."""
     empty = tmp_path / "empty.jsonl"
@@ -572,6 +600,35 @@ def test_eval_warns_on_stderr_about_dropped_and_few_test_prompts(user_data: Path
     assert "; dropped (text also a fit prompt) math 1\n" in report
     assert "> **1 test prompt left out**" in report
     assert "> **Too few test prompts to judge by**: math 1, coding 1 (fewer than 20)" in report
+
+
+def test_eval_plots_name_domains_their_font_cannot_draw_with_one_warning(
+        tmp_path: Path) -> None:
+    """Chinese domain names were all drawn as the same boxes in DejaVu Sans, and -q let
+    through one matplotlib "Glyph ... missing from font(s)" warning per character and plot."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    for name, texts in (("数学", MATH), ("程序", CODE), ("指令", LAW)):  # 21 test prompts each
+        (folder / f"{name}.jsonl").write_text("".join(
+            json.dumps({"text": f"{texts[i % len(texts)]} #{i}"}) + "\n" for i in range(70)))
+    rc = tmp_path / "matplotlibrc"  # matplotlib's default font, whatever is configured here
+    rc.write_text("font.family: DejaVu Sans\n")
+    out = tmp_path / "out"
+    done = subprocess.run([exe, "eval", "--fit", str(folder), "--embedder", "wordllama",
+                           "--baselines", "random", "--presets", "default", "--resamples", "0",
+                           "-q", "--out", str(out)], capture_output=True, encoding="utf-8",
+                          env={**os.environ, "MATPLOTLIBRC": str(rc),
+                               "PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "ir3de: warning: the plot font (DejaVu Sans) has no glyph for some characters of 指令, "
+        "数学, 程序: the plots show each such character as its code point (指 as U+6307); name "
+        "a font that has them in matplotlib's font.family to see them drawn",
+        f"{out / 'report.md'}: report written (results.json and PNG plots beside it)"]
+    assert (out / "confusion_custom.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("option", ["--fit", "--test"])
@@ -1479,20 +1536,45 @@ def test_eval_checks_every_plot_path_before_the_run(force: bool, user_data: Path
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--score-kind", "perplexity"], "--score-kind is read only with --scores, which is not "
-                                     "given"),
-    (["--resamples", "0", "--level", "0.9"], "--level is read only for the bootstrap "
-                                             "intervals, and --resamples 0 turns them off"),
-    (["--data", "somewhere"], "--data is read only by the built-in settings, and --fit "
-                              "replaces them"),
+    (["--fit", "FIT", "--score-kind", "perplexity"], "--score-kind is read only with --scores, "
+                                                     "which is not given"),
+    (["--fit", "FIT", "--resamples", "0", "--level", "0.9"],
+     "--level is read only for the bootstrap intervals, and --resamples 0 turns them off"),
+    (["--fit", "FIT", "--data", "somewhere"], "--data is read only by the built-in settings, "
+                                              "and --fit replaces them"),
+    (["--test", "t.jsonl"], "--test needs --fit (the fit data of your own setting)"),
+    # no baseline named reads it: the GPU asked for would have gone unused without a word
+    (["--fit", "FIT", "--baselines", "random", "--device", "cuda"],
+     "--device is read only by the knn and modem baselines, and neither runs"),
+    (["--baselines", "--device", "cpu"], "--device is read only by the knn and modem "
+                                         "baselines, and neither runs"),
 ])
-def test_eval_options_that_would_do_nothing_are_refused(extra: list[str], message: str,
-                                                        user_data: Path, tmp_path: Path,
-                                                        capsys, no_run) -> None:
-    """They were accepted without a word, while --device without knn was refused."""
-    code, _, err = run(capsys, "eval", "--fit", user_data, "--baselines", *extra, "--out",
-                       tmp_path / "out")
-    assert (code, err) == (1, f"ir3de: error: {message}\n")
+def test_eval_option_conflicts_are_usage_errors(extra: list[str], message: str,
+                                                user_data: Path, tmp_path: Path,
+                                                capsys, no_run) -> None:
+    """Options this run would not read were accepted without a word; refused, they exited 1
+    ("ir3de: error"), while --setting with --fit, refused by argparse, exited 2."""
+    argv = [str(user_data) if a == "FIT" else a for a in extra]
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: ir3de eval ") and \
+        err.endswith(f"\nir3de eval: error: {message}\n"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_device_without_an_installed_torch_baseline_exits_1(user_data: Path,
+                                                                 tmp_path: Path, capsys,
+                                                                 no_run, monkeypatch) -> None:
+    """The default baselines' knn may not be installed: not a usage error, found before
+    the run all the same."""
+    monkeypatch.setattr("ir3de.baselines.available_baselines",
+                        lambda: {"random": "", "knn": "no minilm", "tfidf": "", "modem": ""})
+    code, _, err = run(capsys, "eval", "--fit", user_data, "--embedder", "wordllama",
+                       "--device", "cpu", "--out", tmp_path / "out")
+    assert (code, err) == (1, "ir3de: skipping baseline 'knn': no minilm\nir3de: error: "
+                              "--device is read only by the knn and modem baselines, and "
+                              "neither runs\n")
     assert not (tmp_path / "out").exists()
 
 

@@ -183,13 +183,28 @@ def test_dropped_and_too_few_test_prompts_are_warned_about_before_the_run(
                           resamples=0, progress=False)
     expected = ["setting 'tiny': 2 test prompts left out because the same text is also a fit "
                 "prompt (a 2)",
-                "setting 'tiny': fewer than 20 test prompts in a (1), c (0); their accuracies "
-                "and the bootstrap intervals are not meaningful (a domain with 0 is never "
-                "tested and not in the balanced mean)"]
+                "setting 'tiny': fewer than 20 test prompts in a (1); their accuracies and the "
+                "bootstrap intervals are not meaningful",
+                "setting 'tiny': no test prompts in c; it is routed to but never tested, and "
+                "not in the balanced mean"]
     assert caplog.messages == [f"ir3de: warning: {w}" for w in expected]
-    assert [r.name for r in caplog.records] == ["ir3de.eval.harness"] * 2
+    assert [r.name for r in caplog.records] == ["ir3de.eval.harness"] * 3
     assert result["warnings"] == expected
     assert result["test_prompts"] == {"a": 1, "b": 25, "c": 0}
+
+
+def test_an_untested_domain_is_not_warned_about_as_too_few_test_prompts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A domain without test prompts made "fewer than 20 test prompts in c (0); ... not
+    meaningful" of domains tested on plenty."""
+    setting = Setting("untested", "three domains", ["a", "b", "c"],
+                      [_three_domain_split("all", {"a": 20, "b": 25}, {})])
+    with caplog.at_level("WARNING", logger="ir3de.eval"):
+        result = evaluate(setting, embedders=[], baselines=make_baselines(["random"]),
+                          resamples=0, progress=False)
+    assert result["warnings"] == ["setting 'untested': no test prompts in c; it is routed to "
+                                  "but never tested, and not in the balanced mean"]
+    assert caplog.messages == [f"ir3de: warning: {result['warnings'][0]}"]
 
 
 def test_test_prompts_are_counted_once_over_splits_and_drops_per_split(

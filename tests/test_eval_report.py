@@ -36,11 +36,11 @@ def result(tmp_path_factory: pytest.TempPathFactory, emb: Embedder) -> dict:
 
 
 def _run(result: dict, out: Path, names: list[str], *, decisions: bool,
-         plots: bool = True) -> Path:
+         plots: bool = True, force: bool = False) -> Path:
     drop = () if decisions else ("decisions",)
     settings = [{**{k: v for k, v in result.items() if k not in drop}, "setting": n}
                 for n in names]
-    return write_report({"meta": META, "settings": settings}, out, plots=plots)
+    return write_report({"meta": META, "settings": settings}, out, plots=plots, force=force)
 
 
 def _plots(*names: str) -> set[str]:
@@ -107,6 +107,24 @@ def test_a_users_decisions_jsonl_is_kept_without_a_list(result: dict, tmp_path: 
     (tmp_path / "decisions.jsonl").write_text('{"mine": 1}\n')
     _run(result, tmp_path, ["alpha"], decisions=False)
     assert (tmp_path / "decisions.jsonl").read_text() == '{"mine": 1}\n'
+
+
+@pytest.mark.parametrize("name", ["report.md", "results.json", "confusion_alpha.png"])
+def test_write_report_replaces_a_file_no_evaluation_wrote_only_when_forced(
+        name: str, result: dict, tmp_path: Path) -> None:
+    """write_report silently replaced a user's report.md, which ir3de eval refuses
+    without --force."""
+    (tmp_path / name).write_text("mine")
+    with pytest.raises(IR3DEError) as exc:
+        _run(result, tmp_path, ["alpha"], decisions=False)
+    assert str(exc.value) == (f"{tmp_path} holds {name}, not written by an ir3de evaluation; "
+                              "pass force=True to replace them, or write elsewhere")
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # found before anything was written
+    assert (tmp_path / name).read_text() == "mine"
+    _run(result, tmp_path, ["alpha"], decisions=False, force=True)
+    assert (tmp_path / name).read_bytes() != b"mine"
+    # Now the evaluation's own: replaced without force, as ir3de eval replaces its own.
+    _run(result, tmp_path, ["alpha"], decisions=False)
 
 
 def test_a_failed_run_keeps_the_previous_outputs(result: dict, tmp_path: Path,
@@ -191,7 +209,7 @@ def test_confusion_figure_text_does_not_overlap(result: dict, panels: int,
     baseline = next(r for r in result["routers"] if r["family"] == "random")
     shown = [r for r in result["routers"] if r["family"] == "ir3de" and r["is_preset"]]
     extra = [{**baseline, "name": f"baseline {i}"} for i in range(panels - len(shown))]
-    fig = plots._confusions({**result, "routers": shown + extra})
+    fig = plots._confusions({**result, "routers": shown + extra}, plots._Readable())
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.has_data()]
@@ -217,6 +235,40 @@ def test_plots_print_dollar_signs_in_names(result: dict) -> None:
     assert len(pngs) == 3 and all(png.startswith(b"\x89PNG") for png in pngs.values())
 
 
+def test_names_the_plot_font_lacks_get_one_warning_not_matplotlibs(
+        result: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chinese domain names drew as rows of identical boxes, and matplotlib warned once per
+    character and plot ("Glyph 25968 (...) missing from font(s) DejaVu Sans."), a dozen
+    lines on stderr even with ir3de eval -q."""
+    import warnings
+
+    import matplotlib
+
+    names = dict(zip(result["domains"], ["数学", "程序", "法律", "多语言"], strict=True))
+    routers = [{**r, "per_domain": {names[d]: v for d, v in r["per_domain"].items()}}
+               for r in result["routers"]]
+    renamed = {**result, "domains": list(names.values()), "routers": routers}
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}), \
+            warnings.catch_warnings(record=True) as caught, \
+            caplog.at_level("WARNING", logger="ir3de.eval"):
+        warnings.simplefilter("always")
+        _run(renamed, tmp_path, ["alpha", "beta"], decisions=False)
+        figures = _drawn(renamed, monkeypatch)
+    assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
+    # One line for the whole run, two settings of the same names notwithstanding (and one
+    # more for the figures drawn again here).
+    assert [r.name for r in caplog.records] == ["ir3de.eval.plots"] * 2
+    assert caplog.messages[0] == (
+        "ir3de: warning: the plot font (DejaVu Sans) has no glyph for some characters of 数学, "
+        "程序, 法律, 多语言: the plots show each such character as its code point (数 as "
+        "U+6570); name a font that has them in matplotlib's font.family to see them drawn")
+    for axis in (figures["confusion"].axes[0].xaxis,  # type: ignore[attr-defined]
+                 figures["confusion"].axes[0].yaxis):  # type: ignore[attr-defined]
+        assert _tick_labels(axis) == ["U+6570 U+5B66", "U+7A0B U+5E8F", "U+6CD5 U+5F8B",
+                                      "U+591A U+8BED U+8A00"]
+
+
 def _section(markdown: str, setting: str) -> str:
     return markdown[markdown.index(f"## {setting}\n"):]
 
@@ -237,9 +289,9 @@ def test_report_says_what_was_dropped_and_where_test_prompts_are_too_few(result:
     text = _section(markdown, "odd")
     assert "; test math 3, coding 3, law 0, multilingual 2; dropped (text also a fit prompt) " \
            "math 2, law 5\n" in text
-    assert "> **7 test prompts left out** (\"dropped\" above): the exact text is also a fit " \
-           "prompt" in text
-    assert "> **Too few test prompts to judge by**: math 3, coding 3, law 0, multilingual 2 " \
+    assert "> **7 test prompts left out** (\"dropped\" above): the text (leading and " \
+           "trailing whitespace aside) is also a fit prompt" in text
+    assert "> **Too few test prompts to judge by**: math 3, coding 3, multilingual 2 " \
            "(fewer than 20). Each prompt there is worth at least 33 points" in text
     assert "the balanced accuracy's intervals and the gaps to the best baseline are not " \
            "meaningful" in text
@@ -256,6 +308,25 @@ def test_report_says_what_was_dropped_and_where_test_prompts_are_too_few(result:
     markdown = render_markdown({"meta": META, "settings": [fine]}, {})
     assert "left out" not in markdown and "Too few" not in markdown
     assert "Not tested" not in markdown and "Not meaningful" not in markdown
+
+
+def test_an_untested_domain_is_not_too_few_test_prompts(result: dict) -> None:
+    """A --test without prompts of one fit domain made the report say "Too few test
+    prompts to judge by: law 0" and "Not meaningful" of the whole setting, though every
+    tested domain had 60."""
+    (split,) = result["splits"]
+    name = "IR3DE geo [wordllama, default]"
+    comparison = {"baseline": "TF-IDF+LR", "level": 0.95, "resamples": 100,
+                  "differences": {name: {"difference": 0.0, "low": 0.0, "high": 0.0}}}
+    counts = {**dict.fromkeys(result["domains"], 60), "law": 0}
+    untested = {**result, "comparison": comparison, "test_prompts": counts,
+                "splits": [{**split, "test": counts}]}
+    markdown = render_markdown({"meta": META, "settings": [untested]}, {})
+    assert "> **Not tested: law** (\"-\" in the tables)" in markdown
+    assert "Too few" not in markdown and "Not meaningful" not in markdown
+    # Without the per-domain count (results from before it was kept), the same.
+    del untested["test_prompts"]
+    assert "Too few" not in render_markdown({"meta": META, "settings": [untested]}, {})
 
 
 def _drawn(result: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
@@ -419,10 +490,10 @@ def test_confusion_figure_size_is_capped(monkeypatch: pytest.MonkeyPatch) -> Non
     matplotlib.use("Agg")
     from ir3de.eval import plots
 
-    small = plots._confusions(_many(4))
+    small = plots._confusions(_many(4), plots._Readable())
     assert tuple(small.get_size_inches()) == pytest.approx((3 * 2.8, 2.8))  # as before
     assert len(small.axes[0].get_xticklabels()) == 4
-    big = plots._confusions(_many(120))
+    big = plots._confusions(_many(120), plots._Readable())
     assert tuple(big.get_size_inches()) == pytest.approx((3 * 6.0, 6.0))
     assert not big.axes[0].get_xticklabels() and not big.axes[0].get_yticklabels()
     assert "120 domains in the order of results.json, unlabelled" in big._suptitle.get_text()
@@ -443,15 +514,44 @@ def test_report_says_when_the_confusion_plot_is_unlabelled(result: dict) -> None
 
 def test_confusion_labels_are_cut_with_an_ellipsis_and_stay_distinct() -> None:
     """Labels were cut to 10 characters: two "customer_s", one "instructio"."""
-    from ir3de.eval.plots import _tick_labels
+    from ir3de.eval.plots import _Readable, _tick_labels
 
     domains = ["customer_support_tickets_en", "customer_support_tickets_fr",
                "instruction_following", "math", "a\nb", "a b"]
-    labels = _tick_labels(domains)
+    labels = _tick_labels(domains, _Readable())
     assert labels == ["customer_support…kets_en", "customer_support…kets_fr",
                       "instruction_following", "math", "a b #5", "a b #6"]
     same = ["x" * 30 + "a" + "y" * 10, "x" * 30 + "b" + "y" * 10]
-    assert _tick_labels(same) == ["xxxxxxxxxxxxxxxx…yyyyyyy #1", "xxxxxxxxxxxxxxxx…yyyyyyy #2"]
+    assert _tick_labels(same, _Readable()) == ["xxxxxxxxxxxxxxxx…yyyyyyy #1",
+                                               "xxxxxxxxxxxxxxxx…yyyyyyy #2"]
+
+
+def test_characters_no_plot_font_has_are_shown_as_code_points() -> None:
+    """DejaVu Sans, matplotlib's default, has no Chinese: every such character was drawn as
+    the same box, so 数学 and 程序 looked alike."""
+    import matplotlib
+
+    from ir3de.eval.plots import _Readable, _tick_labels
+
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}):
+        readable = _Readable()
+        assert readable("数学") == "U+6570 U+5B66"
+        assert readable("x数 y\tz") == "x U+6570 y\tz"  # whitespace is never looked up
+        assert readable("Ⓐ") == "U+24B6"  # a character of STIXGeneral, not of DejaVu Sans
+        assert readable("Право, é, math") == "Право, é, math"  # what the font has, as it is
+        assert list(readable.changed) == ["数学", "x数 y\tz", "Ⓐ"]
+        # A long name is cut between code points, never within one.
+        assert _tick_labels(["指令跟随任务", "指令遵循任务", "数学"], readable) == [
+            "U+6307 U+4EE4 … U+52A1 #1", "U+6307 U+4EE4 … U+52A1 #2", "U+6570 U+5B66"]
+    # A glyph missing from the first font of font.family is taken from the next, as
+    # matplotlib draws it; a family that is not installed is skipped, as matplotlib does.
+    with matplotlib.rc_context({"font.family": ["no such font", "DejaVu Sans", "STIXGeneral"]}):
+        readable = _Readable()
+        assert readable("Ⓐ数") == "Ⓐ U+6570" and list(readable.changed) == ["Ⓐ数"]
+        assert readable.warning() == (
+            "the plot font (DejaVu Sans, STIXGeneral) has no glyph for some characters of Ⓐ数: "
+            "the plots show each such character as its code point (数 as U+6570); name a font "
+            "that has them in matplotlib's font.family to see them drawn")
 
 
 def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:

@@ -222,13 +222,35 @@ def test_test_prompts_that_are_fit_prompts_are_counted(tmp_path: Path) -> None:
     _write(same, _two_domains())
     with pytest.raises(IR3DEError, match=r"setting 'custom', split 'all': domain 'math' has no "
                                          r"test prompts: all 4 are also fit prompts \(the same "
-                                         r"text\) and were dropped"):
+                                         r"text, leading and trailing whitespace aside\) and "
+                                         r"were dropped"):
         custom_setting(fit, same)
     partial = tmp_path / "partial.jsonl"
     _write(partial, [*_two_domains(2), {"text": "sum 9", "domain": "math"},
                      {"text": "def 9", "domain": "code"}])
     (split,) = custom_setting(fit, partial).splits
     assert split.dropped == {"math": 2, "code": 2} and split.test_texts == ["sum 9", "def 9"]
+
+
+def test_test_prompts_that_are_fit_prompts_but_for_surrounding_whitespace_are_dropped(
+        tmp_path: Path) -> None:
+    """A fit prompt plus a trailing "\n" was tested as a new prompt: a leak."""
+    fit = tmp_path / "fit.jsonl"
+    _write(fit, _two_domains())
+    test = tmp_path / "test.jsonl"
+    _write(test, [{"text": "sum 0\n", "domain": "math"}, {"text": "  sum 1\t", "domain": "math"},
+                  {"text": "sum  2", "domain": "math"}, {"text": "\ndef 3", "domain": "code"},
+                  {"text": "def 9", "domain": "code"}])
+    (split,) = custom_setting(fit, test).splits
+    # Whitespace inside a text still makes another prompt.
+    assert split.dropped == {"math": 2, "code": 1} and split.test_texts == ["sum  2", "def 9"]
+    # A fit prompt with surrounding whitespace hides a plain test prompt as well.
+    _write(fit, [{"text": f" {r['text']}\n", "domain": r["domain"]} for r in _two_domains()])
+    test.write_text(json.dumps({"text": "sum 0", "domain": "math"}) + "\n"
+                    + json.dumps({"text": "def 9", "domain": "code"}) + "\n")
+    with pytest.raises(IR3DEError, match="domain 'math' has no test prompts: all 1 are also "
+                                         "fit prompts"):
+        custom_setting(fit, test)
 
 
 def test_custom_errors_name_the_line_and_ids_count_records(tmp_path: Path) -> None:

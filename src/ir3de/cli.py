@@ -86,8 +86,19 @@ class _Parser(argparse.ArgumentParser):
     """
 
     _intermixing = False
+    # A check of the parsed options taken together (``eval``: _eval_option_conflict),
+    # whose complaint is a usage error like argparse's own (usage line, exit 2).
+    conflicts: Callable[[argparse.Namespace], str | None] | None = None
 
     def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = self._parse_known(args, namespace)
+        if self.conflicts is not None and not self._intermixing:  # (not a partial parse)
+            problem = self.conflicts(parsed)
+            if problem is not None:
+                self.error(problem)
+        return parsed, extras
+
+    def _parse_known(self, args, namespace):
         if self._intermixing or not self._intermixable():
             return super().parse_known_args(args, namespace)
         args = sys.argv[1:] if args is None else list(args)
@@ -1099,6 +1110,9 @@ def _eval_baselines(names: Sequence[str], explicit: bool) -> list[str]:
     return usable
 
 
+_DEVICE_UNREAD = "--device is read only by the knn and modem baselines, and neither runs"
+
+
 def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
     """The resolved torch device of the MiniLM-based baselines (None when none runs), found
     before the run so a missing GPU is reported at once."""
@@ -1106,9 +1120,8 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 
     torch_based = [b for b in baselines if b in ("knn", "modem")]
     if not torch_based:
-        if device is not None:
-            raise IR3DEError("--device is read only by the knn and modem baselines, and "
-                             "neither runs")
+        if device is not None:  # the default baselines' knn is not installed
+            raise IR3DEError(_DEVICE_UNREAD)
         return None
     return resolve_device(device or "auto")
 
@@ -1135,14 +1148,12 @@ def _check_eval_out(out: Path, force: bool, writes: Sequence[str]) -> None:
     outputs that no previous evaluation wrote, unless ``force``: a previous evaluation's
     outputs are replaced, as ``demo`` replaces its router. That evaluation's results.json
     and report.md are its own, another name only if it lists it or if it stopped while
-    moving that file in (:func:`ir3de.eval.report.previous_outputs`)."""
-    from .eval.report import check_outputs, previous_outputs
+    moving that file in (:func:`ir3de.eval.report.foreign_outputs`, the rule
+    :func:`ir3de.eval.write_report` applies too)."""
+    from .eval.report import check_outputs, foreign_outputs
 
     check_outputs(out, writes)
-    if force or not out.is_dir():
-        return
-    own = previous_outputs(out)
-    foreign = [name for name in writes if (out / name).exists() and name not in own]
+    foreign = [] if force else foreign_outputs(out, writes)
     if foreign:
         raise IR3DEError(f"{out} holds {listed(foreign)}, not written by ir3de "
                          "eval; pass --force to replace them, or choose another --out")
@@ -1161,19 +1172,25 @@ def _refuse_non_utf8(argv: Sequence[str]) -> None:
                              ) from None
 
 
-def _refuse_idle_eval_options(args: argparse.Namespace) -> None:
-    """Refuse an option that this run would not read, as ``--device`` without a baseline
-    that reads it is refused: it was accepted without a word and changed nothing."""
+def _eval_option_conflict(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of ``ir3de eval``'s options, if anything: an
+    option this run would not read (it was accepted without a word and changed nothing),
+    or one that needs another. Usage errors, as argparse's own ``--setting`` with
+    ``--fit`` is: the command line alone decides them."""
     if args.test and not args.fit:
-        raise IR3DEError("--test needs --fit (the fit data of your own setting)")
+        return "--test needs --fit (the fit data of your own setting)"
     if args.data is not None and args.fit:
-        raise IR3DEError("--data is read only by the built-in settings, and --fit replaces "
-                         "them")
+        return "--data is read only by the built-in settings, and --fit replaces them"
     if args.score_kind is not None and not args.scores:
-        raise IR3DEError("--score-kind is read only with --scores, which is not given")
+        return "--score-kind is read only with --scores, which is not given"
     if args.level is not None and args.resamples == 0:
-        raise IR3DEError("--level is read only for the bootstrap intervals, and --resamples "
-                         "0 turns them off")
+        return "--level is read only for the bootstrap intervals, and --resamples 0 turns them off"
+    # With the default baselines, whether knn runs depends on what is installed, which
+    # _eval_device finds out; named baselines without knn or modem decide it here.
+    if args.device is not None and args.baselines is not None \
+            and not {"knn", "modem"} & set(args.baselines):
+        return _DEVICE_UNREAD
+    return None
 
 
 def _check_score_rows(path: str, experts: set[str]) -> None:
@@ -1231,7 +1248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
     from .eval.metrics import ScoreKind
-    from .eval.report import machine, output_names
+    from .eval.report import machine, output_names, summary_routers
 
     try:
         import matplotlib  # noqa: F401
@@ -1241,7 +1258,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "pip install 'ir3de[eval]'") from None
     argv = [str(a) for a in (sys.argv[1:] if args.argv is None else args.argv)]
     _refuse_non_utf8(argv)
-    _refuse_idle_eval_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole run
         raise IR3DEError(f"--out {out} is not a directory")
@@ -1308,10 +1324,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     keep_decisions=args.decisions,
                                     progress=_show_progress(args.quiet)))
             if not args.quiet:
-                best = max(results[-1]["routers"], key=lambda r: r["balanced"])
+                # Among the routers of the report's summary: the best of the whole selector
+                # grid would be a pick on the test prompts (and disagreed with the report).
+                best = max(summary_routers(results[-1]), key=lambda r: r["balanced"])
                 print(f"{setting.name}: {len(results[-1]['routers'])} routers in "
-                      f"{time.perf_counter() - start:.0f} s; best balanced accuracy "
-                      f"{100 * best['balanced']:.1f}% ({best['name']})", file=sys.stderr)
+                      f"{time.perf_counter() - start:.0f} s; best balanced accuracy of the "
+                      f"preset routers and baselines {100 * best['balanced']:.1f}% "
+                      f"({best['name']})", file=sys.stderr)
         # Quoted as a shell takes it: the report's command can be pasted to run again.
         meta = {"command": "ir3de " + shlex.join(argv),
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -1325,7 +1344,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "embedders": [e.name for e in embedders], "presets": presets,
                 "baselines": baselines}
         report = write_report({"meta": meta, "settings": results}, args.out,
-                              plots=not args.no_plots)
+                              plots=not args.no_plots, force=args.force)
     except BaseException:
         _remove_empty(created)  # a failed or interrupted run leaves no empty --out behind
         raise
@@ -1636,6 +1655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (drawn only when stderr is a terminal)")
     p.set_defaults(func=cmd_eval, argv=None)
+    p.conflicts = _eval_option_conflict
 
     p = sub.add_parser(
         "serve", formatter_class=fmt, help="OpenAI-compatible routing gateway",

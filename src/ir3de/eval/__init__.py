@@ -15,7 +15,9 @@ The command line front end is ``ir3de eval``; in Python::
     write_report({"meta": {"command": "my_script.py"}, "settings": [result]}, "results/")
 
 Every ``meta`` key is optional (``write_report`` lists them; ``date`` and ``machine``
-default to now and this machine); the results are checked before anything is written.
+default to now and this machine); the results are checked before anything is written, and
+a ``report.md`` (or another output) in the folder that no evaluation wrote is refused unless
+``write_report(..., force=True)``, as ``ir3de eval`` refuses it without ``--force``.
 
 Metrics need scikit-learn and plots matplotlib: ``pip install 'ir3de[eval]'``.
 """

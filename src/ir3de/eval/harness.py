@@ -233,10 +233,11 @@ def test_prompt_counts(setting: Setting) -> dict[str, int]:
 
 def data_warnings(setting: Setting) -> list[str]:
     """One-line warnings about ``setting``'s test data, also shown in the report: test
-    prompts left out because their exact text is also a fit prompt, and domains with fewer
-    than :data:`MIN_TEST_PROMPTS` test prompts, whose figures and intervals mean little.
-    Each lists at most five domains (per split), then how many more; the report lists
-    them all."""
+    prompts left out because their text (leading and trailing whitespace aside) is also a
+    fit prompt, domains with some but fewer than :data:`MIN_TEST_PROMPTS` test prompts,
+    whose figures and intervals mean little, and domains with none, which are routed to
+    but never tested. Each lists at most five domains (per split), then how many more; the
+    report lists them all."""
     out = []
     dropped = [(s.name, {d: n for d, n in s.dropped.items() if n}) for s in setting.splits]
     total = sum(n for _, per in dropped for n in per.values())
@@ -246,14 +247,19 @@ def data_warnings(setting: Setting) -> list[str]:
                           for name, per in dropped if per)
         out.append(f"setting {setting.name!r}: {total} test prompt{'s' * (total != 1)} left "
                    f"out because the same text is also a fit prompt ({parts})")
-    few = {d: n for d, n in test_prompt_counts(setting).items() if n < MIN_TEST_PROMPTS}
+    counts = test_prompt_counts(setting)
+    # A domain without test prompts has no figure to doubt (and does not make the tested
+    # domains' figures less meaningful): it is said to be untested, not to have too few.
+    few = {d: n for d, n in counts.items() if 0 < n < MIN_TEST_PROMPTS}
     if few:
-        untested = " (a domain with 0 is never tested and not in the balanced mean)" \
-            if 0 in few.values() else ""
         out.append(f"setting {setting.name!r}: fewer than {MIN_TEST_PROMPTS} test prompts in "
                    + listed([f"{d} ({n})" for d, n in few.items()])
-                   + "; their accuracies and the bootstrap intervals are not "
-                   f"meaningful{untested}")
+                   + "; their accuracies and the bootstrap intervals are not meaningful")
+    untested = [d for d, n in counts.items() if n == 0]
+    if untested:
+        out.append(f"setting {setting.name!r}: no test prompts in {listed(untested)}; "
+                   f"{'they are' if len(untested) > 1 else 'it is'} routed to but never "
+                   "tested, and not in the balanced mean")
     return out
 
 
@@ -307,7 +313,7 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     contains 0 is within what another draw of test prompts could reverse.
 
     :func:`data_warnings` (test prompts dropped as fit prompts, domains with fewer than
-    :data:`MIN_TEST_PROMPTS` test prompts) are logged as warnings before the run and kept
+    :data:`MIN_TEST_PROMPTS` test prompts or none) are logged as warnings before the run and kept
     under ``"warnings"``; ``"test_prompts"`` counts the distinct test prompts per domain.
 
     With ``keep_decisions``, ``"decisions"`` lists every test prompt of every split

@@ -17,22 +17,31 @@
 
 User text (domain, router and setting names) is drawn as itself: math parsing is off, so a
 ``$`` prints as a dollar, and the log axes use plain-number tick labels (``1``, ``10``,
-``100``), not matplotlib's mathtext ``10^{1}``. Legends sit beside the axes, never on the
-data. :func:`render_plots` returns the PNG files' bytes; the report writes them
+``100``), not matplotlib's mathtext ``10^{1}``. A character that no plot font has (Chinese
+in matplotlib's default DejaVu Sans) is written as its code point instead, ``数学`` as
+``U+6570 U+5B66``: matplotlib would draw every such character as the same box, so that
+``数学`` and ``程序`` could not be told apart; one warning says so, instead of matplotlib's
+own, one per character and figure. Legends sit beside the axes, never on the data.
+:func:`render_plots` returns the PNG files' bytes; the report writes them
 (:func:`ir3de.eval.report.write_report`).
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import listed
+
 if TYPE_CHECKING:  # matplotlib itself is imported where it draws (the eval extra)
     from matplotlib.artist import Artist
+    from matplotlib.ft2font import FT2Font
 
 __all__ = ["MAX_LABELLED_DOMAINS", "plot_names", "render_plots"]
 
@@ -47,6 +56,14 @@ _MAX_PANEL_INCHES = 6.0
 # A tick label longer than this is cut in the middle: "customer_support_en" and
 # "customer_support_fr" differ at the end, "legal_contracts" and "legal_opinions" early on.
 _LABEL_CHARS = 24
+
+# With no logging configured, Python prints a warning on stderr as it is, one line (ir3de
+# eval, even with -q); a program that configures logging gets an "ir3de.eval.plots" record.
+log = logging.getLogger(__name__)
+# matplotlib's warning for a character its fonts lack ("Glyph 25968 (...) missing from
+# font(s) DejaVu Sans.", "... missing from current font." before 3.6): one line per
+# character and figure, silenced in ir3de's plots, whose own warning replaces them.
+_GLYPH_WARNING = r"Glyph \d+ .*missing from"
 
 _FAMILY_COLORS = {"ir3de": "tab:blue", "random": "tab:gray", "knn": "tab:green",
                   "tfidf": "tab:orange", "modem": "tab:red"}
@@ -74,17 +91,81 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _tick_labels(domains: list[str]) -> list[str]:
-    """Axis labels of ``domains``: on one line, a long name cut in the middle with an
-    ellipsis (the first 10 characters left no ellipsis and made ``customer_s`` of two
-    domains), and labels that still coincide given their 1-based place in the domain order
-    (``#2``), so no two domains ever share a label."""
+class _Readable:
+    """User text as the plot fonts can draw it (see the module docs): a character none of
+    them has becomes its code point, ``U+6570``, set off from its neighbours by a space.
+    The fonts are those text is drawn in under the rcParams in force when this is made;
+    the names changed are kept (``changed``) for the one warning about them."""
+
+    def __init__(self) -> None:
+        from matplotlib.font_manager import FontProperties, findfont, get_font
+
+        # As matplotlib (>= 3.6) picks them: the installed font of each family of
+        # font.family, a glyph missing from one taken from the next; the default font
+        # when none is installed.
+        default = FontProperties()
+        paths = []
+        for family in default.get_family():
+            prop = default.copy()
+            prop.set_family(family)
+            try:
+                paths.append(findfont(prop, fallback_to_default=False))
+            except ValueError:  # not installed: matplotlib skips it too
+                continue
+        self.fonts: list[FT2Font] = [get_font(p) for p in paths or [findfont(default)]]
+        self.changed: dict[str, None] = {}  # an ordered set
+
+    def _drawn(self, char: str) -> bool:
+        # get_char_index is 0 for a character the font has no glyph of (FreeType's
+        # FT_Get_Char_Index); whitespace needs none to be seen as a gap.
+        return char.isspace() or any(font.get_char_index(ord(char)) for font in self.fonts)
+
+    def parts(self, text: str) -> list[str]:
+        """``text`` as the pieces it is drawn in: its characters, a code point (``U+6570``)
+        for each the fonts lack, and a space between a code point and a neighbour that is
+        not one; :func:`_tick_labels` cuts a long label between pieces, never within one."""
+        out: list[str] = []
+        was_code = False
+        for char in text:
+            is_code = not self._drawn(char)
+            if out and (is_code or was_code) and not (char.isspace() or out[-1].isspace()):
+                out.append(" ")
+            out.append(f"U+{ord(char):04X}" if is_code else char)
+            was_code = is_code
+        if any(len(part) > 1 for part in out):
+            self.changed[text] = None
+        return out
+
+    def __call__(self, text: str) -> str:
+        return "".join(self.parts(text))
+
+    def warning(self) -> str | None:
+        """The one-line warning about the names shown with code points, if any."""
+        if not self.changed:
+            return None
+        names = [" ".join(name.split()) for name in self.changed]
+        char = next(c for c in "".join(self.changed) if not self._drawn(c))
+        fonts = ", ".join(dict.fromkeys(font.family_name for font in self.fonts))
+        return (f"the plot font ({fonts}) has no glyph for some characters of "
+                f"{listed(names)}: the plots show each such character as its code point "
+                f"({char} as U+{ord(char):04X}); name a font that has them in matplotlib's "
+                "font.family to see them drawn")
+
+
+def _tick_labels(domains: list[str], readable: _Readable) -> list[str]:
+    """Axis labels of ``domains``: on one line, drawable (:class:`_Readable`), a long name
+    cut in the middle with an ellipsis (the first 10 characters left no ellipsis and made
+    ``customer_s`` of two domains), and labels that still coincide given their 1-based
+    place in the domain order (``#2``), so no two domains ever share a label."""
     def cut(name: str) -> str:
-        flat = " ".join(name.split())  # a line break would make a two-line label
-        if len(flat) <= _LABEL_CHARS:
-            return flat
+        # One line (a line break would make a two-line label), cut between the pieces it
+        # is drawn in: a code point is never cut in two.
+        parts = readable.parts(" ".join(name.split()))
+        if sum(map(len, parts)) <= _LABEL_CHARS:
+            return "".join(parts)
         tail = (_LABEL_CHARS - 1) // 3
-        return f"{flat[:_LABEL_CHARS - 1 - tail]}…{flat[-tail:]}"
+        return ("".join(_fitting(parts, _LABEL_CHARS - 1 - tail)) + "…"
+                + "".join(reversed(_fitting(parts[::-1], tail))))
 
     labels = [cut(d) for d in domains]
     while len(set(labels)) < len(labels):  # a second pass only if "x #2" was a real name
@@ -92,6 +173,18 @@ def _tick_labels(domains: list[str]) -> list[str]:
         labels = [f"{label} #{i + 1}" if counts[label] > 1 else label
                   for i, label in enumerate(labels)]
     return labels
+
+
+def _fitting(parts: list[str], width: int) -> list[str]:
+    """The first of ``parts`` that fit in ``width`` characters together."""
+    kept: list[str] = []
+    used = 0
+    for part in parts:
+        if used + len(part) > width:
+            break
+        kept.append(part)
+        used += len(part)
+    return kept
 
 
 def _short(name: str) -> str:
@@ -111,7 +204,7 @@ def _plain_log_ticks(axis: Any) -> None:
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
 
 
-def _accuracy_vs_k(result: dict[str, Any]) -> Any:
+def _accuracy_vs_k(result: dict[str, Any], readable: _Readable) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
@@ -129,7 +222,7 @@ def _accuracy_vs_k(result: dict[str, Any]) -> Any:
         avg_at = max(avg_at, ks[-1] * 1.6)
         line, = ax.plot(ks, 100 * np.array(acc), styles[i % 4], marker="o", ms=3,
                         color=_IR3DE_COLORS[i % len(_IR3DE_COLORS)],
-                        label=f"topk {emb}, {preset}")
+                        label=readable(f"topk {emb}, {preset}"))
         for r in routers:
             if r["family"] == "ir3de" and r["embedder"] == emb and r["preset"] == preset \
                     and r["selector"] == "avg":
@@ -138,7 +231,7 @@ def _accuracy_vs_k(result: dict[str, Any]) -> Any:
     for r in routers:
         if r["family"] != "ir3de":
             ax.axhline(100 * r["balanced"], color=_FAMILY_COLORS.get(r["family"], "k"),
-                       lw=0.9, ls=":", label=r["name"])
+                       lw=0.9, ls=":", label=readable(r["name"]))
     ax.set_xscale("log")
     if grid:  # one labelled tick per k of the grid, and "avg" under the squares
         ticks = sorted(grid)
@@ -155,7 +248,7 @@ def _accuracy_vs_k(result: dict[str, Any]) -> Any:
     return fig
 
 
-def _confusions(result: dict[str, Any]) -> Any:
+def _confusions(result: dict[str, Any], readable: _Readable) -> Any:
     import matplotlib.pyplot as plt
 
     shown = [r for r in result["routers"]
@@ -164,7 +257,7 @@ def _confusions(result: dict[str, Any]) -> Any:
     cols = min(4, len(shown))
     rows = -(-len(shown) // cols)
     size = min(1.0 + 0.45 * len(domains), _MAX_PANEL_INCHES)
-    labels = _tick_labels(domains) if len(domains) <= MAX_LABELLED_DOMAINS else None
+    labels = _tick_labels(domains, readable) if len(domains) <= MAX_LABELLED_DOMAINS else None
     # Constrained layout makes room for the suptitle above the panels' two-line titles and
     # for each panel's y tick labels beside its left neighbour; fixed spacing overlapped both.
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False,
@@ -175,7 +268,8 @@ def _confusions(result: dict[str, Any]) -> Any:
         cm = np.asarray(r["confusion"], dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-        ax.set_title(f"{_short(r['name'])}\nbalanced {100 * r['balanced']:.1f}%", fontsize=7)
+        ax.set_title(f"{readable(_short(r['name']))}\nbalanced {100 * r['balanced']:.1f}%",
+                     fontsize=7)
         if labels is None:  # too many to read: no ticks (the report says so)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -194,7 +288,7 @@ def _confusions(result: dict[str, Any]) -> Any:
     return fig
 
 
-def _cost(result: dict[str, Any]) -> Any:
+def _cost(result: dict[str, Any], readable: _Readable) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -223,7 +317,7 @@ def _cost(result: dict[str, Any]) -> Any:
     named = [r for r in routers if r["family"] != "ir3de" or r.get("is_preset", True)]
     for i, r in enumerate(named):  # each in the legend, with its own marker
         zero = r["route_us"] <= 0
-        label = _short(r["name"]) if r["family"] == "ir3de" else r["name"]
+        label = readable(_short(r["name"]) if r["family"] == "ir3de" else r["name"])
         ax.scatter([max(r["route_us"], floor)], [100 * r["balanced"]], s=40, alpha=0.85,
                    marker="<" if zero else _MARKERS[i % len(_MARKERS)], color=color(r),
                    edgecolors="black", linewidths=0.4, zorder=3,
@@ -240,12 +334,17 @@ def _cost(result: dict[str, Any]) -> Any:
     return fig
 
 
-_DRAW: tuple[Callable[[dict[str, Any]], Any], ...] = (_accuracy_vs_k, _confusions, _cost)
+_DRAW: tuple[Callable[[dict[str, Any], _Readable], Any], ...] = (_accuracy_vs_k, _confusions,
+                                                                 _cost)
 
 
-def render_plots(result: dict[str, Any]) -> dict[str, bytes]:
-    """The three plots of one setting's result: file name (:func:`plot_names`) -> PNG
-    bytes. Nothing is written: the report writes every output once all are rendered."""
+def render_plots(*results: dict[str, Any]) -> dict[str, bytes]:
+    """The three plots of each setting's result: file name (:func:`plot_names`) -> PNG
+    bytes. Nothing is written: the report writes every output once all are rendered.
+
+    Names with characters the plot font lacks are drawn with their code points (see the
+    module docs), and one warning (logged, ``ir3de.eval.plots``) names them for all
+    ``results``; matplotlib's own warnings about missing glyphs are silenced."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a display
@@ -253,6 +352,13 @@ def render_plots(result: dict[str, Any]) -> dict[str, bytes]:
     # mathtext (or TeX) that fails to parse after the whole run. Nothing we draw needs math:
     # the log axes get plain-number tick labels (_plain_log_ticks), not mathtext ones.
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False,
-                                "axes.formatter.use_mathtext": False}):
-        return {name: _png(draw(result))
+                                "axes.formatter.use_mathtext": False}), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _GLYPH_WARNING, UserWarning)
+        readable = _Readable()
+        pngs = {name: _png(draw(result, readable)) for result in results
                 for name, draw in zip(plot_names(result["setting"]), _DRAW, strict=True)}
+    note = readable.warning()
+    if note is not None:
+        log.warning("ir3de: warning: %s", note)
+    return pngs

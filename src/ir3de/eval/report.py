@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import IR3DEError, require_creatable
+from ..errors import IR3DEError, listed, require_creatable
 from ..selector import SELECTORS
 from ..store import atomic_write_bytes, atomic_write_text
 from .harness import K_GRID, MIN_TEST_PROMPTS
@@ -42,8 +42,8 @@ _RESULT_KEYS = ("setting", "description", "leaks_test", "domains", "splits", "ro
 # Lists the files a write is moving into the output folder until it has finished.
 _PENDING = ".ir3de-eval-pending.json"
 
-__all__ = ["check_outputs", "machine", "output_names", "previous_outputs", "render_markdown",
-           "write_report"]
+__all__ = ["check_outputs", "foreign_outputs", "machine", "output_names", "previous_outputs",
+           "render_markdown", "summary_routers", "write_report"]
 
 
 def machine() -> str:
@@ -119,7 +119,11 @@ def _test_prompts(result: dict[str, Any]) -> dict[str, int]:
 
 
 def _few_test_prompts(result: dict[str, Any]) -> dict[str, int]:
-    return {d: n for d, n in _test_prompts(result).items() if n < MIN_TEST_PROMPTS}
+    """Domains with some test prompts, but fewer than :data:`MIN_TEST_PROMPTS`. A domain
+    with none is not among them: it has no figure to doubt and is out of the balanced mean,
+    so it leaves the other domains' figures as meaningful as they are (it is "Not
+    tested")."""
+    return {d: n for d, n in _test_prompts(result).items() if 0 < n < MIN_TEST_PROMPTS}
 
 
 def _data_notes(result: dict[str, Any]) -> list[str]:
@@ -131,21 +135,22 @@ def _data_notes(result: dict[str, Any]) -> list[str]:
     if dropped:
         over = ", summed over splits" if len(result["splits"]) > 1 else ""
         lines += [f"> **{dropped} test prompt{'s' * (dropped != 1)} left out** (\"dropped\" "
-                  f"above{over}): the exact text is also a fit prompt, and a router tested on a "
-                  "prompt it was fitted on is tested on memory, not on routing.", ""]
+                  f"above{over}): the text (leading and trailing whitespace aside) is also a "
+                  "fit prompt, and a router tested on a prompt it was fitted on is tested on "
+                  "memory, not on routing.", ""]
     few = _few_test_prompts(result)
     if few:
         counts = ", ".join(f"{_inline(d)} {n}" for d, n in few.items())
-        worth = (f"Each prompt there is worth at least {100 // max(few.values())} points "
-                 "of its domain's accuracy, and the" if max(few.values()) else "The")
         lines += [f"> **Too few test prompts to judge by**: {counts} (fewer than "
-                  f"{MIN_TEST_PROMPTS}). {worth} bootstrap intervals, which redraw the same "
-                  "few prompts, are far narrower than the real uncertainty: the figures of "
-                  "these domains, the balanced accuracy's intervals and the gaps to the best "
-                  "baseline are not meaningful. Give each domain more test prompts "
-                  "(`--test`, or more data).", ""]
-    if 0 in few.values():
-        none = ", ".join(_inline(d) for d, n in few.items() if n == 0)
+                  f"{MIN_TEST_PROMPTS}). Each prompt there is worth at least "
+                  f"{100 // max(few.values())} points of its domain's accuracy, and the "
+                  "bootstrap intervals, which redraw the same few prompts, are far narrower "
+                  "than the real uncertainty: the figures of these domains, the balanced "
+                  "accuracy's intervals and the gaps to the best baseline are not meaningful. "
+                  "Give each domain more test prompts (`--test`, or more data).", ""]
+    untested = [_inline(d) for d, n in _test_prompts(result).items() if n == 0]
+    if untested:
+        none = ", ".join(untested)
         lines += [f"> **Not tested: {none}** (\"-\" in the tables): no test prompt has that "
                   "gold domain, so it has no accuracy and is left out of the balanced mean; "
                   "the routers may still send other domains' prompts to it, which counts "
@@ -226,6 +231,14 @@ def _main_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ir3de = [r for r in result["routers"] if r["family"] == "ir3de"]
     shown = [r for r in ir3de if r["is_preset"] or r["selector"] in _POOLED]
     return shown + [r for r in result["routers"] if r["family"] != "ir3de"]
+
+
+def summary_routers(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The routers of one setting's result that the report's summary shows: the preset
+    IR3DE routers and the baselines. The rest of the selector grid is left out: the best of
+    it is picked on the test prompts, so its figure overstates what a router chosen
+    beforehand gets (the setting's own tables show every figure)."""
+    return [r for r in _main_rows(result) if r.get("is_preset") or r["family"] != "ir3de"]
 
 
 def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
@@ -329,8 +342,7 @@ def render_markdown(results: dict[str, Any], plots: Mapping[str, Sequence[str]])
               if meta.get(key)]
     lines += [f"Data: {', '.join(part for part in data if part)}", "",
               "## Summary: balanced routing accuracy (%)", ""]
-    names = list(dict.fromkeys(r["name"] for s in settings for r in _main_rows(s)
-                               if r.get("is_preset") or r["family"] != "ir3de"))
+    names = list(dict.fromkeys(r["name"] for s in settings for r in summary_routers(s)))
     rows, values = [], []
     for name in names:
         found = [next((r for r in s["routers"] if r["name"] == name), None) for s in settings]
@@ -379,6 +391,17 @@ def check_outputs(out: Path, names: Iterable[str]) -> None:
             raise IR3DEError(f"{path} is not a regular file")
 
 
+def foreign_outputs(out: Path, names: Iterable[str]) -> list[str]:
+    """The outputs ``names`` that exist in ``out`` but that no evaluation wrote (they are
+    not among :func:`previous_outputs`): a user's own ``report.md``, say. A run replaces
+    them only when told to (``write_report(..., force=True)``, ``ir3de eval --force``);
+    a previous evaluation's outputs it replaces without asking."""
+    if not out.is_dir():
+        return []
+    own = previous_outputs(out)
+    return [name for name in names if (out / name).exists() and name not in own]
+
+
 def _pending(out: Path) -> set[str]:
     """The output names a write that stopped while moving them in listed (none when the
     last write finished)."""
@@ -396,8 +419,8 @@ def previous_outputs(out: Path) -> set[str]:
     A ``results.json`` written before the list was kept ("outputs" missing) yields itself,
     ``report.md``, the plots of its settings, and ``decisions.jsonl`` when that file's
     first line is one of their decisions. Nothing but the pending files when there is no
-    readable ``results.json`` of an evaluation. ``ir3de eval`` replaces these without
-    ``--force``.
+    readable ``results.json`` of an evaluation. :func:`write_report` and ``ir3de eval``
+    replace these without ``force`` / ``--force``.
     """
     return _listed_outputs(out) | _pending(out)
 
@@ -513,7 +536,8 @@ def _move_in(out: Path, files: dict[str, bytes], previous: set[str]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
+def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True,
+                 force: bool = False) -> Path:
     """Write ``results.json``, the plots and ``report.md`` to ``out_dir``; returns report.md.
 
     ``results`` is ``{"meta": {...}, "settings": [...]}``, the settings results of
@@ -533,6 +557,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     run now, a ``decisions.jsonl`` not kept now, plots after ``plots=False``) are removed,
     so the folder holds exactly this run's outputs; no other file is touched, and a run
     that fails leaves the previous run's files as they were.
+
+    A file of an output's name that no evaluation wrote (:func:`foreign_outputs`: a
+    ``report.md`` of your own) is an :class:`~ir3de.errors.IR3DEError` unless ``force``,
+    as ``ir3de eval`` refuses it without ``--force``; a directory of such a name is one
+    even then. Both are found before anything is drawn or written.
     """
     results = _checked(results)
     out = Path(out_dir)
@@ -540,6 +569,10 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     decisions = any("decisions" in r for r in settings)
     names = output_names([r["setting"] for r in settings], plots=plots, decisions=decisions)
     check_outputs(out, names)
+    foreign = [] if force else foreign_outputs(out, names)
+    if foreign:
+        raise IR3DEError(f"{out} holds {listed(foreign)}, not written by an ir3de evaluation; "
+                         "pass force=True to replace them, or write elsewhere")
     files: dict[str, bytes] = {}
     if decisions:
         lines = [json.dumps({"setting": r["setting"], **d}, ensure_ascii=False)
@@ -556,8 +589,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     if plots:
         from .plots import render_plots
 
-        for result in settings:
-            files.update(render_plots(result))
+        files.update(render_plots(*settings))  # one warning for all, if any
     files.update(encoded)  # last: report.md and results.json are moved in after the rest
     _move_in(out, files, previous_outputs(out))
     return out / "report.md"

@@ -24,6 +24,10 @@ within the test data; a record without one is ``<file stem>-<n>``, ``n`` its 1-b
 record number in the file (blank lines not counted). Two domains with the same fit prompts
 are refused: no router can tell them apart.
 
+In every setting but ``reasoning-paper`` (which leaks on purpose), a test prompt whose text,
+leading and trailing whitespace aside, is also a fit prompt of its split is dropped and
+counted (:attr:`Split.dropped`).
+
 A setting's name names its plot files and the report's links to them, so it is made of
 letters, digits, ``.``, ``_`` and ``-`` (:func:`check_setting_name`).
 """
@@ -84,7 +88,8 @@ class Split:
     test_ids: list[str]
     test_texts: list[str]
     test_labels: list[str]
-    # Test prompts per domain left out because their exact text is also a fit prompt.
+    # Test prompts per domain left out because their text is also a fit prompt (compared
+    # with leading and trailing whitespace stripped, see _split).
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -174,16 +179,18 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
         if not fit_texts[domain]:
             raise EmptyInputError(f"{where}: domain {domain!r} has no fit prompts")
     refuse_identical_fit(where, fit_texts, origins)
-    # Some corpora hold the same text under two ids: a test prompt whose exact text was
-    # fitted on is dropped, unless the setting leaks on purpose.
-    seen = set() if leak else {t for group in fit_texts.values() for t in group}
+    # Some corpora hold the same text under two ids: a test prompt whose text was fitted on
+    # is dropped, unless the setting leaks on purpose. Texts are compared stripped: a copy
+    # with a trailing newline is the same prompt to a router, which would still be tested
+    # on memory.
+    seen = set() if leak else {t.strip() for group in fit_texts.values() for t in group}
     for domain in test:
-        unseen = [r for r in test[domain] if r["text"] not in seen]
+        unseen = [r for r in test[domain] if r["text"].strip() not in seen]
         dropped[domain] = len(test[domain]) - len(unseen)
         chosen = _subsample(unseen, max_test, rng)
         if not chosen:
-            why = (f": all {dropped[domain]} are also fit prompts (the same text) and were "
-                   "dropped" if dropped[domain] else "")
+            why = (f": all {dropped[domain]} are also fit prompts (the same text, leading "
+                   "and trailing whitespace aside) and were dropped" if dropped[domain] else "")
             raise EmptyInputError(f"{where}: domain {domain!r} has no test prompts{why}")
         ids += [str(r["id"]) for r in chosen]
         texts += [r["text"] for r in chosen]
