@@ -195,6 +195,10 @@ def test_data_line_shows_what_the_run_read(result: dict) -> None:
     # A built-in setting lists the shared files it read under "sources".
     assert data_line(META, sources={"fit": {"math": ["gsm8k.jsonl"]}}).startswith(
         "Data: `data`, seed 0")
+    # write_report's docstring example gives a meta without the folder: not "user data"
+    assert data_line({k: v for k, v in META.items() if k != "data_dir"},
+                     sources={"fit": {"math": ["gsm8k.jsonl"]}}).startswith(
+        "Data: the shared data (each setting below lists its files), seed 0")
 
 
 @pytest.mark.parametrize("panels", [3, 6])

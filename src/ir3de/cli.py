@@ -1338,7 +1338,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "machine": machine()
                            + (f", kNN / MoDEM-style on {device_label(device)}" if device else ""),
                 # The data read: the shared folder (built-in settings) or the user's files.
-                "data_dir": str(data_dir), "fit": args.fit, "test": args.test,
+                # (a --fit run reads no data folder: none is recorded as if it had)
+                "data_dir": None if args.fit else str(data_dir), "fit": args.fit,
+                "test": args.test,
                 "seed": seeds[0], "seeds": seeds, "max_fit": args.max_fit,
                 "max_test": args.max_test, "ir3de": __version__,
                 "embedders": [e.name for e in embedders], "presets": presets,

@@ -191,8 +191,10 @@ def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
     if meta.get("fit"):
         test = _code(meta["test"]) if meta.get("test") else "30 % of the fit data (by id)"
         parts.append(f"fit {_code(meta['fit'])}, test {test}")
-    if meta.get("data_dir") and any(s.get("sources") for s in settings):
-        parts.append(_code(meta["data_dir"]))
+    if any(s.get("sources") for s in settings):
+        # (a meta made in Python may not name the folder; each setting lists its files)
+        parts.append(_code(meta["data_dir"]) if meta.get("data_dir")
+                     else "the shared data (each setting below lists its files)")
     # A custom setting's description names its files when meta does not.
     return "; ".join(parts) or "user data (see each setting below)"
 
