@@ -169,6 +169,10 @@ def test_read_scores(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps({"id": i, "expert": e, "score": s})
                               for (i, e), s in _scores().items()) + "\n")
     assert read_scores(path) == _scores()
+    assert read_scores(path, experts={e for _, e in _scores()}) == _scores()
+    with pytest.raises(IR3DEError, match=r"scores\.jsonl:1: unknown expert '.*'; the experts "
+                                         r"are nobody"):
+        read_scores(path, experts={"nobody"})
     for bad, match in [('{"id": "p1", "expert": "math"}', "numeric 'score'"),
                        ('{"id": "p1", "expert": "math", "score": NaN}', "non-finite"),
                        ('{"id": "p1", "expert": "math", "score": "1.0"}',

@@ -34,7 +34,6 @@ from .data import (
     local_path,
     parse_numbered_jsonl,
     read_corpus,
-    read_numbered_jsonl,
     reasoning_split,
     record_id,
     refuse_repeated_paths,
@@ -1193,17 +1192,6 @@ def _eval_option_conflict(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _check_score_rows(path: str, experts: set[str]) -> None:
-    """Refuse, naming the line, a row of an expert no setting run has, which
-    :func:`ir3de.eval.read_scores` (which has checked the rows) cannot know: its scores
-    were never read (a misspelt expert's went missing without a word)."""
-    for lineno, record in read_numbered_jsonl(path):
-        expert = str(record["expert"])
-        if expert not in experts:
-            raise IR3DEError(f"{path}:{lineno}: unknown expert {expert!r}; the experts are "
-                             f"{listed(sorted(experts))}")
-
-
 def _make_out_dir(out: Path) -> list[Path]:
     """Create ``out`` and prove a file can be written in it, before the run, not after it.
     Returns the folders created, innermost first, for :func:`_remove_empty`."""
@@ -1298,10 +1286,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     # Load every setting before the slow part, so a bad path fails at once.
     settings = [repeat_setting(functools.partial(load, name), seeds) for name in names]
-    scores = read_scores(args.scores) if args.scores else None
+    domains = {d for setting in settings for d in setting.domains}
+    scores = read_scores(args.scores, experts=domains) if args.scores else None
     score_kind: ScoreKind = args.score_kind or "task"  # argparse checked its choices
     if scores is not None:
-        _check_score_rows(args.scores, {d for setting in settings for d in setting.domains})
         for setting in settings:  # every setting, before any runs
             check_scores(setting, scores, score_kind, source=args.scores)
     embedders = _eval_embedders(list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])),

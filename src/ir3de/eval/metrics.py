@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from ..data import read_numbered_jsonl
-from ..errors import IR3DEError
+from ..errors import IR3DEError, listed
 
 __all__ = ["RoutingMetrics", "bootstrap_balanced", "metrics_from_confusion",
            "normalized_performance", "percentile_interval", "read_scores", "routing_metrics",
@@ -155,8 +155,11 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
-def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:
-    """``{(prompt id, expert): score}`` from a JSONL score file; duplicates are errors."""
+def read_scores(path: str | os.PathLike[str], *,
+                experts: Collection[str] | None = None) -> dict[tuple[str, str], float]:
+    """``{(prompt id, expert): score}`` from a JSONL score file; duplicates are errors, and
+    so is, with ``experts`` given, a row of another expert (a misspelt expert's scores
+    would otherwise go missing without a word)."""
     scores: dict[tuple[str, str], float] = {}
     for lineno, record in read_numbered_jsonl(path):
         try:
@@ -176,6 +179,9 @@ def read_scores(path: str | os.PathLike[str]) -> dict[tuple[str, str], float]:
         if key in scores:
             raise IR3DEError(f"{path}:{lineno}: record repeats id {key[0]!r} for expert "
                              f"{key[1]!r}")
+        if experts is not None and key[1] not in experts:
+            raise IR3DEError(f"{path}:{lineno}: unknown expert {key[1]!r}; the experts are "
+                             f"{listed(sorted(experts))}")
         scores[key] = score
     if not scores:
         raise IR3DEError(f"{path}: no scores")
