@@ -185,11 +185,24 @@ def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
         with pytest.raises(ExpertError, match=r"invalid domain name .*: it must be non-empty"):
             compute_stats(emb, ["1 + 1"], domain=bad)
     # A newline or tab would break the tab-separated expert listings and HTTP headers.
-    for bad in ("a\nb", "a\tb", "a\x1bb", "a\u2028b"):
-        with pytest.raises(ExpertError, match=r"invalid domain name .*: it holds a control "):
+    for bad in ("a\nb", "a\tb", "a\x1bb", "a\u2028b", "a\u2029b"):
+        with pytest.raises(ExpertError, match=r"invalid domain name .*: it holds a (control "
+                                              r"character|line separator|paragraph separator)"):
             compute_stats(emb, ["1 + 1"], domain=bad)
     with pytest.raises(ExpertError, match="invalid domain name 2: it must be a string, not int"):
         compute_stats(emb, ["1 + 1"], domain=2)  # type: ignore[arg-type]
+    # Names that would look like another name in every listing, or that no JSON, header or
+    # file can carry (a lone surrogate: what a non-UTF-8 argv byte becomes), are refused.
+    for bad, problem in (("a\u200bb", r"an invisible format character \(U\+200B\)"),
+                         ("\u202emath", r"an invisible format character \(U\+202E\)"),
+                         ("py\ud800", r"a lone surrogate \(not UTF-8\) \(U\+D800\)"),
+                         ("m\udcffx", r"a lone surrogate")):
+        with pytest.raises(ExpertError, match=rf"invalid domain name .*: it holds {problem}"):
+            compute_stats(emb, ["1 + 1"], domain=bad)
+    with pytest.raises(ExpertError, match=r"not in Unicode's composed form \(NFC\): write it "
+                                          "as 'café'"):
+        compute_stats(emb, ["1 + 1"], domain="cafe\u0301")
+    assert compute_stats(emb, ["1 + 1"], domain="café").domain == "café"  # NFC: accepted
 
 
 @pytest.mark.parametrize("count", [compute_stats, streaming_stats])

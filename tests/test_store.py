@@ -298,8 +298,11 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
     for field, value, minimum in (("n_prompts", -1, 0), ("n_prompts", None, 0),
                                   ("n_tokens", "abc", 0), ("n_tokens", float("inf"), 0),
                                   ("max_tokens", "x", 1), ("max_tokens", 1.5, 1),
-                                  ("max_tokens", 0, 1)):
-        with pytest.raises(StatsFormatError, match=f"'{field}' must be an integer ≥ {minimum}"):
+                                  ("max_tokens", 0, 1),
+                                  # too big for int64 arithmetic: not an OverflowError
+                                  ("n_prompts", 10**40, 0), ("n_tokens", 2**53 + 1, 0)):
+        with pytest.raises(StatsFormatError,
+                           match=rf"'{field}' must be an integer from {minimum} to 2\*\*53"):
             DomainStats.load(rewrite(path, tmp_path / "neg.st", **{field: value}))
     with pytest.raises(StatsFormatError, match="'embedder' must be an object"):
         DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder="wordllama"))

@@ -77,9 +77,17 @@ _SUBTRACT_RTOL = 1e-6
 # Asymmetry allowed in A relative to its largest diagonal entry, which bounds every entry
 # (Cauchy-Schwarz): float64 rounding of sums over even billions of tokens stays below it.
 _SYMMETRY_RTOL = 1e-6
-# Unicode categories refused in domain names: controls (newline, tab, escape) and the line
-# and paragraph separators.
-_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+# Unicode categories refused in domain names: controls (newline, tab, escape), the line and
+# paragraph separators, invisible format characters (a zero-width space or a right-to-left
+# override makes one name look like another in every listing) and lone surrogates (what
+# Python makes of a command-line argument that is not UTF-8; no JSON, header or file can
+# carry them).
+_REFUSED_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator",
+                       "Zp": "a paragraph separator", "Cf": "an invisible format character",
+                       "Cs": "a lone surrogate (not UTF-8)"}
+# Metadata counts above this are damage, not data: 2**53 is where float64 stops holding
+# every integer, and arithmetic on larger Python ints overflows numpy's int64.
+_META_INT_MAX = 2**53
 
 
 class PairCounts(NamedTuple):
@@ -583,15 +591,29 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
 def domain_name_problem(name: object) -> str | None:
     """Why ``name`` cannot name a domain or an expert, or None. A name is a non-empty string
     without surrounding whitespace (a client sending it as its ``model`` would have to match
-    it exactly) or control characters (a newline or tab would break every line- and
+    it exactly), control characters (a newline or tab would break every line- and
     tab-separated listing of experts, log lines and HTTP headers naming them, and routes:
-    ``DELETE /admin/experts/a%0Ab`` finds nothing)."""
+    ``DELETE /admin/experts/a%0Ab`` finds nothing), invisible format characters or lone
+    surrogates, written in Unicode's composed form (NFC), so that two experts never look
+    the same: ``"café"`` typed with a combining accent is another string.
+
+    >>> domain_name_problem("math") is None
+    True
+    >>> domain_name_problem("cafe\u0301")
+    "is not in Unicode's composed form (NFC): write it as 'café'"
+    """
     if not isinstance(name, str):
         return f"must be a string, not {type(name).__name__}"
     if not name.strip() or name != name.strip():
         return "must be non-empty, without surrounding whitespace"
-    control = next((c for c in name if unicodedata.category(c) in _CONTROL), None)
-    return None if control is None else f"holds a control character (U+{ord(control):04X})"
+    for c in name:
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(c))
+        if what is not None:
+            return f"holds {what} (U+{ord(c):04X})"
+    composed = unicodedata.normalize("NFC", name)
+    if composed != name:
+        return f"is not in Unicode's composed form (NFC): write it as {composed!r}"
+    return None
 
 
 def validate_domain_name(name: object, where: str = "<memory>") -> None:
@@ -623,9 +645,9 @@ def meta_int(value: Any, minimum: int, where: str, name: str) -> int:
     string, NaN or Infinity is refused."""
     integral = (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, float) and value.is_integer())
-    if not integral or value < minimum:
+    if not integral or not minimum <= value <= _META_INT_MAX:
         raise StatsFormatError(f"{where}: metadata field {name!r} must be an integer "
-                               f"≥ {minimum}, got {value!r}")
+                               f"from {minimum} to 2**53, got {value!r}")
     return int(value)
 
 
