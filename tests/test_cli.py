@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -2107,3 +2108,64 @@ def test_eval_scores_must_be_numbers_of_known_experts(user_data: Path, tmp_path:
                                 "--baselines", "--out", out)
         assert (code, stdout, err) == (1, "", f"ir3de: error: {scores}:3: {message}\n")
         assert not out.exists()
+
+
+def _sigterm_on_fsync(monkeypatch, call: int) -> None:
+    """SIGTERM arrives while the ``call``-th file is being made durable: the moment a
+    ``timeout`` or ``kill`` hit when the default action left temporary files behind."""
+    import ir3de.store
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(fd)
+
+    monkeypatch.setattr(ir3de.store.os, "fsync", fsync)
+
+
+def test_sigterm_cleans_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path, capsys,
+                                       monkeypatch) -> None:
+    out = tmp_path / "out" / "math.stats"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous statistics")
+    before = signal.getsignal(signal.SIGTERM)
+    _sigterm_on_fsync(monkeypatch, call=1)
+    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out,
+                            "--force", "-q")
+    assert (code, stdout, err) == (143, "", "ir3de: terminated\n")
+    assert out.read_bytes() == b"the previous statistics"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["math.stats"]  # no temporary file
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_sigterm_during_keygen_force_keeps_the_old_pair(tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    """Killed while the public key was written, keygen --force left the new private key
+    beside the old public key: a pair that no longer matched, the old private key lost."""
+    pytest.importorskip("cryptography")
+    key = tmp_path / "alice.key"
+    assert run(capsys, "keygen", "-o", key)[0] == 0
+    pair = key.read_bytes(), key.with_suffix(".pub").read_bytes()
+    _sigterm_on_fsync(monkeypatch, call=2)  # the private key is written, the public one not
+    code, _, err = run(capsys, "keygen", "-o", key, "--force")
+    assert (code, err) == (143, "ir3de: terminated\n")
+    assert (key.read_bytes(), key.with_suffix(".pub").read_bytes()) == pair
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.key", "alice.pub"]
+
+
+def test_out_of_memory_is_one_line(corpora: dict[str, Path], tmp_path: Path, capsys,
+                                   monkeypatch) -> None:
+    import ir3de.cli
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(ir3de.cli, "load_embedder", exhausted)
+    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o",
+                            tmp_path / "m.stats", "-q")
+    assert (code, stdout) == (1, "")
+    assert err.startswith("ir3de: error: out of memory;") and err.count("\n") == 1
+    assert not (tmp_path / "m.stats").exists()

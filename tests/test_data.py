@@ -60,6 +60,15 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
     path.write_text('{"text": "ok"}\n["not", "an", "object"]\n')
     with pytest.raises(IR3DEError, match=rf"{path}:2: expected a JSON object"):
         list(read_corpus(path))
+    # Valid JSON that Python's parser still cannot read: a RecursionError and a ValueError
+    # came out as tracebacks.
+    deep = '{"text": "hi", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path.write_text('{"text": "ok"}\n' + deep + "\n")
+    with pytest.raises(IR3DEError, match=rf"{path}:2: JSON nested too deeply to read"):
+        list(read_corpus(path))
+    path.write_text('{"text": "hi", "id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(IR3DEError, match=rf"{path}:1: invalid JSON \(Exceeds the limit"):
+        list(read_corpus(path))
 
 
 def test_jsonl_missing_text_field(tmp_path: Path) -> None:

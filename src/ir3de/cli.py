@@ -15,8 +15,10 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -1678,6 +1680,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, systemd, Kubernetes) raised as an interruption: every cleanup
+    that Ctrl-C runs (temporary files, a key pair being replaced, a staging folder) runs for
+    it too, where the default action would kill the process mid-write."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(command: str) -> Iterator[None]:
+    """While a command other than ``serve`` runs (uvicorn drains its own requests on
+    SIGTERM), SIGTERM interrupts it like Ctrl-C; the previous handler comes back after, as
+    tests call :func:`main` in their own process. Handlers can only be set from the main
+    thread; elsewhere the default stays."""
+    if command == "serve" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ir3de`` command."""
     parser = build_parser()
@@ -1685,8 +1713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is not None:
         args.argv = list(argv)
     try:
-        code = args.func(args)
-        _flush_stdout()  # a buffered write fails here, reported as any error, not at exit
+        with _sigterm_as_interrupt(args.command):
+            code = args.func(args)
+            _flush_stdout()  # a buffered write fails here, reported as any error, not at exit
         return code
     except IR3DEError as exc:
         print(f"ir3de: error: {exc}", file=sys.stderr)
@@ -1699,6 +1728,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ir3de: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+    except MemoryError:
+        # (files are written whole or not at all, so none is left half-written)
+        print("ir3de: error: out of memory; give it less at once (fewer or smaller inputs, "
+              "route's --batch-size) or more memory", file=sys.stderr)
+        return 1
+    except _Terminated:
+        print("ir3de: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("ir3de: interrupted", file=sys.stderr)
         return 130

@@ -116,9 +116,14 @@ def parse_numbered_jsonl(lines: Iterable[str], where: str, *,
                 json.dumps(record, ensure_ascii=False).encode("utf-8")
         except json.JSONDecodeError as exc:
             raise IR3DEError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:  # valid JSON, but nested deeper than Python's parser goes
+            raise IR3DEError(f"{where}:{lineno}: JSON nested too deeply to read") from None
         except UnicodeEncodeError:
             raise IR3DEError(f"{where}:{lineno}: holds an unpaired surrogate (\\ud800-"
                              "\\udfff), which is not text") from None
+        except ValueError as exc:  # an integer of more digits than Python converts
+            raise IR3DEError(f"{where}:{lineno}: invalid JSON ({str(exc).split(':')[0]})"
+                             ) from None
         if not isinstance(record, dict):
             raise IR3DEError(f"{where}:{lineno}: expected a JSON object")
         if text_field is not None and not isinstance(record.get(text_field), str):
