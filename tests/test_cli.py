@@ -1954,6 +1954,20 @@ def test_build_keeps_the_signatures_of_statistics_it_does_not_rename(corpora: di
     assert run(capsys, "build", signed["math"], f"code={signed['coding']}", "-o", renamed)[0] == 0
     code, _, err = run(capsys, "inspect", renamed, "--trust", trusted)
     assert code == 1 and f"{renamed}:code: not signed" in err
+    # ... so with --trust a rename is refused before anything is written, by build and by
+    # experts add alike, as the gateway refuses it on upload: it used to build a router
+    # that inspect --trust and a trusting gateway then refused.
+    refused = f"{signed['coding']} was signed as 'coding': with --trust an expert keeps the name"
+    code, _, err = run(capsys, "build", signed["math"], f"code={signed['coding']}",
+                       "--trust", trusted, "-o", tmp_path / "never.safetensors")
+    assert code == 1 and refused in err and "leave the name 'code' out" in err
+    assert not (tmp_path / "never.safetensors").exists()
+    only_math = tmp_path / "math_only.safetensors"
+    assert run(capsys, "build", signed["math"], "--trust", trusted, "-o", only_math)[0] == 0
+    before = only_math.read_bytes()
+    code, _, err = run(capsys, "experts", "add", only_math, signed["coding"], "--name", "code",
+                       "--trust", trusted)
+    assert code == 1 and refused in err and only_math.read_bytes() == before
 
 
 @pytest.mark.parametrize(("argv", "message"), [

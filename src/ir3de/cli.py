@@ -418,14 +418,22 @@ def _load_router(path: str) -> Router:
     return Router.load(path)
 
 
-def _verify_trusted(stats: Sequence[DomainStats], trust: str | None) -> None:
+def _verify_trusted(named: Sequence[tuple[str, DomainStats]], trust: str | None) -> None:
     """With ``--trust DIR``, refuse statistics that are not signed by a key in DIR (build
-    and experts add alike), every one checked before anything is solved or written."""
+    and experts add alike), every one checked before anything is solved or written, and
+    refuse to rename them: renaming drops the signature, so the router written would fail
+    ``inspect --trust`` and a gateway with ``trust:`` (which refuses renames on upload too)."""
     if trust is None:
         return
     from .signing import load_trusted, verify_all
 
-    verify_all(stats, load_trusted(trust))
+    verify_all([stats for _, stats in named], load_trusted(trust))
+    for name, stats in named:
+        if name != stats.domain:
+            raise IR3DEError(f"{stats.source} was signed as {stats.domain!r}: with --trust an "
+                             "expert keeps the name its statistics were signed with (a "
+                             f"renamed expert holds no signature to check); leave the name "
+                             f"{name!r} out (NAME=FILE, --name)")
 
 
 def _show_progress(quiet: bool) -> bool:
@@ -686,7 +694,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # contradictory options fail before any file is read
     _check_embedder_args(args)
     named = _named_stats(args.stats)
-    _verify_trusted([stats for _, stats in named], args.trust)
+    _verify_trusted(named, args.trust)
     if args.max_tokens is None:
         # Route the part of a prompt the statistics counted (fit_stats checks that every
         # file has the same cap); a different routing cap is a choice, made with the option.
@@ -896,8 +904,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
         if args.name is not None:
             validate_domain_name(args.name, "--name")  # now, not after loading the router
         stats = DomainStats.load(args.stats)
-        _verify_trusted([stats], args.trust)
         name = stats.domain if args.name is None else args.name
+        _verify_trusted([(name, stats)], args.trust)
         router = _load_router(args.router)
         before = router.smoothing
         _announce_solve(router.config)  # a new expert: μ is chosen again
@@ -1439,8 +1447,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_router_args(p)
     _add_embedder_args(p, None)
     p.add_argument("--trust", metavar="DIR", type=_folder,
-                   help="accept only statistics signed by a public key (*.pub) in DIR; an "
-                        "unsigned, untrusted or altered file is refused, nothing is written")
+                   help="accept only statistics signed by a public key (*.pub) in DIR, under "
+                        "the names they were signed with; an unsigned, untrusted, altered or "
+                        "renamed file is refused, nothing is written")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("keygen", formatter_class=fmt, help="create a signing key pair",
@@ -1517,8 +1526,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let --output replace a file that is not an ir3de router")
     e.add_argument("--trust", metavar="DIR", type=_folder,
                    help="accept the statistics only if signed by a public key (*.pub) in DIR, "
-                        "as build --trust; an unsigned, untrusted or altered file is refused, "
-                        "nothing is written")
+                        "as build --trust; an unsigned, untrusted, altered or renamed (--name) "
+                        "file is refused, nothing is written")
     e = esub.add_parser("remove", help="remove an expert")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("name", help="expert to remove")
