@@ -539,6 +539,25 @@ def test_a_lone_text_is_refused_where_texts_are_expected(emb: Embedder,
     # scikit-learn label-encodes y for cross_val_predict(method="predict_proba")
     with pytest.raises(ExpertError, match=r"domain label #1 is the number 0: .*method='predict'"):
         Router(emb).fit(["1+1", "2*3"], ["math", np.int64(0)])  # type: ignore[list-item]
+    # Iterables whose items are not their texts: a mapping routes its keys; a 0-d array
+    # raised a bare TypeError.
+    with pytest.raises(IR3DEError, match="prompts must be one-dimensional, not a 0-d array"):
+        toy_router.predict(np.array("import os"))
+    with pytest.raises(IR3DEError, match="texts must be one-dimensional, not a 2-d array"):
+        compute_stats(emb, np.array([["1+1", "2*3"]]), domain="math")
+    with pytest.raises(IR3DEError, match=r"not a mapping \(dict\), whose keys would be read"):
+        toy_router.predict({"q1": "import os"})
+    assert toy_router.predict(np.array(PROMPTS)).tolist() == toy_router.predict(PROMPTS).tolist()
+
+
+def test_a_dataframe_is_refused_for_its_column(toy_router: Router) -> None:
+    """Iterating a DataFrame gives its column names: predict(df) routed the word "text"."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"text": PROMPTS})
+    with pytest.raises(IR3DEError, match=r"prompts must be one-dimensional, not a table "
+                                         r"\(DataFrame\): pass one column of texts"):
+        toy_router.predict(df)
+    assert toy_router.predict(df["text"]).tolist() == toy_router.predict(PROMPTS).tolist()
 
 
 def test_generators_are_read_once(emb: Embedder, toy_router: Router, toy_stats) -> None:

@@ -8,7 +8,7 @@ that the CLI and the gateway can report it without a traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # The exceptions; the helpers below are for ir3de's own modules.
@@ -92,3 +92,14 @@ def refuse_lone_text(texts: object, what: str = "prompts") -> None:
     if not hasattr(texts, "__iter__"):
         raise IR3DEError(f"{what} must be a list (or other iterable) of strings, not "
                          f"{type(texts).__name__}")
+    # Iterating these gives something other than their texts, silently: a DataFrame its
+    # column names, a mapping its keys, a 0-d array nothing (a TypeError).
+    ndim = getattr(texts, "ndim", 1)
+    if ndim != 1 and isinstance(ndim, int):
+        kind = "table (DataFrame)" if hasattr(texts, "columns") else f"{ndim}-d array"
+        raise IR3DEError(f"{what} must be one-dimensional, not a {kind}: pass one column of "
+                         "texts (df['text']), or a one-item list for one text")
+    if isinstance(texts, Mapping):
+        raise IR3DEError(f"{what} must be a list (or other iterable) of strings, not a "
+                         f"mapping ({type(texts).__name__}), whose keys would be read: pass "
+                         "its .values() for the texts it holds")
