@@ -121,9 +121,13 @@ def test_parquet_corpus(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": pa.array(["a", "b"], type=pa.large_string())}),
                    tmp_path / "large.pq")
     assert list(read_corpus(tmp_path / "large.pq")) == ["a", "b"]
+    # pandas' category dtype is stored dictionary-encoded: it was "not a string column"
+    pq.write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode()}),
+                   tmp_path / "category.pq")
+    assert list(read_corpus(tmp_path / "category.pq")) == ["a", "b", "a"]
     with pytest.raises(IR3DEError, match=r"no column 'prompt' \(columns: id, text, question\)"):
         list(read_corpus(tmp_path / "c.parquet", text_field="prompt"))
-    with pytest.raises(IR3DEError, match="'id' is not a string column"):
+    with pytest.raises(IR3DEError, match=r"'id' is not a string column \(int64\)"):
         list(read_corpus(tmp_path / "c.parquet", text_field="id"))
     (tmp_path / "fake.parquet").write_text("not parquet at all")
     with pytest.raises(IR3DEError, match="not a readable Parquet file"):

@@ -275,7 +275,7 @@ def test_parquet_columns_checked_as_local(cluster, emb: Embedder, tmp_path: Path
     pq.write_table(pa.table({"text": [b"a b", b"c"]}), tmp_path / "binary.parquet")
     pq.write_table(pa.table({"body": ["a b"]}), tmp_path / "other.parquet")
     assert _same_outcome(emb, [tmp_path / "binary.parquet"]).endswith(
-        "binary.parquet: column 'text' is not a string column")
+        "binary.parquet: column 'text' is not a string column (binary)")
     assert "other.parquet: no column 'text' (columns: body)" in \
         _same_outcome(emb, [tmp_path / "other.parquet"])
 

@@ -266,6 +266,12 @@ def _line_texts(fh: BinaryIO, name: str, fmt: str, text_field: str) -> Iterator[
     return (line.rstrip("\r\n") for line in lines if line.strip())
 
 
+def _arrow_text_types(pa: Any) -> list[Callable[[Any], bool]]:
+    """pyarrow's tests for the string types a text column may have (string_view: 16+)."""
+    tests = [pa.types.is_string, pa.types.is_large_string]
+    return [*tests, pa.types.is_string_view] if hasattr(pa.types, "is_string_view") else tests
+
+
 def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
     """The non-null strings of a Parquet file's ``text_field`` column; ``source`` is a path
     or a pyarrow buffer reader, ``name`` what errors call it."""
@@ -280,8 +286,10 @@ def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
         raise IR3DEError(f"{name}: no column {text_field!r} (columns: "
                          f"{', '.join(pf.schema_arrow.names)})")
     kind = pf.schema_arrow.field(text_field).type
-    if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
-        raise IR3DEError(f"{name}: column {text_field!r} is not a string column")
+    if pa.types.is_dictionary(kind):  # pandas' category dtype; to_pylist decodes it
+        kind = kind.value_type
+    if not any(is_text(kind) for is_text in _arrow_text_types(pa)):
+        raise IR3DEError(f"{name}: column {text_field!r} is not a string column ({kind})")
     for batch in pf.iter_batches(columns=[text_field]):
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
