@@ -4,6 +4,7 @@ statistics add, merge and subtract like the sums they are."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ir3de import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    Router,
     StatsFormatError,
     compute_stats,
     merge,
@@ -31,6 +33,7 @@ from ir3de.statistics import (
     sum_pairs,
     token_counts,
 )
+from ir3de.store import read_safetensors, write_safetensors
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -810,3 +813,28 @@ def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats]) -> None:
     A = s.A.copy()
     A[3, 5] = np.nextafter(A[3, 5], np.inf)
     assert dataclasses.replace(s, A=A).A[3, 5] != s.A[5, 3]
+
+
+@pytest.mark.parametrize("signature", [["ed25519"], "alice", 5, False, [{"alg": "ed25519"}]])
+def test_a_signature_that_is_not_an_object_is_refused_on_load(
+        emb: Embedder, toy_stats: dict[str, DomainStats], tmp_path: Path,
+        signature: object) -> None:
+    """A list loaded, and a router saved with it could not be loaded again (Router.load
+    refuses it): ``ir3de experts add`` broke a router in place, a gateway upload its state."""
+    path = tmp_path / "math.stats"
+    toy_stats["math"].save(path)
+    tensors, meta = read_safetensors(path)
+    write_safetensors(path, tensors, {**meta, "signature": signature})
+    with pytest.raises(StatsFormatError, match=rf"^{re.escape(str(path))}: metadata field "
+                                               r"'signature' must be an object \(with alg, "
+                                               r"public_key and signature, as ir3de signs "
+                                               rf"files\), got {re.escape(repr(signature))}$"):
+        DomainStats.load(path)
+    # An object loads whatever it holds (verify says what is wrong with it), and a router
+    # saved with it loads back.
+    odd = {"alg": "ed25519", "public_key": 5}
+    write_safetensors(path, tensors, {**meta, "signature": odd})
+    stats = DomainStats.load(path)
+    assert stats.signature == odd
+    Router(emb).fit_stats([stats, toy_stats["coding"]]).save(tmp_path / "r.safetensors")
+    assert Router.load(tmp_path / "r.safetensors").stats["math"].signature == odd

@@ -22,6 +22,7 @@ from ir3de import (
     FingerprintMismatchError,
     IR3DEError,
     OutputExistsError,
+    Router,
     StatsFormatError,
     merge,
 )
@@ -497,3 +498,124 @@ def test_malformed_safetensors_headers_are_named(tmp_path: Path, header: object,
         load_embedder(folder)
     with pytest.raises(StatsFormatError, match=rf"^{where}: {message}$"):
         load_embedder(folder / "tokenizer.json", table=folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ('{"a":' * 200_000 + "1" + "}" * 200_000, r"JSON nested too deeply"),
+    ("[" * 200_000 + "]" * 200_000, r"JSON nested too deeply"),
+    ('{"n_prompts": ' + "7" * 5000 + "}", r"an integer too long to read, of more than 4300 "
+                                          r"digits"),
+    # Parsed, but nested past what ir3de writes: such a file loaded (980 levels did), and a
+    # router saving it again from a few calls deeper failed with RecursionError in json.dumps.
+    ('{"signature": {"x": ' + "[" * 500 + "]" * 500 + "}}",
+     r"JSON nested more than 64 levels deep"),
+    ('{"signature": {"x": ' + "[" * 63 + "]" * 63 + "}}", r"JSON nested more than 64 levels deep"),
+])
+def test_metadata_nested_too_deeply_or_with_huge_integers_is_refused(
+        saved, tmp_path: Path, raw: str, reason: str) -> None:
+    """json.loads raised RecursionError (a CLI traceback, a gateway 500) and ValueError
+    (an integer past Python's 4300 digits), which read_safetensors did not catch."""
+    _, stats = saved
+    target = tmp_path / "deep.stats"
+    save_file({"A": stats.A, "b": stats.b}, str(target), metadata={"ir3de": raw})
+    where = re.escape(str(target))
+    with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt ir3de metadata "
+                                               rf"\({reason}\)$"):
+        DomainStats.load(target)
+    with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt ir3de metadata "
+                                               rf"\({reason}\)$"):
+        Router.load(target)
+
+
+def test_metadata_nested_up_to_the_limit_is_read(tmp_path: Path) -> None:
+    meta = {"signature": {"x": json.loads("[" * 62 + "]" * 62)}}  # 64 levels with both objects
+    write_safetensors(tmp_path / "t.st", {"x": np.zeros(1)}, meta)
+    assert read_safetensors(tmp_path / "t.st")[1] == meta
+
+
+@pytest.mark.parametrize(("entry", "reason"), [
+    ('{"t": ' + "[" * 200_000 + "]" * 200_000 + "}", r"JSON nested too deeply"),
+    ('{"t": {"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}}',
+     r"an integer too long to read, of more than 4300 digits"),
+])
+def test_safetensors_headers_nested_too_deeply_or_with_huge_integers_are_refused(
+        tmp_path: Path, entry: str, reason: str) -> None:
+    """The header of a model's weights or an embedding table: the same json.loads."""
+    path = tmp_path / "table.safetensors"
+    path.write_bytes(struct.pack("<Q", len(entry)) + entry.encode() + b"\0" * 4)
+    where = re.escape(str(path))
+    with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt safetensors header "
+                                               rf"\({reason}\)$"):
+        safetensors_names(path)
+    with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt safetensors header "
+                                               rf"\({reason}\)$"):
+        safetensors_tensor(path, "t")
+
+
+@pytest.mark.parametrize(("dtype", "itemsize"), [
+    ("BF16", 2), ("F8_E4M3", 1), ("F8_E5M2", 1), ("BOOL", 1), ("C64", 8)])
+@pytest.mark.parametrize("name", ["A", "counts"])
+def test_tensors_of_dtypes_ir3de_does_not_read_are_named(saved, tmp_path: Path, dtype: str,
+                                                         itemsize: int, name: str) -> None:
+    """safetensors' numpy loader raised AttributeError ('float8_e4m3fn') or TypeError
+    ("data type 'bfloat16' not understood", passed on raw by the gateway) for dtypes numpy
+    lacks; BOOL and C64 were cast silently (a complex A lost its imaginary part)."""
+    path, stats = saved
+    tensors, meta = read_safetensors(path)
+    kinds = {np.dtype("<f8"): "F64", np.dtype("<i8"): "I64"}  # what ir3de writes
+    raw = {key: (kinds[value.dtype], value.shape, value.tobytes())
+           for key, value in tensors.items()}
+    target = tmp_path / "odd.stats"
+    write_raw_safetensors(target, raw, {"ir3de": json.dumps(meta)})
+    np.testing.assert_array_equal(DomainStats.load(target).A, stats.A)  # as written: loads
+    raw[name] = (dtype, tensors[name].shape, b"\0" * (tensors[name].size * itemsize))
+    write_raw_safetensors(target, raw, {"ir3de": json.dumps(meta)})
+    message = (rf"^{re.escape(str(target))}: tensor '{name}' has dtype {dtype}, which ir3de "
+               r"does not read: its files hold floating-point tensors as F64, F32 or F16 and "
+               r"counts as integers \(I64, I32, I16, I8, U64, U32, U16 or U8\)$")
+    with pytest.raises(StatsFormatError, match=message):
+        DomainStats.load(target)
+    with pytest.raises(StatsFormatError, match=message):
+        Router.load(target)
+
+
+def test_safetensors_tensor_refuses_a_shape_whose_size_wraps_around(tmp_path: Path) -> None:
+    """np.prod wrapped [2**32, 2**32] around to 0 elements, which matched an empty byte
+    range; np.memmap then failed with its own error."""
+    write_raw_safetensors(tmp_path / "wrap.st", {"t": ("F32", (2**32, 2**32), b"")})
+    with pytest.raises(StatsFormatError, match=r"wrap\.st: tensor 't' is truncated or "
+                                               r"malformed$"):
+        safetensors_tensor(tmp_path / "wrap.st", "t")
+
+
+@pytest.mark.parametrize("name", ["r" * 246 + ".st", "é" * 125, "é" * 127 + "x",
+                                  "x" * 241, "x" * 255])
+def test_names_up_to_the_longest_the_file_system_allows_are_written(
+        toy_stats, tmp_path: Path, name: str) -> None:
+    """The temporary file was named .NAME.XXXXXXXX.tmp, 14 bytes longer than NAME: a legal
+    name of 242 to 255 bytes failed as "File name too long" after all the work was done."""
+    path = tmp_path / name
+    toy_stats["math"].save(path)
+    np.testing.assert_array_equal(DomainStats.load(path).A, toy_stats["math"].A)
+    atomic_write_bytes(path, b"again", overwrite=True)
+    assert path.read_bytes() == b"again" and leftovers(tmp_path) == []
+    with pytest.raises(OutputExistsError):
+        atomic_write_bytes(path, b"not this", overwrite=False)
+    assert path.read_bytes() == b"again" and leftovers(tmp_path) == []
+
+
+def test_the_temporary_file_of_a_long_name_fits_and_shows_the_name(tmp_path: Path) -> None:
+    path = tmp_path / ("é" * 127 + "x")  # 255 bytes
+    prefix = store._temp_prefix(path)
+    assert len(os.fsencode(prefix)) + 8 + len(".tmp") <= 255
+    assert prefix == "." + "é" * 120 + "."  # cut before a character, not inside one
+    assert store._temp_prefix(tmp_path / "math.stats") == ".math.stats."
+
+
+def test_a_name_longer_than_the_file_system_allows_is_named(tmp_path: Path) -> None:
+    """pathlib's is_symlink raised the OSError itself, before the write's own handling."""
+    path = tmp_path / ("x" * 256)
+    with pytest.raises(IR3DEError, match=rf"^cannot write {re.escape(str(path))}: File name "
+                                         r"too long$"):
+        atomic_write_bytes(path, b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -65,6 +65,7 @@ from .statistics import (
     PairCounts,
     check_same_embedder,
     check_same_max_tokens,
+    check_signature,
     compute_stats,
     find_identical,
     int_tensor,
@@ -228,12 +229,14 @@ class RouterConfig:
         "selector", "geo")``, ``("normalize", "identity", None)``: unit-norm columns exist
         only without identity features).
         None when every one is read. Front ends refuse such settings instead of dropping
-        them without a word.
+        them without a word. A mapping of settings is read by its keys, the names.
 
         >>> RouterConfig().ignored(["alpha", "k"])
         ('k', 'selector', 'topk')
+        >>> RouterConfig().ignored({"alpha": 0.1})
         """
-        refuse_lone_text(names, "setting names")
+        if not isinstance(names, Mapping):
+            refuse_lone_text(names, "setting names")
         names = list(names)
         for name in names:
             model = _MODEL_ONLY.get(name)
@@ -1169,9 +1172,7 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
                 raise StatsFormatError(f"{where}: metadata field {field_name!r} lacks {key!r}")
         validate_domain_name(e["name"], f"{where}: {field_name}")
         # (what a signature holds is checked by verify, which names the expert)
-        if e.get("signature") is not None and not isinstance(e["signature"], dict):
-            raise StatsFormatError(f"{where}: metadata field '{field_name}.signature' must be "
-                                   f"an object, got {e['signature']!r}")
+        check_signature(e.get("signature"), where, f"{field_name}.signature")
         if "embedder" in e and not _is_recipe(e["embedder"]):
             raise StatsFormatError(f"{where}: metadata field '{field_name}.embedder' must be "
                                    f"an embedder recipe, got {e['embedder']!r}")

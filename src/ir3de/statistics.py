@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import reprlib
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -536,6 +537,9 @@ class DomainStats:
         b = tensors["b"].astype(np.float64)
         if b.shape != (fields["dim"] + 1,):
             raise StatsFormatError(f"{where}: b has shape {b.shape} but dim is {fields['dim']}")
+        # Checked here as Router.load checks an expert's: a list, say, loaded, and a router
+        # saved with it could not be loaded again (``ir3de experts add`` broke it in place).
+        check_signature(meta.get("signature"), where)
         return cls(domain=fields["domain"], A=A, b=b, n_tokens=int(fields["n_tokens"]),
                    n_prompts=int(fields["n_prompts"]), fingerprint=fields["fingerprint"],
                    embedder=fields["embedder"], max_tokens=int(fields["max_tokens"]),
@@ -622,6 +626,18 @@ def validate_domain_name(name: object, where: str = "<memory>") -> None:
     problem = domain_name_problem(name)
     if problem is not None:
         raise ExpertError(f"{where}: invalid domain name {name!r}: it {problem}")
+
+
+def check_signature(value: object, where: str, name: str = "signature") -> None:
+    """Raise :class:`StatsFormatError` naming ``where`` and the metadata field ``name``
+    unless ``value`` can be the signature metadata of statistics, or of a router's expert:
+    absent (None) or an object, as :func:`ir3de.signing.sign` writes it. What the object
+    holds (algorithm, key, signature) is checked by :func:`ir3de.signing.verify`, which
+    says what is wrong with it; a file nobody verifies still loads and routes."""
+    if value is not None and not isinstance(value, dict):
+        raise StatsFormatError(f"{where}: metadata field {name!r} must be an object (with "
+                               "alg, public_key and signature, as ir3de signs files), got "
+                               f"{reprlib.repr(value)}")
 
 
 def check_same_embedder(items: Iterable[DomainStats]) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import stat
 import struct
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +52,24 @@ _ST_DTYPES = {
     "BF16": np.uint16,
 }
 
+# The dtypes read_safetensors reads: what ir3de writes (F64 floats, I64 counts) and what
+# numpy holds exactly that casts to them. safetensors' numpy loader fails with a TypeError
+# or AttributeError on BF16 and the F8 kinds (numpy has no such dtype), and BOOL or C64
+# would be cast silently (a complex A losing its imaginary part), so they are refused first.
+_READ_DTYPES = ("F64", "F32", "F16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8")
+
+# How deeply JSON in a file may nest lists and objects. ir3de's own metadata and a
+# safetensors header nest 3 levels; a file nested near the parser's limit (about 1,000, past
+# which json.loads raises RecursionError) would be read, and then fail with a RecursionError
+# wherever it is written out again (a router saving an expert's signature or recipe).
+_MAX_DEPTH = 64
+
+# The longest file name (bytes) where the file system does not say (os.pathconf), and
+# what mkstemp adds to a temporary file's prefix: 8 random characters, then the suffix.
+_NAME_MAX = 255
+_TEMP_SUFFIX = ".tmp"
+_TEMP_ADDED = 8 + len(_TEMP_SUFFIX)
+
 
 @functools.cache
 def _umask() -> int:
@@ -79,22 +99,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
     the temporary file is removed then.
     """
     path = Path(path)
-    refuse_special_file(path)
-    if path.is_symlink():
-        # os.replace onto the link would replace the link itself with a regular file; the
-        # temporary file goes beside the target, as the rename must not cross file systems.
-        try:
-            path = path.resolve(strict=False)
-        except (OSError, RuntimeError) as exc:  # a loop of links (3.13: OSError)
-            raise IR3DEError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
-                             ) from None
-    if path.is_dir():  # os.replace would report the temporary file's name
-        raise IR3DEError(f"{path} is a directory")
-    require_creatable(path)
     tmp = None
     try:
+        # In the try too: is_symlink and is_dir raise OSError for a name too long for the
+        # file system or a folder that cannot be searched, which is reported like any other.
+        refuse_special_file(path)
+        if path.is_symlink():
+            # os.replace onto the link would replace the link itself with a regular file; the
+            # temporary file goes beside the target, as the rename must not cross file systems.
+            try:
+                path = path.resolve(strict=False)
+            except (OSError, RuntimeError) as exc:  # a loop of links (3.13: OSError)
+                raise IR3DEError(f"cannot write {path}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+        if path.is_dir():  # os.replace would report the temporary file's name
+            raise IR3DEError(f"{path} is a directory")
+        require_creatable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX,
+                                   dir=path.parent)
         if mode is None:
             mode = (stat.S_IMODE(path.stat().st_mode) if path.is_file()
                     else 0o666 & ~_umask())
@@ -113,6 +136,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
         if isinstance(exc, OSError):  # its own message would name the temporary file
             raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    """The prefix of the temporary file that becomes ``path``: ``.NAME.``, with NAME cut so
+    that the temporary name fits the file system's longest name (NAME_MAX, in bytes): a
+    legal target name of 242 to 255 bytes failed as "File name too long" only when it was
+    written, after all the work. Cut at a character's start (UTF-8), so the temporary
+    file still shows which file it was to become."""
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such setting here, or not for this folder
+        name_max = -1
+    if name_max <= 0:  # (-1: no limit given)
+        name_max = _NAME_MAX
+    raw = os.fsencode(path.name)
+    room = max(name_max - len(b"..") - _TEMP_ADDED, 0)
+    if len(raw) > room:
+        cut = room
+        while cut > 0 and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            cut -= 1
+        raw = raw[:cut]
+    return f".{os.fsdecode(raw)}."
 
 
 def refuse_special_file(path: Path) -> None:
@@ -182,25 +227,71 @@ def write_safetensors(
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load every tensor of an ir3de safetensors file and its JSON metadata.
 
-    Raises :class:`StatsFormatError` for a missing, truncated, corrupt or foreign file.
+    Raises :class:`StatsFormatError` for a missing, truncated, corrupt or foreign file,
+    and for a tensor of a dtype ir3de does not read (:data:`_READ_DTYPES`).
     """
     path = Path(path)
     require_file(path, StatsFormatError)
     try:
         with safe_open(str(path), framework="np") as fh:
             header = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            # Each dtype from the header, before any tensor is read (see _READ_DTYPES).
+            dtypes = {name: fh.get_slice(name).get_dtype() for name in fh.keys()}  # noqa: SIM118
+            refused = [name for name, dtype in dtypes.items() if dtype not in _READ_DTYPES]
+            tensors = {} if refused else {name: fh.get_tensor(name) for name in dtypes}
     except (SafetensorError, OSError, ValueError) as exc:
         raise StatsFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+    if refused:
+        raise StatsFormatError(
+            f"{path}: tensor {refused[0]!r} has dtype {dtypes[refused[0]]}, which ir3de does "
+            "not read: its files hold floating-point tensors as F64, F32 or F16 and counts "
+            "as integers (I64, I32, I16, I8, U64, U32, U16 or U8)")
     if "ir3de" not in header:
         raise StatsFormatError(f"{path}: safetensors file without ir3de metadata")
-    try:
-        meta = json.loads(header["ir3de"])
-    except json.JSONDecodeError as exc:
-        raise StatsFormatError(f"{path}: corrupt ir3de metadata ({exc})") from None
+    meta = _parse_json(header["ir3de"], path, "ir3de metadata")
     if not isinstance(meta, dict):
         raise StatsFormatError(f"{path}: ir3de metadata is not a JSON object")
     return tensors, meta
+
+
+def _parse_json(raw: str | bytes, path: Path, what: str) -> Any:
+    """``raw`` parsed as JSON, else :class:`StatsFormatError` "PATH: corrupt WHAT (why)".
+    Beyond malformed JSON, json.loads raises RecursionError for nesting past about 1,000
+    levels and a bare ValueError for an integer of more than 4,300 digits (by default:
+    Python's guard against quadratic int parsing); both are a damaged or hostile file here."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        reason = "JSON nested too deeply"
+    except json.JSONDecodeError as exc:
+        reason = str(exc)
+    except UnicodeDecodeError:  # (a ValueError too) bytes that are not UTF-8 text
+        reason = "not UTF-8 text"
+    except ValueError:
+        reason = ("an integer too long to read, of more than "
+                  f"{sys.get_int_max_str_digits()} digits")
+    else:
+        if not _nests_deeper(value, _MAX_DEPTH):
+            return value
+        reason = f"JSON nested more than {_MAX_DEPTH} levels deep"
+    raise StatsFormatError(f"{path}: corrupt {what} ({reason})")
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests lists and objects more than ``limit`` deep.
+    Walked with a stack of iterators, not recursion (which would fail where the parser did
+    not) and not a stack of items (one per element of a long list)."""
+    stack = [iter([value])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, (dict, list)):
+                if len(stack) > limit:
+                    return True
+                stack.append(iter(item.values() if isinstance(item, dict) else item))
+                break
+        else:
+            stack.pop()
+    return False
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int]:
@@ -213,10 +304,7 @@ def _header(path: Path) -> tuple[dict[str, Any], int]:
             raise StatsFormatError(f"{path}: not a safetensors file (implausible header "
                                    f"size {n})")
         raw = fh.read(n)
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise StatsFormatError(f"{path}: corrupt safetensors header") from None
+    header = _parse_json(raw, path, "safetensors header")
     if not isinstance(header, dict):
         raise StatsFormatError(f"{path}: corrupt safetensors header (a JSON "
                                f"{type(header).__name__}, not an object of tensor entries)")
@@ -278,7 +366,9 @@ def safetensors_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
         raise StatsFormatError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')}")
     begin, end = info["data_offsets"]
     shape = tuple(int(s) for s in info["shape"])
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    # math.prod, not np.prod: int64 would wrap for a crafted shape ([2**32, 2**32] gives 0,
+    # which matches an empty byte range) and memmap would then fail with its own error.
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
     if end - begin != expected or start + end > path.stat().st_size:
         raise StatsFormatError(f"{path}: tensor {name!r} is truncated or malformed")
     return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
