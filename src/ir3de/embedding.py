@@ -642,10 +642,10 @@ def _weight_map(index: Path) -> dict[str, str]:
     except json.JSONDecodeError as exc:
         raise IR3DEError(f"{index}: not valid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno})") from None
-    except (RecursionError, ValueError) as exc:  # nested too deeply, a too long integer
-        raise IR3DEError(f"{index}: not valid JSON ({type(exc).__name__})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise IR3DEError(f"{index}: cannot be read ({exc})") from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply, a too long integer
+        raise IR3DEError(f"{index}: not valid JSON ({type(exc).__name__})") from None
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
     if not isinstance(weight_map, dict):
         raise IR3DEError(f"{index}: no 'weight_map' object (tensor name → shard file)")
