@@ -1044,6 +1044,18 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "max_connections: Input should be a valid integer"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "max_body_bytes": True},
      "max_body_bytes: Input should be a valid integer"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "max_answer_bytes": 0},
+     "max_answer_bytes: Input should be greater than 0"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "max_admin_body_bytes": 1.5}, "max_admin_body_bytes: Input should be a valid integer"),
+    # httpx sent the url's credentials as Basic authorization instead of the key
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://u:p@x/v1",
+                                                 "api_key_env": "K"}}},
+     "experts.a.api_key_env: Value error, the url holds credentials (user:password@), which "
+     "httpx sends as Basic authorization in place of api_key_env's Bearer key: give one or "
+     "the other"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://u@x/v1", "api_key_env": "K"}}},
+     "experts.a.api_key_env: Value error, the url holds credentials"),
     # router settings: checked with the preset before any file is read
     ({"router": {"stats": ["x.stats"], "settings": {"pairs": "1e4", "alpah": 1}},
       "experts": {"a": {"url": "http://x"}}},
@@ -2060,30 +2072,38 @@ def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(
                                               ("math", None, "no_text", 200)]
 
         law = {"stats": ("law.stats", stats_files["law"].read_bytes())}
-        url = upstreams["law"].url.replace("http://", "http://user:pass-word@") + "/v1"
+        plain = upstreams["law"].url + "/v1"
+        url = plain.replace("http://", "http://user:pass-word@")
         for env, problem in (("IR3DE_TEST_UNSET_KEY", "is not set"),
                              ("IR3DE_TEST_EMPTY_KEY", "is empty")):
             r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
-                           data={"url": url, "name": "law", "api_key_env": env})
+                           data={"url": plain, "name": "law", "api_key_env": env})
             assert r.status_code == 400, r.text
             assert r.json()["error"]["param"] == "api_key_env"
             assert r.json()["error"]["message"].startswith(
                 f"api_key_env: the environment variable {env} {problem}")
-        r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
-                       data={"url": url, "name": "law", "api_key_env": key_env})
-        assert r.status_code == 200, r.text
-        assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
+        # (a url's credentials are never sent with an api_key_env: see
+        # test_url_credentials_and_api_key_env_are_refused_together)
+        for data in ({"url": url}, {"url": plain, "api_key_env": key_env}):
+            r = httpx.post(gw.url + "/admin/experts", headers=_admin(), files=law,
+                           data={"name": "law", **data})
+            assert r.status_code == 200, r.text
+            assert httpx.delete(gw.url + "/admin/experts/law",
+                                headers=_admin()).status_code == 200
         events = [e for e in _log_events(gw) if e["event"] == "admin"]
+        removed = {"event": "admin", "action": "remove_expert", "expert": "law",
+                   "routed": True, "client": "127.0.0.1"}
         assert events == [
             {"event": "admin", "action": "settings",
              "settings": {"threshold": {"from": 0.0, "to": 0.9999}}, "client": "127.0.0.1"},
             {"event": "admin", "action": "settings",
              "settings": {"threshold": {"from": 0.9999, "to": 0}}, "client": "127.0.0.1"},
-            {"event": "admin", "action": "add_expert", "expert": "law",
-             "url": upstreams["law"].url + "/v1", "model": None, "api_key_env": key_env,
-             "timeout": 60.0, "client": "127.0.0.1"},
-            {"event": "admin", "action": "remove_expert", "expert": "law", "routed": True,
-             "client": "127.0.0.1"}]
+            {"event": "admin", "action": "add_expert", "expert": "law", "url": plain,
+             "model": None, "api_key_env": None, "timeout": 60.0, "client": "127.0.0.1"},
+            removed,
+            {"event": "admin", "action": "add_expert", "expert": "law", "url": plain,
+             "model": None, "api_key_env": key_env, "timeout": 60.0, "client": "127.0.0.1"},
+            removed]
         log = os.pread(gw.log.fileno(), 1 << 22, 0).decode()
         assert "pass-word" not in log and "law-secret" not in log and TOKEN not in log
     finally:
@@ -3119,12 +3139,15 @@ def test_counts_and_seconds_may_be_written_in_exponent_notation(tmp_path: Path) 
                     "experts: {a: {url: 'http://x', timeout: 1e2}}\n"
                     "max_body_bytes: 1e6\nmax_connections: 1.0e3\ncooldown_failures: 5e0\n"
                     "cooldown_seconds: 1e2\nkeep_alive_seconds: 7.5e1\n"
-                    "upstream_keep_alive_seconds: 2.5e0\nshutdown_seconds: 6E+1\n")
+                    "upstream_keep_alive_seconds: 2.5e0\nshutdown_seconds: 6E+1\n"
+                    "max_answer_bytes: 1e3\n")
     config = load_config(path)
     values = {key: getattr(config, key) for key in (
         "max_body_bytes", "max_connections", "cooldown_failures", "cooldown_seconds",
-        "keep_alive_seconds", "upstream_keep_alive_seconds", "shutdown_seconds")}
-    assert values == {"max_body_bytes": 1_000_000, "max_connections": 1000,
+        "keep_alive_seconds", "upstream_keep_alive_seconds", "shutdown_seconds",
+        "max_answer_bytes", "max_admin_body_bytes")}
+    assert values == {"max_body_bytes": 1_000_000, "max_answer_bytes": 1000,
+                      "max_admin_body_bytes": 256 * 1024 * 1024, "max_connections": 1000,
                       "cooldown_failures": 5, "cooldown_seconds": 100.0,
                       "keep_alive_seconds": 75, "upstream_keep_alive_seconds": 2.5,
                       "shutdown_seconds": 60.0}
@@ -3151,3 +3174,215 @@ def test_admin_refuses_an_empty_expert_name(odd: Proc) -> None:
     assert r.json()["error"]["message"] == \
         "invalid expert name '': it must be non-empty, without surrounding whitespace"
     assert r.json()["error"]["param"] == "name"
+
+
+# ----------------------------------------------------------------- answer and body sizes
+ANSWER_LIMIT = 1024  # the capped gateway's max_answer_bytes
+
+
+def _admin_limit(stats_files: dict[str, Path]) -> int:
+    """The capped gateway's max_admin_body_bytes: the law statistics upload fits."""
+    return stats_files["law"].stat().st_size + 10_000
+
+
+@pytest.fixture(scope="module")
+def capped(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    """A gateway that holds at most ANSWER_LIMIT bytes of an expert's answer (or of one of
+    its SSE events), and admin bodies a little larger than the law statistics file; its
+    admin API may name SPARE_KEY as an expert's api_key_env."""
+    config = _config(tmp_path_factory.mktemp("capped"), stats_files, upstreams,
+                     max_answer_bytes=ANSWER_LIMIT,
+                     max_admin_body_bytes=_admin_limit(stats_files),
+                     admin_key_envs=["SPARE_KEY"])
+    proc = _gateway(config, env={"SPARE_KEY": "sk-spare"})
+    yield proc
+    proc.stop()
+
+
+def test_an_answer_over_max_answer_bytes_is_a_502_naming_the_limit(
+        capped: Proc, upstreams: dict[str, Proc]) -> None:
+    """A whole answer was read into memory whatever its size: a 4 MB gzip answer that
+    decoded to 4 GB took the gateway to 12 GB. It is counted decoded and refused once past
+    max_answer_bytes: a 502 naming the expert and the limit, without the fallback (the
+    expert did answer) and without counting towards a cooldown."""
+    small = httpx.post(upstreams["coding"].url + "/v1/completions",
+                       json={"prompt": CODE, "pad": 10_000, "gzip": True})
+    assert int(small.headers["content-length"]) < ANSWER_LIMIT < len(small.content)
+    error = {"message": f"expert 'coding' sent an answer of more than {ANSWER_LIMIT} bytes "
+                        "(decoded), over the gateway's max_answer_bytes (AnswerTooLarge)",
+             "type": "upstream_error", "param": None, "code": None}
+    for extra in ({"pad": 10_000}, {"pad": 10_000, "gzip": True},
+                  # an error answer to a stream is read whole too
+                  {"stream": True, "force_status": 500, "plain": "x" * 10_000}):
+        r = httpx.post(capped.url + "/v1/completions",
+                       json={"model": "ir3de", "prompt": CODE, **extra})
+        assert (r.status_code, r.json()["error"]) == (502, error), (extra, r.text)
+        assert r.headers["x-ir3de-expert"] == "coding" and "x-ir3de-fallback" not in r.headers
+    assert _health(capped, "coding") == ("ok", 0, 0)
+    r = httpx.post(capped.url + "/v1/completions",  # within the limit, as before
+                   json={"model": "ir3de", "prompt": CODE, "gzip": True})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == \
+        "answer from coding to model coding"
+
+
+def test_a_stream_event_over_max_answer_bytes_ends_the_stream(
+        capped: Proc, upstreams: dict[str, Proc]) -> None:
+    """The relay held each SSE event until it ended, however long: an expert that never
+    ended one took the gateway to 4 GB in 30 s, its client getting nothing. An event over
+    max_answer_bytes, unended or whole, now ends the client's stream with the SSE error
+    event, after the whole events before it, and the expert's connection is closed."""
+    error = {"message": f"expert 'math' sent an SSE event of more than {ANSWER_LIMIT} bytes "
+                        "(decoded), over the gateway's max_answer_bytes: the stream is cut",
+             "type": "upstream_error", "param": None, "code": None}
+    cases = [({"unended": True, "pad": 300}, []),  # no event ever ends
+             ({"pad": 10_000, "pad_from": 2}, ["math-0 ", "math-1 "]),
+             ({"pad": 10_000, "pad_from": 2, "gzip": True}, ["math-0 ", "math-1 "])]
+    for extra, before in cases:
+        tag = f"capped-{time.monotonic_ns()}"
+        with httpx.stream("POST", capped.url + "/v1/chat/completions", timeout=10, json=_chat(
+                MATH, model="math", stream=True, chunks=50, tag=tag, **extra)) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line]
+        deltas = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-2]]
+        assert (deltas, events[-2]) == (before, "event: error"), (extra, events)
+        assert json.loads(events[-1].removeprefix("data: "))["error"] == error
+        # 50 chunks 0.2 s apart: the expert would still be sending
+        state = upstreams["math"].url + f"/streams/{tag}"
+        assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected")  # noqa: B023
+    assert _metrics(capped)['ir3de_upstream_errors_total{expert="math",'
+                            'kind="stream_EventTooLarge"}'] == len(cases)
+    assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(capped.url + "/metrics").text)
+    with httpx.stream("POST", capped.url + "/v1/chat/completions",  # small events pass
+                      json=_chat(MATH, model="math", stream=True, chunks=2)) as r:
+        assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_oversized_event_finds_the_first_event_over_the_limit() -> None:
+    """Whole events and the unfinished last one, any line ending: whether an event came in
+    one read or many does not matter."""
+    from ir3de.serve import _oversized_event
+
+    for eol in (b"\n", b"\r", b"\r\n"):
+        small, big = b"data: 1" + eol + eol, b"data: " + b"x" * 20 + eol + eol
+        assert _oversized_event(bytearray(small * 5), 12) is None  # longer, each within
+        assert _oversized_event(bytearray(small * 2 + big + small), 12) == 2 * len(small)
+        assert _oversized_event(bytearray(small + b"data: " + b"x" * 20), 12) == len(small)
+        assert _oversized_event(bytearray(small + b"data: xx"), 12) is None
+        assert _oversized_event(bytearray(big), len(big)) is None
+
+
+def _admin_raw(gw: Proc, head: bytes, body: bytes) -> tuple[bytes, dict]:
+    """The status line and JSON body of the gateway's answer to an admin request that
+    sent ``head`` (request line and headers, less the blank line) and ``body``, and nothing
+    more: the answer must come without the rest."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(head + b"\r\nhost: 127.0.0.1\r\nauthorization: Bearer "
+                     + TOKEN.encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < \
+                int(answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+            data = sock.recv(65536)  # (times out after 5 s, when the gateway waits on)
+            assert data, answer
+            answer += data
+    head_out, _, json_body = answer.partition(b"\r\n\r\n")
+    return head_out.split(b"\r\n", 1)[0], json.loads(json_body)
+
+
+def test_admin_bodies_over_max_admin_body_bytes_are_a_413(capped: Proc, stats_files,
+                                                          upstreams) -> None:
+    """The admin API read any body whole: a 2 GB multipart upload took the gateway to
+    2.1 GB before its 400. Uploads and settings over max_admin_body_bytes are a 413, as
+    soon as the length says so or, chunked, once past it; a real statistics file fits."""
+    limit = _admin_limit(stats_files)
+    multipart = b"content-type: multipart/form-data; boundary=b"
+    start = b'--b\r\ncontent-disposition: form-data; name="stats"; filename="x.stats"\r\n\r\n'
+    for head, body in (
+            (b"POST /admin/experts HTTP/1.1\r\n%s\r\ncontent-length: %d"
+             % (multipart, limit + 1), start),
+            (b"POST /admin/experts HTTP/1.1\r\n%s\r\ntransfer-encoding: chunked" % multipart,
+             b"%x\r\n%s\r\n" % (limit + 1, start + b"x" * (limit + 1 - len(start)))),
+            (b"PATCH /admin/settings HTTP/1.1\r\ncontent-type: application/json\r\n"
+             b"transfer-encoding: chunked", b"%x\r\n%s\r\n" % (limit + 1, b" " * (limit + 1)))):
+        status, answer = _admin_raw(capped, head, body)
+        assert status.startswith(b"HTTP/1.1 413 "), (head, status, answer)
+        declared = f"of {limit + 1} bytes" if b"content-length" in head else \
+            f"of more than {limit} bytes"
+        assert answer["error"] == {
+            "message": f"request body {declared} exceeds the admin API's limit of {limit} "
+                       "(max_admin_body_bytes)", "type": "invalid_request_error",
+            "param": None, "code": "body_too_large"}
+    line = _request_log(capped)[-1]
+    assert (line["path"], line["status"]) == ("/admin/settings", 413)
+    # a client gone mid-upload: a 499, not a traceback
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=5) as sock:
+        sock.sendall(b"POST /admin/experts HTTP/1.1\r\nhost: x\r\n%s\r\ncontent-length: "
+                     b"5000\r\nauthorization: Bearer %s\r\n\r\n%s" % (multipart,
+                                                                      TOKEN.encode(), start))
+        time.sleep(0.3)
+    assert _wait_for(lambda: _request_log(capped)[-1]["status"] == 499)
+    assert "Traceback" not in _log_text(capped)
+    r = httpx.post(capped.url + "/admin/experts", headers=_admin(),
+                   data={"url": upstreams["law"].url + "/v1", "name": "law-sized"},
+                   files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+    assert r.status_code == 200, r.text
+    assert httpx.delete(capped.url + "/admin/experts/law-sized",
+                        headers=_admin()).status_code == 200
+    r = httpx.patch(capped.url + "/admin/settings", headers=_admin(), json={"threshold": 0.0})
+    assert r.status_code == 200, r.text
+
+
+def test_url_credentials_and_api_key_env_are_refused_together(capped: Proc, stats_files,
+                                                               upstreams) -> None:
+    """An expert URL with user:password@ and an api_key_env sent Basic authorization:
+    httpx put the URL's credentials in place of the configured Bearer key, without a word.
+    Refused together (in the config: see test_bad_config_exits_1_with_the_field); the URL's
+    credentials alone are still sent, as Basic authorization."""
+    url = upstreams["law"].url.replace("//", "//user:pw@") + "/v1"
+    law = {"stats": ("law.stats", stats_files["law"].read_bytes())}
+    r = httpx.post(capped.url + "/admin/experts", headers=_admin(), files=law,
+                   data={"url": url, "name": "law-creds", "api_key_env": "SPARE_KEY"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {
+        "message": "invalid expert endpoint: api_key_env: Value error, the url holds "
+                   "credentials (user:password@), which httpx sends as Basic authorization "
+                   "in place of api_key_env's Bearer key: give one or the other",
+        "type": "invalid_request_error", "param": "api_key_env", "code": None}
+    assert "law-creds" not in _experts(capped)
+    r = httpx.post(capped.url + "/admin/experts", headers=_admin(), files=law,
+                   data={"url": url, "name": "law-creds"})
+    assert r.status_code == 200, r.text
+    try:
+        r = httpx.post(capped.url + "/v1/completions",
+                       json={"model": "law-creds", "prompt": LEGAL})
+        assert r.json()["auth"] == "Basic dXNlcjpwdw=="  # user:pw
+    finally:
+        httpx.delete(capped.url + "/admin/experts/law-creds", headers=_admin())
+
+
+def test_saved_url_credentials_with_an_edited_api_key_env_are_named(
+        stats_files, upstreams, tmp_path, monkeypatch) -> None:
+    """Merged at a restart, a URL with credentials that the admin API saved and an
+    api_key_env edited into gateway.yaml since would be the pair the config refuses: a
+    startup error naming the expert and the state folder, not a pydantic traceback."""
+    from ir3de.errors import IR3DEError
+    from ir3de.serve import _initial_state, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    gw = _gateway(config)
+    try:
+        assert httpx.delete(gw.url + "/admin/experts/coding",
+                            headers=_admin()).status_code == 200
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                       data={"url": upstreams["coding"].url.replace("//", "//u:p@") + "/v1"},
+                       files={"stats": ("coding.stats", stats_files["coding"].read_bytes())})
+        assert r.status_code == 200, r.text
+    finally:
+        gw.stop()
+    _with_experts(config, coding={"api_key_env": "IR3DE_TEST_CODER_KEY"})
+    monkeypatch.setenv("IR3DE_TEST_CODER_KEY", "coder-key")
+    with pytest.raises(IR3DEError) as caught:
+        _initial_state(load_config(config))
+    assert str(caught.value).startswith(
+        "experts.coding: api_key_env: Value error, the url holds credentials")
+    assert f"merged with those the admin API saved in {tmp_path / 'state'}" in \
+        str(caught.value)

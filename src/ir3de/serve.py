@@ -33,8 +33,9 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   ``routed_to``, ``fallback``, ``confidence``, ``coverage``, ``stream``, and ``error`` for
   the gateway's own error answers; ``status`` 499 (as nginx logs it) for a client gone
   before its whole body arrived, or before its answer (the upstream request is cancelled
-  then), which is sent nothing. A body over ``max_body_bytes`` is a 413 as soon as it says
-  so (``content-length``) or, chunked, once past the limit, without the rest.
+  then), which is sent nothing. A body over ``max_body_bytes`` (an admin request's: over
+  ``max_admin_body_bytes``) is a 413 as soon as it says so (``content-length``) or,
+  chunked, once past the limit, without the rest.
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
@@ -88,7 +89,11 @@ arrive within ``timeout`` of the request being sent; a stream's headers, and the
 of its reads, must come within ``timeout``. An answer that cannot be decoded, or whose
 status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the request
 would go again, perhaps to another host; the 502 names where it points), is a 502 (no
-fallback: the expert did answer).
+fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``, counted
+decoded and as it arrives, as a gzip answer of a few MB may decode to GBs. A stream is
+relayed event by event, each held until it ends: one over ``max_answer_bytes`` (or one
+that never ends) ends the client's stream with the SSE ``error`` event below and closes
+the expert's connection.
 A request that waits its expert's whole ``timeout`` for one of the ``max_connections``
 upstream connections is not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``),
 without trying the fallback (it would wait for the same connections) and without
@@ -118,6 +123,7 @@ Example config::
     experts:                   # url: a query (?api-version=...) is kept; no #fragment
       math:   {url: http://127.0.0.1:8001/v1, model: qwen-math}
       coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
+    # (a url's user:password@ is sent as Basic authorization: refused with api_key_env)
     fallback: math
     policy: last_user          # all_user | conversation
     threshold: 0.0             # below this confidence, use the fallback (> 0: needs one)
@@ -131,6 +137,9 @@ Example config::
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
     max_connections: 1000      # upstream connections open at once, over all experts
+    max_body_bytes: 1000000    # a client's request body, at most
+    max_answer_bytes: 33554432   # an expert's answer (decoded), or a stream's event, at most
+    max_admin_body_bytes: 268435456   # an admin request's body (a statistics upload), at most
     keep_alive_seconds: 75     # an idle client connection is closed after this long
     upstream_keep_alive_seconds: 4  # an idle upstream connection is reused this long
     shutdown_seconds: 60       # on SIGTERM, streams in flight may run this long (unset: no limit)
@@ -235,6 +244,26 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                 raise ValueError(f"url is not one httpx can send to ({exc})") from None
             return url
 
+        @pd.field_validator("api_key_env")
+        @classmethod
+        def _one_credential(cls, v: str | None, info: Any) -> str | None:
+            from urllib.parse import urlsplit
+
+            # httpx sends a URL's user:password@ as Basic authorization, which replaces
+            # the Bearer key of api_key_env: the expert would get the password and never
+            # the key configured for it. (A URL with credentials alone stays allowed:
+            # Basic authorization in front of an expert, a reverse proxy's, is what it
+            # is for; logs and listings hide them.)
+            url = info.data.get("url")  # (absent when the url itself was refused)
+            if v is not None and url is not None:
+                parts = urlsplit(url)
+                if parts.username or parts.password:
+                    raise ValueError(
+                        "the url holds credentials (user:password@), which httpx sends as "
+                        "Basic authorization in place of api_key_env's Bearer key: give "
+                        "one or the other")
+            return v
+
     from .router import RouterConfig
 
     # Typed from RouterConfig itself, so every setting of the Python API is here under its
@@ -306,6 +335,20 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         threshold: float = pd.Field(0.0, ge=0.0, le=1.0)
         min_coverage: float = pd.Field(0.0, ge=0.0, le=1.0)
         max_body_bytes: Whole = pd.Field(1_000_000, gt=0, strict=True)
+        # An expert's answer is held in memory before it is relayed (a whole answer; an
+        # SSE event of a stream until it ends): bounded, counted after decompression, as a
+        # gzip answer of a few MB may decode to GBs.
+        max_answer_bytes: Whole = pd.Field(32 * 1024 * 1024, gt=0, strict=True,
+                                           description="the largest answer an expert may "
+                                                       "send (decoded), and the largest "
+                                                       "SSE event of its streams")
+        # The admin API's bodies (statistics uploads, settings), held in memory too. Real
+        # statistics files are a few MB (MBPP 1.2 MB, GSM8K 2.7 MB; the pair table grows
+        # with the corpus): the default leaves ample room for large corpora.
+        max_admin_body_bytes: Whole = pd.Field(256 * 1024 * 1024, gt=0, strict=True,
+                                               description="the largest body of an admin "
+                                                           "API request (a statistics "
+                                                           "upload)")
         max_connections: Whole = pd.Field(1000, gt=0, strict=True,
                                         description="upstream connections open at once, "
                                                     "over all experts")
@@ -611,7 +654,8 @@ def _refuse_unread(config: Any, given: dict[str, Any], prefix: str, source: str,
     it would change nothing without a word. The setting is named ``prefix`` + its name, and
     the value that makes it unread is said to come from ``source`` (``given_source`` when
     ``given`` sets it too): gateway.yaml's router and the admin API's PATCH."""
-    found = config.ignored(given)
+    # (the names: ignored() refuses a mapping, whose iteration would give them silently)
+    found = config.ignored(list(given))
     if found is None:
         return
     key, setting, needed = found
@@ -891,7 +935,15 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
             if s.get(key) != wanted_value:
                 note(f"{field}.{key}", wanted_value, s.get(key),
                      "config" if edited else "saved")
-        experts[name] = expert_cls.model_validate(value)
+        try:
+            experts[name] = expert_cls.model_validate(value)
+        except _pydantic().ValidationError as exc:
+            # each side valid, the merge not (the saved url's credentials with an
+            # api_key_env edited into gateway.yaml since): named, not a traceback
+            raise IR3DEError(f"experts.{name}: {_problems(exc)}, in gateway.yaml's values "
+                             f"merged with those the admin API saved in {state_dir}; edit "
+                             f"gateway.yaml, or move {state_dir} away to start from it "
+                             "alone") from None
     # -- the fallback cuts
     cuts = {}
     for cut in ("threshold", "min_coverage"):
@@ -1424,6 +1476,33 @@ def _whole_events(buffer: bytearray, start: int) -> int:
                 if (i := buffer.rfind(end, start)) >= 0), default=0)
 
 
+# An SSE event end, any of _EVENT_ENDS, found from the left (see _oversized_event).
+_EVENT_END = re.compile(rb"\n\n|\r\r|\n\r\n")
+
+
+def _oversized_event(buffer: bytearray, limit: int) -> int | None:
+    """Where the first SSE event of ``buffer`` longer than ``limit`` bytes starts, the one
+    still unfinished at its end included, or None when every event is within ``limit``.
+    (Whole events too: whether an event arrived in one read or many must not matter.)"""
+    if len(buffer) <= limit:  # the usual case: nothing to look for
+        return None
+    start = 0
+    for end in _EVENT_END.finditer(buffer):
+        if end.end() - start > limit:
+            return start
+        start = end.end()
+    return start if len(buffer) - start > limit else None
+
+
+def _stream_error(message: str) -> bytes:
+    """The SSE event that ends a relayed stream the gateway cannot go on with. The status
+    line is long gone: an ``error`` event is the one way left to tell the client, and
+    OpenAI clients raise it as an APIError."""
+    return b"event: error\ndata: " + json.dumps({"error": {
+        "message": message, "type": "upstream_error", "param": None,
+        "code": None}}).encode() + b"\n\n"
+
+
 def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     """The text the router sees, per the policy; raises ValueError on malformed input."""
     if not chat:
@@ -1750,7 +1829,11 @@ def create_app(config: Any) -> Any:
             request.extensions["trace"] = trace
             try:
                 with deadline:
-                    response = await client.send(request, stream=stream)
+                    # streamed either way: a whole answer is read here, bounded (httpx's
+                    # own read holds any size), within the same deadline
+                    response = await client.send(request, stream=True)
+                    if not stream:
+                        response = await _read_whole(response)
                 if deadline.cancelled_caught:
                     raise httpx.ReadTimeout(f"no whole answer within {endpoint.timeout:g} s",
                                             request=request)
@@ -1763,6 +1846,31 @@ def create_app(config: Any) -> Any:
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
             return response
         raise AssertionError("unreachable")
+
+    async def _read_whole(response: httpx.Response) -> httpx.Response:
+        """``response`` read whole (decoded), as ``aread`` would, but refused with
+        AnswerTooLarge as soon as it passes ``max_answer_bytes``, rather than after: a gzip
+        answer of 4 MB decoded to 4 GB in the gateway's memory. The streamed response is
+        closed either way; the answer is a response holding the decoded body."""
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > config.max_answer_bytes:
+                    raise AnswerTooLarge(f"more than {config.max_answer_bytes} bytes, "
+                                         "decoded", request=response.request)
+        finally:
+            # shielded: a deadline or a client gone cancels this, and the connection
+            # must still go back (or be dropped, half read)
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        # The body is decoded: the copy holds it without the content-encoding that would
+        # have it decoded again. (Only the status and some headers are relayed.) Raw
+        # bytes: a value as httpx decoded it (UTF-8, say) might not encode back.
+        headers = [(k, v) for k, v in response.headers.raw
+                   if k.lower() != b"content-encoding"]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                              request=response.request)
 
     async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: dict[str, Any],
                        stream: bool) -> httpx.Response:
@@ -2001,13 +2109,9 @@ def create_app(config: Any) -> Any:
             # An error comes whole, not as a stream: read it now, so that one the gateway
             # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
             try:
-                await response.aread()
+                response = await _read_whole(response)  # (bounded, and closed)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 return _upstream_failed(expert, state.experts[expert], exc)
-            finally:
-                # shielded: a client gone meanwhile cancels this (see _while_connected)
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
         headers = {**_relayed_headers(response), "x-ir3de-expert": _header_name(expert)}
         if routed_to is not None:
             headers["x-ir3de-routed-to"] = _header_name(routed_to)
@@ -2060,11 +2164,28 @@ def create_app(config: Any) -> Any:
             # reach the client compressed, without its content-encoding. Relayed event by
             # event: should the upstream break off in the middle of one, the half sent
             # would run into the error event below and the client could parse neither.
+            # An event is held until it ends: one that passes max_answer_bytes (an expert
+            # that never ends an event, or one huge event) cuts the stream, rather than
+            # growing the buffer without bound while the client gets nothing.
+            limit = config.max_answer_bytes
             pending = bytearray()
             try:
                 async for chunk in response.aiter_bytes():
                     start = max(len(pending) - 2, 0)  # an event end may span two chunks
                     pending += chunk
+                    cut = _oversized_event(pending, limit)
+                    if cut is not None:
+                        if cut:  # the whole events before it are the expert's answer
+                            yield bytes(pending[:cut])
+                        del pending[:]
+                        # let go of the expert now, before the client reads the error
+                        with anyio.CancelScope(shield=True):
+                            await response.aclose()
+                        metrics.errors.labels(expert, "stream_EventTooLarge").inc()
+                        yield _stream_error(f"expert {expert!r} sent an SSE event of more "
+                                            f"than {limit} bytes (decoded), over the "
+                                            "gateway's max_answer_bytes: the stream is cut")
+                        return
                     end = _whole_events(pending, start)
                     if end:
                         yield bytes(pending[:end])
@@ -2072,15 +2193,17 @@ def create_app(config: Any) -> Any:
                 if pending:  # an upstream that ends without a blank line: keep it all
                     yield bytes(pending)
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                # The status line is long gone: the one way left to tell the client is an
-                # SSE event, which OpenAI clients raise as an APIError.
                 metrics.errors.labels(expert, f"stream_{type(exc).__name__}").inc()
-                message = f"expert {expert!r} broke off the stream ({type(exc).__name__})"
-                yield b"event: error\ndata: " + json.dumps({"error": {
-                    "message": message, "type": "upstream_error", "param": None,
-                    "code": None}}).encode() + b"\n\n"
+                yield _stream_error(f"expert {expert!r} broke off the stream "
+                                    f"({type(exc).__name__})")
 
         return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
+
+    class AnswerTooLarge(httpx.DecodingError):
+        """An expert's answer, decoded, over ``max_answer_bytes`` (see _read_whole). A
+        DecodingError, as an answer the gateway cannot decode is: the expert did answer,
+        so the request is not retried nor sent to the fallback, and the failure does not
+        count towards a cooldown; it is a 502 naming the expert and the limit."""
 
     class _Unexpected(httpx.TransportError):
         """An exception other than httpx's own while contacting an expert (its
@@ -2147,6 +2270,9 @@ def create_app(config: Any) -> Any:
             status, what = 504, f"is unreachable: no connection within {endpoint.timeout:g} s"
         elif isinstance(exc, httpx.TimeoutException):
             status, what = 504, f"did not answer within {endpoint.timeout:g} s"
+        elif isinstance(exc, AnswerTooLarge):  # (a DecodingError: checked first)
+            status, what = 502, f"sent an answer of more than {config.max_answer_bytes} " \
+                                "bytes (decoded), over the gateway's max_answer_bytes"
         elif isinstance(exc, httpx.DecodingError):
             status, what = 502, "sent an answer its content-encoding does not describe"
         elif isinstance(exc, httpx.ConnectError) and tls is not None:
@@ -2260,6 +2386,45 @@ def create_app(config: Any) -> Any:
         return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
                       headers={"www-authenticate": "Bearer"})
 
+    class _AdminBodyTooLarge(Exception):
+        """An admin request's body went past ``max_admin_body_bytes`` (see _admin_body)."""
+
+    def _admin_too_large(declared: str | None) -> Any:
+        limit = config.max_admin_body_bytes
+        size = f"of {declared} bytes" if declared is not None else f"of more than {limit} bytes"
+        return _error(413, f"request body {size} exceeds the admin API's limit of {limit} "
+                           "(max_admin_body_bytes)", code="body_too_large")
+
+    def _admin_gone(request: Request) -> Any:
+        """The answer to an admin client gone before its whole body arrived: a 499 in
+        the access log, as for completions (an answer never sent has no status for
+        _AccessLog to see), rather than Starlette's 500 and traceback."""
+        request.scope[_ACCESS]["status"] = 499
+        return _client_gone("sending the whole request body")
+
+    def _admin_body(request: Request) -> Any:
+        """``request`` with its body bounded by ``max_admin_body_bytes``, or the 413 for a
+        body that says (``content-length``) it is larger. Reading the bounded request's
+        body (``form()``, ``body()``) raises _AdminBodyTooLarge once past the limit, a
+        chunked one declaring no length included, without reading the rest: a statistics
+        upload is held in memory, and a 2 GB one was read whole before it was refused."""
+        limit = config.max_admin_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _admin_too_large(declared)
+        received = 0
+
+        async def receive() -> Any:
+            nonlocal received
+            message = await request.receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _AdminBodyTooLarge
+            return message
+
+        return Request(request.scope, receive)
+
     def _describe(state: _State) -> dict[str, Any]:
         counts = {n: s.n_tokens for n, s in state.router.stats.items()}
         return {"experts": [{"name": n, "url": _safe_url(e.url), "model": e.model or n,
@@ -2317,7 +2482,15 @@ def create_app(config: Any) -> Any:
             return denied
         from .statistics import DomainStats
 
-        form = await request.form()
+        bounded = _admin_body(request)
+        if isinstance(bounded, JSONResponse):
+            return bounded
+        try:
+            form = await bounded.form()
+        except _AdminBodyTooLarge:
+            return _admin_too_large(None)
+        except ClientDisconnect:
+            return _admin_gone(request)
         upload, name, url = form.get("stats"), form.get("name"), form.get("url")
         if upload is None or not hasattr(upload, "read") or not isinstance(url, str):
             return _error(400, "send multipart fields 'stats' (a statistics file) and 'url' "
@@ -2431,10 +2604,17 @@ def create_app(config: Any) -> Any:
         denied = _auth(request)
         if denied:
             return denied
+        bounded = _admin_body(request)
+        if isinstance(bounded, JSONResponse):
+            return bounded
         try:
-            changes = _parse_json(await request.body())
+            changes = _parse_json(await bounded.body())
         except ValueError as exc:
             return _error(400, str(exc))
+        except _AdminBodyTooLarge:
+            return _admin_too_large(None)
+        except ClientDisconnect:
+            return _admin_gone(request)
         cuts = ("threshold", "min_coverage")
         allowed = {"alpha", "k", "lam", "pairs", "selector", *cuts}
         if not isinstance(changes, dict) or not changes:

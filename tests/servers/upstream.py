@@ -5,7 +5,10 @@ Run: python tests/servers/upstream.py NAME PORT. Streaming answers send five SSE
 with ``"force_status": N`` gets an OpenAI-style error with that status; ``"hang": S``
 waits S seconds before answering (a timeout); ``"die_after": K`` streams K chunks and then
 drops the connection mid-stream (a crashed server); ``"chunks": N`` streams N chunks instead
-of five; ``"pad": N`` adds N bytes to each streamed chunk, enough to fill socket buffers. A
+of five; ``"pad": N`` adds N bytes to each streamed chunk (to a whole answer: once), enough
+to fill socket buffers or pass the gateway's max_answer_bytes (``"pad_from": K``: only the
+streamed chunks from the K-th on); ``"unended": true`` ends each streamed event with one
+line end, not a blank line (an event that never ends). A
 streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
 ``{"state": "open"}`` while it is sent, then ``"finished"`` once its last byte is sent or
 ``"disconnected"`` when the client closed the connection before that; so has a request for
@@ -18,8 +21,8 @@ always has ``"auth"``), so a test can see what the gateway forwarded (off by def
 benchmarks' answers stay small). ``"stream_options": {"include_usage":
 true}`` ends a stream with a usage chunk, as OpenAI does. ``"headers": {...}`` adds response
 headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
-(``content-encoding: gzip``, one flush per chunk); ``"half_event": true`` makes ``die_after``
-send the first half of the next event before it drops the connection.
+(``content-encoding: gzip``, one flush per chunk) or a whole answer; ``"half_event": true``
+makes ``die_after`` send the first half of the next event before it drops the connection.
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0);
 ``UPSTREAM_TLS_CERT`` and ``UPSTREAM_TLS_KEY`` (PEM files) serve HTTPS with that certificate.
 ``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
@@ -36,6 +39,7 @@ content type unless ``headers`` gives one (a server whose errors are not JSON).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import sys
@@ -129,11 +133,15 @@ async def _completion(request: Request) -> Response:
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
                   {"index": 0, "text": _text(body), "finish_reason": "stop"})
-        return JSONResponse({"id": "x", "object": "chat.completion" if chat else
-                             "text_completion", "created": int(time.time()),
-                             "model": f"{NAME}-upstream", "choices": [choice],
-                             "auth": request.headers.get("authorization"), **echo},
-                            headers=headers)
+        answer = JSONResponse({"id": "x", "object": "chat.completion" if chat else
+                               "text_completion", "created": int(time.time()),
+                               "model": f"{NAME}-upstream", "choices": [choice],
+                               "auth": request.headers.get("authorization"), **echo, **pad},
+                              headers=headers)
+        if body.get("gzip"):  # the same answer, compressed
+            return Response(gzip.compress(bytes(answer.body)), media_type="application/json",
+                            headers={**headers, "content-encoding": "gzip"})
+        return answer
 
     def event(i: int) -> bytes:
         delta = {"content": f"{NAME}-{i} "} if chat else None
@@ -141,8 +149,10 @@ async def _completion(request: Request) -> Response:
                  "created": int(time.time()), "model": f"{NAME}-upstream",
                  "choices": [{"index": 0, "delta": delta} if chat else
                              {"index": 0, "text": f"{NAME}-{i} "}],
-                 "sent_at": time.time(), **(echo if i == 0 else {}), **pad}
-        return f"data: {json.dumps(chunk)}\n\n".encode()
+                 "sent_at": time.time(), **(echo if i == 0 else {}),
+                 **(pad if i >= body.get("pad_from", 0) else {})}
+        end = "\n" if body.get("unended") else "\n\n"
+        return f"data: {json.dumps(chunk)}{end}".encode()
 
     async def events():
         n = int(body.get("chunks", CHUNKS))
