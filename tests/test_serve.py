@@ -2310,6 +2310,14 @@ def test_expert_names_with_control_characters_are_refused(odd: Proc) -> None:
         assert r.json()["error"]["message"] == \
             f"invalid expert name {name!r}: it holds a control character (U+{code})"
         assert r.json()["error"]["param"] == "name"
+    for name, problem in (("a\u200bb", "holds an invisible format character (U+200B)"),
+                          ("cafe\u0301", "is not in Unicode's composed form (NFC): write it "
+                                         "as 'café'")):
+        r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
+                       data={"url": "http://127.0.0.1:9/v1", "name": name},
+                       files={"stats": ("law.stats", b"unread")})
+        assert r.status_code == 400, (name, r.text)
+        assert r.json()["error"]["message"] == f"invalid expert name {name!r}: it {problem}"
     assert httpx.get(odd.url + "/admin/experts", headers=_admin()).json() == before
 
 

@@ -309,6 +309,10 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
         DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder="wordllama"))
     with pytest.raises(ExpertError, match="invalid domain name"):
         DomainStats.load(rewrite(path, tmp_path / "dom.st", domain=""))
+    # A lone surrogate (JSON can escape one) loaded, and then broke every JSON answer and
+    # header naming the expert: the gateway uploading it could not even list its experts.
+    with pytest.raises(ExpertError, match=r"invalid domain name .* a lone surrogate"):
+        DomainStats.load(rewrite(path, tmp_path / "sur.st", domain="py\ud800"))
     # Document frequencies must fit the token counts and the prompt count.
     tensors, _ = read_safetensors(path)
     for bad in (stats.counts + 1,                                  # above the token counts
