@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ir3de import DomainStats, Router, load_embedder
+from ir3de import DomainStats, Router, __version__, load_embedder
 from ir3de.cli import main
 from ir3de.store import read_safetensors, write_safetensors
 
@@ -490,6 +490,8 @@ def test_eval_out_that_cannot_be_created_fails_before_the_run(user_data: Path, t
                                                ("decisions.jsonl", '{"mine": 1}\n')])
 def test_eval_refuses_files_it_did_not_write_without_force(
         name: str, content: str, user_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    pytest.importorskip("sklearn")  # (ir3de eval needs the eval extra before any check)
+    pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     out.mkdir()
     (out / name).write_text(content)
@@ -2183,3 +2185,10 @@ def test_out_of_memory_is_one_line(corpora: dict[str, Path], tmp_path: Path, cap
     assert (code, stdout) == (1, "")
     assert err.startswith("ir3de: error: out of memory;") and err.count("\n") == 1
     assert not (tmp_path / "m.stats").exists()
+
+
+def test_python_m_ir3de_is_the_command() -> None:
+    """Where the ir3de script is not on PATH: 'No module named ir3de.__main__'."""
+    done = subprocess.run([sys.executable, "-m", "ir3de", "--version"], capture_output=True,
+                          text=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"ir3de {__version__}\n", "")

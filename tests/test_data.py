@@ -15,6 +15,7 @@ from ir3de.data import (
     JSONL_SUFFIXES,
     decode_lines,
     default_data_dir,
+    missing_data,
     read_corpus,
     read_jsonl,
     reasoning_records,
@@ -162,6 +163,23 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_data_dir() == tmp_path
     monkeypatch.delenv("IR3DE_DATA")
     assert default_data_dir() == Path("../shared/data")
+    monkeypatch.setenv("IR3DE_DATA", "")  # empty is unset, as the tests read it
+    assert default_data_dir() == Path("../shared/data")
+
+
+def test_a_missing_data_folder_says_where_its_path_came_from(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    hint = "; point --data (or $IR3DE_DATA) at the shared data folder"
+    assert str(missing_data(tmp_path / "nope", True)) == \
+        f"{tmp_path / 'nope'}: no such data folder{hint}"  # was "no reasoning/ folder"
+    assert str(missing_data(tmp_path, True, "reasoning/")) == \
+        f"{tmp_path}: no reasoning/ folder in it{hint}"
+    monkeypatch.setenv("IR3DE_DATA", str(tmp_path / "stale"))
+    assert str(missing_data(default_data_dir(), False)) == \
+        f"{tmp_path / 'stale'} (from $IR3DE_DATA): no such data folder{hint}"
+    monkeypatch.delenv("IR3DE_DATA")
+    assert str(missing_data(default_data_dir(), False)).startswith(
+        "../shared/data (the default, ../shared/data from the working directory): ")
 
 
 # ------------------------------------------------------------------ Reasoning protocols

