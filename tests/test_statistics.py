@@ -206,6 +206,12 @@ def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
                                           "as 'café'"):
         compute_stats(emb, ["1 + 1"], domain="cafe\u0301")
     assert compute_stats(emb, ["1 + 1"], domain="café").domain == "café"  # NFC: accepted
+    # Joiners spell Persian and Indic words and emoji sequences; after ASCII they only hide.
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # (escaped: RUF001)
+    for name in (persian, "क्\u200dष", "👩\u200d💻", "数学", "हिन्दी"):
+        assert compute_stats(emb, ["1 + 1"], domain=name).domain == name
+    with pytest.raises(ExpertError, match=r"an invisible format character \(U\+200D\)"):
+        compute_stats(emb, ["1 + 1"], domain="ma\u200dth")
 
 
 @pytest.mark.parametrize("count", [compute_stats, streaming_stats])

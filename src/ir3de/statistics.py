@@ -86,6 +86,10 @@ _SYMMETRY_RTOL = 1e-6
 _REFUSED_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator",
                        "Zp": "a paragraph separator", "Cf": "an invisible format character",
                        "Cs": "a lone surrogate (not UTF-8)"}
+# The zero-width non-joiner and joiner are format characters that some scripts spell words
+# with (Persian, the Indic scripts) and emoji sequences are made of; after an ASCII
+# character they change nothing visible, so they are taken only after a non-ASCII one.
+_JOINERS = frozenset("\u200c\u200d")
 # Metadata counts above this are damage, not data: 2**53 is where float64 stops holding
 # every integer, and arithmetic on larger Python ints overflows numpy's int64.
 _META_INT_MAX = 2**53
@@ -597,9 +601,10 @@ def domain_name_problem(name: object) -> str | None:
     without surrounding whitespace (a client sending it as its ``model`` would have to match
     it exactly), control characters (a newline or tab would break every line- and
     tab-separated listing of experts, log lines and HTTP headers naming them, and routes:
-    ``DELETE /admin/experts/a%0Ab`` finds nothing), invisible format characters or lone
-    surrogates, written in Unicode's composed form (NFC), so that two experts never look
-    the same: ``"café"`` typed with a combining accent is another string.
+    ``DELETE /admin/experts/a%0Ab`` finds nothing), invisible format characters (but for
+    the zero-width joiners of Persian, Indic and emoji spellings) or lone surrogates,
+    written in Unicode's composed form (NFC), so that two experts never look the same:
+    ``"café"`` typed with a combining accent is another string.
 
     >>> domain_name_problem("math") is None
     True
@@ -610,8 +615,10 @@ def domain_name_problem(name: object) -> str | None:
         return f"must be a string, not {type(name).__name__}"
     if not name.strip() or name != name.strip():
         return "must be non-empty, without surrounding whitespace"
-    for c in name:
+    for i, c in enumerate(name):
         what = _REFUSED_CATEGORIES.get(unicodedata.category(c))
+        if c in _JOINERS and i > 0 and not name[i - 1].isascii():
+            continue  # a joiner inside Persian, Indic or emoji text
         if what is not None:
             return f"holds {what} (U+{ord(c):04X})"
     composed = unicodedata.normalize("NFC", name)
