@@ -51,10 +51,11 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
 * ``/admin/...`` behind a bearer token (from the environment variable named in the
   config; unset -> the admin API is off; refusals counted in
   ``ir3de_admin_unauthorized_total``): list experts (with their cooldown state), add
-  (an existing name, routed or not, is a 409; a name with a control character, such as
-  a newline, is a 400, as it is a startup error in the config; with ``trust`` set, an
-  upload not signed by one of its keys, changed after signing or renamed, is a 403, and
-  the router the gateway starts from must be signed throughout) and remove them (a
+  (an existing name, routed or not, is a 409; a name with a control or invisible
+  character (a newline, a zero-width space) or not in Unicode NFC is a 400, as it is a
+  startup error in the config; with ``trust`` set, an upload not signed by one of its
+  keys, changed after signing or renamed, is a 403, and the router the gateway starts
+  from must be signed throughout) and remove them (a
   removed expert's failures are forgotten), change α, k, λ, selector, the confidence
   threshold or the minimum coverage (above 0 only with a fallback expert). Every change
   re-solves the router off the event loop, swaps it in one assignment (requests in
