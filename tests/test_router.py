@@ -1524,3 +1524,23 @@ def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb
         f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
         f"balance=False, identity=None, experts=None)")
     assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")
+
+
+def test_a_router_saved_with_a_name_now_refused_still_loads_and_can_lose_it(
+        toy_router: Router, tmp_path: Path) -> None:
+    """Names not in NFC, or with invisible characters, were accepted before: the routers,
+    statistics and gateway state holding them must open, so that the expert can be removed
+    or renamed; a new expert still gets the full check."""
+    path = tmp_path / "old.safetensors"
+    toy_router.save(path)
+    tensors, meta = read_safetensors(path)
+    legacy = "cafe\u0301"  # 'café' spelt with a combining accent
+    meta["experts"][0]["name"] = legacy
+    write_safetensors(path, tensors, meta)
+    router = Router.load(path)
+    assert router.experts[0] == legacy and router.route(PROMPTS[0]).expert in router.experts
+    kept = router.experts[1:]
+    router.remove_expert(legacy)
+    assert router.experts == kept
+    with pytest.raises(ExpertError, match=r"write it as 'café'"):
+        router.add_expert(legacy, toy_router.stats[toy_router.experts[0]])

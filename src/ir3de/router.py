@@ -1170,7 +1170,8 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         for key in ("name", "n_tokens", "n_prompts", "max_tokens"):
             if key not in e:
                 raise StatsFormatError(f"{where}: metadata field {field_name!r} lacks {key!r}")
-        validate_domain_name(e["name"], f"{where}: {field_name}")
+        # legacy: a router saved before stricter names still loads, so its expert can go
+        validate_domain_name(e["name"], f"{where}: {field_name}", legacy=True)
         # (what a signature holds is checked by verify, which names the expert)
         check_signature(e.get("signature"), where, f"{field_name}.signature")
         if "embedder" in e and not _is_recipe(e["embedder"]):

@@ -1077,7 +1077,7 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
         changed = False
     for name in state.experts:
         try:
-            _check_expert_name(name, config.name)
+            _check_expert_name(name, config.name, legacy=name not in config.experts)
         except IR3DEError as exc:
             if name in config.experts:
                 raise
@@ -1187,9 +1187,10 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_expert_name(name: str, gateway: str) -> None:
-    """An expert name must be a usable ``model``: not the gateway's own (which routes)."""
-    problem = domain_name_problem(name)
+def _check_expert_name(name: str, gateway: str, *, legacy: bool = False) -> None:
+    """An expert name must be a usable ``model``: not the gateway's own (which routes).
+    ``legacy``: a name the admin API saved before stricter rules (domain_name_problem)."""
+    problem = domain_name_problem(name, legacy=legacy)
     if problem:
         raise IR3DEError(f"invalid expert name {name!r}: it {problem}")
     if name == gateway:

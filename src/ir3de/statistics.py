@@ -90,6 +90,8 @@ _REFUSED_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator",
 # with (Persian, the Indic scripts) and emoji sequences are made of; after an ASCII
 # character they change nothing visible, so they are taken only after a non-ASCII one.
 _JOINERS = frozenset("\u200c\u200d")
+# What files written before these were refused may hold (domain_name_problem's legacy).
+_LEGACY_CATEGORIES = frozenset({_REFUSED_CATEGORIES["Cf"]})
 # Metadata counts above this are damage, not data: 2**53 is where float64 stops holding
 # every integer, and arithmetic on larger Python ints overflows numpy's int64.
 _META_INT_MAX = 2**53
@@ -183,7 +185,8 @@ class DomainStats:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_parts", frozenset({object()}))  # frozen: set once here
-        validate_domain_name(self.domain, self.source)
+        # legacy: statistics read from an older file; compute_stats checks a new name fully
+        validate_domain_name(self.domain, self.source, legacy=True)
         self._check_array_types()
         h1 = self.b.shape[0] if self.b.ndim == 1 else -1
         if self.A.ndim != 2 or self.A.shape != (h1, h1):
@@ -596,7 +599,7 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
     return PairCounts(keys, counts)
 
 
-def domain_name_problem(name: object) -> str | None:
+def domain_name_problem(name: object, *, legacy: bool = False) -> str | None:
     """Why ``name`` cannot name a domain or an expert, or None. A name is a non-empty string
     without surrounding whitespace (a client sending it as its ``model`` would have to match
     it exactly), control characters (a newline or tab would break every line- and
@@ -604,7 +607,10 @@ def domain_name_problem(name: object) -> str | None:
     ``DELETE /admin/experts/a%0Ab`` finds nothing), invisible format characters (but for
     the zero-width joiners of Persian, Indic and emoji spellings) or lone surrogates,
     written in Unicode's composed form (NFC), so that two experts never look the same:
-    ``"café"`` typed with a combining accent is another string.
+    ``"café"`` typed with a combining accent is another string. ``legacy`` skips those two
+    rules, which earlier versions of ir3de did not apply: files and gateway state they wrote
+    still load, so that such an expert can be removed or renamed (a new name is checked
+    in full).
 
     >>> domain_name_problem("math") is None
     True
@@ -617,20 +623,23 @@ def domain_name_problem(name: object) -> str | None:
         return "must be non-empty, without surrounding whitespace"
     for i, c in enumerate(name):
         what = _REFUSED_CATEGORIES.get(unicodedata.category(c))
+        if legacy and what in _LEGACY_CATEGORIES:
+            continue
         if c in _JOINERS and i > 0 and not name[i - 1].isascii():
             continue  # a joiner inside Persian, Indic or emoji text
         if what is not None:
             return f"holds {what} (U+{ord(c):04X})"
     composed = unicodedata.normalize("NFC", name)
-    if composed != name:
+    if composed != name and not legacy:
         return f"is not in Unicode's composed form (NFC): write it as {composed!r}"
     return None
 
 
-def validate_domain_name(name: object, where: str = "<memory>") -> None:
+def validate_domain_name(name: object, where: str = "<memory>", *,
+                         legacy: bool = False) -> None:
     """Raise :class:`ExpertError` naming ``where`` unless ``name`` can name a domain
-    (:func:`domain_name_problem`)."""
-    problem = domain_name_problem(name)
+    (:func:`domain_name_problem`; ``legacy`` for a name read from a file)."""
+    problem = domain_name_problem(name, legacy=legacy)
     if problem is not None:
         raise ExpertError(f"{where}: invalid domain name {name!r}: it {problem}")
 
