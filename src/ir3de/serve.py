@@ -655,8 +655,7 @@ def _refuse_unread(config: Any, given: dict[str, Any], prefix: str, source: str,
     it would change nothing without a word. The setting is named ``prefix`` + its name, and
     the value that makes it unread is said to come from ``source`` (``given_source`` when
     ``given`` sets it too): gateway.yaml's router and the admin API's PATCH."""
-    # (the names: ignored() refuses a mapping, whose iteration would give them silently)
-    found = config.ignored(list(given))
+    found = config.ignored(given)
     if found is None:
         return
     key, setting, needed = found
@@ -1938,24 +1937,16 @@ def create_app(config: Any) -> Any:
     async def _proxy(request: Request, path: str, chat: bool, info: dict[str, Any]) -> Any:
         """The answer to one completions request; ``info`` gets what its access-log line
         reports (see _counted)."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > config.max_body_bytes:
-            # Refused before reading: a huge body never reaches memory.
-            return _error(413, f"request body of {declared} bytes exceeds the limit of "
-                               f"{config.max_body_bytes}", code="body_too_large")
-        raw = bytearray()
+        bounded = _bounded(request, admin=False)
+        if isinstance(bounded, JSONResponse):
+            return bounded
         try:
-            async for chunk in request.stream():
-                raw += chunk
-                if len(raw) > config.max_body_bytes:
-                    # chunked uploads declare no length: refused once past the limit,
-                    # without reading (nor waiting for) the rest
-                    return _error(413, f"request body of more than {config.max_body_bytes}"
-                                       f" bytes exceeds the limit of "
-                                       f"{config.max_body_bytes}", code="body_too_large")
+            raw = await bounded.body()
+        except _BodyTooLarge:
+            return _too_large(None, admin=False)
         except ClientDisconnect:
             return _client_gone("sending the whole request body")
-        return await _while_connected(request, _forward(bytes(raw), path, chat, info))
+        return await _while_connected(request, _forward(raw, path, chat, info))
 
     async def _while_connected(request: Request, answer: Awaitable[Any]) -> Any:
         """``answer``, unless the client disconnects first: then it is cancelled (with the
@@ -2388,14 +2379,17 @@ def create_app(config: Any) -> Any:
         return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
                       headers={"www-authenticate": "Bearer"})
 
-    class _AdminBodyTooLarge(Exception):
-        """An admin request's body went past ``max_admin_body_bytes`` (see _admin_body)."""
+    class _BodyTooLarge(Exception):
+        """A request's body went past its limit (see _bounded)."""
 
-    def _admin_too_large(declared: str | None) -> Any:
-        limit = config.max_admin_body_bytes
+    def _too_large(declared: str | None, *, admin: bool) -> Any:
+        """The 413 for a body of ``declared`` bytes (None: a chunked one, once past the
+        limit): ``max_admin_body_bytes`` for the admin API, else ``max_body_bytes``."""
+        limit = config.max_admin_body_bytes if admin else config.max_body_bytes
         size = f"of {declared} bytes" if declared is not None else f"of more than {limit} bytes"
-        return _error(413, f"request body {size} exceeds the admin API's limit of {limit} "
-                           "(max_admin_body_bytes)", code="body_too_large")
+        whose = (f"the admin API's limit of {limit} (max_admin_body_bytes)" if admin else
+                 f"the limit of {limit}")
+        return _error(413, f"request body {size} exceeds {whose}", code="body_too_large")
 
     def _admin_gone(request: Request) -> Any:
         """The answer to an admin client gone before its whole body arrived: a 499 in
@@ -2404,16 +2398,17 @@ def create_app(config: Any) -> Any:
         request.scope[_ACCESS]["status"] = 499
         return _client_gone("sending the whole request body")
 
-    def _admin_body(request: Request) -> Any:
-        """``request`` with its body bounded by ``max_admin_body_bytes``, or the 413 for a
-        body that says (``content-length``) it is larger. Reading the bounded request's
-        body (``form()``, ``body()``) raises _AdminBodyTooLarge once past the limit, a
-        chunked one declaring no length included, without reading the rest: a statistics
-        upload is held in memory, and a 2 GB one was read whole before it was refused."""
-        limit = config.max_admin_body_bytes
+    def _bounded(request: Request, *, admin: bool) -> Any:
+        """``request`` with its body bounded by ``max_body_bytes`` (``admin``:
+        ``max_admin_body_bytes``), or the 413 for a body that says (``content-length``) it
+        is larger, refused before reading: a huge body never reaches memory. Reading the
+        bounded request's body (``body()``, ``form()``) raises _BodyTooLarge once past the
+        limit, a chunked one declaring no length included, without reading (nor waiting
+        for) the rest: a 2 GB statistics upload was read whole before it was refused."""
+        limit = config.max_admin_body_bytes if admin else config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return _admin_too_large(declared)
+            return _too_large(declared, admin=admin)
         received = 0
 
         async def receive() -> Any:
@@ -2422,7 +2417,7 @@ def create_app(config: Any) -> Any:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _AdminBodyTooLarge
+                    raise _BodyTooLarge
             return message
 
         return Request(request.scope, receive)
@@ -2484,13 +2479,13 @@ def create_app(config: Any) -> Any:
             return denied
         from .statistics import DomainStats
 
-        bounded = _admin_body(request)
+        bounded = _bounded(request, admin=True)
         if isinstance(bounded, JSONResponse):
             return bounded
         try:
             form = await bounded.form()
-        except _AdminBodyTooLarge:
-            return _admin_too_large(None)
+        except _BodyTooLarge:
+            return _too_large(None, admin=True)
         except ClientDisconnect:
             return _admin_gone(request)
         upload, name, url = form.get("stats"), form.get("name"), form.get("url")
@@ -2606,15 +2601,15 @@ def create_app(config: Any) -> Any:
         denied = _auth(request)
         if denied:
             return denied
-        bounded = _admin_body(request)
+        bounded = _bounded(request, admin=True)
         if isinstance(bounded, JSONResponse):
             return bounded
         try:
             changes = _parse_json(await bounded.body())
         except ValueError as exc:
             return _error(400, str(exc))
-        except _AdminBodyTooLarge:
-            return _admin_too_large(None)
+        except _BodyTooLarge:
+            return _too_large(None, admin=True)
         except ClientDisconnect:
             return _admin_gone(request)
         cuts = ("threshold", "min_coverage")
