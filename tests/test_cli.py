@@ -415,6 +415,15 @@ def test_eval_bad_input_exits_1(extra: list[str], message: str, tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_eval_says_when_its_data_folder_came_from_the_environment(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("IR3DE_DATA", str(tmp_path / "stale"))
+    code, _, err = run(capsys, "eval", "--out", tmp_path / "out", "--baselines")
+    # it said "…/stale: no such data folder", as if --data had named it
+    assert code == 1 and f"{tmp_path / 'stale'} (from $IR3DE_DATA): no such" in err, err
+
+
 def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> None:
     pytest.importorskip("sklearn")
     (tmp_path / "afile").write_text("keep")

@@ -178,8 +178,9 @@ def test_a_missing_data_folder_says_where_its_path_came_from(monkeypatch: pytest
     assert str(missing_data(default_data_dir(), False)) == \
         f"{tmp_path / 'stale'} (from $IR3DE_DATA): no such data folder{hint}"
     monkeypatch.delenv("IR3DE_DATA")
+    monkeypatch.chdir(tmp_path)
     assert str(missing_data(default_data_dir(), False)).startswith(
-        "../shared/data (the default, ../shared/data from the working directory): ")
+        f"../shared/data (the default, relative to the working directory {tmp_path}): ")
 
 
 # ------------------------------------------------------------------ Reasoning protocols

@@ -1293,7 +1293,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def load(name: str, seed: int) -> Setting:
         if name == "custom":
             return custom_setting(args.fit, args.test, seed=seed, **caps)
-        return load_setting(name, data_dir, seed=seed, **caps)
+        # args.data, not data_dir: when it is None the message can say $IR3DE_DATA chose it.
+        return load_setting(name, args.data, seed=seed, **caps)
 
     # Load every setting before the slow part, so a bad path fails at once.
     settings = [repeat_setting(functools.partial(load, name), seeds) for name in names]

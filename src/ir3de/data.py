@@ -82,7 +82,7 @@ def missing_data(data_dir: Path, given: bool, needs: str | None = None) -> IR3DE
     saying where the path came from when the caller did not give it (``given``): a stale
     ``$IR3DE_DATA``, or ``../shared/data`` taken from the wrong working directory."""
     origin = ("" if given else " (from $IR3DE_DATA)" if os.environ.get("IR3DE_DATA") else
-              " (the default, ../shared/data from the working directory)")
+              f" (the default, relative to the working directory {Path.cwd()})")
     what = "no such data folder" if not data_dir.is_dir() else f"no {needs} folder in it"
     return IR3DEError(f"{data_dir}{origin}: {what}; point --data (or $IR3DE_DATA) at the "
                       "shared data folder")
