@@ -357,6 +357,29 @@ def test_subtracting_a_stranger_names_it_before_any_consistency_check(
             compute_stats(emb, ["cat dog"], domain="math")
 
 
+def test_a_sum_past_two_to_the_53_tokens_is_refused_not_saved(
+        toy_stats: dict[str, DomainStats]) -> None:
+    """The loader refuses more than 2**53 tokens; two files just under half of it each
+    used to sum (merge) to statistics that saved fine and then could not be loaded."""
+    half = 2**52 + 1  # exact in float64, as A's and b's bias entries must be
+    A = np.zeros_like(toy_stats["math"].A)
+    A[-1, -1] = half
+    b = np.zeros_like(toy_stats["math"].b)
+    b[-1] = half
+    big = dataclasses.replace(toy_stats["math"], A=A, b=b, n_tokens=half, n_prompts=1,
+                              counts=None, doc_counts=None, pairs=None, source="big.st")
+    A2 = A.copy()
+    A2[0, 0] = 1.0  # other data, not a copy (merge refuses a shard given twice)
+    other = dataclasses.replace(big, A=A2, source="other.st")
+    with pytest.raises(StatsFormatError, match=r"adding other\.st to big\.st: .*more than "
+                                               r"2\*\*53 tokens or prompts"):
+        big + other
+    with pytest.raises(StatsFormatError, match=r"more than 2\*\*53"):
+        merge([big, other])
+    with pytest.raises(StatsFormatError, match=r"more than 2\*\*53"):
+        dataclasses.replace(big, n_prompts=2**53 + 1)
+
+
 def test_subtracting_without_counts_checks_the_diagonal(emb: Embedder) -> None:
     """Without token counts only A's diagonal (sums of squares) can expose a stranger: it
     must not go negative. What was added comes back off, up to the rounding of the sums."""

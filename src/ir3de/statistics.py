@@ -214,6 +214,12 @@ class DomainStats:
         if self.n_tokens < 0 or self.n_prompts < 0:
             raise StatsFormatError(f"{self.source}: negative counts "
                                    f"({self.n_tokens} tokens, {self.n_prompts} prompts)")
+        # The loader refuses more (meta_int): refused here too, a sum of two files that load
+        # could otherwise be saved as one that does not.
+        if max(self.n_tokens, self.n_prompts) > _META_INT_MAX:
+            raise StatsFormatError(f"{self.source}: more than 2**53 tokens or prompts "
+                                   f"({self.n_tokens} tokens, {self.n_prompts} prompts), "
+                                   "beyond what float64 sums count exactly")
         # The bias entries are sums of 1.0 per token, exact in float64 below 2^53: they must
         # equal the token count to the bit. A cheap check against corruption and tampering
         # (the counts set the balanced weights).
@@ -379,8 +385,9 @@ class DomainStats:
                                n_prompts=n_prompts, source="<combined>", signature=None,
                                counts=counts, doc_counts=doc_counts, pairs=pairs)
         except StatsFormatError as exc:
-            if sign > 0:  # two valid statistics always add up to valid ones
-                raise
+            if sign > 0:  # past 2**53 tokens, the one way parts that load sum to invalid
+                raise StatsFormatError(f"adding {other.source} to {self.source}: "
+                                       f"{exc}") from None
             # The difference of valid statistics and a part of them is the valid rest: counts
             # that disagree are as sure a sign of a stranger as negative ones.
             raise StatsFormatError(f"subtracting {other.source} from {self.source} leaves "
