@@ -2286,6 +2286,32 @@ def test_a_reused_connection_the_expert_closes_is_sent_again(odd: Proc) -> None:
     assert closed_errors() == before + 2  # each closed attempt is still counted
 
 
+def test_a_request_the_expert_held_before_closing_is_not_sent_again(odd: Proc) -> None:
+    """An expert that read the request on a reused connection and died 0.7 s later (killed
+    mid-prefill) had the request sent again on a new connection: the work paid for twice,
+    the client none the wiser. Only the keep-alive race (a failure within a round trip) is
+    retried now; and every failed attempt is logged, the retried one too."""
+    for model in ("coding", "ir3de"):
+        assert httpx.post(odd.url + "/v1/chat/completions",
+                          json=_chat(CODE, model="coding")).status_code == 200
+        r = httpx.post(odd.url + "/v1/chat/completions",
+                       json=_chat(CODE, model=model, mode="crash_reused", delay=0.7))
+        if model == "coding":  # named: its own 502
+            assert r.status_code == 502, r.text
+            assert "closed the connection without one" in r.json()["error"]["message"]
+        else:  # routed: the fallback answers
+            assert (r.status_code, r.headers["x-ir3de-expert"],
+                    r.headers["x-ir3de-fallback"]) == (200, "math", "upstream_failure")
+    # the quick close of the race: retried, and the retried attempt logged
+    assert httpx.post(odd.url + "/v1/chat/completions",
+                      json=_chat(CODE, model="coding")).status_code == 200
+    assert httpx.post(odd.url + "/v1/chat/completions",
+                      json=_chat(CODE, model="coding", mode="close_reused")).status_code == 200
+    failures = [e for e in _log_events(odd) if e["event"] == "upstream_error"]
+    assert failures[-1]["retried"] is True and failures[-1]["expert"] == "coding"
+    assert [e["retried"] for e in failures[-3:-1]] == [False, False]
+
+
 def test_expert_header_with_a_percent_decodes_back(odd: Proc) -> None:
     """An expert named cs%2Fv2 was sent as is in x-ir3de-expert, which unquote reads as
     cs/v2."""

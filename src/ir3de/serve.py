@@ -75,9 +75,9 @@ use (one without coverage, such as ``preset: unigram``) goes, with such a warnin
 file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone.
 
 Failures: a refused connection is retried once (the expert may be restarting), and so is
-a request on a reused idle connection that the expert closed before answering (the
-keep-alive race; a request on a new connection, or answered even in part, is not sent
-twice). For a routed request, a second failure or a timeout sends the request to the
+a request on a reused idle connection that the expert closed before answering, within
+0.5 s (the keep-alive race; a request on a new connection, answered even in part, or
+held longer, is not sent twice). For a routed request, a second failure or a timeout sends the request to the
 fallback expert. A request that names its expert may carry what that expert alone
 accepts: it never goes to another one, and gets a 502 (504 for a timeout) naming the
 expert, as routed requests do without a fallback; the message tells an expert that is
@@ -163,7 +163,7 @@ import ssl
 import tempfile
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -566,23 +566,35 @@ def _chain(exc: BaseException) -> list[BaseException]:
         exc = inner
 
 
-def _retried(exc: Exception, steps: set[str]) -> bool:
+# The keep-alive race ends within a round trip of the request being sent: the expert had
+# closed the connection (its end-of-file is already there to read) or resets it on
+# receipt. A connection that dies later was reading the request, perhaps generating (an
+# expert killed mid-prefill): sending it again would pay for it twice, or crash the
+# restarting expert with the same prompt. 0.5 s is a few round trips between continents.
+_RACE_SECONDS = 0.5
+
+
+def _retried(exc: Exception, steps: Mapping[str, float], now: float) -> bool:
     """Whether a failed upstream attempt gets the one retry: a refused connection (the
     expert may be restarting), or an idle connection the expert closed just as the gateway
     reused it, before any answer (the keep-alive race: ``steps``, the attempt's httpcore
-    trace events, show no new connection and no response headers). A request on a
-    connection opened for it, or one answered even in part, is not sent again."""
+    trace events and when they came, show no new connection and no response headers, and
+    the failure came at ``now``, within :data:`_RACE_SECONDS` of the request being sent).
+    A request on a connection opened for it, one answered even in part, or one the expert
+    held for longer is not sent again."""
     import httpx
 
     if isinstance(exc, httpx.ConnectError):
         return True
     reused = not any(step.endswith(".connect_tcp.started") for step in steps)
     answered = any(step.endswith(".receive_response_headers.complete") for step in steps)
+    sent = next((t for step, t in steps.items()
+                 if step.endswith(".send_request_headers.started")), now)
     # httpcore's words for end-of-file before a byte of the answer; a reset is a ReadError
     closed = isinstance(exc, httpx.ReadError) or (
         isinstance(exc, httpx.RemoteProtocolError)
         and "disconnected without sending a response" in str(exc))
-    return reused and not answered and closed
+    return reused and not answered and closed and now - sent <= _RACE_SECONDS
 
 
 def _trusted_keys(folder: str | None) -> dict[str, str] | None:
@@ -1819,11 +1831,11 @@ def create_app(config: Any) -> Any:
             # (a connection in hand: a wait for one of the gateway's own is not the
             # expert's); a stream, relayed as it comes, keeps httpx's bound alone.
             deadline = anyio.CancelScope()
-            steps: set[str] = set()  # httpcore's trace events of this attempt
+            steps: dict[str, float] = {}  # httpcore's trace events of this attempt: when
 
             async def trace(event: str, _: Any, deadline: anyio.CancelScope = deadline,
-                            steps: set[str] = steps) -> None:
-                steps.add(event)
+                            steps: dict[str, float] = steps) -> None:
+                steps[event] = time.monotonic()
                 if not stream and event.endswith(".send_request_headers.started"):
                     deadline.deadline = anyio.current_time() + endpoint.timeout
 
@@ -1841,8 +1853,9 @@ def create_app(config: Any) -> Any:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 # (DecodingError: a body that its content-encoding does not describe)
                 metrics.errors.labels(expert_name, type(exc).__name__).inc()
-                if attempt == 1 or not _retried(exc, steps):
-                    raise
+                if attempt == 1 or not _retried(exc, steps, time.monotonic()):
+                    raise  # (logged by _attempt)
+                _log_failure(expert_name, exc, retried=True)
                 continue
             metrics.upstream.labels(expert_name).observe(time.perf_counter() - start)
             return response
@@ -1904,13 +1917,13 @@ def create_app(config: Any) -> Any:
         finally:
             cooldowns.done(ticket, answered)
 
-    def _log_failure(expert: str, exc: Exception) -> None:
-        """A warning line for an attempt that failed (after its retry, if any), with the
-        cause behind httpx's error, which the client's message names by type only (a TLS
-        failure's reason, a DNS error): what the operator needs to fix it."""
+    def _log_failure(expert: str, exc: Exception, *, retried: bool = False) -> None:
+        """A warning line for an attempt that failed (``retried``: one sent again), with
+        the cause behind httpx's error, which the client's message names by type only (a
+        TLS failure's reason, a DNS error): what the operator needs to fix it."""
         root = _chain(exc)[-1]
         log.warning(json.dumps({"event": "upstream_error", "expert": expert,
-                                "error": _error_kind(exc),
+                                "error": _error_kind(exc), "retried": retried,
                                 "cause": f"{type(root).__name__}: {root}"}))
 
     def _error_kind(exc: Exception) -> str:

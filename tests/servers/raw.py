@@ -12,7 +12,9 @@ wrong with ``"mode"``:
 * ``status``: the status line ``HTTP/1.1 <"status"> X`` (any three digits, 999 say);
 * ``close_reused``: on a connection that has answered before, the connection closed
   without an answer (what a server closing an idle connection as the client reuses it
-  does to that request); on a new connection, ``ok``.
+  does to that request); on a new connection, ``ok``;
+* ``crash_reused``: the same, but the connection is closed ``"delay"`` seconds after the
+  request was read (an expert killed while it works on it).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                            if line.lower().startswith("content-length:")), 0)
             body = json.loads(await reader.readexactly(length)) if length else {}
             mode = body.get("mode", "ok") if head.startswith("POST ") else "health"
-            if mode == "close_reused":
+            if mode in ("close_reused", "crash_reused"):
                 if answered:
+                    if mode == "crash_reused":
+                        await asyncio.sleep(float(body.get("delay", 0.3)))
                     return
                 mode = "ok"
             if mode == "health":
