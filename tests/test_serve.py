@@ -1453,6 +1453,29 @@ def test_sdk_undecodable_upstream_answer_is_a_502(sdk) -> None:
                                          extra_body={**lying, "chunks": 1}))
 
 
+def test_an_answer_in_an_encoding_the_gateway_cannot_decode_is_a_final_502(
+        gateway: Proc) -> None:
+    """httpx passes a content-encoding it does not know (br without brotli, zstd, x-gzip)
+    through undecoded: the client got a 200 of compressed bytes without their
+    content-encoding. Now a 502, which SDKs are told not to retry."""
+    for encoding in ("br", "x-gzip", "gzip, zstd"):
+        for model, stream in (("math", False), ("math", True), ("ir3de", True)):
+            r = httpx.post(gateway.url + "/v1/chat/completions",
+                           json=_chat(MATH, model=model, stream=stream,
+                                      headers={"content-encoding": encoding}))
+            assert r.status_code == 502, (encoding, stream, r.text)
+            unknown = encoding.split(", ")[-1]
+            assert r.json()["error"]["message"] == (
+                f"expert 'math' answered in content-encoding {unknown!r}, which the gateway "
+                "cannot decode (UnknownEncoding)")
+            assert r.headers["x-should-retry"] == "false"
+            assert "x-ir3de-fallback" not in r.headers  # the expert did answer
+    r = httpx.post(gateway.url + "/v1/chat/completions",  # what httpx decodes still goes
+                   json=_chat(MATH, model="math", gzip=True))
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert "x-should-retry" not in r.headers
+
+
 def test_sse_event_ends_with_any_line_ending() -> None:
     """The relay cuts an upstream stream after whole events only, whatever its line
     endings, and finds an event end split across two chunks."""
@@ -2244,6 +2267,7 @@ def test_upstream_status_beyond_http_is_a_502(odd: Proc) -> None:
                        "HTTP status (100-599)", "type": "upstream_error", "param": None,
             "code": None}
         assert r.headers["x-ir3de-expert"] == "coding"
+        assert r.headers["x-should-retry"] == "false"
     r = httpx.post(odd.url + "/v1/chat/completions",
                    json=_chat(CODE, model="coding", mode="status", status=599))
     assert r.status_code == 599 and r.json()["model"] == "raw"
@@ -2970,6 +2994,7 @@ def test_upstream_redirect_is_a_502_naming_its_target(gateway: Proc, upstreams: 
                                       headers=headers))
             assert r.status_code == 502, (status, r.text)
             assert r.headers["x-ir3de-expert"] == "math"
+            assert r.headers["x-should-retry"] == "false"  # an SDK tried three times
             assert "x-ir3de-fallback" not in r.headers
             assert r.json()["error"] == {
                 "message": f"expert 'math' answered {status}, {target}, which the gateway "
@@ -3252,6 +3277,7 @@ def test_an_answer_over_max_answer_bytes_is_a_502_naming_the_limit(
                        json={"model": "ir3de", "prompt": CODE, **extra})
         assert (r.status_code, r.json()["error"]) == (502, error), (extra, r.text)
         assert r.headers["x-ir3de-expert"] == "coding" and "x-ir3de-fallback" not in r.headers
+        assert r.headers["x-should-retry"] == "false"
     assert _health(capped, "coding") == ("ok", 0, 0)
     r = httpx.post(capped.url + "/v1/completions",  # within the limit, as before
                    json={"model": "ir3de", "prompt": CODE, "gzip": True})

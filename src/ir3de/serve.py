@@ -77,33 +77,33 @@ file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone.
 Failures: a refused connection is retried once (the expert may be restarting), and so is
 a request on a reused idle connection that the expert closed before answering, within
 0.5 s (the keep-alive race; a request on a new connection, answered even in part, or
-held longer, is not sent twice). For a routed request, a second failure or a timeout sends the request to the
-fallback expert. A request that names its expert may carry what that expert alone
-accepts: it never goes to another one, and gets a 502 (504 for a timeout) naming the
-expert, as routed requests do without a fallback; the message tells an expert that is
-unreachable (no connection; a TLS failure by its OpenSSL reason) from one that sent a
-malformed or truncated answer (or closed the connection without one). Any other error
-while sending is such a failure too, and each is logged with its whole cause (``"event":
-"upstream_error"``). An expert's ``timeout`` bounds the wait for a
+held longer, is not sent twice). For a routed request, a second failure or a timeout
+sends the request to the fallback expert. A request that names its expert may carry what
+that expert alone accepts: it never goes to another one, and gets a 502 (504 for a
+timeout) naming the expert, as routed requests do without a fallback; the message tells
+an expert that is unreachable (no connection; a TLS failure by its OpenSSL reason) from
+one that sent a malformed or truncated answer (or closed the connection without one).
+Any other error while sending is such a failure too, and each is logged with its whole
+cause (``"event": "upstream_error"``). An expert's ``timeout`` bounds the wait for a
 connection and, for a whole (non-streaming) answer, the answer itself: all of it must
 arrive within ``timeout`` of the request being sent; a stream's headers, and then each
 of its reads, must come within ``timeout``. An answer that cannot be decoded, or whose
 status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the request
 would go again, perhaps to another host; the 502 names where it points), is a 502 (no
-fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``, counted
-decoded and as it arrives, as a gzip answer of a few MB may decode to GBs. A stream is
-relayed event by event, each held until it ends: one over ``max_answer_bytes`` (or one
-that never ends) ends the client's stream with the SSE ``error`` event below and closes
-the expert's connection.
-A request that waits its expert's whole ``timeout`` for one of the ``max_connections``
-upstream connections is not sent: a 503 (``code: gateway_busy``, ``retry-after: 1``),
-without trying the fallback (it would wait for the same connections) and without
-counting against the expert's cooldown. An upstream HTTP error is returned as is; a
-stream cut by the upstream ends with an SSE ``error`` event, after the last whole event.
-The gateway's own errors, unknown routes included, use OpenAI's error JSON (``{"error":
-{"message", "type", "param", "code"}}``). An HTTPS expert's certificate is checked against
-certifi's CA bundle, or, when set, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's:
-httpx reads them when the gateway starts).
+fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``,
+counted decoded and as it arrives, as a gzip answer of a few MB may decode to GBs. A
+stream is relayed event by event, each held until it ends: one over ``max_answer_bytes``
+(or one that never ends) ends the client's stream with the SSE ``error`` event below and
+closes the expert's connection. A request that waits its expert's whole ``timeout`` for
+one of the ``max_connections`` upstream connections is not sent: a 503 (``code:
+gateway_busy``, ``retry-after: 1``), without trying the fallback (it would wait for the
+same connections) and without counting against the expert's cooldown. An upstream HTTP
+error is returned as is; a stream cut by the upstream ends with an SSE ``error`` event,
+after the last whole event. The gateway's own errors, unknown routes included, use
+OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``). An HTTPS
+expert's certificate is checked against certifi's CA bundle, or, when set,
+``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's: httpx reads them when the gateway
+starts).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -1775,6 +1775,10 @@ def create_app(config: Any) -> Any:
             max_connections=config.max_connections,
             max_keepalive_connections=min(200, config.max_connections),
             keepalive_expiry=config.upstream_keep_alive_seconds))
+        # The content-encodings httpx decodes (it asks for them all): it passes any other
+        # through undecoded, which would reach the client as a 200 of compressed bytes.
+        decodable = {e.strip() for e in client.headers.get("accept-encoding", "").split(",")}
+        decodable.add("identity")
     except (OSError, ValueError, ImportError, httpx.InvalidURL) as exc:
         # (ssl.SSLError is an OSError; ImportError: a socks5:// proxy without socksio)
         # A proxy URL may hold a password: only its variable is named.
@@ -1845,6 +1849,13 @@ def create_app(config: Any) -> Any:
                     # streamed either way: a whole answer is read here, bounded (httpx's
                     # own read holds any size), within the same deadline
                     response = await client.send(request, stream=True)
+                    unknown = [e for e in response.headers.get_list("content-encoding",
+                                                                     split_commas=True)
+                               if e.strip().lower() not in decodable]
+                    if unknown:
+                        with anyio.CancelScope(shield=True):
+                            await response.aclose()
+                        raise UnknownEncoding(unknown[0].strip(), request=request)
                     if not stream:
                         response = await _read_whole(response)
                 if deadline.cancelled_caught:
@@ -2104,13 +2115,14 @@ def create_app(config: Any) -> Any:
                 return _error(502, f"expert {expert!r} answered {response.status_code}, "
                                    f"{_redirect(response)}, which the gateway does not "
                                    "follow: the expert's url needs updating",
-                              kind="upstream_error", headers=_meant_for(expert))
+                              kind="upstream_error", headers=_meant_for(expert, final=True))
             # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
             # are not final answers): uvicorn would fail to send it, and the client get
             # an empty reply
             return _error(502, f"expert {expert!r} answered with status "
                                f"{response.status_code}, which is not an HTTP status "
-                               "(100-599)", kind="upstream_error", headers=_meant_for(expert))
+                               "(100-599)", kind="upstream_error",
+                          headers=_meant_for(expert, final=True))
         if stream and response.status_code >= 400:
             # An error comes whole, not as a stream: read it now, so that one the gateway
             # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
@@ -2211,6 +2223,11 @@ def create_app(config: Any) -> Any:
         so the request is not retried nor sent to the fallback, and the failure does not
         count towards a cooldown; it is a 502 naming the expert and the limit."""
 
+    class UnknownEncoding(httpx.DecodingError):
+        """An answer in a content-encoding (its message) that httpx does not decode: a
+        DecodingError, as a body its content-encoding does not describe is (see
+        AnswerTooLarge)."""
+
     class _Unexpected(httpx.TransportError):
         """An exception other than httpx's own while contacting an expert (its
         ``__cause__``), turned into a transport error: see _attempt."""
@@ -2262,7 +2279,7 @@ def create_app(config: Any) -> Any:
 
     def _upstream_failed(expert: str, endpoint: Any, exc: Exception, before: str = "",
                          after: str = "") -> Any:
-        headers = _meant_for(expert)
+        headers = _meant_for(expert, final=isinstance(exc, (AnswerTooLarge, UnknownEncoding)))
         if isinstance(exc, httpx.PoolTimeout):
             # the gateway's limit, not the expert's failure: a 503 the client may retry
             metrics.requests.labels(expert, "503").inc()
@@ -2279,6 +2296,9 @@ def create_app(config: Any) -> Any:
         elif isinstance(exc, AnswerTooLarge):  # (a DecodingError: checked first)
             status, what = 502, f"sent an answer of more than {config.max_answer_bytes} " \
                                 "bytes (decoded), over the gateway's max_answer_bytes"
+        elif isinstance(exc, UnknownEncoding):
+            status, what = 502, f"answered in content-encoding {str(exc)!r}, which the " \
+                                "gateway cannot decode"
         elif isinstance(exc, httpx.DecodingError):
             status, what = 502, "sent an answer its content-encoding does not describe"
         elif isinstance(exc, httpx.ConnectError) and tls is not None:
@@ -2297,11 +2317,16 @@ def create_app(config: Any) -> Any:
         return _error(status, f"{before}expert {expert!r} {what} ({_error_kind(exc)})"
                               f"{after}", kind="upstream_error", headers=headers)
 
-    def _meant_for(expert: str) -> dict[str, str]:
+    def _meant_for(expert: str, *, final: bool = False) -> dict[str, str]:
         """The header of an error the gateway makes for a request it had chosen an expert
         for (x-ir3de-expert, as on the expert's own answers): which one failed, or would
-        not take it."""
-        return {"x-ir3de-expert": _header_name(expert)}
+        not take it. ``final``: an answer the expert would give again (a redirect, an
+        encoding or size the gateway refuses), which OpenAI's SDKs are told not to retry
+        (``x-should-retry: false``): each try could read up to max_answer_bytes."""
+        headers = {"x-ir3de-expert": _header_name(expert)}
+        if final:
+            headers["x-should-retry"] = "false"
+        return headers
 
     async def _counted(request: Request, path: str, chat: bool) -> Any:
         """:func:`_proxy`, counted, with what its access-log line (see _AccessLog) says of
