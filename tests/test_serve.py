@@ -208,9 +208,6 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "must be a JSON object"),
     (json.dumps({"model": "ir3de"}).encode(), 400, "'messages' must be a non-empty list"),
-    (json.dumps({"model": "ir3de", "messages": [{"role": "system", "content": "x"}]}).encode(),
-     400, "no user message"),
-    (json.dumps(_chat("   ")).encode(), 400, "empty"),
     (json.dumps(_chat("x" * 30_000)).encode(), 413, "exceeds the limit"),
     (json.dumps(_chat(MATH, model="gpt-5")).encode(), 404, "model 'gpt-5' does not exist"),
     # valid JSON that cannot be forwarded as JSON: an unpaired surrogate, NaN
@@ -1313,10 +1310,6 @@ def test_sdk_raises_the_right_error_with_its_message(sdk) -> None:
     assert "model 'gpt-9' does not exist" in caught.value.message
     assert caught.value.body == {"message": caught.value.body["message"], "param": "model",
                                  "type": "invalid_request_error", "code": "model_not_found"}
-    with pytest.raises(openai.BadRequestError) as caught:
-        sdk.chat.completions.create(model="ir3de", messages=_user(""))
-    assert "the prompt to route is empty" in caught.value.message
-    assert caught.value.param == "messages"
     for status, error in ((400, openai.BadRequestError), (404, openai.NotFoundError),
                           (422, openai.UnprocessableEntityError),
                           (500, openai.InternalServerError)):
@@ -1399,15 +1392,35 @@ def test_sdk_token_id_prompts(sdk) -> None:
 
 
 def test_sdk_expert_by_name_is_forwarded_as_is(sdk) -> None:
-    """Messages without a user turn cannot be routed, but an expert asked by name answers
-    them: the gateway refused them with 400 ("no user message to route on")."""
+    """Messages without a user turn, asked of an expert by name: the gateway refused them
+    with 400 ("no user message to route on")."""
     system = [{"role": "system", "content": "Say hello."}]
     answer = sdk.chat.completions.create(model="coding", messages=system,
                                          extra_body={"echo": True})
     assert answer.model_extra["received"]["messages"] == system
-    openai = pytest.importorskip("openai")
-    with pytest.raises(openai.BadRequestError, match="no user message to route on"):
-        sdk.chat.completions.create(model="ir3de", messages=system)
+
+
+def test_a_conversation_without_a_user_message_is_routed_on_its_other_messages(
+        sdk, stats_files, upstreams, tmp_path) -> None:
+    """A system prompt alone (which OpenAI answers) was a 400 "'messages' has no user
+    message to route on", and a user message of white space a 400 "the prompt to route is
+    empty", though a fallback was configured."""
+    for text, expert in ((CODE, "coding"), (MATH, "math")):
+        r = sdk.chat.completions.with_raw_response.create(
+            model="ir3de", messages=[{"role": "system", "content": text}])
+        assert r.headers["x-ir3de-routed-to"] == expert
+    for blank in ("", "   \n"):  # nothing to route on: the fallback answers
+        r = sdk.chat.completions.with_raw_response.create(model="ir3de", messages=_user(blank))
+        assert (r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == ("math",
+                                                                                 "no_text")
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, fallback=None))
+    try:  # without a fallback: a 400 that says what to do
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat("   "))
+        assert r.status_code == 400 and r.json()["error"]["message"] == (
+            "the prompt has no text to route on; name an expert as 'model' or configure a "
+            "fallback"), r.text
+    finally:
+        gw.stop()
 
 
 def test_sdk_parses_a_gzipped_upstream_stream(sdk) -> None:

@@ -1281,12 +1281,6 @@ def _content_text(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
-def _has_media(messages: list[dict[str, Any]]) -> bool:
-    """Whether some message has a content part that is not text (an image, audio...)."""
-    return any(isinstance(p, dict) and p.get("type") != "text"
-               for m in messages if isinstance(m.get("content"), list) for p in m["content"])
-
-
 def _is_token_ids(prompt: Any) -> bool:
     """Whether a completions ``prompt`` is token ids (a list of ints, or a list of such
     lists), which OpenAI's API accepts: no text the router could read."""
@@ -1533,11 +1527,11 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
         raise ValueError("'messages' must be a non-empty list of message objects")
     texts = [_content_text(m.get("content"), f"messages[{i}].content")
              for i, m in enumerate(messages)]
-    if policy == "conversation":
-        return "\n".join(texts)
     users = [t for t, m in zip(texts, messages, strict=True) if m.get("role") == "user"]
-    if not users:
-        raise ValueError("'messages' has no user message to route on")
+    if policy == "conversation" or not users:
+        # No user message (a system prompt alone, which OpenAI answers): what the expert
+        # will answer is in the others.
+        return "\n".join(texts)
     return users[-1] if policy == "last_user" else "\n".join(users)
 
 
@@ -2024,10 +2018,9 @@ def create_app(config: Any) -> Any:
             text = _routing_text(body, chat, config.policy) if routed else ""
         except ValueError as exc:
             return _error(400, str(exc), param=param)
-        # an image-only message or a prompt of token ids: nothing to route on, but an
-        # expert can answer it
-        textless = routed and not text.strip() and \
-            (_has_media(body["messages"]) if chat else _is_token_ids(body["prompt"]))
+        # an image-only message, a prompt of token ids or of white space: nothing to route
+        # on, but an expert can answer it
+        textless = routed and not text.strip()
         decision = None
         if routed and text.strip():
             start = time.perf_counter()
@@ -2047,8 +2040,6 @@ def create_app(config: Any) -> Any:
             expert, reason = config.fallback, "no_text"
         elif routed:
             if decision is None:
-                if not textless:
-                    return _error(400, "the prompt to route is empty", param=param)
                 what = f"token to route on ({state.router.embedder.why_no_token(text)})" \
                     if text.strip() else "text to route on"
                 return _error(400, f"the prompt has no {what}; name an expert as 'model' or "
