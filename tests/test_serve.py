@@ -1489,6 +1489,36 @@ def test_an_answer_in_an_encoding_the_gateway_cannot_decode_is_a_final_502(
     assert "x-should-retry" not in r.headers
 
 
+def test_a_stream_ends_at_done(gateway: Proc, upstreams: dict[str, Proc]) -> None:
+    """An expert that held its stream open after [DONE] kept a client reading to the end
+    waiting for the expert's timeout, and then got an "event: error" after [DONE]. Nothing
+    after [DONE] is relayed now; a stream that ends there keeps its connection for reuse."""
+    start = time.monotonic()
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30,
+                      json=_chat(MATH, model="math", stream=True, after_done=20)) as r:
+        body = r.read()
+    assert time.monotonic() - start < 5
+    assert body.endswith(b"data: [DONE]\n\n") and b"error" not in body, body[-200:]
+    ports = set()
+    for _ in range(3):  # well-behaved streams: one upstream connection for all
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                          json=_chat(MATH, model="math", stream=True)) as r:
+            assert r.read().endswith(b"data: [DONE]\n\n")
+        ports.add(httpx.get(upstreams["math"].url + "/control").json()["client_port"])
+    assert len(ports) == 1, ports
+
+
+def test_done_event_end_finds_the_end_of_the_done_event() -> None:
+    from ir3de.serve import _done_event_end
+
+    for events, end in ((b"data: 1\n\ndata: [DONE]\n\n", 23), (b"data: [DONE]\r\n\r\nx", 16),
+                        (b"data:[DONE]\n\n", 13), (b"data: 1\n\n", 0),
+                        (b'data: {"a": "data: [DONE]"}\n\n', 0)):
+        buffer = bytearray(events)
+        assert _done_event_end(buffer, len(buffer)) == end, events
+    assert _done_event_end(bytearray(b"data: [DONE]\n\n"), 10) == 0  # not whole yet
+
+
 def test_sse_event_ends_with_any_line_ending() -> None:
     """The relay cuts an upstream stream after whole events only, whatever its line
     endings, and finds an event end split across two chunks."""

@@ -1501,6 +1501,23 @@ def _oversized_event(buffer: bytearray, limit: int) -> int | None:
     return start if len(buffer) - start > limit else None
 
 
+# The SSE event that ends an OpenAI stream, its data line alone (any line ending).
+_DONE = re.compile(rb"(?:\A|[\r\n])data: ?\[DONE\][ \t]*(?:\r\n|\r|\n)")
+# How long a stream's connection is read on after [DONE] (see _reply): well-behaved experts
+# end the body at once, and the connection goes back to the pool.
+_DRAIN_SECONDS = 1.0
+
+
+def _done_event_end(buffer: bytearray, end: int) -> int:
+    """The end of the ``data: [DONE]`` event among the whole events ``buffer[:end]``, or 0
+    when they hold none."""
+    done = _DONE.search(buffer, 0, end)
+    if done is None:
+        return 0
+    event_end = _EVENT_END.search(buffer, done.start(), end)
+    return event_end.end() if event_end is not None else 0
+
+
 def _stream_error(message: str) -> bytes:
     """The SSE event that ends a relayed stream the gateway cannot go on with. The status
     line is long gone: an ``error`` event is the one way left to tell the client, and
@@ -2178,8 +2195,9 @@ def create_app(config: Any) -> Any:
             # growing the buffer without bound while the client gets nothing.
             limit = config.max_answer_bytes
             pending = bytearray()
+            received = response.aiter_bytes()
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in received:
                     start = max(len(pending) - 2, 0)  # an event end may span two chunks
                     pending += chunk
                     cut = _oversized_event(pending, limit)
@@ -2196,15 +2214,32 @@ def create_app(config: Any) -> Any:
                                             "gateway's max_answer_bytes: the stream is cut")
                         return
                     end = _whole_events(pending, start)
+                    done = _done_event_end(pending, end)
+                    if done:
+                        yield bytes(pending[:done])
+                        break
                     if end:
                         yield bytes(pending[:end])
                         del pending[:end]
-                if pending:  # an upstream that ends without a blank line: keep it all
-                    yield bytes(pending)
+                else:  # the stream ended without [DONE]
+                    if pending:  # an upstream that ends without a blank line: keep it all
+                        yield bytes(pending)
+                    return
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 metrics.errors.labels(expert, f"stream_{type(exc).__name__}").inc()
                 yield _stream_error(f"expert {expert!r} broke off the stream "
                                     f"({type(exc).__name__})")
+                return
+            # After [DONE], the client has its whole answer: nothing more is relayed, and an
+            # expert that then holds the connection open (or breaks it) no longer keeps the
+            # client waiting for its timeout and an error event. The rest is read (for a
+            # moment) only so that the connection can go back to the pool.
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                try:
+                    async for _ in received:
+                        pass
+                except (httpx.TransportError, httpx.DecodingError):
+                    pass
 
         return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
 

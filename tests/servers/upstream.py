@@ -22,7 +22,9 @@ benchmarks' answers stay small). ``"stream_options": {"include_usage":
 true}`` ends a stream with a usage chunk, as OpenAI does. ``"headers": {...}`` adds response
 headers (``retry-after``, ``x-request-id``...); ``"gzip": true`` gzips a stream
 (``content-encoding: gzip``, one flush per chunk) or a whole answer; ``"half_event": true``
-makes ``die_after`` send the first half of the next event before it drops the connection.
+makes ``die_after`` send the first half of the next event before it drops the connection;
+``"after_done": S`` holds a stream open S seconds after its ``[DONE]``, then sends one more
+event.
 ``UPSTREAM_CHUNK_DELAY`` (seconds) changes the spacing (benchmarks use 0);
 ``UPSTREAM_TLS_CERT`` and ``UPSTREAM_TLS_KEY`` (PEM files) serve HTTPS with that certificate.
 ``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
@@ -171,6 +173,9 @@ async def _completion(request: Request) -> Response:
                     "model": f"{NAME}-upstream", "choices": [], "usage": usage}
             yield f"data: {json.dumps(last)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+        if "after_done" in body:  # an expert that holds the stream open after [DONE]
+            await asyncio.sleep(float(body["after_done"]))
+            yield b"data: after\n\n"
 
     async def gzipped():
         packer = zlib.compressobj(wbits=31)  # the gzip format
