@@ -272,6 +272,26 @@ def test_upstream_4xx_is_returned_as_is(gateway: Proc) -> None:
     assert r.headers["x-ir3de-expert"] == "math"
 
 
+def test_upstream_401_and_403_are_the_gateways_credentials(gateway: Proc) -> None:
+    """A client with a valid gateway key got the expert's 401, "Incorrect API key
+    provided: sk-cod***1234": an error about a key it never sent, showing part of the
+    operator's."""
+    leak = {"error": {"message": "Incorrect API key provided: sk-cod***1234",
+                      "code": "invalid_api_key"}}
+    for status in (401, 403):
+        for stream in (False, True):
+            r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(
+                MATH, model="math", stream=stream, force_status=status,
+                plain=json.dumps(leak)))
+            assert r.status_code == 502, r.text
+            assert r.json()["error"]["message"] == (
+                f"expert 'math' refused the gateway's credentials ({status}): it needs a key: "
+                "set the expert's api_key_env")
+            assert "sk-cod" not in r.text and r.headers["x-should-retry"] == "false"
+    events = [e for e in _log_events(gateway) if e["event"] == "upstream_refused"]
+    assert events[-1] == {"event": "upstream_refused", "expert": "math", "status": 403}
+
+
 def test_500_requests_at_50_concurrent(gateway: Proc) -> None:
     async def run() -> list[int | BaseException]:
         limit = asyncio.Semaphore(50)

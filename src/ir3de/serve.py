@@ -98,12 +98,13 @@ closes the expert's connection. A request that waits its expert's whole ``timeou
 one of the ``max_connections`` upstream connections is not sent: a 503 (``code:
 gateway_busy``, ``retry-after: 1``), without trying the fallback (it would wait for the
 same connections) and without counting against the expert's cooldown. An upstream HTTP
-error is returned as is; a stream cut by the upstream ends with an SSE ``error`` event,
-after the last whole event. The gateway's own errors, unknown routes included, use
-OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``). An HTTPS
-expert's certificate is checked against certifi's CA bundle, or, when set,
-``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's: httpx reads them when the gateway
-starts).
+error is returned as is, but a 401 or 403, which refuses the gateway's own credentials
+(the client's are never forwarded), is a 502 naming the expert; a stream cut by the
+upstream ends with an SSE ``error`` event, after the last whole event. The gateway's own
+errors, unknown routes included, use OpenAI's error JSON (``{"error": {"message",
+"type", "param", "code"}}``). An HTTPS expert's certificate is checked against certifi's
+CA bundle, or, when set, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's: httpx
+reads them when the gateway starts).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -2130,6 +2131,21 @@ def create_app(config: Any) -> Any:
             return _error(502, f"expert {expert!r} answered with status "
                                f"{response.status_code}, which is not an HTTP status "
                                "(100-599)", kind="upstream_error",
+                          headers=_meant_for(expert, final=True))
+        if response.status_code in (401, 403):
+            # The client's credentials are the gateway's business, never forwarded: an
+            # expert refusing is refusing the gateway's own (api_key_env), which its
+            # answer may partly show ("Incorrect API key provided: sk-cod***1234").
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            metrics.requests.labels(expert, "502").inc()
+            endpoint = state.experts[expert]
+            fix = f"check the key in ${endpoint.api_key_env}" if endpoint.api_key_env else \
+                "it needs a key: set the expert's api_key_env"
+            log.warning(json.dumps({"event": "upstream_refused", "expert": expert,
+                                    "status": response.status_code}))
+            return _error(502, f"expert {expert!r} refused the gateway's credentials "
+                               f"({response.status_code}): {fix}", kind="upstream_error",
                           headers=_meant_for(expert, final=True))
         if stream and response.status_code >= 400:
             # An error comes whole, not as a stream: read it now, so that one the gateway
