@@ -292,6 +292,31 @@ def test_upstream_401_and_403_are_the_gateways_credentials(gateway: Proc) -> Non
     assert events[-1] == {"event": "upstream_refused", "expert": "math", "status": 403}
 
 
+def test_api_key_header_sends_the_key_as_azure_wants_it(stats_files, upstreams,
+                                                       tmp_path) -> None:
+    """Azure OpenAI takes its key in an api-key header, not as a Bearer authorization: an
+    Azure expert could not be given its key."""
+    config = _with_experts(_config(tmp_path, stats_files, upstreams),
+                           azure={"url": upstreams["math"].url + "/v1?api-version=2024-10-21",
+                                  "api_key_env": "AZ_KEY", "api_key_header": "Api-Key"})
+    gw = _gateway(config, env={"AZ_KEY": "az-secret"})
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, model="azure",
+                                                                   echo=True))
+        assert r.status_code == 200, r.text
+        assert r.json()["headers"]["api-key"] == "az-secret" and r.json()["auth"] is None
+        r = httpx.post(gw.url + "/admin/experts", headers=_admin(),  # the same by upload
+                       data={"url": upstreams["law"].url + "/v1", "api_key_env": "AZ_KEY",
+                             "api_key_header": "api-key"},
+                       files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+        assert r.status_code == 200, r.text
+        r = httpx.post(gw.url + "/v1/chat/completions", json=_chat(MATH, model="law",
+                                                                   echo=True))
+        assert r.json()["headers"]["api-key"] == "az-secret", r.text
+    finally:
+        gw.stop()
+
+
 def test_500_requests_at_50_concurrent(gateway: Proc) -> None:
     async def run() -> list[int | BaseException]:
         limit = asyncio.Semaphore(50)
@@ -1073,6 +1098,16 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "the other"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://u@x/v1", "api_key_env": "K"}}},
      "experts.a.api_key_env: Value error, the url holds credentials"),
+    # the header of an Azure-style key
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_header": "k"}}},
+     "experts.a.api_key_header: Value error, api_key_header names the header of "
+     "api_key_env's key: set api_key_env too"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_env": "K",
+                                                 "api_key_header": "api key"}}},
+     "api_key_header must be an HTTP header name, got 'api key'"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_env": "K",
+                                                 "api_key_header": "Content-Type"}}},
+     "api_key_header must not be 'Content-Type', which the gateway sets itself"),
     # router settings: checked with the preset before any file is read
     ({"router": {"stats": ["x.stats"], "settings": {"pairs": "1e4", "alpah": 1}},
       "experts": {"a": {"url": "http://x"}}},

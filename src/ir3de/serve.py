@@ -125,6 +125,8 @@ Example config::
     experts:                   # url: a query (?api-version=...) is kept; no #fragment
       math:   {url: http://127.0.0.1:8001/v1, model: qwen-math}
       coding: {url: http://127.0.0.1:8002/v1, api_key_env: CODER_KEY, timeout: 120}
+    #   azure: {url: https://x.openai.azure.com/openai/deployments/d?api-version=2024-10-21,
+    #           api_key_env: AZURE_KEY, api_key_header: api-key}   # the key as is, in api-key
     # (a url's user:password@ is sent as Basic authorization: refused with api_key_env)
     fallback: math
     policy: last_user          # all_user | conversation
@@ -191,6 +193,11 @@ def _pydantic() -> Any:
     return pydantic
 
 
+# Headers of an upstream request that the gateway (or httpx) sets: no key goes in them.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
+                          "connection", "accept-encoding", "te", "upgrade"})
+
+
 @functools.cache
 def _models() -> tuple[type[Any], type[Any], type[Any]]:
     """The config models (built lazily, once: pydantic is an optional dependency). Made in
@@ -206,6 +213,9 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         model: str | None = pd.Field(None, description="upstream model name (default: the "
                                                        "expert's name)")
         api_key_env: str | None = None
+        api_key_header: str | None = pd.Field(
+            None, description="the header that carries api_key_env's key as is (Azure "
+                              "OpenAI: api-key); default: authorization: Bearer KEY")
         # finite: an infinite timeout would be saved to experts.json as Infinity, which
         # is not JSON
         timeout: float = pd.Field(60.0, gt=0, allow_inf_nan=False,
@@ -265,6 +275,21 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                         "Basic authorization in place of api_key_env's Bearer key: give "
                         "one or the other")
             return v
+
+        @pd.field_validator("api_key_header")
+        @classmethod
+        def _key_header(cls, v: str | None, info: Any) -> str | None:
+            if v is None:
+                return v
+            if info.data.get("api_key_env") is None:
+                raise ValueError("api_key_header names the header of api_key_env's key: "
+                                 "set api_key_env too")
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v):
+                raise ValueError(f"api_key_header must be an HTTP header name, got {v!r}")
+            if v.lower() in _OWN_HEADERS:
+                raise ValueError(f"api_key_header must not be {v!r}, which the gateway "
+                                 "sets itself")
+            return v.lower()
 
     from .router import RouterConfig
 
@@ -1836,7 +1861,10 @@ def create_app(config: Any) -> Any:
         headers = {"content-type": "application/json"}
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
-            headers["authorization"] = f"Bearer {key}"
+            if endpoint.api_key_header:
+                headers[endpoint.api_key_header] = key
+            else:
+                headers["authorization"] = f"Bearer {key}"
         request = client.build_request("POST", _upstream_url(endpoint.url, path), json=payload,
                                        headers=headers, timeout=endpoint.timeout)
         for attempt in (0, 1):
@@ -2572,8 +2600,8 @@ def create_app(config: Any) -> Any:
         if upload is None or not hasattr(upload, "read") or not isinstance(url, str):
             return _error(400, "send multipart fields 'stats' (a statistics file) and 'url' "
                                "(the expert's base URL), optionally 'name', 'model', "
-                               "'api_key_env', 'timeout'")
-        files = [f for f in ("name", "model", "api_key_env", "timeout")
+                               "'api_key_env', 'api_key_header', 'timeout'")
+        files = [f for f in ("name", "model", "api_key_env", "api_key_header", "timeout")
                  if f in form and not isinstance(form[f], str)]
         if files:
             return _error(400, f"send {', '.join(map(repr, files))} as text fields, not files")
@@ -2594,6 +2622,7 @@ def create_app(config: Any) -> Any:
             # timeout as sent: the model parses it, refusing inf, nan and numbers <= 0
             endpoint = expert_cls(url=url, model=form.get("model") or None,
                                   api_key_env=form.get("api_key_env") or None,
+                                  api_key_header=form.get("api_key_header") or None,
                                   timeout=form.get("timeout") or 60.0)
         except pd.ValidationError as exc:
             fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}

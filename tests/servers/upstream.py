@@ -15,7 +15,7 @@ streamed request with ``"tag": T`` has its fate kept for ``GET /streams/T``:
 a whole answer with ``"tag"`` and ``"hang"``: ``"disconnected"`` if the client leaves during
 the hang (it is answered nothing then), ``"finished"`` once it is answered.
 A request with ``"echo": true`` gets the body received back under ``"received"``, the query
-string of its URL under ``"query"`` and its
+string of its URL under ``"query"``, its headers under ``"headers"`` and its
 ``Authorization`` header under ``"auth"`` (in the first chunk of a stream; a whole answer
 always has ``"auth"``), so a test can see what the gateway forwarded (off by default: the
 benchmarks' answers stay small). ``"stream_options": {"include_usage":
@@ -130,7 +130,8 @@ async def _completion(request: Request) -> Response:
     chat = request.url.path.endswith("/chat/completions")
     pad = {"pad": "x" * int(body["pad"])} if "pad" in body else {}
     echo = {"received": body, "query": request.url.query,
-            "auth": request.headers.get("authorization")} if body.get("echo") else {}
+            "auth": request.headers.get("authorization"),
+            "headers": dict(request.headers)} if body.get("echo") else {}
     if not body.get("stream"):
         choice = ({"index": 0, "message": {"role": "assistant", "content": _text(body)},
                    "finish_reason": "stop"} if chat else
