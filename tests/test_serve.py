@@ -252,7 +252,7 @@ def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
 
 
 def test_gateway_errors_name_the_field_and_use_openai_json(gateway: Proc) -> None:
-    r = httpx.post(gateway.url + "/v1/completions", json={"model": "ir3de", "prompt": [" "]})
+    r = httpx.post(gateway.url + "/v1/completions", json={"model": "ir3de", "prompt": 5})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     for r, status in ((httpx.get(gateway.url + "/v1/nowhere"), 404),
                       (httpx.get(gateway.url + "/v1/chat/completions"), 405)):
