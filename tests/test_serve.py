@@ -3167,7 +3167,8 @@ def test_tls_failure_says_why_and_ssl_cert_file_trusts_a_private_ca(
             assert r.json()["error"]["message"] == (
                 "expert 'coding' is unreachable: the TLS handshake failed, "
                 "CERTIFICATE_VERIFY_FAILED (ConnectError)")
-            failure, = [e for e in _log_events(gw) if e["event"] == "upstream_error"]
+            retried, failure = [e for e in _log_events(gw) if e["event"] == "upstream_error"]
+            assert (retried["retried"], failure["retried"]) == (True, False)  # (a refusal)
             assert (failure["expert"], failure["error"]) == ("coding", "ConnectError")
             assert failure["cause"].startswith("SSLCertVerificationError: [SSL: "
                                                "CERTIFICATE_VERIFY_FAILED] certificate verify "
