@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,31 @@ def test_experts_add_remove_roundtrip(built: dict[str, Path], capsys) -> None:
         ["math", "coding", "law"]
     assert run(capsys, "experts", "remove", built["router"], "law")[0] == 0
     np.testing.assert_array_equal(Router.load(built["router"]).W, before)
+
+
+def test_experts_updates_of_one_router_at_once_keep_both(built: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    """Two `experts add` on one router at once both said "added", and the router had one
+    of the two experts: each read the old file and the last write won. They queue now."""
+    from ir3de.store import locked_for_update
+
+    poetry = write_jsonl(tmp_path / "poetry.jsonl", ["Shall I compare thee to a summer's "
+                                                     "day?", "The woods are lovely, dark."])
+    assert run(capsys, "stats", poetry, "--domain", "poetry", "-o", tmp_path / "poetry.st",
+               "-q")[0] == 0
+    procs = []
+    with locked_for_update(built["router"]):  # both start while the router is held
+        for stats in (built["law"], tmp_path / "poetry.st"):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "ir3de", "experts", "add", str(built["router"]),
+                 str(stats)], stderr=subprocess.PIPE, text=True))
+        time.sleep(3)  # (they would have read the router and written it by now)
+        assert all(p.poll() is None for p in procs)
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "waiting for another ir3de" in err, err
+    assert Router.load(built["router"]).experts == ["math", "coding", "law", "poetry"] or \
+        Router.load(built["router"]).experts == ["math", "coding", "poetry", "law"]
 
 
 def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -385,7 +385,8 @@ def test_dead_upstream_falls_back_without_hanging(stats_files, upstreams, tmp_pa
             gw.url + "/metrics").text
         # Routed to a dead expert whose fallback is dead too: 502, every time with
         # cooldowns off (failures are counted all the same).
-        upstreams_dead = _config(tmp_path, stats_files, {
+        (tmp_path / "dead").mkdir()  # (a state_dir of its own: one per gateway)
+        upstreams_dead = _config(tmp_path / "dead", stats_files, {
             "math": coder, "coding": coder, "law": coder}, cooldown_failures=0)
         gw2 = _gateway(upstreams_dead)
         try:
@@ -794,6 +795,29 @@ def test_admin_removes_endpoints_and_keeps_state_it_cannot_save(stats_files, ups
         gw.stop()
 
 
+def test_a_state_dir_serves_one_gateway(stats_files, upstreams, tmp_path, capsys) -> None:
+    """Two gateways on one state_dir each saved over the other's admin changes (a restart
+    kept the last writer's alone); a read-only one was found at the first change."""
+    from ir3de.cli import main
+
+    config = _config(tmp_path, stats_files, upstreams)
+    gw = _gateway(config)
+    try:
+        assert main(["serve", "--config", str(config), "--port", str(_free_port())]) == 1
+        assert capsys.readouterr().err == (
+            f"ir3de: error: state_dir {tmp_path / 'state'} is in use by another process "
+            "(another gateway?): two would save over each other's changes; give each its "
+            "own state_dir\n")
+        assert httpx.get(gw.url + "/healthz").status_code == 200  # the first serves on
+    finally:
+        gw.stop()
+    if os.geteuid() != 0:  # (root writes anywhere)
+        (tmp_path / "ro").mkdir(mode=0o555)
+        config = _config(tmp_path, stats_files, upstreams, state_dir=str(tmp_path / "ro"))
+        assert main(["serve", "--config", str(config), "--port", str(_free_port())]) == 1
+        assert "state_dir" in capsys.readouterr().err
+
+
 def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, tmp_path,
                                                        monkeypatch) -> None:
     """The router file was saved, then experts.json failed: the change answered 500 "not
@@ -982,7 +1006,7 @@ def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path)
             assert r.status_code == 400 and r.json()["error"]["message"].startswith(message)
             assert r.json()["error"]["param"] == param
         assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
-        assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
+        assert not list((tmp_path / "state").iterdir())  # nothing changed, nothing saved
         assert httpx.delete(gw.url + "/admin/experts/coding", headers=_admin()
                             ).status_code == 200
         r = httpx.delete(gw.url + "/admin/experts/math", headers=_admin())  # the last one
@@ -2982,7 +3006,7 @@ def test_trust_refuses_unsigned_statistics_at_startup_and_upload(
             assert error["message"].startswith(f"the uploaded stats file 'law.stats': {problem}")
             assert (error["code"], error["param"]) == ("untrusted_stats", "stats")
         assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json() == listed
-        assert not (tmp_path / "state").exists()  # nothing changed, nothing saved
+        assert not list((tmp_path / "state").iterdir())  # nothing changed, nothing saved
         # Renaming drops a signature: the restart could not check the expert again.
         r = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                        data={"url": upstreams["law"].url + "/v1", "name": "contracts"},

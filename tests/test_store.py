@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from ir3de.statistics import load_stats_files
 from ir3de.store import (
     atomic_write_bytes,
     atomic_write_text,
+    claim_folder,
+    locked_for_update,
     read_safetensors,
     safetensors_names,
     safetensors_tensor,
@@ -623,3 +626,71 @@ def test_a_name_longer_than_the_file_system_allows_is_named(tmp_path: Path) -> N
                                          r"too long$"):
         atomic_write_bytes(path, b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_update_waits_for_the_one_before_and_reads_what_it_wrote(tmp_path: Path,
+                                                                    capsys) -> None:
+    """Two read-modify-writes of one file at once (ir3de experts add twice) each read
+    the old file, and the second write dropped the first's change."""
+    import threading
+
+    path = tmp_path / "router.bin"
+    atomic_write_bytes(path, b"0")
+    inside, release = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def first() -> None:
+        with locked_for_update(path):
+            inside.set()
+            release.wait(10)
+            atomic_write_bytes(path, path.read_bytes() + b"+a")  # a new inode
+
+    def second() -> None:
+        inside.wait(10)
+        with locked_for_update(path):
+            seen.append(path.read_bytes())
+            atomic_write_bytes(path, seen[-1] + b"+b")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    inside.wait(10)
+    time.sleep(0.3)  # the second is waiting now
+    assert not seen
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [b"0+a"] and path.read_bytes() == b"0+a+b"
+    assert "router.bin: waiting for another ir3de that is updating it" in \
+        capsys.readouterr().err
+    with locked_for_update(tmp_path / "missing"):  # nothing to lock: reading reports it
+        pass
+
+
+def test_a_claimed_folder_is_refused_to_a_second_claim(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "state"
+    fd = claim_folder(folder, "state_dir")  # (created)
+    try:
+        with pytest.raises(IR3DEError, match=rf"state_dir {re.escape(str(folder))} is in use "
+                                             r"by another process \(another gateway\?\)"):
+            claim_folder(folder, "state_dir")
+    finally:
+        os.close(fd)
+    os.close(claim_folder(folder, "state_dir"))  # free again
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IR3DEError, match="exists and is not a folder"):
+        claim_folder(tmp_path / "file", "state_dir")
+    with pytest.raises(IR3DEError, match=r"cannot create or open it \(Not a directory\)"):
+        claim_folder(tmp_path / "file" / "state", "state_dir")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")
+def test_a_replaced_file_keeps_its_owner(tmp_path: Path) -> None:
+    """Root replacing a service user's 0600 file (sudo ir3de experts add) made it root's,
+    and the service could no longer read it."""
+    path = tmp_path / "router.bin"
+    atomic_write_bytes(path, b"old", mode=0o600)
+    os.chown(path, 4321, 4322)
+    atomic_write_bytes(path, b"new")
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 4322, 0o600)

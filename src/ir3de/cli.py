@@ -61,7 +61,7 @@ from .router import (
 )
 from .selector import SELECTORS
 from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
-from .store import read_safetensors, refuse_special_file
+from .store import locked_for_update, read_safetensors, refuse_special_file
 
 EPILOG = """\
 typical workflow:
@@ -907,19 +907,21 @@ def cmd_experts(args: argparse.Namespace) -> int:
         stats = DomainStats.load(args.stats)
         name = stats.domain if args.name is None else args.name
         _verify_trusted([(name, stats)], args.trust)
+    # From reading the router to writing it: two commands updating one router at once
+    # each reported success, and the expert of one was lost.
+    with locked_for_update(args.router):
         router = _load_router(args.router)
         before = router.smoothing
-        _announce_solve(router.config)  # a new expert: μ is chosen again
-        router.add_expert(name, stats)
-        message = f"added expert {name!r}"
-    else:
-        router = _load_router(args.router)
-        before = router.smoothing
-        if args.name in router.experts and len(router.experts) > 1:  # else refused at once
-            _announce_solve(router.config)
-        router.remove_expert(args.name)
-        message = f"removed expert {args.name!r}"
-    router.save(out, overwrite=replace)
+        if args.action == "add":
+            _announce_solve(router.config)  # a new expert: μ is chosen again
+            router.add_expert(name, stats)
+            message = f"added expert {name!r}"
+        else:
+            if args.name in router.experts and len(router.experts) > 1:  # else refused
+                _announce_solve(router.config)
+            router.remove_expert(args.name)
+            message = f"removed expert {args.name!r}"
+        router.save(out, overwrite=replace)
     print(f"{out}: {message}; experts now {', '.join(router.experts)}"
           f"{_smoothing_note(router, before)}", file=sys.stderr)
     return 0

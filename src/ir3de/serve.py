@@ -72,7 +72,9 @@ gateway.yaml, with the admin API's changes applied to it again. Every disagreeme
 logged as a warning (``"event": "config_vs_state"``) naming the field, both values and
 the one used. A saved ``min_coverage`` that the router gateway.yaml has changed to cannot
 use (one without coverage, such as ``preset: unigram``) goes, with such a warning: the
-file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone.
+file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone. ``serve`` claims
+``state_dir`` (:func:`ir3de.store.claim_folder`): a second gateway on it, or one that
+cannot be written, stops at startup.
 
 Failures: a refused connection is retried once (the expert may be restarting), and so is
 a request on a reused idle connection that the expert closed before answering, within
@@ -2835,8 +2837,24 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
     # The access lines and admin events are INFO, cooldowns and state warnings WARNING:
     # --log-level warning keeps the latter, error and critical silence both.
     log.setLevel(level)
-    app = create_app(config)
-    sockets = _bind(host, port)
+    claim = None
+    if config.state_dir is not None:
+        from .store import claim_folder
+
+        state_dir = Path(config.state_dir)
+        created = not state_dir.exists()
+        # Before the state is read: another gateway's saves would overwrite this one's.
+        claim = claim_folder(state_dir, "state_dir")
+    try:
+        app = create_app(config)
+        sockets = _bind(host, port)
+    except BaseException:
+        if claim is not None:
+            os.close(claim)
+            if created:  # a start that failed leaves no empty state_dir behind
+                with contextlib.suppress(OSError):
+                    state_dir.rmdir()
+        raise
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -2855,4 +2873,6 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
     finally:
         for sock in sockets:
             sock.close()
+        if claim is not None:
+            os.close(claim)
     return 0

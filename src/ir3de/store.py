@@ -8,6 +8,7 @@ is renamed into place, so a crash mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -16,7 +17,7 @@ import stat
 import struct
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ from .errors import (
     StatsFormatError,
     require_creatable,
     require_file,
+    shown_path,
 )
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_finite",
+    "claim_folder",
+    "locked_for_update",
     "read_safetensors",
     "refuse_special_file",
     "safetensors_names",
@@ -118,10 +122,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX,
                                    dir=path.parent)
+        replaced = path.stat() if path.is_file() else None
         if mode is None:
-            mode = (stat.S_IMODE(path.stat().st_mode) if path.is_file()
-                    else 0o666 & ~_umask())
+            mode = stat.S_IMODE(replaced.st_mode) if replaced else 0o666 & ~_umask()
         os.fchmod(fd, mode)  # before any byte is written: a private key is never exposed
+        if replaced is not None:
+            # The owner too: root replacing a service user's 0600 router (sudo ir3de
+            # experts add) left it root's, unreadable by the gateway. Only root may give a
+            # file away; anyone else keeps what the file system gives (EPERM ignored).
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, replaced.st_uid, replaced.st_gid)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -136,6 +146,86 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
         if isinstance(exc, OSError):  # its own message would name the temporary file
             raise IR3DEError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+@contextlib.contextmanager
+def locked_for_update(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``path`` for a read-modify-write (``ir3de experts add`` in place): a second
+    update of the same file waits until the first is written, then reads what it wrote.
+    Two such commands run at once each reported success, and one expert was lost.
+
+    The lock is the file's own (``flock`` on its inode: no lock file beside it). A write
+    replaces the file with a new inode, so the lock is taken again until the path still
+    names the locked file. A missing or unreadable ``path`` is not locked: reading it
+    reports that. Where there is no ``flock`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    print(f"{shown_path(path)}: waiting for another ir3de that is updating it",
+                          file=sys.stderr)
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except OSError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                yield
+                return
+        finally:
+            os.close(fd)  # (releases the lock)
+
+
+def claim_folder(folder: str | os.PathLike[str], what: str) -> int:
+    """Make ``folder`` (created if missing) this process's alone while the returned
+    descriptor is open, proving that it can be written: the gateway's ``state_dir``. Two
+    gateways sharing one each saved over the other's admin changes, and a read-only one
+    was found at the first change. ``what`` names the folder in the errors
+    (:class:`IR3DEError`): one in use by another process, or that cannot be written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise IR3DEError(f"{what} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise IR3DEError(f"{what} {folder}: cannot create or open it "
+                         f"({exc.strerror or exc})") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: not claimed
+            pass
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IR3DEError(f"{what} {folder} is in use by another process (another "
+                                 "gateway?): two would save over each other's changes; "
+                                 f"give each its own {what}") from None
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise IR3DEError(f"{what} {folder} cannot be written ({exc.strerror or exc})") \
+                from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _temp_prefix(path: Path) -> str:
