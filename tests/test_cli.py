@@ -333,9 +333,11 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
                                   ["route", "R", "--selector", "best"], ["stats"],
                                   ["build", "f", "-o", "o", "--identity", "0"],
                                   ["eval", "--out", "o", "--seed", "-1"],
-                                  ["serve", "--config", "c", "--port", "70000"]])
+                                  ["serve", "--config", "c", "--port", "70000"],
+                                  ["serve", "--config", "c", "--host", ""]])
 def test_malformed_command_line_exits_2(argv: list[str], capsys) -> None:
-    """(Further cases: a negative seed, a port past 65535.)"""
+    """(Further cases: a negative seed, a port past 65535, an empty host, which listened on
+    every interface.)"""
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2

@@ -148,6 +148,15 @@ _port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
+def _host(text: str) -> str:
+    """An argparse type: a host to listen on. An empty one (``--host "$UNSET"``) would
+    listen on every interface, the admin API with it; ``0.0.0.0`` says so on purpose."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name an interface (0.0.0.0 for every one), "
+                                         "got an empty string")
+    return text
+
+
 # NaN fails both comparisons, so it is refused too
 _non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a finite number ≥ 0")
 
@@ -1682,8 +1691,8 @@ def build_parser() -> argparse.ArgumentParser:
                "    -d '{\"model\": \"ir3de\", \"messages\": [{\"role\": \"user\", "
                "\"content\": \"What is 17 * 23?\"}]}'")
     p.add_argument("--config", required=True, type=_file, help="gateway YAML config")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to listen on (default %(default)s)")
+    p.add_argument("--host", type=_host, default="127.0.0.1",
+                   help="interface to listen on (default %(default)s; 0.0.0.0: every one)")
     p.add_argument("--port", type=_port, default=8000,
                    help="port to listen on (default %(default)s)")
     p.add_argument("--log-level", default="info",
