@@ -1544,3 +1544,43 @@ def test_a_router_saved_with_a_name_now_refused_still_loads_and_can_lose_it(
     assert router.experts == kept
     with pytest.raises(ExpertError, match=r"write it as 'café'"):
         router.add_expert(legacy, toy_router.stats[toy_router.experts[0]])
+
+
+def test_predict_labels_by_the_experts_it_selected_with(emb: Embedder,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict selected with one state and read the experts anew: an expert removed (by
+    another thread) meanwhile mislabelled its answers, or raised an IndexError."""
+    router = Router(emb).fit(["What is 2 + 2?", "Solve x + 1 = 3.", "import os",
+                              "def f(x): return x", "The court held the contract void.",
+                              "The statute of limitations had expired."],
+                             ["math", "math", "code", "code", "law", "law"])
+    assert router.experts == ["code", "law", "math"]
+    encode = emb.encode_batch
+
+    def encode_then_remove(*args, **kwargs):
+        ids = encode(*args, **kwargs)
+        if "code" in router.experts:
+            router.remove_expert("code")  # what another thread may do meanwhile
+        return ids
+
+    monkeypatch.setattr(emb, "encode_batch", encode_then_remove)
+    assert router.predict(["What is 7 * 6?"]).tolist() == ["math"]
+
+
+def test_predict_in_batches_is_predict_at_once(emb: Embedder,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict and predict_proba tokenise and select a bounded batch at a time (a whole
+    60,000 abstracts held 2.4 GB): the same results, and errors still number the prompt
+    in the whole input."""
+    import ir3de.router as router_module
+
+    router = Router(emb).fit(["What is 2 + 2?", "Solve x + 1 = 3.", "import os",
+                              "def f(x): return x"], ["math", "math", "code", "code"])
+    prompts = ["What is 5 * 5?", "import sys", "x = 2 + 3", "Solve 2x = 4.", "def g(): pass"]
+    whole, scores = router.predict(prompts), router.predict_proba(prompts)
+    monkeypatch.setattr(router_module, "_BATCH", 2)
+    assert router.predict(prompts).tolist() == whole.tolist()
+    np.testing.assert_array_equal(router.predict_proba(prompts), scores)
+    assert router.predict([]).shape == (0,) and router.predict_proba([]).shape == (0, 2)
+    with pytest.raises(EmptyInputError, match=r"prompt #3 has no token to route on"):
+        router.predict([*prompts[:3], "<s>", "import os"])
