@@ -533,8 +533,20 @@ def test_tokenizer_with_more_ids_than_rows(tmp_path: Path) -> None:
     tok = tmp_path / "tokenizer.json"
     vocab = write_tiny_tokenizer(tok)
     np.save(tmp_path / "small.npy", np.zeros((vocab - 1, 4), np.float32))
-    with pytest.raises(IR3DEError, match=f"{vocab} ids but the table only {vocab - 1} rows"):
+    with pytest.raises(IR3DEError, match=f"ids up to {vocab - 1} but the table only "
+                                         f"{vocab - 1} rows"):
         load_embedder(tok, table=tmp_path / "small.npy")
+    # ids with a gap: 4 entries, the largest id 3000 (it passed, and every prompt with
+    # "world" then failed with an IndexError)
+    vocab_json = {"[UNK]": 0, "hello": 1, "math": 2, "world": 3000}
+    tok.write_text(json.dumps({"version": "1.0", "added_tokens": [], "normalizer": None,
+                               "pre_tokenizer": {"type": "Whitespace"},
+                               "post_processor": None, "decoder": None,
+                               "model": {"type": "WordLevel", "vocab": vocab_json,
+                                         "unk_token": "[UNK]"}}))
+    np.save(tmp_path / "ten.npy", np.ones((10, 4), np.float32))
+    with pytest.raises(IR3DEError, match="ids up to 3000 but the table only 10 rows"):
+        load_embedder(tok, table=tmp_path / "ten.npy")
 
 
 def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:

@@ -122,10 +122,14 @@ class Embedder:
         tokenizer.no_padding()
         tokenizer.no_truncation()
         config = json.loads(Path(tokenizer_path).read_text(encoding="utf-8"))
-        n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        # The largest id, not the number of entries: a vocabulary whose ids leave gaps
+        # ({"hello": 1, "world": 3000}) passed a count check and every prompt holding the
+        # id past the table then failed with an IndexError.
+        n_vocab = max(tokenizer.get_vocab_size(with_added_tokens=True),
+                      max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
         if n_vocab > table.shape[0]:
-            raise IR3DEError(f"{name}: tokenizer has {n_vocab} ids but the table only "
-                             f"{table.shape[0]} rows")
+            raise IR3DEError(f"{name}: tokenizer has ids up to {n_vocab - 1} but the table "
+                             f"only {table.shape[0]} rows")
         self.tokenizer = tokenizer
         self.table = table
         self.spec = spec
