@@ -142,6 +142,24 @@ def test_keygen_that_fails_halfway_keeps_the_previous_key(tmp_path: Path) -> Non
         generate_key(tmp_path / "loop-a.key", force=True)
 
 
+def test_a_private_key_whose_public_key_is_another_keys_is_refused(emb: Embedder,
+                                                                     tmp_path: Path) -> None:
+    """keygen --force killed (kill -9) between its two writes left the new private key
+    beside the old public key: whatever it signed then failed to verify against the
+    public key handed out, as "signed by a key not in DIR"."""
+    generate_key(tmp_path / "old.key")
+    generate_key(tmp_path / "p.key")
+    stats = compute_stats(emb, ["What is 2 + 2?"], domain="math")
+    sign(stats, tmp_path / "p.key")  # a whole pair signs
+    (tmp_path / "p.pub").write_bytes((tmp_path / "old.pub").read_bytes())
+    with pytest.raises(IR3DEError, match=r"p\.key: .*p\.pub beside it is another key's "
+                                         r"public key \(a keygen cut short\?\).*keygen "
+                                         r"--force"):
+        sign(stats, tmp_path / "p.key")
+    (tmp_path / "p.pub").unlink()  # no public key beside it: nothing to check
+    assert sign(stats, tmp_path / "p.key").signature is not None
+
+
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:
     stats = sign(compute_stats(emb, CORPORA["math"], domain="math"), keys["alice"])
     stats.save(tmp_path / "math.stats")

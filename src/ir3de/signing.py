@@ -150,7 +150,29 @@ def load_private_key(path: Path) -> Any:
         raise IR3DEError(f"{path}: {_unsupported(exc)}") from None
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise IR3DEError(f"{path}: not an Ed25519 private key")
+    _check_pair(path, key)
     return key
+
+
+def _check_pair(path: Path, key: Any) -> None:
+    """Refuse a private key whose public key beside it (``.pub``) is another key's: a
+    keygen killed (kill -9) between its two writes leaves that, and everything signed
+    with the key would then fail to verify against the public key handed out. A missing
+    or unreadable public key is not checked (it may live elsewhere)."""
+    ser = _serialization()
+    try:
+        public_path = public_key_path(path)
+        public = ser.load_pem_public_key(public_path.read_bytes())
+    except (IR3DEError, OSError, ValueError, TypeError):
+        return
+    try:
+        raw = public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw).hex()
+    except (ValueError, TypeError):  # not an Ed25519 key: not this key's pair
+        raw = None
+    if raw != _raw_public(key.public_key()):
+        raise IR3DEError(f"{path}: {public_path} beside it is another key's public key (a "
+                         "keygen cut short?), so signatures would not verify against it; "
+                         f"make a new pair with ir3de keygen --force {path}")
 
 
 def _unsupported(exc: Exception) -> str:
