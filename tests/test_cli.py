@@ -2163,9 +2163,10 @@ def test_eval_scores_must_be_numbers_of_known_experts(user_data: Path, tmp_path:
         assert not out.exists()
 
 
-def _sigterm_on_fsync(monkeypatch, call: int) -> None:
-    """SIGTERM arrives while the ``call``-th file is being made durable: the moment a
-    ``timeout`` or ``kill`` hit when the default action left temporary files behind."""
+def _sigterm_on_fsync(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
+    """SIGTERM (or ``signum``) arrives while the ``call``-th file is being made durable: the
+    moment a ``timeout`` or ``kill`` hit when the default action left temporary files
+    behind."""
     import ir3de.store
 
     real_fsync, calls = os.fsync, []
@@ -2173,7 +2174,7 @@ def _sigterm_on_fsync(monkeypatch, call: int) -> None:
     def fsync(fd: int) -> None:
         calls.append(fd)
         if len(calls) == call:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         real_fsync(fd)
 
     monkeypatch.setattr(ir3de.store.os, "fsync", fsync)
@@ -2192,6 +2193,22 @@ def test_sigterm_cleans_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path,
     assert out.read_bytes() == b"the previous statistics"
     assert sorted(p.name for p in out.parent.iterdir()) == ["math.stats"]  # no temporary file
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_sighup_cleans_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path, capsys,
+                                     monkeypatch) -> None:
+    """SIGHUP (the terminal closed) killed a command mid-write, its temporary file left."""
+    out = tmp_path / "out" / "math.stats"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous statistics")
+    before = signal.getsignal(signal.SIGHUP)
+    _sigterm_on_fsync(monkeypatch, call=1, signum=signal.SIGHUP)
+    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out,
+                            "--force", "-q")
+    assert (code, stdout, err) == (129, "", "ir3de: hung up\n")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["math.stats"]  # no temporary file
+    assert out.read_bytes() == b"the previous statistics"
+    assert signal.getsignal(signal.SIGHUP) is before
 
 
 def test_sigterm_during_keygen_force_keeps_the_old_pair(tmp_path: Path, capsys,

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -2949,6 +2950,25 @@ def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
                                 ("keep_alive_seconds", 1.5, "valid integer")):
         with pytest.raises(IR3DEError, match=rf"{key}: Input should be .*{message}"):
             load_config(_config(tmp_path, stats_files, upstreams, **{key: value}))
+
+
+def test_sighup_stops_the_gateway_as_sigterm_does(stats_files, upstreams,
+                                                  tmp_path: Path) -> None:
+    """SIGHUP (a closed terminal, systemd's reload) killed the gateway at once, cutting
+    the requests in flight; it drains them now, as on SIGTERM."""
+    import concurrent.futures
+
+    proc = _gateway(_config(tmp_path, stats_files, upstreams))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, proc.url + "/v1/chat/completions",
+                                 json=_chat(MATH, model="math", hang=2), timeout=30)
+            time.sleep(0.7)  # the request is in flight
+            proc.proc.send_signal(signal.SIGHUP)
+            assert answer.result().status_code == 200
+            proc.proc.wait(10)
+    finally:
+        proc.stop()
 
 
 def test_trust_refuses_unsigned_statistics_at_startup_and_upload(

@@ -1703,29 +1703,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, systemd, Kubernetes) raised as an interruption: every cleanup
-    that Ctrl-C runs (temporary files, a key pair being replaced, a staging folder) runs for
-    it too, where the default action would kill the process mid-write."""
+    """SIGTERM (``timeout``, systemd, Kubernetes) or SIGHUP (the terminal closed) raised as
+    an interruption: every cleanup that Ctrl-C runs (temporary files, a key pair being
+    replaced, a staging folder) runs for it too, where the default action would kill the
+    process mid-write. ``args[0]``: the signal."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
+    raise _Terminated(signum)
+
+
+# The signals a command is stopped by as by Ctrl-C (SIGHUP where there is one).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt(command: str) -> Iterator[None]:
-    """While a command other than ``serve`` runs (uvicorn drains its own requests on
-    SIGTERM), SIGTERM interrupts it like Ctrl-C; the previous handler comes back after, as
-    tests call :func:`main` in their own process. Handlers can only be set from the main
-    thread; elsewhere the default stays."""
+    """While a command other than ``serve`` runs (the gateway drains its own requests on
+    SIGTERM and SIGHUP), SIGTERM and SIGHUP interrupt it like Ctrl-C; the previous handlers
+    come back after, as tests call :func:`main` in their own process. A signal ignored
+    when the command starts (``nohup``) stays ignored. Handlers can only be set from the
+    main thread; elsewhere the defaults stay."""
     if command == "serve" or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1755,9 +1766,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ir3de: error: out of memory; give it less at once (fewer or smaller inputs, "
               "route's --batch-size) or more memory", file=sys.stderr)
         return 1
-    except _Terminated:
-        print("ir3de: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except _Terminated as stop:
+        signum = stop.args[0]
+        with contextlib.suppress(OSError):  # (a closed terminal cannot be told)
+            print("ir3de: hung up" if signum != signal.SIGTERM else "ir3de: terminated",
+                  file=sys.stderr)
+        return 128 + signum
     except KeyboardInterrupt:
         print("ir3de: interrupted", file=sys.stderr)
         return 130

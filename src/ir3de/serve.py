@@ -164,8 +164,10 @@ import logging
 import math
 import os
 import re
+import signal
 import ssl
 import tempfile
+import threading
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -2857,6 +2859,24 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
         raise
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            # SIGHUP (a closed terminal, a reload by systemd) stops the gateway as SIGTERM
+            # does, draining what is in flight: by default it killed it at once, streams
+            # cut. uvicorn handles SIGINT and SIGTERM; a SIGHUP ignored (nohup) stays so.
+            hup = getattr(signal, "SIGHUP", None)
+            if hup is None or threading.current_thread() is not threading.main_thread() \
+                    or signal.getsignal(hup) is signal.SIG_IGN:
+                with super().capture_signals():
+                    yield
+                return
+            previous = signal.signal(hup, self.handle_exit)
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                signal.signal(hup, previous)
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:  # (uvicorn says where it listens only when it binds)
