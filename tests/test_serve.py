@@ -258,6 +258,10 @@ def test_gateway_errors_name_the_field_and_use_openai_json(gateway: Proc) -> Non
     for r, status in ((httpx.get(gateway.url + "/v1/nowhere"), 404),
                       (httpx.get(gateway.url + "/v1/chat/completions"), 405)):
         assert r.status_code == status and r.json()["error"]["message"], r.text
+    r = httpx.post(gateway.url + "/v1/responses", json={"model": "ir3de", "input": "hi"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == (  # was "Not Found"
+        "Invalid URL (POST /v1/responses): this gateway serves POST /v1/chat/completions, "
+        "POST /v1/completions and GET /v1/models")
     assert httpx.head(gateway.url + "/healthz").status_code == 200
     image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     r = httpx.post(gateway.url + "/v1/chat/completions",  # nothing to route: the fallback

@@ -1855,9 +1855,16 @@ def create_app(config: Any) -> Any:
     app.add_middleware(_AccessLog)  # (added last: the outermost, it sees every answer)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         # unknown routes, wrong methods, unparsable forms: OpenAI's error JSON too
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no such route
+            # as OpenAI words it, and what is served here: clients of the Responses or
+            # embeddings APIs learn that this gateway does not speak them
+            message = (f"Invalid URL ({request.method} {request.url.path}): this gateway "
+                       "serves POST /v1/chat/completions, POST /v1/completions and GET "
+                       "/v1/models")
+        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     async def _send(expert_name: str, endpoint: Any, path: str, body: dict[str, Any],
                     stream: bool) -> httpx.Response:
