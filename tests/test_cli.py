@@ -2123,7 +2123,7 @@ def test_every_option_and_positional_has_help_naming_its_default(capsys) -> None
         if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in action.help, f"{where}: default {action.default!r} unsaid"
     for argv, shown in ((["route", "--help"], "prompts per batch (default 1024)"),
-                        (["serve", "--help"], "interface to listen on (default 127.0.0.1)"),
+                        (["serve", "--help"], "interface to listen on (default 127.0.0.1; 0.0.0.0: every one)"),
                         (["serve", "--help"], "port to listen on (default 8000)"),
                         (["inspect", "--help"], "file router or statistics file")):
         with pytest.raises(SystemExit):
