@@ -2123,7 +2123,8 @@ def test_every_option_and_positional_has_help_naming_its_default(capsys) -> None
         if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in action.help, f"{where}: default {action.default!r} unsaid"
     for argv, shown in ((["route", "--help"], "prompts per batch (default 1024)"),
-                        (["serve", "--help"], "interface to listen on (default 127.0.0.1; 0.0.0.0: every one)"),
+                        (["serve", "--help"],
+                         "interface to listen on (default 127.0.0.1; 0.0.0.0: every one)"),
                         (["serve", "--help"], "port to listen on (default 8000)"),
                         (["inspect", "--help"], "file router or statistics file")):
         with pytest.raises(SystemExit):
@@ -2180,35 +2181,23 @@ def _sigterm_on_fsync(monkeypatch, call: int, signum: int = signal.SIGTERM) -> N
     monkeypatch.setattr(ir3de.store.os, "fsync", fsync)
 
 
-def test_sigterm_cleans_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path, capsys,
-                                       monkeypatch) -> None:
+@pytest.mark.parametrize(("signum", "code", "said"), [
+    (signal.SIGTERM, 143, "terminated"),
+    # SIGHUP (the terminal closed) killed a command mid-write, its temporary file left
+    (signal.SIGHUP, 129, "hung up")])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path,
+                                                 capsys, monkeypatch, signum: int, code: int,
+                                                 said: str) -> None:
     out = tmp_path / "out" / "math.stats"
     out.parent.mkdir()
     out.write_bytes(b"the previous statistics")
-    before = signal.getsignal(signal.SIGTERM)
-    _sigterm_on_fsync(monkeypatch, call=1)
-    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out,
-                            "--force", "-q")
-    assert (code, stdout, err) == (143, "", "ir3de: terminated\n")
+    before = signal.getsignal(signum)
+    _sigterm_on_fsync(monkeypatch, call=1, signum=signum)
+    assert run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out, "--force",
+               "-q") == (code, "", f"ir3de: {said}\n")
     assert out.read_bytes() == b"the previous statistics"
     assert sorted(p.name for p in out.parent.iterdir()) == ["math.stats"]  # no temporary file
-    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
-
-
-def test_sighup_cleans_up_like_ctrl_c(corpora: dict[str, Path], tmp_path: Path, capsys,
-                                     monkeypatch) -> None:
-    """SIGHUP (the terminal closed) killed a command mid-write, its temporary file left."""
-    out = tmp_path / "out" / "math.stats"
-    out.parent.mkdir()
-    out.write_bytes(b"the previous statistics")
-    before = signal.getsignal(signal.SIGHUP)
-    _sigterm_on_fsync(monkeypatch, call=1, signum=signal.SIGHUP)
-    code, stdout, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", out,
-                            "--force", "-q")
-    assert (code, stdout, err) == (129, "", "ir3de: hung up\n")
-    assert sorted(p.name for p in out.parent.iterdir()) == ["math.stats"]  # no temporary file
-    assert out.read_bytes() == b"the previous statistics"
-    assert signal.getsignal(signal.SIGHUP) is before
+    assert signal.getsignal(signum) is before  # the caller's handler is back
 
 
 def test_sigterm_during_keygen_force_keeps_the_old_pair(tmp_path: Path, capsys,
