@@ -2152,7 +2152,9 @@ def create_app(config: Any) -> Any:
                                         f"expert {failed!r} failed ({_error_kind(exc)}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
-        if response.status_code > 599 or response.is_redirect:
+        refused = response.status_code in (401, 403)
+        if response.status_code > 599 or response.is_redirect or refused:
+            # Answers the gateway does not relay: a 502 the expert would give again
             with anyio.CancelScope(shield=True):
                 await response.aclose()
             metrics.requests.labels(expert, "502").inc()
@@ -2160,31 +2162,25 @@ def create_app(config: Any) -> Any:
                 # Not followed: the request, prompt and expert's key with it, would go
                 # again, perhaps to another host. Nor relayed: a client gets no location
                 # (not a relayed header), and its SDK would not follow a POST's redirect.
-                return _error(502, f"expert {expert!r} answered {response.status_code}, "
-                                   f"{_redirect(response)}, which the gateway does not "
-                                   "follow: the expert's url needs updating",
-                              kind="upstream_error", headers=_meant_for(expert, final=True))
-            # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
-            # are not final answers): uvicorn would fail to send it, and the client get
-            # an empty reply
-            return _error(502, f"expert {expert!r} answered with status "
-                               f"{response.status_code}, which is not an HTTP status "
-                               "(100-599)", kind="upstream_error",
-                          headers=_meant_for(expert, final=True))
-        if response.status_code in (401, 403):
-            # The client's credentials are the gateway's business, never forwarded: an
-            # expert refusing is refusing the gateway's own (api_key_env), which its
-            # answer may partly show ("Incorrect API key provided: sk-cod***1234").
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
-            metrics.requests.labels(expert, "502").inc()
-            endpoint = state.experts[expert]
-            fix = f"check the key in ${endpoint.api_key_env}" if endpoint.api_key_env else \
-                "it needs a key: set the expert's api_key_env"
-            log.warning(json.dumps({"event": "upstream_refused", "expert": expert,
-                                    "status": response.status_code}))
-            return _error(502, f"expert {expert!r} refused the gateway's credentials "
-                               f"({response.status_code}): {fix}", kind="upstream_error",
+                message = f"answered {response.status_code}, {_redirect(response)}, which " \
+                    "the gateway does not follow: the expert's url needs updating"
+            elif refused:
+                # The client's credentials are the gateway's business, never forwarded: an
+                # expert refusing is refusing the gateway's own (api_key_env), which its
+                # answer may partly show ("Incorrect API key provided: sk-cod***1234").
+                key_env = state.experts[expert].api_key_env
+                fix = f"check the key in ${key_env}" if key_env else \
+                    "it needs a key: set the expert's api_key_env"
+                log.warning(json.dumps({"event": "upstream_refused", "expert": expert,
+                                        "status": response.status_code}))
+                message = f"refused the gateway's credentials ({response.status_code}): {fix}"
+            else:
+                # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
+                # are not final answers): uvicorn would fail to send it, and the client get
+                # an empty reply
+                message = f"answered with status {response.status_code}, which is not an " \
+                    "HTTP status (100-599)"
+            return _error(502, f"expert {expert!r} {message}", kind="upstream_error",
                           headers=_meant_for(expert, final=True))
         if stream and response.status_code >= 400:
             # An error comes whole, not as a stream: read it now, so that one the gateway
@@ -2871,18 +2867,16 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
             # SIGHUP (a closed terminal, a reload by systemd) stops the gateway as SIGTERM
             # does, draining what is in flight: by default it killed it at once, streams
             # cut. uvicorn handles SIGINT and SIGTERM; a SIGHUP ignored (nohup) stays so.
-            hup = getattr(signal, "SIGHUP", None)
-            if hup is None or threading.current_thread() is not threading.main_thread() \
-                    or signal.getsignal(hup) is signal.SIG_IGN:
-                with super().capture_signals():
-                    yield
-                return
-            previous = signal.signal(hup, self.handle_exit)
+            hup: int = getattr(signal, "SIGHUP", 0)  # (0: none here, as on Windows)
+            caught = hup != 0 and signal.getsignal(hup) is not signal.SIG_IGN \
+                and threading.current_thread() is threading.main_thread()
+            previous = signal.signal(hup, self.handle_exit) if caught else None
             try:
                 with super().capture_signals():
                     yield
             finally:
-                signal.signal(hup, previous)
+                if caught:
+                    signal.signal(hup, previous)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
