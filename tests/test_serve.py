@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import os
 import signal
@@ -530,6 +531,7 @@ def test_client_gone_closes_the_upstream_stream(request, upstreams: dict[str, Pr
         stream["pad"] = 4_000_000
     body = json.dumps(stream).encode()
     state = upstreams["math"].url + f"/streams/{tag}"
+    logged = len(_access_log(gateway))
     with socket.socket() as raw:
         raw.settimeout(5)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up at once
@@ -550,6 +552,10 @@ def test_client_gone_closes_the_upstream_stream(request, upstreams: dict[str, Pr
     assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected"), \
         httpx.get(state).json()
     assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gateway.url + "/metrics").text)
+    if server == "uvicorn":  # (asgi24.py does not set up the access log)
+        # logged as an answer not sent to its end (it was logged as a 200 like any other)
+        assert _wait_for(lambda: len(_access_log(gateway)) > logged)
+        assert _access_log(gateway)[logged]["complete"] is False
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "asgi24"])
@@ -1106,6 +1112,13 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "cooldown_failures: Input should be a valid integer"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": 0},
      "cooldown_seconds: Input should be greater than 0"),
+    # a browser's Origin has no path: this entry would never match, silently
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "cors_origins": ["https://chat.example.com/"]},
+     "cors_origins: Value error, 'https://chat.example.com/' is not an origin: "
+     "scheme://host[:port], without a path or trailing slash"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "cors_origins": ["chat.example.com"]}, "'chat.example.com' is not an origin"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
       "cooldown_seconds": float("inf")}, "cooldown_seconds: Input should be a finite number"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_seconds": "1"},
@@ -1424,6 +1437,111 @@ def test_sdk_reads_the_upstream_retry_and_request_id_headers(sdk) -> None:
     answer = sdk.chat.completions.create(model="ir3de", messages=_user(MATH),
                                          extra_body={"headers": {"x-request-id": "req-2"}})
     assert answer._request_id == "req-2"
+
+
+def _logged(proc: Proc, request_id: str) -> dict:
+    """The access-log line of the request with this id."""
+    lines = [line for line in _request_log(proc) if line["request_id"] == request_id]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_every_request_has_one_id_in_its_answer_the_log_and_the_upstream(
+        gateway: Proc) -> None:
+    """The gateway's own errors had no x-request-id, the access line no id, duration or
+    size, and an expert's log could not be matched with the gateway's: now one id per
+    request, the client's own when a proxy in front set a plain one."""
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, echo=True))
+    rid = r.headers["x-ir3de-request-id"]
+    assert r.status_code == 200 and rid.startswith("req_") and len(rid) == 36
+    assert r.headers["x-request-id"] == rid  # the expert sent none of its own
+    assert r.json()["headers"]["x-request-id"] == rid  # what the expert received
+    line = _logged(gateway, rid)
+    assert line["status"] == 200 and line["complete"] is True and line["expert"] == "math"
+    assert line["bytes"] == len(r.content) and line["client"] == "127.0.0.1"
+    assert 0 < line["duration_ms"] < 10_000
+    # a proxy's id is kept, and goes to the expert; one that could break a log line is not
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, echo=True),
+                   headers={"x-request-id": "7f3a-42:edge/1"})
+    assert r.headers["x-ir3de-request-id"] == "7f3a-42:edge/1"
+    assert r.json()["headers"]["x-request-id"] == "7f3a-42:edge/1"
+    for odd in ("a b", "x" * 129, '"}, {"forged": 1'):
+        r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH),
+                       headers={"x-request-id": odd})
+        assert r.headers["x-ir3de-request-id"].startswith("req_"), odd
+    # the expert's own id is what the SDK reports; the gateway's stays in its header
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   json=_chat(MATH, headers={"x-request-id": "req-upstream"}))
+    assert r.headers["x-request-id"] == "req-upstream"
+    assert _logged(gateway, r.headers["x-ir3de-request-id"])["status"] == 200
+    # the gateway's own answers (a 404, an unknown route) carry one too
+    for r in (httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, model="x")),
+              httpx.get(gateway.url + "/v1/responses")):
+        rid = r.headers["x-request-id"]
+        assert r.status_code == 404 and r.headers["x-ir3de-request-id"] == rid
+        assert _logged(gateway, rid)["status"] == 404
+    # a stream: logged as its last byte goes, whole
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                      json=_chat(MATH, stream=True, chunks=3)) as r:
+        size = len(r.read())
+    line = _logged(gateway, r.headers["x-ir3de-request-id"])
+    assert (line["bytes"], line["complete"], line["stream"]) == (size, True, True)
+
+
+def test_head_requests_and_compressed_bodies(gateway: Proc) -> None:
+    """HEAD /v1/models (an uptime check) was a 405, and a gzip request body a 400 about
+    invalid UTF-8."""
+    for path in ("/v1/models", "/v1/models/math", "/metrics", "/healthz"):
+        r = httpx.head(gateway.url + path)
+        assert r.status_code == 200 and r.content == b"", path
+    r = httpx.post(gateway.url + "/v1/chat/completions",
+                   content=gzip.compress(json.dumps(_chat(MATH)).encode()),
+                   headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415
+    assert r.json()["error"]["message"] == "request bodies in content-encoding 'gzip' are " \
+        "not accepted: send the body uncompressed"
+
+
+def test_cors_lets_the_named_web_origins_call_the_api(stats_files, upstreams,
+                                                      tmp_path) -> None:
+    """A chat page on another origin could not call the gateway: its preflight (sent
+    without a key) was a 401, and the answers had no CORS headers. Now: the origins in
+    cors_origins, with the routing headers readable; never the admin API."""
+    config = _config(tmp_path, stats_files, upstreams, api_keys_env=KEYS_ENV,
+                     cors_origins=["https://chat.example.com", "http://[::1]:3000"])
+    proc = _gateway(config, env={KEYS_ENV: "client-key"})
+    try:
+        url = proc.url + "/v1/chat/completions"
+        page = {"origin": "https://chat.example.com"}
+        preflight = {**page, "access-control-request-method": "POST",
+                     "access-control-request-headers": "authorization, content-type"}
+        r = httpx.options(url, headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://chat.example.com"
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        r = httpx.post(url, json=_chat(MATH),
+                       headers={**page, "authorization": "Bearer client-key"})
+        assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+        assert r.headers["access-control-allow-origin"] == "https://chat.example.com"
+        exposed = {h.strip() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"x-ir3de-expert", "x-ir3de-routed-to", "x-request-id"} <= exposed
+        # the page may read a refusal too
+        r = httpx.post(url, json=_chat(MATH), headers=page)
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"]
+        # another origin gets nothing a browser would accept
+        other = {**preflight, "origin": "https://evil.example"}
+        assert httpx.options(url, headers=other).status_code == 400
+        r = httpx.post(url, json=_chat(MATH), headers={
+            "origin": "https://evil.example", "authorization": "Bearer client-key"})
+        assert "access-control-allow-origin" not in r.headers
+        # the admin API is no web page's business
+        r = httpx.options(proc.url + "/admin/experts", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+        r = httpx.get(proc.url + "/admin/experts",
+                      headers={**page, **_admin()})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    finally:
+        proc.stop()
 
 
 def test_no_openapi_schema_nor_upstream_account(gateway: Proc) -> None:
@@ -2120,7 +2238,7 @@ def _log_text(proc: Proc) -> str:
 def _request_log(proc: Proc) -> list[dict]:
     """The access-log lines (one per request) the process has written so far."""
     return [json.loads(line[line.index("{"):]) for line in _log_text(proc).splitlines()
-            if '{"path": ' in line]
+            if '{"request_id": ' in line]
 
 
 def _access_log(proc: Proc) -> list[dict]:
@@ -2287,7 +2405,8 @@ def test_headers_beyond_latin1_are_encoded_or_dropped(stats_files, upstreams,
                                            utf8_headers={"x-request-id": "€"},
                                            headers={"x-ratelimit-limit-requests": "9"}))
             assert r.status_code == 200, r.text
-            assert "x-request-id" not in r.headers  # dropped: no header can carry it
+            # the expert's is dropped (no header can carry it): the gateway's own instead
+            assert r.headers["x-request-id"] == r.headers["x-ir3de-request-id"] != "€"
             assert r.headers["x-ratelimit-limit-requests"] == "9"
             if stream:
                 state = upstreams["math"].url + f"/streams/{tag}"

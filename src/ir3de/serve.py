@@ -27,15 +27,22 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   expert), ``GET /v1/models/{id}``, ``GET /healthz`` (always 200; lists the experts
   cooling down), ``GET /metrics`` (Prometheus).
 * One JSON access-log line per request (INFO: at ``--log-level`` info or debug),
-  whatever its route and status (see :class:`_AccessLog`): ``path`` (less ``/v1``),
-  ``method``, ``status``, and ``refused``
-  (the reason) for a 401; a completions request's also has ``model``, ``expert``,
-  ``routed_to``, ``fallback``, ``confidence``, ``coverage``, ``stream``, and ``error`` for
-  the gateway's own error answers; ``status`` 499 (as nginx logs it) for a client gone
-  before its whole body arrived, or before its answer (the upstream request is cancelled
-  then), which is sent nothing. A body over ``max_body_bytes`` (an admin request's: over
-  ``max_admin_body_bytes``) is a 413 as soon as it says so (``content-length``) or,
-  chunked, once past the limit, without the rest.
+  whatever its route and status, as the answer's last byte goes out (see
+  :class:`_AccessLog`): ``request_id``, ``path`` (less ``/v1``), ``method``, ``client``,
+  ``status``, ``duration_ms``, ``bytes``, ``complete`` (false: not sent to its end), and
+  ``refused`` (the reason) for a 401; a completions request's also has ``model``,
+  ``expert``, ``routed_to``, ``fallback``, ``confidence``, ``coverage``, ``stream``, and
+  ``error`` for the gateway's own error answers; ``status`` 499 (as nginx logs it) for a
+  client gone before its whole body arrived, or before its answer (the upstream request
+  is cancelled then), which is sent nothing. A body over ``max_body_bytes`` (an admin
+  request's: over ``max_admin_body_bytes``) is a 413 as soon as it says so
+  (``content-length``) or, chunked, once past the limit, without the rest; a compressed
+  one (``content-encoding``) is a 415.
+* Request ids: the client's plain ``x-request-id`` or a new ``req_<hex>``, logged, sent
+  to the expert as ``x-request-id`` and returned as ``x-ir3de-request-id`` (and as
+  ``x-request-id`` unless the expert's is relayed).
+* ``cors_origins``: web pages on these origins may call the API (:class:`_Cors`); never
+  the admin API.
 * Client API keys: with ``api_keys_env`` set, the environment variable it names holds one
   or more keys (comma-separated), and every request but ``/healthz``, ``/metrics`` and the
   admin API (which has its own token) must carry ``Authorization: Bearer <one of them>``,
@@ -138,6 +145,7 @@ Example config::
     api_keys_env: IR3DE_API_KEYS   # clients must send one of these keys (default: no keys)
     admin_token_env: IR3DE_ADMIN_TOKEN   # the admin API's token (unset: admin API off)
     admin_key_envs: [SPARE_KEY]   # api_key_env the admin API may name, beyond the experts'
+    cors_origins: [https://chat.example.com]   # web pages here may call the API ('*': any)
     # trust: trusted/          # every expert (stats, saved router, uploads) signed by a key
                                # here: for a router of signed statistics only
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
@@ -153,6 +161,7 @@ Example config::
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -170,6 +179,7 @@ import tempfile
 import threading
 import time
 import typing
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -197,9 +207,17 @@ def _pydantic() -> Any:
     return pydantic
 
 
+# A web origin as browsers send it in the Origin header (see GatewayConfig.cors_origins)
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:?#\[\]]+)(:\d{1,5})?")
+# The answer headers a browser page may read across origins (CORS hides any other): the
+# gateway's own and the upstream's that OpenAI clients act on (see _RELAYED_HEADERS)
+_EXPOSED_HEADERS = ("x-ir3de-expert", "x-ir3de-routed-to", "x-ir3de-confidence",
+                    "x-ir3de-coverage", "x-ir3de-fallback", "x-ir3de-request-id",
+                    "x-request-id", "retry-after", "retry-after-ms", "x-should-retry")
+
 # Headers of an upstream request that the gateway (or httpx) sets: no key goes in them.
 _OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
-                          "connection", "accept-encoding", "te", "upgrade"})
+                          "connection", "accept-encoding", "te", "upgrade", "x-request-id"})
 
 
 @functools.cache
@@ -426,6 +444,11 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                                       description="how long the gateway "
                                                                   "reuses an idle upstream "
                                                                   "connection (s)")
+        # Browser front-ends on other origins call the API directly: without these CORS
+        # headers the browser hides every answer from them (and a preflight would need a key).
+        cors_origins: list[str] = pd.Field([], description="origins (scheme://host[:port]) "
+                                           "whose web pages may call the API, or ['*'] for "
+                                           "any; default: none")
         # uvicorn's own default unless set (wait for every request): an LLM stream may run
         # for minutes, so a deployment chooses how long a stop may take.
         shutdown_seconds: float | None = pd.Field(None, gt=0, allow_inf_nan=False,
@@ -441,6 +464,18 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
             problem = domain_name_problem(v)
             if problem:  # clients could not send it as their model, or not reliably
                 raise ValueError(f"the gateway's name {v!r} {problem}")
+            return v
+
+        @pd.field_validator("cors_origins")
+        @classmethod
+        def _origins(cls, v: list[str]) -> list[str]:
+            for origin in v:
+                if origin != "*" and not _ORIGIN.fullmatch(origin):
+                    # A browser sends Origin without a path or trailing slash: such an
+                    # entry would never match, and the site would fail with no clue why.
+                    raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], "
+                                     "without a path or trailing slash (e.g. "
+                                     "https://chat.example.com), or '*' for any")
             return v
 
         @pd.model_validator(mode="after")
@@ -1410,18 +1445,49 @@ def _route_path(scope: Any) -> str:
     return path
 
 
+def _is_admin(path: str) -> bool:
+    """Whether a route path is the admin API's."""
+    return path == "/admin" or path.startswith("/admin/")
+
+
 # The scope key under which a request's handler adds to its access-log line (see _AccessLog)
 _ACCESS = "ir3de.access"
+# The request being answered's id (see _AccessLog), for the upstream request it sends
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("ir3de_request_id",
+                                                                         default=None)
+# A client's own x-request-id is kept when it is this plain (a UUID, a proxy's hex id,
+# base64): it goes into log lines and an upstream header, so nothing that could break them.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def _request_id(headers: Any) -> str:
+    """A request's id: the client's ``x-request-id`` (set by a proxy in front, say) when it
+    is plain enough (:data:`_CLIENT_REQUEST_ID`), else a new ``req_`` + 32 hex digits."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            text = value.decode("latin-1")
+            if _CLIENT_REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return f"req_{uuid.uuid4().hex}"
 
 
 class _AccessLog:
     """ASGI middleware: one JSON access-log line per HTTP request, whatever answered it
-    (a route, the client-key check, an unknown path, a failure): ``path`` (less the
-    ``/v1`` prefix), ``method``, ``status``, and what the handler added under
-    ``scope[_ACCESS]`` (a completion's routing, a refusal's reason). Never a header or a
-    body: nothing secret. Logged as the response starts, before the client has any of it;
-    or, for an answer never sent (a client gone), once the app returns, with the status
-    the handler gave (499)."""
+    (a route, the client-key check, an unknown path, a failure): ``request_id``, ``path``
+    (less the ``/v1`` prefix), ``method``, ``client`` (its address), ``status``,
+    ``duration_ms``, ``bytes`` (of the body sent), ``complete`` (false when the answer was
+    not sent to its end: a client gone mid-stream, or before any of it) and what the
+    handler added under ``scope[_ACCESS]`` (a completion's routing, a refusal's reason).
+    Never a header or a body: nothing secret. Logged as the last of the body goes out, so
+    a client that has its whole answer finds the line written; or, for an answer not sent
+    to its end, once the app returns (a client gone before any of it: with the status the
+    handler gave, 499).
+
+    It also gives every request an id (:func:`_request_id`), sent back as
+    ``x-ir3de-request-id``, and as ``x-request-id`` unless the expert's own is relayed,
+    and sent to the expert as ``x-request-id`` (:data:`_REQUEST_ID`): one id finds a
+    request in the client's error, this log and the expert's log."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -1430,27 +1496,66 @@ class _AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        start = time.perf_counter()
+        request_id = _request_id(scope["headers"])
         path = _route_path(scope)
+        client = scope.get("client")
         fields = scope[_ACCESS] = {
+            "request_id": request_id,
             "path": path[len("/v1"):] if path.startswith("/v1/") else path,
-            "method": scope["method"]}
+            "method": scope["method"], "client": client[0] if client else None}
+        status: int | None = None
+        sent = 0
         logged = False
 
-        def write(status: int) -> None:
+        def write(complete: bool) -> None:
             nonlocal logged
             logged = True
-            log.info(json.dumps({**fields, "status": status}))
+            log.info(json.dumps({**fields, "status": status or fields.get("status", 500),
+                                 "duration_ms": round(1000 * (time.perf_counter() - start), 1),
+                                 "bytes": sent, "complete": complete}))
 
         async def sending(message: Any) -> None:
-            if message["type"] == "http.response.start" and not logged:
-                write(message["status"])
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                ours = [(b"x-ir3de-request-id", request_id.encode("latin-1"))]
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    ours.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers + ours}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                if not message.get("more_body", False) and not logged:
+                    write(True)
             await send(message)
 
+        token = _REQUEST_ID.set(request_id)
         try:
             await self.app(scope, receive, sending)
         finally:
-            if not logged:  # (an exception: Starlette answers it with a 500)
-                write(fields.get("status", 500))
+            _REQUEST_ID.reset(token)
+            if not logged:  # not sent to its end (an exception: Starlette answers a 500)
+                write(False)
+
+
+class _Cors:
+    """ASGI middleware: Starlette's CORSMiddleware for ``origins`` (it answers preflights
+    itself, before the client-key check a preflight cannot pass: browsers send it without
+    credentials), but not for the admin API, which is no web page's business."""
+
+    def __init__(self, app: Any, origins: list[str]) -> None:
+        from starlette.middleware.cors import CORSMiddleware
+
+        self.app = app
+        # no credentials mode: keys travel in the authorization header, never in cookies
+        self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST"],
+                                   allow_headers=["*"], expose_headers=_EXPOSED_HEADERS,
+                                   max_age=600)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        admin = scope["type"] == "http" and _is_admin(_route_path(scope))
+        await (self.app if admin else self.cors)(scope, receive, send)
 
 
 class _ClientKeys:
@@ -1469,7 +1574,7 @@ class _ClientKeys:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = _route_path(scope)
-            if path not in _OPEN_PATHS and path != "/admin" and not path.startswith("/admin/"):
+            if path not in _OPEN_PATHS and not _is_admin(path):
                 problem = self._problem(scope["headers"])
                 if problem is not None:
                     reason, message = problem
@@ -1852,6 +1957,8 @@ def create_app(config: Any) -> Any:
 
     if client_keys is not None:
         app.add_middleware(_ClientKeys, digests=client_keys, refused=_refused)
+    if config.cors_origins:  # (outside the key check: see _Cors)
+        app.add_middleware(_Cors, origins=config.cors_origins)
     app.add_middleware(_AccessLog)  # (added last: the outermost, it sees every answer)
 
     @app.exception_handler(StarletteHTTPException)
@@ -1870,6 +1977,9 @@ def create_app(config: Any) -> Any:
                     stream: bool) -> httpx.Response:
         payload = {**body, "model": endpoint.model or expert_name}
         headers = {"content-type": "application/json"}
+        request_id = _REQUEST_ID.get()
+        if request_id is not None:  # one id in both logs (vLLM takes it as its own)
+            headers["x-request-id"] = request_id
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
             if endpoint.api_key_header:
@@ -2445,13 +2555,14 @@ def create_app(config: Any) -> Any:
         return {"id": name, "object": "model", "created": created.get(name, started),
                 "owned_by": "ir3de"}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> Any:
         state = holder["state"]
         return {"object": "list", "data": [_model_card(name)
                                            for name in [config.name, *state.experts]]}
 
-    @app.get("/v1/models/{model:path}")  # client.models.retrieve(); :path: org/model names
+    # client.models.retrieve(); :path: org/model names
+    @app.api_route("/v1/models/{model:path}", methods=["GET", "HEAD"])
     async def model_info(model: str) -> Any:
         if model != config.name and model not in holder["state"].experts:
             return _error(404, f"model {model!r} does not exist", code="model_not_found",
@@ -2466,7 +2577,7 @@ def create_app(config: Any) -> Any:
         return {"status": "ok", "experts": state.router.experts,
                 "cooling_down": {n: round(s, 3) for n, s in cooldowns.refusing().items()}}
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus() -> Any:
         import prometheus_client as pc
 
@@ -2515,11 +2626,17 @@ def create_app(config: Any) -> Any:
 
     def _bounded(request: Request, *, admin: bool) -> Any:
         """``request`` with its body bounded by ``max_body_bytes`` (``admin``:
-        ``max_admin_body_bytes``), or the 413 for a body that says (``content-length``) it
-        is larger, refused before reading: a huge body never reaches memory. Reading the
-        bounded request's body (``body()``, ``form()``) raises _BodyTooLarge once past the
-        limit, a chunked one declaring no length included, without reading (nor waiting
-        for) the rest: a 2 GB statistics upload was read whole before it was refused."""
+        ``max_admin_body_bytes``), or the 413 for a body that says (``content-length``)
+        it is larger (the 415 for a compressed one), refused before reading: a huge body
+        never reaches memory. Reading the bounded request's body (``body()``,
+        ``form()``) raises _BodyTooLarge once past the limit, a chunked one declaring no
+        length included, without reading (nor waiting for) the rest: a 2 GB statistics
+        upload was read whole before it was refused."""
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            # read as it is, a compressed body would be a 400 about invalid JSON or UTF-8
+            return _error(415, f"request bodies in content-encoding {encoding!r} are not "
+                               "accepted: send the body uncompressed", code="unsupported_encoding")
         limit = config.max_admin_body_bytes if admin else config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
