@@ -25,6 +25,7 @@ from conftest import (
 
 from ir3de import Embedder, IR3DEError, load_embedder
 from ir3de.embedding import resolve_spec
+from ir3de.errors import FingerprintMismatchError
 
 # ------------------------------------------------------------------ fingerprint
 
@@ -72,6 +73,25 @@ def test_pickles_as_its_recipe(emb: Embedder, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", load], input=blob, capture_output=True)
     assert done.returncode != 0 and b"FingerprintMismatchError" in done.stderr
     assert b"is not the one that was pickled" in done.stderr
+
+
+def test_an_embedder_built_by_hand_pickles_with_its_table(emb: Embedder,
+                                                           tmp_path: Path) -> None:
+    """An Embedder made from a table in memory (a spec no recipe) pickled, then failed to
+    unpickle ('kind' must be one of ...): joblib's workers could not use it."""
+    mine = Embedder(emb._tokenizer_path, np.asarray(emb.table[:, :8], dtype=np.float32),
+                    spec={"note": "first 8 dims"}, name="mine")
+    back = pickle.loads(pickle.dumps(mine))
+    assert back.fingerprint == mine.fingerprint and back.spec == mine.spec
+    assert np.array_equal(back.encode("What is 17 * 23?"), mine.encode("What is 17 * 23?"))
+    tok = tmp_path / "tokenizer.json"
+    tok.write_bytes(emb._tokenizer_path.read_bytes())
+    blob = pickle.dumps(Embedder(tok, np.zeros((emb.vocab_size, 2)), spec={}, name="z"))
+    data = json.loads(tok.read_text())
+    data["added_tokens"] = data["added_tokens"][:1]
+    tok.write_text(json.dumps(data))
+    with pytest.raises(FingerprintMismatchError, match="has changed since this embedder"):
+        pickle.loads(blob)
 
 
 def test_fingerprint_differs_for_a_different_table_or_tokenizer(emb: Embedder,

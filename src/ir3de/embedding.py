@@ -463,10 +463,17 @@ class Embedder:
         return (f"Embedder({self.name!r}, vocab={self.vocab_size}, h={self.dim}, "
                 f"fingerprint={self.fingerprint[:12]})")
 
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], str]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled (multiprocessing, joblib's n_jobs > 1) as its recipe, not its table: the
         # receiving process loads the same embedder from its own files (once per recipe)
         # instead of receiving 16 MB or more with every task, and checks the fingerprint.
+        try:
+            _checked_recipe(self.spec)
+        except IR3DEError:
+            # Built by hand around a table in memory, with a spec load_embedder cannot
+            # follow: the table itself travels (it pickled, then failed to unpickle).
+            return _rebuilt, (str(self._tokenizer_path), np.asarray(self.table), self.spec,
+                              self.name, self._bf16, self.fingerprint)
         return _unpickled, (self.spec, self.fingerprint)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
@@ -489,6 +496,18 @@ def _unpickled(spec: dict[str, Any], fingerprint: str) -> Embedder:
         raise FingerprintMismatchError(
             f"{embedder.name}: the embedder loaded here ({embedder.fingerprint[:12]}) is not "
             f"the one that was pickled ({fingerprint[:12]}): its files differ in this process")
+    return embedder
+
+
+def _rebuilt(tokenizer_path: str, table: np.ndarray, spec: dict[str, Any], name: str,
+             bf16: bool, fingerprint: str) -> Embedder:
+    """An embedder pickled with its table (see Embedder.__reduce__), refused if its
+    tokenizer file is no longer the one it was pickled with."""
+    embedder = Embedder(Path(tokenizer_path), table, spec=spec, name=name, bf16=bf16)
+    if embedder.fingerprint != fingerprint:
+        raise FingerprintMismatchError(
+            f"{name}: the tokenizer file {tokenizer_path} has changed since this embedder "
+            f"was pickled ({embedder.fingerprint[:12]}, not {fingerprint[:12]})")
     return embedder
 
 
