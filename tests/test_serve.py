@@ -1488,9 +1488,9 @@ def test_every_request_has_one_id_in_its_answer_the_log_and_the_upstream(
     assert (line["bytes"], line["complete"], line["stream"]) == (size, True, True)
 
 
-def test_head_requests_and_compressed_bodies(gateway: Proc) -> None:
-    """HEAD /v1/models (an uptime check) was a 405, and a gzip request body a 400 about
-    invalid UTF-8."""
+def test_head_requests_compressed_bodies_and_trailing_slashes(gateway: Proc) -> None:
+    """HEAD /v1/models (an uptime check) was a 405, a gzip request body a 400 about
+    invalid UTF-8, and a trailing slash a bare 307 that SDKs do not follow for a POST."""
     for path in ("/v1/models", "/v1/models/math", "/metrics", "/healthz"):
         r = httpx.head(gateway.url + path)
         assert r.status_code == 200 and r.content == b"", path
@@ -1500,6 +1500,10 @@ def test_head_requests_and_compressed_bodies(gateway: Proc) -> None:
     assert r.status_code == 415
     assert r.json()["error"]["message"] == "request bodies in content-encoding 'gzip' are " \
         "not accepted: send the body uncompressed"
+    r = httpx.post(gateway.url + "/v1/chat/completions/", json=_chat(MATH))
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith(
+        "Invalid URL (POST /v1/chat/completions/): this gateway serves")
+    assert r.json()["error"]["message"].endswith("(without a trailing slash)")
 
 
 def test_cors_lets_the_named_web_origins_call_the_api(stats_files, upstreams,

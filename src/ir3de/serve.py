@@ -1946,8 +1946,10 @@ def create_app(config: Any) -> Any:
         await client.aclose()
 
     # no docs and no OpenAPI schema: the schema would list the admin routes to anyone
+    # no redirect for a trailing slash: a bare 307 that OpenAI's SDKs do not follow for a
+    # POST; the 404 below says what is served instead
     app = FastAPI(title="ir3de gateway", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False)
 
     def _refused(scope: Any, path: str, reason: str) -> None:
         metrics.unauthorized.labels(reason).inc()
@@ -1970,7 +1972,8 @@ def create_app(config: Any) -> Any:
             # embeddings APIs learn that this gateway does not speak them
             message = (f"Invalid URL ({request.method} {request.url.path}): this gateway "
                        "serves POST /v1/chat/completions, POST /v1/completions and GET "
-                       "/v1/models")
+                       "/v1/models" + (" (without a trailing slash)"
+                                       if request.url.path.endswith("/") else ""))
         return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     async def _send(expert_name: str, endpoint: Any, path: str, body: dict[str, Any],
