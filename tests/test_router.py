@@ -539,6 +539,11 @@ def test_a_lone_text_is_refused_where_texts_are_expected(emb: Embedder,
     # scikit-learn label-encodes y for cross_val_predict(method="predict_proba")
     with pytest.raises(ExpertError, match=r"domain label #1 is the number 0: .*method='predict'"):
         Router(emb).fit(["1+1", "2*3"], ["math", np.int64(0)])  # type: ignore[list-item]
+    # ... and in its meta-estimators, which the message blamed on cross_val_predict
+    ensemble = pytest.importorskip("sklearn.ensemble")
+    voting = ensemble.VotingClassifier([("router", Router(emb))])
+    with pytest.raises(ExpertError, match=r"is the number 1: .* VotingClassifier, Stacking"):
+        voting.fit(["1+1", "import os"], ["math", "coding"])
     # Iterables whose items are not their texts: a mapping routes its keys; a 0-d array
     # raised a bare TypeError.
     with pytest.raises(IR3DEError, match="prompts must be one-dimensional, not a 0-d array"):

@@ -444,13 +444,15 @@ class Router:
             raise IR3DEError(f"{len(texts)} texts but {len(domains)} domain labels")
         for i, domain in enumerate(domains):  # before grouping: a list label is unhashable
             if isinstance(domain, (int, np.integer)) and not isinstance(domain, bool):
-                # What scikit-learn passes when it label-encodes y itself, e.g.
-                # cross_val_predict(method="predict_proba"): say so, not just "not a string".
+                # What scikit-learn passes when it label-encodes y itself: say so, not
+                # just "not a string", nor blame one of the several places it does it.
                 raise ExpertError(
                     f"domain label #{i} is the number {domain}: labels name the experts and "
-                    f"must be strings (scikit-learn's cross_val_predict encodes labels as "
-                    f"numbers for method='predict_proba'; use method='predict', or "
-                    f"cross_val_score with a probability scorer)")
+                    "must be strings. scikit-learn passes numbers where it encodes the "
+                    "labels itself: cross_val_predict(method='predict_proba') (use "
+                    "method='predict', or cross_val_score with a probability scorer), "
+                    "VotingClassifier, StackingClassifier and OneVsRestClassifier, which "
+                    "cannot wrap a Router")
             validate_domain_name(domain, f"domain label #{i}")
         # numpy labels (np.str_) would become expert names that print as np.str_('x').
         domains = [str(d) for d in domains]
