@@ -367,6 +367,29 @@ def test_quiet_cli_run_prints_nothing(emb: Embedder, tmp_path: Path) -> None:
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
 
 
+def test_sigterm_during_a_ray_run_cleans_up_as_locally(emb: Embedder, tmp_path: Path) -> None:
+    """ray.init took over SIGTERM: `ir3de stats --engine ray` then exited 15 with a C++
+    stack on stderr, not 143 "ir3de: terminated", and the handler outlived the run. The
+    signal is sent once Ray has started, as the job begins."""
+    (tmp_path / "a.jsonl").write_text('{"text": "one two"}\n')
+    (tmp_path / "a.stats").write_bytes(b"previous")
+    script = (
+        "import os, signal, sys\n"
+        "from ir3de import cli, distributed\n"
+        "run = distributed._run\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return run(*args, **kwargs)\n"
+        "distributed._run = stopped\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    run = subprocess.run([sys.executable, "-c", script, "stats", str(tmp_path / "a.jsonl"),
+                          "--domain", "d", "-o", str(tmp_path / "a.stats"), "--force", "-q",
+                          "--engine", "ray", "--workers", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert (run.returncode, run.stderr) == (143, "ir3de: terminated\n")
+    assert (tmp_path / "a.stats").read_bytes() == b"previous"
+
+
 def test_an_address_where_no_ray_answers_fails_fast(cluster, emb: Embedder, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # ray.init retries for minutes against a port that accepts but is not Ray's (a

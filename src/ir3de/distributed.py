@@ -33,7 +33,9 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
@@ -91,6 +93,11 @@ _QUIET_LEVELS = {
 }
 
 
+# The handlers ray.init must not take over (see _signal_handlers_kept); SIGHUP is POSIX only
+_KEPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
+                      if hasattr(signal, name))
+
+
 def _ray() -> Any:
     try:
         import h2  # noqa: F401  (the address probe's; ships with the extra too)
@@ -99,6 +106,24 @@ def _ray() -> Any:
     except ImportError:
         raise IR3DEError("the Ray engine needs its extra: pip install 'ir3de[ray]'") from None
     return ray
+
+
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """The process's SIGTERM, SIGINT and SIGHUP handlers as they were before: ray.init
+    replaces SIGTERM's with one that exits with status 15 (after its C++ logger prints a
+    stack), which bypassed ``ir3de``'s cleanup (exit 143) and outlived the run. Handlers
+    can only be set from the main thread; elsewhere Ray's stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in _KEPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:  # (None: set outside Python, cannot be put back)
+                signal.signal(sig, handler)
 
 
 def _paths(paths: Any) -> list[str]:
@@ -437,9 +462,10 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
             origin = " (from $RAY_ADDRESS)" if target is not None and address is None else ""
             _check_reachable(target, origin)
             try:
-                ray.init(address=address, num_cpus=workers if target in (None, "local")
-                         else None, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+                with _signal_handlers_kept():
+                    ray.init(address=address, num_cpus=workers if target in (None, "local")
+                             else None, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False)
             except ConnectionError as exc:
                 at = f" at {target}{origin}" if target else ""
                 raise IR3DEError(f"cannot reach the Ray cluster{at} ({exc})") from None
