@@ -94,8 +94,13 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         parsed, extras = self._parse_known(args, namespace)
-        if self.conflicts is not None and not self._intermixing:  # (not a partial parse)
-            problem = self.conflicts(parsed)
+        if not self._intermixing:  # (not a partial parse)
+            if extras:
+                # Refused here, under this command's usage: handed back, they were refused
+                # by the top-level parser, with its usage and "ir3de: error:". No parser
+                # above can take them: its options come before the command.
+                self.error(f"unrecognized arguments: {' '.join(extras)}")
+            problem = self.conflicts(parsed) if self.conflicts is not None else None
             if problem is not None:
                 self.error(problem)
         return parsed, extras
@@ -732,8 +737,12 @@ def _smoothing_note(router: Router, before: tuple[float, float | None] | None = 
     values = "  ".join(f"{name}={value:g}" for name, value, setting in (
         ("α", used[0], config.alpha), ("pair mass", used[1], config.pairs))
         if setting == "auto" and value is not None)
-    return (f"; auto smoothing {values} ({sum(counts) / len(counts):,.0f} prompts per expert "
-            f"on average, {min(counts):,} in the smallest)")
+    # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
+    # "100 or fewer" while it chose the larger-fit smoothing
+    total, n = sum(counts), len(counts)
+    mean = f"{total / n:,.1f}" if total % n else f"{total // n:,}"
+    return (f"; auto smoothing {values} ({mean} prompts per expert on average, "
+            f"{min(counts):,} in the smallest)")
 
 
 # Said with an --input error that a plain text file would cause.
