@@ -166,6 +166,12 @@ def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Pat
     loaded = DomainStats.load(tmp_path / "math.stats")
     assert verify(loaded, load_trusted(keys["trusted"])) == "alice.pub"
     assert digest(loaded) == digest(stats)
+    # a key named in capitals is a key too (it was skipped: "signed by a key that is not
+    # trusted"), as keygen takes any case of .pub
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "ALICE.PUB").write_bytes((keys["trusted"] / "alice.pub").read_bytes())
+    assert verify(loaded, load_trusted(upper)) == "ALICE.PUB"
     # Derived statistics are new data: they carry no signature.
     assert loaded.renamed("arithmetic").signature is None
     assert (loaded + stats).signature is None

@@ -220,8 +220,9 @@ def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
     from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
-        # Listed with iterdir, not glob: glob takes an unreadable folder for an empty one
-        public = sorted(p for p in folder.iterdir() if p.name.endswith(".pub"))
+        # Listed with iterdir, not glob: glob takes an unreadable folder for an empty one.
+        # Any case of .pub, as keygen reads it: ALICE.PUB was skipped without a word.
+        public = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".pub")
     except OSError as exc:
         raise IR3DEError(f"{folder}: cannot list this folder of trusted keys "
                          f"({exc.strerror or exc})") from None
