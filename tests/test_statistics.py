@@ -206,6 +206,20 @@ def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
                                           "as 'café'"):
         compute_stats(emb, ["1 + 1"], domain="cafe\u0301")
     assert compute_stats(emb, ["1 + 1"], domain="café").domain == "café"  # NFC: accepted
+    # Names that pass for another though NFC: full-width letters and ligatures (NFKC), and
+    # Latin mixed with Cyrillic or Greek look-alikes (they were accepted as new experts).
+    for bad, problem in (("\uff4d\uff41\uff54\uff48", r"holds compatibility characters .*write "
+                                                        r"it as 'math'"),
+                         ("\ufb01nance", r"holds compatibility characters .*'finance'"),
+                         ("m\u0430th", r"mixes Cyrillic and Latin letters \(U\+0430 is "
+                                       r"Cyrillic\): such a name can pass for another"),
+                         ("l\u03bfgic", r"mixes Greek and Latin letters \(U\+03BF is Greek\)")):
+        with pytest.raises(ExpertError, match=rf"invalid domain name .*: it {problem}"):
+            compute_stats(emb, ["1 + 1"], domain=bad)
+    # one alphabet, or Latin beside Han: how names are written
+    for name in ("\u0444\u0438\u0437\u0438\u043a\u0430", "\u03bb\u03cc\u03b3\u03bf\u03c2",
+                 "math-数学", "GPT-4o"):
+        assert compute_stats(emb, ["1 + 1"], domain=name).domain == name
     # Joiners spell Persian and Indic words and emoji sequences; after ASCII they only hide.
     persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # (escaped: RUF001)
     for name in (persian, "क्\u200dष", "👩\u200d💻", "数学", "हिन्दी"):

@@ -606,6 +606,12 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
     return PairCounts(keys, counts)
 
 
+# Alphabets whose letters look alike (Latin a, Cyrillic U+0430, Greek alpha): one name may
+# not mix them. Other mixes (Latin with Han, Hangul or Kana) are how names are written in
+# those languages.
+_CONFUSABLE_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC"})
+
+
 def domain_name_problem(name: object, *, legacy: bool = False) -> str | None:
     """Why ``name`` cannot name a domain or an expert, or None. A name is a non-empty string
     without surrounding whitespace (a client sending it as its ``model`` would have to match
@@ -614,15 +620,21 @@ def domain_name_problem(name: object, *, legacy: bool = False) -> str | None:
     ``DELETE /admin/experts/a%0Ab`` finds nothing), invisible format characters (but for
     the zero-width joiners of Persian, Indic and emoji spellings) or lone surrogates,
     written in Unicode's composed form (NFC), so that two experts never look the same:
-    ``"café"`` typed with a combining accent is another string. ``legacy`` skips those two
-    rules, which earlier versions of ir3de did not apply: files and gateway state they wrote
-    still load, so that such an expert can be removed or renamed (a new name is checked
-    in full).
+    ``"café"`` typed with a combining accent is another string; for the same reason
+    without compatibility characters (NFKC: full-width letters, ligatures) and without
+    mixing Latin, Greek and Cyrillic letters (``math`` with a Cyrillic ``a``, U+0430). A
+    name wholly in one of those alphabets may still resemble one in another (Cyrillic
+    U+0441 U+043E U+0440 and Latin ``cop``): only a full confusables table would tell.
+    ``legacy`` skips the rules after the control characters, which earlier versions of
+    ir3de did not apply: files and gateway state they wrote still load, so that such an
+    expert can be removed or renamed (a new name is checked in full).
 
     >>> domain_name_problem("math") is None
     True
     >>> domain_name_problem("cafe\u0301")
     "is not in Unicode's composed form (NFC): write it as 'café'"
+    >>> domain_name_problem("m\u0430th")
+    'mixes Cyrillic and Latin letters (U+0430 is Cyrillic): such a name can pass for another'
     """
     if not isinstance(name, str):
         return f"must be a string, not {type(name).__name__}"
@@ -636,9 +648,24 @@ def domain_name_problem(name: object, *, legacy: bool = False) -> str | None:
             continue  # a joiner inside Persian, Indic or emoji text
         if what is not None:
             return f"holds {what} (U+{ord(c):04X})"
+    if legacy:
+        return None
     composed = unicodedata.normalize("NFC", name)
-    if composed != name and not legacy:
+    if composed != name:
         return f"is not in Unicode's composed form (NFC): write it as {composed!r}"
+    plain = unicodedata.normalize("NFKC", name)
+    if plain != name:  # full-width letters (U+FF41...), ligatures: they pass for others
+        return f"holds compatibility characters (full-width letters, ligatures...): write " \
+               f"it as {plain!r}"
+    scripts: dict[str, str] = {}  # each confusable alphabet of the name: its first letter
+    for c in name:
+        script = unicodedata.name(c, "").split(" ", 1)[0] if c.isalpha() else ""
+        if script in _CONFUSABLE_SCRIPTS:
+            scripts.setdefault(script, c)
+    if len(scripts) > 1:  # "math" with a Cyrillic a (U+0430) passes for the Latin one
+        alphabets = " and ".join(sorted(s.title() for s in scripts))
+        odd = ", ".join(f"U+{ord(c):04X} is {s.title()}" for s, c in list(scripts.items())[1:])
+        return f"mixes {alphabets} letters ({odd}): such a name can pass for another"
     return None
 
 
