@@ -144,6 +144,18 @@ def test_a_split_without_test_prompts_is_refused_before_running(emb: Embedder) -
                  progress=False)
 
 
+def test_a_test_prompt_without_a_token_is_named_by_its_id(emb: Embedder) -> None:
+    """It was "prompt #1 has no token to route on": a place in the harness's reordered
+    list, not a line of the file nor an id."""
+    setting = Setting("tiny", "two domains", ["a", "b"],
+                      [Split("all", {"a": ["one plus one"], "b": ["def f(): pass"]},
+                             ["q7", "special-one"], ["two plus two", "<s>"], ["a", "b"])])
+    with pytest.raises(IR3DEError, match=r"^split 'all': test prompt 'special-one' \(domain "
+                                         r"'b'\) has no token to route on with .* \(empty or "
+                                         r"only special tokens\): leave it out"):
+        evaluate(setting, embedders=[emb], presets=["default"], progress=False)
+
+
 def test_missing_scores_are_found_before_running(emb: Embedder) -> None:
     """They used to be found after every router had run, without naming the setting."""
     scores = {("p1", "a"): 1.0, ("p1", "b"): 0.5, ("p2", "a"): 0.5}

@@ -57,6 +57,40 @@ def test_domains_split_is_70_30_by_id_and_seeded(data_dir: Path) -> None:
     assert len(set(a.test_labels)) == 9
 
 
+def test_domains_reads_every_file_of_a_folder_and_needs_two(tmp_path: Path) -> None:
+    """A domain folder of two files was read as its last file alone, an all.JSONL or a
+    notes.txt was skipped, and one folder made a run every router won at 100 %."""
+    for domain in ("aaa", "bbb"):
+        (tmp_path / "domains" / domain).mkdir(parents=True)
+    _write(tmp_path / "domains/aaa/all.jsonl",
+           [{"id": i, "text": f"sum {i} and {i}"} for i in range(20)])
+    _write(tmp_path / "domains/bbb/part1.jsonl",
+           [{"id": i, "text": f"def f{i}(): pass"} for i in range(10)])
+    _write(tmp_path / "domains/bbb/part2.JSONL",
+           [{"id": i, "text": f"def g{i}(): pass"} for i in range(10, 30)])
+    setting = load_setting("domains", tmp_path)
+    (split,) = setting.splits
+    assert setting.sources["fit"]["bbb"] == ["domains/bbb/part1.jsonl",
+                                             "domains/bbb/part2.JSONL"]
+    assert len(split.fit["bbb"]) + split.test_labels.count("bbb") == 30
+    assert setting.description.startswith("Two domain corpora")
+    _write(tmp_path / "domains/bbb/part3.jsonl", [{"id": 3, "text": "def h(): pass"}])
+    with pytest.raises(IR3DEError, match=r"part3.jsonl:1: .*id '3' .*part1.jsonl:4"):
+        load_setting("domains", tmp_path)
+    (tmp_path / "domains/bbb/part3.jsonl").unlink()
+    (tmp_path / "domains/bbb/notes.txt").write_text("to do\n")
+    with pytest.raises(IR3DEError, match=r"bbb: a domain data folder may hold only JSONL "
+                                         r"files .* not notes.txt"):
+        load_setting("domains", tmp_path)
+    (tmp_path / "domains/bbb/notes.txt").unlink()
+    (tmp_path / "domains/bbb/part1.jsonl").rename(tmp_path / "domains/aaa/part1.jsonl")
+    (tmp_path / "domains/bbb/part2.JSONL").unlink()
+    (tmp_path / "domains/bbb").rmdir()
+    with pytest.raises(IR3DEError, match=r"domains: 1 domain corpus folder\(s\) \(aaa\); "
+                                         r"the setting needs at least two"):
+        load_setting("domains", tmp_path)
+
+
 def test_subsample_caps_per_domain(data_dir: Path) -> None:
     s = load_setting("reasoning-xdata", data_dir, max_fit=30, max_test=7)
     (split,) = s.splits

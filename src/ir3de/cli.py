@@ -1612,7 +1612,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "prompts into the fit\n"
                     "  reasoning-2fold  HumanEval/IFEval halves: fit on one, test on the other\n"
                     "  reasoning-xdata  coding fitted on MBPP, instructions on Alpaca\n"
-                    "  domains          nine domain corpora, seeded 70/30 split by id\n"
+                    "  domains          the domain corpora (nine), seeded 70/30 split by id\n"
                     "  --fit DIR        your own JSONL data ('domain' field or one file per "
                     "domain)\n\nbaselines: random; knn (all-MiniLM-L6-v2 sentence "
                     "embeddings, cosine, k=1,5,10); tfidf (TF-IDF + logistic regression); modem "

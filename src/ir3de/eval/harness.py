@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedding import Embedder
-from ..errors import IR3DEError, listed
+from ..errors import EmptyInputError, IR3DEError, listed
 from ..router import PRESETS, Router, RouterConfig
 from ..selector import SELECTORS
 from ..statistics import compute_stats
@@ -178,7 +178,13 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
         solve_s = time.perf_counter() - start
         for selector, k in _SELECTORS:
             router.set_params(selector=selector, k=k or base.k)
-            routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
+            try:
+                routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
+            except EmptyInputError:
+                named = _no_token(split, embedder)
+                if named is None:
+                    raise
+                raise named from None
             label = f"topk k={k}" if selector == "topk" else selector
             is_preset = selector == base.selector and (selector != "topk" or k == base.k)
             cand = Candidate(f"IR3DE {label} [{short}, {preset}]",
@@ -190,6 +196,20 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
             out.append((cand, routed))
             tick()
     return out
+
+
+def _no_token(split: Split, embedder: Embedder) -> EmptyInputError | None:
+    """The error for the first test prompt that ``embedder`` finds no token in, naming it
+    by its id and domain (the router's own names it by its place in the harness's
+    reordered list), or None when there is none."""
+    for ident, text, gold in zip(split.test_ids, split.test_texts, split.test_labels,
+                                 strict=True):
+        if not embedder.encode(text).size:
+            return EmptyInputError(f"split {split.name!r}: test prompt {ident!r} (domain "
+                                   f"{gold!r}) has no token to route on with {embedder.name}"
+                                   f" ({embedder.why_no_token(text)}): leave it out of the "
+                                   "test data")
+    return None
 
 
 def _comparison(summaries: list[dict[str, Any]], correct: Mapping[str, list[bool]],

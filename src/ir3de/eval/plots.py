@@ -196,12 +196,20 @@ def _ir3de_lines(routers: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def _plain_log_ticks(axis: Any) -> None:
-    """Plain-number labels on a log axis (``10``, ``100``, ``0.5``): matplotlib's own are
-    mathtext (``$\\mathdefault{10^{1}}$``), which prints as raw TeX with math parsing off."""
+    """Plain-number labels on a log axis (``10``, ``100``, ``10,000``, ``0.5``): matplotlib's
+    own are mathtext (``$\\mathdefault{10^{1}}$``), which prints as raw TeX with math parsing
+    off, and its LogFormatter mixes ``1000`` with ``1e4`` and ``1e+05``. Which ticks get a
+    label is still LogFormatter's choice."""
     from matplotlib.ticker import LogFormatter
 
-    axis.set_major_formatter(LogFormatter())
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    class Plain(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            if not super().__call__(x, pos):
+                return ""
+            return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
+
+    axis.set_major_formatter(Plain())
+    axis.set_minor_formatter(Plain(labelOnlyBase=False))
 
 
 def _accuracy_vs_k(result: dict[str, Any], readable: _Readable) -> Any:

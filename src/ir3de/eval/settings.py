@@ -10,7 +10,8 @@ Built-in settings, read from the shared data folder (``../shared/data`` or ``$IR
   fit on one, test on the other, both ways (two splits).
 * ``reasoning-xdata`` — coding fitted on MBPP, instruction following on Alpaca: no test
   prompt, nor its dataset, is ever fitted on.
-* ``domains`` — the nine domain corpora of ``domains/``, a seeded 70/30 split by ``id``.
+* ``domains`` — the domain corpora of ``domains/`` (nine in the shared data; one folder
+  of JSONL files each), a seeded 70/30 split by ``id``.
 
 User data (:func:`custom_setting`): a folder of JSONL files whose records carry a
 ``domain`` field, or one JSONL file per domain (the file name is the domain). A folder is
@@ -68,7 +69,7 @@ _DESCRIPTIONS = {
                        "other, both ways; math and multilingual from their train/test splits.",
     "reasoning-xdata": "Coding fitted on MBPP, instruction following on Alpaca: the HumanEval "
                        "and IFEval test prompts come from datasets never fitted on.",
-    "domains": "Nine domain corpora, seeded 70/30 split by id (test texts that also occur "
+    "domains": "{count} domain corpora, seeded 70/30 split by id (test texts that also occur "
                "in the fit part under another id are dropped).",
 }
 _PAPER_FIT = {**REASONING_FIT, "coding": ["humaneval/test"],
@@ -175,10 +176,15 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
     rng = np.random.default_rng(seed)
     where = f"setting {setting!r}, split {name!r}"
     fit_texts, ids, texts, labels, dropped = {}, [], [], [], {}
+    def read_from(domain: str) -> str:
+        files = (origins or {}).get(domain)
+        return f" (read from {listed([shown_path(f) for f in files])})" if files else ""
+
     for domain in fit:
         fit_texts[domain] = [r["text"] for r in _subsample(fit[domain], max_fit, rng)]
         if not fit_texts[domain]:
-            raise EmptyInputError(f"{where}: domain {domain!r} has no fit prompts")
+            raise EmptyInputError(f"{where}: domain {domain!r} has no fit prompts"
+                                  f"{read_from(domain)}")
     refuse_identical_fit(where, fit_texts, origins)
     # Some corpora hold the same text under two ids: a test prompt whose text was fitted on
     # is dropped, unless the setting leaks on purpose. Texts are compared stripped: a copy
@@ -192,7 +198,8 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
         if not chosen:
             why = (f": all {dropped[domain]} are also fit prompts (the same text, leading "
                    "and trailing whitespace aside) and were dropped" if dropped[domain] else "")
-            raise EmptyInputError(f"{where}: domain {domain!r} has no test prompts{why}")
+            raise EmptyInputError(f"{where}: domain {domain!r} has no test prompts{why}"
+                                  f"{read_from(domain) if not why else ''}")
         ids += [str(r["id"]) for r in chosen]
         texts += [r["text"] for r in chosen]
         labels += [domain] * len(chosen)
@@ -287,21 +294,39 @@ def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Sett
 
 def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
              seed: int) -> Setting:
+    """One domain per folder of ``domains/``, every JSONL file of it read (ids unique over
+    them): only the last file of a folder was read, files of another suffix were skipped,
+    and a single folder made a run that every router won at 100 %."""
     folder = data_dir / "domains"
-    files = sorted(folder.glob("*/*.jsonl"))
-    if not files:
-        raise IR3DEError(f"{folder}: no domain corpora (*/*.jsonl)")
-    fit, test = {}, {}
-    for path in files:
-        domain = path.parent.name
-        fit[domain], test[domain] = seeded_split(read_records(path),
-                                                 _DOMAINS_TRAIN_FRACTION, seed)
-    sources = {p.parent.name: [str(p.relative_to(data_dir))] for p in files}
+    folders = sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        found = f" ({listed([p.name for p in folders])})" if folders else ""
+        raise IR3DEError(f"{folder}: {len(folders)} domain corpus folder(s){found}; the "
+                         "setting needs at least two, one folder of JSONL files per domain")
+    fit, test, sources = {}, {}, {}
+    for sub in folders:
+        problem = domain_name_problem(sub.name)
+        if problem:  # the folder's name is the expert's
+            raise IR3DEError(f"{shown_path(sub)}: a domain folder's name names its expert, "
+                             f"and this one {problem}")
+        files = _jsonl_files(sub, "domain")
+        seen: dict[str, str] = {}
+        records = [r for path in files for r in read_records(path, seen)]
+        fit[sub.name], test[sub.name] = seeded_split(records, _DOMAINS_TRAIN_FRACTION, seed)
+        sources[sub.name] = [str(p.relative_to(data_dir)) for p in files]
     split = _split("domains", "70/30", fit, test, max_fit=max_fit, max_test=max_test,
                    seed=seed, origins={d: [str(data_dir / f) for f in fs]
                                        for d, fs in sources.items()})
-    return Setting("domains", _DESCRIPTIONS["domains"], list(fit), [split],
-                   sources={"fit": sources}, seeds=[seed])
+    description = _DESCRIPTIONS["domains"].format(count=_count_word(len(fit)))
+    return Setting("domains", description, list(fit), [split], sources={"fit": sources},
+                   seeds=[seed])
+
+
+def _count_word(n: int) -> str:
+    """``n`` as a sentence starts it: "Nine", "Twelve", "42"."""
+    words = ("Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten",
+             "Eleven", "Twelve")
+    return words[n - 2] if 2 <= n <= 12 else str(n)
 
 
 def _jsonl_files(folder: Path, role: str) -> list[Path]:
