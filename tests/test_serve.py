@@ -3049,23 +3049,42 @@ def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstream
 def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
                                                        tmp_path: Path) -> None:
     """On SIGTERM the gateway stops taking connections and lets requests in flight finish;
-    shutdown_seconds caps that wait (without it, a 20 s answer holds the stop 20 s)."""
+    shutdown_seconds caps that wait (without it, a 20 s answer holds the stop 20 s). What
+    it cuts is told so: a 503 to send again, or an error event ending the stream (the
+    connection was closed: a stream that just ends is a whole answer to OpenAI's SDKs)."""
     import concurrent.futures
 
     config = _config(tmp_path, stats_files, upstreams, {"math": 60}, shutdown_seconds=1,
                      keep_alive_seconds=2)
     proc = _gateway(config)
+
+    def streamed() -> bytes:
+        with httpx.stream("POST", proc.url + "/v1/chat/completions", timeout=30,
+                          json=_chat(MATH, model="math", stream=True, chunks=200)) as r:
+            return r.read()
+
     try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
             answer = pool.submit(httpx.post, proc.url + "/v1/chat/completions",
                                  json=_chat(MATH, model="math", hang=20), timeout=30)
-            time.sleep(1.0)  # the request is in flight, hanging upstream
+            stream = pool.submit(streamed)
+            time.sleep(1.0)  # both in flight: one hanging upstream, one streaming
             start = time.monotonic()
             proc.proc.terminate()
             proc.proc.wait(10)
             assert time.monotonic() - start < 5
-            with pytest.raises(httpx.HTTPError):
-                answer.result()
+            r = answer.result()
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["message"] == "the gateway is shutting down and cut this " \
+                "request after shutdown_seconds (1 s); send it again"
+            body = stream.result()
+            assert body.startswith(b"data: {") and body.endswith(
+                b'event: error\ndata: {"error": {"message": "the gateway is shutting down and '
+                b'cut this request after shutdown_seconds (1 s)", "type": "upstream_error", '
+                b'"param": null, "code": null}}\n\n'), body[-300:]
+        lines = _access_log(proc)
+        assert sorted((line["status"], line["complete"]) for line in lines) == \
+            [(200, False), (503, True)], lines
     finally:
         proc.stop()
     from ir3de.errors import IR3DEError

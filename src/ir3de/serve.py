@@ -83,6 +83,11 @@ file's edit wins. Removing ``state_dir`` starts from gateway.yaml alone. ``serve
 ``state_dir`` (:func:`ir3de.store.claim_folder`): a second gateway on it, or one that
 cannot be written, stops at startup.
 
+Stopping (SIGTERM, SIGHUP, Ctrl-C): no new connections; what is in flight may finish,
+for at most ``shutdown_seconds`` when it is set. Then a request still waiting for its
+answer gets a 503 (``code: shutting_down``, ``retry-after: 1``) and a stream ends with the
+SSE ``error`` event below (see :class:`_AccessLog`).
+
 Failures: a refused connection is retried once (the expert may be restarting), and so is
 a request on a reused idle connection that the expert closed before answering, within
 0.5 s (the keep-alive race; a request on a new connection, answered even in part, or
@@ -1450,6 +1455,9 @@ def _is_admin(path: str) -> bool:
     return path == "/admin" or path.startswith("/admin/")
 
 
+# How long a stop waits, after shutdown_seconds, for the requests it cut to say so
+_CUT_SECONDS = 2.0
+
 # The scope key under which a request's handler adds to its access-log line (see _AccessLog)
 _ACCESS = "ir3de.access"
 # The request being answered's id (see _AccessLog), for the upstream request it sends
@@ -1489,8 +1497,9 @@ class _AccessLog:
     and sent to the expert as ``x-request-id`` (:data:`_REQUEST_ID`): one id finds a
     request in the client's error, this log and the expert's log."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, shutdown_seconds: float | None = None) -> None:
         self.app = app
+        self.shutdown_seconds = shutdown_seconds
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -1533,10 +1542,36 @@ class _AccessLog:
         token = _REQUEST_ID.set(request_id)
         try:
             await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            # What is still running when a stop's shutdown_seconds are up is cancelled by
+            # uvicorn (nothing else cancels a request from outside): the client is told,
+            # rather than left with a closed connection, or a stream that just ends, which
+            # OpenAI's SDKs take for a whole answer.
+            if not logged:
+                import anyio
+
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    if status is None:  # a 503, logged as any answer
+                        await self._stopped_answer()(scope, receive, sending)
+                    else:  # past the line's "complete": the answer did not come whole
+                        await send({"type": "http.response.body", "more_body": False,
+                                    "body": _stream_error(self._stopping())})
+            raise
         finally:
             _REQUEST_ID.reset(token)
             if not logged:  # not sent to its end (an exception: Starlette answers a 500)
                 write(False)
+
+    def _stopping(self) -> str:
+        return "the gateway is shutting down" + (
+            f" and cut this request after shutdown_seconds ({self.shutdown_seconds:g} s)"
+            if self.shutdown_seconds is not None else "")
+
+    def _stopped_answer(self) -> Any:
+        """The answer to a request cut by a stop before its answer started: a 503 the
+        client may send again (to another instance, say)."""
+        return _error(503, f"{self._stopping()}; send it again", kind="server_error",
+                      code="shutting_down", headers={"retry-after": "1"})
 
 
 class _Cors:
@@ -1961,7 +1996,8 @@ def create_app(config: Any) -> Any:
         app.add_middleware(_ClientKeys, digests=client_keys, refused=_refused)
     if config.cors_origins:  # (outside the key check: see _Cors)
         app.add_middleware(_Cors, origins=config.cors_origins)
-    app.add_middleware(_AccessLog)  # (added last: the outermost, it sees every answer)
+    # (added last: the outermost, it sees every answer)
+    app.add_middleware(_AccessLog, shutdown_seconds=config.shutdown_seconds)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
@@ -2997,6 +3033,14 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
             finally:
                 if caught:
                     signal.signal(hup, previous)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # What shutdown_seconds cut, uvicorn cancels and does not wait for: the process
+            # would end before those requests tell their clients (see _AccessLog).
+            cut = [t for t in self.server_state.tasks if not t.done()]
+            if cut:
+                await asyncio.wait(cut, timeout=_CUT_SECONDS)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
