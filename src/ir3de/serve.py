@@ -1546,17 +1546,18 @@ class _AccessLog:
             # What is still running when a stop's shutdown_seconds are up is cancelled by
             # uvicorn (nothing else cancels a request from outside): the client is told,
             # rather than left with a closed connection, or a stream that just ends, which
-            # OpenAI's SDKs take for a whole answer.
-            if not logged:
-                import anyio
+            # OpenAI's SDKs take for a whole answer. The cancellation ends here, answered:
+            # raised on, uvicorn logs it as the app's failure, a traceback per request.
+            if logged:
+                raise
+            import anyio
 
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    if status is None:  # a 503, logged as any answer
-                        await self._stopped_answer()(scope, receive, sending)
-                    else:  # past the line's "complete": the answer did not come whole
-                        await send({"type": "http.response.body", "more_body": False,
-                                    "body": _stream_error(self._stopping())})
-            raise
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                if status is None:  # a 503, logged as any answer
+                    await self._stopped_answer(fields.get("expert"))(scope, receive, sending)
+                else:  # past the line's "complete": the answer did not come whole
+                    await send({"type": "http.response.body", "more_body": False,
+                                "body": _stream_error(self._stopping(), "server_error")})
         finally:
             _REQUEST_ID.reset(token)
             if not logged:  # not sent to its end (an exception: Starlette answers a 500)
@@ -1567,11 +1568,15 @@ class _AccessLog:
             f" and cut this request after shutdown_seconds ({self.shutdown_seconds:g} s)"
             if self.shutdown_seconds is not None else "")
 
-    def _stopped_answer(self) -> Any:
+    def _stopped_answer(self, expert: str | None) -> Any:
         """The answer to a request cut by a stop before its answer started: a 503 the
-        client may send again (to another instance, say)."""
+        client may send again (to another instance, say), naming the ``expert`` it was
+        waiting for, as the gateway's other 503s do."""
+        headers = {"retry-after": "1"}
+        if expert is not None:
+            headers["x-ir3de-expert"] = _header_name(expert)
         return _error(503, f"{self._stopping()}; send it again", kind="server_error",
-                      code="shutting_down", headers={"retry-after": "1"})
+                      code="shutting_down", headers=headers)
 
 
 class _Cors:
@@ -1688,12 +1693,13 @@ def _done_event_end(buffer: bytearray, end: int) -> int:
     return event_end.end() if event_end is not None else 0
 
 
-def _stream_error(message: str) -> bytes:
-    """The SSE event that ends a relayed stream the gateway cannot go on with. The status
-    line is long gone: an ``error`` event is the one way left to tell the client, and
-    OpenAI clients raise it as an APIError."""
+def _stream_error(message: str, kind: str = "upstream_error") -> bytes:
+    """The SSE event that ends a relayed stream the gateway cannot go on with (``kind``:
+    the error's type, the expert's failure unless said). The status line is long gone: an
+    ``error`` event is the one way left to tell the client, and OpenAI clients raise it as
+    an APIError."""
     return b"event: error\ndata: " + json.dumps({"error": {
-        "message": message, "type": "upstream_error", "param": None,
+        "message": message, "type": kind, "param": None,
         "code": None}}).encode() + b"\n\n"
 
 
@@ -2432,16 +2438,12 @@ def create_app(config: Any) -> Any:
                 return
             # After [DONE], the client has its whole answer: nothing more is relayed, and an
             # expert that then holds the connection open (or breaks it) no longer keeps the
-            # client waiting for its timeout and an error event. The rest is read (for a
-            # moment) only so that the connection can go back to the pool.
-            with anyio.move_on_after(_DRAIN_SECONDS):
-                try:
-                    async for _ in received:
-                        pass
-                except (httpx.TransportError, httpx.DecodingError):
-                    pass
+            # client waiting for its timeout and an error event. The rest is read by
+            # _Relay, once the client's body has ended.
+            relay.rest = received
 
-        return _Relay(chunks(), response, status_code=response.status_code, headers=headers)
+        relay = _Relay(chunks(), response, status_code=response.status_code, headers=headers)
+        return relay
 
     class AnswerTooLarge(httpx.DecodingError):
         """An expert's answer, decoded, over ``max_answer_bytes`` (see _read_whole). A
@@ -2489,11 +2491,21 @@ def create_app(config: Any) -> Any:
             super().__init__(content, **kwargs)
             self.chunks = content
             self.upstream = upstream
+            # what the upstream may still send after [DONE], read after the client's body
+            # has ended (see _reply)
+            self.rest: AsyncIterator[bytes] | None = None
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             metrics.in_flight.inc()  # until the last chunk, not until the headers
             try:
                 await super().__call__(scope, receive, send)
+                if self.rest is not None:
+                    # Read for a moment only so that the connection can go back to the
+                    # pool: the client has its whole answer and is not held meanwhile.
+                    with anyio.move_on_after(_DRAIN_SECONDS):
+                        with contextlib.suppress(httpx.TransportError, httpx.DecodingError):
+                            async for _ in self.rest:
+                                pass
             finally:
                 try:
                     # shielded: a cancelled request must still let go of its upstream
@@ -2569,6 +2581,10 @@ def create_app(config: Any) -> Any:
                                 "coverage": None, "stream": None}
         try:
             response = await _proxy(request, path, chat, info)
+        except asyncio.CancelledError:
+            # (a stop cut it, see _AccessLog: its line still says where it was going)
+            request.scope[_ACCESS].update(info)
+            raise
         finally:
             metrics.in_flight.dec()
         # The gateway's own answers are OpenAI's error JSON (_error, _client_gone); an
@@ -3023,16 +3039,19 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
             # SIGHUP (a closed terminal, a reload by systemd) stops the gateway as SIGTERM
             # does, draining what is in flight: by default it killed it at once, streams
             # cut. uvicorn handles SIGINT and SIGTERM; a SIGHUP ignored (nohup) stays so.
+            # Its handler is put back inside uvicorn's block, which raises the signals it
+            # caught again on leaving: the process then ends by SIGHUP (129), as by SIGTERM
+            # (143), and not with 0 as though nothing had stopped it.
             hup: int = getattr(signal, "SIGHUP", 0)  # (0: none here, as on Windows)
             caught = hup != 0 and signal.getsignal(hup) is not signal.SIG_IGN \
                 and threading.current_thread() is threading.main_thread()
-            previous = signal.signal(hup, self.handle_exit) if caught else None
-            try:
-                with super().capture_signals():
+            with super().capture_signals():
+                previous = signal.signal(hup, self.handle_exit) if caught else None
+                try:
                     yield
-            finally:
-                if caught:
-                    signal.signal(hup, previous)
+                finally:
+                    if caught:
+                        signal.signal(hup, previous)
 
         async def shutdown(self, sockets: Any = None) -> None:
             await super().shutdown(sockets)
