@@ -19,6 +19,7 @@ import numpy as np
 
 from ir3de.data import read_jsonl
 from ir3de.eval import load_setting
+from ir3de.eval.settings import SETTINGS
 
 T = TypeVar("T")
 
@@ -93,23 +94,38 @@ def flatten(groups: Mapping[str, Sequence[T]]) -> tuple[list[T], list[str]]:
             [d for d, items in groups.items() for _ in items])
 
 
+def test_texts(data_dir: str) -> frozenset[str]:
+    """Every test prompt of every evaluation setting (stripped), which no held-out part may
+    hold: ``reasoning-paper`` fits on HumanEval and IFEval, the test prompts of
+    ``reasoning-xdata``, and each ``reasoning-2fold`` fold fits on the other's test half."""
+    return frozenset(t.strip() for name in SETTINGS
+                     for split in load_setting(name, data_dir).splits for t in split.test_texts)
+
+
 class TokenizedSplit:
     """One evaluation split tokenised once: per-domain fit prompts (``fit``), their inner
     80 % (``inner``), the held-out 20 % (``held``, gold domain indices ``held_y``) and the
-    test prompts (``test``, ``test_y``); prompts without any token are left out of the fit."""
+    test prompts (``test``, ``test_y``); prompts without any token are left out of the fit.
 
-    def __init__(self, emb, split, sources: Mapping[str, str] | None = None) -> None:
+    ``tested`` (:func:`test_texts`): the held-out part leaves these out, so that no choice
+    is judged on a test prompt of any setting. Until 2026-11-25 it did not: the held-out
+    parts of ``reasoning-paper`` and ``reasoning-2fold`` held test prompts of the other
+    settings (EVALUATION.md, *Held-out parts that held test prompts*)."""
+
+    def __init__(self, emb, split, sources: Mapping[str, str] | None = None,
+                 tested: frozenset[str] = frozenset()) -> None:
         self.domains = list(split.fit)
         pairs = {d: [(t, x) for t, x in zip(split.fit[d], emb.encode_batch(split.fit[d]),
                                             strict=True) if x.size] for d in self.domains}
         texts = {d: [t for t, _ in pairs[d]] for d in self.domains}
         self.fit = {d: [x for _, x in pairs[d]] for d in self.domains}
-        if sources is None:
-            self.inner, held = holdout(self.fit)
+        if sources is None:  # (drawn as over the prompts themselves: the same split)
+            inner_i, held_i = holdout({d: list(range(len(texts[d]))) for d in self.domains})
         else:  # whole sub-sources held out (source_holdout)
             inner_i, held_i = source_holdout(texts, sources)
-            self.inner = {d: [self.fit[d][i] for i in inner_i[d]] for d in self.domains}
-            held = {d: [self.fit[d][i] for i in held_i[d]] for d in self.domains}
+        self.inner = {d: [self.fit[d][i] for i in inner_i[d]] for d in self.domains}
+        held = {d: [self.fit[d][i] for i in held_i[d] if texts[d][i].strip() not in tested]
+                for d in self.domains}
         self.held, held_labels = flatten(held)
         self.held_y = np.array([self.domains.index(d) for d in held_labels])
         self.test = emb.encode_batch(split.test_texts)
@@ -166,9 +182,10 @@ def tokenized_splits(emb, names: Sequence[str], data_dir: str, by_source: bool =
     """``("setting / split", TokenizedSplit)`` for every split of every named setting (with
     ``by_source``, whole sub-sources held out: :func:`source_holdout`)."""
     sources = source_of(data_dir) if by_source else None
+    tested = test_texts(data_dir)
     for name in names:
         for split in load_setting(name, data_dir).splits:
-            yield f"{name} / {split.name}", TokenizedSplit(emb, split, sources)
+            yield f"{name} / {split.name}", TokenizedSplit(emb, split, sources, tested)
 
 
 def report_splits(emb, names: Sequence[str], data_dir: str,

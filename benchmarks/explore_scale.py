@@ -106,8 +106,8 @@ are scored too. Rule:
    uniform sizes (nor at full size), and then beats ``auto`` on the mean of the fresh checks
    with every fit set cut to each mixed size.
 
-Outcome (233 s): per-expert smoothing loses everywhere it differs (held-out over the mixed
-sizes: ``each <= 30 / 100 / 300`` 96.18 / 96.59 / 97.26 against ``auto``'s 97.86; giving a
+Outcome (233 s): per-expert smoothing loses on the means (held-out over the mixed
+sizes: ``each <= 30 / 100 / 300`` 96.68 / 96.59 / 97.26 against ``auto``'s 97.86; giving a
 tiny column few's α shifts its unseen-token scores against the big columns'). The pick is
 ``min <= 100``, +1.07 held-out and +0.88 test on the mixed sizes (+1.96 / +4.00 held-out at
 ``one10`` / ``half10``), refused by step 2: -0.05 held-out on the uniform sizes (``f0.1``
