@@ -205,6 +205,23 @@ def test_dropped_and_too_few_test_prompts_are_warned_about_before_the_run(
     assert result["test_prompts"] == {"a": 1, "b": 25, "c": 0}
 
 
+def test_a_test_text_under_two_domains_is_warned_about() -> None:
+    """The same text labelled math under one id and coding under another capped every
+    router's accuracy without a word."""
+    from ir3de.eval.harness import data_warnings
+
+    split = Split("all", {"math": ["one plus one"], "coding": ["def f(): pass"]},
+                  ["d1", "d2", "d3", "d4"], ["2 + 2?", "2 + 2? ", "import os", "x = 1"],
+                  ["math", "math", "coding", "coding"])
+    assert data_warnings(Setting("tiny", "two domains", ["math", "coding"], [split])) == [
+        "setting 'tiny': fewer than 20 test prompts in math (2), coding (2); their "
+        "accuracies and the bootstrap intervals are not meaningful"]
+    split.test_labels[1] = "coding"
+    assert data_warnings(Setting("tiny", "two domains", ["math", "coding"], [split]))[-1] == \
+        "setting 'tiny': 1 test text stands under several domains (e.g. 'd1' as math, " \
+        "'d2' as coding); no router can route it right every time"
+
+
 def test_an_untested_domain_is_not_warned_about_as_too_few_test_prompts(
         caplog: pytest.LogCaptureFixture) -> None:
     """A domain without test prompts made "fewer than 20 test prompts in c (0); ... not

@@ -255,9 +255,9 @@ def data_warnings(setting: Setting) -> list[str]:
     """One-line warnings about ``setting``'s test data, also shown in the report: test
     prompts left out because their text (leading and trailing whitespace aside) is also a
     fit prompt, domains with some but fewer than :data:`MIN_TEST_PROMPTS` test prompts,
-    whose figures and intervals mean little, and domains with none, which are routed to
-    but never tested. Each lists at most five domains (per split), then how many more; the
-    report lists them all."""
+    whose figures and intervals mean little, domains with none, which are routed to but
+    never tested, and test texts labelled with more than one domain. Each lists at most
+    five domains (per split), then how many more; the report lists them all."""
     out = []
     dropped = [(s.name, {d: n for d, n in s.dropped.items() if n}) for s in setting.splits]
     total = sum(n for _, per in dropped for n in per.values())
@@ -280,6 +280,21 @@ def data_warnings(setting: Setting) -> list[str]:
         out.append(f"setting {setting.name!r}: no test prompts in {listed(untested)}; "
                    f"{'they are' if len(untested) > 1 else 'it is'} routed to but never "
                    "tested, and not in the balanced mean")
+    for split in setting.splits:
+        # The same text under two gold domains (ids apart): one of them is wrong whatever
+        # the router does, which caps every router's accuracy without a word.
+        golds: dict[str, dict[str, str]] = {}
+        for ident, text, gold in zip(split.test_ids, split.test_texts, split.test_labels,
+                                     strict=True):
+            golds.setdefault(text.strip(), {}).setdefault(gold, ident)
+        torn = [g for g in golds.values() if len(g) > 1]
+        if torn:
+            where = f", split {split.name!r}" if len(setting.splits) > 1 else ""
+            example = listed([f"{ident!r} as {gold}" for gold, ident in torn[0].items()])
+            out.append(f"setting {setting.name!r}{where}: {len(torn)} test text"
+                       f"{'s' * (len(torn) != 1)} stand{'s' * (len(torn) == 1)} under "
+                       f"several domains (e.g. {example}); no router can route "
+                       f"{'them' if len(torn) != 1 else 'it'} right every time")
     return out
 
 
