@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,12 +94,13 @@ def flatten(groups: Mapping[str, Sequence[T]]) -> tuple[list[T], list[str]]:
             [d for d, items in groups.items() for _ in items])
 
 
-def test_texts(data_dir: str) -> frozenset[str]:
-    """Every test prompt of every evaluation setting (stripped), which no held-out part may
-    hold: ``reasoning-paper`` fits on HumanEval and IFEval, the test prompts of
-    ``reasoning-xdata``, and each ``reasoning-2fold`` fold fits on the other's test half."""
-    return frozenset(t.strip() for name in SETTINGS
-                     for split in load_setting(name, data_dir).splits for t in split.test_texts)
+def test_texts(settings: Iterable) -> frozenset[str]:
+    """Every test prompt of ``settings`` (stripped; given every evaluation setting, which
+    no held-out part may hold: ``reasoning-paper`` fits on HumanEval and IFEval, the test
+    prompts of ``reasoning-xdata``, and each ``reasoning-2fold`` fold fits on the other's
+    test half)."""
+    return frozenset(t.strip() for setting in settings for split in setting.splits
+                     for t in split.test_texts)
 
 
 class TokenizedSplit:
@@ -182,9 +183,11 @@ def tokenized_splits(emb, names: Sequence[str], data_dir: str, by_source: bool =
     """``("setting / split", TokenizedSplit)`` for every split of every named setting (with
     ``by_source``, whole sub-sources held out: :func:`source_holdout`)."""
     sources = source_of(data_dir) if by_source else None
-    tested = test_texts(data_dir)
+    # every setting, loaded once: the named ones' splits and the test prompts of all
+    settings = {name: load_setting(name, data_dir) for name in dict.fromkeys([*SETTINGS, *names])}
+    tested = test_texts(settings.values())
     for name in names:
-        for split in load_setting(name, data_dir).splits:
+        for split in settings[name].splits:
             yield f"{name} / {split.name}", TokenizedSplit(emb, split, sources, tested)
 
 

@@ -1678,8 +1678,9 @@ def _oversized_event(buffer: bytearray, limit: int) -> int | None:
 
 # The SSE event that ends an OpenAI stream, its data line alone (any line ending).
 _DONE = re.compile(rb"(?:\A|[\r\n])data: ?\[DONE\][ \t]*(?:\r\n|\r|\n)")
-# How long a stream's connection is read on after [DONE] (see _reply): well-behaved experts
-# end the body at once, and the connection goes back to the pool.
+# How long a stream's connection is read on after [DONE], once the client's body has ended
+# (see _Relay): well-behaved experts end the body at once, and the connection goes back to
+# the pool.
 _DRAIN_SECONDS = 1.0
 
 
