@@ -1593,7 +1593,14 @@ def test_eval_checks_every_plot_path_before_the_run(force: bool, user_data: Path
      "--level is read only for the bootstrap intervals, and --resamples 0 turns them off"),
     (["--fit", "FIT", "--data", "somewhere"], "--data is read only by the built-in settings, "
                                               "and --fit replaces them"),
-    (["--test", "t.jsonl"], "--test needs --fit (the fit data of your own setting)"),
+    (["--test", "t.jsonl"], "--test needs --fit (the fit data of your own setting) or "
+                            "--router (saved routers, scored on it alone)"),
+    (["--router", "r.safetensors", "--test", "t.jsonl", "--baselines", "tfidf"],
+     "--baselines is not read with --test and no --fit: only the --router routers are scored "
+     "(give --fit to fit routers and baselines beside them)"),
+    (["--router", "r.safetensors", "--test", "t.jsonl", "--max-fit", "5"],
+     "--max-fit is not read with --test and no --fit: only the --router routers are scored "
+     "(give --fit to fit routers and baselines beside them)"),
     # no baseline named reads it: the GPU asked for would have gone unused without a word
     (["--fit", "FIT", "--baselines", "random", "--device", "cuda"],
      "--device is read only by the knn and modem baselines, and neither runs"),
@@ -1612,6 +1619,39 @@ def test_eval_option_conflicts_are_usage_errors(extra: list[str], message: str,
     assert exc.value.code == 2 and err.startswith("usage: ir3de eval ") and \
         err.endswith(f"\nir3de eval: error: {message}\n"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_scores_a_saved_router_on_test_data_alone(tmp_path: Path, emb, capsys) -> None:
+    """ir3de eval could not score a router built with ir3de build."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    router = tmp_path / "r.safetensors"
+    Router(emb).fit(MATH + CODE, ["math"] * 4 + ["coding"] * 4).save(router)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"id": f"{d}{i}", "text": t, "domain": d}) + "\n"
+                            for d, texts in (("math", ["What is 17 times 3?", "Solve 2x = 8."]),
+                                             ("coding", ["def f(x):\n    return x * 2"]))
+                            for i, t in enumerate(texts)))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--router", router, "--test", test, "--out", out,
+                       "--no-plots", "--resamples", "0", "-q")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["routers"] == [f"router {router}"]
+    (setting,) = results["settings"]
+    (mine,) = setting["routers"]
+    assert mine["name"] == f"router {router}" and mine["family"] == "saved"
+    assert sum(map(sum, mine["confusion"])) == 3 and mine["fit_s"] is None
+    report = (out / "report.md").read_text()
+    assert f"test `{test}` (no fit data: saved routers only)" in report
+    assert "fit none (saved routers only)" in report
+    # a test domain the router has no expert for: refused before the run, nothing written
+    test.write_text(json.dumps({"id": "l", "text": "The tenant sued.", "domain": "law"}) + "\n")
+    code, _, err = run(capsys, "eval", "--router", router, "--test", test, "--out",
+                       tmp_path / "out2")
+    assert (code, err) == (1, f"ir3de: error: {test}: test domains law are not experts of the "
+                              "router (coding, math); name them as its experts are\n")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_eval_device_without_an_installed_torch_baseline_exits_1(user_data: Path,

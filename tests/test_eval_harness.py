@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ir3de import Embedder
+from ir3de import Embedder, Router
 from ir3de.errors import IR3DEError
 
 pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
@@ -264,7 +264,7 @@ def test_test_prompts_are_counted_once_over_splits_and_drops_per_split(
 def test_nothing_to_evaluate_is_refused_up_front() -> None:
     """No embedder and no baseline ended in an internal message about a boolean matrix."""
     with pytest.raises(IR3DEError, match=r"^nothing to evaluate: no IR3DE embedder \(with a "
-                                         r"preset\) and no baseline$"):
+                                         r"preset\), no baseline and no saved router$"):
         evaluate(_tiny(["p1", "p2"]), embedders=[], baselines=[], progress=False)
 
 
@@ -302,6 +302,74 @@ def test_repeated_presets_embedders_and_baselines_count_once(small: Setting,
     twins = [SimpleNamespace(spec={}, name="mine", fingerprint=f) for f in ("f1", "f2")]
     with pytest.raises(IR3DEError, match=r"two different embedders are both named 'mine'"):
         evaluate(small, embedders=twins, progress=False)  # type: ignore[arg-type]
+
+
+def _saved(setting: Setting, emb: Embedder, rename: dict[str, str] | None = None) -> Router:
+    """A router fitted on ``setting``'s fit prompts (domains renamed by ``rename``)."""
+    split = setting.splits[0]
+    return Router(emb).fit(split.fit_texts, [(rename or {}).get(d, d)
+                                             for d in split.fit_labels])
+
+
+def test_a_saved_router_is_scored_as_it_is(small: Setting, emb: Embedder) -> None:
+    """ir3de eval could only score routers it fitted itself, not one a user had built."""
+    saved = _saved(small, emb)
+    saved.set_params(selector="topk", k=2)
+    result = evaluate(small, embedders=[emb], presets=["default"],
+                      baselines=make_baselines(["random", "tfidf"]), routers={"mine": saved},
+                      resamples=200, keep_decisions=True, progress=False)
+    mine = _router(result, "mine")
+    assert mine["family"] == "saved" and mine["fit_s"] is None and mine["route_us"] > 0
+    assert (mine["selector"], mine["k"]) == ("topk", 2)
+    split = small.splits[0]
+    routed = list(saved.predict(split.test_texts))
+    assert [d["routed"]["mine"] for d in result["decisions"]] == routed
+    hits = [r == g for r, g in zip(routed, split.test_labels, strict=True)]
+    assert mine["micro"] == pytest.approx(sum(hits) / len(hits))
+    # the same selector fitted here scores the same: it is the same router
+    assert mine["balanced"] == _router(result, "IR3DE topk k=2 [wordllama, default]")["balanced"]
+    # compared with the best baseline, never counted as one
+    assert result["comparison"]["baseline"] == "TF-IDF+LR" and "mine" in \
+        result["comparison"]["differences"] and "balanced_ci" in mine
+
+
+def test_a_saved_router_must_route_to_the_settings_domains(small: Setting,
+                                                            emb: Embedder) -> None:
+    odd = _saved(small, emb, rename={"coding": "code"})
+    with pytest.raises(IR3DEError, match=r"^router 'odd' does not fit setting 'custom': no "
+                                         r"expert for the domains coding and experts code "
+                                         r"that are not domains of the setting"):
+        evaluate(small, embedders=[], routers={"odd": odd}, progress=False)
+    with pytest.raises(IR3DEError, match=r"saved routers \['random'\] are named as other "
+                                         r"routers"):
+        evaluate(small, embedders=[], baselines=make_baselines(["random"]),
+                 routers={"random": _saved(small, emb)}, progress=False)
+
+
+def test_test_data_alone_scores_saved_routers_only(small: Setting, emb: Embedder,
+                                                   tmp_path: Path) -> None:
+    from ir3de.eval import test_setting
+
+    split = small.splits[0]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": t, "domain": d}) + "\n" for i, (t, d)
+                            in enumerate(zip(split.test_texts, split.test_labels, strict=True))
+                            if d != "math"))
+    saved = _saved(small, emb)
+    setting = test_setting(data, saved.experts)
+    assert setting.domains == saved.experts and setting.splits[0].fit == {}
+    result = evaluate(setting, embedders=[], routers={"mine": saved}, resamples=0,
+                      progress=False)
+    assert [r["name"] for r in result["routers"]] == ["mine"]
+    assert result["routers"][0]["per_domain"]["math"] is None  # routed to, never tested
+    with pytest.raises(IR3DEError, match=r"setting 'custom' has no fit prompts: only saved "
+                                         r"routers can be evaluated on it"):
+        evaluate(setting, embedders=[emb], routers={"mine": saved}, progress=False)
+    math = tmp_path / "math.jsonl"
+    math.write_text(json.dumps({"id": "m", "text": "What is 2 + 2?", "domain": "math"}) + "\n")
+    with pytest.raises(IR3DEError, match=r"math.jsonl: test domains math are not experts of "
+                                         r"the router \(a, b, coding\); name them"):
+        test_setting(math, ["a", "b", "coding"])
 
 
 def test_a_seed_scikit_learn_refuses_is_refused_before_the_run() -> None:

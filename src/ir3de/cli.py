@@ -1208,7 +1208,18 @@ def _eval_option_conflict(args: argparse.Namespace) -> str | None:
     or one that needs another. Usage errors, as argparse's own ``--setting`` with
     ``--fit`` is: the command line alone decides them."""
     if args.test and not args.fit:
-        return "--test needs --fit (the fit data of your own setting)"
+        if not args.router:
+            return ("--test needs --fit (the fit data of your own setting) or --router (saved "
+                    "routers, scored on it alone)")
+        # test data alone: nothing is fitted, so what would fit or choose fit data is unread
+        unread = [option for option, given in (
+            ("--setting", args.setting), ("--embedder", args.embedder),
+            ("--presets", args.presets), ("--baselines", args.baselines),
+            ("--max-fit", args.max_fit), ("--data", args.data), ("--device", args.device))
+            if given]
+        if unread:
+            return (f"{unread[0]} is not read with --test and no --fit: only the --router "
+                    "routers are scored (give --fit to fit routers and baselines beside them)")
     if args.data is not None and args.fit:
         return "--data is read only by the built-in settings, and --fit replaces them"
     if args.score_kind is not None and not args.scores:
@@ -1263,6 +1274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_setting,
         read_scores,
         repeat_setting,
+        test_setting,
         write_report,
     )
     from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
@@ -1298,8 +1310,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     caps = {"max_fit": args.max_fit, "max_test": args.max_test}
     # A name given twice would pool each figure twice (or load an embedder twice).
     seeds = list(dict.fromkeys(args.seed))
-    presets = list(dict.fromkeys(args.presets))
-    if args.fit:
+    # --test without --fit: saved routers alone (the option check refused anything to fit)
+    saved_only = bool(args.test and not args.fit)
+    presets = [] if saved_only else list(dict.fromkeys(args.presets or ["default", "paper"]))
+    # Loaded (and checked) before the slow part; each is named by its path as given.
+    routers = {f"router {shown_path(path)}": Router.load(path)
+               for path in dict.fromkeys(args.router or [])}
+    if args.fit or saved_only:
         names = ["custom"]
     elif args.setting is None or "all" in args.setting:
         names = list(SETTINGS)
@@ -1311,6 +1328,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                   decisions=args.decisions))
 
     def load(name: str, seed: int) -> Setting:
+        if saved_only:
+            first = next(iter(routers.values()))
+            return test_setting(args.test, first.experts, seed=seed, max_test=args.max_test)
         if name == "custom":
             return custom_setting(args.fit, args.test, seed=seed, **caps)
         # args.data, not data_dir: when it is None the message can say $IR3DE_DATA chose it.
@@ -1324,11 +1344,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if scores is not None:
         for setting in settings:  # every setting, before any runs
             check_scores(setting, scores, score_kind, source=args.scores)
-    embedders = _eval_embedders(list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])),
-                                bool(args.embedder))
-    baselines = _eval_baselines(list(dict.fromkeys(args.baselines if args.baselines is not None
-                                                   else DEFAULT_BASELINES)),
-                                args.baselines is not None)
+    embedders = [] if saved_only else _eval_embedders(
+        list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])), bool(args.embedder))
+    baselines = [] if saved_only else _eval_baselines(
+        list(dict.fromkeys(args.baselines if args.baselines is not None
+                           else DEFAULT_BASELINES)), args.baselines is not None)
     device = _eval_device(args.device, baselines)
     factories = make_baselines(baselines, seed=seeds[0], progress=_show_progress(args.quiet),
                                device=device or "cpu")
@@ -1338,7 +1358,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for setting in settings:
             start = time.perf_counter()
             results.append(evaluate(setting, embedders=embedders, baselines=factories,
-                                    presets=presets, scores=scores, score_kind=score_kind,
+                                    presets=presets, routers=routers, scores=scores,
+                                    score_kind=score_kind,
                                     resamples=args.resamples,
                                     level=0.95 if args.level is None else args.level,
                                     keep_decisions=args.decisions,
@@ -1364,7 +1385,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "seed": seeds[0], "seeds": seeds, "max_fit": args.max_fit,
                 "max_test": args.max_test, "ir3de": __version__,
                 "embedders": [e.name for e in embedders], "presets": presets,
-                "baselines": baselines}
+                "baselines": baselines, "routers": list(routers)}
         report = write_report({"meta": meta, "settings": results}, args.out,
                               plots=not args.no_plots, force=args.force)
     except BaseException:
@@ -1620,7 +1641,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "minilm extra.",
         epilog="example:\n  ir3de eval --setting all --out results/\n"
                "  ir3de eval --setting reasoning-xdata --max-fit 500 --max-test 100 "
-               "--baselines random tfidf --out quick/")
+               "--baselines random tfidf --out quick/\n"
+               "  ir3de eval --router router.safetensors --test test.jsonl --out mine/")
     # --fit makes its own setting: with --setting too, one of them would be ignored.
     which = p.add_mutually_exclusive_group()
     which.add_argument("--setting", nargs="+", metavar="SETTING",
@@ -1640,7 +1662,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--fit", type=_file_or_folder,
                        help="your own fit data: a JSONL file or folder (instead of --setting)")
     p.add_argument("--test", type=_file_or_folder,
-                   help="your own test data (default: 30%% of --fit, by id)")
+                   help="your own test data (default: 30%% of --fit, by id; without --fit: "
+                        "the --router routers' test data)")
     p.add_argument("--embedder", nargs="+", metavar="NAME", type=_embedder_source,
                    help="embedders for IR3DE (default: wordllama and, if installed, minilm)")
     p.add_argument("--baselines", nargs="*", metavar="NAME",
@@ -1649,9 +1672,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, metavar="DEVICE",
                    help="torch device of the knn and modem baselines: auto (default: the "
                         "first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N")
-    p.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["default", "paper"],
+    p.add_argument("--presets", nargs="+", choices=sorted(PRESETS),
                    metavar="PRESET", help="router presets to evaluate, each over the whole "
                    f"selector grid ({', '.join(sorted(PRESETS))}; default: default paper)")
+    p.add_argument("--router", nargs="+", type=_file, metavar="FILE",
+                   help="saved routers (ir3de build) to score as they are, with their own "
+                        "selector and k, on every split's test prompts beside the routers "
+                        "fitted here; their experts must be named as the setting's domains. "
+                        "With --test and no --fit, they are scored on --test alone. A saved "
+                        "router may have been fitted on a built-in setting's test prompts: "
+                        "ir3de cannot tell")
     p.add_argument("--seed", type=_seed, nargs="+", default=[0], metavar="SEED",
                    help="seed of splits, subsamples and baselines (0 to 2**32 - 1; default "
                         "0); several seeds repeat the seeded splits (domains, reasoning-2fold, "

@@ -31,7 +31,15 @@ from .metrics import (
     validate_scores,
 )
 from .report import render_markdown, write_report
-from .settings import SETTINGS, Setting, Split, custom_setting, load_setting, repeat_setting
+from .settings import (
+    SETTINGS,
+    Setting,
+    Split,
+    custom_setting,
+    load_setting,
+    repeat_setting,
+    test_setting,
+)
 
 __all__ = [
     "K_GRID",
@@ -47,6 +55,7 @@ __all__ = [
     "render_markdown",
     "repeat_setting",
     "routing_metrics",
+    "test_setting",
     "validate_scores",
     "write_report",
 ]

@@ -12,7 +12,9 @@ fine-tunes in every fit, which is part of that fit.
 IR3DE settings are never chosen here: each embedder is run with the named presets
 (``default``: Naive-Bayes token log-likelihoods, chosen on held-out fit data;
 ``identity``/``dense``: balanced ridge; ``paper``: the reference configuration) over the
-whole selector grid, and the report shows every figure.
+whole selector grid, and the report shows every figure. Saved routers (``routers``, ``ir3de
+eval --router``) are scored as they are, with their own settings, on every split's test
+prompts: they are not refitted, and have no fit time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from .metrics import (
 from .settings import Setting, Split, check_setting_name, refuse_identical_fit
 
 __all__ = ["BASELINES", "K_GRID", "MIN_RESAMPLES", "MIN_TEST_PROMPTS", "Candidate",
-           "check_scores", "data_warnings", "evaluate", "make_baselines", "test_prompt_counts"]
+           "check_routers", "check_scores", "data_warnings", "evaluate", "make_baselines",
+           "test_prompt_counts"]
 
 # Warnings about the data (test prompts dropped, too few test prompts): with no logging
 # configured, Python prints them on stderr as they are, one line each (ir3de eval, even
@@ -76,7 +79,7 @@ class Candidate:
     """Metrics of one router on one setting, pooled over its splits."""
 
     name: str
-    family: str  # "ir3de", "random", "knn", "tfidf", "modem"
+    family: str  # "ir3de", "saved" (a saved router), "random", "knn", "tfidf", "modem"
     params: dict[str, Any]
     split_metrics: list[dict[str, Any]] = field(default_factory=list)
     fit_s: list[float] = field(default_factory=list)
@@ -94,7 +97,8 @@ class Candidate:
             "confusion": pooled.confusion.tolist(),
             "splits": [{"split": m["split"], "balanced": m["balanced"], "micro": m["micro"]}
                        for m in self.split_metrics],
-            "fit_s": float(np.mean(self.fit_s)),
+            # None (JSON null) for a saved router: it was not fitted in this run
+            "fit_s": float(np.mean(self.fit_s)) if self.fit_s else None,
             "route_us": 1e6 * float(np.mean(self.route_s_per_prompt)),
         }
 
@@ -198,6 +202,46 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
     return out
 
 
+def _saved_candidates(split: Split, routers: Mapping[str, Router],
+                      tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
+    out = []
+    for name, router in routers.items():
+        try:
+            routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
+        except EmptyInputError:
+            named = _no_token(split, router.embedder)
+            if named is None:
+                raise
+            raise named from None
+        cand = Candidate(name, "saved", {"embedder": _short_name(router.embedder),
+                                         "embedder_name": router.embedder.name,
+                                         "selector": router.config.selector,
+                                         "k": router.config.k if router.config.selector
+                                         == "topk" else None})
+        cand.route_s_per_prompt.append(route_s / len(split.test_texts))
+        out.append((cand, routed))
+        tick()
+    return out
+
+
+def check_routers(setting: Setting, routers: Mapping[str, Router]) -> None:
+    """Raise :class:`~ir3de.errors.IR3DEError` unless every router of ``routers`` (name →
+    saved router) routes to exactly ``setting``'s domains: a prompt sent to an expert the
+    setting does not test could count for no domain, and a domain no router expert is named
+    after could never be right."""
+    for name, router in routers.items():
+        experts = list(router.experts)
+        missing = [d for d in setting.domains if d not in experts]
+        extra = [e for e in experts if e not in setting.domains]
+        if missing or extra:
+            parts = ([f"no expert for the domains {listed(missing)}"] * bool(missing)
+                     + [f"experts {listed(extra)} that are not domains of the setting"]
+                     * bool(extra))
+            raise IR3DEError(f"router {name!r} does not fit setting {setting.name!r}: "
+                             f"{' and '.join(parts)} (its experts must be named as the "
+                             "domains are)")
+
+
 def _no_token(split: Split, embedder: Embedder) -> EmptyInputError | None:
     """The error for the first test prompt that ``embedder`` finds no token in, naming it
     by its id and domain (the router's own names it by its place in the harness's
@@ -227,11 +271,11 @@ def _comparison(summaries: list[dict[str, Any]], correct: Mapping[str, list[bool
     by_name = {r["name"]: r for r in summaries}
     for name in names:
         by_name[name]["balanced_ci"] = list(percentile_interval(samples[row[name]], level))
-    baselines = [r for r in summaries if r["family"] not in ("ir3de", "random")]
+    baselines = [r for r in summaries if r["family"] not in ("ir3de", "saved", "random")]
     best = max(baselines, key=lambda r: r["balanced"]) if baselines else None
     differences = {}
     for r in summaries:
-        if best and r["family"] == "ir3de" and r["is_preset"]:
+        if best and (r["family"] == "saved" or (r["family"] == "ir3de" and r["is_preset"])):
             low, high = percentile_interval(samples[row[r["name"]]] - samples[row[best["name"]]],
                                             level)
             differences[r["name"]] = {"difference": r["balanced"] - best["balanced"],
@@ -327,6 +371,7 @@ def _distinct_embedders(embedders: Sequence[Embedder]) -> list[Embedder]:
 def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
              baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
              presets: Sequence[str] = ("default", "paper"),
+             routers: Mapping[str, Router] | None = None,
              scores: Mapping[tuple[str, str], float] | None = None,
              score_kind: ScoreKind = "task", resamples: int = 2000, level: float = 0.95,
              keep_decisions: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -335,6 +380,11 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
     object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``. ``scores`` (see
     :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
+    ``routers`` (name → a saved :class:`~ir3de.router.Router` whose experts are the
+    setting's domains, :func:`check_routers`) are scored as they are on every split's test
+    prompts, next to the routers fitted here; their name must differ from every other
+    router's. A setting whose splits have no fit prompts (``--router`` with ``--test``
+    alone) can run saved routers only.
     Returns a JSON-ready dict with one entry per router under ``"routers"``. An embedder or
     preset given twice is run once; two baselines of one name are refused (each figure
     would pool both); so are a setting name that cannot name files
@@ -362,9 +412,15 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     if unknown:
         raise IR3DEError(f"unknown presets {unknown}; choose from {', '.join(PRESETS)}")
     embedders = _distinct_embedders(embedders)
-    if not (embedders and presets) and not baselines:
-        raise IR3DEError("nothing to evaluate: no IR3DE embedder (with a preset) and no "
-                         "baseline")
+    routers = dict(routers or {})
+    if not (embedders and presets) and not baselines and not routers:
+        raise IR3DEError("nothing to evaluate: no IR3DE embedder (with a preset), no "
+                         "baseline and no saved router")
+    check_routers(setting, routers)
+    fitted_here = bool(embedders and presets) or bool(baselines)
+    if fitted_here and not all(split.fit for split in setting.splits):
+        raise IR3DEError(f"setting {setting.name!r} has no fit prompts: only saved routers "
+                         "can be evaluated on it (no embedder, preset or baseline)")
     # Checked before the slow part, not after every router has run.
     if resamples != 0 and resamples < MIN_RESAMPLES:
         raise IR3DEError(f"resamples must be 0 (no intervals) or at least {MIN_RESAMPLES}, "
@@ -383,10 +439,15 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise IR3DEError(f"baselines {twice} are given twice; each figure would pool both")
+    # (a fitted IR3DE router's name starts with "IR3DE ", a baseline's is one of names)
+    clash = [n for n in routers if n in names or n.startswith("IR3DE ")]
+    if clash:
+        raise IR3DEError(f"saved routers {clash} are named as other routers of the run; "
+                         "rename them")
     notes = data_warnings(setting)
     for note in notes:  # before the run, not after it
         log.warning("ir3de: warning: %s", note)
-    per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines)
+    per_split = len(embedders) * len(presets) * len(_SELECTORS) + len(baselines) + len(routers)
     bar = tqdm(total=per_split * len(setting.splits), desc=setting.name, unit="router",
                disable=not progress, leave=False)
     candidates: dict[str, Candidate] = {}
@@ -413,6 +474,9 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
                 record(cand, routed, split)
                 if cand.params["is_preset"]:
                     decisions[cand.name] = routed
+        for cand, routed in _saved_candidates(split, routers, bar.update):
+            record(cand, routed, split)
+            decisions[cand.name] = routed
         for family, factory in baselines:
             model = factory()
             bar.set_postfix_str(model.name)

@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 # character and figure, silenced in ir3de's plots, whose own warning replaces them.
 _GLYPH_WARNING = r"Glyph \d+ .*missing from"
 
-_FAMILY_COLORS = {"ir3de": "tab:blue", "random": "tab:gray", "knn": "tab:green",
-                  "tfidf": "tab:orange", "modem": "tab:red"}
+_FAMILY_COLORS = {"ir3de": "tab:blue", "saved": "black", "random": "tab:gray",
+                  "knn": "tab:green", "tfidf": "tab:orange", "modem": "tab:red"}
 # IR3DE lines and points in colours no baseline family uses, one per (embedder, preset),
 # the same in the accuracy-vs-k and the cost plot.
 _IR3DE_COLORS = ["tab:blue", "tab:purple", "tab:brown", "tab:cyan", "tab:olive", "tab:pink"]

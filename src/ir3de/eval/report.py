@@ -191,6 +191,8 @@ def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
     if meta.get("fit"):
         test = _code(meta["test"]) if meta.get("test") else "30 % of the fit data (by id)"
         parts.append(f"fit {_code(meta['fit'])}, test {test}")
+    elif meta.get("test"):  # saved routers scored on test data alone
+        parts.append(f"test {_code(meta['test'])} (no fit data: saved routers only)")
     if any(s.get("sources") for s in settings):
         # (a meta made in Python may not name the folder; each setting lists its files)
         parts.append(_code(meta["data_dir"]) if meta.get("data_dir")
@@ -251,7 +253,8 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
                   "compare with the paper, not to judge generalisation.", ""]
     for split in result["splits"]:
         # A line break in a domain name would end the bullet mid-list.
-        fit = ", ".join(f"{_inline(d)} {n}" for d, n in split["fit"].items())
+        fit = ", ".join(f"{_inline(d)} {n}" for d, n in split["fit"].items()) \
+            or "none (saved routers only)"
         test = ", ".join(f"{_inline(d)} {n}" for d, n in split["test"].items())
         gone = ", ".join(f"{_inline(d)} {n}" for d, n in split.get("dropped", {}).items() if n)
         dropped = f"; dropped (text also a fit prompt) {gone}" if gone else ""
@@ -282,16 +285,15 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         if result.get("comparison"):
             row.append(_ci(r))
             vals.append(float("nan"))
-        row += [f"{r['route_us']:.0f}", f"{r['fit_s']:.2f}"]
-        vals += [r["route_us"], r["fit_s"]]
+        # a saved router has no fit time: it was not fitted in this run
+        row += [f"{r['route_us']:.0f}", "-" if r["fit_s"] is None else f"{r['fit_s']:.2f}"]
+        vals += [r["route_us"], _num(r["fit_s"])]
         rows.append(row)
         values.append(vals)
     _mark_best(rows, values, [True] * (len(domains) + 2 + multi + bool(result.get("comparison")))
                + [False, False])
     lines += _table(header, rows)
 
-    lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row in "
-              "bold):", ""]
     grid = [f"k={k}" for k in K_GRID] + list(_POOLED)
     rows, values = [], []
     for emb, preset in dict.fromkeys((r["embedder"], r["preset"]) for r in result["routers"]
@@ -304,7 +306,9 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         rows.append([c if v != best or i == 0 else f"**{c}**"
                      for i, (c, v) in enumerate(zip(row, [None, *vals], strict=True))])
         values.append(vals)
-    lines += _table(["embedder, preset", *grid], rows)
+    if rows:  # (a run of saved routers alone has no selector grid)
+        lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row "
+                  "in bold):", "", *_table(["embedder, preset", *grid], rows)]
 
     if result.get("normalized_performance"):
         kind = result["score_kind"]
@@ -547,7 +551,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     optional and goes to results.json as given: ``command`` (the *Command* line), ``date``
     and ``machine`` (default: now, and this machine), ``seed`` / ``seeds``, ``data_dir``,
     ``fit`` / ``test`` and ``max_fit`` / ``max_test`` (the *Data* line); ``ir3de eval``
-    also records its version, embedders, presets and baselines.
+    also records its version, embedders, presets, baselines and saved routers.
 
     Settings evaluated with ``keep_decisions`` have their per-prompt decisions written to
     ``decisions.jsonl`` instead (one line per setting, split and test prompt), which keeps

@@ -59,7 +59,7 @@ from ..errors import EmptyInputError, IR3DEError, listed, shown_path
 from ..statistics import domain_name_problem
 
 __all__ = ["SETTINGS", "Setting", "Split", "check_setting_name", "custom_setting",
-           "load_setting", "refuse_identical_fit", "repeat_setting"]
+           "load_setting", "refuse_identical_fit", "repeat_setting", "test_setting"]
 
 SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 _DESCRIPTIONS = {
@@ -424,3 +424,23 @@ def custom_setting(fit_path: str | os.PathLike[str],
                    origins=origins)
     return Setting(name, f"User data: fit {fit_path}, test {test_path or '30% of the fit data'}.",
                    list(fit), [split], seeds=[seed])
+
+
+def test_setting(test_path: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
+                 name: str = "custom", seed: int = 0, max_test: int | None = None) -> Setting:
+    """A setting of user test data alone (no fit prompts), for saved routers
+    (``evaluate(..., routers=...)``, ``ir3de eval --router R --test DATA``). ``domains``:
+    the setting's domains, the experts of the routers to score (default: the test data's
+    own); every test domain must be one of them, and one without test prompts is routed to
+    but not tested. ``name`` must pass :func:`check_setting_name`."""
+    check_setting_name(name)
+    test, origins = _labelled_records(Path(test_path), "test")
+    domains = list(domains) if domains is not None else list(test)
+    unknown = [d for d in test if d not in domains]
+    if unknown:
+        raise IR3DEError(f"{test_path}: test domains {listed(unknown)} are not experts of the "
+                         f"router ({listed(domains)}); name them as its experts are")
+    split = _split(name, "all", {}, {d: test[d] for d in domains if d in test},
+                   max_fit=None, max_test=max_test, seed=seed, origins=origins)
+    return Setting(name, f"User test data: {test_path}, scored by saved routers.", domains,
+                   [split], seeds=[seed])
