@@ -163,6 +163,11 @@ step, reading held-out and fresh figures only:
    held-out at full size, and then beats it on the mean of the fresh checks with every fit
    set cut to each of the fourteen sizes. Test figures are printed and not read.
 
+Outcome (591 s): judged on ``reasoning-xdata`` and ``domains`` (the other three splits'
+held-out parts lack coding and instruction following), the pick is ``min <= 300`` (97.41
+against today's 97.39, level at full size), which loses on the fresh checks (-0.01): today's
+``mean <= 100 or min <= 50`` stays (EVALUATION.md, *Held-out parts that held test prompts*).
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --auto
