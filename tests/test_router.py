@@ -1238,7 +1238,7 @@ def test_score_is_balanced_accuracy(toy_router: Router) -> None:
 def test_classes_and_fitted_state(emb: Embedder, toy_router: Router) -> None:
     assert not hasattr(Router(emb), "classes_")
     assert not Router(emb).__sklearn_is_fitted__() and toy_router.__sklearn_is_fitted__()
-    np.testing.assert_array_equal(toy_router.classes_, toy_router.experts)
+    np.testing.assert_array_equal(toy_router.classes_, sorted(toy_router.experts))
 
 
 def test_sklearn_clone(emb: Embedder, toy_stats) -> None:
@@ -1307,14 +1307,38 @@ def test_predict_proba_is_the_routing_scores(emb: Embedder, preset: str) -> None
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     for row, prompt in zip(proba, PROMPTS, strict=True):
         scores = router.route(prompt, explain=True).scores
-        assert list(scores) == list(router.classes_)
-        np.testing.assert_array_equal(row, list(scores.values()))
+        np.testing.assert_array_equal(row, [scores[e] for e in router.classes_])
     if router.config.selector != "topk":
         assert router.classes_[proba.argmax(axis=1)].tolist() == router.predict(PROMPTS).tolist()
     with pytest.raises(IR3DEError, match="prompt #1 is empty"):
         router.predict_proba(["fine", " "])
     log_loss = pytest.importorskip("sklearn.metrics").log_loss
     assert np.isfinite(log_loss(LABELS, router.predict_proba(TEXTS), labels=router.classes_))
+
+
+def test_probability_columns_are_sorted_whatever_the_expert_order(emb: Embedder) -> None:
+    """scikit-learn's probability scorers take predict_proba's columns in sorted label
+    order; a router from fit_stats, add_expert or load kept its own order there, so
+    log_loss and roc_auc scored the wrong columns without a word."""
+    fitted = Router(emb).fit(TEXTS, LABELS)
+    names = sorted(set(LABELS), reverse=True)
+    unsorted = Router(emb).fit_stats([compute_stats(emb, [t for t, y in zip(TEXTS, LABELS,
+                                                                            strict=True)
+                                                          if y == d], domain=d)
+                                      for d in names])
+    assert unsorted.experts == names != sorted(names)
+    assert list(unsorted.classes_) == list(fitted.classes_) == sorted(names)
+    # (the same up to rounding: sums over the experts run in another order)
+    np.testing.assert_allclose(unsorted.predict_proba(PROMPTS), fitted.predict_proba(PROMPTS),
+                               rtol=1e-12)
+    for row, prompt in zip(unsorted.predict_proba(PROMPTS), PROMPTS, strict=True):
+        scores = unsorted.route(prompt, explain=True).scores
+        np.testing.assert_array_equal(row, [scores[e] for e in unsorted.classes_])
+    metrics = pytest.importorskip("sklearn.metrics")
+    loss = metrics.log_loss(LABELS, unsorted.predict_proba(TEXTS))
+    assert loss == pytest.approx(metrics.log_loss(LABELS, fitted.predict_proba(TEXTS))) and \
+        loss < 0.5
+    assert unsorted.predict_proba([]).shape == (0, len(names))
 
 
 def test_route_batch_takes_the_token_ids_encode_gave(toy_router: Router) -> None:

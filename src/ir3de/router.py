@@ -719,13 +719,16 @@ class Router:
 
     @property
     def classes_(self) -> np.ndarray:
-        """The experts as a numpy array, in column order (as :attr:`experts`: sorted after
-        :meth:`fit`, in the given order after :meth:`fit_stats`, an added expert last);
-        scikit-learn's scorers read it. Like scikit-learn's fitted attributes it does not
-        exist (AttributeError) before the router is fitted."""
+        """The experts as a numpy array sorted by name, as every scikit-learn classifier's
+        (``np.unique(y)``): the column order of :meth:`predict_proba`. scikit-learn's
+        probability scorers (``log_loss``, ``roc_auc_score``, ``top_k_accuracy_score``)
+        take the columns to be in sorted label order, which :attr:`experts` is only after
+        :meth:`fit` (:meth:`fit_stats`, :meth:`add_expert` and :meth:`load` keep their own
+        order). Like scikit-learn's fitted attributes it does not exist (AttributeError)
+        before the router is fitted."""
         if self._state is None:
             raise AttributeError("classes_: this router has no experts yet: fit it or load one")
-        return np.array(self._state.experts)
+        return np.array(sorted(self._state.experts))
 
     def score(self, texts: Iterable[str], labels: Iterable[str]) -> float:
         """**Balanced** accuracy of routing ``texts`` against their gold ``labels``: the
@@ -860,20 +863,23 @@ class Router:
 
     def predict_proba(self, prompts: Iterable[str]) -> np.ndarray:
         """Each prompt's score per expert, shape (prompts, experts) in :attr:`classes_`
-        order, each row summing to 1 (sklearn-style, for probability scorers such as
-        ``log_loss`` or ``roc_auc_score``): the softmax of the mean log-likelihood (``geo``),
+        order (sorted by name, whatever the order of :attr:`experts`), each row summing to 1
+        (sklearn-style, for probability scorers such as ``log_loss`` or ``roc_auc_score``):
+        the softmax of the mean log-likelihood (``geo``),
         the mean token probabilities (``avg``) or the voters' shares (``topk``, ``all``);
         what ``route(..., explain=True)`` reports as ``scores``. A row's argmax is the
         prediction, except where votes tie: the voters' summed probabilities break that.
 
         Example:
             >>> router.classes_  # doctest: +SKIP
-            array(['math', 'multilingual', 'coding', 'instruction_following'], dtype='<U21')
+            array(['coding', 'instruction_following', 'math', 'multilingual'], dtype='<U21')
             >>> router.predict_proba(["What is 17 * 23?"]).round(2)  # doctest: +SKIP
-            array([[0.59, 0.01, 0.16, 0.24]])
+            array([[0.16, 0.24, 0.59, 0.01]])
         """
-        _, selections = self._select(prompts)
-        return np.concatenate([s.scores for s in selections])
+        experts, selections = self._select(prompts)
+        # columns from the state read once (_select), sorted as classes_ sorts them
+        order = sorted(range(len(experts)), key=experts.__getitem__)
+        return np.concatenate([s.scores for s in selections])[:, order]
 
     def _select(self, prompts: Iterable[str]) -> tuple[tuple[str, ...], list[Selection]]:
         """The configured selector's decisions for ``prompts`` (checked, after the router
