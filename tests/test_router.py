@@ -648,6 +648,14 @@ def test_settings_are_real_booleans_and_numbers(emb: Embedder, toy_stats,
     assert (config.k, config.max_tokens, config.alpha, config.identity) == (3, 512, 0.25, 2)
     with pytest.raises(IR3DEError, match="k must be a positive integer"):
         RouterConfig(k=np.bool_(True))
+    # numpy compares k with token counts as int64: a larger one failed in routing, with a
+    # traceback (OverflowError) from the CLI
+    with pytest.raises(IR3DEError, match=r"k must be a positive integer of at most 2\*\*63 - 1, "
+                                         r"got 9223372036854775808"):
+        RouterConfig(selector="topk", k=2**63)
+    biggest = Router(emb, selector="topk", k=2**63 - 1).fit_stats(toy_stats)
+    assert list(biggest.predict(["What is 2 + 2?", "def f(x):"])) == list(
+        Router(emb, selector="all").fit_stats(toy_stats).predict(["What is 2 + 2?", "def f(x):"]))
     path = tmp_path / "r.safetensors"
     Router(emb, k=np.int64(3)).fit_stats(toy_stats).save(path)
     assert Router.load(path).config.k == 3

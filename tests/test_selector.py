@@ -323,7 +323,7 @@ def test_select_errors_and_empty_batch() -> None:
     table = made_up_table()
     with pytest.raises(IR3DEError, match="unknown selector"):
         select([np.array([1])], table, selector="best")
-    for k in (0, -1, 2.5, "3"):
+    for k in (0, -1, 2.5, "3", 2**63):
         with pytest.raises(IR3DEError, match="k must be a positive integer"):
             select([np.array([1])], table, selector="topk", k=k)
     for batch in ([np.array([], dtype=np.int32)], [np.array([1]), np.array([], np.int32)]):

@@ -182,8 +182,9 @@ class RouterConfig:
                 and not _positive_number(self.identity):
             raise IR3DEError(f"identity μ must be a finite number > 0, 'auto' or None, "
                              f"got {self.identity!r}")
-        if not _positive_int(self.k):
-            raise IR3DEError(f"k must be a positive integer, got {self.k!r}")
+        # (numpy compares k with token counts as int64: a larger k failed in routing)
+        if not _positive_int(self.k) or self.k > _INT64_MAX:
+            raise IR3DEError(f"k must be a positive integer of at most 2**63 - 1, got {self.k!r}")
         if not _finite_number(self.lam) or self.lam < 0:
             raise IR3DEError(f"λ must be a finite number ≥ 0, got {self.lam!r}")
         if self.selector not in SELECTORS:
@@ -319,6 +320,9 @@ def _finite_number(value: Any) -> bool:
 def _positive_number(value: Any) -> bool:
     """A finite real number > 0 (not a bool)."""
     return _finite_number(value) and value > 0
+
+
+_INT64_MAX = 2**63 - 1
 
 
 def _positive_int(value: Any) -> bool:

@@ -168,8 +168,9 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
     """Route a batch of tokenised prompts with one selector (see the module docs)."""
     if selector not in SELECTORS:
         raise IR3DEError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
-    if selector == "topk" and (not isinstance(k, (int, np.integer)) or k <= 0):
-        raise IR3DEError(f"k must be a positive integer, got {k!r}")
+    if selector == "topk" and (not isinstance(k, (int, np.integer))
+                               or not 0 < k <= np.iinfo(np.int64).max):
+        raise IR3DEError(f"k must be a positive integer of at most 2**63 - 1, got {k!r}")
     P, D = len(ids), table.probs.shape[1]
     if P == 0:
         return Selection(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, D)), [])
