@@ -1493,6 +1493,48 @@ def test_failed_write_to_stdout_names_standard_output(unbuffered: str,
         1, "ir3de: error: writing to standard output: No space left on device\n")
 
 
+@pytest.mark.parametrize(("redirect", "message"), [
+    ("<&-", "standard input is closed: give the prompts as arguments or --input FILE"),
+    ("--input - <&-", "standard input is closed: give the prompts as arguments or --input FILE"),
+    ("'What is 5 plus 9?' >&-", "standard output is closed: nowhere to write the output"),
+])
+def test_closed_standard_streams_are_one_line_errors(built: dict[str, Path], redirect: str,
+                                                     message: str) -> None:
+    """A command started with stdin or stdout closed failed with an AttributeError traceback
+    ('NoneType' object has no attribute 'isatty' / 'buffer' / 'write')."""
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    done = subprocess.run(["bash", "-c", f"{shlex.quote(exe)} route "
+                           f"{shlex.quote(str(built['router']))} {redirect}"],
+                          stderr=subprocess.PIPE, text=True)
+    assert (done.returncode, done.stderr) == (1, f"ir3de: error: {message}\n")
+
+
+def test_output_in_an_encoding_without_the_characters_is_escaped(built: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """With PYTHONIOENCODING=ascii (or a Latin-1 locale outside UTF-8 mode), --explain's
+    WordLlama tokens ("\u2581") and inspect's "\u03b1" failed with a UnicodeEncodeError
+    traceback, inspect halfway through its output; a UTF-8 prompt argument decoded in the C
+    locale was refused as not UTF-8."""
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    router = str(built["router"])
+    ascii_env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([exe, "route", router, "--explain", "What is 5 plus 9?"],
+                          capture_output=True, env=ascii_env, check=True)
+    assert done.stdout.isascii() and "\\u2581" in done.stdout.decode()
+    utf8 = subprocess.run([exe, "route", router, "--explain", "What is 5 plus 9?"],
+                          capture_output=True, check=True)
+    assert json.loads(done.stdout) == json.loads(utf8.stdout)  # the same JSON, escaped
+    shown = subprocess.run([exe, "inspect", router], capture_output=True, env=ascii_env)
+    assert shown.returncode == 0 and b"\\u03b1=" in shown.stdout and b"experts" in shown.stdout
+    c_env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    accented = subprocess.run([exe, "route", router, "Combien font 5 plus 9, s'il vous plaît ?"],
+                              capture_output=True, env=c_env)
+    assert accented.returncode == 0, accented.stderr
+    same = subprocess.run([exe, "route", router, "Combien font 5 plus 9, s'il vous plaît ?"],
+                          capture_output=True, check=True)
+    assert accented.stdout == same.stdout
+
+
 def test_text_field_is_refused_where_it_is_not_read(built: dict[str, Path], tmp_path: Path,
                                                     capsys, monkeypatch) -> None:
     import io

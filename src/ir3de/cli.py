@@ -8,6 +8,7 @@ nothing is written when a command fails.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import copy
 import dataclasses
@@ -482,6 +483,8 @@ def _stdout_errors() -> Iterator[None]:
 
 def _write_stdout(text: str) -> None:
     """Write ``text`` to standard output (see :func:`_stdout_errors`)."""
+    if sys.stdout is None:  # started with it closed (``>&-``): the output would be lost
+        raise IR3DEError("standard output is closed: nowhere to write the output")
     with _stdout_errors():
         sys.stdout.write(text)
 
@@ -489,8 +492,29 @@ def _write_stdout(text: str) -> None:
 def _flush_stdout() -> None:
     """Flush standard output: a buffered write fails only here (see
     :func:`_stdout_errors`)."""
+    if sys.stdout is None:
+        return
     with _stdout_errors():
         sys.stdout.flush()
+
+
+def _stdin() -> Any:
+    """Standard input, refused when the command was started with it closed (``<&-``)."""
+    if sys.stdin is None:
+        raise IR3DEError("standard input is closed: give the prompts as arguments or "
+                         "--input FILE")
+    return sys.stdin
+
+
+def _unicode_stdout() -> bool:
+    """Whether standard output's encoding holds every character (UTF-8, -16, -32): with
+    ``PYTHONIOENCODING=ascii`` or a Latin-1 locale outside Python's UTF-8 mode it does not,
+    and JSON output escapes what it cannot hold (``\\u2581``) instead of failing on it."""
+    try:
+        return codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name \
+            .startswith("utf")
+    except LookupError:
+        return False
 
 
 def _stdout_failed(exc: OSError) -> IR3DEError:
@@ -515,7 +539,7 @@ def _echo(text: str) -> None:
 
 
 def _json_line(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False) + "\n"
+    return json.dumps(obj, ensure_ascii=not _unicode_stdout()) + "\n"
 
 
 def _print_json(obj: Any) -> None:
@@ -765,7 +789,7 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
         if not items:
             where = "standard input (--input -)" if args.input == "-" else args.input
             raise _no_prompts(f"{where} holds no records")
-    elif sys.stdin.isatty():
+    elif _stdin().isatty():
         raise _no_prompts("none given as arguments, and standard input is a terminal")
     else:
         lines = [(line.rstrip("\r\n"), f"<stdin>:{lineno}")  # CRLF: "\r" would be a token
@@ -779,14 +803,21 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
             print("ir3de: warning: standard input looks like JSONL (every line a JSON object "
                   "with a 'text' field) but is routed as plain text, each line whole; pass "
                   "--input - to route the records' text", file=sys.stderr)
-    for _, text, where in items:
+    checked = []
+    for ident, text, where in items:
         if not text.strip():
             raise IR3DEError(f"{where}: empty prompt; nothing was routed")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # an argument the shell passed as bytes not UTF-8
-            raise IR3DEError(f"{where}: not valid UTF-8 text") from None
-    return items
+            # ... or UTF-8 bytes Python decoded in a non-UTF-8 locale (PYTHONUTF8=0 under
+            # LC_ALL=C): taken back to its bytes, it is the prompt
+            try:
+                text = os.fsencode(text).decode("utf-8")
+            except UnicodeDecodeError:
+                raise IR3DEError(f"{where}: not valid UTF-8 text") from None
+        checked.append((ident, text, where))
+    return checked
 
 
 def _looks_like_jsonl(lines: Iterable[str]) -> bool:
@@ -816,7 +847,7 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
     record number, blank lines not counted, as ``ir3de eval`` names records. Ids are
     unique: 7 and "7" are one id, as for ``ir3de eval``, and a repeat is refused."""
     if source == "-":
-        where, stem, raw = "<stdin>", "stdin", sys.stdin.buffer
+        where, stem, raw = "<stdin>", "stdin", _stdin().buffer
     else:
         path = Path(source)
         require_file(path)
@@ -841,7 +872,7 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
             raise IR3DEError(f"{exc} ({_INPUT_HINT})") from None
         raise
     finally:
-        if raw is not sys.stdin.buffer:
+        if source != "-":  # (standard input is not ours to close)
             raw.close()
     return items
 
@@ -1780,6 +1811,12 @@ def _sigterm_as_interrupt(command: str) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ir3de`` command."""
+    for stream in (sys.stdout, sys.stderr):
+        # A character the stream's encoding lacks (an expert name, a "\u2581" token in
+        # --explain, with PYTHONIOENCODING=ascii) is escaped, not a UnicodeEncodeError
+        # traceback halfway through the output
+        with contextlib.suppress(AttributeError, ValueError):  # (not a TextIOWrapper)
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is not None:
