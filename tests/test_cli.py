@@ -1535,6 +1535,49 @@ def test_output_in_an_encoding_without_the_characters_is_escaped(built: dict[str
     assert accented.stdout == same.stdout
 
 
+@pytest.mark.parametrize("argv", [["stats", "CORPUS", "--domain", "math", "-o", "OUT/"],
+                                  ["build", "MATH", "CODING", "-o", "OUT/"],
+                                  ["merge", "MATH", "-o", "OUT/"],
+                                  ["keygen", "-o", "OUT/"]])
+def test_an_output_ending_in_a_slash_is_refused(argv: list[str], built: dict[str, Path],
+                                                corpora: dict[str, Path], tmp_path: Path,
+                                                capsys) -> None:
+    """pathlib drops a trailing '/': "-o artifacts/" wrote a FILE named artifacts (and
+    keygen the files kdir and kdir.pub), so later steps writing into artifacts/ failed."""
+    out = tmp_path / "artifacts"
+    names = {"CORPUS": corpora["math"], "MATH": built["math"], "CODING": built["coding"],
+             "OUT/": f"{out}/"}
+    with pytest.raises(SystemExit) as exc:
+        main([str(names.get(a, a)) for a in argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.endswith(
+        f"error: argument -o/--output: '{out}/' ends in '/', so it names a folder; expected "
+        "a file (name the file inside it)\n"), err
+    assert not out.exists() and not Path(f"{out}.pub").exists()
+
+
+def test_route_refuses_a_dash_prompt_and_reads_a_pipe_as_input(built: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    """'route R -' routed the one-character prompt "-" (exit 0) and left standard input
+    unread; --input <(cmd) and --input /dev/stdin were refused as "not a regular file"."""
+    exe = shutil.which("ir3de") or pytest.skip("ir3de console script not on PATH")
+    router = str(built["router"])
+    dash = subprocess.run([exe, "route", router, "-"], input="What is 5 plus 9?\n",
+                          capture_output=True, text=True)
+    assert (dash.returncode, dash.stdout, dash.stderr) == (
+        1, "", "ir3de: error: '-' is not read as standard input by route: pipe the prompts in "
+               "without prompt arguments (one per line), or pass --input - for JSONL\n")
+    record = json.dumps({"id": "q", "text": "What is 5 plus 9?"}) + "\n"
+    piped = subprocess.run([exe, "route", router, "--input", "/dev/stdin"], input=record,
+                           capture_output=True, text=True)
+    file = tmp_path / "q.jsonl"
+    file.write_text(record)
+    assert piped.returncode == 0 and piped.stdout == subprocess.run(
+        [exe, "route", router, "--input", str(file)], capture_output=True, text=True,
+        check=True).stdout
+    assert json.loads(piped.stdout)["id"] == "q"
+
+
 def test_text_field_is_refused_where_it_is_not_read(built: dict[str, Path], tmp_path: Path,
                                                     capsys, monkeypatch) -> None:
     import io

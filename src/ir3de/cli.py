@@ -223,6 +223,10 @@ def _path(kind: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text:
             raise argparse.ArgumentTypeError(f"expected {kind}, got an empty path")
+        # pathlib drops a trailing "/": "-o artifacts/" wrote a FILE named artifacts
+        if kind == "a file" and text.endswith(("/", os.sep)):
+            raise argparse.ArgumentTypeError(f"{text!r} ends in '/', so it names a folder; "
+                                             "expected a file (name the file inside it)")
         return text
 
     return parse
@@ -779,6 +783,9 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     read and checked before any is routed, so a bad one fails the call with nothing
     printed. Ids: a prompt argument's or standard-input line's 0-based position; for
     --input records, see :func:`_jsonl_prompts`."""
+    if "-" in args.prompt:  # it was routed as the one-character prompt "-"
+        raise IR3DEError("'-' is not read as standard input by route: pipe the prompts in "
+                         "without prompt arguments (one per line), or pass --input - for JSONL")
     if args.prompt:
         # Numbered from 1 as the shell's arguments are, with the id (from 0) beside it.
         items = [(i, text, f"prompt argument {i + 1} (id {i})")
@@ -850,7 +857,9 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
         where, stem, raw = "<stdin>", "stdin", _stdin().buffer
     else:
         path = Path(source)
-        require_file(path)
+        if path.is_dir() or not path.exists():
+            # (a pipe is read once, as standard input is: --input <(cmd), /dev/stdin)
+            require_file(path)
         where, stem, raw = str(path), path.stem, path.open("rb")
     items: list[tuple[Any, str, str]] = []
     seen: dict[str, str] = {}  # id -> the record that has it
