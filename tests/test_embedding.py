@@ -394,7 +394,7 @@ def test_long_text_errors_are_unchanged(emb: Embedder) -> None:
         emb.encode(long)
     with pytest.raises(IR3DEError, match=r"text #1 holds an unpaired surrogate"):
         emb.encode_batch(["ok", "\udfff", long])
-    with pytest.raises(IR3DEError, match=r"text #1 is a int"):
+    with pytest.raises(IR3DEError, match=r"text #1 is of type int"):
         emb.encode_batch([long.replace("\ud800", ""), 5, long])
 
 
@@ -668,7 +668,7 @@ def test_encode_batch_names_texts_by_the_callers_positions(emb: Embedder) -> Non
         emb.encode_batch(["ok", "a\ud800"])
     with pytest.raises(IR3DEError, match=r"^text #1031 holds an unpaired surrogate"):
         emb.encode_batch(["ok", "a\ud800"], positions=[1030, 1031])
-    with pytest.raises(IR3DEError, match=r"^text #17 is a int, not a string"):
+    with pytest.raises(IR3DEError, match=r"^text #17 is of type int, not a string"):
         emb.encode_batch(["ok", 5], positions=(3, 17))
 
 

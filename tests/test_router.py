@@ -532,7 +532,7 @@ def test_a_lone_text_is_refused_where_texts_are_expected(emb: Embedder,
         Router(emb).fit("ab", ["math", "coding"])
     with pytest.raises(IR3DEError, match=r"prompts must be a list .* not int"):
         toy_router.predict(3)  # type: ignore[arg-type]
-    with pytest.raises(IR3DEError, match="text #1 is a int, not a string"):
+    with pytest.raises(IR3DEError, match="text #1 is of type int, not a string"):
         Router(emb).fit(["1+1", 3], ["math", "math"])  # type: ignore[list-item]
     with pytest.raises(ExpertError, match=r"domain label #0: invalid domain name \['m'\]"):
         Router(emb).fit(["1+1", "2*3"], [["m"], "math"])  # type: ignore[list-item]
@@ -1237,7 +1237,7 @@ def test_score_is_balanced_accuracy(toy_router: Router) -> None:
         toy_router.score(PROMPTS, labels[:-1])
     with pytest.raises(IR3DEError, match="domain labels must be a list"):
         toy_router.score(PROMPTS[:1], "math")
-    with pytest.raises(IR3DEError, match="domain label #1 is a list, not a string"):
+    with pytest.raises(IR3DEError, match="domain label #1 is of type list, not a string"):
         toy_router.score(PROMPTS[:2], ["math", ["coding"]])
     with pytest.raises(IR3DEError, match="no texts to score"):
         toy_router.score([], [])

@@ -83,7 +83,10 @@ def test_keygen_writes_private_key_owner_only_and_refuses_overwrite(tmp_path: Pa
         with pytest.raises(IR3DEError, match=rf"^{re.escape(repr(name))} is not a file name: "
                                              r"name the private key file \(e\.g\. party\.key"):
             public_key_path(name)
-    assert main(["keygen", "-o", "/"]) == 1
+    assert main(["keygen", "-o", ".."]) == 1
+    with pytest.raises(SystemExit) as exc:  # a path ending in "/" names a folder: usage
+        main(["keygen", "-o", "/"])
+    assert exc.value.code == 2
 
 
 def test_keygen_racing_another_keeps_a_whole_pair(tmp_path: Path,

@@ -244,7 +244,7 @@ def test_texts_must_be_an_iterable_of_strings(emb: Embedder, count) -> None:
                 pulled.append(text)
                 yield text
 
-        with pytest.raises(IR3DEError, match=rf"text #2 is a {name}, not a string"):
+        with pytest.raises(IR3DEError, match=rf"text #2 is of type {name}, not a string"):
             count(emb, stream(), domain="x")
         assert pulled == ["1 + 1", "  ", bad]  # stopped at the culprit
 
@@ -710,7 +710,7 @@ def test_positions_name_texts_of_a_longer_sequence(emb: Embedder) -> None:
     """One label's texts of a labelled sequence (as Router.fit counts them) are named by
     their place in that sequence."""
     texts, positions = ["ok", " ", 7, "a\ud800"], [1, 4, 6, 9]
-    with pytest.raises(IR3DEError, match=r"^text #6 is a int, not a string"):
+    with pytest.raises(IR3DEError, match=r"^text #6 is of type int, not a string"):
         compute_stats(emb, texts, domain="x", positions=positions)
     with pytest.raises(IR3DEError, match=r"^text #9 holds an unpaired surrogate"):
         compute_stats(emb, ["ok", " ", "ok", "a\ud800"], domain="x", positions=positions)

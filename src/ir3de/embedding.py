@@ -257,7 +257,7 @@ class Embedder:
             for i, text in enumerate(texts):
                 n = i if positions is None else positions[i]
                 if not isinstance(text, str):
-                    raise IR3DEError(f"text #{n} is a {type(text).__name__}, not a "
+                    raise IR3DEError(f"text #{n} is of type {type(text).__name__}, not a "
                                      "string") from None
                 try:
                     text.encode("utf-8")

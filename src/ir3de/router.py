@@ -987,7 +987,7 @@ def _texts(texts: Iterable[str], what: str, item: str) -> list[str]:
     texts = list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise IR3DEError(f"{item} #{i} is a {type(text).__name__}, not a string")
+            raise IR3DEError(f"{item} #{i} is of type {type(text).__name__}, not a string")
     return texts
 
 

@@ -766,7 +766,7 @@ def _nonblank(texts: Iterable[str],
                              "it needs one entry per text")
         n = i if positions is None else positions[i]
         if not isinstance(text, str):
-            raise IR3DEError(f"text #{n} is a {type(text).__name__}, not a string")
+            raise IR3DEError(f"text #{n} is of type {type(text).__name__}, not a string")
         if text.strip():
             yield n, text
 
