@@ -405,14 +405,18 @@ def _mean(table: dict, label: str, sizes: Sequence[str]) -> float:
     return float(np.mean([np.mean(table[label][s]) for s in sizes]))
 
 
+def _print_table(what: str, table: dict, labels: Sequence[str], sizes: Sequence[str]
+                 ) -> None:
+    print(f"\n{what}: mean balanced accuracy (%) over splits and draws\n")
+    print("| rule | " + " | ".join(sizes) + " | mean |")
+    print("|---|" + "---|" * (len(sizes) + 1))
+    for label in labels:
+        print(_row(label, [np.mean(table[label][s]) for s in sizes], _mean(table, label, sizes)))
+
+
 def _print_tables(held: dict, test: dict, labels: Sequence[str], sizes: Sequence[str]) -> None:
     for what, table in (("held-out", held), ("test", test)):
-        print(f"\n{what}: mean balanced accuracy (%) over splits and draws\n")
-        print("| rule | " + " | ".join(sizes) + " | mean |")
-        print("|---|" + "---|" * (len(sizes) + 1))
-        for label in labels:
-            print(_row(label, [np.mean(table[label][s]) for s in sizes],
-                       _mean(table, label, sizes)))
+        _print_table(what, table, labels, sizes)
 
 
 def _per_split(test: dict, names: Sequence[str], label: str, base: str,
@@ -490,11 +494,7 @@ def _rechoose(emb, args, start: float) -> int:
     # each size's list holds the splits in order, DRAWS values each (one at full size)
     on = {label: {s: [v for i in judged for v in _of_split(held[label][s], s, i)]
                   for s in sizes} for label in labels}
-    print("\nheld-out on those splits: mean balanced accuracy (%) over splits and draws\n")
-    print("| rule | " + " | ".join(sizes) + " | mean |")
-    print("|---|" + "---|" * (len(sizes) + 1))
-    for label in labels:
-        print(_row(label, [np.mean(on[label][s]) for s in sizes], _mean(on, label, sizes)))
+    _print_table("held-out on those splits", on, labels, sizes)
     print("\nsent to few (experts, over all splits): "
           + ", ".join(f"{label} {_FIRES[label]}" for label in labels))
     pick = max(labels, key=lambda label: (_mean(on, label, sizes), label == TODAY,

@@ -214,17 +214,17 @@ def _seed(text: str) -> int:
                         f"an integer in 0..{MAX_SEED}")(text))
 
 
-def _path(kind: str) -> Callable[[str], str]:
-    """An argparse type: a path to ``kind`` ("a file", "a folder"), '' refused. pathlib
-    takes '' for the current folder (``--trust ''`` would trust every key there) and a
-    test of the option's value for no option at all (``--sign ''`` wrote an unsigned
-    file)."""
+def _path(kind: str, *, file: bool = False) -> Callable[[str], str]:
+    """An argparse type: a path to ``kind`` ("a file", "a folder"), '' refused, and with
+    ``file`` one ending in '/' too. pathlib takes '' for the current folder (``--trust ''``
+    would trust every key there) and a test of the option's value for no option at all
+    (``--sign ''`` wrote an unsigned file)."""
 
     def parse(text: str) -> str:
         if not text:
             raise argparse.ArgumentTypeError(f"expected {kind}, got an empty path")
         # pathlib drops a trailing "/": "-o artifacts/" wrote a FILE named artifacts
-        if kind == "a file" and text.endswith(("/", os.sep)):
+        if file and text.endswith(("/", os.sep)):
             raise argparse.ArgumentTypeError(f"{text!r} ends in '/', so it names a folder; "
                                              "expected a file (name the file inside it)")
         return text
@@ -232,7 +232,7 @@ def _path(kind: str) -> Callable[[str], str]:
     return parse
 
 
-_file = _path("a file")
+_file = _path("a file", file=True)
 _folder = _path("a folder")
 _file_or_folder = _path("a file or folder")
 _embedder_source = _path("an embedder name, model folder or tokenizer.json")

@@ -182,13 +182,7 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
         solve_s = time.perf_counter() - start
         for selector, k in _SELECTORS:
             router.set_params(selector=selector, k=k or base.k)
-            try:
-                routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
-            except EmptyInputError:
-                named = _no_token(split, embedder)
-                if named is None:
-                    raise
-                raise named from None
+            routed, route_s = _routed(router, split)
             label = f"topk k={k}" if selector == "topk" else selector
             is_preset = selector == base.selector and (selector != "topk" or k == base.k)
             cand = Candidate(f"IR3DE {label} [{short}, {preset}]",
@@ -206,13 +200,7 @@ def _saved_candidates(split: Split, routers: Mapping[str, Router],
                       tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
     out = []
     for name, router in routers.items():
-        try:
-            routed, route_s = _timed(functools.partial(router.predict, split.test_texts))
-        except EmptyInputError:
-            named = _no_token(split, router.embedder)
-            if named is None:
-                raise
-            raise named from None
+        routed, route_s = _routed(router, split)
         cand = Candidate(name, "saved", {"embedder": _short_name(router.embedder),
                                          "embedder_name": router.embedder.name,
                                          "selector": router.config.selector,
@@ -240,6 +228,18 @@ def check_routers(setting: Setting, routers: Mapping[str, Router]) -> None:
             raise IR3DEError(f"router {name!r} does not fit setting {setting.name!r}: "
                              f"{' and '.join(parts)} (its experts must be named as the "
                              "domains are)")
+
+
+def _routed(router: Router, split: Split) -> tuple[Any, float]:
+    """``router``'s decisions for the split's test prompts and their wall time; a test
+    prompt without a token is named by its id (:func:`_no_token`)."""
+    try:
+        return _timed(functools.partial(router.predict, split.test_texts))
+    except EmptyInputError:
+        named = _no_token(split, router.embedder)
+        if named is None:
+            raise
+        raise named from None
 
 
 def _no_token(split: Split, embedder: Embedder) -> EmptyInputError | None:
