@@ -515,6 +515,13 @@ def test_combining_incompatible_stats(toy_stats: dict[str, DomainStats], emb: Em
         math + foreign
     with pytest.raises(FingerprintMismatchError):
         merge([math, foreign])
+    # A fingerprint that shares a long prefix (a hand-edited file) is shown until it
+    # differs: the first 12 characters alone would print the same text twice.
+    near = math.fingerprint[:20] + ("0" if math.fingerprint[20] != "0" else "1")
+    near = dataclasses.replace(math, fingerprint=near + math.fingerprint[21:])
+    with pytest.raises(FingerprintMismatchError,
+                       match=rf"with {math.fingerprint[:21]} but .* with {near.fingerprint[:21]};"):
+        math + near
 
 
 def test_shards_with_and_without_pairs_are_not_summed(toy_stats: dict[str, DomainStats],

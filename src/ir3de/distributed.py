@@ -61,6 +61,7 @@ from .errors import (
     IR3DEError,
     refuse_lone_text,
     require_file,
+    told_apart,
 )
 from .statistics import (
     DomainStats,
@@ -360,9 +361,10 @@ def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
         # A worker with other package versions would count with another table.
+        worker, driver = told_apart(embedder.fingerprint, fingerprint)
         raise FingerprintMismatchError(
             f"a Ray worker loaded embedder {embedder.name} with fingerprint "
-            f"{embedder.fingerprint[:12]}, the driver has {fingerprint[:12]}: "
+            f"{worker}, the driver has {driver}: "
             "install the same ir3de and embedding packages on every node")
 
     def texts() -> Iterator[str]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import FingerprintMismatchError, IR3DEError, refuse_lone_text
+from .errors import FingerprintMismatchError, IR3DEError, refuse_lone_text, told_apart
 from .store import safetensors_names, safetensors_tensor
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "EmbedderLike", "as_embedder",
@@ -493,9 +493,10 @@ def _unpickled(spec: dict[str, Any], fingerprint: str) -> Embedder:
     loads here is not the embedder that was pickled (another table, another version)."""
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
+        here, pickled = told_apart(embedder.fingerprint, fingerprint)
         raise FingerprintMismatchError(
-            f"{embedder.name}: the embedder loaded here ({embedder.fingerprint[:12]}) is not "
-            f"the one that was pickled ({fingerprint[:12]}): its files differ in this process")
+            f"{embedder.name}: the embedder loaded here ({here}) is not "
+            f"the one that was pickled ({pickled}): its files differ in this process")
     return embedder
 
 
@@ -505,9 +506,10 @@ def _rebuilt(tokenizer_path: str, table: np.ndarray, spec: dict[str, Any], name:
     tokenizer file is no longer the one it was pickled with."""
     embedder = Embedder(Path(tokenizer_path), table, spec=spec, name=name, bf16=bf16)
     if embedder.fingerprint != fingerprint:
+        now, pickled = told_apart(embedder.fingerprint, fingerprint)
         raise FingerprintMismatchError(
             f"{name}: the tokenizer file {tokenizer_path} has changed since this embedder "
-            f"was pickled ({embedder.fingerprint[:12]}, not {fingerprint[:12]})")
+            f"was pickled ({now}, not {pickled})")
     return embedder
 
 

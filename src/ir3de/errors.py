@@ -53,6 +53,22 @@ def listed(items: Sequence[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def told_apart(a: str, b: str, n: int = 12) -> tuple[str, str]:
+    """Abbreviations of two different fingerprints for a mismatch message: their first
+    ``n`` characters, or as many more as it takes for the two to differ (a hand-edited
+    file can share a longer prefix, and "made with 3f2a9c1b0d4e but this router uses
+    3f2a9c1b0d4e" would tell nothing).
+
+    >>> told_apart("abc123", "abc456", 2)
+    ('abc1', 'abc4')
+    """
+    # zip stops at the shorter: a fingerprint that is a prefix of the other differs at its end.
+    pairs = zip(a, b, strict=False)
+    same = next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
+    n = max(n, same + 1)
+    return a[:n], b[:n]
+
+
 def require_path(path: object, what: str) -> None:
     """Raise :class:`IR3DEError` unless ``path`` is a path (``str`` or ``os.PathLike``):
     None or a number would reach ``open`` and fail with a TypeError naming no argument.

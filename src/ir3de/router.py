@@ -37,6 +37,7 @@ from .errors import (
     StatsFormatError,
     refuse_lone_text,
     require_path,
+    told_apart,
 )
 from .selector import (
     SELECTORS,
@@ -514,9 +515,10 @@ class Router:
         check_same_max_tokens(stats)
         for s in stats:
             if s.fingerprint != self.embedder.fingerprint:
+                theirs, ours = told_apart(s.fingerprint, self.embedder.fingerprint)
                 raise FingerprintMismatchError(
-                    f"{s.source} ({s.domain}) was made with embedding {s.fingerprint[:12]} but "
-                    f"this router uses {self.embedder.name} ({self.embedder.fingerprint[:12]})")
+                    f"{s.source} ({s.domain}) was made with embedding {theirs} but "
+                    f"this router uses {self.embedder.name} ({ours})")
             if s.n_tokens == 0:
                 raise StatsFormatError(f"{s.source} ({s.domain}) holds no tokens")
             # The fingerprint names the embedder, not the arrays: a hand-made or damaged
@@ -664,10 +666,11 @@ class Router:
         config = _configure(base, settings)
         embedder = _embedder(params["embedder"]) if "embedder" in params else self.embedder
         if self._state is not None and embedder.fingerprint != self.embedder.fingerprint:
+            ours, theirs = told_apart(self.embedder.fingerprint, embedder.fingerprint)
             raise FingerprintMismatchError(
                 f"this router was fitted with embedding {self.embedder.name} "
-                f"({self.embedder.fingerprint[:12]}), not {embedder.name} "
-                f"({embedder.fingerprint[:12]}), and its statistics only fit that one; set "
+                f"({ours}), not {embedder.name} "
+                f"({theirs}), and its statistics only fit that one; set "
                 f"the embedder on an unfitted router (sklearn.base.clone(router) is one) and "
                 f"fit it")
         if self._state is not None and self.config.reads_pairs \
@@ -947,9 +950,9 @@ class Router:
         meta = _check_router_meta(meta, str(path))
         emb = _embedder(embedder if embedder is not None else meta["embedder"])
         if emb.fingerprint != meta["fingerprint"]:
+            recorded, loaded = told_apart(meta["fingerprint"], emb.fingerprint)
             raise FingerprintMismatchError(
-                f"{path} was built with embedding {meta['fingerprint'][:12]} but "
-                f"{emb.name} has {emb.fingerprint[:12]}")
+                f"{path} was built with embedding {recorded} but {emb.name} has {loaded}")
         if meta["dim"] != emb.dim:  # what inspect reports must be what routes
             raise StatsFormatError(f"{path}: metadata says dim {meta['dim']} but its "
                                    f"embedder {emb.name} has width {emb.dim}")

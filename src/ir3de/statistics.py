@@ -48,6 +48,7 @@ from .errors import (
     StatsFormatError,
     refuse_lone_text,
     require_path,
+    told_apart,
 )
 from .store import check_finite, read_safetensors, write_safetensors
 
@@ -698,10 +699,11 @@ def check_same_embedder(items: Iterable[DomainStats]) -> None:
     first = items[0]
     for other in items[1:]:
         if other.fingerprint != first.fingerprint:
+            one, two = told_apart(first.fingerprint, other.fingerprint)
             raise FingerprintMismatchError(
                 f"embedding fingerprints differ: {first.source} ({first.domain}) was made with "
-                f"{first.fingerprint[:12]} but {other.source} ({other.domain}) with "
-                f"{other.fingerprint[:12]}; statistics must come from the same embedder")
+                f"{one} but {other.source} ({other.domain}) with "
+                f"{two}; statistics must come from the same embedder")
 
 
 def meta_int(value: Any, minimum: int, where: str, name: str) -> int:
