@@ -1457,6 +1457,17 @@ def test_slow_solves_say_so_first(built: dict[str, Path], tmp_path: Path, capsys
         f"{built['router']}: removed expert 'coding'; experts now math\n"
 
 
+def test_experts_list_json_prints_one_object_per_expert(built: dict[str, Path],
+                                                       capsys) -> None:
+    code, out, err = run(capsys, "experts", "list", built["router"], "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    router = Router.load(built["router"])
+    assert (code, err) == (0, "")
+    assert [r["name"] for r in rows] == router.experts
+    assert all(r == {"name": r["name"], "n_prompts": router.stats[r["name"]].n_prompts,
+                     "n_tokens": router.stats[r["name"]].n_tokens} for r in rows)
+
+
 def test_experts_list_and_inspect_json_refuse_what_route_refuses(built: dict[str, Path],
                                                                  tmp_path: Path,
                                                                  capsys) -> None:

@@ -953,7 +953,11 @@ def cmd_experts(args: argparse.Namespace) -> int:
         router = _load_router(args.router)
         for name in router.experts:
             s = router.stats[name]
-            _echo(f"{name}\t{_count(s.n_prompts, 'prompt')}\t{_count(s.n_tokens, 'token')}")
+            if args.json:
+                _print_json({"name": name, "n_prompts": s.n_prompts, "n_tokens": s.n_tokens})
+            else:
+                _echo(f"{name}\t{_count(s.n_prompts, 'prompt')}\t"
+                      f"{_count(s.n_tokens, 'token')}")
         return 0
     out = Path(args.output or args.router)
     # the router itself is the output of an in-place update; its statistics never are
@@ -1596,8 +1600,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Change a saved router's experts: the router is re-solved "
                                    "from the statistics it keeps, exactly as a full refit.")
     esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    e = esub.add_parser("list", help="list the experts")
+    e = esub.add_parser("list", help="list the experts",
+                        description="One line per expert, in the router's order: its name "
+                                    "and how many prompts and tokens its statistics hold.")
     e.add_argument("router", type=_file, help="router file")
+    e.add_argument("--json", action="store_true",
+                   help="print one JSON object per expert (name, n_prompts, n_tokens)")
     e = esub.add_parser("add", help="add an expert from its statistics file")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("stats", type=_file, help="statistics file")
