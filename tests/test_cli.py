@@ -1457,6 +1457,33 @@ def test_slow_solves_say_so_first(built: dict[str, Path], tmp_path: Path, capsys
         f"{built['router']}: removed expert 'coding'; experts now math\n"
 
 
+def test_quiet_commands_write_their_file_and_say_nothing(built: dict[str, Path],
+                                                        tmp_path: Path, capsys) -> None:
+    """build, merge, experts add/remove and keygen printed a summary line that scripts had
+    to discard with 2>/dev/null, hiding errors too; -q drops that line only."""
+    router = tmp_path / "q.safetensors"
+    merged = tmp_path / "m.safetensors"
+    for argv, written in [
+        (["build", built["math"], built["coding"], "-o", router, "--preset", "identity"],
+         router),
+        (["merge", built["law"], "-o", merged], merged),
+        (["experts", "add", router, built["law"]], router),
+        (["experts", "remove", router, "law"], router),
+    ]:
+        assert run(capsys, *argv, "-q") == (0, "", ""), argv
+        assert written.is_file()
+    assert Router.load(router).experts == ["math", "coding"]
+    loud = run(capsys, "build", built["math"], built["coding"], "-o", router, "--force",
+               "--preset", "identity")[2]
+    assert loud.startswith("choosing the identity") and f"{router}: router with" in loud
+    key = tmp_path / "k.key"
+    pytest.importorskip("cryptography")
+    assert run(capsys, "keygen", "-o", key, "-q") == (0, "", "") and key.is_file()
+    assert run(capsys, "keygen", "-o", key, "--force")[2].startswith(f"{key}: private key")
+    code, _, err = run(capsys, "experts", "remove", router, "law", "-q")
+    assert code == 1 and "unknown expert 'law'" in err  # errors still reported
+
+
 def test_experts_list_json_prints_one_object_per_expert(built: dict[str, Path],
                                                        capsys) -> None:
     code, out, err = run(capsys, "experts", "list", built["router"], "--json")

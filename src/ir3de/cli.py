@@ -416,25 +416,33 @@ def _check_embedder_args(args: argparse.Namespace) -> None:
                          "or --table FILE.safetensors: the file it names a tensor of")
 
 
+def _add_quiet(p: argparse.ArgumentParser, *, solve: bool = False) -> None:
+    """``-q``: the commands that write a file say what they wrote on stderr unless it is
+    given (``solve``: and that a slow identity-μ search starts)."""
+    also = " and no notice of a slow solve" if solve else ""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help=f"no summary line{also} on stderr (errors are still reported)")
+
+
 def _embedder_from_args(args: argparse.Namespace):
     return load_embedder(args.embedder, table=args.table, tensor=args.tensor)
 
 
-def _announce_solve(config: RouterConfig) -> None:
+def _announce_solve(config: RouterConfig, quiet: bool = False) -> None:
     """Say on stderr that a slow solve starts: choosing the identity μ solves the router
     once per grid value (seconds to minutes on large statistics), where every other solve
     takes about a second and says nothing."""
-    if config.model == "ridge" and config.identity == "auto":
+    if config.model == "ridge" and config.identity == "auto" and not quiet:
         print("choosing the identity μ by leave-one-out…", file=sys.stderr)
 
 
-def _load_router(path: str) -> Router:
+def _load_router(path: str, quiet: bool = False) -> Router:
     """:meth:`Router.load` for the experts commands, announcing a slow solve first: a
     router saved with its identity μ is solved once at it, one saved without (older files)
     searches again."""
     meta = read_router_meta(path)
     if meta.get("identity_mu") is None:
-        _announce_solve(RouterConfig.from_dict(meta["config"]))
+        _announce_solve(RouterConfig.from_dict(meta["config"]), quiet)
     return Router.load(path)
 
 
@@ -709,9 +717,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         stats = sign(stats, args.sign)
     stats.save(out, overwrite=replace)
-    print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
-          f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}",
-          file=sys.stderr)
+    if not args.quiet:
+        print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
+              f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}",
+              file=sys.stderr)
     return 0
 
 
@@ -744,13 +753,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         config = config.with_settings(max_tokens=named[0][1].max_tokens)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
-    _announce_solve(config)
+    _announce_solve(config, args.quiet)
     # Renamed only under another name: renaming drops a signature, which the router keeps.
     router = Router(embedder, config).fit_stats(
         [s if name == s.domain else s.renamed(name) for name, s in named])
     router.save(out, overwrite=replace)
-    print(f"{out}: router with {_count(len(router.experts), 'expert')} "
-          f"({', '.join(router.experts)}){_smoothing_note(router)}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{out}: router with {_count(len(router.experts), 'expert')} "
+              f"({', '.join(router.experts)}){_smoothing_note(router)}", file=sys.stderr)
     return 0
 
 
@@ -972,20 +982,21 @@ def cmd_experts(args: argparse.Namespace) -> int:
     # From reading the router to writing it: two commands updating one router at once
     # each reported success, and the expert of one was lost.
     with locked_for_update(args.router):
-        router = _load_router(args.router)
+        router = _load_router(args.router, args.quiet)
         before = router.smoothing
         if args.action == "add":
-            _announce_solve(router.config)  # a new expert: μ is chosen again
+            _announce_solve(router.config, args.quiet)  # a new expert: μ is chosen again
             router.add_expert(name, stats)
             message = f"added expert {name!r}"
         else:
             if args.name in router.experts and len(router.experts) > 1:  # else refused
-                _announce_solve(router.config)
+                _announce_solve(router.config, args.quiet)
             router.remove_expert(args.name)
             message = f"removed expert {args.name!r}"
         router.save(out, overwrite=replace)
-    print(f"{out}: {message}; experts now {', '.join(router.experts)}"
-          f"{_smoothing_note(router, before)}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{out}: {message}; experts now {', '.join(router.experts)}"
+              f"{_smoothing_note(router, before)}", file=sys.stderr)
     return 0
 
 
@@ -1209,9 +1220,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     _check_output(private, args.force)
     _check_output(public, args.force)
     generate_key(private, force=args.force)
-    print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
-          f"{args.output}); {public}: public key (give it to router builders: "
-          "ir3de build --trust DIR)", file=sys.stderr)
+    if not args.quiet:
+        print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
+              f"{args.output}); {public}: public key (give it to router builders: "
+              "ir3de build --trust DIR)", file=sys.stderr)
     return 0
 
 
@@ -1516,6 +1528,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "presets stats --no-pairs serves)")
     p.add_argument("--sign", metavar="KEY", type=_file,
                    help="sign the merged file with this private key")
+    _add_quiet(p)
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("build", formatter_class=fmt, help="statistics files -> router",
@@ -1537,6 +1550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept only statistics signed by a public key (*.pub) in DIR, under "
                         "the names they were signed with; an unsigned, untrusted, altered or "
                         "renamed file is refused, nothing is written")
+    _add_quiet(p, solve=True)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("keygen", formatter_class=fmt, help="create a signing key pair",
@@ -1547,6 +1561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="KEY", type=_file,
                    help="private key file, not named .pub (missing folders are created)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    _add_quiet(p)
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("route", formatter_class=fmt, help="prompts -> JSONL decisions",
@@ -1615,6 +1630,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
+    _add_quiet(e, solve=True)
     e.add_argument("--trust", metavar="DIR", type=_folder,
                    help="accept the statistics only if signed by a public key (*.pub) in DIR, "
                         "as build --trust; an unsigned, untrusted, altered or renamed (--name) "
@@ -1627,6 +1643,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "created)")
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
+    _add_quiet(e, solve=True)
     p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
