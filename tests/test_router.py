@@ -19,6 +19,7 @@ from ir3de import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    NotFittedError,
     Router,
     RouterConfig,
     StatsFormatError,
@@ -225,9 +226,14 @@ def test_statistics_with_different_token_caps_are_refused(emb: Embedder, toy_sta
 def test_unfitted_router(emb: Embedder) -> None:
     router = Router(emb)
     for call in (lambda: router.W, lambda: router.experts, lambda: router.route("hi"),
-                 lambda: router.remove_expert("x"), lambda: router.describe()):
-        with pytest.raises(IR3DEError, match="no experts yet"):
+                 lambda: router.remove_expert("x"), lambda: router.describe(),
+                 lambda: router.predict(["hi"]), lambda: router.classes_):
+        # one error for all, an IR3DEError (the CLI's one-line message) and an
+        # AttributeError (scikit-learn's NotFittedError is one too)
+        with pytest.raises(NotFittedError, match="no experts yet") as info:
             call()
+        assert isinstance(info.value, IR3DEError) and isinstance(info.value, AttributeError)
+    assert not hasattr(router, "classes_")  # scikit-learn's test for a fitted classifier
     router.set_params(lam=0.5)  # allowed before fitting
     assert router.config.lam == 0.5
 
@@ -1549,7 +1555,7 @@ def test_public_types_and_the_typed_marker() -> None:
     exec("from ir3de.errors import *", namespace)
     assert sorted(k for k in namespace if not k.startswith("__")) == [
         "EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
-        "OutputExistsError", "StatsFormatError"]
+        "NotFittedError", "OutputExistsError", "StatsFormatError"]
     assert (Path(ir3de.__file__).parent / "py.typed").is_file()
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())

@@ -18,6 +18,7 @@ from .errors import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    NotFittedError,
     OutputExistsError,
     StatsFormatError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ExpertError",
     "FingerprintMismatchError",
     "IR3DEError",
+    "NotFittedError",
     "OutputExistsError",
     "PairCounts",
     "Router",

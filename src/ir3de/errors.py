@@ -13,7 +13,7 @@ from pathlib import Path
 
 # The exceptions; the helpers below are for ir3de's own modules.
 __all__ = ["EmptyInputError", "ExpertError", "FingerprintMismatchError", "IR3DEError",
-           "OutputExistsError", "StatsFormatError"]
+           "NotFittedError", "OutputExistsError", "StatsFormatError"]
 
 
 class IR3DEError(ValueError):
@@ -34,6 +34,13 @@ class EmptyInputError(IR3DEError):
 
 class ExpertError(IR3DEError):
     """An expert (domain) name is unknown, duplicated or invalid."""
+
+
+class NotFittedError(IR3DEError, AttributeError):
+    """A router without experts was asked to route, describe or change one. An
+    AttributeError too, as scikit-learn's own NotFittedError: a fitted attribute of an
+    unfitted estimator does not exist (``hasattr(Router(), "classes_")`` is False), and
+    code catching either base class catches it."""
 
 
 class OutputExistsError(IR3DEError):

@@ -34,6 +34,7 @@ from .errors import (
     ExpertError,
     FingerprintMismatchError,
     IR3DEError,
+    NotFittedError,
     StatsFormatError,
     refuse_lone_text,
     require_path,
@@ -573,7 +574,7 @@ class Router:
     @property
     def _fitted(self) -> _State:
         if self._state is None:
-            raise IR3DEError("this router has no experts yet: fit it or load one")
+            raise NotFittedError("this router has no experts yet: fit it or load one")
         return self._state
 
     # ------------------------------------------------------------- experts
@@ -731,11 +732,9 @@ class Router:
         probability scorers (``log_loss``, ``roc_auc_score``, ``top_k_accuracy_score``)
         take the columns to be in sorted label order, which :attr:`experts` is only after
         :meth:`fit` (:meth:`fit_stats`, :meth:`add_expert` and :meth:`load` keep their own
-        order). Like scikit-learn's fitted attributes it does not exist (AttributeError)
-        before the router is fitted."""
-        if self._state is None:
-            raise AttributeError("classes_: this router has no experts yet: fit it or load one")
-        return np.array(sorted(self._state.experts))
+        order). Like scikit-learn's fitted attributes it does not exist before the router is
+        fitted (:class:`~ir3de.errors.NotFittedError`, an AttributeError)."""
+        return np.array(sorted(self._fitted.experts))
 
     def score(self, texts: Iterable[str], labels: Iterable[str]) -> float:
         """**Balanced** accuracy of routing ``texts`` against their gold ``labels``: the
