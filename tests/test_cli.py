@@ -1457,6 +1457,21 @@ def test_slow_solves_say_so_first(built: dict[str, Path], tmp_path: Path, capsys
         f"{built['router']}: removed expert 'coding'; experts now math\n"
 
 
+def test_errors_naming_a_path_with_control_characters_stay_one_line(tmp_path: Path,
+                                                                     capsys) -> None:
+    """A file named with a newline split the error over two lines, and a terminal escape
+    in a name reached the terminal: both are shown escaped, as repr shows them."""
+    odd = tmp_path / "bad\nname\x1b[31m.st"
+    code, out, err = run(capsys, "route", odd, "hi")
+    assert (code, out) == (1, "")
+    assert err == f"ir3de: error: {tmp_path}/bad\\nname\\x1b[31m.st: no such file\n"
+    with pytest.raises(SystemExit) as info:
+        main(["merge", str(odd), "-o", f"{tmp_path}/out\n/"])  # (pathlib drops the '/')
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "/out\\n/' ends in '/'" in err.splitlines()[-1]
+    assert "\x1b" not in err
+
+
 def test_quiet_commands_write_their_file_and_say_nothing(built: dict[str, Path],
                                                         tmp_path: Path, capsys) -> None:
     """build, merge, experts add/remove and keygen printed a summary line that scripts had

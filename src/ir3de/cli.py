@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -75,6 +76,16 @@ typical workflow:
 """
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(message: str) -> str:
+    """An error message as the one line it is meant to be: the control characters of the
+    names it quotes (a file named with a newline, a terminal escape sequence) shown escaped,
+    as ``repr`` shows them, not acted on by the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 class _Parser(argparse.ArgumentParser):
     """A subcommand parser whose positionals may come between options: ``route ROUTER
     --explain PROMPT``, ``build a.stats -o r.st b.stats``.
@@ -105,6 +116,9 @@ class _Parser(argparse.ArgumentParser):
             if problem is not None:
                 self.error(problem)
         return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_one_line(message))
 
     def _parse_known(self, args, namespace):
         if self._intermixing or not self._intermixable():
@@ -1861,7 +1875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _flush_stdout()  # a buffered write fails here, reported as any error, not at exit
         return code
     except IR3DEError as exc:
-        print(f"ir3de: error: {exc}", file=sys.stderr)
+        print(f"ir3de: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (``ir3de route ... | head``): not an error of ours.
@@ -1869,7 +1883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ir3de: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"ir3de: error: {_one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 1
     except MemoryError:
         # (files are written whole or not at all, so none is left half-written)
