@@ -1539,11 +1539,14 @@ def test_failed_write_to_stdout_names_standard_output(unbuffered: str,
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = unbuffered
-    with open("/dev/full", "w") as full:
-        done = subprocess.run([exe, "route", str(built["router"]), "What is 5 plus 9?"],
-                              stdout=full, stderr=subprocess.PIPE, text=True, env=env)
-    assert (done.returncode, done.stderr) == (
-        1, "ir3de: error: writing to standard output: No space left on device\n")
+    # --help and --version too: argparse dropped the OSError and exited with status 0
+    for argv in (["route", str(built["router"]), "What is 5 plus 9?"], ["--help"],
+                 ["route", "--help"], ["--version"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([exe, *argv], stdout=full, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        assert (done.returncode, done.stderr) == (
+            1, "ir3de: error: writing to standard output: No space left on device\n"), argv
 
 
 @pytest.mark.parametrize(("redirect", "message"), [

@@ -86,7 +86,23 @@ def _one_line(message: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Messages(argparse.ArgumentParser):
+    """argparse's parser, with its messages as ir3de prints its own: usage errors on one
+    line (:func:`_one_line`), and help or version text that cannot be written (a full disk)
+    an error, where argparse drops the OSError and exits with status 0."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_one_line(message))
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message and (file is None or file is sys.stdout):
+            _write_stdout(message)
+            _flush_stdout()  # (a buffered write fails only here)
+        else:
+            super()._print_message(message, file)
+
+
+class _Parser(_Messages):
     """A subcommand parser whose positionals may come between options: ``route ROUTER
     --explain PROMPT``, ``build a.stats -o r.st b.stats``.
 
@@ -116,9 +132,6 @@ class _Parser(argparse.ArgumentParser):
             if problem is not None:
                 self.error(problem)
         return parsed, extras
-
-    def error(self, message: str) -> NoReturn:
-        super().error(_one_line(message))
 
     def _parse_known(self, args, namespace):
         if self._intermixing or not self._intermixable():
@@ -1477,7 +1490,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Messages(
         prog="ir3de", formatter_class=fmt, epilog=EPILOG,
         description="IR3DE routes each LLM prompt to the domain expert best suited to it with a "
                     "linear token router solved in closed form from additive per-domain "
@@ -1866,7 +1879,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):  # (not a TextIOWrapper)
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except IR3DEError as exc:  # --help or --version could not be written (_Messages)
+        print(f"ir3de: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # ``ir3de --help | head -1``: not an error
+        sys.stderr.close()
+        return 0
     if argv is not None:
         args.argv = list(argv)
     try:
