@@ -1472,6 +1472,17 @@ def test_errors_naming_a_path_with_control_characters_stay_one_line(tmp_path: Pa
     assert "\x1b" not in err
 
 
+def test_experts_add_of_the_router_to_itself_says_what_is_wrong(built: dict[str, Path],
+                                                                capsys) -> None:
+    """It said "is also an input of this command; write elsewhere", as if the in-place
+    update were the mistake; with -o it named the format only."""
+    router = built["router"]
+    for extra in ([], ["-o", router.with_name("other.st")]):
+        assert run(capsys, "experts", "add", router, router, *extra) == (
+            1, "", f"ir3de: error: {router} is the router itself; experts add takes the new "
+                   "expert's statistics file (ir3de stats)\n")
+
+
 def test_quiet_commands_write_their_file_and_say_nothing(built: dict[str, Path],
                                                         tmp_path: Path, capsys) -> None:
     """build, merge, experts add/remove and keygen printed a summary line that scripts had

@@ -997,6 +997,11 @@ def cmd_experts(args: argparse.Namespace) -> int:
                       f"{_count(s.n_tokens, 'token')}")
         return 0
     out = Path(args.output or args.router)
+    if args.action == "add" and Path(args.stats).is_file() and Path(args.router).is_file() \
+            and Path(args.stats).samefile(args.router):
+        # (else refused as "also an input" of the in-place update: the output is no issue)
+        raise IR3DEError(f"{args.stats} is the router itself; experts add takes the new "
+                         "expert's statistics file (ir3de stats)")
     # the router itself is the output of an in-place update; its statistics never are
     replace = _check_router_output(out, args.force or args.output is None,
                          [args.stats] if args.action == "add" else [])
