@@ -408,8 +408,9 @@ def test_routers_keep_their_experts_signatures(emb: Embedder, keys, tmp_path: Pa
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"signed, key {key[:16]}…")
     # A number changed in the router file: that expert no longer verifies.
     tensors, meta = read_safetensors(path)
-    tensors["b"] = tensors["b"].copy()
+    tensors["b"], tensors["A"] = tensors["b"].copy(), tensors["A"].copy()
     tensors["b"][1, 0] += 1.0
+    tensors["A"][1, 0, -1] = tensors["A"][1, -1, 0] = tensors["b"][1, 0]  # (A's bias column is b)
     write_safetensors(path, tensors, meta)
     with pytest.raises(IR3DEError, match=r":coding: signature does not match its contents"):
         verify(Router.load(path).stats["coding"], trusted)

@@ -863,6 +863,23 @@ def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats]) -> None:
     A = s.A.copy()
     A[3, 5] = np.nextafter(A[3, 5], np.inf)
     assert dataclasses.replace(s, A=A).A[3, 5] != s.A[5, 3]
+    # Symmetric damage: a negated diagonal entry, A scaled (its bias column then is not b)
+    for damaged in (s.A * np.where(np.eye(s.A.shape[0], dtype=bool) & (np.arange(
+            s.A.shape[0]) == 7), -1.0, 1.0), s.A * 1e300):
+        with pytest.raises(StatsFormatError, match=r"math\.stats: A and b are no sums"):
+            dataclasses.replace(s, A=damaged, source="math.stats")
+
+
+def test_token_counts_that_wrap_around_int64_are_refused(
+        toy_stats: dict[str, DomainStats]) -> None:
+    """2**62 added to four counts wraps their sum back to n_tokens: the file loaded and
+    moved the identity router's decisions."""
+    s = toy_stats["math"]
+    counts = s.counts.copy()
+    counts[np.argsort(counts)[-4:]] += 2**62
+    assert int(counts.sum()) == s.n_tokens  # (wrapped)
+    with pytest.raises(StatsFormatError, match="token counts disagree with n_tokens"):
+        dataclasses.replace(s, counts=counts, doc_counts=None, pairs=None)
 
 
 @pytest.mark.parametrize("signature", [["ed25519"], "alice", 5, False, [{"alg": "ed25519"}]])

@@ -201,6 +201,14 @@ class DomainStats:
         if np.abs(self.A - self.A.T).max(initial=0.0) > _SYMMETRY_RTOL * scale:
             raise StatsFormatError(f"{self.source}: A is not symmetric, so it is no sum of "
                                    f"x̃x̃ᵀ (a damaged or hand-made file?)")
+        # More of what every sum of x̃x̃ᵀ and x̃ is: a diagonal of sums of squares, and a
+        # bias column (x̃'s last entry is 1) that is b itself. A symmetric edit of A (a
+        # negated diagonal entry, A scaled) passed the check above and moved W.
+        if np.any(np.diagonal(self.A) < 0) or np.abs(self.A[:, -1] - self.b).max(
+                initial=0.0) > _SYMMETRY_RTOL * scale:
+            raise StatsFormatError(f"{self.source}: A and b are no sums of x̃x̃ᵀ and x̃ (A "
+                                   "has a negative diagonal entry, or its bias column is not "
+                                   "b): a damaged or hand-made file?")
         # Integers as plain ints (JSON metadata takes no numpy scalar); a bool or a float
         # would save a file that cannot be loaded back.
         for name in ("n_tokens", "n_prompts", "max_tokens"):
@@ -226,7 +234,11 @@ class DomainStats:
         # (the counts set the balanced weights).
         if self.A[-1, -1] != self.n_tokens or self.b[-1] != self.n_tokens:
             raise StatsFormatError(f"{self.source}: A/b disagree with n_tokens={self.n_tokens}")
+        # Each count at most n_tokens, so the sum cannot wrap around int64 unseen (2**62
+        # added to four counts wraps back to the right total).
         if self.counts is not None and (self.counts.ndim != 1 or np.any(self.counts < 0)
+                                        or np.any(self.counts > self.n_tokens)
+                                        or self.counts.sum(dtype=np.float64) > 2 * self.n_tokens
                                         or int(self.counts.sum()) != self.n_tokens):
             raise StatsFormatError(f"{self.source}: token counts disagree with "
                                    f"n_tokens={self.n_tokens}")

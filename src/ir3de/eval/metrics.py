@@ -151,6 +151,9 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
         raise IR3DEError(f"level must be in (0, 1), got {level}")
     if not np.size(samples):  # np.quantile would fail with an IndexError
         raise IR3DEError("no bootstrap samples to take a percentile interval of")
+    if not np.all(np.isfinite(samples)):  # np.quantile would give NaN bounds, or ±inf ones
+        raise IR3DEError("bootstrap samples must be finite numbers (a NaN or Inf among them "
+                         "has no place in an interval)")
     low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
