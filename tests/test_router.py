@@ -441,7 +441,27 @@ BAD_METADATA = {
             StatsFormatError, r"'dim' must be an integer from 1 to 2\*\*53, got '256'"),
     "identity_mu": (lambda m: {"identity_mu": "auto"},
                     StatsFormatError, r"'identity_mu' must be a number > 0 or null"),
+    "identity_mu without identity": (
+        lambda m: {"identity_mu": 3.0},
+        StatsFormatError, r"'identity_mu' is 3.0, but the router has no identity features"),
 }
+
+
+@pytest.mark.parametrize(("identity", "mu", "message"), [
+    ("auto", 2.5, r"is 2.5, but leave-one-out picks from 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000"),
+    (10.0, 3.0, r"is 3.0, but its config sets μ = 10"),
+])
+def test_load_refuses_an_identity_mu_it_could_not_have_chosen(
+        emb: Embedder, toy_stats, tmp_path: Path, identity: object, mu: float,
+        message: str) -> None:
+    """The saved μ is solved at unsearched: a hand-edited one loaded and moved decisions."""
+    path = tmp_path / "router.safetensors"
+    Router(emb, "identity", identity=identity).fit_stats(
+        [toy_stats["math"], toy_stats["coding"]]).save(path)
+    tensors, meta = read_safetensors(path)
+    write_safetensors(path, tensors, {**meta, "identity_mu": mu})
+    with pytest.raises(StatsFormatError, match=rf"identity_mu' {message}"):
+        Router.load(path)
 
 
 @pytest.mark.parametrize("case", list(BAD_METADATA))

@@ -53,6 +53,7 @@ from .solver import (
     DEFAULT_LAMBDA,
     FEW_ALPHA,
     FEW_PAIRS,
+    MU_GRID,
     UNIGRAM_ALPHA,
     design,
     nb_smoothing,
@@ -1192,6 +1193,19 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if mu is not None and not _positive_number(mu):
         raise StatsFormatError(f"{where}: metadata field 'identity_mu' must be a number > 0 "
                                f"or null, got {mu!r}")
+    # The μ a router is solved at on load, unsearched: it must be one the search or the
+    # configured value can give (a hand-edited μ loaded and moved decisions).
+    allowed: list[float | None] = [None]
+    if config.model != "ridge" or config.identity is None:
+        what = "the router has no identity features"
+    elif config.identity == "auto":
+        allowed += MU_GRID
+        what = "leave-one-out picks from " + ", ".join(f"{m:g}" for m in MU_GRID)
+    else:
+        allowed.append(config.identity)
+        what = f"its config sets μ = {config.identity:g}"
+    if mu not in allowed:
+        raise StatsFormatError(f"{where}: metadata field 'identity_mu' is {mu!r}, but {what}")
     experts = meta["experts"]
     if not isinstance(experts, list) or not experts:
         raise StatsFormatError(f"{where}: metadata field 'experts' must be a non-empty list "
