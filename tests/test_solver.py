@@ -69,6 +69,19 @@ def test_solve_errors() -> None:
             solve(A, B, lam=lam)
     with pytest.raises(IR3DEError, match="singular"):
         solve(np.zeros((3, 3)), B, lam=0.0)
+    # Rank-deficient but without an exact zero pivot: LAPACK "solved" it into one of
+    # infinitely many W, picked by its pivoting.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 6))
+    low_rank, B6 = X.T @ X, X.T @ np.eye(2)
+    with pytest.raises(IR3DEError, match=r"singular or nearly so \(condition number "
+                                         r"\S+, λ = 0\): use a larger λ"):
+        solve(low_rank, B6, lam=0.0)
+    with pytest.raises(IR3DEError, match="nearly so"):
+        solve(low_rank, B6, lam=1e-300)  # a λ too small to matter
+    assert np.all(np.isfinite(solve(low_rank, B6, lam=1e-2)))  # λ as the reference code
+    assert np.all(np.isfinite(solve(low_rank + np.eye(6), B6, lam=0.0,
+                                    regularize_bias=False)))  # well-conditioned: no penalty needed
     with pytest.raises(IR3DEError, match="zero"):
         solve(A, np.array([[1.0, 0.0]] * 3), lam=0.1)
     # A huge λ: the tiny weights are normalised exactly (their squares would underflow);

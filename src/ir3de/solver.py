@@ -102,6 +102,7 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
     if lam < 0 or not np.isfinite(lam):
         raise IR3DEError(f"λ must be a finite number ≥ 0, got {lam}")
     reg = A + _penalty(A.shape[0], lam, regularize_bias)
+    _refuse_singular(reg, lam, regularize_bias)
     try:
         W = np.linalg.solve(reg, B)
     except np.linalg.LinAlgError:
@@ -191,6 +192,26 @@ def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
                                f"vocabulary {embedder.vocab_size}")
     C = np.stack([weights[n] * counts[n].astype(np.float64) for n in experts], axis=1)
     return _IdentitySums(c, C, np.array([weights[n] for n in experts]), np.flatnonzero(c))
+
+
+# Beyond this condition number a float64 solve keeps under 4 significant digits: W would be
+# one of many near-solutions, picked by how LAPACK pivots.
+_MAX_CONDITION = 1e12
+
+
+def _refuse_singular(reg: np.ndarray, lam: float, regularize_bias: bool) -> None:
+    """Raise :class:`IR3DEError` if ``reg = A + λI`` is singular or nearly so. LAPACK
+    fails only on an exact zero pivot: at λ = 0, statistics of a few tokens (rank 4 of 257)
+    were "solved" into arbitrary weights. A's eigenvalues are ≥ 0 and ≤ its trace, so with
+    the whole diagonal penalised the condition number is at most (trace + λ) / λ, and only
+    past the limit (λ = 0 or tiny) are the eigenvalues computed (O(h³), once)."""
+    if regularize_bias and lam > 0 and (np.trace(reg) + lam) / lam <= _MAX_CONDITION:
+        return
+    eig = np.linalg.eigvalsh(reg)
+    if eig[0] <= eig[-1] / _MAX_CONDITION:
+        condition = "infinite" if eig[0] <= 0 else f"{eig[-1] / eig[0]:.1e}"
+        raise IR3DEError(f"the ridge system is singular or nearly so (condition number "
+                         f"{condition}, λ = {lam:g}): use a larger λ or fit on more data")
 
 
 def _penalty(h1: int, lam: float, regularize_bias: bool) -> np.ndarray:
