@@ -330,6 +330,9 @@ def test_bad_input_clear_error(case: str, built: dict[str, Path], tmp_path: Path
 
 @pytest.mark.parametrize("argv", [["route", "R", "--k", "0", "x"], ["build", "f", "-o", "o",
                                                                      "--lam", "-1"],
+                                  ["route", "R", "--k", str(2**63), "x"],
+                                  ["build", "f", "-o", "o", "--preset", "paper", "--k",
+                                   str(2**63)],
                                   ["route", "R", "--selector", "best"], ["stats"],
                                   ["build", "f", "-o", "o", "--identity", "0"],
                                   ["eval", "--out", "o", "--seed", "-1"],

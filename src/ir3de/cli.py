@@ -177,6 +177,8 @@ def _checked(convert: Callable[[str], float], ok: Callable[[float], bool],
 
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+# k, kept as a numpy int64 by the selector: a larger one was an error of the run, exit 1
+_token_count = _checked(int, lambda v: 0 < v < 2**63, "a positive integer below 2**63")
 _port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
@@ -362,7 +364,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "'few': 1e4), or 'none' for token features only; pairs enter the geo "
                         "selector")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
-    g.add_argument("--k", type=_positive_int, help="tokens that vote with --selector topk")
+    g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
                    help="topk: k lowest-entropy tokens vote; all: every token votes; "
                         "avg: argmax of the mean token probabilities; geo: argmax of the "
@@ -1637,7 +1639,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add each expert's score (what confidence is for the winner: its "
                             "vote share, mean probability or normalised geometric mean "
                             "probability), without the voting tokens")
-    p.add_argument("--k", type=_positive_int, help="override the router's k")
+    p.add_argument("--k", type=_token_count, help="override the router's k")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024,
                    help="prompts per batch (default %(default)s)")
