@@ -1486,6 +1486,46 @@ def test_experts_add_of_the_router_to_itself_says_what_is_wrong(built: dict[str,
                    "expert's statistics file (ir3de stats)\n")
 
 
+def test_a_router_whose_model_folder_moved_is_used_with_embedder(make_model_folder,
+                                                                  corpora: dict[str, Path],
+                                                                  tmp_path: Path,
+                                                                  capsys) -> None:
+    """Routers record their model folder's path: once it moved (a router copied to another
+    machine), route, inspect and experts failed with "no such model folder" and had no
+    option to say where it is now."""
+    folder, _ = make_model_folder("model")
+    PROMPT = "solve x math"  # (the tiny tokenizer's words)
+    files = {}
+    for domain in ("math", "coding", "law"):
+        files[domain] = tmp_path / f"{domain}.st"
+        assert run(capsys, "stats", corpora[domain], "--domain", domain, "-o", files[domain],
+                   "--embedder", folder, "-q")[0] == 0
+    router = tmp_path / "r.st"
+    assert run(capsys, "build", files["math"], files["coding"], "-o", router, "-q")[0] == 0
+    before = run(capsys, "route", router, PROMPT)[1]
+    assert json.loads(before)["expert"] in ("math", "coding")
+    moved = folder.rename(tmp_path / "moved")
+    code, _, err = run(capsys, "route", router, PROMPT)
+    assert code == 1 and err.startswith(f"ir3de: error: {folder}: no such model folder (the "
+                                        f"embedder {router} was built with: where its files are "
+                                        "now, load it with embedder=THAT_PLACE, on the command "
+                                        "line --embedder)")
+    assert run(capsys, "route", router, PROMPT, "--embedder", moved) == \
+        (0, before, "")
+    assert run(capsys, "inspect", router, "--embedder", moved)[0] == 0
+    code, _, err = run(capsys, "build", files["math"], files["coding"], "-o", tmp_path / "b.st")
+    assert code == 1 and err == (f"ir3de: error: {folder}: no such model folder (the embedder "
+                                 f"{files['math']} was counted with: where its files are now, "
+                                 "give --embedder)\n")
+    assert run(capsys, "experts", "list", router, "--embedder", moved)[0] == 0
+    # experts add writes the router with the embedder's new place: it routes without it
+    assert run(capsys, "experts", "add", router, files["law"], "--embedder", moved, "-q") == \
+        (0, "", "")
+    assert run(capsys, "route", router, PROMPT)[0] == 0
+    code, _, err = run(capsys, "inspect", files["law"], "--embedder", moved)
+    assert code == 1 and "apply to a router file" in err
+
+
 def test_quiet_commands_write_their_file_and_say_nothing(built: dict[str, Path],
                                                         tmp_path: Path, capsys) -> None:
     """build, merge, experts add/remove and keygen printed a summary line that scripts had

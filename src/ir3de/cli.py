@@ -313,13 +313,19 @@ _alpha = _number_or({"auto": "auto"}, "the smoothing α")
 _pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass")
 
 
-def _add_embedder_args(p: argparse.ArgumentParser, default: str | None) -> None:
+def _add_embedder_args(p: argparse.ArgumentParser, default: str | None, *,
+                       router: bool = False) -> None:
+    """--embedder, --table and --tensor; ``router``: of a command reading a router, where
+    they say where the recorded embedder's files are now."""
     g = p.add_argument_group("embedding")
+    recorded = ("; default: the one the router records (give this where its files are now, "
+                "e.g. a router copied to another machine; its fingerprint must match)"
+                if router else "; default: the one recorded in the input files")
     g.add_argument("--embedder", default=default, metavar="NAME|DIR|TOKENIZER",
                    type=_embedder_source,
                    help="'wordllama' (bundled default), 'minilm' (extra ir3de[minilm]), a local "
                         "Hugging Face model folder, or a tokenizer.json used with --table"
-                        + ("" if default else "; default: the one recorded in the input files"))
+                        + ("" if default else recorded))
     g.add_argument("--table", metavar="FILE", type=_file,
                    help="embedding table (.safetensors or .npy) paired with --embedder "
                         "TOKENIZER (a tokenizer.json); refused with any other --embedder")
@@ -465,14 +471,18 @@ def _announce_solve(config: RouterConfig, quiet: bool = False) -> None:
         print("choosing the identity μ by leave-one-out…", file=sys.stderr)
 
 
-def _load_router(path: str, quiet: bool = False) -> Router:
-    """:meth:`Router.load` for the experts commands, announcing a slow solve first: a
-    router saved with its identity μ is solved once at it, one saved without (older files)
-    searches again."""
+def _load_router(path: str, args: argparse.Namespace, quiet: bool = False) -> Router:
+    """:meth:`Router.load` for the commands that read a router, with the embedder of
+    ``--embedder`` (``--table``, ``--tensor``) where it is given: one whose files moved
+    since the router was built (a router copied to another machine). The experts
+    commands announce a slow solve first: a router saved with its identity μ is solved once
+    at it, one saved without (older files) searches again."""
+    _check_embedder_args(args)
+    embedder = None if args.embedder is None else _embedder_from_args(args)
     meta = read_router_meta(path)
-    if meta.get("identity_mu") is None:
+    if meta.get("identity_mu") is None and args.command == "experts":
         _announce_solve(RouterConfig.from_dict(meta["config"]), quiet)
-    return Router.load(path)
+    return Router.load(path, embedder=embedder)
 
 
 def _verify_trusted(named: Sequence[tuple[str, DomainStats]], trust: str | None) -> None:
@@ -781,7 +791,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         # file has the same cap); a different routing cap is a choice, made with the option.
         config = config.with_settings(max_tokens=named[0][1].max_tokens)
     # Without --embedder, reload the embedder the statistics were made with.
-    embedder = named[0][1].embedder if args.embedder is None else _embedder_from_args(args)
+    if args.embedder is None:
+        try:
+            embedder = load_embedder(named[0][1].embedder)
+        except IR3DEError as exc:
+            raise type(exc)(f"{exc} (the embedder {named[0][1].source} was counted with: "
+                            "where its files are now, give --embedder)") from None
+    else:
+        embedder = _embedder_from_args(args)
     _announce_solve(config, args.quiet)
     # Renamed only under another name: renaming drops a signature, which the router keeps.
     router = Router(embedder, config).fit_stats(
@@ -952,7 +969,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.text_field is not None and args.input is None:
         raise IR3DEError("--text-field applies to --input (JSONL records) only; prompts given "
                          "as arguments or as plain text on standard input are read whole")
-    router = Router.load(args.router)
+    router = _load_router(args.router, args)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
         _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)
@@ -989,7 +1006,7 @@ def _decision(decision: Decision, explain: bool) -> dict[str, Any]:
 def cmd_experts(args: argparse.Namespace) -> int:
     if args.action == "list":
         # loaded as route and inspect load it: a router they refuse is refused here too
-        router = _load_router(args.router)
+        router = _load_router(args.router, args)
         for name in router.experts:
             s = router.stats[name]
             if args.json:
@@ -1016,7 +1033,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     # From reading the router to writing it: two commands updating one router at once
     # each reported success, and the expert of one was lost.
     with locked_for_update(args.router):
-        router = _load_router(args.router, args.quiet)
+        router = _load_router(args.router, args, args.quiet)
         before = router.smoothing
         if args.action == "add":
             _announce_solve(router.config, args.quiet)  # a new expert: μ is chosen again
@@ -1049,6 +1066,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["has_doc_counts"] = stats.doc_counts is not None
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
+    if kind == "ir3de-stats" and (args.embedder, args.table, args.tensor) != (None,) * 3:
+        raise IR3DEError("--embedder, --table and --tensor apply to a router file; a "
+                         "statistics file is inspected without its embedder")
     router = None
     if args.trust is not None:
         # every expert (or the file) checked before anything is printed: a refusal names it
@@ -1056,7 +1076,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         trusted = load_trusted(args.trust)
         if kind == "ir3de-router":
-            router = Router.load(args.file)
+            router = _load_router(args.file, args)
             signers = verify_all([router.stats[e["name"]] for e in info["experts"]], trusted)
             for e, signer in zip(info["experts"], signers, strict=True):
                 e["signed_by"] = signer
@@ -1075,7 +1095,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if kind == "ir3de-router" and router is None:
         # Loaded as `ir3de route` loads it (tensors, counts, embedder, solve), so a file
         # that route would refuse fails here with the same error, not only a bad header.
-        Router.load(args.file)
+        _load_router(args.file, args)
     if args.json:  # only now: a JSON reader gets a router that loads or no document at all
         _print_json({"kind": kind, **info})
     return 0
@@ -1643,6 +1663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024,
                    help="prompts per batch (default %(default)s)")
+    _add_embedder_args(p, None, router=True)
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("experts", formatter_class=fmt, help="list, add or remove experts",
@@ -1655,6 +1676,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("router", type=_file, help="router file")
     e.add_argument("--json", action="store_true",
                    help="print one JSON object per expert (name, n_prompts, n_tokens)")
+    _add_embedder_args(e, None, router=True)
     e = esub.add_parser("add", help="add an expert from its statistics file")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("stats", type=_file, help="statistics file")
@@ -1665,6 +1687,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
     _add_quiet(e, solve=True)
+    _add_embedder_args(e, None, router=True)
     e.add_argument("--trust", metavar="DIR", type=_folder,
                    help="accept the statistics only if signed by a public key (*.pub) in DIR, "
                         "as build --trust; an unsigned, untrusted, altered or renamed (--name) "
@@ -1678,6 +1701,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true",
                    help="let --output replace a file that is not an ir3de router")
     _add_quiet(e, solve=True)
+    _add_embedder_args(e, None, router=True)
     p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="describe a router or statistics file",
@@ -1692,6 +1716,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "counts, tables and signature. A router is then loaded as route "
                                    "loads it.")
     p.add_argument("file", type=_file, help="router or statistics file")
+    _add_embedder_args(p, None, router=True)
     p.add_argument("--json", action="store_true",
                    help="machine-readable output, printed once a router has loaded (nothing "
                         "on stdout for one that fails)")
