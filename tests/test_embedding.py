@@ -520,6 +520,49 @@ def test_hf_folder_errors(tmp_path: Path) -> None:
         load_embedder(empty)
 
 
+def test_model_folder_mistakes_are_named(make_model_folder, tmp_path: Path) -> None:
+    """Folders as users have them: a clone without Git LFS, pickled weights only, a
+    sentencepiece tokenizer only, a stray checkpoint holding the same tensor (its table was
+    read silently), an index pointing out of the folder, a named pipe (read forever)."""
+    import os
+
+    folder, _ = make_model_folder("lfs")
+    (folder / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(IR3DEError, match=r"model\.safetensors: a Git LFS pointer, not the "
+                                         r"file itself .*git lfs pull"):
+        load_embedder(folder)
+    folder, _ = make_model_folder("pickled")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"PK")
+    with pytest.raises(IR3DEError, match=r"no \.safetensors weights in this model folder "
+                                         r"\(pytorch_model\.bin is not read: pickled"):
+        load_embedder(folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.model").write_bytes(b"sp")
+    with pytest.raises(IR3DEError, match=r"no tokenizer\.json in this model folder "
+                                         r"\(tokenizer\.model is not read"):
+        load_embedder(folder)
+    folder, _ = make_model_folder("stray")
+    (folder / "a_old.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(IR3DEError, match=r"tensor 'model\.embed_tokens\.weight' is in several "
+                                         r"files \(a_old\.safetensors, model\.safetensors\)"):
+        load_embedder(folder)
+    folder, _ = make_model_folder("outside", sharded=True)
+    index = folder / "model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    for shard in ("/etc/passwd", "../outside/model-00002-of-00002.safetensors"):
+        content["weight_map"]["model.embed_tokens.weight"] = shard
+        index.write_text(json.dumps(content))
+        with pytest.raises(IR3DEError, match="not a file of this folder"):
+            load_embedder(folder)
+    folder, _ = make_model_folder("fifo")
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    with pytest.raises(IR3DEError, match=r"model\.safetensors: not a regular file"):
+        load_embedder(folder)
+
+
 def test_tokenizer_json_with_npy_table(tmp_path: Path) -> None:
     tok = tmp_path / "tokenizer.json"
     vocab = write_tiny_tokenizer(tok)

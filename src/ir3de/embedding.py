@@ -685,15 +685,26 @@ def _weight_map(index: Path) -> dict[str, str]:
         if not isinstance(shard, str) or not shard:
             raise IR3DEError(f"{index}: 'weight_map' entry {name!r} is {json.dumps(shard)}, "
                              "not a shard file name")
+        # A shard is a file of this folder: an absolute path or a '..' was followed out of it
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise IR3DEError(f"{index}: 'weight_map' entry {name!r} is {json.dumps(shard)}, "
+                             "not a file of this folder")
     return weight_map
 
 
 def _hf_folder(folder: Path, tensor: str | None) -> tuple[Path, Path, str]:
     tok = folder / "tokenizer.json"
     if not tok.is_file():
-        if tok.is_symlink():  # as in the Hugging Face cache, whose blob may be gone
+        if tok.is_symlink() and not tok.exists():  # the Hugging Face cache's blob is gone
             raise IR3DEError(f"{tok}: a broken link (to {os.readlink(tok)})")
-        raise IR3DEError(f"{folder}: no tokenizer.json in this model folder")
+        if tok.exists():  # a named pipe would be read without end
+            raise IR3DEError(f"{tok}: not a regular file")
+        others = [n for n in ("tokenizer.model", "vocab.txt", "vocab.json") if
+                  (folder / n).exists()]
+        raise IR3DEError(f"{folder}: no tokenizer.json in this model folder"
+                         + (f" ({others[0]} is not read: save the tokenizer as tokenizer.json, "
+                            "e.g. with transformers' AutoTokenizer.from_pretrained(folder)"
+                            ".save_pretrained(folder))" if others else ""))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _weight_map(index)
@@ -704,20 +715,29 @@ def _hf_folder(folder: Path, tensor: str | None) -> tuple[Path, Path, str]:
         return tok, folder / weight_map[name], name
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
-        raise IR3DEError(f"{folder}: no .safetensors weights in this model folder")
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        raise IR3DEError(f"{folder}: no .safetensors weights in this model folder"
+                         + (f" ({pickled[0]} is not read: pickled weights can run code when "
+                            "loaded; convert them to safetensors, e.g. with transformers' "
+                            "save_pretrained(folder, safe_serialization=True))"
+                            if pickled else ""))
     # Every shard's names first, then one pick over all of them: a usual name in a later
     # shard must win over a weak match (a lone tensor, a suffix) in an earlier one.
-    holder: dict[str, Path] = {}
+    holders: dict[str, list[Path]] = {}
     for shard in shards:
         for name in safetensors_names(shard):
-            holder.setdefault(name, shard)
-    if tensor is not None:
-        if tensor not in holder:
-            raise IR3DEError(f"{folder}: no tensor named {tensor!r} in {len(shards)} "
-                             f"shard(s) (candidates: {list(holder)[:10]})")
-        return tok, holder[tensor], tensor
-    name = _pick_tensor(list(holder), f"{folder} ({len(shards)} shard(s))")
-    return tok, holder[name], name
+            holders.setdefault(name, []).append(shard)
+    if tensor is not None and tensor not in holders:
+        raise IR3DEError(f"{folder}: no tensor named {tensor!r} in {len(shards)} "
+                         f"shard(s) (candidates: {list(holders)[:10]})")
+    name = tensor if tensor is not None else \
+        _pick_tensor(list(holders), f"{folder} ({len(shards)} shard(s))")
+    if len(holders[name]) > 1:
+        # (a stray old checkpoint beside the model: the first by name was read, unsaid)
+        raise IR3DEError(f"{folder}: tensor {name!r} is in several files "
+                         f"({', '.join(p.name for p in holders[name])}): remove the stray "
+                         "ones, or add a model.safetensors.index.json naming the file to read")
+    return tok, holders[name][0], name
 
 
 def _file_state(spec: dict[str, Any]) -> tuple[tuple[str, int, int, int], ...]:

@@ -385,12 +385,17 @@ def _nests_deeper(value: Any, limit: int) -> bool:
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int]:
+    # A named pipe or a device in a model folder would be read without end.
+    require_file(path, StatsFormatError)
     with path.open("rb") as fh:
         head = fh.read(8)
         if len(head) != 8:
             raise StatsFormatError(f"{path}: too short to be a safetensors file")
         (n,) = struct.unpack("<Q", head)
         if n > 100_000_000:
+            if head + fh.read(len(_LFS_POINTER) - 8) == _LFS_POINTER:
+                raise StatsFormatError(f"{path}: a Git LFS pointer, not the file itself (a "
+                                       "clone without LFS): fetch it with git lfs pull")
             raise StatsFormatError(f"{path}: not a safetensors file (implausible header "
                                    f"size {n})")
         raw = fh.read(n)
@@ -404,6 +409,10 @@ def _header(path: Path) -> tuple[dict[str, Any], int]:
         if name != "__metadata__":
             _check_entry(path, name, info)
     return header, 8 + n
+
+
+# How a file that Git LFS did not fetch begins (its pointer text, a few lines)
+_LFS_POINTER = b"version https://git-lfs"
 
 
 def _check_entry(path: Path, name: str, info: object) -> None:
