@@ -875,7 +875,9 @@ class Router:
         the softmax of the mean log-likelihood (``geo``),
         the mean token probabilities (``avg``) or the voters' shares (``topk``, ``all``);
         what ``route(..., explain=True)`` reports as ``scores``. A row's argmax is the
-        prediction, except where votes tie: the voters' summed probabilities break that.
+        prediction, except where votes tie (the voters' summed probabilities break that)
+        and where two experts' scores are exactly equal: routing picks the first in
+        :attr:`experts` order, the columns here are in sorted order.
 
         Example:
             >>> router.classes_  # doctest: +SKIP

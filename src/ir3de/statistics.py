@@ -204,8 +204,11 @@ class DomainStats:
         # More of what every sum of x̃x̃ᵀ and x̃ is: a diagonal of sums of squares, and a
         # bias column (x̃'s last entry is 1) that is b itself. A symmetric edit of A (a
         # negated diagonal entry, A scaled) passed the check above and moved W.
-        if np.any(np.diagonal(self.A) < 0) or np.abs(self.A[:, -1] - self.b).max(
-                initial=0.0) > _SYMMETRY_RTOL * scale:
+        # (Beyond rounding: a difference of sums, ``(a + b) - a``, may keep a few ulps of
+        # the larger sum below zero.)
+        tolerance = _SYMMETRY_RTOL * scale
+        if np.any(np.diagonal(self.A) < -tolerance) or np.abs(self.A[:, -1] - self.b).max(
+                initial=0.0) > tolerance:
             raise StatsFormatError(f"{self.source}: A and b are no sums of x̃x̃ᵀ and x̃ (A "
                                    "has a negative diagonal entry, or its bias column is not "
                                    "b): a damaged or hand-made file?")
@@ -1006,7 +1009,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     Exact are the integers: token and prompt counts, token-id counts, document and pair
     frequencies (and so ``A``'s and ``b``'s bias entries, which are token counts); the rest
     of ``A`` and ``b`` is summed in floating point and equals one pass's to rounding
-    (~1e-15 relative), not to the bit. Routers read only the counts for the ``default``,
+    (~1e-15 relative to the sum: after a subtraction, relative to the larger sum, not to
+    what remains), not to the bit. Routers read only the counts for the ``default``,
     ``unigram`` and ``identity`` presets (the identity ridge rebuilds its system from the
     token-id counts), so those are the very routers of a central fit; the ``paper`` and
     ``dense`` presets solve with ``A`` and ``b`` and agree to rounding.
