@@ -597,8 +597,12 @@ def test_tokenizer_with_more_ids_than_rows(tmp_path: Path) -> None:
     vocab = write_tiny_tokenizer(tok)
     np.save(tmp_path / "small.npy", np.zeros((vocab - 1, 4), np.float32))
     with pytest.raises(IR3DEError, match=f"ids up to {vocab - 1} but the table only "
-                                         f"{vocab - 1} rows"):
+                                         f"{vocab - 1} rows$"):
         load_embedder(tok, table=tmp_path / "small.npy")
+    np.save(tmp_path / "transposed.npy", np.zeros((4, vocab), np.float32))
+    with pytest.raises(IR3DEError, match=rf"only 4 rows \(its shape \(4, {vocab}\) looks "
+                                         r"transposed: one row per token id is expected\)"):
+        load_embedder(tok, table=tmp_path / "transposed.npy")
     # ids with a gap: 4 entries, the largest id 3000 (it passed, and every prompt with
     # "world" then failed with an IndexError)
     vocab_json = {"[UNK]": 0, "hello": 1, "math": 2, "world": 3000}

@@ -128,8 +128,11 @@ class Embedder:
         n_vocab = max(tokenizer.get_vocab_size(with_added_tokens=True),
                       max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
         if n_vocab > table.shape[0]:
+            transposed = table.shape[1] >= n_vocab  # (saved as width by vocabulary)
             raise IR3DEError(f"{name}: tokenizer has ids up to {n_vocab - 1} but the table "
-                             f"only {table.shape[0]} rows")
+                             f"only {table.shape[0]} rows"
+                             + (f" (its shape {table.shape} looks transposed: one row per "
+                                "token id is expected)" if transposed else ""))
         self.tokenizer = tokenizer
         self.table = table
         self.spec = spec
