@@ -44,7 +44,12 @@ from .data import (
     refuse_repeated_paths,
 )
 from .distributed import local_matches
-from .embedding import DEFAULT_MAX_TOKENS, load_embedder, misplaced_table_or_tensor
+from .embedding import (
+    DEFAULT_MAX_TOKENS,
+    load_embedder,
+    load_recorded,
+    misplaced_table_or_tensor,
+)
 from .errors import (
     IR3DEError,
     StatsFormatError,
@@ -471,17 +476,17 @@ def _announce_solve(config: RouterConfig, quiet: bool = False) -> None:
         print("choosing the identity μ by leave-one-out…", file=sys.stderr)
 
 
-def _load_router(path: str, args: argparse.Namespace, quiet: bool = False) -> Router:
+def _load_router(path: str, args: argparse.Namespace, *, announce: bool = False) -> Router:
     """:meth:`Router.load` for the commands that read a router, with the embedder of
     ``--embedder`` (``--table``, ``--tensor``) where it is given: one whose files moved
-    since the router was built (a router copied to another machine). The experts
-    commands announce a slow solve first: a router saved with its identity μ is solved once
-    at it, one saved without (older files) searches again."""
+    since the router was built (a router copied to another machine). With ``announce``
+    (the experts commands), a slow solve is announced first: a router saved with its
+    identity μ is solved once at it, one saved without (older files) searches again."""
     _check_embedder_args(args)
     embedder = None if args.embedder is None else _embedder_from_args(args)
     meta = read_router_meta(path)
-    if meta.get("identity_mu") is None and args.command == "experts":
-        _announce_solve(RouterConfig.from_dict(meta["config"]), quiet)
+    if meta.get("identity_mu") is None and announce:
+        _announce_solve(RouterConfig.from_dict(meta["config"]))
     return Router.load(path, embedder=embedder)
 
 
@@ -791,14 +796,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         # file has the same cap); a different routing cap is a choice, made with the option.
         config = config.with_settings(max_tokens=named[0][1].max_tokens)
     # Without --embedder, reload the embedder the statistics were made with.
-    if args.embedder is None:
-        try:
-            embedder = load_embedder(named[0][1].embedder)
-        except IR3DEError as exc:
-            raise type(exc)(f"{exc} (the embedder {named[0][1].source} was counted with: "
-                            "where its files are now, give --embedder)") from None
-    else:
-        embedder = _embedder_from_args(args)
+    embedder = _embedder_from_args(args) if args.embedder is not None else load_recorded(
+        named[0][1].embedder, f"{named[0][1].source} was counted with", "give --embedder")
     _announce_solve(config, args.quiet)
     # Renamed only under another name: renaming drops a signature, which the router keeps.
     router = Router(embedder, config).fit_stats(
@@ -1006,7 +1005,7 @@ def _decision(decision: Decision, explain: bool) -> dict[str, Any]:
 def cmd_experts(args: argparse.Namespace) -> int:
     if args.action == "list":
         # loaded as route and inspect load it: a router they refuse is refused here too
-        router = _load_router(args.router, args)
+        router = _load_router(args.router, args, announce=True)
         for name in router.experts:
             s = router.stats[name]
             if args.json:
@@ -1033,7 +1032,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     # From reading the router to writing it: two commands updating one router at once
     # each reported success, and the expert of one was lost.
     with locked_for_update(args.router):
-        router = _load_router(args.router, args, args.quiet)
+        router = _load_router(args.router, args, announce=not args.quiet)
         before = router.smoothing
         if args.action == "add":
             _announce_solve(router.config, args.quiet)  # a new expert: μ is chosen again
@@ -1912,16 +1911,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     try:
+        # (inside: --help or --version that cannot be written is an IR3DEError, _Messages)
         args = parser.parse_args(argv)
-    except IR3DEError as exc:  # --help or --version could not be written (_Messages)
-        print(f"ir3de: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # ``ir3de --help | head -1``: not an error
-        sys.stderr.close()
-        return 0
-    if argv is not None:
-        args.argv = list(argv)
-    try:
+        if argv is not None:
+            args.argv = list(argv)
         with _sigterm_as_interrupt(args.command):
             code = args.func(args)
             _flush_stdout()  # a buffered write fails here, reported as any error, not at exit

@@ -935,3 +935,15 @@ def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None,
     """
     spec = resolve_spec(source, table=table, tensor=tensor)
     return _load_cached(json.dumps(spec, sort_keys=True), _file_state(spec))
+
+
+def load_recorded(recipe: dict[str, Any], recorded_by: str, how: str) -> Embedder:
+    """:func:`load_embedder` for the recipe a statistics or router file records; where it
+    cannot be loaded (the model folder moved, the file was copied to another machine), the
+    error also says whose embedder it is (``recorded_by``: "r.st was built with") and
+    ``how`` to give its new place: the loader's own message does not."""
+    try:
+        return load_embedder(recipe)
+    except IR3DEError as exc:
+        raise type(exc)(f"{exc} (the embedder {recorded_by}: where its files are now, "
+                        f"{how})") from None

@@ -28,7 +28,13 @@ from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, EmbedderLike, as_embedder
+from .embedding import (
+    DEFAULT_MAX_TOKENS,
+    Embedder,
+    EmbedderLike,
+    as_embedder,
+    load_recorded,
+)
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -950,16 +956,9 @@ class Router:
         require_path(path, "Router.load")
         tensors, meta = read_safetensors(path)
         meta = _check_router_meta(meta, str(path))
-        try:
-            emb = _embedder(embedder if embedder is not None else meta["embedder"])
-        except IR3DEError as exc:
-            if embedder is not None:
-                raise
-            # A router copied to another machine, or a model folder moved: the recorded
-            # place is gone, and the way out is not in the loader's message.
-            raise type(exc)(f"{exc} (the embedder {path} was built with: where its files "
-                            "are now, load it with embedder=THAT_PLACE, on the command line "
-                            "--embedder)") from None
+        emb = _embedder(embedder) if embedder is not None else load_recorded(
+            meta["embedder"], f"{path} was built with",
+            "load it with embedder=THAT_PLACE, on the command line --embedder")
         if emb.fingerprint != meta["fingerprint"]:
             recorded, loaded = told_apart(meta["fingerprint"], emb.fingerprint)
             raise FingerprintMismatchError(
