@@ -15,7 +15,8 @@ Measured per h, best and median of ``--repeats`` rounds after a warm-up round:
   (``Router(...).fit_stats`` of all 5, resp. the 4 left), and a full refit from the
   histograms (``stats_from_counts`` of every domain + ``fit_stats``), i.e. what a
   system without stored statistics would redo;
-* where the time of one re-solve goes: ``solver.design`` (sum of the A_d),
+* where the time of one re-solve goes: ``solver.design`` (sum of the A_d, each formed
+  from its histogram once and kept with its statistics),
   ``solver.solve`` (LU solve of the (h+1) x (h+1) system) and
   ``selector.vocab_scores`` (per-vocabulary probabilities/entropy/votes); with identity
   features, ``solver.solve_identity_auto`` (the μ search, which keeps its solve at the
@@ -148,7 +149,8 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
             t_solve = 0.0
             t_scores, _ = timed(VocabScores.from_logits, L)
         elif config.identity is None:
-            t_design, (A, B) = timed(design, stats, [*base, new], balance=config.balance)
+            t_design, (A, B) = timed(design, stats, [*base, new], balance=config.balance,
+                                     embedder=emb)
             t_solve, W = timed(solve, A, B, lam=config.lam, normalize=config.normalize,
                                regularize_bias=config.regularize_bias)
             t_scores, _ = timed(vocab_scores, emb, W)

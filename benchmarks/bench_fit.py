@@ -154,8 +154,8 @@ def bench(emb: Embedder, corpus_name: str, corpus: dict[str, list[str]], args) -
     # The two paths must agree (same statistics, different summation order).
     worst = 0.0
     for d, texts in sub.items():
-        a = compute_stats(emb, texts, domain=d, max_tokens=mt).A
-        b = streaming_stats(emb, texts, domain=d, max_tokens=mt).A
+        a = compute_stats(emb, texts, domain=d, max_tokens=mt).gram(emb)
+        b = streaming_stats(emb, texts, domain=d, max_tokens=mt).gram(emb)
         worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
 
     def rates(times: list[float], n: int) -> tuple[float, float]:

@@ -42,7 +42,7 @@ def _scores(emb, stats: dict, mu: float) -> np.ndarray:
     """Per-vocabulary ridge scores (V, D)."""
     experts = list(stats)
     if np.isinf(mu):
-        A, B = design(stats, experts, balance=True)
+        A, B = design(stats, experts, balance=True, embedder=emb)
         W, U = solve(A, B, normalize=False), 0.0
     else:
         W, U = solve_identity(stats, experts, emb, mu=mu, balance=True)

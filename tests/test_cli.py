@@ -122,9 +122,11 @@ def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsy
     code, text, _ = run(capsys, "inspect", built["math"])
     assert code == 0 and "math" in text and "4 prompts" in text
     n_pairs = DomainStats.load(built["math"]).pairs.keys.size
-    assert f"holds        A, b, token counts, document frequencies, {n_pairs} token pairs" in text
+    assert (f"holds        b, token counts, document frequencies, {n_pairs} token pairs  (A is "
+            "formed from the token counts)") in text
     info = json.loads(run(capsys, "inspect", built["math"], "--json")[1])
     assert (info["n_pairs"], info["has_counts"], info["has_doc_counts"]) == (n_pairs, True, True)
+    assert info["has_A"] is False and info["version"] == 2
 
 
 def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
@@ -162,7 +164,10 @@ def test_merge_of_shards_equals_one_fit(corpora, tmp_path: Path, capsys) -> None
                "-o", tmp_path / "merged.st")[0] == 0
     merged = DomainStats.load(tmp_path / "merged.st")
     whole = DomainStats.load(tmp_path / "whole.st")
-    np.testing.assert_allclose(merged.A, whole.A, rtol=1e-9)
+    # Files of version 2: counts, not A, which is formed from them (so exactly).
+    assert merged.A is None and whole.A is None
+    np.testing.assert_array_equal(merged.counts, whole.counts)
+    np.testing.assert_allclose(merged.b, whole.b, rtol=1e-9)
     assert (merged.n_tokens, merged.n_prompts) == (whole.n_tokens, whole.n_prompts)
 
 
@@ -1212,9 +1217,9 @@ def test_inspect_refuses_what_route_refuses(built: dict[str, Path], tmp_path: Pa
     """inspect loads a router as route does: a corrupt file fails both with the same error
     (after the header, which names the embedder)."""
     tensors, meta = read_safetensors(built["router"])
-    nan_a = tensors["A"].copy()
-    nan_a[0, 0, 0] = np.nan
-    broken = {"nan.st": {**tensors, "A": nan_a},
+    nan_b = tensors["b"].copy()
+    nan_b[0, 0] = np.nan
+    broken = {"nan.st": {**tensors, "b": nan_b},
               "short_counts.st": {**tensors, "doc_counts": tensors["doc_counts"][:, :-1].copy()},
               "no_pair_offsets.st": {k: v for k, v in tensors.items() if k != "pair_offsets"}}
     for name, bad in broken.items():
@@ -1571,10 +1576,10 @@ def test_experts_list_and_inspect_json_refuse_what_route_refuses(built: dict[str
     """experts list read the header only; inspect --json printed a whole JSON document
     for a router it then refused."""
     tensors, meta = read_safetensors(built["router"])
-    nan_a = tensors["A"].copy()
-    nan_a[0, 0, 0] = np.nan
+    nan_b = tensors["b"].copy()
+    nan_b[0, 0] = np.nan
     broken = tmp_path / "nan.st"
-    write_safetensors(broken, {**tensors, "A": nan_a}, meta)
+    write_safetensors(broken, {**tensors, "b": nan_b}, meta)
     code, _, err = run(capsys, "route", broken, "What is 5 plus 9?")
     assert code == 1 and err.startswith(f"ir3de: error: {broken}")
     assert run(capsys, "experts", "list", broken) == (1, "", err)

@@ -355,11 +355,14 @@ def test_load_with_minilm_mismatch(toy_router: Router, tmp_path: Path,
         Router.load(path, embedder=minilm)
 
 
-def test_load_rejects_bad_router_files(toy_router: Router, toy_stats,
+def test_load_rejects_bad_router_files(toy_router: Router, toy_stats, emb: Embedder,
                                        tmp_path: Path) -> None:
     path = tmp_path / "router.safetensors"
-    toy_router.save(path)
+    # A version 1 file: every expert's A stored (beside the counts it is formed from).
+    Router(emb, toy_router.config).fit_stats(
+        [dataclasses.replace(s, A=s.gram(emb)) for s in toy_router.stats.values()]).save(path)
     tensors, meta = read_safetensors(path)
+    assert meta["version"] == 1 and tensors["A"].shape[0] == len(toy_router.experts)
 
     def rewrite(name: str, new_tensors=None, **meta_changes) -> Path:
         out = tmp_path / name
@@ -371,9 +374,9 @@ def test_load_rejects_bad_router_files(toy_router: Router, toy_stats,
     nan_A[1, 5, 5] = np.nan
     with pytest.raises(StatsFormatError, match="NaN/Inf"):
         Router.load(rewrite("nan.st", {"A": nan_A, "b": tensors["b"]}))
-    with pytest.raises(StatsFormatError, match="do not match"):
+    with pytest.raises(StatsFormatError, match="tensor b does not match 4 experts of width 256"):
         Router.load(rewrite("shape.st", {"A": tensors["A"][:3], "b": tensors["b"][:3]}))
-    with pytest.raises(StatsFormatError, match="do not match"):
+    with pytest.raises(StatsFormatError, match="tensor b does not match"):
         Router.load(rewrite("missing.st", {"A": tensors["A"]}))
     with pytest.raises(StatsFormatError, match="version"):
         Router.load(rewrite("version.st", version=99))
@@ -396,6 +399,57 @@ def test_load_rejects_bad_router_files(toy_router: Router, toy_stats,
         DomainStats.load(path)
     with pytest.raises(StatsFormatError, match="no such file"):
         Router.load(tmp_path / "absent.st")
+
+
+def test_version_2_files_keep_A_only_for_experts_without_counts(
+        toy_router: Router, toy_stats, emb: Embedder, tmp_path: Path) -> None:
+    """A is formed from the token counts, so a router whose experts carry them stores none
+    (at h = 8192 it is 537 MB per expert); experts of statistics without counts keep theirs,
+    listed in A_experts."""
+    path = tmp_path / "router.safetensors"
+    toy_router.save(path)
+    tensors, meta = read_safetensors(path)
+    assert meta["version"] == 2 and "A" not in tensors and "A_experts" not in tensors
+    loaded = Router.load(path)
+    assert all(s.A is None for s in loaded.stats.values())
+    # One expert from statistics without counts (the reference accumulation): its A alone
+    # is stored; a ridge router solves from both kinds.
+    names = list(toy_stats)
+    old = streaming_stats(emb, CORPORA[names[1]], domain=names[1])
+    mixed = {**toy_stats, names[1]: old}
+    for preset in ("dense", "default"):
+        if preset == "default":  # nb reads document frequencies, which old ones lack
+            mixed = {**mixed, names[1]: dataclasses.replace(
+                toy_stats[names[1]], A=toy_stats[names[1]].gram(emb))}
+        router = Router(emb, RouterConfig.preset(preset)).fit_stats(mixed)
+        router.save(path)
+        tensors, meta = read_safetensors(path)
+        assert meta["version"] == 2
+        np.testing.assert_array_equal(tensors["A_experts"], [names.index(names[1])])
+        assert tensors["A"].shape == (1, emb.dim + 1, emb.dim + 1)
+        again = Router.load(path)
+        np.testing.assert_array_equal(again.W, router.W)
+        assert [s.A is None for s in again.stats.values()] == [n != names[1] for n in names]
+
+    def rewrite(name: str, new_tensors, **meta_changes) -> Path:
+        out = tmp_path / name
+        write_safetensors(out, new_tensors, {**meta, **meta_changes})
+        return out
+
+    with pytest.raises(StatsFormatError, match=r"a\.st: holds no tensor 'A'; a version 2 "
+                                               r"router file holds A for the experts that "
+                                               r"'A_experts' lists, or for none"):
+        Router.load(rewrite("a.st", {k: v for k, v in tensors.items() if k != "A"}))
+    with pytest.raises(StatsFormatError, match=r"holds no tensor 'A'; a version 1 router file "
+                                               r"holds every expert's A"):
+        Router.load(rewrite("v1.st", {k: v for k, v in tensors.items() if k != "A"},
+                            version=1))
+    with pytest.raises(StatsFormatError, match=r"tensor A does not match 4 experts of width "
+                                               r"256; a version 1 router file holds every"):
+        Router.load(rewrite("v1b.st", tensors, version=1))
+    with pytest.raises(StatsFormatError, match=r"'A_experts' must list distinct expert "
+                                               r"indices"):
+        Router.load(rewrite("rows.st", {**tensors, "A_experts": np.array([7])}))
 
 
 def _expert(meta, **changes) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -35,9 +36,9 @@ def reference_solve(A: np.ndarray, B: np.ndarray, lam: float, regularize_bias: b
     return W
 
 
-def test_solve_matches_the_formula(toy_stats: dict[str, DomainStats]) -> None:
+def test_solve_matches_the_formula(toy_stats: dict[str, DomainStats], emb) -> None:
     names = list(toy_stats)
-    A = sum(toy_stats[n].A for n in names)
+    A = sum(toy_stats[n].gram(emb) for n in names)
     B = np.stack([toy_stats[n].b for n in names], axis=1)
     for lam in (1e-3, DEFAULT_LAMBDA, 1.0):
         for regularize_bias in (True, False):
@@ -93,30 +94,51 @@ def test_solve_errors() -> None:
     assert np.all(solve(A, np.array([[1.0, 0.0]] * 3), normalize=False)[:, 1] == 0)
 
 
-def test_design_is_order_independent(toy_stats: dict[str, DomainStats]) -> None:
+def _with_gram(stats: dict[str, DomainStats], emb) -> dict[str, DomainStats]:
+    """The statistics as version 1 files hold them: A stored beside the counts."""
+    return {n: dataclasses.replace(s, A=s.gram(emb)) for n, s in stats.items()}
+
+
+def test_design_is_order_independent(toy_stats: dict[str, DomainStats], emb) -> None:
     names = list(toy_stats)
-    A1, B1 = design(toy_stats, names)
-    for balance in (False, True):  # balanced weights make the sums inexact: order matters
-        A1, B1 = design(toy_stats, names, balance=balance)
-        for perm in itertools.permutations(range(len(names))):
-            A2, B2 = design(toy_stats, [names[i] for i in perm], balance=balance)
-            np.testing.assert_array_equal(A2, A1)  # summed in sorted-name order: bitwise
-            np.testing.assert_array_equal(B2, B1[:, list(perm)])  # columns: experts' order
-    A1, B1 = design(toy_stats, names)
-    for j, n in enumerate(names):
+    stored = _with_gram(toy_stats, emb)
+    kinds = ({"stats": toy_stats, "embedder": emb}, {"stats": stored})
+    for kw in kinds:
+        for balance in (False, True):  # balanced weights make the sums inexact: order matters
+            A1, B1 = design(kw["stats"], names, balance=balance, embedder=kw.get("embedder"))
+            for perm in itertools.permutations(range(len(names))):
+                A2, B2 = design(kw["stats"], [names[i] for i in perm], balance=balance,
+                                embedder=kw.get("embedder"))
+                np.testing.assert_array_equal(A2, A1)  # summed in sorted-name order: bitwise
+                np.testing.assert_array_equal(B2, B1[:, list(perm)])  # experts' order
+    # A formed from the counts (and kept with the statistics) or stored: the same system.
+    A1, B1 = design(toy_stats, names, embedder=emb)
+    A0, B0 = design(stored, names)
+    np.testing.assert_array_equal(A1, A0)
+    np.testing.assert_array_equal(B1, B0)
+    for j, n in enumerate(names):  # b formed from the counts is the b they were made with
+        np.testing.assert_array_equal(B0[:, j], toy_stats[n].b)
         np.testing.assert_array_equal(B1[:, j], toy_stats[n].b)
-    np.testing.assert_allclose(A1, sum(s.A for s in toy_stats.values()), rtol=1e-14,
+    np.testing.assert_allclose(A1, sum(s.gram(emb) for s in toy_stats.values()), rtol=1e-14,
                                atol=1e-14 * np.abs(A1).max())
     # A subset of experts uses only their statistics.
-    A3, B3 = design(toy_stats, names[:2])
-    np.testing.assert_allclose(A3, toy_stats[names[0]].A + toy_stats[names[1]].A, rtol=1e-14,
-                               atol=1e-14 * np.abs(A3).max())
+    A3, B3 = design(toy_stats, names[:2], embedder=emb)
+    np.testing.assert_allclose(A3, toy_stats[names[0]].gram(emb) + toy_stats[names[1]].gram(emb),
+                               rtol=1e-14, atol=1e-14 * np.abs(A3).max())
     assert B3.shape[1] == 2
+    # A mix: experts with a stored A and without counts enter through it.
+    mixed = {**toy_stats, names[0]: dataclasses.replace(stored[names[0]], counts=None,
+                                                        doc_counts=None, pairs=None)}
+    A4, _ = design(mixed, names, embedder=emb)
+    np.testing.assert_allclose(A4, A1, rtol=1e-13, atol=1e-13 * np.abs(A1).max())
+    with pytest.raises(IR3DEError, match=r"<memory> \(\w+\) keeps token counts and no A: "
+                                         r"forming A needs the embedder they were made with"):
+        design(toy_stats, names)
     with pytest.raises(IR3DEError, match="at least one expert"):
-        design(toy_stats, [])
+        design(toy_stats, [], embedder=emb)
 
 
-def test_balanced_design(toy_stats: dict[str, DomainStats]) -> None:
+def test_balanced_design(toy_stats: dict[str, DomainStats], emb) -> None:
     names = list(toy_stats)
     n = {k: s.n_tokens for k, s in toy_stats.items()}
     assert len(set(n.values())) > 1  # the toy domains really differ in size
@@ -128,11 +150,11 @@ def test_balanced_design(toy_stats: dict[str, DomainStats]) -> None:
     assert {round(w[k] * n[k], 9) for k in names} == {round(mean, 9)}
     assert sum(w[k] * n[k] for k in names) == pytest.approx(sum(n.values()), rel=1e-12)
     assert domain_weights(toy_stats, balance=False) == dict.fromkeys(names, 1.0)
-    A, B = design(toy_stats, names, balance=True)
-    np.testing.assert_allclose(A, sum(w[k] * toy_stats[k].A for k in names), rtol=1e-13,
-                               atol=1e-13 * np.abs(A).max())
+    A, B = design(toy_stats, names, balance=True, embedder=emb)
+    np.testing.assert_allclose(A, sum(w[k] * toy_stats[k].gram(emb) for k in names),
+                               rtol=1e-13, atol=1e-13 * np.abs(A).max())
     np.testing.assert_allclose(B, np.stack([w[k] * toy_stats[k].b for k in names], axis=1),
-                               rtol=1e-15)
+                               rtol=1e-13, atol=1e-13 * np.abs(B).max())
     assert A[-1, -1] == pytest.approx(sum(n.values()), rel=1e-12)
 
 
@@ -167,7 +189,8 @@ def test_identity_needs_counts_and_a_positive_mu(emb, toy_stats) -> None:
 
     with pytest.raises(IR3DEError, match="μ must be a finite number > 0"):
         solve_identity(toy_stats, list(toy_stats), emb, mu=0.0)
-    old = {n: replace(s, counts=None, doc_counts=None, pairs=None) for n, s in toy_stats.items()}
+    old = {n: replace(s, counts=None, doc_counts=None, pairs=None, A=s.gram(emb))
+           for n, s in toy_stats.items()}
     with pytest.raises(IR3DEError, match="carry no token counts"):
         solve_identity(old, list(old), emb, mu=1.0)
 

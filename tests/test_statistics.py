@@ -40,8 +40,9 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def assert_stats_close(got: DomainStats, want: DomainStats, rtol: float = 1e-9) -> None:
-    assert rel_err(got.A, want.A) <= rtol
+def assert_stats_close(got: DomainStats, want: DomainStats, emb: Embedder,
+                       rtol: float = 1e-9) -> None:
+    assert rel_err(got.gram(emb), want.gram(emb)) <= rtol
     assert rel_err(got.b, want.b) <= rtol
     assert (got.n_tokens, got.n_prompts) == (want.n_tokens, want.n_prompts)
     assert (got.domain, got.fingerprint, got.max_tokens) == \
@@ -71,11 +72,12 @@ def test_histogram_equals_streaming_on_real_prompts(emb: Embedder,
     fast = compute_stats(emb, real_prompts, domain="mixed")
     slow = streaming_stats(emb, real_prompts, domain="mixed")
     assert fast.n_tokens > 20_000  # long code files hit the 1024-token cap
-    assert_stats_close(fast, slow)
+    assert fast.A is None and slow.A is not None and slow.counts is None
+    assert_stats_close(fast, slow, emb)
     # A few prompts, a small cap: still equal (the cap applies per prompt in both).
     few = real_prompts[400:430]
     assert_stats_close(compute_stats(emb, few, domain="d", max_tokens=16),
-                       streaming_stats(emb, few, domain="d", max_tokens=16))
+                       streaming_stats(emb, few, domain="d", max_tokens=16), emb)
 
 
 def test_pair_folding_does_not_change_the_result(emb: Embedder, real_prompts: list[str],
@@ -112,21 +114,24 @@ def test_histogram_blocks_do_not_change_the_result(emb: Embedder, real_prompts: 
     counts = token_counts(emb, real_prompts).counts
     assert np.count_nonzero(counts) > 1000
     monkeypatch.setattr(statistics, "_ROW_BLOCK", 257)  # many row blocks
-    assert_stats_close(compute_stats(emb, real_prompts, domain="mixed"), whole, rtol=1e-12)
+    assert_stats_close(compute_stats(emb, real_prompts, domain="mixed"), whole, emb,
+                       rtol=1e-12)
 
 
 def test_stats_structure(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
     s = toy_stats["math"]
     h1 = emb.dim + 1
-    assert s.A.shape == (h1, h1) and s.b.shape == (h1,) and s.dim == emb.dim
-    assert s.A.dtype == np.float64 and s.b.dtype == np.float64
-    np.testing.assert_array_equal(s.A, s.A.T)
-    assert s.A[-1, -1] == s.n_tokens == s.b[-1]
-    np.testing.assert_allclose(s.A[-1, :-1], s.b[:-1], rtol=1e-12)
+    assert s.A is None and s.counts is not None  # A is formed from the counts, not kept
+    A = s.gram(emb)
+    assert A.shape == (h1, h1) and s.b.shape == (h1,) and s.dim == emb.dim
+    assert A.dtype == np.float64 and s.b.dtype == np.float64
+    np.testing.assert_array_equal(A, A.T)
+    assert A[-1, -1] == s.n_tokens == s.b[-1]
+    np.testing.assert_allclose(A[-1, :-1], s.b[:-1], rtol=1e-12)
     assert s.n_prompts == len(CORPORA["math"])
     assert s.n_tokens == sum(emb.encode(t).size for t in CORPORA["math"])
     assert s.fingerprint == emb.fingerprint and s.embedder == emb.spec
-    assert np.all(np.linalg.eigvalsh(s.A) > -1e-9 * np.abs(s.A).max())  # PSD
+    assert np.all(np.linalg.eigvalsh(A) > -1e-9 * np.abs(A).max())  # PSD
 
 
 def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
@@ -142,7 +147,7 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
             x = np.append(emb.rows(np.array([i]))[0], 1.0)
             A += counts[i] * np.outer(x, x)
             b += counts[i] * x
-    np.testing.assert_allclose(s.A, A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
+    np.testing.assert_allclose(s.gram(emb), A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
     np.testing.assert_allclose(s.b, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
     assert (s.n_tokens, s.n_prompts) == (int(counts.sum()), 7)
     with pytest.raises(StatsFormatError, match="shape"):
@@ -272,7 +277,8 @@ def test_the_embedder_may_be_named_as_for_a_router(emb: Embedder) -> None:
     """Router(\"wordllama\") loads the embedder by name; so do the statistics functions."""
     texts = ["What is 7 * 6?", "Solve 2x = 10."]
     by_name = compute_stats("wordllama", texts, domain="math")
-    np.testing.assert_array_equal(by_name.A, compute_stats(emb, texts, domain="math").A)
+    np.testing.assert_array_equal(by_name.counts, compute_stats(emb, texts,
+                                                                domain="math").counts)
     assert streaming_stats("wordllama", texts, domain="math").n_tokens == by_name.n_tokens
     assert compute_stats(by_name.embedder, texts, domain="math").fingerprint == emb.fingerprint
     for count in (compute_stats, streaming_stats):
@@ -291,17 +297,23 @@ def test_merge_of_shards_equals_one_fit(emb: Embedder, real_prompts: list[str]) 
     shards = [compute_stats(emb, texts[i::3], domain="mixed") for i in range(3)]
     merged = merge(shards)
     assert list(merged) == ["mixed"]
-    assert_stats_close(merged["mixed"], whole)
+    assert_stats_close(merged["mixed"], whole, emb)
+    # A is formed from the merged counts, exact integers: the central fit's to the bit.
+    np.testing.assert_array_equal(merged["mixed"].gram(emb), whole.gram(emb))
     # The canonical summation order makes the result independent of the input order.
     again = merge(shards[::-1])["mixed"]
-    np.testing.assert_array_equal(again.A, merged["mixed"].A)
     np.testing.assert_array_equal(again.b, merged["mixed"].b)
+    # Statistics without counts (the reference accumulation) keep A, summed as floats in
+    # the same canonical order.
+    slow = [streaming_stats(emb, texts[i::3], domain="mixed") for i in range(3)]
+    np.testing.assert_array_equal(merge(slow)["mixed"].A, merge(slow[::-1])["mixed"].A)
+    assert_stats_close(whole, merge(slow)["mixed"], emb)
     # Several domains at once, kept apart and in order of first appearance.
     other = compute_stats(emb, CORPORA["law"], domain="law")
     multi = merge([shards[0], other, shards[1], shards[2]])
     assert list(multi) == ["mixed", "law"]
     assert multi["law"] is other
-    assert_stats_close(multi["mixed"], whole)
+    assert_stats_close(multi["mixed"], whole, emb)
 
 
 def test_two_nodes_merged_equal_central_fit(emb: Embedder, data_dir: Path,
@@ -315,7 +327,8 @@ def test_two_nodes_merged_equal_central_fit(emb: Embedder, data_dir: Path,
         compute_stats(emb, part, domain="legal").save(tmp_path / f"node{node}.safetensors")
     loaded = load_stats_files([tmp_path / "node0.safetensors", tmp_path / "node1.safetensors"])
     merged = merge(loaded)["legal"]
-    assert_stats_close(merged, central)
+    assert_stats_close(merged, central, emb)
+    np.testing.assert_array_equal(merged.gram(emb), central.gram(emb))
     assert merged.n_prompts == len(corpus)
 
 
@@ -325,10 +338,11 @@ def test_add_subtract_round_trip(toy_stats: dict[str, DomainStats], emb: Embedde
     total = a + b
     assert (total.n_tokens, total.n_prompts) == (a.n_tokens + b.n_tokens,
                                                  a.n_prompts + b.n_prompts)
-    np.testing.assert_array_equal(total.A, a.A + b.A)
+    assert total.A is None
     back = total - b
     assert (back.n_tokens, back.n_prompts) == (a.n_tokens, a.n_prompts)
-    np.testing.assert_allclose(back.A, a.A, rtol=1e-12, atol=1e-12 * np.abs(a.A).max())
+    # A is formed from the counts: what is left is a's own, to the bit.
+    np.testing.assert_array_equal(back.gram(emb), a.gram(emb))
     np.testing.assert_allclose(back.b, a.b, rtol=1e-12, atol=1e-12 * np.abs(a.b).max())
     assert back.source == "<combined>" and a.source == "<memory>"  # operands untouched
     for got, want in zip(back.pairs, a.pairs, strict=True):  # b's own pairs are gone again
@@ -336,7 +350,14 @@ def test_add_subtract_round_trip(toy_stats: dict[str, DomainStats], emb: Embedde
     # Sum of the texts' stats equals the stats of the concatenated corpus.
     joint = compute_stats(emb, CORPORA["math"] + ["How many apples are left if I eat 3 of 10?"]
                           * 3, domain="math")
-    assert_stats_close(total, joint)
+    assert_stats_close(total, joint, emb)
+    np.testing.assert_array_equal(total.gram(emb), joint.gram(emb))
+    # Without counts, A is summed and subtracted as floats.
+    a, b = (streaming_stats(emb, x.split("|"), domain="math")
+            for x in ("What is 7 * 6?|Solve 2x = 10.", "How many apples are left?"))
+    np.testing.assert_array_equal((a + b).A, a.A + b.A)
+    back = (a + b) - b
+    np.testing.assert_allclose(back.A, a.A, rtol=1e-12, atol=1e-12 * np.abs(a.A).max())
 
 
 def test_subtracting_what_was_never_added(toy_stats: dict[str, DomainStats],
@@ -376,7 +397,8 @@ def test_a_sum_past_two_to_the_53_tokens_is_refused_not_saved(
     """The loader refuses more than 2**53 tokens; two files just under half of it each
     used to sum (merge) to statistics that saved fine and then could not be loaded."""
     half = 2**52 + 1  # exact in float64, as A's and b's bias entries must be
-    A = np.zeros_like(toy_stats["math"].A)
+    h1 = toy_stats["math"].b.size
+    A = np.zeros((h1, h1))
     A[-1, -1] = half
     b = np.zeros_like(toy_stats["math"].b)
     b[-1] = half
@@ -415,7 +437,7 @@ def test_sum_of_shards(toy_stats: dict[str, DomainStats], emb: Embedder) -> None
     shards = [compute_stats(emb, CORPORA["math"][i::3], domain="math") for i in range(3)]
     total = sum(shards)
     assert isinstance(total, DomainStats)
-    np.testing.assert_array_equal(total.A, (shards[0] + shards[1] + shards[2]).A)
+    np.testing.assert_array_equal(total.counts, (shards[0] + shards[1] + shards[2]).counts)
     assert total.n_prompts == toy_stats["math"].n_prompts
     assert sum(shards[:1]) is shards[0]
     with pytest.raises(TypeError):
@@ -554,13 +576,15 @@ def test_shards_with_and_without_pairs_are_not_summed(toy_stats: dict[str, Domai
 
 def test_renamed_keeps_the_numbers(toy_stats: dict[str, DomainStats]) -> None:
     s = toy_stats["math"].renamed("arithmetic")
-    assert s.domain == "arithmetic" and s.A is toy_stats["math"].A
+    assert s.domain == "arithmetic" and s.counts is toy_stats["math"].counts
     with pytest.raises(ExpertError):
         toy_stats["math"].renamed(" bad")
 
 
-def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> None:
-    s = toy_stats["math"]
+def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats],
+                                          emb: Embedder) -> None:
+    # With A as well as the counts it is formed from, as in files of version 1.
+    s = dataclasses.replace(toy_stats["math"], A=toy_stats["math"].gram(emb))
     with pytest.raises(StatsFormatError, match="shape"):
         dataclasses.replace(s, A=s.A[:-1])
     with pytest.raises(StatsFormatError, match="shape"):
@@ -578,7 +602,7 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
             dataclasses.replace(s, **{field: value})
     same = dataclasses.replace(s, max_tokens=np.int64(s.max_tokens))
     assert type(same.max_tokens) is int and same.max_tokens == s.max_tokens
-    for field, value in (("A", s.A.tolist()), ("b", s.b.tolist()), ("A", None),
+    for field, value in (("A", s.A.tolist()), ("b", s.b.tolist()), ("b", None),
                          ("A", s.A.astype(object)), ("b", s.b.astype(str))):
         with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be a numpy "
                                                    r"array of numbers, got "):
@@ -592,6 +616,11 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats]) -> 
         with pytest.raises(StatsFormatError, match=rf"<memory>: {field} must be a numpy "
                                                    rf"array of integers, got {got}$"):
             dataclasses.replace(s, **{field: value})
+    # A may be left out only where the counts it is formed from are given.
+    assert dataclasses.replace(s, A=None).A is None
+    with pytest.raises(StatsFormatError, match=r"<memory>: statistics without A need the "
+                                               r"token counts it is formed from"):
+        dataclasses.replace(s, A=None, counts=None, doc_counts=None, pairs=None)
     with pytest.raises(StatsFormatError, match=r"pair_keys must be a numpy array"):
         dataclasses.replace(s, pairs=PairCounts(s.pairs.keys.tolist(), s.pairs.counts))
     with pytest.raises(StatsFormatError, match=r"pair_counts must be a numpy array of "
@@ -678,12 +707,12 @@ def test_combining_arrays_of_different_lengths_names_both(toy_stats: dict[str, D
             combine()
     # A/b of another width under the same fingerprint are named with their shapes.
     wide = dataclasses.replace(other, counts=None, doc_counts=None,
-                               A=np.pad(other.A, ((1, 0), (1, 0))),
+                               A=np.pad(other.gram(emb), ((1, 0), (1, 0))),
                                b=np.pad(other.b, (1, 0)))
     with pytest.raises(StatsFormatError, match=rf"A \({emb.dim + 1}, {emb.dim + 1}\) vs "
                                                rf"\({emb.dim + 2}, {emb.dim + 2}\); b "
                                                rf"{emb.dim + 1} entries vs {emb.dim + 2}"):
-        dataclasses.replace(math, counts=None, doc_counts=None) + wide
+        dataclasses.replace(math, counts=None, doc_counts=None, A=math.gram(emb)) + wide
 
 
 def test_pairs_of_another_vocabulary_are_named_as_a_length_problem(
@@ -755,8 +784,9 @@ def test_derived_statistics_remember_their_signature_was_dropped(
 
 def test_merge_order_changes_only_ties_of_in_memory_float_sums(emb: Embedder,
                                                                tmp_path: Path) -> None:
-    """What merge's docstring promises: counts exact in every order, A and b canonical for
-    files; in-memory shards of equal token and prompt counts are summed as given."""
+    """What merge's docstring promises: counts exact in every order, so A (formed from them)
+    too; b canonical for files; in-memory shards of equal token and prompt counts are
+    summed as given."""
     import itertools
 
     texts = ["What is 7 * 6?", "What is 8 * 6?", "What is 9 * 6?"]
@@ -771,9 +801,10 @@ def test_merge_order_changes_only_ties_of_in_memory_float_sums(emb: Embedder,
         for m in merged[1:]:
             np.testing.assert_array_equal(m.counts, merged[0].counts)
             np.testing.assert_array_equal(m.doc_counts, merged[0].doc_counts)
-            np.testing.assert_allclose(m.A, merged[0].A, rtol=1e-14, atol=1e-14)
+            np.testing.assert_array_equal(m.gram(emb), merged[0].gram(emb))
+            np.testing.assert_allclose(m.b, merged[0].b, rtol=1e-14, atol=1e-14)
             if group is files:  # distinct sources: one canonical order, to the bit
-                np.testing.assert_array_equal(m.A, merged[0].A)
+                np.testing.assert_array_equal(m.b, merged[0].b)
 
 
 # ----------------------------------------------------------------------------- probe fixes
@@ -828,10 +859,11 @@ def test_find_identical_compares_pairs_where_both_have_them(emb: Embedder) -> No
         merge([news, gossip], drop_pairs=True)
 
 
-def test_statistics_arrays_cannot_be_changed_in_place(toy_stats: dict[str, DomainStats]) -> None:
+def test_statistics_arrays_cannot_be_changed_in_place(toy_stats: dict[str, DomainStats],
+                                                       emb: Embedder) -> None:
     """A router keeps statistics by reference: writing into them afterwards would break the
     checks they passed and the exactness of add/remove, so their arrays are read-only."""
-    s = toy_stats["math"]
+    s = dataclasses.replace(toy_stats["math"], A=toy_stats["math"].gram(emb))
     arrays = [s.A, s.b, s.counts, s.doc_counts, *(s.pairs or ())]
     assert all(a is not None for a in arrays)
     for a in arrays:
@@ -852,9 +884,9 @@ def test_repr_summarises_instead_of_printing_arrays(toy_stats: dict[str, DomainS
                            f"n_tokens={s.n_tokens}, h=256, pairs={s.pairs.keys.size}, ")
 
 
-def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats]) -> None:
+def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats], emb: Embedder) -> None:
     """One changed entry of A (a flipped bit in a file) used to load and move W."""
-    s = toy_stats["math"]
+    s = dataclasses.replace(toy_stats["math"], A=toy_stats["math"].gram(emb))
     A = s.A.copy()
     A[3, 5] += 1e-3 * np.diagonal(A).max()
     with pytest.raises(StatsFormatError, match=r"math\.stats: A is not symmetric"):
@@ -905,3 +937,41 @@ def test_a_signature_that_is_not_an_object_is_refused_on_load(
     assert stats.signature == odd
     Router(emb).fit_stats([stats, toy_stats["coding"]]).save(tmp_path / "r.safetensors")
     assert Router.load(tmp_path / "r.safetensors").stats["math"].signature == odd
+
+
+def test_A_is_formed_from_the_counts_once_and_files_keep_it_only_without_them(
+        toy_stats: dict[str, DomainStats], emb: Embedder, tmp_path: Path) -> None:
+    """A is (h+1)² float64 (537 MB at h = 8192) and a function of the counts: statistics with
+    counts keep none, form it on demand, once per object, and save as version 2 without it;
+    statistics without counts keep and save theirs (version 1, as an older ir3de wrote)."""
+    s = toy_stats["math"]
+    fresh = dataclasses.replace(s)  # no A formed yet
+    A, b = fresh.moments(emb)
+    assert fresh.moments(emb)[0] is A and fresh.gram(emb) is A  # kept with the object
+    assert not A.flags.writeable and not b.flags.writeable
+    np.testing.assert_array_equal(b, s.b)  # b formed from the counts is the b made with them
+    with pytest.raises(IR3DEError, match=r"<memory> \(math\) keeps token counts and no A: "
+                                         r"forming A needs the embedder"):
+        dataclasses.replace(s).moments()
+    alien = dataclasses.replace(s, fingerprint="f" * 64)
+    with pytest.raises(FingerprintMismatchError, match=r"<memory> \(math\) was made with "
+                                                       r"embedding f+, not wordllama"):
+        alien.gram(emb)
+    s.save(tmp_path / "v2.st")
+    with_A = dataclasses.replace(s, A=s.gram(emb))
+    with_A.save(tmp_path / "v1.st")
+    meta = {name: read_safetensors(tmp_path / name) for name in ("v1.st", "v2.st")}
+    assert meta["v2.st"][1]["version"] == 2 and "A" not in meta["v2.st"][0]
+    assert meta["v1.st"][1]["version"] == 1 and "A" in meta["v1.st"][0]
+    assert (tmp_path / "v1.st").stat().st_size - (tmp_path / "v2.st").stat().st_size \
+        >= A.nbytes
+    loaded = DomainStats.load(tmp_path / "v1.st")
+    np.testing.assert_array_equal(loaded.A, A)
+    assert loaded.moments() == (loaded.A, loaded.b)  # stored: no embedder needed
+    # Counts on one side only: the sum has no counts, so it needs both A.
+    old = streaming_stats(emb, CORPORA["math"][:2], domain="math")
+    with pytest.raises(StatsFormatError, match=r"cannot combine <memory> \(math\), which keeps "
+                                               r"token counts and no A, with <memory>, which "
+                                               r"keeps A and no token counts"):
+        dataclasses.replace(s, pairs=None, doc_counts=None) + old
+    assert (dataclasses.replace(with_A, pairs=None, doc_counts=None) + old).A is not None

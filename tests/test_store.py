@@ -47,6 +47,16 @@ def saved(toy_stats: dict[str, DomainStats], tmp_path: Path) -> tuple[Path, Doma
     return path, toy_stats["math"]
 
 
+@pytest.fixture()
+def saved_v1(toy_stats: dict[str, DomainStats], emb,
+             tmp_path: Path) -> tuple[Path, DomainStats]:
+    """A version 1 file: A stored beside the counts it is formed from."""
+    path = tmp_path / "math_v1.safetensors"
+    stats = dataclasses.replace(toy_stats["math"], A=toy_stats["math"].gram(emb))
+    stats.save(path)
+    return path, stats
+
+
 def rewrite(src: Path, dst: Path, tensors: dict | None = None, drop: str | None = None,
             **meta_changes) -> Path:
     """Copy an ir3de file with some tensors or metadata changed."""
@@ -212,8 +222,8 @@ def test_unwritable_target_is_named(toy_stats, tmp_path: Path) -> None:
         atomic_write_bytes(tmp_path / "f" / "g.st", b"x")
 
 
-def test_nan_or_inf_is_rejected(saved, tmp_path: Path) -> None:
-    path, stats = saved
+def test_nan_or_inf_is_rejected(saved_v1, tmp_path: Path) -> None:
+    path, stats = saved_v1
     A = stats.A.copy()
     A[0, 0] = np.nan
     with pytest.raises(StatsFormatError, match=r"'A' holds 1 NaN/Inf"):
@@ -224,8 +234,8 @@ def test_nan_or_inf_is_rejected(saved, tmp_path: Path) -> None:
         DomainStats.load(rewrite(path, tmp_path / "nan2.st", {"A": stats.A, "b": b}))
 
 
-def test_wrong_shapes_are_rejected(saved, tmp_path: Path) -> None:
-    path, stats = saved
+def test_wrong_shapes_are_rejected(saved_v1, tmp_path: Path) -> None:
+    path, stats = saved_v1
     cases = {
         "a_square.st": {"A": stats.A[:-1, :-1], "b": stats.b},
         "a_rect.st": {"A": stats.A[:, :-1], "b": stats.b},
@@ -270,8 +280,8 @@ def test_garbage_and_missing_files(tmp_path: Path) -> None:
         DomainStats.load(tmp_path)
 
 
-def test_foreign_safetensors_are_rejected(saved, tmp_path: Path) -> None:
-    path, stats = saved
+def test_foreign_safetensors_are_rejected(saved_v1, tmp_path: Path) -> None:
+    path, stats = saved_v1
     save_file({"A": stats.A, "b": stats.b}, str(tmp_path / "plain.st"))
     with pytest.raises(StatsFormatError, match="without ir3de metadata"):
         DomainStats.load(tmp_path / "plain.st")
@@ -287,8 +297,22 @@ def test_foreign_safetensors_are_rejected(saved, tmp_path: Path) -> None:
         DomainStats.load(tmp_path / "list.st")
     with pytest.raises(StatsFormatError, match="not an ir3de statistics file"):
         DomainStats.load(rewrite(path, tmp_path / "fmt.st", format="ir3de-router"))
-    with pytest.raises(StatsFormatError, match="version 2"):
-        DomainStats.load(rewrite(path, tmp_path / "ver.st", version=2))
+    for version in (3, 0, True, "1"):
+        with pytest.raises(StatsFormatError, match=rf"version {version} is not supported "
+                                                   r"\(this ir3de reads 1 and 2\)"):
+            DomainStats.load(rewrite(path, tmp_path / "ver.st", version=version))
+    # Version 1 holds A, version 2 the counts and no A.
+    with pytest.raises(StatsFormatError, match=r"v2\.st: a version 2 statistics file holds no "
+                                               r"A \(it is formed from the token counts\)"):
+        DomainStats.load(rewrite(path, tmp_path / "v2.st", version=2))
+    tensors = read_safetensors(path)[0]
+    del tensors["A"]
+    with pytest.raises(StatsFormatError, match=r"noA\.st: missing tensor\(s\) \['A'\]"):
+        DomainStats.load(rewrite(path, tmp_path / "noA.st", tensors))
+    assert DomainStats.load(rewrite(path, tmp_path / "v2ok.st", tensors, version=2)).A is None
+    del tensors["counts"]
+    with pytest.raises(StatsFormatError, match=r"missing tensor\(s\) \['counts'\]"):
+        DomainStats.load(rewrite(path, tmp_path / "v2bad.st", tensors, version=2))
     with pytest.raises(StatsFormatError, match="lacks 'fingerprint'"):
         DomainStats.load(rewrite(path, tmp_path / "nofp.st", drop="fingerprint"))
 
@@ -524,7 +548,7 @@ def test_metadata_nested_too_deeply_or_with_huge_integers_is_refused(
     (an integer past Python's 4300 digits), which read_safetensors did not catch."""
     _, stats = saved
     target = tmp_path / "deep.stats"
-    save_file({"A": stats.A, "b": stats.b}, str(target), metadata={"ir3de": raw})
+    save_file({"b": stats.b}, str(target), metadata={"ir3de": raw})
     where = re.escape(str(target))
     with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt ir3de metadata "
                                                rf"\({reason}\)$"):
@@ -562,12 +586,13 @@ def test_safetensors_headers_nested_too_deeply_or_with_huge_integers_are_refused
 @pytest.mark.parametrize(("dtype", "itemsize"), [
     ("BF16", 2), ("F8_E4M3", 1), ("F8_E5M2", 1), ("BOOL", 1), ("C64", 8)])
 @pytest.mark.parametrize("name", ["A", "counts"])
-def test_tensors_of_dtypes_ir3de_does_not_read_are_named(saved, tmp_path: Path, dtype: str,
-                                                         itemsize: int, name: str) -> None:
+def test_tensors_of_dtypes_ir3de_does_not_read_are_named(saved_v1, tmp_path: Path,
+                                                         dtype: str, itemsize: int,
+                                                         name: str) -> None:
     """safetensors' numpy loader raised AttributeError ('float8_e4m3fn') or TypeError
     ("data type 'bfloat16' not understood", passed on raw by the gateway) for dtypes numpy
     lacks; BOOL and C64 were cast silently (a complex A lost its imaginary part)."""
-    path, stats = saved
+    path, stats = saved_v1
     tensors, meta = read_safetensors(path)
     kinds = {np.dtype("<f8"): "F64", np.dtype("<i8"): "I64"}  # what ir3de writes
     raw = {key: (kinds[value.dtype], value.shape, value.tobytes())

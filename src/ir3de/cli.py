@@ -1058,9 +1058,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     elif kind == "ir3de-stats":
         info = {k: v for k, v in meta.items() if k != "format"}
         stats = DomainStats.load(args.file)  # validates shapes and values, not the header only
-        # What the file can feed: every preset needs A/b; identity the token counts, the nb
-        # presets the document frequencies, the default also the pair frequencies.
+        # What the file can feed: the ridge presets A/b (or the token counts A is formed
+        # from); identity the token counts, the nb presets the document frequencies, the
+        # default also the pair frequencies.
         info["n_pairs"] = None if stats.pairs is None else int(stats.pairs.keys.size)
+        info["has_A"] = stats.A is not None
         info["has_counts"] = stats.counts is not None
         info["has_doc_counts"] = stats.doc_counts is not None
     else:
@@ -1152,12 +1154,14 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         _echo(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
               f"{_count(info['n_tokens'], 'token')} "
               f"(prompts capped at {info['max_tokens']} tokens)")
-        held = [name for name, present in (("token counts", info["has_counts"]),
+        held = [name for name, present in (("A", info["has_A"]), ("b", True),
+                                           ("token counts", info["has_counts"]),
                                            ("document frequencies", info["has_doc_counts"]))
                 if present]
         if info["n_pairs"] is not None:
             held.append(f"{info['n_pairs']} token pairs")
-        _echo("  holds        " + ", ".join(["A, b", *held]))
+        _echo("  holds        " + ", ".join(held)
+              + ("" if info["has_A"] else "  (A is formed from the token counts)"))
         _echo(f"  signature    {_signed(info)}")
 
 

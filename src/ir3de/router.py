@@ -98,7 +98,10 @@ _BATCH = 4096
 PAPER_K = 10
 
 ROUTER_FORMAT = "ir3de-router"
-ROUTER_VERSION = 1
+# Version 2 files leave out A for the experts whose token counts they hold (it is formed
+# from them); version 1 files hold every expert's A. A router is saved in version 1 when
+# every expert has A, so the files an older ir3de could read stay readable by it.
+_ROUTER_VERSIONS = (1, 2)
 _RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normalize",
                            "regularize_bias", "identity"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
@@ -108,7 +111,7 @@ _RouterT = TypeVar("_RouterT", bound="Router")
 # A router file's optional per-expert arrays, each with the tensor that lists the experts
 # its rows belong to when only some experts have it (see Router.save).
 _RAGGED_ROWS = {"counts": "counts_experts", "doc_counts": "doc_counts_experts",
-                "pairs": "pair_experts"}
+                "pairs": "pair_experts", "A": "A_experts"}
 
 
 class _Ridge(TypedDict):
@@ -532,8 +535,9 @@ class Router:
             # The fingerprint names the embedder, not the arrays: a hand-made or damaged
             # file can carry the right one with arrays of another size.
             h1, V = self.embedder.dim + 1, self.embedder.vocab_size
-            if s.A.shape != (h1, h1) or s.b.shape != (h1,):
-                raise StatsFormatError(f"{s.source} ({s.domain}): A {s.A.shape} and b "
+            if s.b.shape != (h1,) or (s.A is not None and s.A.shape != (h1, h1)):
+                A = "no A" if s.A is None else f"A {s.A.shape}"
+                raise StatsFormatError(f"{s.source} ({s.domain}): {A} and b "
                                        f"{s.b.shape} do not fit embedding width {h1 - 1}")
             for what, arr in (("token counts", s.counts), ("document frequencies",
                                                              s.doc_counts)):
@@ -573,7 +577,7 @@ class Router:
             else:
                 W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
             return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U), mu)
-        A, B = design(stats, experts, balance=config.balance)
+        A, B = design(stats, experts, balance=config.balance, embedder=self.embedder)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
                   normalize=config.normalize)
         return _State(experts, dict(stats), W, vocab_scores(self.embedder, W), None)
@@ -925,7 +929,7 @@ class Router:
         require_path(path, "Router.save")
         state = self._fitted
         stats = [state.stats[n] for n in state.experts]
-        tensors = {"A": np.stack([s.A for s in stats]), "b": np.stack([s.b for s in stats])}
+        tensors = {"b": np.stack([s.b for s in stats])}
         # Each expert's optional arrays are saved as it has them: experts without them must
         # not cost the others theirs (a router is rebuilt from the file, e.g. when an
         # expert is removed and the model changed). When only some experts have an array,
@@ -937,7 +941,9 @@ class Router:
                 continue
             if len(have) < len(stats):
                 tensors[rows] = np.array(have, dtype=np.int64)
-            if key == "pairs":
+            if key == "A":
+                tensors[key] = np.stack([np.asarray(stats[i].A) for i in have])
+            elif key == "pairs":
                 # Ragged per expert: concatenated, with each expert's start in pair_offsets.
                 parts = [s.pairs for s in stats if s.pairs is not None]
                 tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
@@ -945,7 +951,8 @@ class Router:
                 tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
-        write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": ROUTER_VERSION,
+        version = 1 if all(s.A is not None for s in stats) else 2
+        write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": version,
                                           **self.describe()}, overwrite=overwrite)
 
     @classmethod
@@ -967,19 +974,19 @@ class Router:
             raise StatsFormatError(f"{path}: metadata says dim {meta['dim']} but its "
                                    f"embedder {emb.name} has width {emb.dim}")
         experts = meta["experts"]
-        A, b = tensors.get("A"), tensors.get("b")
+        b = tensors.get("b")
         h1 = emb.dim + 1
-        if A is None or b is None or A.shape != (len(experts), h1, h1) or \
-                b.shape != (len(experts), h1):
-            raise StatsFormatError(f"{path}: tensors A/b do not match {len(experts)} experts "
-                                   f"of width {h1}")
+        if b is None or b.shape != (len(experts), h1):
+            raise StatsFormatError(f"{path}: tensor b does not match {len(experts)} experts "
+                                   f"of width {h1 - 1}")
+        A = _router_grams(tensors, meta["version"], len(experts), h1, str(path))
         counts, doc_counts = (
             _router_rows(tensors, name, what, len(experts), emb.vocab_size, str(path))
             for name, what in (("counts", "token counts"),
                                ("doc_counts", "document frequencies")))
         pairs = _router_pairs(tensors, len(experts), str(path))
         stats = {e["name"]: DomainStats(
-            domain=e["name"], A=A[i].astype(np.float64), b=b[i].astype(np.float64),
+            domain=e["name"], A=A[i], b=b[i].astype(np.float64),
             n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
             fingerprint=meta["fingerprint"], embedder=e.get("embedder", meta["embedder"]),
             max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
@@ -1121,6 +1128,33 @@ def _router_rows(tensors: dict[str, np.ndarray], key: str, what: str, n_experts:
     return out
 
 
+def _router_grams(tensors: dict[str, np.ndarray], version: int, n_experts: int, h1: int,
+                  where: str) -> list[np.ndarray | None]:
+    """Each expert's ``A`` from a router file: every expert's in version 1, in version 2
+    those of the experts it lists in ``A_experts`` (all without that tensor), or none."""
+    array = tensors.get("A")
+    if array is None:
+        if version == 1 or _RAGGED_ROWS["A"] in tensors:
+            raise StatsFormatError(f"{where}: holds no tensor 'A'; a version {version} "
+                                   f"router file holds {_expected_grams(version)}")
+        return [None] * n_experts
+    rows = np.arange(n_experts) if version == 1 else _row_experts(tensors, "A", n_experts,
+                                                                  where)
+    if array.shape != (rows.size, h1, h1) or (version == 1 and _RAGGED_ROWS["A"] in tensors):
+        raise StatsFormatError(f"{where}: tensor A does not match {rows.size} experts of "
+                               f"width {h1 - 1}; a version {version} router file holds "
+                               f"{_expected_grams(version)}")
+    out: list[np.ndarray | None] = [None] * n_experts
+    for row, expert in enumerate(rows):
+        out[expert] = array[row].astype(np.float64)
+    return out
+
+
+def _expected_grams(version: int) -> str:
+    return ("every expert's A" if version == 1 else
+            "A for the experts that 'A_experts' lists, or for none")
+
+
 def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
                   where: str) -> list[PairCounts | None]:
     """Each expert's pair frequencies from a router file (None for the experts that have
@@ -1173,9 +1207,10 @@ def _smoothing(smoothing: tuple[float, float | None] | None) -> dict[str, Any] |
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if meta.get("format") != ROUTER_FORMAT:
         raise StatsFormatError(f"{where}: not an ir3de router file (format {meta.get('format')!r})")
-    if meta.get("version") != ROUTER_VERSION:
-        raise StatsFormatError(f"{where}: router format version {meta.get('version')} is not "
-                               f"supported (this ir3de reads {ROUTER_VERSION})")
+    version = meta.get("version")
+    if version not in _ROUTER_VERSIONS or isinstance(version, bool):
+        raise StatsFormatError(f"{where}: router format version {version} is not supported "
+                               f"(this ir3de reads {' and '.join(map(str, _ROUTER_VERSIONS))})")
     for key in ("config", "fingerprint", "embedder", "experts", "dim"):
         if key not in meta:
             raise StatsFormatError(f"{where}: router metadata lacks {key!r}")

@@ -63,7 +63,8 @@ def digest(stats: DomainStats) -> bytes:
     """SHA-256 over the canonical metadata and the arrays (what a signature covers)."""
     meta = json.dumps(stats.metadata(), sort_keys=True, separators=(",", ":"))
     h = hashlib.sha256(meta.encode())
-    h.update(np.ascontiguousarray(stats.A, dtype="<f8").tobytes())
+    if stats.A is not None:  # version 1 statistics; version 2 ones are formed from counts
+        h.update(np.ascontiguousarray(stats.A, dtype="<f8").tobytes())
     h.update(np.ascontiguousarray(stats.b, dtype="<f8").tobytes())
     if stats.counts is not None:  # routers with identity features read them: sign them too
         h.update(np.ascontiguousarray(stats.counts, dtype="<i8").tobytes())

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
-from .statistics import DomainStats
+from .statistics import DomainStats, _table_blocks
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_MIN_PROMPTS",
            "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu",
@@ -75,16 +75,24 @@ def domain_weights(stats: Mapping[str, DomainStats], balance: bool) -> dict[str,
 
 
 def design(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
-           balance: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``A = Σ_d w_d A_d`` (summed in sorted-name order), ``B = [w_d b_d]`` in ``experts`` order."""
+           balance: bool = False,
+           embedder: Embedder | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``A = Σ_d w_d A_d`` (summed in sorted-name order, so a router that gained and lost
+    an expert solves a refit's system) and ``B = [w_d b_d]`` in ``experts`` order.
+
+    Statistics without a stored ``A`` (those with token counts) enter with ``A_d`` and
+    ``b_d`` formed from their counts (:meth:`~ir3de.statistics.DomainStats.moments`),
+    which needs ``embedder``.
+    """
     if not experts:
         raise IR3DEError("a router needs at least one expert")
     weights = domain_weights(stats, balance)
     names = sorted(experts)
-    A = weights[names[0]] * stats[names[0]].A
+    moments = {n: stats[n].moments(embedder) for n in names}
+    A = weights[names[0]] * moments[names[0]][0]
     for n in names[1:]:  # in place: at h = 4096 a stacked copy would be D x 134 MB
-        A += weights[n] * stats[n].A
-    B = np.stack([weights[n] * stats[n].b for n in experts], axis=1)
+        A += weights[n] * moments[n][0]
+    B = np.stack([weights[n] * moments[n][1] for n in experts], axis=1)
     return A, B
 
 
@@ -148,8 +156,8 @@ class _IdentitySums:
         if self._cache:
             return self._cache
         if self.seen.size * (embedder.dim + 1) * 8 > _ROWS_CACHE_BYTES:
-            return _seen_blocks(self.seen, embedder)
-        self._cache.extend(_seen_blocks(self.seen, embedder))
+            return _table_blocks(embedder, self.seen)
+        self._cache.extend(_table_blocks(embedder, self.seen))
         return self._cache
 
 
@@ -219,17 +227,6 @@ def _penalty(h1: int, lam: float, regularize_bias: bool) -> np.ndarray:
     if not regularize_bias:
         penalty[-1] = 0.0
     return np.diag(penalty)
-
-
-def _seen_blocks(seen: np.ndarray, embedder: Embedder,
-                 block: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(ids, X̃)`` over the token ids that occur, in blocks (bounded memory at large h)."""
-    for start in range(0, seen.size, block):
-        ids = seen[start:start + block]
-        X = np.empty((ids.size, embedder.dim + 1))
-        X[:, :-1] = embedder.rows(ids)
-        X[:, -1] = 1.0
-        yield ids, X
 
 
 def _identity_solve(sums: _IdentitySums, embedder: Embedder, mu: float, lam: float,

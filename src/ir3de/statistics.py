@@ -6,19 +6,22 @@ For a domain d with training tokens t (x̃_t = [E[t], 1]), the router needs only
 
 Because E is a lookup table, both are functions of the token-id histogram c_d:
 ``A_d = Ẽᵀ diag(c_d) Ẽ`` and ``b_d = Ẽᵀ c_d`` (Ẽ = table with a column of ones).
-Fitting is one counting pass over the corpus plus one (nnz x (h+1))² product,
-instead of an (h+1)² update per token. The same pass also counts, per token id, the
-prompts it occurs in (document frequencies), and, per adjacent token pair (previous id,
-id), with a start-of-prompt id ``V`` before the first token, the prompts it occurs in: the
-``nb`` router's statistics. Statistics add and subtract, so shards of one domain computed
-on different machines are merged with :func:`merge` (or ``+`` and ``sum``, which refuse a
-shard object summed in twice but, unlike ``merge``, not a copy of one).
+Fitting is one counting pass over the corpus, instead of an (h+1)² update per token, and
+the histogram is what is kept: ``A_d`` ((h+1)² numbers, 537 MB at h = 8192) is formed
+from it by :meth:`DomainStats.gram` when a ridge router needs it, and only statistics
+without a histogram (:func:`streaming_stats`, older files) carry it. The same pass also
+counts, per token id, the prompts it occurs in (document frequencies), and, per adjacent
+token pair (previous id, id), with a start-of-prompt id ``V`` before the first token,
+the prompts it occurs in: the ``nb`` router's statistics. Statistics add and subtract,
+so shards of one domain computed on different machines are merged with :func:`merge` (or
+``+`` and ``sum``, which refuse a shard object summed in twice but, unlike ``merge``, not
+a copy of one).
 
 Example:
     >>> from ir3de import load_embedder, compute_stats
     >>> emb = load_embedder()
     >>> s = compute_stats(emb, ["What is 2+2?", "Solve x^2 = 4."], domain="math")
-    >>> s.n_prompts, s.A.shape == (emb.dim + 1, emb.dim + 1)
+    >>> s.n_prompts, s.gram(emb).shape == (emb.dim + 1, emb.dim + 1)
     (2, True)
 """
 
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import DEFAULT_MAX_TOKENS, EmbedderLike, as_embedder
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, EmbedderLike, as_embedder
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -69,7 +72,10 @@ __all__ = [
 ]
 
 STATS_FORMAT = "ir3de-stats"
-STATS_VERSION = 1
+# Version 2 files hold token counts and no A (formed from them); version 1 files hold A
+# (and, when ir3de counted them, the counts too). Statistics are saved in version 1 only
+# when they carry A, so the files an older ir3de could read stay readable by it.
+_STATS_VERSIONS = (1, 2)
 _BATCH = 1024
 _ROW_BLOCK = 8192
 _PAIR_FOLD = 1 << 22  # pending pair keys folded into the running table beyond this many
@@ -140,7 +146,13 @@ def sum_pairs(keys: np.ndarray, counts: np.ndarray) -> PairCounts:
 
 @dataclass(frozen=True, eq=False)
 class DomainStats:
-    """Sufficient statistics of one domain: ``A`` (h+1, h+1), ``b`` (h+1,) and counts.
+    """Sufficient statistics of one domain: token counts, ``b`` (h+1,) and maybe ``A``.
+
+    ``A`` (h+1, h+1) is ``None`` when the token-id histogram ``counts`` is given: it is a
+    function of it, ``Ẽᵀ diag(counts) Ẽ``, formed by :meth:`gram` when a ridge router
+    needs it (only ``dense`` and ``paper`` do), and at h = 8192 it would be 537 MB per
+    domain. Statistics without counts (:func:`streaming_stats`, files of an older ir3de)
+    carry ``A`` itself, and so do files written by an ir3de that stored both.
 
     They do not depend on λ or on any other router setting. ``source`` names
     where they came from (a file path), for error messages only.
@@ -151,7 +163,7 @@ class DomainStats:
     """
 
     domain: str
-    A: np.ndarray
+    A: np.ndarray | None
     b: np.ndarray
     n_tokens: int
     n_prompts: int
@@ -189,29 +201,16 @@ class DomainStats:
         # legacy: statistics read from an older file; compute_stats checks a new name fully
         validate_domain_name(self.domain, self.source, legacy=True)
         self._check_array_types()
-        h1 = self.b.shape[0] if self.b.ndim == 1 else -1
-        if self.A.ndim != 2 or self.A.shape != (h1, h1):
-            raise StatsFormatError(f"{self.source}: A has shape {self.A.shape} and b "
-                                   f"{self.b.shape}; expected (h+1, h+1) and (h+1,)")
-        check_finite("A", self.A, self.source)
+        if self.b.ndim != 1 or self.b.shape[0] < 2:
+            raise StatsFormatError(f"{self.source}: b has shape {self.b.shape}; expected "
+                                   "(h+1,)")
         check_finite("b", self.b, self.source)
-        # A sum of x̃x̃ᵀ is symmetric (to rounding, whoever formed it): a cheap check that
-        # catches damage to A in a file, which would otherwise load and move W.
-        scale = float(np.abs(np.diagonal(self.A)).max(initial=0.0))
-        if np.abs(self.A - self.A.T).max(initial=0.0) > _SYMMETRY_RTOL * scale:
-            raise StatsFormatError(f"{self.source}: A is not symmetric, so it is no sum of "
-                                   f"x̃x̃ᵀ (a damaged or hand-made file?)")
-        # More of what every sum of x̃x̃ᵀ and x̃ is: a diagonal of sums of squares, and a
-        # bias column (x̃'s last entry is 1) that is b itself. A symmetric edit of A (a
-        # negated diagonal entry, A scaled) passed the check above and moved W.
-        # (Beyond rounding: a difference of sums, ``(a + b) - a``, may keep a few ulps of
-        # the larger sum below zero.)
-        tolerance = _SYMMETRY_RTOL * scale
-        if np.any(np.diagonal(self.A) < -tolerance) or np.abs(self.A[:, -1] - self.b).max(
-                initial=0.0) > tolerance:
-            raise StatsFormatError(f"{self.source}: A and b are no sums of x̃x̃ᵀ and x̃ (A "
-                                   "has a negative diagonal entry, or its bias column is not "
-                                   "b): a damaged or hand-made file?")
+        if self.A is None:
+            if self.counts is None:
+                raise StatsFormatError(f"{self.source}: statistics without A need the token "
+                                       "counts it is formed from")
+        else:
+            self._check_gram(self.A)
         # Integers as plain ints (JSON metadata takes no numpy scalar); a bool or a float
         # would save a file that cannot be loaded back.
         for name in ("n_tokens", "n_prompts", "max_tokens"):
@@ -235,7 +234,8 @@ class DomainStats:
         # The bias entries are sums of 1.0 per token, exact in float64 below 2^53: they must
         # equal the token count to the bit. A cheap check against corruption and tampering
         # (the counts set the balanced weights).
-        if self.A[-1, -1] != self.n_tokens or self.b[-1] != self.n_tokens:
+        if (self.A is not None and self.A[-1, -1] != self.n_tokens) \
+                or self.b[-1] != self.n_tokens:
             raise StatsFormatError(f"{self.source}: A/b disagree with n_tokens={self.n_tokens}")
         # Each count at most n_tokens, so the sum cannot wrap around int64 unseen (2**62
         # added to four counts wraps back to the right total).
@@ -250,6 +250,83 @@ class DomainStats:
         if self.pairs is not None:
             self._check_pairs(self.pairs)
         self._freeze_arrays()
+
+    def _check_gram(self, A: np.ndarray) -> None:
+        h1 = self.b.shape[0]
+        if A.ndim != 2 or A.shape != (h1, h1):
+            raise StatsFormatError(f"{self.source}: A has shape {A.shape} and b "
+                                   f"{self.b.shape}; expected (h+1, h+1) and (h+1,)")
+        check_finite("A", A, self.source)
+        # A sum of x̃x̃ᵀ is symmetric (to rounding, whoever formed it): a cheap check that
+        # catches damage to A in a file, which would otherwise load and move W.
+        scale = float(np.abs(np.diagonal(A)).max(initial=0.0))
+        if np.abs(A - A.T).max(initial=0.0) > _SYMMETRY_RTOL * scale:
+            raise StatsFormatError(f"{self.source}: A is not symmetric, so it is no sum of "
+                                   f"x̃x̃ᵀ (a damaged or hand-made file?)")
+        # More of what every sum of x̃x̃ᵀ and x̃ is: a diagonal of sums of squares, and a
+        # bias column (x̃'s last entry is 1) that is b itself. A symmetric edit of A (a
+        # negated diagonal entry, A scaled) passed the check above and moved W.
+        # (Beyond rounding: a difference of sums, ``(a + b) - a``, may keep a few ulps of
+        # the larger sum below zero.)
+        tolerance = _SYMMETRY_RTOL * scale
+        if np.any(np.diagonal(A) < -tolerance) or np.abs(A[:, -1] - self.b).max(
+                initial=0.0) > tolerance:
+            raise StatsFormatError(f"{self.source}: A and b are no sums of x̃x̃ᵀ and x̃ (A "
+                                   "has a negative diagonal entry, or its bias column is not "
+                                   "b): a damaged or hand-made file?")
+
+    def gram(self, embedder: EmbedderLike) -> np.ndarray:
+        """``A = Σ x̃x̃ᵀ`` over the domain's tokens, (h+1, h+1), read-only: the stored one,
+        or formed from the token counts as ``Ẽᵀ diag(counts) Ẽ`` with ``embedder`` (the one
+        these statistics were made with). Formed once per statistics object, O(nnz·h²),
+        and then kept with it, as a stored ``A`` is.
+
+        Example:
+            >>> from ir3de import load_embedder, compute_stats
+            >>> emb = load_embedder()
+            >>> s = compute_stats(emb, ["What is 2+2?"], domain="math")
+            >>> A = s.gram(emb)
+            >>> A.shape == (emb.dim + 1, emb.dim + 1), int(A[-1, -1]) == s.n_tokens
+            (True, True)
+        """
+        return self.moments(embedder)[0]
+
+    def moments(self, embedder: EmbedderLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, b)`` as a ridge router reads them: the stored ones, or, for statistics
+        without ``A``, both formed from the exact token counts (so statistics merged from
+        shards give a central count's to the bit; the stored ``b`` is a float sum). An
+        ``embedder`` is needed for the latter only, and must be the one these statistics
+        were made with."""
+        if self.A is not None:
+            return self.A, self.b
+        if embedder is None:
+            raise IR3DEError(f"{self.source} ({self.domain}) keeps token counts and no A: "
+                             "forming A needs the embedder they were made with")
+        embedder = as_embedder(embedder)
+        formed = self.__dict__.get("_formed")
+        if formed is not None and formed[0] == embedder.fingerprint:
+            return formed[1], formed[2]
+        if embedder.fingerprint != self.fingerprint:
+            theirs, ours = told_apart(self.fingerprint, embedder.fingerprint)
+            raise FingerprintMismatchError(
+                f"{self.source} ({self.domain}) was made with embedding {theirs}, not "
+                f"{embedder.name} ({ours})")
+        assert self.counts is not None  # __post_init__: no A without counts
+        if self.counts.shape != (embedder.vocab_size,):
+            raise StatsFormatError(f"{self.source} ({self.domain}): token counts cover "
+                                   f"{self.counts.size} token ids, the embedder's "
+                                   f"vocabulary {embedder.vocab_size}")
+        A, b = _moments(embedder, self.counts)
+        A.flags.writeable = b.flags.writeable = False
+        # Kept with the object (frozen: its one cache, not a field): a router re-solves
+        # on every add and remove, and forming A costs O(nnz·h²).
+        object.__setattr__(self, "_formed", (embedder.fingerprint, A, b))
+        return A, b
+
+    @property
+    def format_version(self) -> int:
+        """The statistics file version these statistics are saved in: 1 with ``A``, else 2."""
+        return 1 if self.A is not None else 2
 
     def __repr__(self) -> str:
         # The generated repr printed every array (kilobytes): a summary says what they are.
@@ -281,7 +358,7 @@ class DomainStats:
     def _check_array_types(self) -> None:
         # Lists or object arrays would fail deep inside numpy (no .ndim, isfinite on
         # objects): refuse them here, naming the field.
-        arrays = {"A": self.A, "b": self.b, "counts": self.counts,
+        arrays = {"b": self.b, "A": self.A, "counts": self.counts,
                   "doc_counts": self.doc_counts}
         if self.pairs is not None:
             if not isinstance(self.pairs, tuple) or len(self.pairs) != 2:
@@ -291,7 +368,7 @@ class DomainStats:
         for name, value in arrays.items():
             # Counts are integers: saved as int64, floats would be truncated unseen.
             kinds, what = ("iuf", "numbers") if name in ("A", "b") else ("iu", "integers")
-            if (value is not None or name in ("A", "b")) and not (
+            if (value is not None or name == "b") and not (
                     isinstance(value, np.ndarray) and value.dtype.kind in kinds):
                 got = f"array of {value.dtype}" if isinstance(value, np.ndarray) \
                     else type(value).__name__
@@ -358,8 +435,8 @@ class DomainStats:
         counted with and without pairs), or ``A`` and ``b`` for statistics without a
         histogram. Computed once per object (a router keeps its experts' statistics).
         The pair table has its own digest, :attr:`_pair_content`."""
-        arrays = [(self.A, "<f8"), (self.b, "<f8")] if self.counts is None \
-            else [(self.counts, "<i8")]
+        arrays = [(self.counts, "<i8")] if self.counts is not None \
+            else [(np.asarray(self.A), "<f8"), (self.b, "<f8")]
         return _digest((self.n_tokens, self.n_prompts, self.max_tokens, self.fingerprint,
                         self.counts is None), arrays)
 
@@ -392,7 +469,7 @@ class DomainStats:
                     pairs = sum_pairs(np.concatenate([self.pairs.keys, other.pairs.keys]),
                                        np.concatenate([self.pairs.counts,
                                                        sign * other.pairs.counts]))
-        A = self.A + sign * other.A
+        A = None if counts is not None else self._summed_gram(other, sign)
         if sign < 0:
             self._check_subtracted(other, A, [n_tokens, n_prompts, counts, doc_counts,
                                               None if pairs is None else pairs.counts])
@@ -420,6 +497,18 @@ class DomainStats:
             object.__setattr__(combined, "_parts", self._parts - other._parts)
         return combined
 
+    def _summed_gram(self, other: DomainStats, sign: int) -> np.ndarray:
+        """``A`` of the combination of statistics of which at least one has no counts, so
+        the result has none either: the sum of both ``A``, which both must then carry."""
+        for x, y in ((self, other), (other, self)):
+            if x.A is None:
+                raise StatsFormatError(
+                    f"cannot combine {x.source} ({x.domain}), which keeps token counts and "
+                    f"no A, with {y.source}, which keeps A and no token counts: count "
+                    f"{y.source}'s corpus again with compute_stats (ir3de stats)")
+        assert self.A is not None and other.A is not None  # for the type checker
+        return self.A + sign * other.A
+
     def _unsigned(self, why: str, **changes: Any) -> DomainStats:
         """``replace(self, **changes)`` without the signature, noting ``why`` it was dropped
         when these statistics had one (or came from ones that had). Renamed or stripped of
@@ -446,7 +535,7 @@ class DomainStats:
                                    f"({'; '.join(differ)}); statistics of one embedder "
                                    "have one vocabulary and one width")
 
-    def _check_subtracted(self, other: DomainStats, A: np.ndarray,
+    def _check_subtracted(self, other: DomainStats, A: np.ndarray | None,
                           counts: list[int | np.ndarray | None]) -> None:
         """Refuse a difference that could not come from removing a part: a negative count
         (exact integers), or, what is left to tell when there are no counts, a negative
@@ -454,8 +543,9 @@ class DomainStats:
         is the token count, checked with it."""
         if any(c is not None and np.any(c < 0) for c in counts):
             what = "negative counts"
-        elif np.any(np.diagonal(A) < -_SUBTRACT_RTOL * (np.abs(np.diagonal(self.A))
-                                                        + np.abs(np.diagonal(other.A)))):
+        elif A is not None and self.A is not None and other.A is not None and np.any(
+                np.diagonal(A) < -_SUBTRACT_RTOL * (np.abs(np.diagonal(self.A))
+                                                    + np.abs(np.diagonal(other.A)))):
             what = "a negative diagonal in A"
         else:
             return
@@ -464,8 +554,9 @@ class DomainStats:
 
     def __add__(self, other: DomainStats) -> DomainStats:
         """The statistics of both corpora (same domain, embedder and token cap; both with
-        or both without pair counts). Counts are summed exactly; ``A`` and ``b`` in floating
-        point. Token, document and pair counts are kept only where both sides have them.
+        or both without pair counts). Counts are summed exactly; ``b`` (and ``A`` when
+        there are no counts) in floating point. Token, document and pair counts are kept
+        only where both sides have them.
         The result carries no signature and no file (``source`` is ``"<combined>"``).
 
         A sum remembers the shard objects it was summed from, so a shard object summed in
@@ -512,7 +603,7 @@ class DomainStats:
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata saved with the arrays (without the signature)."""
         return {
-            "format": STATS_FORMAT, "version": STATS_VERSION, "domain": self.domain,
+            "format": STATS_FORMAT, "version": self.format_version, "domain": self.domain,
             "n_tokens": self.n_tokens, "n_prompts": self.n_prompts, "dim": self.dim,
             "max_tokens": self.max_tokens, "fingerprint": self.fingerprint,
             "embedder": self.embedder,
@@ -526,7 +617,7 @@ class DomainStats:
         meta = self.metadata()
         if self.signature:
             meta["signature"] = self.signature
-        tensors = {"A": self.A, "b": self.b}
+        tensors = {"b": self.b} if self.A is None else {"A": self.A, "b": self.b}
         if self.counts is not None:
             tensors["counts"] = np.asarray(self.counts, dtype=np.int64)
         if self.doc_counts is not None:
@@ -544,12 +635,18 @@ class DomainStats:
         if meta.get("format") != STATS_FORMAT:
             raise StatsFormatError(f"{where}: not an ir3de statistics file "
                                    f"(format {meta.get('format')!r})")
-        if meta.get("version") != STATS_VERSION:
-            raise StatsFormatError(f"{where}: statistics format version {meta.get('version')} "
-                                   f"is not supported (this ir3de reads {STATS_VERSION})")
-        missing = {"A", "b"} - tensors.keys()
+        version = meta.get("version")
+        if version not in _STATS_VERSIONS or isinstance(version, bool):
+            raise StatsFormatError(f"{where}: statistics format version {version} is not "
+                                   f"supported (this ir3de reads "
+                                   f"{' and '.join(map(str, _STATS_VERSIONS))})")
+        # Version 1 holds A; version 2 holds the counts A is formed from, and no A.
+        missing = ({"A", "b"} if version == 1 else {"b", "counts"}) - tensors.keys()
         if missing:
             raise StatsFormatError(f"{where}: missing tensor(s) {sorted(missing)}")
+        if version == 2 and "A" in tensors:
+            raise StatsFormatError(f"{where}: a version 2 statistics file holds no A (it is "
+                                   "formed from the token counts)")
         try:
             fields = {k: meta[k] for k in ("domain", "n_tokens", "n_prompts", "fingerprint",
                                            "embedder", "max_tokens", "dim")}
@@ -563,7 +660,7 @@ class DomainStats:
         if not isinstance(fields["embedder"], dict):
             raise StatsFormatError(f"{where}: metadata field 'embedder' must be an object, "
                                    f"got {fields['embedder']!r}")
-        A = tensors["A"].astype(np.float64)
+        A = tensors["A"].astype(np.float64) if version == 1 else None
         b = tensors["b"].astype(np.float64)
         if b.shape != (fields["dim"] + 1,):
             raise StatsFormatError(f"{where}: b has shape {b.shape} but dim is {fields['dim']}")
@@ -893,8 +990,9 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
                       n_prompts: int, max_tokens: int = DEFAULT_MAX_TOKENS,
                       doc_counts: np.ndarray | None = None,
                       pairs: PairCounts | None = None) -> DomainStats:
-    """Form ``A = Ẽᵀ diag(c) Ẽ`` and ``b = Ẽᵀ c`` from a token-id histogram (and keep the
-    document frequencies of tokens and token pairs, when given, for the ``nb`` router)."""
+    """Statistics of a token-id histogram: ``b = Ẽᵀ c``, the counts themselves (``A =
+    Ẽᵀ diag(c) Ẽ`` is formed from them when needed, :meth:`DomainStats.gram`) and the
+    document frequencies of tokens and token pairs, when given, for the ``nb`` router."""
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts = _as_counts(counts, "counts")
     if counts.shape != (embedder.vocab_size,):
@@ -902,27 +1000,11 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
                                f"({embedder.vocab_size},)")
     if np.any(counts < 0):
         raise StatsFormatError("token counts must be non-negative")
-    h1 = embedder.dim + 1
-    A = np.zeros((h1, h1))
-    b = np.zeros(h1)
+    b = np.zeros(embedder.dim + 1)
     nz = np.flatnonzero(counts)
-    # Blocks bound memory for wide tables (h = 4096 → 8192 rows ≈ 270 MB in float64).
-    for start in range(0, nz.size, _ROW_BLOCK):
-        ids = nz[start:start + _ROW_BLOCK]
-        X = np.empty((ids.size, h1))
-        X[:, :-1] = embedder.rows(ids)
-        X[:, -1] = 1.0
-        c = counts[ids].astype(np.float64)
-        b += X.T @ c
-        # Bias column first scaled by sqrt(c) then squared: A's bias entries stay exact
-        # integers only if taken from c directly, so they are set after the product.
-        Xs = X * np.sqrt(c)[:, None]
-        A += Xs.T @ Xs
-    # (√c X)ᵀ(√c X) is a Gram matrix: symmetric up to the last bit; make it exactly so, and
-    # put the exact counts in the bias row/column (√c·√c is not always c in floating point).
-    A = (A + A.T) / 2
-    A[-1, :] = A[:, -1] = b
-    return DomainStats(domain=domain, A=A, b=b, n_tokens=int(counts.sum()),
+    for ids, X in _table_blocks(embedder, nz):
+        b += X.T @ counts[ids].astype(np.float64)
+    return DomainStats(domain=domain, A=None, b=b, n_tokens=int(counts.sum()),
                        n_prompts=n_prompts, fingerprint=embedder.fingerprint,
                        embedder=embedder.spec, max_tokens=max_tokens,
                        counts=counts,
@@ -932,6 +1014,38 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
                        PairCounts(*(_as_counts(a, name)
                                     for a, name in zip(pairs, ("pair keys", "pair counts"),
                                                        strict=True))))
+
+
+def _moments(embedder: Embedder, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Ẽᵀ diag(c) Ẽ, Ẽᵀ c)`` of a token-id histogram: one pass over the ids with
+    ``c > 0``, O(nnz·h²). ``A`` is symmetric to the bit and its bias entries are the exact
+    token count (below 2**53)."""
+    h1 = embedder.dim + 1
+    A = np.zeros((h1, h1))
+    b = np.zeros(h1)
+    for ids, X in _table_blocks(embedder, np.flatnonzero(counts)):
+        c = counts[ids].astype(np.float64)
+        b += X.T @ c
+        # Rows scaled by √c and then squared: √c·√c is not always c in floating point, so
+        # the bias row and column are taken from b below, not from this product.
+        Xs = X * np.sqrt(c)[:, None]
+        A += Xs.T @ Xs
+    # (√c X)ᵀ(√c X) is a Gram matrix: symmetric up to the last bit; make it exactly so.
+    A = (A + A.T) / 2
+    A[-1, :] = A[:, -1] = b
+    return A, b
+
+
+def _table_blocks(embedder: Embedder, ids: np.ndarray) -> Iterator[tuple[np.ndarray,
+                                                                           np.ndarray]]:
+    """``(ids, X̃)`` over ``ids`` in blocks: rows of the table with a bias 1 appended.
+    Blocks bound memory for wide tables (h = 4096: 8192 rows ≈ 270 MB in float64)."""
+    for start in range(0, ids.size, _ROW_BLOCK):
+        block = ids[start:start + _ROW_BLOCK]
+        X = np.empty((block.size, embedder.dim + 1))
+        X[:, :-1] = embedder.rows(block)
+        X[:, -1] = 1.0
+        yield block, X
 
 
 def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
@@ -1007,24 +1121,22 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     """Sum statistics shard-wise per domain: the statistics of one pass over all the data.
 
     Exact are the integers: token and prompt counts, token-id counts, document and pair
-    frequencies (and so ``A``'s and ``b``'s bias entries, which are token counts); the rest
-    of ``A`` and ``b`` is summed in floating point and equals one pass's to rounding
-    (~1e-15 relative to the sum: after a subtraction, relative to the larger sum, not to
-    what remains), not to the bit. Routers read only the counts for the ``default``,
-    ``unigram`` and ``identity`` presets (the identity ridge rebuilds its system from the
-    token-id counts), so those are the very routers of a central fit; the ``paper`` and
-    ``dense`` presets solve with ``A`` and ``b`` and agree to rounding.
+    frequencies; ``b`` (and ``A``, for statistics without token counts) is summed in
+    floating point and equals one pass's to rounding (~1e-15 relative to the sum: after a
+    subtraction, relative to the larger sum, not to what remains), not to the bit. Routers
+    read only the counts of statistics that have them, whatever the preset (the ridge
+    presets form ``A`` and ``B`` from the token-id counts), so they are the very routers of
+    a central fit; only statistics without counts make the ``paper`` and ``dense`` routers
+    agree with one to rounding.
 
     Returns ``{domain: stats}`` in order of first appearance. The integer counts are
-    exact sums, the same whatever the order the shards are given in, and so are the
-    routers of the ``default``, ``unigram`` and ``identity`` presets, which read only
-    them. ``A`` and ``b`` are float sums, taken in a canonical order (by token and prompt
-    count, then source) so that they do not depend on that order either, except between
-    shards that tie on all three (in-memory statistics, all ``"<memory>"``, with equal
-    token and prompt counts): those are summed in the order given, which can change the
-    last bits of ``A`` and ``b`` (and so the ``paper`` and ``dense`` routers, to
-    rounding). Shards of one domain with and without token-pair counts are refused (the
-    sum could hold no pairs) unless ``drop_pairs``, which leaves the pairs out of every
+    exact sums, the same whatever the order the shards are given in. Float sums are taken
+    in a canonical order (by token and prompt count, then source) so that they do not
+    depend on that order either, except between shards that tie on all three (in-memory
+    statistics, all ``"<memory>"``, with equal token and prompt counts): those are summed
+    in the order given, which can change their last bits. Shards of one domain with and
+    without token-pair counts are refused (the sum could hold no pairs) unless
+    ``drop_pairs``, which leaves the pairs out of every
     result. A shard given twice
     (the same object, one file loaded twice, a shard object summed with ``+`` or ``sum``
     into two of the items, or identical statistics such as a copy of the file:
