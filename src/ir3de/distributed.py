@@ -7,7 +7,7 @@ expanded too, with ``*`` and ``[…]``: in a URL ``?`` begins the query). Ray Da
 each file to one task, which reads it whole, its bytes as stored (a ``.gz`` file is not
 decompressed, as the local engine does not either), parses it with the local engine's own
 readers (:mod:`ir3de.data`), tokenizes its prompts and counts token ids; the driver sums
-the counts (and the token-pair tables) and forms ``A_d`` and ``b_d``. A corpus should
+the counts (and the token-pair tables) and forms ``b_d``. A corpus should
 therefore be many files, each well within a worker's memory, which is how such corpora are
 stored. Token counts are integers and their sum does not depend on how the corpus was
 split, so the result is the same statistics file, bit for bit, as the local engine on the
