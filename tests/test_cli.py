@@ -149,6 +149,10 @@ def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
     lf, crlf = json.loads(out.splitlines()[0]), json.loads(run(capsys, "route", built["router"])[1])
     assert crlf["coverage"] == lf["coverage"]
     assert crlf["confidence"] == pytest.approx(lf["confidence"], rel=1e-12)
+    stdin(b"How much is 3 + 4?\rprint('hi')\r\xe2\x80\x8b\r")  # old Mac lines; a ZWSP line
+    assert [json.loads(line)["id"] for line in run(capsys, "route", built["router"])[1]
+            .splitlines()] == [0, 1]
+    assert run(capsys, "route", built["router"], "\u200b")[:2] == (1, "")
     stdin(b"fine\nnot \xff utf-8\n")
     code, _, err = run(capsys, "route", built["router"])
     assert code == 1 and "<stdin>:2: not valid UTF-8" in err

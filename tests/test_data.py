@@ -106,6 +106,11 @@ def test_text_corpus(tmp_path: Path) -> None:
     crlf = tmp_path / "w.text"
     crlf.write_bytes(b"one\r\ntwo\r\n")
     assert list(read_corpus(crlf)) == ["one", "two"]
+    # Old Mac line endings (a lone \r) end lines too: such a file was one prompt, cut at
+    # the token cap. Lines of invisible characters only are blank.
+    cr = tmp_path / "mac.txt"
+    cr.write_bytes("one\rtwo\r\u200b\u200b\r\ufeff\rthree\r\n".encode())
+    assert list(read_corpus(cr)) == ["one", "two", "three"]
     assert list(read_corpus(tmp_path / "c.txt", fmt="text")) == list(read_corpus(path))
 
 

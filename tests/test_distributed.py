@@ -171,12 +171,13 @@ def test_bad_arguments_fail_before_ray_starts(emb: Embedder, tmp_path: Path,
 
 
 def test_text_lines_split_like_local(cluster, emb: Embedder, tmp_path: Path) -> None:
-    # Only \n ends a prompt locally: a form feed, U+2028 or a lone \r stay inside it.
+    # \n, \r\n and a lone \r (old Mac files) end a prompt locally; a form feed or U+2028
+    # stays inside it.
     path = tmp_path / "odd.txt"
     path.write_bytes("alpha\x0cbeta gamma\r\ndelta\u2028epsilon zeta\n \n\neta\rtheta iota\r\r\n"
                      "kappa lambda".encode())
     local = compute_stats(emb, read_corpus(path), domain="odd")
-    assert local.n_prompts == 4
+    assert local.n_prompts == 5
     _assert_same(ray_stats([path], emb, domain="odd", progress=False), local)  # a Path too
 
 

@@ -63,6 +63,27 @@ def assert_same_state(a: Router, b: Router) -> None:
 # ------------------------------------------------------------------ experts
 
 
+@pytest.mark.parametrize("preset", ["dense", "paper", "default"])
+def test_routers_from_merged_shards_are_a_central_fits_to_the_bit(emb: Embedder,
+                                                                  preset: str) -> None:
+    """Every preset reads only the exact integer counts (the ridge presets form A and b
+    from them), so shards counted apart and merged give the very router of one count; A
+    summed from the shards' own float A used to match it to rounding only."""
+    from ir3de import merge
+
+    whole, shards = {}, []
+    for domain, texts in CORPORA.items():
+        whole[domain] = compute_stats(emb, texts, domain=domain)
+        shards += [compute_stats(emb, texts[i::3], domain=domain) for i in range(3)]
+    config = RouterConfig.preset(preset)
+    central = Router(emb, config).fit_stats(whole)
+    merged = Router(emb, config).fit_stats(merge(shards))
+    np.testing.assert_array_equal(merged.W, central.W)
+    # (b of the shards is a float sum, not the central b to the bit: the router does not
+    # read it.)
+    assert all(s.A is None for s in merged.stats.values())
+
+
 @pytest.mark.parametrize("balance", [False, True])
 def test_add_then_remove_restores_w_exactly(emb: Embedder, toy_stats, balance: bool) -> None:
     router = fit(emb, toy_stats, ["math", "coding", "law"], balance=balance)
@@ -584,8 +605,15 @@ def _without(path: Path, tensors, meta, key: str) -> Path:
 
 def test_empty_and_special_only_prompts(toy_router: Router) -> None:
     for bad in ("", "   ", "\n\t"):
-        with pytest.raises(EmptyInputError, match="prompt #0 is empty"):
+        with pytest.raises(EmptyInputError, match=r"prompt #0 is empty$"):
             toy_router.route(bad)
+    # Invisible characters only: the tokenizer makes tokens of them, but there is nothing
+    # to route on (a zero-width space went to an expert with confidence 0.9).
+    for bad in ("\u200b\u200b", "\ufeff", "\u115f", "\u00ad", "\ufe0f", "\x00", " \u2060 "):
+        with pytest.raises(EmptyInputError, match=r"prompt #0 is empty \(it holds only "
+                                                   r"invisible characters\)"):
+            toy_router.route(bad)
+    assert toy_router.route("\u200bWhat is 2 + 2?").expert  # visible text around them routes
     for special in ("</s>", "<s></s>", "<s>"):
         with pytest.raises(EmptyInputError, match="no token"):
             toy_router.route(special)

@@ -3394,7 +3394,7 @@ def test_tls_failure_says_why_and_ssl_cert_file_trusts_a_private_ca(
         "file or directory\n")
 
 
-@pytest.mark.parametrize("content", ["<s>", "</s><s>", "<unk>"])
+@pytest.mark.parametrize("content", ["<s>", "</s><s>", "<unk>", "\u200b\u200b"])
 def test_prompt_of_special_tokens_only_goes_to_the_fallback(
         gateway: Proc, stats_files, upstreams, tmp_path, content: str) -> None:
     """A prompt of special tokens only ("<s>") was a 400 "cannot route this prompt: prompt
@@ -3416,8 +3416,10 @@ def test_prompt_of_special_tokens_only_goes_to_the_fallback(
         why = "empty or only special tokens" if content != "<unk>" else \
             "the tokenizer of wordllama-l2_supercat-256 does not know its characters or " \
             "words: they become <unk>, which carries no routing signal"
+        what = "text to route on" if content.startswith("\u200b") else \
+            f"token to route on ({why})"
         assert r.json()["error"] == {
-            "message": f"the prompt has no token to route on ({why}); name an expert as "
+            "message": f"the prompt has no {what}; name an expert as "
                        "'model' or configure a fallback",
             "type": "invalid_request_error", "param": "messages", "code": None}
     finally:

@@ -42,6 +42,7 @@ from .data import (
     reasoning_split,
     record_id,
     refuse_repeated_paths,
+    text_lines,
 )
 from .distributed import local_matches
 from .embedding import (
@@ -53,6 +54,7 @@ from .embedding import (
 from .errors import (
     IR3DEError,
     StatsFormatError,
+    is_blank,
     listed,
     require_creatable,
     require_file,
@@ -854,9 +856,10 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     elif _stdin().isatty():
         raise _no_prompts("none given as arguments, and standard input is a terminal")
     else:
-        lines = [(line.rstrip("\r\n"), f"<stdin>:{lineno}")  # CRLF: "\r" would be a token
+        lines = [(text, f"<stdin>:{lineno}")
                  for lineno, line in enumerate(decode_lines(sys.stdin.buffer, "<stdin>"), 1)
-                 if line.strip()]  # blank lines are skipped, as in plain text corpora
+                 for text in text_lines(line)
+                 if not is_blank(text)]  # blank lines are skipped, as in text corpora
         items = [(i, text, where) for i, (text, where) in enumerate(lines)]
         if not items:
             raise _no_prompts("none given as arguments, and standard input holds only blank "
@@ -867,7 +870,7 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
                   "--input - to route the records' text", file=sys.stderr)
     checked = []
     for ident, text, where in items:
-        if not text.strip():
+        if is_blank(text):
             raise IR3DEError(f"{where}: empty prompt; nothing was routed")
         try:
             text.encode("utf-8")

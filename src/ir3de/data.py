@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from .errors import EmptyInputError, IR3DEError, require_file
+from .errors import EmptyInputError, IR3DEError, is_blank, require_file
 
 __all__ = [
     "FORMATS",
@@ -52,6 +52,7 @@ __all__ = [
     "refuse_repeated_paths",
     "require_format",
     "seeded_split",
+    "text_lines",
 ]
 
 FORMATS = ("jsonl", "text", "parquet")
@@ -270,13 +271,19 @@ def corpus_texts(data: bytes, name: str, fmt: CorpusFormat,
 
 
 def _line_texts(fh: BinaryIO, name: str, fmt: str, text_field: str) -> Iterator[str]:
-    """The prompts of a JSONL or (any other ``fmt``) text file open in binary mode (lines
-    end at \\n only)."""
+    """The prompts of a JSONL or (any other ``fmt``) text file open in binary mode."""
     lines = decode_lines(fh, name)
     if fmt == "jsonl":
         return (record[text_field] for record in parse_jsonl(lines, name,
                                                              text_field=text_field))
-    return (line.rstrip("\r\n") for line in lines if line.strip())
+    return (text for line in lines for text in text_lines(line) if not is_blank(text))
+
+
+def text_lines(line: str) -> list[str]:
+    """The prompts of one line of a plain text file as read in binary mode (up to and
+    including a \\n): lines end at \\n, \\r\\n or a lone \\r. A file with old Mac line
+    endings (\\r only) read as one line would be one prompt, cut at the token cap."""
+    return line.rstrip("\r\n").split("\r")
 
 
 def _arrow_text_types(pa: Any) -> list[Callable[[Any], bool]]:
@@ -325,7 +332,7 @@ def read_records(path: str | os.PathLike[str], seen: dict[str, str] | None = Non
     for n, (lineno, record) in enumerate(read_numbered_jsonl(path), 1):
         here = f"{path}:{lineno}"
         text = record.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise IR3DEError(f"{here}: record has no non-empty string field 'text'")
         if check is not None:
             check(record, here)

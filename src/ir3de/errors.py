@@ -8,6 +8,7 @@ that the CLI and the gateway can report it without a traceback.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -101,6 +102,28 @@ def require_creatable(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise error(f"{path}: {blocker} is not a directory")
+
+
+# Default-ignorable code points that are no format characters (Cf): the combining grapheme
+# joiner, the Hangul and Khmer fillers, the Mongolian free variation selectors, the
+# variation selectors and the tags. With the Cf ones (zero-width space, byte-order mark,
+# soft hyphen, bidi controls) they show nothing, yet the tokenizer makes tokens of them.
+_IGNORABLE = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+              (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0000, 0xE0FFF))
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: white space, control and format characters and the
+    other default-ignorable ones only. Such a prompt has nothing to route on, although the
+    tokenizer makes tokens of it (a zero-width space routed with confidence 0.9). Stops at
+    the first visible character, so a long prompt costs nothing."""
+    for ch in text:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf"):
+            continue
+        code = ord(ch)
+        if not any(low <= code <= high for low, high in _IGNORABLE):
+            return False
+    return True
 
 
 def refuse_lone_text(texts: object, what: str = "prompts") -> None:

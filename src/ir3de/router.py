@@ -42,6 +42,7 @@ from .errors import (
     IR3DEError,
     NotFittedError,
     StatsFormatError,
+    is_blank,
     refuse_lone_text,
     require_path,
     told_apart,
@@ -1016,8 +1017,10 @@ def _prompts(prompts: Iterable[str]) -> list[str]:
     naming ``prompt #i``, from 0)."""
     texts = _texts(prompts, "prompts", "prompt")
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise EmptyInputError(f"prompt #{i} is empty")
+        if is_blank(text):
+            raise EmptyInputError(f"prompt #{i} is empty"
+                                  + ("" if not text.strip() else " (it holds only invisible "
+                                     "characters)"))
     return texts
 
 

@@ -190,7 +190,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import EmptyInputError, IR3DEError, require_file
+from .errors import EmptyInputError, IR3DEError, is_blank, require_file
 from .statistics import domain_name_problem
 
 __all__ = ["create_app", "load_config", "serve"]
@@ -2233,9 +2233,9 @@ def create_app(config: Any) -> Any:
             return _error(400, str(exc), param=param)
         # an image-only message, a prompt of token ids or of white space: nothing to route
         # on, but an expert can answer it
-        textless = routed and not text.strip()
+        textless = routed and is_blank(text)
         decision = None
-        if routed and text.strip():
+        if routed and not textless:
             start = time.perf_counter()
             try:
                 decision = state.router.route(text)
@@ -2254,7 +2254,7 @@ def create_app(config: Any) -> Any:
         elif routed:
             if decision is None:
                 what = f"token to route on ({state.router.embedder.why_no_token(text)})" \
-                    if text.strip() else "text to route on"
+                    if not is_blank(text) else "text to route on"
                 return _error(400, f"the prompt has no {what}; name an expert as 'model' or "
                                    "configure a fallback", param=param)
             expert = routed_to = decision.expert

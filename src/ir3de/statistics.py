@@ -49,6 +49,7 @@ from .errors import (
     FingerprintMismatchError,
     IR3DEError,
     StatsFormatError,
+    is_blank,
     refuse_lone_text,
     require_path,
     told_apart,
@@ -881,7 +882,7 @@ def _nonblank(texts: Iterable[str],
         n = i if positions is None else positions[i]
         if not isinstance(text, str):
             raise IR3DEError(f"text #{n} is of type {type(text).__name__}, not a string")
-        if text.strip():
+        if not is_blank(text):
             yield n, text
 
 
