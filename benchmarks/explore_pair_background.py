@@ -31,6 +31,7 @@ from _holdout import explore_args, flatten, holdout, print_mean_choice
 import ir3de.router
 from ir3de import DomainStats, Router, RouterConfig, compute_stats, load_embedder
 from ir3de.eval import load_setting
+from ir3de.selector import PairScores
 from ir3de.solver import _PAIR_EPS, solve_pairs
 
 MASSES = (1e4, 3e4, 1e5, 3e5)
@@ -38,7 +39,7 @@ SETTINGS = ("reasoning-paper", "reasoning-2fold", "reasoning-xdata", "domains")
 
 
 def _balanced_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
-                    mass: float) -> tuple[np.ndarray, np.ndarray]:
+                    mass: float) -> PairScores:
     """``solve_pairs`` with a background in which every domain weighs the same."""
     keys = np.unique(np.concatenate([stats[n].pairs.keys for n in experts]))
     C = np.zeros((keys.size + 1, len(experts)))
@@ -48,7 +49,7 @@ def _balanced_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     n = C.sum(axis=0)
     q = (C / n).sum(axis=1) * n.mean() + _PAIR_EPS
     q /= q.sum()
-    return keys, np.log(C + mass * q[:, None]) - np.log(n + mass)
+    return PairScores.from_logits(keys, np.log(C + mass * q[:, None]) - np.log(n + mass))
 
 
 SOLVERS = {"pooled": solve_pairs, "balanced": _balanced_pairs}

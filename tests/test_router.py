@@ -57,7 +57,8 @@ def assert_same_state(a: Router, b: Router) -> None:
     assert (pa is None) == (pb is None)
     if pa is not None:
         np.testing.assert_array_equal(pa.keys, pb.keys)
-        np.testing.assert_array_equal(pa.logp, pb.logp)
+        for name in ("base", "offset", "indptr", "cols", "delta"):
+            np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name))
 
 
 # ------------------------------------------------------------------ experts

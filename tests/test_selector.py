@@ -184,13 +184,18 @@ def test_single_prompt_path_equals_batch(router: Router, random_prompts: list[np
             assert one.confidence[0] == batch.confidence[i]
 
 
+@pytest.mark.parametrize("dense", [True, False])
 def test_geo_with_pairs_matches_reference(router: Router, random_prompts: list[np.ndarray],
-                                         monkeypatch) -> None:
+                                         monkeypatch, dense: bool) -> None:
     """geo with a pair table: each distinct token's and each distinct (previous id, id)
     pair's log-probabilities (unseen pairs: the last row), summed in float64, over the
-    number of distinct tokens; batched (also sorted in several chunks) and one by one."""
+    number of distinct tokens; batched (also sorted in several chunks) and one by one; with
+    the table read dense (small tables) and sparse (large ones)."""
     import ir3de.selector as selector_module
     from ir3de.selector import PairScores
+
+    if not dense:
+        monkeypatch.setattr(selector_module, "_DENSE_ENTRIES", -1)
 
     base = router._state.table
     V, D = base.logp.shape
@@ -205,7 +210,8 @@ def test_geo_with_pairs_matches_reference(router: Router, random_prompts: list[n
         distinct = list(dict.fromkeys(ids.tolist()))
         grams = set(pair_keys(ids, V).tolist())
         total = [math.fsum([*(base.logp[t, d] for t in distinct),
-                            *(pairs.logp[row.get(g, keys.size), d] for g in grams)])
+                            *(pairs.logp(np.array([row.get(g, keys.size)]))[0, d]
+                              for g in grams)])
                  / len(distinct) for d in range(D)]
         m = max(total)
         z = math.fsum(math.exp(v - m) for v in total)

@@ -267,3 +267,55 @@ def test_nb_smoothing_switches_on_the_mean_or_the_smallest_prompt_count() -> Non
     assert nb_smoothing(0.5, "auto", [10]) == (0.5, FEW_PAIRS)
     assert nb_smoothing("auto", 3e3, [10_000]) == (DEFAULT_ALPHA, 3e3)
     assert nb_smoothing("auto", None, [10]) == (FEW_ALPHA, None)
+
+
+def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch) -> None:
+    """solve_pairs stores the per-row normalised Dirichlet table as base + offset + sparse
+    corrections (closed-form log-sum-exp): the same numbers as forming the dense K x D table
+    and normalising it, in O(pairs + nonzeros); the routers read either form alike."""
+    import ir3de.selector as selector_module
+    from ir3de import Router, RouterConfig
+    from ir3de.solver import _PAIR_EPS, solve_pairs
+
+    experts = list(toy_stats)
+    for mass in (DEFAULT_PAIRS, FEW_PAIRS, 3.0):
+        table = solve_pairs(toy_stats, experts, mass=mass)
+        keys = np.unique(np.concatenate([toy_stats[n].pairs.keys for n in experts]))
+        C = np.zeros((keys.size + 1, len(experts)))
+        for j, n in enumerate(experts):
+            C[np.searchsorted(keys, toy_stats[n].pairs.keys), j] = toy_stats[n].pairs.counts
+        q = C.sum(axis=1) + _PAIR_EPS
+        T = np.log(C + mass * q[:, None] / q.sum()) - np.log(C.sum(axis=0) + mass)
+        T -= np.log(np.exp(T).sum(axis=1, keepdims=True))
+        np.testing.assert_array_equal(table.keys, keys)
+        np.testing.assert_allclose(table.logp(np.arange(keys.size + 1)), T, rtol=0,
+                                   atol=1e-12)
+        assert table.delta.size == np.count_nonzero(C)  # one stored entry per nonzero count
+    with pytest.raises(IR3DEError, match=r"the pair Dirichlet mass 4\.94066e-324 is too "
+                                         r"small: the pair table is not finite"):
+        solve_pairs(toy_stats, experts, mass=5e-324)  # m q underflows to 0
+    # Many experts with pairs of their own: a few numbers per pair, not one per expert.
+    from ir3de import compute_stats
+
+    words = ["apple", "river", "stone", "cloud", "maple", "tiger", "violin", "copper",
+             "garden", "harbor", "lantern", "meadow", "pepper", "quartz", "saddle", "timber",
+             "velvet", "walnut", "anchor", "basket"]
+    many = {f"d{i}": compute_stats(emb, [f"{words[i % 20]} {words[(3 * i + 1) % 20]} and "
+                                         f"{words[(7 * i + 2) % 20]} {i}"], domain=f"d{i}")
+            for i in range(40)}
+    table = solve_pairs(many, list(many))
+    stored = sum(a.nbytes for a in (table.base, table.indptr, table.cols, table.delta))
+    assert stored < 8 * table.base.size * len(many) / 4
+    # Routers read the table dense when it is small, sparse beyond _DENSE_ENTRIES: the
+    # same decisions, scores equal to rounding.
+    prompts = ["What is 12 times 7?", "def add(a, b): return a + b", "Quelle heure est-il ?"]
+    dense = Router(emb, RouterConfig.preset("default")).fit_stats(toy_stats)
+    monkeypatch.setattr(selector_module, "_DENSE_ENTRIES", -1)
+    sparse = Router(emb, RouterConfig.preset("default")).fit_stats(toy_stats)
+    assert sparse._state.table.pairs._dense is None and dense._state.table.pairs._dense \
+        is not None
+    a, b = dense.route_batch(prompts), sparse.route_batch(prompts)
+    assert [d.expert for d in a] == [d.expert for d in b]
+    np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b],
+                               rtol=1e-12)
+    assert [sparse.route(p).confidence for p in prompts] == [d.confidence for d in b]

@@ -49,7 +49,6 @@ from .errors import (
 )
 from .selector import (
     SELECTORS,
-    PairScores,
     Selection,
     SelectorName,
     VocabScores,
@@ -559,7 +558,7 @@ class Router:
             pairs = None
             if mass is not None:
                 _require_pairs(stats, experts)
-                pairs = PairScores.from_logits(*solve_pairs(stats, experts, mass=mass))
+                pairs = solve_pairs(stats, experts, mass=mass)
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
                           None, (alpha, mass))

@@ -52,6 +52,9 @@ __all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores"
            "vocab_scores"]
 
 _TAG_LIMIT = 2**63 - 1  # the largest (prompt, pair) tag a sort may form (int64)
+_FIRST = np.zeros(1, dtype=np.int64)  # the one run of a single prompt's pairs
+# Pair tables of up to this many entries (128 MB of float64) are also kept dense.
+_DENSE_ENTRIES = 2**24
 
 SelectorName = Literal["topk", "all", "avg", "geo"]
 SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
@@ -60,25 +63,46 @@ SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
 @dataclass(frozen=True, eq=False)
 class PairScores:
     """Per-pair routing table: ``keys`` (K,), the sorted pair keys
-    (:class:`~ir3de.statistics.PairCounts`), and ``logp`` (K + 1, D), each pair's
-    log-probabilities over the domains (normalised per row), the last row for every pair
-    not among ``keys``."""
+    (:class:`~ir3de.statistics.PairCounts`), and each pair's log-probabilities over the D
+    domains (normalised per row), row K for every pair not among ``keys``. Stored sparse,
+    as ``logp[p, d] = base[p] + offset[d] + delta[p, d]`` with ``delta`` nonzero only in
+    ``nnz`` entries, a CSR matrix (``indptr`` (K + 2,), ``cols``, ``delta``): a Dirichlet
+    table is that sum wherever a domain never showed the pair (see
+    :func:`~ir3de.solver.solve_pairs`), so a router of D experts holds O(K + nnz) numbers,
+    not K x D (1.6 GB for 102 experts and 2 M pairs). A table of at most _DENSE_ENTRIES
+    entries is also kept dense, (K + 1, D), and read that way: a prompt's sum is one
+    gather then, as fast as before the sparse form (the sparse sum costs twice the
+    selector's time), and it differs from the sparse one in the last digits only."""
 
     keys: np.ndarray
-    logp: np.ndarray
+    base: np.ndarray
+    offset: np.ndarray
+    indptr: np.ndarray
+    cols: np.ndarray
+    delta: np.ndarray
     # keys + a -1 sentinel: searchsorted positions (≤ K) index it without a bounds check,
     # and the sentinel never equals a key (keys are ≥ 0).
     _padded: np.ndarray = field(init=False, repr=False)
+    _dense: np.ndarray | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_padded", np.append(self.keys, np.int64(-1)))
+        dense = None
+        if self.base.size * self.offset.size <= _DENSE_ENTRIES:
+            dense = self.base[:, None] + self.offset[None, :]
+            rows = np.repeat(np.arange(self.base.size), np.diff(self.indptr))
+            dense[rows, self.cols] += self.delta
+        object.__setattr__(self, "_dense", dense)
 
     @classmethod
     def from_logits(cls, keys: np.ndarray, logits: np.ndarray) -> PairScores:
-        """Normalise per-pair scores (K + 1, D) by a log-softmax per row (in place)."""
+        """A dense table of per-pair scores (K + 1, D), normalised by a log-softmax per
+        row (in place), every entry stored."""
         logits -= logits.max(axis=1, keepdims=True)
         logits -= np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        return cls(keys, logits)
+        rows, D = logits.shape
+        return cls(keys, np.zeros(rows), np.zeros(D), np.arange(0, rows * D + 1, D),
+                   np.tile(np.arange(D), rows), logits.reshape(-1))
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """The row of each pair key: its own, or the last one when unseen."""
@@ -88,6 +112,29 @@ class PairScores:
     def seen(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row of :meth:`rows` is a pair of the fit data (not the unseen row)."""
         return rows < self.keys.size
+
+    def logp(self, rows: np.ndarray) -> np.ndarray:
+        """The log-probabilities of ``rows`` as a dense (len(rows), D) array."""
+        return self.sums(rows, np.arange(rows.size))
+
+    def sums(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The sum of the log-probabilities of each run of ``rows`` (non-empty runs starting
+        at ``starts``), (P, D). One prompt's sum has the same digits alone as in a batch:
+        every part is summed per run in the order of its rows."""
+        if self._dense is not None:
+            return np.add.reduceat(self._dense[rows], starts, axis=0)
+        P, D = starts.size, self.offset.size
+        n = np.diff(np.append(starts, rows.size))
+        lo = self.indptr[rows]
+        lens = self.indptr[rows + 1] - lo
+        # The CSR entries of every row in turn, and the run each belongs to.
+        entries = np.repeat(lo - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+        run = np.repeat(np.repeat(np.arange(P), n), lens)
+        # (float even with no entry at all: every pair unseen, bincount then gives int zeros)
+        total = np.bincount(run * D + self.cols[entries], weights=self.delta[entries],
+                            minlength=P * D).reshape(P, D).astype(np.float64, copy=False)
+        total += np.add.reduceat(self.base[rows], starts)[:, None] + n[:, None] * self.offset
+        return total
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,7 +291,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
         coverage = None
         if table.pairs is not None:
             rows = table.pairs.rows(_distinct(pair_keys(x, table.logp.shape[0])))
-            total += _total(table.pairs.logp[rows])
+            total += table.pairs.sums(rows, _FIRST)[0]
             # count_nonzero: np.mean costs 3 µs here, a tenth of the whole selector
             coverage = np.array([np.count_nonzero(table.pairs.seen(rows)) / rows.size])
         scores = _softmax(total / first.size)
@@ -291,7 +338,7 @@ def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
         owner = tagged // span
         n_pairs = np.bincount(owner, minlength=hi - lo)  # ≥ 1: no empty prompt
         rows = pairs.rows(tagged % span)
-        out.append(np.add.reduceat(pairs.logp[rows], np.cumsum(n_pairs) - n_pairs, axis=0))
+        out.append(pairs.sums(rows, np.cumsum(n_pairs) - n_pairs))
         seen.append(np.bincount(owner, weights=pairs.seen(rows),
                                 minlength=hi - lo) / n_pairs)
     return np.concatenate(out), np.concatenate(seen)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
+from .selector import PairScores
 from .statistics import DomainStats, _table_blocks
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_MIN_PROMPTS",
@@ -421,40 +422,49 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
 
 
 def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
-                mass: float = DEFAULT_PAIRS) -> tuple[np.ndarray, np.ndarray]:
-    """Naive-Bayes log-likelihoods of binary token-pair features: ``(keys, T)``.
+                mass: float = DEFAULT_PAIRS) -> PairScores:
+    """Naive-Bayes log-likelihoods of binary token-pair features, normalised per pair.
 
-    ``keys`` (K,) are the pairs seen in any expert's statistics (sorted, see
-    :class:`~ir3de.statistics.PairCounts`); ``T`` (K + 1, D), in ``experts`` order, has one
-    row per key and a last row shared by every pair none of them holds:
+    The pairs are those seen in any expert's statistics (sorted keys, see
+    :class:`~ir3de.statistics.PairCounts`), plus one row shared by every pair none of them
+    holds; the columns are the ``experts``, in order:
 
         T[p, d] = log((df[p, d] + m q[p]) / (n_d + m)),   q[p] ∝ Σ_d df[p, d] + ε
 
     with ``df[p, d]`` the number of domain d's prompts that hold pair p, ``n_d = Σ_p df[p, d]``
     and ``m`` the Dirichlet ``mass``: a domain's pair distribution is smoothed towards the
     pooled one (ε = 0.01 keeps unseen pairs possible), so a pair a domain has never shown
-    is judged by how common it is overall. The table depends on the summed statistics only
+    is judged by how common it is overall. The selector reads ``T`` less its log-sum-exp
+    per row, ``log(m q[p] Σ_d 1/(n_d + m) + Σ_d df[p, d]/(n_d + m))`` in closed form, so the
+    table is ``base[p] + offset[d]`` wherever ``df[p, d] = 0`` plus ``log1p(df / (m q))``
+    where it is not: stored sparse (:class:`~ir3de.selector.PairScores`), O(pairs +
+    nonzeros) whatever the number of experts. It depends on the summed statistics only
     (integers, exactly the same in any order), so adding or removing an expert and
     re-solving equals a full refit.
 
     Example:
-        >>> keys, T = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
+        >>> table = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
     """
     pairs = _require(stats, experts, lambda s: s.pairs, "token-pair frequencies",
                      "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
     if not mass > 0 or not np.isfinite(mass):
         raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, got {mass}")
     keys = np.unique(np.concatenate([pairs[n].keys for n in experts]))
-    C = np.zeros((keys.size + 1, len(experts)))
-    for j, name in enumerate(experts):
-        own = pairs[name]
-        C[np.searchsorted(keys, own.keys), j] = own.counts
-    q = C.sum(axis=1) + _PAIR_EPS
-    q /= q.sum()
-    # Only a tiny mass underflows (m q → 0 gives log 0 for pairs a domain lacks): checked
-    # below, with an error naming it rather than numpy's warning.
-    with np.errstate(divide="ignore"):
-        T = np.log(C + mass * q[:, None])
-    T -= np.log(C.sum(axis=0) + mass)
-    _require_finite(T, f"the pair Dirichlet mass {mass:g} is too small", "pair table")
-    return keys, T
+    row = np.concatenate([np.searchsorted(keys, pairs[n].keys) for n in experts])
+    col = np.concatenate([np.full(pairs[n].keys.size, j) for j, n in enumerate(experts)])
+    df = np.concatenate([pairs[n].counts for n in experts]).astype(np.float64)
+    n = np.array([pairs[name].counts.sum() for name in experts], dtype=np.float64) + mass
+    q = np.bincount(row, weights=df, minlength=keys.size + 1) + _PAIR_EPS
+    mq = mass * (q / q.sum())
+    # Only a tiny mass underflows (m q → 0 gives log 0): checked below, with an error
+    # naming it rather than numpy's warning.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = np.log(mq) - np.log(mq * (1.0 / n).sum()
+                                   + np.bincount(row, weights=df / n[col],
+                                                 minlength=keys.size + 1))
+        delta = np.log1p(df / mq[row])
+    for part in (base, delta):
+        _require_finite(part, f"the pair Dirichlet mass {mass:g} is too small", "pair table")
+    order = np.argsort(row * len(experts) + col)  # CSR: by row, then by expert
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=keys.size + 1))])
+    return PairScores(keys, base, -np.log(n), indptr, col[order], delta[order])
