@@ -3052,6 +3052,54 @@ def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstream
         gw.stop()
 
 
+def test_a_request_head_not_sent_within_keep_alive_seconds_closes_the_connection(
+        stats_files, upstreams, tmp_path: Path) -> None:
+    """uvicorn timed a connection out only after a response: one that sent nothing, or
+    trickled its head a byte at a time, stayed open for ever (a thousand of them held every
+    file descriptor of a default ulimit). The head now has keep_alive_seconds, from when the
+    connection opens or the last response ended; a request that takes longer to answer is
+    not cut."""
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, keep_alive_seconds=1))
+    host, port = "127.0.0.1", int(gw.url.rsplit(":", 1)[1])
+
+    def closed_after(trickle: bytes) -> float:
+        start = time.monotonic()
+        with socket.create_connection((host, port), timeout=10) as sock:
+            try:
+                for byte in trickle:  # one byte every 0.2 s: each resets no timer
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.2)
+                assert sock.recv(1024) == b""  # closed by the gateway, no answer
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed while the head was still trickling in
+        return time.monotonic() - start
+
+    try:
+        assert closed_after(b"") < 3
+        assert closed_after(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1") < 3
+        # A complete head in time is answered, and the next one has its own deadline.
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(1024)
+            head, body = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += sock.recv(1024)
+            start = time.monotonic()
+            assert sock.recv(1024) == b""
+            assert time.monotonic() - start < 3
+        # An answer slower than keep_alive_seconds is not cut.
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
+                       json=_chat(MATH, model="math", hang=2))
+        assert r.status_code == 200, r.text
+    finally:
+        gw.stop()
+
+
 def test_shutdown_seconds_bounds_how_long_a_stop_waits(stats_files, upstreams,
                                                        tmp_path: Path) -> None:
     """On SIGTERM the gateway stops taking connections and lets requests in flight finish;

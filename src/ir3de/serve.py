@@ -159,7 +159,8 @@ Example config::
     max_body_bytes: 1000000    # a client's request body, at most
     max_answer_bytes: 33554432   # an expert's answer (decoded), or a stream's event, at most
     max_admin_body_bytes: 268435456   # an admin request's body (a statistics upload), at most
-    keep_alive_seconds: 75     # an idle client connection is closed after this long
+    keep_alive_seconds: 75     # an idle client connection (or one without a whole request
+                               # head) is closed after this long
     upstream_keep_alive_seconds: 4  # an idle upstream connection is reused this long
     shutdown_seconds: 60       # on SIGTERM, streams in flight may run this long (unset: no limit)
 """
@@ -438,7 +439,8 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         # request (uvicorn's own 5 s met httpx's 5 s: bench_keepalive.py).
         keep_alive_seconds: Whole = pd.Field(75, gt=0, strict=True,
                                            description="how long an idle client "
-                                                       "connection is kept open (s)")
+                                                       "connection, or one still sending a "
+                                                       "request head, is kept open (s)")
         # The same race the other way round: the experts' servers close idle connections
         # after 5 s (uvicorn, so vLLM; llama.cpp's server; Node), and a connection the
         # gateway reuses as one closes it fails that attempt (bench_keepalive.py; the
@@ -2991,6 +2993,54 @@ def _bind(host: str, port: int) -> list[Any]:
     return sockets
 
 
+def _head_deadline_protocol() -> type:
+    """uvicorn's h11 protocol with a deadline for every request's head (request line and
+    headers), keep_alive_seconds from when the connection opens or the previous response
+    ends. uvicorn times a connection out only once a response has ended: one that sent
+    nothing, or trickled its head a byte at a time, stayed open for ever, and a thousand
+    such held every file descriptor of a default ulimit (no request got through, and
+    asyncio logged each refused accept)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the head is in (or refused)
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # the next request's head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(self.timeout_keep_alive, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
+
+
 def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> int:
     """Run the gateway until it is stopped: what ``ir3de serve`` does. The access log goes
@@ -3073,7 +3123,8 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
         # access_log off: ir3de logs one structured line per request instead
         Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                               access_log=False, timeout_keep_alive=config.keep_alive_seconds,
-                              timeout_graceful_shutdown=config.shutdown_seconds)
+                              timeout_graceful_shutdown=config.shutdown_seconds,
+                              http=_head_deadline_protocol())
                ).run(sockets=sockets)
     finally:
         for sock in sockets:
