@@ -1483,6 +1483,12 @@ def test_errors_naming_a_path_with_control_characters_stay_one_line(tmp_path: Pa
     err = capsys.readouterr().err
     assert info.value.code == 2 and "/out\\n/' ends in '/'" in err.splitlines()[-1]
     assert "\x1b" not in err
+    # A right-to-left override reversed the rest of the line on the terminal; a byte that
+    # is not UTF-8 showed as a surrogate, "\\udce9".
+    for name, shown in (("a\u202etxt.exe", "a\\u202etxt.exe"), ("caf\udce9", "caf\\xe9"),
+                        ("zw\u200bsp", "zw\\u200bsp")):
+        code, out, err = run(capsys, "route", tmp_path / name, "hi")
+        assert (code, err) == (1, f"ir3de: error: {tmp_path}/{shown}: no such file\n")
 
 
 def test_experts_add_of_the_router_to_itself_says_what_is_wrong(built: dict[str, Path],

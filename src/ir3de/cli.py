@@ -83,14 +83,25 @@ typical workflow:
 """
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Controls, the bidirectional overrides and isolates, and the invisible format characters
+# (not the joiners, which spell Persian, Indic and emoji names), and lone surrogates.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e"
+                      "\u2060-\u2069\ufeff\ud800-\udfff]")
 
 
 def _one_line(message: str) -> str:
     """An error message as the one line it is meant to be: the control characters of the
     names it quotes (a file named with a newline, a terminal escape sequence) shown escaped,
-    as ``repr`` shows them, not acted on by the terminal."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    as ``repr`` shows them, not acted on by the terminal; so are the invisible characters
+    (a right-to-left override reversed the rest of the line). A byte of a file name or an
+    argument that is not UTF-8 (held as a surrogate, U+DC80-U+DCFF) is shown as that byte,
+    ``\\xe9``, as :func:`~ir3de.errors.shown_path` shows it."""
+    def escaped(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF \
+            else repr(match.group())[1:-1]
+
+    return _CONTROL.sub(escaped, message)
 
 
 class _Messages(argparse.ArgumentParser):
