@@ -213,7 +213,8 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (json.dumps(_chat("x" * 30_000)).encode(), 413, "exceeds the limit"),
     (json.dumps(_chat(MATH, model="gpt-5")).encode(), 404, "model 'gpt-5' does not exist"),
     # valid JSON that cannot be forwarded as JSON: an unpaired surrogate, NaN
-    (json.dumps(_chat("\ud800 hi")).encode(), 400, "not valid JSON"),
+    (json.dumps(_chat("\ud800 hi")).encode(), 400,
+     "holds an unpaired surrogate escape (\\ud800-\\udfff), which is no text"),
     (json.dumps(_chat(MATH, model="math", temperature=float("nan"))).encode(), 400,
      "NaN is not a JSON number"),
     # too large for a float: inf, which the body forwarded could not hold (was a text 500)

@@ -1300,11 +1300,19 @@ def _parse_json(raw: bytes) -> Any:
     accepts, and nesting too deep to parse."""
     try:
         body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise ValueError(f"request body is not valid JSON ({reason})") from None
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        # JSON that escapes half of a UTF-16 pair: valid JSON, but no text (the encoder's
+        # message named a position in its own re-encoding, not in the body)
+        raise ValueError("request body holds an unpaired surrogate escape (\\ud800-\\udfff), "
+                         "which is no text: send the character whole") from None
+    except RecursionError:
+        raise ValueError("request body is not valid JSON (nested too deeply)") from None
     return body
 
 
