@@ -25,6 +25,7 @@ from ir3de import (
     compute_stats,
     merge,
 )
+from ir3de.errors import is_blank
 from ir3de.statistics import (
     PairCounts,
     load_stats_files,
@@ -160,24 +161,29 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
 
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
-             "", "\n", "x"]
+             "", "\n", "x", "<s>", "</s><s>", "\u200b"]
     counts, doc_counts, n_prompts, pairs = token_counts(emb, texts, max_tokens=5)
-    assert n_prompts == 3  # blank prompts are skipped
+    # Blank prompts and prompts of special tokens only are skipped: they count as no
+    # prompt (routing refuses them), which would lower every expert's pair bounds.
+    assert n_prompts == 3
+    for count in (compute_stats, streaming_stats):
+        assert count(emb, texts, domain="d").n_prompts == 3
     # Per id, the prompts it occurs in (after the cap): "</s> one </s> two <s>" counts
     # "one" and "two" once each; tokens repeated within a prompt count once.
-    kept = [emb.encode(t)[:5] for t in texts if t.strip()]
+    kept = [emb.encode(t)[:5] for t in texts if not is_blank(t)]
     expected = np.bincount(np.concatenate([np.unique(x) for x in kept]),
                            minlength=emb.vocab_size)
     np.testing.assert_array_equal(doc_counts, expected)
     assert doc_counts.max() <= n_prompts and np.all(doc_counts <= counts)
     assert counts[emb.special_ids].sum() == 0
-    assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if t.strip())
+    assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if not is_blank(t))
     assert counts.dtype == np.int64 and counts.shape == (emb.vocab_size,)
     # Pairs: (previous id or the start V, id) within the cap, each prompt's distinct pairs once.
     V = emb.vocab_size
     brute: Counter[tuple[int, int]] = Counter()
     for x in kept:
-        brute.update(set(zip([V, *x[:-1].tolist()], x.tolist(), strict=True)))
+        if x.size:  # (a prompt of special tokens only has no pair)
+            brute.update(set(zip([V, *x[:-1].tolist()], x.tolist(), strict=True)))
     got = {(int(k) // (V + 1), int(k) % (V + 1)): int(c) for k, c in zip(*pairs, strict=True)}
     assert got == dict(brute)
 

@@ -946,7 +946,8 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
-    blank (whitespace-only) prompts are skipped; ``texts`` is read once, as a stream.
+    blank prompts (white space and invisible characters only) and prompts of special
+    tokens only are skipped; ``texts`` is read once, as a stream.
     ``progress`` shows a bar with tokens/s. A bad text (not a string, an unpaired
     surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
     ``positions[N]`` where ``texts`` are part of the caller's own sequence.
@@ -971,7 +972,9 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
             # number of sorts logarithmic in the corpus size and the memory bounded.
             if sum(k.size for k in pending) > max(pairs.keys.size, _PAIR_FOLD):
                 pairs = _fold(pairs, pending)
-            n_prompts += len(batch)
+            # A prompt of special tokens only ("<s>") holds nothing: not counted, as routing
+            # refuses it (the prompt counts set the smoothing and the pair bounds).
+            n_prompts += sum(1 for x in ids if x.size)
             bar.update(int(flat.size))
     return TokenCounts(counts, doc_counts, n_prompts, _fold(pairs, pending))
 
@@ -1112,7 +1115,7 @@ def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str
             A += X.T @ X
             b += X.sum(axis=0)
             n_tokens += ids.size
-            n_prompts += 1
+            n_prompts += int(ids.size > 0)
     return DomainStats(domain=domain, A=A, b=b, n_tokens=n_tokens, n_prompts=n_prompts,
                        fingerprint=embedder.fingerprint, embedder=embedder.spec,
                        max_tokens=max_tokens)
