@@ -129,6 +129,31 @@ def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsy
     assert info["has_A"] is False and info["version"] == 2
 
 
+def test_ctrl_c_while_route_writes_leaves_whole_lines(built: dict[str, Path], capsys,
+                                                      monkeypatch) -> None:
+    """A Ctrl-C in the middle of writing a batch's lines left a line cut in two at the end
+    of the output (a broken record for a reader, or a resumed run). It now waits for the
+    lines to be out, then interrupts as usual (exit 130)."""
+    import io
+    import signal
+
+    written: list[str] = []
+
+    class Stdout(io.StringIO):
+        def write(self, text: str) -> int:
+            written.append(text[:len(text) // 2])
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, halfway through the write
+            written.append(text[len(text) // 2:])
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Stdout())
+    code = main(["route", str(built["router"]), "--batch-size", "1", "What is 2 + 2?",
+                 "def f(): pass", "Write a poem."])
+    assert code == 130 and "ir3de: interrupted" in capsys.readouterr().err
+    out = "".join(written)
+    assert out.endswith("\n") and [json.loads(line)["id"] for line in out.splitlines()] == [0]
+
+
 def test_route_jsonl_and_stdin(built: dict[str, Path], tmp_path: Path, capsys,
                                monkeypatch) -> None:
     prompts = write_jsonl(tmp_path / "prompts.jsonl", ["How much is 3 + 4?", "print('hi')"])

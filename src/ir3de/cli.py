@@ -1001,7 +1001,8 @@ def cmd_route(args: argparse.Namespace) -> int:
                                            token_ids=ids[start:start + args.batch_size])
             lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain)})
                             for (ident, _, _), decision in zip(batch, decisions, strict=True))
-            with bar.external_write_mode(file=sys.stdout):  # the bar steps aside meanwhile
+            # the bar steps aside meanwhile; a Ctrl-C waits for the lines to be out whole
+            with bar.external_write_mode(file=sys.stdout), _interruptions_held():
                 _write_stdout(lines)
                 _flush_stdout()
             bar.update(len(batch))
@@ -1917,6 +1918,36 @@ def _sigterm_as_interrupt(command: str) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _interruptions_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held back until the block ends, then acted on as usual; a
+    second one acts at once (a write blocked on a full pipe can still be stopped). What
+    the block writes is then whole: a line cut in two by Ctrl-C was left at the end of the
+    output, a broken record for whoever reads or resumes from it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *_STOP_SIGNALS)}
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:  # a second one: as usual, now
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+        held.append(signum)
+
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])  # to its own handler (Ctrl-C: KeyboardInterrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
