@@ -2130,6 +2130,13 @@ def test_inspect_and_experts_list_say_one_prompt_and_one_token(built: dict[str, 
     assert math.split()[:3] == ["math", "4", "prompts"]
     assert greeting.index(" token") == math.index(" tokens")  # the counts stay in columns
     assert greeting.index("unsigned") == math.index("unsigned")
+    # Wide characters take two columns on a terminal: a Chinese name pushed the columns
+    # after it out of line (str.ljust counts characters).
+    wide = tmp_path / "wide.st"
+    assert run(capsys, "build", built["math"], f"数学={one}", "-o", wide)[0] == 0
+    math, chinese = run(capsys, "inspect", wide)[1].splitlines()[-2:]
+    assert chinese.startswith("    数学 ")
+    assert chinese.index(" 1 prompt") + 2 == math.index(" 4 prompts")  # 2 wide characters
 
 
 @pytest.mark.parametrize("selector", ["avg", "topk", "all"])

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -584,6 +585,22 @@ def _unicode_stdout() -> bool:
             .startswith("utf")
     except LookupError:
         return False
+
+
+def _padded(text: str, width: int) -> str:
+    """``text`` and spaces up to ``width`` terminal columns, as it will be shown: wide
+    characters (CJK, most emoji) take two columns, combining and format characters none;
+    where standard output's encoding lacks a character, its escape (``\\u4e2d``) is what
+    takes the room. (``str.ljust`` counts characters: expert names in Chinese pushed the
+    columns after them out of line.)"""
+    if _unicode_stdout():
+        shown = sum(0 if unicodedata.combining(ch) or unicodedata.category(ch) == "Cf"
+                    else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+                    for ch in text)
+    else:
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        shown = len(text.encode(encoding, "backslashreplace"))
+    return text + " " * max(0, width - shown)
 
 
 def _stdout_failed(exc: OSError) -> IR3DEError:
@@ -1162,7 +1179,7 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         _echo(f"  experts      {len(info['experts'])}")
         for e in info["experts"]:
             # padded to the plural's width, so the token counts stay in one column
-            _echo(f"    {e['name']:<24} {_count(e['n_prompts'], 'prompt', 9):<17} "
+            _echo(f"    {_padded(e['name'], 24)} {_count(e['n_prompts'], 'prompt', 9):<17} "
                   f"{_count(e['n_tokens'], 'token', 12):<19} {_signed(e)}")
     else:
         _echo(f"  domain       {info['domain']}")
