@@ -2309,6 +2309,10 @@ def test_build_keeps_the_signatures_of_statistics_it_does_not_rename(corpora: di
     (["build", "={math}", "{coding}"], "argument [NAME=]FILE: no expert name before '=' in "
                                        "'={math}'; write NAME=FILE, or FILE alone for the "
                                        "expert to take its file's domain"),
+    # an invalid NAME= was blamed on the file ("math.st: invalid domain name")
+    (["build", "cafe\u0301={math}", "{coding}"],
+     "argument [NAME=]FILE: invalid expert name 'cafe\u0301' in 'cafe\u0301={math}': it is not "
+     "in Unicode's composed form (NFC): write it as 'caf\u00e9'"),
     (["stats", "-", "--domain", "d"], "argument corpus: standard input ('-') is not read by "
                                       "stats; save the corpus to a file and name it (a file "
                                       "named '-': ./-)"),

@@ -70,7 +70,14 @@ from .router import (
     read_router_meta,
 )
 from .selector import SELECTORS
-from .statistics import DomainStats, compute_stats, load_stats_files, merge, validate_domain_name
+from .statistics import (
+    DomainStats,
+    compute_stats,
+    domain_name_problem,
+    load_stats_files,
+    merge,
+    validate_domain_name,
+)
 from .store import locked_for_update, read_safetensors, refuse_special_file
 
 EPILOG = """\
@@ -311,6 +318,10 @@ def _named_file(text: str) -> str:
         if not path:
             raise argparse.ArgumentTypeError(f"expected a file after {name + '='!r}, got an "
                                              "empty path")
+        problem = domain_name_problem(name)
+        if problem is not None:  # (it was blamed on the file: "FILE: invalid domain name")
+            raise argparse.ArgumentTypeError(f"invalid expert name {name!r} in {text!r}: "
+                                             f"it {problem}")
     return text
 
 
