@@ -1081,6 +1081,12 @@ def test_route_ids_are_unique(built: dict[str, Path], tmp_path: Path, capsys,
     code, out, err = run(capsys, "route", router, "--input", file)
     assert code == 0, err
     assert [json.loads(line)["id"] for line in out.splitlines()] == [1, "q-2", "a", "q-4"]
+    # A file name that is not UTF-8: its byte as \xe9 (a surrogate is no JSON text; json
+    # printed "\udce9", which a reader cannot encode again).
+    latin = tmp_path / "caf\udce9.jsonl"
+    latin.write_text('{"text": "What is 5 plus 9?"}\n')
+    code, out, err = run(capsys, "route", router, "--input", latin)
+    assert code == 0 and json.loads(out)["id"] == "caf\\xe9-1", err
     for records, message in (
             (['{"text": "x"}', '{"id": "q-1", "text": "y"}'],
              f"{file}:2: id 'q-1' repeats the id of {file}:1 (a record without 'id'); ids must "

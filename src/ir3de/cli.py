@@ -957,7 +957,8 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
         if path.is_dir() or not path.exists():
             # (a pipe is read once, as standard input is: --input <(cmd), /dev/stdin)
             require_file(path)
-        where, stem, raw = str(path), path.stem, path.open("rb")
+        # (a stem that is not UTF-8 as \xNN: the ids are JSON text, which no surrogate is)
+        where, stem, raw = str(path), shown_path(path.stem), path.open("rb")
     items: list[tuple[Any, str, str]] = []
     seen: dict[str, str] = {}  # id -> the record that has it
     try:
