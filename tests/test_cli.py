@@ -1209,7 +1209,7 @@ def test_merge_refuses_shards_with_and_without_pairs(corpora: dict[str, Path], t
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", out, coding, "-o", router)
     assert code == 1 and not router.exists()
-    assert f"statistics {out} (math) carry no token-pair frequencies: made with ir3de stats " \
+    assert f"no token-pair frequencies in {out} (math): made with ir3de stats " \
            "--no-pairs, merged from such files, or by an ir3de before pairs were counted; " \
            "build without pair features (--preset unigram or --pairs none" in err
     assert run(capsys, "build", out, coding, "-o", router, "--pairs", "none")[0] == 0

@@ -956,9 +956,14 @@ def test_A_is_formed_from_the_counts_once_and_files_keep_it_only_without_them(
     assert fresh.moments(emb)[0] is A and fresh.gram(emb) is A  # kept with the object
     assert not A.flags.writeable and not b.flags.writeable
     np.testing.assert_array_equal(b, s.b)  # b formed from the counts is the b made with them
-    with pytest.raises(IR3DEError, match=r"<memory> \(math\) keeps token counts and no A: "
-                                         r"forming A needs the embedder"):
+    with pytest.raises(IR3DEError, match=r"<memory> \(math\) keeps token counts: forming A "
+                                         r"and b from them needs the embedder"):
         dataclasses.replace(s).moments()
+    # A pickle (a router sent to worker processes) leaves the formed A out.
+    import pickle
+
+    assert len(pickle.dumps(fresh)) < A.nbytes
+    assert pickle.loads(pickle.dumps(fresh)).moments(emb)[0] is not A
     alien = dataclasses.replace(s, fingerprint="f" * 64)
     with pytest.raises(FingerprintMismatchError, match=r"<memory> \(math\) was made with "
                                                        r"embedding f+, not wordllama"):
@@ -973,11 +978,30 @@ def test_A_is_formed_from_the_counts_once_and_files_keep_it_only_without_them(
         >= A.nbytes
     loaded = DomainStats.load(tmp_path / "v1.st")
     np.testing.assert_array_equal(loaded.A, A)
-    assert loaded.moments() == (loaded.A, loaded.b)  # stored: no embedder needed
-    # Counts on one side only: the sum has no counts, so it needs both A.
+    np.testing.assert_array_equal(loaded.moments(emb)[0], A)  # formed: the stored one
+    # A stored b (or a stored A) that disagrees with the counts is refused where A is
+    # formed; counts moved between ids (sums and document frequencies kept) show in b.
+    inner = np.ones_like(A)  # off-diagonal entries scaled, bias row and column kept
+    inner[:-1, :-1] = 1.5
+    np.fill_diagonal(inner, 1.0)
+    moved = s.counts.copy()
+    i, j = np.flatnonzero((s.counts > 1) & (s.doc_counts < s.counts))[0], 0
+    moved[i] -= 1
+    moved[j] += 1
+    for damaged, what in ((dataclasses.replace(s, b=s.b * np.r_[np.full(s.dim, 2.0), 1.0]), "b"),
+                          (dataclasses.replace(with_A, A=A * inner), "A")):
+        with pytest.raises(StatsFormatError, match=rf"<memory> \(math\): {what} disagrees "
+                                                   r"with the token counts it is a sum over"):
+            damaged.moments(emb)
+    with pytest.raises(StatsFormatError, match=r"b disagrees with the token counts"):
+        dataclasses.replace(s, counts=moved, doc_counts=None, pairs=None).moments(emb)
+    # Counts on one side only: the sum has no counts, so it needs both A; said before the
+    # lesser difference (a pair table on one side only).
     old = streaming_stats(emb, CORPORA["math"][:2], domain="math")
-    with pytest.raises(StatsFormatError, match=r"cannot combine <memory> \(math\), which keeps "
-                                               r"token counts and no A, with <memory>, which "
-                                               r"keeps A and no token counts"):
-        dataclasses.replace(s, pairs=None, doc_counts=None) + old
+    for combine in (lambda: s + old, lambda: merge([s, old]), lambda: s - old):
+        with pytest.raises(StatsFormatError, match=r"cannot combine <memory> \(math\), which "
+                                                   r"keeps token counts and no A, with "
+                                                   r"<memory>, which keeps A and no token "
+                                                   r"counts \(made by streaming_stats"):
+            combine()
     assert (dataclasses.replace(with_A, pairs=None, doc_counts=None) + old).A is not None

@@ -297,9 +297,9 @@ def test_foreign_safetensors_are_rejected(saved_v1, tmp_path: Path) -> None:
         DomainStats.load(tmp_path / "list.st")
     with pytest.raises(StatsFormatError, match="not an ir3de statistics file"):
         DomainStats.load(rewrite(path, tmp_path / "fmt.st", format="ir3de-router"))
-    for version in (3, 0, True, "1"):
-        with pytest.raises(StatsFormatError, match=rf"version {version} is not supported "
-                                                   r"\(this ir3de reads 1 and 2\)"):
+    for version in (3, 0, True, "1", 2.0):
+        with pytest.raises(StatsFormatError, match=rf"version {re.escape(repr(version))} is not "
+                                                   r"supported \(this ir3de reads 1 and 2\)"):
             DomainStats.load(rewrite(path, tmp_path / "ver.st", version=version))
     # Version 1 holds A, version 2 the counts and no A.
     with pytest.raises(StatsFormatError, match=r"v2\.st: a version 2 statistics file holds no "

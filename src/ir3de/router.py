@@ -1089,7 +1089,7 @@ def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> 
     missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].pairs is None]
     if missing:
         raise StatsFormatError(
-            f"statistics {', '.join(missing)} carry no token-pair frequencies: made with "
+            f"no token-pair frequencies in {', '.join(missing)}: made with "
             "ir3de stats --no-pairs, merged from such files, or by an ir3de before pairs "
             "were counted; build without pair features (--preset unigram or --pairs none; "
             "RouterConfig.preset('unigram') or pairs=None), or count them again without "

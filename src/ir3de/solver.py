@@ -173,7 +173,7 @@ def _require(stats: Mapping[str, DomainStats], experts: Sequence[str],
     missing = [f"{stats[n].source} ({n})" for n in experts if found[n] is None]
     if missing:
         raise StatsFormatError(
-            f"statistics {', '.join(missing)} carry no {what}: made by streaming_stats (the "
+            f"no {what} in {', '.join(missing)}: made by streaming_stats (the "
             "reference accumulation, which keeps A and b only) or by an older ir3de that did "
             f"not count them; count them again with compute_stats (ir3de stats) to {use}")
     return {n: value for n, value in found.items() if value is not None}

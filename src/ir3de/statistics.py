@@ -153,7 +153,8 @@ class DomainStats:
     function of it, ``Ẽᵀ diag(counts) Ẽ``, formed by :meth:`gram` when a ridge router
     needs it (only ``dense`` and ``paper`` do), and at h = 8192 it would be 537 MB per
     domain. Statistics without counts (:func:`streaming_stats`, files of an older ir3de)
-    carry ``A`` itself, and so do files written by an ir3de that stored both.
+    carry ``A`` itself; files that an older ir3de wrote with both keep theirs too (their
+    signature covers it), checked against the counts when ``A`` is formed.
 
     They do not depend on λ or on any other router setting. ``source`` names
     where they came from (a file path), for error messages only.
@@ -293,16 +294,19 @@ class DomainStats:
         return self.moments(embedder)[0]
 
     def moments(self, embedder: EmbedderLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(A, b)`` as a ridge router reads them: the stored ones, or, for statistics
-        without ``A``, both formed from the exact token counts (so statistics merged from
-        shards give a central count's to the bit; the stored ``b`` is a float sum). An
-        ``embedder`` is needed for the latter only, and must be the one these statistics
-        were made with."""
-        if self.A is not None:
+        """``(A, b)`` as a ridge router reads them: for statistics with token counts, both
+        formed from the exact counts (so statistics merged from shards give a central
+        count's to the bit; the stored ``b`` is a float sum), which needs the ``embedder``
+        they were made with; the stored ones for statistics without counts. A stored ``b``
+        (and a stored ``A``, in files of version 1) must agree with the counts: a file
+        edited to disagree is refused here, where the counts are first read against the
+        table."""
+        if self.counts is None:
+            assert self.A is not None  # __post_init__: no A without counts
             return self.A, self.b
         if embedder is None:
-            raise IR3DEError(f"{self.source} ({self.domain}) keeps token counts and no A: "
-                             "forming A needs the embedder they were made with")
+            raise IR3DEError(f"{self.source} ({self.domain}) keeps token counts: forming A "
+                             "and b from them needs the embedder they were made with")
         embedder = as_embedder(embedder)
         formed = self.__dict__.get("_formed")
         if formed is not None and formed[0] == embedder.fingerprint:
@@ -312,17 +316,28 @@ class DomainStats:
             raise FingerprintMismatchError(
                 f"{self.source} ({self.domain}) was made with embedding {theirs}, not "
                 f"{embedder.name} ({ours})")
-        assert self.counts is not None  # __post_init__: no A without counts
         if self.counts.shape != (embedder.vocab_size,):
             raise StatsFormatError(f"{self.source} ({self.domain}): token counts cover "
                                    f"{self.counts.size} token ids, the embedder's "
                                    f"vocabulary {embedder.vocab_size}")
         A, b = _moments(embedder, self.counts)
+        for name, stored, made in (("b", self.b, b), ("A", self.A, A)):
+            scale = float(np.abs(made).max(initial=0.0))
+            if stored is not None and np.abs(stored - made).max(initial=0.0) \
+                    > _SYMMETRY_RTOL * scale:
+                raise StatsFormatError(f"{self.source} ({self.domain}): {name} disagrees with "
+                                       f"the token counts it is a sum over (a damaged or "
+                                       "hand-made file?)")
         A.flags.writeable = b.flags.writeable = False
         # Kept with the object (frozen: its one cache, not a field): a router re-solves
         # on every add and remove, and forming A costs O(nnz·h²).
         object.__setattr__(self, "_formed", (embedder.fingerprint, A, b))
         return A, b
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle (a router sent to worker processes) leaves out an A formed from the
+        # counts: (h+1)² floats, formed again where it is needed.
+        return {k: v for k, v in self.__dict__.items() if k != "_formed"}
 
     @property
     def format_version(self) -> int:
@@ -457,6 +472,7 @@ class DomainStats:
             raise ExpertError(f"cannot combine statistics of domain {self.domain!r} "
                               f"({self.source}) with {other.domain!r} ({other.source})")
         check_same_max_tokens([self, other])
+        _check_counts_or_gram([self, other])
         _check_same_pairs([self, other])
         self._check_same_lengths(other)
         n_tokens = self.n_tokens + sign * other.n_tokens
@@ -500,14 +516,9 @@ class DomainStats:
 
     def _summed_gram(self, other: DomainStats, sign: int) -> np.ndarray:
         """``A`` of the combination of statistics of which at least one has no counts, so
-        the result has none either: the sum of both ``A``, which both must then carry."""
-        for x, y in ((self, other), (other, self)):
-            if x.A is None:
-                raise StatsFormatError(
-                    f"cannot combine {x.source} ({x.domain}), which keeps token counts and "
-                    f"no A, with {y.source}, which keeps A and no token counts: count "
-                    f"{y.source}'s corpus again with compute_stats (ir3de stats)")
-        assert self.A is not None and other.A is not None  # for the type checker
+        the result has none either: the sum of both ``A`` (both carry one, see
+        :func:`_check_counts_or_gram`)."""
+        assert self.A is not None and other.A is not None
         return self.A + sign * other.A
 
     def _unsigned(self, why: str, **changes: Any) -> DomainStats:
@@ -637,8 +648,8 @@ class DomainStats:
             raise StatsFormatError(f"{where}: not an ir3de statistics file "
                                    f"(format {meta.get('format')!r})")
         version = meta.get("version")
-        if version not in _STATS_VERSIONS or isinstance(version, bool):
-            raise StatsFormatError(f"{where}: statistics format version {version} is not "
+        if type(version) is not int or version not in _STATS_VERSIONS:
+            raise StatsFormatError(f"{where}: statistics format version {version!r} is not "
                                    f"supported (this ir3de reads "
                                    f"{' and '.join(map(str, _STATS_VERSIONS))})")
         # Version 1 holds A; version 2 holds the counts A is formed from, and no A.
@@ -847,6 +858,22 @@ def check_same_max_tokens(items: Iterable[DomainStats]) -> None:
                 f"{first.max_tokens} tokens but {other.source} ({other.domain}) at "
                 f"{other.max_tokens}; count them again with the same cap "
                 f"(ir3de stats --max-tokens, compute_stats(max_tokens=...))")
+
+
+def _check_counts_or_gram(items: list[DomainStats]) -> None:
+    """Statistics without token counts can be summed only with others that carry ``A`` (a
+    sum keeps counts only where every part has them): refuse, naming one of each, before
+    any other difference is reported (a missing pair table, the first to show, is the
+    lesser one)."""
+    counted = [s for s in items if s.A is None]
+    uncounted = [s for s in items if s.counts is None]
+    if counted and uncounted:
+        x, y = counted[0], uncounted[0]
+        raise StatsFormatError(
+            f"cannot combine {x.source} ({x.domain}), which keeps token counts and no A, "
+            f"with {y.source}, which keeps A and no token counts (made by streaming_stats or "
+            f"an older ir3de): count {y.source}'s corpus again with compute_stats (ir3de "
+            "stats)")
 
 
 def _check_same_pairs(items: list[DomainStats]) -> None:
@@ -1168,6 +1195,7 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
         groups.setdefault(s.domain, []).append(s)
     merged = {}
     for domain, parts in groups.items():
+        _check_counts_or_gram(parts)
         _check_same_pairs(parts)  # up front, to name every shard without pairs at once
         parts.sort(key=lambda s: (s.n_tokens, s.n_prompts, s.source))
         total = parts[0]
