@@ -400,8 +400,11 @@ def test_load_rejects_bad_router_files(toy_router: Router, toy_stats, emb: Embed
         Router.load(rewrite("shape.st", {"A": tensors["A"][:3], "b": tensors["b"][:3]}))
     with pytest.raises(StatsFormatError, match="tensor b does not match"):
         Router.load(rewrite("missing.st", {"A": tensors["A"]}))
-    with pytest.raises(StatsFormatError, match="version"):
-        Router.load(rewrite("version.st", version=99))
+    for version in (99, "2", 2.0, True):  # ("2" was said to be unsupported, 2.0 read as 2)
+        with pytest.raises(StatsFormatError, match=rf"router format version "
+                                                   rf"{re.escape(repr(version))} is not "
+                                                   r"supported \(this ir3de reads 1 and 2\)"):
+            Router.load(rewrite("version.st", version=version))
     with pytest.raises(StatsFormatError, match="lacks 'experts'"):
         Router.load(_without(tmp_path / "lacks.st", tensors, meta, "experts"))
     with pytest.raises(IR3DEError, match="unknown router setting"):

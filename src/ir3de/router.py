@@ -1210,8 +1210,8 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if meta.get("format") != ROUTER_FORMAT:
         raise StatsFormatError(f"{where}: not an ir3de router file (format {meta.get('format')!r})")
     version = meta.get("version")
-    if version not in _ROUTER_VERSIONS or isinstance(version, bool):
-        raise StatsFormatError(f"{where}: router format version {version} is not supported "
+    if type(version) is not int or version not in _ROUTER_VERSIONS:
+        raise StatsFormatError(f"{where}: router format version {version!r} is not supported "
                                f"(this ir3de reads {' and '.join(map(str, _ROUTER_VERSIONS))})")
     for key in ("config", "fingerprint", "embedder", "experts", "dim"):
         if key not in meta:
