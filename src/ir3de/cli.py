@@ -1938,15 +1938,24 @@ def _sigterm_as_interrupt(command: str) -> Iterator[None]:
     if command == "serve" or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    for sig, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(sig, _raise_terminated)
-    try:
+    with _signal_handlers(_STOP_SIGNALS, _raise_terminated):
         yield
-    finally:
-        for sig, handler in previous.items():
+
+
+@contextlib.contextmanager
+def _signal_handlers(signals: Iterable[int],
+                     handler: Callable[[int, Any], None]) -> Iterator[dict[int, Any]]:
+    """``handler`` for each of ``signals`` that is not ignored (``nohup``) while the block
+    runs, the previous handlers back after; yields those previous handlers."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig, old in previous.items():
+        if old is not signal.SIG_IGN:
             signal.signal(sig, handler)
+    try:
+        yield previous
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -1959,7 +1968,7 @@ def _interruptions_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *_STOP_SIGNALS)}
+    previous: dict[int, Any] = {}
 
     def hold(signum: int, frame: Any) -> None:
         if held:  # a second one: as usual, now
@@ -1967,14 +1976,9 @@ def _interruptions_held() -> Iterator[None]:
             signal.raise_signal(signum)
         held.append(signum)
 
-    for sig, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(sig, hold)
-    try:
+    with _signal_handlers((signal.SIGINT, *_STOP_SIGNALS), hold) as old:
+        previous.update(old)
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if held:
         signal.raise_signal(held[0])  # to its own handler (Ctrl-C: KeyboardInterrupt)
 
