@@ -105,9 +105,8 @@ def _one_line(message: str) -> str:
     argument that is not UTF-8 (held as a surrogate, U+DC80-U+DCFF) is shown as that byte,
     ``\\xe9``, as :func:`~ir3de.errors.shown_path` shows it."""
     def escaped(match: re.Match[str]) -> str:
-        code = ord(match.group())
-        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF \
-            else repr(match.group())[1:-1]
+        char = match.group()
+        return shown_path(char) if "\udc80" <= char <= "\udcff" else repr(char)[1:-1]
 
     return _CONTROL.sub(escaped, message)
 
@@ -1935,7 +1934,7 @@ def _sigterm_as_interrupt(command: str) -> Iterator[None]:
     come back after, as tests call :func:`main` in their own process. A signal ignored
     when the command starts (``nohup``) stays ignored. Handlers can only be set from the
     main thread; elsewhere the defaults stay."""
-    if command == "serve" or threading.current_thread() is not threading.main_thread():
+    if command == "serve":
         yield
         return
     with _signal_handlers(_STOP_SIGNALS, _raise_terminated):
@@ -1946,7 +1945,11 @@ def _sigterm_as_interrupt(command: str) -> Iterator[None]:
 def _signal_handlers(signals: Iterable[int],
                      handler: Callable[[int, Any], None]) -> Iterator[dict[int, Any]]:
     """``handler`` for each of ``signals`` that is not ignored (``nohup``) while the block
-    runs, the previous handlers back after; yields those previous handlers."""
+    runs, the previous handlers back after; yields those previous handlers. Handlers can
+    only be set from the main thread: elsewhere nothing changes (and none are yielded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig, old in previous.items():
         if old is not signal.SIG_IGN:
@@ -1964,9 +1967,6 @@ def _interruptions_held() -> Iterator[None]:
     second one acts at once (a write blocked on a full pipe can still be stopped). What
     the block writes is then whole: a line cut in two by Ctrl-C was left at the end of the
     output, a broken record for whoever reads or resumes from it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
     previous: dict[int, Any] = {}
 

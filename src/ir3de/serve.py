@@ -1300,19 +1300,16 @@ def _parse_json(raw: bytes) -> Any:
     accepts, and nesting too deep to parse."""
     try:
         body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise ValueError(f"request body is not valid JSON ({reason})") from None
-    try:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeError:
+    except UnicodeEncodeError:
         # JSON that escapes half of a UTF-16 pair: valid JSON, but no text (the encoder's
         # message named a position in its own re-encoding, not in the body)
         raise ValueError("request body holds an unpaired surrogate escape (\\ud800-\\udfff), "
                          "which is no text: send the character whole") from None
-    except RecursionError:
-        raise ValueError("request body is not valid JSON (nested too deeply)") from None
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8) are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ValueError(f"request body is not valid JSON ({reason})") from None
     return body
 
 
@@ -2243,9 +2240,10 @@ def create_app(config: Any) -> Any:
             return _error(400, str(exc), param=param)
         # an image-only message, a prompt of token ids or of white space: nothing to route
         # on, but an expert can answer it
-        textless = routed and is_blank(text)
+        blank = routed and is_blank(text)
+        textless = blank
         decision = None
-        if routed and not textless:
+        if routed and not blank:
             start = time.perf_counter()
             try:
                 decision = state.router.route(text)
@@ -2263,8 +2261,8 @@ def create_app(config: Any) -> Any:
             expert, reason = config.fallback, "no_text"
         elif routed:
             if decision is None:
-                what = f"token to route on ({state.router.embedder.why_no_token(text)})" \
-                    if not is_blank(text) else "text to route on"
+                what = "text to route on" if blank else \
+                    f"token to route on ({state.router.embedder.why_no_token(text)})"
                 return _error(400, f"the prompt has no {what}; name an expert as 'model' or "
                                    "configure a fallback", param=param)
             expert = routed_to = decision.expert

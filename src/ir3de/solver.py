@@ -81,9 +81,9 @@ def design(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     """``A = Σ_d w_d A_d`` (summed in sorted-name order, so a router that gained and lost
     an expert solves a refit's system) and ``B = [w_d b_d]`` in ``experts`` order.
 
-    Statistics without a stored ``A`` (those with token counts) enter with ``A_d`` and
-    ``b_d`` formed from their counts (:meth:`~ir3de.statistics.DomainStats.moments`),
-    which needs ``embedder``.
+    Statistics with token counts enter with ``A_d`` and ``b_d`` formed from them
+    (:meth:`~ir3de.statistics.DomainStats.moments`), which needs ``embedder``; the others
+    with their stored ``A_d`` and ``b_d``.
     """
     if not experts:
         raise IR3DEError("a router needs at least one expert")

@@ -278,10 +278,11 @@ class DomainStats:
                                    "b): a damaged or hand-made file?")
 
     def gram(self, embedder: EmbedderLike) -> np.ndarray:
-        """``A = Σ x̃x̃ᵀ`` over the domain's tokens, (h+1, h+1), read-only: the stored one,
-        or formed from the token counts as ``Ẽᵀ diag(counts) Ẽ`` with ``embedder`` (the one
-        these statistics were made with). Formed once per statistics object, O(nnz·h²),
-        and then kept with it, as a stored ``A`` is.
+        """``A = Σ x̃x̃ᵀ`` over the domain's tokens, (h+1, h+1), read-only: formed from the
+        token counts as ``Ẽᵀ diag(counts) Ẽ`` with ``embedder`` (the one these statistics
+        were made with), or the stored one of statistics without counts (see
+        :meth:`moments`). Formed once per statistics object, O(nnz·h²), and then kept
+        with it.
 
         Example:
             >>> from ir3de import load_embedder, compute_stats
