@@ -206,7 +206,7 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     assert "ir3de_routing_seconds_count" in text and "ir3de_in_flight" in text
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
+_BAD_REQUESTS = [
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "must be a JSON object"),
     (json.dumps({"model": "ir3de"}).encode(), 400, "'messages' must be a non-empty list"),
@@ -243,7 +243,10 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     (json.dumps(_chat(MATH, model=True)).encode(), 400, "'model' must be a string, got boolean"),
     (json.dumps(_chat(MATH, model=["math"])).encode(), 400,
      "'model' must be a string, got array"),
-])
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), _BAD_REQUESTS)
 def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
                                         message: str) -> None:
     r = httpx.post(gateway.url + "/v1/chat/completions", content=body,
@@ -252,6 +255,91 @@ def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
     error = r.json()["error"]
     assert message in error["message"] and {"type", "param", "code"} <= set(error)
     assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+# Bodies past this size are read by the gateway's reader processes, not on its event loop
+# (serve._INLINE_BODY_BYTES, 64 KiB): trailing white space takes them there.
+_PAD = b" " * (64 * 1024)
+
+
+@pytest.fixture(scope="module")
+def gateway_large(stats_files, upstreams, tmp_path_factory) -> Iterator[Proc]:
+    proc = _gateway(_config(tmp_path_factory.mktemp("gwl"), stats_files, upstreams,
+                            max_body_bytes=2_000_000))
+    yield proc
+    proc.stop()
+
+
+def _readers(gateway: Proc) -> set[int]:
+    """Process ids of the gateway's reader processes (its spawned children that are not
+    multiprocessing's resource tracker)."""
+    pid = gateway.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(c) for c in children if b"resource_tracker" not in
+            Path(f"/proc/{c}/cmdline").read_bytes()}
+
+
+@pytest.mark.parametrize(("body", "status", "message"),
+                         [case for case in _BAD_REQUESTS if case[1] != 413])
+def test_large_bad_requests_get_the_same_errors(gateway_large: Proc, body: bytes, status: int,
+                                                message: str) -> None:
+    """What a reader process finds wrong with a large body is the same 4xx, the same
+    message, as for a small one read on the event loop."""
+    r = httpx.post(gateway_large.url + "/v1/chat/completions", content=body + _PAD,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert message in error["message"] and {"type", "param", "code"} <= set(error)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_large_bodies_are_read_by_reader_processes(gateway_large: Proc) -> None:
+    """A large body was parsed on the event loop: a 1 MB body of nested arrays held it
+    0.2 s, stalling every other request (bench_large_bodies.py). Reader processes parse
+    it now; what reaches the expert is the client's body, its model replaced, and a
+    reader that died (killed: out of memory, say) is replaced without failing a request."""
+    url = gateway_large.url + "/v1/chat/completions"
+    body = _chat(MATH, echo=True, metadata={"ids": list(range(30_000)), "note": "é ✓"})
+    assert len(json.dumps(body)) > 64 * 1024
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+    assert r.json()["received"] == {**body, "model": "qwen-math"}
+    readers = _readers(gateway_large)
+    assert readers
+    # streamed, and sent to a named expert: the same reading
+    with httpx.stream("POST", url, json={**body, "model": "coding", "stream": True},
+                      timeout=30) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: {")]
+    assert json.loads(events[0][6:])["received"]["model"] == "coding"
+    for pid in readers:
+        os.kill(pid, signal.SIGKILL)
+    for pid in readers:  # (dead once their parent, the gateway, has seen them go)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists() or \
+                    Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                break
+            time.sleep(0.05)
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["received"] == {**body, "model": "qwen-math"}
+    assert _readers(gateway_large) - readers
+
+
+def test_the_forwarded_body_is_the_clients_with_its_model_replaced() -> None:
+    from ir3de.serve import _read_completion
+
+    chat = {"temperature": 0.5, "model": "ir3de", "messages": [
+        {"role": "user", "content": "Ünïcode ✓"}], "tools": []}
+    completion = _read_completion(json.dumps(chat).encode(), True, "last_user")
+    assert completion.text == "Ünïcode ✓" and completion.text_error is None
+    assert json.loads(completion.payload("qwen/math")) == {**chat, "model": "qwen/math"}
+    assert "Ünïcode".encode() in completion.payload("m")  # UTF-8, as httpx sends JSON
+    bare = _read_completion(b'{"model": "math"}', True, "last_user")  # (nothing but a model)
+    assert bare.text_error == "'messages' must be a non-empty list of message objects"
+    assert json.loads(bare.payload("qwen")) == {"model": "qwen"}
+    unnamed = _read_completion(b'{"prompt": [1, 2]}', False, "last_user")
+    assert not unnamed.has_model and unnamed.text == "" and unnamed.text_error is None
+    assert json.loads(unnamed.payload("m")) == {"model": "m", "prompt": [1, 2]}
 
 
 def test_gateway_errors_name_the_field_and_use_openai_json(gateway: Proc) -> None:

@@ -37,7 +37,8 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   is cancelled then), which is sent nothing. A body over ``max_body_bytes`` (an admin
   request's: over ``max_admin_body_bytes``) is a 413 as soon as it says so
   (``content-length``) or, chunked, once past the limit, without the rest; a compressed
-  one (``content-encoding``) is a 415.
+  one (``content-encoding``) is a 415. A completions body over 64 KiB is parsed in a
+  reader process (:class:`_Readers`), so it does not hold the event loop.
 * Request ids: the client's plain ``x-request-id`` or a new ``req_<hex>``, logged, sent
   to the expert as ``x-request-id`` and returned as ``x-ir3de-request-id`` (and as
   ``x-request-id`` unless the expert's is relayed).
@@ -177,6 +178,7 @@ import hmac
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -187,6 +189,8 @@ import time
 import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -1298,19 +1302,32 @@ def _parse_json(raw: bytes) -> Any:
     and Infinity are refused (the forwarded body must be valid JSON), numbers too large for
     a float (1e999) included, as are unpaired surrogates (\\ud800), which no UTF-8 encoder
     accepts, and nesting too deep to parse."""
+    body = _loads(raw)
+    _encoded(body)
+    return body
+
+
+def _loads(raw: bytes) -> Any:
+    """``raw`` parsed as JSON without NaN or Infinity (see _parse_json), or ValueError."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8) are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ValueError(f"request body is not valid JSON ({reason})") from None
+
+
+def _encoded(value: Any) -> bytes:
+    """A value parsed by _loads as compact UTF-8 JSON (as httpx would send it), or
+    ValueError where it holds an unpaired surrogate."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         # JSON that escapes half of a UTF-16 pair: valid JSON, but no text (the encoder's
         # message named a position in its own re-encoding, not in the body)
         raise ValueError("request body holds an unpaired surrogate escape (\\ud800-\\udfff), "
                          "which is no text: send the character whole") from None
-    except (ValueError, RecursionError) as exc:
-        # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8) are ValueErrors
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise ValueError(f"request body is not valid JSON ({reason})") from None
-    return body
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error",
@@ -1736,6 +1753,99 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     return users[-1] if policy == "last_user" else "\n".join(users)
 
 
+# Bodies up to this size are read on the event loop; larger ones in a worker process
+# (see _read_completion). 64 KiB of JSON parses in well under 10 ms even at its slowest
+# (many tiny values), about what the trip to a worker and back costs for such a body.
+_INLINE_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """What the gateway uses of a completions request body, which it parses once."""
+
+    has_model: bool
+    model: Any  # the JSON value of "model" (None when absent)
+    stream: Any  # of "stream"
+    text: str  # the text to route on (per the policy; "" for a prompt of token ids)
+    text_error: str | None  # why the body has no text to route on: its 400 (None: it has)
+    rest: bytes  # the body without its "model", as compact UTF-8 JSON
+
+    def payload(self, model: str) -> bytes:
+        """The body forwarded to an expert: the client's, its ``model`` replaced (first)."""
+        head = b'{"model":' + _encoded(model)
+        return head + (b"}" if self.rest == b"{}" else b"," + self.rest[1:])
+
+
+def _read_completion(raw: bytes, chat: bool, policy: str) -> _Completion:
+    """The completions request whose body is ``raw``, or ValueError with why it is none.
+
+    A module-level function of picklable arguments and result, so a large body is read in
+    a worker process (see _Readers)."""
+    body = _loads(raw)
+    if not isinstance(body, dict):
+        raise ValueError("request body must be a JSON object")
+    try:
+        text, text_error = _routing_text(body, chat, policy), None
+    except ValueError as exc:
+        text, text_error = "", str(exc)
+    if "model" in body:
+        _encoded(body["model"])  # (forwarded replaced, but a 404 would quote it)
+    return _Completion("model" in body, body.get("model"), body.get("stream"), text,
+                       text_error, _encoded({k: v for k, v in body.items() if k != "model"}))
+
+
+class _Readers:
+    """Worker processes that read large request bodies (:func:`_read_completion`).
+
+    Parsing JSON holds the GIL for the whole parse, and so does building the parsed
+    objects, so a thread would not free the event loop: a 1 MB body of nested arrays held
+    it 0.2 s, stalling every other request (benchmarks/bench_large_bodies.py). Up to
+    ``workers`` processes, started at the first large body, so a burst of them waits for
+    these rather than taking every core. Spawned, not forked: a fork would copy the
+    gateway's threads and router tables. anyio.to_process is not used: its workers re-run
+    the parent's main module as a file, which fails for ``python -m ir3de.cli``."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def read(self, raw: bytes, chat: bool, policy: str) -> _Completion:
+        """:func:`_read_completion` in a worker. A worker that died (killed: out of memory,
+        say) breaks the pool; the body is then read once more by new workers, since the
+        death may be an earlier one's, and BrokenProcessPool if that fails too."""
+        try:
+            return await self._submit(raw, chat, policy)
+        except BrokenProcessPool:
+            return await self._submit(raw, chat, policy)
+
+    async def _submit(self, raw: bytes, chat: bool, policy: str) -> _Completion:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._workers, mp_context=_SPAWN,
+                                             initializer=_ignore_interrupts)
+        pool = self._pool
+        try:
+            return await asyncio.wrap_future(pool.submit(_read_completion, raw, chat, policy))
+        except BrokenProcessPool:
+            if self._pool is pool:  # (not yet replaced by another request's call)
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+def _ignore_interrupts() -> None:
+    """A reader's start: a Ctrl-C reaches the whole process group, and the gateway stops
+    its readers itself (a reader would print a KeyboardInterrupt traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # --------------------------------------------------------------------------- cooldowns
 @dataclass(eq=False)
 class _Health:
@@ -1988,10 +2098,12 @@ def create_app(config: Any) -> Any:
     admin_digest = hashlib.sha256(admin_token.encode("utf-8", "surrogateescape")).digest() \
         if admin_token is not None else b""
     admin_lock = asyncio.Lock()
+    readers = _Readers(min(4, os.cpu_count() or 1))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
+        readers.close()
         await client.aclose()
 
     # no docs and no OpenAPI schema: the schema would list the admin routes to anyone
@@ -2026,9 +2138,8 @@ def create_app(config: Any) -> Any:
                                        if request.url.path.endswith("/") else ""))
         return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
 
-    async def _send(expert_name: str, endpoint: Any, path: str, body: dict[str, Any],
+    async def _send(expert_name: str, endpoint: Any, path: str, body: _Completion,
                     stream: bool) -> httpx.Response:
-        payload = {**body, "model": endpoint.model or expert_name}
         headers = {"content-type": "application/json"}
         request_id = _REQUEST_ID.get()
         if request_id is not None:  # one id in both logs (vLLM takes it as its own)
@@ -2039,7 +2150,8 @@ def create_app(config: Any) -> Any:
                 headers[endpoint.api_key_header] = key
             else:
                 headers["authorization"] = f"Bearer {key}"
-        request = client.build_request("POST", _upstream_url(endpoint.url, path), json=payload,
+        request = client.build_request("POST", _upstream_url(endpoint.url, path),
+                                       content=body.payload(endpoint.model or expert_name),
                                        headers=headers, timeout=endpoint.timeout)
         for attempt in (0, 1):
             start = time.perf_counter()
@@ -2111,7 +2223,7 @@ def create_app(config: Any) -> Any:
         return httpx.Response(response.status_code, headers=headers, content=bytes(body),
                               request=response.request)
 
-    async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: dict[str, Any],
+    async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: _Completion,
                        stream: bool) -> httpx.Response:
         """:func:`_send` to the ticket's expert, its outcome recorded for cooldowns."""
         answered: bool | None = None  # cancelled (the request or the server): no outcome
@@ -2208,18 +2320,22 @@ def create_app(config: Any) -> Any:
     async def _forward(raw: bytes, path: str, chat: bool, info: dict[str, Any]) -> Any:
         """The answer to a completions request whose body is ``raw`` (see _proxy)."""
         try:
-            body = _parse_json(raw)
+            if len(raw) <= _INLINE_BODY_BYTES:
+                body = _read_completion(raw, chat, config.policy)
+            else:
+                body = await readers.read(raw, chat, config.policy)
         except ValueError as exc:
             return _error(400, str(exc))
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
+        except BrokenProcessPool:  # a reader killed (out of memory, say): not the body's fault
+            return _error(503, "the gateway's process reading the request body died; "
+                               "try again", kind="server_error", code="reader_failed")
         state = holder["state"]  # this request finishes on the router it started with
-        model = body.get("model", config.name)
+        model = body.model if body.has_model else config.name
         if not isinstance(model, str):
             return _error(400, f"'model' must be a string, got {_json_type(model)}",
                           param="model")
         info["model"] = model
-        stream = body.get("stream")
+        stream = body.stream
         if stream is None:  # OpenAI's API reads "stream": null as not streaming
             stream = False
         if not isinstance(stream, bool):
@@ -2232,12 +2348,11 @@ def create_app(config: Any) -> Any:
                                f"route or one of {sorted(state.experts)}",
                           code="model_not_found", param="model")
         param = "messages" if chat else "prompt"
-        try:
-            # Only routing reads the prompt: a request that names an expert is forwarded
-            # as is, with whatever that expert accepts (token ids, no user message...).
-            text = _routing_text(body, chat, config.policy) if routed else ""
-        except ValueError as exc:
-            return _error(400, str(exc), param=param)
+        # Only routing reads the prompt: a request that names an expert is forwarded as
+        # is, with whatever that expert accepts (token ids, no user message...).
+        if routed and body.text_error is not None:
+            return _error(400, body.text_error, param=param)
+        text = body.text if routed else ""
         # an image-only message, a prompt of token ids or of white space: nothing to route
         # on, but an expert can answer it
         blank = routed and is_blank(text)
