@@ -4,7 +4,10 @@ Reasoning data."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -864,14 +867,15 @@ def test_set_params_resolves_only_when_needed(emb: Embedder, toy_stats) -> None:
     router = Router(emb, model="ridge").fit_stats(toy_stats)
     state = router._state
     router.set_params(k=3, selector="topk", max_tokens=64)
-    assert router._state is state  # routing-time settings: no re-solve
+    assert router._state.table is state.table  # routing-time settings: no re-solve
     assert router.config.k == 3 and router.config.max_tokens == 64
+    assert router._state.config is router.config  # (what routing reads)
     router.set_params(lam=router.config.lam, balance=router.config.balance)
-    assert router._state is state  # unchanged values: no re-solve
+    assert router._state.table is state.table  # unchanged values: no re-solve
     for change in ({"lam": 0.5}, {"balance": False}, {"normalize": False},
                    {"regularize_bias": False}):
         router.set_params(**change)
-        assert router._state is not state, change
+        assert router._state.table is not state.table, change
         state = router._state
         # The re-solved router is exactly a fresh fit with the same settings.
         assert_same_state(router, Router(emb, router.config).fit_stats(toy_stats))
@@ -1316,7 +1320,7 @@ def test_set_params_on_a_fitted_router(emb: Embedder, toy_stats, make_model_fold
     assert_same_state(router, Router(emb, "paper").fit_stats(toy_stats))
     state = router._state
     router.set_params(embedder=emb, config=router.config)
-    assert router._state is state  # nothing changed: no re-solve
+    assert router._state.table is state.table  # nothing changed: no re-solve
     tiny = load_embedder(make_model_folder()[0])
     with pytest.raises(FingerprintMismatchError, match=rf"fitted with embedding .* not "
                                                        rf"{re.escape(tiny.name)}"):
@@ -1745,3 +1749,85 @@ def test_predict_in_batches_is_predict_at_once(emb: Embedder,
     assert router.predict([]).shape == (0,) and router.predict_proba([]).shape == (0, 2)
     with pytest.raises(EmptyInputError, match=r"prompt #3 has no token to route on"):
         router.predict([*prompts[:3], "<s>", "import os"])
+
+
+# ------------------------------------------------------------------ threads
+@pytest.fixture
+def slow_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each solve takes 50 ms longer: two changes made at once overlap for sure."""
+    solve = Router._solve
+
+    def slow(self, *args, **kwargs):
+        state = solve(self, *args, **kwargs)
+        time.sleep(0.05)
+        return state
+
+    monkeypatch.setattr(Router, "_solve", slow)
+
+
+def _together(*calls) -> None:
+    """Run ``calls`` (functions of no argument) in threads at once; raise what one raised."""
+    errors: list[BaseException] = []
+
+    def run(call) -> None:
+        try:
+            call()
+        except BaseException as exc:  # (re-raised below, in the test's thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_changes_from_two_threads_are_both_kept(emb: Embedder, toy_stats,
+                                                slow_solves: None) -> None:
+    """Each change read the state, solved and wrote it back: two at once lost one, with no
+    error (two add_expert calls: one expert; add_expert and set_params: the settings of
+    one and the solution of the other, for good, until a reload re-solved it)."""
+    router = Router(emb).fit_stats({n: toy_stats[n] for n in ("math", "coding")})
+    _together(lambda: router.add_expert("law", toy_stats["law"]),
+              lambda: router.add_expert("multilingual", toy_stats["multilingual"]))
+    assert sorted(router.experts) == ["coding", "law", "math", "multilingual"]
+    router.remove_expert("multilingual")
+    _together(lambda: router.remove_expert("law"), lambda: router.set_params(alpha=0.1))
+    assert router.experts == ["math", "coding"] and router.config.alpha == 0.1
+    assert_same_state(router, Router(emb, alpha=0.1).fit_stats(
+        {n: toy_stats[n] for n in ("math", "coding")}))
+    _together(lambda: router.set_params(alpha=0.3),
+              lambda: router.add_expert("law", toy_stats["law"]))
+    assert router.smoothing[0] == router.config.alpha == 0.3
+    assert_same_state(router, Router(emb, alpha=0.3).fit_stats(
+        {n: toy_stats[n] for n in router.experts}))
+
+
+def test_save_writes_one_state(emb: Embedder, toy_stats, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """save read the state for the tensors and again for the metadata: an expert swapped
+    in between (by another thread) gave a file that saved but did not load."""
+    router = Router(emb).fit_stats({n: toy_stats[n] for n in ("math", "coding", "law")})
+    swapped = Router(emb).fit_stats({n: toy_stats[n] for n in ("math", "coding",
+                                                                "multilingual")})
+    fitted = Router._fitted
+
+    def read_then_swap(self: Router):
+        state = fitted.fget(self)
+        self._state = swapped._state  # what another thread may do meanwhile
+        return state
+
+    monkeypatch.setattr(Router, "_fitted", property(read_then_swap))
+    router.save(tmp_path / "r.safetensors")
+    monkeypatch.undo()
+    assert Router.load(tmp_path / "r.safetensors").experts == ["math", "coding", "law"]
+
+
+def test_a_router_pickles_without_its_lock(toy_router: Router) -> None:
+    """(joblib pickles estimators: cross_val_score(router, ..., n_jobs=2))"""
+    copy = pickle.loads(pickle.dumps(toy_router))
+    assert copy.route(PROMPTS[0]) == toy_router.route(PROMPTS[0])
+    assert copy.set_params(alpha=0.1).config.alpha == 0.1  # a lock of its own
+    assert toy_router.config.alpha != 0.1

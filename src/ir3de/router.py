@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, TypedDict, TypeVar
@@ -391,6 +392,10 @@ class Decision:
 
 @dataclass(frozen=True, eq=False)
 class _State:
+    """A fitted router's whole solved state, replaced by one assignment: a decision reads
+    it once, so a change made meanwhile by another thread cannot mix two routers."""
+
+    config: RouterConfig  # the settings it was solved with and routes by
     experts: tuple[str, ...]
     stats: Mapping[str, DomainStats]
     W: np.ndarray  # ridge: (h+1, D) weights; nb: (V, D) log-likelihoods
@@ -426,9 +431,27 @@ class Router:
 
     def __init__(self, embedder: EmbedderLike | None = None,
                  config: RouterConfig | str | None = None, **settings: Any) -> None:
-        self.config = _configure(_base_config(config), settings)
+        self._config = _configure(_base_config(config), settings)
         self.embedder = _embedder(embedder)
         self._state: _State | None = None
+        # Held by every change (fit, add, remove, set_params), each of which reads the
+        # state, solves and replaces it: two at once would lose one. Routing needs none.
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # (a lock cannot be pickled: joblib pickles estimators)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    @property
+    def config(self) -> RouterConfig:
+        """The settings in use (:meth:`set_params` changes them)."""
+        state = self._state
+        return state.config if state is not None else self._config
 
     def __repr__(self) -> str:
         """The embedder, the settings that differ from the default and the experts, as
@@ -453,6 +476,11 @@ class Router:
         ``np.unique(y)``), so the fitted router does not depend on the order of the
         samples; blank texts are skipped, as blank lines of a corpus are.
         """
+        with self._lock:
+            return self._fit(texts, domains, progress)
+
+    def _fit(self: _RouterT, texts: Iterable[str], domains: Iterable[str],
+             progress: bool) -> _RouterT:
         texts = _texts(texts, "texts", "text")
         refuse_lone_text(domains, "domain labels")
         domains = list(domains)
@@ -514,10 +542,12 @@ class Router:
         """Solve for the experts of ``table`` (checked names), refusing incompatible
         statistics and, with ``refuse_identical``, two experts with identical ones;
         ``chosen_mu``: the identity μ ``"auto"`` already chose for these statistics."""
-        self._check_compatible(table.values())
-        if refuse_identical:
-            _refuse_identical(list(table.items()), pairs=self.config.reads_pairs)
-        self._state = self._solve(tuple(table), table, self.config, chosen_mu)
+        with self._lock:
+            self._check_compatible(table.values())
+            config = self.config
+            if refuse_identical:
+                _refuse_identical(list(table.items()), pairs=config.reads_pairs)
+            self._state = self._solve(tuple(table), table, config, chosen_mu)
         return self
 
     def _check_compatible(self, stats: Iterable[DomainStats]) -> None:
@@ -560,8 +590,8 @@ class Router:
                 _require_pairs(stats, experts)
                 pairs = solve_pairs(stats, experts, mass=mass)
             # from_logits normalises its argument in place: W keeps the column-exact L.
-            return _State(experts, dict(stats), L, VocabScores.from_logits(L.copy(), pairs),
-                          None, (alpha, mass))
+            return _State(config, experts, dict(stats), L,
+                          VocabScores.from_logits(L.copy(), pairs), None, (alpha, mass))
         ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
                          "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -576,11 +606,12 @@ class Router:
                 W, U, mu = solve_identity_auto(stats, experts, self.embedder, **ridge)
             else:
                 W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
-            return _State(experts, dict(stats), W, vocab_scores(self.embedder, W, U), mu)
+            return _State(config, experts, dict(stats), W, vocab_scores(self.embedder, W, U),
+                          mu)
         A, B = design(stats, experts, balance=config.balance, embedder=self.embedder)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
                   normalize=config.normalize)
-        return _State(experts, dict(stats), W, vocab_scores(self.embedder, W), None)
+        return _State(config, experts, dict(stats), W, vocab_scores(self.embedder, W), None)
 
     @property
     def _fitted(self) -> _State:
@@ -628,31 +659,34 @@ class Router:
         expert holds 50 prompts or fewer (:attr:`smoothing` tells the values in use; fix
         ``alpha`` and ``pairs`` to keep them).
         """
-        state = self._fitted
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
-        if name in state.stats:
-            raise ExpertError(f"expert {name!r} already exists; remove it first")
-        # Renamed first, so a refusal names the expert being added, not the stats' domain.
-        stats = stats if stats.domain == name else stats.renamed(name)
-        self._check_compatible([*state.stats.values(), stats])
-        _refuse_identical([*state.stats.items(), (name, stats)], new=True,
-                          pairs=self.config.reads_pairs)
-        new = {**state.stats, name: stats}
-        self._state = self._solve((*state.experts, name), new, self.config)
+        with self._lock:
+            state = self._fitted
+            if name in state.stats:
+                raise ExpertError(f"expert {name!r} already exists; remove it first")
+            # Renamed first, so a refusal names the expert being added, not the stats'
+            # domain.
+            stats = stats if stats.domain == name else stats.renamed(name)
+            self._check_compatible([*state.stats.values(), stats])
+            _refuse_identical([*state.stats.items(), (name, stats)], new=True,
+                              pairs=state.config.reads_pairs)
+            new = {**state.stats, name: stats}
+            self._state = self._solve((*state.experts, name), new, state.config)
         return self
 
     def remove_expert(self, name: str) -> DomainStats:
         """Remove an expert, re-solve, and return its statistics."""
-        state = self._fitted
-        if not isinstance(name, str) or name not in state.stats:
-            raise ExpertError(f"unknown expert {name!r}; experts are: "
-                              f"{', '.join(state.experts)}")
-        if len(state.experts) == 1:
-            raise ExpertError(f"cannot remove {name!r}: it is the router's only expert")
-        new = {n: s for n, s in state.stats.items() if n != name}
-        self._state = self._solve(tuple(n for n in state.experts if n != name), new,
-                                  self.config)
+        with self._lock:
+            state = self._fitted
+            if not isinstance(name, str) or name not in state.stats:
+                raise ExpertError(f"unknown expert {name!r}; experts are: "
+                                  f"{', '.join(state.experts)}")
+            if len(state.experts) == 1:
+                raise ExpertError(f"cannot remove {name!r}: it is the router's only expert")
+            new = {n: s for n, s in state.stats.items() if n != name}
+            self._state = self._solve(tuple(n for n in state.experts if n != name), new,
+                                      state.config)
         return state.stats[name]
 
     def set_params(self: _RouterT, **params: Any) -> _RouterT:
@@ -674,26 +708,34 @@ class Router:
         except IR3DEError as exc:
             raise IR3DEError(f"{exc}; set_params also takes embedder and config (a "
                              f"RouterConfig or a preset name)") from None
-        base = _base_config(params["config"]) if "config" in params else self.config
-        config = _configure(base, settings)
-        embedder = _embedder(params["embedder"]) if "embedder" in params else self.embedder
-        if self._state is not None and embedder.fingerprint != self.embedder.fingerprint:
-            ours, theirs = told_apart(self.embedder.fingerprint, embedder.fingerprint)
-            raise FingerprintMismatchError(
-                f"this router was fitted with embedding {self.embedder.name} "
-                f"({ours}), not {embedder.name} "
-                f"({theirs}), and its statistics only fit that one; set "
-                f"the embedder on an unfitted router (sklearn.base.clone(router) is one) and "
-                f"fit it")
-        if self._state is not None and self.config.reads_pairs \
-                and not config.reads_pairs:
-            # Experts told apart by their token pairs alone would tie on every prompt.
-            _refuse_identical(list(self._state.stats.items()), pairs=False)
-        if self._state is not None and any(
-                getattr(config, key) != getattr(self.config, key) for key in _RESOLVE_KEYS):
-            self._state = self._solve(self._state.experts, self._state.stats, config)
-        self.config = config
-        self.embedder = embedder
+        with self._lock:
+            state, current = self._state, self.config
+            base = _base_config(params["config"]) if "config" in params else current
+            config = _configure(base, settings)
+            embedder = _embedder(params["embedder"]) if "embedder" in params \
+                else self.embedder
+            if state is not None and embedder.fingerprint != self.embedder.fingerprint:
+                ours, theirs = told_apart(self.embedder.fingerprint, embedder.fingerprint)
+                raise FingerprintMismatchError(
+                    f"this router was fitted with embedding {self.embedder.name} "
+                    f"({ours}), not {embedder.name} "
+                    f"({theirs}), and its statistics only fit that one; set "
+                    f"the embedder on an unfitted router (sklearn.base.clone(router) is one) "
+                    f"and fit it")
+            if state is not None:
+                if current.reads_pairs and not config.reads_pairs:
+                    # Experts told apart by their token pairs alone would tie on every
+                    # prompt.
+                    _refuse_identical(list(state.stats.items()), pairs=False)
+                resolve = any(getattr(config, key) != getattr(current, key)
+                              for key in _RESOLVE_KEYS)
+                # one assignment, settings and solution together (see _State)
+                if resolve:
+                    self._state = self._solve(state.experts, state.stats, config)
+                elif config != current:
+                    self._state = replace(state, config=config)
+            self._config = config
+            self.embedder = embedder
         return self
 
     # --------------------------------------------------------- scikit-learn
@@ -714,8 +756,9 @@ class Router:
         >>> params["model"], params["k"], params["config"] == RouterConfig.preset("paper")
         ('ridge', 10, True)
         """
-        return {"embedder": self.embedder, "config": self.config,
-                **{f.name: getattr(self.config, f.name) for f in fields(RouterConfig)}}
+        config = self.config
+        return {"embedder": self.embedder, "config": config,
+                **{f.name: getattr(config, f.name) for f in fields(RouterConfig)}}
 
     def __sklearn_clone__(self: _RouterT) -> _RouterT:
         """What ``sklearn.base.clone`` returns: an unfitted router with the same parameters
@@ -776,7 +819,8 @@ class Router:
     @property
     def reports_coverage(self) -> bool:
         """Whether decisions carry ``coverage``: the ``geo`` selector on a pair table."""
-        return self.config.selector == "geo" and self._fitted.table.pairs is not None
+        state = self._fitted
+        return state.config.selector == "geo" and state.table.pairs is not None
 
     def route(self, prompt: str, *, explain: bool = False) -> Decision:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
@@ -791,11 +835,13 @@ class Router:
         must be one non-empty integer array per prompt, below the vocabulary size, at
         most ``max_tokens`` long and without special ids.
         """
-        state, config = self._fitted, self.config
+        state = self._fitted
+        config = state.config
         if token_ids is None:
-            ids = self.encode(prompts)
+            ids = self._encode(_prompts(prompts), max_tokens=config.max_tokens)
         else:
-            ids = self._checked_ids(_texts(prompts, "prompts", "prompt"), token_ids)
+            ids = self._checked_ids(_texts(prompts, "prompts", "prompt"), token_ids,
+                                    config.max_tokens)
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
         decisions = []
@@ -815,7 +861,7 @@ class Router:
                                       scores, tokens, coverage))
         return decisions
 
-    def _checked_ids(self, prompts: list[str], token_ids: Sequence[np.ndarray]
+    def _checked_ids(self, prompts: list[str], token_ids: Sequence[np.ndarray], cap: int
                      ) -> list[np.ndarray]:
         """``token_ids`` given to :meth:`route_batch`, refused unless they can be what
         :meth:`encode` gives for ``prompts`` (an id outside the vocabulary would index
@@ -824,7 +870,7 @@ class Router:
         ids = list(token_ids)
         if len(ids) != len(prompts):
             raise IR3DEError(f"{len(ids)} token-id arrays for {len(prompts)} prompts")
-        vocab, cap = self.embedder.vocab_size, self.config.max_tokens
+        vocab = self.embedder.vocab_size
         special = self.embedder.special_ids
         for i, x in enumerate(ids):
             if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind not in "iu":
@@ -855,12 +901,13 @@ class Router:
             >>> [x.size for x in router.encode(["What is 17 * 23?"])]  # doctest: +SKIP
             [10]
         """
-        return self._encode(_prompts(prompts))
+        return self._encode(_prompts(prompts), max_tokens=self.config.max_tokens)
 
-    def _encode(self, prompts: list[str], first: int = 0) -> list[np.ndarray]:
-        """:meth:`encode` of checked, non-blank ``prompts``, numbered from ``first`` in
-        its errors."""
-        ids = self.embedder.encode_batch(prompts, self.config.max_tokens)
+    def _encode(self, prompts: list[str], first: int = 0, *,
+                max_tokens: int) -> list[np.ndarray]:
+        """:meth:`encode` of checked, non-blank ``prompts`` capped at ``max_tokens``
+        (the caller's settings, read once), numbered from ``first`` in its errors."""
+        ids = self.embedder.encode_batch(prompts, max_tokens)
         for i, x in enumerate(ids):
             if not x.size:  # said here, where the text is at hand to tell why
                 raise EmptyInputError(f"prompt #{first + i} has no token to route on "
@@ -905,9 +952,11 @@ class Router:
         is known to be fitted), :data:`_BATCH` prompts at a time, and the experts their
         columns name: one state read once, so an expert added or removed meanwhile (by
         another thread) cannot mislabel them (predict indexed the experts read anew)."""
-        state, config = self._fitted, self.config
+        state = self._fitted
+        config = state.config
         texts = _prompts(prompts)
-        selections = [select(self._encode(texts[start:start + _BATCH], start), state.table,
+        selections = [select(self._encode(texts[start:start + _BATCH], start,
+                                          max_tokens=config.max_tokens), state.table,
                              selector=config.selector, k=config.k)
                       for start in range(0, max(len(texts), 1), _BATCH)]
         return state.experts, selections
@@ -915,8 +964,11 @@ class Router:
     # ------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:
         """What ``ir3de inspect`` prints: experts, counts, settings, embedder."""
-        state = self._fitted
-        return _describe(self.config, self.embedder.name, self.embedder.fingerprint,
+        return self._describe(self._fitted)
+
+    def _describe(self, state: _State) -> dict[str, Any]:
+        """:meth:`describe` of ``state``, which the caller read once."""
+        return _describe(state.config, self.embedder.name, self.embedder.fingerprint,
                          self.embedder.spec, self.embedder.dim,
                          [_expert_meta(n, state.stats[n], self.embedder.spec)
                           for n in state.experts],
@@ -952,8 +1004,10 @@ class Router:
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
         version = 1 if all(s.A is not None for s in stats) else 2
+        # (the state read once: a change made meanwhile by another thread would otherwise
+        # give the file one state's tensors and another's metadata)
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": version,
-                                          **self.describe()}, overwrite=overwrite)
+                                          **self._describe(state)}, overwrite=overwrite)
 
     @classmethod
     def load(cls: type[_RouterT], path: str | os.PathLike[str], *,
