@@ -332,8 +332,11 @@ def test_tampered_counts_are_rejected(saved, tmp_path: Path) -> None:
         with pytest.raises(StatsFormatError,
                            match=rf"'{field}' must be an integer from {minimum} to 2\*\*53"):
             DomainStats.load(rewrite(path, tmp_path / "neg.st", **{field: value}))
-    with pytest.raises(StatsFormatError, match="'embedder' must be an object"):
-        DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder="wordllama"))
+    for recipe in ("wordllama", {"note": "no kind"}):
+        # (a dict without a kind loaded, and a router saved with it did not: QA)
+        with pytest.raises(StatsFormatError, match="'embedder' must be an embedder recipe "
+                                                   r"\(an object with a string 'kind'\)"):
+            DomainStats.load(rewrite(path, tmp_path / "emb.st", embedder=recipe))
     with pytest.raises(ExpertError, match="invalid domain name"):
         DomainStats.load(rewrite(path, tmp_path / "dom.st", domain=""))
     # A lone surrogate (JSON can escape one) loaded, and then broke every JSON answer and

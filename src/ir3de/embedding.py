@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -902,6 +902,13 @@ def misplaced_table_or_tensor(source: str | os.PathLike[str] | None,
     return None
 
 
+def is_recipe(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether ``value`` is an embedder recipe as files store it (:attr:`Embedder.spec`):
+    an object naming its ``kind``. The one test of every reader of files, so a recipe one
+    of them takes another cannot refuse (a router saved with it would not load)."""
+    return isinstance(value, dict) and isinstance(value.get("kind"), str)
+
+
 def as_embedder(source: object, *, default: bool = False) -> Embedder:
     """``source`` if it is an :class:`Embedder`, else the one :func:`load_embedder` loads
     from a name, folder or recipe (an object with a string ``kind``), and from None too when
@@ -909,8 +916,8 @@ def as_embedder(source: object, *, default: bool = False) -> Embedder:
     pathlib or a recipe lookup would fail deep inside :func:`load_embedder`."""
     if isinstance(source, Embedder):
         return source
-    if (source is None and default) or isinstance(source, (str, os.PathLike)) or (
-            isinstance(source, dict) and isinstance(source.get("kind"), str)):
+    if (source is None and default) or isinstance(source, (str, os.PathLike)) \
+            or is_recipe(source):
         return load_embedder(source)
     shown = repr(source) if isinstance(source, dict) else type(source).__name__
     raise IR3DEError(f"embedder must be an Embedder (load_embedder(...)) or its name, folder "

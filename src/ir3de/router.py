@@ -34,6 +34,7 @@ from .embedding import (
     Embedder,
     EmbedderLike,
     as_embedder,
+    is_recipe,
     load_recorded,
 )
 from .errors import (
@@ -1084,11 +1085,6 @@ def _require_stats(value: object, context: str) -> None:
                          "compute_stats or read by DomainStats.load)")
 
 
-def _is_recipe(value: object) -> bool:
-    """An embedder recipe as stored in files (Embedder.spec): an object naming its kind."""
-    return isinstance(value, dict) and isinstance(value.get("kind"), str)
-
-
 def _embedder(source: object) -> Embedder:
     """The embedder a router is given (:func:`~ir3de.embedding.as_embedder`; None: the
     default), with a hint for the likeliest mistake, a config given first."""
@@ -1286,7 +1282,7 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(meta["fingerprint"], str) or not meta["fingerprint"]:
         raise StatsFormatError(f"{where}: metadata field 'fingerprint' must be a non-empty "
                                f"string, got {meta['fingerprint']!r}")
-    if not _is_recipe(meta["embedder"]):
+    if not is_recipe(meta["embedder"]):
         raise StatsFormatError(f"{where}: metadata field 'embedder' must be an embedder recipe "
                                f"(an object with a string 'kind'), got {meta['embedder']!r}")
     meta["dim"] = meta_int(meta["dim"], 1, where, "dim")
@@ -1324,7 +1320,7 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         validate_domain_name(e["name"], f"{where}: {field_name}", legacy=True)
         # (what a signature holds is checked by verify, which names the expert)
         check_signature(e.get("signature"), where, f"{field_name}.signature")
-        if "embedder" in e and not _is_recipe(e["embedder"]):
+        if "embedder" in e and not is_recipe(e["embedder"]):
             raise StatsFormatError(f"{where}: metadata field '{field_name}.embedder' must be "
                                    f"an embedder recipe, got {e['embedder']!r}")
         if e["name"] in checked:  # a dict keyed by name would merge them silently

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import DEFAULT_MAX_TOKENS, Embedder, EmbedderLike, as_embedder
+from .embedding import DEFAULT_MAX_TOKENS, Embedder, EmbedderLike, as_embedder, is_recipe
 from .errors import (
     EmptyInputError,
     ExpertError,
@@ -670,9 +670,12 @@ class DomainStats:
         if not isinstance(fields["fingerprint"], str) or not fields["fingerprint"]:
             raise StatsFormatError(f"{where}: metadata field 'fingerprint' must be a non-empty "
                                    f"string, got {fields['fingerprint']!r}")
-        if not isinstance(fields["embedder"], dict):
-            raise StatsFormatError(f"{where}: metadata field 'embedder' must be an object, "
-                                   f"got {fields['embedder']!r}")
+        if not is_recipe(fields["embedder"]):
+            # (as Router.load checks an expert's: one this let through, a router saved
+            # with it could not be loaded again)
+            raise StatsFormatError(f"{where}: metadata field 'embedder' must be an embedder "
+                                   f"recipe (an object with a string 'kind'), got "
+                                   f"{fields['embedder']!r}")
         A = tensors["A"].astype(np.float64) if version == 1 else None
         b = tensors["b"].astype(np.float64)
         if b.shape != (fields["dim"] + 1,):
