@@ -196,9 +196,11 @@ class Selection:
     """Batched selector output.
 
     ``choice`` (P,) expert indices; ``confidence`` (P,); ``scores`` (P, D) vote
-    shares or mean probabilities; ``voters`` per prompt, the positions (in the
-    prompt's token ids) of the tokens that voted, lowest entropy first (for
-    ``avg``, every position in prompt order). ``coverage`` (P,): the share of each
+    shares (``topk``, ``all``), mean probabilities (``avg``) or the softmax of the mean
+    log-likelihood (``geo``); ``voters`` per prompt, the positions (in the prompt's
+    token ids) of the tokens that voted, lowest entropy first (for ``avg``, every
+    position in prompt order; for ``geo``, each distinct token's first position, in
+    prompt order). ``coverage`` (P,): the share of each
     prompt's distinct token pairs seen in the fit data (``geo`` with a pair table; None
     otherwise).
     """

@@ -1,4 +1,7 @@
-"""Closed-form ridge solve of the token router: ``W = (A + λI)⁻¹ B``.
+"""Closed-form solves of the per-token table from additive statistics: the ridge
+``W = (A + λI)⁻¹ B`` (with token-identity features: :func:`solve_identity`), and the
+count tables of the ``nb`` model (the default): :func:`solve_nb` for tokens,
+:func:`solve_pairs` for adjacent token pairs, smoothed as :func:`nb_smoothing` says.
 
 The design is assembled from per-domain statistics in a canonical order (sorted
 by expert name), so a router that gained and then lost an expert, or that was
@@ -135,7 +138,8 @@ def solve(A: np.ndarray, B: np.ndarray, *, lam: float = DEFAULT_LAMBDA,
 
 
 # Grid of identity ridges searched by choose_identity_mu (log-spaced; wide enough that on
-# every built-in setting the pick is interior, BENCHMARKS.md "Choosing μ").
+# every built-in setting the pick is interior: 3 or 10, EVALUATION.md "Kept: choosing μ
+# automatically").
 MU_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 _ROWS_CACHE_BYTES = 256 * 2**20
 

@@ -175,8 +175,9 @@ class DomainStats:
     source: str = field(default="<memory>", compare=False)
     # Ed25519 signature metadata (see ir3de.signing); any derived statistics drop it.
     signature: dict[str, str] | None = field(default=None, compare=False)
-    # The token-id histogram (int64, one entry per vocabulary id) A and b were formed from;
-    # needed by routers with token-identity features. None in files that lack it.
+    # The token-id histogram (int64, one entry per vocabulary id): what every model reads
+    # (the ridges form A and b from it). None only where A is stored (version 1 files
+    # made before ir3de counted tokens, streaming_stats).
     counts: np.ndarray | None = field(default=None, compare=False)
     # Per token id, the number of prompts it occurs in (int64): the statistics of the
     # count-based (``nb``) router. None in files made before ir3de counted them.

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # safetensors dtype names -> numpy dtypes we can memory-map directly. BF16 has no
-# numpy dtype: it is mapped as uint16 and widened by the caller (see _widen).
+# numpy dtype: it is mapped as uint16 and widened by the reader (Embedder.rows).
 _ST_DTYPES = {
     "F64": np.float64,
     "F32": np.float32,
@@ -453,7 +453,8 @@ def safetensors_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
     bfloat16; model shards are often several GB of bf16, of which we need only
     the embedding table, so we map the bytes ourselves from the documented
     header (8-byte length, JSON, raw little-endian data). BF16 comes back as
-    ``uint16`` raw bits; :func:`ir3de.embedding` widens it to float32.
+    ``uint16`` raw bits, which :meth:`ir3de.embedding.Embedder.rows` widens (to float64,
+    as it returns every table's rows).
     """
     path = Path(path)
     header, start = _header(path)
