@@ -1983,8 +1983,24 @@ def _interruptions_held() -> Iterator[None]:
         signal.raise_signal(held[0])  # to its own handler (Ctrl-C: KeyboardInterrupt)
 
 
+def run() -> None:
+    """The ``ir3de`` program (its console script and ``python -m ir3de``): :func:`main`,
+    then exit with its status. Once main has returned, the command's outcome is decided and
+    written: a SIGTERM or SIGHUP during the interpreter's shutdown (~0.1 s) would still
+    make the exit status 143, a finished change reported as stopped, which a script would
+    retry ("already exists"). So they are ignored from then on; Ctrl-C is not, in case the
+    shutdown hangs."""
+    try:
+        code = main()
+    finally:  # (--help and --version leave main by SystemExit)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ir3de`` command."""
+    """The ``ir3de`` command on ``argv`` (default: the program's arguments); returns the
+    exit status. Tests call it in their own process."""
     for stream in (sys.stdout, sys.stderr):
         # A character the stream's encoding lacks (an expert name, a "\u2581" token in
         # --explain, with PYTHONIOENCODING=ascii) is escaped, not a UnicodeEncodeError
@@ -2029,4 +2045,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
