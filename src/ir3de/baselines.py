@@ -121,7 +121,7 @@ def resolve_device(device: str = "auto") -> str:
     CUDA GPU, else ``cpu``; a CUDA device torch cannot use is an
     :class:`~ir3de.errors.IR3DEError` (not a failure in the middle of a run).
 
-    >>> resolve_device("cpu")  # doctest: +SKIP
+    >>> resolve_device("cpu")
     'cpu'
     """
     check_device(device)
@@ -337,8 +337,8 @@ class TfidfLogReg:
     """TF-IDF (word 1-2 grams, sublinear tf, min_df 2) + class-balanced logistic regression.
 
     >>> lr = TfidfLogReg().fit(["What is 2 + 2?", "def f(): pass"] * 5,
-    ...                        ["math", "code"] * 5)  # doctest: +SKIP
-    >>> lr.predict(["def g(): pass"])  # doctest: +SKIP
+    ...                        ["math", "code"] * 5)
+    >>> lr.predict(["def g(): pass"])
     ['code']
     """
 
