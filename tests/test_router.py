@@ -1831,3 +1831,22 @@ def test_a_router_pickles_without_its_lock(toy_router: Router) -> None:
     assert copy.route(PROMPTS[0]) == toy_router.route(PROMPTS[0])
     assert copy.set_params(alpha=0.1).config.alpha == 0.1  # a lock of its own
     assert toy_router.config.alpha != 0.1
+
+
+def test_score_takes_sample_weights_as_scikit_learn_does(toy_router: Router) -> None:
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    texts = ["What is 3 + 5?", "import sys", "def f(): pass", "The court held the deal void.",
+             "Compute 7 * 8.", "¿Cuántos años tienes?"]
+    labels = ["math", "coding", "math", "law", "coding", "multilingual"]
+    weight = [3, 1, 1, 2, 0.5, 1]
+    predicted = toy_router.predict(texts).tolist()
+    for w in (None, weight, np.array(weight)):
+        assert toy_router.score(texts, labels, sample_weight=w) == pytest.approx(
+            sklearn_metrics.balanced_accuracy_score(labels, predicted, sample_weight=w))
+    assert toy_router.score(texts, labels, [1, 1, 1, 1, 1, 0]) == pytest.approx(
+        toy_router.score(texts[:5], labels[:5]))  # a domain weighing 0 is left out
+    for bad, message in (([1, 2], "2 values for 6 texts"), ("abcdef", "must be numbers"),
+                         (3, "must be numbers"), ([1, 1, 1, 1, 1, -1], "non-negative"),
+                         ([0] * 6, "not all 0"), ([1, 1, 1, 1, 1, np.nan], "finite")):
+        with pytest.raises(IR3DEError, match=message):
+            toy_router.score(texts, labels, sample_weight=bad)

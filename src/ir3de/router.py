@@ -792,20 +792,27 @@ class Router:
         fitted (:class:`~ir3de.errors.NotFittedError`, an AttributeError)."""
         return np.array(sorted(self._fitted.experts))
 
-    def score(self, texts: Iterable[str], labels: Iterable[str]) -> float:
+    def score(self, texts: Iterable[str], labels: Iterable[str],
+              sample_weight: Iterable[float] | None = None) -> float:
         """**Balanced** accuracy of routing ``texts`` against their gold ``labels``: the
         mean over the gold domains of the share of that domain's prompts routed to its own
         expert, the figure this project reports everywhere (:mod:`ir3de.eval.metrics`), so
         that a large domain cannot hide a weak one. scikit-learn classifiers' ``score`` is
         plain accuracy instead; ``cross_val_score`` and ``GridSearchCV`` use this method
         when given no ``scoring``, and ``scoring="accuracy"`` gives plain accuracy.
-        A gold label that is no expert counts as misrouted.
+        A gold label that is no expert counts as misrouted. ``sample_weight`` (one
+        non-negative number per text) weighs each text within its domain's share, as
+        scikit-learn's ``balanced_accuracy_score`` does; a domain whose texts all weigh 0
+        is left out.
 
         >>> router = Router().fit(["What is 2 + 2?", "Solve x + 1 = 3.", "import os"],
         ...                       ["math", "math", "code"])
         >>> router.score(["What is 3 + 5?", "import sys", "def f(): pass"],
         ...              ["math", "code", "math"])  # (math 1/2 + code 1/1) / 2; accuracy 2/3
         0.75
+        >>> router.score(["What is 3 + 5?", "import sys", "def f(): pass"],
+        ...              ["math", "code", "math"], sample_weight=[3, 1, 1])  # (3/4 + 1) / 2
+        0.875
         """
         texts = _texts(texts, "texts", "text")
         labels = _texts(labels, "domain labels", "domain label")
@@ -813,9 +820,14 @@ class Router:
             raise IR3DEError(f"{len(texts)} texts but {len(labels)} domain labels")
         if not texts:
             raise IR3DEError("no texts to score")
+        weight = np.ones(len(texts)) if sample_weight is None \
+            else _sample_weight(sample_weight, len(texts))
         gold = np.array(labels, dtype=object)
         hit = gold == self.predict(texts).astype(object)
-        return float(np.mean([hit[gold == domain].mean() for domain in dict.fromkeys(labels)]))
+        shares = [np.sum(weight[mine] * hit[mine]) / np.sum(weight[mine])
+                  for mine in (gold == domain for domain in dict.fromkeys(labels))
+                  if np.sum(weight[mine]) > 0]
+        return float(np.mean(shares))
 
     # ------------------------------------------------------------- routing
     @property
@@ -1077,6 +1089,20 @@ def _prompts(prompts: Iterable[str]) -> list[str]:
                                   + ("" if not text.strip() else " (it holds only invisible "
                                      "characters)"))
     return texts
+
+
+def _sample_weight(values: Iterable[float], n: int) -> np.ndarray:
+    """:meth:`Router.score`'s ``sample_weight``, checked: ``n`` finite numbers, none
+    negative, not all 0."""
+    try:
+        weight = np.asarray(list(values), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise IR3DEError("sample_weight must be numbers, one per text") from None
+    if weight.shape != (n,):
+        raise IR3DEError(f"sample_weight has {weight.size} values for {n} texts")
+    if not np.isfinite(weight).all() or (weight < 0).any() or not weight.any():
+        raise IR3DEError("sample_weight must be finite and non-negative, not all 0")
+    return weight
 
 
 def _require_stats(value: object, context: str) -> None:
