@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -312,17 +313,59 @@ def test_large_bodies_are_read_by_reader_processes(gateway_large: Proc) -> None:
         assert r.status_code == 200
         events = [line for line in r.iter_lines() if line.startswith("data: {")]
     assert json.loads(events[0][6:])["received"]["model"] == "coding"
+    for pid in readers:  # idle readers killed: the next body goes to a new one
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(readers)
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["received"] == {**body, "model": "qwen-math"}
+    readers = _readers(gateway_large)
+    assert readers
+    # a reader killed while it parses: the body is read again by another
+    slow = {**body, "metadata": {"ids": [[[[1]]]] * 150_000}}  # 1.6 MB, ~0.3 s to parse
+    answer: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: answer.append(httpx.post(url, json=slow,
+                                                                      timeout=60)))
+    sender.start()
+    time.sleep(0.2)
     for pid in readers:
         os.kill(pid, signal.SIGKILL)
-    for pid in readers:  # (dead once their parent, the gateway, has seen them go)
+    sender.join()
+    assert answer[0].status_code == 200, answer[0].text
+    assert answer[0].json()["received"]["metadata"] == slow["metadata"]
+
+
+def _wait_gone(pids: set[int]) -> None:
+    """Wait until each of ``pids`` has exited (a zombie until its parent reaps it)."""
+    for pid in pids:
         for _ in range(100):
             if not Path(f"/proc/{pid}").exists() or \
                     Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
                 break
             time.sleep(0.05)
-    r = httpx.post(url, json=body, timeout=30)
-    assert r.status_code == 200 and r.json()["received"] == {**body, "model": "qwen-math"}
-    assert _readers(gateway_large) - readers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_readers_end_with_the_gateway(stats_files, upstreams, tmp_path: Path,
+                                      how: str) -> None:
+    """Readers outlived a gateway stopped by SIGTERM (some of the time) or kill -9
+    (always), each holding ~55 MB, orphaned for good (QA)."""
+    gateway = _gateway(_config(tmp_path, stats_files, upstreams, max_body_bytes=2_000_000))
+    try:
+        body = _chat(MATH, metadata={"ids": list(range(30_000))})
+        assert httpx.post(gateway.url + "/v1/chat/completions", json=body,
+                          timeout=30).status_code == 200
+        readers = _readers(gateway)
+        assert readers
+        os.kill(gateway.proc.pid, getattr(signal, how))
+        gateway.proc.wait(30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists()
+                                                  for p in readers):
+            time.sleep(0.1)
+        assert not [p for p in readers if Path(f"/proc/{p}").exists()]
+    finally:
+        gateway.stop()
 
 
 def test_the_forwarded_body_is_the_clients_with_its_model_replaced() -> None:

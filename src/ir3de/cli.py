@@ -30,8 +30,10 @@ from typing import Any, NoReturn
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data import (
+# Absolute imports: the gateway's reader processes (anyio.to_process) run the program's
+# main module again as a file, which for `python -m ir3de.cli` is this one.
+from ir3de import __version__
+from ir3de.data import (
     FORMATS,
     decode_lines,
     default_data_dir,
@@ -45,14 +47,14 @@ from .data import (
     refuse_repeated_paths,
     text_lines,
 )
-from .distributed import local_matches
-from .embedding import (
+from ir3de.distributed import local_matches
+from ir3de.embedding import (
     DEFAULT_MAX_TOKENS,
     load_embedder,
     load_recorded,
     misplaced_table_or_tensor,
 )
-from .errors import (
+from ir3de.errors import (
     IR3DEError,
     StatsFormatError,
     is_blank,
@@ -61,7 +63,7 @@ from .errors import (
     require_file,
     shown_path,
 )
-from .router import (
+from ir3de.router import (
     MODELS,
     PRESETS,
     Decision,
@@ -69,8 +71,8 @@ from .router import (
     RouterConfig,
     read_router_meta,
 )
-from .selector import SELECTORS
-from .statistics import (
+from ir3de.selector import SELECTORS
+from ir3de.statistics import (
     DomainStats,
     compute_stats,
     domain_name_problem,
@@ -78,7 +80,7 @@ from .statistics import (
     merge,
     validate_domain_name,
 )
-from .store import locked_for_update, read_safetensors, refuse_special_file
+from ir3de.store import locked_for_update, read_safetensors, refuse_special_file
 
 EPILOG = """\
 typical workflow:
@@ -243,7 +245,7 @@ def _number_or(words: dict[str, str | None],
 
 def _device(text: str) -> str:
     """An argparse type: a torch device name of the MiniLM-based baselines (not resolved)."""
-    from .baselines import check_device
+    from ir3de.baselines import check_device
 
     try:
         return check_device(text)
@@ -253,7 +255,7 @@ def _device(text: str) -> str:
 
 def _resamples(text: str) -> int:
     """An argparse type: bootstrap resamples, 0 (no intervals) or enough for an interval."""
-    from .eval.harness import MIN_RESAMPLES  # the harness's own rule, found at parse time
+    from ir3de.eval.harness import MIN_RESAMPLES  # the harness's own rule, found at parse time
 
     return int(_checked(int, lambda v: v == 0 or v >= MIN_RESAMPLES,
                         f"0 (no intervals) or an integer >= {MIN_RESAMPLES}")(text))
@@ -262,7 +264,7 @@ def _resamples(text: str) -> int:
 def _seed(text: str) -> int:
     """An argparse type: a seed of ``ir3de eval``, one scikit-learn takes (0 .. 2**32 - 1):
     a larger one failed only when TF-IDF + LR was fitted, after the IR3DE routers ran."""
-    from .eval.harness import MAX_SEED  # the harness's own rule, found at parse time
+    from ir3de.eval.harness import MAX_SEED  # the harness's own rule, found at parse time
 
     return int(_checked(int, lambda v: 0 <= v <= MAX_SEED,
                         f"an integer in 0..{MAX_SEED}")(text))
@@ -521,7 +523,7 @@ def _verify_trusted(named: Sequence[tuple[str, DomainStats]], trust: str | None)
     ``inspect --trust`` and a gateway with ``trust:`` (which refuses renames on upload too)."""
     if trust is None:
         return
-    from .signing import load_trusted, verify_all
+    from ir3de.signing import load_trusted, verify_all
 
     verify_all([stats for _, stats in named], load_trusted(trust))
     for name, stats in named:
@@ -745,7 +747,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                          "is read one prompt per line")
     text_field = "text" if args.text_field is None else args.text_field
     if args.sign:
-        from .signing import load_private_key
+        from ir3de.signing import load_private_key
 
         load_private_key(Path(args.sign))  # a bad key fails now, not after the corpus
     if args.engine == "local":
@@ -761,7 +763,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     if args.engine == "ray":
-        from .distributed import ray_stats
+        from ir3de.distributed import ray_stats
 
         stats = ray_stats(args.corpus, emb, domain=args.domain, fmt=args.format,
                           text_field=text_field, max_tokens=args.max_tokens,
@@ -774,7 +776,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.no_pairs:
         stats = dataclasses.replace(stats, pairs=None)
     if args.sign:
-        from .signing import sign
+        from ir3de.signing import sign
 
         stats = sign(stats, args.sign)
     stats.save(out, overwrite=replace)
@@ -797,7 +799,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                          f"{len(merged)}: {', '.join(merged)}; build a router from them instead")
     (stats,) = merged.values()
     if args.sign:
-        from .signing import sign
+        from ir3de.signing import sign
 
         stats = sign(stats, args.sign)
     stats.save(out, overwrite=replace)
@@ -1116,7 +1118,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     router = None
     if args.trust is not None:
         # every expert (or the file) checked before anything is printed: a refusal names it
-        from .signing import load_trusted, verify_all
+        from ir3de.signing import load_trusted, verify_all
 
         trusted = load_trusted(args.trust)
         if kind == "ir3de-router":
@@ -1281,7 +1283,7 @@ def _eval_embedders(names: Sequence[str], explicit: bool) -> list:
 def _eval_baselines(names: Sequence[str], explicit: bool) -> list[str]:
     if not names:
         return []
-    from .baselines import available_baselines
+    from ir3de.baselines import available_baselines
 
     reasons = available_baselines()
     usable = []
@@ -1301,7 +1303,7 @@ _DEVICE_UNREAD = "--device is read only by the knn and modem baselines, and neit
 def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
     """The resolved torch device of the MiniLM-based baselines (None when none runs), found
     before the run so a missing GPU is reported at once."""
-    from .baselines import resolve_device
+    from ir3de.baselines import resolve_device
 
     torch_based = [b for b in baselines if b in ("knn", "modem")]
     if not torch_based:
@@ -1312,7 +1314,7 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from .signing import generate_key, public_key_path
+    from ir3de.signing import generate_key, public_key_path
 
     private = Path(args.output)
     public = public_key_path(private)  # first: a name of no file ('', '..') is the mistake
@@ -1336,7 +1338,7 @@ def _check_eval_out(out: Path, force: bool, writes: Sequence[str]) -> None:
     and report.md are its own, another name only if it lists it or if it stopped while
     moving that file in (:func:`ir3de.eval.report.foreign_outputs`, the rule
     :func:`ir3de.eval.write_report` applies too)."""
-    from .eval.report import check_outputs, foreign_outputs
+    from ir3de.eval.report import check_outputs, foreign_outputs
 
     check_outputs(out, writes)
     foreign = [] if force else foreign_outputs(out, writes)
@@ -1421,8 +1423,8 @@ def _remove_empty(folders: Sequence[Path]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import datetime
 
-    from .baselines import device_label
-    from .eval import (
+    from ir3de.baselines import device_label
+    from ir3de.eval import (
         SETTINGS,
         Setting,
         custom_setting,
@@ -1433,9 +1435,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test_setting,
         write_report,
     )
-    from .eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
-    from .eval.metrics import ScoreKind
-    from .eval.report import machine, output_names, summary_routers
+    from ir3de.eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
+    from ir3de.eval.metrics import ScoreKind
+    from ir3de.eval.report import machine, output_names, summary_routers
 
     try:
         import matplotlib  # noqa: F401
@@ -1555,7 +1557,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from ir3de.serve import serve
 
     return serve(args.config, host=args.host, port=args.port, log_level=args.log_level)
 

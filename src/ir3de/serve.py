@@ -38,7 +38,7 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   request's: over ``max_admin_body_bytes``) is a 413 as soon as it says so
   (``content-length``) or, chunked, once past the limit, without the rest; a compressed
   one (``content-encoding``) is a 415. A completions body over 64 KiB is parsed in a
-  reader process (:class:`_Readers`), so it does not hold the event loop.
+  reader process (:func:`_read_large`), so it does not hold the event loop.
 * Request ids: the client's plain ``x-request-id`` or a new ``req_<hex>``, logged, sent
   to the expert as ``x-request-id`` and returned as ``x-ir3de-request-id`` (and as
   ``x-request-id`` unless the expert's is relayed).
@@ -178,7 +178,6 @@ import hmac
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import signal
@@ -189,8 +188,6 @@ import time
 import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -1780,7 +1777,7 @@ def _read_completion(raw: bytes, chat: bool, policy: str) -> _Completion:
     """The completions request whose body is ``raw``, or ValueError with why it is none.
 
     A module-level function of picklable arguments and result, so a large body is read in
-    a worker process (see _Readers)."""
+    a reader process (see _read_large)."""
     body = _loads(raw)
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object")
@@ -1794,56 +1791,32 @@ def _read_completion(raw: bytes, chat: bool, policy: str) -> _Completion:
                        text_error, _encoded({k: v for k, v in body.items() if k != "model"}))
 
 
-class _Readers:
-    """Worker processes that read large request bodies (:func:`_read_completion`).
-
-    Parsing JSON holds the GIL for the whole parse, and so does building the parsed
+async def _read_large(raw: bytes, chat: bool, policy: str, limiter: Any) -> _Completion:
+    """:func:`_read_completion` in a reader process (anyio.to_process; at most ``limiter``'s
+    number at once, so a burst of large bodies waits for them rather than taking every
+    core). Parsing JSON holds the GIL for the whole parse, and so does building the parsed
     objects, so a thread would not free the event loop: a 1 MB body of nested arrays held
-    it 0.2 s, stalling every other request (benchmarks/bench_large_bodies.py). Up to
-    ``workers`` processes, started at the first large body, so a burst of them waits for
-    these rather than taking every core. Spawned, not forked: a fork would copy the
-    gateway's threads and router tables. anyio.to_process is not used: its workers re-run
-    the parent's main module as a file, which fails for ``python -m ir3de.cli``."""
+    it 0.2 s, stalling every other request (benchmarks/bench_large_bodies.py). Readers
+    start as needed, end after 5 idle minutes, and read their requests from a pipe: when
+    the gateway dies (even by kill -9) they read its end and exit. A reader that died
+    mid-read (killed: out of memory, say) is not the body's fault, necessarily: the body
+    is read once more, and BrokenWorkerProcess if that fails too."""
+    import anyio.to_process
 
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-
-    async def read(self, raw: bytes, chat: bool, policy: str) -> _Completion:
-        """:func:`_read_completion` in a worker. A worker that died (killed: out of memory,
-        say) breaks the pool; the body is then read once more by new workers, since the
-        death may be an earlier one's, and BrokenProcessPool if that fails too."""
-        try:
-            return await self._submit(raw, chat, policy)
-        except BrokenProcessPool:
-            return await self._submit(raw, chat, policy)
-
-    async def _submit(self, raw: bytes, chat: bool, policy: str) -> _Completion:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self._workers, mp_context=_SPAWN,
-                                             initializer=_ignore_interrupts)
-        pool = self._pool
-        try:
-            return await asyncio.wrap_future(pool.submit(_read_completion, raw, chat, policy))
-        except BrokenProcessPool:
-            if self._pool is pool:  # (not yet replaced by another request's call)
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    try:
+        return await anyio.to_process.run_sync(_reader, raw, chat, policy, limiter=limiter)
+    except anyio.BrokenWorkerProcess:
+        return await anyio.to_process.run_sync(_reader, raw, chat, policy, limiter=limiter)
 
 
-_SPAWN = multiprocessing.get_context("spawn")
-
-
-def _ignore_interrupts() -> None:
-    """A reader's start: a Ctrl-C reaches the whole process group, and the gateway stops
-    its readers itself (a reader would print a KeyboardInterrupt traceback each)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _reader(raw: bytes, chat: bool, policy: str) -> _Completion:
+    """:func:`_read_completion`, in a reader process. Ctrl-C, SIGTERM and SIGHUP reach the
+    whole process group: a reader ignores them (its parse would come back to the gateway
+    as a KeyboardInterrupt), since the gateway stops its readers itself."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    return _read_completion(raw, chat, policy)
 
 
 # --------------------------------------------------------------------------- cooldowns
@@ -2098,12 +2071,11 @@ def create_app(config: Any) -> Any:
     admin_digest = hashlib.sha256(admin_token.encode("utf-8", "surrogateescape")).digest() \
         if admin_token is not None else b""
     admin_lock = asyncio.Lock()
-    readers = _Readers(min(4, os.cpu_count() or 1))
+    readers = anyio.CapacityLimiter(min(4, os.cpu_count() or 1))  # (see _read_large)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
-        readers.close()
         await client.aclose()
 
     # no docs and no OpenAPI schema: the schema would list the admin routes to anyone
@@ -2323,10 +2295,10 @@ def create_app(config: Any) -> Any:
             if len(raw) <= _INLINE_BODY_BYTES:
                 body = _read_completion(raw, chat, config.policy)
             else:
-                body = await readers.read(raw, chat, config.policy)
+                body = await _read_large(raw, chat, config.policy, readers)
         except ValueError as exc:
             return _error(400, str(exc))
-        except BrokenProcessPool:  # a reader killed (out of memory, say): not the body's fault
+        except anyio.BrokenWorkerProcess:  # two readers died on it (see _read_large)
             return _error(503, "the gateway's process reading the request body died; "
                                "try again", kind="server_error", code="reader_failed")
         state = holder["state"]  # this request finishes on the router it started with
