@@ -81,6 +81,20 @@ def start_upstream() -> tuple[str, subprocess.Popen]:
     return f"http://127.0.0.1:{port}/v1", proc
 
 
+def start_gateway(stats: list[Path], experts: dict[str, str], folder: Path
+                  ) -> tuple[str, subprocess.Popen]:
+    """`ir3de serve` on a free port, routing with ``stats`` to ``experts`` (name: base
+    URL), its config written into ``folder``: its base URL and process."""
+    config = {"router": {"stats": [str(s) for s in stats]},
+              "experts": {name: {"url": url} for name, url in experts.items()}}
+    (folder / "gw.yaml").write_text(yaml.safe_dump(config))
+    port = _port()
+    proc = _start([sys.executable, "-m", "ir3de.cli", "serve", "--config",
+                   str(folder / "gw.yaml"), "--port", str(port), "--log-level", "warning"],
+                  f"http://127.0.0.1:{port}/healthz", {"IR3DE_ADMIN_TOKEN": ""})
+    return f"http://127.0.0.1:{port}", proc
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
@@ -93,15 +107,9 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     stats = fit_stats(args.data, tmp)
-    gw_port = _port()
     direct, upstream = start_upstream()
-    config = {"router": {"stats": [str(s) for s in stats]},
-              "experts": {"math": {"url": direct}, "coding": {"url": direct}}}
-    (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
-    gateway = _start([sys.executable, "-m", "ir3de.cli", "serve", "--config",
-                      str(tmp / "gw.yaml"), "--port", str(gw_port), "--log-level", "warning"],
-                     f"http://127.0.0.1:{gw_port}/healthz", {"IR3DE_ADMIN_TOKEN": ""})
-    via = f"http://127.0.0.1:{gw_port}/v1"
+    base, gateway = start_gateway(stats, {"math": direct, "coding": direct}, tmp)
+    via = base + "/v1"
     try:
         rows = []
         with httpx.Client(timeout=30) as client:
@@ -142,7 +150,7 @@ def main() -> int:
 
         rps_direct = asyncio.run(burst(direct, "math"))
         rps_gateway = asyncio.run(burst(via, "ir3de"))
-        metrics = httpx.get(f"http://127.0.0.1:{gw_port}/metrics").text
+        metrics = httpx.get(base + "/metrics").text
         values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                   if line.startswith("ir3de_routing_seconds_")}
         routing_us = 1e6 * values["ir3de_routing_seconds_sum"] / \

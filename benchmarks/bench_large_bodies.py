@@ -32,8 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
-from bench_gateway import PROMPTS, _port, _start, fit_stats, start_upstream
+from bench_gateway import PROMPTS, fit_stats, start_gateway, start_upstream
 
 CODING = [PROMPTS[1], PROMPTS[3]]  # the prober's prompts; the large bodies' is math
 
@@ -88,15 +87,9 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     stats = fit_stats(args.data, tmp)
-    gw_port = _port()
     (math_url, math_upstream), (coding_url, coding_upstream) = start_upstream(), start_upstream()
-    config = {"router": {"stats": [str(s) for s in stats]},
-              "experts": {"math": {"url": math_url}, "coding": {"url": coding_url}}}
-    (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
-    gateway = _start([sys.executable, "-m", "ir3de.cli", "serve", "--config",
-                      str(tmp / "gw.yaml"), "--port", str(gw_port), "--log-level", "warning"],
-                     f"http://127.0.0.1:{gw_port}/healthz", {"IR3DE_ADMIN_TOKEN": ""})
-    url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+    base, gateway = start_gateway(stats, {"math": math_url, "coding": coding_url}, tmp)
+    url = base + "/v1/chat/completions"
     limit = 1_000_000  # the gateway's default max_body_bytes
     try:
         _probe(url, 1.0)  # warm-up: connections, chunk cache
