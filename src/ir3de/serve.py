@@ -1750,8 +1750,8 @@ def _routing_text(body: dict[str, Any], chat: bool, policy: str) -> str:
     return users[-1] if policy == "last_user" else "\n".join(users)
 
 
-# Bodies up to this size are read on the event loop; larger ones in a worker process
-# (see _read_completion). 64 KiB of JSON parses in well under 10 ms even at its slowest
+# Bodies up to this size are read on the event loop; larger ones in a reader process
+# (see _read_large). 64 KiB of JSON parses in well under 10 ms even at its slowest
 # (many tiny values), about what the trip to a worker and back costs for such a body.
 _INLINE_BODY_BYTES = 64 * 1024
 
