@@ -83,6 +83,7 @@ from .statistics import (
     find_identical,
     int_tensor,
     meta_int,
+    meta_version,
     validate_domain_name,
 )
 from .store import read_safetensors, write_safetensors
@@ -1017,7 +1018,7 @@ class Router:
                 tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
-        version = 1 if all(s.A is not None for s in stats) else 2
+        version = max(s.format_version for s in stats)  # 1: every expert's A is stored
         # (the state read once: a change made meanwhile by another thread would otherwise
         # give the file one state's tensors and another's metadata)
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": version,
@@ -1286,10 +1287,7 @@ def _smoothing(smoothing: tuple[float, float | None] | None) -> dict[str, Any] |
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     if meta.get("format") != ROUTER_FORMAT:
         raise StatsFormatError(f"{where}: not an ir3de router file (format {meta.get('format')!r})")
-    version = meta.get("version")
-    if type(version) is not int or version not in _ROUTER_VERSIONS:
-        raise StatsFormatError(f"{where}: router format version {version!r} is not supported "
-                               f"(this ir3de reads {' and '.join(map(str, _ROUTER_VERSIONS))})")
+    meta_version(meta, _ROUTER_VERSIONS, where, "router")
     for key in ("config", "fingerprint", "embedder", "experts", "dim"):
         if key not in meta:
             raise StatsFormatError(f"{where}: router metadata lacks {key!r}")

@@ -649,11 +649,7 @@ class DomainStats:
         if meta.get("format") != STATS_FORMAT:
             raise StatsFormatError(f"{where}: not an ir3de statistics file "
                                    f"(format {meta.get('format')!r})")
-        version = meta.get("version")
-        if type(version) is not int or version not in _STATS_VERSIONS:
-            raise StatsFormatError(f"{where}: statistics format version {version!r} is not "
-                                   f"supported (this ir3de reads "
-                                   f"{' and '.join(map(str, _STATS_VERSIONS))})")
+        version = meta_version(meta, _STATS_VERSIONS, where, "statistics")
         # Version 1 holds A; version 2 holds the counts A is formed from, and no A.
         missing = ({"A", "b"} if version == 1 else {"b", "counts"}) - tensors.keys()
         if missing:
@@ -833,6 +829,18 @@ def check_same_embedder(items: Iterable[DomainStats]) -> None:
                 f"embedding fingerprints differ: {first.source} ({first.domain}) was made with "
                 f"{one} but {other.source} ({other.domain}) with "
                 f"{two}; statistics must come from the same embedder")
+
+
+def meta_version(meta: dict[str, Any], versions: tuple[int, ...], where: str,
+                 kind: str) -> int:
+    """The format version of a statistics or router file (``kind``), one of ``versions``,
+    else a :class:`StatsFormatError` saying which this ir3de reads. Only an integer: "2"
+    or 2.0 is no version this code wrote."""
+    version = meta.get("version")
+    if type(version) is not int or version not in versions:
+        raise StatsFormatError(f"{where}: {kind} format version {version!r} is not supported "
+                               f"(this ir3de reads {' and '.join(map(str, versions))})")
+    return version
 
 
 def meta_int(value: Any, minimum: int, where: str, name: str) -> int:
