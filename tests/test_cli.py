@@ -2562,3 +2562,115 @@ def test_a_signal_during_shutdown_does_not_fail_a_finished_command(tmp_path: Pat
     for how, argv in scripts.items():
         proc = subprocess.run([*argv, "--version"], capture_output=True, timeout=120)
         assert proc.returncode == 0 and __version__ in proc.stdout.decode(), how
+
+
+def _labelled(path: Path, rows: list[tuple[str, str | None]]) -> Path:
+    path.write_text("".join(json.dumps({"text": t} if d is None else {"text": t, "domain": d})
+                            + "\n" for t, d in rows))
+    return path
+
+
+HELD_OUT = [("What is 9 times 8?", "math"), ("Solve 2x = 10 for x.", "math"),
+            ("def mul(a, b):\n    return a * b", "coding"), ("print(len(xs))", "coding")]
+
+
+def test_calibrate_prints_the_cuts_and_the_gateway_lines(built: dict[str, Path], tmp_path: Path,
+                                                        capsys) -> None:
+    from ir3de.calibration import DEFAULT_KEEP, calibrate
+
+    held = _labelled(tmp_path / "held.jsonl", HELD_OUT)
+    code, out, err = run(capsys, "calibrate", built["router"], held, "--keep", "0.5")
+    assert (code, err) == (0, "")
+    expected = calibrate(Router.load(built["router"]), [t for t, _ in HELD_OUT],
+                         [d for _, d in HELD_OUT], keep=[*DEFAULT_KEEP, 0.5])
+    assert out.startswith("4 prompts, given as held out; 2 experts, balanced accuracy ")
+    assert "threshold (below it, a prompt's confidence sends it to the fallback):" in out
+    assert "min_coverage (below it, a prompt's coverage sends it to the fallback):" in out
+    for knob in ("threshold", "min_coverage"):  # the value exactly, as the gateway reads it
+        assert f"  {knob}: {expected.cut(knob, 0.5).value!r}  # kept " in out
+    code, out, _ = run(capsys, "calibrate", built["router"], held, "--keep", "0.5", "--json")
+    document = json.loads(out)
+    assert document == {**json.loads(json.dumps(expected.to_dict())), "gateway": {
+        knob: expected.cut(knob, 0.5).value for knob in ("threshold", "min_coverage")}}
+    # without labels: kept shares only
+    unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
+    code, out, _ = run(capsys, "calibrate", built["router"], unlabelled)
+    assert code == 0 and "no labels (no accuracy: the table gives kept shares only)" in out
+    assert "balanced accuracy" not in out
+
+
+def test_calibrate_folds_hold_out_the_fit_prompts_exactly(built: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    from ir3de.calibration import DEFAULT_KEEP, calibrate
+
+    rows = [(t, "math") for t in MATH] + [(t, "coding") for t in CODE]
+    fit = _labelled(tmp_path / "fit.jsonl", rows)
+    code, out, err = run(capsys, "calibrate", built["router"], fit, "--folds", "2", "--seed",
+                         "3", "--json")
+    assert code == 0 and err.startswith("routing 8 prompts with the router re-solved without "
+                                        "each of 2 folds")
+    expected = calibrate(Router.load(built["router"]), [t for t, _ in rows],
+                         [d for _, d in rows], keep=DEFAULT_KEEP, folds=2, seed=3)
+    assert json.loads(out)["cuts"] == json.loads(json.dumps(expected.to_dict()))["cuts"]
+    assert json.loads(out)["held_out"] == "2 folds"
+    # prompts that were never fitted on cannot come off the statistics
+    code, out, err = run(capsys, "calibrate", built["router"],
+                         _labelled(tmp_path / "held.jsonl", HELD_OUT * 2), "--folds", "2")
+    assert (code, out) == (1, "")
+    assert "are not all part of expert" in err and "give other prompts without folds" in err
+
+
+def test_calibrate_plot(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    held = _labelled(tmp_path / "held.jsonl", HELD_OUT * 3)
+    plot = tmp_path / "cuts.png"
+    code, _, err = run(capsys, "calibrate", built["router"], held, "--plot", plot)
+    assert code == 0 and err == f"wrote {plot}\n"
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    before = plot.read_bytes()
+    code, out, err = run(capsys, "calibrate", built["router"], held, "--plot", plot)
+    assert (code, out) == (1, "") and "exists; pass --force" in err
+    assert plot.read_bytes() == before
+    code, _, err = run(capsys, "calibrate", built["router"], held, "--plot", plot, "--force",
+                       "-q")
+    assert (code, err) == (0, "")
+    unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
+    code, out, err = run(capsys, "calibrate", built["router"], unlabelled, "--plot",
+                         tmp_path / "other.png")
+    assert (code, out) == (1, "") and "--plot draws the kept prompts' accuracy" in err
+    assert not (tmp_path / "other.png").exists()
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([("What is 2 + 2?", "math"), ("import os", None)],
+     ":2: record has no 'domain' field, where other records do; label every prompt or none"),
+    ([("What is 2 + 2?", "math"), ("The court ruled.", "law")],
+     ":2: 'domain' is 'law', not one of the router's experts (math, coding)"),
+    ([("What is 2 + 2?", "math"), ("   ", "math")], ":2: empty prompt"),
+    ([("What is 2 + 2?", "math"), ("<s>", "math")], ":2: no token to route on"),
+])
+def test_calibrate_names_the_bad_record(built: dict[str, Path], tmp_path: Path, capsys,
+                                        rows: list, message: str) -> None:
+    data = _labelled(tmp_path / "data.jsonl", rows)
+    code, out, err = run(capsys, "calibrate", built["router"], data)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"ir3de: error: {data}{message}"), err
+
+
+def test_calibrate_refuses_bad_options(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "What is 2 + 2?", "domain": 7}) + "\n")
+    code, _, err = run(capsys, "calibrate", built["router"], data)
+    assert code == 1 and "'domain' must be a string naming an expert, got 7" in err
+    unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
+    code, _, err = run(capsys, "calibrate", built["router"], unlabelled, "--folds", "2")
+    assert code == 1 and "--folds needs labelled prompts, and no record of" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = run(capsys, "calibrate", built["router"], empty)
+    assert code == 1 and f"{empty} holds no records" in err
+    for option in (["--keep", "0"], ["--keep", "1.5"], ["--folds", "1"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["calibrate", str(built["router"]), str(unlabelled), *option])
+        assert exit_.value.code == 2
+        assert "ir3de calibrate: error: argument" in capsys.readouterr().err

@@ -80,7 +80,12 @@ from ir3de.statistics import (
     merge,
     validate_domain_name,
 )
-from ir3de.store import locked_for_update, read_safetensors, refuse_special_file
+from ir3de.store import (
+    atomic_write_bytes,
+    locked_for_update,
+    read_safetensors,
+    refuse_special_file,
+)
 
 EPILOG = """\
 typical workflow:
@@ -89,6 +94,7 @@ typical workflow:
   ir3de build math.stats coding.stats -o router.safetensors # anyone holding the files
   ir3de route router.safetensors "What is 17 * 23?"          # -> {"expert": "math", ...}
   ir3de experts add router.safetensors law.stats             # a new expert joins
+  ir3de calibrate router.safetensors held.jsonl             # the gateway's fallback cuts
   ir3de demo                                                # the whole job on ../shared/data
 """
 
@@ -208,6 +214,7 @@ _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 _token_count = _checked(int, lambda v: 0 < v < 2**63, "a positive integer below 2**63")
 _port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
 _open_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_share = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _host(text: str) -> str:
@@ -947,7 +954,19 @@ def _no_prompts(why: str) -> IR3DEError:
 
 def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
     """The records of the JSONL file ``source`` ('-': standard input) as ``(id, text,
-    where)``. A record's id is its ``id`` field (a string or an integer, printed as
+    where)`` (see :func:`_jsonl_records`)."""
+    try:
+        records = _jsonl_records(source, text_field)
+    except IR3DEError as exc:
+        if ": invalid JSON" in str(exc) or ": expected a JSON object" in str(exc):
+            raise IR3DEError(f"{exc} ({_INPUT_HINT})") from None
+        raise
+    return [(ident, text, where) for ident, text, where, _ in records]
+
+
+def _jsonl_records(source: str, text_field: str) -> list[tuple[Any, str, str, dict]]:
+    """The records of the JSONL file ``source`` ('-': standard input) as ``(id, text,
+    where, record)``. A record's id is its ``id`` field (a string or an integer, printed as
     given), else ``<file stem>-<n>`` (``stdin-<n>`` on standard input), n its 1-based
     record number, blank lines not counted, as ``ir3de eval`` names records. Ids are
     unique: 7 and "7" are one id, as for ``ir3de eval``, and a repeat is refused."""
@@ -960,7 +979,7 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
             require_file(path)
         # (a stem that is not UTF-8 as \xNN: the ids are JSON text, which no surrogate is)
         where, stem, raw = str(path), shown_path(path.stem), path.open("rb")
-    items: list[tuple[Any, str, str]] = []
+    items: list[tuple[Any, str, str, dict]] = []
     seen: dict[str, str] = {}  # id -> the record that has it
     try:
         records = parse_numbered_jsonl(decode_lines(raw, where), where, text_field=text_field)
@@ -974,11 +993,7 @@ def _jsonl_prompts(source: str, text_field: str) -> list[tuple[Any, str, str]]:
                                  f"be unique (a record without 'id' is {stem}-N, N its "
                                  "record number)")
             seen[key] = here if explicit else f"{here} (a record without 'id')"
-            items.append((ident, record[text_field], here))
-    except IR3DEError as exc:
-        if ": invalid JSON" in str(exc) or ": expected a JSON object" in str(exc):
-            raise IR3DEError(f"{exc} ({_INPUT_HINT})") from None
-        raise
+            items.append((ident, record[text_field], here, record))
     finally:
         if source != "-":  # (standard input is not ours to close)
             raw.close()
@@ -1311,6 +1326,107 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
             raise IR3DEError(_DEVICE_UNREAD)
         return None
     return resolve_device(device or "auto")
+
+
+def _calibration_prompts(args: argparse.Namespace, router: Router
+                         ) -> tuple[list[str], list[str] | None]:
+    """The texts of ``args.data`` and their labels (None when no record has the label
+    field), every record checked before any is routed: a blank or token-less text, a
+    label that is not a string or not an expert, a label field on some records only."""
+    records = _jsonl_records(args.data, args.text_field)
+    if not records:
+        raise IR3DEError(f"{args.data} holds no records")
+    field = args.label_field
+    labelled = [field in record for *_, record in records]
+    if args.folds is not None and not any(labelled):
+        raise IR3DEError(f"--folds needs labelled prompts, and no record of {args.data} has "
+                         f"a {field!r} field (--label-field names it)")
+    labels = None
+    if any(labelled):
+        labels = []
+        experts = router.experts
+        for _, _, where, record in records:
+            label = record.get(field)
+            if field not in record:
+                raise IR3DEError(f"{where}: record has no {field!r} field, where other "
+                                 "records do; label every prompt or none")
+            if not isinstance(label, str):
+                raise IR3DEError(f"{where}: {field!r} must be a string naming an expert, "
+                                 f"got {json.dumps(label)}")
+            if label not in experts:
+                raise IR3DEError(f"{where}: {field!r} is {label!r}, not one of the router's "
+                                 f"experts ({listed(experts)})")
+            labels.append(label)
+    for _, text, where, _ in records:
+        if is_blank(text):
+            raise IR3DEError(f"{where}: empty prompt")
+    items = [(ident, text, where) for ident, text, where, _ in records]
+    _token_ids(router, items, 1024)  # a prompt without a token fails here, named
+    return [text for _, text, _ in items], labels
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ir3de.calibration import DEFAULT_KEEP, calibrate, render_plot
+
+    plot = None if args.plot is None else Path(args.plot)
+    if plot is not None:
+        replace = _check_output(plot, args.force, [args.router, args.data])
+        try:
+            import matplotlib  # noqa: F401  (checked before the work, drawn after it)
+        except ImportError:
+            raise IR3DEError("--plot needs matplotlib: pip install 'ir3de[eval]'") from None
+    router = _load_router(args.router, args)
+    texts, labels = _calibration_prompts(args, router)
+    if plot is not None and labels is None:
+        raise IR3DEError("--plot draws the kept prompts' accuracy, which needs labelled "
+                         f"prompts: no record of {args.data} has a {args.label_field!r} field")
+    if args.folds is not None and not args.quiet:
+        print(f"routing {_count(len(texts), 'prompt')} with the router re-solved without "
+              f"each of {args.folds} folds…", file=sys.stderr)
+    result = calibrate(router, texts, labels, keep=sorted({*DEFAULT_KEEP, args.keep}),
+                       folds=args.folds, seed=args.seed)
+    if args.json:
+        _print_json({**result.to_dict(), "gateway": {
+            knob: result.cut(knob, args.keep).value for knob in result.knobs}})
+    else:
+        _print_calibration(result, args.keep, labels is not None)
+    if plot is not None:
+        atomic_write_bytes(plot, render_plot(result, args.keep), overwrite=replace)
+        if not args.quiet:
+            print(f"wrote {plot}", file=sys.stderr)
+    return 0
+
+
+def _print_calibration(result: Any, keep: float, labelled: bool) -> None:
+    """The cuts as two tables and the gateway.yaml lines for ``keep``."""
+    n = len(result.routed)
+    source = "held out by the router re-solved without each of " + result.held_out \
+        if result.held_out != "given" else "given as held out"
+    lines = [f"{_count(n, 'prompt')}, {source}"]
+    if labelled:
+        lines[0] += (f"; {_count(len(set(result.gold)), 'expert')}, balanced accuracy "
+                     f"{100 * result.accuracy:.2f} % with no cut")
+    else:
+        lines[0] += "; no labels (no accuracy: the table gives kept shares only)"
+    what = {"threshold": "confidence", "min_coverage": "coverage"}
+    for knob in result.knobs:
+        lines += ["", f"{knob} (below it, a prompt's {what[knob]} sends it to the fallback):",
+                  "  keep     cut       kept    " + ("accuracy  least kept" if labelled else "")]
+        for cut in (c for c in result.cuts if c.knob == knob):
+            row = f"  {100 * cut.keep:5.1f} %  {cut.value:<8.4f}  {100 * cut.kept:5.1f} %"
+            if cut.accuracy is not None and cut.least_kept is not None:
+                domain, share = cut.least_kept
+                row += f"  {100 * cut.accuracy:6.2f} %  {domain} {100 * share:.1f} %"
+            lines.append(row.rstrip())
+    lines += ["", f"gateway.yaml, keeping {100 * keep:g} % of such prompts (needs a fallback "
+                  "expert; set one of the two, or both: below either goes to the fallback):"]
+    for knob in result.knobs:
+        cut = result.cut(knob, keep)
+        note = f"  # kept {100 * cut.kept:.1f} %"
+        if cut.accuracy is not None:
+            note += f", balanced accuracy {100 * cut.accuracy:.2f} %"
+        lines.append(f"  {knob}: {cut.value!r}{note}")
+    _write_stdout("\n".join(lines) + "\n")
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -1713,6 +1829,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts per batch (default %(default)s)")
     _add_embedder_args(p, None, router=True)
     p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser(
+        "calibrate", formatter_class=fmt,
+        help="held-out prompts -> the gateway's fallback cuts",
+        description="Choose the gateway's threshold (on a decision's confidence) and "
+                    "min_coverage (on its coverage, the share of the prompt's token pairs "
+                    "seen in the fit data; routers with a pair table) from prompts the "
+                    "router was not fitted on: for each share of prompts to keep (100, 99, "
+                    "98, 95, 90, 80 % and --keep), the cut that keeps at least that share, "
+                    "and, for labelled prompts, the kept prompts' balanced accuracy and the "
+                    "expert whose prompts are kept least. Prints the tables and the "
+                    "gateway.yaml lines for --keep; --json prints them as one JSON object, "
+                    "--plot draws accuracy against the share kept.\n\n"
+                    "DATA is JSONL: one object per prompt, its text in a text field and, "
+                    "optionally, its expert's name in a label field (every record or none; "
+                    "without labels the tables give kept shares only). The prompts must not "
+                    "be ones the router was fitted on (their pairs are all seen: coverage 1), "
+                    "unless --folds is given: then they are (part of) its fit data, labelled, "
+                    "and each fold is routed by the router re-solved without that fold's "
+                    "statistics, exactly a fit without it (the statistics are sums; the "
+                    "smoothing stays at the full router's values). Prompts that were not "
+                    "fitted on give wrong cuts with --folds, or an error where their counts "
+                    "go negative.",
+        epilog="examples:\n"
+               "  ir3de calibrate router.safetensors held.jsonl --keep 0.95\n"
+               "  ir3de calibrate router.safetensors fit.jsonl --folds 5 --plot cuts.png\n"
+               "  (fit.jsonl: the prompts the router's statistics were counted from, each "
+               "with\n   its expert in 'domain')")
+    p.add_argument("router", type=_file, help="router file")
+    p.add_argument("data", type=_file, help="JSONL prompts ('-': standard input)")
+    p.add_argument("--text-field", metavar="FIELD", default="text",
+                   help="field holding the prompt (default: %(default)s)")
+    p.add_argument("--label-field", metavar="FIELD", default="domain",
+                   help="field naming the prompt's expert (default: %(default)s)")
+    p.add_argument("--keep", type=_share, default=0.95,
+                   help="share of prompts to keep, in (0, 1], that the gateway.yaml lines "
+                        "are for (default: %(default)s)")
+    p.add_argument("--folds", type=_checked(int, lambda v: v >= 2, "an integer >= 2"),
+                   help="DATA is the router's labelled fit data: hold out each of this many "
+                        "folds exactly by subtracting its statistics")
+    p.add_argument("--seed", type=_checked(int, lambda v: 0 <= v < 2**63,
+                                           "an integer in 0..2**63 - 1"), default=0,
+                   help="seed of the folds (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", type=_file,
+                   help="write a PNG of accuracy against the share kept (labelled prompts; "
+                        "extra ir3de[eval])")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
+    _add_quiet(p)
+    _add_embedder_args(p, None, router=True)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("experts", formatter_class=fmt, help="list, add or remove experts",
                        description="Change a saved router's experts: the router is re-solved "
