@@ -2674,3 +2674,39 @@ def test_calibrate_refuses_bad_options(built: dict[str, Path], tmp_path: Path, c
             main(["calibrate", str(built["router"]), str(unlabelled), *option])
         assert exit_.value.code == 2
         assert "ir3de calibrate: error: argument" in capsys.readouterr().err
+
+
+def test_calibrate_reads_the_corpora_stats_counted(tmp_path: Path, capsys) -> None:
+    """NAME=CORPUS items are read as ``ir3de stats`` read them, blank prompts and prompts
+    without a token skipped as counting skipped them, so folds come off exactly."""
+    from ir3de.calibration import DEFAULT_KEEP, calibrate
+
+    plain = tmp_path / "math.txt"  # a blank line and a prompt of special tokens only
+    plain.write_text("\n".join([*MATH, "", "<s>", "What is 5 + 5?"]) + "\n")
+    code = write_jsonl(tmp_path / "code.jsonl", [*CODE, "   "])
+    files = {}
+    for domain, corpus in (("math", plain), ("coding", code)):
+        files[domain] = tmp_path / f"{domain}.st"
+        assert run(capsys, "stats", corpus, "--domain", domain, "-o", files[domain], "-q")[0] == 0
+    router = tmp_path / "router.st"
+    assert run(capsys, "build", files["math"], files["coding"], "-o", router, "-q")[0] == 0
+    code_, out, err = run(capsys, "calibrate", router, f"math={plain}", f"coding={code}",
+                          "--folds", "3", "--json", "-q")
+    assert (code_, err) == (0, "")
+    texts, labels = [*MATH, "What is 5 + 5?", *CODE], ["math"] * 5 + ["coding"] * 4
+    expected = calibrate(Router.load(router), texts, labels, keep=DEFAULT_KEEP, folds=3)
+    assert json.loads(out)["cuts"] == json.loads(json.dumps(expected.to_dict()))["cuts"]
+    assert json.loads(out)["prompts"] == 9
+    for argv, message in (
+            ([f"math={plain}", str(code)], f"{str(code)!r}: with NAME=CORPUS items every item "
+                                           "names its expert"),
+            ([f"law={plain}"], f"law={plain}: the expert is 'law', not one of the router's "
+                               "experts (math, coding)"),
+            ([f"math={plain}", f"coding={plain}"], "given twice"),
+            ([f"math={plain}", "--text-field", "body"], "--text-field applies to JSONL and "
+                                                        "Parquet corpora only"),
+            ([str(code), str(code)], "give one JSONL file of prompts, or NAME=CORPUS items"),
+            ([str(code), "--format", "jsonl"], "--format applies to NAME=CORPUS items")):
+        code_, out, err = run(capsys, "calibrate", router, *argv)
+        assert (code_, out) == (1, ""), argv
+        assert message in err, (argv, err)

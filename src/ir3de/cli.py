@@ -1330,21 +1330,29 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 
 def _calibration_prompts(args: argparse.Namespace, router: Router
                          ) -> tuple[list[str], list[str] | None]:
-    """The texts of ``args.data`` and their labels (None when no record has the label
-    field), every record checked before any is routed: a blank or token-less text, a
-    label that is not a string or not an expert, a label field on some records only."""
-    records = _jsonl_records(args.data, args.text_field)
+    """The texts of ``args.data`` and their labels (None: unlabelled), every one checked
+    before any is routed. ``args.data`` is one JSONL file (labels in a field of every
+    record or of none) or ``NAME=CORPUS`` items, read as ``ir3de stats`` reads a corpus
+    (see :func:`_corpus_prompts`)."""
+    named = [_split_named(item) for item in args.data]
+    if any(name for name, _ in named):
+        return _corpus_prompts(args, router, named)
+    if len(args.data) > 1:
+        raise IR3DEError("give one JSONL file of prompts, or NAME=CORPUS items (the corpora "
+                         f"ir3de stats counted for expert NAME), not {len(args.data)} files")
+    if args.format is not None:
+        raise IR3DEError("--format applies to NAME=CORPUS items; a file of prompts is JSONL")
+    records = _jsonl_records(args.data[0], args.text_field or "text")
     if not records:
-        raise IR3DEError(f"{args.data} holds no records")
+        raise IR3DEError(f"{args.data[0]} holds no records")
     field = args.label_field
     labelled = [field in record for *_, record in records]
     if args.folds is not None and not any(labelled):
-        raise IR3DEError(f"--folds needs labelled prompts, and no record of {args.data} has "
-                         f"a {field!r} field (--label-field names it)")
+        raise IR3DEError(f"--folds needs labelled prompts, and no record of {args.data[0]} "
+                         f"has a {field!r} field (--label-field names it)")
     labels = None
     if any(labelled):
         labels = []
-        experts = router.experts
         for _, _, where, record in records:
             label = record.get(field)
             if field not in record:
@@ -1353,9 +1361,7 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
             if not isinstance(label, str):
                 raise IR3DEError(f"{where}: {field!r} must be a string naming an expert, "
                                  f"got {json.dumps(label)}")
-            if label not in experts:
-                raise IR3DEError(f"{where}: {field!r} is {label!r}, not one of the router's "
-                                 f"experts ({listed(experts)})")
+            _require_expert(router, label, f"{where}: {field!r} is")
             labels.append(label)
     for _, text, where, _ in records:
         if is_blank(text):
@@ -1365,12 +1371,53 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
     return [text for _, text, _ in items], labels
 
 
+def _require_expert(router: Router, name: str, said: str) -> None:
+    if name not in router.experts:
+        raise IR3DEError(f"{said} {name!r}, not one of the router's experts "
+                         f"({listed(router.experts)})")
+
+
+def _corpus_prompts(args: argparse.Namespace, router: Router,
+                    named: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The prompts of ``NAME=CORPUS`` items as ``ir3de stats --domain NAME`` counted them:
+    the same reader (JSONL, plain text or Parquet; ``--format``, ``--text-field``), blank
+    prompts and prompts without a token skipped as counting skips them, so that with
+    ``--folds`` each fold's statistics are a part of the expert's."""
+    unnamed = [path for name, path in named if not name]
+    if unnamed:
+        raise IR3DEError(f"{unnamed[0]!r}: with NAME=CORPUS items every item names its expert "
+                         "(a JSONL file of labelled prompts is given alone)")
+    refuse_repeated_paths([path for _, path in named])
+    for name, path in named:
+        _require_expert(router, name, f"{name}={path}: the expert is")
+        require_file(Path(path))
+        if args.format is None:
+            infer_format(Path(path))
+    if args.text_field is not None and _plain_text_only([p for _, p in named], args.format):
+        raise IR3DEError("--text-field applies to JSONL and Parquet corpora only; plain text "
+                         "is read one prompt per line")
+    texts: list[str] = []
+    labels: list[str] = []
+    for name, path in named:
+        read = [t for t in read_corpus(path, fmt=args.format,
+                                       text_field=args.text_field or "text")
+                if not is_blank(t)]
+        ids = router.embedder.encode_batch(read, router.config.max_tokens)
+        kept = [t for t, x in zip(read, ids, strict=True) if x.size]
+        if not kept:
+            raise IR3DEError(f"{path}: no prompt with a token to route on")
+        texts += kept
+        labels += [name] * len(kept)
+    return texts, labels
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ir3de.calibration import DEFAULT_KEEP, calibrate, render_plot
 
     plot = None if args.plot is None else Path(args.plot)
     if plot is not None:
-        replace = _check_output(plot, args.force, [args.router, args.data])
+        replace = _check_output(plot, args.force,
+                                [args.router, *(_split_named(d)[1] for d in args.data)])
         try:
             import matplotlib  # noqa: F401  (checked before the work, drawn after it)
         except ImportError:
@@ -1379,7 +1426,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     texts, labels = _calibration_prompts(args, router)
     if plot is not None and labels is None:
         raise IR3DEError("--plot draws the kept prompts' accuracy, which needs labelled "
-                         f"prompts: no record of {args.data} has a {args.label_field!r} field")
+                         f"prompts: no record of {args.data[0]} has a {args.label_field!r} "
+                         "field")
     if args.folds is not None and not args.quiet:
         print(f"routing {_count(len(texts), 'prompt')} with the router re-solved without "
               f"each of {args.folds} folds…", file=sys.stderr)
@@ -1842,9 +1890,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "expert whose prompts are kept least. Prints the tables and the "
                     "gateway.yaml lines for --keep; --json prints them as one JSON object, "
                     "--plot draws accuracy against the share kept.\n\n"
-                    "DATA is JSONL: one object per prompt, its text in a text field and, "
-                    "optionally, its expert's name in a label field (every record or none; "
-                    "without labels the tables give kept shares only). The prompts must not "
+                    "DATA is one JSONL file: one object per prompt, its text in a text field "
+                    "and, optionally, its expert's name in a label field (every record or "
+                    "none; without labels the tables give kept shares only); or NAME=CORPUS "
+                    "items, each a corpus of expert NAME read as ir3de stats reads it (blank "
+                    "prompts and prompts without a token skipped, as counting skips them): "
+                    "the very files the router's statistics were counted from are what "
+                    "--folds needs. The prompts must not "
                     "be ones the router was fitted on (their pairs are all seen: coverage 1), "
                     "unless --folds is given: then they are (part of) its fit data, labelled, "
                     "and each fold is routed by the router re-solved without that fold's "
@@ -1854,15 +1906,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "go negative.",
         epilog="examples:\n"
                "  ir3de calibrate router.safetensors held.jsonl --keep 0.95\n"
-               "  ir3de calibrate router.safetensors fit.jsonl --folds 5 --plot cuts.png\n"
-               "  (fit.jsonl: the prompts the router's statistics were counted from, each "
-               "with\n   its expert in 'domain')")
+               "  ir3de calibrate router.safetensors math=gsm8k.jsonl coding=mbpp.jsonl "
+               "--folds 5 --plot cuts.png\n"
+               "  (the corpora ir3de stats counted for the router's experts math and "
+               "coding)")
     p.add_argument("router", type=_file, help="router file")
-    p.add_argument("data", type=_file, help="JSONL prompts ('-': standard input)")
-    p.add_argument("--text-field", metavar="FIELD", default="text",
-                   help="field holding the prompt (default: %(default)s)")
+    p.add_argument("data", nargs="+", metavar="DATA",
+                   help="a JSONL file of prompts ('-': standard input), or NAME=CORPUS items: "
+                        "the corpus files ir3de stats counted for expert NAME (JSONL, plain "
+                        "text or Parquet, read as stats reads them; repeat for more files "
+                        "or experts)")
+    p.add_argument("--text-field", metavar="FIELD",
+                   help="JSON field / Parquet column holding the prompt (default: text)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="format of the NAME=CORPUS files (default: from the suffix)")
     p.add_argument("--label-field", metavar="FIELD", default="domain",
-                   help="field naming the prompt's expert (default: %(default)s)")
+                   help="field of the JSONL file naming the prompt's expert (default: "
+                        "%(default)s)")
     p.add_argument("--keep", type=_share, default=0.95,
                    help="share of prompts to keep, in (0, 1], that the gateway.yaml lines "
                         "are for (default: %(default)s)")
