@@ -201,10 +201,17 @@ def test_models_health_and_metrics(gateway: Proc) -> None:
     models = httpx.get(gateway.url + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["ir3de", "math", "coding"]
     assert httpx.get(gateway.url + "/healthz").json()["status"] == "ok"
+    before = _metrics(gateway).get('ir3de_request_seconds_count{expert="math"}', 0.0)
     httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH))
     text = httpx.get(gateway.url + "/metrics").text
     assert 'ir3de_requests_total{expert="math",status="200"}' in text
     assert "ir3de_routing_seconds_count" in text and "ir3de_in_flight" in text
+    # Upstream waits and whole requests in buckets up to minutes (the default buckets
+    # stopped at 10 s, where an expert's timeout of 60 s only begins).
+    assert 'ir3de_upstream_seconds_bucket{expert="math",le="120.0"}' in text
+    assert _wait_for(lambda: _metrics(gateway)['ir3de_request_seconds_count{expert="math"}']
+                     == before + 1)
+    assert 'ir3de_request_seconds_bucket{expert="math",le="300.0"}' in text
 
 
 _BAD_REQUESTS = [
@@ -213,6 +220,9 @@ _BAD_REQUESTS = [
     (json.dumps({"model": "ir3de"}).encode(), 400, "'messages' must be a non-empty list"),
     (json.dumps(_chat("x" * 30_000)).encode(), 413, "exceeds the limit"),
     (json.dumps(_chat(MATH, model="gpt-5")).encode(), 404, "model 'gpt-5' does not exist"),
+    # an unknown name is shown cut, not echoed whole into the error and the log line
+    (json.dumps(_chat(MATH, model="m" * 5000)).encode(), 404,
+     f"model {'m' * 256!r}… (5000 characters) does not exist"),
     # valid JSON that cannot be forwarded as JSON: an unpaired surrogate, NaN
     (json.dumps(_chat("\ud800 hi")).encode(), 400,
      "holds an unpaired surrogate escape (\\ud800-\\udfff), which is no text"),
@@ -256,6 +266,19 @@ def test_bad_requests_get_openai_errors(gateway: Proc, body: bytes, status: int,
     error = r.json()["error"]
     assert message in error["message"] and {"type", "param", "code"} <= set(error)
     assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+def test_an_unknown_model_name_is_cut_in_the_access_log(gateway: Proc) -> None:
+    """A client's unknown model name was written whole twice into its access line (as the
+    model and in the error): 1.8 MB lines from 0.9 MB requests."""
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, model="m" * 15_000))
+    assert r.status_code == 404 and len(r.text) < 1000
+    request_id = r.headers["x-ir3de-request-id"]
+    assert _wait_for(lambda: any(line["request_id"] == request_id
+                                 for line in _access_log(gateway)))
+    line = next(line for line in _access_log(gateway) if line["request_id"] == request_id)
+    assert line["model"] == f"{'m' * 256!r}… (15000 characters)"
+    assert len(json.dumps(line)) < 1500
 
 
 # Bodies past this size are read by the gateway's reader processes, not on its event loop
@@ -427,7 +450,8 @@ def test_upstream_401_and_403_are_the_gateways_credentials(gateway: Proc) -> Non
                 "set the expert's api_key_env")
             assert "sk-cod" not in r.text and r.headers["x-should-retry"] == "false"
     events = [e for e in _log_events(gateway) if e["event"] == "upstream_refused"]
-    assert events[-1] == {"event": "upstream_refused", "expert": "math", "status": 403}
+    assert events[-1] == {"event": "upstream_refused", "expert": "math", "status": 403,
+                          "request_id": r.headers["x-ir3de-request-id"]}
 
 
 def test_api_key_header_sends_the_key_as_azure_wants_it(stats_files, upstreams,
@@ -563,6 +587,16 @@ def test_timeouts_and_broken_streams_are_reported(gateway: Proc, stats_files, up
     assert events[-2] == "event: error" and "broke off the stream" in error["message"]
     assert sum(e.startswith("data: {") for e in events) == 3  # two chunks and the error
     assert 'kind="stream_RemoteProtocolError"' in httpx.get(gateway.url + "/metrics").text
+    # The 200 went out before the failure: the log says it, under the request's id (a
+    # broken stream left only a counter, and an access line like a success's).
+    request_id = r.headers["x-ir3de-request-id"]
+    assert _wait_for(lambda: any(line["request_id"] == request_id
+                                 for line in _access_log(gateway)))
+    line = next(line for line in _access_log(gateway) if line["request_id"] == request_id)
+    assert (line["status"], line["error"]) == (200, error["message"])
+    failure = next(e for e in _log_events(gateway) if e.get("request_id") == request_id)
+    assert (failure["event"], failure["expert"], failure["error"]) == \
+        ("upstream_error", "math", "RemoteProtocolError")
 
     # An expert that does not answer in time: 504 naming its timeout (math is the
     # fallback, so there is nowhere else to go).
@@ -711,6 +745,8 @@ def test_client_gone_cancels_a_whole_answer(request, upstreams: dict[str, Proc],
         line = _access_log(gateway)[-1]
         assert (line["status"], line["expert"], line["error"]) == (
             499, "math", "the client disconnected before the answer was ready")
+    # counted under the expert it was waiting for, as logged (was "(gateway)")
+    assert _metrics(gateway)['ir3de_requests_total{expert="math",status="499"}'] >= 1
 
 
 def _admin(token: str = TOKEN) -> dict[str, str]:
@@ -2192,6 +2228,12 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
         assert events == [("cooldown_start", "coding", None), ("cooldown_start", "spare", None),
                           ("cooldown_end", "spare", "removed"),
                           ("cooldown_end", "coding", "answered")], events
+        # each names the request it happened in (a completion, or the admin removal)
+        served = {line["request_id"]: line["path"] for line in _request_log(gw)}
+        paths = [served[e["request_id"]] for e in _log_events(gw)
+                 if e["event"].startswith("cooldown")]
+        assert paths[2] == "/admin/experts/spare", paths
+        assert {paths[0], paths[1], paths[3]} <= {"/chat/completions", "/completions"}, paths
     finally:
         gw.stop()
         if revived is not None:
@@ -2501,6 +2543,8 @@ def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(
             assert httpx.delete(gw.url + "/admin/experts/law",
                                 headers=_admin()).status_code == 200
         events = [e for e in _log_events(gw) if e["event"] == "admin"]
+        # each with its admin request's id (checked elsewhere), here set aside
+        assert all(e.pop("request_id").startswith("req_") for e in events)
         removed = {"event": "admin", "action": "remove_expert", "expert": "law",
                    "routed": True, "client": "127.0.0.1"}
         assert events == [
@@ -3787,6 +3831,10 @@ def test_a_stream_event_over_max_answer_bytes_ends_the_stream(
         deltas = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-2]]
         assert (deltas, events[-2]) == (before, "event: error"), (extra, events)
         assert json.loads(events[-1].removeprefix("data: "))["error"] == error
+        request_id = r.headers["x-ir3de-request-id"]
+        assert {(e["event"], e["error"], e["cause"]) for e in _log_events(capped)
+                if e.get("request_id") == request_id} == \
+            {("upstream_error", "EventTooLarge", error["message"])}
         # 50 chunks 0.2 s apart: the expert would still be sending
         state = upstreams["math"].url + f"/streams/{tag}"
         assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected")  # noqa: B023

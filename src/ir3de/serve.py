@@ -90,22 +90,23 @@ answer gets a 503 (``code: shutting_down``, ``retry-after: 1``) and a stream end
 SSE ``error`` event below (see :class:`_AccessLog`).
 
 Failures: a refused connection is retried once (the expert may be restarting), and so is
-a request on a reused idle connection that the expert closed before answering, within
-0.5 s (the keep-alive race; a request on a new connection, answered even in part, or
-held longer, is not sent twice). For a routed request, a second failure or a timeout
-sends the request to the fallback expert. A request that names its expert may carry what
-that expert alone accepts: it never goes to another one, and gets a 502 (504 for a
-timeout) naming the expert, as routed requests do without a fallback; the message tells
-an expert that is unreachable (no connection; a TLS failure by its OpenSSL reason) from
-one that sent a malformed or truncated answer (or closed the connection without one).
-Any other error while sending is such a failure too, and each is logged with its whole
-cause (``"event": "upstream_error"``). An expert's ``timeout`` bounds the wait for a
-connection and, for a whole (non-streaming) answer, the answer itself: all of it must
-arrive within ``timeout`` of the request being sent; a stream's headers, and then each
-of its reads, must come within ``timeout``. An answer that cannot be decoded, or whose
-status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the request
-would go again, perhaps to another host; the 502 names where it points), is a 502 (no
-fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``,
+a request on a reused idle connection that the expert closed before answering, within 0.5
+s (the keep-alive race; a request on a new connection, answered even in part, or held
+longer, is not sent twice). For a routed request, a second failure or a timeout sends the
+request to the fallback expert. A request that names its expert may carry what that
+expert alone accepts: it never goes to another one, and gets a 502 (504 for a timeout)
+naming the expert, as routed requests do without a fallback; the message tells an expert
+that is unreachable (no connection; a TLS failure by its OpenSSL reason) from one that
+sent a malformed or truncated answer (or closed the connection without one). Any other
+error while sending is such a failure too, and each is logged with its whole cause and
+the request's id (``"event": "upstream_error"``), as is a stream that breaks off after
+its 200 (whose access line then carries the ``error``). An expert's ``timeout`` bounds
+the wait for a connection and, for a whole (non-streaming) answer, the answer itself: all
+of it must arrive within ``timeout`` of the request being sent; a stream's headers, and
+then each of its reads, must come within ``timeout``. An answer that cannot be decoded,
+or whose status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the
+request would go again, perhaps to another host; the 502 names where it points), is a 502
+(no fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``,
 counted decoded and as it arrives, as a gzip answer of a few MB may decode to GBs. A
 stream is relayed event by event, each held until it ends: one over ``max_answer_bytes``
 (or one that never ends) ends the client's stream with the SSE ``error`` event below and
@@ -116,10 +117,10 @@ same connections) and without counting against the expert's cooldown. An upstrea
 error is returned as is, but a 401 or 403, which refuses the gateway's own credentials
 (the client's are never forwarded), is a 502 naming the expert; a stream cut by the
 upstream ends with an SSE ``error`` event, after the last whole event. The gateway's own
-errors, unknown routes included, use OpenAI's error JSON (``{"error": {"message",
-"type", "param", "code"}}``). An HTTPS expert's certificate is checked against certifi's
-CA bundle, or, when set, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's: httpx
-reads them when the gateway starts).
+errors, unknown routes included, use OpenAI's error JSON (``{"error": {"message", "type",
+"param", "code"}}``). An HTTPS expert's certificate is checked against certifi's CA
+bundle, or, when set, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` (a private CA's: httpx reads
+them when the gateway starts).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
@@ -1481,9 +1482,38 @@ _CUT_SECONDS = 2.0
 
 # The scope key under which a request's handler adds to its access-log line (see _AccessLog)
 _ACCESS = "ir3de.access"
-# The request being answered's id (see _AccessLog), for the upstream request it sends
-_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("ir3de_request_id",
-                                                                         default=None)
+# The access-log line of the request being answered (see _AccessLog): its id goes to the
+# upstream request and into every event line logged meanwhile, and a failure found while
+# its answer streams is added to it.
+_LINE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ir3de_line",
+                                                                              default=None)
+# An unknown model name is shown cut to this many characters in errors and log lines: a
+# client could otherwise write a line twice its request's size (up to max_body_bytes).
+_SHOWN_NAME_CHARS = 256
+
+
+def _event(level: int, fields: dict[str, Any]) -> None:
+    """One JSON event line (an upstream failure, a cooldown, an admin change) with the id
+    of the request it happened in, if any: the key to its access line and the client's
+    ``x-ir3de-request-id``."""
+    line = _LINE.get()
+    log.log(level, json.dumps(fields if line is None
+                              else {**fields, "request_id": line["request_id"]}))
+
+
+def _note_error(message: str) -> None:
+    """Add ``message`` as the ``error`` of the access line of the request being answered
+    (a stream that failed after its 200 went out: the status cannot say it)."""
+    line = _LINE.get()
+    if line is not None:
+        line["error"] = message
+
+
+def _shown_name(name: str) -> str:
+    """A name a client sent, as errors and log lines show it (see _SHOWN_NAME_CHARS)."""
+    if len(name) <= _SHOWN_NAME_CHARS:
+        return repr(name)
+    return f"{name[:_SHOWN_NAME_CHARS]!r}… ({len(name)} characters)"
 # A client's own x-request-id is kept when it is this plain (a UUID, a proxy's hex id,
 # base64): it goes into log lines and an upstream header, so nothing that could break them.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -1515,12 +1545,14 @@ class _AccessLog:
 
     It also gives every request an id (:func:`_request_id`), sent back as
     ``x-ir3de-request-id``, and as ``x-request-id`` unless the expert's own is relayed,
-    and sent to the expert as ``x-request-id`` (:data:`_REQUEST_ID`): one id finds a
+    and sent to the expert as ``x-request-id`` (:data:`_LINE`): one id finds a
     request in the client's error, this log and the expert's log."""
 
-    def __init__(self, app: Any, shutdown_seconds: float | None = None) -> None:
+    def __init__(self, app: Any, shutdown_seconds: float | None = None,
+                 timed: Callable[[str, dict[str, Any], float], None] | None = None) -> None:
         self.app = app
         self.shutdown_seconds = shutdown_seconds
+        self.timed = timed  # told each request's path, line and seconds, as it is logged
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -1541,9 +1573,12 @@ class _AccessLog:
         def write(complete: bool) -> None:
             nonlocal logged
             logged = True
+            seconds = time.perf_counter() - start
             log.info(json.dumps({**fields, "status": status or fields.get("status", 500),
-                                 "duration_ms": round(1000 * (time.perf_counter() - start), 1),
+                                 "duration_ms": round(1000 * seconds, 1),
                                  "bytes": sent, "complete": complete}))
+            if self.timed is not None:
+                self.timed(path, fields, seconds)
 
         async def sending(message: Any) -> None:
             nonlocal status, sent
@@ -1560,7 +1595,7 @@ class _AccessLog:
                     write(True)
             await send(message)
 
-        token = _REQUEST_ID.set(request_id)
+        token = _LINE.set(fields)
         try:
             await self.app(scope, receive, sending)
         except asyncio.CancelledError:
@@ -1580,7 +1615,7 @@ class _AccessLog:
                     await send({"type": "http.response.body", "more_body": False,
                                 "body": _stream_error(self._stopping(), "server_error")})
         finally:
-            _REQUEST_ID.reset(token)
+            _LINE.reset(token)
             if not logged:  # not sent to its end (an exception: Starlette answers a 500)
                 write(False)
 
@@ -1892,8 +1927,8 @@ class _Cooldowns:
         keep = set(experts)
         for name in [n for n in self.records if n not in keep]:
             if self.records.pop(name).until:
-                log.info(json.dumps({"event": "cooldown_end", "expert": name,
-                                     "reason": "removed"}))
+                _event(logging.INFO, {"event": "cooldown_end", "expert": name,
+                                      "reason": "removed"})
         for name in keep:
             self.records.setdefault(name, _Health())
 
@@ -1925,9 +1960,9 @@ class _Cooldowns:
             record.probing = False  # over; without an outcome, the next request probes
         if answered:
             if record.until and record is self.records.get(ticket.expert):
-                log.info(json.dumps({"event": "cooldown_end", "expert": ticket.expert,
-                                     "reason": "answered",
-                                     "down_seconds": round(now - record.down_since, 3)}))
+                _event(logging.INFO, {"event": "cooldown_end", "expert": ticket.expert,
+                                      "reason": "answered",
+                                      "down_seconds": round(now - record.down_since, 3)})
             record.failures, record.until, record.probing, record.down_since = 0, 0.0, \
                 False, 0.0
         elif answered is False and current:
@@ -1944,9 +1979,9 @@ class _Cooldowns:
             return  # a removed expert's record: nobody sees it
         if self.started is not None:
             self.started.labels(expert).inc()
-        log.warning(json.dumps({"event": "cooldown_start", "expert": expert,
-                                "failures": record.failures, "seconds": self.seconds,
-                                "until": _wall_clock(self.seconds)}))
+        _event(logging.WARNING, {"event": "cooldown_start", "expert": expert,
+                                 "failures": record.failures, "seconds": self.seconds,
+                                 "until": _wall_clock(self.seconds)})
 
     def refusing(self) -> dict[str, float]:
         """The experts that refuse requests now, with the seconds until each is tried again
@@ -1991,8 +2026,16 @@ class _Metrics:
         self.routing = pc.Histogram("ir3de_routing_seconds", "Routing decision time",
                                     buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3,
                                              5e-3, 2e-2), registry=r)
-        self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time to response "
-                                     "headers", ["expert"], registry=r)
+        # Up to the minutes an expert may take (its timeout is 60 s by default): the
+        # default buckets stop at 10 s, where a long answer only begins.
+        waits = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+        self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time, by expert: "
+                                     "to a stream's response headers, to a whole answer's "
+                                     "last byte", ["expert"], buckets=waits, registry=r)
+        self.duration = pc.Histogram("ir3de_request_seconds", "Completions requests from "
+                                     "their first byte in to their last byte out (streams "
+                                     "whole), by the expert that answered or failed last",
+                                     ["expert"], buckets=waits, registry=r)
         self.in_flight = pc.Gauge("ir3de_in_flight", "Requests being served", registry=r)
         self.admin_unauthorized = pc.Counter("ir3de_admin_unauthorized", "Admin API "
                                              "requests refused for a missing, malformed or "
@@ -2095,7 +2138,11 @@ def create_app(config: Any) -> Any:
     if config.cors_origins:  # (outside the key check: see _Cors)
         app.add_middleware(_Cors, origins=config.cors_origins)
     # (added last: the outermost, it sees every answer)
-    app.add_middleware(_AccessLog, shutdown_seconds=config.shutdown_seconds)
+    def timed(path: str, line: dict[str, Any], seconds: float) -> None:
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            metrics.duration.labels(line.get("expert") or "(gateway)").observe(seconds)
+
+    app.add_middleware(_AccessLog, shutdown_seconds=config.shutdown_seconds, timed=timed)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
@@ -2113,9 +2160,9 @@ def create_app(config: Any) -> Any:
     async def _send(expert_name: str, endpoint: Any, path: str, body: _Completion,
                     stream: bool) -> httpx.Response:
         headers = {"content-type": "application/json"}
-        request_id = _REQUEST_ID.get()
-        if request_id is not None:  # one id in both logs (vLLM takes it as its own)
-            headers["x-request-id"] = request_id
+        line = _LINE.get()
+        if line is not None:  # one id in both logs (vLLM takes it as its own)
+            headers["x-request-id"] = line["request_id"]
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
             if endpoint.api_key_header:
@@ -2231,9 +2278,9 @@ def create_app(config: Any) -> Any:
         the cause behind httpx's error, which the client's message names by type only (a
         TLS failure's reason, a DNS error): what the operator needs to fix it."""
         root = _chain(exc)[-1]
-        log.warning(json.dumps({"event": "upstream_error", "expert": expert,
-                                "error": _error_kind(exc), "retried": retried,
-                                "cause": f"{type(root).__name__}: {root}"}))
+        _event(logging.WARNING, {"event": "upstream_error", "expert": expert,
+                                 "error": _error_kind(exc), "retried": retried,
+                                 "cause": f"{type(root).__name__}: {root}"})
 
     def _error_kind(exc: Exception) -> str:
         """An upstream failure's type as messages name it: httpx's error (ConnectError,
@@ -2306,7 +2353,7 @@ def create_app(config: Any) -> Any:
         if not isinstance(model, str):
             return _error(400, f"'model' must be a string, got {_json_type(model)}",
                           param="model")
-        info["model"] = model
+        info["model"] = model if len(model) <= _SHOWN_NAME_CHARS else _shown_name(model)
         stream = body.stream
         if stream is None:  # OpenAI's API reads "stream": null as not streaming
             stream = False
@@ -2316,7 +2363,8 @@ def create_app(config: Any) -> Any:
         info["stream"] = stream
         routed = model == config.name
         if not routed and model not in state.experts:
-            return _error(404, f"model {model!r} does not exist; use {config.name!r} to "
+            return _error(404, f"model {_shown_name(model)} does not exist; use "
+                               f"{config.name!r} to "
                                f"route or one of {sorted(state.experts)}",
                           code="model_not_found", param="model")
         param = "messages" if chat else "prompt"
@@ -2422,8 +2470,8 @@ def create_app(config: Any) -> Any:
                 key_env = state.experts[expert].api_key_env
                 fix = f"check the key in ${key_env}" if key_env else \
                     "it needs a key: set the expert's api_key_env"
-                log.warning(json.dumps({"event": "upstream_refused", "expert": expert,
-                                        "status": response.status_code}))
+                _event(logging.WARNING, {"event": "upstream_refused", "expert": expert,
+                                         "status": response.status_code})
                 message = f"refused the gateway's credentials ({response.status_code}): {fix}"
             else:
                 # HTTP has no such status, but h11 reads any three digits from 200 on (1xx
@@ -2511,9 +2559,14 @@ def create_app(config: Any) -> Any:
                         with anyio.CancelScope(shield=True):
                             await response.aclose()
                         metrics.errors.labels(expert, "stream_EventTooLarge").inc()
-                        yield _stream_error(f"expert {expert!r} sent an SSE event of more "
-                                            f"than {limit} bytes (decoded), over the "
-                                            "gateway's max_answer_bytes: the stream is cut")
+                        message = (f"expert {expert!r} sent an SSE event of more than {limit} "
+                                   "bytes (decoded), over the gateway's max_answer_bytes: "
+                                   "the stream is cut")
+                        _event(logging.WARNING, {"event": "upstream_error", "expert": expert,
+                                                 "error": "EventTooLarge", "retried": False,
+                                                 "cause": message})
+                        _note_error(message)
+                        yield _stream_error(message)
                         return
                     end = _whole_events(pending, start)
                     done = _done_event_end(pending, end)
@@ -2528,9 +2581,12 @@ def create_app(config: Any) -> Any:
                         yield bytes(pending)
                     return
             except (httpx.TransportError, httpx.DecodingError) as exc:
+                # (after the 200: only the log and the access line's error can say it)
                 metrics.errors.labels(expert, f"stream_{type(exc).__name__}").inc()
-                yield _stream_error(f"expert {expert!r} broke off the stream "
-                                    f"({type(exc).__name__})")
+                _log_failure(expert, exc)
+                message = f"expert {expert!r} broke off the stream ({type(exc).__name__})"
+                _note_error(message)
+                yield _stream_error(message)
                 return
             # After [DONE], the client has its whole answer: nothing more is relayed, and an
             # expert that then holds the connection open (or breaks it) no longer keeps the
@@ -2687,7 +2743,10 @@ def create_app(config: Any) -> Any:
         # upstream's is relayed as a Response or a _Relay (x-ir3de-expert is on both kinds).
         own = isinstance(response, JSONResponse)
         if own and response.status_code < 500:  # (5xx: counted under the expert)
-            metrics.requests.labels("(gateway)", str(response.status_code)).inc()
+            # a client gone while its expert answered: that expert's request, as logged
+            gone = response.status_code == 499 and info["expert"] is not None
+            metrics.requests.labels(info["expert"] if gone else "(gateway)",
+                                    str(response.status_code)).inc()
         line = {**info, "status": response.status_code}
         if own:
             line["error"] = json.loads(response.body)["error"]["message"]
@@ -2716,7 +2775,8 @@ def create_app(config: Any) -> Any:
     @app.api_route("/v1/models/{model:path}", methods=["GET", "HEAD"])
     async def model_info(model: str) -> Any:
         if model != config.name and model not in holder["state"].experts:
-            return _error(404, f"model {model!r} does not exist", code="model_not_found",
+            return _error(404, f"model {_shown_name(model)} does not exist",
+                          code="model_not_found",
                           param="model")
         return _model_card(model)
 
@@ -2847,8 +2907,8 @@ def create_app(config: Any) -> Any:
             now = int(time.time())
             for name in new.experts:
                 created.setdefault(name, now)
-            log.info(json.dumps({"event": "admin", "action": action, **changed,
-                                 "client": request.client.host if request.client else None}))
+            _event(logging.INFO, {"event": "admin", "action": action, **changed,
+                                  "client": request.client.host if request.client else None})
             return JSONResponse(_describe(new))
 
     @app.get("/admin/experts")
