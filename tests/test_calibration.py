@@ -209,3 +209,46 @@ def test_cross_fitted_cuts_carry_over_to_unseen_prompts_of_the_same_data(data_di
     # the confidence cut ranks errors: the prompts it keeps are routed better than all
     assert result.accuracy is not None
     assert result.cut("threshold", 0.95).accuracy > result.accuracy
+
+
+def test_copies_of_a_text_share_a_fold(emb: Embedder) -> None:
+    """A copy left in the re-solved router would make its twin look seen (cuts far too
+    strict for new prompts): every copy of a text is held out with it."""
+    texts, labels = TEXTS * 2, LABELS * 2
+    router = Router(emb).fit(texts, labels)
+    result = calibrate(router, texts, labels, folds=3, seed=1)
+    assert result.fold is not None
+    half = len(TEXTS)
+    assert result.fold[:half].tolist() == result.fold[half:].tolist()
+    # held out with its copy, a prompt is as unseen as without copies at all
+    single = calibrate(Router(emb).fit(TEXTS, LABELS), TEXTS, LABELS, folds=3, seed=1)
+    assert result.coverage is not None and single.coverage is not None
+    assert sorted(result.coverage[:half]) == pytest.approx(sorted(single.coverage))
+
+
+def test_kept_with_both_cuts_and_seen_share(router: Router) -> None:
+    result = calibrate(router, HELD, HELD_LABELS)
+    t, c = result.cut("threshold", 0.8).value, result.cut("min_coverage", 0.8).value
+    assert result.coverage is not None
+    assert result.kept(t, c) == np.mean((result.confidence >= t) & (result.coverage >= c))
+    assert result.kept() == 1.0
+    assert result.seen == np.mean(result.coverage == 1.0)
+    fitted = calibrate(router, TEXTS, LABELS)  # fit prompts given as held out: all seen
+    assert fitted.seen == 1.0
+
+
+def test_kept_is_never_below_the_share_asked(router: Router) -> None:
+    texts = [f"What is {i} plus {i + 1}?" for i in range(10)]
+    result = calibrate(router, texts, keep=[0.90000000001, 0.9])
+    assert result.cut("threshold", 0.90000000001).kept == 1.0
+    assert result.cut("threshold", 0.9).kept == 0.9
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"keep": 0.95}, r"keep is a list of shares .* \(pass \[share\] for one\)"),
+    ({"labels": HELD_LABELS, "folds": 2, "seed": -1}, "seed must be an integer >= 0"),
+    ({"labels": HELD_LABELS, "folds": 2, "seed": "a"}, "seed must be an integer >= 0"),
+])
+def test_bad_keep_and_seed_are_named(router: Router, kwargs: dict, message: str) -> None:
+    with pytest.raises(IR3DEError, match=message):
+        calibrate(router, HELD, **kwargs)

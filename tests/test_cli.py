@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -2590,8 +2591,9 @@ def test_calibrate_prints_the_cuts_and_the_gateway_lines(built: dict[str, Path],
         assert f"  {knob}: {expected.cut(knob, 0.5).value!r}  # kept " in out
     code, out, _ = run(capsys, "calibrate", built["router"], held, "--keep", "0.5", "--json")
     document = json.loads(out)
-    assert document == {**json.loads(json.dumps(expected.to_dict())), "gateway": {
-        knob: expected.cut(knob, 0.5).value for knob in ("threshold", "min_coverage")}}
+    gateway = {knob: expected.cut(knob, 0.5).value for knob in ("threshold", "min_coverage")}
+    assert document == {**json.loads(json.dumps(expected.to_dict())), "keep": 0.5,
+                        "gateway": gateway, "gateway_kept": expected.kept(**gateway)}
     # without labels: kept shares only
     unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
     code, out, _ = run(capsys, "calibrate", built["router"], unlabelled)
@@ -2710,3 +2712,36 @@ def test_calibrate_reads_the_corpora_stats_counted(tmp_path: Path, capsys) -> No
         code_, out, err = run(capsys, "calibrate", router, *argv)
         assert (code_, out) == (1, ""), argv
         assert message in err, (argv, err)
+
+
+def test_calibrate_warns_on_fit_prompts_and_says_what_both_cuts_keep(
+        built: dict[str, Path], corpora: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from ir3de.calibration import DEFAULT_KEEP, calibrate
+
+    rows = [(t, "math") for t in MATH] + [(t, "coding") for t in CODE]
+    fit = _labelled(tmp_path / "fit.jsonl", rows)
+    code, out, err = run(capsys, "calibrate", built["router"], fit)
+    assert code == 0 and err.startswith("ir3de: warning: 100 % of these prompts have every "
+                                        "token pair in the router's fit data (coverage 1)")
+    code, _, err = run(capsys, "calibrate", built["router"], fit, "--folds", "2", "-q")
+    assert (code, err) == (0, "")  # cross-fitted: no warning
+    held = _labelled(tmp_path / "held.jsonl", HELD_OUT)
+    code, out, _ = run(capsys, "calibrate", built["router"], held, "--json", "--keep", "0.5")
+    document = json.loads(out)
+    expected = calibrate(Router.load(built["router"]), [t for t, _ in HELD_OUT],
+                         [d for _, d in HELD_OUT], keep=[*DEFAULT_KEEP, 0.5])
+    assert document["keep"] == 0.5
+    assert document["gateway_kept"] == expected.kept(**document["gateway"])
+    code, out, _ = run(capsys, "calibrate", built["router"], held, "--keep", "0.5")
+    assert f"  (both: kept {100 * document['gateway_kept']:.1f} %)\n" in out
+    # the table's cut is rounded down: copied, it keeps at least its row's share
+    for cut in expected.cuts:
+        shown = f"{math.floor(cut.value * 1e4) / 1e4:<8.4f}"
+        assert f"  {100 * cut.keep:5.1f} %  {shown}  {100 * cut.kept:5.1f} %" in out
+    for argv, message in (
+            ([held, "--seed", "3"], "--seed draws the folds: it applies with --folds only"),
+            ([f"math={corpora['math']}", "--label-field", "topic"],
+             "--label-field applies to a JSONL file of prompts"),
+            (["math="], "math=: no corpus file after '='")):
+        code, out, err = run(capsys, "calibrate", built["router"], *argv)
+        assert (code, out) == (1, "") and message in err, (argv, err)

@@ -107,6 +107,24 @@ class Calibration:
         when they carry a coverage."""
         return ("threshold",) if self.coverage is None else ("threshold", "min_coverage")
 
+    @property
+    def seen(self) -> float | None:
+        """The share of prompts whose every token pair occurs in the fit data (coverage
+        1; None without coverage). Near 1 for the router's own fit prompts given without
+        ``folds``, whose cuts then describe no new prompt."""
+        return None if self.coverage is None else float(np.mean(self.coverage == 1.0))
+
+    def kept(self, threshold: float = 0.0, min_coverage: float = 0.0) -> float:
+        """The share of the prompts the gateway keeps with both cuts set (a prompt below
+        either goes to the fallback)."""
+        keep = self.confidence >= threshold
+        if self.coverage is not None:
+            keep &= self.coverage >= min_coverage
+        elif min_coverage > 0:
+            raise IR3DEError("this router's decisions carry no coverage: min_coverage does "
+                             "not apply")
+        return float(np.mean(keep))
+
     def cut(self, knob: Knob, keep: float) -> Cut:
         """The cut of ``knob`` for the target share ``keep`` (one that was asked for)."""
         for cut in self.cuts:
@@ -166,7 +184,8 @@ def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None
     ``texts`` must be prompts the router was not fitted on, unless ``folds`` is given:
     then they (with their ``labels``) must be part of its fit data, and each of ``folds``
     seeded folds (stratified by label) is routed by the router re-solved without that
-    fold's statistics (see the module's docstring). ``labels`` name each prompt's expert;
+    fold's statistics (see the module's docstring; the copies of a text share a fold).
+    ``labels`` name each prompt's expert;
     without them the cuts carry kept shares only.
 
     Raises :class:`~ir3de.errors.EmptyInputError` for a prompt with no token to route on,
@@ -188,7 +207,7 @@ def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None
         if gold is None:
             raise IR3DEError("folds need labels: each fold's statistics come off its "
                              "experts' statistics")
-        fold = _fold_of(gold, _folds(folds, gold), seed)
+        fold = _fold_of(texts, gold, _folds(folds, gold), seed)
         decisions = _cross_fitted(router, texts, ids, gold, fold)
         held_out = f"{folds} folds"
     confidence = np.array([d.confidence for d in decisions])
@@ -221,9 +240,12 @@ def _labels(labels: Iterable[str], n: int, experts: Sequence[str]) -> tuple[str,
 
 
 def _shares(keep: Iterable[float]) -> list[float]:
+    if isinstance(keep, (int, float, np.number)):
+        raise IR3DEError(f"keep is a list of shares of prompts to keep, got the number {keep!r} "
+                         "(pass [share] for one)")
     shares = set()
     for share in keep:
-        if isinstance(share, bool) or not isinstance(share, (int, float, np.floating)) \
+        if isinstance(share, bool) or not isinstance(share, (int, float, np.number)) \
                 or not 0 < share <= 1:
             raise IR3DEError(f"a share of prompts to keep is a number in (0, 1], got {share!r}")
         shares.add(float(share))
@@ -240,13 +262,21 @@ def _folds(folds: int, gold: Sequence[str]) -> int:
     return int(folds)
 
 
-def _fold_of(gold: tuple[str, ...], folds: int, seed: int) -> np.ndarray:
-    """Each prompt's fold, seeded and stratified: each fold holds ~1/folds of a domain."""
+def _fold_of(texts: list[str], gold: tuple[str, ...], folds: int, seed: int) -> np.ndarray:
+    """Each prompt's fold, seeded and stratified: each fold holds ~1/folds of a domain's
+    distinct texts, and every copy of a text is in one fold (a copy left in the re-solved
+    router would make its twin look seen: cuts too strict for new prompts)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise IR3DEError(f"seed must be an integer >= 0, got {seed!r}")
     fold = np.empty(len(gold), int)
     rng = np.random.default_rng(seed)
     for domain in sorted(set(gold)):
         mine = np.flatnonzero(np.array(gold) == domain)
-        fold[rng.permutation(mine)] = np.arange(mine.size) % folds
+        distinct, copy_of = np.unique(np.array([texts[i] for i in mine], dtype=object),
+                                      return_inverse=True)
+        of_distinct = np.empty(len(distinct), int)
+        of_distinct[rng.permutation(len(distinct))] = np.arange(len(distinct)) % folds
+        fold[mine] = of_distinct[copy_of]
     return fold
 
 
@@ -307,7 +337,11 @@ def _cut(table: Calibration, knob: Knob, share: float) -> Cut:
     values = table._values(knob)
     ordered = np.sort(values)
     # Drop at most the lowest (1 - share) of the prompts: the cut is the lowest value kept.
-    drop = min(math.floor((1 - share) * len(values) + 1e-9), len(values) - 1)
+    # (The tolerance keeps 0.95 of 20 prompts at 19; the loop, that no rounding keeps less.)
+    n = len(values)
+    drop = min(math.floor((1 - share) * n + 1e-9), n - 1)
+    while drop > 0 and (n - drop) / n < share:
+        drop -= 1
     value = float(ordered[drop])
     kept = values >= value
     accuracy = least = None
@@ -354,7 +388,8 @@ def render_plot(calibration: Calibration, keep: float) -> bytes:
             cut = calibration.cut(knob, keep)
             assert cut.accuracy is not None
             ax.plot(100 * cut.kept, 100 * cut.accuracy, "o", color=color)
-            ax.annotate(f"{knob}: {cut.value:.4g}", (100 * cut.kept, 100 * cut.accuracy),
+            shown = math.floor(cut.value * 1e4) / 1e4  # down: a copied value keeps enough
+            ax.annotate(f"{knob}: {shown:.4f}", (100 * cut.kept, 100 * cut.accuracy),
                         textcoords="offset points", xytext=(6, 6), fontsize=8, color=color)
         ax.set_xlabel("prompts kept (%); the rest go to the fallback expert")
         ax.set_ylabel("balanced accuracy of the kept prompts (%)")

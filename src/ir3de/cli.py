@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -1345,7 +1346,7 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
     records = _jsonl_records(args.data[0], args.text_field or "text")
     if not records:
         raise IR3DEError(f"{args.data[0]} holds no records")
-    field = args.label_field
+    field = args.label_field or "domain"
     labelled = [field in record for *_, record in records]
     if args.folds is not None and not any(labelled):
         raise IR3DEError(f"--folds needs labelled prompts, and no record of {args.data[0]} "
@@ -1383,6 +1384,12 @@ def _corpus_prompts(args: argparse.Namespace, router: Router,
     the same reader (JSONL, plain text or Parquet; ``--format``, ``--text-field``), blank
     prompts and prompts without a token skipped as counting skips them, so that with
     ``--folds`` each fold's statistics are a part of the expert's."""
+    if args.label_field is not None:
+        raise IR3DEError("--label-field applies to a JSONL file of prompts; NAME=CORPUS items "
+                         "are labelled by their NAME")
+    empty = [name for name, path in named if name and not path]
+    if empty:
+        raise IR3DEError(f"{empty[0]}=: no corpus file after '='")
     unnamed = [path for name, path in named if not name]
     if unnamed:
         raise IR3DEError(f"{unnamed[0]!r}: with NAME=CORPUS items every item names its expert "
@@ -1411,8 +1418,16 @@ def _corpus_prompts(args: argparse.Namespace, router: Router,
     return texts, labels
 
 
+# calibrate warns when at least this share of the prompts given as held out has coverage
+# 1: fit prompts, most likely (held-out in-domain prompts: a few percent).
+_SEEN_WARNING = 0.5
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ir3de.calibration import DEFAULT_KEEP, calibrate, render_plot
+
+    if args.seed is not None and args.folds is None:
+        raise IR3DEError("--seed draws the folds: it applies with --folds only")
 
     plot = None if args.plot is None else Path(args.plot)
     if plot is not None:
@@ -1426,16 +1441,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     texts, labels = _calibration_prompts(args, router)
     if plot is not None and labels is None:
         raise IR3DEError("--plot draws the kept prompts' accuracy, which needs labelled "
-                         f"prompts: no record of {args.data[0]} has a {args.label_field!r} "
+                         f"prompts: no record of {args.data[0]} has a "
+                         f"{args.label_field or 'domain'!r} "
                          "field")
     if args.folds is not None and not args.quiet:
         print(f"routing {_count(len(texts), 'prompt')} with the router re-solved without "
               f"each of {args.folds} folds…", file=sys.stderr)
     result = calibrate(router, texts, labels, keep=sorted({*DEFAULT_KEEP, args.keep}),
-                       folds=args.folds, seed=args.seed)
+                       folds=args.folds, seed=0 if args.seed is None else args.seed)
+    seen = result.seen
+    if args.folds is None and seen is not None and seen >= _SEEN_WARNING:
+        # what the router's own fit prompts look like: every pair seen, coverage 1
+        print(f"ir3de: warning: {100 * seen:.0f} % of these prompts have every token pair in "
+              "the router's fit data (coverage 1): if they are its fit prompts, these cuts "
+              "describe no new prompt (min_coverage 1 would send most new ones to the "
+              "fallback); give them with --folds, or give held-out prompts", file=sys.stderr)
     if args.json:
-        _print_json({**result.to_dict(), "gateway": {
-            knob: result.cut(knob, args.keep).value for knob in result.knobs}})
+        gateway = {knob: result.cut(knob, args.keep).value for knob in result.knobs}
+        _print_json({**result.to_dict(), "keep": args.keep, "gateway": gateway,
+                     "gateway_kept": result.kept(**gateway)})
     else:
         _print_calibration(result, args.keep, labels is not None)
     if plot is not None:
@@ -1461,7 +1485,9 @@ def _print_calibration(result: Any, keep: float, labelled: bool) -> None:
         lines += ["", f"{knob} (below it, a prompt's {what[knob]} sends it to the fallback):",
                   "  keep     cut       kept    " + ("accuracy  least kept" if labelled else "")]
         for cut in (c for c in result.cuts if c.knob == knob):
-            row = f"  {100 * cut.keep:5.1f} %  {cut.value:<8.4f}  {100 * cut.kept:5.1f} %"
+            # rounded down: a value copied from the table keeps at least what it says
+            shown = math.floor(cut.value * 1e4) / 1e4
+            row = f"  {100 * cut.keep:5.1f} %  {shown:<8.4f}  {100 * cut.kept:5.1f} %"
             if cut.accuracy is not None and cut.least_kept is not None:
                 domain, share = cut.least_kept
                 row += f"  {100 * cut.accuracy:6.2f} %  {domain} {100 * share:.1f} %"
@@ -1474,6 +1500,9 @@ def _print_calibration(result: Any, keep: float, labelled: bool) -> None:
         if cut.accuracy is not None:
             note += f", balanced accuracy {100 * cut.accuracy:.2f} %"
         lines.append(f"  {knob}: {cut.value!r}{note}")
+    if len(result.knobs) == 2:
+        both = result.kept(**{knob: result.cut(knob, keep).value for knob in result.knobs})
+        lines.append(f"  (both: kept {100 * both:.1f} %)")
     _write_stdout("\n".join(lines) + "\n")
 
 
@@ -1920,9 +1949,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON field / Parquet column holding the prompt (default: text)")
     p.add_argument("--format", choices=FORMATS,
                    help="format of the NAME=CORPUS files (default: from the suffix)")
-    p.add_argument("--label-field", metavar="FIELD", default="domain",
+    p.add_argument("--label-field", metavar="FIELD",
                    help="field of the JSONL file naming the prompt's expert (default: "
-                        "%(default)s)")
+                        "domain)")
     p.add_argument("--keep", type=_share, default=0.95,
                    help="share of prompts to keep, in (0, 1], that the gateway.yaml lines "
                         "are for (default: %(default)s)")
@@ -1930,8 +1959,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DATA is the router's labelled fit data: hold out each of this many "
                         "folds exactly by subtracting its statistics")
     p.add_argument("--seed", type=_checked(int, lambda v: 0 <= v < 2**63,
-                                           "an integer in 0..2**63 - 1"), default=0,
-                   help="seed of the folds (default: %(default)s)")
+                                           "an integer in 0..2**63 - 1"),
+                   help="seed of the folds (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", type=_file,
                    help="write a PNG of accuracy against the share kept (labelled prompts; "
