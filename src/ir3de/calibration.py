@@ -388,8 +388,8 @@ def render_plot(calibration: Calibration, keep: float) -> bytes:
             cut = calibration.cut(knob, keep)
             assert cut.accuracy is not None
             ax.plot(100 * cut.kept, 100 * cut.accuracy, "o", color=color)
-            shown = math.floor(cut.value * 1e4) / 1e4  # down: a copied value keeps enough
-            ax.annotate(f"{knob}: {shown:.4f}", (100 * cut.kept, 100 * cut.accuracy),
+            value = math.floor(cut.value * 1e4) / 1e4  # down: a copied value keeps enough
+            ax.annotate(f"{knob}: {value:.4f}", (100 * cut.kept, 100 * cut.accuracy),
                         textcoords="offset points", xytext=(6, 6), fontsize=8, color=color)
         ax.set_xlabel("prompts kept (%); the rest go to the fallback expert")
         ax.set_ylabel("balanced accuracy of the kept prompts (%)")
