@@ -26,7 +26,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -87,6 +87,9 @@ from ir3de.store import (
     read_safetensors,
     refuse_special_file,
 )
+
+if TYPE_CHECKING:  # imported where calibrate runs
+    from ir3de.calibration import Calibration
 
 EPILOG = """\
 typical workflow:
@@ -1428,7 +1431,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.seed is not None and args.folds is None:
         raise IR3DEError("--seed draws the folds: it applies with --folds only")
-
     plot = None if args.plot is None else Path(args.plot)
     if plot is not None:
         replace = _check_output(plot, args.force,
@@ -1461,7 +1463,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _print_json({**result.to_dict(), "keep": args.keep, "gateway": gateway,
                      "gateway_kept": result.kept(**gateway)})
     else:
-        _print_calibration(result, args.keep, labels is not None)
+        _print_calibration(result, args.keep)
     if plot is not None:
         atomic_write_bytes(plot, render_plot(result, args.keep), overwrite=replace)
         if not args.quiet:
@@ -1469,13 +1471,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_calibration(result: Any, keep: float, labelled: bool) -> None:
+def _print_calibration(result: Calibration, keep: float) -> None:
     """The cuts as two tables and the gateway.yaml lines for ``keep``."""
+    labelled = result.gold is not None
     n = len(result.routed)
     source = "held out by the router re-solved without each of " + result.held_out \
         if result.held_out != "given" else "given as held out"
     lines = [f"{_count(n, 'prompt')}, {source}"]
-    if labelled:
+    if result.gold is not None and result.accuracy is not None:
         lines[0] += (f"; {_count(len(set(result.gold)), 'expert')}, balanced accuracy "
                      f"{100 * result.accuracy:.2f} % with no cut")
     else:
