@@ -347,7 +347,7 @@ def _drawn(result: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
         figures.append(fig)
         return b""
 
-    monkeypatch.setattr(plots, "_png", keep)
+    monkeypatch.setattr(plots, "figure_png", keep)
     names = plots.render_plots({**result, "setting": "custom"})
     return {name.split("_custom")[0]: fig for name, fig in zip(names, figures, strict=True)}
 
@@ -501,7 +501,7 @@ def test_confusion_figure_size_is_capped(monkeypatch: pytest.MonkeyPatch) -> Non
     assert tuple(big.get_size_inches()) == pytest.approx((3 * 6.0, 6.0))
     assert not big.axes[0].get_xticklabels() and not big.axes[0].get_yticklabels()
     assert "120 domains in the order of results.json, unlabelled" in big._suptitle.get_text()
-    width, height = struct.unpack(">II", plots._png(big)[16:24])
+    width, height = struct.unpack(">II", plots.figure_png(big)[16:24])
     assert width * height < 4e6, (width, height)
 
 

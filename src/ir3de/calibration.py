@@ -172,7 +172,7 @@ class Calibration:
 
     def _correct(self) -> np.ndarray:
         assert self.gold is not None
-        return np.array([g == r for g, r in zip(self.gold, self.routed, strict=True)])
+        return np.array(self.gold, dtype=object) == np.array(self.routed, dtype=object)
 
 
 def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None = None, *,
@@ -286,7 +286,7 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
     folds = int(fold.max()) + 1
     config = _pinned(router)
     full = router.stats
-    decisions: list[Decision | None] = [None] * len(texts)
+    decisions: dict[int, Decision] = {}
     for f in range(folds):
         members = np.flatnonzero(fold == f)
         if not members.size:
@@ -316,8 +316,8 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
         for i, decision in zip(members, held.route_batch([texts[i] for i in members],
                                                          token_ids=[ids[i] for i in members]),
                                strict=True):
-            decisions[i] = decision
-    return [d for d in decisions if d is not None]
+            decisions[int(i)] = decision
+    return [decisions[i] for i in range(len(texts))]  # every prompt is in one fold
 
 
 def _pinned(router: Router) -> Any:
@@ -369,9 +369,9 @@ def render_plot(calibration: Calibration, keep: float) -> bytes:
     """A PNG of the kept prompts' balanced accuracy against the share kept, one line per
     knob, the cuts for ``keep`` marked with their values (labelled prompts only; needs
     matplotlib, the ``eval`` extra)."""
-    import io
-
     import matplotlib
+
+    from .eval.plots import figure_png
 
     matplotlib.use("Agg")  # headless: never needs a display
     import matplotlib.pyplot as plt
@@ -398,7 +398,4 @@ def render_plot(calibration: Calibration, keep: float) -> bytes:
         ax.invert_xaxis()  # from keeping everything (left) to cutting more (right)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    return buf.getvalue()
+        return figure_png(fig)

@@ -90,8 +90,8 @@ answer gets a 503 (``code: shutting_down``, ``retry-after: 1``) and a stream end
 SSE ``error`` event below (see :class:`_AccessLog`).
 
 Failures: a refused connection is retried once (the expert may be restarting), and so is
-a request on a reused idle connection that the expert closed before answering, within 0.5
-s (the keep-alive race; a request on a new connection, answered even in part, or held
+a request on a reused idle connection that the expert closed before answering, within
+0.5 s (the keep-alive race; a request on a new connection, answered even in part, or held
 longer, is not sent twice). For a routed request, a second failure or a timeout sends the
 request to the fallback expert. A request that names its expert may carry what that
 expert alone accepts: it never goes to another one, and gets a 502 (504 for a timeout)

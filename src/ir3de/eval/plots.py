@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # matplotlib itself is imported where it draws (the eval extr
     from matplotlib.artist import Artist
     from matplotlib.ft2font import FT2Font
 
-__all__ = ["MAX_LABELLED_DOMAINS", "plot_names", "render_plots"]
+__all__ = ["MAX_LABELLED_DOMAINS", "figure_png", "plot_names", "render_plots"]
 
 # The confusion plot names its domains on the axes up to this many; beyond, 6-inch panels
 # leave less than ~10 points per label and the labels overlap.
@@ -81,8 +81,8 @@ def plot_names(setting: str) -> list[str]:
     return [f"{kind}_{setting}.png" for kind in ("accuracy_vs_k", "confusion", "cost")]
 
 
-def _png(fig: Any) -> bytes:
-    """``fig`` as PNG bytes; the figure is closed."""
+def figure_png(fig: Any) -> bytes:
+    """``fig`` as PNG bytes, as every ir3de plot is saved; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -364,7 +364,7 @@ def render_plots(*results: dict[str, Any]) -> dict[str, bytes]:
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", _GLYPH_WARNING, UserWarning)
         readable = _Readable()
-        pngs = {name: _png(draw(result, readable)) for result in results
+        pngs = {name: figure_png(draw(result, readable)) for result in results
                 for name, draw in zip(plot_names(result["setting"]), _DRAW, strict=True)}
     note = readable.warning()
     if note is not None:
