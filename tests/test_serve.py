@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -1271,6 +1272,13 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "experts.a.timeout: Input should be greater than 0"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "api_keys_env": ""},
      "api_keys_env: String should have at least 1 character"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "fallback_statuses": [404]},
+     "fallback_statuses: Value error, 404 is not a status that says the expert is down or "
+     "overloaded: give 429 or statuses from 500 to 599"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "fallback_statuses": 503},
+     "fallback_statuses: Input should be a valid list"),
+    ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
+      "fallback_statuses": [True]}, "fallback_statuses.0: Input should be a valid integer"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_failures": -1},
      "cooldown_failures: Input should be greater than or equal to 0"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "cooldown_failures": 2.5},
@@ -1628,11 +1636,18 @@ def test_every_request_has_one_id_in_its_answer_the_log_and_the_upstream(
     assert line["status"] == 200 and line["complete"] is True and line["expert"] == "math"
     assert line["bytes"] == len(r.content) and line["client"] == "127.0.0.1"
     assert 0 < line["duration_ms"] < 10_000
-    # a proxy's id is kept, and goes to the expert; one that could break a log line is not
-    r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, echo=True),
-                   headers={"x-request-id": "7f3a-42:edge/1"})
-    assert r.headers["x-ir3de-request-id"] == "7f3a-42:edge/1"
-    assert r.json()["headers"]["x-request-id"] == "7f3a-42:edge/1"
+    # a proxy's id is kept, and goes to the expert made unique (vLLM refuses an id that
+    # is already running, and a client's may repeat); one that could break a log line is not
+    sent = []
+    for _ in range(2):
+        r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH, echo=True),
+                       headers={"x-request-id": "7f3a-42:edge/1"})
+        assert r.headers["x-ir3de-request-id"] == "7f3a-42:edge/1"
+        sent.append(r.json()["headers"]["x-request-id"])
+        assert re.fullmatch(r"7f3a-42:edge/1-[0-9a-f]{8}", sent[-1]), sent
+    assert sent[0] != sent[1]
+    assert {line.get("upstream_request_id") for line in _request_log(gateway)
+            if line["request_id"] == "7f3a-42:edge/1"} == set(sent)
     for odd in ("a b", "x" * 129, '"}, {"forged": 1'):
         r = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(MATH),
                        headers={"x-request-id": odd})
@@ -2485,6 +2500,50 @@ def test_named_expert_that_fails_is_an_error_not_the_fallbacks_answer(
     finally:
         gw.stop()
         slow.stop()
+
+
+def test_an_expert_down_behind_its_proxy_is_a_failure_that_routed_requests_fall_back_from(
+        stats_files, upstreams, tmp_path) -> None:
+    """A load balancer in front of an expert that is down answers 502, 503 or 504 (an HTML
+    page): the gateway relayed it, with neither the fallback nor a cooldown, which a
+    refused connection gets. Now those statuses (fallback_statuses) are failures: a routed
+    request goes on to the fallback, one that names the expert gets the answer as it came,
+    and enough of them in a row cool the expert down. fallback_statuses: [] relays them."""
+    down = _upstream("coding")
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=3),
+                           coding={"url": down.url + "/v1"})
+    gw = _gateway(config)
+    try:
+        httpx.post(down.url + "/control", json={"status": 503})
+        r, = _routed(gw)
+        assert (r.status_code, r.headers["x-ir3de-expert"], r.headers["x-ir3de-routed-to"],
+                r.headers["x-ir3de-fallback"]) == (200, "math", "coding", "upstream_failure")
+        assert r.json()["model"] == "math-upstream"  # the fallback answered
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "coding", "prompt": CODE})
+        assert (r.status_code, r.headers["x-ir3de-expert"]) == (503, "coding")
+        assert r.headers["content-type"].startswith("text/html") and b"<h1>503</h1>" in r.content
+        _routed(gw)  # the third failure in a row: coding cools down
+        assert "coding" in httpx.get(gw.url + "/healthz").json()["cooling_down"]
+        r = httpx.post(gw.url + "/v1/completions", json={"model": "coding", "prompt": CODE})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "expert_unavailable"
+        metrics = _metrics(gw)
+        assert metrics['ir3de_upstream_errors_total{expert="coding",kind="HTTP 503"}'] == 3
+        assert metrics['ir3de_fallbacks_total{reason="upstream_failure"}'] == 2
+        failures = [e for e in _log_events(gw) if e["event"] == "upstream_error"]
+        assert [(e["expert"], e["error"]) for e in failures] == [("coding", "HTTP 503")] * 3
+        assert len({e["request_id"] for e in failures}) == 3
+    finally:
+        gw.stop()
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "fallback_statuses": []}))
+    gw = _gateway(config)
+    try:
+        r, = _routed(gw)
+        assert (r.status_code, r.headers["x-ir3de-expert"]) == (503, "coding")
+        assert "x-ir3de-fallback" not in r.headers
+    finally:
+        gw.stop()
+        down.stop()
 
 
 def test_fallback_headers_and_log_name_the_routers_pick_and_the_reason(

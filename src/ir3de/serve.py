@@ -40,7 +40,8 @@ ASGI app in front of any OpenAI-compatible servers (vLLM, SGLang, Ollama, llama.
   one (``content-encoding``) is a 415. A completions body over 64 KiB is parsed in a
   reader process (:func:`_read_large`), so it does not hold the event loop.
 * Request ids: the client's plain ``x-request-id`` or a new ``req_<hex>``, logged, sent
-  to the expert as ``x-request-id`` and returned as ``x-ir3de-request-id`` (and as
+  to the expert as ``x-request-id`` (a client's with a suffix that makes it unique, as
+  vLLM refuses an id already running) and returned as ``x-ir3de-request-id`` (and as
   ``x-request-id`` unless the expert's is relayed).
 * ``cors_origins``: web pages on these origins may call the API (:class:`_Cors`); never
   the admin API.
@@ -113,7 +114,10 @@ stream is relayed event by event, each held until it ends: one over ``max_answer
 closes the expert's connection. A request that waits its expert's whole ``timeout`` for
 one of the ``max_connections`` upstream connections is not sent: a 503 (``code:
 gateway_busy``, ``retry-after: 1``), without trying the fallback (it would wait for the
-same connections) and without counting against the expert's cooldown. An upstream HTTP
+same connections) and without counting against the expert's cooldown. An answer whose
+status is in ``fallback_statuses`` (default 502, 503, 504: a load balancer's answer for
+an expert that is down) is a failure too, for the fallback and the cooldown; relayed as
+it came when there is no fallback to try. Any other upstream HTTP
 error is returned as is, but a 401 or 403, which refuses the gateway's own credentials
 (the client's are never forwarded), is a 502 naming the expert; a stream cut by the
 upstream ends with an SSE ``error`` event, after the last whole event. The gateway's own
@@ -124,7 +128,7 @@ them when the gateway starts).
 
 Cooldowns: finding out that an expert is down costs each request a refused connection
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
-failures in a row (upstream HTTP errors are answers and do not count), the expert gets
+failures in a row (other upstream HTTP errors are answers and do not count), the expert gets
 no requests for ``cooldown_seconds``: routed ones go straight to the fallback (reason
 ``expert_down``), and those that name it, or have no fallback that is not itself
 cooling down, get a 503 (``code: expert_unavailable``) with ``retry-after``. Then one
@@ -157,6 +161,7 @@ Example config::
                                # here: for a router of signed statistics only
     cooldown_failures: 3       # failures in a row before an expert cools down (0: never)
     cooldown_seconds: 30       # ... for this long
+    fallback_statuses: [502, 503, 504]   # answers that are failures (a proxy's "expert down")
     max_connections: 1000      # upstream connections open at once, over all experts
     max_body_bytes: 1000000    # a client's request body, at most
     max_answer_bytes: 33554432   # an expert's answer (decoded), or a stream's event, at most
@@ -435,6 +440,14 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         cooldown_seconds: float = pd.Field(30.0, gt=0, allow_inf_nan=False, strict=True,
                                            description="how long an expert that keeps "
                                                        "failing gets no requests")
+        # A load balancer or ingress in front of an expert answers 502, 503 or 504 when the
+        # expert behind it is down or overloaded: that is the expert failing, not
+        # answering, and should reach the fallback and its cooldown as a refused
+        # connection does (an error the expert itself sends, 400 or 500, stays an answer).
+        fallback_statuses: list[typing.Annotated[int, pd.Strict()]] = pd.Field(
+            [502, 503, 504], max_length=200,
+            description="expert HTTP statuses that count as failures: the fallback for "
+                        "routed requests, cooldowns")
         # Longer than the idle expiry of the clients and proxies in front (httpx and the
         # openai SDK: 5 s; AWS ALB, nginx upstream keep-alive: 60 s), so that they close an
         # idle connection first: a server closing it as a client reuses it fails that
@@ -486,6 +499,18 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
                                      "without a path or trailing slash (e.g. "
                                      "https://chat.example.com), or '*' for any")
             return v
+
+        @pd.field_validator("fallback_statuses")
+        @classmethod
+        def _statuses(cls, v: list[int]) -> list[int]:
+            for status in v:
+                # 2xx-4xx but 429 are answers to this request (a 400 would come back from
+                # any expert); 401 and 403 refuse the gateway's key, a 502 of its own
+                if status != 429 and not 500 <= status <= 599:
+                    raise ValueError(f"{status} is not a status that says the expert is "
+                                     "down or overloaded: give 429 or statuses from 500 to "
+                                     "599 (the default: [502, 503, 504])")
+            return sorted(set(v))
 
         @pd.model_validator(mode="after")
         def _consistent(self) -> "GatewayConfig":
@@ -1519,16 +1544,21 @@ def _shown_name(name: str) -> str:
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-def _request_id(headers: Any) -> str:
+def _request_id(headers: Any) -> tuple[str, bool]:
     """A request's id: the client's ``x-request-id`` (set by a proxy in front, say) when it
-    is plain enough (:data:`_CLIENT_REQUEST_ID`), else a new ``req_`` + 32 hex digits."""
+    is plain enough (:data:`_CLIENT_REQUEST_ID`), else a new ``req_`` + 32 hex digits; and
+    whether it is the client's."""
     for key, value in headers:
         if key == b"x-request-id":
             text = value.decode("latin-1")
             if _CLIENT_REQUEST_ID.fullmatch(text):
-                return text
+                return text, True
             break
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{uuid.uuid4().hex}", False
+
+
+# The paths whose requests go on to an expert
+_UPSTREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class _AccessLog:
@@ -1546,7 +1576,8 @@ class _AccessLog:
     It also gives every request an id (:func:`_request_id`), sent back as
     ``x-ir3de-request-id``, and as ``x-request-id`` unless the expert's own is relayed,
     and sent to the expert as ``x-request-id`` (:data:`_LINE`): one id finds a
-    request in the client's error, this log and the expert's log."""
+    request in the client's error, this log and the expert's log. (A client's own id goes
+    to the expert with a suffix that makes it unique, logged as ``upstream_request_id``.)"""
 
     def __init__(self, app: Any, shutdown_seconds: float | None = None,
                  timed: Callable[[str, dict[str, Any], float], None] | None = None) -> None:
@@ -1559,13 +1590,19 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _request_id(scope["headers"])
+        request_id, clients = _request_id(scope["headers"])
         path = _route_path(scope)
         client = scope.get("client")
         fields = scope[_ACCESS] = {
             "request_id": request_id,
             "path": path[len("/v1"):] if path.startswith("/v1/") else path,
             "method": scope["method"], "client": client[0] if client else None}
+        if clients and path in _UPSTREAM_PATHS:
+            # vLLM takes x-request-id as its engine's request id and refuses (or, in some
+            # versions, breaks on) one that is already running; a client's id may repeat (a
+            # trace id per session, a retry after a timeout), so the experts get it made
+            # unique. Ids the gateway makes are unique already.
+            fields["upstream_request_id"] = f"{request_id}-{uuid.uuid4().hex[:8]}"
         status: int | None = None
         sent = 0
         logged = False
@@ -2162,7 +2199,7 @@ def create_app(config: Any) -> Any:
         headers = {"content-type": "application/json"}
         line = _LINE.get()
         if line is not None:  # one id in both logs (vLLM takes it as its own)
-            headers["x-request-id"] = line["request_id"]
+            headers["x-request-id"] = line.get("upstream_request_id", line["request_id"])
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
             if endpoint.api_key_header:
@@ -2248,7 +2285,13 @@ def create_app(config: Any) -> Any:
         answered: bool | None = None  # cancelled (the request or the server): no outcome
         try:
             response = await _send(ticket.expert, endpoint, path, body, stream)
-            answered = True
+            answered = response.status_code not in config.fallback_statuses
+            if not answered:  # (a proxy's "no upstream", an overloaded server)
+                metrics.errors.labels(ticket.expert, f"HTTP {response.status_code}").inc()
+                _event(logging.WARNING, {"event": "upstream_error", "expert": ticket.expert,
+                                         "error": f"HTTP {response.status_code}",
+                                         "retried": False,
+                                         "cause": "a status in fallback_statuses"})
             return response
         except httpx.PoolTimeout:
             # all of the gateway's connections busy: its own limit, which says nothing
@@ -2451,6 +2494,26 @@ def create_app(config: Any) -> Any:
                                         f"expert {failed!r} failed ({_error_kind(exc)}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
+        else:
+            if response.status_code in config.fallback_statuses and routed \
+                    and fallback is not None and fallback != expert:
+                # The expert is down behind its proxy, or overloaded: a routed request goes
+                # on to the fallback, as on a refused connection. Without one (or with it
+                # cooling down) the answer is relayed as it came.
+                second = cooldowns.admit(fallback)
+                if isinstance(second, _Ticket):
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                    failed, status = expert, response.status_code
+                    expert, reason = fallback, "upstream_failure"
+                    metrics.fallbacks.labels(reason).inc()
+                    info.update(expert=expert, fallback=reason)
+                    try:
+                        response = await _attempt(second, state.experts[expert], path, body,
+                                                  stream)
+                    except (httpx.TransportError, httpx.DecodingError) as exc2:
+                        return _upstream_failed(expert, state.experts[expert], exc2,
+                                                f"expert {failed!r} answered {status}; ")
         refused = response.status_code in (401, 403)
         if response.status_code > 599 or response.is_redirect or refused:
             # Answers the gateway does not relay: a 502 the expert would give again

@@ -29,9 +29,11 @@ event.
 ``UPSTREAM_TLS_CERT`` and ``UPSTREAM_TLS_KEY`` (PEM files) serve HTTPS with that certificate.
 ``POST /control`` with ``{"hang": S}`` makes every later completion request wait S seconds
 before anything else (a server that accepts requests but answers none in time, whatever
-they ask: the body's ``hang`` would hang the gateway's fallback too); ``GET /control`` says
-``{"requests": N, "hang": S, "client_port": P}``, N the completion requests received so far
-and P the client port of the last one (a new port: a new connection).
+they ask: the body's ``hang`` would hang the gateway's fallback too), with ``{"status":
+N}`` answers every later one with status N and an HTML page, as a proxy in front of a
+server that is down does (0: answer again); ``GET /control`` says ``{"requests": N, "hang":
+S, "status": N, "client_port": P}``, N the completion requests received so far and P the
+client port of the last one (a new port: a new connection).
 ``"plain": TEXT`` answers TEXT as is, with the status ``force_status`` (default 200) and no
 content type unless ``headers`` gives one (a server whose errors are not JSON).
 ``"utf8_headers": {...}`` adds response headers whose values are sent as UTF-8 bytes
@@ -59,7 +61,7 @@ NAME = sys.argv[1]
 CHUNKS = 5
 DELAY = float(os.environ.get("UPSTREAM_CHUNK_DELAY", "0.2"))
 STREAMS: dict[str, str] = {}  # tag -> open | finished | disconnected
-CONTROL = {"requests": 0, "hang": 0.0, "client_port": None}  # see /control
+CONTROL = {"requests": 0, "hang": 0.0, "status": 0, "client_port": None}  # see /control
 
 
 class TrackedStream(StreamingResponse):
@@ -105,6 +107,9 @@ async def _completion(request: Request) -> Response:
     CONTROL["client_port"] = request.client.port if request.client else None
     if CONTROL["hang"]:  # (no sleep(0) otherwise: the benchmarks time this server)
         await asyncio.sleep(CONTROL["hang"])
+    if CONTROL["status"]:
+        return Response(b"<html><body><h1>%d</h1></body></html>" % CONTROL["status"],
+                        status_code=CONTROL["status"], media_type="text/html")
     body = await request.json()
     headers = body.get("headers") or {}
     if "plain" in body:  # (Response sets no content type without a media type)
@@ -196,7 +201,11 @@ async def stream_state(request: Request) -> object:
 
 async def control(request: Request) -> object:
     if request.method == "POST":
-        CONTROL["hang"] = float((await request.json())["hang"])
+        asked = await request.json()
+        if "hang" in asked:
+            CONTROL["hang"] = float(asked["hang"])
+        if "status" in asked:
+            CONTROL["status"] = int(asked["status"])
     return JSONResponse(CONTROL)
 
 
