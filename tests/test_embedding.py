@@ -101,7 +101,9 @@ def test_fingerprint_differs_for_a_different_table_or_tokenizer(emb: Embedder,
     write_tiny_tokenizer(tok)
     base = Embedder(tok, table, spec={}, name="a")
     changed = table.copy()
-    changed[57, 3] = np.nextafter(changed[57, 3], np.inf)  # one bit of one value
+    # one bit of one value (inf of the table's own type: numpy 1 made it a float64 step)
+    changed[57, 3] = np.nextafter(changed[57, 3], changed.dtype.type(np.inf))
+    assert changed[57, 3] != table[57, 3]
     assert Embedder(tok, changed, spec={}, name="b").fingerprint != base.fingerprint
     assert Embedder(tok, table[:, :-1], spec={}, name="c").fingerprint != base.fingerprint
     assert Embedder(tok, table.astype(np.float64), spec={},

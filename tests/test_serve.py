@@ -1361,6 +1361,26 @@ def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path:
     assert code == 1 and err.startswith("ir3de: error:") and message in err, err
 
 
+def test_config_paths_are_relative_to_the_file_and_tilde_is_home(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """`path: ~/router.safetensors` was read as a folder named "~" beside gateway.yaml."""
+    pytest.importorskip("pydantic")
+    from ir3de.serve import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "gateway.yaml").write_text(yaml.safe_dump({
+        "router": {"stats": ["~/math.stats", "stats/coding.stats"]},
+        "experts": {"math": {"url": "http://127.0.0.1:1/v1"}},
+        "state_dir": "~/state", "trust": "./~/keys"}))
+    config = load_config(folder / "gateway.yaml")
+    assert config.router.stats == [str(tmp_path / "home" / "math.stats"),
+                                   str(folder / "stats" / "coding.stats")]
+    assert (config.state_dir, config.trust) == (str(tmp_path / "home" / "state"),
+                                                str(folder / "~" / "keys"))
+
+
 def test_infinite_timeout_in_saved_state_is_refused(stats_files, upstreams, tmp_path,
                                                    emb: Embedder) -> None:
     """A state folder whose experts.json holds "timeout": Infinity (which the admin API

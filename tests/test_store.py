@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -710,6 +711,59 @@ def test_a_claimed_folder_is_refused_to_a_second_claim(tmp_path: Path) -> None:
         claim_folder(tmp_path / "file", "state_dir")
     with pytest.raises(IR3DEError, match=r"cannot create or open it \(Not a directory\)"):
         claim_folder(tmp_path / "file" / "state", "state_dir")
+
+
+def test_writing_without_the_posix_only_calls(tmp_path: Path, monkeypatch) -> None:
+    """On Windows (no os.pathconf or os.fchown; no os.fchmod before Python 3.13) every
+    write raised AttributeError, and a failed one left its temporary file, which Windows
+    cannot remove while it is open. Run here without those calls."""
+    for name in ("pathconf", "fchmod", "fchown"):
+        monkeypatch.delattr(os, name)
+    path = tmp_path / "router.bin"
+    atomic_write_bytes(path, b"one", mode=0o600)
+    assert path.read_bytes() == b"one" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    atomic_write_bytes(path, b"two")  # replaced: keeps its mode
+    assert path.read_bytes() == b"two" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    opened = []
+    real_mkstemp, real_unlink = store.tempfile.mkstemp, Path.unlink
+
+    def mkstemp(**kwargs) -> tuple[int, str]:
+        opened.append(real_mkstemp(**kwargs))
+        return opened[-1]
+
+    def unlink(self: Path, **kwargs) -> None:  # the temporary file is closed by then
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(opened[-1][0])
+        real_unlink(self, **kwargs)
+
+    def fail(*_) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(os, "chmod", fail)  # (what stands for os.fchmod)
+    with pytest.raises(IR3DEError, match="Operation not permitted"):
+        atomic_write_bytes(path, b"three")
+    assert path.read_bytes() == b"two" and os.listdir(tmp_path) == ["router.bin"]
+    assert len(opened) == 1
+
+
+def test_a_folder_is_checked_where_it_cannot_be_claimed(tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """Without fcntl (Windows) claiming state_dir opened the folder itself, which Windows
+    refuses, so a gateway with a state_dir never started there. Now a file in it is held
+    open, and the folder is still checked."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl: ImportError
+    folder = tmp_path / "state"
+    fd = claim_folder(folder, "state_dir")
+    try:
+        assert os.fstat(fd).st_ino == (folder / ".ir3de-claim").stat().st_ino
+        os.close(claim_folder(folder, "state_dir"))  # not exclusive there
+    finally:
+        os.close(fd)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IR3DEError, match="exists and is not a folder"):
+        claim_folder(tmp_path / "file", "state_dir")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")

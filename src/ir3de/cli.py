@@ -330,7 +330,7 @@ def _named_file(text: str) -> str:
         if not path:
             raise argparse.ArgumentTypeError(f"expected a file after {name + '='!r}, got an "
                                              "empty path")
-        problem = domain_name_problem(name)
+        problem = domain_name_problem(_argument_text(name))
         if problem is not None:  # (it was blamed on the file: "FILE: invalid domain name")
             raise argparse.ArgumentTypeError(f"invalid expert name {name!r} in {text!r}: "
                                              f"it {problem}")
@@ -828,7 +828,7 @@ def _split_named(item: str) -> tuple[str, str]:
     name, sep, path = item.partition("=")
     if not sep or Path(item).exists():
         return "", item
-    return name, path
+    return _argument_text(name), path
 
 
 def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
@@ -923,17 +923,29 @@ def _prompts(args: argparse.Namespace) -> list[tuple[Any, str, str]]:
     for ident, text, where in items:
         if is_blank(text):
             raise IR3DEError(f"{where}: empty prompt; nothing was routed")
+        text = _argument_text(text)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # an argument the shell passed as bytes not UTF-8
-            # ... or UTF-8 bytes Python decoded in a non-UTF-8 locale (PYTHONUTF8=0 under
-            # LC_ALL=C): taken back to its bytes, it is the prompt
-            try:
-                text = os.fsencode(text).decode("utf-8")
-            except UnicodeDecodeError:
-                raise IR3DEError(f"{where}: not valid UTF-8 text") from None
+            raise IR3DEError(f"{where}: not valid UTF-8 text") from None
         checked.append((ident, text, where))
     return checked
+
+
+def _argument_text(text: str) -> str:
+    """A command-line argument read as text (a prompt, an expert's name, not a path): UTF-8
+    bytes that Python decoded in a non-UTF-8 locale (``PYTHONUTF8=0`` under ``LC_ALL=C``)
+    hold surrogates, and taken back to their bytes they are the text. Anything else is
+    returned as it is (bytes that are not UTF-8 keep their surrogates, which the checks
+    of the text refuse by name)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(text).decode("utf-8")
+        except (UnicodeError, ValueError):
+            return text
+    return text
 
 
 def _looks_like_jsonl(lines: Iterable[str]) -> bool:
@@ -1782,7 +1794,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", nargs="+", type=_corpus,
                    help="JSONL, plain text (one prompt per line) or Parquet files, not "
                         "standard input; with --engine ray also globs and URLs")
-    p.add_argument("--domain", required=True, help="the domain (expert) name")
+    p.add_argument("--domain", required=True, type=_argument_text,
+                   help="the domain (expert) name")
     p.add_argument("-o", "--output", required=True, type=_file,
                    help="statistics file to write (missing folders are created)")
     p.add_argument("--format", choices=FORMATS, help="corpus format (default: from the suffix)")
@@ -1987,7 +2000,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("add", help="add an expert from its statistics file")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("stats", type=_file, help="statistics file")
-    e.add_argument("--name", help="expert name (default: the file's domain)")
+    e.add_argument("--name", type=_argument_text,
+                   help="expert name (default: the file's domain)")
     e.add_argument("-o", "--output", type=_file,
                    help="write here instead of updating ROUTER in place (missing folders are "
                         "created)")
@@ -2001,7 +2015,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file is refused, nothing is written")
     e = esub.add_parser("remove", help="remove an expert")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
-    e.add_argument("name", help="expert to remove")
+    e.add_argument("name", type=_argument_text, help="expert to remove")
     e.add_argument("-o", "--output", type=_file,
                    help="write here instead of updating ROUTER in place (missing folders are "
                         "created)")

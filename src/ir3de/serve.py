@@ -589,16 +589,20 @@ def load_config(path: str | os.PathLike[str]) -> Any:
         config = _models()[2].model_validate(data)
     except pd.ValidationError as exc:
         raise IR3DEError(f"{path}: invalid config: {_problems(exc)}") from None
-    # Relative paths in the config are relative to the config file.
+    # Relative paths in the config are relative to the config file; ~ is the user's home,
+    # as a shell would read it (a path under a folder named "~" is written ./~/...).
+    def located(name: str) -> str:
+        return str(base / os.path.expanduser(name))  # (Path("./~") would be "~")
+
     src = config.router
     if src.path is not None:
-        src.path = str(base / src.path)
+        src.path = located(src.path)
     if src.stats is not None:
-        src.stats = [str(base / s) for s in src.stats]
+        src.stats = [located(s) for s in src.stats]
     if config.state_dir is not None:
-        config.state_dir = str(base / config.state_dir)
+        config.state_dir = located(config.state_dir)
     if config.trust is not None:
-        config.trust = str(base / config.trust)
+        config.trust = located(config.trust)
     return config
 
 

@@ -122,17 +122,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX,
                                    dir=path.parent)
-        replaced = path.stat() if path.is_file() else None
-        if mode is None:
-            mode = stat.S_IMODE(replaced.st_mode) if replaced else 0o666 & ~_umask()
-        os.fchmod(fd, mode)  # before any byte is written: a private key is never exposed
-        if replaced is not None:
-            # The owner too: root replacing a service user's 0600 router (sudo ir3de
-            # experts add) left it root's, unreadable by the gateway. Only root may give a
-            # file away; anyone else keeps what the file system gives (EPERM ignored).
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, replaced.st_uid, replaced.st_gid)
+        # Closed before the cleanup below removes the file, on any error: Windows cannot
+        # remove a file that is open.
         with os.fdopen(fd, "wb") as fh:
+            replaced = path.stat() if path.is_file() else None
+            if mode is None:
+                mode = stat.S_IMODE(replaced.st_mode) if replaced else 0o666 & ~_umask()
+            # before any byte is written: a private key is never exposed
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            else:  # Windows before Python 3.13 (where only the read-only flag exists)
+                os.chmod(tmp, mode)
+            if replaced is not None and hasattr(os, "fchown"):  # (not on Windows)
+                # The owner too: root replacing a service user's 0600 router (sudo ir3de
+                # experts add) left it root's, unreadable by the gateway. Only root may
+                # give a file away; anyone else keeps what the file system gives (EPERM
+                # ignored).
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, replaced.st_uid, replaced.st_gid)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -195,22 +202,25 @@ def claim_folder(folder: str | os.PathLike[str], what: str) -> int:
     descriptor is open, proving that it can be written: the gateway's ``state_dir``. Two
     gateways sharing one each saved over the other's admin changes, and a read-only one
     was found at the first change. ``what`` names the folder in the errors
-    (:class:`IR3DEError`): one in use by another process, or that cannot be written."""
+    (:class:`IR3DEError`): one in use by another process, or that cannot be written.
+    Where there is no ``flock`` (Windows) the folder is only checked, not claimed."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise IR3DEError(f"{what} {folder} exists and is not a folder")
     try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): held open, but not claimed
+        fcntl = None  # type: ignore[assignment]
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
+        # Windows cannot open a folder as a file: a file in it stands for it there.
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else \
+            os.open(folder / ".ir3de-claim", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise IR3DEError(f"{what} {folder}: cannot create or open it "
                          f"({exc.strerror or exc})") from None
     try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: not claimed
-            pass
-        else:
+        if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -236,7 +246,8 @@ def _temp_prefix(path: Path) -> str:
     file still shows which file it was to become."""
     try:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):  # no such setting here, or not for this folder
+    except (OSError, ValueError, AttributeError):
+        # no such setting here, or not for this folder; no pathconf at all (Windows)
         name_max = -1
     if name_max <= 0:  # (-1: no limit given)
         name_max = _NAME_MAX
