@@ -44,7 +44,8 @@ import numpy as np
 from ir3de import compute_stats, load_embedder
 from ir3de.data import read_corpus, reasoning_split
 from ir3de.embedding import DEFAULT_MAX_TOKENS, Embedder
-from ir3de.statistics import _BATCH, _batches, stats_from_counts, streaming_stats, token_counts
+from ir3de.errors import is_blank
+from ir3de.statistics import _BATCH, stats_from_counts, streaming_stats, token_counts
 
 GOAL_RATIO = 0.8
 
@@ -75,11 +76,17 @@ def subset(corpus: dict[str, list[str]], n: int) -> dict[str, list[str]]:
     return out
 
 
+def _batches(texts: list[str]) -> list[list[str]]:
+    """The batches compute_stats forms: its non-blank texts, _BATCH at a time."""
+    kept = [t for t in texts if not is_blank(t)]
+    return [kept[i:i + _BATCH] for i in range(0, len(kept), _BATCH)]
+
+
 def tokenize_all(emb: Embedder, corpus: dict[str, list[str]], max_tokens: int) -> int:
     """The tokenizer alone over the batches compute_stats would form; returns tokens."""
     n = 0
     for texts in corpus.values():
-        for batch in _batches((t for t in texts if t.strip()), _BATCH):
+        for batch in _batches(texts):
             n += sum(ids.size for ids in emb.encode_batch(batch, max_tokens))
     return n
 
@@ -87,7 +94,7 @@ def tokenize_all(emb: Embedder, corpus: dict[str, list[str]], max_tokens: int) -
 def hf_all(emb: Embedder, corpus: dict[str, list[str]]) -> None:
     """The Hugging Face batch encoder alone (no ids post-processing), same batches."""
     for texts in corpus.values():
-        for batch in _batches((t for t in texts if t.strip()), _BATCH):
+        for batch in _batches(texts):
             emb.tokenizer.encode_batch_fast(batch, add_special_tokens=False)
 
 
