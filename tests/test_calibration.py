@@ -185,6 +185,31 @@ def test_bad_prompts_are_named(router: Router) -> None:
         calibrate(router, ["What is 2 + 2?", "<s>"])
 
 
+def test_token_ids_given_are_routed_without_tokenising_again(router: Router,
+                                                              monkeypatch) -> None:
+    """ir3de calibrate tokenised every prompt to name one without a token, and calibrate
+    tokenised it again: the ids it has are now passed on, and checked as route_batch
+    checks them."""
+    ids = router.encode(HELD)
+    expected = calibrate(router, HELD, HELD_LABELS)
+    folded = calibrate(router, TEXTS, LABELS, folds=2)
+
+    def refuse(*_, **__) -> None:
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(router.embedder, "encode_batch", refuse)
+    given = calibrate(router, HELD, HELD_LABELS, token_ids=ids)
+    assert given.cuts == expected.cuts and given.routed == expected.routed
+    assert np.array_equal(given.confidence, expected.confidence)
+    monkeypatch.undo()  # (the folds count each fold's texts, as ir3de stats did)
+    again = calibrate(router, TEXTS, LABELS, folds=2, token_ids=router.encode(TEXTS))
+    assert again.cuts == folded.cuts and again.routed == folded.routed
+    with pytest.raises(IR3DEError, match="5 token-id arrays for 6 texts"):
+        calibrate(router, HELD, token_ids=ids[:5])
+    with pytest.raises(IR3DEError, match="token id"):
+        calibrate(router, HELD, token_ids=[*ids[:5], np.array([10**9])])
+
+
 def test_plot_is_a_png(router: Router) -> None:
     pytest.importorskip("matplotlib")
     result = calibrate(router, HELD * 3 + TEXTS, HELD_LABELS * 3 + LABELS)

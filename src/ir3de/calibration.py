@@ -177,7 +177,7 @@ class Calibration:
 
 def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None = None, *,
               keep: Iterable[float] = DEFAULT_KEEP, folds: int | None = None,
-              seed: int = 0) -> Calibration:
+              seed: int = 0, token_ids: Sequence[np.ndarray] | None = None) -> Calibration:
     """Route ``texts`` and compute, for each share in ``keep``, the ``threshold`` and
     (with a pair table) ``min_coverage`` cut that keeps it.
 
@@ -186,7 +186,9 @@ def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None
     seeded folds (stratified by label) is routed by the router re-solved without that
     fold's statistics (see the module's docstring; the copies of a text share a fold).
     ``labels`` name each prompt's expert;
-    without them the cuts carry kept shares only.
+    without them the cuts carry kept shares only. ``token_ids``: the texts' ids as
+    :meth:`Router.encode` gives them, when the caller has them already (checked as
+    :meth:`Router.route_batch` checks them); they are not tokenised again for routing.
 
     Raises :class:`~ir3de.errors.EmptyInputError` for a prompt with no token to route on,
     :class:`~ir3de.errors.ExpertError` for a label that is not one of the router's
@@ -198,7 +200,12 @@ def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None
         raise IR3DEError("no prompts to calibrate on")
     gold = None if labels is None else _labels(labels, len(texts), router.experts)
     shares = _shares(keep)
-    ids = router.encode(texts)  # a blank prompt, or one without a token, is named here
+    if token_ids is None:
+        ids = router.encode(texts)  # a blank prompt, or one without a token, is named here
+    else:
+        ids = list(token_ids)  # (checked by route_batch, which routes every prompt)
+        if len(ids) != len(texts):
+            raise IR3DEError(f"{len(ids)} token-id arrays for {len(texts)} texts")
     fold = None
     if folds is None:
         decisions = router.route_batch(texts, token_ids=ids)

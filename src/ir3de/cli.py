@@ -1345,11 +1345,11 @@ def _eval_device(device: str | None, baselines: Sequence[str]) -> str | None:
 
 
 def _calibration_prompts(args: argparse.Namespace, router: Router
-                         ) -> tuple[list[str], list[str] | None]:
-    """The texts of ``args.data`` and their labels (None: unlabelled), every one checked
-    before any is routed. ``args.data`` is one JSONL file (labels in a field of every
-    record or of none) or ``NAME=CORPUS`` items, read as ``ir3de stats`` reads a corpus
-    (see :func:`_corpus_prompts`)."""
+                         ) -> tuple[list[str], list[str] | None, list[np.ndarray]]:
+    """The texts of ``args.data``, their labels (None: unlabelled) and their token ids,
+    every one checked before any is routed. ``args.data`` is one JSONL file (labels in a
+    field of every record or of none) or ``NAME=CORPUS`` items, read as ``ir3de stats``
+    reads a corpus (see :func:`_corpus_prompts`)."""
     named = [_split_named(item) for item in args.data]
     if any(name for name, _ in named):
         return _corpus_prompts(args, router, named)
@@ -1383,8 +1383,8 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
         if is_blank(text):
             raise IR3DEError(f"{where}: empty prompt")
     items = [(ident, text, where) for ident, text, where, _ in records]
-    _token_ids(router, items, 1024)  # a prompt without a token fails here, named
-    return [text for _, text, _ in items], labels
+    ids = _token_ids(router, items, 1024)  # a prompt without a token fails here, named
+    return [text for _, text, _ in items], labels, ids
 
 
 def _require_expert(router: Router, name: str, said: str) -> None:
@@ -1393,8 +1393,8 @@ def _require_expert(router: Router, name: str, said: str) -> None:
                          f"({listed(router.experts)})")
 
 
-def _corpus_prompts(args: argparse.Namespace, router: Router,
-                    named: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+def _corpus_prompts(args: argparse.Namespace, router: Router, named: list[tuple[str, str]]
+                    ) -> tuple[list[str], list[str], list[np.ndarray]]:
     """The prompts of ``NAME=CORPUS`` items as ``ir3de stats --domain NAME`` counted them:
     the same reader (JSONL, plain text or Parquet; ``--format``, ``--text-field``), blank
     prompts and prompts without a token skipped as counting skips them, so that with
@@ -1420,17 +1420,19 @@ def _corpus_prompts(args: argparse.Namespace, router: Router,
                          "is read one prompt per line")
     texts: list[str] = []
     labels: list[str] = []
+    token_ids: list[np.ndarray] = []
     for name, path in named:
         read = [t for t in read_corpus(path, fmt=args.format,
                                        text_field=args.text_field or "text")
                 if not is_blank(t)]
         ids = router.embedder.encode_batch(read, router.config.max_tokens)
-        kept = [t for t, x in zip(read, ids, strict=True) if x.size]
+        kept = [i for i, x in enumerate(ids) if x.size]
         if not kept:
             raise IR3DEError(f"{path}: no prompt with a token to route on")
-        texts += kept
+        texts += [read[i] for i in kept]
         labels += [name] * len(kept)
-    return texts, labels
+        token_ids += [ids[i] for i in kept]
+    return texts, labels, token_ids
 
 
 # calibrate warns when at least this share of the prompts given as held out has coverage
@@ -1452,7 +1454,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except ImportError:
             raise IR3DEError("--plot needs matplotlib: pip install 'ir3de[eval]'") from None
     router = _load_router(args.router, args)
-    texts, labels = _calibration_prompts(args, router)
+    texts, labels, token_ids = _calibration_prompts(args, router)
     if plot is not None and labels is None:
         raise IR3DEError("--plot draws the kept prompts' accuracy, which needs labelled "
                          f"prompts: no record of {args.data[0]} has a "
@@ -1462,7 +1464,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"routing {_count(len(texts), 'prompt')} with the router re-solved without "
               f"each of {args.folds} folds…", file=sys.stderr)
     result = calibrate(router, texts, labels, keep=sorted({*DEFAULT_KEEP, args.keep}),
-                       folds=args.folds, seed=0 if args.seed is None else args.seed)
+                       folds=args.folds, seed=0 if args.seed is None else args.seed,
+                       token_ids=token_ids)
     seen = result.seen
     if args.folds is None and seen is not None and seen >= _SEEN_WARNING:
         # what the router's own fit prompts look like: every pair seen, coverage 1
