@@ -2292,10 +2292,8 @@ def create_app(config: Any) -> Any:
             answered = response.status_code not in config.fallback_statuses
             if not answered:  # (a proxy's "no upstream", an overloaded server)
                 metrics.errors.labels(ticket.expert, f"HTTP {response.status_code}").inc()
-                _event(logging.WARNING, {"event": "upstream_error", "expert": ticket.expert,
-                                         "error": f"HTTP {response.status_code}",
-                                         "retried": False,
-                                         "cause": "a status in fallback_statuses"})
+                _upstream_error(ticket.expert, f"HTTP {response.status_code}",
+                                "a status in fallback_statuses")
             return response
         except httpx.PoolTimeout:
             # all of the gateway's connections busy: its own limit, which says nothing
@@ -2325,9 +2323,15 @@ def create_app(config: Any) -> Any:
         the cause behind httpx's error, which the client's message names by type only (a
         TLS failure's reason, a DNS error): what the operator needs to fix it."""
         root = _chain(exc)[-1]
+        _upstream_error(expert, _error_kind(exc), f"{type(root).__name__}: {root}",
+                        retried=retried)
+
+    def _upstream_error(expert: str, error: str, cause: str, *,
+                        retried: bool = False) -> None:
+        """The warning line of an upstream failure: ``error`` its kind, ``cause`` what
+        the operator needs to know of it."""
         _event(logging.WARNING, {"event": "upstream_error", "expert": expert,
-                                 "error": _error_kind(exc), "retried": retried,
-                                 "cause": f"{type(root).__name__}: {root}"})
+                                 "error": error, "retried": retried, "cause": cause})
 
     def _error_kind(exc: Exception) -> str:
         """An upstream failure's type as messages name it: httpx's error (ConnectError,
@@ -2629,9 +2633,7 @@ def create_app(config: Any) -> Any:
                         message = (f"expert {expert!r} sent an SSE event of more than {limit} "
                                    "bytes (decoded), over the gateway's max_answer_bytes: "
                                    "the stream is cut")
-                        _event(logging.WARNING, {"event": "upstream_error", "expert": expert,
-                                                 "error": "EventTooLarge", "retried": False,
-                                                 "cause": message})
+                        _upstream_error(expert, "EventTooLarge", message)
                         _note_error(message)
                         yield _stream_error(message)
                         return
