@@ -1594,14 +1594,14 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id, clients = _request_id(scope["headers"])
+        request_id, from_client = _request_id(scope["headers"])
         path = _route_path(scope)
         client = scope.get("client")
         fields = scope[_ACCESS] = {
             "request_id": request_id,
             "path": path[len("/v1"):] if path.startswith("/v1/") else path,
             "method": scope["method"], "client": client[0] if client else None}
-        if clients and path in _UPSTREAM_PATHS:
+        if from_client and path in _UPSTREAM_PATHS:
             # vLLM takes x-request-id as its engine's request id and refuses (or, in some
             # versions, breaks on) one that is already running; a client's id may repeat (a
             # trace id per session, a retry after a timeout), so the experts get it made
