@@ -221,15 +221,47 @@ def test_a_full_chunk_cache_is_replaced_under_a_reader(emb: Embedder,
     learn = emb._learn
     other = " ".join(f"w{i}x" for i in range(60))
 
-    def learn_then_interleave(cache: dict[str, list[int]], chunks: list[str]) -> None:
-        learn(cache, chunks)
+    def learn_then_interleave(cache: dict[str, list[int]],
+                              chunks: list[str]) -> dict[str, list[int]]:
+        kept = learn(cache, chunks)
         monkeypatch.setattr(emb, "_learn", learn)
         emb.encode(other)  # what another thread does at this point: the cache overflows
+        return kept
 
     monkeypatch.setattr(emb, "_learn", learn_then_interleave)
     expected = emb.tokenizer.encode(text + " quickly", add_special_tokens=False).ids
     assert emb.encode(text + " quickly").tolist() == expected
     assert " quickly" not in emb._chunk_cache  # the overflow started a new cache
+
+
+def test_the_chunk_cache_keeps_words_only(emb: Embedder) -> None:
+    """A chunk is client text: a blob, a URL or a run of unspaced CJK text is encoded
+    exactly but not kept (each distinct 8 KB blob made a gateway ~250 KB larger), so the
+    cache's size is bounded by its entry count whatever the prompts."""
+    import base64
+
+    import ir3de.embedding as embedding
+
+    emb._chunk_cache.clear()
+    rng = np.random.default_rng(0)
+    words = "the cat sat on the mat and then it ran to the old red barn " * 3
+    texts = [base64.b64encode(rng.bytes(6000)).decode() for _ in range(5)]
+    texts += ["数学的问题很难" * 40, "see https://example.org/" + "a1b2" * 30 + " for more"]
+    # a long chunk among cached words: the text is assembled from the cache no more
+    texts += [words + " " + t + " " + words for t in texts]
+    for _ in range(2):
+        for text in texts:
+            assert emb.encode(text, max_tokens=1 << 30).tolist() == \
+                emb.tokenizer.encode(text, add_special_tokens=False).ids
+    assert " cat" in emb._chunk_cache  # words are still kept
+    assert max(map(len, emb._chunk_cache)) <= embedding._CACHED_CHUNK_CHARS
+    assert max(map(len, emb._chunk_cache.values())) <= embedding._CACHED_CHUNK_IDS
+    # a short chunk of many ids (byte fallback) is not kept either
+    rare = " " + "".join(chr(0x2F800 + i) for i in range(20))  # CJK compatibility
+    assert len(rare) <= embedding._CACHED_CHUNK_CHARS
+    assert emb.encode(words + rare).tolist() == \
+        emb.tokenizer.encode(words + rare, add_special_tokens=False).ids
+    assert rare not in emb._chunk_cache
 
 # ------------------------------------------------------------------ long texts
 

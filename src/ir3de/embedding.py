@@ -74,7 +74,14 @@ _BF16_EXPONENT = 0x7F80
 # A run of spaces plus the following non-space run: the unit a SentencePiece-style BPE never
 # merges across (checked per tokenizer by _chunkable).
 _CHUNK_RE = re.compile(r" *[^ ]+| +")
-_CHUNK_CACHE_SIZE = 1 << 18
+# The chunk cache is keyed by client text, so what it may hold is bounded three ways: chunks
+# of at most _CACHED_CHUNK_CHARS characters and _CACHED_CHUNK_IDS ids (words, long ones
+# in Indic scripts included; not a URL, a base64 blob or a run of unspaced CJK text, which
+# rarely come again and made a gateway grow by ~250 KB per distinct 8 KB blob), and
+# _CHUNK_CACHE_SIZE entries.
+_CHUNK_CACHE_SIZE = 1 << 16
+_CACHED_CHUNK_CHARS = 64
+_CACHED_CHUNK_IDS = 32
 # New chunks learnt per call when a text is mostly unseen (bounds that call's extra cost).
 _LEARN_PER_CALL = 8
 # Batches up to this size are tokenised through the chunk cache; larger ones go to the
@@ -148,6 +155,7 @@ class Embedder:
         self.special_ids = np.flatnonzero(self._special)
         self._added = tuple(tok["content"] for tok in config.get("added_tokens", []))
         self._chunk_cache: dict[str, list[int]] | None = {} if _chunkable(config) else None
+        self._id_objects: dict[int, int] = {}  # (see _learn)
         self._space_id = tokenizer.token_to_id("▁")
         # The id of what the tokenizer does not know ([UNK]): it is usually a special token,
         # dropped like them, so a prompt of unknown words has no token; errors say why.
@@ -408,12 +416,16 @@ class Embedder:
         if len(missing) * 4 > len(chunks):
             # Mostly new words: one BPE pass over the whole text is cheaper than a call per
             # word; learn a few of them so the cache keeps up at a bounded cost.
-            self._learn(cache, missing[:_LEARN_PER_CALL])
+            self._learn(cache, [c for c in missing if len(c) <= _CACHED_CHUNK_CHARS]
+                        [:_LEARN_PER_CALL])
             return self._encode_plain(text)
-        self._learn(cache, missing)
+        unkept = self._learn(cache, missing)
+        lookup = cache
+        if unkept:  # chunks too long to keep: their ids come from a table of this text's
+            lookup = {c: unkept[c] if c in unkept else cache[c] for c in dict.fromkeys(chunks)}
         ids: list[int] = []
         for chunk in chunks:
-            ids += cache[chunk]
+            ids += lookup[chunk]
         return ids
 
     def _encode_plain(self, text: str) -> list[int]:
@@ -421,19 +433,29 @@ class Embedder:
         # ``encode`` for one text, same ids.
         return self.tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
-    def _learn(self, cache: dict[str, list[int]], chunks: list[str]) -> None:
+    def _learn(self, cache: dict[str, list[int]], chunks: list[str]) -> dict[str, list[int]]:
+        """Encode ``chunks`` and add to ``cache`` those short enough to keep (see
+        _CHUNK_CACHE_SIZE); the ids of the others."""
         space = self._space_id
+        unkept: dict[str, list[int]] = {}
         if not chunks:
-            return
+            return unkept
         assert space is not None  # a chunk cache means "▁" is in the vocabulary (_chunkable)
         # Encoding a chunk without its first space gives it back through the normaliser,
         # except a lone trailing space: the normaliser prepends nothing to "".
         # One call per chunk: a multi-text batch call costs ~10 µs per text in thread-pool
         # hand-offs, a single short encode ~2 µs.
         encode = self.tokenizer.encode
+        # One int object per id for every entry: each id the tokenizer returns is a new
+        # one (32 bytes, a cached entry's largest part).
+        same = self._id_objects.setdefault
         for chunk in chunks:
-            cache[chunk] = encode(chunk[1:], add_special_tokens=False).ids if chunk != " " \
-                else [space]
+            ids = encode(chunk[1:], add_special_tokens=False).ids if chunk != " " else [space]
+            if len(chunk) <= _CACHED_CHUNK_CHARS and len(ids) <= _CACHED_CHUNK_IDS:
+                cache[chunk] = [same(i, i) for i in ids]
+            else:
+                unkept[chunk] = ids
+        return unkept
 
     def why_no_token(self, text: str) -> str:
         """Why :meth:`encode` gives ``text`` no token id, for error messages: its tokens are
