@@ -813,9 +813,16 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
         assert bad.status_code == 400 and "pair Dirichlet mass" in bad.json()["error"]["message"]
 
+        assert 'ir3de_request_seconds_count{expert="law"} 1.0' in \
+            httpx.get(gw.url + "/metrics").text
         assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
-        assert httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
-                          ).headers["x-ir3de-expert"] != "law"
+        other = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
+                           ).headers["x-ir3de-expert"]
+        assert other != "law"
+        # a removed expert's series go (each name kept ~40 forever), the others' stay
+        scraped = httpx.get(gw.url + "/metrics").text
+        assert 'expert="law"' not in scraped
+        assert f'ir3de_requests_total{{expert="{other}",status="200"}}' in scraped
         r = httpx.delete(gw.url + "/admin/experts/math", headers=_admin())
         assert r.status_code == 400 and "it is the fallback expert" in r.json()["error"][
             "message"]  # the fallback stays

@@ -2092,6 +2092,24 @@ class _Metrics:
         self.cooling = pc.Gauge("ir3de_experts_cooling_down", "Experts refusing requests "
                                 "now: cooling down, or being tried by one request after a "
                                 "cooldown", registry=r)
+        # the metrics labelled by expert, with their label names in order (for remove())
+        self._by_expert = ((self.requests, ("expert", "status")),
+                           (self.errors, ("expert", "kind")), (self.upstream, ("expert",)),
+                           (self.duration, ("expert",)), (self.cooldowns, ("expert",)))
+
+    def keep_only(self, experts: Iterable[str]) -> None:
+        """Drop the series of every expert not among ``experts`` (removed ones; never
+        ``(gateway)``'s): each expert name ever added kept ~40 series (two histograms)
+        forever, so a gateway whose experts come and go under new names grew without
+        bound. A request to a removed expert still in flight may log a series again
+        after this; the next change drops it."""
+        keep = {*experts, "(gateway)"}
+        for metric, names in self._by_expert:
+            stale = {tuple(sample.labels[n] for n in names)
+                     for family in metric.collect() for sample in family.samples
+                     if sample.labels.get("expert", "(gateway)") not in keep}
+            for values in stale:
+                metric.remove(*values)
 
 
 # The environment variables httpx reads when the gateway makes its client (trust_env).
@@ -2971,6 +2989,7 @@ def create_app(config: Any) -> Any:
                                    f"state to {config.state_dir} ({exc})", kind="server_error")
             holder["state"] = new
             cooldowns.sync(new.experts)  # (no await in between: no request sees one alone)
+            metrics.keep_only(new.experts)
             for name in [n for n in created if n != config.name and n not in new.experts]:
                 del created[name]
             now = int(time.time())
