@@ -763,6 +763,9 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert httpx.get(gw.url + "/admin/experts", headers=_admin("wrong")).status_code == 401
         listed = httpx.get(gw.url + "/admin/experts", headers=_admin()).json()
         assert [e["name"] for e in listed["experts"]] == ["math", "coding"]
+        # the settings a geo nb router reads: no k (topk only), no lam (ridge only)
+        assert {"model", "alpha", "pairs", "selector"} <= listed.keys()
+        assert "k" not in listed and "lam" not in listed
 
         bad = httpx.post(gw.url + "/admin/experts", headers=_admin(),
                          data={"url": upstreams["law"].url + "/v1"},
@@ -801,8 +804,9 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert s.status_code == 200 and (s.json()["model"], s.json()["alpha"]) == ("nb", 0.5)
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": -1})
         assert bad.status_code == 400 and "α must be" in bad.json()["error"]["message"]
-        # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size
-        assert s.json()["pairs"] == "auto"
+        # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size;
+        # not listed as a setting while the selector (topk) reads no pairs
+        assert "pairs" not in s.json()
         assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None

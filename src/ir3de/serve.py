@@ -2045,6 +2045,16 @@ class _Cooldowns:
                 "cooldowns": record.cooldowns}
 
 
+def _read_settings(config: Any) -> dict[str, Any]:
+    """The settings of ``config`` (a RouterConfig) that ``PATCH /admin/settings`` changes,
+    less those the
+    router does not read (as ``ir3de inspect``): k=50 was listed for a geo router, whose
+    PATCH of k alone is refused."""
+    settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "k", "lam",
+                                                          "selector")}
+    return {name: value for name, value in settings.items() if config.ignored([name]) is None}
+
+
 def _wall_clock(seconds_from_now: float) -> str:
     """The UTC time ``seconds_from_now`` from now, ISO 8601, to the millisecond."""
     moment = datetime.datetime.now(datetime.timezone.utc) + \
@@ -2959,12 +2969,9 @@ def create_app(config: Any) -> Any:
                              **cooldowns.describe(n)}
                             for n, e in state.experts.items()],
                 "threshold": state.threshold, "min_coverage": state.min_coverage,
-                "model": state.router.config.model,
-                "alpha": state.router.config.alpha, "pairs": state.router.config.pairs,
                 # what "auto" chose from the prompt counts (None for the ridge model)
                 "smoothing": state.router.describe()["smoothing"],
-                "k": state.router.config.k,
-                "lam": state.router.config.lam, "selector": state.router.config.selector}
+                **_read_settings(state.router.config)}
 
     async def _swap(build: Any, request: Request, action: str) -> Any:
         """Build the next state off the event loop, persist it, then swap it in and log the
