@@ -2000,7 +2000,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true",
                    help="print one JSON object per expert (name, n_prompts, n_tokens)")
     _add_embedder_args(e, None, router=True)
-    e = esub.add_parser("add", help="add an expert from its statistics file")
+    e = esub.add_parser("add", help="add an expert from its statistics file",
+                        description="Add an expert to a saved router from its statistics "
+                                    "file (ir3de stats) and re-solve: the router a build "
+                                    "from every statistics file would give, exactly. The "
+                                    "statistics must use the router's embedder (same "
+                                    "fingerprint).")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("stats", type=_file, help="statistics file")
     e.add_argument("--name", type=_argument_text,
@@ -2016,7 +2021,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept the statistics only if signed by a public key (*.pub) in DIR, "
                         "as build --trust; an unsigned, untrusted, altered or renamed (--name) "
                         "file is refused, nothing is written")
-    e = esub.add_parser("remove", help="remove an expert")
+    e = esub.add_parser("remove", help="remove an expert",
+                        description="Remove an expert from a saved router and re-solve from "
+                                    "the statistics of the others: the router a build "
+                                    "without it would give, exactly.")
     e.add_argument("router", type=_file, help="router file, updated in place unless -o")
     e.add_argument("name", type=_argument_text, help="expert to remove")
     e.add_argument("-o", "--output", type=_file,
@@ -2167,8 +2175,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "router, the experts' endpoints, the fallback expert, the routing text "
                     "policy and the confidence threshold, and optionally api_keys_env: the "
                     "environment variable holding the client API keys (comma-separated) that "
-                    "requests must send as 'Authorization: Bearer <key>' (unset or empty: "
-                    "the gateway refuses to start); see the README.",
+                    "requests must send as 'Authorization: Bearer <key>' (if the config names "
+                    "it and that variable is unset or empty, the gateway refuses to start; "
+                    "without api_keys_env, any client may call it); see the README.",
         epilog="example with the README's gateway.yaml, whose coding expert's api_key_env "
                "(CODER_KEY)\nand api_keys_env (IR3DE_API_KEYS) must be set:\n"
                "  CODER_KEY=sk-coder IR3DE_API_KEYS=key1,key2 IR3DE_ADMIN_TOKEN=secret \\\n"

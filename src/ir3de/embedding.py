@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from .errors import FingerprintMismatchError, IR3DEError, refuse_lone_text, told_apart
@@ -215,12 +216,12 @@ class Embedder:
                              f"(first at row {first})")
         return h.hexdigest()
 
-    def encode(self, text: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> np.ndarray:
+    def encode(self, text: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> npt.NDArray[np.int32]:
         """Token ids of ``text`` without special tokens, capped at ``max_tokens``."""
         return self.encode_batch([text], max_tokens)[0]
 
     def encode_batch(self, texts: Iterable[str], max_tokens: int = DEFAULT_MAX_TOKENS, *,
-                     positions: Sequence[int] | None = None) -> list[np.ndarray]:
+                     positions: Sequence[int] | None = None) -> list[npt.NDArray[np.int32]]:
         """Token ids (int32) of each text, special tokens dropped, capped at ``max_tokens``.
 
         ``texts`` is any iterable of strings (a lone string is refused, not split into

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from .embedding import (
     DEFAULT_MAX_TOKENS,
@@ -645,7 +646,7 @@ class Router:
         return self._fitted.smoothing
 
     @property
-    def W(self) -> np.ndarray:
+    def W(self) -> npt.NDArray[np.float64]:
         """The solved linear model, one column per expert: for ``model="ridge"`` the
         weights on x̃ (shape (h+1, D), last row the bias); for ``model="nb"`` the weights
         on one-hot token ids, i.e. the log-likelihoods ``log p(t | d)`` (shape (V, D))."""
@@ -907,7 +908,7 @@ class Router:
                                  "Router.encode drops")
         return ids
 
-    def encode(self, prompts: Iterable[str]) -> list[np.ndarray]:
+    def encode(self, prompts: Iterable[str]) -> list[npt.NDArray[np.int32]]:
         """Each prompt's token ids as routing reads them (capped at ``max_tokens``,
         special tokens dropped); an empty prompt or one without a token to route on is an
         :class:`~ir3de.errors.EmptyInputError` naming it (``prompt #i``, from 0).
@@ -929,7 +930,7 @@ class Router:
                                       f"({self.embedder.why_no_token(prompts[i])})")
         return ids
 
-    def predict(self, prompts: Iterable[str]) -> np.ndarray:
+    def predict(self, prompts: Iterable[str]) -> npt.NDArray[np.str_]:
         """Expert name for each prompt, a numpy array of strings (as scikit-learn's
         ``classes_[argmax]``), so ``router.predict(texts) == labels`` compares per prompt.
 
@@ -940,7 +941,7 @@ class Router:
         experts, selections = self._select(prompts)
         return np.array(experts)[np.concatenate([s.choice for s in selections])]
 
-    def predict_proba(self, prompts: Iterable[str]) -> np.ndarray:
+    def predict_proba(self, prompts: Iterable[str]) -> npt.NDArray[np.float64]:
         """Each prompt's score per expert, shape (prompts, experts) in :attr:`classes_`
         order (sorted by name, whatever the order of :attr:`experts`), each row summing to 1
         (sklearn-style, for probability scorers such as ``log_loss`` or ``roc_auc_score``):

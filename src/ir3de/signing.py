@@ -14,8 +14,10 @@ change to the numbers, the counts or the domain name breaks the signature.
 The signature, the signer's public key and the algorithm are stored in the file's metadata.
 
 >>> generate_key("party.key")                      # doctest: +SKIP
+PosixPath('party.pub')
 >>> signed = sign(stats, "party.key"); signed.save("math.stats")   # doctest: +SKIP
 >>> verify(DomainStats.load("math.stats"), load_trusted("keys/"))  # doctest: +SKIP
+'party.pub'
 """
 
 from __future__ import annotations
