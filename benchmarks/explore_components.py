@@ -31,7 +31,7 @@ today's routing time, the issue's cost bound. Fixed with this file committed bef
 first run.
 
 Run:  python benchmarks/explore_components.py [--embedder wordllama] [--settings ...]
-      python benchmarks/explore_components.py --fresh "emb s=500 m=1e+05"   (step 3)
+      python benchmarks/explore_components.py --fresh "emb s=500 m=100000"   (step 3)
 """
 
 from __future__ import annotations
