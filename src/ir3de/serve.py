@@ -2047,9 +2047,8 @@ class _Cooldowns:
 
 def _read_settings(config: Any) -> dict[str, Any]:
     """The settings of ``config`` (a RouterConfig) that ``PATCH /admin/settings`` changes,
-    less those the
-    router does not read (as ``ir3de inspect``): k=50 was listed for a geo router, whose
-    PATCH of k alone is refused."""
+    less those the router does not read (as ``ir3de inspect``): k=50 was listed for a geo
+    router, whose PATCH of k alone is refused."""
     settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "k", "lam",
                                                           "selector")}
     return {name: value for name, value in settings.items() if config.ignored([name]) is None}
