@@ -1543,6 +1543,8 @@ def _shown_name(name: str) -> str:
     if len(name) <= _SHOWN_NAME_CHARS:
         return repr(name)
     return f"{name[:_SHOWN_NAME_CHARS]!r}… ({len(name)} characters)"
+
+
 # A client's own x-request-id is kept when it is this plain (a UUID, a proxy's hex id,
 # base64): it goes into log lines and an upstream header, so nothing that could break them.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -1561,7 +1563,7 @@ def _request_id(headers: Any) -> tuple[str, bool]:
     return f"req_{uuid.uuid4().hex}", False
 
 
-# The paths whose requests go on to an expert
+# The paths whose requests go on to an expert (and whose requests metrics count)
 _UPSTREAM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
@@ -2197,7 +2199,7 @@ def create_app(config: Any) -> Any:
 
     def _refused(scope: Any, path: str, reason: str) -> None:
         metrics.unauthorized.labels(reason).inc()
-        if path in ("/v1/chat/completions", "/v1/completions"):  # as _counted counts them
+        if path in _UPSTREAM_PATHS:  # as _counted counts them
             metrics.requests.labels("(gateway)", "401").inc()
         scope[_ACCESS]["refused"] = reason
 
@@ -2205,11 +2207,12 @@ def create_app(config: Any) -> Any:
         app.add_middleware(_ClientKeys, digests=client_keys, refused=_refused)
     if config.cors_origins:  # (outside the key check: see _Cors)
         app.add_middleware(_Cors, origins=config.cors_origins)
-    # (added last: the outermost, it sees every answer)
+
     def timed(path: str, line: dict[str, Any], seconds: float) -> None:
-        if path in ("/v1/chat/completions", "/v1/completions"):
+        if path in _UPSTREAM_PATHS:
             metrics.duration.labels(line.get("expert") or "(gateway)").observe(seconds)
 
+    # (added last: the outermost, it sees every answer)
     app.add_middleware(_AccessLog, shutdown_seconds=config.shutdown_seconds, timed=timed)
 
     @app.exception_handler(StarletteHTTPException)
