@@ -60,7 +60,8 @@ THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 # token instead of a token and a pair look-up).
 VARIANTS = (("topk", {"selector": "topk"}), ("all", {"selector": "all"}),
             ("avg", {"selector": "avg"}), ("geo", {"selector": "geo"}),
-            ("geo, no pairs", {"selector": "geo", "pairs": None}))
+            ("geo, no pairs", {"selector": "geo", "pairs": None}),
+            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0}))
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 
@@ -127,7 +128,7 @@ def fitted_router(name: str, args: argparse.Namespace):
     np, Router, RouterConfig, compute_stats, load_embedder, reasoning_split, _ = _imports()
     emb = load_embedder(name)
     fit, test = reasoning_split(args.data)
-    stats = [compute_stats(emb, texts, domain=d) for d, texts in fit.items()]
+    stats = [compute_stats(emb, texts, domain=d, tfidf_buckets=4096) for d, texts in fit.items()]
     config = RouterConfig() if args.k is None else RouterConfig(k=args.k)
     router = Router(emb, config).fit_stats(stats)
     rng = np.random.default_rng(0)
@@ -197,7 +198,7 @@ def run_batch(args: argparse.Namespace) -> None:
         n_tok = np.mean([x.size for x in emb.encode_batch(prompts)])
         pairs = router.config.pairs
         for sel, settings in VARIANTS:
-            router.set_params(**{"pairs": pairs, **settings})
+            router.set_params(**{"pairs": pairs, "tfidf": None, **settings})
             for bs in args.batch_sizes:
                 calls = max(20, args.prompts // bs)
                 batches = [[prompts[(i * bs + j) % len(prompts)] for j in range(bs)]
@@ -277,7 +278,7 @@ def run_single(args: argparse.Namespace) -> None:
                      f"p99 {pct(np, raw, 99):.0f} µs")
         pairs = router.config.pairs
         for sel, settings in VARIANTS:
-            router.set_params(**{"pairs": pairs, **settings})
+            router.set_params(**{"pairs": pairs, "tfidf": None, **settings})
             s = timeit_us(np, partial(select, ids, router._fitted.table,
                                       selector=router.config.selector, k=router.config.k),
                           args.single_iters)

@@ -1333,7 +1333,7 @@ def test_set_params_refuses_bad_names_and_values(emb: Embedder, toy_stats) -> No
     router = Router(emb).fit_stats(toy_stats)
     config, state = router.config, router._state
     with pytest.raises(ValueError, match=r"unknown router setting\(s\): temperature; known: "
-                                         r"model, .*, identity; set_params also takes "
+                                         r"model, .*, identity, tfidf; set_params also takes "
                                          r"embedder and config"):
         router.set_params(alpha=0.1, temperature=1.0)
     with pytest.raises(IR3DEError, match=r"unknown router setting\(s\): preset.*config"):

@@ -162,10 +162,13 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
              "", "\n", "x", "<s>", "</s><s>", "\u200b"]
-    counts, doc_counts, n_prompts, pairs = token_counts(emb, texts, max_tokens=5)
+    counts, doc_counts, n_prompts, pairs, tfidf = token_counts(emb, texts, max_tokens=5)
     # Blank prompts and prompts of special tokens only are skipped: they count as no
     # prompt (routing refuses them), which would lower every expert's pair bounds.
-    assert n_prompts == 3
+    assert n_prompts == 3 and tfidf is None  # (counted on request only)
+    # the TF-IDF statistics count the same prompts: a bias entry of 3 units
+    counted = token_counts(emb, texts, max_tokens=5, tfidf_buckets=64).tfidf
+    assert counted is not None and counted.values[-1] == 3 * 2**32
     for count in (compute_stats, streaming_stats):
         assert count(emb, texts, domain="d").n_prompts == 3
     # Per id, the prompts it occurs in (after the cap): "</s> one </s> two <s>" counts

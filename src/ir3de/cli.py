@@ -87,6 +87,7 @@ from ir3de.store import (
     read_safetensors,
     refuse_special_file,
 )
+from ir3de.tfidf import TFIDF_BUCKETS
 
 if TYPE_CHECKING:  # imported where calibrate runs
     from ir3de.calibration import Calibration
@@ -353,6 +354,7 @@ class _Once(argparse.Action):
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
 _alpha = _number_or({"auto": "auto"}, "the smoothing α")
 _pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass")
+_tfidf_weight = _number_or({"none": None}, "the TF-IDF weight")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None, *,
@@ -388,7 +390,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "best), α and pair mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the "
                         "experts hold 100 prompts each or fewer on average or the smallest 50 or "
                         "fewer; 'few': α=0.003 and "
-                        "pair mass 1e4 whatever the fit size; "
+                        "pair mass 1e4 whatever the fit size; 'tfidf': the default plus a "
+                        "prompt-level TF-IDF ridge (needs statistics counted with "
+                        "--tfidf-buckets); "
                         "'unigram': the default without pairs "
                         "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
@@ -431,6 +435,11 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="ridge of the token-identity features: a number > 0, 'auto' (chosen "
                         "by closed-form leave-one-out; preset 'identity') or 'none' (embedding "
                         "features only); needs statistics with token counts")
+    g.add_argument("--tfidf", type=_tfidf_weight, metavar="WEIGHT|none",
+                   default=argparse.SUPPRESS,
+                   help="nb model with the geo selector: weight of a prompt-level TF-IDF "
+                        "ridge over hashed token ids added to the decision (preset 'tfidf': "
+                        "4), or 'none'; needs statistics counted with --tfidf-buckets")
 
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -440,7 +449,7 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
                   "regularize_bias")
                  if getattr(args, key, None) is not None}
-    for key in ("identity", "pairs"):  # 'none' is an explicit choice, unlike no option
+    for key in ("identity", "pairs", "tfidf"):  # 'none' is an explicit choice, unlike none
         if hasattr(args, key):
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
@@ -737,6 +746,22 @@ def _corpus_files(corpus: Sequence[str], engine: str) -> list[str]:
     return files
 
 
+def _tfidf_buckets(text: str) -> int:
+    """An argparse type: a bucket count in [1, 2**20]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 2**20:
+        raise argparse.ArgumentTypeError(f"expected 1 to {2**20} buckets, got {value}")
+    return value
+
+
+def _gram_mb(buckets: int) -> int:
+    """The largest size of a sparse upper-triangle Gram over ``buckets`` (16 B an entry)."""
+    return (buckets + 1) * (buckets + 2) // 2 * 16 // 2**20
+
+
 def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
     """Refuse --address and --workers without --engine ray: the local engine counts in
     this process and would ignore them without a word."""
@@ -744,6 +769,10 @@ def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
         if value is not None and args.engine != "ray":
             raise IR3DEError(f"{option} applies to --engine ray only; the local engine "
                              "(the default) counts in this process")
+    if args.tfidf_buckets is not None and args.engine == "ray":
+        raise IR3DEError("--tfidf-buckets is counted by the local engine only (--engine ray "
+                         "counts token and pair frequencies; merge the files of local runs "
+                         "on shards instead)")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -782,7 +811,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     else:
         stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
-                              progress=_show_progress(args.quiet))
+                              progress=_show_progress(args.quiet),
+                              tfidf_buckets=args.tfidf_buckets)
     seconds = time.perf_counter() - start
     if args.no_pairs:
         stats = dataclasses.replace(stats, pairs=None)
@@ -1266,7 +1296,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _echo(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
           "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
     start = time.perf_counter()
-    stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet))
+    buckets = None if config.tfidf is None else TFIDF_BUCKETS
+    stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet),
+                           tfidf_buckets=buckets)
              for d, texts in fit.items()]
     if not args.quiet:
         _announce_solve(config)
@@ -1811,6 +1843,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the adjacent-token-pair counts (they reveal local word "
                         "order): the file then serves the unigram, identity, dense and paper "
                         "presets, not the default")
+    p.add_argument("--tfidf-buckets", type=_tfidf_buckets, metavar="N",
+                   help=f"also count the statistics of the prompt-level TF-IDF ridge over N "
+                        f"hashed buckets (what --preset tfidf reads; {TFIDF_BUCKETS} there): "
+                        f"a sparse (N+1)² Gram matrix, up to ~{_gram_mb(TFIDF_BUCKETS)} MB "
+                        "for a large corpus")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (one is drawn only when stderr is a terminal) and no "

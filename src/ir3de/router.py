@@ -88,6 +88,7 @@ from .statistics import (
     validate_domain_name,
 )
 from .store import read_safetensors, write_safetensors
+from .tfidf import TFIDF_BUCKETS, TFIDF_GAMMA, TfidfCounts, TfidfScores, solve_tfidf
 
 __all__ = ["DEFAULT_K", "MODELS", "PRESETS", "Decision", "Router", "RouterConfig",
            "VotingToken", "read_router_meta"]
@@ -109,7 +110,7 @@ ROUTER_FORMAT = "ir3de-router"
 # every expert has A, so the files an older ir3de could read stay readable by it.
 _ROUTER_VERSIONS = (1, 2)
 _RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normalize",
-                           "regularize_bias", "identity"})
+                           "regularize_bias", "identity", "tfidf"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
 # The type of the router a method returns itself as (typing.Self needs Python 3.11): a
 # subclass's fit() is typed as that subclass.
@@ -117,7 +118,7 @@ _RouterT = TypeVar("_RouterT", bound="Router")
 # A router file's optional per-expert arrays, each with the tensor that lists the experts
 # its rows belong to when only some experts have it (see Router.save).
 _RAGGED_ROWS = {"counts": "counts_experts", "doc_counts": "doc_counts_experts",
-                "pairs": "pair_experts", "A": "A_experts"}
+                "pairs": "pair_experts", "A": "A_experts", "tfidf": "tfidf_experts"}
 
 
 class _Ridge(TypedDict):
@@ -131,7 +132,7 @@ class _Ridge(TypedDict):
 # Settings that one model only reads (see RouterConfig): given for the other model they
 # would change nothing. The nb model always weighs every domain the same: balance=True is
 # no choice of its (and balance=False is refused).
-_MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "lam": "ridge", "identity": "ridge",
+_MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "tfidf": "nb", "lam": "ridge", "identity": "ridge",
                "normalize": "ridge", "regularize_bias": "ridge", "balance": "ridge"}
 
 
@@ -153,7 +154,10 @@ class RouterConfig:
       apply. ``alpha`` and ``pairs`` are numbers or ``"auto"`` (the default): chosen per
       router from the experts' prompt counts, lighter smoothing for small fit sets
       (:func:`~ir3de.solver.nb_smoothing`; :attr:`Router.smoothing` tells the values in
-      use).
+      use). ``tfidf``: None, or the weight of a prompt-level TF-IDF ridge over hashed
+      token ids added to the ``geo`` decision (:mod:`ir3de.tfidf`; the experts'
+      statistics must be counted with ``tfidf_buckets``, which :meth:`Router.fit` does
+      when it is set).
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -174,6 +178,7 @@ class RouterConfig:
     regularize_bias: bool = True
     max_tokens: int = DEFAULT_MAX_TOKENS
     identity: float | Literal["auto"] | None = "auto"
+    tfidf: float | None = None
 
     def __post_init__(self) -> None:
         # numpy scalars (np.int64 k taken from an array, np.float32 α) stand for the Python
@@ -194,6 +199,9 @@ class RouterConfig:
         if self.pairs is not None and self.pairs != "auto" and not _positive_number(self.pairs):
             raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, 'auto' or "
                              f"None, got {self.pairs!r}")
+        if self.tfidf is not None and not _positive_number(self.tfidf):
+            raise IR3DEError(f"the TF-IDF weight must be a finite number > 0 or None, got "
+                             f"{self.tfidf!r}")
         if self.model == "nb" and not self.balance:
             raise IR3DEError("the 'nb' model weighs every domain the same (a uniform prior); "
                              "balance=False applies to model='ridge' only")
@@ -218,7 +226,8 @@ class RouterConfig:
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
         fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
-        mass 1e4 whatever the fit size),
+        mass 1e4 whatever the fit size), ``tfidf`` (the default plus a prompt-level TF-IDF
+        ridge over 4096 hashed buckets, weight 4; :mod:`ir3de.tfidf`),
         ``unigram`` (the default without pairs, α = 0.1), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
@@ -273,6 +282,8 @@ class RouterConfig:
         # Only geo pools pair log-likelihoods; the voting selectors read tokens alone.
         if "pairs" in names and self.pairs is not None and self.selector != "geo":
             return "pairs", "selector", "geo"
+        if "tfidf" in names and self.tfidf is not None and self.selector != "geo":
+            return "tfidf", "selector", "geo"
         return None
 
     @property
@@ -354,6 +365,7 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
     "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
+    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
     "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
     "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
     "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
@@ -513,7 +525,8 @@ class Router:
             where.setdefault(domain, []).append(i)
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
-                          max_tokens=self.config.max_tokens, progress=progress)
+                          max_tokens=self.config.max_tokens, progress=progress,
+                          tfidf_buckets=None if self.config.tfidf is None else TFIDF_BUCKETS)
             for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,
@@ -592,9 +605,14 @@ class Router:
             if mass is not None:
                 _require_pairs(stats, experts)
                 pairs = solve_pairs(stats, experts, mass=mass)
+            tfidf = None
+            if config.tfidf is not None:
+                parts = _require_tfidf(stats, experts)
+                W, idf = solve_tfidf(parts, [stats[n].n_prompts for n in experts])
+                tfidf = TfidfScores.build(W, idf, L.shape[0], config.tfidf)
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(config, experts, dict(stats), L,
-                          VocabScores.from_logits(L.copy(), pairs), None, (alpha, mass))
+                          VocabScores.from_logits(L.copy(), pairs, tfidf), None, (alpha, mass))
         ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
                          "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -1017,6 +1035,13 @@ class Router:
                 tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
                 tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
                 tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
+            elif key == "tfidf":
+                # df stacked; the Gram entries ragged, as the pairs are.
+                counted = [s.tfidf for s in stats if s.tfidf is not None]
+                tensors["tfidf_df"] = np.stack([t.df for t in counted])
+                tensors["tfidf_keys"] = np.concatenate([t.keys for t in counted])
+                tensors["tfidf_values"] = np.concatenate([t.values for t in counted])
+                tensors["tfidf_offsets"] = np.cumsum([0, *(t.keys.size for t in counted)])
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
         version = max(s.format_version for s in stats)  # 1: every expert's A is stored
@@ -1055,12 +1080,13 @@ class Router:
             for name, what in (("counts", "token counts"),
                                ("doc_counts", "document frequencies")))
         pairs = _router_pairs(tensors, len(experts), str(path))
+        tfidf = _router_tfidf(tensors, len(experts), str(path))
         stats = {e["name"]: DomainStats(
             domain=e["name"], A=A[i], b=b[i].astype(np.float64),
             n_tokens=e["n_tokens"], n_prompts=e["n_prompts"],
             fingerprint=meta["fingerprint"], embedder=e.get("embedder", meta["embedder"]),
             max_tokens=e["max_tokens"], source=f"{path}:{e['name']}",
-            counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i],
+            counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i], tfidf=tfidf[i],
             signature=e.get("signature"))
             for i, e in enumerate(experts)}
         router = cls(emb, RouterConfig.from_dict(meta["config"]))
@@ -1175,6 +1201,25 @@ def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> 
             "--no-pairs")
 
 
+def _require_tfidf(stats: Mapping[str, DomainStats],
+                   experts: Sequence[str]) -> list[TfidfCounts]:
+    """Every expert's TF-IDF statistics, over one bucket count; the error names the
+    statistics that lack them and the way out."""
+    missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].tfidf is None]
+    if missing:
+        raise StatsFormatError(
+            f"no TF-IDF statistics in {', '.join(missing)}: count them with ir3de stats "
+            f"--tfidf-buckets {TFIDF_BUCKETS} (compute_stats(tfidf_buckets=...)), or build "
+            "without them (tfidf=None; --tfidf none)")
+    parts = [stats[n].tfidf for n in experts]
+    buckets = sorted({p.buckets for p in parts if p is not None})
+    if len(buckets) > 1:
+        raise StatsFormatError(f"the experts' TF-IDF statistics are over different bucket "
+                               f"counts ({', '.join(map(str, buckets))}); count them again "
+                               "with one --tfidf-buckets")
+    return [p for p in parts if p is not None]
+
+
 def _row_experts(tensors: dict[str, np.ndarray], key: str, n_experts: int,
                  where: str) -> np.ndarray:
     """The experts (indices) the rows of the optional array ``key`` of a router file belong
@@ -1259,6 +1304,30 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
     return out
 
 
+def _router_tfidf(tensors: dict[str, np.ndarray], n_experts: int,
+                  where: str) -> list[TfidfCounts | None]:
+    """Each expert's TF-IDF statistics from a router file (None for the experts that have
+    none)."""
+    names = ("tfidf_df", "tfidf_keys", "tfidf_values", "tfidf_offsets")
+    arrays = [int_tensor(tensors, name, where) for name in names]
+    if all(a is None for a in arrays):
+        if _RAGGED_ROWS["tfidf"] in tensors:
+            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS['tfidf']!r} but no TF-IDF "
+                                   "tensors")
+        return [None] * n_experts
+    rows = _row_experts(tensors, "tfidf", n_experts, where)
+    df, keys, values, offsets = arrays
+    if df is None or keys is None or values is None or offsets is None or df.ndim != 2 \
+            or df.shape[0] != rows.size or keys.ndim != 1 or values.shape != keys.shape \
+            or offsets.shape != (rows.size + 1,) or offsets[0] != 0 \
+            or offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+        raise StatsFormatError(f"{where}: TF-IDF tensors do not match {rows.size} experts")
+    out: list[TfidfCounts | None] = [None] * n_experts
+    for i, (expert, (a, b)) in enumerate(zip(rows, itertools.pairwise(offsets), strict=True)):
+        out[expert] = TfidfCounts(df[i], keys[a:b], values[a:b])
+    return out
+
+
 def _expert_meta(name: str, s: DomainStats, spec: dict[str, Any]) -> dict[str, Any]:
     """An expert's entry in a router's metadata. Signed statistics keep their signature,
     and the embedder recipe they were signed with where it is not the router's (``spec``),
@@ -1301,7 +1370,8 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     # that time, not today's defaults (on load or in `inspect`). Before the 'nb' model,
     # routers were ridge routers; before pair features, nb used none.
     try:
-        config = RouterConfig.from_dict({"model": "ridge", "pairs": None, **meta["config"]})
+        config = RouterConfig.from_dict({"model": "ridge", "pairs": None, "tfidf": None,
+                                         **meta["config"]})
     except IR3DEError as exc:
         raise StatsFormatError(f"{where}: metadata field 'config': {exc}") from None
     meta["config"] = asdict(config)

@@ -75,6 +75,9 @@ def digest(stats: DomainStats) -> bytes:
     if stats.pairs is not None:  # and, with pair features, these
         for arr in stats.pairs:
             h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
+    if stats.tfidf is not None:  # and, with the TF-IDF ridge, these (none: digests as before)
+        for arr in stats.tfidf:
+            h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
     return h.digest()
 
 

@@ -55,6 +55,7 @@ from .errors import (
     told_apart,
 )
 from .store import check_finite, read_safetensors, write_safetensors
+from .tfidf import MAX_PROMPTS, UNIT, TfidfCounts, sum_counts, tfidf_counts
 
 __all__ = [
     "STATS_FORMAT",
@@ -115,8 +116,14 @@ class PairCounts(NamedTuple):
 
 
 def pair_keys(ids: np.ndarray, vocab_size: int) -> np.ndarray:
-    """The pair key of every position of one prompt's token ids (see :class:`PairCounts`)."""
-    return _flat_pair_keys(ids, np.arange(min(ids.size, 1)), vocab_size)
+    """The pair key of every position of one prompt's token ids (see :class:`PairCounts`):
+    what :func:`_flat_pair_keys` gives for one prompt, in fewer numpy calls (the gateway
+    routes one prompt at a time)."""
+    keys = ids.astype(np.int64)
+    if keys.size:
+        keys[1:] += keys[:-1] * (vocab_size + 1)  # (the product is a new array: no overlap)
+        keys[0] += vocab_size * (vocab_size + 1)
+    return keys
 
 
 def _flat_pair_keys(flat: np.ndarray, starts: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -185,6 +192,9 @@ class DomainStats:
     # Document frequencies of adjacent token pairs (the ``nb`` router's pair features).
     # None in files made before ir3de counted them.
     pairs: PairCounts | None = field(default=None, compare=False)
+    # The prompt-level TF-IDF ridge's statistics over hashed token ids (ir3de.tfidf):
+    # counted only on request (compute_stats(tfidf_buckets=...)).
+    tfidf: TfidfCounts | None = field(default=None, compare=False)
     # Why statistics derived from signed ones (renamed, combined, stripped of their pairs)
     # carry no signature: verify says so instead of "not signed". Set by the derivations
     # only (never saved; any other replace() resets it).
@@ -252,6 +262,8 @@ class DomainStats:
             self._check_doc_counts(self.doc_counts)
         if self.pairs is not None:
             self._check_pairs(self.pairs)
+        if self.tfidf is not None:
+            self._check_tfidf(self.tfidf)
         self._freeze_arrays()
 
     def _check_gram(self, A: np.ndarray) -> None:
@@ -349,9 +361,10 @@ class DomainStats:
     def __repr__(self) -> str:
         # The generated repr printed every array (kilobytes): a summary says what they are.
         pairs = "None" if self.pairs is None else str(self.pairs.keys.size)
+        tfidf = "" if self.tfidf is None else f", tfidf_buckets={self.tfidf.buckets}"
         signed = "" if self.signature is None else ", signed"
         return (f"DomainStats(domain={self.domain!r}, n_prompts={self.n_prompts}, "
-                f"n_tokens={self.n_tokens}, h={self.b.shape[0] - 1}, pairs={pairs}, "
+                f"n_tokens={self.n_tokens}, h={self.b.shape[0] - 1}, pairs={pairs}{tfidf}, "
                 f"fingerprint={self.fingerprint[:12]!r}, source={self.source!r}{signed})")
 
     def _freeze_arrays(self) -> None:
@@ -372,6 +385,8 @@ class DomainStats:
                 object.__setattr__(self, name, frozen(value))  # frozen: set once, here
         if self.pairs is not None:
             object.__setattr__(self, "pairs", PairCounts(*map(frozen, self.pairs)))
+        if self.tfidf is not None:
+            object.__setattr__(self, "tfidf", TfidfCounts(*map(frozen, self.tfidf)))
 
     def _check_array_types(self) -> None:
         # Lists or object arrays would fail deep inside numpy (no .ndim, isfinite on
@@ -383,6 +398,11 @@ class DomainStats:
                 raise StatsFormatError(f"{self.source}: pairs must be a PairCounts(keys, "
                                        f"counts), got {type(self.pairs).__name__}")
             arrays["pair_keys"], arrays["pair_counts"] = self.pairs
+        if self.tfidf is not None:
+            if not isinstance(self.tfidf, tuple) or len(self.tfidf) != 3:
+                raise StatsFormatError(f"{self.source}: tfidf must be a TfidfCounts(df, keys, "
+                                       f"values), got {type(self.tfidf).__name__}")
+            arrays["tfidf_df"], arrays["tfidf_keys"], arrays["tfidf_values"] = self.tfidf
         for name, value in arrays.items():
             # Counts are integers: saved as int64, floats would be truncated unseen.
             kinds, what = ("iuf", "numbers") if name in ("A", "b") else ("iu", "integers")
@@ -440,6 +460,34 @@ class DomainStats:
                                    "document frequencies (keys must be sorted, distinct and "
                                    "inside the vocabulary, counts positive)")
 
+    def _check_tfidf(self, tfidf: TfidfCounts) -> None:
+        # What every sum of g̃g̃ᵀ over n prompts is: bucket frequencies within [0, n], keys
+        # of the upper triangle, sorted and distinct, a positive diagonal (sums of squares)
+        # and a bias entry of exactly n units; and int64 sums of at most 2**31 prompts.
+        df, keys, values = tfidf
+        B = df.size
+        fail = not (df.ndim == keys.ndim == values.ndim == 1 and 1 <= B <= 2**20
+                    and keys.shape == values.shape
+                    and all(a.dtype == np.int64 for a in tfidf))
+        if not fail:
+            row, col = np.divmod(keys, B + 1)
+            diagonal = row == col
+            bias = np.searchsorted(keys, B * (B + 1) + B)
+            fail = bool(np.any(df < 0) or np.any(df > self.n_prompts)
+                        or np.any(keys < 0) or np.any(row > B) or np.any(row > col)
+                        or np.any(np.diff(keys) <= 0) or np.any(values == 0)
+                        or np.any(values[diagonal] < 0)
+                        or (self.n_prompts > 0 and (bias >= keys.size
+                                                    or values[bias] != self.n_prompts * UNIT)))
+        if fail:
+            raise StatsFormatError(f"{self.source}: TF-IDF statistics are no sums over "
+                                   f"{self.n_prompts} prompts (bucket frequencies within "
+                                   "[0, n_prompts], sorted distinct upper-triangle keys, a "
+                                   "positive diagonal, a bias entry of n_prompts units)")
+        if self.n_prompts > MAX_PROMPTS:
+            raise StatsFormatError(f"{self.source}: TF-IDF statistics of {self.n_prompts} "
+                                   f"prompts; their int64 sums hold at most {MAX_PROMPTS}")
+
     @property
     def dim(self) -> int:
         """Embedding width h."""
@@ -476,10 +524,13 @@ class DomainStats:
         check_same_max_tokens([self, other])
         _check_counts_or_gram([self, other])
         _check_same_pairs([self, other])
+        _check_same_tfidf([self, other])
         self._check_same_lengths(other)
         n_tokens = self.n_tokens + sign * other.n_tokens
         n_prompts = self.n_prompts + sign * other.n_prompts
-        counts = doc_counts = pairs = None
+        counts = doc_counts = pairs = tfidf = None
+        if self.tfidf is not None and other.tfidf is not None:
+            tfidf = sum_counts([self.tfidf, other.tfidf], [1, sign])
         if self.counts is not None and other.counts is not None:
             counts = self.counts + sign * other.counts
             if self.doc_counts is not None and other.doc_counts is not None:
@@ -491,11 +542,12 @@ class DomainStats:
         A = None if counts is not None else self._summed_gram(other, sign)
         if sign < 0:
             self._check_subtracted(other, A, [n_tokens, n_prompts, counts, doc_counts,
-                                              None if pairs is None else pairs.counts])
+                                              None if pairs is None else pairs.counts,
+                                              None if tfidf is None else tfidf.df])
         try:
             combined = replace(self, A=A, b=self.b + sign * other.b, n_tokens=n_tokens,
                                n_prompts=n_prompts, source="<combined>", signature=None,
-                               counts=counts, doc_counts=doc_counts, pairs=pairs)
+                               counts=counts, doc_counts=doc_counts, pairs=pairs, tfidf=tfidf)
         except StatsFormatError as exc:
             if sign > 0:  # past 2**53 tokens, the one way parts that load sum to invalid
                 raise StatsFormatError(f"adding {other.source} to {self.source}: "
@@ -638,6 +690,8 @@ class DomainStats:
             tensors["doc_counts"] = np.asarray(self.doc_counts, dtype=np.int64)
         if self.pairs is not None:
             tensors["pair_keys"], tensors["pair_counts"] = self.pairs
+        if self.tfidf is not None:
+            tensors.update(zip(_TFIDF_TENSORS, self.tfidf, strict=True))
         write_safetensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
@@ -686,7 +740,7 @@ class DomainStats:
                    source=where, signature=meta.get("signature"),
                    counts=int_tensor(tensors, "counts", where),
                    doc_counts=int_tensor(tensors, "doc_counts", where),
-                   pairs=_pair_tensors(tensors, where))
+                   pairs=_pair_tensors(tensors, where), tfidf=_tfidf_tensors(tensors, where))
 
 
 def _digest(head: tuple[object, ...], arrays: list[tuple[np.ndarray, str]]) -> bytes:
@@ -730,6 +784,19 @@ def _pair_tensors(tensors: dict[str, np.ndarray], where: str) -> PairCounts | No
         raise StatsFormatError(f"{where}: holds only one of the tensors pair_keys and "
                                "pair_counts")
     return PairCounts(keys, counts)
+
+
+_TFIDF_TENSORS = ("tfidf_df", "tfidf_keys", "tfidf_values")
+
+
+def _tfidf_tensors(tensors: dict[str, np.ndarray], where: str) -> TfidfCounts | None:
+    arrays = [int_tensor(tensors, name, where) for name in _TFIDF_TENSORS]
+    if all(a is None for a in arrays):
+        return None
+    if any(a is None for a in arrays):
+        raise StatsFormatError(f"{where}: holds only some of the tensors "
+                               f"{', '.join(_TFIDF_TENSORS)}")
+    return TfidfCounts(*arrays)  # type: ignore[arg-type]
 
 
 # Alphabets whose letters look alike (Latin a, Cyrillic U+0430, Greek alpha): one name may
@@ -901,6 +968,21 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
             "(ir3de merge --no-pairs; merge(..., drop_pairs=True))")
 
 
+def _check_same_tfidf(items: list[DomainStats]) -> None:
+    """Shards are summed with their TF-IDF statistics only if every one has them, over one
+    bucket count; anything else would drop some shards' unseen, so it is refused."""
+    without = [s.source for s in items if s.tfidf is None]
+    if without and len(without) < len(items):
+        raise StatsFormatError(
+            f"{', '.join(without)}: no TF-IDF statistics, but the other shard(s) have them; "
+            "count them again with the same --tfidf-buckets")
+    buckets = {s.tfidf.buckets for s in items if s.tfidf is not None}
+    if len(buckets) > 1:
+        raise StatsFormatError(f"TF-IDF statistics over different bucket counts "
+                               f"({', '.join(map(str, sorted(buckets)))}) cannot be summed; "
+                               "count them again with one --tfidf-buckets")
+
+
 def _max_tokens(max_tokens: object) -> int:
     """``max_tokens`` as a plain int, checked before any text is read: a bool is no cap and a
     numpy integer would not survive the JSON metadata of a saved file."""
@@ -938,13 +1020,14 @@ def _batches(texts: Iterable[str], positions: Sequence[int] | None,
 
 class TokenCounts(NamedTuple):
     """What one counting pass yields: the token-id histogram, per id the number of prompts
-    it occurs in (both int64, length vocab), the prompt count, and the document frequencies
-    of adjacent token pairs."""
+    it occurs in (both int64, length vocab), the prompt count, the document frequencies
+    of adjacent token pairs and, when asked for, the TF-IDF statistics."""
 
     counts: np.ndarray
     doc_counts: np.ndarray
     n_prompts: int
     pairs: PairCounts
+    tfidf: TfidfCounts | None = None
 
 
 def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -982,7 +1065,8 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
 def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                  desc: str = "counting tokens",
-                 positions: Sequence[int] | None = None) -> TokenCounts:
+                 positions: Sequence[int] | None = None,
+                 tfidf_buckets: int | None = None) -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
@@ -991,9 +1075,13 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     ``progress`` shows a bar with tokens/s. A bad text (not a string, an unpaired
     surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
     ``positions[N]`` where ``texts`` are part of the caller's own sequence.
+    ``tfidf_buckets``: also count the TF-IDF statistics over that many hash buckets
+    (:mod:`ir3de.tfidf`).
     """
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
+    tfidf_buckets = _tfidf_buckets(tfidf_buckets)
     refuse_lone_text(texts, "texts")
+    tfidf: TfidfCounts | None = None
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
@@ -1015,8 +1103,22 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
             # A prompt of special tokens only ("<s>") holds nothing: not counted, as routing
             # refuses it (the prompt counts set the smoothing and the pair bounds).
             n_prompts += sum(1 for x in ids if x.size)
+            if tfidf_buckets is not None:
+                part = tfidf_counts([x for x in ids if x.size], tfidf_buckets)
+                tfidf = part if tfidf is None else sum_counts([tfidf, part])
             bar.update(int(flat.size))
-    return TokenCounts(counts, doc_counts, n_prompts, _fold(pairs, pending))
+    if tfidf_buckets is not None and tfidf is None:
+        tfidf = tfidf_counts([], tfidf_buckets)
+    return TokenCounts(counts, doc_counts, n_prompts, _fold(pairs, pending), tfidf)
+
+
+def _tfidf_buckets(buckets: object) -> int | None:
+    """``buckets`` checked before any text is read: None or an int in [1, 2**20]."""
+    if buckets is not None and (not isinstance(buckets, int) or isinstance(buckets, bool)
+                                or not 1 <= buckets <= 2**20):
+        raise IR3DEError(f"tfidf_buckets must be an integer in [1, 2**20] or None, got "
+                         f"{buckets!r}")
+    return buckets
 
 
 def _fold(pairs: PairCounts, pending: list[np.ndarray]) -> PairCounts:
@@ -1033,10 +1135,12 @@ def _fold(pairs: PairCounts, pending: list[np.ndarray]) -> PairCounts:
 def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str,
                       n_prompts: int, max_tokens: int = DEFAULT_MAX_TOKENS,
                       doc_counts: np.ndarray | None = None,
-                      pairs: PairCounts | None = None) -> DomainStats:
+                      pairs: PairCounts | None = None,
+                      tfidf: TfidfCounts | None = None) -> DomainStats:
     """Statistics of a token-id histogram: ``b = Ẽᵀ c``, the counts themselves (``A =
     Ẽᵀ diag(c) Ẽ`` is formed from them when needed, :meth:`DomainStats.gram`) and the
-    document frequencies of tokens and token pairs, when given, for the ``nb`` router."""
+    document frequencies of tokens and token pairs, when given, for the ``nb`` router, and
+    the TF-IDF statistics (:mod:`ir3de.tfidf`)."""
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts = _as_counts(counts, "counts")
     if counts.shape != (embedder.vocab_size,):
@@ -1057,7 +1161,8 @@ def stats_from_counts(embedder: EmbedderLike, counts: np.ndarray, *, domain: str
                        pairs=None if pairs is None else
                        PairCounts(*(_as_counts(a, name)
                                     for a, name in zip(pairs, ("pair keys", "pair counts"),
-                                                       strict=True))))
+                                                       strict=True))),
+                       tfidf=tfidf)
 
 
 def _moments(embedder: Embedder, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1109,7 +1214,8 @@ def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
 
 def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                   max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
-                  positions: Sequence[int] | None = None) -> DomainStats:
+                  positions: Sequence[int] | None = None,
+                  tfidf_buckets: int | None = None) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
     ``embedder`` is an :class:`Embedder` or, as for a Router, what
@@ -1117,19 +1223,22 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
     iterable of strings, read once as a stream (a lone string is refused, not split into
     characters). A bad text is named ``text #N``: its 0-based index in ``texts``, or
     ``positions[N]`` when ``texts`` are the one domain's part of a longer sequence (as
-    ``Router.fit`` counts each label's texts).
+    ``Router.fit`` counts each label's texts). ``tfidf_buckets``: also count the
+    statistics of the prompt-level TF-IDF ridge over that many hash buckets
+    (:mod:`ir3de.tfidf`; the ``tfidf`` router setting reads them).
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
-    counts, doc_counts, n_prompts, pairs = token_counts(
+    counts, doc_counts, n_prompts, pairs, tfidf = token_counts(
         embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}",
-        positions=positions)
+        positions=positions, tfidf_buckets=tfidf_buckets)
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read; blank ones are skipped)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
-                             max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs)
+                             max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs,
+                             tfidf=tfidf)
 
 
 def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,

@@ -35,6 +35,7 @@ from ..errors import EmptyInputError, IR3DEError, listed
 from ..router import PRESETS, Router, RouterConfig
 from ..selector import SELECTORS
 from ..statistics import compute_stats
+from ..tfidf import TFIDF_BUCKETS
 from .metrics import (
     ScoreKind,
     bootstrap_balanced,
@@ -172,7 +173,11 @@ def _short_name(embedder: Embedder) -> str:
 def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
                       tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
     short = _short_name(embedder)
-    stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d)
+    # Counted once for every preset: with the TF-IDF statistics if one reads them.
+    buckets = TFIDF_BUCKETS if any(RouterConfig.preset(p).tfidf is not None
+                                   for p in presets) else None
+    stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d,
+                                                   tfidf_buckets=buckets)
                                      for d, texts in split.fit.items()])
     out = []
     for preset in presets:
