@@ -83,6 +83,22 @@ def test_ray_equals_local(cluster, corpus, emb: Embedder, fmt: str) -> None:
     assert local.n_prompts == sum(1 for t in texts if t.strip()) > 1000  # blank skipped
 
 
+def test_ray_counts_the_tfidf_statistics_as_local(cluster, corpus, emb: Embedder,
+                                                 tmp_path: Path) -> None:
+    files = [str(p) for p in corpus["jsonl"]]
+    texts = [t for path in corpus["jsonl"] for t in read_corpus(path)]
+    local = compute_stats(emb, texts, domain="mixed", tfidf_buckets=256)
+    remote = ray_stats(files, emb, domain="mixed", workers=2, progress=False,
+                       tfidf_buckets=256)
+    _assert_same(remote, local)
+    for got, want in zip(remote.tfidf, local.tfidf, strict=True):  # integers: to the bit
+        np.testing.assert_array_equal(got, want)
+    assert ray_stats(files, emb, domain="mixed", progress=False).tfidf is None
+    assert main(["stats", *files, "--domain", "mixed", "-o", str(tmp_path / "ray.stats"),
+                 "-q", "--engine", "ray", "--tfidf-buckets", "256"]) == 0
+    assert DomainStats.load(tmp_path / "ray.stats").tfidf.buckets == 256
+
+
 def test_glob_and_errors(cluster, corpus, emb: Embedder, tmp_path: Path) -> None:
     pattern = str(corpus["jsonl"][0].parent / "part-*.jsonl")
     local = compute_stats(emb, [t for p in corpus["jsonl"] for t in read_corpus(p)],

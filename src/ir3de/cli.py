@@ -769,10 +769,7 @@ def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
         if value is not None and args.engine != "ray":
             raise IR3DEError(f"{option} applies to --engine ray only; the local engine "
                              "(the default) counts in this process")
-    if args.tfidf_buckets is not None and args.engine == "ray":
-        raise IR3DEError("--tfidf-buckets is counted by the local engine only (--engine ray "
-                         "counts token and pair frequencies; merge the files of local runs "
-                         "on shards instead)")
+
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -808,7 +805,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = ray_stats(args.corpus, emb, domain=args.domain, fmt=args.format,
                           text_field=text_field, max_tokens=args.max_tokens,
                           address=args.address, workers=args.workers,
-                          progress=not args.quiet)
+                          progress=not args.quiet, tfidf_buckets=args.tfidf_buckets)
     else:
         stats = compute_stats(emb, texts(), domain=args.domain, max_tokens=args.max_tokens,
                               progress=_show_progress(args.quiet),

@@ -67,11 +67,13 @@ from .statistics import (
     DomainStats,
     TokenCounts,
     _max_tokens,
+    _tfidf_buckets,
     stats_from_counts,
     sum_pairs,
     token_counts,
     validate_domain_name,
 )
+from .tfidf import TfidfCounts, sum_counts, tfidf_counts
 
 __all__ = ["ray_stats"]
 
@@ -328,7 +330,7 @@ def _quiet_ray(quiet: bool) -> Iterator[None]:
 
 def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
                  fmt: CorpusFormat | None, text_field: str, max_tokens: int,
-                 vocab_size: int) -> dict[str, np.ndarray]:
+                 vocab_size: int, tfidf_buckets: int | None) -> dict[str, np.ndarray]:
     """Ray Data map_batches task: the token counts of one block of files.
 
     A task, not an actor pool: the embedder is cached per worker process by
@@ -336,7 +338,8 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
     """
     try:
         counted = _count_files(batch, spec=spec, fingerprint=fingerprint, fmt=fmt,
-                               text_field=text_field, max_tokens=max_tokens)
+                               text_field=text_field, max_tokens=max_tokens,
+                               tfidf_buckets=tfidf_buckets)
     except IR3DEError as exc:
         # Returned, not raised: Ray does not carry a task's exception (its cause) back to
         # the driver, only a traceback text. The driver re-raises it with its own message.
@@ -344,19 +347,24 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
         empty[0] = np.zeros(0, dtype=np.int64)
         return {"counts": np.zeros((1, vocab_size), dtype=np.int64),
                 "doc_counts": np.zeros((1, vocab_size), dtype=np.int64),
-                "n_prompts": np.array([0]), "pairs": empty,
+                "n_prompts": np.array([0]), "pairs": empty, "tfidf": empty,
                 "error": np.array([f"{type(exc).__name__}:{exc}"])}
     # The block's pair table is ragged: one object cell holding keys then counts, which Ray
     # Data carries as a variable-shaped tensor column.
     pairs = np.empty(1, dtype=object)
     pairs[0] = np.concatenate(counted.pairs)
+    # So are the TF-IDF statistics: bucket frequencies, then keys, then values.
+    tfidf = np.empty(1, dtype=object)
+    tfidf[0] = np.zeros(0, dtype=np.int64) if counted.tfidf is None \
+        else np.concatenate(counted.tfidf)
     return {"counts": counted.counts[None, :], "doc_counts": counted.doc_counts[None, :],
-            "n_prompts": np.array([counted.n_prompts]), "pairs": pairs,
+            "n_prompts": np.array([counted.n_prompts]), "pairs": pairs, "tfidf": tfidf,
             "error": np.array([""])}
 
 
 def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
-                 fmt: CorpusFormat | None, text_field: str, max_tokens: int) -> TokenCounts:
+                 fmt: CorpusFormat | None, text_field: str, max_tokens: int,
+                 tfidf_buckets: int | None) -> TokenCounts:
     """The token counts of a block of ``(name, path)`` rows, each a whole file."""
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
@@ -373,7 +381,7 @@ def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
             yield from corpus_texts(_read_file(path, name), name, _file_format(name, fmt),
                                     text_field)
 
-    return token_counts(embedder, texts(), max_tokens=max_tokens)
+    return token_counts(embedder, texts(), max_tokens=max_tokens, tfidf_buckets=tfidf_buckets)
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -395,9 +403,11 @@ def _read_file(path: str, name: str) -> bytes:
 
 def _run(ray: Any, files: list[str], embedder: Embedder, *,
          fmt: CorpusFormat | None, text_field: str, max_tokens: int,
-         workers: int | None) -> tuple[np.ndarray, np.ndarray, int, list[np.ndarray],
-                                       list[np.ndarray]]:
-    """The Ray Data job: counts, document counts, prompt count and pair-table parts."""
+         workers: int | None, tfidf_buckets: int | None
+         ) -> tuple[np.ndarray, np.ndarray, int, list[np.ndarray], list[np.ndarray],
+                    TfidfCounts | None]:
+    """The Ray Data job: counts, document counts, prompt count, pair-table parts and the
+    TF-IDF statistics (None unless ``tfidf_buckets``)."""
     # One block per file: each is read and parsed whole by one task. Named as the caller
     # named it (a URL, or the local path as read_corpus says it); a worker may run in
     # another folder, so it reads a local file by its absolute path.
@@ -412,11 +422,12 @@ def _run(ray: Any, files: list[str], embedder: Embedder, *,
         compute=ray.data.TaskPoolStrategy(size=min(pool, len(files))),
         fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint, "fmt": fmt,
                    "text_field": text_field, "max_tokens": max_tokens,
-                   "vocab_size": embedder.vocab_size})
+                   "vocab_size": embedder.vocab_size, "tfidf_buckets": tfidf_buckets})
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
     keys, pair_counts = [], []
+    tfidf = None if tfidf_buckets is None else tfidf_counts([], tfidf_buckets)
     for batch in counted.iter_batches(batch_size=1, batch_format="numpy"):
         if batch["error"][0]:
             name, _, message = str(batch["error"][0]).partition(":")
@@ -428,24 +439,33 @@ def _run(ray: Any, files: list[str], embedder: Embedder, *,
             half = len(cell) // 2
             keys.append(np.asarray(cell[:half], dtype=np.int64))
             pair_counts.append(np.asarray(cell[half:], dtype=np.int64))
-    return counts, doc_counts, n_prompts, keys, pair_counts
+        if tfidf is not None:
+            for cell in batch["tfidf"]:
+                cell = np.asarray(cell, dtype=np.int64)
+                B, half = tfidf.buckets, (len(cell) - tfidf.buckets) // 2
+                tfidf = sum_counts([tfidf, TfidfCounts(cell[:B], cell[B:B + half],
+                                                       cell[B + half:])])
+    return counts, doc_counts, n_prompts, keys, pair_counts, tfidf
 
 
 def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, domain: str,
               fmt: CorpusFormat | None = None, text_field: str = "text",
               max_tokens: int = DEFAULT_MAX_TOKENS, address: str | None = None,
-              workers: int | None = None, progress: bool = True) -> DomainStats:
+              workers: int | None = None, progress: bool = True,
+              tfidf_buckets: int | None = None) -> DomainStats:
     """One domain's statistics, counted on Ray; equal to :func:`~ir3de.compute_stats`.
 
     ``workers`` is the number of counting tasks at a time (default: one per cluster CPU);
     without ``address`` and with Ray not yet initialised, a local instance with
     ``workers`` CPUs is started for the call and shut down after it. ``progress=False``
-    also mutes Ray's own log lines for the call.
+    also mutes Ray's own log lines for the call. ``tfidf_buckets``: also count the
+    TF-IDF statistics (:mod:`ir3de.tfidf`), summed exactly over the tasks.
 
     >>> ray_stats(["corpus/*.jsonl"], load_embedder(), domain="math")  # doctest: +SKIP
     """
     validate_domain_name(domain)
     max_tokens = _max_tokens(max_tokens)
+    tfidf_buckets = _tfidf_buckets(tfidf_buckets)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers <= 0):
         raise IR3DEError(f"workers must be a positive integer, got {workers!r}")
@@ -482,9 +502,9 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
         bars = context.enable_progress_bars
         context.enable_progress_bars = progress
         try:
-            counts, doc_counts, n_prompts, keys, pair_counts = _run(
+            counts, doc_counts, n_prompts, keys, pair_counts, tfidf = _run(
                 ray, files, embedder, fmt=fmt, text_field=text_field,
-                max_tokens=max_tokens, workers=workers)
+                max_tokens=max_tokens, workers=workers, tfidf_buckets=tfidf_buckets)
         except ray.exceptions.RayError as exc:
             # Not one of ours (those come back as rows): Ray's own
             raise IR3DEError(f"Ray job failed: {_one_line(exc)}") from None
@@ -497,4 +517,5 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
                               f"({n_prompts} prompt(s) read; blank ones are skipped)")
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
                              max_tokens=max_tokens, doc_counts=doc_counts,
-                             pairs=sum_pairs(np.concatenate(keys), np.concatenate(pair_counts)))
+                             pairs=sum_pairs(np.concatenate(keys), np.concatenate(pair_counts)),
+                             tfidf=tfidf)
