@@ -432,7 +432,7 @@ class Router:
             ``RouterConfig.preset(name)`` (default: ``"default"``); keyword arguments
             override its fields
             (``model``, ``alpha``, ``pairs``, ``lam``, ``k``, ``selector``, ``balance``,
-            ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``).
+            ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``, ``tfidf``).
 
     It is a scikit-learn estimator without importing scikit-learn (an optional extra):
     ``get_params``/``set_params`` (the settings included), ``fit``, ``predict``, ``score``
@@ -713,7 +713,7 @@ class Router:
     def set_params(self: _RouterT, **params: Any) -> _RouterT:
         """Change settings (sklearn-style) and return the router; re-solves only if the
         model or its parameters change (``model``, ``alpha``, ``pairs``, ``lam``,
-        ``balance``, ``normalize``, ``regularize_bias``, ``identity``).
+        ``balance``, ``normalize``, ``regularize_bias``, ``identity``, ``tfidf``).
 
         Takes every name :meth:`get_params` gives: the settings, ``config`` (a
         :class:`RouterConfig` or a preset name, as in the constructor: each setting not
@@ -771,7 +771,7 @@ class Router:
         is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
         that config's settings on its own (``model``, ``alpha``, ``pairs``, ``lam``,
         ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
-        ``max_tokens``, ``identity``), which a parameter grid can name. ``deep`` changes
+        ``max_tokens``, ``identity``, ``tfidf``), which a parameter grid can name. ``deep`` changes
         nothing: a router holds no other estimator.
 
         >>> params = Router("wordllama", "paper").get_params()
