@@ -87,7 +87,7 @@ from ir3de.store import (
     read_safetensors,
     refuse_special_file,
 )
-from ir3de.tfidf import TFIDF_BUCKETS
+from ir3de.tfidf import MAX_BUCKETS, TFIDF_BUCKETS
 
 if TYPE_CHECKING:  # imported where calibrate runs
     from ir3de.calibration import Calibration
@@ -747,13 +747,14 @@ def _corpus_files(corpus: Sequence[str], engine: str) -> list[str]:
 
 
 def _tfidf_buckets(text: str) -> int:
-    """An argparse type: a bucket count in [1, 2**20]."""
+    """An argparse type: a bucket count (``tfidf.check_buckets``'s range, said in
+    argparse's way)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 2**20:
-        raise argparse.ArgumentTypeError(f"expected 1 to {2**20} buckets, got {value}")
+    if not 1 <= value <= MAX_BUCKETS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_BUCKETS} buckets, got {value}")
     return value
 
 

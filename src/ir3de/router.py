@@ -1294,14 +1294,25 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
         return [None] * n_experts
     rows = _row_experts(tensors, "pairs", n_experts, where)
     keys, counts, offsets = (int_tensor(tensors, name, where) for name in names)
-    if keys is None or counts is None or offsets is None or keys.ndim != 1 or \
-            counts.shape != keys.shape or offsets.shape != (rows.size + 1,) or \
-            offsets[0] != 0 or offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+    spans = _ragged_spans(keys, counts, offsets, rows.size)
+    if keys is None or counts is None or spans is None:
         raise StatsFormatError(f"{where}: token-pair tensors do not match {rows.size} experts")
     out: list[PairCounts | None] = [None] * n_experts
-    for expert, (a, b) in zip(rows, itertools.pairwise(offsets), strict=True):
+    for expert, (a, b) in zip(rows, spans, strict=True):
         out[expert] = PairCounts(keys[a:b], counts[a:b])
     return out
+
+
+def _ragged_spans(keys: np.ndarray | None, values: np.ndarray | None,
+                  offsets: np.ndarray | None, n_rows: int) -> list[tuple[int, int]] | None:
+    """Each row's ``(start, end)`` in a router file's ragged per-expert tensors (``keys``
+    and ``values`` concatenated over ``n_rows`` experts, each one's start in ``offsets``),
+    or None when they do not fit together."""
+    if keys is None or values is None or offsets is None or keys.ndim != 1 \
+            or values.shape != keys.shape or offsets.shape != (n_rows + 1,) \
+            or offsets[0] != 0 or offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+        return None
+    return list(itertools.pairwise(offsets.tolist()))
 
 
 def _router_tfidf(tensors: dict[str, np.ndarray], n_experts: int,
@@ -1317,13 +1328,12 @@ def _router_tfidf(tensors: dict[str, np.ndarray], n_experts: int,
         return [None] * n_experts
     rows = _row_experts(tensors, "tfidf", n_experts, where)
     df, keys, values, offsets = arrays
-    if df is None or keys is None or values is None or offsets is None or df.ndim != 2 \
-            or df.shape[0] != rows.size or keys.ndim != 1 or values.shape != keys.shape \
-            or offsets.shape != (rows.size + 1,) or offsets[0] != 0 \
-            or offsets[-1] != keys.size or np.any(np.diff(offsets) < 0):
+    spans = _ragged_spans(keys, values, offsets, rows.size)
+    if df is None or keys is None or values is None or spans is None or df.ndim != 2 \
+            or df.shape[0] != rows.size:
         raise StatsFormatError(f"{where}: TF-IDF tensors do not match {rows.size} experts")
     out: list[TfidfCounts | None] = [None] * n_experts
-    for i, (expert, (a, b)) in enumerate(zip(rows, itertools.pairwise(offsets), strict=True)):
+    for i, (expert, (a, b)) in enumerate(zip(rows, spans, strict=True)):
         out[expert] = TfidfCounts(df[i], keys[a:b], values[a:b])
     return out
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import EmptyInputError, IR3DEError
-from .statistics import _distinct, _flat_pair_keys, pair_keys
+from .statistics import _distinct, _flat_pair_keys, _run_starts, pair_keys
 from .tfidf import TfidfScores
 
 __all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores", "select",
@@ -349,11 +349,7 @@ def _first_positions(values: np.ndarray) -> np.ndarray:
     """The position of each distinct value's first occurrence, in ascending order (what
     ``np.sort(np.unique(values, return_index=True)[1])`` gives, with fewer numpy calls)."""
     order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    first = np.empty(ordered.size, dtype=bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    positions = order[first]
+    positions = order[_run_starts(values[order])]
     positions.sort()
     return positions
 

@@ -55,7 +55,7 @@ from .errors import (
     told_apart,
 )
 from .store import check_finite, read_safetensors, write_safetensors
-from .tfidf import MAX_PROMPTS, UNIT, TfidfCounts, sum_counts, tfidf_counts
+from .tfidf import MAX_PROMPTS, UNIT, TfidfCounts, check_buckets, sum_counts, tfidf_counts
 
 __all__ = [
     "STATS_FORMAT",
@@ -1113,12 +1113,8 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
 
 
 def _tfidf_buckets(buckets: object) -> int | None:
-    """``buckets`` checked before any text is read: None or an int in [1, 2**20]."""
-    if buckets is not None and (not isinstance(buckets, int) or isinstance(buckets, bool)
-                                or not 1 <= buckets <= 2**20):
-        raise IR3DEError(f"tfidf_buckets must be an integer in [1, 2**20] or None, got "
-                         f"{buckets!r}")
-    return buckets
+    """``buckets`` checked before any text is read: None or a bucket count."""
+    return None if buckets is None else check_buckets(buckets, "tfidf_buckets")
 
 
 def _fold(pairs: PairCounts, pending: list[np.ndarray]) -> PairCounts:

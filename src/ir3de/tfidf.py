@@ -43,11 +43,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["TFIDF_BUCKETS", "TFIDF_GAMMA", "TFIDF_LAMBDA", "UNIT", "TfidfCounts",
-           "TfidfScores", "fold_counts", "gram_entry", "hashed", "solve_tfidf",
-           "sum_counts", "tfidf_counts"]
+from .errors import IR3DEError
+
+__all__ = ["MAX_BUCKETS", "TFIDF_BUCKETS", "TFIDF_GAMMA", "TFIDF_LAMBDA", "UNIT",
+           "TfidfCounts", "TfidfScores", "check_buckets", "gram_entry", "hashed",
+           "solve_tfidf", "sum_counts", "tfidf_counts"]
 
 TFIDF_BUCKETS = 4096
+MAX_BUCKETS = 2**20
 TFIDF_LAMBDA = 1e-2
 TFIDF_GAMMA = 4.0
 # Gram entries are integers in units of 2**-32: a prompt adds at most 2**32 to any entry
@@ -73,6 +76,15 @@ class TfidfCounts(NamedTuple):
     def buckets(self) -> int:
         """``B``, the number of hash buckets."""
         return int(self.df.size)
+
+
+def check_buckets(buckets: object, name: str = "buckets") -> int:
+    """``buckets`` if it is a bucket count (an int in [1, 2**20]), else an
+    :class:`~ir3de.errors.IR3DEError` naming it ``name``."""
+    if not isinstance(buckets, int) or isinstance(buckets, bool) \
+            or not 1 <= buckets <= MAX_BUCKETS:
+        raise IR3DEError(f"{name} must be an integer in [1, 2**20], got {buckets!r}")
+    return buckets
 
 
 def hashed(ids: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +115,7 @@ def _bucket_sums(distinct: np.ndarray, owner: np.ndarray,
 def tfidf_counts(ids: Sequence[np.ndarray], buckets: int = TFIDF_BUCKETS) -> TfidfCounts:
     """The statistics of prompts given as token ids (repeats allowed; an empty array
     counts as a prompt with no feature but its bias, so leave out what is not a prompt)."""
-    if not isinstance(buckets, int) or isinstance(buckets, bool) or not 1 <= buckets <= 2**20:
-        raise ValueError(f"buckets must be an integer in [1, 2**20], got {buckets!r}")
+    check_buckets(buckets)
     P = len(ids)
     lengths = np.fromiter((x.size for x in ids), dtype=np.int64, count=P)
     empty = np.zeros(0, dtype=np.int64)
@@ -147,13 +158,11 @@ def tfidf_counts(ids: Sequence[np.ndarray], buckets: int = TFIDF_BUCKETS) -> Tfi
 
 
 def _summed(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values summed over equal keys (exact integers), sorted by key, zeros dropped."""
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.diff(keys, prepend=-1)) if keys.size else keys
-    total = np.add.reduceat(values, starts) if keys.size else values
-    keep = total != 0
-    return keys[starts][keep], total[keep]
+    """Values summed over equal keys (exact integers), sorted by key, zeros dropped: what
+    the pair tables' :func:`~ir3de.statistics.sum_pairs` does."""
+    from .statistics import sum_pairs  # (statistics imports this module)
+
+    return sum_pairs(keys, values)
 
 
 def sum_counts(parts: Sequence[TfidfCounts], signs: Sequence[int] | None = None
@@ -166,12 +175,6 @@ def sum_counts(parts: Sequence[TfidfCounts], signs: Sequence[int] | None = None
                            np.concatenate([sign * p.values
                                            for p, sign in zip(parts, signs, strict=True)]))
     return TfidfCounts(np.asarray(df, dtype=np.int64), keys, values)
-
-
-def fold_counts(total: TfidfCounts | None, part: TfidfCounts) -> TfidfCounts:
-    """``total + part`` (``part`` alone when ``total`` is None): what a counting pass does
-    with each batch."""
-    return part if total is None else sum_counts([total, part])
 
 
 def gram_entry(counts: TfidfCounts, i: int, j: int) -> int:
