@@ -300,9 +300,11 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
             continue
         rest = dict(full)
         for domain in sorted({gold[i] for i in members}):
+            tfidf = full[domain].tfidf
             part = compute_stats(router.embedder,
                                  [texts[i] for i in members if gold[i] == domain],
-                                 domain=domain, max_tokens=full[domain].max_tokens)
+                                 domain=domain, max_tokens=full[domain].max_tokens,
+                                 tfidf_buckets=None if tfidf is None else tfidf.buckets)
             if full[domain].pairs is None:
                 part = replace(part, pairs=None)
             if full[domain].counts is None:  # statistics without token counts: Gram only

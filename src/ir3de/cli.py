@@ -386,14 +386,13 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                              "refused")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
-                        "adjacent-token-pair features pooled by the geo selector (the measured "
-                        "best), α and pair mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the "
-                        "experts hold 100 prompts each or fewer on average or the smallest 50 or "
-                        "fewer; 'few': α=0.003 and "
-                        "pair mass 1e4 whatever the fit size; 'tfidf': the default plus a "
-                        "prompt-level TF-IDF ridge (needs statistics counted with "
-                        "--tfidf-buckets); "
-                        "'unigram': the default without pairs "
+                        "adjacent-token-pair features pooled by the geo selector, α and pair "
+                        "mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 "
+                        "prompts each or fewer on average or the smallest 50 or fewer, plus a "
+                        "prompt-level TF-IDF ridge with weight 4 (the measured best); 'few': "
+                        "α=0.003 and pair mass 1e4 whatever the fit size; 'pairs': the default "
+                        "without the TF-IDF ridge (for statistics counted with --no-tfidf or "
+                        "before it existed); 'unigram': without pairs nor TF-IDF "
                         "(α=0.1; for statistics without pair counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
                         "avg selector; 'dense': the same without identity features (for "
@@ -438,8 +437,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tfidf", type=_tfidf_weight, metavar="WEIGHT|none",
                    default=argparse.SUPPRESS,
                    help="nb model with the geo selector: weight of a prompt-level TF-IDF "
-                        "ridge over hashed token ids added to the decision (preset 'tfidf': "
-                        "4), or 'none'; needs statistics counted with --tfidf-buckets")
+                        "ridge over hashed token ids added to the decision (default 4), or "
+                        "'none' (preset 'pairs'); needs the statistics' TF-IDF counts, which "
+                        "ir3de stats makes unless --no-tfidf")
 
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -832,7 +832,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
     replace = _check_output(out, args.force, args.stats)
     refuse_repeated_paths(args.stats)
-    merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs)
+    merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs,
+                   drop_tfidf=args.no_tfidf)
     if len(merged) != 1:
         raise IR3DEError(f"merge sums shards of ONE domain, but the files hold "
                          f"{len(merged)}: {', '.join(merged)}; build a router from them instead")
@@ -1294,9 +1295,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _echo(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
           "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
     start = time.perf_counter()
-    buckets = None if config.tfidf is None else TFIDF_BUCKETS
     stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet),
-                           tfidf_buckets=buckets)
+                           tfidf_buckets=config.tfidf_buckets)
              for d, texts in fit.items()]
     if not args.quiet:
         _announce_solve(config)
@@ -1821,9 +1821,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Count the token ids of one domain's corpus and save its "
                                    "sufficient statistics: A_d = Σ x̃x̃ᵀ, b_d = Σ x̃, the "
                                    "token-id counts and document frequencies, and the "
-                                   "document frequencies of adjacent token pairs. The texts "
-                                   "never leave the machine; the pairs do reveal local word "
-                                   "order (--no-pairs leaves them out).")
+                                   "document frequencies of adjacent token pairs, and the "
+                                   "TF-IDF ridge's statistics over hashed token ids. The "
+                                   "texts never leave the machine; the pairs do reveal local "
+                                   "word order (--no-pairs leaves them out).")
     p.add_argument("corpus", nargs="+", type=_corpus,
                    help="JSONL, plain text (one prompt per line) or Parquet files, not "
                         "standard input; with --engine ray also globs and URLs")
@@ -1841,11 +1842,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the adjacent-token-pair counts (they reveal local word "
                         "order): the file then serves the unigram, identity, dense and paper "
                         "presets, not the default")
-    p.add_argument("--tfidf-buckets", type=_tfidf_buckets, metavar="N",
-                   help=f"also count the statistics of the prompt-level TF-IDF ridge over N "
-                        f"hashed buckets (what --preset tfidf reads; {TFIDF_BUCKETS} there): "
-                        f"a sparse (N+1)² Gram matrix, up to ~{_gram_mb(TFIDF_BUCKETS)} MB "
-                        "for a large corpus")
+    tfidf = p.add_mutually_exclusive_group()
+    tfidf.add_argument("--tfidf-buckets", type=_tfidf_buckets, metavar="N",
+                       default=TFIDF_BUCKETS,
+                       help=f"hash buckets of the prompt-level TF-IDF ridge's statistics "
+                            f"(default {TFIDF_BUCKETS}, what the default router reads): a "
+                            f"sparse (N+1)² Gram matrix, up to "
+                            f"~{_gram_mb(TFIDF_BUCKETS)} MB for a large corpus")
+    tfidf.add_argument("--no-tfidf", dest="tfidf_buckets", action="store_const", const=None,
+                       help="leave out the TF-IDF statistics (files several times smaller): "
+                            "the file then serves the pairs, unigram and ridge presets, not "
+                            "the default")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (one is drawn only when stderr is a terminal) and no "
@@ -1875,6 +1882,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the token-pair counts out of the merged file (needed to merge "
                         "shards made with and without stats --no-pairs; it then serves the "
                         "presets stats --no-pairs serves)")
+    p.add_argument("--no-tfidf", action="store_true",
+                   help="leave the TF-IDF statistics out of the merged file (needed to merge "
+                        "shards made with and without stats --no-tfidf, or before it existed; "
+                        "it then serves the presets stats --no-tfidf serves)")
     p.add_argument("--sign", metavar="KEY", type=_file,
                    help="sign the merged file with this private key")
     _add_quiet(p)

@@ -154,10 +154,10 @@ class RouterConfig:
       apply. ``alpha`` and ``pairs`` are numbers or ``"auto"`` (the default): chosen per
       router from the experts' prompt counts, lighter smoothing for small fit sets
       (:func:`~ir3de.solver.nb_smoothing`; :attr:`Router.smoothing` tells the values in
-      use). ``tfidf``: None, or the weight of a prompt-level TF-IDF ridge over hashed
-      token ids added to the ``geo`` decision (:mod:`ir3de.tfidf`; the experts'
-      statistics must be counted with ``tfidf_buckets``, which :meth:`Router.fit` does
-      when it is set).
+      use). ``tfidf``: the weight of a prompt-level TF-IDF ridge over hashed token ids
+      added to the ``geo`` decision (:mod:`ir3de.tfidf`; default 4), or None (off, as
+      before 2026-11-25; preset ``pairs``); it reads the experts' TF-IDF statistics
+      (:attr:`tfidf_buckets`), which :func:`~ir3de.compute_stats` counts by default.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -178,7 +178,7 @@ class RouterConfig:
     regularize_bias: bool = True
     max_tokens: int = DEFAULT_MAX_TOKENS
     identity: float | Literal["auto"] | None = "auto"
-    tfidf: float | None = None
+    tfidf: float | None = TFIDF_GAMMA
 
     def __post_init__(self) -> None:
         # numpy scalars (np.int64 k taken from an array, np.float32 α) stand for the Python
@@ -225,10 +225,12 @@ class RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
-        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
-        mass 1e4 whatever the fit size), ``tfidf`` (the default plus a prompt-level TF-IDF
-        ridge over 4096 hashed buckets, weight 4; :mod:`ir3de.tfidf`),
-        ``unigram`` (the default without pairs, α = 0.1), ``identity`` (balanced ridge on
+        fewer on average or the smallest holds 50 or fewer, plus a prompt-level TF-IDF
+        ridge over 4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`), ``few``
+        (α = 0.003 and pair mass 1e4 whatever the fit size), ``pairs`` (the default
+        without the TF-IDF blend: the default until 2026-11-25, for statistics counted
+        without TF-IDF), ``unigram`` (without pairs nor the blend, α = 0.1, for statistics
+        made before pairs were counted), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k).
@@ -285,6 +287,17 @@ class RouterConfig:
         if "tfidf" in names and self.tfidf is not None and self.selector != "geo":
             return "tfidf", "selector", "geo"
         return None
+
+    @property
+    def tfidf_buckets(self) -> int | None:
+        """The bucket count of the TF-IDF statistics this configuration's model solves
+        (:data:`~ir3de.tfidf.TFIDF_BUCKETS` for the nb model with ``tfidf`` set), or None:
+        what :func:`~ir3de.compute_stats` must count for it.
+
+        >>> RouterConfig().tfidf_buckets, RouterConfig.preset("pairs").tfidf_buckets
+        (4096, None)
+        """
+        return TFIDF_BUCKETS if self.model == "nb" and self.tfidf is not None else None
 
     @property
     def reads_pairs(self) -> bool:
@@ -365,12 +378,12 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
     "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
-    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
-    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
-    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
+    "pairs": RouterConfig(tfidf=None),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None, tfidf=None),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None, tfidf=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None, tfidf=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None, pairs=None),
+                          identity=None, pairs=None, tfidf=None),
 }
 
 
@@ -526,7 +539,7 @@ class Router:
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
                           max_tokens=self.config.max_tokens, progress=progress,
-                          tfidf_buckets=None if self.config.tfidf is None else TFIDF_BUCKETS)
+                          tfidf_buckets=self.config.tfidf_buckets)
             for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,
@@ -827,10 +840,10 @@ class Router:
 
         >>> router = Router().fit(["What is 2 + 2?", "Solve x + 1 = 3.", "import os"],
         ...                       ["math", "math", "code"])
-        >>> router.score(["What is 3 + 5?", "import sys", "def f(): pass"],
+        >>> router.score(["What is 3 + 5?", "import sys", "from os import path"],
         ...              ["math", "code", "math"])  # (math 1/2 + code 1/1) / 2; accuracy 2/3
         0.75
-        >>> router.score(["What is 3 + 5?", "import sys", "def f(): pass"],
+        >>> router.score(["What is 3 + 5?", "import sys", "from os import path"],
         ...              ["math", "code", "math"], sample_weight=[3, 1, 1])  # (3/4 + 1) / 2
         0.875
         """
@@ -1208,9 +1221,11 @@ def _require_tfidf(stats: Mapping[str, DomainStats],
     missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].tfidf is None]
     if missing:
         raise StatsFormatError(
-            f"no TF-IDF statistics in {', '.join(missing)}: count them with ir3de stats "
-            f"--tfidf-buckets {TFIDF_BUCKETS} (compute_stats(tfidf_buckets=...)), or build "
-            "without them (tfidf=None; --tfidf none)")
+            f"no TF-IDF statistics in {', '.join(missing)}: made with ir3de stats "
+            "--no-tfidf (compute_stats(tfidf_buckets=None)), merged from such files, or by an "
+            "ir3de before 2026-11-25; build without the TF-IDF blend (--preset pairs or "
+            "--tfidf none; RouterConfig.preset('pairs') or tfidf=None), or count them again "
+            f"({TFIDF_BUCKETS} buckets, the default)")
     parts = [stats[n].tfidf for n in experts]
     buckets = sorted({p.buckets for p in parts if p is not None})
     if len(buckets) > 1:

@@ -55,7 +55,15 @@ from .errors import (
     told_apart,
 )
 from .store import check_finite, read_safetensors, write_safetensors
-from .tfidf import MAX_PROMPTS, UNIT, TfidfCounts, check_buckets, sum_counts, tfidf_counts
+from .tfidf import (
+    MAX_PROMPTS,
+    TFIDF_BUCKETS,
+    UNIT,
+    TfidfCounts,
+    check_buckets,
+    sum_counts,
+    tfidf_counts,
+)
 
 __all__ = [
     "STATS_FORMAT",
@@ -193,7 +201,7 @@ class DomainStats:
     # None in files made before ir3de counted them.
     pairs: PairCounts | None = field(default=None, compare=False)
     # The prompt-level TF-IDF ridge's statistics over hashed token ids (ir3de.tfidf):
-    # counted only on request (compute_stats(tfidf_buckets=...)).
+    # None in files made with --no-tfidf or before 2026-11-25.
     tfidf: TfidfCounts | None = field(default=None, compare=False)
     # Why statistics derived from signed ones (renamed, combined, stripped of their pairs)
     # carry no signature: verify says so instead of "not signed". Set by the derivations
@@ -975,7 +983,8 @@ def _check_same_tfidf(items: list[DomainStats]) -> None:
     if without and len(without) < len(items):
         raise StatsFormatError(
             f"{', '.join(without)}: no TF-IDF statistics, but the other shard(s) have them; "
-            "count them again with the same --tfidf-buckets")
+            "count them again without --no-tfidf, or leave them out of the sum (merge "
+            "--no-tfidf, drop_tfidf=True)")
     buckets = {s.tfidf.buckets for s in items if s.tfidf is not None}
     if len(buckets) > 1:
         raise StatsFormatError(f"TF-IDF statistics over different bucket counts "
@@ -1066,7 +1075,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                  desc: str = "counting tokens",
                  positions: Sequence[int] | None = None,
-                 tfidf_buckets: int | None = None) -> TokenCounts:
+                 tfidf_buckets: int | None = TFIDF_BUCKETS) -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
@@ -1076,7 +1085,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
     ``positions[N]`` where ``texts`` are part of the caller's own sequence.
     ``tfidf_buckets``: also count the TF-IDF statistics over that many hash buckets
-    (:mod:`ir3de.tfidf`).
+    (:mod:`ir3de.tfidf`), or None not to.
     """
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     tfidf_buckets = _tfidf_buckets(tfidf_buckets)
@@ -1211,7 +1220,7 @@ def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
 def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                   max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                   positions: Sequence[int] | None = None,
-                  tfidf_buckets: int | None = None) -> DomainStats:
+                  tfidf_buckets: int | None = TFIDF_BUCKETS) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
     ``embedder`` is an :class:`Embedder` or, as for a Router, what
@@ -1219,9 +1228,10 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
     iterable of strings, read once as a stream (a lone string is refused, not split into
     characters). A bad text is named ``text #N``: its 0-based index in ``texts``, or
     ``positions[N]`` when ``texts`` are the one domain's part of a longer sequence (as
-    ``Router.fit`` counts each label's texts). ``tfidf_buckets``: also count the
-    statistics of the prompt-level TF-IDF ridge over that many hash buckets
-    (:mod:`ir3de.tfidf`; the ``tfidf`` router setting reads them).
+    ``Router.fit`` counts each label's texts). ``tfidf_buckets``: the number of hash
+    buckets of the prompt-level TF-IDF ridge's statistics (:mod:`ir3de.tfidf`; the default
+    router's ``tfidf`` blend reads them), or None to leave them out (smaller files; the
+    ``pairs`` preset and the ridge presets do not read them).
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
@@ -1266,7 +1276,8 @@ def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str
                        max_tokens=max_tokens)
 
 
-def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str, DomainStats]:
+def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False,
+          drop_tfidf: bool = False) -> dict[str, DomainStats]:
     """Sum statistics shard-wise per domain: the statistics of one pass over all the data.
 
     Exact are the integers: token and prompt counts, token-id counts, document and pair
@@ -1285,8 +1296,9 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     statistics, all ``"<memory>"``, with equal token and prompt counts): those are summed
     in the order given, which can change their last bits. Shards of one domain with and
     without token-pair counts are refused (the sum could hold no pairs) unless
-    ``drop_pairs``, which leaves the pairs out of every
-    result. A shard given twice
+    ``drop_pairs``, which leaves the pairs out of every result; so are shards with and
+    without TF-IDF statistics unless ``drop_tfidf`` (shards counted before 2026-11-25 or
+    with ``--no-tfidf`` beside newer ones). A shard given twice
     (the same object, one file loaded twice, a shard object summed with ``+`` or ``sum``
     into two of the items, or identical statistics such as a copy of the file:
     :func:`find_identical`, which tells shards apart by their pair counts unless they are
@@ -1305,6 +1317,9 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False) -> dict[str
     if drop_pairs:  # derived statistics: any signature no longer covers them
         stats = [s._unsigned("its token-pair counts were dropped (merge with "
                              "drop_pairs=True)", pairs=None) for s in stats]
+    if drop_tfidf:
+        stats = [s._unsigned("its TF-IDF statistics were dropped (merge with "
+                             "drop_tfidf=True)", tfidf=None) for s in stats]
     # After the drop: shards told apart by their pairs only are the same without them.
     _refuse_identical_shards(stats)
     check_same_embedder(stats)

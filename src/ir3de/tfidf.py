@@ -185,36 +185,39 @@ def gram_entry(counts: TfidfCounts, i: int, j: int) -> int:
     return int(counts.values[pos]) if pos < counts.keys.size and counts.keys[pos] == key else 0
 
 
-def _dense_gram(counts: TfidfCounts) -> np.ndarray:
-    """``G`` as a dense symmetric float64 matrix (B + 1, B + 1), in units of 1."""
-    B1 = counts.buckets + 1
-    flat = np.zeros(B1 * B1)
-    flat[counts.keys] = counts.values / UNIT
-    G = flat.reshape(B1, B1)
-    G += np.triu(G, 1).T
-    return G
-
-
 def solve_tfidf(parts: Sequence[TfidfCounts], n_prompts: Sequence[int], *,
                 lam: float = TFIDF_LAMBDA) -> tuple[np.ndarray, np.ndarray]:
     """The balanced ridge over the experts' statistics ``parts`` (one per expert, in column
     order; ``n_prompts`` their prompt counts): ``(W, idf)``, ``W`` (B + 1, D) the weights on
-    ``f = [idf ∘ g, 1]`` and ``idf`` (B,) the buckets' inverse document frequencies."""
+    ``f = [idf ∘ g, 1]`` and ``idf`` (B,) the buckets' inverse document frequencies.
+
+    Only the buckets some fit prompt touches enter the solve: an untouched bucket's row and
+    column of ``G`` are zero, so its equation is ``λ w = 0`` on its own and its weights are
+    exactly 0. A small fit set then solves a small system instead of a (B + 1)² one."""
     B = parts[0].buckets
     N = sum(n_prompts)
     df = np.sum([p.df for p in parts], axis=0)
     idf = np.log((N + 1) / (df + 1.0)) + 1
-    scale = np.append(idf, 1.0)
-    A = np.zeros((B + 1, B + 1))
-    rhs = np.zeros((B + 1, len(parts)))
-    for d, (part, n) in enumerate(zip(parts, n_prompts, strict=True)):
-        G = _dense_gram(part)
-        A += G / n
-        rhs[:, d] = G[:, B] / n  # Σ g̃ over the domain: G's bias column
+    active = np.append(np.flatnonzero(df), B)  # the bias last
+    n = active.size
+    where = np.full(B + 1, -1, dtype=np.int64)
+    where[active] = np.arange(n)
+    A = np.zeros(n * n)
+    rhs = np.zeros((n, len(parts)))
+    for d, (part, size) in enumerate(zip(parts, n_prompts, strict=True)):
+        i, j = where[part.keys // (B + 1)], where[part.keys % (B + 1)]
+        # keys are distinct: each entry lands on its own cell (upper triangle, i ≤ j)
+        A[i * n + j] += part.values / UNIT / size
+        bias = j == n - 1
+        rhs[i[bias], d] = part.values[bias] / UNIT / size  # Σ g̃ over the domain
+    A = A.reshape(n, n)
+    A += np.triu(A, 1).T
+    scale = np.append(idf[active[:-1]], 1.0)
     A *= scale[:, None]
     A *= scale[None, :]
     A[np.diag_indices_from(A)] += lam
-    W = np.linalg.solve(A, scale[:, None] * rhs)
+    W = np.zeros((B + 1, len(parts)))
+    W[active] = np.linalg.solve(A, scale[:, None] * rhs)
     return W, idf
 
 

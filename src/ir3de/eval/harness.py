@@ -174,7 +174,7 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
                       tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
     short = _short_name(embedder)
     # Counted once for every preset: with the TF-IDF statistics if one reads them.
-    buckets = TFIDF_BUCKETS if any(RouterConfig.preset(p).tfidf is not None
+    buckets = TFIDF_BUCKETS if any(RouterConfig.preset(p).tfidf_buckets is not None
                                    for p in presets) else None
     stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d,
                                                    tfidf_buckets=buckets)
