@@ -202,15 +202,15 @@ def solve_tfidf(parts: Sequence[TfidfCounts], n_prompts: Sequence[int], *,
     n = active.size
     where = np.full(B + 1, -1, dtype=np.int64)
     where[active] = np.arange(n)
-    A = np.zeros(n * n)
+    flat = np.zeros(n * n)
     rhs = np.zeros((n, len(parts)))
     for d, (part, size) in enumerate(zip(parts, n_prompts, strict=True)):
         i, j = where[part.keys // (B + 1)], where[part.keys % (B + 1)]
         # keys are distinct: each entry lands on its own cell (upper triangle, i ≤ j)
-        A[i * n + j] += part.values / UNIT / size
+        flat[i * n + j] += part.values / UNIT / size
         bias = j == n - 1
         rhs[i[bias], d] = part.values[bias] / UNIT / size  # Σ g̃ over the domain
-    A = A.reshape(n, n)
+    A = flat.reshape(n, n)
     A += np.triu(A, 1).T
     scale = np.append(idf[active[:-1]], 1.0)
     A *= scale[:, None]
