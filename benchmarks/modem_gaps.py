@@ -1,4 +1,5 @@
-"""Gaps of the `default` preset to MoDEM-style, whose runs kept no per-prompt decisions.
+"""Gaps of the `default` and `pairs` presets to MoDEM-style, whose runs kept no per-prompt
+decisions.
 
 The MoDEM-style baseline ran separately (docs/evaluation/modem*/), so `ir3de eval` could not
 pair its decisions with those of the main run's routers. This script rebuilds, from each
@@ -7,7 +8,9 @@ unknown, so the two routers are resampled independently: an *unpaired* interval,
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
-that run's paired interval.
+that run's paired interval. Runs made before the TF-IDF blend joined the default
+(2026-11-25) evaluated as `default` what is now the `pairs` preset: their paired interval
+is printed for `pairs`.
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -22,6 +25,8 @@ import numpy as np
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
 RUNS = Path("docs/evaluation")
+# Runs dated before this called today's `pairs` preset `default`.
+BLEND_DEFAULT_SINCE = "2026-11-25"
 
 
 def _hits(router: dict, domains: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -41,19 +46,24 @@ def _seeds(run: dict) -> list[int]:
 def main() -> None:
     main_run = json.loads((RUNS / "results.json").read_text())
     ours_by_setting = {s["setting"]: s for s in main_run["settings"]}
-    for folder in sorted(RUNS.glob("modem*")):
-        run = json.loads((folder / "results.json").read_text())
+    for found in sorted(RUNS.glob("modem*/results.json")):  # (modem-gpu holds its own runs)
+        folder = found.parent
+        run = json.loads(found.read_text())
         # Only a run on the main run's seeds tests the same prompts as its routers.
         same_splits = _seeds(run) == _seeds(main_run)
         for setting in run["settings"]:
             name, domains = setting["setting"], setting["domains"]
             modem = next(r for r in setting["routers"] if r["name"] == "MoDEM-style")
             theirs = bootstrap_balanced(*_hits(modem, domains), seed=1)[0]
-            for emb in ("wordllama", "minilm"):
-                label = f"IR3DE geo [{emb}, default]"
+            older = run["meta"]["date"] < BLEND_DEFAULT_SINCE
+            for emb, preset in [(e, p) for e in ("wordllama", "minilm")
+                                for p in ("default", "pairs")]:
+                label = f"IR3DE geo [{emb}, {preset}]"
                 # A MoDEM-style run made beside this router has the paired interval itself.
+                theirs_label = (f"IR3DE geo [{emb}, default]" if preset == "pairs" else None) \
+                    if older else label
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    label)
+                    theirs_label)
                 parts = []
                 if same_splits:
                     ours = next(r for r in ours_by_setting[name]["routers"]
@@ -68,7 +78,7 @@ def main() -> None:
                                  f"{100 * paired['difference']:+.2f} "
                                  f"({100 * paired['low']:+.2f} to {100 * paired['high']:+.2f})")
                 if parts:
-                    print(f"{name} [{emb}]: " + "; ".join(parts))
+                    print(f"{name} [{emb}, {preset}]: " + "; ".join(parts))
 
 if __name__ == "__main__":
     main()
