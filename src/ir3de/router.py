@@ -88,7 +88,14 @@ from .statistics import (
     validate_domain_name,
 )
 from .store import read_safetensors, write_safetensors
-from .tfidf import TFIDF_BUCKETS, TFIDF_GAMMA, TfidfCounts, TfidfScores, solve_tfidf
+from .tfidf import (
+    TFIDF_BUCKETS,
+    TFIDF_GAMMA,
+    TfidfCounts,
+    TfidfScores,
+    check_same_buckets,
+    solve_tfidf,
+)
 
 __all__ = ["DEFAULT_K", "MODELS", "PRESETS", "Decision", "Router", "RouterConfig",
            "VotingToken", "read_router_meta"]
@@ -1043,18 +1050,15 @@ class Router:
             if key == "A":
                 tensors[key] = np.stack([np.asarray(stats[i].A) for i in have])
             elif key == "pairs":
-                # Ragged per expert: concatenated, with each expert's start in pair_offsets.
-                parts = [s.pairs for s in stats if s.pairs is not None]
-                tensors["pair_keys"] = np.concatenate([p.keys for p in parts])
-                tensors["pair_counts"] = np.concatenate([p.counts for p in parts])
-                tensors["pair_offsets"] = np.cumsum([0, *(p.keys.size for p in parts)])
+                parts = [p for p in (stats[i].pairs for i in have) if p is not None]
+                tensors.update(_ragged_tensors(("pair_keys", "pair_counts", "pair_offsets"),
+                                               [(p.keys, p.counts) for p in parts]))
             elif key == "tfidf":
                 # df stacked; the Gram entries ragged, as the pairs are.
-                counted = [s.tfidf for s in stats if s.tfidf is not None]
+                counted = [t for t in (stats[i].tfidf for i in have) if t is not None]
                 tensors["tfidf_df"] = np.stack([t.df for t in counted])
-                tensors["tfidf_keys"] = np.concatenate([t.keys for t in counted])
-                tensors["tfidf_values"] = np.concatenate([t.values for t in counted])
-                tensors["tfidf_offsets"] = np.cumsum([0, *(t.keys.size for t in counted)])
+                tensors.update(_ragged_tensors(("tfidf_keys", "tfidf_values", "tfidf_offsets"),
+                                               [(t.keys, t.values) for t in counted]))
             else:
                 tensors[key] = np.stack([getattr(stats[i], key) for i in have])
         version = max(s.format_version for s in stats)  # 1: every expert's A is stored
@@ -1201,38 +1205,36 @@ def _why_identical(a: DomainStats, b: DomainStats) -> str:
             "prompt")
 
 
-def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:
-    """Pair features need every expert's pair counts; the error names the statistics that
-    lack them, every way they can have come to lack them, and the way out."""
-    missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].pairs is None]
+def _refuse_lacking(stats: Mapping[str, DomainStats], experts: Sequence[str], name: str,
+                    what: str, why: str) -> None:
+    """Refuse experts whose statistics lack the optional table ``name`` (``what`` it holds),
+    naming them, every way they can have come to lack it and the ways out (``why``)."""
+    missing = [f"{stats[n].source} ({n})" for n in experts if getattr(stats[n], name) is None]
     if missing:
-        raise StatsFormatError(
-            f"no token-pair frequencies in {', '.join(missing)}: made with "
-            "ir3de stats --no-pairs, merged from such files, or by an ir3de before pairs "
-            "were counted; build without pair features (--preset unigram or --pairs none; "
-            "RouterConfig.preset('unigram') or pairs=None), or count them again without "
-            "--no-pairs")
+        raise StatsFormatError(f"no {what} in {', '.join(missing)}: {why}")
+
+
+def _require_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str]) -> None:
+    """Pair features need every expert's pair counts."""
+    _refuse_lacking(stats, experts, "pairs", "token-pair frequencies",
+                    "made with ir3de stats --no-pairs, merged from such files, or by an ir3de "
+                    "before pairs were counted; build without pair features (--preset unigram "
+                    "or --pairs none; RouterConfig.preset('unigram') or pairs=None), or count "
+                    "them again without --no-pairs")
 
 
 def _require_tfidf(stats: Mapping[str, DomainStats],
                    experts: Sequence[str]) -> list[TfidfCounts]:
-    """Every expert's TF-IDF statistics, over one bucket count; the error names the
-    statistics that lack them and the way out."""
-    missing = [f"{stats[n].source} ({n})" for n in experts if stats[n].tfidf is None]
-    if missing:
-        raise StatsFormatError(
-            f"no TF-IDF statistics in {', '.join(missing)}: made with ir3de stats "
-            "--no-tfidf (compute_stats(tfidf_buckets=None)), merged from such files, or by an "
-            "ir3de before 2026-11-25; build without the TF-IDF blend (--preset pairs or "
-            "--tfidf none; RouterConfig.preset('pairs') or tfidf=None), or count them again "
-            f"({TFIDF_BUCKETS} buckets, the default)")
-    parts = [stats[n].tfidf for n in experts]
-    buckets = sorted({p.buckets for p in parts if p is not None})
-    if len(buckets) > 1:
-        raise StatsFormatError(f"the experts' TF-IDF statistics are over different bucket "
-                               f"counts ({', '.join(map(str, buckets))}); count them again "
-                               "with one --tfidf-buckets")
-    return [p for p in parts if p is not None]
+    """Every expert's TF-IDF statistics, over one bucket count."""
+    _refuse_lacking(stats, experts, "tfidf", "TF-IDF statistics",
+                    "made with ir3de stats --no-tfidf (compute_stats(tfidf_buckets=None)), "
+                    "merged from such files, or by an ir3de before 2026-11-25; build without "
+                    "the TF-IDF blend (--preset pairs or --tfidf none; "
+                    "RouterConfig.preset('pairs') or tfidf=None), or count them again "
+                    f"({TFIDF_BUCKETS} buckets, the default)")
+    parts = [p for p in (stats[n].tfidf for n in experts) if p is not None]  # (all, now)
+    check_same_buckets(parts, "the experts'")
+    return parts
 
 
 def _row_experts(tensors: dict[str, np.ndarray], key: str, n_experts: int,
@@ -1316,6 +1318,16 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
     for expert, (a, b) in zip(rows, spans, strict=True):
         out[expert] = PairCounts(keys[a:b], counts[a:b])
     return out
+
+
+def _ragged_tensors(names: tuple[str, str, str],
+                    rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-expert ``(keys, values)`` of different lengths as a router file stores them (what
+    :func:`_ragged_spans` reads back): both concatenated, with each expert's start in the
+    third tensor, named ``names``."""
+    return {names[0]: np.concatenate([k for k, _ in rows]),
+            names[1]: np.concatenate([v for _, v in rows]),
+            names[2]: np.cumsum([0, *(k.size for k, _ in rows)])}
 
 
 def _ragged_spans(keys: np.ndarray | None, values: np.ndarray | None,

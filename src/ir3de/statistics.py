@@ -61,6 +61,7 @@ from .tfidf import (
     UNIT,
     TfidfCounts,
     check_buckets,
+    check_same_buckets,
     sum_counts,
     tfidf_counts,
 )
@@ -964,32 +965,29 @@ def _check_counts_or_gram(items: list[DomainStats]) -> None:
             "stats)")
 
 
-def _check_same_pairs(items: list[DomainStats]) -> None:
-    """Shards with and without token-pair counts cannot be summed into statistics with
-    pairs; summing them without would drop every shard's pairs unseen, so it is refused."""
-    without = [s.source for s in items if s.pairs is None]
+def _refuse_mixed(items: list[DomainStats], name: str, lacking: str) -> None:
+    """Shards with and without the optional table ``name`` cannot be summed into statistics
+    with it; summing them without would drop every shard's table unseen, so it is refused,
+    naming the shards without it (``lacking``: what they lack and the ways out)."""
+    without = [s.source for s in items if getattr(s, name) is None]
     if without and len(without) < len(items):
-        raise StatsFormatError(
-            f"{', '.join(without)}: no token-pair counts (made with ir3de stats --no-pairs, "
-            "or by an ir3de before pairs were counted), but the other shard(s) have them; "
-            "count them again without --no-pairs, or drop the pairs of every shard "
-            "(ir3de merge --no-pairs; merge(..., drop_pairs=True))")
+        raise StatsFormatError(f"{', '.join(without)}: {lacking}")
+
+
+def _check_same_pairs(items: list[DomainStats]) -> None:
+    _refuse_mixed(items, "pairs",
+                  "no token-pair counts (made with ir3de stats --no-pairs, or by an ir3de "
+                  "before pairs were counted), but the other shard(s) have them; count them "
+                  "again without --no-pairs, or drop the pairs of every shard (ir3de merge "
+                  "--no-pairs; merge(..., drop_pairs=True))")
 
 
 def _check_same_tfidf(items: list[DomainStats]) -> None:
-    """Shards are summed with their TF-IDF statistics only if every one has them, over one
-    bucket count; anything else would drop some shards' unseen, so it is refused."""
-    without = [s.source for s in items if s.tfidf is None]
-    if without and len(without) < len(items):
-        raise StatsFormatError(
-            f"{', '.join(without)}: no TF-IDF statistics, but the other shard(s) have them; "
-            "count them again without --no-tfidf, or leave them out of the sum (merge "
-            "--no-tfidf, drop_tfidf=True)")
-    buckets = {s.tfidf.buckets for s in items if s.tfidf is not None}
-    if len(buckets) > 1:
-        raise StatsFormatError(f"TF-IDF statistics over different bucket counts "
-                               f"({', '.join(map(str, sorted(buckets)))}) cannot be summed; "
-                               "count them again with one --tfidf-buckets")
+    _refuse_mixed(items, "tfidf",
+                  "no TF-IDF statistics, but the other shard(s) have them; count them again "
+                  "without --no-tfidf, or leave them out of the sum (merge --no-tfidf, "
+                  "drop_tfidf=True)")
+    check_same_buckets([s.tfidf for s in items], "the shards'")
 
 
 def _max_tokens(max_tokens: object) -> int:
@@ -1329,7 +1327,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False,
     merged = {}
     for domain, parts in groups.items():
         _check_counts_or_gram(parts)
-        _check_same_pairs(parts)  # up front, to name every shard without pairs at once
+        _check_same_pairs(parts)  # up front, to name every shard without them at once
+        _check_same_tfidf(parts)
         parts.sort(key=lambda s: (s.n_tokens, s.n_prompts, s.source))
         total = parts[0]
         for part in parts[1:]:

@@ -43,11 +43,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import IR3DEError
+from .errors import IR3DEError, StatsFormatError
 
 __all__ = ["MAX_BUCKETS", "TFIDF_BUCKETS", "TFIDF_GAMMA", "TFIDF_LAMBDA", "UNIT",
-           "TfidfCounts", "TfidfScores", "check_buckets", "gram_entry", "hashed",
-           "solve_tfidf", "sum_counts", "tfidf_counts"]
+           "TfidfCounts", "TfidfScores", "check_buckets", "check_same_buckets", "gram_entry",
+           "hashed", "solve_tfidf", "sum_counts", "tfidf_counts"]
 
 TFIDF_BUCKETS = 4096
 MAX_BUCKETS = 2**20
@@ -85,6 +85,16 @@ def check_buckets(buckets: object, name: str = "buckets") -> int:
             or not 1 <= buckets <= MAX_BUCKETS:
         raise IR3DEError(f"{name} must be an integer in [1, 2**20], got {buckets!r}")
     return buckets
+
+
+def check_same_buckets(parts: Sequence[TfidfCounts | None], whose: str) -> None:
+    """Refuse statistics over different bucket counts (None parts aside), which neither sum
+    nor solve together: a :class:`~ir3de.errors.StatsFormatError` naming them ``whose``."""
+    buckets = sorted({p.buckets for p in parts if p is not None})
+    if len(buckets) > 1:
+        raise StatsFormatError(f"{whose} TF-IDF statistics are over different bucket counts "
+                               f"({', '.join(map(str, buckets))}); count them again with one "
+                               "--tfidf-buckets")
 
 
 def hashed(ids: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
