@@ -1,8 +1,7 @@
 """Routing throughput and latency of a router fitted on the Reasoning fit data.
 
-Two sections, per embedder and per selector (topk, all, avg, geo: the ``pairs`` preset,
-geo without the pair features: the ``unigram`` preset, and geo with the TF-IDF blend: the
-default), on the default's (nb) tables; every selector reads
+Two sections, per embedder and per selector (topk, all, avg, geo, and geo without the
+pair features: the ``unigram`` preset), on the default (nb) router; every selector reads
 the same per-token tables whichever model filled them, so avg on this router costs what
 the ridge presets' avg costs:
 
@@ -57,12 +56,12 @@ from pathlib import Path
 
 THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS")
-# (label, router settings): the selectors, geo without pairs (one table look-up per token
-# instead of a token and a pair look-up), and geo with the TF-IDF blend (the default).
+# (label, router settings): the selectors, and geo without pairs (one table look-up per
+# token instead of a token and a pair look-up).
 VARIANTS = (("topk", {"selector": "topk"}), ("all", {"selector": "all"}),
             ("avg", {"selector": "avg"}), ("geo", {"selector": "geo"}),
             ("geo, no pairs", {"selector": "geo", "pairs": None}),
-            ("geo + tfidf (default)", {"selector": "geo", "tfidf": 4.0}))
+            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0}))
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 
@@ -129,7 +128,7 @@ def fitted_router(name: str, args: argparse.Namespace):
     np, Router, RouterConfig, compute_stats, load_embedder, reasoning_split, _ = _imports()
     emb = load_embedder(name)
     fit, test = reasoning_split(args.data)
-    stats = [compute_stats(emb, texts, domain=d) for d, texts in fit.items()]
+    stats = [compute_stats(emb, texts, domain=d, tfidf_buckets=4096) for d, texts in fit.items()]
     config = RouterConfig() if args.k is None else RouterConfig(k=args.k)
     router = Router(emb, config).fit_stats(stats)
     rng = np.random.default_rng(0)

@@ -1,13 +1,11 @@
-"""What the TF-IDF blend (part of the default since 2026-11-25) costs at fit time: counting
-its statistics, their file size, and solving a router, each against the ``pairs`` preset
-(the default without it) in the same process.
+"""What the TF-IDF blend (the ``tfidf`` preset) costs at fit time: counting its statistics,
+their file size, and solving a router, each against the default in the same process.
 
 Per domain of the ``reasoning-xdata`` fit data (GSM8K train, m_arc train, MBPP, Alpaca):
-``compute_stats`` with ``tfidf_buckets=None`` and with the default 4096 (best of
-``--repeat`` runs), the size of the statistics file each writes and the number of Gram
-entries kept. Then ``Router.fit_stats`` on all four: ``pairs`` against the default (the
-dense (4097 x 4097) solve), and ``add_expert`` of the last domain (what the gateway's admin
-API pays).
+``compute_stats`` without and with ``tfidf_buckets=4096`` (best of ``--repeat`` runs), the
+size of the statistics file each writes and the number of Gram entries kept. Then
+``Router.fit_stats`` on all four: the default against ``tfidf=4`` (the dense (4097 x 4097)
+solve), and ``add_expert`` of the last domain (what the gateway's admin API pays).
 
 Run:  python benchmarks/bench_tfidf.py [--data ../shared/data] [--repeat 3]
 """
@@ -45,14 +43,14 @@ def main() -> int:
     emb = load_embedder()
     fit, _ = reasoning_split(args.data, protocol="xdata")
     print(f"embedder {emb.name}; {TFIDF_BUCKETS} buckets; best of {args.repeat}\n")
-    print("| domain | prompts | count s (--no-tfidf) | count s (default) | ratio | file MB "
-          "(--no-tfidf) | file MB (default) | ratio | Gram entries |")
+    print("| domain | prompts | count s (default) | count s (+ tfidf) | ratio | file MB "
+          "(default) | file MB (+ tfidf) | ratio | Gram entries |")
     print("|---|---|---|---|---|---|---|---|---|")
     plain, blend = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for domain, texts in fit.items():
             count = functools.partial(compute_stats, emb, texts, domain=domain)
-            a, ta = _best(args.repeat, functools.partial(count, tfidf_buckets=None))
+            a, ta = _best(args.repeat, count)
             b, tb = _best(args.repeat, functools.partial(count, tfidf_buckets=TFIDF_BUCKETS))
             sizes = []
             for name, stats in (("a", a), ("b", b)):
@@ -67,17 +65,17 @@ def main() -> int:
     print("\n| router | fit_stats s (4 experts) | add_expert s (the 4th) |")
     print("|---|---|---|")
     base_fit = base_add = 0.0
-    for label, stats, settings in (("pairs", plain, {"tfidf": None}),
-                                   ("default", blend, {"tfidf": TFIDF_GAMMA})):
+    for label, stats, settings in (("default", plain, {}),
+                                   ("tfidf", blend, {"tfidf": TFIDF_GAMMA})):
         _, fit_s = _best(args.repeat,
                          lambda s=settings, st=stats: Router(emb, **s).fit_stats(st))
         three = Router(emb, **settings).fit_stats(stats[:-1])
         _, add_s = _best(1, functools.partial(three.add_expert, stats[-1].domain, stats[-1]))
-        if label == "pairs":
+        if label == "default":
             base_fit, base_add = fit_s, add_s
-            print(f"| pairs | {fit_s:.3f} | {add_s:.3f} |")
+            print(f"| default | {fit_s:.3f} | {add_s:.3f} |")
         else:
-            print(f"| default | {fit_s:.3f} ({fit_s / base_fit:.0f}x) | {add_s:.3f} "
+            print(f"| tfidf | {fit_s:.3f} ({fit_s / base_fit:.0f}x) | {add_s:.3f} "
                   f"({add_s / base_add:.0f}x) |")
     return 0
 

@@ -1,5 +1,6 @@
-"""Issue 6 exploration: the TF-IDF blend (the default since 2026-11-25) against ``pairs``
-(the default without it) as the fit data shrinks, on held-out fit data only.
+"""Issue 6 exploration: the TF-IDF blend (the ``tfidf`` preset; the default on 2026-11-25,
+until the coding-shift check) against the default (the same without it) as the fit data
+shrinks, on held-out fit data only.
 
 The blend's weight (4) and λ (1e-2) were chosen on the evaluation splits at full size
 (``explore_tfidf.py``), and ``auto``'s small-fit-set smoothing (α, pair mass, the switch)
@@ -27,10 +28,11 @@ from _holdout import explore_args, holdout, test_texts
 from ir3de import Router, compute_stats, load_embedder
 from ir3de.eval import load_setting
 from ir3de.eval.settings import SETTINGS
+from ir3de.tfidf import TFIDF_BUCKETS
 
 SIZES = (10, 30, 100, 300, None)  # prompts per domain; None: the whole inner part
 DRAWS = 3
-ROUTERS = ("default", "pairs")
+ROUTERS = ("tfidf", "default")
 
 
 def _balanced(pred: list[str], gold: list[str]) -> float:
@@ -62,7 +64,8 @@ def main() -> int:
                         pool = [texts[d][i] for i in inner_i[d]]
                         if size is not None and len(pool) > size:
                             pool = [pool[i] for i in rng.choice(len(pool), size, replace=False)]
-                        stats.append(compute_stats(emb, pool, domain=d))
+                        stats.append(compute_stats(emb, pool, domain=d,
+                                                   tfidf_buckets=TFIDF_BUCKETS))
                     for label in ROUTERS:
                         router = Router(emb, label).fit_stats(stats)
                         scores[label].append(_balanced(list(router.predict(held_texts)),
@@ -71,7 +74,7 @@ def main() -> int:
                 cells = "  ".join(f"{r} {100 * np.mean(v):6.2f}" for r, v in scores.items())
                 print(f"{name} / {split.name:8s} n={size or 'all':>4}: {cells}  "
                       f"[{time.perf_counter() - start:.0f} s]", flush=True)
-    print("\n| prompts per domain | " + " | ".join(ROUTERS) + " | default - pairs |")
+    print("\n| prompts per domain | " + " | ".join(ROUTERS) + " | tfidf - default |")
     print("|---|" + "---|" * (len(ROUTERS) + 1))
     for size in SIZES:
         means = [np.mean([np.mean(v[r]) for (_, s), v in table.items() if s == size])

@@ -1,4 +1,4 @@
-"""Gaps of the `default` and `pairs` presets to MoDEM-style, whose runs kept no per-prompt
+"""Gaps of the `default` and `tfidf` presets to MoDEM-style, whose runs kept no per-prompt
 decisions.
 
 The MoDEM-style baseline ran separately (docs/evaluation/modem*/), so `ir3de eval` could not
@@ -8,9 +8,8 @@ unknown, so the two routers are resampled independently: an *unpaired* interval,
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
-that run's paired interval. Runs made before the TF-IDF blend joined the default
-(2026-11-25) evaluated as `default` what is now the `pairs` preset: their paired interval
-is printed for `pairs`.
+that run's paired interval (the `default` of those runs is today's: the TF-IDF blend was
+the default only on 2026-11-25, and no MoDEM-style run was made then).
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -25,8 +24,6 @@ import numpy as np
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
 RUNS = Path("docs/evaluation")
-# Runs dated before this called today's `pairs` preset `default`.
-BLEND_DEFAULT_SINCE = "2026-11-25"
 
 
 def _hits(router: dict, domains: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -55,15 +52,12 @@ def main() -> None:
             name, domains = setting["setting"], setting["domains"]
             modem = next(r for r in setting["routers"] if r["name"] == "MoDEM-style")
             theirs = bootstrap_balanced(*_hits(modem, domains), seed=1)[0]
-            older = run["meta"]["date"] < BLEND_DEFAULT_SINCE
             for emb, preset in [(e, p) for e in ("wordllama", "minilm")
-                                for p in ("default", "pairs")]:
+                                for p in ("default", "tfidf")]:
                 label = f"IR3DE geo [{emb}, {preset}]"
                 # A MoDEM-style run made beside this router has the paired interval itself.
-                theirs_label = (f"IR3DE geo [{emb}, default]" if preset == "pairs" else None) \
-                    if older else label
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    theirs_label)
+                    label)
                 parts = []
                 if same_splits:
                     ours = next(r for r in ours_by_setting[name]["routers"]

@@ -1061,13 +1061,12 @@ def _pairs_of(ids: np.ndarray, V: int) -> set[tuple[int, int]]:
     return set(zip([V, *ids[:-1].tolist()], ids.tolist(), strict=True))
 
 
-@pytest.mark.parametrize("preset", ["pairs", "unigram"])
+@pytest.mark.parametrize("preset", ["default", "unigram"])
 def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
                                                        preset: str) -> None:
-    """The default router without its TF-IDF blend (``pairs``) is multinomial Naive Bayes
-    over binary token and adjacent token-pair features with a uniform prior (``unigram``:
-    tokens only), computed here directly from the corpora with Python sets (no statistics
-    files); test_tfidf checks that the blend adds its ridge's scores to this decision."""
+    """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
+    features with a uniform prior (``unigram``: tokens only), computed here directly from
+    the corpora with Python sets (no statistics files)."""
     router = Router(emb, RouterConfig.preset(preset)).fit_stats(toy_stats)
     (alpha, m), V = router.smoothing, emb.vocab_size
     df = {d: np.zeros(V) for d in CORPORA}
@@ -1130,20 +1129,19 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     mean over 100 and brings the full-size values, as a full refit does, and taking it away
     brings the small ones back; so does adding a tiny expert (a few prompts: the smallest
     at most 50)."""
-    # n_prompts only: the same tokens counted as if they came from more prompts (the
-    # TF-IDF statistics, sums over the prompts themselves, would no longer fit: left out)
-    three = {n: dataclasses.replace(toy_stats[n], n_prompts=60, tfidf=None)
+    # n_prompts only: the same tokens counted as if they came from more prompts
+    three = {n: dataclasses.replace(toy_stats[n], n_prompts=60)
              for n in ("math", "coding", "law")}
-    router = Router(emb, tfidf=None).fit_stats(three)
+    router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
-    assert_same_state(router, Router(emb, "few", tfidf=None).fit_stats(three))
-    big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000, tfidf=None)
+    assert_same_state(router, Router(emb, "few").fit_stats(three))
+    big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
     four = {**three, "multilingual": big}
     assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
-    assert_same_state(router, Router(emb, tfidf=None).fit_stats(four))
-    assert_same_state(router, Router(emb, alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, tfidf=None)
+    assert_same_state(router, Router(emb).fit_stats(four))
+    assert_same_state(router, Router(emb, alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS)
                       .fit_stats(four))
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
@@ -1151,18 +1149,16 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
-    tiny = dataclasses.replace(toy_stats["law"], tfidf=None)
-    router.add_expert("tiny", tiny)
+    router.add_expert("tiny", toy_stats["law"])
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
-    assert_same_state(router, Router(emb, "few", tfidf=None).fit_stats({**four, "tiny": tiny}))
+    assert_same_state(router, Router(emb, "few").fit_stats({**four, "tiny": toy_stats["law"]}))
     router.remove_expert("tiny")
     assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
     router.remove_expert("multilingual")
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
-    assert_same_state(router, Router(emb, tfidf=None).fit_stats(three))
+    assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
-    assert Router(emb, alpha=0.5, pairs=None, tfidf=None).fit_stats(four).smoothing == \
-        (0.5, None)
+    assert Router(emb, alpha=0.5, pairs=None).fit_stats(four).smoothing == (0.5, None)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 
@@ -1250,18 +1246,17 @@ def test_nb_routers_saved_before_pairs_load_without_them(toy_stats, emb: Embedde
 
 
 def test_nb_generalises_across_datasets(emb: Embedder, data_dir: Path) -> None:
-    """reasoning-xdata: nb with token pairs (``pairs``) routes unseen HumanEval / IFEval
+    """reasoning-xdata: the default (nb with token pairs) routes unseen HumanEval / IFEval
     prompts better than the token-only table and both better than the identity ridge (99.1,
-    97.9 and 96.5 % balanced in EVALUATION.md); the default, which adds the TF-IDF blend
-    (chosen on held-out fit data, not on these prompts), stays above the issue's 90 % floor
-    (92.8 %)."""
+    97.9 and 96.5 % balanced in EVALUATION.md)."""
     fit_texts, test = reasoning_split(data_dir, protocol="xdata")
     stats = [compute_stats(emb, texts, domain=d) for d, texts in fit_texts.items()]
     default = balanced_accuracy(Router(emb).fit_stats(stats), test)
-    pairs, unigram, ridge = (balanced_accuracy(Router(emb, preset).fit_stats(stats), test)
-                             for preset in ("pairs", "unigram", "identity"))
-    assert default >= 0.90, default
-    assert pairs >= 0.985 and pairs > unigram > ridge, (pairs, unigram, ridge)
+    unigram = balanced_accuracy(Router(emb, RouterConfig.preset("unigram")).fit_stats(stats),
+                                test)
+    ridge = balanced_accuracy(Router(emb, RouterConfig.preset("identity")).fit_stats(stats),
+                              test)
+    assert default >= 0.985 and default > unigram > ridge, (default, unigram, ridge)
 
 
 def test_coverage_flags_prompts_unlike_every_expert(emb: Embedder, data_dir: Path) -> None:
@@ -1692,7 +1687,7 @@ def test_public_types_and_the_typed_marker() -> None:
 def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb) -> None:
     assert repr(Router(emb, "paper")) == (
         f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
-        f"balance=False, identity=None, tfidf=None, experts=None)")
+        f"balance=False, identity=None, experts=None)")
     assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")
 
 

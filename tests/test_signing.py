@@ -17,7 +17,6 @@ from ir3de.cli import main
 from ir3de.errors import IR3DEError
 from ir3de.statistics import PairCounts
 from ir3de.store import read_safetensors, write_safetensors
-from ir3de.tfidf import TfidfCounts
 
 pytest.importorskip("cryptography", reason="signing needs pip install 'ir3de[sign]'")
 
@@ -198,8 +197,7 @@ def test_unsigned_untrusted_and_tampered_files_are_refused(emb: Embedder, keys,
     meta["n_tokens"] *= 100
     meta["n_prompts"] *= 100
     write_safetensors(tmp_path / "law.stats",
-                      {k: v if k in ("pair_keys", "tfidf_keys") else v * 100
-                       for k, v in tensors.items()}, meta)
+                      {k: v if k == "pair_keys" else v * 100 for k, v in tensors.items()}, meta)
     with pytest.raises(IR3DEError, match=r"law.stats: signature does not match"):
         verify(DomainStats.load(tmp_path / "law.stats"), trusted)
 
@@ -268,9 +266,7 @@ def test_balancing_stops_an_inflated_domain_from_taking_over(emb: Embedder,
                                   fingerprint=honest.fingerprint, embedder=honest.embedder,
                                   counts=honest.counts * 100,
                                   doc_counts=honest.doc_counts * 100,
-                                  pairs=PairCounts(honest.pairs.keys, honest.pairs.counts * 100),
-                                  tfidf=TfidfCounts(honest.tfidf.df * 100, honest.tfidf.keys,
-                                                    honest.tfidf.values * 100))
+                                  pairs=PairCounts(honest.pairs.keys, honest.pairs.counts * 100))
 
     def share_to_coding(router: Router) -> dict[str, float]:
         return {d: float(np.mean([p == "coding" for p in router.predict(t)]))

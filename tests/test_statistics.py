@@ -165,10 +165,10 @@ def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     counts, doc_counts, n_prompts, pairs, tfidf = token_counts(emb, texts, max_tokens=5)
     # Blank prompts and prompts of special tokens only are skipped: they count as no
     # prompt (routing refuses them), which would lower every expert's pair bounds.
+    assert n_prompts == 3 and tfidf is None  # (counted on request only)
     # the TF-IDF statistics count the same prompts: a bias entry of 3 units
-    assert n_prompts == 3 and tfidf is not None and tfidf.buckets == 4096
-    assert tfidf.values[-1] == 3 * 2**32
-    assert token_counts(emb, texts, max_tokens=5, tfidf_buckets=None).tfidf is None
+    counted = token_counts(emb, texts, max_tokens=5, tfidf_buckets=64).tfidf
+    assert counted is not None and counted.values[-1] == 3 * 2**32
     for count in (compute_stats, streaming_stats):
         assert count(emb, texts, domain="d").n_prompts == 3
     # Per id, the prompts it occurs in (after the cap): "</s> one </s> two <s>" counts
@@ -412,8 +412,7 @@ def test_a_sum_past_two_to_the_53_tokens_is_refused_not_saved(
     b = np.zeros_like(toy_stats["math"].b)
     b[-1] = half
     big = dataclasses.replace(toy_stats["math"], A=A, b=b, n_tokens=half, n_prompts=1,
-                              counts=None, doc_counts=None, pairs=None, tfidf=None,
-                              source="big.st")
+                              counts=None, doc_counts=None, pairs=None, source="big.st")
     A2 = A.copy()
     A2[0, 0] = 1.0  # other data, not a copy (merge refuses a shard given twice)
     other = dataclasses.replace(big, A=A2, source="other.st")
@@ -966,7 +965,7 @@ def test_A_is_formed_from_the_counts_once_and_files_keep_it_only_without_them(
     # A pickle (a router sent to worker processes) leaves the formed A out.
     import pickle
 
-    assert len(pickle.dumps(fresh)) < len(pickle.dumps(s)) + A.nbytes / 2
+    assert len(pickle.dumps(fresh)) < A.nbytes
     assert pickle.loads(pickle.dumps(fresh)).moments(emb)[0] is not A
     alien = dataclasses.replace(s, fingerprint="f" * 64)
     with pytest.raises(FingerprintMismatchError, match=r"<memory> \(math\) was made with "
@@ -1008,5 +1007,4 @@ def test_A_is_formed_from_the_counts_once_and_files_keep_it_only_without_them(
                                                    r"<memory>, which keeps A and no token "
                                                    r"counts \(made by streaming_stats"):
             combine()
-    assert (dataclasses.replace(with_A, pairs=None, doc_counts=None, tfidf=None) + old).A \
-        is not None
+    assert (dataclasses.replace(with_A, pairs=None, doc_counts=None) + old).A is not None

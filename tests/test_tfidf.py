@@ -151,7 +151,7 @@ def test_shards_merge_to_the_central_count(emb) -> None:
 
 def test_the_blend_is_the_geo_mean_plus_the_weighted_ridge(emb, tfidf_stats) -> None:
     prompts = ["What is 3 + 4?", "def f(x): return x", "The court ruled on the appeal."]
-    plain = Router(emb, "pairs").fit_stats(tfidf_stats)
+    plain = Router(emb).fit_stats(tfidf_stats)
     blend = Router(emb, tfidf=3.0).fit_stats(tfidf_stats)
     parts = [tfidf_stats[n].tfidf for n in blend.experts]
     W, idf = solve_tfidf(parts, [tfidf_stats[n].n_prompts for n in blend.experts])
@@ -186,7 +186,7 @@ def test_router_files_keep_the_statistics(emb, tfidf_stats, tmp_path: Path) -> N
     prompts = ["What is 3 + 4?", "def f(x): return x"]
     np.testing.assert_array_equal(loaded.predict_proba(prompts), router.predict_proba(prompts))
     # an expert without them is saved without them, the others keep theirs
-    plain = Router(emb, "pairs").fit_stats({**tfidf_stats, "law": dataclasses.replace(
+    plain = Router(emb).fit_stats({**tfidf_stats, "law": dataclasses.replace(
         tfidf_stats["law"], tfidf=None)})
     plain.save(path)
     again = Router.load(path)
@@ -231,12 +231,12 @@ def _with(array: np.ndarray, index: int, value: int) -> np.ndarray:
 
 
 def test_refusals(emb, tfidf_stats, toy_stats) -> None:
-    without = {n: dataclasses.replace(s, tfidf=None) for n, s in toy_stats.items()}
-    with pytest.raises(StatsFormatError, match=r"no TF-IDF statistics in .*--no-tfidf.*"
-                                               r"--preset pairs"):
-        Router(emb).fit_stats(without)
-    more = compute_stats(emb, ["What is 1 + 1?"], domain="math", tfidf_buckets=None)
-    with pytest.raises(StatsFormatError, match=r"no TF-IDF statistics.*merge --no-tfidf"):
+    with pytest.raises(StatsFormatError, match=r"no TF-IDF statistics in .*--tfidf-buckets "
+                                               r"4096.*--tfidf none"):
+        Router(emb, "tfidf").fit_stats(toy_stats)
+    more = compute_stats(emb, ["What is 1 + 1?"], domain="math")
+    with pytest.raises(StatsFormatError, match=r"no TF-IDF statistics.*same --tfidf-buckets.*"
+                                               r"merge --no-tfidf"):
         _ = tfidf_stats["math"] + more
     merged = merge([tfidf_stats["math"], more], drop_tfidf=True)["math"]
     assert merged.tfidf is None and merged.n_prompts == tfidf_stats["math"].n_prompts + 1
@@ -258,9 +258,9 @@ def test_refusals(emb, tfidf_stats, toy_stats) -> None:
 def test_fit_counts_them_when_the_setting_asks(emb) -> None:
     texts = [t for group in CORPORA.values() for t in group]
     labels = [d for d, group in CORPORA.items() for _ in group]
-    router = Router(emb).fit(texts, labels)
+    router = Router(emb, "tfidf").fit(texts, labels)
     assert all(s.tfidf is not None and s.tfidf.buckets == 4096 for s in router.stats.values())
-    for preset in ("pairs", "identity"):
+    for preset in ("default", "identity"):
         assert RouterConfig.preset(preset).tfidf_buckets is None
         assert all(s.tfidf is None for s in Router(emb, preset).fit(texts, labels).stats.values())
 
@@ -292,7 +292,7 @@ def test_cli_counts_builds_and_refuses(tmp_path: Path, capsys) -> None:
                          "--tfidf-buckets", B)
         assert code == 0, err
     router = tmp_path / "router.safetensors"
-    code, err = _cli(capsys, "build", *files, "-o", router)
+    code, err = _cli(capsys, "build", *files, "-o", router, "--preset", "tfidf")
     assert code == 0, err
     assert Router.load(router).config.tfidf == 4.0
     code, err = _cli(capsys, "build", *files, "-o", router, "--force", "--tfidf", "2",
@@ -304,25 +304,22 @@ def test_cli_counts_builds_and_refuses(tmp_path: Path, capsys) -> None:
     assert exit_.value.code == 2 and "expected 1 to" in capsys.readouterr().err
     plain = tmp_path / "plain.stats"
     code, err = _cli(capsys, "stats", tmp_path / "math.jsonl", "--domain", "math", "-o", plain,
-                     "-q", "--no-tfidf")
+                     "-q")
     assert code == 0, err
-    assert DomainStats.load(plain).tfidf is None
-    code, err = _cli(capsys, "build", plain, files[1], "-o", tmp_path / "r2.safetensors")
+    assert DomainStats.load(plain).tfidf is None  # counted on request only
+    code, err = _cli(capsys, "build", plain, files[1], "-o", tmp_path / "r2.safetensors",
+                     "--preset", "tfidf")
     assert code != 0 and "no TF-IDF statistics" in err
     assert not (tmp_path / "r2.safetensors").exists()
-    code, err = _cli(capsys, "build", plain, files[1], "-o", tmp_path / "r2.safetensors",
-                     "--preset", "pairs")
+    code, err = _cli(capsys, "build", plain, files[1], "-o", tmp_path / "r2.safetensors")
     assert code == 0, err
-    # the default bucket count; one shard without them is merged only by leaving them out
+    # one shard without them is merged with one with them only by leaving them out
     both, more = tmp_path / "both.stats", tmp_path / "more.jsonl"
     more.write_text(json.dumps({"text": "What is 1 + 1?"}) + "\n")
-    code, err = _cli(capsys, "stats", more, "--domain", "math", "-o", both, "-q")
-    assert code == 0 and DomainStats.load(both).tfidf.buckets == 4096, err
+    code, err = _cli(capsys, "stats", more, "--domain", "math", "-o", both, "-q",
+                     "--tfidf-buckets", B)
+    assert code == 0 and DomainStats.load(both).tfidf.buckets == B, err
     code, err = _cli(capsys, "merge", plain, both, "-o", tmp_path / "m.stats")
     assert code != 0 and "merge --no-tfidf" in err
     code, err = _cli(capsys, "merge", plain, both, "-o", tmp_path / "m.stats", "--no-tfidf")
     assert code == 0 and DomainStats.load(tmp_path / "m.stats").tfidf is None, err
-    with pytest.raises(SystemExit):
-        _cli(capsys, "stats", tmp_path / "math.jsonl", "--domain", "math", "-o", both,
-             "--no-tfidf", "--tfidf-buckets", "8")
-    assert "not allowed with argument" in capsys.readouterr().err

@@ -388,12 +388,13 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features pooled by the geo selector, α and pair "
                         "mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 "
-                        "prompts each or fewer on average or the smallest 50 or fewer, plus a "
-                        "prompt-level TF-IDF ridge with weight 4 (the measured best); 'few': "
-                        "α=0.003 and pair mass 1e4 whatever the fit size; 'pairs': the default "
-                        "without the TF-IDF ridge (for statistics counted with --no-tfidf or "
-                        "before it existed); 'unigram': without pairs nor TF-IDF "
-                        "(α=0.1; for statistics without pair counts); 'identity': "
+                        "prompts each or fewer on average or the smallest 50 or fewer (the "
+                        "measured best); 'few': α=0.003 and pair mass 1e4 whatever the fit "
+                        "size; 'tfidf': the default plus a prompt-level TF-IDF ridge with "
+                        "weight 4 (better on prompts like the fit data, worse on prompts "
+                        "unlike it; needs statistics counted with --tfidf-buckets); "
+                        "'unigram': without pairs (α=0.1; for statistics without pair "
+                        "counts); 'identity': "
                         "balanced ridge on embedding ⊕ one-hot token ids (μ by leave-one-out), "
                         "avg selector; 'dense': the same without identity features (for "
                         "statistics without token counts); 'paper': the paper's unbalanced "
@@ -437,9 +438,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tfidf", type=_tfidf_weight, metavar="WEIGHT|none",
                    default=argparse.SUPPRESS,
                    help="nb model with the geo selector: weight of a prompt-level TF-IDF "
-                        "ridge over hashed token ids added to the decision (default 4), or "
-                        "'none' (preset 'pairs'); needs the statistics' TF-IDF counts, which "
-                        "ir3de stats makes unless --no-tfidf")
+                        "ridge over hashed token ids added to the decision (preset 'tfidf': "
+                        "4), or 'none' (the default); needs statistics counted with "
+                        "--tfidf-buckets")
 
 
 def _config_from_args(args: argparse.Namespace) -> RouterConfig:
@@ -1821,10 +1822,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Count the token ids of one domain's corpus and save its "
                                    "sufficient statistics: A_d = Σ x̃x̃ᵀ, b_d = Σ x̃, the "
                                    "token-id counts and document frequencies, and the "
-                                   "document frequencies of adjacent token pairs, and the "
-                                   "TF-IDF ridge's statistics over hashed token ids. The "
-                                   "texts never leave the machine; the pairs do reveal local "
-                                   "word order (--no-pairs leaves them out).")
+                                   "document frequencies of adjacent token pairs (and, with "
+                                   "--tfidf-buckets, the TF-IDF ridge's statistics over hashed "
+                                   "token ids). The texts never leave the machine; the pairs "
+                                   "do reveal local word order (--no-pairs leaves them out).")
     p.add_argument("corpus", nargs="+", type=_corpus,
                    help="JSONL, plain text (one prompt per line) or Parquet files, not "
                         "standard input; with --engine ray also globs and URLs")
@@ -1842,17 +1843,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the adjacent-token-pair counts (they reveal local word "
                         "order): the file then serves the unigram, identity, dense and paper "
                         "presets, not the default")
-    tfidf = p.add_mutually_exclusive_group()
-    tfidf.add_argument("--tfidf-buckets", type=_tfidf_buckets, metavar="N",
-                       default=TFIDF_BUCKETS,
-                       help=f"hash buckets of the prompt-level TF-IDF ridge's statistics "
-                            f"(default {TFIDF_BUCKETS}, what the default router reads): a "
-                            f"sparse (N+1)² Gram matrix, up to "
-                            f"~{_gram_mb(TFIDF_BUCKETS)} MB for a large corpus")
-    tfidf.add_argument("--no-tfidf", dest="tfidf_buckets", action="store_const", const=None,
-                       help="leave out the TF-IDF statistics (files several times smaller): "
-                            "the file then serves the pairs, unigram and ridge presets, not "
-                            "the default")
+    p.add_argument("--tfidf-buckets", type=_tfidf_buckets, metavar="N",
+                   help=f"also count the statistics of the prompt-level TF-IDF ridge over N "
+                        f"hashed buckets (what --preset tfidf reads; {TFIDF_BUCKETS} there): "
+                        f"a sparse (N+1)² Gram matrix, up to ~{_gram_mb(TFIDF_BUCKETS)} MB "
+                        "for a large corpus, and files several times larger")
     p.add_argument("--force", action="store_true", help="overwrite the output file")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (one is drawn only when stderr is a terminal) and no "
@@ -1884,8 +1879,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "presets stats --no-pairs serves)")
     p.add_argument("--no-tfidf", action="store_true",
                    help="leave the TF-IDF statistics out of the merged file (needed to merge "
-                        "shards made with and without stats --no-tfidf, or before it existed; "
-                        "it then serves the presets stats --no-tfidf serves)")
+                        "shards made with and without stats --tfidf-buckets; it then serves "
+                        "every preset but tfidf)")
     p.add_argument("--sign", metavar="KEY", type=_file,
                    help="sign the merged file with this private key")
     _add_quiet(p)

@@ -73,7 +73,7 @@ from .statistics import (
     token_counts,
     validate_domain_name,
 )
-from .tfidf import TFIDF_BUCKETS, TfidfCounts, sum_counts, tfidf_counts
+from .tfidf import TfidfCounts, sum_counts, tfidf_counts
 
 __all__ = ["ray_stats"]
 
@@ -452,15 +452,14 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
               fmt: CorpusFormat | None = None, text_field: str = "text",
               max_tokens: int = DEFAULT_MAX_TOKENS, address: str | None = None,
               workers: int | None = None, progress: bool = True,
-              tfidf_buckets: int | None = TFIDF_BUCKETS) -> DomainStats:
+              tfidf_buckets: int | None = None) -> DomainStats:
     """One domain's statistics, counted on Ray; equal to :func:`~ir3de.compute_stats`.
 
     ``workers`` is the number of counting tasks at a time (default: one per cluster CPU);
     without ``address`` and with Ray not yet initialised, a local instance with
     ``workers`` CPUs is started for the call and shut down after it. ``progress=False``
-    also mutes Ray's own log lines for the call. ``tfidf_buckets``: the TF-IDF
-    statistics' bucket count (:mod:`ir3de.tfidf`; summed exactly over the tasks), or None
-    to leave them out, as for :func:`~ir3de.compute_stats`.
+    also mutes Ray's own log lines for the call. ``tfidf_buckets``: also count the
+    TF-IDF statistics (:mod:`ir3de.tfidf`), summed exactly over the tasks.
 
     >>> ray_stats(["corpus/*.jsonl"], load_embedder(), domain="math")  # doctest: +SKIP
     """

@@ -161,10 +161,11 @@ class RouterConfig:
       apply. ``alpha`` and ``pairs`` are numbers or ``"auto"`` (the default): chosen per
       router from the experts' prompt counts, lighter smoothing for small fit sets
       (:func:`~ir3de.solver.nb_smoothing`; :attr:`Router.smoothing` tells the values in
-      use). ``tfidf``: the weight of a prompt-level TF-IDF ridge over hashed token ids
-      added to the ``geo`` decision (:mod:`ir3de.tfidf`; default 4), or None (off, as
-      before 2026-11-25; preset ``pairs``); it reads the experts' TF-IDF statistics
-      (:attr:`tfidf_buckets`), which :func:`~ir3de.compute_stats` counts by default.
+      use). ``tfidf``: None (off, the default), or the weight of a prompt-level TF-IDF
+      ridge over hashed token ids added to the ``geo`` decision (:mod:`ir3de.tfidf`;
+      preset ``tfidf``: 4); it reads the experts' TF-IDF statistics
+      (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts when it is set and
+      :func:`~ir3de.compute_stats` on request.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -185,7 +186,7 @@ class RouterConfig:
     regularize_bias: bool = True
     max_tokens: int = DEFAULT_MAX_TOKENS
     identity: float | Literal["auto"] | None = "auto"
-    tfidf: float | None = TFIDF_GAMMA
+    tfidf: float | None = None
 
     def __post_init__(self) -> None:
         # numpy scalars (np.int64 k taken from an array, np.float32 α) stand for the Python
@@ -232,12 +233,12 @@ class RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
-        fewer on average or the smallest holds 50 or fewer, plus a prompt-level TF-IDF
-        ridge over 4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`), ``few``
-        (α = 0.003 and pair mass 1e4 whatever the fit size), ``pairs`` (the default
-        without the TF-IDF blend: the default until 2026-11-25, for statistics counted
-        without TF-IDF), ``unigram`` (without pairs nor the blend, α = 0.1, for statistics
-        made before pairs were counted), ``identity`` (balanced ridge on
+        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
+        mass 1e4 whatever the fit size), ``tfidf`` (the default plus a prompt-level TF-IDF
+        ridge over 4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`: better
+        on prompts like the fit data, worse where an expert's prompts look unlike its fit
+        data), ``unigram`` (without pairs, α = 0.1, for statistics made before pairs were
+        counted), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k).
@@ -301,7 +302,7 @@ class RouterConfig:
         (:data:`~ir3de.tfidf.TFIDF_BUCKETS` for the nb model with ``tfidf`` set), or None:
         what :func:`~ir3de.compute_stats` must count for it.
 
-        >>> RouterConfig().tfidf_buckets, RouterConfig.preset("pairs").tfidf_buckets
+        >>> RouterConfig.preset("tfidf").tfidf_buckets, RouterConfig().tfidf_buckets
         (4096, None)
         """
         return TFIDF_BUCKETS if self.model == "nb" and self.tfidf is not None else None
@@ -385,12 +386,12 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
     "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
-    "pairs": RouterConfig(tfidf=None),
-    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None, tfidf=None),
-    "identity": RouterConfig(model="ridge", selector="avg", pairs=None, tfidf=None),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None, tfidf=None),
+    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None, pairs=None, tfidf=None),
+                          identity=None, pairs=None),
 }
 
 
@@ -1227,11 +1228,9 @@ def _require_tfidf(stats: Mapping[str, DomainStats],
                    experts: Sequence[str]) -> list[TfidfCounts]:
     """Every expert's TF-IDF statistics, over one bucket count."""
     _refuse_lacking(stats, experts, "tfidf", "TF-IDF statistics",
-                    "made with ir3de stats --no-tfidf (compute_stats(tfidf_buckets=None)), "
-                    "merged from such files, or by an ir3de before 2026-11-25; build without "
-                    "the TF-IDF blend (--preset pairs or --tfidf none; "
-                    "RouterConfig.preset('pairs') or tfidf=None), or count them again "
-                    f"({TFIDF_BUCKETS} buckets, the default)")
+                    f"count them with ir3de stats --tfidf-buckets {TFIDF_BUCKETS} "
+                    "(compute_stats(tfidf_buckets=...)), or build without the TF-IDF blend "
+                    "(the default; --tfidf none, tfidf=None)")
     parts = [p for p in (stats[n].tfidf for n in experts) if p is not None]  # (all, now)
     check_same_buckets(parts, "the experts'")
     return parts

@@ -57,7 +57,6 @@ from .errors import (
 from .store import check_finite, read_safetensors, write_safetensors
 from .tfidf import (
     MAX_PROMPTS,
-    TFIDF_BUCKETS,
     UNIT,
     TfidfCounts,
     check_buckets,
@@ -202,7 +201,7 @@ class DomainStats:
     # None in files made before ir3de counted them.
     pairs: PairCounts | None = field(default=None, compare=False)
     # The prompt-level TF-IDF ridge's statistics over hashed token ids (ir3de.tfidf):
-    # None in files made with --no-tfidf or before 2026-11-25.
+    # counted only on request (compute_stats(tfidf_buckets=...); the tfidf preset reads them).
     tfidf: TfidfCounts | None = field(default=None, compare=False)
     # Why statistics derived from signed ones (renamed, combined, stripped of their pairs)
     # carry no signature: verify says so instead of "not signed". Set by the derivations
@@ -985,8 +984,8 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
 def _check_same_tfidf(items: list[DomainStats]) -> None:
     _refuse_mixed(items, "tfidf",
                   "no TF-IDF statistics, but the other shard(s) have them; count them again "
-                  "without --no-tfidf, or leave them out of the sum (merge --no-tfidf, "
-                  "drop_tfidf=True)")
+                  "with the same --tfidf-buckets, or leave them out of the sum (merge "
+                  "--no-tfidf, drop_tfidf=True)")
     check_same_buckets([s.tfidf for s in items], "the shards'")
 
 
@@ -1073,7 +1072,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                  desc: str = "counting tokens",
                  positions: Sequence[int] | None = None,
-                 tfidf_buckets: int | None = TFIDF_BUCKETS) -> TokenCounts:
+                 tfidf_buckets: int | None = None) -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
@@ -1083,7 +1082,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
     ``positions[N]`` where ``texts`` are part of the caller's own sequence.
     ``tfidf_buckets``: also count the TF-IDF statistics over that many hash buckets
-    (:mod:`ir3de.tfidf`), or None not to.
+    (:mod:`ir3de.tfidf`; None, the default: not).
     """
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     tfidf_buckets = _tfidf_buckets(tfidf_buckets)
@@ -1218,7 +1217,7 @@ def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
 def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                   max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                   positions: Sequence[int] | None = None,
-                  tfidf_buckets: int | None = TFIDF_BUCKETS) -> DomainStats:
+                  tfidf_buckets: int | None = None) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
     ``embedder`` is an :class:`Embedder` or, as for a Router, what
@@ -1226,10 +1225,10 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
     iterable of strings, read once as a stream (a lone string is refused, not split into
     characters). A bad text is named ``text #N``: its 0-based index in ``texts``, or
     ``positions[N]`` when ``texts`` are the one domain's part of a longer sequence (as
-    ``Router.fit`` counts each label's texts). ``tfidf_buckets``: the number of hash
-    buckets of the prompt-level TF-IDF ridge's statistics (:mod:`ir3de.tfidf`; the default
-    router's ``tfidf`` blend reads them), or None to leave them out (smaller files; the
-    ``pairs`` preset and the ridge presets do not read them).
+    ``Router.fit`` counts each label's texts). ``tfidf_buckets``: also count the
+    statistics of the prompt-level TF-IDF ridge over that many hash buckets
+    (:mod:`ir3de.tfidf`; the ``tfidf`` preset reads them, over
+    :data:`~ir3de.tfidf.TFIDF_BUCKETS`); None (the default) leaves them out.
     Raises :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
@@ -1295,8 +1294,8 @@ def merge(stats: Iterable[DomainStats], *, drop_pairs: bool = False,
     in the order given, which can change their last bits. Shards of one domain with and
     without token-pair counts are refused (the sum could hold no pairs) unless
     ``drop_pairs``, which leaves the pairs out of every result; so are shards with and
-    without TF-IDF statistics unless ``drop_tfidf`` (shards counted before 2026-11-25 or
-    with ``--no-tfidf`` beside newer ones). A shard given twice
+    without TF-IDF statistics unless ``drop_tfidf``, which leaves those out of every
+    result. A shard given twice
     (the same object, one file loaded twice, a shard object summed with ``+`` or ``sum``
     into two of the items, or identical statistics such as a copy of the file:
     :func:`find_identical`, which tells shards apart by their pair counts unless they are
