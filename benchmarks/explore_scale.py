@@ -42,11 +42,12 @@ default's 97.97), which step 2 refused (99.534 at full size); step 3 picked ``fi
 on about 100 prompts per expert or fewer: EVALUATION.md, *Issue 6*.
 
 ``--fresh-small``, added after the run above and committed before its own first run: the
-step-3 advice judged on prompts no choice has read, ``fresh_unseen.py``'s two checks (F1: fit
+step-3 advice judged on prompts no choice has read, ``fresh_unseen.py``'s checks (F1: fit
 as ``reasoning-xdata``, test on MBPP ``test`` among others; F2: fit as ``reasoning-paper``,
-test on MBPP ``test`` and Alpaca) with every fit set cut to each small size (three draws as
-above). If ``fixed m=1e+04`` is not above the default on the mean over the checks, sizes and
-draws, the README's advice is withdrawn.
+test on MBPP ``test`` and Alpaca; since 2026-11-25 also F3, F1's fit with source files as
+coding prompts) with every fit set cut to each small size (three draws as above). If
+``fixed m=1e+04`` is not above the default on the mean over the checks, sizes and draws,
+the README's advice is withdrawn.
 Outcome: +1.55 overall, ahead in all 24 (check, size, draw) cells (+0.08 to +5.02): the
 advice stands (EVALUATION.md).
 
@@ -370,7 +371,7 @@ def _fresh_small(emb, data_dir: str, variants=_variants, base: str = DEFAULT,
                 print(f"[{size}, draw {draw}; 'default' below is {base}]")
                 out = _check(emb, name, data_dir, [], cut, {"default": base, candidate: candidate})
                 diffs[size].append(out[candidate] - out["default"])
-    print(f"\n{candidate} minus {base}, mean over both checks and {DRAWS} draws: "
+    print(f"\n{candidate} minus {base}, mean over the checks and {DRAWS} draws: "
           + ", ".join(f"{size} {100 * np.mean(d):+.2f}" for size, d in diffs.items()))
     total = float(np.mean([d for ds in diffs.values() for d in ds]))
     print(f"overall {100 * total:+.2f}")
