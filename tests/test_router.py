@@ -1592,6 +1592,13 @@ def test_load_refuses_bad_expert_lists_of_arrays(emb: Embedder, toy_stats,
     write_safetensors(tmp_path / "bad.st", without, meta)
     with pytest.raises(StatsFormatError, match="holds 'pair_experts' but no token-pair tensors"):
         Router.load(tmp_path / "bad.st")
+    # so is the expert list of any other optional array without the array
+    for key, message in (("counts", "'counts_experts' but no 'counts'"),
+                         ("tfidf", "'tfidf_experts' but no TF-IDF tensors")):
+        kept = {k: v for k, v in tensors.items() if k != key}  # (the file has no TF-IDF)
+        write_safetensors(tmp_path / "bad.st", {**kept, f"{key}_experts": np.array([0])}, meta)
+        with pytest.raises(StatsFormatError, match=rf"bad\.st: holds {message}"):
+            Router.load(tmp_path / "bad.st")
 
 
 def test_word_order_tells_experts_apart_where_pairs_are_read(emb: Embedder) -> None:

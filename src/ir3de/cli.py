@@ -773,7 +773,6 @@ def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
                              "(the default) counts in this process")
 
 
-
 def cmd_stats(args: argparse.Namespace) -> int:
     _refuse_idle_ray_options(args)
     out = Path(args.output)

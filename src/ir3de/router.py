@@ -1251,14 +1251,21 @@ def _row_experts(tensors: dict[str, np.ndarray], key: str, n_experts: int,
     return rows
 
 
+def _refuse_rows_alone(tensors: dict[str, np.ndarray], key: str, what: str,
+                       where: str) -> None:
+    """For a router file without the optional array ``key`` (its tensors, ``what``): its
+    ``<key>_experts`` list alone is a :class:`StatsFormatError`."""
+    if _RAGGED_ROWS[key] in tensors:
+        raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS[key]!r} but no {what}")
+
+
 def _router_rows(tensors: dict[str, np.ndarray], key: str, what: str, n_experts: int,
                  vocab_size: int, where: str) -> list[np.ndarray | None]:
     """Each expert's token or document counts ``key`` from a router file (None for the
     experts that have none)."""
     array = int_tensor(tensors, key, where)
     if array is None:
-        if _RAGGED_ROWS[key] in tensors:
-            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS[key]!r} but no {key!r}")
+        _refuse_rows_alone(tensors, key, repr(key), where)
         return [None] * n_experts
     rows = _row_experts(tensors, key, n_experts, where)
     if array.shape != (rows.size, vocab_size):
@@ -1302,11 +1309,8 @@ def _router_pairs(tensors: dict[str, np.ndarray], n_experts: int,
     """Each expert's pair frequencies from a router file (None for the experts that have
     none)."""
     names = ("pair_keys", "pair_counts", "pair_offsets")
-    present = [name in tensors for name in names]
-    if not any(present):
-        if _RAGGED_ROWS["pairs"] in tensors:
-            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS['pairs']!r} but no "
-                                   "token-pair tensors")
+    if not any(name in tensors for name in names):
+        _refuse_rows_alone(tensors, "pairs", "token-pair tensors", where)
         return [None] * n_experts
     rows = _row_experts(tensors, "pairs", n_experts, where)
     keys, counts, offsets = (int_tensor(tensors, name, where) for name in names)
@@ -1348,9 +1352,7 @@ def _router_tfidf(tensors: dict[str, np.ndarray], n_experts: int,
     names = ("tfidf_df", "tfidf_keys", "tfidf_values", "tfidf_offsets")
     arrays = [int_tensor(tensors, name, where) for name in names]
     if all(a is None for a in arrays):
-        if _RAGGED_ROWS["tfidf"] in tensors:
-            raise StatsFormatError(f"{where}: holds {_RAGGED_ROWS['tfidf']!r} but no TF-IDF "
-                                   "tensors")
+        _refuse_rows_alone(tensors, "tfidf", "TF-IDF tensors", where)
         return [None] * n_experts
     rows = _row_experts(tensors, "tfidf", n_experts, where)
     df, keys, values, offsets = arrays

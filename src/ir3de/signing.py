@@ -72,11 +72,9 @@ def digest(stats: DomainStats) -> bytes:
         h.update(np.ascontiguousarray(stats.counts, dtype="<i8").tobytes())
     if stats.doc_counts is not None:  # and the nb router reads these
         h.update(np.ascontiguousarray(stats.doc_counts, dtype="<i8").tobytes())
-    if stats.pairs is not None:  # and, with pair features, these
-        for arr in stats.pairs:
-            h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
-    if stats.tfidf is not None:  # and, with the TF-IDF ridge, these (none: digests as before)
-        for arr in stats.tfidf:
+    # and, with pair features and the TF-IDF ridge, their tables (none: digests as before)
+    for table in (stats.pairs, stats.tfidf):
+        for arr in table or ():
             h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
     return h.digest()
 

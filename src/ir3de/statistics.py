@@ -56,6 +56,7 @@ from .errors import (
 )
 from .store import check_finite, read_safetensors, write_safetensors
 from .tfidf import (
+    MAX_BUCKETS,
     MAX_PROMPTS,
     UNIT,
     TfidfCounts,
@@ -474,7 +475,7 @@ class DomainStats:
         # and a bias entry of exactly n units; and int64 sums of at most 2**31 prompts.
         df, keys, values = tfidf
         B = df.size
-        fail = not (df.ndim == keys.ndim == values.ndim == 1 and 1 <= B <= 2**20
+        fail = not (df.ndim == keys.ndim == values.ndim == 1 and 1 <= B <= MAX_BUCKETS
                     and keys.shape == values.shape
                     and all(a.dtype == np.int64 for a in tfidf))
         if not fail:
@@ -1087,7 +1088,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     tfidf_buckets = _tfidf_buckets(tfidf_buckets)
     refuse_lone_text(texts, "texts")
-    tfidf: TfidfCounts | None = None
+    tfidf = None if tfidf_buckets is None else tfidf_counts([], tfidf_buckets)
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
@@ -1109,12 +1110,10 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
             # A prompt of special tokens only ("<s>") holds nothing: not counted, as routing
             # refuses it (the prompt counts set the smoothing and the pair bounds).
             n_prompts += sum(1 for x in ids if x.size)
-            if tfidf_buckets is not None:
-                part = tfidf_counts([x for x in ids if x.size], tfidf_buckets)
-                tfidf = part if tfidf is None else sum_counts([tfidf, part])
+            if tfidf is not None:
+                tfidf = sum_counts([tfidf, tfidf_counts([x for x in ids if x.size],
+                                                        tfidf.buckets)])
             bar.update(int(flat.size))
-    if tfidf_buckets is not None and tfidf is None:
-        tfidf = tfidf_counts([], tfidf_buckets)
     return TokenCounts(counts, doc_counts, n_prompts, _fold(pairs, pending), tfidf)
 
 
