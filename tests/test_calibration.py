@@ -88,10 +88,10 @@ def test_folds_route_each_prompt_by_an_exact_refit_without_its_fold(emb: Embedde
     for domain in CORPORA:  # stratified: each fold holds its share of every domain
         sizes = np.bincount(result.fold[np.array(LABELS) == domain], minlength=3)
         assert sizes.max() - sizes.min() <= 1
-    alpha, mass = router.smoothing or (None, None)
+    assert router.smoothing is not None  # (the nb model's: its "auto" settings pinned)
     for f in range(3):
         out = result.fold == f
-        refit = Router(emb, alpha=alpha, pairs=mass).fit(
+        refit = Router(emb, **router.smoothing._asdict()).fit(
             [t for t, o in zip(TEXTS, out, strict=True) if not o],
             [d for d, o in zip(LABELS, out, strict=True) if not o])
         held = refit.route_batch([t for t, o in zip(TEXTS, out, strict=True) if o])

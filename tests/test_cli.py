@@ -19,6 +19,7 @@ import pytest
 
 from ir3de import DomainStats, Router, __version__, load_embedder
 from ir3de.cli import main
+from ir3de.statistics import split_pairs
 from ir3de.store import read_safetensors, write_safetensors
 
 MATH = ["What is 12 times 7?", "Solve 3x + 2 = 11 for x.", "A train travels 60 miles per hour "
@@ -122,11 +123,14 @@ def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsy
     assert info["config"]["k"] == 7 and info["config"]["balance"] is False
     code, text, _ = run(capsys, "inspect", built["math"])
     assert code == 0 and "math" in text and "4 prompts" in text
-    n_pairs = DomainStats.load(built["math"]).pairs.keys.size
-    assert (f"holds        b, token counts, document frequencies, {n_pairs} token pairs  (A is "
-            "formed from the token counts)") in text
+    stats = DomainStats.load(built["math"])
+    skips = split_pairs(stats.pairs, stats.counts.size)[1]
+    assert (f"holds        b, token counts, document frequencies, {stats.pairs.keys.size} token "
+            f"pairs ({skips.keys.size} of them skip pairs)  (A is formed from the token counts)"
+            ) in text
     info = json.loads(run(capsys, "inspect", built["math"], "--json")[1])
-    assert (info["n_pairs"], info["has_counts"], info["has_doc_counts"]) == (n_pairs, True, True)
+    assert (info["n_pairs"], info["n_skip_pairs"], info["has_counts"],
+            info["has_doc_counts"]) == (stats.pairs.keys.size, skips.keys.size, True, True)
     assert info["has_A"] is False and info["version"] == 2
 
 
@@ -788,6 +792,11 @@ def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys)
         assert "model        ridge  λ=0.01" in text
 
 
+# What "auto" chooses beside α and the pair mass for small fit sets and for full-size ones.
+SMALL = "no skip pairs  unseen tokens scored"
+FULL = "skip-pair mass=1e+06  unseen tokens ignored"
+
+
 def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
                                                          tmp_path: Path, capsys) -> None:
     """The default's α and pair mass follow the experts' prompt counts: build says what
@@ -796,8 +805,8 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o",
                        tmp_path / "small.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average, 4 in the "
-        "smallest)"), err
+        f"; auto smoothing α=0.003  pair mass=10000  {SMALL} (4 prompts per expert on average, "
+        "4 in the smallest)"), err
     big = {}
     for name, n in (("translation", 400), ("summary", 300)):
         corpus = tmp_path / f"{name}.txt"
@@ -808,25 +817,36 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", big["translation"], "-o", router)
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.03  pair mass=100000 (400 prompts per expert on average, 400 in "
-        "the smallest)"), err
+        f"; auto smoothing α=0.03  pair mass=100000  {FULL} (400 prompts per expert on "
+        "average, 400 in the smallest)"), err
     code, _, err = run(capsys, "experts", "add", router, big["summary"])  # still full size
     assert code == 0 and "smoothing" not in err, err
     # a tiny expert; a mean that is not whole keeps a decimal (235 read as a whole count)
     code, _, err = run(capsys, "experts", "add", router, built["math"])
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.003  pair mass=10000 (234.7 prompts per expert on average, 4 in "
-        "the smallest)"), err
+        f"; auto smoothing α=0.003  pair mass=10000  {SMALL} (234.7 prompts per expert on "
+        "average, 4 in the smallest)"), err
     code, _, err = run(capsys, "experts", "remove", router, "math")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.03  pair mass=100000 (350 prompts per expert on average, 300 in "
-        "the smallest)"), err
-    assert Router.load(router).smoothing == (0.03, 1e5)
+        f"; auto smoothing α=0.03  pair mass=100000  {FULL} (350 prompts per expert on "
+        "average, 300 in the smallest)"), err
+    assert Router.load(router).smoothing == (0.03, 1e5, 1e6, "ignore")
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing pair mass=10000 (4 prompts per expert on average, 4 in the "
+        f"; auto smoothing pair mass=10000  {SMALL} (4 prompts per expert on average, 4 in "
+        "the smallest)"), err
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
+                       "--pairs", "1e4", "--skips", "1e6", "-o", tmp_path / "fixed.st",
+                       "--force")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing unseen tokens scored (4 prompts per expert on average, 4 in the "
         "smallest)"), err
+
+
+def _word(value: float | str | None) -> str:
+    """A setting as inspect prints it."""
+    return "none" if value is None else value if isinstance(value, str) else f"{value:g}"
 
 
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -834,33 +854,41 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
     the prompt counts (these experts hold a few prompts each: the small-fit-set values), as
     inspect shows; --alpha, --pairs, --preset and --model change it."""
     auto = " (auto, from the prompt counts)"
+    few = (0.003, 1e4, None, "score")
     for i, (argv, model, settings, used) in enumerate((
-            ([], "nb", ("auto", "auto"), (0.003, 1e4)),
-            (["--alpha", "auto", "--pairs", "auto"], "nb", ("auto", "auto"), (0.003, 1e4)),
-            (["--alpha", "0.5", "--pairs", "1e3"], "nb", (0.5, 1e3), (0.5, 1e3)),
-            (["--preset", "unigram"], "nb", (0.1, None), (0.1, None)),
-            (["--pairs", "none"], "nb", ("auto", None), (0.003, None)),
-            (["--preset", "few"], "nb", (0.003, 1e4), (0.003, 1e4)),
-            (["--model", "ridge", "--selector", "avg"], "ridge", ("auto", "auto"), None))):
+            ([], "nb", ("auto",) * 4, few),
+            (["--alpha", "auto", "--pairs", "auto"], "nb", ("auto",) * 4, few),
+            (["--alpha", "0.5", "--pairs", "1e3"], "nb", (0.5, 1e3, "auto", "auto"),
+             (0.5, 1e3, None, "score")),
+            (["--preset", "unigram"], "nb", (0.1, None, None, "score"),
+             (0.1, None, None, "score")),
+            (["--pairs", "none"], "nb", ("auto", None, "auto", "auto"),
+             (0.003, None, None, "score")),
+            (["--preset", "few"], "nb", few, few),
+            (["--skips", "3e5", "--unseen", "ignore"], "nb", ("auto", "auto", 3e5, "ignore"),
+             (0.003, 1e4, 3e5, "ignore")),
+            (["--model", "ridge", "--selector", "avg"], "ridge", ("auto",) * 4, None))):
         out = tmp_path / f"{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
         router = Router.load(out)
-        assert (router.config.model, router.config.alpha, router.config.pairs) == \
-            (model, *settings)
+        c = router.config
+        assert (c.model, c.alpha, c.pairs, c.skips, c.unseen) == (model, *settings)
         assert router.smoothing == used
         (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
                    if line.lstrip().startswith("model")]
         if model == "ridge":
             assert "α" not in line
             continue
-        alpha = f"α={used[0]:g}{auto if settings[0] == 'auto' else ''}"
+        shown = [f"{name}={_word(value)}{auto if setting == 'auto' else ''}"
+                 for name, value, setting in zip(("α", "pair mass", "skip-pair mass",
+                                                  "unseen tokens"), used, settings, strict=True)]
         assert line.strip() == (
-            f"model        nb (Naive-Bayes, binary token features)  {alpha}"
-            if used[1] is None else
-            f"model        nb (Naive-Bayes, binary token and token-pair features)  {alpha}  "
-            f"pair mass={used[1]:g}{auto if settings[1] == 'auto' else ''}")
+            f"model        nb (Naive-Bayes, binary token features)  {shown[0]}"
+            if used[1] is None and used[2] is None else
+            "model        nb (Naive-Bayes, binary token and token-pair features)  "
+            + "  ".join(text for k, text in enumerate(shown) if k < 2 or settings[k] is not None))
     for bad in ("0", "-1", "nan", "x"):
-        for option in ("--alpha", "--pairs"):
+        for option in ("--alpha", "--pairs", "--skips"):
             with pytest.raises(SystemExit) as exc:
                 main(["build", str(built["math"]), str(built["coding"]), option, bad,
                       "-o", str(tmp_path / "bad.safetensors")])
@@ -1152,15 +1180,16 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
     assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.003  "
-                              "pair mass=10000 (4 prompts per expert on average, 4 in the "
-                              "smallest)\n")
+                              f"pair mass=10000  {SMALL} (4 prompts per expert on average, 4 "
+                              "in the smallest)\n")
 
 
 def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],
                                                           tmp_path: Path, capsys) -> None:
     """k is read by topk only, α and the pair mass by nb only, λ, balancing and the rest by
     ridge only, unit-norm columns without identity features only."""
-    reads = {"default": {"model", "alpha", "pairs", "tfidf", "selector", "max_tokens"},
+    reads = {"default": {"model", "alpha", "pairs", "skips", "unseen", "tfidf", "selector",
+                         "max_tokens"},
              "identity": {"model", "lam", "balance", "regularize_bias", "identity", "selector",
                           "max_tokens"},
              "dense": {"model", "lam", "balance", "normalize", "regularize_bias", "identity",

@@ -34,6 +34,7 @@ from ir3de.router import read_router_meta
 from ir3de.solver import (
     DEFAULT_ALPHA,
     DEFAULT_PAIRS,
+    DEFAULT_SKIPS,
     FEW_ALPHA,
     FEW_PAIRS,
     MU_GRID,
@@ -1057,38 +1058,54 @@ def test_automatic_mu_is_exact_under_add_remove(emb: Embedder, toy_stats, tmp_pa
 # ------------------------------------------------------------ the nb model (default)
 
 
-def _pairs_of(ids: np.ndarray, V: int) -> set[tuple[int, int]]:
-    return set(zip([V, *ids[:-1].tolist()], ids.tolist(), strict=True))
+def _pairs_of(ids: np.ndarray, V: int, gap: int = 1) -> set[tuple[int, int]]:
+    """A prompt's distinct pairs of ids ``gap`` places apart, V standing before its start."""
+    return set(zip([V] * gap + ids[:-gap].tolist(), ids.tolist(), strict=False))
 
 
-@pytest.mark.parametrize("preset", ["default", "unigram"])
+# The default at full fit size ("auto" takes the small-fit values for the toy corpora).
+FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT_SKIPS,
+                         unseen="ignore")
+FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, DEFAULT_SKIPS, "ignore")
+
+
+@pytest.mark.parametrize("preset", ["default", "unigram", FULL_SIZE])
 def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
-                                                       preset: str) -> None:
-    """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
-    features with a uniform prior (``unigram``: tokens only), computed here directly from
-    the corpora with Python sets (no statistics files)."""
-    router = Router(emb, RouterConfig.preset(preset)).fit_stats(toy_stats)
-    (alpha, m), V = router.smoothing, emb.vocab_size
+                                                       preset: str | RouterConfig) -> None:
+    """The default router is multinomial Naive Bayes over binary token, adjacent token-pair
+    and skip-pair features with a uniform prior, tokens no fit prompt holds left out
+    (``unigram``, and the default on so few prompts: tokens only, or no skip pairs, and
+    unseen tokens scored), computed here directly from the corpora with Python sets (no
+    statistics files)."""
+    router = Router(emb, preset).fit_stats(toy_stats)
+    (alpha, m, m_skip, unseen), V = router.smoothing, emb.vocab_size
+    assert (m_skip, unseen) == ((DEFAULT_SKIPS, "ignore") if preset is FULL_SIZE
+                                else (None, "score"))
     df = {d: np.zeros(V) for d in CORPORA}
-    pair_df: dict[str, Counter[tuple[int, int]]] = {d: Counter() for d in CORPORA}
+    kinds = {gap: {d: Counter[tuple[int, int]]() for d in CORPORA} for gap in (1, 2)}
     for d, texts in CORPORA.items():
         for text in texts:
             ids = emb.encode(text)
             df[d][np.unique(ids)] += 1
-            pair_df[d].update(_pairs_of(ids, V))
-    seen = set().union(*pair_df.values())
-    pooled = {p: sum(pair_df[d][p] for d in router.experts) + 0.01 for p in seen}
-    norm = sum(pooled.values()) + 0.01  # + the slot every unseen pair shares
+            for gap, counted in kinds.items():
+                counted[d].update(_pairs_of(ids, V, gap))
+    seen_ids = sum(df[d] for d in router.experts) > 0
 
-    def pair_loglik(d: str, p: tuple[int, int]) -> float:
+    def pair_loglik(d: str, p: tuple[int, int], gap: int, mass: float) -> float:
+        counted = kinds[gap]
+        pooled = {p: sum(counted[e][p] for e in router.experts) + 0.01
+                  for p in set().union(*counted.values())}
+        norm = sum(pooled.values()) + 0.01  # + the slot every unseen pair shares
         q = pooled.get(p, 0.01) / norm
-        return float(np.log((pair_df[d][p] + m * q) / (sum(pair_df[d].values()) + m)))
+        return float(np.log((counted[d][p] + mass * q) / (sum(counted[d].values()) + mass)))
 
-    for text in PROMPTS:
+    for text in [*PROMPTS, "zxqv glorp vex"]:
         ids = emb.encode(text)
         distinct = np.unique(ids)
-        loglik = [np.log((df[d][distinct] + alpha) / (df[d].sum() + alpha * V)).sum()
-                  + (0 if m is None else sum(pair_loglik(d, p) for p in _pairs_of(ids, V)))
+        scored = distinct[seen_ids[distinct]] if unseen == "ignore" else distinct
+        loglik = [np.log((df[d][scored] + alpha) / (df[d].sum() + alpha * V)).sum()
+                  + sum(sum(pair_loglik(d, p, gap, mass) for p in _pairs_of(ids, V, gap))
+                        for gap, mass in ((1, m), (2, m_skip)) if mass is not None)
                   for d in router.experts]
         dec = router.route(text, explain=True)
         assert dec.expert == router.experts[int(np.argmax(loglik))], text
@@ -1134,31 +1151,34 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
              for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
     assert_same_state(router, Router(emb, "few").fit_stats(three))
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
     four = {**three, "multilingual": big}
-    assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
+    assert router.smoothing == FULL_SIZE_USED
     assert_same_state(router, Router(emb).fit_stats(four))
-    assert_same_state(router, Router(emb, alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS)
-                      .fit_stats(four))
+    assert_same_state(router, Router(emb, FULL_SIZE).fit_stats(four))
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
-        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS}
+        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": DEFAULT_SKIPS,
+         "unseen": "ignore"}
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
     router.add_expert("tiny", toy_stats["law"])
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
     assert_same_state(router, Router(emb, "few").fit_stats({**four, "tiny": toy_stats["law"]}))
     router.remove_expert("tiny")
-    assert router.smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS)
+    assert router.smoothing == FULL_SIZE_USED
     router.remove_expert("multilingual")
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
     assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
-    assert Router(emb, alpha=0.5, pairs=None).fit_stats(four).smoothing == (0.5, None)
+    assert Router(emb, alpha=0.5, pairs=None, skips=None,
+                  unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score")
+    assert Router(emb, skips=3e5).fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, 3e5,
+                                                                 "score")
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 
@@ -1693,8 +1713,8 @@ def test_public_types_and_the_typed_marker() -> None:
 
 def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb) -> None:
     assert repr(Router(emb, "paper")) == (
-        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
-        f"balance=False, identity=None, experts=None)")
+        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, skips=None, k=10, "
+        f"selector='topk', balance=False, identity=None, experts=None)")
     assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")
 
 

@@ -806,12 +806,24 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert bad.status_code == 400 and "α must be" in bad.json()["error"]["message"]
         # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size;
         # not listed as a setting while the selector (topk) reads no pairs
-        assert "pairs" not in s.json()
-        assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5}
+        assert "pairs" not in s.json() and "skips" not in s.json()
+        full = {"skips": 1e6, "unseen": "ignore"}  # what "auto" takes for them at this size
+        assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **full}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": "auto"})
-        assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None}
+        assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None,
+                                                                  **full}
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"skips": None})
+        assert s.status_code == 200 and s.json()["smoothing"] == {
+            "alpha": 0.03, "pairs": None, "skips": None, "unseen": "ignore"}
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"unseen": "score"})
+        assert bad.status_code == 400 and bad.json()["error"]["message"] == (
+            "unseen applies to selector geo only; the router would use selector topk")
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                          json={"unseen": "x", "selector": "geo"})
+        assert bad.status_code == 400 and "unseen must be one of auto, score, ignore" in \
+            bad.json()["error"]["message"]
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": "x"})
         assert bad.status_code == 400 and "or 'auto'" in bad.json()["error"]["message"]
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
@@ -1187,7 +1199,8 @@ def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path)
                 f"{next(iter(cuts))} sends prompts to the fallback expert, and this gateway " \
                 "has none: set fallback in the config first"
         # An unknown key is named (it was "send a JSON object with some of [...]").
-        allowed = "['alpha', 'k', 'lam', 'min_coverage', 'pairs', 'selector', 'threshold']"
+        allowed = ("['alpha', 'k', 'lam', 'min_coverage', 'pairs', 'selector', 'skips', "
+                   "'threshold', 'unseen']")
         for changes, message, param in (
                 ({"bogus": 1}, f"unknown setting 'bogus'; send a JSON object with some of "
                                f"{allowed}", "bogus"),

@@ -22,6 +22,7 @@ from ir3de.solver import (
     nb_smoothing,
     solve,
 )
+from ir3de.statistics import split_pairs
 
 
 def reference_solve(A: np.ndarray, B: np.ndarray, lam: float, regularize_bias: bool = True,
@@ -278,12 +279,14 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch)
     from ir3de.solver import _PAIR_EPS, solve_pairs
 
     experts = list(toy_stats)
-    for mass in (DEFAULT_PAIRS, FEW_PAIRS, 3.0):
-        table = solve_pairs(toy_stats, experts, mass=mass)
-        keys = np.unique(np.concatenate([toy_stats[n].pairs.keys for n in experts]))
+    for mass, skips in itertools.product((DEFAULT_PAIRS, FEW_PAIRS, 3.0), (False, True)):
+        table = solve_pairs(toy_stats, experts, mass=mass, skips=skips)
+        # each kind alone: the adjacent pairs, or the skip pairs keyed without their offset
+        kind = {n: split_pairs(toy_stats[n].pairs, emb.vocab_size)[skips] for n in experts}
+        keys = np.unique(np.concatenate([kind[n].keys for n in experts]))
         C = np.zeros((keys.size + 1, len(experts)))
         for j, n in enumerate(experts):
-            C[np.searchsorted(keys, toy_stats[n].pairs.keys), j] = toy_stats[n].pairs.counts
+            C[np.searchsorted(keys, kind[n].keys), j] = kind[n].counts
         q = C.sum(axis=1) + _PAIR_EPS
         T = np.log(C + mass * q[:, None] / q.sum()) - np.log(C.sum(axis=0) + mass)
         T -= np.log(np.exp(T).sum(axis=1, keepdims=True))
@@ -309,11 +312,13 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch)
     # Routers read the table dense when it is small, sparse beyond _DENSE_ENTRIES: the
     # same decisions, scores equal to rounding.
     prompts = ["What is 12 times 7?", "def add(a, b): return a + b", "Quelle heure est-il ?"]
-    dense = Router(emb, RouterConfig.preset("default")).fit_stats(toy_stats)
+    config = RouterConfig.preset("default", skips=1e6)  # (auto: none for so few prompts)
+    dense = Router(emb, config).fit_stats(toy_stats)
     monkeypatch.setattr(selector_module, "_DENSE_ENTRIES", -1)
-    sparse = Router(emb, RouterConfig.preset("default")).fit_stats(toy_stats)
-    assert sparse._state.table.pairs._dense is None and dense._state.table.pairs._dense \
-        is not None
+    sparse = Router(emb, config).fit_stats(toy_stats)
+    for kind in ("pairs", "skips"):
+        assert getattr(sparse._state.table, kind)._dense is None
+        assert getattr(dense._state.table, kind)._dense is not None
     a, b = dense.route_batch(prompts), sparse.route_batch(prompts)
     assert [d.expert for d in a] == [d.expert for d in b]
     np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b],

@@ -29,6 +29,7 @@ from ir3de.errors import is_blank
 from ir3de.statistics import (
     PairCounts,
     load_stats_files,
+    split_pairs,
     stats_from_counts,
     streaming_stats,
     sum_pairs,
@@ -181,14 +182,17 @@ def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     assert counts[emb.special_ids].sum() == 0
     assert counts.sum() == sum(min(emb.encode(t).size, 5) for t in texts if not is_blank(t))
     assert counts.dtype == np.int64 and counts.shape == (emb.vocab_size,)
-    # Pairs: (previous id or the start V, id) within the cap, each prompt's distinct pairs once.
+    # Pairs: (previous id or the start V, id) within the cap, and skip pairs (the id two
+    # places back or V, id), each prompt's distinct pairs of each kind once.
     V = emb.vocab_size
-    brute: Counter[tuple[int, int]] = Counter()
-    for x in kept:
-        if x.size:  # (a prompt of special tokens only has no pair)
-            brute.update(set(zip([V, *x[:-1].tolist()], x.tolist(), strict=True)))
-    got = {(int(k) // (V + 1), int(k) % (V + 1)): int(c) for k, c in zip(*pairs, strict=True)}
-    assert got == dict(brute)
+    adjacent, skips = split_pairs(pairs, V)
+    for gap, table in ((1, adjacent), (2, skips)):
+        brute: Counter[tuple[int, int]] = Counter()
+        for x in kept:
+            if x.size:  # (a prompt of special tokens only has no pair)
+                brute.update(set(zip([V] * gap + x[:-gap].tolist(), x.tolist(), strict=False)))
+        got = {(int(k) // (V + 1), int(k) % (V + 1)): int(c) for k, c in zip(*table, strict=True)}
+        assert got == dict(brute)
 
 
 def test_empty_corpus_and_bad_domain(emb: Embedder) -> None:
@@ -647,11 +651,23 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats],
         with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
             dataclasses.replace(s, pairs=bad_pairs)
     # A key past the vocabulary is named as what it is: a key of another vocabulary size.
+    # The largest keys are skip pairs (the start V, id): (V + 1)**2 + V (V + 1) + id.
+    wider = (V + 2) ** 2 + (V + 1) * (V + 2)  # (V + 1, 0) of a vocabulary of V + 1 ids
+    with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {wider}, is one of "
+                                               rf"a vocabulary of {V + 1} ids, but "
+                                               rf"doc_counts has {V} entries"):
+        dataclasses.replace(s, pairs=PairCounts(np.append(keys, wider), np.append(counts, 1)))
+    # Without skip pairs (a table counted before them), the largest is an adjacent pair.
+    adjacent = split_pairs(s.pairs, V)[0]
+    assert dataclasses.replace(s, pairs=adjacent).pairs is not None
     with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {(V + 1) ** 2}, is "
                                                rf"one of a vocabulary of {V + 1} ids, but "
                                                rf"doc_counts has {V} entries"):
-        dataclasses.replace(s, pairs=PairCounts(np.append(keys, (V + 1) ** 2),
-                                                np.append(counts, 1)))
+        dataclasses.replace(s, pairs=PairCounts(np.append(adjacent.keys, (V + 1) ** 2),
+                                                np.append(adjacent.counts, 1)))
+    # Skip pairs are checked as the adjacent ones are: one missing is refused.
+    with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
+        dataclasses.replace(s, pairs=PairCounts(keys[:-1], counts[:-1]))
 
 
 def test_three_parties_federation_is_exact(emb: Embedder, data_dir: Path, tmp_path: Path,

@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ExpertError, IR3DEError, listed, refuse_lone_text
 from .router import Decision, Router
-from .statistics import compute_stats
+from .statistics import _holds_skips, compute_stats, split_pairs
 
 __all__ = ["DEFAULT_KEEP", "Calibration", "Cut", "calibrate", "render_plot"]
 
@@ -307,6 +307,10 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
                                  tfidf_buckets=None if tfidf is None else tfidf.buckets)
             if full[domain].pairs is None:
                 part = replace(part, pairs=None)
+            elif not _holds_skips(full[domain]):  # counted before skip pairs were
+                assert part.pairs is not None  # (compute_stats counts them)
+                part = replace(part, pairs=split_pairs(part.pairs,
+                                                       router.embedder.vocab_size)[0])
             if full[domain].counts is None:  # statistics without token counts: Gram only
                 part = replace(part, A=part.gram(router.embedder), counts=None,
                                doc_counts=None, pairs=None)
@@ -335,8 +339,7 @@ def _pinned(router: Router) -> Any:
     automatic smoothing)."""
     config = router.config
     if router.smoothing is not None:
-        alpha, mass = router.smoothing
-        return config.with_settings(alpha=alpha, pairs=mass)
+        return config.with_settings(**router.smoothing._asdict())
     if router.identity_mu is not None:
         return config.with_settings(identity=router.identity_mu)
     return config

@@ -67,9 +67,11 @@ from ir3de.errors import (
 from ir3de.router import (
     MODELS,
     PRESETS,
+    UNSEEN,
     Decision,
     Router,
     RouterConfig,
+    Smoothing,
     read_router_meta,
 )
 from ir3de.selector import SELECTORS
@@ -79,6 +81,7 @@ from ir3de.statistics import (
     domain_name_problem,
     load_stats_files,
     merge,
+    split_pairs,
     validate_domain_name,
 )
 from ir3de.store import (
@@ -354,6 +357,7 @@ class _Once(argparse.Action):
 _identity_mu = _number_or({"auto": "auto", "none": None}, "the identity ridge")
 _alpha = _number_or({"auto": "auto"}, "the smoothing α")
 _pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass")
+_skip_mass = _number_or({"auto": "auto", "none": None}, "the skip-pair Dirichlet mass")
 _tfidf_weight = _number_or({"none": None}, "the TF-IDF weight")
 
 
@@ -385,12 +389,16 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                              "an option the resulting model or selector does not read is "
                              "refused")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': Naive-Bayes log-likelihoods of binary token and "
-                        "adjacent-token-pair features pooled by the geo selector, α and pair "
-                        "mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 "
-                        "prompts each or fewer on average or the smallest 50 or fewer (the "
-                        "measured best); 'few': α=0.003 and pair mass 1e4 whatever the fit "
-                        "size; 'tfidf': the default plus a prompt-level TF-IDF ridge with "
+                   help="'default': Naive-Bayes log-likelihoods of binary token, "
+                        "adjacent-token-pair and skip-pair features pooled by the geo "
+                        "selector, every setting 'auto': α 0.03, pair mass 1e5, skip-pair mass "
+                        "1e6, unseen tokens ignored, or α 0.003, pair mass 1e4, no skip pairs, "
+                        "unseen tokens scored when the experts hold 100 prompts each or fewer "
+                        "on average or the smallest 50 or fewer (the measured best); 'few': "
+                        "those small-fit values whatever the fit size; 'pairs': the default "
+                        "without skip pairs, unseen tokens scored (the default until "
+                        "2026-11-25; for statistics counted before skip pairs were); 'tfidf': "
+                        "'pairs' plus a prompt-level TF-IDF ridge with "
                         "weight 4 (better on prompts like the fit data, worse on prompts "
                         "unlike it; needs statistics counted with --tfidf-buckets); "
                         "'unigram': without pairs (α=0.1; for statistics without pair "
@@ -401,8 +409,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "ridge with entropy top-k, k=10")
     g.add_argument("--model", choices=MODELS,
                    help="nb: log-likelihoods from per-domain document frequencies (--alpha, "
-                        "--pairs apply); ridge: closed-form ridge on the embedding (--lam, "
-                        "--identity, --balance, --normalize, --regularize-bias apply)")
+                        "--pairs, --skips, --unseen apply); ridge: closed-form ridge on the "
+                        "embedding (--lam, --identity, --balance, --normalize, "
+                        "--regularize-bias apply)")
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
                    help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
                         "0.03, or 0.003 when the experts hold 100 prompts each or fewer on "
@@ -415,6 +424,18 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "smallest 50 or fewer; preset "
                         "'few': 1e4), or 'none' for token features only; pairs enter the geo "
                         "selector")
+    g.add_argument("--skips", type=_skip_mass, metavar="MASS|auto|none",
+                   default=argparse.SUPPRESS,
+                   help="nb model: Dirichlet mass of the skip-pair table (pairs of tokens two "
+                        "places apart), 'auto' (the default: 1e6, or none when the experts "
+                        "hold 100 prompts each or fewer on average or the smallest 50 or "
+                        "fewer) or 'none'; skip pairs enter the geo selector")
+    g.add_argument("--unseen", choices=UNSEEN,
+                   help="nb model with the geo selector: what a token no fit prompt holds "
+                        "adds, 'score' (its smoothed log-likelihoods, which lean towards the "
+                        "experts with fewer fit prompts) or 'ignore' (nothing); 'auto' (the "
+                        "default): ignore, or score when the experts hold 100 prompts each or "
+                        "fewer on average or the smallest 50 or fewer")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -448,9 +469,9 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
     the resulting configuration does not read is refused."""
     overrides = {key: getattr(args, key) for key in
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
-                  "regularize_bias")
+                  "regularize_bias", "unseen")
                  if getattr(args, key, None) is not None}
-    for key in ("identity", "pairs", "tfidf"):  # 'none' is an explicit choice, unlike none
+    for key in ("identity", "pairs", "skips", "tfidf"):  # 'none' is an explicit choice, unlike none
         if hasattr(args, key):
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
@@ -891,23 +912,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _smoothing_note(router: Router, before: tuple[float, float | None] | None = None) -> str:
-    """What ``auto`` α and pair mass chose from the prompt counts, for the line ``build``
+def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
+    """What ``auto`` settings chose from the prompt counts, for the line ``build``
     prints (and ``experts add/remove`` when the change moved it from ``before``): the
     smoothing follows the fit size, which a user should not have to find out by inspect."""
     used, config = router.smoothing, router.config
-    if used is None or "auto" not in (config.alpha, config.pairs) or used == before:
+    if used is None or "auto" not in (config.alpha, config.pairs, config.skips,
+                                      config.unseen) or used == before:
         return ""
     counts = [s.n_prompts for s in router.stats.values()]
-    values = "  ".join(f"{name}={value:g}" for name, value, setting in (
-        ("α", used[0], config.alpha), ("pair mass", used[1], config.pairs))
-        if setting == "auto" and value is not None)
+    values = "  ".join(text for setting, text in (
+        (config.alpha, f"α={used.alpha:g}"),
+        (config.pairs, None if used.pairs is None else f"pair mass={used.pairs:g}"),
+        (config.skips, "no skip pairs" if used.skips is None
+         else f"skip-pair mass={used.skips:g}"),
+        (config.unseen, f"unseen tokens {used.unseen}d")) if setting == "auto" and text)
     # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
     # "100 or fewer" while it chose the larger-fit smoothing
     total, n = sum(counts), len(counts)
     mean = f"{total / n:,.1f}" if total % n else f"{total // n:,}"
     return (f"; auto smoothing {values} ({mean} prompts per expert on average, "
             f"{min(counts):,} in the smallest)")
+
+
+def _auto_value(value: float | str | None) -> str:
+    """A setting "auto" chose, as the notes print it: numbers as 1e+05, None as none."""
+    return "none" if value is None else value if isinstance(value, str) else f"{value:g}"
 
 
 # Said with an --input error that a plain text file would cause.
@@ -1167,6 +1197,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # from); identity the token counts, the nb presets the document frequencies, the
         # default also the pair frequencies.
         info["n_pairs"] = None if stats.pairs is None else int(stats.pairs.keys.size)
+        skips = None
+        if stats.pairs is not None:
+            assert stats.doc_counts is not None  # (the pair table is checked against them)
+            skips = split_pairs(stats.pairs, stats.doc_counts.size)[1]
+        info["n_skip_pairs"] = None if skips is None else int(skips.keys.size)
         info["has_A"] = stats.A is not None
         info["has_counts"] = stats.counts is not None
         info["has_doc_counts"] = stats.doc_counts is not None
@@ -1207,10 +1242,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chosen(setting: float | str, used: float) -> str:
+def _chosen(setting: float | str | None, used: float | str | None) -> str:
     """A smoothing setting as ``inspect`` prints it: the value, and where it was "auto"
     that the prompt counts chose it."""
-    return f"{used:g}" + (" (auto, from the prompt counts)" if setting == "auto" else "")
+    return _auto_value(used) + (" (auto, from the prompt counts)" if setting == "auto" else "")
 
 
 def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -1231,9 +1266,15 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         if c["model"] == "nb":
             used = info["smoothing"]
             smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
-            if c.get("pairs") is not None and not unread_pairs:
+            if not unread_pairs and (used["pairs"] is not None or used["skips"] is not None):
+                # (settings the selector does not read are gone from c: _read_settings)
+                read = [(name, key) for name, key in (("pair mass", "pairs"),
+                                                      ("skip-pair mass", "skips"),
+                                                      ("unseen tokens", "unseen"))
+                        if key in c and (c[key] is not None or key == "pairs")]
                 _echo(f"  model        nb (Naive-Bayes, binary token and token-pair features)  "
-                      f"{smoothing}  pair mass={_chosen(c['pairs'], used['pairs'])}")
+                      f"{smoothing}  " + "  ".join(f"{name}={_chosen(c[key], used[key])}"
+                                                   for name, key in read))
             else:
                 unread = (f"; the token pairs it holds are read by the geo selector only, "
                           f"not {c['selector']}" if unread_pairs else "")
@@ -1264,7 +1305,9 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
                                            ("document frequencies", info["has_doc_counts"]))
                 if present]
         if info["n_pairs"] is not None:
-            held.append(f"{info['n_pairs']} token pairs")
+            held.append(f"{info['n_pairs']} token pairs (" + (
+                "no skip pairs: counted before 2026-11-25" if info["n_skip_pairs"] is None
+                else f"{info['n_skip_pairs']} of them skip pairs") + ")")
         _echo("  holds        " + ", ".join(held)
               + ("" if info["has_A"] else "  (A is formed from the token counts)"))
         _echo(f"  signature    {_signed(info)}")

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,7 @@ from .solver import (
     MU_GRID,
     UNIGRAM_ALPHA,
     design,
+    nb_skips,
     nb_smoothing,
     solve,
     solve_identity,
@@ -97,8 +98,8 @@ from .tfidf import (
     solve_tfidf,
 )
 
-__all__ = ["DEFAULT_K", "MODELS", "PRESETS", "Decision", "Router", "RouterConfig",
-           "VotingToken", "read_router_meta"]
+__all__ = ["DEFAULT_K", "MODELS", "PRESETS", "UNSEEN", "Decision", "Router", "RouterConfig",
+           "Smoothing", "VotingToken", "read_router_meta"]
 
 # Defaults were chosen on a held-out 20 % of the fit sets, never on test prompts
 # (benchmarks/choose_defaults.py, BENCHMARKS.md "Choosing the defaults"): with
@@ -116,8 +117,8 @@ ROUTER_FORMAT = "ir3de-router"
 # from them); version 1 files hold every expert's A. A router is saved in version 1 when
 # every expert has A, so the files an older ir3de could read stay readable by it.
 _ROUTER_VERSIONS = (1, 2)
-_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "lam", "balance", "normalize",
-                           "regularize_bias", "identity", "tfidf"})
+_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "skips", "unseen", "lam", "balance",
+                           "normalize", "regularize_bias", "identity", "tfidf"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
 # The type of the router a method returns itself as (typing.Self needs Python 3.11): a
 # subclass's fit() is typed as that subclass.
@@ -139,8 +140,11 @@ class _Ridge(TypedDict):
 # Settings that one model only reads (see RouterConfig): given for the other model they
 # would change nothing. The nb model always weighs every domain the same: balance=True is
 # no choice of its (and balance=False is refused).
-_MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "tfidf": "nb", "lam": "ridge", "identity": "ridge",
-               "normalize": "ridge", "regularize_bias": "ridge", "balance": "ridge"}
+_MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "skips": "nb", "unseen": "nb", "tfidf": "nb",
+               "lam": "ridge", "identity": "ridge", "normalize": "ridge",
+               "regularize_bias": "ridge", "balance": "ridge"}
+# What the nb model may do with a token no fit prompt holds (see RouterConfig.unseen).
+UNSEEN: tuple[str, ...] = ("auto", "score", "ignore")
 
 
 @dataclass(frozen=True)
@@ -158,14 +162,18 @@ class RouterConfig:
       mass ``pairs`` (:func:`~ir3de.solver.solve_pairs`; the ``geo`` selector uses them,
       the per-token voting selectors do not); every domain weighs the same (``balance``
       must stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not
-      apply. ``alpha`` and ``pairs`` are numbers or ``"auto"`` (the default): chosen per
-      router from the experts' prompt counts, lighter smoothing for small fit sets
-      (:func:`~ir3de.solver.nb_smoothing`; :attr:`Router.smoothing` tells the values in
-      use). ``tfidf``: None (off, the default), or the weight of a prompt-level TF-IDF
-      ridge over hashed token ids added to the ``geo`` decision (:mod:`ir3de.tfidf`;
-      preset ``tfidf``: 4); it reads the experts' TF-IDF statistics
-      (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts when it is set and
-      :func:`~ir3de.compute_stats` on request.
+      apply. ``skips``: the Dirichlet mass of a second pair table, of skip pairs (the id
+      two places back, id), or None; ``unseen``: what a token that no fit prompt holds adds
+      to the ``geo`` decision, ``"score"`` (its smoothed log-likelihoods, which favour the
+      domains with fewer fit prompts) or ``"ignore"`` (nothing). ``alpha``, ``pairs``,
+      ``skips`` and ``unseen`` may be ``"auto"`` (the default): chosen per router from the
+      experts' prompt counts, lighter smoothing and no skip pairs for small fit sets
+      (:func:`~ir3de.solver.nb_smoothing`, :func:`~ir3de.solver.nb_skips`;
+      :attr:`Router.smoothing` tells the values in use). ``tfidf``: None (off, the
+      default), or the weight of a prompt-level TF-IDF ridge over hashed token ids added
+      to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
+      experts' TF-IDF statistics (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts
+      when it is set and :func:`~ir3de.compute_stats` on request.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -178,6 +186,8 @@ class RouterConfig:
     model: Literal["nb", "ridge"] = "nb"
     alpha: float | Literal["auto"] = "auto"
     pairs: float | Literal["auto"] | None = "auto"
+    skips: float | Literal["auto"] | None = "auto"
+    unseen: Literal["auto", "score", "ignore"] = "auto"
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: SelectorName = "geo"
@@ -207,6 +217,11 @@ class RouterConfig:
         if self.pairs is not None and self.pairs != "auto" and not _positive_number(self.pairs):
             raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, 'auto' or "
                              f"None, got {self.pairs!r}")
+        if self.skips is not None and self.skips != "auto" and not _positive_number(self.skips):
+            raise IR3DEError(f"the skip-pair Dirichlet mass must be a finite number > 0, 'auto' "
+                             f"or None, got {self.skips!r}")
+        if not isinstance(self.unseen, str) or self.unseen not in UNSEEN:
+            raise IR3DEError(f"unseen must be one of {', '.join(UNSEEN)}, got {self.unseen!r}")
         if self.tfidf is not None and not _positive_number(self.tfidf):
             raise IR3DEError(f"the TF-IDF weight must be a finite number > 0 or None, got "
                              f"{self.tfidf!r}")
@@ -231,13 +246,16 @@ class RouterConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
-        of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
-        ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
-        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
-        mass 1e4 whatever the fit size), ``tfidf`` (the default plus a prompt-level TF-IDF
-        ridge over 4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`: better
-        on prompts like the fit data, worse where an expert's prompts look unlike its fit
-        data), ``unigram`` (without pairs, α = 0.1, for statistics made before pairs were
+        of binary token, adjacent-token-pair and skip-pair features, ``geo`` selector, all
+        ``"auto"``: α 0.03, pair mass 1e5, skip-pair mass 1e6 and unseen tokens ignored, or
+        α 0.003, pair mass 1e4, no skip pairs and unseen tokens scored when the experts hold
+        100 prompts each or fewer on average or the smallest holds 50 or fewer), ``few``
+        (those small-fit values whatever the fit size), ``pairs`` (the default without skip
+        pairs, unseen tokens scored: the default until 2026-11-25, for statistics counted
+        before skip pairs were), ``tfidf`` (``pairs`` plus a prompt-level TF-IDF ridge over
+        4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`: better on prompts
+        like the fit data, worse where an expert's prompts look unlike its fit data),
+        ``unigram`` (without pairs, α = 0.1, for statistics made before pairs were
         counted), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
@@ -290,8 +308,9 @@ class RouterConfig:
         if "k" in names and self.selector != "topk":
             return "k", "selector", "topk"
         # Only geo pools pair log-likelihoods; the voting selectors read tokens alone.
-        if "pairs" in names and self.pairs is not None and self.selector != "geo":
-            return "pairs", "selector", "geo"
+        for name in ("pairs", "skips", "unseen"):
+            if name in names and getattr(self, name) is not None and self.selector != "geo":
+                return name, "selector", "geo"
         if "tfidf" in names and self.tfidf is not None and self.selector != "geo":
             return "tfidf", "selector", "geo"
         return None
@@ -310,9 +329,10 @@ class RouterConfig:
     @property
     def reads_pairs(self) -> bool:
         """Whether routing with this configuration reads the experts' token-pair counts:
-        the nb model with pair features and the ``geo`` selector (the other selectors vote
-        per token)."""
-        return self.model == "nb" and self.pairs is not None and self.selector == "geo"
+        the nb model with pair or skip-pair features and the ``geo`` selector (the other
+        selectors vote per token)."""
+        return self.model == "nb" and self.selector == "geo" \
+            and (self.pairs is not None or self.skips is not None)
 
     def with_settings(self, **settings: Any) -> RouterConfig:
         """A copy with ``settings`` changed (validated like a new config).
@@ -385,13 +405,15 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
-    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
-    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
-    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
+    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS, skips=None, unseen="score"),
+    "pairs": RouterConfig(skips=None, unseen="score"),
+    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA, skips=None, unseen="score"),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None, skips=None, unseen="score"),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None, skips=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None,
+                          skips=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None, pairs=None),
+                          identity=None, pairs=None, skips=None),
 }
 
 
@@ -429,6 +451,16 @@ class Decision:
         return {k: v for k, v in out.items() if v is not None}
 
 
+class Smoothing(NamedTuple):
+    """The ``nb`` model's settings in use (:attr:`Router.smoothing`): what ``"auto"``
+    chose from the experts' prompt counts, the configured values elsewhere."""
+
+    alpha: float
+    pairs: float | None
+    skips: float | None
+    unseen: Literal["score", "ignore"]
+
+
 @dataclass(frozen=True, eq=False)
 class _State:
     """A fitted router's whole solved state, replaced by one assignment: a decision reads
@@ -440,7 +472,7 @@ class _State:
     W: np.ndarray  # ridge: (h+1, D) weights; nb: (V, D) log-likelihoods
     table: VocabScores
     mu: float | None  # the identity ridge in use (chosen when the config says "auto")
-    smoothing: tuple[float, float | None] | None = None  # nb: (α, pair mass) in use
+    smoothing: Smoothing | None = None  # nb: what "auto" chose
 
 
 class Router:
@@ -619,13 +651,21 @@ class Router:
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
         if config.model == "nb":
-            alpha, mass = nb_smoothing(config.alpha, config.pairs,
-                                       [stats[n].n_prompts for n in experts])
-            L = solve_nb(stats, experts, alpha=alpha)  # (V rows: _check_compatible)
-            pairs = None
-            if mass is not None:
+            n_prompts = [stats[n].n_prompts for n in experts]
+            used = Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
+                             *nb_skips(config.skips, config.unseen, n_prompts))
+            L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
+            pairs = skips = unseen = None
+            if used.pairs is not None or used.skips is not None:
                 _require_pairs(stats, experts)
-                pairs = solve_pairs(stats, experts, mass=mass)
+            if used.pairs is not None:
+                pairs = solve_pairs(stats, experts, mass=used.pairs)
+            if used.skips is not None:
+                skips = solve_pairs(stats, experts, mass=used.skips, skips=True)
+            if used.unseen == "ignore":
+                # (doc_counts: solve_nb has required them)
+                unseen = np.flatnonzero(sum(np.asarray(stats[n].doc_counts) for n in experts)
+                                        == 0)
             tfidf = None
             if config.tfidf is not None:
                 parts = _require_tfidf(stats, experts)
@@ -633,7 +673,8 @@ class Router:
                 tfidf = TfidfScores.build(W, idf, L.shape[0], config.tfidf)
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(config, experts, dict(stats), L,
-                          VocabScores.from_logits(L.copy(), pairs, tfidf), None, (alpha, mass))
+                          VocabScores.from_logits(L.copy(), pairs, tfidf, skips, unseen), None,
+                          used)
         ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
                          "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -678,10 +719,10 @@ class Router:
         return self._fitted.mu
 
     @property
-    def smoothing(self) -> tuple[float, float | None] | None:
-        """The ``nb`` model's ``(α, pair mass)`` in use (the ones chosen from the experts'
-        prompt counts where the config says ``"auto"``; pair mass None without pairs), or
-        None for the ridge model."""
+    def smoothing(self) -> Smoothing | None:
+        """The ``nb`` model's ``(α, pair mass, skip-pair mass, unseen)`` in use (the ones
+        chosen from the experts' prompt counts where the config says ``"auto"``; a mass is
+        None without that table), or None for the ridge model."""
         return self._fitted.smoothing
 
     @property
@@ -1381,15 +1422,15 @@ def _expert_meta(name: str, s: DomainStats, spec: dict[str, Any]) -> dict[str, A
 
 def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str, Any],
               dim: int, experts: list[dict[str, Any]], mu: float | None,
-              smoothing: tuple[float, float | None] | None) -> dict[str, Any]:
+              smoothing: Smoothing | None) -> dict[str, Any]:
     return {"config": asdict(config), "identity_mu": mu, "smoothing": _smoothing(smoothing),
             "embedder_name": name, "fingerprint": fingerprint, "embedder": spec, "dim": dim,
             "experts": experts}
 
 
-def _smoothing(smoothing: tuple[float, float | None] | None) -> dict[str, Any] | None:
+def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:
     """``Router.smoothing`` as the JSON object of ``describe`` (and ``inspect --json``)."""
-    return None if smoothing is None else {"alpha": smoothing[0], "pairs": smoothing[1]}
+    return None if smoothing is None else smoothing._asdict()
 
 
 def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -1406,9 +1447,11 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
                                f"router settings, got {meta['config']!r}")
     # Settings a router was saved without did not exist then: they take the behaviour of
     # that time, not today's defaults (on load or in `inspect`). Before the 'nb' model,
-    # routers were ridge routers; before pair features, nb used none.
+    # routers were ridge routers; before pair features, nb used none; before skip pairs,
+    # none of those and unseen tokens scored.
     try:
         config = RouterConfig.from_dict({"model": "ridge", "pairs": None, "tfidf": None,
+                                         "skips": None, "unseen": "score",
                                          **meta["config"]})
     except IR3DEError as exc:
         raise StatsFormatError(f"{where}: metadata field 'config': {exc}") from None
@@ -1466,8 +1509,10 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     meta["experts"] = list(checked.values())
     # Derived, not read: what the solve will use (files saved before "auto" lack it, and a
     # hand-edited value would only mislead `inspect`).
-    meta["smoothing"] = _smoothing(None if config.model != "nb" else nb_smoothing(
-        config.alpha, config.pairs, [e["n_prompts"] for e in meta["experts"]]))
+    n_prompts = [e["n_prompts"] for e in meta["experts"]]
+    meta["smoothing"] = _smoothing(None if config.model != "nb" else Smoothing(
+        *nb_smoothing(config.alpha, config.pairs, n_prompts),
+        *nb_skips(config.skips, config.unseen, n_prompts)))
     return meta
 
 

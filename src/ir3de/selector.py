@@ -14,7 +14,9 @@ Selectors (``P`` prompts are processed together, vectorised):
   *distinct* tokens (each counts once however often it repeats). On a Naive-Bayes table
   (the ``nb`` router, whose per-token probabilities are ``p(t | d)`` normalised over the
   domains) this is exactly the Naive-Bayes decision with a uniform prior over binary
-  token features.
+  token features. An ``nb`` router adds the log-likelihoods of the prompt's distinct
+  adjacent token pairs and skip pairs (each kind its own table), and may leave out tokens
+  that no fit prompt holds (:func:`~ir3de.solver.nb_skips`).
 
 Tie-breaking (deterministic):
 
@@ -46,7 +48,7 @@ import numpy as np
 
 from .embedding import Embedder
 from .errors import EmptyInputError, IR3DEError
-from .statistics import _distinct, _flat_pair_keys, _run_starts, pair_keys
+from .statistics import _distinct, _flat_pair_keys, _run_starts, pair_keys, skip_keys
 from .tfidf import TfidfScores
 
 __all__ = ["SELECTORS", "PairScores", "Selection", "SelectorName", "VocabScores", "select",
@@ -152,7 +154,9 @@ class VocabScores:
     ``entropy`` (V,), ``vote`` (V,) and ``rank`` (V,), the dense rank of each entropy (equal
     entropies share a rank), which lets a batch be ordered by one integer sort instead of a
     two-key lexsort. ``pairs``: the token-pair table the ``geo`` selector adds, if any;
-    ``tfidf``: the prompt-level TF-IDF ridge it adds, if any."""
+    ``skips``: its skip-pair table, if any; ``unseen``: the token ids ``geo`` leaves out
+    (their rows add nothing), if any; ``tfidf``: the prompt-level TF-IDF ridge it adds, if
+    any."""
 
     probs: np.ndarray
     logp: np.ndarray
@@ -161,16 +165,23 @@ class VocabScores:
     rank: np.ndarray
     pairs: PairScores | None = None
     tfidf: TfidfScores | None = None
-    # What geo gathers per distinct token: logp, with the TF-IDF rows beside it when there
-    # are some (one gather of 2D columns is cheaper than two of D) and the TF-IDF bias
-    # added to logp's (a mean over the distinct tokens then adds it once: one operation
-    # less per prompt).
+    skips: PairScores | None = None
+    unseen: np.ndarray | None = None
+    # What geo gathers per distinct token: logp, zero for the unseen ids, with the TF-IDF
+    # rows beside it when there are some (one gather of 2D columns is cheaper than two of
+    # D) and the TF-IDF bias added to logp's (a mean over the distinct tokens then adds it
+    # once: one operation less per prompt).
     _geo_rows: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         rows = self.logp
+        if self.unseen is not None and self.unseen.size:
+            # (a row of zeros shifts no domain against another: the token adds nothing to
+            # the decision, only to the count that geo's mean divides by, as every token)
+            rows = rows.copy()
+            rows[self.unseen] = 0.0
         if self.tfidf is not None:
-            rows = np.hstack([self.logp + self.tfidf.bias, self.tfidf.rows])
+            rows = np.hstack([rows + self.tfidf.bias, self.tfidf.rows])
         object.__setattr__(self, "_geo_rows", rows)
 
     @classmethod
@@ -187,10 +198,11 @@ class VocabScores:
 
     @classmethod
     def from_logits(cls, logits: np.ndarray, pairs: PairScores | None = None,
-                    tfidf: TfidfScores | None = None) -> VocabScores:
+                    tfidf: TfidfScores | None = None, skips: PairScores | None = None,
+                    unseen: np.ndarray | None = None) -> VocabScores:
         """The tables of per-token scores ``logits`` (V, D), normalised by a softmax per
-        token (in place: ``logits`` is consumed), with the pair table ``pairs`` and the
-        TF-IDF ridge ``tfidf``."""
+        token (in place: ``logits`` is consumed), with the pair tables ``pairs`` and
+        ``skips``, the TF-IDF ridge ``tfidf`` and the ids ``unseen`` geo leaves out."""
         V = logits.shape[0]
         probs, entropy = np.empty_like(logits), np.empty(V)
         # Blocks keep the temporaries in cache (faster at large vocabularies, same result).
@@ -200,7 +212,8 @@ class VocabScores:
             z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
             p = probs[start:start + 512] = np.exp(z)
             entropy[start:start + 512] = -(p * z).sum(axis=1)
-        return replace(cls.build(probs, entropy, logits), pairs=pairs, tfidf=tfidf)
+        return replace(cls.build(probs, entropy, logits), pairs=pairs, tfidf=tfidf,
+                       skips=skips, unseen=unseen)
 
 
 def vocab_scores(embedder: Embedder, W: np.ndarray,
@@ -279,6 +292,8 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
         if table.pairs is not None:
             pair_total, coverage = _pair_sums(flat, starts, table.pairs, V)
             total += pair_total
+        if table.skips is not None:
+            total += _pair_sums(flat, starts, table.skips, V, gap=2)[0]
         mean = total / n_distinct[:, None]
         if table.tfidf is not None:
             mean += table.tfidf.prompt_scores(both[:, D:], flat[first], upid)
@@ -325,6 +340,9 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
             rows, n_seen = table.pairs.lookup(_distinct(pair_keys(x, table.logp.shape[0])))
             total += table.pairs.sums(rows, _FIRST)[0]
             coverage = np.array([n_seen / rows.size])
+        if table.skips is not None:
+            rows = table.skips.rows(_distinct(skip_keys(x, table.logp.shape[0])))
+            total += table.skips.sums(rows, _FIRST)[0]
         mean = total / first.size
         if table.tfidf is not None:
             mean += table.tfidf.prompt_score(both[D:], u)
@@ -362,13 +380,13 @@ def _total(rows: np.ndarray) -> np.ndarray:
 
 
 def _pair_sums(flat: np.ndarray, starts: np.ndarray, pairs: PairScores,
-               V: int) -> tuple[np.ndarray, np.ndarray]:
+               V: int, gap: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt (its tokens ``flat[starts[i]:starts[i + 1]]``): the sum of the pair
     log-probabilities of its distinct pairs (P, D), and the share of them seen in the fit
-    data (P,)."""
+    data (P,); ``gap`` 2 for skip pairs."""
     P = starts.size
     lengths = np.diff(np.append(starts, flat.size))
-    keys = _flat_pair_keys(flat, starts, V)
+    keys = _flat_pair_keys(flat, starts, V, gap)
     # Distinct (prompt, pair): one sort of prompt * span + key (a two-key lexsort is ~25x
     # slower), over as many prompts at a time as int64 can tag (all of them for any real
     # vocabulary and batch).

@@ -348,8 +348,8 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         preset: str = "default"
         settings: RouterSettings | None = pd.Field(  # type: ignore[valid-type]
             None, description="router settings over the preset's (stats) or the saved "
-                              "router's (path), e.g. {pairs: 1e4}; null for pairs or "
-                              "identity turns them off")
+                              "router's (path), e.g. {pairs: 1e4}; null for pairs, skips "
+                              "or identity turns them off")
 
         @pd.field_validator("settings", mode="before")
         @classmethod
@@ -2051,8 +2051,8 @@ def _read_settings(config: Any) -> dict[str, Any]:
     """The settings of ``config`` (a RouterConfig) that ``PATCH /admin/settings`` changes,
     less those the router does not read (as ``ir3de inspect``): k=50 was listed for a geo
     router, whose PATCH of k alone is refused."""
-    settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "k", "lam",
-                                                          "selector")}
+    settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "skips",
+                                                          "unseen", "k", "lam", "selector")}
     return {name: value for name, value in settings.items() if config.ignored([name]) is None}
 
 
@@ -3154,7 +3154,7 @@ def create_app(config: Any) -> Any:
         except ClientDisconnect:
             return _admin_gone(request)
         cuts = ("threshold", "min_coverage")
-        allowed = {"alpha", "k", "lam", "pairs", "selector", *cuts}
+        allowed = {"alpha", "k", "lam", "pairs", "skips", "unseen", "selector", *cuts}
         if not isinstance(changes, dict) or not changes:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
         unknown = [key for key in changes if key not in allowed]

@@ -1,7 +1,8 @@
 """Closed-form solves of the per-token table from additive statistics: the ridge
 ``W = (A + λI)⁻¹ B`` (with token-identity features: :func:`solve_identity`), and the
 count tables of the ``nb`` model (the default): :func:`solve_nb` for tokens,
-:func:`solve_pairs` for adjacent token pairs, smoothed as :func:`nb_smoothing` says.
+:func:`solve_pairs` for adjacent token pairs and skip pairs, smoothed as :func:`nb_smoothing`
+and :func:`nb_skips` say.
 
 The design is assembled from per-domain statistics in a canonical order (sorted
 by expert name), so a router that gained and then lost an expert, or that was
@@ -27,12 +28,13 @@ import numpy as np
 from .embedding import Embedder
 from .errors import IR3DEError, StatsFormatError
 from .selector import PairScores
-from .statistics import DomainStats, _table_blocks
+from .statistics import DomainStats, _table_blocks, split_pairs
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "FEW_ALPHA", "FEW_MIN_PROMPTS",
-           "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA", "choose_identity_mu",
-           "design", "domain_weights", "identity_loo", "nb_smoothing", "solve", "solve_identity",
-           "solve_identity_auto", "solve_nb", "solve_pairs"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS", "FEW_ALPHA",
+           "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA",
+           "choose_identity_mu", "design", "domain_weights", "identity_loo", "nb_skips",
+           "nb_smoothing", "solve", "solve_identity", "solve_identity_auto", "solve_nb",
+           "solve_pairs"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -42,6 +44,11 @@ DEFAULT_LAMBDA = 1e-2
 DEFAULT_ALPHA = 0.03
 UNIGRAM_ALPHA = 0.1
 DEFAULT_PAIRS = 1e5
+# Skip pairs (the id two places back, id) with their own Dirichlet mass, and tokens that no
+# fit prompt holds adding nothing: the pick of benchmarks/explore_longer.py by the same rule
+# (held-out 99.59 against 99.56), then ahead on the three fresh checks of fresh_unseen.py
+# (98.68 against 98.59; EVALUATION.md, "Skip pairs in the router").
+DEFAULT_SKIPS = 1e6
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
 # picks for them, FEW_PROMPTS below): chosen by the same rule on the five splits with every
 # fit set cut to 10 / 30 / 100 prompts per domain or to 3 % of it, then checked on fresh
@@ -181,6 +188,13 @@ def _require(stats: Mapping[str, DomainStats], experts: Sequence[str],
             "reference accumulation, which keeps A and b only) or by an older ir3de that did "
             f"not count them; count them again with compute_stats (ir3de stats) to {use}")
     return {n: value for n, value in found.items() if value is not None}
+
+
+def _vocab_size(stats: DomainStats) -> int:
+    """The vocabulary size of statistics with a pair table, which comes with the document
+    frequencies that bound it (one per token id)."""
+    assert stats.doc_counts is not None
+    return stats.doc_counts.size
 
 
 def _require_finite(table: np.ndarray, setting: str, what: str) -> None:
@@ -384,11 +398,35 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
     >>> nb_smoothing("auto", None, [300, 5000])
     (0.03, None)
     """
-    # exact in integers: no rounding (and no experts is "few" before min is asked)
-    few = (sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)
-           or min(n_prompts) <= FEW_MIN_PROMPTS)
+    few = _few(n_prompts)
     return (((FEW_ALPHA if few else DEFAULT_ALPHA) if alpha == "auto" else alpha),
             ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
+
+
+def _few(n_prompts: Sequence[int]) -> bool:
+    """Whether "auto" settings take their values for few fit prompts (see :func:`nb_smoothing`)."""
+    # exact in integers: no rounding (and no experts is "few" before min is asked)
+    return (sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)
+            or min(n_prompts) <= FEW_MIN_PROMPTS)
+
+
+def nb_skips(skips: float | Literal["auto"] | None, unseen: Literal["auto", "score", "ignore"],
+             n_prompts: Sequence[int]) -> tuple[float | None, Literal["score", "ignore"]]:
+    """The skip-pair mass and the treatment of unseen tokens in use for experts of
+    ``n_prompts`` prompts each. ``"auto"`` gives ``DEFAULT_SKIPS`` and ``"ignore"`` (a token
+    no fit prompt holds adds nothing), or, where :func:`nb_smoothing` takes its values for few
+    fit prompts, no skip pairs and ``"score"`` (its Laplace row): the setting that was
+    measured on small fit sets (benchmarks/explore_scale.py); a number, None or the
+    treatment itself is kept.
+
+    >>> nb_skips("auto", "auto", [300, 5000])
+    (1000000.0, 'ignore')
+    >>> nb_skips("auto", "auto", [30, 80, 120])
+    (None, 'score')
+    """
+    few = _few(n_prompts)
+    return ((None if few else DEFAULT_SKIPS) if skips == "auto" else skips,
+            ("score" if few else "ignore") if unseen == "auto" else unseen)
 
 
 def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
@@ -426,8 +464,10 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
 
 
 def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
-                mass: float = DEFAULT_PAIRS) -> PairScores:
-    """Naive-Bayes log-likelihoods of binary token-pair features, normalised per pair.
+                mass: float = DEFAULT_PAIRS, skips: bool = False) -> PairScores:
+    """Naive-Bayes log-likelihoods of binary token-pair features, normalised per pair: of
+    adjacent pairs, or with ``skips`` of skip pairs (keyed as
+    :func:`~ir3de.statistics.skip_keys` gives them), each kind a table of its own.
 
     The pairs are those seen in any expert's statistics (sorted keys, see
     :class:`~ir3de.statistics.PairCounts`), plus one row shared by every pair none of them
@@ -449,10 +489,19 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> table = solve_pairs(router.stats, router.experts)  # doctest: +SKIP
     """
-    pairs = _require(stats, experts, lambda s: s.pairs, "token-pair frequencies",
-                     "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
+    tables = _require(stats, experts, lambda s: s.pairs, "token-pair frequencies",
+                      "use pair features, or use the 'unigram', 'identity' or 'dense' preset")
+    what = "skip-pair" if skips else "pair"
     if not mass > 0 or not np.isfinite(mass):
-        raise IR3DEError(f"the pair Dirichlet mass must be a finite number > 0, got {mass}")
+        raise IR3DEError(f"the {what} Dirichlet mass must be a finite number > 0, got {mass}")
+    split = {n: split_pairs(tables[n], _vocab_size(stats[n]))[int(skips)] for n in experts}
+    lacking = [f"{stats[n].source} ({n})" for n in experts if split[n] is None]
+    pairs = {n: table for n, table in split.items() if table is not None}
+    if lacking:
+        raise StatsFormatError(
+            f"no skip-pair frequencies in {', '.join(lacking)}: made by an ir3de before "
+            "2026-11-25, or merged from such files; count them again with compute_stats "
+            "(ir3de stats), or build without skip pairs (--skips none; skips=None)")
     keys = np.unique(np.concatenate([pairs[n].keys for n in experts]))
     row = np.concatenate([np.searchsorted(keys, pairs[n].keys) for n in experts])
     col = np.concatenate([np.full(pairs[n].keys.size, j) for j, n in enumerate(experts)])
@@ -468,7 +517,8 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
                                                  minlength=keys.size + 1))
         delta = np.log1p(df / mq[row])
     for part in (base, delta):
-        _require_finite(part, f"the pair Dirichlet mass {mass:g} is too small", "pair table")
+        _require_finite(part, f"the {what} Dirichlet mass {mass:g} is too small",
+                        f"{what} table")
     order = np.argsort(row * len(experts) + col)  # CSR: by row, then by expert
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=keys.size + 1))])
     return PairScores(keys, base, -np.log(n), indptr, col[order], delta[order])

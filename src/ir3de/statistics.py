@@ -11,8 +11,9 @@ the histogram is what is kept: ``A_d`` ((h+1)² numbers, 537 MB at h = 8192) is 
 from it by :meth:`DomainStats.gram` when a ridge router needs it, and only statistics
 without a histogram (:func:`streaming_stats`, older files) carry it. The same pass also
 counts, per token id, the prompts it occurs in (document frequencies), and, per adjacent
-token pair (previous id, id), with a start-of-prompt id ``V`` before the first token,
-the prompts it occurs in: the ``nb`` router's statistics. Statistics add and subtract,
+token pair (previous id, id) and per skip pair (the id two places back, id), with a
+start-of-prompt id ``V`` before the first token, the prompts it occurs in: the ``nb``
+router's statistics. Statistics add and subtract,
 so shards of one domain computed on different machines are merged with :func:`merge` (or
 ``+`` and ``sum``, which refuse a shard object summed in twice but, unlike ``merge``, not
 a copy of one).
@@ -76,6 +77,8 @@ __all__ = [
     "compute_stats",
     "merge",
     "pair_keys",
+    "skip_keys",
+    "split_pairs",
     "stats_from_counts",
     "streaming_stats",
     "sum_pairs",
@@ -116,33 +119,73 @@ _META_INT_MAX = 2**53
 
 
 class PairCounts(NamedTuple):
-    """Document frequencies of adjacent token pairs: ``keys`` (sorted, distinct int64) encode
-    a pair as ``prev * (V + 1) + id``, ``prev = V`` standing for the start of a prompt;
-    ``counts`` (int64, > 0) are the numbers of prompts holding each pair."""
+    """Document frequencies of token pairs: ``keys`` (sorted, distinct int64) encode an
+    adjacent pair as ``prev * (V + 1) + id`` and a skip pair (the id two places back, id) as
+    ``(V + 1)**2 + prev * (V + 1) + id``, ``prev = V`` standing for the start of a prompt
+    (before its first token, and two places back from its first two); ``counts`` (int64, >
+    0) are the numbers of prompts holding each pair. Tables counted before skip pairs were
+    (2026-11-25) hold adjacent pairs only: see :func:`split_pairs`."""
 
     keys: np.ndarray
     counts: np.ndarray
 
 
-def pair_keys(ids: np.ndarray, vocab_size: int) -> np.ndarray:
-    """The pair key of every position of one prompt's token ids (see :class:`PairCounts`):
-    what :func:`_flat_pair_keys` gives for one prompt, in fewer numpy calls (the gateway
-    routes one prompt at a time)."""
+def pair_keys(ids: np.ndarray, vocab_size: int, gap: int = 1) -> np.ndarray:
+    """The pair key of every position of one prompt's token ids, without the skip pairs'
+    offset (see :class:`PairCounts`): ``gap`` 1 for adjacent pairs, 2 for skip pairs. What
+    :func:`_flat_pair_keys` gives for one prompt, in fewer numpy calls (the gateway routes
+    one prompt at a time)."""
     keys = ids.astype(np.int64)
     if keys.size:
-        keys[1:] += keys[:-1] * (vocab_size + 1)  # (the product is a new array: no overlap)
-        keys[0] += vocab_size * (vocab_size + 1)
+        keys[gap:] += keys[:-gap] * (vocab_size + 1)  # (a new array: no overlap)
+        keys[:gap] += vocab_size * (vocab_size + 1)
     return keys
 
 
-def _flat_pair_keys(flat: np.ndarray, starts: np.ndarray, vocab_size: int) -> np.ndarray:
-    """The pair key of every position of prompts concatenated in ``flat``, the non-empty
-    ones starting at ``starts``: each prompt's first token follows the start id V."""
+def skip_keys(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """:func:`pair_keys` of the skip pairs (the id two places back, id) of one prompt."""
+    return pair_keys(ids, vocab_size, 2)
+
+
+def _flat_pair_keys(flat: np.ndarray, starts: np.ndarray, vocab_size: int,
+                    gap: int = 1) -> np.ndarray:
+    """The pair key (``gap`` 1) or skip-pair key without its offset (``gap`` 2) of every
+    position of prompts concatenated in ``flat``, the non-empty ones starting at
+    ``starts``: the start id V stands before each prompt's first token (and, for skip
+    pairs, two places back from its second)."""
     flat = flat.astype(np.int64, copy=False)
     prev = np.empty_like(flat)
-    prev[1:] = flat[:-1]
-    prev[starts] = vocab_size
+    prev[gap:] = flat[:-gap]
+    for j in range(gap):
+        # (a one-token prompt's second place is the next prompt's first: V there too)
+        at = starts + j
+        prev[at[at < flat.size]] = vocab_size
     return prev * (vocab_size + 1) + flat
+
+
+def split_pairs(pairs: PairCounts, vocab_size: int) -> tuple[PairCounts, PairCounts | None]:
+    """A pair table's adjacent pairs and its skip pairs, the latter keyed without their
+    offset (as :func:`skip_keys` gives them); None for the skip pairs of a table counted
+    before they were (one that holds pairs, none of them a skip pair: every prompt holds
+    both kinds).
+
+    >>> adjacent, skips = split_pairs(PairCounts(np.array([5, 17, 20]), np.ones(3, int)), 3)
+    >>> adjacent.keys, skips.keys
+    (array([5]), array([1, 4]))
+    """
+    offset = (vocab_size + 1) ** 2
+    cut = int(np.searchsorted(pairs.keys, offset))
+    adjacent = PairCounts(pairs.keys[:cut], pairs.counts[:cut])
+    if cut == pairs.keys.size and cut:
+        return adjacent, None
+    return adjacent, PairCounts(pairs.keys[cut:] - offset, pairs.counts[cut:])
+
+
+def _holds_skips(stats: DomainStats) -> bool:
+    """Whether statistics with a pair table hold skip pairs (an empty table holds all the
+    pairs it has none of)."""
+    assert stats.pairs is not None and stats.doc_counts is not None
+    return split_pairs(stats.pairs, stats.doc_counts.size)[1] is not None
 
 
 def sum_pairs(keys: np.ndarray, counts: np.ndarray) -> PairCounts:
@@ -198,8 +241,8 @@ class DomainStats:
     # Per token id, the number of prompts it occurs in (int64): the statistics of the
     # count-based (``nb``) router. None in files made before ir3de counted them.
     doc_counts: np.ndarray | None = field(default=None, compare=False)
-    # Document frequencies of adjacent token pairs (the ``nb`` router's pair features).
-    # None in files made before ir3de counted them.
+    # Document frequencies of adjacent token pairs and skip pairs (the ``nb`` router's pair
+    # features). None in files made before ir3de counted them.
     pairs: PairCounts | None = field(default=None, compare=False)
     # The prompt-level TF-IDF ridge's statistics over hashed token ids (ir3de.tfidf):
     # counted only on request (compute_stats(tfidf_buckets=...); the tfidf preset reads them).
@@ -436,33 +479,38 @@ class DomainStats:
                                    f"token counts and n_prompts={self.n_prompts}")
 
     def _check_pairs(self, pairs: PairCounts) -> None:
-        # Every occurrence of a token closes exactly one pair, so the pairs that end in t
-        # exist exactly where t's document frequency is positive and their frequencies sum
-        # to at least it; a pair's frequency is bounded by both of its tokens'.
+        # Every occurrence of a token closes exactly one adjacent pair and one skip pair, so
+        # the pairs of each kind that end in t exist exactly where t's document frequency is
+        # positive and their frequencies sum to at least it; a pair's frequency is bounded
+        # by both of its tokens'. (A table counted before skip pairs holds none.)
         keys, counts = pairs
         df = self.doc_counts
         fail = df is None or keys.ndim != 1 or keys.shape != counts.shape \
             or keys.dtype != np.int64 or counts.dtype != np.int64
         if df is not None and not fail:
             base = df.size + 1
-            prev, last = np.divmod(keys, base)
-            fail = bool(np.any(keys < 0) or np.any(prev >= base) or np.any(last >= df.size)
-                        or np.any(np.diff(keys) <= 0) or np.any(counts <= 0)
-                        or np.any(counts > df[last])
-                        or np.any(counts > _prev_bound(prev, df, self.n_prompts)))
-            if not fail:
-                ending = np.bincount(last, weights=counts, minlength=df.size)
-                fail = bool(np.any(ending < df) or np.any((ending > 0) != (df > 0)))
+            fail = bool(np.any(keys < 0) or np.any(keys >= 2 * base * base)
+                        or np.any(np.diff(keys) <= 0) or np.any(counts <= 0))
+            for kind in split_pairs(pairs, df.size) if not fail else ():
+                if fail or kind is None:
+                    continue
+                prev, last = np.divmod(kind.keys, base)
+                fail = bool(np.any(last >= df.size) or np.any(kind.counts > df[last])
+                            or np.any(kind.counts > _prev_bound(prev, df, self.n_prompts)))
+                if not fail:
+                    ending = np.bincount(last, weights=kind.counts, minlength=df.size)
+                    fail = bool(np.any(ending < df) or np.any((ending > 0) != (df > 0)))
         if fail and df is not None and keys.ndim == 1 and keys.size \
                 and keys.dtype == np.int64 and keys.min() >= 0:
-            # Every prompt's first pair starts at the start id V, the largest first id, so
-            # the largest key V·(V+1) + id (id < V) tells the vocabulary the keys encode:
-            # V = isqrt(key). A token table of another length is the problem to name then.
+            # Every prompt's first pairs start at the start id V, the largest first id, so
+            # the largest key tells the vocabulary the keys encode: a token table of another
+            # length is the problem to name then.
             largest = int(keys.max())
-            if math.isqrt(largest) != df.size:
+            vocabularies = _key_vocabularies(largest)
+            if df.size not in vocabularies:
                 raise StatsFormatError(f"{self.source}: the largest token-pair key, "
                                        f"{largest}, is one of a vocabulary of "
-                                       f"{math.isqrt(largest)} ids, but doc_counts has "
+                                       f"{vocabularies[0]} ids, but doc_counts has "
                                        f"{df.size} entries, one per token id")
         if fail:
             raise StatsFormatError(f"{self.source}: token-pair frequencies disagree with the "
@@ -767,6 +815,16 @@ def _shape(array: np.ndarray) -> str:
     return f"{array.size} entries" if array.ndim == 1 else str(array.shape)
 
 
+def _key_vocabularies(largest: int) -> list[int]:
+    """The vocabulary sizes V for which ``largest`` is the largest key of a pair table: the
+    skip pair (V, id < V), ``(V + 1)**2 + V (V + 1) + id``, where that fits, then the
+    adjacent pair (V, id), ``V (V + 1) + id``, of a table without skip pairs."""
+    skip = (math.isqrt(8 * largest + 1) - 3) // 4  # 2V² + 3V + 1 ≤ largest ≤ 2V² + 4V
+    found = [skip] if skip > 0 and 2 * skip * skip + 3 * skip + 1 <= largest \
+        <= 2 * skip * skip + 4 * skip else []
+    return [*found, math.isqrt(largest)]
+
+
 def _prev_bound(prev: np.ndarray, df: np.ndarray, n_prompts: int) -> np.ndarray:
     """A pair's bound from its first token: that token's document frequency, or the prompt
     count for the start-of-prompt id."""
@@ -980,6 +1038,14 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
                   "before pairs were counted), but the other shard(s) have them; count them "
                   "again without --no-pairs, or drop the pairs of every shard (ir3de merge "
                   "--no-pairs; merge(..., drop_pairs=True))")
+    # A sum of tables with and without skip pairs would hold some prompts' skip pairs only.
+    paired = [s for s in items if s.pairs is not None]
+    without = [s.source for s in paired if not _holds_skips(s)]
+    if without and len(without) < len(paired):
+        raise StatsFormatError(f"{', '.join(without)}: token-pair counts without skip pairs "
+                               "(made by an ir3de before 2026-11-25), but the other shard(s) "
+                               "have them; count them again, or drop the pairs of every "
+                               "shard (ir3de merge --no-pairs; merge(..., drop_pairs=True))")
 
 
 def _check_same_tfidf(items: list[DomainStats]) -> None:
@@ -1038,8 +1104,9 @@ class TokenCounts(NamedTuple):
 
 
 def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The token ids and the pair keys of a batch of prompts, each prompt's distinct ones once
-    (concatenated over the prompts: their bincount / pair count is a document frequency)."""
+    """The token ids and the pair keys (adjacent and skip) of a batch of prompts, each
+    prompt's distinct ones once (concatenated over the prompts: their bincount / pair count
+    is a document frequency)."""
     lengths = np.array([x.size for x in ids], dtype=np.int64)
     if not lengths.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -1049,10 +1116,13 @@ def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.nda
     # One sort per batch, the prompt's index above every id or key (a batch holds at most
     # _BATCH prompts, so the product stays far inside int64 for any real vocabulary), and a
     # run mask: both several times faster than np.unique per prompt.
-    span = np.int64(vocab_size + 1) ** 2
+    offset = np.int64(vocab_size + 1) ** 2
+    span = 2 * offset
+    starts = starts[lengths > 0]
+    keys = np.concatenate([_flat_pair_keys(flat, starts, vocab_size),
+                           _flat_pair_keys(flat, starts, vocab_size, 2) + offset])
     return (_distinct(prompt * vocab_size + flat) % vocab_size,
-            _distinct(prompt * span + _flat_pair_keys(flat, starts[lengths > 0], vocab_size))
-            % span)
+            _distinct(np.concatenate([prompt, prompt]) * span + keys) % span)
 
 
 def _distinct(tagged: np.ndarray) -> np.ndarray:
