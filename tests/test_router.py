@@ -40,7 +40,7 @@ from ir3de.solver import (
     MU_GRID,
     choose_identity_mu,
 )
-from ir3de.statistics import pair_keys, streaming_stats
+from ir3de.statistics import pair_keys, split_pairs, streaming_stats
 from ir3de.store import read_safetensors, write_safetensors
 
 PROMPTS = ["What is 15 divided by 3?", "def square(x):\n    return x * x",
@@ -57,12 +57,17 @@ def assert_same_state(a: Router, b: Router) -> None:
     assert a.experts == b.experts
     np.testing.assert_array_equal(a.W, b.W)
     np.testing.assert_array_equal(a._state.table.probs, b._state.table.probs)
-    pa, pb = a._state.table.pairs, b._state.table.pairs
-    assert (pa is None) == (pb is None)
-    if pa is not None:
-        np.testing.assert_array_equal(pa.keys, pb.keys)
-        for name in ("base", "offset", "indptr", "cols", "delta"):
-            np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name))
+    for kind in ("pairs", "skips"):
+        pa, pb = getattr(a._state.table, kind), getattr(b._state.table, kind)
+        assert (pa is None) == (pb is None)
+        if pa is not None:
+            np.testing.assert_array_equal(pa.keys, pb.keys)
+            for name in ("base", "offset", "indptr", "cols", "delta"):
+                np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name))
+    ua, ub = a._state.table.unseen, b._state.table.unseen
+    assert (ua is None) == (ub is None)
+    if ua is not None:
+        np.testing.assert_array_equal(ua, ub)
 
 
 # ------------------------------------------------------------------ experts
@@ -1116,6 +1121,54 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
     np.testing.assert_allclose(router.W[:, 0],
                                np.log((df["math"] + alpha) / (df["math"].sum() + alpha * V)),
                                rtol=1e-12)
+
+
+def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, toy_stats,
+                                                         tmp_path: Path) -> None:
+    """With skip pairs and unseen tokens left out (the default at full fit size), adding and
+    removing an expert equals a refit, a saved router loads into the same tables, and a
+    prompt routed alone gets the very decision it gets in a batch."""
+    three, full = ["math", "coding", "law"], dataclasses.asdict(FULL_SIZE)
+    router = fit(emb, toy_stats, three, **full)
+    assert router._state.table.skips is not None and router._state.table.unseen.size
+    router.add_expert("multilingual", toy_stats["multilingual"])
+    assert_same_state(router, fit(emb, toy_stats, [*three, "multilingual"], **full))
+    router.remove_expert("multilingual")
+    assert_same_state(router, fit(emb, toy_stats, three, **full))
+    router.save(tmp_path / "r.safetensors")
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config == router.config and loaded.smoothing == router.smoothing
+    assert_same_state(loaded, router)
+    prompts = [*PROMPTS, "zxqv glorp", "x"]
+    assert [router.route(p) for p in prompts] == router.route_batch(prompts)
+    # Both parts change decisions: the skip pairs and the unseen tokens left out.
+    scores = {name: Router(emb, FULL_SIZE.with_settings(**change)).fit_stats(toy_stats)
+              .predict_proba(prompts) for name, change in (("both", {}), ("no skips",
+                                                                          {"skips": None}),
+                                                          ("scored", {"unseen": "score"}))}
+    assert not np.allclose(scores["both"], scores["no skips"])
+    assert not np.allclose(scores["both"], scores["scored"])
+
+
+def test_pair_tables_counted_before_skip_pairs(emb: Embedder, toy_stats) -> None:
+    """Statistics whose pair tables hold no skip pairs (an ir3de before 2026-11-25) are
+    refused where skip pairs are read, naming the way out, serve every other setting as
+    before (skip pairs in a table change nothing there), and are not summed with tables
+    that hold them."""
+    V = emb.vocab_size
+    old = {n: dataclasses.replace(s, pairs=split_pairs(s.pairs, V)[0], source=f"{n}.st")
+           for n, s in toy_stats.items()}
+    with pytest.raises(StatsFormatError, match=r"no skip-pair frequencies in math\.st \(math\), "
+                                               r"coding\.st \(coding\), .*: made by an ir3de "
+                                               r"before 2026-11-25.* \(--skips none; "
+                                               r"skips=None\)"):
+        Router(emb, FULL_SIZE).fit_stats(old)
+    for config in ("pairs", "default", FULL_SIZE.with_settings(skips=None)):
+        assert_same_state(Router(emb, config).fit_stats(old),
+                          Router(emb, config).fit_stats(toy_stats))
+    with pytest.raises(StatsFormatError, match=r"^math\.st: token-pair counts without skip "
+                                               r"pairs .* merge --no-pairs"):
+        toy_stats["math"] + old["math"]
 
 
 def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder, toy_stats,
