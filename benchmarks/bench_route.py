@@ -1,7 +1,8 @@
 """Routing throughput and latency of a router fitted on the Reasoning fit data.
 
-Two sections, per embedder and per selector (topk, all, avg, geo, and geo without the
-pair features: the ``unigram`` preset), on the default (nb) router; every selector reads
+Two sections, per embedder and per selector (topk, all, avg, geo; geo without skip pairs:
+the ``pairs`` preset; without any pairs, as the ``unigram`` preset; with the TF-IDF blend:
+the ``tfidf`` preset), on the default (nb) router; every selector reads
 the same per-token tables whichever model filled them, so avg on this router costs what
 the ridge presets' avg costs:
 
@@ -56,12 +57,15 @@ from pathlib import Path
 
 THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS")
-# (label, router settings): the selectors, and geo without pairs (one table look-up per
-# token instead of a token and a pair look-up).
+# (label, router settings): the selectors; geo without skip pairs (the `pairs` preset, the
+# default until 2026-11-25: a token and a pair look-up, no skip-pair one), without any
+# pairs (one table look-up per token) and with the TF-IDF blend (the `tfidf` preset).
+EARLIER = {"skips": None, "unseen": "score"}
 VARIANTS = (("topk", {"selector": "topk"}), ("all", {"selector": "all"}),
             ("avg", {"selector": "avg"}), ("geo", {"selector": "geo"}),
-            ("geo, no pairs", {"selector": "geo", "pairs": None}),
-            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0}))
+            ("geo, pairs preset", {"selector": "geo", **EARLIER}),
+            ("geo, no pairs", {"selector": "geo", "pairs": None, **EARLIER}),
+            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0, **EARLIER}))
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 
@@ -196,9 +200,9 @@ def run_batch(args: argparse.Namespace) -> None:
     for name in args.embedder:
         router, emb, prompts, warm, _ = fitted_router(name, args)
         n_tok = np.mean([x.size for x in emb.encode_batch(prompts)])
-        pairs = router.config.pairs
+        base = {key: getattr(router.config, key) for key in ("pairs", "skips", "unseen")}
         for sel, settings in VARIANTS:
-            router.set_params(**{"pairs": pairs, "tfidf": None, **settings})
+            router.set_params(**{**base, "tfidf": None, **settings})
             for bs in args.batch_sizes:
                 calls = max(20, args.prompts // bs)
                 batches = [[prompts[(i * bs + j) % len(prompts)] for j in range(bs)]
@@ -276,9 +280,9 @@ def run_single(args: argparse.Namespace) -> None:
         notes.append(f"{emb.name}: prompt of {n} tokens ({len(prompt)} characters); plain "
                      f"Hugging Face `tokenizer.encode` p50 {pct(np, raw, 50):.0f} µs, "
                      f"p99 {pct(np, raw, 99):.0f} µs")
-        pairs = router.config.pairs
+        base = {key: getattr(router.config, key) for key in ("pairs", "skips", "unseen")}
         for sel, settings in VARIANTS:
-            router.set_params(**{"pairs": pairs, "tfidf": None, **settings})
+            router.set_params(**{**base, "tfidf": None, **settings})
             s = timeit_us(np, partial(select, ids, router._fitted.table,
                                       selector=router.config.selector, k=router.config.k),
                           args.single_iters)
@@ -292,7 +296,7 @@ def run_single(args: argparse.Namespace) -> None:
                 print(f"| {emb.name} | {sel} | {state} | {r50:.0f} µs | {pct(np, r, 99):.0f} µs"
                       f" | {t50:.0f} µs | {s50:.0f} µs | {max(r50 - t50 - s50, 0):.0f} µs | "
                       f"{100 * t50 / r50:.0f} % | {r50 / t50:.2f} | {ok} |", flush=True)
-        router.set_params(pairs=pairs)
+        router.set_params(**base, tfidf=None, selector="geo")  # the default
         real_rows += single_real(np, router, emb, prompts[:args.single_iters], warm)
     print()
     for note in notes:
