@@ -307,7 +307,8 @@ class RouterConfig:
             return "normalize", "identity", None
         if "k" in names and self.selector != "topk":
             return "k", "selector", "topk"
-        # Only geo pools pair log-likelihoods; the voting selectors read tokens alone.
+        # Only geo pools pair log-likelihoods and leaves out unseen tokens; the voting
+        # selectors read every token's own table alone.
         for name in ("pairs", "skips", "unseen"):
             if name in names and getattr(self, name) is not None and self.selector != "geo":
                 return name, "selector", "geo"
@@ -484,8 +485,9 @@ class Router:
         config: a :class:`RouterConfig` or the name of a preset, short for
             ``RouterConfig.preset(name)`` (default: ``"default"``); keyword arguments
             override its fields
-            (``model``, ``alpha``, ``pairs``, ``lam``, ``k``, ``selector``, ``balance``,
-            ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``, ``tfidf``).
+            (``model``, ``alpha``, ``pairs``, ``skips``, ``unseen``, ``lam``, ``k``,
+            ``selector``, ``balance``, ``normalize``, ``regularize_bias``, ``max_tokens``,
+            ``identity``, ``tfidf``).
 
     It is a scikit-learn estimator without importing scikit-learn (an optional extra):
     ``get_params``/``set_params`` (the settings included), ``fit``, ``predict``, ``score``
@@ -774,8 +776,9 @@ class Router:
 
     def set_params(self: _RouterT, **params: Any) -> _RouterT:
         """Change settings (sklearn-style) and return the router; re-solves only if the
-        model or its parameters change (``model``, ``alpha``, ``pairs``, ``lam``,
-        ``balance``, ``normalize``, ``regularize_bias``, ``identity``, ``tfidf``).
+        model or its parameters change (``model``, ``alpha``, ``pairs``, ``skips``,
+        ``unseen``, ``lam``, ``balance``, ``normalize``, ``regularize_bias``, ``identity``,
+        ``tfidf``).
 
         Takes every name :meth:`get_params` gives: the settings, ``config`` (a
         :class:`RouterConfig` or a preset name, as in the constructor: each setting not
@@ -831,8 +834,8 @@ class Router:
         """The router's parameters (sklearn-style): the constructor's ``embedder`` (the
         loaded :class:`~ir3de.embedding.Embedder` itself, so clones share it and its table
         is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
-        that config's settings on its own (``model``, ``alpha``, ``pairs``, ``lam``,
-        ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
+        that config's settings on its own (``model``, ``alpha``, ``pairs``, ``skips``,
+        ``unseen``, ``lam``, ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
         ``max_tokens``, ``identity``, ``tfidf``), which a parameter grid can name. ``deep`` changes
         nothing: a router holds no other estimator.
 
