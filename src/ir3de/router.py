@@ -741,8 +741,9 @@ class Router:
         The other experts' statistics are untouched, but their decisions can move: the
         ridge solves all columns jointly, the pair table is smoothed towards the pooled pair
         distribution, and ``"auto"`` smoothing switches to lighter values when the new
-        expert holds 50 prompts or fewer (:attr:`smoothing` tells the values in use; fix
-        ``alpha`` and ``pairs`` to keep them).
+        expert holds 50 prompts or fewer, skip pairs and unseen tokens with it
+        (:attr:`smoothing` tells the values in use; fix ``alpha``, ``pairs``, ``skips`` and
+        ``unseen`` to keep them).
         """
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
