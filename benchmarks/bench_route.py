@@ -1,8 +1,8 @@
 """Routing throughput and latency of a router fitted on the Reasoning fit data.
 
-Two sections, per embedder and per selector (topk, all, avg, geo; geo without skip pairs:
-the ``pairs`` preset; without any pairs, as the ``unigram`` preset; with the TF-IDF blend:
-the ``tfidf`` preset), on the default (nb) router; every selector reads
+Two sections, per embedder and per selector (topk, all, avg, geo; geo with skip pairs: the
+``skips`` preset; without pairs, as the ``unigram`` preset; with the TF-IDF blend: the
+``tfidf`` preset), on the default (nb) router; every selector reads
 the same per-token tables whichever model filled them, so avg on this router costs what
 the ridge presets' avg costs:
 
@@ -57,15 +57,14 @@ from pathlib import Path
 
 THREAD_VARS = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "MKL_NUM_THREADS")
-# (label, router settings): the selectors; geo without skip pairs (the `pairs` preset, the
-# default until 2026-11-25: a token and a pair look-up, no skip-pair one), without any
-# pairs (one table look-up per token) and with the TF-IDF blend (the `tfidf` preset).
-EARLIER = {"skips": None, "unseen": "score"}
+# (label, router settings): the selectors; geo with skip pairs (the `skips` preset: a third
+# look-up per position), without pairs (one table look-up per token) and with the TF-IDF
+# blend (the `tfidf` preset).
 VARIANTS = (("topk", {"selector": "topk"}), ("all", {"selector": "all"}),
             ("avg", {"selector": "avg"}), ("geo", {"selector": "geo"}),
-            ("geo, pairs preset", {"selector": "geo", **EARLIER}),
-            ("geo, no pairs", {"selector": "geo", "pairs": None, **EARLIER}),
-            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0, **EARLIER}))
+            ("geo + skips", {"selector": "geo", "skips": "auto", "unseen": "auto"}),
+            ("geo, no pairs", {"selector": "geo", "pairs": None}),
+            ("geo + tfidf", {"selector": "geo", "tfidf": 4.0}))
 GOAL_US = 100.0
 WARM_PROMPTS = 2000
 

@@ -1,5 +1,5 @@
-"""Gaps of the `default`, `pairs` and `tfidf` presets to MoDEM-style, whose runs kept no
-per-prompt decisions.
+"""Gaps of the `default` and `tfidf` presets to MoDEM-style, whose runs kept no per-prompt
+decisions.
 
 The MoDEM-style baseline ran separately (docs/evaluation/modem*/), so `ir3de eval` could not
 pair its decisions with those of the main run's routers. This script rebuilds, from each
@@ -8,9 +8,8 @@ unknown, so the two routers are resampled independently: an *unpaired* interval,
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
-that run's paired interval (the `default` of those runs is today's `pairs` preset, the
-default from 2026-11-23 until skip pairs joined it on 2026-11-25; no MoDEM-style run was made
-beside today's default or the TF-IDF blend).
+that run's paired interval (the `default` of those runs is today's: the TF-IDF blend was
+the default only on 2026-11-25, and no MoDEM-style run was made then).
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -54,14 +53,11 @@ def main() -> None:
             modem = next(r for r in setting["routers"] if r["name"] == "MoDEM-style")
             theirs = bootstrap_balanced(*_hits(modem, domains), seed=1)[0]
             for emb, preset in [(e, p) for e in ("wordllama", "minilm")
-                                for p in ("default", "pairs", "tfidf")]:
+                                for p in ("default", "tfidf")]:
                 label = f"IR3DE geo [{emb}, {preset}]"
-                # A MoDEM-style run made beside this router has the paired interval itself
-                # (those runs predate skip pairs: their `default` is today's `pairs`).
-                then = {"pairs": f"IR3DE geo [{emb}, default]", "default": None}.get(preset,
-                                                                                  label)
+                # A MoDEM-style run made beside this router has the paired interval itself.
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    then)
+                    label)
                 parts = []
                 if same_splits:
                     ours = next(r for r in ours_by_setting[name]["routers"]

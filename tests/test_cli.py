@@ -792,7 +792,7 @@ def test_build_identity_settings(built: dict[str, Path], tmp_path: Path, capsys)
         assert "model        ridge  λ=0.01" in text
 
 
-# What "auto" chooses beside α and the pair mass for small fit sets and for full-size ones.
+# What the skips preset's "auto" chooses for small fit sets and for full-size ones.
 SMALL = "no skip pairs  unseen tokens scored"
 FULL = "skip-pair mass=1e+06  unseen tokens ignored"
 
@@ -804,6 +804,11 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     the command line are not "chosen", so nothing is said)."""
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o",
                        tmp_path / "small.st")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "smallest)"), err
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--preset", "skips",
+                       "-o", tmp_path / "skips.st")
     assert code == 0 and err.strip().endswith(
         f"; auto smoothing α=0.003  pair mass=10000  {SMALL} (4 prompts per expert on average, "
         "4 in the smallest)"), err
@@ -817,6 +822,11 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", big["translation"], "-o", router)
     assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.03  pair mass=100000 (400 prompts per expert on average, 400 in "
+        "the smallest)"), err
+    code, _, err = run(capsys, "build", big["translation"], "--preset", "skips", "-o",
+                       tmp_path / "skips.st", "--force")
+    assert code == 0 and err.strip().endswith(
         f"; auto smoothing α=0.03  pair mass=100000  {FULL} (400 prompts per expert on "
         "average, 400 in the smallest)"), err
     code, _, err = run(capsys, "experts", "add", router, big["summary"])  # still full size
@@ -824,21 +834,21 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     # a tiny expert; a mean that is not whole keeps a decimal (235 read as a whole count)
     code, _, err = run(capsys, "experts", "add", router, built["math"])
     assert code == 0 and err.strip().endswith(
-        f"; auto smoothing α=0.003  pair mass=10000  {SMALL} (234.7 prompts per expert on "
-        "average, 4 in the smallest)"), err
+        "; auto smoothing α=0.003  pair mass=10000 (234.7 prompts per expert on average, 4 in "
+        "the smallest)"), err
     code, _, err = run(capsys, "experts", "remove", router, "math")
     assert code == 0 and err.strip().endswith(
-        f"; auto smoothing α=0.03  pair mass=100000  {FULL} (350 prompts per expert on "
-        "average, 300 in the smallest)"), err
-    assert Router.load(router).smoothing == (0.03, 1e5, 1e6, "ignore")
+        "; auto smoothing α=0.03  pair mass=100000 (350 prompts per expert on average, 300 in "
+        "the smallest)"), err
+    assert Router.load(router).smoothing == (0.03, 1e5, None, "score")
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
-        f"; auto smoothing pair mass=10000  {SMALL} (4 prompts per expert on average, 4 in "
-        "the smallest)"), err
+        "; auto smoothing pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
-                       "--pairs", "1e4", "--skips", "1e6", "-o", tmp_path / "fixed.st",
-                       "--force")
+                       "--pairs", "1e4", "--skips", "1e6", "--unseen", "auto", "-o",
+                       tmp_path / "fixed.st", "--force")
     assert code == 0 and err.strip().endswith(
         "; auto smoothing unseen tokens scored (4 prompts per expert on average, 4 in the "
         "smallest)"), err
@@ -854,20 +864,21 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
     the prompt counts (these experts hold a few prompts each: the small-fit-set values), as
     inspect shows; --alpha, --pairs, --preset and --model change it."""
     auto = " (auto, from the prompt counts)"
-    few = (0.003, 1e4, None, "score")
+    few, plain = (0.003, 1e4, None, "score"), ("auto", "auto", None, "score")
     for i, (argv, model, settings, used) in enumerate((
-            ([], "nb", ("auto",) * 4, few),
-            (["--alpha", "auto", "--pairs", "auto"], "nb", ("auto",) * 4, few),
-            (["--alpha", "0.5", "--pairs", "1e3"], "nb", (0.5, 1e3, "auto", "auto"),
+            ([], "nb", plain, few),
+            (["--alpha", "auto", "--pairs", "auto"], "nb", plain, few),
+            (["--alpha", "0.5", "--pairs", "1e3"], "nb", (0.5, 1e3, None, "score"),
              (0.5, 1e3, None, "score")),
             (["--preset", "unigram"], "nb", (0.1, None, None, "score"),
              (0.1, None, None, "score")),
-            (["--pairs", "none"], "nb", ("auto", None, "auto", "auto"),
+            (["--pairs", "none"], "nb", ("auto", None, None, "score"),
              (0.003, None, None, "score")),
             (["--preset", "few"], "nb", few, few),
+            (["--preset", "skips"], "nb", ("auto",) * 4, few),
             (["--skips", "3e5", "--unseen", "ignore"], "nb", ("auto", "auto", 3e5, "ignore"),
              (0.003, 1e4, 3e5, "ignore")),
-            (["--model", "ridge", "--selector", "avg"], "ridge", ("auto",) * 4, None))):
+            (["--model", "ridge", "--selector", "avg"], "ridge", plain, None))):
         out = tmp_path / f"{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
         router = Router.load(out)
@@ -1180,8 +1191,8 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
     assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.003  "
-                              f"pair mass=10000  {SMALL} (4 prompts per expert on average, 4 "
-                              "in the smallest)\n")
+                              "pair mass=10000 (4 prompts per expert on average, 4 in the "
+                              "smallest)\n")
 
 
 def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],

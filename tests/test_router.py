@@ -1068,19 +1068,19 @@ def _pairs_of(ids: np.ndarray, V: int, gap: int = 1) -> set[tuple[int, int]]:
     return set(zip([V] * gap + ids[:-gap].tolist(), ids.tolist(), strict=False))
 
 
-# The default at full fit size ("auto" takes the small-fit values for the toy corpora).
+# The skips preset at full fit size ("auto" takes the small-fit values for the toy corpora).
 FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT_SKIPS,
                          unseen="ignore")
-FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, DEFAULT_SKIPS, "ignore")
+FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score")  # the default's
 
 
-@pytest.mark.parametrize("preset", ["default", "unigram", FULL_SIZE])
+@pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE])
 def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
                                                        preset: str | RouterConfig) -> None:
-    """The default router is multinomial Naive Bayes over binary token, adjacent token-pair
-    and skip-pair features with a uniform prior, tokens no fit prompt holds left out
-    (``unigram``, and the default on so few prompts: tokens only, or no skip pairs, and
-    unseen tokens scored), computed here directly from the corpora with Python sets (no
+    """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
+    features with a uniform prior (``unigram``: tokens only; the ``skips`` preset at full
+    fit size also skip pairs, tokens no fit prompt holds left out, and on so few prompts
+    as the default), computed here directly from the corpora with Python sets (no
     statistics files)."""
     router = Router(emb, preset).fit_stats(toy_stats)
     (alpha, m, m_skip, unseen), V = router.smoothing, emb.vocab_size
@@ -1125,7 +1125,7 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
 
 def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, toy_stats,
                                                          tmp_path: Path) -> None:
-    """With skip pairs and unseen tokens left out (the default at full fit size), adding and
+    """With skip pairs and unseen tokens left out (``skips`` at full fit size), adding and
     removing an expert equals a refit, a saved router loads into the same tables, and a
     prompt routed alone gets the very decision it gets in a batch."""
     three, full = ["math", "coding", "law"], dataclasses.asdict(FULL_SIZE)
@@ -1163,7 +1163,7 @@ def test_pair_tables_counted_before_skip_pairs(emb: Embedder, toy_stats) -> None
                                                r"before 2026-11-25.* \(--skips none; "
                                                r"skips=None\)"):
         Router(emb, FULL_SIZE).fit_stats(old)
-    for config in ("pairs", "default", FULL_SIZE.with_settings(skips=None)):
+    for config in ("default", "skips", FULL_SIZE.with_settings(skips=None)):
         assert_same_state(Router(emb, config).fit_stats(old),
                           Router(emb, config).fit_stats(toy_stats))
     with pytest.raises(StatsFormatError, match=r"^math\.st: token-pair counts without skip "
@@ -1203,7 +1203,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     three = {n: dataclasses.replace(toy_stats[n], n_prompts=60)
              for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
-    assert router.config.alpha == router.config.pairs == "auto"
+    assert router.config.alpha == router.config.pairs == "auto"  # (skips and unseen fixed)
     assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
     assert_same_state(router, Router(emb, "few").fit_stats(three))
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
@@ -1211,11 +1211,11 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     four = {**three, "multilingual": big}
     assert router.smoothing == FULL_SIZE_USED
     assert_same_state(router, Router(emb).fit_stats(four))
-    assert_same_state(router, Router(emb, FULL_SIZE).fit_stats(four))
+    assert_same_state(router, Router(emb, alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS)
+                      .fit_stats(four))
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
-        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": DEFAULT_SKIPS,
-         "unseen": "ignore"}
+        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": None, "unseen": "score"}
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
@@ -1232,6 +1232,11 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
                   unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score")
     assert Router(emb, skips=3e5).fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, 3e5,
                                                                  "score")
+    # the skips preset's "auto": skip pairs and unseen tokens left out at full size only
+    assert Router(emb, "skips").fit_stats(four).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
+                                                              DEFAULT_SKIPS, "ignore")
+    assert Router(emb, "skips").fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, None,
+                                                               "score")
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 
@@ -1766,8 +1771,8 @@ def test_public_types_and_the_typed_marker() -> None:
 
 def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb) -> None:
     assert repr(Router(emb, "paper")) == (
-        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, skips=None, k=10, "
-        f"selector='topk', balance=False, identity=None, experts=None)")
+        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
+        f"balance=False, identity=None, experts=None)")
     assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")
 
 

@@ -806,17 +806,17 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert bad.status_code == 400 and "α must be" in bad.json()["error"]["message"]
         # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size;
         # not listed as a setting while the selector (topk) reads no pairs
-        assert "pairs" not in s.json() and "skips" not in s.json()
-        full = {"skips": 1e6, "unseen": "ignore"}  # what "auto" takes for them at this size
-        assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **full}
+        assert "pairs" not in s.json() and "unseen" not in s.json()
+        plain = {"skips": None, "unseen": "score"}  # the default's: no skip pairs
+        assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **plain}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": "auto"})
         assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None,
-                                                                  **full}
-        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"skips": None})
-        assert s.status_code == 200 and s.json()["smoothing"] == {
-            "alpha": 0.03, "pairs": None, "skips": None, "unseen": "ignore"}
+                                                                  **plain}
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"skips": "auto"})
+        assert bad.status_code == 400 and bad.json()["error"]["message"] == (
+            "skips applies to selector geo only; the router would use selector topk")
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"unseen": "score"})
         assert bad.status_code == 400 and bad.json()["error"]["message"] == (
             "unseen applies to selector geo only; the router would use selector topk")

@@ -389,16 +389,15 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                              "an option the resulting model or selector does not read is "
                              "refused")
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default': Naive-Bayes log-likelihoods of binary token, "
-                        "adjacent-token-pair and skip-pair features pooled by the geo "
-                        "selector, every setting 'auto': α 0.03, pair mass 1e5, skip-pair mass "
-                        "1e6, unseen tokens ignored, or α 0.003, pair mass 1e4, no skip pairs, "
-                        "unseen tokens scored when the experts hold 100 prompts each or fewer "
-                        "on average or the smallest 50 or fewer (the measured best); 'few': "
-                        "those small-fit values whatever the fit size; 'pairs': the default "
-                        "without skip pairs, unseen tokens scored (the default until "
-                        "2026-11-25; for statistics counted before skip pairs were); 'tfidf': "
-                        "'pairs' plus a prompt-level TF-IDF ridge with "
+                   help="'default': Naive-Bayes log-likelihoods of binary token and "
+                        "adjacent-token-pair features pooled by the geo selector, α and pair "
+                        "mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 "
+                        "prompts each or fewer on average or the smallest 50 or fewer (the "
+                        "measured best); 'few': α=0.003 and pair mass 1e4 whatever the fit "
+                        "size; 'skips': the default plus skip-pair features and unseen tokens "
+                        "left out, both 'auto' (off for small fit sets; ahead on fresh "
+                        "prompts, 1.3x the default's routing cost); 'tfidf': the default plus "
+                        "a prompt-level TF-IDF ridge with "
                         "weight 4 (better on prompts like the fit data, worse on prompts "
                         "unlike it; needs statistics counted with --tfidf-buckets); "
                         "'unigram': without pairs (α=0.1; for statistics without pair "
@@ -427,15 +426,15 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skips", type=_skip_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass of the skip-pair table (pairs of tokens two "
-                        "places apart), 'auto' (the default: 1e6, or none when the experts "
+                        "places apart), 'auto' (preset 'skips': 1e6, or none when the experts "
                         "hold 100 prompts each or fewer on average or the smallest 50 or "
-                        "fewer) or 'none'; skip pairs enter the geo selector")
+                        "fewer) or 'none' (the default); skip pairs enter the geo selector")
     g.add_argument("--unseen", choices=UNSEEN,
                    help="nb model with the geo selector: what a token no fit prompt holds "
                         "adds, 'score' (its smoothed log-likelihoods, which lean towards the "
-                        "experts with fewer fit prompts) or 'ignore' (nothing); 'auto' (the "
-                        "default): ignore, or score when the experts hold 100 prompts each or "
-                        "fewer on average or the smallest 50 or fewer")
+                        "experts with fewer fit prompts; the default) or 'ignore' (nothing); "
+                        "'auto' (preset 'skips'): ignore, or score when the experts hold 100 "
+                        "prompts each or fewer on average or the smallest 50 or fewer")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,

@@ -162,13 +162,14 @@ class RouterConfig:
       mass ``pairs`` (:func:`~ir3de.solver.solve_pairs`; the ``geo`` selector uses them,
       the per-token voting selectors do not); every domain weighs the same (``balance``
       must stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not
-      apply. ``skips``: the Dirichlet mass of a second pair table, of skip pairs (the id
-      two places back, id), or None; ``unseen``: what a token that no fit prompt holds adds
-      to the ``geo`` decision, ``"score"`` (its smoothed log-likelihoods, which favour the
-      domains with fewer fit prompts) or ``"ignore"`` (nothing). ``alpha``, ``pairs``,
-      ``skips`` and ``unseen`` may be ``"auto"`` (the default): chosen per router from the
-      experts' prompt counts, lighter smoothing and no skip pairs for small fit sets
-      (:func:`~ir3de.solver.nb_smoothing`, :func:`~ir3de.solver.nb_skips`;
+      apply. ``skips``: None (the default), or the Dirichlet mass of a second pair table,
+      of skip pairs (the id two places back, id); ``unseen``: what a token that no fit
+      prompt holds adds to the ``geo`` decision, ``"score"`` (the default: its smoothed
+      log-likelihoods, which favour the domains with fewer fit prompts) or ``"ignore"``
+      (nothing). ``alpha``, ``pairs``, ``skips`` and ``unseen`` may be ``"auto"`` (the
+      default for ``alpha`` and ``pairs``; preset ``skips`` for the other two): chosen per
+      router from the experts' prompt counts, lighter smoothing and no skip pairs for small
+      fit sets (:func:`~ir3de.solver.nb_smoothing`, :func:`~ir3de.solver.nb_skips`;
       :attr:`Router.smoothing` tells the values in use). ``tfidf``: None (off, the
       default), or the weight of a prompt-level TF-IDF ridge over hashed token ids added
       to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
@@ -186,8 +187,8 @@ class RouterConfig:
     model: Literal["nb", "ridge"] = "nb"
     alpha: float | Literal["auto"] = "auto"
     pairs: float | Literal["auto"] | None = "auto"
-    skips: float | Literal["auto"] | None = "auto"
-    unseen: Literal["auto", "score", "ignore"] = "auto"
+    skips: float | Literal["auto"] | None = None
+    unseen: Literal["auto", "score", "ignore"] = "score"
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: SelectorName = "geo"
@@ -246,15 +247,15 @@ class RouterConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
-        of binary token, adjacent-token-pair and skip-pair features, ``geo`` selector, all
-        ``"auto"``: α 0.03, pair mass 1e5, skip-pair mass 1e6 and unseen tokens ignored, or
-        α 0.003, pair mass 1e4, no skip pairs and unseen tokens scored when the experts hold
-        100 prompts each or fewer on average or the smallest holds 50 or fewer), ``few``
-        (those small-fit values whatever the fit size), ``pairs`` (the default without skip
-        pairs, unseen tokens scored: the default until 2026-11-25, for statistics counted
-        before skip pairs were), ``tfidf`` (``pairs`` plus a prompt-level TF-IDF ridge over
-        4096 hashed buckets blended with weight 4, :mod:`ir3de.tfidf`: better on prompts
-        like the fit data, worse where an expert's prompts look unlike its fit data),
+        of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
+        ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
+        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
+        mass 1e4 whatever the fit size), ``skips`` (the default plus skip-pair features,
+        mass 1e6, and tokens no fit prompt holds left out, both ``"auto"``: off for small
+        fit sets; ahead on the fresh checks, but 1.3 times the default's routing cost),
+        ``tfidf`` (the default plus a prompt-level TF-IDF ridge over 4096 hashed buckets
+        blended with weight 4, :mod:`ir3de.tfidf`: better on prompts like the fit data,
+        worse where an expert's prompts look unlike its fit data),
         ``unigram`` (without pairs, α = 0.1, for statistics made before pairs were
         counted), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
@@ -406,15 +407,14 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS, skips=None, unseen="score"),
-    "pairs": RouterConfig(skips=None, unseen="score"),
-    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA, skips=None, unseen="score"),
-    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None, skips=None, unseen="score"),
-    "identity": RouterConfig(model="ridge", selector="avg", pairs=None, skips=None),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None,
-                          skips=None),
+    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
+    "skips": RouterConfig(skips="auto", unseen="auto"),
+    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None, pairs=None, skips=None),
+                          identity=None, pairs=None),
 }
 
 
@@ -741,9 +741,9 @@ class Router:
         The other experts' statistics are untouched, but their decisions can move: the
         ridge solves all columns jointly, the pair table is smoothed towards the pooled pair
         distribution, and ``"auto"`` smoothing switches to lighter values when the new
-        expert holds 50 prompts or fewer, skip pairs and unseen tokens with it
-        (:attr:`smoothing` tells the values in use; fix ``alpha``, ``pairs``, ``skips`` and
-        ``unseen`` to keep them).
+        expert holds 50 prompts or fewer, and ``"auto"`` skip pairs and unseen tokens with
+        it (:attr:`smoothing` tells the values in use; fix ``alpha``, ``pairs``, ``skips``
+        and ``unseen`` to keep them).
         """
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
@@ -1451,11 +1451,9 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
                                f"router settings, got {meta['config']!r}")
     # Settings a router was saved without did not exist then: they take the behaviour of
     # that time, not today's defaults (on load or in `inspect`). Before the 'nb' model,
-    # routers were ridge routers; before pair features, nb used none; before skip pairs,
-    # none of those and unseen tokens scored.
+    # routers were ridge routers; before pair features, nb used none.
     try:
         config = RouterConfig.from_dict({"model": "ridge", "pairs": None, "tfidf": None,
-                                         "skips": None, "unseen": "score",
                                          **meta["config"]})
     except IR3DEError as exc:
         raise StatsFormatError(f"{where}: metadata field 'config': {exc}") from None

@@ -45,9 +45,10 @@ DEFAULT_ALPHA = 0.03
 UNIGRAM_ALPHA = 0.1
 DEFAULT_PAIRS = 1e5
 # Skip pairs (the id two places back, id) with their own Dirichlet mass, and tokens that no
-# fit prompt holds adding nothing: the pick of benchmarks/explore_longer.py by the same rule
-# (held-out 99.59 against 99.56), then ahead on the three fresh checks of fresh_unseen.py
-# (98.68 against 98.59; EVALUATION.md, "Skip pairs in the router").
+# fit prompt holds adding nothing (the `skips` preset, "auto"): the pick of
+# benchmarks/explore_longer.py by the same rule (held-out 99.59 against 99.56), then ahead
+# on the three fresh checks of fresh_unseen.py (98.68 against 98.59); not the default, as
+# it costs 2.5 times the avg selector per prompt (EVALUATION.md, "Skip pairs, built").
 DEFAULT_SKIPS = 1e6
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
 # picks for them, FEW_PROMPTS below): chosen by the same rule on the five splits with every
