@@ -182,8 +182,8 @@ def split_pairs(pairs: PairCounts, vocab_size: int) -> tuple[PairCounts, PairCou
 
 
 def _holds_skips(stats: DomainStats) -> bool:
-    """Whether statistics with a pair table hold skip pairs (an empty table holds all the
-    pairs it has none of)."""
+    """Whether statistics with a pair table hold skip pairs (an empty table counts as
+    holding them: it lacks none)."""
     assert stats.pairs is not None and stats.doc_counts is not None
     return split_pairs(stats.pairs, stats.doc_counts.size)[1] is not None
 
