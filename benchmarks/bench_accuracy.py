@@ -34,7 +34,8 @@ def main() -> int:
         emb = load_embedder(name)
         for protocol, fold in (("xdata", 0), ("2fold", 0), ("2fold", 1)):
             fit, test = reasoning_split(args.data, protocol=protocol, fold=fold)
-            stats = [compute_stats(emb, texts, domain=d) for d, texts in fit.items()]
+            stats = [compute_stats(emb, texts, domain=d, skip_pairs=True)  # (`skips` reads them)
+                     for d, texts in fit.items()]
             for preset in ("default", "skips", "unigram", "identity", "dense", "paper"):
                 router = Router(emb, RouterConfig.preset(preset)).fit_stats(stats)
                 hits = {d: np.array([p == d for p in router.predict(t)]) for d, t in test.items()}

@@ -131,7 +131,8 @@ def fitted_router(name: str, args: argparse.Namespace):
     np, Router, RouterConfig, compute_stats, load_embedder, reasoning_split, _ = _imports()
     emb = load_embedder(name)
     fit, test = reasoning_split(args.data)
-    stats = [compute_stats(emb, texts, domain=d, tfidf_buckets=4096) for d, texts in fit.items()]
+    stats = [compute_stats(emb, texts, domain=d, tfidf_buckets=4096, skip_pairs=True)
+             for d, texts in fit.items()]
     config = RouterConfig() if args.k is None else RouterConfig(k=args.k)
     router = Router(emb, config).fit_stats(stats)
     rng = np.random.default_rng(0)

@@ -96,6 +96,13 @@ def toy_stats(emb: Embedder) -> dict[str, DomainStats]:
 
 
 @pytest.fixture(scope="session")
+def skip_stats(emb: Embedder) -> dict[str, DomainStats]:
+    """:func:`toy_stats` counted with skip pairs (what the ``skips`` preset reads)."""
+    return {d: compute_stats(emb, texts, domain=d, skip_pairs=True)
+            for d, texts in CORPORA.items()}
+
+
+@pytest.fixture(scope="session")
 def toy_router(emb: Embedder, toy_stats: dict[str, DomainStats]) -> Router:
     """A router over the inline corpora with the default settings (do not mutate)."""
     return Router(emb).fit_stats(toy_stats)

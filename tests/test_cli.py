@@ -112,7 +112,8 @@ def test_experts_updates_of_one_router_at_once_keep_both(built: dict[str, Path],
         Router.load(built["router"]).experts == ["math", "coding", "poetry", "law"]
 
 
-def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_build_renames_and_inspect(built: dict[str, Path], corpora: dict[str, Path],
+                                   tmp_path: Path, capsys) -> None:
     out = tmp_path / "renamed.safetensors"
     code, _, err = run(capsys, "build", f"arithmetic={built['math']}", built["coding"],
                        "-o", out, "--preset", "paper", "--k", "7")
@@ -124,13 +125,22 @@ def test_build_renames_and_inspect(built: dict[str, Path], tmp_path: Path, capsy
     code, text, _ = run(capsys, "inspect", built["math"])
     assert code == 0 and "math" in text and "4 prompts" in text
     stats = DomainStats.load(built["math"])
-    skips = split_pairs(stats.pairs, stats.counts.size)[1]
     assert (f"holds        b, token counts, document frequencies, {stats.pairs.keys.size} token "
-            f"pairs ({skips.keys.size} of them skip pairs)  (A is formed from the token counts)"
-            ) in text
+            "pairs (no skip pairs: counted without --skip-pairs)  (A is formed from the token "
+            "counts)") in text
     info = json.loads(run(capsys, "inspect", built["math"], "--json")[1])
     assert (info["n_pairs"], info["n_skip_pairs"], info["has_counts"],
-            info["has_doc_counts"]) == (stats.pairs.keys.size, skips.keys.size, True, True)
+            info["has_doc_counts"]) == (stats.pairs.keys.size, None, True, True)
+    # counted with --skip-pairs: the same adjacent pairs, and the skip pairs after them
+    with_skips = tmp_path / "skips.stats"
+    assert run(capsys, "stats", corpora["math"], "--domain", "math", "--skip-pairs", "-q",
+               "-o", with_skips)[0] == 0
+    counted = DomainStats.load(with_skips)
+    adjacent, skips = split_pairs(counted.pairs, counted.counts.size)
+    np.testing.assert_array_equal(adjacent.keys, stats.pairs.keys)
+    info = json.loads(run(capsys, "inspect", with_skips, "--json")[1])
+    assert (info["n_pairs"], info["n_skip_pairs"]) == (counted.pairs.keys.size, skips.keys.size)
+    assert f"({skips.keys.size} of them skip pairs)" in run(capsys, "inspect", with_skips)[1]
     assert info["has_A"] is False and info["version"] == 2
 
 
@@ -819,12 +829,15 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
                                   for i in range(n)))
         big[name] = tmp_path / f"{name}.st"
         assert run(capsys, "stats", corpus, "--domain", name, "-o", big[name], "-q")[0] == 0
+    skipped = tmp_path / "translation-skips.st"
+    assert run(capsys, "stats", tmp_path / "translation.txt", "--domain", "translation",
+               "--skip-pairs", "-o", skipped, "-q")[0] == 0
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", big["translation"], "-o", router)
     assert code == 0 and err.strip().endswith(
         "; auto smoothing α=0.03  pair mass=100000 (400 prompts per expert on average, 400 in "
         "the smallest)"), err
-    code, _, err = run(capsys, "build", big["translation"], "--preset", "skips", "-o",
+    code, _, err = run(capsys, "build", skipped, "--preset", "skips", "-o",
                        tmp_path / "skips.st", "--force")
     assert code == 0 and err.strip().endswith(
         f"; auto smoothing α=0.03  pair mass=100000  {FULL} (400 prompts per expert on "
@@ -847,10 +860,10 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
         "; auto smoothing pair mass=10000 (4 prompts per expert on average, 4 in the "
         "smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
-                       "--pairs", "1e4", "--skips", "1e6", "--unseen", "auto", "-o",
+                       "--pairs", "1e4", "--skips", "auto", "--unseen", "auto", "-o",
                        tmp_path / "fixed.st", "--force")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing unseen tokens scored (4 prompts per expert on average, 4 in the "
+        f"; auto smoothing {SMALL} (4 prompts per expert on average, 4 in the "
         "smallest)"), err
 
 
@@ -876,8 +889,8 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
              (0.003, None, None, "score")),
             (["--preset", "few"], "nb", few, few),
             (["--preset", "skips"], "nb", ("auto",) * 4, few),
-            (["--skips", "3e5", "--unseen", "ignore"], "nb", ("auto", "auto", 3e5, "ignore"),
-             (0.003, 1e4, 3e5, "ignore")),
+            (["--skips", "auto", "--unseen", "ignore"], "nb",
+             ("auto", "auto", "auto", "ignore"), (0.003, 1e4, None, "ignore")),
             (["--model", "ridge", "--selector", "avg"], "ridge", plain, None))):
         out = tmp_path / f"{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0

@@ -1075,14 +1075,14 @@ FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score")  # the default's
 
 
 @pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE])
-def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
+def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats,
                                                        preset: str | RouterConfig) -> None:
     """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
     features with a uniform prior (``unigram``: tokens only; the ``skips`` preset at full
     fit size also skip pairs, tokens no fit prompt holds left out, and on so few prompts
     as the default), computed here directly from the corpora with Python sets (no
     statistics files)."""
-    router = Router(emb, preset).fit_stats(toy_stats)
+    router = Router(emb, preset).fit_stats(skip_stats)
     (alpha, m, m_skip, unseen), V = router.smoothing, emb.vocab_size
     assert (m_skip, unseen) == ((DEFAULT_SKIPS, "ignore") if preset is FULL_SIZE
                                 else (None, "score"))
@@ -1123,18 +1123,18 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, toy_stats,
                                rtol=1e-12)
 
 
-def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, toy_stats,
+def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, skip_stats,
                                                          tmp_path: Path) -> None:
     """With skip pairs and unseen tokens left out (``skips`` at full fit size), adding and
     removing an expert equals a refit, a saved router loads into the same tables, and a
     prompt routed alone gets the very decision it gets in a batch."""
     three, full = ["math", "coding", "law"], dataclasses.asdict(FULL_SIZE)
-    router = fit(emb, toy_stats, three, **full)
+    router = fit(emb, skip_stats, three, **full)
     assert router._state.table.skips is not None and router._state.table.unseen.size
-    router.add_expert("multilingual", toy_stats["multilingual"])
-    assert_same_state(router, fit(emb, toy_stats, [*three, "multilingual"], **full))
+    router.add_expert("multilingual", skip_stats["multilingual"])
+    assert_same_state(router, fit(emb, skip_stats, [*three, "multilingual"], **full))
     router.remove_expert("multilingual")
-    assert_same_state(router, fit(emb, toy_stats, three, **full))
+    assert_same_state(router, fit(emb, skip_stats, three, **full))
     router.save(tmp_path / "r.safetensors")
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
@@ -1142,33 +1142,38 @@ def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, toy_sta
     prompts = [*PROMPTS, "zxqv glorp", "x"]
     assert [router.route(p) for p in prompts] == router.route_batch(prompts)
     # Both parts change decisions: the skip pairs and the unseen tokens left out.
-    scores = {name: Router(emb, FULL_SIZE.with_settings(**change)).fit_stats(toy_stats)
+    scores = {name: Router(emb, FULL_SIZE.with_settings(**change)).fit_stats(skip_stats)
               .predict_proba(prompts) for name, change in (("both", {}), ("no skips",
                                                                           {"skips": None}),
                                                           ("scored", {"unseen": "score"}))}
     assert not np.allclose(scores["both"], scores["no skips"])
     assert not np.allclose(scores["both"], scores["scored"])
+    # Router.fit counts skip pairs when its settings read them, and only then.
+    texts = [t for texts in CORPORA.values() for t in texts]
+    labels = [d for d, texts in CORPORA.items() for _ in texts]
+    assert_same_state(Router(emb, FULL_SIZE).fit(texts, labels),  # (fit sorts the labels)
+                      Router(emb, FULL_SIZE).fit_stats(dict(sorted(skip_stats.items()))))
+    assert all(split_pairs(s.pairs, emb.vocab_size)[1] is None
+               for s in Router(emb).fit(texts, labels).stats.values())
 
 
-def test_pair_tables_counted_before_skip_pairs(emb: Embedder, toy_stats) -> None:
-    """Statistics whose pair tables hold no skip pairs (an ir3de before 2026-11-25) are
-    refused where skip pairs are read, naming the way out, serve every other setting as
-    before (skip pairs in a table change nothing there), and are not summed with tables
-    that hold them."""
-    V = emb.vocab_size
-    old = {n: dataclasses.replace(s, pairs=split_pairs(s.pairs, V)[0], source=f"{n}.st")
-           for n, s in toy_stats.items()}
+def test_pair_tables_without_skip_pairs(emb: Embedder, toy_stats, skip_stats) -> None:
+    """Statistics counted without skip pairs (the default; also every file of an ir3de
+    before 2026-11-25) are refused where skip pairs are read, naming the way out; every
+    other setting routes on them as on statistics with skip pairs (it does not read
+    those); tables with and without them are not summed."""
+    old = {n: dataclasses.replace(s, source=f"{n}.st") for n, s in toy_stats.items()}
     with pytest.raises(StatsFormatError, match=r"no skip-pair frequencies in math\.st \(math\), "
-                                               r"coding\.st \(coding\), .*: made by an ir3de "
-                                               r"before 2026-11-25.* \(--skips none; "
-                                               r"skips=None\)"):
+                                               r"coding\.st \(coding\), .*: counted without "
+                                               r"them; count them again with ir3de stats "
+                                               r"--skip-pairs .* \(--skips none; skips=None\)"):
         Router(emb, FULL_SIZE).fit_stats(old)
     for config in ("default", "skips", FULL_SIZE.with_settings(skips=None)):
         assert_same_state(Router(emb, config).fit_stats(old),
-                          Router(emb, config).fit_stats(toy_stats))
+                          Router(emb, config).fit_stats(skip_stats))
     with pytest.raises(StatsFormatError, match=r"^math\.st: token-pair counts without skip "
-                                               r"pairs .* merge --no-pairs"):
-        toy_stats["math"] + old["math"]
+                                               r"pairs .* --skip-pairs, .* merge --no-pairs"):
+        skip_stats["math"] + old["math"]
 
 
 def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder, toy_stats,
@@ -1193,7 +1198,7 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
 
 
 def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_stats,
-                                                           tmp_path: Path) -> None:
+                                                           skip_stats, tmp_path: Path) -> None:
     """The default's α and pair mass ("auto") come from the summed prompt counts: experts
     of 60 prompts each get the small-fit-set values; an expert with many prompts lifts the
     mean over 100 and brings the full-size values, as a full refit does, and taking it away
@@ -1230,13 +1235,17 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     # a number is kept whatever the counts; None keeps pairs off
     assert Router(emb, alpha=0.5, pairs=None, skips=None,
                   unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score")
-    assert Router(emb, skips=3e5).fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, 3e5,
-                                                                 "score")
+    # (skip-pair statistics of the same prompt counts, for the settings that read them)
+    skipped = {n: dataclasses.replace(skip_stats[n], n_prompts=s.n_prompts)
+               for n, s in four.items()}
+    three_skipped = {n: skipped[n] for n in three}
+    assert Router(emb, skips=3e5).fit_stats(three_skipped).smoothing == (
+        FEW_ALPHA, FEW_PAIRS, 3e5, "score")
     # the skips preset's "auto": skip pairs and unseen tokens left out at full size only
-    assert Router(emb, "skips").fit_stats(four).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
-                                                              DEFAULT_SKIPS, "ignore")
-    assert Router(emb, "skips").fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, None,
-                                                               "score")
+    assert Router(emb, "skips").fit_stats(skipped).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
+                                                                 DEFAULT_SKIPS, "ignore")
+    assert Router(emb, "skips").fit_stats(three_skipped).smoothing == (FEW_ALPHA, FEW_PAIRS,
+                                                                       None, "score")
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 

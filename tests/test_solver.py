@@ -270,7 +270,7 @@ def test_nb_smoothing_switches_on_the_mean_or_the_smallest_prompt_count() -> Non
     assert nb_smoothing("auto", None, [10]) == (FEW_ALPHA, None)
 
 
-def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch) -> None:
+def test_the_sparse_pair_table_is_the_dense_formula(emb, skip_stats, monkeypatch) -> None:
     """solve_pairs stores the per-row normalised Dirichlet table as base + offset + sparse
     corrections (closed-form log-sum-exp): the same numbers as forming the dense K x D table
     and normalising it, in O(pairs + nonzeros); the routers read either form alike."""
@@ -278,11 +278,11 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch)
     from ir3de import Router, RouterConfig
     from ir3de.solver import _PAIR_EPS, solve_pairs
 
-    experts = list(toy_stats)
+    experts = list(skip_stats)
     for mass, skips in itertools.product((DEFAULT_PAIRS, FEW_PAIRS, 3.0), (False, True)):
-        table = solve_pairs(toy_stats, experts, mass=mass, skips=skips)
+        table = solve_pairs(skip_stats, experts, mass=mass, skips=skips)
         # each kind alone: the adjacent pairs, or the skip pairs keyed without their offset
-        kind = {n: split_pairs(toy_stats[n].pairs, emb.vocab_size)[skips] for n in experts}
+        kind = {n: split_pairs(skip_stats[n].pairs, emb.vocab_size)[skips] for n in experts}
         keys = np.unique(np.concatenate([kind[n].keys for n in experts]))
         C = np.zeros((keys.size + 1, len(experts)))
         for j, n in enumerate(experts):
@@ -296,7 +296,7 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch)
         assert table.delta.size == np.count_nonzero(C)  # one stored entry per nonzero count
     with pytest.raises(IR3DEError, match=r"the pair Dirichlet mass 4\.94066e-324 is too "
                                          r"small: the pair table is not finite"):
-        solve_pairs(toy_stats, experts, mass=5e-324)  # m q underflows to 0
+        solve_pairs(skip_stats, experts, mass=5e-324)  # m q underflows to 0
     # Many experts with pairs of their own: a few numbers per pair, not one per expert.
     from ir3de import compute_stats
 
@@ -313,9 +313,9 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, toy_stats, monkeypatch)
     # same decisions, scores equal to rounding.
     prompts = ["What is 12 times 7?", "def add(a, b): return a + b", "Quelle heure est-il ?"]
     config = RouterConfig.preset("default", skips=1e6)  # (auto: none for so few prompts)
-    dense = Router(emb, config).fit_stats(toy_stats)
+    dense = Router(emb, config).fit_stats(skip_stats)
     monkeypatch.setattr(selector_module, "_DENSE_ENTRIES", -1)
-    sparse = Router(emb, config).fit_stats(toy_stats)
+    sparse = Router(emb, config).fit_stats(skip_stats)
     for kind in ("pairs", "skips"):
         assert getattr(sparse._state.table, kind)._dense is None
         assert getattr(dense._state.table, kind)._dense is not None

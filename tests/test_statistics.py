@@ -163,7 +163,12 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
              "", "\n", "x", "<s>", "</s><s>", "\u200b"]
-    counts, doc_counts, n_prompts, pairs, tfidf = token_counts(emb, texts, max_tokens=5)
+    counts, doc_counts, n_prompts, pairs, tfidf = token_counts(emb, texts, max_tokens=5,
+                                                               skip_pairs=True)
+    # without skip_pairs (the default) the table is the adjacent pairs alone
+    plain = token_counts(emb, texts, max_tokens=5).pairs
+    for got, want in zip(plain, split_pairs(pairs, emb.vocab_size)[0], strict=True):
+        np.testing.assert_array_equal(got, want)
     # Blank prompts and prompts of special tokens only are skipped: they count as no
     # prompt (routing refuses them), which would lower every expert's pair bounds.
     assert n_prompts == 3 and tfidf is None  # (counted on request only)
@@ -595,6 +600,7 @@ def test_renamed_keeps_the_numbers(toy_stats: dict[str, DomainStats]) -> None:
 
 
 def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats],
+                                          skip_stats: dict[str, DomainStats],
                                           emb: Embedder) -> None:
     # With A as well as the counts it is formed from, as in files of version 1.
     s = dataclasses.replace(toy_stats["math"], A=toy_stats["math"].gram(emb))
@@ -651,21 +657,20 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats],
         with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
             dataclasses.replace(s, pairs=bad_pairs)
     # A key past the vocabulary is named as what it is: a key of another vocabulary size.
-    # The largest keys are skip pairs (the start V, id): (V + 1)**2 + V (V + 1) + id.
+    with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {(V + 1) ** 2}, is "
+                                               rf"one of a vocabulary of {V + 1} ids, but "
+                                               rf"doc_counts has {V} entries"):
+        dataclasses.replace(s, pairs=PairCounts(np.append(keys, (V + 1) ** 2),
+                                                np.append(counts, 1)))
+    # With skip pairs the largest keys are theirs, (the start V, id): (V + 1)**2 + V (V + 1)
+    # + id; they are checked as the adjacent ones are (one missing is refused).
+    s = skip_stats["math"]
+    keys, counts = s.pairs
     wider = (V + 2) ** 2 + (V + 1) * (V + 2)  # (V + 1, 0) of a vocabulary of V + 1 ids
     with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {wider}, is one of "
                                                rf"a vocabulary of {V + 1} ids, but "
                                                rf"doc_counts has {V} entries"):
         dataclasses.replace(s, pairs=PairCounts(np.append(keys, wider), np.append(counts, 1)))
-    # Without skip pairs (a table counted before them), the largest is an adjacent pair.
-    adjacent = split_pairs(s.pairs, V)[0]
-    assert dataclasses.replace(s, pairs=adjacent).pairs is not None
-    with pytest.raises(StatsFormatError, match=rf"largest token-pair key, {(V + 1) ** 2}, is "
-                                               rf"one of a vocabulary of {V + 1} ids, but "
-                                               rf"doc_counts has {V} entries"):
-        dataclasses.replace(s, pairs=PairCounts(np.append(adjacent.keys, (V + 1) ** 2),
-                                                np.append(adjacent.counts, 1)))
-    # Skip pairs are checked as the adjacent ones are: one missing is refused.
     with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
         dataclasses.replace(s, pairs=PairCounts(keys[:-1], counts[:-1]))
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ExpertError, IR3DEError, listed, refuse_lone_text
 from .router import Decision, Router
-from .statistics import _holds_skips, compute_stats, split_pairs
+from .statistics import _holds_skips, compute_stats
 
 __all__ = ["DEFAULT_KEEP", "Calibration", "Cut", "calibrate", "render_plot"]
 
@@ -304,13 +304,11 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
             part = compute_stats(router.embedder,
                                  [texts[i] for i in members if gold[i] == domain],
                                  domain=domain, max_tokens=full[domain].max_tokens,
-                                 tfidf_buckets=None if tfidf is None else tfidf.buckets)
+                                 tfidf_buckets=None if tfidf is None else tfidf.buckets,
+                                 skip_pairs=full[domain].pairs is not None
+                                 and _holds_skips(full[domain]))
             if full[domain].pairs is None:
                 part = replace(part, pairs=None)
-            elif not _holds_skips(full[domain]):  # counted before skip pairs were
-                assert part.pairs is not None  # (compute_stats counts them)
-                part = replace(part, pairs=split_pairs(part.pairs,
-                                                       router.embedder.vocab_size)[0])
             if full[domain].counts is None:  # statistics without token counts: Gram only
                 part = replace(part, A=part.gram(router.embedder), counts=None,
                                doc_counts=None, pairs=None)

@@ -330,7 +330,8 @@ def _quiet_ray(quiet: bool) -> Iterator[None]:
 
 def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
                  fmt: CorpusFormat | None, text_field: str, max_tokens: int,
-                 vocab_size: int, tfidf_buckets: int | None) -> dict[str, np.ndarray]:
+                 vocab_size: int, tfidf_buckets: int | None,
+                 skip_pairs: bool) -> dict[str, np.ndarray]:
     """Ray Data map_batches task: the token counts of one block of files.
 
     A task, not an actor pool: the embedder is cached per worker process by
@@ -339,7 +340,7 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
     try:
         counted = _count_files(batch, spec=spec, fingerprint=fingerprint, fmt=fmt,
                                text_field=text_field, max_tokens=max_tokens,
-                               tfidf_buckets=tfidf_buckets)
+                               tfidf_buckets=tfidf_buckets, skip_pairs=skip_pairs)
     except IR3DEError as exc:
         # Returned, not raised: Ray does not carry a task's exception (its cause) back to
         # the driver, only a traceback text. The driver re-raises it with its own message.
@@ -364,7 +365,7 @@ def _count_block(batch: Any, *, spec: dict[str, Any], fingerprint: str,
 
 def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
                  fmt: CorpusFormat | None, text_field: str, max_tokens: int,
-                 tfidf_buckets: int | None) -> TokenCounts:
+                 tfidf_buckets: int | None, skip_pairs: bool) -> TokenCounts:
     """The token counts of a block of ``(name, path)`` rows, each a whole file."""
     embedder = load_embedder(spec)
     if embedder.fingerprint != fingerprint:
@@ -381,7 +382,8 @@ def _count_files(batch: Any, *, spec: dict[str, Any], fingerprint: str,
             yield from corpus_texts(_read_file(path, name), name, _file_format(name, fmt),
                                     text_field)
 
-    return token_counts(embedder, texts(), max_tokens=max_tokens, tfidf_buckets=tfidf_buckets)
+    return token_counts(embedder, texts(), max_tokens=max_tokens, tfidf_buckets=tfidf_buckets,
+                        skip_pairs=skip_pairs)
 
 
 def _read_file(path: str, name: str) -> bytes:
@@ -403,7 +405,7 @@ def _read_file(path: str, name: str) -> bytes:
 
 def _run(ray: Any, files: list[str], embedder: Embedder, *,
          fmt: CorpusFormat | None, text_field: str, max_tokens: int,
-         workers: int | None, tfidf_buckets: int | None
+         workers: int | None, tfidf_buckets: int | None, skip_pairs: bool
          ) -> tuple[np.ndarray, np.ndarray, int, list[np.ndarray], list[np.ndarray],
                     TfidfCounts | None]:
     """The Ray Data job: counts, document counts, prompt count, pair-table parts and the
@@ -422,7 +424,8 @@ def _run(ray: Any, files: list[str], embedder: Embedder, *,
         compute=ray.data.TaskPoolStrategy(size=min(pool, len(files))),
         fn_kwargs={"spec": embedder.spec, "fingerprint": embedder.fingerprint, "fmt": fmt,
                    "text_field": text_field, "max_tokens": max_tokens,
-                   "vocab_size": embedder.vocab_size, "tfidf_buckets": tfidf_buckets})
+                   "vocab_size": embedder.vocab_size, "tfidf_buckets": tfidf_buckets,
+                   "skip_pairs": skip_pairs})
     counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     doc_counts = np.zeros(embedder.vocab_size, dtype=np.int64)
     n_prompts = 0
@@ -452,14 +455,15 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
               fmt: CorpusFormat | None = None, text_field: str = "text",
               max_tokens: int = DEFAULT_MAX_TOKENS, address: str | None = None,
               workers: int | None = None, progress: bool = True,
-              tfidf_buckets: int | None = None) -> DomainStats:
+              tfidf_buckets: int | None = None, skip_pairs: bool = False) -> DomainStats:
     """One domain's statistics, counted on Ray; equal to :func:`~ir3de.compute_stats`.
 
     ``workers`` is the number of counting tasks at a time (default: one per cluster CPU);
     without ``address`` and with Ray not yet initialised, a local instance with
     ``workers`` CPUs is started for the call and shut down after it. ``progress=False``
     also mutes Ray's own log lines for the call. ``tfidf_buckets``: also count the
-    TF-IDF statistics (:mod:`ir3de.tfidf`), summed exactly over the tasks.
+    TF-IDF statistics (:mod:`ir3de.tfidf`), summed exactly over the tasks; ``skip_pairs``:
+    also the skip pairs (as :func:`~ir3de.compute_stats`).
 
     >>> ray_stats(["corpus/*.jsonl"], load_embedder(), domain="math")  # doctest: +SKIP
     """
@@ -504,7 +508,8 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
         try:
             counts, doc_counts, n_prompts, keys, pair_counts, tfidf = _run(
                 ray, files, embedder, fmt=fmt, text_field=text_field,
-                max_tokens=max_tokens, workers=workers, tfidf_buckets=tfidf_buckets)
+                max_tokens=max_tokens, workers=workers, tfidf_buckets=tfidf_buckets,
+                skip_pairs=skip_pairs)
         except ray.exceptions.RayError as exc:
             # Not one of ours (those come back as rows): Ray's own
             raise IR3DEError(f"Ray job failed: {_one_line(exc)}") from None

@@ -163,13 +163,15 @@ class RouterConfig:
       the per-token voting selectors do not); every domain weighs the same (``balance``
       must stay on); ``lam``, ``normalize``, ``regularize_bias`` and ``identity`` do not
       apply. ``skips``: None (the default), or the Dirichlet mass of a second pair table,
-      of skip pairs (the id two places back, id); ``unseen``: what a token that no fit
-      prompt holds adds to the ``geo`` decision, ``"score"`` (the default: its smoothed
-      log-likelihoods, which favour the domains with fewer fit prompts) or ``"ignore"``
-      (nothing). ``alpha``, ``pairs``, ``skips`` and ``unseen`` may be ``"auto"`` (the
-      default for ``alpha`` and ``pairs``; preset ``skips`` for the other two): chosen per
-      router from the experts' prompt counts, lighter smoothing and no skip pairs for small
-      fit sets (:func:`~ir3de.solver.nb_smoothing`, :func:`~ir3de.solver.nb_skips`;
+      of skip pairs (the id two places back, id), which :meth:`Router.fit` counts when it
+      is set and :func:`~ir3de.compute_stats` on request (``skip_pairs=True``);
+      ``unseen``: what a token that no fit prompt holds adds to the ``geo`` decision,
+      ``"score"`` (the default: its smoothed log-likelihoods, which favour the domains with
+      fewer fit prompts) or ``"ignore"`` (nothing). ``alpha``, ``pairs``, ``skips`` and
+      ``unseen`` may be ``"auto"`` (the default for ``alpha`` and ``pairs``; preset
+      ``skips`` for the other two): chosen per router from the experts' prompt counts,
+      lighter smoothing and no skip pairs for small fit sets
+      (:func:`~ir3de.solver.nb_smoothing`, :func:`~ir3de.solver.nb_skips`;
       :attr:`Router.smoothing` tells the values in use). ``tfidf``: None (off, the
       default), or the weight of a prompt-level TF-IDF ridge over hashed token ids added
       to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
@@ -581,7 +583,8 @@ class Router:
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
                           max_tokens=self.config.max_tokens, progress=progress,
-                          tfidf_buckets=self.config.tfidf_buckets)
+                          tfidf_buckets=self.config.tfidf_buckets,
+                          skip_pairs=self.config.skips is not None)
             for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,

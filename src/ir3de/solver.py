@@ -500,9 +500,9 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     pairs = {n: table for n, table in split.items() if table is not None}
     if lacking:
         raise StatsFormatError(
-            f"no skip-pair frequencies in {', '.join(lacking)}: made by an ir3de before "
-            "2026-11-25, or merged from such files; count them again with compute_stats "
-            "(ir3de stats), or build without skip pairs (--skips none; skips=None)")
+            f"no skip-pair frequencies in {', '.join(lacking)}: counted without them; count "
+            "them again with ir3de stats --skip-pairs (compute_stats(skip_pairs=True)), or "
+            "build without skip pairs (--skips none; skips=None)")
     keys = np.unique(np.concatenate([pairs[n].keys for n in experts]))
     row = np.concatenate([np.searchsorted(keys, pairs[n].keys) for n in experts])
     col = np.concatenate([np.full(pairs[n].keys.size, j) for j, n in enumerate(experts)])

@@ -123,8 +123,9 @@ class PairCounts(NamedTuple):
     adjacent pair as ``prev * (V + 1) + id`` and a skip pair (the id two places back, id) as
     ``(V + 1)**2 + prev * (V + 1) + id``, ``prev = V`` standing for the start of a prompt
     (before its first token, and two places back from its first two); ``counts`` (int64, >
-    0) are the numbers of prompts holding each pair. Tables counted before skip pairs were
-    (2026-11-25) hold adjacent pairs only: see :func:`split_pairs`."""
+    0) are the numbers of prompts holding each pair. Skip pairs are counted on request
+    (``compute_stats(skip_pairs=True)``); other tables hold adjacent pairs only: see
+    :func:`split_pairs`."""
 
     keys: np.ndarray
     counts: np.ndarray
@@ -166,8 +167,8 @@ def _flat_pair_keys(flat: np.ndarray, starts: np.ndarray, vocab_size: int,
 def split_pairs(pairs: PairCounts, vocab_size: int) -> tuple[PairCounts, PairCounts | None]:
     """A pair table's adjacent pairs and its skip pairs, the latter keyed without their
     offset (as :func:`skip_keys` gives them); None for the skip pairs of a table counted
-    before they were (one that holds pairs, none of them a skip pair: every prompt holds
-    both kinds).
+    without them (one that holds pairs, none of them a skip pair: every prompt holds both
+    kinds).
 
     >>> adjacent, skips = split_pairs(PairCounts(np.array([5, 17, 20]), np.ones(3, int)), 3)
     >>> adjacent.keys, skips.keys
@@ -482,7 +483,7 @@ class DomainStats:
         # Every occurrence of a token closes exactly one adjacent pair and one skip pair, so
         # the pairs of each kind that end in t exist exactly where t's document frequency is
         # positive and their frequencies sum to at least it; a pair's frequency is bounded
-        # by both of its tokens'. (A table counted before skip pairs holds none.)
+        # by both of its tokens'. (A table counted without skip pairs holds none.)
         keys, counts = pairs
         df = self.doc_counts
         fail = df is None or keys.ndim != 1 or keys.shape != counts.shape \
@@ -1043,9 +1044,10 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
     without = [s.source for s in paired if not _holds_skips(s)]
     if without and len(without) < len(paired):
         raise StatsFormatError(f"{', '.join(without)}: token-pair counts without skip pairs "
-                               "(made by an ir3de before 2026-11-25), but the other shard(s) "
-                               "have them; count them again, or drop the pairs of every "
-                               "shard (ir3de merge --no-pairs; merge(..., drop_pairs=True))")
+                               "(counted without ir3de stats --skip-pairs), but the other "
+                               "shard(s) have them; count them again with --skip-pairs, or "
+                               "drop the pairs of every shard (ir3de merge --no-pairs; "
+                               "merge(..., drop_pairs=True))")
 
 
 def _check_same_tfidf(items: list[DomainStats]) -> None:
@@ -1103,10 +1105,11 @@ class TokenCounts(NamedTuple):
     tfidf: TfidfCounts | None = None
 
 
-def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The token ids and the pair keys (adjacent and skip) of a batch of prompts, each
-    prompt's distinct ones once (concatenated over the prompts: their bincount / pair count
-    is a document frequency)."""
+def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int, skip_pairs: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids and the pair keys (adjacent, and skip pairs with ``skip_pairs``) of a
+    batch of prompts, each prompt's distinct ones once (concatenated over the prompts: their
+    bincount / pair count is a document frequency)."""
     lengths = np.array([x.size for x in ids], dtype=np.int64)
     if not lengths.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -1116,13 +1119,15 @@ def _distinct_per_prompt(ids: list[np.ndarray], vocab_size: int) -> tuple[np.nda
     # One sort per batch, the prompt's index above every id or key (a batch holds at most
     # _BATCH prompts, so the product stays far inside int64 for any real vocabulary), and a
     # run mask: both several times faster than np.unique per prompt.
+    doc_ids = _distinct(prompt * vocab_size + flat) % vocab_size
     offset = np.int64(vocab_size + 1) ** 2
-    span = 2 * offset
     starts = starts[lengths > 0]
-    keys = np.concatenate([_flat_pair_keys(flat, starts, vocab_size),
-                           _flat_pair_keys(flat, starts, vocab_size, 2) + offset])
-    return (_distinct(prompt * vocab_size + flat) % vocab_size,
-            _distinct(np.concatenate([prompt, prompt]) * span + keys) % span)
+    keys = _flat_pair_keys(flat, starts, vocab_size)
+    if skip_pairs:
+        keys = np.concatenate([keys, _flat_pair_keys(flat, starts, vocab_size, 2) + offset])
+        prompt = np.concatenate([prompt, prompt])
+    span = 2 * offset if skip_pairs else offset
+    return doc_ids, _distinct(prompt * span + keys) % span
 
 
 def _distinct(tagged: np.ndarray) -> np.ndarray:
@@ -1143,7 +1148,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                  desc: str = "counting tokens",
                  positions: Sequence[int] | None = None,
-                 tfidf_buckets: int | None = None) -> TokenCounts:
+                 tfidf_buckets: int | None = None, skip_pairs: bool = False) -> TokenCounts:
     """Histogram and document frequencies of token ids over ``texts``, and the prompt count.
 
     Each prompt contributes at most ``max_tokens`` tokens; special tokens never count;
@@ -1153,7 +1158,8 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
     surrogate) is refused as ``text #N``, N its 0-based index in ``texts``, or
     ``positions[N]`` where ``texts`` are part of the caller's own sequence.
     ``tfidf_buckets``: also count the TF-IDF statistics over that many hash buckets
-    (:mod:`ir3de.tfidf`; None, the default: not).
+    (:mod:`ir3de.tfidf`; None, the default: not). ``skip_pairs``: also count the skip pairs
+    into the pair table (the ``skips`` preset reads them; False, the default: not).
     """
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     tfidf_buckets = _tfidf_buckets(tfidf_buckets)
@@ -1170,7 +1176,7 @@ def token_counts(embedder: EmbedderLike, texts: Iterable[str], *,
             ids = embedder.encode_batch(batch, max_tokens, positions=where)
             flat = np.concatenate(ids)
             counts += np.bincount(flat, minlength=embedder.vocab_size)
-            doc_ids, pair_ids = _distinct_per_prompt(ids, embedder.vocab_size)
+            doc_ids, pair_ids = _distinct_per_prompt(ids, embedder.vocab_size, skip_pairs)
             doc_counts += np.bincount(doc_ids, minlength=embedder.vocab_size)
             pending.append(pair_ids)
             # Folding the pending keys in only when they outgrow the table keeps the
@@ -1286,7 +1292,7 @@ def _as_counts(values: np.ndarray, name: str) -> np.ndarray:
 def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
                   max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
                   positions: Sequence[int] | None = None,
-                  tfidf_buckets: int | None = None) -> DomainStats:
+                  tfidf_buckets: int | None = None, skip_pairs: bool = False) -> DomainStats:
     """Statistics of one domain's corpus: one counting pass, then one product.
 
     ``embedder`` is an :class:`Embedder` or, as for a Router, what
@@ -1298,13 +1304,15 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
     statistics of the prompt-level TF-IDF ridge over that many hash buckets
     (:mod:`ir3de.tfidf`; the ``tfidf`` preset reads them, over
     :data:`~ir3de.tfidf.TFIDF_BUCKETS`); None (the default) leaves them out.
-    Raises :class:`EmptyInputError` when the corpus holds no countable token.
+    ``skip_pairs``: also count skip pairs (the ``skips`` preset reads them; False, the
+    default, leaves them out: they double the pair table). Raises
+    :class:`EmptyInputError` when the corpus holds no countable token.
     """
     validate_domain_name(domain)
     embedder, max_tokens = as_embedder(embedder), _max_tokens(max_tokens)
     counts, doc_counts, n_prompts, pairs, tfidf = token_counts(
         embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}",
-        positions=positions, tfidf_buckets=tfidf_buckets)
+        positions=positions, tfidf_buckets=tfidf_buckets, skip_pairs=skip_pairs)
     if counts.sum() == 0:
         raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
                               f"({n_prompts} prompt(s) read; blank ones are skipped)")

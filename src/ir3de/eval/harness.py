@@ -176,8 +176,9 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
     # Counted once for every preset: with the TF-IDF statistics if one reads them.
     buckets = TFIDF_BUCKETS if any(RouterConfig.preset(p).tfidf_buckets is not None
                                    for p in presets) else None
+    skips = any(RouterConfig.preset(p).skips is not None for p in presets)  # (as buckets)
     stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d,
-                                                   tfidf_buckets=buckets)
+                                                   tfidf_buckets=buckets, skip_pairs=skips)
                                      for d, texts in split.fit.items()])
     out = []
     for preset in presets:
