@@ -362,8 +362,10 @@ def _wait_gone(pids: set[int]) -> None:
     """Wait until each of ``pids`` has exited (a zombie until its parent reaps it)."""
     for pid in pids:
         for _ in range(100):
-            if not Path(f"/proc/{pid}").exists() or \
-                    Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                    break
+            except FileNotFoundError:  # reaped (also between a check and the read)
                 break
             time.sleep(0.05)
 
