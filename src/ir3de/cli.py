@@ -1340,7 +1340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet),
                            tfidf_buckets=config.tfidf_buckets,
-                           skip_pairs=config.skips is not None)
+                           skip_pairs=config.skip_pairs)
              for d, texts in fit.items()]
     if not args.quiet:
         _announce_solve(config)

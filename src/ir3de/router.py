@@ -331,6 +331,17 @@ class RouterConfig:
         return TFIDF_BUCKETS if self.model == "nb" and self.tfidf is not None else None
 
     @property
+    def skip_pairs(self) -> bool:
+        """Whether the statistics this configuration's model solves must hold skip pairs
+        (the nb model with ``skips`` set): what :func:`~ir3de.compute_stats` must count for
+        it, as :attr:`tfidf_buckets` says for the TF-IDF statistics.
+
+        >>> RouterConfig.preset("skips").skip_pairs, RouterConfig().skip_pairs
+        (True, False)
+        """
+        return self.model == "nb" and self.skips is not None
+
+    @property
     def reads_pairs(self) -> bool:
         """Whether routing with this configuration reads the experts' token-pair counts:
         the nb model with pair or skip-pair features and the ``geo`` selector (the other
@@ -584,7 +595,7 @@ class Router:
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
                           max_tokens=self.config.max_tokens, progress=progress,
                           tfidf_buckets=self.config.tfidf_buckets,
-                          skip_pairs=self.config.skips is not None)
+                          skip_pairs=self.config.skip_pairs)
             for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,
@@ -656,9 +667,7 @@ class Router:
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
         if config.model == "nb":
-            n_prompts = [stats[n].n_prompts for n in experts]
-            used = Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
-                             *nb_skips(config.skips, config.unseen, n_prompts))
+            used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
             L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
             pairs = skips = unseen = None
             if used.pairs is not None or used.skips is not None:
@@ -1435,6 +1444,13 @@ def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str,
             "experts": experts}
 
 
+def _smoothing_in_use(config: RouterConfig, n_prompts: Sequence[int]) -> Smoothing:
+    """The nb model's settings in use for experts of ``n_prompts`` prompts each (what
+    ``"auto"`` chooses; the solve's and the saved file's description alike)."""
+    return Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
+                     *nb_skips(config.skips, config.unseen, n_prompts))
+
+
 def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:
     """``Router.smoothing`` as the JSON object of ``describe`` (and ``inspect --json``)."""
     return None if smoothing is None else smoothing._asdict()
@@ -1514,10 +1530,8 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     meta["experts"] = list(checked.values())
     # Derived, not read: what the solve will use (files saved before "auto" lack it, and a
     # hand-edited value would only mislead `inspect`).
-    n_prompts = [e["n_prompts"] for e in meta["experts"]]
-    meta["smoothing"] = _smoothing(None if config.model != "nb" else Smoothing(
-        *nb_smoothing(config.alpha, config.pairs, n_prompts),
-        *nb_skips(config.skips, config.unseen, n_prompts)))
+    meta["smoothing"] = _smoothing(None if config.model != "nb" else _smoothing_in_use(
+        config, [e["n_prompts"] for e in meta["experts"]]))
     return meta
 
 

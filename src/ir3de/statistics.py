@@ -33,7 +33,7 @@ import math
 import os
 import reprlib
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import islice
@@ -1024,34 +1024,33 @@ def _check_counts_or_gram(items: list[DomainStats]) -> None:
             "stats)")
 
 
-def _refuse_mixed(items: list[DomainStats], name: str, lacking: str) -> None:
-    """Shards with and without the optional table ``name`` cannot be summed into statistics
-    with it; summing them without would drop every shard's table unseen, so it is refused,
-    naming the shards without it (``lacking``: what they lack and the ways out)."""
-    without = [s.source for s in items if getattr(s, name) is None]
+def _refuse_mixed(items: list[DomainStats], lacks: Callable[[DomainStats], bool],
+                  lacking: str) -> None:
+    """Shards with and without an optional table (``lacks`` tells those without) cannot be
+    summed into statistics with it; summing them without would drop every shard's table
+    unseen, so it is refused, naming the shards without it (``lacking``: what they lack and
+    the ways out)."""
+    without = [s.source for s in items if lacks(s)]
     if without and len(without) < len(items):
         raise StatsFormatError(f"{', '.join(without)}: {lacking}")
 
 
 def _check_same_pairs(items: list[DomainStats]) -> None:
-    _refuse_mixed(items, "pairs",
+    _refuse_mixed(items, lambda s: s.pairs is None,
                   "no token-pair counts (made with ir3de stats --no-pairs, or by an ir3de "
                   "before pairs were counted), but the other shard(s) have them; count them "
                   "again without --no-pairs, or drop the pairs of every shard (ir3de merge "
                   "--no-pairs; merge(..., drop_pairs=True))")
     # A sum of tables with and without skip pairs would hold some prompts' skip pairs only.
-    paired = [s for s in items if s.pairs is not None]
-    without = [s.source for s in paired if not _holds_skips(s)]
-    if without and len(without) < len(paired):
-        raise StatsFormatError(f"{', '.join(without)}: token-pair counts without skip pairs "
-                               "(counted without ir3de stats --skip-pairs), but the other "
-                               "shard(s) have them; count them again with --skip-pairs, or "
-                               "drop the pairs of every shard (ir3de merge --no-pairs; "
-                               "merge(..., drop_pairs=True))")
+    _refuse_mixed([s for s in items if s.pairs is not None], lambda s: not _holds_skips(s),
+                  "token-pair counts without skip pairs (counted without ir3de stats "
+                  "--skip-pairs), but the other shard(s) have them; count them again with "
+                  "--skip-pairs, or drop the pairs of every shard (ir3de merge --no-pairs; "
+                  "merge(..., drop_pairs=True))")
 
 
 def _check_same_tfidf(items: list[DomainStats]) -> None:
-    _refuse_mixed(items, "tfidf",
+    _refuse_mixed(items, lambda s: s.tfidf is None,
                   "no TF-IDF statistics, but the other shard(s) have them; count them again "
                   "with the same --tfidf-buckets, or leave them out of the sum (merge "
                   "--no-tfidf, drop_tfidf=True)")

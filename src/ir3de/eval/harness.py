@@ -173,10 +173,11 @@ def _short_name(embedder: Embedder) -> str:
 def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
                       tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
     short = _short_name(embedder)
-    # Counted once for every preset: with the TF-IDF statistics if one reads them.
+    # Counted once for every preset: with the TF-IDF statistics and the skip pairs if one
+    # reads them.
     buckets = TFIDF_BUCKETS if any(RouterConfig.preset(p).tfidf_buckets is not None
                                    for p in presets) else None
-    skips = any(RouterConfig.preset(p).skips is not None for p in presets)  # (as buckets)
+    skips = any(RouterConfig.preset(p).skip_pairs for p in presets)
     stats, stats_s = _timed(lambda: [compute_stats(embedder, texts, domain=d,
                                                    tfidf_buckets=buckets, skip_pairs=skips)
                                      for d, texts in split.fit.items()])
