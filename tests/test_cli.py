@@ -815,12 +815,12 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o",
                        tmp_path / "small.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.003  pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "; auto smoothing α=0.01  pair mass=30000 (4 prompts per expert on average, 4 in the "
         "smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--preset", "skips",
                        "-o", tmp_path / "skips.st")
     assert code == 0 and err.strip().endswith(
-        f"; auto smoothing α=0.003  pair mass=10000  {SMALL} (4 prompts per expert on average, "
+        f"; auto smoothing α=0.01  pair mass=30000  {SMALL} (4 prompts per expert on average, "
         "4 in the smallest)"), err
     big = {}
     for name, n in (("translation", 400), ("summary", 300)):
@@ -847,7 +847,7 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     # a tiny expert; a mean that is not whole keeps a decimal (235 read as a whole count)
     code, _, err = run(capsys, "experts", "add", router, built["math"])
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.003  pair mass=10000 (234.7 prompts per expert on average, 4 in "
+        "; auto smoothing α=0.01  pair mass=30000 (234.7 prompts per expert on average, 4 in "
         "the smallest)"), err
     code, _, err = run(capsys, "experts", "remove", router, "math")
     assert code == 0 and err.strip().endswith(
@@ -857,7 +857,7 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing pair mass=10000 (4 prompts per expert on average, 4 in the "
+        "; auto smoothing pair mass=30000 (4 prompts per expert on average, 4 in the "
         "smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "1e4", "--skips", "auto", "--unseen", "auto", "-o",
@@ -877,7 +877,7 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
     the prompt counts (these experts hold a few prompts each: the small-fit-set values), as
     inspect shows; --alpha, --pairs, --preset and --model change it."""
     auto = " (auto, from the prompt counts)"
-    few, plain = (0.003, 1e4, None, "score"), ("auto", "auto", None, "score")
+    few, plain = (0.01, 3e4, None, "score"), ("auto", "auto", None, "score")
     for i, (argv, model, settings, used) in enumerate((
             ([], "nb", plain, few),
             (["--alpha", "auto", "--pairs", "auto"], "nb", plain, few),
@@ -886,11 +886,11 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
             (["--preset", "unigram"], "nb", (0.1, None, None, "score"),
              (0.1, None, None, "score")),
             (["--pairs", "none"], "nb", ("auto", None, None, "score"),
-             (0.003, None, None, "score")),
+             (0.01, None, None, "score")),
             (["--preset", "few"], "nb", few, few),
             (["--preset", "skips"], "nb", ("auto",) * 4, few),
             (["--skips", "auto", "--unseen", "ignore"], "nb",
-             ("auto", "auto", "auto", "ignore"), (0.003, 1e4, None, "ignore")),
+             ("auto", "auto", "auto", "ignore"), (0.01, 3e4, None, "ignore")),
             (["--model", "ridge", "--selector", "avg"], "ridge", plain, None))):
         out = tmp_path / f"{i}.safetensors"
         assert run(capsys, "build", built["math"], built["coding"], *argv, "-o", out)[0] == 0
@@ -1203,8 +1203,8 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
                                            capsys) -> None:
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
-    assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.003  "
-                              "pair mass=10000 (4 prompts per expert on average, 4 in the "
+    assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.01  "
+                              "pair mass=30000 (4 prompts per expert on average, 4 in the "
                               "smallest)\n")
 
 
@@ -2226,11 +2226,11 @@ def test_inspect_says_only_geo_reads_the_token_pairs(selector: str, built: dict[
     (model,) = [line for line in out.splitlines() if line.lstrip().startswith("model")]
     assert model.split(None, 1)[1] == (f"nb (Naive-Bayes, binary token features; the token "
                                        f"pairs it holds are read by the geo selector only, "
-                                       f"not {selector})  α=0.003 (auto, from the prompt "
+                                       f"not {selector})  α=0.01 (auto, from the prompt "
                                        f"counts)")
     geo = run(capsys, "inspect", built["router"])[1]
-    assert "binary token and token-pair features)  α=0.003 (auto, from the prompt counts)  " \
-        "pair mass=10000 (auto, from the prompt counts)" in geo
+    assert "binary token and token-pair features)  α=0.01 (auto, from the prompt counts)  " \
+        "pair mass=30000 (auto, from the prompt counts)" in geo
 
 
 def test_serve_help_example_matches_the_readme_gateway(capsys) -> None:

@@ -855,7 +855,7 @@ def test_presets() -> None:
     assert (default.model, default.alpha, default.pairs, default.selector) == \
         ("nb", "auto", "auto", "geo")
     few = RouterConfig.preset("few")
-    assert (few.model, few.alpha, few.pairs, few.selector) == ("nb", 0.003, 1e4, "geo")
+    assert (few.model, few.alpha, few.pairs, few.selector) == ("nb", 0.01, 3e4, "geo")
     unigram = RouterConfig.preset("unigram")
     assert (unigram.model, unigram.alpha, unigram.pairs, unigram.selector) == \
         ("nb", 0.1, None, "geo")

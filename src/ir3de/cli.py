@@ -391,9 +391,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features pooled by the geo selector, α and pair "
-                        "mass 'auto': 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 "
+                        "mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 "
                         "prompts each or fewer on average or the smallest 50 or fewer (the "
-                        "measured best); 'few': α=0.003 and pair mass 1e4 whatever the fit "
+                        "measured best); 'few': α=0.01 and pair mass 3e4 whatever the fit "
                         "size; 'skips': the default plus skip-pair features and unseen tokens "
                         "left out, both 'auto' (off for small fit sets; ahead on fresh "
                         "prompts, 1.3x the default's routing cost); 'tfidf': the default plus "
@@ -413,15 +413,15 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "--regularize-bias apply)")
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
                    help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
-                        "0.03, or 0.003 when the experts hold 100 prompts each or fewer on "
-                        "average or the smallest 50 or fewer; preset 'few': 0.003)")
+                        "0.03, or 0.01 when the experts hold 100 prompts each or fewer on "
+                        "average or the smallest 50 or fewer; preset 'few': 0.01)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
-                        "frequencies towards the pooled ones, 'auto' (the default: 1e5, or 1e4 "
+                        "frequencies towards the pooled ones, 'auto' (the default: 1e5, or 3e4 "
                         "when the experts hold 100 prompts each or fewer on average or the "
                         "smallest 50 or fewer; preset "
-                        "'few': 1e4), or 'none' for token features only; pairs enter the geo "
+                        "'few': 3e4), or 'none' for token features only; pairs enter the geo "
                         "selector")
     g.add_argument("--skips", type=_skip_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,

@@ -250,9 +250,9 @@ class RouterConfig:
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
-        ``"auto"``: 0.03 and 1e5, or 0.003 and 1e4 when the experts hold 100 prompts each or
-        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.003 and pair
-        mass 1e4 whatever the fit size), ``skips`` (the default plus skip-pair features,
+        ``"auto"``: 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 prompts each or
+        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.01 and pair
+        mass 3e4 whatever the fit size), ``skips`` (the default plus skip-pair features,
         mass 1e6, and tokens no fit prompt holds left out, both ``"auto"``: off for small
         fit sets; ahead on the fresh checks, but 1.3 times the default's routing cost),
         ``tfidf`` (the default plus a prompt-level TF-IDF ridge over 4096 hashed buckets

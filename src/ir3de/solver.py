@@ -53,9 +53,10 @@ DEFAULT_SKIPS = 1e6
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
 # picks for them, FEW_PROMPTS below): chosen by the same rule on the five splits with every
 # fit set cut to 10 / 30 / 100 prompts per domain or to 3 % of it, then checked on fresh
-# prompts (benchmarks/explore_scale.py, EVALUATION.md).
-FEW_ALPHA = 0.003
-FEW_PAIRS = 1e4
+# prompts (benchmarks/explore_scale.py --alpha-small on the held-out parts cleaned of test
+# prompts; it replaced α = 0.003, m = 1e4, the pick on the old ones; EVALUATION.md).
+FEW_ALPHA = 0.01
+FEW_PAIRS = 3e4
 # α and the pair mass "auto" (the default) take the FEW_ values when the experts hold
 # FEW_PROMPTS prompts each or fewer on average, or when the smallest holds FEW_MIN_PROMPTS or
 # fewer, else the DEFAULT_ ones: the switch with the best held-out accuracy over fit sets
@@ -393,9 +394,9 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
     where it moves the router across the line.
 
     >>> nb_smoothing("auto", "auto", [30, 80, 120])
-    (0.003, 10000.0)
+    (0.01, 30000.0)
     >>> nb_smoothing("auto", "auto", [20, 3000, 5000])
-    (0.003, 10000.0)
+    (0.01, 30000.0)
     >>> nb_smoothing("auto", None, [300, 5000])
     (0.03, None)
     """
