@@ -173,7 +173,8 @@ Second run of ``--rechoose`` (2026-11-25, after ``--alpha-small``, run again on 
 held-out part, replaced ``few``'s values α = 0.003, m = 1e4 with α = 0.01, m = 3e4, which
 ``auto`` switches to): the same rule and grid with the new values (``FEW`` is now the
 library's). ``--against-never`` also prints the kept switch against ``never`` on the fresh
-checks, the figures the README quotes; they are not read by the rule.
+checks and on the test prompts per split, the figures the README quotes; they are not read
+by the rule.
 
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
@@ -523,7 +524,9 @@ def _rechoose(emb, args, start: float) -> int:
         kept = pick if gain > 0 else TODAY
         print(f"  → {TODAY + ' becomes ' + pick if gain > 0 else TODAY + ' stays'}")
     if args.against_never:
-        print(f"\n## for the record (not read): {kept} against never on the fresh checks")
+        print(f"\n## for the record (not read): {kept} against never, on test per split and "
+              "on the fresh checks")
+        _per_split(test, names, kept, "never", sizes)
         _fresh_small(emb, args.data, _rechoose_variants, "never", kept, sizes)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
@@ -539,8 +542,8 @@ def main() -> int:
         ("--mixed-or", "auto widened by the smallest expert's prompt count"),
         ("--rechoose", "the --auto and --mixed-or chain again, in one step, held-out and "
          "fresh figures only"),
-        ("--against-never", "with --rechoose: also the kept switch against never on the "
-         "fresh checks, for the record")])
+        ("--against-never", "with --rechoose: also the kept switch against never per split "
+         "and on the fresh checks, for the record")])
     emb = load_embedder(ap_args.embedder)
     if ap_args.fresh is not None:
         from fresh_unseen import judge
