@@ -3067,7 +3067,7 @@ def test_saved_min_coverage_yields_to_a_router_without_coverage(
 def test_router_settings_in_gateway_yaml(stats_files, upstreams, tmp_path, emb: Embedder,
                                          caplog) -> None:
     """gateway.yaml's router could only name a preset, so a router fitted there from
-    statistics could not take the README's advice for few fit prompts (pair mass 1e4).
+    statistics could not take the README's advice for few fit prompts (then pair mass 1e4).
     ``router.settings`` applies settings over the preset (stats) or the saved router
     (path); an edit of them rebuilds the router on restart, and a section without them is
     the one states were saved with before, so those are not rebuilt."""
