@@ -181,8 +181,25 @@ by the rule.
 values (α 0.003, m 1e4) and its new ones against the full-size values, fit sets cut to the
 small sizes, on the fresh checks; for the record, no rule reads it.
 
+``--alpha-edge``, added after every run above and committed before its own first run:
+``--alpha-small``'s pick on the clean held-out part, m = 3e4, sits on the edge of its grid,
+and the fresh checks favour the full-size values (m = 1e5) at 30 and 100 prompts per domain
+(``--against-never``, ``--fresh-few``). Seen before this rule was written: held-out, test
+and fresh figures of every (α, m) with m <= 3e4 (``--alpha-small``) and of α 0.03, m 1e5 at
+the small sizes (the full-size values, ``never`` in ``--rechoose``); no figure of α 0.003,
+0.01 or 0.1 with m 1e5. Grid: α ∈ {0.003, 0.01, 0.03, 0.1} x m ∈ {1e4, 3e4, 1e5}, on the
+small sizes (``f0.03``, ``n10``, ``n30``, ``n100``), three draws, every split. Rule:
+
+1. The configuration with the highest mean held-out over those sizes; a tie goes to
+   today's ``few`` (α 0.01, m 3e4), then to grid order.
+2. It replaces ``few``'s values only if it is another one, beats them on that mean, and
+   then beats them on the mean of the fresh checks with every fit set cut to each small
+   size. Test figures are printed and not read. If it does, ``auto``'s switch is chosen
+   again with ``--rechoose``.
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
+      python benchmarks/explore_scale.py --alpha-edge
       python benchmarks/explore_scale.py --auto
       python benchmarks/explore_scale.py --mixed
       python benchmarks/explore_scale.py --mixed-or
@@ -222,6 +239,9 @@ ADVICE = "fixed m=1e+04"
 ALPHA_GRID: dict[str, tuple[float, float]] = {
     f"a={a:g} m={m:.0e}": (a, m) for a in (0.003, 0.01, 0.03, 0.1) for m in (3e3, 1e4, 3e4)}
 ALPHA_ADVICE = f"a={ALPHA:g} m={1e4:.0e}"
+# --alpha-edge: the same form, past the edge m = 3e4 that --alpha-small picked on
+EDGE_GRID: dict[str, tuple[float, float]] = {
+    f"a={a:g} m={m:.0e}": (a, m) for a in (0.003, 0.01, 0.03, 0.1) for m in (1e4, 3e4, 1e5)}
 # --auto: label → (statistic of the domains' prompt counts, the largest value that fits few)
 AUTO_GRID: dict[str, tuple[str, float]] = {
     "never": ("min", -np.inf), "always": ("min", np.inf),
@@ -299,14 +319,21 @@ def _variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
 
 
 def _alpha_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
-                    ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Every (α, m) of ``ALPHA_GRID``: the token table at α + the pair table at m."""
+                    ids: Sequence[np.ndarray],
+                    grid: Mapping[str, tuple[float, float]] = ALPHA_GRID
+                    ) -> dict[str, np.ndarray]:
+    """Every (α, m) of ``grid``: the token table at α + the pair table at m."""
     M = _features(ids, "bin", V, bigram=False)
     unigrams = Unigrams(fit, "bin", V)
-    tokens = {a: M @ unigrams.additive(a) for a in {a for a, _ in ALPHA_GRID.values()}}
+    tokens = {a: M @ unigrams.additive(a) for a in {a for a, _ in grid.values()}}
     pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(
-        ids, sorted({m for _, m in ALPHA_GRID.values()}))
-    return {label: tokens[a] + pairs["each", m] for label, (a, m) in ALPHA_GRID.items()}
+        ids, sorted({m for _, m in grid.values()}))
+    return {label: tokens[a] + pairs["each", m] for label, (a, m) in grid.items()}
+
+
+def _edge_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
+                   ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return _alpha_variants(V, fit, ids, EDGE_GRID)
 
 
 def _both(V: int, fit: Mapping[str, Sequence[np.ndarray]], ids: Sequence[np.ndarray]
@@ -473,12 +500,14 @@ def _mixed_or_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
 
 
 def _challenge(emb, args, start: float, variants, labels: Sequence[str],
-               sizes: Sequence[str], choose: Sequence[str], base: str) -> int:
+               sizes: Sequence[str], choose: Sequence[str], base: str,
+               read_test: bool = True) -> int:
     """A challenger of ``base`` among ``labels``, chosen on ``choose`` of the scored
     ``sizes``, under the rules in the docstring: ``--alpha-small`` (base the advice, the
     small sizes), ``--auto`` (base ``never``, every uniform size), ``--mixed`` (base
     ``auto``, chosen on the mixed sizes; the uniform ones must not lose) and ``--mixed-or``
-    (base ``auto``, chosen on every size)."""
+    (base ``auto``, chosen on every size); ``--alpha-edge`` (base today's ``few``, the
+    small sizes, test printed and not read: ``read_test`` False)."""
     held, test, names, _ = _grid(emb, args, variants, labels, sizes, start)
     _print_tables(held, test, labels, sizes)
     if any(label in _FIRES for label in labels):
@@ -499,7 +528,7 @@ def _challenge(emb, args, start: float, variants, labels: Sequence[str],
     print(f"\n## pick: {pick}; minus {base} on the sizes chosen on: held-out {100 * dh:+.2f}, "
           f"test {100 * dt:+.2f}; held-out on the other sizes {100 * du:+.2f}, at full size "
           f"{100 * df:+.3f}")
-    if pick == base or dh <= 0 or dt <= 0 or du < 0 or df < 0:
+    if pick == base or dh <= 0 or (read_test and dt <= 0) or du < 0 or df < 0:
         print(f"  → {base} stays")
     else:
         _per_split(test, names, pick, base, choose)
@@ -557,6 +586,8 @@ def main() -> int:
     ap_args = explore_args(__doc__, SETTINGS, fresh=True, flags=[
         ("--fresh-small", "judge the small-fit-set advice on the fresh checks, fit sets cut"),
         ("--alpha-small", "the token table's α with the mass for small fit sets"),
+        ("--alpha-edge", "few's α and mass again, the mass past the edge of --alpha-small's "
+         "grid"),
         ("--auto", "the router's own switch between the default and few, by prompt counts"),
         ("--mixed", "per-expert smoothing for experts of very different sizes"),
         ("--mixed-or", "auto widened by the smallest expert's prompt count"),
@@ -584,6 +615,9 @@ def main() -> int:
     if ap_args.alpha_small:
         return _challenge(emb, ap_args, start, _alpha_variants, list(ALPHA_GRID), SMALL, SMALL,
                           ALPHA_ADVICE)
+    if ap_args.alpha_edge:
+        return _challenge(emb, ap_args, start, _edge_variants, list(EDGE_GRID), SMALL, SMALL,
+                          f"a={FEW_ALPHA:g} m={FEW_PAIRS:.0e}", read_test=False)
     if ap_args.auto:
         return _challenge(emb, ap_args, start, _auto_variants, list(AUTO_GRID), SIZES, SIZES,
                           "never")
