@@ -197,6 +197,8 @@ small sizes (``f0.03``, ``n10``, ``n30``, ``n100``), three draws, every split. R
    size. Test figures are printed and not read. If it does, ``auto``'s switch is chosen
    again with ``--rechoose``.
 
+Outcome (29 s): α 0.01, m 3e4 stays (97.71 held-out; the best with m = 1e5, α 0.01, 97.64).
+
 Run:  python benchmarks/explore_scale.py [--settings ...] [--fresh LABEL] [--fresh-small]
       python benchmarks/explore_scale.py --alpha-small
       python benchmarks/explore_scale.py --alpha-edge
