@@ -62,7 +62,8 @@ FEW_PAIRS = 3e4
 # fewer, else the DEFAULT_ ones: the switch with the best held-out accuracy over fit sets
 # from 10 prompts per domain to the full five splits, where it never fires, and then (the
 # minimum) over routers with one or half of their experts cut to 10-100 prompts
-# (benchmarks/explore_scale.py --auto and --mixed-or, EVALUATION.md).
+# (benchmarks/explore_scale.py --auto and --mixed-or; --rechoose kept it, also with today's
+# FEW_ values; EVALUATION.md).
 FEW_PROMPTS = 100
 FEW_MIN_PROMPTS = 50
 # Pseudo-count of every pair (the unseen one included) in the pooled background, so that
