@@ -853,7 +853,7 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     assert code == 0 and err.strip().endswith(
         "; auto smoothing α=0.03  pair mass=100000 (350 prompts per expert on average, 300 in "
         "the smallest)"), err
-    assert Router.load(router).smoothing == (0.03, 1e5, None, "score")
+    assert Router.load(router).smoothing == (0.03, 1e5, None, "score", None)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
@@ -865,6 +865,30 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     assert code == 0 and err.strip().endswith(
         f"; auto smoothing {SMALL} (4 prompts per expert on average, 4 in the "
         "smallest)"), err
+
+
+def test_build_spelling_back_off(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """--spelling sets the back-off's weight; 'auto' (preset spelling) leaves it off for
+    experts this small and build says so; inspect shows the weight in use."""
+    out = tmp_path / "s.st"
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--preset", "spelling",
+                       "-o", out)
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.01  pair mass=30000  no spelling back-off (4 prompts per expert "
+        "on average, 4 in the smallest)"), err
+    assert Router.load(out).smoothing.spelling is None
+    assert "spelling weight=none (auto, from the prompt counts)" in run(capsys, "inspect",
+                                                                         out)[1]
+    assert run(capsys, "build", built["math"], built["coding"], "--spelling", "0.5", "-o", out,
+               "--force")[0] == 0
+    assert Router.load(out).smoothing.spelling == 0.5
+    (model,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
+                if line.lstrip().startswith("model")]
+    assert "α=0.01 (auto, from the prompt counts)  spelling weight=0.5  pair mass=" in model
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "build", built["math"], "--spelling", "-1", "-o", out, "--force")
+    assert exc.value.code == 2 and "argument --spelling: the spelling back-off's weight must " \
+        "be a finite number > 0, got -1" in capsys.readouterr().err
 
 
 def _word(value: float | str | None) -> str:
@@ -897,7 +921,7 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
         router = Router.load(out)
         c = router.config
         assert (c.model, c.alpha, c.pairs, c.skips, c.unseen) == (model, *settings)
-        assert router.smoothing == used
+        assert router.smoothing == (used if used is None else (*used, None))
         (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
                    if line.lstrip().startswith("model")]
         if model == "ridge":
@@ -940,6 +964,8 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
      "--alpha applies to --model nb only, not --model ridge"),
     (["--preset", "paper", "--pairs", "none"],
      "--pairs applies to --model nb only; preset 'paper' uses the ridge model"),
+    (["--preset", "identity", "--spelling", "0.25"],
+     "--spelling applies to --model nb only; preset 'identity' uses the ridge model"),
     (["--k", "5"], "--k applies to --selector topk only; preset 'default' uses the geo selector"),
     (["--preset", "paper", "--selector", "avg", "--k", "5"],
      "--k applies to --selector topk only, not --selector avg"),
@@ -967,6 +993,9 @@ def test_build_refuses_options_that_do_not_apply(options: list[str], message: st
      {"model": "ridge", "k": 7, "lam": 0.1, "normalize": False}),
     (["--selector", "topk", "--k", "5", "--alpha", "0.5", "--pairs", "none"],
      {"model": "nb", "k": 5, "alpha": 0.5, "pairs": None}),
+    (["--spelling", "0.5", "--selector", "avg", "--pairs", "none"],
+     {"model": "nb", "spelling": 0.5, "selector": "avg"}),
+    (["--preset", "spelling", "--spelling", "none"], {"model": "nb", "spelling": None}),
     (["--preset", "identity", "--no-balance"], {"model": "ridge", "balance": False}),
     (["--preset", "paper", "--balance"], {"model": "ridge", "balance": True}),
     # paper's own balance=False gives way: the nb model always weighs domains the same

@@ -35,9 +35,11 @@ from ir3de.solver import (
     DEFAULT_ALPHA,
     DEFAULT_PAIRS,
     DEFAULT_SKIPS,
+    DEFAULT_SPELLING,
     FEW_ALPHA,
     FEW_PAIRS,
     MU_GRID,
+    SPELLING_BETA,
     choose_identity_mu,
 )
 from ir3de.statistics import pair_keys, split_pairs, streaming_stats
@@ -1071,19 +1073,47 @@ def _pairs_of(ids: np.ndarray, V: int, gap: int = 1) -> set[tuple[int, int]]:
 # The skips preset at full fit size ("auto" takes the small-fit values for the toy corpora).
 FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT_SKIPS,
                          unseen="ignore")
-FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score")  # the default's
+FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", None)  # the default's
+# The spelling back-off at full fit size.
+SPELLED = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, spelling=DEFAULT_SPELLING)
 
 
-@pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE])
+def _spelling_rows(emb: Embedder, df: dict[str, np.ndarray], experts: list[str]
+                   ) -> np.ndarray:
+    """The spelling back-off R (V, D) from Python sets of the token strings' character
+    trigrams (lower-cased, ``▁`` as a space, between ``<`` and ``>``; none for special
+    tokens), a Naive-Bayes table over them with β = SPELLING_BETA."""
+    grams = []
+    for token in emb.tokens(range(emb.vocab_size)):
+        text = "<" + token.replace("▁", " ").lower() + ">"
+        special = token[:1] + token[-1:] in ("<>", "[]")
+        grams.append(set() if special else
+                     {text[i:i + 3] for i in range(max(1, len(text) - 2))})
+    vocab = sorted(set().union(*grams))
+    R = np.zeros((emb.vocab_size, len(experts)))
+    for j, d in enumerate(experts):
+        C = dict.fromkeys(vocab, 0.0)
+        for t, g in enumerate(grams):
+            for f in g:
+                C[f] += df[d][t] / len(g)
+        total = sum(C.values()) + SPELLING_BETA * len(vocab)
+        for t, g in enumerate(grams):
+            R[t, j] = sum(np.log(C[f] + SPELLING_BETA) - np.log(total) for f in g) / max(len(g), 1)
+    return R
+
+
+@pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE, SPELLED])
 def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats,
                                                        preset: str | RouterConfig) -> None:
     """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
     features with a uniform prior (``unigram``: tokens only; the ``skips`` preset at full
     fit size also skip pairs, tokens no fit prompt holds left out, and on so few prompts
-    as the default), computed here directly from the corpora with Python sets (no
-    statistics files)."""
+    as the default; with the spelling back-off, every token's row plus w times a table
+    over the character trigrams of its string), computed here directly from the corpora
+    with Python sets (no statistics files)."""
     router = Router(emb, preset).fit_stats(skip_stats)
-    (alpha, m, m_skip, unseen), V = router.smoothing, emb.vocab_size
+    (alpha, m, m_skip, unseen, w), V = router.smoothing, emb.vocab_size
+    assert w == (DEFAULT_SPELLING if preset is SPELLED else None)
     assert (m_skip, unseen) == ((DEFAULT_SKIPS, "ignore") if preset is FULL_SIZE
                                 else (None, "score"))
     df = {d: np.zeros(V) for d in CORPORA}
@@ -1095,6 +1125,8 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
             for gap, counted in kinds.items():
                 counted[d].update(_pairs_of(ids, V, gap))
     seen_ids = sum(df[d] for d in router.experts) > 0
+    spelled = np.zeros((V, len(router.experts))) if w is None \
+        else w * _spelling_rows(emb, df, list(router.experts))
 
     def pair_loglik(d: str, p: tuple[int, int], gap: int, mass: float) -> float:
         counted = kinds[gap]
@@ -1109,9 +1141,10 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
         distinct = np.unique(ids)
         scored = distinct[seen_ids[distinct]] if unseen == "ignore" else distinct
         loglik = [np.log((df[d][scored] + alpha) / (df[d].sum() + alpha * V)).sum()
+                  + spelled[scored, j].sum()
                   + sum(sum(pair_loglik(d, p, gap, mass) for p in _pairs_of(ids, V, gap))
                         for gap, mass in ((1, m), (2, m_skip)) if mass is not None)
-                  for d in router.experts]
+                  for j, d in enumerate(router.experts)]
         dec = router.route(text, explain=True)
         assert dec.expert == router.experts[int(np.argmax(loglik))], text
         # Confidence: the softmax of the mean log-likelihood over the distinct tokens.
@@ -1119,8 +1152,38 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
         geo = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
         np.testing.assert_allclose([dec.scores[e] for e in router.experts], geo, rtol=1e-9)
     np.testing.assert_allclose(router.W[:, 0],
-                               np.log((df["math"] + alpha) / (df["math"].sum() + alpha * V)),
-                               rtol=1e-12)
+                               np.log((df["math"] + alpha) / (df["math"].sum() + alpha * V))
+                               + spelled[:, router.experts.index("math")], rtol=1e-12)
+
+
+def test_spelling_back_off_is_exact_and_checked(emb: Embedder, toy_stats,
+                                                tmp_path: Path) -> None:
+    """The spelling back-off is a function of the summed statistics: adding and removing an
+    expert equals a refit, a saved router loads into the same tables, a prompt alone gets
+    its decision in a batch, and it changes the scores (every selector reads the table).
+    Bad weights are refused by name, and the ridge model, which does not read it, says so."""
+    three = ["math", "coding", "law"]
+    router = fit(emb, toy_stats, three, **dataclasses.asdict(SPELLED))
+    router.add_expert("multilingual", toy_stats["multilingual"])
+    assert_same_state(router, fit(emb, toy_stats, [*three, "multilingual"],
+                                  **dataclasses.asdict(SPELLED)))
+    router.remove_expert("multilingual")
+    assert_same_state(router, fit(emb, toy_stats, three, **dataclasses.asdict(SPELLED)))
+    router.save(tmp_path / "r.safetensors")
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config == router.config and loaded.smoothing == router.smoothing
+    assert_same_state(loaded, router)
+    prompts = [*PROMPTS, "zxqv glorp", "x"]
+    assert [router.route(p) for p in prompts] == router.route_batch(prompts)
+    for selector in ("geo", "avg"):
+        spelled, plain = (fit(emb, toy_stats, three, **dataclasses.asdict(
+            SPELLED.with_settings(selector=selector, spelling=w))) for w in (0.25, None))
+        assert not np.allclose(spelled.predict_proba(prompts), plain.predict_proba(prompts))
+    for bad in (0, -1.0, float("nan"), float("inf"), "0.25", True):
+        with pytest.raises(IR3DEError, match=r"the spelling back-off's weight must be a "
+                                             r"finite number > 0, 'auto' or None, got "):
+            RouterConfig(spelling=bad)
+    assert RouterConfig.preset("identity").ignored(["spelling"]) == ("spelling", "model", "nb")
 
 
 def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, skip_stats,
@@ -1209,7 +1272,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
              for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"  # (skips and unseen fixed)
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
     assert_same_state(router, Router(emb, "few").fit_stats(three))
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
@@ -1220,32 +1283,38 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
                       .fit_stats(four))
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
-        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": None, "unseen": "score"}
+        {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": None, "unseen": "score",
+         "spelling": None}
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
     router.add_expert("tiny", toy_stats["law"])
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
     assert_same_state(router, Router(emb, "few").fit_stats({**four, "tiny": toy_stats["law"]}))
     router.remove_expert("tiny")
     assert router.smoothing == FULL_SIZE_USED
     router.remove_expert("multilingual")
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score")
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
     assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
     assert Router(emb, alpha=0.5, pairs=None, skips=None,
-                  unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score")
+                  unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score", None)
     # (skip-pair statistics of the same prompt counts, for the settings that read them)
     skipped = {n: dataclasses.replace(skip_stats[n], n_prompts=s.n_prompts)
                for n, s in four.items()}
     three_skipped = {n: skipped[n] for n in three}
     assert Router(emb, skips=3e5).fit_stats(three_skipped).smoothing == (
-        FEW_ALPHA, FEW_PAIRS, 3e5, "score")
+        FEW_ALPHA, FEW_PAIRS, 3e5, "score", None)
     # the skips preset's "auto": skip pairs and unseen tokens left out at full size only
     assert Router(emb, "skips").fit_stats(skipped).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
-                                                                 DEFAULT_SKIPS, "ignore")
+                                                                 DEFAULT_SKIPS, "ignore", None)
     assert Router(emb, "skips").fit_stats(three_skipped).smoothing == (FEW_ALPHA, FEW_PAIRS,
-                                                                       None, "score")
+                                                                       None, "score", None)
+    # the spelling preset's "auto": the back-off at full size only
+    assert Router(emb, "spelling").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4],
+                                                                 DEFAULT_SPELLING)
+    assert Router(emb, "spelling").fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, None,
+                                                                  "score", None)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 

@@ -809,7 +809,7 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size;
         # not listed as a setting while the selector (topk) reads no pairs
         assert "pairs" not in s.json() and "unseen" not in s.json()
-        plain = {"skips": None, "unseen": "score"}  # the default's: no skip pairs
+        plain = {"skips": None, "unseen": "score", "spelling": None}  # the default's
         assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **plain}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
@@ -830,6 +830,16 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         assert bad.status_code == 400 and "or 'auto'" in bad.json()["error"]["message"]
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
         assert bad.status_code == 400 and "pair Dirichlet mass" in bad.json()["error"]["message"]
+        # the spelling back-off changes every token's row, so the topk selector reads it too
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.25})
+        assert s.status_code == 200 and s.json()["spelling"] == 0.25
+        assert s.json()["smoothing"]["spelling"] == 0.25
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": None})
+        assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None,
+                                                                  **plain}
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": -1})
+        assert bad.status_code == 400 and "spelling back-off's weight" in \
+            bad.json()["error"]["message"]
 
         assert 'ir3de_request_seconds_count{expert="law"} 1.0' in \
             httpx.get(gw.url + "/metrics").text
@@ -1202,7 +1212,7 @@ def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path)
                 "has none: set fallback in the config first"
         # An unknown key is named (it was "send a JSON object with some of [...]").
         allowed = ("['alpha', 'k', 'lam', 'min_coverage', 'pairs', 'selector', 'skips', "
-                   "'threshold', 'unseen']")
+                   "'spelling', 'threshold', 'unseen']")
         for changes, message, param in (
                 ({"bogus": 1}, f"unknown setting 'bogus'; send a JSON object with some of "
                                f"{allowed}", "bogus"),

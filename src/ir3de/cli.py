@@ -359,6 +359,7 @@ _alpha = _number_or({"auto": "auto"}, "the smoothing α")
 _pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass")
 _skip_mass = _number_or({"auto": "auto", "none": None}, "the skip-pair Dirichlet mass")
 _tfidf_weight = _number_or({"none": None}, "the TF-IDF weight")
+_spelling_weight = _number_or({"auto": "auto", "none": None}, "the spelling back-off's weight")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None, *,
@@ -396,7 +397,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "measured best); 'few': α=0.01 and pair mass 3e4 whatever the fit "
                         "size; 'skips': the default plus skip-pair features and unseen tokens "
                         "left out, both 'auto' (off for small fit sets; ahead on fresh "
-                        "prompts, 1.3x the default's routing cost); 'tfidf': the default plus "
+                        "prompts, 1.3x the default's routing cost); 'spelling': the default "
+                        "plus a back-off through the token strings' character trigrams, "
+                        "'auto' (0.25, off for small fit sets; no routing cost); 'tfidf': "
+                        "the default plus "
                         "a prompt-level TF-IDF ridge with "
                         "weight 4 (better on prompts like the fit data, worse on prompts "
                         "unlike it; needs statistics counted with --tfidf-buckets); "
@@ -435,6 +439,14 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "experts with fewer fit prompts; the default) or 'ignore' (nothing); "
                         "'auto' (preset 'skips'): ignore, or score when the experts hold 100 "
                         "prompts each or fewer on average or the smallest 50 or fewer")
+    g.add_argument("--spelling", type=_spelling_weight, metavar="WEIGHT|auto|none",
+                   default=argparse.SUPPRESS,
+                   help="nb model: weight of a back-off through spelling added to every "
+                        "token's row, a Naive-Bayes table over the character trigrams of the "
+                        "token strings from the same document frequencies; 'auto' (preset "
+                        "'spelling': 0.25, or none when the experts hold 100 prompts each or "
+                        "fewer on average or the smallest 50 or fewer) or 'none' (the "
+                        "default); every selector reads it")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -470,7 +482,7 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
                   "regularize_bias", "unseen")
                  if getattr(args, key, None) is not None}
-    for key in ("identity", "pairs", "skips", "tfidf"):  # 'none' is an explicit choice, unlike none
+    for key in ("identity", "pairs", "skips", "tfidf", "spelling"):  # 'none' is a choice
         if hasattr(args, key):
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
@@ -918,7 +930,7 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
     smoothing follows the fit size, which a user should not have to find out by inspect."""
     used, config = router.smoothing, router.config
     if used is None or "auto" not in (config.alpha, config.pairs, config.skips,
-                                      config.unseen) or used == before:
+                                      config.unseen, config.spelling) or used == before:
         return ""
     counts = [s.n_prompts for s in router.stats.values()]
     values = "  ".join(text for setting, text in (
@@ -926,7 +938,9 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
         (config.pairs, None if used.pairs is None else f"pair mass={used.pairs:g}"),
         (config.skips, "no skip pairs" if used.skips is None
          else f"skip-pair mass={used.skips:g}"),
-        (config.unseen, f"unseen tokens {used.unseen}d")) if setting == "auto" and text)
+        (config.unseen, f"unseen tokens {used.unseen}d"),
+        (config.spelling, "no spelling back-off" if used.spelling is None
+         else f"spelling weight={used.spelling:g}")) if setting == "auto" and text)
     # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
     # "100 or fewer" while it chose the larger-fit smoothing
     total, n = sum(counts), len(counts)
@@ -1266,6 +1280,8 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         if c["model"] == "nb":
             used = info["smoothing"]
             smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
+            if c.get("spelling") is not None:
+                smoothing += f"  spelling weight={_chosen(c['spelling'], used['spelling'])}"
             if not unread_pairs and (used["pairs"] is not None or used["skips"] is not None):
                 # (settings the selector does not read are gone from c: _read_settings)
                 read = [(name, key) for name, key in (("pair mass", "pairs"),

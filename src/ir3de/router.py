@@ -66,14 +66,17 @@ from .solver import (
     FEW_PAIRS,
     MU_GRID,
     UNIGRAM_ALPHA,
+    Spelling,
     design,
     nb_skips,
     nb_smoothing,
+    nb_spelling,
     solve,
     solve_identity,
     solve_identity_auto,
     solve_nb,
     solve_pairs,
+    solve_spelling,
 )
 from .statistics import (
     DomainStats,
@@ -117,8 +120,8 @@ ROUTER_FORMAT = "ir3de-router"
 # from them); version 1 files hold every expert's A. A router is saved in version 1 when
 # every expert has A, so the files an older ir3de could read stay readable by it.
 _ROUTER_VERSIONS = (1, 2)
-_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "skips", "unseen", "lam", "balance",
-                           "normalize", "regularize_bias", "identity", "tfidf"})
+_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "skips", "unseen", "spelling", "lam",
+                           "balance", "normalize", "regularize_bias", "identity", "tfidf"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
 # The type of the router a method returns itself as (typing.Self needs Python 3.11): a
 # subclass's fit() is typed as that subclass.
@@ -141,7 +144,7 @@ class _Ridge(TypedDict):
 # would change nothing. The nb model always weighs every domain the same: balance=True is
 # no choice of its (and balance=False is refused).
 _MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "skips": "nb", "unseen": "nb", "tfidf": "nb",
-               "lam": "ridge", "identity": "ridge", "normalize": "ridge",
+               "spelling": "nb", "lam": "ridge", "identity": "ridge", "normalize": "ridge",
                "regularize_bias": "ridge", "balance": "ridge"}
 # What the nb model may do with a token no fit prompt holds (see RouterConfig.unseen).
 UNSEEN: tuple[str, ...] = ("auto", "score", "ignore")
@@ -176,7 +179,12 @@ class RouterConfig:
       default), or the weight of a prompt-level TF-IDF ridge over hashed token ids added
       to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
       experts' TF-IDF statistics (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts
-      when it is set and :func:`~ir3de.compute_stats` on request.
+      when it is set and :func:`~ir3de.compute_stats` on request. ``spelling``: None (off,
+      the default), ``"auto"`` (0.25, or off for small fit sets as ``skips``) or the weight w
+      of a back-off through spelling added to every token's row: a Naive-Bayes table over
+      the character n-grams of the token strings, from the same document frequencies
+      (:func:`~ir3de.solver.solve_spelling`; preset ``spelling``); it changes the per-token
+      table, so every selector reads it, at no cost per prompt.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -191,6 +199,7 @@ class RouterConfig:
     pairs: float | Literal["auto"] | None = "auto"
     skips: float | Literal["auto"] | None = None
     unseen: Literal["auto", "score", "ignore"] = "score"
+    spelling: float | Literal["auto"] | None = None
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: SelectorName = "geo"
@@ -223,6 +232,10 @@ class RouterConfig:
         if self.skips is not None and self.skips != "auto" and not _positive_number(self.skips):
             raise IR3DEError(f"the skip-pair Dirichlet mass must be a finite number > 0, 'auto' "
                              f"or None, got {self.skips!r}")
+        if self.spelling is not None and self.spelling != "auto" \
+                and not _positive_number(self.spelling):
+            raise IR3DEError(f"the spelling back-off's weight must be a finite number > 0, "
+                             f"'auto' or None, got {self.spelling!r}")
         if not isinstance(self.unseen, str) or self.unseen not in UNSEEN:
             raise IR3DEError(f"unseen must be one of {', '.join(UNSEEN)}, got {self.unseen!r}")
         if self.tfidf is not None and not _positive_number(self.tfidf):
@@ -422,6 +435,7 @@ PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
     "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
     "skips": RouterConfig(skips="auto", unseen="auto"),
+    "spelling": RouterConfig(spelling="auto"),
     "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
     "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
     "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
@@ -473,6 +487,7 @@ class Smoothing(NamedTuple):
     pairs: float | None
     skips: float | None
     unseen: Literal["score", "ignore"]
+    spelling: float | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -669,6 +684,8 @@ class Router:
         if config.model == "nb":
             used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
             L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
+            if used.spelling is not None:
+                L += used.spelling * solve_spelling(stats, experts, _spelling(self.embedder))
             pairs = skips = unseen = None
             if used.pairs is not None or used.skips is not None:
                 _require_pairs(stats, experts)
@@ -1444,11 +1461,25 @@ def _describe(config: RouterConfig, name: str, fingerprint: str, spec: dict[str,
             "experts": experts}
 
 
+_SPELLINGS: dict[str, Spelling] = {}
+
+
+def _spelling(embedder: Embedder) -> Spelling:
+    """The spelling map of ``embedder``'s vocabulary, built once per fingerprint (a
+    pass over every token string; a re-solve after add/remove reuses it)."""
+    spelling = _SPELLINGS.get(embedder.fingerprint)
+    if spelling is None:
+        spelling = Spelling.of(embedder.tokens(range(embedder.vocab_size)))
+        _SPELLINGS[embedder.fingerprint] = spelling
+    return spelling
+
+
 def _smoothing_in_use(config: RouterConfig, n_prompts: Sequence[int]) -> Smoothing:
     """The nb model's settings in use for experts of ``n_prompts`` prompts each (what
     ``"auto"`` chooses; the solve's and the saved file's description alike)."""
     return Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
-                     *nb_skips(config.skips, config.unseen, n_prompts))
+                     *nb_skips(config.skips, config.unseen, n_prompts),
+                     nb_spelling(config.spelling, n_prompts))
 
 
 def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:

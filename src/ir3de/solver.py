@@ -30,11 +30,12 @@ from .errors import IR3DEError, StatsFormatError
 from .selector import PairScores
 from .statistics import DomainStats, _table_blocks, split_pairs
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS", "FEW_ALPHA",
-           "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "UNIGRAM_ALPHA",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS",
+           "DEFAULT_SPELLING", "FEW_ALPHA", "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS",
+           "MU_GRID", "SPELLING_BETA", "SPELLING_N", "UNIGRAM_ALPHA", "Spelling",
            "choose_identity_mu", "design", "domain_weights", "identity_loo", "nb_skips",
-           "nb_smoothing", "solve", "solve_identity", "solve_identity_auto", "solve_nb",
-           "solve_pairs"]
+           "nb_smoothing", "nb_spelling", "solve", "solve_identity", "solve_identity_auto",
+           "solve_nb", "solve_pairs", "solve_spelling"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -50,6 +51,13 @@ DEFAULT_PAIRS = 1e5
 # on the three fresh checks of fresh_unseen.py (98.68 against 98.59); not the default, as
 # it costs 2.5 times the avg selector per prompt (EVALUATION.md, "Skip pairs, built").
 DEFAULT_SKIPS = 1e6
+# A back-off through spelling (the `spelling` setting): each token's row of the nb table
+# plus w times a Naive-Bayes table over the character n-grams of its string, from the same
+# document frequencies; n, β and w as benchmarks/explore_subword.py picked them by the rule
+# (held-out 99.563 against 99.556, then 98.65 against 98.59 on the fresh checks).
+DEFAULT_SPELLING = 0.25
+SPELLING_N = 3
+SPELLING_BETA = 0.1
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
 # picks for them, FEW_PROMPTS below): chosen by the same rule on the five splits with every
 # fit set cut to 10 / 30 / 100 prompts per domain or to 3 % of it, then checked on fresh
@@ -406,6 +414,18 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
             ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
 
 
+def nb_spelling(spelling: float | Literal["auto"] | None, n_prompts: Sequence[int]
+                ) -> float | None:
+    """The spelling back-off's weight in use for experts of ``n_prompts`` prompts each:
+    ``"auto"`` gives ``DEFAULT_SPELLING``, or None (off) where :func:`nb_smoothing` takes
+    its values for few fit prompts, where it was not measured; a number or None is kept.
+
+    >>> nb_spelling("auto", [300, 5000]), nb_spelling("auto", [30, 80, 120])
+    (0.25, None)
+    """
+    return (None if _few(n_prompts) else DEFAULT_SPELLING) if spelling == "auto" else spelling
+
+
 def _few(n_prompts: Sequence[int]) -> bool:
     """Whether "auto" settings take their values for few fit prompts (see :func:`nb_smoothing`)."""
     # exact in integers: no rounding (and no experts is "few" before min is asked)
@@ -464,6 +484,73 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     # Only a huge α overflows (α V → inf); a tiny one leaves log(α) finite.
     _require_finite(L, f"α={alpha:g} is too large", "token table")
     return L
+
+
+@dataclass(frozen=True, eq=False)
+class Spelling:
+    """G, the map from each token id to the character n-grams of its string, as CSR
+    arrays: token t's n-grams are ``cols[indptr[t]:indptr[t + 1]]`` (ids among ``n_grams``),
+    each weighing ``1 / (their number)``, so a row sums to 1 (or is empty: special and
+    byte tokens, ``<...>`` and ``[...]``). A fixed function of the vocabulary."""
+
+    indptr: np.ndarray
+    cols: np.ndarray
+    n_grams: int
+
+    @classmethod
+    def of(cls, tokens: Sequence[str], n: int = SPELLING_N) -> Spelling:
+        """The map of a vocabulary's strings: each lower-cased, the word-start marker ``▁``
+        read as a space, ``<`` and ``>`` around it, cut into its distinct n-grams.
+
+        >>> g = Spelling.of(["▁Cat", "cat", "<s>"])
+        >>> g.indptr.tolist(), g.n_grams
+        ([0, 4, 7, 7], 5)
+        """
+        ids: dict[str, int] = {}
+        indptr: list[int] = [0]
+        cols: list[int] = []
+        for token in tokens:
+            if token[:1] + token[-1:] not in ("<>", "[]"):
+                padded = "<" + token.replace("▁", " ").lower() + ">"
+                grams = {padded[i:i + n] for i in range(max(1, len(padded) - n + 1))}
+                # sorted: the ids, and so the sums' order, do not depend on hash seeds
+                cols.extend(ids.setdefault(g, len(ids)) for g in sorted(grams))
+            indptr.append(len(cols))
+        return cls(np.array(indptr, dtype=np.int64), np.array(cols, dtype=np.int64), len(ids))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Each entry's weight, 1 / (its token's number of n-grams)."""
+        sizes = np.diff(self.indptr)
+        return np.repeat(1.0 / np.maximum(sizes, 1), sizes)
+
+
+def solve_spelling(stats: Mapping[str, DomainStats], experts: Sequence[str],
+                   spelling: Spelling, *, beta: float = SPELLING_BETA) -> np.ndarray:
+    """Each token's back-off row through its spelling, shape (V, D) in ``experts`` order:
+    ``R = G L_f``, with ``L_f[f, d] = log((C[f, d] + β) / (Σ_f C[f, d] + β F))`` a
+    Naive-Bayes table over the F character n-grams and ``C = Gᵀ df`` their counts from
+    each domain's document frequencies (G: :class:`Spelling`). Each column depends on its
+    own domain's statistics only, as :func:`solve_nb`'s do, so add/remove stays exact.
+
+    Example:
+        >>> R = solve_spelling(router.stats, router.experts, Spelling.of(emb.tokens(
+        ...     range(emb.vocab_size))))  # doctest: +SKIP
+    """
+    doc_counts = _require(stats, experts, lambda s: s.doc_counts, "document frequencies",
+                          "use the 'nb' model")
+    rows = np.repeat(np.arange(spelling.indptr.size - 1), np.diff(spelling.indptr))
+    weights = spelling.weights
+    R = np.empty((spelling.indptr.size - 1, len(experts)))
+    for j, name in enumerate(experts):
+        df = np.asarray(doc_counts[name], dtype=np.float64)
+        if df.size != R.shape[0]:
+            raise StatsFormatError(f"document frequencies cover {df.size} token ids, the "
+                                   f"vocabulary {R.shape[0]}")
+        C = np.bincount(spelling.cols, weights=weights * df[rows], minlength=spelling.n_grams)
+        Lf = np.log(C + beta) - np.log(C.sum() + beta * spelling.n_grams)
+        R[:, j] = np.bincount(rows, weights=weights * Lf[spelling.cols], minlength=R.shape[0])
+    return R
 
 
 def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
