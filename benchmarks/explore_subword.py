@@ -37,7 +37,9 @@ Outcome (15 s; fresh checks 8 s each): the ``sub`` pick ``sub n=3 b=0.1 w=0.25``
 98.65 against 98.59 on the mean of the three fresh checks (F1 +0.03, F2 +0.26, F3 -0.12):
 the rule says adopt. The ``bo`` pick ``bo n=3 b=1 w=1`` (99.559: above the run's default,
 below 99.563) loses the fresh checks, 98.55. With ``--embedder minilm`` (a check, not a
-choice): the same configuration is +0.08 held-out and -0.08 on the fresh checks.
+choice): the same configuration is +0.08 held-out and -0.08 on the fresh checks. Built as
+the router setting ``spelling`` (preset ``spelling``), which reproduces these test figures
+to the digit (EVALUATION.md, *A spelling back-off*).
 
 Run:  python benchmarks/explore_subword.py [--embedder wordllama] [--settings ...]
       python benchmarks/explore_subword.py --fresh "sub n=3 b=1 w=0.5"   (step 3)

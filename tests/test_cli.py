@@ -1241,8 +1241,8 @@ def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path]
                                                           tmp_path: Path, capsys) -> None:
     """k is read by topk only, α and the pair mass by nb only, λ, balancing and the rest by
     ridge only, unit-norm columns without identity features only."""
-    reads = {"default": {"model", "alpha", "pairs", "skips", "unseen", "tfidf", "selector",
-                         "max_tokens"},
+    reads = {"default": {"model", "alpha", "pairs", "skips", "unseen", "spelling", "tfidf",
+                         "selector", "max_tokens"},
              "identity": {"model", "lam", "balance", "regularize_bias", "identity", "selector",
                           "max_tokens"},
              "dense": {"model", "lam", "balance", "normalize", "regularize_bias", "identity",

@@ -2,7 +2,8 @@
 ``W = (A + λI)⁻¹ B`` (with token-identity features: :func:`solve_identity`), and the
 count tables of the ``nb`` model (the default): :func:`solve_nb` for tokens,
 :func:`solve_pairs` for adjacent token pairs and skip pairs, smoothed as :func:`nb_smoothing`
-and :func:`nb_skips` say.
+and :func:`nb_skips` say, and :func:`solve_spelling` for the back-off through the token
+strings' character n-grams (:func:`nb_spelling`).
 
 The design is assembled from per-domain statistics in a canonical order (sorted
 by expert name), so a router that gained and then lost an expert, or that was
