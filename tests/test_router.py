@@ -1156,6 +1156,26 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
                                + spelled[:, router.experts.index("math")], rtol=1e-12)
 
 
+def _changes_are_exact(emb: Embedder, stats: dict[str, DomainStats], config: RouterConfig,
+                       tmp_path: Path) -> list[str]:
+    """With ``config``: adding and removing an expert equals a refit, a saved router loads
+    into the same tables, and a prompt routed alone gets its decision in a batch (the
+    prompts checked are returned)."""
+    three, settings = ["math", "coding", "law"], dataclasses.asdict(config)
+    router = fit(emb, stats, three, **settings)
+    router.add_expert("multilingual", stats["multilingual"])
+    assert_same_state(router, fit(emb, stats, [*three, "multilingual"], **settings))
+    router.remove_expert("multilingual")
+    assert_same_state(router, fit(emb, stats, three, **settings))
+    router.save(tmp_path / "r.safetensors")
+    loaded = Router.load(tmp_path / "r.safetensors")
+    assert loaded.config == router.config and loaded.smoothing == router.smoothing
+    assert_same_state(loaded, router)
+    prompts = [*PROMPTS, "zxqv glorp", "x"]
+    assert [router.route(p) for p in prompts] == router.route_batch(prompts)
+    return prompts
+
+
 def test_spelling_back_off_is_exact_and_checked(emb: Embedder, toy_stats,
                                                 tmp_path: Path) -> None:
     """The spelling back-off is a function of the summed statistics: adding and removing an
@@ -1163,18 +1183,7 @@ def test_spelling_back_off_is_exact_and_checked(emb: Embedder, toy_stats,
     its decision in a batch, and it changes the scores (every selector reads the table).
     Bad weights are refused by name, and the ridge model, which does not read it, says so."""
     three = ["math", "coding", "law"]
-    router = fit(emb, toy_stats, three, **dataclasses.asdict(SPELLED))
-    router.add_expert("multilingual", toy_stats["multilingual"])
-    assert_same_state(router, fit(emb, toy_stats, [*three, "multilingual"],
-                                  **dataclasses.asdict(SPELLED)))
-    router.remove_expert("multilingual")
-    assert_same_state(router, fit(emb, toy_stats, three, **dataclasses.asdict(SPELLED)))
-    router.save(tmp_path / "r.safetensors")
-    loaded = Router.load(tmp_path / "r.safetensors")
-    assert loaded.config == router.config and loaded.smoothing == router.smoothing
-    assert_same_state(loaded, router)
-    prompts = [*PROMPTS, "zxqv glorp", "x"]
-    assert [router.route(p) for p in prompts] == router.route_batch(prompts)
+    prompts = _changes_are_exact(emb, toy_stats, SPELLED, tmp_path)
     for selector in ("geo", "avg"):
         spelled, plain = (fit(emb, toy_stats, three, **dataclasses.asdict(
             SPELLED.with_settings(selector=selector, spelling=w))) for w in (0.25, None))
@@ -1191,19 +1200,10 @@ def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, skip_st
     """With skip pairs and unseen tokens left out (``skips`` at full fit size), adding and
     removing an expert equals a refit, a saved router loads into the same tables, and a
     prompt routed alone gets the very decision it gets in a batch."""
-    three, full = ["math", "coding", "law"], dataclasses.asdict(FULL_SIZE)
-    router = fit(emb, skip_stats, three, **full)
-    assert router._state.table.skips is not None and router._state.table.unseen.size
-    router.add_expert("multilingual", skip_stats["multilingual"])
-    assert_same_state(router, fit(emb, skip_stats, [*three, "multilingual"], **full))
-    router.remove_expert("multilingual")
-    assert_same_state(router, fit(emb, skip_stats, three, **full))
-    router.save(tmp_path / "r.safetensors")
-    loaded = Router.load(tmp_path / "r.safetensors")
-    assert loaded.config == router.config and loaded.smoothing == router.smoothing
-    assert_same_state(loaded, router)
-    prompts = [*PROMPTS, "zxqv glorp", "x"]
-    assert [router.route(p) for p in prompts] == router.route_batch(prompts)
+    table = fit(emb, skip_stats, ["math", "coding", "law"],
+                **dataclasses.asdict(FULL_SIZE))._state.table
+    assert table.skips is not None and table.unseen.size
+    prompts = _changes_are_exact(emb, skip_stats, FULL_SIZE, tmp_path)
     # Both parts change decisions: the skip pairs and the unseen tokens left out.
     scores = {name: Router(emb, FULL_SIZE.with_settings(**change)).fit_stats(skip_stats)
               .predict_proba(prompts) for name, change in (("both", {}), ("no skips",
