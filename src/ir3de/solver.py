@@ -419,7 +419,8 @@ def nb_spelling(spelling: float | Literal["auto"] | None, n_prompts: Sequence[in
                 ) -> float | None:
     """The spelling back-off's weight in use for experts of ``n_prompts`` prompts each:
     ``"auto"`` gives ``DEFAULT_SPELLING``, or None (off) where :func:`nb_smoothing` takes
-    its values for few fit prompts, where it was not measured; a number or None is kept.
+    its values for few fit prompts, where the back-off did not beat none on held-out fit
+    data (benchmarks/explore_subword.py --small); a number or None is kept.
 
     >>> nb_spelling("auto", [300, 5000]), nb_spelling("auto", [30, 80, 120])
     (0.25, None)
