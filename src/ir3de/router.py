@@ -513,9 +513,9 @@ class Router:
         config: a :class:`RouterConfig` or the name of a preset, short for
             ``RouterConfig.preset(name)`` (default: ``"default"``); keyword arguments
             override its fields
-            (``model``, ``alpha``, ``pairs``, ``skips``, ``unseen``, ``lam``, ``k``,
-            ``selector``, ``balance``, ``normalize``, ``regularize_bias``, ``max_tokens``,
-            ``identity``, ``tfidf``).
+            (``model``, ``alpha``, ``pairs``, ``skips``, ``unseen``, ``spelling``, ``lam``,
+            ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
+            ``max_tokens``, ``identity``, ``tfidf``).
 
     It is a scikit-learn estimator without importing scikit-learn (an optional extra):
     ``get_params``/``set_params`` (the settings included), ``fit``, ``predict``, ``score``
@@ -751,9 +751,10 @@ class Router:
 
     @property
     def smoothing(self) -> Smoothing | None:
-        """The ``nb`` model's ``(α, pair mass, skip-pair mass, unseen)`` in use (the ones
-        chosen from the experts' prompt counts where the config says ``"auto"``; a mass is
-        None without that table), or None for the ridge model."""
+        """The ``nb`` model's ``(α, pair mass, skip-pair mass, unseen, spelling weight)`` in
+        use (the ones chosen from the experts' prompt counts where the config says
+        ``"auto"``; a mass or weight is None without that table), or None for the ridge
+        model."""
         return self._fitted.smoothing
 
     @property
@@ -770,9 +771,9 @@ class Router:
         The other experts' statistics are untouched, but their decisions can move: the
         ridge solves all columns jointly, the pair table is smoothed towards the pooled pair
         distribution, and ``"auto"`` smoothing switches to lighter values when the new
-        expert holds 50 prompts or fewer, and ``"auto"`` skip pairs and unseen tokens with
-        it (:attr:`smoothing` tells the values in use; fix ``alpha``, ``pairs``, ``skips``
-        and ``unseen`` to keep them).
+        expert holds 50 prompts or fewer, and ``"auto"`` skip pairs, unseen tokens and the
+        spelling back-off with it (:attr:`smoothing` tells the values in use; fix ``alpha``,
+        ``pairs``, ``skips``, ``unseen`` and ``spelling`` to keep them).
         """
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
@@ -807,8 +808,8 @@ class Router:
     def set_params(self: _RouterT, **params: Any) -> _RouterT:
         """Change settings (sklearn-style) and return the router; re-solves only if the
         model or its parameters change (``model``, ``alpha``, ``pairs``, ``skips``,
-        ``unseen``, ``lam``, ``balance``, ``normalize``, ``regularize_bias``, ``identity``,
-        ``tfidf``).
+        ``unseen``, ``spelling``, ``lam``, ``balance``, ``normalize``, ``regularize_bias``,
+        ``identity``, ``tfidf``).
 
         Takes every name :meth:`get_params` gives: the settings, ``config`` (a
         :class:`RouterConfig` or a preset name, as in the constructor: each setting not
@@ -865,8 +866,9 @@ class Router:
         loaded :class:`~ir3de.embedding.Embedder` itself, so clones share it and its table
         is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
         that config's settings on its own (``model``, ``alpha``, ``pairs``, ``skips``,
-        ``unseen``, ``lam``, ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
-        ``max_tokens``, ``identity``, ``tfidf``), which a parameter grid can name. ``deep`` changes
+        ``unseen``, ``spelling``, ``lam``, ``k``, ``selector``, ``balance``, ``normalize``,
+        ``regularize_bias``, ``max_tokens``, ``identity``, ``tfidf``), which a parameter grid
+        can name. ``deep`` changes
         nothing: a router holds no other estimator.
 
         >>> params = Router("wordllama", "paper").get_params()
