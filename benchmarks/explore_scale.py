@@ -402,11 +402,8 @@ def _few_variants(V: int, fit: Mapping[str, Sequence[np.ndarray]],
                   ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """``--fresh-few``: the full-size values, few's old values and its new ones, for the
     whole router whatever the fit size."""
-    M = _features(ids, "bin", V, bigram=False)
-    unigrams = Unigrams(fit, "bin", V)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [OLD_FEW[1], FEW[1], 1e5])
-    return {label: M @ unigrams.additive(a) + pairs["each", m]
-            for label, (a, m) in (("never", (ALPHA, 1e5)), ("old few", OLD_FEW), ("few", FEW))}
+    return _alpha_variants(V, fit, ids, {"never": (ALPHA, 1e5), "old few": OLD_FEW,
+                                         "few": FEW})
 
 
 def _row(title: str, cells: Sequence[float], mean: float) -> str:

@@ -75,7 +75,7 @@ from explore_longer import _Grams, score_all
 from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
 
 from ir3de import load_embedder
-from ir3de.solver import FEW_ALPHA, FEW_PAIRS
+from ir3de.solver import FEW_ALPHA, FEW_PAIRS, Spelling
 
 DEFAULT = "pair raw"
 NS = (3, 4)
@@ -84,27 +84,13 @@ WEIGHTS = (0.25, 0.5, 1.0)
 Groups = dict[str, list[np.ndarray]]
 
 
-def _ngrams(token: str, n: int) -> set[str]:
-    """The character n-grams of one vocabulary string (none for special and byte tokens)."""
-    if token[:1] + token[-1:] in ("<>", "[]"):
-        return set()
-    padded = "<" + token.replace("▁", " ").lower() + ">"
-    return {padded[i:i + n] for i in range(max(1, len(padded) - n + 1))}
-
-
 @functools.cache
 def _spelling(embedder: str, n: int) -> sp.csr_matrix:
-    """G (V, F): each token's n-grams, a row summing to 1 (empty for special tokens)."""
+    """G (V, F): each token's n-grams, a row summing to 1 (empty for special tokens), as
+    the library builds it (``ir3de.solver.Spelling``)."""
     emb = load_embedder(embedder)
-    ids: dict[str, int] = {}
-    rows, cols, vals = [], [], []
-    for t, token in enumerate(emb.tokens(range(emb.vocab_size))):
-        grams = _ngrams(token, n)
-        for g in grams:
-            rows.append(t)
-            cols.append(ids.setdefault(g, len(ids)))
-            vals.append(1 / len(grams))
-    return sp.csr_matrix((vals, (rows, cols)), shape=(emb.vocab_size, len(ids)))
+    g = Spelling.of(emb.tokens(range(emb.vocab_size)), n)
+    return sp.csr_matrix((g.weights, (g.rows, g.cols)), shape=(g.vocab_size, g.n_grams))
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

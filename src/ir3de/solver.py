@@ -490,13 +490,16 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
 
 @dataclass(frozen=True, eq=False)
 class Spelling:
-    """G, the map from each token id to the character n-grams of its string, as CSR
-    arrays: token t's n-grams are ``cols[indptr[t]:indptr[t + 1]]`` (ids among ``n_grams``),
-    each weighing ``1 / (their number)``, so a row sums to 1 (or is empty: special and
-    byte tokens, ``<...>`` and ``[...]``). A fixed function of the vocabulary."""
+    """G (``vocab_size``, ``n_grams``), the map from each token id to the character n-grams
+    of its string, as coordinates: entry i links token ``rows[i]`` to n-gram ``cols[i]``
+    with ``weights[i]`` = 1 / (that token's number of n-grams), so a row sums to 1 (or is
+    empty: special and byte tokens, ``<...>`` and ``[...]``). A fixed function of the
+    vocabulary."""
 
-    indptr: np.ndarray
+    rows: np.ndarray
     cols: np.ndarray
+    weights: np.ndarray
+    vocab_size: int
     n_grams: int
 
     @classmethod
@@ -505,26 +508,25 @@ class Spelling:
         read as a space, ``<`` and ``>`` around it, cut into its distinct n-grams.
 
         >>> g = Spelling.of(["▁Cat", "cat", "<s>"])
-        >>> g.indptr.tolist(), g.n_grams
-        ([0, 4, 7, 7], 5)
+        >>> g.rows.tolist(), g.vocab_size, g.n_grams
+        ([0, 0, 0, 0, 1, 1, 1], 3, 5)
         """
         ids: dict[str, int] = {}
-        indptr: list[int] = [0]
+        rows: list[int] = []
         cols: list[int] = []
-        for token in tokens:
-            if token[:1] + token[-1:] not in ("<>", "[]"):
-                padded = "<" + token.replace("▁", " ").lower() + ">"
-                grams = {padded[i:i + n] for i in range(max(1, len(padded) - n + 1))}
-                # sorted: the ids, and so the sums' order, do not depend on hash seeds
-                cols.extend(ids.setdefault(g, len(ids)) for g in sorted(grams))
-            indptr.append(len(cols))
-        return cls(np.array(indptr, dtype=np.int64), np.array(cols, dtype=np.int64), len(ids))
-
-    @property
-    def weights(self) -> np.ndarray:
-        """Each entry's weight, 1 / (its token's number of n-grams)."""
-        sizes = np.diff(self.indptr)
-        return np.repeat(1.0 / np.maximum(sizes, 1), sizes)
+        weights: list[float] = []
+        tokens = list(tokens)
+        for t, token in enumerate(tokens):
+            if token[:1] + token[-1:] in ("<>", "[]"):
+                continue
+            padded = "<" + token.replace("▁", " ").lower() + ">"
+            grams = {padded[i:i + n] for i in range(max(1, len(padded) - n + 1))}
+            # sorted: the ids, and so the sums' order, do not depend on hash seeds
+            cols.extend(ids.setdefault(g, len(ids)) for g in sorted(grams))
+            rows.extend([t] * len(grams))
+            weights.extend([1 / len(grams)] * len(grams))
+        return cls(np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64),
+                   np.array(weights), len(tokens), len(ids))
 
 
 def solve_spelling(stats: Mapping[str, DomainStats], experts: Sequence[str],
@@ -541,17 +543,16 @@ def solve_spelling(stats: Mapping[str, DomainStats], experts: Sequence[str],
     """
     doc_counts = _require(stats, experts, lambda s: s.doc_counts, "document frequencies",
                           "use the 'nb' model")
-    rows = np.repeat(np.arange(spelling.indptr.size - 1), np.diff(spelling.indptr))
-    weights = spelling.weights
-    R = np.empty((spelling.indptr.size - 1, len(experts)))
+    g = spelling
+    R = np.empty((g.vocab_size, len(experts)))
     for j, name in enumerate(experts):
         df = np.asarray(doc_counts[name], dtype=np.float64)
-        if df.size != R.shape[0]:
+        if df.size != g.vocab_size:
             raise StatsFormatError(f"document frequencies cover {df.size} token ids, the "
-                                   f"vocabulary {R.shape[0]}")
-        C = np.bincount(spelling.cols, weights=weights * df[rows], minlength=spelling.n_grams)
-        Lf = np.log(C + beta) - np.log(C.sum() + beta * spelling.n_grams)
-        R[:, j] = np.bincount(rows, weights=weights * Lf[spelling.cols], minlength=R.shape[0])
+                                   f"vocabulary {g.vocab_size}")
+        C = np.bincount(g.cols, weights=g.weights * df[g.rows], minlength=g.n_grams)
+        Lf = np.log(C + beta) - np.log(C.sum() + beta * g.n_grams)
+        R[:, j] = np.bincount(g.rows, weights=g.weights * Lf[g.cols], minlength=g.vocab_size)
     return R
 
 
