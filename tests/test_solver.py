@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ir3de import DomainStats, IR3DEError
+from ir3de import DomainStats, IR3DEError, StatsFormatError
 from ir3de.solver import (
     DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
@@ -17,10 +17,12 @@ from ir3de.solver import (
     FEW_MIN_PROMPTS,
     FEW_PAIRS,
     FEW_PROMPTS,
+    Spelling,
     design,
     domain_weights,
     nb_smoothing,
     solve,
+    solve_spelling,
 )
 from ir3de.statistics import split_pairs
 
@@ -324,3 +326,16 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, skip_stats, monkeypatch
     np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b],
                                rtol=1e-12)
     assert [sparse.route(p).confidence for p in prompts] == [d.confidence for d in b]
+
+
+def test_solve_spelling_refuses_a_map_of_another_vocabulary(
+        toy_stats: dict[str, DomainStats], emb) -> None:
+    """A spelling map built from another vocabulary's strings is named, not broadcast."""
+    experts = sorted(toy_stats)
+    spelling = Spelling.of(emb.tokens(range(emb.vocab_size - 1)))
+    with pytest.raises(StatsFormatError, match=rf"^document frequencies cover "
+                                               rf"{emb.vocab_size} token ids, the vocabulary "
+                                               rf"{emb.vocab_size - 1}$"):
+        solve_spelling(toy_stats, experts, spelling)
+    full = solve_spelling(toy_stats, experts, Spelling.of(emb.tokens(range(emb.vocab_size))))
+    assert full.shape == (emb.vocab_size, len(experts)) and np.isfinite(full).all()
