@@ -365,7 +365,8 @@ def _wait_gone(pids: set[int]) -> None:
             try:
                 if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
                     break
-            except FileNotFoundError:  # reaped (also between a check and the read)
+            # reaped: before the open (no file), or between the open and the read (ESRCH)
+            except (FileNotFoundError, ProcessLookupError):
                 break
             time.sleep(0.05)
 
