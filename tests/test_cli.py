@@ -815,8 +815,8 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     code, _, err = run(capsys, "build", built["math"], built["coding"], "-o",
                        tmp_path / "small.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.01  pair mass=30000 (4 prompts per expert on average, 4 in the "
-        "smallest)"), err
+        "; auto smoothing α=0.01  pair mass=30000  no spelling back-off (4 prompts per expert "
+        "on average, 4 in the smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--preset", "skips",
                        "-o", tmp_path / "skips.st")
     assert code == 0 and err.strip().endswith(
@@ -835,8 +835,8 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", big["translation"], "-o", router)
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.03  pair mass=100000 (400 prompts per expert on average, 400 in "
-        "the smallest)"), err
+        "; auto smoothing α=0.03  pair mass=100000  spelling weight=0.25 (400 prompts per "
+        "expert on average, 400 in the smallest)"), err
     code, _, err = run(capsys, "build", skipped, "--preset", "skips", "-o",
                        tmp_path / "skips.st", "--force")
     assert code == 0 and err.strip().endswith(
@@ -847,31 +847,31 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     # a tiny expert; a mean that is not whole keeps a decimal (235 read as a whole count)
     code, _, err = run(capsys, "experts", "add", router, built["math"])
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.01  pair mass=30000 (234.7 prompts per expert on average, 4 in "
-        "the smallest)"), err
+        "; auto smoothing α=0.01  pair mass=30000  no spelling back-off (234.7 prompts per "
+        "expert on average, 4 in the smallest)"), err
     code, _, err = run(capsys, "experts", "remove", router, "math")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.03  pair mass=100000 (350 prompts per expert on average, 300 in "
-        "the smallest)"), err
-    assert Router.load(router).smoothing == (0.03, 1e5, None, "score", None)
+        "; auto smoothing α=0.03  pair mass=100000  spelling weight=0.25 (350 prompts per "
+        "expert on average, 300 in the smallest)"), err
+    assert Router.load(router).smoothing == (0.03, 1e5, None, "score", 0.25)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing pair mass=30000 (4 prompts per expert on average, 4 in the "
-        "smallest)"), err
+        "; auto smoothing pair mass=30000  no spelling back-off (4 prompts per expert on "
+        "average, 4 in the smallest)"), err
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "1e4", "--skips", "auto", "--unseen", "auto", "-o",
                        tmp_path / "fixed.st", "--force")
     assert code == 0 and err.strip().endswith(
-        f"; auto smoothing {SMALL} (4 prompts per expert on average, 4 in the "
-        "smallest)"), err
+        f"; auto smoothing {SMALL}  no spelling back-off (4 prompts per expert on average, 4 "
+        "in the smallest)"), err
 
 
 def test_build_spelling_back_off(built: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """--spelling sets the back-off's weight; 'auto' (preset spelling) leaves it off for
+    """--spelling sets the back-off's weight; 'auto' (the default's) leaves it off for
     experts this small and build says so; inspect shows the weight in use."""
     out = tmp_path / "s.st"
-    code, _, err = run(capsys, "build", built["math"], built["coding"], "--preset", "spelling",
+    code, _, err = run(capsys, "build", built["math"], built["coding"], "--spelling", "auto",
                        "-o", out)
     assert code == 0 and err.strip().endswith(
         "; auto smoothing α=0.01  pair mass=30000  no spelling back-off (4 prompts per expert "
@@ -897,9 +897,10 @@ def _word(value: float | str | None) -> str:
 
 
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """The default build is the nb model with pair features, α and the pair mass chosen from
-    the prompt counts (these experts hold a few prompts each: the small-fit-set values), as
-    inspect shows; --alpha, --pairs, --preset and --model change it."""
+    """The default build is the nb model with pair features, α, the pair mass and the
+    spelling back-off chosen from the prompt counts (these experts hold a few prompts each:
+    the small-fit-set values, no back-off), as inspect shows; --alpha, --pairs, --preset and
+    --model change it (the other presets have no spelling back-off)."""
     auto = " (auto, from the prompt counts)"
     few, plain = (0.01, 3e4, None, "score"), ("auto", "auto", None, "score")
     for i, (argv, model, settings, used) in enumerate((
@@ -921,6 +922,8 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
         router = Router.load(out)
         c = router.config
         assert (c.model, c.alpha, c.pairs, c.skips, c.unseen) == (model, *settings)
+        spelled = "--preset" not in argv
+        assert c.spelling == ("auto" if spelled else None)
         assert router.smoothing == (used if used is None else (*used, None))
         (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
                    if line.lstrip().startswith("model")]
@@ -930,6 +933,8 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
         shown = [f"{name}={_word(value)}{auto if setting == 'auto' else ''}"
                  for name, value, setting in zip(("α", "pair mass", "skip-pair mass",
                                                   "unseen tokens"), used, settings, strict=True)]
+        if spelled:
+            shown[0] += f"  spelling weight=none{auto}"
         assert line.strip() == (
             f"model        nb (Naive-Bayes, binary token features)  {shown[0]}"
             if used[1] is None and used[2] is None else
@@ -995,7 +1000,8 @@ def test_build_refuses_options_that_do_not_apply(options: list[str], message: st
      {"model": "nb", "k": 5, "alpha": 0.5, "pairs": None}),
     (["--spelling", "0.5", "--selector", "avg", "--pairs", "none"],
      {"model": "nb", "spelling": 0.5, "selector": "avg"}),
-    (["--preset", "spelling", "--spelling", "none"], {"model": "nb", "spelling": None}),
+    (["--spelling", "none"], {"model": "nb", "spelling": None}),
+    (["--preset", "pairs", "--spelling", "auto"], {"model": "nb", "spelling": "auto"}),
     (["--preset", "identity", "--no-balance"], {"model": "ridge", "balance": False}),
     (["--preset", "paper", "--balance"], {"model": "ridge", "balance": True}),
     # paper's own balance=False gives way: the nb model always weighs domains the same
@@ -1233,8 +1239,8 @@ def test_build_says_expert_in_the_singular(built: dict[str, Path], tmp_path: Pat
     out = tmp_path / "one.st"
     code, _, err = run(capsys, "build", built["math"], "-o", out)
     assert (code, err) == (0, f"{out}: router with 1 expert (math); auto smoothing α=0.01  "
-                              "pair mass=30000 (4 prompts per expert on average, 4 in the "
-                              "smallest)\n")
+                              "pair mass=30000  no spelling back-off (4 prompts per expert on "
+                              "average, 4 in the smallest)\n")
 
 
 def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path],
@@ -2256,10 +2262,12 @@ def test_inspect_says_only_geo_reads_the_token_pairs(selector: str, built: dict[
     assert model.split(None, 1)[1] == (f"nb (Naive-Bayes, binary token features; the token "
                                        f"pairs it holds are read by the geo selector only, "
                                        f"not {selector})  α=0.01 (auto, from the prompt "
+                                       f"counts)  spelling weight=none (auto, from the prompt "
                                        f"counts)")
     geo = run(capsys, "inspect", built["router"])[1]
     assert "binary token and token-pair features)  α=0.01 (auto, from the prompt counts)  " \
-        "pair mass=30000 (auto, from the prompt counts)" in geo
+        "spelling weight=none (auto, from the prompt counts)  pair mass=30000 (auto, from the " \
+        "prompt counts)" in geo
 
 
 def test_serve_help_example_matches_the_readme_gateway(capsys) -> None:

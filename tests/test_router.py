@@ -1072,8 +1072,8 @@ def _pairs_of(ids: np.ndarray, V: int, gap: int = 1) -> set[tuple[int, int]]:
 
 # The skips preset at full fit size ("auto" takes the small-fit values for the toy corpora).
 FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT_SKIPS,
-                         unseen="ignore")
-FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", None)  # the default's
+                         unseen="ignore", spelling=None)
+FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", DEFAULT_SPELLING)  # the default's
 # The spelling back-off at full fit size.
 SPELLED = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, spelling=DEFAULT_SPELLING)
 
@@ -1284,7 +1284,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
         {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": None, "unseen": "score",
-         "spelling": None}
+         "spelling": DEFAULT_SPELLING}
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
@@ -1298,7 +1298,8 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
     assert Router(emb, alpha=0.5, pairs=None, skips=None,
-                  unseen="score").fit_stats(four).smoothing == (0.5, None, None, "score", None)
+                  unseen="score", spelling=None).fit_stats(four).smoothing == (
+        0.5, None, None, "score", None)
     # (skip-pair statistics of the same prompt counts, for the settings that read them)
     skipped = {n: dataclasses.replace(skip_stats[n], n_prompts=s.n_prompts)
                for n, s in four.items()}
@@ -1310,11 +1311,9 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
                                                                  DEFAULT_SKIPS, "ignore", None)
     assert Router(emb, "skips").fit_stats(three_skipped).smoothing == (FEW_ALPHA, FEW_PAIRS,
                                                                        None, "score", None)
-    # the spelling preset's "auto": the back-off at full size only
-    assert Router(emb, "spelling").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4],
-                                                                 DEFAULT_SPELLING)
-    assert Router(emb, "spelling").fit_stats(three).smoothing == (FEW_ALPHA, FEW_PAIRS, None,
-                                                                  "score", None)
+    # the default's spelling "auto": the back-off at full size only (FULL_SIZE_USED; off
+    # with the few values above); the presets measured before it leave it off
+    assert Router(emb, "pairs").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4], None)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 
@@ -1849,8 +1848,8 @@ def test_public_types_and_the_typed_marker() -> None:
 
 def test_repr_names_the_changed_settings_and_the_experts(toy_router: Router, emb) -> None:
     assert repr(Router(emb, "paper")) == (
-        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, k=10, selector='topk', "
-        f"balance=False, identity=None, experts=None)")
+        f"Router(embedder={emb.name!r}, model='ridge', pairs=None, spelling=None, k=10, "
+        f"selector='topk', balance=False, identity=None, experts=None)")
     assert repr(toy_router).endswith(f"experts={toy_router.experts!r})")
 
 

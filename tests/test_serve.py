@@ -810,7 +810,8 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         # the pair mass is "auto", chosen from the prompt counts: 300 per expert, full-size;
         # not listed as a setting while the selector (topk) reads no pairs
         assert "pairs" not in s.json() and "unseen" not in s.json()
-        plain = {"skips": None, "unseen": "score", "spelling": None}  # the default's
+        # the default's, the spelling back-off "auto" (full-size too)
+        plain = {"skips": None, "unseen": "score", "spelling": 0.25}
         assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **plain}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
@@ -832,12 +833,12 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": 0})
         assert bad.status_code == 400 and "pair Dirichlet mass" in bad.json()["error"]["message"]
         # the spelling back-off changes every token's row, so the topk selector reads it too
-        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.25})
-        assert s.status_code == 200 and s.json()["spelling"] == 0.25
-        assert s.json()["smoothing"]["spelling"] == 0.25
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.5})
+        assert s.status_code == 200 and s.json()["spelling"] == 0.5
+        assert s.json()["smoothing"]["spelling"] == 0.5
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": None})
         assert s.status_code == 200 and s.json()["smoothing"] == {"alpha": 0.03, "pairs": None,
-                                                                  **plain}
+                                                                  **plain, "spelling": None}
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": -1})
         assert bad.status_code == 400 and "spelling back-off's weight" in \
             bad.json()["error"]["message"]

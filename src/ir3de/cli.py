@@ -393,15 +393,14 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features pooled by the geo selector, α and pair "
                         "mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 "
-                        "prompts each or fewer on average or the smallest 50 or fewer (the "
-                        "measured best); 'few': α=0.01 and pair mass 3e4 whatever the fit "
-                        "size; 'skips': the default plus skip-pair features and unseen tokens "
-                        "left out, both 'auto' (off for small fit sets; ahead on fresh "
-                        "prompts, 1.3x the default's routing cost); 'spelling': the default "
-                        "plus a back-off through the token strings' character trigrams, "
-                        "'auto' (0.25, off for small fit sets; no routing cost); 'tfidf': "
-                        "the default plus "
-                        "a prompt-level TF-IDF ridge with "
+                        "prompts each or fewer on average or the smallest 50 or fewer, plus a "
+                        "back-off through the token strings' character trigrams, 'auto': "
+                        "0.25, or none for such small fit sets (the measured best); 'pairs': "
+                        "the default without the spelling back-off (the default before it); "
+                        "'few': α=0.01 and pair mass 3e4 whatever the fit size; 'skips': "
+                        "'pairs' plus skip-pair features and unseen tokens left out, both "
+                        "'auto' (off for small fit sets; 1.3x the default's routing cost); "
+                        "'tfidf': 'pairs' plus a prompt-level TF-IDF ridge with "
                         "weight 4 (better on prompts like the fit data, worse on prompts "
                         "unlike it; needs statistics counted with --tfidf-buckets); "
                         "'unigram': without pairs (α=0.1; for statistics without pair "
@@ -412,9 +411,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "ridge with entropy top-k, k=10")
     g.add_argument("--model", choices=MODELS,
                    help="nb: log-likelihoods from per-domain document frequencies (--alpha, "
-                        "--pairs, --skips, --unseen apply); ridge: closed-form ridge on the "
-                        "embedding (--lam, --identity, --balance, --normalize, "
-                        "--regularize-bias apply)")
+                        "--pairs, --skips, --unseen, --spelling, --tfidf apply); ridge: "
+                        "closed-form ridge on the embedding (--lam, --identity, --balance, "
+                        "--normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
                    help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
                         "0.03, or 0.01 when the experts hold 100 prompts each or fewer on "
@@ -443,10 +442,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    default=argparse.SUPPRESS,
                    help="nb model: weight of a back-off through spelling added to every "
                         "token's row, a Naive-Bayes table over the character trigrams of the "
-                        "token strings from the same document frequencies; 'auto' (preset "
-                        "'spelling': 0.25, or none when the experts hold 100 prompts each or "
-                        "fewer on average or the smallest 50 or fewer) or 'none' (the "
-                        "default); every selector reads it")
+                        "token strings from the same document frequencies; 'auto' (the "
+                        "default: 0.25, or none when the experts hold 100 prompts each or "
+                        "fewer on average or the smallest 50 or fewer) or 'none' (every "
+                        "preset but the default); every selector reads it")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,

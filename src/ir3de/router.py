@@ -179,12 +179,12 @@ class RouterConfig:
       default), or the weight of a prompt-level TF-IDF ridge over hashed token ids added
       to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
       experts' TF-IDF statistics (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts
-      when it is set and :func:`~ir3de.compute_stats` on request. ``spelling``: None (off,
-      the default), ``"auto"`` (0.25, or off for small fit sets as ``skips``) or the weight w
-      of a back-off through spelling added to every token's row: a Naive-Bayes table over
-      the character n-grams of the token strings, from the same document frequencies
-      (:func:`~ir3de.solver.solve_spelling`; preset ``spelling``); it changes the per-token
-      table, so every selector reads it, at no cost per prompt.
+      when it is set and :func:`~ir3de.compute_stats` on request. ``spelling``:
+      ``"auto"`` (the default: 0.25, or off for small fit sets as ``skips``), the weight w
+      of a back-off through spelling added to every token's row, or None (off; preset
+      ``pairs``): a Naive-Bayes table over the character n-grams of the token strings, from
+      the same document frequencies (:func:`~ir3de.solver.solve_spelling`); it changes the
+      per-token table, so every selector reads it, at no cost per prompt.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -199,7 +199,7 @@ class RouterConfig:
     pairs: float | Literal["auto"] | None = "auto"
     skips: float | Literal["auto"] | None = None
     unseen: Literal["auto", "score", "ignore"] = "score"
-    spelling: float | Literal["auto"] | None = None
+    spelling: float | Literal["auto"] | None = "auto"
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: SelectorName = "geo"
@@ -264,18 +264,21 @@ class RouterConfig:
         """A named configuration: ``default`` (measured best: Naive-Bayes log-likelihoods
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 prompts each or
-        fewer on average or the smallest holds 50 or fewer), ``few`` (α = 0.01 and pair
-        mass 3e4 whatever the fit size), ``skips`` (the default plus skip-pair features,
-        mass 1e6, and tokens no fit prompt holds left out, both ``"auto"``: off for small
-        fit sets; ahead on the fresh checks, but 1.3 times the default's routing cost),
-        ``tfidf`` (the default plus a prompt-level TF-IDF ridge over 4096 hashed buckets
+        fewer on average or the smallest holds 50 or fewer, and a back-off through the
+        token strings' character trigrams, weight ``"auto"``: 0.25, or none for such small
+        fit sets), ``pairs`` (the default without the spelling back-off, as it was before
+        it), ``few`` (α = 0.01 and pair mass 3e4 whatever the fit size), ``skips``
+        (``pairs`` plus skip-pair features, mass 1e6, and tokens no fit prompt holds left
+        out, both ``"auto"``: off for small fit sets; 1.3 times the default's routing cost),
+        ``tfidf`` (``pairs`` plus a prompt-level TF-IDF ridge over 4096 hashed buckets
         blended with weight 4, :mod:`ir3de.tfidf`: better on prompts like the fit data,
         worse where an expert's prompts look unlike its fit data),
         ``unigram`` (without pairs, α = 0.1, for statistics made before pairs were
         counted), ``identity`` (balanced ridge on
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
-        unbalanced ridge on the embedding only, unit-norm columns, entropy top-k).
+        unbalanced ridge on the embedding only, unit-norm columns, entropy top-k). Only the
+        default has the spelling back-off.
 
         A preset's own ``balance=False`` (``paper``'s) gives way to ``model="nb"``, which
         always weighs every domain the same; a ``balance`` named here is kept as given.
@@ -431,17 +434,20 @@ def _positive_int(value: Any) -> bool:
 
 _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 
+# The presets other than the default were measured without the spelling back-off (it came
+# later), and keep it off: `pairs` is the default as it was before it.
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
-    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS),
-    "skips": RouterConfig(skips="auto", unseen="auto"),
-    "spelling": RouterConfig(spelling="auto"),
-    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA),
-    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None),
-    "identity": RouterConfig(model="ridge", selector="avg", pairs=None),
-    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None),
+    "pairs": RouterConfig(spelling=None),
+    "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS, spelling=None),
+    "skips": RouterConfig(skips="auto", unseen="auto", spelling=None),
+    "tfidf": RouterConfig(tfidf=TFIDF_GAMMA, spelling=None),
+    "unigram": RouterConfig(alpha=UNIGRAM_ALPHA, pairs=None, spelling=None),
+    "identity": RouterConfig(model="ridge", selector="avg", pairs=None, spelling=None),
+    "dense": RouterConfig(model="ridge", selector="avg", identity=None, pairs=None,
+                          spelling=None),
     "paper": RouterConfig(model="ridge", k=PAPER_K, selector="topk", balance=False,
-                          identity=None, pairs=None),
+                          identity=None, pairs=None, spelling=None),
 }
 
 
@@ -1503,10 +1509,11 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
                                f"router settings, got {meta['config']!r}")
     # Settings a router was saved without did not exist then: they take the behaviour of
     # that time, not today's defaults (on load or in `inspect`). Before the 'nb' model,
-    # routers were ridge routers; before pair features, nb used none.
+    # routers were ridge routers; before pair features, nb used none; before the spelling
+    # back-off, none.
     try:
         config = RouterConfig.from_dict({"model": "ridge", "pairs": None, "tfidf": None,
-                                         **meta["config"]})
+                                         "spelling": None, **meta["config"]})
     except IR3DEError as exc:
         raise StatsFormatError(f"{where}: metadata field 'config': {exc}") from None
     meta["config"] = asdict(config)
