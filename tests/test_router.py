@@ -622,6 +622,27 @@ def test_legacy_config_is_completed_in_the_header(toy_stats, emb: Embedder,
     assert header["model"] == "ridge" and header["identity"] == "auto"
 
 
+def test_a_router_saved_before_the_spelling_back_off_loads_without_it(
+        toy_stats, emb: Embedder, tmp_path: Path) -> None:
+    """The back-off became the default later: a file whose settings do not name it was
+    solved without it and must load (and re-solve on add/remove) as it was, not with
+    today's default, which would change its decisions without a word."""
+    full = {n: dataclasses.replace(s, n_prompts=1000) for n, s in toy_stats.items()}
+    pairs = Router(emb, "pairs").fit_stats(full)
+    assert Router(emb).fit_stats(full).smoothing.spelling == DEFAULT_SPELLING  # (today's)
+    pairs.save(tmp_path / "r.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "r.safetensors")
+    del meta["config"]["spelling"], meta["smoothing"]["spelling"]
+    write_safetensors(tmp_path / "old.safetensors", tensors, meta)
+    assert read_router_meta(tmp_path / "old.safetensors")["config"]["spelling"] is None
+    old = Router.load(tmp_path / "old.safetensors")
+    assert old.config.spelling is None and old.smoothing.spelling is None
+    assert_same_state(old, pairs)
+    old.remove_expert("law")
+    assert_same_state(old, Router(emb, "pairs").fit_stats(
+        {n: s for n, s in full.items() if n != "law"}))
+
+
 def _without(path: Path, tensors, meta, key: str) -> Path:
     write_safetensors(path, tensors, {k: v for k, v in meta.items() if k != key})
     return path
