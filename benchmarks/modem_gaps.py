@@ -1,5 +1,5 @@
-"""Gaps of the `default` and `tfidf` presets to MoDEM-style, whose runs kept no per-prompt
-decisions.
+"""Gaps of the `default`, `pairs` and `tfidf` presets to MoDEM-style, whose runs kept no
+per-prompt decisions.
 
 The MoDEM-style baseline ran separately (docs/evaluation/modem*/), so `ir3de eval` could not
 pair its decisions with those of the main run's routers. This script rebuilds, from each
@@ -8,8 +8,9 @@ unknown, so the two routers are resampled independently: an *unpaired* interval,
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
-that run's paired interval (the `default` of those runs is today's: the TF-IDF blend was
-the default only on 2026-11-25, and no MoDEM-style run was made then).
+that run's paired interval. Every MoDEM-style run predates the spelling back-off's default
+(2026-11-25, late): the router those runs call `default` is today's `pairs`, and none ran
+beside today's `default`.
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -24,6 +25,9 @@ import numpy as np
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
 RUNS = Path("docs/evaluation")
+# A preset's name in the MoDEM-style runs (made before the spelling back-off was the
+# default); today's default has no paired interval there.
+_IN_MODEM_RUNS = {"pairs": "default", "tfidf": "tfidf"}
 
 
 def _hits(router: dict, domains: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -53,11 +57,12 @@ def main() -> None:
             modem = next(r for r in setting["routers"] if r["name"] == "MoDEM-style")
             theirs = bootstrap_balanced(*_hits(modem, domains), seed=1)[0]
             for emb, preset in [(e, p) for e in ("wordllama", "minilm")
-                                for p in ("default", "tfidf")]:
+                                for p in ("default", "pairs", "tfidf")]:
                 label = f"IR3DE geo [{emb}, {preset}]"
                 # A MoDEM-style run made beside this router has the paired interval itself.
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    label)
+                    f"IR3DE geo [{emb}, {_IN_MODEM_RUNS[preset]}]") \
+                    if preset in _IN_MODEM_RUNS else None
                 parts = []
                 if same_splits:
                     ours = next(r for r in ours_by_setting[name]["routers"]
