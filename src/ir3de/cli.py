@@ -1900,7 +1900,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pairs", action="store_true",
                    help="leave out the adjacent-token-pair counts (they reveal local word "
                         "order): the file then serves the unigram, identity, dense and paper "
-                        "presets, not the default")
+                        "presets, not the default or pairs")
     p.add_argument("--skip-pairs", action="store_true",
                    help="also count skip pairs (tokens two places apart) into the pair table: "
                         "what --preset skips reads; about doubles the pair table (GSM8K's "

@@ -52,10 +52,11 @@ DEFAULT_PAIRS = 1e5
 # on the three fresh checks of fresh_unseen.py (98.68 against 98.59); not the default, as
 # it costs 2.5 times the avg selector per prompt (EVALUATION.md, "Skip pairs, built").
 DEFAULT_SKIPS = 1e6
-# A back-off through spelling (the `spelling` setting): each token's row of the nb table
-# plus w times a Naive-Bayes table over the character n-grams of its string, from the same
-# document frequencies; n, β and w as benchmarks/explore_subword.py picked them by the rule
-# (held-out 99.563 against 99.556, then 98.65 against 98.59 on the fresh checks).
+# A back-off through spelling (the `spelling` setting, "auto" in the default): each token's
+# row of the nb table plus w times a Naive-Bayes table over the character n-grams of its
+# string, from the same document frequencies; n, β and w as benchmarks/explore_subword.py
+# picked them by the rule (held-out 99.563 against 99.556, then 98.65 against 98.59 on the
+# fresh checks), which made it the default.
 DEFAULT_SPELLING = 0.25
 SPELLING_N = 3
 SPELLING_BETA = 0.1
