@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ExpertError, IR3DEError, listed, refuse_lone_text
 from .router import Decision, Router
-from .statistics import _holds_skips, compute_stats
+from .statistics import compute_stats
 
 __all__ = ["DEFAULT_KEEP", "Calibration", "Cut", "calibrate", "render_plot"]
 
@@ -305,8 +305,7 @@ def _cross_fitted(router: Router, texts: list[str], ids: list[np.ndarray],
                                  [texts[i] for i in members if gold[i] == domain],
                                  domain=domain, max_tokens=full[domain].max_tokens,
                                  tfidf_buckets=None if tfidf is None else tfidf.buckets,
-                                 skip_pairs=full[domain].pairs is not None
-                                 and _holds_skips(full[domain]))
+                                 skip_pairs=full[domain].skip_pairs is not None)
             if full[domain].pairs is None:
                 part = replace(part, pairs=None)
             if full[domain].counts is None:  # statistics without token counts: Gram only

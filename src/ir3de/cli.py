@@ -81,7 +81,6 @@ from ir3de.statistics import (
     domain_name_problem,
     load_stats_files,
     merge,
-    split_pairs,
     validate_domain_name,
 )
 from ir3de.store import (
@@ -1210,10 +1209,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # from); identity the token counts, the nb presets the document frequencies, the
         # default also the pair frequencies.
         info["n_pairs"] = None if stats.pairs is None else int(stats.pairs.keys.size)
-        skips = None
-        if stats.pairs is not None:
-            assert stats.doc_counts is not None  # (the pair table is checked against them)
-            skips = split_pairs(stats.pairs, stats.doc_counts.size)[1]
+        skips = stats.skip_pairs
         info["n_skip_pairs"] = None if skips is None else int(skips.keys.size)
         info["has_A"] = stats.A is not None
         info["has_counts"] = stats.counts is not None

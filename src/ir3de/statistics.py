@@ -182,13 +182,6 @@ def split_pairs(pairs: PairCounts, vocab_size: int) -> tuple[PairCounts, PairCou
     return adjacent, PairCounts(pairs.keys[cut:] - offset, pairs.counts[cut:])
 
 
-def _holds_skips(stats: DomainStats) -> bool:
-    """Whether statistics with a pair table hold skip pairs (an empty table counts as
-    holding them: it lacks none)."""
-    assert stats.pairs is not None and stats.doc_counts is not None
-    return split_pairs(stats.pairs, stats.doc_counts.size)[1] is not None
-
-
 def sum_pairs(keys: np.ndarray, counts: np.ndarray) -> PairCounts:
     """Pair frequencies summed over equal ``keys`` (in any order, repeats allowed), e.g. the
     tables of several shards concatenated; pairs whose sum is zero are dropped (a pair
@@ -550,6 +543,26 @@ class DomainStats:
     def dim(self) -> int:
         """Embedding width h."""
         return int(self.b.shape[0] - 1)
+
+    @property
+    def skip_pairs(self) -> PairCounts | None:
+        """The skip-pair part of the pair table (the id two places back, id: counted with
+        ``compute_stats(skip_pairs=True)`` or ``ir3de stats --skip-pairs``, read by the
+        ``skips`` preset), keyed as :func:`split_pairs` gives it; None without a pair table
+        or when the table holds adjacent pairs only. An empty table lacks none: its empty
+        skip part is returned.
+
+        >>> from ir3de import compute_stats, load_embedder
+        >>> emb = load_embedder()
+        >>> compute_stats(emb, ["a b c"], domain="d").skip_pairs is None
+        True
+        >>> compute_stats(emb, ["a b c"], domain="d", skip_pairs=True).skip_pairs is None
+        False
+        """
+        if self.pairs is None:
+            return None
+        assert self.doc_counts is not None  # (the pair table is checked against them)
+        return split_pairs(self.pairs, self.doc_counts.size)[1]
 
     @cached_property
     def _content(self) -> bytes:
@@ -1042,7 +1055,7 @@ def _check_same_pairs(items: list[DomainStats]) -> None:
                   "again without --no-pairs, or drop the pairs of every shard (ir3de merge "
                   "--no-pairs; merge(..., drop_pairs=True))")
     # A sum of tables with and without skip pairs would hold some prompts' skip pairs only.
-    _refuse_mixed([s for s in items if s.pairs is not None], lambda s: not _holds_skips(s),
+    _refuse_mixed([s for s in items if s.pairs is not None], lambda s: s.skip_pairs is None,
                   "token-pair counts without skip pairs (counted without ir3de stats "
                   "--skip-pairs), but the other shard(s) have them; count them again with "
                   "--skip-pairs, or drop the pairs of every shard (ir3de merge --no-pairs; "
