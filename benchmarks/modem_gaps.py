@@ -8,9 +8,9 @@ unknown, so the two routers are resampled independently: an *unpaired* interval,
 a paired one) and prints `default` minus MoDEM-style with a 95 % stratified bootstrap
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
-that run's paired interval. Every MoDEM-style run predates the spelling back-off's default
-(2026-11-25, late): the router those runs call `default` is today's `pairs`, and none ran
-beside today's `default`.
+that run's paired interval. The runs made before the spelling back-off became the default
+(2026-11-25, late) call today's `pairs` `default`; modem-reasoning-spelling, made after,
+ran both under today's names.
 
 Run:  python benchmarks/modem_gaps.py
 """
@@ -25,9 +25,11 @@ import numpy as np
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
 RUNS = Path("docs/evaluation")
-# A preset's name in the MoDEM-style runs (made before the spelling back-off was the
-# default); today's default has no paired interval there.
-_IN_MODEM_RUNS = {"pairs": "default", "tfidf": "tfidf"}
+# The MoDEM-style runs made before the spelling back-off was the default, and the name each
+# preset has in them (today's default ran in none of them).
+_BEFORE_SPELLING = {"modem", "modem-2fold-seeds", "modem-domains", "modem-gpu",
+                    "modem-reasoning"}
+_NAMED_THEN = {"default": None, "pairs": "default", "tfidf": "tfidf"}
 
 
 def _hits(router: dict, domains: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -60,9 +62,9 @@ def main() -> None:
                                 for p in ("default", "pairs", "tfidf")]:
                 label = f"IR3DE geo [{emb}, {preset}]"
                 # A MoDEM-style run made beside this router has the paired interval itself.
+                named = _NAMED_THEN[preset] if folder.name in _BEFORE_SPELLING else preset
                 paired = ((setting.get("comparison") or {}).get("differences") or {}).get(
-                    f"IR3DE geo [{emb}, {_IN_MODEM_RUNS[preset]}]") \
-                    if preset in _IN_MODEM_RUNS else None
+                    f"IR3DE geo [{emb}, {named}]") if named is not None else None
                 parts = []
                 if same_splits:
                     ours = next(r for r in ours_by_setting[name]["routers"]
