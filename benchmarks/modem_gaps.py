@@ -9,8 +9,8 @@ a paired one) and prints `default` minus MoDEM-style with a 95 % stratified boot
 interval, for the MoDEM-style runs on the main run's seeds; where a MoDEM-style run itself
 evaluated the same router (modem-reasoning, modem-2fold-seeds: WordLlama), it also prints
 that run's paired interval. The runs made before the spelling back-off became the default
-(2026-11-25, late) call today's `pairs` `default`; modem-reasoning-spelling, made after,
-ran both under today's names.
+(2026-11-25, late) call today's `pairs` `default`; the two made after (the folders ending
+in -spelling) ran both under today's names.
 
 Run:  python benchmarks/modem_gaps.py
 """
