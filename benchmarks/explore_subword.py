@@ -119,12 +119,20 @@ def _spelling(embedder: str, n: int, wordpiece: bool = False) -> sp.csr_matrix:
     return sp.csr_matrix((g.weights, (g.rows, g.cols)), shape=(g.vocab_size, g.n_grams))
 
 
-def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def _base(V: int, fit: Groups, ids: Sequence[np.ndarray], alpha: float, mass: float
+          ) -> tuple[str, Unigrams, sp.csr_matrix, np.ndarray, np.ndarray]:
+    """What every family builds on: the embedder's name (``--embedder``), the fit's token
+    counts, the prompts' binary token features, the token table at ``alpha`` and the
+    prompts' summed pair log-likelihoods at Dirichlet mass ``mass``."""
     embedder = script_parser(__doc__).parse_known_args()[0].embedder
     unigrams = Unigrams(fit, "bin", V)
-    table = unigrams.additive(0.03)
-    Mb = _features(ids, "bin", V, bigram=False)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids)["each", 1e5]
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [mass])["each", mass]
+    return (embedder, unigrams, _features(ids, "bin", V, bigram=False),
+            unigrams.additive(alpha), pairs)
+
+
+def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    embedder, unigrams, Mb, table, pairs = _base(V, fit, ids, 0.03, 1e5)
     uni = Mb @ table
     out = {DEFAULT: uni + pairs}
     unseen = unigrams.C.sum(axis=1) == 0  # (binary tf: C is the document frequency)
@@ -150,12 +158,8 @@ def _back_off(embedder: str, unigrams: Unigrams, n: int, beta: float,
 
 def _small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """``--small``: few's values, without the back-off and with it at each weight."""
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams = Unigrams(fit, "bin", V)
-    Mb = _features(ids, "bin", V, bigram=False)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [FEW_PAIRS])["each",
-                                                                                  FEW_PAIRS]
-    off = Mb @ unigrams.additive(FEW_ALPHA) + pairs
+    embedder, unigrams, Mb, table, pairs = _base(V, fit, ids, FEW_ALPHA, FEW_PAIRS)
+    off = Mb @ table + pairs
     back = Mb @ _back_off(embedder, unigrams, 3, 0.1)
     return {"off": off, **{f"on w={w:g}": off + w * back for w in WEIGHTS}}
 
@@ -164,11 +168,8 @@ def _marker_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
                      ) -> dict[str, np.ndarray]:
     """``--markers``: the default's back-off with the map as built and with WordPiece's
     markers read as SentencePiece's."""
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams = Unigrams(fit, "bin", V)
-    Mb = _features(ids, "bin", V, bigram=False)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids)["each", 1e5]
-    plain = Mb @ unigrams.additive(0.03) + pairs
+    embedder, unigrams, Mb, table, pairs = _base(V, fit, ids, 0.03, 1e5)
+    plain = Mb @ table + pairs
     return {DEFAULT: plain, **{
         f"{family} n=3 b=0.1 w=0.25": plain + 0.25 * (Mb @ _back_off(
             embedder, unigrams, 3, 0.1, wordpiece=family == "wp"))
