@@ -1,0 +1,79 @@
+"""Issue 6 exploration: the default's settings that sat on the edge of their grids.
+
+Four of the default's full-size settings were the first or last value of the grid they were
+chosen from, so the grid never asked whether one step further would do better:
+
+* the token table's α = 0.03, the smallest of {0.03, 0.1, 0.3} (``explore_smoothing.py``);
+* the pair table's weight 1, the largest of {0.25, 0.5, 1} (the same script; the router
+  adds the pair table with weight 1);
+* the spelling back-off's weight 0.25, the smallest of {0.25, 0.5, 1}, and its β = 0.1, the
+  smallest of {0.1, 1} (``explore_subword.py``).
+
+(The pair mass 1e5 was re-checked against 1e4 and 1e6 on the clean held-out parts by
+``explore_unseen_mass.py``; the back-off's n = 3, the smallest of {3, 4}, is kept: two
+characters say little more than one.) This script extends each of the four one step
+outwards and scores every combination, 2 x 3 x 2 x 2 = 24 (today's default among them, first
+in grid order, so that a tie keeps it): α ∈ {0.03, 0.01}, pair weight ∈ {1, 1.5, 2},
+spelling weight ∈ {0.25, 0.125}, β ∈ {0.1, 0.03}. Nothing else changes (pair mass 1e5,
+every unseen key counted, n = 3), and none of these costs anything at routing time: each is
+folded into a table when the router is solved. Small fit sets (``few``'s values) are not
+touched.
+
+Decision rule: ``fresh_unseen.py``'s selection rule (the ``edge`` pick by the mean held-out
+accuracy over the five splits, first in grid order on ties, strictly above ``default``'s
+there, then higher on the mean of the three fresh checks, ``--fresh LABEL``); test figures
+are printed and not read. Committed before its first run.
+
+Run:  python benchmarks/explore_edges.py [--embedder wordllama] [--fresh LABEL]
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+
+import fresh_unseen
+import numpy as np
+from _holdout import explore_args, script_parser
+from explore_counts import _features
+from explore_longer import _Grams, score_all
+from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
+from explore_subword import _back_off
+
+from ir3de import load_embedder
+
+DEFAULT = "default"
+ALPHAS = (0.03, 0.01)
+PAIR_WEIGHTS = (1.0, 1.5, 2.0)
+SPELLING_WEIGHTS = (0.25, 0.125)
+BETAS = (0.1, 0.03)
+Groups = dict[str, list[np.ndarray]]
+
+
+def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    embedder = script_parser(__doc__).parse_known_args()[0].embedder
+    unigrams = Unigrams(fit, "bin", V)
+    Mb = _features(ids, "bin", V, bigram=False)
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [1e5])["each", 1e5]
+    uni = {a: Mb @ unigrams.additive(a) for a in ALPHAS}
+    back = {b: Mb @ _back_off(embedder, unigrams, 3, b) for b in BETAS}
+    out = {DEFAULT: uni[0.03] + pairs + 0.25 * back[0.1]}
+    for a, wp, ws, b in itertools.product(ALPHAS, PAIR_WEIGHTS, SPELLING_WEIGHTS, BETAS):
+        out[f"edge a={a:g} wp={wp:g} ws={ws:g} b={b:g}"] = uni[a] + wp * pairs + ws * back[b]
+    return out
+
+
+def main() -> int:
+    start = time.perf_counter()
+    args = explore_args(__doc__, SETTINGS, fresh=True)
+    emb = load_embedder(args.embedder)
+    if args.fresh is not None:
+        return fresh_unseen.judge(emb, args.data, _variants, DEFAULT, args.fresh)
+    score_all(emb, args.settings, args.data, _variants, start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
