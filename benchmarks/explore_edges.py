@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
 from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
-from _holdout import explore_args, script_parser
+from _holdout import script_parser
 from explore_counts import _features
-from explore_longer import _Grams, score_all
-from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
+from explore_longer import _Grams
+from explore_smoothing import Unigrams, _ngram_keys
 from explore_subword import _back_off
-
-from ir3de import load_embedder
 
 DEFAULT = "default"
 ALPHAS = (0.03, 0.01)
@@ -72,13 +69,7 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
 
 
 def main() -> int:
-    start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS, fresh=True)
-    emb = load_embedder(args.embedder)
-    if args.fresh is not None:
-        return fresh_unseen.judge(emb, args.data, _variants, DEFAULT, args.fresh)
-    score_all(emb, args.settings, args.data, _variants, start)
-    return 0
+    return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
 
 
 if __name__ == "__main__":

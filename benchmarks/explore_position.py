@@ -39,18 +39,15 @@ Run:  python benchmarks/explore_position.py [--embedder wordllama] [--fresh LABE
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import fresh_unseen
 import numpy as np
 import scipy.sparse as sp
-from _holdout import explore_args, script_parser
-from explore_longer import _Grams, score_all
-from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
+from _holdout import script_parser
+from explore_longer import _Grams
+from explore_smoothing import Unigrams, _ngram_keys
 from explore_subword import _back_off
-
-from ir3de import load_embedder
 
 DEFAULT = "default"
 HEADS = (16, 32, 64, 128)
@@ -95,13 +92,7 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
 
 
 def main() -> int:
-    start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS, fresh=True)
-    emb = load_embedder(args.embedder)
-    if args.fresh is not None:
-        return fresh_unseen.judge(emb, args.data, _variants, DEFAULT, args.fresh)
-    score_all(emb, args.settings, args.data, _variants, start)
-    return 0
+    return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
 
 
 if __name__ == "__main__":
