@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPORA, jsonl_texts
+from conftest import CORPORA, jsonl_texts, write_raw_safetensors
 
 from ir3de import (
     DomainStats,
@@ -1175,6 +1175,58 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
     np.testing.assert_allclose(router.W[:, 0],
                                np.log((df["math"] + alpha) / (df["math"].sum() + alpha * V))
                                + spelled[:, router.experts.index("math")], rtol=1e-12)
+
+
+def _byte_level_folder(folder: Path) -> Path:
+    """A model folder with a GPT-2 / Llama-3-style tokenizer, byte-level BPE (every byte a
+    token, written as a printable character; a word's first token starts with "Ġ"), trained
+    here on CORPORA, and a random embedding table."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        [t for texts in CORPORA.values() for t in texts] * 3,
+        trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    table = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 8)).astype("<f4")
+    write_raw_safetensors(folder / "model.safetensors",
+                          {"model.embed_tokens.weight": ("F32", table.shape, table.tobytes())})
+    return folder
+
+
+def test_a_byte_level_tokenizer_takes_the_spelling_back_off(tmp_path: Path) -> None:
+    """The spelling back-off was measured on SentencePiece (WordLlama) and WordPiece (MiniLM)
+    vocabularies; a byte-level BPE one (most recent models') reads as its strings are, "Ġ"
+    a character like any other: the table equals Naive Bayes plus the Python-sets
+    back-off, special tokens have no n-grams, and prompts of bytes no fit prompt holds
+    (emoji, another script) route like any other, alone as in a batch and after a reload."""
+    emb = load_embedder(_byte_level_folder(tmp_path / "byte-level"))
+    tokens = emb.tokens(range(emb.vocab_size))
+    assert "<|endoftext|>" in tokens and sum(t.startswith("Ġ") for t in tokens) > 20
+    texts = [t for texts in CORPORA.values() for t in texts]
+    labels = [d for d, texts in CORPORA.items() for _ in texts]
+    router = Router(emb, SPELLED).fit(texts, labels)
+    assert router.smoothing.spelling == DEFAULT_SPELLING
+    V = emb.vocab_size
+    df = {d: np.zeros(V) for d in CORPORA}
+    for text, d in zip(texts, labels, strict=True):
+        df[d][np.unique(emb.encode(text))] += 1
+    spelled = DEFAULT_SPELLING * _spelling_rows(emb, df, list(router.experts))
+    assert np.all(spelled[tokens.index("<|endoftext|>")] == 0)
+    for j, d in enumerate(router.experts):
+        np.testing.assert_allclose(router.W[:, j], np.log((df[d] + DEFAULT_ALPHA)
+                                                          / (df[d].sum() + DEFAULT_ALPHA * V))
+                                   + spelled[:, j], rtol=1e-12)
+    prompts = [*PROMPTS, "🤖 ᚠᚢᚦ", "Сколько будет два плюс два?"]
+    decisions = router.route_batch(prompts)
+    assert [router.route(p) for p in prompts] == decisions
+    assert [d.expert for d in decisions[:3]] == ["math", "coding", "law"]
+    router.save(tmp_path / "r.safetensors")
+    assert Router.load(tmp_path / "r.safetensors").route_batch(prompts) == decisions
 
 
 def _changes_are_exact(emb: Embedder, stats: dict[str, DomainStats], config: RouterConfig,
