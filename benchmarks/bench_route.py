@@ -25,8 +25,9 @@ the ridge presets' avg costs:
   "rest" is route p50 - tokenizer p50 - select p50 (a difference of medians of
   separately timed runs, so only indicative).
   A last table routes the real test prompts one at a time on one core, each seen
-  for the first time, with the default selector and with ``avg`` (the per-prompt cost
-  the issue-6 goal allows twice of), against the plain Hugging Face ``tokenizer.encode``.
+  for the first time, with the default selector and with ``avg`` (the issue-6 goal
+  allows the default twice ``avg``'s per-prompt cost), against the plain Hugging Face
+  ``tokenizer.encode``.
 
 Chunk cache (WordLlama and other SentencePiece-style BPE tokenizers): single
 prompts and batches up to 16 are tokenised through a per-word cache. Before each

@@ -1200,8 +1200,8 @@ def _byte_level_folder(folder: Path) -> Path:
 
 def test_a_byte_level_tokenizer_takes_the_spelling_back_off(tmp_path: Path) -> None:
     """The spelling back-off was measured on SentencePiece (WordLlama) and WordPiece (MiniLM)
-    vocabularies; a byte-level BPE one (most recent models') reads as its strings are, "Ġ"
-    a character like any other: the table equals Naive Bayes plus the Python-sets
+    vocabularies; a byte-level BPE one (the kind most recent models use) is read as its
+    strings are, "Ġ" a character like any other: the table equals Naive Bayes plus the Python-sets
     back-off, special tokens have no n-grams, and prompts of bytes no fit prompt holds
     (emoji, another script) route like any other, alone as in a batch and after a reload."""
     emb = load_embedder(_byte_level_folder(tmp_path / "byte-level"))
