@@ -44,6 +44,9 @@ def _errors(gold: Sequence[str], pred: Sequence[str]) -> tuple[float, int, Count
 
 def _row(label: str, routers: dict[str, Callable[[], Any]], fit: dict[str, list[str]],
          texts: list[str], gold: list[str]) -> None:
+    """Fit every router on ``fit`` (domain -> texts), route ``texts`` and print one table row:
+    each router's balanced accuracy and errors, and the first minus the second with a paired
+    bootstrap interval."""
     fit_texts = [t for d in fit for t in fit[d]]
     fit_labels = [d for d in fit for _ in fit[d]]
     cells, correct, accs = [], [], []
