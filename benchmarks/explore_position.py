@@ -44,10 +44,7 @@ from collections.abc import Callable, Sequence
 import fresh_unseen
 import numpy as np
 import scipy.sparse as sp
-from _holdout import script_parser
-from explore_longer import _Grams
-from explore_smoothing import Unigrams, _ngram_keys
-from explore_subword import _back_off
+from explore_subword import default_tables
 
 DEFAULT = "default"
 HEADS = (16, 32, 64, 128)
@@ -74,11 +71,7 @@ def _weighted(ids: Sequence[np.ndarray], keys_of: Callable[[np.ndarray], np.ndar
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams = Unigrams(fit, "bin", V)
-    tokens = unigrams.additive(0.03) + 0.25 * _back_off(embedder, unigrams, 3, 0.1)
-    grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
-    pairs = grams.table(1e5)
+    _, tokens, grams, pairs = default_tables(V, fit)
 
     def score(head: int | None, rho: float) -> np.ndarray:
         return (_weighted(ids, lambda x: x, lambda k: k, V, head, rho) @ tokens

@@ -156,6 +156,17 @@ def _back_off(embedder: str, unigrams: Unigrams, n: int, beta: float,
     return G @ np.log((C + beta) / (C.sum(axis=0) + beta * C.shape[0]))
 
 
+def default_tables(V: int, fit: Groups) -> tuple[Unigrams, np.ndarray, _Grams, np.ndarray]:
+    """Today's default as tables, for scripts that score it another way: the fit's token
+    counts, the token rows (α = 0.03 plus 0.25 times the back-off, n = 3, β = 0.1), the
+    fit's pairs and their Dirichlet table (mass 1e5)."""
+    embedder = script_parser(__doc__).parse_known_args()[0].embedder
+    unigrams = Unigrams(fit, "bin", V)
+    grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
+    return (unigrams, unigrams.additive(0.03) + 0.25 * _back_off(embedder, unigrams, 3, 0.1),
+            grams, grams.table(1e5))
+
+
 def _small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """``--small``: few's values, without the back-off and with it at each weight."""
     embedder, unigrams, Mb, table, pairs = _base(V, fit, ids, FEW_ALPHA, FEW_PAIRS)

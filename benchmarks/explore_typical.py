@@ -39,11 +39,8 @@ from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
-from _holdout import script_parser
 from explore_counts import _features
-from explore_longer import _Grams
-from explore_smoothing import Unigrams, _ngram_keys
-from explore_subword import _back_off
+from explore_subword import default_tables
 
 DEFAULT = "default"
 GAMMAS = (0.25, 0.5, 1.0)
@@ -51,11 +48,7 @@ Groups = dict[str, list[np.ndarray]]
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams = Unigrams(fit, "bin", V)
-    L = unigrams.additive(0.03) + 0.25 * _back_off(embedder, unigrams, 3, 0.1)
-    grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
-    T = grams.table(1e5)
+    unigrams, L, grams, T = default_tables(V, fit)
     Mb, Mp = _features(ids, "bin", V, bigram=False), grams.matrix(ids)
     # the typical value per domain: its column averaged over its own prompts' keys
     # (unigrams.C and grams.C are document frequencies: binary features)
