@@ -107,6 +107,8 @@ class TokenizedSplit:
     """One evaluation split tokenised once: per-domain fit prompts (``fit``), their inner
     80 % (``inner``), the held-out 20 % (``held``, gold domain indices ``held_y``) and the
     test prompts (``test``, ``test_y``); prompts without any token are left out of the fit.
+    The texts of the three fit parts, per domain: ``fit_texts``, ``inner_texts``,
+    ``held_texts``.
 
     ``tested`` (:func:`test_texts`): the held-out part leaves these out, so that no choice
     is judged on a test prompt of any setting. Until 2026-11-25 it did not: the held-out
@@ -124,10 +126,14 @@ class TokenizedSplit:
             inner_i, held_i = holdout({d: list(range(len(texts[d]))) for d in self.domains})
         else:  # whole sub-sources held out (source_holdout)
             inner_i, held_i = source_holdout(texts, sources)
-        self.inner = {d: [self.fit[d][i] for i in inner_i[d]] for d in self.domains}
-        held = {d: [self.fit[d][i] for i in held_i[d] if texts[d][i].strip() not in tested]
+        kept = {d: [i for i in held_i[d] if texts[d][i].strip() not in tested]
                 for d in self.domains}
-        self.held, held_labels = flatten(held)
+        self.fit_texts = texts
+        self.inner_texts = {d: [texts[d][i] for i in inner_i[d]] for d in self.domains}
+        self.held_texts = {d: [texts[d][i] for i in kept[d]] for d in self.domains}
+        self.inner = {d: [self.fit[d][i] for i in inner_i[d]] for d in self.domains}
+        self.held, held_labels = flatten({d: [self.fit[d][i] for i in kept[d]]
+                                          for d in self.domains})
         self.held_y = np.array([self.domains.index(d) for d in held_labels])
         self.test = emb.encode_batch(split.test_texts)
         self.test_y = np.array([self.domains.index(d) for d in split.test_labels])

@@ -45,11 +45,7 @@ from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
-from _holdout import script_parser
-from explore_counts import _features
-from explore_longer import _Grams
-from explore_smoothing import Unigrams, _ngram_keys
-from explore_subword import _back_off
+from explore_subword import _back_off, _base
 
 DEFAULT = "default"
 ALPHAS = (0.03, 0.01)
@@ -60,10 +56,7 @@ Groups = dict[str, list[np.ndarray]]
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams = Unigrams(fit, "bin", V)
-    Mb = _features(ids, "bin", V, bigram=False)
-    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, [1e5])["each", 1e5]
+    embedder, unigrams, Mb, _, pairs = _base(V, fit, ids, 0.03, 1e5)
     uni = {a: Mb @ unigrams.additive(a) for a in ALPHAS}
     back = {b: Mb @ _back_off(embedder, unigrams, 3, b) for b in BETAS}
     out = {DEFAULT: uni[0.03] + pairs + 0.25 * back[0.1]}

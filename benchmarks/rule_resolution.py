@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from _holdout import holdout, script_parser, test_texts
+from _holdout import TokenizedSplit, flatten, script_parser, test_texts
 
 from ir3de import Router, load_embedder
 from ir3de.baselines import TfidfLogReg
@@ -84,17 +84,13 @@ def main() -> int:
         tested = test_texts(settings.values())
         for name in args.settings:
             for split in settings[name].splits:
-                # the held-out part of _holdout.TokenizedSplit: prompts with a token, a
-                # seed-0 20 % per domain, test prompts of every setting left out
-                fit = {d: [t for t, x in zip(ts, emb.encode_batch(ts), strict=True) if x.size]
-                       for d, ts in split.fit.items()}
-                inner, held = holdout(fit)
-                held = {d: [t for t in ts if t.strip() not in tested] for d, ts in held.items()}
+                # the parts every explore_* script reads: prompts with a token, a seed-0
+                # 20 % per domain held out, test prompts of every setting left out of it
+                data = TokenizedSplit(emb, split, tested=tested)
                 label = f"{name} / {split.name} (seed {seed})"
-                _row(f"{label}, held-out", routers, inner,
-                     [t for ts in held.values() for t in ts],
-                     [d for d, ts in held.items() for _ in ts])
-                _row(f"{label}, test", routers, fit, list(split.test_texts),
+                _row(f"{label}, held-out", routers, data.inner_texts,
+                     *flatten(data.held_texts))
+                _row(f"{label}, test", routers, data.fit_texts, list(split.test_texts),
                      list(split.test_labels))
     print(f"\n[{time.perf_counter() - start:.0f} s]")
     return 0
