@@ -208,3 +208,40 @@ def make_model_folder(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
         return folder, table
 
     return make
+
+
+def assert_evidence_decides(router: Router, prompt: str) -> None:
+    """A ``geo`` decision's evidence: one term per distinct token, adjacent pair and skip pair
+    of the prompt (and the TF-IDF bias), each naming its tokens where they stand, largest
+    lead first, the leads adding up to the log of the winner's score over the runner-up's."""
+    from ir3de.statistics import pair_keys
+
+    dec = router.route(prompt, explain=True)
+    ids = router.encode([prompt])[0]
+    table, V = router._state.table, router.embedder.vocab_size
+    tok = router.embedder.tokens
+    kinds = [e.kind for e in dec.evidence]
+    want = {"token": np.unique(ids).size}
+    for kind, pairs, gap in (("pair", table.pairs, 1), ("skip", table.skips, 2)):
+        if pairs is not None:
+            want[kind] = np.unique(pair_keys(ids, V, gap)).size
+    if table.tfidf is not None:
+        want["bias"] = 1
+    assert {k: kinds.count(k) for k in set(kinds)} == want
+    leads = [abs(e.lead) for e in dec.evidence]
+    assert leads == sorted(leads, reverse=True)
+    for e in dec.evidence:
+        if e.kind == "bias":
+            assert e.tokens == [] and e.position == -1
+            continue
+        p = e.position
+        assert e.tokens[-1] == tok([ids[p]])[0]
+        gap = {"token": 0, "pair": 1, "skip": 2}[e.kind]
+        if gap:
+            assert e.tokens[0] == (None if p < gap else tok([ids[p - gap]])[0])
+        key = ids[p] if not gap else pair_keys(ids, V, gap)[p]
+        keys = ids if not gap else pair_keys(ids, V, gap)
+        assert p == int(np.flatnonzero(keys == key)[0])  # its first occurrence
+    scores = sorted(dec.scores.values())
+    assert sum(e.lead for e in dec.evidence) == pytest.approx(np.log(scores[-1] / scores[-2]),
+                                                              rel=1e-9, abs=1e-12)

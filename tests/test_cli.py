@@ -2211,10 +2211,26 @@ def test_route_scores_adds_each_experts_score(built: dict[str, Path], capsys) ->
     rows = [json.loads(line) for line in out.splitlines()]
     explained = [json.loads(line) for line in
                  run(capsys, "route", built["router"], *prompts, "--explain")[1].splitlines()]
-    assert rows == [{k: v for k, v in row.items() if k != "tokens"} for row in explained]
+    assert rows == [{k: v for k, v in row.items() if k not in ("tokens", "evidence")}
+                    for row in explained]
     for row in rows:
         assert set(row["scores"]) == {"math", "coding"} and "tokens" not in row
         assert row["scores"][row["expert"]] == row["confidence"]
+        assert "evidence" not in row
+
+
+def test_route_explain_prints_the_largest_terms_of_the_evidence(built: dict[str, Path],
+                                                                capsys) -> None:
+    prompt = "Compute the sum of 17 and 25, then divide it by 6."
+    decision = Router.load(built["router"]).route(prompt, explain=True)
+    assert len(decision.evidence) > 10
+    full = [e.__dict__ for e in decision.evidence]
+    for given, shown in ((), 10), (("--evidence", "3"), 3), (("--evidence", "0"), len(full)):
+        code, out, err = run(capsys, "route", built["router"], prompt, "--explain", *given)
+        assert code == 0, err
+        assert json.loads(out)["evidence"] == full[:shown]
+    code, out, err = run(capsys, "route", built["router"], prompt, "--evidence", "3")
+    assert (code, out) == (1, "") and "--evidence applies to --explain only" in err
     with pytest.raises(SystemExit) as exc:  # --explain already holds the scores
         main(["route", str(built["router"]), "x", "--scores", "--explain"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

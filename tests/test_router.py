@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPORA, jsonl_texts, write_raw_safetensors
+from conftest import CORPORA, assert_evidence_decides, jsonl_texts, write_raw_safetensors
 
 from ir3de import (
     DomainStats,
@@ -945,12 +945,38 @@ def test_explain(toy_router: Router, emb: Embedder, toy_stats, selector: str) ->
             assert entropies == sorted(entropies)
         plain = router.route(prompt)
         assert (plain.expert, plain.confidence) == (dec.expert, dec.confidence)
-        assert plain.scores is None and plain.tokens is None
-        # coverage: geo on the default's pair table only
+        assert plain.scores is None and plain.tokens is None and plain.evidence is None
+        # coverage: geo on the default's pair table only; evidence: geo's explanations only
         extra = {"coverage"} if selector == "geo" else set()
         assert set(plain.to_dict()) == {"expert", "confidence"} | extra
-        assert set(dec.to_dict()) == {"expert", "confidence", "scores", "tokens"} | extra
+        assert set(dec.to_dict()) == ({"expert", "confidence", "scores", "tokens"} | extra
+                                      | ({"evidence"} if selector == "geo" else set()))
         assert plain.coverage == dec.coverage
+
+
+@pytest.mark.parametrize("config", ["default", "skips", "unigram", "ignore"])
+def test_geo_evidence_is_what_decided(emb: Embedder, toy_stats, skip_stats,
+                                      config: str) -> None:
+    """--explain's evidence for geo: every token, pair and skip pair it summed (unseen ids,
+    which it leaves out, with no lead), adding up to the winner's log-lead exactly."""
+    if config == "ignore":
+        router = Router(emb, FULL_SIZE).fit_stats(skip_stats)  # unseen ids left out
+        assert router._state.table.unseen.size
+    else:
+        router = Router(emb, config).fit_stats(skip_stats if config == "skips" else toy_stats)
+    for prompt in [*PROMPTS, "x", "Zyxwv qqq 3 + 4 = ?"]:
+        assert_evidence_decides(router, prompt)
+    if config == "ignore":  # a token no fit prompt holds adds nothing, as routing leaves it
+        dec = router.route("Zyxwv qqq", explain=True)
+        unseen = set(router._state.table.unseen.tolist())
+        ids = router.encode(["Zyxwv qqq"])[0]
+        assert any(int(ids[e.position]) in unseen for e in dec.evidence if e.kind == "token")
+        assert all(e.lead == 0 for e in dec.evidence
+                   if e.kind == "token" and int(ids[e.position]) in unseen)
+    # one expert: nothing to lead against, an empty list (not None: it was asked for)
+    alone = Router(emb, config if config != "ignore" else "default").fit_stats(
+        {"math": toy_stats["math"]})
+    assert alone.route("What is 3 + 4?", explain=True).evidence == []
 
 
 def test_describe(toy_router: Router, emb: Embedder, toy_stats) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPORA
+from conftest import CORPORA, assert_evidence_decides
 
 from ir3de import DomainStats, Router, RouterConfig, compute_stats, merge
 from ir3de.cli import main
@@ -164,6 +164,14 @@ def test_the_blend_is_the_geo_mean_plus_the_weighted_ridge(emb, tfidf_stats) -> 
         want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         got = blend.route(p, explain=True).scores
         np.testing.assert_allclose([got[e] for e in blend.experts], want, atol=1e-9)
+
+
+def test_the_blends_evidence_adds_the_ridges_share(emb, tfidf_stats) -> None:
+    """With the TF-IDF ridge, each token's lead holds its ridge row too (over the prompt's
+    norm), and the ridge's bias is a term of its own: still exactly what decided."""
+    blend = Router(emb, tfidf=4.0).fit_stats(tfidf_stats)
+    for p in ["What is 3 + 4?", "def f(x): return x", "The court ruled on the appeal.", "x"]:
+        assert_evidence_decides(blend, p)
 
 
 def test_one_prompt_and_a_batch_give_the_same_digits(emb, tfidf_stats) -> None:

@@ -22,7 +22,7 @@ from .errors import (
     OutputExistsError,
     StatsFormatError,
 )
-from .router import DEFAULT_K, Decision, Router, RouterConfig, VotingToken
+from .router import DEFAULT_K, Decision, Evidence, Router, RouterConfig, VotingToken
 from .statistics import DomainStats, PairCounts, compute_stats, merge
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "DomainStats",
     "Embedder",
     "EmptyInputError",
+    "Evidence",
     "ExpertError",
     "FingerprintMismatchError",
     "IR3DEError",

@@ -217,6 +217,7 @@ def _checked(convert: Callable[[str], float], ok: Callable[[float], bool],
 
 
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+_term_count = _checked(int, lambda v: v >= 0, "a non-negative integer")
 # k, kept as a numpy int64 by the selector: a larger one was an error of the run, exit 1
 _token_count = _checked(int, lambda v: 0 < v < 2**63, "a positive integer below 2**63")
 _port = _checked(int, lambda v: 0 < v < 65536, "a port number (1-65535)")
@@ -1114,6 +1115,9 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.text_field is not None and args.input is None:
         raise IR3DEError("--text-field applies to --input (JSONL records) only; prompts given "
                          "as arguments or as plain text on standard input are read whole")
+    if args.evidence is not None and not args.explain:
+        raise IR3DEError("--evidence applies to --explain only: it says how many of the terms "
+                         "that decided to print")
     router = _load_router(args.router, args)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
@@ -1131,7 +1135,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             decisions = router.route_batch([t for _, t, _ in batch],
                                            explain=args.explain or args.scores,
                                            token_ids=ids[start:start + args.batch_size])
-            lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain)})
+            lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain,
+                                                                 args.evidence)})
                             for (ident, _, _), decision in zip(batch, decisions, strict=True))
             # the bar steps aside meanwhile; a Ctrl-C waits for the lines to be out whole
             with bar.external_write_mode(file=sys.stdout), _interruptions_held():
@@ -1141,11 +1146,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decision(decision: Decision, explain: bool) -> dict[str, Any]:
-    """A decision as printed: with its voting tokens only for --explain."""
+def _decision(decision: Decision, explain: bool, evidence: int | None) -> dict[str, Any]:
+    """A decision as printed: with its voting tokens and evidence only for --explain, the
+    evidence cut to its first ``evidence`` terms (the largest leads; 10 by default, 0 for
+    all)."""
     out = decision.to_dict()
     if not explain:
         out.pop("tokens", None)
+        out.pop("evidence", None)
+    elif "evidence" in out:
+        shown = 10 if evidence is None else evidence
+        out["evidence"] = out["evidence"][:shown or None]
     return out
 
 
@@ -1984,7 +1995,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "expert, confidence and, with a token-pair table (the "
                                    "default preset), coverage: the share of the prompt's "
                                    "token pairs seen in the fit data; --scores adds each "
-                                   "expert's score, --explain also the tokens that voted. "
+                                   "expert's score, --explain also the tokens that voted "
+                                   "and, for the geo selector (the default preset's), the "
+                                   "evidence: the terms (tokens, token pairs, skip pairs) "
+                                   "that moved the winner's score most above the runner-"
+                                   "up's, each with its lead (the leads of all terms add up "
+                                   "to log(winner's score / runner-up's); --evidence sets "
+                                   "how many are printed). "
                                    "Options may come before, between or after the "
                                    "prompts.\n\n"
                                    "ids: a prompt argument's or stdin line's position, from 0; "
@@ -2013,11 +2030,14 @@ def build_parser() -> argparse.ArgumentParser:
     # --explain already holds the scores: with --scores too, one of them would do nothing
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--explain", action="store_true",
-                       help="add per-expert scores and the voting tokens")
+                       help="add per-expert scores, the voting tokens and (geo) the evidence")
     shown.add_argument("--scores", action="store_true",
                        help="add each expert's score (what confidence is for the winner: its "
                             "vote share, mean probability or normalised geometric mean "
                             "probability), without the voting tokens")
+    p.add_argument("--evidence", type=_term_count, metavar="N",
+                   help="with --explain: print the N terms with the largest leads (default "
+                        "10; 0: every term)")
     p.add_argument("--k", type=_token_count, help="override the router's k")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024,

@@ -56,7 +56,9 @@ from .selector import (
     SELECTORS,
     Selection,
     SelectorName,
+    TermKind,
     VocabScores,
+    _geo_terms,
     select,
     vocab_scores,
 )
@@ -101,8 +103,8 @@ from .tfidf import (
     solve_tfidf,
 )
 
-__all__ = ["DEFAULT_K", "MODELS", "PRESETS", "UNSEEN", "Decision", "Router", "RouterConfig",
-           "Smoothing", "VotingToken", "read_router_meta"]
+__all__ = ["DEFAULT_K", "MODELS", "PRESETS", "UNSEEN", "Decision", "Evidence", "Router",
+           "RouterConfig", "Smoothing", "VotingToken", "read_router_meta"]
 
 # Defaults were chosen on a held-out 20 % of the fit sets, never on test prompts
 # (benchmarks/choose_defaults.py, BENCHMARKS.md "Choosing the defaults"): with
@@ -462,6 +464,27 @@ class VotingToken:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """One term of a ``geo`` decision (the ``default`` preset's selector), for explanations:
+    a distinct token of the prompt, a distinct adjacent pair (``"pair"``) or skip pair
+    (``"skip"``: two tokens with one between them), or the TF-IDF ridge's bias (``"bias"``,
+    the ``tfidf`` preset only).
+
+    ``lead`` is how much the term raised the winner's mean log-likelihood above the
+    runner-up's (negative: it pulled towards the runner-up). A decision's leads add up to
+    ``log(scores[winner] / scores[runner_up])``: they are what decided, not a summary of
+    it. ``tokens``: the token, or the pair's two (None for the start of the prompt; empty
+    for the bias); ``position``: the position of its (last) token's first occurrence in the
+    prompt's token ids, -1 for the bias.
+    """
+
+    kind: TermKind
+    tokens: list[str | None]
+    position: int
+    lead: float
+
+
+@dataclass(frozen=True)
 class Decision:
     """One routing decision.
 
@@ -470,7 +493,15 @@ class Decision:
     distinct token pairs seen in the fit data (routers with a pair table, i.e. the
     ``default`` preset; None otherwise): low coverage means the prompt is unlike every
     expert's data. ``scores`` (per expert, same meaning as ``confidence``) and ``tokens``
-    (the voters) are filled when routing with ``explain=True``.
+    (the voters; for ``geo``, every distinct token with its own most likely expert) are
+    filled when routing with ``explain=True``, and for ``geo`` ``evidence`` too: every term
+    the decision summed, with its share of the winner's lead over the runner-up, largest
+    first (:class:`Evidence`; empty for a router of one expert).
+
+    Example:
+        >>> d = router.route("def add(a, b): return a + b", explain=True)  # doctest: +SKIP
+        >>> [(e.kind, e.tokens, round(e.lead, 2)) for e in d.evidence[:2]]  # doctest: +SKIP
+        [('token', ['):'], 0.59), ('token', ['('], 0.57)]
     """
 
     expert: str
@@ -478,6 +509,7 @@ class Decision:
     scores: dict[str, float] | None = None
     tokens: list[VotingToken] | None = field(default=None)
     coverage: float | None = None
+    evidence: list[Evidence] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (omits the explanation fields when absent)."""
@@ -983,7 +1015,7 @@ class Router:
         experts = state.experts
         decisions = []
         for i in range(len(ids)):
-            scores = tokens = None
+            scores = tokens = evidence = None
             if explain:
                 scores = dict(zip(experts, sel.scores[i].tolist(), strict=True))
                 pos = sel.voters[i]
@@ -993,10 +1025,33 @@ class Router:
                           for t, p, v, e in zip(self.embedder.tokens(tok_ids), pos,
                                                 state.table.vote[tok_ids],
                                                 state.table.entropy[tok_ids], strict=True)]
+                if config.selector == "geo":
+                    evidence = self._evidence(ids[i], state.table, sel.scores[i],
+                                              int(sel.choice[i]))
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
-                                      scores, tokens, coverage))
+                                      scores, tokens, coverage, evidence))
         return decisions
+
+    def _evidence(self, x: np.ndarray, table: VocabScores, scores: np.ndarray, winner: int
+                  ) -> list[Evidence]:
+        """The :class:`Evidence` of a ``geo`` decision on token ids ``x`` for expert
+        ``winner``, whose per-expert scores are ``scores``, against the runner-up (the
+        highest score after it; the first listed among equals, as routing breaks ties)."""
+        if scores.size < 2:
+            return []
+        others = scores.copy()
+        others[winner] = -np.inf
+        terms = _geo_terms(x, table, winner, int(others.argmax()))
+        # every id the terms name, turned into strings in one call
+        ids = [i for _, a, b, _, _ in terms for i in (a, b) if i is not None]
+        names = dict(zip(ids, self.embedder.tokens(ids), strict=True))
+        evidence = []
+        for kind, a, b, position, lead in terms:
+            named = [] if b is None else [None if a is None else names[a], names[b]]
+            evidence.append(Evidence(kind, named[1:] if kind == "token" else named,
+                                     position, lead))
+        return evidence
 
     def _checked_ids(self, prompts: list[str], token_ids: Sequence[np.ndarray], cap: int
                      ) -> list[np.ndarray]:

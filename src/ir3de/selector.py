@@ -60,6 +60,8 @@ _FIRST = np.zeros(1, dtype=np.int64)  # the one run of a single prompt's pairs
 _DENSE_ENTRIES = 2**24
 
 SelectorName = Literal["topk", "all", "avg", "geo"]
+# The kinds of terms a geo decision sums (explanations: router.Evidence)
+TermKind = Literal["token", "pair", "skip", "bias"]
 SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
 
 
@@ -361,6 +363,51 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     choice = int(np.where(counts == best, _total(table.probs[tokens]), -np.inf).argmax())
     return Selection(np.array([choice]), np.array([best / order.size]),
                      counts[None, :] / order.size, [order])
+
+
+def _geo_terms(x: np.ndarray, table: VocabScores, winner: int, other: int
+               ) -> list[tuple[TermKind, int | None, int | None, int, float]]:
+    """The terms a ``geo`` decision on one prompt's token ids ``x`` sums, each as how much it
+    moved ``winner``'s mean log-likelihood above ``other``'s: ``(kind, first, second,
+    position, lead)``, kind ``"token"`` (``second`` its id), ``"pair"`` or ``"skip"``
+    (``first`` the earlier id, None for the start of the prompt; ``position`` the later
+    token's, its first occurrence), or ``"bias"`` (the TF-IDF ridge's, position -1). The leads
+    add up to ``mean[winner] - mean[other]``, the log of the ratio of the two experts'
+    scores: what decided, in the selector's own units (a token's own argmax, the ``tokens``
+    of an explanation, says nothing of the pairs, which often decide)."""
+    V = table.logp.shape[0]
+    first = _first_positions(x)
+    u = x[first]
+    lp = table.logp[u][:, [winner, other]]
+    if table.unseen is not None and table.unseen.size:
+        lp[np.isin(u, table.unseen)] = 0.0  # as _geo_rows: an unseen id adds nothing
+    lead = (lp[:, 0] - lp[:, 1]) / first.size
+    if table.tfidf is not None:
+        # The ridge's prompt score is each distinct token's row over one norm of the prompt:
+        # a sum over the tokens too.
+        ridge = table.tfidf.prompt_score(table.tfidf.rows[u][:, [winner, other]], u)
+        lead = lead + ridge[:, 0] - ridge[:, 1]
+    terms: list[tuple[TermKind, int | None, int | None, int, float]] = [
+        ("token", None, int(t), int(p), float(v))
+        for t, p, v in zip(u, first, lead, strict=True)]
+    kinds: tuple[tuple[TermKind, PairScores | None, int], ...] = (
+        ("pair", table.pairs, 1), ("skip", table.skips, 2))
+    for kind, pairs, gap in kinds:
+        if pairs is None:
+            continue
+        keys = pair_keys(x, V, gap)
+        at = _first_positions(keys)
+        lp = pairs.logp(pairs.rows(keys[at]))
+        lead = (lp[:, winner] - lp[:, other]) / first.size
+        prev, cur = np.divmod(keys[at], V + 1)
+        terms += [(kind, None if a == V else int(a), int(b), int(p), float(v))
+                  for a, b, p, v in zip(prev, cur, at, lead, strict=True)]
+    if table.tfidf is not None:
+        terms.append(("bias", None, None, -1,
+                      float(table.tfidf.bias[winner] - table.tfidf.bias[other])))
+    # (stable: equal leads keep tokens, pairs, skip pairs in prompt order)
+    terms.sort(key=lambda term: -abs(term[4]))
+    return terms
 
 
 def _first_positions(values: np.ndarray) -> np.ndarray:
