@@ -1116,8 +1116,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         raise IR3DEError("--text-field applies to --input (JSONL records) only; prompts given "
                          "as arguments or as plain text on standard input are read whole")
     if args.evidence is not None and not args.explain:
-        raise IR3DEError("--evidence applies to --explain only: it says how many of the terms "
-                         "that decided to print")
+        raise IR3DEError("--evidence applies to --explain only: it sets how many of the "
+                         "terms that decided are printed")
     router = _load_router(args.router, args)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
