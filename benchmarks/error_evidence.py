@@ -2,9 +2,9 @@
 
 For each split, the default router is fitted on the inner 80 % of the fit data and routes
 the held-out 20 % (the parts every ``explore_*`` script chooses on, ``_holdout``; no test
-prompt is read). For every misrouted prompt the ``geo`` decision is taken apart as
-``route(..., explain=True)`` takes it apart (``selector._geo_terms``), but against the
-**gold** expert instead of the runner-up: each distinct token's and pair's share of the
+prompt is read). For every misrouted prompt the ``geo`` decision is taken apart by
+``route(..., explain=True, against=gold)``: against the **gold** expert instead of the
+runner-up, each distinct token's and pair's share of the
 wrong expert's lead over the right one, the shares adding up to that lead. Printed per
 split: the errors and their most common confusions, the lead (median and quartiles, in mean
 log-likelihood units: 0.1 is a score ratio of 1.11), the net lead that tokens and pairs
@@ -26,27 +26,25 @@ from collections import Counter
 import numpy as np
 from _holdout import TokenizedSplit, flatten, script_parser, test_texts
 
-from ir3de import Router, load_embedder
+from ir3de import Evidence, Router, load_embedder
 from ir3de.eval.settings import SETTINGS, load_setting
-from ir3de.selector import _geo_terms
 
 TOP = 5  # the largest terms of each error that are counted
 
 
-def _term_name(emb, kind: str, a: int | None, b: int) -> str:
+def _term_name(term: Evidence) -> str:
     """A term as printed: the token, or the pair's two tokens (<start> for the prompt's start)."""
-    if kind == "token":
-        return repr(emb.tokens([b])[0])
-    first = "<start>" if a is None else emb.tokens([a])[0]
-    gap = " _ " if kind == "skip" else " "
-    return repr(f"{first}{gap}{emb.tokens([b])[0]}")
+    if term.kind == "token":
+        return repr(term.tokens[0])
+    first, second = term.tokens
+    gap = " _ " if term.kind == "skip" else " "
+    return repr(f"{'<start>' if first is None else first}{gap}{second}")
 
 
 def _report(label: str, emb, data: TokenizedSplit) -> None:
     texts, gold = flatten(data.held_texts)
     router = Router(emb).fit(*flatten(data.inner_texts))
     pred = router.predict(texts)
-    experts = list(router.experts)
     wrong = [i for i, (p, g) in enumerate(zip(pred, gold, strict=True)) if p != g]
     confusions = Counter(f"{gold[i]} -> {pred[i]}" for i in wrong).most_common(3)
     print(f"## {label}: {len(wrong)} of {len(texts)} held-out prompts misrouted"
@@ -56,13 +54,11 @@ def _report(label: str, emb, data: TokenizedSplit) -> None:
         return
     leads, net, recurring = [], Counter(), Counter()
     for i in wrong:
-        terms = _geo_terms(router.encode([texts[i]])[0], router._state.table,
-                           experts.index(pred[i]), experts.index(gold[i]))
-        leads.append(sum(term[4] for term in terms))
-        for kind, _, _, _, lead in terms:
-            net[kind] += lead
-        recurring.update(_term_name(emb, kind, a, b)
-                         for kind, a, b, _, lead in terms[:TOP] if lead > 0)
+        terms = router.route(texts[i], explain=True, against=gold[i]).evidence
+        leads.append(sum(term.lead for term in terms))
+        for term in terms:
+            net[term.kind] += term.lead
+        recurring.update(_term_name(term) for term in terms[:TOP] if term.lead > 0)
     q1, q2, q3 = np.percentile(leads, [25, 50, 75])
     print(f"  wrong expert's lead over the gold one: median {q2:.3f} (quartiles {q1:.3f}, "
           f"{q3:.3f})")

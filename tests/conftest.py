@@ -210,13 +210,14 @@ def make_model_folder(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
     return make
 
 
-def assert_evidence_decides(router: Router, prompt: str) -> None:
+def assert_evidence_decides(router: Router, prompt: str, against: str | None = None) -> None:
     """A ``geo`` decision's evidence: one term per distinct token, adjacent pair and skip pair
     of the prompt (and the TF-IDF bias), each naming its tokens where they stand, largest
-    lead first, the leads adding up to the log of the winner's score over the runner-up's."""
+    lead first, the leads adding up to the log of the winner's score over the runner-up's
+    (over ``against``'s, when given and not the winner)."""
     from ir3de.statistics import pair_keys
 
-    dec = router.route(prompt, explain=True)
+    dec = router.route(prompt, explain=True, against=against)
     ids = router.encode([prompt])[0]
     table, V = router._state.table, router.embedder.vocab_size
     tok = router.embedder.tokens
@@ -242,6 +243,7 @@ def assert_evidence_decides(router: Router, prompt: str) -> None:
         key = ids[p] if not gap else pair_keys(ids, V, gap)[p]
         keys = ids if not gap else pair_keys(ids, V, gap)
         assert p == int(np.flatnonzero(keys == key)[0])  # its first occurrence
-    scores = sorted(dec.scores.values())
-    assert sum(e.lead for e in dec.evidence) == pytest.approx(np.log(scores[-1] / scores[-2]),
-                                                              rel=1e-9, abs=1e-12)
+    other = sorted(dec.scores.values())[-2] if against in (None, dec.expert) \
+        else dec.scores[against]
+    assert sum(e.lead for e in dec.evidence) == pytest.approx(
+        np.log(dec.scores[dec.expert] / other), rel=1e-9, abs=1e-12)

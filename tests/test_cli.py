@@ -2231,6 +2231,16 @@ def test_route_explain_prints_the_largest_terms_of_the_evidence(built: dict[str,
         assert json.loads(out)["evidence"] == full[:shown]
     code, out, err = run(capsys, "route", built["router"], prompt, "--evidence", "3")
     assert (code, out) == (1, "") and "--evidence applies to --explain only" in err
+    # --against: why not that expert (here the loser of two, so the runner-up as well)
+    other = next(e for e in decision.scores if e != decision.expert)
+    code, out, err = run(capsys, "route", built["router"], prompt, "--explain", "--against",
+                         other, "--evidence", "0")
+    assert code == 0 and json.loads(out)["evidence"] == full, err
+    code, out, err = run(capsys, "route", built["router"], prompt, "--explain", "--against",
+                         "law")
+    assert (code, out) == (1, "") and "unknown expert 'law'" in err
+    code, out, err = run(capsys, "route", built["router"], prompt, "--against", other)
+    assert (code, out) == (1, "") and "--against applies to --explain only" in err
     with pytest.raises(SystemExit) as exc:  # --explain already holds the scores
         main(["route", str(built["router"]), "x", "--scores", "--explain"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -965,7 +965,8 @@ def test_geo_evidence_is_what_decided(emb: Embedder, toy_stats, skip_stats,
     else:
         router = Router(emb, config).fit_stats(skip_stats if config == "skips" else toy_stats)
     for prompt in [*PROMPTS, "x", "Zyxwv qqq 3 + 4 = ?"]:
-        assert_evidence_decides(router, prompt)
+        for against in (None, *router.experts):  # the winner itself: the runner-up
+            assert_evidence_decides(router, prompt, against)
     if config == "ignore":  # a token no fit prompt holds adds nothing, as routing leaves it
         dec = router.route("Zyxwv qqq", explain=True)
         unseen = set(router._state.table.unseen.tolist())
@@ -977,6 +978,10 @@ def test_geo_evidence_is_what_decided(emb: Embedder, toy_stats, skip_stats,
     alone = Router(emb, config if config != "ignore" else "default").fit_stats(
         {"math": toy_stats["math"]})
     assert alone.route("What is 3 + 4?", explain=True).evidence == []
+    with pytest.raises(ExpertError, match=r"unknown expert 'cooking'; experts are: "):
+        router.route("x", explain=True, against="cooking")
+    with pytest.raises(IR3DEError, match=r"against applies to explanations only"):
+        router.route_batch(["x"], against="math")
 
 
 def test_describe(toy_router: Router, emb: Embedder, toy_stats) -> None:

@@ -1115,9 +1115,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.text_field is not None and args.input is None:
         raise IR3DEError("--text-field applies to --input (JSONL records) only; prompts given "
                          "as arguments or as plain text on standard input are read whole")
-    if args.evidence is not None and not args.explain:
-        raise IR3DEError("--evidence applies to --explain only: it sets how many of the "
-                         "terms that decided are printed")
+    explain_only = (("--evidence", args.evidence, "sets how many of the terms that decided "
+                                                  "are printed"),
+                    ("--against", args.against, "names the expert the evidence compares the "
+                                                "winner with"))
+    for option, given, what in explain_only:
+        if given is not None and not args.explain:
+            raise IR3DEError(f"{option} applies to --explain only: it {what}")
     router = _load_router(args.router, args)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
@@ -1134,7 +1138,8 @@ def cmd_route(args: argparse.Namespace) -> int:
             # --scores: the scores --explain gives, without its voting tokens
             decisions = router.route_batch([t for _, t, _ in batch],
                                            explain=args.explain or args.scores,
-                                           token_ids=ids[start:start + args.batch_size])
+                                           token_ids=ids[start:start + args.batch_size],
+                                           against=args.against)
             lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain,
                                                                  args.evidence)})
                             for (ident, _, _), decision in zip(batch, decisions, strict=True))
@@ -2001,7 +2006,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that moved the winner's score most above the runner-"
                                    "up's, each with its lead (the leads of all terms add up "
                                    "to log(winner's score / runner-up's); --evidence sets "
-                                   "how many are printed). "
+                                   "how many are printed, --against EXPERT compares the "
+                                   "winner with that expert instead, to ask why a prompt "
+                                   "did not go there). "
                                    "Options may come before, between or after the "
                                    "prompts.\n\n"
                                    "ids: a prompt argument's or stdin line's position, from 0; "
@@ -2038,6 +2045,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evidence", type=_term_count, metavar="N",
                    help="with --explain: print the N terms with the largest leads (default "
                         "10; 0: every term)")
+    p.add_argument("--against", metavar="EXPERT",
+                   help="with --explain: the expert the evidence compares the winner with, "
+                        "instead of the runner-up (where EXPERT won, the runner-up)")
     p.add_argument("--k", type=_token_count, help="override the router's k")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024,

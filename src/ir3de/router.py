@@ -471,11 +471,12 @@ class Evidence:
     the ``tfidf`` preset only).
 
     ``lead`` is how much the term raised the winner's mean log-likelihood above the
-    runner-up's (negative: it pulled towards the runner-up). A decision's leads add up to
-    ``log(scores[winner] / scores[runner_up])``: they are what decided, not a summary of
-    it. ``tokens``: the token, or the pair's two (None for the start of the prompt; empty
-    for the bias); ``position``: the position of its (last) token's first occurrence in the
-    prompt's token ids, -1 for the bias.
+    runner-up's (or the expert named by ``route(..., against=...)``; negative: it pulled
+    towards that one). A decision's leads add up to ``log(scores[winner] /
+    scores[runner_up])``: they are what decided, not a summary of it. ``tokens``: the
+    token, or the pair's two (None for the start of the prompt; empty for the bias);
+    ``position``: the position of its (last) token's first occurrence in the prompt's token
+    ids, -1 for the bias.
     """
 
     kind: TermKind
@@ -991,21 +992,43 @@ class Router:
         state = self._fitted
         return state.config.selector == "geo" and state.table.pairs is not None
 
-    def route(self, prompt: str, *, explain: bool = False) -> Decision:
-        """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token."""
-        return self.route_batch([prompt], explain=explain)[0]
+    def route(self, prompt: str, *, explain: bool = False,
+              against: str | None = None) -> Decision:
+        """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token.
+
+        ``explain``: fill the decision's scores, voting tokens and (``geo``) evidence;
+        ``against`` (with ``explain``): the expert the evidence compares the winner with
+        instead of the runner-up, to ask why a prompt did not go there (when ``against`` won,
+        the runner-up as usual).
+
+        Example:
+            >>> d = router.route("def f(x): return x", explain=True,  # doctest: +SKIP
+            ...                  against="math")
+            >>> d.expert, [(e.tokens, round(e.lead, 2)) for e in d.evidence[:2]]  # doctest: +SKIP
+            ('coding', [(['('], 1.27), (['):'], 1.24)])
+        """
+        return self.route_batch([prompt], explain=explain, against=against)[0]
 
     def route_batch(self, prompts: Iterable[str], *, explain: bool = False,
-                    token_ids: Sequence[np.ndarray] | None = None) -> list[Decision]:
+                    token_ids: Sequence[np.ndarray] | None = None,
+                    against: str | None = None) -> list[Decision]:
         """Route many prompts at once (tokenised in parallel, selected vectorised).
 
         ``token_ids``: the prompts' token ids as :meth:`encode` gives them, to route
         without tokenising them again (a caller that checked every prompt first); they
         must be one non-empty integer array per prompt, below the vocabulary size, at
-        most ``max_tokens`` long and without special ids.
+        most ``max_tokens`` long and without special ids. ``explain`` and ``against``: as
+        :meth:`route`'s.
         """
         state = self._fitted
         config = state.config
+        if against is not None:
+            if not explain:
+                raise IR3DEError("against applies to explanations only (explain=True): it "
+                                 "names the expert the evidence compares the winner with")
+            if not isinstance(against, str) or against not in state.stats:
+                raise ExpertError(f"unknown expert {against!r}; experts are: "
+                                  f"{', '.join(state.experts)}")
         if token_ids is None:
             ids = self._encode(_prompts(prompts), max_tokens=config.max_tokens)
         else:
@@ -1026,23 +1049,27 @@ class Router:
                                                 state.table.vote[tok_ids],
                                                 state.table.entropy[tok_ids], strict=True)]
                 if config.selector == "geo":
-                    evidence = self._evidence(ids[i], state.table, sel.scores[i],
-                                              int(sel.choice[i]))
+                    evidence = self._evidence(
+                        ids[i], state.table, sel.scores[i], int(sel.choice[i]),
+                        None if against is None else experts.index(against))
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
                                       scores, tokens, coverage, evidence))
         return decisions
 
-    def _evidence(self, x: np.ndarray, table: VocabScores, scores: np.ndarray, winner: int
-                  ) -> list[Evidence]:
+    def _evidence(self, x: np.ndarray, table: VocabScores, scores: np.ndarray, winner: int,
+                  against: int | None) -> list[Evidence]:
         """The :class:`Evidence` of a ``geo`` decision on token ids ``x`` for expert
-        ``winner``, whose per-expert scores are ``scores``, against the runner-up (the
-        highest score after it; the first listed among equals, as routing breaks ties)."""
+        ``winner``, whose per-expert scores are ``scores``, against expert ``against`` or,
+        when that is None or the winner, the runner-up (the highest score after it; the
+        first listed among equals, as routing breaks ties)."""
         if scores.size < 2:
             return []
-        others = scores.copy()
-        others[winner] = -np.inf
-        terms = _geo_terms(x, table, winner, int(others.argmax()))
+        if against is None or against == winner:
+            others = scores.copy()
+            others[winner] = -np.inf
+            against = int(others.argmax())
+        terms = _geo_terms(x, table, winner, against)
         # every id the terms name, turned into strings in one call
         ids = [i for _, a, b, _, _ in terms for i in (a, b) if i is not None]
         names = dict(zip(ids, self.embedder.tokens(ids), strict=True))
