@@ -967,6 +967,9 @@ def test_geo_evidence_is_what_decided(emb: Embedder, toy_stats, skip_stats,
     for prompt in [*PROMPTS, "x", "Zyxwv qqq 3 + 4 = ?"]:
         for against in (None, *router.experts):  # the winner itself: the runner-up
             assert_evidence_decides(router, prompt, against)
+    # a batch explains each prompt as routing it alone does
+    assert [d.evidence for d in router.route_batch(PROMPTS, explain=True, against="math")] \
+        == [router.route(p, explain=True, against="math").evidence for p in PROMPTS]
     if config == "ignore":  # a token no fit prompt holds adds nothing, as routing leaves it
         dec = router.route("Zyxwv qqq", explain=True)
         unseen = set(router._state.table.unseen.tolist())
