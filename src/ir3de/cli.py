@@ -63,6 +63,7 @@ from ir3de.errors import (
     require_creatable,
     require_file,
     shown_path,
+    unknown_expert,
 )
 from ir3de.router import (
     MODELS,
@@ -1123,6 +1124,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         if given is not None and not args.explain:
             raise IR3DEError(f"{option} applies to --explain only: it {what}")
     router = _load_router(args.router, args)
+    if args.against is not None and args.against not in router.experts:
+        # (route_batch refuses it too, but only once the prompts are read and tokenised)
+        raise unknown_expert(args.against, router.experts)
     overrides = {k: getattr(args, k) for k in ("k", "selector") if getattr(args, k) is not None}
     if overrides:
         _refuse_unused(overrides, router.config.with_settings(**overrides), args.router)

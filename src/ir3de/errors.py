@@ -61,6 +61,11 @@ def listed(items: Sequence[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def unknown_expert(name: object, experts: Sequence[str]) -> ExpertError:
+    """The error for an expert name a router does not have, naming the ones it has."""
+    return ExpertError(f"unknown expert {name!r}; experts are: {', '.join(experts)}")
+
+
 def told_apart(a: str, b: str, n: int = 12) -> tuple[str, str]:
     """Abbreviations of two different fingerprints for a mismatch message: their first
     ``n`` characters, or as many more as it takes for the two to differ (a hand-edited

@@ -51,6 +51,7 @@ from .errors import (
     refuse_lone_text,
     require_path,
     told_apart,
+    unknown_expert,
 )
 from .selector import (
     SELECTORS,
@@ -835,8 +836,7 @@ class Router:
         with self._lock:
             state = self._fitted
             if not isinstance(name, str) or name not in state.stats:
-                raise ExpertError(f"unknown expert {name!r}; experts are: "
-                                  f"{', '.join(state.experts)}")
+                raise unknown_expert(name, state.experts)
             if len(state.experts) == 1:
                 raise ExpertError(f"cannot remove {name!r}: it is the router's only expert")
             new = {n: s for n, s in state.stats.items() if n != name}
@@ -1027,8 +1027,7 @@ class Router:
                 raise IR3DEError("against applies to explanations only (explain=True): it "
                                  "names the expert the evidence compares the winner with")
             if not isinstance(against, str) or against not in state.stats:
-                raise ExpertError(f"unknown expert {against!r}; experts are: "
-                                  f"{', '.join(state.experts)}")
+                raise unknown_expert(against, state.experts)
         if token_ids is None:
             ids = self._encode(_prompts(prompts), max_tokens=config.max_tokens)
         else:
