@@ -34,7 +34,7 @@ Outcome (64 s; fresh checks 23 s): the pick ``gate t=1 g=4`` passes the held-out
 fresh checks**, 96.53 against 98.65 (F1 +0.20, F2 +0.25, F3 -6.83, -7.66 to -6.02): the
 gate keeps little of the blend's F3 loss away (coding recall 66.71 % against the
 default's 94.84 %; the ungated blend on the ``pairs`` base had 61.30 %). Every code file the gate
-let the ridge flip (28 % of them) had a margin below 1: many code files asked of experts
+let the ridge flip (a net 28 % of them) had a margin below 1: many code files asked of experts
 fitted on task descriptions are near-ties of the default, as the errors of ``domains`` are,
 so the margin cannot tell the ridge's good flips from its bad ones. Default stays.
 
