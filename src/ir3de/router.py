@@ -1049,16 +1049,17 @@ class Router:
                                                 state.table.entropy[tok_ids], strict=True)]
                 if config.selector == "geo":
                     evidence = self._evidence(
-                        ids[i], state.table, sel.scores[i], int(sel.choice[i]),
+                        ids[i], sel.voters[i], state.table, sel.scores[i], int(sel.choice[i]),
                         None if against is None else experts.index(against))
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
                                       scores, tokens, coverage, evidence))
         return decisions
 
-    def _evidence(self, x: np.ndarray, table: VocabScores, scores: np.ndarray, winner: int,
-                  against: int | None) -> list[Evidence]:
-        """The :class:`Evidence` of a ``geo`` decision on token ids ``x`` for expert
+    def _evidence(self, x: np.ndarray, first: np.ndarray, table: VocabScores,
+                  scores: np.ndarray, winner: int, against: int | None) -> list[Evidence]:
+        """The :class:`Evidence` of a ``geo`` decision on token ids ``x`` (``first``: its
+        voters, each distinct id's first position) for expert
         ``winner``, whose per-expert scores are ``scores``, against expert ``against`` or,
         when that is None or the winner, the runner-up (the highest score after it; the
         first listed among equals, as routing breaks ties)."""
@@ -1068,7 +1069,7 @@ class Router:
             others = scores.copy()
             others[winner] = -np.inf
             against = int(others.argmax())
-        terms = _geo_terms(x, table, winner, against)
+        terms = _geo_terms(x, first, table, winner, against)
         # every id the terms name, turned into strings in one call
         ids = [i for _, a, b, _, _ in terms for i in (a, b) if i is not None]
         names = dict(zip(ids, self.embedder.tokens(ids), strict=True))

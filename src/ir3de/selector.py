@@ -365,9 +365,10 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
                      counts[None, :] / order.size, [order])
 
 
-def _geo_terms(x: np.ndarray, table: VocabScores, winner: int, other: int
+def _geo_terms(x: np.ndarray, first: np.ndarray, table: VocabScores, winner: int, other: int
                ) -> list[tuple[TermKind, int | None, int | None, int, float]]:
-    """The terms a ``geo`` decision on one prompt's token ids ``x`` sums, each as how much it
+    """The terms a ``geo`` decision on one prompt's token ids ``x`` (``first``: the position of
+    each distinct id's first occurrence, the decision's voters) sums, each as how much it
     moved ``winner``'s mean log-likelihood above ``other``'s: ``(kind, first, second,
     position, lead)``, kind ``"token"`` (``second`` its id), ``"pair"`` or ``"skip"``
     (``first`` the earlier id, None for the start of the prompt; ``position`` the later
@@ -376,7 +377,6 @@ def _geo_terms(x: np.ndarray, table: VocabScores, winner: int, other: int
     scores: what decided, in the selector's own units (a token's own argmax, the ``tokens``
     of an explanation, says nothing of the pairs, which often decide)."""
     V = table.logp.shape[0]
-    first = _first_positions(x)
     u = x[first]
     lp = table.logp[u][:, [winner, other]]
     if table.unseen is not None and table.unseen.size:
