@@ -222,10 +222,12 @@ def assert_evidence_decides(router: Router, prompt: str, against: str | None = N
     table, V = router._state.table, router.embedder.vocab_size
     tok = router.embedder.tokens
     kinds = [e.kind for e in dec.evidence]
+    # each kind's key at every position: the token id, or the pair key
+    keys = {"token": ids, "pair": pair_keys(ids, V, 1), "skip": pair_keys(ids, V, 2)}
     want = {"token": np.unique(ids).size}
-    for kind, pairs, gap in (("pair", table.pairs, 1), ("skip", table.skips, 2)):
+    for kind, pairs in (("pair", table.pairs), ("skip", table.skips)):
         if pairs is not None:
-            want[kind] = np.unique(pair_keys(ids, V, gap)).size
+            want[kind] = np.unique(keys[kind]).size
     if table.tfidf is not None:
         want["bias"] = 1
     assert {k: kinds.count(k) for k in set(kinds)} == want
@@ -240,9 +242,7 @@ def assert_evidence_decides(router: Router, prompt: str, against: str | None = N
         gap = {"token": 0, "pair": 1, "skip": 2}[e.kind]
         if gap:
             assert e.tokens[0] == (None if p < gap else tok([ids[p - gap]])[0])
-        key = ids[p] if not gap else pair_keys(ids, V, gap)[p]
-        keys = ids if not gap else pair_keys(ids, V, gap)
-        assert p == int(np.flatnonzero(keys == key)[0])  # its first occurrence
+        assert p == int(np.flatnonzero(keys[e.kind] == keys[e.kind][p])[0])  # first occurrence
     other = sorted(dec.scores.values())[-2] if against in (None, dec.expert) \
         else dec.scores[against]
     assert sum(e.lead for e in dec.evidence) == pytest.approx(
