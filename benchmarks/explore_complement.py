@@ -55,9 +55,8 @@ from typing import TypeVar
 
 import fresh_unseen
 import numpy as np
-from _holdout import script_parser
 from explore_counts import _features
-from explore_subword import _back_off, default_tables
+from explore_subword import default_pair_table, default_rows, default_tables
 
 DEFAULT = "default"
 GAMMAS = (0.25, 0.5, 1.0, 2.0)
@@ -76,11 +75,9 @@ def _complement(stats: Counts) -> Counts:
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
     unigrams, L, grams, T = default_tables(V, fit)
-    rest = _complement(unigrams)
-    L_rest = rest.additive(0.03) + 0.25 * _back_off(embedder, rest, 3, 0.1)
-    T_rest = _complement(grams).table(1e5)
+    # the same formulas on the complement counts
+    L_rest, T_rest = default_rows(_complement(unigrams)), default_pair_table(_complement(grams))
     Mb, Mp = _features(ids, "bin", V, bigram=False), grams.matrix(ids)
     tokens, pairs = Mb @ L, Mp @ T
     tokens_rest, pairs_rest = Mb @ L_rest, Mp @ T_rest

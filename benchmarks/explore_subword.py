@@ -158,13 +158,23 @@ def _back_off(embedder: str, unigrams: Unigrams, n: int, beta: float,
 
 def default_tables(V: int, fit: Groups) -> tuple[Unigrams, np.ndarray, _Grams, np.ndarray]:
     """Today's default as tables, for scripts that score it another way: the fit's token
-    counts, the token rows (α = 0.03 plus 0.25 times the back-off, n = 3, β = 0.1), the
-    fit's pairs and their Dirichlet table (mass 1e5)."""
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
+    counts, the token rows (:func:`default_rows`), the fit's pairs and their Dirichlet table
+    (:func:`default_pair_table`)."""
     unigrams = Unigrams(fit, "bin", V)
     grams = _Grams(fit, lambda x: _ngram_keys(x, V, 2))
-    return (unigrams, unigrams.additive(0.03) + 0.25 * _back_off(embedder, unigrams, 3, 0.1),
-            grams, grams.table(1e5))
+    return unigrams, default_rows(unigrams), grams, default_pair_table(grams)
+
+
+def default_rows(unigrams: Unigrams) -> np.ndarray:
+    """The default's token rows from token counts ``unigrams``: α = 0.03 plus 0.25 times the
+    back-off (n = 3, β = 0.1), for the ``--embedder`` of the command line."""
+    embedder = script_parser(__doc__).parse_known_args()[0].embedder
+    return unigrams.additive(0.03) + 0.25 * _back_off(embedder, unigrams, 3, 0.1)
+
+
+def default_pair_table(grams: _Grams) -> np.ndarray:
+    """The default's pair table from pair counts ``grams``: Dirichlet mass 1e5."""
+    return grams.table(1e5)
 
 
 def _small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
