@@ -2231,6 +2231,10 @@ def test_route_explain_prints_the_largest_terms_of_the_evidence(built: dict[str,
         assert json.loads(out)["evidence"] == full[:shown]
     code, out, err = run(capsys, "route", built["router"], prompt, "--evidence", "3")
     assert (code, out) == (1, "") and "--evidence applies to --explain only" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["route", str(built["router"]), prompt, "--explain", "--evidence", "-1"])
+    assert exc.value.code == 2
+    assert "--evidence: must be a non-negative integer, got -1" in capsys.readouterr().err
     # --against: why not that expert (here the loser of two, so the runner-up as well)
     other = next(e for e in decision.scores if e != decision.expert)
     code, out, err = run(capsys, "route", built["router"], prompt, "--explain", "--against",
