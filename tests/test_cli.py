@@ -2245,6 +2245,14 @@ def test_route_explain_prints_the_largest_terms_of_the_evidence(built: dict[str,
     assert (code, out) == (1, "") and "unknown expert 'law'" in err
     code, out, err = run(capsys, "route", built["router"], prompt, "--against", other)
     assert (code, out) == (1, "") and "--against applies to --explain only" in err
+    # --selector: the evidence of the selector that decided
+    voted = Router.load(built["router"])
+    voted.set_params(selector="avg")
+    code, out, err = run(capsys, "route", built["router"], prompt, "--explain", "--selector",
+                         "avg", "--evidence", "2")
+    assert code == 0 and json.loads(out)["evidence"] == [
+        e.__dict__ for e in voted.route(prompt, explain=True).evidence[:2]], err
+    assert {e["kind"] for e in json.loads(out)["evidence"]} == {"token"}
     with pytest.raises(SystemExit) as exc:  # --explain already holds the scores
         main(["route", str(built["router"]), "x", "--scores", "--explain"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -946,12 +946,31 @@ def test_explain(toy_router: Router, emb: Embedder, toy_stats, selector: str) ->
         plain = router.route(prompt)
         assert (plain.expert, plain.confidence) == (dec.expert, dec.confidence)
         assert plain.scores is None and plain.tokens is None and plain.evidence is None
-        # coverage: geo on the default's pair table only; evidence: geo's explanations only
+        # coverage: geo on the default's pair table only
         extra = {"coverage"} if selector == "geo" else set()
         assert set(plain.to_dict()) == {"expert", "confidence"} | extra
-        assert set(dec.to_dict()) == ({"expert", "confidence", "scores", "tokens"} | extra
-                                      | ({"evidence"} if selector == "geo" else set()))
+        assert set(dec.to_dict()) == {"expert", "confidence", "scores", "tokens",
+                                      "evidence"} | extra
         assert plain.coverage == dec.coverage
+        for against in (None, *router.experts):
+            assert_evidence_decides(router, prompt, against)
+
+
+def test_vote_evidence_is_what_decided(emb: Embedder, toy_stats) -> None:
+    """The evidence of a vote: a token that votes twice leads twice, and a tied vote (broken
+    by the voters' summed probabilities) is all the leads summing to 0."""
+    prompt = "Solve the integral dx. Solve the integral dx."
+    for k, tied in ((3, False), (4, True)):
+        router = Router(emb, "paper", k=k).fit_stats(toy_stats)
+        dec = router.route(prompt, explain=True)
+        counts = sorted(Counter(t.expert for t in dec.tokens).values())
+        # the case this k is here for: ▁integral votes twice (2-1), at k = 4 a 2-2 tie
+        assert counts == ([2, 2] if tied else [1, 2])
+        assert len(dec.evidence) == len({t.token for t in dec.tokens})
+        total = sum(e.lead for e in dec.evidence)
+        assert total == 0 if tied else total == pytest.approx(1 / 3)
+        assert max(e.lead for e in dec.evidence) == pytest.approx(2 / k)
+        assert_evidence_decides(router, prompt)
 
 
 @pytest.mark.parametrize("config", ["default", "skips", "unigram", "ignore"])

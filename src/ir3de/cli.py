@@ -2005,14 +2005,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default preset), coverage: the share of the prompt's "
                                    "token pairs seen in the fit data; --scores adds each "
                                    "expert's score, --explain also the tokens that voted "
-                                   "and, for the geo selector (the default preset's), the "
-                                   "evidence: the terms (tokens, token pairs, skip pairs) "
-                                   "that moved the winner's score most above the runner-"
-                                   "up's, each with its lead (the leads of all terms add up "
-                                   "to log(winner's score / runner-up's); --evidence sets "
-                                   "how many are printed, --against EXPERT compares the "
-                                   "winner with that expert instead, to ask why a prompt "
-                                   "did not go there). "
+                                   "and the evidence: the terms (tokens and, for the geo "
+                                   "selector of the default preset, token pairs and skip "
+                                   "pairs) that moved the winner's score most above the "
+                                   "runner-up's, each with its lead (the leads of all terms "
+                                   "add up to log(winner's score / runner-up's) for geo, to "
+                                   "the difference of the scores for the other selectors); "
+                                   "--evidence sets how many are printed, --against EXPERT "
+                                   "compares the winner with that expert instead, to ask "
+                                   "why a prompt did not go there). "
                                    "Options may come before, between or after the "
                                    "prompts.\n\n"
                                    "ids: a prompt argument's or stdin line's position, from 0; "
@@ -2041,7 +2042,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --explain already holds the scores: with --scores too, one of them would do nothing
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--explain", action="store_true",
-                       help="add per-expert scores, the voting tokens and (geo) the evidence")
+                       help="add per-expert scores, the voting tokens and the evidence")
     shown.add_argument("--scores", action="store_true",
                        help="add each expert's score (what confidence is for the winner: its "
                             "vote share, mean probability or normalised geometric mean "

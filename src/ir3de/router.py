@@ -60,6 +60,7 @@ from .selector import (
     TermKind,
     VocabScores,
     _geo_terms,
+    _vote_terms,
     select,
     vocab_scores,
 )
@@ -466,18 +467,23 @@ class VotingToken:
 
 @dataclass(frozen=True)
 class Evidence:
-    """One term of a ``geo`` decision (the ``default`` preset's selector), for explanations:
-    a distinct token of the prompt, a distinct adjacent pair (``"pair"``) or skip pair
-    (``"skip"``: two tokens with one between them), or the TF-IDF ridge's bias (``"bias"``,
-    the ``tfidf`` preset only).
+    """One term of a decision, for explanations: a distinct token of the prompt (``"token"``)
+    and, for the ``geo`` selector (the ``default`` preset's), a distinct adjacent pair
+    (``"pair"``) or skip pair (``"skip"``: two tokens with one between them), or the TF-IDF
+    ridge's bias (``"bias"``, the ``tfidf`` preset only).
 
-    ``lead`` is how much the term raised the winner's mean log-likelihood above the
-    runner-up's (or the expert named by ``route(..., against=...)``; negative: it pulled
-    towards that one). A decision's leads add up to ``log(scores[winner] /
-    scores[runner_up])``: they are what decided, not a summary of it. ``tokens``: the
-    token, or the pair's two (None for the start of the prompt; empty for the bias);
-    ``position``: the position of its (last) token's first occurrence in the prompt's token
-    ids, -1 for the bias.
+    ``lead`` is how much the term raised the winner's score above the runner-up's (or the
+    expert named by ``route(..., against=...)``; negative: it pulled towards that one), in
+    the selector's units. ``geo``: the mean log-likelihood, and a decision's leads add up to
+    ``log(scores[winner] / scores[runner_up])``. ``avg``: the mean probability, a token's
+    share over all its occurrences; ``topk`` / ``all``: the vote share, a token's votes for
+    the winner less its votes for the runner-up over the number of voters (only the tokens
+    that voted have a term); both add up to ``scores[winner] - scores[runner_up]``, which
+    is 0 when a vote tied and the voters' summed probabilities broke the tie. Either way the
+    leads are what decided, not a summary of it. ``tokens``: the token, or the pair's two
+    (None for the start of the prompt; empty for the bias); ``position``: the position of
+    its (last) token's first occurrence in the prompt's token ids (among the voters, for a
+    vote), -1 for the bias.
     """
 
     kind: TermKind
@@ -496,9 +502,9 @@ class Decision:
     ``default`` preset; None otherwise): low coverage means the prompt is unlike every
     expert's data. ``scores`` (per expert, same meaning as ``confidence``) and ``tokens``
     (the voters; for ``geo``, every distinct token with its own most likely expert) are
-    filled when routing with ``explain=True``, and for ``geo`` ``evidence`` too: every term
-    the decision summed, with its share of the winner's lead over the runner-up, largest
-    first (:class:`Evidence`; empty for a router of one expert).
+    filled when routing with ``explain=True``, and ``evidence`` too: every term the
+    decision summed, with its share of the winner's lead over the runner-up, largest first
+    (:class:`Evidence`; empty for a router of one expert).
 
     Example:
         >>> d = router.route("def add(a, b): return a + b", explain=True)  # doctest: +SKIP
@@ -996,7 +1002,7 @@ class Router:
               against: str | None = None) -> Decision:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token.
 
-        ``explain``: fill the decision's scores, voting tokens and (``geo``) evidence;
+        ``explain``: fill the decision's scores, voting tokens and evidence;
         ``against`` (with ``explain``): the expert the evidence compares the winner with
         instead of the runner-up, to ask why a prompt did not go there (when ``against`` won,
         the runner-up as usual).
@@ -1047,19 +1053,18 @@ class Router:
                           for t, p, v, e in zip(self.embedder.tokens(tok_ids), pos,
                                                 state.table.vote[tok_ids],
                                                 state.table.entropy[tok_ids], strict=True)]
-                if config.selector == "geo":
-                    evidence = self._evidence(
-                        ids[i], sel.voters[i], state.table, sel.scores[i], int(sel.choice[i]),
-                        None if against is None else experts.index(against))
+                evidence = self._evidence(
+                    ids[i], sel.voters[i], state.table, config.selector, sel.scores[i],
+                    int(sel.choice[i]), None if against is None else experts.index(against))
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
                                       scores, tokens, coverage, evidence))
         return decisions
 
-    def _evidence(self, x: np.ndarray, first: np.ndarray, table: VocabScores,
+    def _evidence(self, x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
                   scores: np.ndarray, winner: int, against: int | None) -> list[Evidence]:
-        """The :class:`Evidence` of a ``geo`` decision on token ids ``x`` (``first``: its
-        voters, each distinct id's first position) for expert
+        """The :class:`Evidence` of a decision by ``selector`` on token ids ``x`` (``voters``:
+        its voters' positions; for ``geo`` each distinct id's first) for expert
         ``winner``, whose per-expert scores are ``scores``, against expert ``against`` or,
         when that is None or the winner, the runner-up (the highest score after it; the
         first listed among equals, as routing breaks ties)."""
@@ -1069,7 +1074,8 @@ class Router:
             others = scores.copy()
             others[winner] = -np.inf
             against = int(others.argmax())
-        terms = _geo_terms(x, first, table, winner, against)
+        terms = (_geo_terms(x, voters, table, winner, against) if selector == "geo"
+                 else _vote_terms(x, voters, table, selector, winner, against))
         # every id the terms name, turned into strings in one call
         ids = [i for _, a, b, _, _ in terms for i in (a, b) if i is not None]
         names = dict(zip(ids, self.embedder.tokens(ids), strict=True))

@@ -410,6 +410,35 @@ def _geo_terms(x: np.ndarray, first: np.ndarray, table: VocabScores, winner: int
     return terms
 
 
+def _vote_terms(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
+                winner: int, other: int
+                ) -> list[tuple[TermKind, int | None, int | None, int, float]]:
+    """:func:`_geo_terms` for the ``avg``, ``topk`` and ``all`` selectors: one ``"token"`` term
+    per distinct token among the decision's ``voters`` (positions in ``x``), at its first
+    position among them. Its lead is its share of ``scores[winner] - scores[other]``, the
+    selector's own units: for ``avg`` the winner's probability less ``other``'s, for a vote
+    its votes for the winner less its votes for ``other``, each over the number of voters
+    (all its occurrences summed). The leads add up to that difference, which is 0 when a vote
+    ties and the voters' summed probabilities broke the tie."""
+    tokens = x[voters]
+    if selector == "avg":
+        share = table.probs[tokens, winner] - table.probs[tokens, other]
+    else:
+        votes = table.vote[tokens]
+        share = (votes == winner).astype(np.float64) - (votes == other)
+    distinct, inverse = np.unique(tokens, return_inverse=True)
+    lead = np.bincount(inverse, weights=share, minlength=distinct.size) / voters.size
+    at = np.full(distinct.size, x.size)
+    np.minimum.at(at, inverse, voters)
+    terms: list[tuple[TermKind, int | None, int | None, int, float]] = [
+        ("token", None, int(t), int(p), float(v))
+        for t, p, v in zip(distinct, at, lead, strict=True)]
+    # by first position first, so equal leads stay in prompt order after the stable sort
+    terms.sort(key=lambda term: term[3])
+    terms.sort(key=lambda term: -abs(term[4]))
+    return terms
+
+
 def _first_positions(values: np.ndarray) -> np.ndarray:
     """The position of each distinct value's first occurrence, in ascending order (what
     ``np.sort(np.unique(values, return_index=True)[1])`` gives, with fewer numpy calls)."""
