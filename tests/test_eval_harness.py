@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ir3de import Embedder, Router
+from ir3de import Embedder, Router, compute_stats
 from ir3de.errors import IR3DEError
 
 pytest.importorskip("sklearn", reason="the evaluation harness needs pip install 'ir3de[eval]'")
@@ -331,6 +331,36 @@ def test_a_saved_router_is_scored_as_it_is(small: Setting, emb: Embedder) -> Non
     # compared with the best baseline, never counted as one
     assert result["comparison"]["baseline"] == "TF-IDF+LR" and "mine" in \
         result["comparison"]["differences"] and "balanced_ci" in mine
+
+
+def test_decisions_explain_each_error_against_its_gold_domain(small: Setting,
+                                                             emb: Embedder) -> None:
+    """decisions.jsonl's evidence: for every prompt an IR3DE router (a preset's, a saved
+    one) misrouted and only for those, the largest terms against the gold expert, as
+    routing it alone with ``explain=True, against=gold`` gives them; baselines have none."""
+    from ir3de.eval.harness import EVIDENCE_TERMS
+
+    saved = _saved(small, emb)
+    saved.set_params(selector="topk", k=1)
+    result = evaluate(small, embedders=[emb], presets=["default", "paper"],
+                      baselines=make_baselines(["random"]), routers={"mine": saved},
+                      resamples=0, keep_decisions=True, progress=False)
+    split = small.splits[0]
+    paper = Router(emb, "paper").fit_stats(
+        {d: compute_stats(emb, texts, domain=d) for d, texts in split.fit.items()})
+    routers = {"mine": saved, "IR3DE topk k=10 [wordllama, paper]": paper}
+    text = dict(zip(split.test_ids, split.test_texts, strict=True))
+    explained = dict.fromkeys(routers, 0)
+    for d in result["decisions"]:
+        wrong = {name for name, got in d["routed"].items() if got != d["gold"]}
+        assert set(d.get("evidence", {})) == wrong - {"random"}
+        for name, router in routers.items():
+            if name in wrong:
+                want = router.route(text[d["id"]], explain=True, against=d["gold"]).evidence
+                assert d["evidence"][name] == [e.__dict__ for e in want[:EVIDENCE_TERMS]]
+                assert len(d["evidence"][name]) == min(EVIDENCE_TERMS, len(want))
+                explained[name] += 1
+    assert min(explained.values()) >= 1, explained  # both routers' errors compared
 
 
 def test_a_saved_router_must_route_to_the_settings_domains(small: Setting,

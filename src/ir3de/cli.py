@@ -2292,8 +2292,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coverage of those intervals (default 0.95)")
     p.add_argument("--decisions", action="store_true",
                    help="also write decisions.jsonl: every test prompt's gold domain and "
-                        "where each preset router and baseline sent it (error analysis; "
-                        "pairs this run with another of the same setting and seed)")
+                        "where each preset router and baseline sent it, and for a prompt an "
+                        "IR3DE router misrouted the 5 largest terms of its decision against "
+                        "the gold expert (error analysis; pairs this run with another of the "
+                        "same setting and seed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (drawn only when stderr is a terminal)")

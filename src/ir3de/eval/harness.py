@@ -19,6 +19,7 @@ prompts: they are not refitted, and have no fit time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -71,6 +72,10 @@ MIN_RESAMPLES = 100
 # (one prompt: always the same) gives intervals far narrower than the real uncertainty.
 MIN_TEST_PROMPTS = 20
 _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s != "topk"]
+# Terms of the evidence kept per misrouted prompt in decisions.jsonl: the errors' largest
+# terms are what error analysis reads (most are one prompt's own, EVALUATION.md), and all of
+# them would be every distinct token and pair of every error.
+EVIDENCE_TERMS = 5
 # Seeds of the baselines: scikit-learn's random_state takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -170,8 +175,29 @@ def _short_name(embedder: Embedder) -> str:
     return kind if kind in ("wordllama", "minilm") else embedder.name
 
 
+# A router's decisions on a split's test prompts, and for the prompts it misrouted (by
+# position) the evidence against their gold domain, when asked for (else None).
+_Routed = tuple[Candidate, list[str], dict[int, list[dict[str, Any]]] | None]
+
+
+def _evidence(router: Router, split: Split, routed: list[str]
+              ) -> dict[int, list[dict[str, Any]]]:
+    """For each test prompt ``router`` sent elsewhere than its gold domain (``routed``: its
+    decisions), the :data:`EVIDENCE_TERMS` largest terms of its decision against the gold
+    expert: what led the prompt away from it (``Router.route(..., against=gold)``)."""
+    out = {}
+    for i, (text, gold, got) in enumerate(zip(split.test_texts, split.test_labels, routed,
+                                              strict=True)):
+        if got != gold:
+            evidence = router.route(text, explain=True, against=gold).evidence or []
+            out[i] = [dataclasses.asdict(e) for e in evidence[:EVIDENCE_TERMS]]
+    return out
+
+
 def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
-                      tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
+                      tick: Callable[[], None], explain: bool) -> list[_Routed]:
+    """Every preset's router over the selector grid on ``split``; ``explain``: the evidence
+    of the preset routers' errors too."""
     short = _short_name(embedder)
     # Counted once for every preset: with the TF-IDF statistics and the skip pairs if one
     # reads them.
@@ -198,14 +224,15 @@ def _ir3de_candidates(split: Split, embedder: Embedder, presets: Sequence[str],
                                        "selector": selector, "k": k, "is_preset": is_preset})
             cand.fit_s.append(stats_s + solve_s)
             cand.route_s_per_prompt.append(route_s / len(split.test_texts))
-            out.append((cand, routed))
+            evidence = _evidence(router, split, routed) if explain and is_preset else None
+            out.append((cand, routed, evidence))
             tick()
     return out
 
 
 def _saved_candidates(split: Split, routers: Mapping[str, Router],
-                      tick: Callable[[], None]) -> list[tuple[Candidate, list[str]]]:
-    out = []
+                      tick: Callable[[], None], explain: bool) -> list[_Routed]:
+    out: list[_Routed] = []
     for name, router in routers.items():
         routed, route_s = _routed(router, split)
         cand = Candidate(name, "saved", {"embedder": _short_name(router.embedder),
@@ -214,7 +241,7 @@ def _saved_candidates(split: Split, routers: Mapping[str, Router],
                                          "k": router.config.k if router.config.selector
                                          == "topk" else None})
         cand.route_s_per_prompt.append(route_s / len(split.test_texts))
-        out.append((cand, routed))
+        out.append((cand, routed, _evidence(router, split, routed) if explain else None))
         tick()
     return out
 
@@ -411,7 +438,10 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     With ``keep_decisions``, ``"decisions"`` lists every test prompt of every split
     (``split``, ``id``, ``gold``) with the domain each preset router and baseline sent it to
     (``routed``): what error analysis, and pairing this run with another run of the same
-    setting and seed, need.
+    setting and seed, need. A prompt that IR3DE routers (presets, saved routers) misrouted
+    also has ``evidence``: per such router, the :data:`EVIDENCE_TERMS` largest terms of its
+    decision against the gold expert (:class:`~ir3de.router.Evidence` as dicts, what
+    ``ir3de route --explain --against GOLD`` prints).
     """
     check_setting_name(setting.name)
     presets = list(dict.fromkeys(presets))  # twice would pool each figure twice
@@ -476,14 +506,16 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
 
     for split in setting.splits:
         decisions: dict[str, list[str]] = {}
-        for embedder in embedders:
-            for cand, routed in _ir3de_candidates(split, embedder, presets, bar.update):
-                record(cand, routed, split)
-                if cand.params["is_preset"]:
-                    decisions[cand.name] = routed
-        for cand, routed in _saved_candidates(split, routers, bar.update):
+        evidence: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        explained = [*(c for e in embedders for c in _ir3de_candidates(
+                         split, e, presets, bar.update, keep_decisions)),
+                     *_saved_candidates(split, routers, bar.update, keep_decisions)]
+        for cand, routed, why in explained:
             record(cand, routed, split)
-            decisions[cand.name] = routed
+            if cand.family == "saved" or cand.params["is_preset"]:
+                decisions[cand.name] = routed
+            if why:
+                evidence[cand.name] = why
         for family, factory in baselines:
             model = factory()
             bar.set_postfix_str(model.name)
@@ -506,11 +538,11 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             correct.setdefault(name, []).extend(
                 r == g for r, g in zip(routed, split.test_labels, strict=True))
         if keep_decisions:
-            kept_decisions += [
-                {"split": split.name, "id": pid, "gold": g,
-                 "routed": {name: routed[i] for name, routed in decisions.items()}}
-                for i, (pid, g) in enumerate(zip(split.test_ids, split.test_labels,
-                                                 strict=True))]
+            for i, (pid, g) in enumerate(zip(split.test_ids, split.test_labels, strict=True)):
+                kept = {"split": split.name, "id": pid, "gold": g,
+                        "routed": {name: routed[i] for name, routed in decisions.items()}}
+                terms = {name: why[i] for name, why in evidence.items() if i in why}
+                kept_decisions.append(kept | ({"evidence": terms} if terms else {}))
         gold += split.test_labels
         ids += split.test_ids
     bar.close()
