@@ -301,13 +301,18 @@ def run_single(args: argparse.Namespace) -> None:
                       f"{100 * t50 / r50:.0f} % | {r50 / t50:.2f} | {ok} |", flush=True)
         router.set_params(**base, tfidf=None, selector="geo")  # the default
         # what an explanation costs (the evidence is built in Python, term by term), warm as
-        # the rows above
+        # the rows above; avg's evidence has a term per distinct token, geo's pairs too
         reset_cache(emb, [*warm, prompt])
-        plain = timeit_us(np, partial(router.route, prompt), args.single_iters)
-        told = timeit_us(np, partial(router.route, prompt, explain=True), args.single_iters)
-        notes.append(f"{emb.name}: `route(prompt, explain=True)` with the default, warm, p50 "
-                     f"{pct(np, told, 50):.0f} µs against {pct(np, plain, 50):.0f} µs without "
-                     f"({pct(np, told, 50) / pct(np, plain, 50):.1f}x)")
+        for sel in ("geo", "avg"):
+            router.set_params(selector=sel)
+            plain = timeit_us(np, partial(router.route, prompt), args.single_iters)
+            told = timeit_us(np, partial(router.route, prompt, explain=True),
+                             args.single_iters)
+            notes.append(f"{emb.name}: `route(prompt, explain=True)` with {sel} (the default "
+                         f"router), warm, p50 {pct(np, told, 50):.0f} µs against "
+                         f"{pct(np, plain, 50):.0f} µs without "
+                         f"({pct(np, told, 50) / pct(np, plain, 50):.1f}x)")
+        router.set_params(selector="geo")
         real_rows += single_real(np, router, emb, prompts[:args.single_iters], warm)
     print()
     for note in notes:
