@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ir3de import Embedder, Router, compute_stats
@@ -338,7 +339,8 @@ def test_decisions_explain_each_error_against_its_gold_domain(small: Setting,
     """decisions.jsonl's evidence: for every prompt an IR3DE router (a preset's, a saved
     one) misrouted and only for those, the largest terms against the gold expert, as
     routing it alone with ``explain=True, against=gold`` gives them; baselines have none."""
-    from ir3de.eval.harness import EVIDENCE_TERMS
+    from ir3de.eval import render_markdown
+    from ir3de.eval.harness import ERROR_TERMS, EVIDENCE_TERMS
 
     saved = _saved(small, emb)
     saved.set_params(selector="topk", k=1)
@@ -361,6 +363,33 @@ def test_decisions_explain_each_error_against_its_gold_domain(small: Setting,
                 assert len(d["evidence"][name]) == min(EVIDENCE_TERMS, len(want))
                 explained[name] += 1
     assert min(explained.values()) >= 1, explained  # both routers' errors compared
+
+    # error_terms: each router's errors, and the terms that pulled most of them away
+    summary = result["error_terms"]
+    assert set(summary) == {n for d in result["decisions"] for n in d.get("evidence", {})}
+    assert set(routers) <= set(summary)
+    for name, info in summary.items():
+        errors = [d["evidence"][name] for d in result["decisions"] if name in
+                  d.get("evidence", {})]
+        assert info["errors"] == len(errors) == explained.get(name, len(errors))
+        leads: dict[tuple, list[float]] = {}
+        for terms in errors:
+            for t in terms:
+                if t["lead"] > 0:
+                    leads.setdefault((t["kind"], tuple(t["tokens"])), []).append(t["lead"])
+        shown = [(t["kind"], tuple(t["tokens"])) for t in info["terms"]]
+        assert len(shown) == min(ERROR_TERMS, len(leads))
+        for t, key in zip(info["terms"], shown, strict=True):
+            assert (t["errors"], t["mean_lead"]) == (len(leads[key]),
+                                                    pytest.approx(np.mean(leads[key])))
+        counts = [t["errors"] for t in info["terms"]]
+        assert counts == sorted(counts, reverse=True)
+        assert all(len(v) <= counts[-1] for k, v in leads.items() if k not in shown)
+    report = render_markdown({"settings": [result]}, {})
+    section = report.split("What the IR3DE routers' errors rest on")[1].splitlines()
+    for name, info in summary.items():
+        row = next(line for line in section if line.startswith(f"| {name} |"))
+        assert f"| {info['errors']} |" in row and f"({info['terms'][0]['errors']})" in row
 
 
 def test_a_saved_router_must_route_to_the_settings_domains(small: Setting,

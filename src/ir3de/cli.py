@@ -2294,8 +2294,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write decisions.jsonl: every test prompt's gold domain and "
                         "where each preset router and baseline sent it, and for a prompt an "
                         "IR3DE router misrouted the 5 largest terms of its decision against "
-                        "the gold expert (error analysis; pairs this run with another of the "
-                        "same setting and seed)")
+                        "the gold expert, which report.md sums up per router (error "
+                        "analysis; pairs this run with another of the same setting and seed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (drawn only when stderr is a terminal)")

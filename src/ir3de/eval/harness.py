@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ _SELECTORS = [("topk", k) for k in K_GRID] + [(s, None) for s in SELECTORS if s 
 # terms are what error analysis reads (most are one prompt's own, EVALUATION.md), and all of
 # them would be every distinct token and pair of every error.
 EVIDENCE_TERMS = 5
+# Terms per router in the report's summary of what its errors rest on.
+ERROR_TERMS = 10
 # Seeds of the baselines: scikit-learn's random_state takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -191,6 +194,34 @@ def _evidence(router: Router, split: Split, routed: list[str]
         if got != gold:
             evidence = router.route(text, explain=True, against=gold).evidence or []
             out[i] = [dataclasses.asdict(e) for e in evidence[:EVIDENCE_TERMS]]
+    return out
+
+
+def _error_terms(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per IR3DE router with explained errors (the ``evidence`` of ``decisions``): how many
+    errors it made (``errors``) and the :data:`ERROR_TERMS` terms found most often among
+    its errors' largest terms with a positive lead, i.e. pulling towards the wrong expert
+    (``terms``: kind, tokens, ``errors`` holding it, ``mean_lead`` over those). A term
+    that recurs across errors is one a user can act on (a fit set that holds it by
+    accident); terms that each appear once are what the errors of a router usually are."""
+    seen: dict[str, dict[tuple[str, tuple[str | None, ...]], list[float]]] = {}
+    errors: Counter[str] = Counter()
+    for decision in decisions:
+        for name, terms in decision.get("evidence", {}).items():
+            errors[name] += 1
+            by_term = seen.setdefault(name, {})
+            for term in terms:
+                if term["lead"] > 0:
+                    by_term.setdefault((term["kind"], tuple(term["tokens"])), []).append(
+                        term["lead"])
+    out = {}
+    for name, by_term in seen.items():
+        # most errors first, then the larger mean lead; ties in first-seen order
+        top = sorted(by_term.items(), key=lambda kv: (-len(kv[1]), -float(np.mean(kv[1]))))
+        out[name] = {"errors": errors[name],
+                     "terms": [{"kind": kind, "tokens": list(tokens), "errors": len(leads),
+                                "mean_lead": float(np.mean(leads))}
+                               for (kind, tokens), leads in top[:ERROR_TERMS]]}
     return out
 
 
@@ -441,7 +472,8 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     setting and seed, need. A prompt that IR3DE routers (presets, saved routers) misrouted
     also has ``evidence``: per such router, the :data:`EVIDENCE_TERMS` largest terms of its
     decision against the gold expert (:class:`~ir3de.router.Evidence` as dicts, what
-    ``ir3de route --explain --against GOLD`` prints).
+    ``ir3de route --explain --against GOLD`` prints), and ``"error_terms"`` sums them up per
+    router: the terms that recur among its errors (:func:`_error_terms`).
     """
     check_setting_name(setting.name)
     presets = list(dict.fromkeys(presets))  # twice would pool each figure twice
@@ -569,4 +601,5 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     }
     if keep_decisions:
         result["decisions"] = kept_decisions
+        result["error_terms"] = _error_terms(kept_decisions)
     return result

@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import IR3DEError, listed, require_creatable
 from ..selector import SELECTORS
 from ..store import atomic_write_bytes, atomic_write_text
-from .harness import K_GRID, MIN_TEST_PROMPTS
+from .harness import EVIDENCE_TERMS, K_GRID, MIN_TEST_PROMPTS
 from .plots import MAX_LABELLED_DOMAINS, plot_names
 from .settings import check_setting_name
 
@@ -245,6 +245,30 @@ def summary_routers(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in _main_rows(result) if r.get("is_preset") or r["family"] != "ir3de"]
 
 
+def _term(term: dict[str, Any]) -> str:
+    """A term of an explanation as the report names it: its token, its pair's two tokens
+    (``(start)`` before the first), or a skip pair's with ``_`` for the token between."""
+    names = ["(start)" if t is None else t for t in term["tokens"]]
+    return _code((" _ " if term["kind"] == "skip" else " ").join(names))
+
+
+def _error_lines(result: dict[str, Any]) -> list[str]:
+    """The section on what the IR3DE routers' errors rest on (runs with ``--decisions``)."""
+    found = result.get("error_terms")
+    if not found:
+        return []
+    rows = [[name, str(info["errors"]),
+             ", ".join(f"{_term(t)} ({t['errors']})" for t in info["terms"]) or "-"]
+            for name, info in found.items()]
+    return ["", "What the IR3DE routers' errors rest on (each error's terms are in "
+            "decisions.jsonl): the terms found most often among an error's "
+            f"{EVIDENCE_TERMS} largest, counting those that pulled towards the wrong expert, "
+            "with the number of errors that hold them in brackets. A term that recurs across "
+            "many errors is worth looking for in the fit data; terms that recur in two or "
+            "three are the usual picture.", "",
+            *_table(["router", "errors", "most frequent terms"], rows)]
+
+
 def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     domains = result["domains"]
     lines = [f"## {result['setting']}", "", _inline(result["description"]), ""]
@@ -310,6 +334,7 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row "
                   "in bold):", "", *_table(["embedder, preset", *grid], rows)]
 
+    lines += _error_lines(result)
     if result.get("normalized_performance"):
         kind = result["score_kind"]
         lines += ["", f"Normalized performance ({kind} scores; 1.0 = the domain expert, higher "
