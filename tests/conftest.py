@@ -266,8 +266,12 @@ def _assert_vote_evidence_decides(router: Router, dec: Decision, ids: np.ndarray
         min(p for p in voters if ids[p] == t) for t in set(ids[voters].tolist()))
     leads = [abs(e.lead) for e in dec.evidence]
     assert leads == sorted(leads, reverse=True)
-    o = experts.index(against) if against not in (None, dec.expert) else next(
-        i for i, e in enumerate(experts) if e != dec.expert and dec.scores[e] == other)
+    if against not in (None, dec.expert):
+        o = experts.index(against)
+    else:  # the runner-up as routing ranks it: a tied vote by the voters' summed probabilities
+        tied = [i for i, e in enumerate(experts) if e != dec.expert and dec.scores[e] == other]
+        sums = np.sum([table.probs[ids[p]] for p in voters], axis=0)
+        o = tied[0] if router.config.selector == "avg" else max(tied, key=lambda i: sums[i])
     w = experts.index(dec.expert)
     for e in dec.evidence:
         t = ids[e.position]

@@ -599,9 +599,10 @@ def test_split_line_stays_one_line_with_a_line_break_in_a_domain(result: dict) -
 def test_error_terms_are_named_as_code_spans() -> None:
     """The report names an error's term by its tokens: a pair's two (the start of the
     prompt as ``(start)``), a skip pair's with ``_`` for the token between, in a code span a
-    backtick inside cannot end."""
+    backtick inside cannot end; the TF-IDF bias, which has no token, by name."""
     from ir3de.eval.report import _term
 
     assert _term({"kind": "token", "tokens": ["▁def"]}) == "`▁def`"
     assert _term({"kind": "pair", "tokens": [None, "▁def"]}) == "`(start) ▁def`"
     assert _term({"kind": "skip", "tokens": ["a", "`b"]}) == "``a _ `b``"
+    assert _term({"kind": "bias", "tokens": []}) == "(TF-IDF bias)"

@@ -971,6 +971,31 @@ def test_vote_evidence_is_what_decided(emb: Embedder, toy_stats) -> None:
         assert total == 0 if tied else total == pytest.approx(1 / 3)
         assert max(e.lead for e in dec.evidence) == pytest.approx(2 / k)
         assert_evidence_decides(router, prompt)
+    # three experts tie on one vote each: the runner-up is the one the voters' summed
+    # probabilities put first after the winner, as routing breaks the tie, not the first listed
+    router = Router(emb, "paper", k=3).fit_stats(toy_stats)
+    dec = router.route("Solve court import", explain=True)
+    assert sorted(Counter(t.expert for t in dec.tokens).values()) == [1, 1, 1]
+    ids = router.encode(["Solve court import"])[0][[t.position for t in dec.tokens]]
+    sums = dict(zip(router.experts, router._state.table.probs[ids].sum(axis=0), strict=True))
+    voted = [t.expert for t in dec.tokens if t.expert != dec.expert]
+    runner_up = max(voted, key=sums.__getitem__)
+    assert runner_up != next(e for e in router.experts if e in voted)  # the case it is here for
+    assert sorted(e.lead for e in dec.evidence) == pytest.approx([-1 / 3, 0, 1 / 3])
+    assert next(e for e in dec.evidence if e.lead < 0).tokens == [
+        t.token for t in dec.tokens if t.expert == runner_up]
+    assert_evidence_decides(router, "Solve court import")
+
+
+def test_scores_alone(toy_router: Router) -> None:
+    """scores=True fills what explain=True gives as scores, and nothing else."""
+    for prompt in PROMPTS:
+        alone, told = (toy_router.route(prompt, **{k: True}) for k in ("scores", "explain"))
+        assert alone.scores == told.scores and alone.tokens is None and alone.evidence is None
+        assert (alone.expert, alone.confidence, alone.coverage) == (
+            told.expert, told.confidence, told.coverage)
+    with pytest.raises(IR3DEError, match="against applies to explanations only"):
+        toy_router.route("x", scores=True, against="math")
 
 
 @pytest.mark.parametrize("config", ["default", "skips", "unigram", "ignore"])

@@ -1139,9 +1139,8 @@ def cmd_route(args: argparse.Namespace) -> int:
               leave=False) as bar:
         for start in range(0, len(items), args.batch_size):
             batch = items[start:start + args.batch_size]
-            # --scores: the scores --explain gives, without its voting tokens
             decisions = router.route_batch([t for _, t, _ in batch],
-                                           explain=args.explain or args.scores,
+                                           explain=args.explain, scores=args.scores,
                                            token_ids=ids[start:start + args.batch_size],
                                            against=args.against)
             lines = "".join(_json_line({"id": ident, **_decision(decision, args.explain,
@@ -2006,11 +2005,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "token pairs seen in the fit data; --scores adds each "
                                    "expert's score, --explain also the tokens that voted "
                                    "and the evidence: the terms (tokens and, for the geo "
-                                   "selector of the default preset, token pairs and skip "
-                                   "pairs) that moved the winner's score most above the "
-                                   "runner-up's, each with its lead (the leads of all terms "
-                                   "add up to log(winner's score / runner-up's) for geo, to "
-                                   "the difference of the scores for the other selectors); "
+                                   "selector, token pairs, skip pairs with the skips preset "
+                                   "and the TF-IDF bias with tfidf) that moved the winner's "
+                                   "score most above the runner-up's, each with its lead "
+                                   "(the leads of all terms add up to log(winner's score / "
+                                   "runner-up's) for geo, to the difference of the scores "
+                                   "for the other selectors); "
                                    "--evidence sets how many are printed, --against EXPERT "
                                    "compares the winner with that expert instead, to ask "
                                    "why a prompt did not go there). "

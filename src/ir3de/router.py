@@ -60,6 +60,7 @@ from .selector import (
     TermKind,
     VocabScores,
     _geo_terms,
+    _runner_up,
     _vote_terms,
     select,
     vocab_scores,
@@ -474,7 +475,9 @@ class Evidence:
 
     ``lead`` is how much the term raised the winner's score above the runner-up's (or the
     expert named by ``route(..., against=...)``; negative: it pulled towards that one), in
-    the selector's units. ``geo``: the mean log-likelihood, and a decision's leads add up to
+    the selector's units (the runner-up: the expert routing ranks second, a tied vote told
+    apart by the voters' summed probabilities as routing tells it). ``geo``: the mean
+    log-likelihood, and a decision's leads add up to
     ``log(scores[winner] / scores[runner_up])``. ``avg``: the mean probability, a token's
     share over all its occurrences; ``topk`` / ``all``: the vote share, a token's votes for
     the winner less its votes for the runner-up over the number of voters (only the tokens
@@ -998,11 +1001,12 @@ class Router:
         state = self._fitted
         return state.config.selector == "geo" and state.table.pairs is not None
 
-    def route(self, prompt: str, *, explain: bool = False,
+    def route(self, prompt: str, *, explain: bool = False, scores: bool = False,
               against: str | None = None) -> Decision:
         """Route one prompt. Raises :class:`~ir3de.errors.EmptyInputError` if it has no token.
 
-        ``explain``: fill the decision's scores, voting tokens and evidence;
+        ``explain``: fill the decision's scores, voting tokens and evidence; ``scores``: the
+        scores alone (what ``ir3de route --scores`` prints), without the cost of the rest;
         ``against`` (with ``explain``): the expert the evidence compares the winner with
         instead of the runner-up, to ask why a prompt did not go there (when ``against`` won,
         the runner-up as usual).
@@ -1013,18 +1017,18 @@ class Router:
             >>> d.expert, [(e.tokens, round(e.lead, 2)) for e in d.evidence[:2]]  # doctest: +SKIP
             ('coding', [(['('], 1.27), (['):'], 1.24)])
         """
-        return self.route_batch([prompt], explain=explain, against=against)[0]
+        return self.route_batch([prompt], explain=explain, scores=scores, against=against)[0]
 
     def route_batch(self, prompts: Iterable[str], *, explain: bool = False,
-                    token_ids: Sequence[np.ndarray] | None = None,
+                    scores: bool = False, token_ids: Sequence[np.ndarray] | None = None,
                     against: str | None = None) -> list[Decision]:
         """Route many prompts at once (tokenised in parallel, selected vectorised).
 
         ``token_ids``: the prompts' token ids as :meth:`encode` gives them, to route
         without tokenising them again (a caller that checked every prompt first); they
         must be one non-empty integer array per prompt, below the vocabulary size, at
-        most ``max_tokens`` long and without special ids. ``explain`` and ``against``: as
-        :meth:`route`'s.
+        most ``max_tokens`` long and without special ids. ``explain``, ``scores`` and
+        ``against``: as :meth:`route`'s.
         """
         state = self._fitted
         config = state.config
@@ -1043,9 +1047,10 @@ class Router:
         experts = state.experts
         decisions = []
         for i in range(len(ids)):
-            scores = tokens = evidence = None
+            per_expert = tokens = evidence = None
+            if explain or scores:
+                per_expert = dict(zip(experts, sel.scores[i].tolist(), strict=True))
             if explain:
-                scores = dict(zip(experts, sel.scores[i].tolist(), strict=True))
                 pos = sel.voters[i]
                 tok_ids = ids[i][pos]
                 tokens = [VotingToken(token=t, position=int(p), expert=experts[v],
@@ -1058,7 +1063,7 @@ class Router:
                     int(sel.choice[i]), None if against is None else experts.index(against))
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
-                                      scores, tokens, coverage, evidence))
+                                      per_expert, tokens, coverage, evidence))
         return decisions
 
     def _evidence(self, x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
@@ -1066,14 +1071,11 @@ class Router:
         """The :class:`Evidence` of a decision by ``selector`` on token ids ``x`` (``voters``:
         its voters' positions; for ``geo`` each distinct id's first) for expert
         ``winner``, whose per-expert scores are ``scores``, against expert ``against`` or,
-        when that is None or the winner, the runner-up (the highest score after it; the
-        first listed among equals, as routing breaks ties)."""
+        when that is None or the winner, the runner-up (:func:`_runner_up`)."""
         if scores.size < 2:
             return []
         if against is None or against == winner:
-            others = scores.copy()
-            others[winner] = -np.inf
-            against = int(others.argmax())
+            against = _runner_up(x, voters, table, selector, scores, winner)
         terms = (_geo_terms(x, voters, table, winner, against) if selector == "geo"
                  else _vote_terms(x, voters, table, selector, winner, against))
         # every id the terms name, turned into strings in one call

@@ -60,7 +60,8 @@ _FIRST = np.zeros(1, dtype=np.int64)  # the one run of a single prompt's pairs
 _DENSE_ENTRIES = 2**24
 
 SelectorName = Literal["topk", "all", "avg", "geo"]
-# The kinds of terms a geo decision sums (explanations: router.Evidence)
+# The kinds of terms a decision sums (explanations: router.Evidence); pairs, skip pairs and
+# the TF-IDF bias are geo's only
 TermKind = Literal["token", "pair", "skip", "bias"]
 SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
 
@@ -408,6 +409,20 @@ def _geo_terms(x: np.ndarray, first: np.ndarray, table: VocabScores, winner: int
     # (stable: equal leads keep tokens, pairs, skip pairs in prompt order)
     terms.sort(key=lambda term: -abs(term[4]))
     return terms
+
+
+def _runner_up(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
+               scores: np.ndarray, winner: int) -> int:
+    """The expert a decision by ``selector`` on token ids ``x`` ranks second after
+    ``winner``, as it ranks the winner: the highest score, equal vote shares (``topk``,
+    ``all``) told apart by the voters' summed probabilities, as routing breaks a tied vote,
+    and otherwise the first listed among equals."""
+    others = scores.copy()
+    others[winner] = -np.inf
+    tied = np.flatnonzero(others == others.max())
+    if tied.size > 1 and selector in ("topk", "all"):
+        return int(tied[_total(table.probs[x[voters]])[tied].argmax()])
+    return int(tied[0])
 
 
 def _vote_terms(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,

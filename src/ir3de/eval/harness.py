@@ -203,7 +203,7 @@ def _error_terms(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     its errors' largest terms with a positive lead, i.e. pulling towards the wrong expert
     (``terms``: kind, tokens, ``errors`` holding it, ``mean_lead`` over those). A term
     that recurs across errors is one a user can act on (a fit set that holds it by
-    accident); terms that each appear once are what the errors of a router usually are."""
+    accident); most terms appear in one error or a few."""
     seen: dict[str, dict[tuple[str, tuple[str | None, ...]], list[float]]] = {}
     errors: Counter[str] = Counter()
     for decision in decisions:

@@ -247,7 +247,10 @@ def summary_routers(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _term(term: dict[str, Any]) -> str:
     """A term of an explanation as the report names it: its token, its pair's two tokens
-    (``(start)`` before the first), or a skip pair's with ``_`` for the token between."""
+    (``(start)`` before the first), a skip pair's with ``_`` for the token between, or
+    ``(TF-IDF bias)`` (the ``tfidf`` preset's ridge bias, which no fit text holds)."""
+    if term["kind"] == "bias":
+        return "(TF-IDF bias)"
     names = ["(start)" if t is None else t for t in term["tokens"]]
     return _code((" _ " if term["kind"] == "skip" else " ").join(names))
 
@@ -263,9 +266,9 @@ def _error_lines(result: dict[str, Any]) -> list[str]:
     return ["", "What the IR3DE routers' errors rest on (each error's terms are in "
             "decisions.jsonl): the terms found most often among an error's "
             f"{EVIDENCE_TERMS} largest, counting those that pulled towards the wrong expert, "
-            "with the number of errors that hold them in brackets. A term that recurs across "
-            "many errors is worth looking for in the fit data; terms that recur in two or "
-            "three are the usual picture.", "",
+            "with the number of errors that hold them in brackets. A token or pair that recurs "
+            "across many errors is worth looking for in the fit data; most terms appear in "
+            "one error or a few.", "",
             *_table(["router", "errors", "most frequent terms"], rows)]
 
 
