@@ -172,7 +172,7 @@ def explore_args(doc: str, settings: Sequence[str], by_source: bool = False,
 def decision_margins(experts: Sequence[str], decisions: Sequence) -> tuple[np.ndarray,
                                                                           np.ndarray]:
     """Predicted expert index and the winner's confidence minus the runner-up's, per
-    decision (``Router.route_batch(..., explain=True)``, whose ``scores`` name ``experts``)."""
+    decision (``Router.route_batch(..., scores=True)``, whose ``scores`` name ``experts``)."""
     scores = np.array([[d.scores[e] for e in experts] for d in decisions])
     top = np.sort(scores, axis=1)
     return scores.argmax(axis=1), top[:, -1] - top[:, -2]

@@ -27,7 +27,7 @@ COVERAGES = (1.0, 0.95, 0.9, 0.8)
 
 def _margins(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Predicted expert index and top-1 minus top-2 confidence, per prompt."""
-    return decision_margins(router.experts, router.route_batch(texts, explain=True))
+    return decision_margins(router.experts, router.route_batch(texts, scores=True))
 
 
 def main() -> int:

@@ -48,7 +48,7 @@ DESTINATIONS: list[str] = []  # per scenario: where the outside prompts go witho
 
 def _signals(router: Router, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted expert index, margin and coverage of every prompt."""
-    decisions = router.route_batch(texts, explain=True)
+    decisions = router.route_batch(texts, scores=True)
     return (*decision_margins(router.experts, decisions),
             np.array([d.coverage for d in decisions]))
 
