@@ -505,7 +505,8 @@ class Decision:
     ``default`` preset; None otherwise): low coverage means the prompt is unlike every
     expert's data. ``scores`` (per expert, same meaning as ``confidence``) and ``tokens``
     (the voters; for ``geo``, every distinct token with its own most likely expert) are
-    filled when routing with ``explain=True``, and ``evidence`` too: every term the
+    filled when routing with ``explain=True`` (``scores=True``: the scores alone), and
+    ``evidence`` too: every term the
     decision summed, with its share of the winner's lead over the runner-up, largest first
     (:class:`Evidence`; empty for a router of one expert).
 
