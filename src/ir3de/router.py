@@ -1046,6 +1046,7 @@ class Router:
                                     config.max_tokens)
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
+        other = None if against is None else experts.index(against)
         decisions = []
         for i in range(len(ids)):
             per_expert = tokens = evidence = None
@@ -1061,7 +1062,7 @@ class Router:
                                                 state.table.entropy[tok_ids], strict=True)]
                 evidence = self._evidence(
                     ids[i], sel.voters[i], state.table, config.selector, sel.scores[i],
-                    int(sel.choice[i]), None if against is None else experts.index(against))
+                    int(sel.choice[i]), other)
             coverage = None if sel.coverage is None else float(sel.coverage[i])
             decisions.append(Decision(experts[sel.choice[i]], float(sel.confidence[i]),
                                       per_expert, tokens, coverage, evidence))

@@ -63,6 +63,8 @@ SelectorName = Literal["topk", "all", "avg", "geo"]
 # The kinds of terms a decision sums (explanations: router.Evidence); pairs, skip pairs and
 # the TF-IDF bias are geo's only
 TermKind = Literal["token", "pair", "skip", "bias"]
+# One term as the explanations compute it: (kind, first id, second id, position, lead)
+_Term = tuple[TermKind, int | None, int | None, int, float]
 SELECTORS: tuple[str, ...] = ("topk", "all", "avg", "geo")
 
 
@@ -367,7 +369,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
 
 
 def _geo_terms(x: np.ndarray, first: np.ndarray, table: VocabScores, winner: int, other: int
-               ) -> list[tuple[TermKind, int | None, int | None, int, float]]:
+               ) -> list[_Term]:
     """The terms a ``geo`` decision on one prompt's token ids ``x`` (``first``: the position of
     each distinct id's first occurrence, the decision's voters) sums, each as how much it
     moved ``winner``'s mean log-likelihood above ``other``'s: ``(kind, first, second,
@@ -388,7 +390,7 @@ def _geo_terms(x: np.ndarray, first: np.ndarray, table: VocabScores, winner: int
         # a sum over the tokens too.
         ridge = table.tfidf.prompt_score(table.tfidf.rows[u][:, [winner, other]], u)
         lead = lead + ridge[:, 0] - ridge[:, 1]
-    terms: list[tuple[TermKind, int | None, int | None, int, float]] = [
+    terms: list[_Term] = [
         ("token", None, int(t), int(p), float(v))
         for t, p, v in zip(u, first, lead, strict=True)]
     kinds: tuple[tuple[TermKind, PairScores | None, int], ...] = (
@@ -427,7 +429,7 @@ def _runner_up(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: 
 
 def _vote_terms(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
                 winner: int, other: int
-                ) -> list[tuple[TermKind, int | None, int | None, int, float]]:
+                ) -> list[_Term]:
     """:func:`_geo_terms` for the ``avg``, ``topk`` and ``all`` selectors: one ``"token"`` term
     per distinct token among the decision's ``voters`` (positions in ``x``), at its first
     position among them. Its lead is its share of ``scores[winner] - scores[other]``, the
@@ -445,12 +447,11 @@ def _vote_terms(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector:
     lead = np.bincount(inverse, weights=share, minlength=distinct.size) / voters.size
     at = np.full(distinct.size, x.size)
     np.minimum.at(at, inverse, voters)
-    terms: list[tuple[TermKind, int | None, int | None, int, float]] = [
+    terms: list[_Term] = [
         ("token", None, int(t), int(p), float(v))
         for t, p, v in zip(distinct, at, lead, strict=True)]
-    # by first position first, so equal leads stay in prompt order after the stable sort
-    terms.sort(key=lambda term: term[3])
-    terms.sort(key=lambda term: -abs(term[4]))
+    # equal leads in prompt order
+    terms.sort(key=lambda term: (-abs(term[4]), term[3]))
     return terms
 
 

@@ -216,12 +216,11 @@ def _error_terms(decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         term["lead"])
     out = {}
     for name, by_term in seen.items():
+        terms = [{"kind": kind, "tokens": list(tokens), "errors": len(leads),
+                  "mean_lead": float(np.mean(leads))} for (kind, tokens), leads in by_term.items()]
         # most errors first, then the larger mean lead; ties in first-seen order
-        top = sorted(by_term.items(), key=lambda kv: (-len(kv[1]), -float(np.mean(kv[1]))))
-        out[name] = {"errors": errors[name],
-                     "terms": [{"kind": kind, "tokens": list(tokens), "errors": len(leads),
-                                "mean_lead": float(np.mean(leads))}
-                               for (kind, tokens), leads in top[:ERROR_TERMS]]}
+        terms.sort(key=lambda t: (-t["errors"], -t["mean_lead"]))
+        out[name] = {"errors": errors[name], "terms": terms[:ERROR_TERMS]}
     return out
 
 
