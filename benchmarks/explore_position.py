@@ -32,6 +32,10 @@ then 98.60 against 98.65 on the mean of the three fresh checks (F1 -0.05, F2 +0.
 -0.14, -0.27 to -0.03): the rule keeps today's default. ``pos K=16 rho=0.75`` comes next
 (99.57 to two decimals too); every other setting is at or below the default held-out, the
 tail-heavy ones (rho 1.5) lowest.
+With ``--embedder minilm`` (a check, 2026-11-26, not a choice; EVALUATION.md, *The rule
+applied per tokenizer*): the pick ``pos K=16 rho=0.75`` passes the held-out step (99.32
+against 99.31) and the fresh checks by 0.02 (97.96 against 97.94: F1 +0.08, F2 +0.02, F3
+-0.04).
 
 Run:  python benchmarks/explore_position.py [--embedder wordllama] [--fresh LABEL]
 """

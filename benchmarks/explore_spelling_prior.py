@@ -26,6 +26,9 @@ with α = 0.03, 99.55 against 99.56; larger masses down to 99.47), so the rule k
 additive back-off without the fresh step. The test figures it printed (not read by the
 rule) move the other way on ``reasoning-xdata`` for the middle masses (up to 99.44 at
 m = 1e4) and lose a few ``reasoning-2fold`` prompts (99.88-99.91).
+With ``--embedder minilm`` (a check, 2026-11-26, not a choice; EVALUATION.md, *The rule
+applied per tokenizer*): the pick ``prior m=100000 a=0.03`` passes the held-out step (99.33
+against 99.31) and the fresh checks, 98.86 against 97.94 (F1 -0.03, F2 +0.82, F3 +1.97).
 
 Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fresh LABEL]
 """

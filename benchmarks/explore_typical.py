@@ -28,6 +28,9 @@ without the fresh step. The best, ``typical both g=0.25``, is level with it to t
 (down to 98.97). For the record, the test figures it printed put that setting 4.4 points
 below the default on ``reasoning-xdata`` (94.48 against 98.90): taking the domains' breadth
 out of the comparison takes away the lean that carries the shifted prompts.
+With ``--embedder minilm`` (a check, 2026-11-26, not a choice; EVALUATION.md, *The rule
+applied per tokenizer*): the pick ``typical tokens g=0.5`` passes the held-out step (99.47
+against 99.31) and loses the fresh checks, 96.37 against 97.94 (F3 -5.31).
 
 Run:  python benchmarks/explore_typical.py [--embedder wordllama] [--fresh LABEL]
 """
