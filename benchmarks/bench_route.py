@@ -300,18 +300,20 @@ def run_single(args: argparse.Namespace) -> None:
                       f" | {t50:.0f} µs | {s50:.0f} µs | {max(r50 - t50 - s50, 0):.0f} µs | "
                       f"{100 * t50 / r50:.0f} % | {r50 / t50:.2f} | {ok} |", flush=True)
         router.set_params(**base, tfidf=None, selector="geo")  # the default
-        # what an explanation costs (the evidence is built in Python, term by term), warm as
-        # the rows above; avg's evidence has a term per distinct token, geo's pairs too
+        # what an explanation costs (the evidence is built in Python, term by term), and the
+        # scores alone (route --scores), warm as the rows above; avg's evidence has a term per
+        # distinct token, geo's pairs too
         reset_cache(emb, [*warm, prompt])
         for sel in ("geo", "avg"):
             router.set_params(selector=sel)
-            plain = timeit_us(np, partial(router.route, prompt), args.single_iters)
-            told = timeit_us(np, partial(router.route, prompt, explain=True),
-                             args.single_iters)
+            plain = pct(np, timeit_us(np, partial(router.route, prompt), args.single_iters), 50)
+            told, scored = (pct(np, timeit_us(np, partial(router.route, prompt, **{kw: True}),
+                                              args.single_iters), 50)
+                            for kw in ("explain", "scores"))
             notes.append(f"{emb.name}: `route(prompt, explain=True)` with {sel} (the default "
-                         f"router), warm, p50 {pct(np, told, 50):.0f} µs against "
-                         f"{pct(np, plain, 50):.0f} µs without "
-                         f"({pct(np, told, 50) / pct(np, plain, 50):.1f}x)")
+                         f"router), warm, p50 {told:.0f} µs against {plain:.0f} µs without "
+                         f"({told / plain:.1f}x); `scores=True` {scored:.0f} µs "
+                         f"({scored / plain:.2f}x)")
         router.set_params(selector="geo")
         real_rows += single_real(np, router, emb, prompts[:args.single_iters], warm)
     print()
