@@ -559,9 +559,11 @@ def test_characters_no_plot_font_has_are_shown_as_code_points() -> None:
 
 
 def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:
-    """A custom setting with its own test data ran one split, not one per seed."""
-    def data_line(*settings: dict) -> str:
-        meta = {**META, "seeds": [0, 1, 2]}
+    """A custom setting with its own test data ran one split, not one per seed; where splits
+    were repeated, the seeded baselines' one seed for all of them is said too (the seeds
+    vary the splits, not a baseline's training)."""
+    def data_line(*settings: dict, meta: dict = META) -> str:
+        meta = {**meta, "seeds": [0, 1, 2]}
         markdown = render_markdown({"meta": meta, "settings": list(settings)}, {})
         return next(line for line in markdown.splitlines() if line.startswith("Data: "))
 
@@ -571,9 +573,17 @@ def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:
                                      "not change, run with seed 0)")
     assert data_line(pooled, fixed).endswith(
         "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled for domains; custom: "
-        "one split, which the seed does not change, run with seed 0)")
-    assert data_line(pooled).endswith("seeds 0, 1, 2 (seeded splits repeated once per seed "
-                                      "and pooled)")
+        "one split, which the seed does not change, run with seed 0; random with seed 0 on "
+        "every split)")
+    assert data_line(pooled, meta={**META, "seed": 7}).endswith(
+        "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled; random with seed 7 "
+        "on every split)")
+    # No baseline seed recorded, or no baseline that takes one (kNN): nothing to say.
+    unrecorded = {k: v for k, v in META.items() if k != "seed"}
+    unseeded = {**pooled, "routers": [{**r, "family": "knn"} if r["family"] == "random" else r
+                                      for r in pooled["routers"]]}
+    for line in (data_line(pooled, meta=unrecorded), data_line(unseeded)):
+        assert line.endswith("seeds 0, 1, 2 (seeded splits repeated once per seed and pooled)")
 
 
 def test_command_line_is_a_code_span_no_backtick_ends(result: dict) -> None:

@@ -158,6 +158,10 @@ def _data_notes(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Baseline families whose fit takes a seed (make_baselines' ``seed``); kNN has none.
+_SEEDED_BASELINES = frozenset({"random", "tfidf", "modem"})
+
+
 def _seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str | None:
     """The seeds of the run, and with several what each setting did with them: a split the
     seed does not change (a custom setting with its own test data, say) is run once, which
@@ -181,6 +185,13 @@ def _seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str | None:
                           "only, the others' being the same, pooled")
     which = f" for {', '.join(pooled)}" if others else ""
     parts = [f"seeded splits repeated once per seed and pooled{which}"] if pooled else []
+    # The seeds vary the splits only: a baseline with a seed of its own is trained with one
+    # seed on every split, and its figure on a fold can move with that seed (MoDEM-style's
+    # by 0.3 point, EVALUATION.md), which a reader of pooled figures should know.
+    seeded = list(dict.fromkeys(r["name"] for s in settings for r in s["routers"]
+                                if r.get("family") in _SEEDED_BASELINES))
+    if "seed" in meta and seeded and any(len(r.get("seeds") or seeds) > 1 for r in settings):
+        others.append(f"{listed(seeded)} with seed {meta['seed']} on every split")
     return f"seeds {', '.join(map(str, seeds))} ({'; '.join(parts + others)})"
 
 
@@ -577,7 +588,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     ``results`` is ``{"meta": {...}, "settings": [...]}``, the settings results of
     :func:`~ir3de.eval.harness.evaluate` with distinct names. Every ``meta`` key is
     optional and goes to results.json as given: ``command`` (the *Command* line), ``date``
-    and ``machine`` (default: now, and this machine), ``seed`` / ``seeds``, ``data_dir``,
+    and ``machine`` (default: now, and this machine), ``seed`` (the baselines' seed) /
+    ``seeds``, ``data_dir``,
     ``fit`` / ``test`` and ``max_fit`` / ``max_test`` (the *Data* line); ``ir3de eval``
     also records its version, embedders, presets, baselines and saved routers.
 
