@@ -55,7 +55,7 @@ import numpy as np
 import scipy.sparse as sp
 from _holdout import script_parser
 from explore_counts import _features
-from explore_smoothing import Unigrams
+from explore_subword import back_off_through, default_tables
 
 from ir3de import load_embedder
 
@@ -97,16 +97,7 @@ def _clusters(embedder: str, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(X)), (np.arange(len(X)), labels)), shape=(len(X), n))
 
 
-def _back_off(H: sp.csr_matrix, unigrams: Unigrams) -> np.ndarray:
-    """Each token's back-off row through the map ``H`` (``explore_subword._back_off``'s
-    construction with ``H`` for the trigram map)."""
-    C = np.asarray(H.T @ unigrams.C)  # (F, D)
-    return np.asarray(H @ np.log((C + BETA) / (C.sum(axis=0) + BETA * C.shape[0])))
-
-
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    from explore_subword import default_tables
-
     embedder = script_parser(__doc__).parse_known_args()[0].embedder
     unigrams, L, grams, T = default_tables(V, fit)
     Mb = _features(ids, "bin", V, bigram=False)
@@ -115,7 +106,7 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
     maps = {**{f"knn k={k}": _neighbours(embedder, k) for k in KS},
             **{f"clu F={n}": _clusters(embedder, n) for n in CLUSTERS}}
     for (name, H), w in itertools.product(maps.items(), WEIGHTS):
-        out[f"{name} w={w:g}"] = default + w * (Mb @ _back_off(H, unigrams))
+        out[f"{name} w={w:g}"] = default + w * (Mb @ back_off_through(H, unigrams, BETA))
     return out
 
 

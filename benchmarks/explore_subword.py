@@ -151,9 +151,15 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
 def _back_off(embedder: str, unigrams: Unigrams, n: int, beta: float,
               wordpiece: bool = False) -> np.ndarray:
     """R (V, D): each token's back-off row through its spelling."""
-    G = _spelling(embedder, n, wordpiece)
+    return back_off_through(_spelling(embedder, n, wordpiece), unigrams, beta)
+
+
+def back_off_through(G: sp.csr_matrix, unigrams: Unigrams, beta: float) -> np.ndarray:
+    """R (V, D): each token's back-off row through the map ``G`` (V, F) from token ids to
+    features: a Naive-Bayes table over the features from their summed document
+    frequencies ``Gᵀ DF``, smoothed with ``beta``, read back through ``G``."""
     C = np.asarray(G.T @ unigrams.C)  # (F, D)
-    return G @ np.log((C + beta) / (C.sum(axis=0) + beta * C.shape[0]))
+    return np.asarray(G @ np.log((C + beta) / (C.sum(axis=0) + beta * C.shape[0])))
 
 
 def default_tables(V: int, fit: Groups) -> tuple[Unigrams, np.ndarray, _Grams, np.ndarray]:
