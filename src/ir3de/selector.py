@@ -320,7 +320,7 @@ def select(ids: Sequence[np.ndarray], table: VocabScores, *, selector: str = "to
     vstarts = np.cumsum(n_voters) - n_voters
     prob_sums = np.add.reduceat(table.probs[tokens], vstarts, axis=0)
     best = counts.max(axis=1)
-    choice = np.where(counts == best[:, None], prob_sums, -np.inf).argmax(axis=1)
+    choice = _vote_winner(counts, best[:, None], prob_sums)
     positions = keep - starts[pid[keep]]
     voters = np.split(positions, np.cumsum(n_voters)[:-1])
     return Selection(choice, best / n_voters, counts / n_voters[:, None], voters)
@@ -363,7 +363,7 @@ def _select_one(x: np.ndarray, table: VocabScores, selector: str, k: int) -> Sel
     tokens = x[order]
     counts = np.bincount(table.vote[tokens], minlength=table.probs.shape[1])
     best = counts.max()
-    choice = int(np.where(counts == best, _total(table.probs[tokens]), -np.inf).argmax())
+    choice = int(_vote_winner(counts, best, _total(table.probs[tokens])))
     return Selection(np.array([choice]), np.array([best / order.size]),
                      counts[None, :] / order.size, [order])
 
@@ -421,10 +421,9 @@ def _runner_up(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: 
     and otherwise the first listed among equals."""
     others = scores.copy()
     others[winner] = -np.inf
-    tied = np.flatnonzero(others == others.max())
-    if tied.size > 1 and selector in ("topk", "all"):
-        return int(tied[_total(table.probs[x[voters]])[tied].argmax()])
-    return int(tied[0])
+    if selector in ("topk", "all"):
+        return int(_vote_winner(others, others.max(), _total(table.probs[x[voters]])))
+    return int(others.argmax())
 
 
 def _vote_terms(x: np.ndarray, voters: np.ndarray, table: VocabScores, selector: str,
@@ -462,6 +461,14 @@ def _first_positions(values: np.ndarray) -> np.ndarray:
     positions = order[_run_starts(values[order])]
     positions.sort()
     return positions
+
+
+def _vote_winner(votes: np.ndarray, best: np.ndarray | float, prob_sums: np.ndarray
+                 ) -> np.ndarray:
+    """The expert with the most ``votes`` (last axis; ``best``: their maximum, broadcast
+    against them), equal votes told apart by the voters' summed probabilities
+    ``prob_sums`` (rule 3 of the module docs), then by the first listed."""
+    return np.where(votes == best, prob_sums, -np.inf).argmax(axis=-1)
 
 
 def _total(rows: np.ndarray) -> np.ndarray:
