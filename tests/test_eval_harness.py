@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -494,3 +495,48 @@ def test_warnings_list_five_domains_then_how_many_more(
         "(d0 1, d1 1, d2 1, d3 1, d4 1 and 3 more)",
         "setting 'many': fewer than 20 test prompts in d0 (1), d1 (1), d2 (1), d3 (1), d4 (1) "
         "and 3 more; their accuracies and the bootstrap intervals are not meaningful"]
+
+
+class _Fixed:
+    """A baseline whose factory takes no seed: it keeps its own."""
+
+    name = "fixed"
+    seed = 4
+
+    def fit(self, texts: list[str], labels: list[str]) -> _Fixed:
+        self.label = labels[0]
+        return self
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return [self.label] * len(texts)
+
+
+class _Seeded(_Fixed):
+    """A user's baseline class that takes a seed."""
+
+    name = "seeded"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+
+def test_baselines_are_trained_with_each_splits_seed() -> None:
+    """Repeating a setting over seeds repeats the baselines' own random draw too: a factory
+    that takes a seed gets the split's (make_baselines' seed serves a split without one),
+    one that takes none is called as it is, and results keep the seed per split."""
+    from ir3de.baselines import RandomRouter
+
+    tests = {"a": 25, "b": 25, "c": 25}
+    splits = [replace(_three_domain_split(f"s{s}", tests, {}), seed=s) for s in (1, 2, None)]
+    setting = Setting("tiny", "three domains", ["a", "b", "c"], splits)
+    result = evaluate(setting, embedders=[], resamples=0, keep_decisions=True, progress=False,
+                      baselines=[*make_baselines(["random"], seed=9), ("seeded", _Seeded),
+                                 ("fixed", _Fixed)])
+    seeds = {r["name"]: [s.get("seed") for s in r["splits"]] for r in result["routers"]}
+    assert seeds == {"random": [1, 2, 9], "seeded": [1, 2, 0], "fixed": [4, 4, 4]}
+    # The seed was the one really used, not only the one written down.
+    for split, seed in zip(splits, (1, 2, 9), strict=True):
+        want = RandomRouter(seed=seed).fit(split.fit_texts, split.fit_labels).predict(
+            split.test_texts)
+        got = [d["routed"]["random"] for d in result["decisions"] if d["split"] == split.name]
+        assert got == list(want)

@@ -560,26 +560,42 @@ def test_characters_no_plot_font_has_are_shown_as_code_points() -> None:
 
 def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:
     """A custom setting with its own test data ran one split, not one per seed; where splits
-    were repeated, the seeded baselines' one seed for all of them is said too (the seeds
-    vary the splits, not a baseline's training)."""
+    were repeated, the seed the seeded baselines were trained with is said too: each split's
+    (kept per split), or one for all of them (a baseline that took no split seed, or results
+    from before the harness kept it, whose one seed is the run's)."""
     def data_line(*settings: dict, meta: dict = META) -> str:
         meta = {**meta, "seeds": [0, 1, 2]}
         markdown = render_markdown({"meta": meta, "settings": list(settings)}, {})
         return next(line for line in markdown.splitlines() if line.startswith("Data: "))
 
+    def with_split_seeds(setting: dict, seeds: list[int | None]) -> dict:
+        """``setting`` with its one split run once per seed, the baselines' ``seed`` kept
+        per split (None: not kept, as in results from before)."""
+        def splits(r: dict) -> list[dict]:
+            (split,) = r["splits"]
+            return [{k: v for k, v in split.items() if k != "seed"}
+                    | ({"seed": s} if s is not None and r["family"] == "random" else {})
+                    for s in seeds]
+        return {**setting, "routers": [{**r, "splits": splits(r)} for r in setting["routers"]]}
+
     fixed = {**result, "seeds": [0]}
     pooled = {**result, "setting": "domains", "seeds": [0, 1, 2]}
     assert data_line(fixed).endswith("seeds 0, 1, 2 (custom: one split, which the seed does "
                                      "not change, run with seed 0)")
-    assert data_line(pooled, fixed).endswith(
+    assert data_line(with_split_seeds(pooled, [0, 1, 2]), fixed).endswith(
         "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled for domains; custom: "
-        "one split, which the seed does not change, run with seed 0; random with seed 0 on "
-        "every split)")
-    assert data_line(pooled, meta={**META, "seed": 7}).endswith(
+        "one split, which the seed does not change, run with seed 0; random trained with "
+        "each split's seed)")
+    assert data_line(with_split_seeds(pooled, [5, 5, 5])).endswith(
+        "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled; random with seed 5 "
+        "on every split)")
+    # Results from before: no seed per split, the run's one seed (meta) on every split.
+    assert data_line(with_split_seeds(pooled, [None] * 3), meta={**META, "seed": 7}).endswith(
         "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled; random with seed 7 "
         "on every split)")
     # No baseline seed recorded, or no baseline that takes one (kNN): nothing to say.
     unrecorded = {k: v for k, v in META.items() if k != "seed"}
+    pooled = with_split_seeds(pooled, [None] * 3)
     unseeded = {**pooled, "routers": [{**r, "family": "knn"} if r["family"] == "random" else r
                                       for r in pooled["routers"]]}
     for line in (data_line(pooled, meta=unrecorded), data_line(unseeded)):

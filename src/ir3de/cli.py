@@ -2276,7 +2276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of splits, subsamples and baselines (0 to 2**32 - 1; default "
                         "0); several seeds repeat the seeded splits (domains, reasoning-2fold, "
                         "subsamples) once per seed and pool them, so a gap is not one split's "
-                        "luck (baselines use the first)")
+                        "luck; each split's baselines are trained with its seed")
     p.add_argument("--max-fit", type=_positive_int, help="at most N fit prompts per domain")
     p.add_argument("--max-test", type=_positive_int, help="at most N test prompts per domain")
     p.add_argument("--scores", type=_file, help="JSONL of per-prompt expert scores "

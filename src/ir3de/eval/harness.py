@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import time
@@ -104,7 +105,7 @@ class Candidate:
             # None (JSON null) for a domain without test prompts.
             "per_domain": {d: None if np.isnan(r) else r for d, r in pooled.per_domain.items()},
             "confusion": pooled.confusion.tolist(),
-            "splits": [{"split": m["split"], "balanced": m["balanced"], "micro": m["micro"]}
+            "splits": [{k: m[k] for k in ("split", "balanced", "micro", "seed") if k in m}
                        for m in self.split_metrics],
             # None (JSON null) for a saved router: it was not fitted in this run
             "fit_s": float(np.mean(self.fit_s)) if self.fit_s else None,
@@ -140,11 +141,12 @@ def _baseline_times(model: Any, fn: Callable[[], Any], texts: Sequence[str]) -> 
 
 
 def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = False,
-                   device: str = "auto") -> list[tuple[str, Callable[[], Any]]]:
+                   device: str = "auto") -> list[tuple[str, Callable[..., Any]]]:
     """``(family, factory)`` pairs for :func:`evaluate`; kNN runs k = 1, 5, 10 on one
     shared, memoising sentence encoder; kNN and MoDEM-style run on the torch ``device``
-    (:func:`ir3de.baselines.resolve_device`). A name given twice is run once; ``seed``
-    (0 .. :data:`MAX_SEED`) seeds random, TF-IDF + LR and MoDEM-style."""
+    (:func:`ir3de.baselines.resolve_device`). A name given twice is run once. Random,
+    TF-IDF + LR and MoDEM-style take a seed: :func:`evaluate` gives each split's own, and
+    ``seed`` (0 .. :data:`MAX_SEED`) serves a split that has none (one built by hand)."""
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise IR3DEError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
@@ -152,23 +154,43 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
     # IR3DE routers have run.
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise IR3DEError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-    out: list[tuple[str, Callable[[], Any]]] = []
+    out: list[tuple[str, Callable[..., Any]]] = []
     if not names:
         return out
     from .. import baselines as bl
 
     for name in dict.fromkeys(names):  # twice would pool each split's figures twice
         if name == "random":
-            out.append(("random", lambda: bl.RandomRouter(seed=seed)))
+            out.append(("random", functools.partial(bl.RandomRouter, seed=seed)))
         elif name == "knn":
             encoder = bl.SentenceEncoder(show_progress=progress, device=device)
             out += [("knn", functools.partial(bl.KNNRouter, k, encoder=encoder)) for k in KNN_K]
         elif name == "tfidf":
-            out.append(("tfidf", lambda: bl.TfidfLogReg(seed=seed)))
+            out.append(("tfidf", functools.partial(bl.TfidfLogReg, seed=seed)))
         else:
-            out.append(("modem", lambda: bl.ModemClassifier(seed=seed, show_progress=progress,
-                                                            device=device)))
+            out.append(("modem", functools.partial(bl.ModemClassifier, seed=seed,
+                                                   show_progress=progress, device=device)))
     return out
+
+
+def _takes_seed(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` takes a ``seed`` keyword (a baseline class such as
+    :class:`~ir3de.baselines.TfidfLogReg`, or :func:`make_baselines`' factories)."""
+    try:
+        param = inspect.signature(factory).parameters.get("seed")
+    except (TypeError, ValueError):  # a callable without a signature to read
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD,
+                                                param.KEYWORD_ONLY)
+
+
+def _fresh_baseline(factory: Callable[..., Any], split: Split) -> Any:
+    """A fresh, unfitted baseline for ``split``: one that takes a seed gets the split's, so
+    a setting repeated over seeds also repeats the baseline's random draw (MoDEM-style's
+    figure on a fold moves by up to 0.3 point with its training seed, EVALUATION.md)."""
+    if split.seed is not None and _takes_seed(factory):
+        return factory(seed=split.seed)
+    return factory()
 
 
 def _short_name(embedder: Embedder) -> str:
@@ -433,7 +455,7 @@ def _distinct_embedders(embedders: Sequence[Embedder]) -> list[Embedder]:
 
 
 def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
-             baselines: Sequence[tuple[str, Callable[[], Any]]] = (),
+             baselines: Sequence[tuple[str, Callable[..., Any]]] = (),
              presets: Sequence[str] = ("default", "paper"),
              routers: Mapping[str, Router] | None = None,
              scores: Mapping[tuple[str, str], float] | None = None,
@@ -442,7 +464,9 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     """Evaluate IR3DE (per embedder and preset, full selector grid) and baselines.
 
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
-    object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``. ``scores`` (see
+    object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``; a factory that
+    takes a ``seed`` keyword is called with each split's seed (:attr:`Split.seed`), and a
+    baseline's ``seed`` attribute is kept per split in its ``"splits"``. ``scores`` (see
     :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
     ``routers`` (name → a saved :class:`~ir3de.router.Router` whose experts are the
     setting's domains, :func:`check_routers`) are scored as they are on every split's test
@@ -526,9 +550,13 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     ids: list[str] = []
     kept_decisions: list[dict[str, Any]] = []
 
-    def record(cand: Candidate, routed: list[str], split: Split) -> None:
+    def record(cand: Candidate, routed: list[str], split: Split, seed: int | None = None
+               ) -> None:
         metrics = routing_metrics(split.test_labels, routed, setting.domains).to_dict()
         metrics["split"] = split.name
+        # The seed a baseline was trained with on this split (JSON-ready: an int only).
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            metrics["seed"] = seed
         kept = candidates.setdefault(cand.name, cand)
         if kept is not cand:
             kept.fit_s += cand.fit_s
@@ -548,7 +576,7 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             if why:
                 evidence[cand.name] = why
         for family, factory in baselines:
-            model = factory()
+            model = _fresh_baseline(factory, split)
             bar.set_postfix_str(model.name)
             _, fit_s = _baseline_times(
                 model, functools.partial(model.fit, split.fit_texts, split.fit_labels),
@@ -558,7 +586,7 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
             cand = Candidate(model.name, family, {})
             cand.fit_s.append(fit_s)
             cand.route_s_per_prompt.append(route_s / len(split.test_texts))
-            record(cand, list(routed), split)
+            record(cand, list(routed), split, getattr(model, "seed", None))
             decisions[model.name] = list(routed)
             bar.update()
         if scores is not None:

@@ -185,14 +185,31 @@ def _seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str | None:
                           "only, the others' being the same, pooled")
     which = f" for {', '.join(pooled)}" if others else ""
     parts = [f"seeded splits repeated once per seed and pooled{which}"] if pooled else []
-    # The seeds vary the splits only: a baseline with a seed of its own is trained with one
-    # seed on every split, and its figure on a fold can move with that seed (MoDEM-style's
-    # by 0.3 point, EVALUATION.md), which a reader of pooled figures should know.
-    seeded = list(dict.fromkeys(r["name"] for s in settings for r in s["routers"]
-                                if r.get("family") in _SEEDED_BASELINES))
-    if "seed" in meta and seeded and any(len(r.get("seeds") or seeds) > 1 for r in settings):
-        others.append(f"{listed(seeded)} with seed {meta['seed']} on every split")
+    if any(len(r.get("seeds") or seeds) > 1 for r in settings):
+        others += _baseline_seeds(meta, settings)
     return f"seeds {', '.join(map(str, seeds))} ({'; '.join(parts + others)})"
+
+
+def _baseline_seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> list[str]:
+    """Which seed trained each seeded baseline of pooled splits. A baseline's figure on a
+    fold can move with its training seed (MoDEM-style's by 0.3 point, EVALUATION.md), so a
+    reader of pooled figures should know whether that draw was repeated with the splits
+    (each split's seed, kept per split since the harness gives it) or made once (results
+    from before: the run's one seed, ``meta["seed"]``, on every split)."""
+    trained: dict[str, set[int]] = {}
+    for s in settings:
+        for r in s["routers"]:
+            if r.get("family") in _SEEDED_BASELINES:
+                trained.setdefault(r["name"], set()).update(
+                    sp["seed"] for sp in r.get("splits") or () if "seed" in sp)
+    per_split = [name for name, got in trained.items() if len(got) > 1]
+    once: dict[int, list[str]] = {}
+    for name, got in trained.items():
+        if len(got) == 1 or (not got and "seed" in meta):
+            once.setdefault(next(iter(got)) if got else meta["seed"], []).append(name)
+    lines = [f"{listed(per_split)} trained with each split's seed"] if per_split else []
+    return lines + [f"{listed(names)} with seed {seed} on every split"
+                    for seed, names in once.items()]
 
 
 def _data(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str:
@@ -588,8 +605,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     ``results`` is ``{"meta": {...}, "settings": [...]}``, the settings results of
     :func:`~ir3de.eval.harness.evaluate` with distinct names. Every ``meta`` key is
     optional and goes to results.json as given: ``command`` (the *Command* line), ``date``
-    and ``machine`` (default: now, and this machine), ``seed`` (the baselines' seed) /
-    ``seeds``, ``data_dir``,
+    and ``machine`` (default: now, and this machine), ``seed`` (the first seed, which
+    trained the baselines of results that keep no seed per split) / ``seeds``, ``data_dir``,
     ``fit`` / ``test`` and ``max_fit`` / ``max_test`` (the *Data* line); ``ir3de eval``
     also records its version, embedders, presets, baselines and saved routers.
 

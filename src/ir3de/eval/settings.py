@@ -93,6 +93,10 @@ class Split:
     # Test prompts per domain left out because their text is also a fit prompt (compared
     # with leading and trailing whitespace stripped, see _split).
     dropped: dict[str, int] = field(default_factory=dict)
+    # The seed the split was drawn with (None for a split built by hand): the harness
+    # trains a seeded baseline with it, so repeating a setting over seeds also repeats the
+    # baselines' own random draw instead of keeping one draw for every split.
+    seed: int | None = None
 
     @property
     def fit_texts(self) -> list[str]:
@@ -203,7 +207,7 @@ def _split(setting: str, name: str, fit: dict[str, list[dict]], test: dict[str, 
         ids += [str(r["id"]) for r in chosen]
         texts += [r["text"] for r in chosen]
         labels += [domain] * len(chosen)
-    return Split(name, fit_texts, ids, texts, labels, dropped)
+    return Split(name, fit_texts, ids, texts, labels, dropped, seed)
 
 
 class _Caps(TypedDict):
