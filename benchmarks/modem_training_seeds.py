@@ -1,9 +1,10 @@
 """MoDEM-style's bar on one split, over its own training seeds.
 
-``ir3de eval --seed`` varies the splits, and trains a baseline with the run's first seed on
-every one of them (the report's *Data* line says so). MoDEM-style's figure on one fold moved
-by as much as 0.32 point with that training seed (EVALUATION.md, *The ten folds in one
-run*), so the bar the issue-6 goal compares with is one draw of it. This script trains
+``ir3de eval --seed`` varied the splits, and until c84812d trained a baseline with the
+run's first seed on every one of them (it now trains each split's with that split's seed).
+MoDEM-style's figure on one fold moved by as much as 0.32 point with that training seed
+(EVALUATION.md, *The ten folds in one run*), so the bar the issue-6 goal compares with on
+one split is one draw of it. This script trains
 MoDEM-style with each of ``--train-seeds`` on the folds of one ``reasoning-2fold`` split
 (``--split-seed``, the report's 0 by default), routes the same test prompts with IR3DE's
 ``default`` (closed form: no training seed), and prints per training seed MoDEM-style's

@@ -529,14 +529,45 @@ def test_baselines_are_trained_with_each_splits_seed() -> None:
     tests = {"a": 25, "b": 25, "c": 25}
     splits = [replace(_three_domain_split(f"s{s}", tests, {}), seed=s) for s in (1, 2, None)]
     setting = Setting("tiny", "three domains", ["a", "b", "c"], splits)
+    class Numpy(_Fixed):  # a numpy integer seed is kept, as an int
+        name = "numpy"
+        seed = np.int64(6)
+
+    def required(seed: int) -> _Seeded:  # a seed without a default is given one too
+        model = _Seeded(seed)
+        model.name = "required"
+        return model
+
     result = evaluate(setting, embedders=[], resamples=0, keep_decisions=True, progress=False,
                       baselines=[*make_baselines(["random"], seed=9), ("seeded", _Seeded),
-                                 ("fixed", _Fixed)])
+                                 ("fixed", _Fixed), ("numpy", Numpy)])
     seeds = {r["name"]: [s.get("seed") for s in r["splits"]] for r in result["routers"]}
-    assert seeds == {"random": [1, 2, 9], "seeded": [1, 2, 0], "fixed": [4, 4, 4]}
+    assert seeds == {"random": [1, 2, 9], "seeded": [1, 2, 0], "fixed": [4, 4, 4],
+                     "numpy": [6, 6, 6]}
+    json.dumps(result)  # results.json takes it as it is
+    seeded = replace(setting, splits=splits[:2])
+    needs = evaluate(seeded, embedders=[], resamples=0, progress=False,
+                     baselines=[("required", required)])
+    assert [s["seed"] for s in needs["routers"][0]["splits"]] == [1, 2]
+    with pytest.raises(IR3DEError, match=r"split 'sNone': no seed, which baselines "
+                                         r"\['required'\] need"):
+        evaluate(setting, embedders=[], baselines=[("required", required)], progress=False)
     # The seed was the one really used, not only the one written down.
     for split, seed in zip(splits, (1, 2, 9), strict=True):
         want = RandomRouter(seed=seed).fit(split.fit_texts, split.fit_labels).predict(
             split.test_texts)
         got = [d["routed"]["random"] for d in result["decisions"] if d["split"] == split.name]
         assert got == list(want)
+
+
+def test_a_split_seed_a_baseline_cannot_take_is_refused_before_the_run() -> None:
+    """scikit-learn refuses a seed outside 0 .. 2**32 - 1 only when TF-IDF + LR is fitted,
+    after the IR3DE routers of the split have run."""
+    split = replace(_three_domain_split("s", {"a": 25, "b": 25, "c": 25}, {}), seed=2**32)
+    setting = Setting("tiny", "three domains", ["a", "b", "c"], [split])
+    with pytest.raises(IR3DEError, match=r"split 's': the seed must be an integer in "
+                                         r"0\.\.4294967295, got 4294967296"):
+        evaluate(setting, embedders=[], baselines=[("seeded", _Seeded)], progress=False)
+    # A baseline that takes no seed does not care.
+    assert evaluate(setting, embedders=[], baselines=[("fixed", _Fixed)], resamples=0,
+                    progress=False)["routers"][0]["name"] == "fixed"

@@ -593,6 +593,10 @@ def test_seeds_line_says_what_each_setting_did_with_them(result: dict) -> None:
     assert data_line(with_split_seeds(pooled, [None] * 3), meta={**META, "seed": 7}).endswith(
         "seeds 0, 1, 2 (seeded splits repeated once per seed and pooled; random with seed 7 "
         "on every split)")
+    # A setting run once says its seed itself: its baselines are not said to be pooled.
+    assert data_line(with_split_seeds(fixed, [0]), with_split_seeds(pooled, [1, 1, 1]),
+                     ).endswith("custom: one split, which the seed does not change, run "
+                                "with seed 0; random with seed 1 on every split)")
     # No baseline seed recorded, or no baseline that takes one (kNN): nothing to say.
     unrecorded = {k: v for k, v in META.items() if k != "seed"}
     pooled = with_split_seeds(pooled, [None] * 3)

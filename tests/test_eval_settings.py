@@ -154,6 +154,7 @@ def test_custom_setting_errors(tmp_path: Path) -> None:
 def test_repeated_seeds_pool_the_splits_the_seed_changes(data_dir: Path) -> None:
     domains = repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [0, 1])
     assert [s.name for s in domains.splits] == ["seed0/70/30", "seed1/70/30"]
+    assert [s.seed for s in domains.splits] == [0, 1]  # what trains the split's baselines
     assert domains.splits[0].test_ids != domains.splits[1].test_ids
     seed1 = load_setting("domains", data_dir, seed=1).splits[0]
     assert domains.splits[1].test_ids == seed1.test_ids and domains.splits[1].fit == seed1.fit
@@ -164,7 +165,7 @@ def test_repeated_seeds_pool_the_splits_the_seed_changes(data_dir: Path) -> None
     # reasoning-xdata in full does not depend on the seed: its one split is kept once.
     xdata = repeat_setting(lambda seed: load_setting("reasoning-xdata", data_dir, seed=seed),
                            [0, 1, 2])
-    assert [s.name for s in xdata.splits] == ["seed0/all"]
+    assert [s.name for s in xdata.splits] == ["seed0/all"] and xdata.splits[0].seed == 0
     # One seed (or the same seed twice) is the plain setting.
     once = repeat_setting(lambda seed: load_setting("domains", data_dir, seed=seed), [2, 2])
     assert [s.name for s in once.splits] == ["70/30"]
@@ -468,3 +469,4 @@ def test_a_setting_records_the_seeds_that_gave_its_splits(tmp_path: Path) -> Non
     drawn = repeat_setting(lambda seed: custom_setting(fit, seed=seed), [3, 4])
     assert drawn.seeds == [3, 4] and len(drawn.splits) == 2
     assert custom_setting(fit, seed=5).seeds == [5]
+    assert [s.seed for s in drawn.splits] == [3, 4] and fixed.splits[0].seed == 0

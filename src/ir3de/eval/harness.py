@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import numbers
 import os
 import time
 from collections import Counter
@@ -150,10 +151,7 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise IR3DEError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
-    # Found now: scikit-learn would refuse it only when TF-IDF + LR is fitted, after the
-    # IR3DE routers have run.
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise IR3DEError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    _check_seed(seed, "seed")
     out: list[tuple[str, Callable[..., Any]]] = []
     if not names:
         return out
@@ -173,22 +171,30 @@ def make_baselines(names: Sequence[str], *, seed: int = 0, progress: bool = Fals
     return out
 
 
-def _takes_seed(factory: Callable[..., Any]) -> bool:
-    """Whether ``factory`` takes a ``seed`` keyword (a baseline class such as
-    :class:`~ir3de.baselines.TfidfLogReg`, or :func:`make_baselines`' factories)."""
+def _check_seed(seed: object, what: str) -> None:
+    """Refuse a baseline seed scikit-learn would refuse only when TF-IDF + LR is fitted,
+    after the IR3DE routers have run."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise IR3DEError(f"{what} must be an integer in 0..{MAX_SEED}, got {seed!r}")
+
+
+def _seed_param(factory: Callable[..., Any]) -> inspect.Parameter | None:
+    """``factory``'s parameter named ``seed`` if it can be given by keyword (a baseline
+    class such as :class:`~ir3de.baselines.TfidfLogReg`, or :func:`make_baselines`'
+    factories), else None: one that takes ``**kwargs`` alone gets no seed."""
     try:
         param = inspect.signature(factory).parameters.get("seed")
     except (TypeError, ValueError):  # a callable without a signature to read
-        return False
-    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD,
-                                                param.KEYWORD_ONLY)
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return param if param is not None and param.kind in keyword else None
 
 
 def _fresh_baseline(factory: Callable[..., Any], split: Split) -> Any:
     """A fresh, unfitted baseline for ``split``: one that takes a seed gets the split's, so
     a setting repeated over seeds also repeats the baseline's random draw (MoDEM-style's
     figure on a fold moves by up to 0.3 point with its training seed, EVALUATION.md)."""
-    if split.seed is not None and _takes_seed(factory):
+    if split.seed is not None and _seed_param(factory):
         return factory(seed=split.seed)
     return factory()
 
@@ -464,9 +470,10 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     """Evaluate IR3DE (per embedder and preset, full selector grid) and baselines.
 
     ``baselines`` are ``(family, factory)`` pairs; each factory returns a fresh, unfitted
-    object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``; a factory that
-    takes a ``seed`` keyword is called with each split's seed (:attr:`Split.seed`), and a
-    baseline's ``seed`` attribute is kept per split in its ``"splits"``. ``scores`` (see
+    object with ``name``, ``fit(texts, labels)`` and ``predict(texts)``; a factory with a
+    parameter named ``seed`` is called with each split's seed (:attr:`Split.seed`, which
+    must then be in 0 .. :data:`MAX_SEED`), and a baseline's integer ``seed`` attribute is
+    kept per split in its ``"splits"``. ``scores`` (see
     :func:`ir3de.eval.metrics.read_scores`) adds normalized performance per split.
     ``routers`` (name → a saved :class:`~ir3de.router.Router` whose experts are the
     setting's domains, :func:`check_routers`) are scored as they are on every split's test
@@ -524,10 +531,18 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         if not split.test_texts:
             raise IR3DEError(f"{where}: no test prompts")
         refuse_identical_fit(where, split.fit)  # a setting built by hand, unchecked so far
+        params = {family: _seed_param(f) for family, f in baselines}
+        if split.seed is not None and any(params.values()):
+            _check_seed(split.seed, f"{where}: the seed")
+        needy = [family for family, p in params.items() if p and p.default is p.empty]
+        if split.seed is None and needy:
+            raise IR3DEError(f"{where}: no seed, which baselines {needy} need (their "
+                             "factory's seed has no default)")
     if scores is not None:
         check_scores(setting, scores, score_kind)
-    # Fresh, unfitted objects are cheap to make; their names are what results are kept by.
-    names = [factory().name for _, factory in baselines]
+    # Fresh, unfitted objects are cheap to make; their names are what results are kept by,
+    # made as the run makes them (a factory's seed may have no default, or name the model).
+    names = [_fresh_baseline(factory, setting.splits[0]).name for _, factory in baselines]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise IR3DEError(f"baselines {twice} are given twice; each figure would pool both")
@@ -550,13 +565,14 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
     ids: list[str] = []
     kept_decisions: list[dict[str, Any]] = []
 
-    def record(cand: Candidate, routed: list[str], split: Split, seed: int | None = None
+    def record(cand: Candidate, routed: list[str], split: Split, seed: object = None
                ) -> None:
         metrics = routing_metrics(split.test_labels, routed, setting.domains).to_dict()
         metrics["split"] = split.name
-        # The seed a baseline was trained with on this split (JSON-ready: an int only).
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            metrics["seed"] = seed
+        # The seed a baseline was trained with on this split, a numpy integer included
+        # (JSON-ready as an int; anything else is no seed to report).
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            metrics["seed"] = int(seed)
         kept = candidates.setdefault(cand.name, cand)
         if kept is not cand:
             kept.fit_s += cand.fit_s

@@ -185,19 +185,22 @@ def _seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> str | None:
                           "only, the others' being the same, pooled")
     which = f" for {', '.join(pooled)}" if others else ""
     parts = [f"seeded splits repeated once per seed and pooled{which}"] if pooled else []
-    if any(len(r.get("seeds") or seeds) > 1 for r in settings):
-        others += _baseline_seeds(meta, settings)
+    others += _baseline_seeds(meta, settings, seeds)
     return f"seeds {', '.join(map(str, seeds))} ({'; '.join(parts + others)})"
 
 
-def _baseline_seeds(meta: dict[str, Any], settings: list[dict[str, Any]]) -> list[str]:
-    """Which seed trained each seeded baseline of pooled splits. A baseline's figure on a
-    fold can move with its training seed (MoDEM-style's by 0.3 point, EVALUATION.md), so a
-    reader of pooled figures should know whether that draw was repeated with the splits
-    (each split's seed, kept per split since the harness gives it) or made once (results
-    from before: the run's one seed, ``meta["seed"]``, on every split)."""
+def _baseline_seeds(meta: dict[str, Any], settings: list[dict[str, Any]],
+                    seeds: list[int]) -> list[str]:
+    """Which seed trained each seeded baseline of the pooled settings (a setting run once
+    says its seed already). A baseline's figure on a fold can move with its training seed
+    (MoDEM-style's by 0.3 point, EVALUATION.md), so a reader of pooled figures should know
+    whether that draw was repeated with the splits (each split's seed, kept per split since
+    the harness gives it) or made once (results from before: the run's one seed,
+    ``meta["seed"]``, on every split)."""
     trained: dict[str, set[int]] = {}
     for s in settings:
+        if len(s.get("seeds") or seeds) < 2:
+            continue
         for r in s["routers"]:
             if r.get("family") in _SEEDED_BASELINES:
                 trained.setdefault(r["name"], set()).update(

@@ -271,8 +271,9 @@ def repeat_setting(load: Callable[[int], Setting], seeds: Sequence[int]) -> Sett
     (and pooling, as the harness pools folds) measures the router rather than the draw.
     Splits are named ``seed{s}/{name}``; a split equal to one already kept (a setting, or a
     subsample, that the seed does not change, e.g. ``reasoning-xdata`` in full) is kept
-    once, so only what the seed really changes is repeated. The setting's ``seeds`` are
-    those that gave a split of their own, which is what the report says was repeated.
+    once, so only what the seed really changes is repeated (its seeded baselines are then
+    trained once too, with that split's seed). The setting's ``seeds`` are those that gave a
+    split of their own, which is what the report says was repeated.
 
     >>> s = repeat_setting(lambda seed: load_setting("domains", seed=seed), [0, 1])
     ... # doctest: +SKIP
