@@ -552,6 +552,11 @@ def test_baselines_are_trained_with_each_splits_seed() -> None:
     with pytest.raises(IR3DEError, match=r"split 'sNone': no seed, which baselines "
                                          r"\['required'\] need"):
         evaluate(setting, embedders=[], baselines=[("required", required)], progress=False)
+    # Also behind another factory of its family that needs none (kNN's three share one).
+    with pytest.raises(IR3DEError, match=r"split 'sNone': no seed, which baselines "
+                                         r"\['mine'\] need"):
+        evaluate(setting, embedders=[], baselines=[("mine", required), ("mine", _Fixed)],
+                 progress=False)
     # The seed was the one really used, not only the one written down.
     for split, seed in zip(splits, (1, 2, 9), strict=True):
         want = RandomRouter(seed=seed).fit(split.fit_texts, split.fit_labels).predict(

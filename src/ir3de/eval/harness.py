@@ -526,14 +526,15 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
                          f"got {resamples}")
     if not 0 < level < 1:
         raise IR3DEError(f"level must be in (0, 1), got {level}")
-    params = {family: _seed_param(f) for family, f in baselines}
-    needy = [family for family, p in params.items() if p and p.default is p.empty]
+    # Per factory, not per family: kNN's three factories share one family name.
+    params = [(family, _seed_param(f)) for family, f in baselines]
+    needy = list(dict.fromkeys(family for family, p in params if p and p.default is p.empty))
     for split in setting.splits:  # routing time is per test prompt: none would divide by 0
         where = f"setting {setting.name!r}, split {split.name!r}"
         if not split.test_texts:
             raise IR3DEError(f"{where}: no test prompts")
         refuse_identical_fit(where, split.fit)  # a setting built by hand, unchecked so far
-        if split.seed is not None and any(params.values()):
+        if split.seed is not None and any(p for _, p in params):
             _check_seed(split.seed, f"{where}: the seed")
         if split.seed is None and needy:
             raise IR3DEError(f"{where}: no seed, which baselines {needy} need (their "
