@@ -856,7 +856,7 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     assert code == 0 and err.strip().endswith(
         "; auto smoothing α=0.03  pair mass=100000  spelling weight=0.25 (350 prompts per "
         "expert on average, 300 in the smallest)"), err
-    assert Router.load(router).smoothing == (0.03, 1e5, None, "score", 0.25)
+    assert Router.load(router).smoothing == (0.03, 1e5, None, "score", 0.25, None)
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--alpha", "0.03",
                        "--pairs", "auto", "-o", tmp_path / "fixed.st")
     assert code == 0 and err.strip().endswith(
@@ -899,6 +899,42 @@ def _word(value: float | str | None) -> str:
     return "none" if value is None else value if isinstance(value, str) else f"{value:g}"
 
 
+def test_build_spelling_prior(built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """--preset spelling-prior and --spelling-prior: the prior's mass as inspect shows it
+    ("auto" is off for these few prompts per expert, a number is kept); with the added term
+    still on, or with the ridge model, it is refused and nothing is written."""
+    out = tmp_path / "r.safetensors"
+    base = ["build", built["math"], built["coding"], "-o", out]
+
+    def model_line() -> str:
+        (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
+                   if line.lstrip().startswith("model")]
+        return line
+
+    code, _, err = run(capsys, *base, "--preset", "spelling-prior")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.01  pair mass=30000  no spelling prior (4 prompts per expert on "
+        "average, 4 in the smallest)"), err
+    c = Router.load(out).config
+    assert (c.spelling, c.spelling_prior) == (None, "auto")
+    assert "spelling prior mass=none (auto, from the prompt counts)" in model_line()
+    assert "spelling weight" not in model_line()
+    out.unlink()
+    assert run(capsys, *base, "--spelling", "none", "--spelling-prior", "1e3")[0] == 0
+    assert Router.load(out).smoothing.spelling_prior == 1e3
+    assert "prompt counts)  spelling prior mass=1000  pair mass=30000 (auto" in model_line()
+    out.unlink()
+    code, _, err = run(capsys, *base, "--spelling-prior", "1e3")
+    assert code == 1 and "the spelling back-off enters once" in err
+    assert "spelling='auto'" in err and "spelling_prior=1000.0" in err
+    code, _, err = run(capsys, *base, "--model", "ridge", "--spelling-prior", "1e3")
+    assert code == 1 and "--spelling-prior applies to --model nb only" in err
+    with pytest.raises(SystemExit) as exc:
+        main([*map(str, base), "--spelling-prior", "0"])
+    assert exc.value.code == 2 and "argument --spelling-prior" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> None:
     """The default build is the nb model with pair features, α, the pair mass and the
     spelling back-off chosen from the prompt counts (these experts hold a few prompts each:
@@ -927,7 +963,7 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
         assert (c.model, c.alpha, c.pairs, c.skips, c.unseen) == (model, *settings)
         spelled = "--preset" not in argv
         assert c.spelling == ("auto" if spelled else None)
-        assert router.smoothing == (used if used is None else (*used, None))
+        assert router.smoothing == (used if used is None else (*used, None, None))
         (line,) = [line for line in run(capsys, "inspect", out)[1].splitlines()
                    if line.lstrip().startswith("model")]
         if model == "ridge":
@@ -1250,8 +1286,8 @@ def test_inspect_shows_only_the_settings_the_router_reads(built: dict[str, Path]
                                                           tmp_path: Path, capsys) -> None:
     """k is read by topk only, α and the pair mass by nb only, λ, balancing and the rest by
     ridge only, unit-norm columns without identity features only."""
-    reads = {"default": {"model", "alpha", "pairs", "skips", "unseen", "spelling", "tfidf",
-                         "selector", "max_tokens"},
+    reads = {"default": {"model", "alpha", "pairs", "skips", "unseen", "spelling",
+                         "spelling_prior", "tfidf", "selector", "max_tokens"},
              "identity": {"model", "lam", "balance", "regularize_bias", "identity", "selector",
                           "max_tokens"},
              "dense": {"model", "lam", "balance", "normalize", "regularize_bias", "identity",

@@ -36,6 +36,7 @@ from ir3de.solver import (
     DEFAULT_PAIRS,
     DEFAULT_SKIPS,
     DEFAULT_SPELLING,
+    DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
     MU_GRID,
@@ -1172,9 +1173,14 @@ def _pairs_of(ids: np.ndarray, V: int, gap: int = 1) -> set[tuple[int, int]]:
 # The skips preset at full fit size ("auto" takes the small-fit values for the toy corpora).
 FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT_SKIPS,
                          unseen="ignore", spelling=None)
-FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", DEFAULT_SPELLING)  # the default's
+FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", DEFAULT_SPELLING,
+                  None)  # the default's
 # The spelling back-off at full fit size.
 SPELLED = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, spelling=DEFAULT_SPELLING)
+# The spelling back-off as a prior of the token table at full fit size (a small mass: the
+# test corpora hold a few hundred token occurrences, so 1e5 would drown their counts).
+PRIORED = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, spelling=None,
+                       spelling_prior=50.0)
 
 
 def _spelling_rows(emb: Embedder, df: dict[str, np.ndarray], experts: list[str]
@@ -1201,18 +1207,21 @@ def _spelling_rows(emb: Embedder, df: dict[str, np.ndarray], experts: list[str]
     return R
 
 
-@pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE, SPELLED])
+@pytest.mark.parametrize("preset", ["default", "unigram", "skips", FULL_SIZE, SPELLED,
+                                    PRIORED])
 def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats,
                                                        preset: str | RouterConfig) -> None:
     """The default router is multinomial Naive Bayes over binary token and adjacent token-pair
     features with a uniform prior (``unigram``: tokens only; the ``skips`` preset at full
     fit size also skip pairs, tokens no fit prompt holds left out, and on so few prompts
     as the default; with the spelling back-off, every token's row plus w times a table
-    over the character trigrams of its string), computed here directly from the corpora
-    with Python sets (no statistics files)."""
+    over the character trigrams of its string; with the spelling prior, every domain's
+    counts smoothed towards the normalised exp of that table), computed here directly from
+    the corpora with Python sets (no statistics files)."""
     router = Router(emb, preset).fit_stats(skip_stats)
-    (alpha, m, m_skip, unseen, w), V = router.smoothing, emb.vocab_size
+    (alpha, m, m_skip, unseen, w, prior), V = router.smoothing, emb.vocab_size
     assert w == (DEFAULT_SPELLING if preset is SPELLED else None)
+    assert prior == (50.0 if preset is PRIORED else None)
     assert (m_skip, unseen) == ((DEFAULT_SKIPS, "ignore") if preset is FULL_SIZE
                                 else (None, "score"))
     df = {d: np.zeros(V) for d in CORPORA}
@@ -1226,6 +1235,17 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
     seen_ids = sum(df[d] for d in router.experts) > 0
     spelled = np.zeros((V, len(router.experts))) if w is None \
         else w * _spelling_rows(emb, df, list(router.experts))
+    # log p(t | d) of the token table: Laplace, or the spelling prior of mass `prior` over
+    # the tokens that have trigrams, ∝ exp(R)
+    token_ll = {d: np.log((df[d] + alpha) / (df[d].sum() + alpha * V)) for d in CORPORA}
+    if prior is not None:
+        R = _spelling_rows(emb, df, list(router.experts))
+        spelt = np.array([t[:1] + t[-1:] not in ("<>", "[]")
+                          for t in emb.tokens(range(V))])
+        for j, d in enumerate(router.experts):
+            share = np.where(spelt, np.exp(R[:, j]), 0.0)
+            token_ll[d] = np.log((df[d] + alpha + prior * share / share.sum())
+                                 / (df[d].sum() + alpha * V + prior))
 
     def pair_loglik(d: str, p: tuple[int, int], gap: int, mass: float) -> float:
         counted = kinds[gap]
@@ -1239,8 +1259,7 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
         ids = emb.encode(text)
         distinct = np.unique(ids)
         scored = distinct[seen_ids[distinct]] if unseen == "ignore" else distinct
-        loglik = [np.log((df[d][scored] + alpha) / (df[d].sum() + alpha * V)).sum()
-                  + spelled[scored, j].sum()
+        loglik = [token_ll[d][scored].sum() + spelled[scored, j].sum()
                   + sum(sum(pair_loglik(d, p, gap, mass) for p in _pairs_of(ids, V, gap))
                         for gap, mass in ((1, m), (2, m_skip)) if mass is not None)
                   for j, d in enumerate(router.experts)]
@@ -1250,8 +1269,7 @@ def test_nb_equals_naive_bayes_computed_from_the_texts(emb: Embedder, skip_stats
         mean = np.array(loglik) / distinct.size
         geo = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
         np.testing.assert_allclose([dec.scores[e] for e in router.experts], geo, rtol=1e-9)
-    np.testing.assert_allclose(router.W[:, 0],
-                               np.log((df["math"] + alpha) / (df["math"].sum() + alpha * V))
+    np.testing.assert_allclose(router.W[:, 0], token_ll["math"]
                                + spelled[:, router.experts.index("math")], rtol=1e-12)
 
 
@@ -1346,6 +1364,39 @@ def test_spelling_back_off_is_exact_and_checked(emb: Embedder, toy_stats,
     assert RouterConfig.preset("identity").ignored(["spelling"]) == ("spelling", "model", "nb")
 
 
+def test_spelling_prior_is_exact_and_checked(emb: Embedder, toy_stats, tmp_path: Path) -> None:
+    """The spelling prior is a function of the summed statistics as the added back-off is
+    (add/remove equals a refit, a reload the same tables, a prompt alone its batch
+    decision), and it changes the scores. The preset takes it "auto" (off for small fit
+    sets). Bad masses, and both forms of the back-off at once, are refused by name; the
+    ridge model, which reads neither, says so."""
+    prompts = _changes_are_exact(emb, toy_stats, PRIORED, tmp_path)
+    three = ["math", "coding", "law"]
+    for selector in ("geo", "avg"):
+        priored, plain = (fit(emb, toy_stats, three, **dataclasses.asdict(
+            PRIORED.with_settings(selector=selector, spelling_prior=m))) for m in (50.0, None))
+        assert not np.allclose(priored.predict_proba(prompts), plain.predict_proba(prompts))
+    preset = RouterConfig.preset("spelling-prior")
+    assert (preset.spelling, preset.spelling_prior) == (None, "auto")
+    assert preset.with_settings(spelling="auto", spelling_prior=None) == RouterConfig()
+    small = Router(emb, preset).fit_stats(toy_stats)  # a few prompts per expert
+    assert small.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
+    for bad in (0, -1.0, float("nan"), float("inf"), "1e5", True):
+        with pytest.raises(IR3DEError, match=r"the spelling prior's mass must be a finite "
+                                             r"number > 0, 'auto' or None, got "):
+            RouterConfig(spelling=None, spelling_prior=bad)
+    for weight in ("auto", 0.25):
+        with pytest.raises(IR3DEError, match=rf"^the spelling back-off enters once: as an "
+                                             rf"added term \(spelling={weight!r}\) or as a "
+                                             rf"prior \(spelling_prior='auto'\); set the "
+                                             rf"other to None"):
+            preset.with_settings(spelling=weight)
+    with pytest.raises(IR3DEError, match="enters once"):
+        Router(emb).set_params(spelling_prior=1e5)
+    ridge = RouterConfig.preset("identity", spelling_prior=1e5)  # not read: no conflict
+    assert ridge.ignored(["spelling_prior"]) == ("spelling_prior", "model", "nb")
+
+
 def test_skip_pairs_add_remove_save_and_batches_are_exact(emb: Embedder, skip_stats,
                                                          tmp_path: Path) -> None:
     """With skip pairs and unseen tokens left out (``skips`` at full fit size), adding and
@@ -1423,7 +1474,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
              for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"  # (skips and unseen fixed)
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
     assert_same_state(router, Router(emb, "few").fit_stats(three))
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
@@ -1435,36 +1486,42 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     router.save(tmp_path / "r.safetensors")
     assert read_router_meta(tmp_path / "r.safetensors")["smoothing"] == \
         {"alpha": DEFAULT_ALPHA, "pairs": DEFAULT_PAIRS, "skips": None, "unseen": "score",
-         "spelling": DEFAULT_SPELLING}
+         "spelling": DEFAULT_SPELLING, "spelling_prior": None}
     loaded = Router.load(tmp_path / "r.safetensors")
     assert loaded.config == router.config and loaded.smoothing == router.smoothing
     assert_same_state(loaded, router)
     router.add_expert("tiny", toy_stats["law"])
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
     assert_same_state(router, Router(emb, "few").fit_stats({**four, "tiny": toy_stats["law"]}))
     router.remove_expert("tiny")
     assert router.smoothing == FULL_SIZE_USED
     router.remove_expert("multilingual")
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None)
+    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
     assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
     assert Router(emb, alpha=0.5, pairs=None, skips=None,
                   unseen="score", spelling=None).fit_stats(four).smoothing == (
-        0.5, None, None, "score", None)
+        0.5, None, None, "score", None, None)
     # (skip-pair statistics of the same prompt counts, for the settings that read them)
     skipped = {n: dataclasses.replace(skip_stats[n], n_prompts=s.n_prompts)
                for n, s in four.items()}
     three_skipped = {n: skipped[n] for n in three}
     assert Router(emb, skips=3e5).fit_stats(three_skipped).smoothing == (
-        FEW_ALPHA, FEW_PAIRS, 3e5, "score", None)
+        FEW_ALPHA, FEW_PAIRS, 3e5, "score", None, None)
     # the skips preset's "auto": skip pairs and unseen tokens left out at full size only
     assert Router(emb, "skips").fit_stats(skipped).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
-                                                                 DEFAULT_SKIPS, "ignore", None)
+                                                                 DEFAULT_SKIPS, "ignore", None,
+                                                                 None)
     assert Router(emb, "skips").fit_stats(three_skipped).smoothing == (FEW_ALPHA, FEW_PAIRS,
-                                                                       None, "score", None)
+                                                                       None, "score", None,
+                                                                       None)
     # the default's spelling "auto": the back-off at full size only (FULL_SIZE_USED; off
     # with the few values above); the presets measured before it leave it off
-    assert Router(emb, "pairs").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4], None)
+    assert Router(emb, "pairs").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4], None, None)
+    # the spelling-prior preset's "auto" likewise: the prior's mass at full size only
+    assert Router(emb, "spelling-prior").fit_stats(four).smoothing == (
+        *FULL_SIZE_USED[:4], None, DEFAULT_SPELLING_PRIOR)
+    assert Router(emb, "spelling-prior").fit_stats(three).smoothing[4:] == (None, None)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 

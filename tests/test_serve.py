@@ -811,7 +811,7 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         # not listed as a setting while the selector (topk) reads no pairs
         assert "pairs" not in s.json() and "unseen" not in s.json()
         # the default's, the spelling back-off "auto" (full-size too)
-        plain = {"skips": None, "unseen": "score", "spelling": 0.25}
+        plain = {"skips": None, "unseen": "score", "spelling": 0.25, "spelling_prior": None}
         assert s.json()["smoothing"] == {"alpha": 0.5, "pairs": 1e5, **plain}
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"pairs": None})
         assert s.status_code == 200 and s.json()["pairs"] is None
@@ -842,6 +842,17 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": -1})
         assert bad.status_code == 400 and "spelling back-off's weight" in \
             bad.json()["error"]["message"]
+        # the spelling prior in place of the added term (both at once are refused)
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                        json={"spelling_prior": 1e5})
+        assert s.status_code == 200 and s.json()["spelling_prior"] == 1e5
+        assert s.json()["smoothing"]["spelling_prior"] == 1e5
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.5})
+        assert bad.status_code == 400 and "the spelling back-off enters once" in \
+            bad.json()["error"]["message"]
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                        json={"spelling_prior": None})
+        assert s.status_code == 200 and s.json()["smoothing"]["spelling_prior"] is None
 
         assert 'ir3de_request_seconds_count{expert="law"} 1.0' in \
             httpx.get(gw.url + "/metrics").text
@@ -1214,7 +1225,7 @@ def test_admin_delete_of_unknown_expert_is_404(stats_files, upstreams, tmp_path)
                 "has none: set fallback in the config first"
         # An unknown key is named (it was "send a JSON object with some of [...]").
         allowed = ("['alpha', 'k', 'lam', 'min_coverage', 'pairs', 'selector', 'skips', "
-                   "'spelling', 'threshold', 'unseen']")
+                   "'spelling', 'spelling_prior', 'threshold', 'unseen']")
         for changes, message, param in (
                 ({"bogus": 1}, f"unknown setting 'bogus'; send a JSON object with some of "
                                f"{allowed}", "bogus"),

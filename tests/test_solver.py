@@ -23,6 +23,7 @@ from ir3de.solver import (
     nb_smoothing,
     solve,
     solve_spelling,
+    solve_spelling_prior,
 )
 from ir3de.statistics import split_pairs
 
@@ -326,6 +327,35 @@ def test_the_sparse_pair_table_is_the_dense_formula(emb, skip_stats, monkeypatch
     np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b],
                                rtol=1e-12)
     assert [sparse.route(p).confidence for p in prompts] == [d.confidence for d in b]
+
+
+def test_solve_spelling_prior(toy_stats: dict[str, DomainStats], emb) -> None:
+    """Each column a distribution over the vocabulary (the prior's mass spread over the
+    tokens that have n-grams, α over all), solved from its own domain's statistics alone
+    (so add/remove leaves the other columns bit-identical); a mass that swamps the counts
+    gives the spelling distribution itself; bad masses, and a vocabulary with no spelt
+    token, are refused by name."""
+    experts = sorted(toy_stats)
+    spelling = Spelling.of(emb.tokens(range(emb.vocab_size)))
+    L = solve_spelling_prior(toy_stats, experts, spelling, alpha=0.03, mass=1e3)
+    np.testing.assert_allclose(np.exp(L).sum(axis=0), 1.0, rtol=1e-9)
+    alone = solve_spelling_prior(toy_stats, experts[1:2], spelling, alpha=0.03, mass=1e3)
+    assert np.array_equal(L[:, 1], alone[:, 0])
+    # As the mass grows, each column tends to exp(R) normalised over the spelt tokens.
+    huge = np.exp(solve_spelling_prior(toy_stats, experts, spelling, alpha=1e-9, mass=1e12))
+    R = solve_spelling(toy_stats, experts, spelling)
+    spelt = np.bincount(spelling.rows, minlength=emb.vocab_size) > 0
+    expected = np.where(spelt[:, None], np.exp(R), 0.0)
+    np.testing.assert_allclose(huge, expected / expected.sum(axis=0), atol=1e-9)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(IR3DEError, match="the spelling prior's mass must be a finite "
+                                             "number > 0"):
+            solve_spelling_prior(toy_stats, experts, spelling, mass=bad)
+    with pytest.raises(IR3DEError, match="the smoothing α must be a finite number > 0"):
+        solve_spelling_prior(toy_stats, experts, spelling, alpha=0.0)
+    unspelt = Spelling.of(["<s>"] * emb.vocab_size)
+    with pytest.raises(IR3DEError, match="no token of the vocabulary has character n-grams"):
+        solve_spelling_prior(toy_stats, experts, unspelt)
 
 
 def test_solve_spelling_refuses_a_map_of_another_vocabulary(

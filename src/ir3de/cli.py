@@ -361,6 +361,7 @@ _pair_mass = _number_or({"auto": "auto", "none": None}, "the pair Dirichlet mass
 _skip_mass = _number_or({"auto": "auto", "none": None}, "the skip-pair Dirichlet mass")
 _tfidf_weight = _number_or({"none": None}, "the TF-IDF weight")
 _spelling_weight = _number_or({"auto": "auto", "none": None}, "the spelling back-off's weight")
+_spelling_mass = _number_or({"auto": "auto", "none": None}, "the spelling prior's mass")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser, default: str | None, *,
@@ -396,7 +397,11 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 "
                         "prompts each or fewer on average or the smallest 50 or fewer, plus a "
                         "back-off through the token strings' character trigrams, 'auto': "
-                        "0.25, or none for such small fit sets (the measured best); 'pairs': "
+                        "0.25, or none for such small fit sets (the measured best); "
+                        "'spelling-prior': the same back-off as a Dirichlet prior of the "
+                        "token table, mass 'auto': 1e5, or none for such small fit sets, "
+                        "instead of an added term (the selection rule's pick with MiniLM's "
+                        "tokenizer, not WordLlama's); 'pairs': "
                         "the default without the spelling back-off (the default before it); "
                         "'few': α=0.01 and pair mass 3e4 whatever the fit size; 'skips': "
                         "'pairs' plus skip-pair features and unseen tokens left out, both "
@@ -412,7 +417,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "ridge with entropy top-k, k=10")
     g.add_argument("--model", choices=MODELS,
                    help="nb: log-likelihoods from per-domain document frequencies (--alpha, "
-                        "--pairs, --skips, --unseen, --spelling, --tfidf apply); ridge: "
+                        "--pairs, --skips, --unseen, --spelling, --spelling-prior, --tfidf "
+                        "apply); ridge: "
                         "closed-form ridge on the embedding (--lam, --identity, --balance, "
                         "--normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
@@ -447,6 +453,14 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "default: 0.25, or none when the experts hold 100 prompts each or "
                         "fewer on average or the smallest 50 or fewer) or 'none' (every "
                         "preset but the default); every selector reads it")
+    g.add_argument("--spelling-prior", type=_spelling_mass, metavar="MASS|auto|none",
+                   default=argparse.SUPPRESS,
+                   help="nb model: the spelling back-off as a Dirichlet prior of the token "
+                        "table with this mass (each domain's counts smoothed towards its "
+                        "spelling distribution) in place of the added term, so --spelling "
+                        "must be 'none'; 'auto' (preset 'spelling-prior': 1e5, or none when "
+                        "the experts hold 100 prompts each or fewer on average or the smallest "
+                        "50 or fewer) or 'none' (every other preset); every selector reads it")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
     g.add_argument("--selector", choices=SELECTORS,
@@ -482,7 +496,8 @@ def _config_from_args(args: argparse.Namespace) -> RouterConfig:
                  ("model", "alpha", "lam", "k", "selector", "balance", "normalize",
                   "regularize_bias", "unseen")
                  if getattr(args, key, None) is not None}
-    for key in ("identity", "pairs", "skips", "tfidf", "spelling"):  # 'none' is a choice
+    for key in ("identity", "pairs", "skips", "tfidf", "spelling",
+                "spelling_prior"):  # 'none' is a choice
         if hasattr(args, key):
             overrides[key] = getattr(args, key)
     if getattr(args, "max_tokens", None) is not None:
@@ -930,7 +945,8 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
     smoothing follows the fit size, which a user should not have to find out by inspect."""
     used, config = router.smoothing, router.config
     if used is None or "auto" not in (config.alpha, config.pairs, config.skips,
-                                      config.unseen, config.spelling) or used == before:
+                                      config.unseen, config.spelling,
+                                      config.spelling_prior) or used == before:
         return ""
     counts = [s.n_prompts for s in router.stats.values()]
     values = "  ".join(text for setting, text in (
@@ -940,7 +956,9 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
          else f"skip-pair mass={used.skips:g}"),
         (config.unseen, f"unseen tokens {used.unseen}d"),
         (config.spelling, "no spelling back-off" if used.spelling is None
-         else f"spelling weight={used.spelling:g}")) if setting == "auto" and text)
+         else f"spelling weight={used.spelling:g}"),
+        (config.spelling_prior, "no spelling prior" if used.spelling_prior is None
+         else f"spelling prior mass={used.spelling_prior:g}")) if setting == "auto" and text)
     # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
     # "100 or fewer" while it chose the larger-fit smoothing
     total, n = sum(counts), len(counts)
@@ -1296,6 +1314,9 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
             smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
             if c.get("spelling") is not None:
                 smoothing += f"  spelling weight={_chosen(c['spelling'], used['spelling'])}"
+            if c.get("spelling_prior") is not None:
+                smoothing += (f"  spelling prior mass="
+                              f"{_chosen(c['spelling_prior'], used['spelling_prior'])}")
             if not unread_pairs and (used["pairs"] is not None or used["skips"] is not None):
                 # (settings the selector does not read are gone from c: _read_settings)
                 read = [(name, key) for name, key in (("pair mass", "pairs"),

@@ -67,6 +67,7 @@ from .selector import (
 )
 from .solver import (
     DEFAULT_LAMBDA,
+    DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
     MU_GRID,
@@ -82,6 +83,7 @@ from .solver import (
     solve_nb,
     solve_pairs,
     solve_spelling,
+    solve_spelling_prior,
 )
 from .statistics import (
     DomainStats,
@@ -125,8 +127,9 @@ ROUTER_FORMAT = "ir3de-router"
 # from them); version 1 files hold every expert's A. A router is saved in version 1 when
 # every expert has A, so the files an older ir3de could read stay readable by it.
 _ROUTER_VERSIONS = (1, 2)
-_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "skips", "unseen", "spelling", "lam",
-                           "balance", "normalize", "regularize_bias", "identity", "tfidf"})
+_RESOLVE_KEYS = frozenset({"model", "alpha", "pairs", "skips", "unseen", "spelling",
+                           "spelling_prior", "lam", "balance", "normalize", "regularize_bias",
+                           "identity", "tfidf"})
 MODELS: tuple[str, ...] = ("nb", "ridge")
 # The type of the router a method returns itself as (typing.Self needs Python 3.11): a
 # subclass's fit() is typed as that subclass.
@@ -149,8 +152,8 @@ class _Ridge(TypedDict):
 # would change nothing. The nb model always weighs every domain the same: balance=True is
 # no choice of its (and balance=False is refused).
 _MODEL_ONLY = {"alpha": "nb", "pairs": "nb", "skips": "nb", "unseen": "nb", "tfidf": "nb",
-               "spelling": "nb", "lam": "ridge", "identity": "ridge", "normalize": "ridge",
-               "regularize_bias": "ridge", "balance": "ridge"}
+               "spelling": "nb", "spelling_prior": "nb", "lam": "ridge", "identity": "ridge",
+               "normalize": "ridge", "regularize_bias": "ridge", "balance": "ridge"}
 # What the nb model may do with a token no fit prompt holds (see RouterConfig.unseen).
 UNSEEN: tuple[str, ...] = ("auto", "score", "ignore")
 
@@ -190,6 +193,11 @@ class RouterConfig:
       ``pairs``): a Naive-Bayes table over the character n-grams of the token strings, from
       the same document frequencies (:func:`~ir3de.solver.solve_spelling`); it changes the
       per-token table, so every selector reads it, at no cost per prompt.
+      ``spelling_prior``: None (the default), or the mass m of the same back-off entered
+      as a Dirichlet prior of the token table instead (each domain's counts smoothed
+      towards its spelling distribution, :func:`~ir3de.solver.solve_spelling_prior`), or
+      ``"auto"`` (preset ``spelling-prior``: 1e5, or off for small fit sets as
+      ``spelling``); it replaces the added term, so ``spelling`` must then be None.
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -205,6 +213,7 @@ class RouterConfig:
     skips: float | Literal["auto"] | None = None
     unseen: Literal["auto", "score", "ignore"] = "score"
     spelling: float | Literal["auto"] | None = "auto"
+    spelling_prior: float | Literal["auto"] | None = None
     lam: float = DEFAULT_LAMBDA
     k: int = DEFAULT_K
     selector: SelectorName = "geo"
@@ -241,6 +250,15 @@ class RouterConfig:
                 and not _positive_number(self.spelling):
             raise IR3DEError(f"the spelling back-off's weight must be a finite number > 0, "
                              f"'auto' or None, got {self.spelling!r}")
+        if self.spelling_prior is not None and self.spelling_prior != "auto" \
+                and not _positive_number(self.spelling_prior):
+            raise IR3DEError(f"the spelling prior's mass must be a finite number > 0, 'auto' "
+                             f"or None, got {self.spelling_prior!r}")
+        if self.model == "nb" and self.spelling is not None and self.spelling_prior is not None:
+            raise IR3DEError(f"the spelling back-off enters once: as an added term (spelling="
+                             f"{self.spelling!r}) or as a prior (spelling_prior="
+                             f"{self.spelling_prior!r}); set the other to None (preset "
+                             f"'spelling-prior' has the prior alone)")
         if not isinstance(self.unseen, str) or self.unseen not in UNSEEN:
             raise IR3DEError(f"unseen must be one of {', '.join(UNSEEN)}, got {self.unseen!r}")
         if self.tfidf is not None and not _positive_number(self.tfidf):
@@ -271,10 +289,14 @@ class RouterConfig:
         ``"auto"``: 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 prompts each or
         fewer on average or the smallest holds 50 or fewer, and a back-off through the
         token strings' character trigrams, weight ``"auto"``: 0.25, or none for such small
-        fit sets), ``pairs`` (the default without the spelling back-off, as it was before
-        it), ``few`` (α = 0.01 and pair mass 3e4 whatever the fit size), ``skips``
-        (``pairs`` plus skip-pair features, mass 1e6, and tokens no fit prompt holds left
-        out, both ``"auto"``: off for small fit sets; 1.3 times the default's routing cost),
+        fit sets), ``spelling-prior`` (the default with the spelling back-off as a
+        Dirichlet prior of the token table, mass ``"auto"``: 1e5, or none for small fit
+        sets, in place of the added term: the pick of the selection rule with MiniLM's
+        tokenizer, not with WordLlama's), ``pairs`` (the default without the spelling
+        back-off, as it was before it), ``few`` (α = 0.01 and pair mass 3e4 whatever the
+        fit size), ``skips`` (``pairs`` plus skip-pair features, mass 1e6, and tokens no
+        fit prompt holds left out, both ``"auto"``: off for small fit sets; 1.3 times the
+        default's routing cost),
         ``tfidf`` (``pairs`` plus a prompt-level TF-IDF ridge over 4096 hashed buckets
         blended with weight 4, :mod:`ir3de.tfidf`: better on prompts like the fit data,
         worse where an expert's prompts look unlike its fit data),
@@ -283,7 +305,7 @@ class RouterConfig:
         the embedding ⊕ one-hot token ids, μ by leave-one-out, ``avg`` selector),
         ``dense`` (the same without identity features) or ``paper`` (paper-faithful:
         unbalanced ridge on the embedding only, unit-norm columns, entropy top-k). Only the
-        default has the spelling back-off.
+        default and ``spelling-prior`` have the spelling back-off.
 
         A preset's own ``balance=False`` (``paper``'s) gives way to ``model="nb"``, which
         always weighs every domain the same; a ``balance`` named here is kept as given.
@@ -443,6 +465,7 @@ _SETTING_NAMES = frozenset(f.name for f in fields(RouterConfig))
 # later), and keep it off: `pairs` is the default as it was before it.
 PRESETS: dict[str, RouterConfig] = {
     "default": RouterConfig(),
+    "spelling-prior": RouterConfig(spelling=None, spelling_prior="auto"),
     "pairs": RouterConfig(spelling=None),
     "few": RouterConfig(alpha=FEW_ALPHA, pairs=FEW_PAIRS, spelling=None),
     "skips": RouterConfig(skips="auto", unseen="auto", spelling=None),
@@ -538,6 +561,7 @@ class Smoothing(NamedTuple):
     skips: float | None
     unseen: Literal["score", "ignore"]
     spelling: float | None
+    spelling_prior: float | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -563,9 +587,9 @@ class Router:
         config: a :class:`RouterConfig` or the name of a preset, short for
             ``RouterConfig.preset(name)`` (default: ``"default"``); keyword arguments
             override its fields
-            (``model``, ``alpha``, ``pairs``, ``skips``, ``unseen``, ``spelling``, ``lam``,
-            ``k``, ``selector``, ``balance``, ``normalize``, ``regularize_bias``,
-            ``max_tokens``, ``identity``, ``tfidf``).
+            (``model``, ``alpha``, ``pairs``, ``skips``, ``unseen``, ``spelling``,
+            ``spelling_prior``, ``lam``, ``k``, ``selector``, ``balance``, ``normalize``,
+            ``regularize_bias``, ``max_tokens``, ``identity``, ``tfidf``).
 
     It is a scikit-learn estimator without importing scikit-learn (an optional extra):
     ``get_params``/``set_params`` (the settings included), ``fit``, ``predict``, ``score``
@@ -733,7 +757,11 @@ class Router:
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
         if config.model == "nb":
             used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
-            L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
+            if used.spelling_prior is not None:
+                L = solve_spelling_prior(stats, experts, _spelling(self.embedder),
+                                         alpha=used.alpha, mass=used.spelling_prior)
+            else:
+                L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
             if used.spelling is not None:
                 L += used.spelling * solve_spelling(stats, experts, _spelling(self.embedder))
             pairs = skips = unseen = None
@@ -801,10 +829,10 @@ class Router:
 
     @property
     def smoothing(self) -> Smoothing | None:
-        """The ``nb`` model's ``(α, pair mass, skip-pair mass, unseen, spelling weight)`` in
-        use (the ones chosen from the experts' prompt counts where the config says
-        ``"auto"``; a mass or weight is None without that table), or None for the ridge
-        model."""
+        """The ``nb`` model's ``(α, pair mass, skip-pair mass, unseen, spelling weight,
+        spelling prior's mass)`` in use (the ones chosen from the experts' prompt counts
+        where the config says ``"auto"``; a mass or weight is None without that table), or
+        None for the ridge model."""
         return self._fitted.smoothing
 
     @property
@@ -823,7 +851,8 @@ class Router:
         distribution, and ``"auto"`` smoothing switches to lighter values when the new
         expert holds 50 prompts or fewer, and ``"auto"`` skip pairs, unseen tokens and the
         spelling back-off with it (:attr:`smoothing` tells the values in use; fix ``alpha``,
-        ``pairs``, ``skips``, ``unseen`` and ``spelling`` to keep them).
+        ``pairs``, ``skips``, ``unseen`` and ``spelling`` or ``spelling_prior`` to keep
+        them).
         """
         _require_stats(stats, f"add_expert({name!r}, stats): stats is")
         validate_domain_name(name, stats.source)
@@ -857,8 +886,8 @@ class Router:
     def set_params(self: _RouterT, **params: Any) -> _RouterT:
         """Change settings (sklearn-style) and return the router; re-solves only if the
         model or its parameters change (``model``, ``alpha``, ``pairs``, ``skips``,
-        ``unseen``, ``spelling``, ``lam``, ``balance``, ``normalize``, ``regularize_bias``,
-        ``identity``, ``tfidf``).
+        ``unseen``, ``spelling``, ``spelling_prior``, ``lam``, ``balance``, ``normalize``,
+        ``regularize_bias``, ``identity``, ``tfidf``).
 
         Takes every name :meth:`get_params` gives: the settings, ``config`` (a
         :class:`RouterConfig` or a preset name, as in the constructor: each setting not
@@ -915,9 +944,9 @@ class Router:
         loaded :class:`~ir3de.embedding.Embedder` itself, so clones share it and its table
         is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
         that config's settings on its own (``model``, ``alpha``, ``pairs``, ``skips``,
-        ``unseen``, ``spelling``, ``lam``, ``k``, ``selector``, ``balance``, ``normalize``,
-        ``regularize_bias``, ``max_tokens``, ``identity``, ``tfidf``), which a parameter grid
-        can name. ``deep`` changes
+        ``unseen``, ``spelling``, ``spelling_prior``, ``lam``, ``k``, ``selector``,
+        ``balance``, ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``,
+        ``tfidf``), which a parameter grid can name. ``deep`` changes
         nothing: a router holds no other estimator.
 
         >>> params = Router("wordllama", "paper").get_params()
@@ -1579,7 +1608,9 @@ def _smoothing_in_use(config: RouterConfig, n_prompts: Sequence[int]) -> Smoothi
     ``"auto"`` chooses; the solve's and the saved file's description alike)."""
     return Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
                      *nb_skips(config.skips, config.unseen, n_prompts),
-                     nb_spelling(config.spelling, n_prompts))
+                     nb_spelling(config.spelling, n_prompts),
+                     nb_spelling(config.spelling_prior, n_prompts,
+                                 default=DEFAULT_SPELLING_PRIOR))
 
 
 def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:

@@ -2052,7 +2052,8 @@ def _read_settings(config: Any) -> dict[str, Any]:
     less those the router does not read (as ``ir3de inspect``): k=50 was listed for a geo
     router, whose PATCH of k alone is refused."""
     settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "skips",
-                                                          "unseen", "spelling", "k", "lam",
+                                                          "unseen", "spelling",
+                                                          "spelling_prior", "k", "lam",
                                                           "selector")}
     return {name: value for name, value in settings.items() if config.ignored([name]) is None}
 
@@ -3155,8 +3156,8 @@ def create_app(config: Any) -> Any:
         except ClientDisconnect:
             return _admin_gone(request)
         cuts = ("threshold", "min_coverage")
-        allowed = {"alpha", "k", "lam", "pairs", "skips", "unseen", "spelling", "selector",
-                   *cuts}
+        allowed = {"alpha", "k", "lam", "pairs", "skips", "unseen", "spelling",
+                   "spelling_prior", "selector", *cuts}
         if not isinstance(changes, dict) or not changes:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
         unknown = [key for key in changes if key not in allowed]
