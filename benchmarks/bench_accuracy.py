@@ -36,7 +36,8 @@ def main() -> int:
             fit, test = reasoning_split(args.data, protocol=protocol, fold=fold)
             stats = [compute_stats(emb, texts, domain=d, skip_pairs=True)  # (`skips` reads them)
                      for d, texts in fit.items()]
-            for preset in ("default", "pairs", "skips", "unigram", "identity", "dense", "paper"):
+            for preset in ("default", "spelling-prior", "pairs", "skips", "unigram", "identity",
+                           "dense", "paper"):
                 router = Router(emb, RouterConfig.preset(preset)).fit_stats(stats)
                 hits = {d: np.array([p == d for p in router.predict(t)]) for d, t in test.items()}
                 per = {d: 100 * h.mean() for d, h in hits.items()}

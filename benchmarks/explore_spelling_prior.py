@@ -29,6 +29,8 @@ m = 1e4) and lose a few ``reasoning-2fold`` prompts (99.88-99.91).
 With ``--embedder minilm`` (a check, 2026-11-26, not a choice; EVALUATION.md, *The rule
 applied per tokenizer*): the pick ``prior m=100000 a=0.03`` passes the held-out step (99.33
 against 99.31) and the fresh checks, 98.86 against 97.94 (F1 -0.03, F2 +0.82, F3 +1.97).
+Built as the ``spelling-prior`` preset (not the default; EVALUATION.md, *The spelling prior,
+built*): its eval figures equal this pick's test row to the digit.
 
 Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fresh LABEL]
 """
