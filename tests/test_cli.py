@@ -924,9 +924,17 @@ def test_build_spelling_prior(built: dict[str, Path], tmp_path: Path, capsys) ->
     assert Router.load(out).smoothing.spelling_prior == 1e3
     assert "prompt counts)  spelling prior mass=1000  pair mass=30000 (auto" in model_line()
     out.unlink()
-    code, _, err = run(capsys, *base, "--spelling-prior", "1e3")
-    assert code == 1 and "the spelling back-off enters once" in err
-    assert "spelling='auto'" in err and "spelling_prior=1000.0" in err
+    for argv, message in (
+            (["--spelling-prior", "1e3"], "--spelling-prior enters the spelling back-off as a "
+                                          "prior, in place of the added term preset 'default' "
+                                          "has: add --spelling none"),
+            (["--preset", "spelling-prior", "--spelling", "0.25"],
+             "--spelling adds the spelling back-off as a term, and preset 'spelling-prior' "
+             "enters it as a prior: add --spelling-prior none"),
+            (["--spelling", "auto", "--spelling-prior", "auto"],
+             "--spelling and --spelling-prior are two forms of one back-off: give one of them, "
+             "and 'none' to the other")):
+        assert run(capsys, *base, *argv)[::2] == (1, f"ir3de: error: {message}\n")
     code, _, err = run(capsys, *base, "--model", "ridge", "--spelling-prior", "1e3")
     assert code == 1 and "--spelling-prior applies to --model nb only" in err
     with pytest.raises(SystemExit) as exc:

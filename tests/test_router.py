@@ -644,6 +644,24 @@ def test_a_router_saved_before_the_spelling_back_off_loads_without_it(
         {n: s for n, s in full.items() if n != "law"}))
 
 
+def test_a_router_saved_before_the_spelling_prior_loads_as_it_was(
+        toy_stats, emb: Embedder, tmp_path: Path) -> None:
+    """A file of the ir3de before the spelling prior names the added back-off but not the
+    prior: it loads, and re-solves on add/remove, as the default it was saved as."""
+    full = {n: dataclasses.replace(s, n_prompts=1000) for n, s in toy_stats.items()}
+    default = Router(emb).fit_stats(full)
+    default.save(tmp_path / "r.safetensors")
+    tensors, meta = read_safetensors(tmp_path / "r.safetensors")
+    del meta["config"]["spelling_prior"], meta["smoothing"]["spelling_prior"]
+    write_safetensors(tmp_path / "old.safetensors", tensors, meta)
+    old = Router.load(tmp_path / "old.safetensors")
+    assert old.config == RouterConfig() and old.smoothing == default.smoothing
+    assert_same_state(old, default)
+    old.remove_expert("law")
+    assert_same_state(old, Router(emb).fit_stats({n: s for n, s in full.items()
+                                                  if n != "law"}))
+
+
 def _without(path: Path, tensors, meta, key: str) -> Path:
     write_safetensors(path, tensors, {k: v for k, v in meta.items() if k != key})
     return path
@@ -1546,6 +1564,9 @@ def test_nb_needs_document_frequencies(emb: Embedder, toy_stats) -> None:
     with pytest.raises(StatsFormatError, match=r"no document frequencies in .*'identity' or "
                                                r"'dense' preset"):
         Router(emb, RouterConfig.preset("unigram")).fit_stats(old)
+    with pytest.raises(StatsFormatError, match=r"no document frequencies in .*'identity' or "
+                                               r"'dense' preset"):  # (as a prior, too)
+        Router(emb, PRIORED.with_settings(pairs=None)).fit_stats(old)
     Router(emb, RouterConfig.preset("identity")).fit_stats(old)  # ridge presets still work
     # Files with document frequencies but no pair frequencies feed the unigram preset.
     no_pairs = {n: dataclasses.replace(s, pairs=None) for n, s in toy_stats.items()}

@@ -850,9 +850,17 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.5})
         assert bad.status_code == 400 and "the spelling back-off enters once" in \
             bad.json()["error"]["message"]
-        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
-                        json={"spelling_prior": None})
-        assert s.status_code == 200 and s.json()["smoothing"]["spelling_prior"] is None
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),  # back, in one change
+                        json={"spelling": 0.25, "spelling_prior": None})
+        assert s.status_code == 200
+        assert (s.json()["smoothing"]["spelling"], s.json()["smoothing"]["spelling_prior"]) \
+            == (0.25, None)
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                          json={"spelling_prior": 1e5})
+        assert bad.status_code == 400 and "set the other to None (null in JSON" in \
+            bad.json()["error"]["message"]
+        assert httpx.patch(gw.url + "/admin/settings", headers=_admin(),
+                           json={"spelling": None}).status_code == 200
 
         assert 'ir3de_request_seconds_count{expert="law"} 1.0' in \
             httpx.get(gw.url + "/metrics").text
@@ -3263,6 +3271,41 @@ def test_changed_config_router_is_rebuilt_with_the_admin_changes(
     assert [(json.loads(r.getMessage())["field"], json.loads(r.getMessage())["using"])
             for r in caplog.records] == [("router.alpha", "saved"), ("threshold", "saved")]
     assert json.loads(saved_file.read_text())["config"]["threshold"] == 0.2
+
+
+def test_the_two_spelling_forms_merge_as_one(stats_files, upstreams, tmp_path,
+                                             caplog) -> None:
+    """The admin API put the spelling back-off in as a prior; gateway.yaml then set the
+    added term: merged key by key, the restart paired the file's term with the saved prior,
+    a router that is refused, and the gateway would not start. A change of either form in
+    the file takes both from it; a change elsewhere keeps the admin API's prior."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    router = _copy_router(state.router)  # what the admin API would have saved
+    router.set_params(spelling=None, spelling_prior=1e5)
+    _persist(replace(state, router=router), str(tmp_path / "state"), base)
+    data = yaml.safe_load(config.read_text())
+    data["router"]["settings"] = {"alpha": 0.05}  # a change elsewhere: the prior stays
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, _ = _initial_state(load_config(config))
+    c = state.router.config
+    assert (c.alpha, c.spelling, c.spelling_prior) == (0.05, None, 1e5)
+    data["router"]["settings"] = {"spelling": 0.5}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    c = state.router.config
+    assert (c.alpha, c.spelling, c.spelling_prior) == ("auto", 0.5, None)
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert [(e["field"], e["using"]) for e in lines] == [
+        ("router", "config"), ("router.alpha", "config"),  # (the first restart saved 0.05)
+        ("router.spelling", "config"), ("router.spelling_prior", "config")]
 
 
 def test_no_warning_for_saved_settings_the_router_does_not_read(

@@ -987,12 +987,21 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         for expert in saved.router.experts:
             if expert not in known and expert not in stats:  # added by the admin API
                 stats[expert] = saved_stats[expert]
+        # A setting gateway.yaml changed since the base was saved comes from the file. One
+        # the base lacks (saved by an ir3de without it) counts as the saved router's own
+        # value: taking either gives the same router when they agree.
+        from_config = {key for key, value in built_settings.items()
+                       if value != base_router["settings"].get(key, saved_settings[key])}
+        if from_config & _SPELLING_FORMS:
+            # The spelling back-off enters once, as a term or as a prior: merged key by key,
+            # the file's term could meet the admin API's prior, a router that is refused.
+            from_config |= _SPELLING_FORMS
         settings, differ = {}, []
         for key, value in built_settings.items():
-            was, kept = base_router["settings"].get(key, _ABSENT), saved_settings[key]
-            settings[key] = value if value != was else kept
+            kept = saved_settings[key]
+            settings[key] = value if key in from_config else kept
             if kept != value:
-                differ.append((key, value, kept, "config" if value != was else "saved"))
+                differ.append((key, value, kept, "config" if key in from_config else "saved"))
         try:
             used: Any = RouterConfig(**settings)
         except IR3DEError:  # refused below, where the router is built: warn of them all
@@ -2045,6 +2054,10 @@ class _Cooldowns:
                 "cooling_down_until": _wall_clock(left) if left > 0 else None,
                 "retry_in": round(left, 3) if left > 0 else None,
                 "cooldowns": record.cooldowns}
+
+
+# The two forms of the spelling back-off (a router sets at most one): merged as one.
+_SPELLING_FORMS = frozenset({"spelling", "spelling_prior"})
 
 
 def _read_settings(config: Any) -> dict[str, Any]:

@@ -431,7 +431,7 @@ def nb_spelling(spelling: float | Literal["auto"] | None, n_prompts: Sequence[in
     for few fit prompts, where the back-off did not beat none on held-out fit data
     (benchmarks/explore_subword.py --small); a number or None is kept. The spelling
     prior's mass (``default=DEFAULT_SPELLING_PRIOR``) follows the same switch: it was
-    measured at full size only, and for few fit prompts it would outweigh the counts.
+    measured at full size only, where it is already many times a small expert's counts.
 
     >>> nb_spelling("auto", [300, 5000]), nb_spelling("auto", [30, 80, 120])
     (0.25, None)
@@ -482,11 +482,7 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     Example:
         >>> L = solve_nb(router.stats, router.experts, alpha=0.1)  # doctest: +SKIP
     """
-    # The ridge presets need A and b only ('identity' also the token counts).
-    ridge = ("'identity' or 'dense'" if all(stats[n].counts is not None for n in experts)
-             else "'dense' or 'paper'")
-    doc_counts = _require(stats, experts, lambda s: s.doc_counts, "document frequencies",
-                          f"use the 'nb' model, or use the {ridge} preset")
+    doc_counts = _doc_counts(stats, experts)
     if not alpha > 0 or not np.isfinite(alpha):
         raise IR3DEError(f"the smoothing α must be a finite number > 0, got {alpha}")
     V = {doc_counts[n].shape[0] for n in experts}
@@ -499,6 +495,17 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
     # Only a huge α overflows (α V → inf); a tiny one leaves log(α) finite.
     _require_finite(L, f"α={alpha:g} is too large", "token table")
     return L
+
+
+def _doc_counts(stats: Mapping[str, DomainStats], experts: Sequence[str]
+                ) -> dict[str, np.ndarray]:
+    """Each expert's document frequencies, or the error that names the files without them
+    and the presets that route on such statistics."""
+    # The ridge presets need A and b only ('identity' also the token counts).
+    ridge = ("'identity' or 'dense'" if all(stats[n].counts is not None for n in experts)
+             else "'dense' or 'paper'")
+    return _require(stats, experts, lambda s: s.doc_counts, "document frequencies",
+                    f"use the 'nb' model, or use the {ridge} preset")
 
 
 @dataclass(frozen=True, eq=False)
@@ -590,6 +597,7 @@ def solve_spelling_prior(stats: Mapping[str, DomainStats], experts: Sequence[str
     for value, what in ((alpha, "smoothing α"), (mass, "spelling prior's mass")):
         if not value > 0 or not np.isfinite(value):
             raise IR3DEError(f"the {what} must be a finite number > 0, got {value}")
+    _doc_counts(stats, experts)  # (refused as solve_nb refuses them, naming the way out)
     spelt = np.bincount(spelling.rows, minlength=spelling.vocab_size) > 0
     if not spelt.any():
         raise IR3DEError("no token of the vocabulary has character n-grams (every one is a "
