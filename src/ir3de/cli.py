@@ -76,6 +76,7 @@ from ir3de.router import (
     read_router_meta,
 )
 from ir3de.selector import SELECTORS
+from ir3de.solver import FEW_MIN_PROMPTS, FEW_PROMPTS
 from ir3de.statistics import (
     DomainStats,
     compute_stats,
@@ -387,6 +388,12 @@ def _add_embedder_args(p: argparse.ArgumentParser, default: str | None, *,
                         "refused otherwise")
 
 
+# When "auto" settings take their values for few fit prompts (solver.nb_smoothing), as the
+# help of each such option says.
+_FEW = (f"when the experts hold {FEW_PROMPTS} prompts each or fewer on average or the "
+        f"smallest {FEW_MIN_PROMPTS} or fewer")
+
+
 def _add_router_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("router settings (default: --preset default)",
                              "an option the resulting model or selector does not read is "
@@ -394,8 +401,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default': Naive-Bayes log-likelihoods of binary token and "
                         "adjacent-token-pair features pooled by the geo selector, α and pair "
-                        "mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 "
-                        "prompts each or fewer on average or the smallest 50 or fewer, plus a "
+                        f"mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 {_FEW}, plus a "
                         "back-off through the token strings' character trigrams, 'auto': "
                         "0.25, or none for such small fit sets (the measured best); "
                         "'spelling-prior': the same back-off as a Dirichlet prior of the "
@@ -423,44 +429,37 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "--normalize, --regularize-bias apply)")
     g.add_argument("--alpha", type=_alpha, metavar="ALPHA|auto",
                    help="Laplace smoothing of the nb model's tokens, or 'auto' (the default: "
-                        "0.03, or 0.01 when the experts hold 100 prompts each or fewer on "
-                        "average or the smallest 50 or fewer; preset 'few': 0.01)")
+                        f"0.03, or 0.01 {_FEW}; preset 'few': 0.01)")
     g.add_argument("--pairs", type=_pair_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass that smooths each domain's token-pair "
                         "frequencies towards the pooled ones, 'auto' (the default: 1e5, or 3e4 "
-                        "when the experts hold 100 prompts each or fewer on average or the "
-                        "smallest 50 or fewer; preset "
-                        "'few': 3e4), or 'none' for token features only; pairs enter the geo "
-                        "selector")
+                        f"{_FEW}; preset 'few': 3e4), or 'none' for token features only; "
+                        "pairs enter the geo selector")
     g.add_argument("--skips", type=_skip_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: Dirichlet mass of the skip-pair table (pairs of tokens two "
-                        "places apart), 'auto' (preset 'skips': 1e6, or none when the experts "
-                        "hold 100 prompts each or fewer on average or the smallest 50 or "
-                        "fewer) or 'none' (the default); skip pairs enter the geo selector")
+                        f"places apart), 'auto' (preset 'skips': 1e6, or none {_FEW}) or "
+                        "'none' (the default); skip pairs enter the geo selector")
     g.add_argument("--unseen", choices=UNSEEN,
                    help="nb model with the geo selector: what a token no fit prompt holds "
                         "adds, 'score' (its smoothed log-likelihoods, which lean towards the "
                         "experts with fewer fit prompts; the default) or 'ignore' (nothing); "
-                        "'auto' (preset 'skips'): ignore, or score when the experts hold 100 "
-                        "prompts each or fewer on average or the smallest 50 or fewer")
+                        f"'auto' (preset 'skips'): ignore, or score {_FEW}")
     g.add_argument("--spelling", type=_spelling_weight, metavar="WEIGHT|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: weight of a back-off through spelling added to every "
                         "token's row, a Naive-Bayes table over the character trigrams of the "
                         "token strings from the same document frequencies; 'auto' (the "
-                        "default: 0.25, or none when the experts hold 100 prompts each or "
-                        "fewer on average or the smallest 50 or fewer) or 'none' (every "
-                        "preset but the default); every selector reads it")
+                        f"default: 0.25, or none {_FEW}) or 'none' (every preset but the "
+                        "default); every selector reads it")
     g.add_argument("--spelling-prior", type=_spelling_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: the spelling back-off as a Dirichlet prior of the token "
                         "table with this mass (each domain's counts smoothed towards its "
                         "spelling distribution) in place of the added term, so --spelling "
-                        "must be 'none'; 'auto' (preset 'spelling-prior': 1e5, or none when "
-                        "the experts hold 100 prompts each or fewer on average or the smallest "
-                        "50 or fewer) or 'none' (every other preset); use it with the geo "
+                        f"must be 'none'; 'auto' (preset 'spelling-prior': 1e5, or none "
+                        f"{_FEW}) or 'none' (every other preset); use it with the geo "
                         "selector (the per-token voting selectors lose 5-27 points with it)")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
     g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
