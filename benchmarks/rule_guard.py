@@ -21,6 +21,15 @@ ones EVALUATION.md records; this script does not re-run them. It chooses nothing
 guard is a proposal, and this is its evidence. GUARD was fixed with this file, committed
 before its first run.
 
+Outcome (7 min per tokenizer): with WordLlama's tokenizer the guard refuses none of the 12
+picks above their script's default (none loses more than a prompt net, or 0.05 balanced
+points, on any split). With MiniLM's it refuses 4 of 37 (``pair m=1e+06`` in three scripts,
+``rest-tokens g=1``) and passes the spelling prior: on `domains` its held-out balanced
+accuracy is 0.44 points below the default's while it routes one more held-out prompt
+right, its errors moved into the domains with fewer prompts. So the guard as committed
+would not have stopped the pick that prompted it; a guard in balanced points would have,
+but that form was read off this table (EVALUATION.md, *A per-split guard*).
+
 Run:  python benchmarks/rule_guard.py [--embedder wordllama] [--scripts NAME ...]
 """
 
