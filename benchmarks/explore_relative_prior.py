@@ -28,8 +28,8 @@ Outcome (13 s per tokenizer): no ``rel`` setting is above the default on held-ou
 with either tokenizer (WordLlama: the best, c = 0.03, 99.55 against 99.56; MiniLM's: 99.29
 against 99.31), lower as c grows (99.41 / 99.09 at c = 3), so the rule stops before the
 fresh checks and the default stays. The test figures it printed (not read by the rule)
-move as the fixed mass's did: `reasoning-xdata` up for the middle shares (WordLlama 99.19
-to 99.44 against 98.90), `domains` level or lower, a few `reasoning-2fold` prompts lost.
+move as the fixed mass's did: `reasoning-xdata` up for every share (WordLlama 99.19 to
+99.44 against 98.90), `domains` level or lower, a few `reasoning-2fold` prompts lost.
 
 Run:  python benchmarks/explore_relative_prior.py [--embedder wordllama] [--fresh LABEL]
 """
