@@ -32,25 +32,58 @@ against 99.31) and the fresh checks, 98.86 against 97.94 (F1 -0.03, F2 +0.82, F3
 Built as the ``spelling-prior`` preset (not the default; EVALUATION.md, *The spelling prior,
 built*): its eval figures equal this pick's test row to the digit.
 
+``--small``, added after the prior was built as the ``spelling-prior`` preset, whose
+``auto`` leaves it off for the fit sets small enough for ``few`` (copied from the added
+term's ``auto``, not measured for the prior), committed before its own first run: with
+``few``'s values (α 0.01, pair mass 3e4) on ``explore_scale.py``'s small sizes (``f0.03``,
+``n10``, ``n30``, ``n100``, three draws, every split), ``off`` against the prior
+``prior m=M`` in place of the added term, M ∈ {1e2, 1e3, 1e4} (1e5 is many times a small
+fit set's counts). Rule (``explore_subword.py --small``'s): the candidate with the highest
+mean held-out over those sizes (a tie goes to ``off``, then to grid order) replaces ``off``
+only if it beats it there and then on the mean of the fresh checks with every fit set cut
+to each small size; test figures are printed and not read. If it does, the preset's
+``auto`` takes that mass for small fit sets; otherwise it stays off for them.
+
 Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fresh LABEL]
+      python benchmarks/explore_spelling_prior.py --small [--embedder wordllama]
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import time
 from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
-from _holdout import script_parser
+from _holdout import explore_args, script_parser
 from explore_counts import _features
-from explore_subword import _back_off, _spelling, default_tables
+from explore_smoothing import SETTINGS, Unigrams
+from explore_subword import _back_off, _base, _spelling, default_tables
+
+from ir3de import load_embedder
+from ir3de.solver import FEW_ALPHA, FEW_PAIRS
 
 DEFAULT = "default"
 MASSES = (1e2, 1e3, 1e4, 1e5)
 ALPHAS = (0.03, 0.01)
+SMALL_MASSES = (1e2, 1e3, 1e4)
 Groups = dict[str, list[np.ndarray]]
+
+
+def _shares(embedder: str, unigrams: Unigrams) -> np.ndarray:
+    """Each domain's spelling distribution s_d over the tokens (V, D): exp of the back-off
+    rows, normalised over the tokens that have trigrams (the others get none)."""
+    R = _back_off(embedder, unigrams, 3, 0.1)
+    spelt = np.diff(_spelling(embedder, 3).indptr) > 0  # tokens that have trigrams
+    s = np.where(spelt[:, None], np.exp(R - R[spelt].max(axis=0)), 0.0)
+    return s / s.sum(axis=0)
+
+
+def _prior_table(unigrams: Unigrams, s: np.ndarray, V: int, m: float, a: float) -> np.ndarray:
+    df, n = unigrams.C, unigrams.C.sum(axis=0)
+    return np.log((df + a + m * s) / (n + a * V + m))
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -59,19 +92,31 @@ def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.nd
     Mb = _features(ids, "bin", V, bigram=False)
     pairs = grams.matrix(ids) @ T
     out = {DEFAULT: Mb @ L + pairs}
-    R = _back_off(embedder, unigrams, 3, 0.1)
-    spelt = np.diff(_spelling(embedder, 3).indptr) > 0  # tokens that have trigrams
-    s = np.where(spelt[:, None], np.exp(R - R[spelt].max(axis=0)), 0.0)
-    s /= s.sum(axis=0)
-    df, n = unigrams.C, unigrams.C.sum(axis=0)
+    s = _shares(embedder, unigrams)
     for m, a in itertools.product(MASSES, ALPHAS):
-        table = np.log((df + a + m * s) / (n + a * V + m))
-        out[f"prior m={m:g} a={a:g}"] = Mb @ table + pairs
+        out[f"prior m={m:g} a={a:g}"] = Mb @ _prior_table(unigrams, s, V, m, a) + pairs
     return out
 
 
+def _small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """``--small``: few's values, without the spelling and with the prior at each mass."""
+    embedder, unigrams, Mb, table, pairs = _base(V, fit, ids, FEW_ALPHA, FEW_PAIRS)
+    s = _shares(embedder, unigrams)
+    return {"off": Mb @ table + pairs,
+            **{f"prior m={m:g}": Mb @ _prior_table(unigrams, s, V, m, FEW_ALPHA) + pairs
+               for m in SMALL_MASSES}}
+
+
 def main() -> int:
-    return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
+    if "--small" not in sys.argv[1:]:
+        return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
+    from explore_scale import SMALL, _challenge
+
+    start = time.perf_counter()
+    args = explore_args(__doc__, SETTINGS, flags=[("--small", "the prior on small fit sets")])
+    labels = ["off", *(f"prior m={m:g}" for m in SMALL_MASSES)]
+    return _challenge(load_embedder(args.embedder), args, start, _small_variants, labels,
+                      SMALL, SMALL, "off", read_test=False)
 
 
 if __name__ == "__main__":
