@@ -901,7 +901,8 @@ def _word(value: float | str | None) -> str:
 
 def test_build_spelling_prior(built: dict[str, Path], tmp_path: Path, capsys) -> None:
     """--preset spelling-prior and --spelling-prior: the prior's mass as inspect shows it
-    ("auto" is off for these few prompts per expert, a number is kept); with the added term
+    ("auto" is the small fit sets' 100 for these few prompts per expert, a number is kept);
+    with the added term
     still on, or with the ridge model, it is refused and nothing is written."""
     out = tmp_path / "r.safetensors"
     base = ["build", built["math"], built["coding"], "-o", out]
@@ -913,11 +914,11 @@ def test_build_spelling_prior(built: dict[str, Path], tmp_path: Path, capsys) ->
 
     code, _, err = run(capsys, *base, "--preset", "spelling-prior")
     assert code == 0 and err.strip().endswith(
-        "; auto smoothing α=0.01  pair mass=30000  no spelling prior (4 prompts per expert on "
-        "average, 4 in the smallest)"), err
+        "; auto smoothing α=0.01  pair mass=30000  spelling prior mass=100 (4 prompts per "
+        "expert on average, 4 in the smallest)"), err
     c = Router.load(out).config
     assert (c.spelling, c.spelling_prior) == (None, "auto")
-    assert "spelling prior mass=none (auto, from the prompt counts)" in model_line()
+    assert "spelling prior mass=100 (auto, from the prompt counts)" in model_line()
     assert "spelling weight" not in model_line()
     out.unlink()
     assert run(capsys, *base, "--spelling", "none", "--spelling-prior", "1e3")[0] == 0

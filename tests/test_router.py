@@ -39,6 +39,7 @@ from ir3de.solver import (
     DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
+    FEW_SPELLING_PRIOR,
     MU_GRID,
     SPELLING_BETA,
     choose_identity_mu,
@@ -1385,9 +1386,9 @@ def test_spelling_back_off_is_exact_and_checked(emb: Embedder, toy_stats,
 def test_spelling_prior_is_exact_and_checked(emb: Embedder, toy_stats, tmp_path: Path) -> None:
     """The spelling prior is a function of the summed statistics as the added back-off is
     (add/remove equals a refit, a reload the same tables, a prompt alone its batch
-    decision), and it changes the scores. The preset takes it "auto" (off for small fit
-    sets). Bad masses, and both forms of the back-off at once, are refused by name; the
-    ridge model, which reads neither, says so."""
+    decision), and it changes the scores. The preset takes it "auto" (a lighter mass for
+    small fit sets). Bad masses, and both forms of the back-off at once, are refused by
+    name; the ridge model, which reads neither, says so."""
     prompts = _changes_are_exact(emb, toy_stats, PRIORED, tmp_path)
     three = ["math", "coding", "law"]
     for selector in ("geo", "avg"):
@@ -1398,7 +1399,9 @@ def test_spelling_prior_is_exact_and_checked(emb: Embedder, toy_stats, tmp_path:
     assert (preset.spelling, preset.spelling_prior) == (None, "auto")
     assert preset.with_settings(spelling="auto", spelling_prior=None) == RouterConfig()
     small = Router(emb, preset).fit_stats(toy_stats)  # a few prompts per expert
-    assert small.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
+    assert small.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, FEW_SPELLING_PRIOR)
+    assert_same_state(small, Router(emb, PRIORED.with_settings(
+        alpha=FEW_ALPHA, pairs=FEW_PAIRS, spelling_prior=FEW_SPELLING_PRIOR)).fit_stats(toy_stats))
     for bad in (0, -1.0, float("nan"), float("inf"), "1e5", True):
         with pytest.raises(IR3DEError, match=r"the spelling prior's mass must be a finite "
                                              r"number > 0, 'auto' or None, got "):
@@ -1539,7 +1542,8 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     # the spelling-prior preset's "auto" likewise: the prior's mass at full size only
     assert Router(emb, "spelling-prior").fit_stats(four).smoothing == (
         *FULL_SIZE_USED[:4], None, DEFAULT_SPELLING_PRIOR)
-    assert Router(emb, "spelling-prior").fit_stats(three).smoothing[4:] == (None, None)
+    assert Router(emb, "spelling-prior").fit_stats(three).smoothing[4:] == (
+        None, FEW_SPELLING_PRIOR)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
 
 

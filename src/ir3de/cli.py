@@ -405,7 +405,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "back-off through the token strings' character trigrams, 'auto': "
                         "0.25, or none for such small fit sets (the measured best); "
                         "'spelling-prior': the same back-off as a Dirichlet prior of the "
-                        "token table, mass 'auto': 1e5, or none for such small fit sets, "
+                        "token table, mass 'auto': 1e5, or 100 for such small fit sets, "
                         "instead of an added term (the selection rule's pick with MiniLM's "
                         "tokenizer, not WordLlama's); 'pairs': "
                         "the default without the spelling back-off (the default before it); "
@@ -458,7 +458,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="nb model: the spelling back-off as a Dirichlet prior of the token "
                         "table with this mass (each domain's counts smoothed towards its "
                         "spelling distribution) in place of the added term, so --spelling "
-                        f"must be 'none'; 'auto' (preset 'spelling-prior': 1e5, or none "
+                        f"must be 'none'; 'auto' (preset 'spelling-prior': 1e5, or 100 "
                         f"{_FEW}) or 'none' (every other preset); use it with the geo "
                         "selector (the per-token voting selectors lose 5-27 points with it)")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")

@@ -70,6 +70,7 @@ from .solver import (
     DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
+    FEW_SPELLING_PRIOR,
     MU_GRID,
     UNIGRAM_ALPHA,
     Spelling,
@@ -196,10 +197,11 @@ class RouterConfig:
       ``spelling_prior``: None (the default), or the mass m of the same back-off entered
       as a Dirichlet prior of the token table instead (each domain's counts smoothed
       towards its spelling distribution, :func:`~ir3de.solver.solve_spelling_prior`), or
-      ``"auto"`` (preset ``spelling-prior``: 1e5, or off for small fit sets as
-      ``spelling``); it replaces the added term, so ``spelling`` must then be None. Use it
-      with ``geo``: the per-token voting selectors lose 5-27 points with it (a mass of 1e5
-      outweighs a small domain's counts, whose rows become mostly its spelling).
+      ``"auto"`` (preset ``spelling-prior``: 1e5, or 100 for the small fit sets that
+      ``alpha``'s ``"auto"`` takes its values for); it replaces the added term, so
+      ``spelling`` must then be None. Use it with ``geo``: the per-token voting selectors
+      lose 5-27 points with it (a mass of 1e5 outweighs a small domain's counts, whose rows
+      become mostly its spelling).
     * ``"ridge"``: the paper's ridge regression on the embedding, ``W = (A + λI)⁻¹ B``,
       with ``lam``, ``balance``, ``normalize``, ``regularize_bias``, and ``identity``:
       token-identity features (embedding ⊕ one-hot token id, see
@@ -293,7 +295,7 @@ class RouterConfig:
         fewer on average or the smallest holds 50 or fewer, and a back-off through the
         token strings' character trigrams, weight ``"auto"``: 0.25, or none for such small
         fit sets), ``spelling-prior`` (the default with the spelling back-off as a
-        Dirichlet prior of the token table, mass ``"auto"``: 1e5, or none for small fit
+        Dirichlet prior of the token table, mass ``"auto"``: 1e5, or 100 for such small fit
         sets, in place of the added term: the pick of the selection rule with MiniLM's
         tokenizer, not with WordLlama's), ``pairs`` (the default without the spelling
         back-off, as it was before it), ``few`` (α = 0.01 and pair mass 3e4 whatever the
@@ -1614,7 +1616,7 @@ def _smoothing_in_use(config: RouterConfig, n_prompts: Sequence[int]) -> Smoothi
                      *nb_skips(config.skips, config.unseen, n_prompts),
                      nb_spelling(config.spelling, n_prompts),
                      nb_spelling(config.spelling_prior, n_prompts,
-                                 default=DEFAULT_SPELLING_PRIOR))
+                                 default=DEFAULT_SPELLING_PRIOR, few=FEW_SPELLING_PRIOR))
 
 
 def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:

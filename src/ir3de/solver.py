@@ -31,13 +31,12 @@ from .errors import IR3DEError, StatsFormatError
 from .selector import PairScores
 from .statistics import DomainStats, _table_blocks, split_pairs
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS",
-           "DEFAULT_SPELLING", "DEFAULT_SPELLING_PRIOR", "FEW_ALPHA", "FEW_MIN_PROMPTS",
-           "FEW_PAIRS", "FEW_PROMPTS", "MU_GRID", "SPELLING_BETA", "SPELLING_N",
-           "UNIGRAM_ALPHA", "Spelling", "choose_identity_mu", "design", "domain_weights",
-           "identity_loo", "nb_skips", "nb_smoothing", "nb_spelling", "solve",
-           "solve_identity", "solve_identity_auto", "solve_nb", "solve_pairs",
-           "solve_spelling", "solve_spelling_prior"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS", "DEFAULT_SPELLING",
+           "DEFAULT_SPELLING_PRIOR", "FEW_ALPHA", "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS",
+           "FEW_SPELLING_PRIOR", "MU_GRID", "SPELLING_BETA", "SPELLING_N", "UNIGRAM_ALPHA",
+           "Spelling", "choose_identity_mu", "design", "domain_weights", "identity_loo", "nb_skips",
+           "nb_smoothing", "nb_spelling", "solve", "solve_identity", "solve_identity_auto",
+           "solve_nb", "solve_pairs", "solve_spelling", "solve_spelling_prior"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -66,6 +65,10 @@ DEFAULT_SPELLING = 0.25
 # tokenizer (held-out 99.33 against 99.31, then 98.86 against 97.94 on the fresh checks);
 # with WordLlama's it stays below the added term on held-out data, so it is not the default.
 DEFAULT_SPELLING_PRIOR = 1e5
+# ... and its mass for fit sets small enough for FEW_ALPHA / FEW_PAIRS: the pick of
+# benchmarks/explore_spelling_prior.py --small against no spelling there (held-out +0.08,
+# fresh checks +0.33 over four small sizes; with MiniLM's tokenizer +0.09 and +0.25).
+FEW_SPELLING_PRIOR = 1e2
 SPELLING_N = 3
 SPELLING_BETA = 0.1
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
@@ -425,20 +428,21 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
 
 
 def nb_spelling(spelling: float | Literal["auto"] | None, n_prompts: Sequence[int], *,
-                default: float = DEFAULT_SPELLING) -> float | None:
+                default: float = DEFAULT_SPELLING, few: float | None = None) -> float | None:
     """The spelling back-off's weight in use for experts of ``n_prompts`` prompts each:
-    ``"auto"`` gives ``default``, or None (off) where :func:`nb_smoothing` takes its values
-    for few fit prompts, where the back-off did not beat none on held-out fit data
-    (benchmarks/explore_subword.py --small); a number or None is kept. The spelling
-    prior's mass (``default=DEFAULT_SPELLING_PRIOR``) follows the same switch: it was
-    measured at full size only, where it is already many times a small expert's counts.
+    ``"auto"`` gives ``default``, or ``few`` where :func:`nb_smoothing` takes its values for
+    few fit prompts (None, off, for the added term, which did not beat none there on
+    held-out fit data: benchmarks/explore_subword.py --small); a number or None is kept.
+    The spelling prior's mass follows the same switch with ``default=DEFAULT_SPELLING_PRIOR,
+    few=FEW_SPELLING_PRIOR`` (explore_spelling_prior.py --small).
 
     >>> nb_spelling("auto", [300, 5000]), nb_spelling("auto", [30, 80, 120])
     (0.25, None)
-    >>> nb_spelling("auto", [300, 5000], default=DEFAULT_SPELLING_PRIOR)
-    100000.0
+    >>> [nb_spelling("auto", n, default=DEFAULT_SPELLING_PRIOR, few=FEW_SPELLING_PRIOR)
+    ...  for n in ([300, 5000], [30, 80, 120])]
+    [100000.0, 100.0]
     """
-    return (None if _few(n_prompts) else default) if spelling == "auto" else spelling
+    return (few if _few(n_prompts) else default) if spelling == "auto" else spelling
 
 
 def _few(n_prompts: Sequence[int]) -> bool:
