@@ -1539,7 +1539,8 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     # the default's spelling "auto": the back-off at full size only (FULL_SIZE_USED; off
     # with the few values above); the presets measured before it leave it off
     assert Router(emb, "pairs").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4], None, None)
-    # the spelling-prior preset's "auto" likewise: the prior's mass at full size only
+    # the spelling-prior preset's "auto": 1e5 at full size, FEW_SPELLING_PRIOR with the
+    # few values
     assert Router(emb, "spelling-prior").fit_stats(four).smoothing == (
         *FULL_SIZE_USED[:4], None, DEFAULT_SPELLING_PRIOR)
     assert Router(emb, "spelling-prior").fit_stats(three).smoothing[4:] == (
