@@ -5,9 +5,10 @@ The rule (``fresh_unseen.rule_main``) takes each family's configuration with the
 script's default there goes on to the fresh checks (a few scripts report families for
 context only; this script lists every family pick). With MiniLM's tokenizer the spelling
 prior passed that step by +0.02 while it was about 0.5 below the default on `domains`'
-held-out part (one decimal; 0.44 below, as this script prints it): three near-saturated Reasoning splits, which share their math and multilingual fit
-sets, outweighed it (EVALUATION.md, *The spelling prior, built*). This script asks which
-held-out passes of the family scripts a guard would have refused:
+held-out part (one decimal; 0.44 below, as this script prints it): three near-saturated
+Reasoning splits, which share their math and multilingual fit sets, outweighed it
+(EVALUATION.md, *The spelling prior, built*). This script asks which family picks above
+their script's default a guard would have refused:
 
     refuse a pick that, on any one split's held-out part, misroutes at least GUARD (3)
     more prompts than the script's default (net: held-out prompts the default routes
