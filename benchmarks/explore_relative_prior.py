@@ -41,31 +41,19 @@ from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
-from _holdout import script_parser
-from explore_counts import _features
-from explore_subword import _back_off, _spelling, default_tables
+from explore_spelling_prior import DEFAULT, _prior_table, default_and_prior
 
-DEFAULT = "default"
 SHARES = (0.03, 0.1, 0.3, 1.0, 3.0)
 ALPHA = 0.03
 Groups = dict[str, list[np.ndarray]]
 
 
 def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    embedder = script_parser(__doc__).parse_known_args()[0].embedder
-    unigrams, L, grams, T = default_tables(V, fit)
-    Mb = _features(ids, "bin", V, bigram=False)
-    pairs = grams.matrix(ids) @ T
-    out = {DEFAULT: Mb @ L + pairs}
-    R = _back_off(embedder, unigrams, 3, 0.1)
-    spelt = np.diff(_spelling(embedder, 3).indptr) > 0  # tokens that have trigrams
-    s = np.where(spelt[:, None], np.exp(R - R[spelt].max(axis=0)), 0.0)
-    s /= s.sum(axis=0)
-    df, n = unigrams.C, unigrams.C.sum(axis=0)
-    for c in SHARES:
-        m = c * n  # one mass per domain column
-        table = np.log((df + ALPHA + m * s) / (n + ALPHA * V + m))
-        out[f"rel c={c:g} a={ALPHA:g}"] = Mb @ table + pairs
+    out, unigrams, s, Mb, pairs = default_and_prior(V, fit, ids)
+    n = unigrams.C.sum(axis=0)
+    for c in SHARES:  # one mass per domain column, c times its summed counts
+        out[f"rel c={c:g} a={ALPHA:g}"] = Mb @ _prior_table(unigrams, s, V, c * n, ALPHA) \
+            + pairs
     return out
 
 

@@ -62,6 +62,7 @@ from collections.abc import Sequence
 
 import fresh_unseen
 import numpy as np
+import scipy.sparse as sp
 from _holdout import explore_args, script_parser
 from explore_counts import _features
 from explore_smoothing import SETTINGS, Unigrams
@@ -86,18 +87,29 @@ def _shares(embedder: str, unigrams: Unigrams) -> np.ndarray:
     return s / s.sum(axis=0)
 
 
-def _prior_table(unigrams: Unigrams, s: np.ndarray, V: int, m: float, a: float) -> np.ndarray:
+def _prior_table(unigrams: Unigrams, s: np.ndarray, V: int, m: float | np.ndarray,
+                 a: float) -> np.ndarray:
+    """The token table with the prior of mass ``m`` (a number, or one per domain column)."""
     df, n = unigrams.C, unigrams.C.sum(axis=0)
     return np.log((df + a + m * s) / (n + a * V + m))
 
 
-def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def default_and_prior(V: int, fit: Groups, ids: Sequence[np.ndarray]
+                      ) -> tuple[dict[str, np.ndarray], Unigrams, np.ndarray,
+                                 sp.csr_matrix, np.ndarray]:
+    """Today's default's scores of ``ids`` (``{DEFAULT: ...}``), and what a prior variant
+    builds on: the fit's token counts, the spelling distributions, the prompts' binary
+    token features and their summed pair log-likelihoods (also read by
+    ``explore_relative_prior.py``)."""
     embedder = script_parser(__doc__).parse_known_args()[0].embedder
     unigrams, L, grams, T = default_tables(V, fit)
     Mb = _features(ids, "bin", V, bigram=False)
     pairs = grams.matrix(ids) @ T
-    out = {DEFAULT: Mb @ L + pairs}
-    s = _shares(embedder, unigrams)
+    return {DEFAULT: Mb @ L + pairs}, unigrams, _shares(embedder, unigrams), Mb, pairs
+
+
+def _variants(V: int, fit: Groups, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    out, unigrams, s, Mb, pairs = default_and_prior(V, fit, ids)
     for m, a in itertools.product(MASSES, ALPHAS):
         out[f"prior m={m:g} a={a:g}"] = Mb @ _prior_table(unigrams, s, V, m, a) + pairs
     return out
