@@ -59,7 +59,7 @@ uniform sizes); it changes no setting either way.
 
 Outcome of ``--small-mixed`` (132 s): ``off`` stays. With WordLlama's tokenizer
 ``prior m=100`` is the held-out pick by a hair (97.98 against 97.97) and loses the fresh
-checks (−0.06: one10 −0.08, one30 −0.13, half10 +0.05, half30 −0.09); with MiniLM's ``off``
+checks (-0.06: one10 -0.08, one30 -0.13, half10 +0.05, half30 -0.09); with MiniLM's ``off``
 is the held-out pick itself (97.99 against 97.96). So the preset's small-fit-set mass helps
 where every expert is small and not where one small expert sits beside whole ones, which
 ``auto`` treats alike; no setting changes (the rule above), README and EVALUATION.md say so.
