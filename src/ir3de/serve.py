@@ -2058,16 +2058,16 @@ class _Cooldowns:
 
 # The two forms of the spelling back-off (a router sets at most one): merged as one.
 _SPELLING_FORMS = frozenset({"spelling", "spelling_prior"})
+# The router settings PATCH /admin/settings changes (and GET /admin/experts lists).
+_PATCHABLE = ("alpha", "pairs", "skips", "unseen", "spelling", "spelling_prior", "k", "lam",
+              "selector")
 
 
 def _read_settings(config: Any) -> dict[str, Any]:
-    """The settings of ``config`` (a RouterConfig) that ``PATCH /admin/settings`` changes,
-    less those the router does not read (as ``ir3de inspect``): k=50 was listed for a geo
-    router, whose PATCH of k alone is refused."""
-    settings = {name: getattr(config, name) for name in ("model", "alpha", "pairs", "skips",
-                                                          "unseen", "spelling",
-                                                          "spelling_prior", "k", "lam",
-                                                          "selector")}
+    """The model of ``config`` (a RouterConfig) and the settings ``PATCH /admin/settings``
+    changes, less those the router does not read (as ``ir3de inspect``): k=50 was listed
+    for a geo router, whose PATCH of k alone is refused."""
+    settings = {name: getattr(config, name) for name in ("model", *_PATCHABLE)}
     return {name: value for name, value in settings.items() if config.ignored([name]) is None}
 
 
@@ -3169,8 +3169,7 @@ def create_app(config: Any) -> Any:
         except ClientDisconnect:
             return _admin_gone(request)
         cuts = ("threshold", "min_coverage")
-        allowed = {"alpha", "k", "lam", "pairs", "skips", "unseen", "spelling",
-                   "spelling_prior", "selector", *cuts}
+        allowed = {*_PATCHABLE, *cuts}
         if not isinstance(changes, dict) or not changes:
             return _error(400, f"send a JSON object with some of {sorted(allowed)}")
         unknown = [key for key in changes if key not in allowed]

@@ -601,7 +601,7 @@ def solve_spelling_prior(stats: Mapping[str, DomainStats], experts: Sequence[str
     for value, what in ((alpha, "smoothing α"), (mass, "spelling prior's mass")):
         if not value > 0 or not np.isfinite(value):
             raise IR3DEError(f"the {what} must be a finite number > 0, got {value}")
-    _doc_counts(stats, experts)  # (refused as solve_nb refuses them, naming the way out)
+    doc_counts = _doc_counts(stats, experts)  # (refused as solve_nb refuses them)
     spelt = np.bincount(spelling.rows, minlength=spelling.vocab_size) > 0
     if not spelt.any():
         raise IR3DEError("no token of the vocabulary has character n-grams (every one is a "
@@ -616,7 +616,7 @@ def solve_spelling_prior(stats: Mapping[str, DomainStats], experts: Sequence[str
         # ≥ 1, no overflow.
         r = R[:, j]
         share = np.where(spelt, np.exp(r - r[spelt].max()), 0.0)
-        df = np.asarray(stats[name].doc_counts, dtype=np.float64)
+        df = np.asarray(doc_counts[name], dtype=np.float64)
         L[:, j] = (np.log(df + alpha + mass * (share / share.sum()))
                    - np.log(df.sum() + alpha * df.size + mass))
     _require_finite(L, f"α={alpha:g} or the spelling prior's mass {mass:g} is too large",
