@@ -870,6 +870,36 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
         "in the smallest)"), err
 
 
+def test_build_says_the_default_took_the_spelling_prior(tmp_path: Path, capsys) -> None:
+    """Experts of 10 to 100 prompts each on average: the default's spelling back-off takes
+    the prior's form, and build, experts add / remove and inspect say so; an expert that
+    brings the mean below 10 turns it off."""
+    stats = {}
+    for name, n in (("translation", 30), ("summary", 12), ("tiny", 3)):
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text("".join(f"{name} of sentence number {i}, please.\n"
+                                  for i in range(n)))
+        stats[name] = tmp_path / f"{name}.st"
+        assert run(capsys, "stats", corpus, "--domain", name, "-o", stats[name], "-q")[0] == 0
+    router = tmp_path / "r.st"
+    code, _, err = run(capsys, "build", stats["translation"], stats["summary"], "-o", router)
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.01  pair mass=30000  spelling prior mass=100 (21 prompts per "
+        "expert on average, 12 in the smallest)"), err
+    assert Router.load(router).smoothing == (0.01, 3e4, None, "score", None, 100.0)
+    text = run(capsys, "inspect", router)[1]
+    assert "spelling prior mass=100 (auto, from the prompt counts)" in text, text
+    assert "spelling weight" not in text, text
+    # 45 prompts over three experts: a mean of 15, still the prior (nothing moved: no note)
+    code, _, err = run(capsys, "experts", "add", router, stats["tiny"])
+    assert code == 0 and "smoothing" not in err, err
+    code, _, err = run(capsys, "experts", "remove", router, "translation")
+    assert code == 0 and err.strip().endswith(
+        "; auto smoothing α=0.01  pair mass=30000  no spelling back-off (7.5 prompts per "
+        "expert on average, 3 in the smallest)"), err
+    assert Router.load(router).smoothing.spelling_prior is None
+
+
 def test_build_spelling_back_off(built: dict[str, Path], tmp_path: Path, capsys) -> None:
     """--spelling sets the back-off's weight; 'auto' (the default's) leaves it off for
     experts this small and build says so; inspect shows the weight in use."""

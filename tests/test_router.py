@@ -39,6 +39,7 @@ from ir3de.solver import (
     DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
+    FEW_SPELLING_FLOOR,
     FEW_SPELLING_PRIOR,
     MU_GRID,
     SPELLING_BETA,
@@ -1194,6 +1195,8 @@ FULL_SIZE = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, skips=DEFAULT
                          unseen="ignore", spelling=None)
 FULL_SIZE_USED = (DEFAULT_ALPHA, DEFAULT_PAIRS, None, "score", DEFAULT_SPELLING,
                   None)  # the default's
+# ... and with every expert small (the mean at most FEW_PROMPTS): the prior's form
+SMALL_USED = (FEW_ALPHA, FEW_PAIRS, None, "score", None, FEW_SPELLING_PRIOR)
 # The spelling back-off at full fit size.
 SPELLED = RouterConfig(alpha=DEFAULT_ALPHA, pairs=DEFAULT_PAIRS, spelling=DEFAULT_SPELLING)
 # The spelling back-off as a prior of the token table at full fit size (a small mass: the
@@ -1486,17 +1489,19 @@ def test_nb_add_remove_is_exact_and_leaves_other_columns_untouched(emb: Embedder
 def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_stats,
                                                            skip_stats, tmp_path: Path) -> None:
     """The default's α and pair mass ("auto") come from the summed prompt counts: experts
-    of 60 prompts each get the small-fit-set values; an expert with many prompts lifts the
-    mean over 100 and brings the full-size values, as a full refit does, and taking it away
-    brings the small ones back; so does adding a tiny expert (a few prompts: the smallest
-    at most 50)."""
+    of 60 prompts each get the small-fit-set values, and its spelling back-off the prior's
+    form with the small mass; an expert with many prompts lifts the mean over 100 and
+    brings the full-size values, as a full refit does, and taking it away brings the small
+    ones back; so does adding a tiny expert (a few prompts: the smallest at most 50), but
+    with the spelling back-off off (the mean is still over 100)."""
     # n_prompts only: the same tokens counted as if they came from more prompts
     three = {n: dataclasses.replace(toy_stats[n], n_prompts=60)
              for n in ("math", "coding", "law")}
     router = Router(emb).fit_stats(three)
     assert router.config.alpha == router.config.pairs == "auto"  # (skips and unseen fixed)
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
-    assert_same_state(router, Router(emb, "few").fit_stats(three))
+    assert router.smoothing == SMALL_USED
+    assert_same_state(router, Router(emb, "few", spelling_prior=FEW_SPELLING_PRIOR)
+                      .fit_stats(three))
     big = dataclasses.replace(toy_stats["multilingual"], n_prompts=1000)
     router.add_expert("multilingual", big)
     four = {**three, "multilingual": big}
@@ -1517,7 +1522,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     router.remove_expert("tiny")
     assert router.smoothing == FULL_SIZE_USED
     router.remove_expert("multilingual")
-    assert router.smoothing == (FEW_ALPHA, FEW_PAIRS, None, "score", None, None)
+    assert router.smoothing == SMALL_USED
     assert_same_state(router, Router(emb).fit_stats(three))
     # a number is kept whatever the counts; None keeps pairs off
     assert Router(emb, alpha=0.5, pairs=None, skips=None,
@@ -1528,7 +1533,7 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
                for n, s in four.items()}
     three_skipped = {n: skipped[n] for n in three}
     assert Router(emb, skips=3e5).fit_stats(three_skipped).smoothing == (
-        FEW_ALPHA, FEW_PAIRS, 3e5, "score", None, None)
+        FEW_ALPHA, FEW_PAIRS, 3e5, "score", None, FEW_SPELLING_PRIOR)
     # the skips preset's "auto": skip pairs and unseen tokens left out at full size only
     assert Router(emb, "skips").fit_stats(skipped).smoothing == (DEFAULT_ALPHA, DEFAULT_PAIRS,
                                                                  DEFAULT_SKIPS, "ignore", None,
@@ -1536,8 +1541,9 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     assert Router(emb, "skips").fit_stats(three_skipped).smoothing == (FEW_ALPHA, FEW_PAIRS,
                                                                        None, "score", None,
                                                                        None)
-    # the default's spelling "auto": the back-off at full size only (FULL_SIZE_USED; off
-    # with the few values above); the presets measured before it leave it off
+    # the default's spelling "auto": the added term at full size (FULL_SIZE_USED), the
+    # prior where the mean fires, off where only the smallest does (above); the presets
+    # measured before it leave it off
     assert Router(emb, "pairs").fit_stats(four).smoothing == (*FULL_SIZE_USED[:4], None, None)
     # the spelling-prior preset's "auto": 1e5 at full size, FEW_SPELLING_PRIOR with the
     # few values
@@ -1546,6 +1552,16 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     assert Router(emb, "spelling-prior").fit_stats(three).smoothing[4:] == (
         None, FEW_SPELLING_PRIOR)
     assert Router(emb, "identity").fit_stats(three).smoothing is None
+    # under FEW_SPELLING_FLOOR prompts per expert on average the default's back-off is off;
+    # an expert that lifts the mean to it brings the prior, as a full refit does
+    nine = {n: dataclasses.replace(s, n_prompts=9) for n, s in three.items()}
+    router = Router(emb).fit_stats(nine)
+    assert router.smoothing == (*SMALL_USED[:5], None)
+    assert_same_state(router, Router(emb, "few").fit_stats(nine))
+    lift = dataclasses.replace(toy_stats["multilingual"], n_prompts=FEW_SPELLING_FLOOR * 4 - 27)
+    router.add_expert("multilingual", lift)
+    assert router.smoothing == SMALL_USED
+    assert_same_state(router, Router(emb).fit_stats({**nine, "multilingual": lift}))
 
 
 def test_statistics_from_streaming_stats_name_the_cause(emb: Embedder, toy_stats) -> None:

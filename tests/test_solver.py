@@ -13,14 +13,19 @@ from ir3de.solver import (
     DEFAULT_ALPHA,
     DEFAULT_LAMBDA,
     DEFAULT_PAIRS,
+    DEFAULT_SPELLING,
+    DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_MIN_PROMPTS,
     FEW_PAIRS,
     FEW_PROMPTS,
+    FEW_SPELLING_FLOOR,
+    FEW_SPELLING_PRIOR,
     Spelling,
     design,
     domain_weights,
     nb_smoothing,
+    nb_spelling,
     solve,
     solve_spelling,
     solve_spelling_prior,
@@ -271,6 +276,31 @@ def test_nb_smoothing_switches_on_the_mean_or_the_smallest_prompt_count() -> Non
     assert nb_smoothing(0.5, "auto", [10]) == (0.5, FEW_PAIRS)
     assert nb_smoothing("auto", 3e3, [10_000]) == (DEFAULT_ALPHA, 3e3)
     assert nb_smoothing("auto", None, [10]) == (FEW_ALPHA, None)
+
+
+def test_nb_spelling_takes_the_prior_where_every_expert_is_small() -> None:
+    """The default's spelling "auto": the added term at full size; inside nb_smoothing's
+    small-fit-set switch the prior of FEW_SPELLING_PRIOR where the mean is FEW_SPELLING_FLOOR
+    to FEW_PROMPTS (both inclusive, exact in integers), else off; the preset's prior "auto"
+    switches with nb_smoothing alone; numbers and None stay, both forms at once are
+    refused."""
+    prior, off = (None, FEW_SPELLING_PRIOR), (None, None)
+    floor, top = FEW_SPELLING_FLOOR, FEW_PROMPTS
+    assert nb_spelling("auto", None, [top] * 3) == prior
+    assert nb_spelling("auto", None, [top] * 2 + [top + 1]) == (DEFAULT_SPELLING, None)
+    assert nb_spelling("auto", None, [floor] * 3) == prior
+    assert nb_spelling("auto", None, [floor] * 2 + [floor - 1]) == off  # the mean under 10
+    assert nb_spelling("auto", None, [1, 2 * floor - 1]) == prior  # the mean, not the min
+    # the smallest fires alone: off (a mean over FEW_PROMPTS)
+    assert nb_spelling("auto", None, [FEW_MIN_PROMPTS, 10_000]) == off
+    assert nb_spelling(None, "auto", [FEW_MIN_PROMPTS, 10_000]) == prior
+    assert nb_spelling(None, "auto", [1, 1]) == prior  # the preset's: no floor
+    assert nb_spelling(None, "auto", [10_000]) == (None, DEFAULT_SPELLING_PRIOR)
+    assert nb_spelling(0.5, None, [1]) == (0.5, None)
+    assert nb_spelling(None, 7.0, [10_000]) == (None, 7.0)
+    assert nb_spelling(None, None, [10]) == off
+    with pytest.raises(ValueError, match="either an added term"):
+        nb_spelling("auto", 100.0, [10])
 
 
 def test_the_sparse_pair_table_is_the_dense_formula(emb, skip_stats, monkeypatch) -> None:

@@ -76,7 +76,7 @@ from ir3de.router import (
     read_router_meta,
 )
 from ir3de.selector import SELECTORS
-from ir3de.solver import FEW_MIN_PROMPTS, FEW_PROMPTS
+from ir3de.solver import FEW_MIN_PROMPTS, FEW_PROMPTS, FEW_SPELLING_FLOOR, FEW_SPELLING_PRIOR
 from ir3de.statistics import (
     DomainStats,
     compute_stats,
@@ -403,7 +403,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "adjacent-token-pair features pooled by the geo selector, α and pair "
                         f"mass 'auto': 0.03 and 1e5, or 0.01 and 3e4 {_FEW}, plus a "
                         "back-off through the token strings' character trigrams, 'auto': "
-                        "0.25, or none for such small fit sets (the measured best); "
+                        "0.25, or for such small fit sets a prior of mass 100 where the "
+                        "mean is 10 to 100, else none (the measured best); "
                         "'spelling-prior': the same back-off as a Dirichlet prior of the "
                         "token table, mass 'auto': 1e5, or 100 for such small fit sets, "
                         "instead of an added term (the selection rule's pick with MiniLM's "
@@ -451,7 +452,11 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="nb model: weight of a back-off through spelling added to every "
                         "token's row, a Naive-Bayes table over the character trigrams of the "
                         "token strings from the same document frequencies; 'auto' (the "
-                        f"default: 0.25, or none {_FEW}) or 'none' (every preset but the "
+                        "default: 0.25; in its place the spelling prior with mass "
+                        f"{FEW_SPELLING_PRIOR:g} when the experts hold {FEW_SPELLING_FLOOR} "
+                        f"to {FEW_PROMPTS} prompts each on average, and none below that or "
+                        f"when only the smallest holds {FEW_MIN_PROMPTS} or fewer) or 'none' "
+                        "(every preset but the "
                         "default); every selector reads it")
     g.add_argument("--spelling-prior", type=_spelling_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
@@ -974,8 +979,7 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
         (config.skips, "no skip pairs" if used.skips is None
          else f"skip-pair mass={used.skips:g}"),
         (config.unseen, f"unseen tokens {used.unseen}d"),
-        (config.spelling, "no spelling back-off" if used.spelling is None
-         else f"spelling weight={used.spelling:g}"),
+        (config.spelling, _spelling_form(used)),
         (config.spelling_prior, "no spelling prior" if used.spelling_prior is None
          else f"spelling prior mass={used.spelling_prior:g}")) if setting == "auto" and text)
     # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
@@ -984,6 +988,14 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
     mean = f"{total / n:,.1f}" if total % n else f"{total // n:,}"
     return (f"; auto smoothing {values} ({mean} prompts per expert on average, "
             f"{min(counts):,} in the smallest)")
+
+
+def _spelling_form(used: Smoothing) -> str:
+    """The form ``spelling="auto"`` gave the back-off: the added term, the prior (every
+    expert small) or none."""
+    return (f"spelling weight={used.spelling:g}" if used.spelling is not None
+            else "no spelling back-off" if used.spelling_prior is None
+            else f"spelling prior mass={used.spelling_prior:g}")
 
 
 def _auto_value(value: float | str | None) -> str:
@@ -1331,7 +1343,11 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         if c["model"] == "nb":
             used = info["smoothing"]
             smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
-            if c.get("spelling") is not None:
+            if c.get("spelling") is not None and used["spelling_prior"] is not None:
+                # (only "auto" leaves the added term for the prior: every expert small)
+                smoothing += (f"  spelling prior mass="
+                              f"{_chosen(c['spelling'], used['spelling_prior'])}")
+            elif c.get("spelling") is not None:
                 smoothing += f"  spelling weight={_chosen(c['spelling'], used['spelling'])}"
             if c.get("spelling_prior") is not None:
                 smoothing += (f"  spelling prior mass="

@@ -67,10 +67,8 @@ from .selector import (
 )
 from .solver import (
     DEFAULT_LAMBDA,
-    DEFAULT_SPELLING_PRIOR,
     FEW_ALPHA,
     FEW_PAIRS,
-    FEW_SPELLING_PRIOR,
     MU_GRID,
     UNIGRAM_ALPHA,
     Spelling,
@@ -189,11 +187,13 @@ class RouterConfig:
       to the ``geo`` decision (:mod:`ir3de.tfidf`; preset ``tfidf``: 4); it reads the
       experts' TF-IDF statistics (:attr:`tfidf_buckets`), which :meth:`Router.fit` counts
       when it is set and :func:`~ir3de.compute_stats` on request. ``spelling``:
-      ``"auto"`` (the default: 0.25, or off for small fit sets as ``skips``), the weight w
-      of a back-off through spelling added to every token's row, or None (off; preset
-      ``pairs``): a Naive-Bayes table over the character n-grams of the token strings, from
-      the same document frequencies (:func:`~ir3de.solver.solve_spelling`); it changes the
-      per-token table, so every selector reads it, at no cost per prompt.
+      ``"auto"`` (the default: 0.25; for the small fit sets that ``alpha``'s ``"auto"``
+      takes its values for, the prior below with mass 100 where the experts hold 10 to
+      100 prompts each on average, else off: :func:`~ir3de.solver.nb_spelling`), the
+      weight w of a back-off through spelling added to every token's row, or None (off;
+      preset ``pairs``): a Naive-Bayes table over the character n-grams of the token
+      strings, from the same document frequencies (:func:`~ir3de.solver.solve_spelling`);
+      it changes the per-token table, so every selector reads it, at no cost per prompt.
       ``spelling_prior``: None (the default), or the mass m of the same back-off entered
       as a Dirichlet prior of the token table instead (each domain's counts smoothed
       towards its spelling distribution, :func:`~ir3de.solver.solve_spelling_prior`), or
@@ -293,8 +293,9 @@ class RouterConfig:
         of binary token and adjacent-token-pair features, ``geo`` selector, α and pair mass
         ``"auto"``: 0.03 and 1e5, or 0.01 and 3e4 when the experts hold 100 prompts each or
         fewer on average or the smallest holds 50 or fewer, and a back-off through the
-        token strings' character trigrams, weight ``"auto"``: 0.25, or none for such small
-        fit sets), ``spelling-prior`` (the default with the spelling back-off as a
+        token strings' character trigrams, weight ``"auto"``: 0.25, or for such small fit
+        sets the prior's form with mass 100 where the mean is 10 to 100, else none),
+        ``spelling-prior`` (the default with the spelling back-off as a
         Dirichlet prior of the token table, mass ``"auto"``: 1e5, or 100 for such small fit
         sets, in place of the added term: the pick of the selection rule with MiniLM's
         tokenizer, not with WordLlama's), ``pairs`` (the default without the spelling
@@ -1614,9 +1615,7 @@ def _smoothing_in_use(config: RouterConfig, n_prompts: Sequence[int]) -> Smoothi
     ``"auto"`` chooses; the solve's and the saved file's description alike)."""
     return Smoothing(*nb_smoothing(config.alpha, config.pairs, n_prompts),
                      *nb_skips(config.skips, config.unseen, n_prompts),
-                     nb_spelling(config.spelling, n_prompts),
-                     nb_spelling(config.spelling_prior, n_prompts,
-                                 default=DEFAULT_SPELLING_PRIOR, few=FEW_SPELLING_PRIOR))
+                     *nb_spelling(config.spelling, config.spelling_prior, n_prompts))
 
 
 def _smoothing(smoothing: Smoothing | None) -> dict[str, Any] | None:

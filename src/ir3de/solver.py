@@ -33,7 +33,8 @@ from .statistics import DomainStats, _table_blocks, split_pairs
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS", "DEFAULT_SPELLING",
            "DEFAULT_SPELLING_PRIOR", "FEW_ALPHA", "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS",
-           "FEW_SPELLING_PRIOR", "MU_GRID", "SPELLING_BETA", "SPELLING_N", "UNIGRAM_ALPHA",
+           "FEW_SPELLING_FLOOR", "FEW_SPELLING_PRIOR", "MU_GRID", "SPELLING_BETA", "SPELLING_N",
+           "UNIGRAM_ALPHA",
            "Spelling", "choose_identity_mu", "design", "domain_weights", "identity_loo", "nb_skips",
            "nb_smoothing", "nb_spelling", "solve", "solve_identity", "solve_identity_auto",
            "solve_nb", "solve_pairs", "solve_spelling", "solve_spelling_prior"]
@@ -67,8 +68,14 @@ DEFAULT_SPELLING = 0.25
 DEFAULT_SPELLING_PRIOR = 1e5
 # ... and its mass for fit sets small enough for FEW_ALPHA / FEW_PAIRS: the pick of
 # benchmarks/explore_spelling_prior.py --small against no spelling there (held-out +0.08,
-# fresh checks +0.33 over four small sizes; with MiniLM's tokenizer +0.09 and +0.25).
+# fresh checks +0.33 over four small sizes; with MiniLM's tokenizer +0.09 and +0.25). The
+# default's back-off takes this form too where the mean prompt count is small (--default-
+# small: held-out +0.05, fresh +0.17 over those sizes and four with one or half of the
+# experts small, where it stays off; MiniLM +0.04, +0.12), from FEW_SPELLING_FLOOR prompts
+# per expert on average up: below, on one to five prompts each, the mass outweighs the
+# counts and off routes better (--default-tiny: held-out +0.11, fresh +0.06).
 FEW_SPELLING_PRIOR = 1e2
+FEW_SPELLING_FLOOR = 10
 SPELLING_N = 3
 SPELLING_BETA = 0.1
 # For fit sets of about 100 prompts per domain or fewer (the `few` preset, and what "auto"
@@ -427,22 +434,48 @@ def nb_smoothing(alpha: float | Literal["auto"], pairs: float | Literal["auto"] 
             ((FEW_PAIRS if few else DEFAULT_PAIRS) if pairs == "auto" else pairs))
 
 
-def nb_spelling(spelling: float | Literal["auto"] | None, n_prompts: Sequence[int], *,
-                default: float = DEFAULT_SPELLING, few: float | None = None) -> float | None:
-    """The spelling back-off's weight in use for experts of ``n_prompts`` prompts each:
-    ``"auto"`` gives ``default``, or ``few`` where :func:`nb_smoothing` takes its values for
-    few fit prompts (None, off, for the added term, which did not beat none there on
-    held-out fit data: benchmarks/explore_subword.py --small); a number or None is kept.
-    The spelling prior's mass follows the same switch with ``default=DEFAULT_SPELLING_PRIOR,
-    few=FEW_SPELLING_PRIOR`` (explore_spelling_prior.py --small).
+def nb_spelling(spelling: float | Literal["auto"] | None,
+                spelling_prior: float | Literal["auto"] | None,
+                n_prompts: Sequence[int]) -> tuple[float | None, float | None]:
+    """The spelling back-off in use for experts of ``n_prompts`` prompts each, as the added
+    term's weight and the prior's mass (at most one of them set); a number or None is kept.
 
-    >>> nb_spelling("auto", [300, 5000]), nb_spelling("auto", [30, 80, 120])
+    ``spelling="auto"`` (the default) gives the added term ``DEFAULT_SPELLING``, except where
+    :func:`nb_smoothing` takes its values for few fit prompts. There the back-off takes the
+    prior's form with ``FEW_SPELLING_PRIOR`` when the mean prompt count is at most
+    ``FEW_PROMPTS`` and at least ``FEW_SPELLING_FLOOR`` (every expert small on average:
+    explore_spelling_prior.py --default-small, --default-tiny), and is off otherwise: below
+    the floor, and when only the smallest expert is small (the added term did not beat none
+    on small fit sets, explore_subword.py --small; nor did the prior beside whole experts,
+    explore_spelling_prior.py --small-mixed). ``spelling_prior="auto"`` (preset
+    ``spelling-prior``) gives ``DEFAULT_SPELLING_PRIOR``, or ``FEW_SPELLING_PRIOR`` wherever
+    :func:`nb_smoothing` switches (explore_spelling_prior.py --small).
+
+    >>> nb_spelling("auto", None, [300, 5000])  # the added term
     (0.25, None)
-    >>> [nb_spelling("auto", n, default=DEFAULT_SPELLING_PRIOR, few=FEW_SPELLING_PRIOR)
-    ...  for n in ([300, 5000], [30, 80, 120])]
-    [100000.0, 100.0]
+    >>> nb_spelling("auto", None, [30, 80, 120])  # every expert small: the prior
+    (None, 100.0)
+    >>> nb_spelling("auto", None, [20, 3000, 5000])  # one small expert beside whole ones
+    (None, None)
+    >>> nb_spelling("auto", None, [2, 5, 9])  # fewer than FEW_SPELLING_FLOOR on average
+    (None, None)
+    >>> nb_spelling(None, "auto", [300, 5000]), nb_spelling(None, "auto", [20, 3000, 5000])
+    ((None, 100000.0), (None, 100.0))
     """
-    return (few if _few(n_prompts) else default) if spelling == "auto" else spelling
+    if spelling is not None and spelling_prior is not None:
+        raise ValueError(f"the spelling back-off is either an added term (spelling="
+                         f"{spelling!r}) or a prior (spelling_prior={spelling_prior!r})")
+    few = _few(n_prompts)
+    if spelling == "auto":
+        if not few:
+            return DEFAULT_SPELLING, None
+        # exact in integers, as _few
+        total, n = sum(n_prompts), len(n_prompts)
+        every_small = FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n
+        return None, FEW_SPELLING_PRIOR if every_small else None
+    if spelling_prior == "auto":
+        return None, FEW_SPELLING_PRIOR if few else DEFAULT_SPELLING_PRIOR
+    return spelling, spelling_prior
 
 
 def _few(n_prompts: Sequence[int]) -> bool:
