@@ -810,6 +810,19 @@ SMALL = "no skip pairs  unseen tokens scored"
 FULL = "skip-pair mass=1e+06  unseen tokens ignored"
 
 
+def _numbered_stats(tmp_path: Path, capsys, **sizes: int) -> dict[str, Path]:
+    """Per domain name, a statistics file of that many numbered one-line prompts, counted
+    by ``ir3de stats`` from ``tmp_path / NAME.txt``."""
+    out = {}
+    for name, n in sizes.items():
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text("".join(f"{name} of sentence number {i}, please.\n"
+                                  for i in range(n)))
+        out[name] = tmp_path / f"{name}.st"
+        assert run(capsys, "stats", corpus, "--domain", name, "-o", out[name], "-q")[0] == 0
+    return out
+
+
 def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
                                                          tmp_path: Path, capsys) -> None:
     """The default's α and pair mass follow the experts' prompt counts: build says what
@@ -825,13 +838,7 @@ def test_build_and_experts_say_what_auto_smoothing_chose(built: dict[str, Path],
     assert code == 0 and err.strip().endswith(
         f"; auto smoothing α=0.01  pair mass=30000  {SMALL} (4 prompts per expert on average, "
         "4 in the smallest)"), err
-    big = {}
-    for name, n in (("translation", 400), ("summary", 300)):
-        corpus = tmp_path / f"{name}.txt"
-        corpus.write_text("".join(f"{name} of sentence number {i}, please.\n"
-                                  for i in range(n)))
-        big[name] = tmp_path / f"{name}.st"
-        assert run(capsys, "stats", corpus, "--domain", name, "-o", big[name], "-q")[0] == 0
+    big = _numbered_stats(tmp_path, capsys, translation=400, summary=300)
     skipped = tmp_path / "translation-skips.st"
     assert run(capsys, "stats", tmp_path / "translation.txt", "--domain", "translation",
                "--skip-pairs", "-o", skipped, "-q")[0] == 0
@@ -874,13 +881,7 @@ def test_build_says_the_default_took_the_spelling_prior(tmp_path: Path, capsys) 
     """Experts of 10 to 100 prompts each on average: the default's spelling back-off takes
     the prior's form, and build, experts add / remove and inspect say so; an expert that
     brings the mean below 10 turns it off."""
-    stats = {}
-    for name, n in (("translation", 30), ("summary", 12), ("tiny", 3)):
-        corpus = tmp_path / f"{name}.txt"
-        corpus.write_text("".join(f"{name} of sentence number {i}, please.\n"
-                                  for i in range(n)))
-        stats[name] = tmp_path / f"{name}.st"
-        assert run(capsys, "stats", corpus, "--domain", name, "-o", stats[name], "-q")[0] == 0
+    stats = _numbered_stats(tmp_path, capsys, translation=30, summary=12, tiny=3)
     router = tmp_path / "r.st"
     code, _, err = run(capsys, "build", stats["translation"], stats["summary"], "-o", router)
     assert code == 0 and err.strip().endswith(
