@@ -91,10 +91,11 @@ fires (``solver.nb_spelling``; EVALUATION.md, *The default's spelling back-off o
 sets*).
 
 ``--default-tiny``, added after ``--default-small``'s outcome was built, committed before
-its own first run: a toy router fitted on one prompt per expert sent every test prompt to
-one expert with the new default, so the sizes below ``--small``'s (whose smallest uniform
-fit sets hold 3 prompts, ``f0.03``'s floor, and 10) are checked: ``n1``, ``n2``, ``n3``,
-``n5``, three draws, every split, together with ``--default-small``'s eight sizes. Base:
+its own first run: the new default failed ``Router.predict``'s docstring example (two
+experts of one fit prompt each: ``import os`` went to math), so the sizes below
+``--small``'s (whose smallest uniform fit sets hold 3 prompts, ``f0.03``'s floor, and 10) are
+checked: ``n1``, ``n2``, ``n3``, ``n5``, three draws, every split, together with
+``--default-small``'s eight sizes. Base:
 ``mean-switch`` (the default now). Candidates: ``floor F`` (the prior only where the mean
 is also at least F prompts per expert, off below), F in {3, 5, 10}, and ``today`` (the
 default before, off at every small size). Rule (``--small``'s): the candidate with the
@@ -103,7 +104,7 @@ replaces the base only if it beats it there and then on the mean gain of the fre
 over the twelve sizes; test figures printed, not read. WordLlama decides, MiniLM is a
 check. If a candidate passes, ``solver.nb_spelling`` takes its floor.
 
-Outcome of ``--default-tiny`` (267 s; MiniLM 107 s): ``mean-switch becomes floor 10``. With
+Outcome of ``--default-tiny`` (266 s; MiniLM 107 s): ``mean-switch becomes floor 10``. With
 WordLlama's tokenizer held-out 94.39 against 94.28 over the twelve sizes (n1 78.22 against
 77.61, n5 93.04 against 92.92; the eight sizes alike), then the fresh checks +0.06 (n1 +0.32,
 n2 +0.17, n3 +0.43, n5 -0.23). MiniLM's check disagrees: no floor is its held-out pick

@@ -903,7 +903,8 @@ def test_build_says_the_default_took_the_spelling_prior(tmp_path: Path, capsys) 
 
 def test_build_spelling_back_off(built: dict[str, Path], tmp_path: Path, capsys) -> None:
     """--spelling sets the back-off's weight; 'auto' (the default's) leaves it off for
-    experts this small and build says so; inspect shows the weight in use."""
+    experts this small (below the prior's floor) and build says so; inspect shows the
+    weight in use."""
     out = tmp_path / "s.st"
     code, _, err = run(capsys, "build", built["math"], built["coding"], "--spelling", "auto",
                        "-o", out)

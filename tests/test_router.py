@@ -43,6 +43,7 @@ from ir3de.solver import (
     FEW_SPELLING_PRIOR,
     MU_GRID,
     SPELLING_BETA,
+    Spelling,
     choose_identity_mu,
 )
 from ir3de.statistics import pair_keys, split_pairs, streaming_stats
@@ -1554,14 +1555,38 @@ def test_auto_smoothing_follows_the_prompt_counts_exactly(emb: Embedder, toy_sta
     assert Router(emb, "identity").fit_stats(three).smoothing is None
     # under FEW_SPELLING_FLOOR prompts per expert on average the default's back-off is off;
     # an expert that lifts the mean to it brings the prior, as a full refit does
-    nine = {n: dataclasses.replace(s, n_prompts=9) for n, s in three.items()}
-    router = Router(emb).fit_stats(nine)
+    under = {n: dataclasses.replace(s, n_prompts=FEW_SPELLING_FLOOR - 1)
+             for n, s in three.items()}
+    router = Router(emb).fit_stats(under)
     assert router.smoothing == (*SMALL_USED[:5], None)
-    assert_same_state(router, Router(emb, "few").fit_stats(nine))
-    lift = dataclasses.replace(toy_stats["multilingual"], n_prompts=FEW_SPELLING_FLOOR * 4 - 27)
-    router.add_expert("multilingual", lift)
+    assert_same_state(router, Router(emb, "few").fit_stats(under))
+    lift = dataclasses.replace(toy_stats["multilingual"], n_prompts=FEW_SPELLING_FLOOR + 3)
+    router.add_expert("multilingual", lift)  # the mean now exactly the floor
     assert router.smoothing == SMALL_USED
-    assert_same_state(router, Router(emb).fit_stats({**nine, "multilingual": lift}))
+    assert router.describe()["smoothing"]["spelling_prior"] == FEW_SPELLING_PRIOR
+    assert_same_state(router, Router(emb).fit_stats({**under, "multilingual": lift}))
+    router.remove_expert("multilingual")
+    assert router.smoothing == (*SMALL_USED[:5], None)
+    assert_same_state(router, Router(emb, "few").fit_stats(under))
+
+
+def test_the_default_refuses_a_spelling_prior_over_no_spelt_token(
+        emb: Embedder, toy_stats, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vocabulary whose every token is special has no spelling to spread the prior over:
+    the default refuses it where its back-off takes the prior's form, naming the setting to
+    change, and fits as before elsewhere (the added term of such a vocabulary adds 0)."""
+    import ir3de.router as router_module
+
+    monkeypatch.setitem(router_module._SPELLINGS, emb.fingerprint,
+                        Spelling.of(["<s>"] * emb.vocab_size))
+    small = {n: dataclasses.replace(s, n_prompts=30) for n, s in toy_stats.items()}
+    with pytest.raises(IR3DEError, match=r"the default's spelling back-off is a prior for "
+                                         r"experts of 10 to 100 prompts .* no token of .* "
+                                         r"set spelling=None \(--spelling none\)$"):
+        Router(emb).fit_stats(small)
+    assert Router(emb, spelling=None).fit_stats(small).smoothing.spelling_prior is None
+    full = {n: dataclasses.replace(s, n_prompts=300) for n, s in toy_stats.items()}
+    assert_same_state(Router(emb).fit_stats(full), Router(emb, spelling=None).fit_stats(full))
 
 
 def test_statistics_from_streaming_stats_name_the_cause(emb: Embedder, toy_stats) -> None:

@@ -299,7 +299,7 @@ def test_nb_spelling_takes_the_prior_where_every_expert_is_small() -> None:
     assert nb_spelling(0.5, None, [1]) == (0.5, None)
     assert nb_spelling(None, 7.0, [10_000]) == (None, 7.0)
     assert nb_spelling(None, None, [10]) == off
-    with pytest.raises(ValueError, match="either an added term"):
+    with pytest.raises(IR3DEError, match="either an added term"):
         nb_spelling("auto", 100.0, [10])
 
 

@@ -991,8 +991,8 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
 
 
 def _spelling_form(used: Smoothing) -> str:
-    """The form ``spelling="auto"`` gave the back-off: the added term, the prior (every
-    expert small) or none."""
+    """The form ``spelling="auto"`` gave the back-off: the added term, the prior (a mean
+    of FEW_SPELLING_FLOOR to FEW_PROMPTS prompts per expert) or none."""
     return (f"spelling weight={used.spelling:g}" if used.spelling is not None
             else "no spelling back-off" if used.spelling_prior is None
             else f"spelling prior mass={used.spelling_prior:g}")

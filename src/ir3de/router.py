@@ -69,6 +69,8 @@ from .solver import (
     DEFAULT_LAMBDA,
     FEW_ALPHA,
     FEW_PAIRS,
+    FEW_PROMPTS,
+    FEW_SPELLING_FLOOR,
     MU_GRID,
     UNIGRAM_ALPHA,
     Spelling,
@@ -765,8 +767,16 @@ class Router:
         if config.model == "nb":
             used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
             if used.spelling_prior is not None:
-                L = solve_spelling_prior(stats, experts, _spelling(self.embedder),
-                                         alpha=used.alpha, mass=used.spelling_prior)
+                spelling = _spelling(self.embedder)
+                if config.spelling == "auto" and not spelling.rows.size:
+                    # the prior's own refusal would name a setting the user never gave
+                    raise IR3DEError(
+                        f"the default's spelling back-off is a prior for experts of "
+                        f"{FEW_SPELLING_FLOOR} to {FEW_PROMPTS} prompts each on average, and "
+                        f"no token of {self.embedder.name}'s vocabulary has character "
+                        f"n-grams to spread it over: set spelling=None (--spelling none)")
+                L = solve_spelling_prior(stats, experts, spelling, alpha=used.alpha,
+                                         mass=used.spelling_prior)
             else:
                 L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
             if used.spelling is not None:
@@ -855,9 +865,11 @@ class Router:
 
         The other experts' statistics are untouched, but their decisions can move: the
         ridge solves all columns jointly, the pair table is smoothed towards the pooled pair
-        distribution, and ``"auto"`` smoothing switches to lighter values when the new
-        expert holds 50 prompts or fewer, and ``"auto"`` skip pairs, unseen tokens and the
-        spelling back-off with it (:attr:`smoothing` tells the values in use; fix ``alpha``,
+        distribution, and ``"auto"`` settings follow the prompt counts: the smoothing
+        switches to lighter values when the new expert holds 50 prompts or fewer or moves
+        the mean across 100, ``"auto"`` skip pairs and unseen tokens with it, and the
+        default's spelling back-off changes form (added term, prior or off) when the mean
+        crosses 100 or 10 (:attr:`smoothing` tells the values in use; fix ``alpha``,
         ``pairs``, ``skips``, ``unseen`` and ``spelling`` or ``spelling_prior`` to keep
         them).
         """

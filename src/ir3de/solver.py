@@ -71,9 +71,10 @@ DEFAULT_SPELLING_PRIOR = 1e5
 # fresh checks +0.33 over four small sizes; with MiniLM's tokenizer +0.09 and +0.25). The
 # default's back-off takes this form too where the mean prompt count is small (--default-
 # small: held-out +0.05, fresh +0.17 over those sizes and four with one or half of the
-# experts small, where it stays off; MiniLM +0.04, +0.12), from FEW_SPELLING_FLOOR prompts
-# per expert on average up: below, on one to five prompts each, the mass outweighs the
-# counts and off routes better (--default-tiny: held-out +0.11, fresh +0.06).
+# experts small, where the mean mostly stays over 100 and the back-off off; MiniLM +0.04,
+# +0.12), from FEW_SPELLING_FLOOR prompts per expert on average up: the rule's pick with
+# WordLlama over sizes down to one prompt per expert (--default-tiny: held-out +0.11, fresh
+# +0.06; MiniLM's check preferred no floor by 0.07).
 FEW_SPELLING_PRIOR = 1e2
 FEW_SPELLING_FLOOR = 10
 SPELLING_N = 3
@@ -463,7 +464,7 @@ def nb_spelling(spelling: float | Literal["auto"] | None,
     ((None, 100000.0), (None, 100.0))
     """
     if spelling is not None and spelling_prior is not None:
-        raise ValueError(f"the spelling back-off is either an added term (spelling="
+        raise IR3DEError(f"the spelling back-off is either an added term (spelling="
                          f"{spelling!r}) or a prior (spelling_prior={spelling_prior!r})")
     few = _few(n_prompts)
     if spelling == "auto":
@@ -607,6 +608,9 @@ def solve_spelling(stats: Mapping[str, DomainStats], experts: Sequence[str],
         if df.size != g.vocab_size:
             raise StatsFormatError(f"document frequencies cover {df.size} token ids, the "
                                    f"vocabulary {g.vocab_size}")
+        if not g.n_grams:  # every token special: no spelling to back off through
+            R[:, j] = 0.0  # (the normaliser below would be log 0)
+            continue
         C = np.bincount(g.cols, weights=g.weights * df[g.rows], minlength=g.n_grams)
         Lf = np.log(C + beta) - np.log(C.sum() + beta * g.n_grams)
         R[:, j] = np.bincount(g.rows, weights=g.weights * Lf[g.cols], minlength=g.vocab_size)
