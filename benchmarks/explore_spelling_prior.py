@@ -111,11 +111,24 @@ n2 +0.17, n3 +0.43, n5 -0.23). MiniLM's check disagrees: no floor is its held-ou
 (94.03 against 93.96 for floor 10), so the rule stops there for it. The committed rule lets
 WordLlama decide: ``solver.FEW_SPELLING_FLOOR = 10``.
 
+``--small-edge``, added after ``--default-tiny``'s outcome, committed before its own first
+run: ``--small`` chose the small-fit-set mass 100 from {1e2, 1e3, 1e4}, the grid's lower
+edge, and the default now takes it. One step further out: ``prior m=M`` for M in {10, 30,
+100} (100 the base, ``FEW_SPELLING_PRIOR``), applied where the default takes the prior (the
+small-fit-set switch fires and the mean is 10 to 100 prompts per expert; elsewhere every
+label routes as the default does), on ``--small``'s four uniform sizes, three draws, every
+split. Rule (``--small``'s): the mass with the highest mean held-out over the four sizes (a
+tie goes to the base, then to grid order) replaces 100 only if it beats it there and then on
+the mean gain of the fresh checks over the four sizes; test figures printed, not read.
+WordLlama decides, MiniLM is a check. If a mass passes, ``FEW_SPELLING_PRIOR`` takes it (the
+``spelling-prior`` preset's small-fit-set mass with it).
+
 Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fresh LABEL]
       python benchmarks/explore_spelling_prior.py --small [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --small-mixed [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --default-small [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --default-tiny [--embedder wordllama]
+      python benchmarks/explore_spelling_prior.py --small-edge [--embedder wordllama]
 """
 
 from __future__ import annotations
@@ -134,7 +147,13 @@ from explore_smoothing import SETTINGS, Unigrams
 from explore_subword import _back_off, _base, _spelling, default_tables
 
 from ir3de import load_embedder
-from ir3de.solver import FEW_ALPHA, FEW_MIN_PROMPTS, FEW_PAIRS, FEW_PROMPTS
+from ir3de.solver import (
+    FEW_ALPHA,
+    FEW_MIN_PROMPTS,
+    FEW_PAIRS,
+    FEW_PROMPTS,
+    FEW_SPELLING_FLOOR,
+)
 
 DEFAULT = "default"
 MASSES = (1e2, 1e3, 1e4, 1e5)
@@ -214,6 +233,24 @@ def _default_small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
     return {"today": small["off"], "mean-switch": small["prior m=100" if mean_fires else "off"]}
 
 
+# --small-edge: the masses one step past --small's grid edge (100, the base, among them)
+EDGE_MASSES = (10, 30, 100)
+
+
+def _small_edge_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
+                         ) -> dict[str, np.ndarray]:
+    """``--small-edge``: the default with the prior at each mass where it takes the prior,
+    as the library would solve ``fit`` elsewhere."""
+    counts = [len(prompts) for prompts in fit.values()]
+    total, n = sum(counts), len(counts)
+    if FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n:  # (inside the few switch)
+        return _small_variants(V, fit, ids, masses=EDGE_MASSES)
+    # outside that range the default routes as it did before the prior: off where the
+    # few switch fires (below the floor, or the smallest alone), the full-size default else
+    scores = _default_small_variants(V, fit, ids)["today"]
+    return {f"prior m={m:g}": scores for m in EDGE_MASSES}
+
+
 def _default_tiny_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
                            ) -> dict[str, np.ndarray]:
     """``--default-tiny``: ``--default-small``'s two, and ``mean-switch`` with each floor."""
@@ -225,7 +262,8 @@ def _default_tiny_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
 
 
 def main() -> int:
-    if not {"--small", "--small-mixed", "--default-small", "--default-tiny"} & set(sys.argv[1:]):
+    if not {"--small", "--small-mixed", "--default-small", "--default-tiny",
+            "--small-edge"} & set(sys.argv[1:]):
         return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
     from explore_scale import SMALL, _challenge
 
@@ -234,8 +272,13 @@ def main() -> int:
         ("--small", "the prior on small fit sets"),
         ("--small-mixed", "the prior where one or half of the experts are small"),
         ("--default-small", "the default with the prior where the mean prompt count is small"),
-        ("--default-tiny", "the same down to one prompt per expert, with floors")])
+        ("--default-tiny", "the same down to one prompt per expert, with floors"),
+        ("--small-edge", "the small-fit-set mass one step past its grid's edge")])
     emb = load_embedder(args.embedder)
+    if args.small_edge:
+        labels = [f"prior m={m:g}" for m in EDGE_MASSES]
+        return _challenge(emb, args, start, _small_edge_variants, labels, SMALL, SMALL,
+                          "prior m=100", read_test=False)
     if args.default_tiny:
         sizes = (*TINY, *SMALL, *MIXED_SMALL)
         labels = ["mean-switch", *(f"floor {floor}" for floor in FLOORS), "today"]
