@@ -147,6 +147,13 @@ tokenizer, the held-out pick (97.89, the figure ``--default-small`` gave the def
 (97.75 against 97.74) and gains +0.16 on the fresh checks (f0.03 -0.31 to n10 +0.60). The
 committed rule lets WordLlama decide: ``FEW_ALPHA`` stays 0.01.
 
+``--few-pairs``, added after ``--few-alpha``'s outcome, committed before its own first run:
+the same check for the small-fit-set pair mass (``FEW_PAIRS`` = 3e4, chosen with α in
+``explore_scale.py --alpha-small`` with the spelling back-off off): ``m=M`` for M in {1e4,
+3e4, 1e5} (3e4 the base) wherever the small-fit-set switch fires, with ``FEW_ALPHA`` and the
+default's spelling there; the same eight sizes and rule. If a mass passes, ``FEW_PAIRS``
+takes it (the ``few`` preset's pair mass with it).
+
 Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fresh LABEL]
       python benchmarks/explore_spelling_prior.py --small [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --small-mixed [--embedder wordllama]
@@ -154,6 +161,7 @@ Run:  python benchmarks/explore_spelling_prior.py [--embedder wordllama] [--fres
       python benchmarks/explore_spelling_prior.py --default-tiny [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --small-edge [--embedder wordllama]
       python benchmarks/explore_spelling_prior.py --few-alpha [--embedder wordllama]
+      python benchmarks/explore_spelling_prior.py --few-pairs [--embedder wordllama]
 """
 
 from __future__ import annotations
@@ -168,7 +176,8 @@ import numpy as np
 import scipy.sparse as sp
 from _holdout import explore_args, script_parser
 from explore_counts import _features
-from explore_smoothing import SETTINGS, Unigrams
+from explore_longer import _Grams
+from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
 from explore_subword import _back_off, _base, _spelling, default_tables
 
 from ir3de import load_embedder
@@ -280,20 +289,42 @@ def _small_edge_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
 FEW_ALPHAS = (0.003, 0.01, 0.03)
 
 
-def _few_alpha_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
-                        ) -> dict[str, np.ndarray]:
-    """``--few-alpha``: the default at each small-fit-set α, as the library would solve
-    ``fit`` with it."""
+# --few-pairs: the small-fit-set pair mass again, the same way
+FEW_MASSES = (1e4, 3e4, 1e5)
+
+
+def _few_variants(V: int, fit: Groups, ids: Sequence[np.ndarray], alphas: Sequence[float],
+                  masses: Sequence[float]) -> dict[tuple[float, float], np.ndarray]:
+    """``--few-alpha`` / ``--few-pairs``: the default at each small-fit-set (α, pair mass),
+    as the library would solve ``fit`` with them (the full-size default where the switch
+    does not fire)."""
     counts = [len(prompts) for prompts in fit.values()]
     total, n = sum(counts), len(counts)
+    grid = list(itertools.product(alphas, masses))
     if not (total <= FEW_PROMPTS * n or min(counts) <= FEW_MIN_PROMPTS):
         scores = default_and_prior(V, fit, ids)[0][DEFAULT]
-        return {f"a={a:g}": scores for a in FEW_ALPHAS}
+        return dict.fromkeys(grid, scores)
     prior = FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n
-    embedder, unigrams, Mb, _, pairs = _base(V, fit, ids, FEW_ALPHA, FEW_PAIRS)
+    embedder = script_parser(__doc__).parse_known_args()[0].embedder
+    unigrams, Mb = Unigrams(fit, "bin", V), _features(ids, "bin", V, bigram=False)
+    pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, masses)
     s = _shares(embedder, unigrams) if prior else None
-    return {f"a={a:g}": Mb @ (_prior_table(unigrams, s, V, 100, a) if s is not None
-                              else unigrams.additive(a)) + pairs for a in FEW_ALPHAS}
+    return {(a, m): Mb @ (_prior_table(unigrams, s, V, 100, a) if s is not None
+                          else unigrams.additive(a)) + pairs["each", m] for a, m in grid}
+
+
+def _few_alpha_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
+                        ) -> dict[str, np.ndarray]:
+    """``--few-alpha``: the default at each small-fit-set α."""
+    out = _few_variants(V, fit, ids, FEW_ALPHAS, [FEW_PAIRS])
+    return {f"a={a:g}": scores for (a, _), scores in out.items()}
+
+
+def _few_pairs_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
+                        ) -> dict[str, np.ndarray]:
+    """``--few-pairs``: the default at each small-fit-set pair mass."""
+    out = _few_variants(V, fit, ids, [FEW_ALPHA], FEW_MASSES)
+    return {f"m={m:g}": scores for (_, m), scores in out.items()}
 
 
 def _default_tiny_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
@@ -308,7 +339,7 @@ def _default_tiny_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
 
 def main() -> int:
     if not {"--small", "--small-mixed", "--default-small", "--default-tiny",
-            "--small-edge", "--few-alpha"} & set(sys.argv[1:]):
+            "--small-edge", "--few-alpha", "--few-pairs"} & set(sys.argv[1:]):
         return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
     from explore_scale import SMALL, _challenge
 
@@ -319,13 +350,18 @@ def main() -> int:
         ("--default-small", "the default with the prior where the mean prompt count is small"),
         ("--default-tiny", "the same down to one prompt per expert, with floors"),
         ("--small-edge", "the small-fit-set mass one step past its grid's edge"),
-        ("--few-alpha", "the small-fit-set α with the default's spelling there")])
+        ("--few-alpha", "the small-fit-set α with the default's spelling there"),
+        ("--few-pairs", "the small-fit-set pair mass with the default's spelling there")])
     emb = load_embedder(args.embedder)
-    if args.few_alpha:
+    if args.few_alpha or args.few_pairs:
         sizes = (*SMALL, *MIXED_SMALL)
-        labels = [f"a={a:g}" for a in FEW_ALPHAS]
-        return _challenge(emb, args, start, _few_alpha_variants, labels, sizes, sizes,
-                          f"a={FEW_ALPHA:g}", read_test=False)
+        if args.few_alpha:
+            labels, base = [f"a={a:g}" for a in FEW_ALPHAS], f"a={FEW_ALPHA:g}"
+        else:
+            labels, base = [f"m={m:g}" for m in FEW_MASSES], f"m={FEW_PAIRS:g}"
+        return _challenge(emb, args, start, _few_alpha_variants if args.few_alpha
+                          else _few_pairs_variants, labels, sizes, sizes, base,
+                          read_test=False)
     if args.small_edge:
         labels = [f"prior m={m:g}" for m in EDGE_MASSES]
         return _challenge(emb, args, start, _small_edge_variants, labels, SMALL, SMALL,
