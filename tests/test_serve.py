@@ -916,6 +916,47 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         gw.stop()
 
 
+def test_admin_changes_move_the_default_spelling_back_off_with_the_prompt_counts(
+        stats_files, upstreams, tmp_path, data_dir: Path, emb: Embedder) -> None:
+    """Experts of 30 prompts each: the default's spelling back-off is the prior; an expert
+    of 300 added through the admin API lifts the mean over 100 while the smallest stays at
+    30, so the back-off is off, as in a router built from the three; removing it brings the
+    prior back. GET /admin/experts and PATCH /admin/settings tell the form in use."""
+    small = {}
+    for domain, rel in (("math", "reasoning/gsm8k/train.jsonl"),
+                        ("coding", "reasoning/mbpp/train.jsonl")):
+        texts = [r["text"] for r in read_jsonl(data_dir / rel)][:30]
+        small[domain] = tmp_path / f"{domain}-30.stats"
+        compute_stats(emb, texts, domain=domain).save(small[domain])
+    gw = _gateway(_config(tmp_path, small, upstreams))
+    try:
+        def smoothing() -> dict:
+            return httpx.get(gw.url + "/admin/experts", headers=_admin()).json()["smoothing"]
+
+        prior = {"alpha": 0.01, "pairs": 3e4, "skips": None, "unseen": "score",
+                 "spelling": None, "spelling_prior": 100.0}
+        assert smoothing() == prior
+        assert httpx.post(gw.url + "/v1/chat/completions",
+                          json=_chat(CODE)).headers["x-ir3de-expert"] == "coding"
+        added = httpx.post(gw.url + "/admin/experts", headers=_admin(),
+                           data={"url": upstreams["law"].url + "/v1"},
+                           files={"stats": ("law.stats", stats_files["law"].read_bytes())})
+        assert added.status_code == 200, added.text
+        assert smoothing() == {**prior, "spelling_prior": None}
+        three = Router(emb).fit_stats([DomainStats.load(f) for f in (
+            *small.values(), stats_files["law"])])
+        assert three.smoothing.spelling_prior is None and three.smoothing.spelling is None
+        assert httpx.delete(gw.url + "/admin/experts/law",
+                            headers=_admin()).status_code == 200
+        assert smoothing() == prior
+        # the added term asked for by name is kept whatever the counts
+        s = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 0.25})
+        assert s.status_code == 200 and s.json()["smoothing"] == {
+            **prior, "spelling": 0.25, "spelling_prior": None}
+    finally:
+        gw.stop()
+
+
 def test_admin_api_shows_no_url_password_nor_temporary_path(stats_files, upstreams, tmp_path,
                                                            data_dir: Path,
                                                            emb: Embedder) -> None:
