@@ -456,8 +456,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         f"{FEW_SPELLING_PRIOR:g} when the experts hold {FEW_SPELLING_FLOOR} "
                         f"to {FEW_PROMPTS} prompts each on average, and none below that or "
                         f"when only the smallest holds {FEW_MIN_PROMPTS} or fewer) or 'none' "
-                        "(every preset but the "
-                        "default); every selector reads it")
+                        "(every preset but the default); every selector reads it")
     g.add_argument("--spelling-prior", type=_spelling_mass, metavar="MASS|auto|none",
                    default=argparse.SUPPRESS,
                    help="nb model: the spelling back-off as a Dirichlet prior of the token "
@@ -1344,7 +1343,7 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
             used = info["smoothing"]
             smoothing = f"α={_chosen(c['alpha'], used['alpha'])}"
             if c.get("spelling") is not None and used["spelling_prior"] is not None:
-                # (only "auto" leaves the added term for the prior: every expert small)
+                # (only "auto" trades the added term for the prior: a mean of 10 to 100)
                 smoothing += (f"  spelling prior mass="
                               f"{_chosen(c['spelling'], used['spelling_prior'])}")
             elif c.get("spelling") is not None:
