@@ -185,13 +185,7 @@ from explore_smoothing import SETTINGS, Unigrams, _ngram_keys
 from explore_subword import _back_off, _base, _spelling, default_tables
 
 from ir3de import load_embedder
-from ir3de.solver import (
-    FEW_ALPHA,
-    FEW_MIN_PROMPTS,
-    FEW_PAIRS,
-    FEW_PROMPTS,
-    FEW_SPELLING_FLOOR,
-)
+from ir3de.solver import FEW_ALPHA, FEW_PAIRS, FEW_PROMPTS, nb_smoothing, nb_spelling
 
 DEFAULT = "default"
 MASSES = (1e2, 1e3, 1e4, 1e5)
@@ -249,6 +243,14 @@ def _small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray],
                for m in masses}}
 
 
+def _library_switches(fit: Groups) -> tuple[bool, bool]:
+    """Whether the library's small-fit-set switch fires for ``fit``, and whether its
+    default's spelling back-off then takes the prior (``ir3de.solver``'s own functions)."""
+    counts = [len(prompts) for prompts in fit.values()]
+    return (nb_smoothing("auto", "auto", counts)[0] == FEW_ALPHA,
+            nb_spelling("auto", None, counts)[1] is not None)
+
+
 # --default-small: fits where auto's small-fit-set switch fired, and where the mean did
 _FIRED = {"switch": 0, "mean": 0}
 # --default-tiny: the sizes below --small's, and the floors of the mean for the prior
@@ -261,8 +263,8 @@ def _default_small_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
     """``--default-small``: today's default and ``mean-switch`` as the library would solve
     ``fit`` (the switch is ``ir3de.solver``'s, with its constants)."""
     counts = [len(prompts) for prompts in fit.values()]
-    mean_fires = sum(counts) <= FEW_PROMPTS * len(counts)
-    if not (mean_fires or min(counts) <= FEW_MIN_PROMPTS):
+    mean_fires = sum(counts) <= FEW_PROMPTS * len(counts)  # (the candidate's own rule)
+    if not _library_switches(fit)[0]:
         scores = default_and_prior(V, fit, ids)[0][DEFAULT]
         return {"today": scores, "mean-switch": scores}
     _FIRED["switch"] += 1
@@ -279,9 +281,7 @@ def _small_edge_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
                          ) -> dict[str, np.ndarray]:
     """``--small-edge``: the default with the prior at each mass where it takes the prior,
     as the library would solve ``fit`` elsewhere."""
-    counts = [len(prompts) for prompts in fit.values()]
-    total, n = sum(counts), len(counts)
-    if FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n:  # (inside the few switch)
+    if _library_switches(fit)[1]:
         return _small_variants(V, fit, ids, masses=EDGE_MASSES)
     # outside that range the default routes as it did before the prior: off where the
     # few switch fires (below the floor, or the smallest alone), the full-size default else
@@ -302,13 +302,11 @@ def _few_variants(V: int, fit: Groups, ids: Sequence[np.ndarray], alphas: Sequen
     """``--few-alpha`` / ``--few-pairs``: the default at each small-fit-set (α, pair mass),
     as the library would solve ``fit`` with them (the full-size default where the switch
     does not fire)."""
-    counts = [len(prompts) for prompts in fit.values()]
-    total, n = sum(counts), len(counts)
     grid = list(itertools.product(alphas, masses))
-    if not (total <= FEW_PROMPTS * n or min(counts) <= FEW_MIN_PROMPTS):
+    few, prior = _library_switches(fit)
+    if not few:
         scores = default_and_prior(V, fit, ids)[0][DEFAULT]
         return dict.fromkeys(grid, scores)
-    prior = FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n
     embedder = script_parser(__doc__).parse_known_args()[0].embedder
     unigrams, Mb = Unigrams(fit, "bin", V), _features(ids, "bin", V, bigram=False)
     pairs = _Grams(fit, lambda x: _ngram_keys(x, V, 2)).scores(ids, masses)

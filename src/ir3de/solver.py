@@ -470,9 +470,7 @@ def nb_spelling(spelling: float | Literal["auto"] | None,
     if spelling == "auto":
         if not few:
             return DEFAULT_SPELLING, None
-        # exact in integers, as _few
-        total, n = sum(n_prompts), len(n_prompts)
-        every_small = FEW_SPELLING_FLOOR * n <= total <= FEW_PROMPTS * n
+        every_small = _mean_within(n_prompts, FEW_SPELLING_FLOOR, FEW_PROMPTS)
         return None, FEW_SPELLING_PRIOR if every_small else None
     if spelling_prior == "auto":
         return None, FEW_SPELLING_PRIOR if few else DEFAULT_SPELLING_PRIOR
@@ -481,9 +479,15 @@ def nb_spelling(spelling: float | Literal["auto"] | None,
 
 def _few(n_prompts: Sequence[int]) -> bool:
     """Whether "auto" settings take their values for few fit prompts (see :func:`nb_smoothing`)."""
-    # exact in integers: no rounding (and no experts is "few" before min is asked)
-    return (sum(n_prompts) <= FEW_PROMPTS * len(n_prompts)
-            or min(n_prompts) <= FEW_MIN_PROMPTS)
+    # (no experts is "few" before min is asked)
+    return _mean_within(n_prompts, 0, FEW_PROMPTS) or min(n_prompts) <= FEW_MIN_PROMPTS
+
+
+def _mean_within(n_prompts: Sequence[int], low: int, high: int) -> bool:
+    """Whether the mean prompt count is from ``low`` to ``high`` (both inclusive)."""
+    # exact in integers: no rounding of the mean at either line
+    total, n = sum(n_prompts), len(n_prompts)
+    return low * n <= total <= high * n
 
 
 def nb_skips(skips: float | Literal["auto"] | None, unseen: Literal["auto", "score", "ignore"],
