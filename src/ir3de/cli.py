@@ -978,9 +978,9 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
         (config.skips, "no skip pairs" if used.skips is None
          else f"skip-pair mass={used.skips:g}"),
         (config.unseen, f"unseen tokens {used.unseen}d"),
+        # (either form's "auto" names the back-off in use; both at once are refused)
         (config.spelling, _spelling_form(used)),
-        (config.spelling_prior, "no spelling prior" if used.spelling_prior is None
-         else f"spelling prior mass={used.spelling_prior:g}")) if setting == "auto" and text)
+        (config.spelling_prior, _spelling_form(used))) if setting == "auto" and text)
     # a mean that is not whole keeps a decimal: 100.5 printed as 100 read as the rule's
     # "100 or fewer" while it chose the larger-fit smoothing
     total, n = sum(counts), len(counts)
@@ -990,8 +990,9 @@ def _smoothing_note(router: Router, before: Smoothing | None = None) -> str:
 
 
 def _spelling_form(used: Smoothing) -> str:
-    """The form ``spelling="auto"`` gave the back-off: the added term, the prior (a mean
-    of FEW_SPELLING_FLOOR to FEW_PROMPTS prompts per expert) or none."""
+    """The form the back-off's ``"auto"`` gave it: the added term, the prior (the
+    ``spelling-prior`` preset, or the default at a mean of FEW_SPELLING_FLOOR to FEW_PROMPTS
+    prompts per expert) or none."""
     return (f"spelling weight={used.spelling:g}" if used.spelling is not None
             else "no spelling back-off" if used.spelling_prior is None
             else f"spelling prior mass={used.spelling_prior:g}")
