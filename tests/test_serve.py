@@ -1325,32 +1325,32 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://"}}}, "url names no host"),
     # accepted, then every request to the expert was a text/plain 500 and a traceback
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:99999/v1"}}},
-     "experts.a.url: Value error, url has an invalid port (Port out of range 0-65535); a "
+     "experts.a.url: url has an invalid port (Port out of range 0-65535); a "
      "port is a number from 1 to 65535"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:abc/v1"}}},
-     "experts.a.url: Value error, url has an invalid port (Port could not be cast to "
+     "experts.a.url: url has an invalid port (Port could not be cast to "
      "integer value as 'abc')"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:0/v1"}}},
-     "experts.a.url: Value error, url has an invalid port (0); a port is a number from 1 "
+     "experts.a.url: url has an invalid port (0); a port is a number from 1 "
      "to 65535"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://[::1]x/v1"}}},
-     "experts.a.url: Value error, url is not one httpx can send to (Invalid port: 'x')"),
+     "experts.a.url: url is not one httpx can send to (Invalid port: 'x')"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://127.0.0.1:8000/v1 "}}},
-     "experts.a.url: Value error, url must not start or end with whitespace, got "
+     "experts.a.url: url must not start or end with whitespace, got "
      "'http://127.0.0.1:8000/v1 '"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": " http://127.0.0.1:8000/v1"}}},
      "url must not start or end with whitespace"),
     # names no client could send as its model, or not reliably
     ({"router": {"path": "r"}, "experts": {"": {"url": "http://x"}}},
-     "Value error, expert name '' must be non-empty, without surrounding whitespace"),
+     "expert name '' must be non-empty, without surrounding whitespace"),
     ({"router": {"path": "r"}, "experts": {" a": {"url": "http://x"}}},
-     "Value error, expert name ' a' must be non-empty, without surrounding whitespace"),
+     "expert name ' a' must be non-empty, without surrounding whitespace"),
     ({"name": "", "router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}},
-     "name: Value error, the gateway's name '' must be non-empty, without surrounding "
+     "name: the gateway's name '' must be non-empty, without surrounding "
      "whitespace"),
     # what follows # was never sent; the API path went after it
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x/v1#frag"}}},
-     "experts.a.url: Value error, url must not hold a fragment ('#...')"),
+     "experts.a.url: url must not hold a fragment ('#...')"),
     # a name the admin API could not remove (no route matches a newline)
     ({"router": {"path": "r"}, "experts": {"a\nb": {"url": "http://x"}}},
      "expert name 'a\\nb' holds a control character (U+000A)"),
@@ -1371,7 +1371,7 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "api_keys_env": ""},
      "api_keys_env: String should have at least 1 character"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "fallback_statuses": [404]},
-     "fallback_statuses: Value error, 404 is not a status that says the expert is down or "
+     "fallback_statuses: 404 is not a status that says the expert is down or "
      "overloaded: give 429 or statuses from 500 to 599"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}}, "fallback_statuses": 503},
      "fallback_statuses: Input should be a valid list"),
@@ -1389,7 +1389,7 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
     # a browser's Origin has no path: this entry would never match, silently
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
       "cors_origins": ["https://chat.example.com/"]},
-     "cors_origins: Value error, 'https://chat.example.com/' is not an origin: "
+     "cors_origins: 'https://chat.example.com/' is not an origin: "
      "scheme://host[:port], without a path or trailing slash"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x"}},
       "cors_origins": ["chat.example.com"]}, "'chat.example.com' is not an origin"),
@@ -1409,14 +1409,14 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
     # httpx sent the url's credentials as Basic authorization instead of the key
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://u:p@x/v1",
                                                  "api_key_env": "K"}}},
-     "experts.a.api_key_env: Value error, the url holds credentials (user:password@), which "
+     "experts.a.api_key_env: the url holds credentials (user:password@), which "
      "httpx sends as Basic authorization in place of api_key_env's Bearer key: give one or "
      "the other"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://u@x/v1", "api_key_env": "K"}}},
-     "experts.a.api_key_env: Value error, the url holds credentials"),
+     "experts.a.api_key_env: the url holds credentials"),
     # the header of an Azure-style key
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_header": "k"}}},
-     "experts.a.api_key_header: Value error, api_key_header names the header of "
+     "experts.a.api_key_header: api_key_header names the header of "
      "api_key_env's key: set api_key_env too"),
     ({"router": {"path": "r"}, "experts": {"a": {"url": "http://x", "api_key_env": "K",
                                                  "api_key_header": "api key"}}},
@@ -1435,7 +1435,13 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
      "router.settings.alpha applies to model nb only; preset 'paper' gives model ridge"),
     ({"router": {"stats": ["x.stats"], "settings": {"pairs": "-1"}},
       "experts": {"a": {"url": "http://x"}}},
-     "the pair Dirichlet mass must be a finite number > 0, 'auto' or None, got -1.0"),
+     "invalid config: router.settings (over preset 'default'): the pair Dirichlet mass must "
+     "be a finite number > 0, 'auto' or None, got -1.0"),
+    # both spelling forms: named as the config's field, not the library's argument alone
+    ({"router": {"stats": ["x.stats"], "settings": {"spelling": 0.5, "spelling_prior": 100}},
+      "experts": {"a": {"url": "http://x"}}},
+     "invalid config: router.settings (over preset 'default'): the spelling back-off enters "
+     "once: as an added term (spelling=0.5) or as a prior (spelling_prior=100.0)"),
     ({"router": {"stats": ["x.stats"], "settings": {"k": True, "selector": "topk"}},
       "experts": {"a": {"url": "http://x"}}}, "router.settings.k: Input should be a valid "
                                               "integer"),
@@ -1444,10 +1450,11 @@ def test_admin_api_is_off_without_a_token(stats_files, upstreams, tmp_path) -> N
       "experts": {"a": {"url": "http://x"}}},
      "router.settings.balance applies to model ridge only; router.settings gives model nb"),
     ({"router": {"stats": ["x.stats"], "preset": "fast"}, "experts": {"a": {"url": "x"}}},
-     "unknown preset 'fast'; choose one of"),
+     "invalid config: router.preset: unknown preset 'fast'; choose one of"),
     # read nowhere: a saved router keeps its own settings
     ({"router": {"path": "r", "preset": "unigram"}, "experts": {"a": {"url": "http://x"}}},
-     "router.preset applies to router.stats only; a saved router (router.path) keeps the "
+     "invalid config: router.preset applies to router.stats only; a saved router "
+     "(router.path) keeps the "
      "settings it was built with, and router.settings changes them"),
 ])
 def test_bad_config_exits_1_with_the_field(config: dict, message: str, tmp_path: Path,
@@ -3671,7 +3678,7 @@ def test_admin_refuses_expert_urls_httpx_cannot_send_to(odd: Proc) -> None:
                        files={"stats": ("law.stats", b"unread")})
         assert r.status_code == 400, (url, r.text)
         error = r.json()["error"]
-        assert error["message"].startswith(f"invalid expert endpoint: url: Value error, "
+        assert error["message"].startswith(f"invalid expert endpoint: url: "
                                            f"{message}"), error
         assert error["param"] == "url"
     assert httpx.get(odd.url + "/admin/experts", headers=_admin()).json() == before
@@ -4145,7 +4152,7 @@ def test_url_credentials_and_api_key_env_are_refused_together(capped: Proc, stat
                    data={"url": url, "name": "law-creds", "api_key_env": "SPARE_KEY"})
     assert r.status_code == 400, r.text
     assert r.json()["error"] == {
-        "message": "invalid expert endpoint: api_key_env: Value error, the url holds "
+        "message": "invalid expert endpoint: api_key_env: the url holds "
                    "credentials (user:password@), which httpx sends as Basic authorization "
                    "in place of api_key_env's Bearer key: give one or the other",
         "type": "invalid_request_error", "param": "api_key_env", "code": None}
@@ -4185,6 +4192,6 @@ def test_saved_url_credentials_with_an_edited_api_key_env_are_named(
     with pytest.raises(IR3DEError) as caught:
         _initial_state(load_config(config))
     assert str(caught.value).startswith(
-        "experts.coding: api_key_env: Value error, the url holds credentials")
+        "experts.coding: api_key_env: the url holds credentials")
     assert f"merged with those the admin API saved in {tmp_path / 'state'}" in \
         str(caught.value)

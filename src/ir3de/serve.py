@@ -564,9 +564,15 @@ def _setting_word(value: Any) -> Any:
 
 
 def _problems(exc: Any) -> str:
-    """A pydantic ValidationError on one line: ``field: message; ...``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-                     for e in exc.errors())
+    """A pydantic ValidationError on one line: ``field: message; ...``. A validator's own
+    ValueError is given as raised, without pydantic's "Value error, " in front of it (nor
+    the field, when the message starts by naming it or a field within it)."""
+    said = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"])) or "(top)"
+        message = str(e["ctx"]["error"]) if e["type"] == "value_error" else e["msg"]
+        said.append(message if message.startswith(f"{field}.") else f"{field}: {message}")
+    return "; ".join(said)
 
 
 def load_config(path: str | os.PathLike[str]) -> Any:
@@ -755,10 +761,15 @@ def _build_router(config: Any) -> Any:
 def _stats_config(src: Any) -> Any:
     """The RouterConfig of a ``router: {stats}`` section: its preset with its settings
     applied; a setting the result would not read is refused, as ``ir3de build`` does."""
-    from .router import RouterConfig
+    from .router import PRESETS, RouterConfig
 
     overrides = src.overrides()
-    config = RouterConfig.preset(src.preset, **overrides)
+    try:
+        config = RouterConfig.preset(src.preset, **overrides)
+    except IR3DEError as exc:  # said in the field's name, as the unread settings are below
+        where = "router.preset" if src.preset not in PRESETS else \
+            f"router.settings (over preset {src.preset!r})"
+        raise IR3DEError(f"{where}: {exc}") from None
     _refuse_unread(config, overrides, "router.settings.", f"preset {src.preset!r} gives",
                    "router.settings gives")
     return config
