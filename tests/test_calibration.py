@@ -119,6 +119,26 @@ def test_folds_keep_the_full_routers_automatic_smoothing(emb: Embedder) -> None:
     assert [d.confidence for d in held] == result.confidence[out].tolist()
 
 
+def test_folds_keep_the_full_routers_spelling_prior(emb: Embedder) -> None:
+    # Twelve prompts per expert: the default's spelling back-off enters as a prior of mass
+    # 100; each fold's router holds six, where "auto" would turn it off.
+    texts = [f"What is {a} times {a + 3}, plus {a}?" for a in range(12)] + [
+        f"Write a Python function that returns the {a}th item of a list." for a in range(12)]
+    labels = ["math"] * 12 + ["coding"] * 12
+    router = Router(emb).fit(texts, labels)
+    assert router.smoothing is not None and router.smoothing.spelling_prior == 100
+    result = calibrate(router, texts, labels, folds=2)
+    out = result.fold == 0
+    rest = ([t for t, o in zip(texts, out, strict=True) if not o],
+            [d for d, o in zip(labels, out, strict=True) if not o])
+    held = [t for t, o in zip(texts, out, strict=True) if o]
+    pinned = Router(emb, **router.smoothing._asdict()).fit(*rest).route_batch(held)
+    assert [d.confidence for d in pinned] == result.confidence[out].tolist()
+    again = Router(emb).fit(*rest)  # chosen afresh on the fold's six: no back-off
+    assert again.smoothing is not None and again.smoothing.spelling_prior is None
+    assert [d.confidence for d in again.route_batch(held)] != result.confidence[out].tolist()
+
+
 def test_folds_refuse_prompts_that_were_not_fitted_on(router: Router) -> None:
     with pytest.raises(IR3DEError, match="not all part of expert"):
         calibrate(router, HELD * 3, HELD_LABELS * 3, folds=2)
