@@ -848,6 +848,16 @@ def test_extreme_settings_are_refused_not_routed_with_nan(emb: Embedder, toy_sta
     with pytest.raises(IR3DEError, match=r"pair Dirichlet mass 4\.94066e-324 is too small: "
                                          r"the pair table is not finite"):
         Router(emb, pairs=5e-324).fit_stats(toy_stats)
+    # A weight a float holds, giving scores a prompt's sum would overflow (the gateway's
+    # PATCH took spelling=1e308 and routed every prompt to the first expert, confidence NaN)
+    with pytest.raises(IR3DEError, match=r"the spelling back-off's weight 1e\+308 is too "
+                                         r"large: the token table is not finite"):
+        Router(emb, spelling=1e308).fit_stats(toy_stats)
+    with pytest.raises(IR3DEError, match=r"weight 1e\+301 is too large: the token table "
+                                         r"holds scores beyond ±1e\+300"):
+        Router(emb, spelling=1e301).fit_stats(toy_stats)
+    big = Router(emb, spelling=1e290).fit_stats(toy_stats)
+    assert all(np.isfinite(d.confidence) for d in big.route_batch([*PROMPTS, "x " * 5000]))
     # A huge λ leaves tiny weights whose squares underflow: the column norm is still taken
     # exactly (no "that domain has no data"), and the router routes by the class means.
     huge = Router(emb, model="ridge", identity=None, lam=1e300).fit_stats(toy_stats)
@@ -873,6 +883,12 @@ def test_bad_settings(emb: Embedder, toy_stats) -> None:
         router.set_params(lam=-1.0)
     with pytest.raises(IR3DEError, match="max_tokens"):
         RouterConfig(max_tokens=0)
+    # an int no float holds: was numpy's "ufunc 'isfinite' not supported" (a TypeError)
+    with pytest.raises(IR3DEError, match=r"the smoothing α must be a finite number > 0"):
+        router.set_params(alpha=10**400)
+    with pytest.raises(IR3DEError, match=r"the pair Dirichlet mass must be a finite number"):
+        RouterConfig(pairs=-10**30)
+    assert RouterConfig(spelling=10**29).spelling == 10**29  # large, but a float holds it
     assert router.config is config  # failed changes leave the router as it was
     with pytest.raises(IR3DEError, match="unknown preset"):
         RouterConfig.preset("fastest")

@@ -236,6 +236,10 @@ _BAD_REQUESTS = [
     (b'{"model": "math", "messages": [{"role": "user", "content": "hi"}], '
      b'"temperature": -1E+400}', 400, "cannot be forwarded as JSON"),
     (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
+    # valid JSON Python will not convert: was its advice to call sys.set_int_max_str_digits()
+    (b'{"model": "math", "messages": [{"role": "user", "content": "hi"}], "max_tokens": '
+     + b"9" * 5000 + b"}", 400, "request body holds an integer of 5000 digits; at most 4300 "
+                                "are read"),
     (json.dumps(_chat(MATH, model=["math"])).encode(), 400, "'model' must be a string"),
     (json.dumps(_chat(MATH, stream="false")).encode(), 400, "'stream' must be true or false"),
     # content neither a string nor a list: named, not "the prompt to route is empty"
@@ -842,6 +846,16 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
         bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": -1})
         assert bad.status_code == 400 and "spelling back-off's weight" in \
             bad.json()["error"]["message"]
+        # a weight whose table overflows: was taken, and every prompt went to the first
+        # expert with confidence NaN (the threshold's fallback never fired)
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"spelling": 1e308})
+        assert bad.status_code == 400 and "the spelling back-off's weight 1e+308 is too large" \
+            in bad.json()["error"]["message"]
+        bad = httpx.patch(gw.url + "/admin/settings", headers=_admin(), json={"alpha": 10**400})
+        assert bad.status_code == 400 and "the smoothing α must be a finite number" in \
+            bad.json()["error"]["message"]  # (was numpy's "ufunc 'isfinite' not supported")
+        assert httpx.get(gw.url + "/admin/experts", headers=_admin()).json()["smoothing"][
+            "spelling"] is None
         # the spelling prior in place of the added term (both at once are refused)
         s = httpx.patch(gw.url + "/admin/settings", headers=_admin(),
                         json={"spelling_prior": 1e5})

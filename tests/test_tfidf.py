@@ -263,6 +263,13 @@ def test_refusals(emb, tfidf_stats, toy_stats) -> None:
     assert RouterConfig.preset("paper").ignored(["tfidf"]) == ("tfidf", "model", "nb")
 
 
+def test_a_weight_overflowing_the_table_is_refused(emb, tfidf_stats) -> None:
+    # every prompt went to the first expert with confidence NaN
+    with pytest.raises(IR3DEError, match=r"the TF-IDF weight 1e\+308 is too large: the "
+                                         r"TF-IDF table is not finite"):
+        Router(emb, tfidf=1e308).fit_stats(tfidf_stats)
+
+
 def test_fit_counts_them_when_the_setting_asks(emb) -> None:
     texts = [t for group in CORPORA.values() for t in group]
     labels = [d for d, group in CORPORA.items() for _ in group]

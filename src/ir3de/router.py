@@ -23,6 +23,7 @@ old or on the new router, and two changes never overwrite each other.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -78,6 +79,7 @@ from .solver import (
     nb_skips,
     nb_smoothing,
     nb_spelling,
+    require_scores,
     solve,
     solve_identity,
     solve_identity_auto,
@@ -449,9 +451,14 @@ def _configure(base: RouterConfig, settings: Mapping[str, Any]) -> RouterConfig:
 
 
 def _finite_number(value: Any) -> bool:
-    """A finite real number (not a bool, which Python counts as an int)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and bool(np.isfinite(value)))
+    """A finite real number (not a bool, which Python counts as an int; nor an int too large
+    for a float, which numpy's isfinite cannot take)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _positive_number(value: Any) -> bool:
@@ -780,7 +787,11 @@ class Router:
             else:
                 L = solve_nb(stats, experts, alpha=used.alpha)  # (V rows: _check_compatible)
             if used.spelling is not None:
-                L += used.spelling * solve_spelling(stats, experts, _spelling(self.embedder))
+                with np.errstate(over="ignore"):  # (an overflow is refused just below)
+                    L += used.spelling * solve_spelling(stats, experts,
+                                                        _spelling(self.embedder))
+                require_scores(L, f"the spelling back-off's weight {used.spelling:g} is too "
+                               "large", "token table")
             pairs = skips = unseen = None
             if used.pairs is not None or used.skips is not None:
                 _require_pairs(stats, experts)
@@ -796,7 +807,11 @@ class Router:
             if config.tfidf is not None:
                 parts = _require_tfidf(stats, experts)
                 W, idf = solve_tfidf(parts, [stats[n].n_prompts for n in experts])
-                tfidf = TfidfScores.build(W, idf, L.shape[0], config.tfidf)
+                with np.errstate(over="ignore", invalid="ignore"):  # (refused just below)
+                    tfidf = TfidfScores.build(W, idf, L.shape[0], config.tfidf)
+                for table in (tfidf.rows, tfidf.bias):
+                    require_scores(table, f"the TF-IDF weight {config.tfidf:g} is too large",
+                                   "TF-IDF table")
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(config, experts, dict(stats), L,
                           VocabScores.from_logits(L.copy(), pairs, tfidf, skips, unseen), None,

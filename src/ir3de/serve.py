@@ -188,6 +188,7 @@ import os
 import re
 import signal
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -1336,6 +1337,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+class _LongInteger(ValueError):
+    """A JSON integer with more digits than Python converts (valid JSON, so not said to be
+    invalid; the interpreter's own message advised a client to call a Python function)."""
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > sys.get_int_max_str_digits():
+        raise _LongInteger(f"request body holds an integer of {digits} digits; at most "
+                           f"{sys.get_int_max_str_digits()} are read")
+    return int(text)
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999: inf, which json.dumps would write as Infinity
@@ -1357,7 +1371,10 @@ def _parse_json(raw: bytes) -> Any:
 def _loads(raw: bytes) -> Any:
     """``raw`` parsed as JSON without NaN or Infinity (see _parse_json), or ValueError."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int)
+    except _LongInteger as exc:
+        raise ValueError(str(exc)) from None
     except (ValueError, RecursionError) as exc:
         # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8) are ValueErrors
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc

@@ -33,11 +33,12 @@ from .statistics import DomainStats, _table_blocks, split_pairs
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_PAIRS", "DEFAULT_SKIPS", "DEFAULT_SPELLING",
            "DEFAULT_SPELLING_PRIOR", "FEW_ALPHA", "FEW_MIN_PROMPTS", "FEW_PAIRS", "FEW_PROMPTS",
-           "FEW_SPELLING_FLOOR", "FEW_SPELLING_PRIOR", "MU_GRID", "SPELLING_BETA", "SPELLING_N",
-           "UNIGRAM_ALPHA",
+           "FEW_SPELLING_FLOOR", "FEW_SPELLING_PRIOR", "MU_GRID", "SCORE_BOUND", "SPELLING_BETA",
+           "SPELLING_N", "UNIGRAM_ALPHA",
            "Spelling", "choose_identity_mu", "design", "domain_weights", "identity_loo", "nb_skips",
-           "nb_smoothing", "nb_spelling", "solve", "solve_identity", "solve_identity_auto",
-           "solve_nb", "solve_pairs", "solve_spelling", "solve_spelling_prior"]
+           "nb_smoothing", "nb_spelling", "require_scores", "solve", "solve_identity",
+           "solve_identity_auto", "solve_nb", "solve_pairs", "solve_spelling",
+           "solve_spelling_prior"]
 
 DEFAULT_LAMBDA = 1e-2
 # Chosen by the mean balanced accuracy on a held-out 20 % of the fit data over all five
@@ -229,12 +230,22 @@ def _vocab_size(stats: DomainStats) -> int:
     return stats.doc_counts.size
 
 
-def _require_finite(table: np.ndarray, setting: str, what: str) -> None:
-    """An accepted but extreme setting can overflow or underflow a table to ±inf (and the
-    selectors' normalisation then to NaN): refuse it, naming the setting, rather than route
-    every prompt to the first expert with confidence NaN."""
+# The largest score a table may hold: a prompt's score sums at most a few times the
+# vocabulary's size of them (distinct tokens, pairs), which then stays far below float64's
+# 1.8e308. Real tables hold scores of tens at most.
+SCORE_BOUND = 1e300
+
+
+def require_scores(table: np.ndarray, setting: str, what: str) -> None:
+    """An accepted but extreme setting can overflow or underflow a table to ±inf, or fill
+    it with scores a prompt's sum overflows (and the selectors' normalisation then gives
+    NaN): refuse it, naming the setting, rather than route every prompt to the first expert
+    with confidence NaN."""
     if not np.all(np.isfinite(table)):
         raise IR3DEError(f"{setting}: the {what} is not finite")
+    if table.size and np.abs(table).max() > SCORE_BOUND:
+        raise IR3DEError(f"{setting}: the {what} holds scores beyond ±{SCORE_BOUND:g}, which "
+                         "a prompt's sum of them could overflow")
 
 
 def _identity_sums(stats: Mapping[str, DomainStats], experts: Sequence[str],
@@ -535,7 +546,7 @@ def solve_nb(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
         df = doc_counts[name].astype(np.float64)
         L[:, j] = np.log(df + alpha) - np.log(df.sum() + alpha * df.size)
     # Only a huge α overflows (α V → inf); a tiny one leaves log(α) finite.
-    _require_finite(L, f"α={alpha:g} is too large", "token table")
+    require_scores(L, f"α={alpha:g} is too large", "token table")
     return L
 
 
@@ -660,7 +671,7 @@ def solve_spelling_prior(stats: Mapping[str, DomainStats], experts: Sequence[str
         df = np.asarray(doc_counts[name], dtype=np.float64)
         L[:, j] = (np.log(df + alpha + mass * (share / share.sum()))
                    - np.log(df.sum() + alpha * df.size + mass))
-    _require_finite(L, f"α={alpha:g} or the spelling prior's mass {mass:g} is too large",
+    require_scores(L, f"α={alpha:g} or the spelling prior's mass {mass:g} is too large",
                     "token table")
     return L
 
@@ -719,7 +730,7 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
                                                  minlength=keys.size + 1))
         delta = np.log1p(df / mq[row])
     for part in (base, delta):
-        _require_finite(part, f"the {what} Dirichlet mass {mass:g} is too small",
+        require_scores(part, f"the {what} Dirichlet mass {mass:g} is too small",
                         f"{what} table")
     order = np.argsort(row * len(experts) + col)  # CSR: by row, then by expert
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=keys.size + 1))])
