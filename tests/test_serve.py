@@ -878,11 +878,18 @@ def test_admin_add_remove_settings_and_restart(stats_files, upstreams, tmp_path,
 
         assert 'ir3de_request_seconds_count{expert="law"} 1.0' in \
             httpx.get(gw.url + "/metrics").text
-        assert httpx.delete(gw.url + "/admin/experts/law", headers=_admin()).status_code == 200
+        # a stream to law in flight across its removal (five chunks, 0.2 s apart)
+        with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                          json=_chat(LEGAL, model="law", stream=True)) as streamed:
+            assert streamed.headers["x-ir3de-expert"] == "law"
+            r = httpx.delete(gw.url + "/admin/experts/law", headers=_admin())
+            assert r.status_code == 200
+            assert b"[DONE]" in b"".join(streamed.iter_bytes())
         other = httpx.post(gw.url + "/v1/chat/completions", json=_chat(LEGAL)
                            ).headers["x-ir3de-expert"]
         assert other != "law"
-        # a removed expert's series go (each name kept ~40 forever), the others' stay
+        # a removed expert's series go (each name kept ~40 forever), the others' stay; the
+        # stream's own, logged as it ended after the removal, went too (they came back)
         scraped = httpx.get(gw.url + "/metrics").text
         assert 'expert="law"' not in scraped
         assert f'ir3de_requests_total{{expert="{other}",status="200"}}' in scraped
@@ -3370,6 +3377,38 @@ def test_the_two_spelling_forms_merge_as_one(stats_files, upstreams, tmp_path,
         ("router.spelling", "config"), ("router.spelling_prior", "config")]
 
 
+def test_a_setting_edited_in_that_the_saved_settings_leave_unread_is_said(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """The admin API set selector topk; gateway.yaml then set pairs, which only geo reads:
+    the restart kept topk and dropped the edit without a word (the same file is refused
+    without the state, and the same PATCH is a 400). The gateway starts, and says so."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    router = _copy_router(state.router)  # what the admin API would have saved
+    router.set_params(selector="topk", k=1)
+    _persist(replace(state, router=router), str(tmp_path / "state"), base)
+    data = yaml.safe_load(config.read_text())
+    data["router"]["settings"] = {"pairs": 1e4}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert (state.router.config.selector, state.router.config.pairs) == ("topk", 1e4)
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert [(e["field"], e["using"]) for e in lines] == [
+        ("router", "config"), ("router.pairs", "saved"), ("router.k", "saved"),
+        ("router.selector", "saved")]
+    assert lines[1]["message"] == (
+        f"router.settings.pairs applies to selector geo only; the admin API's change saved "
+        f"in {tmp_path / 'state'} gives selector topk: gateway.yaml's value changes nothing "
+        f"until PATCH /admin/settings sets selector geo (removing {tmp_path / 'state'} starts "
+        "from gateway.yaml alone)")
+
+
 def test_no_warning_for_saved_settings_the_router_does_not_read(
         stats_files, upstreams, tmp_path, caplog) -> None:
     """A saved k that differs from gateway.yaml's was warned about at startup though the
@@ -3982,15 +4021,25 @@ def test_counts_and_seconds_may_be_written_in_exponent_notation(tmp_path: Path) 
             load_config(path)
 
 
-def test_admin_refuses_an_empty_expert_name(odd: Proc) -> None:
-    """POST /admin/experts with `name=` (empty, as `-F name=$UNSET` sends it) added the
-    expert under its statistics' domain instead, without a word."""
+@pytest.mark.parametrize(("name", "message"), [
+    # `name=` (empty, as `-F name=$UNSET` sends it) added the expert under its statistics'
+    # domain instead, without a word
+    ("", "invalid expert name '': it must be non-empty, without surrounding whitespace"),
+    # added, then no client could remove or look it up: they resolve the segment away
+    ("..", "invalid expert name '..': clients resolve it away in a URL path, so no request "
+           "could name the expert; choose another"),
+    (".", "invalid expert name '.': clients resolve it away"),
+    # its 4xx counts would have merged with the gateway's own
+    ("(gateway)", "expert name '(gateway)' is the label of the gateway's own answers in its "
+                  "metrics"),
+])
+def test_admin_refuses_expert_names_no_request_could_use(odd: Proc, name: str,
+                                                          message: str) -> None:
     r = httpx.post(odd.url + "/admin/experts", headers=_admin(),
-                   data={"url": "http://127.0.0.1:9/v1", "name": ""},
+                   data={"url": "http://127.0.0.1:9/v1", "name": name},
                    files={"stats": ("law.stats", b"unread")})
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["message"] == \
-        "invalid expert name '': it must be non-empty, without surrounding whitespace"
+    assert r.json()["error"]["message"].startswith(message)
     assert r.json()["error"]["param"] == "name"
 
 

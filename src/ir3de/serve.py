@@ -782,17 +782,24 @@ def _refuse_unread(config: Any, given: dict[str, Any], prefix: str, source: str,
     it would change nothing without a word. The setting is named ``prefix`` + its name, and
     the value that makes it unread is said to come from ``source`` (``given_source`` when
     ``given`` sets it too): gateway.yaml's router and the admin API's PATCH."""
+    unread = _unread(config, given, prefix, source, given_source)
+    if unread is not None:
+        raise IR3DEError(unread)
+
+
+def _unread(config: Any, given: dict[str, Any], prefix: str, source: str,
+            given_source: str | None = None) -> str | None:
+    """What :func:`_refuse_unread` refuses, said, or None."""
     found = config.ignored(given)
     if found is None:
-        return
+        return None
     key, setting, needed = found
     if needed is None:  # the identity solve has no unit-norm columns (solver.solve_identity)
-        raise IR3DEError(f"{prefix}{key} applies to the ridge model without identity features "
-                         f"only (identity: null); the router would use identity "
-                         f"{config.identity}")
+        return (f"{prefix}{key} applies to the ridge model without identity features only "
+                f"(identity: null); the router would use identity {config.identity}")
     where = given_source if given_source is not None and setting in given else source
-    raise IR3DEError(f"{prefix}{key} applies to {setting} {needed} only; {where} {setting} "
-                     f"{getattr(config, setting)}")
+    return f"{prefix}{key} applies to {setting} {needed} only; {where} {setting} " \
+           f"{getattr(config, setting)}"
 
 
 def _file_digest(path: str | os.PathLike[str]) -> str | None:
@@ -1018,6 +1025,22 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
             used: Any = RouterConfig(**settings)
         except IR3DEError:  # refused below, where the router is built: warn of them all
             used = None
+        # A setting edited into gateway.yaml that the admin API's saved settings leave
+        # unread (pairs under a saved selector topk) changes nothing: said, not silent (the
+        # same file is refused without the state, as is the same PATCH). The gateway still
+        # starts: the file's other edits are applied, and the saved settings kept.
+        named = {k: v for k, v in config.router.overrides().items() if k in from_config}
+        found = None if used is None else used.ignored(named)
+        if found is not None:
+            key, setting, needed = found
+            unread = _unread(used, named, "router.settings.",
+                             f"the admin API's change saved in {state_dir} gives")
+            until = "" if needed is None else f" sets {setting} {needed}"
+            note.lines.append({
+                "event": "config_vs_state", "field": f"router.{key}", "using": "saved",
+                "message": f"{unread}: gateway.yaml's value changes nothing until PATCH "
+                           f"/admin/settings{until} (removing {state_dir} starts from "
+                           "gateway.yaml alone)"})
         for key, value, kept, using in differ:
             # (a setting the router in use does not read changes nothing: no warning)
             if used is None or used.ignored([key]) is None:
@@ -1331,6 +1354,16 @@ def _check_expert_name(name: str, gateway: str, *, legacy: bool = False) -> None
     if name == gateway:
         raise IR3DEError(f"expert name {name!r} is the gateway's own name, which routes; "
                          "choose another")
+    if legacy:  # (such a name saved in the gateway's state still loads, to be removed)
+        return
+    if name in (".", ".."):
+        # clients (curl, httpx, browsers) resolve the path segment away: /admin/experts/..
+        # and /v1/models/.. would never reach the expert
+        raise IR3DEError(f"invalid expert name {name!r}: clients resolve it away in a URL "
+                         "path, so no request could name the expert; choose another")
+    if name == "(gateway)":
+        raise IR3DEError("expert name '(gateway)' is the label of the gateway's own "
+                         "answers in its metrics; choose another")
 
 
 def _reject_constant(name: str) -> Any:
@@ -2155,8 +2188,8 @@ class _Metrics:
         """Drop the series of every expert not among ``experts`` (removed ones; never
         ``(gateway)``'s): each expert name ever added kept ~40 series (two histograms)
         forever, so a gateway whose experts come and go under new names grew without
-        bound. A request to a removed expert still in flight may log a series again
-        after this; the next change drops it."""
+        bound. A request to a removed expert still in flight logs a series again after
+        this; it is dropped again when that request ends (``timed`` in create_app)."""
         keep = {*experts, "(gateway)"}
         for metric, names in self._by_expert:
             stale = {tuple(sample.labels[n] for n in names)
@@ -2252,8 +2285,14 @@ def create_app(config: Any) -> Any:
         app.add_middleware(_Cors, origins=config.cors_origins)
 
     def timed(path: str, line: dict[str, Any], seconds: float) -> None:
-        if path in _UPSTREAM_PATHS:
-            metrics.duration.labels(line.get("expert") or "(gateway)").observe(seconds)
+        if path not in _UPSTREAM_PATHS:
+            return
+        expert = line.get("expert")
+        metrics.duration.labels(expert or "(gateway)").observe(seconds)
+        if expert is not None and expert not in holder["state"].experts:
+            # a request that was in flight when its expert was removed has just logged the
+            # expert's series again (this is its last): drop them, as the removal did
+            metrics.keep_only(holder["state"].experts)
 
     # (added last: the outermost, it sees every answer)
     app.add_middleware(_AccessLog, shutdown_seconds=config.shutdown_seconds, timed=timed)
