@@ -282,6 +282,20 @@ def test_kept_with_both_cuts_and_seen_share(router: Router) -> None:
     assert fitted.seen == 1.0
 
 
+def test_a_router_and_knobs_that_are_not_are_named(router: Router) -> None:
+    with pytest.raises(IR3DEError, match="calibrate needs a fitted Router, got NoneType"):
+        calibrate(None, HELD)  # type: ignore[arg-type]  (an AttributeError)
+    result = calibrate(router, HELD, HELD_LABELS)
+    with pytest.raises(IR3DEError, match="unknown knob 'thresold'; this router's are "
+                                         "threshold, min_coverage"):
+        result.curve("thresold")  # type: ignore[arg-type]  (was min_coverage's curve)
+    for bad in (float("nan"), "0.5", None):  # NaN kept nothing; the others a numpy error
+        with pytest.raises(IR3DEError, match="threshold must be a finite number"):
+            result.kept(bad)  # type: ignore[arg-type]
+    with pytest.raises(IR3DEError, match="min_coverage must be a finite number"):
+        result.kept(0.5, float("inf"))
+
+
 def test_kept_is_never_below_the_share_asked(router: Router) -> None:
     texts = [f"What is {i} plus {i + 1}?" for i in range(10)]
     result = calibrate(router, texts, keep=[0.90000000001, 0.9])
@@ -291,6 +305,10 @@ def test_kept_is_never_below_the_share_asked(router: Router) -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"keep": 0.95}, r"keep is a list of shares .* \(pass \[share\] for one\)"),
+    # a TypeError each, or the characters of "0.9" read as shares
+    ({"keep": np.array(0.9)}, r"got the number array\(0\.9\) \(pass \[share\] for one\)"),
+    ({"keep": None}, "keep is a list of shares of prompts to keep, got NoneType None"),
+    ({"keep": "0.9"}, "keep is a list of shares of prompts to keep, got str '0.9'"),
     ({"labels": HELD_LABELS, "folds": 2, "seed": -1}, "seed must be an integer >= 0"),
     ({"labels": HELD_LABELS, "folds": 2, "seed": "a"}, "seed must be an integer >= 0"),
 ])

@@ -231,6 +231,17 @@ def test_stats_without_pairs(corpora, tmp_path: Path, capsys) -> None:
     assert run(capsys, "build", *files, "-o", tmp_path / "r.st", "--preset", "unigram")[0] == 0
     code, out, _ = run(capsys, "route", tmp_path / "r.st", "What is 5 plus 9?")
     assert code == 0 and json.loads(out)["expert"] == "math"
+    # skip pairs go into the pair table --no-pairs leaves out (the file held none, exit 0)
+    code, _, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", files[0],
+                       "--force", "--no-pairs", "--skip-pairs", "-q")
+    assert (code, err) == (1, "ir3de: error: --skip-pairs counts into the token-pair table, "
+                              "which --no-pairs leaves out; give one of them\n")
+    # nor did a cap no statistics file can hold (above 2**53) replace the good file
+    before = files[0].read_bytes()
+    code, _, err = run(capsys, "stats", corpora["math"], "--domain", "math", "-o", files[0],
+                       "--force", "--max-tokens", str(2**53 + 1), "-q")
+    assert code == 1 and "max_tokens must be a positive integer of at most 2**53" in err
+    assert files[0].read_bytes() == before
 
 
 def test_text_and_parquet_corpora(tmp_path: Path, capsys) -> None:
@@ -2866,6 +2877,13 @@ def test_calibrate_plot(built: dict[str, Path], tmp_path: Path, capsys) -> None:
                          tmp_path / "other.png")
     assert (code, out) == (1, "") and "--plot draws the kept prompts' accuracy" in err
     assert not (tmp_path / "other.png").exists()
+    # a PNG was written under any name given
+    code, out, err = run(capsys, "calibrate", built["router"], held, "--plot",
+                         tmp_path / "cuts.txt")
+    assert (code, out) == (1, "") and err == ("ir3de: error: --plot writes a PNG image: give a "
+                                              f"file name ending in .png, not "
+                                              f"'{tmp_path / 'cuts.txt'}'\n")
+    assert not (tmp_path / "cuts.txt").exists()
 
 
 @pytest.mark.parametrize(("rows", "message"), [
@@ -2967,6 +2985,9 @@ def test_calibrate_warns_on_fit_prompts_and_says_what_both_cuts_keep(
             ([held, "--seed", "3"], "--seed draws the folds: it applies with --folds only"),
             ([f"math={corpora['math']}", "--label-field", "topic"],
              "--label-field applies to a JSONL file of prompts"),
+            # a misspelt field made them unlabelled: no accuracy, exit 0
+            ([held, "--label-field", "domian"],
+             f"--label-field domian: no record of {held} has that field"),
             (["math="], "math=: no corpus file after '='")):
         code, out, err = run(capsys, "calibrate", built["router"], *argv)
         assert (code, out) == (1, "") and message in err, (argv, err)

@@ -161,6 +161,8 @@ def test_expert_errors(emb: Embedder, toy_stats) -> None:
     with pytest.raises(FingerprintMismatchError, match=r"foreign\.st"):
         router.add_expert("law", foreign)
     assert router.W is W and router.experts == ["math", "coding"]  # failed calls change nothing
+    with pytest.raises(ValueError, match="read-only"):  # (a write stuck, moving no decision)
+        W[0, 0] = 0.0
     router.remove_expert("coding")
     with pytest.raises(ExpertError, match="only expert"):
         router.remove_expert("math")
@@ -865,6 +867,18 @@ def test_extreme_settings_are_refused_not_routed_with_nan(emb: Embedder, toy_sta
     decisions = huge.route_batch(PROMPTS, explain=True)
     assert all(np.isfinite(d.confidence) for d in decisions)
     assert {d.expert for d in decisions} != {huge.experts[0]}
+
+
+def test_a_preset_name_with_settings_is_the_preset_with_them(emb: Embedder) -> None:
+    """Router(config="paper", model="nb") was refused (balance=False applies to ridge only),
+    though RouterConfig.preset("paper", model="nb"), which it is short for, is balanced."""
+    expected = RouterConfig.preset("paper", model="nb")
+    assert expected.balance is True
+    assert Router(emb, "paper", model="nb").config == expected
+    assert Router(emb).set_params(config="paper", model="nb").config == expected
+    assert Router(emb, "paper", model="nb", balance=True).config == expected
+    with pytest.raises(IR3DEError, match="balance=False applies to model='ridge' only"):
+        Router(emb, "paper", model="nb", balance=False)  # named: kept as given, refused
 
 
 def test_bad_settings(emb: Embedder, toy_stats) -> None:
@@ -1643,7 +1657,8 @@ def test_nb_needs_document_frequencies(emb: Embedder, toy_stats) -> None:
                                                r"pairs were counted; .*--pairs none"):
         Router(emb).fit_stats(one_bare)
     Router(emb, RouterConfig.preset("unigram")).fit_stats(no_pairs)
-    with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
+    with pytest.raises(StatsFormatError, match=r"token-pair frequencies without the "
+                                               r"document frequencies \(doc_counts\)"):
         dataclasses.replace(toy_stats["math"], doc_counts=None)  # pairs without their tokens
 
 
@@ -2054,8 +2069,8 @@ def test_word_order_tells_experts_apart_where_pairs_are_read(emb: Embedder) -> N
     texts, labels = ["dog bites man", "man bites dog"], ["news", "gossip"]
     router = Router(emb).fit(texts, labels)
     assert router.predict(texts).tolist() == labels
-    why = (r"hold exactly the same counts of tokens and differ only in token pairs, which "
-           r"these settings do not read .*: they would tie on every prompt")
+    why = (r"hold exactly the same counts, but for token pairs, which these settings do not "
+           r"read .*: they would tie on every prompt")
     with pytest.raises(ExpertError, match=why):
         Router(emb, "unigram").fit(texts, labels)
     with pytest.raises(ExpertError, match=why):
@@ -2065,7 +2080,7 @@ def test_word_order_tells_experts_apart_where_pairs_are_read(emb: Embedder) -> N
     gossip = compute_stats(emb, texts[1:], domain="gossip")
     alone.add_expert("gossip", gossip)
     with pytest.raises(ExpertError, match=r"the new expert 'g' holds exactly the counts of "
-                                          r"expert 'news' of tokens and differ"):
+                                          r"expert 'news', but for token pairs"):
         Router(emb, "unigram").fit(texts[:1], ["news"]).add_expert("g", gossip)
 
 
@@ -2298,7 +2313,10 @@ def test_score_takes_sample_weights_as_scikit_learn_does(toy_router: Router) -> 
             sklearn_metrics.balanced_accuracy_score(labels, predicted, sample_weight=w))
     assert toy_router.score(texts, labels, [1, 1, 1, 1, 1, 0]) == pytest.approx(
         toy_router.score(texts[:5], labels[:5]))  # a domain weighing 0 is left out
+    # finite weights whose sums overflow (was a wrong score and numpy's overflow warning)
+    assert toy_router.score(texts, labels, [1e308] * 6) == toy_router.score(texts, labels)
     for bad, message in (([1, 2], "2 values for 6 texts"), ("abcdef", "must be numbers"),
+                         ([[1] * 6], r"one number per text, got an array of shape \(1, 6\)"),
                          (3, "must be numbers"), ([1, 1, 1, 1, 1, -1], "non-negative"),
                          ([0] * 6, "not all 0"), ([1, 1, 1, 1, 1, np.nan], "finite")):
         with pytest.raises(IR3DEError, match=message):

@@ -272,10 +272,12 @@ def test_texts_must_be_an_iterable_of_strings(emb: Embedder, count) -> None:
         assert pulled == ["1 + 1", "  ", bad]  # stopped at the culprit
 
 
-@pytest.mark.parametrize("bad", ["5", 2.5, True, 0, -3, None, np.float64(4.0)])
+# 2**53 + 1: the file saved would not load (its loader's limit), yet stats exited 0
+@pytest.mark.parametrize("bad", ["5", 2.5, True, 0, -3, None, np.float64(4.0), 2**53 + 1])
 def test_max_tokens_must_be_a_positive_integer(emb: Embedder, bad) -> None:
     for count in (compute_stats, streaming_stats):
-        with pytest.raises(IR3DEError, match=r"max_tokens must be a positive integer, got "):
+        with pytest.raises(IR3DEError, match=r"max_tokens must be a positive integer of at "
+                                             r"most 2\*\*53, got "):
             count(emb, ["1 + 1"], domain="x", max_tokens=bad)
     with pytest.raises(IR3DEError, match=r"max_tokens must be a positive integer"):
         token_counts(emb, ["1 + 1"], max_tokens=bad)
@@ -653,7 +655,11 @@ def test_domainstats_validates_its_arrays(toy_stats: dict[str, DomainStats],
                       PairCounts(keys, counts * 0),  # not positive
                       PairCounts(keys, counts + s.n_prompts),  # more prompts than hold a token
                       PairCounts(keys[1:], counts[1:]),  # a token occurrence without its pair
-                      PairCounts(keys.astype(np.int32), counts)):
+                      PairCounts(keys.astype(np.int32), counts),
+                      # out of order or repeated: not a key of another vocabulary (it was
+                      # named as one, of a vocabulary sized from the largest key)
+                      PairCounts(np.array([5, 3]), np.array([1, 1])),
+                      PairCounts(np.append(keys, keys[-1]), np.append(counts, 1))):
         with pytest.raises(StatsFormatError, match="token-pair frequencies disagree"):
             dataclasses.replace(s, pairs=bad_pairs)
     # A key past the vocabulary is named as what it is: a key of another vocabulary size.
@@ -932,6 +938,20 @@ def test_a_damaged_A_is_refused(toy_stats: dict[str, DomainStats], emb: Embedder
             dataclasses.replace(s, A=damaged, source="math.stats")
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    # a TypeError in repr, +, merge and fit_stats
+    ({"fingerprint": None}, "fingerprint must be a non-empty string, got None"),
+    ({"fingerprint": ""}, "fingerprint must be a non-empty string, got ''"),
+    # saved, then refused by the loader
+    ({"embedder": None}, r"embedder must be an embedder recipe .*, got None"),
+    ({"embedder": {"name": "x"}}, r"embedder must be an embedder recipe"),
+])
+def test_statistics_name_their_embedder(toy_stats: dict[str, DomainStats], change: dict,
+                                        message: str) -> None:
+    with pytest.raises(StatsFormatError, match=message):
+        dataclasses.replace(toy_stats["math"], **change)
+
+
 def test_token_counts_that_wrap_around_int64_are_refused(
         toy_stats: dict[str, DomainStats]) -> None:
     """2**62 added to four counts wraps their sum back to n_tokens: the file loaded and
@@ -942,6 +962,11 @@ def test_token_counts_that_wrap_around_int64_are_refused(
     assert int(counts.sum()) == s.n_tokens  # (wrapped)
     with pytest.raises(StatsFormatError, match="token counts disagree with n_tokens"):
         dataclasses.replace(s, counts=counts, doc_counts=None, pairs=None)
+    # their sum agrees, their shape does not (was "disagree with n_tokens")
+    with pytest.raises(StatsFormatError, match=rf"token counts have shape \(1, "
+                                               rf"{s.counts.size}\); expected one count per "
+                                               rf"token id"):
+        dataclasses.replace(s, counts=s.counts[None], doc_counts=None, pairs=None)
 
 
 @pytest.mark.parametrize("signature", [["ed25519"], "alice", 5, False, [{"alg": "ed25519"}]])

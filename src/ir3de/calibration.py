@@ -117,6 +117,10 @@ class Calibration:
     def kept(self, threshold: float = 0.0, min_coverage: float = 0.0) -> float:
         """The share of the prompts the gateway keeps with both cuts set (a prompt below
         either goes to the fallback)."""
+        for name, value in (("threshold", threshold), ("min_coverage", min_coverage)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                    or not np.isfinite(float(value)):  # (NaN kept nothing, without a word)
+                raise IR3DEError(f"{name} must be a finite number, got {value!r}")
         keep = self.confidence >= threshold
         if self.coverage is not None:
             keep &= self.coverage >= min_coverage
@@ -163,6 +167,9 @@ class Calibration:
                 "accuracy": self.accuracy, "cuts": [c.to_dict() for c in self.cuts]}
 
     def _values(self, knob: Knob) -> np.ndarray:
+        if knob not in ("threshold", "min_coverage"):  # (a typo drew min_coverage's curve)
+            raise IR3DEError(f"unknown knob {knob!r}; this router's are "
+                             f"{', '.join(self.knobs)}")
         if knob == "threshold":
             return self.confidence
         if self.coverage is None:
@@ -194,6 +201,8 @@ def calibrate(router: Router, texts: Iterable[str], labels: Iterable[str] | None
     :class:`~ir3de.errors.ExpertError` for a label that is not one of the router's
     experts, and :class:`~ir3de.errors.IR3DEError` for bad shares or folds.
     """
+    if not isinstance(router, Router):  # (was an AttributeError on first use)
+        raise IR3DEError(f"calibrate needs a fitted Router, got {type(router).__name__}")
     refuse_lone_text(texts, "texts")
     texts = list(texts)
     if not texts:
@@ -247,9 +256,13 @@ def _labels(labels: Iterable[str], n: int, experts: Sequence[str]) -> tuple[str,
 
 
 def _shares(keep: Iterable[float]) -> list[float]:
-    if isinstance(keep, (int, float, np.number)):
+    if isinstance(keep, (int, float, np.number)) or (isinstance(keep, np.ndarray)
+                                                     and keep.ndim == 0):
         raise IR3DEError(f"keep is a list of shares of prompts to keep, got the number {keep!r} "
                          "(pass [share] for one)")
+    if isinstance(keep, (str, bytes)) or not isinstance(keep, Iterable):
+        raise IR3DEError(f"keep is a list of shares of prompts to keep, got "
+                         f"{type(keep).__name__} {keep!r}")
     shares = set()
     for share in keep:
         if isinstance(share, bool) or not isinstance(share, (int, float, np.number)) \

@@ -853,6 +853,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.text_field is not None and _plain_text_only(args.corpus, args.format):
         raise IR3DEError("--text-field applies to JSONL and Parquet corpora only; plain text "
                          "is read one prompt per line")
+    if args.no_pairs and args.skip_pairs:  # (the file held no skip pairs, without a word)
+        raise IR3DEError("--skip-pairs counts into the token-pair table, which --no-pairs "
+                         "leaves out; give one of them")
     text_field = "text" if args.text_field is None else args.text_field
     if args.sign:
         from ir3de.signing import load_private_key
@@ -1523,6 +1526,9 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
         raise IR3DEError(f"{args.data[0]} holds no records")
     field = args.label_field or "domain"
     labelled = [field in record for *_, record in records]
+    if args.label_field is not None and not any(labelled):
+        # (a misspelt field made labelled prompts unlabelled: no accuracy, exit 0)
+        raise IR3DEError(f"--label-field {field}: no record of {args.data[0]} has that field")
     if args.folds is not None and not any(labelled):
         raise IR3DEError(f"--folds needs labelled prompts, and no record of {args.data[0]} "
                          f"has a {field!r} field (--label-field names it)")
@@ -1607,6 +1613,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise IR3DEError("--seed draws the folds: it applies with --folds only")
     plot = None if args.plot is None else Path(args.plot)
     if plot is not None:
+        if plot.suffix.lower() != ".png":  # (a PNG was written under any name)
+            raise IR3DEError(f"--plot writes a PNG image: give a file name ending in .png, "
+                             f"not {args.plot!r}")
         replace = _check_output(plot, args.force,
                                 [args.router, *(_split_named(d)[1] for d in args.data)])
         try:

@@ -441,10 +441,16 @@ def _base_config(config: object) -> RouterConfig:
                      f"({', '.join(PRESETS)}), got {type(config).__name__}{hint}")
 
 
-def _configure(base: RouterConfig, settings: Mapping[str, Any]) -> RouterConfig:
-    """``base`` with ``settings`` changed; ``base`` itself when each setting is the very
-    object ``base`` holds (so ``Router(**router.get_params())``, which sklearn's ``clone``
-    does, keeps the config object it is given, as clone checks)."""
+def _configure(config: object, settings: Mapping[str, Any]) -> RouterConfig:
+    """The configuration ``config`` (see :func:`_base_config`) with ``settings`` changed: a
+    preset name as :meth:`RouterConfig.preset` takes it (``"paper"`` with ``model="nb"``
+    is balanced, as the nb model always is); a config itself when each setting is the very
+    object it holds (so ``Router(**router.get_params())``, which sklearn's ``clone`` does,
+    keeps the config object it is given, as clone checks)."""
+    if isinstance(config, str) and settings:
+        _base_config(config)  # (an unknown name: refused as such, before the settings)
+        return RouterConfig.preset(config, **settings)
+    base = _base_config(config)
     if all(k in _SETTING_NAMES and getattr(base, k) is v for k, v in settings.items()):
         return base
     return base.with_settings(**settings)
@@ -593,6 +599,9 @@ class _State:
     mu: float | None  # the identity ridge in use (chosen when the config says "auto")
     smoothing: Smoothing | None = None  # nb: what "auto" chose
 
+    def __post_init__(self) -> None:
+        self.W.flags.writeable = False  # Router.W hands it out (see there)
+
 
 class Router:
     """Linear token router solved in closed form from additive statistics.
@@ -622,7 +631,7 @@ class Router:
 
     def __init__(self, embedder: EmbedderLike | None = None,
                  config: RouterConfig | str | None = None, **settings: Any) -> None:
-        self._config = _configure(_base_config(config), settings)
+        self._config = _configure(config, settings)
         self.embedder = _embedder(embedder)
         self._state: _State | None = None
         # Held by every change (fit, add, remove, set_params), each of which reads the
@@ -871,7 +880,9 @@ class Router:
     def W(self) -> npt.NDArray[np.float64]:
         """The solved linear model, one column per expert: for ``model="ridge"`` the
         weights on x̃ (shape (h+1, D), last row the bias); for ``model="nb"`` the weights
-        on one-hot token ids, i.e. the log-likelihoods ``log p(t | d)`` (shape (V, D))."""
+        on one-hot token ids, i.e. the log-likelihoods ``log p(t | d)`` (shape (V, D)).
+        Read-only, as every array the statistics expose: a write to it would stick without
+        moving any decision (routing reads the tables solved from it)."""
         return self._fitted.W
 
     def add_expert(self: _RouterT, name: str, stats: DomainStats) -> _RouterT:
@@ -940,8 +951,7 @@ class Router:
                              f"RouterConfig or a preset name)") from None
         with self._lock:
             state, current = self._state, self.config
-            base = _base_config(params["config"]) if "config" in params else current
-            config = _configure(base, settings)
+            config = _configure(params.get("config", current), settings)
             embedder = _embedder(params["embedder"]) if "embedder" in params \
                 else self.embedder
             if state is not None and embedder.fingerprint != self.embedder.fingerprint:
@@ -1381,11 +1391,16 @@ def _sample_weight(values: Iterable[float], n: int) -> np.ndarray:
         weight = np.asarray(list(values), dtype=np.float64)
     except (TypeError, ValueError):
         raise IR3DEError("sample_weight must be numbers, one per text") from None
+    if weight.ndim != 1:
+        raise IR3DEError(f"sample_weight must be one number per text, got an array of shape "
+                         f"{weight.shape}")
     if weight.shape != (n,):
         raise IR3DEError(f"sample_weight has {weight.size} values for {n} texts")
     if not np.isfinite(weight).all() or (weight < 0).any() or not weight.any():
         raise IR3DEError("sample_weight must be finite and non-negative, not all 0")
-    return weight
+    # Scaled to a largest weight of 1, which leaves every ratio the score takes as it was:
+    # finite weights near 1e308 overflowed their sums to inf (and the score to a wrong one).
+    return weight / weight.max()
 
 
 def _require_stats(value: object, context: str) -> None:
@@ -1438,9 +1453,8 @@ def _why_identical(a: DomainStats, b: DomainStats) -> str:
     differ, that the router at hand does not read those: they would tie all the same."""
     if find_identical([a, b], pairs=True) is not None:
         return " (the same corpus twice?)"
-    return (" of tokens and differ only in token pairs, which these settings do not read "
-            "(the nb model with pairs and the geo selector does): they would tie on every "
-            "prompt")
+    return (", but for token pairs, which these settings do not read (the nb model with "
+            "pairs and the geo selector does): they would tie on every prompt")
 
 
 def _refuse_lacking(stats: Mapping[str, DomainStats], experts: Sequence[str], name: str,

@@ -259,6 +259,15 @@ class DomainStats:
         object.__setattr__(self, "_parts", frozenset({object()}))  # frozen: set once here
         # legacy: statistics read from an older file; compute_stats checks a new name fully
         validate_domain_name(self.domain, self.source, legacy=True)
+        # (as the loader refuses them: save wrote files load refused, and a None
+        # fingerprint failed every comparison with a TypeError)
+        if not isinstance(self.fingerprint, str) or not self.fingerprint:
+            raise StatsFormatError(f"{self.source}: fingerprint must be a non-empty string, "
+                                   f"got {self.fingerprint!r}")
+        if not is_recipe(self.embedder):
+            raise StatsFormatError(f"{self.source}: embedder must be an embedder recipe (a "
+                                   f"dict with a string 'kind', Embedder.spec), got "
+                                   f"{self.embedder!r}")
         self._check_array_types()
         if self.b.ndim != 1 or self.b.shape[0] < 2:
             raise StatsFormatError(f"{self.source}: b has shape {self.b.shape}; expected "
@@ -278,9 +287,9 @@ class DomainStats:
                 raise StatsFormatError(f"{self.source}: {name} must be an integer, got "
                                        f"{value!r}")
             object.__setattr__(self, name, int(value))  # frozen: the one normalising write
-        if self.max_tokens <= 0:
-            raise StatsFormatError(f"{self.source}: max_tokens must be > 0, got "
-                                   f"{self.max_tokens}")
+        if not 0 < self.max_tokens <= _META_INT_MAX:  # (as the loader's meta_int)
+            raise StatsFormatError(f"{self.source}: max_tokens must be a positive integer of "
+                                   f"at most 2**53, got {self.max_tokens}")
         if self.n_tokens < 0 or self.n_prompts < 0:
             raise StatsFormatError(f"{self.source}: negative counts "
                                    f"({self.n_tokens} tokens, {self.n_prompts} prompts)")
@@ -298,7 +307,10 @@ class DomainStats:
             raise StatsFormatError(f"{self.source}: A/b disagree with n_tokens={self.n_tokens}")
         # Each count at most n_tokens, so the sum cannot wrap around int64 unseen (2**62
         # added to four counts wraps back to the right total).
-        if self.counts is not None and (self.counts.ndim != 1 or np.any(self.counts < 0)
+        if self.counts is not None and self.counts.ndim != 1:
+            raise StatsFormatError(f"{self.source}: token counts have shape "
+                                   f"{self.counts.shape}; expected one count per token id")
+        if self.counts is not None and (np.any(self.counts < 0)
                                         or np.any(self.counts > self.n_tokens)
                                         or self.counts.sum(dtype=np.float64) > 2 * self.n_tokens
                                         or int(self.counts.sum()) != self.n_tokens):
@@ -479,9 +491,13 @@ class DomainStats:
         # by both of its tokens'. (A table counted without skip pairs holds none.)
         keys, counts = pairs
         df = self.doc_counts
-        fail = df is None or keys.ndim != 1 or keys.shape != counts.shape \
+        if df is None:
+            raise StatsFormatError(f"{self.source}: token-pair frequencies without the "
+                                   "document frequencies (doc_counts) they are checked "
+                                   "against and read with")
+        fail = keys.ndim != 1 or keys.shape != counts.shape \
             or keys.dtype != np.int64 or counts.dtype != np.int64
-        if df is not None and not fail:
+        if not fail:
             base = df.size + 1
             fail = bool(np.any(keys < 0) or np.any(keys >= 2 * base * base)
                         or np.any(np.diff(keys) <= 0) or np.any(counts <= 0))
@@ -494,11 +510,12 @@ class DomainStats:
                 if not fail:
                     ending = np.bincount(last, weights=kind.counts, minlength=df.size)
                     fail = bool(np.any(ending < df) or np.any((ending > 0) != (df > 0)))
-        if fail and df is not None and keys.ndim == 1 and keys.size \
-                and keys.dtype == np.int64 and keys.min() >= 0:
+        if fail and keys.ndim == 1 and keys.size and keys.dtype == np.int64 \
+                and keys.min() >= 0 and np.all(np.diff(keys) > 0):
             # Every prompt's first pairs start at the start id V, the largest first id, so
             # the largest key tells the vocabulary the keys encode: a token table of another
-            # length is the problem to name then.
+            # length is the problem to name then (keys out of order or repeated are damage
+            # of their own, whatever their largest).
             largest = int(keys.max())
             vocabularies = _key_vocabularies(largest)
             if df.size not in vocabularies:
@@ -1074,8 +1091,10 @@ def _max_tokens(max_tokens: object) -> int:
     """``max_tokens`` as a plain int, checked before any text is read: a bool is no cap and a
     numpy integer would not survive the JSON metadata of a saved file."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
-            or max_tokens <= 0:
-        raise IR3DEError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+            or not 0 < max_tokens <= _META_INT_MAX:
+        # (above 2**53 the statistics would save to a file their loader refuses)
+        raise IR3DEError(f"max_tokens must be a positive integer of at most 2**53, got "
+                         f"{max_tokens!r}")
     return int(max_tokens)
 
 
