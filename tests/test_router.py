@@ -2297,6 +2297,11 @@ def test_a_router_pickles_without_its_lock(toy_router: Router) -> None:
     """(joblib pickles estimators: cross_val_score(router, ..., n_jobs=2))"""
     copy = pickle.loads(pickle.dumps(toy_router))
     assert copy.route(PROMPTS[0]) == toy_router.route(PROMPTS[0])
+    # its arrays stay read-only (unpickled, they came back writable: a change in place
+    # would break the promise that removing an expert gives back a refit's router)
+    stats = copy.stats[copy.experts[0]]
+    assert not any(a.flags.writeable for a in (copy.W, stats.b, stats.counts,
+                                               stats.doc_counts, *stats.pairs))
     assert copy.set_params(alpha=0.1).config.alpha == 0.1  # a lock of its own
     assert toy_router.config.alpha != 0.1
 

@@ -646,6 +646,8 @@ class Router:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        if self._state is not None:  # (unpickled arrays come back writable)
+            self._state.W.flags.writeable = False
 
     @property
     def config(self) -> RouterConfig:

@@ -425,6 +425,12 @@ class DomainStats:
                 f"n_tokens={self.n_tokens}, h={self.b.shape[0] - 1}, pairs={pairs}{tfidf}, "
                 f"fingerprint={self.fingerprint[:12]!r}, source={self.source!r}{signed})")
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled arrays (joblib's workers, a copy.deepcopy) come back writable: frozen
+        # again, as __post_init__ froze them.
+        self.__dict__.update(state)
+        self._freeze_arrays()
+
     def _freeze_arrays(self) -> None:
         # Read-only views: routers keep statistics by reference, and an array changed in
         # place afterwards would break both the checks above and the promise that removing
