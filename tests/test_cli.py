@@ -527,9 +527,13 @@ def test_eval_out_under_a_file_fails_before_the_run(tmp_path: Path, capsys) -> N
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--resamples", "-1"], "must be 0 (no intervals) or an integer >= 100, got -1"),
+    (["--resamples", "-1"], "must be 0 (no intervals) or an integer from 100 to 1,000,000, "
+                            "got -1"),
     # one resample gave zero-width intervals, every gap marked significant
-    (["--resamples", "1"], "must be 0 (no intervals) or an integer >= 100, got 1"),
+    (["--resamples", "1"], "must be 0 (no intervals) or an integer from 100 to 1,000,000, "
+                           "got 1"),
+    # ran every router, then ran out of memory (naming route's --batch-size)
+    (["--resamples", "100000000000"], "an integer from 100 to 1,000,000, got 100000000000"),
     # --setting beside --fit was ignored; an empty --out meant the current folder
     (["--setting", "domains", "--fit", "x.jsonl"], "not allowed with argument --setting"),
     (["--fit", "x.jsonl", "--setting", "all"], "not allowed with argument --fit"),
@@ -564,6 +568,19 @@ def no_run(monkeypatch) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     monkeypatch.setattr("ir3de.eval.evaluate", lambda *a, **k: pytest.fail("the run started"))
+
+
+def test_eval_refuses_a_router_not_fitting_a_setting_before_any_runs(
+        data_dir: Path, built: dict[str, Path], tmp_path: Path, capsys, no_run) -> None:
+    """Checked in each setting's run: a later setting's refusal came after the earlier
+    settings had run in full."""
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "eval", "--data", data_dir, "--setting", "reasoning-xdata",
+                       "--router", built["router"], "--out", out)
+    assert code == 1 and err.startswith(f"ir3de: error: router 'router {built['router']}' "
+                                        "does not fit setting 'reasoning-xdata': no expert "
+                                        "for the domains"), err
+    assert not out.exists()
 
 
 def test_eval_scores_not_covering_a_setting_fail_before_the_run(user_data: Path, tmp_path: Path,

@@ -98,9 +98,10 @@ def test_intervals_bracket_the_figures_and_the_gap_to_the_best_baseline(
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"resamples": -1}, "resamples must be 0 .no intervals. or at least 100, got -1"),
+    ({"resamples": -1}, "resamples must be 0 .no intervals. or from 100 to 1,000,000, got -1"),
     # One resample gave a zero-width interval, so every gap was marked significant.
-    ({"resamples": 1}, "resamples must be 0 .no intervals. or at least 100, got 1"),
+    ({"resamples": 1}, "resamples must be 0 .no intervals. or from 100 to 1,000,000, got 1"),
+    ({"resamples": 10**11}, "or from 100 to 1,000,000, got 100000000000"),
     ({"level": 1.0}, "level must be in")])
 def test_interval_settings_are_checked_before_running(kwargs, match, data_dir: Path,
                                                       emb: Embedder) -> None:

@@ -229,13 +229,33 @@ def test_bootstrap_draws_repeated_prompts_together() -> None:
     assert np.subtract(*percentile_interval(naive[0])[::-1]) < 0.85 * width
 
 
+def test_bootstrap_draws_in_blocks_as_in_one_call() -> None:
+    """Past one block of resamples, the draws go on where the block left them: the samples
+    are those of drawing every resample of a domain at once (the memory is bounded)."""
+    rng = np.random.default_rng(5)
+    gold = list(rng.choice(["a", "b", "c"], 40))
+    correct = rng.random((3, 40)) < 0.7
+    samples = bootstrap_balanced(correct, gold, resamples=5000, seed=2)
+    draw = np.random.default_rng(2)
+    expected = np.zeros((3, 5000))
+    for domain in dict.fromkeys(gold):
+        members = np.flatnonzero(np.array(gold) == domain)
+        counts = draw.multinomial(members.size, np.full(members.size, 1 / members.size),
+                                  size=5000)
+        expected += (counts @ correct[:, members].T).T / members.size
+    np.testing.assert_allclose(samples, expected / 3, rtol=1e-12)
+
+
 @pytest.mark.parametrize(("correct", "gold", "ids", "kwargs", "match"), [
     (np.ones(3, bool), ["a"] * 3, None, {}, "boolean matrix"),
     (np.ones((1, 3)), ["a"] * 3, None, {}, "boolean matrix"),
     (np.ones((1, 3), bool), ["a"] * 2, None, {}, "3 decisions per router but 2 gold"),
     (np.ones((1, 2), bool), ["a"] * 2, ["x"], {}, "and 1 ids"),
     (np.ones((1, 0), bool), [], None, {}, "no test prompts"),
-    (np.ones((1, 2), bool), ["a"] * 2, None, {"resamples": 0}, "resamples must be >= 1"),
+    (np.ones((1, 2), bool), ["a"] * 2, None, {"resamples": 0},
+     "resamples must be from 1 to 1,000,000, got 0"),
+    # (the draws alone would take 800 GB: refused before any)
+    (np.ones((1, 2), bool), ["a"] * 2, None, {"resamples": 10**11}, "got 100000000000"),
 ])
 def test_bootstrap_errors(correct, gold, ids, kwargs, match) -> None:
     with pytest.raises(IR3DEError, match=match):

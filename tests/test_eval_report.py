@@ -516,6 +516,40 @@ def test_report_says_when_the_confusion_plot_is_unlabelled(result: dict) -> None
     assert "not labelled" not in render_markdown({"meta": META, "settings": [result]}, plots)
 
 
+def test_the_plot_note_stays_with_normalized_performance(result: dict) -> None:
+    """With --scores, the normalized-performance table's domains (the scored ones) took
+    the place of the setting's, and the note of an unlabelled plot went."""
+    extra = [f"x{i}" for i in range(41)]
+    routers = [{**r, "per_domain": {**r["per_domain"], **dict.fromkeys(extra)}}
+               for r in result["routers"]]
+    table = {r["name"]: {"domains": {"math": 0.9, "coding": 0.8}, "average": 0.85}
+             for r in result["routers"]}
+    many = {**result, "domains": result["domains"] + extra, "routers": routers,
+            "score_kind": "task", "normalized_performance": {"all": table}}
+    markdown = render_markdown({"meta": META, "settings": [many]},
+                               {"custom": [f"{k}_custom.png" for k in KINDS]})
+    assert "| method | math | coding | average |" in markdown
+    assert "The confusion plot's axes are not labelled: 45 domains are more than 40" \
+        in markdown
+
+
+def test_ties_as_shown_are_all_bold_and_levels_keep_their_digits(result: dict) -> None:
+    """0.825 and 0.8250000000000001 both showed 82.5, one bold; a 99.9 % interval was
+    headed "100 %"."""
+    from ir3de.eval.report import summary_routers
+
+    first, second = (r["name"] for r in summary_routers(result))  # the router, random
+    value = {first: 0.825, second: 0.8250000000000001}
+    tied = [{**r, "balanced": value.get(r["name"], 0.5)} for r in result["routers"]]
+    comparison = {"baseline": "TF-IDF+LR", "level": 0.999, "resamples": 100,
+                  "differences": {first: {"difference": 0.0, "low": 0.0, "high": 0.0}}}
+    odd = {**result, "routers": tied, "comparison": comparison}
+    markdown = render_markdown({"meta": META, "settings": [odd]}, {})
+    summary = markdown[:markdown.index("## Preset routers")]
+    assert f"| {first} | **82.5** |" in summary and f"| {second} | **82.5** |" in summary
+    assert "(points, 99.9 % interval)" in markdown and "| balanced 99.9 % CI |" in markdown
+
+
 def test_confusion_labels_are_cut_with_an_ellipsis_and_stay_distinct() -> None:
     """Labels were cut to 10 characters: two "customer_s", one "instructio"."""
     from ir3de.eval.plots import _Readable, _tick_labels

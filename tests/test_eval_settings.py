@@ -63,7 +63,7 @@ def test_domains_reads_every_file_of_a_folder_and_needs_two(tmp_path: Path) -> N
     for domain in ("aaa", "bbb"):
         (tmp_path / "domains" / domain).mkdir(parents=True)
     _write(tmp_path / "domains/aaa/all.jsonl",
-           [{"id": i, "text": f"sum {i} and {i}"} for i in range(20)])
+           [{"id": f"a{i}", "text": f"sum {i} and {i}"} for i in range(20)])
     _write(tmp_path / "domains/bbb/part1.jsonl",
            [{"id": i, "text": f"def f{i}(): pass"} for i in range(10)])
     _write(tmp_path / "domains/bbb/part2.JSONL",
@@ -77,6 +77,11 @@ def test_domains_reads_every_file_of_a_folder_and_needs_two(tmp_path: Path) -> N
     _write(tmp_path / "domains/bbb/part3.jsonl", [{"id": 3, "text": "def h(): pass"}])
     with pytest.raises(IR3DEError, match=r"part3.jsonl:1: .*id '3' .*part1.jsonl:4"):
         load_setting("domains", tmp_path)
+    # ... and across the folders: two domains' prompt 3 shared a --scores row
+    _write(tmp_path / "domains/bbb/part3.jsonl", [{"id": "a3", "text": "def h(): pass"}])
+    with pytest.raises(IR3DEError, match=r"bbb/part3.jsonl:1: repeats id 'a3' of "
+                                         r".*aaa/all.jsonl:4; ids must be unique"):
+        load_setting("domains", tmp_path)
     (tmp_path / "domains/bbb/part3.jsonl").unlink()
     (tmp_path / "domains/bbb/notes.txt").write_text("to do\n")
     with pytest.raises(IR3DEError, match=r"bbb: a domain data folder may hold only JSONL "
@@ -89,6 +94,11 @@ def test_domains_reads_every_file_of_a_folder_and_needs_two(tmp_path: Path) -> N
     with pytest.raises(IR3DEError, match=r"domains: 1 domain corpus folder\(s\) \(aaa\); "
                                          r"the setting needs at least two"):
         load_setting("domains", tmp_path)
+    # no domains folder at all: said so (was "0 domain corpus folder(s)")
+    with pytest.raises(IR3DEError, match=rf"^{tmp_path / 'none'}/domains: missing; is "
+                                         rf"{tmp_path / 'none'} the shared data folder\?$"):
+        (tmp_path / "none").mkdir()
+        load_setting("domains", tmp_path / "none")
 
 
 def test_subsample_caps_per_domain(data_dir: Path) -> None:

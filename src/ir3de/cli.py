@@ -273,9 +273,11 @@ def _device(text: str) -> str:
 def _resamples(text: str) -> int:
     """An argparse type: bootstrap resamples, 0 (no intervals) or enough for an interval."""
     from ir3de.eval.harness import MIN_RESAMPLES  # the harness's own rule, found at parse time
+    from ir3de.eval.metrics import MAX_RESAMPLES
 
-    return int(_checked(int, lambda v: v == 0 or v >= MIN_RESAMPLES,
-                        f"0 (no intervals) or an integer >= {MIN_RESAMPLES}")(text))
+    return int(_checked(int, lambda v: v == 0 or MIN_RESAMPLES <= v <= MAX_RESAMPLES,
+                        f"0 (no intervals) or an integer from {MIN_RESAMPLES} to "
+                        f"{MAX_RESAMPLES:,}")(text))
 
 
 def _seed(text: str) -> int:
@@ -1815,7 +1817,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test_setting,
         write_report,
     )
-    from ir3de.eval.harness import DEFAULT_BASELINES, check_scores, make_baselines
+    from ir3de.eval.harness import (
+        DEFAULT_BASELINES,
+        check_routers,
+        check_scores,
+        make_baselines,
+    )
     from ir3de.eval.metrics import ScoreKind
     from ir3de.eval.report import machine, output_names, summary_routers
 
@@ -1882,6 +1889,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if scores is not None:
         for setting in settings:  # every setting, before any runs
             check_scores(setting, scores, score_kind, source=args.scores)
+    for setting in settings:  # (evaluate checks its own: a later setting's failed after
+        check_routers(setting, routers)  # the earlier ones had run)
     embedders = [] if saved_only else _eval_embedders(
         list(dict.fromkeys(args.embedder or ["wordllama", "minilm"])), bool(args.embedder))
     baselines = [] if saved_only else _eval_baselines(
@@ -2518,8 +2527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except MemoryError:
         # (files are written whole or not at all, so none is left half-written)
-        print("ir3de: error: out of memory; give it less at once (fewer or smaller inputs, "
-              "route's --batch-size) or more memory", file=sys.stderr)
+        print("ir3de: error: out of memory; give it less at once (fewer or smaller inputs; "
+              "for route, a smaller --batch-size) or more memory", file=sys.stderr)
         return 1
     except _Terminated as stop:
         signum = stop.args[0]

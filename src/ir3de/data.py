@@ -347,13 +347,15 @@ def read_records(path: str | os.PathLike[str], seen: dict[str, str] | None = Non
     return records
 
 
-def reasoning_records(data_dir: str | os.PathLike[str], names: Iterable[str]) -> list[dict]:
+def reasoning_records(data_dir: str | os.PathLike[str], names: Iterable[str], *,
+                      seen: dict[str, str] | None = None) -> list[dict]:
     """Records (``id``, ``text``, …) of Reasoning sets such as ``"gsm8k/test"``, in order,
-    checked by :func:`read_records` (ids unique across the sets)."""
+    checked by :func:`read_records` (ids unique across the sets, and among ``seen``, which
+    is updated, as read_records takes it)."""
     data_dir = Path(data_dir)
     names = list(names)
     records: list[dict] = []
-    seen: dict[str, str] = {}
+    seen = {} if seen is None else seen
     for name in names:
         path = data_dir / "reasoning" / f"{name}.jsonl"
         if not path.is_file():

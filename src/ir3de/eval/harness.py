@@ -41,6 +41,7 @@ from ..selector import SELECTORS
 from ..statistics import compute_stats
 from ..tfidf import TFIDF_BUCKETS
 from .metrics import (
+    MAX_RESAMPLES,
     ScoreKind,
     bootstrap_balanced,
     metrics_from_confusion,
@@ -521,9 +522,9 @@ def evaluate(setting: Setting, *, embedders: Sequence[Embedder],
         raise IR3DEError(f"setting {setting.name!r} has no fit prompts: only saved routers "
                          "can be evaluated on it (no embedder, preset or baseline)")
     # Checked before the slow part, not after every router has run.
-    if resamples != 0 and resamples < MIN_RESAMPLES:
-        raise IR3DEError(f"resamples must be 0 (no intervals) or at least {MIN_RESAMPLES}, "
-                         f"got {resamples}")
+    if resamples != 0 and not MIN_RESAMPLES <= resamples <= MAX_RESAMPLES:
+        raise IR3DEError(f"resamples must be 0 (no intervals) or from {MIN_RESAMPLES} to "
+                         f"{MAX_RESAMPLES:,}, got {resamples}")
     if not 0 < level < 1:
         raise IR3DEError(f"level must be in (0, 1), got {level}")
     # Per factory, not per family: kNN's three factories share one family name.

@@ -69,6 +69,11 @@ def _code(text: object) -> str:
     return f"{fence}{pad}{flat}{pad}{fence}"
 
 
+def _level(level: float) -> str:
+    """An interval's level in percent, as given (0.999: 99.9, not 100; 0.975: 97.5)."""
+    return f"{round(100 * level, 6):g}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}"  # no test prompts: no figure
 
@@ -100,7 +105,7 @@ def _comparison_lines(settings: list[dict[str, Any]]) -> list[str]:
     caveat = ["", f"**Not meaningful for {', '.join(f'`{n}`' for n in few)}**: a domain there "
               f"has fewer than {MIN_TEST_PROMPTS} test prompts (see the setting's section)."] \
         if few else []
-    return ["", f"## Preset routers against the best baseline (points, {100 * level:.0f} % "
+    return ["", f"## Preset routers against the best baseline (points, {_level(level)} % "
             "interval)", "",
             "Balanced accuracy of the router minus that of the setting's best baseline, with "
             f"a paired, stratified bootstrap interval ({resamples} resamples of the test "
@@ -237,14 +242,18 @@ def _num(x: float | None) -> float:
 
 
 def _mark_best(rows: list[list[str]], values: list[list[float]], higher: Sequence[bool]) -> None:
-    """Bold the best value of every column (ties all bold)."""
+    """Bold the best value of every column (ties all bold), as shown: two routers both at
+    82.5 are tied, whatever digits past the shown ones tell them apart (0.825 and
+    0.8250000000000001 made one bold and not the other). ``values`` NaN: not compared."""
     for j, up in enumerate(higher):
-        col = [v[j] for v in values if v[j] == v[j]]
+        shown = [float(row[j + 1]) if v[j] is not None and v[j] == v[j] else None
+                 for row, v in zip(rows, values, strict=True)]
+        col = [x for x in shown if x is not None]
         if not col:
             continue
         best = max(col) if up else min(col)
-        for row, v in zip(rows, values, strict=True):
-            if v[j] == best:
+        for row, x in zip(rows, shown, strict=True):
+            if x == best:
                 row[j + 1] = f"**{row[j + 1]}**"
 
 
@@ -329,7 +338,7 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     header = ["router", *domains, "balanced", "micro"]
     header += ["balanced per split"] if multi else []
     if result.get("comparison"):
-        header += [f"balanced {100 * result['comparison']['level']:.0f} % CI"]
+        header += [f"balanced {_level(result['comparison']['level'])} % CI"]
     header += ["route µs/prompt", "fit s"]
     rows, values = [], []
     for r in _main_rows(result):
@@ -360,9 +369,8 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
                  if r["family"] == "ir3de" and r["embedder"] == emb and r["preset"] == preset}
         vals = [cells[("topk", k)] for k in K_GRID] + [cells[(sel, None)] for sel in _POOLED]
         row = [f"{emb}, {preset}", *(_pct(v) for v in vals)]
-        best = max(vals)
-        rows.append([c if v != best or i == 0 else f"**{c}**"
-                     for i, (c, v) in enumerate(zip(row, [None, *vals], strict=True))])
+        best = max(float(c) for c in row[1:])  # as shown (see _mark_best)
+        rows.append([row[0], *(f"**{c}**" if float(c) == best else c for c in row[1:])])
         values.append(vals)
     if rows:  # (a run of saved routers alone has no selector grid)
         lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row "
@@ -374,10 +382,11 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         lines += ["", f"Normalized performance ({kind} scores; 1.0 = the domain expert, higher "
                   "is better):", ""]
         for split, table in result["normalized_performance"].items():
-            domains = list(next(iter(table.values()))["domains"])
+            # (the domains scored; the plots' note below counts the setting's)
+            scored = list(next(iter(table.values()))["domains"])
             lines += [f"split {_code(split)}:", ""]
-            lines += _table(["method", *domains, "average"],
-                            [[name, *(f"{row['domains'][d]:.3f}" for d in domains),
+            lines += _table(["method", *scored, "average"],
+                            [[name, *(f"{row['domains'][d]:.3f}" for d in scored),
                               f"{row['average']:.3f}"] for name, row in table.items()])
             lines.append("")
     lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots), ""]

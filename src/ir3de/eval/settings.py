@@ -239,7 +239,9 @@ def load_setting(name: str, data_dir: str | os.PathLike[str] | None = None, *, s
     if name not in SETTINGS:
         raise IR3DEError(f"unknown setting {name!r}; choose one of {', '.join(SETTINGS)}, "
                          "or give your own data with --fit")
-    load = {d: reasoning_records(data_dir, names) for d, names in REASONING_TEST.items()}
+    tested: dict[str, str] = {}  # test ids unique over the domains, as in _domains
+    load = {d: reasoning_records(data_dir, names, seen=tested)
+            for d, names in REASONING_TEST.items()}
     if name == "reasoning-paper":
         fit_sources = _PAPER_FIT
         fit = {d: reasoning_records(data_dir, names) for d, names in fit_sources.items()}
@@ -303,19 +305,23 @@ def _domains(data_dir: Path, *, max_fit: int | None, max_test: int | None,
     them): only the last file of a folder was read, files of another suffix were skipped,
     and a single folder made a run that every router won at 100 %."""
     folder = data_dir / "domains"
+    if not folder.is_dir():  # (was "0 domain corpus folder(s)", as for an empty one)
+        raise IR3DEError(f"{folder}: missing; is {data_dir} the shared data folder?")
     folders = sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith("."))
     if len(folders) < 2:
         found = f" ({listed([p.name for p in folders])})" if folders else ""
         raise IR3DEError(f"{folder}: {len(folders)} domain corpus folder(s){found}; the "
                          "setting needs at least two, one folder of JSONL files per domain")
     fit, test, sources = {}, {}, {}
+    # ids unique over every folder, not each: scores and decisions name a test prompt by
+    # its id alone (two domains' prompt 5 shared one --scores row, without a word)
+    seen: dict[str, str] = {}
     for sub in folders:
         problem = domain_name_problem(sub.name)
         if problem:  # the folder's name is the expert's
             raise IR3DEError(f"{shown_path(sub)}: a domain folder's name names its expert, "
                              f"and this one {problem}")
         files = _jsonl_files(sub, "domain")
-        seen: dict[str, str] = {}
         records = [r for path in files for r in read_records(path, seen)]
         fit[sub.name], test[sub.name] = seeded_split(records, _DOMAINS_TRAIN_FRACTION, seed)
         sources[sub.name] = [str(p.relative_to(data_dir)) for p in files]
