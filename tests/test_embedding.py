@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import random
 import re
@@ -654,8 +655,30 @@ def test_bad_tables_and_tokenizers(tmp_path: Path) -> None:
     tok = tmp_path / "tokenizer.json"
     vocab = write_tiny_tokenizer(tok)
     np.save(tmp_path / "ints.npy", np.zeros((vocab, 4), np.int64))
-    with pytest.raises(IR3DEError, match="not floating point"):
+    with pytest.raises(IR3DEError, match="table dtype int64 is not float16, float32 or "
+                                         "float64"):
         load_embedder(tok, table=tmp_path / "ints.npy")
+    # an empty file was numpy's EOFError, a .npz archive its AttributeError: tracebacks
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "arrays.npz", w=np.zeros((vocab, 4), np.float32))
+    (tmp_path / "arrays.npz").rename(tmp_path / "arrays.npy")
+    (tmp_path / "text.npy").write_text("not a table\n")
+    for name, what in (("empty", "no .npy file"), ("arrays", "a .npz archive"),
+                       ("text", "no .npy file")):
+        with pytest.raises(IR3DEError, match=rf"{name}\.npy: not a readable \.npy table "
+                                             rf"\({what}: save one array with numpy\.save\)"):
+            load_embedder(tok, table=tmp_path / f"{name}.npy")
+    # a folder or a pipe: said (was "no such embedding table"; a pipe could block the read)
+    (tmp_path / "folder.npy").mkdir()
+    with pytest.raises(IR3DEError, match=r"folder\.npy: is a directory$"):
+        load_embedder(tok, table=tmp_path / "folder.npy")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.safetensors")
+        with pytest.raises(IR3DEError, match=r"pipe\.safetensors: not a regular file$"):
+            load_embedder(tok, table=tmp_path / "pipe.safetensors")
+        os.mkfifo(tmp_path / "pipe.json")
+        with pytest.raises(IR3DEError, match=r"pipe\.json: not a regular file$"):
+            load_embedder(tmp_path / "pipe.json", table=tmp_path / "ints.npy")
     np.save(tmp_path / "flat.npy", np.zeros(vocab, np.float32))
     with pytest.raises(IR3DEError, match="2-D"):
         load_embedder(tok, table=tmp_path / "flat.npy")

@@ -161,6 +161,9 @@ def test_a_private_key_whose_public_key_is_another_keys_is_refused(emb: Embedder
         sign(stats, tmp_path / "p.key")
     (tmp_path / "p.pub").unlink()  # no public key beside it: nothing to check
     assert sign(stats, tmp_path / "p.key").signature is not None
+    if hasattr(os, "mkfifo"):  # a pipe there blocked the read for ever: not checked
+        os.mkfifo(tmp_path / "p.pub")
+        assert sign(stats, tmp_path / "p.key").signature is not None
 
 
 def test_signed_file_round_trips_and_verifies(emb: Embedder, keys, tmp_path: Path) -> None:
@@ -303,6 +306,9 @@ def test_malformed_signatures_are_named_as_such(emb: Embedder, keys) -> None:
                                          r"\(expected an object with alg 'ed25519'\)$"):
         verify(dataclasses.replace(signed, signature="abc", source="forged.stats"), trusted)
     assert verify(signed, trusted) == "alice.pub"
+    # hex digits in either case, the public key's as the signature's
+    upper = {**signed.signature, "public_key": signed.signature["public_key"].upper()}
+    assert verify(dataclasses.replace(signed, signature=upper), trusted) == "alice.pub"
 
 
 def test_trusted_keys_must_be_a_folder(keys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -340,6 +346,12 @@ def test_keys_that_are_not_key_files_or_of_other_types(emb: Embedder, keys,
         with pytest.raises(IR3DEError, match=rf"^{tmp_path / name}: unsupported key type "
                                              rf"\(.*\){supported}"):
             load_private_key(tmp_path / name)
+    if hasattr(os, "mkfifo"):  # its read blocked build --trust for ever
+        os.mkfifo(tmp_path / "junk.pub")
+        (tmp_path / "alice.pub").write_bytes((keys["trusted"] / "alice.pub").read_bytes())
+        with pytest.raises(IR3DEError, match=rf"^{tmp_path / 'junk.pub'}: not a regular "
+                                             r"file$"):
+            load_trusted(tmp_path)
     (keys["trusted"] / "brainpool.pub").write_text(BRAINPOOL_PUBLIC)
     with pytest.raises(IR3DEError, match=rf"^{keys['trusted'] / 'brainpool.pub'}: unsupported "
                                          rf"key type \(.*\){supported}"):

@@ -38,7 +38,13 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from .errors import FingerprintMismatchError, IR3DEError, refuse_lone_text, told_apart
+from .errors import (
+    FingerprintMismatchError,
+    IR3DEError,
+    refuse_lone_text,
+    require_file,
+    told_apart,
+)
 from .store import safetensors_names, safetensors_tensor
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MAX_TOKENS", "Embedder", "EmbedderLike", "as_embedder",
@@ -71,6 +77,7 @@ _SCAN_BLOCK = 1 << 20
 # The exponent bits of IEEE floats by size in bytes (float16, float32, float64) and of
 # bfloat16: all ones exactly for NaN and Inf.
 _FLOAT_EXPONENT = {2: 0x7C00, 4: 0x7F80_0000, 8: 0x7FF0_0000_0000_0000}
+_NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with (numpy.lib.format)
 _BF16_EXPONENT = 0x7F80
 # A run of spaces plus the following non-space run: the unit a SentencePiece-style BPE never
 # merges across (checked per tokenizer by _chunkable).
@@ -647,18 +654,26 @@ def _package_dir(package: str) -> Path:
 
 
 def _load_table(path: Path, tensor: str | None) -> tuple[np.ndarray, bool, str]:
-    if not path.is_file():
+    if not path.exists():
         raise IR3DEError(f"{path}: no such embedding table")
+    require_file(path)  # a folder or a pipe, named as such (a pipe would block the read)
     if path.suffix == ".npy":
+        with path.open("rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC:  # (empty: an EOFError; a .npz archive: an NpzFile)
+            what = "a .npz archive" if magic.startswith(b"PK") else "no .npy file"
+            raise IR3DEError(f"{path}: not a readable .npy table ({what}: save one array "
+                             "with numpy.save)")
         try:
             table = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, EOFError, OSError) as exc:
             # numpy's message for an object array suggests unpickling it: never here
             reason = ("numpy would have to unpickle it, which ir3de never does"
                       if "pickle" in str(exc) or "Python objects" in str(exc) else str(exc))
             raise IR3DEError(f"{path}: not a readable .npy table ({reason})") from None
         if table.dtype.kind != "f" or table.dtype.itemsize not in _FLOAT_EXPONENT:
-            raise IR3DEError(f"{path}: table dtype {table.dtype} is not floating point")
+            raise IR3DEError(f"{path}: table dtype {table.dtype} is not float16, float32 or "
+                             "float64")
         return table, False, "array"
     if path.suffix != ".safetensors":
         raise IR3DEError(f"{path}: an embedding table is a .npy or .safetensors file")
@@ -819,8 +834,9 @@ def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -
                         source=_table_source(weights, tensor))
     if kind == "files":
         tok = Path(spec["tokenizer"])
-        if not tok.is_file():
+        if not tok.exists():
             raise IR3DEError(f"{tok}: no such tokenizer file")
+        require_file(tok)  # a folder or a pipe, named as such
         weights = Path(spec["table"])
         table, bf16, tensor = _load_table(weights, spec.get("tensor"))
         return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=weights.stem,

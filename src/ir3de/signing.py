@@ -166,6 +166,8 @@ def _check_pair(path: Path, key: Any) -> None:
     ser = _serialization()
     try:
         public_path = public_key_path(path)
+        if not public_path.is_file():  # (a pipe there would block the read for ever)
+            return
         public = ser.load_pem_public_key(public_path.read_bytes())
     except (IR3DEError, OSError, ValueError, TypeError):
         return
@@ -232,6 +234,7 @@ def load_trusted(folder: str | os.PathLike[str]) -> dict[str, str]:
                          f"({exc.strerror or exc})") from None
     trusted = {}
     for path in public:
+        require_file(path)  # a folder named so, or a pipe (whose read would block for ever)
         try:
             key = ser.load_pem_public_key(path.read_bytes())
         except ValueError as exc:
@@ -278,7 +281,7 @@ def verify(stats: DomainStats, trusted: dict[str, str]) -> str:
         if not _is_hex(sig.get(field), n_bytes):
             raise IR3DEError(f"{stats.source}: malformed signature metadata: {field!r} must "
                              f"be {2 * n_bytes} hexadecimal digits")
-    name = trusted.get(sig["public_key"])
+    name = trusted.get(sig["public_key"].lower())  # (hex in either case, as the signature's)
     if name is None:
         raise IR3DEError(f"{stats.source}: signed by a key that is not trusted "
                          f"(public key {sig['public_key'][:16]}…)")
