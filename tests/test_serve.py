@@ -2336,7 +2336,8 @@ def test_cooldown_spares_requests_an_expert_that_refuses_connections(
         assert r.status_code == 503 and r.headers["retry-after"] in ("1", "2"), r.text
         assert r.json()["error"] == {
             "message": "expert 'coding' is unavailable: it failed 2 times in a row "
-                       "(connection errors or timeouts) and will be tried again in "
+                       "(connection errors, timeouts or fallback_statuses answers) and will "
+                       "be tried again in "
                        f"{r.headers['retry-after']} s",
             "type": "upstream_error", "param": None, "code": "expert_unavailable"}
         assert 'ir3de_requests_total{expert="coding",status="503"}' in httpx.get(
@@ -2537,8 +2538,9 @@ def test_cooldown_bookkeeping() -> None:
     probe = cooldowns.admit("a")
     assert isinstance(probe, _Ticket) and probe.probe
     assert cooldowns.admit("a") == _Down("a", 2, 0.0)  # one probe at a time
-    assert _Down("a", 2, 0.0).why() == "it failed 2 times in a row (connection errors or " \
-                                       "timeouts) and a request is trying it again now"
+    assert _Down("a", 2, 0.0).why() == "it failed 2 times in a row (connection errors, " \
+                                       "timeouts or fallback_statuses answers) and a request " \
+                                       "is trying it again now"
     assert cooldowns.refusing() == {"a": 0.0}
     cooldowns.done(early[3], False)  # out of date too: the probe decides
     assert cooldowns.describe("a")["state"] == "probing"

@@ -310,6 +310,13 @@ def test_cli_counts_builds_and_refuses(tmp_path: Path, capsys) -> None:
     code, err = _cli(capsys, "build", *files, "-o", router, "--preset", "tfidf")
     assert code == 0, err
     assert Router.load(router).config.tfidf == 4.0
+    # inspect says what the router reads and what a file holds (it showed neither)
+    assert main(["inspect", str(router)]) == 0
+    assert "  TF-IDF ridge weight=4  " in capsys.readouterr().out
+    assert main(["inspect", str(files[0])]) == 0
+    assert f", TF-IDF statistics ({B} buckets)" in capsys.readouterr().out
+    assert main(["inspect", str(files[0]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tfidf_buckets"] == B
     code, err = _cli(capsys, "build", *files, "-o", router, "--force", "--tfidf", "2",
                      "--selector", "avg")
     assert code != 0 and "--tfidf" in err and "geo" in err

@@ -1287,6 +1287,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info["has_A"] = stats.A is not None
         info["has_counts"] = stats.counts is not None
         info["has_doc_counts"] = stats.doc_counts is not None
+        info["tfidf_buckets"] = None if stats.tfidf is None else stats.tfidf.buckets
     else:
         raise StatsFormatError(f"{args.file}: not an ir3de router or statistics file")
     if kind == "ir3de-stats" and (args.embedder, args.table, args.tensor) != (None,) * 3:
@@ -1357,6 +1358,8 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
             if c.get("spelling_prior") is not None:
                 smoothing += (f"  spelling prior mass="
                               f"{_chosen(c['spelling_prior'], used['spelling_prior'])}")
+            if c.get("tfidf") is not None:  # (the tfidf preset's blend)
+                smoothing += f"  TF-IDF ridge weight={c['tfidf']:g}"
             if not unread_pairs and (used["pairs"] is not None or used["skips"] is not None):
                 # (settings the selector does not read are gone from c: _read_settings)
                 read = [(name, key) for name, key in (("pair mass", "pairs"),
@@ -1399,6 +1402,8 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
             held.append(f"{info['n_pairs']} token pairs (" + (
                 "no skip pairs: counted without --skip-pairs" if info["n_skip_pairs"] is None
                 else f"{info['n_skip_pairs']} of them skip pairs") + ")")
+        if info["tfidf_buckets"] is not None:  # (what --preset tfidf reads; a disclosure)
+            held.append(f"TF-IDF statistics ({info['tfidf_buckets']} buckets)")
         _echo("  holds        " + ", ".join(held)
               + ("" if info["has_A"] else "  (A is formed from the token counts)"))
         _echo(f"  signature    {_signed(info)}")

@@ -2005,8 +2005,9 @@ class _Down:
         times = "time" if self.failures == 1 else "times"
         when = f"will be tried again in {math.ceil(self.retry_in)} s" if self.retry_in > 0 \
             else "a request is trying it again now"
-        return f"it failed {self.failures} {times} in a row (connection errors or " \
-               f"timeouts) and {when}"
+        # (a status of fallback_statuses, a proxy's 502, is a failure too)
+        return f"it failed {self.failures} {times} in a row (connection errors, timeouts " \
+               f"or fallback_statuses answers) and {when}"
 
 
 class _Cooldowns:
