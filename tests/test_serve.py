@@ -2476,7 +2476,8 @@ def test_cooldown_without_a_usable_fallback_is_a_503(stats_files, upstreams,
         assert r.status_code == 502 and r.json()["error"]["message"] == \
             "expert 'coding' failed (ConnectError); expert 'math' is unreachable (ConnectError)"
         assert r.headers["x-ir3de-expert"] == "math"  # (the last one tried)
-        why = "it failed 1 time in a row (connection errors or timeouts) and will be tried " \
+        why = "it failed 1 time in a row (connection errors, timeouts or fallback_statuses " \
+              "answers) and will be tried " \
               "again in {} s"
         r, = _routed(gw)
         wait = r.headers["retry-after"]  # 30 s, less the time taken so far
