@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,6 +108,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, True)  # (after the servers' finally)
     stats = fit_stats(args.data, tmp)
     direct, upstream = start_upstream()
     base, gateway = start_gateway(stats, {"math": direct, "coding": direct}, tmp)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, True)  # (after the servers' finally)
     stats = fit_stats(args.data, tmp)
     direct, upstream = start_upstream()
     config = {"router": {"stats": [str(s) for s in stats]},

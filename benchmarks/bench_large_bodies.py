@@ -23,7 +23,9 @@ Run:  python benchmarks/bench_large_bodies.py [--seconds 10] [--loaders 4]
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -86,6 +88,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, tmp, True)  # (after the servers' finally)
     stats = fit_stats(args.data, tmp)
     (math_url, math_upstream), (coding_url, coding_upstream) = start_upstream(), start_upstream()
     base, gateway = start_gateway(stats, {"math": math_url, "coding": coding_url}, tmp)

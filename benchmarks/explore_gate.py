@@ -83,13 +83,17 @@ def _split(name: str, data: TokenizedSplit, prompts: explore_blend._Prompts,
           f"{100 * balanced(base_t, data.test_y):6.2f}")
     for j, domain in enumerate(data.domains):
         h, t = cov_h[data.held_y == j], cov_t[data.test_y == j]
-        print(f"  coverage {domain:24s} held-out median {np.median(h):.3f} "
-              f"(5 % quantile {np.quantile(h, 0.05):.3f}), test median {np.median(t):.3f}")
+        held = f"held-out median {np.median(h):.3f} (5 % quantile {np.quantile(h, 0.05):.3f})" \
+            if h.size else "no held-out prompts"
+        print(f"  coverage {domain:24s} {held}, test median {np.median(t):.3f}")
     out = {}
     for q in QUANTILES:
-        # q = 0 still gates: prompts below every held-out prompt's coverage keep pair-dir
-        thr = np.array([-1.0 if q is None else np.quantile(cov_h[data.held_y == j], q)
-                        for j in range(D)])
+        # q = 0 still gates: prompts below every held-out prompt's coverage keep pair-dir. A
+        # domain without held-out prompts (reasoning-paper's and -2fold's coding and
+        # instruction following since aed58a1: their fit prompts are test prompts) has no
+        # quantile, and no gate
+        thr = np.array([-1.0 if q is None or not (h := cov_h[data.held_y == j]).size
+                        else np.quantile(h, q) for j in range(D)])
         gate_h = cov_h >= thr[base_h.argmax(axis=1)]
         gate_t = cov_t >= thr[base_t.argmax(axis=1)]
         sh = np.where(gate_h[:, None], blend_h, base_h)

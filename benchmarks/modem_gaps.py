@@ -17,6 +17,7 @@ Run:  python benchmarks/modem_gaps.py
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from ir3de.eval.metrics import bootstrap_balanced, percentile_interval
 
-RUNS = Path("docs/evaluation")
+RUNS = Path(__file__).resolve().parent.parent / "docs" / "evaluation"  # (from any folder)
 # The MoDEM-style runs made before the spelling back-off was the default, and the name each
 # preset has in them (today's default ran in none of them).
 _BEFORE_SPELLING = {"modem", "modem-2fold-seeds", "modem-domains", "modem-gpu",
@@ -47,6 +48,9 @@ def _seeds(run: dict) -> list[int]:
 
 
 def main() -> None:
+    # (no options: --help ran the whole script)
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main_run = json.loads((RUNS / "results.json").read_text())
     ours_by_setting = {s["setting"]: s for s in main_run["settings"]}
     for found in sorted(RUNS.glob("modem*/results.json")):  # (modem-gpu holds its own runs)
