@@ -1200,6 +1200,19 @@ def test_a_change_cut_by_a_crash_is_undone_at_restart(stats_files, upstreams, tm
     with pytest.raises(IR3DEError, match=r"router\.safetensors is not the router .*experts"
                                          r"\.json was saved with"):
         create_app(load_config(config))
+    # endpoints and settings without their router: named (the config was served, and the
+    # next admin change wrote over every saved one)
+    aside = router.read_bytes()
+    router.unlink()
+    with pytest.raises(IR3DEError, match=r"experts\.json is saved with the router file "
+                                         r".*router\.safetensors, which is missing; put it "
+                                         r"back, or move .*state away"):
+        create_app(load_config(config))
+    router.mkdir()
+    with pytest.raises(IR3DEError, match=r"router\.safetensors, which is a directory"):
+        create_app(load_config(config))
+    router.rmdir()
+    router.write_bytes(aside)
     experts = json.loads((state / "experts.json").read_text())
     (state / "experts.json").write_text(json.dumps({**experts, "router_sha256": 5}))
     with pytest.raises(IR3DEError, match=r"experts\.json: router_sha256 is 5, not a SHA-256"):

@@ -1266,7 +1266,14 @@ def _recover_router(state_dir: Path) -> bool:
     target, saved = state_dir / _ROUTER_FILE, state_dir / _EXPERTS_FILE
     previous = state_dir / f"{_ROUTER_FILE}.previous"
     if not target.is_file():
-        return False
+        if not saved.exists():  # nothing saved yet
+            return False
+        # endpoints and settings without their router (deleted, or a folder in its place):
+        # starting from the config would drop every admin change at the next save, unsaid
+        what = "a directory" if target.is_dir() else \
+            "not a regular file" if target.exists() else "missing"
+        raise IR3DEError(f"{saved} is saved with the router file {target}, which is {what}; "
+                         f"put it back, or move {state_dir} away to start from the config")
     if not saved.exists():  # (the next change replaces it, and any .previous)
         log.warning(json.dumps({"event": "state_recovered", "detail":
                                 f"{target} has no {_EXPERTS_FILE} beside it (a first change "
