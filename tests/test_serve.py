@@ -3393,6 +3393,57 @@ def test_the_two_spelling_forms_merge_as_one(stats_files, upstreams, tmp_path,
         ("router.spelling", "config"), ("router.spelling_prior", "config")]
 
 
+def test_an_expert_the_admin_api_replaced_keeps_its_statistics_over_a_rebuild(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """The admin API replaced coding (DELETE, then POST under its name with other
+    statistics and URL); an unrelated edit of the router section then rebuilt the router
+    with gateway.yaml's coding statistics, sent to the admin API's endpoint, without a
+    word. The replacement stays while the file is unchanged; a changed file wins, said."""
+    import logging
+    import shutil
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    files = {name: tmp_path / f"{name}.stats" for name in ("math", "coding")}
+    for name, path in files.items():
+        shutil.copy(stats_files[name], path)
+    config = _config(tmp_path, files, upstreams)
+    state, base = _initial_state(load_config(config))
+    law = DomainStats.load(stats_files["law"])
+    router = _copy_router(state.router)  # what the admin API would have saved
+    router.remove_expert("coding")
+    router.add_expert("coding", law)
+    _persist(replace(state, router=router), str(tmp_path / "state"), base)
+    data = yaml.safe_load(config.read_text())
+    data["router"]["settings"] = {"alpha": 0.05}  # unrelated: the router is rebuilt
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.router.stats["coding"].n_tokens == law.n_tokens
+    assert state.router.config.alpha == 0.05
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert [(e["field"], e["using"]) for e in lines] == [
+        ("router", "config"), ("router.experts.coding", "saved"), ("router.alpha", "config")]
+    assert lines[1]["message"] == (
+        "router.experts.coding: using the statistics the admin API replaced 'coding''s with, "
+        "not gateway.yaml's, whose file is unchanged since the gateway last started")
+    # the file itself changed since (counted again, here from another corpus under the
+    # same domain): the file's statistics win, and that is said
+    shutil.copy(stats_files["math"], files["math"])  # (unchanged)
+    recounted = DomainStats.load(stats_files["coding"]) + DomainStats.load(
+        stats_files["law"]).renamed("coding")
+    recounted.save(files["coding"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.router.stats["coding"].source == str(files["coding"])
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert ("router.experts.coding", "config") in [(e["field"], e["using"]) for e in lines]
+    assert "gateway.yaml's statistics file changed since the gateway last started" in \
+        next(e["message"] for e in lines if e["field"] == "router.experts.coding")
+
+
 def test_a_setting_edited_in_that_the_saved_settings_leave_unread_is_said(
         stats_files, upstreams, tmp_path, caplog) -> None:
     """The admin API set selector topk; gateway.yaml then set pairs, which only geo reads:

@@ -200,7 +200,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import EmptyInputError, IR3DEError, is_blank, require_file
-from .statistics import domain_name_problem
+from .statistics import domain_name_problem, find_identical
 
 __all__ = ["create_app", "load_config", "serve"]
 
@@ -1002,6 +1002,24 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
                      message=f"router.experts.{expert}: gateway.yaml's router now has an "
                              f"expert {expert!r} too, whose statistics replace those the "
                              "admin API added")
+            elif expert in known and expert in saved_stats and \
+                    find_identical([saved_stats[expert], expert_stats]) is None:
+                # Other statistics than the file's: the admin API replaced the expert
+                # (DELETE, then POST under its name), unless the file changed since. An
+                # unrelated edit of the router section used to put the file's statistics
+                # back under the admin API's endpoint, without a word.
+                if not _file_changed(expert_stats.source, base_router["digests"],
+                                     source["digests"]):
+                    note(f"router.experts.{expert}", "replaced", "replaced", "saved",
+                         message=f"router.experts.{expert}: using the statistics the admin "
+                                 f"API replaced {expert!r}'s with, not gateway.yaml's, whose "
+                                 "file is unchanged since the gateway last started")
+                    stats[expert] = saved_stats[expert]
+                    continue
+                note(f"router.experts.{expert}", "changed", "saved", "config",
+                     message=f"router.experts.{expert}: gateway.yaml's statistics file "
+                             "changed since the gateway last started, and replaces the saved "
+                             "statistics")
             stats[expert] = expert_stats
         for expert in saved.router.experts:
             if expert not in known and expert not in stats:  # added by the admin API
@@ -1048,7 +1066,8 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         if not stats:
             raise IR3DEError(f"the saved state in {state_dir} removed every expert of "
                              "gateway.yaml's router; move it away to start from the config")
-        if list(stats) == built.experts and settings == built_settings:
+        if list(stats) == built.experts and settings == built_settings and \
+                all(stats[e] is built.stats[e] for e in stats):
             router = built
         else:
             try:
@@ -1254,6 +1273,16 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
         except (OSError, ValueError) as exc:
             raise IR3DEError(f"cannot save the gateway state to {state_dir} ({exc})") from None
     return state, base
+
+
+def _file_changed(source: str, before: dict[str, str], now: dict[str, str]) -> bool:
+    """Whether the file statistics were loaded from (``source``: a statistics file's path,
+    or ``ROUTER:NAME`` for a router file's expert) has another digest ``now`` than
+    ``before``; an unknown file counts as changed."""
+    for path, digest in now.items():
+        if source == path or source.startswith(f"{path}:"):
+            return before.get(path) != digest
+    return True
 
 
 def _recover_router(state_dir: Path) -> bool:
