@@ -3444,6 +3444,69 @@ def test_an_expert_the_admin_api_replaced_keeps_its_statistics_over_a_rebuild(
         next(e["message"] for e in lines if e["field"] == "router.experts.coding")
 
 
+def test_an_endpoint_the_admin_api_removed_comes_back_with_its_expert(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """An endpoint the router did not route (law) was removed through the admin API;
+    gateway.yaml then added law's statistics to its router. The router merge took the
+    file's expert, the endpoint merge kept the endpoint removed, and the gateway would not
+    start ("router experts ['law'] have no endpoint"): the endpoint follows the expert."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["law"] = {"url": upstreams["law"].url + "/v1"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, base = _initial_state(load_config(config))
+    assert "law" in state.experts and "law" not in state.router.experts
+    _persist(replace(state, experts={n: e for n, e in state.experts.items() if n != "law"}),
+             str(tmp_path / "state"), base)
+    data["router"]["stats"].append(str(stats_files["law"]))
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.router.experts == ["math", "coding", "law"] and "law" in state.experts
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert [(e["field"], e["using"]) for e in lines] == [("router", "config"),
+                                                         ("experts.law", "config")]
+    assert lines[1]["message"] == ("experts.law: restored from gateway.yaml, though removed "
+                                   "through the admin API: gateway.yaml's router has the "
+                                   "expert again")
+
+
+def test_an_admin_added_experts_endpoint_outlives_a_config_override(
+        stats_files, upstreams, tmp_path, caplog) -> None:
+    """The admin API added law; gateway.yaml then overrode its endpoint (a timeout), and
+    later dropped the override: the endpoint merge dropped law's endpoint while the router
+    kept routing to it, and the gateway would not start."""
+    import logging
+    from dataclasses import replace
+
+    from ir3de.serve import _copy_router, _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    state, base = _initial_state(load_config(config))
+    router = _copy_router(state.router)  # what the admin API would have saved
+    router.add_expert("law", DomainStats.load(stats_files["law"]))
+    law = state.experts["coding"].model_copy(update={"url": upstreams["law"].url + "/v1"})
+    _persist(replace(state, router=router, experts={**state.experts, "law": law}),
+             str(tmp_path / "state"), base)
+    data = yaml.safe_load(config.read_text())
+    data["experts"]["law"] = {"url": upstreams["law"].url + "/v1", "timeout": 20}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, _ = _initial_state(load_config(config))  # (a restart: saved with its base)
+    assert state.experts["law"].timeout == 20
+    del data["experts"]["law"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert "law" in state.router.experts and "law" in state.experts
+    lines = [json.loads(r.getMessage()) for r in caplog.records]
+    assert ("experts.law", "saved") in [(e["field"], e["using"]) for e in lines]
+
+
 def test_a_setting_edited_in_that_the_saved_settings_leave_unread_is_said(
         stats_files, upstreams, tmp_path, caplog) -> None:
     """The admin API set selector topk; gateway.yaml then set pairs, which only geo reads:

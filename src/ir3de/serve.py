@@ -1090,12 +1090,28 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
                 experts[name] = saved.experts[name]
             continue
         if c is None:  # removed from gateway.yaml since
-            if s is not None:
+            if s is not None and name in router.experts:
+                # The router merge kept the expert (the admin API added it): its endpoint
+                # goes with it, the saved one (gateway.yaml had only overridden it)
+                note(field, _ABSENT, "present", "saved",
+                     message=f"{field}: the saved endpoint is kept, though gateway.yaml no "
+                             "longer lists it: the router routes to the expert, which the "
+                             "admin API added")
+                experts[name] = saved.experts[name]
+            elif s is not None:
                 note(field, _ABSENT, "present", "config",
                      message=f"{field}: dropped, as gateway.yaml no longer lists it (edited "
                              "since the gateway last started)")
             continue
         if s is None:
+            if b is not None and name != config.fallback and name in router.experts:
+                # removed by the admin API, but gateway.yaml's router has the expert again
+                # (edited in since): the router merge took the file's, the endpoint follows
+                note(field, "present", _ABSENT, "config",
+                     message=f"{field}: restored from gateway.yaml, though removed through "
+                             "the admin API: gateway.yaml's router has the expert again")
+                experts[name] = config.experts[name]
+                continue
             if b is not None and name != config.fallback:  # removed by the admin API
                 note.removed(field)
                 continue
