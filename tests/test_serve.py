@@ -3620,6 +3620,24 @@ def test_serve_refuses_a_port_in_use_and_serves_a_free_one(stats_files, upstream
         with pytest.raises(IR3DEError) as caught:
             serve(config, host="127.0.0.1", port=port)
     assert str(caught.value) == f"127.0.0.1:{port}: address already in use"
+    # checked before the state is read and saved: a start that failed on its port had
+    # saved gateway.yaml merged into the state (an edit reverted since then counted)
+    from dataclasses import replace
+
+    from ir3de.serve import _initial_state, _persist, load_config
+
+    state, base = _initial_state(load_config(config))
+    _persist(replace(state, threshold=0.4), str(tmp_path / "state"), base)  # an admin change
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "threshold": 0.25}, sort_keys=False))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(IR3DEError, match="address already in use"):
+            serve(config, host="127.0.0.1", port=busy.getsockname()[1])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == saved
+    config.write_text(yaml.safe_dump(data, sort_keys=False))  # (the edit reverted)
     code = "import sys; from ir3de.serve import serve; " \
            "serve(sys.argv[1], port=int(sys.argv[2]), log_level='info')"
     gw = Proc([sys.executable, "-c", code, str(config), "{port}"], "/healthz")

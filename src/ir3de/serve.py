@@ -3431,7 +3431,8 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
     """Run the gateway until it is stopped: what ``ir3de serve`` does. The access log goes
     to stderr (one JSON line per request, at ``log_level`` info or debug), the app is built
     (config, state and router errors are IR3DEErrors), the port bound (one in use is an
-    IR3DEError too, with no server started), then uvicorn serves the app on it."""
+    IR3DEError too, with no server started, and checked first: nothing is saved then), then
+    uvicorn serves the app on it."""
     try:
         import uvicorn
     except ImportError:
@@ -3458,10 +3459,16 @@ def serve(config_path: str | os.PathLike[str], host: str = "127.0.0.1", port: in
         created = not state_dir.exists()
         # Before the state is read: another gateway's saves would overwrite this one's.
         claim = claim_folder(state_dir, "state_dir")
+    sockets: list[Any] = []
     try:
-        app = create_app(config)
+        # The port first: the app's start saves the state merged with gateway.yaml, and a
+        # start that then failed on a port in use had saved it (its warnings logged by a
+        # gateway that never ran, and an edit reverted since taken as one).
         sockets = _bind(host, port)
+        app = create_app(config)
     except BaseException:
+        for sock in sockets:
+            sock.close()
         if claim is not None:
             os.close(claim)
             if created:  # a start that failed leaves no empty state_dir behind
