@@ -447,8 +447,7 @@ def _configure(config: object, settings: Mapping[str, Any]) -> RouterConfig:
     is balanced, as the nb model always is); a config itself when each setting is the very
     object it holds (so ``Router(**router.get_params())``, which sklearn's ``clone`` does,
     keeps the config object it is given, as clone checks)."""
-    if isinstance(config, str) and settings:
-        _base_config(config)  # (an unknown name: refused as such, before the settings)
+    if isinstance(config, str) and settings:  # (preset refuses an unknown name first)
         return RouterConfig.preset(config, **settings)
     base = _base_config(config)
     if all(k in _SETTING_NAMES and getattr(base, k) is v for k, v in settings.items()):
@@ -602,6 +601,11 @@ class _State:
     def __post_init__(self) -> None:
         self.W.flags.writeable = False  # Router.W hands it out (see there)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # (unpickled arrays come back writable, and unpickling skips __post_init__)
+        self.__dict__.update(state)
+        self.W.flags.writeable = False
+
 
 class Router:
     """Linear token router solved in closed form from additive statistics.
@@ -646,8 +650,6 @@ class Router:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        if self._state is not None:  # (unpickled arrays come back writable)
-            self._state.W.flags.writeable = False
 
     @property
     def config(self) -> RouterConfig:

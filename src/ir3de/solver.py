@@ -672,7 +672,7 @@ def solve_spelling_prior(stats: Mapping[str, DomainStats], experts: Sequence[str
         L[:, j] = (np.log(df + alpha + mass * (share / share.sum()))
                    - np.log(df.sum() + alpha * df.size + mass))
     require_scores(L, f"α={alpha:g} or the spelling prior's mass {mass:g} is too large",
-                    "token table")
+                   "token table")
     return L
 
 
@@ -731,7 +731,7 @@ def solve_pairs(stats: Mapping[str, DomainStats], experts: Sequence[str], *,
         delta = np.log1p(df / mq[row])
     for part in (base, delta):
         require_scores(part, f"the {what} Dirichlet mass {mass:g} is too small",
-                        f"{what} table")
+                       f"{what} table")
     order = np.argsort(row * len(experts) + col)  # CSR: by row, then by expert
     indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=keys.size + 1))])
     return PairScores(keys, base, -np.log(n), indptr, col[order], delta[order])

@@ -141,10 +141,11 @@ def bootstrap_balanced(correct: np.ndarray, gold: Sequence[str], ids: Sequence[s
     domains = list(dict.fromkeys(gold))
     for domain in domains:
         members = np.flatnonzero(unit_gold == domain)
+        uniform = np.full(members.size, 1 / members.size)
         # Multinomial counts: how often each unit is drawn in each resample, drawn in
         # blocks (memory bounded whatever resamples is; the same draws as one call).
         for start in range(0, resamples, _RESAMPLE_BLOCK):
-            draws = rng.multinomial(members.size, np.full(members.size, 1 / members.size),
+            draws = rng.multinomial(members.size, uniform,
                                     size=min(_RESAMPLE_BLOCK, resamples - start)
                                     ).astype(float)
             total[start:start + draws.shape[0]] += (draws @ hits[:, members].T) / (

@@ -362,7 +362,7 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
     lines += _table(header, rows)
 
     grid = [f"k={k}" for k in K_GRID] + list(_POOLED)
-    rows, values = [], []
+    rows = []
     for emb, preset in dict.fromkeys((r["embedder"], r["preset"]) for r in result["routers"]
                                      if r["family"] == "ir3de"):
         cells = {(r["selector"], r["k"]): r["balanced"] for r in result["routers"]
@@ -371,7 +371,6 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         row = [f"{emb}, {preset}", *(_pct(v) for v in vals)]
         best = max(float(c) for c in row[1:])  # as shown (see _mark_best)
         rows.append([row[0], *(f"**{c}**" if float(c) == best else c for c in row[1:])])
-        values.append(vals)
     if rows:  # (a run of saved routers alone has no selector grid)
         lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row "
                   "in bold):", "", *_table(["embedder, preset", *grid], rows)]
