@@ -1577,6 +1577,27 @@ def _unwritable_folder() -> tuple[Path, str]:
     pytest.skip("/sys takes files here")
 
 
+@pytest.mark.parametrize("command", ["stats", "merge", "build", "experts-add",
+                                     "experts-remove", "calibrate"])
+def test_a_missing_input_is_named_before_an_existing_output(command: str, tmp_path: Path,
+                                                            built: dict[str, Path],
+                                                            capsys) -> None:
+    """A missing input was reported only after "OUT exists; pass --force": the user was
+    sent to overwrite a file for a command that could not run."""
+    out = tmp_path / ("out.png" if command == "calibrate" else "out.st")
+    out.write_bytes(b"kept")
+    missing = tmp_path / "missing.file"
+    argv = {"stats": ["stats", missing, "--domain", "math", "-o", out],
+            "merge": ["merge", missing, "-o", out],
+            "build": ["build", built["math"], f"law={missing}", "-o", out],
+            "experts-add": ["experts", "add", built["router"], missing, "-o", out],
+            "experts-remove": ["experts", "remove", missing, "math", "-o", out],
+            "calibrate": ["calibrate", built["router"], missing, "--plot", out]}[command]
+    code, stdout, err = run(capsys, *argv)
+    assert (code, stdout, err) == (1, "", f"ir3de: error: {missing}: no such file\n")
+    assert out.read_bytes() == b"kept"
+
+
 @pytest.mark.parametrize("command", ["stats", "merge", "build", "experts", "keygen", "demo"])
 def test_unwritable_output_fails_before_any_work(command: str, built: dict[str, Path],
                                                  corpora: dict[str, Path], tmp_path: Path,
@@ -2927,6 +2948,10 @@ def test_calibrate_refuses_bad_options(built: dict[str, Path], tmp_path: Path, c
     unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
     code, _, err = run(capsys, "calibrate", built["router"], unlabelled, "--folds", "2")
     assert code == 1 and "--folds needs labelled prompts, and no record of" in err
+    # refused before the "routing N prompts … each of 5 folds…" line, which promised a run
+    code, _, err = run(capsys, "calibrate", built["router"],
+                       _labelled(tmp_path / "held.jsonl", HELD_OUT), "--folds", "5")
+    assert (code, err) == (1, "ir3de: error: 5 folds but only 4 prompts\n")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     code, _, err = run(capsys, "calibrate", built["router"], empty)

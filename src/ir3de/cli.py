@@ -742,6 +742,14 @@ def _refuse_input_as_output(path: Path, inputs: Sequence[str]) -> None:
         raise IR3DEError(f"{path} is also an input of this command; write elsewhere")
 
 
+def _refuse_missing(inputs: Sequence[str]) -> None:
+    """Name a missing input ('-': standard input) before the output checks: their "pass
+    --force" would send the user to overwrite a file for a command that cannot run."""
+    for item in inputs:
+        if item != "-" and not Path(item).exists():
+            require_file(Path(item))
+
+
 def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     """Refuse an output that would overwrite a file without --force, a directory, a named
     pipe, device or socket (even with --force: writing would put a regular file in its
@@ -750,6 +758,7 @@ def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     be written. Checked before any work is done. Returns whether the write may replace a
     file: a file that appears meanwhile (a long job, another process) is otherwise left
     alone (``overwrite=False`` of the save functions)."""
+    _refuse_missing(inputs)
     _refuse_input_as_output(path, inputs)
     if path.exists() and path.is_dir():
         raise IR3DEError(f"{path} is a directory")
@@ -779,6 +788,7 @@ def _require_writable(path: Path) -> None:
 def _check_router_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     """:func:`_check_output` for commands that rewrite routers in place by design: an
     existing ir3de router may be replaced, any other file only with --force."""
+    _refuse_missing(inputs)
     _refuse_input_as_output(path, inputs)
     if path.is_file() and not force:
         try:
@@ -1241,6 +1251,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
         raise IR3DEError(f"{args.stats} is the router itself; experts add takes the new "
                          "expert's statistics file (ir3de stats)")
     # the router itself is the output of an in-place update; its statistics never are
+    _refuse_missing([args.router])
     replace = _check_router_output(out, args.force or args.output is None,
                          [args.stats] if args.action == "add" else [])
     if args.action == "add":
@@ -1636,6 +1647,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                          f"prompts: no record of {args.data[0]} has a "
                          f"{args.label_field or 'domain'!r} "
                          "field")
+    if args.folds is not None and args.folds > len(texts):  # (before the progress line)
+        raise IR3DEError(f"{args.folds} folds but only {len(texts)} prompts")
     if args.folds is not None and not args.quiet:
         print(f"routing {_count(len(texts), 'prompt')} with the router re-solved without "
               f"each of {args.folds} folds…", file=sys.stderr)
