@@ -1995,11 +1995,12 @@ def test_sdk_stream_cut_mid_event_raises_api_error(sdk) -> None:
 def test_sdk_undecodable_upstream_answer_is_a_502(sdk) -> None:
     """An answer whose body its content-encoding does not describe (here: plain JSON said
     to be gzip) was a traceback and a text/plain 500 "Internal Server Error"; now it is a
-    502 in OpenAI's error JSON naming the expert, streamed request or not."""
+    502 in OpenAI's error JSON naming the expert, streamed request or not (a stream's first
+    bytes are read before its 200 is relayed)."""
     openai = pytest.importorskip("openai")
     lying = {"headers": {"content-encoding": "gzip"}}
     for extra, stream in ((lying, False), ({**lying, "force_status": 400}, False),
-                          ({**lying, "force_status": 400}, True)):
+                          ({**lying, "force_status": 400}, True), ({**lying, "chunks": 1}, True)):
         with pytest.raises(openai.InternalServerError) as caught:
             sdk.chat.completions.create(model="math", messages=_user(MATH), stream=stream,
                                         extra_body=extra)
@@ -2008,10 +2009,13 @@ def test_sdk_undecodable_upstream_answer_is_a_502(sdk) -> None:
                   "(DecodingError)"
         assert caught.value.body["message"] == message and message in caught.value.message
         assert caught.value.body["type"] == "upstream_error"
-    # (a stream that turns out undecodable after its status line ends with an error event)
+    # a stream that turns out undecodable once it has begun ends with an error event
+    deltas = []
     with pytest.raises(openai.APIError, match=r"expert 'math' broke off the stream"):
-        list(sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
-                                         extra_body={**lying, "chunks": 1}))
+        for c in sdk.chat.completions.create(model="math", messages=_user(MATH), stream=True,
+                                             extra_body={"gzip": True, "corrupt_after": 2}):
+            deltas.append(c.choices[0].delta.content)
+    assert deltas == ["math-0 ", "math-1 "]
 
 
 def test_an_answer_in_an_encoding_the_gateway_cannot_decode_is_a_final_502(
@@ -2909,6 +2913,38 @@ def test_timeout_bounds_a_whole_answer(odd: Proc) -> None:
     assert (r.status_code, r.json()["model"]) == (200, "raw")  # a whole answer in time
 
 
+def test_a_stream_must_begin_within_the_timeout(odd: Proc) -> None:
+    """A stream whose headers came but no event (a stuck engine behind a server that sends
+    a stream's headers as it takes the request, as vLLM's does) was a 200 ending in an
+    error event after the timeout: the fallback never answered, and the expert never
+    cooled down however often it did so. An error answering a stream, read whole, was
+    read without the whole answer's deadline: a byte every 0.3 s held it for 30 s."""
+    def failures() -> int:
+        r = httpx.get(odd.url + "/admin/experts", headers=_admin())
+        return next(e for e in r.json()["experts"] if e["name"] == "coding")[
+            "consecutive_failures"]
+
+    r = httpx.post(odd.url + "/v1/chat/completions", json=_chat(CODE, model="coding"))
+    assert r.status_code == 200 and failures() == 0  # (an answer resets the count)
+    start = time.monotonic()
+    r = httpx.post(odd.url + "/v1/chat/completions", timeout=10,
+                   json=_chat(CODE, model="coding", mode="stall", stream=True))
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["message"] == \
+        "expert 'coding' did not answer within 1 s (ReadTimeout)"
+    assert time.monotonic() - start < 3 and failures() == 1
+    r = httpx.post(odd.url + "/v1/chat/completions", timeout=10,  # routed: the fallback
+                   json=_chat(CODE, mode="stall", stream=True))
+    assert (r.status_code, r.headers["x-ir3de-expert"], r.headers["x-ir3de-fallback"]) == \
+        (200, "math", "upstream_failure")
+    assert r.text.rstrip().endswith("data: [DONE]") and failures() == 2
+    start = time.monotonic()
+    r = httpx.post(odd.url + "/v1/chat/completions", timeout=10,
+                   json=_chat(CODE, model="coding", mode="trickle", status=400, stream=True))
+    assert r.status_code == 504, r.text
+    assert time.monotonic() - start < 3 and failures() == 3
+
+
 def test_upstream_status_beyond_http_is_a_502(odd: Proc) -> None:
     """An upstream status line "HTTP/1.1 999 X" made uvicorn fail to send the reply
     (KeyError in its status phrases): the client got an empty reply."""
@@ -3208,7 +3244,7 @@ def test_router_settings_in_gateway_yaml(stats_files, upstreams, tmp_path, emb: 
     config.write_text(yaml.safe_dump(data, sort_keys=False).replace(
         "  stats:", "  settings: {pairs: 1e4, alpha: auto}\n  stats:", 1))
     state, base = _initial_state(load_config(config))
-    assert state.router.config == RouterConfig(pairs=1e4)
+    assert state.router.config == RouterConfig(pairs=1e4, max_tokens=1024)  # (as counted)
     assert state.router.predict_proba(prompts).tolist() == scores(1e4) != scores(1e5)
     _persist(state, str(tmp_path / "state"), base)
 
@@ -4039,7 +4075,8 @@ def test_tls_failure_says_why_and_ssl_cert_file_trusts_a_private_ca(
         "file or directory\n")
 
 
-@pytest.mark.parametrize("content", ["<s>", "</s><s>", "<unk>", "\u200b\u200b"])
+@pytest.mark.parametrize("content", ["<s>", "</s><s>", "<unk>", "\u200b\u200b", "<s>\n",
+                                     "</s> <s>"])
 def test_prompt_of_special_tokens_only_goes_to_the_fallback(
         gateway: Proc, stats_files, upstreams, tmp_path, content: str) -> None:
     """A prompt of special tokens only ("<s>") was a 400 "cannot route this prompt: prompt
@@ -4058,7 +4095,7 @@ def test_prompt_of_special_tokens_only_goes_to_the_fallback(
         r = httpx.post(gw.url + "/v1/chat/completions",
                        json={"model": "ir3de", "messages": [{"role": "user", "content": content}]})
         assert r.status_code == 400, r.text
-        why = "empty or only special tokens" if content != "<unk>" else \
+        why = "empty, or only special tokens and white space" if content != "<unk>" else \
             "the tokenizer of wordllama-l2_supercat-256 does not know its characters or " \
             "words: they become <unk>, which carries no routing signal"
         what = "text to route on" if content.startswith("\u200b") else \

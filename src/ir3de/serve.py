@@ -2211,7 +2211,7 @@ class _Metrics:
         # default buckets stop at 10 s, where a long answer only begins.
         waits = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
         self.upstream = pc.Histogram("ir3de_upstream_seconds", "Upstream time, by expert: "
-                                     "to a stream's response headers, to a whole answer's "
+                                     "to a stream's first bytes, to a whole answer's "
                                      "last byte", ["expert"], buckets=waits, registry=r)
         self.duration = pc.Histogram("ir3de_request_seconds", "Completions requests from "
                                      "their first byte in to their last byte out (streams "
@@ -2382,16 +2382,17 @@ def create_app(config: Any) -> Any:
             start = time.perf_counter()
             # httpx's timeout bounds each wait (for a connection, for each read), not the
             # whole answer: an expert sending a byte now and then would hold a request for
-            # ever. A whole answer must come within the timeout of the request being sent
-            # (a connection in hand: a wait for one of the gateway's own is not the
-            # expert's); a stream, relayed as it comes, keeps httpx's bound alone.
+            # ever. A whole answer (an error answering a stream included) must come within
+            # the timeout of the request being sent (a connection in hand: a wait for one
+            # of the gateway's own is not the expert's), and so must a stream's first
+            # bytes; the rest of a stream, relayed as it comes, keeps httpx's bound alone.
             deadline = anyio.CancelScope()
             steps: dict[str, float] = {}  # httpcore's trace events of this attempt: when
 
             async def trace(event: str, _: Any, deadline: anyio.CancelScope = deadline,
                             steps: dict[str, float] = steps) -> None:
                 steps[event] = time.monotonic()
-                if not stream and event.endswith(".send_request_headers.started"):
+                if event.endswith(".send_request_headers.started"):
                     deadline.deadline = anyio.current_time() + endpoint.timeout
 
             request.extensions["trace"] = trace
@@ -2407,10 +2408,13 @@ def create_app(config: Any) -> Any:
                         with anyio.CancelScope(shield=True):
                             await response.aclose()
                         raise UnknownEncoding(unknown[0].strip(), request=request)
-                    if not stream:
+                    if not stream or response.status_code >= 400:
                         response = await _read_whole(response)
+                    elif response.status_code < 300:
+                        response = await _first_bytes(response)
                 if deadline.cancelled_caught:
-                    raise httpx.ReadTimeout(f"no whole answer within {endpoint.timeout:g} s",
+                    what = "answer begun" if stream else "whole answer"
+                    raise httpx.ReadTimeout(f"no {what} within {endpoint.timeout:g} s",
                                             request=request)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 # (DecodingError: a body that its content-encoding does not describe)
@@ -2447,6 +2451,42 @@ def create_app(config: Any) -> Any:
                    if k.lower() != b"content-encoding"]
         return httpx.Response(response.status_code, headers=headers, content=bytes(body),
                               request=response.request)
+
+    class _Begun(httpx.AsyncByteStream):
+        """A streamed answer's body, decoded, whose first bytes are already read (see
+        _first_bytes); closing it closes the expert's response."""
+
+        def __init__(self, first: bytes, rest: AsyncIterator[bytes],
+                     upstream: httpx.Response) -> None:
+            self.first, self.rest, self.upstream = first, rest, upstream
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            if self.first:
+                yield self.first
+            async for chunk in self.rest:
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.upstream.aclose()
+
+    async def _first_bytes(response: httpx.Response) -> httpx.Response:
+        """A 2xx stream once its first bytes have come: servers such as vLLM send a
+        stream's headers as they take the request, so an engine that is stuck or
+        overloaded answers every stream with headers alone. Read here, within the
+        attempt's deadline, its silence is a timeout (the fallback, a cooldown) rather
+        than a 200 whose stream ends in an error event. The copy's body is the decoded
+        stream (without the content-encoding that would have it decoded again)."""
+        rest = response.aiter_bytes()
+        try:
+            first = await anext(rest, b"")
+        except BaseException:  # (a timeout, a broken connection, a cancellation)
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            raise
+        headers = [(k, v) for k, v in response.headers.raw
+                   if k.lower() != b"content-encoding"]
+        return httpx.Response(response.status_code, headers=headers,
+                              stream=_Begun(first, rest, response), request=response.request)
 
     async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: _Completion,
                        stream: bool) -> httpx.Response:
@@ -2717,13 +2757,6 @@ def create_app(config: Any) -> Any:
                     "HTTP status (100-599)"
             return _error(502, f"expert {expert!r} {message}", kind="upstream_error",
                           headers=_meant_for(expert, final=True))
-        if stream and response.status_code >= 400:
-            # An error comes whole, not as a stream: read it now, so that one the gateway
-            # cannot read is a 502 in OpenAI's error JSON rather than a traceback.
-            try:
-                response = await _read_whole(response)  # (bounded, and closed)
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                return _upstream_failed(expert, state.experts[expert], exc)
         headers = {**_relayed_headers(response), "x-ir3de-expert": _header_name(expert)}
         if routed_to is not None:
             headers["x-ir3de-routed-to"] = _header_name(routed_to)
@@ -2765,7 +2798,7 @@ def create_app(config: Any) -> Any:
     def _reply(response: httpx.Response, stream: bool, headers: dict[str, str],
                expert: str) -> Any:
         """The client's answer from the upstream's (read whole unless a 2xx stream)."""
-        if not stream or response.status_code >= 400:  # read whole above or by _send
+        if not stream or response.status_code >= 400:  # read whole by _send
             return Response(response.content, status_code=response.status_code,
                             headers=headers)
 

@@ -5,7 +5,10 @@ Any GET is answered ``{}`` (a health check). A POST's JSON body picks how its an
 wrong with ``"mode"``:
 
 * ``ok`` (the default): a whole chat completion;
-* ``trickle``: the headers, then the body one byte every ``"delay"`` seconds (default 0.3);
+* ``trickle``: the headers (status ``"status"``, default 200), then the body one byte every
+  ``"delay"`` seconds (default 0.3);
+* ``stall``: the headers of an SSE stream, then nothing until the client leaves (what a
+  stuck engine behind a server that sends a stream's headers at once answers);
 * ``truncated``: a ``content-length`` 100 bytes more than the body sent, then the
   connection closed;
 * ``garbage``: bytes that are not HTTP, then the connection closed;
@@ -53,11 +56,17 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif mode == "ok":
                 writer.write(_head(200, len(ANSWER)) + ANSWER)
             elif mode == "trickle":
-                writer.write(_head(200, len(ANSWER)))
+                writer.write(_head(int(body.get("status", 200)), len(ANSWER)))
                 for i in range(len(ANSWER)):
                     await writer.drain()
                     await asyncio.sleep(float(body.get("delay", 0.3)))
                     writer.write(ANSWER[i:i + 1])
+            elif mode == "stall":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await reader.read()  # (b"" once the client has closed the connection)
+                return
             elif mode == "truncated":
                 writer.write(_head(200, len(ANSWER) + 100) + ANSWER)
                 await writer.drain()

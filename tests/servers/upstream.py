@@ -185,8 +185,12 @@ async def _completion(request: Request) -> Response:
 
     async def gzipped():
         packer = zlib.compressobj(wbits=31)  # the gzip format
+        sent = 0
         async for chunk in events():
+            if sent == body.get("corrupt_after"):  # bytes no gzip stream holds
+                yield b"\xff" * 64
             yield packer.compress(chunk) + packer.flush(zlib.Z_SYNC_FLUSH)
+            sent += 1
         yield packer.flush()
 
     if body.get("gzip"):
