@@ -110,9 +110,10 @@ def bench_dim(h: int, args: argparse.Namespace, folder: Path) -> tuple[list[str]
              for n in names}
 
     def stats_of(name: str) -> DomainStats:
-        # 1000 prompts: a token occurs in at most every one of them (the nb model's input).
+        # 1000 prompts: a token occurs in at most every one of them (the nb model's input);
+        # of up to 2,000 tokens each (counts of up to 2 M tokens)
         return stats_from_counts(emb, hists[name], domain=name, n_prompts=1000,
-                                 doc_counts=np.minimum(hists[name], 1000))
+                                 doc_counts=np.minimum(hists[name], 1000), max_tokens=4096)
 
     t_stats, first = timed(lambda: stats_of(names[0]))
     stats = {names[0]: first, **{n: stats_of(n) for n in names[1:]}}

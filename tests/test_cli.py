@@ -1506,6 +1506,39 @@ def test_eval_out_in_a_data_folder_is_refused(option: str, inside: bool, user_da
     assert [p.name for p in folder.iterdir()] == ["mine.jsonl"]
 
 
+@pytest.mark.parametrize("case", ["sign_key", "merge_sign_key", "trusted_key", "table",
+                                  "tokenizer", "folder_tokenizer"])
+def test_option_inputs_are_never_an_output(case: str, built: dict[str, Path],
+                                           corpora: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    """--force wrote statistics over the --sign key (the only private key), a router over
+    a trusted key of --trust, and over the --table or tokenizer it was to be loaded with:
+    only the corpus or statistics files counted as a command's inputs."""
+    pytest.importorskip("cryptography")
+    key, keys = tmp_path / "alice.key", tmp_path / "keys"
+    assert run(capsys, "keygen", "-o", key, "-q")[0] == 0
+    keys.mkdir()
+    shutil.copy(tmp_path / "alice.pub", keys / "alice.pub")
+    tok, table = _other_embedder(tmp_path)
+    (tmp_path / "model").mkdir()
+    shutil.copy(tok, tmp_path / "model" / "tokenizer.json")
+    corpus = ["stats", corpora["math"], "--domain", "math"]
+    argv, target = {
+        "sign_key": ([*corpus, "--sign", key], key),
+        "merge_sign_key": (["merge", built["math"], "--sign", key], key),
+        "trusted_key": (["build", built["math"], built["coding"], "--trust", keys],
+                        keys / "alice.pub"),
+        "table": ([*corpus, "--embedder", tok, "--table", table], table),
+        "tokenizer": ([*corpus, "--embedder", tok, "--table", table], tok),
+        "folder_tokenizer": ([*corpus, "--embedder", tmp_path / "model"],
+                             tmp_path / "model" / "tokenizer.json")}[case]
+    before = target.read_bytes()
+    code, out, err = run(capsys, *argv, "-o", target, "--force")
+    assert (code, out, err) == (1, "", f"ir3de: error: {target} is also an input of this "
+                                       "command; write elsewhere\n")
+    assert target.read_bytes() == before
+
+
 def test_experts_add_trust_refuses_unsigned_statistics(built: dict[str, Path],
                                                       corpora: dict[str, Path],
                                                       tmp_path: Path, capsys) -> None:
@@ -2308,13 +2341,14 @@ def test_route_checks_every_prompt_has_a_token_before_printing(built: dict[str, 
     router = built["router"]
     code, out, err = run(capsys, "route", router, "hello", "world", "<s>", "--batch-size", 1)
     assert (code, out, err) == (1, "", "ir3de: error: prompt argument 3 (id 2): no token to "
-                                       "route on (empty or only special tokens); nothing was "
-                                       "routed\n")
+                                       "route on (empty, or only special tokens and white "
+                                       "space); nothing was routed\n")
     file = tmp_path / "sp.jsonl"
     file.write_text('{"text": "hi"}\n{"text": "<s></s>"}\n')
     code, out, err = run(capsys, "route", router, "--input", file)
-    assert (code, out, err) == (1, "", f"ir3de: error: {file}:2: no token to route on (empty "
-                                       "or only special tokens); nothing was routed\n")
+    assert (code, out, err) == (1, "", f"ir3de: error: {file}:2: no token to route on (empty, "
+                                       "or only special tokens and white space); nothing was "
+                                       "routed\n")
 
     encoded = []
     encode_batch = Embedder.encode_batch
@@ -2948,6 +2982,16 @@ def test_calibrate_refuses_bad_options(built: dict[str, Path], tmp_path: Path, c
     unlabelled = _labelled(tmp_path / "traffic.jsonl", [(t, None) for t, _ in HELD_OUT])
     code, _, err = run(capsys, "calibrate", built["router"], unlabelled, "--folds", "2")
     assert code == 1 and "--folds needs labelled prompts, and no record of" in err
+    # a corpus given as the held-out file failed as "invalid JSON" at its first line, and
+    # NAME=- as "-: no such file" (stats refuses '-' saying why)
+    text = tmp_path / "held.txt"
+    text.write_text("What is 2 + 2?\n")
+    code, _, err = run(capsys, "calibrate", built["router"], text)
+    assert (code, err) == (1, f"ir3de: error: {text}: a file of held-out prompts is JSONL; a "
+                              "corpus (text) is given as NAME=CORPUS, its expert's name first\n")
+    code, _, err = run(capsys, "calibrate", built["router"], "math=-")
+    assert (code, err) == (1, "ir3de: error: math=-: standard input is not read as a corpus; "
+                              "save the corpus to a file and name it (a file named '-': ./-)\n")
     # refused before the "routing N prompts … each of 5 folds…" line, which promised a run
     code, _, err = run(capsys, "calibrate", built["router"],
                        _labelled(tmp_path / "held.jsonl", HELD_OUT), "--folds", "5")

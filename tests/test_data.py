@@ -140,6 +140,28 @@ def test_parquet_corpus(tmp_path: Path) -> None:
         list(read_corpus(tmp_path / "fake.parquet"))
 
 
+def test_parquet_strings_that_are_not_utf8_are_named(tmp_path: Path) -> None:
+    """A string column holding bytes that are not UTF-8 (from a writer that does not check
+    them) was a UnicodeDecodeError traceback; JSONL and text name the line."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    raw = pa.array([b"What is 2+2?", None, b"caf\xe9 au lait"], type=pa.binary())
+    for kind, column in (("string", raw.view(pa.string())),
+                         ("large", raw.cast(pa.large_binary()).view(pa.large_string()))):
+        pq.write_table(pa.table({"text": column}), tmp_path / f"{kind}.pq", row_group_size=2)
+        with pytest.raises(IR3DEError, match=rf"^{tmp_path / kind}\.pq: row 3: column 'text' is "
+                                             r"not valid UTF-8 \(byte 0xe9 at byte 4\); is the "
+                                             "file in another encoding\\?$"):
+            list(read_corpus(tmp_path / f"{kind}.pq"))
+    # dictionary-encoded (pandas' category): pyarrow's reader checks, without the row
+    valid = raw.view(pa.string()).filter(pa.array([True, False, True]))
+    pq.write_table(pa.table({"text": pa.DictionaryArray.from_arrays(pa.array([0, 1]), valid)}),
+                   tmp_path / "category.pq")
+    with pytest.raises(IR3DEError, match=r"category\.pq: column 'text' cannot be read after row "
+                                         r"0 \(Invalid UTF8 payload\)"):
+        list(read_corpus(tmp_path / "category.pq"))
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -303,6 +325,20 @@ def test_a_bom_elsewhere_is_text(tmp_path: Path) -> None:
     bad.write_bytes(BOM + b'{"text": "ok"}\n{"text": \xff}\n')
     with pytest.raises(IR3DEError, match=r"bad\.jsonl:2: not valid UTF-8 \(byte 0xff"):
         list(read_corpus(bad))
+
+
+def test_utf16_without_a_byte_order_mark_is_refused(tmp_path: Path) -> None:
+    """UTF-16 without a byte-order mark is valid UTF-8, every other byte NUL: it was counted
+    as text ("2 prompts, 48 tokens" of letters and <0x00> tokens)."""
+    for name, data in (("le.txt", "What is 2+2?\nAdd 3 and 4\n".encode("utf-16-le")),
+                       ("be.jsonl", '{"text": "hi"}\n'.encode("utf-16-be")),
+                       ("late.txt", b"fine\nmid\x00dle\n")):
+        (tmp_path / name).write_bytes(data)
+        line, column = (2, 4) if name == "late.txt" else (1, 2 if name == "le.txt" else 1)
+        with pytest.raises(IR3DEError, match=rf"^{tmp_path / name}:{line}: holds a NUL byte "
+                                             rf"\(column {column}\), which no text file "
+                                             r"holds; is the file UTF-16 or binary\?$"):
+            list(read_corpus(tmp_path / name))
 
 
 # ------------------------------------------------------------------ repeated paths

@@ -213,8 +213,9 @@ def test_empty_files_and_worker_errors(cluster, emb: Embedder, tmp_path: Path) -
 
     for name, content in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("blank.txt", " \n\n")):
         (tmp_path / name).write_text(content)
-        with pytest.raises(EmptyInputError, match=r"no countable token \(0 prompt\(s\) "
-                                                  r"read; blank ones are skipped\)"):
+        with pytest.raises(EmptyInputError, match=r"no countable token \(blank prompts, and "
+                                                  r"prompts of only special tokens and white "
+                                                  r"space, are skipped\)$"):
             ray_stats([str(tmp_path / name)], emb, domain="x", progress=False)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("ok line\ncaf\u00e9\n".encode("latin-1"))

@@ -171,6 +171,22 @@ def test_cap_applies_after_dropping_special_tokens(emb: Embedder) -> None:
     assert capped.size == 3 and not np.isin(capped, emb.special_ids).any()
 
 
+def test_a_text_blank_without_its_special_tokens_has_no_ids(emb: Embedder) -> None:
+    """White space left once the special tokens are dropped ("<s>\n") was routed, on its
+    "▁" and "<0x0A>" tokens, though the same text without them is refused as blank."""
+    for text in ("<s>\n", "</s> <s>", "<s>\t</s>", "<s>" + "\n" * 3000):
+        assert emb.encode(text).size == 0, text
+    # white space next to text stays, specials or not, and within the cap or not (as for
+    # a text without specials, its white space is read up to the cap)
+    assert emb.encode("<s>\nx").size == emb.encode("\nx").size == 3
+    assert emb.encode("<s>\n\n\n x", max_tokens=2).size == 2
+    assert emb.tokens(emb.encode("<s>\n\n\n x", max_tokens=10))[-1] == "▁x"
+    # long texts take the cut path: the same rule, over the whole text
+    long = "<s>" * 20_000 + " " * 20_000
+    blank, ended = emb.encode_batch([long, long + "x"], max_tokens=5)
+    assert blank.size == 0 and ended.size == 5
+
+
 def test_chunk_cached_encoding_equals_the_tokenizer(emb: Embedder, data_dir: Path) -> None:
     """The per-chunk cache (small batches) must give exactly the tokenizer's own ids."""
     texts = []
@@ -774,6 +790,9 @@ def test_encode_batch_names_texts_by_the_callers_positions(emb: Embedder) -> Non
         emb.encode_batch(["ok", "a\ud800"], positions=[1030, 1031])
     with pytest.raises(IR3DEError, match=r"^text #17 is of type int, not a string"):
         emb.encode_batch(["ok", 5], positions=(3, 17))
+    # one longer than the cut length (an AttributeError: 'list' has no 'isascii')
+    with pytest.raises(IR3DEError, match=r"^text #1 is of type list, not a string"):
+        emb.encode_batch(["ok", ["word"] * 20_000])
 
 
 # ----------------------------------------------------------------------------- probe fixes

@@ -154,8 +154,9 @@ def test_a_test_prompt_without_a_token_is_named_by_its_id(emb: Embedder) -> None
                       [Split("all", {"a": ["one plus one"], "b": ["def f(): pass"]},
                              ["q7", "special-one"], ["two plus two", "<s>"], ["a", "b"])])
     with pytest.raises(IR3DEError, match=r"^split 'all': test prompt 'special-one' \(domain "
-                                         r"'b'\) has no token to route on with .* \(empty or "
-                                         r"only special tokens\): leave it out"):
+                                         r"'b'\) has no token to route on with .* \(empty, "
+                                         r"or only special tokens and white space\): leave "
+                                         r"it out"):
         evaluate(setting, embedders=[emb], presets=["default"], progress=False)
 
 

@@ -30,6 +30,7 @@ from ir3de import (
     load_embedder,
 )
 from ir3de.data import reasoning_split
+from ir3de.embedding import DEFAULT_MAX_TOKENS
 from ir3de.router import read_router_meta
 from ir3de.solver import (
     DEFAULT_ALPHA,
@@ -260,6 +261,31 @@ def test_statistics_with_different_token_caps_are_refused(emb: Embedder, toy_sta
     assert router.W is W and router.experts == ["math", "coding"]
     # The routing cap is a setting, not a property of the statistics: any value goes.
     assert Router(emb, max_tokens=8).fit_stats([toy_stats["math"], toy_stats["law"]])
+
+
+def test_the_routing_cap_is_the_counted_cap_unless_set(emb: Embedder, tmp_path: Path) -> None:
+    """fit_stats routed 1,024 tokens whatever the statistics counted, where ir3de build took
+    their cap: the same files gave two routers (42 of 164 decisions apart at a cap of 64)."""
+    long = {"math": ["What is 2 + 2? " * 40, "Solve x + 1 = 3."],
+            "code": ["def f(x):\n    return x\n" * 30, "import os"]}
+    stats = [compute_stats(emb, texts, domain=d, max_tokens=12) for d, texts in long.items()]
+    router = Router(emb).fit_stats(stats)
+    assert Router(emb).config.max_tokens is None and Router(emb).max_tokens == 1024
+    assert router.config.max_tokens == router.max_tokens == 12
+    prompt = "What is 7 + 5? " * 3 + "def g(y):\n    return y\n" * 5
+    assert router.encode([prompt])[0].size == 12
+    assert router.route(prompt) == Router(emb, max_tokens=12).fit_stats(stats).route(prompt)
+    assert repr(router) == "Router(embedder='wordllama-l2_supercat-256', experts=['math', " \
+                           "'code'])"
+    # a cap of its own stays; None again is the counted cap
+    assert router.set_params(max_tokens=30).max_tokens == 30
+    assert "max_tokens=30" in repr(router)
+    assert router.set_params(max_tokens=None).max_tokens == 12
+    # saved as the number it routes with
+    router.save(tmp_path / "r.safetensors")
+    assert Router.load(tmp_path / "r.safetensors").max_tokens == 12
+    # fit counts 1024 tokens, and the router reads as many
+    assert Router(emb).fit(["a b", "c d"], ["x", "y"]).config.max_tokens == 1024
 
 
 def test_unfitted_router(emb: Embedder) -> None:
@@ -660,7 +686,8 @@ def test_a_router_saved_before_the_spelling_prior_loads_as_it_was(
     del meta["config"]["spelling_prior"], meta["smoothing"]["spelling_prior"]
     write_safetensors(tmp_path / "old.safetensors", tensors, meta)
     old = Router.load(tmp_path / "old.safetensors")
-    assert old.config == RouterConfig() and old.smoothing == default.smoothing
+    assert old.config == RouterConfig(max_tokens=DEFAULT_MAX_TOKENS) and \
+        old.smoothing == default.smoothing
     assert_same_state(old, default)
     old.remove_expert("law")
     assert_same_state(old, Router(emb).fit_stats({n: s for n, s in full.items()
@@ -686,9 +713,12 @@ def test_empty_and_special_only_prompts(toy_router: Router) -> None:
                                                    r"invisible characters\)"):
             toy_router.route(bad)
     assert toy_router.route("\u200bWhat is 2 + 2?").expert  # visible text around them routes
-    for special in ("</s>", "<s></s>", "<s>"):
+    # special tokens and white space: blank once the specials are dropped ("<s>\n" was
+    # routed on its "\n" token, with confidence 0.98 in the gateway)
+    for special in ("</s>", "<s></s>", "<s>", "<s>\n", "</s> <s>", "<s>\t\x07</s>  "):
         with pytest.raises(EmptyInputError, match="no token"):
             toy_router.route(special)
+    assert toy_router.route("<s>\nWhat is 2 + 2?").expert
     with pytest.raises(EmptyInputError, match="prompt #1"):
         toy_router.route_batch(["What is 2 + 2?", "</s>"])
     with pytest.raises(EmptyInputError, match="prompt #2"):
@@ -814,7 +844,7 @@ def test_settings_are_real_booleans_and_numbers(emb: Embedder, toy_stats,
         router.set_params(normalize="no")
     with pytest.raises(IR3DEError, match="λ must be a finite number ≥ 0, got True"):
         router.set_params(lam=True)
-    with pytest.raises(IR3DEError, match="max_tokens must be a positive integer, got True"):
+    with pytest.raises(IR3DEError, match="max_tokens must be a positive integer or None, got True"):
         router.set_params(max_tokens=True)
     with pytest.raises(IR3DEError, match=r"pair Dirichlet mass must be .* got True"):
         router.set_params(pairs=True)
@@ -902,7 +932,16 @@ def test_bad_settings(emb: Embedder, toy_stats) -> None:
         router.set_params(alpha=10**400)
     with pytest.raises(IR3DEError, match=r"the pair Dirichlet mass must be a finite number"):
         RouterConfig(pairs=-10**30)
-    assert RouterConfig(spelling=10**29).spelling == 10**29  # large, but a float holds it
+    assert RouterConfig(spelling=10**29).spelling == 1e29  # large, but a float holds it
+    # past int64 (numpy's own ints), an int was an object to numpy: a TypeError in the
+    # solver's checks, from a router file's "alpha": 2**70 too; now the float it equals
+    for name in ("alpha", "pairs", "skips", "spelling", "lam", "identity", "tfidf"):
+        big = RouterConfig(model="ridge" if name in ("lam", "identity") else "nb",
+                           **{name: 2**70})
+        assert getattr(big, name) == 2**70 and type(getattr(big, name)) is float
+        assert Router(config=big).fit(["What is 2 + 2?", "def f(): pass"],
+                                      ["math", "code"]).route("x = 2").expert
+    assert type(RouterConfig(alpha=2**60).alpha) is int  # (numpy takes those as they are)
     assert router.config is config  # failed changes leave the router as it was
     with pytest.raises(IR3DEError, match="unknown preset"):
         RouterConfig.preset("fastest")
@@ -1944,6 +1983,10 @@ def test_route_batch_takes_the_token_ids_encode_gave(toy_router: Router) -> None
     ids = toy_router.encode(PROMPTS)
     assert toy_router.route_batch(PROMPTS, token_ids=ids, explain=True) == \
         toy_router.route_batch(PROMPTS, explain=True)
+    # any integer types, mixed (numpy joined uint64 and int32 as float64: an IndexError)
+    mixed = [x.astype(np.uint64 if i % 2 else np.int16) for i, x in enumerate(ids)]
+    assert toy_router.route_batch(PROMPTS, token_ids=mixed, explain=True) == \
+        toy_router.route_batch(PROMPTS, explain=True)
     vocab, cap = toy_router.embedder.vocab_size, toy_router.config.max_tokens
     special = int(toy_router.embedder.special_ids[0])
     for bad, match in [(ids[:-1], f"{len(PROMPTS) - 1} token-id arrays for {len(PROMPTS)}"),
@@ -1981,7 +2024,9 @@ def test_grid_search_over_settings(emb: Embedder) -> None:
     presets = GridSearchCV(base, {"config": ["default", "paper"]}, cv=3).fit(TEXTS, LABELS)
     first, second = presets.cv_results_["mean_test_score"]
     assert first != second  # each candidate routed with its own preset
-    assert presets.best_estimator_.config == RouterConfig.preset(presets.best_params_["config"])
+    # (fitted: its cap, None in the preset, is the number the statistics counted)
+    assert presets.best_estimator_.config == RouterConfig.preset(
+        presets.best_params_["config"], max_tokens=DEFAULT_MAX_TOKENS)
     # a grid that names the embedder: sklearn deep-copies grid values, not the table
     named = GridSearchCV(base, {"embedder": [emb], "alpha": [0.03]}, cv=3).fit(TEXTS, LABELS)
     assert named.best_estimator_.embedder is emb
@@ -2102,8 +2147,8 @@ def test_prompts_of_unknown_tokens_say_so(make_model_folder) -> None:
                                               r"or words: they become \[UNK\], which carries "
                                               r"no routing signal\)$"):
         router.route_batch(["hello", "zebra giraffe"])
-    with pytest.raises(EmptyInputError, match=r"^prompt #0 has no token to route on \(empty "
-                                              r"or only special tokens\)$"):
+    with pytest.raises(EmptyInputError, match=r"^prompt #0 has no token to route on \(empty, "
+                                              r"or only special tokens and white space\)$"):
         router.route("</s> [PAD]")
 
 
@@ -2217,6 +2262,9 @@ def test_predict_in_batches_is_predict_at_once(emb: Embedder,
     assert router.predict([]).shape == (0,) and router.predict_proba([]).shape == (0, 2)
     with pytest.raises(EmptyInputError, match=r"prompt #3 has no token to route on"):
         router.predict([*prompts[:3], "<s>", "import os"])
+    # the tokenizer's own refusals too (they named the prompt's place in its batch: #1)
+    with pytest.raises(IR3DEError, match=r"^text #3 holds an unpaired surrogate"):
+        router.predict_proba([*prompts[:3], "\ud800", "import os"])
 
 
 # ------------------------------------------------------------------ threads

@@ -160,9 +160,29 @@ def test_stats_from_counts_is_the_formula(emb: Embedder) -> None:
         stats_from_counts(emb, bad, domain="d", n_prompts=1)
 
 
+def test_a_cap_smaller_than_the_counts_allow_is_refused(toy_stats) -> None:
+    """13,427 tokens of 200 prompts with max_tokens 1 loaded, and build routed with a cap
+    of 1 token (it takes the statistics' cap)."""
+    stats = toy_stats["math"]
+    per_prompt = -(-stats.n_tokens // stats.n_prompts)  # (the fewest a cap can be)
+    assert dataclasses.replace(stats, max_tokens=per_prompt).max_tokens == per_prompt
+    with pytest.raises(StatsFormatError, match=rf"{stats.n_tokens} tokens cannot come from "
+                                               rf"{stats.n_prompts} prompts of at most "
+                                               rf"{per_prompt - 1} tokens each"):
+        dataclasses.replace(stats, max_tokens=per_prompt - 1)
+
+
+def test_a_corpus_without_a_countable_token_says_what_was_skipped(emb: Embedder) -> None:
+    """Three records of special tokens were "0 prompt(s) read; blank ones are skipped"."""
+    with pytest.raises(EmptyInputError, match=r"^domain 'd': the corpus holds no countable "
+                                              r"token \(blank prompts, and prompts of only "
+                                              r"special tokens and white space, are skipped\)$"):
+        compute_stats(emb, ["<s>", "</s>\n", "  "], domain="d")
+
+
 def test_token_counts_cap_blanks_and_specials(emb: Embedder) -> None:
     texts = ["alpha beta gamma delta epsilon zeta eta theta", "</s> one </s> two <s>", "  ",
-             "", "\n", "x", "<s>", "</s><s>", "\u200b"]
+             "", "\n", "x", "<s>", "</s><s>", "\u200b", "<s>\n </s>"]
     counts, doc_counts, n_prompts, pairs, tfidf = token_counts(emb, texts, max_tokens=5,
                                                                skip_pairs=True)
     # without skip_pairs (the default) the table is the adjacent pairs alone
@@ -408,7 +428,7 @@ def test_subtracting_a_stranger_names_it_before_any_consistency_check(
     # Token counts that stay non-negative, but a token left in more prompts than remain.
     with pytest.raises(StatsFormatError, match=r"leaves counts that disagree \(.*document "
                                                r"frequencies.*\): it was never part of them"):
-        compute_stats(emb, ["cat dog cat dog"], domain="math") - \
+        compute_stats(emb, ["cat dog cat dog", "x"], domain="math") - \
             compute_stats(emb, ["cat dog"], domain="math")
 
 
@@ -422,7 +442,7 @@ def test_a_sum_past_two_to_the_53_tokens_is_refused_not_saved(
     A[-1, -1] = half
     b = np.zeros_like(toy_stats["math"].b)
     b[-1] = half
-    big = dataclasses.replace(toy_stats["math"], A=A, b=b, n_tokens=half, n_prompts=1,
+    big = dataclasses.replace(toy_stats["math"], A=A, b=b, n_tokens=half, n_prompts=2**42 + 1,
                               counts=None, doc_counts=None, pairs=None, source="big.st")
     A2 = A.copy()
     A2[0, 0] = 1.0  # other data, not a copy (merge refuses a shard given twice)

@@ -543,8 +543,9 @@ def test_malformed_safetensors_headers_are_named(tmp_path: Path, header: object,
     # Parsed, but nested past what ir3de writes: such a file loaded (980 levels did), and a
     # router saving it again from a few calls deeper failed with RecursionError in json.dumps.
     ('{"signature": {"x": ' + "[" * 500 + "]" * 500 + "}}",
-     r"JSON nested more than 64 levels deep"),
-    ('{"signature": {"x": ' + "[" * 63 + "]" * 63 + "}}", r"JSON nested more than 64 levels deep"),
+     r"JSON nested more than {depth} levels deep"),
+    ('{"signature": {"x": ' + "[" * 63 + "]" * 63 + "}}",
+     r"JSON nested more than {depth} levels deep"),
 ])
 def test_metadata_nested_too_deeply_or_with_huge_integers_is_refused(
         saved, tmp_path: Path, raw: str, reason: str) -> None:
@@ -555,11 +556,38 @@ def test_metadata_nested_too_deeply_or_with_huge_integers_is_refused(
     save_file({"b": stats.b}, str(target), metadata={"ir3de": raw})
     where = re.escape(str(target))
     with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt ir3de metadata "
-                                               rf"\({reason}\)$"):
+                                               rf"\({reason.format(depth=62)}\)$"):
         DomainStats.load(target)
     with pytest.raises(StatsFormatError, match=rf"^{where}: corrupt ir3de metadata "
-                                               rf"\({reason}\)$"):
+                                               rf"\({reason.format(depth=64)}\)$"):
         Router.load(target)
+
+
+def test_statistics_nest_two_levels_less_than_routers(saved, toy_stats, emb,
+                                                     tmp_path: Path) -> None:
+    """A router holds an expert's recipe and signature two levels deeper than its
+    statistics file: statistics that loaded made a router (written in place by experts
+    add) that no command could load again."""
+    _, stats = saved
+    def nested(levels: int) -> DomainStats:  # the metadata nests 2 + levels deep
+        deep = json.loads("[" * levels + "]" * levels)
+        return dataclasses.replace(stats, embedder={**stats.embedder, "note": deep})
+
+    nested(60).save(tmp_path / "ok.stats")
+    other = DomainStats.load(tmp_path / "ok.stats")
+    router = Router(emb).fit_stats([other, *(s for d, s in toy_stats.items() if d != "math")])
+    router.save(tmp_path / "r.safetensors")
+    assert Router.load(tmp_path / "r.safetensors").experts == router.experts
+    target = re.escape(str(tmp_path / "deep.stats"))
+    with pytest.raises(StatsFormatError, match=rf"^{target}: not written: its metadata would "
+                                               r"nest more than 62 levels deep"):
+        nested(61).save(tmp_path / "deep.stats")
+    assert not (tmp_path / "deep.stats").exists()
+    # written past that check: refused on reading, naming the statistics' own limit
+    deep = nested(61)
+    write_safetensors(tmp_path / "deep.stats", {"b": deep.b}, {"embedder": deep.embedder})
+    with pytest.raises(StatsFormatError, match=r"JSON nested more than 62 levels deep"):
+        DomainStats.load(tmp_path / "deep.stats")
 
 
 def test_metadata_nested_up_to_the_limit_is_read(tmp_path: Path) -> None:
@@ -764,6 +792,17 @@ def test_a_folder_is_checked_where_it_cannot_be_claimed(tmp_path: Path,
     (tmp_path / "file").write_text("x")
     with pytest.raises(IR3DEError, match="exists and is not a folder"):
         claim_folder(tmp_path / "file", "state_dir")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_a_file_that_cannot_be_read_is_not_called_missing(saved) -> None:
+    """safetensors reports any failure to open as "No such file or directory": a file the
+    user may not read was "not a readable safetensors file (No such file or directory)"."""
+    path, _ = saved
+    path.chmod(0)
+    with pytest.raises(StatsFormatError, match=rf"^{re.escape(str(path))}: cannot be read "
+                                               r"\(Permission denied\)$"):
+        DomainStats.load(path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")

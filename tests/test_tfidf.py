@@ -149,6 +149,23 @@ def test_shards_merge_to_the_central_count(emb) -> None:
         np.testing.assert_array_equal(g, w)
 
 
+def test_the_ridge_is_summed_in_name_order(emb, tfidf_stats) -> None:
+    """The Gram matrices were summed in the order the experts were given: an expert removed
+    and added back, or the files given in another order, moved the scoring table by ~1e-13
+    (the other tables are bit for bit the same either way)."""
+    names = sorted(tfidf_stats)
+    forward = Router(emb, tfidf=3.0).fit_stats([tfidf_stats[n] for n in names])
+    backward = Router(emb, tfidf=3.0).fit_stats([tfidf_stats[n] for n in reversed(names)])
+    again = Router(emb, tfidf=3.0).fit_stats([tfidf_stats[n] for n in names])
+    again.add_expert(names[0], again.remove_expert(names[0]))
+    for other in (backward, again):
+        columns = [other.experts.index(n) for n in forward.experts]
+        for table in ("rows", "bias"):
+            np.testing.assert_array_equal(
+                getattr(other._fitted.table.tfidf, table)[..., columns],
+                getattr(forward._fitted.table.tfidf, table))
+
+
 def test_the_blend_is_the_geo_mean_plus_the_weighted_ridge(emb, tfidf_stats) -> None:
     prompts = ["What is 3 + 4?", "def f(x): return x", "The court ruled on the appeal."]
     plain = Router(emb).fit_stats(tfidf_stats)

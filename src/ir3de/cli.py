@@ -750,6 +750,26 @@ def _refuse_missing(inputs: Sequence[str]) -> None:
             require_file(Path(item))
 
 
+def _option_inputs(args: argparse.Namespace) -> list[str]:
+    """The files a command reads through its options: a signing key, an embedding table,
+    a tokenizer (a model folder's own), the trusted keys. They are its inputs too, never
+    replaced by its output (--force wrote statistics over the only private key, and a
+    router over a trusted key or the table it was to be loaded with). A model folder's
+    other files are not listed: a router kept in it may be updated in place."""
+    files = [value for value in (getattr(args, "sign", None), getattr(args, "table", None))
+             if value is not None and Path(value).is_file()]  # (a missing one: said later)
+    embedder = getattr(args, "embedder", None)
+    if isinstance(embedder, str):  # (eval's list of embedders writes no such output)
+        tokenizer = Path(embedder) / "tokenizer.json"
+        files += [embedder] if Path(embedder).is_file() else \
+            [str(tokenizer)] if tokenizer.is_file() else []
+    trust = getattr(args, "trust", None)
+    if trust is not None and Path(trust).is_dir():
+        with contextlib.suppress(OSError):  # (an unreadable folder: loading it says so)
+            files += [str(p) for p in Path(trust).iterdir() if p.suffix.lower() == ".pub"]
+    return files
+
+
 def _check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> bool:
     """Refuse an output that would overwrite a file without --force, a directory, a named
     pipe, device or socket (even with --force: writing would put a regular file in its
@@ -858,7 +878,8 @@ def _refuse_idle_ray_options(args: argparse.Namespace) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     _refuse_idle_ray_options(args)
     out = Path(args.output)
-    replace = _check_output(out, args.force, _corpus_files(args.corpus, args.engine))
+    replace = _check_output(out, args.force,
+                            [*_corpus_files(args.corpus, args.engine), *_option_inputs(args)])
     validate_domain_name(args.domain, "--domain")  # now, not after the corpus
     refuse_repeated_paths(args.corpus)
     _check_embedder_args(args)
@@ -916,7 +937,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    replace = _check_output(out, args.force, args.stats)
+    replace = _check_output(out, args.force, [*args.stats, *_option_inputs(args)])
     refuse_repeated_paths(args.stats)
     merged = merge(load_stats_files(args.stats), drop_pairs=args.no_pairs,
                    drop_tfidf=args.no_tfidf)
@@ -954,15 +975,12 @@ def _named_stats(items: Sequence[str]) -> list[tuple[str, DomainStats]]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    replace = _check_output(out, args.force, [_split_named(item)[1] for item in args.stats])
+    replace = _check_output(out, args.force, [*(_split_named(item)[1] for item in args.stats),
+                                              *_option_inputs(args)])
     config = _config_from_args(args)  # contradictory options fail before any file is read
     _check_embedder_args(args)
     named = _named_stats(args.stats)
     _verify_trusted(named, args.trust)
-    if args.max_tokens is None:
-        # Route the part of a prompt the statistics counted (fit_stats checks that every
-        # file has the same cap); a different routing cap is a choice, made with the option.
-        config = config.with_settings(max_tokens=named[0][1].max_tokens)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = _embedder_from_args(args) if args.embedder is not None else load_recorded(
         named[0][1].embedder, f"{named[0][1].source} was counted with", "give --embedder")
@@ -1163,7 +1181,7 @@ def _token_ids(router: Router, items: Sequence[tuple[Any, str, str]],
               leave=False) as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            encoded = embedder.encode_batch([t for _, t, _ in batch], router.config.max_tokens)
+            encoded = embedder.encode_batch([t for _, t, _ in batch], router.max_tokens)
             for (_, text, where), x in zip(batch, encoded, strict=True):
                 if not x.size:
                     raise IR3DEError(f"{where}: no token to route on "
@@ -1253,7 +1271,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     # the router itself is the output of an in-place update; its statistics never are
     _refuse_missing([args.router])
     replace = _check_router_output(out, args.force or args.output is None,
-                         [args.stats] if args.action == "add" else [])
+                                   [*([args.stats] if args.action == "add" else []),
+                                    *_option_inputs(args)])
     if args.action == "add":
         if args.name is not None:
             validate_domain_name(args.name, "--name")  # now, not after loading the router
@@ -1437,7 +1456,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not (data / "reasoning").is_dir():
         raise missing_data(data, args.data is not None, "reasoning/")
     out = Path(args.output)
-    replace = _check_router_output(out, args.force)  # a previous demo's router is replaced
+    # a previous demo's router is replaced
+    replace = _check_router_output(out, args.force, _option_inputs(args))
     config = _config_from_args(args)  # contradictory options fail before the fit
     _check_embedder_args(args)
     emb = _embedder_from_args(args)
@@ -1539,6 +1559,14 @@ def _calibration_prompts(args: argparse.Namespace, router: Router
                          f"ir3de stats counted for expert NAME), not {len(args.data)} files")
     if args.format is not None:
         raise IR3DEError("--format applies to NAME=CORPUS items; a file of prompts is JSONL")
+    try:
+        kind = infer_format(Path(args.data[0]))
+    except IR3DEError:
+        kind = "jsonl"  # (read as JSONL under any other name: held.json, '-')
+    if kind != "jsonl":
+        # (it failed at its first line as "invalid JSON", without a word of the corpora)
+        raise IR3DEError(f"{args.data[0]}: a file of held-out prompts is JSONL; a corpus "
+                         f"({kind}) is given as NAME=CORPUS, its expert's name first")
     records = _jsonl_records(args.data[0], args.text_field or "text")
     if not records:
         raise IR3DEError(f"{args.data[0]} holds no records")
@@ -1596,6 +1624,9 @@ def _corpus_prompts(args: argparse.Namespace, router: Router, named: list[tuple[
     refuse_repeated_paths([path for _, path in named])
     for name, path in named:
         _require_expert(router, name, f"{name}={path}: the expert is")
+        if path == "-":  # (as stats refuses it; it was "-: no such file")
+            raise IR3DEError(f"{name}=-: standard input is not read as a corpus; save the "
+                             "corpus to a file and name it (a file named '-': ./-)")
         require_file(Path(path))
         if args.format is None:
             infer_format(Path(path))
@@ -1609,7 +1640,7 @@ def _corpus_prompts(args: argparse.Namespace, router: Router, named: list[tuple[
         read = [t for t in read_corpus(path, fmt=args.format,
                                        text_field=args.text_field or "text")
                 if not is_blank(t)]
-        ids = router.embedder.encode_batch(read, router.config.max_tokens)
+        ids = router.embedder.encode_batch(read, router.max_tokens)
         kept = [i for i, x in enumerate(ids) if x.size]
         if not kept:
             raise IR3DEError(f"{path}: no prompt with a token to route on")

@@ -156,16 +156,23 @@ def decode_lines(lines: Iterable[bytes], where: str) -> Iterator[str]:
     """Byte lines decoded as UTF-8; bytes that are not UTF-8 are an error naming
     ``where:line`` (what the local reader and the Ray engine's workers both say). A UTF-8
     byte-order mark at the very start (Windows editors write one) is dropped: JSON would
-    refuse the line and plain text would count it as a token; elsewhere it is text."""
+    refuse the line and plain text would count it as a token; elsewhere it is text. A NUL
+    byte, which no text file holds, is an error too: UTF-16 without a byte-order mark is
+    valid UTF-8, every other byte NUL (counted as text, "W\\x00h\\x00a\\x00t")."""
     for lineno, raw in enumerate(lines, 1):
         if lineno == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         try:
-            yield raw.decode("utf-8")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise IR3DEError(f"{where}:{lineno}: not valid UTF-8 (byte "
                              f"0x{raw[exc.start]:02x} at column {exc.start + 1}); "
                              "is the file compressed or in another encoding?") from None
+        nul = raw.find(b"\x00")
+        if nul >= 0:
+            raise IR3DEError(f"{where}:{lineno}: holds a NUL byte (column {nul + 1}), which "
+                             "no text file holds; is the file UTF-16 or binary?")
+        yield line
 
 
 def read_jsonl(path: str | os.PathLike[str], *, text_field: str | None = None) -> Iterator[dict]:
@@ -310,8 +317,33 @@ def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
         kind = kind.value_type
     if not any(is_text(kind) for is_text in _arrow_text_types(pa)):
         raise IR3DEError(f"{name}: column {text_field!r} is not a string column ({kind})")
-    for batch in pf.iter_batches(columns=[text_field]):
-        yield from (t for t in batch.column(0).to_pylist() if t is not None)
+    rows = 0
+    batches = pf.iter_batches(columns=[text_field])
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowInvalid, OSError) as exc:  # (damaged pages; a dictionary's bad UTF-8)
+            raise IR3DEError(f"{name}: column {text_field!r} cannot be read after row {rows} "
+                             f"({exc})") from None
+        if batch is None:
+            return
+        try:
+            texts = batch.column(0).to_pylist()
+        except UnicodeDecodeError:  # (a writer that does not check its strings' bytes)
+            # the row, found only on failure, so reading pays nothing for it
+            values = batch.column(0).cast(pa.large_binary()).to_pylist()
+            for row, value in enumerate(values):
+                try:
+                    if value is not None:
+                        value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise IR3DEError(
+                        f"{name}: row {rows + row + 1}: column {text_field!r} is not valid "
+                        f"UTF-8 (byte {value[exc.start]:#04x} at byte {exc.start + 1}); is "
+                        "the file in another encoding?") from None
+            raise
+        rows += len(texts)
+        yield from (t for t in texts if t is not None)
 
 
 def read_records(path: str | os.PathLike[str], seen: dict[str, str] | None = None, *,

@@ -56,7 +56,6 @@ from .data import (
 )
 from .embedding import DEFAULT_MAX_TOKENS, Embedder, load_embedder
 from .errors import (
-    EmptyInputError,
     FingerprintMismatchError,
     IR3DEError,
     refuse_lone_text,
@@ -68,6 +67,7 @@ from .statistics import (
     TokenCounts,
     _max_tokens,
     _tfidf_buckets,
+    empty_corpus,
     stats_from_counts,
     sum_pairs,
     token_counts,
@@ -518,8 +518,7 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
             if started:
                 ray.shutdown()
     if counts.sum() == 0:
-        raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
-                              f"({n_prompts} prompt(s) read; blank ones are skipped)")
+        raise empty_corpus(domain)
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
                              max_tokens=max_tokens, doc_counts=doc_counts,
                              pairs=sum_pairs(np.concatenate(keys), np.concatenate(pair_counts)),

@@ -41,6 +41,7 @@ from tokenizers import Tokenizer
 from .errors import (
     FingerprintMismatchError,
     IR3DEError,
+    is_blank,
     refuse_lone_text,
     require_file,
     told_apart,
@@ -238,7 +239,9 @@ class Embedder:
         sequence (a batch of it, its non-blank texts).
 
         Special tokens are dropped even when they occur literally in the text
-        (``"</s>"``), so they can never be counted or vote. A text longer than
+        (``"</s>"``), so they can never be counted or vote; a text that is blank once
+        they are gone (``"<s>\\n"``) gets no ids, as a blank text has nothing to route
+        on (its white-space tokens were routed with confidence 0.98). A text longer than
         ``(max_tokens + 64) *`` the longest vocabulary entry (17,408 characters for
         WordLlama at the default cap) is tokenised from a prefix that gives the same
         first ``max_tokens`` ids (see :meth:`_cut`), so its cost does not grow with its
@@ -256,6 +259,8 @@ class Embedder:
         try:
             for i, text in enumerate(texts):
                 if len(text) > limit:
+                    if not isinstance(text, str):  # (a long list: named below)
+                        raise TypeError("not a string")
                     if cuts is None:
                         cuts, prefixes = {}, list(texts)
                     cuts[i] = self._cut(text, limit)
@@ -286,16 +291,41 @@ class Embedder:
             raise
         out = []
         special = self._special
-        for seq in raw:
+        held: list[int] = []  # the texts that held special tokens (their first prefix's)
+        for i, seq in enumerate(raw):
             ids = np.asarray(seq, dtype=np.int32)
-            ids = ids[~special[ids]]
+            dropped = special[ids]
+            if dropped.any():
+                held.append(i)
+                ids = ids[~dropped]
             out.append(ids[:max_tokens])
         if cuts is not None:
             for i, (cut, exact) in cuts.items():
                 kept = np.count_nonzero(~special[np.asarray(raw[i], dtype=np.int32)])
                 if kept < (max_tokens if exact else max_tokens + self._cut_margin):
                     out[i] = self._encode_longer(texts[i], cut, max_tokens)
+        for i in {*held, *(cuts or ())}:
+            if out[i].size and self._blank_without_specials(texts[i]):
+                out[i] = out[i][:0]
         return out
+
+    def _blank_without_specials(self, text: str) -> bool:
+        """Whether ``text`` is blank (:func:`~ir3de.errors.is_blank`) once its special
+        tokens are taken out; stops at the first visible character that is none."""
+        start = 0
+        for match in self._special_re.finditer(text):
+            if not is_blank(text[start:match.start()]):
+                return False
+            start = match.end()
+        return is_blank(text[start:])
+
+    @functools.cached_property
+    def _special_re(self) -> re.Pattern[str]:
+        """The special tokens' texts, as the tokenizer finds them in a text (longest
+        first); a pattern that never matches when there are none."""
+        texts = sorted({tok.content for tok in self.tokenizer.get_added_tokens_decoder()
+                        .values() if tok.special and tok.content}, key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, texts)) or "(?!)")
 
     def _encode_longer(self, text: str, cut: int, max_tokens: int) -> np.ndarray:
         """Capped ids of a text whose first prefix came out with too few ids.
@@ -474,7 +504,7 @@ class Embedder:
             unk = self.tokenizer.id_to_token(self._unk_id)
             return (f"the tokenizer of {self.name} does not know its characters or words: "
                     f"they become {unk}, which carries no routing signal")
-        return "empty or only special tokens"
+        return "empty, or only special tokens and white space"
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Embeddings of ``ids`` as float64, shape ``(len(ids), h)``."""

@@ -22,6 +22,7 @@ old or on the new router, and two changes never overwrite each other.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -165,7 +166,10 @@ UNSEEN: tuple[str, ...] = ("auto", "score", "ignore")
 class RouterConfig:
     """Router settings. ``model`` and its parameters change the per-token table; ``k``,
     ``selector`` and ``max_tokens`` act at routing time (``max_tokens`` also caps what
-    :meth:`Router.fit` counts of each text).
+    :meth:`Router.fit` counts of each text). ``max_tokens`` None (the default) is the cap
+    the statistics were counted with (:meth:`Router.fit`: 1024), as ``ir3de build`` and
+    the gateway take it: a router then reads as much of a prompt as its experts' counts
+    did, and a fitted router's config holds that number.
 
     ``model`` is how the per-token table is solved from the statistics:
 
@@ -228,7 +232,7 @@ class RouterConfig:
     balance: bool = True
     normalize: bool = True
     regularize_bias: bool = True
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = None
     identity: float | Literal["auto"] | None = "auto"
     tfidf: float | None = None
 
@@ -239,6 +243,11 @@ class RouterConfig:
             value = getattr(self, f.name)
             if isinstance(value, (np.integer, np.floating, np.bool_)):
                 object.__setattr__(self, f.name, value.item())
+            elif f.name in _REAL_SETTINGS and type(value) is int and abs(value) > _INT64_MAX:
+                # numpy takes such an int (a router file's "alpha": 2**70) for an object, not
+                # a number: the solver's checks failed with a TypeError; as a float it is one
+                with contextlib.suppress(OverflowError):  # (past a float: refused below)
+                    object.__setattr__(self, f.name, float(value))
         for name in ("balance", "normalize", "regularize_bias"):
             # bool("False") and bool(2) are True: anything but a bool is a mistake
             if not isinstance(getattr(self, name), bool):
@@ -288,8 +297,9 @@ class RouterConfig:
         if self.selector not in SELECTORS:
             raise IR3DEError(f"unknown selector {self.selector!r}; "
                              f"choose one of {', '.join(SELECTORS)}")
-        if not _positive_int(self.max_tokens):
-            raise IR3DEError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.max_tokens is not None and not _positive_int(self.max_tokens):
+            raise IR3DEError(f"max_tokens must be a positive integer or None, got "
+                             f"{self.max_tokens!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RouterConfig:
@@ -455,9 +465,23 @@ def _configure(config: object, settings: Mapping[str, Any]) -> RouterConfig:
     return base.with_settings(**settings)
 
 
+def _cap(config: RouterConfig) -> int:
+    """How many tokens of a prompt an unfitted router's ``config`` reads (a fitted one's
+    holds its number: :func:`_counted_cap`)."""
+    return DEFAULT_MAX_TOKENS if config.max_tokens is None else config.max_tokens
+
+
+def _counted_cap(config: RouterConfig, stats: Mapping[str, DomainStats]) -> RouterConfig:
+    """``config`` with ``max_tokens`` None made the cap ``stats`` were counted with (one
+    cap for all: :func:`~ir3de.statistics.check_same_max_tokens`)."""
+    if config.max_tokens is not None or not stats:
+        return config
+    return replace(config, max_tokens=next(iter(stats.values())).max_tokens)
+
+
 def _finite_number(value: Any) -> bool:
     """A finite real number (not a bool, which Python counts as an int; nor an int too large
-    for a float, which numpy's isfinite cannot take)."""
+    for a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -472,6 +496,9 @@ def _positive_number(value: Any) -> bool:
 
 
 _INT64_MAX = 2**63 - 1
+# The settings that are real numbers (or a word, or None), as the solver reads them.
+_REAL_SETTINGS = frozenset({"alpha", "pairs", "skips", "spelling", "spelling_prior", "lam",
+                            "identity", "tfidf"})
 
 
 def _positive_int(value: Any) -> bool:
@@ -657,6 +684,13 @@ class Router:
         state = self._state
         return state.config if state is not None else self._config
 
+    @property
+    def max_tokens(self) -> int:
+        """How many tokens of a prompt the router reads: ``config.max_tokens``, which a
+        fitted router holds as a number (None: the cap its statistics were counted with;
+        unfitted, the 1024 :meth:`fit` counts)."""
+        return _cap(self.config)
+
     def __repr__(self) -> str:
         """The embedder, the settings that differ from the default and the experts, as
         scikit-learn shows estimators.
@@ -664,11 +698,13 @@ class Router:
         >>> Router(selector="avg")
         Router(embedder='wordllama-l2_supercat-256', selector='avg', experts=None)
         """
-        default = RouterConfig()
+        state = self._state
+        # (a fitted router's cap, the statistics' own, is what the default stands for)
+        default = RouterConfig() if state is None else _counted_cap(RouterConfig(), state.stats)
         changed = "".join(f", {f.name}={getattr(self.config, f.name)!r}"
                           for f in fields(RouterConfig)
                           if getattr(self.config, f.name) != getattr(default, f.name))
-        experts = list(self._state.experts) if self._state is not None else None
+        experts = list(state.experts) if state is not None else None
         return f"Router(embedder={self.embedder.name!r}{changed}, experts={experts!r})"
 
     # ----------------------------------------------------------------- fitting
@@ -711,7 +747,7 @@ class Router:
             where.setdefault(domain, []).append(i)
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
-                          max_tokens=self.config.max_tokens, progress=progress,
+                          max_tokens=_cap(self.config), progress=progress,
                           tfidf_buckets=self.config.tfidf_buckets,
                           skip_pairs=self.config.skip_pairs)
             for domain, group in sorted(groups.items())])
@@ -784,6 +820,7 @@ class Router:
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
+        config = _counted_cap(config, stats)
         if config.model == "nb":
             used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
             if used.spelling_prior is not None:
@@ -819,7 +856,8 @@ class Router:
             tfidf = None
             if config.tfidf is not None:
                 parts = _require_tfidf(stats, experts)
-                W, idf = solve_tfidf(parts, [stats[n].n_prompts for n in experts])
+                W, idf = solve_tfidf(parts, [stats[n].n_prompts for n in experts],
+                                     names=experts)
                 with np.errstate(over="ignore", invalid="ignore"):  # (refused just below)
                     tfidf = TfidfScores.build(W, idf, L.shape[0], config.tfidf)
                 for table in (tfidf.rows, tfidf.bias):
@@ -977,7 +1015,7 @@ class Router:
                 if resolve:
                     self._state = self._solve(state.experts, state.stats, config)
                 elif config != current:
-                    self._state = replace(state, config=config)
+                    self._state = replace(state, config=_counted_cap(config, state.stats))
             self._config = config
             self.embedder = embedder
         return self
@@ -1117,10 +1155,10 @@ class Router:
             if not isinstance(against, str) or against not in state.stats:
                 raise unknown_expert(against, state.experts)
         if token_ids is None:
-            ids = self._encode(_prompts(prompts), max_tokens=config.max_tokens)
+            ids = self._encode(_prompts(prompts), max_tokens=_cap(config))
         else:
             ids = self._checked_ids(_texts(prompts, "prompts", "prompt"), token_ids,
-                                    config.max_tokens)
+                                    _cap(config))
         sel = select(ids, state.table, selector=config.selector, k=config.k)
         experts = state.experts
         other = None if against is None else experts.index(against)
@@ -1173,7 +1211,7 @@ class Router:
         :meth:`encode` gives for ``prompts`` (an id outside the vocabulary would index
         another token's row, or fail deep in numpy; more ids than the cap, or special
         ids, are what encode never gives)."""
-        ids = list(token_ids)
+        ids = list(token_ids)  # (as int32 once checked: see below)
         if len(ids) != len(prompts):
             raise IR3DEError(f"{len(ids)} token-id arrays for {len(prompts)} prompts")
         vocab = self.embedder.vocab_size
@@ -1196,7 +1234,8 @@ class Router:
                 raise IR3DEError(f"token ids #{i}: special token id(s) "
                                  f"{sorted(set(x[np.isin(x, special)].tolist()))}, which "
                                  "Router.encode drops")
-        return ids
+        # encode's type: numpy joins uint64 and int32 arrays as float64, which cannot index
+        return [x.astype(np.int32, copy=False) for x in ids]
 
     def encode(self, prompts: Iterable[str]) -> list[npt.NDArray[np.int32]]:
         """Each prompt's token ids as routing reads them (capped at ``max_tokens``,
@@ -1207,13 +1246,14 @@ class Router:
             >>> [x.size for x in router.encode(["What is 17 * 23?"])]  # doctest: +SKIP
             [10]
         """
-        return self._encode(_prompts(prompts), max_tokens=self.config.max_tokens)
+        return self._encode(_prompts(prompts), max_tokens=_cap(self.config))
 
     def _encode(self, prompts: list[str], first: int = 0, *,
                 max_tokens: int) -> list[np.ndarray]:
         """:meth:`encode` of checked, non-blank ``prompts`` capped at ``max_tokens``
         (the caller's settings, read once), numbered from ``first`` in its errors."""
-        ids = self.embedder.encode_batch(prompts, max_tokens)
+        ids = self.embedder.encode_batch(prompts, max_tokens,
+                                         positions=range(first, first + len(prompts)))
         for i, x in enumerate(ids):
             if not x.size:  # said here, where the text is at hand to tell why
                 raise EmptyInputError(f"prompt #{first + i} has no token to route on "
@@ -1262,7 +1302,7 @@ class Router:
         config = state.config
         texts = _prompts(prompts)
         selections = [select(self._encode(texts[start:start + _BATCH], start,
-                                          max_tokens=config.max_tokens), state.table,
+                                          max_tokens=_cap(config)), state.table,
                              selector=config.selector, k=config.k)
                       for start in range(0, max(len(texts), 1), _BATCH)]
         return state.experts, selections

@@ -55,7 +55,7 @@ from .errors import (
     require_path,
     told_apart,
 )
-from .store import check_finite, read_safetensors, write_safetensors
+from .store import STATS_DEPTH, check_finite, read_safetensors, write_safetensors
 from .tfidf import (
     MAX_BUCKETS,
     MAX_PROMPTS,
@@ -293,6 +293,12 @@ class DomainStats:
         if self.n_tokens < 0 or self.n_prompts < 0:
             raise StatsFormatError(f"{self.source}: negative counts "
                                    f"({self.n_tokens} tokens, {self.n_prompts} prompts)")
+        # Each prompt counts at most max_tokens tokens: a file whose cap is smaller than its
+        # counts allow (tampered, or edited) would route with that cap (build takes it).
+        if self.n_tokens > self.n_prompts * self.max_tokens:
+            raise StatsFormatError(f"{self.source}: {self.n_tokens} tokens cannot come from "
+                                   f"{self.n_prompts} prompts of at most {self.max_tokens} "
+                                   "tokens each (max_tokens)")
         # The loader refuses more (meta_int): refused here too, a sum of two files that load
         # could otherwise be saved as one that does not.
         if max(self.n_tokens, self.n_prompts) > _META_INT_MAX:
@@ -786,13 +792,13 @@ class DomainStats:
             tensors["pair_keys"], tensors["pair_counts"] = self.pairs
         if self.tfidf is not None:
             tensors.update(zip(_TFIDF_TENSORS, self.tfidf, strict=True))
-        write_safetensors(path, tensors, meta, overwrite=overwrite)
+        write_safetensors(path, tensors, meta, overwrite=overwrite, depth=STATS_DEPTH)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DomainStats:
         """Read and validate a statistics file (shapes, finiteness, counts, format)."""
         require_path(path, "DomainStats.load")
-        tensors, meta = read_safetensors(path)
+        tensors, meta = read_safetensors(path, depth=STATS_DEPTH)
         where = str(path)
         if meta.get("format") != STATS_FORMAT:
             raise StatsFormatError(f"{where}: not an ir3de statistics file "
@@ -1351,11 +1357,18 @@ def compute_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,
         embedder, texts, max_tokens=max_tokens, progress=progress, desc=f"counting {domain}",
         positions=positions, tfidf_buckets=tfidf_buckets, skip_pairs=skip_pairs)
     if counts.sum() == 0:
-        raise EmptyInputError(f"domain {domain!r}: the corpus holds no countable token "
-                              f"({n_prompts} prompt(s) read; blank ones are skipped)")
+        raise empty_corpus(domain)
     return stats_from_counts(embedder, counts, domain=domain, n_prompts=n_prompts,
                              max_tokens=max_tokens, doc_counts=doc_counts, pairs=pairs,
                              tfidf=tfidf)
+
+
+def empty_corpus(domain: str) -> EmptyInputError:
+    """The error of a corpus that holds no countable token (the local and Ray engines')."""
+    # (it used to say "0 prompt(s) read" of a file of three "<s>" records: none is counted)
+    return EmptyInputError(f"domain {domain!r}: the corpus holds no countable token (blank "
+                           "prompts, and prompts of only special tokens and white space, "
+                           "are skipped)")
 
 
 def streaming_stats(embedder: EmbedderLike, texts: Iterable[str], *, domain: str,

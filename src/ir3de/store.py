@@ -67,6 +67,10 @@ _READ_DTYPES = ("F64", "F32", "F16", "I64", "I32", "I16", "I8", "U64", "U32", "U
 # which json.loads raises RecursionError) would be read, and then fail with a RecursionError
 # wherever it is written out again (a router saving an expert's signature or recipe).
 _MAX_DEPTH = 64
+# A router holds each expert's statistics metadata (its embedder recipe, its signature) two
+# levels deeper than a statistics file does (meta → experts → [i]): statistics nest two
+# levels less, so that every router made of them can be read again.
+STATS_DEPTH = _MAX_DEPTH - 2
 
 # The longest file name (bytes) where the file system does not say (os.pathconf), and
 # what mkstemp adds to a temporary file's prefix: 8 random characters, then the suffix.
@@ -316,20 +320,28 @@ def check_finite(name: str, array: np.ndarray, source: str) -> None:
 
 def write_safetensors(
     path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any],
-    *, overwrite: bool = True,
+    *, overwrite: bool = True, depth: int = _MAX_DEPTH,
 ) -> None:
     """Save ``tensors`` with ``meta`` (JSON) in the header, atomically (``overwrite``: see
-    :func:`atomic_write_bytes`)."""
+    :func:`atomic_write_bytes`). ``meta`` nested more than ``depth`` levels deep is
+    refused: :func:`read_safetensors` would refuse the file (a router of an expert whose
+    recipe nested deeply replaced a good router with one no command could load)."""
+    if _nests_deeper(meta, depth):
+        raise StatsFormatError(f"{path}: not written: its metadata would nest more than "
+                               f"{depth} levels deep, which ir3de does not read (an embedder "
+                               "recipe or signature nested that deeply)")
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     data = _st_save(contiguous, metadata={"ir3de": json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(path, data, overwrite=overwrite)
 
 
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load every tensor of an ir3de safetensors file and its JSON metadata.
+def read_safetensors(path: str | os.PathLike[str], *, depth: int = _MAX_DEPTH,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load every tensor of an ir3de safetensors file and its JSON metadata (nested at most
+    ``depth`` levels deep).
 
-    Raises :class:`StatsFormatError` for a missing, truncated, corrupt or foreign file,
-    and for a tensor of a dtype ir3de does not read (:data:`_READ_DTYPES`).
+    Raises :class:`StatsFormatError` for a missing, unreadable, truncated, corrupt or
+    foreign file, and for a tensor of a dtype ir3de does not read (:data:`_READ_DTYPES`).
     """
     path = Path(path)
     require_file(path, StatsFormatError)
@@ -341,6 +353,11 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
             refused = [name for name, dtype in dtypes.items() if dtype not in _READ_DTYPES]
             tensors = {} if refused else {name: fh.get_tensor(name) for name in dtypes}
     except (SafetensorError, OSError, ValueError) as exc:
+        try:  # safetensors says "No such file or directory" of a file it may not read
+            path.open("rb").close()
+        except OSError as cause:
+            raise StatsFormatError(f"{path}: cannot be read ({cause.strerror or cause})"
+                                   ) from None
         raise StatsFormatError(f"{path}: not a readable safetensors file ({exc})") from None
     if refused:
         raise StatsFormatError(
@@ -349,13 +366,13 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
             "as integers (I64, I32, I16, I8, U64, U32, U16 or U8)")
     if "ir3de" not in header:
         raise StatsFormatError(f"{path}: safetensors file without ir3de metadata")
-    meta = _parse_json(header["ir3de"], path, "ir3de metadata")
+    meta = _parse_json(header["ir3de"], path, "ir3de metadata", depth)
     if not isinstance(meta, dict):
         raise StatsFormatError(f"{path}: ir3de metadata is not a JSON object")
     return tensors, meta
 
 
-def _parse_json(raw: str | bytes, path: Path, what: str) -> Any:
+def _parse_json(raw: str | bytes, path: Path, what: str, depth: int = _MAX_DEPTH) -> Any:
     """``raw`` parsed as JSON, else :class:`StatsFormatError` "PATH: corrupt WHAT (why)".
     Beyond malformed JSON, json.loads raises RecursionError for nesting past about 1,000
     levels and a bare ValueError for an integer of more than 4,300 digits (by default:
@@ -372,9 +389,9 @@ def _parse_json(raw: str | bytes, path: Path, what: str) -> Any:
         reason = ("an integer too long to read, of more than "
                   f"{sys.get_int_max_str_digits()} digits")
     else:
-        if not _nests_deeper(value, _MAX_DEPTH):
+        if not _nests_deeper(value, depth):
             return value
-        reason = f"JSON nested more than {_MAX_DEPTH} levels deep"
+        reason = f"JSON nested more than {depth} levels deep"
     raise StatsFormatError(f"{path}: corrupt {what} ({reason})")
 
 

@@ -196,10 +196,14 @@ def gram_entry(counts: TfidfCounts, i: int, j: int) -> int:
 
 
 def solve_tfidf(parts: Sequence[TfidfCounts], n_prompts: Sequence[int], *,
-                lam: float = TFIDF_LAMBDA) -> tuple[np.ndarray, np.ndarray]:
+                lam: float = TFIDF_LAMBDA,
+                names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The balanced ridge over the experts' statistics ``parts`` (one per expert, in column
     order; ``n_prompts`` their prompt counts): ``(W, idf)``, ``W`` (B + 1, D) the weights on
     ``f = [idf ∘ g, 1]`` and ``idf`` (B,) the buckets' inverse document frequencies.
+    ``names``, the experts' names, orders the floating-point sums (sorted by name, as
+    :func:`~ir3de.solver.design` sums): an expert removed and added back, or files given
+    in another order, then give the same bits.
 
     Only the buckets some fit prompt touches enter the solve: an untouched bucket's row and
     column of ``G`` are zero, so its equation is ``λ w = 0`` on its own and its weights are
@@ -214,7 +218,12 @@ def solve_tfidf(parts: Sequence[TfidfCounts], n_prompts: Sequence[int], *,
     where[active] = np.arange(n)
     flat = np.zeros(n * n)
     rhs = np.zeros((n, len(parts)))
-    for d, (part, size) in enumerate(zip(parts, n_prompts, strict=True)):
+    if len(n_prompts) != len(parts):
+        raise ValueError("one prompt count per part")
+    order = range(len(parts)) if names is None else sorted(range(len(parts)),
+                                                           key=list(names).__getitem__)
+    for d in order:
+        part, size = parts[d], n_prompts[d]
         i, j = where[part.keys // (B + 1)], where[part.keys % (B + 1)]
         # keys are distinct: each entry lands on its own cell (upper triangle, i ≤ j)
         flat[i * n + j] += part.values / UNIT / size
