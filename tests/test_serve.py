@@ -1131,7 +1131,7 @@ def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, t
     state = tmp_path / "state"
     write = ir3de.store.atomic_write_text
 
-    def failing(path, text) -> None:
+    def failing(path, text, **_) -> None:
         raise OSError(28, "No space left on device")
 
     def add_law(client: TestClient) -> httpx.Response:
@@ -1164,6 +1164,10 @@ def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, t
         listed = client.get("/admin/experts", headers=_admin()).json()
         assert [e["name"] for e in listed["experts"]] == ["math", "coding", "law"]
     assert sorted(p.name for p in state.iterdir()) == ["experts.json", "router.safetensors"]
+    # private to the gateway's user: endpoints may hold credentials in their URLs, which
+    # experts.json kept world-readable (0644 in a 0755 folder)
+    assert (state.stat().st_mode & 0o777, (state / "experts.json").stat().st_mode & 0o777) \
+        == (0o700, 0o600)
 
 
 def test_a_change_cut_by_a_crash_is_undone_at_restart(stats_files, upstreams, tmp_path,
@@ -1903,19 +1907,29 @@ def test_no_openapi_schema_nor_upstream_account(gateway: Proc) -> None:
     assert "openai-organization" not in r.headers and "openai-project" not in r.headers
 
 
-def test_admin_token_scheme_any_case_and_utf8_token(stats_files, upstreams, tmp_path) -> None:
+def test_admin_token_scheme_any_case_and_utf8_token(stats_files, upstreams, tmp_path,
+                                                    monkeypatch, capsys) -> None:
     """The scheme was matched case-sensitively (client keys took any case), and a non-ASCII
-    token could never match (header bytes decoded as Latin-1, token encoded as UTF-8)."""
+    token could never match (header bytes decoded as Latin-1, token encoded as UTF-8). A
+    token with a trailing newline (a secret made from a file) locked the admin API without
+    a word: no header carries it; it is stripped now, as client keys are."""
     token = "s3cret-ädmin"
-    gw = _gateway(_config(tmp_path, stats_files, upstreams), token=token)
+    gw = _gateway(_config(tmp_path, stats_files, upstreams), token=f" {token}\n")
     try:
-        raw = {"authorization": b"bearer " + token.encode()}
-        assert httpx.get(gw.url + "/admin/experts", headers=raw).status_code == 200
+        for raw in (b"bearer " + token.encode(), b"Bearer\t" + token.encode()):
+            r = httpx.get(gw.url + "/admin/experts", headers={"authorization": raw})
+            assert r.status_code == 200, raw
         for wrong in (b"Bearer " + token[:-1].encode(), b"Basic " + token.encode(), b"Bearer"):
             r = httpx.get(gw.url + "/admin/experts", headers={"authorization": wrong})
             assert r.status_code == 401, wrong
     finally:
         gw.stop()
+    # a space or control character inside: no client could send it, so the gateway stops
+    monkeypatch.setenv("IR3DE_ADMIN_TOKEN", "two words")
+    assert main(["serve", "--config", str(_config(tmp_path, stats_files, upstreams))]) == 1
+    assert capsys.readouterr().err == (
+        "ir3de: error: admin_token_env: IR3DE_ADMIN_TOKEN holds a space or a control "
+        "character inside the token, which an 'Authorization: Bearer' header cannot carry\n")
 
 
 def test_sdk_stream_null_is_not_streaming(sdk) -> None:
@@ -3729,6 +3743,53 @@ def test_a_request_head_not_sent_within_keep_alive_seconds_closes_the_connection
         r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
                        json=_chat(MATH, model="math", hang=2))
         assert r.status_code == 200, r.text
+        # A body has keep_alive_seconds for each next piece: one that never came held its
+        # connection for ever (and the gateway's stop); a slow one that keeps coming is read.
+        body = json.dumps(_chat(MATH)).encode()
+        start = time.monotonic()
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                         % len(body) + body[:1])
+            assert sock.recv(1024) == b""  # closed, no answer (logged as a 499)
+        assert time.monotonic() - start < 3
+        assert _wait_for(lambda: _access_log(gw)[-1]["status"] == 499)
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                         % len(body))
+            for i in range(0, len(body), len(body) // 4 + 1):  # 0.6 s apart: 2.4 s in all
+                time.sleep(0.6)
+                sock.sendall(body[i:i + len(body) // 4 + 1])
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    finally:
+        gw.stop()
+
+
+def test_a_stream_its_client_stopped_reading_is_cut(stats_files, upstreams, tmp_path: Path
+                                                    ) -> None:
+    """A client that stopped reading a stream held the expert's generation and a pooled
+    upstream connection for ever (back-pressure, with no deadline on the client): with
+    max_connections of them every other request got a 503. Now the connection is dropped
+    once the client has taken nothing for keep_alive_seconds, and the expert let go."""
+    gw = _gateway(_config(tmp_path, stats_files, upstreams, keep_alive_seconds=1))
+    tag = f"unread-{time.monotonic_ns()}"
+    body = json.dumps(_chat(MATH, stream=True, chunks=100, tag=tag, pad=4_000_000)).encode()
+    state = upstreams["math"].url + f"/streams/{tag}"
+    try:
+        with socket.socket() as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up at once
+            raw.connect(("127.0.0.1", gw.port))
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                        b"content-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n" % len(body) + body)
+            assert _wait_for(lambda: httpx.get(state).json()["state"] == "open")
+            start = time.monotonic()
+            # never read: the expert is let go all the same (100 chunks take 20 s)
+            assert _wait_for(lambda: httpx.get(state).json()["state"] == "disconnected", 6)
+            assert time.monotonic() - start < 6
+        assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gw.url + "/metrics").text)
+        assert _wait_for(lambda: _access_log(gw)[-1]["complete"] is False)
     finally:
         gw.stop()
 
@@ -4211,9 +4272,15 @@ def test_counts_and_seconds_may_be_written_in_exponent_notation(tmp_path: Path) 
     # domain instead, without a word
     ("", "invalid expert name '': it must be non-empty, without surrounding whitespace"),
     # added, then no client could remove or look it up: they resolve the segment away
-    ("..", "invalid expert name '..': clients resolve it away in a URL path, so no request "
-           "could name the expert; choose another"),
-    (".", "invalid expert name '.': clients resolve it away"),
+    ("..", "invalid expert name '..': clients resolve its '.' or '..' segment away in a URL "
+           "path, so no request could name the expert; choose another"),
+    (".", "invalid expert name '.': clients resolve its '.' or '..' segment away"),
+    # as a segment too: DELETE /admin/experts/../x reached DELETE /admin/x
+    ("../x", "invalid expert name '../x': clients resolve its '.' or '..' segment away"),
+    ("a/./b", "invalid expert name 'a/./b': clients resolve its"),
+    # a name of 150,000 characters was added, then every answer naming it was refused by
+    # its clients (a 150 kB header) and no DELETE could reach it
+    ("x" * 257, "invalid expert name of 257 characters: at most 256"),
     # its 4xx counts would have merged with the gateway's own
     ("(gateway)", "expert name '(gateway)' is the label of the gateway's own answers in its "
                   "metrics"),

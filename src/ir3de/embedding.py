@@ -131,13 +131,20 @@ class Embedder:
                              f"numbers (or bfloat16 bits as uint16), got {table.dtype}")
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        except BaseException as exc:  # tokenizers raises a bare Exception on bad JSON
+            # and, on a file its Rust code trips over, a PanicException (a BaseException)
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
             raise IR3DEError(f"{tokenizer_path}: not a Hugging Face tokenizer.json "
                              f"({exc})") from None
-        # Padding and truncation would add pad ids or cut prompts behind our back.
+        # Padding and truncation would add pad ids or cut prompts behind our back, and BPE
+        # dropout would draw other ids at every call (statistics, routes, decisions).
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        if getattr(tokenizer.model, "dropout", None):
+            tokenizer.model.dropout = None
         config = json.loads(Path(tokenizer_path).read_text(encoding="utf-8"))
+        _check_unknown_token(tokenizer, config, tokenizer_path)
         # The largest id, not the number of entries: a vocabulary whose ids leave gaps
         # ({"hello": 1, "world": 3000}) passed a count check and every prompt holding the
         # id past the table then failed with an IndexError.
@@ -168,8 +175,14 @@ class Embedder:
         self._space_id = tokenizer.token_to_id("▁")
         # The id of what the tokenizer does not know ([UNK]): it is usually a special token,
         # dropped like them, so a prompt of unknown words has no token; errors say why.
-        unk = (config.get("model") or {}).get("unk_token")
-        self._unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+        # (Unigram names it by id, the other models by its text.)
+        model_config = config.get("model") or {}
+        unk, unk_id = model_config.get("unk_token"), model_config.get("unk_id")
+        self._unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else \
+            unk_id if isinstance(unk_id, int) and not isinstance(unk_id, bool) else None
+        # Unigram segments a word as a whole (Viterbi): a cut into one can change its first
+        # ids, not only its last (see _cut)
+        self._whole_words = model_config.get("type") == "Unigram"
         self._piece_chars = _longest_piece(config)
         # WordPiece turns a word longer than max_input_chars_per_word into one [UNK]: a cut
         # into such a word leaves a fragment of at most that many characters, so at most
@@ -239,9 +252,9 @@ class Embedder:
         sequence (a batch of it, its non-blank texts).
 
         Special tokens are dropped even when they occur literally in the text
-        (``"</s>"``), so they can never be counted or vote; a text that is blank once
-        they are gone (``"<s>\\n"``) gets no ids, as a blank text has nothing to route
-        on (its white-space tokens were routed with confidence 0.98). A text longer than
+        (``"</s>"``), so they can never be counted or vote; a blank text gets no ids,
+        also one that is blank once they are gone (``"<s>\\n"``): it has nothing to
+        route on (its white-space tokens were routed with confidence 0.98). A text longer than
         ``(max_tokens + 64) *`` the longest vocabulary entry (17,408 characters for
         WordLlama at the default cap) is tokenised from a prefix that gives the same
         first ``max_tokens`` ids (see :meth:`_cut`), so its cost does not grow with its
@@ -304,9 +317,11 @@ class Embedder:
                 kept = np.count_nonzero(~special[np.asarray(raw[i], dtype=np.int32)])
                 if kept < (max_tokens if exact else max_tokens + self._cut_margin):
                     out[i] = self._encode_longer(texts[i], cut, max_tokens)
-        for i in {*held, *(cuts or ())}:
-            if out[i].size and self._blank_without_specials(texts[i]):
-                out[i] = out[i][:0]
+        checked = {*held, *(cuts or ())}  # (the others hold no special token: is_blank,
+        for i, ids in enumerate(out):      # which stops at the first visible character)
+            if ids.size and (self._blank_without_specials(texts[i]) if i in checked
+                             else is_blank(texts[i])):
+                out[i] = ids[:0]
         return out
 
     def _blank_without_specials(self, text: str) -> bool:
@@ -407,6 +422,8 @@ class Embedder:
                 match = before[-1] if before else None
             if match is not None and not self._added_spans(text, match.start()):
                 return match.start(), False
+            if self._whole_words:  # (the whole text: "ab" * 10000 had all 1024 ids wrong)
+                return n, True
             return start, False
         for i in itertools.chain(range(start, hi), range(start - 1, lo - 1, -1)):
             if rules.barrier(text, i) and not self._added_spans(text, i):
@@ -504,6 +521,8 @@ class Embedder:
             unk = self.tokenizer.id_to_token(self._unk_id)
             return (f"the tokenizer of {self.name} does not know its characters or words: "
                     f"they become {unk}, which carries no routing signal")
+        if not raw and not is_blank(text):
+            return f"the tokenizer of {self.name} removes every character of it (normalizer)"
         return "empty, or only special tokens and white space"
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -646,6 +665,21 @@ def _longest_piece(config: dict[str, Any]) -> int:
     return max(map(len, pieces), default=1) or 1
 
 
+def _check_unknown_token(tokenizer: Tokenizer, config: dict[str, Any], path: Path) -> None:
+    """Refuse a tokenizer whose unknown-word token is not in its vocabulary: it loaded, and
+    every prompt holding a word it does not know failed in encoding with a Rust error
+    ("Missing [UNK] token from the vocabulary")."""
+    model = config.get("model") or {}
+    unk, unk_id = model.get("unk_token"), model.get("unk_id")
+    if isinstance(unk, str) and tokenizer.token_to_id(unk) is None:
+        raise IR3DEError(f"{path}: the tokenizer's unk_token {unk!r} is not in its "
+                         "vocabulary: every prompt with a word it does not know would fail")
+    if isinstance(unk_id, int) and not isinstance(unk_id, bool) \
+            and not 0 <= unk_id < tokenizer.get_vocab_size(with_added_tokens=False):
+        raise IR3DEError(f"{path}: the tokenizer's unk_id {unk_id} is not an id of its "
+                         "vocabulary: every prompt with a word it does not know would fail")
+
+
 def _chunkable(config: dict[str, Any]) -> bool:
     """True for SentencePiece-style BPE tokenizers (Llama-2 and kin) whose encoding of a
     text is the concatenation of the encodings of its space-led chunks.
@@ -659,8 +693,10 @@ def _chunkable(config: dict[str, Any]) -> bool:
     steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else []
     expected = [{"type": "Prepend", "prepend": "▁"},
                 {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
-    if model.get("type") != "BPE" or model.get("dropout") or config.get("pre_tokenizer") \
-            or steps != expected:
+    # (ignore_merges takes a whole chunk found in the vocabulary as one id: a chunk's ids
+    # would then depend on what the cache learnt before)
+    if model.get("type") != "BPE" or model.get("dropout") or model.get("ignore_merges") \
+            or config.get("pre_tokenizer") or steps != expected:
         return False
     vocab = model.get("vocab") or {}
     return "▁" in vocab and not any(re.search("[^▁]▁", token) for token in vocab)

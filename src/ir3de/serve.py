@@ -1352,7 +1352,12 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
     from .store import atomic_write_text
 
     folder = Path(state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    # Private to the gateway's user: the endpoints hold URLs that may carry credentials
+    # (http://user:password@..., ?api-key=...), which the gateway's log redacts.
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def save_endpoints() -> None:
+        atomic_write_text(folder / _EXPERTS_FILE, endpoints(), mode=0o600)
 
     def endpoints() -> str:
         # allow_nan=False: a non-finite number would be written as NaN or Infinity, which
@@ -1364,7 +1369,7 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
                           indent=1, allow_nan=False)
 
     if not router:
-        atomic_write_text(folder / _EXPERTS_FILE, endpoints())
+        save_endpoints()
         return
     # Router first, endpoints second: both are atomic renames, and the endpoints file is
     # what names the experts a restarted gateway will serve. They go as a pair: should the
@@ -1384,7 +1389,7 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
             shutil.copy2(target, previous)
     try:
         state.router.save(target)
-        atomic_write_text(folder / _EXPERTS_FILE, endpoints())
+        save_endpoints()
     except BaseException:
         with contextlib.suppress(OSError):
             if had:
@@ -1397,6 +1402,10 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
+# The longest expert name the gateway takes (characters).
+_MAX_EXPERT_NAME = 256
+
+
 def _check_expert_name(name: str, gateway: str, *, legacy: bool = False) -> None:
     """An expert name must be a usable ``model``: not the gateway's own (which routes).
     ``legacy``: a name the admin API saved before stricter rules (domain_name_problem)."""
@@ -1408,11 +1417,17 @@ def _check_expert_name(name: str, gateway: str, *, legacy: bool = False) -> None
                          "choose another")
     if legacy:  # (such a name saved in the gateway's state still loads, to be removed)
         return
-    if name in (".", ".."):
-        # clients (curl, httpx, browsers) resolve the path segment away: /admin/experts/..
-        # and /v1/models/.. would never reach the expert
-        raise IR3DEError(f"invalid expert name {name!r}: clients resolve it away in a URL "
-                         "path, so no request could name the expert; choose another")
+    if any(part in (".", "..") for part in name.split("/")):
+        # clients (curl, httpx, browsers) resolve such a path segment away: /admin/experts/..
+        # and /v1/models/../x would never reach the expert
+        raise IR3DEError(f"invalid expert name {name!r}: clients resolve its '.' or '..' "
+                         "segment away in a URL path, so no request could name the expert; "
+                         "choose another")
+    if len(name) > _MAX_EXPERT_NAME:
+        # it travels in x-ir3de-expert and in URL paths: a name of 150,000 characters made
+        # answers no client would read and an expert no DELETE could reach
+        raise IR3DEError(f"invalid expert name of {len(name)} characters: at most "
+                         f"{_MAX_EXPERT_NAME}")
     if name == "(gateway)":
         raise IR3DEError("expert name '(gateway)' is the label of the gateway's own "
                          "answers in its metrics; choose another")
@@ -2306,9 +2321,16 @@ def create_app(config: Any) -> Any:
                           for v in _CLIENT_ENV if os.environ.get(v))
         raise IR3DEError(f"cannot make the HTTP client for the experts from the "
                          f"environment ({where}): {type(exc).__name__}: {exc}") from None
-    # An unset or empty token variable turns the admin API off.
-    admin_token = (os.environ.get(config.admin_token_env) or None) if config.admin_token_env \
-        else None
+    # An unset or blank token variable turns the admin API off. Surrounding whitespace is
+    # dropped, as from the client keys: a secret made from a file ends in a newline, which
+    # no Authorization header carries (the admin API was locked, every token refused).
+    raw_token = os.environ.get(config.admin_token_env) if config.admin_token_env else None
+    admin_token = raw_token.strip() if raw_token is not None and raw_token.strip() else None
+    if admin_token is not None and any(c.isspace() or c < " " or c == "\x7f"
+                                       for c in admin_token):
+        raise IR3DEError(f"admin_token_env: {config.admin_token_env} holds a space or a "
+                         "control character inside the token, which an 'Authorization: "
+                         "Bearer' header cannot carry")
     # (os.environ decodes with surrogateescape: this gives back the variable's own bytes)
     admin_digest = hashlib.sha256(admin_token.encode("utf-8", "surrogateescape")).digest() \
         if admin_token is not None else b""
@@ -3066,7 +3088,9 @@ def create_app(config: Any) -> Any:
         if admin_token is None:
             return _error(404, "the admin API is off (no admin token configured)",
                           code="admin_disabled")
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        # split as the client keys are: "Bearer<TAB>token" is one too
+        scheme, presented = [*request.headers.get("authorization", "").split(None, 1),
+                             "", ""][:2]
         # Digests compared in constant time, as for the client keys: the timing tells neither
         # how much of a guess matched nor the token's length. Starlette decodes header bytes
         # as Latin-1, so re-encoding that way gives back the bytes sent (a UTF-8 token too).
@@ -3412,17 +3436,26 @@ def _bind(host: str, port: int) -> list[Any]:
 
 
 def _head_deadline_protocol() -> type:
-    """uvicorn's h11 protocol with a deadline for every request's head (request line and
-    headers), keep_alive_seconds from when the connection opens or the previous response
-    ends. uvicorn times a connection out only once a response has ended: one that sent
-    nothing, or trickled its head a byte at a time, stayed open for ever, and a thousand
-    such held every file descriptor of a default ulimit (no request got through, and
-    asyncio logged each refused accept)."""
+    """uvicorn's h11 protocol with deadlines on what a client owes, keep_alive_seconds each:
+
+    * every request's head (request line and headers), from when the connection opens or
+      the previous response ends. uvicorn times a connection out only once a response has
+      ended: one that sent nothing, or trickled its head a byte at a time, stayed open for
+      ever, and a thousand such held every file descriptor of a default ulimit (no request
+      got through, and asyncio logged each refused accept);
+    * each next piece of a request's body (while the gateway reads it): a body that never
+      came held its connection for ever too, and kept SIGTERM from finishing;
+    * each next piece of its answer that a client takes once it has stopped reading (the
+      transport's buffer full): a stream nobody read held the expert's generation and a
+      pooled upstream connection for ever (max_connections of them: every request a 503).
+      The connection is dropped; the gateway sees the client gone (499 before the answer,
+      a stream ended early after it) and lets go of the expert."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _stall: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -3430,7 +3463,9 @@ def _head_deadline_protocol() -> type:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the head is in (or refused)
+            if self.conn.their_state is h11.SEND_BODY:
+                self._arm()  # the next piece of the body
+            elif self.conn.their_state is not h11.IDLE:  # the request is in (or refused)
                 self._disarm()
 
         def on_response_complete(self) -> None:
@@ -3438,8 +3473,27 @@ def _head_deadline_protocol() -> type:
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
                 self._arm()  # the next request's head
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = self.loop.call_later(self.timeout_keep_alive, self._drop)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+
+        def _drop(self) -> None:
+            # abort, not close: close would wait to send a buffer the client never reads
+            self._stall = None
+            self.transport.abort()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -3453,7 +3507,11 @@ def _head_deadline_protocol() -> type:
 
         def _expire(self) -> None:
             self._deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.SEND_BODY and self.flow.read_paused:
+                self._arm()  # the gateway is not reading the body: not the client's wait
+            elif self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
                 self.transport.close()
 
     return Protocol

@@ -216,7 +216,7 @@ def claim_folder(folder: str | os.PathLike[str], what: str) -> int:
     except ImportError:  # not POSIX (Windows): held open, but not claimed
         fcntl = None  # type: ignore[assignment]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # (see ir3de.serve._persist)
         # Windows cannot open a folder as a file: a file in it stands for it there.
         fd = os.open(folder, os.O_RDONLY) if fcntl is not None else \
             os.open(folder / ".ir3de-claim", os.O_RDWR | os.O_CREAT, 0o600)
@@ -306,9 +306,10 @@ def _exists(path: Path) -> OutputExistsError:
                              "written (--force, or overwrite=True, replaces it)")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, *,
+                      mode: int | None = None) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (``mode``: as :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def check_finite(name: str, array: np.ndarray, source: str) -> None:
