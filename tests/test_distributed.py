@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import socket
 import subprocess
@@ -352,6 +353,23 @@ def test_file_url_globs_expanded(cluster, emb: Embedder, tmp_path: Path) -> None
             ray_stats([f"{tmp_path.as_uri()}/{pattern}"], emb, domain="d", progress=False)
 
 
+def test_url_globs_match_and_name_files_by_their_decoded_names(tmp_path: Path) -> None:
+    """The URL's path is percent-encoded, the folder's listing is not: a match was pasted
+    into the URL undecoded, so "law%41.jsonl" was read as lawA.jsonl and "a b.parquet"
+    failed on a worker; an encoded pattern (a%20*) matched nothing."""
+    from ir3de.distributed import _expand, _read_file
+
+    for name, text in (("law%41.jsonl", "court"), ("lawA.jsonl", "sum"), ("a b.jsonl", "ab"),
+                       ("x*y.jsonl", "star")):
+        (tmp_path / name).write_text(json.dumps({"text": text}) + "\n")
+    base = tmp_path.as_uri()
+    (court,) = _expand([f"{base}/law%25*"])
+    assert court == f"{base}/law%2541.jsonl" and b"court" in _read_file(court, court)
+    assert _expand([f"{base}/a%20*"]) == _expand([f"{base}/a *"]) == [f"{base}/a%20b.jsonl"]
+    # an encoded * is a character of the name, the other one a wildcard
+    assert _expand([f"{base}/x%2A*"]) == [f"{base}/x%2Ay.jsonl"]
+
+
 def test_ray_failures_are_one_line(cluster, emb: Embedder, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from ir3de import distributed
@@ -378,10 +396,25 @@ def test_ray_failures_are_one_line(cluster, emb: Embedder, tmp_path: Path,
 def test_quiet_cli_run_prints_nothing(emb: Embedder, tmp_path: Path) -> None:
     # Ray started (and stopped) by the run itself, as `ir3de stats` does: neither its
     # token-authentication banner, nor its log lines, nor the progress-bar warning.
+    # Beside a stale ray_current_cluster file (`ray start` writes it, only `ray stop`
+    # removes it), which ray.init(address=None) joined: "cannot start Ray (…num_cpus…
+    # must not be provided)", or minutes of retries without --workers.
+    import shutil
+    import tempfile
+
     (tmp_path / "a.jsonl").write_text('{"text": "one two"}\n')
-    run = subprocess.run([sys.executable, "-m", "ir3de.cli", "stats", str(tmp_path / "a.jsonl"),
-                          "--domain", "d", "-o", str(tmp_path / "a.stats"), "-q", "--engine",
-                          "ray", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # (short: Ray's socket paths)
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("192.0.2.2:6391")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        run = subprocess.run([sys.executable, "-m", "ir3de.cli", "stats",
+                              str(tmp_path / "a.jsonl"), "--domain", "d", "-o",
+                              str(tmp_path / "a.stats"), "-q", "--engine", "ray", "--workers",
+                              "1"], capture_output=True, text=True, timeout=300,
+                             env={**env, "RAY_TMPDIR": str(ray_tmp)})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
 
 

@@ -286,6 +286,17 @@ def test_the_routing_cap_is_the_counted_cap_unless_set(emb: Embedder, tmp_path: 
     assert Router.load(tmp_path / "r.safetensors").max_tokens == 12
     # fit counts 1024 tokens, and the router reads as many
     assert Router(emb).fit(["a b", "c d"], ["x", "y"]).config.max_tokens == 1024
+    # the parameters stay the user's: None, which the next fit counts anew (the first
+    # fit's number was kept as if set: a refit on statistics of another cap read 12, and
+    # a clone, or fit(texts), counted 12 tokens of each text)
+    assert router.get_params()["max_tokens"] is None
+    stats30 = [compute_stats(emb, texts, domain=d, max_tokens=30) for d, texts in long.items()]
+    assert router.fit_stats(stats30).max_tokens == 30
+    assert router.fit(long["math"] + long["code"], ["math", "math", "code", "code"]
+                      ).stats["math"].max_tokens == 1024
+    from sklearn.base import clone
+
+    assert clone(router).fit_stats(stats).max_tokens == 12
 
 
 def test_unfitted_router(emb: Embedder) -> None:
@@ -1889,7 +1900,8 @@ def test_sklearn_clone(emb: Embedder, toy_stats) -> None:
         assert type(copy) is Router and copy is not router
         assert copy.get_params() == router.get_params()
         assert copy.embedder is emb and copy.embedder.table is emb.table
-        assert copy.config is router.config
+        # the user's settings (a fitted router's config holds its cap as a number)
+        assert copy.config is router.get_params()["config"]
         assert copy._state is None and not hasattr(copy, "classes_")
         with pytest.raises(IR3DEError, match="no experts yet"):
             copy.predict(PROMPTS)

@@ -28,6 +28,7 @@ itself would retry for minutes against a port of another server).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -220,19 +221,32 @@ def _expand_url(url: str) -> list[str]:
         listed = filesystem.get_file_info(fs.FileSelector(inner, allow_not_found=True))
     except OSError as exc:
         raise IR3DEError(f"{url}: cannot list its folder ({_one_line(exc)})") from None
-    # as glob.glob: a wildcard does not match a leading dot
-    matched = [info for info in listed if info.base_name == pattern] or \
-        [info for info in listed if fnmatchcase(info.base_name, pattern)
-         and (pattern.startswith(".") or not info.base_name.startswith("."))]
+    # The listing's names are decoded, the URL's path is not: matched against the pattern
+    # decoded, and put back percent-encoded ("law%41.jsonl" was read as lawA.jsonl, "a
+    # b.parquet" failed on a worker). As glob.glob: a wildcard does not match a leading dot.
+    literal, glob = unquote(pattern), _decoded_glob(pattern)
+    matched = [info for info in listed if info.base_name == literal] or \
+        [info for info in listed if fnmatchcase(info.base_name, glob)
+         and (literal.startswith(".") or not info.base_name.startswith("."))]
     if not matched:
         raise IR3DEError(f"{url}: no file matches")
     out = []
     for info in sorted(matched, key=lambda info: info.base_name):
-        file = urlunsplit(parts._replace(path=posixpath.join(folder or "/", info.base_name),
+        name = quote(info.base_name, safe="")
+        file = urlunsplit(parts._replace(path=posixpath.join(folder or "/", name),
                                          fragment=""))
         _require_url_file(file, info.type)
         out.append(file)
     return out
+
+
+def _decoded_glob(pattern: str) -> str:
+    """The fnmatch pattern of a URL's percent-encoded last path component: its wildcards
+    as written, every other character decoded and matched as itself (``%2A`` is a ``*``
+    in the file's name, not a wildcard)."""
+    return "".join(piece if piece in ("*", "[", "]", "?") else
+                   re.sub(r"([*?\[])", r"[\1]", unquote(piece))
+                   for piece in re.split(r"([*\[\]?])", pattern))
 
 
 def _file_format(name: str, fmt: CorpusFormat | None) -> CorpusFormat:
@@ -489,8 +503,12 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
             _check_reachable(target, origin)
             try:
                 with _signal_handlers_kept():
-                    ray.init(address=address, num_cpus=workers if target in (None, "local")
-                             else None, include_dashboard=False, log_to_driver=False,
+                    # "local" without an address: ray.init(address=None) also joins the
+                    # cluster /tmp/ray/ray_current_cluster names, which `ray start` writes
+                    # and only `ray stop` removes (a stale one hung the run for minutes)
+                    ray.init(address="local" if target is None else address,
+                             num_cpus=workers if target in (None, "local") else None,
+                             include_dashboard=False, log_to_driver=False,
                              configure_logging=False)
             except ConnectionError as exc:
                 at = f" at {target}{origin}" if target else ""
@@ -502,6 +520,12 @@ def ray_stats(paths: Sequence[str | os.PathLike[str]], embedder: Embedder, *, do
                 # (RuntimeError). Its text may span lines.
                 what = f"join the Ray cluster at {target}{origin}" if target else "start Ray"
                 raise IR3DEError(f"cannot {what} ({' '.join(str(exc).split())})") from None
+            except BaseException:
+                # interrupted while starting (Ctrl-C): what ray.init had started goes too
+                # (two of its agents outlived the command by a minute)
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                raise
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
         context.enable_progress_bars = progress

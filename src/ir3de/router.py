@@ -747,9 +747,9 @@ class Router:
             where.setdefault(domain, []).append(i)
         return self.fit_stats([
             compute_stats(self.embedder, group, domain=domain, positions=where[domain],
-                          max_tokens=_cap(self.config), progress=progress,
-                          tfidf_buckets=self.config.tfidf_buckets,
-                          skip_pairs=self.config.skip_pairs)
+                          max_tokens=_cap(self._config), progress=progress,
+                          tfidf_buckets=self._config.tfidf_buckets,
+                          skip_pairs=self._config.skip_pairs)
             for domain, group in sorted(groups.items())])
 
     def fit_stats(self: _RouterT,
@@ -786,7 +786,7 @@ class Router:
         ``chosen_mu``: the identity μ ``"auto"`` already chose for these statistics."""
         with self._lock:
             self._check_compatible(table.values())
-            config = self.config
+            config = self._config  # (the user's settings: a cap of None is counted anew)
             if refuse_identical:
                 _refuse_identical(list(table.items()), pairs=config.reads_pairs)
             self._state = self._solve(tuple(table), table, config, chosen_mu)
@@ -992,7 +992,10 @@ class Router:
             raise IR3DEError(f"{exc}; set_params also takes embedder and config (a "
                              f"RouterConfig or a preset name)") from None
         with self._lock:
-            state, current = self._state, self.config
+            # From the user's settings, not the solved ones: a cap of None, which the
+            # solved config holds as the statistics' number, stays None (the next fit
+            # counts its own), and get_params is the same before and after a fit.
+            state, current = self._state, self._config
             config = _configure(params.get("config", current), settings)
             embedder = _embedder(params["embedder"]) if "embedder" in params \
                 else self.embedder
@@ -1014,7 +1017,7 @@ class Router:
                 # one assignment, settings and solution together (see _State)
                 if resolve:
                     self._state = self._solve(state.experts, state.stats, config)
-                elif config != current:
+                elif _counted_cap(config, state.stats) != state.config:
                     self._state = replace(state, config=_counted_cap(config, state.stats))
             self._config = config
             self.embedder = embedder
@@ -1039,7 +1042,7 @@ class Router:
         >>> params["model"], params["k"], params["config"] == RouterConfig.preset("paper")
         ('ridge', 10, True)
         """
-        config = self.config
+        config = self._config  # (a fit leaves them as they were: see set_params)
         return {"embedder": self.embedder, "config": config,
                 **{f.name: getattr(config, f.name) for f in fields(RouterConfig)}}
 
@@ -1286,7 +1289,7 @@ class Router:
             >>> router.classes_  # doctest: +SKIP
             array(['coding', 'instruction_following', 'math', 'multilingual'], dtype='<U21')
             >>> router.predict_proba(["What is 17 * 23?"]).round(2)  # doctest: +SKIP
-            array([[0.16, 0.24, 0.59, 0.01]])
+            array([[0.14, 0.21, 0.64, 0.01]])
         """
         experts, selections = self._select(prompts)
         # columns from the state read once (_select), sorted as classes_ sorts them
