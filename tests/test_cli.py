@@ -426,6 +426,11 @@ def test_demo_end_to_end(data_dir: Path, tmp_path: Path, capsys) -> None:
     balanced = float(text.split("balanced accuracy")[1].split("%")[0])
     assert balanced >= 70.0
     assert Router.load(out).experts == ["math", "multilingual", "coding", "instruction_following"]
+    # --max-tokens caps "fitting and routing": the statistics were counted at 1024
+    code, _, err = run(capsys, "demo", "--data", data_dir, "-o", out, "-q", "--max-tokens", 16)
+    assert code == 0, err
+    capped = Router.load(out)
+    assert capped.max_tokens == 16 and {s.max_tokens for s in capped.stats.values()} == {16}
 
 
 def run_eval(capsys, out: Path, *argv: str) -> dict:

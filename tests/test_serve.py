@@ -1168,6 +1168,14 @@ def test_a_change_half_saved_leaves_the_previous_state(stats_files, upstreams, t
     # experts.json kept world-readable (0644 in a 0755 folder)
     assert (state.stat().st_mode & 0o777, (state / "experts.json").stat().st_mode & 0o777) \
         == (0o700, 0o600)
+    # a folder an earlier ir3de wrote (or made by hand) is made private at the start, not
+    # at the next admin change
+    state.chmod(0o755)
+    (state / "experts.json").chmod(0o644)
+    with TestClient(create_app(load_config(config))):
+        pass
+    assert (state.stat().st_mode & 0o777, (state / "experts.json").stat().st_mode & 0o777) \
+        == (0o700, 0o600)
 
 
 def test_a_change_cut_by_a_crash_is_undone_at_restart(stats_files, upstreams, tmp_path,
@@ -1912,8 +1920,9 @@ def test_admin_token_scheme_any_case_and_utf8_token(stats_files, upstreams, tmp_
     """The scheme was matched case-sensitively (client keys took any case), and a non-ASCII
     token could never match (header bytes decoded as Latin-1, token encoded as UTF-8). A
     token with a trailing newline (a secret made from a file) locked the admin API without
-    a word: no header carries it; it is stripped now, as client keys are."""
-    token = "s3cret-ädmin"
+    a word: no header carries it; it is stripped now, as client keys are. A token ending
+    in "à" (UTF-8 C3 A0: Latin-1's no-break space last) or "Å" never matched either."""
+    token = "s3cret-ädmin-voilà"
     gw = _gateway(_config(tmp_path, stats_files, upstreams), token=f" {token}\n")
     try:
         for raw in (b"bearer " + token.encode(), b"Bearer\t" + token.encode()):
@@ -3796,6 +3805,23 @@ def test_a_stream_its_client_stopped_reading_is_cut(stats_files, upstreams, tmp_
             assert time.monotonic() - start < 6
         assert _wait_for(lambda: "ir3de_in_flight 0.0" in httpx.get(gw.url + "/metrics").text)
         assert _wait_for(lambda: _access_log(gw)[-1]["complete"] is False)
+        # A client still reading is not cut, however long the whole answer takes: 6 MB at
+        # 1.5 MB/s (4 s, keep_alive_seconds 1) used to be dropped after a third, as the
+        # buffer stays full until nearly all of it is read.
+        whole = json.dumps(_chat(MATH, model="math", pad=6_000_000)).encode()
+        with socket.socket() as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            raw.settimeout(10)
+            raw.connect(("127.0.0.1", gw.port))
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                        b"content-type: application/json\r\nconnection: close\r\n"
+                        b"content-length: %d\r\n\r\n" % len(whole) + whole)
+            received = 0
+            start = time.monotonic()
+            while chunk := raw.recv(65536):
+                received += len(chunk)
+                time.sleep(max(0.0, received / 1.5e6 - (time.monotonic() - start)))
+        assert received > 6_000_000 and time.monotonic() - start > 3
     finally:
         gw.stop()
 

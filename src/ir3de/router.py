@@ -1031,9 +1031,11 @@ class Router:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The router's parameters (sklearn-style): the constructor's ``embedder`` (the
         loaded :class:`~ir3de.embedding.Embedder` itself, so clones share it and its table
-        is never copied) and ``config`` (the :class:`RouterConfig` in use), then each of
-        that config's settings on its own (``model``, ``alpha``, ``pairs``, ``skips``,
-        ``unseen``, ``spelling``, ``spelling_prior``, ``lam``, ``k``, ``selector``,
+        is never copied) and ``config`` (the :class:`RouterConfig` as set: a fit leaves it
+        as it was, so ``max_tokens`` None stays None where :attr:`config` holds the
+        statistics' number), then each of that config's settings on its own (``model``,
+        ``alpha``, ``pairs``, ``skips``, ``unseen``, ``spelling``, ``spelling_prior``,
+        ``lam``, ``k``, ``selector``,
         ``balance``, ``normalize``, ``regularize_bias``, ``max_tokens``, ``identity``,
         ``tfidf``), which a parameter grid can name. ``deep`` changes
         nothing: a router holds no other estimator.

@@ -103,8 +103,10 @@ error while sending is such a failure too, and each is logged with its whole cau
 the request's id (``"event": "upstream_error"``), as is a stream that breaks off after
 its 200 (whose access line then carries the ``error``). An expert's ``timeout`` bounds
 the wait for a connection and, for a whole (non-streaming) answer, the answer itself: all
-of it must arrive within ``timeout`` of the request being sent; a stream's headers, and
-then each of its reads, must come within ``timeout``. An answer that cannot be decoded,
+of it must arrive within ``timeout`` of the request being sent; a stream's headers and
+its first bytes too (else it is a timeout, with the fallback), and then each of its
+reads; an error answering a stream is read whole, within ``timeout`` of the request being
+sent. An answer that cannot be decoded,
 or whose status is beyond 599 (``HTTP/1.1 999``) or a redirect (3xx: not followed, as the
 request would go again, perhaps to another host; the 502 names where it points), is a 502
 (no fallback: the expert did answer); so is a whole answer over ``max_answer_bytes``,
@@ -166,8 +168,9 @@ Example config::
     max_body_bytes: 1000000    # a client's request body, at most
     max_answer_bytes: 33554432   # an expert's answer (decoded), or a stream's event, at most
     max_admin_body_bytes: 268435456   # an admin request's body (a statistics upload), at most
-    keep_alive_seconds: 75     # an idle client connection (or one without a whole request
-                               # head) is closed after this long
+    keep_alive_seconds: 75     # an idle client connection, or one whose request head or
+                               # body, or answer it reads, stops moving, is closed after
+                               # this long
     upstream_keep_alive_seconds: 4  # an idle upstream connection is reused this long
     shutdown_seconds: 60       # on SIGTERM, streams in flight may run this long (unset: no limit)
 """
@@ -455,8 +458,9 @@ def _models() -> tuple[type[Any], type[Any], type[Any]]:
         # request (uvicorn's own 5 s met httpx's 5 s: bench_keepalive.py).
         keep_alive_seconds: Whole = pd.Field(75, gt=0, strict=True,
                                            description="how long an idle client "
-                                                       "connection, or one still sending a "
-                                                       "request head, is kept open (s)")
+                                                       "connection, or one whose request "
+                                                       "head or body, or answer it reads, "
+                                                       "stops moving, is kept open (s)")
         # The same race the other way round: the experts' servers close idle connections
         # after 5 s (uvicorn, so vLLM; llama.cpp's server; Node), and a connection the
         # gateway reuses as one closes it fails that attempt (bench_keepalive.py; the
@@ -1232,6 +1236,8 @@ def _initial_state(config: Any) -> tuple[_State, dict[str, Any]]:
     if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
         # found now rather than at the first admin change, which could not be saved
         raise IR3DEError(f"state_dir {state_dir} exists and is not a folder")
+    if state_dir is not None and state_dir.is_dir():
+        _make_private(state_dir)
     restored = state_dir is not None and _recover_router(state_dir)
     if restored:
         assert state_dir is not None  # restored implies it
@@ -1343,6 +1349,20 @@ def _recover_router(state_dir: Path) -> bool:
                      f"{want[:12]}); move {state_dir} away to start from the config")
 
 
+def _make_private(state_dir: Path) -> None:
+    """Take group and other permissions off ``state_dir`` and its endpoints file, which
+    saves write private (see _persist): a folder an earlier ir3de wrote, or made by hand,
+    kept its URL credentials world-readable until the next admin change."""
+    for path, mode in ((state_dir, 0o700), (state_dir / _EXPERTS_FILE, 0o600)):
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(mode)
+        except OSError as exc:  # (missing: nothing saved yet)
+            if not isinstance(exc, FileNotFoundError):
+                raise IR3DEError(f"state_dir: cannot make {path} private to the gateway's "
+                                 f"user ({exc.strerror or exc})") from None
+
+
 def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
              router: bool = True) -> None:
     """Save the state (the router only when ``router``) with gateway.yaml's values
@@ -1402,6 +1422,9 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- helpers
+# What a header's value may be padded with (and what bytes.strip() strips): ASCII only.
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+
 # The longest expert name the gateway takes (characters).
 _MAX_EXPERT_NAME = 256
 
@@ -2325,7 +2348,8 @@ def create_app(config: Any) -> Any:
     # dropped, as from the client keys: a secret made from a file ends in a newline, which
     # no Authorization header carries (the admin API was locked, every token refused).
     raw_token = os.environ.get(config.admin_token_env) if config.admin_token_env else None
-    admin_token = raw_token.strip() if raw_token is not None and raw_token.strip() else None
+    admin_token = raw_token.strip(_ASCII_SPACE) if raw_token is not None \
+        and raw_token.strip(_ASCII_SPACE) else None
     if admin_token is not None and any(c.isspace() or c < " " or c == "\x7f"
                                        for c in admin_token):
         raise IR3DEError(f"admin_token_env: {config.admin_token_env} holds a space or a "
@@ -3088,20 +3112,23 @@ def create_app(config: Any) -> Any:
         if admin_token is None:
             return _error(404, "the admin API is off (no admin token configured)",
                           code="admin_disabled")
-        # split as the client keys are: "Bearer<TAB>token" is one too
-        scheme, presented = [*request.headers.get("authorization", "").split(None, 1),
-                             "", ""][:2]
+        # The header's bytes, split and stripped as the client keys' are (on ASCII white
+        # space: "Bearer<TAB>token" is one too). Starlette decodes them as Latin-1, whose
+        # str.strip() also took the last byte of a UTF-8 "à" (0xA0, a no-break space) or
+        # "Å" (0x85), so that such a token never matched.
+        value = request.headers.get("authorization", "").encode("latin-1")
+        scheme, presented = [*value.split(None, 1), b"", b""][:2]
+        presented = presented.strip()
         # Digests compared in constant time, as for the client keys: the timing tells neither
-        # how much of a guess matched nor the token's length. Starlette decodes header bytes
-        # as Latin-1, so re-encoding that way gives back the bytes sent (a UTF-8 token too).
-        digest = hashlib.sha256(presented.strip().encode("latin-1")).digest()
-        if scheme.lower() == "bearer" and hmac.compare_digest(digest, admin_digest):
+        # how much of a guess matched nor the token's length.
+        digest = hashlib.sha256(presented).digest()
+        bearer = scheme.lower() == b"bearer"
+        if bearer and hmac.compare_digest(digest, admin_digest):
             return None
         # counted and logged by reason (as client keys are): someone guessing the token
         # shows in the metrics
-        reason = "missing" if not scheme.strip() or (scheme.lower() == "bearer" and
-                                                     not presented.strip()) else \
-            "malformed" if scheme.lower() != "bearer" else "invalid"
+        reason = "missing" if not scheme or (bearer and not presented) else \
+            "malformed" if not bearer else "invalid"
         metrics.admin_unauthorized.labels(reason).inc()
         request.scope[_ACCESS]["refused"] = reason
         return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
@@ -3476,7 +3503,7 @@ def _head_deadline_protocol() -> type:
         def pause_writing(self) -> None:
             super().pause_writing()
             if self._stall is None:
-                self._stall = self.loop.call_later(self.timeout_keep_alive, self._drop)
+                self._watch(self.transport.get_write_buffer_size())
 
         def resume_writing(self) -> None:
             super().resume_writing()
@@ -3484,7 +3511,17 @@ def _head_deadline_protocol() -> type:
                 self._stall.cancel()
                 self._stall = None
 
-        def _drop(self) -> None:
+        def _watch(self, left: int) -> None:
+            self._stall = self.loop.call_later(self.timeout_keep_alive, self._check, left)
+
+        def _check(self, left: int) -> None:
+            # The buffer stays above the low-water mark until nearly all of a large answer
+            # is read (uvicorn writes a whole answer at once): a client that took bytes
+            # since the last look is still reading (one reading 20 MB at 1 MB/s was cut).
+            now = self.transport.get_write_buffer_size()
+            if now < left:
+                self._watch(now)
+                return
             # abort, not close: close would wait to send a buffer the client never reads
             self._stall = None
             self.transport.abort()
