@@ -269,6 +269,16 @@ def test_copies_of_a_text_share_a_fold(emb: Embedder) -> None:
     single = calibrate(Router(emb).fit(TEXTS, LABELS), TEXTS, LABELS, folds=3, seed=1)
     assert result.coverage is not None and single.coverage is not None
     assert sorted(result.coverage[:half]) == pytest.approx(sorted(single.coverage))
+    # also copies in two experts' fit data: each was held out alone, its twin left in the
+    # other expert, and every such prompt looked seen (coverage 1)
+    shared = CORPORA["law"]
+    twice = [*TEXTS, *shared]
+    labels2 = [*LABELS, *["math"] * len(shared)]
+    both = calibrate(Router(emb).fit(twice, labels2), twice, labels2, folds=3, seed=1)
+    assert both.fold is not None and both.coverage is not None
+    law = [i for i, label in enumerate(LABELS) if label == "law"]
+    assert both.fold[law].tolist() == both.fold[len(TEXTS):].tolist()
+    assert max(both.coverage[len(TEXTS):]) < 1.0
 
 
 def test_kept_with_both_cuts_and_seen_share(router: Router) -> None:

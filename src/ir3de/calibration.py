@@ -284,18 +284,24 @@ def _folds(folds: int, gold: Sequence[str]) -> int:
 
 def _fold_of(texts: list[str], gold: tuple[str, ...], folds: int, seed: int) -> np.ndarray:
     """Each prompt's fold, seeded and stratified: each fold holds ~1/folds of a domain's
-    distinct texts, and every copy of a text is in one fold (a copy left in the re-solved
-    router would make its twin look seen: cuts too strict for new prompts)."""
+    distinct texts, and every copy of a text is in one fold, also copies labelled with
+    different experts (a copy left in the re-solved router would make its twin look seen:
+    cuts too strict for new prompts; copies in two experts' fit data went to folds of
+    their own, and each held-out copy had coverage 1)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise IR3DEError(f"seed must be an integer >= 0, got {seed!r}")
     fold = np.empty(len(gold), int)
     rng = np.random.default_rng(seed)
+    assigned: dict[str, int] = {}  # a text's fold, once an expert's copy of it has one
     for domain in sorted(set(gold)):
         mine = np.flatnonzero(np.array(gold) == domain)
         distinct, copy_of = np.unique(np.array([texts[i] for i in mine], dtype=object),
                                       return_inverse=True)
         of_distinct = np.empty(len(distinct), int)
         of_distinct[rng.permutation(len(distinct))] = np.arange(len(distinct)) % folds
+        # (drawn as before, then overridden: folds without shared texts stay as they were)
+        for j, text in enumerate(distinct):
+            of_distinct[j] = assigned.setdefault(text, int(of_distinct[j]))
         fold[mine] = of_distinct[copy_of]
     return fold
 
