@@ -1465,16 +1465,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _echo(f"embedder {emb.name} (h={emb.dim}); fitting on gsm8k train, m_arc train, MBPP, "
           "Alpaca; testing on gsm8k test, m_arc test, HumanEval, IFEval (never fitted on)")
     start = time.perf_counter()
+    router = Router(emb, config)
     # counted with the cap --max-tokens gives, as Router.fit counts (it was counted at
     # 1024 and routed at the cap: "fitting and routing", its help says)
-    cap = DEFAULT_MAX_TOKENS if config.max_tokens is None else config.max_tokens
     stats = [compute_stats(emb, texts, domain=d, progress=_show_progress(args.quiet),
-                           max_tokens=cap, tfidf_buckets=config.tfidf_buckets,
+                           max_tokens=router.max_tokens, tfidf_buckets=config.tfidf_buckets,
                            skip_pairs=config.skip_pairs)
              for d, texts in fit.items()]
     if not args.quiet:
         _announce_solve(config)
-    router = Router(emb, config).fit_stats(stats)
+    router.fit_stats(stats)
     router.save(out, overwrite=replace)
     n_tokens = sum(s.n_tokens for s in stats)
     _echo(f"fitted {_count(len(stats), 'expert')} on {n_tokens:,} tokens in "

@@ -318,32 +318,34 @@ def _parquet_texts(source: Any, name: str, text_field: str) -> Iterator[str]:
     if not any(is_text(kind) for is_text in _arrow_text_types(pa)):
         raise IR3DEError(f"{name}: column {text_field!r} is not a string column ({kind})")
     rows = 0
-    batches = pf.iter_batches(columns=[text_field])
-    while True:
+    try:
+        for batch in pf.iter_batches(columns=[text_field]):
+            try:
+                texts = batch.column(0).to_pylist()
+            except UnicodeDecodeError:  # (a writer that does not check its strings' bytes)
+                _refuse_undecodable(batch.column(0), rows, name, text_field)
+                raise
+            rows += len(texts)
+            yield from (t for t in texts if t is not None)
+    except (pa.ArrowInvalid, OSError) as exc:  # (damaged pages; a dictionary's bad UTF-8)
+        raise IR3DEError(f"{name}: column {text_field!r} cannot be read after row {rows} "
+                         f"({exc})") from None
+
+
+def _refuse_undecodable(column: Any, rows: int, name: str, text_field: str) -> None:
+    """Name the first value of a Parquet string ``column`` (a batch after ``rows`` rows)
+    that is not UTF-8: found only on failure, so reading pays nothing for it."""
+    import pyarrow as pa
+
+    for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
         try:
-            batch = next(batches, None)
-        except (pa.ArrowInvalid, OSError) as exc:  # (damaged pages; a dictionary's bad UTF-8)
-            raise IR3DEError(f"{name}: column {text_field!r} cannot be read after row {rows} "
-                             f"({exc})") from None
-        if batch is None:
-            return
-        try:
-            texts = batch.column(0).to_pylist()
-        except UnicodeDecodeError:  # (a writer that does not check its strings' bytes)
-            # the row, found only on failure, so reading pays nothing for it
-            values = batch.column(0).cast(pa.large_binary()).to_pylist()
-            for row, value in enumerate(values):
-                try:
-                    if value is not None:
-                        value.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise IR3DEError(
-                        f"{name}: row {rows + row + 1}: column {text_field!r} is not valid "
-                        f"UTF-8 (byte {value[exc.start]:#04x} at byte {exc.start + 1}); is "
-                        "the file in another encoding?") from None
-            raise
-        rows += len(texts)
-        yield from (t for t in texts if t is not None)
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IR3DEError(
+                f"{name}: row {rows + row + 1}: column {text_field!r} is not valid UTF-8 "
+                f"(byte {value[exc.start]:#04x} at byte {exc.start + 1}); is the file in "
+                "another encoding?") from None
 
 
 def read_records(path: str | os.PathLike[str], seen: dict[str, str] | None = None, *,

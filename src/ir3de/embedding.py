@@ -44,6 +44,7 @@ from .errors import (
     is_blank,
     refuse_lone_text,
     require_file,
+    require_readable,
     told_apart,
 )
 from .store import safetensors_names, safetensors_tensor
@@ -135,11 +136,7 @@ class Embedder:
             # and, on a file its Rust code trips over, a PanicException (a BaseException)
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
-            try:  # a file that cannot be read is not one that is no tokenizer
-                Path(tokenizer_path).open("rb").close()
-            except OSError as cause:
-                raise IR3DEError(f"{tokenizer_path}: cannot be read "
-                                 f"({cause.strerror or cause})") from None
+            require_readable(Path(tokenizer_path))  # (not one that is no tokenizer)
             raise IR3DEError(f"{tokenizer_path}: not a Hugging Face tokenizer.json "
                              f"({exc})") from None
         # Padding and truncation would add pad ids or cut prompts behind our back, and BPE

@@ -101,6 +101,16 @@ def require_file(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
     raise error(f"{path}: {reason}")
 
 
+def require_readable(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
+    """Raise ``error`` "PATH: cannot be read (why)" if ``path`` cannot be opened for
+    reading: what a reader that failed on it asks first, as libraries report such a file
+    as missing (safetensors) or as malformed (tokenizers)."""
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def require_creatable(path: Path, error: type[IR3DEError] = IR3DEError) -> None:
     """Raise ``error`` if ``path`` cannot be created because an existing part of it is a
     file (``mkdir`` would only say "File exists", naming the wrong thing)."""

@@ -1017,8 +1017,8 @@ class Router:
                 # one assignment, settings and solution together (see _State)
                 if resolve:
                     self._state = self._solve(state.experts, state.stats, config)
-                elif _counted_cap(config, state.stats) != state.config:
-                    self._state = replace(state, config=_counted_cap(config, state.stats))
+                elif (solved := _counted_cap(config, state.stats)) != state.config:
+                    self._state = replace(state, config=solved)
             self._config = config
             self.embedder = embedder
         return self

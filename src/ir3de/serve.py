@@ -1425,6 +1425,19 @@ def _persist(state: _State, state_dir: str | None, base: dict[str, Any],
 # What a header's value may be padded with (and what bytes.strip() strips): ASCII only.
 _ASCII_SPACE = " \t\n\r\x0b\x0c"
 
+def _bearer_token(value: bytes) -> tuple[bytes, str | None]:
+    """The token of an ``Authorization`` header's ``value``, ``Bearer <token>`` split and
+    stripped on ASCII white space ("Bearer<TAB>token" is one too), and why there is none:
+    ``"missing"`` (no header, or the scheme alone) or ``"malformed"`` (another scheme);
+    the client keys and the admin token are read alike."""
+    parts = value.split(None, 1)
+    if not parts or (parts[0].lower() == b"bearer" and len(parts) == 1):
+        return b"", "missing"
+    if parts[0].lower() != b"bearer":
+        return b"", "malformed"
+    return parts[1].strip(), None
+
+
 # The longest expert name the gateway takes (characters).
 _MAX_EXPERT_NAME = 256
 
@@ -1887,15 +1900,15 @@ class _ClientKeys:
     def _problem(self, headers: Any) -> tuple[str, str] | None:
         """None for a request with a valid key, else (metrics reason, message). The
         message never repeats what the client sent."""
-        value = next((v for k, v in headers if k == b"authorization"), b"")
-        parts = value.split(None, 1)
-        if not parts or (parts[0].lower() == b"bearer" and len(parts) == 1):
+        presented, reason = _bearer_token(next((v for k, v in headers
+                                                if k == b"authorization"), b""))
+        if reason == "missing":
             return "missing", "no API key: send one of the gateway's client keys as " \
                               "'Authorization: Bearer <key>'"
-        if parts[0].lower() != b"bearer":
+        if reason == "malformed":
             return "malformed", "the Authorization header must be 'Bearer <key>', with " \
                                 "one of the gateway's client keys"
-        digest = hashlib.sha256(parts[1].strip()).digest()
+        digest = hashlib.sha256(presented).digest()
         # compared with every key, matched or not: the time taken does not say which
         matched = False
         for key in self.digests:
@@ -2490,13 +2503,15 @@ def create_app(config: Any) -> Any:
             # must still go back (or be dropped, half read)
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-        # The body is decoded: the copy holds it without the content-encoding that would
-        # have it decoded again. (Only the status and some headers are relayed.) Raw
-        # bytes: a value as httpx decoded it (UTF-8, say) might not encode back.
-        headers = [(k, v) for k, v in response.headers.raw
-                   if k.lower() != b"content-encoding"]
-        return httpx.Response(response.status_code, headers=headers, content=bytes(body),
-                              request=response.request)
+        return httpx.Response(response.status_code, headers=_decoded_headers(response),
+                              content=bytes(body), request=response.request)
+
+    def _decoded_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+        """``response``'s headers for a copy that holds its body decoded: without the
+        content-encoding that would have it decoded again. (Only the status and some
+        headers are relayed.) Raw bytes: a value as httpx decoded it (UTF-8, say) might
+        not encode back."""
+        return [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
 
     class _Begun(httpx.AsyncByteStream):
         """A streamed answer's body, decoded, whose first bytes are already read (see
@@ -2529,9 +2544,7 @@ def create_app(config: Any) -> Any:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
             raise
-        headers = [(k, v) for k, v in response.headers.raw
-                   if k.lower() != b"content-encoding"]
-        return httpx.Response(response.status_code, headers=headers,
+        return httpx.Response(response.status_code, headers=_decoded_headers(response),
                               stream=_Begun(first, rest, response), request=response.request)
 
     async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: _Completion,
@@ -3112,23 +3125,19 @@ def create_app(config: Any) -> Any:
         if admin_token is None:
             return _error(404, "the admin API is off (no admin token configured)",
                           code="admin_disabled")
-        # The header's bytes, split and stripped as the client keys' are (on ASCII white
-        # space: "Bearer<TAB>token" is one too). Starlette decodes them as Latin-1, whose
-        # str.strip() also took the last byte of a UTF-8 "à" (0xA0, a no-break space) or
-        # "Å" (0x85), so that such a token never matched.
-        value = request.headers.get("authorization", "").encode("latin-1")
-        scheme, presented = [*value.split(None, 1), b"", b""][:2]
-        presented = presented.strip()
+        # The header's bytes, as the client keys' are read: Starlette decodes them as
+        # Latin-1, whose str.strip() also took the last byte of a UTF-8 "à" (0xA0, a
+        # no-break space) or "Å" (0x85), so that such a token never matched.
+        presented, refused = _bearer_token(
+            request.headers.get("authorization", "").encode("latin-1"))
         # Digests compared in constant time, as for the client keys: the timing tells neither
         # how much of a guess matched nor the token's length.
         digest = hashlib.sha256(presented).digest()
-        bearer = scheme.lower() == b"bearer"
-        if bearer and hmac.compare_digest(digest, admin_digest):
+        if refused is None and hmac.compare_digest(digest, admin_digest):
             return None
         # counted and logged by reason (as client keys are): someone guessing the token
         # shows in the metrics
-        reason = "missing" if not scheme or (bearer and not presented) else \
-            "malformed" if not bearer else "invalid"
+        reason = refused or "invalid"
         metrics.admin_unauthorized.labels(reason).inc()
         request.scope[_ACCESS]["refused"] = reason
         return _error(401, "missing or wrong admin bearer token", kind="authentication_error",
@@ -3507,12 +3516,15 @@ def _head_deadline_protocol() -> type:
 
         def resume_writing(self) -> None:
             super().resume_writing()
-            if self._stall is not None:
-                self._stall.cancel()
-                self._stall = None
+            self._unwatch()
 
         def _watch(self, left: int) -> None:
             self._stall = self.loop.call_later(self.timeout_keep_alive, self._check, left)
+
+        def _unwatch(self) -> None:
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
 
         def _check(self, left: int) -> None:
             # The buffer stays above the low-water mark until nearly all of a large answer
@@ -3528,9 +3540,7 @@ def _head_deadline_protocol() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            if self._stall is not None:
-                self._stall.cancel()
-                self._stall = None
+            self._unwatch()
             super().connection_lost(exc)
 
         def _arm(self) -> None:

@@ -31,6 +31,7 @@ from .errors import (
     StatsFormatError,
     require_creatable,
     require_file,
+    require_readable,
     shown_path,
 )
 
@@ -354,11 +355,8 @@ def read_safetensors(path: str | os.PathLike[str], *, depth: int = _MAX_DEPTH,
             refused = [name for name, dtype in dtypes.items() if dtype not in _READ_DTYPES]
             tensors = {} if refused else {name: fh.get_tensor(name) for name in dtypes}
     except (SafetensorError, OSError, ValueError) as exc:
-        try:  # safetensors says "No such file or directory" of a file it may not read
-            path.open("rb").close()
-        except OSError as cause:
-            raise StatsFormatError(f"{path}: cannot be read ({cause.strerror or cause})"
-                                   ) from None
+        # (safetensors says "No such file or directory" of a file it may not read)
+        require_readable(path, StatsFormatError)
         raise StatsFormatError(f"{path}: not a readable safetensors file ({exc})") from None
     if refused:
         raise StatsFormatError(

@@ -218,12 +218,11 @@ def solve_tfidf(parts: Sequence[TfidfCounts], n_prompts: Sequence[int], *,
     where[active] = np.arange(n)
     flat = np.zeros(n * n)
     rhs = np.zeros((n, len(parts)))
-    if len(n_prompts) != len(parts):
-        raise ValueError("one prompt count per part")
+    sized = list(zip(parts, n_prompts, strict=True))
     order = range(len(parts)) if names is None else sorted(range(len(parts)),
                                                            key=list(names).__getitem__)
     for d in order:
-        part, size = parts[d], n_prompts[d]
+        part, size = sized[d]
         i, j = where[part.keys // (B + 1)], where[part.keys % (B + 1)]
         # keys are distinct: each entry lands on its own cell (upper triangle, i ≤ j)
         flat[i * n + j] += part.values / UNIT / size
