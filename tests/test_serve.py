@@ -3309,6 +3309,38 @@ def test_router_settings_in_gateway_yaml(stats_files, upstreams, tmp_path, emb: 
                                  "router gives selector geo")
 
 
+def test_a_value_the_file_does_not_set_is_not_called_edited(stats_files, upstreams, tmp_path,
+                                                            caplog) -> None:
+    """A router value gateway.yaml does not name changes with the router it describes (a
+    state saved when routers read 1,024 tokens, their statistics counted 64): its warning
+    said "edited in gateway.yaml", which the operator had not."""
+    import logging
+
+    from ir3de.serve import _initial_state, _persist, load_config
+
+    config = _config(tmp_path, stats_files, upstreams)
+    data = yaml.safe_load(config.read_text())
+    data["router"]["settings"] = {"max_tokens": 512, "pairs": 1e4}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state, base = _initial_state(load_config(config))
+    assert state.router.max_tokens == 512
+    _persist(state, str(tmp_path / "state"), base)
+    data["router"]["settings"] = {"pairs": 3e4}  # the cap taken out, the mass edited
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert state.router.max_tokens == 1024 and state.router.config.pairs == 3e4
+    lines = {e["field"]: e["message"]
+             for e in map(json.loads, (r.getMessage() for r in caplog.records))}
+    assert lines["router.pairs"].endswith(
+        "(edited in gateway.yaml since the gateway last started)"), lines
+    assert lines["router.max_tokens"] == (
+        "router.max_tokens: using gateway.yaml's 1024, not the saved state's 512 (gateway.yaml "
+        "does not set it, and the router it describes gives it now: its preset, its "
+        "statistics files or ir3de's defaults changed, or the setting was taken out of the "
+        "file, since the gateway last started)"), lines
+
+
 # ----------------------------------------------------------------- config and saved state
 # A restart merges the saved state with gateway.yaml: what the file changed since wins, the
 # admin API's changes otherwise stay; each disagreement is a warning line.

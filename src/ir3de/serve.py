@@ -1051,7 +1051,8 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         # unread (pairs under a saved selector topk) changes nothing: said, not silent (the
         # same file is refused without the state, as is the same PATCH). The gateway still
         # starts: the file's other edits are applied, and the saved settings kept.
-        named = {k: v for k, v in config.router.overrides().items() if k in from_config}
+        set_in_file = config.router.overrides()
+        named = {k: v for k, v in set_in_file.items() if k in from_config}
         found = None if used is None else used.ignored(named)
         if found is not None:
             key, setting, needed = found
@@ -1066,7 +1067,14 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         for key, value, kept, using in differ:
             # (a setting the router in use does not read changes nothing: no warning)
             if used is None or used.ignored([key]) is None:
-                note(f"router.{key}", value, kept, using)
+                # A value gateway.yaml does not name changed with what it names: a cap
+                # saved before routers read their statistics' own (1,024 where the files
+                # counted 64) was said to be "edited in gateway.yaml".
+                why = None if using != "config" or key in set_in_file else \
+                    "gateway.yaml does not set it, and the router it describes gives it " \
+                    "now: its preset, its statistics files or ir3de's defaults changed, or " \
+                    "the setting was taken out of the file, since the gateway last started"
+                note(f"router.{key}", value, kept, using, why=why)
         if not stats:
             raise IR3DEError(f"the saved state in {state_dir} removed every expert of "
                              "gateway.yaml's router; move it away to start from the config")
