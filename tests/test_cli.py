@@ -1829,6 +1829,33 @@ def test_a_router_whose_model_folder_moved_is_used_with_embedder(make_model_fold
     assert code == 1 and "apply to a router file" in err
 
 
+def test_a_router_whose_table_moved_names_table(corpora: dict[str, Path], tmp_path: Path,
+                                                capsys) -> None:
+    """A router built from a tokenizer.json and --table whose table moved said to give
+    --embedder, which alone is refused (a tokenizer.json needs its table)."""
+    tok, table = _other_embedder(tmp_path)
+    files = {}
+    for domain in ("math", "coding"):
+        files[domain] = tmp_path / f"{domain}.st"
+        assert run(capsys, "stats", corpora[domain], "--domain", domain, "-o", files[domain],
+                   "--embedder", tok, "--table", table, "-q")[0] == 0
+    router = tmp_path / "r.st"
+    assert run(capsys, "build", files["math"], files["coding"], "-o", router, "-q")[0] == 0
+    moved = table.rename(tmp_path / "moved.npy")
+    code, _, err = run(capsys, "route", router, "solve x")
+    assert code == 1 and err.startswith(f"ir3de: error: {table}: no such embedding table (the "
+                                        f"embedder {router} was built with, a tokenizer.json "
+                                        "and its table: where they are now, load it with "
+                                        "embedder=load_embedder(TOKENIZER_JSON, table=TABLE), "
+                                        "on the command line --embedder TOKENIZER_JSON --table "
+                                        "TABLE)"), err
+    code, _, err = run(capsys, "build", files["math"], files["coding"], "-o", tmp_path / "b.st")
+    assert code == 1 and err.endswith("was counted with, a tokenizer.json and its table: where "
+                                      "they are now, give --embedder TOKENIZER_JSON --table "
+                                      "TABLE)\n"), err
+    assert run(capsys, "route", router, "solve x", "--embedder", tok, "--table", moved)[0] == 0
+
+
 def test_quiet_commands_write_their_file_and_say_nothing(built: dict[str, Path],
                                                         tmp_path: Path, capsys) -> None:
     """build, merge, experts add/remove and keygen printed a summary line that scripts had

@@ -983,7 +983,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     _verify_trusted(named, args.trust)
     # Without --embedder, reload the embedder the statistics were made with.
     embedder = _embedder_from_args(args) if args.embedder is not None else load_recorded(
-        named[0][1].embedder, f"{named[0][1].source} was counted with", "give --embedder")
+        named[0][1].embedder, f"{named[0][1].source} was counted with", "give --embedder",
+        "give --embedder TOKENIZER_JSON --table TABLE")
     _announce_solve(config, args.quiet)
     # Renamed only under another name: renaming drops a signature, which the router keeps.
     router = Router(embedder, config).fit_stats(

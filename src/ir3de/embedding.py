@@ -1056,13 +1056,18 @@ def load_embedder(source: str | os.PathLike[str] | dict[str, Any] | None = None,
     return _load_cached(json.dumps(spec, sort_keys=True), _file_state(spec))
 
 
-def load_recorded(recipe: dict[str, Any], recorded_by: str, how: str) -> Embedder:
+def load_recorded(recipe: dict[str, Any], recorded_by: str, how: str,
+                  how_table: str) -> Embedder:
     """:func:`load_embedder` for the recipe a statistics or router file records; where it
     cannot be loaded (the model folder moved, the file was copied to another machine), the
-    error also says whose embedder it is (``recorded_by``: "r.st was built with") and
-    ``how`` to give its new place: the loader's own message does not."""
+    error also says whose embedder it is (``recorded_by``: "r.st was built with") and how
+    to give its new place: ``how``, or ``how_table`` for a tokenizer.json with its table
+    (the table needs naming too). The loader's own message does not say either."""
     try:
         return load_embedder(recipe)
     except IR3DEError as exc:
+        if recipe.get("kind") == "files":
+            raise type(exc)(f"{exc} (the embedder {recorded_by}, a tokenizer.json and its "
+                            f"table: where they are now, {how_table})") from None
         raise type(exc)(f"{exc} (the embedder {recorded_by}: where its files are now, "
                         f"{how})") from None

@@ -1374,7 +1374,9 @@ class Router:
         meta = _check_router_meta(meta, str(path))
         emb = _embedder(embedder) if embedder is not None else load_recorded(
             meta["embedder"], f"{path} was built with",
-            "load it with embedder=THAT_PLACE, on the command line --embedder")
+            "load it with embedder=THAT_PLACE, on the command line --embedder",
+            "load it with embedder=load_embedder(TOKENIZER_JSON, table=TABLE), on the command "
+            "line --embedder TOKENIZER_JSON --table TABLE")
         if emb.fingerprint != meta["fingerprint"]:
             recorded, loaded = told_apart(meta["fingerprint"], emb.fingerprint)
             raise FingerprintMismatchError(
