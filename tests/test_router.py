@@ -297,6 +297,15 @@ def test_the_routing_cap_is_the_counted_cap_unless_set(emb: Embedder, tmp_path: 
     from sklearn.base import clone
 
     assert clone(router).fit_stats(stats).max_tokens == 12
+    # and so do a loaded router's (its file said 12 as if the user had set it: a clone of
+    # it, or fit(texts), counted 12 tokens of each text); a cap of the user's stays one
+    router.fit_stats(stats).save(tmp_path / "counted.safetensors")
+    loaded = Router.load(tmp_path / "counted.safetensors")
+    assert loaded.get_params()["max_tokens"] is None and loaded.max_tokens == 12
+    assert clone(loaded).fit(long["math"] + long["code"], ["math", "math", "code", "code"]
+                             ).max_tokens == 1024
+    router.set_params(max_tokens=12).save(tmp_path / "set.safetensors")
+    assert Router.load(tmp_path / "set.safetensors").get_params()["max_tokens"] == 12
 
 
 def test_unfitted_router(emb: Embedder) -> None:
@@ -1829,9 +1838,10 @@ def test_set_params_on_a_fitted_router(emb: Embedder, toy_stats, make_model_fold
     router = Router(emb).fit_stats(toy_stats)
     router.set_params(config="paper")
     assert_same_state(router, Router(emb, "paper").fit_stats(toy_stats))
-    state = router._state
+    table = router._state.table
     router.set_params(embedder=emb, config=router.config)
-    assert router._state.table is state.table  # nothing changed: no re-solve
+    assert router._state.table is table  # nothing changed: no re-solve
+    state = router._state
     tiny = load_embedder(make_model_folder()[0])
     with pytest.raises(FingerprintMismatchError, match=rf"fitted with embedding .* not "
                                                        rf"{re.escape(tiny.name)}"):

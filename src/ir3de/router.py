@@ -624,6 +624,9 @@ class _State:
     table: VocabScores
     mu: float | None  # the identity ridge in use (chosen when the config says "auto")
     smoothing: Smoothing | None = None  # nb: what "auto" chose
+    # config.max_tokens is the statistics' cap, the user's None (saved, so that a loaded
+    # router's parameters say None as the fitted one's did)
+    cap_counted: bool = False
 
     def __post_init__(self) -> None:
         self.W.flags.writeable = False  # Router.W hands it out (see there)
@@ -820,6 +823,7 @@ class Router:
 
     def _solve(self, experts: tuple[str, ...], stats: Mapping[str, DomainStats],
                config: RouterConfig, chosen_mu: float | None = None) -> _State:
+        counted = config.max_tokens is None
         config = _counted_cap(config, stats)
         if config.model == "nb":
             used = _smoothing_in_use(config, [stats[n].n_prompts for n in experts])
@@ -866,7 +870,7 @@ class Router:
             # from_logits normalises its argument in place: W keeps the column-exact L.
             return _State(config, experts, dict(stats), L,
                           VocabScores.from_logits(L.copy(), pairs, tfidf, skips, unseen), None,
-                          used)
+                          used, counted)
         ridge: _Ridge = {"lam": config.lam, "balance": config.balance,
                          "regularize_bias": config.regularize_bias}
         if config.identity is not None:
@@ -882,11 +886,12 @@ class Router:
             else:
                 W, U = solve_identity(stats, experts, self.embedder, mu=mu, **ridge)
             return _State(config, experts, dict(stats), W, vocab_scores(self.embedder, W, U),
-                          mu)
+                          mu, cap_counted=counted)
         A, B = design(stats, experts, balance=config.balance, embedder=self.embedder)
         W = solve(A, B, lam=config.lam, regularize_bias=config.regularize_bias,
                   normalize=config.normalize)
-        return _State(config, experts, dict(stats), W, vocab_scores(self.embedder, W), None)
+        return _State(config, experts, dict(stats), W, vocab_scores(self.embedder, W), None,
+                      cap_counted=counted)
 
     @property
     def _fitted(self) -> _State:
@@ -1017,8 +1022,10 @@ class Router:
                 # one assignment, settings and solution together (see _State)
                 if resolve:
                     self._state = self._solve(state.experts, state.stats, config)
-                elif (solved := _counted_cap(config, state.stats)) != state.config:
-                    self._state = replace(state, config=solved)
+                elif (solved := _counted_cap(config, state.stats)) != state.config or \
+                        (config.max_tokens is None) != state.cap_counted:
+                    self._state = replace(state, config=solved,
+                                          cap_counted=config.max_tokens is None)
             self._config = config
             self.embedder = embedder
         return self
@@ -1362,7 +1369,9 @@ class Router:
         # (the state read once: a change made meanwhile by another thread would otherwise
         # give the file one state's tensors and another's metadata)
         write_safetensors(path, tensors, {"format": ROUTER_FORMAT, "version": version,
-                                          **self._describe(state)}, overwrite=overwrite)
+                                          **self._describe(state),
+                                          "max_tokens_counted": state.cap_counted},
+                          overwrite=overwrite)
 
     @classmethod
     def load(cls: type[_RouterT], path: str | os.PathLike[str], *,
@@ -1405,7 +1414,10 @@ class Router:
             counts=counts[i], doc_counts=doc_counts[i], pairs=pairs[i], tfidf=tfidf[i],
             signature=e.get("signature"))
             for i, e in enumerate(experts)}
-        router = cls(emb, RouterConfig.from_dict(meta["config"]))
+        config = RouterConfig.from_dict(meta["config"])
+        if meta["max_tokens_counted"]:  # (the cap the experts' statistics hold)
+            config = replace(config, max_tokens=None)
+        router = cls(emb, config)
         # Names were checked with the metadata. Identical experts are refused when a router
         # is built or changed, not here: a file saved before that rule still loads.
         return router._fit_table(stats, refuse_identical=False,
@@ -1744,6 +1756,11 @@ def _check_router_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         raise StatsFormatError(f"{where}: metadata field 'embedder' must be an embedder recipe "
                                f"(an object with a string 'kind'), got {meta['embedder']!r}")
     meta["dim"] = meta_int(meta["dim"], 1, where, "dim")
+    # Files saved before it was recorded hold the cap as the user's: kept so.
+    meta.setdefault("max_tokens_counted", False)
+    if not isinstance(meta["max_tokens_counted"], bool):
+        raise StatsFormatError(f"{where}: metadata field 'max_tokens_counted' must be true or "
+                               f"false, got {meta['max_tokens_counted']!r}")
     mu = meta.get("identity_mu")
     if mu is not None and not _positive_number(mu):
         raise StatsFormatError(f"{where}: metadata field 'identity_mu' must be a number > 0 "
