@@ -929,6 +929,18 @@ def test_a_preset_name_with_settings_is_the_preset_with_them(emb: Embedder) -> N
     assert Router(emb, "paper", model="nb", balance=True).config == expected
     with pytest.raises(IR3DEError, match="balance=False applies to model='ridge' only"):
         Router(emb, "paper", model="nb", balance=False)  # named: kept as given, refused
+    # and so does a change of model alone, as a grid search makes it (set_params(model=))
+    # on a paper router or through a config object: both were refused
+    assert Router(emb, "paper").set_params(model="nb").config == expected
+    assert Router(emb, RouterConfig.preset("paper"), model="nb").config == expected
+    assert RouterConfig.preset("paper").with_settings(model="nb") == expected
+    from sklearn.model_selection import GridSearchCV
+
+    texts = ["What is 2 + 2?", "Solve x + 1 = 3.", "Compute 7 * 6.", "def f(x): return x",
+             "import os", "for i in range(3): print(i)"]
+    search = GridSearchCV(Router(emb, "paper"), {"model": ["nb", "ridge"]}, cv=2,
+                          error_score="raise").fit(texts, ["math"] * 3 + ["code"] * 3)
+    assert search.best_params_["model"] in ("nb", "ridge")
 
 
 def test_bad_settings(emb: Embedder, toy_stats) -> None:

@@ -335,10 +335,7 @@ class RouterConfig:
         """
         if not isinstance(name, str) or name not in PRESETS:
             raise IR3DEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        base = PRESETS[name]
-        if "balance" not in overrides and overrides.get("model", base.model) == "nb":
-            overrides = {**overrides, "balance": True}
-        return base.with_settings(**overrides)
+        return PRESETS[name].with_settings(**overrides)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
@@ -413,13 +410,19 @@ class RouterConfig:
             and (self.pairs is not None or self.skips is not None)
 
     def with_settings(self, **settings: Any) -> RouterConfig:
-        """A copy with ``settings`` changed (validated like a new config).
+        """A copy with ``settings`` changed (validated like a new config). A change to
+        ``model="nb"``, which always weighs every domain the same, makes ``balance`` True
+        unless named too (``paper``'s ``balance=False`` gives way, as in
+        :meth:`preset`; ``set_params(model="nb")`` of a ``paper`` router, which a grid
+        search does, was refused).
 
         Example:
             >>> RouterConfig.preset("unigram").with_settings(alpha=0.3).alpha
             0.3
         """
         _check_settings(settings)
+        if settings.get("model") == "nb" and "balance" not in settings:
+            settings = {**settings, "balance": True}
         return replace(self, **settings)
 
 
