@@ -27,6 +27,10 @@ Tie-breaking (deterministic):
    over the voting tokens, then by expert order (first listed wins);
 4. ``avg`` and ``geo`` ties go to the expert listed first.
 
+"Equal" is equal as computed, to the last bit: two experts whose scores are equal in
+exact arithmetic (symmetric statistics) may differ by a rounding unit, which then
+decides, the same way on every call and in single and batch routing alike.
+
 Confidence is the winner's vote share (``topk``/``all``), its mean probability
 (``avg``) or its normalised geometric mean probability (``geo``: the softmax of the
 mean log-probabilities, so, like ``avg``, between 1/D and 1).
