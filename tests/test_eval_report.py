@@ -37,7 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory, emb: Embedder) -> dict:
 
 def _run(result: dict, out: Path, names: list[str], *, decisions: bool,
          plots: bool = True, force: bool = False) -> Path:
-    drop = () if decisions else ("decisions",)
+    drop = () if decisions else ("decisions", "error_terms")  # (as evaluate() gives them)
     settings = [{**{k: v for k, v in result.items() if k not in drop}, "setting": n}
                 for n in names]
     return write_report({"meta": META, "settings": settings}, out, plots=plots, force=force)
@@ -433,6 +433,76 @@ def test_a_move_cut_short_is_known_to_the_next_run(result: dict, tmp_path: Path,
     _run(result, tmp_path, ["alpha"], decisions=False)
     assert {p.name for p in tmp_path.iterdir()} == _plots("alpha") | {"results.json",
                                                                       "report.md"}
+
+
+def test_a_link_to_nothing_named_as_an_output_is_refused(result: dict,
+                                                        tmp_path: Path) -> None:
+    """A broken symbolic link named like an output passed as absent: written through, it
+    made its target (and folders) outside the output folder, without force; one to a
+    place that cannot be made failed after the whole run, half the outputs moved in."""
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere" / "deep" / "stolen.md"
+    (out / "report.md").symlink_to(elsewhere)
+    for force in (False, True):
+        with pytest.raises(IR3DEError, match=rf"report.md is a symbolic link to "
+                                             rf"{re.escape(str(elsewhere))}, which does not "
+                                             r"exist: remove the link, or write elsewhere$"):
+            _run(result, out, ["alpha"], decisions=False, force=force)
+    assert not (tmp_path / "elsewhere").exists() and [p.name for p in out.iterdir()] == \
+        ["report.md"]
+
+
+def test_rendering_results_again_keeps_their_decisions(result: dict, tmp_path: Path) -> None:
+    """results.json holds no decisions (they go to decisions.jsonl): rendered again into
+    its folder, it removed decisions.jsonl as stale, the report still pointing there."""
+    _run(result, tmp_path, ["alpha"], decisions=True)
+    decisions = (tmp_path / "decisions.jsonl").read_bytes()
+    report = (tmp_path / "report.md").read_text()
+    assert "decisions.jsonl" in report
+    write_report(json.loads((tmp_path / "results.json").read_text()), tmp_path)
+    assert (tmp_path / "decisions.jsonl").read_bytes() == decisions
+    assert (tmp_path / "report.md").read_text() == report
+    assert "decisions.jsonl" in json.loads((tmp_path / "results.json").read_text())["outputs"]
+    # a run without decisions still removes them
+    _run(result, tmp_path, ["alpha"], decisions=False)
+    assert not (tmp_path / "decisions.jsonl").exists()
+
+
+def test_a_staging_folder_a_killed_run_left_is_removed(result: dict, tmp_path: Path) -> None:
+    """A run killed outright (SIGKILL: no finally) left its hidden staging folder, half a
+    run's plots in it, and no later run removed it. One still held, or just made, stays."""
+    import fcntl
+
+    dead, held, fresh = (tmp_path / f".ir3de-eval-staging-{n}" for n in ("dead", "held",
+                                                                          "fresh"))
+    for folder in (dead, held, fresh):
+        folder.mkdir()
+        (folder / "confusion_alpha.png").write_bytes(b"half")
+    for folder in (dead, held):
+        os.utime(folder, (0, 0))
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        _run(result, tmp_path, ["alpha"], decisions=False)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [fresh.name, held.name]
+
+
+def test_a_router_result_lacking_a_field_is_named(result: dict, tmp_path: Path) -> None:
+    """A router's result without route_us (results.json edited) was a bare KeyError."""
+    bare = {k: v for k, v in result.items() if k != "decisions"}
+    ir3de = next(r for r in bare["routers"] if r["family"] == "ir3de")
+    routers = [{k: v for k, v in r.items() if r is not ir3de or k not in ("route_us", "k")}
+               for r in bare["routers"]]
+    with pytest.raises(IR3DEError, match=rf"^write_report: setting 'custom': router "
+                                         rf"{re.escape(repr(ir3de['name']))} is not a result "
+                                         r"of evaluate\(\): it lacks route_us, k$"):
+        write_report({"settings": [{**bare, "routers": routers}]}, tmp_path / "out")
+    with pytest.raises(IR3DEError, match=r"routers\[0\] must be a dict, got list"):
+        write_report({"settings": [{**bare, "routers": [[]]}]}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_write_report_checks_results_before_writing_and_defaults_meta(

@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,18 @@ from .settings import check_setting_name
 _POOLED = tuple(s for s in SELECTORS if s != "topk")
 # What write_report needs of each setting's result (evaluate() returns all of them).
 _RESULT_KEYS = ("setting", "description", "leaks_test", "domains", "splits", "routers")
+# ... and of each router's result, by its family (a baseline's holds no selector).
+_ROUTER_KEYS = ("name", "family", "balanced", "micro", "per_domain", "confusion", "splits",
+                "fit_s", "route_us")
+_FAMILY_KEYS = {"ir3de": ("embedder", "preset", "selector", "k", "is_preset"),
+                "saved": ("embedder", "selector", "k")}
 # Lists the files a write is moving into the output folder until it has finished.
 _PENDING = ".ir3de-eval-pending.json"
+_STAGING = ".ir3de-eval-staging-"
+# A staging folder left by a run that was killed is removed by the next run once no process
+# holds it and it has not changed for this long (a run that has just made one, and not yet
+# locked it, is not taken for dead).
+_STAGING_STALE_S = 60.0
 
 __all__ = ["check_outputs", "foreign_outputs", "machine", "output_names", "previous_outputs",
            "render_markdown", "summary_routers", "write_report"]
@@ -452,12 +463,18 @@ def output_names(settings: Sequence[str], *, plots: bool, decisions: bool) -> li
 def check_outputs(out: Path, names: Iterable[str]) -> None:
     """Raise :class:`~ir3de.errors.IR3DEError` when ``out``, or an output ``names`` of it,
     cannot be written as a file: ``out`` a file or under one, an output a directory or
-    something else that is not a regular file (a FIFO). Found before the run, not after."""
+    something else that is not a regular file (a FIFO), or a symbolic link to nothing.
+    Found before the run, not after."""
     if out.exists() and not out.is_dir():
         raise IR3DEError(f"{out} is not a directory")
     require_creatable(out)
     for name in names:
         path = out / name
+        if path.is_symlink() and not path.exists():
+            # Written through, it would create a file (and its folders) wherever the link
+            # points, outside the output folder, or fail after the whole run.
+            raise IR3DEError(f"{path} is a symbolic link to {os.readlink(path)}, which does "
+                             "not exist: remove the link, or write elsewhere")
         if path.is_dir():
             raise IR3DEError(f"{path} is a directory")
         if path.exists() and not path.is_file():
@@ -559,6 +576,20 @@ def _checked(results: object) -> dict[str, Any]:
             raise IR3DEError(f"write_report: settings[{i}] is not a result of evaluate(): "
                              f"it lacks {', '.join(missing)}")
         name = check_setting_name(result["setting"])
+        routers = result["routers"]
+        if not isinstance(routers, list):
+            raise IR3DEError(f"write_report: setting {name!r}: 'routers' must be a list of "
+                             f"router results, got {type(routers).__name__}")
+        for j, router in enumerate(routers):
+            if not isinstance(router, dict):
+                raise IR3DEError(f"write_report: setting {name!r}: routers[{j}] must be a "
+                                 f"dict, got {type(router).__name__}")
+            keys = (*_ROUTER_KEYS, *_FAMILY_KEYS.get(router.get("family"), ()))
+            lacking = [k for k in keys if k not in router]
+            if lacking:
+                raise IR3DEError(f"write_report: setting {name!r}: router "
+                                 f"{router.get('name', f'#{j}')!r} is not a result of "
+                                 f"evaluate(): it lacks {', '.join(lacking)}")
         if name in seen:  # the second's plots would overwrite the first's
             raise IR3DEError(f"write_report: two settings are named {name!r}")
         seen.add(name)
@@ -577,17 +608,60 @@ def _utf8(name: str, text: str) -> bytes:
                          "a file name that is not UTF-8?)") from None
 
 
+def _remove_dead_staging(out: Path) -> None:
+    """Remove the staging folders of ``out`` that runs killed outright (SIGKILL, a power
+    cut) left behind, which no ``finally`` removed: each run holds a lock on its own, so
+    one that can be locked, and has not changed for a while, is nobody's. Not done where
+    there is no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    now = time.time()
+    for folder in out.glob(f"{_STAGING}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or \
+                    now - folder.stat().st_mtime < _STAGING_STALE_S:
+                continue
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # (held: a run still writing)
+            pass
+        finally:
+            os.close(fd)
+
+
+def _lock_staging(staging: Path) -> int | None:
+    """Hold a lock on ``staging`` for as long as the returned descriptor is open (see
+    :func:`_remove_dead_staging`); None where there is no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(staging, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def _move_in(out: Path, files: dict[str, bytes], previous: set[str]) -> None:
     """Write ``files`` (name -> bytes) into ``out`` as the module docs describe: staged in a
     hidden folder of ``out`` (the same file system, so moving in is a rename), then moved
     in in order, the previous run's other outputs (``previous``) removed, and the pending
-    list dropped. The staging folder is removed however this ends."""
+    list dropped. The staging folder is removed however this ends (but a kill), and one
+    that an earlier, killed run left is removed now."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".ir3de-eval-staging-", dir=out))
+        _remove_dead_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=out))
     except OSError as exc:
         raise IR3DEError(f"cannot write in {out}: {exc.strerror or exc}") from None
+    lock = None
     try:
+        lock = _lock_staging(staging)
         for name, data in files.items():
             target = out / name
             # The permissions of the file replaced, as atomic_write_bytes keeps them.
@@ -607,6 +681,8 @@ def _move_in(out: Path, files: dict[str, bytes], previous: set[str]) -> None:
         (out / _PENDING).unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = True,
@@ -630,7 +706,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     file is in place, those the previous run into ``out_dir`` listed (plots of settings not
     run now, a ``decisions.jsonl`` not kept now, plots after ``plots=False``) are removed,
     so the folder holds exactly this run's outputs; no other file is touched, and a run
-    that fails leaves the previous run's files as they were.
+    that fails leaves the previous run's files as they were. Results read back from a
+    ``results.json`` (which holds no decisions) and written into its folder again keep its
+    ``decisions.jsonl``, which their error terms point to.
 
     A file of an output's name that no evaluation wrote (:func:`foreign_outputs`: a
     ``report.md`` of your own) is an :class:`~ir3de.errors.IR3DEError` unless ``force``,
@@ -641,7 +719,14 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     out = Path(out_dir)
     settings = results["settings"]
     decisions = any("decisions" in r for r in settings)
-    names = output_names([r["setting"] for r in settings], plots=plots, decisions=decisions)
+    previous = previous_outputs(out)
+    # Results read back from a results.json, rendered again into its folder: their
+    # decisions were moved out to decisions.jsonl, which they cannot give back, and their
+    # error terms point there. Removed as a stale output, it was lost.
+    kept = not decisions and "decisions.jsonl" in previous and \
+        any("error_terms" in r for r in settings)
+    names = output_names([r["setting"] for r in settings], plots=plots,
+                         decisions=decisions or kept)
     check_outputs(out, names)
     foreign = [] if force else foreign_outputs(out, names)
     if foreign:
@@ -665,5 +750,5 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
 
         files.update(render_plots(*settings))  # one warning for all, if any
     files.update(encoded)  # last: report.md and results.json are moved in after the rest
-    _move_in(out, files, previous_outputs(out))
+    _move_in(out, files, previous - {"decisions.jsonl"} if kept else previous)
     return out / "report.md"
