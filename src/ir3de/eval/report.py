@@ -584,7 +584,7 @@ def _checked(results: object) -> dict[str, Any]:
             if not isinstance(router, dict):
                 raise IR3DEError(f"write_report: setting {name!r}: routers[{j}] must be a "
                                  f"dict, got {type(router).__name__}")
-            keys = (*_ROUTER_KEYS, *_FAMILY_KEYS.get(router.get("family"), ()))
+            keys = (*_ROUTER_KEYS, *_FAMILY_KEYS.get(str(router.get("family")), ()))
             lacking = [k for k in keys if k not in router]
             if lacking:
                 raise IR3DEError(f"write_report: setting {name!r}: router "
