@@ -1858,6 +1858,12 @@ def test_head_requests_compressed_bodies_and_trailing_slashes(gateway: Proc) -> 
     assert r.status_code == 404 and r.json()["error"]["message"].startswith(
         "Invalid URL (POST /v1/chat/completions/): this gateway serves")
     assert r.json()["error"]["message"].endswith("(without a trailing slash)")
+    # a model card's path too ("model '' does not exist", "model 'math/' does not exist")
+    for path in ("/v1/models/", "/v1/models/math/"):
+        r = httpx.get(gateway.url + path)
+        assert r.status_code == 404 and r.json()["error"]["message"] == (
+            f"Invalid URL (GET {path}): this gateway serves POST /v1/chat/completions, POST "
+            "/v1/completions and GET /v1/models (without a trailing slash)"), path
 
 
 def test_cors_lets_the_named_web_origins_call_the_api(stats_files, upstreams,
@@ -1877,6 +1883,10 @@ def test_cors_lets_the_named_web_origins_call_the_api(stats_files, upstreams,
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "https://chat.example.com"
         assert "authorization" in r.headers["access-control-allow-headers"]
+        # HEAD is served (an uptime check from a page): its preflight was a 400
+        r = httpx.options(proc.url + "/v1/models",
+                          headers={**preflight, "access-control-request-method": "HEAD"})
+        assert r.status_code == 200 and "HEAD" in r.headers["access-control-allow-methods"]
         r = httpx.post(url, json=_chat(MATH),
                        headers={**page, "authorization": "Bearer client-key"})
         assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
@@ -2553,6 +2563,69 @@ def test_cooldown_without_a_usable_fallback_is_a_503(stats_files, upstreams,
                                               ("ir3de", "coding", None, 503),
                                               ("ir3de", "math", None, 503),
                                               ("coding", "coding", None, 503)]
+    finally:
+        gw.stop()
+
+
+def test_a_fallback_chosen_over_a_healthy_pick_that_fails_leaves_it_to_the_pick(
+        stats_files, upstreams, tmp_path) -> None:
+    """Low confidence sent a request to the fallback; with the fallback down it was a 502,
+    then a 503, naming the fallback alone, while the router's pick was up and never tried.
+    Now the pick answers (no x-ir3de-fallback: the fallback did not answer), the access
+    line keeping the reason as fallback_skipped; with both down the 503 names the pick."""
+    config = _with_experts(_config(tmp_path, stats_files, upstreams, cooldown_failures=1,
+                                   cooldown_seconds=30, threshold=0.9999),
+                           math={"url": _closed_url()})
+    gw = _gateway(config)
+    try:
+        for _ in range(2):  # the fallback refuses, then it is cooling down
+            r, = _routed(gw, echo=True)
+            assert r.status_code == 200 and r.json()["received"]["prompt"] == CODE
+            assert (r.headers["x-ir3de-expert"], r.headers["x-ir3de-routed-to"]) == \
+                ("coding", "coding")
+            assert "x-ir3de-fallback" not in r.headers
+        assert [(e["expert"], e["routed_to"], e["fallback"], e.get("fallback_skipped"),
+                 e["status"]) for e in _access_log(gw)] == \
+            [("coding", "coding", None, "low_confidence", 200)] * 2
+        assert "math" in httpx.get(gw.url + "/healthz").json()["cooling_down"]
+    finally:
+        gw.stop()
+    (tmp_path / "both").mkdir()
+    config = _with_experts(_config(tmp_path / "both", stats_files, upstreams,
+                                   cooldown_failures=1, cooldown_seconds=30, threshold=0.9999),
+                           math={"url": _closed_url()}, coding={"url": _closed_url()})
+    gw = _gateway(config)
+    try:
+        r, = _routed(gw)
+        assert r.status_code == 502 and r.json()["error"]["message"] == \
+            "expert 'math' failed (ConnectError); expert 'coding' is unreachable (ConnectError)"
+        r, = _routed(gw)
+        assert r.status_code == 503 and "; so is the router's pick 'coding': it failed" in \
+            r.json()["error"]["message"], r.text
+    finally:
+        gw.stop()
+
+
+def test_a_second_expert_gets_a_request_id_of_its_own(stats_files, upstreams,
+                                                      tmp_path) -> None:
+    """The pick timed out and the fallback got the same x-request-id: experts that are
+    adapters of one vLLM server share its engine, which refuses an id still running."""
+    config = _config(tmp_path, stats_files, upstreams, timeouts={"coding": 1})
+    gw = _gateway(config)
+    try:
+        sent = []
+        for headers in ({}, {"x-request-id": "trace-7"}):
+            r = httpx.post(gw.url + "/v1/completions", headers=headers, timeout=20,
+                           json={"model": "ir3de", "prompt": CODE, "hang": 3, "echo": True})
+            assert r.status_code == 200 and r.headers["x-ir3de-expert"] == "math"
+            rid = r.headers["x-ir3de-request-id"]
+            received = r.json()["headers"]["x-request-id"]
+            line = _logged(gw, rid)
+            assert received == line["fallback_request_id"] != line.get("upstream_request_id",
+                                                                        rid)
+            assert re.fullmatch(re.escape(rid) + "-[0-9a-f]{8}", received)
+            sent.append(received)
+        assert sent[1].startswith("trace-7-")
     finally:
         gw.stop()
 

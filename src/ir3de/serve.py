@@ -94,8 +94,10 @@ Failures: a refused connection is retried once (the expert may be restarting), a
 a request on a reused idle connection that the expert closed before answering, within
 0.5 s (the keep-alive race; a request on a new connection, answered even in part, or held
 longer, is not sent twice). For a routed request, a second failure or a timeout sends the
-request to the fallback expert. A request that names its expert may carry what that
-expert alone accepts: it never goes to another one, and gets a 502 (504 for a timeout)
+request to the fallback expert (or, where the fallback was chosen over the router's pick
+for low confidence or coverage, to that pick; a second expert gets a request id of its
+own). A request that names its expert may carry what that expert alone accepts: it never
+goes to another one, and gets a 502 (504 for a timeout)
 naming the expert, as routed requests do without a fallback; the message tells an expert
 that is unreachable (no connection; a TLS failure by its OpenSSL reason) from one that
 sent a malformed or truncated answer (or closed the connection without one). Any other
@@ -1869,7 +1871,8 @@ class _Cors:
 
         self.app = app
         # no credentials mode: keys travel in the authorization header, never in cookies
-        self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST"],
+        self.cors = CORSMiddleware(app, allow_origins=origins,
+                                   allow_methods=["GET", "HEAD", "POST"],  # (what is served)
                                    allow_headers=["*"], expose_headers=_EXPOSED_HEADERS,
                                    max_age=600)
 
@@ -2431,11 +2434,17 @@ def create_app(config: Any) -> Any:
         return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     async def _send(expert_name: str, endpoint: Any, path: str, body: _Completion,
-                    stream: bool) -> httpx.Response:
+                    stream: bool, again: bool = False) -> httpx.Response:
         headers = {"content-type": "application/json"}
         line = _LINE.get()
         if line is not None:  # one id in both logs (vLLM takes it as its own)
-            headers["x-request-id"] = line.get("upstream_request_id", line["request_id"])
+            if again:
+                # The first expert may still be running it (a timeout), on the same
+                # engine when experts are adapters of one vLLM server, which refuses an
+                # id already running: the second attempt's is its own.
+                line["fallback_request_id"] = f"{line['request_id']}-{uuid.uuid4().hex[:8]}"
+            headers["x-request-id"] = line.get(
+                "fallback_request_id", line.get("upstream_request_id", line["request_id"]))
         if endpoint.api_key_env:  # (set: checked at startup and when the expert was added)
             key = os.environ.get(endpoint.api_key_env, "").strip()
             if endpoint.api_key_header:
@@ -2556,11 +2565,12 @@ def create_app(config: Any) -> Any:
                               stream=_Begun(first, rest, response), request=response.request)
 
     async def _attempt(ticket: _Ticket, endpoint: Any, path: str, body: _Completion,
-                       stream: bool) -> httpx.Response:
-        """:func:`_send` to the ticket's expert, its outcome recorded for cooldowns."""
+                       stream: bool, again: bool = False) -> httpx.Response:
+        """:func:`_send` to the ticket's expert, its outcome recorded for cooldowns;
+        ``again``: a second expert's attempt at the request."""
         answered: bool | None = None  # cancelled (the request or the server): no outcome
         try:
-            response = await _send(ticket.expert, endpoint, path, body, stream)
+            response = await _send(ticket.expert, endpoint, path, body, stream, again)
             answered = response.status_code not in config.fallback_statuses
             if not answered:  # (a proxy's "no upstream", an overloaded server)
                 metrics.errors.labels(ticket.expert, f"HTTP {response.status_code}").inc()
@@ -2613,14 +2623,16 @@ def create_app(config: Any) -> Any:
             return type(exc).__name__
         return type(_chain(exc)[-1]).__name__
 
-    def _unavailable(down: _Down, fallback: _Down | None) -> Any:
-        """The 503 for a request whose expert (and fallback, if any) is cooling down, with
-        ``retry-after`` (whole seconds, at least 1: when one of them is tried again)."""
+    def _unavailable(down: _Down, other: _Down | None, which: str = "fallback expert") -> Any:
+        """The 503 for a request whose expert (and the one it would go on to, ``which``: the
+        fallback, or the router's pick when the fallback was chosen over it) is cooling
+        down, with ``retry-after`` (whole seconds, at least 1: when one of them is tried
+        again)."""
         message = f"expert {down.expert!r} is unavailable: {down.why()}"
         retry_in = down.retry_in
-        if fallback is not None:
-            message += f"; so is the fallback expert {fallback.expert!r}: {fallback.why()}"
-            retry_in = min(retry_in, fallback.retry_in)
+        if other is not None:
+            message += f"; so is the {which} {other.expert!r}: {other.why()}"
+            retry_in = min(retry_in, other.retry_in)
         metrics.requests.labels(down.expert, "503").inc()
         return _error(503, message, kind="upstream_error", code="expert_unavailable",
                       headers={"retry-after": str(max(1, math.ceil(retry_in))),
@@ -2737,60 +2749,82 @@ def create_app(config: Any) -> Any:
                     confidence=confidence, coverage=coverage)
         chosen = expert
         fallback = config.fallback if config.fallback in state.experts else None
+        # What a routed request tries when its expert is down or fails: the fallback; or,
+        # where the fallback was chosen over the router's pick (low confidence or
+        # coverage), that pick. A request the router placed was a 502 or 503 naming the
+        # fallback alone while the pick was up.
+        if not routed:
+            alternative = None
+        elif reason in ("low_confidence", "low_coverage"):
+            alternative = routed_to if routed_to in state.experts else None
+        else:
+            alternative = fallback
+        if alternative == expert:
+            alternative = None
+
+        def switch(why: str) -> str:
+            """Go on to ``alternative``: the fallback answers (``why``), or the pick does,
+            the fallback's reason kept in the line as ``fallback_skipped``."""
+            nonlocal reason
+            assert alternative is not None  # (called only where there is one)
+            if alternative == routed_to:
+                info["fallback_skipped"], reason = reason, None
+            else:
+                reason = why
+                metrics.fallbacks.labels(reason).inc()
+            info.update(expert=alternative, fallback=reason)
+            return alternative
+
         ticket = cooldowns.admit(expert)
         if isinstance(ticket, _Down):
             # An expert that keeps failing is not tried: a routed request goes on to the
-            # fallback, one that names the expert gets a 503 saying when to come back.
-            other = cooldowns.admit(fallback) if routed and fallback not in (None, expert) \
-                else None
+            # alternative, one that names the expert gets a 503 saying when to come back.
+            other = cooldowns.admit(alternative) if alternative is not None else None
             if not isinstance(other, _Ticket):
-                return _unavailable(ticket, other)
-            expert, ticket, reason = fallback, other, "expert_down"
-            metrics.fallbacks.labels(reason).inc()
-            info.update(expert=expert, fallback=reason)
+                return _unavailable(ticket, other, "router's pick" if alternative == routed_to
+                                    else "fallback expert")
+            expert, ticket = switch("expert_down"), other
         try:
             response = await _attempt(ticket, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:
             # A request that names its expert may carry what that expert alone accepts:
-            # it is never sent to another one. Routed requests go to the fallback, unless
-            # the gateway's own connections were all busy: the fallback would wait for
-            # the same pool.
-            if not routed or fallback is None or fallback == expert \
+            # it is never sent to another one. Routed requests go to the alternative,
+            # unless the gateway's own connections were all busy: it would wait for the
+            # same pool.
+            if alternative is None or expert == alternative \
                     or isinstance(exc, httpx.PoolTimeout):
                 before = f"expert {chosen!r} is cooling down; " if expert != chosen else ""
                 return _upstream_failed(expert, state.experts[expert], exc, before)
-            second = cooldowns.admit(fallback)
+            second = cooldowns.admit(alternative)
             if isinstance(second, _Down):
+                which = "router's pick" if alternative == routed_to else "fallback expert"
                 return _upstream_failed(expert, state.experts[expert], exc,
-                                        after=f"; the fallback expert {fallback!r} is "
+                                        after=f"; the {which} {alternative!r} is "
                                               f"unavailable: {second.why()}")
-            failed, expert, reason = expert, fallback, "upstream_failure"
-            metrics.fallbacks.labels(reason).inc()
-            info.update(expert=expert, fallback=reason)
+            failed, expert = expert, switch("upstream_failure")
             try:
-                response = await _attempt(second, state.experts[expert], path, body, stream)
+                response = await _attempt(second, state.experts[expert], path, body, stream,
+                                          again=True)
             except (httpx.TransportError, httpx.DecodingError) as exc2:
                 return _upstream_failed(expert, state.experts[expert], exc2,
                                         f"expert {failed!r} failed ({_error_kind(exc)}); ")
         except httpx.DecodingError as exc:  # it did answer: no fallback
             return _upstream_failed(expert, state.experts[expert], exc)
         else:
-            if response.status_code in config.fallback_statuses and routed \
-                    and fallback is not None and fallback != expert:
+            if response.status_code in config.fallback_statuses \
+                    and alternative is not None and alternative != expert:
                 # The expert is down behind its proxy, or overloaded: a routed request goes
-                # on to the fallback, as on a refused connection. Without one (or with it
-                # cooling down) the answer is relayed as it came.
-                second = cooldowns.admit(fallback)
+                # on to the alternative, as on a refused connection. Without one (or with
+                # it cooling down) the answer is relayed as it came.
+                second = cooldowns.admit(alternative)
                 if isinstance(second, _Ticket):
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
                     failed, status = expert, response.status_code
-                    expert, reason = fallback, "upstream_failure"
-                    metrics.fallbacks.labels(reason).inc()
-                    info.update(expert=expert, fallback=reason)
+                    expert = switch("upstream_failure")
                     try:
                         response = await _attempt(second, state.experts[expert], path, body,
-                                                  stream)
+                                                  stream, again=True)
                     except (httpx.TransportError, httpx.DecodingError) as exc2:
                         return _upstream_failed(expert, state.experts[expert], exc2,
                                                 f"expert {failed!r} answered {status}; ")
@@ -3109,6 +3143,8 @@ def create_app(config: Any) -> Any:
     @app.api_route("/v1/models/{model:path}", methods=["GET", "HEAD"])
     async def model_info(model: str) -> Any:
         if model != config.name and model not in holder["state"].experts:
+            if not model or model.endswith("/"):  # the unknown path's 404, with its hint
+                raise StarletteHTTPException(404)
             return _error(404, f"model {_shown_name(model)} does not exist",
                           code="model_not_found",
                           param="model")
