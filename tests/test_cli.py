@@ -1025,6 +1025,8 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
              (0.1, None, None, "score")),
             (["--pairs", "none"], "nb", ("auto", None, None, "score"),
              (0.01, None, None, "score")),
+            (["--preset", "unigram", "--unseen", "ignore"], "nb", (0.1, None, None, "ignore"),
+             (0.1, None, None, "ignore")),
             (["--preset", "few"], "nb", few, few),
             (["--preset", "skips"], "nb", ("auto",) * 4, few),
             (["--skips", "auto", "--unseen", "ignore"], "nb",
@@ -1048,8 +1050,9 @@ def test_build_default_is_nb(built: dict[str, Path], tmp_path: Path, capsys) -> 
                                                   "unseen tokens"), used, settings, strict=True)]
         if spelled:
             shown[0] += f"  spelling weight=none{auto}"
+        # (unseen tokens shown without pairs too: an ignore routed otherwise, unshown)
         assert line.strip() == (
-            f"model        nb (Naive-Bayes, binary token features)  {shown[0]}"
+            f"model        nb (Naive-Bayes, binary token features)  {shown[0]}  {shown[3]}"
             if used[1] is None and used[2] is None else
             "model        nb (Naive-Bayes, binary token and token-pair features)  "
             + "  ".join(text for k, text in enumerate(shown) if k < 2 or settings[k] is not None))
@@ -1776,6 +1779,19 @@ def test_errors_naming_a_path_with_control_characters_stay_one_line(tmp_path: Pa
                         ("zw\u200bsp", "zw\\u200bsp")):
         code, out, err = run(capsys, "route", tmp_path / name, "hi")
         assert (code, err) == (1, f"ir3de: error: {tmp_path}/{shown}: no such file\n")
+
+
+
+def test_summary_lines_naming_a_path_with_control_characters_stay_one_line(
+        built: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Errors showed such names escaped, but the commands' summary lines (stats, build)
+    and inspect printed them raw: a terminal escape cleared the screen."""
+    odd = tmp_path / "esc\x1b[2J\nx.st"
+    code, out, err = run(capsys, "build", built["math"], built["coding"], "-o", odd)
+    assert (code, out) == (0, "") and "\x1b" not in err and "\n" not in err.rstrip("\n")
+    assert err.startswith(f"{tmp_path}/esc\\x1b[2J\\nx.st: router with 2 experts")
+    code, out, _ = run(capsys, "inspect", odd)
+    assert code == 0 and out.splitlines()[0] == f"{tmp_path}/esc\\x1b[2J\\nx.st: router"
 
 
 def test_experts_add_of_the_router_to_itself_says_what_is_wrong(built: dict[str, Path],

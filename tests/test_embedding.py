@@ -554,9 +554,16 @@ def test_hf_folder_explicit_tensor_sharded(make_model_folder) -> None:
     _check_tiny(load_embedder(folder, tensor="encoder.token_table"), table)
 
 
-def test_hf_folder_errors(tmp_path: Path) -> None:
-    with pytest.raises(IR3DEError, match="unknown embedder"):
-        load_embedder(tmp_path / "does-not-exist")
+def test_hf_folder_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a path is a folder that is missing, not an unknown embedder (Path("minilm") was
+    # "unknown embedder 'minilm': use 'wordllama', 'minilm', …")
+    monkeypatch.chdir(tmp_path)
+    for source in (tmp_path / "does-not-exist", Path("minilm"), "nope/", "./typo"):
+        with pytest.raises(IR3DEError, match=rf"^{re.escape(str(source))}: no such model "
+                                             r"folder$"):
+            load_embedder(source)
+    with pytest.raises(IR3DEError, match=r"^unknown embedder 'typo': use 'wordllama'"):
+        load_embedder("typo")
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
     with pytest.raises(IR3DEError, match=r"is a tokenizer file: give the embedding table"):
@@ -830,7 +837,7 @@ def test_table_and_tensor_are_refused_where_they_would_be_ignored(tmp_path: Path
              r"^table must be a file path \(str or os\.PathLike\), got int$"),
             (lambda: load_embedder(folder, tensor=["x"]),  # type: ignore[arg-type]
              r"^tensor must be a tensor name \(str\), got list$"),
-            (lambda: load_embedder(tmp_path / "nope", tensor="x"), "unknown embedder")):
+            (lambda: load_embedder(tmp_path / "nope", tensor="x"), "no such model folder")):
         with pytest.raises(IR3DEError, match=message):
             call()
 

@@ -66,6 +66,7 @@ from ir3de.errors import (
     unknown_expert,
 )
 from ir3de.router import (
+    DEFAULT_K,
     MODELS,
     PRESETS,
     UNSEEN,
@@ -126,6 +127,13 @@ def _one_line(message: str) -> str:
         return shown_path(char) if "\udc80" <= char <= "\udcff" else repr(char)[1:-1]
 
     return _CONTROL.sub(escaped, message)
+
+
+def _note(message: str) -> None:
+    """A command's summary line on standard error, the file names in it shown as errors
+    show them (:func:`_one_line`): a file named with a terminal escape cleared the screen,
+    one with a newline split the line."""
+    print(_one_line(message), file=sys.stderr)
 
 
 class _Messages(argparse.ArgumentParser):
@@ -468,7 +476,9 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         f"{_FEW}) or 'none' (every other preset); use it with the geo "
                         "selector (the per-token voting selectors lose 5-27 points with it)")
     g.add_argument("--lam", type=_non_negative_float, help="ridge model: penalty λ (default 1e-2)")
-    g.add_argument("--k", type=_token_count, help="tokens that vote with --selector topk")
+    g.add_argument("--k", type=_token_count,
+                   help=f"tokens that vote with --selector topk (default: the preset's, "
+                        f"{DEFAULT_K}; paper's {PRESETS['paper'].k})")
     g.add_argument("--selector", choices=SELECTORS,
                    help="topk: k lowest-entropy tokens vote; all: every token votes; "
                         "avg: argmax of the mean token probabilities; geo: argmax of the "
@@ -927,11 +937,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = sign(stats, args.sign)
     stats.save(out, overwrite=replace)
     if not args.quiet:
-        print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
+        _note(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
               f"{_count(stats.n_tokens, 'token')} "
               f"({stats.n_tokens / max(seconds, 1e-9):,.0f} tokens/s"
               f"{', Ray start-up included' if args.engine == 'ray' else ''}), "
-              f"embedder {emb.name} [{emb.fingerprint[:12]}]", file=sys.stderr)
+              f"embedder {emb.name} [{emb.fingerprint[:12]}]")
     return 0
 
 
@@ -951,9 +961,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         stats = sign(stats, args.sign)
     stats.save(out, overwrite=replace)
     if not args.quiet:
-        print(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
-              f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}",
-              file=sys.stderr)
+        _note(f"{out}: domain {stats.domain!r}, {_count(stats.n_prompts, 'prompt')}, "
+              f"{_count(stats.n_tokens, 'token')} from {_count(len(args.stats), 'file')}")
     return 0
 
 
@@ -991,8 +1000,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         [s if name == s.domain else s.renamed(name) for name, s in named])
     router.save(out, overwrite=replace)
     if not args.quiet:
-        print(f"{out}: router with {_count(len(router.experts), 'expert')} "
-              f"({', '.join(router.experts)}){_smoothing_note(router)}", file=sys.stderr)
+        _note(f"{out}: router with {_count(len(router.experts), 'expert')} "
+              f"({', '.join(router.experts)}){_smoothing_note(router)}")
     return 0
 
 
@@ -1296,8 +1305,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
             message = f"removed expert {args.name!r}"
         router.save(out, overwrite=replace)
     if not args.quiet:
-        print(f"{out}: {message}; experts now {', '.join(router.experts)}"
-              f"{_smoothing_note(router, before)}", file=sys.stderr)
+        _note(f"{out}: {message}; experts now {', '.join(router.experts)}"
+              f"{_smoothing_note(router, before)}")
     return 0
 
 
@@ -1371,7 +1380,7 @@ def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def _print_inspected(file: str, kind: str, info: dict[str, Any],
                      unread_pairs: bool = False) -> None:
-    _echo(f"{file}: {'router' if kind == 'ir3de-router' else 'statistics'}")
+    _echo(f"{_one_line(str(file))}: {'router' if kind == 'ir3de-router' else 'statistics'}")
     _echo(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
           f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
     _echo(f"  fingerprint  {info['fingerprint']}")
@@ -1403,8 +1412,11 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
             else:
                 unread = (f"; the token pairs it holds are read by the geo selector only, "
                           f"not {c['selector']}" if unread_pairs else "")
+                # (geo reads it without pairs too: an ignore routed otherwise, unshown)
+                unseen = f"  unseen tokens={_chosen(c['unseen'], used['unseen'])}" \
+                    if "unseen" in c else ""
                 _echo(f"  model        nb (Naive-Bayes, binary token features{unread})  "
-                      f"{smoothing}")
+                      f"{smoothing}{unseen}")
         else:
             _echo(f"  model        ridge  λ={c['lam']:g}  balance={c['balance']}  "
                   + (f"normalize={c['normalize']}  " if "normalize" in c else "")
@@ -1424,7 +1436,7 @@ def _print_inspected(file: str, kind: str, info: dict[str, Any],
         _echo(f"  domain       {info['domain']}")
         _echo(f"  counts       {_count(info['n_prompts'], 'prompt')}, "
               f"{_count(info['n_tokens'], 'token')} "
-              f"(prompts capped at {info['max_tokens']} tokens)")
+              f"(prompts capped at {_count(info['max_tokens'], 'token')})")
         held = [name for name, present in (("A", info["has_A"]), ("b", True),
                                            ("token counts", info["has_counts"]),
                                            ("document frequencies", info["has_doc_counts"]))
@@ -1758,9 +1770,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     _check_output(public, args.force)
     generate_key(private, force=args.force)
     if not args.quiet:
-        print(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
+        _note(f"{args.output}: private key (keep it; sign with ir3de stats --sign "
               f"{args.output}); {public}: public key (give it to router builders: "
-              "ir3de build --trust DIR)", file=sys.stderr)
+              "ir3de build --trust DIR)")
     return 0
 
 
@@ -1994,7 +2006,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     written = ["results.json", *(["decisions.jsonl"] * args.decisions),
                *(["PNG plots"] * (not args.no_plots))]  # what was written, no more
     beside = written[0] if len(written) == 1 else f"{', '.join(written[:-1])} and {written[-1]}"
-    print(f"{report}: report written ({beside} beside it)", file=sys.stderr)
+    _note(f"{report}: report written ({beside} beside it)")
     return 0
 
 
@@ -2018,10 +2030,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("stats", formatter_class=fmt,
-                       help="domain corpus -> statistics file (A_d, b_d, counts)",
+                       help="domain corpus -> statistics file (token counts, b_d)",
                        description="Count the token ids of one domain's corpus and save its "
-                                   "sufficient statistics: A_d = Σ x̃x̃ᵀ, b_d = Σ x̃, the "
-                                   "token-id counts and document frequencies, and the "
+                                   "sufficient statistics: the token-id counts and document "
+                                   "frequencies, b_d = Σ x̃ (A_d = Σ x̃x̃ᵀ is formed from the "
+                                   "counts when a ridge router needs it), and the "
                                    "document frequencies of adjacent token pairs (and, with "
                                    "--tfidf-buckets, the TF-IDF ridge's statistics over hashed "
                                    "token ids). The texts never leave the machine; the pairs "
@@ -2180,7 +2193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", metavar="EXPERT",
                    help="with --explain: the expert the evidence compares the winner with, "
                         "instead of the runner-up (where EXPERT won, the runner-up)")
-    p.add_argument("--k", type=_token_count, help="override the router's k")
+    p.add_argument("--k", type=_token_count,
+                   help="override the router's k (tokens that vote with --selector topk)")
     p.add_argument("--selector", choices=SELECTORS, help="override the router's selector")
     p.add_argument("--batch-size", type=_positive_int, default=1024,
                    help="prompts per batch (default %(default)s)")

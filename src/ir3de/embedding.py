@@ -981,6 +981,12 @@ def resolve_spec(source: str | os.PathLike[str] | dict[str, Any] | None = None, 
             raise IR3DEError(f"{source} is a tokenizer file: give the embedding table that "
                              f"goes with it too (table=FILE.safetensors or FILE.npy; "
                              f"--table on the command line)")
+        if not Path(source).exists() and (not isinstance(source, str) or "/" in source
+                                          or os.sep in source or source.startswith(".")):
+            # a path (a Path object is one, as is "./typo"), not a name: the folder it
+            # names is missing ("unknown embedder 'minilm'" for Path("minilm") told the
+            # user to use what they had given)
+            raise IR3DEError(f"{source}: no such model folder")
         raise IR3DEError(f"unknown embedder {str(source)!r}: use 'wordllama', 'minilm', a "
                          "Hugging Face model folder, or a tokenizer.json together with a "
                          "table file")

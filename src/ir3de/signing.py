@@ -178,7 +178,7 @@ def _check_pair(path: Path, key: Any) -> None:
     if raw != _raw_public(key.public_key()):
         raise IR3DEError(f"{path}: {public_path} beside it is another key's public key (a "
                          "keygen cut short?), so signatures would not verify against it; "
-                         f"make a new pair with ir3de keygen --force {path}")
+                         f"make a new pair with ir3de keygen -o {path} --force")
 
 
 def _unsupported(exc: Exception) -> str:
