@@ -1233,6 +1233,8 @@ def test_command_lines_argparse_took_parse_as_before(argv: list[str], monkeypatc
     (["experts", "add", "R", "s", "t"],
      "ir3de experts add: error: unrecognized arguments: t"),
     (["stats", "c", "--domain", "d"], "the following arguments are required: -o/--output"),
+    # prompts are optional (stdin, --input): "required: router, prompt" said otherwise
+    (["route"], "ir3de route: error: the following arguments are required: router\n"),
     # an unknown option where the command line is otherwise whole: the command's usage and
     # name, as the README says (it was ir3de's own, "usage: ir3de [-h] ...")
     (["build", "m.stats", "-o", "x.st", "--bogus"],

@@ -2172,7 +2172,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "routed, with a progress bar on stderr when that is a "
                                    "terminal.")
     p.add_argument("router", type=_file, help="router file")
-    p.add_argument("prompt", nargs="*", help="prompts to route")
+    p.add_argument("prompt", nargs="*", default=[],  # (not "required": stdin or --input will do)
+                   help="prompts to route (none: --input, or plain text on stdin)")
     p.add_argument("--input", metavar="FILE", type=_file, action=_Once,
                    help="JSONL, one object per line with the prompt in a text field and "
                         "optionally an id ('-': stdin); one file per call; plain text goes "
