@@ -2173,7 +2173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "terminal.")
     p.add_argument("router", type=_file, help="router file")
     p.add_argument("prompt", nargs="*", default=[],  # (not "required": stdin or --input will do)
-                   help="prompts to route (none: --input, or plain text on stdin)")
+                   help="prompts to route (default none: --input, or plain text on stdin)")
     p.add_argument("--input", metavar="FILE", type=_file, action=_Once,
                    help="JSONL, one object per line with the prompt in a text field and "
                         "optionally an id ('-': stdin); one file per call; plain text goes "
