@@ -464,9 +464,18 @@ def test_rendering_results_again_keeps_their_decisions(result: dict, tmp_path: P
     assert (tmp_path / "decisions.jsonl").read_bytes() == decisions
     assert (tmp_path / "report.md").read_text() == report
     assert "decisions.jsonl" in json.loads((tmp_path / "results.json").read_text())["outputs"]
-    # a run without decisions still removes them
-    _run(result, tmp_path, ["alpha"], decisions=False)
+    # another run's results, rendered into this folder, do not claim its decisions
+    other = tmp_path / "other"
+    _run(result, other, ["beta"], decisions=True)
+    results = json.loads((other / "results.json").read_text())
+    results["meta"] = {**results["meta"], "date": "2026-01-01 00:00 UTC"}  # (another run)
+    write_report(results, tmp_path)
     assert not (tmp_path / "decisions.jsonl").exists()
+    assert "decisions.jsonl" not in json.loads((tmp_path / "results.json").read_text())[
+        "outputs"]
+    # a run without decisions still removes them
+    _run(result, other, ["beta"], decisions=False)
+    assert not (other / "decisions.jsonl").exists()
 
 
 def test_a_staging_folder_a_killed_run_left_is_removed(result: dict, tmp_path: Path) -> None:

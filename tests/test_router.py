@@ -304,6 +304,15 @@ def test_the_routing_cap_is_the_counted_cap_unless_set(emb: Embedder, tmp_path: 
     assert loaded.get_params()["max_tokens"] is None and loaded.max_tokens == 12
     assert clone(loaded).fit(long["math"] + long["code"], ["math", "math", "code", "code"]
                              ).max_tokens == 1024
+    # an expert added or removed keeps it so (they re-solved from the solved config, whose
+    # cap is a number)
+    extra = compute_stats(emb, ["What is 9 - 4?"], domain="more", max_tokens=12)
+    for change in (lambda: loaded.add_expert("more", extra),
+                   lambda: loaded.remove_expert("more")):
+        change()
+        loaded.save(tmp_path / "changed.safetensors")
+        again = Router.load(tmp_path / "changed.safetensors")
+        assert again.get_params()["max_tokens"] is None and again.max_tokens == 12
     router.set_params(max_tokens=12).save(tmp_path / "set.safetensors")
     assert Router.load(tmp_path / "set.safetensors").get_params()["max_tokens"] == 12
 

@@ -2588,6 +2588,8 @@ def test_a_fallback_chosen_over_a_healthy_pick_that_fails_leaves_it_to_the_pick(
                  e["status"]) for e in _access_log(gw)] == \
             [("coding", "coding", None, "low_confidence", 200)] * 2
         assert "math" in httpx.get(gw.url + "/healthz").json()["cooling_down"]
+        # counted as sent to the fallback once: the first was, the second was not
+        assert _metrics(gw)['ir3de_fallbacks_total{reason="low_confidence"}'] == 1
     finally:
         gw.stop()
     (tmp_path / "both").mkdir()
@@ -3412,6 +3414,20 @@ def test_a_value_the_file_does_not_set_is_not_called_edited(stats_files, upstrea
         "does not set it, and the router it describes gives it now: its preset, its "
         "statistics files or ir3de's defaults changed, or the setting was taken out of the "
         "file, since the gateway last started)"), lines
+    # the spelling forms enter as one: the file's spelling brings its prior with it, as an
+    # edit (it said the router "gives it now")
+    state.router.set_params(spelling=None, spelling_prior=5.0)  # as PATCH /admin/settings
+    _persist(state, str(tmp_path / "state"), _initial_state(load_config(config))[1])
+    data["router"]["settings"] = {"pairs": 3e4, "spelling": 0.5}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ir3de.access"):
+        state, _ = _initial_state(load_config(config))
+    assert (state.router.config.spelling, state.router.config.spelling_prior) == (0.5, None)
+    lines = {e["field"]: e["message"]
+             for e in map(json.loads, (r.getMessage() for r in caplog.records))}
+    assert lines["router.spelling_prior"].endswith(
+        "(edited in gateway.yaml since the gateway last started)"), lines
 
 
 # ----------------------------------------------------------------- config and saved state

@@ -1718,7 +1718,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if plot is not None:
         atomic_write_bytes(plot, render_plot(result, args.keep), overwrite=replace)
         if not args.quiet:
-            print(f"wrote {plot}", file=sys.stderr)
+            _note(f"wrote {plot}")
     return 0
 
 

@@ -962,7 +962,9 @@ class Router:
             _refuse_identical([*state.stats.items(), (name, stats)], new=True,
                               pairs=state.config.reads_pairs)
             new = {**state.stats, name: stats}
-            self._state = self._solve((*state.experts, name), new, state.config)
+            # (the user's settings, as every solve takes them: a cap of None stays the
+            # counted one, which a saved router records)
+            self._state = self._solve((*state.experts, name), new, self._config)
         return self
 
     def remove_expert(self, name: str) -> DomainStats:
@@ -975,7 +977,7 @@ class Router:
                 raise ExpertError(f"cannot remove {name!r}: it is the router's only expert")
             new = {n: s for n, s in state.stats.items() if n != name}
             self._state = self._solve(tuple(n for n in state.experts if n != name), new,
-                                      state.config)
+                                      self._config)
         return state.stats[name]
 
     def set_params(self: _RouterT, **params: Any) -> _RouterT:

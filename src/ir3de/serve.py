@@ -134,11 +134,12 @@ Cooldowns: finding out that an expert is down costs each request a refused conne
 and its retry, or the expert's whole ``timeout``. After ``cooldown_failures`` such
 failures in a row (other upstream HTTP errors are answers and do not count), the expert gets
 no requests for ``cooldown_seconds``: routed ones go straight to the fallback (reason
-``expert_down``), and those that name it, or have no fallback that is not itself
-cooling down, get a 503 (``code: expert_unavailable``) with ``retry-after``. Then one
-request tries it: an answer brings it back, a failure starts the next cooldown at once,
-and the other requests are treated as during the cooldown until then. Any answer resets
-the count. ``cooldown_failures: 0`` turns cooldowns off.
+``expert_down``; where the fallback is the one cooling down and was chosen over the
+router's pick, to that pick), and those that name it, or have no such expert to go on to
+that is not itself cooling down, get a 503 (``code: expert_unavailable``) with
+``retry-after``. Then one request tries it: an answer brings it back, a failure starts the
+next cooldown at once, and the other requests are treated as during the cooldown until
+then. Any answer resets the count. ``cooldown_failures: 0`` turns cooldowns off.
 
 Example config::
 
@@ -1072,7 +1073,10 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
                 # A value gateway.yaml does not name changed with what it names: a cap
                 # saved before routers read their statistics' own (1,024 where the files
                 # counted 64) was said to be "edited in gateway.yaml".
-                why = None if using != "config" or key in set_in_file else \
+                # (the spelling forms enter as one: the file's spelling brings its prior)
+                named_here = key in set_in_file or (key in _SPELLING_FORMS
+                                                    and bool(_SPELLING_FORMS & set_in_file.keys()))
+                why = None if using != "config" or named_here else \
                     "gateway.yaml does not set it, and the router it describes gives it " \
                     "now: its preset, its statistics files or ir3de's defaults changed, or " \
                     "the setting was taken out of the file, since the gateway last started"
@@ -2743,8 +2747,6 @@ def create_app(config: Any) -> Any:
                 expert, reason = config.fallback, "low_confidence"
         else:
             expert = model
-        if reason is not None:
-            metrics.fallbacks.labels(reason).inc()
         info.update(expert=expert, routed_to=routed_to, fallback=reason,
                     confidence=confidence, coverage=coverage)
         chosen = expert
@@ -2784,6 +2786,10 @@ def create_app(config: Any) -> Any:
                 return _unavailable(ticket, other, "router's pick" if alternative == routed_to
                                     else "fallback expert")
             expert, ticket = switch("expert_down"), other
+        elif reason is not None:
+            # sent to the fallback: counted now, not when it was chosen (one that is down
+            # leaves the request to the router's pick, and was counted all the same)
+            metrics.fallbacks.labels(reason).inc()
         try:
             response = await _attempt(ticket, state.experts[expert], path, body, stream)
         except httpx.TransportError as exc:

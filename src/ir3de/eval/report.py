@@ -542,6 +542,15 @@ def _listed_outputs(out: Path) -> set[str]:
     return found
 
 
+def _previous_meta(out: Path) -> object:
+    """The ``meta`` of the ``results.json`` in ``out`` (None where there is none to read)."""
+    try:
+        previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return previous.get("meta") if isinstance(previous, dict) else None
+
+
 def _remove_stale(out: Path, stale: Iterable[str]) -> None:
     """Remove the previous run's outputs that this run did not write again."""
     for name in sorted(stale):
@@ -722,9 +731,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     previous = previous_outputs(out)
     # Results read back from a results.json, rendered again into its folder: their
     # decisions were moved out to decisions.jsonl, which they cannot give back, and their
-    # error terms point there. Removed as a stale output, it was lost.
+    # error terms point there. Removed as a stale output, it was lost. (The same run: the
+    # folder's results.json has the same meta, its date included; another run's
+    # decisions.jsonl goes, as before.)
     kept = not decisions and "decisions.jsonl" in previous and \
-        any("error_terms" in r for r in settings)
+        any("error_terms" in r for r in settings) and _previous_meta(out) == results["meta"]
     names = output_names([r["setting"] for r in settings], plots=plots,
                          decisions=decisions or kept)
     check_outputs(out, names)
