@@ -3,13 +3,14 @@
 The settings of the `default` preset were chosen on the held-out part of seed 0's fit
 data (benchmarks/_holdout.py) and on the fresh checks (benchmarks/fresh_unseen.py, whose
 check F3 routes seed 0's `code_python` fit prompts). Another seed splits `domains` anew:
-some of its test prompts are then prompts those choices were judged on (19–20 % of a seed's
-test prompts from seed 1 on, most of its `code_python` ones among them). `ir3de eval --seed 0 1 …` tests
-on them all. This script repeats the split over the seeds as the harness does, but leaves
-out of each split's test prompts every one the choices have seen (``--keep-seen`` keeps
-them, which reproduces `ir3de eval --seed`), and pools the seeds into one paired
-comparison of the `default` preset with TF-IDF + LR (its shipped C, and ``--C`` values of
-its own, such as the one benchmarks/baseline_tuning.py chooses on held-out data).
+some of its test prompts are then prompts those choices were judged on (19 to 20 % of a
+seed's test prompts from seed 1 on, most of its `code_python` ones among them).
+`ir3de eval --seed 0 1 …` tests on them all. This script repeats the split over the seeds
+as the harness does, but leaves out of each split's test prompts every one the choices have
+seen (``--keep-seen`` keeps them, which reproduces `ir3de eval --seed`), and pools the
+seeds into one paired comparison of the `default` preset with TF-IDF + LR (its shipped C,
+and ``--C`` values of its own, such as the one benchmarks/baseline_tuning.py chooses on
+held-out data).
 
 Run:  python benchmarks/clean_seeds.py [--setting domains] [--seeds 0 1 ... 19]
                                        [--C 10 300] [--embedder wordllama] [--keep-seen]
