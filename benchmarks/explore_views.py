@@ -51,7 +51,8 @@ def _log_scores(emb, fit: Mapping[str, Sequence[str]], texts: Sequence[str],
 
     router = Router(emb, RouterConfig.preset("default")).fit_stats(
         [compute_stats(emb, seen(items), domain=d) for d, items in fit.items()])
-    order = [list(router.experts).index(d) for d in fit]
+    # (predict_proba's columns follow classes_, the names sorted, not the fit order)
+    order = [list(router.classes_).index(d) for d in fit]
     with np.errstate(divide="ignore"):
         return np.log(router.predict_proba(seen(texts)))[:, order]
 
