@@ -36,7 +36,7 @@ above today's default on held-out, then higher on the mean of the two fresh chec
 with this file committed before its first run.
 
 Run:  python benchmarks/explore_backoff.py [--embedder wordllama] [--settings ...]
-      python benchmarks/explore_backoff.py --fresh "own m=1e+04 w=0.5"   (step 3)
+      python benchmarks/explore_backoff.py --fresh "own m=10000 w=0.5"   (step 3)
 """
 
 from __future__ import annotations

@@ -149,6 +149,10 @@ def _check(emb, name: str, data_dir: str, baselines: list, variants=_variants,
 
     groups = {d: [x for x in emb.encode_batch(fit[d]) if x.size] for d in domains}
     scores = variants(emb.vocab_size, groups, emb.encode_batch(texts))
+    unknown = [label for label in routers.values() if label not in scores]
+    if unknown:  # (a --fresh label mistyped was a KeyError after the first check's work)
+        raise SystemExit(f"no configuration labelled {', '.join(map(repr, unknown))}; the "
+                         f"labels are: {', '.join(map(repr, scores))}")
     preds = {router: scores[label].argmax(axis=1) for router, label in routers.items()}
     for _, factory in baselines:
         model = factory().fit([t for d in domains for t in fit[d]],
