@@ -149,14 +149,18 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def explore_args(doc: str, settings: Sequence[str], by_source: bool = False,
-                 fresh: bool = False, flags: Sequence[tuple[str, str]] = ()
+                 fresh: bool = False, flags: Sequence[tuple[str, str]] = (),
+                 extra: Callable[[argparse.ArgumentParser], object] | None = None
                  ) -> argparse.Namespace:
     """The command line of every ``explore_*`` script: :func:`script_parser`'s options and
     ``--settings`` (default ``settings``); ``--by-source`` for a script that passes it on
     to :func:`report_splits`, ``--fresh LABEL`` for one that judges a configuration on
     ``fresh_unseen.py``'s checks; ``flags``: the script's own on/off options, as
-    ``(option, help)``."""
+    ``(option, help)``; ``extra`` adds any other options of the script's (so that
+    ``--help`` lists them)."""
     ap = script_parser(doc)
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--settings", nargs="+", default=list(settings))
     if by_source:
         ap.add_argument("--by-source", action="store_true",

@@ -2,7 +2,7 @@
 
 Single prompts are tokenised through a per-chunk cache keyed by client text (a chunk is a
 run of spaces plus the next run of non-spaces). The cache now keeps only chunks of at most
-32 characters and 16 ids, in at most 65,536 entries; before, it kept every chunk it
+64 characters and 32 ids, in at most 65,536 entries; before, it kept every chunk it
 learnt, in up to 262,144 entries, so a distinct 8 KB base64 blob left ~250 KB behind. Both
 settings run here in one process, on the same prompts, one prompt at a time through
 ``Embedder.encode`` (the gateway's path):

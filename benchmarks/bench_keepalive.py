@@ -4,12 +4,12 @@ A client that reuses an idle keep-alive connection just as the server closes it 
 transport error (httpx: ReadError) for a request the server never read. httpx and the
 openai SDK let a connection idle 5 s and uvicorn closes one after 5 s, so traffic that
 idles about 5 s meets the race twice: client → gateway, and gateway → expert (a 502 to the
-client). This starts, on 127.0.0.1, the test upstream (uvicorn, 5 s) and two gateways
+client). This starts, on 127.0.0.1, the test upstream (uvicorn, 5 s) and three gateways
 (router fitted on 300 gsm8k + 300 MBPP fit prompts, WordLlama): 5 s on both sides (what the
 gateway had before these settings), the default ``keep_alive_seconds`` alone, and both
 defaults. Then
 ``--clients`` httpx clients each send ``--rounds`` chat completions to one gateway, idling
-a random 4.95-5.02 s between them (around httpx's expiry), both gateways at once, and the
+a random 4.95-5.02 s between them (around httpx's expiry), all gateways at once, and the
 failed requests are counted.
 
 Run:  python benchmarks/bench_keepalive.py [--clients 100] [--rounds 6] [--data ../shared/data]

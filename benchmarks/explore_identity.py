@@ -5,8 +5,9 @@ solve_identity``; ``Router(identity=μ)``; the ``default`` preset chooses μ its
 μ (the identity block's ridge) is chosen per split on a held-out 20 % of that split's FIT
 data, never on test prompts; μ = ∞ is the dense-only model (balanced ridge, avg selector,
 no unit-norm column scaling, which the joint solve does not use either). The library's
-``default`` router (identity features with μ chosen by closed-form leave-one-out on the
-statistics, no held-out data) is reported beside them.
+``identity`` preset (identity features with μ chosen by closed-form leave-one-out on the
+statistics, no held-out data; the default router when this was measured, the ``nb`` model
+since) is reported beside them.
 
 Run:  python benchmarks/explore_identity.py [--embedder wordllama] [--data ../shared/data]
 """
@@ -41,7 +42,7 @@ def main() -> int:
     print(f"embedder {emb.name}; balanced accuracy (%), avg selector\n")
     print("| setting / split | μ chosen on held-out fit | held-out fit acc per μ "
           f"({', '.join(map(str, MUS))}) | test: dense only (μ=∞) | test: identity (chosen μ) "
-          "| test: library default router (μ by leave-one-out) |")
+          "| test: the identity preset (μ by leave-one-out) |")
     print("|---|---|---|---|---|---|")
     for name in ("reasoning-2fold", "reasoning-xdata", "domains"):
         setting = load_setting(name, args.data)

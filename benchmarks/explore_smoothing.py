@@ -434,13 +434,9 @@ def _pairs(V: int, fit: Groups, ids: Sequence[np.ndarray], uni: dict[str, Unigra
 # ----------------------------------------------------------------------------- main
 def _args() -> argparse.Namespace:
     """explore_args' command line plus ``--only FAMILY ...`` (default: every family)."""
-    only = argparse.ArgumentParser(add_help=False)
-    only.add_argument("--only", nargs="+", choices=FAMILIES, metavar="FAMILY")
-    known, rest = only.parse_known_args()
-    sys.argv[1:] = rest  # explore_args parses sys.argv and rejects unknown flags
-    args = explore_args(__doc__, SETTINGS)
-    args.only = known.only
-    return args
+    return explore_args(__doc__, SETTINGS, extra=lambda ap: ap.add_argument(
+        "--only", nargs="+", choices=FAMILIES, metavar="FAMILY",
+        help=f"measure these families only (default: all of {', '.join(FAMILIES)})"))
 
 
 def _one_configuration(per_split: dict[str, Rows]) -> None:

@@ -339,21 +339,27 @@ def _default_tiny_variants(V: int, fit: Groups, ids: Sequence[np.ndarray]
     return out
 
 
+# The modes beside the selection rule's run (which takes --fresh LABEL instead).
+MODES = [
+    ("--small", "the prior on small fit sets"),
+    ("--small-mixed", "the prior where one or half of the experts are small"),
+    ("--default-small", "the default with the prior where the mean prompt count is small"),
+    ("--default-tiny", "the same down to one prompt per expert, with floors"),
+    ("--small-edge", "the small-fit-set mass one step past its grid's edge"),
+    ("--few-alpha", "the small-fit-set α with the default's spelling there"),
+    ("--few-pairs", "the small-fit-set pair mass with the default's spelling there")]
+
+
 def main() -> int:
-    if not {"--small", "--small-mixed", "--default-small", "--default-tiny",
-            "--small-edge", "--few-alpha", "--few-pairs"} & set(sys.argv[1:]):
+    argv = set(sys.argv[1:])
+    if argv & {"-h", "--help"}:  # every option in one help (the rule's --fresh included)
+        explore_args(__doc__, SETTINGS, fresh=True, flags=MODES)
+    if not {option for option, _ in MODES} & argv:
         return fresh_unseen.rule_main(__doc__, _variants, DEFAULT)
     from explore_scale import SMALL, _challenge
 
     start = time.perf_counter()
-    args = explore_args(__doc__, SETTINGS, flags=[
-        ("--small", "the prior on small fit sets"),
-        ("--small-mixed", "the prior where one or half of the experts are small"),
-        ("--default-small", "the default with the prior where the mean prompt count is small"),
-        ("--default-tiny", "the same down to one prompt per expert, with floors"),
-        ("--small-edge", "the small-fit-set mass one step past its grid's edge"),
-        ("--few-alpha", "the small-fit-set α with the default's spelling there"),
-        ("--few-pairs", "the small-fit-set pair mass with the default's spelling there")])
+    args = explore_args(__doc__, SETTINGS, flags=MODES)
     emb = load_embedder(args.embedder)
     if args.few_alpha or args.few_pairs:
         sizes = (*SMALL, *MIXED_SMALL)
