@@ -50,16 +50,46 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+def _stop_started() -> None:
+    """Stop every server this process started (also those started before a failure in
+    a script's set-up, outside its ``finally``: they were left serving)."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+atexit.register(_stop_started)
+
+
 def _start(argv: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server and wait until ``url`` answers; one that exits first (a refused
+    config) fails at once with its status and the end of its standard error."""
+    # (held open for the server's life, not a with block: read if it exits early)
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=log)
+    _STARTED.append(proc)
     for _ in range(600):
+        if proc.poll() is not None:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{' '.join(argv[:4])} … exited with status "
+                               f"{proc.returncode} before {url} answered: "
+                               + " / ".join(tail))
         try:
             httpx.get(url, timeout=0.5)
             return proc
         except httpx.TransportError:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+    proc.terminate()
+    raise RuntimeError(f"{url} did not come up within 60 s")
 
 
 def fit_stats(data: str, folder: Path) -> list[Path]:
