@@ -232,10 +232,12 @@ def main() -> int:
                     help="time the refit from histograms every round (default: 1 round, "
                          "it is the slow baseline)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="2 repeats, 1000 distinct ids")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 repeats, 1000 distinct ids (options given explicitly win)")
     args = ap.parse_args()
-    if args.quick:
-        args.repeats, args.nnz = 2, 1000
+    if args.quick:  # (as defaults: it overrode --repeats 5 given with it, silently)
+        ap.set_defaults(repeats=2, nnz=1000)
+        args = ap.parse_args()
 
     print(f"vocab={VOCAB}, {args.domains} domains + 1, {args.nnz} distinct ids per domain, "
           f"preset={args.preset}, best / median of {args.repeats} rounds after 1 warm-up\n")

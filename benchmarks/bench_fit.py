@@ -228,10 +228,12 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                     help="per-prompt token cap (default 1024)")
     ap.add_argument("--quick", action="store_true",
-                    help="2 repeats, 500-prompt streaming subset, 1 streaming repeat")
+                    help="2 repeats, 500-prompt streaming subset, 1 streaming repeat (options "
+                         "given explicitly win)")
     args = ap.parse_args()
-    if args.quick:
-        args.repeats, args.stream_prompts, args.stream_repeats = 2, 500, 1
+    if args.quick:  # (as defaults: it overrode --repeats 5 given with it, silently)
+        ap.set_defaults(repeats=2, stream_prompts=500, stream_repeats=1)
+        args = ap.parse_args()
     corpora = {c: load_corpus(c, args.data) for c in args.corpus}
 
     print(f"repeats={args.repeats} (best / median after 1 warm-up), batch={_BATCH}, "

@@ -93,10 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="timed calls per single-prompt figure (default 5000)")
     ap.add_argument("--k", type=int, default=None, help="k of topk (default: the preset's)")
     ap.add_argument("--quick", action="store_true",
-                    help="1024 prompts per batch size, 1000 single-prompt calls")
+                    help="1024 prompts per batch size, 1000 single-prompt calls (options "
+                         "given explicitly win)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.prompts, args.single_iters = 1024, 1000
+    if args.quick:  # (as defaults: it overrode --prompts given with it, silently)
+        ap.set_defaults(prompts=1024, single_iters=1000)
+        args = ap.parse_args(argv)
     return args
 
 
