@@ -90,10 +90,14 @@ def audit(split, emb) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"),
+                    help="shared data folder (default ../shared/data)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the split seed, as ir3de eval --seed (default 0)")
+    ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS,
+                    help="settings to audit (default: all)")
     args = ap.parse_args()
     start = time.perf_counter()
     emb = load_embedder()

@@ -105,9 +105,11 @@ def per_prompt_us(emb, texts: list[str], repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--embedder", default="wordllama")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"),
+                    help="shared data folder (default ../shared/data)")
+    ap.add_argument("--embedder", default="wordllama", help="embedder (default wordllama)")
     ap.add_argument("--blobs", type=int, default=500, help="8 KB base64 prompts (default 500)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds, best of (default 3)")
     args = ap.parse_args()

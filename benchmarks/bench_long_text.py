@@ -85,11 +85,14 @@ def timed(fn, repeats: int, clear) -> tuple[float, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--embedder", default="wordllama")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"),
+                    help="shared data folder (default ../shared/data)")
+    ap.add_argument("--embedder", default="wordllama", help="embedder (default wordllama)")
     ap.add_argument("--mb", type=float, default=20.0, help="text size in MB (characters)")
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--max-tokens", type=int, default=1024,
+                    help="the token cap the prefix must reproduce (default 1024)")
     ap.add_argument("--repeats", type=int, default=5, help="new-path repeats (best of)")
     ap.add_argument("--old-repeats", type=int, default=1, help="old-path repeats (best of)")
     ap.add_argument("--skip-plain", action="store_true", help="skip the plain-encoder old path")

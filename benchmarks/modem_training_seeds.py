@@ -42,10 +42,14 @@ from ir3de.eval.settings import load_setting
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--data", default="../shared/data")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                    help="MoDEM-style training seeds, one fine-tuning each (default 0 1 2 3)")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="the reasoning-2fold split's seed (default 0)")
+    ap.add_argument("--data", default="../shared/data",
+                    help="shared data folder (default ../shared/data)")
     args = ap.parse_args()
     start = time.perf_counter()
     setting = load_setting("reasoning-2fold", args.data, seed=args.split_seed)
