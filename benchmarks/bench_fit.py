@@ -100,7 +100,7 @@ def hf_all(emb: Embedder, corpus: dict[str, list[str]]) -> None:
 
 
 def fit_all(emb: Embedder, corpus: dict[str, list[str]], max_tokens: int) -> int:
-    """Count, then form A: statistics files leave A out since 2026-11-24, so compute_stats
+    """Count, then form A: statistics files leave A out since 2026-11-25, so compute_stats
     alone no longer times the product that the streaming path (and this row's label)
     includes."""
     total = 0

@@ -76,7 +76,10 @@ def _start(argv: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=log)
     _STARTED.append(proc)
-    for _ in range(600):
+    # (a deadline, not a count of polls: a server that accepts and never answers made each
+    # poll wait its 0.5 s timeout, six minutes in all)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
             tail = log.read().decode(errors="replace").strip().splitlines()[-5:]

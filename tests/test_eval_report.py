@@ -464,17 +464,23 @@ def test_rendering_results_again_keeps_their_decisions(result: dict, tmp_path: P
     assert (tmp_path / "decisions.jsonl").read_bytes() == decisions
     assert (tmp_path / "report.md").read_text() == report
     assert "decisions.jsonl" in json.loads((tmp_path / "results.json").read_text())["outputs"]
+    # with meta edited too (a note added to the command, the seed named): the same run
+    results = json.loads((tmp_path / "results.json").read_text())
+    results["meta"] = {**results["meta"], "command": "ir3de eval  # annotated"}
+    write_report(results, tmp_path)
+    assert (tmp_path / "decisions.jsonl").read_bytes() == decisions
     # another run's results, rendered into this folder, do not claim its decisions
     other = tmp_path / "other"
-    _run(result, other, ["beta"], decisions=True)
+    _run(result, other, ["alpha"], decisions=True)
     results = json.loads((other / "results.json").read_text())
-    results["meta"] = {**results["meta"], "date": "2026-01-01 00:00 UTC"}  # (another run)
+    for r in results["settings"]:  # (another run: its errors are others)
+        r["error_terms"] = {}
     write_report(results, tmp_path)
     assert not (tmp_path / "decisions.jsonl").exists()
     assert "decisions.jsonl" not in json.loads((tmp_path / "results.json").read_text())[
         "outputs"]
     # a run without decisions still removes them
-    _run(result, other, ["beta"], decisions=False)
+    _run(result, other, ["alpha"], decisions=False)
     assert not (other / "decisions.jsonl").exists()
 
 

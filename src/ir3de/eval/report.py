@@ -542,13 +542,14 @@ def _listed_outputs(out: Path) -> set[str]:
     return found
 
 
-def _previous_meta(out: Path) -> object:
-    """The ``meta`` of the ``results.json`` in ``out`` (None where there is none to read)."""
+def _previous_error_terms(out: Path) -> object:
+    """Each setting's ``error_terms`` in the ``results.json`` of ``out`` (None where there is
+    none to read)."""
     try:
         previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return {r["setting"]: r.get("error_terms") for r in previous["settings"]}
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    return previous.get("meta") if isinstance(previous, dict) else None
 
 
 def _remove_stale(out: Path, stale: Iterable[str]) -> None:
@@ -716,8 +717,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     run now, a ``decisions.jsonl`` not kept now, plots after ``plots=False``) are removed,
     so the folder holds exactly this run's outputs; no other file is touched, and a run
     that fails leaves the previous run's files as they were. Results read back from a
-    ``results.json`` (which holds no decisions) and written into its folder again keep its
-    ``decisions.jsonl``, which their error terms point to.
+    ``results.json`` (which holds no decisions) and written into its folder again (the
+    same error terms; ``meta`` may be edited) keep its ``decisions.jsonl``, which their
+    error terms point to.
 
     A file of an output's name that no evaluation wrote (:func:`foreign_outputs`: a
     ``report.md`` of your own) is an :class:`~ir3de.errors.IR3DEError` unless ``force``,
@@ -732,10 +734,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     # Results read back from a results.json, rendered again into its folder: their
     # decisions were moved out to decisions.jsonl, which they cannot give back, and their
     # error terms point there. Removed as a stale output, it was lost. (The same run: the
-    # folder's results.json has the same meta, its date included; another run's
-    # decisions.jsonl goes, as before.)
+    # folder's results.json holds the same error terms, which its decisions give, whatever
+    # was edited in meta; another run's decisions.jsonl goes, as before.)
     kept = not decisions and "decisions.jsonl" in previous and \
-        any("error_terms" in r for r in settings) and _previous_meta(out) == results["meta"]
+        any("error_terms" in r for r in settings) and \
+        _previous_error_terms(out) == {r["setting"]: r.get("error_terms") for r in settings}
     names = output_names([r["setting"] for r in settings], plots=plots,
                          decisions=decisions or kept)
     check_outputs(out, names)
