@@ -474,11 +474,16 @@ def test_rendering_results_again_keeps_their_decisions(result: dict, tmp_path: P
     _run(result, other, ["alpha"], decisions=True)
     results = json.loads((other / "results.json").read_text())
     for r in results["settings"]:  # (another run: its errors are others)
-        r["error_terms"] = {}
+        r["error_terms"] = {name: {**info, "errors": info["errors"] + 1}
+                            for name, info in r["error_terms"].items()}
     write_report(results, tmp_path)
     assert not (tmp_path / "decisions.jsonl").exists()
     assert "decisions.jsonl" not in json.loads((tmp_path / "results.json").read_text())[
         "outputs"]
+    # and its report does not point to a decisions.jsonl beside it (it did)
+    text = (tmp_path / "report.md").read_text()
+    assert "terms were kept in the run's decisions.jsonl, which is not beside this report" \
+        in text and "terms are in decisions.jsonl" not in text
     # a run without decisions still removes them
     _run(result, other, ["alpha"], decisions=False)
     assert not (other / "decisions.jsonl").exists()

@@ -306,16 +306,20 @@ def _term(term: dict[str, Any]) -> str:
     return _code((" _ " if term["kind"] == "skip" else " ").join(names))
 
 
-def _error_lines(result: dict[str, Any]) -> list[str]:
-    """The section on what the IR3DE routers' errors rest on (runs with ``--decisions``)."""
+def _error_lines(result: dict[str, Any], beside: bool) -> list[str]:
+    """The section on what the IR3DE routers' errors rest on (runs with ``--decisions``);
+    ``beside``: the report's decisions.jsonl is written with it (results rendered into
+    another folder have theirs elsewhere)."""
     found = result.get("error_terms")
     if not found:
         return []
+    where = "are in decisions.jsonl" if beside else \
+        "were kept in the run's decisions.jsonl, which is not beside this report"
     rows = [[name, str(info["errors"]),
              ", ".join(f"{_term(t)} ({t['errors']})" for t in info["terms"]) or "-"]
             for name, info in found.items()]
-    return ["", "What the IR3DE routers' errors rest on (each error's terms are in "
-            "decisions.jsonl): the terms found most often among an error's "
+    return ["", f"What the IR3DE routers' errors rest on (each error's terms {where}): "
+            "the terms found most often among an error's "
             f"{EVIDENCE_TERMS} largest, counting those that pulled towards the wrong expert, "
             "with the number of errors that hold them in brackets. A token or pair that recurs "
             "across many errors is worth looking for in the fit data; most terms appear in "
@@ -323,7 +327,8 @@ def _error_lines(result: dict[str, Any]) -> list[str]:
             *_table(["router", "errors", "most frequent terms"], rows)]
 
 
-def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
+def _setting_section(result: dict[str, Any], plots: Sequence[str],
+                     decisions: bool = True) -> list[str]:
     domains = result["domains"]
     lines = [f"## {result['setting']}", "", _inline(result["description"]), ""]
     if result["leaks_test"]:
@@ -386,7 +391,7 @@ def _setting_section(result: dict[str, Any], plots: Sequence[str]) -> list[str]:
         lines += ["", "IR3DE balanced accuracy (%) over the selector grid (best of each row "
                   "in bold):", "", *_table(["embedder, preset", *grid], rows)]
 
-    lines += _error_lines(result)
+    lines += _error_lines(result, decisions)
     if result.get("normalized_performance"):
         kind = result["score_kind"]
         lines += ["", f"Normalized performance ({kind} scores; 1.0 = the domain expert, higher "
@@ -435,8 +440,10 @@ def render_markdown(results: dict[str, Any], plots: Mapping[str, Sequence[str]])
     _mark_best(rows, values, [True] * len(settings))
     lines += _table(["router", *(s["setting"] for s in settings)], rows)
     lines += _comparison_lines(settings)
+    # (results that list their outputs say whether decisions.jsonl is among them)
+    decisions = "decisions.jsonl" in results.get("outputs", ["decisions.jsonl"])
     for result in settings:
-        lines += ["", *_setting_section(result, plots.get(result["setting"], []))]
+        lines += ["", *_setting_section(result, plots.get(result["setting"], []), decisions)]
     return "\n".join(lines).rstrip() + "\n"
 
 
