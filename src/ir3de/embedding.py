@@ -146,7 +146,9 @@ class Embedder:
         if getattr(tokenizer.model, "dropout", None):
             tokenizer.model.dropout = None
         config = json.loads(Path(tokenizer_path).read_text(encoding="utf-8"))
-        _check_unknown_token(tokenizer, config, tokenizer_path)
+        # The id of what the tokenizer does not know ([UNK]): it is usually a special token,
+        # dropped like them, so a prompt of unknown words has no token; errors say why.
+        self._unk_id = _unknown_token_id(tokenizer, config, tokenizer_path)
         # The largest id, not the number of entries: a vocabulary whose ids leave gaps
         # ({"hello": 1, "world": 3000}) passed a count check and every prompt holding the
         # id past the table then failed with an IndexError.
@@ -175,16 +177,9 @@ class Embedder:
         self._chunk_cache: dict[str, list[int]] | None = {} if _chunkable(config) else None
         self._id_objects: dict[int, int] = {}  # (see _learn)
         self._space_id = tokenizer.token_to_id("▁")
-        # The id of what the tokenizer does not know ([UNK]): it is usually a special token,
-        # dropped like them, so a prompt of unknown words has no token; errors say why.
-        # (Unigram names it by id, the other models by its text.)
-        model_config = config.get("model") or {}
-        unk, unk_id = model_config.get("unk_token"), model_config.get("unk_id")
-        self._unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else \
-            unk_id if isinstance(unk_id, int) and not isinstance(unk_id, bool) else None
         # Unigram segments a word as a whole (Viterbi): a cut into one can change its first
         # ids, not only its last (see _cut)
-        self._whole_words = model_config.get("type") == "Unigram"
+        self._whole_words = (config.get("model") or {}).get("type") == "Unigram"
         self._piece_chars = _longest_piece(config)
         # WordPiece turns a word longer than max_input_chars_per_word into one [UNK]: a cut
         # into such a word leaves a fragment of at most that many characters, so at most
@@ -671,10 +666,11 @@ def _longest_piece(config: dict[str, Any]) -> int:
     return max(map(len, pieces), default=1) or 1
 
 
-def _check_unknown_token(tokenizer: Tokenizer, config: dict[str, Any], path: Path) -> None:
-    """Refuse a tokenizer whose unknown-word token is not in its vocabulary: it loaded, and
-    every prompt holding a word it does not know failed in encoding with a Rust error
-    ("Missing [UNK] token from the vocabulary")."""
+def _unknown_token_id(tokenizer: Tokenizer, config: dict[str, Any], path: Path) -> int | None:
+    """The id of the tokenizer's unknown-word token (Unigram names it by id, the other
+    models by its text; None: it has none), refusing one that is not in its vocabulary:
+    such a tokenizer loaded, and every prompt holding a word it does not know failed in
+    encoding with a Rust error ("Missing [UNK] token from the vocabulary")."""
     model = config.get("model") or {}
     unk, unk_id = model.get("unk_token"), model.get("unk_id")
     # the model's own vocabulary: an unk added as a special token only does not count
@@ -685,6 +681,9 @@ def _check_unknown_token(tokenizer: Tokenizer, config: dict[str, Any], path: Pat
             and not 0 <= unk_id < tokenizer.get_vocab_size(with_added_tokens=False):
         raise IR3DEError(f"{path}: the tokenizer's unk_id {unk_id} is not an id of its "
                          "vocabulary: every prompt with a word it does not know would fail")
+    if isinstance(unk, str):
+        return tokenizer.token_to_id(unk)
+    return unk_id if isinstance(unk_id, int) and not isinstance(unk_id, bool) else None
 
 
 def _chunkable(config: dict[str, Any]) -> bool:

@@ -1056,6 +1056,11 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
         # starts: the file's other edits are applied, and the saved settings kept.
         set_in_file = config.router.overrides()
         named = {k: v for k, v in set_in_file.items() if k in from_config}
+        # (the spelling forms enter as one, as in from_config: the file's spelling brings
+        # its prior)
+        named_in_file = set(set_in_file)
+        if named_in_file & _SPELLING_FORMS:
+            named_in_file |= _SPELLING_FORMS
         found = None if used is None else used.ignored(named)
         if found is not None:
             key, setting, needed = found
@@ -1073,10 +1078,7 @@ def _reconcile(config: Any, state_dir: Path, saved: _State,
                 # A value gateway.yaml does not name changed with what it names: a cap
                 # saved before routers read their statistics' own (1,024 where the files
                 # counted 64) was said to be "edited in gateway.yaml".
-                # (the spelling forms enter as one: the file's spelling brings its prior)
-                named_here = key in set_in_file or (key in _SPELLING_FORMS
-                                                    and bool(_SPELLING_FORMS & set_in_file.keys()))
-                why = None if using != "config" or named_here else \
+                why = None if using != "config" or key in named_in_file else \
                     "gateway.yaml does not set it, and the router it describes gives it " \
                     "now: its preset, its statistics files or ir3de's defaults changed, or " \
                     "the setting was taken out of the file, since the gateway last started"
@@ -2627,7 +2629,7 @@ def create_app(config: Any) -> Any:
             return type(exc).__name__
         return type(_chain(exc)[-1]).__name__
 
-    def _unavailable(down: _Down, other: _Down | None, which: str = "fallback expert") -> Any:
+    def _unavailable(down: _Down, other: _Down | None, which: str) -> Any:
         """The 503 for a request whose expert (and the one it would go on to, ``which``: the
         fallback, or the router's pick when the fallback was chosen over it) is cooling
         down, with ``retry-after`` (whole seconds, at least 1: when one of them is tried
@@ -2763,6 +2765,7 @@ def create_app(config: Any) -> Any:
             alternative = fallback
         if alternative == expert:
             alternative = None
+        which = "router's pick" if alternative == routed_to else "fallback expert"
 
         def switch(why: str) -> str:
             """Go on to ``alternative``: the fallback answers (``why``), or the pick does,
@@ -2783,8 +2786,7 @@ def create_app(config: Any) -> Any:
             # alternative, one that names the expert gets a 503 saying when to come back.
             other = cooldowns.admit(alternative) if alternative is not None else None
             if not isinstance(other, _Ticket):
-                return _unavailable(ticket, other, "router's pick" if alternative == routed_to
-                                    else "fallback expert")
+                return _unavailable(ticket, other, which)
             expert, ticket = switch("expert_down"), other
         elif reason is not None:
             # sent to the fallback: counted now, not when it was chosen (one that is down
@@ -2803,7 +2805,6 @@ def create_app(config: Any) -> Any:
                 return _upstream_failed(expert, state.experts[expert], exc, before)
             second = cooldowns.admit(alternative)
             if isinstance(second, _Down):
-                which = "router's pick" if alternative == routed_to else "fallback expert"
                 return _upstream_failed(expert, state.experts[expert], exc,
                                         after=f"; the {which} {alternative!r} is "
                                               f"unavailable: {second.why()}")

@@ -45,6 +45,11 @@ _ROUTER_KEYS = ("name", "family", "balanced", "micro", "per_domain", "confusion"
                 "fit_s", "route_us")
 _FAMILY_KEYS = {"ir3de": ("embedder", "preset", "selector", "k", "is_preset"),
                 "saved": ("embedder", "selector", "k")}
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): staging folders are not locked, nor collected
+    fcntl = None  # type: ignore[assignment]
+
 # Lists the files a write is moving into the output folder until it has finished.
 _PENDING = ".ir3de-eval-pending.json"
 _STAGING = ".ir3de-eval-staging-"
@@ -524,11 +529,8 @@ def previous_outputs(out: Path) -> set[str]:
 
 def _listed_outputs(out: Path) -> set[str]:
     """The outputs the ``results.json`` of ``out`` names (see :func:`previous_outputs`)."""
-    try:
-        previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(previous, dict):
+    previous = _previous_results(out)
+    if previous is None:
         return set()
     if isinstance(previous.get("outputs"), list):
         return {n for n in previous["outputs"] if _is_output_name(n)}
@@ -549,13 +551,22 @@ def _listed_outputs(out: Path) -> set[str]:
     return found
 
 
+def _previous_results(out: Path) -> dict[str, Any] | None:
+    """The ``results.json`` of ``out`` as a dict (None where there is none to read)."""
+    try:
+        previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
 def _previous_error_terms(out: Path) -> object:
     """Each setting's ``error_terms`` in the ``results.json`` of ``out`` (None where there is
     none to read)."""
     try:
-        previous = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        return {r["setting"]: r.get("error_terms") for r in previous["settings"]}
-    except (OSError, ValueError, TypeError, KeyError):
+        return {r["setting"]: r.get("error_terms")
+                for r in (_previous_results(out) or {})["settings"]}
+    except (TypeError, KeyError):
         return None
 
 
@@ -630,9 +641,7 @@ def _remove_dead_staging(out: Path) -> None:
     cut) left behind, which no ``finally`` removed: each run holds a lock on its own, so
     one that can be locked, and has not changed for a while, is nobody's. Not done where
     there is no ``flock`` (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return
     now = time.time()
     for folder in out.glob(f"{_STAGING}*"):
@@ -655,9 +664,7 @@ def _remove_dead_staging(out: Path) -> None:
 def _lock_staging(staging: Path) -> int | None:
     """Hold a lock on ``staging`` for as long as the returned descriptor is open (see
     :func:`_remove_dead_staging`); None where there is no ``flock``."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return None
     fd = os.open(staging, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
