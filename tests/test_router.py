@@ -604,6 +604,9 @@ BAD_METADATA = {
             StatsFormatError, r"'dim' must be an integer from 1 to 2\*\*53, got '256'"),
     "identity_mu": (lambda m: {"identity_mu": "auto"},
                     StatsFormatError, r"'identity_mu' must be a number > 0 or null"),
+    "max_tokens_counted": (lambda m: {"max_tokens_counted": "yes"},
+                           StatsFormatError, r"'max_tokens_counted' must be true or false, "
+                                             r"got 'yes'"),
     "identity_mu without identity": (
         lambda m: {"identity_mu": 3.0},
         StatsFormatError, r"'identity_mu' is 3.0, but the router has no identity features"),
